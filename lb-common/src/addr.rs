@@ -1,0 +1,63 @@
+//! One address type for both families, so a key is one shape whatever the protocol.
+
+/// An IP address as 16 bytes in network order, stored as four `u32` words read from memory in
+/// host order (so the kernel copies header words without byte swaps). IPv4 addresses are
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub words: [u32; 4],
+}
+
+/// Word 2 of an IPv4-mapped address: the bytes `00 00 ff ff` as they sit in memory.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+impl Addr {
+    pub const UNSPECIFIED: Self = Self { words: [0; 4] };
+
+    /// An IPv4 address from the four header bytes as the kernel reads them (one `u32` load).
+    #[inline(always)]
+    pub const fn from_v4_raw(raw: u32) -> Self {
+        Self {
+            words: [0, 0, V4_MAPPED_WORD, raw],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn from_octets(octets: [u8; 16]) -> Self {
+        let o = octets;
+        Self {
+            words: [
+                u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+                u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+                u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+                u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+            ],
+        }
+    }
+
+    pub const fn octets(&self) -> [u8; 16] {
+        let w = self.words;
+        let (a, b, c, d) = (
+            w[0].to_ne_bytes(),
+            w[1].to_ne_bytes(),
+            w[2].to_ne_bytes(),
+            w[3].to_ne_bytes(),
+        );
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
+    }
+
+    #[inline(always)]
+    pub const fn is_v4(&self) -> bool {
+        self.words[0] == 0 && self.words[1] == 0 && self.words[2] == V4_MAPPED_WORD
+    }
+
+    /// The IPv4 header bytes as one raw `u32` (meaningful only when [`Addr::is_v4`]).
+    #[inline(always)]
+    pub const fn v4_raw(&self) -> u32 {
+        self.words[3]
+    }
+}

@@ -1,0 +1,31 @@
+//! Capacities of the kernel maps. Userspace validates configurations against these, so a
+//! service file that does not fit is refused with a message instead of failing half-way.
+
+/// Kernel services: one per (service, published port) pair. Index into the per-service maps.
+pub const MAX_SERVICES: u32 = 131_072;
+/// Frontend keys: every VIP port plus every published port on every node address.
+pub const MAX_FRONTENDS: u32 = 262_144;
+/// Backend slots across all services. Id 0 is reserved and means "no backend".
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Backend addresses that may send replies (the filter in front of the connection table).
+pub const MAX_BACKEND_ENDPOINTS: u32 = 262_144;
+/// Entries in a service's selection table (a Maglev table or a round-robin sequence), plus
+/// slot 0 which holds the table's length.
+pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+/// Default connection-table capacity (entries; a flow takes two: forward and reply).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2_097_152;
+/// Interfaces the program may redirect frames to with XDP_REDIRECT.
+pub const MAX_TX_PORTS: u32 = 1024;
+
+/// Default Maglev table size: a prime at least 100 times a typical backend count, so removing
+/// one backend moves few other flows.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// Default idle timeouts, in seconds.
+pub const DEFAULT_TCP_TIMEOUT_S: u32 = 24 * 3600;
+pub const DEFAULT_UDP_TIMEOUT_S: u32 = 60;
+/// Idle timeout of a TCP flow after FIN or RST, and of one that never got past SYN.
+pub const TCP_CLOSING_TIMEOUT_S: u32 = 10;
+pub const TCP_SYN_TIMEOUT_S: u32 = 30;
+/// A flow's last-seen time is written at most this often, to keep hot entries clean in cache.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;

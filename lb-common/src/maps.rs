@@ -1,0 +1,175 @@
+//! Keys and values of the kernel maps, and their names. Layouts are fixed by size assertions:
+//! a change that moves a field breaks the build, not the dataplane.
+
+use core::mem::size_of;
+
+use crate::Addr;
+
+/// Map names: each is the name of the `static` in lb-ebpf's `maps` module.
+pub mod names {
+    pub const FRONTENDS: &str = "FRONTENDS";
+    pub const SERVICE_TABLES: &str = "SERVICE_TABLES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_ENDPOINTS: &str = "BACKEND_ENDPOINTS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const RR_CURSORS: &str = "RR_CURSORS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Every map, for pinning and for checking that the object has them all.
+    pub const ALL: [&str; 10] = [
+        FRONTENDS,
+        SERVICE_TABLES,
+        BACKENDS,
+        BACKEND_ENDPOINTS,
+        CONNTRACK,
+        RR_CURSORS,
+        TX_PORTS,
+        GLOBAL_STATS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+    ];
+}
+
+/// Program names: each is the name of the entry function in lb-ebpf.
+pub mod programs {
+    pub const XDP: &str = "meshlb_xdp";
+    pub const TC_INGRESS: &str = "meshlb_tc_ingress";
+}
+
+/// IP protocol numbers used in keys.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
+/// An (address, port, protocol) triple: the key of `FRONTENDS` (a VIP or node address and a
+/// published port) and of `BACKEND_ENDPOINTS` (a backend that may send replies).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `FRONTENDS`: the kernel service a frontend belongs to and how it forwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into `SERVICE_TABLES`, `RR_CURSORS` and `SERVICE_STATS`.
+    pub id: u32,
+    /// `service_flags::*`.
+    pub flags: u32,
+    /// Idle timeout of an established flow, seconds.
+    pub tcp_timeout_s: u32,
+    pub udp_timeout_s: u32,
+}
+
+pub mod service_flags {
+    /// Stateful weighted round-robin instead of the Maglev flow hash.
+    pub const ROUND_ROBIN: u32 = 1 << 0;
+    /// Hash the client address only (Maglev).
+    pub const AFFINITY_CLIENT_IP: u32 = 1 << 1;
+}
+
+/// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
+/// Slot 0 of an inner array holds the number of entries that follow; slots 1..=len hold
+/// backend ids (a Maglev table, or a weighted round-robin sequence).
+pub const TABLE_LEN_SLOT: u32 = 0;
+
+/// Value of `BACKENDS`, indexed by backend id (0 is reserved).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    pub port_be: u16,
+    /// `backend_flags::*`.
+    pub flags: u16,
+    pub service_id: u32,
+}
+
+pub mod backend_flags {
+    /// The slot holds a backend (an all-zero slot is unused).
+    pub const IN_USE: u16 = 1 << 0;
+}
+
+/// Key of `CONNTRACK`: a flow as seen on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `CONNTRACK`.
+///
+/// A flow has two entries. The *forward* entry is keyed by (client, frontend) and names the
+/// backend; the *reply* entry is keyed by (backend, client) and names the frontend, so replies
+/// can be translated back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Forward: the backend address and port to rewrite to. Reply: the frontend's.
+    pub nat_addr: Addr,
+    pub nat_port_be: u16,
+    /// `flow_kind::*`.
+    pub kind: u8,
+    /// `tcp_state::*` (0 for UDP).
+    pub tcp_state: u8,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// Idle timeout in seconds, copied from the service when the flow starts.
+    pub timeout_s: u32,
+    /// `bpf_ktime_get_ns` when last seen, updated at most every `LAST_SEEN_GRANULARITY_NS`.
+    pub last_seen_ns: u64,
+}
+
+pub mod flow_kind {
+    pub const FORWARD: u8 = 1;
+    pub const REPLY: u8 = 2;
+}
+
+pub mod tcp_state {
+    pub const NONE: u8 = 0;
+    pub const SYN_SENT: u8 = 1;
+    pub const ESTABLISHED: u8 = 2;
+    pub const CLOSING: u8 = 3;
+}
+
+/// Per-service and per-backend traffic counters (per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// What the XDP program leaves in front of a packet it passes to the kernel for the TC program
+/// to forward (`bpf_xdp_adjust_meta`): the egress interface chosen by the FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpMeta {
+    pub magic: u32,
+    pub ifindex: u32,
+}
+
+pub const XDP_META_MAGIC: u32 = 0x6d6c_6221; // "mlb!"
+
+const _: () = assert!(size_of::<Addr>() == 16);
+const _: () = assert!(size_of::<EndpointKey>() == 20);
+const _: () = assert!(size_of::<Service>() == 16);
+const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<Flow>() == 40);
+const _: () = assert!(size_of::<TrafficCounters>() == 24);
+const _: () = assert!(size_of::<XdpMeta>() == 8);

@@ -1,0 +1,16 @@
+//! `aya::Pod` for every map type, in one place (userspace only).
+
+use crate::{
+    Addr,
+    maps::{Backend, EndpointKey, Flow, FlowKey, Service, TrafficCounters, XdpMeta},
+};
+
+// SAFETY: all are #[repr(C)], Copy, and have no implicit padding (sizes asserted in maps.rs).
+unsafe impl aya::Pod for Addr {}
+unsafe impl aya::Pod for EndpointKey {}
+unsafe impl aya::Pod for Service {}
+unsafe impl aya::Pod for Backend {}
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for Flow {}
+unsafe impl aya::Pod for TrafficCounters {}
+unsafe impl aya::Pod for XdpMeta {}

@@ -1,0 +1,1 @@
+//! The pieces of the meshlb daemon and CLI.
