@@ -1,0 +1,113 @@
+//! Sending a rewritten packet on: XDP_REDIRECT to devices that take XDP frames, otherwise
+//! hand it to the TC program (through XDP metadata), which uses bpf_redirect_neigh. Passing a
+//! rewritten packet to the IP stack instead would get replies with a node address as source
+//! dropped as martians.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_meta},
+    programs::XdpContext,
+};
+use lb_common::{
+    maps::{XDP_META_MAGIC, XdpMeta},
+    stats::StatSlot,
+};
+
+use crate::{
+    maps::TX_PORTS,
+    parse::{Packet, off, ptr_at},
+    stats::count,
+};
+
+const AF_INET: u8 = 2;
+
+/// Forwards a packet whose IPv4 addresses are now `src_raw` -> `dst_raw`.
+#[inline(always)]
+pub fn send_v4(ctx: &XdpContext, pkt: &Packet, src_raw: u32, dst_raw: u32) -> u32 {
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.key.proto;
+    params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
+    params.__bindgen_anon_2.tos = pkt.tos;
+    params.__bindgen_anon_3.ipv4_src = src_raw;
+    params.__bindgen_anon_4.ipv4_dst = dst_raw;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if TX_PORTS.get_ifindex(params.ifindex).is_some() {
+                if set_macs(ctx, &params.smac, &params.dmac).is_none() {
+                    count(StatSlot::DropFibFailed);
+                    return xdp_action::XDP_DROP;
+                }
+                if let Ok(action) = TX_PORTS.redirect(params.ifindex, 0) {
+                    count(StatSlot::TxXdpRedirect);
+                    return action;
+                }
+            }
+            via_tc(ctx, params.ifindex)
+        }
+        // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
+        BPF_FIB_LKUP_RET_NO_NEIGH => via_tc(ctx, params.ifindex),
+        BPF_FIB_LKUP_RET_NOT_FWDED => {
+            count(StatSlot::TxLocal);
+            xdp_action::XDP_PASS
+        }
+        _ => {
+            count(StatSlot::DropFibFailed);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, smac: &[u8; 6], dmac: &[u8; 6]) -> Option<()> {
+    let dst = ptr_at::<[u8; 6]>(ctx, off::ETH_DST)?;
+    let src = ptr_at::<[u8; 6]>(ctx, off::ETH_SRC)?;
+    // SAFETY: bounds-checked above.
+    unsafe {
+        dst.write_unaligned(*dmac);
+        src.write_unaligned(*smac);
+    }
+    Some(())
+}
+
+/// Leaves the egress interface in front of the packet and passes it to the kernel; the TC
+/// ingress program on this interface picks it up before the IP stack sees it.
+#[inline(always)]
+fn via_tc(ctx: &XdpContext, ifindex: u32) -> u32 {
+    // SAFETY: grows the metadata area in front of the packet; checked below.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<XdpMeta>() as i32)) } != 0 {
+        count(StatSlot::DropMetaFailed);
+        return xdp_action::XDP_DROP;
+    }
+    let meta = ctx.metadata();
+    if meta + size_of::<XdpMeta>() > ctx.data() {
+        count(StatSlot::DropMetaFailed);
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: the metadata area is exactly XdpMeta long (checked above) and 4-byte aligned.
+    unsafe {
+        (meta as *mut XdpMeta).write(XdpMeta {
+            magic: XDP_META_MAGIC,
+            ifindex,
+        });
+    }
+    count(StatSlot::TxViaTc);
+    xdp_action::XDP_PASS
+}

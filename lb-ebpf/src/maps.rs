@@ -1,0 +1,61 @@
+//! Every map of the program. Names, keys, values and sizes come from lb-common; userspace
+//! resizes `CONNTRACK` at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_INNER_MAP,
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    limits::{
+        DEFAULT_CONNTRACK_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
+        MAX_SERVICES, MAX_TX_PORTS,
+    },
+    maps::{Backend, EndpointKey, Flow, FlowKey, Service, TrafficCounters},
+    stats::StatSlot,
+};
+
+/// Frontend (VIP or node address, port, protocol) to its service.
+#[btf_map]
+pub static FRONTENDS: HashMap<EndpointKey, Service, { MAX_FRONTENDS as usize }> = HashMap::new();
+
+/// A service's selection table. The inner arrays differ in size (BPF_F_INNER_MAP), so each
+/// service gets a table sized for it; userspace swaps a whole table in one update.
+pub type SelectionTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
+#[btf_map]
+pub static SERVICE_TABLES: ArrayOfMaps<SelectionTable, { MAX_SERVICES as usize }> =
+    ArrayOfMaps::new();
+
+/// Backend id to address and port.
+#[btf_map]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// Backend (address, port, protocol) triples: the cheap filter that decides whether a packet
+/// that is not for a frontend may be a reply worth a connection-table lookup.
+#[btf_map]
+pub static BACKEND_ENDPOINTS: HashMap<EndpointKey, u32, { MAX_BACKEND_ENDPOINTS as usize }> =
+    HashMap::new();
+
+/// Tracked flows, both directions.
+#[btf_map]
+pub static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU round-robin position of each service: no lock and no shared cache line.
+#[btf_map]
+pub static RR_CURSORS: PerCpuArray<u32, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Devices known to accept XDP frames; anything else is forwarded by the TC program.
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
+
+#[btf_map]
+pub static GLOBAL_STATS: PerCpuArray<u64, { StatSlot::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters, { MAX_SERVICES as usize }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> =
+    PerCpuArray::new();

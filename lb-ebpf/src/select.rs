@@ -1,0 +1,48 @@
+//! Backend selection for a new flow: a Maglev table slot for the flow hash, or the next entry
+//! of the service's weighted round-robin sequence.
+
+use lb_common::{
+    hash::{client_hash, flow_hash},
+    maps::{FlowKey, Service, TABLE_LEN_SLOT, backend_flags, service_flags},
+};
+
+use crate::{
+    conntrack::Chosen,
+    maps::{BACKENDS, RR_CURSORS, SERVICE_TABLES},
+};
+
+/// The backend for a new flow of `svc`, or `None` when the service has no usable backend.
+#[inline(always)]
+pub fn choose(key: &FlowKey, svc: &Service) -> Option<Chosen> {
+    let len = *SERVICE_TABLES.get_value(svc.id, &TABLE_LEN_SLOT)?;
+    if len == 0 {
+        return None;
+    }
+    let position = if svc.flags & service_flags::ROUND_ROBIN != 0 {
+        let cursor = RR_CURSORS.get_ptr_mut(svc.id)?;
+        // SAFETY: per-CPU value; only this CPU's program runs touch it.
+        unsafe {
+            let position = *cursor;
+            *cursor = position.wrapping_add(1);
+            position
+        }
+    } else if svc.flags & service_flags::AFFINITY_CLIENT_IP != 0 {
+        client_hash(key)
+    } else {
+        flow_hash(key)
+    };
+    let slot = position % len + 1;
+    let backend_id = *SERVICE_TABLES.get_value(svc.id, &slot)?;
+    if backend_id == 0 {
+        return None;
+    }
+    let backend = BACKENDS.get(backend_id)?;
+    if backend.flags & backend_flags::IN_USE == 0 {
+        return None;
+    }
+    Some(Chosen {
+        backend_id,
+        addr: backend.addr,
+        port_be: backend.port_be,
+    })
+}
