@@ -1,0 +1,165 @@
+//! `cargo xtask test`: setup, then the whole test suite, end-to-end and BPF_PROG_TEST_RUN
+//! tests included (MESHLB_E2E=1 makes them fail rather than skip when they cannot run).
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::run::{cargo, run};
+
+/// Network namespaces the tests create are named with this prefix.
+const NETNS_PREFIX: &str = "mlb-";
+
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "cargo xtask test [CARGO_TEST_ARGS]... [-- TEST_BINARY_ARGS...]")]
+pub struct Args {
+    /// Extra arguments for `cargo test`, e.g. a test name filter or `--package lb-userspace`
+    #[arg(
+        allow_hyphen_values = true,
+        value_terminator = "--",
+        value_name = "CARGO_TEST_ARGS"
+    )]
+    pub cargo_args: Vec<String>,
+    /// Arguments for the test binaries, after `--`, e.g. `-- --nocapture`
+    #[arg(allow_hyphen_values = true, value_name = "TEST_BINARY_ARGS")]
+    pub test_args: Vec<String>,
+}
+
+pub fn test(args: Args) -> Result<()> {
+    crate::setup::setup()?;
+    clean_netns();
+    let mut cmd = cargo();
+    cmd.env("MESHLB_E2E", "1")
+        .env("RUST_BACKTRACE", "1")
+        .args(cargo_test_args(&args.cargo_args, &args.test_args));
+    run(&mut cmd, "test: cargo test", "see the test output above")
+}
+
+/// `cargo test` and its arguments: the whole workspace, all targets, unless the caller picked
+/// packages (cargo ignores `--package` next to `--workspace`).
+///
+/// lb-ebpf is left out: it is only ever built for the BPF target (by lb-userspace's build
+/// script), and its `#![no_main]` program binary cannot link as a host test executable.
+pub fn cargo_test_args(cargo_args: &[String], test_args: &[String]) -> Vec<String> {
+    let picks_packages = cargo_args
+        .iter()
+        .any(|arg| arg == "--package" || arg.starts_with("--package=") || arg.starts_with("-p"));
+    let mut args: Vec<String> = vec!["test".into()];
+    if !picks_packages {
+        args.extend(["--workspace", "--exclude", "lb-ebpf"].map(String::from));
+    }
+    args.push("--all-targets".into());
+    args.extend_from_slice(cargo_args);
+    if !test_args.is_empty() {
+        args.push("--".into());
+        args.extend_from_slice(test_args);
+    }
+    args
+}
+
+/// Deletes network namespaces left over by earlier (killed) test runs. Only warns on trouble:
+/// the tests themselves report what they cannot set up.
+fn clean_netns() {
+    let output = match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => {
+            eprintln!(
+                "test: warning: `ip netns list` failed ({}); not cleaning up {NETNS_PREFIX}* \
+                 network namespaces",
+                crate::run::describe(output.status)
+            );
+            return;
+        }
+        Err(err) => {
+            eprintln!(
+                "test: warning: could not run `ip netns list` ({err}); not cleaning up \
+                 {NETNS_PREFIX}* network namespaces"
+            );
+            return;
+        }
+    };
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let leftovers = leftover_netns(&listing);
+    if leftovers.is_empty() {
+        println!("test: no leftover {NETNS_PREFIX}* network namespaces");
+        return;
+    }
+    println!(
+        "test: deleting {} leftover network namespace(s): {}",
+        leftovers.len(),
+        leftovers.join(" ")
+    );
+    for name in leftovers {
+        if let Err(err) = run(
+            Command::new("ip").args(["netns", "del", name]),
+            &format!("test: ip netns del {name}"),
+            "continuing",
+        ) {
+            eprintln!("test: warning: {err}");
+        }
+    }
+}
+
+/// The namespaces in `ip netns list` output ("name" or "name (id: N)" per line) that the tests
+/// created.
+pub fn leftover_netns(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(NETNS_PREFIX))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn cargo_test_command() {
+        assert_eq!(
+            cargo_test_args(&[], &[]),
+            [
+                "test",
+                "--workspace",
+                "--exclude",
+                "lb-ebpf",
+                "--all-targets"
+            ]
+        );
+        assert_eq!(
+            cargo_test_args(&strings(&["e2e"]), &strings(&["--nocapture"])),
+            [
+                "test",
+                "--workspace",
+                "--exclude",
+                "lb-ebpf",
+                "--all-targets",
+                "e2e",
+                "--",
+                "--nocapture"
+            ]
+        );
+        for pick in [
+            &["-p", "bench"][..],
+            &["--package", "bench"],
+            &["--package=bench"],
+            &["-pbench"],
+        ] {
+            assert_eq!(
+                cargo_test_args(&strings(pick), &[]),
+                [&["test", "--all-targets"][..], pick].concat()
+            );
+        }
+    }
+
+    #[test]
+    fn netns_listing() {
+        let listing = "mlb-e2e-1 (id: 3)\nother\nmlb-bench\ncni-mlb-x (id: 1)\nmlbx\n";
+        assert_eq!(leftover_netns(listing), ["mlb-e2e-1", "mlb-bench"]);
+        assert!(leftover_netns("").is_empty());
+    }
+}
