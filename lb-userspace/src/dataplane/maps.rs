@@ -1,0 +1,221 @@
+//! Writing a `DesiredState` into the kernel maps, and reading the counters back.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash};
+use lb_common::{
+    maps::{Backend, EndpointKey, Service, TABLE_LEN_SLOT, TrafficCounters, names},
+    stats::StatSlot,
+};
+
+use super::{Dataplane, DataplaneError};
+use crate::reconcile::DesiredState;
+
+/// Flag every inner table is created with; it must match the template in lb-ebpf's maps.rs.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub global: BTreeMap<&'static str, u64>,
+    pub services: BTreeMap<u32, TrafficTotals>,
+    pub backends: BTreeMap<u32, TrafficTotals>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrafficTotals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl StatsSnapshot {
+    pub fn get(&self, slot: StatSlot) -> u64 {
+        self.global.get(slot.label()).copied().unwrap_or(0)
+    }
+}
+
+impl Dataplane {
+    /// Makes the maps hold `desired`, given that they hold `previous` (None: freshly loaded).
+    /// Writes only what differs. Order keeps every packet consistent: backends, then whole
+    /// tables, then reply endpoints, then frontends; removals go the other way round.
+    pub fn apply(
+        &mut self,
+        previous: Option<&DesiredState>,
+        desired: &DesiredState,
+    ) -> Result<(), DataplaneError> {
+        let empty = DesiredState::default();
+        let previous = previous.unwrap_or(&empty);
+        let [backends, tables, endpoints, frontends] = self.ebpf_mut().maps_disjoint_mut([
+            names::BACKENDS,
+            names::SERVICE_TABLES,
+            names::BACKEND_ENDPOINTS,
+            names::FRONTENDS,
+        ]);
+        let loaded = "checked at load";
+        let mut backends: Array<&mut MapData, Backend> =
+            Array::try_from(backends.expect(loaded)).map_err(map_err(names::BACKENDS))?;
+        for (id, backend) in &desired.backends {
+            if previous.backends.get(id) != Some(backend) {
+                backends
+                    .set(*id, backend, 0)
+                    .map_err(map_err(names::BACKENDS))?;
+            }
+        }
+
+        {
+            let mut tables: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
+                ArrayOfMaps::try_from(tables.expect(loaded))
+                    .map_err(map_err(names::SERVICE_TABLES))?;
+            for (id, table) in &desired.tables {
+                if previous.tables.get(id) != Some(table) {
+                    let inner = build_table(table)?;
+                    tables
+                        .set(*id, &inner, 0)
+                        .map_err(map_err(names::SERVICE_TABLES))?;
+                }
+            }
+            for id in previous.tables.keys() {
+                if !desired.tables.contains_key(id) {
+                    tables
+                        .set(*id, &build_table(&[])?, 0)
+                        .map_err(map_err(names::SERVICE_TABLES))?;
+                }
+            }
+        }
+
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
+            HashMap::try_from(endpoints.expect(loaded))
+                .map_err(map_err(names::BACKEND_ENDPOINTS))?;
+        for (key, count) in &desired.endpoints {
+            if previous.endpoints.get(key) != Some(count) {
+                endpoints
+                    .insert(key, count, 0)
+                    .map_err(map_err(names::BACKEND_ENDPOINTS))?;
+            }
+        }
+
+        let mut frontends: HashMap<&mut MapData, EndpointKey, Service> =
+            HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
+        for (key, service) in &desired.frontends {
+            if previous.frontends.get(key) != Some(service) {
+                frontends
+                    .insert(key, service, 0)
+                    .map_err(map_err(names::FRONTENDS))?;
+            }
+        }
+        for key in previous.frontends.keys() {
+            if !desired.frontends.contains_key(key) {
+                frontends.remove(key).map_err(map_err(names::FRONTENDS))?;
+            }
+        }
+        for key in previous.endpoints.keys() {
+            if !desired.endpoints.contains_key(key) {
+                endpoints
+                    .remove(key)
+                    .map_err(map_err(names::BACKEND_ENDPOINTS))?;
+            }
+        }
+        for id in previous.backends.keys() {
+            if !desired.backends.contains_key(id) {
+                backends
+                    .set(*id, Backend::default(), 0)
+                    .map_err(map_err(names::BACKENDS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the XDP program redirect frames to `ifindex` itself. Only for devices that accept
+    /// XDP frames (a NIC with a native XDP driver, a veth whose peer runs an XDP program):
+    /// elsewhere the frames would be dropped silently.
+    pub fn allow_xdp_redirect(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
+            self.ebpf_mut()
+                .map_mut(names::TX_PORTS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::TX_PORTS))?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::MapValue {
+                name: names::TX_PORTS,
+                message: e.to_string(),
+            })
+    }
+
+    /// All counters, summed over CPUs.
+    pub fn stats(&self) -> Result<StatsSnapshot, DataplaneError> {
+        let ebpf = self.ebpf();
+        let global: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(ebpf.map(names::GLOBAL_STATS).expect("checked at load"))
+                .map_err(map_err(names::GLOBAL_STATS))?;
+        let mut snapshot = StatsSnapshot::default();
+        for slot in StatSlot::ALL {
+            let values = global
+                .get(&(*slot as u32), 0)
+                .map_err(map_err(names::GLOBAL_STATS))?;
+            snapshot.global.insert(slot.label(), values.iter().sum());
+        }
+        Ok(snapshot)
+    }
+
+    /// Traffic totals of the given service and backend ids.
+    pub fn traffic(
+        &self,
+        service_ids: impl IntoIterator<Item = u32>,
+        backend_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<StatsSnapshot, DataplaneError> {
+        let mut snapshot = self.stats()?;
+        let ebpf = self.ebpf();
+        for (name, ids, out) in [
+            (
+                names::SERVICE_STATS,
+                service_ids.into_iter().collect::<Vec<_>>(),
+                &mut snapshot.services,
+            ),
+            (
+                names::BACKEND_STATS,
+                backend_ids.into_iter().collect(),
+                &mut snapshot.backends,
+            ),
+        ] {
+            let map: PerCpuArray<&MapData, TrafficCounters> =
+                PerCpuArray::try_from(ebpf.map(name).expect("checked at load"))
+                    .map_err(map_err(name))?;
+            for id in ids {
+                let mut totals = TrafficTotals::default();
+                for c in map.get(&id, 0).map_err(map_err(name))?.iter() {
+                    totals.packets += c.packets;
+                    totals.bytes += c.bytes;
+                    totals.new_flows += c.new_flows;
+                }
+                out.insert(id, totals);
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// A new inner table: slot 0 holds the length, then the backend ids.
+fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>, DataplaneError> {
+    let len = u32::try_from(backend_ids.len()).map_err(|_| DataplaneError::MapValue {
+        name: names::SERVICE_TABLES,
+        message: format!("a table of {} entries is too large", backend_ids.len()),
+    })?;
+    let mut inner: Array<MapData, u32> =
+        Array::create(len + 1, BPF_F_INNER_MAP).map_err(map_err(names::SERVICE_TABLES))?;
+    for (i, id) in backend_ids.iter().enumerate() {
+        inner
+            .set(i as u32 + 1, id, 0)
+            .map_err(map_err(names::SERVICE_TABLES))?;
+    }
+    inner
+        .set(TABLE_LEN_SLOT, len, 0)
+        .map_err(map_err(names::SERVICE_TABLES))?;
+    Ok(inner)
+}

@@ -1,0 +1,252 @@
+//! Packets for tests and the traffic generator: a builder that computes every checksum from
+//! scratch, and a checker that verifies them independently of the kernel program's
+//! incremental updates.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+/// L4 part of a test packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
+    Udp,
+    /// UDP sent without a checksum (allowed over IPv4).
+    UdpNoChecksum,
+}
+
+/// An Ethernet + IPv4 + TCP/UDP frame description.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv4Frame {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub l4: L4,
+    pub ttl: u8,
+    pub ip_id: u16,
+    pub payload: Vec<u8>,
+}
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+impl Ipv4Frame {
+    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
+        Self {
+            eth_dst: NODE_MAC,
+            eth_src: CLIENT_MAC,
+            src,
+            dst,
+            l4: L4::Tcp {
+                flags,
+                seq: 1,
+                ack: if flags & TCP_ACK != 0 { 1 } else { 0 },
+            },
+            ttl: 64,
+            ip_id: 1,
+            payload: b"meshlb".to_vec(),
+        }
+    }
+
+    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        Self {
+            l4: L4::Udp,
+            ..Self::tcp(src, dst, 0)
+        }
+    }
+
+    pub fn with_src(mut self, src: SocketAddrV4) -> Self {
+        self.src = src;
+        self
+    }
+
+    pub fn with_dst(mut self, dst: SocketAddrV4) -> Self {
+        self.dst = dst;
+        self
+    }
+
+    pub fn with_macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.eth_src = src;
+        self.eth_dst = dst;
+        self
+    }
+
+    /// The frame's bytes, with correct IPv4 and L4 checksums.
+    pub fn build(&self) -> Vec<u8> {
+        let (proto, l4_header_len) = match self.l4 {
+            L4::Tcp { .. } => (6u8, 20usize),
+            L4::Udp | L4::UdpNoChecksum => (17u8, 8usize),
+        };
+        let l4_len = l4_header_len + self.payload.len();
+        let total_len = 20 + l4_len;
+        let mut f = Vec::with_capacity(14 + total_len);
+        f.extend_from_slice(&self.eth_dst);
+        f.extend_from_slice(&self.eth_src);
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        // IPv4, DF set.
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&(total_len as u16).to_be_bytes());
+        f.extend_from_slice(&self.ip_id.to_be_bytes());
+        f.extend_from_slice(&0x4000u16.to_be_bytes());
+        f.extend_from_slice(&[self.ttl, proto, 0, 0]);
+        f.extend_from_slice(&self.src.ip().octets());
+        f.extend_from_slice(&self.dst.ip().octets());
+        let ip_csum = checksum(&f[14..34], 0);
+        f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
+        let l4 = f.len();
+        f.extend_from_slice(&self.src.port().to_be_bytes());
+        f.extend_from_slice(&self.dst.port().to_be_bytes());
+        match self.l4 {
+            L4::Tcp { flags, seq, ack } => {
+                f.extend_from_slice(&seq.to_be_bytes());
+                f.extend_from_slice(&ack.to_be_bytes());
+                f.extend_from_slice(&[0x50, flags]);
+                f.extend_from_slice(&0xffffu16.to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+            }
+            L4::Udp | L4::UdpNoChecksum => {
+                f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+                f.extend_from_slice(&[0, 0]);
+            }
+        }
+        f.extend_from_slice(&self.payload);
+        let csum_at = l4 + if proto == 6 { 16 } else { 6 };
+        if self.l4 != L4::UdpNoChecksum {
+            let mut csum = checksum(&f[l4..], pseudo_header_sum(&f[14..34], l4_len));
+            if proto == 17 && csum == 0 {
+                csum = 0xffff;
+            }
+            f[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+        }
+        f
+    }
+}
+
+fn pseudo_header_sum(ip_header: &[u8], l4_len: usize) -> u32 {
+    let mut sum = 0u32;
+    for pair in ip_header[12..20].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    sum + u32::from(ip_header[9]) + l4_len as u32
+}
+
+/// The Internet checksum of `data` (RFC 1071), starting from `initial`.
+pub fn checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = u64::from(initial);
+    let mut chunks = data.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What `parse_ipv4` found in a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedFrame {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub proto: u8,
+    pub tcp_flags: Option<u8>,
+}
+
+/// Parses an Ethernet/IPv4/TCP-or-UDP frame and verifies its IPv4 and L4 checksums from
+/// scratch. `Err` says what is wrong.
+pub fn parse_ipv4(frame: &[u8]) -> Result<ParsedFrame, String> {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return Err(format!("not an IPv4 frame ({} bytes)", frame.len()));
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip.len() < total || total < ihl {
+        return Err(format!(
+            "IPv4 total length {total} but {} bytes follow",
+            ip.len()
+        ));
+    }
+    if checksum(&ip[..ihl], 0) != 0 {
+        return Err("bad IPv4 header checksum".into());
+    }
+    let proto = ip[9];
+    let l4 = &ip[ihl..total];
+    let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst_ip = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if l4.len() < 8 {
+        return Err("L4 header truncated".into());
+    }
+    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    let pseudo = pseudo_header_sum(&ip[..20], l4.len());
+    let tcp_flags = match proto {
+        6 => {
+            if checksum(l4, pseudo) != 0 {
+                return Err("bad TCP checksum".into());
+            }
+            Some(l4[13])
+        }
+        17 => {
+            let stored = u16::from_be_bytes([l4[6], l4[7]]);
+            if stored != 0 && checksum(l4, pseudo) != 0 {
+                return Err("bad UDP checksum".into());
+            }
+            None
+        }
+        other => return Err(format!("unexpected IP protocol {other}")),
+    };
+    Ok(ParsedFrame {
+        src: SocketAddrV4::new(src_ip, sport),
+        dst: SocketAddrV4::new(dst_ip, dport),
+        proto,
+        tcp_flags,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_frames_verify() {
+        let c: SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        let v: SocketAddrV4 = "198.18.100.1:80".parse().unwrap();
+        for frame in [
+            Ipv4Frame::tcp(c, v, TCP_SYN),
+            Ipv4Frame::udp(c, v),
+            Ipv4Frame {
+                l4: L4::UdpNoChecksum,
+                ..Ipv4Frame::udp(c, v)
+            },
+        ] {
+            let bytes = frame.build();
+            let parsed = parse_ipv4(&bytes).unwrap();
+            assert_eq!((parsed.src, parsed.dst), (c, v));
+        }
+    }
+
+    #[test]
+    fn corrupted_frames_fail() {
+        let c: SocketAddrV4 = "198.18.1.2:40000".parse().unwrap();
+        let v: SocketAddrV4 = "198.18.100.1:80".parse().unwrap();
+        let mut tcp = Ipv4Frame::tcp(c, v, TCP_SYN).build();
+        tcp[37] ^= 1; // destination port
+        assert_eq!(parse_ipv4(&tcp).unwrap_err(), "bad TCP checksum");
+        let mut ip = Ipv4Frame::udp(c, v).build();
+        ip[22] ^= 1; // TTL
+        assert_eq!(parse_ipv4(&ip).unwrap_err(), "bad IPv4 header checksum");
+    }
+}

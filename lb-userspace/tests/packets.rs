@@ -1,0 +1,561 @@
+//! The real kernel program, loaded exactly as lbd loads it, run on crafted packets with
+//! BPF_PROG_TEST_RUN. Each case checks the action, the exact bytes out (checksums verified
+//! by an independent implementation) and the counters.
+
+use std::{
+    net::{IpAddr, SocketAddrV4},
+    path::Path,
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{
+    hash::flow_hash,
+    maps::{FlowKey, XDP_META_MAGIC, proto},
+    stats::StatSlot,
+};
+use lb_userspace::{
+    config::ServiceFile,
+    dataplane::{Dataplane, LoadOptions, StatsSnapshot},
+    reconcile::{self, DesiredState},
+    testkit::{
+        Netns,
+        packet::{CLIENT_MAC, Ipv4Frame, L4, TCP_ACK, TCP_FIN, TCP_SYN, parse_ipv4},
+    },
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: &str = "198.18.1.2";
+const VIP: &str = "198.18.100.1";
+const NODE_CLIENT_SIDE: &str = "198.18.1.1";
+const BACKEND_MACS: [[u8; 6]; 3] = [
+    [0x02, 0, 0, 0, 0x02, 0x10],
+    [0x02, 0, 0, 0, 0x02, 0x11],
+    [0x02, 0, 0, 0, 0x02, 0x12],
+];
+
+fn enabled() -> bool {
+    if std::env::var_os("MESHLB_E2E").is_none() {
+        eprintln!("skipped: set MESHLB_E2E=1 (as root) to run the kernel tests");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "MESHLB_E2E is set but we are not root"
+    );
+    true
+}
+
+/// A node namespace with one interface toward the client and one toward three backends,
+/// neighbours resolved, and the program loaded with `services` applied.
+struct Node {
+    ns: Netns,
+}
+
+struct Loaded {
+    dp: Dataplane,
+    desired: DesiredState,
+    client_if: u32,
+    backend_if: u32,
+    backend_if_mac: [u8; 6],
+}
+
+impl Node {
+    fn new() -> Self {
+        let ns = Netns::new("mlb-pkt").expect("netns");
+        ns.ip_batch(&[
+            "link add lbc type veth peer name lbc-peer".to_owned(),
+            "link add lbb type veth peer name lbb-peer".to_owned(),
+            "link set lbc up".to_owned(),
+            "link set lbc-peer up".to_owned(),
+            "link set lbb up".to_owned(),
+            "link set lbb-peer up".to_owned(),
+            format!("addr add {NODE_CLIENT_SIDE}/24 dev lbc"),
+            "addr add 198.18.2.1/24 dev lbb".to_owned(),
+            format!(
+                "neigh add {CLIENT} lladdr {} dev lbc nud permanent",
+                mac(&CLIENT_MAC)
+            ),
+            format!(
+                "neigh add 198.18.2.10 lladdr {} dev lbb nud permanent",
+                mac(&BACKEND_MACS[0])
+            ),
+            format!(
+                "neigh add 198.18.2.11 lladdr {} dev lbb nud permanent",
+                mac(&BACKEND_MACS[1])
+            ),
+            format!(
+                "neigh add 198.18.2.12 lladdr {} dev lbb nud permanent",
+                mac(&BACKEND_MACS[2])
+            ),
+        ])
+        .expect("topology");
+        ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+            .expect("sysctl");
+        Self { ns }
+    }
+
+    /// Runs `test` inside the namespace (the FIB lookups happen there).
+    fn run(&self, services: &str, test: impl FnOnce(Loaded) + Send) {
+        let services = services.to_owned();
+        let backend_if_mac = read_mac(&self.ns, "lbb");
+        self.ns
+            .run(move || {
+                let file = ServiceFile::parse(&services, Path::new("test.yaml")).expect("services");
+                let node_addrs: Vec<IpAddr> = vec![
+                    NODE_CLIENT_SIDE.parse().unwrap(),
+                    "198.18.2.1".parse().unwrap(),
+                ];
+                let desired = reconcile::plan(&file, &node_addrs).expect("plan");
+                let mut dp = Dataplane::load(LoadOptions {
+                    conntrack_entries: 4096,
+                })
+                .expect("load");
+                dp.apply(None, &desired).expect("apply");
+                let client_if = lb_userspace::dataplane::ifindex("lbc").unwrap();
+                let backend_if = lb_userspace::dataplane::ifindex("lbb").unwrap();
+                test(Loaded {
+                    dp,
+                    desired,
+                    client_if,
+                    backend_if,
+                    backend_if_mac,
+                })
+            })
+            .expect("run in netns");
+    }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The MAC address of `interface` in `ns` (sysfs shows the mounting namespace, so ask `ip`).
+fn read_mac(ns: &Netns, interface: &str) -> [u8; 6] {
+    let text = ns.ip(&["-o", "link", "show", interface]).unwrap();
+    let field = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let bytes: Vec<u8> = field
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+/// Result of one program run.
+#[derive(Debug)]
+struct Outcome {
+    action: u32,
+    /// XDP metadata left for the TC program, if any.
+    meta: Option<(u32, u32)>,
+    packet: Vec<u8>,
+}
+
+impl Loaded {
+    fn run(&mut self, frame: &[u8]) -> Outcome {
+        self.run_from(frame, self.client_if)
+    }
+
+    fn run_from(&mut self, frame: &[u8], ingress_ifindex: u32) -> Outcome {
+        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress_ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut ctx_out = vec![0u8; ctx.len()];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        };
+        let result = self
+            .dp
+            .xdp_program()
+            .unwrap()
+            .test_run(opts)
+            .expect("test run");
+        out.truncate(result.data_size_out as usize);
+        // The output starts with the metadata area, if the program made one.
+        let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().unwrap()) as usize
+            - u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap()) as usize;
+        let meta = (meta_len == 8).then(|| {
+            (
+                u32::from_ne_bytes(out[0..4].try_into().unwrap()),
+                u32::from_ne_bytes(out[4..8].try_into().unwrap()),
+            )
+        });
+        Outcome {
+            action: result.return_value,
+            meta,
+            packet: out[meta_len..].to_vec(),
+        }
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        self.dp.stats().unwrap()
+    }
+}
+
+fn sock(ip: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip.parse().unwrap(), port)
+}
+
+fn delta(before: &StatsSnapshot, after: &StatsSnapshot, slot: StatSlot) -> u64 {
+    after.get(slot) - before.get(slot)
+}
+
+const ONE_BACKEND: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10"]
+  published:
+    ports: ["8000:9000/tcp"]
+    backends: ["198.18.2.11"]
+"#;
+
+#[test]
+fn tcp_syn_to_vip_is_dnatted_and_handed_to_tc() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(ONE_BACKEND, |mut lb| {
+        let before = lb.stats();
+        let syn = Ipv4Frame::tcp(sock(CLIENT, 40000), sock(VIP, 80), TCP_SYN);
+        let out = lb.run(&syn.build());
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
+        assert_eq!(
+            out.meta,
+            Some((XDP_META_MAGIC, lb.backend_if)),
+            "egress is the backend side"
+        );
+        let expected = syn.clone().with_dst(sock("198.18.2.10", 8080)).build();
+        assert_eq!(out.packet, expected);
+        parse_ipv4(&out.packet).expect("checksums");
+        let after = lb.stats();
+        for (slot, n) in [
+            (StatSlot::Rx, 1),
+            (StatSlot::NewFlow, 1),
+            (StatSlot::NatForward, 1),
+            (StatSlot::TxViaTc, 1),
+            (StatSlot::PassNotFrontend, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+    });
+}
+
+#[test]
+fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 40001);
+        let backend = sock("198.18.2.10", 8080);
+        lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+        let before = lb.stats();
+        let ack = Ipv4Frame::tcp(client, sock(VIP, 80), TCP_ACK);
+        let out = lb.run(&ack.build());
+        assert_eq!(out.packet, ack.clone().with_dst(backend).build());
+        assert_eq!(
+            delta(&before, &lb.stats(), StatSlot::NewFlow),
+            0,
+            "no new flow on ACK"
+        );
+
+        // The backend answers the client; the node must translate the source back.
+        let reply = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+            .with_macs(BACKEND_MACS[0], lb.backend_if_mac);
+        let out = lb.run_from(&reply.build(), lb.backend_if);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, reply.clone().with_src(sock(VIP, 80)).build());
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
+
+        // A reply-shaped packet from the backend for an unknown client is left alone.
+        let stray = Ipv4Frame::tcp(backend, sock(CLIENT, 49999), TCP_ACK).build();
+        let out = lb.run_from(&stray, lb.backend_if);
+        assert_eq!((out.action, out.packet), (XDP_PASS, stray));
+    });
+}
+
+#[test]
+fn udp_to_published_port_and_vip_with_and_without_checksum() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(ONE_BACKEND, |mut lb| {
+        // Published port: answers on the node's own address, no VIP.
+        let to_node = Ipv4Frame::tcp(sock(CLIENT, 40002), sock(NODE_CLIENT_SIDE, 8000), TCP_SYN);
+        let out = lb.run(&to_node.build());
+        assert_eq!(
+            out.packet,
+            to_node.with_dst(sock("198.18.2.11", 9000)).build()
+        );
+
+        let udp = Ipv4Frame::udp(sock(CLIENT, 5000), sock(VIP, 53));
+        let out = lb.run(&udp.build());
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(
+            out.packet,
+            udp.clone().with_dst(sock("198.18.2.10", 5353)).build()
+        );
+        parse_ipv4(&out.packet).expect("checksums");
+
+        let no_csum = Ipv4Frame {
+            l4: L4::UdpNoChecksum,
+            ..Ipv4Frame::udp(sock(CLIENT, 5001), sock(VIP, 53))
+        };
+        let out = lb.run(&no_csum.build());
+        let expected = no_csum.with_dst(sock("198.18.2.10", 5353)).build();
+        assert_eq!(out.packet, expected, "a zero UDP checksum stays zero");
+    });
+}
+
+#[test]
+fn unrelated_and_malformed_packets_pass_untouched() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(ONE_BACKEND, |mut lb| {
+        let syn = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN).build();
+        let arp = {
+            let mut f = syn[..42].to_vec();
+            f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+            f
+        };
+        let not_frontend =
+            Ipv4Frame::tcp(sock(CLIENT, 40003), sock("198.18.2.10", 22), TCP_SYN).build();
+        let wrong_port = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 81), TCP_SYN).build();
+        let udp_on_tcp_port = Ipv4Frame::udp(sock(CLIENT, 40003), sock(VIP, 80)).build();
+        let fragment = {
+            let mut f = syn.clone();
+            f[20] = 0x20; // MF
+            f
+        };
+        let later_fragment = {
+            let mut f = syn.clone();
+            f[20..22].copy_from_slice(&0x0010u16.to_be_bytes()); // offset 128 bytes
+            f
+        };
+        let options = {
+            let mut f = syn.clone();
+            f[14] = 0x46; // IHL 6: one word of options
+            f
+        };
+        let truncated_tcp = syn[..14 + 20 + 10].to_vec();
+        let truncated_ip = syn[..14 + 12].to_vec();
+        let bad_version = {
+            let mut f = syn.clone();
+            f[14] = 0x55;
+            f
+        };
+        let icmp = {
+            let mut f = syn.clone();
+            f[23] = 1;
+            f
+        };
+        let cases: [(&str, &Vec<u8>, StatSlot); 11] = [
+            ("arp", &arp, StatSlot::PassNotFrontend),
+            ("not a frontend", &not_frontend, StatSlot::PassNotFrontend),
+            ("other port", &wrong_port, StatSlot::PassNotFrontend),
+            (
+                "other protocol",
+                &udp_on_tcp_port,
+                StatSlot::PassNotFrontend,
+            ),
+            ("first fragment", &fragment, StatSlot::PassFragment),
+            ("later fragment", &later_fragment, StatSlot::PassFragment),
+            ("ip options", &options, StatSlot::PassIpOptions),
+            ("truncated tcp", &truncated_tcp, StatSlot::PassMalformed),
+            ("truncated ip", &truncated_ip, StatSlot::PassMalformed),
+            ("ip version 5", &bad_version, StatSlot::PassMalformed),
+            ("icmp", &icmp, StatSlot::PassNotFrontend),
+        ];
+        for (name, frame, slot) in cases {
+            let before = lb.stats();
+            let out = lb.run(frame);
+            assert_eq!(out.action, XDP_PASS, "{name}");
+            assert_eq!(out.meta, None, "{name}");
+            assert_eq!(&out.packet, frame, "{name}: must be untouched");
+            let after = lb.stats();
+            assert_eq!(delta(&before, &after, slot), 1, "{name}: {}", slot.label());
+            assert_eq!(delta(&before, &after, StatSlot::NewFlow), 0, "{name}");
+        }
+    });
+}
+
+#[test]
+fn service_without_usable_backend_drops_and_counts() {
+    if !enabled() {
+        return;
+    }
+    let services = r#"
+services:
+  empty:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    backends: []
+  drained:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    backends: [{ address: 198.18.2.10, weight: 0 }]
+"#;
+    Node::new().run(services, |mut lb| {
+        for vip in [VIP, "198.18.100.2"] {
+            let before = lb.stats();
+            let out = lb.run(&Ipv4Frame::tcp(sock(CLIENT, 40004), sock(vip, 80), TCP_SYN).build());
+            assert_eq!(out.action, XDP_DROP, "{vip}");
+            assert_eq!(
+                delta(&before, &lb.stats(), StatSlot::DropNoBackend),
+                1,
+                "{vip}"
+            );
+        }
+    });
+}
+
+#[test]
+fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(ONE_BACKEND, |mut lb| {
+        lb.dp.allow_xdp_redirect(lb.backend_if).unwrap();
+        let before = lb.stats();
+        let syn = Ipv4Frame::tcp(sock(CLIENT, 40005), sock(VIP, 80), TCP_SYN);
+        let out = lb.run(&syn.build());
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(out.meta, None);
+        let expected = syn
+            .with_dst(sock("198.18.2.10", 8080))
+            .with_macs(lb.backend_if_mac, BACKEND_MACS[0])
+            .build();
+        assert_eq!(out.packet, expected, "MACs from the FIB lookup");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::TxXdpRedirect), 1);
+    });
+}
+
+#[test]
+fn maglev_choice_matches_the_userspace_table_and_spreads_flows() {
+    if !enabled() {
+        return;
+    }
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    maglev_table_size: 1021
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+"#;
+    Node::new().run(services, |mut lb| {
+        let table = lb.desired.tables[&0].clone();
+        let backends: Vec<_> = lb.desired.services[0].backends.clone();
+        let mut hits = [0u32; 3];
+        for port in 0..600u16 {
+            let client = sock(CLIENT, 20000 + port);
+            let out = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+            let got = parse_ipv4(&out.packet).expect("checksums").dst;
+            let key = FlowKey {
+                src: reconcile::addr(IpAddr::V4(*client.ip())),
+                dst: reconcile::addr(VIP.parse().unwrap()),
+                sport_be: client.port().to_be(),
+                dport_be: 80u16.to_be(),
+                proto: proto::TCP,
+                _pad: [0; 3],
+            };
+            let predicted_id = table[(flow_hash(&key) % table.len() as u32) as usize];
+            let predicted = backends.iter().position(|b| b.id == predicted_id).unwrap();
+            assert_eq!(
+                std::net::SocketAddr::V4(got),
+                backends[predicted].target,
+                "flow {client}"
+            );
+            hits[predicted] += 1;
+        }
+        for (i, n) in hits.iter().enumerate() {
+            assert!(
+                (150..=250).contains(n),
+                "backend {i} got {n} of 600 flows: {hits:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn round_robin_rotates_new_flows_and_a_syn_after_fin_starts_a_new_flow() {
+    if !enabled() {
+        return;
+    }
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    scheduler: round-robin
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+"#;
+    Node::new().run(services, |mut lb| {
+        pin_to_cpu(0);
+        let mut order = Vec::new();
+        for port in 0..9u16 {
+            let out =
+                lb.run(&Ipv4Frame::tcp(sock(CLIENT, 30000 + port), sock(VIP, 80), TCP_SYN).build());
+            order.push(*parse_ipv4(&out.packet).unwrap().dst.ip());
+        }
+        // A strict rotation over the three backends.
+        for i in 3..9 {
+            assert_eq!(order[i], order[i - 3], "rotation: {order:?}");
+        }
+        let distinct: std::collections::BTreeSet<_> = order[..3].iter().collect();
+        assert_eq!(distinct.len(), 3, "{order:?}");
+
+        // Mid-flow packets of an unknown flow cannot be placed: dropped and counted.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(sock(CLIENT, 31000), sock(VIP, 80), TCP_ACK).build());
+        assert_eq!(out.action, XDP_DROP);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoFlow), 1);
+
+        // Client port reuse: FIN closes, the next SYN is a new flow on the next backend.
+        let client = sock(CLIENT, 30000);
+        let first = order[0];
+        lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_FIN | TCP_ACK).build());
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+        let again = *parse_ipv4(&out.packet).unwrap().dst.ip();
+        assert_eq!(
+            again, order[0],
+            "the rotation continues: 10th flow, same slot as the 1st"
+        );
+        assert_eq!(again, first);
+    });
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
