@@ -1,0 +1,205 @@
+//! End to end: the real `lbd` in a node namespace between a client and three backends on a
+//! bridge (like docker_gwbridge), real TCP and UDP sockets. Backends run nothing of meshlb.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use lb_userspace::testkit::{
+    Lbd, NameServer, Topology, e2e_enabled, tcp_request, udp_request,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const FLOWS: usize = 60;
+
+const SERVICES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+  api:
+    ports: ["8000:8080/tcp", "8053:5353/udp"]
+    scheduler: round-robin
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+"#;
+
+fn lbd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+/// A topology with a name server on every backend (TCP 8080, UDP 5353).
+fn setup(backends: usize) -> (Topology, Vec<NameServer>) {
+    let topo = Topology::new(backends).expect("topology");
+    let servers = topo
+        .backends
+        .iter()
+        .map(|b| NameServer::start(&b.ns, &b.name, &[8080], &[5353]).expect("server"))
+        .collect();
+    (topo, servers)
+}
+
+fn start_lbd(topo: &Topology, services: &str) -> Lbd {
+    Lbd::start(
+        lbd(),
+        &topo.node,
+        services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd")
+}
+
+fn counter(counters: &serde_json::Value, name: &str) -> u64 {
+    counters["global"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {counters}"))
+}
+
+#[test]
+fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_client_address() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, servers) = setup(3);
+    let lb = start_lbd(&topo, SERVICES);
+    let client_ip = IpAddr::V4(topo.client_addr4);
+    let vip: IpAddr = "198.18.100.1".parse().unwrap();
+    let node_ip = IpAddr::V4(topo.node_client_addr4);
+    let mut exchanges = 0u64;
+    for (proto, target) in [
+        ("tcp", SocketAddr::new(vip, 80)),
+        ("tcp", SocketAddr::new(node_ip, 8000)),
+        ("udp", SocketAddr::new(vip, 53)),
+        ("udp", SocketAddr::new(node_ip, 8053)),
+    ] {
+        let mut seen = BTreeSet::new();
+        for i in 0..FLOWS {
+            let reply = match proto {
+                "tcp" => tcp_request(&topo.client, target, TIMEOUT),
+                _ => udp_request(&topo.client, target, TIMEOUT),
+            }
+            .unwrap_or_else(|e| panic!("{proto} {target} exchange {i}: {e:#}\n{}", lb.output()));
+            // The client talks to the frontend only, and the backend sees the client itself.
+            assert_eq!(reply.from, target, "{proto}: reply must come from the frontend");
+            assert!(
+                reply.saw(reply.local),
+                "{proto} {target}: backend saw {}:{}, client is {}",
+                reply.seen_ip,
+                reply.seen_port,
+                reply.local
+            );
+            seen.insert(reply.backend);
+            exchanges += 1;
+        }
+        assert_eq!(seen.len(), 3, "{proto} {target}: every backend answers: {seen:?}");
+    }
+    for server in &servers {
+        let peers = server.peers();
+        assert!(!peers.is_empty(), "{} saw no traffic", server.name());
+        assert!(
+            peers.iter().all(|(_, ip)| *ip == client_ip),
+            "{} saw a translated source: {peers:?}",
+            server.name()
+        );
+    }
+    let counters = lb.stop().expect("stop lbd");
+    // TCP exchanges are several packets each way; UDP exactly one.
+    assert!(counter(&counters, "nat_forward") >= exchanges, "{counters}");
+    assert!(counter(&counters, "nat_reply") >= exchanges, "{counters}");
+    assert_eq!(counter(&counters, "new_flow"), exchanges, "{counters}");
+    // Backends run no XDP program, so every rewritten packet went through the TC program.
+    assert_eq!(
+        counter(&counters, "tx_via_tc"),
+        counter(&counters, "tc_redirect_neigh"),
+        "{counters}"
+    );
+    for zero in [
+        "tx_xdp_redirect",
+        "tc_redirect_failed",
+        "drop_no_backend",
+        "drop_fib_failed",
+        "drop_conntrack_full",
+        "drop_no_flow",
+        "drop_meta_failed",
+    ] {
+        assert_eq!(counter(&counters, zero), 0, "{zero}: {counters}");
+    }
+}
+
+#[test]
+fn unrelated_traffic_still_flows_through_and_to_the_node() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(3);
+    let node_server = NameServer::start(&topo.node, "node", &[7000], &[7000]).expect("node server");
+    let lb = start_lbd(&topo, SERVICES);
+    let backend0 = &topo.backends[0];
+    let node4 = IpAddr::V4(topo.node_client_addr4);
+    let node6 = IpAddr::V6(topo.node_client_addr6);
+    // Straight to a backend (routed by the node's kernel), over IPv4 and IPv6, and to a
+    // service of the node itself on a port that is not published.
+    for (tcp_target, udp_target) in [
+        (backend0.socket_addr4(8080), backend0.socket_addr4(5353)),
+        (backend0.socket_addr6(8080), backend0.socket_addr6(5353)),
+        (SocketAddr::new(node4, 7000), SocketAddr::new(node4, 7000)),
+        (SocketAddr::new(node6, 7000), SocketAddr::new(node6, 7000)),
+    ] {
+        let tcp = tcp_request(&topo.client, tcp_target, TIMEOUT)
+            .unwrap_or_else(|e| panic!("tcp {tcp_target}: {e:#}\n{}", lb.output()));
+        let udp = udp_request(&topo.client, udp_target, TIMEOUT)
+            .unwrap_or_else(|e| panic!("udp {udp_target}: {e:#}\n{}", lb.output()));
+        for (target, reply) in [(tcp_target, tcp), (udp_target, udp)] {
+            assert_eq!(reply.from, target);
+            assert!(reply.saw(reply.local), "{target}: {reply:?}");
+        }
+    }
+    assert_eq!(node_server.requests(), 4);
+    let counters = lb.stop().expect("stop lbd");
+    assert!(counter(&counters, "pass_not_frontend") > 0, "{counters}");
+    assert_eq!(counter(&counters, "nat_forward"), 0, "{counters}");
+    assert_eq!(counter(&counters, "nat_reply"), 0, "{counters}");
+}
+
+#[test]
+fn a_bad_service_file_gives_a_clear_error_and_changes_nothing() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(3);
+    let interfaces = [topo.node_client_if.as_str(), topo.node_bridge.as_str()];
+    let bad = SERVICES.replace("\"80:8080/tcp\"", "\"80:http/tcp\"");
+    let xdp_attached = || {
+        topo.node
+            .ip(&["-d", "link", "show", &topo.node_client_if])
+            .expect("ip link")
+            .contains("prog/xdp")
+    };
+
+    // Nothing running yet: the file is refused before anything is loaded or attached.
+    let (code, output) = Lbd::run_expecting_failure(lbd(), &topo.node, &bad, &interfaces).unwrap();
+    assert_ne!(code, 0);
+    for part in ["mlb-bad-", "service \"web\"", "ports[0]", "80:http/tcp"] {
+        assert!(output.contains(part), "error must mention {part:?}:\n{output}");
+    }
+    assert!(!xdp_attached(), "a refused file must not attach anything");
+
+    // With a good lbd running, a second one with a bad file leaves it serving.
+    let lb = start_lbd(&topo, SERVICES);
+    let vip = SocketAddr::new("198.18.100.1".parse().unwrap(), 80);
+    tcp_request(&topo.client, vip, TIMEOUT).expect("before");
+    let (code, _) = Lbd::run_expecting_failure(lbd(), &topo.node, &bad, &interfaces).unwrap();
+    assert_ne!(code, 0);
+    assert!(xdp_attached());
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(tcp_request(&topo.client, vip, TIMEOUT).expect("after").backend);
+    }
+    assert_eq!(seen.len(), 3, "still balanced over every backend: {seen:?}");
+    lb.stop().expect("stop lbd");
+    assert!(!xdp_attached(), "lbd detaches when it stops");
+}
