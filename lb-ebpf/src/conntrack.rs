@@ -101,7 +101,11 @@ pub fn insert(
         // Mid-flow packet re-balanced after its entry was lost (Maglev only).
         tcp_state::ESTABLISHED
     };
-    let timeout_s = if is_tcp { svc.tcp_timeout_s } else { svc.udp_timeout_s };
+    let timeout_s = if is_tcp {
+        svc.tcp_timeout_s
+    } else {
+        svc.udp_timeout_s
+    };
     let reply_key = FlowKey {
         src: chosen.addr,
         dst: key.src,

@@ -137,7 +137,12 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
 #[classifier]
 pub fn meshlb_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: reading the skb context fields the verifier allows for TC programs.
-    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    let (meta, data) = unsafe {
+        (
+            (*ctx.skb.skb).data_meta as usize,
+            (*ctx.skb.skb).data as usize,
+        )
+    };
     if meta + core::mem::size_of::<XdpMeta>() > data {
         return TC_ACT_UNSPEC;
     }

@@ -18,11 +18,7 @@ fn fold(mut sum: u32) -> u16 {
 /// New checksum after a 32-bit word of the covered data changed from `old` to `new`.
 #[inline(always)]
 pub fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
-    let sum = u32::from(!csum)
-        + (!old & 0xffff)
-        + (!old >> 16)
-        + (new & 0xffff)
-        + (new >> 16);
+    let sum = u32::from(!csum) + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
     !fold(sum)
 }
 
@@ -46,7 +42,13 @@ pub enum Side {
 /// Returns `None` if the packet is shorter than the parser saw (cannot happen; kept for the
 /// verifier).
 #[inline(always)]
-pub fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, side: Side, addr_raw: u32, port_be: u16) -> Option<()> {
+pub fn rewrite_v4(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    side: Side,
+    addr_raw: u32,
+    port_be: u16,
+) -> Option<()> {
     let (addr_off, port_off) = match side {
         Side::Destination => (off::IP_DST, off::L4_DPORT),
         Side::Source => (off::IP_SRC, off::L4_SPORT),
@@ -54,7 +56,11 @@ pub fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, side: Side, addr_raw: u32, por
     let ip_addr = ptr_at::<u32>(ctx, pkt.l3 + addr_off)?;
     let ip_csum = ptr_at::<u16>(ctx, pkt.l3 + off::IP_CSUM)?;
     let l4_port = ptr_at::<u16>(ctx, pkt.l4 + port_off)?;
-    let csum_off = if pkt.key.proto == proto::TCP { off::TCP_CSUM } else { off::UDP_CSUM };
+    let csum_off = if pkt.key.proto == proto::TCP {
+        off::TCP_CSUM
+    } else {
+        off::UDP_CSUM
+    };
     let l4_csum = ptr_at::<u16>(ctx, pkt.l4 + csum_off)?;
     // SAFETY: every pointer was bounds-checked by ptr_at; unaligned access is used throughout.
     unsafe {
@@ -66,7 +72,8 @@ pub fn rewrite_v4(ctx: &XdpContext, pkt: &Packet, side: Side, addr_raw: u32, por
         let csum = l4_csum.read_unaligned();
         // UDP over IPv4 may carry no checksum (0); it must stay 0 then.
         if pkt.key.proto == proto::TCP || csum != 0 {
-            let mut updated = csum_replace2(csum_replace4(csum, old_addr, addr_raw), old_port, port_be);
+            let mut updated =
+                csum_replace2(csum_replace4(csum, old_addr, addr_raw), old_port, port_be);
             if pkt.key.proto == proto::UDP && updated == 0 {
                 updated = 0xffff;
             }

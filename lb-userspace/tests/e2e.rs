@@ -8,9 +8,7 @@ use std::{
     time::Duration,
 };
 
-use lb_userspace::testkit::{
-    Lbd, NameServer, Topology, e2e_enabled, tcp_request, udp_request,
-};
+use lb_userspace::testkit::{Lbd, NameServer, Topology, e2e_enabled, tcp_request, udp_request};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const FLOWS: usize = 60;
@@ -84,7 +82,10 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
             }
             .unwrap_or_else(|e| panic!("{proto} {target} exchange {i}: {e:#}\n{}", lb.output()));
             // The client talks to the frontend only, and the backend sees the client itself.
-            assert_eq!(reply.from, target, "{proto}: reply must come from the frontend");
+            assert_eq!(
+                reply.from, target,
+                "{proto}: reply must come from the frontend"
+            );
             assert!(
                 reply.saw(reply.local),
                 "{proto} {target}: backend saw {}:{}, client is {}",
@@ -95,7 +96,11 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
             seen.insert(reply.backend);
             exchanges += 1;
         }
-        assert_eq!(seen.len(), 3, "{proto} {target}: every backend answers: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            3,
+            "{proto} {target}: every backend answers: {seen:?}"
+        );
     }
     for server in &servers {
         let peers = server.peers();
@@ -184,7 +189,10 @@ fn a_bad_service_file_gives_a_clear_error_and_changes_nothing() {
     let (code, output) = Lbd::run_expecting_failure(lbd(), &topo.node, &bad, &interfaces).unwrap();
     assert_ne!(code, 0);
     for part in ["mlb-bad-", "service \"web\"", "ports[0]", "80:http/tcp"] {
-        assert!(output.contains(part), "error must mention {part:?}:\n{output}");
+        assert!(
+            output.contains(part),
+            "error must mention {part:?}:\n{output}"
+        );
     }
     assert!(!xdp_attached(), "a refused file must not attach anything");
 
@@ -197,7 +205,11 @@ fn a_bad_service_file_gives_a_clear_error_and_changes_nothing() {
     assert!(xdp_attached());
     let mut seen = BTreeSet::new();
     for _ in 0..30 {
-        seen.insert(tcp_request(&topo.client, vip, TIMEOUT).expect("after").backend);
+        seen.insert(
+            tcp_request(&topo.client, vip, TIMEOUT)
+                .expect("after")
+                .backend,
+        );
     }
     assert_eq!(seen.len(), 3, "still balanced over every backend: {seen:?}");
     lb.stop().expect("stop lbd");

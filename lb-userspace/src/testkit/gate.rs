@@ -5,7 +5,9 @@
 /// kernel tests must not pass by skipping them.
 pub fn e2e_enabled() -> bool {
     if std::env::var_os("MESHLB_E2E").is_none() {
-        println!("skipped: set MESHLB_E2E=1 (as root) to run the kernel tests, or use `cargo xtask test`");
+        println!(
+            "skipped: set MESHLB_E2E=1 (as root) to run the kernel tests, or use `cargo xtask test`"
+        );
         return false;
     }
     // SAFETY: geteuid has no preconditions.

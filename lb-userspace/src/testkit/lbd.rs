@@ -63,7 +63,11 @@ impl Lbd {
         for interface in interfaces {
             args.extend(["--interface", interface]);
         }
-        let mut child = node.spawn(lbd.to_str().context("lbd path")?, &args, &[("NO_COLOR", "1")])?;
+        let mut child = node.spawn(
+            lbd.to_str().context("lbd path")?,
+            &args,
+            &[("NO_COLOR", "1")],
+        )?;
         let status = child.wait_timeout(READY_TIMEOUT)?;
         let output = child.output_so_far();
         let _ = std::fs::remove_file(&config);
