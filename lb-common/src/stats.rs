@@ -1,8 +1,22 @@
 //! Global per-CPU counters: one slot per path a packet can take. This enum is the only
 //! source of the slot indices and of their metric label names.
 
+/// What a counter counts, so totals can be checked: every packet the XDP program sees ends in
+/// exactly one `Outcome` slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Every packet seen (`rx`).
+    Seen,
+    /// How a packet's run ended: passed, sent or dropped.
+    Outcome,
+    /// Something that happened on the way (a rewrite, a new flow).
+    Event,
+    /// Counted by the TC program.
+    Tc,
+}
+
 macro_rules! stat_slots {
-    ($($(#[$doc:meta])* $variant:ident = $label:literal,)*) => {
+    ($($(#[$doc:meta])* $variant:ident = $label:literal, $kind:ident;)*) => {
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum StatSlot { $($(#[$doc])* $variant,)* }
@@ -15,45 +29,68 @@ macro_rules! stat_slots {
             pub const fn label(self) -> &'static str {
                 match self { $(StatSlot::$variant => $label,)* }
             }
+
+            pub const fn kind(self) -> SlotKind {
+                match self { $(StatSlot::$variant => SlotKind::$kind,)* }
+            }
         }
     };
 }
 
 stat_slots! {
     /// Every packet the XDP program saw.
-    Rx = "rx",
+    Rx = "rx", Seen;
     /// Not IP, not TCP/UDP, or not addressed to a frontend or from a backend: passed untouched.
-    PassNotFrontend = "pass_not_frontend",
+    PassNotFrontend = "pass_not_frontend", Outcome;
     /// Headers shorter than they claim or otherwise unparseable: passed untouched.
-    PassMalformed = "pass_malformed",
+    PassMalformed = "pass_malformed", Outcome;
     /// IP fragments: passed untouched (no port to balance on).
-    PassFragment = "pass_fragment",
+    PassFragment = "pass_fragment", Outcome;
     /// IPv4 packets with options: passed untouched.
-    PassIpOptions = "pass_ip_options",
+    PassIpOptions = "pass_ip_options", Outcome;
     /// Rewritten toward a backend (client to backend).
-    NatForward = "nat_forward",
+    NatForward = "nat_forward", Event;
     /// Rewritten back to the frontend (backend to client).
-    NatReply = "nat_reply",
+    NatReply = "nat_reply", Event;
     /// New flows started (a backend was chosen).
-    NewFlow = "new_flow",
+    NewFlow = "new_flow", Event;
     /// Sent with XDP_REDIRECT to a device that takes XDP frames.
-    TxXdpRedirect = "tx_xdp_redirect",
+    TxXdpRedirect = "tx_xdp_redirect", Outcome;
     /// Passed to the kernel with metadata; the TC program forwards it with bpf_redirect_neigh.
-    TxViaTc = "tx_via_tc",
+    TxViaTc = "tx_via_tc", Outcome;
     /// The FIB says the destination is local: passed to the kernel's own stack.
-    TxLocal = "tx_local",
+    TxLocal = "tx_local", Outcome;
     /// TC program: forwarded a packet the XDP program handed over.
-    TcRedirectNeigh = "tc_redirect_neigh",
+    TcRedirectNeigh = "tc_redirect_neigh", Tc;
     /// TC program: bpf_redirect_neigh refused the packet.
-    TcRedirectFailed = "tc_redirect_failed",
+    TcRedirectFailed = "tc_redirect_failed", Tc;
     /// Dropped: the service has no usable backend.
-    DropNoBackend = "drop_no_backend",
+    DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
-    DropFibFailed = "drop_fib_failed",
+    DropFibFailed = "drop_fib_failed", Outcome;
     /// Dropped: the connection table refused an insert.
-    DropConntrackFull = "drop_conntrack_full",
+    DropConntrackFull = "drop_conntrack_full", Outcome;
     /// Dropped: a mid-flow TCP packet for which no flow is tracked.
-    DropNoFlow = "drop_no_flow",
+    DropNoFlow = "drop_no_flow", Outcome;
     /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.
-    DropMetaFailed = "drop_meta_failed",
+    DropMetaFailed = "drop_meta_failed", Outcome;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_and_labels_unique() {
+        for (i, slot) in StatSlot::ALL.iter().enumerate() {
+            assert_eq!(*slot as usize, i);
+        }
+        let mut labels: [&str; StatSlot::COUNT as usize] = [""; StatSlot::COUNT as usize];
+        for (i, slot) in StatSlot::ALL.iter().enumerate() {
+            labels[i] = slot.label();
+        }
+        labels.sort_unstable();
+        assert!(labels.windows(2).all(|w| w[0] != w[1]));
+        assert_eq!(StatSlot::Rx.kind(), SlotKind::Seen);
+    }
 }
