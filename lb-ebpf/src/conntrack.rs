@@ -114,7 +114,8 @@ pub fn insert(
         proto: key.proto,
         _pad: [0; 3],
     };
-    let reply = Flow {
+    // One value, written twice: the BPF stack is small.
+    let mut flow = Flow {
         nat_addr: key.dst,
         nat_port_be: key.dport_be,
         kind: flow_kind::REPLY,
@@ -124,18 +125,12 @@ pub fn insert(
         timeout_s,
         last_seen_ns: now,
     };
-    CONNTRACK.insert(&reply_key, &reply, 0)?;
-    let forward = Flow {
-        nat_addr: chosen.addr,
-        nat_port_be: chosen.port_be,
-        kind: flow_kind::FORWARD,
-        tcp_state: state,
-        backend_id: chosen.backend_id,
-        service_id: svc.id,
-        timeout_s,
-        last_seen_ns: now,
-    };
-    CONNTRACK.insert(key, &forward, 0)
+    CONNTRACK.insert(&reply_key, &flow, 0)?;
+    flow.nat_addr = chosen.addr;
+    flow.nat_port_be = chosen.port_be;
+    flow.kind = flow_kind::FORWARD;
+    flow.tcp_state = state;
+    CONNTRACK.insert(key, &flow, 0)
 }
 
 /// The reply entry of a packet from a backend.

@@ -15,6 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
+    Addr,
     maps::{XDP_META_MAGIC, XdpMeta},
     stats::StatSlot,
 };
@@ -26,18 +27,25 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
-/// Forwards a packet whose IPv4 addresses are now `src_raw` -> `dst_raw`.
+/// Forwards a packet whose addresses are now `src` -> `dst`.
 #[inline(always)]
-pub fn send_v4(ctx: &XdpContext, pkt: &Packet, src_raw: u32, dst_raw: u32) -> u32 {
+pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> u32 {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.family = AF_INET;
     params.l4_protocol = pkt.key.proto;
     params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
-    params.__bindgen_anon_2.tos = pkt.tos;
-    params.__bindgen_anon_3.ipv4_src = src_raw;
-    params.__bindgen_anon_4.ipv4_dst = dst_raw;
+    if pkt.v6 {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = src.words;
+        params.__bindgen_anon_4.ipv6_dst = dst.words;
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_2.tos = pkt.tos;
+        params.__bindgen_anon_3.ipv4_src = src.v4_raw();
+        params.__bindgen_anon_4.ipv4_dst = dst.v4_raw();
+    }
     params.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
     let rc = unsafe {

@@ -33,13 +33,11 @@ use crate::{
 #[xdp]
 pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     count(StatSlot::Rx);
-    let pkt = match parse::parse(&ctx) {
-        Ok(pkt) => pkt,
-        Err(reason) => {
-            count(reason);
-            return xdp_action::XDP_PASS;
-        }
-    };
+    let mut pkt = Packet::default();
+    if let Err(reason) = parse::parse(&ctx, &mut pkt) {
+        count(reason);
+        return xdp_action::XDP_PASS;
+    }
     let frontend = EndpointKey {
         addr: pkt.key.dst,
         port_be: pkt.key.dport_be,
@@ -65,7 +63,8 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
 }
 
 /// A client packet for a frontend: find or choose its backend, DNAT, forward.
-#[inline(always)]
+/// Not inlined: its stack frame and `to_client`'s are never live together.
+#[inline(never)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
     let now = conntrack::now_ns();
     let key: &FlowKey = &pkt.key;
@@ -104,18 +103,17 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
             (chosen, true)
         }
     };
-    let new_dst = chosen.addr.v4_raw();
-    if nat::rewrite_v4(ctx, pkt, Side::Destination, new_dst, chosen.port_be).is_none() {
+    if nat::rewrite(ctx, pkt, Side::Destination, &chosen.addr, chosen.port_be).is_none() {
         count(StatSlot::PassMalformed);
         return xdp_action::XDP_PASS;
     }
     count(StatSlot::NatForward);
     count_traffic(svc.id, chosen.backend_id, pkt.len, new_flow);
-    forward::send_v4(ctx, pkt, pkt.key.src.v4_raw(), new_dst)
+    forward::send(ctx, pkt, &pkt.key.src, &chosen.addr)
 }
 
 /// A packet from a backend: if it belongs to a tracked flow, the source becomes the frontend.
-#[inline(always)]
+#[inline(never)]
 fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let Some(flow) = conntrack::lookup_reply(&pkt.key) else {
         count(StatSlot::PassNotFrontend);
@@ -123,14 +121,13 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
     };
     // SAFETY: valid for this program run; copied out.
     let f = unsafe { *flow };
-    let new_src = f.nat_addr.v4_raw();
-    if nat::rewrite_v4(ctx, pkt, Side::Source, new_src, f.nat_port_be).is_none() {
+    if nat::rewrite(ctx, pkt, Side::Source, &f.nat_addr, f.nat_port_be).is_none() {
         count(StatSlot::PassMalformed);
         return xdp_action::XDP_PASS;
     }
     count(StatSlot::NatReply);
     count_traffic(f.service_id, f.backend_id, pkt.len, false);
-    forward::send_v4(ctx, pkt, new_src, pkt.key.dst.v4_raw())
+    forward::send(ctx, pkt, &f.nat_addr, &pkt.key.dst)
 }
 
 /// Forwards packets the XDP program rewrote but could not redirect itself.

@@ -4,7 +4,7 @@
 //! care about byte order as long as every operand is read the same way.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::maps::proto;
+use lb_common::{Addr, maps::proto};
 
 use crate::parse::{Packet, off, ptr_at};
 
@@ -38,23 +38,21 @@ pub enum Side {
     Source,
 }
 
-/// Rewrites the IPv4 address and the L4 port of one side, fixing both checksums.
-/// Returns `None` if the packet is shorter than the parser saw (cannot happen; kept for the
-/// verifier).
+/// Rewrites the address and L4 port of one side of the packet, fixing the checksums (the IPv4
+/// header's and the TCP/UDP one, whose pseudo-header covers the addresses). `None` only if
+/// the packet is shorter than the parser saw, which cannot happen; kept for the verifier.
 #[inline(always)]
-pub fn rewrite_v4(
+pub fn rewrite(
     ctx: &XdpContext,
     pkt: &Packet,
     side: Side,
-    addr_raw: u32,
+    addr: &Addr,
     port_be: u16,
 ) -> Option<()> {
-    let (addr_off, port_off) = match side {
-        Side::Destination => (off::IP_DST, off::L4_DPORT),
-        Side::Source => (off::IP_SRC, off::L4_SPORT),
+    let port_off = match side {
+        Side::Destination => off::L4_DPORT,
+        Side::Source => off::L4_SPORT,
     };
-    let ip_addr = ptr_at::<u32>(ctx, pkt.l3 + addr_off)?;
-    let ip_csum = ptr_at::<u16>(ctx, pkt.l3 + off::IP_CSUM)?;
     let l4_port = ptr_at::<u16>(ctx, pkt.l4 + port_off)?;
     let csum_off = if pkt.key.proto == proto::TCP {
         off::TCP_CSUM
@@ -62,18 +60,39 @@ pub fn rewrite_v4(
         off::UDP_CSUM
     };
     let l4_csum = ptr_at::<u16>(ctx, pkt.l4 + csum_off)?;
-    // SAFETY: every pointer was bounds-checked by ptr_at; unaligned access is used throughout.
+    // SAFETY: every pointer is bounds-checked by ptr_at; access is unaligned throughout.
     unsafe {
-        let old_addr = ip_addr.read_unaligned();
-        let old_port = l4_port.read_unaligned();
-        ip_addr.write_unaligned(addr_raw);
-        l4_port.write_unaligned(port_be);
-        ip_csum.write_unaligned(csum_replace4(ip_csum.read_unaligned(), old_addr, addr_raw));
-        let csum = l4_csum.read_unaligned();
+        let mut csum = l4_csum.read_unaligned();
         // UDP over IPv4 may carry no checksum (0); it must stay 0 then.
-        if pkt.key.proto == proto::TCP || csum != 0 {
-            let mut updated =
-                csum_replace2(csum_replace4(csum, old_addr, addr_raw), old_port, port_be);
+        let update_l4 = pkt.key.proto == proto::TCP || csum != 0;
+        if pkt.v6 {
+            let addr_off = match side {
+                Side::Destination => off::IP6_DST,
+                Side::Source => off::IP6_SRC,
+            };
+            let ip_addr = ptr_at::<[u32; 4]>(ctx, pkt.l3 + addr_off)?;
+            let old = ip_addr.read_unaligned();
+            ip_addr.write_unaligned(addr.words);
+            for i in 0..4 {
+                csum = csum_replace4(csum, old[i], addr.words[i]);
+            }
+        } else {
+            let addr_off = match side {
+                Side::Destination => off::IP_DST,
+                Side::Source => off::IP_SRC,
+            };
+            let ip_addr = ptr_at::<u32>(ctx, pkt.l3 + addr_off)?;
+            let ip_csum = ptr_at::<u16>(ctx, pkt.l3 + off::IP_CSUM)?;
+            let old = ip_addr.read_unaligned();
+            let new = addr.v4_raw();
+            ip_addr.write_unaligned(new);
+            ip_csum.write_unaligned(csum_replace4(ip_csum.read_unaligned(), old, new));
+            csum = csum_replace4(csum, old, new);
+        }
+        let old_port = l4_port.read_unaligned();
+        l4_port.write_unaligned(port_be);
+        if update_l4 {
+            let mut updated = csum_replace2(csum, old_port, port_be);
             if pkt.key.proto == proto::UDP && updated == 0 {
                 updated = 0xffff;
             }

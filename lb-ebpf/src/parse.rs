@@ -7,7 +7,18 @@ use lb_common::{Addr, maps::FlowKey, maps::proto, stats::StatSlot};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
+/// QinQ at most: an outer service tag and an inner customer tag.
+const MAX_VLAN_TAGS: usize = 2;
 pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -26,6 +37,10 @@ pub mod off {
     pub const IP_CSUM: usize = 10;
     pub const IP_SRC: usize = 12;
     pub const IP_DST: usize = 16;
+    pub const IP6_PAYLOAD_LEN: usize = 4;
+    pub const IP6_NEXT: usize = 6;
+    pub const IP6_SRC: usize = 8;
+    pub const IP6_DST: usize = 24;
     pub const L4_SPORT: usize = 0;
     pub const L4_DPORT: usize = 2;
     pub const TCP_FLAGS: usize = 13;
@@ -34,14 +49,18 @@ pub mod off {
 }
 
 /// What the rest of the program needs to know about a packet.
+#[derive(Default)]
 pub struct Packet {
     pub key: FlowKey,
-    /// Offset of the IP header.
+    pub v6: bool,
+    /// Offset of the IP header (past VLAN tags).
     pub l3: usize,
     /// Offset of the TCP or UDP header.
     pub l4: usize,
     pub tcp_flags: u8,
+    /// IPv4 TOS (0 for IPv6), for the FIB lookup.
     pub tos: u8,
+    /// Length of the whole IP packet, for the FIB's MTU check.
     pub ip_tot_len_be: u16,
     /// Frame length, for byte counters.
     pub len: u32,
@@ -64,24 +83,50 @@ pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
-/// Parses Ethernet, IPv4 and TCP/UDP. `Err` names the counter of a packet passed untouched.
+/// Parses Ethernet (with up to two VLAN tags), IPv4 or IPv6, and TCP/UDP. `Err` names the
+/// counter of a packet passed untouched.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, StatSlot> {
-    let ether_type = u16::from_be(load::<u16>(ctx, off::ETH_PROTO).ok_or(StatSlot::PassMalformed)?);
-    if ether_type != ETH_P_IP {
-        return Err(StatSlot::PassNotFrontend);
+/// Fills `pkt` in place (the BPF stack has room for one `Packet`, not for copies of it).
+pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
+    let (ether_type, l3) = ether_type(ctx)?;
+    pkt.l3 = l3;
+    pkt.len = (ctx.data_end() - ctx.data()) as u32;
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, pkt),
+        ETH_P_IPV6 => parse_v6(ctx, pkt),
+        _ => Err(StatSlot::PassNotFrontend),
     }
-    let l3 = ETH_HLEN;
+}
+
+/// The L3 protocol and where its header starts, past any 802.1Q/802.1ad tags.
+#[inline(always)]
+fn ether_type(ctx: &XdpContext) -> Result<(u16, usize), StatSlot> {
+    let mut ether_type =
+        u16::from_be(load::<u16>(ctx, off::ETH_PROTO).ok_or(StatSlot::PassMalformed)?);
+    let mut l3 = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        // A tag: TCI (2 bytes), then the inner type.
+        ether_type = u16::from_be(load::<u16>(ctx, l3 + 2).ok_or(StatSlot::PassMalformed)?);
+        l3 += VLAN_HLEN;
+    }
+    Ok((ether_type, l3))
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
+    let l3 = pkt.l3;
     // Version/IHL byte, then the whole fixed header.
+    if ptr_at::<[u8; IPV4_HLEN]>(ctx, l3).is_none() {
+        return Err(StatSlot::PassMalformed);
+    }
     let ver_ihl = load::<u8>(ctx, l3).ok_or(StatSlot::PassMalformed)?;
-    if ptr_at::<[u8; IPV4_HLEN]>(ctx, l3).is_none() || ver_ihl >> 4 != 4 {
+    if ver_ihl >> 4 != 4 || ver_ihl & 0x0f < 5 {
         return Err(StatSlot::PassMalformed);
     }
-    let ihl = ver_ihl & 0x0f;
-    if ihl < 5 {
-        return Err(StatSlot::PassMalformed);
-    }
-    if ihl != 5 {
+    if ver_ihl & 0x0f != 5 {
         // Policy: options are rare and never on our frontends' traffic; the kernel handles them.
         return Err(StatSlot::PassIpOptions);
     }
@@ -90,9 +135,56 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, StatSlot> {
         // MF set or a non-zero offset: no ports to balance on. The kernel reassembles.
         return Err(StatSlot::PassFragment);
     }
-    let protocol = load::<u8>(ctx, l3 + off::IP_PROTO).ok_or(StatSlot::PassMalformed)?;
-    let l4 = l3 + IPV4_HLEN;
-    let tcp_flags = match protocol {
+    pkt.key.proto = load::<u8>(ctx, l3 + off::IP_PROTO).ok_or(StatSlot::PassMalformed)?;
+    pkt.key.src =
+        Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_SRC).ok_or(StatSlot::PassMalformed)?);
+    pkt.key.dst =
+        Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_DST).ok_or(StatSlot::PassMalformed)?);
+    pkt.tos = load::<u8>(ctx, l3 + off::IP_TOS).ok_or(StatSlot::PassMalformed)?;
+    pkt.ip_tot_len_be = load::<u16>(ctx, l3 + off::IP_TOT_LEN).ok_or(StatSlot::PassMalformed)?;
+    pkt.v6 = false;
+    pkt.l4 = l3 + IPV4_HLEN;
+    parse_l4(ctx, pkt)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
+    let l3 = pkt.l3;
+    if ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).is_none() {
+        return Err(StatSlot::PassMalformed);
+    }
+    let version = load::<u8>(ctx, l3).ok_or(StatSlot::PassMalformed)?;
+    if version >> 4 != 6 {
+        return Err(StatSlot::PassMalformed);
+    }
+    let next_header = load::<u8>(ctx, l3 + off::IP6_NEXT).ok_or(StatSlot::PassMalformed)?;
+    match next_header {
+        proto::TCP | proto::UDP => {}
+        IPPROTO_FRAGMENT => return Err(StatSlot::PassFragment),
+        // Hop-by-hop, routing, destination options: the IPv6 counterpart of IPv4 options.
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+            return Err(StatSlot::PassIpOptions);
+        }
+        _ => return Err(StatSlot::PassNotFrontend),
+    }
+    pkt.key.proto = next_header;
+    pkt.key.src.words = load::<[u32; 4]>(ctx, l3 + off::IP6_SRC).ok_or(StatSlot::PassMalformed)?;
+    pkt.key.dst.words = load::<[u32; 4]>(ctx, l3 + off::IP6_DST).ok_or(StatSlot::PassMalformed)?;
+    let payload_len_be =
+        load::<u16>(ctx, l3 + off::IP6_PAYLOAD_LEN).ok_or(StatSlot::PassMalformed)?;
+    // The FIB's MTU check wants the whole IP packet's length.
+    pkt.ip_tot_len_be = (u16::from_be(payload_len_be).wrapping_add(IPV6_HLEN as u16)).to_be();
+    pkt.tos = 0;
+    pkt.v6 = true;
+    pkt.l4 = l3 + IPV6_HLEN;
+    parse_l4(ctx, pkt)
+}
+
+/// TCP flags (0 for UDP) and ports of the L4 header at `pkt.l4`.
+#[inline(always)]
+fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
+    let l4 = pkt.l4;
+    pkt.tcp_flags = match pkt.key.proto {
         proto::TCP => {
             if ptr_at::<[u8; 20]>(ctx, l4).is_none() {
                 return Err(StatSlot::PassMalformed);
@@ -107,26 +199,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, StatSlot> {
         }
         _ => return Err(StatSlot::PassNotFrontend),
     };
-    let src = load::<u32>(ctx, l3 + off::IP_SRC).ok_or(StatSlot::PassMalformed)?;
-    let dst = load::<u32>(ctx, l3 + off::IP_DST).ok_or(StatSlot::PassMalformed)?;
-    let sport_be = load::<u16>(ctx, l4 + off::L4_SPORT).ok_or(StatSlot::PassMalformed)?;
-    let dport_be = load::<u16>(ctx, l4 + off::L4_DPORT).ok_or(StatSlot::PassMalformed)?;
-    let tos = load::<u8>(ctx, l3 + off::IP_TOS).ok_or(StatSlot::PassMalformed)?;
-    let ip_tot_len_be = load::<u16>(ctx, l3 + off::IP_TOT_LEN).ok_or(StatSlot::PassMalformed)?;
-    Ok(Packet {
-        key: FlowKey {
-            src: Addr::from_v4_raw(src),
-            dst: Addr::from_v4_raw(dst),
-            sport_be,
-            dport_be,
-            proto: protocol,
-            _pad: [0; 3],
-        },
-        l3,
-        l4,
-        tcp_flags,
-        tos,
-        ip_tot_len_be,
-        len: (ctx.data_end() - ctx.data()) as u32,
-    })
+    pkt.key.sport_be = load::<u16>(ctx, l4 + off::L4_SPORT).ok_or(StatSlot::PassMalformed)?;
+    pkt.key.dport_be = load::<u16>(ctx, l4 + off::L4_DPORT).ok_or(StatSlot::PassMalformed)?;
+    Ok(())
 }

@@ -65,7 +65,7 @@ pub enum PlanError {
         max: u32,
     },
     #[error(
-        "service \"{service}\" publishes ports on every node address, but this node has no IPv4 address"
+        "service \"{service}\" publishes ports on every node address, but this node has no address of its backends' family"
     )]
     NoNodeAddress { service: String },
     #[error("service \"{service}\": building its selection table failed: {source:?}")]
@@ -73,61 +73,52 @@ pub enum PlanError {
 }
 
 /// Plans the kernel state for `file` on a node with `node_addrs`.
+///
+/// A kernel service is one (service, port mapping, address family): meshlb translates
+/// addresses but not families, so IPv4 frontends use the IPv4 backends and IPv6 frontends
+/// the IPv6 ones. A VIP-less service is published on the node addresses of each family it
+/// has backends for (both families when it has no backends at all).
 pub fn plan(file: &ServiceFile, node_addrs: &[IpAddr]) -> Result<DesiredState, PlanError> {
     let mut state = DesiredState::default();
-    let node_v4: Vec<IpAddr> = node_addrs.iter().copied().filter(IpAddr::is_ipv4).collect();
     let mut next_backend_id = 1u32; // 0 means "no backend" in the kernel.
     for spec in file.services.values() {
         check_supported(spec)?;
-        let frontend_addrs: Vec<IpAddr> = match spec.vip {
-            Some(vip) => vec![vip],
-            None if node_v4.is_empty() => {
-                return Err(PlanError::NoNodeAddress {
-                    service: spec.name.clone(),
-                });
-            }
-            None => node_v4.clone(),
-        };
-        for mapping in &spec.ports {
-            let id = state.services.len() as u32;
-            let mut planned = PlannedService {
-                name: spec.name.clone(),
-                id,
-                mapping: *mapping,
-                frontends: Vec::new(),
-                backends: Vec::new(),
+        let mut families = 0;
+        for v6 in [false, true] {
+            let frontend_addrs: Vec<IpAddr> = match spec.vip {
+                Some(vip) if vip.is_ipv6() == v6 => vec![vip],
+                Some(_) => continue,
+                None => {
+                    let has_backends = spec.backends.iter().any(|b| b.address.is_ipv6() == v6);
+                    if !has_backends && !spec.backends.is_empty() {
+                        continue;
+                    }
+                    node_addrs
+                        .iter()
+                        .copied()
+                        .filter(|a| a.is_ipv6() == v6)
+                        .collect()
+                }
             };
-            for backend in &spec.backends {
-                let target = SocketAddr::new(backend.address, backend.target_port(mapping));
-                let backend_id = next_backend_id;
-                next_backend_id += 1;
-                state.backends.insert(
-                    backend_id,
-                    Backend {
-                        addr: addr(target.ip()),
-                        port_be: target.port().to_be(),
-                        flags: backend_flags::IN_USE,
-                        service_id: id,
-                    },
-                );
-                *state
-                    .endpoints
-                    .entry(endpoint(target, mapping))
-                    .or_default() += 1;
-                planned.backends.push(PlannedBackend {
-                    id: backend_id,
-                    target,
-                    weight: backend.weight,
-                });
+            if frontend_addrs.is_empty() {
+                continue;
             }
-            state.tables.insert(id, table(spec, &planned)?);
-            let service = service_value(spec, id);
-            for frontend_addr in &frontend_addrs {
-                let frontend = SocketAddr::new(*frontend_addr, mapping.frontend);
-                state.frontends.insert(endpoint(frontend, mapping), service);
-                planned.frontends.push(frontend);
+            families += 1;
+            for mapping in &spec.ports {
+                plan_service(
+                    &mut state,
+                    spec,
+                    mapping,
+                    &frontend_addrs,
+                    v6,
+                    &mut next_backend_id,
+                )?;
             }
-            state.services.push(planned);
+        }
+        if families == 0 {
+            return Err(PlanError::NoNodeAddress {
+                service: spec.name.clone(),
+            });
         }
     }
     check_capacity("services", state.services.len(), MAX_SERVICES)?;
@@ -140,6 +131,57 @@ pub fn plan(file: &ServiceFile, node_addrs: &[IpAddr]) -> Result<DesiredState, P
         MAX_BACKEND_ENDPOINTS,
     )?;
     Ok(state)
+}
+
+/// One kernel service: its backends of one family, its table and its frontends.
+fn plan_service(
+    state: &mut DesiredState,
+    spec: &ServiceSpec,
+    mapping: &PortMapping,
+    frontend_addrs: &[IpAddr],
+    v6: bool,
+    next_backend_id: &mut u32,
+) -> Result<(), PlanError> {
+    let id = state.services.len() as u32;
+    let mut planned = PlannedService {
+        name: spec.name.clone(),
+        id,
+        mapping: *mapping,
+        frontends: Vec::new(),
+        backends: Vec::new(),
+    };
+    for backend in spec.backends.iter().filter(|b| b.address.is_ipv6() == v6) {
+        let target = SocketAddr::new(backend.address, backend.target_port(mapping));
+        let backend_id = *next_backend_id;
+        *next_backend_id += 1;
+        state.backends.insert(
+            backend_id,
+            Backend {
+                addr: addr(target.ip()),
+                port_be: target.port().to_be(),
+                flags: backend_flags::IN_USE,
+                service_id: id,
+            },
+        );
+        *state
+            .endpoints
+            .entry(endpoint(target, mapping))
+            .or_default() += 1;
+        planned.backends.push(PlannedBackend {
+            id: backend_id,
+            target,
+            weight: backend.weight,
+        });
+    }
+    state.tables.insert(id, table(spec, &planned)?);
+    let service = service_value(spec, id);
+    for frontend_addr in frontend_addrs {
+        let frontend = SocketAddr::new(*frontend_addr, mapping.frontend);
+        state.frontends.insert(endpoint(frontend, mapping), service);
+        planned.frontends.push(frontend);
+    }
+    state.services.push(planned);
+    Ok(())
 }
 
 fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), PlanError> {
@@ -157,18 +199,18 @@ fn check_supported(spec: &ServiceSpec) -> Result<(), PlanError> {
         field,
         message: message.to_owned(),
     };
-    if spec.vip.is_some_and(|vip| vip.is_ipv6()) {
-        return Err(unsupported(
-            "vip",
-            "IPv6 frontends are not supported by this dataplane yet; use an IPv4 VIP",
-        ));
-    }
-    if let Some(i) = spec.backends.iter().position(|b| b.address.is_ipv6()) {
+    if let Some(vip) = spec.vip
+        && let Some(i) = spec
+            .backends
+            .iter()
+            .position(|b| b.address.is_ipv6() != vip.is_ipv6())
+    {
         return Err(PlanError::Unsupported {
             service: spec.name.clone(),
             field: "backends",
             message: format!(
-                "backends[{i}] is IPv6, which this dataplane does not forward yet; use IPv4 backends"
+                "backends[{i}] ({}) is not of the vip's address family ({vip}); meshlb translates addresses, not families: give the service a vip of each family, or drop the vip to publish on every node address",
+                spec.backends[i].address
             ),
         });
     }

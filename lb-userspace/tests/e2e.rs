@@ -19,10 +19,14 @@ services:
     vip: 198.18.100.1
     ports: ["80:8080/tcp", "53:5353/udp"]
     backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["fd00:2::a", "fd00:2::b", "fd00:2::c"]
   api:
     ports: ["8000:8080/tcp", "8053:5353/udp"]
     scheduler: round-robin
-    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12", "fd00:2::a", "fd00:2::b", "fd00:2::c"]
 "#;
 
 fn lbd() -> &'static Path {
@@ -64,15 +68,22 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
     }
     let (topo, servers) = setup(3);
     let lb = start_lbd(&topo, SERVICES);
-    let client_ip = IpAddr::V4(topo.client_addr4);
-    let vip: IpAddr = "198.18.100.1".parse().unwrap();
-    let node_ip = IpAddr::V4(topo.node_client_addr4);
+    let clients = [IpAddr::V4(topo.client_addr4), IpAddr::V6(topo.client_addr6)];
+    let vip4: IpAddr = "198.18.100.1".parse().unwrap();
+    let vip6: IpAddr = "fd00:100::1".parse().unwrap();
+    let node4 = IpAddr::V4(topo.node_client_addr4);
+    let node6 = IpAddr::V6(topo.node_client_addr6);
     let mut exchanges = 0u64;
+    // Both families, through a VIP and through a port published on the node's addresses.
     for (proto, target) in [
-        ("tcp", SocketAddr::new(vip, 80)),
-        ("tcp", SocketAddr::new(node_ip, 8000)),
-        ("udp", SocketAddr::new(vip, 53)),
-        ("udp", SocketAddr::new(node_ip, 8053)),
+        ("tcp", SocketAddr::new(vip4, 80)),
+        ("tcp", SocketAddr::new(node4, 8000)),
+        ("udp", SocketAddr::new(vip4, 53)),
+        ("udp", SocketAddr::new(node4, 8053)),
+        ("tcp", SocketAddr::new(vip6, 80)),
+        ("tcp", SocketAddr::new(node6, 8000)),
+        ("udp", SocketAddr::new(vip6, 53)),
+        ("udp", SocketAddr::new(node6, 8053)),
     ] {
         let mut seen = BTreeSet::new();
         for i in 0..FLOWS {
@@ -106,7 +117,7 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
         let peers = server.peers();
         assert!(!peers.is_empty(), "{} saw no traffic", server.name());
         assert!(
-            peers.iter().all(|(_, ip)| *ip == client_ip),
+            peers.iter().all(|(_, ip)| clients.contains(ip)),
             "{} saw a translated source: {peers:?}",
             server.name()
         );
