@@ -296,3 +296,244 @@ fn endpoint(socket: SocketAddr, mapping: &PortMapping) -> EndpointKey {
         _pad: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use lb_common::maps::proto;
+
+    use super::*;
+
+    fn plan_of(yaml: &str, node: &[&str]) -> Result<DesiredState, PlanError> {
+        let file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
+        let node: Vec<IpAddr> = node.iter().map(|a| a.parse().unwrap()).collect();
+        plan(&file, &node)
+    }
+
+    fn key(socket: &str, protocol: u8) -> EndpointKey {
+        let socket: SocketAddr = socket.parse().unwrap();
+        EndpointKey {
+            addr: addr(socket.ip()),
+            port_be: socket.port().to_be(),
+            proto: protocol,
+            _pad: 0,
+        }
+    }
+
+    const NODE: [&str; 3] = ["198.18.1.1", "198.18.2.1", "fd00:1::1"];
+
+    #[test]
+    fn vip_service_gets_one_kernel_service_per_port_with_resolved_backend_ports() {
+        let state = plan_of(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53/udp"]
+    backends: ["198.18.2.10", "198.18.2.11:9000"]
+"#,
+            &NODE,
+        )
+        .unwrap();
+        assert_eq!(state.services.len(), 2);
+        assert_eq!(state.frontends.len(), 2);
+        let web80 = state.frontends[&key("198.18.100.1:80", proto::TCP)];
+        let web53 = state.frontends[&key("198.18.100.1:53", proto::UDP)];
+        assert_ne!(web80.id, web53.id);
+        let targets: Vec<String> = state.services[0]
+            .backends
+            .iter()
+            .map(|b| b.target.to_string())
+            .collect();
+        assert_eq!(targets, ["198.18.2.10:8080", "198.18.2.11:9000"]);
+        // Replies are recognised by backend endpoint, per port mapping.
+        assert!(
+            state
+                .endpoints
+                .contains_key(&key("198.18.2.10:8080", proto::TCP))
+        );
+        assert!(
+            state
+                .endpoints
+                .contains_key(&key("198.18.2.10:53", proto::UDP))
+        );
+        assert!(
+            state
+                .endpoints
+                .contains_key(&key("198.18.2.11:9000", proto::UDP))
+        );
+        // Backend ids start at 1 (0 means none) and tables hold only them.
+        assert!(!state.backends.contains_key(&0));
+        for table in state.tables.values() {
+            assert_eq!(table.len(), 16381);
+            assert!(table.iter().all(|id| state.backends.contains_key(id)));
+        }
+    }
+
+    #[test]
+    fn published_ports_answer_on_every_node_address_of_the_backends_family() {
+        let state = plan_of(
+            r#"
+services:
+  v4only:
+    ports: ["8000:80/tcp"]
+    backends: ["198.18.2.10"]
+  dual:
+    ports: ["9000:80/tcp"]
+    backends: ["198.18.2.10", "fd00:2::a"]
+"#,
+            &NODE,
+        )
+        .unwrap();
+        for frontend in [
+            "198.18.1.1:8000",
+            "198.18.2.1:8000",
+            "198.18.1.1:9000",
+            "[fd00:1::1]:9000",
+        ] {
+            assert!(
+                state.frontends.contains_key(&key(frontend, proto::TCP)),
+                "{frontend}"
+            );
+        }
+        assert!(
+            !state
+                .frontends
+                .contains_key(&key("[fd00:1::1]:8000", proto::TCP))
+        );
+        // dual: one kernel service per family, each with that family's backend only.
+        let v6 = state.frontends[&key("[fd00:1::1]:9000", proto::TCP)];
+        let v4 = state.frontends[&key("198.18.1.1:9000", proto::TCP)];
+        assert_ne!(v4.id, v6.id);
+        let v6_backends = &state.services[v6.id as usize].backends;
+        assert_eq!(v6_backends.len(), 1);
+        assert!(v6_backends[0].target.is_ipv6());
+    }
+
+    #[test]
+    fn mixed_families_behind_a_vip_are_refused_with_the_field() {
+        let err = plan_of(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    backends: ["198.18.2.10", "fd00:2::a"]
+"#,
+            &NODE,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("service \"web\""), "{text}");
+        assert!(text.contains("backends[1]"), "{text}");
+    }
+
+    #[test]
+    fn fullnat_is_refused_until_the_dataplane_does_it() {
+        let err = plan_of(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    forwarding: fullnat
+    backends: ["198.18.2.10"]
+"#,
+            &NODE,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlanError::Unsupported {
+                    field: "forwarding",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drained_or_missing_backends_give_an_empty_table_but_keep_reply_translation() {
+        let state = plan_of(
+            r#"
+services:
+  drained:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    backends: [{ address: 198.18.2.10, weight: 0 }]
+  empty:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    backends: []
+"#,
+            &NODE,
+        )
+        .unwrap();
+        assert!(state.tables.values().all(Vec::is_empty));
+        // The drained backend still exists, so its established flows keep being translated.
+        assert_eq!(state.backends.len(), 1);
+        assert_eq!(state.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn flags_and_timeouts_reach_the_kernel_value() {
+        let state = plan_of(
+            r#"
+services:
+  rr:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    scheduler: round-robin
+    timeouts: { tcp: 2h, udp: 30s }
+    backends: ["198.18.2.10", { address: 198.18.2.11, weight: 2 }]
+  sticky:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    affinity: client-ip
+    backends: ["198.18.2.10"]
+"#,
+            &NODE,
+        )
+        .unwrap();
+        let rr = state.frontends[&key("198.18.100.1:80", proto::TCP)];
+        assert_eq!(rr.flags, service_flags::ROUND_ROBIN);
+        assert_eq!((rr.tcp_timeout_s, rr.udp_timeout_s), (7200, 30));
+        // Weighted round-robin: 1 + 2 entries, the heavier backend twice.
+        assert_eq!(state.tables[&rr.id].len(), 3);
+        let sticky = state.frontends[&key("198.18.100.2:80", proto::TCP)];
+        assert_eq!(sticky.flags, service_flags::AFFINITY_CLIENT_IP);
+    }
+
+    #[test]
+    fn no_node_address_of_the_family_is_an_error() {
+        let err = plan_of(
+            r#"
+services:
+  web:
+    ports: ["80/tcp"]
+    backends: ["fd00:2::a"]
+"#,
+            &["198.18.1.1"],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::NoNodeAddress {
+                service: "web".into()
+            }
+        );
+    }
+
+    #[test]
+    fn addresses_round_trip_through_the_kernel_form() {
+        for text in ["198.18.1.2", "fd00::1", "2001:db8::42"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(super::ip(&addr(ip)), ip);
+        }
+        assert!(addr("198.18.1.2".parse().unwrap()).is_v4());
+        assert!(!addr("fd00::1".parse().unwrap()).is_v4());
+    }
+}
