@@ -40,7 +40,8 @@ macro_rules! stat_slots {
 stat_slots! {
     /// Every packet the XDP program saw.
     Rx = "rx", Seen;
-    /// Not IP, not TCP/UDP, or not addressed to a frontend or from a backend: passed untouched.
+    /// Not IP, not TCP/UDP/ICMP, or not for a frontend, from a backend or about a tracked
+    /// flow: passed untouched.
     PassNotFrontend = "pass_not_frontend", Outcome;
     /// Headers shorter than they claim or otherwise unparseable: passed untouched.
     PassMalformed = "pass_malformed", Outcome;
@@ -52,6 +53,12 @@ stat_slots! {
     NatForward = "nat_forward", Event;
     /// Rewritten back to the frontend (backend to client).
     NatReply = "nat_reply", Event;
+    /// An echo request to a VIP was answered.
+    IcmpEchoReply = "icmp_echo_reply", Event;
+    /// An ICMP error about a reply we sent was translated and sent to the backend.
+    IcmpErrorToBackend = "icmp_error_to_backend", Event;
+    /// An ICMP error about a packet we sent to a backend was translated for the client.
+    IcmpErrorToClient = "icmp_error_to_client", Event;
     /// New flows started (a backend was chosen).
     NewFlow = "new_flow", Event;
     /// Sent with XDP_REDIRECT to a device that takes XDP frames.

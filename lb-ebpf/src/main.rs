@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -37,6 +38,9 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     if let Err(reason) = parse::parse(&ctx, &mut pkt) {
         count(reason);
         return xdp_action::XDP_PASS;
+    }
+    if pkt.key.proto == proto::ICMP || pkt.key.proto == proto::ICMPV6 {
+        return icmp::handle(&ctx, &pkt);
     }
     let frontend = EndpointKey {
         addr: pkt.key.dst,

@@ -15,6 +15,10 @@ const VLAN_HLEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 pub const IPV4_HLEN: usize = 20;
 pub const IPV6_HLEN: usize = 40;
+pub const ICMP_HLEN: usize = 8;
+/// ICMPv6 router/neighbour solicitation/advertisement and redirect.
+const ICMPV6_NDP_FIRST: u8 = 133;
+const ICMPV6_NDP_LAST: u8 = 137;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -46,6 +50,7 @@ pub mod off {
     pub const TCP_FLAGS: usize = 13;
     pub const TCP_CSUM: usize = 16;
     pub const UDP_CSUM: usize = 6;
+    pub const ICMP_CSUM: usize = 2;
 }
 
 /// What the rest of the program needs to know about a packet.
@@ -58,6 +63,8 @@ pub struct Packet {
     /// Offset of the TCP or UDP header.
     pub l4: usize,
     pub tcp_flags: u8,
+    /// ICMP or ICMPv6 type (ports are 0 for ICMP).
+    pub icmp_type: u8,
     /// IPv4 TOS (0 for IPv6), for the FIB lookup.
     pub tos: u8,
     /// Length of the whole IP packet, for the FIB's MTU check.
@@ -159,7 +166,7 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     }
     let next_header = load::<u8>(ctx, l3 + off::IP6_NEXT).ok_or(StatSlot::PassMalformed)?;
     match next_header {
-        proto::TCP | proto::UDP => {}
+        proto::TCP | proto::UDP | proto::ICMPV6 => {}
         IPPROTO_FRAGMENT => return Err(StatSlot::PassFragment),
         // Hop-by-hop, routing, destination options: the IPv6 counterpart of IPv4 options.
         IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -180,7 +187,7 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     parse_l4(ctx, pkt)
 }
 
-/// TCP flags (0 for UDP) and ports of the L4 header at `pkt.l4`.
+/// TCP flags (0 for UDP) and ports of the L4 header at `pkt.l4`; the type of an ICMP one.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     let l4 = pkt.l4;
@@ -196,6 +203,20 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
                 return Err(StatSlot::PassMalformed);
             }
             0
+        }
+        proto::ICMP | proto::ICMPV6 if (pkt.key.proto == proto::ICMPV6) == pkt.v6 => {
+            if ptr_at::<[u8; ICMP_HLEN]>(ctx, l4).is_none() {
+                return Err(StatSlot::PassMalformed);
+            }
+            let icmp_type = load::<u8>(ctx, l4).ok_or(StatSlot::PassMalformed)?;
+            if pkt.v6 && (ICMPV6_NDP_FIRST..=ICMPV6_NDP_LAST).contains(&icmp_type) {
+                // Neighbour discovery: the kernel's, and frequent; leave at once.
+                return Err(StatSlot::PassNotFrontend);
+            }
+            pkt.icmp_type = icmp_type;
+            pkt.key.sport_be = 0;
+            pkt.key.dport_be = 0;
+            return Ok(());
         }
         _ => return Err(StatSlot::PassNotFrontend),
     };

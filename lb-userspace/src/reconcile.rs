@@ -10,7 +10,7 @@ use std::{
 use lb_common::{
     Addr,
     limits::{MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MAX_TABLE_SIZE},
-    maps::{Backend, EndpointKey, Service, backend_flags, service_flags},
+    maps::{Backend, EndpointKey, Service, backend_flags, proto, service_flags},
 };
 
 use crate::{
@@ -175,6 +175,23 @@ fn plan_service(
     }
     state.tables.insert(id, table(spec, &planned)?);
     let service = service_value(spec, id);
+    if let Some(vip) = spec.vip {
+        // Echo requests to the VIP are answered by the dataplane (nothing else owns it).
+        let icmp = if vip.is_ipv6() {
+            proto::ICMPV6
+        } else {
+            proto::ICMP
+        };
+        state
+            .frontends
+            .entry(EndpointKey {
+                addr: addr(vip),
+                port_be: 0,
+                proto: icmp,
+                _pad: 0,
+            })
+            .or_insert(service);
+    }
     for frontend_addr in frontend_addrs {
         let frontend = SocketAddr::new(*frontend_addr, mapping.frontend);
         state.frontends.insert(endpoint(frontend, mapping), service);
@@ -301,8 +318,6 @@ fn endpoint(socket: SocketAddr, mapping: &PortMapping) -> EndpointKey {
 mod tests {
     use std::path::Path;
 
-    use lb_common::maps::proto;
-
     use super::*;
 
     fn plan_of(yaml: &str, node: &[&str]) -> Result<DesiredState, PlanError> {
@@ -337,7 +352,9 @@ services:
         )
         .unwrap();
         assert_eq!(state.services.len(), 2);
-        assert_eq!(state.frontends.len(), 2);
+        // Two ports, and the VIP itself for echo requests.
+        assert_eq!(state.frontends.len(), 3);
+        assert_eq!(state.frontends[&key("198.18.100.1:0", proto::ICMP)].id, 0);
         let web80 = state.frontends[&key("198.18.100.1:80", proto::TCP)];
         let web53 = state.frontends[&key("198.18.100.1:53", proto::UDP)];
         assert_ne!(web80.id, web53.id);

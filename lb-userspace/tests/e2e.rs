@@ -226,3 +226,112 @@ fn a_bad_service_file_gives_a_clear_error_and_changes_nothing() {
     lb.stop().expect("stop lbd");
     assert!(!xdp_attached(), "lbd detaches when it stops");
 }
+
+/// Sends one ICMP echo request to `target` from `ns` on a raw socket and waits for the reply;
+/// returns the reply's source address.
+fn ping(ns: &lb_userspace::testkit::Netns, target: IpAddr) -> Option<IpAddr> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    ns.run(move || {
+        let (family, protocol, echo_type, reply_type) = match target {
+            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
+            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
+        };
+        // SAFETY: plain socket(2); the descriptor is owned right away.
+        let fd = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh, valid descriptor.
+        let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut request = vec![echo_type, 0, 0, 0, 0x12, 0x34, 0, 1];
+        request.extend_from_slice(b"meshlb ping");
+        if target.is_ipv4() {
+            // The kernel fills in ICMPv6 checksums, not ICMPv4 ones.
+            let csum = lb_userspace::testkit::packet::checksum(&request, 0);
+            request[2..4].copy_from_slice(&csum.to_be_bytes());
+        }
+        socket
+            .send_to(&request, &SocketAddr::new(target, 0).into())
+            .expect("send echo request");
+        for _ in 0..16 {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                return None;
+            };
+            // SAFETY: recv_from initialised the first n bytes.
+            let data: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            // IPv4 raw sockets deliver the IP header too.
+            let icmp = if target.is_ipv4() {
+                &data[usize::from(data[0] & 0x0f) * 4..]
+            } else {
+                &data[..]
+            };
+            if icmp[0] == reply_type && icmp[4..6] == [0x12, 0x34] {
+                return from.as_socket().map(|s| s.ip());
+            }
+        }
+        None
+    })
+    .expect("run in client namespace")
+}
+
+#[test]
+fn echo_requests_to_a_vip_are_answered_and_port_unreachable_reaches_the_client() {
+    if !e2e_enabled() {
+        return;
+    }
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "54:5454/udp"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["54:5454/udp"]
+    backends: ["fd00:2::a", "fd00:2::b", "fd00:2::c"]
+"#;
+    let (topo, _servers) = setup(3);
+    let lb = start_lbd(&topo, services);
+    for vip in ["198.18.100.1", "fd00:100::1"] {
+        let vip: IpAddr = vip.parse().unwrap();
+        assert_eq!(
+            ping(&topo.client, vip),
+            Some(vip),
+            "echo reply from {vip}\n{}",
+            lb.output()
+        );
+        // Nothing listens on the backends' UDP port 5454: the backend's port-unreachable
+        // must reach the client translated, so its connected socket sees a refusal.
+        let target = SocketAddr::new(vip, 54);
+        let error = topo
+            .client
+            .run(move || {
+                let bind: SocketAddr = if target.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .unwrap();
+                let socket = std::net::UdpSocket::bind(bind).unwrap();
+                socket.connect(target).unwrap();
+                socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+                socket.send(b"anyone?").unwrap();
+                let mut buf = [0u8; 64];
+                socket.recv(&mut buf).unwrap_err().kind()
+            })
+            .unwrap();
+        assert_eq!(
+            error,
+            std::io::ErrorKind::ConnectionRefused,
+            "{target}\n{}",
+            lb.output()
+        );
+    }
+    let counters = lb.stop().expect("stop lbd");
+    assert_eq!(counter(&counters, "icmp_echo_reply"), 2, "{counters}");
+    assert_eq!(counter(&counters, "icmp_error_to_client"), 2, "{counters}");
+}

@@ -1,0 +1,232 @@
+//! Benchmark harness for `lb-bench bench micro`: XDP programs that are only ever run with
+//! BPF_PROG_TEST_RUN, never attached.
+//!
+//! `BPF_PROG_TEST_RUN` with `repeat = N` runs a program N times on the *same* buffer, so a
+//! program that rewrites the packet (meshlb's DNAT and MAC rewrite) or grows metadata (meshlb's
+//! TC hand-off) sees its own output from the second iteration on. The harness makes every
+//! iteration start from the original packet, as the restore harness of
+//! `/work/shared/research/katran-perf.md` §3.2 does for Katran:
+//!
+//! 1. undo metadata the previous iteration left (`bpf_xdp_adjust_meta`);
+//! 2. undo a length change at the head (`bpf_xdp_adjust_head`);
+//! 3. copy the pristine 60-byte frame from `PRISTINE` over the packet;
+//! 4. `harness_vary` only: make the packet a new flow (a per-CPU sequence number goes into the
+//!    low 15 bits of the IPv4 source address and into the TCP/UDP source port, checksums fixed
+//!    incrementally), so 2^30 iterations are 2^30 distinct flows;
+//! 5. tail-call slot 0 of `TARGET`, which userspace fills with the program under test.
+//!
+//! The floor programs calibrate the method: `floor_pass` (returns XDP_PASS), `floor_tx_only`
+//! (returns XDP_TX), `floor_tx` (parses Ethernet/IPv4/TCP, swaps the MACs, XDP_TX) and
+//! `floor_meta` (grows and writes 8 bytes of metadata, XDP_PASS, as meshlb's TC hand-off
+//! does), run directly or through the harness.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, PerCpuArray, ProgramArray},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+
+/// Length of the benchmark frames: Ethernet + IPv4 + TCP + a 6-byte payload.
+const FRAME_LEN: usize = 60;
+const ETH_HLEN: usize = 14;
+const IP_CSUM: usize = ETH_HLEN + 10;
+const IP_PROTO: usize = ETH_HLEN + 9;
+/// Low 16 bits of the IPv4 source address.
+const IP_SRC_LO: usize = ETH_HLEN + 14;
+const L4: usize = ETH_HLEN + 20;
+const TCP_CSUM: usize = L4 + 16;
+const UDP_CSUM: usize = L4 + 6;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+/// The frame every iteration starts from (first 60 bytes used), written by userspace.
+#[btf_map]
+static PRISTINE: Array<[u64; 8], 1> = Array::new();
+
+/// Per-CPU sequence number of `harness_vary`.
+#[btf_map]
+static VARY_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Slot 0: the program under test.
+#[btf_map]
+static TARGET: ProgramArray<1> = ProgramArray::new();
+
+#[xdp]
+pub fn harness(ctx: XdpContext) -> u32 {
+    if restore(&ctx, false).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: does not return on success; on failure (empty slot) we fall through.
+    unsafe { TARGET.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+#[xdp]
+pub fn harness_vary(ctx: XdpContext) -> u32 {
+    if restore(&ctx, true).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: as in `harness`.
+    unsafe { TARGET.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+/// Steps 1 to 4 of the module documentation. `None` if the packet cannot be restored.
+#[inline(always)]
+fn restore(ctx: &XdpContext, vary: bool) -> Option<()> {
+    let meta = ctx.metadata();
+    let data = ctx.data();
+    // An invalid data_meta (driver without metadata support) is data + 1, so `<` skips it.
+    if meta < data {
+        // SAFETY: shrinks the metadata area to nothing; checked.
+        if unsafe { bpf_xdp_adjust_meta(ctx.ctx, (data - meta) as i32) } != 0 {
+            return None;
+        }
+    }
+    let len = ctx.data_end() - ctx.data();
+    if len != FRAME_LEN {
+        // Positive: the previous iteration grew the head (encapsulation), move data back.
+        // SAFETY: plain helper call; checked.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, len as i32 - FRAME_LEN as i32) } != 0 {
+            return None;
+        }
+    }
+    let pristine = PRISTINE.get(0)?;
+    let start = ctx.data();
+    if start + FRAME_LEN > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: 60 bytes are in bounds (checked above). BPF_PROG_TEST_RUN puts the frame at
+    // XDP_PACKET_HEADROOM (256) from a page-aligned start and step 2 undid any head move, so
+    // `start` is 8-byte aligned and word stores are aligned.
+    unsafe {
+        let words = start as *mut u64;
+        for (i, word) in pristine.iter().take(7).enumerate() {
+            words.add(i).write(*word);
+        }
+        // Bytes 56..60: the low half of the last word (little-endian BPF target).
+        (start as *mut u32).add(14).write(pristine[7] as u32);
+    }
+    if vary {
+        let seq = VARY_SEQ.get_ptr_mut(0)?;
+        // SAFETY: per-CPU value, only this CPU's runs touch it.
+        let n = unsafe {
+            let n = *seq;
+            *seq = n.wrapping_add(1);
+            n
+        };
+        // Low 16 bits of the source: 1 in the top bit, then the low 15 bits of n (so a client
+        // in 198.18.x.y becomes 198.18.128.0/17). Source port 1024 + the next 15 bits of n.
+        let new_lo = u16::from_ne_bytes([0x80 | ((n >> 8) & 0x7f) as u8, n as u8]);
+        let new_port = u16::from_ne_bytes((1024 + ((n >> 15) & 0x7fff) as u16).to_be_bytes());
+        // SAFETY: all offsets are below FRAME_LEN (checked above) and 2-byte aligned.
+        unsafe {
+            let at = |off: usize| (start + off) as *mut u16;
+            let old_lo = at(IP_SRC_LO).read();
+            let old_port = at(L4).read();
+            at(IP_SRC_LO).write(new_lo);
+            at(L4).write(new_port);
+            at(IP_CSUM).write(csum_replace2(at(IP_CSUM).read(), old_lo, new_lo));
+            let proto = ((start + IP_PROTO) as *const u8).read();
+            let l4_csum = if proto == PROTO_TCP {
+                Some(TCP_CSUM)
+            } else if proto == PROTO_UDP && at(UDP_CSUM).read() != 0 {
+                Some(UDP_CSUM)
+            } else {
+                None
+            };
+            if let Some(off) = l4_csum {
+                let csum = csum_replace2(
+                    csum_replace2(at(off).read(), old_lo, new_lo),
+                    old_port,
+                    new_port,
+                );
+                at(off).write(if proto == PROTO_UDP && csum == 0 {
+                    0xffff
+                } else {
+                    csum
+                });
+            }
+        }
+    }
+    Some(())
+}
+
+/// New one's-complement checksum after a 16-bit word changed from `old` to `new` (RFC 1624;
+/// byte order does not matter as long as all three are read the same way).
+#[inline(always)]
+fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Floor: the cheapest XDP program.
+#[xdp]
+pub fn floor_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Floor: returns XDP_TX without touching the packet (katran-perf.md's harness-floor target).
+#[xdp]
+pub fn floor_tx_only(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Floor: parse Ethernet/IPv4/TCP, swap the MACs, XDP_TX (katran-perf.md's second floor).
+#[xdp]
+pub fn floor_tx(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + L4 + 20 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: 54 bytes are in bounds (checked above); u16 accesses at even offsets.
+    unsafe {
+        let w = start as *mut u16;
+        // EtherType 0x0800 as it sits in memory.
+        if w.add(6).read() != u16::from_ne_bytes([0x08, 0x00]) {
+            return xdp_action::XDP_PASS;
+        }
+        let ip = (start + ETH_HLEN) as *const u8;
+        if ip.read() != 0x45 || ip.add(9).read() != PROTO_TCP {
+            return xdp_action::XDP_PASS;
+        }
+        for i in 0..3 {
+            let dst = w.add(i).read();
+            w.add(i).write(w.add(3 + i).read());
+            w.add(3 + i).write(dst);
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+/// Floor: what meshlb's TC hand-off adds to a pass: 8 bytes of metadata, written.
+#[xdp]
+pub fn floor_meta(ctx: XdpContext) -> u32 {
+    // SAFETY: grows the metadata area; checked.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -8) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let meta = ctx.metadata();
+    if meta + 8 > ctx.data() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: 8 bytes of metadata, bounds-checked above.
+    unsafe { (meta as *mut u64).write(0x6d6c_6221) };
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

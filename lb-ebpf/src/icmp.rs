@@ -1,0 +1,334 @@
+//! ICMP: echo requests to a VIP are answered; errors about a tracked flow (destination
+//! unreachable, fragmentation needed / packet too big, time exceeded, parameter problem) are
+//! translated like the flow's own packets and sent to the right endpoint.
+//!
+//! An error quotes the packet that caused it (IP header + first 8 bytes of L4). The quote of
+//! a client-to-backend packet is translated with the reply entry (it travels to the client);
+//! the quote of a reply we sent is translated with the forward entry (it travels to the
+//! backend). The inner TCP/UDP checksum is updated when the quote holds it.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{
+    Addr,
+    maps::{EndpointKey, FlowKey, flow_kind, proto},
+    stats::StatSlot,
+};
+
+use crate::{
+    forward,
+    maps::{CONNTRACK, FRONTENDS},
+    nat::{csum_replace2, csum_replace4},
+    parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, load, off, ptr_at},
+    stats::count,
+};
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO: u8 = 8;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+const ICMPV6_ECHO: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// An ICMP or ICMPv6 packet. Inlined: `echo` and `error` are its calls, and each needs the
+/// stack room of one frame below the entry function.
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let ty = pkt.icmp_type;
+    let is_error = if pkt.v6 {
+        (ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM).contains(&ty)
+    } else {
+        matches!(
+            ty,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
+    };
+    // A plain u32 crosses each call: an Option would come back through a pointer into the
+    // caller's stack, which the verifier refuses.
+    let action = if ty == if pkt.v6 { ICMPV6_ECHO } else { ICMP_ECHO } {
+        echo(ctx, pkt)
+    } else if is_error {
+        error(ctx, pkt)
+    } else {
+        NOT_OURS
+    };
+    if action != NOT_OURS {
+        return action;
+    }
+    count(StatSlot::PassNotFrontend);
+    xdp_action::XDP_PASS
+}
+
+/// `echo`'s and `error`'s answer for an error that concerns no tracked flow.
+const NOT_OURS: u32 = u32::MAX;
+
+/// Answers an echo request to a VIP in place: addresses swapped, type changed.
+#[inline(never)]
+fn echo(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    answer_echo(ctx, pkt).unwrap_or(NOT_OURS)
+}
+
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    let vip = EndpointKey {
+        addr: pkt.key.dst,
+        port_be: 0,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    FRONTENDS.get_ptr(&vip)?;
+    let type_code = ptr_at::<[u8; 2]>(ctx, pkt.l4)?;
+    let csum = ptr_at::<u16>(ctx, pkt.l4 + off::ICMP_CSUM)?;
+    let reply = if pkt.v6 {
+        ICMPV6_ECHO_REPLY
+    } else {
+        ICMP_ECHO_REPLY
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        let old = type_code.read_unaligned();
+        let new = [reply, old[1]];
+        type_code.write_unaligned(new);
+        csum.write_unaligned(csum_replace2(
+            csum.read_unaligned(),
+            u16::from_ne_bytes(old),
+            u16::from_ne_bytes(new),
+        ));
+    }
+    // Swapping source and destination changes neither the IPv4 header checksum nor the
+    // ICMPv6 pseudo-header sum.
+    set_addr(ctx, pkt, pkt.l3, pkt.v6, true, &pkt.key.dst)?;
+    set_addr(ctx, pkt, pkt.l3, pkt.v6, false, &pkt.key.src)?;
+    count(StatSlot::IcmpEchoReply);
+    Some(forward::send(ctx, pkt, &pkt.key.dst, &pkt.key.src))
+}
+
+/// Writes an address into the IP header at `l3` (source if `source`), without checksums.
+#[inline(always)]
+fn set_addr(
+    ctx: &XdpContext,
+    _pkt: &Packet,
+    l3: usize,
+    v6: bool,
+    source: bool,
+    addr: &Addr,
+) -> Option<()> {
+    if v6 {
+        let at = l3 + if source { off::IP6_SRC } else { off::IP6_DST };
+        let p = ptr_at::<[u32; 4]>(ctx, at)?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { p.write_unaligned(addr.words) };
+    } else {
+        let at = l3 + if source { off::IP_SRC } else { off::IP_DST };
+        let p = ptr_at::<u32>(ctx, at)?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { p.write_unaligned(addr.v4_raw()) };
+    }
+    Some(())
+}
+
+/// The quoted packet inside an ICMP error.
+struct Quote {
+    l3: usize,
+    l4: usize,
+    key: FlowKey,
+}
+
+/// Reads the quote. Fills `q` in place: a struct returned by value or zeroed with
+/// `Default` becomes a memcpy/memset call that the verifier refuses on stack memory.
+#[inline(always)]
+fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
+    q.l3 = pkt.l4 + ICMP_HLEN;
+    let l3 = q.l3;
+    if pkt.v6 {
+        ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)?;
+        q.key.proto = load::<u8>(ctx, l3 + off::IP6_NEXT)?;
+        q.key.src.words = load::<[u32; 4]>(ctx, l3 + off::IP6_SRC)?;
+        q.key.dst.words = load::<[u32; 4]>(ctx, l3 + off::IP6_DST)?;
+        q.l4 = l3 + IPV6_HLEN;
+    } else {
+        ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)?;
+        if load::<u8>(ctx, l3)? != 0x45 {
+            return None;
+        }
+        q.key.proto = load::<u8>(ctx, l3 + off::IP_PROTO)?;
+        q.key.src = Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_SRC)?);
+        q.key.dst = Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_DST)?);
+        q.l4 = l3 + IPV4_HLEN;
+    }
+    if q.key.proto != proto::TCP && q.key.proto != proto::UDP {
+        return None;
+    }
+    // RFC 792 quotes at least the first 8 bytes of L4: both ports and the UDP checksum.
+    ptr_at::<[u8; 8]>(ctx, q.l4)?;
+    q.key.sport_be = load::<u16>(ctx, q.l4 + off::L4_SPORT)?;
+    q.key.dport_be = load::<u16>(ctx, q.l4 + off::L4_DPORT)?;
+    Some(())
+}
+
+/// Where the flow that answers `key` is translated to, if its tracked entry is of `kind`.
+#[inline(always)]
+fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Addr) -> Option<u16> {
+    let answering = FlowKey {
+        src: key.dst,
+        dst: key.src,
+        sport_be: key.dport_be,
+        dport_be: key.sport_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let flow = CONNTRACK.get_ptr(&answering)?;
+    // SAFETY: valid for this program run; read field by field.
+    unsafe {
+        if (*flow).kind != kind {
+            return None;
+        }
+        *nat = (*flow).nat_addr;
+        Some((*flow).nat_port_be)
+    }
+}
+
+#[inline(never)]
+fn error(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    translate_error(ctx, pkt).unwrap_or(NOT_OURS)
+}
+
+#[inline(always)]
+fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    let mut q = Quote {
+        l3: 0,
+        l4: 0,
+        key: FlowKey {
+            src: Addr::UNSPECIFIED,
+            dst: Addr::UNSPECIFIED,
+            sport_be: 0,
+            dport_be: 0,
+            proto: 0,
+            _pad: [0; 3],
+        },
+    };
+    quote(ctx, pkt, &mut q)?;
+    let mut nat = Addr::UNSPECIFIED;
+    if let Some(port_be) = entry_answering(&q.key, flow_kind::FORWARD, &mut nat) {
+        // The quote is a reply we sent as the frontend: it becomes the backend's packet
+        // again, and the error goes to the backend.
+        rewrite_quote(ctx, pkt, &q, true, &nat, port_be)?;
+        rewrite_outer(ctx, pkt, false, &pkt.key.dst, &nat)?;
+        count(StatSlot::IcmpErrorToBackend);
+        return Some(forward::send(ctx, pkt, &pkt.key.src, &nat));
+    }
+    let port_be = entry_answering(&q.key, flow_kind::REPLY, &mut nat)?;
+    // The quote is a client packet we sent to a backend: the client must see the frontend.
+    rewrite_quote(ctx, pkt, &q, false, &nat, port_be)?;
+    let mut src = pkt.key.src;
+    if src == q.key.dst {
+        // Sent by the backend itself: it speaks as the frontend.
+        rewrite_outer(ctx, pkt, true, &src, &nat)?;
+        src = nat;
+    }
+    count(StatSlot::IcmpErrorToClient);
+    Some(forward::send(ctx, pkt, &src, &pkt.key.dst))
+}
+
+/// Changes the outer source (or destination) address from `old` to `new`, with the IPv4
+/// header checksum, or the ICMPv6 checksum whose pseudo-header covers it.
+#[inline(always)]
+fn rewrite_outer(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    source: bool,
+    old: &Addr,
+    new: &Addr,
+) -> Option<()> {
+    set_addr(ctx, pkt, pkt.l3, pkt.v6, source, new)?;
+    let (csum_at, words) = if pkt.v6 {
+        (pkt.l4 + off::ICMP_CSUM, 4)
+    } else {
+        (pkt.l3 + off::IP_CSUM, 1)
+    };
+    let csum = ptr_at::<u16>(ctx, csum_at)?;
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        let mut c = csum.read_unaligned();
+        for i in 4 - words..4 {
+            c = csum_replace4(c, old.words[i], new.words[i]);
+        }
+        csum.write_unaligned(c);
+    }
+    Some(())
+}
+
+/// Changes the quoted packet's source (or destination) address and port. Every byte changed
+/// inside the quote is also accounted in the ICMP checksum, which covers the quote.
+#[inline(always)]
+fn rewrite_quote(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    q: &Quote,
+    source: bool,
+    addr: &Addr,
+    port_be: u16,
+) -> Option<()> {
+    let icmp_csum = ptr_at::<u16>(ctx, pkt.l4 + off::ICMP_CSUM)?;
+    let old_addr = if source { q.key.src } else { q.key.dst };
+    let old_port = if source {
+        q.key.sport_be
+    } else {
+        q.key.dport_be
+    };
+    let words = if pkt.v6 { 4 } else { 1 };
+    set_addr(ctx, pkt, q.l3, pkt.v6, source, addr)?;
+    let port = ptr_at::<u16>(
+        ctx,
+        q.l4 + if source { off::L4_SPORT } else { off::L4_DPORT },
+    )?;
+    // SAFETY: every pointer is bounds-checked by ptr_at.
+    unsafe {
+        let mut icmp = icmp_csum.read_unaligned();
+        let mut l4_delta_csum = 0xffffu16; // running "what changed" for the quoted L4 checksum
+        for i in 4 - words..4 {
+            icmp = csum_replace4(icmp, old_addr.words[i], addr.words[i]);
+            l4_delta_csum = csum_replace4(l4_delta_csum, old_addr.words[i], addr.words[i]);
+        }
+        if !pkt.v6 {
+            let ip_csum = ptr_at::<u16>(ctx, q.l3 + off::IP_CSUM)?;
+            let old = ip_csum.read_unaligned();
+            let new = csum_replace4(old, old_addr.v4_raw(), addr.v4_raw());
+            ip_csum.write_unaligned(new);
+            icmp = csum_replace2(icmp, old, new);
+        }
+        port.write_unaligned(port_be);
+        icmp = csum_replace2(icmp, old_port, port_be);
+        l4_delta_csum = csum_replace2(l4_delta_csum, old_port, port_be);
+        let l4_csum_at = q.l4
+            + if q.key.proto == proto::TCP {
+                off::TCP_CSUM
+            } else {
+                off::UDP_CSUM
+            };
+        if let Some(l4_csum) = ptr_at::<u16>(ctx, l4_csum_at) {
+            let old = l4_csum.read_unaligned();
+            if old != 0 || q.key.proto == proto::TCP {
+                // Apply the same change the addresses and port made: fold the delta in.
+                let new = csum_add_delta(old, l4_delta_csum);
+                l4_csum.write_unaligned(new);
+                icmp = csum_replace2(icmp, old, new);
+            }
+        }
+        icmp_csum.write_unaligned(icmp);
+    }
+    Some(())
+}
+
+/// Applies to `csum` the change recorded in `delta` (a checksum that started as 0xffff, i.e.
+/// an empty sum, and was updated with the same replacements).
+#[inline(always)]
+fn csum_add_delta(csum: u16, delta: u16) -> u16 {
+    // delta = ~(~0xffff + changes) = ~changes, so the changes are !delta.
+    let mut sum = u32::from(!csum) + u32::from(!delta);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
