@@ -75,6 +75,9 @@ pub mod service_flags {
     pub const ROUND_ROBIN: u32 = 1 << 0;
     /// Hash the client address only (Maglev).
     pub const AFFINITY_CLIENT_IP: u32 = 1 << 1;
+    /// Full NAT: the source becomes a node address and port too, so replies come back through
+    /// the node whatever the backend's routes.
+    pub const FULLNAT: u32 = 1 << 2;
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
@@ -120,7 +123,11 @@ pub struct FlowKey {
 pub struct Flow {
     /// Forward: the backend address and port to rewrite to. Reply: the frontend's.
     pub nat_addr: Addr,
+    /// Full NAT only (unspecified otherwise). Forward: the node address and port that replace
+    /// the client's; reply: the client's, restored as the destination.
+    pub snat_addr: Addr,
     pub nat_port_be: u16,
+    pub snat_port_be: u16,
     /// `flow_kind::*`.
     pub kind: u8,
     /// `tcp_state::*` (0 for UDP).
@@ -129,6 +136,7 @@ pub struct Flow {
     pub service_id: u32,
     /// Idle timeout in seconds, copied from the service when the flow starts.
     pub timeout_s: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns` when last seen, updated at most every `LAST_SEEN_GRANULARITY_NS`.
     pub last_seen_ns: u64,
 }
@@ -170,6 +178,6 @@ const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<Flow>() == 40);
+const _: () = assert!(size_of::<Flow>() == 64);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);

@@ -77,6 +77,10 @@ stat_slots! {
     DropFibFailed = "drop_fib_failed", Outcome;
     /// Dropped: the connection table refused an insert.
     DropConntrackFull = "drop_conntrack_full", Outcome;
+    /// Dropped: full NAT found no free source port toward the backend.
+    DropNoSnatPort = "drop_no_snat_port", Outcome;
+    /// Dropped: full NAT found no node address to use toward the backend.
+    DropNoSnatAddr = "drop_no_snat_addr", Outcome;
     /// Dropped: a mid-flow TCP packet for which no flow is tracked.
     DropNoFlow = "drop_no_flow", Outcome;
     /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.

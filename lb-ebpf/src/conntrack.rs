@@ -1,10 +1,14 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::{
     Addr,
-    limits::{LAST_SEEN_GRANULARITY_NS, TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S},
-    maps::{Flow, FlowKey, Service, flow_kind, proto, tcp_state},
+    hash::flow_hash,
+    limits::{
+        FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
+        TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
+    },
+    maps::{Flow, FlowKey, Service, flow_kind, proto, service_flags, tcp_state},
 };
 
 use crate::{
@@ -75,23 +79,35 @@ pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
     }
 }
 
-/// What a new flow was given.
+/// What a flow was given: its backend and, under full NAT, the node address and port that
+/// replace the client's (`snat_addr` unspecified otherwise).
 pub struct Chosen {
     pub backend_id: u32,
     pub addr: Addr,
     pub port_be: u16,
+    pub snat_addr: Addr,
+    pub snat_port_be: u16,
 }
 
-/// Records a new flow: the reply entry first, so the backend's first answer finds it.
-/// `Err` if the table refused the insert.
+/// Why a new flow could not be recorded.
+pub enum InsertError {
+    /// The table refused the insert.
+    Full,
+    /// Full NAT: every source port tried is taken by a live flow.
+    NoPort,
+}
+
+/// Records a new flow: the reply entry first, so the backend's first answer finds it. Under
+/// full NAT, picks the source port here: the first of a few ports (from the flow's hash) whose
+/// reply entry is free or idle, so concurrent flows of one client never collide.
 #[inline(always)]
 pub fn insert(
     key: &FlowKey,
     svc: &Service,
-    chosen: &Chosen,
+    chosen: &mut Chosen,
     tcp_flags: u8,
     now: u64,
-) -> Result<(), i32> {
+) -> Result<(), InsertError> {
     let is_tcp = key.proto == proto::TCP;
     let state = if !is_tcp {
         tcp_state::NONE
@@ -106,7 +122,8 @@ pub fn insert(
     } else {
         svc.udp_timeout_s
     };
-    let reply_key = FlowKey {
+    let fullnat = svc.flags & service_flags::FULLNAT != 0;
+    let mut reply_key = FlowKey {
         src: chosen.addr,
         dst: key.src,
         sport_be: chosen.port_be,
@@ -117,20 +134,68 @@ pub fn insert(
     // One value, written twice: the BPF stack is small.
     let mut flow = Flow {
         nat_addr: key.dst,
+        snat_addr: Addr::UNSPECIFIED,
         nat_port_be: key.dport_be,
+        snat_port_be: 0,
         kind: flow_kind::REPLY,
         tcp_state: tcp_state::NONE,
         backend_id: chosen.backend_id,
         service_id: svc.id,
         timeout_s,
+        _pad: 0,
         last_seen_ns: now,
     };
-    CONNTRACK.insert(&reply_key, &flow, 0)?;
+    if fullnat {
+        flow.snat_addr = key.src;
+        flow.snat_port_be = key.sport_be;
+        reply_key.dst = chosen.snat_addr;
+        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+        let start = flow_hash(key);
+        let mut found = false;
+        for attempt in 0..FULLNAT_PORT_ATTEMPTS {
+            let port = FULLNAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16;
+            reply_key.dport_be = port.to_be();
+            if CONNTRACK
+                .insert(&reply_key, &flow, u64::from(BPF_NOEXIST))
+                .is_ok()
+                || reclaim(&reply_key, &flow, now)
+            {
+                chosen.snat_port_be = reply_key.dport_be;
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(InsertError::NoPort);
+        }
+    } else {
+        CONNTRACK
+            .insert(&reply_key, &flow, 0)
+            .map_err(|_| InsertError::Full)?;
+    }
     flow.nat_addr = chosen.addr;
     flow.nat_port_be = chosen.port_be;
+    flow.snat_addr = chosen.snat_addr;
+    flow.snat_port_be = chosen.snat_port_be;
     flow.kind = flow_kind::FORWARD;
     flow.tcp_state = state;
-    CONNTRACK.insert(key, &flow, 0)
+    CONNTRACK
+        .insert(key, &flow, 0)
+        .map_err(|_| InsertError::Full)
+}
+
+/// Takes over a full-NAT reply entry whose flow has been idle past its timeout.
+#[inline(always)]
+fn reclaim(key: &FlowKey, flow: &Flow, now: u64) -> bool {
+    let Some(existing) = CONNTRACK.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: valid for this program run.
+    let (last_seen, timeout_s) = unsafe { ((*existing).last_seen_ns, (*existing).timeout_s) };
+    if now.wrapping_sub(last_seen) <= u64::from(timeout_s) * 1_000_000_000 {
+        return false;
+    }
+    CONNTRACK.insert(key, flow, 0).is_ok()
 }
 
 /// The reply entry of a packet from a backend.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup, xdp_action,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup, xdp_action,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
@@ -29,8 +29,9 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Forwards a packet whose addresses are now `src` -> `dst`.
-#[inline(always)]
+/// Forwards a packet whose addresses are now `src` -> `dst`. Not inlined: its FIB lookup
+/// structure then takes stack only while it runs.
+#[inline(never)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> u32 {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
@@ -81,6 +82,44 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> u32 {
             xdp_action::XDP_DROP
         }
     }
+}
+
+/// The node address the kernel would use as source toward `dst` (full NAT's new source).
+/// Written to `out`; false when there is no route. Not inlined: it needs its own FIB lookup
+/// structure and is only called for new full-NAT flows.
+#[inline(never)]
+pub fn source_toward(ctx: &XdpContext, v6: bool, dst: &Addr, out: &mut Addr) -> bool {
+    // SAFETY: see `send`.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    if v6 {
+        params.family = AF_INET6;
+        params.__bindgen_anon_4.ipv6_dst = dst.words;
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_4.ipv4_dst = dst.v4_raw();
+    }
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    } as u32;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+        return false;
+    }
+    // SAFETY: the kernel filled the source of the family asked for.
+    unsafe {
+        if v6 {
+            out.words = params.__bindgen_anon_3.ipv6_src;
+        } else {
+            *out = Addr::from_v4_raw(params.__bindgen_anon_3.ipv4_src);
+        }
+    }
+    true
 }
 
 #[inline(always)]

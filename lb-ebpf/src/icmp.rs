@@ -18,7 +18,7 @@ use crate::{
     forward,
     maps::{CONNTRACK, FRONTENDS},
     nat::{csum_replace2, csum_replace4},
-    parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, load, off, ptr_at},
+    parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     stats::count,
 };
 
@@ -79,8 +79,8 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         _pad: 0,
     };
     FRONTENDS.get_ptr(&vip)?;
-    let type_code = ptr_at::<[u8; 2]>(ctx, pkt.l4)?;
-    let csum = ptr_at::<u16>(ctx, pkt.l4 + off::ICMP_CSUM)?;
+    let type_code = ptr_at::<[u8; 2]>(ctx, pkt.l4())?;
+    let csum = ptr_at::<u16>(ctx, pkt.l4() + off::ICMP_CSUM)?;
     let reply = if pkt.v6 {
         ICMPV6_ECHO_REPLY
     } else {
@@ -99,8 +99,8 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     }
     // Swapping source and destination changes neither the IPv4 header checksum nor the
     // ICMPv6 pseudo-header sum.
-    set_addr(ctx, pkt, pkt.l3, pkt.v6, true, &pkt.key.dst)?;
-    set_addr(ctx, pkt, pkt.l3, pkt.v6, false, &pkt.key.src)?;
+    set_addr(ctx, pkt, pkt.l3(), pkt.v6, true, &pkt.key.dst)?;
+    set_addr(ctx, pkt, pkt.l3(), pkt.v6, false, &pkt.key.src)?;
     count(StatSlot::IcmpEchoReply);
     Some(forward::send(ctx, pkt, &pkt.key.dst, &pkt.key.src))
 }
@@ -140,37 +140,47 @@ struct Quote {
 /// `Default` becomes a memcpy/memset call that the verifier refuses on stack memory.
 #[inline(always)]
 fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
-    q.l3 = pkt.l4 + ICMP_HLEN;
-    let l3 = q.l3;
+    // Headers are read whole through the pointer that was bounds-checked: with variable
+    // offsets, a second pointer computed for each field would not carry the check for the
+    // verifier.
+    q.l3 = pkt.l4() + ICMP_HLEN;
+    // SAFETY (all reads below): within the header ptr_at bounds-checked.
     if pkt.v6 {
-        ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)?;
-        q.key.proto = load::<u8>(ctx, l3 + off::IP6_NEXT)?;
-        q.key.src.words = load::<[u32; 4]>(ctx, l3 + off::IP6_SRC)?;
-        q.key.dst.words = load::<[u32; 4]>(ctx, l3 + off::IP6_DST)?;
-        q.l4 = l3 + IPV6_HLEN;
-    } else {
-        ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)?;
-        if load::<u8>(ctx, l3)? != 0x45 {
-            return None;
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, q.l3)?.cast::<u8>();
+        unsafe {
+            q.key.proto = ip.add(off::IP6_NEXT).read();
+            q.key.src.words = ip.add(off::IP6_SRC).cast::<[u32; 4]>().read_unaligned();
+            q.key.dst.words = ip.add(off::IP6_DST).cast::<[u32; 4]>().read_unaligned();
         }
-        q.key.proto = load::<u8>(ctx, l3 + off::IP_PROTO)?;
-        q.key.src = Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_SRC)?);
-        q.key.dst = Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_DST)?);
-        q.l4 = l3 + IPV4_HLEN;
+        q.l4 = q.l3 + IPV6_HLEN;
+    } else {
+        let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, q.l3)?.cast::<u8>();
+        unsafe {
+            if ip.read() != 0x45 {
+                return None;
+            }
+            q.key.proto = ip.add(off::IP_PROTO).read();
+            q.key.src = Addr::from_v4_raw(ip.add(off::IP_SRC).cast::<u32>().read_unaligned());
+            q.key.dst = Addr::from_v4_raw(ip.add(off::IP_DST).cast::<u32>().read_unaligned());
+        }
+        q.l4 = q.l3 + IPV4_HLEN;
     }
     if q.key.proto != proto::TCP && q.key.proto != proto::UDP {
         return None;
     }
     // RFC 792 quotes at least the first 8 bytes of L4: both ports and the UDP checksum.
-    ptr_at::<[u8; 8]>(ctx, q.l4)?;
-    q.key.sport_be = load::<u16>(ctx, q.l4 + off::L4_SPORT)?;
-    q.key.dport_be = load::<u16>(ctx, q.l4 + off::L4_DPORT)?;
+    let l4 = ptr_at::<[u16; 4]>(ctx, q.l4)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let [sport_be, dport_be, _, _] = unsafe { l4.read_unaligned() };
+    q.key.sport_be = sport_be;
+    q.key.dport_be = dport_be;
     Some(())
 }
 
-/// Where the flow that answers `key` is translated to, if its tracked entry is of `kind`.
+/// Where the flow that answers `key` is translated to, if its tracked entry is of `kind`:
+/// `nat` and, under full NAT, `snat` (left unspecified otherwise).
 #[inline(always)]
-fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Addr) -> Option<u16> {
+fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpoint) -> bool {
     let answering = FlowKey {
         src: key.dst,
         dst: key.src,
@@ -179,15 +189,20 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Addr) -> Option<u16> {
         proto: key.proto,
         _pad: [0; 3],
     };
-    let flow = CONNTRACK.get_ptr(&answering)?;
+    let Some(flow) = CONNTRACK.get_ptr(&answering) else {
+        return false;
+    };
     // SAFETY: valid for this program run; read field by field.
     unsafe {
         if (*flow).kind != kind {
-            return None;
+            return false;
         }
-        *nat = (*flow).nat_addr;
-        Some((*flow).nat_port_be)
+        nat.addr = (*flow).nat_addr;
+        nat.port_be = (*flow).nat_port_be;
+        snat.addr = (*flow).snat_addr;
+        snat.port_be = (*flow).snat_port_be;
     }
+    true
 }
 
 #[inline(never)]
@@ -210,43 +225,80 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         },
     };
     quote(ctx, pkt, &mut q)?;
-    let mut nat = Addr::UNSPECIFIED;
-    if let Some(port_be) = entry_answering(&q.key, flow_kind::FORWARD, &mut nat) {
+    let mut nat = Endpoint::UNSPECIFIED;
+    let mut snat = Endpoint::UNSPECIFIED;
+    if entry_answering(&q.key, flow_kind::FORWARD, &mut nat, &mut snat) {
         // The quote is a reply we sent as the frontend: it becomes the backend's packet
-        // again, and the error goes to the backend.
-        rewrite_quote(ctx, pkt, &q, true, &nat, port_be)?;
-        rewrite_outer(ctx, pkt, false, &pkt.key.dst, &nat)?;
+        // again (to the node's address and port under full NAT), and the error goes to the
+        // backend.
+        bool_some(rewrite_quote(ctx, pkt, &q, true, &nat))?;
+        if snat.addr != Addr::UNSPECIFIED {
+            bool_some(rewrite_quote(ctx, pkt, &q, false, &snat))?;
+        }
+        bool_some(rewrite_outer(ctx, pkt, false, &pkt.key.dst, &nat.addr))?;
         count(StatSlot::IcmpErrorToBackend);
-        return Some(forward::send(ctx, pkt, &pkt.key.src, &nat));
+        return Some(forward::send(ctx, pkt, &pkt.key.src, &nat.addr));
     }
-    let port_be = entry_answering(&q.key, flow_kind::REPLY, &mut nat)?;
-    // The quote is a client packet we sent to a backend: the client must see the frontend.
-    rewrite_quote(ctx, pkt, &q, false, &nat, port_be)?;
+    if !entry_answering(&q.key, flow_kind::REPLY, &mut nat, &mut snat) {
+        return None;
+    }
+    // The quote is a client packet we sent to a backend: the client must see the frontend
+    // (and, under full NAT, its own address and port).
+    bool_some(rewrite_quote(ctx, pkt, &q, false, &nat))?;
+    let mut dst = pkt.key.dst;
+    if snat.addr != Addr::UNSPECIFIED {
+        bool_some(rewrite_quote(ctx, pkt, &q, true, &snat))?;
+        bool_some(rewrite_outer(ctx, pkt, false, &dst, &snat.addr))?;
+        dst = snat.addr;
+    }
     let mut src = pkt.key.src;
     if src == q.key.dst {
         // Sent by the backend itself: it speaks as the frontend.
-        rewrite_outer(ctx, pkt, true, &src, &nat)?;
-        src = nat;
+        bool_some(rewrite_outer(ctx, pkt, true, &src, &nat.addr))?;
+        src = nat.addr;
     }
     count(StatSlot::IcmpErrorToClient);
-    Some(forward::send(ctx, pkt, &src, &pkt.key.dst))
+    Some(forward::send(ctx, pkt, &src, &dst))
+}
+
+#[inline(always)]
+fn bool_some(ok: bool) -> Option<()> {
+    ok.then_some(())
+}
+
+/// An address and port a quote is translated to.
+struct Endpoint {
+    addr: Addr,
+    port_be: u16,
+}
+
+impl Endpoint {
+    const UNSPECIFIED: Self = Self {
+        addr: Addr::UNSPECIFIED,
+        port_be: 0,
+    };
 }
 
 /// Changes the outer source (or destination) address from `old` to `new`, with the IPv4
 /// header checksum, or the ICMPv6 checksum whose pseudo-header covers it.
+#[inline(never)]
+fn rewrite_outer(ctx: &XdpContext, pkt: &Packet, source: bool, old: &Addr, new: &Addr) -> bool {
+    outer_in_place(ctx, pkt, source, old, new).is_some()
+}
+
 #[inline(always)]
-fn rewrite_outer(
+fn outer_in_place(
     ctx: &XdpContext,
     pkt: &Packet,
     source: bool,
     old: &Addr,
     new: &Addr,
 ) -> Option<()> {
-    set_addr(ctx, pkt, pkt.l3, pkt.v6, source, new)?;
+    set_addr(ctx, pkt, pkt.l3(), pkt.v6, source, new)?;
     let (csum_at, words) = if pkt.v6 {
-        (pkt.l4 + off::ICMP_CSUM, 4)
+        (pkt.l4() + off::ICMP_CSUM, 4)
     } else {
-        (pkt.l3 + off::IP_CSUM, 1)
+        (pkt.l3() + off::IP_CSUM, 1)
     };
     let csum = ptr_at::<u16>(ctx, csum_at)?;
     // SAFETY: bounds-checked by ptr_at.
@@ -262,8 +314,15 @@ fn rewrite_outer(
 
 /// Changes the quoted packet's source (or destination) address and port. Every byte changed
 /// inside the quote is also accounted in the ICMP checksum, which covers the quote.
+/// Not inlined (like `rewrite_outer`): `error` calls them up to three times, and their
+/// frames must not add to its own.
+#[inline(never)]
+fn rewrite_quote(ctx: &XdpContext, pkt: &Packet, q: &Quote, source: bool, to: &Endpoint) -> bool {
+    quote_in_place(ctx, pkt, q, source, &to.addr, to.port_be).is_some()
+}
+
 #[inline(always)]
-fn rewrite_quote(
+fn quote_in_place(
     ctx: &XdpContext,
     pkt: &Packet,
     q: &Quote,
@@ -271,7 +330,7 @@ fn rewrite_quote(
     addr: &Addr,
     port_be: u16,
 ) -> Option<()> {
-    let icmp_csum = ptr_at::<u16>(ctx, pkt.l4 + off::ICMP_CSUM)?;
+    let icmp_csum = ptr_at::<u16>(ctx, pkt.l4() + off::ICMP_CSUM)?;
     let old_addr = if source { q.key.src } else { q.key.dst };
     let old_port = if source {
         q.key.sport_be

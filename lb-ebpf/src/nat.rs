@@ -39,10 +39,16 @@ pub enum Side {
 }
 
 /// Rewrites the address and L4 port of one side of the packet, fixing the checksums (the IPv4
-/// header's and the TCP/UDP one, whose pseudo-header covers the addresses). `None` only if
-/// the packet is shorter than the parser saw, which cannot happen; kept for the verifier.
+/// header's and the TCP/UDP one, whose pseudo-header covers the addresses). False only if the
+/// packet is shorter than the parser saw, which cannot happen; kept for the verifier.
+/// Not inlined: called up to twice per packet, and its frame is only needed while it runs.
+#[inline(never)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &Addr, port_be: u16) -> bool {
+    rewrite_in_place(ctx, pkt, side, addr, port_be).is_some()
+}
+
 #[inline(always)]
-pub fn rewrite(
+fn rewrite_in_place(
     ctx: &XdpContext,
     pkt: &Packet,
     side: Side,
@@ -53,13 +59,13 @@ pub fn rewrite(
         Side::Destination => off::L4_DPORT,
         Side::Source => off::L4_SPORT,
     };
-    let l4_port = ptr_at::<u16>(ctx, pkt.l4 + port_off)?;
+    let l4_port = ptr_at::<u16>(ctx, pkt.l4() + port_off)?;
     let csum_off = if pkt.key.proto == proto::TCP {
         off::TCP_CSUM
     } else {
         off::UDP_CSUM
     };
-    let l4_csum = ptr_at::<u16>(ctx, pkt.l4 + csum_off)?;
+    let l4_csum = ptr_at::<u16>(ctx, pkt.l4() + csum_off)?;
     // SAFETY: every pointer is bounds-checked by ptr_at; access is unaligned throughout.
     unsafe {
         let mut csum = l4_csum.read_unaligned();
@@ -70,7 +76,7 @@ pub fn rewrite(
                 Side::Destination => off::IP6_DST,
                 Side::Source => off::IP6_SRC,
             };
-            let ip_addr = ptr_at::<[u32; 4]>(ctx, pkt.l3 + addr_off)?;
+            let ip_addr = ptr_at::<[u32; 4]>(ctx, pkt.l3() + addr_off)?;
             let old = ip_addr.read_unaligned();
             ip_addr.write_unaligned(addr.words);
             for i in 0..4 {
@@ -81,8 +87,8 @@ pub fn rewrite(
                 Side::Destination => off::IP_DST,
                 Side::Source => off::IP_SRC,
             };
-            let ip_addr = ptr_at::<u32>(ctx, pkt.l3 + addr_off)?;
-            let ip_csum = ptr_at::<u16>(ctx, pkt.l3 + off::IP_CSUM)?;
+            let ip_addr = ptr_at::<u32>(ctx, pkt.l3() + addr_off)?;
+            let ip_csum = ptr_at::<u16>(ctx, pkt.l3() + off::IP_CSUM)?;
             let old = ip_addr.read_unaligned();
             let new = addr.v4_raw();
             ip_addr.write_unaligned(new);

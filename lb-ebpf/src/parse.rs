@@ -14,6 +14,10 @@ const VLAN_HLEN: usize = 4;
 /// QinQ at most: an outer service tag and an inner customer tag.
 const MAX_VLAN_TAGS: usize = 2;
 pub const IPV4_HLEN: usize = 20;
+/// Covers the largest L3 offset, Ethernet with two VLAN tags (22).
+const MAX_L3_OFFSET_MASK: usize = 0x1f;
+/// Covers the largest L4 offset, 22 + an IPv6 header (62).
+const MAX_L4_OFFSET_MASK: usize = 0x3f;
 pub const IPV6_HLEN: usize = 40;
 pub const ICMP_HLEN: usize = 8;
 /// ICMPv6 router/neighbour solicitation/advertisement and redirect.
@@ -59,9 +63,9 @@ pub struct Packet {
     pub key: FlowKey,
     pub v6: bool,
     /// Offset of the IP header (past VLAN tags).
-    pub l3: usize,
+    pub l3: u16,
     /// Offset of the TCP or UDP header.
-    pub l4: usize,
+    pub l4: u16,
     pub tcp_flags: u8,
     /// ICMP or ICMPv6 type (ports are 0 for ICMP).
     pub icmp_type: u8,
@@ -71,6 +75,23 @@ pub struct Packet {
     pub ip_tot_len_be: u16,
     /// Frame length, for byte counters.
     pub len: u32,
+}
+
+impl Packet {
+    /// Offset of the IP header. Offsets are stored small (the packet lives on the entry
+    /// function's stack for the whole run, and the BPF stack is 512 bytes for all frames),
+    /// and masked to their real bound: a function that reads them from its caller's stack
+    /// must show the verifier they are small.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        usize::from(self.l3) & MAX_L3_OFFSET_MASK
+    }
+
+    /// Offset of the L4 header (see `l3`).
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        usize::from(self.l4) & MAX_L4_OFFSET_MASK
+    }
 }
 
 /// A pointer to a `T` at `offset`, if the packet is long enough to hold it.
@@ -96,7 +117,7 @@ pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 /// Fills `pkt` in place (the BPF stack has room for one `Packet`, not for copies of it).
 pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     let (ether_type, l3) = ether_type(ctx)?;
-    pkt.l3 = l3;
+    pkt.l3 = l3 as u16;
     pkt.len = (ctx.data_end() - ctx.data()) as u32;
     match ether_type {
         ETH_P_IP => parse_v4(ctx, pkt),
@@ -124,7 +145,7 @@ fn ether_type(ctx: &XdpContext) -> Result<(u16, usize), StatSlot> {
 
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
-    let l3 = pkt.l3;
+    let l3 = pkt.l3();
     // Version/IHL byte, then the whole fixed header.
     if ptr_at::<[u8; IPV4_HLEN]>(ctx, l3).is_none() {
         return Err(StatSlot::PassMalformed);
@@ -150,13 +171,13 @@ fn parse_v4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     pkt.tos = load::<u8>(ctx, l3 + off::IP_TOS).ok_or(StatSlot::PassMalformed)?;
     pkt.ip_tot_len_be = load::<u16>(ctx, l3 + off::IP_TOT_LEN).ok_or(StatSlot::PassMalformed)?;
     pkt.v6 = false;
-    pkt.l4 = l3 + IPV4_HLEN;
+    pkt.l4 = (l3 + IPV4_HLEN) as u16;
     parse_l4(ctx, pkt)
 }
 
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
-    let l3 = pkt.l3;
+    let l3 = pkt.l3();
     if ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).is_none() {
         return Err(StatSlot::PassMalformed);
     }
@@ -183,14 +204,14 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     pkt.ip_tot_len_be = (u16::from_be(payload_len_be).wrapping_add(IPV6_HLEN as u16)).to_be();
     pkt.tos = 0;
     pkt.v6 = true;
-    pkt.l4 = l3 + IPV6_HLEN;
+    pkt.l4 = (l3 + IPV6_HLEN) as u16;
     parse_l4(ctx, pkt)
 }
 
 /// TCP flags (0 for UDP) and ports of the L4 header at `pkt.l4`; the type of an ICMP one.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
-    let l4 = pkt.l4;
+    let l4 = pkt.l4();
     pkt.tcp_flags = match pkt.key.proto {
         proto::TCP => {
             if ptr_at::<[u8; 20]>(ctx, l4).is_none() {

@@ -11,9 +11,15 @@ use crate::{
     maps::{BACKENDS, RR_CURSORS, SERVICE_TABLES},
 };
 
-/// The backend for a new flow of `svc`, or `None` when the service has no usable backend.
+/// Puts the backend for a new flow of `svc` into `chosen`; false when the service has no
+/// usable backend.
 #[inline(always)]
-pub fn choose(key: &FlowKey, svc: &Service) -> Option<Chosen> {
+pub fn choose(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> bool {
+    pick(key, svc, chosen).is_some()
+}
+
+#[inline(always)]
+fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
     let len = *SERVICE_TABLES.get_value(svc.id, &TABLE_LEN_SLOT)?;
     if len == 0 {
         return None;
@@ -40,9 +46,8 @@ pub fn choose(key: &FlowKey, svc: &Service) -> Option<Chosen> {
     if backend.flags & backend_flags::IN_USE == 0 {
         return None;
     }
-    Some(Chosen {
-        backend_id,
-        addr: backend.addr,
-        port_be: backend.port_be,
-    })
+    chosen.backend_id = backend_id;
+    chosen.addr = backend.addr;
+    chosen.port_be = backend.port_be;
+    Some(())
 }

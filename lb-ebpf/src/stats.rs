@@ -6,7 +6,13 @@ use crate::maps::{BACKEND_STATS, GLOBAL_STATS, SERVICE_STATS};
 
 #[inline(always)]
 pub fn count(slot: StatSlot) {
-    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(slot as u32) {
+    count_raw(slot as u32);
+}
+
+/// `count` by slot index, for slots carried as plain numbers across calls.
+#[inline(always)]
+pub fn count_raw(slot: u32) {
+    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, nobody else writes it while this program runs on this CPU.
         unsafe { *counter += 1 };
     }

@@ -208,14 +208,8 @@ fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), Plan
     Ok(())
 }
 
-/// What the kernel program of this build does not do yet, refused up front rather than
-/// accepted and ignored.
+/// What the dataplane cannot do, refused up front rather than accepted and ignored.
 fn check_supported(spec: &ServiceSpec) -> Result<(), PlanError> {
-    let unsupported = |field: &'static str, message: &str| PlanError::Unsupported {
-        service: spec.name.clone(),
-        field,
-        message: message.to_owned(),
-    };
     if let Some(vip) = spec.vip
         && let Some(i) = spec
             .backends
@@ -231,12 +225,6 @@ fn check_supported(spec: &ServiceSpec) -> Result<(), PlanError> {
             ),
         });
     }
-    if spec.forwarding == Forwarding::FullNat {
-        return Err(unsupported(
-            "forwarding",
-            "fullnat is not supported by this dataplane yet; use nat (client addresses are preserved)",
-        ));
-    }
     Ok(())
 }
 
@@ -247,6 +235,9 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
     }
     if spec.affinity == Affinity::ClientIp {
         flags |= service_flags::AFFINITY_CLIENT_IP;
+    }
+    if spec.forwarding == Forwarding::FullNat {
+        flags |= service_flags::FULLNAT;
     }
     Service {
         id,
@@ -447,8 +438,8 @@ services:
     }
 
     #[test]
-    fn fullnat_is_refused_until_the_dataplane_does_it() {
-        let err = plan_of(
+    fn fullnat_sets_the_service_flag() {
+        let state = plan_of(
             r#"
 services:
   web:
@@ -459,17 +450,9 @@ services:
 "#,
             &NODE,
         )
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                PlanError::Unsupported {
-                    field: "forwarding",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        .unwrap();
+        let web = state.frontends[&key("198.18.100.1:80", proto::TCP)];
+        assert_eq!(web.flags, service_flags::FULLNAT);
     }
 
     #[test]

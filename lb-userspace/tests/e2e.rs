@@ -74,6 +74,7 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
     let node4 = IpAddr::V4(topo.node_client_addr4);
     let node6 = IpAddr::V6(topo.node_client_addr6);
     let mut exchanges = 0u64;
+    let mut tcp_exchanges = 0u64;
     // Both families, through a VIP and through a port published on the node's addresses.
     for (proto, target) in [
         ("tcp", SocketAddr::new(vip4, 80)),
@@ -106,6 +107,7 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
             );
             seen.insert(reply.backend);
             exchanges += 1;
+            tcp_exchanges += u64::from(proto == "tcp");
         }
         assert_eq!(
             seen.len(),
@@ -126,7 +128,13 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
     // TCP exchanges are several packets each way; UDP exactly one.
     assert!(counter(&counters, "nat_forward") >= exchanges, "{counters}");
     assert!(counter(&counters, "nat_reply") >= exchanges, "{counters}");
-    assert_eq!(counter(&counters, "new_flow"), exchanges, "{counters}");
+    // Every TCP connection is a new flow; a UDP exchange that happens to reuse a client port
+    // within the UDP timeout continues the earlier flow (same 5-tuple), as it should.
+    let new_flows = counter(&counters, "new_flow");
+    assert!(
+        new_flows <= exchanges && new_flows >= tcp_exchanges,
+        "{counters}"
+    );
     // Backends run no XDP program, so every rewritten packet went through the TC program.
     assert_eq!(
         counter(&counters, "tx_via_tc"),
@@ -334,4 +342,103 @@ services:
     let counters = lb.stop().expect("stop lbd");
     assert_eq!(counter(&counters, "icmp_echo_reply"), 2, "{counters}");
     assert_eq!(counter(&counters, "icmp_error_to_client"), 2, "{counters}");
+}
+
+#[test]
+fn fullnat_backends_see_the_node_and_concurrent_flows_of_one_client_never_collide() {
+    if !e2e_enabled() {
+        return;
+    }
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp", "54:5454/udp"]
+    forwarding: fullnat
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp"]
+    forwarding: fullnat
+    backends: ["fd00:2::a", "fd00:2::b", "fd00:2::c"]
+"#;
+    let (topo, servers) = setup(3);
+    let lb = start_lbd(&topo, services);
+    let node_side = [
+        IpAddr::V4(topo.node_bridge_addr4),
+        IpAddr::V6(topo.node_bridge_addr6),
+    ];
+    for (vip, node_addr) in [
+        ("198.18.100.1", node_side[0]),
+        ("fd00:100::1", node_side[1]),
+    ] {
+        let target = SocketAddr::new(vip.parse().unwrap(), 80);
+        // Many connections open at once from one client: each needs its own node port.
+        let mut sessions: Vec<lb_userspace::testkit::TcpSession> = (0..200)
+            .map(|i| {
+                lb_userspace::testkit::TcpSession::connect(&topo.client, target, TIMEOUT)
+                    .unwrap_or_else(|e| {
+                        panic!("connection {i} to {target}: {e:#}\n{}", lb.output())
+                    })
+            })
+            .collect();
+        let mut node_ports = BTreeSet::new();
+        for round in 0..2 {
+            for session in &mut sessions {
+                let reply = session
+                    .request()
+                    .unwrap_or_else(|e| panic!("{target} round {round}: {e:#}"));
+                assert_eq!(reply.from, target, "the client talks to the VIP only");
+                assert_eq!(
+                    reply.seen_ip, node_addr,
+                    "full NAT: the backend sees the node"
+                );
+                assert!(
+                    (lb_common::limits::FULLNAT_PORT_MIN..=lb_common::limits::FULLNAT_PORT_MAX)
+                        .contains(&reply.seen_port),
+                    "node port {} outside the full-NAT range",
+                    reply.seen_port
+                );
+                node_ports.insert((reply.backend.clone(), reply.seen_port));
+            }
+        }
+        assert_eq!(
+            node_ports.len(),
+            sessions.len(),
+            "{target}: one node port per connection, stable"
+        );
+    }
+    // UDP and ICMP errors through full NAT.
+    let vip4: IpAddr = "198.18.100.1".parse().unwrap();
+    let reply = udp_request(&topo.client, SocketAddr::new(vip4, 53), TIMEOUT).expect("udp");
+    assert_eq!(reply.seen_ip, node_side[0]);
+    let target = SocketAddr::new(vip4, 54);
+    let error = topo
+        .client
+        .run(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.connect(target).unwrap();
+            socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+            socket.send(b"anyone?").unwrap();
+            let mut buf = [0u8; 64];
+            socket.recv(&mut buf).unwrap_err().kind()
+        })
+        .unwrap();
+    assert_eq!(
+        error,
+        std::io::ErrorKind::ConnectionRefused,
+        "{}",
+        lb.output()
+    );
+    for server in &servers {
+        assert!(
+            server.peers().iter().all(|(_, ip)| node_side.contains(ip)),
+            "{}: {:?}",
+            server.name(),
+            server.peers()
+        );
+    }
+    let counters = lb.stop().expect("stop lbd");
+    assert_eq!(counter(&counters, "drop_no_snat_port"), 0, "{counters}");
+    assert_eq!(counter(&counters, "icmp_error_to_client"), 1, "{counters}");
 }
