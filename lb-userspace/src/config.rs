@@ -40,11 +40,11 @@ pub const MAX_SERVICE_NAME_LEN: usize = 63;
 /// Why a service file was refused. The `Display` text is meant for operators as is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read the service file: {source}", .path.display())]
+    // The io error is part of the message, not a `source`: error chains would print it twice.
+    #[error("{}: cannot read the service file: {error}", .path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not YAML, or not shaped like a service file (unknown field, wrong kind of value). The
     /// message is serde_yaml's: field path, what was expected, line and column.
@@ -482,9 +482,9 @@ impl<'de> Deserialize<'de> for RawServices {
 impl ServiceFile {
     /// Reads, parses and validates a service file.
     pub fn load(path: &Path) -> Result<ServiceFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }

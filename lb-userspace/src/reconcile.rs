@@ -9,8 +9,9 @@ use std::{
 
 use lb_common::{
     Addr,
+    hash::{client_hash, flow_hash},
     limits::{MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MAX_TABLE_SIZE},
-    maps::{Backend, EndpointKey, Service, backend_flags, proto, service_flags},
+    maps::{Backend, EndpointKey, FlowKey, Service, backend_flags, proto, service_flags},
 };
 
 use crate::{
@@ -68,8 +69,8 @@ pub enum PlanError {
         "service \"{service}\" publishes ports on every node address, but this node has no address of its backends' family"
     )]
     NoNodeAddress { service: String },
-    #[error("service \"{service}\": building its selection table failed: {source:?}")]
-    Table { service: String, source: TableError },
+    #[error("service \"{service}\": building its selection table failed: {error}")]
+    Table { service: String, error: TableError },
 }
 
 /// Plans the kernel state for `file` on a node with `node_addrs`.
@@ -201,6 +202,117 @@ fn plan_service(
     Ok(())
 }
 
+/// Where a new flow would go, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Explanation {
+    /// No frontend matches the destination: the packet passes to the kernel untouched.
+    NotAFrontend,
+    /// The service has no backend that takes new flows: the packet is dropped and counted.
+    NoBackend { service: String },
+    /// Maglev: the flow's hash picks a slot of the service's table.
+    Maglev {
+        service: String,
+        hash: u32,
+        slot: u32,
+        table_len: u32,
+        backend: SocketAddr,
+    },
+    /// Round-robin: the backend depends on each CPU's position in the sequence.
+    RoundRobin {
+        service: String,
+        sequence: Vec<SocketAddr>,
+    },
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotAFrontend => write!(f, "not a frontend: passed to the kernel untouched"),
+            Self::NoBackend { service } => {
+                write!(
+                    f,
+                    "service {service}: no backend takes new flows: dropped and counted"
+                )
+            }
+            Self::Maglev {
+                service,
+                hash,
+                slot,
+                table_len,
+                backend,
+            } => write!(
+                f,
+                "service {service}: new flow -> {backend} (maglev: hash {hash:#010x}, slot {slot} of {table_len})"
+            ),
+            Self::RoundRobin { service, sequence } => {
+                let order: Vec<String> = sequence.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "service {service}: new flow -> next in the round-robin sequence of each CPU: {}",
+                    order.join(", ")
+                )
+            }
+        }
+    }
+}
+
+impl DesiredState {
+    /// Which backend a new flow `src` -> `dst` gets under this plan, computed with the
+    /// kernel's own hash and tables. (An established flow keeps the backend it has.)
+    pub fn explain(&self, protocol: u8, src: SocketAddr, dst: SocketAddr) -> Explanation {
+        let key = EndpointKey {
+            addr: addr(dst.ip()),
+            port_be: dst.port().to_be(),
+            proto: protocol,
+            _pad: 0,
+        };
+        let Some(service) = self.frontends.get(&key) else {
+            return Explanation::NotAFrontend;
+        };
+        let planned = &self.services[service.id as usize];
+        let name = format!("{} {}", planned.name, planned.mapping);
+        let table = &self.tables[&service.id];
+        let target = |id: u32| {
+            planned
+                .backends
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| b.target)
+                .expect("tables hold the service's own backends")
+        };
+        if table.is_empty() {
+            return Explanation::NoBackend { service: name };
+        }
+        if service.flags & service_flags::ROUND_ROBIN != 0 {
+            return Explanation::RoundRobin {
+                service: name,
+                sequence: table.iter().map(|id| target(*id)).collect(),
+            };
+        }
+        let flow = FlowKey {
+            src: addr(src.ip()),
+            dst: addr(dst.ip()),
+            sport_be: src.port().to_be(),
+            dport_be: dst.port().to_be(),
+            proto: protocol,
+            _pad: [0; 3],
+        };
+        let hash = if service.flags & service_flags::AFFINITY_CLIENT_IP != 0 {
+            client_hash(&flow)
+        } else {
+            flow_hash(&flow)
+        };
+        let slot = hash % table.len() as u32;
+        Explanation::Maglev {
+            service: name,
+            hash,
+            slot,
+            table_len: table.len() as u32,
+            backend: target(table[slot as usize]),
+        }
+    }
+}
+
 fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), PlanError> {
     if count > max as usize {
         return Err(PlanError::Capacity { what, count, max });
@@ -274,9 +386,9 @@ fn table(spec: &ServiceSpec, planned: &PlannedService) -> Result<Vec<u32>, PlanE
             .map(|i| planned.backends[i as usize].id)
             .collect()),
         Err(TableError::NoWeight) => Ok(Vec::new()),
-        Err(source) => Err(PlanError::Table {
+        Err(error) => Err(PlanError::Table {
             service: spec.name.clone(),
-            source,
+            error,
         }),
     }
 }
@@ -524,6 +636,50 @@ services:
             PlanError::NoNodeAddress {
                 service: "web".into()
             }
+        );
+    }
+
+    #[test]
+    fn explain_names_the_backend_and_the_reason() {
+        let state = plan_of(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+  rr:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    scheduler: round-robin
+    backends: ["198.18.2.10"]
+"#,
+            &NODE,
+        )
+        .unwrap();
+        let client: SocketAddr = "198.18.1.2:40000".parse().unwrap();
+        let web: SocketAddr = "198.18.100.1:80".parse().unwrap();
+        match state.explain(proto::TCP, client, web) {
+            Explanation::Maglev {
+                backend,
+                slot,
+                table_len,
+                ..
+            } => {
+                assert!(slot < table_len);
+                assert!(backend.port() == 8080, "{backend}");
+            }
+            other => panic!("{other}"),
+        }
+        let rr = state.explain(proto::TCP, client, "198.18.100.2:80".parse().unwrap());
+        assert!(
+            matches!(rr, Explanation::RoundRobin { ref sequence, .. } if sequence.len() == 1),
+            "{rr}"
+        );
+        assert_eq!(
+            state.explain(proto::UDP, client, web),
+            Explanation::NotAFrontend,
+            "wrong protocol"
         );
     }
 

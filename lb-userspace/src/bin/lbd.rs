@@ -63,10 +63,16 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let result = match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(args),
+    };
+    // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
+    if let Err(e) = result {
+        eprintln!("lbd: {e:#}");
+        std::process::exit(1);
     }
+    Ok(())
 }
 
 fn plan(config: &std::path::Path) -> anyhow::Result<reconcile::DesiredState> {

@@ -15,7 +15,7 @@ use crate::reconcile::DesiredState;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
+    move |error| DataplaneError::Map { name, error }
 }
 
 /// Counters summed over CPUs.

@@ -15,12 +15,19 @@ use tracing::info;
 /// The kernel object, built by build.rs from lb-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
+/// The benchmark harness object (lb-ebpf's `bench-harness` bin), for `lb-bench bench micro`:
+/// BPF_PROG_TEST_RUN only, never attached.
+pub static HARNESS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-harness"));
+
+/// Errors carry their cause in the message rather than as a `source`, so an error chain
+/// printed for an operator says each thing once.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(
         "loading the meshlb kernel object failed: {0} (are you root, and is bpffs mounted? run `cargo xtask setup`)"
     )]
-    Load(#[source] aya::EbpfError),
+    Load(aya::EbpfError),
     #[error(
         "the kernel object has no {kind} `{name}`: lb-ebpf and lb-userspace are out of step; rebuild both"
     )]
@@ -28,38 +35,34 @@ pub enum DataplaneError {
         kind: &'static str,
         name: &'static str,
     },
-    #[error("the kernel refused program `{name}`: {source}")]
+    #[error("the kernel refused program `{name}`: {error}")]
     Verify {
         name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
+        error: aya::programs::ProgramError,
     },
     #[error("interface `{0}` does not exist (check `ip link`)")]
     NoSuchInterface(String),
     #[error(
-        "attaching XDP to `{interface}` in {mode} mode failed: {source} (try --xdp-mode generic)"
+        "attaching XDP to `{interface}` in {mode} mode failed: {error} (try --xdp-mode generic)"
     )]
     AttachXdp {
         interface: String,
         mode: XdpMode,
-        #[source]
-        source: aya::programs::ProgramError,
+        error: aya::programs::ProgramError,
     },
-    #[error("attaching the TC ingress program to `{interface}` failed: {source}")]
+    #[error("attaching the TC ingress program to `{interface}` failed: {error}")]
     AttachTc {
         interface: String,
-        #[source]
-        source: aya::programs::ProgramError,
+        error: aya::programs::ProgramError,
     },
     #[error(
         "IPv4 forwarding is off on `{0}`, so the kernel's route lookup refuses to forward for meshlb; enable it with `sysctl -w net.ipv4.conf.{0}.forwarding=1` (or net.ipv4.ip_forward=1)"
     )]
     ForwardingDisabled(String),
-    #[error("map `{name}`: {source}")]
+    #[error("map `{name}`: {error}")]
     Map {
         name: &'static str,
-        #[source]
-        source: aya::maps::MapError,
+        error: aya::maps::MapError,
     },
     #[error("map `{name}`: {message}")]
     MapValue { name: &'static str, message: String },
@@ -127,14 +130,14 @@ impl Dataplane {
             }
         }
         let xdp: &mut Xdp = program(&mut ebpf, programs::XDP)?;
-        xdp.load().map_err(|source| DataplaneError::Verify {
+        xdp.load().map_err(|error| DataplaneError::Verify {
             name: programs::XDP,
-            source,
+            error,
         })?;
         let tc: &mut SchedClassifier = program(&mut ebpf, programs::TC_INGRESS)?;
-        tc.load().map_err(|source| DataplaneError::Verify {
+        tc.load().map_err(|error| DataplaneError::Verify {
             name: programs::TC_INGRESS,
-            source,
+            error,
         })?;
         Ok(Self {
             ebpf,
@@ -158,9 +161,9 @@ impl Dataplane {
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
         let _tc_link = tc
             .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::AttachTc {
+            .map_err(|error| DataplaneError::AttachTc {
                 interface: interface.to_owned(),
-                source,
+                error,
             })?;
         info!(interface, ifindex, %mode, "attached");
         self.attachments.push(Attachment {
@@ -212,10 +215,10 @@ fn attach_xdp(
             XdpMode::Generic => AyaXdpMode::Skb,
         };
         xdp.attach(interface, aya_mode)
-            .map_err(|source| DataplaneError::AttachXdp {
+            .map_err(|error| DataplaneError::AttachXdp {
                 interface: interface.to_owned(),
                 mode,
-                source,
+                error,
             })
     };
     match mode {
