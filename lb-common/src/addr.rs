@@ -61,3 +61,32 @@ impl Addr {
         self.words[3]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_form_round_trips() {
+        let raw = u32::from_ne_bytes([198, 18, 1, 2]);
+        let a = Addr::from_v4_raw(raw);
+        assert!(a.is_v4());
+        assert_eq!(a.v4_raw(), raw);
+        assert_eq!(
+            a.octets(),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 1, 2]
+        );
+        assert_eq!(Addr::from_octets(a.octets()), a);
+    }
+
+    #[test]
+    fn v6_is_not_v4() {
+        let mut octets = [0u8; 16];
+        octets[0] = 0xfd;
+        octets[15] = 1;
+        let a = Addr::from_octets(octets);
+        assert!(!a.is_v4());
+        assert_eq!(a.octets(), octets);
+        assert!(!Addr::UNSPECIFIED.is_v4());
+    }
+}

@@ -48,3 +48,69 @@ pub const fn client_hash(key: &FlowKey) -> u32 {
     h = mix(h, s[3]);
     finish(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Addr;
+
+    fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
+        let v4 = |o: [u8; 4]| Addr::from_v4_raw(u32::from_ne_bytes(o));
+        FlowKey {
+            src: v4(src),
+            dst: v4(dst),
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn golden_values_pin_the_hash() {
+        // The kernel and userspace must agree, and a change of the function moves every
+        // Maglev flow: it must be deliberate. These values pin it.
+        let k = key([198, 18, 1, 2], 40000, [198, 18, 100, 1], 80, 6);
+        assert_eq!(flow_hash(&k), GOLDEN_FLOW);
+        assert_eq!(client_hash(&k), GOLDEN_CLIENT);
+    }
+
+    const GOLDEN_FLOW: u32 = 0x88e2_9359;
+    const GOLDEN_CLIENT: u32 = 0x6aec_7067;
+
+    #[test]
+    fn every_field_of_the_tuple_matters_but_client_hash_sees_the_client_only() {
+        let base = key([198, 18, 1, 2], 40000, [198, 18, 100, 1], 80, 6);
+        let variants = [
+            key([198, 18, 1, 3], 40000, [198, 18, 100, 1], 80, 6),
+            key([198, 18, 1, 2], 40001, [198, 18, 100, 1], 80, 6),
+            key([198, 18, 1, 2], 40000, [198, 18, 100, 2], 80, 6),
+            key([198, 18, 1, 2], 40000, [198, 18, 100, 1], 81, 6),
+            key([198, 18, 1, 2], 40000, [198, 18, 100, 1], 80, 17),
+        ];
+        for v in &variants {
+            assert_ne!(flow_hash(v), flow_hash(&base), "{v:?}");
+        }
+        assert_ne!(client_hash(&variants[0]), client_hash(&base));
+        for v in &variants[1..] {
+            assert_eq!(client_hash(v), client_hash(&base), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn source_ports_spread_evenly() {
+        // 64k client ports of one client over 16 buckets: every bucket near 1/16.
+        let mut buckets = [0u32; 16];
+        for port in 0..=u16::MAX {
+            let k = key([198, 18, 1, 2], port, [198, 18, 100, 1], 80, 6);
+            buckets[(flow_hash(&k) % 16) as usize] += 1;
+        }
+        // Binomial: 4096 expected, standard deviation about 62; allow five of them.
+        assert!(
+            buckets
+                .iter()
+                .all(|n| (4096 - 310..=4096 + 310).contains(n)),
+            "{buckets:?}"
+        );
+    }
+}
