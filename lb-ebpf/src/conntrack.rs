@@ -33,7 +33,10 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
 }
 
 /// The tracked forward flow of a client packet, if it is still alive and this packet belongs
-/// to it. A SYN on a closing flow starts a new one (client port reuse must never stall).
+/// to it. A SYN on a closing flow, or any packet of an expired one, starts a new flow: the
+/// old flow's reply entry is removed first, so client port reuse never stalls (under full
+/// NAT the new flow takes the same node port again) and the old backend's late packets are
+/// not translated.
 #[inline(always)]
 pub fn lookup_forward(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<*mut Flow> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
@@ -43,17 +46,44 @@ pub fn lookup_forward(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<*mut Flo
     if f.kind != flow_kind::FORWARD {
         return None;
     }
-    if now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
-        return None;
-    }
-    if key.proto == proto::TCP
+    let reopened = key.proto == proto::TCP
         && tcp_flags & TCP_SYN != 0
         && tcp_flags & TCP_ACK == 0
-        && f.tcp_state == tcp_state::CLOSING
-    {
+        && f.tcp_state == tcp_state::CLOSING;
+    if reopened || now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
+        let reply_key = FlowKey {
+            src: f.nat_addr,
+            dst: if f.snat_addr == Addr::UNSPECIFIED {
+                key.src
+            } else {
+                f.snat_addr
+            },
+            sport_be: f.nat_port_be,
+            dport_be: if f.snat_addr == Addr::UNSPECIFIED {
+                key.sport_be
+            } else {
+                f.snat_port_be
+            },
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        // Already gone (evicted) is fine.
+        let _ = CONNTRACK.remove(&reply_key);
         return None;
     }
     Some(flow)
+}
+
+/// Refreshes a reply entry's idle clock (at most once a second): a full-NAT port is only
+/// reclaimed from an entry that has really gone quiet.
+#[inline(always)]
+pub fn touch_reply(flow: *mut Flow, now: u64) {
+    // SAFETY: valid for this program run.
+    unsafe {
+        if now.wrapping_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+            (*flow).last_seen_ns = now;
+        }
+    }
 }
 
 /// Moves a forward flow's TCP state on and refreshes its idle clock (at most once a second, so
@@ -200,8 +230,8 @@ fn reclaim(key: &FlowKey, flow: &Flow, now: u64) -> bool {
 
 /// The reply entry of a packet from a backend.
 #[inline(always)]
-pub fn lookup_reply(key: &FlowKey) -> Option<*const Flow> {
-    let flow = CONNTRACK.get_ptr(key)?;
+pub fn lookup_reply(key: &FlowKey) -> Option<*mut Flow> {
+    let flow = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: valid for this program run.
     if unsafe { (*flow).kind } != flow_kind::REPLY {
         return None;

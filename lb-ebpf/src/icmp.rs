@@ -168,7 +168,11 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
     if q.key.proto != proto::TCP && q.key.proto != proto::UDP {
         return None;
     }
-    // RFC 792 quotes at least the first 8 bytes of L4: both ports and the UDP checksum.
+    // RFC 792 quotes at least the first 8 bytes of L4: both ports and the UDP checksum. They
+    // must lie inside the ICMP message, not in padding after it.
+    if q.l4 + 8 > pkt.ip_end() {
+        return None;
+    }
     let l4 = ptr_at::<[u16; 4]>(ctx, q.l4)?;
     // SAFETY: bounds-checked by ptr_at.
     let [sport_be, dport_be, _, _] = unsafe { l4.read_unaligned() };
@@ -367,7 +371,10 @@ fn quote_in_place(
             } else {
                 off::UDP_CSUM
             };
-        if let Some(l4_csum) = ptr_at::<u16>(ctx, l4_csum_at) {
+        // The quote may end before the quoted checksum (RFC 792 guarantees 8 bytes of L4); the
+        // frame may go on with padding, which is not part of the ICMP message.
+        let in_quote = l4_csum_at + 2 <= pkt.ip_end();
+        if let Some(l4_csum) = ptr_at::<u16>(ctx, l4_csum_at).filter(|_| in_quote) {
             let old = l4_csum.read_unaligned();
             if old != 0 || q.key.proto == proto::TCP {
                 // Apply the same change the addresses and port made: fold the delta in.

@@ -176,6 +176,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
         count(StatSlot::PassNotFrontend);
         return xdp_action::XDP_PASS;
     };
+    conntrack::touch_reply(flow, conntrack::now_ns());
     // SAFETY: valid for this program run; read field by field.
     let (frontend, frontend_port_be, client, client_port_be, service_id, backend_id) = unsafe {
         (

@@ -71,7 +71,8 @@ pub struct Packet {
     pub icmp_type: u8,
     /// IPv4 TOS (0 for IPv6), for the FIB lookup.
     pub tos: u8,
-    /// Length of the whole IP packet, for the FIB's MTU check.
+    /// Length of the whole IP packet (checked to fit the frame), for the FIB's MTU check and
+    /// to know where the IP packet ends.
     pub ip_tot_len_be: u16,
     /// Frame length, for byte counters.
     pub len: u32,
@@ -91,6 +92,12 @@ impl Packet {
     #[inline(always)]
     pub fn l4(&self) -> usize {
         usize::from(self.l4) & MAX_L4_OFFSET_MASK
+    }
+
+    /// Offset just past the IP packet (frame bytes after it are padding).
+    #[inline(always)]
+    pub fn ip_end(&self) -> usize {
+        self.l3() + usize::from(u16::from_be(self.ip_tot_len_be))
     }
 }
 
@@ -172,7 +179,23 @@ fn parse_v4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     pkt.ip_tot_len_be = load::<u16>(ctx, l3 + off::IP_TOT_LEN).ok_or(StatSlot::PassMalformed)?;
     pkt.v6 = false;
     pkt.l4 = (l3 + IPV4_HLEN) as u16;
+    check_ip_length(ctx, pkt, IPV4_HLEN)?;
     parse_l4(ctx, pkt)
+}
+
+/// The IP length field must fit in the frame (Ethernet padding may follow it) and hold the
+/// L4 header: a packet that lies about its length is not translated.
+#[inline(always)]
+fn check_ip_length(ctx: &XdpContext, pkt: &Packet, ip_hlen: usize) -> Result<(), StatSlot> {
+    let ip_len = usize::from(u16::from_be(pkt.ip_tot_len_be));
+    let l4_min = match pkt.key.proto {
+        proto::TCP => 20,
+        _ => 8,
+    };
+    if ip_len < ip_hlen + l4_min || pkt.l3() + ip_len > ctx.data_end() - ctx.data() {
+        return Err(StatSlot::PassMalformed);
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -200,11 +223,17 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
     pkt.key.dst.words = load::<[u32; 4]>(ctx, l3 + off::IP6_DST).ok_or(StatSlot::PassMalformed)?;
     let payload_len_be =
         load::<u16>(ctx, l3 + off::IP6_PAYLOAD_LEN).ok_or(StatSlot::PassMalformed)?;
+    // IPv4-mapped addresses never appear on the wire (RFC 4291); here they would alias the
+    // IPv4 flows, whose addresses the maps hold in that form.
+    if pkt.key.src.is_v4() || pkt.key.dst.is_v4() {
+        return Err(StatSlot::PassMalformed);
+    }
     // The FIB's MTU check wants the whole IP packet's length.
     pkt.ip_tot_len_be = (u16::from_be(payload_len_be).wrapping_add(IPV6_HLEN as u16)).to_be();
     pkt.tos = 0;
     pkt.v6 = true;
     pkt.l4 = (l3 + IPV6_HLEN) as u16;
+    check_ip_length(ctx, pkt, IPV6_HLEN)?;
     parse_l4(ctx, pkt)
 }
 
