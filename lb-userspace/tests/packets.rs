@@ -9,8 +9,7 @@ use std::{
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    hash::flow_hash,
-    maps::{FlowKey, XDP_META_MAGIC, proto},
+    maps::{XDP_META_MAGIC, proto},
     stats::StatSlot,
 };
 use lb_userspace::{
@@ -19,7 +18,10 @@ use lb_userspace::{
     reconcile::{self, DesiredState},
     testkit::{
         Netns,
-        packet::{CLIENT_MAC, Ipv4Frame, L4, TCP_ACK, TCP_FIN, TCP_SYN, parse_ipv4},
+        packet::{
+            CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN,
+            icmpv4_error, icmpv4_frame, parse_icmpv4, parse_ipv4, parse_ipv6, with_vlan_tags,
+        },
     },
 };
 
@@ -67,6 +69,13 @@ struct Loaded {
 impl Node {
     fn new() -> Self {
         let ns = Netns::new("mlb-pkt").expect("netns");
+        // Before the interfaces exist, so they inherit it.
+        ns.set_sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.default.forwarding", "1"),
+        ])
+        .expect("sysctl");
         ns.ip_batch(&[
             "link add lbc type veth peer name lbc-peer".to_owned(),
             "link add lbb type veth peer name lbb-peer".to_owned(),
@@ -76,6 +85,16 @@ impl Node {
             "link set lbb-peer up".to_owned(),
             format!("addr add {NODE_CLIENT_SIDE}/24 dev lbc"),
             "addr add 198.18.2.1/24 dev lbb".to_owned(),
+            "addr add fd00:1::1/64 dev lbc nodad".to_owned(),
+            "addr add fd00:2::1/64 dev lbb nodad".to_owned(),
+            format!(
+                "neigh add fd00:1::2 lladdr {} dev lbc nud permanent",
+                mac(&CLIENT_MAC)
+            ),
+            format!(
+                "neigh add fd00:2::a lladdr {} dev lbb nud permanent",
+                mac(&BACKEND_MACS[0])
+            ),
             format!(
                 "neigh add {CLIENT} lladdr {} dev lbc nud permanent",
                 mac(&CLIENT_MAC)
@@ -94,8 +113,26 @@ impl Node {
             ),
         ])
         .expect("topology");
-        ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
-            .expect("sysctl");
+        // IPv6 routes work once the veth carriers are up: wait for the FIB (bounded).
+        let ready = (0..100).any(|_| {
+            let ok = ns
+                .ip(&[
+                    "-6",
+                    "route",
+                    "get",
+                    "fd00:2::a",
+                    "from",
+                    "fd00:1::2",
+                    "iif",
+                    "lbc",
+                ])
+                .is_ok_and(|route| route.contains("dev lbb"));
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            ok
+        });
+        assert!(ready, "IPv6 route through the node never came up");
         Self { ns }
     }
 
@@ -465,28 +502,22 @@ services:
     backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
 "#;
     Node::new().run(services, |mut lb| {
-        let table = lb.desired.tables[&0].clone();
         let backends: Vec<_> = lb.desired.services[0].backends.clone();
         let mut hits = [0u32; 3];
         for port in 0..600u16 {
             let client = sock(CLIENT, 20000 + port);
             let out = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
             let got = parse_ipv4(&out.packet).expect("checksums").dst;
-            let key = FlowKey {
-                src: reconcile::addr(IpAddr::V4(*client.ip())),
-                dst: reconcile::addr(VIP.parse().unwrap()),
-                sport_be: client.port().to_be(),
-                dport_be: 80u16.to_be(),
-                proto: proto::TCP,
-                _pad: [0; 3],
+            // The kernel's choice is what `lbctl explain` computes from the same plan.
+            let reconcile::Explanation::Maglev { backend, .. } = lb.desired.explain(
+                proto::TCP,
+                std::net::SocketAddr::V4(client),
+                std::net::SocketAddr::V4(sock(VIP, 80)),
+            ) else {
+                panic!("a maglev service");
             };
-            let predicted_id = table[(flow_hash(&key) % table.len() as u32) as usize];
-            let predicted = backends.iter().position(|b| b.id == predicted_id).unwrap();
-            assert_eq!(
-                std::net::SocketAddr::V4(got),
-                backends[predicted].target,
-                "flow {client}"
-            );
+            assert_eq!(std::net::SocketAddr::V4(got), backend, "flow {client}");
+            let predicted = backends.iter().position(|b| b.target == backend).unwrap();
             hits[predicted] += 1;
         }
         for (i, n) in hits.iter().enumerate() {
@@ -558,4 +589,198 @@ fn pin_to_cpu(cpu: usize) {
             0
         );
     }
+}
+
+fn sock6(ip: &str, port: u16) -> std::net::SocketAddrV6 {
+    std::net::SocketAddrV6::new(ip.parse().unwrap(), port, 0, 0)
+}
+
+const IPV6_AND_FULLNAT: &str = r#"
+services:
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp"]
+    backends: ["fd00:2::a"]
+  full:
+    vip: 198.18.100.4
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    forwarding: fullnat
+    backends: ["198.18.2.10"]
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10"]
+"#;
+
+#[test]
+fn ipv6_flows_are_translated_both_ways() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+        let client = sock6("fd00:1::2", 40000);
+        let vip = sock6("fd00:100::1", 80);
+        let backend = sock6("fd00:2::a", 8080);
+        let syn = Ipv6Frame::tcp(client, vip, TCP_SYN);
+        let before = lb.stats();
+        let out = lb.run(&syn.build());
+        let after = lb.stats();
+        let moved: Vec<_> = StatSlot::ALL
+            .iter()
+            .filter(|s| delta(&before, &after, **s) > 0)
+            .map(|s| s.label())
+            .collect();
+        assert_eq!(out.action, XDP_PASS, "counters moved: {moved:?}");
+        assert_eq!(
+            out.meta,
+            Some((XDP_META_MAGIC, lb.backend_if)),
+            "counters moved: {moved:?}"
+        );
+        assert_eq!(out.packet, syn.clone().with_dst(backend).build());
+        parse_ipv6(&out.packet).expect("checksum");
+
+        let reply = Ipv6Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+            .with_macs(BACKEND_MACS[0], lb.backend_if_mac);
+        let out = lb.run_from(&reply.build(), lb.backend_if);
+        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, reply.with_src(vip).build());
+
+        // IPv4-mapped addresses never appear on the wire; they must not alias IPv4 flows.
+        let mapped = Ipv6Frame::tcp(
+            sock6("::ffff:198.18.1.2", 40000),
+            sock6("::ffff:198.18.100.1", 80),
+            TCP_SYN,
+        )
+        .build();
+        let before = lb.stats();
+        let out = lb.run(&mapped);
+        assert_eq!((out.action, &out.packet), (XDP_PASS, &mapped));
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::PassMalformed), 1);
+    });
+}
+
+#[test]
+fn vlan_tagged_frames_are_balanced_with_their_tags_kept() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+        for tags in [&[100u16][..], &[100, 200]] {
+            let syn = Ipv4Frame::tcp(
+                sock(CLIENT, 41000 + tags.len() as u16),
+                sock(VIP, 80),
+                TCP_SYN,
+            );
+            let out = lb.run(&with_vlan_tags(&syn.build(), tags));
+            let expected = with_vlan_tags(&syn.with_dst(sock("198.18.2.10", 8080)).build(), tags);
+            assert_eq!(out.packet, expected, "tags {tags:?}");
+        }
+    });
+}
+
+#[test]
+fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+        let client = sock(CLIENT, 42000);
+        let vip = sock("198.18.100.4", 80);
+        let backend = sock("198.18.2.10", 8080);
+        let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);
+        let out = lb.run(&syn.build());
+        let seen = parse_ipv4(&out.packet).expect("checksums");
+        assert_eq!(seen.dst, backend);
+        assert_eq!(
+            *seen.src.ip(),
+            "198.18.2.1".parse::<std::net::Ipv4Addr>().unwrap(),
+            "the node's address toward the backend"
+        );
+        let node_port = seen.src.port();
+        assert!(
+            (lb_common::limits::FULLNAT_PORT_MIN..=lb_common::limits::FULLNAT_PORT_MAX)
+                .contains(&node_port)
+        );
+        assert_eq!(
+            out.packet,
+            syn.clone().with_dst(backend).with_src(seen.src).build()
+        );
+
+        // The next packet of the flow keeps the same node port.
+        let ack = Ipv4Frame::tcp(client, vip, TCP_ACK);
+        let out = lb.run(&ack.build());
+        assert_eq!(out.packet, ack.with_dst(backend).with_src(seen.src).build());
+
+        // The backend answers the node; the client gets it from the VIP.
+        let reply = Ipv4Frame::tcp(backend, seen.src, TCP_SYN | TCP_ACK)
+            .with_macs(BACKEND_MACS[0], lb.backend_if_mac);
+        let out = lb.run_from(&reply.build(), lb.backend_if);
+        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, reply.with_src(vip).with_dst(client).build());
+
+        // A second client port gets a different node port.
+        let other = lb.run(&Ipv4Frame::tcp(sock(CLIENT, 42001), vip, TCP_SYN).build());
+        assert_ne!(parse_ipv4(&other.packet).unwrap().src.port(), node_port);
+    });
+}
+
+#[test]
+fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
+    if !enabled() {
+        return;
+    }
+    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+        let client: std::net::Ipv4Addr = CLIENT.parse().unwrap();
+        let vip: std::net::Ipv4Addr = VIP.parse().unwrap();
+        let echo = |ty: u8| -> Vec<u8> {
+            let mut m = vec![ty, 0, 0, 0, 0x12, 0x34, 0, 1];
+            m.extend_from_slice(b"meshlb ping");
+            m
+        };
+        let request = icmpv4_frame((CLIENT_MAC, NODE_MAC), client, vip, &echo(8));
+        let out = lb.run(&request);
+        assert_eq!(
+            out.meta,
+            Some((XDP_META_MAGIC, lb.client_if)),
+            "back out toward the client"
+        );
+        assert_eq!(
+            out.packet,
+            icmpv4_frame((CLIENT_MAC, NODE_MAC), vip, client, &echo(0))
+        );
+
+        // A UDP flow to the VIP; the backend says port unreachable to the client.
+        let udp = Ipv4Frame::udp(sock(CLIENT, 5000), sock(VIP, 53));
+        let dnatted = lb.run(&udp.build()).packet;
+        let backend: std::net::Ipv4Addr = "198.18.2.10".parse().unwrap();
+        let error = icmpv4_frame(
+            (BACKEND_MACS[0], lb.backend_if_mac),
+            backend,
+            client,
+            &icmpv4_error(3, 3, &dnatted, 8),
+        );
+        let before = lb.stats();
+        let out = lb.run_from(&error, lb.backend_if);
+        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        // What the client must see: from the VIP, quoting its own packet to the VIP.
+        let expected = icmpv4_frame(
+            (BACKEND_MACS[0], lb.backend_if_mac),
+            vip,
+            client,
+            &icmpv4_error(3, 3, &udp.build(), 8),
+        );
+        assert_eq!(out.packet, expected);
+        parse_icmpv4(&out.packet).expect("checksums");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::IcmpErrorToClient), 1);
+
+        // Pings to anything but a VIP are the kernel's.
+        let to_node = icmpv4_frame(
+            (CLIENT_MAC, NODE_MAC),
+            client,
+            NODE_CLIENT_SIDE.parse().unwrap(),
+            &echo(8),
+        );
+        let out = lb.run(&to_node);
+        assert_eq!((out.action, out.packet), (XDP_PASS, to_node));
+    });
 }

@@ -2,7 +2,7 @@
 //! scratch, and a checker that verifies them independently of the kernel program's
 //! incremental updates.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -82,10 +82,7 @@ impl Ipv4Frame {
 
     /// The frame's bytes, with correct IPv4 and L4 checksums.
     pub fn build(&self) -> Vec<u8> {
-        let (proto, l4_header_len) = match self.l4 {
-            L4::Tcp { .. } => (6u8, 20usize),
-            L4::Udp | L4::UdpNoChecksum => (17u8, 8usize),
-        };
+        let (proto, l4_header_len) = l4_proto_len(self.l4);
         let l4_len = l4_header_len + self.payload.len();
         let total_len = 20 + l4_len;
         let mut f = Vec::with_capacity(14 + total_len);
@@ -102,33 +99,54 @@ impl Ipv4Frame {
         f.extend_from_slice(&self.dst.ip().octets());
         let ip_csum = checksum(&f[14..34], 0);
         f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
-        let l4 = f.len();
-        f.extend_from_slice(&self.src.port().to_be_bytes());
-        f.extend_from_slice(&self.dst.port().to_be_bytes());
-        match self.l4 {
-            L4::Tcp { flags, seq, ack } => {
-                f.extend_from_slice(&seq.to_be_bytes());
-                f.extend_from_slice(&ack.to_be_bytes());
-                f.extend_from_slice(&[0x50, flags]);
-                f.extend_from_slice(&0xffffu16.to_be_bytes());
-                f.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-            }
-            L4::Udp | L4::UdpNoChecksum => {
-                f.extend_from_slice(&(l4_len as u16).to_be_bytes());
-                f.extend_from_slice(&[0, 0]);
-            }
-        }
-        f.extend_from_slice(&self.payload);
-        let csum_at = l4 + if proto == 6 { 16 } else { 6 };
-        if self.l4 != L4::UdpNoChecksum {
-            let mut csum = checksum(&f[l4..], pseudo_header_sum(&f[14..34], l4_len));
-            if proto == 17 && csum == 0 {
-                csum = 0xffff;
-            }
-            f[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
-        }
+        let pseudo = pseudo_header_sum(&f[14..34], l4_len);
+        f.extend_from_slice(&l4_bytes(
+            self.src.port(),
+            self.dst.port(),
+            self.l4,
+            &self.payload,
+            pseudo,
+        ));
         f
     }
+}
+
+fn l4_proto_len(l4: L4) -> (u8, usize) {
+    match l4 {
+        L4::Tcp { .. } => (6, 20),
+        L4::Udp | L4::UdpNoChecksum => (17, 8),
+    }
+}
+
+/// A TCP or UDP header and payload with its checksum (from the pseudo-header sum `pseudo`).
+fn l4_bytes(sport: u16, dport: u16, l4: L4, payload: &[u8], pseudo: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(20 + payload.len());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    let csum_at = match l4 {
+        L4::Tcp { flags, seq, ack } => {
+            f.extend_from_slice(&seq.to_be_bytes());
+            f.extend_from_slice(&ack.to_be_bytes());
+            f.extend_from_slice(&[0x50, flags]);
+            f.extend_from_slice(&0xffffu16.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+            16
+        }
+        L4::Udp | L4::UdpNoChecksum => {
+            f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            f.extend_from_slice(&[0, 0]);
+            6
+        }
+    };
+    f.extend_from_slice(payload);
+    if l4 != L4::UdpNoChecksum {
+        let mut csum = checksum(&f, pseudo);
+        if matches!(l4, L4::Udp) && csum == 0 {
+            csum = 0xffff;
+        }
+        f[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+    }
+    f
 }
 
 fn pseudo_header_sum(ip_header: &[u8], l4_len: usize) -> u32 {
@@ -216,6 +234,190 @@ pub fn parse_ipv4(frame: &[u8]) -> Result<ParsedFrame, String> {
     })
 }
 
+/// An Ethernet + IPv6 + TCP/UDP frame description (no extension headers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Frame {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub src: SocketAddrV6,
+    pub dst: SocketAddrV6,
+    pub l4: L4,
+    pub hop_limit: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Ipv6Frame {
+    pub fn tcp(src: SocketAddrV6, dst: SocketAddrV6, flags: u8) -> Self {
+        Self {
+            eth_dst: NODE_MAC,
+            eth_src: CLIENT_MAC,
+            src,
+            dst,
+            l4: L4::Tcp {
+                flags,
+                seq: 1,
+                ack: if flags & TCP_ACK != 0 { 1 } else { 0 },
+            },
+            hop_limit: 64,
+            payload: b"meshlb".to_vec(),
+        }
+    }
+
+    pub fn udp(src: SocketAddrV6, dst: SocketAddrV6) -> Self {
+        Self {
+            l4: L4::Udp,
+            ..Self::tcp(src, dst, 0)
+        }
+    }
+
+    pub fn with_src(mut self, src: SocketAddrV6) -> Self {
+        self.src = src;
+        self
+    }
+
+    pub fn with_dst(mut self, dst: SocketAddrV6) -> Self {
+        self.dst = dst;
+        self
+    }
+
+    pub fn with_macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+        self.eth_src = src;
+        self.eth_dst = dst;
+        self
+    }
+
+    /// The frame's bytes, with a correct TCP/UDP checksum.
+    pub fn build(&self) -> Vec<u8> {
+        let (proto, l4_header_len) = l4_proto_len(self.l4);
+        let l4_len = l4_header_len + self.payload.len();
+        let mut f = Vec::with_capacity(14 + 40 + l4_len);
+        f.extend_from_slice(&self.eth_dst);
+        f.extend_from_slice(&self.eth_src);
+        f.extend_from_slice(&0x86ddu16.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        f.extend_from_slice(&[proto, self.hop_limit]);
+        f.extend_from_slice(&self.src.ip().octets());
+        f.extend_from_slice(&self.dst.ip().octets());
+        let pseudo = pseudo_header_sum_v6(&f[14..54], proto, l4_len);
+        f.extend_from_slice(&l4_bytes(
+            self.src.port(),
+            self.dst.port(),
+            self.l4,
+            &self.payload,
+            pseudo,
+        ));
+        f
+    }
+}
+
+fn pseudo_header_sum_v6(ip_header: &[u8], next_header: u8, l4_len: usize) -> u32 {
+    let mut sum = 0u32;
+    for pair in ip_header[8..40].chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    sum + u32::from(next_header) + l4_len as u32
+}
+
+/// What `parse_ipv6` found in a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedFrame6 {
+    pub src: SocketAddrV6,
+    pub dst: SocketAddrV6,
+    pub proto: u8,
+}
+
+/// Parses an Ethernet/IPv6/TCP-or-UDP frame and verifies its L4 checksum from scratch.
+pub fn parse_ipv6(frame: &[u8]) -> Result<ParsedFrame6, String> {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
+        return Err(format!("not an IPv6 frame ({} bytes)", frame.len()));
+    }
+    let ip = &frame[14..];
+    let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if ip.len() < 40 + payload || payload < 8 {
+        return Err(format!(
+            "IPv6 payload length {payload} but {} bytes follow",
+            ip.len() - 40
+        ));
+    }
+    let proto = ip[6];
+    let l4 = &ip[40..40 + payload];
+    let octets = |at: usize| -> [u8; 16] { ip[at..at + 16].try_into().expect("16 bytes") };
+    if !matches!(proto, 6 | 17) {
+        return Err(format!("unexpected next header {proto}"));
+    }
+    if checksum(l4, pseudo_header_sum_v6(&ip[..40], proto, payload)) != 0 {
+        return Err(format!(
+            "bad {} checksum",
+            if proto == 6 { "TCP" } else { "UDP" }
+        ));
+    }
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    Ok(ParsedFrame6 {
+        src: SocketAddrV6::new(Ipv6Addr::from(octets(8)), port(0), 0, 0),
+        dst: SocketAddrV6::new(Ipv6Addr::from(octets(24)), port(2), 0, 0),
+        proto,
+    })
+}
+
+/// The frame with 802.1Q tags (`0x8100`, outermost first) inserted after the MAC addresses.
+pub fn with_vlan_tags(frame: &[u8], vids: &[u16]) -> Vec<u8> {
+    let mut tagged = frame[..12].to_vec();
+    for vid in vids {
+        tagged.extend_from_slice(&0x8100u16.to_be_bytes());
+        tagged.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    }
+    tagged.extend_from_slice(&frame[12..]);
+    tagged
+}
+
+/// An Ethernet + IPv4 + ICMP frame: `icmp` is the ICMP message without its checksum, which
+/// is computed here (bytes 2..4 are overwritten).
+pub fn icmpv4_frame(eth: ([u8; 6], [u8; 6]), src: Ipv4Addr, dst: Ipv4Addr, icmp: &[u8]) -> Vec<u8> {
+    let mut message = icmp.to_vec();
+    message[2..4].copy_from_slice(&[0, 0]);
+    let csum = checksum(&message, 0);
+    message[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::with_capacity(34 + message.len());
+    f.extend_from_slice(&eth.1);
+    f.extend_from_slice(&eth.0);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&((20 + message.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    let ip_csum = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
+    f.extend_from_slice(&message);
+    f
+}
+
+/// An ICMP error message (type, code) quoting the first `quote_l4` L4 bytes of the IPv4
+/// frame `quoted` (as RFC 792 asks: the IP header and at least 8 bytes).
+pub fn icmpv4_error(icmp_type: u8, code: u8, quoted: &[u8], quote_l4: usize) -> Vec<u8> {
+    let mut message = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&quoted[14..34 + quote_l4]);
+    message
+}
+
+/// Checks an ICMPv4 frame: IPv4 header checksum and ICMP checksum. Returns the ICMP message.
+pub fn parse_icmpv4(frame: &[u8]) -> Result<&[u8], String> {
+    if frame.len() < 42 || frame[12..14] != [0x08, 0x00] || frame[23] != 1 {
+        return Err("not an IPv4 ICMP frame".into());
+    }
+    let ip = &frame[14..];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if checksum(&ip[..20], 0) != 0 {
+        return Err("bad IPv4 header checksum".into());
+    }
+    let message = &ip[20..total];
+    if checksum(message, 0) != 0 {
+        return Err("bad ICMP checksum".into());
+    }
+    Ok(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +438,35 @@ mod tests {
             let parsed = parse_ipv4(&bytes).unwrap();
             assert_eq!((parsed.src, parsed.dst), (c, v));
         }
+    }
+
+    #[test]
+    fn ipv6_and_icmp_frames_verify() {
+        let c: SocketAddrV6 = "[fd00:1::2]:40000".parse().unwrap();
+        let v: SocketAddrV6 = "[fd00:100::1]:80".parse().unwrap();
+        for frame in [Ipv6Frame::tcp(c, v, TCP_SYN), Ipv6Frame::udp(c, v)] {
+            let mut bytes = frame.build();
+            assert_eq!(parse_ipv6(&bytes).unwrap().dst, v);
+            bytes[60] ^= 1;
+            assert!(parse_ipv6(&bytes).is_err());
+        }
+        let quoted = Ipv4Frame::udp(
+            "198.18.1.2:5000".parse().unwrap(),
+            "198.18.2.10:53".parse().unwrap(),
+        )
+        .build();
+        let error = icmpv4_frame(
+            (NODE_MAC, CLIENT_MAC),
+            "198.18.2.10".parse().unwrap(),
+            "198.18.1.2".parse().unwrap(),
+            &icmpv4_error(3, 3, &quoted, 8),
+        );
+        let message = parse_icmpv4(&error).unwrap();
+        assert_eq!(message.len(), 8 + 20 + 8);
+        let tagged = with_vlan_tags(&error, &[100, 200]);
+        assert_eq!(tagged.len(), error.len() + 8);
+        assert_eq!(tagged[12..14], [0x81, 0x00]);
+        assert_eq!(tagged[20..22], [0x08, 0x00]);
     }
 
     #[test]
