@@ -78,6 +78,9 @@ pub mod service_flags {
     /// Full NAT: the source becomes a node address and port too, so replies come back through
     /// the node whatever the backend's routes.
     pub const FULLNAT: u32 = 1 << 2;
+    /// `on_backend_removal: move`: a tracked flow whose backend left the service is given a
+    /// new backend on its next packet (without it, `keep`: it stays on the old address).
+    pub const MOVE_ON_REMOVAL: u32 = 1 << 3;
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.

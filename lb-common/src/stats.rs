@@ -59,6 +59,8 @@ stat_slots! {
     IcmpErrorToBackend = "icmp_error_to_backend", Event;
     /// An ICMP error about a packet we sent to a backend was translated for the client.
     IcmpErrorToClient = "icmp_error_to_client", Event;
+    /// A tracked flow whose backend left its service was given a new one.
+    FlowMoved = "flow_moved", Event;
     /// New flows started (a backend was chosen).
     NewFlow = "new_flow", Event;
     /// Sent with XDP_REDIRECT to a device that takes XDP frames.

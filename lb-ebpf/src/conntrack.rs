@@ -8,12 +8,14 @@ use lb_common::{
         FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
         TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
     },
-    maps::{Flow, FlowKey, Service, flow_kind, proto, service_flags, tcp_state},
+    maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
+    stats::StatSlot,
 };
 
 use crate::{
-    maps::CONNTRACK,
+    maps::{BACKENDS, CONNTRACK},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::count,
 };
 
 #[inline(always)]
@@ -33,12 +35,13 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
 }
 
 /// The tracked forward flow of a client packet, if it is still alive and this packet belongs
-/// to it. A SYN on a closing flow, or any packet of an expired one, starts a new flow: the
-/// old flow's reply entry is removed first, so client port reuse never stalls (under full
+/// to it. A SYN on a closing flow, or any packet of an expired one, starts a new flow; so does
+/// any packet of a flow whose backend left the service when the service moves such flows.
+/// The old flow's reply entry is removed first, so client port reuse never stalls (under full
 /// NAT the new flow takes the same node port again) and the old backend's late packets are
 /// not translated.
 #[inline(always)]
-pub fn lookup_forward(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<*mut Flow> {
+pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, now: u64) -> Option<*mut Flow> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
     // last_seen/tcp_state words, and a torn read of them is harmless.
@@ -51,27 +54,48 @@ pub fn lookup_forward(key: &FlowKey, tcp_flags: u8, now: u64) -> Option<*mut Flo
         && tcp_flags & TCP_ACK == 0
         && f.tcp_state == tcp_state::CLOSING;
     if reopened || now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
-        let reply_key = FlowKey {
-            src: f.nat_addr,
-            dst: if f.snat_addr == Addr::UNSPECIFIED {
-                key.src
-            } else {
-                f.snat_addr
-            },
-            sport_be: f.nat_port_be,
-            dport_be: if f.snat_addr == Addr::UNSPECIFIED {
-                key.sport_be
-            } else {
-                f.snat_port_be
-            },
-            proto: key.proto,
-            _pad: [0; 3],
-        };
-        // Already gone (evicted) is fine.
-        let _ = CONNTRACK.remove(&reply_key);
+        forget_reply(key, f);
+        return None;
+    }
+    if svc.flags & service_flags::MOVE_ON_REMOVAL != 0 && !backend_still_serves(f) {
+        forget_reply(key, f);
+        count(StatSlot::FlowMoved);
         return None;
     }
     Some(flow)
+}
+
+/// Whether the flow's backend is still the one in its slot (a removed backend's slot is
+/// cleared, or holds another backend once reused).
+#[inline(always)]
+fn backend_still_serves(f: &Flow) -> bool {
+    match BACKENDS.get(f.backend_id) {
+        Some(b) => {
+            b.flags & backend_flags::IN_USE != 0
+                && b.addr == f.nat_addr
+                && b.port_be == f.nat_port_be
+        }
+        None => false,
+    }
+}
+
+/// Removes the reply entry of the forward flow `f` (keyed `key`). Already gone is fine.
+#[inline(always)]
+fn forget_reply(key: &FlowKey, f: &Flow) {
+    let fullnat = f.snat_addr != Addr::UNSPECIFIED;
+    let reply_key = FlowKey {
+        src: f.nat_addr,
+        dst: if fullnat { f.snat_addr } else { key.src },
+        sport_be: f.nat_port_be,
+        dport_be: if fullnat {
+            f.snat_port_be
+        } else {
+            key.sport_be
+        },
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let _ = CONNTRACK.remove(&reply_key);
 }
 
 /// Refreshes a reply entry's idle clock (at most once a second): a full-NAT port is only

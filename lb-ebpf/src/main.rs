@@ -77,7 +77,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
         snat_addr: Addr::UNSPECIFIED,
         snat_port_be: 0,
     };
-    let new_flow = match conntrack::lookup_forward(key, pkt.tcp_flags, now) {
+    let new_flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, now) {
         Some(flow) => {
             conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags, now);
             // SAFETY: valid for this program run; read field by field.

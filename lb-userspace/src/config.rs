@@ -140,7 +140,7 @@ impl Protocol {
 }
 
 /// A published port: `FRONTEND[:BACKEND][/tcp|udp]`, as in compose files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortMapping {
     pub frontend: u16,
     /// The port backends listen on, unless a backend names its own.

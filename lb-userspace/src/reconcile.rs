@@ -15,7 +15,9 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Affinity, Forwarding, PortMapping, Scheduler, ServiceFile, ServiceSpec},
+    config::{
+        Affinity, Forwarding, PortMapping, RemovalPolicy, Scheduler, ServiceFile, ServiceSpec,
+    },
     select::{TableBackend, TableError, maglev_table, round_robin_sequence},
 };
 
@@ -30,6 +32,53 @@ pub struct DesiredState {
     pub endpoints: BTreeMap<EndpointKey, u32>,
     /// What was planned, for logs and the CLI.
     pub services: Vec<PlannedService>,
+    /// Which identity holds which kernel id, so the next plan keeps them.
+    pub ids: Ids,
+}
+
+/// Kernel ids by identity. A service (name, port mapping, family) and a backend (service,
+/// target) keep their ids from one plan to the next: a reload then rewrites only what
+/// changed, and tracked flows keep pointing at the right backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    services: BTreeMap<(String, PortMapping, bool), u32>,
+    backends: BTreeMap<(u32, SocketAddr), u32>,
+}
+
+/// Hands out ids: an identity's previous id, else the smallest id that neither plan uses
+/// (ids just freed are not reused at once, so counters of finished flows stay with theirs).
+struct IdAllocator<'a, K: Ord> {
+    previous: Option<&'a BTreeMap<K, u32>>,
+    taken: std::collections::BTreeSet<u32>,
+    next: u32,
+}
+
+impl<'a, K: Ord + Clone> IdAllocator<'a, K> {
+    fn new(previous: Option<&'a BTreeMap<K, u32>>, first: u32) -> Self {
+        Self {
+            previous,
+            taken: previous
+                .into_iter()
+                .flat_map(|p| p.values().copied())
+                .collect(),
+            next: first,
+        }
+    }
+
+    fn id(&mut self, identity: &K, assigned: &mut BTreeMap<K, u32>) -> u32 {
+        let id = match self.previous.and_then(|p| p.get(identity)) {
+            Some(id) => *id,
+            None => {
+                while self.taken.contains(&self.next) {
+                    self.next += 1;
+                }
+                self.taken.insert(self.next);
+                self.next
+            }
+        };
+        assigned.insert(identity.clone(), id);
+        id
+    }
 }
 
 /// One kernel service: a (service, published port) pair.
@@ -80,8 +129,19 @@ pub enum PlanError {
 /// the IPv6 ones. A VIP-less service is published on the node addresses of each family it
 /// has backends for (both families when it has no backends at all).
 pub fn plan(file: &ServiceFile, node_addrs: &[IpAddr]) -> Result<DesiredState, PlanError> {
+    plan_from(file, node_addrs, None)
+}
+
+/// Like `plan`, keeping the ids `previous` gave to the same services and backends.
+pub fn plan_from(
+    file: &ServiceFile,
+    node_addrs: &[IpAddr],
+    previous: Option<&DesiredState>,
+) -> Result<DesiredState, PlanError> {
     let mut state = DesiredState::default();
-    let mut next_backend_id = 1u32; // 0 means "no backend" in the kernel.
+    let mut service_ids = IdAllocator::new(previous.map(|p| &p.ids.services), 0);
+    // Backend id 0 means "no backend" in the kernel.
+    let mut backend_ids = IdAllocator::new(previous.map(|p| &p.ids.backends), 1);
     for spec in file.services.values() {
         check_supported(spec)?;
         let mut families = 0;
@@ -112,7 +172,7 @@ pub fn plan(file: &ServiceFile, node_addrs: &[IpAddr]) -> Result<DesiredState, P
                     mapping,
                     &frontend_addrs,
                     v6,
-                    &mut next_backend_id,
+                    (&mut service_ids, &mut backend_ids),
                 )?;
             }
         }
@@ -141,9 +201,12 @@ fn plan_service(
     mapping: &PortMapping,
     frontend_addrs: &[IpAddr],
     v6: bool,
-    next_backend_id: &mut u32,
+    (service_ids, backend_ids): (
+        &mut IdAllocator<'_, (String, PortMapping, bool)>,
+        &mut IdAllocator<'_, (u32, SocketAddr)>,
+    ),
 ) -> Result<(), PlanError> {
-    let id = state.services.len() as u32;
+    let id = service_ids.id(&(spec.name.clone(), *mapping, v6), &mut state.ids.services);
     let mut planned = PlannedService {
         name: spec.name.clone(),
         id,
@@ -153,8 +216,7 @@ fn plan_service(
     };
     for backend in spec.backends.iter().filter(|b| b.address.is_ipv6() == v6) {
         let target = SocketAddr::new(backend.address, backend.target_port(mapping));
-        let backend_id = *next_backend_id;
-        *next_backend_id += 1;
+        let backend_id = backend_ids.id(&(id, target), &mut state.ids.backends);
         state.backends.insert(
             backend_id,
             Backend {
@@ -269,7 +331,9 @@ impl DesiredState {
         let Some(service) = self.frontends.get(&key) else {
             return Explanation::NotAFrontend;
         };
-        let planned = &self.services[service.id as usize];
+        let Some(planned) = self.services.iter().find(|s| s.id == service.id) else {
+            return Explanation::NotAFrontend;
+        };
         let name = format!("{} {}", planned.name, planned.mapping);
         let table = &self.tables[&service.id];
         let target = |id: u32| {
@@ -322,6 +386,13 @@ fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), Plan
 
 /// What the dataplane cannot do, refused up front rather than accepted and ignored.
 fn check_supported(spec: &ServiceSpec) -> Result<(), PlanError> {
+    if spec.on_backend_removal == RemovalPolicy::Reset {
+        return Err(PlanError::Unsupported {
+            service: spec.name.clone(),
+            field: "on_backend_removal",
+            message: "reset is not supported by this dataplane yet; use move (the flow's next packet goes to a new backend, which answers an unknown TCP connection with a reset, so the client learns within a round trip) or keep".to_owned(),
+        });
+    }
     if let Some(vip) = spec.vip
         && let Some(i) = spec
             .backends
@@ -350,6 +421,9 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
     }
     if spec.forwarding == Forwarding::FullNat {
         flags |= service_flags::FULLNAT;
+    }
+    if spec.on_backend_removal == RemovalPolicy::Move {
+        flags |= service_flags::MOVE_ON_REMOVAL;
     }
     Service {
         id,
@@ -564,7 +638,10 @@ services:
         )
         .unwrap();
         let web = state.frontends[&key("198.18.100.1:80", proto::TCP)];
-        assert_eq!(web.flags, service_flags::FULLNAT);
+        assert_eq!(
+            web.flags,
+            service_flags::FULLNAT | service_flags::MOVE_ON_REMOVAL
+        );
     }
 
     #[test]
@@ -611,12 +688,18 @@ services:
         )
         .unwrap();
         let rr = state.frontends[&key("198.18.100.1:80", proto::TCP)];
-        assert_eq!(rr.flags, service_flags::ROUND_ROBIN);
+        assert_eq!(
+            rr.flags,
+            service_flags::ROUND_ROBIN | service_flags::MOVE_ON_REMOVAL
+        );
         assert_eq!((rr.tcp_timeout_s, rr.udp_timeout_s), (7200, 30));
         // Weighted round-robin: 1 + 2 entries, the heavier backend twice.
         assert_eq!(state.tables[&rr.id].len(), 3);
         let sticky = state.frontends[&key("198.18.100.2:80", proto::TCP)];
-        assert_eq!(sticky.flags, service_flags::AFFINITY_CLIENT_IP);
+        assert_eq!(
+            sticky.flags,
+            service_flags::AFFINITY_CLIENT_IP | service_flags::MOVE_ON_REMOVAL
+        );
     }
 
     #[test]
@@ -681,6 +764,72 @@ services:
             Explanation::NotAFrontend,
             "wrong protocol"
         );
+    }
+
+    #[test]
+    fn replanning_keeps_ids_and_changes_only_what_changed() {
+        let v1 = plan_of(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+  api:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    backends: ["198.18.2.10"]
+"#,
+            &NODE,
+        )
+        .unwrap();
+        let file = ServiceFile::parse(
+            r#"
+services:
+  api:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    backends: ["198.18.2.10"]
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.12", "198.18.2.13"]
+  new:
+    vip: 198.18.100.3
+    ports: ["80/tcp"]
+    backends: ["198.18.2.14"]
+"#,
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let v2 = plan_from(&file, &node, Some(&v1)).unwrap();
+        let id_of = |state: &DesiredState, vip: &str| state.frontends[&key(vip, proto::TCP)].id;
+        assert_eq!(id_of(&v1, "198.18.100.1:80"), id_of(&v2, "198.18.100.1:80"));
+        assert_eq!(id_of(&v1, "198.18.100.2:80"), id_of(&v2, "198.18.100.2:80"));
+        // api is untouched: same frontend value, same table, same backend entry.
+        let api = id_of(&v2, "198.18.100.2:80");
+        assert_eq!(v1.tables[&api], v2.tables[&api]);
+        let backend_id = |state: &DesiredState, service: u32, target: &str| {
+            state.ids.backends[&(service, target.parse().unwrap())]
+        };
+        let web = id_of(&v2, "198.18.100.1:80");
+        for kept in ["198.18.2.10:8080", "198.18.2.12:8080"] {
+            assert_eq!(
+                backend_id(&v1, web, kept),
+                backend_id(&v2, web, kept),
+                "{kept}"
+            );
+        }
+        // Ids just freed are not handed out again at once.
+        let removed = backend_id(&v1, web, "198.18.2.11:8080");
+        assert!(!v2.backends.contains_key(&removed));
+        let added = backend_id(&v2, web, "198.18.2.13:8080");
+        assert!(!v1.backends.contains_key(&added));
+        let new = id_of(&v2, "198.18.100.3:80");
+        assert!(!v1.tables.contains_key(&new));
+        // The same file again plans exactly the same state.
+        assert_eq!(plan_from(&file, &node, Some(&v2)).unwrap(), v2);
     }
 
     #[test]

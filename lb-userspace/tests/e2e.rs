@@ -442,3 +442,150 @@ services:
     assert_eq!(counter(&counters, "drop_no_snat_port"), 0, "{counters}");
     assert_eq!(counter(&counters, "icmp_error_to_client"), 1, "{counters}");
 }
+
+#[test]
+fn reloads_drain_add_and_remove_backends_while_established_connections_keep_working() {
+    if !e2e_enabled() {
+        return;
+    }
+    let services = |backends: &str| {
+        format!(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: [{backends}]
+"#
+        )
+    };
+    let (topo, _servers) = setup(3);
+    let mut lb = start_lbd(&topo, &services(r#""198.18.2.10", "198.18.2.11""#));
+    let vip: IpAddr = "198.18.100.1".parse().unwrap();
+    let web = SocketAddr::new(vip, 80);
+    let new_backends = |n: usize| -> BTreeSet<String> {
+        (0..n)
+            .map(|_| {
+                tcp_request(&topo.client, web, TIMEOUT)
+                    .expect("new connection")
+                    .backend
+            })
+            .collect()
+    };
+    assert_eq!(
+        new_backends(30),
+        BTreeSet::from(["backend-0".into(), "backend-1".into()])
+    );
+
+    // Long-lived connections and UDP sessions, each pinned to a backend.
+    let mut sessions: Vec<(lb_userspace::testkit::TcpSession, String)> = (0..24)
+        .map(|_| {
+            let mut s =
+                lb_userspace::testkit::TcpSession::connect(&topo.client, web, TIMEOUT).unwrap();
+            let backend = s.request().unwrap().backend;
+            (s, backend)
+        })
+        .collect();
+    let mut udp: Vec<(lb_userspace::testkit::UdpSession, String)> = (0..24)
+        .map(|_| {
+            let mut s = lb_userspace::testkit::UdpSession::bind(
+                &topo.client,
+                SocketAddr::new(vip, 53),
+                TIMEOUT,
+            )
+            .unwrap();
+            let backend = s.request().unwrap().backend;
+            (s, backend)
+        })
+        .collect();
+    for backend in ["backend-0", "backend-1"] {
+        assert!(
+            sessions.iter().any(|(_, b)| b == backend),
+            "no session on {backend}"
+        );
+        assert!(
+            udp.iter().any(|(_, b)| b == backend),
+            "no UDP session on {backend}"
+        );
+    }
+
+    // Drain backend-0, add backend-2: new flows avoid backend-0 at once; nobody moves.
+    let answer = lb
+        .reload(&services(
+            r#"{ address: 198.18.2.10, weight: 0 }, "198.18.2.11", "198.18.2.12""#,
+        ))
+        .unwrap();
+    assert!(answer.contains("reloaded"), "{answer}");
+    assert_eq!(
+        new_backends(40),
+        BTreeSet::from(["backend-1".into(), "backend-2".into()])
+    );
+    for (session, backend) in &mut sessions {
+        assert_eq!(
+            &session
+                .request()
+                .expect("established connection after drain")
+                .backend,
+            backend
+        );
+    }
+    for (session, backend) in &mut udp {
+        assert_eq!(
+            &session.request().expect("UDP session after drain").backend,
+            backend
+        );
+    }
+
+    // A bad file is refused and changes nothing.
+    let answer = lb
+        .reload("services:\n  web:\n    ports: [\"80:x/tcp\"]\n")
+        .unwrap();
+    assert!(
+        answer.contains("refused") && answer.contains("ports[0]"),
+        "{answer}"
+    );
+    assert_eq!(
+        new_backends(20),
+        BTreeSet::from(["backend-1".into(), "backend-2".into()])
+    );
+
+    // Remove backend-1 (on_backend_removal: move, the default): its UDP sessions move to a
+    // backend still in the service; its TCP connections are moved too, and the new backend
+    // refuses them, so the client learns at once instead of waiting on a dead peer.
+    let answer = lb
+        .reload(&services(
+            r#"{ address: 198.18.2.10, weight: 0 }, "198.18.2.12""#,
+        ))
+        .unwrap();
+    assert!(answer.contains("reloaded"), "{answer}");
+    for (session, backend) in &mut udp {
+        let now = session
+            .request()
+            .expect("UDP session after removal")
+            .backend;
+        if backend == "backend-1" {
+            assert_eq!(
+                now, "backend-2",
+                "moved to the backend that takes new flows"
+            );
+        } else {
+            assert_eq!(&now, backend, "untouched");
+        }
+    }
+    for (session, backend) in &mut sessions {
+        let result = session.request();
+        if backend == "backend-1" {
+            assert!(
+                result.is_err(),
+                "a connection to a removed backend must fail fast"
+            );
+        } else {
+            assert_eq!(
+                &result.expect("connection on a remaining backend").backend,
+                backend
+            );
+        }
+    }
+    let counters = lb.stop().expect("stop lbd");
+    assert!(counter(&counters, "flow_moved") > 0, "{counters}");
+}

@@ -10,7 +10,7 @@ use lb_userspace::{
     dataplane::{self, Dataplane, LoadOptions, XdpMode},
     reconcile,
 };
-use tracing::info;
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(
@@ -75,14 +75,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plan(config: &std::path::Path) -> anyhow::Result<reconcile::DesiredState> {
+/// Reads and plans the service file; `previous` keeps the ids of what is already running.
+fn plan(
+    config: &std::path::Path,
+    previous: Option<&reconcile::DesiredState>,
+) -> anyhow::Result<reconcile::DesiredState> {
     let file = ServiceFile::load(config)?;
     let node_addrs = dataplane::node_addresses().context("listing this node's addresses")?;
-    reconcile::plan(&file, &node_addrs).with_context(|| format!("{}", config.display()))
+    reconcile::plan_from(&file, &node_addrs, previous)
+        .with_context(|| format!("{}", config.display()))
 }
 
 fn check(config: &std::path::Path) -> anyhow::Result<()> {
-    let desired = plan(config)?;
+    let desired = plan(config, None)?;
     for s in &desired.services {
         println!(
             "{} {}/{}: {} frontend(s), {} backend(s)",
@@ -96,9 +101,39 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-reads the service file and applies only the difference. A file that does not plan is
+/// refused and the running configuration stays.
+fn reload(config: &std::path::Path, dp: &mut Dataplane, running: &mut reconcile::DesiredState) {
+    let next = match plan(config, Some(running)) {
+        Ok(next) => next,
+        Err(e) => {
+            error!("reload refused, the running configuration stays: {e:#}");
+            return;
+        }
+    };
+    if next == *running {
+        info!("reload: no change");
+        return;
+    }
+    match dp.apply(Some(running), &next) {
+        Ok(()) => {
+            info!(
+                services = next.services.len(),
+                frontends = next.frontends.len(),
+                backends = next.backends.len(),
+                "reloaded"
+            );
+            *running = next;
+        }
+        // The maps may now hold part of the new plan: say so loudly; the next reload
+        // rewrites whatever differs.
+        Err(e) => error!("reload failed half-way, some of the new configuration is live: {e:#}"),
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     // Everything that can be wrong with the input is checked before the kernel is touched.
-    let desired = plan(&args.config)?;
+    let mut desired = plan(&args.config, None)?;
     for name in &args.xdp_redirect {
         if !args.interfaces.contains(name) {
             anyhow::bail!("--xdp-redirect {name}: not one of the --interface arguments");
@@ -125,10 +160,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => break r?,
+                _ = term.recv() => break,
+                _ = hangup.recv() => reload(&args.config, &mut dp, &mut desired),
+            }
         }
         anyhow::Ok(())
     })?;

@@ -81,6 +81,18 @@ impl Lbd {
         self.child.output_so_far()
     }
 
+    /// Rewrites the service file, sends SIGHUP and returns lbd's answer: the log line that
+    /// says it reloaded, found no change, or refused the file (or failed).
+    pub fn reload(&mut self, services: &str) -> Result<String> {
+        std::fs::write(&self.config, services)
+            .with_context(|| format!("writing {}", self.config.display()))?;
+        let offset = self.child.output_len();
+        self.child.signal(libc::SIGHUP)?;
+        // Every answer lbd logs to a SIGHUP has "reload" in it.
+        self.child
+            .wait_for_line_since("reload", offset, READY_TIMEOUT)
+    }
+
     /// Stops `lbd` with SIGTERM and returns the counters it printed on the way out.
     pub fn stop(mut self) -> Result<serde_json::Value> {
         let status = self.child.stop(Duration::from_secs(10))?;
