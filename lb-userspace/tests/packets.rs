@@ -2,26 +2,21 @@
 //! BPF_PROG_TEST_RUN. Each case checks the action, the exact bytes out (checksums verified
 //! by an independent implementation) and the counters.
 
-use std::{
-    net::{IpAddr, SocketAddrV4},
-    path::Path,
-};
+use std::net::SocketAddrV4;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     maps::{XDP_META_MAGIC, proto},
     stats::StatSlot,
 };
 use lb_userspace::{
-    config::ServiceFile,
-    dataplane::{Dataplane, LoadOptions, StatsSnapshot},
-    reconcile::{self, DesiredState},
+    reconcile,
     testkit::{
-        Netns,
+        e2e_enabled,
         packet::{
             CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN,
             icmpv4_error, icmpv4_frame, parse_icmpv4, parse_ipv4, parse_ipv6, with_vlan_tags,
         },
+        progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta},
     },
 };
 
@@ -29,229 +24,18 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-const CLIENT: &str = "198.18.1.2";
 const VIP: &str = "198.18.100.1";
-const NODE_CLIENT_SIDE: &str = "198.18.1.1";
-const BACKEND_MACS: [[u8; 6]; 3] = [
-    [0x02, 0, 0, 0, 0x02, 0x10],
-    [0x02, 0, 0, 0, 0x02, 0x11],
-    [0x02, 0, 0, 0, 0x02, 0x12],
-];
-
-fn enabled() -> bool {
-    if std::env::var_os("MESHLB_E2E").is_none() {
-        eprintln!("skipped: set MESHLB_E2E=1 (as root) to run the kernel tests");
-        return false;
-    }
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "MESHLB_E2E is set but we are not root"
-    );
-    true
-}
-
-/// A node namespace with one interface toward the client and one toward three backends,
-/// neighbours resolved, and the program loaded with `services` applied.
-struct Node {
-    ns: Netns,
-}
-
-struct Loaded {
-    dp: Dataplane,
-    desired: DesiredState,
-    client_if: u32,
-    backend_if: u32,
-    backend_if_mac: [u8; 6],
-}
-
-impl Node {
-    fn new() -> Self {
-        let ns = Netns::new("mlb-pkt").expect("netns");
-        // Before the interfaces exist, so they inherit it.
-        ns.set_sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv6.conf.all.forwarding", "1"),
-            ("net.ipv6.conf.default.forwarding", "1"),
-        ])
-        .expect("sysctl");
-        ns.ip_batch(&[
-            "link add lbc type veth peer name lbc-peer".to_owned(),
-            "link add lbb type veth peer name lbb-peer".to_owned(),
-            "link set lbc up".to_owned(),
-            "link set lbc-peer up".to_owned(),
-            "link set lbb up".to_owned(),
-            "link set lbb-peer up".to_owned(),
-            format!("addr add {NODE_CLIENT_SIDE}/24 dev lbc"),
-            "addr add 198.18.2.1/24 dev lbb".to_owned(),
-            "addr add fd00:1::1/64 dev lbc nodad".to_owned(),
-            "addr add fd00:2::1/64 dev lbb nodad".to_owned(),
-            format!(
-                "neigh add fd00:1::2 lladdr {} dev lbc nud permanent",
-                mac(&CLIENT_MAC)
-            ),
-            format!(
-                "neigh add fd00:2::a lladdr {} dev lbb nud permanent",
-                mac(&BACKEND_MACS[0])
-            ),
-            format!(
-                "neigh add {CLIENT} lladdr {} dev lbc nud permanent",
-                mac(&CLIENT_MAC)
-            ),
-            format!(
-                "neigh add 198.18.2.10 lladdr {} dev lbb nud permanent",
-                mac(&BACKEND_MACS[0])
-            ),
-            format!(
-                "neigh add 198.18.2.11 lladdr {} dev lbb nud permanent",
-                mac(&BACKEND_MACS[1])
-            ),
-            format!(
-                "neigh add 198.18.2.12 lladdr {} dev lbb nud permanent",
-                mac(&BACKEND_MACS[2])
-            ),
-        ])
-        .expect("topology");
-        // IPv6 routes work once the veth carriers are up: wait for the FIB (bounded).
-        let ready = (0..100).any(|_| {
-            let ok = ns
-                .ip(&[
-                    "-6",
-                    "route",
-                    "get",
-                    "fd00:2::a",
-                    "from",
-                    "fd00:1::2",
-                    "iif",
-                    "lbc",
-                ])
-                .is_ok_and(|route| route.contains("dev lbb"));
-            if !ok {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            ok
-        });
-        assert!(ready, "IPv6 route through the node never came up");
-        Self { ns }
-    }
-
-    /// Runs `test` inside the namespace (the FIB lookups happen there).
-    fn run(&self, services: &str, test: impl FnOnce(Loaded) + Send) {
-        let services = services.to_owned();
-        let backend_if_mac = read_mac(&self.ns, "lbb");
-        self.ns
-            .run(move || {
-                let file = ServiceFile::parse(&services, Path::new("test.yaml")).expect("services");
-                let node_addrs: Vec<IpAddr> = vec![
-                    NODE_CLIENT_SIDE.parse().unwrap(),
-                    "198.18.2.1".parse().unwrap(),
-                ];
-                let desired = reconcile::plan(&file, &node_addrs).expect("plan");
-                let mut dp = Dataplane::load(LoadOptions {
-                    conntrack_entries: 4096,
-                })
-                .expect("load");
-                dp.apply(None, &desired).expect("apply");
-                let client_if = lb_userspace::dataplane::ifindex("lbc").unwrap();
-                let backend_if = lb_userspace::dataplane::ifindex("lbb").unwrap();
-                test(Loaded {
-                    dp,
-                    desired,
-                    client_if,
-                    backend_if,
-                    backend_if_mac,
-                })
-            })
-            .expect("run in netns");
-    }
-}
-
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The MAC address of `interface` in `ns` (sysfs shows the mounting namespace, so ask `ip`).
-fn read_mac(ns: &Netns, interface: &str) -> [u8; 6] {
-    let text = ns.ip(&["-o", "link", "show", interface]).unwrap();
-    let field = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {text}"));
-    let bytes: Vec<u8> = field
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
-/// Result of one program run.
-#[derive(Debug)]
-struct Outcome {
-    action: u32,
-    /// XDP metadata left for the TC program, if any.
-    meta: Option<(u32, u32)>,
-    packet: Vec<u8>,
-}
-
-impl Loaded {
-    fn run(&mut self, frame: &[u8]) -> Outcome {
-        self.run_from(frame, self.client_if)
-    }
-
-    fn run_from(&mut self, frame: &[u8], ingress_ifindex: u32) -> Outcome {
-        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress_ifindex, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
-        let mut out = vec![0u8; frame.len() + 256];
-        let mut ctx_out = vec![0u8; ctx.len()];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ctx_out: Some(&mut ctx_out),
-            ..TestRunOptions::default()
-        };
-        let result = self
-            .dp
-            .xdp_program()
-            .unwrap()
-            .test_run(opts)
-            .expect("test run");
-        out.truncate(result.data_size_out as usize);
-        // The output starts with the metadata area, if the program made one.
-        let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().unwrap()) as usize
-            - u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap()) as usize;
-        let meta = (meta_len == 8).then(|| {
-            (
-                u32::from_ne_bytes(out[0..4].try_into().unwrap()),
-                u32::from_ne_bytes(out[4..8].try_into().unwrap()),
-            )
-        });
-        Outcome {
-            action: result.return_value,
-            meta,
-            packet: out[meta_len..].to_vec(),
-        }
-    }
-
-    fn stats(&self) -> StatsSnapshot {
-        self.dp.stats().unwrap()
-    }
-}
 
 fn sock(ip: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip.parse().unwrap(), port)
 }
 
-fn delta(before: &StatsSnapshot, after: &StatsSnapshot, slot: StatSlot) -> u64 {
-    after.get(slot) - before.get(slot)
+/// Runs `test` on the program loaded with `services` in a fresh node namespace.
+fn with_program(services: &str, test: impl FnOnce(Loaded) + Send) {
+    ProgNode::new("pkt", &[])
+        .expect("node namespace")
+        .run(services, 4096, test)
+        .expect("program loaded");
 }
 
 const ONE_BACKEND: &str = r#"
@@ -267,16 +51,16 @@ services:
 
 #[test]
 fn tcp_syn_to_vip_is_dnatted_and_handed_to_tc() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(ONE_BACKEND, |mut lb| {
+    with_program(ONE_BACKEND, |mut lb| {
         let before = lb.stats();
         let syn = Ipv4Frame::tcp(sock(CLIENT, 40000), sock(VIP, 80), TCP_SYN);
         let out = lb.run(&syn.build());
         assert_eq!(out.action, XDP_PASS, "handed to TC");
         assert_eq!(
-            out.meta,
+            out.meta_words(),
             Some((XDP_META_MAGIC, lb.backend_if)),
             "egress is the backend side"
         );
@@ -298,10 +82,10 @@ fn tcp_syn_to_vip_is_dnatted_and_handed_to_tc() {
 
 #[test]
 fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(ONE_BACKEND, |mut lb| {
+    with_program(ONE_BACKEND, |mut lb| {
         let client = sock(CLIENT, 40001);
         let backend = sock("198.18.2.10", 8080);
         lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
@@ -317,10 +101,10 @@ fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
 
         // The backend answers the client; the node must translate the source back.
         let reply = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
-            .with_macs(BACKEND_MACS[0], lb.backend_if_mac);
+            .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, reply.clone().with_src(sock(VIP, 80)).build());
         assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
 
@@ -333,10 +117,10 @@ fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
 
 #[test]
 fn udp_to_published_port_and_vip_with_and_without_checksum() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(ONE_BACKEND, |mut lb| {
+    with_program(ONE_BACKEND, |mut lb| {
         // Published port: answers on the node's own address, no VIP.
         let to_node = Ipv4Frame::tcp(sock(CLIENT, 40002), sock(NODE_CLIENT_SIDE, 8000), TCP_SYN);
         let out = lb.run(&to_node.build());
@@ -366,10 +150,10 @@ fn udp_to_published_port_and_vip_with_and_without_checksum() {
 
 #[test]
 fn unrelated_and_malformed_packets_pass_untouched() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(ONE_BACKEND, |mut lb| {
+    with_program(ONE_BACKEND, |mut lb| {
         let syn = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN).build();
         let arp = {
             let mut f = syn[..42].to_vec();
@@ -428,7 +212,7 @@ fn unrelated_and_malformed_packets_pass_untouched() {
             let before = lb.stats();
             let out = lb.run(frame);
             assert_eq!(out.action, XDP_PASS, "{name}");
-            assert_eq!(out.meta, None, "{name}");
+            assert_eq!(out.meta_words(), None, "{name}");
             assert_eq!(&out.packet, frame, "{name}: must be untouched");
             let after = lb.stats();
             assert_eq!(delta(&before, &after, slot), 1, "{name}: {}", slot.label());
@@ -439,7 +223,7 @@ fn unrelated_and_malformed_packets_pass_untouched() {
 
 #[test]
 fn service_without_usable_backend_drops_and_counts() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
     let services = r#"
@@ -453,7 +237,7 @@ services:
     ports: ["80/tcp"]
     backends: [{ address: 198.18.2.10, weight: 0 }]
 "#;
-    Node::new().run(services, |mut lb| {
+    with_program(services, |mut lb| {
         for vip in [VIP, "198.18.100.2"] {
             let before = lb.stats();
             let out = lb.run(&Ipv4Frame::tcp(sock(CLIENT, 40004), sock(vip, 80), TCP_SYN).build());
@@ -469,19 +253,19 @@ services:
 
 #[test]
 fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(ONE_BACKEND, |mut lb| {
+    with_program(ONE_BACKEND, |mut lb| {
         lb.dp.allow_xdp_redirect(lb.backend_if).unwrap();
         let before = lb.stats();
         let syn = Ipv4Frame::tcp(sock(CLIENT, 40005), sock(VIP, 80), TCP_SYN);
         let out = lb.run(&syn.build());
         assert_eq!(out.action, XDP_REDIRECT);
-        assert_eq!(out.meta, None);
+        assert_eq!(out.meta_words(), None);
         let expected = syn
             .with_dst(sock("198.18.2.10", 8080))
-            .with_macs(lb.backend_if_mac, BACKEND_MACS[0])
+            .with_macs(lb.backend_if_mac, backend_mac(0))
             .build();
         assert_eq!(out.packet, expected, "MACs from the FIB lookup");
         assert_eq!(delta(&before, &lb.stats(), StatSlot::TxXdpRedirect), 1);
@@ -490,7 +274,7 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
 
 #[test]
 fn maglev_choice_matches_the_userspace_table_and_spreads_flows() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
     let services = r#"
@@ -501,7 +285,7 @@ services:
     maglev_table_size: 1021
     backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
 "#;
-    Node::new().run(services, |mut lb| {
+    with_program(services, |mut lb| {
         let backends: Vec<_> = lb.desired.services[0].backends.clone();
         let mut hits = [0u32; 3];
         for port in 0..600u16 {
@@ -531,7 +315,7 @@ services:
 
 #[test]
 fn round_robin_rotates_new_flows_and_a_syn_after_fin_starts_a_new_flow() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
     let services = r#"
@@ -542,7 +326,7 @@ services:
     scheduler: round-robin
     backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
 "#;
-    Node::new().run(services, |mut lb| {
+    with_program(services, |mut lb| {
         pin_to_cpu(0);
         let mut order = Vec::new();
         for port in 0..9u16 {
@@ -614,10 +398,10 @@ services:
 
 #[test]
 fn ipv6_flows_are_translated_both_ways() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
         let client = sock6("fd00:1::2", 40000);
         let vip = sock6("fd00:100::1", 80);
         let backend = sock6("fd00:2::a", 8080);
@@ -632,7 +416,7 @@ fn ipv6_flows_are_translated_both_ways() {
             .collect();
         assert_eq!(out.action, XDP_PASS, "counters moved: {moved:?}");
         assert_eq!(
-            out.meta,
+            out.meta_words(),
             Some((XDP_META_MAGIC, lb.backend_if)),
             "counters moved: {moved:?}"
         );
@@ -640,9 +424,9 @@ fn ipv6_flows_are_translated_both_ways() {
         parse_ipv6(&out.packet).expect("checksum");
 
         let reply = Ipv6Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
-            .with_macs(BACKEND_MACS[0], lb.backend_if_mac);
+            .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
-        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, reply.with_src(vip).build());
 
         // IPv4-mapped addresses never appear on the wire; they must not alias IPv4 flows.
@@ -661,10 +445,10 @@ fn ipv6_flows_are_translated_both_ways() {
 
 #[test]
 fn vlan_tagged_frames_are_balanced_with_their_tags_kept() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
         for tags in [&[100u16][..], &[100, 200]] {
             let syn = Ipv4Frame::tcp(
                 sock(CLIENT, 41000 + tags.len() as u16),
@@ -680,10 +464,10 @@ fn vlan_tagged_frames_are_balanced_with_their_tags_kept() {
 
 #[test]
 fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
         let client = sock(CLIENT, 42000);
         let vip = sock("198.18.100.4", 80);
         let backend = sock("198.18.2.10", 8080);
@@ -713,9 +497,9 @@ fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
 
         // The backend answers the node; the client gets it from the VIP.
         let reply = Ipv4Frame::tcp(backend, seen.src, TCP_SYN | TCP_ACK)
-            .with_macs(BACKEND_MACS[0], lb.backend_if_mac);
+            .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
-        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, reply.with_src(vip).with_dst(client).build());
 
         // A second client port gets a different node port.
@@ -726,10 +510,10 @@ fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
 
 #[test]
 fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
-    if !enabled() {
+    if !e2e_enabled() {
         return;
     }
-    Node::new().run(IPV6_AND_FULLNAT, |mut lb| {
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
         let client: std::net::Ipv4Addr = CLIENT.parse().unwrap();
         let vip: std::net::Ipv4Addr = VIP.parse().unwrap();
         let echo = |ty: u8| -> Vec<u8> {
@@ -740,7 +524,7 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
         let request = icmpv4_frame((CLIENT_MAC, NODE_MAC), client, vip, &echo(8));
         let out = lb.run(&request);
         assert_eq!(
-            out.meta,
+            out.meta_words(),
             Some((XDP_META_MAGIC, lb.client_if)),
             "back out toward the client"
         );
@@ -754,17 +538,17 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
         let dnatted = lb.run(&udp.build()).packet;
         let backend: std::net::Ipv4Addr = "198.18.2.10".parse().unwrap();
         let error = icmpv4_frame(
-            (BACKEND_MACS[0], lb.backend_if_mac),
+            (backend_mac(0), lb.backend_if_mac),
             backend,
             client,
             &icmpv4_error(3, 3, &dnatted, 8),
         );
         let before = lb.stats();
         let out = lb.run_from(&error, lb.backend_if);
-        assert_eq!(out.meta, Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         // What the client must see: from the VIP, quoting its own packet to the VIP.
         let expected = icmpv4_frame(
-            (BACKEND_MACS[0], lb.backend_if_mac),
+            (backend_mac(0), lb.backend_if_mac),
             vip,
             client,
             &icmpv4_error(3, 3, &udp.build(), 8),

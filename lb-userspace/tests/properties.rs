@@ -42,7 +42,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use aya::programs::ProgramError;
 use lb_common::{
     limits::{FULLNAT_PORT_MAX, FULLNAT_PORT_MIN},
     maps::{XDP_META_MAGIC, proto, service_flags},
@@ -58,6 +58,7 @@ use lb_userspace::{
             CLIENT_MAC, Ipv4Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
             checksum, parse_ipv4,
         },
+        progtest::{self, ProgNode, ProgOutcome, delta, read_mac, test_run},
     },
 };
 
@@ -99,11 +100,6 @@ const BACKENDS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 2, 10),
     Ipv4Addr::new(198, 18, 2, 11),
     Ipv4Addr::new(198, 18, 2, 12),
-];
-const BACKEND_MACS: [[u8; 6]; 3] = [
-    [0x02, 0, 0, 0, 0x02, 0x10],
-    [0x02, 0, 0, 0, 0x02, 0x11],
-    [0x02, 0, 0, 0, 0x02, 0x12],
 ];
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -153,7 +149,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
     let seed = seed();
     println!("seed {seed:#x}: rerun with MESHLB_PROPTEST_SEED={seed:#x}");
     let ns = node();
-    let backend_if_mac = read_mac(&ns, "lbb");
+    let backend_if_mac = read_mac(&ns, "lbb").expect("MAC of lbb");
     ns.run(move || {
         let file = ServiceFile::parse(SERVICES, Path::new("properties.yaml")).expect("services");
         let node_addrs = [IpAddr::V4(NODE_CLIENT_SIDE), IpAddr::V4(NODE_BACKEND_SIDE)];
@@ -285,59 +281,18 @@ fn random_and_mutated_packets_keep_the_invariants() {
 // ---------------------------------------------------------------------------------------------
 // The node: one namespace, the program loaded as lbd loads it
 
-/// A node namespace with one veth toward the client and one toward three backends, the
-/// client's and backends' neighbours resolved, and routes the FIB refuses (so replies to
-/// clients behind them are dropped and counted).
+/// The shared program-test node (client side, backend side, neighbours resolved), plus
+/// routes the FIB refuses, so replies to clients behind them are dropped and counted.
 fn node() -> Netns {
-    let ns = Netns::new("mlb-prop").expect("netns");
-    let mut lines = vec![
-        "link add lbc type veth peer name lbc-peer".to_owned(),
-        "link add lbb type veth peer name lbb-peer".to_owned(),
-        "link set lbc up".to_owned(),
-        "link set lbc-peer up".to_owned(),
-        "link set lbb up".to_owned(),
-        "link set lbb-peer up".to_owned(),
-        format!("addr add {NODE_CLIENT_SIDE}/24 dev lbc"),
-        format!("addr add {NODE_BACKEND_SIDE}/24 dev lbb"),
-        format!(
-            "neigh add {CLIENT} lladdr {} dev lbc nud permanent",
-            mac(&CLIENT_MAC)
-        ),
-        "route add blackhole 198.18.9.0/24".to_owned(),
-        "route add unreachable 198.18.8.0/24".to_owned(),
-    ];
-    for (ip, m) in BACKENDS.iter().zip(&BACKEND_MACS) {
-        lines.push(format!(
-            "neigh add {ip} lladdr {} dev lbb nud permanent",
-            mac(m)
-        ));
-    }
-    ns.ip_batch(&lines).expect("topology");
-    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
-        .expect("sysctl");
-    ns
-}
-
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The MAC address of `interface` in `ns` (sysfs shows the mounting namespace, so ask `ip`).
-fn read_mac(ns: &Netns, interface: &str) -> [u8; 6] {
-    let text = ns.ip(&["-o", "link", "show", interface]).unwrap();
-    let field = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {text}"));
-    let bytes: Vec<u8> = field
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
+    ProgNode::new(
+        "prop",
+        &[
+            "route add blackhole 198.18.9.0/24".to_owned(),
+            "route add unreachable 198.18.8.0/24".to_owned(),
+        ],
+    )
+    .expect("node namespace")
+    .ns
 }
 
 #[derive(Clone, Copy)]
@@ -357,47 +312,6 @@ impl Interfaces {
             _ => "?",
         }
     }
-}
-
-/// What one program run returned.
-struct Outcome {
-    action: u32,
-    /// The metadata area in front of the packet (empty, or the 8 bytes for the TC program).
-    meta: Vec<u8>,
-    packet: Vec<u8>,
-}
-
-fn test_run(dp: &mut Dataplane, frame: &[u8], ingress: u32) -> Result<Outcome, ProgramError> {
-    // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress, 0, 0]
-        .iter()
-        .flat_map(|w| w.to_ne_bytes())
-        .collect();
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut ctx_out = vec![0u8; ctx.len()];
-    let result = dp
-        .xdp_program()
-        .expect("xdp program")
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ctx_out: Some(&mut ctx_out),
-            ..TestRunOptions::default()
-        })?;
-    out.truncate(result.data_size_out as usize);
-    // The output starts with the metadata area, if the program made one: data - data_meta.
-    let word = |at: usize| u32::from_ne_bytes(ctx_out[at..at + 4].try_into().unwrap()) as usize;
-    let meta_len = word(0).wrapping_sub(word(8)).min(out.len());
-    Ok(Outcome {
-        action: result.return_value,
-        meta: out[..meta_len].to_vec(),
-        packet: out[meta_len..].to_vec(),
-    })
-}
-
-fn delta(before: &StatsSnapshot, after: &StatsSnapshot, slot: StatSlot) -> u64 {
-    after.get(slot).wrapping_sub(before.get(slot))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,7 +577,7 @@ fn backend_mac(ip: &Ipv4Addr) -> [u8; 6] {
     BACKENDS
         .iter()
         .position(|b| b == ip)
-        .map_or(BACKEND_MACS[0], |i| BACKEND_MACS[i])
+        .map_or(progtest::backend_mac(0), progtest::backend_mac)
 }
 
 impl Generator<'_> {
@@ -1823,7 +1737,7 @@ impl<'a> Runner<'a> {
     fn check(
         &mut self,
         case: &Case,
-        out: &Outcome,
+        out: &ProgOutcome,
         deltas: &[(StatSlot, u64)],
         found: &mut Vec<(&'static str, String)>,
     ) -> Option<Flow> {
@@ -2074,7 +1988,7 @@ impl<'a> Runner<'a> {
     fn check_translated(
         &self,
         frame: &[u8],
-        out: &Outcome,
+        out: &ProgOutcome,
         event: StatSlot,
         fail: &mut impl FnMut(&'static str, String),
     ) {

@@ -60,6 +60,7 @@ pub mod gate;
 pub mod lbd;
 pub mod netns;
 pub mod packet;
+pub mod progtest;
 pub mod servers;
 pub mod topology;
 

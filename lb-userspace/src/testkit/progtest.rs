@@ -1,0 +1,249 @@
+//! A node namespace for running the real kernel program on crafted packets with
+//! BPF_PROG_TEST_RUN: one veth toward the client and one toward the backends, neighbours
+//! resolved, forwarding on, so the program's FIB lookups succeed as on a real node.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use lb_common::stats::StatSlot;
+
+use super::{Netns, packet::CLIENT_MAC};
+use crate::{
+    config::ServiceFile,
+    dataplane::{self, Dataplane, LoadOptions, StatsSnapshot},
+    reconcile::{self, DesiredState},
+};
+
+/// The node's address toward the client, and toward the backends.
+pub const NODE_CLIENT_SIDE: &str = "198.18.1.1";
+pub const NODE_BACKEND_SIDE: &str = "198.18.2.1";
+/// The client whose neighbour entry exists.
+pub const CLIENT: &str = "198.18.1.2";
+/// Backends with neighbour entries: 198.18.2.10 + i and fd00:2::a + i, MAC `backend_mac(i)`.
+pub const BACKENDS: usize = 16;
+
+/// Interfaces of the node: toward the client and toward the backends.
+pub const CLIENT_IF: &str = "lbc";
+pub const BACKEND_IF: &str = "lbb";
+
+/// The MAC address the node's neighbour table gives backend `i`.
+pub fn backend_mac(i: usize) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x02, 0x10 + i as u8]
+}
+
+/// `aa:bb:…` form of a MAC address.
+pub fn mac_text(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The MAC address of `interface` in `ns` (sysfs shows the mounting namespace, so ask `ip`).
+pub fn read_mac(ns: &Netns, interface: &str) -> Result<[u8; 6]> {
+    let text = ns.ip(&["-o", "link", "show", interface])?;
+    let field = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no MAC in {text}"))?;
+    let bytes = field
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<Vec<u8>, _>>()?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC {field}"))
+}
+
+/// The node namespace.
+pub struct ProgNode {
+    pub ns: Netns,
+}
+
+impl ProgNode {
+    /// Builds the node; `extra` are more `ip -batch` lines (e.g. routes the FIB refuses).
+    pub fn new(prefix: &str, extra: &[String]) -> Result<Self> {
+        let ns = Netns::new(prefix)?;
+        // Before the interfaces exist, so they inherit them.
+        ns.set_sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv6.conf.default.forwarding", "1"),
+        ])?;
+        let mut lines = vec![
+            format!("link add {CLIENT_IF} type veth peer name {CLIENT_IF}-peer"),
+            format!("link add {BACKEND_IF} type veth peer name {BACKEND_IF}-peer"),
+        ];
+        for link in [CLIENT_IF, BACKEND_IF] {
+            lines.push(format!("link set {link} up"));
+            lines.push(format!("link set {link}-peer up"));
+        }
+        lines.extend([
+            format!("addr add {NODE_CLIENT_SIDE}/24 dev {CLIENT_IF}"),
+            format!("addr add {NODE_BACKEND_SIDE}/24 dev {BACKEND_IF}"),
+            format!("addr add fd00:1::1/64 dev {CLIENT_IF} nodad"),
+            format!("addr add fd00:2::1/64 dev {BACKEND_IF} nodad"),
+            format!(
+                "neigh add {CLIENT} lladdr {} dev {CLIENT_IF} nud permanent",
+                mac_text(&CLIENT_MAC)
+            ),
+            format!(
+                "neigh add fd00:1::2 lladdr {} dev {CLIENT_IF} nud permanent",
+                mac_text(&CLIENT_MAC)
+            ),
+        ]);
+        for i in 0..BACKENDS {
+            let m = mac_text(&backend_mac(i));
+            lines.push(format!(
+                "neigh add 198.18.2.{} lladdr {m} dev {BACKEND_IF} nud permanent",
+                10 + i
+            ));
+            lines.push(format!(
+                "neigh add fd00:2::{:x} lladdr {m} dev {BACKEND_IF} nud permanent",
+                10 + i
+            ));
+        }
+        lines.extend_from_slice(extra);
+        ns.ip_batch(&lines)?;
+        // IPv6 routes work once the veth carriers are up: wait for the FIB (bounded).
+        for _ in 0..100 {
+            let route = ns.ip(&[
+                "-6",
+                "route",
+                "get",
+                "fd00:2::a",
+                "from",
+                "fd00:1::2",
+                "iif",
+                CLIENT_IF,
+            ]);
+            if route.is_ok_and(|r| r.contains(BACKEND_IF)) {
+                return Ok(Self { ns });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the node's IPv6 route toward the backends never came up")
+    }
+
+    /// Loads the program as lbd does, applies `services` (YAML) and runs `test` inside the
+    /// namespace, where the program's FIB lookups happen.
+    pub fn run<T: Send>(
+        &self,
+        services: &str,
+        conntrack_entries: u32,
+        test: impl FnOnce(Loaded) -> T + Send,
+    ) -> Result<T> {
+        let backend_if_mac = read_mac(&self.ns, BACKEND_IF)?;
+        let services = services.to_owned();
+        self.ns.run(move || -> Result<T> {
+            let file = ServiceFile::parse(&services, Path::new("test.yaml"))?;
+            let node_addrs: Vec<IpAddr> = [
+                NODE_CLIENT_SIDE,
+                NODE_BACKEND_SIDE,
+                "fd00:1::1",
+                "fd00:2::1",
+            ]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+            let desired = reconcile::plan(&file, &node_addrs)?;
+            let mut dp = Dataplane::load(LoadOptions { conntrack_entries })?;
+            dp.apply(None, &desired)?;
+            Ok(test(Loaded {
+                dp,
+                desired,
+                client_if: dataplane::ifindex(CLIENT_IF)?,
+                backend_if: dataplane::ifindex(BACKEND_IF)?,
+                backend_if_mac,
+            }))
+        })?
+    }
+}
+
+/// The loaded program, its plan and the node's interfaces.
+pub struct Loaded {
+    pub dp: Dataplane,
+    pub desired: DesiredState,
+    pub client_if: u32,
+    pub backend_if: u32,
+    pub backend_if_mac: [u8; 6],
+}
+
+impl Loaded {
+    /// Runs `frame` as if it arrived from the client.
+    pub fn run(&mut self, frame: &[u8]) -> ProgOutcome {
+        self.run_from(frame, self.client_if)
+    }
+
+    /// Runs `frame` as if it arrived on `ingress_ifindex`.
+    pub fn run_from(&mut self, frame: &[u8], ingress_ifindex: u32) -> ProgOutcome {
+        test_run(&mut self.dp, frame, ingress_ifindex).expect("BPF_PROG_TEST_RUN")
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.dp.stats().expect("counters")
+    }
+}
+
+/// What one program run returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgOutcome {
+    pub action: u32,
+    /// The metadata area in front of the packet: empty, or 8 bytes for the TC program.
+    pub meta: Vec<u8>,
+    pub packet: Vec<u8>,
+}
+
+impl ProgOutcome {
+    /// The metadata as (magic, egress ifindex), when there is exactly that.
+    pub fn meta_words(&self) -> Option<(u32, u32)> {
+        (self.meta.len() == 8).then(|| {
+            (
+                u32::from_ne_bytes(self.meta[0..4].try_into().expect("4 bytes")),
+                u32::from_ne_bytes(self.meta[4..8].try_into().expect("4 bytes")),
+            )
+        })
+    }
+}
+
+/// Runs the XDP program once on `frame`, arriving on `ingress` (BPF_PROG_TEST_RUN).
+pub fn test_run(
+    dp: &mut Dataplane,
+    frame: &[u8],
+    ingress: u32,
+) -> Result<ProgOutcome, ProgramError> {
+    // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut ctx_out = vec![0u8; ctx.len()];
+    let result = dp
+        .xdp_program()
+        .expect("Dataplane::load loaded the XDP program")
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        })?;
+    out.truncate(result.data_size_out as usize);
+    // The output starts with the metadata area, if the program made one: data - data_meta.
+    let word =
+        |at: usize| u32::from_ne_bytes(ctx_out[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let meta_len = word(0).wrapping_sub(word(8)).min(out.len());
+    Ok(ProgOutcome {
+        action: result.return_value,
+        meta: out[..meta_len].to_vec(),
+        packet: out[meta_len..].to_vec(),
+    })
+}
+
+/// How much a counter moved between two snapshots.
+pub fn delta(before: &StatsSnapshot, after: &StatsSnapshot, slot: StatSlot) -> u64 {
+    after.get(slot).wrapping_sub(before.get(slot))
+}
