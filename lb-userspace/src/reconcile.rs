@@ -41,9 +41,14 @@ pub struct DesiredState {
 /// changed, and tracked flows keep pointing at the right backend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ids {
-    services: BTreeMap<(String, PortMapping, bool), u32>,
-    backends: BTreeMap<(u32, SocketAddr), u32>,
+    services: BTreeMap<ServiceIdentity, u32>,
+    backends: BTreeMap<BackendIdentity, u32>,
 }
+
+/// A kernel service: (service name, port mapping, IPv6?).
+type ServiceIdentity = (String, PortMapping, bool);
+/// A backend: (kernel service id, target address and port).
+type BackendIdentity = (u32, SocketAddr);
 
 /// Hands out ids: an identity's previous id, else the smallest id that neither plan uses
 /// (ids just freed are not reused at once, so counters of finished flows stay with theirs).
@@ -202,8 +207,8 @@ fn plan_service(
     frontend_addrs: &[IpAddr],
     v6: bool,
     (service_ids, backend_ids): (
-        &mut IdAllocator<'_, (String, PortMapping, bool)>,
-        &mut IdAllocator<'_, (u32, SocketAddr)>,
+        &mut IdAllocator<'_, ServiceIdentity>,
+        &mut IdAllocator<'_, BackendIdentity>,
     ),
 ) -> Result<(), PlanError> {
     let id = service_ids.id(&(spec.name.clone(), *mapping, v6), &mut state.ids.services);
