@@ -17,8 +17,9 @@ pub mod names {
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -29,6 +30,7 @@ pub mod names {
         GLOBAL_STATS,
         SERVICE_STATS,
         BACKEND_STATS,
+        FLOW_SCRATCH,
     ];
 }
 
@@ -135,13 +137,23 @@ pub struct Flow {
     pub kind: u8,
     /// `tcp_state::*` (0 for UDP).
     pub tcp_state: u8,
+    /// Cached route: 1 if `egress_ifindex` takes XDP frames (XDP_REDIRECT), 0 for the TC
+    /// hand-off.
+    pub egress_redirect: u8,
+    pub _pad: u8,
     pub backend_id: u32,
     pub service_id: u32,
     /// Idle timeout in seconds, copied from the service when the flow starts.
     pub timeout_s: u32,
-    pub _pad: u32,
+    /// Cached route of this direction: the egress interface (0: none cached). Refreshed with
+    /// `last_seen_ns`, so a flow looks its route up at most about once a second.
+    pub egress_ifindex: u32,
     /// `bpf_ktime_get_ns` when last seen, updated at most every `LAST_SEEN_GRANULARITY_NS`.
     pub last_seen_ns: u64,
+    /// Cached route: source and destination MAC for XDP_REDIRECT.
+    pub egress_smac: [u8; 6],
+    pub egress_dmac: [u8; 6],
+    pub _pad2: [u8; 4],
 }
 
 pub mod flow_kind {
@@ -181,6 +193,6 @@ const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<Flow>() == 64);
+const _: () = assert!(size_of::<Flow>() == 80);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);

@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK},
+    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
@@ -99,19 +99,22 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
 }
 
 /// Refreshes a reply entry's idle clock (at most once a second): a full-NAT port is only
-/// reclaimed from an entry that has really gone quiet.
+/// reclaimed from an entry that has really gone quiet. Drops the cached route like
+/// `touch_forward`.
 #[inline(always)]
 pub fn touch_reply(flow: *mut Flow, now: u64) {
     // SAFETY: valid for this program run.
     unsafe {
         if now.wrapping_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             (*flow).last_seen_ns = now;
+            (*flow).egress_ifindex = 0;
         }
     }
 }
 
 /// Moves a forward flow's TCP state on and refreshes its idle clock (at most once a second, so
-/// a busy flow does not write its cache line on every packet).
+/// a busy flow does not write its cache line on every packet). A refresh also drops the
+/// cached route, so routes are looked up again about once a second.
 #[inline(always)]
 pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
     // SAFETY: see lookup_forward.
@@ -130,6 +133,7 @@ pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
     }
     if now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         f.last_seen_ns = now;
+        f.egress_ifindex = 0;
     }
 }
 
@@ -185,19 +189,29 @@ pub fn insert(
         proto: key.proto,
         _pad: [0; 3],
     };
-    // One value, written twice: the BPF stack is small.
-    let mut flow = Flow {
+    // One value, written twice, in per-CPU scratch memory: the BPF stack is small.
+    let Some(flow) = FLOW_SCRATCH.get_ptr_mut(0) else {
+        return Err(InsertError::Full);
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let flow = unsafe { &mut *flow };
+    *flow = Flow {
         nat_addr: key.dst,
         snat_addr: Addr::UNSPECIFIED,
         nat_port_be: key.dport_be,
         snat_port_be: 0,
         kind: flow_kind::REPLY,
         tcp_state: tcp_state::NONE,
+        egress_redirect: 0,
+        _pad: 0,
         backend_id: chosen.backend_id,
         service_id: svc.id,
         timeout_s,
-        _pad: 0,
+        egress_ifindex: 0,
         last_seen_ns: now,
+        egress_smac: [0; 6],
+        egress_dmac: [0; 6],
+        _pad2: [0; 4],
     };
     if fullnat {
         flow.snat_addr = key.src;
@@ -210,9 +224,9 @@ pub fn insert(
             let port = FULLNAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16;
             reply_key.dport_be = port.to_be();
             if CONNTRACK
-                .insert(&reply_key, &flow, u64::from(BPF_NOEXIST))
+                .insert(&reply_key, &*flow, u64::from(BPF_NOEXIST))
                 .is_ok()
-                || reclaim(&reply_key, &flow, now)
+                || reclaim(&reply_key, flow, now)
             {
                 chosen.snat_port_be = reply_key.dport_be;
                 found = true;
@@ -224,7 +238,7 @@ pub fn insert(
         }
     } else {
         CONNTRACK
-            .insert(&reply_key, &flow, 0)
+            .insert(&reply_key, &*flow, 0)
             .map_err(|_| InsertError::Full)?;
     }
     flow.nat_addr = chosen.addr;
@@ -234,7 +248,7 @@ pub fn insert(
     flow.kind = flow_kind::FORWARD;
     flow.tcp_state = state;
     CONNTRACK
-        .insert(key, &flow, 0)
+        .insert(key, &*flow, 0)
         .map_err(|_| InsertError::Full)
 }
 

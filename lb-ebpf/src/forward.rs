@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{XDP_META_MAGIC, XdpMeta},
+    maps::{Flow, XDP_META_MAGIC, XdpMeta},
     stats::StatSlot,
 };
 
@@ -29,10 +29,28 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Forwards a packet whose addresses are now `src` -> `dst`. Not inlined: its FIB lookup
-/// structure then takes stack only while it runs.
+/// Forwards a packet whose addresses are now `src` -> `dst`. `route` is the tracked flow
+/// entry of this direction (or null): its cached route is used when it has one, and a fresh
+/// FIB result is stored in it (the FIB lookup is the costliest step of an established flow).
+/// Not inlined: its FIB lookup structure then takes stack only while it runs.
 #[inline(never)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> u32 {
+pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+    // SAFETY: `route` is null or a connection-table value, valid for this program run;
+    // concurrent writers store the same route.
+    if let Some(cached) = unsafe { route.as_mut() }
+        && cached.egress_ifindex != 0
+    {
+        let ifindex = cached.egress_ifindex;
+        if cached.egress_redirect != 0
+            && set_macs(ctx, &cached.egress_smac, &cached.egress_dmac).is_some()
+        {
+            if let Ok(action) = TX_PORTS.redirect(ifindex, 0) {
+                count(StatSlot::TxXdpRedirect);
+                return action;
+            }
+        }
+        return via_tc(ctx, ifindex);
+    }
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.l4_protocol = pkt.key.proto;
@@ -59,7 +77,15 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> u32 {
     };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if TX_PORTS.get_ifindex(params.ifindex).is_some() {
+            let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
+            // SAFETY: as above.
+            if let Some(cache) = unsafe { route.as_mut() } {
+                cache.egress_smac = params.smac;
+                cache.egress_dmac = params.dmac;
+                cache.egress_redirect = u8::from(redirect);
+                cache.egress_ifindex = params.ifindex;
+            }
+            if redirect {
                 if set_macs(ctx, &params.smac, &params.dmac).is_none() {
                     count(StatSlot::DropFibFailed);
                     return xdp_action::XDP_DROP;

@@ -102,7 +102,13 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     set_addr(ctx, pkt, pkt.l3(), pkt.v6, true, &pkt.key.dst)?;
     set_addr(ctx, pkt, pkt.l3(), pkt.v6, false, &pkt.key.src)?;
     count(StatSlot::IcmpEchoReply);
-    Some(forward::send(ctx, pkt, &pkt.key.dst, &pkt.key.src))
+    Some(forward::send(
+        ctx,
+        pkt,
+        &pkt.key.dst,
+        &pkt.key.src,
+        core::ptr::null_mut(),
+    ))
 }
 
 /// Writes an address into the IP header at `l3` (source if `source`), without checksums.
@@ -131,9 +137,23 @@ fn set_addr(
 
 /// The quoted packet inside an ICMP error.
 struct Quote {
-    l3: usize,
-    l4: usize,
     key: FlowKey,
+    l3: u16,
+    l4: u16,
+}
+
+/// Bounds the quote's offsets for the verifier (see `Packet::l3`): the quoted L4 header
+/// starts at most at 22 + 40 + 8 + 40 = 110.
+const QUOTE_OFFSET_MASK: usize = 0x7f;
+
+impl Quote {
+    fn l3(&self) -> usize {
+        usize::from(self.l3) & QUOTE_OFFSET_MASK
+    }
+
+    fn l4(&self) -> usize {
+        usize::from(self.l4) & QUOTE_OFFSET_MASK
+    }
 }
 
 /// Reads the quote. Fills `q` in place: a struct returned by value or zeroed with
@@ -143,18 +163,19 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
     // Headers are read whole through the pointer that was bounds-checked: with variable
     // offsets, a second pointer computed for each field would not carry the check for the
     // verifier.
-    q.l3 = pkt.l4() + ICMP_HLEN;
+    let l3 = pkt.l4() + ICMP_HLEN;
+    q.l3 = l3 as u16;
     // SAFETY (all reads below): within the header ptr_at bounds-checked.
     if pkt.v6 {
-        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, q.l3)?.cast::<u8>();
+        let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)?.cast::<u8>();
         unsafe {
             q.key.proto = ip.add(off::IP6_NEXT).read();
             q.key.src.words = ip.add(off::IP6_SRC).cast::<[u32; 4]>().read_unaligned();
             q.key.dst.words = ip.add(off::IP6_DST).cast::<[u32; 4]>().read_unaligned();
         }
-        q.l4 = q.l3 + IPV6_HLEN;
+        q.l4 = (l3 + IPV6_HLEN) as u16;
     } else {
-        let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, q.l3)?.cast::<u8>();
+        let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3)?.cast::<u8>();
         unsafe {
             if ip.read() != 0x45 {
                 return None;
@@ -163,17 +184,17 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
             q.key.src = Addr::from_v4_raw(ip.add(off::IP_SRC).cast::<u32>().read_unaligned());
             q.key.dst = Addr::from_v4_raw(ip.add(off::IP_DST).cast::<u32>().read_unaligned());
         }
-        q.l4 = q.l3 + IPV4_HLEN;
+        q.l4 = (l3 + IPV4_HLEN) as u16;
     }
     if q.key.proto != proto::TCP && q.key.proto != proto::UDP {
         return None;
     }
     // RFC 792 quotes at least the first 8 bytes of L4: both ports and the UDP checksum. They
     // must lie inside the ICMP message, not in padding after it.
-    if q.l4 + 8 > pkt.ip_end() {
+    if q.l4() + 8 > pkt.ip_end() {
         return None;
     }
-    let l4 = ptr_at::<[u16; 4]>(ctx, q.l4)?;
+    let l4 = ptr_at::<[u16; 4]>(ctx, q.l4())?;
     // SAFETY: bounds-checked by ptr_at.
     let [sport_be, dport_be, _, _] = unsafe { l4.read_unaligned() };
     q.key.sport_be = sport_be;
@@ -241,28 +262,35 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
         }
         bool_some(rewrite_outer(ctx, pkt, false, &pkt.key.dst, &nat.addr))?;
         count(StatSlot::IcmpErrorToBackend);
-        return Some(forward::send(ctx, pkt, &pkt.key.src, &nat.addr));
+        return Some(forward::send(
+            ctx,
+            pkt,
+            &pkt.key.src,
+            &nat.addr,
+            core::ptr::null_mut(),
+        ));
     }
     if !entry_answering(&q.key, flow_kind::REPLY, &mut nat, &mut snat) {
         return None;
     }
     // The quote is a client packet we sent to a backend: the client must see the frontend
     // (and, under full NAT, its own address and port).
+    // (References, not copies: this frame and its callees share 512 bytes of stack.)
     bool_some(rewrite_quote(ctx, pkt, &q, false, &nat))?;
-    let mut dst = pkt.key.dst;
+    let mut dst = &pkt.key.dst;
     if snat.addr != Addr::UNSPECIFIED {
         bool_some(rewrite_quote(ctx, pkt, &q, true, &snat))?;
-        bool_some(rewrite_outer(ctx, pkt, false, &dst, &snat.addr))?;
-        dst = snat.addr;
+        bool_some(rewrite_outer(ctx, pkt, false, dst, &snat.addr))?;
+        dst = &snat.addr;
     }
-    let mut src = pkt.key.src;
-    if src == q.key.dst {
+    let mut src = &pkt.key.src;
+    if *src == q.key.dst {
         // Sent by the backend itself: it speaks as the frontend.
-        bool_some(rewrite_outer(ctx, pkt, true, &src, &nat.addr))?;
-        src = nat.addr;
+        bool_some(rewrite_outer(ctx, pkt, true, src, &nat.addr))?;
+        src = &nat.addr;
     }
     count(StatSlot::IcmpErrorToClient);
-    Some(forward::send(ctx, pkt, &src, &dst))
+    Some(forward::send(ctx, pkt, src, dst, core::ptr::null_mut()))
 }
 
 #[inline(always)]
@@ -342,10 +370,10 @@ fn quote_in_place(
         q.key.dport_be
     };
     let words = if pkt.v6 { 4 } else { 1 };
-    set_addr(ctx, pkt, q.l3, pkt.v6, source, addr)?;
+    set_addr(ctx, pkt, q.l3(), pkt.v6, source, addr)?;
     let port = ptr_at::<u16>(
         ctx,
-        q.l4 + if source { off::L4_SPORT } else { off::L4_DPORT },
+        q.l4() + if source { off::L4_SPORT } else { off::L4_DPORT },
     )?;
     // SAFETY: every pointer is bounds-checked by ptr_at.
     unsafe {
@@ -356,7 +384,7 @@ fn quote_in_place(
             l4_delta_csum = csum_replace4(l4_delta_csum, old_addr.words[i], addr.words[i]);
         }
         if !pkt.v6 {
-            let ip_csum = ptr_at::<u16>(ctx, q.l3 + off::IP_CSUM)?;
+            let ip_csum = ptr_at::<u16>(ctx, q.l3() + off::IP_CSUM)?;
             let old = ip_csum.read_unaligned();
             let new = csum_replace4(old, old_addr.v4_raw(), addr.v4_raw());
             ip_csum.write_unaligned(new);
@@ -365,7 +393,7 @@ fn quote_in_place(
         port.write_unaligned(port_be);
         icmp = csum_replace2(icmp, old_port, port_be);
         l4_delta_csum = csum_replace2(l4_delta_csum, old_port, port_be);
-        let l4_csum_at = q.l4
+        let l4_csum_at = q.l4()
             + if q.key.proto == proto::TCP {
                 off::TCP_CSUM
             } else {

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{EndpointKey, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
+    maps::{EndpointKey, Flow, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
     stats::StatSlot,
 };
 
@@ -77,8 +77,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
         snat_addr: Addr::UNSPECIFIED,
         snat_port_be: 0,
     };
+    // The tracked entry, whose cached route `send` uses (null for a new flow).
+    let mut route: *mut Flow = core::ptr::null_mut();
     let new_flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, now) {
         Some(flow) => {
+            route = flow;
             conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags, now);
             // SAFETY: valid for this program run; read field by field.
             unsafe {
@@ -125,7 +128,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
     }
     count(StatSlot::NatForward);
     count_traffic(svc.id, chosen.backend_id, pkt.len, new_flow);
-    forward::send(ctx, pkt, src, &chosen.addr)
+    forward::send(ctx, pkt, src, &chosen.addr, route)
 }
 
 /// `open_flow`'s and `record_flow`'s answer when all went well; otherwise they answer the
@@ -202,7 +205,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
     }
     count(StatSlot::NatReply);
     count_traffic(service_id, backend_id, pkt.len, false);
-    forward::send(ctx, pkt, &frontend, dst)
+    forward::send(ctx, pkt, &frontend, dst, flow)
 }
 
 /// Forwards packets the XDP program rewrote but could not redirect itself.

@@ -41,6 +41,11 @@ pub static BACKEND_ENDPOINTS: HashMap<EndpointKey, u32, { MAX_BACKEND_ENDPOINTS 
 pub static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
     LruHashMap::new();
 
+/// Per-CPU room to build a connection-table value in: a `Flow` on the 512-byte BPF stack
+/// would not fit beside the frames that call `conntrack::insert`.
+#[btf_map]
+pub static FLOW_SCRATCH: PerCpuArray<Flow, 1> = PerCpuArray::new();
+
 /// Per-CPU round-robin position of each service: no lock and no shared cache line.
 #[btf_map]
 pub static RR_CURSORS: PerCpuArray<u32, { MAX_SERVICES as usize }> = PerCpuArray::new();

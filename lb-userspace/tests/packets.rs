@@ -269,6 +269,23 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
             .build();
         assert_eq!(out.packet, expected, "MACs from the FIB lookup");
         assert_eq!(delta(&before, &lb.stats(), StatSlot::TxXdpRedirect), 1);
+
+        // Later packets of the flow: the first stores the route in the flow's entry, the
+        // next ones use it; the result must not change.
+        let ack = Ipv4Frame::tcp(sock(CLIENT, 40005), sock(VIP, 80), TCP_ACK);
+        let expected = ack
+            .clone()
+            .with_dst(sock("198.18.2.10", 8080))
+            .with_macs(lb.backend_if_mac, backend_mac(0))
+            .build();
+        for i in 0..3 {
+            let out = lb.run(&ack.build());
+            assert_eq!(
+                (out.action, &out.packet),
+                (XDP_REDIRECT, &expected),
+                "packet {i}"
+            );
+        }
     });
 }
 
