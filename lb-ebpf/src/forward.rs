@@ -55,27 +55,11 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.l4_protocol = pkt.key.proto;
     params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
-    if pkt.v6 {
-        params.family = AF_INET6;
-        params.__bindgen_anon_3.ipv6_src = src.words;
-        params.__bindgen_anon_4.ipv6_dst = dst.words;
-    } else {
-        params.family = AF_INET;
+    if !pkt.v6 {
         params.__bindgen_anon_2.tos = pkt.tos;
-        params.__bindgen_anon_3.ipv4_src = src.v4_raw();
-        params.__bindgen_anon_4.ipv4_dst = dst.v4_raw();
     }
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    match rc as u32 {
+    let rc = fib_lookup_into(ctx, &mut params, pkt.v6, src, dst, 0);
+    match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
             // SAFETY: as above.
@@ -117,23 +101,14 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
 pub fn source_toward(ctx: &XdpContext, v6: bool, dst: &Addr, out: &mut Addr) -> bool {
     // SAFETY: see `send`.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    if v6 {
-        params.family = AF_INET6;
-        params.__bindgen_anon_4.ipv6_dst = dst.words;
-    } else {
-        params.family = AF_INET;
-        params.__bindgen_anon_4.ipv4_dst = dst.v4_raw();
-    }
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    } as u32;
+    let rc = fib_lookup_into(
+        ctx,
+        &mut params,
+        v6,
+        &Addr::UNSPECIFIED,
+        dst,
+        BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH,
+    );
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         return false;
     }
@@ -146,6 +121,37 @@ pub fn source_toward(ctx: &XdpContext, v6: bool, dst: &Addr, out: &mut Addr) -> 
         }
     }
     true
+}
+
+/// Fills in the family, addresses and ingress interface, and asks the kernel's FIB.
+#[inline(always)]
+fn fib_lookup_into(
+    ctx: &XdpContext,
+    params: &mut bpf_fib_lookup,
+    v6: bool,
+    src: &Addr,
+    dst: &Addr,
+    flags: u32,
+) -> u32 {
+    if v6 {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = src.words;
+        params.__bindgen_anon_4.ipv6_dst = dst.words;
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = src.v4_raw();
+        params.__bindgen_anon_4.ipv4_dst = dst.v4_raw();
+    }
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
+    unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            params,
+            size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        ) as u32
+    }
 }
 
 #[inline(always)]
