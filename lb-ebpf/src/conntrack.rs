@@ -1,6 +1,6 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use lb_common::{
     Addr,
     hash::flow_hash,
@@ -18,10 +18,12 @@ use crate::{
     stats::count,
 };
 
+/// The clock of idle timeouts. The coarse clock (a tick's resolution) is plenty for timeouts
+/// of seconds and cheaper than the precise one on every packet.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]
