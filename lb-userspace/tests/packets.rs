@@ -16,7 +16,7 @@ use lb_userspace::{
             CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN,
             icmpv4_error, icmpv4_frame, parse_icmpv4, parse_ipv4, parse_ipv6, with_vlan_tags,
         },
-        progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta},
+        progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
     },
 };
 
@@ -378,18 +378,6 @@ services:
         );
         assert_eq!(again, first);
     });
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
 }
 
 fn sock6(ip: &str, port: u16) -> std::net::SocketAddrV6 {

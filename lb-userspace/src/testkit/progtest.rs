@@ -247,3 +247,18 @@ pub fn test_run(
 pub fn delta(before: &StatsSnapshot, after: &StatsSnapshot, slot: StatSlot) -> u64 {
     after.get(slot).wrapping_sub(before.get(slot))
 }
+
+/// Pins the calling thread to `cpu`: per-CPU state (round-robin cursors, counters) then
+/// belongs to one CPU for the whole test.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
