@@ -1,6 +1,7 @@
 //! lb-bench: meshlb's demo, traffic generator and benchmarks.
 
 mod demo;
+mod micro;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +19,21 @@ struct Cli {
 enum Command {
     /// Client, node running lbd, three backends: real connections and where they went.
     Demo(demo::DemoArgs),
+    /// Benchmarks (`cargo xtask bench <NAME>` builds first, then runs `lb-bench bench <NAME>`).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ns per packet of the XDP program with BPF_PROG_TEST_RUN, measured the way
+    /// katran-perf.md measured Katran; writes bench/results/micro-<date>.{md,json}.
+    Micro(micro::MicroArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(Bench::Micro(args)) => micro::run(&args),
     }
 }

@@ -9,16 +9,18 @@
 //!
 //! 1. undo metadata the previous iteration left (`bpf_xdp_adjust_meta`);
 //! 2. undo a length change at the head (`bpf_xdp_adjust_head`);
-//! 3. copy the pristine 60-byte frame from `PRISTINE` over the packet;
-//! 4. `harness_vary` only: make the packet a new flow (a per-CPU sequence number goes into the
-//!    low 15 bits of the IPv4 source address and into the TCP/UDP source port, checksums fixed
-//!    incrementally), so 2^30 iterations are 2^30 distinct flows;
+//! 3. copy the pristine frame from `PRISTINE` over the packet (60 bytes for IPv4: `harness`,
+//!    `harness_vary`; 80 bytes for IPv6: `harness_v6`, `harness_v6_vary`);
+//! 4. the `_vary` programs only: make the packet a new flow (a per-CPU sequence number goes
+//!    into the low 15 bits of the source address and into the TCP/UDP source port, checksums
+//!    fixed incrementally), so 2^30 iterations are 2^30 distinct flows;
 //! 5. tail-call slot 0 of `TARGET`, which userspace fills with the program under test.
 //!
 //! The floor programs calibrate the method: `floor_pass` (returns XDP_PASS), `floor_tx_only`
-//! (returns XDP_TX), `floor_tx` (parses Ethernet/IPv4/TCP, swaps the MACs, XDP_TX) and
-//! `floor_meta` (grows and writes 8 bytes of metadata, XDP_PASS, as meshlb's TC hand-off
-//! does), run directly or through the harness.
+//! (returns XDP_TX), `floor_tx` (parses Ethernet/IPv4/TCP, swaps the MACs, XDP_TX),
+//! `floor_fib` (parses, `bpf_fib_lookup`, sets the MACs, XDP_TX) and `floor_meta` (grows and
+//! writes 8 bytes of metadata, XDP_PASS, as meshlb's TC hand-off does), run directly or
+//! through the harness.
 #![no_std]
 #![no_main]
 
@@ -31,24 +33,46 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-/// Length of the benchmark frames: Ethernet + IPv4 + TCP + a 6-byte payload.
-const FRAME_LEN: usize = 60;
+/// The two frame layouts of the benchmark: Ethernet + IPv4 or IPv6 + TCP + a 6-byte payload.
+struct Layout {
+    /// Frame length.
+    len: usize,
+    /// Low 16 bits of the source address.
+    src_lo: usize,
+    /// IPv4 header checksum (IPv6 has none).
+    ip_csum: Option<usize>,
+    /// Protocol / next header byte.
+    proto: usize,
+    /// L4 header.
+    l4: usize,
+}
+
 const ETH_HLEN: usize = 14;
-const IP_CSUM: usize = ETH_HLEN + 10;
-const IP_PROTO: usize = ETH_HLEN + 9;
-/// Low 16 bits of the IPv4 source address.
-const IP_SRC_LO: usize = ETH_HLEN + 14;
-const L4: usize = ETH_HLEN + 20;
-const TCP_CSUM: usize = L4 + 16;
-const UDP_CSUM: usize = L4 + 6;
+const V4: Layout = Layout {
+    len: 60,
+    src_lo: ETH_HLEN + 14,
+    ip_csum: Some(ETH_HLEN + 10),
+    proto: ETH_HLEN + 9,
+    l4: ETH_HLEN + 20,
+};
+const V6: Layout = Layout {
+    len: 80,
+    src_lo: ETH_HLEN + 8 + 14,
+    ip_csum: None,
+    proto: ETH_HLEN + 6,
+    l4: ETH_HLEN + 40,
+};
+const L4: usize = V4.l4;
+const TCP_CSUM: usize = 16;
+const UDP_CSUM: usize = 6;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
-/// The frame every iteration starts from (first 60 bytes used), written by userspace.
+/// The frame every iteration starts from (the first 60 or 80 bytes), written by userspace.
 #[btf_map]
-static PRISTINE: Array<[u64; 8], 1> = Array::new();
+static PRISTINE: Array<[u64; 16], 1> = Array::new();
 
-/// Per-CPU sequence number of `harness_vary`.
+/// Per-CPU sequence number of the vary programs.
 #[btf_map]
 static VARY_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
 
@@ -56,29 +80,43 @@ static VARY_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
 #[btf_map]
 static TARGET: ProgramArray<1> = ProgramArray::new();
 
+/// 60-byte IPv4 frames.
 #[xdp]
 pub fn harness(ctx: XdpContext) -> u32 {
-    if restore(&ctx, false).is_none() {
+    restore_and_call(&ctx, &V4, false)
+}
+
+/// 60-byte IPv4 frames, a new flow every iteration.
+#[xdp]
+pub fn harness_vary(ctx: XdpContext) -> u32 {
+    restore_and_call(&ctx, &V4, true)
+}
+
+/// 80-byte IPv6 frames.
+#[xdp]
+pub fn harness_v6(ctx: XdpContext) -> u32 {
+    restore_and_call(&ctx, &V6, false)
+}
+
+/// 80-byte IPv6 frames, a new flow every iteration.
+#[xdp]
+pub fn harness_v6_vary(ctx: XdpContext) -> u32 {
+    restore_and_call(&ctx, &V6, true)
+}
+
+#[inline(always)]
+fn restore_and_call(ctx: &XdpContext, layout: &Layout, vary: bool) -> u32 {
+    if restore(ctx, layout, vary).is_none() {
         return xdp_action::XDP_ABORTED;
     }
     // SAFETY: does not return on success; on failure (empty slot) we fall through.
-    unsafe { TARGET.tail_call(&ctx, 0) };
-    xdp_action::XDP_ABORTED
-}
-
-#[xdp]
-pub fn harness_vary(ctx: XdpContext) -> u32 {
-    if restore(&ctx, true).is_none() {
-        return xdp_action::XDP_ABORTED;
-    }
-    // SAFETY: as in `harness`.
-    unsafe { TARGET.tail_call(&ctx, 0) };
+    unsafe { TARGET.tail_call(ctx, 0) };
     xdp_action::XDP_ABORTED
 }
 
 /// Steps 1 to 4 of the module documentation. `None` if the packet cannot be restored.
 #[inline(always)]
-fn restore(ctx: &XdpContext, vary: bool) -> Option<()> {
+fn restore(ctx: &XdpContext, layout: &Layout, vary: bool) -> Option<()> {
     let meta = ctx.metadata();
     let data = ctx.data();
     // An invalid data_meta (driver without metadata support) is data + 1, so `<` skips it.
@@ -89,28 +127,32 @@ fn restore(ctx: &XdpContext, vary: bool) -> Option<()> {
         }
     }
     let len = ctx.data_end() - ctx.data();
-    if len != FRAME_LEN {
+    if len != layout.len {
         // Positive: the previous iteration grew the head (encapsulation), move data back.
         // SAFETY: plain helper call; checked.
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, len as i32 - FRAME_LEN as i32) } != 0 {
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, len as i32 - layout.len as i32) } != 0 {
             return None;
         }
     }
     let pristine = PRISTINE.get(0)?;
     let start = ctx.data();
-    if start + FRAME_LEN > ctx.data_end() {
+    if start + layout.len > ctx.data_end() {
         return None;
     }
-    // SAFETY: 60 bytes are in bounds (checked above). BPF_PROG_TEST_RUN puts the frame at
-    // XDP_PACKET_HEADROOM (256) from a page-aligned start and step 2 undid any head move, so
-    // `start` is 8-byte aligned and word stores are aligned.
+    // SAFETY: layout.len bytes are in bounds (checked above). BPF_PROG_TEST_RUN puts the
+    // frame at XDP_PACKET_HEADROOM (256) from a page-aligned start and step 2 undid any head
+    // move, so `start` is 8-byte aligned and word stores are aligned.
     unsafe {
         let words = start as *mut u64;
-        for (i, word) in pristine.iter().take(7).enumerate() {
+        for (i, word) in pristine.iter().take(layout.len / 8).enumerate() {
             words.add(i).write(*word);
         }
-        // Bytes 56..60: the low half of the last word (little-endian BPF target).
-        (start as *mut u32).add(14).write(pristine[7] as u32);
+        if layout.len % 8 == 4 {
+            // The low half of the last word (little-endian BPF target).
+            (start as *mut u32)
+                .add(layout.len / 4 - 1)
+                .write(pristine[layout.len / 8] as u32);
+        }
     }
     if vary {
         let seq = VARY_SEQ.get_ptr_mut(0)?;
@@ -121,22 +163,25 @@ fn restore(ctx: &XdpContext, vary: bool) -> Option<()> {
             n
         };
         // Low 16 bits of the source: 1 in the top bit, then the low 15 bits of n (so a client
-        // in 198.18.x.y becomes 198.18.128.0/17). Source port 1024 + the next 15 bits of n.
+        // in 198.18.x.y becomes 198.18.128.0/17, fd00:1::2 becomes fd00:1::8000/113). Source
+        // port 1024 + the next 15 bits of n.
         let new_lo = u16::from_ne_bytes([0x80 | ((n >> 8) & 0x7f) as u8, n as u8]);
         let new_port = u16::from_ne_bytes((1024 + ((n >> 15) & 0x7fff) as u16).to_be_bytes());
-        // SAFETY: all offsets are below FRAME_LEN (checked above) and 2-byte aligned.
+        // SAFETY: all offsets are below layout.len (checked above) and 2-byte aligned.
         unsafe {
             let at = |off: usize| (start + off) as *mut u16;
-            let old_lo = at(IP_SRC_LO).read();
-            let old_port = at(L4).read();
-            at(IP_SRC_LO).write(new_lo);
-            at(L4).write(new_port);
-            at(IP_CSUM).write(csum_replace2(at(IP_CSUM).read(), old_lo, new_lo));
-            let proto = ((start + IP_PROTO) as *const u8).read();
+            let old_lo = at(layout.src_lo).read();
+            let old_port = at(layout.l4).read();
+            at(layout.src_lo).write(new_lo);
+            at(layout.l4).write(new_port);
+            if let Some(ip_csum) = layout.ip_csum {
+                at(ip_csum).write(csum_replace2(at(ip_csum).read(), old_lo, new_lo));
+            }
+            let proto = ((start + layout.proto) as *const u8).read();
             let l4_csum = if proto == PROTO_TCP {
-                Some(TCP_CSUM)
-            } else if proto == PROTO_UDP && at(UDP_CSUM).read() != 0 {
-                Some(UDP_CSUM)
+                Some(layout.l4 + TCP_CSUM)
+            } else if proto == PROTO_UDP && at(layout.l4 + UDP_CSUM).read() != 0 {
+                Some(layout.l4 + UDP_CSUM)
             } else {
                 None
             };
