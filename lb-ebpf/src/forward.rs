@@ -154,14 +154,25 @@ fn fib_lookup_into(
     }
 }
 
+/// Writes the Ethernet addresses. As 4 + 2 byte words: a 6-byte array copy becomes a call
+/// to memmove on this target.
 #[inline(always)]
 fn set_macs(ctx: &XdpContext, smac: &[u8; 6], dmac: &[u8; 6]) -> Option<()> {
-    let dst = ptr_at::<[u8; 6]>(ctx, off::ETH_DST)?;
-    let src = ptr_at::<[u8; 6]>(ctx, off::ETH_SRC)?;
-    // SAFETY: bounds-checked above.
+    let eth = ptr_at::<[u8; 12]>(ctx, off::ETH_DST)?.cast::<u8>();
+    let (s, d) = (smac.as_ptr(), dmac.as_ptr());
+    // SAFETY: the 12 address bytes are bounds-checked above; the sources are 6-byte arrays.
     unsafe {
-        dst.write_unaligned(*dmac);
-        src.write_unaligned(*smac);
+        eth.cast::<u32>()
+            .write_unaligned(d.cast::<u32>().read_unaligned());
+        eth.add(4)
+            .cast::<u16>()
+            .write_unaligned(d.add(4).cast::<u16>().read_unaligned());
+        let src = eth.add(off::ETH_SRC);
+        src.cast::<u32>()
+            .write_unaligned(s.cast::<u32>().read_unaligned());
+        src.add(4)
+            .cast::<u16>()
+            .write_unaligned(s.add(4).cast::<u16>().read_unaligned());
     }
     Some(())
 }

@@ -20,13 +20,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{EndpointKey, Flow, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
+    maps::{EndpointKey, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
     stats::StatSlot,
 };
 
 use crate::{
     conntrack::{Chosen, InsertError},
-    maps::{BACKEND_ENDPOINTS, FRONTENDS},
+    maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
     nat::Side,
     parse::{Packet, TCP_ACK, TCP_SYN},
     stats::{count, count_raw, count_traffic},
@@ -66,10 +66,59 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
 
 /// A client packet for a frontend: find or choose its backend, DNAT (and SNAT under full
 /// NAT), forward. Not inlined: its stack frame and `to_client`'s are never live together.
+/// An established flow is translated straight from its connection-table entry (which also
+/// caches its route); a new flow is recorded first and then takes the same path.
 #[inline(never)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
     let now = conntrack::now_ns();
     let key: &FlowKey = &pkt.key;
+    let mut new_flow = false;
+    let flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, now) {
+        Some(flow) => {
+            conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags, now);
+            flow
+        }
+        None => {
+            let outcome = start_flow(ctx, pkt, svc, now);
+            if outcome != FLOW_OPENED {
+                count_raw(outcome);
+                return xdp_action::XDP_DROP;
+            }
+            count(StatSlot::NewFlow);
+            new_flow = true;
+            match CONNTRACK.get_ptr_mut(key) {
+                Some(flow) => flow,
+                // Evicted the moment it was written: a table far too small for the load.
+                None => {
+                    count(StatSlot::DropConntrackFull);
+                    return xdp_action::XDP_DROP;
+                }
+            }
+        }
+    };
+    // SAFETY: a connection-table value stays valid for the whole program run.
+    let f = unsafe { &*flow };
+    if !nat::rewrite(ctx, pkt, Side::Destination, &f.nat_addr, f.nat_port_be) {
+        count(StatSlot::PassMalformed);
+        return xdp_action::XDP_PASS;
+    }
+    let mut src = &pkt.key.src;
+    if f.snat_addr != Addr::UNSPECIFIED {
+        if !nat::rewrite(ctx, pkt, Side::Source, &f.snat_addr, f.snat_port_be) {
+            count(StatSlot::PassMalformed);
+            return xdp_action::XDP_PASS;
+        }
+        src = &f.snat_addr;
+    }
+    count(StatSlot::NatForward);
+    count_traffic(svc.id, f.backend_id, pkt.len, new_flow);
+    forward::send(ctx, pkt, src, &f.nat_addr, flow)
+}
+
+/// Chooses a backend for a new flow and records the flow. Answers FLOW_OPENED or the drop
+/// counter. Inlined: `record_flow` is the deep call, and a frame between would not fit.
+#[inline(always)]
+fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
     let mut chosen = Chosen {
         backend_id: 0,
         addr: Addr::UNSPECIFIED,
@@ -77,58 +126,11 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
         snat_addr: Addr::UNSPECIFIED,
         snat_port_be: 0,
     };
-    // The tracked entry, whose cached route `send` uses (null for a new flow).
-    let mut route: *mut Flow = core::ptr::null_mut();
-    let new_flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, now) {
-        Some(flow) => {
-            route = flow;
-            conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags, now);
-            // SAFETY: valid for this program run; read field by field.
-            unsafe {
-                chosen.backend_id = (*flow).backend_id;
-                chosen.addr = (*flow).nat_addr;
-                chosen.port_be = (*flow).nat_port_be;
-                chosen.snat_addr = (*flow).snat_addr;
-                chosen.snat_port_be = (*flow).snat_port_be;
-            }
-            false
-        }
-        None => {
-            let outcome = open_flow(ctx, pkt, svc, &mut chosen);
-            if outcome != FLOW_OPENED {
-                count_raw(outcome);
-                return xdp_action::XDP_DROP;
-            }
-            let outcome = record_flow(pkt, svc, &mut chosen, now);
-            if outcome != FLOW_OPENED {
-                count_raw(outcome);
-                return xdp_action::XDP_DROP;
-            }
-            count(StatSlot::NewFlow);
-            true
-        }
-    };
-    if !nat::rewrite(ctx, pkt, Side::Destination, &chosen.addr, chosen.port_be) {
-        count(StatSlot::PassMalformed);
-        return xdp_action::XDP_PASS;
+    let outcome = open_flow(ctx, pkt, svc, &mut chosen);
+    if outcome != FLOW_OPENED {
+        return outcome;
     }
-    let mut src = &pkt.key.src;
-    if chosen.snat_addr != Addr::UNSPECIFIED {
-        if !nat::rewrite(
-            ctx,
-            pkt,
-            Side::Source,
-            &chosen.snat_addr,
-            chosen.snat_port_be,
-        ) {
-            count(StatSlot::PassMalformed);
-            return xdp_action::XDP_PASS;
-        }
-        src = &chosen.snat_addr;
-    }
-    count(StatSlot::NatForward);
-    count_traffic(svc.id, chosen.backend_id, pkt.len, new_flow);
-    forward::send(ctx, pkt, src, &chosen.addr, route)
+    record_flow(pkt, svc, &mut chosen, now)
 }
 
 /// `open_flow`'s and `record_flow`'s answer when all went well; otherwise they answer the
