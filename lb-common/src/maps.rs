@@ -18,8 +18,9 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
+    pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -31,6 +32,7 @@ pub mod names {
         SERVICE_STATS,
         BACKEND_STATS,
         FLOW_SCRATCH,
+        KEY_SCRATCH,
     ];
 }
 

@@ -83,6 +83,9 @@ stat_slots! {
     DropNoSnatPort = "drop_no_snat_port", Outcome;
     /// Dropped: full NAT found no node address to use toward the backend.
     DropNoSnatAddr = "drop_no_snat_addr", Outcome;
+    /// Dropped: NAT mode, the client's port toward this backend is in use by another live
+    /// flow (to another frontend of the same backend); its replies could not be told apart.
+    DropReplyTaken = "drop_reply_taken", Outcome;
     /// Dropped: a mid-flow TCP packet for which no flow is tracked.
     DropNoFlow = "drop_no_flow", Outcome;
     /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.

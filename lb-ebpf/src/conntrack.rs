@@ -13,7 +13,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH},
+    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
 };
@@ -81,7 +81,8 @@ fn backend_still_serves(f: &Flow) -> bool {
     }
 }
 
-/// Removes the reply entry of the forward flow `f` (keyed `key`). Already gone is fine.
+/// Removes the reply entry of the forward flow `f` (keyed `key`), if it is still this
+/// flow's. Already gone is fine.
 #[inline(always)]
 fn forget_reply(key: &FlowKey, f: &Flow) {
     let fullnat = f.snat_addr != Addr::UNSPECIFIED;
@@ -97,7 +98,19 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
         proto: key.proto,
         _pad: [0; 3],
     };
-    let _ = CONNTRACK.remove(&reply_key);
+    // Only this flow's own entry: another flow may hold the key now (see `claim_reply`).
+    let Some(reply) = CONNTRACK.get_ptr(&reply_key) else {
+        return;
+    };
+    // SAFETY: valid for this program run.
+    let owned = unsafe {
+        (*reply).kind == flow_kind::REPLY
+            && (*reply).nat_addr == key.dst
+            && (*reply).nat_port_be == key.dport_be
+    };
+    if owned {
+        let _ = CONNTRACK.remove(&reply_key);
+    }
 }
 
 /// Refreshes a reply entry's idle clock (at most once a second): a full-NAT port is only
@@ -155,6 +168,8 @@ pub enum InsertError {
     Full,
     /// Full NAT: every source port tried is taken by a live flow.
     NoPort,
+    /// NAT: a live flow already holds the reply entry this flow needs.
+    ReplyTaken,
 }
 
 /// Records a new flow: the reply entry first, so the backend's first answer finds it. Under
@@ -225,11 +240,7 @@ pub fn insert(
         for attempt in 0..FULLNAT_PORT_ATTEMPTS {
             let port = FULLNAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16;
             reply_key.dport_be = port.to_be();
-            if CONNTRACK
-                .insert(&reply_key, &*flow, u64::from(BPF_NOEXIST))
-                .is_ok()
-                || reclaim(&reply_key, flow, now)
-            {
+            if claim_reply(&reply_key, flow, now) {
                 chosen.snat_port_be = reply_key.dport_be;
                 found = true;
                 break;
@@ -238,10 +249,11 @@ pub fn insert(
         if !found {
             return Err(InsertError::NoPort);
         }
-    } else {
-        CONNTRACK
-            .insert(&reply_key, &*flow, 0)
-            .map_err(|_| InsertError::Full)?;
+    } else if !claim_reply(&reply_key, flow, now) {
+        // Another live flow already answers from this backend to this client address and
+        // port (the client reused its port toward another frontend of the same backend):
+        // sharing the entry would cross the two flows' replies.
+        return Err(InsertError::ReplyTaken);
     }
     flow.nat_addr = chosen.addr;
     flow.nat_port_be = chosen.port_be;
@@ -254,18 +266,61 @@ pub fn insert(
         .map_err(|_| InsertError::Full)
 }
 
-/// Takes over a full-NAT reply entry whose flow has been idle past its timeout.
+/// Writes the reply entry `reply_key`, unless a live flow holds it; an entry whose flow
+/// has ended (forward entry gone, idle, or mapped elsewhere) is taken over.
 #[inline(always)]
-fn reclaim(key: &FlowKey, flow: &Flow, now: u64) -> bool {
-    let Some(existing) = CONNTRACK.get_ptr(key) else {
-        return false;
-    };
-    // SAFETY: valid for this program run.
-    let (last_seen, timeout_s) = unsafe { ((*existing).last_seen_ns, (*existing).timeout_s) };
-    if now.wrapping_sub(last_seen) <= u64::from(timeout_s) * 1_000_000_000 {
+fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64) -> bool {
+    let noexist = u64::from(BPF_NOEXIST);
+    if CONNTRACK.insert(reply_key, flow, noexist).is_ok() {
+        return true;
+    }
+    if reply_owner_alive(reply_key, now) {
         return false;
     }
-    CONNTRACK.insert(key, flow, 0).is_ok()
+    let _ = CONNTRACK.remove(reply_key);
+    // NOEXIST again: of two CPUs taking over the same entry, one wins.
+    CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+}
+
+/// Whether the flow that wrote the reply entry at `reply_key` is alive: its forward entry
+/// exists, is not idle past its limit, and still maps to this reply key. Not inlined, and
+/// its key built in per-CPU scratch memory: it runs deep in the new-flow path.
+#[inline(never)]
+fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
+    let Some(reply) = CONNTRACK.get_ptr(reply_key) else {
+        return false;
+    };
+    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: map values valid for this program run; the scratch key is this CPU's. Its
+    // padding is never written, so it stays zero as the map was created.
+    unsafe {
+        let r = &*reply;
+        if r.kind != flow_kind::REPLY {
+            return true;
+        }
+        let fullnat = r.snat_addr != Addr::UNSPECIFIED;
+        let k = &mut *forward_key;
+        k.src = if fullnat { r.snat_addr } else { reply_key.dst };
+        k.sport_be = if fullnat {
+            r.snat_port_be
+        } else {
+            reply_key.dport_be
+        };
+        k.dst = r.nat_addr;
+        k.dport_be = r.nat_port_be;
+        k.proto = reply_key.proto;
+        let Some(forward) = CONNTRACK.get_ptr(k) else {
+            return false;
+        };
+        let f = &*forward;
+        f.kind == flow_kind::FORWARD
+            && now.wrapping_sub(f.last_seen_ns) <= idle_limit_ns(f)
+            && f.nat_addr == reply_key.src
+            && f.nat_port_be == reply_key.sport_be
+            && (!fullnat || f.snat_port_be == reply_key.dport_be)
+    }
 }
 
 /// The reply entry of a packet from a backend.

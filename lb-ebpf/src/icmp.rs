@@ -406,7 +406,11 @@ fn quote_in_place(
             let old = l4_csum.read_unaligned();
             if old != 0 || q.key.proto == proto::TCP {
                 // Apply the same change the addresses and port made: fold the delta in.
-                let new = csum_add_delta(old, l4_delta_csum);
+                let mut new = csum_add_delta(old, l4_delta_csum);
+                if new == 0 && q.key.proto == proto::UDP {
+                    // A computed zero is sent as 0xffff: zero means "no checksum" in UDP.
+                    new = 0xffff;
+                }
                 l4_csum.write_unaligned(new);
                 icmp = csum_replace2(icmp, old, new);
             }

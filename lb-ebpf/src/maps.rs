@@ -46,6 +46,10 @@ pub static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_CONNTRACK_ENTRIES as u
 #[btf_map]
 pub static FLOW_SCRATCH: PerCpuArray<Flow, 1> = PerCpuArray::new();
 
+/// Per-CPU room for a connection-table key built deep in the new-flow path.
+#[btf_map]
+pub static KEY_SCRATCH: PerCpuArray<FlowKey, 1> = PerCpuArray::new();
+
 /// Per-CPU round-robin position of each service: no lock and no shared cache line.
 #[btf_map]
 pub static RR_CURSORS: PerCpuArray<u32, { MAX_SERVICES as usize }> = PerCpuArray::new();

@@ -10,7 +10,10 @@ use std::{
 use lb_common::{
     Addr,
     hash::{client_hash, flow_hash},
-    limits::{MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MAX_TABLE_SIZE},
+    limits::{
+        FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
+        MAX_SERVICES, MAX_TABLE_SIZE,
+    },
     maps::{Backend, EndpointKey, FlowKey, Service, backend_flags, proto, service_flags},
 };
 
@@ -123,6 +126,15 @@ pub enum PlanError {
         "service \"{service}\" publishes ports on every node address, but this node has no address of its backends' family"
     )]
     NoNodeAddress { service: String },
+    #[error(
+        "{frontend} is claimed by services \"{}\" and \"{}\" (a VIP that is also an address of this node, next to a service published on every node address); give one of them another port or VIP",
+        services[0],
+        services[1]
+    )]
+    FrontendConflict {
+        frontend: String,
+        services: [String; 2],
+    },
     #[error("service \"{service}\": building its selection table failed: {error}")]
     Table { service: String, error: TableError },
 }
@@ -185,6 +197,18 @@ pub fn plan_from(
             return Err(PlanError::NoNodeAddress {
                 service: spec.name.clone(),
             });
+        }
+    }
+    check_fullnat_ports(file)?;
+    // Endpoints of backends that left keep letting replies through to the connection
+    // table: flows kept on a removed backend (`keep`), and late replies of moved ones, are
+    // still translated. They are dropped when room is needed, and when lbd restarts.
+    if let Some(previous) = previous {
+        for key in previous.endpoints.keys() {
+            if state.endpoints.len() >= MAX_BACKEND_ENDPOINTS as usize {
+                break;
+            }
+            state.endpoints.entry(*key).or_insert(0);
         }
     }
     check_capacity("services", state.services.len(), MAX_SERVICES)?;
@@ -262,7 +286,20 @@ fn plan_service(
     }
     for frontend_addr in frontend_addrs {
         let frontend = SocketAddr::new(*frontend_addr, mapping.frontend);
-        state.frontends.insert(endpoint(frontend, mapping), service);
+        if let Some(other) = state.frontends.insert(endpoint(frontend, mapping), service)
+            && other.id != service.id
+        {
+            // A VIP that is also one of this node's addresses, claimed by a VIP-less service.
+            let other = state
+                .services
+                .iter()
+                .find(|s| s.id == other.id)
+                .map_or_else(String::new, |s| s.name.clone());
+            return Err(PlanError::FrontendConflict {
+                frontend: format!("{frontend}/{}", mapping.protocol),
+                services: [other, spec.name.clone()],
+            });
+        }
         planned.frontends.push(frontend);
     }
     state.services.push(planned);
@@ -380,6 +417,32 @@ impl DesiredState {
             backend: target(table[slot as usize]),
         }
     }
+}
+
+/// Replies to full NAT come back to node addresses on ports 61000-65535; a port published on
+/// every node address in that range would take them for new flows.
+fn check_fullnat_ports(file: &ServiceFile) -> Result<(), PlanError> {
+    if !file
+        .services
+        .values()
+        .any(|s| s.forwarding == Forwarding::FullNat)
+    {
+        return Ok(());
+    }
+    let range = FULLNAT_PORT_MIN..=FULLNAT_PORT_MAX;
+    for spec in file.services.values().filter(|s| s.vip.is_none()) {
+        if let Some(mapping) = spec.ports.iter().find(|m| range.contains(&m.frontend)) {
+            return Err(PlanError::Unsupported {
+                service: spec.name.clone(),
+                field: "ports",
+                message: format!(
+                    "port {} is in {FULLNAT_PORT_MIN}-{FULLNAT_PORT_MAX}, where full NAT receives its replies on the node's addresses; publish it on another port, or give the service a VIP",
+                    mapping.frontend
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), PlanError> {
@@ -835,6 +898,67 @@ services:
         assert!(!v1.tables.contains_key(&new));
         // The same file again plans exactly the same state.
         assert_eq!(plan_from(&file, &node, Some(&v2)).unwrap(), v2);
+    }
+
+    #[test]
+    fn a_vip_that_is_a_node_address_cannot_share_a_published_port() {
+        let err = plan_of(
+            r#"
+services:
+  a:
+    vip: 198.18.1.1
+    ports: ["80/tcp"]
+    backends: ["198.18.2.10"]
+  b:
+    ports: ["80/tcp"]
+    backends: ["198.18.2.11"]
+"#,
+            &NODE,
+        )
+        .unwrap_err();
+        assert!(matches!(err, PlanError::FrontendConflict { .. }), "{err}");
+        assert!(err.to_string().contains("198.18.1.1:80/tcp"), "{err}");
+    }
+
+    #[test]
+    fn published_ports_in_the_fullnat_range_are_refused_when_fullnat_is_used() {
+        let err = plan_of(
+            r#"
+services:
+  full:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    forwarding: fullnat
+    backends: ["198.18.2.10"]
+  high:
+    ports: ["62000/tcp"]
+    backends: ["198.18.2.11"]
+"#,
+            &NODE,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, PlanError::Unsupported { field: "ports", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn endpoints_of_removed_backends_linger_so_their_replies_are_still_translated() {
+        let yaml = |backends: &str| {
+            format!(
+                "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80/tcp\"]\n    backends: [{backends}]\n"
+            )
+        };
+        let v1 = plan_of(&yaml(r#""198.18.2.10", "198.18.2.11""#), &NODE).unwrap();
+        let file = ServiceFile::parse(&yaml(r#""198.18.2.10""#), Path::new("t.yaml")).unwrap();
+        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let v2 = plan_from(&file, &node, Some(&v1)).unwrap();
+        assert_eq!(
+            v2.endpoints.get(&key("198.18.2.11:80", proto::TCP)),
+            Some(&0)
+        );
+        assert_eq!(v2.backends.len(), 1, "the backend itself is gone");
     }
 
     #[test]

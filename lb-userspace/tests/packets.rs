@@ -573,3 +573,36 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
         assert_eq!((out.action, out.packet), (XDP_PASS, to_node));
     });
 }
+
+#[test]
+fn nat_refuses_a_second_flow_that_would_share_the_first_ones_replies() {
+    if !e2e_enabled() {
+        return;
+    }
+    // Two VIPs on the same backend port: a client reusing its port toward both would get
+    // replies that cannot be told apart.
+    let services = r#"
+services:
+  a:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+  b:
+    vip: 198.18.100.2
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+"#;
+    with_program(services, |mut lb| {
+        let client = sock(CLIENT, 43000);
+        let first = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+        assert_eq!(first.action, XDP_PASS);
+        let before = lb.stats();
+        let second = lb.run(&Ipv4Frame::tcp(client, sock("198.18.100.2", 80), TCP_SYN).build());
+        assert_eq!(second.action, XDP_DROP);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropReplyTaken), 1);
+        // A different client port is no problem.
+        let other =
+            lb.run(&Ipv4Frame::tcp(sock(CLIENT, 43001), sock("198.18.100.2", 80), TCP_SYN).build());
+        assert_eq!(other.action, XDP_PASS);
+    });
+}

@@ -149,23 +149,26 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     for name in &args.xdp_redirect {
         dp.allow_xdp_redirect(dataplane::ifindex(name)?)?;
     }
-    info!(
-        services = desired.services.len(),
-        frontends = desired.frontends.len(),
-        backends = desired.backends.len(),
-        interfaces = ?args.interfaces,
-        "ready"
-    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
+        // Handlers first, then "ready": a SIGHUP or SIGTERM right after must not meet the
+        // default action.
         let mut term = signal(SignalKind::terminate())?;
         let mut hangup = signal(SignalKind::hangup())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        info!(
+            services = desired.services.len(),
+            frontends = desired.frontends.len(),
+            backends = desired.backends.len(),
+            interfaces = ?args.interfaces,
+            "ready"
+        );
         loop {
             tokio::select! {
-                r = tokio::signal::ctrl_c() => break r?,
+                _ = interrupt.recv() => break,
                 _ = term.recv() => break,
                 _ = hangup.recv() => reload(&args.config, &mut dp, &mut desired),
             }
