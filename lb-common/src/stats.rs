@@ -77,6 +77,8 @@ stat_slots! {
     DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
     DropFibFailed = "drop_fib_failed", Outcome;
+    /// Dropped: larger than the egress MTU (no ICMP "fragmentation needed" is sent yet).
+    DropTooBig = "drop_too_big", Outcome;
     /// Dropped: the connection table refused an insert.
     DropConntrackFull = "drop_conntrack_full", Outcome;
     /// Dropped: full NAT found no free source port toward the backend.

@@ -8,8 +8,9 @@ use core::mem::{size_of, zeroed};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup, xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup,
+        xdp_action,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
@@ -83,6 +84,10 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
         }
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
         BPF_FIB_LKUP_RET_NO_NEIGH => via_tc(ctx, params.ifindex),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            count(StatSlot::DropTooBig);
+            xdp_action::XDP_DROP
+        }
         BPF_FIB_LKUP_RET_NOT_FWDED => {
             count(StatSlot::TxLocal);
             xdp_action::XDP_PASS

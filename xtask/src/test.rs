@@ -107,7 +107,21 @@ pub fn leftover_netns(listing: &str) -> Vec<&str> {
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .filter(|name| name.starts_with(NETNS_PREFIX))
+        // The test kit names them mlb-<what>-<pid>-<n>: a namespace whose process still runs
+        // (a demo, a benchmark, another test run) is not a leftover.
+        .filter(|name| owner_pid(name).is_none_or(|pid| !process_alive(pid)))
         .collect()
+}
+
+/// The pid in a name of the form `mlb-<what>-<pid>-<n>`.
+fn owner_pid(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let _counter: u32 = parts.next()?.parse().ok()?;
+    parts.next()?.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]
@@ -160,6 +174,10 @@ mod tests {
     fn netns_listing() {
         let listing = "mlb-e2e-1 (id: 3)\nother\nmlb-bench\ncni-mlb-x (id: 1)\nmlbx\n";
         assert_eq!(leftover_netns(listing), ["mlb-e2e-1", "mlb-bench"]);
+        // Our own pid is alive: its namespaces are not leftovers; a dead pid's are.
+        let mine = format!("mlb-node-{}-0", std::process::id());
+        let dead = "mlb-node-4294967290-3";
+        assert_eq!(leftover_netns(&format!("{mine}\n{dead}\n")), [dead]);
         assert!(leftover_netns("").is_empty());
     }
 }

@@ -155,6 +155,13 @@ impl Dataplane {
         if !forwarding_enabled(interface) {
             return Err(DataplaneError::ForwardingDisabled(interface.to_owned()));
         }
+        if !forwarding_enabled_v6(interface) {
+            // Not an error: a node may serve IPv4 only. IPv6 frontends would be dropped.
+            tracing::warn!(
+                interface,
+                "IPv6 forwarding is off: IPv6 frontends on this interface will be dropped as drop_fib_failed; enable with `sysctl -w net.ipv6.conf.{interface}.forwarding=1`"
+            );
+        }
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
         // The links live as long as the programs: dropping the Dataplane detaches them.
         let (_xdp_link, mode) = attach_xdp(xdp, interface, mode)?;
@@ -250,6 +257,12 @@ pub fn ifindex(interface: &str) -> Result<u32, DataplaneError> {
 
 fn forwarding_enabled(interface: &str) -> bool {
     std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"))
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false)
+}
+
+fn forwarding_enabled_v6(interface: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{interface}/forwarding"))
         .map(|v| v.trim() == "1")
         .unwrap_or(false)
 }
