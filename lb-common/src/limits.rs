@@ -30,7 +30,8 @@ pub const TCP_SYN_TIMEOUT_S: u32 = 30;
 /// A flow's last-seen time is written at most this often, to keep hot entries clean in cache.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
-/// Source ports full NAT gives flows, per (node address, backend, protocol). Above the
+/// Source ports full NAT gives flows, per (node address, backend, protocol), and NAT gives a
+/// flow whose client port clashes with a live flow's toward the same backend. Above the
 /// kernel's default ephemeral range (32768-60999), so the node's own connections keep theirs.
 pub const FULLNAT_PORT_MIN: u16 = 61_000;
 pub const FULLNAT_PORT_MAX: u16 = 65_535;

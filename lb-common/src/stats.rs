@@ -81,13 +81,10 @@ stat_slots! {
     DropTooBig = "drop_too_big", Outcome;
     /// Dropped: the connection table refused an insert.
     DropConntrackFull = "drop_conntrack_full", Outcome;
-    /// Dropped: full NAT found no free source port toward the backend.
+    /// Dropped: no free source port toward the backend (full NAT, or NAT on a clash).
     DropNoSnatPort = "drop_no_snat_port", Outcome;
     /// Dropped: full NAT found no node address to use toward the backend.
     DropNoSnatAddr = "drop_no_snat_addr", Outcome;
-    /// Dropped: NAT mode, the client's port toward this backend is in use by another live
-    /// flow (to another frontend of the same backend); its replies could not be told apart.
-    DropReplyTaken = "drop_reply_taken", Outcome;
     /// Dropped: a mid-flow TCP packet for which no flow is tracked.
     DropNoFlow = "drop_no_flow", Outcome;
     /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.

@@ -168,12 +168,10 @@ pub enum InsertError {
     Full,
     /// Full NAT: every source port tried is taken by a live flow.
     NoPort,
-    /// NAT: a live flow already holds the reply entry this flow needs.
-    ReplyTaken,
 }
 
 /// Records a new flow: the reply entry first, so the backend's first answer finds it. Under
-/// full NAT, picks the source port here: the first of a few ports (from the flow's hash) whose
+/// full NAT (and NAT on a reply-entry clash), picks the source port here: the first of a few ports (from the flow's hash) whose
 /// reply entry is free or idle, so concurrent flows of one client never collide.
 #[inline(always)]
 pub fn insert(
@@ -230,7 +228,15 @@ pub fn insert(
         egress_dmac: [0; 6],
         _pad2: [0; 4],
     };
-    if fullnat {
+    // NAT whose reply entry a live flow already holds (the client reused its port toward
+    // another frontend of the same backend): keep the client's address but give the flow
+    // another source port, as netfilter's NAT does on a tuple clash. Full NAT always picks
+    // the node's address and a port.
+    let remap = fullnat || !claim_reply(&reply_key, flow, now);
+    if remap {
+        if !fullnat {
+            chosen.snat_addr = key.src;
+        }
         flow.snat_addr = key.src;
         flow.snat_port_be = key.sport_be;
         reply_key.dst = chosen.snat_addr;
@@ -249,11 +255,6 @@ pub fn insert(
         if !found {
             return Err(InsertError::NoPort);
         }
-    } else if !claim_reply(&reply_key, flow, now) {
-        // Another live flow already answers from this backend to this client address and
-        // port (the client reused its port toward another frontend of the same backend):
-        // sharing the entry would cross the two flows' replies.
-        return Err(InsertError::ReplyTaken);
     }
     flow.nat_addr = chosen.addr;
     flow.nat_port_be = chosen.port_be;

@@ -170,7 +170,6 @@ fn record_flow(pkt: &Packet, svc: &Service, chosen: &mut Chosen, now: u64) -> u3
         Ok(()) => FLOW_OPENED,
         Err(InsertError::Full) => StatSlot::DropConntrackFull as u32,
         Err(InsertError::NoPort) => StatSlot::DropNoSnatPort as u32,
-        Err(InsertError::ReplyTaken) => StatSlot::DropReplyTaken as u32,
     }
 }
 

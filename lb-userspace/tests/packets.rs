@@ -575,12 +575,12 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
 }
 
 #[test]
-fn nat_refuses_a_second_flow_that_would_share_the_first_ones_replies() {
+fn nat_gives_a_clashing_client_port_another_port_and_keeps_the_client_address() {
     if !e2e_enabled() {
         return;
     }
     // Two VIPs on the same backend port: a client reusing its port toward both would get
-    // replies that cannot be told apart.
+    // replies that cannot be told apart, unless the second flow gets another source port.
     let services = r#"
 services:
   a:
@@ -594,15 +594,38 @@ services:
 "#;
     with_program(services, |mut lb| {
         let client = sock(CLIENT, 43000);
+        let backend = sock("198.18.2.10", 8080);
         let first = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
-        assert_eq!(first.action, XDP_PASS);
-        let before = lb.stats();
-        let second = lb.run(&Ipv4Frame::tcp(client, sock("198.18.100.2", 80), TCP_SYN).build());
-        assert_eq!(second.action, XDP_DROP);
-        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropReplyTaken), 1);
-        // A different client port is no problem.
-        let other =
-            lb.run(&Ipv4Frame::tcp(sock(CLIENT, 43001), sock("198.18.100.2", 80), TCP_SYN).build());
-        assert_eq!(other.action, XDP_PASS);
+        assert_eq!(
+            parse_ipv4(&first.packet).unwrap().src,
+            client,
+            "no clash: untouched source"
+        );
+        let vip_b = sock("198.18.100.2", 80);
+        let syn = Ipv4Frame::tcp(client, vip_b, TCP_SYN);
+        let second = lb.run(&syn.build());
+        let seen = parse_ipv4(&second.packet).expect("translated, valid").src;
+        assert_eq!(
+            seen.ip(),
+            client.ip(),
+            "the backend still sees the client's address"
+        );
+        assert!(
+            (lb_common::limits::FULLNAT_PORT_MIN..=lb_common::limits::FULLNAT_PORT_MAX)
+                .contains(&seen.port()),
+            "remapped port {}",
+            seen.port()
+        );
+        assert_eq!(second.packet, syn.with_dst(backend).with_src(seen).build());
+        // Each flow's replies go back to its own frontend and the client's real port.
+        for (to, frontend) in [(client, sock(VIP, 80)), (seen, vip_b)] {
+            let reply = Ipv4Frame::tcp(backend, to, TCP_SYN | TCP_ACK)
+                .with_macs(backend_mac(0), lb.backend_if_mac);
+            let out = lb.run_from(&reply.build(), lb.backend_if);
+            assert_eq!(
+                out.packet,
+                reply.with_src(frontend).with_dst(client).build()
+            );
+        }
     });
 }
