@@ -36,6 +36,32 @@ pub struct Ipv4Frame {
     pub payload: Vec<u8>,
 }
 
+/// The builder methods both frame kinds share.
+macro_rules! frame_setters {
+    ($frame:ty, $socket:ty) => {
+        impl $frame {
+            pub fn with_src(mut self, src: $socket) -> Self {
+                self.src = src;
+                self
+            }
+
+            pub fn with_dst(mut self, dst: $socket) -> Self {
+                self.dst = dst;
+                self
+            }
+
+            pub fn with_macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
+                self.eth_src = src;
+                self.eth_dst = dst;
+                self
+            }
+        }
+    };
+}
+
+frame_setters!(Ipv4Frame, SocketAddrV4);
+frame_setters!(Ipv6Frame, SocketAddrV6);
+
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
@@ -62,22 +88,6 @@ impl Ipv4Frame {
             l4: L4::Udp,
             ..Self::tcp(src, dst, 0)
         }
-    }
-
-    pub fn with_src(mut self, src: SocketAddrV4) -> Self {
-        self.src = src;
-        self
-    }
-
-    pub fn with_dst(mut self, dst: SocketAddrV4) -> Self {
-        self.dst = dst;
-        self
-    }
-
-    pub fn with_macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
-        self.eth_src = src;
-        self.eth_dst = dst;
-        self
     }
 
     /// The frame's bytes, with correct IPv4 and L4 checksums.
@@ -268,22 +278,6 @@ impl Ipv6Frame {
             l4: L4::Udp,
             ..Self::tcp(src, dst, 0)
         }
-    }
-
-    pub fn with_src(mut self, src: SocketAddrV6) -> Self {
-        self.src = src;
-        self
-    }
-
-    pub fn with_dst(mut self, dst: SocketAddrV6) -> Self {
-        self.dst = dst;
-        self
-    }
-
-    pub fn with_macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
-        self.eth_src = src;
-        self.eth_dst = dst;
-        self
     }
 
     /// The frame's bytes, with a correct TCP/UDP checksum.
