@@ -131,6 +131,12 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
         );
     }
     let counters = lb.stop().expect("stop lbd");
+    // Every flow is still tracked (well inside its timeout): two entries each.
+    let tracked = counters["conntrack"]["entries"]
+        .as_u64()
+        .expect("occupancy");
+    assert_eq!(tracked, 2 * counter(&counters, "new_flow"), "{counters}");
+    assert_eq!(counters["conntrack"]["capacity"], 65536, "{counters}");
     // TCP exchanges are several packets each way; UDP exactly one.
     assert!(counter(&counters, "nat_forward") >= exchanges, "{counters}");
     assert!(counter(&counters, "nat_reply") >= exchanges, "{counters}");

@@ -179,6 +179,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         desired.services.iter().map(|s| s.id),
         desired.backends.keys().copied(),
     )?;
+    let (entries, capacity) = dp.conntrack_occupancy()?;
     // The final counters, one JSON line on stdout, for scripts and tests.
     println!(
         "{}",
@@ -186,6 +187,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "global": stats.global,
             "services": stats.services,
             "backends": stats.backends,
+            "conntrack": { "entries": entries, "capacity": capacity },
         })
     );
     info!("detached; bye");

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash};
 use lb_common::{
-    maps::{Backend, EndpointKey, Service, TABLE_LEN_SLOT, TrafficCounters, names},
+    maps::{Backend, EndpointKey, Flow, FlowKey, Service, TABLE_LEN_SLOT, TrafficCounters, names},
     stats::StatSlot,
 };
 
@@ -164,6 +164,24 @@ impl Dataplane {
         Ok(snapshot)
     }
 
+    /// Connection-table occupancy: (entries, capacity). Walks the keys (one syscall each), so
+    /// it takes about a second per million entries: for reports, not for the fast path.
+    pub fn conntrack_occupancy(&self) -> Result<(u64, u32), DataplaneError> {
+        let map = self.ebpf().map(names::CONNTRACK).expect("checked at load");
+        let table: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
+        let capacity = table_capacity(map);
+        let mut entries = 0u64;
+        for key in table.keys() {
+            // An entry evicted while we walk ends the walk early at worst; count what we saw.
+            if key.is_err() {
+                break;
+            }
+            entries += 1;
+        }
+        Ok((entries, capacity))
+    }
+
     /// Traffic totals of the given service and backend ids.
     pub fn traffic(
         &self,
@@ -198,6 +216,15 @@ impl Dataplane {
             }
         }
         Ok(snapshot)
+    }
+}
+
+fn table_capacity(map: &aya::maps::Map) -> u32 {
+    match map {
+        aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
+            data.info().map(|i| i.max_entries()).unwrap_or(0)
+        }
+        _ => 0,
     }
 }
 
