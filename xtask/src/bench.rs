@@ -1,4 +1,5 @@
-//! `cargo xtask bench <SUBCOMMAND> [ARGS...]`: build, then `lb-bench bench <SUBCOMMAND> [ARGS...]`.
+//! `cargo xtask bench [SUBCOMMAND [ARGS...]]`: build, then `lb-bench bench <SUBCOMMAND> [ARGS...]`;
+//! without a subcommand, every benchmark there is (today: `micro`).
 
 use std::process::Command;
 
@@ -8,18 +9,31 @@ use crate::run::{release_bin, run, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The `lb-bench bench` subcommand (e.g. `micro`) and its arguments
+    /// The `lb-bench bench` subcommand (e.g. `micro`) and its arguments; none runs them all
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
 }
 
+/// What `cargo xtask bench` runs without a subcommand.
+const ALL: &[&str] = &["micro"];
+
 pub fn bench(args: Args) -> Result<()> {
     crate::build::build()?;
+    if args.args.is_empty() {
+        for benchmark in ALL {
+            run_one(&[(*benchmark).to_owned()])?;
+        }
+        return Ok(());
+    }
+    run_one(&args.args)
+}
+
+fn run_one(args: &[String]) -> Result<()> {
     run(
         Command::new(release_bin("lb-bench"))
             .current_dir(workspace_root())
             .arg("bench")
-            .args(&args.args),
+            .args(args),
         "bench: lb-bench bench",
         "see its output above",
     )
