@@ -2113,8 +2113,10 @@ impl<'a> Runner<'a> {
                 48..52,
                 l4_csum(48, quoted_proto)..l4_csum(48, quoted_proto) + 2,
             ]),
+            // (To the client: the outer destination is set to the client itself when its port
+            // was remapped, as under full NAT; the fate check asserts it is the client.)
             _ => may.extend([
-                12..16,
+                12..20,
                 22..24,
                 28 + 10..28 + 12,
                 28 + 16..28 + 20,
