@@ -5,5 +5,6 @@ pub mod config;
 pub mod dataplane;
 pub mod reconcile;
 pub mod select;
-#[cfg(feature = "testkit")]
+// Test support; also compiled for this crate's own unit tests.
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -337,18 +337,7 @@ mod tests {
 
     const FLOWS: usize = 100_000;
 
-    /// SplitMix64: a deterministic source for synthetic flows and weights.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-    }
+    use crate::testkit::rng::SplitMix64 as Rng;
 
     /// Hashes of synthetic TCP flows from random IPv4 clients and ports to one frontend.
     fn flow_hashes(seed: u64) -> Vec<u32> {
@@ -356,7 +345,7 @@ mod tests {
         let dst = Addr::from_v4_raw(u32::from_ne_bytes([198, 18, 0, 10]));
         (0..FLOWS)
             .map(|_| {
-                let r = rng.next();
+                let r = rng.next_u64();
                 flow_hash(&FlowKey {
                     src: Addr::from_v4_raw(r as u32),
                     dst,
@@ -731,9 +720,9 @@ mod tests {
         let mut rng = Rng(3);
         let ids = identities(12);
         for _ in 0..2000 {
-            let n = 1 + (rng.next() % 12) as usize;
-            let cap = [3, 10, 50, 1000][(rng.next() % 4) as usize];
-            let weights: Vec<u32> = (0..n).map(|_| (rng.next() % cap) as u32).collect();
+            let n = 1 + (rng.next_u64() % 12) as usize;
+            let cap = [3, 10, 50, 1000][(rng.next_u64() % 4) as usize];
+            let weights: Vec<u32> = (0..n).map(|_| (rng.next_u64() % cap) as u32).collect();
             let backends = weighted(&ids[..n], &weights);
             let Ok(sequence) = round_robin_sequence(&backends, u32::MAX) else {
                 assert!(weights.iter().all(|&w| w == 0));

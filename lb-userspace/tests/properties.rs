@@ -60,6 +60,7 @@ use lb_userspace::{
             checksum, parse_ipv4,
         },
         progtest::{self, ProgNode, ProgOutcome, delta, read_mac, test_run},
+        rng::SplitMix64,
     },
 };
 
@@ -168,7 +169,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
         };
         let model = Model::new(&desired);
         let mut generator = Generator {
-            rng: Rng(seed),
+            rng: Rng(SplitMix64(seed)),
             model: &model,
             ifaces,
             flows: Vec::new(),
@@ -449,16 +450,12 @@ impl Model {
 // ---------------------------------------------------------------------------------------------
 // Generators
 
-/// splitmix64: small, fast, and the same sequence everywhere for a seed.
-struct Rng(u64);
+/// The shared SplitMix64, with the draws the generators need.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).

@@ -61,6 +61,7 @@ pub mod lbd;
 pub mod netns;
 pub mod packet;
 pub mod progtest;
+pub mod rng;
 pub mod servers;
 pub mod topology;
 
