@@ -23,6 +23,17 @@ pub enum L4 {
     UdpNoChecksum,
 }
 
+impl L4 {
+    /// A TCP header with `flags`, sequence 1, and acknowledging 1 when ACK is set.
+    pub fn tcp(flags: u8) -> Self {
+        L4::Tcp {
+            flags,
+            seq: 1,
+            ack: u32::from(flags & TCP_ACK != 0),
+        }
+    }
+}
+
 /// An Ethernet + IPv4 + TCP/UDP frame description.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ipv4Frame {
@@ -72,11 +83,7 @@ impl Ipv4Frame {
             eth_src: CLIENT_MAC,
             src,
             dst,
-            l4: L4::Tcp {
-                flags,
-                seq: 1,
-                ack: if flags & TCP_ACK != 0 { 1 } else { 0 },
-            },
+            l4: L4::tcp(flags),
             ttl: 64,
             ip_id: 1,
             payload: b"meshlb".to_vec(),
@@ -263,11 +270,7 @@ impl Ipv6Frame {
             eth_src: CLIENT_MAC,
             src,
             dst,
-            l4: L4::Tcp {
-                flags,
-                seq: 1,
-                ack: if flags & TCP_ACK != 0 { 1 } else { 0 },
-            },
+            l4: L4::tcp(flags),
             hop_limit: 64,
             payload: b"meshlb".to_vec(),
         }
