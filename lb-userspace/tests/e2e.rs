@@ -548,6 +548,14 @@ services:
         );
     }
 
+    // The same file again changes nothing.
+    let answer = lb
+        .reload(&services(
+            r#"{ address: 198.18.2.10, weight: 0 }, "198.18.2.11", "198.18.2.12""#,
+        ))
+        .unwrap();
+    assert!(answer.contains("no change"), "{answer}");
+
     // A bad file is refused and changes nothing.
     let answer = lb
         .reload("services:\n  web:\n    ports: [\"80:x/tcp\"]\n")

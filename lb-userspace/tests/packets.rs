@@ -280,8 +280,23 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
             .with_dst(sock("198.18.2.10", 8080))
             .with_macs(lb.backend_if_mac, backend_mac(0))
             .build();
+        let key = lb_common::maps::FlowKey {
+            src: reconcile::addr(std::net::IpAddr::V4(*sock(CLIENT, 40005).ip())),
+            dst: reconcile::addr(VIP.parse().unwrap()),
+            sport_be: 40005u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: proto::TCP,
+            _pad: [0; 3],
+        };
         for i in 0..3 {
             let out = lb.run(&ack.build());
+            // From the first ACK on, the flow's entry holds the route it was sent by.
+            let flow = lb.dp.tracked_flow(&key).unwrap().expect("tracked");
+            assert_eq!(
+                (flow.egress_ifindex, flow.egress_redirect, flow.egress_dmac),
+                (lb.backend_if, 1, backend_mac(0)),
+                "route cache after packet {i}"
+            );
             assert_eq!(
                 (out.action, &out.packet),
                 (XDP_REDIRECT, &expected),

@@ -164,6 +164,21 @@ impl Dataplane {
         Ok(snapshot)
     }
 
+    /// The connection-table entry of `key`, if tracked.
+    pub fn tracked_flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
+        let table: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
+                .map_err(map_err(names::CONNTRACK))?;
+        match table.get(key, 0) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(DataplaneError::Map {
+                name: names::CONNTRACK,
+                error,
+            }),
+        }
+    }
+
     /// Connection-table occupancy: (entries, capacity). Walks the keys (one syscall each), so
     /// it takes about a second per million entries: for reports, not for the fast path.
     pub fn conntrack_occupancy(&self) -> Result<(u64, u32), DataplaneError> {
