@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH},
-    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
 };
 
@@ -51,16 +51,17 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, now: u64) -> 
     if f.kind != flow_kind::FORWARD {
         return None;
     }
-    let reopened = key.proto == proto::TCP
-        && tcp_flags & TCP_SYN != 0
-        && tcp_flags & TCP_ACK == 0
-        && f.tcp_state == tcp_state::CLOSING;
+    let reopened =
+        key.proto == proto::TCP && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
     if reopened || now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
         forget_reply(key, f);
         return None;
     }
     if svc.flags & service_flags::MOVE_ON_REMOVAL != 0 && !backend_still_serves(f) {
         forget_reply(key, f);
+        // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
+        // not counted as moved on each of its packets.
+        let _ = CONNTRACK.remove(key);
         count(StatSlot::FlowMoved);
         return None;
     }
@@ -184,7 +185,7 @@ pub fn insert(
     let is_tcp = key.proto == proto::TCP;
     let state = if !is_tcp {
         tcp_state::NONE
-    } else if tcp_flags & TCP_SYN != 0 && tcp_flags & TCP_ACK == 0 {
+    } else if is_syn(tcp_flags) {
         tcp_state::SYN_SENT
     } else {
         // Mid-flow packet re-balanced after its entry was lost (Maglev only).

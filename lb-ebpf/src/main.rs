@@ -28,7 +28,7 @@ use crate::{
     conntrack::{Chosen, InsertError},
     maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
     nat::Side,
-    parse::{Packet, TCP_ACK, TCP_SYN},
+    parse::{Packet, is_syn},
     stats::{count, count_raw, count_traffic},
 };
 
@@ -144,8 +144,7 @@ const FLOW_OPENED: u32 = u32::MAX;
 #[inline(always)]
 fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen) -> u32 {
     let key = &pkt.key;
-    let opening =
-        key.proto != proto::TCP || (pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0);
+    let opening = key.proto != proto::TCP || is_syn(pkt.tcp_flags);
     if !opening && svc.flags & service_flags::ROUND_ROBIN != 0 {
         // Round-robin keeps no hash to fall back on: a mid-flow packet of a flow we do not
         // know cannot be placed on the backend that holds its connection.

@@ -33,6 +33,12 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// A connection's first packet: SYN without ACK.
+#[inline(always)]
+pub const fn is_syn(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// Offsets inside the headers this program reads or rewrites.
 pub mod off {
     pub const ETH_DST: usize = 0;
