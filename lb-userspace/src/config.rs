@@ -104,6 +104,8 @@ pub struct ParseValueError(String);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceFile {
     pub services: BTreeMap<String, ServiceSpec>,
+    /// The `lbd:` section: daemon settings, each overridable on the command line.
+    pub lbd: crate::settings::DaemonSettings,
 }
 
 /// One service, with every default filled in.
@@ -370,6 +372,7 @@ impl fmt::Display for BackendSpec {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     services: Option<RawServices>,
+    lbd: Option<crate::settings::RawSettings>,
 }
 
 /// Services in file order. A plain map would let a repeated name silently replace the first.
@@ -495,25 +498,90 @@ impl ServiceFile {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
-        let raw = raw
-            .and_then(|file| file.services)
-            .ok_or_else(|| ConfigError::Invalid {
-                path: origin.to_owned(),
-                service: None,
-                field: "services".into(),
-                message: "missing or empty; the file needs a `services:` mapping (write \
+        let (raw, lbd) = raw.map_or((None, None), |file| (file.services, file.lbd));
+        let lbd = lbd
+            .map(|raw| raw.validate(origin))
+            .transpose()?
+            .unwrap_or_default();
+        let raw = raw.ok_or_else(|| ConfigError::Invalid {
+            path: origin.to_owned(),
+            service: None,
+            field: "services".into(),
+            message: "missing or empty; the file needs a `services:` mapping (write \
                           `services: {}` for none)"
-                    .into(),
-            })?;
+                .into(),
+        })?;
 
+        let specs = raw
+            .0
+            .into_iter()
+            .map(|(name, raw)| service_from_raw(name, raw, origin))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut file = Self::from_specs(specs, origin)?;
+        file.lbd = lbd;
+        Ok(file)
+    }
+
+    /// Services already validated one by one (from a file, or from the file and the API
+    /// together): checks that no two of them publish the same frontend.
+    pub fn from_specs(
+        specs: impl IntoIterator<Item = ServiceSpec>,
+        origin: &Path,
+    ) -> Result<ServiceFile, ConfigError> {
         let mut services = BTreeMap::new();
         let mut owners = HashMap::new();
-        for (name, raw) in raw.0 {
-            let spec = service_from_raw(name, raw, origin)?;
+        for spec in specs {
             claim_frontends(&spec, &mut owners, origin)?;
             services.insert(spec.name.clone(), spec);
         }
-        Ok(ServiceFile { services })
+        Ok(ServiceFile {
+            services,
+            lbd: Default::default(),
+        })
+    }
+
+    /// The `services:` mapping in the file's own format, every default written out, so
+    /// [`ServiceFile::parse`] reads back the same services. Used to persist what the API was
+    /// told and what is programmed.
+    pub fn services_value(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.services
+                .iter()
+                .map(|(name, spec)| (name.clone(), spec.to_value()))
+                .collect(),
+        )
+    }
+}
+
+impl ServiceSpec {
+    /// This service in the file's format (see [`ServiceFile::services_value`]).
+    pub fn to_value(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "ports": self.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "scheduler": self.scheduler.as_str(),
+            "forwarding": self.forwarding.as_str(),
+            "affinity": self.affinity.as_str(),
+            "timeouts": {
+                "tcp": format!("{}s", self.timeouts.tcp_s),
+                "udp": format!("{}s", self.timeouts.udp_s),
+            },
+            "on_backend_removal": self.on_backend_removal.as_str(),
+            "maglev_table_size": self.maglev_table_size,
+            "backends": self.backends.iter().map(|b| {
+                let mut long = serde_json::json!({
+                    "address": b.address.to_string(),
+                    "weight": b.weight,
+                });
+                if let Some(port) = b.port {
+                    long["port"] = port.into();
+                }
+                long
+            }).collect::<Vec<_>>(),
+        });
+        if let Some(vip) = self.vip {
+            value["vip"] = vip.to_string().into();
+        }
+        value
     }
 }
 

@@ -39,6 +39,16 @@ pub struct DesiredState {
     pub ids: Ids,
 }
 
+impl DesiredState {
+    /// An empty state that only carries `ids`, to plan from when only the ids are known.
+    pub fn with_ids(ids: Ids) -> Self {
+        Self {
+            ids,
+            ..Self::default()
+        }
+    }
+}
+
 /// Kernel ids by identity. A service (name, port mapping, family) and a backend (service,
 /// target) keep their ids from one plan to the next: a reload then rewrites only what
 /// changed, and tracked flows keep pointing at the right backend.
@@ -46,6 +56,52 @@ pub struct DesiredState {
 pub struct Ids {
     services: BTreeMap<ServiceIdentity, u32>,
     backends: BTreeMap<BackendIdentity, u32>,
+}
+
+/// Ids as a list, for the state directory (JSON maps need string keys).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredIds {
+    services: Vec<(String, String, bool, u32)>,
+    backends: Vec<(u32, SocketAddr, u32)>,
+}
+
+impl serde::Serialize for Ids {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredIds {
+            services: self
+                .services
+                .iter()
+                .map(|((name, mapping, v6), id)| (name.clone(), mapping.to_string(), *v6, *id))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .map(|((service, target), id)| (*service, *target, *id))
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ids {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored = StoredIds::deserialize(deserializer)?;
+        let services = stored
+            .services
+            .into_iter()
+            .map(|(name, mapping, v6, id)| {
+                let mapping: PortMapping = mapping.parse().map_err(serde::de::Error::custom)?;
+                Ok(((name, mapping, v6), id))
+            })
+            .collect::<Result<_, D::Error>>()?;
+        let backends = stored
+            .backends
+            .into_iter()
+            .map(|(service, target, id)| ((service, target), id))
+            .collect();
+        Ok(Ids { services, backends })
+    }
 }
 
 /// A kernel service: (service name, port mapping, IPv6?).

@@ -28,6 +28,7 @@ pub struct Args {
 pub fn test(args: Args) -> Result<()> {
     crate::setup::setup()?;
     clean_netns();
+    clean_pins();
     let mut cmd = cargo();
     cmd.env("MESHLB_E2E", "1")
         .env("RUST_BACKTRACE", "1")
@@ -99,6 +100,28 @@ fn clean_netns() {
         }
     }
 }
+
+/// Removes pin directories (`/sys/fs/bpf/mlb-pins-<pid>-<n>`) that killed test runs left:
+/// each holds an attached program's links and a connection table.
+fn clean_pins() {
+    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in leftover_netns(&names.join("\n")) {
+        let path = std::path::Path::new(PIN_ROOT).join(name);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => println!("test: removed leftover pins {}", path.display()),
+            Err(err) => eprintln!("test: warning: removing {}: {err}", path.display()),
+        }
+    }
+}
+
+/// Where the test kit pins (lb-userspace's testkit::lbd::PIN_ROOT).
+const PIN_ROOT: &str = "/sys/fs/bpf";
 
 /// The namespaces in `ip netns list` output ("name" or "name (id: N)" per line) that the tests
 /// created.

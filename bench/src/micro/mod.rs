@@ -804,7 +804,10 @@ fn load_dataplane(
         .find(|s| s.name == "web")
         .context("web planned")?;
     ensure!(web.id == 0 && web.backends.len() == usize::from(BACKENDS));
-    let mut dp = Dataplane::load(LoadOptions { conntrack_entries })?;
+    let mut dp = Dataplane::load(LoadOptions {
+        conntrack_entries,
+        pin_dir: None,
+    })?;
     let mut cost = None;
     if spec.extra_services == 0 {
         dp.apply(None, &desired)?;

@@ -1,39 +1,131 @@
-//! lbctl: meshlb's operator CLI.
+//! lbctl: meshlb's operator CLI, a client of lbd's admin API.
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
 use lb_common::maps::proto;
-use lb_userspace::{config::ServiceFile, dataplane, reconcile};
+use lb_userspace::{
+    api::{BackendRequest, ChangeResult, FlowList, ServiceList, Status, client::Endpoint},
+    config::ServiceFile,
+    daemon::{Explained, Report},
+    dataplane, reconcile, settings,
+};
 
 #[derive(Parser)]
-#[command(name = "lbctl", version, about = "meshlb operator CLI")]
+#[command(
+    name = "lbctl",
+    version,
+    about = "meshlb operator CLI (talks to lbd's admin API)"
+)]
 struct Cli {
+    /// lbd's admin API socket.
+    #[arg(long, global = true, default_value = settings::DEFAULT_API_SOCKET)]
+    api: PathBuf,
+    /// Use lbd's TCP API at HOST:PORT instead of the socket; needs --api-token-file.
+    #[arg(long, global = true)]
+    api_url: Option<String>,
+    /// File holding the API's bearer token (never given on the command line).
+    #[arg(long, global = true)]
+    api_token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Which backend a new flow gets and why, computed with the dataplane's own hash and
-    /// tables from a service file, for this node's addresses.
+    /// lbd's state: generation, interfaces, changes.
+    Status,
+    /// Services, frontends, backends, weights and states.
+    List,
+    /// Make the API-managed services exactly those in FILE (idempotent); prints what changed.
+    Apply {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
+    /// Add a service through the API.
+    AddService {
+        name: String,
+        /// VIP; without one the ports are published on every node address.
+        #[arg(long)]
+        vip: Option<String>,
+        /// FRONTEND[:BACKEND][/tcp|udp]; repeat for several.
+        #[arg(long = "port", required = true)]
+        ports: Vec<String>,
+        /// ADDR or ADDR:PORT; repeat for several.
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// maglev or round-robin.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// nat or fullnat.
+        #[arg(long)]
+        forwarding: Option<String>,
+        /// none or client-ip.
+        #[arg(long)]
+        affinity: Option<String>,
+    },
+    /// Remove a service added through the API.
+    RemoveService { name: String },
+    /// Add a backend to a service, or set its weight.
+    AddBackend {
+        service: String,
+        /// ADDR, ADDR:PORT or [V6ADDR]:PORT.
+        backend: String,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend from a service.
+    RemoveBackend { service: String, backend: String },
+    /// Set a backend's weight to 0: no new flows; established ones continue.
+    Drain { service: String, backend: String },
+    /// Packets, bytes, new flows and current rates per service and backend.
+    Stats,
+    /// A sample of the connection table.
+    Flows {
+        service: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Which backend a flow gets and why, from lbd's live maps (or, with --config, computed
+    /// offline from a service file for this node's addresses).
     Explain {
-        /// Service file (YAML).
-        #[arg(long, short)]
-        config: PathBuf,
         /// tcp or udp.
         protocol: String,
         /// Client address and port, e.g. 198.18.1.2:40000 or [fd00:1::2]:40000.
         source: SocketAddr,
         /// Frontend address and port, e.g. 198.18.100.1:80.
         destination: SocketAddr,
+        /// Compute from this service file instead of asking lbd.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
 fn main() -> std::process::ExitCode {
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lbctl: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbctl: {e:#}");
@@ -42,25 +134,407 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+    match (&cli.api_url, &cli.api_token_file) {
+        (Some(address), Some(token_file)) => {
+            let token = std::fs::read_to_string(token_file)
+                .with_context(|| format!("reading the token file {}", token_file.display()))?;
+            Ok(Endpoint::Tcp {
+                address: address.clone(),
+                token: token.trim().to_owned(),
+            })
+        }
+        (Some(_), None) => bail!("--api-url needs --api-token-file FILE"),
+        (None, _) => Ok(Endpoint::Unix(cli.api.clone())),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Explain {
+        config: Some(config),
+        protocol,
+        source,
+        destination,
+    } = &cli.command
+    {
+        let protocol = protocol_number(protocol)?;
+        let file = ServiceFile::load(config)?;
+        let node = dataplane::node_addresses().context("listing this node's addresses")?;
+        let plan = reconcile::plan(&file, &node).with_context(|| config.display().to_string())?;
+        println!("{}", plan.explain(protocol, *source, *destination));
+        return Ok(());
+    }
+    let api = endpoint(&cli)?;
+    let json = cli.output == Output::Json;
+    match &cli.command {
+        Command::Status => {
+            let status: Status = api.json(Method::GET, "/v1/status", None).await?;
+            if json {
+                return print_json(&status);
+            }
+            println!(
+                "generation {}  up {} s  config {}",
+                status.generation, status.uptime_s, status.config
+            );
+            if let Some(why) = &status.degraded {
+                println!("DEGRADED: {why}");
+            }
+            let rows = status
+                .attachments
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.interface.clone(),
+                        a.ifindex.to_string(),
+                        a.mode.clone(),
+                        a.adopted.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["INTERFACE", "IFINDEX", "MODE", "ADOPTED"], rows);
+        }
+        Command::List => {
+            let list: ServiceList = api.json(Method::GET, "/v1/services", None).await?;
+            if json {
+                return print_json(&list);
+            }
+            let mut rows = Vec::new();
+            for s in &list.services {
+                let source = match (s.source, s.edited) {
+                    (lb_userspace::overlay::Source::Api, _) => "api",
+                    (_, true) => "file+api",
+                    _ => "file",
+                };
+                let frontend = format!(
+                    "{} {}",
+                    s.vip.map_or("*".to_owned(), |v| v.to_string()),
+                    s.ports.join(",")
+                );
+                let head = vec![
+                    s.name.clone(),
+                    source.into(),
+                    frontend,
+                    format!("{}/{}", s.scheduler, s.forwarding),
+                ];
+                if s.backends.is_empty() {
+                    rows.push([head.clone(), vec!["-".into(), "-".into(), "-".into()]].concat());
+                }
+                for (i, b) in s.backends.iter().enumerate() {
+                    let head = if i == 0 {
+                        head.clone()
+                    } else {
+                        vec![String::new(); 4]
+                    };
+                    rows.push(
+                        [
+                            head,
+                            vec![b.backend.clone(), b.weight.to_string(), b.state.clone()],
+                        ]
+                        .concat(),
+                    );
+                }
+            }
+            table(
+                &[
+                    "SERVICE",
+                    "SOURCE",
+                    "FRONTEND",
+                    "SCHEDULER",
+                    "BACKEND",
+                    "WEIGHT",
+                    "STATE",
+                ],
+                rows,
+            );
+            for name in &list.orphaned_edits {
+                println!(
+                    "note: backend edits kept for {name:?}, which the service file no longer defines"
+                );
+            }
+        }
+        Command::Apply { file } => {
+            let text =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let result: ChangeResult = api.json(Method::POST, "/v1/apply", Some(text)).await?;
+            if json {
+                return print_json(&result);
+            }
+            let c = &result.services;
+            if c.is_empty() {
+                println!("no change (generation {})", result.generation);
+            }
+            for (what, names) in [
+                ("added", &c.added),
+                ("changed", &c.changed),
+                ("removed", &c.removed),
+            ] {
+                for name in names {
+                    println!("{what} {name}");
+                }
+            }
+        }
+        Command::AddService {
+            name,
+            vip,
+            ports,
+            backends,
+            scheduler,
+            forwarding,
+            affinity,
+        } => {
+            let mut service = serde_json::json!({ "ports": ports, "backends": backends });
+            for (key, value) in [
+                ("vip", vip),
+                ("scheduler", scheduler),
+                ("forwarding", forwarding),
+                ("affinity", affinity),
+            ] {
+                if let Some(value) = value {
+                    service[key] = value.clone().into();
+                }
+            }
+            let body = serde_json::json!({ "services": { name.clone(): service } });
+            let result: ChangeResult = api
+                .json(
+                    Method::POST,
+                    "/v1/services",
+                    Some(body.to_string().into_bytes()),
+                )
+                .await?;
+            report_change(&result, json, &format!("added service {name}"))?;
+        }
+        Command::RemoveService { name } => {
+            let path = format!("/v1/services/{}", encode(name));
+            let result: ChangeResult = api.json(Method::DELETE, &path, None).await?;
+            report_change(&result, json, &format!("removed service {name}"))?;
+        }
+        Command::AddBackend {
+            service,
+            backend,
+            weight,
+        } => {
+            let result = backend_call(&api, service, "", backend, *weight).await?;
+            report_change(
+                &result,
+                json,
+                &format!("{service}: backend {backend} added"),
+            )?;
+        }
+        Command::RemoveBackend { service, backend } => {
+            let result = backend_call(&api, service, "/remove", backend, None).await?;
+            report_change(
+                &result,
+                json,
+                &format!("{service}: backend {backend} removed"),
+            )?;
+        }
+        Command::Drain { service, backend } => {
+            let result = backend_call(&api, service, "/drain", backend, None).await?;
+            report_change(
+                &result,
+                json,
+                &format!("{service}: backend {backend} draining"),
+            )?;
+        }
+        Command::Stats => {
+            let report: Report = api.json(Method::GET, "/v1/stats", None).await?;
+            if json {
+                return print_json(&report);
+            }
+            let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.1}"));
+            let mut rows = Vec::new();
+            for s in &report.services {
+                let t = &s.totals;
+                rows.push(vec![
+                    format!("{} {} {}", s.name, s.frontend, s.family),
+                    String::new(),
+                    t.packets.to_string(),
+                    t.bytes.to_string(),
+                    t.new_flows.to_string(),
+                    rate(t.packets_per_s),
+                    rate(t.new_flows_per_s),
+                ]);
+                for b in &s.backends {
+                    let t = &b.totals;
+                    rows.push(vec![
+                        String::new(),
+                        b.target.to_string(),
+                        t.packets.to_string(),
+                        t.bytes.to_string(),
+                        t.new_flows.to_string(),
+                        rate(t.packets_per_s),
+                        rate(t.new_flows_per_s),
+                    ]);
+                }
+            }
+            table(
+                &[
+                    "SERVICE",
+                    "BACKEND",
+                    "PACKETS",
+                    "BYTES",
+                    "NEW FLOWS",
+                    "PKT/S",
+                    "FLOWS/S",
+                ],
+                rows,
+            );
+            println!(
+                "connection table: {} of {} entries; generation {}",
+                report.conntrack.entries, report.conntrack.capacity, report.generation
+            );
+            let drops: Vec<String> = report
+                .global
+                .iter()
+                .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !drops.is_empty() {
+                println!("drops: {}", drops.join(" "));
+            }
+        }
+        Command::Flows { service, limit } => {
+            let mut path = format!("/v1/flows?limit={limit}");
+            if let Some(service) = service {
+                path.push_str(&format!("&service={}", encode(service)));
+            }
+            let list: FlowList = api.json(Method::GET, &path, None).await?;
+            if json {
+                return print_json(&list);
+            }
+            let rows = list
+                .flows
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.service.clone(),
+                        f.protocol.clone(),
+                        f.client.to_string(),
+                        f.frontend.to_string(),
+                        f.backend.to_string(),
+                        f.tcp_state.clone(),
+                        f.idle_timeout_s.to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SERVICE",
+                    "PROTO",
+                    "CLIENT",
+                    "FRONTEND",
+                    "BACKEND",
+                    "TCP STATE",
+                    "TIMEOUT S",
+                ],
+                rows,
+            );
+        }
         Command::Explain {
-            config,
             protocol,
             source,
             destination,
+            ..
         } => {
-            let protocol = match protocol.as_str() {
-                "tcp" => proto::TCP,
-                "udp" => proto::UDP,
-                other => bail!("protocol {other:?}: write tcp or udp"),
-            };
-            let file = ServiceFile::load(&config)?;
-            let node = dataplane::node_addresses().context("listing this node's addresses")?;
-            let plan =
-                reconcile::plan(&file, &node).with_context(|| config.display().to_string())?;
-            println!("{}", plan.explain(protocol, source, destination));
-            Ok(())
+            protocol_number(protocol)?;
+            let path = format!(
+                "/v1/explain?protocol={protocol}&source={}&destination={}",
+                encode(&source.to_string()),
+                encode(&destination.to_string())
+            );
+            let answer: Explained = api.json(Method::GET, &path, None).await?;
+            if json {
+                return print_json(&answer);
+            }
+            match &answer.tracked {
+                Some(t) if t.backend_removed => println!(
+                    "tracked flow to {} (tcp {}), whose backend was removed: its next packet moves or ends it",
+                    t.backend, t.tcp_state
+                ),
+                Some(t) => println!(
+                    "tracked flow: goes to {} (tcp {}, idle timeout {} s); the table below is not consulted",
+                    t.backend, t.tcp_state, t.idle_timeout_s
+                ),
+                None => println!("not tracked: a new flow"),
+            }
+            println!("{}", answer.selection);
         }
+    }
+    Ok(())
+}
+
+async fn backend_call(
+    api: &Endpoint,
+    service: &str,
+    action: &str,
+    backend: &str,
+    weight: Option<u32>,
+) -> anyhow::Result<ChangeResult> {
+    let body = serde_json::to_vec(&BackendRequest {
+        backend: backend.to_owned(),
+        weight,
+    })?;
+    let path = format!("/v1/services/{}/backends{action}", encode(service));
+    Ok(api.json(Method::POST, &path, Some(body)).await?)
+}
+
+fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Result<()> {
+    if json {
+        return print_json(result);
+    }
+    match result.outcome {
+        lb_userspace::daemon::Outcome::Unchanged => {
+            println!("{what}: no change (generation {})", result.generation)
+        }
+        _ => println!("{what} (generation {})", result.generation),
+    }
+    Ok(())
+}
+
+fn protocol_number(protocol: &str) -> anyhow::Result<u8> {
+    match protocol {
+        "tcp" => Ok(proto::TCP),
+        "udp" => Ok(proto::UDP),
+        other => bail!("protocol {other:?}: write tcp or udp"),
+    }
+}
+
+/// Percent-encodes a path or query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
     }
 }

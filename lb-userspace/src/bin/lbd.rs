@@ -1,16 +1,23 @@
 //! lbd: the meshlb node daemon.
 
-use std::path::PathBuf;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use lb_common::limits::DEFAULT_CONNTRACK_ENTRIES;
 use lb_userspace::{
+    api::server::{self, Shared},
     config::ServiceFile,
-    dataplane::{self, Dataplane, LoadOptions, XdpMode},
-    reconcile,
+    daemon::{Daemon, DaemonOptions, Outcome, Trigger},
+    dataplane::{self, LoadOptions, XdpMode, pin},
+    reconcile, settings,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -25,34 +32,65 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the dataplane, attach it to the interfaces and serve the services in the file.
+    /// Load the dataplane (or adopt the pinned one), attach it to the interfaces and serve the
+    /// services in the file and those added through the API.
     Run(RunArgs),
     /// Validate a service file and print what it would program; touches nothing.
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Detach meshlb from every interface and remove its pinned maps (tracked flows are lost).
+    Cleanup {
+        /// Where `lbd run` pinned its state.
+        #[arg(long, default_value = settings::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
 }
 
+/// Flags win over the service file's `lbd:` section, which wins over the defaults.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Service file (YAML).
+    /// Service file (YAML); reloaded on SIGHUP and when it changes.
     #[arg(long, short)]
     config: PathBuf,
     /// Interface to attach to; repeat for several (client-facing and backend-facing).
-    #[arg(long = "interface", short, required = true)]
+    #[arg(long = "interface", short)]
     interfaces: Vec<String>,
-    /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    xdp_mode: XdpMode,
+    /// XDP attach mode [default: auto].
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpMode>,
     /// An interface that accepts XDP frames (a NIC with a native XDP driver, or a veth whose
     /// peer runs an XDP program): packets to it are sent with XDP_REDIRECT. Others are
     /// forwarded by the TC program.
     #[arg(long = "xdp-redirect")]
     xdp_redirect: Vec<String>,
-    /// Connection-table capacity (entries; a flow takes two).
-    #[arg(long, default_value_t = DEFAULT_CONNTRACK_ENTRIES)]
-    conntrack_entries: u32,
+    /// Connection-table capacity (entries; a flow takes two) [default: 2097152].
+    #[arg(long)]
+    conntrack_entries: Option<u32>,
+    /// Admin API Unix socket (mode 0600) [default: /run/meshlb/api.sock].
+    #[arg(long)]
+    api: Option<PathBuf>,
+    /// Also serve the admin API over TCP on ADDR:PORT; requires --api-token-file.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// File holding the bearer token the TCP API requires (e.g. a Docker secret). Tokens are
+    /// never taken from the command line or the environment.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Prometheus metrics on ADDR:PORT (`GET /metrics`) [default: 127.0.0.1:9464].
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Where API changes and the record of what is programmed are kept
+    /// [default: /var/lib/meshlb].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/meshlb].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// How often to check the service file for changes, in milliseconds (0: only SIGHUP).
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +104,7 @@ fn main() -> anyhow::Result<()> {
     let result = match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(args),
+        Command::Cleanup { pin_dir } => cleanup(&pin_dir),
     };
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
     if let Err(e) = result {
@@ -75,19 +114,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads and plans the service file; `previous` keeps the ids of what is already running.
-fn plan(
-    config: &std::path::Path,
-    previous: Option<&reconcile::DesiredState>,
-) -> anyhow::Result<reconcile::DesiredState> {
+fn check(config: &Path) -> anyhow::Result<()> {
     let file = ServiceFile::load(config)?;
     let node_addrs = dataplane::node_addresses().context("listing this node's addresses")?;
-    reconcile::plan_from(&file, &node_addrs, previous)
-        .with_context(|| format!("{}", config.display()))
-}
-
-fn check(config: &std::path::Path) -> anyhow::Result<()> {
-    let desired = plan(config, None)?;
+    let desired =
+        reconcile::plan(&file, &node_addrs).with_context(|| format!("{}", config.display()))?;
     for s in &desired.services {
         println!(
             "{} {}/{}: {} frontend(s), {} backend(s)",
@@ -101,95 +132,280 @@ fn check(config: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads the service file and applies only the difference. A file that does not plan is
-/// refused and the running configuration stays.
-fn reload(config: &std::path::Path, dp: &mut Dataplane, running: &mut reconcile::DesiredState) {
-    let next = match plan(config, Some(running)) {
-        Ok(next) => next,
-        Err(e) => {
-            error!("reload refused, the running configuration stays: {e:#}");
-            return;
+fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
+    if pin::cleanup(pin_dir)? {
+        println!(
+            "removed {}: meshlb is detached and its maps are freed",
+            pin_dir.display()
+        );
+    } else {
+        println!("nothing pinned at {}", pin_dir.display());
+    }
+    Ok(())
+}
+
+/// Everything `run` needs, flags and file settings resolved.
+struct Resolved {
+    daemon: DaemonOptions,
+    api: PathBuf,
+    api_listen: Option<(SocketAddr, PathBuf)>,
+    metrics: SocketAddr,
+    watch: Option<Duration>,
+}
+
+fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
+    let file = ServiceFile::load(&args.config)?;
+    let s = file.lbd;
+    let or_file = |flag: Vec<String>, file: Option<Vec<String>>| {
+        if flag.is_empty() {
+            file.unwrap_or_default()
+        } else {
+            flag
         }
     };
-    if next == *running {
-        info!("reload: no change");
-        return;
+    let interfaces = or_file(args.interfaces, s.interfaces);
+    if interfaces.is_empty() {
+        bail!(
+            "no interface to attach to: pass --interface IF (repeat for several) or set \
+             lbd.interfaces in {}",
+            args.config.display()
+        );
     }
-    match dp.apply(Some(running), &next) {
-        Ok(()) => {
-            info!(
-                services = next.services.len(),
-                frontends = next.frontends.len(),
-                backends = next.backends.len(),
-                "reloaded"
-            );
-            *running = next;
+    let xdp_redirect = or_file(args.xdp_redirect, s.xdp_redirect);
+    for name in &xdp_redirect {
+        if !interfaces.contains(name) {
+            bail!("--xdp-redirect {name}: not one of the interfaces meshlb attaches to");
         }
-        // The maps may now hold part of the new plan: say so loudly; the next reload
-        // rewrites whatever differs.
-        Err(e) => error!("reload failed half-way, some of the new configuration is live: {e:#}"),
     }
+    let api_token_file = args.api_token_file.or(s.api_token_file);
+    let api_listen = match (args.api_listen.or(s.api_listen), api_token_file) {
+        (Some(addr), Some(token)) => Some((addr, token)),
+        (Some(_), None) => bail!(
+            "--api-listen needs --api-token-file FILE: the TCP API only answers requests with \
+             the token held in that file"
+        ),
+        (None, _) => None,
+    };
+    let pin_dir = args
+        .pin_dir
+        .or(s.pin_dir)
+        .unwrap_or_else(|| settings::DEFAULT_PIN_DIR.into());
+    Ok(Resolved {
+        daemon: DaemonOptions {
+            config: args.config,
+            interfaces,
+            xdp_mode: args.xdp_mode.or(s.xdp_mode).unwrap_or(XdpMode::Auto),
+            xdp_redirect,
+            state_dir: args
+                .state_dir
+                .or(s.state_dir)
+                .unwrap_or_else(|| settings::DEFAULT_STATE_DIR.into()),
+            load: LoadOptions {
+                conntrack_entries: args
+                    .conntrack_entries
+                    .or(s.conntrack_entries)
+                    .unwrap_or(DEFAULT_CONNTRACK_ENTRIES),
+                pin_dir: Some(pin_dir),
+            },
+        },
+        api: args
+            .api
+            .or(s.api)
+            .unwrap_or_else(|| settings::DEFAULT_API_SOCKET.into()),
+        api_listen,
+        metrics: args
+            .metrics
+            .or(s.metrics)
+            .unwrap_or_else(|| settings::DEFAULT_METRICS.parse().expect("valid default")),
+        watch: (args.watch_interval_ms > 0).then(|| Duration::from_millis(args.watch_interval_ms)),
+    })
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Everything that can be wrong with the input is checked before the kernel is touched.
-    let mut desired = plan(&args.config, None)?;
-    for name in &args.xdp_redirect {
-        if !args.interfaces.contains(name) {
-            anyhow::bail!("--xdp-redirect {name}: not one of the --interface arguments");
-        }
-    }
-    let mut dp = Dataplane::load(LoadOptions {
-        conntrack_entries: args.conntrack_entries,
-    })?;
-    dp.apply(None, &desired)?;
-    for interface in &args.interfaces {
-        dp.attach(interface, args.xdp_mode)?;
-    }
-    for name in &args.xdp_redirect {
-        dp.allow_xdp_redirect(dataplane::ifindex(name)?)?;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let resolved = resolve(args)?;
+    let token = resolved
+        .api_listen
+        .as_ref()
+        .map(|(_, path)| server::read_token(path))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let daemon = Daemon::start(&resolved.daemon)?;
+    let shared = Shared::new(daemon);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Handlers first, then "ready": a SIGHUP or SIGTERM right after must not meet the
-        // default action.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hangup = signal(SignalKind::hangup())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+    runtime.block_on(serve(shared.clone(), resolved, token))?;
+    // The final counters, one JSON line on stdout, for scripts and tests.
+    let occupancy = shared
+        .daemon
+        .lock()
+        .map_err(|_| anyhow::anyhow!("daemon lock"))?
+        .conntrack_occupancy()?;
+    let report = shared
+        .daemon
+        .lock()
+        .map_err(|_| anyhow::anyhow!("daemon lock"))?
+        .report(occupancy)?;
+    println!("{}", serde_json::to_string(&report)?);
+    info!("stopped; the dataplane keeps forwarding (pinned); `lbd cleanup` removes it");
+    Ok(())
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    resolved: Resolved,
+    token: Option<Arc<str>>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first, then "ready": a SIGHUP or SIGTERM right after must not meet the
+    // default action.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let unix = server::bind_unix(&resolved.api)
+        .with_context(|| format!("admin API socket {}", resolved.api.display()))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(server::serve_unix(
+        unix,
+        server::router(shared.clone()),
+        resolved.api.clone(),
+        stopped(),
+    ));
+    if let (Some((addr, _)), Some(token)) = (&resolved.api_listen, token) {
+        let addr = *addr;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin API on {addr}"))?;
+        info!(%addr, "admin API listening on TCP (bearer token required)");
+        let router = server::router_with_token(shared.clone(), token);
+        let stop = stopped();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        });
+    }
+    let metrics = tokio::net::TcpListener::bind(resolved.metrics)
+        .await
+        .with_context(|| {
+            format!(
+                "metrics on {} (choose another with --metrics)",
+                resolved.metrics
+            )
+        })?;
+    info!(addr = %metrics.local_addr()?, "metrics listening");
+    let metrics_router = server::metrics_router(shared.clone());
+    let stop = stopped();
+    tasks.spawn(async move {
+        axum::serve(metrics, metrics_router)
+            .with_graceful_shutdown(stop)
+            .await
+    });
+
+    // Counters for rates and the connection-table occupancy, every few seconds.
+    let sampler = shared.clone();
+    let stop = stopped();
+    tokio::spawn(async move {
+        let sample = || {
+            let s = sampler.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || s.sample()).await {
+                    Ok(Err(e)) => warn!("sampling counters: {e}"),
+                    Err(e) => warn!("sampling counters: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        sample().await;
+        tokio::select! {
+            _ = stop => {}
+            _ = async { loop { tokio::time::sleep(Duration::from_secs(5)).await; sample().await; } } => {}
+        }
+    });
+
+    let config = &resolved.daemon.config;
+    let mut watched = file_stamp(config);
+    let mut watch = tokio::time::interval(resolved.watch.unwrap_or(Duration::from_secs(3600)));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    {
+        let d = shared
+            .daemon
+            .lock()
+            .map_err(|_| anyhow::anyhow!("daemon lock"))?;
+        let running = d.running();
         info!(
-            services = desired.services.len(),
-            frontends = desired.frontends.len(),
-            backends = desired.backends.len(),
-            interfaces = ?args.interfaces,
+            services = running.services.len(),
+            frontends = running.frontends.len(),
+            backends = running.backends.len(),
+            interfaces = ?resolved.daemon.interfaces,
+            api = %resolved.api.display(),
             "ready"
         );
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => break,
-                _ = term.recv() => break,
-                _ = hangup.recv() => reload(&args.config, &mut dp, &mut desired),
+    }
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                watched = file_stamp(config);
+                reload(&shared, Trigger::Signal).await;
+            }
+            _ = watch.tick(), if resolved.watch.is_some() => {
+                let stamp = file_stamp(config);
+                if stamp != watched {
+                    watched = stamp;
+                    reload(&shared, Trigger::File).await;
+                }
             }
         }
-        anyhow::Ok(())
-    })?;
-    let stats = dp.traffic(
-        desired.services.iter().map(|s| s.id),
-        desired.backends.keys().copied(),
-    )?;
-    let (entries, capacity) = dp.conntrack_occupancy()?;
-    // The final counters, one JSON line on stdout, for scripts and tests.
-    println!(
-        "{}",
-        serde_json::json!({
-            "global": stats.global,
-            "services": stats.services,
-            "backends": stats.backends,
-            "conntrack": { "entries": entries, "capacity": capacity },
-        })
-    );
-    info!("detached; bye");
+    }
+    let _ = stop_tx.send(true);
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(e)) = result {
+            warn!("a listener ended with: {e}");
+        }
+    }
     Ok(())
+}
+
+/// Re-reads the service file and applies the difference; the answer goes to the log (every
+/// line says "reload").
+async fn reload(shared: &Arc<Shared>, trigger: Trigger) {
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        s.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reload_file(trigger)
+    })
+    .await;
+    match result {
+        Ok(Ok(Outcome::Unchanged)) => info!(trigger = trigger.as_str(), "reload: no change"),
+        Ok(Ok(_)) => info!(trigger = trigger.as_str(), "reloaded"),
+        Ok(Err(e)) if e.is_input() => error!(
+            trigger = trigger.as_str(),
+            "reload refused, the running configuration stays: {e:#}"
+        ),
+        Ok(Err(e)) => error!(
+            trigger = trigger.as_str(),
+            "reload failed, the previous configuration is restored: {e:#}"
+        ),
+        Err(e) => error!("reload: {e}"),
+    }
+}
+
+/// What changes when the file is rewritten or replaced (editors rename over it).
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }

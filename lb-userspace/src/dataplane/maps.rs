@@ -261,3 +261,69 @@ fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>, DataplaneErro
         .map_err(map_err(names::SERVICE_TABLES))?;
     Ok(inner)
 }
+
+impl Dataplane {
+    /// Removes hash-map entries `desired` does not have: what a previous `lbd` left that no
+    /// record explains (adopting pinned maps without its state file). Arrays need no pruning:
+    /// nothing refers to an id `desired` does not use.
+    pub fn prune(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
+        let mut removed = 0;
+        let [frontends, endpoints] = self
+            .ebpf_mut()
+            .maps_disjoint_mut([names::FRONTENDS, names::BACKEND_ENDPOINTS]);
+        let loaded = "checked at load";
+        let mut frontends: HashMap<&mut MapData, EndpointKey, Service> =
+            HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
+        let stale: Vec<EndpointKey> = frontends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !desired.frontends.contains_key(k))
+            .collect();
+        for key in &stale {
+            frontends.remove(key).map_err(map_err(names::FRONTENDS))?;
+        }
+        removed += stale.len();
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
+            HashMap::try_from(endpoints.expect(loaded))
+                .map_err(map_err(names::BACKEND_ENDPOINTS))?;
+        let stale: Vec<EndpointKey> = endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !desired.endpoints.contains_key(k))
+            .collect();
+        for key in &stale {
+            endpoints
+                .remove(key)
+                .map_err(map_err(names::BACKEND_ENDPOINTS))?;
+        }
+        Ok(removed + stale.len())
+    }
+
+    /// Up to `limit` forward entries of the connection table (the first found: a sample, not
+    /// an order), optionally only those of the given kernel services.
+    pub fn sample_flows(
+        &self,
+        limit: usize,
+        services: Option<&[u32]>,
+    ) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
+        let table: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
+                .map_err(map_err(names::CONNTRACK))?;
+        let mut out = Vec::new();
+        for entry in table.iter() {
+            // An entry evicted while we walk ends the walk early at worst.
+            let Ok((key, flow)) = entry else { break };
+            if flow.kind != lb_common::maps::flow_kind::FORWARD {
+                continue;
+            }
+            if services.is_some_and(|ids| !ids.contains(&flow.service_id)) {
+                continue;
+            }
+            out.push((key, flow));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

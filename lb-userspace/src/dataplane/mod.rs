@@ -1,12 +1,22 @@
 //! The loaded kernel programs: load, attach to interfaces, and the typed map handles.
 
 mod maps;
+pub mod pin;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::maps::{names, programs};
 pub use maps::{StatsSnapshot, TrafficTotals};
@@ -66,10 +76,13 @@ pub enum DataplaneError {
     },
     #[error("map `{name}`: {message}")]
     MapValue { name: &'static str, message: String },
+    #[error("pinned state: {0}")]
+    Pin(String),
 }
 
 /// How the XDP program is attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// In the driver: fastest; the device must support it.
     Native,
@@ -89,41 +102,66 @@ impl std::fmt::Display for XdpMode {
     }
 }
 
-/// Load-time sizing.
-#[derive(Clone, Copy, Debug)]
+/// Load-time sizing, and where to pin.
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub conntrack_entries: u32,
+    /// Pin maps and links here (see [`pin`]) and adopt what a previous `lbd` pinned. `None`:
+    /// nothing outlives this process (tests of the program alone, benchmarks).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conntrack_entries: lb_common::limits::DEFAULT_CONNTRACK_ENTRIES,
+            pin_dir: None,
         }
     }
 }
 
 /// One interface meshlb is attached to.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Attachment {
     pub interface: String,
     pub ifindex: u32,
+    /// The mode asked for (`auto` resolved); an adopted link keeps the mode it was made with.
     pub mode: XdpMode,
+    /// The program was swapped into a link a previous `lbd` pinned.
+    pub adopted: bool,
 }
 
-/// The loaded programs and maps. Dropping it detaches everything (aya drops the links).
+/// The loaded programs and maps. Dropping it detaches everything it attached, unless it
+/// pinned them (then they outlive the process until `lbd cleanup`).
 pub struct Dataplane {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    pin_dir: Option<PathBuf>,
+    /// The maps came from a previous `lbd`'s pins.
+    adopted: bool,
+    /// Pinned links we hold open; dropping them only closes our descriptors.
+    _pinned_links: Vec<PinnedLink>,
 }
 
 impl Dataplane {
-    /// Loads and verifies both programs; attaches nothing.
+    /// Loads and verifies both programs; attaches nothing. With a pin directory, maps a
+    /// previous `lbd` pinned there are adopted (after a compatibility check), others are
+    /// created and pinned.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONNTRACK, options.conntrack_entries)
-            .load(OBJECT)
-            .map_err(DataplaneError::Load)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNTRACK, options.conntrack_entries);
+        let mut adopted = false;
+        if let Some(dir) = &options.pin_dir {
+            pin::prepare(dir)?;
+            adopted = pin::has_pinned_maps(dir);
+            if adopted {
+                pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
+            }
+            for name in names::ALL {
+                loader.map_pin_path(name, pin::map_path(dir, name));
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         for name in names::ALL {
             if ebpf.map(name).is_none() {
                 return Err(DataplaneError::Missing { kind: "map", name });
@@ -142,7 +180,19 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
+            pin_dir: options.pin_dir,
+            adopted,
+            _pinned_links: Vec::new(),
         })
+    }
+
+    /// Whether the maps were adopted from a previous `lbd` (they hold its services and flows).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     /// Attaches the XDP program and the TC ingress program to `interface`.
@@ -162,23 +212,125 @@ impl Dataplane {
                 "IPv6 forwarding is off: IPv6 frontends on this interface will be dropped as drop_fib_failed; enable with `sysctl -w net.ipv6.conf.{interface}.forwarding=1`"
             );
         }
+        let Some(dir) = self.pin_dir.clone() else {
+            let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+            // The links live as long as the programs: dropping the Dataplane detaches them.
+            let (_xdp_link, mode) = attach_xdp(xdp, interface, mode)?;
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
+            tc.attach(interface, TcAttachType::Ingress)
+                .map_err(|error| DataplaneError::AttachTc {
+                    interface: interface.to_owned(),
+                    error,
+                })?;
+            return Ok(self.attached(interface, ifindex, mode, false));
+        };
+        let pin_error = |what: &str, e: &dyn std::error::Error| {
+            DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
+        };
+        // XDP: swap into the pinned link if there is one, else attach and pin.
+        let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
-        // The links live as long as the programs: dropping the Dataplane detaches them.
-        let (_xdp_link, mode) = attach_xdp(xdp, interface, mode)?;
+        let (xdp_pin, mode, adopted) = match PinnedLink::from_pin(&xdp_path) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))
+                    .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
+                let id = xdp
+                    .attach_to_link(link)
+                    .map_err(|e| pin_error("replacing the program in the pinned XDP link", &e))?;
+                // Out of aya's hands, so dropping the Dataplane leaves it attached; the pin
+                // keeps it alive.
+                drop(xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?);
+                let pinned =
+                    PinnedLink::from_pin(&xdp_path).map_err(|e| pin_error("XDP pin", &e))?;
+                (pinned, mode, true)
+            }
+            Err(_) => {
+                let (id, mode) = attach_xdp(xdp, interface, mode)?;
+                let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
+                let fd = FdLink::try_from(link).map_err(|e| {
+                    pin_error(
+                        "the kernel gave a netlink XDP attachment, which cannot be pinned",
+                        &e,
+                    )
+                })?;
+                (
+                    fd.pin(&xdp_path)
+                        .map_err(|e| pin_error("pinning the XDP link", &e))?,
+                    mode,
+                    false,
+                )
+            }
+        };
+        self._pinned_links.push(xdp_pin);
+        // TC (tcx): the same.
+        let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
-        let _tc_link = tc
-            .attach(interface, TcAttachType::Ingress)
-            .map_err(|error| DataplaneError::AttachTc {
-                interface: interface.to_owned(),
-                error,
-            })?;
-        info!(interface, ifindex, %mode, "attached");
+        let attach_tc_error = |error| DataplaneError::AttachTc {
+            interface: interface.to_owned(),
+            error,
+        };
+        let tc_pin = match PinnedLink::from_pin(&tc_path) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| pin_error("adopting the pinned tcx link", &e))?;
+                let id = tc.attach_to_link(link).map_err(attach_tc_error)?;
+                drop(tc.take_link(id).map_err(attach_tc_error)?);
+                PinnedLink::from_pin(&tc_path).map_err(|e| pin_error("tcx pin", &e))?
+            }
+            Err(_) => {
+                let id = tc
+                    .attach(interface, TcAttachType::Ingress)
+                    .map_err(attach_tc_error)?;
+                let link = tc.take_link(id).map_err(attach_tc_error)?;
+                let fd = FdLink::try_from(link).map_err(|e| {
+                    pin_error(
+                        "the kernel gave a netlink TC attachment, which cannot be pinned",
+                        &e,
+                    )
+                })?;
+                fd.pin(&tc_path)
+                    .map_err(|e| pin_error("pinning the tcx link", &e))?
+            }
+        };
+        self._pinned_links.push(tc_pin);
+        Ok(self.attached(interface, ifindex, mode, adopted))
+    }
+
+    fn attached(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+        adopted: bool,
+    ) -> &Attachment {
+        info!(interface, ifindex, %mode, adopted, "attached");
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
             ifindex,
             mode,
+            adopted,
         });
-        Ok(self.attachments.last().expect("just pushed"))
+        self.attachments.last().expect("just pushed")
+    }
+
+    /// Detaches pinned links of interfaces not in `keep`: a previous `lbd` served them, this
+    /// one was not asked to. Returns the interfaces released.
+    pub fn release_unlisted(&mut self, keep: &[String]) -> Result<Vec<String>, DataplaneError> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(Vec::new());
+        };
+        let mut released = Vec::new();
+        for (interface, path) in pin::pinned_interfaces(dir) {
+            if keep.contains(&interface) {
+                continue;
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
+            if !released.contains(&interface) {
+                released.push(interface);
+            }
+        }
+        Ok(released)
     }
 
     pub fn attachments(&self) -> &[Attachment] {
@@ -241,6 +393,17 @@ fn attach_xdp(
         },
         mode => Ok((try_mode(xdp, mode)?, mode)),
     }
+}
+
+/// An error and its causes on one line (aya's syscall errors keep the errno in `source`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// The kernel's index of `interface`.

@@ -7,20 +7,32 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{ChildGuard, Netns, netns::unique_suffix};
+use super::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
 
 /// How long `lbd` may take to load, attach and program the maps.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running `lbd`; killed on drop if not stopped.
+/// Where the test kit pins: `/sys/fs/bpf/mlb-pins-<pid>-<n>`, one directory per `Lbd`, so
+/// parallel tests never share (or remove) each other's state.
+pub const PIN_ROOT: &str = "/sys/fs/bpf";
+pub const PIN_PREFIX: &str = "mlb-pins-";
+
+/// A running `lbd` with its own pin directory, state directory and API socket. Dropping it
+/// kills `lbd` if it still runs and removes all three (which detaches meshlb).
 pub struct Lbd {
-    child: ChildGuard,
+    child: Option<ChildGuard>,
+    lbd: PathBuf,
+    node_path: PathBuf,
     config: PathBuf,
+    args: Vec<String>,
+    pin_dir: PathBuf,
+    state_dir: PathBuf,
 }
 
 impl Lbd {
     /// Writes `services` (YAML) to a temporary file and starts `lbd run` in `node`, attached
-    /// to `interfaces`, with `extra` arguments; returns once it reports ready.
+    /// to `interfaces`, with `extra` arguments; returns once it reports ready. The service
+    /// file is not watched (tests reload with SIGHUP) unless `extra` says otherwise.
     pub fn start(
         lbd: &Path,
         node: &Netns,
@@ -28,25 +40,141 @@ impl Lbd {
         interfaces: &[&str],
         extra: &[&str],
     ) -> Result<Lbd> {
-        let config = std::env::temp_dir().join(format!("mlb-services-{}.yaml", unique_suffix()));
+        let suffix = unique_suffix();
+        let config = std::env::temp_dir().join(format!("mlb-services-{suffix}.yaml"));
         std::fs::write(&config, services)
             .with_context(|| format!("writing {}", config.display()))?;
-        let mut args = vec!["run", "--config", config.to_str().context("temp path")?];
+        let state_dir = std::env::temp_dir().join(format!("mlb-state-{suffix}"));
+        let pin_dir = Path::new(PIN_ROOT).join(format!("{PIN_PREFIX}{suffix}"));
+        let path = |p: &Path| p.to_str().map(str::to_owned).context("temp path");
+        let mut args: Vec<String> = vec!["run".into(), "--config".into(), path(&config)?];
         for interface in interfaces {
-            args.extend(["--interface", interface]);
+            args.extend(["--interface".into(), (*interface).to_owned()]);
         }
-        args.extend(extra);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let has = |flag: &str| extra.iter().any(|a| a.starts_with(flag));
         // Small connection table: tests need few flows and many lbd run in parallel.
-        if !extra.iter().any(|a| a.starts_with("--conntrack-entries")) {
-            args.extend(["--conntrack-entries", "65536"]);
+        if !has("--conntrack-entries") {
+            args.extend(["--conntrack-entries".into(), "65536".into()]);
         }
-        let lbd_path = lbd.to_str().context("lbd path")?;
-        let mut child = node.spawn(lbd_path, &args, &[("RUST_LOG", "info"), ("NO_COLOR", "1")])?;
+        if !has("--watch-interval-ms") {
+            args.extend(["--watch-interval-ms".into(), "0".into()]);
+        }
+        args.extend([
+            "--pin-dir".into(),
+            path(&pin_dir)?,
+            "--state-dir".into(),
+            path(&state_dir)?,
+            "--api".into(),
+            path(&state_dir.join("api.sock"))?,
+        ]);
+        let mut lb = Lbd {
+            child: None,
+            lbd: lbd.to_owned(),
+            node_path: node.path(),
+            config,
+            args,
+            pin_dir,
+            state_dir,
+        };
+        lb.launch(node)?;
+        Ok(lb)
+    }
+
+    /// Starts `lbd` again with the same arguments (after a stop or a kill): it adopts the
+    /// pinned dataplane.
+    pub fn restart(&mut self, node: &Netns) -> Result<()> {
+        anyhow::ensure!(
+            node.path() == self.node_path,
+            "restart lbd in the namespace it ran in"
+        );
+        if let Some(mut child) = self.child.take() {
+            child.stop(Duration::from_secs(10))?;
+        }
+        self.launch(node)
+    }
+
+    fn launch(&mut self, node: &Netns) -> Result<()> {
+        let mut cmd = std::process::Command::new(&self.lbd);
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        // Only the network namespace: lbd must see the host's bpffs to pin.
+        let mut child = node.spawn_command(cmd, EnterMode::SetnsOnly)?;
         if let Err(e) = child.wait_for_line("ready", READY_TIMEOUT) {
-            let _ = std::fs::remove_file(&config);
             bail!("lbd did not get ready: {e:#}");
         }
-        Ok(Lbd { child, config })
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn child(&mut self) -> Result<&mut ChildGuard> {
+        self.child.as_mut().context("lbd is not running")
+    }
+
+    /// The admin API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.state_dir.join("api.sock")
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Kills `lbd` with SIGKILL (no clean-up of its own): the pinned dataplane keeps working.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("lbd is not running")?;
+        child.signal(libc::SIGKILL)?;
+        child.wait_timeout(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// Runs `lbctl --api <socket> ARGS` and returns (success, stdout, stderr).
+    pub fn lbctl(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let lbctl = self.lbd.with_file_name("lbctl");
+        let out = std::process::Command::new(&lbctl)
+            .arg("--api")
+            .arg(self.api_socket())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", lbctl.display()))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Removes stale test pin directories whose process is gone. Returns their names.
+    pub fn cleanup_stale_pins() -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PIN_PREFIX) else {
+                continue;
+            };
+            let alive = rest
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+            if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+                removed.push(name);
+            }
+        }
+        removed
     }
 
     /// Runs `lbd run` with `services` and expects it to fail; returns its exit code and
@@ -59,10 +187,15 @@ impl Lbd {
     ) -> Result<(i32, String)> {
         let config = std::env::temp_dir().join(format!("mlb-bad-{}.yaml", unique_suffix()));
         std::fs::write(&config, services)?;
+        let scratch = std::env::temp_dir().join(format!("mlb-bad-state-{}", unique_suffix()));
+        let scratch = scratch.to_str().context("temp path")?.to_owned();
+        let pins = format!("{PIN_ROOT}/{PIN_PREFIX}{}", unique_suffix());
         let mut args = vec!["run", "--config", config.to_str().context("temp path")?];
         for interface in interfaces {
             args.extend(["--interface", interface]);
         }
+        // Never the defaults: a refused file must not touch a real lbd's state.
+        args.extend(["--state-dir", &scratch, "--pin-dir", &pins]);
         let mut child = node.spawn(
             lbd.to_str().context("lbd path")?,
             &args,
@@ -71,14 +204,20 @@ impl Lbd {
         let status = child.wait_timeout(READY_TIMEOUT)?;
         let output = child.output_so_far();
         let _ = std::fs::remove_file(&config);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::remove_dir_all(&pins);
         match status {
             Some(status) => Ok((status.code().unwrap_or(-1), output)),
             None => bail!("lbd kept running with a bad service file:\n{output}"),
         }
     }
 
+    /// Everything the current `lbd` process printed.
     pub fn output(&self) -> String {
-        self.child.output_so_far()
+        self.child
+            .as_ref()
+            .map(ChildGuard::output_so_far)
+            .unwrap_or_default()
     }
 
     /// Rewrites the service file, sends SIGHUP and returns lbd's answer: the log line that
@@ -86,17 +225,19 @@ impl Lbd {
     pub fn reload(&mut self, services: &str) -> Result<String> {
         std::fs::write(&self.config, services)
             .with_context(|| format!("writing {}", self.config.display()))?;
-        let offset = self.child.output_len();
-        self.child.signal(libc::SIGHUP)?;
+        let child = self.child()?;
+        let offset = child.output_len();
+        child.signal(libc::SIGHUP)?;
         // Every answer lbd logs to a SIGHUP has "reload" in it.
-        self.child
-            .wait_for_line_since("reload", offset, READY_TIMEOUT)
+        child.wait_for_line_since("reload", offset, READY_TIMEOUT)
     }
 
-    /// Stops `lbd` with SIGTERM and returns the counters it printed on the way out.
+    /// Stops `lbd` with SIGTERM and returns the counters it printed on the way out; then
+    /// removes meshlb (dropping `self` does).
     pub fn stop(mut self) -> Result<serde_json::Value> {
-        let status = self.child.stop(Duration::from_secs(10))?;
-        let output = self.child.output_so_far();
+        let child = self.child()?;
+        let status = child.stop(Duration::from_secs(10))?;
+        let output = child.output_so_far();
         if !status.success() {
             bail!("lbd exited with {status}:\n{output}");
         }
@@ -111,6 +252,10 @@ impl Lbd {
 
 impl Drop for Lbd {
     fn drop(&mut self) {
+        // The process first, so it cannot re-pin what is being removed.
+        drop(self.child.take());
         let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }

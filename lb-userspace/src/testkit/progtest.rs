@@ -149,7 +149,10 @@ impl ProgNode {
             .map(|a| a.parse().expect("address"))
             .collect();
             let desired = reconcile::plan(&file, &node_addrs)?;
-            let mut dp = Dataplane::load(LoadOptions { conntrack_entries })?;
+            let mut dp = Dataplane::load(LoadOptions {
+                conntrack_entries,
+                pin_dir: None,
+            })?;
             dp.apply(None, &desired)?;
             Ok(test(Loaded {
                 dp,

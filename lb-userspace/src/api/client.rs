@@ -1,0 +1,135 @@
+//! lbctl's side of the admin API: one HTTP/1.1 request per call, over the Unix socket or
+//! over TCP with a bearer token.
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, body::Bytes};
+use hyper_util::rt::TokioIo;
+
+use super::ErrorBody;
+
+/// Where the API is.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port` and the token to send.
+    Tcp {
+        address: String,
+        token: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach lbd at {endpoint}: {error} (is lbd running? is --api right?)")]
+    Connect { endpoint: String, error: String },
+    #[error("talking to lbd: {0}")]
+    Http(String),
+    /// lbd answered with an error; the message is its own.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error(
+        "lbd's answer is not what this lbctl understands ({0}); are lbd and lbctl the same version?"
+    )]
+    Decode(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "{}", path.display()),
+            Self::Tcp { address, .. } => write!(f, "http://{address}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Sends one request and returns the body of a 2xx answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let connect = |error: std::io::Error| ClientError::Connect {
+            endpoint: self.to_string(),
+            error: error.to_string(),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, "lbd");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let (response, _conn) = match self {
+            Self::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect)?;
+                roundtrip(stream, request, body).await?
+            }
+            Self::Tcp { address, token } => {
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .map_err(connect)?;
+                let request =
+                    request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+                roundtrip(stream, request, body).await?
+            }
+        };
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// A request whose answer is JSON.
+    pub async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path_and_query, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+type Answer = (hyper::Response<hyper::body::Incoming>, ());
+
+async fn roundtrip<S>(
+    stream: S,
+    request: hyper::http::request::Builder,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let http = |e: hyper::Error| ClientError::Http(e.to_string());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(http)?;
+    let driver = tokio::spawn(connection);
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = sender.send_request(request).await.map_err(http)?;
+    // The body is read by the caller while the connection task keeps running.
+    drop(driver);
+    Ok((response, ()))
+}

@@ -1,0 +1,163 @@
+//! The admin API: HTTP/JSON over a Unix socket (mode 0600), optionally over TCP with a bearer
+//! token. `server` is lbd's side, `client` is lbctl's; the types below are the wire format of
+//! both, defined once.
+//!
+//! | method and path                          | body / query                     | answer |
+//! |------------------------------------------|----------------------------------|--------|
+//! | `GET /v1/status`                         |                                  | [`Status`] |
+//! | `GET /v1/services`                       |                                  | [`ServiceList`] |
+//! | `POST /v1/services`                      | service-file text (`services:`)  | [`ChangeResult`] |
+//! | `DELETE /v1/services/{name}`             |                                  | [`ChangeResult`] |
+//! | `POST /v1/apply`                         | service-file text                | [`ChangeResult`] |
+//! | `POST /v1/services/{name}/backends`      | [`BackendRequest`]               | [`ChangeResult`] |
+//! | `POST /v1/services/{name}/backends/remove` | [`BackendRequest`]             | [`ChangeResult`] |
+//! | `POST /v1/services/{name}/backends/drain`  | [`BackendRequest`]             | [`ChangeResult`] |
+//! | `GET /v1/stats`                          |                                  | [`crate::daemon::Report`] |
+//! | `GET /v1/flows`                          | `?service=NAME&limit=N`          | [`FlowList`] |
+//! | `GET /v1/explain`                        | `?protocol=tcp&source=A:P&destination=A:P` | [`crate::daemon::Explained`] |
+//! | `GET /metrics`                           |                                  | Prometheus text |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad request), 401 (token), 404 (no such service or
+//! backend), 409 (conflict), 500 (the node failed); a failed request changes nothing.
+
+pub mod client;
+pub mod server;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    daemon::{Outcome, Trigger},
+    dataplane::Attachment,
+    overlay::{ServiceChanges, Source},
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub generation: u64,
+    pub uptime_s: u64,
+    pub config: String,
+    pub attachments: Vec<AttachmentStatus>,
+    /// Set when a failed change could not be undone.
+    pub degraded: Option<String>,
+    pub changes: Vec<ChangeCount>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    pub interface: String,
+    pub ifindex: u32,
+    pub mode: String,
+    pub adopted: bool,
+}
+
+impl From<&Attachment> for AttachmentStatus {
+    fn from(a: &Attachment) -> Self {
+        Self {
+            interface: a.interface.clone(),
+            ifindex: a.ifindex,
+            mode: a.mode.to_string(),
+            adopted: a.adopted,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangeCount {
+    pub trigger: Trigger,
+    pub outcome: Outcome,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub generation: u64,
+    pub services: Vec<ServiceEntry>,
+    /// Backend edits kept for services the file no longer defines.
+    pub orphaned_edits: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub name: String,
+    pub source: Source,
+    pub vip: Option<std::net::IpAddr>,
+    pub ports: Vec<String>,
+    pub scheduler: String,
+    pub forwarding: String,
+    /// Whether API backend edits are laid over this file service.
+    pub edited: bool,
+    pub backends: Vec<BackendEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackendEntry {
+    /// As written: `ADDR` or `ADDR:PORT`.
+    pub backend: String,
+    pub weight: u32,
+    pub state: String,
+}
+
+/// A backend to add, remove or drain: `{"backend": "198.18.2.10:8080", "weight": 2}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendRequest {
+    pub backend: String,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangeResult {
+    /// `applied` or `unchanged`.
+    pub outcome: Outcome,
+    pub generation: u64,
+    /// For `apply`: which API services were added, changed, removed.
+    #[serde(default)]
+    pub services: ServiceChanges,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FlowList {
+    /// Entries scanned stop at `limit`: a sample, not the whole table.
+    pub limit: usize,
+    pub flows: Vec<FlowEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FlowEntry {
+    pub service: String,
+    pub protocol: String,
+    pub client: SocketAddr,
+    pub frontend: SocketAddr,
+    pub backend: SocketAddr,
+    pub tcp_state: String,
+    pub idle_timeout_s: u32,
+}
+
+/// Query of `GET /v1/flows`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowQuery {
+    pub service: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/explain`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    pub protocol: String,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// Most flows one `GET /v1/flows` returns.
+pub const MAX_FLOWS: usize = 10_000;
+pub const DEFAULT_FLOWS: usize = 100;

@@ -1,0 +1,632 @@
+//! lbd's side of the admin API and the metrics endpoint.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path as UrlPath, Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use lb_common::maps::proto;
+use tracing::{info, warn};
+
+use super::{
+    AttachmentStatus, BackendEntry, BackendRequest, ChangeCount, ChangeResult, DEFAULT_FLOWS,
+    ErrorBody, ExplainQuery, FlowEntry, FlowList, FlowQuery, MAX_FLOWS, ServiceEntry, ServiceList,
+    Status,
+};
+use crate::{
+    config::{BackendSpec, ServiceFile},
+    daemon::{Daemon, DaemonError, Occupancy, Report},
+    overlay::{BackendRef, OverlayError, ServiceChanges, Source},
+    reconcile,
+};
+
+/// The daemon and what the API keeps beside it.
+pub struct Shared {
+    pub daemon: Mutex<Daemon>,
+    /// API answers by HTTP status.
+    pub requests: Mutex<BTreeMap<u16, u64>>,
+    pub sampler: Mutex<Sampler>,
+}
+
+/// The last two counter reports, for rates, and the connection-table occupancy (counting it
+/// walks the table, so it is refreshed by the sampler, not per request).
+#[derive(Default)]
+pub struct Sampler {
+    previous: Option<(Instant, Report)>,
+    latest: Option<(Instant, Report)>,
+    pub conntrack: Occupancy,
+}
+
+impl Shared {
+    pub fn new(daemon: Daemon) -> Arc<Shared> {
+        Arc::new(Shared {
+            daemon: Mutex::new(daemon),
+            requests: Mutex::default(),
+            sampler: Mutex::default(),
+        })
+    }
+
+    fn daemon(&self) -> std::sync::MutexGuard<'_, Daemon> {
+        // A panic while holding the lock leaves the daemon as consistent as the maps.
+        self.daemon.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a sample: occupancy, then counters. Called every few seconds.
+    pub fn sample(&self) -> Result<(), DaemonError> {
+        let (occupancy, report) = {
+            let daemon = self.daemon();
+            let occupancy = daemon.conntrack_occupancy()?;
+            (occupancy, daemon.report(occupancy)?)
+        };
+        let mut sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        sampler.conntrack = occupancy;
+        sampler.previous = sampler.latest.take();
+        sampler.latest = Some((Instant::now(), report));
+        Ok(())
+    }
+
+    /// Counters now, with rates over the last sampling interval.
+    pub fn report(&self) -> Result<Report, DaemonError> {
+        let occupancy = self
+            .sampler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .conntrack;
+        let now = self.daemon().report(occupancy)?;
+        let sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match (&sampler.previous, &sampler.latest) {
+            // Rates over the sampler's last whole interval, laid on the fresh counters.
+            (Some((t0, r0)), Some((t1, r1))) => now.rates_from(
+                &r1.clone()
+                    .with_rates(r0, t1.duration_since(*t0).as_secs_f64()),
+            ),
+            _ => now,
+        })
+    }
+}
+
+/// An answer that is not 2xx.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        let code = match &e {
+            DaemonError::Overlay(OverlayError::NotFound(_)) => StatusCode::NOT_FOUND,
+            DaemonError::Overlay(OverlayError::Conflict(_)) => StatusCode::CONFLICT,
+            e if e.is_input() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+type ApiResult<T> = Result<axum::Json<T>, ApiError>;
+
+/// Runs `f` on the daemon off the async threads: map writes are syscalls that may wait for
+/// an RCU grace period.
+async fn with_daemon<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Daemon) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&mut shared.daemon()))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))?
+}
+
+/// The routes, without authentication (the Unix socket's mode guards it).
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/services", get(list_services).post(add_services))
+        .route("/v1/services/{name}", delete(remove_service))
+        .route("/v1/apply", post(apply))
+        .route("/v1/services/{name}/backends", post(add_backend))
+        .route("/v1/services/{name}/backends/remove", post(remove_backend))
+        .route("/v1/services/{name}/backends/drain", post(drain_backend))
+        .route("/v1/stats", get(stats))
+        .route("/v1/flows", get(flows))
+        .route("/v1/explain", get(explain))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see `lbctl --help` for what the API serves".into(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            count_requests,
+        ))
+        .with_state(shared)
+}
+
+/// `GET /metrics` alone, for the metrics listener.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// The routes behind a bearer token, for the TCP listener.
+pub fn router_with_token(shared: Arc<Shared>, token: Arc<str>) -> Router {
+    let counted = shared.clone();
+    Router::new()
+        .merge(router(shared))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            let counted = counted.clone();
+            async move {
+                if authorized(&req, &token) {
+                    return next.run(req).await;
+                }
+                record(&counted, StatusCode::UNAUTHORIZED);
+                let mut response = ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token (send `Authorization: Bearer <token>`)".into(),
+                )
+                .into_response();
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer".parse().expect("valid header"),
+                );
+                response
+            }
+        }))
+}
+
+fn authorized(req: &Request, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Constant time in the token's content: no early exit on the first wrong byte.
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn count_requests(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    record(&shared, response.status());
+    response
+}
+
+fn record(shared: &Shared, status: StatusCode) {
+    *shared
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(status.as_u16())
+        .or_default() += 1;
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
+    with_daemon(&shared, |d| {
+        Ok(axum::Json(Status {
+            generation: d.generation(),
+            uptime_s: d.uptime_s(),
+            config: d.config_path().display().to_string(),
+            attachments: d.attachments().iter().map(AttachmentStatus::from).collect(),
+            degraded: d.degraded().map(str::to_owned),
+            changes: d
+                .changes()
+                .iter()
+                .map(|((trigger, outcome), count)| ChangeCount {
+                    trigger: *trigger,
+                    outcome: *outcome,
+                    count: *count,
+                })
+                .collect(),
+        }))
+    })
+    .await
+}
+
+async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<ServiceList> {
+    with_daemon(&shared, |d| {
+        let merged = d.merged();
+        let services = merged
+            .file
+            .services
+            .values()
+            .map(|spec| {
+                let source = merged
+                    .sources
+                    .get(&spec.name)
+                    .copied()
+                    .unwrap_or(Source::File);
+                ServiceEntry {
+                    name: spec.name.clone(),
+                    source,
+                    vip: spec.vip,
+                    ports: spec.ports.iter().map(ToString::to_string).collect(),
+                    scheduler: spec.scheduler.to_string(),
+                    forwarding: spec.forwarding.to_string(),
+                    edited: source == Source::File
+                        && d.api_state()
+                            .backend_edits
+                            .get(&spec.name)
+                            .is_some_and(|e| !e.is_empty()),
+                    backends: spec
+                        .backends
+                        .iter()
+                        .map(|b| BackendEntry {
+                            backend: BackendRef::of(b).to_string(),
+                            weight: b.weight,
+                            state: if b.weight == 0 { "draining" } else { "active" }.into(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(axum::Json(ServiceList {
+            generation: d.generation(),
+            services,
+            orphaned_edits: merged.orphaned_edits.clone(),
+        }))
+    })
+    .await
+}
+
+/// A service-file text from a request body: YAML or JSON, `services:` only.
+fn parse_body(body: &Bytes) -> Result<ServiceFile, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad_request("the body is not UTF-8"))?;
+    let file = ServiceFile::parse(text, Path::new("request body"))
+        .map_err(|e| bad_request(e.to_string()))?;
+    if file.lbd != Default::default() {
+        return Err(bad_request(
+            "request body: field lbd: daemon settings cannot be changed through the API; \
+             set them in lbd's service file or on its command line",
+        ));
+    }
+    Ok(file)
+}
+
+fn change_result(
+    d: &Daemon,
+    outcome: crate::daemon::Outcome,
+    services: ServiceChanges,
+) -> axum::Json<ChangeResult> {
+    axum::Json(ChangeResult {
+        outcome,
+        generation: d.generation(),
+        services,
+    })
+}
+
+async fn add_services(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<ChangeResult> {
+    let parsed = parse_body(&body)?;
+    if parsed.services.is_empty() {
+        return Err(bad_request("request body: no services to add"));
+    }
+    with_daemon(&shared, move |d| {
+        let names: Vec<String> = parsed.services.keys().cloned().collect();
+        let (_, outcome) = d.change_api(|api, file| {
+            for spec in parsed.services.into_values() {
+                api.add_service(spec, file)?;
+            }
+            Ok(())
+        })?;
+        let changes = ServiceChanges {
+            added: names,
+            ..Default::default()
+        };
+        Ok(change_result(d, outcome, changes))
+    })
+    .await
+}
+
+async fn remove_service(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<ChangeResult> {
+    with_daemon(&shared, move |d| {
+        let (_, outcome) = d.change_api(|api, file| api.remove_service(&name, file))?;
+        let changes = ServiceChanges {
+            removed: vec![name],
+            ..Default::default()
+        };
+        Ok(change_result(d, outcome, changes))
+    })
+    .await
+}
+
+async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<ChangeResult> {
+    let parsed = parse_body(&body)?;
+    with_daemon(&shared, move |d| {
+        let (changes, outcome) =
+            d.change_api(|api, file| api.replace_services(parsed.services, file))?;
+        Ok(change_result(d, outcome, changes))
+    })
+    .await
+}
+
+fn backend_request(body: &Bytes) -> Result<(BackendSpec, bool), ApiError> {
+    let request: BackendRequest = serde_json::from_slice(body).map_err(|e| {
+        bad_request(format!(
+            "request body: {e}; send {{\"backend\": \"ADDR[:PORT]\", \"weight\": N}}"
+        ))
+    })?;
+    let mut spec: BackendSpec = request
+        .backend
+        .parse()
+        .map_err(|e| bad_request(format!("request body: field backend: {e}")))?;
+    if let Some(weight) = request.weight {
+        if weight > crate::config::MAX_WEIGHT {
+            return Err(bad_request(format!(
+                "request body: field weight: {weight} is out of range; weights are 0 to {}",
+                crate::config::MAX_WEIGHT
+            )));
+        }
+        spec.weight = weight;
+    }
+    Ok((spec, request.weight.is_some()))
+}
+
+async fn add_backend(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<ChangeResult> {
+    let (spec, _) = backend_request(&body)?;
+    with_daemon(&shared, move |d| {
+        let (_, outcome) = d.change_api(|api, file| api.set_backend(&name, spec, file))?;
+        Ok(change_result(d, outcome, ServiceChanges::default()))
+    })
+    .await
+}
+
+async fn remove_backend(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<ChangeResult> {
+    let (spec, weighted) = backend_request(&body)?;
+    if weighted {
+        return Err(bad_request(
+            "request body: field weight: not used when removing a backend",
+        ));
+    }
+    with_daemon(&shared, move |d| {
+        let backend = BackendRef::of(&spec);
+        let (_, outcome) = d.change_api(|api, file| api.remove_backend(&name, backend, file))?;
+        Ok(change_result(d, outcome, ServiceChanges::default()))
+    })
+    .await
+}
+
+async fn drain_backend(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<ChangeResult> {
+    let (spec, weighted) = backend_request(&body)?;
+    if weighted {
+        return Err(bad_request(
+            "request body: field weight: drain sets it to 0",
+        ));
+    }
+    with_daemon(&shared, move |d| {
+        let backend = BackendRef::of(&spec);
+        let (_, outcome) = d.change_api(|api, file| api.drain(&name, backend, file))?;
+        Ok(change_result(d, outcome, ServiceChanges::default()))
+    })
+    .await
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> ApiResult<Report> {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || s.report())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))?
+        .map(axum::Json)
+        .map_err(ApiError::from)
+}
+
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+    usage: &str,
+) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| bad_request(format!("{}; use {usage}", e.body_text())))
+}
+
+async fn flows(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<FlowQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<FlowList> {
+    let q = query(q, "?service=NAME&limit=N")?;
+    let limit = q.limit.unwrap_or(DEFAULT_FLOWS);
+    if limit == 0 || limit > MAX_FLOWS {
+        return Err(bad_request(format!("limit {limit}: use 1 to {MAX_FLOWS}")));
+    }
+    with_daemon(&shared, move |d| {
+        let running = d.running();
+        let ids = match &q.service {
+            Some(name) => {
+                let ids = crate::daemon::service_ids(running, name);
+                if ids.is_empty() {
+                    return Err(ApiError(
+                        StatusCode::NOT_FOUND,
+                        format!("no service {name:?} (see `lbctl list`)"),
+                    ));
+                }
+                Some(ids)
+            }
+            None => None,
+        };
+        let sampled = d
+            .dataplane()
+            .sample_flows(limit, ids.as_deref())
+            .map_err(|e| ApiError::from(DaemonError::from(e)))?;
+        let flows = sampled
+            .into_iter()
+            .map(|(key, flow)| {
+                let service = running
+                    .services
+                    .iter()
+                    .find(|s| s.id == flow.service_id)
+                    .map(|s| format!("{} {}", s.name, s.mapping))
+                    .unwrap_or_else(|| format!("(removed service {})", flow.service_id));
+                FlowEntry {
+                    service,
+                    protocol: protocol_name(key.proto).into(),
+                    client: std::net::SocketAddr::new(
+                        reconcile::ip(&key.src),
+                        u16::from_be(key.sport_be),
+                    ),
+                    frontend: std::net::SocketAddr::new(
+                        reconcile::ip(&key.dst),
+                        u16::from_be(key.dport_be),
+                    ),
+                    backend: std::net::SocketAddr::new(
+                        reconcile::ip(&flow.nat_addr),
+                        u16::from_be(flow.nat_port_be),
+                    ),
+                    tcp_state: crate::daemon::tcp_state_name(key.proto, flow.tcp_state),
+                    idle_timeout_s: flow.timeout_s,
+                }
+            })
+            .collect();
+        Ok(axum::Json(FlowList { limit, flows }))
+    })
+    .await
+}
+
+fn protocol_name(number: u8) -> &'static str {
+    match number {
+        proto::TCP => "tcp",
+        proto::UDP => "udp",
+        proto::ICMP | proto::ICMPV6 => "icmp",
+        _ => "other",
+    }
+}
+
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<crate::daemon::Explained> {
+    let q = query(
+        q,
+        "?protocol=tcp|udp&source=ADDR:PORT&destination=ADDR:PORT",
+    )?;
+    let protocol = match q.protocol.as_str() {
+        "tcp" => proto::TCP,
+        "udp" => proto::UDP,
+        other => return Err(bad_request(format!("protocol {other:?}: use tcp or udp"))),
+    };
+    with_daemon(&shared, move |d| {
+        Ok(axum::Json(d.explain(protocol, q.source, q.destination)?))
+    })
+    .await
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let s = shared.clone();
+    let text = tokio::task::spawn_blocking(move || -> Result<String, DaemonError> {
+        let report = s.report()?;
+        let requests = s.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let d = s.daemon();
+        Ok(crate::metrics::render(&report, d.changes(), &requests))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))??;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Binds the Unix socket with mode 0600. A socket file left by a dead `lbd` is replaced; a
+/// live one is an error.
+pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is served by another running lbd; stop it or choose another --api",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask only changes this process's file-creation mask; restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = tokio::net::UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Reads a bearer token file: one line, at least 16 characters.
+pub fn read_token(path: &Path) -> Result<Arc<str>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the API token: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "{}: the API token must be one line of at least 16 characters without spaces",
+            path.display()
+        ));
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        warn!(
+            "{}: the API token file is readable by group or others; chmod 600 it",
+            path.display()
+        );
+    }
+    Ok(Arc::from(token))
+}
+
+/// Serves `router` until `shutdown` resolves.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    router: Router,
+    path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    info!(socket = %path.display(), "admin API listening");
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = std::fs::remove_file(&path);
+    result
+}

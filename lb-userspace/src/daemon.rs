@@ -1,0 +1,669 @@
+//! The daemon's state: the loaded dataplane, the service file, what the API was told, and
+//! what is programmed. Every change (start, SIGHUP, file change, API call) goes through
+//! [`Daemon::commit`]: merge, validate, plan, persist, apply the difference, record.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use lb_common::maps::{FlowKey, proto, service_flags, tcp_state};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{ConfigError, ServiceFile},
+    dataplane::{self, Attachment, Dataplane, DataplaneError, LoadOptions, XdpMode},
+    overlay::{ApiState, Merged, OverlayError, Source, write_atomically},
+    reconcile::{self, DesiredState, Ids, PlanError},
+};
+
+/// What started a change; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Startup,
+    Signal,
+    File,
+    Api,
+}
+
+/// How a change ended; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Programmed.
+    Applied,
+    /// Same as what runs: nothing written.
+    Unchanged,
+    /// Invalid input: nothing changed.
+    Rejected,
+    /// The kernel refused a write; the previous configuration was restored.
+    Failed,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Signal => "signal",
+            Self::File => "file",
+            Self::Api => "api",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    // Transparent: the inner message is the whole message (no cause printed twice).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("listing this node's addresses: {0}")]
+    NodeAddresses(std::io::Error),
+    #[error("{}: {message}", .path.display())]
+    State { path: PathBuf, message: String },
+}
+
+impl DaemonError {
+    /// Whether the caller's input was at fault (4xx) rather than the node (5xx).
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_)
+                | Self::Plan(_)
+                | Self::Overlay(OverlayError::Invalid(_) | OverlayError::Conflict(_))
+                | Self::Overlay(OverlayError::NotFound(_))
+        )
+    }
+}
+
+/// How `lbd run` was asked to start.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub xdp_redirect: Vec<String>,
+    pub state_dir: PathBuf,
+    pub load: LoadOptions,
+}
+
+/// What was programmed, kept in the state directory so the next `lbd` can adopt the pinned
+/// maps knowing what they hold and with the same kernel ids.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Programmed {
+    format: u32,
+    services: serde_json::Value,
+    node_addresses: Vec<IpAddr>,
+    ids: Ids,
+}
+
+const PROGRAMMED_FORMAT: u32 = 1;
+const API_STATE_FILE: &str = "api-state.json";
+const PROGRAMMED_FILE: &str = "programmed.json";
+
+pub struct Daemon {
+    dp: Dataplane,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    /// The last service file that was accepted.
+    file: ServiceFile,
+    api: ApiState,
+    merged: Merged,
+    running: DesiredState,
+    node_addresses: Vec<IpAddr>,
+    generation: u64,
+    changes: BTreeMap<(Trigger, Outcome), u64>,
+    started: Instant,
+    /// Why the maps may not match `running` (a failed write that could not be undone).
+    degraded: Option<String>,
+}
+
+impl Daemon {
+    /// Reads the file and the state, loads (or adopts) the dataplane, programs it, attaches.
+    /// Input is checked before the kernel is touched.
+    pub fn start(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
+        let file = ServiceFile::load(&options.config)?;
+        let api_path = options.state_dir.join(API_STATE_FILE);
+        let api = ApiState::load(&api_path)?;
+        let merged = api.merge(&file)?;
+        let node_addresses = node_addresses()?;
+        let programmed = read_programmed(&options.state_dir);
+        let previous = match &programmed {
+            Some(p) => match planned_before(p) {
+                Ok(previous) => Some(previous),
+                Err(e) => {
+                    warn!(
+                        "the record of what was programmed does not plan ({e}); starting fresh ids"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let desired = reconcile::plan_from(&merged.file, &node_addresses, previous.as_ref())?;
+
+        let mut dp = Dataplane::load(options.load.clone())?;
+        if dp.adopted() {
+            match &previous {
+                Some(previous) => {
+                    info!("adopting the pinned dataplane: connection table and counters kept");
+                    dp.apply(Some(previous), &desired)?;
+                }
+                None => {
+                    warn!(
+                        "adopting pinned maps without a record of what they hold: rewriting every entry"
+                    );
+                    dp.apply(None, &desired)?;
+                }
+            }
+            let pruned = dp.prune(&desired)?;
+            if pruned > 0 {
+                info!(pruned, "removed stale frontend and endpoint entries");
+            }
+        } else {
+            dp.apply(None, &desired)?;
+        }
+        for interface in &options.interfaces {
+            dp.attach(interface, options.xdp_mode)?;
+        }
+        for interface in dp.release_unlisted(&options.interfaces)? {
+            info!(interface, "detached: no longer in the interface list");
+        }
+        for name in &options.xdp_redirect {
+            dp.allow_xdp_redirect(dataplane::ifindex(name)?)?;
+        }
+        let mut daemon = Daemon {
+            dp,
+            config_path: options.config.clone(),
+            state_dir: options.state_dir.clone(),
+            file,
+            api,
+            merged,
+            running: desired,
+            node_addresses,
+            generation: 1,
+            changes: BTreeMap::new(),
+            started: Instant::now(),
+            degraded: None,
+        };
+        daemon.save_programmed();
+        daemon.count(Trigger::Startup, Outcome::Applied);
+        Ok(daemon)
+    }
+
+    /// Re-reads the service file and applies the difference.
+    pub fn reload_file(&mut self, trigger: Trigger) -> Result<Outcome, DaemonError> {
+        let file = match ServiceFile::load(&self.config_path) {
+            Ok(file) => file,
+            Err(e) => {
+                self.count(trigger, Outcome::Rejected);
+                return Err(e.into());
+            }
+        };
+        let api = self.api.clone();
+        self.commit(trigger, file, api)
+    }
+
+    /// Applies an API change: `change` edits a copy of the API state; nothing is kept unless
+    /// the result validates, plans and is programmed.
+    pub fn change_api<T>(
+        &mut self,
+        change: impl FnOnce(&mut ApiState, &ServiceFile) -> Result<T, OverlayError>,
+    ) -> Result<(T, Outcome), DaemonError> {
+        let mut api = self.api.clone();
+        let value = match change(&mut api, &self.file) {
+            Ok(value) => value,
+            Err(e) => {
+                self.count(Trigger::Api, Outcome::Rejected);
+                return Err(e.into());
+            }
+        };
+        let file = self.file.clone();
+        let outcome = self.commit(Trigger::Api, file, api)?;
+        Ok((value, outcome))
+    }
+
+    /// The one way a configuration changes.
+    fn commit(
+        &mut self,
+        trigger: Trigger,
+        file: ServiceFile,
+        api: ApiState,
+    ) -> Result<Outcome, DaemonError> {
+        let planned = (|| -> Result<_, DaemonError> {
+            let merged = api.merge(&file)?;
+            let node_addresses = node_addresses()?;
+            let next = reconcile::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
+            Ok((merged, node_addresses, next))
+        })();
+        let (merged, node_addresses, next) = match planned {
+            Ok(planned) => planned,
+            Err(e) => {
+                self.count(trigger, Outcome::Rejected);
+                return Err(e);
+            }
+        };
+        let api_path = self.state_dir.join(API_STATE_FILE);
+        let api_changed = api != self.api;
+        // Persist before programming: an applied change is never lost by a crash.
+        if api_changed && let Err(e) = api.save(&api_path) {
+            self.count(trigger, Outcome::Failed);
+            return Err(e.into());
+        }
+        if next == self.running {
+            self.file = file;
+            self.api = api;
+            self.merged = merged;
+            self.node_addresses = node_addresses;
+            self.count(trigger, Outcome::Unchanged);
+            return Ok(Outcome::Unchanged);
+        }
+        if let Err(e) = self.dp.apply(Some(&self.running), &next) {
+            // Some of `next` may be written: writing `running` over it restores every entry.
+            match self.dp.apply(Some(&next), &self.running) {
+                Ok(()) => error!(
+                    "applying the change failed; the previous configuration is restored: {e}"
+                ),
+                Err(undo) => {
+                    let why = format!("a change failed ({e}) and undoing it failed too ({undo})");
+                    error!("{why}; the maps may hold parts of both, the next change rewrites them");
+                    self.degraded = Some(why);
+                }
+            }
+            if api_changed && let Err(save) = self.api.save(&api_path) {
+                error!("restoring the API state file failed: {save}");
+            }
+            self.count(trigger, Outcome::Failed);
+            return Err(e.into());
+        }
+        self.degraded = None;
+        self.file = file;
+        self.api = api;
+        self.merged = merged;
+        self.node_addresses = node_addresses;
+        self.running = next;
+        self.generation += 1;
+        self.save_programmed();
+        self.count(trigger, Outcome::Applied);
+        info!(
+            generation = self.generation,
+            services = self.running.services.len(),
+            frontends = self.running.frontends.len(),
+            backends = self.running.backends.len(),
+            trigger = trigger.as_str(),
+            "applied"
+        );
+        Ok(Outcome::Applied)
+    }
+
+    fn count(&mut self, trigger: Trigger, outcome: Outcome) {
+        *self.changes.entry((trigger, outcome)).or_default() += 1;
+    }
+
+    fn save_programmed(&self) {
+        let record = Programmed {
+            format: PROGRAMMED_FORMAT,
+            services: self.merged.file.services_value(),
+            node_addresses: self.node_addresses.clone(),
+            ids: self.running.ids.clone(),
+        };
+        let path = self.state_dir.join(PROGRAMMED_FILE);
+        let text = serde_json::to_string(&record).expect("plain data serializes");
+        if let Err(e) = write_atomically(&path, text.as_bytes()) {
+            // Not fatal: without it the next lbd rewrites every entry instead of the diff.
+            warn!("{}: cannot record what is programmed: {e}", path.display());
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn changes(&self) -> &BTreeMap<(Trigger, Outcome), u64> {
+        &self.changes
+    }
+
+    pub fn running(&self) -> &DesiredState {
+        &self.running
+    }
+
+    pub fn merged(&self) -> &Merged {
+        &self.merged
+    }
+
+    pub fn api_state(&self) -> &ApiState {
+        &self.api
+    }
+
+    pub fn file(&self) -> &ServiceFile {
+        &self.file
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dp
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        self.dp.attachments()
+    }
+
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
+    /// Which backend a flow gets and why: the connection table first, then the selection.
+    pub fn explain(
+        &self,
+        protocol: u8,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<Explained, DaemonError> {
+        let key = FlowKey {
+            src: reconcile::addr(src.ip()),
+            dst: reconcile::addr(dst.ip()),
+            sport_be: src.port().to_be(),
+            dport_be: dst.port().to_be(),
+            proto: protocol,
+            _pad: [0; 3],
+        };
+        let tracked = self.dp.tracked_flow(&key)?;
+        let selection = self.running.explain(protocol, src, dst);
+        let tracked = tracked.map(|flow| {
+            let backend = SocketAddr::new(
+                reconcile::ip(&flow.nat_addr),
+                u16::from_be(flow.nat_port_be),
+            );
+            let removed = !self.running.backends.contains_key(&flow.backend_id);
+            TrackedFlow {
+                backend,
+                tcp_state: tcp_state_name(protocol, flow.tcp_state),
+                idle_timeout_s: flow.timeout_s,
+                backend_removed: removed,
+            }
+        });
+        let service = self.running.frontends.get(&lb_common::maps::EndpointKey {
+            addr: reconcile::addr(dst.ip()),
+            port_be: dst.port().to_be(),
+            proto: protocol,
+            _pad: 0,
+        });
+        let round_robin = service.is_some_and(|s| s.flags & service_flags::ROUND_ROBIN != 0);
+        Ok(Explained {
+            tracked,
+            selection: selection.to_string(),
+            round_robin,
+        })
+    }
+}
+
+/// `lbctl explain`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Explained {
+    /// The connection-table entry, if the flow is tracked: it decides, whatever the table says.
+    pub tracked: Option<TrackedFlow>,
+    /// What the selection would pick for a new flow, and why.
+    pub selection: String,
+    pub round_robin: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrackedFlow {
+    pub backend: SocketAddr,
+    pub tcp_state: String,
+    pub idle_timeout_s: u32,
+    /// The backend left its service: the flow moves (or ends) on its next packet.
+    pub backend_removed: bool,
+}
+
+pub fn tcp_state_name(protocol: u8, state: u8) -> String {
+    if protocol != proto::TCP {
+        return "-".into();
+    }
+    match state {
+        tcp_state::SYN_SENT => "syn_sent",
+        tcp_state::ESTABLISHED => "established",
+        tcp_state::CLOSING => "closing",
+        _ => "none",
+    }
+    .into()
+}
+
+fn node_addresses() -> Result<Vec<IpAddr>, DaemonError> {
+    dataplane::node_addresses().map_err(DaemonError::NodeAddresses)
+}
+
+fn read_programmed(state_dir: &Path) -> Option<Programmed> {
+    let path = state_dir.join(PROGRAMMED_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match serde_json::from_str::<Programmed>(&text) {
+        Ok(p) if p.format == PROGRAMMED_FORMAT => Some(p),
+        Ok(p) => {
+            warn!("{}: format {} unknown; ignored", path.display(), p.format);
+            None
+        }
+        Err(e) => {
+            warn!("{}: unreadable ({e}); ignored", path.display());
+            None
+        }
+    }
+}
+
+/// What the previous `lbd` programmed, planned again from its record with its ids.
+fn planned_before(p: &Programmed) -> Result<DesiredState, DaemonError> {
+    let text = serde_json::json!({ "services": p.services }).to_string();
+    let file = ServiceFile::parse(&text, Path::new(PROGRAMMED_FILE))?;
+    let previous = DesiredState::with_ids(p.ids.clone());
+    let planned = reconcile::plan_from(&file, &p.node_addresses, Some(&previous))?;
+    Ok(planned)
+}
+
+/// Kernel ids of the services named `name` (one per port mapping and family).
+pub fn service_ids(running: &DesiredState, name: &str) -> Vec<u32> {
+    running
+        .services
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.id)
+        .collect()
+}
+
+/// Where a service is defined, for `lbctl list`.
+pub fn source_of(merged: &Merged, name: &str) -> Source {
+    merged.sources.get(name).copied().unwrap_or(Source::File)
+}
+
+/// Counters by name, for `lbctl stats` and `/metrics`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub generation: u64,
+    /// Global counters by slot label (see `lb_common::stats`).
+    pub global: BTreeMap<String, u64>,
+    pub services: Vec<ServiceReport>,
+    pub conntrack: Occupancy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Occupancy {
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+/// One kernel service: a service's port mapping in one address family.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub name: String,
+    /// The mapping as written (`80:8080/tcp`).
+    pub frontend: String,
+    pub family: String,
+    pub source: Source,
+    pub frontends: Vec<SocketAddr>,
+    pub totals: Totals,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendReport {
+    pub target: SocketAddr,
+    pub weight: u32,
+    /// `active` or `draining` (weight 0).
+    pub state: String,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Per second over the last sampling interval, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_flows_per_s: Option<f64>,
+}
+
+impl Daemon {
+    /// Reads every counter. The connection-table occupancy is passed in: counting it walks
+    /// the table, which the caller does at its own pace.
+    pub fn report(&self, conntrack: Occupancy) -> Result<Report, DaemonError> {
+        let running = &self.running;
+        let stats = self.dp.traffic(
+            running.services.iter().map(|s| s.id),
+            running.backends.keys().copied(),
+        )?;
+        let totals = |t: Option<&dataplane::TrafficTotals>| {
+            let t = t.copied().unwrap_or_default();
+            Totals {
+                packets: t.packets,
+                bytes: t.bytes,
+                new_flows: t.new_flows,
+                ..Totals::default()
+            }
+        };
+        let services = running
+            .services
+            .iter()
+            .map(|s| ServiceReport {
+                name: s.name.clone(),
+                frontend: s.mapping.to_string(),
+                family: family_of(&s.frontends, &s.backends),
+                source: source_of(&self.merged, &s.name),
+                frontends: s.frontends.clone(),
+                totals: totals(stats.services.get(&s.id)),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| BackendReport {
+                        target: b.target,
+                        weight: b.weight,
+                        state: if b.weight == 0 { "draining" } else { "active" }.into(),
+                        totals: totals(stats.backends.get(&b.id)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Report {
+            generation: self.generation,
+            global: stats
+                .global
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            services,
+            conntrack,
+        })
+    }
+
+    pub fn conntrack_occupancy(&self) -> Result<Occupancy, DaemonError> {
+        let (entries, capacity) = self.dp.conntrack_occupancy()?;
+        Ok(Occupancy { entries, capacity })
+    }
+}
+
+fn family_of(frontends: &[SocketAddr], backends: &[reconcile::PlannedBackend]) -> String {
+    let v6 = frontends
+        .first()
+        .map(|f| f.is_ipv6())
+        .or_else(|| backends.first().map(|b| b.target.is_ipv6()))
+        .unwrap_or(false);
+    if v6 { "ipv6" } else { "ipv4" }.into()
+}
+
+impl Report {
+    /// Adds per-second rates from an earlier report of the same services.
+    pub fn with_rates(mut self, earlier: &Report, seconds: f64) -> Report {
+        if seconds <= 0.0 {
+            return self;
+        }
+        let rate = |now: u64, then: u64| Some(now.saturating_sub(then) as f64 / seconds);
+        for s in &mut self.services {
+            let Some(old) = earlier
+                .services
+                .iter()
+                .find(|o| o.name == s.name && o.frontend == s.frontend && o.family == s.family)
+            else {
+                continue;
+            };
+            s.totals.packets_per_s = rate(s.totals.packets, old.totals.packets);
+            s.totals.new_flows_per_s = rate(s.totals.new_flows, old.totals.new_flows);
+            for b in &mut s.backends {
+                if let Some(ob) = old.backends.iter().find(|ob| ob.target == b.target) {
+                    b.totals.packets_per_s = rate(b.totals.packets, ob.totals.packets);
+                    b.totals.new_flows_per_s = rate(b.totals.new_flows, ob.totals.new_flows);
+                }
+            }
+        }
+        self
+    }
+
+    /// Copies the rates of `rated` (a report with rates) onto the same services here.
+    pub fn rates_from(mut self, rated: &Report) -> Report {
+        for s in &mut self.services {
+            let Some(r) = rated
+                .services
+                .iter()
+                .find(|r| r.name == s.name && r.frontend == s.frontend && r.family == s.family)
+            else {
+                continue;
+            };
+            s.totals.packets_per_s = r.totals.packets_per_s;
+            s.totals.new_flows_per_s = r.totals.new_flows_per_s;
+            for b in &mut s.backends {
+                if let Some(rb) = r.backends.iter().find(|rb| rb.target == b.target) {
+                    b.totals.packets_per_s = rb.totals.packets_per_s;
+                    b.totals.new_flows_per_s = rb.totals.new_flows_per_s;
+                }
+            }
+        }
+        self
+    }
+}

@@ -1,0 +1,181 @@
+//! Pinned state under bpffs, so the kernel program keeps forwarding while `lbd` is stopped,
+//! upgraded or crashed, and the next `lbd` adopts the maps (connection table included).
+//!
+//! Layout of the pin directory (default `/sys/fs/bpf/meshlb`):
+//! - `maps/<MAP NAME>`: every map of the kernel object.
+//! - `links/xdp/<interface>`, `links/tc/<interface>`: the XDP and tcx links; a new `lbd`
+//!   swaps its freshly loaded programs into them (`bpf_link_update`), so no packet meets an
+//!   interface without a program.
+//!
+//! Removing the directory (`lbd cleanup`) drops the last references: the links detach and the
+//! maps are freed.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::MapInfo;
+use lb_common::maps::names;
+
+use super::DataplaneError;
+
+pub(crate) fn map_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("maps").join(name)
+}
+
+pub(crate) fn link_path(dir: &Path, interface: &str, kind: LinkKind) -> PathBuf {
+    dir.join("links")
+        .join(kind.suffix())
+        .join(encode_name(interface))
+}
+
+/// bpffs refuses names with a dot (reserved for the kernel), which interface names such as
+/// `eth0.100` have.
+fn encode_name(interface: &str) -> String {
+    interface.replace('%', "%25").replace('.', "%2e")
+}
+
+fn decode_name(name: &str) -> String {
+    name.replace("%2e", ".").replace("%25", "%")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn interface_names_with_dots_make_valid_pin_names() {
+        for name in ["eth0", "eth0.100", "a%b.c"] {
+            let encoded = super::encode_name(name);
+            assert!(!encoded.contains('.'), "{encoded}");
+            assert_eq!(super::decode_name(&encoded), name);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkKind {
+    Xdp,
+    Tc,
+}
+
+impl LinkKind {
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Tc => "tc",
+        }
+    }
+}
+
+/// Creates the directory tree; says how to mount bpffs when it is missing.
+pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
+    let bpffs = dir.ancestors().any(is_bpffs);
+    if !bpffs {
+        return Err(DataplaneError::Pin(format!(
+            "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or \
+             run `cargo xtask setup`), or choose another --pin-dir",
+            dir.display()
+        )));
+    }
+    for sub in ["maps", "links/xdp", "links/tc"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
+            DataplaneError::Pin(format!("creating {}: {e}", dir.join(sub).display()))
+        })?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into `stat`, which is plain data, for a valid C string.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Whether a previous `lbd` left maps here to adopt.
+pub(crate) fn has_pinned_maps(dir: &Path) -> bool {
+    names::ALL.iter().any(|name| map_path(dir, name).exists())
+}
+
+/// Refuses pinned maps whose shape differs from what this build's kernel object declares: a
+/// program must never read a map laid out by another version.
+pub(crate) fn check_compatible(
+    dir: &Path,
+    object: &[u8],
+    conntrack_entries: u32,
+) -> Result<(), DataplaneError> {
+    let obj = aya_obj::Object::parse(object)
+        .map_err(|e| DataplaneError::Pin(format!("parsing the kernel object: {e}")))?;
+    for name in names::ALL {
+        let path = map_path(dir, name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(want) = obj.maps.get(name) else {
+            return Err(DataplaneError::Missing { kind: "map", name });
+        };
+        let pinned = MapInfo::from_pin(&path)
+            .map_err(|e| DataplaneError::Pin(format!("reading {}: {e}", path.display())))?;
+        let want_entries = if name == names::CONNTRACK {
+            conntrack_entries
+        } else {
+            want.max_entries()
+        };
+        let have = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
+        let want = (want.key_size(), want.value_size(), want_entries);
+        if have != want {
+            let hint = if name == names::CONNTRACK && have.0 == want.0 && have.1 == want.1 {
+                format!(
+                    "start with --conntrack-entries {} to keep the tracked flows, or ",
+                    have.2
+                )
+            } else {
+                String::new()
+            };
+            return Err(DataplaneError::Pin(format!(
+                "pinned map {} has key/value size {}/{} and {} entries, this lbd needs {}/{} and \
+                 {}: it was made by another meshlb version or configuration; {hint}run `lbd \
+                 cleanup` (this forgets tracked flows) and start again",
+                path.display(),
+                have.0,
+                have.1,
+                have.2,
+                want.0,
+                want.1,
+                want.2
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Interfaces that have pinned links, with the pin files of each.
+pub(crate) fn pinned_interfaces(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for kind in [LinkKind::Xdp, LinkKind::Tc] {
+        let Ok(entries) = std::fs::read_dir(dir.join("links").join(kind.suffix())) else {
+            continue;
+        };
+        out.extend(entries.flatten().filter_map(|e| {
+            let name = e.file_name().to_str().map(decode_name)?;
+            Some((name, e.path()))
+        }));
+    }
+    out.sort();
+    out
+}
+
+/// Removes everything meshlb pinned under `dir`: its programs detach, its maps are freed.
+/// Returns whether there was anything.
+pub fn cleanup(dir: &Path) -> Result<bool, DataplaneError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DataplaneError::Pin(format!(
+            "removing {}: {e}",
+            dir.display()
+        ))),
+    }
+}

@@ -1,0 +1,359 @@
+//! `/metrics` in the Prometheus/OpenMetrics text format, built from one counter report per
+//! scrape. Label sets are bounded by the configuration: services, their port mappings and
+//! backends, the kernel's counter slots, and HTTP status codes.
+//!
+//! The metric names are listed in `METRIC_NAMES`; the Grafana dashboard in
+//! `deploy/grafana/` uses only those (a test checks).
+
+use std::collections::BTreeMap;
+
+use lb_common::stats::{SlotKind, StatSlot};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::daemon::{Outcome, Report, Trigger};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric family served, as scraped (counters with `_total`).
+pub const METRIC_NAMES: &[&str] = &[
+    "meshlb_xdp_packets_total",
+    "meshlb_forwarded_packets_total",
+    "meshlb_passed_packets_total",
+    "meshlb_dropped_packets_total",
+    "meshlb_events_total",
+    "meshlb_tc_packets_total",
+    "meshlb_service_packets_total",
+    "meshlb_service_bytes_total",
+    "meshlb_service_new_flows_total",
+    "meshlb_backend_packets_total",
+    "meshlb_backend_bytes_total",
+    "meshlb_backend_new_flows_total",
+    "meshlb_backends",
+    "meshlb_conntrack_entries",
+    "meshlb_conntrack_capacity",
+    "meshlb_config_generation",
+    "meshlb_reloads_total",
+    "meshlb_api_requests_total",
+];
+
+/// Where a global counter slot goes: (metric without `meshlb_` and `_total`, label, value).
+fn slot_metric(slot: StatSlot) -> (&'static str, &'static str, &'static str) {
+    let label = slot.label();
+    match slot.kind() {
+        SlotKind::Seen => ("xdp_packets", "", ""),
+        SlotKind::Tc => ("tc_packets", "outcome", label.trim_start_matches("tc_")),
+        SlotKind::Event => ("events", "event", label),
+        SlotKind::Outcome => {
+            if let Some(reason) = label.strip_prefix("drop_") {
+                ("dropped_packets", "reason", reason)
+            } else if let Some(reason) = label.strip_prefix("pass_") {
+                ("passed_packets", "reason", reason)
+            } else {
+                ("forwarded_packets", "path", label.trim_start_matches("tx_"))
+            }
+        }
+    }
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The scrape's text.
+pub fn render(
+    report: &Report,
+    changes: &BTreeMap<(Trigger, Outcome), u64>,
+    api_requests: &BTreeMap<u16, u64>,
+) -> String {
+    let mut registry = Registry::with_prefix("meshlb");
+
+    let mut global: BTreeMap<&str, Family<Labels, Counter>> = BTreeMap::new();
+    for (name, help) in [
+        ("xdp_packets", "Packets the XDP program saw."),
+        (
+            "forwarded_packets",
+            "Packets sent on by path (xdp_redirect, via_tc, local).",
+        ),
+        (
+            "passed_packets",
+            "Packets passed to the kernel untouched, by reason.",
+        ),
+        ("dropped_packets", "Packets dropped, by reason."),
+        (
+            "events",
+            "Things that happened on the way: rewrites, new flows, ICMP handled.",
+        ),
+        ("tc_packets", "Packets the TC program handled, by outcome."),
+    ] {
+        global.insert(name, counter_family(&mut registry, name, help));
+    }
+    for slot in StatSlot::ALL {
+        let (name, key, value) = slot_metric(*slot);
+        let labels: Labels = if key.is_empty() {
+            Vec::new()
+        } else {
+            vec![(key, value.to_owned())]
+        };
+        let count = report.global.get(slot.label()).copied().unwrap_or(0);
+        global[name].get_or_create(&labels).inc_by(count);
+    }
+
+    let service_packets = counter_family(
+        &mut registry,
+        "service_packets",
+        "Packets to a service's frontend.",
+    );
+    let service_bytes = counter_family(
+        &mut registry,
+        "service_bytes",
+        "Bytes to a service's frontend.",
+    );
+    let service_flows = counter_family(
+        &mut registry,
+        "service_new_flows",
+        "New flows of a service.",
+    );
+    let backend_packets = counter_family(
+        &mut registry,
+        "backend_packets",
+        "Packets sent to a backend.",
+    );
+    let backend_bytes = counter_family(&mut registry, "backend_bytes", "Bytes sent to a backend.");
+    let backend_flows = counter_family(
+        &mut registry,
+        "backend_new_flows",
+        "New flows given to a backend.",
+    );
+    let backends = gauge_family(
+        &mut registry,
+        "backends",
+        "Backends by state (active, draining).",
+    );
+    let mut by_state: BTreeMap<(String, &str), i64> = BTreeMap::new();
+    for s in &report.services {
+        let labels: Labels = vec![
+            ("service", s.name.clone()),
+            ("frontend", s.frontend.clone()),
+            ("family", s.family.clone()),
+        ];
+        service_packets
+            .get_or_create(&labels)
+            .inc_by(s.totals.packets);
+        service_bytes.get_or_create(&labels).inc_by(s.totals.bytes);
+        service_flows
+            .get_or_create(&labels)
+            .inc_by(s.totals.new_flows);
+        for b in &s.backends {
+            let mut labels = labels.clone();
+            labels.push(("backend", b.target.to_string()));
+            backend_packets
+                .get_or_create(&labels)
+                .inc_by(b.totals.packets);
+            backend_bytes.get_or_create(&labels).inc_by(b.totals.bytes);
+            backend_flows
+                .get_or_create(&labels)
+                .inc_by(b.totals.new_flows);
+            let state = if b.weight == 0 { "draining" } else { "active" };
+            *by_state.entry((s.name.clone(), state)).or_default() += 1;
+        }
+        for state in ["active", "draining"] {
+            by_state.entry((s.name.clone(), state)).or_default();
+        }
+    }
+    for ((service, state), count) in by_state {
+        backends
+            .get_or_create(&vec![("service", service), ("state", state.to_owned())])
+            .set(count);
+    }
+
+    let entries = Gauge::<i64>::default();
+    entries.set(i64::try_from(report.conntrack.entries).unwrap_or(i64::MAX));
+    registry.register(
+        "conntrack_entries",
+        "Connection-table entries (a flow takes two), sampled.",
+        entries,
+    );
+    let capacity = Gauge::<i64>::default();
+    capacity.set(i64::from(report.conntrack.capacity));
+    registry.register(
+        "conntrack_capacity",
+        "Connection-table capacity in entries.",
+        capacity,
+    );
+    let generation = Gauge::<i64>::default();
+    generation.set(i64::try_from(report.generation).unwrap_or(i64::MAX));
+    registry.register(
+        "config_generation",
+        "Configurations programmed since start.",
+        generation,
+    );
+
+    let reloads = counter_family(
+        &mut registry,
+        "reloads",
+        "Configuration changes by source and result.",
+    );
+    for ((trigger, outcome), count) in changes {
+        reloads
+            .get_or_create(&vec![
+                ("source", trigger.as_str().to_owned()),
+                ("result", outcome.as_str().to_owned()),
+            ])
+            .inc_by(*count);
+    }
+    let requests = counter_family(
+        &mut registry,
+        "api_requests",
+        "Admin API requests by HTTP status.",
+    );
+    for (code, count) in api_requests {
+        requests
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc_by(*count);
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String does not fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::{BackendReport, Occupancy, ServiceReport, Totals};
+
+    #[test]
+    fn every_slot_has_a_home_and_names_are_listed() {
+        let report = Report {
+            generation: 3,
+            global: StatSlot::ALL
+                .iter()
+                .map(|s| (s.label().to_owned(), 7))
+                .collect(),
+            services: vec![ServiceReport {
+                name: "web".into(),
+                frontend: "80:8080/tcp".into(),
+                family: "ipv4".into(),
+                source: crate::overlay::Source::File,
+                frontends: vec![],
+                totals: Totals {
+                    packets: 10,
+                    bytes: 600,
+                    new_flows: 2,
+                    ..Default::default()
+                },
+                backends: vec![BackendReport {
+                    target: "198.18.2.10:8080".parse().unwrap(),
+                    weight: 0,
+                    state: "draining".into(),
+                    totals: Totals {
+                        packets: 10,
+                        bytes: 600,
+                        new_flows: 2,
+                        ..Default::default()
+                    },
+                }],
+            }],
+            conntrack: Occupancy {
+                entries: 4,
+                capacity: 65536,
+            },
+        };
+        let changes = [((Trigger::Api, Outcome::Rejected), 2)].into();
+        let text = render(&report, &changes, &[(401, 1)].into());
+        for name in METRIC_NAMES {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("meshlb_dropped_packets_total{reason=\"no_backend\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_forwarded_packets_total{path=\"xdp_redirect\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_passed_packets_total{reason=\"not_frontend\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_tc_packets_total{outcome=\"redirect_neigh\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "meshlb_backend_new_flows_total{service=\"web\",frontend=\"80:8080/tcp\",family=\"ipv4\",backend=\"198.18.2.10:8080\"} 2"
+        ), "{text}");
+        assert!(
+            text.contains("meshlb_backends{service=\"web\",state=\"draining\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_backends{service=\"web\",state=\"active\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_reloads_total{source=\"api\",result=\"rejected\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_api_requests_total{code=\"401\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("meshlb_conntrack_capacity 65536"), "{text}");
+        // Every family served is listed, so the dashboard check covers them all.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                METRIC_NAMES
+                    .iter()
+                    .any(|n| n.trim_end_matches("_total") == name),
+                "{name} is served but not in METRIC_NAMES"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dashboard_uses_only_served_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/meshlb-dashboard.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        );
+        let mut used = 0;
+        for (i, _) in text.match_indices("meshlb_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with("meshlb_") && name.len() > "meshlb_".len() {
+                used += 1;
+                assert!(
+                    METRIC_NAMES.contains(&name.as_str()),
+                    "the dashboard uses {name}, which lbd does not serve"
+                );
+            }
+        }
+        assert!(used > 10, "the dashboard queries meshlb metrics");
+    }
+}

@@ -1,0 +1,678 @@
+//! What the admin API was told, kept apart from the service file and laid over it.
+//!
+//! The rule (also in the README):
+//! - A service belongs to the file or to the API, never both. `lbctl add-service` and
+//!   `lbctl apply` create and replace API services; a name the file already uses is refused.
+//!   A file that later defines an API service's name is refused at reload, naming both.
+//! - `add-backend`, `remove-backend` and `drain` work on either. On an API service they edit
+//!   it; on a file service they are kept as backend edits (address and port, weight or
+//!   removed) and laid over the file's backend list on every reload, so the rest of the file
+//!   keeps applying. Editing the file's backend list does not clear them; `lbctl list` shows
+//!   them, and `remove-backend`/`add-backend` change them like any backend.
+//! - Both are validated together, with the file's rules, before anything is programmed.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BackendSpec, ConfigError, ServiceFile, ServiceSpec};
+
+/// A backend as the API names it: its address and, if given, its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BackendRef {
+    pub address: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl BackendRef {
+    pub fn of(spec: &BackendSpec) -> Self {
+        Self {
+            address: spec.address,
+            port: spec.port,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        BackendSpec {
+            address: self.address,
+            port: self.port,
+            weight: 1,
+        }
+        .fmt(f)
+    }
+}
+
+/// Where a running service is defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Api,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{}: {message}", .path.display())]
+    Io { path: PathBuf, message: String },
+}
+
+/// The API's services and its backend edits on file services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiState {
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Per file service: backend to weight (added or re-weighted), or `None` (removed).
+    pub backend_edits: BTreeMap<String, BTreeMap<BackendRef, Option<u32>>>,
+}
+
+/// The file and the API state laid together.
+#[derive(Clone, Debug)]
+pub struct Merged {
+    pub file: ServiceFile,
+    pub sources: BTreeMap<String, Source>,
+    /// Edits kept for services the file no longer defines: not applied, shown by `list`.
+    pub orphaned_edits: Vec<String>,
+}
+
+/// What `origin` names in errors about the merged configuration.
+pub const MERGED_ORIGIN: &str = "service file + API state";
+
+impl ApiState {
+    /// Lays the API state over `file`, and validates the result with the file's rules.
+    pub fn merge(&self, file: &ServiceFile) -> Result<Merged, OverlayError> {
+        let mut sources = BTreeMap::new();
+        let mut specs = Vec::new();
+        for (name, spec) in &file.services {
+            let mut spec = spec.clone();
+            if let Some(edits) = self.backend_edits.get(name) {
+                apply_edits(&mut spec, edits);
+            }
+            sources.insert(name.clone(), Source::File);
+            specs.push(spec);
+        }
+        for (name, spec) in &self.services {
+            if file.services.contains_key(name) {
+                return Err(OverlayError::Conflict(format!(
+                    "service {name:?} is defined in the service file and through the API; \
+                     remove one (`lbctl remove-service {name}`, or delete it from the file)"
+                )));
+            }
+            sources.insert(name.clone(), Source::Api);
+            specs.push(spec.clone());
+        }
+        let orphaned_edits = self
+            .backend_edits
+            .keys()
+            .filter(|name| !file.services.contains_key(*name))
+            .cloned()
+            .collect();
+        // Through the file format again, so backend edits meet every rule a file meets
+        // (duplicates, table size against the backend count) with the same messages.
+        let value = serde_json::json!({
+            "services": specs.iter().map(|s| (s.name.clone(), s.to_value()))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        let mut merged = ServiceFile::parse(&value.to_string(), Path::new(MERGED_ORIGIN))?;
+        merged.lbd = file.lbd.clone();
+        Ok(Merged {
+            file: merged,
+            sources,
+            orphaned_edits,
+        })
+    }
+
+    pub fn add_service(
+        &mut self,
+        spec: ServiceSpec,
+        file: &ServiceFile,
+    ) -> Result<(), OverlayError> {
+        if file.services.contains_key(&spec.name) {
+            return Err(OverlayError::Conflict(format!(
+                "service {:?} is defined in the service file; change it there, or pick another name",
+                spec.name
+            )));
+        }
+        if self.services.contains_key(&spec.name) {
+            return Err(OverlayError::Conflict(format!(
+                "service {:?} exists; remove it first or use `lbctl apply` to replace it",
+                spec.name
+            )));
+        }
+        self.services.insert(spec.name.clone(), spec);
+        Ok(())
+    }
+
+    pub fn remove_service(&mut self, name: &str, file: &ServiceFile) -> Result<(), OverlayError> {
+        if self.services.remove(name).is_some() {
+            return Ok(());
+        }
+        if file.services.contains_key(name) {
+            return Err(OverlayError::Conflict(format!(
+                "service {name:?} is defined in the service file; delete it there and reload"
+            )));
+        }
+        Err(OverlayError::NotFound(format!("no service {name:?}")))
+    }
+
+    /// `lbctl apply`: the API's services become exactly `services`. Returns the names added,
+    /// changed and removed.
+    pub fn replace_services(
+        &mut self,
+        services: BTreeMap<String, ServiceSpec>,
+        file: &ServiceFile,
+    ) -> Result<ServiceChanges, OverlayError> {
+        if let Some(name) = services.keys().find(|n| file.services.contains_key(*n)) {
+            return Err(OverlayError::Conflict(format!(
+                "service {name:?} is defined in the service file; apply can only manage services \
+                 created through the API"
+            )));
+        }
+        let changes = ServiceChanges::between(&self.services, &services);
+        self.services = services;
+        Ok(changes)
+    }
+
+    /// Adds `backend` to `service`, or sets its weight if it is there.
+    pub fn set_backend(
+        &mut self,
+        service: &str,
+        backend: BackendSpec,
+        file: &ServiceFile,
+    ) -> Result<(), OverlayError> {
+        if let Some(spec) = self.services.get_mut(service) {
+            match spec
+                .backends
+                .iter_mut()
+                .find(|b| BackendRef::of(b) == BackendRef::of(&backend))
+            {
+                Some(existing) => existing.weight = backend.weight,
+                None => spec.backends.push(backend),
+            }
+            return Ok(());
+        }
+        if !file.services.contains_key(service) {
+            return Err(no_service(service));
+        }
+        self.backend_edits
+            .entry(service.to_owned())
+            .or_default()
+            .insert(BackendRef::of(&backend), Some(backend.weight));
+        Ok(())
+    }
+
+    /// Removes a backend `service` has now (after earlier edits).
+    pub fn remove_backend(
+        &mut self,
+        service: &str,
+        backend: BackendRef,
+        file: &ServiceFile,
+    ) -> Result<(), OverlayError> {
+        let current = self.current_backends(service, file)?;
+        if !current.iter().any(|b| BackendRef::of(b) == backend) {
+            return Err(no_backend(service, backend, &current));
+        }
+        match self.services.get_mut(service) {
+            Some(spec) => spec.backends.retain(|b| BackendRef::of(b) != backend),
+            None => {
+                let edits = self.backend_edits.entry(service.to_owned()).or_default();
+                let in_file = file.services[service]
+                    .backends
+                    .iter()
+                    .any(|b| BackendRef::of(b) == backend);
+                if in_file {
+                    edits.insert(backend, None);
+                } else {
+                    // Only an edit added it: forgetting the edit removes it.
+                    edits.remove(&backend);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a present backend's weight to 0: no new flows, established ones continue.
+    pub fn drain(
+        &mut self,
+        service: &str,
+        backend: BackendRef,
+        file: &ServiceFile,
+    ) -> Result<(), OverlayError> {
+        let current = self.current_backends(service, file)?;
+        if !current.iter().any(|b| BackendRef::of(b) == backend) {
+            return Err(no_backend(service, backend, &current));
+        }
+        let spec = BackendSpec {
+            address: backend.address,
+            port: backend.port,
+            weight: 0,
+        };
+        self.set_backend(service, spec, file)
+    }
+
+    /// `service`'s backends as they are programmed (file plus edits, or the API's).
+    fn current_backends(
+        &self,
+        service: &str,
+        file: &ServiceFile,
+    ) -> Result<Vec<BackendSpec>, OverlayError> {
+        if let Some(spec) = self.services.get(service) {
+            return Ok(spec.backends.clone());
+        }
+        let mut spec = file
+            .services
+            .get(service)
+            .cloned()
+            .ok_or_else(|| no_service(service))?;
+        if let Some(edits) = self.backend_edits.get(service) {
+            apply_edits(&mut spec, edits);
+        }
+        Ok(spec.backends)
+    }
+
+    /// Reads the state `save` wrote; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<ApiState, OverlayError> {
+        let io = |message: String| OverlayError::Io {
+            path: path.to_owned(),
+            message,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ApiState::default()),
+            Err(e) => return Err(io(format!("cannot read the API state: {e}"))),
+        };
+        let stored: StoredState = serde_json::from_str(&text).map_err(|e| {
+            io(format!(
+                "not a meshlb API state ({e}); move it away to start without the API's changes"
+            ))
+        })?;
+        if stored.format != STATE_FORMAT {
+            return Err(io(format!(
+                "API state format {} is not the format {STATE_FORMAT} this lbd reads",
+                stored.format
+            )));
+        }
+        let services_text = serde_json::json!({ "services": stored.services }).to_string();
+        let services = ServiceFile::parse(&services_text, path)?.services;
+        let backend_edits = stored
+            .backend_edits
+            .into_iter()
+            .map(|(service, edits)| {
+                let edits = edits
+                    .into_iter()
+                    .map(|e| (e.backend, if e.removed { None } else { Some(e.weight) }))
+                    .collect();
+                (service, edits)
+            })
+            .collect();
+        Ok(ApiState {
+            services,
+            backend_edits,
+        })
+    }
+
+    /// Writes the state atomically: a crash leaves the old file or the new one.
+    pub fn save(&self, path: &Path) -> Result<(), OverlayError> {
+        let stored = StoredState {
+            format: STATE_FORMAT,
+            services: ServiceFile::from_specs(self.services.values().cloned(), path)?
+                .services_value(),
+            backend_edits: self
+                .backend_edits
+                .iter()
+                .filter(|(_, edits)| !edits.is_empty())
+                .map(|(service, edits)| {
+                    let edits = edits
+                        .iter()
+                        .map(|(backend, weight)| StoredEdit {
+                            backend: *backend,
+                            weight: weight.unwrap_or(0),
+                            removed: weight.is_none(),
+                        })
+                        .collect();
+                    (service.clone(), edits)
+                })
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&stored).expect("plain data serializes");
+        write_atomically(path, text.as_bytes()).map_err(|e| OverlayError::Io {
+            path: path.to_owned(),
+            message: format!("cannot write the API state: {e}"),
+        })
+    }
+}
+
+fn apply_edits(spec: &mut ServiceSpec, edits: &BTreeMap<BackendRef, Option<u32>>) {
+    for (backend, weight) in edits {
+        let position = spec
+            .backends
+            .iter()
+            .position(|b| BackendRef::of(b) == *backend);
+        match (weight, position) {
+            (Some(weight), Some(i)) => spec.backends[i].weight = *weight,
+            (Some(weight), None) => spec.backends.push(BackendSpec {
+                address: backend.address,
+                port: backend.port,
+                weight: *weight,
+            }),
+            (None, Some(i)) => {
+                spec.backends.remove(i);
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+fn no_service(service: &str) -> OverlayError {
+    OverlayError::NotFound(format!("no service {service:?} (see `lbctl list`)"))
+}
+
+fn no_backend(service: &str, backend: BackendRef, current: &[BackendSpec]) -> OverlayError {
+    let list: Vec<String> = current
+        .iter()
+        .map(|b| BackendRef::of(b).to_string())
+        .collect();
+    OverlayError::NotFound(format!(
+        "service {service:?} has no backend {backend}; its backends: [{}] (write the address \
+         and port as listed)",
+        list.join(", ")
+    ))
+}
+
+/// Which services an `apply` added, changed and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl ServiceChanges {
+    fn between(old: &BTreeMap<String, ServiceSpec>, new: &BTreeMap<String, ServiceSpec>) -> Self {
+        let mut changes = Self::default();
+        for (name, spec) in new {
+            match old.get(name) {
+                None => changes.added.push(name.clone()),
+                Some(previous) if previous != spec => changes.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .keys()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect();
+        changes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+const STATE_FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredState {
+    format: u32,
+    services: serde_json::Value,
+    backend_edits: BTreeMap<String, Vec<StoredEdit>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredEdit {
+    #[serde(flatten)]
+    backend: BackendRef,
+    weight: u32,
+    #[serde(default)]
+    removed: bool,
+}
+
+/// Writes `path` through a temporary file, fsync and rename, then syncs the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> ServiceFile {
+        ServiceFile::parse(text, Path::new("s.yaml")).unwrap()
+    }
+
+    const FILE: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+"#;
+
+    fn api_service(name: &str, vip: &str) -> ServiceSpec {
+        file(&format!(
+            "services:\n  {name}:\n    vip: {vip}\n    ports: [\"53/udp\"]\n    backends: [\"198.18.2.20\"]\n"
+        ))
+        .services
+        .remove(name)
+        .unwrap()
+    }
+
+    fn backend(text: &str, weight: u32) -> BackendSpec {
+        BackendSpec {
+            weight,
+            ..text.parse().unwrap()
+        }
+    }
+
+    fn weights(merged: &Merged, service: &str) -> Vec<(String, u32)> {
+        merged.file.services[service]
+            .backends
+            .iter()
+            .map(|b| (BackendRef::of(b).to_string(), b.weight))
+            .collect()
+    }
+
+    #[test]
+    fn edits_on_a_file_service_lay_over_its_backends() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        api.set_backend("web", backend("198.18.2.12:9000", 3), &f)
+            .unwrap();
+        api.drain(
+            "web",
+            "198.18.2.10"
+                .parse::<BackendSpec>()
+                .map(|b| BackendRef::of(&b))
+                .unwrap(),
+            &f,
+        )
+        .unwrap();
+        api.remove_backend(
+            "web",
+            BackendRef {
+                address: "198.18.2.11".parse().unwrap(),
+                port: None,
+            },
+            &f,
+        )
+        .unwrap();
+        let merged = api.merge(&f).unwrap();
+        assert_eq!(
+            weights(&merged, "web"),
+            [("198.18.2.10".into(), 0), ("198.18.2.12:9000".into(), 3)]
+        );
+        // The file changes something else: the edits still apply on top.
+        let f2 = file(&FILE.replace("80:8080/tcp", "81:8080/tcp"));
+        let merged = api.merge(&f2).unwrap();
+        assert_eq!(merged.file.services["web"].ports[0].frontend, 81);
+        assert_eq!(weights(&merged, "web").len(), 2);
+        // Removing a backend only an edit added forgets the edit.
+        let added = BackendRef {
+            address: "198.18.2.12".parse().unwrap(),
+            port: Some(9000),
+        };
+        api.remove_backend("web", added, &f).unwrap();
+        assert!(!api.backend_edits["web"].contains_key(&added));
+    }
+
+    #[test]
+    fn api_services_and_file_services_do_not_share_names() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        let e = api
+            .add_service(api_service("web", "198.18.100.9"), &f)
+            .unwrap_err();
+        assert!(matches!(e, OverlayError::Conflict(_)), "{e}");
+        api.add_service(api_service("dns", "198.18.100.2"), &f)
+            .unwrap();
+        assert!(matches!(
+            api.add_service(api_service("dns", "198.18.100.2"), &f),
+            Err(OverlayError::Conflict(_))
+        ));
+        let merged = api.merge(&f).unwrap();
+        assert_eq!(merged.sources["dns"], Source::Api);
+        assert_eq!(merged.sources["web"], Source::File);
+        // The file later takes the API service's name: refused, naming both ways out.
+        let f2 = file(&format!(
+            "{FILE}  dns:\n    vip: 198.18.100.3\n    ports: [\"53/udp\"]\n"
+        ));
+        let e = api.merge(&f2).unwrap_err().to_string();
+        assert!(e.contains("lbctl remove-service dns"), "{e}");
+        assert!(matches!(
+            api.remove_service("web", &f),
+            Err(OverlayError::Conflict(_))
+        ));
+        assert!(matches!(
+            api.remove_service("nope", &f),
+            Err(OverlayError::NotFound(_))
+        ));
+        api.remove_service("dns", &f).unwrap();
+        assert!(api.services.is_empty());
+    }
+
+    #[test]
+    fn merged_configuration_meets_the_file_rules() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        // Same frontend as the file's service.
+        api.add_service(api_service("dns", "198.18.100.1"), &f)
+            .unwrap();
+        let mut dns = api.services["dns"].clone();
+        dns.ports = f.services["web"].ports.clone();
+        api.services.insert("dns".into(), dns);
+        let e = api.merge(&f).unwrap_err().to_string();
+        assert!(e.contains("already published"), "{e}");
+        // A backend written twice in different forms.
+        let mut api = ApiState::default();
+        api.set_backend("web", backend("198.18.2.10:8080", 1), &f)
+            .unwrap();
+        let e = api.merge(&f).unwrap_err().to_string();
+        assert!(e.contains(MERGED_ORIGIN) && e.contains("backends"), "{e}");
+    }
+
+    #[test]
+    fn unknown_targets_are_named() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        let e = api
+            .remove_backend(
+                "web",
+                BackendRef {
+                    address: "198.18.2.99".parse().unwrap(),
+                    port: None,
+                },
+                &f,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("198.18.2.10, 198.18.2.11"), "{e}");
+        assert!(matches!(
+            api.set_backend("nope", backend("198.18.2.1", 1), &f),
+            Err(OverlayError::NotFound(_))
+        ));
+        assert_eq!(api, ApiState::default(), "failed calls change nothing");
+    }
+
+    #[test]
+    fn apply_reports_what_changed_and_is_idempotent() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        let wanted: BTreeMap<_, _> =
+            [("dns".to_string(), api_service("dns", "198.18.100.2"))].into();
+        let c = api.replace_services(wanted.clone(), &f).unwrap();
+        assert_eq!(c.added, ["dns"]);
+        assert!(api.replace_services(wanted, &f).unwrap().is_empty());
+        let c = api.replace_services(BTreeMap::new(), &f).unwrap();
+        assert_eq!(c.removed, ["dns"]);
+        let clash: BTreeMap<_, _> =
+            [("web".to_string(), api_service("web", "198.18.100.2"))].into();
+        assert!(matches!(
+            api.replace_services(clash, &f),
+            Err(OverlayError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn state_survives_save_and_load() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        api.add_service(api_service("dns", "fd00:100::2"), &f)
+            .unwrap();
+        api.set_backend("dns", backend("[fd00:3::10]:5353", 7), &f)
+            .unwrap();
+        api.set_backend("web", backend("198.18.2.12", 2), &f)
+            .unwrap();
+        api.remove_backend(
+            "web",
+            BackendRef {
+                address: "198.18.2.11".parse().unwrap(),
+                port: None,
+            },
+            &f,
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("mlb-overlay-{}", std::process::id()));
+        let path = dir.join("api-state.json");
+        api.save(&path).unwrap();
+        assert_eq!(ApiState::load(&path).unwrap(), api);
+        assert_eq!(
+            ApiState::load(&dir.join("missing.json")).unwrap(),
+            ApiState::default()
+        );
+        std::fs::write(&path, "{").unwrap();
+        let e = ApiState::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("api-state.json") && e.contains("move it away"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

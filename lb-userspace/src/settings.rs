@@ -1,0 +1,186 @@
+//! Daemon settings: the service file's optional `lbd:` section and `lbd run`'s flags. A flag
+//! given on the command line wins over the file; the defaults live here, once.
+//!
+//! ```yaml
+//! lbd:
+//!   interfaces: [eth0]
+//!   xdp_mode: auto
+//!   api: /run/meshlb/api.sock
+//!   api_listen: 10.0.0.5:9465        # needs api_token_file
+//!   api_token_file: /run/secrets/meshlb_api_token
+//!   metrics: 127.0.0.1:9464
+//!   state_dir: /var/lib/meshlb
+//!   pin_dir: /sys/fs/bpf/meshlb
+//!   conntrack_entries: 2097152
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::{config::ConfigError, dataplane::XdpMode};
+
+pub const DEFAULT_API_SOCKET: &str = "/run/meshlb/api.sock";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/meshlb";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshlb";
+
+/// The `lbd:` section, validated. `None`: not set in the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonSettings {
+    pub interfaces: Option<Vec<String>>,
+    pub xdp_mode: Option<XdpMode>,
+    pub xdp_redirect: Option<Vec<String>>,
+    pub api: Option<PathBuf>,
+    pub api_listen: Option<SocketAddr>,
+    pub api_token_file: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub conntrack_entries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSettings {
+    interfaces: Option<Vec<String>>,
+    xdp_mode: Option<String>,
+    xdp_redirect: Option<Vec<String>>,
+    api: Option<PathBuf>,
+    api_listen: Option<String>,
+    api_token_file: Option<PathBuf>,
+    metrics: Option<String>,
+    state_dir: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    conntrack_entries: Option<u64>,
+}
+
+impl RawSettings {
+    pub(crate) fn validate(self, origin: &Path) -> Result<DaemonSettings, ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            service: None,
+            field: format!("lbd.{field}"),
+            message,
+        };
+        let socket = |field: &str, text: Option<String>| {
+            text.map(|t| {
+                t.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        field,
+                        format!("{t:?} is not an address and port; write e.g. \"127.0.0.1:9464\""),
+                    )
+                })
+            })
+            .transpose()
+        };
+        let xdp_mode = self
+            .xdp_mode
+            .map(|text| {
+                <XdpMode as clap::ValueEnum>::from_str(&text, false).map_err(|_| {
+                    invalid(
+                        "xdp_mode",
+                        format!("{text:?} is not an XDP mode; valid values: native, generic, auto"),
+                    )
+                })
+            })
+            .transpose()?;
+        let conntrack_entries = self
+            .conntrack_entries
+            .map(|n| {
+                u32::try_from(n).ok().filter(|n| *n >= 2).ok_or_else(|| {
+                    invalid(
+                        "conntrack_entries",
+                        format!("{n} is out of range; write a number from 2 to {}", u32::MAX),
+                    )
+                })
+            })
+            .transpose()?;
+        for (field, list) in [
+            ("interfaces", &self.interfaces),
+            ("xdp_redirect", &self.xdp_redirect),
+        ] {
+            if let Some(bad) = list
+                .iter()
+                .flatten()
+                .find(|name| !valid_interface_name(name))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{bad:?} is not an interface name (1-15 characters, no '/' or spaces)"),
+                ));
+            }
+        }
+        let settings = DaemonSettings {
+            interfaces: self.interfaces,
+            xdp_mode,
+            xdp_redirect: self.xdp_redirect,
+            api: self.api,
+            api_listen: socket("api_listen", self.api_listen)?,
+            api_token_file: self.api_token_file,
+            metrics: socket("metrics", self.metrics)?,
+            state_dir: self.state_dir,
+            pin_dir: self.pin_dir,
+            conntrack_entries,
+        };
+        if settings.api_listen.is_some() && settings.api_token_file.is_none() {
+            return Err(invalid(
+                "api_listen",
+                "a TCP API needs a token: set lbd.api_token_file to a file holding it".into(),
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// What the kernel accepts as an interface name.
+pub fn valid_interface_name(name: &str) -> bool {
+    (1..16).contains(&name.len()) && !name.contains(['/', ' ', '\0']) && name != "." && name != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ServiceFile;
+
+    fn parse(text: &str) -> Result<super::DaemonSettings, String> {
+        ServiceFile::parse(text, std::path::Path::new("s.yaml"))
+            .map(|f| f.lbd)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_are_read_from_the_lbd_section() {
+        let s = parse(
+            "services: {}\nlbd:\n  interfaces: [eth0, eth1]\n  xdp_mode: generic\n  metrics: 0.0.0.0:9464\n  conntrack_entries: 4096\n",
+        )
+        .unwrap();
+        assert_eq!(s.interfaces.unwrap(), ["eth0", "eth1"]);
+        assert_eq!(s.xdp_mode, Some(crate::dataplane::XdpMode::Generic));
+        assert_eq!(s.metrics.unwrap().port(), 9464);
+        assert_eq!(s.conntrack_entries, Some(4096));
+        assert_eq!(parse("services: {}\n").unwrap(), Default::default());
+    }
+
+    #[test]
+    fn bad_settings_name_the_field_and_the_fix() {
+        let e = parse("services: {}\nlbd:\n  xdp_mode: fast\n").unwrap_err();
+        assert!(
+            e.contains("field lbd.xdp_mode") && e.contains("native, generic, auto"),
+            "{e}"
+        );
+        let e = parse("services: {}\nlbd:\n  metrics: localhost\n").unwrap_err();
+        assert!(
+            e.contains("lbd.metrics") && e.contains("127.0.0.1:9464"),
+            "{e}"
+        );
+        let e = parse("services: {}\nlbd:\n  api_listen: 0.0.0.0:9465\n").unwrap_err();
+        assert!(e.contains("lbd.api_token_file"), "{e}");
+        let e = parse("services: {}\nlbd:\n  interfaces: [\"a/b\"]\n").unwrap_err();
+        assert!(e.contains("lbd.interfaces"), "{e}");
+        let e = parse("services: {}\nlbd:\n  token: x\n").unwrap_err();
+        assert!(e.contains("unknown field `token`"), "{e}");
+    }
+}
