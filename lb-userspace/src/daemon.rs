@@ -508,7 +508,17 @@ pub struct Report {
     /// Global counters by slot label (see `lb_common::stats`).
     pub global: BTreeMap<String, u64>,
     pub services: Vec<ServiceReport>,
+    /// Per service name: backends taking new flows, and draining ones (weight 0), as
+    /// configured (a backend serving several ports counts once).
+    #[serde(default)]
+    pub backend_states: BTreeMap<String, BackendStates>,
     pub conntrack: Occupancy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStates {
+    pub active: u64,
+    pub draining: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -599,6 +609,20 @@ impl Daemon {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
             services,
+            backend_states: self
+                .merged
+                .file
+                .services
+                .iter()
+                .map(|(name, spec)| {
+                    let draining = spec.backends.iter().filter(|b| b.weight == 0).count() as u64;
+                    let states = BackendStates {
+                        active: spec.backends.len() as u64 - draining,
+                        draining,
+                    };
+                    (name.clone(), states)
+                })
+                .collect(),
             conntrack,
         })
     }

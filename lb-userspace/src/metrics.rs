@@ -113,12 +113,12 @@ pub fn render(
     let service_packets = counter_family(
         &mut registry,
         "service_packets",
-        "Packets to a service's frontend.",
+        "Packets of a service's flows, both directions.",
     );
     let service_bytes = counter_family(
         &mut registry,
         "service_bytes",
-        "Bytes to a service's frontend.",
+        "Bytes of a service's flows, both directions.",
     );
     let service_flows = counter_family(
         &mut registry,
@@ -128,9 +128,13 @@ pub fn render(
     let backend_packets = counter_family(
         &mut registry,
         "backend_packets",
-        "Packets sent to a backend.",
+        "Packets of a backend's flows, both directions.",
     );
-    let backend_bytes = counter_family(&mut registry, "backend_bytes", "Bytes sent to a backend.");
+    let backend_bytes = counter_family(
+        &mut registry,
+        "backend_bytes",
+        "Bytes of a backend's flows, both directions.",
+    );
     let backend_flows = counter_family(
         &mut registry,
         "backend_new_flows",
@@ -141,7 +145,6 @@ pub fn render(
         "backends",
         "Backends by state (active, draining).",
     );
-    let mut by_state: BTreeMap<(String, &str), i64> = BTreeMap::new();
     for s in &report.services {
         let labels: Labels = vec![
             ("service", s.name.clone()),
@@ -165,17 +168,17 @@ pub fn render(
             backend_flows
                 .get_or_create(&labels)
                 .inc_by(b.totals.new_flows);
-            let state = if b.weight == 0 { "draining" } else { "active" };
-            *by_state.entry((s.name.clone(), state)).or_default() += 1;
-        }
-        for state in ["active", "draining"] {
-            by_state.entry((s.name.clone(), state)).or_default();
         }
     }
-    for ((service, state), count) in by_state {
-        backends
-            .get_or_create(&vec![("service", service), ("state", state.to_owned())])
-            .set(count);
+    for (service, states) in &report.backend_states {
+        for (state, count) in [("active", states.active), ("draining", states.draining)] {
+            backends
+                .get_or_create(&vec![
+                    ("service", service.clone()),
+                    ("state", state.to_owned()),
+                ])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     let entries = Gauge::<i64>::default();
@@ -232,7 +235,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::{BackendReport, Occupancy, ServiceReport, Totals};
+    use crate::daemon::{BackendReport, BackendStates, Occupancy, ServiceReport, Totals};
 
     #[test]
     fn every_slot_has_a_home_and_names_are_listed() {
@@ -266,6 +269,14 @@ mod tests {
                     },
                 }],
             }],
+            backend_states: [(
+                "web".to_owned(),
+                BackendStates {
+                    active: 0,
+                    draining: 1,
+                },
+            )]
+            .into(),
             conntrack: Occupancy {
                 entries: 4,
                 capacity: 65536,

@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Load the dataplane (or adopt the pinned one), attach it to the interfaces and serve the
     /// services in the file and those added through the API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a service file and print what it would program; touches nothing.
     Check {
         #[arg(long, short)]
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let result = match Cli::parse().command {
         Command::Check { config } => check(&config),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Cleanup { pin_dir } => cleanup(&pin_dir),
     };
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.

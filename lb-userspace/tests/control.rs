@@ -1,0 +1,608 @@
+//! The control plane end to end: the real `lbd` and `lbctl`, real TCP and UDP traffic through
+//! the node, in namespaces. Changes through the API, reloads, a kill -9 and restart, bad
+//! input, the TCP API's token and `/metrics`.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_userspace::testkit::{
+    Lbd, NameServer, Netns, TcpSession, Topology, UdpSession, e2e_enabled, tcp_request, udp_request,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+const VIP: &str = "198.18.100.1";
+
+fn lbd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+fn services(backends: &str) -> String {
+    format!(
+        r#"
+services:
+  web:
+    vip: {VIP}
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: [{backends}]
+"#
+    )
+}
+
+fn setup(backends: usize) -> (Topology, Vec<NameServer>) {
+    let topo = Topology::new(backends).expect("topology");
+    let servers = topo
+        .backends
+        .iter()
+        .map(|b| NameServer::start(&b.ns, &b.name, &[8080], &[5353]).expect("server"))
+        .collect();
+    (topo, servers)
+}
+
+fn start(topo: &Topology, services: &str, extra: &[&str]) -> Lbd {
+    Lbd::start(
+        lbd(),
+        &topo.node,
+        services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        extra,
+    )
+    .expect("lbd")
+}
+
+fn web() -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), 80)
+}
+
+fn dns() -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), 53)
+}
+
+/// Backends that `n` new TCP connections reach.
+fn new_flows_reach(topo: &Topology, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            tcp_request(&topo.client, web(), TIMEOUT)
+                .expect("new connection")
+                .backend
+        })
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// `lbctl ARGS`, which must succeed; its stdout.
+fn lbctl(lb: &Lbd, args: &[&str]) -> String {
+    let (ok, out, err) = lb.lbctl(args).expect("run lbctl");
+    assert!(ok, "lbctl {args:?} failed: {err}\nlbd:\n{}", lb.output());
+    out
+}
+
+fn lbctl_json(lb: &Lbd, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json"];
+    all.extend(args);
+    serde_json::from_str(&lbctl(lb, &all)).expect("lbctl -o json prints JSON")
+}
+
+fn generation(lb: &Lbd) -> u64 {
+    lbctl_json(lb, &["status"])["generation"].as_u64().unwrap()
+}
+
+/// One HTTP/1.1 request from inside `ns`; returns (status, body).
+fn http(ns: &Netns, addr: SocketAddr, request: String) -> (u16, String) {
+    ns.run(move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read answer");
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not HTTP: {answer}"));
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    })
+    .expect("enter the node namespace")
+}
+
+fn get(path: &str, token: Option<&str>) -> String {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nHost: lbd\r\n{auth}Connection: close\r\n\r\n")
+}
+
+#[test]
+fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(3);
+    let mut lb = start(&topo, &services(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    assert_eq!(new_flows_reach(&topo, 30), set(&["backend-0", "backend-1"]));
+    let mut sessions: Vec<(TcpSession, String)> = (0..16)
+        .map(|_| {
+            let mut s = TcpSession::connect(&topo.client, web(), TIMEOUT).unwrap();
+            let backend = s.request().unwrap().backend;
+            (s, backend)
+        })
+        .collect();
+    assert!(sessions.iter().any(|(_, b)| b == "backend-0"));
+    assert!(sessions.iter().any(|(_, b)| b == "backend-1"));
+    let keep_working = |sessions: &mut Vec<(TcpSession, String)>, skip: Option<&str>| {
+        for (s, backend) in sessions.iter_mut() {
+            if Some(backend.as_str()) == skip {
+                continue;
+            }
+            assert_eq!(
+                &s.request().expect("established connection").backend,
+                backend
+            );
+        }
+    };
+
+    // add-backend: the first new flow on backend-2 comes within a second of the command.
+    let out = lbctl(&lb, &["add-backend", "web", "198.18.2.12"]);
+    let added = Instant::now();
+    assert!(out.contains("backend 198.18.2.12 added"), "{out}");
+    let mut reached = false;
+    while added.elapsed() < Duration::from_secs(1) {
+        if tcp_request(&topo.client, web(), TIMEOUT).unwrap().backend == "backend-2" {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "no new flow reached the added backend within 1 s");
+    keep_working(&mut sessions, None);
+
+    // drain: no new flows to backend-0; its connections continue.
+    lbctl(&lb, &["drain", "web", "198.18.2.10"]);
+    assert_eq!(new_flows_reach(&topo, 40), set(&["backend-1", "backend-2"]));
+    keep_working(&mut sessions, None);
+
+    // remove-backend: backend-1 gets nothing new; its connections learn at once (move).
+    lbctl(&lb, &["remove-backend", "web", "198.18.2.11"]);
+    assert_eq!(new_flows_reach(&topo, 30), set(&["backend-2"]));
+    keep_working(&mut sessions, Some("backend-1"));
+    for (s, backend) in sessions.iter_mut().filter(|(_, b)| b == "backend-1") {
+        let started = Instant::now();
+        let result = s.request();
+        assert!(
+            result.is_err() && started.elapsed() < Duration::from_millis(1500),
+            "{backend}: a connection to a removed backend fails fast: {result:?}"
+        );
+    }
+
+    // What lbctl shows: the file service with the API's edits laid over it.
+    let list = lbctl_json(&lb, &["list"]);
+    let web_entry = &list["services"][0];
+    assert_eq!(web_entry["name"], "web");
+    assert_eq!(web_entry["edited"], true, "{list}");
+    let backends: Vec<(String, u64, String)> = web_entry["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["backend"].as_str().unwrap().to_owned(),
+                b["weight"].as_u64().unwrap(),
+                b["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("198.18.2.10".into(), 0, "draining".into()),
+            ("198.18.2.12".into(), 1, "active".into())
+        ]
+    );
+    let table = lbctl(&lb, &["list"]);
+    assert!(
+        table.contains("file+api") && table.contains("draining"),
+        "{table}"
+    );
+
+    // Stats, flows and explain read the live maps.
+    let stats = lbctl_json(&lb, &["stats"]);
+    let tcp = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["frontend"] == "80:8080/tcp")
+        .expect("the TCP service");
+    let b2 = tcp["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["target"] == "198.18.2.12:8080")
+        .unwrap();
+    assert!(b2["totals"]["new_flows"].as_u64().unwrap() >= 30, "{stats}");
+    let flows = lbctl_json(&lb, &["flows", "web", "--limit", "5"]);
+    assert_eq!(flows["flows"].as_array().unwrap().len(), 5, "{flows}");
+    let (session, backend) = sessions
+        .iter()
+        .find(|(_, b)| b == "backend-0")
+        .expect("a session on backend-0");
+    let explained = lbctl_json(
+        &lb,
+        &[
+            "explain",
+            "tcp",
+            &session.local_addr().to_string(),
+            &web().to_string(),
+        ],
+    );
+    assert_eq!(
+        explained["tracked"]["backend"], "198.18.2.10:8080",
+        "{backend}: {explained}"
+    );
+    assert_eq!(explained["tracked"]["tcp_state"], "established");
+
+    // Errors: one line, non-zero exit, nothing changed.
+    let before = generation(&lb);
+    for args in [
+        &["remove-backend", "web", "198.18.2.99"][..],
+        &["add-backend", "nope", "198.18.2.10"],
+        &["add-backend", "web", "not-an-address"],
+        &["remove-service", "web"],
+    ] {
+        let (ok, _, err) = lb.lbctl(args).unwrap();
+        assert!(!ok, "lbctl {args:?} must fail");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("lbctl: "), "{err}");
+    }
+    assert_eq!(generation(&lb), before);
+
+    // API changes survive a restart of lbd.
+    lb.restart(&topo.node).expect("restart");
+    assert_eq!(new_flows_reach(&topo, 20), set(&["backend-2"]));
+    keep_working(&mut sessions, Some("backend-1"));
+    let list = lbctl_json(&lb, &["list"]);
+    assert_eq!(list["services"][0]["backends"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let file_a = services(r#""198.18.2.10", "198.18.2.11""#);
+    // A second service comes and goes: every reload programs something.
+    let file_b = format!(
+        "{file_a}  other:\n    vip: 198.18.100.2\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]\n"
+    );
+    let mut lb = start(&topo, &file_a, &[]);
+    let mut sessions: Vec<(TcpSession, String)> = (0..8)
+        .map(|_| {
+            let mut s = TcpSession::connect(&topo.client, web(), TIMEOUT).unwrap();
+            let backend = s.request().unwrap().backend;
+            (s, backend)
+        })
+        .collect();
+
+    // A continuous UDP stream on one flow, and the TCP connections, all the way through.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let stream = {
+        let (stop, sent, lost) = (stop.clone(), sent.clone(), lost.clone());
+        let client = &topo.client;
+        let mut udp = UdpSession::bind(client, dns(), Duration::from_secs(1)).unwrap();
+        let first = udp.request().unwrap().backend;
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut moved = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match udp.request() {
+                    Ok(reply) if reply.backend == first => {}
+                    Ok(_) => moved += 1,
+                    Err(_) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            moved
+        })
+    };
+
+    for i in 0..10 {
+        let answer = lb
+            .reload(if i % 2 == 0 { &file_b } else { &file_a })
+            .unwrap();
+        assert!(answer.contains("reloaded"), "reload {i}: {answer}");
+        for (s, backend) in sessions.iter_mut() {
+            assert_eq!(&s.request().expect("TCP across reloads").backend, backend);
+        }
+    }
+    let before_kill = sent.load(Ordering::Relaxed);
+    lb.kill().expect("kill -9");
+    // With lbd dead, the pinned program keeps forwarding.
+    std::thread::sleep(Duration::from_millis(500));
+    for (s, backend) in sessions.iter_mut() {
+        assert_eq!(
+            &s.request().expect("TCP while lbd is dead").backend,
+            backend
+        );
+    }
+    assert!(
+        sent.load(Ordering::Relaxed) > before_kill + 50,
+        "the stream kept going"
+    );
+    lb.restart(&topo.node).expect("restart after kill -9");
+    let status = lbctl_json(&lb, &["status"]);
+    assert!(
+        status["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["adopted"] == true),
+        "the new lbd adopts the pinned links: {status}"
+    );
+    assert!(
+        lb.output().contains("adopting the pinned dataplane"),
+        "{}",
+        lb.output()
+    );
+    for (s, backend) in sessions.iter_mut() {
+        assert_eq!(&s.request().expect("TCP after restart").backend, backend);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let moved = stream.join().expect("stream thread");
+    let (sent, lost) = (sent.load(Ordering::Relaxed), lost.load(Ordering::Relaxed));
+    assert!(sent > 200, "the UDP stream ran: {sent} requests");
+    assert_eq!(lost, 0, "{lost} of {sent} UDP requests lost");
+    assert_eq!(moved, 0, "the UDP flow kept its backend");
+    // The connection table survived the restart: still one tracked flow per connection.
+    let flows = lbctl_json(&lb, &["flows", "web", "--limit", "100"]);
+    assert!(
+        flows["flows"].as_array().unwrap().len() > sessions.len(),
+        "{flows}"
+    );
+}
+
+#[test]
+fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let token = "s3cret-token-0123456789";
+    let token_file = std::env::temp_dir().join(format!("mlb-token-{}", std::process::id()));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let api_tcp: SocketAddr = "127.0.0.1:9465".parse().unwrap();
+    let mut lb = start(
+        &topo,
+        &services(r#""198.18.2.10""#),
+        &[
+            "--api-listen",
+            "127.0.0.1:9465",
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let unchanged = |lb: &Lbd, generation_before: u64| {
+        assert_eq!(generation(lb), generation_before);
+        assert_eq!(new_flows_reach(&topo, 10), set(&["backend-0"]));
+    };
+    let g = generation(&lb);
+
+    // An invalid file.
+    let answer = lb
+        .reload("services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80:8080/tcpp\"]\n")
+        .unwrap();
+    assert!(
+        answer.contains("refused") && answer.contains("ports[0]"),
+        "{answer}"
+    );
+    unchanged(&lb, g);
+
+    // Malformed API requests get a 4xx and a message.
+    let post = |path: &str, body: &str, token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: lbd\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (path, body, want) in [
+        ("/v1/services/web/backends", "{not json", 400),
+        (
+            "/v1/services/web/backends",
+            r#"{"backend": "198.18.2.11", "weight": 70000}"#,
+            400,
+        ),
+        (
+            "/v1/services/web/backends",
+            r#"{"backend": "198.18.2.11", "colour": "red"}"#,
+            400,
+        ),
+        (
+            "/v1/services/nope/backends",
+            r#"{"backend": "198.18.2.11"}"#,
+            404,
+        ),
+        (
+            "/v1/apply",
+            "services:\n  web:\n    ports: [\"81/tcp\"]\n",
+            409,
+        ),
+        ("/v1/apply", "services:\n  x:\n    ports: []\n", 400),
+        (
+            "/v1/apply",
+            "lbd:\n  metrics: 0.0.0.0:1\nservices: {}\n",
+            400,
+        ),
+    ] {
+        let (status, body) = http(&topo.node, api_tcp, post(path, body, Some(token)));
+        assert_eq!(status, want, "{path} {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        assert!(!error["error"].as_str().unwrap().is_empty(), "{body}");
+    }
+    unchanged(&lb, g);
+
+    // Wrong or missing tokens: 401, counted, nothing done.
+    for token in [
+        None,
+        Some("wrong-token-wrong-token"),
+        Some("s3cret-token-012345678"),
+    ] {
+        let (status, _) = http(
+            &topo.node,
+            api_tcp,
+            post(
+                "/v1/services/web/backends",
+                r#"{"backend": "198.18.2.11"}"#,
+                token,
+            ),
+        );
+        assert_eq!(status, 401, "{token:?}");
+    }
+    unchanged(&lb, g);
+    // The right token works.
+    let (status, body) = http(&topo.node, api_tcp, get("/v1/services", Some(token)));
+    assert_eq!(status, 200, "{body}");
+    let metrics = http(
+        &topo.node,
+        "127.0.0.1:9464".parse().unwrap(),
+        get("/metrics", None),
+    )
+    .1;
+    assert!(
+        metrics.contains("meshlb_api_requests_total{code=\"401\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshlb_reloads_total{source=\"signal\",result=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    // The Unix socket is root's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(lb.api_socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    std::fs::remove_file(&token_file).unwrap();
+}
+
+#[test]
+fn metrics_parse_and_match_the_traffic() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(3);
+    let lb = start(
+        &topo,
+        &services(r#""198.18.2.10", "198.18.2.11", "198.18.2.12""#),
+        &[],
+    );
+    const TCP: u64 = 40;
+    const UDP: u64 = 30;
+    for _ in 0..TCP {
+        tcp_request(&topo.client, web(), TIMEOUT).unwrap();
+    }
+    for _ in 0..UDP {
+        udp_request(&topo.client, dns(), TIMEOUT).unwrap();
+    }
+    let (status, body) = http(
+        &topo.node,
+        "127.0.0.1:9464".parse().unwrap(),
+        get("/metrics", None),
+    );
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{name}: not a number"),
+            })
+            .sum()
+    };
+    let tcp = [("service", "web"), ("frontend", "80:8080/tcp")];
+    let udp = [("service", "web"), ("frontend", "53:5353/udp")];
+    assert_eq!(value("meshlb_service_new_flows_total", &tcp), TCP as f64);
+    assert_eq!(value("meshlb_backend_new_flows_total", &tcp), TCP as f64);
+    assert_eq!(value("meshlb_service_new_flows_total", &udp), UDP as f64);
+    // A UDP exchange is one datagram each way, both counted.
+    assert_eq!(
+        value("meshlb_service_packets_total", &udp),
+        (2 * UDP) as f64
+    );
+    assert_eq!(
+        value("meshlb_backend_packets_total", &udp),
+        (2 * UDP) as f64
+    );
+    assert_eq!(
+        value("meshlb_events_total", &[("event", "new_flow")]),
+        (TCP + UDP) as f64
+    );
+    assert_eq!(
+        value(
+            "meshlb_backends",
+            &[("service", "web"), ("state", "active")]
+        ),
+        3.0
+    );
+    assert_eq!(value("meshlb_config_generation", &[]), 1.0);
+    assert!(value("meshlb_xdp_packets_total", &[]) >= (TCP * 5 + UDP * 2) as f64);
+    assert_eq!(value("meshlb_dropped_packets_total", &[]), 0.0, "{body}");
+    assert_eq!(value("meshlb_conntrack_capacity", &[]), 65536.0);
+    // Every backend got a share.
+    for b in ["198.18.2.10:8080", "198.18.2.11:8080", "198.18.2.12:8080"] {
+        let mut labels = tcp.to_vec();
+        labels.push(("backend", b));
+        assert!(
+            value("meshlb_backend_new_flows_total", &labels) > 0.0,
+            "{b}"
+        );
+    }
+    lb.stop().unwrap();
+}
+
+#[test]
+fn a_changed_service_file_is_applied_without_a_signal() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let lb = start(
+        &topo,
+        &services(r#""198.18.2.10""#),
+        &["--watch-interval-ms", "100"],
+    );
+    assert_eq!(new_flows_reach(&topo, 10), set(&["backend-0"]));
+    std::fs::write(lb.config_path(), services(r#""198.18.2.11""#)).unwrap();
+    let changed = Instant::now();
+    while new_flows_reach(&topo, 1) != set(&["backend-1"]) {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "{}",
+            lb.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lb.output().contains("reloaded"), "{}", lb.output());
+}
