@@ -92,6 +92,11 @@ pub mod service_flags {
 /// backend ids (a Maglev table, or a weighted round-robin sequence).
 pub const TABLE_LEN_SLOT: u32 = 0;
 
+/// Flags of every inner array of `SERVICE_TABLES` (the kernel requires the template and the
+/// tables to match): BPF_F_INNER_MAP, so tables differ in size, and BPF_F_MMAPABLE, so
+/// userspace fills a new table with one memory copy instead of a syscall per slot.
+pub const SELECTION_TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
+
 /// Value of `BACKENDS`, indexed by backend id (0 is reserved).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -251,6 +251,7 @@ impl Daemon {
         file: ServiceFile,
         api: ApiState,
     ) -> Result<Outcome, DaemonError> {
+        let started = Instant::now();
         let planned = (|| -> Result<_, DaemonError> {
             let merged = api.merge(&file)?;
             let node_addresses = node_addresses()?;
@@ -267,10 +268,12 @@ impl Daemon {
         let api_path = self.state_dir.join(API_STATE_FILE);
         let api_changed = api != self.api;
         // Persist before programming: an applied change is never lost by a crash.
+        let planned_at = started.elapsed();
         if api_changed && let Err(e) = api.save(&api_path) {
             self.count(trigger, Outcome::Failed);
             return Err(e.into());
         }
+        let saved_at = started.elapsed();
         if next == self.running {
             self.file = file;
             self.api = api;
@@ -297,6 +300,7 @@ impl Daemon {
             self.count(trigger, Outcome::Failed);
             return Err(e.into());
         }
+        let applied_at = started.elapsed();
         self.degraded = None;
         self.file = file;
         self.api = api;
@@ -312,6 +316,9 @@ impl Daemon {
             frontends = self.running.frontends.len(),
             backends = self.running.backends.len(),
             trigger = trigger.as_str(),
+            plan_ms = planned_at.as_secs_f64() * 1e3,
+            persist_ms = (saved_at - planned_at).as_secs_f64() * 1e3,
+            write_ms = (applied_at - saved_at).as_secs_f64() * 1e3,
             "applied"
         );
         Ok(Outcome::Applied)

@@ -1,5 +1,5 @@
 //! `cargo xtask bench [SUBCOMMAND [ARGS...]]`: build, then `lb-bench bench <SUBCOMMAND> [ARGS...]`;
-//! without a subcommand, every benchmark there is (today: `micro`).
+//! without a subcommand, every benchmark there is (`micro`, `control`).
 
 use std::process::Command;
 
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 /// What `cargo xtask bench` runs without a subcommand.
-const ALL: &[&str] = &["micro"];
+const ALL: &[&str] = &["micro", "control"];
 
 pub fn bench(args: Args) -> Result<()> {
     crate::build::build()?;
@@ -28,13 +28,18 @@ pub fn bench(args: Args) -> Result<()> {
     run_one(&args.args)
 }
 
+/// Benchmarks that run the daemon get the freshly built one.
+const NEED_LBD: &[&str] = &["control"];
+
 fn run_one(args: &[String]) -> Result<()> {
-    run(
-        Command::new(release_bin("lb-bench"))
-            .current_dir(workspace_root())
-            .arg("bench")
-            .args(args),
-        "bench: lb-bench bench",
-        "see its output above",
-    )
+    let mut cmd = Command::new(release_bin("lb-bench"));
+    cmd.current_dir(workspace_root()).arg("bench").args(args);
+    if args
+        .first()
+        .is_some_and(|name| NEED_LBD.contains(&name.as_str()))
+        && !args.iter().any(|a| a == "--lbd")
+    {
+        cmd.arg("--lbd").arg(release_bin("lbd"));
+    }
+    run(&mut cmd, "bench: lb-bench bench", "see its output above")
 }

@@ -22,7 +22,7 @@
 //! succeeds as it would on a node.
 
 mod ipv6;
-mod machine;
+pub mod machine;
 mod report;
 
 use std::{

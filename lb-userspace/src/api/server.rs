@@ -35,6 +35,8 @@ use crate::{
 /// The daemon and what the API keeps beside it.
 pub struct Shared {
     pub daemon: Mutex<Daemon>,
+    /// Counts the connection table without taking the daemon's lock.
+    conntrack: Option<crate::dataplane::ConntrackReader>,
     /// API answers by HTTP status.
     pub requests: Mutex<BTreeMap<u16, u64>>,
     pub sampler: Mutex<Sampler>,
@@ -51,8 +53,14 @@ pub struct Sampler {
 
 impl Shared {
     pub fn new(daemon: Daemon) -> Arc<Shared> {
+        let conntrack = daemon
+            .dataplane()
+            .conntrack_reader()
+            .map_err(|e| warn!("the connection table's occupancy will not be reported: {e}"))
+            .ok();
         Arc::new(Shared {
             daemon: Mutex::new(daemon),
+            conntrack,
             requests: Mutex::default(),
             sampler: Mutex::default(),
         })
@@ -65,11 +73,14 @@ impl Shared {
 
     /// Takes a sample: occupancy, then counters. Called every few seconds.
     pub fn sample(&self) -> Result<(), DaemonError> {
-        let (occupancy, report) = {
-            let daemon = self.daemon();
-            let occupancy = daemon.conntrack_occupancy()?;
-            (occupancy, daemon.report(occupancy)?)
+        let occupancy = match &self.conntrack {
+            Some(reader) => {
+                let (entries, capacity) = reader.occupancy().map_err(DaemonError::from)?;
+                Occupancy { entries, capacity }
+            }
+            None => Occupancy::default(),
         };
+        let report = self.daemon().report(occupancy)?;
         let mut sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
         sampler.conntrack = occupancy;
         sampler.previous = sampler.latest.take();

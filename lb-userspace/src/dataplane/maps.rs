@@ -2,17 +2,24 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, MapError, PerCpuArray, xdp::DevMapHash};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, xdp::DevMapHash,
+};
 use lb_common::{
-    maps::{Backend, EndpointKey, Flow, FlowKey, Service, TABLE_LEN_SLOT, TrafficCounters, names},
+    maps::{
+        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TABLE_LEN_SLOT,
+        TrafficCounters, names,
+    },
     stats::StatSlot,
 };
 
 use super::{Dataplane, DataplaneError};
 use crate::reconcile::DesiredState;
 
-/// Flag every inner table is created with; it must match the template in lb-ebpf's maps.rs.
-const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Most threads writing selection tables at once. Each swap of an inner map waits for an RCU
+/// grace period (milliseconds); concurrent swaps share grace periods, so writing many tables
+/// at once takes about as long as writing a few.
+const TABLE_WRITERS: usize = 128;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |error| DataplaneError::Map { name, error }
@@ -68,24 +75,33 @@ impl Dataplane {
         }
 
         {
-            let mut tables: ArrayOfMaps<&mut MapData, Array<MapData, u32>> =
-                ArrayOfMaps::try_from(tables.expect(loaded))
-                    .map_err(map_err(names::SERVICE_TABLES))?;
-            for (id, table) in &desired.tables {
-                if previous.tables.get(id) != Some(table) {
-                    let inner = build_table(table)?;
-                    tables
-                        .set(*id, &inner, 0)
-                        .map_err(map_err(names::SERVICE_TABLES))?;
+            let outer = match tables.expect(loaded) {
+                aya::maps::Map::ArrayOfMaps(data) => {
+                    use std::os::fd::{AsFd as _, AsRawFd as _};
+                    data.fd().as_fd().as_raw_fd()
                 }
-            }
-            for id in previous.tables.keys() {
-                if !desired.tables.contains_key(id) {
-                    tables
-                        .set(*id, &build_table(&[])?, 0)
-                        .map_err(map_err(names::SERVICE_TABLES))?;
+                _ => {
+                    return Err(DataplaneError::MapValue {
+                        name: names::SERVICE_TABLES,
+                        message: "not an array of maps: lb-ebpf and lb-userspace are out of step"
+                            .into(),
+                    });
                 }
-            }
+            };
+            let mut jobs: Vec<(u32, &[u32])> = desired
+                .tables
+                .iter()
+                .filter(|(id, table)| previous.tables.get(id) != Some(table))
+                .map(|(id, table)| (*id, table.as_slice()))
+                .collect();
+            jobs.extend(
+                previous
+                    .tables
+                    .keys()
+                    .filter(|id| !desired.tables.contains_key(id))
+                    .map(|id| (*id, &[][..])),
+            );
+            set_tables(outer, &jobs)?;
         }
 
         let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
@@ -179,22 +195,28 @@ impl Dataplane {
         }
     }
 
+    /// A handle on the connection table of its own, to count its entries without holding
+    /// whatever holds the `Dataplane` (the walk takes a syscall per entry).
+    pub fn conntrack_reader(&self) -> Result<ConntrackReader, DataplaneError> {
+        let map = self.ebpf().map(names::CONNTRACK).expect("checked at load");
+        let data = match map {
+            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data,
+            _ => {
+                return Err(DataplaneError::MapValue {
+                    name: names::CONNTRACK,
+                    message: "not a hash map: lb-ebpf and lb-userspace are out of step".into(),
+                });
+            }
+        };
+        let id = data.info().map_err(map_err(names::CONNTRACK))?.id();
+        let own = MapData::from_id(id).map_err(map_err(names::CONNTRACK))?;
+        Ok(ConntrackReader(aya::maps::Map::LruHashMap(own)))
+    }
+
     /// Connection-table occupancy: (entries, capacity). Walks the keys (one syscall each), so
     /// it takes about a second per million entries: for reports, not for the fast path.
     pub fn conntrack_occupancy(&self) -> Result<(u64, u32), DataplaneError> {
-        let map = self.ebpf().map(names::CONNTRACK).expect("checked at load");
-        let table: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
-        let capacity = table_capacity(map);
-        let mut entries = 0u64;
-        for key in table.keys() {
-            // An entry evicted while we walk ends the walk early at worst; count what we saw.
-            if key.is_err() {
-                break;
-            }
-            entries += 1;
-        }
-        Ok((entries, capacity))
+        count_entries(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
     }
 
     /// Traffic totals of the given service and backend ids.
@@ -234,6 +256,31 @@ impl Dataplane {
     }
 }
 
+/// See [`Dataplane::conntrack_reader`].
+pub struct ConntrackReader(aya::maps::Map);
+
+impl ConntrackReader {
+    /// (entries, capacity), walking the keys.
+    pub fn occupancy(&self) -> Result<(u64, u32), DataplaneError> {
+        count_entries(&self.0)
+    }
+}
+
+fn count_entries(map: &aya::maps::Map) -> Result<(u64, u32), DataplaneError> {
+    let table: HashMap<&MapData, FlowKey, Flow> =
+        HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
+    let capacity = table_capacity(map);
+    let mut entries = 0u64;
+    for key in table.keys() {
+        // An entry evicted while we walk ends the walk early at worst; count what we saw.
+        if key.is_err() {
+            break;
+        }
+        entries += 1;
+    }
+    Ok((entries, capacity))
+}
+
 fn table_capacity(map: &aya::maps::Map) -> u32 {
     match map {
         aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => {
@@ -243,22 +290,118 @@ fn table_capacity(map: &aya::maps::Map) -> u32 {
     }
 }
 
-/// A new inner table: slot 0 holds the length, then the backend ids.
+/// Builds and swaps in the given tables (service id, backend ids; empty: no backend), on up
+/// to `TABLE_WRITERS` threads.
+fn set_tables(outer: i32, jobs: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
+    let write = |chunk: &[(u32, &[u32])]| -> Result<(), DataplaneError> {
+        for (id, backend_ids) in chunk {
+            let inner = build_table(backend_ids)?;
+            swap_table(outer, *id, &inner)?;
+        }
+        Ok(())
+    };
+    if jobs.len() <= 1 {
+        return write(jobs);
+    }
+    let per_thread = jobs.len().div_ceil(TABLE_WRITERS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = jobs
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || write(chunk)))
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("table writer panicked"))
+    })
+}
+
+/// `bpf_map_update_elem(outer, id, inner)` from any thread (aya's needs `&mut` of the map).
+fn swap_table(outer: i32, id: u32, inner: &Array<MapData, u32>) -> Result<(), DataplaneError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let inner_data: &MapData = inner.map();
+    let inner_fd: u32 = inner_data.fd().as_fd().as_raw_fd() as u32;
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = ElemAttr {
+        map_fd: outer as u32,
+        _pad: 0,
+        key: &id as *const u32 as u64,
+        value: &inner_fd as *const u32 as u64,
+        flags: 0,
+    };
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    // SAFETY: attr points at live key and value for the duration of the call, in the layout
+    // of the kernel's bpf_attr for element commands.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataplaneError::MapValue {
+            name: names::SERVICE_TABLES,
+            message: format!(
+                "swapping in the table of service {id}: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A new inner table: slot 0 holds the length, then the backend ids, written through a
+/// memory mapping of the array.
 fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>, DataplaneError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
     let len = u32::try_from(backend_ids.len()).map_err(|_| DataplaneError::MapValue {
         name: names::SERVICE_TABLES,
         message: format!("a table of {} entries is too large", backend_ids.len()),
     })?;
-    let mut inner: Array<MapData, u32> =
-        Array::create(len + 1, BPF_F_INNER_MAP).map_err(map_err(names::SERVICE_TABLES))?;
-    for (i, id) in backend_ids.iter().enumerate() {
-        inner
-            .set(i as u32 + 1, id, 0)
-            .map_err(map_err(names::SERVICE_TABLES))?;
+    let inner: Array<MapData, u32> =
+        Array::create(len + 1, SELECTION_TABLE_FLAGS).map_err(map_err(names::SERVICE_TABLES))?;
+    let data: &MapData = inner.map();
+    let fd = data.fd().as_fd().as_raw_fd();
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // The kernel lays array elements out 8 bytes apart whatever their size: each u32 slot is
+    // the low half (little endian) of a u64.
+    let bytes = (backend_ids.len() + 1) * std::mem::size_of::<u64>();
+    let mapped = bytes.div_ceil(page) * page;
+    // SAFETY: the array was created mmapable with len + 1 slots of 8 bytes; the kernel backs
+    // `mapped` bytes (the size rounded up to pages). We write within `bytes` and unmap.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            mapped,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(DataplaneError::MapValue {
+                name: names::SERVICE_TABLES,
+                message: format!("mapping a new table: {}", std::io::Error::last_os_error()),
+            });
+        }
+        let slots = p.cast::<u64>();
+        slots
+            .add(TABLE_LEN_SLOT as usize)
+            .write(u64::from(len).to_le());
+        for (i, id) in backend_ids.iter().enumerate() {
+            slots.add(i + 1).write(u64::from(*id).to_le());
+        }
+        libc::munmap(p, mapped);
     }
-    inner
-        .set(TABLE_LEN_SLOT, len, 0)
-        .map_err(map_err(names::SERVICE_TABLES))?;
     Ok(inner)
 }
 

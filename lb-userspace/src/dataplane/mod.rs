@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use lb_common::maps::{names, programs};
-pub use maps::{StatsSnapshot, TrafficTotals};
+pub use maps::{ConntrackReader, StatsSnapshot, TrafficTotals};
 use tracing::info;
 
 /// The kernel object, built by build.rs from lb-ebpf.

@@ -1,0 +1,332 @@
+//! `lb-bench bench control`: how fast the control plane changes the dataplane.
+//!
+//! 1. Full apply: a service file of N services × B backends, read, planned and written into a
+//!    freshly loaded dataplane (in a namespace of its own), timed per phase.
+//! 2. `lbctl add-backend` latency: from the moment the command is started to the first packet
+//!    that reaches the new backend, with a client opening new UDP flows without pause.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use lb_userspace::{
+    config::ServiceFile,
+    dataplane::{Dataplane, LoadOptions},
+    reconcile,
+    testkit::{Lbd, Netns, Topology},
+};
+
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    /// The lbd binary (lbctl is expected next to it).
+    #[arg(long)]
+    lbd: PathBuf,
+    /// Services in the full-apply file.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Backends per service.
+    #[arg(long, default_value_t = 16)]
+    backends: usize,
+    /// add-backend samples.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Where to write control-<date>.{md,json}.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// Targets from the control-plane issue.
+const APPLY_TARGET_S: f64 = 2.0;
+const ADD_BACKEND_P99_TARGET_MS: f64 = 50.0;
+
+pub fn run(args: &ControlArgs) -> Result<()> {
+    ensure!(
+        args.lbd.exists(),
+        "{} does not exist: run `cargo xtask build`",
+        args.lbd.display()
+    );
+    ensure!(
+        (1..=60_000).contains(&args.services) && (1..=4096).contains(&args.backends),
+        "--services 1..=60000 and --backends 1..=4096"
+    );
+    let apply = full_apply(args.services, args.backends)?;
+    println!(
+        "control: apply {} services x {} backends: parse {:.3} s, plan {:.3} s, load {:.3} s, write {:.3} s; total {:.3} s (target < {APPLY_TARGET_S} s)",
+        args.services,
+        args.backends,
+        apply.parse_s,
+        apply.plan_s,
+        apply.load_s,
+        apply.write_s,
+        apply.total_s()
+    );
+    let latencies = add_backend_latency(&args.lbd, args.samples)?;
+    let (p50, p99, max) = (
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0),
+    );
+    println!(
+        "control: lbctl add-backend to first packet, {} samples: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target p99 < {ADD_BACKEND_P99_TARGET_MS} ms)",
+        latencies.len()
+    );
+    write_results(args, &apply, &latencies)
+}
+
+struct Apply {
+    services: usize,
+    backends: usize,
+    parse_s: f64,
+    plan_s: f64,
+    load_s: f64,
+    write_s: f64,
+}
+
+impl Apply {
+    /// What an operator waits for: from the file to programmed maps (the programs' load is
+    /// once per daemon start and reported apart).
+    fn total_s(&self) -> f64 {
+        self.parse_s + self.plan_s + self.write_s
+    }
+}
+
+/// `services` services on VIPs 198.19.x.y, each with `backends` backends of its own.
+pub fn service_file(services: usize, backends: usize) -> String {
+    let mut text = String::from("services:\n");
+    for s in 0..services {
+        let vip = 0xC613_0000u32 + 1 + s as u32; // 198.19.0.1 onwards
+        let vip = std::net::Ipv4Addr::from(vip);
+        let _ = write!(
+            text,
+            "  svc{s}:\n    vip: {vip}\n    ports: [\"80:8080/tcp\"]\n    backends: ["
+        );
+        for b in 0..backends {
+            // 198.18.128.0/17: distinct per service and backend, never a real host.
+            let addr = 0xC612_8000u32 + (s * backends + b) as u32 % 0x8000;
+            let port = 8080 + ((s * backends + b) / 0x8000) as u16;
+            let sep = if b == 0 { "" } else { ", " };
+            let _ = write!(text, "{sep}\"{}:{port}\"", std::net::Ipv4Addr::from(addr));
+        }
+        text.push_str("]\n");
+    }
+    text
+}
+
+fn full_apply(services: usize, backends: usize) -> Result<Apply> {
+    let text = service_file(services, backends);
+    let ns = Netns::new("ctl")?;
+    ns.run(move || -> Result<Apply> {
+        let t = Instant::now();
+        let file = ServiceFile::parse(&text, Path::new("control-bench.yaml"))?;
+        let parse_s = t.elapsed().as_secs_f64();
+        let node: [std::net::IpAddr; 1] = ["198.18.1.1".parse()?];
+        let t = Instant::now();
+        let desired = reconcile::plan(&file, &node)?;
+        let plan_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut dp = Dataplane::load(LoadOptions {
+            conntrack_entries: 65_536,
+            pin_dir: None,
+        })?;
+        let load_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        dp.apply(None, &desired)?;
+        let write_s = t.elapsed().as_secs_f64();
+        Ok(Apply {
+            services,
+            backends,
+            parse_s,
+            plan_s,
+            load_s,
+            write_s,
+        })
+    })?
+}
+
+/// Milliseconds from starting `lbctl add-backend` to the first datagram at the new backend.
+fn add_backend_latency(lbd: &Path, samples: usize) -> Result<Vec<f64>> {
+    let topo = Topology::new(2)?;
+    // Flows idle for a second are forgotten, so the generator's source ports make new flows.
+    let services = "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"53:5353/udp\"]\n    timeouts: { udp: 1s }\n    backends: [\"198.18.2.10\"]\n";
+    let lb = Lbd::start(
+        lbd,
+        &topo.node,
+        services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )?;
+    // The new backend's socket, read in its namespace.
+    let new_backend = topo.backends[1]
+        .ns
+        .run(|| UdpSocket::bind("0.0.0.0:5353"))??;
+    new_backend.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let old_backend = topo.backends[0]
+        .ns
+        .run(|| UdpSocket::bind("0.0.0.0:5353"))??;
+    drop(old_backend); // Datagrams to it are not needed: the kernel drops them with ICMP.
+    let vip: SocketAddr = "198.18.100.1:53".parse()?;
+    let sending = Arc::new(AtomicBool::new(true));
+    // New flows without pause: each datagram from a socket of its own (a fresh ephemeral
+    // port), about 10,000 a second, bounded by time below.
+    let sender = {
+        let sending = sending.clone();
+        let client_path = topo.client.path();
+        std::thread::spawn(move || -> Result<()> {
+            let ns = std::fs::File::open(&client_path)?;
+            // SAFETY: setns on this thread only, with a descriptor we hold open.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
+            {
+                bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while sending.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                let _ = socket.send_to(b"probe", vip);
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            Ok(())
+        })
+    };
+    let mut latencies = Vec::with_capacity(samples);
+    let mut buf = [0u8; 64];
+    for _ in 0..samples {
+        // Drain what is queued from the previous round.
+        while new_backend.recv_from(&mut buf).is_ok() {}
+        let started = Instant::now();
+        let (ok, _, err) = lb.lbctl(&["add-backend", "web", "198.18.2.11"])?;
+        if !ok {
+            bail!("lbctl add-backend: {err}");
+        }
+        loop {
+            if new_backend.recv_from(&mut buf).is_ok() {
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("no packet reached the added backend within 5 s");
+            }
+        }
+        let (ok, _, err) = lb.lbctl(&["remove-backend", "web", "198.18.2.11"])?;
+        if !ok {
+            bail!("lbctl remove-backend: {err}");
+        }
+        // Let flows of the removed backend settle before the next sample.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sending.store(false, Ordering::Relaxed);
+    if std::env::var_os("MESHLB_BENCH_VERBOSE").is_some() {
+        for line in lb
+            .output()
+            .lines()
+            .filter(|l| l.contains("applied"))
+            .take(20)
+        {
+            println!("lbd: {line}");
+        }
+    }
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
+    drop(lb);
+    Ok(latencies)
+}
+
+/// The `p`th percentile (nearest rank) of unsorted values.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn write_results(args: &ControlArgs, apply: &Apply, latencies: &[f64]) -> Result<()> {
+    let date = crate::micro::machine::today();
+    let (p50, p99) = (percentile(latencies, 50.0), percentile(latencies, 99.0));
+    let json = serde_json::json!({
+        "date": date,
+        "machine": crate::micro::machine::facts(),
+        "apply": {
+            "services": apply.services,
+            "backends_per_service": apply.backends,
+            "parse_s": apply.parse_s,
+            "plan_s": apply.plan_s,
+            "program_load_s": apply.load_s,
+            "write_s": apply.write_s,
+            "total_s": apply.total_s(),
+            "target_s": APPLY_TARGET_S,
+        },
+        "add_backend_ms": {
+            "samples": latencies.len(),
+            "p50": p50,
+            "p99": p99,
+            "max": percentile(latencies, 100.0),
+            "target_p99": ADD_BACKEND_P99_TARGET_MS,
+        },
+    });
+    let mut md = String::new();
+    let _ = writeln!(md, "| control plane ({date}) | measured | target |");
+    let _ = writeln!(md, "|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| apply {} services × {} backends (parse + plan + write) | {:.2} s ({:.2} + {:.2} + {:.2}) | < {APPLY_TARGET_S} s |",
+        apply.services,
+        apply.backends,
+        apply.total_s(),
+        apply.parse_s,
+        apply.plan_s,
+        apply.write_s
+    );
+    let _ = writeln!(
+        md,
+        "| program load (once per start) | {:.2} s | |",
+        apply.load_s
+    );
+    let _ = writeln!(
+        md,
+        "| `lbctl add-backend` → first packet, p50 / p99 ({} samples) | {p50:.1} / {p99:.1} ms | p99 < {ADD_BACKEND_P99_TARGET_MS} ms |",
+        latencies.len()
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let base = args.out.join(format!("control-{date}"));
+    std::fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(&json)?,
+    )
+    .context("writing the JSON results")?;
+    std::fs::write(base.with_extension("md"), &md).context("writing the markdown results")?;
+    println!("{md}");
+    println!("control: wrote {}.{{json,md}}", base.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_file_is_valid_and_sized_as_asked() {
+        let file = ServiceFile::parse(&service_file(300, 16), Path::new("x")).unwrap();
+        assert_eq!(file.services.len(), 300);
+        assert!(file.services.values().all(|s| s.backends.len() == 16));
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}
