@@ -264,6 +264,49 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     }
     assert_eq!(generation(&lb), before);
 
+    // Services of the API's own: added, applied declaratively (idempotent), removed.
+    let out = lbctl(
+        &lb,
+        &[
+            "add-service",
+            "dns",
+            "--vip",
+            "198.18.100.2",
+            "--port",
+            "53:5353/udp",
+            "--backend",
+            "198.18.2.11",
+        ],
+    );
+    assert!(out.contains("added service dns"), "{out}");
+    let dns2: SocketAddr = "198.18.100.2:53".parse().unwrap();
+    assert_eq!(
+        udp_request(&topo.client, dns2, TIMEOUT).unwrap().backend,
+        "backend-1"
+    );
+    let file = lb.state_dir().join("apply.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  dns:\n    vip: 198.18.100.2\n    ports: [\"53:5353/udp\"]\n    backends: [\"198.18.2.12\"]\n",
+    )
+    .unwrap();
+    let out = lbctl(&lb, &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.trim(), "changed dns", "{out}");
+    let out = lbctl(&lb, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(out.starts_with("no change"), "{out}");
+    assert_eq!(
+        udp_request(&topo.client, dns2, TIMEOUT).unwrap().backend,
+        "backend-2"
+    );
+    let list = lbctl(&lb, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("dns") && l.contains(" api ")),
+        "{list}"
+    );
+    lbctl(&lb, &["remove-service", "dns"]);
+    assert!(udp_request(&topo.client, dns2, Duration::from_millis(300)).is_err());
+
     // API changes survive a restart of lbd.
     lb.restart(&topo.node).expect("restart");
     assert_eq!(new_flows_reach(&topo, 20), set(&["backend-2"]));
