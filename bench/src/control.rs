@@ -134,7 +134,7 @@ fn full_apply(services: usize, backends: usize) -> Result<Apply> {
         let t = Instant::now();
         let mut dp = Dataplane::load(LoadOptions {
             conntrack_entries: 65_536,
-            pin_dir: None,
+            ..LoadOptions::default()
         })?;
         let load_s = t.elapsed().as_secs_f64();
         let t = Instant::now();

@@ -375,6 +375,11 @@ impl Daemon {
         &self.dp
     }
 
+    /// See [`Dataplane::flush_kernel_log`].
+    pub fn flush_kernel_log(&mut self) {
+        self.dp.flush_kernel_log();
+    }
+
     pub fn attachments(&self) -> &[Attachment] {
         self.dp.attachments()
     }

@@ -158,7 +158,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
         let desired = reconcile::plan(&file, &node_addrs).expect("plan");
         let mut dp = Dataplane::load(LoadOptions {
             conntrack_entries: CONNTRACK_ENTRIES,
-            pin_dir: None,
+            ..LoadOptions::default()
         })
         .expect("load");
         dp.apply(None, &desired).expect("apply");

@@ -806,7 +806,7 @@ fn load_dataplane(
     ensure!(web.id == 0 && web.backends.len() == usize::from(BACKENDS));
     let mut dp = Dataplane::load(LoadOptions {
         conntrack_entries,
-        pin_dir: None,
+        ..LoadOptions::default()
     })?;
     let mut cost = None;
     if spec.extra_services == 0 {

@@ -14,7 +14,7 @@ use lb_userspace::{
     api::server::{self, Shared},
     config::ServiceFile,
     daemon::{Daemon, DaemonOptions, Outcome, Trigger},
-    dataplane::{self, LoadOptions, XdpMode, pin},
+    dataplane::{self, KernelLogLevel, LoadOptions, XdpMode, pin},
     reconcile, settings,
 };
 use tracing::{error, info, warn};
@@ -88,6 +88,11 @@ struct RunArgs {
     /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/meshlb].
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Most verbose kernel-side log level kept in the programs; the records reach this log
+    /// under the target `lb_ebpf` (filter them with RUST_LOG). Levels above it are removed
+    /// at load and cost nothing per packet.
+    #[arg(long, value_enum, default_value_t = KernelLogLevel::Warn)]
+    kernel_log: KernelLogLevel,
     /// How often to check the service file for changes, in milliseconds (0: only SIGHUP).
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
@@ -205,6 +210,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
                     .conntrack_entries
                     .or(s.conntrack_entries)
                     .unwrap_or(DEFAULT_CONNTRACK_ENTRIES),
+                kernel_log: args.kernel_log,
                 pin_dir: Some(pin_dir),
             },
         },
@@ -310,6 +316,41 @@ async fn serve(
             .with_graceful_shutdown(stop)
             .await
     });
+
+    // Kernel log records, as they come.
+    let log_fd = shared
+        .daemon
+        .lock()
+        .map_err(|_| anyhow::anyhow!("daemon lock"))?
+        .dataplane()
+        .log_fd();
+    if let Some(fd) = log_fd {
+        struct Fd(std::os::fd::RawFd);
+        impl std::os::fd::AsRawFd for Fd {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.0
+            }
+        }
+        // SAFETY: the descriptor is the log ring buffer the Dataplane owns; the Dataplane lives
+        // in `shared`, which outlives this task (the task ends with the runtime).
+        let readable = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| anyhow::anyhow!("watching the kernel log: {e}"))?;
+        let logs = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = readable.readable().await else {
+                    break;
+                };
+                logs.daemon
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flush_kernel_log();
+                guard.clear_ready();
+            }
+        });
+    }
 
     // Counters for rates and the connection-table occupancy, every few seconds.
     let sampler = shared.clone();

@@ -102,10 +102,24 @@ impl std::fmt::Display for XdpMode {
     }
 }
 
+/// The most verbose kernel-side log level compiled in. Statements above it are removed by the
+/// verifier at load (the level is a constant of the program), so they cost nothing per packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum KernelLogLevel {
+    Off,
+    Error,
+    #[default]
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
 /// Load-time sizing, and where to pin.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub conntrack_entries: u32,
+    pub kernel_log: KernelLogLevel,
     /// Pin maps and links here (see [`pin`]) and adopt what a previous `lbd` pinned. `None`:
     /// nothing outlives this process (tests of the program alone, benchmarks).
     pub pin_dir: Option<PathBuf>,
@@ -115,6 +129,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conntrack_entries: lb_common::limits::DEFAULT_CONNTRACK_ENTRIES,
+            kernel_log: KernelLogLevel::default(),
             pin_dir: None,
         }
     }
@@ -141,6 +156,9 @@ pub struct Dataplane {
     adopted: bool,
     /// Pinned links we hold open; dropping them only closes our descriptors.
     _pinned_links: Vec<PinnedLink>,
+    /// Reads the kernel programs' log records (aya-log) into this process's log. Must live as
+    /// long as the programs: dropping it closes the log map.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Dataplane {
@@ -150,6 +168,8 @@ impl Dataplane {
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, options.conntrack_entries);
+        let log_level = options.kernel_log as u8;
+        loader.override_global(aya_log::LEVEL, &log_level, false);
         let mut adopted = false;
         if let Some(dir) = &options.pin_dir {
             pin::prepare(dir)?;
@@ -162,6 +182,13 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::debug!("kernel log records will not be read: {e}");
+                None
+            }
+        };
         for name in names::ALL {
             if ebpf.map(name).is_none() {
                 return Err(DataplaneError::Missing { kind: "map", name });
@@ -183,7 +210,21 @@ impl Dataplane {
             pin_dir: options.pin_dir,
             adopted,
             _pinned_links: Vec::new(),
+            logger,
         })
+    }
+
+    /// The descriptor that becomes readable when the kernel programs logged something.
+    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd as _;
+        self.logger.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Moves the kernel programs' log records into this process's log (target `lb_ebpf`).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
     }
 
     /// Whether the maps were adopted from a previous `lbd` (they hold its services and flows).

@@ -151,7 +151,7 @@ impl ProgNode {
             let desired = reconcile::plan(&file, &node_addrs)?;
             let mut dp = Dataplane::load(LoadOptions {
                 conntrack_entries,
-                pin_dir: None,
+                ..LoadOptions::default()
             })?;
             dp.apply(None, &desired)?;
             Ok(test(Loaded {
