@@ -155,7 +155,10 @@ pub struct Flow {
     /// Cached route: source and destination MAC for XDP_REDIRECT.
     pub egress_smac: [u8; 6],
     pub egress_dmac: [u8; 6],
-    pub _pad2: [u8; 4],
+    /// The kernel tick (`bpf_jiffies64`, low 32 bits) in which the idle clock was last
+    /// checked: later packets of the same tick skip the check and the nanosecond clock (a
+    /// helper call; the tick is one inlined load).
+    pub seen_tick: u32,
 }
 
 pub mod flow_kind {

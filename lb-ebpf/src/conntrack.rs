@@ -1,6 +1,9 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+};
 use lb_common::{
     Addr,
     hash::flow_hash,
@@ -26,6 +29,16 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The kernel tick, truncated to 32 bits: the verifier turns `bpf_jiffies64` into one load,
+/// where `now_ns` is a helper call (about 20 ns per packet on our VMs). Ticks are only
+/// compared for equality ("seen in this tick"); a flow idle for exactly a multiple of 2^32
+/// ticks (49 days at HZ=1000) would skip one idle check.
+#[inline(always)]
+pub fn tick() -> u32 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_jiffies64() as u32 }
+}
+
 #[inline(always)]
 fn idle_limit_ns(flow: &Flow) -> u64 {
     let seconds = match flow.tcp_state {
@@ -42,8 +55,10 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
 /// The old flow's reply entry is removed first, so client port reuse never stalls (under full
 /// NAT the new flow takes the same node port again) and the old backend's late packets are
 /// not translated.
+/// A flow seen earlier in this tick is alive; otherwise its idle clock is checked and
+/// refreshed here (see `refresh`).
 #[inline(always)]
-pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, now: u64) -> Option<*mut Flow> {
+pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, tick: u32) -> Option<*mut Flow> {
     let flow = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
     // last_seen/tcp_state words, and a torn read of them is harmless.
@@ -53,7 +68,15 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, now: u64) -> 
     }
     let reopened =
         key.proto == proto::TCP && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
-    if reopened || now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
+    let expired = f.seen_tick != tick && {
+        let now = now_ns();
+        let idle = now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f);
+        if !idle {
+            refresh(f, now, tick);
+        }
+        idle
+    };
+    if reopened || expired {
         forget_reply(key, f);
         return None;
     }
@@ -114,25 +137,32 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
     }
 }
 
-/// Refreshes a reply entry's idle clock (at most once a second): a full-NAT port is only
-/// reclaimed from an entry that has really gone quiet. Drops the cached route like
-/// `touch_forward`.
+/// Refreshes an entry's idle clock, at most once a second so a busy flow does not write its
+/// cache line on every packet; a refresh also drops the cached route, so routes are looked up
+/// again about once a second. Called once per tick at most (see `seen_tick`).
 #[inline(always)]
-pub fn touch_reply(flow: *mut Flow, now: u64) {
-    // SAFETY: valid for this program run.
-    unsafe {
-        if now.wrapping_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-            (*flow).last_seen_ns = now;
-            (*flow).egress_ifindex = 0;
-        }
+fn refresh(f: &mut Flow, now: u64, tick: u32) {
+    f.seen_tick = tick;
+    if now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        f.last_seen_ns = now;
+        f.egress_ifindex = 0;
     }
 }
 
-/// Moves a forward flow's TCP state on and refreshes its idle clock (at most once a second, so
-/// a busy flow does not write its cache line on every packet). A refresh also drops the
-/// cached route, so routes are looked up again about once a second.
+/// Refreshes a reply entry's idle clock (see `refresh`): a full-NAT port is only reclaimed
+/// from an entry that has really gone quiet.
 #[inline(always)]
-pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
+pub fn touch_reply(flow: *mut Flow, tick: u32) {
+    // SAFETY: valid for this program run.
+    let f = unsafe { &mut *flow };
+    if f.seen_tick != tick {
+        refresh(f, now_ns(), tick);
+    }
+}
+
+/// Moves a forward flow's TCP state on (its idle clock was refreshed by `lookup_forward`).
+#[inline(always)]
+pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8) {
     // SAFETY: see lookup_forward.
     let f = unsafe { &mut *flow };
     if is_tcp {
@@ -146,10 +176,6 @@ pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
         if next != f.tcp_state {
             f.tcp_state = next;
         }
-    }
-    if now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-        f.last_seen_ns = now;
-        f.egress_ifindex = 0;
     }
 }
 
@@ -227,7 +253,7 @@ pub fn insert(
         last_seen_ns: now,
         egress_smac: [0; 6],
         egress_dmac: [0; 6],
-        _pad2: [0; 4],
+        seen_tick: tick(),
     };
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow

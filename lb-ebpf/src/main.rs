@@ -70,16 +70,15 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
 /// caches its route); a new flow is recorded first and then takes the same path.
 #[inline(never)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
-    let now = conntrack::now_ns();
     let key: &FlowKey = &pkt.key;
     let mut new_flow = false;
-    let flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, now) {
+    let flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, conntrack::tick()) {
         Some(flow) => {
-            conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags, now);
+            conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
             flow
         }
         None => {
-            let outcome = start_flow(ctx, pkt, svc, now);
+            let outcome = start_flow(ctx, pkt, svc, conntrack::now_ns());
             if outcome != FLOW_OPENED {
                 count_raw(outcome);
                 return xdp_action::XDP_DROP;
@@ -180,7 +179,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
         count(StatSlot::PassNotFrontend);
         return xdp_action::XDP_PASS;
     };
-    conntrack::touch_reply(flow, conntrack::now_ns());
+    conntrack::touch_reply(flow, conntrack::tick());
     // SAFETY: valid for this program run; read field by field.
     let (frontend, frontend_port_be, client, client_port_be, service_id, backend_id) = unsafe {
         (
