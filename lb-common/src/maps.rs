@@ -152,9 +152,9 @@ pub struct Flow {
     pub egress_ifindex: u32,
     /// `bpf_ktime_get_ns` when last seen, updated at most every `LAST_SEEN_GRANULARITY_NS`.
     pub last_seen_ns: u64,
-    /// Cached route: source and destination MAC for XDP_REDIRECT.
-    pub egress_smac: [u8; 6],
-    pub egress_dmac: [u8; 6],
+    /// Cached route: destination then source MAC for XDP_REDIRECT, as in the Ethernet
+    /// header (4-byte aligned, so the program copies them as three words).
+    pub egress_macs: [u8; 12],
     /// The kernel tick (`bpf_jiffies64`, low 32 bits) in which the idle clock was last
     /// checked: later packets of the same tick skip the check and the nanosecond clock (a
     /// helper call; the tick is one inlined load).
@@ -199,5 +199,7 @@ const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<Flow>() == 80);
+// The program copies the cached MACs as words.
+const _: () = assert!(core::mem::offset_of!(Flow, egress_macs) % 4 == 0);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);

@@ -251,8 +251,7 @@ pub fn insert(
         timeout_s,
         egress_ifindex: 0,
         last_seen_ns: now,
-        egress_smac: [0; 6],
-        egress_dmac: [0; 6],
+        egress_macs: [0; 12],
         seen_tick: tick(),
     };
     // NAT whose reply entry a live flow already holds (the client reused its port toward

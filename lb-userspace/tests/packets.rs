@@ -292,9 +292,12 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
             let out = lb.run(&ack.build());
             // From the first ACK on, the flow's entry holds the route it was sent by.
             let flow = lb.dp.tracked_flow(&key).unwrap().expect("tracked");
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&backend_mac(0));
+            macs[6..].copy_from_slice(&lb.backend_if_mac);
             assert_eq!(
-                (flow.egress_ifindex, flow.egress_redirect, flow.egress_dmac),
-                (lb.backend_if, 1, backend_mac(0)),
+                (flow.egress_ifindex, flow.egress_redirect, flow.egress_macs),
+                (lb.backend_if, 1, macs),
                 "route cache after packet {i}"
             );
             assert_eq!(
