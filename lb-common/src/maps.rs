@@ -19,8 +19,9 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
     pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
+    pub const REPLY_FILTER: &str = "REPLY_FILTER";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -33,6 +34,7 @@ pub mod names {
         BACKEND_STATS,
         FLOW_SCRATCH,
         KEY_SCRATCH,
+        REPLY_FILTER,
     ];
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    hash::flow_hash,
+    hash::{flow_hash, reply_filter_slot},
     limits::{
         FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
         TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH},
+    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH, REPLY_FILTER},
     parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
 };
@@ -298,15 +298,44 @@ pub fn insert(
 #[inline(always)]
 fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
-    if CONNTRACK.insert(reply_key, flow, noexist).is_ok() {
-        return true;
+    let claimed = CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+        || (!reply_owner_alive(reply_key, now) && {
+            let _ = CONNTRACK.remove(reply_key);
+            // NOEXIST again: of two CPUs taking over the same entry, one wins.
+            CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+        });
+    if claimed {
+        note_reply_source(reply_key);
     }
-    if reply_owner_alive(reply_key, now) {
-        return false;
+    claimed
+}
+
+/// Sets the reply-filter slot of a reply entry's source (the backend endpoint).
+#[inline(always)]
+fn note_reply_source(reply_key: &FlowKey) {
+    let slot = reply_filter_slot(&reply_key.src, reply_key.sport_be, reply_key.proto);
+    if let Some(bytes) = REPLY_FILTER.get_ptr_mut(slot / 64) {
+        // SAFETY: a map value, valid for this program run. Shared by every CPU; a byte store
+        // loses no other CPU's slot. Read first: the slot is usually set already, and the
+        // line then stays clean.
+        unsafe {
+            let byte = (*bytes).as_mut_ptr().add((slot % 64) as usize);
+            if *byte == 0 {
+                *byte = 1;
+            }
+        }
     }
-    let _ = CONNTRACK.remove(reply_key);
-    // NOEXIST again: of two CPUs taking over the same entry, one wins.
-    CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+}
+
+/// Whether a packet from this endpoint may be a reply: false only if the program never
+/// wrote a reply entry for it (see `REPLY_FILTER`).
+#[inline(always)]
+pub fn may_be_reply(addr: &Addr, port_be: u16, proto: u8) -> bool {
+    let slot = reply_filter_slot(addr, port_be, proto);
+    match REPLY_FILTER.get(slot / 64) {
+        Some(bytes) => bytes[(slot % 64) as usize] != 0,
+        None => true,
+    }
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` is alive: its forward entry

@@ -68,7 +68,9 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     }
     endpoint.addr = pkt.key.src;
     endpoint.port_be = pkt.key.sport_be;
-    if BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some() {
+    if conntrack::may_be_reply(&endpoint.addr, endpoint.port_be, endpoint.proto)
+        && BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some()
+    {
         return to_client(&ctx, &pkt);
     }
     count(StatSlot::PassNotFrontend);
