@@ -87,6 +87,10 @@ pub mod service_flags {
     /// `on_backend_removal: move`: a tracked flow whose backend left the service is given a
     /// new backend on its next packet (without it, `keep`: it stays on the old address).
     pub const MOVE_ON_REMOVAL: u32 = 1 << 3;
+    /// `on_backend_removal: reset`: as `MOVE_ON_REMOVAL`, but a TCP flow's next packet
+    /// (other than a SYN) is answered with a RST from the frontend, so the client learns at
+    /// once. Set together with `MOVE_ON_REMOVAL`.
+    pub const RESET_ON_REMOVAL: u32 = 1 << 4;
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.

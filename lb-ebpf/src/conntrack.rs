@@ -49,25 +49,40 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
     u64::from(seconds) * 1_000_000_000
 }
 
+/// Why a client packet has no live flow to follow.
+pub enum NoFlow {
+    /// None is tracked, or it ended: the packet opens one.
+    Open,
+    /// Its backend left a service whose policy is `reset`: answer the TCP packet with a RST.
+    Reset,
+}
+
 /// The tracked forward flow of a client packet, if it is still alive and this packet belongs
 /// to it. A SYN on a closing flow, or any packet of an expired one, starts a new flow; so does
-/// any packet of a flow whose backend left the service when the service moves such flows.
+/// any packet of a flow whose backend left the service when the service moves such flows
+/// (under `reset`, a TCP packet other than a SYN is answered with a RST instead).
 /// The old flow's reply entry is removed first, so client port reuse never stalls (under full
 /// NAT the new flow takes the same node port again) and the old backend's late packets are
 /// not translated.
+///
 /// A flow seen earlier in this tick is alive; otherwise its idle clock is checked and
 /// refreshed here (see `refresh`).
 #[inline(always)]
-pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, tick: u32) -> Option<*mut Flow> {
-    let flow = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup_forward(
+    key: &FlowKey,
+    svc: &Service,
+    tcp_flags: u8,
+    tick: u32,
+) -> Result<*mut Flow, NoFlow> {
+    let flow = CONNTRACK.get_ptr_mut(key).ok_or(NoFlow::Open)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
     // last_seen/tcp_state words, and a torn read of them is harmless.
     let f = unsafe { &mut *flow };
     if f.kind != flow_kind::FORWARD {
-        return None;
+        return Err(NoFlow::Open);
     }
-    let reopened =
-        key.proto == proto::TCP && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
+    let is_tcp = key.proto == proto::TCP;
+    let reopened = is_tcp && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
     let expired = f.seen_tick != tick && {
         let now = now_ns();
         let idle = now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f);
@@ -78,17 +93,20 @@ pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, tick: u32) ->
     };
     if reopened || expired {
         forget_reply(key, f);
-        return None;
+        return Err(NoFlow::Open);
     }
     if svc.flags & service_flags::MOVE_ON_REMOVAL != 0 && !backend_still_serves(f) {
         forget_reply(key, f);
         // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
-        // not counted as moved on each of its packets.
+        // not counted as moved on each of its packets, nor reset twice.
         let _ = CONNTRACK.remove(key);
+        if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(tcp_flags) {
+            return Err(NoFlow::Reset);
+        }
         count(StatSlot::FlowMoved);
-        return None;
+        return Err(NoFlow::Open);
     }
-    Some(flow)
+    Ok(flow)
 }
 
 /// Whether the flow's backend is still the one in its slot (a removed backend's slot is

@@ -9,6 +9,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod reset;
 mod select;
 mod stats;
 
@@ -25,7 +26,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{Chosen, InsertError},
+    conntrack::{Chosen, InsertError, NoFlow},
     maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
     nat::Side,
     parse::{Packet, is_syn},
@@ -55,6 +56,9 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
         let action = to_backend(&ctx, &pkt, svc, false);
+        if action == NEEDS_RESET {
+            return reset::answer(&ctx, &pkt);
+        }
         if action != NEEDS_FLOW {
             return action;
         }
@@ -79,6 +83,8 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
 
 /// `to_backend`'s answer when the packet has no tracked flow: the caller opens one.
 const NEEDS_FLOW: u32 = u32::MAX;
+/// `to_backend`'s answer when the flow's backend is gone and the client is to get a RST.
+const NEEDS_RESET: u32 = u32::MAX - 1;
 
 /// A client packet for a frontend: DNAT (and SNAT under full NAT) from its connection-table
 /// entry, which also caches its route, and forward; NEEDS_FLOW if it has none (or, with
@@ -100,11 +106,12 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, new_flow: bool) -> 
         }
     } else {
         match conntrack::lookup_forward(key, svc, pkt.tcp_flags, conntrack::tick()) {
-            Some(flow) => {
+            Ok(flow) => {
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
                 flow
             }
-            None => return NEEDS_FLOW,
+            Err(NoFlow::Open) => return NEEDS_FLOW,
+            Err(NoFlow::Reset) => return NEEDS_RESET,
         }
     };
     // SAFETY: a connection-table value stays valid for the whole program run.
