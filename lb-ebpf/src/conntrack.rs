@@ -397,6 +397,49 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
     }
 }
 
+/// A backend's FIN or RST ends its flow as the client's does: the forward entry (whose state
+/// and idle limit decide the flow's life) moves to CLOSING, so the flow expires on the short
+/// timeout and a SYN on its tuple starts a new flow. `reply_key` is the backend's packet's
+/// tuple, `reply` its entry. The forward key is built in per-CPU scratch memory.
+#[inline(always)]
+pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
+    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: map values valid for this program run; the scratch key is this CPU's, its
+    // padding never written (zero as created).
+    unsafe {
+        let k = &mut *forward_key;
+        let remapped = reply.snat_addr != Addr::UNSPECIFIED;
+        k.src = if remapped {
+            reply.snat_addr
+        } else {
+            reply_key.dst
+        };
+        k.sport_be = if remapped {
+            reply.snat_port_be
+        } else {
+            reply_key.dport_be
+        };
+        k.dst = reply.nat_addr;
+        k.dport_be = reply.nat_port_be;
+        k.proto = reply_key.proto;
+        let Some(forward) = CONNTRACK.get_ptr_mut(k) else {
+            return;
+        };
+        let f = &mut *forward;
+        // Only the flow this reply entry belongs to (see `reply_owner_alive`).
+        if f.kind == flow_kind::FORWARD
+            && f.nat_addr == reply_key.src
+            && f.nat_port_be == reply_key.sport_be
+            && (!remapped || f.snat_port_be == reply_key.dport_be)
+            && f.tcp_state != tcp_state::CLOSING
+        {
+            f.tcp_state = tcp_state::CLOSING;
+        }
+    }
+}
+
 /// The reply entry of a packet from a backend.
 #[inline(always)]
 pub fn lookup_reply(key: &FlowKey) -> Option<*mut Flow> {

@@ -29,7 +29,7 @@ use crate::{
     conntrack::{Chosen, InsertError, NoFlow},
     maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
     nat::Side,
-    parse::{Packet, is_syn},
+    parse::{Packet, TCP_FIN, TCP_RST, is_syn},
     stats::{count, count_raw, count_traffic},
 };
 
@@ -200,6 +200,10 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
         return xdp_action::XDP_PASS;
     };
     conntrack::touch_reply(flow, conntrack::tick());
+    if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // SAFETY: valid for this program run.
+        conntrack::backend_closing(&pkt.key, unsafe { &*flow });
+    }
     // SAFETY: valid for this program run; read field by field.
     let (frontend, frontend_port_be, client, client_port_be, service_id, backend_id) = unsafe {
         (

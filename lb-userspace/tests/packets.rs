@@ -817,3 +817,74 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
         assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowReset), 0);
     });
 }
+
+/// The forward connection-table entry of a client's TCP flow to `vip`.
+fn forward_key(client: SocketAddrV4, vip: SocketAddrV4) -> lb_common::maps::FlowKey {
+    lb_common::maps::FlowKey {
+        src: reconcile::addr(std::net::IpAddr::V4(*client.ip())),
+        dst: reconcile::addr(std::net::IpAddr::V4(*vip.ip())),
+        sport_be: client.port().to_be(),
+        dport_be: vip.port().to_be(),
+        proto: proto::TCP,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::maps::tcp_state;
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let backend = sock("198.18.2.10", 8080);
+        // NAT (FIN) and full NAT (RST): the backend's packet is translated as any reply, and
+        // the flow's forward entry moves to CLOSING, so it expires on the short timeout.
+        for (vip, port, flags) in [
+            (sock(VIP, 80), 43000, TCP_FIN | TCP_ACK),
+            (sock("198.18.100.4", 80), 43001, TCP_RST),
+        ] {
+            let client = sock(CLIENT, port);
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            let toward = parse_ipv4(&out.packet).unwrap().src;
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+            let state = |lb: &Loaded| {
+                lb.dp
+                    .tracked_flow(&forward_key(client, vip))
+                    .unwrap()
+                    .expect("tracked")
+                    .tcp_state
+            };
+            assert_eq!(state(&lb), tcp_state::ESTABLISHED);
+
+            let close =
+                Ipv4Frame::tcp(backend, toward, flags).with_macs(backend_mac(0), lb.backend_if_mac);
+            let before = lb.stats();
+            let out = lb.run_from(&close.build(), lb.backend_if);
+            assert_eq!(out.packet, close.with_src(vip).with_dst(client).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
+            assert_eq!(
+                state(&lb),
+                tcp_state::CLOSING,
+                "{vip} after flags {flags:#x}"
+            );
+
+            // The client's next SYN on the tuple starts a new flow.
+            let before = lb.stats();
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+            assert_eq!(state(&lb), tcp_state::SYN_SENT);
+        }
+
+        // A backend's ACK leaves the state alone.
+        let client = sock(CLIENT, 43002);
+        let vip = sock(VIP, 80);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+        let ack =
+            Ipv4Frame::tcp(backend, client, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac);
+        lb.run_from(&ack.build(), lb.backend_if);
+        let flow = lb.dp.tracked_flow(&forward_key(client, vip)).unwrap();
+        assert_eq!(flow.map(|f| f.tcp_state), Some(tcp_state::ESTABLISHED));
+    });
+}
