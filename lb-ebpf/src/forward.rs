@@ -83,7 +83,7 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
                     bytes.add(6 + i).write_volatile(params.smac[i]);
                 }
             }
-            // SAFETY: as above.
+            // SAFETY: `route` is null or a connection-table value (see `send`).
             if let Some(cache) = unsafe { route.as_mut() } {
                 // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
                 unsafe {
