@@ -165,6 +165,10 @@ pub struct Flow {
     /// checked: later packets of the same tick skip the check and the nanosecond clock (a
     /// helper call; the tick is one inlined load).
     pub seen_tick: u32,
+    /// Cached route: the egress MTU. A larger packet takes the route lookup instead, which
+    /// drops and counts it (`drop_too_big`) as it would without the cache.
+    pub egress_mtu: u16,
+    pub _pad2: [u8; 6],
 }
 
 pub mod flow_kind {
@@ -204,7 +208,7 @@ const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<Flow>() == 80);
+const _: () = assert!(size_of::<Flow>() == 88);
 // The program copies the cached MACs as words.
 const _: () = assert!(core::mem::offset_of!(Flow, egress_macs) % 4 == 0);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);

@@ -271,6 +271,8 @@ pub fn insert(
         last_seen_ns: now,
         egress_macs: [0; 12],
         seen_tick: tick(),
+        egress_mtu: 0,
+        _pad2: [0; 6],
     };
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow

@@ -31,8 +31,9 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Forwards a packet whose addresses are now `src` -> `dst`. `route` is the tracked flow
-/// entry of this direction (or null): its cached route is used when it has one, and a fresh
-/// FIB result is stored in it (the FIB lookup is the costliest step of an established flow).
+/// entry of this direction (or null): its cached route is used when it has one and the packet
+/// fits its MTU, and a fresh FIB result is stored in it (the FIB lookup is the costliest step
+/// of an established flow).
 /// Inlined (the cached route is the hot path, see `to_backend`); the lookup is a call.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
@@ -40,6 +41,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
     // concurrent writers store the same route.
     if let Some(cached) = unsafe { route.as_ref() }
         && cached.egress_ifindex != 0
+        && u16::from_be(pkt.ip_tot_len_be) <= cached.egress_mtu
     {
         let ifindex = cached.egress_ifindex;
         if cached.egress_redirect != 0
@@ -94,6 +96,8 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
                         .write(macs)
                 };
                 cache.egress_redirect = u8::from(redirect);
+                // SAFETY: on success the kernel leaves the egress MTU in the union.
+                cache.egress_mtu = unsafe { params.__bindgen_anon_1.mtu_result };
                 cache.egress_ifindex = params.ifindex;
             }
             if redirect {

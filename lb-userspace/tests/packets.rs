@@ -888,3 +888,42 @@ fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
         assert_eq!(flow.map(|f| f.tcp_state), Some(tcp_state::ESTABLISHED));
     });
 }
+
+#[test]
+fn a_packet_too_big_for_the_egress_mtu_is_dropped_on_a_cached_route_too() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 40010);
+        let vip = sock(VIP, 80);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+        let flow = lb
+            .dp
+            .tracked_flow(&forward_key(client, vip))
+            .unwrap()
+            .expect("tracked");
+        assert_eq!(
+            (flow.egress_ifindex, flow.egress_mtu),
+            (lb.backend_if, 1500),
+            "route and MTU cached"
+        );
+        // 20 + 20 + 1461 = 1501 bytes of IPv4: one more than the backend side's MTU.
+        let sized = |payload: usize| Ipv4Frame {
+            payload: vec![0x5a; payload],
+            ..Ipv4Frame::tcp(client, vip, TCP_ACK)
+        };
+        let before = lb.stats();
+        let out = lb.run(&sized(1461).build());
+        let after = lb.stats();
+        assert_eq!(out.action, XDP_DROP);
+        assert_eq!(delta(&before, &after, StatSlot::DropTooBig), 1);
+        assert_eq!(delta(&before, &after, StatSlot::TxViaTc), 0);
+        // One byte less fits, and goes on.
+        let fits = sized(1460);
+        let out = lb.run(&fits.build());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.packet, fits.with_dst(sock("198.18.2.10", 8080)).build());
+    });
+}
