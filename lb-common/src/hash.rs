@@ -1,6 +1,6 @@
 //! The flow hash. The kernel and userspace (Maglev explain, tests) use this one function.
 
-use crate::maps::FlowKey;
+use crate::{Addr, limits::REPLY_FILTER_SLOTS, maps::FlowKey};
 
 #[inline(always)]
 const fn mix(mut h: u32, v: u32) -> u32 {
@@ -49,6 +49,18 @@ pub const fn client_hash(key: &FlowKey) -> u32 {
     finish(h)
 }
 
+/// The reply-filter slot of a backend endpoint (address, port, protocol): see lb-ebpf's
+/// `REPLY_FILTER`.
+#[inline(always)]
+pub const fn reply_filter_slot(addr: &Addr, port_be: u16, proto: u8) -> u32 {
+    let w = addr.words;
+    let mut h = SEED;
+    h = mix(h, w[0] ^ w[1] ^ w[2]);
+    h = mix(h, w[3]);
+    h = mix(h, (port_be as u32) << 8 | proto as u32);
+    finish(h) % REPLY_FILTER_SLOTS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +107,24 @@ mod tests {
         for v in &variants[1..] {
             assert_eq!(client_hash(v), client_hash(&base), "{v:?}");
         }
+    }
+
+    #[test]
+    fn reply_filter_slots_are_in_range_and_spread() {
+        // 4096 backend endpoints (256 addresses x 16 ports): every slot in range, and few
+        // share one (a shared slot only costs a lookup, but the filter must filter).
+        let mut used = [false; crate::limits::REPLY_FILTER_SLOTS as usize];
+        for host in 0..=255u8 {
+            for port in 8080..8096u16 {
+                let addr = Addr::from_v4_raw(u32::from_ne_bytes([198, 18, 2, host]));
+                let slot = reply_filter_slot(&addr, port.to_be(), 6);
+                assert!(slot < crate::limits::REPLY_FILTER_SLOTS);
+                used[slot as usize] = true;
+            }
+        }
+        // 4096 balls in 32768 bins leave about 3860 distinct.
+        let distinct = used.iter().filter(|u| **u).count();
+        assert!(distinct > 3700, "{distinct}");
     }
 
     #[test]

@@ -19,8 +19,9 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
     pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
+    pub const REPLY_FILTER: &str = "REPLY_FILTER";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -33,6 +34,7 @@ pub mod names {
         BACKEND_STATS,
         FLOW_SCRATCH,
         KEY_SCRATCH,
+        REPLY_FILTER,
     ];
 }
 
@@ -85,6 +87,10 @@ pub mod service_flags {
     /// `on_backend_removal: move`: a tracked flow whose backend left the service is given a
     /// new backend on its next packet (without it, `keep`: it stays on the old address).
     pub const MOVE_ON_REMOVAL: u32 = 1 << 3;
+    /// `on_backend_removal: reset`: as `MOVE_ON_REMOVAL`, but a TCP flow's next packet
+    /// (other than a SYN) is answered with a RST from the frontend, so the client learns at
+    /// once. Set together with `MOVE_ON_REMOVAL`.
+    pub const RESET_ON_REMOVAL: u32 = 1 << 4;
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
@@ -157,10 +163,17 @@ pub struct Flow {
     pub egress_ifindex: u32,
     /// `bpf_ktime_get_ns` when last seen, updated at most every `LAST_SEEN_GRANULARITY_NS`.
     pub last_seen_ns: u64,
-    /// Cached route: source and destination MAC for XDP_REDIRECT.
-    pub egress_smac: [u8; 6],
-    pub egress_dmac: [u8; 6],
-    pub _pad2: [u8; 4],
+    /// Cached route: destination then source MAC for XDP_REDIRECT, as in the Ethernet
+    /// header (4-byte aligned, so the program copies them as three words).
+    pub egress_macs: [u8; 12],
+    /// The kernel tick (`bpf_jiffies64`, low 32 bits) in which the idle clock was last
+    /// checked: later packets of the same tick skip the check and the nanosecond clock (a
+    /// helper call; the tick is one inlined load).
+    pub seen_tick: u32,
+    /// Cached route: the egress MTU. A larger packet takes the route lookup instead, which
+    /// drops and counts it (`drop_too_big`) as it would without the cache.
+    pub egress_mtu: u16,
+    pub _pad2: [u8; 6],
 }
 
 pub mod flow_kind {
@@ -200,6 +213,8 @@ const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<Flow>() == 80);
+const _: () = assert!(size_of::<Flow>() == 88);
+// The program copies the cached MACs as words.
+const _: () = assert!(core::mem::offset_of!(Flow, egress_macs) % 4 == 0);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);

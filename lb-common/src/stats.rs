@@ -61,6 +61,9 @@ stat_slots! {
     IcmpErrorToClient = "icmp_error_to_client", Event;
     /// A tracked flow whose backend left its service was given a new one.
     FlowMoved = "flow_moved", Event;
+    /// A TCP flow whose backend left its service was answered with a RST from the frontend
+    /// (`on_backend_removal: reset`); the RST is sent like a reply.
+    FlowReset = "flow_reset", Event;
     /// New flows started (a backend was chosen).
     NewFlow = "new_flow", Event;
     /// Sent with XDP_REDIRECT to a device that takes XDP frames.

@@ -1,9 +1,12 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+};
 use lb_common::{
     Addr,
-    hash::flow_hash,
+    hash::{flow_hash, reply_filter_slot},
     limits::{
         FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
         TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
@@ -13,7 +16,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH},
+    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH, REPLY_FILTER},
     parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
 };
@@ -26,6 +29,16 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The kernel tick, truncated to 32 bits: the verifier turns `bpf_jiffies64` into one load,
+/// where `now_ns` is a helper call (about 20 ns per packet on our VMs). Ticks are only
+/// compared for equality ("seen in this tick"); a flow idle for exactly a multiple of 2^32
+/// ticks (49 days at HZ=1000) would skip one idle check.
+#[inline(always)]
+pub fn tick() -> u32 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_jiffies64() as u32 }
+}
+
 #[inline(always)]
 fn idle_limit_ns(flow: &Flow) -> u64 {
     let seconds = match flow.tcp_state {
@@ -36,36 +49,64 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
     u64::from(seconds) * 1_000_000_000
 }
 
+/// Why a client packet has no live flow to follow.
+pub enum NoFlow {
+    /// None is tracked, or it ended: the packet opens one.
+    Open,
+    /// Its backend left a service whose policy is `reset`: answer the TCP packet with a RST.
+    Reset,
+}
+
 /// The tracked forward flow of a client packet, if it is still alive and this packet belongs
 /// to it. A SYN on a closing flow, or any packet of an expired one, starts a new flow; so does
-/// any packet of a flow whose backend left the service when the service moves such flows.
+/// any packet of a flow whose backend left the service when the service moves such flows
+/// (under `reset`, a TCP packet other than a SYN is answered with a RST instead).
 /// The old flow's reply entry is removed first, so client port reuse never stalls (under full
 /// NAT the new flow takes the same node port again) and the old backend's late packets are
 /// not translated.
+///
+/// A flow seen earlier in this tick is alive; otherwise its idle clock is checked and
+/// refreshed here (see `refresh`).
 #[inline(always)]
-pub fn lookup_forward(key: &FlowKey, svc: &Service, tcp_flags: u8, now: u64) -> Option<*mut Flow> {
-    let flow = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup_forward(
+    key: &FlowKey,
+    svc: &Service,
+    tcp_flags: u8,
+    tick: u32,
+) -> Result<*mut Flow, NoFlow> {
+    let flow = CONNTRACK.get_ptr_mut(key).ok_or(NoFlow::Open)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
     // last_seen/tcp_state words, and a torn read of them is harmless.
     let f = unsafe { &mut *flow };
     if f.kind != flow_kind::FORWARD {
-        return None;
+        return Err(NoFlow::Open);
     }
-    let reopened =
-        key.proto == proto::TCP && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
-    if reopened || now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
+    let is_tcp = key.proto == proto::TCP;
+    let reopened = is_tcp && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
+    let expired = f.seen_tick != tick && {
+        let now = now_ns();
+        let idle = now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f);
+        if !idle {
+            refresh(f, now, tick);
+        }
+        idle
+    };
+    if reopened || expired {
         forget_reply(key, f);
-        return None;
+        return Err(NoFlow::Open);
     }
     if svc.flags & service_flags::MOVE_ON_REMOVAL != 0 && !backend_still_serves(f) {
         forget_reply(key, f);
         // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
-        // not counted as moved on each of its packets.
+        // not counted as moved on each of its packets, nor reset twice.
         let _ = CONNTRACK.remove(key);
+        if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(tcp_flags) {
+            return Err(NoFlow::Reset);
+        }
         count(StatSlot::FlowMoved);
-        return None;
+        return Err(NoFlow::Open);
     }
-    Some(flow)
+    Ok(flow)
 }
 
 /// Whether the flow's backend is still the one in its slot (a removed backend's slot is
@@ -114,25 +155,32 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
     }
 }
 
-/// Refreshes a reply entry's idle clock (at most once a second): a full-NAT port is only
-/// reclaimed from an entry that has really gone quiet. Drops the cached route like
-/// `touch_forward`.
+/// Refreshes an entry's idle clock, at most once a second so a busy flow does not write its
+/// cache line on every packet; a refresh also drops the cached route, so routes are looked up
+/// again about once a second. Called once per tick at most (see `seen_tick`).
 #[inline(always)]
-pub fn touch_reply(flow: *mut Flow, now: u64) {
-    // SAFETY: valid for this program run.
-    unsafe {
-        if now.wrapping_sub((*flow).last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-            (*flow).last_seen_ns = now;
-            (*flow).egress_ifindex = 0;
-        }
+fn refresh(f: &mut Flow, now: u64, tick: u32) {
+    f.seen_tick = tick;
+    if now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        f.last_seen_ns = now;
+        f.egress_ifindex = 0;
     }
 }
 
-/// Moves a forward flow's TCP state on and refreshes its idle clock (at most once a second, so
-/// a busy flow does not write its cache line on every packet). A refresh also drops the
-/// cached route, so routes are looked up again about once a second.
+/// Refreshes a reply entry's idle clock (see `refresh`): a full-NAT port is only reclaimed
+/// from an entry that has really gone quiet.
 #[inline(always)]
-pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
+pub fn touch_reply(flow: *mut Flow, tick: u32) {
+    // SAFETY: valid for this program run.
+    let f = unsafe { &mut *flow };
+    if f.seen_tick != tick {
+        refresh(f, now_ns(), tick);
+    }
+}
+
+/// Moves a forward flow's TCP state on (its idle clock was refreshed by `lookup_forward`).
+#[inline(always)]
+pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8) {
     // SAFETY: see lookup_forward.
     let f = unsafe { &mut *flow };
     if is_tcp {
@@ -146,10 +194,6 @@ pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8, now: u64) {
         if next != f.tcp_state {
             f.tcp_state = next;
         }
-    }
-    if now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
-        f.last_seen_ns = now;
-        f.egress_ifindex = 0;
     }
 }
 
@@ -225,9 +269,10 @@ pub fn insert(
         timeout_s,
         egress_ifindex: 0,
         last_seen_ns: now,
-        egress_smac: [0; 6],
-        egress_dmac: [0; 6],
-        _pad2: [0; 4],
+        egress_macs: [0; 12],
+        seen_tick: tick(),
+        egress_mtu: 0,
+        _pad2: [0; 6],
     };
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow
@@ -273,15 +318,44 @@ pub fn insert(
 #[inline(always)]
 fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
-    if CONNTRACK.insert(reply_key, flow, noexist).is_ok() {
-        return true;
+    let claimed = CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+        || (!reply_owner_alive(reply_key, now) && {
+            let _ = CONNTRACK.remove(reply_key);
+            // NOEXIST again: of two CPUs taking over the same entry, one wins.
+            CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+        });
+    if claimed {
+        note_reply_source(reply_key);
     }
-    if reply_owner_alive(reply_key, now) {
-        return false;
+    claimed
+}
+
+/// Sets the reply-filter slot of a reply entry's source (the backend endpoint).
+#[inline(always)]
+fn note_reply_source(reply_key: &FlowKey) {
+    let slot = reply_filter_slot(&reply_key.src, reply_key.sport_be, reply_key.proto);
+    if let Some(bytes) = REPLY_FILTER.get_ptr_mut(slot / 64) {
+        // SAFETY: a map value, valid for this program run. Shared by every CPU; a byte store
+        // loses no other CPU's slot. Read first: the slot is usually set already, and the
+        // line then stays clean.
+        unsafe {
+            let byte = (*bytes).as_mut_ptr().add((slot % 64) as usize);
+            if *byte == 0 {
+                *byte = 1;
+            }
+        }
     }
-    let _ = CONNTRACK.remove(reply_key);
-    // NOEXIST again: of two CPUs taking over the same entry, one wins.
-    CONNTRACK.insert(reply_key, flow, noexist).is_ok()
+}
+
+/// Whether a packet from this endpoint may be a reply: false only if the program never
+/// wrote a reply entry for it (see `REPLY_FILTER`).
+#[inline(always)]
+pub fn may_be_reply(addr: &Addr, port_be: u16, proto: u8) -> bool {
+    let slot = reply_filter_slot(addr, port_be, proto);
+    match REPLY_FILTER.get(slot / 64) {
+        Some(bytes) => bytes[(slot % 64) as usize] != 0,
+        None => true,
+    }
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` is alive: its forward entry
@@ -322,6 +396,49 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
             && f.nat_addr == reply_key.src
             && f.nat_port_be == reply_key.sport_be
             && (!fullnat || f.snat_port_be == reply_key.dport_be)
+    }
+}
+
+/// A backend's FIN or RST ends its flow as the client's does: the forward entry (whose state
+/// and idle limit decide the flow's life) moves to CLOSING, so the flow expires on the short
+/// timeout and a SYN on its tuple starts a new flow. `reply_key` is the backend's packet's
+/// tuple, `reply` its entry. The forward key is built in per-CPU scratch memory.
+#[inline(always)]
+pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
+    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: map values valid for this program run; the scratch key is this CPU's, its
+    // padding never written (zero as created).
+    unsafe {
+        let k = &mut *forward_key;
+        let remapped = reply.snat_addr != Addr::UNSPECIFIED;
+        k.src = if remapped {
+            reply.snat_addr
+        } else {
+            reply_key.dst
+        };
+        k.sport_be = if remapped {
+            reply.snat_port_be
+        } else {
+            reply_key.dport_be
+        };
+        k.dst = reply.nat_addr;
+        k.dport_be = reply.nat_port_be;
+        k.proto = reply_key.proto;
+        let Some(forward) = CONNTRACK.get_ptr_mut(k) else {
+            return;
+        };
+        let f = &mut *forward;
+        // Only the flow this reply entry belongs to (see `reply_owner_alive`).
+        if f.kind == flow_kind::FORWARD
+            && f.nat_addr == reply_key.src
+            && f.nat_port_be == reply_key.sport_be
+            && (!remapped || f.snat_port_be == reply_key.dport_be)
+            && f.tcp_state != tcp_state::CLOSING
+        {
+            f.tcp_state = tcp_state::CLOSING;
+        }
     }
 }
 

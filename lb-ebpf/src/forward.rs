@@ -23,7 +23,7 @@ use lb_common::{
 
 use crate::{
     maps::TX_PORTS,
-    parse::{Packet, off, ptr_at},
+    parse::{Packet, off, pkt_write, ptr_at},
     stats::count,
 };
 
@@ -31,19 +31,23 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Forwards a packet whose addresses are now `src` -> `dst`. `route` is the tracked flow
-/// entry of this direction (or null): its cached route is used when it has one, and a fresh
-/// FIB result is stored in it (the FIB lookup is the costliest step of an established flow).
-/// Not inlined: its FIB lookup structure then takes stack only while it runs.
-#[inline(never)]
+/// entry of this direction (or null): its cached route is used when it has one and the packet
+/// fits its MTU, and a fresh FIB result is stored in it (the FIB lookup is the costliest step
+/// of an established flow).
+/// Inlined (the cached route is the hot path, see `to_backend`); the lookup is a call.
+#[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
     // SAFETY: `route` is null or a connection-table value, valid for this program run;
     // concurrent writers store the same route.
-    if let Some(cached) = unsafe { route.as_mut() }
+    if let Some(cached) = unsafe { route.as_ref() }
         && cached.egress_ifindex != 0
+        && u16::from_be(pkt.ip_tot_len_be) <= cached.egress_mtu
     {
         let ifindex = cached.egress_ifindex;
         if cached.egress_redirect != 0
-            && set_macs(ctx, &cached.egress_smac, &cached.egress_dmac).is_some()
+            // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
+            && set_macs(ctx, unsafe { &*cached.egress_macs.as_ptr().cast::<[u32; 3]>() })
+                .is_some()
         {
             if let Ok(action) = TX_PORTS.redirect(ifindex, 0) {
                 count(StatSlot::TxXdpRedirect);
@@ -52,6 +56,13 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
         }
         return via_tc(ctx, ifindex);
     }
+    send_uncached(ctx, pkt, src, dst, route)
+}
+
+/// `send` with a route lookup, stored in `route` unless it is null. Not inlined: its FIB
+/// lookup structure then takes stack only while it runs.
+#[inline(never)]
+fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.l4_protocol = pkt.key.proto;
@@ -63,15 +74,34 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
-            // SAFETY: as above.
+            // In header order, word-aligned (see `set_macs`).
+            let mut macs = [0u32; 3];
+            let bytes = macs.as_mut_ptr().cast::<u8>();
+            for i in 0..6 {
+                // SAFETY: within the 12 bytes of `macs`. Volatile, so the copy is not turned
+                // into a memcpy call, which this target lacks.
+                unsafe {
+                    bytes.add(i).write_volatile(params.dmac[i]);
+                    bytes.add(6 + i).write_volatile(params.smac[i]);
+                }
+            }
+            // SAFETY: `route` is null or a connection-table value (see `send`).
             if let Some(cache) = unsafe { route.as_mut() } {
-                cache.egress_smac = params.smac;
-                cache.egress_dmac = params.dmac;
+                // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
+                unsafe {
+                    cache
+                        .egress_macs
+                        .as_mut_ptr()
+                        .cast::<[u32; 3]>()
+                        .write(macs)
+                };
                 cache.egress_redirect = u8::from(redirect);
+                // SAFETY: on success the kernel leaves the egress MTU in the union.
+                cache.egress_mtu = unsafe { params.__bindgen_anon_1.mtu_result };
                 cache.egress_ifindex = params.ifindex;
             }
             if redirect {
-                if set_macs(ctx, &params.smac, &params.dmac).is_none() {
+                if set_macs(ctx, &macs).is_none() {
                     count(StatSlot::DropFibFailed);
                     return xdp_action::XDP_DROP;
                 }
@@ -159,26 +189,13 @@ fn fib_lookup_into(
     }
 }
 
-/// Writes the Ethernet addresses. As 4 + 2 byte words: a 6-byte array copy becomes a call
-/// to memmove on this target.
+/// Writes the Ethernet addresses (destination, then source, as in the header) as three
+/// words; the verifier wants stack and map words aligned, so `macs` is a word array.
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, smac: &[u8; 6], dmac: &[u8; 6]) -> Option<()> {
-    let eth = ptr_at::<[u8; 12]>(ctx, off::ETH_DST)?.cast::<u8>();
-    let (s, d) = (smac.as_ptr(), dmac.as_ptr());
-    // SAFETY: the 12 address bytes are bounds-checked above; the sources are 6-byte arrays.
-    unsafe {
-        eth.cast::<u32>()
-            .write_unaligned(d.cast::<u32>().read_unaligned());
-        eth.add(4)
-            .cast::<u16>()
-            .write_unaligned(d.add(4).cast::<u16>().read_unaligned());
-        let src = eth.add(off::ETH_SRC);
-        src.cast::<u32>()
-            .write_unaligned(s.cast::<u32>().read_unaligned());
-        src.add(4)
-            .cast::<u16>()
-            .write_unaligned(s.add(4).cast::<u16>().read_unaligned());
-    }
+fn set_macs(ctx: &XdpContext, macs: &[u32; 3]) -> Option<()> {
+    let eth = ptr_at::<[u32; 3]>(ctx, off::ETH_DST)?;
+    // SAFETY: the 12 address bytes are bounds-checked above.
+    unsafe { pkt_write(eth, *macs) };
     Some(())
 }
 

@@ -9,6 +9,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod reset;
 mod select;
 mod stats;
 
@@ -25,10 +26,10 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{Chosen, InsertError},
+    conntrack::{Chosen, InsertError, NoFlow},
     maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
     nat::Side,
-    parse::{Packet, is_syn},
+    parse::{Packet, TCP_FIN, TCP_RST, is_syn},
     stats::{count, count_raw, count_traffic},
 };
 
@@ -53,47 +54,64 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     if let Some(svc) = FRONTENDS.get_ptr(&endpoint) {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
-        return to_backend(&ctx, &pkt, unsafe { &*svc });
+        let svc = unsafe { &*svc };
+        let action = to_backend(&ctx, &pkt, svc, false);
+        if action == NEEDS_RESET {
+            return reset::answer(&ctx, &pkt);
+        }
+        if action != NEEDS_FLOW {
+            return action;
+        }
+        let outcome = start_flow(&ctx, &pkt, svc);
+        if outcome != FLOW_OPENED {
+            count_raw(outcome);
+            return xdp_action::XDP_DROP;
+        }
+        count(StatSlot::NewFlow);
+        return to_backend(&ctx, &pkt, svc, true);
     }
     endpoint.addr = pkt.key.src;
     endpoint.port_be = pkt.key.sport_be;
-    if BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some() {
+    if conntrack::may_be_reply(&endpoint.addr, endpoint.port_be, endpoint.proto)
+        && BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some()
+    {
         return to_client(&ctx, &pkt);
     }
     count(StatSlot::PassNotFrontend);
     xdp_action::XDP_PASS
 }
 
-/// A client packet for a frontend: find or choose its backend, DNAT (and SNAT under full
-/// NAT), forward. Not inlined: its stack frame and `to_client`'s are never live together.
-/// An established flow is translated straight from its connection-table entry (which also
-/// caches its route); a new flow is recorded first and then takes the same path.
+/// `to_backend`'s answer when the packet has no tracked flow: the caller opens one.
+const NEEDS_FLOW: u32 = u32::MAX;
+/// `to_backend`'s answer when the flow's backend is gone and the client is to get a RST.
+const NEEDS_RESET: u32 = u32::MAX - 1;
+
+/// A client packet for a frontend: DNAT (and SNAT under full NAT) from its connection-table
+/// entry, which also caches its route, and forward; NEEDS_FLOW if it has none (or, with
+/// `new_flow`, the flow just recorded). Everything an established flow runs through is
+/// inlined here: on this machine kind every return costs a mispredicted "safe RET" (SRSO
+/// mitigation), so this is the hot path's only call. Opening a flow is a sibling call from
+/// the entry function, so the two frames never add up.
 #[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
-    let now = conntrack::now_ns();
+fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, new_flow: bool) -> u32 {
     let key: &FlowKey = &pkt.key;
-    let mut new_flow = false;
-    let flow = match conntrack::lookup_forward(key, svc, pkt.tcp_flags, now) {
-        Some(flow) => {
-            conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags, now);
-            flow
-        }
-        None => {
-            let outcome = start_flow(ctx, pkt, svc, now);
-            if outcome != FLOW_OPENED {
-                count_raw(outcome);
+    let flow = if new_flow {
+        match CONNTRACK.get_ptr_mut(key) {
+            Some(flow) => flow,
+            // Evicted the moment it was written: a table far too small for the load.
+            None => {
+                count(StatSlot::DropConntrackFull);
                 return xdp_action::XDP_DROP;
             }
-            count(StatSlot::NewFlow);
-            new_flow = true;
-            match CONNTRACK.get_ptr_mut(key) {
-                Some(flow) => flow,
-                // Evicted the moment it was written: a table far too small for the load.
-                None => {
-                    count(StatSlot::DropConntrackFull);
-                    return xdp_action::XDP_DROP;
-                }
+        }
+    } else {
+        match conntrack::lookup_forward(key, svc, pkt.tcp_flags, conntrack::tick()) {
+            Ok(flow) => {
+                conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
+                flow
             }
+            Err(NoFlow::Open) => return NEEDS_FLOW,
+            Err(NoFlow::Reset) => return NEEDS_RESET,
         }
     };
     // SAFETY: a connection-table value stays valid for the whole program run.
@@ -116,9 +134,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
 }
 
 /// Chooses a backend for a new flow and records the flow. Answers FLOW_OPENED or the drop
-/// counter. Inlined: `record_flow` is the deep call, and a frame between would not fit.
-#[inline(always)]
-fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
+/// counter. Not inlined: its frame and its callees' are only needed while a flow is opened.
+#[inline(never)]
+fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
     let mut chosen = Chosen {
         backend_id: 0,
         addr: Addr::UNSPECIFIED,
@@ -130,7 +148,7 @@ fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, now: u64) -> u32 {
     if outcome != FLOW_OPENED {
         return outcome;
     }
-    record_flow(pkt, svc, &mut chosen, now)
+    record_flow(pkt, svc, &mut chosen, conntrack::now_ns())
 }
 
 /// `open_flow`'s and `record_flow`'s answer when all went well; otherwise they answer the
@@ -173,14 +191,19 @@ fn record_flow(pkt: &Packet, svc: &Service, chosen: &mut Chosen, now: u64) -> u3
 }
 
 /// A packet from a backend: if it belongs to a tracked flow, the source becomes the frontend
-/// (and, under full NAT, the destination the client again).
+/// (and, under full NAT, the destination the client again). Like `to_backend`, the only call
+/// on its path.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let Some(flow) = conntrack::lookup_reply(&pkt.key) else {
         count(StatSlot::PassNotFrontend);
         return xdp_action::XDP_PASS;
     };
-    conntrack::touch_reply(flow, conntrack::now_ns());
+    conntrack::touch_reply(flow, conntrack::tick());
+    if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // SAFETY: valid for this program run.
+        conntrack::backend_closing(&pkt.key, unsafe { &*flow });
+    }
     // SAFETY: valid for this program run; read field by field.
     let (frontend, frontend_port_be, client, client_port_be, service_id, backend_id) = unsafe {
         (

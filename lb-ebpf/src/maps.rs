@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
-        MAX_SERVICES, MAX_TX_PORTS,
+        MAX_SERVICES, MAX_TX_PORTS, REPLY_FILTER_ENTRIES,
     },
     maps::{Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TrafficCounters},
     stats::StatSlot,
@@ -34,6 +34,14 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 #[btf_map]
 pub static BACKEND_ENDPOINTS: HashMap<EndpointKey, u32, { MAX_BACKEND_ENDPOINTS as usize }> =
     HashMap::new();
+
+/// A byte per backend endpoint (`reply_filter_slot`) that the program ever wrote a reply
+/// entry for: set here, never cleared, never written by userspace. A packet whose source's
+/// byte is clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: a packet for no
+/// frontend then costs one hash lookup, not two. A stale or shared slot only costs that
+/// lookup.
+#[btf_map]
+pub static REPLY_FILTER: Array<[u8; 64], { REPLY_FILTER_ENTRIES as usize }> = Array::new();
 
 /// Tracked flows, both directions.
 #[btf_map]

@@ -6,7 +6,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, maps::proto};
 
-use crate::parse::{Packet, off, ptr_at};
+use crate::parse::{Packet, off, pkt_read, pkt_write, ptr_at};
 
 #[inline(always)]
 fn fold(mut sum: u32) -> u16 {
@@ -41,8 +41,8 @@ pub enum Side {
 /// Rewrites the address and L4 port of one side of the packet, fixing the checksums (the IPv4
 /// header's and the TCP/UDP one, whose pseudo-header covers the addresses). False only if the
 /// packet is shorter than the parser saw, which cannot happen; kept for the verifier.
-/// Not inlined: called up to twice per packet, and its frame is only needed while it runs.
-#[inline(never)]
+/// Inlined: it is on every translated packet's path (see `to_backend`).
+#[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr: &Addr, port_be: u16) -> bool {
     rewrite_in_place(ctx, pkt, side, addr, port_be).is_some()
 }
@@ -66,9 +66,9 @@ fn rewrite_in_place(
         off::UDP_CSUM
     };
     let l4_csum = ptr_at::<u16>(ctx, pkt.l4() + csum_off)?;
-    // SAFETY: every pointer is bounds-checked by ptr_at; access is unaligned throughout.
+    // SAFETY: every pointer is bounds-checked by ptr_at.
     unsafe {
-        let mut csum = l4_csum.read_unaligned();
+        let mut csum = pkt_read(l4_csum);
         // UDP over IPv4 may carry no checksum (0); it must stay 0 then.
         let update_l4 = pkt.key.proto == proto::TCP || csum != 0;
         if pkt.v6 {
@@ -77,8 +77,8 @@ fn rewrite_in_place(
                 Side::Source => off::IP6_SRC,
             };
             let ip_addr = ptr_at::<[u32; 4]>(ctx, pkt.l3() + addr_off)?;
-            let old = ip_addr.read_unaligned();
-            ip_addr.write_unaligned(addr.words);
+            let old = pkt_read(ip_addr);
+            pkt_write(ip_addr, addr.words);
             for i in 0..4 {
                 csum = csum_replace4(csum, old[i], addr.words[i]);
             }
@@ -89,20 +89,20 @@ fn rewrite_in_place(
             };
             let ip_addr = ptr_at::<u32>(ctx, pkt.l3() + addr_off)?;
             let ip_csum = ptr_at::<u16>(ctx, pkt.l3() + off::IP_CSUM)?;
-            let old = ip_addr.read_unaligned();
+            let old = pkt_read(ip_addr);
             let new = addr.v4_raw();
-            ip_addr.write_unaligned(new);
-            ip_csum.write_unaligned(csum_replace4(ip_csum.read_unaligned(), old, new));
+            pkt_write(ip_addr, new);
+            pkt_write(ip_csum, csum_replace4(pkt_read(ip_csum), old, new));
             csum = csum_replace4(csum, old, new);
         }
-        let old_port = l4_port.read_unaligned();
-        l4_port.write_unaligned(port_be);
+        let old_port = pkt_read(l4_port);
+        pkt_write(l4_port, port_be);
         if update_l4 {
             let mut updated = csum_replace2(csum, old_port, port_be);
             if pkt.key.proto == proto::UDP && updated == 0 {
                 updated = 0xffff;
             }
-            l4_csum.write_unaligned(updated);
+            pkt_write(l4_csum, updated);
         }
     }
     Some(())

@@ -202,7 +202,8 @@ pub enum RemovalPolicy {
     /// Their next packet picks a new backend.
     #[default]
     Move,
-    /// They are ended rather than moved.
+    /// TCP flows are ended: the client's next packet is answered with a RST from the
+    /// frontend. UDP flows move.
     Reset,
 }
 

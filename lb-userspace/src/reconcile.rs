@@ -516,13 +516,6 @@ fn check_capacity(what: &'static str, count: usize, max: u32) -> Result<(), Plan
 
 /// What the dataplane cannot do, refused up front rather than accepted and ignored.
 fn check_supported(spec: &ServiceSpec) -> Result<(), PlanError> {
-    if spec.on_backend_removal == RemovalPolicy::Reset {
-        return Err(PlanError::Unsupported {
-            service: spec.name.clone(),
-            field: "on_backend_removal",
-            message: "reset is not supported by this dataplane yet; use move (the flow's next packet goes to a new backend, which answers an unknown TCP connection with a reset, so the client learns within a round trip) or keep".to_owned(),
-        });
-    }
     if let Some(vip) = spec.vip
         && let Some(i) = spec
             .backends
@@ -552,9 +545,12 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
     if spec.forwarding == Forwarding::FullNat {
         flags |= service_flags::FULLNAT;
     }
-    if spec.on_backend_removal == RemovalPolicy::Move {
-        flags |= service_flags::MOVE_ON_REMOVAL;
-    }
+    flags |= match spec.on_backend_removal {
+        RemovalPolicy::Keep => 0,
+        RemovalPolicy::Move => service_flags::MOVE_ON_REMOVAL,
+        // UDP flows move; TCP flows are answered with a RST.
+        RemovalPolicy::Reset => service_flags::MOVE_ON_REMOVAL | service_flags::RESET_ON_REMOVAL,
+    };
     Service {
         id,
         flags,
@@ -850,6 +846,16 @@ services:
     ports: ["80/tcp"]
     affinity: client-ip
     backends: ["198.18.2.10"]
+  strict:
+    vip: 198.18.100.3
+    ports: ["80/tcp"]
+    on_backend_removal: reset
+    backends: ["198.18.2.10"]
+  lenient:
+    vip: 198.18.100.4
+    ports: ["80/tcp"]
+    on_backend_removal: keep
+    backends: ["198.18.2.10"]
 "#,
             &NODE,
         )
@@ -867,6 +873,13 @@ services:
             sticky.flags,
             service_flags::AFFINITY_CLIENT_IP | service_flags::MOVE_ON_REMOVAL
         );
+        let strict = state.frontends[&key("198.18.100.3:80", proto::TCP)];
+        assert_eq!(
+            strict.flags,
+            service_flags::MOVE_ON_REMOVAL | service_flags::RESET_ON_REMOVAL
+        );
+        let lenient = state.frontends[&key("198.18.100.4:80", proto::TCP)];
+        assert_eq!(lenient.flags, 0);
     }
 
     #[test]

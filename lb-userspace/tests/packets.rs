@@ -13,8 +13,9 @@ use lb_userspace::{
     testkit::{
         e2e_enabled,
         packet::{
-            CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN,
-            icmpv4_error, icmpv4_frame, parse_icmpv4, parse_ipv4, parse_ipv6, with_vlan_tags,
+            CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
+            TCP_SYN, icmpv4_error, icmpv4_frame, parse_icmpv4, parse_ipv4, parse_ipv6,
+            with_vlan_tags,
         },
         progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
     },
@@ -292,9 +293,12 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
             let out = lb.run(&ack.build());
             // From the first ACK on, the flow's entry holds the route it was sent by.
             let flow = lb.dp.tracked_flow(&key).unwrap().expect("tracked");
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&backend_mac(0));
+            macs[6..].copy_from_slice(&lb.backend_if_mac);
             assert_eq!(
-                (flow.egress_ifindex, flow.egress_redirect, flow.egress_dmac),
-                (lb.backend_if, 1, backend_mac(0)),
+                (flow.egress_ifindex, flow.egress_redirect, flow.egress_macs),
+                (lb.backend_if, 1, macs),
                 "route cache after packet {i}"
             );
             assert_eq!(
@@ -644,5 +648,282 @@ services:
                 reply.with_src(frontend).with_dst(client).build()
             );
         }
+    });
+}
+
+const RESET_ON_REMOVAL: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    on_backend_removal: reset
+    backends: ["198.18.2.10", "198.18.2.11"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp"]
+    on_backend_removal: reset
+    backends: ["fd00:2::a", "fd00:2::b"]
+"#;
+
+/// Applies `services` over what `lb` holds, keeping the ids of what stays (as a reload does).
+fn reload(lb: &mut Loaded, services: &str) {
+    let file = lb_userspace::config::ServiceFile::parse(services, std::path::Path::new("t.yaml"))
+        .expect("services");
+    let node_addrs: Vec<std::net::IpAddr> =
+        [NODE_CLIENT_SIDE, "198.18.2.1", "fd00:1::1", "fd00:2::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+    let desired = reconcile::plan_from(&file, &node_addrs, Some(&lb.desired)).expect("plan");
+    lb.dp.apply(Some(&lb.desired), &desired).expect("apply");
+    lb.desired = desired;
+}
+
+/// `frame` with its TCP window (at `window_at`) set to 0, as a RST carries it. The checksum
+/// stays: 0xffff and 0 are both zero in one's complement arithmetic.
+fn window_zero(mut frame: Vec<u8>, window_at: usize) -> Vec<u8> {
+    assert_eq!(frame[window_at..window_at + 2], [0xff, 0xff]);
+    frame[window_at..window_at + 2].copy_from_slice(&[0, 0]);
+    frame
+}
+
+#[test]
+fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(RESET_ON_REMOVAL, |mut lb| {
+        let vip = sock(VIP, 80);
+        // TCP flows over both backends; the first one's backend will be removed.
+        let mut flows = Vec::new();
+        for port in 40200..40216u16 {
+            let client = sock(CLIENT, port);
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+            flows.push((client, *parse_ipv4(&out.packet).unwrap().dst.ip()));
+        }
+        let gone = flows[0].1;
+        let on_gone: Vec<_> = flows.iter().filter(|f| f.1 == gone).map(|f| f.0).collect();
+        assert!(on_gone.len() >= 2, "{flows:?}");
+        let udp_client = (0..64u16)
+            .map(|i| sock(CLIENT, 5000 + i))
+            .find(|c| {
+                let out = lb.run(&Ipv4Frame::udp(*c, sock(VIP, 53)).build());
+                *parse_ipv4(&out.packet).unwrap().dst.ip() == gone
+            })
+            .expect("a UDP flow on the backend to remove");
+        let client6 = sock6("fd00:1::2", 40300);
+        let vip6 = sock6("fd00:100::1", 80);
+        let out = lb.run(&Ipv6Frame::tcp(client6, vip6, TCP_SYN).build());
+        let gone6 = *parse_ipv6(&out.packet).unwrap().dst.ip();
+        let entries = lb.dp.conntrack_occupancy().unwrap().0;
+
+        let remaining = RESET_ON_REMOVAL
+            .replace(&format!("\"{gone}\", "), "")
+            .replace(&format!(", \"{gone}\""), "")
+            .replace(&format!("\"{gone6}\", "), "")
+            .replace(&format!(", \"{gone6}\""), "");
+        assert_ne!(remaining, RESET_ON_REMOVAL);
+        reload(&mut lb, &remaining);
+
+        // A segment with ACK: RST with seq = its ack, no ACK; from the VIP, headers only,
+        // handed to TC toward the client.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(on_gone[0], vip, TCP_ACK).build());
+        let rst = Ipv4Frame {
+            ip_id: 0,
+            payload: Vec::new(),
+            l4: L4::Tcp {
+                flags: TCP_RST,
+                seq: 1,
+                ack: 0,
+            },
+            ..Ipv4Frame::tcp(vip, on_gone[0], 0).with_macs(CLIENT_MAC, NODE_MAC)
+        };
+        let expected = window_zero(rst.build(), 48);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, expected);
+        let parsed = parse_ipv4(&out.packet).expect("checksums");
+        assert_eq!(parsed.tcp_flags, Some(TCP_RST));
+        let after = lb.stats();
+        for (slot, n) in [
+            (StatSlot::FlowReset, 1),
+            (StatSlot::TxViaTc, 1),
+            (StatSlot::NatForward, 0),
+            (StatSlot::FlowMoved, 0),
+            (StatSlot::NewFlow, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+        // The flow is gone, both entries.
+        assert_eq!(lb.dp.conntrack_occupancy().unwrap().0, entries - 2);
+
+        // A segment without ACK (6 bytes of data): RST|ACK with seq 0 and ack = seq + 6.
+        let push = Ipv4Frame {
+            l4: L4::Tcp {
+                flags: TCP_PSH,
+                seq: 1000,
+                ack: 0,
+            },
+            ..Ipv4Frame::tcp(on_gone[1], vip, 0)
+        };
+        let out = lb.run(&push.build());
+        let rst = Ipv4Frame {
+            ip_id: 0,
+            payload: Vec::new(),
+            l4: L4::Tcp {
+                flags: TCP_RST | TCP_ACK,
+                seq: 0,
+                ack: 1006,
+            },
+            ..Ipv4Frame::tcp(vip, on_gone[1], 0).with_macs(CLIENT_MAC, NODE_MAC)
+        };
+        assert_eq!(out.packet, window_zero(rst.build(), 48));
+        parse_ipv4(&out.packet).expect("checksums");
+
+        // Flows on the remaining backend go on as before.
+        let kept = flows.iter().find(|f| f.1 != gone).unwrap();
+        let out = lb.run(&Ipv4Frame::tcp(kept.0, vip, TCP_ACK).build());
+        assert_eq!(*parse_ipv4(&out.packet).unwrap().dst.ip(), kept.1);
+
+        // UDP moves, as under `move`.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::udp(udp_client, sock(VIP, 53)).build());
+        assert_ne!(*parse_ipv4(&out.packet).unwrap().dst.ip(), gone);
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::FlowMoved), 1);
+        assert_eq!(delta(&before, &after, StatSlot::FlowReset), 0);
+
+        // IPv6 the same way.
+        let out = lb.run(&Ipv6Frame::tcp(client6, vip6, TCP_ACK).build());
+        let rst6 = Ipv6Frame {
+            payload: Vec::new(),
+            l4: L4::Tcp {
+                flags: TCP_RST,
+                seq: 1,
+                ack: 0,
+            },
+            ..Ipv6Frame::tcp(vip6, client6, 0).with_macs(CLIENT_MAC, NODE_MAC)
+        };
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, window_zero(rst6.build(), 14 + 40 + 14));
+        parse_ipv6(&out.packet).expect("checksum");
+
+        // A SYN on a removed backend's flow is a new connection: it gets a new backend.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(on_gone[2.min(on_gone.len() - 1)], vip, TCP_SYN).build());
+        assert_ne!(*parse_ipv4(&out.packet).unwrap().dst.ip(), gone);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowReset), 0);
+    });
+}
+
+/// The forward connection-table entry of a client's TCP flow to `vip`.
+fn forward_key(client: SocketAddrV4, vip: SocketAddrV4) -> lb_common::maps::FlowKey {
+    lb_common::maps::FlowKey {
+        src: reconcile::addr(std::net::IpAddr::V4(*client.ip())),
+        dst: reconcile::addr(std::net::IpAddr::V4(*vip.ip())),
+        sport_be: client.port().to_be(),
+        dport_be: vip.port().to_be(),
+        proto: proto::TCP,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::maps::tcp_state;
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let backend = sock("198.18.2.10", 8080);
+        // NAT (FIN) and full NAT (RST): the backend's packet is translated as any reply, and
+        // the flow's forward entry moves to CLOSING, so it expires on the short timeout.
+        for (vip, port, flags) in [
+            (sock(VIP, 80), 43000, TCP_FIN | TCP_ACK),
+            (sock("198.18.100.4", 80), 43001, TCP_RST),
+        ] {
+            let client = sock(CLIENT, port);
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            let toward = parse_ipv4(&out.packet).unwrap().src;
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+            let state = |lb: &Loaded| {
+                lb.dp
+                    .tracked_flow(&forward_key(client, vip))
+                    .unwrap()
+                    .expect("tracked")
+                    .tcp_state
+            };
+            assert_eq!(state(&lb), tcp_state::ESTABLISHED);
+
+            let close =
+                Ipv4Frame::tcp(backend, toward, flags).with_macs(backend_mac(0), lb.backend_if_mac);
+            let before = lb.stats();
+            let out = lb.run_from(&close.build(), lb.backend_if);
+            assert_eq!(out.packet, close.with_src(vip).with_dst(client).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
+            assert_eq!(
+                state(&lb),
+                tcp_state::CLOSING,
+                "{vip} after flags {flags:#x}"
+            );
+
+            // The client's next SYN on the tuple starts a new flow.
+            let before = lb.stats();
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+            assert_eq!(state(&lb), tcp_state::SYN_SENT);
+        }
+
+        // A backend's ACK leaves the state alone.
+        let client = sock(CLIENT, 43002);
+        let vip = sock(VIP, 80);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+        let ack =
+            Ipv4Frame::tcp(backend, client, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac);
+        lb.run_from(&ack.build(), lb.backend_if);
+        let flow = lb.dp.tracked_flow(&forward_key(client, vip)).unwrap();
+        assert_eq!(flow.map(|f| f.tcp_state), Some(tcp_state::ESTABLISHED));
+    });
+}
+
+#[test]
+fn a_packet_too_big_for_the_egress_mtu_is_dropped_on_a_cached_route_too() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 40010);
+        let vip = sock(VIP, 80);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+        let flow = lb
+            .dp
+            .tracked_flow(&forward_key(client, vip))
+            .unwrap()
+            .expect("tracked");
+        assert_eq!(
+            (flow.egress_ifindex, flow.egress_mtu),
+            (lb.backend_if, 1500),
+            "route and MTU cached"
+        );
+        // 20 + 20 + 1461 = 1501 bytes of IPv4: one more than the backend side's MTU.
+        let sized = |payload: usize| Ipv4Frame {
+            payload: vec![0x5a; payload],
+            ..Ipv4Frame::tcp(client, vip, TCP_ACK)
+        };
+        let before = lb.stats();
+        let out = lb.run(&sized(1461).build());
+        let after = lb.stats();
+        assert_eq!(out.action, XDP_DROP);
+        assert_eq!(delta(&before, &after, StatSlot::DropTooBig), 1);
+        assert_eq!(delta(&before, &after, StatSlot::TxViaTc), 0);
+        // One byte less fits, and goes on.
+        let fits = sized(1460);
+        let out = lb.run(&fits.build());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.packet, fits.with_dst(sock("198.18.2.10", 8080)).build());
     });
 }

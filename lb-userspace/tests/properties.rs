@@ -8,7 +8,9 @@
 //! - a packet it translates and sends on changes only where its translation says (one side's
 //!   address and port, or for ICMP the addresses, type, and the quoted packet's side), the
 //!   checksums and (XDP_REDIRECT) the MACs, and its checksums are right: valid in, valid out,
-//!   verified from scratch (`testkit::packet::parse_ipv4` for TCP/UDP). A packet that came in
+//!   verified from scratch (`testkit::packet::parse_ipv4` for TCP/UDP, `parse_ipv6` for IPv6
+//!   translations, which the same checks cover: what may change, the one's complement sums of
+//!   the segment with its IPv6 pseudo-header, and the length). A packet that came in
 //!   with a wrong checksum must keep exactly its error: the program does not verify checksums
 //!   (the receiver drops the packet as it would have dropped the original), but it must never
 //!   make a corrupt packet look valid, nor a valid one corrupt;
@@ -38,7 +40,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -56,8 +58,8 @@ use lb_userspace::{
     testkit::{
         Netns, e2e_enabled,
         packet::{
-            CLIENT_MAC, Ipv4Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
-            checksum, parse_ipv4,
+            CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
+            TCP_SYN, checksum, parse_ipv4, parse_ipv6,
         },
         progtest::{self, ProgNode, ProgOutcome, delta, read_mac, test_run},
         rng::SplitMix64,
@@ -104,6 +106,11 @@ const BACKENDS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 2, 12),
 ];
 
+/// IPv6: the client (with a neighbour entry) and the node's address toward the backends (full
+/// NAT's source).
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+const NODE6_BACKEND_SIDE: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);
+
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
@@ -112,7 +119,8 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// Both schedulers, a VIP with TCP and UDP ports, ports published on the node addresses, a
 /// drained backend, client-address affinity, a service with no backends (drops), and one
-/// with full NAT (the source becomes the node's, from a port of its own).
+/// with full NAT (the source becomes the node's, from a port of its own); and IPv6 VIPs with
+/// NAT and full NAT.
 /// Every backend endpoint (address, port, protocol) belongs to one kernel service only.
 const SERVICES: &str = r#"
 services:
@@ -141,6 +149,15 @@ services:
     ports: ["80:8081/tcp", "53:5354/udp"]
     forwarding: fullnat
     backends: ["198.18.2.10", "198.18.2.11"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["fd00:2::a", "fd00:2::b"]
+  full6:
+    vip: "fd00:100::4"
+    ports: ["80:8081/tcp", "53:5354/udp"]
+    forwarding: fullnat
+    backends: ["fd00:2::a", "fd00:2::b"]
 "#;
 
 #[test]
@@ -174,6 +191,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
             model: &model,
             ifaces,
             flows: Vec::new(),
+            flows6: Vec::new(),
         };
         let mut runner = Runner::new(dp, &model, ifaces);
         let first = runner.last.clone();
@@ -185,13 +203,17 @@ fn random_and_mutated_packets_keep_the_invariants() {
             }
             let case = generator.case();
             let new_before = runner.last.get(StatSlot::NewFlow);
-            if let Some(flow) = runner.run(&case) {
+            let opened = runner.run(&case);
+            if let Some(flow6) = runner.opened6.take() {
+                generator.remember6(flow6);
+            } else if let Some(flow) = opened {
                 generator.remember(flow);
             } else if runner.last.get(StatSlot::NewFlow) > new_before {
                 // The packet re-opened a tracked flow (a mutated packet can be a valid SYN):
                 // the program removed the old flow's reply entry and tracks a new flow this
                 // test did not learn. The old one is gone.
                 generator.forget(&case.frame);
+                generator.forget6(&case.frame);
             }
         }
         let random_runs = runner.runs;
@@ -240,6 +262,10 @@ fn random_and_mutated_packets_keep_the_invariants() {
             .map(|s| format!("{}={}", s.label(), delta(&first, &last, *s)))
             .collect();
         println!("counters over the batch: {}", line.join(" "));
+        println!(
+            "IPv6 translations checked: {} forward, {} reply",
+            runner.checked6[0], runner.checked6[1]
+        );
         runner.findings.print();
 
         // Counters over the whole batch.
@@ -282,6 +308,11 @@ fn random_and_mutated_packets_keep_the_invariants() {
                 slot.label()
             );
         }
+        assert!(
+            runner.checked6[0] > 0 && runner.checked6[1] > 0,
+            "generator coverage: IPv6 translations checked {:?} (forward, reply) (seed {seed:#x})",
+            runner.checked6
+        );
         runner.findings.assert_none(seed);
     })
     .expect("run in netns");
@@ -342,7 +373,40 @@ struct ServiceModel {
     backends: Vec<SocketAddrV4>,
 }
 
+/// An IPv6 service: its frontends and backends.
+struct ServiceModel6 {
+    fullnat: bool,
+    frontends: Vec<SocketAddrV6>,
+    backends: Vec<SocketAddrV6>,
+}
+
+/// The IPv6 part of what the maps hold (VIP services only).
+#[derive(Default)]
+struct Model6 {
+    /// TCP and UDP frontends: (VIP and port, protocol, service).
+    frontends: Vec<(SocketAddrV6, u8, u32)>,
+    services: HashMap<u32, ServiceModel6>,
+    backend_endpoints: HashSet<(SocketAddrV6, u8)>,
+}
+
+impl Model6 {
+    fn service_of_frontend(&self, addr: SocketAddrV6, protocol: u8) -> Option<u32> {
+        self.frontends
+            .iter()
+            .find(|(a, p, _)| *a == addr && *p == protocol)
+            .map(|f| f.2)
+    }
+
+    fn service_of_backend(&self, addr: SocketAddrV6) -> Option<u32> {
+        self.services
+            .iter()
+            .find(|(_, s)| s.backends.contains(&addr))
+            .map(|(id, _)| *id)
+    }
+}
+
 struct Model {
+    v6: Model6,
     /// TCP and UDP frontends.
     frontends: Vec<(Endpoint, u32)>,
     service_of: HashMap<Endpoint, u32>,
@@ -357,13 +421,14 @@ struct Model {
 fn v4(addr: &lb_common::Addr) -> Ipv4Addr {
     match reconcile::ip(addr) {
         IpAddr::V4(ip) => ip,
-        other => panic!("this test plans IPv4 only, got {other}"),
+        other => panic!("an IPv4 address expected, got {other}"),
     }
 }
 
 impl Model {
     fn new(desired: &DesiredState) -> Self {
         let mut model = Self {
+            v6: Model6::default(),
             frontends: Vec::new(),
             service_of: HashMap::new(),
             services: HashMap::new(),
@@ -372,6 +437,24 @@ impl Model {
             icmp_vips: Vec::new(),
         };
         for (key, svc) in &desired.frontends {
+            if let IpAddr::V6(vip) = reconcile::ip(&key.addr) {
+                if key.proto != proto::ICMPV6 {
+                    let addr = SocketAddrV6::new(vip, u16::from_be(key.port_be), 0, 0);
+                    model.v6.frontends.push((addr, key.proto, svc.id));
+                    model
+                        .v6
+                        .services
+                        .entry(svc.id)
+                        .or_insert_with(|| ServiceModel6 {
+                            fullnat: svc.flags & service_flags::FULLNAT != 0,
+                            frontends: Vec::new(),
+                            backends: Vec::new(),
+                        })
+                        .frontends
+                        .push(addr);
+                }
+                continue;
+            }
             if key.proto == proto::ICMP {
                 model.icmp_vips.push(v4(&key.addr));
                 continue;
@@ -396,6 +479,19 @@ impl Model {
                 .push(ep.addr);
         }
         for planned in &desired.services {
+            if let Some(s6) = model.v6.services.get_mut(&planned.id) {
+                for b in &planned.backends {
+                    let SocketAddr::V6(a) = b.target else {
+                        panic!("an IPv6 service with an IPv4 backend");
+                    };
+                    s6.backends.push(a);
+                    model
+                        .v6
+                        .backend_endpoints
+                        .insert((a, planned.mapping.protocol.number()));
+                }
+                continue;
+            }
             let s = model
                 .services
                 .get_mut(&planned.id)
@@ -421,6 +517,9 @@ impl Model {
                 .collect();
         }
         for key in desired.endpoints.keys() {
+            if !key.addr.is_v4() {
+                continue;
+            }
             model.backend_endpoints.insert(Endpoint {
                 addr: SocketAddrV4::new(v4(&key.addr), u16::from_be(key.port_be)),
                 proto: key.proto,
@@ -431,6 +530,8 @@ impl Model {
         assert!(model.services.values().any(|s| !s.usable));
         assert!(model.services.values().any(|s| s.fullnat && s.usable));
         assert!(model.icmp_vips.contains(&VIP));
+        assert!(model.v6.services.values().any(|s| s.fullnat));
+        assert!(model.v6.services.values().any(|s| !s.fullnat));
         model
     }
 
@@ -539,8 +640,12 @@ enum Class {
     /// the program answers or translates: passed untouched.
     Unrelated,
     /// IPv6 with IPv4-mapped addresses (`::ffff:a.b.c.d`) of a frontend or a tracked flow:
-    /// no IPv6 service exists, so passed untouched.
+    /// no IPv6 service has such an address, so passed untouched.
     V4Mapped,
+    /// IPv6, well-formed, to a VIP whose service has backends: translated to one of them.
+    ToFrontend6 { service: u32 },
+    /// IPv6, a backend's reply on a flow the program opened: translated back to the client.
+    Reply6 { service: u32, client: SocketAddrV6 },
     /// Mutated, truncated or random: only the invariants.
     Mutated,
 }
@@ -566,11 +671,23 @@ struct Flow {
     service: u32,
 }
 
+/// An IPv6 flow the program opened (see `Flow`).
+#[derive(Clone, Copy, Debug)]
+struct Flow6 {
+    client: SocketAddrV6,
+    seen_as: SocketAddrV6,
+    frontend: SocketAddrV6,
+    backend: SocketAddrV6,
+    proto: u8,
+    service: u32,
+}
+
 struct Generator<'a> {
     rng: Rng,
     model: &'a Model,
     ifaces: Interfaces,
     flows: Vec<Flow>,
+    flows6: Vec<Flow6>,
 }
 
 fn proto_name(proto: u8) -> &'static str {
@@ -592,7 +709,8 @@ fn backend_mac(ip: &Ipv4Addr) -> [u8; 6] {
 impl Generator<'_> {
     fn case(&mut self) -> Case {
         let mut case = match self.rng.below(100) {
-            0..=24 => self.for_frontend(),
+            0..=19 => self.for_frontend(),
+            20..=24 => self.ipv6(),
             25..=36 => self.reply(),
             37..=39 => self.echo_to_vip(),
             40..=44 => self.icmp_error(),
@@ -772,6 +890,117 @@ impl Generator<'_> {
             class,
             what: format!("{} {client} -> frontend {frontend}", proto_name(protocol)),
         }
+    }
+
+    /// An IPv6 packet to a VIP (a new or a tracked flow), or a backend's reply on a tracked
+    /// flow.
+    fn ipv6(&mut self) -> Case {
+        if !self.flows6.is_empty() && self.rng.chance(40) {
+            let flow = self.rng.pick(&self.flows6);
+            let frame = self.frame6(
+                flow.backend,
+                flow.seen_as,
+                flow.proto,
+                (progtest::backend_mac(0), self.ifaces.backend_mac),
+            );
+            return Case {
+                frame,
+                ingress: self.ifaces.backend,
+                class: Class::Reply6 {
+                    service: flow.service,
+                    client: flow.client,
+                },
+                what: format!(
+                    "IPv6 {} reply {} -> {} on a flow {} -> {}",
+                    proto_name(flow.proto),
+                    flow.backend,
+                    flow.seen_as,
+                    flow.client,
+                    flow.frontend
+                ),
+            };
+        }
+        let (client, frontend, protocol, service) =
+            if !self.flows6.is_empty() && self.rng.chance(40) {
+                let f = self.rng.pick(&self.flows6);
+                (f.client, f.frontend, f.proto, f.service)
+            } else {
+                let (frontend, protocol, service) = self.rng.pick(&self.model.v6.frontends);
+                let port = 40_000 + self.rng.below(64) as u16;
+                (
+                    SocketAddrV6::new(CLIENT6, port, 0, 0),
+                    frontend,
+                    protocol,
+                    service,
+                )
+            };
+        Case {
+            frame: self.frame6(client, frontend, protocol, (CLIENT_MAC, NODE_MAC)),
+            ingress: self.ifaces.client,
+            class: Class::ToFrontend6 { service },
+            what: format!(
+                "IPv6 {} {client} -> frontend {frontend}",
+                proto_name(protocol)
+            ),
+        }
+    }
+
+    /// A well-formed IPv6 frame with random flags, payload and hop limit; sometimes UDP
+    /// without a checksum (the program keeps it zero); sometimes Ethernet padding.
+    fn frame6(
+        &mut self,
+        src: SocketAddrV6,
+        dst: SocketAddrV6,
+        protocol: u8,
+        macs: ([u8; 6], [u8; 6]),
+    ) -> Vec<u8> {
+        let l4 = if protocol == proto::TCP {
+            L4::Tcp {
+                flags: self.tcp_flags(),
+                seq: self.rng.u32(),
+                ack: self.rng.u32(),
+            }
+        } else if self.rng.chance(10) {
+            L4::UdpNoChecksum
+        } else {
+            L4::Udp
+        };
+        let payload_len = self.rng.below(65);
+        let mut f = Ipv6Frame {
+            eth_src: macs.0,
+            eth_dst: macs.1,
+            src,
+            dst,
+            l4,
+            hop_limit: 1 + self.rng.below(255) as u8,
+            payload: self.rng.bytes(payload_len),
+        }
+        .build();
+        if f.len() < 80 && self.rng.chance(15) {
+            f.resize(80, 0);
+        }
+        f
+    }
+
+    fn remember6(&mut self, flow: Flow6) {
+        if let Some(old) = self.flows6.iter_mut().find(|f| {
+            f.client == flow.client && f.frontend == flow.frontend && f.proto == flow.proto
+        }) {
+            *old = flow;
+        } else if self.flows6.len() < MAX_FLOWS {
+            self.flows6.push(flow);
+        }
+    }
+
+    /// Forgets the remembered IPv6 flow whose client and frontend `frame` carries.
+    fn forget6(&mut self, frame: &[u8]) {
+        let Some(l3) = ipv6_offset(frame).filter(|l3| frame.len() >= l3 + 44) else {
+            return;
+        };
+        let (client, frontend) = endpoints6(&frame[l3..]);
+        let protocol = frame[l3 + 6];
+        self.flows6
+            .retain(|f| !(f.client == client && f.frontend == frontend && f.proto == protocol));
     }
 
     fn reply(&mut self) -> Case {
@@ -1039,7 +1268,8 @@ impl Generator<'_> {
 
     fn mutated(&mut self) -> Case {
         let mut case = match self.rng.below(20) {
-            0..=10 => self.for_frontend(),
+            0..=8 => self.for_frontend(),
+            9..=10 => self.ipv6(),
             11..=14 => self.reply(),
             15 => self.echo_to_vip(),
             16..=17 => self.icmp_error(),
@@ -1510,8 +1740,8 @@ const NO_CHANGE: &str = "a translation was counted but the IP/L4 bytes did not c
 const STRAY_WRITE: &str = "a translated packet changed bytes its translation does not touch (only addresses, ports, ICMP type, checksums and, with XDP_REDIRECT, the MACs may change)";
 const TARGET: &str = "a translated packet's new addresses are not what the translation gives (backend, frontend, swapped echo)";
 const UNPARSEABLE: &str = "translated a packet the parser must pass untouched (IPv4 options, fragment, wrong protocol or ICMP type)";
-const NOT_IPV4: &str = "translated a packet that is not IPv4, although every service is IPv4 (IPv4-mapped IPv6 addresses ::ffff:a.b.c.d match IPv4 frontends, backends and flows)";
-const V4_MAPPED: &str = "an IPv6 packet whose addresses are the IPv4-mapped forms (::ffff:a.b.c.d) of an IPv4 frontend, or of a tracked IPv4 flow's backend and client, is taken for that IPv4 traffic (flow opened, IPv6 header rewritten to ::ffff:backend, forwarded or dropped) instead of being passed untouched: no IPv6 service exists, and keys do not tell the families apart";
+const NOT_IPV4: &str = "translated a packet that is neither IPv4 nor IPv6";
+const V4_MAPPED: &str = "an IPv6 packet whose addresses are the IPv4-mapped forms (::ffff:a.b.c.d) of an IPv4 frontend, or of a tracked IPv4 flow's backend and client, is taken for that IPv4 traffic (flow opened, IPv6 header rewritten to ::ffff:backend, forwarded or dropped) instead of being passed untouched: no IPv6 service has such addresses, and keys do not tell the families apart";
 const TRAILER_WRITE: &str = "an ICMP error translation wrote past the end of the IPv4 packet (its total length) into trailing bytes of the frame: with a quote that stops after 8 L4 bytes, the 'quoted TCP checksum' it updates is whatever follows the packet, and it folds that change into the ICMP checksum, which comes out wrong";
 const CHECKSUM: &str =
     "forwarded a packet with a wrong checksum (its checksums were valid on the way in)";
@@ -1581,6 +1811,77 @@ fn untagged(frame: &[u8], l3: usize) -> Vec<u8> {
     f.extend_from_slice(&[0x08, 0x00]);
     f.extend_from_slice(&frame[l3..]);
     f
+}
+
+/// Where the IPv6 header starts, past up to two VLAN tags. `None` for anything but IPv6.
+fn ipv6_offset(frame: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    for _ in 0..3 {
+        let t = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().unwrap());
+        match t {
+            0x86dd => return Some(at + 2),
+            0x8100 | 0x88a8 => at += 4,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The IPv6 frame without VLAN tags, for `parse_ipv6`.
+fn untagged6(frame: &[u8], l3: usize) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&frame[l3..]);
+    f
+}
+
+/// Source and destination of the IPv6 header at `ip` and the ports after its 40 bytes.
+fn endpoints6(ip: &[u8]) -> (SocketAddrV6, SocketAddrV6) {
+    let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+    let port = |at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+    (
+        SocketAddrV6::new(addr(8), port(40), 0, 0),
+        SocketAddrV6::new(addr(24), port(42), 0, 0),
+    )
+}
+
+/// Full NAT's IPv6 source: the node's address toward the backends, a port of its range.
+fn is_snat_source6(addr: SocketAddrV6) -> bool {
+    *addr.ip() == NODE6_BACKEND_SIDE && (FULLNAT_PORT_MIN..=FULLNAT_PORT_MAX).contains(&addr.port())
+}
+
+/// The flow an IPv6 packet to a frontend of `service` opened, as its translation shows it.
+fn opened6(frame: &[u8], out: &ProgOutcome, service: u32) -> Option<Flow6> {
+    let l3 = ipv6_offset(frame)?;
+    let parsed = parse_ipv6(&untagged6(&out.packet, l3)).ok()?;
+    let (client, frontend) = endpoints6(&frame[l3..]);
+    Some(Flow6 {
+        client,
+        seen_as: parsed.src,
+        frontend,
+        backend: parsed.dst,
+        proto: parsed.proto,
+        service,
+    })
+}
+
+/// The one's complement sum of the TCP/UDP segment of the IPv6 packet `ip` (`payload`
+/// bytes after the header) with its pseudo-header; protocol from `layout` (the input).
+/// `None` for UDP without a checksum; both zeros are made 0xffff, what a valid segment sums
+/// to (as `sums`).
+fn sum6(ip: &[u8], payload: usize, layout: &[u8]) -> Option<u16> {
+    let l4 = &ip[40..40 + payload];
+    if layout[6] == proto::UDP && l4[6..8] == [0, 0] {
+        return None;
+    }
+    let pseudo: u32 = ip[8..40]
+        .chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+        .sum::<u32>()
+        + u32::from(layout[6])
+        + payload as u32;
+    let s = !checksum(l4, pseudo);
+    Some(if s == 0 { 0xffff } else { s })
 }
 
 /// Source and destination of the IPv4 header at `ip` and the ports after its 20 bytes.
@@ -1678,6 +1979,10 @@ struct Runner<'a> {
     /// Runs whose IP/L4 bytes changed.
     changed: u64,
     index: u64,
+    /// The IPv6 flow the last run opened (`run` returns IPv4 ones).
+    opened6: Option<Flow6>,
+    /// IPv6 translations checked: forward, reply.
+    checked6: [u64; 2],
 }
 
 impl<'a> Runner<'a> {
@@ -1693,6 +1998,8 @@ impl<'a> Runner<'a> {
             refused: 0,
             changed: 0,
             index: 0,
+            opened6: None,
+            checked6: [0; 2],
         }
     }
 
@@ -1979,6 +2286,28 @@ impl<'a> Runner<'a> {
                     fail(V4_MAPPED, String::new());
                 }
             }
+            (Class::ToFrontend6 { service }, ..) | (Class::Reply6 { service, .. }, ..) => {
+                if let Some(detail) = self.fate6(
+                    case,
+                    out,
+                    d(StatSlot::NatForward),
+                    d(StatSlot::NatReply),
+                    service,
+                ) {
+                    if d(StatSlot::DropNoSnatPort) == 1 {
+                        fail(SNAT_PORT_STALL, String::new());
+                    } else {
+                        fail(EXPECTED, detail);
+                    }
+                }
+                if let Class::ToFrontend6 { service } = case.class
+                    && d(StatSlot::NatForward) == 1
+                    && out.action != XDP_DROP
+                {
+                    self.opened6 = opened6(frame, out, service);
+                }
+                return None;
+            }
             (Class::Mutated, ..) => {}
             (class, ..) => fail(EXPECTED, format!("{class:?}: not an IPv4 frame")),
         }
@@ -2013,14 +2342,196 @@ impl<'a> Runner<'a> {
         })
     }
 
+    /// The expected fate of a well-formed IPv6 packet: to a VIP, translated to one of its
+    /// service's backends (under full NAT from the node's address); a reply, translated back
+    /// to the client from a frontend. `None` when it got it, else what it should have been.
+    fn fate6(
+        &self,
+        case: &Case,
+        out: &ProgOutcome,
+        forward: u64,
+        reply: u64,
+        service: u32,
+    ) -> Option<String> {
+        let s = &self.model.v6.services[&service];
+        let l3 = ipv6_offset(&case.frame)?;
+        let (in_src, _) = endpoints6(&case.frame[l3..]);
+        let (src, dst) = endpoints6(&out.packet[l3..]);
+        let fine = match case.class {
+            Class::ToFrontend6 { .. } => {
+                forward == 1
+                    && s.backends.contains(&dst)
+                    && if s.fullnat {
+                        is_snat_source6(src)
+                    } else {
+                        src == in_src
+                            || (src.ip() == in_src.ip()
+                                && (FULLNAT_PORT_MIN..=FULLNAT_PORT_MAX).contains(&src.port()))
+                    }
+            }
+            Class::Reply6 { client, .. } => {
+                reply == 1 && s.frontends.contains(&src) && dst == client
+            }
+            _ => true,
+        };
+        (!fine).then(|| {
+            format!(
+                "IPv6 to a VIP: translated to one of {:?} (full NAT {}), or a reply: translated back from one of {:?}",
+                s.backends, s.fullnat, s.frontends
+            )
+        })
+    }
+
+    /// An IPv6 packet the program translated and sends on (see `check_translated`): only its
+    /// addresses, ports, L4 checksum and (XDP_REDIRECT) MACs change, toward a backend or from
+    /// a frontend, and its checksum is right: valid in, valid out, verified from scratch by
+    /// `parse_ipv6`; wrong in, wrong by exactly as much out. ICMPv6 translations are left to
+    /// the packet tests.
+    fn check_translated6(
+        &mut self,
+        frame: &[u8],
+        out: &ProgOutcome,
+        event: StatSlot,
+        l3: usize,
+        fail: &mut impl FnMut(&'static str, String),
+    ) {
+        let ip = &frame[l3..];
+        let ip_out = &out.packet[l3..];
+        if ip.len() >= 40 && ip[6] == proto::ICMPV6 {
+            return;
+        }
+        let protocol = ip.get(6).copied().unwrap_or(0);
+        let headers = match (event, protocol) {
+            (StatSlot::NatForward | StatSlot::NatReply, proto::TCP) => 60,
+            (StatSlot::NatForward | StatSlot::NatReply, proto::UDP) => 48,
+            _ => 0,
+        };
+        if ip.len() < 40 || ip[0] >> 4 != 6 || headers == 0 || ip.len() < headers {
+            fail(
+                UNPARSEABLE,
+                format!(
+                    "IPv6 {}: next header {protocol}, {} bytes",
+                    event.label(),
+                    ip.len()
+                ),
+            );
+            return;
+        }
+        let forward = event == StatSlot::NatForward;
+        self.checked6[usize::from(!forward)] += 1;
+        let (in_src, in_dst) = endpoints6(ip);
+        let fullnat = if forward {
+            self.model.v6.service_of_frontend(in_dst, protocol)
+        } else {
+            self.model.v6.service_of_backend(in_src)
+        }
+        .is_some_and(|id| self.model.v6.services[&id].fullnat);
+
+        // Where the translation writes, from the IPv6 header on: the translated side's
+        // address (both under full NAT), both ports (NAT may remap the client's), the L4
+        // checksum.
+        let csum = 40 + if protocol == proto::TCP { 16 } else { 6 };
+        let (src_addr, dst_addr) = (8..24, 24..40);
+        let mut may = vec![40..44, csum..csum + 2];
+        if forward || fullnat {
+            may.push(dst_addr);
+        }
+        if !forward || fullnat {
+            may.push(src_addr);
+        }
+        let stray: Vec<usize> = (0..frame.len())
+            .filter(|&i| frame[i] != out.packet[i])
+            .filter(|&i| {
+                let mac = i < 12 && out.action == XDP_REDIRECT;
+                !mac && (i < l3 || !may.iter().any(|r| r.contains(&(i - l3))))
+            })
+            .collect();
+        if !stray.is_empty() {
+            fail(
+                STRAY_WRITE,
+                format!("changed frame offsets {stray:?} (IPv6 header at {l3})"),
+            );
+        }
+
+        let (src, dst) = endpoints6(ip_out);
+        let target_ok = if forward {
+            self.model.v6.backend_endpoints.contains(&(dst, protocol))
+                && (!fullnat || is_snat_source6(src))
+        } else {
+            self.model.v6.service_of_frontend(src, protocol).is_some()
+        };
+        if !target_ok {
+            fail(TARGET, format!("IPv6 now {src} -> {dst}"));
+        }
+
+        let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        if 40 + payload > ip.len() || 40 + payload < headers {
+            fail(
+                TOTAL_LENGTH,
+                format!(
+                    "IPv6 payload length {payload}, {} bytes from the IPv6 header on, {headers} needed",
+                    ip.len()
+                ),
+            );
+            return;
+        }
+        let past: Vec<usize> = (l3 + 40 + payload..frame.len())
+            .filter(|&i| frame[i] != out.packet[i])
+            .collect();
+        if !past.is_empty() {
+            fail(
+                TRAILER_WRITE,
+                format!(
+                    "changed frame offsets {past:?}; the IPv6 packet ends at {}",
+                    l3 + 40 + payload
+                ),
+            );
+            return;
+        }
+
+        let before = sum6(ip, payload, ip);
+        let after = sum6(ip_out, payload, ip);
+        if before.is_none() != after.is_none() {
+            fail(
+                UDP_ZERO,
+                format!("IPv6 sums {before:04x?} in, {after:04x?} out"),
+            );
+        } else if before.is_none_or(|s| s == 0xffff) {
+            // Valid in (or UDP without a checksum, which stays so: checked above).
+            if before.is_some() {
+                let mut f = untagged6(&out.packet, l3);
+                f.truncate(14 + 40 + payload);
+                if let Err(e) = parse_ipv6(&f) {
+                    fail(CHECKSUM, e);
+                } else if after != Some(0xffff) {
+                    fail(
+                        CHECKSUM,
+                        format!("IPv6 one's complement sum {after:04x?} (valid: 0xffff)"),
+                    );
+                }
+            }
+        } else if before != after {
+            fail(
+                CHECKSUM_ERROR,
+                format!(
+                    "IPv6 one's complement sums {before:04x?} in, {after:04x?} out (valid: 0xffff)"
+                ),
+            );
+        }
+    }
+
     /// A packet the program translated and sends on: what may change, and its checksums.
     fn check_translated(
-        &self,
+        &mut self,
         frame: &[u8],
         out: &ProgOutcome,
         event: StatSlot,
         fail: &mut impl FnMut(&'static str, String),
     ) {
+        if let Some(l3) = ipv6_offset(frame) {
+            self.check_translated6(frame, out, event, l3, fail);
+            return;
+        }
         let Some(l3) = ipv4_offset(frame).filter(|l3| frame.len() >= l3 + 20) else {
             fail(NOT_IPV4, String::new());
             return;

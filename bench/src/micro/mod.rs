@@ -887,7 +887,9 @@ fn monotonic_ns() -> u64 {
 }
 
 /// Inserts `flows` established flows (forward and reply entry each, as the program would)
-/// into the dataplane's connection table from userspace, spread over the 16 backends.
+/// into the dataplane's connection table from userspace, spread over the 16 backends. Only
+/// the program marks its reply filter (REPLY_FILTER), so replies on these flows would pass
+/// untranslated: the scaling check sends client packets only.
 fn prefill(dp: &mut Dp, flows: u32) -> Result<u64> {
     let started = Instant::now();
     let mut ct = conntrack_map(&mut dp.dp)?;
