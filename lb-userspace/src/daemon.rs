@@ -165,18 +165,18 @@ impl Daemon {
 
         let mut dp = Dataplane::load(options.load.clone())?;
         if dp.adopted() {
+            // The record gives the ids (so tracked flows keep meaning the same backends), not
+            // the maps' contents: it may be stale (a failed write, an upgrade that computes
+            // tables differently). So every entry is written and everything else removed.
             match &previous {
-                Some(previous) => {
-                    info!("adopting the pinned dataplane: connection table and counters kept");
-                    dp.apply(Some(previous), &desired)?;
-                }
-                None => {
-                    warn!(
-                        "adopting pinned maps without a record of what they hold: rewriting every entry"
-                    );
-                    dp.apply(None, &desired)?;
-                }
+                Some(_) => info!(
+                    "adopting the pinned dataplane: connection table and counters kept; rewriting every entry"
+                ),
+                None => warn!(
+                    "adopting pinned maps without a usable record of their ids: kernel ids are assigned afresh, so tracked round-robin and full-NAT flows may break"
+                ),
             }
+            dp.apply(None, &desired)?;
             let pruned = dp.prune(&desired)?;
             if pruned > 0 {
                 info!(pruned, "removed stale frontend and endpoint entries");
@@ -190,9 +190,12 @@ impl Daemon {
         for interface in dp.release_unlisted(&options.interfaces)? {
             info!(interface, "detached: no longer in the interface list");
         }
-        for name in &options.xdp_redirect {
-            dp.allow_xdp_redirect(dataplane::ifindex(name)?)?;
-        }
+        let redirect = options
+            .xdp_redirect
+            .iter()
+            .map(|name| dataplane::ifindex(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        dp.set_xdp_redirect(&redirect)?;
         let mut daemon = Daemon {
             dp,
             config_path: options.config.clone(),
@@ -274,7 +277,7 @@ impl Daemon {
             return Err(e.into());
         }
         let saved_at = started.elapsed();
-        if next == self.running {
+        if next == self.running && self.degraded.is_none() {
             self.file = file;
             self.api = api;
             self.merged = merged;
@@ -282,7 +285,15 @@ impl Daemon {
             self.count(trigger, Outcome::Unchanged);
             return Ok(Outcome::Unchanged);
         }
-        if let Err(e) = self.dp.apply(Some(&self.running), &next) {
+        // After a failed undo the maps may hold anything: write every entry, not the diff.
+        let result = if self.degraded.is_some() {
+            self.dp
+                .apply(None, &next)
+                .and_then(|()| self.dp.prune(&next).map(drop))
+        } else {
+            self.dp.apply(Some(&self.running), &next)
+        };
+        if let Err(e) = result {
             // Some of `next` may be written: writing `running` over it restores every entry.
             match self.dp.apply(Some(&next), &self.running) {
                 Ok(()) => error!(
@@ -290,7 +301,9 @@ impl Daemon {
                 ),
                 Err(undo) => {
                     let why = format!("a change failed ({e}) and undoing it failed too ({undo})");
-                    error!("{why}; the maps may hold parts of both, the next change rewrites them");
+                    error!(
+                        "{why}; the maps may hold parts of both; the next change (or the same file again) rewrites every entry"
+                    );
                     self.degraded = Some(why);
                 }
             }

@@ -438,7 +438,7 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) {
         ),
         Ok(Err(e)) => error!(
             trigger = trigger.as_str(),
-            "reload failed, the previous configuration is restored: {e:#}"
+            "reload failed: {e:#} (see the line above for whether the previous configuration was restored)"
         ),
         Err(e) => error!("reload: {e}"),
     }

@@ -164,6 +164,29 @@ impl Dataplane {
             })
     }
 
+    /// Makes `ifindexes` exactly the devices the XDP program redirects to: an adopted map may
+    /// name devices the operator no longer lists (frames to them would be dropped silently).
+    pub fn set_xdp_redirect(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
+            self.ebpf_mut()
+                .map_mut(names::TX_PORTS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::TX_PORTS))?;
+        let stale: Vec<u32> = ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for key in stale {
+            ports.remove(key).map_err(map_err(names::TX_PORTS))?;
+        }
+        for ifindex in ifindexes {
+            self.allow_xdp_redirect(*ifindex)?;
+        }
+        Ok(())
+    }
+
     /// All counters, summed over CPUs.
     pub fn stats(&self) -> Result<StatsSnapshot, DataplaneError> {
         let ebpf = self.ebpf();

@@ -20,7 +20,7 @@ use aya::{
 };
 use lb_common::maps::{names, programs};
 pub use maps::{ConntrackReader, StatsSnapshot, TrafficTotals};
-use tracing::info;
+use tracing::{info, warn};
 
 /// The kernel object, built by build.rs from lb-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -156,6 +156,8 @@ pub struct Dataplane {
     adopted: bool,
     /// Pinned links we hold open; dropping them only closes our descriptors.
     _pinned_links: Vec<PinnedLink>,
+    /// The pin directory's lock (see [`pin::lock`]).
+    _pin_lock: Option<std::fs::File>,
     /// Reads the kernel programs' log records (aya-log) into this process's log. Must live as
     /// long as the programs: dropping it closes the log map.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -171,8 +173,10 @@ impl Dataplane {
         let log_level = options.kernel_log as u8;
         loader.override_global(aya_log::LEVEL, &log_level, false);
         let mut adopted = false;
+        let mut pin_lock = None;
         if let Some(dir) = &options.pin_dir {
             pin::prepare(dir)?;
+            pin_lock = Some(pin::lock(dir)?);
             adopted = pin::has_pinned_maps(dir);
             if adopted {
                 pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
@@ -210,6 +214,7 @@ impl Dataplane {
             pin_dir: options.pin_dir,
             adopted,
             _pinned_links: Vec::new(),
+            _pin_lock: pin_lock,
             logger,
         })
     }
@@ -268,72 +273,102 @@ impl Dataplane {
         let pin_error = |what: &str, e: &dyn std::error::Error| {
             DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
         };
-        // XDP: swap into the pinned link if there is one, else attach and pin.
-        let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
-        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
-        let (xdp_pin, mode, adopted) = match PinnedLink::from_pin(&xdp_path) {
-            Ok(old) => {
-                let link = XdpLink::try_from(FdLink::from(old))
-                    .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
-                let id = xdp
-                    .attach_to_link(link)
-                    .map_err(|e| pin_error("replacing the program in the pinned XDP link", &e))?;
-                // Out of aya's hands, so dropping the Dataplane leaves it attached; the pin
-                // keeps it alive.
-                drop(xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?);
-                let pinned =
-                    PinnedLink::from_pin(&xdp_path).map_err(|e| pin_error("XDP pin", &e))?;
-                (pinned, mode, true)
-            }
-            Err(_) => {
-                let (id, mode) = attach_xdp(xdp, interface, mode)?;
-                let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
-                let fd = FdLink::try_from(link).map_err(|e| {
-                    pin_error(
-                        "the kernel gave a netlink XDP attachment, which cannot be pinned",
-                        &e,
-                    )
-                })?;
-                (
-                    fd.pin(&xdp_path)
-                        .map_err(|e| pin_error("pinning the XDP link", &e))?,
-                    mode,
-                    false,
-                )
-            }
-        };
-        self._pinned_links.push(xdp_pin);
-        // TC (tcx): the same.
+        // TC first: the XDP program hands packets to it, so XDP must never run without it.
+        // Each: swap into the pinned link if there is a live one, else attach and pin. A pin
+        // whose link the kernel detached (the interface was deleted and made again) is
+        // replaced.
         let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
         let attach_tc_error = |error| DataplaneError::AttachTc {
             interface: interface.to_owned(),
             error,
         };
-        let tc_pin = match PinnedLink::from_pin(&tc_path) {
+        let adopted_tc = match PinnedLink::from_pin(&tc_path) {
             Ok(old) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(old))
                     .map_err(|e| pin_error("adopting the pinned tcx link", &e))?;
-                let id = tc.attach_to_link(link).map_err(attach_tc_error)?;
-                drop(tc.take_link(id).map_err(attach_tc_error)?);
-                PinnedLink::from_pin(&tc_path).map_err(|e| pin_error("tcx pin", &e))?
+                match tc.attach_to_link(link) {
+                    Ok(id) => {
+                        drop(tc.take_link(id).map_err(attach_tc_error)?);
+                        true
+                    }
+                    Err(e) => {
+                        warn!(
+                            interface,
+                            "the pinned tcx link is dead ({}); attaching afresh",
+                            with_causes(&e)
+                        );
+                        remove_pin(&tc_path)?;
+                        false
+                    }
+                }
             }
-            Err(_) => {
-                let id = tc
-                    .attach(interface, TcAttachType::Ingress)
-                    .map_err(attach_tc_error)?;
-                let link = tc.take_link(id).map_err(attach_tc_error)?;
-                let fd = FdLink::try_from(link).map_err(|e| {
-                    pin_error(
-                        "the kernel gave a netlink TC attachment, which cannot be pinned",
-                        &e,
-                    )
-                })?;
-                fd.pin(&tc_path)
-                    .map_err(|e| pin_error("pinning the tcx link", &e))?
-            }
+            Err(_) => false,
         };
-        self._pinned_links.push(tc_pin);
+        if !adopted_tc {
+            let id = tc
+                .attach(interface, TcAttachType::Ingress)
+                .map_err(attach_tc_error)?;
+            let link = tc.take_link(id).map_err(attach_tc_error)?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                pin_error(
+                    "the kernel gave a netlink TC attachment, which cannot be pinned",
+                    &e,
+                )
+            })?;
+            drop(
+                fd.pin(&tc_path)
+                    .map_err(|e| pin_error("pinning the tcx link", &e))?,
+            );
+        }
+        self._pinned_links
+            .push(PinnedLink::from_pin(&tc_path).map_err(|e| pin_error("tcx pin", &e))?);
+
+        let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
+        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+        let adopted = match PinnedLink::from_pin(&xdp_path) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))
+                    .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
+                match xdp.attach_to_link(link) {
+                    Ok(id) => {
+                        // Out of aya's hands, so dropping the Dataplane leaves it attached;
+                        // the pin keeps it alive.
+                        drop(xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?);
+                        true
+                    }
+                    Err(e) => {
+                        warn!(
+                            interface,
+                            "the pinned XDP link is dead ({}); attaching afresh",
+                            with_causes(&e)
+                        );
+                        remove_pin(&xdp_path)?;
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        let mode = if adopted {
+            mode
+        } else {
+            let (id, mode) = attach_xdp(xdp, interface, mode)?;
+            let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                pin_error(
+                    "the kernel gave a netlink XDP attachment, which cannot be pinned",
+                    &e,
+                )
+            })?;
+            drop(
+                fd.pin(&xdp_path)
+                    .map_err(|e| pin_error("pinning the XDP link", &e))?,
+            );
+            mode
+        };
+        self._pinned_links
+            .push(PinnedLink::from_pin(&xdp_path).map_err(|e| pin_error("XDP pin", &e))?);
         Ok(self.attached(interface, ifindex, mode, adopted))
     }
 
@@ -434,6 +469,11 @@ fn attach_xdp(
         },
         mode => Ok((try_mode(xdp, mode)?, mode)),
     }
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    std::fs::remove_file(path)
+        .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))
 }
 
 /// An error and its causes on one line (aya's syscall errors keep the errno in `source`).

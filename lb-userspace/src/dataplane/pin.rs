@@ -94,6 +94,31 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// Takes the pin directory for this process: an exclusive lock on the directory itself,
+/// released when the returned handle is dropped (or the process dies). Two `lbd` adopting the
+/// same maps would program them over each other.
+pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, DataplaneError> {
+    use std::os::fd::AsRawFd as _;
+    let handle = std::fs::File::open(dir)
+        .map_err(|e| DataplaneError::Pin(format!("opening {}: {e}", dir.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(DataplaneError::Pin(
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                format!(
+                    "another lbd is running with pin directory {}; stop it first (systemctl stop \
+                 meshlb), or give this one its own --pin-dir",
+                    dir.display()
+                )
+            } else {
+                format!("locking {}: {e}", dir.display())
+            },
+        ));
+    }
+    Ok(handle)
+}
+
 /// Whether a previous `lbd` left maps here to adopt.
 pub(crate) fn has_pinned_maps(dir: &Path) -> bool {
     names::ALL.iter().any(|name| map_path(dir, name).exists())
