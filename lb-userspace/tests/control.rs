@@ -647,5 +647,9 @@ fn a_changed_service_file_is_applied_without_a_signal() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(lb.output().contains("reloaded"), "{}", lb.output());
+    // The log line follows the maps' update.
+    while !lb.output().contains("reloaded") {
+        assert!(changed.elapsed() < Duration::from_secs(5), "{}", lb.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
