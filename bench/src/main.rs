@@ -2,6 +2,7 @@
 
 mod demo;
 mod micro;
+mod traffic;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,10 @@ struct Cli {
 enum Command {
     /// Client, node running lbd, three backends: real connections and where they went.
     Demo(demo::DemoArgs),
+    /// Traffic generator: BPF_PROG_TEST_RUN live frames from a generator namespace through
+    /// a node (meshlb, nftables DNAT, kernel forwarding or the redirect-only ceiling) to an
+    /// XDP sink that counts per backend; a progress line and a summary.
+    Gen(traffic::GenArgs),
     /// Benchmarks (`cargo xtask bench <NAME>` builds first, then runs `lb-bench bench <NAME>`).
     #[command(subcommand)]
     Bench(Bench),
@@ -34,6 +39,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
+        Command::Gen(args) => traffic::run(&args),
         Command::Bench(Bench::Micro(args)) => micro::run(&args),
     }
 }

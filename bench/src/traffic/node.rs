@@ -1,0 +1,242 @@
+//! What forwards between generator and sink: meshlb (the real `lbd`), nftables DNAT (the way
+//! kube-proxy's nftables mode balances: `numgen random` over one chain per endpoint), plain
+//! kernel forwarding, or the redirect-only ceiling.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use lb_userspace::testkit::Lbd;
+
+use super::{
+    Traffic,
+    topo::{self, BACKEND_PORT, NODE_IN, NODE_OUT, PpsTopology, VIP_PORT, VIP4, VIP6},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Through {
+    /// XDP program that only sets MACs and redirects to the sink's veth: the ceiling.
+    Ceiling,
+    /// meshlb's lbd, XDP on the node's veths, XDP_REDIRECT to the sink's.
+    Meshlb,
+    /// nftables DNAT in the node's kernel (kube-proxy nftables style).
+    Nft,
+    /// Plain kernel IP forwarding to backend 0 (no balancing).
+    Kernel,
+}
+
+impl Through {
+    pub fn name(self) -> &'static str {
+        match self {
+            Through::Ceiling => "redirect-only ceiling",
+            Through::Meshlb => "meshlb XDP",
+            Through::Nft => "nftables DNAT",
+            Through::Kernel => "kernel forwarding",
+        }
+    }
+    pub fn key(self) -> &'static str {
+        match self {
+            Through::Ceiling => "ceiling",
+            Through::Meshlb => "meshlb",
+            Through::Nft => "nft",
+            Through::Kernel => "kernel",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub backends: usize,
+    pub scheduler: String,
+    /// Services besides the measured one (meshlb, scaling runs): VIPs no packet goes to.
+    pub extra_services: usize,
+    pub lbd: PathBuf,
+    /// meshlb's connection-table capacity (default: lbd's own).
+    pub conntrack_entries: Option<u32>,
+}
+
+/// A running contender.
+pub struct Node {
+    through: Through,
+    lbd: Option<Lbd>,
+}
+
+/// nftables table name of the DNAT contender.
+const NFT_TABLE: &str = "mlbbench";
+
+impl Node {
+    pub fn start(
+        through: Through,
+        topo: &PpsTopology,
+        traffic: &mut Traffic,
+        config: &NodeConfig,
+    ) -> Result<Node> {
+        anyhow::ensure!(
+            (1..=topo::MAX_BACKENDS).contains(&config.backends),
+            "1 to {} backends fit the address plan",
+            topo::MAX_BACKENDS
+        );
+        let mut node = Node { through, lbd: None };
+        match through {
+            Through::Ceiling => {
+                let out = PpsTopology::ifindex(&topo.node, NODE_OUT)?;
+                traffic.attach_ceiling(
+                    &topo.node,
+                    NODE_IN,
+                    out,
+                    topo::SINK_MAC,
+                    topo::NODE_OUT_MAC,
+                )?;
+            }
+            Through::Meshlb => {
+                let services =
+                    services_yaml(config.backends, &config.scheduler, config.extra_services);
+                let entries = config.conntrack_entries.map(|n| n.to_string());
+                let mut extra = vec!["--xdp-redirect", NODE_OUT];
+                if let Some(entries) = &entries {
+                    extra.extend(["--conntrack-entries", entries]);
+                }
+                node.lbd = Some(Lbd::start(
+                    &config.lbd,
+                    &topo.node,
+                    &services,
+                    &[NODE_IN, NODE_OUT],
+                    &extra,
+                )?);
+            }
+            Through::Nft => {
+                let rules = nft_ruleset(config.backends);
+                let path = std::env::temp_dir().join(format!("mlb-nft-{}.nft", std::process::id()));
+                std::fs::write(&path, rules).context("writing the nftables ruleset")?;
+                let result = topo
+                    .node
+                    .exec(&["nft", "-f", path.to_str().context("temp path")?]);
+                let _ = std::fs::remove_file(&path);
+                result.context("loading the nftables DNAT ruleset")?;
+            }
+            Through::Kernel => {}
+        }
+        Ok(node)
+    }
+
+    /// Stops the contender; meshlb's counters if it was meshlb.
+    pub fn stop(
+        mut self,
+        topo: &PpsTopology,
+        traffic: &mut Traffic,
+    ) -> Result<Option<serde_json::Value>> {
+        match self.through {
+            Through::Ceiling => traffic.detach_ceiling()?,
+            Through::Meshlb => {
+                if let Some(lbd) = self.lbd.take() {
+                    return lbd.stop().map(Some);
+                }
+            }
+            Through::Nft => {
+                topo.node
+                    .exec(&["nft", "delete", "table", "inet", NFT_TABLE])
+                    .context("removing the nftables DNAT ruleset")?;
+                // Its conntrack entries would otherwise answer the next contender's packets.
+                topo.node
+                    .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_max=262144"])
+                    .ok();
+            }
+            Through::Kernel => {}
+        }
+        Ok(None)
+    }
+}
+
+/// The service file of the meshlb contender: `bench` on the IPv4 and IPv6 VIPs, port 80 to
+/// 8080 over TCP and UDP, with `backends` backends of each family; plus `extra` services on
+/// VIPs 198.18.128.0/17 that no packet goes to (the scaling runs).
+pub fn services_yaml(backends: usize, scheduler: &str, extra: usize) -> String {
+    let mut y = String::from("services:\n");
+    for (name, vip, v6) in [
+        ("bench", VIP4.to_string(), false),
+        ("bench6", VIP6.to_string(), true),
+    ] {
+        let _ = writeln!(y, "  {name}:\n    vip: \"{vip}\"");
+        let _ = writeln!(
+            y,
+            "    ports: [\"{VIP_PORT}:{BACKEND_PORT}/udp\", \"{VIP_PORT}:{BACKEND_PORT}/tcp\"]"
+        );
+        let _ = writeln!(y, "    scheduler: {scheduler}");
+        y.push_str("    backends:\n");
+        for i in 0..backends {
+            let _ = writeln!(y, "      - \"{}\"", topo::backend_addr(i, v6));
+        }
+    }
+    for i in 0..extra {
+        let vip = std::net::Ipv4Addr::from(
+            u32::from(std::net::Ipv4Addr::new(198, 18, 128, 0)) + i as u32,
+        );
+        let _ = writeln!(
+            y,
+            "  x{i}:\n    vip: \"{vip}\"\n    ports: [\"80:8080/udp\"]\n    backends: [\"{}\", \"{}\"]",
+            topo::backend_addr(0, false),
+            topo::backend_addr(1, false)
+        );
+    }
+    y
+}
+
+/// The nftables DNAT contender: one table, prerouting DNAT of the VIPs (port 80, TCP and
+/// UDP) to `backends` endpoints picked by `numgen random`, one chain per endpoint, as
+/// kube-proxy's nftables mode writes it.
+pub fn nft_ruleset(backends: usize) -> String {
+    let mut r = format!("table inet {NFT_TABLE} {{\n");
+    for (fam, v6) in [("ip", false), ("ip6", true)] {
+        for i in 0..backends {
+            let addr = topo::backend_addr(i, v6);
+            let target = if v6 {
+                format!("[{addr}]:{BACKEND_PORT}")
+            } else {
+                format!("{addr}:{BACKEND_PORT}")
+            };
+            let _ = writeln!(
+                r,
+                "  chain ep_{fam}_{i} {{\n    meta l4proto {{ tcp, udp }} dnat {fam} to {target}\n  }}"
+            );
+        }
+        let map: Vec<String> = (0..backends)
+            .map(|i| format!("{i} : goto ep_{fam}_{i}"))
+            .collect();
+        let _ = writeln!(
+            r,
+            "  chain svc_{fam} {{\n    numgen random mod {backends} vmap {{ {} }}\n  }}",
+            map.join(", ")
+        );
+    }
+    let _ = writeln!(
+        r,
+        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {VIP4} meta l4proto {{ tcp, udp }} th dport {VIP_PORT} goto svc_ip\n    ip6 daddr {VIP6} meta l4proto {{ tcp, udp }} th dport {VIP_PORT} goto svc_ip6\n  }}\n}}"
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_userspace::config::ServiceFile;
+
+    use super::*;
+
+    #[test]
+    fn services_yaml_is_a_valid_service_file() {
+        let y = services_yaml(3, "round-robin", 2);
+        let file = ServiceFile::parse(&y, std::path::Path::new("bench.yaml")).unwrap();
+        assert_eq!(file.services.len(), 4);
+        assert!(y.contains("\"198.18.16.3\""), "{y}");
+        assert!(y.contains("\"fd00:2::3\""), "{y}");
+        assert!(y.contains("198.18.128.1"), "{y}");
+    }
+
+    #[test]
+    fn nft_ruleset_has_one_chain_per_endpoint() {
+        let r = nft_ruleset(4);
+        assert_eq!(r.matches("dnat ip to").count(), 4);
+        assert_eq!(r.matches("dnat ip6 to").count(), 4);
+        assert!(r.contains("numgen random mod 4 vmap { 0 : goto ep_ip_0, 1 : goto ep_ip_1, 2 : goto ep_ip_2, 3 : goto ep_ip_3 }"));
+        assert!(r.contains("dnat ip6 to [fd00:2::4]:8080"));
+    }
+}
