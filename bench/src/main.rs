@@ -2,6 +2,7 @@
 
 mod demo;
 mod micro;
+mod pps;
 mod traffic;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ enum Bench {
     /// ns per packet of the XDP program with BPF_PROG_TEST_RUN, measured the way
     /// katran-perf.md measured Katran; writes bench/results/micro-<date>.{md,json}.
     Micro(micro::MicroArgs),
+    /// Packets per second through the node, same run: meshlb XDP vs nftables DNAT vs kernel
+    /// forwarding vs the redirect-only ceiling, then meshlb's scaling; writes
+    /// bench/results/pps-<date>.{md,json}.
+    Pps(pps::PpsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Gen(args) => traffic::run(&args),
         Command::Bench(Bench::Micro(args)) => micro::run(&args),
+        Command::Bench(Bench::Pps(args)) => pps::run(&args),
     }
 }
