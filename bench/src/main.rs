@@ -2,6 +2,7 @@
 
 mod demo;
 mod micro;
+mod oracle;
 mod pps;
 mod traffic;
 
@@ -39,6 +40,9 @@ enum Bench {
     /// forwarding vs the redirect-only ceiling, then meshlb's scaling; writes
     /// bench/results/pps-<date>.{md,json}.
     Pps(pps::PpsArgs),
+    /// Correctness oracle: replay flows through meshlb, change the backends (SIGHUP reload),
+    /// replay; flows moved vs expected (Maglev, round-robin), balance, loss.
+    Oracle(oracle::OracleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Gen(args) => traffic::run(&args),
         Command::Bench(Bench::Micro(args)) => micro::run(&args),
         Command::Bench(Bench::Pps(args)) => pps::run(&args),
+        Command::Bench(Bench::Oracle(args)) => oracle::run(&args),
     }
 }

@@ -289,6 +289,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
         backends: args.backends,
         scheduler: "maglev".into(),
         extra_services: 0,
+        backend_indices: None,
         lbd: args.lbd.clone(),
         conntrack_entries: None,
     };

@@ -14,7 +14,7 @@ pub mod template;
 pub mod topo;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     path::PathBuf,
@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, xdp::DevMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, xdp::DevMap},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_userspace::{dataplane::TRAFFIC_OBJECT, testkit::Netns};
@@ -239,6 +239,30 @@ impl Traffic {
         Ok((out, other.get(&0, 0)?.iter().sum()))
     }
 
+    /// Turns recording of flows in the sink on or off; both clear what it recorded.
+    pub fn record_flows(&mut self, on: bool) -> Result<()> {
+        let mut config: Array<&mut MapData, u32> =
+            Array::try_from(self.ebpf.map_mut("SINK_CONFIG").context("SINK_CONFIG")?)?;
+        config.set(0, u32::from(on), 0)?;
+        let mut flows: BpfHashMap<&mut MapData, u32, [u8; 16]> =
+            BpfHashMap::try_from(self.ebpf.map_mut("SINK_FLOWS").context("SINK_FLOWS")?)?;
+        let keys: Vec<u32> = flows.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            flows.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Recorded flows: sink key to the destination the flow arrived at.
+    pub fn recorded_flows(&self) -> Result<HashMap<u32, IpAddr>> {
+        let flows: BpfHashMap<&MapData, u32, [u8; 16]> =
+            BpfHashMap::try_from(self.ebpf.map("SINK_FLOWS").context("SINK_FLOWS")?)?;
+        flows
+            .iter()
+            .map(|e| e.map(|(k, v)| (k, canonical(v))).map_err(Into::into))
+            .collect()
+    }
+
     /// Sends `frame` (the set configured with [`Traffic::configure`]) from `interface` in
     /// `ns` within `limits`, pinned to `cpu`; prints a progress line every second when
     /// `progress`. Returns what was sent and delivered.
@@ -411,6 +435,7 @@ pub fn run(args: &GenArgs) -> Result<()> {
         backends: args.backends,
         scheduler: args.scheduler.clone(),
         extra_services: 0,
+        backend_indices: None,
         lbd: args.lbd.clone(),
         conntrack_entries: None,
     };

@@ -50,9 +50,21 @@ pub struct NodeConfig {
     pub scheduler: String,
     /// Services besides the measured one (meshlb, scaling runs): VIPs no packet goes to.
     pub extra_services: usize,
+    /// Backends by index in the address plan (default: 0..backends).
+    pub backend_indices: Option<Vec<usize>>,
     pub lbd: PathBuf,
     /// meshlb's connection-table capacity (default: lbd's own).
     pub conntrack_entries: Option<u32>,
+}
+
+impl NodeConfig {
+    /// The meshlb service file of this configuration.
+    pub fn services_yaml(&self) -> String {
+        match &self.backend_indices {
+            Some(indices) => services_yaml_with(indices, &self.scheduler, self.extra_services),
+            None => services_yaml(self.backends, &self.scheduler, self.extra_services),
+        }
+    }
 }
 
 /// A running contender.
@@ -89,8 +101,7 @@ impl Node {
                 )?;
             }
             Through::Meshlb => {
-                let services =
-                    services_yaml(config.backends, &config.scheduler, config.extra_services);
+                let services = config.services_yaml();
                 let entries = config.conntrack_entries.map(|n| n.to_string());
                 let mut extra = vec!["--xdp-redirect", NODE_OUT];
                 if let Some(entries) = &entries {
@@ -120,6 +131,11 @@ impl Node {
     }
 
     /// Stops the contender; meshlb's counters if it was meshlb.
+    /// The running lbd (meshlb only), e.g. to reload it.
+    pub fn lbd(&mut self) -> Option<&mut Lbd> {
+        self.lbd.as_mut()
+    }
+
     pub fn stop(
         mut self,
         topo: &PpsTopology,
@@ -151,6 +167,11 @@ impl Node {
 /// 8080 over TCP and UDP, with `backends` backends of each family; plus `extra` services on
 /// VIPs 198.18.128.0/17 that no packet goes to (the scaling runs).
 pub fn services_yaml(backends: usize, scheduler: &str, extra: usize) -> String {
+    services_yaml_with(&(0..backends).collect::<Vec<_>>(), scheduler, extra)
+}
+
+/// Like [`services_yaml`], with the backends of these indices of the address plan.
+pub fn services_yaml_with(backends: &[usize], scheduler: &str, extra: usize) -> String {
     let mut y = String::from("services:\n");
     for (name, vip, v6) in [
         ("bench", VIP4.to_string(), false),
@@ -163,7 +184,7 @@ pub fn services_yaml(backends: usize, scheduler: &str, extra: usize) -> String {
         );
         let _ = writeln!(y, "    scheduler: {scheduler}");
         y.push_str("    backends:\n");
-        for i in 0..backends {
+        for &i in backends {
             let _ = writeln!(y, "      - \"{}\"", topo::backend_addr(i, v6));
         }
     }

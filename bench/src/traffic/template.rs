@@ -91,6 +91,21 @@ impl FlowSet {
         }
     }
 
+    /// The sink's key of flow `k`: source low 16 bits << 16 | source port.
+    #[cfg(test)]
+    pub fn sink_key(&self, k: u32) -> u32 {
+        ((k / PORTS_PER_ADDR) << 16) | (PORT_BASE + k % PORTS_PER_ADDR)
+    }
+
+    /// The flow index of a sink key, if it is one of this set's.
+    pub fn flow_of_sink_key(&self, key: u32) -> Option<u32> {
+        let (lo, port) = (key >> 16, key & 0xffff);
+        let k = lo
+            .checked_mul(PORTS_PER_ADDR)?
+            .checked_add(port.checked_sub(PORT_BASE)?)?;
+        ((PORT_BASE..PORT_BASE + PORTS_PER_ADDR).contains(&port) && k < self.flows).then_some(k)
+    }
+
     /// Bytes of headers (Ethernet + IP + TCP/UDP).
     pub fn header_len(&self) -> usize {
         let ip = if self.dst.is_ipv4() { 20 } else { 40 };
@@ -246,7 +261,10 @@ mod tests {
             let IpAddr::V4(ip) = src.ip() else { panic!() };
             assert_eq!(ip.octets()[..2], [198, 19]);
             assert!(seen.insert(src), "flow {k} repeats {src}");
+            assert_eq!(s.flow_of_sink_key(s.sink_key(k)), Some(k));
         }
+        assert_eq!(s.flow_of_sink_key(s.sink_key(s.flows)), None);
+        assert_eq!(s.flow_of_sink_key(80), None);
         let s6 = set(Kind::Ack, "[fd00:100::1]:80", 20_000, 80);
         let IpAddr::V6(ip) = s6.source(19_999).ip() else {
             panic!()
