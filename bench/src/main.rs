@@ -4,6 +4,7 @@ mod demo;
 mod micro;
 mod oracle;
 mod pps;
+mod tcp;
 mod traffic;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,9 @@ enum Bench {
     /// Correctness oracle: replay flows through meshlb, change the backends (SIGHUP reload),
     /// replay; flows moved vs expected (Maglev, round-robin), balance, loss.
     Oracle(oracle::OracleArgs),
+    /// Real TCP connections/s and keep-alive requests/s through meshlb vs nftables DNAT vs
+    /// HAProxy (mode tcp) vs direct, in consecutive rounds.
+    Tcp(tcp::TcpArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Micro(args)) => micro::run(&args),
         Command::Bench(Bench::Pps(args)) => pps::run(&args),
         Command::Bench(Bench::Oracle(args)) => oracle::run(&args),
+        Command::Bench(Bench::Tcp(args)) => tcp::run(&args),
     }
 }

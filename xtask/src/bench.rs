@@ -1,5 +1,5 @@
 //! `cargo xtask bench [SUBCOMMAND [ARGS...]]`: build, then `lb-bench bench <SUBCOMMAND> [ARGS...]`;
-//! without a subcommand, every benchmark there is (`micro`, `pps`, `oracle`).
+//! without a subcommand, every benchmark there is (`micro`, `pps`, `oracle`, `tcp`).
 
 use std::process::Command;
 
@@ -15,7 +15,7 @@ pub struct Args {
 }
 
 /// What `cargo xtask bench` runs without a subcommand.
-const ALL: &[&str] = &["micro", "pps", "oracle"];
+const ALL: &[&str] = &["micro", "pps", "oracle", "tcp"];
 
 pub fn bench(args: Args) -> Result<()> {
     crate::build::build()?;
