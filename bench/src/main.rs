@@ -4,6 +4,7 @@ mod demo;
 mod micro;
 mod oracle;
 mod pps;
+mod report;
 mod tcp;
 mod traffic;
 
@@ -47,6 +48,8 @@ enum Bench {
     /// Real TCP connections/s and keep-alive requests/s through meshlb vs nftables DNAT vs
     /// HAProxy (mode tcp) vs direct, in consecutive rounds.
     Tcp(tcp::TcpArgs),
+    /// Gathers the day's results into bench/results/<date>.{json,md,svg}.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Pps(args)) => pps::run(&args),
         Command::Bench(Bench::Oracle(args)) => oracle::run(&args),
         Command::Bench(Bench::Tcp(args)) => tcp::run(&args),
+        Command::Bench(Bench::Report(args)) => report::run(&args),
     }
 }

@@ -46,8 +46,9 @@ pub struct PpsArgs {
     /// CPU for generator, node and sink (default 1).
     #[arg(long)]
     pub cpu: Option<usize>,
-    /// Extra services of the scaling runs (none: skip).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1_000usize, 10_000])]
+    /// Extra services of the scaling runs (none: skip); loaded in-process (see
+    /// `traffic::node`), their selection tables left out.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [10_000usize, 100_000])]
     pub scale_services: Vec<usize>,
     /// Backend counts of the scaling runs (none: skip).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [2usize, 1024])]

@@ -5,7 +5,12 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
-use lb_userspace::testkit::Lbd;
+use lb_userspace::{
+    config::ServiceFile,
+    dataplane::{self, Dataplane, LoadOptions, XdpMode},
+    reconcile,
+    testkit::Lbd,
+};
 
 use super::{
     Traffic,
@@ -71,6 +76,8 @@ impl NodeConfig {
 pub struct Node {
     through: Through,
     lbd: Option<Lbd>,
+    /// meshlb loaded in this process (scaling runs with many services).
+    dataplane: Option<Dataplane>,
 }
 
 /// nftables table name of the DNAT contender.
@@ -88,7 +95,11 @@ impl Node {
             "1 to {} backends fit the address plan",
             topo::MAX_BACKENDS
         );
-        let mut node = Node { through, lbd: None };
+        let mut node = Node {
+            through,
+            lbd: None,
+            dataplane: None,
+        };
         match through {
             Through::Ceiling => {
                 let out = PpsTopology::ifindex(&topo.node, NODE_OUT)?;
@@ -99,6 +110,9 @@ impl Node {
                     topo::SINK_MAC,
                     topo::NODE_OUT_MAC,
                 )?;
+            }
+            Through::Meshlb if config.extra_services > 0 => {
+                node.dataplane = Some(load_in_process(topo, config)?);
             }
             Through::Meshlb => {
                 let services = config.services_yaml();
@@ -147,6 +161,8 @@ impl Node {
                 if let Some(lbd) = self.lbd.take() {
                     return lbd.stop().map(Some);
                 }
+                // Dropping the dataplane detaches it.
+                self.dataplane.take();
             }
             Through::Nft => {
                 topo.node
@@ -161,6 +177,39 @@ impl Node {
         }
         Ok(None)
     }
+}
+
+/// meshlb's dataplane loaded in this process the way `lbd` loads it, for the scaling runs
+/// with thousands of services: every service's frontends and backends are written, but only
+/// the measured services' selection tables (no packet reads the others', and installing each
+/// costs the kernel an RCU grace period, about 8 ms here, which would make 100k services take
+/// a quarter of an hour; `bench micro` does the same).
+fn load_in_process(topo: &PpsTopology, config: &NodeConfig) -> Result<Dataplane> {
+    let file = ServiceFile::parse(&config.services_yaml(), std::path::Path::new("bench.yaml"))?;
+    let desired = reconcile::plan(&file, &[])?;
+    let measured: Vec<u32> = desired
+        .services
+        .iter()
+        .filter(|s| s.name == "bench" || s.name == "bench6")
+        .map(|s| s.id)
+        .collect();
+    let mut partial = desired.clone();
+    partial.tables.retain(|id, _| measured.contains(id));
+    let mut dp = Dataplane::load(LoadOptions {
+        conntrack_entries: config
+            .conntrack_entries
+            .unwrap_or(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES),
+    })?;
+    dp.apply(None, &partial)?;
+    // Attaching and the device map resolve interface names and indexes in the calling
+    // thread's namespace.
+    topo.node.run(|| -> Result<()> {
+        dp.attach(NODE_IN, XdpMode::Auto)?;
+        dp.attach(NODE_OUT, XdpMode::Auto)?;
+        dp.allow_xdp_redirect(dataplane::ifindex(NODE_OUT)?)?;
+        Ok(())
+    })??;
+    Ok(dp)
 }
 
 /// The service file of the meshlb contender: `bench` on the IPv4 and IPv6 VIPs, port 80 to
@@ -188,15 +237,17 @@ pub fn services_yaml_with(backends: &[usize], scheduler: &str, extra: usize) -> 
             let _ = writeln!(y, "      - \"{}\"", topo::backend_addr(i, v6));
         }
     }
+    // Extra services: 1,000 ports on each VIP of 198.18.128.0/17, one backend, a small
+    // Maglev table each (their tables are not what is measured).
     for i in 0..extra {
         let vip = std::net::Ipv4Addr::from(
-            u32::from(std::net::Ipv4Addr::new(198, 18, 128, 0)) + i as u32,
+            u32::from(std::net::Ipv4Addr::new(198, 18, 128, 0)) + (i / 1000) as u32,
         );
+        let port = 1000 + i % 1000;
         let _ = writeln!(
             y,
-            "  x{i}:\n    vip: \"{vip}\"\n    ports: [\"80:8080/udp\"]\n    backends: [\"{}\", \"{}\"]",
-            topo::backend_addr(0, false),
-            topo::backend_addr(1, false)
+            "  x{i}:\n    vip: \"{vip}\"\n    ports: [\"{port}:8080/udp\"]\n    maglev_table_size: 251\n    backends: [\"{}\"]",
+            topo::backend_addr(i % 16, false),
         );
     }
     y
@@ -238,18 +289,23 @@ pub fn nft_ruleset(backends: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use lb_userspace::config::ServiceFile;
-
     use super::*;
 
     #[test]
     fn services_yaml_is_a_valid_service_file() {
+        use lb_userspace::config::ServiceFile;
         let y = services_yaml(3, "round-robin", 2);
         let file = ServiceFile::parse(&y, std::path::Path::new("bench.yaml")).unwrap();
         assert_eq!(file.services.len(), 4);
         assert!(y.contains("\"198.18.16.3\""), "{y}");
         assert!(y.contains("\"fd00:2::3\""), "{y}");
-        assert!(y.contains("198.18.128.1"), "{y}");
+        assert!(
+            y.contains("198.18.128.0") && y.contains("1001:8080/udp"),
+            "{y}"
+        );
+        let many = services_yaml(2, "maglev", 2500);
+        let file = ServiceFile::parse(&many, std::path::Path::new("bench.yaml")).unwrap();
+        assert_eq!(file.services.len(), 2502);
     }
 
     #[test]
