@@ -117,6 +117,22 @@ pub fn tcp_bars(tcp: &Value, field: &str) -> Vec<Bar> {
         .collect()
 }
 
+/// A contender's name short enough to sit above its bar.
+pub fn short_label(name: &str) -> &str {
+    const SHORT: [(&str, &str); 6] = [
+        ("ceiling", "ceiling"),
+        ("meshlb", "meshlb"),
+        ("nftables", "nftables"),
+        ("kernel", "kernel fwd"),
+        ("direct", "direct"),
+        ("HAProxy", "HAProxy"),
+    ];
+    SHORT
+        .iter()
+        .find(|(key, _)| name.contains(key))
+        .map_or(name, |(_, short)| short)
+}
+
 /// Draws one panel: a bar per entry (median) with a min–max whisker.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -163,13 +179,20 @@ where
                 BLACK.stroke_width(2),
             )])
             .map_err(|e| anyhow::anyhow!("chart whisker: {e}"))?;
-        chart
-            .draw_series([Text::new(
-                format!("{} {:.3}", bar.label, bar.median),
-                (x + 0.1, bar.max + top * 0.03),
-                ("sans-serif", 12),
-            )])
-            .map_err(|e| anyhow::anyhow!("chart label: {e}"))?;
+        let value = if bar.median >= 100.0 {
+            format!("{:.0}", bar.median)
+        } else {
+            format!("{:.2}", bar.median)
+        };
+        for (text, above) in [(short_label(&bar.label), 0.10), (value.as_str(), 0.04)] {
+            chart
+                .draw_series([Text::new(
+                    text.to_owned(),
+                    (x + 0.12, bar.max + top * above),
+                    ("sans-serif", 12),
+                )])
+                .map_err(|e| anyhow::anyhow!("chart label: {e}"))?;
+        }
     }
     Ok(())
 }
@@ -231,6 +254,13 @@ mod tests {
     }
 
     #[test]
+    fn short_labels() {
+        assert_eq!(short_label("redirect-only ceiling"), "ceiling");
+        assert_eq!(short_label("HAProxy mode tcp"), "HAProxy");
+        assert_eq!(short_label("something else"), "something else");
+    }
+
+    #[test]
     fn chart_writes_an_svg() {
         let dir = std::env::temp_dir().join(format!("mlb-chart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -242,9 +272,12 @@ mod tests {
         chart(&combined, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            svg.starts_with("<svg") && svg.contains("ceiling 1.200"),
-            "{svg}"
-        );
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for text in ["ceiling", "1.20", "direct", "10.00", "20.00"] {
+            assert!(
+                svg.contains(&format!("\n{text}\n")),
+                "{text} missing:\n{svg}"
+            );
+        }
     }
 }
