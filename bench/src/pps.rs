@@ -67,6 +67,12 @@ pub struct PpsArgs {
     pub no_write: bool,
 }
 
+/// The order of `n` contenders in round `round`: rotated by one each round, so that none is
+/// always first (right after set-up) or always next to the same neighbour's after-effects.
+pub fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + round) % n.max(1))
+}
+
 /// min / median / max of a sample.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Spread {
@@ -296,7 +302,8 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     };
     let mut per: Vec<Vec<RunSummary>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..args.rounds {
-        for (i, through) in CONTENDERS.iter().enumerate() {
+        for i in rotated(CONTENDERS.len(), round) {
+            let through = &CONTENDERS[i];
             let s = bench.measure(*through, &config, args.flows, args, 100_000)?;
             println!(
                 "pps: round {round}: {:<22} {:6.3} Mpps delivered (sent {:6.3}, lost {})",
@@ -521,7 +528,7 @@ pub fn render_markdown(r: &PpsReport) -> String {
         }
     }
     md.push_str(&format!(
-        "\n{} interleaved rounds of {} s per contender after a warm-up; {} {} flows of {} bytes from `BPF_PROG_TEST_RUN` live frames (batch 64), one service with {} backends (Maglev); generator, node and sink on CPU {}. Load average {:.2} before, {:.2} after. `cargo xtask bench pps`.\n",
+        "\n{} interleaved rounds (order rotating) of {} s per contender after a warm-up; {} {} flows of {} bytes from `BPF_PROG_TEST_RUN` live frames (batch 64), one service with {} backends (Maglev); generator, node and sink on CPU {}. Load average {:.2} before, {:.2} after. `cargo xtask bench pps`.\n",
         r.rounds, r.seconds, r.flows, r.kind.name(), r.size, r.backends, r.cpu, r.load_before, r.load_after
     ));
     md
@@ -530,6 +537,14 @@ pub fn render_markdown(r: &PpsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_rotate_the_order() {
+        assert_eq!(rotated(4, 0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(rotated(4, 1).collect::<Vec<_>>(), [1, 2, 3, 0]);
+        assert_eq!(rotated(4, 6).collect::<Vec<_>>(), [2, 3, 0, 1]);
+        assert_eq!(rotated(0, 3).count(), 0);
+    }
 
     #[test]
     fn spread_of_samples() {

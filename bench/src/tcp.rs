@@ -375,7 +375,8 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let mut conns: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
     let mut reqs: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..args.rounds {
-        for (i, contender) in CONTENDERS.iter().enumerate() {
+        for i in crate::pps::rotated(CONTENDERS.len(), round) {
+            let contender = &CONTENDERS[i];
             let (running, target) = start(*contender, &topo, args)?;
             let ready = wait_ready(&topo, target).with_context(|| match &running {
                 Running::Haproxy(child, _) => format!("haproxy said:\n{}", child.output_so_far()),
@@ -469,7 +470,7 @@ pub fn render_markdown(r: &TcpReport) -> String {
             .join(" / ")
     };
     let mut md = format!(
-        "### Real TCP through the node ({} client threads, {} s per measurement after a 0.5 s warm-up, rounds in order)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | errors |\n|---|---|---|---|\n",
+        "### Real TCP through the node ({} client threads, {} s per measurement after a 0.5 s warm-up, the order of contenders rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | errors |\n|---|---|---|---|\n",
         r.clients, r.seconds
     );
     for c in &r.contenders {
