@@ -1,6 +1,6 @@
 //! `cargo xtask bench [SUBCOMMAND [ARGS...]]`: build, then `lb-bench bench <SUBCOMMAND> [ARGS...]`;
-//! without a subcommand, every benchmark there is (`micro`, `pps`, `oracle`, `tcp`), then `report`, which gathers
-//! their results into `bench/results/<date>.{json,md,svg}`.
+//! without a subcommand, every benchmark there is (`micro`, `pps`, `oracle`, `tcp`), then
+//! `report`, which gathers their results into `bench/results/<date>.{json,md,svg}`.
 
 use std::process::Command;
 
