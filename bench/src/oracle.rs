@@ -443,6 +443,54 @@ mod tests {
     }
 
     #[test]
+    fn markdown_has_a_row_per_step() {
+        let r = OracleReport {
+            date: "2026-01-02".into(),
+            machine: machine::facts(),
+            flows: 10,
+            backends: 2,
+            schedulers: vec![SchedulerResult {
+                scheduler: "maglev".into(),
+                steps: vec![
+                    Step {
+                        what: "first replay".into(),
+                        backends: 2,
+                        moves: None,
+                        mispredicted: Some(0),
+                        stateless_would_move: None,
+                        max_min_flows_per_backend: 1.5,
+                        lost_packets: 0,
+                    },
+                    Step {
+                        what: "remove 198.18.16.2".into(),
+                        backends: 1,
+                        moves: Some(Moves {
+                            moved: 4,
+                            expected: 4,
+                            moved_needlessly: 0,
+                            stuck: 0,
+                            lost: 1,
+                        }),
+                        mispredicted: Some(0),
+                        stateless_would_move: Some(5),
+                        max_min_flows_per_backend: 1.0,
+                        lost_packets: 1,
+                    },
+                ],
+            }],
+        };
+        let md = render_markdown(&r);
+        assert!(
+            md.contains("| maglev | first replay | — | — | 0 | — | 1.500 | 0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| maglev | remove 198.18.16.2 | 4 (4) | 0 / 0 / 1 | 0 | 5 | 1.000 | 1 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn balance_counts_empty_backends() {
         let (a, b, c) = (ip("198.18.16.1"), ip("198.18.16.2"), ip("198.18.16.3"));
         let p = vec![Some(a), Some(a), Some(b), None];

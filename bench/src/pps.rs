@@ -538,6 +538,69 @@ pub fn render_markdown(r: &PpsReport) -> String {
 mod tests {
     use super::*;
 
+    fn report(ratios: Vec<f64>) -> PpsReport {
+        let spread = Spread::of(&[1.0, 1.2]).unwrap();
+        PpsReport {
+            date: "2026-01-02".into(),
+            machine: machine::facts(),
+            cpu: 1,
+            rounds: 2,
+            seconds: 3.0,
+            flows: 1024,
+            kind: Kind::Udp,
+            size: 60,
+            backends: 16,
+            contenders: vec![ContenderResult {
+                key: "meshlb",
+                name: "meshlb XDP",
+                mpps: vec![1.0, 1.2],
+                spread,
+                lost: 7,
+                max_min_share: Some(1.25),
+            }],
+            targets: vec![
+                Target::new("meshlb / ceiling", ratios, 0.85, true).unwrap(),
+                Target::new("meshlb / kernel (no target)", vec![2.0], 1.0, true).unwrap(),
+            ],
+            scaling: vec![ScalePoint {
+                what: "1000000 tracked flows".into(),
+                mpps: vec![0.5],
+                baseline_mpps: vec![1.0],
+                slowdown: Spread::of(&[2.0]).unwrap(),
+                lost: 0,
+            }],
+            load_before: 1.0,
+            load_after: 2.0,
+        }
+    }
+
+    #[test]
+    fn markdown_says_what_is_met() {
+        let md = render_markdown(&report(vec![0.80, 0.90]));
+        assert!(
+            md.contains("| meshlb XDP | 1.000 / **1.100** / 1.200 | 7 | 1.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshlb / ceiling | 0.80 / **0.85** / 0.90 | ≥ 0.85 | median only |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshlb / kernel (no target) | 2.00 / **2.00** / 2.00 | — | — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** |"
+            ),
+            "{md}"
+        );
+        let md = render_markdown(&report(vec![0.5]));
+        assert!(md.contains("| ≥ 0.85 | **no** |"), "{md}");
+        let md = render_markdown(&report(vec![0.9, 0.95]));
+        assert!(md.contains("| ≥ 0.85 | yes, every round |"), "{md}");
+    }
+
     #[test]
     fn rounds_rotate_the_order() {
         assert_eq!(rotated(4, 0).collect::<Vec<_>>(), [0, 1, 2, 3]);

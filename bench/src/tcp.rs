@@ -524,6 +524,41 @@ mod tests {
     }
 
     #[test]
+    fn markdown_lists_rounds_and_ratios() {
+        let r = TcpReport {
+            date: "2026-01-02".into(),
+            machine: machine::facts(),
+            rounds: 2,
+            seconds: 3.0,
+            clients: 4,
+            contenders: vec![ContenderResult {
+                name: "meshlb",
+                connections_per_s: vec![1000.4, 2000.0],
+                requests_per_s: vec![5000.0, 6000.0],
+                errors: 3,
+            }],
+            targets: vec![
+                Target::new(
+                    "meshlb / direct, connections/s",
+                    vec![0.95, 0.85],
+                    0.9,
+                    true,
+                )
+                .unwrap(),
+            ],
+        };
+        let md = render_markdown(&r);
+        assert!(
+            md.contains("| meshlb | 1000 / 2000 | 5000 / 6000 | 3 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshlb / direct, connections/s | 0.95 / 0.85 | ≥ 0.9 | **no** |"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn count_rate() {
         let c = Count {
             ok: 300,

@@ -168,10 +168,6 @@ impl Node {
                 topo.node
                     .exec(&["nft", "delete", "table", "inet", NFT_TABLE])
                     .context("removing the nftables DNAT ruleset")?;
-                // Its conntrack entries would otherwise answer the next contender's packets.
-                topo.node
-                    .exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_max=262144"])
-                    .ok();
             }
             Through::Kernel => {}
         }
