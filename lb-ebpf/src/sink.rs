@@ -10,7 +10,7 @@
 //!   what the node wrote into it (MACs, TTL, NAT), so nothing of the header is left to chance.
 //!   Returns XDP_TX: the frame leaves through the veth to the node.
 //! - `sink`: on the backends' side. Counts every frame per destination address (per-CPU) and
-//!   drops it; with `SINK_CONFIG.record_flows` set it also remembers, per generator flow, the
+//!   drops it; with slot 0 of `SINK_CONFIG` set to 1 it also remembers, per generator flow, the
 //!   destination it arrived at (the correctness oracle reads that).
 //! - `ceiling`: on the node's ingress, the redirect-only bound: IPv4/IPv6 frames get the MACs
 //!   of `CEILING_CONFIG` and are redirected to `CEILING_PORT[0]`, no balancing work at all.
