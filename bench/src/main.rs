@@ -3,6 +3,11 @@
 mod control;
 mod demo;
 mod micro;
+mod oracle;
+mod pps;
+mod report;
+mod tcp;
+mod traffic;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +25,10 @@ struct Cli {
 enum Command {
     /// Client, node running lbd, three backends: real connections and where they went.
     Demo(demo::DemoArgs),
+    /// Traffic generator: BPF_PROG_TEST_RUN live frames from a generator namespace through
+    /// a node (meshlb, nftables DNAT, kernel forwarding or the redirect-only ceiling) to an
+    /// XDP sink that counts per backend; a progress line and a summary.
+    Gen(traffic::GenArgs),
     /// Benchmarks (`cargo xtask bench <NAME>` builds first, then runs `lb-bench bench <NAME>`).
     #[command(subcommand)]
     Bench(Bench),
@@ -33,12 +42,29 @@ enum Bench {
     /// Control plane: time to apply N services x B backends from a file, and `lbctl
     /// add-backend` latency to the first packet; writes bench/results/control-<date>.{md,json}.
     Control(control::ControlArgs),
+    /// Packets per second through the node, same run: meshlb XDP vs nftables DNAT vs kernel
+    /// forwarding vs the redirect-only ceiling, then meshlb's scaling; writes
+    /// bench/results/pps-<date>.{md,json}.
+    Pps(pps::PpsArgs),
+    /// Correctness oracle: replay flows through meshlb, change the backends (SIGHUP reload),
+    /// replay; flows moved vs expected (Maglev, round-robin), balance, loss.
+    Oracle(oracle::OracleArgs),
+    /// Real TCP connections/s and keep-alive requests/s through meshlb vs nftables DNAT vs
+    /// HAProxy (mode tcp) vs direct, in consecutive rounds.
+    Tcp(tcp::TcpArgs),
+    /// Gathers the day's results into bench/results/<date>.{json,md,svg}.
+    Report(report::ReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
+        Command::Gen(args) => traffic::run(&args),
         Command::Bench(Bench::Micro(args)) => micro::run(&args),
         Command::Bench(Bench::Control(args)) => control::run(&args),
+        Command::Bench(Bench::Pps(args)) => pps::run(&args),
+        Command::Bench(Bench::Oracle(args)) => oracle::run(&args),
+        Command::Bench(Bench::Tcp(args)) => tcp::run(&args),
+        Command::Bench(Bench::Report(args)) => report::run(&args),
     }
 }

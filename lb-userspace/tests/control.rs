@@ -649,7 +649,11 @@ fn a_changed_service_file_is_applied_without_a_signal() {
     }
     // The log line follows the maps' update.
     while !lb.output().contains("reloaded") {
-        assert!(changed.elapsed() < Duration::from_secs(5), "{}", lb.output());
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "{}",
+            lb.output()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask bench [SUBCOMMAND [ARGS...]]`: build, then `lb-bench bench <SUBCOMMAND> [ARGS...]`;
-//! without a subcommand, every benchmark there is (`micro`, `control`).
+//! without a subcommand, every benchmark there is (`micro`, `control`, `pps`, `oracle`,
+//! `tcp`), then `report`, which gathers their results into `bench/results/<date>.{json,md,svg}`.
 
 use std::process::Command;
 
@@ -15,7 +16,7 @@ pub struct Args {
 }
 
 /// What `cargo xtask bench` runs without a subcommand.
-const ALL: &[&str] = &["micro", "control"];
+const ALL: &[&str] = &["micro", "control", "pps", "oracle", "tcp", "report"];
 
 pub fn bench(args: Args) -> Result<()> {
     crate::build::build()?;

@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "nftables",
+    "haproxy",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -1,0 +1,635 @@
+//! `lb-bench bench pps`: packets per second through the node, every contender in the same run
+//! on the same topology, generator, flow set and CPU: meshlb XDP, nftables DNAT, plain kernel
+//! forwarding and the redirect-only ceiling, in interleaved rounds; then meshlb's scaling with
+//! services, backends and tracked flows. Writes `bench/results/pps-<date>.{json,md}`.
+
+// micro's machine facts, included rather than reached through `micro` (whose modules are
+// private to it).
+use crate::micro::machine;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use serde::Serialize;
+
+use crate::traffic::{
+    Limits, RunSummary, Traffic, default_cpu, flow_set,
+    node::{Node, NodeConfig, Through},
+    template::Kind,
+    topo::{self, PpsTopology},
+};
+
+#[derive(clap::Args, Debug)]
+pub struct PpsArgs {
+    /// The lbd binary.
+    #[arg(long, default_value = "target/release/lbd")]
+    pub lbd: PathBuf,
+    /// Interleaved rounds: every round runs every contender once.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Seconds each contender sends per round (after a 0.5 s warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Distinct flows.
+    #[arg(long, default_value_t = 1024)]
+    pub flows: u32,
+    #[arg(long, value_enum, default_value_t = Kind::Udp)]
+    pub kind: Kind,
+    /// Frame size in bytes.
+    #[arg(long, default_value_t = 60)]
+    pub size: usize,
+    /// Backends of the balanced service.
+    #[arg(long, default_value_t = 16)]
+    pub backends: usize,
+    /// CPU for generator, node and sink (default 1).
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Extra services of the scaling runs (none: skip); loaded in-process (see
+    /// `traffic::node`), their selection tables left out.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [10_000usize, 100_000])]
+    pub scale_services: Vec<usize>,
+    /// Backend counts of the scaling runs (none: skip).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [2usize, 1024])]
+    pub scale_backends: Vec<usize>,
+    /// Tracked-flow counts of the scaling runs (none: skip).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1_000_000u32])]
+    pub scale_flows: Vec<u32>,
+    /// Rounds of each scaling point (each against a baseline run next to it).
+    #[arg(long, default_value_t = 3)]
+    pub scale_rounds: usize,
+    /// Directory for pps-<date>.{json,md}.
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: PathBuf,
+    /// Print only; write no files.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+/// The order of `n` contenders in round `round`: rotated by one each round, so that none is
+/// always first (right after set-up) or always next to the same neighbour's after-effects.
+pub fn rotated(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + round) % n.max(1))
+}
+
+/// min / median / max of a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// `None` for an empty sample. The median of an even count is the mean of the middle two.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ContenderResult {
+    pub key: &'static str,
+    pub name: &'static str,
+    /// Delivered Mpps per round.
+    pub mpps: Vec<f64>,
+    pub spread: Spread,
+    /// Sent minus delivered, summed over rounds.
+    pub lost: u64,
+    /// Highest / lowest per-destination packets over the rounds (balancing contenders).
+    pub max_min_share: Option<f64>,
+}
+
+/// One target of the issue, measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    /// Per-round ratios (same round, same conditions).
+    pub ratios: Vec<f64>,
+    pub spread: Spread,
+    pub target: f64,
+    /// Whether the median meets the target (and whether even the worst round does).
+    pub met_median: bool,
+    pub met_min: bool,
+}
+
+impl Target {
+    pub fn new(
+        what: impl Into<String>,
+        ratios: Vec<f64>,
+        target: f64,
+        higher_is_better: bool,
+    ) -> Option<Target> {
+        let spread = Spread::of(&ratios)?;
+        let ok = |x: f64| {
+            if higher_is_better {
+                x >= target
+            } else {
+                x <= target
+            }
+        };
+        Some(Target {
+            what: what.into(),
+            met_median: ok(spread.median),
+            met_min: ok(if higher_is_better {
+                spread.min
+            } else {
+                spread.max
+            }),
+            ratios,
+            spread,
+            target,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScalePoint {
+    pub what: String,
+    /// meshlb Mpps at this point, per round.
+    pub mpps: Vec<f64>,
+    /// Baseline (2 services, the default backends and flows) Mpps, measured next to it.
+    pub baseline_mpps: Vec<f64>,
+    /// baseline / point per round: 1.0 is flat, 1.2 is 20 % slower.
+    pub slowdown: Spread,
+    pub lost: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PpsReport {
+    pub date: String,
+    pub machine: machine::Machine,
+    pub cpu: usize,
+    pub rounds: usize,
+    pub seconds: f64,
+    pub flows: u32,
+    pub kind: Kind,
+    pub size: usize,
+    pub backends: usize,
+    pub contenders: Vec<ContenderResult>,
+    pub targets: Vec<Target>,
+    pub scaling: Vec<ScalePoint>,
+    pub load_before: f64,
+    pub load_after: f64,
+}
+
+const CONTENDERS: [Through; 4] = [
+    Through::Ceiling,
+    Through::Meshlb,
+    Through::Nft,
+    Through::Kernel,
+];
+
+/// One measured run of `through`: warm-up, then `seconds` of traffic.
+struct Bench<'a> {
+    topo: &'a PpsTopology,
+    traffic: &'a mut Traffic,
+    cpu: usize,
+}
+
+impl Bench<'_> {
+    fn measure(
+        &mut self,
+        through: Through,
+        config: &NodeConfig,
+        set_flows: u32,
+        args: &PpsArgs,
+        warmup_packets: u64,
+    ) -> Result<RunSummary> {
+        let set = flow_set(through, args.kind, false, set_flows, args.size);
+        let frame = self.traffic.configure(&set)?;
+        let node = Node::start(through, self.topo, self.traffic, config)?;
+        let limits = |count: Option<u64>, seconds: f64| Limits {
+            count,
+            duration: Duration::from_secs_f64(seconds),
+            rate: None,
+            batch: 64,
+        };
+        let result = (|| {
+            // Warm-up: at least every flow once (new flows, conntrack entries, caches).
+            self.traffic.run(
+                &self.topo.generator,
+                topo::GEN_IF,
+                &frame,
+                self.cpu,
+                limits(Some(warmup_packets.max(u64::from(set_flows))), 30.0),
+                false,
+            )?;
+            self.traffic.run(
+                &self.topo.generator,
+                topo::GEN_IF,
+                &frame,
+                self.cpu,
+                limits(None, args.seconds),
+                false,
+            )
+        })();
+        let stopped = node.stop(self.topo, self.traffic);
+        let summary = result.with_context(|| format!("{} run", through.name()))?;
+        stopped?;
+        ensure!(
+            summary.delivered > 0,
+            "{}: nothing arrived at the sink",
+            through.name()
+        );
+        Ok(summary)
+    }
+}
+
+fn max_min(summary: &RunSummary) -> Option<f64> {
+    let max = *summary.per_destination.values().max()?;
+    let min = *summary.per_destination.values().min()?;
+    (summary.per_destination.len() > 1 && min > 0).then(|| max as f64 / min as f64)
+}
+
+pub fn run(args: &PpsArgs) -> Result<()> {
+    ensure!(
+        args.rounds >= 1 && args.seconds > 0.0,
+        "--rounds and --seconds must be positive"
+    );
+    ensure!(
+        args.lbd.exists(),
+        "{} does not exist: run `cargo xtask build`",
+        args.lbd.display()
+    );
+    let cpu = default_cpu(args.cpu);
+    let machine = machine::facts();
+    let load_before = machine::load_average();
+    println!(
+        "pps: {} ({} CPUs), {}; {} rounds × {} contenders × {} s, {} {} flows of {} bytes, {} backends, all on CPU {cpu}",
+        machine.cpu_model,
+        machine.cpus,
+        machine.kernel,
+        args.rounds,
+        CONTENDERS.len(),
+        args.seconds,
+        args.flows,
+        args.kind.name(),
+        args.size,
+        args.backends
+    );
+    let topo = PpsTopology::new()?;
+    let mut traffic = Traffic::load()?;
+    traffic.attach_sink(&topo.sink, topo::SINK_IF)?;
+    let mut bench = Bench {
+        topo: &topo,
+        traffic: &mut traffic,
+        cpu,
+    };
+    let config = NodeConfig {
+        backends: args.backends,
+        scheduler: "maglev".into(),
+        extra_services: 0,
+        backend_indices: None,
+        lbd: args.lbd.clone(),
+        conntrack_entries: None,
+    };
+    let mut per: Vec<Vec<RunSummary>> = vec![Vec::new(); CONTENDERS.len()];
+    for round in 0..args.rounds {
+        for i in rotated(CONTENDERS.len(), round) {
+            let through = &CONTENDERS[i];
+            let s = bench.measure(*through, &config, args.flows, args, 100_000)?;
+            println!(
+                "pps: round {round}: {:<22} {:6.3} Mpps delivered (sent {:6.3}, lost {})",
+                through.name(),
+                s.delivered_pps() / 1e6,
+                s.sent_pps() / 1e6,
+                s.lost()
+            );
+            per[i].push(s);
+        }
+    }
+    let mpps = |i: usize| -> Vec<f64> { per[i].iter().map(|s| s.delivered_pps() / 1e6).collect() };
+    let contenders: Vec<ContenderResult> = CONTENDERS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ContenderResult {
+            key: t.key(),
+            name: t.name(),
+            mpps: mpps(i),
+            spread: Spread::of(&mpps(i)).expect("rounds >= 1"),
+            lost: per[i].iter().map(RunSummary::lost).sum(),
+            max_min_share: per[i].iter().filter_map(max_min).reduce(f64::max),
+        })
+        .collect();
+    let ratio = |a: usize, b: usize| -> Vec<f64> {
+        mpps(a).iter().zip(mpps(b)).map(|(x, y)| x / y).collect()
+    };
+    let idx = |t: Through| {
+        CONTENDERS
+            .iter()
+            .position(|c| *c == t)
+            .expect("a contender")
+    };
+    let (ceiling, meshlb, nft, kernel) = (
+        idx(Through::Ceiling),
+        idx(Through::Meshlb),
+        idx(Through::Nft),
+        idx(Through::Kernel),
+    );
+    let mut targets: Vec<Target> = [
+        Target::new(
+            "meshlb / redirect-only ceiling",
+            ratio(meshlb, ceiling),
+            0.85,
+            true,
+        ),
+        Target::new("meshlb / nftables DNAT", ratio(meshlb, nft), 3.5, true),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    // Context, no target: how far the kernel paths are from each other.
+    if let Some(t) = Target::new(
+        "meshlb / kernel forwarding (no target)",
+        ratio(meshlb, kernel),
+        1.0,
+        true,
+    ) {
+        targets.push(t);
+    }
+
+    let mut scaling = Vec::new();
+    let mut points: Vec<(String, NodeConfig, u32)> = Vec::new();
+    for &n in &args.scale_services {
+        points.push((
+            format!("{} services", n + 2),
+            NodeConfig {
+                extra_services: n,
+                ..config.clone()
+            },
+            args.flows,
+        ));
+    }
+    for &b in &args.scale_backends {
+        points.push((
+            format!("{b} backends"),
+            NodeConfig {
+                backends: b,
+                ..config.clone()
+            },
+            args.flows,
+        ));
+    }
+    for &f in &args.scale_flows {
+        points.push((
+            format!("{f} tracked flows"),
+            NodeConfig {
+                conntrack_entries: Some(
+                    (2 * f)
+                        .next_power_of_two()
+                        .max(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES),
+                ),
+                ..config.clone()
+            },
+            f,
+        ));
+    }
+    for (what, point_config, flows) in points {
+        let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..args.scale_rounds.max(1) {
+            let b = bench.measure(Through::Meshlb, &config, args.flows, args, 100_000)?;
+            let p = bench.measure(Through::Meshlb, &point_config, flows, args, 100_000)?;
+            println!(
+                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3})",
+                p.delivered_pps() / 1e6,
+                b.delivered_pps() / 1e6
+            );
+            lost += p.lost();
+            at.push(p.delivered_pps() / 1e6);
+            base.push(b.delivered_pps() / 1e6);
+        }
+        let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
+        scaling.push(ScalePoint {
+            what,
+            slowdown: Spread::of(&slowdowns).expect("rounds >= 1"),
+            mpps: at,
+            baseline_mpps: base,
+            lost,
+        });
+    }
+    drop(traffic);
+    drop(topo);
+
+    let report = PpsReport {
+        date: machine::today(),
+        machine,
+        cpu,
+        rounds: args.rounds,
+        seconds: args.seconds,
+        flows: args.flows,
+        kind: args.kind,
+        size: args.size,
+        backends: args.backends,
+        contenders,
+        targets,
+        scaling,
+        load_before,
+        load_after: machine::load_average(),
+    };
+    let markdown = render_markdown(&report);
+    println!("\n{markdown}");
+    if !args.no_write {
+        std::fs::create_dir_all(&args.out_dir)?;
+        let base = args.out_dir.join(format!("pps-{}", report.date));
+        std::fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        std::fs::write(base.with_extension("md"), &markdown)?;
+        println!("pps: wrote {}.{{json,md}}", base.display());
+    }
+    Ok(())
+}
+
+fn fmt_spread(s: &Spread, digits: usize) -> String {
+    format!(
+        "{:.d$} / **{:.d$}** / {:.d$}",
+        s.min,
+        s.median,
+        s.max,
+        d = digits
+    )
+}
+
+/// The markdown table of a report.
+pub fn render_markdown(r: &PpsReport) -> String {
+    let mut md = String::new();
+    md.push_str(&format!(
+        "### Packet rate through the node ({}, {} CPUs, {})\n\n",
+        r.machine.cpu_model, r.machine.cpus, r.machine.kernel
+    ));
+    md.push_str("| Contender | delivered Mpps min / **median** / max | lost | max/min per backend |\n|---|---|---|---|\n");
+    for c in &r.contenders {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.name,
+            fmt_spread(&c.spread, 3),
+            c.lost,
+            c.max_min_share
+                .map_or("—".to_owned(), |x| format!("{x:.2}"))
+        ));
+    }
+    md.push_str(
+        "\n| Ratio, same round | min / **median** / max | target | met |\n|---|---|---|---|\n",
+    );
+    for t in &r.targets {
+        let met = if t.what.contains("no target") {
+            "—".to_owned()
+        } else if t.met_min {
+            "yes, every round".to_owned()
+        } else if t.met_median {
+            "median only".to_owned()
+        } else {
+            "**no**".to_owned()
+        };
+        let target = if t.what.contains("no target") {
+            "—".to_owned()
+        } else {
+            format!("≥ {}", t.target)
+        };
+        md.push_str(&format!(
+            "| {} | {} | {target} | {met} |\n",
+            t.what,
+            fmt_spread(&t.spread, 2)
+        ));
+    }
+    if !r.scaling.is_empty() {
+        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× |\n|---|---|---|---|---|\n");
+        for p in &r.scaling {
+            let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
+            let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
+            md.push_str(&format!(
+                "| {} | {m:.3} | {b:.3} | {} | {} |\n",
+                p.what,
+                fmt_spread(&p.slowdown, 2),
+                if p.slowdown.median <= 1.2 {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            ));
+        }
+    }
+    md.push_str(&format!(
+        "\n{} interleaved rounds (order rotating) of {} s per contender after a warm-up; {} {} flows of {} bytes from `BPF_PROG_TEST_RUN` live frames (batch 64), one service with {} backends (Maglev); generator, node and sink on CPU {}. Load average {:.2} before, {:.2} after. `cargo xtask bench pps`.\n",
+        r.rounds, r.seconds, r.flows, r.kind.name(), r.size, r.backends, r.cpu, r.load_before, r.load_after
+    ));
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ratios: Vec<f64>) -> PpsReport {
+        let spread = Spread::of(&[1.0, 1.2]).unwrap();
+        PpsReport {
+            date: "2026-01-02".into(),
+            machine: machine::facts(),
+            cpu: 1,
+            rounds: 2,
+            seconds: 3.0,
+            flows: 1024,
+            kind: Kind::Udp,
+            size: 60,
+            backends: 16,
+            contenders: vec![ContenderResult {
+                key: "meshlb",
+                name: "meshlb XDP",
+                mpps: vec![1.0, 1.2],
+                spread,
+                lost: 7,
+                max_min_share: Some(1.25),
+            }],
+            targets: vec![
+                Target::new("meshlb / ceiling", ratios, 0.85, true).unwrap(),
+                Target::new("meshlb / kernel (no target)", vec![2.0], 1.0, true).unwrap(),
+            ],
+            scaling: vec![ScalePoint {
+                what: "1000000 tracked flows".into(),
+                mpps: vec![0.5],
+                baseline_mpps: vec![1.0],
+                slowdown: Spread::of(&[2.0]).unwrap(),
+                lost: 0,
+            }],
+            load_before: 1.0,
+            load_after: 2.0,
+        }
+    }
+
+    #[test]
+    fn markdown_says_what_is_met() {
+        let md = render_markdown(&report(vec![0.80, 0.90]));
+        assert!(
+            md.contains("| meshlb XDP | 1.000 / **1.100** / 1.200 | 7 | 1.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshlb / ceiling | 0.80 / **0.85** / 0.90 | ≥ 0.85 | median only |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshlb / kernel (no target) | 2.00 / **2.00** / 2.00 | — | — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** |"
+            ),
+            "{md}"
+        );
+        let md = render_markdown(&report(vec![0.5]));
+        assert!(md.contains("| ≥ 0.85 | **no** |"), "{md}");
+        let md = render_markdown(&report(vec![0.9, 0.95]));
+        assert!(md.contains("| ≥ 0.85 | yes, every round |"), "{md}");
+    }
+
+    #[test]
+    fn rounds_rotate_the_order() {
+        assert_eq!(rotated(4, 0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(rotated(4, 1).collect::<Vec<_>>(), [1, 2, 3, 0]);
+        assert_eq!(rotated(4, 6).collect::<Vec<_>>(), [2, 3, 0, 1]);
+        assert_eq!(rotated(0, 3).count(), 0);
+    }
+
+    #[test]
+    fn spread_of_samples() {
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Some(Spread {
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of(&[f64::NAN, 5.0]).unwrap().median, 5.0);
+    }
+
+    #[test]
+    fn targets_say_which_rounds_meet_them() {
+        let t = Target::new("x", vec![0.80, 0.90, 0.88], 0.85, true).unwrap();
+        assert!(t.met_median && !t.met_min);
+        let t = Target::new("x", vec![4.0, 3.6], 3.5, true).unwrap();
+        assert!(t.met_median && t.met_min);
+        let t = Target::new("slowdown", vec![1.1, 1.3, 1.25], 1.2, false).unwrap();
+        assert!(!t.met_median && !t.met_min);
+        assert!(Target::new("x", vec![], 1.0, true).is_none());
+    }
+}

@@ -1,0 +1,568 @@
+//! `lb-bench bench tcp`: real TCP through the node, on the test kit's topology (client, node,
+//! three backends behind a bridge, each running a test-kit `NameServer` on port 8080):
+//! short connections per second (connect, one request, close) and keep-alive requests per
+//! second, through meshlb, nftables DNAT, HAProxy in `mode tcp`, and the client talking to
+//! one backend directly, in interleaved rounds. Client ports are reused across rounds (the
+//! client namespace runs with `tcp_tw_reuse=1`), which is where netfilter's conntrack has
+//! been seen to decay. Writes `bench/results/tcp-<date>.{json,md}`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use lb_userspace::testkit::{
+    ChildGuard, Lbd, NameServer, Netns, REQUEST, Topology, parse_reply_line, tcp_request,
+};
+use serde::Serialize;
+
+use crate::pps::Target;
+
+use crate::micro::machine;
+
+#[derive(clap::Args, Debug)]
+pub struct TcpArgs {
+    /// The lbd binary.
+    #[arg(long, default_value = "target/release/lbd")]
+    pub lbd: PathBuf,
+    /// The haproxy binary (Debian's `haproxy` package; `cargo xtask setup` installs it).
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    pub haproxy: PathBuf,
+    /// Consecutive rounds; every round runs every contender once.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds of short connections, then of keep-alive requests, per contender and round.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Client threads (each one connection at a time).
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: PathBuf,
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+const BACKENDS: usize = 3;
+const BACKEND_PORT: u16 = 8080;
+const MESHLB_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+const NFT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
+const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 3);
+const NFT_TABLE: &str = "mlbtcp";
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+const WARMUP_SECONDS: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contender {
+    Direct,
+    Meshlb,
+    Nft,
+    Haproxy,
+}
+
+impl Contender {
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct to one backend",
+            Contender::Meshlb => "meshlb",
+            Contender::Nft => "nftables DNAT",
+            Contender::Haproxy => "HAProxy mode tcp",
+        }
+    }
+}
+
+const CONTENDERS: [Contender; 4] = [
+    Contender::Direct,
+    Contender::Meshlb,
+    Contender::Nft,
+    Contender::Haproxy,
+];
+
+/// What a measurement loop counted.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Count {
+    pub ok: u64,
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+impl Count {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ContenderResult {
+    pub name: &'static str,
+    pub connections_per_s: Vec<f64>,
+    pub requests_per_s: Vec<f64>,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpReport {
+    pub date: String,
+    pub machine: machine::Machine,
+    pub rounds: usize,
+    pub seconds: f64,
+    pub clients: usize,
+    pub contenders: Vec<ContenderResult>,
+    pub targets: Vec<Target>,
+}
+
+/// Short connections from `clients` threads in `ns` to `target` for `seconds`.
+fn connections(ns: &Netns, target: SocketAddr, clients: usize, seconds: f64) -> Result<Count> {
+    measure(ns, clients, seconds, |deadline, ok, errors| {
+        while Instant::now() < deadline {
+            match one_exchange(target) {
+                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    })
+}
+
+/// Keep-alive: one connection per client thread, requests back to back for `seconds`.
+fn keepalive(ns: &Netns, target: SocketAddr, clients: usize, seconds: f64) -> Result<Count> {
+    measure(ns, clients, seconds, |deadline, ok, errors| {
+        // Reconnect (bounded by the deadline) if a connection fails.
+        while Instant::now() < deadline {
+            let Ok(mut stream) = connect(target) else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            while Instant::now() < deadline {
+                if request(&mut stream).is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+/// Runs `work` on `clients` threads inside `ns` until `seconds` pass.
+fn measure(
+    ns: &Netns,
+    clients: usize,
+    seconds: f64,
+    work: impl Fn(Instant, &AtomicU64, &AtomicU64) + Sync,
+) -> Result<Count> {
+    let (ok, errors) = (AtomicU64::new(0), AtomicU64::new(0));
+    let elapsed = ns.run(|| {
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(seconds);
+        // Threads spawned here inherit this thread's network namespace.
+        std::thread::scope(|s| {
+            for _ in 0..clients {
+                s.spawn(|| work(deadline, &ok, &errors));
+            }
+        });
+        start.elapsed()
+    })?;
+    Ok(Count {
+        ok: ok.into_inner(),
+        errors: errors.into_inner(),
+        seconds: elapsed.as_secs_f64(),
+    })
+}
+
+fn connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// One request and its answer line, checked to be a test-kit server's.
+fn request(stream: &mut TcpStream) -> Result<()> {
+    stream.write_all(REQUEST)?;
+    let mut buf = [0u8; 128];
+    let mut len = 0;
+    // Bounded: every read adds at least a byte, and the buffer is 128 bytes.
+    while !buf[..len].contains(&b'\n') {
+        ensure!(len < buf.len(), "answer too long");
+        let n = stream.read(&mut buf[len..])?;
+        ensure!(n > 0, "connection closed before the answer");
+        len += n;
+    }
+    let line = std::str::from_utf8(&buf[..len])?;
+    parse_reply_line(line)?;
+    Ok(())
+}
+
+fn one_exchange(target: SocketAddr) -> Result<()> {
+    let mut stream = connect(target)?;
+    request(&mut stream)
+}
+
+/// A contender set up on the node; torn down on `stop`.
+enum Running {
+    Direct,
+    Meshlb(Lbd),
+    Nft,
+    Haproxy(ChildGuard, PathBuf),
+}
+
+fn backend_addrs(topo: &Topology) -> Vec<IpAddr> {
+    topo.backends.iter().map(|b| IpAddr::V4(b.addr4)).collect()
+}
+
+/// The HAProxy configuration: `mode tcp`, round-robin over the backends. `maxconn` stays
+/// within a 20,000 descriptor limit (HAProxy wants about two per connection).
+pub fn haproxy_config(vip: Ipv4Addr, backends: &[IpAddr]) -> String {
+    let mut c = format!(
+        "global\n    maxconn 9000\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\nfrontend bench\n    bind {vip}:80\n    default_backend backends\n\nbackend backends\n    balance roundrobin\n"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        c.push_str(&format!("    server b{i} {b}:{BACKEND_PORT}\n"));
+    }
+    c
+}
+
+/// The nftables DNAT of the TCP comparison.
+pub fn nft_tcp_ruleset(vip: Ipv4Addr, backends: &[IpAddr]) -> String {
+    let mut r = format!("table ip {NFT_TABLE} {{\n");
+    for (i, b) in backends.iter().enumerate() {
+        r.push_str(&format!(
+            "  chain ep{i} {{\n    meta l4proto tcp dnat to {b}:{BACKEND_PORT}\n  }}\n"
+        ));
+    }
+    let map: Vec<String> = (0..backends.len())
+        .map(|i| format!("{i} : goto ep{i}"))
+        .collect();
+    r.push_str(&format!(
+        "  chain svc {{\n    numgen random mod {} vmap {{ {} }}\n  }}\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {vip} tcp dport 80 goto svc\n  }}\n}}\n",
+        backends.len(),
+        map.join(", ")
+    ));
+    r
+}
+
+/// The meshlb service file of the TCP comparison.
+pub fn meshlb_services(vip: Ipv4Addr, backends: &[IpAddr]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "services:\n  web:\n    vip: \"{vip}\"\n    ports: [\"80:{BACKEND_PORT}/tcp\"]\n    backends: [{}]\n",
+        list.join(", ")
+    )
+}
+
+fn start(contender: Contender, topo: &Topology, args: &TcpArgs) -> Result<(Running, SocketAddr)> {
+    let backends = backend_addrs(topo);
+    Ok(match contender {
+        Contender::Direct => (Running::Direct, SocketAddr::new(backends[0], BACKEND_PORT)),
+        Contender::Meshlb => {
+            let lbd = Lbd::start(
+                &args.lbd,
+                &topo.node,
+                &meshlb_services(MESHLB_VIP, &backends),
+                &[&topo.node_client_if, &topo.node_bridge],
+                &["--conntrack-entries", "2097152"],
+            )?;
+            (
+                Running::Meshlb(lbd),
+                SocketAddr::new(IpAddr::V4(MESHLB_VIP), 80),
+            )
+        }
+        Contender::Nft => {
+            let path = std::env::temp_dir().join(format!("mlb-nft-tcp-{}.nft", std::process::id()));
+            std::fs::write(&path, nft_tcp_ruleset(NFT_VIP, &backends))?;
+            let result = topo
+                .node
+                .exec(&["nft", "-f", path.to_str().context("temp path")?]);
+            let _ = std::fs::remove_file(&path);
+            result.context("loading the nftables DNAT ruleset")?;
+            (Running::Nft, SocketAddr::new(IpAddr::V4(NFT_VIP), 80))
+        }
+        Contender::Haproxy => {
+            ensure!(
+                args.haproxy.exists(),
+                "{} does not exist: run `cargo xtask setup` (it installs Debian's haproxy)",
+                args.haproxy.display()
+            );
+            topo.node
+                .ip(&["addr", "add", &format!("{HAPROXY_VIP}/32"), "dev", "lo"])?;
+            let path = std::env::temp_dir().join(format!("mlb-haproxy-{}.cfg", std::process::id()));
+            std::fs::write(&path, haproxy_config(HAPROXY_VIP, &backends))?;
+            let child = topo.node.spawn(
+                args.haproxy.to_str().context("haproxy path")?,
+                &["-db", "-f", path.to_str().context("temp path")?],
+                &[],
+            )?;
+            (
+                Running::Haproxy(child, path),
+                SocketAddr::new(IpAddr::V4(HAPROXY_VIP), 80),
+            )
+        }
+    })
+}
+
+fn stop(running: Running, topo: &Topology) -> Result<()> {
+    match running {
+        Running::Direct => {}
+        Running::Meshlb(lbd) => {
+            lbd.stop()?;
+        }
+        Running::Nft => {
+            topo.node
+                .exec(&["nft", "delete", "table", "ip", NFT_TABLE])?;
+        }
+        Running::Haproxy(mut child, path) => {
+            child.stop(Duration::from_secs(5))?;
+            let _ = std::fs::remove_file(path);
+            topo.node
+                .ip(&["addr", "del", &format!("{HAPROXY_VIP}/32"), "dev", "lo"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until `target` answers a request from the client.
+fn wait_ready(topo: &Topology, target: SocketAddr) -> Result<()> {
+    let mut last = None;
+    for _ in 0..50 {
+        match tcp_request(&topo.client, target, Duration::from_millis(500)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "{target} never answered: {:#}",
+        last.expect("at least one attempt")
+    )
+}
+
+pub fn run(args: &TcpArgs) -> Result<()> {
+    ensure!(
+        args.rounds >= 1 && args.seconds > 0.0 && args.clients >= 1,
+        "rounds, seconds and clients must be positive"
+    );
+    ensure!(
+        args.lbd.exists(),
+        "{} does not exist: run `cargo xtask build`",
+        args.lbd.display()
+    );
+    let machine = machine::facts();
+    println!(
+        "tcp: {} ({} CPUs); {} rounds × {} contenders × ({} s connections + {} s keep-alive), {} client threads",
+        machine.cpu_model,
+        machine.cpus,
+        args.rounds,
+        CONTENDERS.len(),
+        args.seconds,
+        args.seconds,
+        args.clients
+    );
+    let topo = Topology::new(BACKENDS)?;
+    topo.client.set_sysctls(&[("net.ipv4.tcp_tw_reuse", "1")])?;
+    let servers: Vec<NameServer> = topo
+        .backends
+        .iter()
+        .map(|b| NameServer::start(&b.ns, &b.name, &[BACKEND_PORT], &[]))
+        .collect::<Result<_>>()?;
+    let mut conns: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
+    let mut reqs: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
+    for round in 0..args.rounds {
+        for i in crate::pps::rotated(CONTENDERS.len(), round) {
+            let contender = &CONTENDERS[i];
+            let (running, target) = start(*contender, &topo, args)?;
+            let ready = wait_ready(&topo, target).with_context(|| match &running {
+                Running::Haproxy(child, _) => format!("haproxy said:\n{}", child.output_so_far()),
+                Running::Meshlb(lbd) => format!("lbd said:\n{}", lbd.output()),
+                _ => String::new(),
+            });
+            let measured = ready.and_then(|()| {
+                // Warm-up, not counted: caches, the server's accept queue, conntrack.
+                connections(&topo.client, target, args.clients, WARMUP_SECONDS)?;
+                let c = connections(&topo.client, target, args.clients, args.seconds)?;
+                let k = keepalive(&topo.client, target, args.clients, args.seconds)?;
+                Ok((c, k))
+            });
+            let stopped = stop(running, &topo);
+            let (c, k) = measured.with_context(|| format!("{} round {round}", contender.name()))?;
+            stopped?;
+            println!(
+                "tcp: round {round}: {:<22} {:>8.0} connections/s ({} errors)  {:>8.0} keep-alive requests/s ({} errors)",
+                contender.name(),
+                c.rate(),
+                c.errors,
+                k.rate(),
+                k.errors
+            );
+            conns[i].push(c);
+            reqs[i].push(k);
+        }
+    }
+    drop(servers);
+    drop(topo);
+    let rates = |v: &[Count]| -> Vec<f64> { v.iter().map(Count::rate).collect() };
+    let contenders: Vec<ContenderResult> = CONTENDERS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ContenderResult {
+            name: c.name(),
+            connections_per_s: rates(&conns[i]),
+            requests_per_s: rates(&reqs[i]),
+            errors: conns[i].iter().chain(&reqs[i]).map(|c| c.errors).sum(),
+        })
+        .collect();
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    let direct = &contenders[0];
+    let mut targets = Vec::new();
+    for c in &contenders[1..] {
+        // The targets are meshlb's; the others are measured against the same bar.
+        let (conn_target, req_target) = (0.9, 0.95);
+        targets.extend(Target::new(
+            format!("{} / direct, connections/s", c.name),
+            ratio(&c.connections_per_s, &direct.connections_per_s),
+            conn_target,
+            true,
+        ));
+        targets.extend(Target::new(
+            format!("{} / direct, keep-alive requests/s", c.name),
+            ratio(&c.requests_per_s, &direct.requests_per_s),
+            req_target,
+            true,
+        ));
+    }
+    let report = TcpReport {
+        date: machine::today(),
+        machine,
+        rounds: args.rounds,
+        seconds: args.seconds,
+        clients: args.clients,
+        contenders,
+        targets,
+    };
+    let md = render_markdown(&report);
+    println!("\n{md}");
+    if !args.no_write {
+        std::fs::create_dir_all(&args.out_dir)?;
+        let base = args.out_dir.join(format!("tcp-{}", report.date));
+        std::fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        std::fs::write(base.with_extension("md"), &md)?;
+        println!("tcp: wrote {}.{{json,md}}", base.display());
+    }
+    Ok(())
+}
+
+pub fn render_markdown(r: &TcpReport) -> String {
+    let per_round = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let mut md = format!(
+        "### Real TCP through the node ({} client threads, {} s per measurement after a 0.5 s warm-up, the order of contenders rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | errors |\n|---|---|---|---|\n",
+        r.clients, r.seconds
+    );
+    for c in &r.contenders {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.name,
+            per_round(&c.connections_per_s),
+            per_round(&c.requests_per_s),
+            c.errors
+        ));
+    }
+    md.push_str(
+        "\n| Ratio, same round | per round | target | met in every round |\n|---|---|---|---|\n",
+    );
+    for t in &r.targets {
+        let rounds: Vec<String> = t.ratios.iter().map(|x| format!("{x:.2}")).collect();
+        md.push_str(&format!(
+            "| {} | {} | ≥ {} | {} |\n",
+            t.what,
+            rounds.join(" / "),
+            t.target,
+            if t.met_min { "yes" } else { "**no**" }
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends() -> Vec<IpAddr> {
+        vec![
+            "198.18.2.10".parse().unwrap(),
+            "198.18.2.11".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn configs_name_every_backend() {
+        let h = haproxy_config(HAPROXY_VIP, &backends());
+        assert!(h.contains("mode tcp") && h.contains("bind 198.18.100.3:80"));
+        assert!(h.contains("server b1 198.18.2.11:8080"));
+        let n = nft_tcp_ruleset(NFT_VIP, &backends());
+        assert!(n.contains("numgen random mod 2 vmap { 0 : goto ep0, 1 : goto ep1 }"));
+        assert!(n.contains("dnat to 198.18.2.11:8080"));
+        let m = meshlb_services(MESHLB_VIP, &backends());
+        let file =
+            lb_userspace::config::ServiceFile::parse(&m, std::path::Path::new("t.yaml")).unwrap();
+        assert_eq!(file.services["web"].backends.len(), 2);
+    }
+
+    #[test]
+    fn markdown_lists_rounds_and_ratios() {
+        let r = TcpReport {
+            date: "2026-01-02".into(),
+            machine: machine::facts(),
+            rounds: 2,
+            seconds: 3.0,
+            clients: 4,
+            contenders: vec![ContenderResult {
+                name: "meshlb",
+                connections_per_s: vec![1000.4, 2000.0],
+                requests_per_s: vec![5000.0, 6000.0],
+                errors: 3,
+            }],
+            targets: vec![
+                Target::new(
+                    "meshlb / direct, connections/s",
+                    vec![0.95, 0.85],
+                    0.9,
+                    true,
+                )
+                .unwrap(),
+            ],
+        };
+        let md = render_markdown(&r);
+        assert!(
+            md.contains("| meshlb | 1000 / 2000 | 5000 / 6000 | 3 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshlb / direct, connections/s | 0.95 / 0.85 | ≥ 0.9 | **no** |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn count_rate() {
+        let c = Count {
+            ok: 300,
+            errors: 2,
+            seconds: 1.5,
+        };
+        assert_eq!(c.rate(), 200.0);
+    }
+}
