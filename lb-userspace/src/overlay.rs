@@ -5,10 +5,14 @@
 //!   `lbctl apply` create and replace API services; a name the file already uses is refused.
 //!   A file that later defines an API service's name is refused at reload, naming both.
 //! - `add-backend`, `remove-backend` and `drain` work on either. On an API service they edit
-//!   it; on a file service they are kept as backend edits (address and port, weight or
-//!   removed) and laid over the file's backend list on every reload, so the rest of the file
-//!   keeps applying. Editing the file's backend list does not clear them; `lbctl list` shows
-//!   them, and `remove-backend`/`add-backend` change them like any backend.
+//!   it; on a file service they are kept as backend edits laid over the file's backend list
+//!   on every reload, so the rest of the file keeps applying. An edit is one of: *added* (a
+//!   backend the file does not list, with its weight), *re-weighted* (a file backend's weight,
+//!   e.g. 0 for a drain) or *removed* (a file backend taken out). A re-weight lapses when the
+//!   file stops listing that backend, so a backend the file removes never comes back through
+//!   an old drain; an edit that brings a backend back to what the file says is dropped.
+//!   `add-backend` without a weight keeps a present backend's weight (undoing a drain goes
+//!   back to the file's weight).
 //! - Both are validated together, with the file's rules, before anything is programmed.
 
 use std::{
@@ -74,8 +78,20 @@ pub enum OverlayError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiState {
     pub services: BTreeMap<String, ServiceSpec>,
-    /// Per file service: backend to weight (added or re-weighted), or `None` (removed).
-    pub backend_edits: BTreeMap<String, BTreeMap<BackendRef, Option<u32>>>,
+    /// Per file service, per backend.
+    pub backend_edits: BTreeMap<String, BTreeMap<BackendRef, Edit>>,
+}
+
+/// A change the API made to a file service's backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "edit", content = "weight")]
+pub enum Edit {
+    /// A backend the file does not list, with its weight.
+    Added(u32),
+    /// A file backend's weight; lapses when the file stops listing it.
+    Reweighted(u32),
+    /// A file backend taken out.
+    Removed,
 }
 
 /// The file and the API state laid together.
@@ -185,31 +201,57 @@ impl ApiState {
         Ok(changes)
     }
 
-    /// Adds `backend` to `service`, or sets its weight if it is there.
+    /// Adds `backend` to `service`, or sets its weight if it is there. Without a weight, a
+    /// present backend keeps its weight (a drained file backend goes back to the file's) and a
+    /// new one gets 1.
     pub fn set_backend(
         &mut self,
         service: &str,
-        backend: BackendSpec,
+        backend: BackendRef,
+        weight: Option<u32>,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
         if let Some(spec) = self.services.get_mut(service) {
             match spec
                 .backends
                 .iter_mut()
-                .find(|b| BackendRef::of(b) == BackendRef::of(&backend))
+                .find(|b| BackendRef::of(b) == backend)
             {
-                Some(existing) => existing.weight = backend.weight,
-                None => spec.backends.push(backend),
+                Some(existing) => existing.weight = weight.unwrap_or(existing.weight),
+                None => spec.backends.push(BackendSpec {
+                    address: backend.address,
+                    port: backend.port,
+                    weight: weight.unwrap_or(1),
+                }),
             }
             return Ok(());
         }
-        if !file.services.contains_key(service) {
-            return Err(no_service(service));
+        let file_spec = file
+            .services
+            .get(service)
+            .ok_or_else(|| no_service(service))?;
+        let in_file = file_spec
+            .backends
+            .iter()
+            .find(|b| BackendRef::of(b) == backend)
+            .map(|b| b.weight);
+        let edits = self.backend_edits.entry(service.to_owned()).or_default();
+        let edit = match (in_file, weight, edits.get(&backend)) {
+            // Back to what the file says (its weight, or no weight asked): no edit. This is
+            // how a drained or removed file backend is restored.
+            (Some(w), Some(asked), _) if w == asked => None,
+            (Some(_), None, _) => None,
+            (Some(_), Some(asked), _) => Some(Edit::Reweighted(asked)),
+            (None, asked, Some(Edit::Added(w))) => Some(Edit::Added(asked.unwrap_or(*w))),
+            (None, asked, _) => Some(Edit::Added(asked.unwrap_or(1))),
+        };
+        match edit {
+            Some(edit) => edits.insert(backend, edit),
+            None => edits.remove(&backend),
+        };
+        if edits.is_empty() {
+            self.backend_edits.remove(service);
         }
-        self.backend_edits
-            .entry(service.to_owned())
-            .or_default()
-            .insert(BackendRef::of(&backend), Some(backend.weight));
         Ok(())
     }
 
@@ -227,16 +269,19 @@ impl ApiState {
         match self.services.get_mut(service) {
             Some(spec) => spec.backends.retain(|b| BackendRef::of(b) != backend),
             None => {
-                let edits = self.backend_edits.entry(service.to_owned()).or_default();
                 let in_file = file.services[service]
                     .backends
                     .iter()
                     .any(|b| BackendRef::of(b) == backend);
+                let edits = self.backend_edits.entry(service.to_owned()).or_default();
                 if in_file {
-                    edits.insert(backend, None);
+                    edits.insert(backend, Edit::Removed);
                 } else {
                     // Only an edit added it: forgetting the edit removes it.
                     edits.remove(&backend);
+                    if edits.is_empty() {
+                        self.backend_edits.remove(service);
+                    }
                 }
             }
         }
@@ -254,12 +299,7 @@ impl ApiState {
         if !current.iter().any(|b| BackendRef::of(b) == backend) {
             return Err(no_backend(service, backend, &current));
         }
-        let spec = BackendSpec {
-            address: backend.address,
-            port: backend.port,
-            weight: 0,
-        };
-        self.set_backend(service, spec, file)
+        self.set_backend(service, backend, Some(0), file)
     }
 
     /// `service`'s backends as they are programmed (file plus edits, or the API's).
@@ -310,10 +350,7 @@ impl ApiState {
             .backend_edits
             .into_iter()
             .map(|(service, edits)| {
-                let edits = edits
-                    .into_iter()
-                    .map(|e| (e.backend, if e.removed { None } else { Some(e.weight) }))
-                    .collect();
+                let edits = edits.into_iter().map(|e| (e.backend, e.edit)).collect();
                 (service, edits)
             })
             .collect();
@@ -336,10 +373,9 @@ impl ApiState {
                 .map(|(service, edits)| {
                     let edits = edits
                         .iter()
-                        .map(|(backend, weight)| StoredEdit {
+                        .map(|(backend, edit)| StoredEdit {
                             backend: *backend,
-                            weight: weight.unwrap_or(0),
-                            removed: weight.is_none(),
+                            edit: *edit,
                         })
                         .collect();
                     (service.clone(), edits)
@@ -354,23 +390,26 @@ impl ApiState {
     }
 }
 
-fn apply_edits(spec: &mut ServiceSpec, edits: &BTreeMap<BackendRef, Option<u32>>) {
-    for (backend, weight) in edits {
+fn apply_edits(spec: &mut ServiceSpec, edits: &BTreeMap<BackendRef, Edit>) {
+    for (backend, edit) in edits {
         let position = spec
             .backends
             .iter()
             .position(|b| BackendRef::of(b) == *backend);
-        match (weight, position) {
-            (Some(weight), Some(i)) => spec.backends[i].weight = *weight,
-            (Some(weight), None) => spec.backends.push(BackendSpec {
+        match (edit, position) {
+            (Edit::Added(weight) | Edit::Reweighted(weight), Some(i)) => {
+                spec.backends[i].weight = *weight;
+            }
+            (Edit::Added(weight), None) => spec.backends.push(BackendSpec {
                 address: backend.address,
                 port: backend.port,
                 weight: *weight,
             }),
-            (None, Some(i)) => {
+            (Edit::Removed, Some(i)) => {
                 spec.backends.remove(i);
             }
-            (None, None) => {}
+            // The file no longer lists it: the re-weight or removal has nothing to act on.
+            (Edit::Reweighted(_) | Edit::Removed, None) => {}
         }
     }
 }
@@ -435,11 +474,9 @@ struct StoredState {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredEdit {
-    #[serde(flatten)]
     backend: BackendRef,
-    weight: u32,
-    #[serde(default)]
-    removed: bool,
+    #[serde(flatten)]
+    edit: Edit,
 }
 
 /// Writes `path` through a temporary file, fsync and rename, then syncs the directory.
@@ -485,11 +522,8 @@ services:
         .unwrap()
     }
 
-    fn backend(text: &str, weight: u32) -> BackendSpec {
-        BackendSpec {
-            weight,
-            ..text.parse().unwrap()
-        }
+    fn r(text: &str) -> BackendRef {
+        BackendRef::of(&text.parse::<BackendSpec>().unwrap())
     }
 
     fn weights(merged: &Merged, service: &str) -> Vec<(String, u32)> {
@@ -504,7 +538,7 @@ services:
     fn edits_on_a_file_service_lay_over_its_backends() {
         let f = file(FILE);
         let mut api = ApiState::default();
-        api.set_backend("web", backend("198.18.2.12:9000", 3), &f)
+        api.set_backend("web", r("198.18.2.12:9000"), Some(3), &f)
             .unwrap();
         api.drain(
             "web",
@@ -541,6 +575,30 @@ services:
         };
         api.remove_backend("web", added, &f).unwrap();
         assert!(!api.backend_edits["web"].contains_key(&added));
+    }
+
+    #[test]
+    fn edits_lapse_and_undo_cleanly() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        // Drain, then undrain without a weight: back to the file's weight, no edit left.
+        api.drain("web", r("198.18.2.10"), &f).unwrap();
+        assert_eq!(
+            api.backend_edits["web"][&r("198.18.2.10")],
+            Edit::Reweighted(0)
+        );
+        api.set_backend("web", r("198.18.2.10"), None, &f).unwrap();
+        assert!(api.backend_edits.is_empty(), "{api:?}");
+        // A drained backend the file later drops does not come back.
+        api.drain("web", r("198.18.2.10"), &f).unwrap();
+        let f2 = file(&FILE.replace("\"198.18.2.10\", ", ""));
+        let merged = api.merge(&f2).unwrap();
+        assert_eq!(weights(&merged, "web"), [("198.18.2.11".into(), 1)]);
+        // add-backend without a weight on an added backend keeps its weight.
+        api.set_backend("web", r("198.18.2.20"), Some(5), &f)
+            .unwrap();
+        api.set_backend("web", r("198.18.2.20"), None, &f).unwrap();
+        assert_eq!(api.backend_edits["web"][&r("198.18.2.20")], Edit::Added(5));
     }
 
     #[test]
@@ -592,7 +650,7 @@ services:
         assert!(e.contains("already published"), "{e}");
         // A backend written twice in different forms.
         let mut api = ApiState::default();
-        api.set_backend("web", backend("198.18.2.10:8080", 1), &f)
+        api.set_backend("web", r("198.18.2.10:8080"), Some(1), &f)
             .unwrap();
         let e = api.merge(&f).unwrap_err().to_string();
         assert!(e.contains(MERGED_ORIGIN) && e.contains("backends"), "{e}");
@@ -615,7 +673,7 @@ services:
             .to_string();
         assert!(e.contains("198.18.2.10, 198.18.2.11"), "{e}");
         assert!(matches!(
-            api.set_backend("nope", backend("198.18.2.1", 1), &f),
+            api.set_backend("nope", r("198.18.2.1"), Some(1), &f),
             Err(OverlayError::NotFound(_))
         ));
         assert_eq!(api, ApiState::default(), "failed calls change nothing");
@@ -646,9 +704,9 @@ services:
         let mut api = ApiState::default();
         api.add_service(api_service("dns", "fd00:100::2"), &f)
             .unwrap();
-        api.set_backend("dns", backend("[fd00:3::10]:5353", 7), &f)
+        api.set_backend("dns", r("[fd00:3::10]:5353"), Some(7), &f)
             .unwrap();
-        api.set_backend("web", backend("198.18.2.12", 2), &f)
+        api.set_backend("web", r("198.18.2.12"), Some(2), &f)
             .unwrap();
         api.remove_backend(
             "web",

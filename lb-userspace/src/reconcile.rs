@@ -151,6 +151,9 @@ pub struct PlannedService {
     pub name: String,
     pub id: u32,
     pub mapping: PortMapping,
+    /// How the table is built (scheduler, Maglev size): with the same backends and weights,
+    /// the same table, which the next plan reuses instead of building it again.
+    pub table_kind: (Scheduler, u32),
     pub frontends: Vec<SocketAddr>,
     pub backends: Vec<PlannedBackend>,
 }
@@ -260,7 +263,7 @@ pub fn plan_from(
         .iter()
         .map(|planned| &file.services[&planned.name])
         .collect();
-    let tables = tables(&specs, &state.services)?;
+    let tables = tables(&specs, &state.services, previous)?;
     state.tables.extend(tables);
     check_fullnat_ports(file)?;
     // Endpoints of backends that left keep letting replies through to the connection
@@ -303,6 +306,7 @@ fn plan_service(
         name: spec.name.clone(),
         id,
         mapping: *mapping,
+        table_kind: (spec.scheduler, spec.maglev_table_size),
         frontends: Vec::new(),
         backends: Vec::new(),
     };
@@ -566,9 +570,29 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
 fn tables(
     specs: &[&ServiceSpec],
     planned: &[PlannedService],
+    previous: Option<&DesiredState>,
 ) -> Result<Vec<(u32, Vec<u32>)>, PlanError> {
-    let build = |(spec, planned): (&&ServiceSpec, &PlannedService)| {
-        table(spec, planned).map(|t| (planned.id, t))
+    // A service planned the same way as before keeps its table: an API call that changes one
+    // service of thousands builds one table.
+    let unchanged: BTreeMap<u32, &Vec<u32>> = previous
+        .map(|p| {
+            let before: BTreeMap<u32, &PlannedService> =
+                p.services.iter().map(|s| (s.id, s)).collect();
+            planned
+                .iter()
+                .filter(|s| {
+                    before
+                        .get(&s.id)
+                        .is_some_and(|b| b.table_kind == s.table_kind && b.backends == s.backends)
+                })
+                .filter_map(|s| p.tables.get(&s.id).map(|t| (s.id, t)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let build = |(spec, planned): (&&ServiceSpec, &PlannedService)| match unchanged.get(&planned.id)
+    {
+        Some(table) => Ok((planned.id, (*table).clone())),
+        None => table(spec, planned).map(|t| (planned.id, t)),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || planned.len() < 64 {

@@ -320,11 +320,13 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
     if !e2e_enabled() {
         return;
     }
-    let (topo, _servers) = setup(2);
+    let (topo, _servers) = setup(3);
     let file_a = services(r#""198.18.2.10", "198.18.2.11""#);
-    // A second service comes and goes: every reload programs something.
+    // Every reload swaps web's tables (a third backend comes and goes) and adds or removes
+    // a second service; tracked flows keep their backends throughout.
     let file_b = format!(
-        "{file_a}  other:\n    vip: 198.18.100.2\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]\n"
+        "{}  other:\n    vip: 198.18.100.2\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]\n",
+        services(r#""198.18.2.10", "198.18.2.11", "198.18.2.12""#)
     );
     let mut lb = start(&topo, &file_a, &[]);
     let mut sessions: Vec<(TcpSession, String)> = (0..8)

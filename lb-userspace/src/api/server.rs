@@ -378,26 +378,25 @@ async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<Chan
     .await
 }
 
-fn backend_request(body: &Bytes) -> Result<(BackendSpec, bool), ApiError> {
+fn backend_request(body: &Bytes) -> Result<(BackendRef, Option<u32>), ApiError> {
     let request: BackendRequest = serde_json::from_slice(body).map_err(|e| {
         bad_request(format!(
             "request body: {e}; send {{\"backend\": \"ADDR[:PORT]\", \"weight\": N}}"
         ))
     })?;
-    let mut spec: BackendSpec = request
+    let spec: BackendSpec = request
         .backend
         .parse()
         .map_err(|e| bad_request(format!("request body: field backend: {e}")))?;
-    if let Some(weight) = request.weight {
-        if weight > crate::config::MAX_WEIGHT {
-            return Err(bad_request(format!(
-                "request body: field weight: {weight} is out of range; weights are 0 to {}",
-                crate::config::MAX_WEIGHT
-            )));
-        }
-        spec.weight = weight;
+    if let Some(weight) = request.weight
+        && weight > crate::config::MAX_WEIGHT
+    {
+        return Err(bad_request(format!(
+            "request body: field weight: {weight} is out of range; weights are 0 to {}",
+            crate::config::MAX_WEIGHT
+        )));
     }
-    Ok((spec, request.weight.is_some()))
+    Ok((BackendRef::of(&spec), request.weight))
 }
 
 async fn add_backend(
@@ -405,9 +404,10 @@ async fn add_backend(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<ChangeResult> {
-    let (spec, _) = backend_request(&body)?;
+    let (backend, weight) = backend_request(&body)?;
     with_daemon(&shared, move |d| {
-        let (_, outcome) = d.change_api(|api, file| api.set_backend(&name, spec, file))?;
+        let (_, outcome) =
+            d.change_api(|api, file| api.set_backend(&name, backend, weight, file))?;
         Ok(change_result(d, outcome, ServiceChanges::default()))
     })
     .await
@@ -418,14 +418,13 @@ async fn remove_backend(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<ChangeResult> {
-    let (spec, weighted) = backend_request(&body)?;
-    if weighted {
+    let (backend, weight) = backend_request(&body)?;
+    if weight.is_some() {
         return Err(bad_request(
             "request body: field weight: not used when removing a backend",
         ));
     }
     with_daemon(&shared, move |d| {
-        let backend = BackendRef::of(&spec);
         let (_, outcome) = d.change_api(|api, file| api.remove_backend(&name, backend, file))?;
         Ok(change_result(d, outcome, ServiceChanges::default()))
     })
@@ -437,14 +436,13 @@ async fn drain_backend(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<ChangeResult> {
-    let (spec, weighted) = backend_request(&body)?;
-    if weighted {
+    let (backend, weight) = backend_request(&body)?;
+    if weight.is_some() {
         return Err(bad_request(
             "request body: field weight: drain sets it to 0",
         ));
     }
     with_daemon(&shared, move |d| {
-        let backend = BackendRef::of(&spec);
         let (_, outcome) = d.change_api(|api, file| api.drain(&name, backend, file))?;
         Ok(change_result(d, outcome, ServiceChanges::default()))
     })

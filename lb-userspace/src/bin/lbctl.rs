@@ -82,6 +82,8 @@ enum Command {
         service: String,
         /// ADDR, ADDR:PORT or [V6ADDR]:PORT.
         backend: String,
+        /// Share of new flows. Without it a present backend keeps its weight (a drained file
+        /// backend goes back to the file's) and a new one gets 1.
         #[arg(long)]
         weight: Option<u32>,
     },
