@@ -28,6 +28,8 @@ pub enum Trigger {
     Signal,
     File,
     Api,
+    /// The node's addresses changed (published ports follow them).
+    Addresses,
 }
 
 /// How a change ended; a metric label.
@@ -51,6 +53,7 @@ impl Trigger {
             Self::Signal => "signal",
             Self::File => "file",
             Self::Api => "api",
+            Self::Addresses => "addresses",
         }
     }
 }
@@ -354,6 +357,11 @@ impl Daemon {
             // Not fatal: without it the next lbd rewrites every entry instead of the diff.
             warn!("{}: cannot record what is programmed: {e}", path.display());
         }
+    }
+
+    /// Whether the node's addresses differ from those the running plan used.
+    pub fn node_addresses_changed(&self) -> bool {
+        node_addresses().is_ok_and(|now| now != self.node_addresses)
     }
 
     pub fn generation(&self) -> u64 {

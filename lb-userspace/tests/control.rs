@@ -659,3 +659,36 @@ fn a_changed_service_file_is_applied_without_a_signal() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn published_ports_follow_the_node_addresses() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(1);
+    let lb = start(
+        &topo,
+        "services:\n  api:\n    ports: [\"8000:8080/tcp\"]\n    backends: [\"198.18.2.10\"]\n",
+        &[],
+    );
+    let new_address: SocketAddr = "198.18.1.3:8000".parse().unwrap();
+    assert!(tcp_request(&topo.client, new_address, Duration::from_millis(300)).is_err());
+    topo.node
+        .ip(&["addr", "add", "198.18.1.3/24", "dev", &topo.node_client_if])
+        .unwrap();
+    let added = Instant::now();
+    loop {
+        match tcp_request(&topo.client, new_address, Duration::from_millis(300)) {
+            Ok(reply) => {
+                assert_eq!(reply.backend, "backend-0");
+                break;
+            }
+            Err(e) => assert!(
+                added.elapsed() < Duration::from_secs(5),
+                "the new address is not served: {e:#}\n{}",
+                lb.output()
+            ),
+        }
+    }
+    assert!(lb.output().contains("addresses changed"), "{}", lb.output());
+}

@@ -377,6 +377,11 @@ async fn serve(
     let mut watched = file_stamp(config);
     let mut watch = tokio::time::interval(resolved.watch.unwrap_or(Duration::from_secs(3600)));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ports published on every node address follow the addresses (a bridge Docker creates
+    // later, a DHCP renewal).
+    let mut addresses = tokio::time::interval(Duration::from_secs(1));
+    let mut seen_addresses = dataplane::node_addresses().ok();
+    addresses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     {
         let d = shared
             .daemon
@@ -399,6 +404,21 @@ async fn serve(
             _ = hangup.recv() => {
                 watched = file_stamp(config);
                 reload(&shared, Trigger::Signal).await;
+            }
+            _ = addresses.tick() => {
+                // Once per change, even if the replan is refused (no retry every second).
+                let now = dataplane::node_addresses().ok();
+                let changed = now != seen_addresses
+                    && shared
+                        .daemon
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("daemon lock"))?
+                        .node_addresses_changed();
+                seen_addresses = now;
+                if changed {
+                    info!("the node's addresses changed; replanning published ports");
+                    reload(&shared, Trigger::Addresses).await;
+                }
             }
             _ = watch.tick(), if resolved.watch.is_some() => {
                 let stamp = file_stamp(config);
