@@ -563,6 +563,9 @@ pub struct Occupancy {
 /// One kernel service: a service's port mapping in one address family.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceReport {
+    /// Kernel id, to read the counters.
+    #[serde(skip)]
+    pub id: u32,
     pub name: String,
     /// The mapping as written (`80:8080/tcp`).
     pub frontend: String,
@@ -575,6 +578,8 @@ pub struct ServiceReport {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendReport {
+    #[serde(skip)]
+    pub id: u32,
     pub target: SocketAddr,
     pub weight: u32,
     /// `active` or `draining` (weight 0).
@@ -598,49 +603,43 @@ impl Daemon {
     /// Reads every counter. The connection-table occupancy is passed in: counting it walks
     /// the table, which the caller does at its own pace.
     pub fn report(&self, conntrack: Occupancy) -> Result<Report, DaemonError> {
-        let running = &self.running;
-        let stats = self.dp.traffic(
-            running.services.iter().map(|s| s.id),
-            running.backends.keys().copied(),
-        )?;
-        let totals = |t: Option<&dataplane::TrafficTotals>| {
-            let t = t.copied().unwrap_or_default();
-            Totals {
-                packets: t.packets,
-                bytes: t.bytes,
-                new_flows: t.new_flows,
-                ..Totals::default()
-            }
-        };
-        let services = running
+        let mut report = self.report_skeleton(conntrack);
+        let (services, backends) = report.ids();
+        report.fill(&self.dp.traffic(services, backends)?);
+        Ok(report)
+    }
+
+    /// The report without its counters (names, ids, weights): cheap, so it can be taken under
+    /// a lock and filled outside it (see [`Report::fill`]).
+    pub fn report_skeleton(&self, conntrack: Occupancy) -> Report {
+        let services = self
+            .running
             .services
             .iter()
             .map(|s| ServiceReport {
+                id: s.id,
                 name: s.name.clone(),
                 frontend: s.mapping.to_string(),
                 family: family_of(&s.frontends, &s.backends),
                 source: source_of(&self.merged, &s.name),
                 frontends: s.frontends.clone(),
-                totals: totals(stats.services.get(&s.id)),
+                totals: Totals::default(),
                 backends: s
                     .backends
                     .iter()
                     .map(|b| BackendReport {
+                        id: b.id,
                         target: b.target,
                         weight: b.weight,
                         state: if b.weight == 0 { "draining" } else { "active" }.into(),
-                        totals: totals(stats.backends.get(&b.id)),
+                        totals: Totals::default(),
                     })
                     .collect(),
             })
             .collect();
-        Ok(Report {
+        Report {
             generation: self.generation,
-            global: stats
-                .global
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
+            global: BTreeMap::new(),
             services,
             backend_states: self
                 .merged
@@ -657,7 +656,7 @@ impl Daemon {
                 })
                 .collect(),
             conntrack,
-        })
+        }
     }
 
     pub fn conntrack_occupancy(&self) -> Result<Occupancy, DaemonError> {
@@ -676,6 +675,41 @@ fn family_of(frontends: &[SocketAddr], backends: &[reconcile::PlannedBackend]) -
 }
 
 impl Report {
+    /// The kernel ids whose counters [`Report::fill`] needs: (services, backends).
+    pub fn ids(&self) -> (Vec<u32>, Vec<u32>) {
+        let services = self.services.iter().map(|s| s.id).collect();
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        (services, backends)
+    }
+
+    /// Writes the counters into the skeleton.
+    pub fn fill(&mut self, stats: &dataplane::StatsSnapshot) {
+        let totals = |t: Option<&dataplane::TrafficTotals>| {
+            let t = t.copied().unwrap_or_default();
+            Totals {
+                packets: t.packets,
+                bytes: t.bytes,
+                new_flows: t.new_flows,
+                ..Totals::default()
+            }
+        };
+        self.global = stats
+            .global
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        for s in &mut self.services {
+            s.totals = totals(stats.services.get(&s.id));
+            for b in &mut s.backends {
+                b.totals = totals(stats.backends.get(&b.id));
+            }
+        }
+    }
+
     /// Adds per-second rates from an earlier report of the same services.
     pub fn with_rates(mut self, earlier: &Report, seconds: f64) -> Report {
         if seconds <= 0.0 {

@@ -246,6 +246,7 @@ mod tests {
                 .map(|s| (s.label().to_owned(), 7))
                 .collect(),
             services: vec![ServiceReport {
+                id: 0,
                 name: "web".into(),
                 frontend: "80:8080/tcp".into(),
                 family: "ipv4".into(),
@@ -258,6 +259,7 @@ mod tests {
                     ..Default::default()
                 },
                 backends: vec![BackendReport {
+                    id: 1,
                     target: "198.18.2.10:8080".parse().unwrap(),
                     weight: 0,
                     state: "draining".into(),

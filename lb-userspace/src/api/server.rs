@@ -35,8 +35,8 @@ use crate::{
 /// The daemon and what the API keeps beside it.
 pub struct Shared {
     pub daemon: Mutex<Daemon>,
-    /// Counts the connection table without taking the daemon's lock.
-    conntrack: Option<crate::dataplane::ConntrackReader>,
+    /// The connection table and counters, read without holding the daemon's lock.
+    readers: crate::dataplane::MapReaders,
     /// API answers by HTTP status.
     pub requests: Mutex<BTreeMap<u16, u64>>,
     pub sampler: Mutex<Sampler>,
@@ -52,18 +52,22 @@ pub struct Sampler {
 }
 
 impl Shared {
-    pub fn new(daemon: Daemon) -> Arc<Shared> {
-        let conntrack = daemon
-            .dataplane()
-            .conntrack_reader()
-            .map_err(|e| warn!("the connection table's occupancy will not be reported: {e}"))
-            .ok();
-        Arc::new(Shared {
+    pub fn new(daemon: Daemon) -> Result<Arc<Shared>, DaemonError> {
+        let readers = daemon.dataplane().readers()?;
+        Ok(Arc::new(Shared {
             daemon: Mutex::new(daemon),
-            conntrack,
+            readers,
             requests: Mutex::default(),
             sampler: Mutex::default(),
-        })
+        }))
+    }
+
+    /// Counters now: the shape under the daemon's lock, the reads outside it.
+    fn fresh_report(&self, occupancy: Occupancy) -> Result<Report, DaemonError> {
+        let mut report = self.daemon().report_skeleton(occupancy);
+        let (services, backends) = report.ids();
+        report.fill(&self.readers.traffic(services, backends)?);
+        Ok(report)
     }
 
     fn daemon(&self) -> std::sync::MutexGuard<'_, Daemon> {
@@ -73,14 +77,9 @@ impl Shared {
 
     /// Takes a sample: occupancy, then counters. Called every few seconds.
     pub fn sample(&self) -> Result<(), DaemonError> {
-        let occupancy = match &self.conntrack {
-            Some(reader) => {
-                let (entries, capacity) = reader.occupancy().map_err(DaemonError::from)?;
-                Occupancy { entries, capacity }
-            }
-            None => Occupancy::default(),
-        };
-        let report = self.daemon().report(occupancy)?;
+        let (entries, capacity) = self.readers.occupancy()?;
+        let occupancy = Occupancy { entries, capacity };
+        let report = self.fresh_report(occupancy)?;
         let mut sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
         sampler.conntrack = occupancy;
         sampler.previous = sampler.latest.take();
@@ -95,7 +94,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .conntrack;
-        let now = self.daemon().report(occupancy)?;
+        let now = self.fresh_report(occupancy)?;
         let sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
         Ok(match (&sampler.previous, &sampler.latest) {
             // Rates over the sampler's last whole interval, laid on the fresh counters.
@@ -475,57 +474,66 @@ async fn flows(
     if limit == 0 || limit > MAX_FLOWS {
         return Err(bad_request(format!("limit {limit}: use 1 to {MAX_FLOWS}")));
     }
-    with_daemon(&shared, move |d| {
-        let running = d.running();
-        let ids = match &q.service {
-            Some(name) => {
-                let ids = crate::daemon::service_ids(running, name);
-                if ids.is_empty() {
-                    return Err(ApiError(
-                        StatusCode::NOT_FOUND,
-                        format!("no service {name:?} (see `lbctl list`)"),
-                    ));
+    // Names and ids under the daemon's lock; the table walk (up to a second per million
+    // entries) outside it.
+    let s = shared.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<FlowList, ApiError> {
+        let (names, ids) = {
+            let d = s.daemon();
+            let running = d.running();
+            let names: BTreeMap<u32, String> = running
+                .services
+                .iter()
+                .map(|sv| (sv.id, format!("{} {}", sv.name, sv.mapping)))
+                .collect();
+            let ids = match &q.service {
+                Some(name) => {
+                    let ids = crate::daemon::service_ids(running, name);
+                    if ids.is_empty() {
+                        return Err(ApiError(
+                            StatusCode::NOT_FOUND,
+                            format!("no service {name:?} (see `lbctl list`)"),
+                        ));
+                    }
+                    Some(ids)
                 }
-                Some(ids)
-            }
-            None => None,
+                None => None,
+            };
+            (names, ids)
         };
-        let sampled = d
-            .dataplane()
+        let sampled = s
+            .readers
             .sample_flows(limit, ids.as_deref())
             .map_err(|e| ApiError::from(DaemonError::from(e)))?;
         let flows = sampled
             .into_iter()
-            .map(|(key, flow)| {
-                let service = running
-                    .services
-                    .iter()
-                    .find(|s| s.id == flow.service_id)
-                    .map(|s| format!("{} {}", s.name, s.mapping))
-                    .unwrap_or_else(|| format!("(removed service {})", flow.service_id));
-                FlowEntry {
-                    service,
-                    protocol: protocol_name(key.proto).into(),
-                    client: std::net::SocketAddr::new(
-                        reconcile::ip(&key.src),
-                        u16::from_be(key.sport_be),
-                    ),
-                    frontend: std::net::SocketAddr::new(
-                        reconcile::ip(&key.dst),
-                        u16::from_be(key.dport_be),
-                    ),
-                    backend: std::net::SocketAddr::new(
-                        reconcile::ip(&flow.nat_addr),
-                        u16::from_be(flow.nat_port_be),
-                    ),
-                    tcp_state: crate::daemon::tcp_state_name(key.proto, flow.tcp_state),
-                    idle_timeout_s: flow.timeout_s,
-                }
+            .map(|(key, flow)| FlowEntry {
+                service: names
+                    .get(&flow.service_id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("(removed service {})", flow.service_id)),
+                protocol: protocol_name(key.proto).into(),
+                client: std::net::SocketAddr::new(
+                    reconcile::ip(&key.src),
+                    u16::from_be(key.sport_be),
+                ),
+                frontend: std::net::SocketAddr::new(
+                    reconcile::ip(&key.dst),
+                    u16::from_be(key.dport_be),
+                ),
+                backend: std::net::SocketAddr::new(
+                    reconcile::ip(&flow.nat_addr),
+                    u16::from_be(flow.nat_port_be),
+                ),
+                tcp_state: crate::daemon::tcp_state_name(key.proto, flow.tcp_state),
+                idle_timeout_s: flow.timeout_s,
             })
             .collect();
-        Ok(axum::Json(FlowList { limit, flows }))
+        Ok(FlowList { limit, flows })
     })
     .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))??;
+    Ok(axum::Json(answer))
 }
 
 fn protocol_name(number: u8) -> &'static str {

@@ -236,7 +236,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let daemon = Daemon::start(&resolved.daemon)?;
-    let shared = Shared::new(daemon);
+    let shared = Shared::new(daemon)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

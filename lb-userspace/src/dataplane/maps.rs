@@ -189,18 +189,11 @@ impl Dataplane {
 
     /// All counters, summed over CPUs.
     pub fn stats(&self) -> Result<StatsSnapshot, DataplaneError> {
-        let ebpf = self.ebpf();
-        let global: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(ebpf.map(names::GLOBAL_STATS).expect("checked at load"))
-                .map_err(map_err(names::GLOBAL_STATS))?;
-        let mut snapshot = StatsSnapshot::default();
-        for slot in StatSlot::ALL {
-            let values = global
-                .get(&(*slot as u32), 0)
-                .map_err(map_err(names::GLOBAL_STATS))?;
-            snapshot.global.insert(slot.label(), values.iter().sum());
-        }
-        Ok(snapshot)
+        global_stats(
+            self.ebpf()
+                .map(names::GLOBAL_STATS)
+                .expect("checked at load"),
+        )
     }
 
     /// The connection-table entry of `key`, if tracked.
@@ -218,22 +211,32 @@ impl Dataplane {
         }
     }
 
-    /// A handle on the connection table of its own, to count its entries without holding
-    /// whatever holds the `Dataplane` (the walk takes a syscall per entry).
-    pub fn conntrack_reader(&self) -> Result<ConntrackReader, DataplaneError> {
-        let map = self.ebpf().map(names::CONNTRACK).expect("checked at load");
-        let data = match map {
-            aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) => data,
-            _ => {
-                return Err(DataplaneError::MapValue {
-                    name: names::CONNTRACK,
-                    message: "not a hash map: lb-ebpf and lb-userspace are out of step".into(),
-                });
-            }
+    /// Handles on the connection table and the counters of their own, to read them without
+    /// holding whatever holds the `Dataplane` (walks and per-id reads take a syscall each).
+    pub fn readers(&self) -> Result<MapReaders, DataplaneError> {
+        let own = |name: &'static str| -> Result<aya::maps::Map, DataplaneError> {
+            let map = self.ebpf().map(name).expect("checked at load");
+            let (data, wrap): (&MapData, fn(MapData) -> aya::maps::Map) = match map {
+                aya::maps::Map::LruHashMap(d) => (d, aya::maps::Map::LruHashMap),
+                aya::maps::Map::HashMap(d) => (d, aya::maps::Map::HashMap),
+                aya::maps::Map::PerCpuArray(d) => (d, aya::maps::Map::PerCpuArray),
+                _ => {
+                    return Err(DataplaneError::MapValue {
+                        name,
+                        message: "unexpected map type: lb-ebpf and lb-userspace are out of step"
+                            .into(),
+                    });
+                }
+            };
+            let id = data.info().map_err(map_err(name))?.id();
+            Ok(wrap(MapData::from_id(id).map_err(map_err(name))?))
         };
-        let id = data.info().map_err(map_err(names::CONNTRACK))?.id();
-        let own = MapData::from_id(id).map_err(map_err(names::CONNTRACK))?;
-        Ok(ConntrackReader(aya::maps::Map::LruHashMap(own)))
+        Ok(MapReaders {
+            conntrack: own(names::CONNTRACK)?,
+            global: own(names::GLOBAL_STATS)?,
+            services: own(names::SERVICE_STATS)?,
+            backends: own(names::BACKEND_STATS)?,
+        })
     }
 
     /// Connection-table occupancy: (entries, capacity). Walks the keys (one syscall each), so
@@ -248,44 +251,103 @@ impl Dataplane {
         service_ids: impl IntoIterator<Item = u32>,
         backend_ids: impl IntoIterator<Item = u32>,
     ) -> Result<StatsSnapshot, DataplaneError> {
-        let mut snapshot = self.stats()?;
         let ebpf = self.ebpf();
-        for (name, ids, out) in [
-            (
-                names::SERVICE_STATS,
-                service_ids.into_iter().collect::<Vec<_>>(),
-                &mut snapshot.services,
-            ),
-            (
-                names::BACKEND_STATS,
-                backend_ids.into_iter().collect(),
-                &mut snapshot.backends,
-            ),
-        ] {
-            let map: PerCpuArray<&MapData, TrafficCounters> =
-                PerCpuArray::try_from(ebpf.map(name).expect("checked at load"))
-                    .map_err(map_err(name))?;
-            for id in ids {
-                let mut totals = TrafficTotals::default();
-                for c in map.get(&id, 0).map_err(map_err(name))?.iter() {
-                    totals.packets += c.packets;
-                    totals.bytes += c.bytes;
-                    totals.new_flows += c.new_flows;
-                }
-                out.insert(id, totals);
-            }
-        }
-        Ok(snapshot)
+        let map = |name| ebpf.map(name).expect("checked at load");
+        traffic(
+            [
+                map(names::GLOBAL_STATS),
+                map(names::SERVICE_STATS),
+                map(names::BACKEND_STATS),
+            ],
+            service_ids,
+            backend_ids,
+        )
     }
 }
 
-/// See [`Dataplane::conntrack_reader`].
-pub struct ConntrackReader(aya::maps::Map);
+fn global_stats(map: &aya::maps::Map) -> Result<StatsSnapshot, DataplaneError> {
+    let global: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(map_err(names::GLOBAL_STATS))?;
+    let mut snapshot = StatsSnapshot::default();
+    for slot in StatSlot::ALL {
+        let values = global
+            .get(&(*slot as u32), 0)
+            .map_err(map_err(names::GLOBAL_STATS))?;
+        snapshot.global.insert(slot.label(), values.iter().sum());
+    }
+    Ok(snapshot)
+}
 
-impl ConntrackReader {
+/// `[global, service, backend]` counter maps.
+fn traffic(
+    [global, services, backends]: [&aya::maps::Map; 3],
+    service_ids: impl IntoIterator<Item = u32>,
+    backend_ids: impl IntoIterator<Item = u32>,
+) -> Result<StatsSnapshot, DataplaneError> {
+    let mut snapshot = global_stats(global)?;
+    for (name, map, ids, out) in [
+        (
+            names::SERVICE_STATS,
+            services,
+            service_ids.into_iter().collect::<Vec<_>>(),
+            &mut snapshot.services,
+        ),
+        (
+            names::BACKEND_STATS,
+            backends,
+            backend_ids.into_iter().collect(),
+            &mut snapshot.backends,
+        ),
+    ] {
+        let map: PerCpuArray<&MapData, TrafficCounters> =
+            PerCpuArray::try_from(map).map_err(map_err(name))?;
+        for id in ids {
+            let mut totals = TrafficTotals::default();
+            for c in map.get(&id, 0).map_err(map_err(name))?.iter() {
+                totals.packets += c.packets;
+                totals.bytes += c.bytes;
+                totals.new_flows += c.new_flows;
+            }
+            out.insert(id, totals);
+        }
+    }
+    Ok(snapshot)
+}
+
+/// See [`Dataplane::readers`].
+pub struct MapReaders {
+    conntrack: aya::maps::Map,
+    global: aya::maps::Map,
+    services: aya::maps::Map,
+    backends: aya::maps::Map,
+}
+
+impl MapReaders {
     /// (entries, capacity), walking the keys.
     pub fn occupancy(&self) -> Result<(u64, u32), DataplaneError> {
-        count_entries(&self.0)
+        count_entries(&self.conntrack)
+    }
+
+    /// See [`Dataplane::traffic`].
+    pub fn traffic(
+        &self,
+        service_ids: impl IntoIterator<Item = u32>,
+        backend_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<StatsSnapshot, DataplaneError> {
+        traffic(
+            [&self.global, &self.services, &self.backends],
+            service_ids,
+            backend_ids,
+        )
+    }
+
+    /// See [`Dataplane::sample_flows`].
+    pub fn sample_flows(
+        &self,
+        limit: usize,
+        services: Option<&[u32]>,
+    ) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
+        sample_flows(&self.conntrack, limit, services)
     }
 }
 
@@ -472,24 +534,35 @@ impl Dataplane {
         limit: usize,
         services: Option<&[u32]>,
     ) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
-        let table: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
-                .map_err(map_err(names::CONNTRACK))?;
-        let mut out = Vec::new();
-        for entry in table.iter() {
-            // An entry evicted while we walk ends the walk early at worst.
-            let Ok((key, flow)) = entry else { break };
-            if flow.kind != lb_common::maps::flow_kind::FORWARD {
-                continue;
-            }
-            if services.is_some_and(|ids| !ids.contains(&flow.service_id)) {
-                continue;
-            }
-            out.push((key, flow));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        sample_flows(
+            self.ebpf().map(names::CONNTRACK).expect("checked at load"),
+            limit,
+            services,
+        )
     }
+}
+
+fn sample_flows(
+    map: &aya::maps::Map,
+    limit: usize,
+    services: Option<&[u32]>,
+) -> Result<Vec<(FlowKey, Flow)>, DataplaneError> {
+    let table: HashMap<&MapData, FlowKey, Flow> =
+        HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
+    let mut out = Vec::new();
+    for entry in table.iter() {
+        // An entry evicted while we walk ends the walk early at worst.
+        let Ok((key, flow)) = entry else { break };
+        if flow.kind != lb_common::maps::flow_kind::FORWARD {
+            continue;
+        }
+        if services.is_some_and(|ids| !ids.contains(&flow.service_id)) {
+            continue;
+        }
+        out.push((key, flow));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }

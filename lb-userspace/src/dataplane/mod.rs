@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use lb_common::maps::{names, programs};
-pub use maps::{ConntrackReader, StatsSnapshot, TrafficTotals};
+pub use maps::{MapReaders, StatsSnapshot, TrafficTotals};
 use tracing::{info, warn};
 
 /// The kernel object, built by build.rs from lb-ebpf.
