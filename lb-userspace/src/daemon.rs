@@ -227,6 +227,13 @@ impl Daemon {
                 return Err(e.into());
             }
         };
+        if file.lbd != self.file.lbd {
+            warn!(
+                "{}: the lbd: section changed; daemon settings (interfaces, listeners, \
+                 directories) take effect when lbd restarts",
+                self.config_path.display()
+            );
+        }
         let api = self.api.clone();
         self.commit(trigger, file, api)
     }
