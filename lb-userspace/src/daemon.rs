@@ -164,7 +164,7 @@ impl Daemon {
             },
             None => None,
         };
-        let desired = reconcile::plan_from(&merged.file, &node_addresses, previous.as_ref())?;
+        let mut desired = reconcile::plan_from(&merged.file, &node_addresses, previous.as_ref())?;
 
         let mut dp = Dataplane::load(options.load.clone())?;
         if dp.adopted() {
@@ -175,9 +175,19 @@ impl Daemon {
                 Some(_) => info!(
                     "adopting the pinned dataplane: connection table and counters kept; rewriting every entry"
                 ),
-                None => warn!(
-                    "adopting pinned maps without a usable record of their ids: kernel ids are assigned afresh, so tracked round-robin and full-NAT flows may break"
-                ),
+                None => {
+                    // No record: the kernel's own frontends and backends say which id is whose.
+                    let (frontends, backends) = dp.kernel_entries()?;
+                    let ids = Ids::recover(&desired, &frontends, &backends);
+                    desired = reconcile::plan_from(
+                        &merged.file,
+                        &node_addresses,
+                        Some(&DesiredState::with_ids(ids)),
+                    )?;
+                    warn!(
+                        "adopting pinned maps without a record of what they hold: ids recovered from the kernel's frontends and backends; rewriting every entry"
+                    );
+                }
             }
             dp.apply(None, &desired)?;
             let pruned = dp.prune(&desired)?;

@@ -39,6 +39,49 @@ pub struct DesiredState {
     pub ids: Ids,
 }
 
+impl Ids {
+    /// The ids a dataplane holds, recovered from its maps when no record of them survives:
+    /// `fresh` is a plan of the same configuration (with any ids), `frontends` and `backends`
+    /// are the kernel's entries. A service keeps the id its frontends have in the kernel; a
+    /// backend keeps the id of the kernel entry with its service and target. What is not
+    /// found gets a new id in the next plan.
+    pub fn recover(
+        fresh: &DesiredState,
+        frontends: &BTreeMap<EndpointKey, Service>,
+        backends: &[(u32, Backend)],
+    ) -> Ids {
+        let mut ids = Ids::default();
+        let mut old_service_of_new = BTreeMap::new();
+        for (identity, new_id) in &fresh.ids.services {
+            let old = fresh
+                .frontends
+                .iter()
+                .filter(|(_, v)| v.id == *new_id)
+                .find_map(|(key, _)| frontends.get(key).map(|v| v.id));
+            if let Some(old) = old {
+                ids.services.insert(identity.clone(), old);
+                old_service_of_new.insert(*new_id, old);
+            }
+        }
+        let kernel: BTreeMap<(u32, SocketAddr), u32> = backends
+            .iter()
+            .filter(|(_, b)| b.flags & backend_flags::IN_USE != 0)
+            .map(|(id, b)| {
+                let target = SocketAddr::new(ip(&b.addr), u16::from_be(b.port_be));
+                ((b.service_id, target), *id)
+            })
+            .collect();
+        for (new_service, target) in fresh.ids.backends.keys() {
+            if let Some(old_service) = old_service_of_new.get(new_service)
+                && let Some(old) = kernel.get(&(*old_service, *target))
+            {
+                ids.backends.insert((*old_service, *target), *old);
+            }
+        }
+        ids
+    }
+}
+
 impl DesiredState {
     /// An empty state that only carries `ids`, to plan from when only the ids are known.
     pub fn with_ids(ids: Ids) -> Self {
@@ -1105,5 +1148,64 @@ services:
         }
         assert!(addr("198.18.1.2".parse().unwrap()).is_v4());
         assert!(!addr("fd00::1".parse().unwrap()).is_v4());
+    }
+
+    #[test]
+    fn ids_are_recovered_from_the_kernel_entries() {
+        let before = plan_of(
+            r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+  dns:
+    vip: 198.18.100.2
+    ports: ["53/udp"]
+    backends: ["198.18.2.12"]
+"#,
+            &NODE,
+        )
+        .unwrap();
+        let kernel_backends: Vec<(u32, Backend)> =
+            before.backends.iter().map(|(id, b)| (*id, *b)).collect();
+        // The same services plus one that sorts first: a fresh plan numbers them otherwise.
+        let text = r#"
+services:
+  aaa:
+    vip: 198.18.100.3
+    ports: ["81/tcp"]
+    backends: ["198.18.2.13"]
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+  dns:
+    vip: 198.18.100.2
+    ports: ["53/udp"]
+    backends: ["198.18.2.12"]
+"#;
+        let fresh = plan_of(text, &NODE).unwrap();
+        let id_of = |state: &DesiredState, name: &str| {
+            state.services.iter().find(|s| s.name == name).unwrap().id
+        };
+        assert_ne!(
+            id_of(&fresh, "web"),
+            id_of(&before, "web"),
+            "the test needs a renumbering"
+        );
+        let ids = Ids::recover(&fresh, &before.frontends, &kernel_backends);
+        let file = ServiceFile::parse(text, Path::new("s.yaml")).unwrap();
+        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let recovered = plan_from(&file, &node, Some(&DesiredState::with_ids(ids))).unwrap();
+        for name in ["web", "dns"] {
+            assert_eq!(id_of(&recovered, name), id_of(&before, name), "{name}");
+        }
+        for (id, backend) in &before.backends {
+            assert_eq!(recovered.backends.get(id), Some(backend), "backend {id}");
+        }
+        // The new service took ids nobody held.
+        let aaa = id_of(&recovered, "aaa");
+        assert!(!before.services.iter().any(|s| s.id == aaa));
     }
 }

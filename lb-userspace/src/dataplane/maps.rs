@@ -314,6 +314,29 @@ fn traffic(
     Ok(snapshot)
 }
 
+/// The kernel's frontends, and its in-use backends by id.
+pub type KernelEntries = (BTreeMap<EndpointKey, Service>, Vec<(u32, Backend)>);
+
+impl Dataplane {
+    /// The kernel's frontends and in-use backends (for recovering ids, see
+    /// `reconcile::Ids::recover`). Reads every backend slot: about a second for a full array.
+    pub fn kernel_entries(&self) -> Result<KernelEntries, DataplaneError> {
+        let ebpf = self.ebpf();
+        let frontends: HashMap<&MapData, EndpointKey, Service> =
+            HashMap::try_from(ebpf.map(names::FRONTENDS).expect("checked at load"))
+                .map_err(map_err(names::FRONTENDS))?;
+        let frontends = frontends.iter().filter_map(Result::ok).collect();
+        let backends: Array<&MapData, Backend> =
+            Array::try_from(ebpf.map(names::BACKENDS).expect("checked at load"))
+                .map_err(map_err(names::BACKENDS))?;
+        let backends = (0..backends.len())
+            .filter_map(|id| backends.get(&id, 0).ok().map(|b| (id, b)))
+            .filter(|(_, b)| b.flags & lb_common::maps::backend_flags::IN_USE != 0)
+            .collect();
+        Ok((frontends, backends))
+    }
+}
+
 /// See [`Dataplane::readers`].
 pub struct MapReaders {
     conntrack: aya::maps::Map,
