@@ -1,4 +1,4 @@
-//! `lb-bench bench report`: gathers the day's `pps`, `tcp`, `oracle` (and `micro`) results into
+//! `lb-bench bench report`: gathers the day's `pps`, `tcp`, `oracle`, `micro` and `control` results into
 //! `bench/results/<date>.json` (machine facts once, every section), `<date>.md` (the tables)
 //! and `<date>.svg` (the chart the README embeds).
 
@@ -19,7 +19,7 @@ pub struct ReportArgs {
     pub dir: PathBuf,
 }
 
-const SECTIONS: [&str; 4] = ["pps", "tcp", "oracle", "micro"];
+const SECTIONS: [&str; 5] = ["pps", "tcp", "oracle", "micro", "control"];
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
     match std::fs::read_to_string(path) {
