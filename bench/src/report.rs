@@ -1,6 +1,6 @@
-//! `lb-bench bench report`: gathers the day's `pps`, `tcp`, `oracle`, `micro` and `control` results into
-//! `bench/results/<date>.json` (machine facts once, every section), `<date>.md` (the tables)
-//! and `<date>.svg` (the chart the README embeds).
+//! `lb-bench bench report`: gathers the day's `pps`, `tcp`, `oracle`, `micro` and `control`
+//! results into `bench/results/<date>.json` (machine facts once, every section), `<date>.md`
+//! (the tables) and `<date>.svg` (the chart the README embeds).
 
 use std::path::{Path, PathBuf};
 
