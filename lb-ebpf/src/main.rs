@@ -19,6 +19,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::debug;
 use lb_common::{
     Addr,
     maps::{EndpointKey, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
@@ -65,9 +66,15 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         let outcome = start_flow(&ctx, &pkt, svc);
         if outcome != FLOW_OPENED {
             count_raw(outcome);
+            // Debug level: the verifier removes it unless lbd runs with --kernel-log debug.
+            debug!(
+                &ctx,
+                "service {}: new flow refused (counter slot {})", svc.id, outcome
+            );
             return xdp_action::XDP_DROP;
         }
         count(StatSlot::NewFlow);
+        debug!(&ctx, "service {}: new flow", svc.id);
         return to_backend(&ctx, &pkt, svc, true);
     }
     endpoint.addr = pkt.key.src;

@@ -690,3 +690,28 @@ fn published_ports_follow_the_node_addresses() {
     }
     assert!(lb.output().contains("addresses changed"), "{}", lb.output());
 }
+
+#[test]
+fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(1);
+    for (extra, wanted) in [(&[][..], false), (&["--kernel-log", "debug"][..], true)] {
+        let lb = start(&topo, &services(r#""198.18.2.10""#), extra);
+        for _ in 0..3 {
+            tcp_request(&topo.client, web(), TIMEOUT).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while wanted && !lb.output().contains("new flow") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            lb.output().contains("service 0: new flow"),
+            wanted,
+            "{extra:?}:\n{}",
+            lb.output()
+        );
+        lb.stop().unwrap();
+    }
+}

@@ -97,7 +97,9 @@ impl Lbd {
     fn launch(&mut self, node: &Netns) -> Result<()> {
         let mut cmd = std::process::Command::new(&self.lbd);
         cmd.args(&self.args)
-            .env("RUST_LOG", "info")
+            // The kernel programs' records come under the target `lb` (the object's name);
+            // they exist only when lbd runs with --kernel-log above warn.
+            .env("RUST_LOG", "info,lb=debug")
             .env("NO_COLOR", "1");
         // Only the network namespace: lbd must see the host's bpffs to pin.
         let mut child = node.spawn_command(cmd, EnterMode::SetnsOnly)?;
