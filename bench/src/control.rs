@@ -35,6 +35,9 @@ pub struct ControlArgs {
     /// Backends per service.
     #[arg(long, default_value_t = 16)]
     backends: usize,
+    /// `maglev_table_size` of every service (default: the service file's default).
+    #[arg(long)]
+    table_size: Option<u32>,
     /// add-backend samples.
     #[arg(long, default_value_t = 100)]
     samples: usize,
@@ -57,7 +60,7 @@ pub fn run(args: &ControlArgs) -> Result<()> {
         (1..=60_000).contains(&args.services) && (1..=4096).contains(&args.backends),
         "--services 1..=60000 and --backends 1..=4096"
     );
-    let apply = full_apply(args.services, args.backends)?;
+    let apply = full_apply(args.services, args.backends, args.table_size)?;
     println!(
         "control: apply {} services x {} backends: parse {:.3} s, plan {:.3} s, load {:.3} s, write {:.3} s; total {:.3} s (target < {APPLY_TARGET_S} s)",
         args.services,
@@ -84,6 +87,7 @@ pub fn run(args: &ControlArgs) -> Result<()> {
 struct Apply {
     services: usize,
     backends: usize,
+    table_size: u32,
     parse_s: f64,
     plan_s: f64,
     load_s: f64,
@@ -99,15 +103,19 @@ impl Apply {
 }
 
 /// `services` services on VIPs 198.19.x.y, each with `backends` backends of its own.
-pub fn service_file(services: usize, backends: usize) -> String {
+pub fn service_file(services: usize, backends: usize, table_size: Option<u32>) -> String {
     let mut text = String::from("services:\n");
     for s in 0..services {
         let vip = 0xC613_0000u32 + 1 + s as u32; // 198.19.0.1 onwards
         let vip = std::net::Ipv4Addr::from(vip);
-        let _ = write!(
+        let _ = writeln!(
             text,
-            "  svc{s}:\n    vip: {vip}\n    ports: [\"80:8080/tcp\"]\n    backends: ["
+            "  svc{s}:\n    vip: {vip}\n    ports: [\"80:8080/tcp\"]"
         );
+        if let Some(size) = table_size {
+            let _ = writeln!(text, "    maglev_table_size: {size}");
+        }
+        text.push_str("    backends: [");
         for b in 0..backends {
             // 198.18.128.0/17: distinct per service and backend, never a real host.
             let addr = 0xC612_8000u32 + (s * backends + b) as u32 % 0x8000;
@@ -120,8 +128,8 @@ pub fn service_file(services: usize, backends: usize) -> String {
     text
 }
 
-fn full_apply(services: usize, backends: usize) -> Result<Apply> {
-    let text = service_file(services, backends);
+fn full_apply(services: usize, backends: usize, table_size: Option<u32>) -> Result<Apply> {
+    let text = service_file(services, backends, table_size);
     let ns = Netns::new("ctl")?;
     ns.run(move || -> Result<Apply> {
         let t = Instant::now();
@@ -143,6 +151,7 @@ fn full_apply(services: usize, backends: usize) -> Result<Apply> {
         Ok(Apply {
             services,
             backends,
+            table_size: table_size.unwrap_or(lb_common::limits::DEFAULT_MAGLEV_TABLE_SIZE),
             parse_s,
             plan_s,
             load_s,
@@ -259,6 +268,7 @@ fn write_results(args: &ControlArgs, apply: &Apply, latencies: &[f64]) -> Result
         "apply": {
             "services": apply.services,
             "backends_per_service": apply.backends,
+            "maglev_table_size": apply.table_size,
             "parse_s": apply.parse_s,
             "plan_s": apply.plan_s,
             "program_load_s": apply.load_s,
@@ -279,9 +289,10 @@ fn write_results(args: &ControlArgs, apply: &Apply, latencies: &[f64]) -> Result
     let _ = writeln!(md, "|---|---|---|");
     let _ = writeln!(
         md,
-        "| apply {} services × {} backends (parse + plan + write) | {:.2} s ({:.2} + {:.2} + {:.2}) | < {APPLY_TARGET_S} s |",
+        "| apply {} services × {} backends, Maglev tables of {} (parse + plan + write) | {:.2} s ({:.2} + {:.2} + {:.2}) | < {APPLY_TARGET_S} s |",
         apply.services,
         apply.backends,
+        apply.table_size,
         apply.total_s(),
         apply.parse_s,
         apply.plan_s,
@@ -316,9 +327,10 @@ mod tests {
 
     #[test]
     fn the_generated_file_is_valid_and_sized_as_asked() {
-        let file = ServiceFile::parse(&service_file(300, 16), Path::new("x")).unwrap();
+        let file = ServiceFile::parse(&service_file(300, 16, Some(4001)), Path::new("x")).unwrap();
         assert_eq!(file.services.len(), 300);
         assert!(file.services.values().all(|s| s.backends.len() == 16));
+        assert!(file.services.values().all(|s| s.maglev_table_size == 4001));
     }
 
     #[test]
