@@ -27,6 +27,11 @@ use crate::{
     stats::count,
 };
 
+/// `send`'s answer for a packet larger than the egress MTU (in the low 16 bits): not an XDP
+/// action; the entry function answers the sender (`too_big`) or drops and counts it.
+pub const TOO_BIG: u32 = 0x7fff_0000;
+pub const TOO_BIG_MASK: u32 = 0xffff_0000;
+
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -114,9 +119,9 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
         }
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
         BPF_FIB_LKUP_RET_NO_NEIGH => via_tc(ctx, params.ifindex),
+        // SAFETY: the kernel leaves the egress MTU in the union.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            count(StatSlot::DropTooBig);
-            xdp_action::XDP_DROP
+            TOO_BIG | u32::from(unsafe { params.__bindgen_anon_1.mtu_result })
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => {
             count(StatSlot::TxLocal);

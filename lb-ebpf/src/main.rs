@@ -12,6 +12,7 @@ mod parse;
 mod reset;
 mod select;
 mod stats;
+mod too_big;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
@@ -36,14 +37,25 @@ use crate::{
 
 #[xdp]
 pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
-    count(StatSlot::Rx);
     let mut pkt = Packet::default();
-    if let Err(reason) = parse::parse(&ctx, &mut pkt) {
+    let action = dispatch(&ctx, &mut pkt);
+    if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
+        return too_big::answer(&ctx, &pkt, action as u16);
+    }
+    action
+}
+
+/// Everything but the answer to a packet too big for its egress, which needs the packet as
+/// parsed and comes last (its frame below the entry function's, never below another).
+#[inline(always)]
+fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    count(StatSlot::Rx);
+    if let Err(reason) = parse::parse(ctx, pkt) {
         count(reason);
         return xdp_action::XDP_PASS;
     }
     if pkt.key.proto == proto::ICMP || pkt.key.proto == proto::ICMPV6 {
-        return icmp::handle(&ctx, &pkt);
+        return icmp::handle(ctx, pkt);
     }
     // One key, reused for both lookups: the BPF stack is small.
     let mut endpoint = EndpointKey {
@@ -56,33 +68,33 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
-        let action = to_backend(&ctx, &pkt, svc, false);
+        let action = to_backend(ctx, pkt, svc, false);
         if action == NEEDS_RESET {
-            return reset::answer(&ctx, &pkt);
+            return reset::answer(ctx, pkt);
         }
         if action != NEEDS_FLOW {
             return action;
         }
-        let outcome = start_flow(&ctx, &pkt, svc);
+        let outcome = start_flow(ctx, pkt, svc);
         if outcome != FLOW_OPENED {
             count_raw(outcome);
             // Debug level: the verifier removes it unless lbd runs with --kernel-log debug.
             debug!(
-                &ctx,
+                ctx,
                 "service {}: new flow refused (counter slot {})", svc.id, outcome
             );
             return xdp_action::XDP_DROP;
         }
         count(StatSlot::NewFlow);
-        debug!(&ctx, "service {}: new flow", svc.id);
-        return to_backend(&ctx, &pkt, svc, true);
+        debug!(ctx, "service {}: new flow", svc.id);
+        return to_backend(ctx, pkt, svc, true);
     }
     endpoint.addr = pkt.key.src;
     endpoint.port_be = pkt.key.sport_be;
     if conntrack::may_be_reply(&endpoint.addr, endpoint.port_be, endpoint.proto)
         && BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some()
     {
-        return to_client(&ctx, &pkt);
+        return to_client(ctx, pkt);
     }
     count(StatSlot::PassNotFrontend);
     xdp_action::XDP_PASS

@@ -6,7 +6,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Addr, maps::proto};
 
-use crate::parse::{Packet, off, pkt_read, pkt_write, ptr_at};
+use crate::parse::{IPV4_HLEN, Packet, off, pkt_read, pkt_write, ptr_at};
 
 #[inline(always)]
 fn fold(mut sum: u32) -> u16 {
@@ -87,8 +87,12 @@ fn rewrite_in_place(
                 Side::Destination => off::IP_DST,
                 Side::Source => off::IP_SRC,
             };
-            let ip_addr = ptr_at::<u32>(ctx, pkt.l3() + addr_off)?;
-            let ip_csum = ptr_at::<u16>(ctx, pkt.l3() + off::IP_CSUM)?;
+            // Both through the one bounds-checked header pointer: checked apart, the compiler
+            // may drop the second check as implied by the first, and the verifier then sees
+            // a pointer it never checked.
+            let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, pkt.l3())?.cast::<u8>();
+            let ip_addr = ip.add(addr_off).cast::<u32>();
+            let ip_csum = ip.add(off::IP_CSUM).cast::<u16>();
             let old = pkt_read(ip_addr);
             let new = addr.v4_raw();
             pkt_write(ip_addr, new);

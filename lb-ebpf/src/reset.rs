@@ -52,7 +52,13 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
     match build(ctx, pkt) {
         Built::Yes => {
             count(StatSlot::FlowReset);
-            forward::send(ctx, &out, &out.key.src, &out.key.dst, core::ptr::null_mut())
+            let action =
+                forward::send(ctx, &out, &out.key.src, &out.key.dst, core::ptr::null_mut());
+            if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
+                count(StatSlot::DropTooBig);
+                return xdp_action::XDP_DROP;
+            }
+            action
         }
         Built::Untouched => {
             count(StatSlot::PassMalformed);

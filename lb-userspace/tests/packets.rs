@@ -890,7 +890,7 @@ fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
 }
 
 #[test]
-fn a_packet_too_big_for_the_egress_mtu_is_dropped_on_a_cached_route_too() {
+fn a_packet_too_big_for_the_egress_mtu_is_caught_on_a_cached_route_too() {
     if !e2e_enabled() {
         return;
     }
@@ -914,16 +914,97 @@ fn a_packet_too_big_for_the_egress_mtu_is_dropped_on_a_cached_route_too() {
             payload: vec![0x5a; payload],
             ..Ipv4Frame::tcp(client, vip, TCP_ACK)
         };
+        // It takes the route lookup, which finds it too big: answered to the client (the
+        // answer itself is checked in the next test).
         let before = lb.stats();
         let out = lb.run(&sized(1461).build());
         let after = lb.stats();
-        assert_eq!(out.action, XDP_DROP);
-        assert_eq!(delta(&before, &after, StatSlot::DropTooBig), 1);
-        assert_eq!(delta(&before, &after, StatSlot::TxViaTc), 0);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(delta(&before, &after, StatSlot::IcmpTooBig), 1);
+        assert_eq!(delta(&before, &after, StatSlot::DropTooBig), 0);
         // One byte less fits, and goes on.
         let fits = sized(1460);
         let out = lb.run(&fits.build());
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
         assert_eq!(out.packet, fits.with_dst(sock("198.18.2.10", 8080)).build());
+    });
+}
+
+#[test]
+fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        // Client to a full-NAT VIP: the quote must be the packet as the client sent it (the
+        // translation of both sides undone).
+        let client = sock(CLIENT, 40020);
+        let vip = sock("198.18.100.4", 80);
+        let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        let seen_as = parse_ipv4(&out.packet).unwrap().src;
+        let big = Ipv4Frame {
+            payload: (0..1461).map(|i| i as u8).collect(),
+            ..Ipv4Frame::tcp(client, vip, TCP_ACK)
+        }
+        .build();
+        let before = lb.stats();
+        let out = lb.run(&big);
+        let after = lb.stats();
+        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        message.extend_from_slice(&big[14..14 + 548]);
+        let mut expected = icmpv4_frame((CLIENT_MAC, NODE_MAC), *vip.ip(), *client.ip(), &message);
+        // Identification 0 (the builder writes 1).
+        expected[18..20].copy_from_slice(&[0, 0]);
+        expected[24..26].copy_from_slice(&[0, 0]);
+        let c = lb_userspace::testkit::packet::checksum(&expected[14..34], 0);
+        expected[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, expected);
+        parse_icmpv4(&out.packet).expect("checksums");
+        for (slot, n) in [
+            (StatSlot::IcmpTooBig, 1),
+            (StatSlot::TxViaTc, 1),
+            (StatSlot::DropTooBig, 0),
+            (StatSlot::NatForward, 1),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+
+        // A backend's reply too big for the client side: the backend gets the error, from
+        // the address it sent to (the node's, under full NAT), quoting what it sent.
+        let backend = sock("198.18.2.10", 8080);
+        let reply = Ipv4Frame {
+            payload: vec![0xa5; 1461],
+            ..Ipv4Frame::tcp(backend, seen_as, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac)
+        }
+        .build();
+        let out = lb.run_from(&reply, lb.backend_if);
+        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        message.extend_from_slice(&reply[14..14 + 548]);
+        let mut expected = icmpv4_frame(
+            (backend_mac(0), lb.backend_if_mac),
+            *seen_as.ip(),
+            *backend.ip(),
+            &message,
+        );
+        expected[18..20].copy_from_slice(&[0, 0]);
+        expected[24..26].copy_from_slice(&[0, 0]);
+        let c = lb_userspace::testkit::packet::checksum(&expected[14..34], 0);
+        expected[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.packet, expected);
+        parse_icmpv4(&out.packet).expect("checksums");
+
+        // IPv6: not answered yet, dropped and counted.
+        let client6 = sock6("fd00:1::2", 40021);
+        let vip6 = sock6("fd00:100::1", 80);
+        let big6 = Ipv6Frame {
+            payload: vec![0; 1441],
+            ..Ipv6Frame::tcp(client6, vip6, TCP_ACK)
+        };
+        let before = lb.stats();
+        let out = lb.run(&big6.build());
+        assert_eq!(out.action, XDP_DROP);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropTooBig), 1);
     });
 }

@@ -1,0 +1,173 @@
+//! A translated IPv4 TCP/UDP packet too big for its egress MTU is answered with ICMP
+//! "fragmentation needed" to its sender, quoting the packet as the sender sent it (the
+//! translation undone), so path MTU discovery works through the balancer. Others too big
+//! (IPv6, ICMP, shorter than the quote) are dropped and counted as `drop_too_big`.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{
+    maps::{FlowKey, proto},
+    stats::StatSlot,
+};
+
+use crate::{
+    forward,
+    nat::{self, Side},
+    parse::{IPV4_HLEN, Packet, pkt_read, pkt_write, ptr_at},
+    stats::count,
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMP_HLEN: usize = 8;
+/// The quote: as much of the packet as fits in 576 bytes (RFC 1812 §4.3.2.3). Every packet
+/// too big for an egress MTU of 576 or more is at least this long.
+const QUOTE: usize = 576 - IPV4_HLEN - ICMP_HLEN;
+/// The ICMP message, summed in two pieces (bpf_csum_diff takes at most 512 bytes).
+const SUM_FIRST: usize = 512;
+const SUM_REST: usize = ICMP_HLEN + QUOTE - SUM_FIRST;
+/// Ethernet and up to two VLAN tags, moved to the new front.
+const MAX_L2: usize = 22;
+const TTL: u8 = 64;
+
+/// Answers the packet `pkt` (already translated) that `forward::send` found too big for an
+/// egress MTU of `mtu`. Not inlined: a rare path, below the entry function only.
+#[inline(never)]
+pub fn answer(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
+    if build(ctx, pkt, mtu).is_none() {
+        count(StatSlot::DropTooBig);
+        return xdp_action::XDP_DROP;
+    }
+    count(StatSlot::IcmpTooBig);
+    let ip_len = IPV4_HLEN + ICMP_HLEN + QUOTE;
+    let out = Packet {
+        key: FlowKey {
+            src: pkt.key.dst,
+            dst: pkt.key.src,
+            sport_be: 0,
+            dport_be: 0,
+            proto: proto::ICMP,
+            _pad: [0; 3],
+        },
+        v6: false,
+        l3: pkt.l3,
+        l4: pkt.l3 + IPV4_HLEN as u16,
+        tcp_flags: 0,
+        icmp_type: ICMP_DEST_UNREACH,
+        tos: 0,
+        ip_tot_len_be: (ip_len as u16).to_be(),
+        len: (pkt.l3() + ip_len) as u32,
+    };
+    let action = forward::send(ctx, &out, &out.key.src, &out.key.dst, core::ptr::null_mut());
+    if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
+        count(StatSlot::DropTooBig);
+        return xdp_action::XDP_DROP;
+    }
+    action
+}
+
+/// Turns the packet into the ICMP error. `None` leaves it to be dropped.
+#[inline(always)]
+fn build(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
+    if pkt.v6 || (pkt.key.proto != proto::TCP && pkt.key.proto != proto::UDP) {
+        return None;
+    }
+    let l3 = pkt.l3();
+    if pkt.ip_end() < l3 + QUOTE {
+        return None;
+    }
+    // The quote is the packet as its sender sent it: both sides back to what was parsed.
+    if !nat::rewrite(ctx, pkt, Side::Destination, &pkt.key.dst, pkt.key.dport_be)
+        || !nat::rewrite(ctx, pkt, Side::Source, &pkt.key.src, pkt.key.sport_be)
+    {
+        return None;
+    }
+    let grow = IPV4_HLEN + ICMP_HLEN;
+    // SAFETY: grows the headroom; checked.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return None;
+    }
+    // The link-layer header moves to the new front (copying MAX_L2 bytes whatever `l3` is:
+    // the rest is overwritten below).
+    let front = ptr_at::<[u16; (MAX_L2 + IPV4_HLEN + ICMP_HLEN) / 2]>(ctx, 0)?.cast::<u16>();
+    for i in 0..MAX_L2 / 2 {
+        // SAFETY: within the bounds checked above; source and destination do not overlap.
+        unsafe { pkt_write(front.add(i), pkt_read(front.add(grow / 2 + i))) };
+    }
+    let want = l3 + grow + QUOTE;
+    let have = ctx.data_end() - ctx.data();
+    // SAFETY: shrinks the packet to the headers and the quote (have >= want: checked above).
+    if have > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
+        return None;
+    }
+
+    let ip = ptr_at::<[u32; 5]>(ctx, l3)?;
+    let tot_len = ((IPV4_HLEN + ICMP_HLEN + QUOTE) as u16).to_be_bytes();
+    let mut header = [
+        u32::from_ne_bytes([0x45, 0, tot_len[0], tot_len[1]]),
+        0,
+        u32::from_ne_bytes([TTL, proto::ICMP, 0, 0]),
+        // From the address the sender sent to, as a router on its path would answer.
+        pkt.key.dst.v4_raw(),
+        pkt.key.src.v4_raw(),
+    ];
+    let mut sum = 0;
+    for w in &header {
+        sum = add_word(sum, *w);
+    }
+    let csum = (!fold(sum)).to_ne_bytes();
+    header[2] = u32::from_ne_bytes([TTL, proto::ICMP, csum[0], csum[1]]);
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { pkt_write(ip, header) };
+
+    let icmp = ptr_at::<[u32; 2]>(ctx, l3 + IPV4_HLEN)?;
+    let mtu = mtu.to_be_bytes();
+    let mut icmp_header = [
+        u32::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0]),
+        u32::from_ne_bytes([0, 0, mtu[0], mtu[1]]),
+    ];
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { pkt_write(icmp, icmp_header) };
+    let first = ptr_at::<[u8; SUM_FIRST]>(ctx, l3 + IPV4_HLEN)?;
+    let rest = ptr_at::<[u8; SUM_REST]>(ctx, l3 + IPV4_HLEN + SUM_FIRST)?;
+    // SAFETY: both regions are bounds-checked packet memory of the sizes given.
+    let sum = unsafe {
+        let s = bpf_csum_diff(core::ptr::null_mut(), 0, first.cast(), SUM_FIRST as u32, 0);
+        if s < 0 {
+            return None;
+        }
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            rest.cast(),
+            SUM_REST as u32,
+            s as u32,
+        )
+    };
+    if sum < 0 {
+        return None;
+    }
+    let csum = (!fold(sum as u32)).to_ne_bytes();
+    icmp_header[0] = u32::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, csum[0], csum[1]]);
+    // SAFETY: bounds-checked by ptr_at above (the packet has not changed since).
+    unsafe { pkt_write(icmp, icmp_header) };
+    Some(())
+}
+
+/// Adds a 32-bit word, as two 16-bit halves, to a one's complement sum (words as they sit
+/// in memory).
+#[inline(always)]
+fn add_word(sum: u32, word: u32) -> u32 {
+    let sum = sum + (word & 0xffff) + (word >> 16);
+    (sum & 0xffff) + (sum >> 16)
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
