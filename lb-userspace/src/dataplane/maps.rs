@@ -19,7 +19,7 @@ use crate::reconcile::DesiredState;
 /// Most threads writing selection tables at once. Each swap of an inner map waits for an RCU
 /// grace period (milliseconds); concurrent swaps share grace periods, so writing many tables
 /// at once takes about as long as writing a few.
-const TABLE_WRITERS: usize = 128;
+const TABLE_WRITERS: usize = 512;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |error| DataplaneError::Map { name, error }
@@ -64,6 +64,7 @@ impl Dataplane {
             names::FRONTENDS,
         ]);
         let loaded = "checked at load";
+        let started = std::time::Instant::now();
         let mut backends: Array<&mut MapData, Backend> =
             Array::try_from(backends.expect(loaded)).map_err(map_err(names::BACKENDS))?;
         for (id, backend) in &desired.backends {
@@ -101,7 +102,14 @@ impl Dataplane {
                     .filter(|id| !desired.tables.contains_key(id))
                     .map(|id| (*id, &[][..])),
             );
+            let before_tables = started.elapsed();
             set_tables(outer, &jobs)?;
+            tracing::debug!(
+                backends_ms = before_tables.as_secs_f64() * 1e3,
+                tables = jobs.len(),
+                tables_ms = (started.elapsed() - before_tables).as_secs_f64() * 1e3,
+                "wrote backends and tables"
+            );
         }
 
         let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
