@@ -38,6 +38,10 @@ pub struct ControlArgs {
     /// `maglev_table_size` of every service (default: the service file's default).
     #[arg(long)]
     table_size: Option<u32>,
+    /// Other services lbd holds while add-backend is measured (16 backends each): the cost of
+    /// an API call on a busy node.
+    #[arg(long, default_value_t = 0)]
+    background_services: usize,
     /// add-backend samples.
     #[arg(long, default_value_t = 100)]
     samples: usize,
@@ -71,7 +75,7 @@ pub fn run(args: &ControlArgs) -> Result<()> {
         apply.write_s,
         apply.total_s()
     );
-    let latencies = add_backend_latency(&args.lbd, args.samples)?;
+    let latencies = add_backend_latency(&args.lbd, args.samples, args.background_services)?;
     let (p50, p99, max) = (
         percentile(&latencies, 50.0),
         percentile(&latencies, 99.0),
@@ -161,14 +165,20 @@ fn full_apply(services: usize, backends: usize, table_size: Option<u32>) -> Resu
 }
 
 /// Milliseconds from starting `lbctl add-backend` to the first datagram at the new backend.
-fn add_backend_latency(lbd: &Path, samples: usize) -> Result<Vec<f64>> {
+fn add_backend_latency(lbd: &Path, samples: usize, background: usize) -> Result<Vec<f64>> {
     let topo = Topology::new(2)?;
     // Flows idle for a second are forgotten, so the generator's source ports make new flows.
-    let services = "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"53:5353/udp\"]\n    timeouts: { udp: 1s }\n    backends: [\"198.18.2.10\"]\n";
+    let mut services = String::from(
+        "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"53:5353/udp\"]\n    timeouts: { udp: 1s }\n    backends: [\"198.18.2.10\"]\n",
+    );
+    if background > 0 {
+        let others = service_file(background, 16, None);
+        services.push_str(others.strip_prefix("services:\n").unwrap_or(&others));
+    }
     let lb = Lbd::start(
         lbd,
         &topo.node,
-        services,
+        &services,
         &[&topo.node_client_if, &topo.node_bridge],
         &[],
     )?;

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{ConfigError, ServiceFile},
     dataplane::{self, Attachment, Dataplane, DataplaneError, LoadOptions, XdpMode},
-    overlay::{ApiState, Merged, OverlayError, Source, write_atomically},
+    overlay::{ApiState, Merged, OverlayError, Source},
     reconcile::{self, DesiredState, Ids, PlanError},
 };
 
@@ -110,20 +110,7 @@ pub struct DaemonOptions {
     pub load: LoadOptions,
 }
 
-/// What was programmed, kept in the state directory so the next `lbd` can adopt the pinned
-/// maps knowing what they hold and with the same kernel ids.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Programmed {
-    format: u32,
-    services: serde_json::Value,
-    node_addresses: Vec<IpAddr>,
-    ids: Ids,
-}
-
-const PROGRAMMED_FORMAT: u32 = 1;
 const API_STATE_FILE: &str = "api-state.json";
-const PROGRAMMED_FILE: &str = "programmed.json";
 
 pub struct Daemon {
     dp: Dataplane,
@@ -151,44 +138,24 @@ impl Daemon {
         let api = ApiState::load(&api_path)?;
         let merged = api.merge(&file)?;
         let node_addresses = node_addresses()?;
-        let programmed = read_programmed(&options.state_dir);
-        let previous = match &programmed {
-            Some(p) => match planned_before(p) {
-                Ok(previous) => Some(previous),
-                Err(e) => {
-                    warn!(
-                        "the record of what was programmed does not plan ({e}); starting fresh ids"
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut desired = reconcile::plan_from(&merged.file, &node_addresses, previous.as_ref())?;
+        let mut desired = reconcile::plan(&merged.file, &node_addresses)?;
 
         let mut dp = Dataplane::load(options.load.clone())?;
         if dp.adopted() {
-            // The record gives the ids (so tracked flows keep meaning the same backends), not
-            // the maps' contents: it may be stale (a failed write, an upgrade that computes
-            // tables differently). So every entry is written and everything else removed.
-            match &previous {
-                Some(_) => info!(
-                    "adopting the pinned dataplane: connection table and counters kept; rewriting every entry"
-                ),
-                None => {
-                    // No record: the kernel's own frontends and backends say which id is whose.
-                    let (frontends, backends) = dp.kernel_entries()?;
-                    let ids = Ids::recover(&desired, &frontends, &backends);
-                    desired = reconcile::plan_from(
-                        &merged.file,
-                        &node_addresses,
-                        Some(&DesiredState::with_ids(ids)),
-                    )?;
-                    warn!(
-                        "adopting pinned maps without a record of what they hold: ids recovered from the kernel's frontends and backends; rewriting every entry"
-                    );
-                }
-            }
+            // The pinned maps are the record of what the previous lbd programmed: the kernel
+            // ids of its services and backends come from its frontends and backends, so
+            // tracked flows keep meaning the same backends. Every entry is then written (the
+            // tables may have been computed by another version) and everything else removed.
+            let (frontends, backends) = dp.kernel_entries()?;
+            let ids = Ids::recover(&desired, &frontends, &backends);
+            desired = reconcile::plan_from(
+                &merged.file,
+                &node_addresses,
+                Some(&DesiredState::with_ids(ids)),
+            )?;
+            info!(
+                "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
+            );
             dp.apply(None, &desired)?;
             let pruned = dp.prune(&desired)?;
             if pruned > 0 {
@@ -223,7 +190,6 @@ impl Daemon {
             started: Instant::now(),
             degraded: None,
         };
-        daemon.save_programmed();
         daemon.count(Trigger::Startup, Outcome::Applied);
         Ok(daemon)
     }
@@ -341,7 +307,7 @@ impl Daemon {
         self.node_addresses = node_addresses;
         self.running = next;
         self.generation += 1;
-        self.save_programmed();
+
         self.count(trigger, Outcome::Applied);
         info!(
             generation = self.generation,
@@ -359,21 +325,6 @@ impl Daemon {
 
     fn count(&mut self, trigger: Trigger, outcome: Outcome) {
         *self.changes.entry((trigger, outcome)).or_default() += 1;
-    }
-
-    fn save_programmed(&self) {
-        let record = Programmed {
-            format: PROGRAMMED_FORMAT,
-            services: self.merged.file.services_value(),
-            node_addresses: self.node_addresses.clone(),
-            ids: self.running.ids.clone(),
-        };
-        let path = self.state_dir.join(PROGRAMMED_FILE);
-        let text = serde_json::to_string(&record).expect("plain data serializes");
-        if let Err(e) = write_atomically(&path, text.as_bytes()) {
-            // Not fatal: without it the next lbd rewrites every entry instead of the diff.
-            warn!("{}: cannot record what is programmed: {e}", path.display());
-        }
     }
 
     /// Whether the node's addresses differ from those the running plan used.
@@ -509,31 +460,6 @@ pub fn tcp_state_name(protocol: u8, state: u8) -> String {
 
 fn node_addresses() -> Result<Vec<IpAddr>, DaemonError> {
     dataplane::node_addresses().map_err(DaemonError::NodeAddresses)
-}
-
-fn read_programmed(state_dir: &Path) -> Option<Programmed> {
-    let path = state_dir.join(PROGRAMMED_FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
-    match serde_json::from_str::<Programmed>(&text) {
-        Ok(p) if p.format == PROGRAMMED_FORMAT => Some(p),
-        Ok(p) => {
-            warn!("{}: format {} unknown; ignored", path.display(), p.format);
-            None
-        }
-        Err(e) => {
-            warn!("{}: unreadable ({e}); ignored", path.display());
-            None
-        }
-    }
-}
-
-/// What the previous `lbd` programmed, planned again from its record with its ids.
-fn planned_before(p: &Programmed) -> Result<DesiredState, DaemonError> {
-    let text = serde_json::json!({ "services": p.services }).to_string();
-    let file = ServiceFile::parse(&text, Path::new(PROGRAMMED_FILE))?;
-    let previous = DesiredState::with_ids(p.ids.clone());
-    let planned = reconcile::plan_from(&file, &p.node_addresses, Some(&previous))?;
-    Ok(planned)
 }
 
 /// Kernel ids of the services named `name` (one per port mapping and family).

@@ -112,12 +112,18 @@ impl ApiState {
         let mut sources = BTreeMap::new();
         let mut specs = Vec::new();
         for (name, spec) in &file.services {
-            let mut spec = spec.clone();
-            if let Some(edits) = self.backend_edits.get(name) {
-                apply_edits(&mut spec, edits);
-            }
             sources.insert(name.clone(), Source::File);
-            specs.push(spec);
+            match self.backend_edits.get(name) {
+                // Through the file format again, so edits meet every rule a file meets
+                // (duplicates, table size against the backend count) with the same messages.
+                Some(edits) if !edits.is_empty() => {
+                    let mut spec = spec.clone();
+                    apply_edits(&mut spec, edits);
+                    specs.push(revalidate(spec)?);
+                }
+                // Validated when the file was read.
+                _ => specs.push(spec.clone()),
+            }
         }
         for (name, spec) in &self.services {
             if file.services.contains_key(name) {
@@ -135,13 +141,8 @@ impl ApiState {
             .filter(|name| !file.services.contains_key(*name))
             .cloned()
             .collect();
-        // Through the file format again, so backend edits meet every rule a file meets
-        // (duplicates, table size against the backend count) with the same messages.
-        let value = serde_json::json!({
-            "services": specs.iter().map(|s| (s.name.clone(), s.to_value()))
-                .collect::<serde_json::Map<_, _>>(),
-        });
-        let mut merged = ServiceFile::parse(&value.to_string(), Path::new(MERGED_ORIGIN))?;
+        // Frontends are claimed across both sources.
+        let mut merged = ServiceFile::from_specs(specs, Path::new(MERGED_ORIGIN))?;
         merged.lbd = file.lbd.clone();
         Ok(Merged {
             file: merged,
@@ -388,6 +389,16 @@ impl ApiState {
             message: format!("cannot write the API state: {e}"),
         })
     }
+}
+
+/// One service through the file's validation again, named as the merged configuration.
+fn revalidate(spec: ServiceSpec) -> Result<ServiceSpec, OverlayError> {
+    let value = serde_json::json!({ "services": { spec.name.clone(): spec.to_value() } });
+    let mut file = ServiceFile::parse(&value.to_string(), Path::new(MERGED_ORIGIN))?;
+    Ok(file
+        .services
+        .remove(&spec.name)
+        .expect("the service just parsed"))
 }
 
 fn apply_edits(spec: &mut ServiceSpec, edits: &BTreeMap<BackendRef, Edit>) {

@@ -24,12 +24,16 @@ use crate::{
     select::{TableBackend, TableError, maglev_table, round_robin_sequence},
 };
 
+/// A selection table: backend ids (see `DesiredState::tables`).
+pub type Table = std::sync::Arc<[u32]>;
+
 /// Everything the kernel maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<EndpointKey, Service>,
-    /// Kernel service id to its selection table (backend ids).
-    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Kernel service id to its selection table (backend ids). Shared, so a replan that keeps
+    /// a table copies a pointer, and comparing two plans skips tables they share.
+    pub tables: BTreeMap<u32, Table>,
     pub backends: BTreeMap<u32, Backend>,
     /// Backend endpoints that may send replies, with how many backends share the triple.
     pub endpoints: BTreeMap<EndpointKey, u32>,
@@ -614,10 +618,10 @@ fn tables(
     specs: &[&ServiceSpec],
     planned: &[PlannedService],
     previous: Option<&DesiredState>,
-) -> Result<Vec<(u32, Vec<u32>)>, PlanError> {
+) -> Result<Vec<(u32, Table)>, PlanError> {
     // A service planned the same way as before keeps its table: an API call that changes one
     // service of thousands builds one table.
-    let unchanged: BTreeMap<u32, &Vec<u32>> = previous
+    let unchanged: BTreeMap<u32, &Table> = previous
         .map(|p| {
             let before: BTreeMap<u32, &PlannedService> =
                 p.services.iter().map(|s| (s.id, s)).collect();
@@ -634,8 +638,8 @@ fn tables(
         .unwrap_or_default();
     let build = |(spec, planned): (&&ServiceSpec, &PlannedService)| match unchanged.get(&planned.id)
     {
-        Some(table) => Ok((planned.id, (*table).clone())),
-        None => table(spec, planned).map(|t| (planned.id, t)),
+        Some(table) => Ok((planned.id, std::sync::Arc::clone(table))),
+        None => table(spec, planned).map(|t| (planned.id, t.into())),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || planned.len() < 64 {
@@ -891,7 +895,7 @@ services:
             &NODE,
         )
         .unwrap();
-        assert!(state.tables.values().all(Vec::is_empty));
+        assert!(state.tables.values().all(|t| t.is_empty()));
         // The drained backend still exists, so its established flows keep being translated.
         assert_eq!(state.backends.len(), 1);
         assert_eq!(state.endpoints.len(), 1);

