@@ -263,10 +263,7 @@ impl ApiState {
         backend: BackendRef,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
-        let current = self.current_backends(service, file)?;
-        if !current.iter().any(|b| BackendRef::of(b) == backend) {
-            return Err(no_backend(service, backend, &current));
-        }
+        self.require_backend(service, backend, file)?;
         match self.services.get_mut(service) {
             Some(spec) => spec.backends.retain(|b| BackendRef::of(b) != backend),
             None => {
@@ -296,11 +293,23 @@ impl ApiState {
         backend: BackendRef,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
-        let current = self.current_backends(service, file)?;
-        if !current.iter().any(|b| BackendRef::of(b) == backend) {
-            return Err(no_backend(service, backend, &current));
-        }
+        self.require_backend(service, backend, file)?;
         self.set_backend(service, backend, Some(0), file)
+    }
+
+    /// An error naming the service's backends unless it has `backend` now.
+    fn require_backend(
+        &self,
+        service: &str,
+        backend: BackendRef,
+        file: &ServiceFile,
+    ) -> Result<(), OverlayError> {
+        let current = self.current_backends(service, file)?;
+        if current.iter().any(|b| BackendRef::of(b) == backend) {
+            Ok(())
+        } else {
+            Err(no_backend(service, backend, &current))
+        }
     }
 
     /// `service`'s backends as they are programmed (file plus edits, or the API's).

@@ -403,13 +403,7 @@ async fn add_backend(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<ChangeResult> {
-    let (backend, weight) = backend_request(&body)?;
-    with_daemon(&shared, move |d| {
-        let (_, outcome) =
-            d.change_api(|api, file| api.set_backend(&name, backend, weight, file))?;
-        Ok(change_result(d, outcome, ServiceChanges::default()))
-    })
-    .await
+    backend_change(shared, name, body, BackendAction::Set).await
 }
 
 async fn remove_backend(
@@ -417,17 +411,7 @@ async fn remove_backend(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<ChangeResult> {
-    let (backend, weight) = backend_request(&body)?;
-    if weight.is_some() {
-        return Err(bad_request(
-            "request body: field weight: not used when removing a backend",
-        ));
-    }
-    with_daemon(&shared, move |d| {
-        let (_, outcome) = d.change_api(|api, file| api.remove_backend(&name, backend, file))?;
-        Ok(change_result(d, outcome, ServiceChanges::default()))
-    })
-    .await
+    backend_change(shared, name, body, BackendAction::Remove).await
 }
 
 async fn drain_backend(
@@ -435,14 +419,37 @@ async fn drain_backend(
     UrlPath(name): UrlPath<String>,
     body: Bytes,
 ) -> ApiResult<ChangeResult> {
+    backend_change(shared, name, body, BackendAction::Drain).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BackendAction {
+    Set,
+    Remove,
+    Drain,
+}
+
+async fn backend_change(
+    shared: Arc<Shared>,
+    name: String,
+    body: Bytes,
+    action: BackendAction,
+) -> ApiResult<ChangeResult> {
     let (backend, weight) = backend_request(&body)?;
-    if weight.is_some() {
-        return Err(bad_request(
-            "request body: field weight: drain sets it to 0",
-        ));
+    let no_weight = match action {
+        BackendAction::Set => None,
+        BackendAction::Remove => Some("not used when removing a backend"),
+        BackendAction::Drain => Some("drain sets it to 0"),
+    };
+    if let (Some(why), Some(_)) = (no_weight, weight) {
+        return Err(bad_request(format!("request body: field weight: {why}")));
     }
     with_daemon(&shared, move |d| {
-        let (_, outcome) = d.change_api(|api, file| api.drain(&name, backend, file))?;
+        let (_, outcome) = d.change_api(|api, file| match action {
+            BackendAction::Set => api.set_backend(&name, backend, weight, file),
+            BackendAction::Remove => api.remove_backend(&name, backend, file),
+            BackendAction::Drain => api.drain(&name, backend, file),
+        })?;
         Ok(change_result(d, outcome, ServiceChanges::default()))
     })
     .await
