@@ -8,11 +8,20 @@ use lb_common::{Addr, maps::proto};
 
 use crate::parse::{IPV4_HLEN, Packet, off, pkt_read, pkt_write, ptr_at};
 
+/// Folds a one's complement sum to 16 bits (not complemented).
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
+}
+
+/// Adds a 32-bit word, as two 16-bit halves, to a one's complement sum (words as they sit
+/// in memory), for checksums computed from scratch.
+#[inline(always)]
+pub fn add_word(sum: u32, word: u32) -> u32 {
+    let sum = sum + (word & 0xffff) + (word >> 16);
+    (sum & 0xffff) + (sum >> 16)
 }
 
 /// New checksum after a 32-bit word of the covered data changed from `old` to `new`.

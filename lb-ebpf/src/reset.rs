@@ -11,6 +11,7 @@ use lb_common::{
 
 use crate::{
     forward,
+    nat::{add_word, fold},
     parse::{
         IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, pkt_read, pkt_write,
         ptr_at,
@@ -183,19 +184,4 @@ fn build(ctx: &XdpContext, pkt: &Packet) -> Built {
     // SAFETY: bounds-checked above.
     unsafe { pkt_write(tcp, header) };
     Built::Yes
-}
-
-/// Adds a 32-bit word, as two 16-bit halves, to a one's complement sum (words as they sit
-/// in memory: the sum does not care about byte order as long as every operand is read so).
-#[inline(always)]
-fn add_word(sum: u32, word: u32) -> u32 {
-    let sum = sum + (word & 0xffff) + (word >> 16);
-    (sum & 0xffff) + (sum >> 16)
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }

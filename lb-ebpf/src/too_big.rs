@@ -15,7 +15,7 @@ use lb_common::{
 
 use crate::{
     forward,
-    nat::{self, Side},
+    nat::{self, Side, add_word, fold},
     parse::{IPV4_HLEN, Packet, pkt_read, pkt_write, ptr_at},
     stats::count,
 };
@@ -155,19 +155,4 @@ fn build(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
     // SAFETY: bounds-checked by ptr_at above (the packet has not changed since).
     unsafe { pkt_write(icmp, icmp_header) };
     Some(())
-}
-
-/// Adds a 32-bit word, as two 16-bit halves, to a one's complement sum (words as they sit
-/// in memory).
-#[inline(always)]
-fn add_word(sum: u32, word: u32) -> u32 {
-    let sum = sum + (word & 0xffff) + (word >> 16);
-    (sum & 0xffff) + (sum >> 16)
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
 }
