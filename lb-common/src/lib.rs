@@ -7,6 +7,7 @@ pub mod hash;
 pub mod limits;
 pub mod maps;
 pub mod stats;
+pub mod traffic;
 
 #[cfg(feature = "user")]
 mod pod;

@@ -3,6 +3,7 @@
 use crate::{
     Addr,
     maps::{Backend, EndpointKey, Flow, FlowKey, Service, TrafficCounters, XdpMeta},
+    traffic::GenConfig,
 };
 
 // SAFETY: all are #[repr(C)], Copy, and have no implicit padding (sizes asserted in maps.rs).
@@ -14,3 +15,4 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for XdpMeta {}
+unsafe impl aya::Pod for GenConfig {}

@@ -8,12 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use anyhow::{Result, ensure};
 use lb_userspace::testkit::packet::{Ipv4Frame, Ipv6Frame, L4, TCP_ACK, TCP_SYN};
 
-/// 8-byte words of template the kernel program holds (`TEMPLATE_WORDS` there).
-pub const TEMPLATE_WORDS: usize = 10;
-/// Source ports per source address (`PORTS_PER_ADDR` there).
-pub const PORTS_PER_ADDR: u32 = 16384;
-/// First source port (`PORT_BASE` there).
-pub const PORT_BASE: u32 = 16384;
+pub use lb_common::traffic::{GenConfig, PORT_BASE, PORTS_PER_ADDR, TEMPLATE_WORDS};
 /// Most flows one source prefix holds: 2^16 addresses of 2^14 ports.
 pub const MAX_FLOWS: u32 = 1 << 30;
 
@@ -42,24 +37,6 @@ impl Kind {
         }
     }
 }
-
-/// Layout shared with the kernel program (`GenConfig` in lb-ebpf `src/sink.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub struct GenConfig {
-    pub template: [u64; TEMPLATE_WORDS],
-    pub words: u32,
-    pub flows: u32,
-    pub src_lo: u32,
-    pub sport: u32,
-    pub ip_csum: u32,
-    pub l4_csum: u32,
-    pub udp: u32,
-    pub _pad: u32,
-}
-
-// SAFETY: repr(C), only integers, no padding (80 + 8 * 4 bytes).
-unsafe impl aya::Pod for GenConfig {}
 
 /// A flow set: every frame of the generator is one of `flows` flows to `dst`.
 #[derive(Clone, Debug)]
