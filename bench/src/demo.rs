@@ -40,11 +40,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     println!("demo: building client, node and 3 backends in network namespaces (198.18.0.0/15)");
     let topo = Topology::new(3)?;
-    let servers: Vec<NameServer> = topo
-        .backends
-        .iter()
-        .map(|b| NameServer::start(&b.ns, &b.name, &[8080], &[5353]))
-        .collect::<Result<_>>()?;
+    let servers: Vec<NameServer> = topo.serve_on_backends(&[8080], &[5353])?;
     println!(
         "demo: starting lbd on {} and {}",
         topo.node_client_if, topo.node_bridge

@@ -365,11 +365,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     );
     let topo = Topology::new(BACKENDS)?;
     topo.client.set_sysctls(&[("net.ipv4.tcp_tw_reuse", "1")])?;
-    let servers: Vec<NameServer> = topo
-        .backends
-        .iter()
-        .map(|b| NameServer::start(&b.ns, &b.name, &[BACKEND_PORT], &[]))
-        .collect::<Result<_>>()?;
+    let servers: Vec<NameServer> = topo.serve_on_backends(&[BACKEND_PORT], &[])?;
     let mut conns: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
     let mut reqs: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..args.rounds {

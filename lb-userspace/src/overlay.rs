@@ -236,8 +236,7 @@ impl ApiState {
             .iter()
             .find(|b| BackendRef::of(b) == backend)
             .map(|b| b.weight);
-        let edits = self.backend_edits.entry(service.to_owned()).or_default();
-        let edit = match (in_file, weight, edits.get(&backend)) {
+        let edit = match (in_file, weight, self.edit(service, backend)) {
             // Back to what the file says (its weight, or no weight asked): no edit. This is
             // how a drained or removed file backend is restored.
             (Some(w), Some(asked), _) if w == asked => None,
@@ -246,13 +245,7 @@ impl ApiState {
             (None, asked, Some(Edit::Added(w))) => Some(Edit::Added(asked.unwrap_or(*w))),
             (None, asked, _) => Some(Edit::Added(asked.unwrap_or(1))),
         };
-        match edit {
-            Some(edit) => edits.insert(backend, edit),
-            None => edits.remove(&backend),
-        };
-        if edits.is_empty() {
-            self.backend_edits.remove(service);
-        }
+        self.set_edit(service, backend, edit);
         Ok(())
     }
 
@@ -271,16 +264,9 @@ impl ApiState {
                     .backends
                     .iter()
                     .any(|b| BackendRef::of(b) == backend);
-                let edits = self.backend_edits.entry(service.to_owned()).or_default();
-                if in_file {
-                    edits.insert(backend, Edit::Removed);
-                } else {
-                    // Only an edit added it: forgetting the edit removes it.
-                    edits.remove(&backend);
-                    if edits.is_empty() {
-                        self.backend_edits.remove(service);
-                    }
-                }
+                // Only an edit added it if the file does not list it: forgetting the edit
+                // removes it.
+                self.set_edit(service, backend, in_file.then_some(Edit::Removed));
             }
         }
         Ok(())
@@ -295,6 +281,23 @@ impl ApiState {
     ) -> Result<(), OverlayError> {
         self.require_backend(service, backend, file)?;
         self.set_backend(service, backend, Some(0), file)
+    }
+
+    fn edit(&self, service: &str, backend: BackendRef) -> Option<&Edit> {
+        self.backend_edits.get(service)?.get(&backend)
+    }
+
+    /// Records `edit` of a file service's backend; `None` forgets it (and the service's
+    /// entry with its last edit).
+    fn set_edit(&mut self, service: &str, backend: BackendRef, edit: Option<Edit>) {
+        let edits = self.backend_edits.entry(service.to_owned()).or_default();
+        match edit {
+            Some(edit) => edits.insert(backend, edit),
+            None => edits.remove(&backend),
+        };
+        if edits.is_empty() {
+            self.backend_edits.remove(service);
+        }
     }
 
     /// An error naming the service's backends unless it has `backend` now.

@@ -39,11 +39,7 @@ services:
 
 fn setup(backends: usize) -> (Topology, Vec<NameServer>) {
     let topo = Topology::new(backends).expect("topology");
-    let servers = topo
-        .backends
-        .iter()
-        .map(|b| NameServer::start(&b.ns, &b.name, &[8080], &[5353]).expect("server"))
-        .collect();
+    let servers = topo.serve_on_backends(&[8080], &[5353]).expect("servers");
     (topo, servers)
 }
 

@@ -36,11 +36,7 @@ fn lbd() -> &'static Path {
 /// A topology with a name server on every backend (TCP 8080, UDP 5353).
 fn setup(backends: usize) -> (Topology, Vec<NameServer>) {
     let topo = Topology::new(backends).expect("topology");
-    let servers = topo
-        .backends
-        .iter()
-        .map(|b| NameServer::start(&b.ns, &b.name, &[8080], &[5353]).expect("server"))
-        .collect();
+    let servers = topo.serve_on_backends(&[8080], &[5353]).expect("servers");
     (topo, servers)
 }
 

@@ -129,6 +129,15 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Starts a name server on every backend, on the given TCP and UDP ports, each named
+    /// after its backend.
+    pub fn serve_on_backends(&self, tcp: &[u16], udp: &[u16]) -> Result<Vec<NameServer>> {
+        self.backends
+            .iter()
+            .map(|b| NameServer::start(&b.ns, &b.name, tcp, udp))
+            .collect()
+    }
+
     /// Builds the client, the node and `backends` backends, and waits until every link is up.
     pub fn new(backends: usize) -> Result<Topology> {
         ensure!(
