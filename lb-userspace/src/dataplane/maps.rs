@@ -345,6 +345,23 @@ impl Dataplane {
     }
 }
 
+/// Removes the keys `keep` refuses; returns how many.
+fn remove_unlisted<V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, EndpointKey, V>,
+    name: &'static str,
+    keep: impl Fn(&EndpointKey) -> bool,
+) -> Result<usize, DataplaneError> {
+    let stale: Vec<EndpointKey> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keep(k))
+        .collect();
+    for key in &stale {
+        map.remove(key).map_err(map_err(name))?;
+    }
+    Ok(stale.len())
+}
+
 /// See [`Dataplane::readers`].
 pub struct MapReaders {
     conntrack: aya::maps::Map,
@@ -526,36 +543,20 @@ impl Dataplane {
     /// record explains (adopting pinned maps without its state file). Arrays need no pruning:
     /// nothing refers to an id `desired` does not use.
     pub fn prune(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
-        let mut removed = 0;
         let [frontends, endpoints] = self
             .ebpf_mut()
             .maps_disjoint_mut([names::FRONTENDS, names::BACKEND_ENDPOINTS]);
         let loaded = "checked at load";
         let mut frontends: HashMap<&mut MapData, EndpointKey, Service> =
             HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
-        let stale: Vec<EndpointKey> = frontends
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !desired.frontends.contains_key(k))
-            .collect();
-        for key in &stale {
-            frontends.remove(key).map_err(map_err(names::FRONTENDS))?;
-        }
-        removed += stale.len();
         let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
             HashMap::try_from(endpoints.expect(loaded))
                 .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-        let stale: Vec<EndpointKey> = endpoints
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !desired.endpoints.contains_key(k))
-            .collect();
-        for key in &stale {
-            endpoints
-                .remove(key)
-                .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-        }
-        Ok(removed + stale.len())
+        Ok(remove_unlisted(&mut frontends, names::FRONTENDS, |k| {
+            desired.frontends.contains_key(k)
+        })? + remove_unlisted(&mut endpoints, names::BACKEND_ENDPOINTS, |k| {
+            desired.endpoints.contains_key(k)
+        })?)
     }
 
     /// Up to `limit` forward entries of the connection table (the first found: a sample, not
