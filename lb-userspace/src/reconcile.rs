@@ -21,11 +21,80 @@ use crate::{
     config::{
         Affinity, Forwarding, PortMapping, RemovalPolicy, Scheduler, ServiceFile, ServiceSpec,
     },
-    select::{TableBackend, TableError, maglev_table, round_robin_sequence},
+    select::{
+        TableBackend, TableError, maglev_check, maglev_table, round_robin_check,
+        round_robin_sequence,
+    },
 };
 
-/// A selection table: backend ids (see `DesiredState::tables`).
-pub type Table = std::sync::Arc<[u32]>;
+/// A service's selection table, as what it is built from (see `TableSpec`). Shared, so a
+/// replan that keeps a table copies a pointer, and comparing two plans skips tables they share.
+pub type Table = std::sync::Arc<TableSpec>;
+
+/// What a selection table is built from. The table (backend ids) is a function of it alone, so
+/// plans hold specs, not tables (10,000 Maglev tables of 16,381 slots would be 655 MB): the
+/// dataplane builds a table when it writes it, and `explain` builds the one it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSpec {
+    pub scheduler: Scheduler,
+    pub maglev_table_size: u32,
+    pub backends: Vec<PlannedBackend>,
+}
+
+impl TableSpec {
+    /// The table: backend ids, empty when no backend takes new flows (none configured, or all
+    /// drained; the kernel then drops and counts).
+    pub fn build(&self) -> Result<Vec<u32>, TableError> {
+        let identities = self.identities();
+        let inputs = self.inputs(&identities);
+        let built = match self.scheduler {
+            Scheduler::Maglev => maglev_table(&inputs, self.maglev_table_size),
+            Scheduler::RoundRobin => round_robin_sequence(&inputs, MAX_TABLE_SIZE - 1),
+        };
+        match built {
+            Ok(mut indices) => {
+                // Indices into `backends` become kernel backend ids, in place.
+                for entry in &mut indices {
+                    *entry = self.backends[*entry as usize].id;
+                }
+                Ok(indices)
+            }
+            Err(TableError::NoWeight) => Ok(Vec::new()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// What `build` would refuse, without building.
+    pub fn check(&self) -> Result<(), TableError> {
+        let identities = self.identities();
+        let inputs = self.inputs(&identities);
+        let checked = match self.scheduler {
+            Scheduler::Maglev => maglev_check(&inputs, self.maglev_table_size),
+            Scheduler::RoundRobin => round_robin_check(&inputs, MAX_TABLE_SIZE - 1),
+        };
+        match checked {
+            Err(TableError::NoWeight) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// A backend's identity for Maglev is its target: it keeps its preferences when others
+    /// come and go, and every node computes the same.
+    fn identities(&self) -> Vec<String> {
+        self.backends.iter().map(|b| b.target.to_string()).collect()
+    }
+
+    fn inputs<'a>(&self, identities: &'a [String]) -> Vec<TableBackend<'a>> {
+        self.backends
+            .iter()
+            .zip(identities)
+            .map(|(b, identity)| TableBackend {
+                identity,
+                weight: b.weight,
+            })
+            .collect()
+    }
+}
 
 /// Everything the kernel maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -305,13 +374,23 @@ pub fn plan_from(
             });
         }
     }
-    let specs: Vec<&ServiceSpec> = state
-        .services
-        .iter()
-        .map(|planned| &file.services[&planned.name])
-        .collect();
-    let tables = tables(&specs, &state.services, previous)?;
-    state.tables.extend(tables);
+    for planned in &state.services {
+        let spec = TableSpec {
+            scheduler: planned.table_kind.0,
+            maglev_table_size: planned.table_kind.1,
+            backends: planned.backends.clone(),
+        };
+        spec.check().map_err(|error| PlanError::Table {
+            service: planned.name.clone(),
+            error,
+        })?;
+        // The previous plan's, when equal: comparing the plans then compares pointers.
+        let table = match previous.and_then(|p| p.tables.get(&planned.id)) {
+            Some(before) if **before == spec => std::sync::Arc::clone(before),
+            _ => std::sync::Arc::new(spec),
+        };
+        state.tables.insert(planned.id, table);
+    }
     check_fullnat_ports(file)?;
     // Endpoints of backends that left keep letting replies through to the connection
     // table: flows kept on a removed backend (`keep`), and late replies of moved ones, are
@@ -490,7 +569,9 @@ impl DesiredState {
             return Explanation::NotAFrontend;
         };
         let name = format!("{} {}", planned.name, planned.mapping);
-        let table = &self.tables[&service.id];
+        let table = self.tables[&service.id]
+            .build()
+            .expect("the plan checked the table");
         let target = |id: u32| {
             planned
                 .backends
@@ -610,97 +691,6 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
     }
 }
 
-/// The selection table of one kernel service, as backend ids. Empty when no backend takes
-/// new flows (none configured, or all drained): the kernel then drops and counts.
-/// Every kernel service's table, built on all CPUs (a Maglev table of the default size takes
-/// about a tenth of a millisecond, and a node may have thousands of services).
-fn tables(
-    specs: &[&ServiceSpec],
-    planned: &[PlannedService],
-    previous: Option<&DesiredState>,
-) -> Result<Vec<(u32, Table)>, PlanError> {
-    // A service planned the same way as before keeps its table: an API call that changes one
-    // service of thousands builds one table.
-    let unchanged: BTreeMap<u32, &Table> = previous
-        .map(|p| {
-            let before: BTreeMap<u32, &PlannedService> =
-                p.services.iter().map(|s| (s.id, s)).collect();
-            planned
-                .iter()
-                .filter(|s| {
-                    before
-                        .get(&s.id)
-                        .is_some_and(|b| b.table_kind == s.table_kind && b.backends == s.backends)
-                })
-                .filter_map(|s| p.tables.get(&s.id).map(|t| (s.id, t)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let build = |(spec, planned): (&&ServiceSpec, &PlannedService)| match unchanged.get(&planned.id)
-    {
-        Some(table) => Ok((planned.id, std::sync::Arc::clone(table))),
-        None => table(spec, planned).map(|t| (planned.id, t.into())),
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || planned.len() < 64 {
-        return specs.iter().zip(planned).map(build).collect();
-    }
-    let per_thread = planned.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = specs
-            .chunks(per_thread)
-            .zip(planned.chunks(per_thread))
-            .map(|(specs, planned)| {
-                scope.spawn(move || {
-                    specs
-                        .iter()
-                        .zip(planned)
-                        .map(build)
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
-            .collect();
-        // Joined in order, so the first error is the same as a sequential build's.
-        let mut all = Vec::with_capacity(planned.len());
-        for worker in workers {
-            all.extend(worker.join().expect("table builder panicked")?);
-        }
-        Ok(all)
-    })
-}
-
-fn table(spec: &ServiceSpec, planned: &PlannedService) -> Result<Vec<u32>, PlanError> {
-    let identities: Vec<String> = planned
-        .backends
-        .iter()
-        .map(|b| b.target.to_string())
-        .collect();
-    let inputs: Vec<TableBackend<'_>> = planned
-        .backends
-        .iter()
-        .zip(&identities)
-        .map(|(b, identity)| TableBackend {
-            identity,
-            weight: b.weight,
-        })
-        .collect();
-    let built = match spec.scheduler {
-        Scheduler::Maglev => maglev_table(&inputs, spec.maglev_table_size),
-        Scheduler::RoundRobin => round_robin_sequence(&inputs, MAX_TABLE_SIZE - 1),
-    };
-    match built {
-        Ok(indices) => Ok(indices
-            .into_iter()
-            .map(|i| planned.backends[i as usize].id)
-            .collect()),
-        Err(TableError::NoWeight) => Ok(Vec::new()),
-        Err(error) => Err(PlanError::Table {
-            service: spec.name.clone(),
-            error,
-        }),
-    }
-}
-
 pub fn addr(ip: IpAddr) -> Addr {
     match ip {
         IpAddr::V4(v4) => Addr::from_octets(v4.to_ipv6_mapped().octets()),
@@ -794,6 +784,7 @@ services:
         // Backend ids start at 1 (0 means none) and tables hold only them.
         assert!(!state.backends.contains_key(&0));
         for table in state.tables.values() {
+            let table = table.build().unwrap();
             assert_eq!(table.len(), 16381);
             assert!(table.iter().all(|id| state.backends.contains_key(id)));
         }
@@ -895,7 +886,7 @@ services:
             &NODE,
         )
         .unwrap();
-        assert!(state.tables.values().all(|t| t.is_empty()));
+        assert!(state.tables.values().all(|t| t.build().unwrap().is_empty()));
         // The drained backend still exists, so its established flows keep being translated.
         assert_eq!(state.backends.len(), 1);
         assert_eq!(state.endpoints.len(), 1);
@@ -938,7 +929,7 @@ services:
         );
         assert_eq!((rr.tcp_timeout_s, rr.udp_timeout_s), (7200, 30));
         // Weighted round-robin: 1 + 2 entries, the heavier backend twice.
-        assert_eq!(state.tables[&rr.id].len(), 3);
+        assert_eq!(state.tables[&rr.id].build().unwrap().len(), 3);
         let sticky = state.frontends[&key("198.18.100.2:80", proto::TCP)];
         assert_eq!(
             sticky.flags,

@@ -13,16 +13,38 @@ use lb_common::{
     stats::StatSlot,
 };
 
-use super::{Dataplane, DataplaneError};
-use crate::reconcile::DesiredState;
+use super::{Dataplane, DataplaneError, batch};
+use crate::reconcile::{DesiredState, TableSpec};
 
-/// Most threads writing selection tables at once. Each swap of an inner map waits for an RCU
-/// grace period (milliseconds); concurrent swaps share grace periods, so writing many tables
-/// at once takes about as long as writing a few.
-const TABLE_WRITERS: usize = 512;
+/// Tables swapped in per `bpf` call: the call waits for one RCU grace period (milliseconds)
+/// however many tables it swaps. Bounded so a writer holds few descriptors at once.
+const TABLES_PER_SWAP: usize = 64;
+/// Table-writing threads per CPU: while some wait for a grace period, the others build.
+const TABLE_THREADS_PER_CPU: usize = 4;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |error| DataplaneError::Map { name, error }
+}
+
+/// The entries of `desired` that `previous` does not hold as they are, as keys and values.
+fn changed<K: Ord + Copy, V: PartialEq + Copy>(
+    previous: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> (Vec<K>, Vec<V>) {
+    desired
+        .iter()
+        .filter(|(key, value)| previous.get(key) != Some(value))
+        .map(|(key, value)| (*key, *value))
+        .unzip()
+}
+
+/// The keys of `previous` that `desired` does not have.
+fn gone<K: Ord + Copy, V>(previous: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Vec<K> {
+    previous
+        .keys()
+        .filter(|key| !desired.contains_key(key))
+        .copied()
+        .collect()
 }
 
 /// Counters summed over CPUs.
@@ -65,15 +87,10 @@ impl Dataplane {
         ]);
         let loaded = "checked at load";
         let started = std::time::Instant::now();
-        let mut backends: Array<&mut MapData, Backend> =
+        let backends: Array<&mut MapData, Backend> =
             Array::try_from(backends.expect(loaded)).map_err(map_err(names::BACKENDS))?;
-        for (id, backend) in &desired.backends {
-            if previous.backends.get(id) != Some(backend) {
-                backends
-                    .set(*id, backend, 0)
-                    .map_err(map_err(names::BACKENDS))?;
-            }
-        }
+        let (ids, values) = changed(&previous.backends, &desired.backends);
+        batch::update(backends.map(), names::BACKENDS, &ids, &values)?;
 
         {
             let outer = match tables.expect(loaded) {
@@ -89,18 +106,18 @@ impl Dataplane {
                     });
                 }
             };
-            let mut jobs: Vec<(u32, &[u32])> = desired
+            let mut jobs: Vec<(u32, Option<&TableSpec>)> = desired
                 .tables
                 .iter()
                 .filter(|(id, table)| previous.tables.get(id) != Some(table))
-                .map(|(id, table)| (*id, &table[..]))
+                .map(|(id, table)| (*id, Some(&**table)))
                 .collect();
             jobs.extend(
                 previous
                     .tables
                     .keys()
                     .filter(|id| !desired.tables.contains_key(id))
-                    .map(|id| (*id, &[][..])),
+                    .map(|id| (*id, None)),
             );
             let before_tables = started.elapsed();
             set_tables(outer, &jobs)?;
@@ -112,45 +129,36 @@ impl Dataplane {
             );
         }
 
-        let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
+        let endpoints: HashMap<&mut MapData, EndpointKey, u32> =
             HashMap::try_from(endpoints.expect(loaded))
                 .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-        for (key, count) in &desired.endpoints {
-            if previous.endpoints.get(key) != Some(count) {
-                endpoints
-                    .insert(key, count, 0)
-                    .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-            }
-        }
+        let (keys, counts): (Vec<EndpointKey>, Vec<u32>) =
+            changed(&previous.endpoints, &desired.endpoints);
+        batch::update(endpoints.map(), names::BACKEND_ENDPOINTS, &keys, &counts)?;
 
-        let mut frontends: HashMap<&mut MapData, EndpointKey, Service> =
+        let frontends: HashMap<&mut MapData, EndpointKey, Service> =
             HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
-        for (key, service) in &desired.frontends {
-            if previous.frontends.get(key) != Some(service) {
-                frontends
-                    .insert(key, service, 0)
-                    .map_err(map_err(names::FRONTENDS))?;
-            }
-        }
-        for key in previous.frontends.keys() {
-            if !desired.frontends.contains_key(key) {
-                frontends.remove(key).map_err(map_err(names::FRONTENDS))?;
-            }
-        }
-        for key in previous.endpoints.keys() {
-            if !desired.endpoints.contains_key(key) {
-                endpoints
-                    .remove(key)
-                    .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-            }
-        }
-        for id in previous.backends.keys() {
-            if !desired.backends.contains_key(id) {
-                backends
-                    .set(*id, Backend::default(), 0)
-                    .map_err(map_err(names::BACKENDS))?;
-            }
-        }
+        let (keys, services): (Vec<EndpointKey>, Vec<Service>) =
+            changed(&previous.frontends, &desired.frontends);
+        batch::update(frontends.map(), names::FRONTENDS, &keys, &services)?;
+
+        batch::delete(
+            frontends.map(),
+            names::FRONTENDS,
+            &gone(&previous.frontends, &desired.frontends),
+        )?;
+        batch::delete(
+            endpoints.map(),
+            names::BACKEND_ENDPOINTS,
+            &gone(&previous.endpoints, &desired.endpoints),
+        )?;
+        let ids = gone(&previous.backends, &desired.backends);
+        batch::update(
+            backends.map(),
+            names::BACKENDS,
+            &ids,
+            &vec![Backend::default(); ids.len()],
+        )?;
         Ok(())
     }
 
@@ -423,20 +431,46 @@ fn table_capacity(map: &aya::maps::Map) -> u32 {
     }
 }
 
-/// Builds and swaps in the given tables (service id, backend ids; empty: no backend), on up
-/// to `TABLE_WRITERS` threads.
-fn set_tables(outer: i32, jobs: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
-    let write = |chunk: &[(u32, &[u32])]| -> Result<(), DataplaneError> {
-        for (id, backend_ids) in chunk {
-            let inner = build_table(backend_ids)?;
-            swap_table(outer, *id, &inner)?;
+/// Builds and swaps in the given tables (service id, what its table is built from; None: an
+/// empty table). Threads build tables (a Maglev fill of the default size is a fifth of a
+/// millisecond of CPU) and swap them in `TABLES_PER_SWAP` at a time: every swap call waits for
+/// an RCU grace period (milliseconds), so one wait covers many tables, and while one thread
+/// waits the others build.
+fn set_tables(outer: i32, jobs: &[(u32, Option<&TableSpec>)]) -> Result<(), DataplaneError> {
+    let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<(), DataplaneError> {
+        for group in chunk.chunks(TABLES_PER_SWAP) {
+            let mut ids = Vec::with_capacity(group.len());
+            let mut tables = Vec::with_capacity(group.len());
+            for (id, spec) in group {
+                let backend_ids = match spec {
+                    Some(spec) => spec.build().map_err(|error| DataplaneError::MapValue {
+                        name: names::SERVICE_TABLES,
+                        message: format!("building the table of service {id}: {error}"),
+                    })?,
+                    None => Vec::new(),
+                };
+                ids.push(*id);
+                tables.push(build_table(&backend_ids)?);
+            }
+            let fds: Vec<u32> = tables
+                .iter()
+                .map(|t| {
+                    use std::os::fd::{AsFd as _, AsRawFd as _};
+                    t.map().fd().as_fd().as_raw_fd() as u32
+                })
+                .collect();
+            // The outer map holds its own references: the tables' descriptors close after.
+            batch::update_fd(outer, names::SERVICE_TABLES, &ids, &fds)?;
         }
         Ok(())
     };
-    if jobs.len() <= 1 {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_mul(TABLE_THREADS_PER_CPU);
+    if jobs.len() <= TABLES_PER_SWAP || threads <= 1 {
         return write(jobs);
     }
-    let per_thread = jobs.len().div_ceil(TABLE_WRITERS);
+    let per_thread = jobs.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = jobs
             .chunks(per_thread)
@@ -446,49 +480,6 @@ fn set_tables(outer: i32, jobs: &[(u32, &[u32])]) -> Result<(), DataplaneError> 
             .into_iter()
             .try_for_each(|w| w.join().expect("table writer panicked"))
     })
-}
-
-/// `bpf_map_update_elem(outer, id, inner)` from any thread (aya's needs `&mut` of the map).
-fn swap_table(outer: i32, id: u32, inner: &Array<MapData, u32>) -> Result<(), DataplaneError> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let inner_data: &MapData = inner.map();
-    let inner_fd: u32 = inner_data.fd().as_fd().as_raw_fd() as u32;
-    #[repr(C)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let attr = ElemAttr {
-        map_fd: outer as u32,
-        _pad: 0,
-        key: &id as *const u32 as u64,
-        value: &inner_fd as *const u32 as u64,
-        flags: 0,
-    };
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    // SAFETY: attr points at live key and value for the duration of the call, in the layout
-    // of the kernel's bpf_attr for element commands.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &attr as *const ElemAttr,
-            std::mem::size_of::<ElemAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(DataplaneError::MapValue {
-            name: names::SERVICE_TABLES,
-            message: format!(
-                "swapping in the table of service {id}: {}",
-                std::io::Error::last_os_error()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// A new inner table: slot 0 holds the length, then the backend ids, written through a

@@ -1,5 +1,6 @@
 //! The loaded kernel programs: load, attach to interfaces, and the typed map handles.
 
+mod batch;
 mod maps;
 pub mod pin;
 
