@@ -66,8 +66,15 @@ impl TableSpec {
 
     /// What `build` would refuse, without building.
     pub fn check(&self) -> Result<(), TableError> {
-        let identities = self.identities();
-        let inputs = self.inputs(&identities);
+        // Only weights and counts matter here: no identities to format.
+        let inputs: Vec<TableBackend<'_>> = self
+            .backends
+            .iter()
+            .map(|b| TableBackend {
+                identity: "",
+                weight: b.weight,
+            })
+            .collect();
         let checked = match self.scheduler {
             Scheduler::Maglev => maglev_check(&inputs, self.maglev_table_size),
             Scheduler::RoundRobin => round_robin_check(&inputs, MAX_TABLE_SIZE - 1),
@@ -229,35 +236,94 @@ type BackendIdentity = (u32, SocketAddr);
 /// (ids just freed are not reused at once, so counters of finished flows stay with theirs).
 struct IdAllocator<'a, K: Ord> {
     previous: Option<&'a BTreeMap<K, u32>>,
-    taken: std::collections::BTreeSet<u32>,
+    /// By id: whether either plan uses it. Ids are dense (they index kernel arrays), so a
+    /// vector, not a set: a plan of 160,000 backends builds it in a pass.
+    taken: Vec<bool>,
     next: u32,
 }
 
 impl<'a, K: Ord + Clone> IdAllocator<'a, K> {
     fn new(previous: Option<&'a BTreeMap<K, u32>>, first: u32) -> Self {
+        let mut taken = Vec::new();
+        for id in previous.into_iter().flat_map(|p| p.values()) {
+            let id = *id as usize;
+            if id >= taken.len() {
+                taken.resize(id + 1, false);
+            }
+            taken[id] = true;
+        }
         Self {
             previous,
-            taken: previous
-                .into_iter()
-                .flat_map(|p| p.values().copied())
-                .collect(),
+            taken,
             next: first,
         }
     }
 
-    fn id(&mut self, identity: &K, assigned: &mut BTreeMap<K, u32>) -> u32 {
-        let id = match self.previous.and_then(|p| p.get(identity)) {
+    fn id(&mut self, identity: &K) -> u32 {
+        match self.previous.and_then(|p| p.get(identity)) {
             Some(id) => *id,
             None => {
-                while self.taken.contains(&self.next) {
+                while self.taken.get(self.next as usize) == Some(&true) {
                     self.next += 1;
                 }
-                self.taken.insert(self.next);
+                let id = self.next as usize;
+                if id >= self.taken.len() {
+                    self.taken.resize(id + 1, false);
+                }
+                self.taken[id] = true;
                 self.next
             }
-        };
-        assigned.insert(identity.clone(), id);
-        id
+        }
+    }
+}
+
+/// A plan's backends, endpoints and backend ids, gathered as lists and made into maps once:
+/// a sort and a bulk build instead of 160,000 inserts each at a random place.
+#[derive(Default)]
+struct Pending {
+    backends: Vec<(u32, Backend)>,
+    /// One per backend that uses the endpoint.
+    endpoints: Vec<EndpointKey>,
+    backend_ids: Vec<(BackendIdentity, u32)>,
+}
+
+impl Pending {
+    fn finish(mut self, state: &mut DesiredState, previous: Option<&DesiredState>) {
+        self.backends.sort_unstable_by_key(|(id, _)| *id);
+        state.backends = self.backends.into_iter().collect();
+        self.backend_ids.sort_unstable();
+        state.ids.backends = self.backend_ids.into_iter().collect();
+        self.endpoints.sort_unstable();
+        let mut counted: Vec<(EndpointKey, u32)> = Vec::with_capacity(self.endpoints.len());
+        for key in self.endpoints {
+            match counted.last_mut() {
+                Some((last, count)) if *last == key => *count += 1,
+                _ => counted.push((key, 1)),
+            }
+        }
+        // Endpoints of backends that left keep letting replies through to the connection
+        // table: flows kept on a removed backend (`keep`), and late replies of moved ones, are
+        // still translated. They are dropped when room is needed, and when lbd restarts.
+        let room = (MAX_BACKEND_ENDPOINTS as usize).saturating_sub(counted.len());
+        // Both in key order: one walk finds the previous keys this plan lacks.
+        let mut current = counted.iter().map(|(k, _)| k).peekable();
+        let lingering: Vec<(EndpointKey, u32)> = previous
+            .into_iter()
+            .flat_map(|p| p.endpoints.keys())
+            .filter(|key| {
+                while current.next_if(|k| k < key).is_some() {}
+                current.peek() != Some(key)
+            })
+            .take(room)
+            .map(|key| (*key, 0))
+            .collect();
+        if lingering.is_empty() {
+            state.endpoints = counted.into_iter().collect();
+        } else {
+            counted.extend(lingering);
+            counted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            state.endpoints = counted.into_iter().collect();
+        }
     }
 }
 
@@ -334,6 +400,7 @@ pub fn plan_from(
     let mut service_ids = IdAllocator::new(previous.map(|p| &p.ids.services), 0);
     // Backend id 0 means "no backend" in the kernel.
     let mut backend_ids = IdAllocator::new(previous.map(|p| &p.ids.backends), 1);
+    let mut pending = Pending::default();
     for spec in file.services.values() {
         check_supported(spec)?;
         let mut families = 0;
@@ -360,6 +427,7 @@ pub fn plan_from(
             for mapping in &spec.ports {
                 plan_service(
                     &mut state,
+                    &mut pending,
                     spec,
                     mapping,
                     &frontend_addrs,
@@ -374,35 +442,28 @@ pub fn plan_from(
             });
         }
     }
+    pending.finish(&mut state, previous);
     for planned in &state.services {
         let spec = TableSpec {
             scheduler: planned.table_kind.0,
             maglev_table_size: planned.table_kind.1,
             backends: planned.backends.clone(),
         };
-        spec.check().map_err(|error| PlanError::Table {
-            service: planned.name.clone(),
-            error,
-        })?;
-        // The previous plan's, when equal: comparing the plans then compares pointers.
+        // The previous plan's, when equal (checked then): comparing the plans then compares
+        // pointers.
         let table = match previous.and_then(|p| p.tables.get(&planned.id)) {
             Some(before) if **before == spec => std::sync::Arc::clone(before),
-            _ => std::sync::Arc::new(spec),
+            _ => {
+                spec.check().map_err(|error| PlanError::Table {
+                    service: planned.name.clone(),
+                    error,
+                })?;
+                std::sync::Arc::new(spec)
+            }
         };
         state.tables.insert(planned.id, table);
     }
     check_fullnat_ports(file)?;
-    // Endpoints of backends that left keep letting replies through to the connection
-    // table: flows kept on a removed backend (`keep`), and late replies of moved ones, are
-    // still translated. They are dropped when room is needed, and when lbd restarts.
-    if let Some(previous) = previous {
-        for key in previous.endpoints.keys() {
-            if state.endpoints.len() >= MAX_BACKEND_ENDPOINTS as usize {
-                break;
-            }
-            state.endpoints.entry(*key).or_insert(0);
-        }
-    }
     check_capacity("services", state.services.len(), MAX_SERVICES)?;
     check_capacity("frontends", state.frontends.len(), MAX_FRONTENDS)?;
     // Backend ids run from 1, so one slot is reserved.
@@ -418,6 +479,7 @@ pub fn plan_from(
 /// One kernel service: its backends of one family, its table and its frontends.
 fn plan_service(
     state: &mut DesiredState,
+    pending: &mut Pending,
     spec: &ServiceSpec,
     mapping: &PortMapping,
     frontend_addrs: &[IpAddr],
@@ -427,7 +489,9 @@ fn plan_service(
         &mut IdAllocator<'_, BackendIdentity>,
     ),
 ) -> Result<(), PlanError> {
-    let id = service_ids.id(&(spec.name.clone(), *mapping, v6), &mut state.ids.services);
+    let identity = (spec.name.clone(), *mapping, v6);
+    let id = service_ids.id(&identity);
+    state.ids.services.insert(identity, id);
     let mut planned = PlannedService {
         name: spec.name.clone(),
         id,
@@ -438,8 +502,9 @@ fn plan_service(
     };
     for backend in spec.backends.iter().filter(|b| b.address.is_ipv6() == v6) {
         let target = SocketAddr::new(backend.address, backend.target_port(mapping));
-        let backend_id = backend_ids.id(&(id, target), &mut state.ids.backends);
-        state.backends.insert(
+        let backend_id = backend_ids.id(&(id, target));
+        pending.backend_ids.push(((id, target), backend_id));
+        pending.backends.push((
             backend_id,
             Backend {
                 addr: addr(target.ip()),
@@ -447,11 +512,8 @@ fn plan_service(
                 flags: backend_flags::IN_USE,
                 service_id: id,
             },
-        );
-        *state
-            .endpoints
-            .entry(endpoint(target, mapping))
-            .or_default() += 1;
+        ));
+        pending.endpoints.push(endpoint(target, mapping));
         planned.backends.push(PlannedBackend {
             id: backend_id,
             target,
