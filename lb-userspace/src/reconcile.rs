@@ -321,7 +321,7 @@ impl Pending {
             state.endpoints = counted.into_iter().collect();
         } else {
             counted.extend(lingering);
-            counted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            counted.sort_unstable_by_key(|(key, _)| *key);
             state.endpoints = counted.into_iter().collect();
         }
     }
