@@ -94,9 +94,20 @@ pub mod service_flags {
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
-/// Slot 0 of an inner array holds the number of entries that follow; slots 1..=len hold
-/// backend ids (a Maglev table, or a weighted round-robin sequence).
+/// Slot 0 of a table holds the number of entries that follow; slots 1..=len hold backend ids
+/// (a Maglev table, or a weighted round-robin sequence).
 pub const TABLE_LEN_SLOT: u32 = 0;
+
+/// An element of an inner array: two slots. The kernel lays array elements out 8 bytes apart
+/// whatever their size, so a slot per element would leave half of every table unused; with two,
+/// slot `s` is half `s % 2` of element `s / 2`, and a table is its slots back to back.
+pub type TableElement = [u32; SLOTS_PER_ELEMENT as usize];
+pub const SLOTS_PER_ELEMENT: u32 = 2;
+
+/// Elements of an inner array that holds a table of `len` entries (and its length slot).
+pub const fn table_elements(len: u32) -> u32 {
+    (len + 1).div_ceil(SLOTS_PER_ELEMENT)
+}
 
 /// Flags of every inner array of `SERVICE_TABLES` (the kernel requires the template and the
 /// tables to match): BPF_F_INNER_MAP, so tables differ in size, and BPF_F_MMAPABLE, so

@@ -10,7 +10,10 @@ use lb_common::{
         DEFAULT_CONNTRACK_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
         MAX_SERVICES, MAX_TX_PORTS, REPLY_FILTER_ENTRIES,
     },
-    maps::{Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TrafficCounters},
+    maps::{
+        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TableElement,
+        TrafficCounters,
+    },
     stats::StatSlot,
 };
 
@@ -20,7 +23,7 @@ pub static FRONTENDS: HashMap<EndpointKey, Service, { MAX_FRONTENDS as usize }> 
 
 /// A service's selection table. The inner arrays differ in size (BPF_F_INNER_MAP), so each
 /// service gets a table sized for it; userspace swaps a whole table in one update.
-pub type SelectionTable = Array<u32, 1, { SELECTION_TABLE_FLAGS as usize }>;
+pub type SelectionTable = Array<TableElement, 1, { SELECTION_TABLE_FLAGS as usize }>;
 #[btf_map]
 pub static SERVICE_TABLES: ArrayOfMaps<SelectionTable, { MAX_SERVICES as usize }> =
     ArrayOfMaps::new();

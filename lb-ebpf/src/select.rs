@@ -3,7 +3,7 @@
 
 use lb_common::{
     hash::{client_hash, flow_hash},
-    maps::{FlowKey, Service, TABLE_LEN_SLOT, backend_flags, service_flags},
+    maps::{FlowKey, SLOTS_PER_ELEMENT, Service, TABLE_LEN_SLOT, backend_flags, service_flags},
 };
 
 use crate::{
@@ -20,7 +20,7 @@ pub fn choose(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> bool {
 
 #[inline(always)]
 fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
-    let len = *SERVICE_TABLES.get_value(svc.id, &TABLE_LEN_SLOT)?;
+    let len = table_slot(svc.id, TABLE_LEN_SLOT)?;
     if len == 0 {
         return None;
     }
@@ -38,7 +38,7 @@ fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
         flow_hash(key)
     };
     let slot = position % len + 1;
-    let backend_id = *SERVICE_TABLES.get_value(svc.id, &slot)?;
+    let backend_id = table_slot(svc.id, slot)?;
     if backend_id == 0 {
         return None;
     }
@@ -50,4 +50,11 @@ fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
     chosen.addr = backend.addr;
     chosen.port_be = backend.port_be;
     Some(())
+}
+
+/// Slot `slot` of service `id`'s table (two slots to an element, see `TableElement`).
+#[inline(always)]
+fn table_slot(id: u32, slot: u32) -> Option<u32> {
+    let element = SERVICE_TABLES.get_value(id, &(slot / SLOTS_PER_ELEMENT))?;
+    Some(element[(slot % SLOTS_PER_ELEMENT) as usize])
 }

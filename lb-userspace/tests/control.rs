@@ -709,3 +709,88 @@ fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
         lb.stop().unwrap();
     }
 }
+
+/// `bpf(2)` for the test below, which makes a map aya cannot: an array of maps whose tables
+/// have another element size, as an older meshlb would have pinned.
+fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> i64 {
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer set up for `command`; pointers in it
+    // point at live locals of the caller.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
+#[test]
+fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::{limits::MAX_SERVICES, maps::SELECTION_TABLE_FLAGS};
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    const MAP_CREATE: libc::c_long = 0;
+    const MAP_UPDATE_ELEM: libc::c_long = 2;
+    const OBJ_PIN: libc::c_long = 6;
+    const ARRAY: u64 = 2;
+    const ARRAY_OF_MAPS: u64 = 12;
+    let dir = Path::new("/sys/fs/bpf").join(format!(
+        "{}{}-layout",
+        lb_userspace::testkit::lbd::PIN_PREFIX,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _remove = Remove(&dir);
+
+    // map_type | key_size << 32, value_size | max_entries << 32, map_flags | inner_map_fd << 32
+    let mut attr = [0u64; 16];
+    attr[0] = ARRAY | 4 << 32;
+    attr[1] = 4 | 3 << 32;
+    attr[2] = u64::from(SELECTION_TABLE_FLAGS);
+    let inner = bpf(MAP_CREATE, &mut attr);
+    assert!(inner > 0, "inner map: {}", std::io::Error::last_os_error());
+    let mut attr = [0u64; 16];
+    attr[0] = ARRAY_OF_MAPS | 4 << 32;
+    attr[1] = 4 | u64::from(MAX_SERVICES) << 32;
+    attr[2] = (inner as u64) << 32;
+    let outer = bpf(MAP_CREATE, &mut attr);
+    assert!(outer > 0, "outer map: {}", std::io::Error::last_os_error());
+    let (key, value) = (0u32, inner as u32);
+    let mut attr = [0u64; 16];
+    attr[0] = outer as u64;
+    attr[1] = &key as *const u32 as u64;
+    attr[2] = &value as *const u32 as u64;
+    assert_eq!(bpf(MAP_UPDATE_ELEM, &mut attr), 0, "table 0");
+    let path = dir.join("maps").join("SERVICE_TABLES");
+    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = outer as u64;
+    assert_eq!(bpf(OBJ_PIN, &mut attr), 0, "pin");
+    // SAFETY: descriptors this test opened; the pin keeps the maps.
+    unsafe {
+        libc::close(inner as i32);
+        libc::close(outer as i32);
+    }
+
+    let error = Dataplane::load(LoadOptions {
+        pin_dir: Some(dir.clone()),
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("tables of another layout are not adopted")
+    .to_string();
+    assert!(
+        error.contains("4-byte elements") && error.contains("lbd cleanup"),
+        "{error}"
+    );
+}

@@ -8,7 +8,7 @@ use aya::maps::{
 use lb_common::{
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TABLE_LEN_SLOT,
-        TrafficCounters, names,
+        TableElement, TrafficCounters, names, table_elements,
     },
     stats::StatSlot,
 };
@@ -517,24 +517,28 @@ fn set_tables(outer: i32, jobs: &[(u32, Option<&TableSpec>)]) -> Result<(), Data
 
 /// A new inner table: slot 0 holds the length, then the backend ids, written through a
 /// memory mapping of the array.
-fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>, DataplaneError> {
+fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, TableElement>, DataplaneError> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let len = u32::try_from(backend_ids.len()).map_err(|_| DataplaneError::MapValue {
-        name: names::SERVICE_TABLES,
-        message: format!("a table of {} entries is too large", backend_ids.len()),
-    })?;
-    let inner: Array<MapData, u32> =
-        Array::create(len + 1, SELECTION_TABLE_FLAGS).map_err(map_err(names::SERVICE_TABLES))?;
+    let len = u32::try_from(backend_ids.len())
+        .ok()
+        .filter(|len| *len < u32::MAX)
+        .ok_or_else(|| DataplaneError::MapValue {
+            name: names::SERVICE_TABLES,
+            message: format!("a table of {} entries is too large", backend_ids.len()),
+        })?;
+    let elements = table_elements(len);
+    let inner: Array<MapData, TableElement> =
+        Array::create(elements, SELECTION_TABLE_FLAGS).map_err(map_err(names::SERVICE_TABLES))?;
     let data: &MapData = inner.map();
     let fd = data.fd().as_fd().as_raw_fd();
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    // The kernel lays array elements out 8 bytes apart whatever their size: each u32 slot is
-    // the low half (little endian) of a u64.
-    let bytes = (backend_ids.len() + 1) * std::mem::size_of::<u64>();
+    // Elements are 8 bytes apart and hold two slots each: the slots lie back to back.
+    let bytes = elements as usize * std::mem::size_of::<TableElement>();
     let mapped = bytes.div_ceil(page) * page;
-    // SAFETY: the array was created mmapable with len + 1 slots of 8 bytes; the kernel backs
-    // `mapped` bytes (the size rounded up to pages). We write within `bytes` and unmap.
+    // SAFETY: the array was created mmapable with `elements` elements of 8 bytes; the kernel
+    // backs `mapped` bytes (the size rounded up to pages). We write len + 1 slots of 4 bytes,
+    // within `bytes`, and unmap.
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -550,12 +554,10 @@ fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, u32>, DataplaneErro
                 message: format!("mapping a new table: {}", std::io::Error::last_os_error()),
             });
         }
-        let slots = p.cast::<u64>();
-        slots
-            .add(TABLE_LEN_SLOT as usize)
-            .write(u64::from(len).to_le());
+        let slots = p.cast::<u32>();
+        slots.add(TABLE_LEN_SLOT as usize).write(len.to_le());
         for (i, id) in backend_ids.iter().enumerate() {
-            slots.add(i + 1).write(u64::from(*id).to_le());
+            slots.add(i + 1).write(id.to_le());
         }
         libc::munmap(p, mapped);
     }

@@ -12,8 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::MapInfo;
-use lb_common::maps::names;
+use aya::maps::{ArrayOfMaps, MapInfo};
+use lb_common::maps::{TableElement, names};
 
 use super::DataplaneError;
 
@@ -150,6 +150,9 @@ pub(crate) fn check_compatible(
         };
         let have = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
         let want = (want.key_size(), want.value_size(), want_entries);
+        if have == want && name == names::SERVICE_TABLES {
+            check_table_layout(&path)?;
+        }
         if have != want {
             let hint = if name == names::CONNTRACK && have.0 == want.0 && have.1 == want.1 {
                 format!(
@@ -172,6 +175,38 @@ pub(crate) fn check_compatible(
                 want.2
             )));
         }
+    }
+    Ok(())
+}
+
+/// The tables inside a pinned `SERVICE_TABLES` must have this build's element size: the outer
+/// map's own sizes do not show it (its values are map ids), and a table of another layout
+/// would be read wrongly, not refused.
+fn check_table_layout(path: &Path) -> Result<(), DataplaneError> {
+    let read = |e: aya::maps::MapError| {
+        DataplaneError::Pin(format!("reading the tables in {}: {e}", path.display()))
+    };
+    let data = aya::maps::MapData::from_pin(path).map_err(read)?;
+    let tables: ArrayOfMaps<aya::maps::MapData, aya::maps::MapData> =
+        ArrayOfMaps::try_from(aya::maps::Map::ArrayOfMaps(data)).map_err(read)?;
+    let want = std::mem::size_of::<TableElement>() as u32;
+    // Service ids are dense from 0: the first table is found at once.
+    for id in 0..tables.len() {
+        let inner = match tables.get(&id, 0) {
+            Ok(inner) => inner,
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(read(e)),
+        };
+        let have = inner.info().map_err(read)?.value_size();
+        if have != want {
+            return Err(DataplaneError::Pin(format!(
+                "the selection tables in {} have {have}-byte elements, this lbd needs {want}: \
+                 they were made by another meshlb version; run `lbd cleanup` (this forgets \
+                 tracked flows) and start again",
+                path.display()
+            )));
+        }
+        return Ok(());
     }
     Ok(())
 }
