@@ -369,6 +369,15 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
             assert_eq!(&s.request().expect("TCP across reloads").backend, backend);
         }
     }
+    let modes = |status: &serde_json::Value| -> Vec<(String, String)> {
+        status["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["interface"].to_string(), a["mode"].to_string()))
+            .collect()
+    };
+    let modes_before = modes(&lbctl_json(&lb, &["status"]));
     let before_kill = sent.load(Ordering::Relaxed);
     lb.kill().expect("kill -9");
     // With lbd dead, the pinned program keeps forwarding.
@@ -392,6 +401,13 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
             .iter()
             .all(|a| a["adopted"] == true),
         "the new lbd adopts the pinned links: {status}"
+    );
+    // Each adopted link reports the mode the kernel runs it in (the bridge takes only generic
+    // XDP), not the mode asked for.
+    assert_eq!(modes(&status), modes_before);
+    assert!(
+        modes_before.contains(&(format!("{:?}", topo.node_bridge), "\"generic\"".to_owned())),
+        "{modes_before:?}"
     );
     assert!(lb.output().contains("ids recovered"), "{}", lb.output());
     for (s, backend) in sessions.iter_mut() {

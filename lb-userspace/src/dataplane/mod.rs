@@ -3,6 +3,7 @@
 mod batch;
 mod maps;
 pub mod pin;
+mod xdp_mode;
 
 use std::{
     collections::BTreeMap,
@@ -146,7 +147,8 @@ impl Default for LoadOptions {
 pub struct Attachment {
     pub interface: String,
     pub ifindex: u32,
-    /// The mode asked for (`auto` resolved); an adopted link keeps the mode it was made with.
+    /// The mode the program runs in (`auto` resolved; an adopted link's as the kernel reports
+    /// it, which an earlier `lbd` chose).
     pub mode: XdpMode,
     /// The program was swapped into a link a previous `lbd` pinned.
     pub adopted: bool,
@@ -357,7 +359,15 @@ impl Dataplane {
             Err(_) => false,
         };
         let mode = if adopted {
-            mode
+            // Attached by an earlier lbd, perhaps with another --xdp-mode.
+            match xdp_mode::attached_mode(ifindex) {
+                Ok(Some(attached)) => attached,
+                Ok(None) => mode,
+                Err(e) => {
+                    warn!(interface, "reading the adopted link's XDP mode: {e}");
+                    mode
+                }
+            }
         } else {
             let (id, mode) = attach_xdp(xdp, interface, mode)?;
             let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
