@@ -810,3 +810,88 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
         "{error}"
     );
 }
+
+#[test]
+fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
+    if !e2e_enabled() {
+        return;
+    }
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::maps::{EndpointKey, Service};
+    let (topo, _servers) = setup(3);
+    let mut lb = start(&topo, &services("\"198.18.2.10\", \"198.18.2.11\""), &[]);
+    let before = generation(&lb);
+    let list_before = lbctl(&lb, &["list"]);
+
+    // Something else fills the frontend map: the kernel then refuses the new service's
+    // frontend, after its backends, table and endpoints are written.
+    let path = lb.pin_dir().join("maps").join("FRONTENDS");
+    let mut frontends: HashMap<MapData, EndpointKey, Service> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(&path).expect("pinned FRONTENDS"),
+    ))
+    .expect("FRONTENDS");
+    let junk = |i: u32| EndpointKey {
+        // 198.18.192.0/18 and up: addresses nothing here uses.
+        addr: lb_userspace::reconcile::addr(std::net::Ipv4Addr::from(0xC612_C000 + i).into()),
+        port_be: 9u16.to_be(),
+        proto: 17,
+        _pad: 0,
+    };
+    let mut filled = 0;
+    while frontends
+        .insert(junk(filled), Service::default(), 0)
+        .is_ok()
+    {
+        filled += 1;
+        assert!(
+            filled <= lb_common::limits::MAX_FRONTENDS,
+            "the map never filled"
+        );
+    }
+    let add = [
+        "add-service",
+        "dns",
+        "--vip",
+        "198.18.100.2",
+        "--port",
+        "53:5353/udp",
+        "--backend",
+        "198.18.2.12",
+    ];
+    let (ok, _, err) = lb.lbctl(&add).unwrap();
+    assert!(!ok, "the kernel refused: lbctl must fail");
+    assert!(
+        err.contains("FRONTENDS") && err.contains("the map is full"),
+        "the error names the map and the cause: {err}"
+    );
+    // Undone: same generation, same services, the old service still serves, nothing degraded.
+    assert_eq!(generation(&lb), before);
+    assert_eq!(lbctl(&lb, &["list"]), list_before);
+    let status = lbctl_json(&lb, &["status"]);
+    assert!(status["degraded"].is_null(), "{status}");
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(udp_request(&topo.client, dns(), TIMEOUT).unwrap().backend);
+    }
+    assert_eq!(seen, set(&["backend-0", "backend-1"]));
+    let dns2: SocketAddr = "198.18.100.2:53".parse().unwrap();
+    assert!(udp_request(&topo.client, dns2, Duration::from_millis(300)).is_err());
+    // The refused change was not kept either: a restart brings back the same configuration.
+    lb.restart(&topo.node).expect("restart");
+    assert_eq!(lbctl(&lb, &["list"]), list_before);
+
+    // With room again, the same request goes through.
+    let mut frontends: HashMap<MapData, EndpointKey, Service> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(&path).expect("pinned FRONTENDS"),
+    ))
+    .expect("FRONTENDS");
+    for i in 0..filled {
+        let _ = frontends.remove(&junk(i));
+    }
+    let out = lbctl(&lb, &add);
+    assert!(out.contains("added service dns"), "{out}");
+    assert_eq!(
+        udp_request(&topo.client, dns2, TIMEOUT).unwrap().backend,
+        "backend-2"
+    );
+}

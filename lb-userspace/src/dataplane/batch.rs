@@ -97,12 +97,20 @@ pub fn update_fd<K: Pod, V: Pod>(
             values.as_ptr() as u64,
             keys.len(),
         )
-        .map_err(|(done, error)| DataplaneError::MapValue {
-            name,
-            message: format!(
-                "writing {} entries (the kernel took {done}): {error}",
-                keys.len()
-            ),
+        .map_err(|(done, error)| {
+            // E2BIG from an update is a full map, whatever strerror says.
+            let why = if error.raw_os_error() == Some(libc::E2BIG) {
+                "the map is full".to_owned()
+            } else {
+                error.to_string()
+            };
+            DataplaneError::MapValue {
+                name,
+                message: format!(
+                    "writing {} entries (the kernel took {done}): {why}",
+                    keys.len()
+                ),
+            }
         })?;
     }
     Ok(())
