@@ -826,10 +826,13 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     // Something else fills the frontend map: the kernel then refuses the new service's
     // frontend, after its backends, table and endpoints are written.
     let path = lb.pin_dir().join("maps").join("FRONTENDS");
-    let mut frontends: HashMap<MapData, EndpointKey, Service> = HashMap::try_from(Map::HashMap(
-        MapData::from_pin(&path).expect("pinned FRONTENDS"),
-    ))
-    .expect("FRONTENDS");
+    let open = || -> HashMap<MapData, EndpointKey, Service> {
+        HashMap::try_from(Map::HashMap(
+            MapData::from_pin(&path).expect("pinned FRONTENDS"),
+        ))
+        .expect("FRONTENDS")
+    };
+    let mut frontends = open();
     let junk = |i: u32| EndpointKey {
         // 198.18.192.0/18 and up: addresses nothing here uses.
         addr: lb_userspace::reconcile::addr(std::net::Ipv4Addr::from(0xC612_C000 + i).into()),
@@ -881,10 +884,7 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     assert_eq!(lbctl(&lb, &["list"]), list_before);
 
     // With room again, the same request goes through.
-    let mut frontends: HashMap<MapData, EndpointKey, Service> = HashMap::try_from(Map::HashMap(
-        MapData::from_pin(&path).expect("pinned FRONTENDS"),
-    ))
-    .expect("FRONTENDS");
+    let mut frontends = open();
     for i in 0..filled {
         let _ = frontends.remove(&junk(i));
     }
