@@ -64,8 +64,8 @@ stat_slots! {
     /// A TCP flow whose backend left its service was answered with a RST from the frontend
     /// (`on_backend_removal: reset`); the RST is sent like a reply.
     FlowReset = "flow_reset", Event;
-    /// An IPv4 packet too big for the egress MTU was answered with ICMP "fragmentation
-    /// needed" to its sender (quoting it as sent); the ICMP is sent like a reply.
+    /// A packet too big for the egress MTU was answered with ICMP "fragmentation needed" or
+    /// ICMPv6 "packet too big" to its sender (quoting it as sent); sent like a reply.
     IcmpTooBig = "icmp_too_big", Event;
     /// New flows started (a backend was chosen).
     NewFlow = "new_flow", Event;
@@ -83,8 +83,8 @@ stat_slots! {
     DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
     DropFibFailed = "drop_fib_failed", Outcome;
-    /// Dropped: larger than the egress MTU, and not answered with `icmp_too_big` (IPv6, ICMP,
-    /// a packet shorter than the quote, or the answer could not be sent).
+    /// Dropped: larger than the egress MTU, and not answered with `icmp_too_big` (ICMP, a
+    /// packet shorter than the quote, or the answer could not be sent).
     DropTooBig = "drop_too_big", Outcome;
     /// Dropped: the connection table refused an insert.
     DropConntrackFull = "drop_conntrack_full", Outcome;

@@ -1,7 +1,7 @@
-//! A translated IPv4 TCP/UDP packet too big for its egress MTU is answered with ICMP
-//! "fragmentation needed" to its sender, quoting the packet as the sender sent it (the
-//! translation undone), so path MTU discovery works through the balancer. Others too big
-//! (IPv6, ICMP, shorter than the quote) are dropped and counted as `drop_too_big`.
+//! A translated TCP/UDP packet too big for its egress MTU is answered to its sender with ICMP
+//! "fragmentation needed" (IPv4) or ICMPv6 "packet too big", quoting the packet as the sender
+//! sent it (the translation undone), so path MTU discovery works through the balancer. Others
+//! too big (ICMP, shorter than the quote) are dropped and counted as `drop_too_big`.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -16,7 +16,7 @@ use lb_common::{
 use crate::{
     forward,
     nat::{self, Side, add_word, fold},
-    parse::{IPV4_HLEN, Packet, pkt_read, pkt_write, ptr_at},
+    parse::{IPV4_HLEN, IPV6_HLEN, Packet, pkt_read, pkt_write, ptr_at},
     stats::count,
 };
 
@@ -29,6 +29,11 @@ const QUOTE: usize = 576 - IPV4_HLEN - ICMP_HLEN;
 /// The ICMP message, summed in two pieces (bpf_csum_diff takes at most 512 bytes).
 const SUM_FIRST: usize = 512;
 const SUM_REST: usize = ICMP_HLEN + QUOTE - SUM_FIRST;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// IPv6's quote: as much as fits in the minimum IPv6 MTU, 1280 bytes (RFC 4443 §2.4).
+const QUOTE6: usize = 1280 - IPV6_HLEN - ICMP_HLEN;
+/// The ICMPv6 message in three pieces (bpf_csum_diff takes at most 512 bytes).
+const SUM6_LAST: usize = ICMP_HLEN + QUOTE6 - 2 * SUM_FIRST;
 /// Ethernet and up to two VLAN tags, moved to the new front.
 const MAX_L2: usize = 22;
 const TTL: u8 = 64;
@@ -42,21 +47,27 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
         return xdp_action::XDP_DROP;
     }
     count(StatSlot::IcmpTooBig);
-    let ip_len = IPV4_HLEN + ICMP_HLEN + QUOTE;
+    let (ip_hlen, ip_len, icmp_proto, icmp_type) = if pkt.v6 {
+        let len = IPV6_HLEN + ICMP_HLEN + QUOTE6;
+        (IPV6_HLEN, len, proto::ICMPV6, ICMPV6_PACKET_TOO_BIG)
+    } else {
+        let len = IPV4_HLEN + ICMP_HLEN + QUOTE;
+        (IPV4_HLEN, len, proto::ICMP, ICMP_DEST_UNREACH)
+    };
     let out = Packet {
         key: FlowKey {
             src: pkt.key.dst,
             dst: pkt.key.src,
             sport_be: 0,
             dport_be: 0,
-            proto: proto::ICMP,
+            proto: icmp_proto,
             _pad: [0; 3],
         },
-        v6: false,
+        v6: pkt.v6,
         l3: pkt.l3,
-        l4: pkt.l3 + IPV4_HLEN as u16,
+        l4: pkt.l3 + ip_hlen as u16,
         tcp_flags: 0,
-        icmp_type: ICMP_DEST_UNREACH,
+        icmp_type,
         tos: 0,
         ip_tot_len_be: (ip_len as u16).to_be(),
         len: (pkt.l3() + ip_len) as u32,
@@ -72,38 +83,58 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
 /// Turns the packet into the ICMP error. `None` leaves it to be dropped.
 #[inline(always)]
 fn build(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
-    if pkt.v6 || (pkt.key.proto != proto::TCP && pkt.key.proto != proto::UDP) {
+    if pkt.key.proto != proto::TCP && pkt.key.proto != proto::UDP {
         return None;
     }
+    if pkt.v6 {
+        make_room(ctx, pkt, IPV6_HLEN + ICMP_HLEN, QUOTE6)?;
+        build_v6(ctx, pkt, mtu)
+    } else {
+        make_room(ctx, pkt, IPV4_HLEN + ICMP_HLEN, QUOTE)?;
+        build_v4(ctx, pkt, mtu)
+    }
+}
+
+/// Undoes the translation (the quote is the packet as its sender sent it), makes `grow` bytes
+/// of room for the new IP and ICMP headers in front of the quote, and cuts the packet after
+/// `quote` bytes of it.
+#[inline(always)]
+fn make_room(ctx: &XdpContext, pkt: &Packet, grow: usize, quote: usize) -> Option<()> {
     let l3 = pkt.l3();
-    if pkt.ip_end() < l3 + QUOTE {
+    if pkt.ip_end() < l3 + quote {
         return None;
     }
-    // The quote is the packet as its sender sent it: both sides back to what was parsed.
     if !nat::rewrite(ctx, pkt, Side::Destination, &pkt.key.dst, pkt.key.dport_be)
         || !nat::rewrite(ctx, pkt, Side::Source, &pkt.key.src, pkt.key.sport_be)
     {
         return None;
     }
-    let grow = IPV4_HLEN + ICMP_HLEN;
     // SAFETY: grows the headroom; checked.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return None;
     }
     // The link-layer header moves to the new front (copying MAX_L2 bytes whatever `l3` is:
-    // the rest is overwritten below).
-    let front = ptr_at::<[u16; (MAX_L2 + IPV4_HLEN + ICMP_HLEN) / 2]>(ctx, 0)?.cast::<u16>();
+    // the rest is overwritten by the caller).
+    let front = ptr_at::<[u16; (MAX_L2 + IPV6_HLEN + ICMP_HLEN) / 2]>(ctx, 0)?.cast::<u16>();
     for i in 0..MAX_L2 / 2 {
-        // SAFETY: within the bounds checked above; source and destination do not overlap.
+        // SAFETY: within the bounds checked above (grow <= IPV6_HLEN + ICMP_HLEN); source and
+        // destination do not overlap.
         unsafe { pkt_write(front.add(i), pkt_read(front.add(grow / 2 + i))) };
     }
-    let want = l3 + grow + QUOTE;
+    let want = l3 + grow + quote;
     let have = ctx.data_end() - ctx.data();
     // SAFETY: shrinks the packet to the headers and the quote (have >= want: checked above).
     if have > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
         return None;
     }
+    Some(())
+}
 
+/// The IPv4 header and the ICMP "fragmentation needed" in front of the quote. Not inlined
+/// (nor is `build_v6`): the two would share `answer`'s stack frame, which is limited.
+#[inline(never)]
+fn build_v4(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
+    let l3 = pkt.l3();
     let ip = ptr_at::<[u32; 5]>(ctx, l3)?;
     let tot_len = ((IPV4_HLEN + ICMP_HLEN + QUOTE) as u16).to_be_bytes();
     let mut header = [
@@ -152,6 +183,87 @@ fn build(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
     }
     let csum = (!fold(sum as u32)).to_ne_bytes();
     icmp_header[0] = u32::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, csum[0], csum[1]]);
+    // SAFETY: bounds-checked by ptr_at above (the packet has not changed since).
+    unsafe { pkt_write(icmp, icmp_header) };
+    Some(())
+}
+
+/// The IPv6 header and the ICMPv6 "packet too big" in front of the quote.
+#[inline(never)]
+fn build_v6(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
+    let l3 = pkt.l3();
+    let ip = ptr_at::<[u32; 10]>(ctx, l3)?;
+    let payload_len = ((ICMP_HLEN + QUOTE6) as u16).to_be_bytes();
+    // From the address the sender sent to, as a router on its path would answer.
+    let (src, dst) = (pkt.key.dst.words, pkt.key.src.words);
+    let header = [
+        u32::from_ne_bytes([0x60, 0, 0, 0]),
+        u32::from_ne_bytes([payload_len[0], payload_len[1], proto::ICMPV6, TTL]),
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ];
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { pkt_write(ip, header) };
+
+    let icmp = ptr_at::<[u32; 2]>(ctx, l3 + IPV6_HLEN)?;
+    let mut icmp_header = [
+        u32::from_ne_bytes([ICMPV6_PACKET_TOO_BIG, 0, 0, 0]),
+        u32::from(mtu).to_be(),
+    ];
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe { pkt_write(icmp, icmp_header) };
+    // The pseudo-header: addresses, upper-layer length, next header.
+    let mut sum = 0;
+    for i in 0..4 {
+        sum = add_word(sum, src[i]);
+        sum = add_word(sum, dst[i]);
+    }
+    sum = add_word(sum, ((ICMP_HLEN + QUOTE6) as u32).to_be());
+    sum = add_word(sum, u32::from(proto::ICMPV6).to_be());
+    let first = ptr_at::<[u8; SUM_FIRST]>(ctx, l3 + IPV6_HLEN)?;
+    let second = ptr_at::<[u8; SUM_FIRST]>(ctx, l3 + IPV6_HLEN + SUM_FIRST)?;
+    let last = ptr_at::<[u8; SUM6_LAST]>(ctx, l3 + IPV6_HLEN + 2 * SUM_FIRST)?;
+    // SAFETY: the regions are bounds-checked packet memory of the sizes given.
+    let sum = unsafe {
+        let s = bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            first.cast(),
+            SUM_FIRST as u32,
+            sum,
+        );
+        if s < 0 {
+            return None;
+        }
+        let s = bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            second.cast(),
+            SUM_FIRST as u32,
+            s as u32,
+        );
+        if s < 0 {
+            return None;
+        }
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            last.cast(),
+            SUM6_LAST as u32,
+            s as u32,
+        )
+    };
+    if sum < 0 {
+        return None;
+    }
+    let csum = (!fold(sum as u32)).to_ne_bytes();
+    icmp_header[0] = u32::from_ne_bytes([ICMPV6_PACKET_TOO_BIG, 0, csum[0], csum[1]]);
     // SAFETY: bounds-checked by ptr_at above (the packet has not changed since).
     unsafe { pkt_write(icmp, icmp_header) };
     Some(())

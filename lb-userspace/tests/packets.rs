@@ -14,8 +14,8 @@ use lb_userspace::{
         e2e_enabled,
         packet::{
             CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
-            TCP_SYN, icmpv4_error, icmpv4_frame, parse_icmpv4, parse_ipv4, parse_ipv6,
-            with_vlan_tags,
+            TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6,
+            parse_ipv4, parse_ipv6, with_vlan_tags,
         },
         progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
     },
@@ -995,16 +995,36 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
 
-        // IPv6: not answered yet, dropped and counted.
+        // IPv6: ICMPv6 "packet too big" from the VIP, quoting the first 1232 bytes (all that
+        // fits in 1280) of the packet as the client sent it.
         let client6 = sock6("fd00:1::2", 40021);
         let vip6 = sock6("fd00:100::1", 80);
+        lb.run(&Ipv6Frame::tcp(client6, vip6, TCP_SYN).build());
+        // 40 + 20 + 1441 = 1501 bytes of IPv6: one more than the backend side's MTU.
         let big6 = Ipv6Frame {
-            payload: vec![0; 1441],
+            payload: (0..1441).map(|i| (i * 7) as u8).collect(),
+            ..Ipv6Frame::tcp(client6, vip6, TCP_ACK)
+        }
+        .build();
+        let before = lb.stats();
+        let out = lb.run(&big6);
+        let after = lb.stats();
+        let mut message = vec![2, 0, 0, 0, 0, 0, 0x05, 0xdc];
+        message.extend_from_slice(&big6[14..14 + 1232]);
+        let expected = icmpv6_frame((CLIENT_MAC, NODE_MAC), *vip6.ip(), *client6.ip(), &message);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet.len(), expected.len());
+        assert_eq!(out.packet, expected);
+        parse_icmpv6(&out.packet).expect("checksum");
+        for (slot, n) in [(StatSlot::IcmpTooBig, 1), (StatSlot::DropTooBig, 0)] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+        // One byte less fits, and goes on to the backend.
+        let fits = Ipv6Frame {
+            payload: vec![0; 1440],
             ..Ipv6Frame::tcp(client6, vip6, TCP_ACK)
         };
-        let before = lb.stats();
-        let out = lb.run(&big6.build());
-        assert_eq!(out.action, XDP_DROP);
-        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropTooBig), 1);
+        let out = lb.run(&fits.build());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
     });
 }

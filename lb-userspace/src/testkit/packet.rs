@@ -415,6 +415,54 @@ pub fn parse_icmpv4(frame: &[u8]) -> Result<&[u8], String> {
     Ok(message)
 }
 
+/// The ICMPv6 checksum's pseudo-header sum (RFC 8200 §8.1): addresses, length, next header.
+fn icmpv6_pseudo_sum(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> u32 {
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    u32::from(!checksum(&pseudo, 0))
+}
+
+/// An Ethernet + IPv6 + ICMPv6 frame (hop limit 64): `icmp` is the ICMPv6 message without its
+/// checksum, which is computed here (bytes 2..4 are overwritten).
+pub fn icmpv6_frame(eth: ([u8; 6], [u8; 6]), src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> Vec<u8> {
+    let mut message = icmp.to_vec();
+    message[2..4].copy_from_slice(&[0, 0]);
+    let csum = checksum(&message, icmpv6_pseudo_sum(src, dst, message.len()));
+    message[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::with_capacity(54 + message.len());
+    f.extend_from_slice(&eth.1);
+    f.extend_from_slice(&eth.0);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&message);
+    f
+}
+
+/// Checks an ICMPv6 frame's checksum (pseudo-header included). Returns the ICMPv6 message.
+pub fn parse_icmpv6(frame: &[u8]) -> Result<&[u8], String> {
+    if frame.len() < 62 || frame[12..14] != [0x86, 0xdd] || frame[20] != 58 {
+        return Err("not an IPv6 ICMPv6 frame".into());
+    }
+    let ip = &frame[14..];
+    let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let message = ip
+        .get(40..40 + len)
+        .ok_or("IPv6 payload length beyond the frame")?;
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    if checksum(message, icmpv6_pseudo_sum(src, dst, len)) != 0 {
+        return Err("bad ICMPv6 checksum".into());
+    }
+    Ok(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
