@@ -242,7 +242,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(serve(shared.clone(), resolved, token))?;
-    // The final counters, one JSON line on stdout, for scripts and tests.
+    // The final global counters, one JSON line on stdout, for scripts and tests. Bounded
+    // whatever the configuration (per service counters of 10,000 services would be a 20 MB
+    // line in the journal): those are `lbctl stats` and /metrics while lbd runs.
     let occupancy = shared
         .daemon
         .lock()
@@ -253,7 +255,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("daemon lock"))?
         .report(occupancy)?;
-    println!("{}", serde_json::to_string(&report)?);
+    let summary = serde_json::json!({
+        "generation": report.generation,
+        "global": report.global,
+        "conntrack": report.conntrack,
+        "services": report.services.len(),
+    });
+    println!("{summary}");
     info!("stopped; the dataplane keeps forwarding (pinned); `lbd cleanup` removes it");
     Ok(())
 }
