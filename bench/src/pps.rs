@@ -167,6 +167,9 @@ pub struct ScalePoint {
     /// baseline / point per round: 1.0 is flat, 1.2 is 20 % slower.
     pub slowdown: Spread,
     pub lost: u64,
+    /// Flows meshlb started while the point was measured, per round (after a warm-up that
+    /// sent every flow once): a tracked flow that was not kept is started again.
+    pub new_flows: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -209,10 +212,10 @@ impl Bench<'_> {
         set_flows: u32,
         args: &PpsArgs,
         warmup_packets: u64,
-    ) -> Result<RunSummary> {
+    ) -> Result<Measured> {
         let set = flow_set(through, args.kind, false, set_flows, args.size);
         let frame = self.traffic.configure(&set)?;
-        let node = Node::start(through, self.topo, self.traffic, config)?;
+        let mut node = Node::start(through, self.topo, self.traffic, config)?;
         let limits = |count: Option<u64>, seconds: f64| Limits {
             count,
             duration: Duration::from_secs_f64(seconds),
@@ -229,25 +232,57 @@ impl Bench<'_> {
                 limits(Some(warmup_packets.max(u64::from(set_flows))), 30.0),
                 false,
             )?;
-            self.traffic.run(
+            // meshlb's flows started so far: the measured phase's are counted against it.
+            let new_flows_before = node.lbd().map(lbd_new_flows).transpose()?;
+            let summary = self.traffic.run(
                 &self.topo.generator,
                 topo::GEN_IF,
                 &frame,
                 self.cpu,
                 limits(None, args.seconds),
                 false,
-            )
+            )?;
+            Ok::<_, anyhow::Error>((summary, new_flows_before))
         })();
         let stopped = node.stop(self.topo, self.traffic);
-        let summary = result.with_context(|| format!("{} run", through.name()))?;
-        stopped?;
+        let (summary, new_flows_before) =
+            result.with_context(|| format!("{} run", through.name()))?;
+        let counters = stopped?;
         ensure!(
             summary.delivered > 0,
             "{}: nothing arrived at the sink",
             through.name()
         );
-        Ok(summary)
+        let new_flows = match (new_flows_before, counters) {
+            (Some(before), Some(after)) => Some(
+                global_counter(&after, "new_flow")
+                    .context("lbd's counters have no new_flow")?
+                    .saturating_sub(before),
+            ),
+            _ => None,
+        };
+        Ok(Measured { summary, new_flows })
     }
+}
+
+/// A measured run, and the flows meshlb started during it (lbd only; the warm-up started
+/// every flow of the set, so more than a few here means the table did not keep them).
+struct Measured {
+    summary: RunSummary,
+    new_flows: Option<u64>,
+}
+
+/// A global counter of lbd's counter report (`lbctl -o json stats`, or what it prints on exit).
+fn global_counter(report: &serde_json::Value, name: &str) -> Option<u64> {
+    report["global"][name].as_u64()
+}
+
+/// Flows the running lbd has started so far.
+fn lbd_new_flows(lbd: &mut lb_userspace::testkit::Lbd) -> Result<u64> {
+    let (ok, stdout, stderr) = lbd.lbctl(&["-o", "json", "stats"])?;
+    ensure!(ok, "lbctl stats failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).context("lbctl stats output")?;
+    global_counter(&report, "new_flow").context("lbctl stats has no new_flow")
 }
 
 fn max_min(summary: &RunSummary) -> Option<f64> {
@@ -302,7 +337,9 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     for round in 0..args.rounds {
         for i in rotated(CONTENDERS.len(), round) {
             let through = &CONTENDERS[i];
-            let s = bench.measure(*through, &config, args.flows, args, 100_000)?;
+            let s = bench
+                .measure(*through, &config, args.flows, args, 100_000)?
+                .summary;
             println!(
                 "pps: round {round}: {:<22} {:6.3} Mpps delivered (sent {:6.3}, lost {})",
                 through.name(),
@@ -401,14 +438,20 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     }
     for (what, point_config, flows) in points {
         let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
+        let mut new_flows = Vec::new();
         for _ in 0..args.scale_rounds.max(1) {
-            let b = bench.measure(Through::Meshlb, &config, args.flows, args, 100_000)?;
-            let p = bench.measure(Through::Meshlb, &point_config, flows, args, 100_000)?;
+            let b = bench
+                .measure(Through::Meshlb, &config, args.flows, args, 100_000)?
+                .summary;
+            let m = bench.measure(Through::Meshlb, &point_config, flows, args, 100_000)?;
+            let p = m.summary;
             println!(
-                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3})",
+                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3}), {} new flows while measured",
                 p.delivered_pps() / 1e6,
-                b.delivered_pps() / 1e6
+                b.delivered_pps() / 1e6,
+                m.new_flows.map_or("?".to_owned(), |n| n.to_string()),
             );
+            new_flows.extend(m.new_flows);
             lost += p.lost();
             at.push(p.delivered_pps() / 1e6);
             base.push(b.delivered_pps() / 1e6);
@@ -420,6 +463,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
             mpps: at,
             baseline_mpps: base,
             lost,
+            new_flows,
         });
     }
     drop(traffic);
@@ -509,18 +553,23 @@ pub fn render_markdown(r: &PpsReport) -> String {
         ));
     }
     if !r.scaling.is_empty() {
-        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× |\n|---|---|---|---|---|\n");
+        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round |\n|---|---|---|---|---|---|\n");
         for p in &r.scaling {
             let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
             let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
             md.push_str(&format!(
-                "| {} | {m:.3} | {b:.3} | {} | {} |\n",
+                "| {} | {m:.3} | {b:.3} | {} | {} | {} |\n",
                 p.what,
                 fmt_spread(&p.slowdown, 2),
                 if p.slowdown.median <= 1.2 {
                     "yes"
                 } else {
                     "**no**"
+                },
+                if p.new_flows.is_empty() {
+                    "—".to_owned()
+                } else {
+                    p.new_flows.iter().max().unwrap_or(&0).to_string()
                 }
             ));
         }
@@ -566,6 +615,7 @@ mod tests {
                 baseline_mpps: vec![1.0],
                 slowdown: Spread::of(&[2.0]).unwrap(),
                 lost: 0,
+                new_flows: vec![0],
             }],
             load_before: 1.0,
             load_after: 2.0,
@@ -589,7 +639,7 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** |"
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 |"
             ),
             "{md}"
         );
