@@ -170,6 +170,11 @@ pub struct ScalePoint {
     /// Flows meshlb started while the point was measured, per round (after a warm-up that
     /// sent every flow once): a tracked flow that was not kept is started again.
     pub new_flows: Vec<u64>,
+    /// Flow-count points only: the redirect-only ceiling with the point's flow set, per
+    /// round, and its slowdown against the ceiling with the baseline's flows (measured next
+    /// to each other): the part of the slowdown that is not meshlb's.
+    pub ceiling_mpps: Vec<f64>,
+    pub ceiling_slowdown: Option<Spread>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -439,7 +444,22 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     for (what, point_config, flows) in points {
         let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
         let mut new_flows = Vec::new();
+        let (mut ceiling_at, mut ceiling_base) = (Vec::new(), Vec::new());
         for _ in 0..args.scale_rounds.max(1) {
+            if flows != args.flows {
+                // The same two flow sets through the redirect-only ceiling: what the
+                // generator and the veths themselves lose to the larger flow set.
+                let cb = bench.measure(Through::Ceiling, &config, args.flows, args, 100_000)?;
+                let cp = bench.measure(Through::Ceiling, &config, flows, args, 100_000)?;
+                println!(
+                    "pps: scaling {what:<22} ceiling, same flows {:6.3} Mpps (with {} flows {:6.3})",
+                    cp.summary.delivered_pps() / 1e6,
+                    args.flows,
+                    cb.summary.delivered_pps() / 1e6,
+                );
+                ceiling_at.push(cp.summary.delivered_pps() / 1e6);
+                ceiling_base.push(cb.summary.delivered_pps() / 1e6);
+            }
             let b = bench
                 .measure(Through::Meshlb, &config, args.flows, args, 100_000)?
                 .summary;
@@ -457,7 +477,14 @@ pub fn run(args: &PpsArgs) -> Result<()> {
             base.push(b.delivered_pps() / 1e6);
         }
         let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
+        let ceiling_slowdowns: Vec<f64> = ceiling_base
+            .iter()
+            .zip(&ceiling_at)
+            .map(|(b, p)| b / p)
+            .collect();
         scaling.push(ScalePoint {
+            ceiling_slowdown: Spread::of(&ceiling_slowdowns),
+            ceiling_mpps: ceiling_at,
             what,
             slowdown: Spread::of(&slowdowns).expect("rounds >= 1"),
             mpps: at,
@@ -553,12 +580,12 @@ pub fn render_markdown(r: &PpsReport) -> String {
         ));
     }
     if !r.scaling.is_empty() {
-        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round |\n|---|---|---|---|---|---|\n");
+        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets |\n|---|---|---|---|---|---|---|\n");
         for p in &r.scaling {
             let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
             let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
             md.push_str(&format!(
-                "| {} | {m:.3} | {b:.3} | {} | {} | {} |\n",
+                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} |\n",
                 p.what,
                 fmt_spread(&p.slowdown, 2),
                 if p.slowdown.median <= 1.2 {
@@ -570,7 +597,10 @@ pub fn render_markdown(r: &PpsReport) -> String {
                     "—".to_owned()
                 } else {
                     p.new_flows.iter().max().unwrap_or(&0).to_string()
-                }
+                },
+                p.ceiling_slowdown
+                    .as_ref()
+                    .map_or("—".to_owned(), |c| fmt_spread(c, 2)),
             ));
         }
     }
@@ -616,6 +646,8 @@ mod tests {
                 slowdown: Spread::of(&[2.0]).unwrap(),
                 lost: 0,
                 new_flows: vec![0],
+                ceiling_mpps: vec![1.2],
+                ceiling_slowdown: Spread::of(&[1.01]),
             }],
             load_before: 1.0,
             load_after: 2.0,
@@ -639,7 +671,7 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 |"
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 | 1.01 / **1.01** / 1.01 |"
             ),
             "{md}"
         );
