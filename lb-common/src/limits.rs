@@ -19,6 +19,10 @@ pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2_097_152;
 /// lookup). Bytes, not bits: a byte store needs no atomic read-modify-write.
 pub const REPLY_FILTER_ENTRIES: u32 = 512;
 pub const REPLY_FILTER_SLOTS: u32 = REPLY_FILTER_ENTRIES * 64;
+/// Slots of the per-CPU route memo (direct-mapped by source and destination address): a
+/// flow whose own cached route has expired takes a route the memo got from the FIB for the
+/// same addresses less than `LAST_SEEN_GRANULARITY_NS` ago. A power of two.
+pub const ROUTE_MEMO_SLOTS: u32 = 4096;
 /// Interfaces the program may redirect frames to with XDP_REDIRECT.
 pub const MAX_TX_PORTS: u32 = 1024;
 
