@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    limits::{LAST_SEEN_GRANULARITY_NS, ROUTE_MEMO_SLOTS},
+    limits::{ROUTE_MEMO_MAX_AGE_NS, ROUTE_MEMO_SLOTS},
     maps::{Flow, XDP_META_MAGIC, XdpMeta},
     stats::StatSlot,
 };
@@ -114,7 +114,7 @@ fn remember_route(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route:
 const NOT_MEMOIZED: u32 = u32::MAX;
 
 /// Whether the memo slot `m` holds a route for this packet's addresses, ingress, TOS and
-/// protocol, younger than `LAST_SEEN_GRANULARITY_NS` at `now`, whose MTU the packet fits.
+/// protocol, at most `ROUTE_MEMO_MAX_AGE_NS` old at `now`, whose MTU the packet fits.
 #[inline(always)]
 fn memo_fits(
     ctx: &XdpContext,
@@ -125,7 +125,7 @@ fn memo_fits(
     now: u64,
 ) -> bool {
     m.egress_ifindex != 0
-        && now.wrapping_sub(m.looked_up_ns) <= LAST_SEEN_GRANULARITY_NS
+        && now.wrapping_sub(m.looked_up_ns) <= ROUTE_MEMO_MAX_AGE_NS
         && m.src == *src
         && m.dst == *dst
         && m.ingress_ifindex == ctx.ingress_ifindex() as u32
@@ -141,10 +141,11 @@ fn memo_tos(pkt: &Packet) -> u8 {
 
 /// `send` for a tracked flow (that this packet did not open: a new flow always asks the FIB)
 /// whose own cached route expired: the route the memo got from the FIB for the same
-/// addresses, ingress, TOS and protocol on this CPU, if it is younger than a flow's own
-/// cached route may get and the packet fits its MTU; so routes are no staler than with the
-/// flow's cache alone, and a flow seen less often than once a second costs no FIB lookup per
-/// packet while others between the same addresses keep the memo fresh. NOT_MEMOIZED if the
+/// addresses, ingress, TOS and protocol on this CPU, if it is at most
+/// `ROUTE_MEMO_MAX_AGE_NS` (0.1 s) old and the packet fits its MTU. The flow caches it like a
+/// route of its own, so its routes are at most about 1.1 s old instead of 1 s, and a flow
+/// seen less often than once a second costs no FIB lookup per packet while others between
+/// the same addresses keep the memo fresh. NOT_MEMOIZED if the
 /// memo has none. Not inlined, and a sibling of `send_uncached`: their frames never add up.
 #[inline(never)]
 fn send_memoized(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
@@ -224,7 +225,7 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
     }
 }
 
-/// Sends on a route the FIB gave (now or, through the memo, less than a second ago) and
+/// Sends on a route the FIB gave (now or, through the memo, at most 0.1 s ago) and
 /// caches it in `route` unless that is null.
 #[inline(always)]
 fn send_routed(
