@@ -167,6 +167,14 @@ pub struct ScalePoint {
     /// baseline / point per round: 1.0 is flat, 1.2 is 20 % slower.
     pub slowdown: Spread,
     pub lost: u64,
+    /// Flows meshlb started while the point was measured, per round (after a warm-up that
+    /// sent every flow once): a tracked flow that was not kept is started again.
+    pub new_flows: Vec<u64>,
+    /// Flow-count points only: the redirect-only ceiling with the point's flow set, per
+    /// round, and its slowdown against the ceiling with the baseline's flows (measured next
+    /// to each other): the part of the slowdown that is not meshlb's.
+    pub ceiling_mpps: Vec<f64>,
+    pub ceiling_slowdown: Option<Spread>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -209,10 +217,13 @@ impl Bench<'_> {
         set_flows: u32,
         args: &PpsArgs,
         warmup_packets: u64,
-    ) -> Result<RunSummary> {
+    ) -> Result<Measured> {
         let set = flow_set(through, args.kind, false, set_flows, args.size);
         let frame = self.traffic.configure(&set)?;
-        let node = Node::start(through, self.topo, self.traffic, config)?;
+        let mut node = Node::start(through, self.topo, self.traffic, config)?;
+        if let Some(lbd) = node.lbd() {
+            keep_off_cpu(lbd.pid()?, self.cpu)?;
+        }
         let limits = |count: Option<u64>, seconds: f64| Limits {
             count,
             duration: Duration::from_secs_f64(seconds),
@@ -229,25 +240,97 @@ impl Bench<'_> {
                 limits(Some(warmup_packets.max(u64::from(set_flows))), 30.0),
                 false,
             )?;
-            self.traffic.run(
+            // meshlb's flows started so far: the measured phase's are counted against it.
+            let new_flows_before = node.lbd().map(lbd_new_flows).transpose()?;
+            let summary = self.traffic.run(
                 &self.topo.generator,
                 topo::GEN_IF,
                 &frame,
                 self.cpu,
                 limits(None, args.seconds),
                 false,
-            )
+            )?;
+            Ok::<_, anyhow::Error>((summary, new_flows_before))
         })();
         let stopped = node.stop(self.topo, self.traffic);
-        let summary = result.with_context(|| format!("{} run", through.name()))?;
-        stopped?;
+        let (summary, new_flows_before) =
+            result.with_context(|| format!("{} run", through.name()))?;
+        let counters = stopped?;
         ensure!(
             summary.delivered > 0,
             "{}: nothing arrived at the sink",
             through.name()
         );
-        Ok(summary)
+        let new_flows = match (new_flows_before, counters) {
+            (Some(before), Some(after)) => Some(
+                global_counter(&after, "new_flow")
+                    .context("lbd's counters have no new_flow")?
+                    .saturating_sub(before),
+            ),
+            _ => None,
+        };
+        Ok(Measured { summary, new_flows })
     }
+}
+
+/// A measured run, and the flows meshlb started during it (lbd only; the warm-up started
+/// every flow of the set, so more than a few here means the table did not keep them).
+struct Measured {
+    summary: RunSummary,
+    new_flows: Option<u64>,
+}
+
+/// Moves every thread of process `pid` (and so the threads they start later) off `cpu`, onto
+/// the machine's other CPUs: lbd's housekeeping (its counter sampler walks the whole
+/// connection table every 5 s, about a second of CPU with 2M entries) then does not take the
+/// CPU that generator, node and sink share, which no other contender has to give up. Nothing
+/// to do on a single-CPU machine.
+fn keep_off_cpu(pid: u32, cpu: usize) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        return Ok(());
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in (0..cpus).filter(|&c| c != cpu) {
+        // SAFETY: as above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    let tasks = std::path::PathBuf::from(format!("/proc/{pid}/task"));
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("{}", tasks.display()))? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: plain syscall on a thread id with a valid set. A thread that exited
+        // meanwhile is fine.
+        if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) }
+            != 0
+        {
+            let e = std::io::Error::last_os_error();
+            ensure!(
+                e.raw_os_error() == Some(libc::ESRCH),
+                "moving lbd thread {tid} off CPU {cpu}: {e}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A global counter of lbd's counter report (`lbctl -o json stats`, or what it prints on exit).
+fn global_counter(report: &serde_json::Value, name: &str) -> Option<u64> {
+    report["global"][name].as_u64()
+}
+
+/// Flows the running lbd has started so far.
+fn lbd_new_flows(lbd: &mut lb_userspace::testkit::Lbd) -> Result<u64> {
+    let (ok, stdout, stderr) = lbd.lbctl(&["-o", "json", "stats"])?;
+    ensure!(ok, "lbctl stats failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).context("lbctl stats output")?;
+    global_counter(&report, "new_flow").context("lbctl stats has no new_flow")
 }
 
 fn max_min(summary: &RunSummary) -> Option<f64> {
@@ -302,7 +385,9 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     for round in 0..args.rounds {
         for i in rotated(CONTENDERS.len(), round) {
             let through = &CONTENDERS[i];
-            let s = bench.measure(*through, &config, args.flows, args, 100_000)?;
+            let s = bench
+                .measure(*through, &config, args.flows, args, 100_000)?
+                .summary;
             println!(
                 "pps: round {round}: {:<22} {:6.3} Mpps delivered (sent {:6.3}, lost {})",
                 through.name(),
@@ -401,25 +486,54 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     }
     for (what, point_config, flows) in points {
         let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
+        let mut new_flows = Vec::new();
+        let (mut ceiling_at, mut ceiling_base) = (Vec::new(), Vec::new());
         for _ in 0..args.scale_rounds.max(1) {
-            let b = bench.measure(Through::Meshlb, &config, args.flows, args, 100_000)?;
-            let p = bench.measure(Through::Meshlb, &point_config, flows, args, 100_000)?;
+            if flows != args.flows {
+                // The same two flow sets through the redirect-only ceiling: what the
+                // generator and the veths themselves lose to the larger flow set.
+                let cb = bench.measure(Through::Ceiling, &config, args.flows, args, 100_000)?;
+                let cp = bench.measure(Through::Ceiling, &config, flows, args, 100_000)?;
+                println!(
+                    "pps: scaling {what:<22} ceiling, same flows {:6.3} Mpps (with {} flows {:6.3})",
+                    cp.summary.delivered_pps() / 1e6,
+                    args.flows,
+                    cb.summary.delivered_pps() / 1e6,
+                );
+                ceiling_at.push(cp.summary.delivered_pps() / 1e6);
+                ceiling_base.push(cb.summary.delivered_pps() / 1e6);
+            }
+            let b = bench
+                .measure(Through::Meshlb, &config, args.flows, args, 100_000)?
+                .summary;
+            let m = bench.measure(Through::Meshlb, &point_config, flows, args, 100_000)?;
+            let p = m.summary;
             println!(
-                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3})",
+                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3}), {} new flows while measured",
                 p.delivered_pps() / 1e6,
-                b.delivered_pps() / 1e6
+                b.delivered_pps() / 1e6,
+                m.new_flows.map_or("?".to_owned(), |n| n.to_string()),
             );
+            new_flows.extend(m.new_flows);
             lost += p.lost();
             at.push(p.delivered_pps() / 1e6);
             base.push(b.delivered_pps() / 1e6);
         }
         let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
+        let ceiling_slowdowns: Vec<f64> = ceiling_base
+            .iter()
+            .zip(&ceiling_at)
+            .map(|(b, p)| b / p)
+            .collect();
         scaling.push(ScalePoint {
+            ceiling_slowdown: Spread::of(&ceiling_slowdowns),
+            ceiling_mpps: ceiling_at,
             what,
             slowdown: Spread::of(&slowdowns).expect("rounds >= 1"),
             mpps: at,
             baseline_mpps: base,
             lost,
+            new_flows,
         });
     }
     drop(traffic);
@@ -509,19 +623,27 @@ pub fn render_markdown(r: &PpsReport) -> String {
         ));
     }
     if !r.scaling.is_empty() {
-        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× |\n|---|---|---|---|---|\n");
+        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets |\n|---|---|---|---|---|---|---|\n");
         for p in &r.scaling {
             let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
             let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
             md.push_str(&format!(
-                "| {} | {m:.3} | {b:.3} | {} | {} |\n",
+                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} |\n",
                 p.what,
                 fmt_spread(&p.slowdown, 2),
                 if p.slowdown.median <= 1.2 {
                     "yes"
                 } else {
                     "**no**"
-                }
+                },
+                if p.new_flows.is_empty() {
+                    "—".to_owned()
+                } else {
+                    p.new_flows.iter().max().unwrap_or(&0).to_string()
+                },
+                p.ceiling_slowdown
+                    .as_ref()
+                    .map_or("—".to_owned(), |c| fmt_spread(c, 2)),
             ));
         }
     }
@@ -566,6 +688,9 @@ mod tests {
                 baseline_mpps: vec![1.0],
                 slowdown: Spread::of(&[2.0]).unwrap(),
                 lost: 0,
+                new_flows: vec![0],
+                ceiling_mpps: vec![1.2],
+                ceiling_slowdown: Spread::of(&[1.01]),
             }],
             load_before: 1.0,
             load_after: 2.0,
@@ -589,7 +714,7 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** |"
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 | 1.01 / **1.01** / 1.01 |"
             ),
             "{md}"
         );

@@ -19,6 +19,15 @@ pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2_097_152;
 /// lookup). Bytes, not bits: a byte store needs no atomic read-modify-write.
 pub const REPLY_FILTER_ENTRIES: u32 = 512;
 pub const REPLY_FILTER_SLOTS: u32 = REPLY_FILTER_ENTRIES * 64;
+/// Slots of the per-CPU route memo (direct-mapped by source and destination address): a
+/// flow whose own cached route has expired takes a route the memo got from the FIB for the
+/// same addresses at most `ROUTE_MEMO_MAX_AGE_NS` ago. A power of two.
+pub const ROUTE_MEMO_SLOTS: u32 = 4096;
+/// Oldest route the memo gives out. The flow then caches it for up to about
+/// `LAST_SEEN_GRANULARITY_NS` more, so a route a flow uses is at most about 1.1 s old (1 s
+/// without the memo); between the same addresses the FIB is still asked about ten times a
+/// second, not once per packet of every sparse flow.
+pub const ROUTE_MEMO_MAX_AGE_NS: u64 = LAST_SEEN_GRANULARITY_NS / 10;
 /// Interfaces the program may redirect frames to with XDP_REDIRECT.
 pub const MAX_TX_PORTS: u32 = 1024;
 

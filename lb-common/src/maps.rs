@@ -20,8 +20,9 @@ pub mod names {
     pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
     pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
     pub const REPLY_FILTER: &str = "REPLY_FILTER";
+    pub const ROUTE_MEMO: &str = "ROUTE_MEMO";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -35,6 +36,7 @@ pub mod names {
         FLOW_SCRATCH,
         KEY_SCRATCH,
         REPLY_FILTER,
+        ROUTE_MEMO,
     ];
 }
 

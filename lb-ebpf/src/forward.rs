@@ -17,12 +17,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
+    limits::{ROUTE_MEMO_MAX_AGE_NS, ROUTE_MEMO_SLOTS},
     maps::{Flow, XDP_META_MAGIC, XdpMeta},
     stats::StatSlot,
 };
 
 use crate::{
-    maps::TX_PORTS,
+    conntrack::now_ns,
+    maps::{ROUTE_MEMO, RouteMemo, TX_PORTS},
     parse::{Packet, off, pkt_write, ptr_at},
     stats::count,
 };
@@ -38,7 +40,7 @@ const AF_INET6: u8 = 10;
 /// Forwards a packet whose addresses are now `src` -> `dst`. `route` is the tracked flow
 /// entry of this direction (or null): its cached route is used when it has one and the packet
 /// fits its MTU, and a fresh FIB result is stored in it (the FIB lookup is the costliest step
-/// of an established flow).
+/// of an established flow; the route memo may stand in for it, see `send_uncached`).
 /// Inlined (the cached route is the hot path, see `to_backend`); the lookup is a call.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
@@ -61,17 +63,129 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
         }
         return via_tc(ctx, ifindex);
     }
-    send_uncached(ctx, pkt, src, dst, route)
+    // The memo stands in for a route the flow does not have; a packet too big for the
+    // flow's cached route asks the FIB (which answers it), and the memo is left alone.
+    // SAFETY: as above.
+    let memoize =
+        !pkt.opened_flow && unsafe { route.as_ref() }.is_some_and(|f| f.egress_ifindex == 0);
+    if memoize {
+        let action = send_memoized(ctx, pkt, src, dst, route);
+        if action != NOT_MEMOIZED {
+            return action;
+        }
+    }
+    let action = send_uncached(ctx, pkt, src, dst, route);
+    if memoize {
+        remember_route(ctx, pkt, src, dst, route);
+    }
+    action
+}
+
+/// Copies the route `send_uncached` just cached in the flow entry `route` (which had none
+/// before: if it has one now, the FIB just gave it) into the memo slot of its addresses. Not inlined, a sibling of `send_uncached`.
+#[inline(never)]
+fn remember_route(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) {
+    // SAFETY: a connection-table value, valid for this program run (non-null: see `send`).
+    let Some(f) = (unsafe { route.as_ref() }) else {
+        return;
+    };
+    if f.egress_ifindex == 0 {
+        return;
+    }
+    let Some(m) = ROUTE_MEMO.get_ptr_mut(memo_slot(src, dst)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by this program run only.
+    let m = unsafe { &mut *m };
+    m.src = *src;
+    m.dst = *dst;
+    m.looked_up_ns = now_ns();
+    m.ingress_ifindex = ctx.ingress_ifindex() as u32;
+    m.egress_ifindex = f.egress_ifindex;
+    // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
+    m.macs = unsafe { f.egress_macs.as_ptr().cast::<[u32; 3]>().read() };
+    m.mtu = f.egress_mtu;
+    m.tos = memo_tos(pkt);
+    m.proto = pkt.key.proto;
+    m.redirect = f.egress_redirect;
+}
+
+/// `send_memoized`'s answer when the memo has no fresh route for the packet.
+const NOT_MEMOIZED: u32 = u32::MAX;
+
+/// Whether the memo slot `m` holds a route for this packet's addresses, ingress, TOS and
+/// protocol, at most `ROUTE_MEMO_MAX_AGE_NS` old at `now`, whose MTU the packet fits.
+#[inline(always)]
+fn memo_fits(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &Addr,
+    dst: &Addr,
+    m: &RouteMemo,
+    now: u64,
+) -> bool {
+    m.egress_ifindex != 0
+        && now.wrapping_sub(m.looked_up_ns) <= ROUTE_MEMO_MAX_AGE_NS
+        && m.src == *src
+        && m.dst == *dst
+        && m.ingress_ifindex == ctx.ingress_ifindex() as u32
+        && m.tos == memo_tos(pkt)
+        && m.proto == pkt.key.proto
+        && u16::from_be(pkt.ip_tot_len_be) <= m.mtu
+}
+
+#[inline(always)]
+fn memo_tos(pkt: &Packet) -> u8 {
+    if pkt.v6 { 0 } else { pkt.tos }
+}
+
+/// `send` for a tracked flow (that this packet did not open: a new flow always asks the FIB)
+/// whose own cached route expired: the route the memo got from the FIB for the same
+/// addresses, ingress, TOS and protocol on this CPU, if it is at most
+/// `ROUTE_MEMO_MAX_AGE_NS` (0.1 s) old and the packet fits its MTU. The flow caches it like a
+/// route of its own, so its routes are at most about 1.1 s old instead of 1 s, and a flow
+/// seen less often than once a second costs no FIB lookup per packet while others between
+/// the same addresses keep the memo fresh. NOT_MEMOIZED if the
+/// memo has none. Not inlined, and a sibling of `send_uncached`: their frames never add up.
+#[inline(never)]
+fn send_memoized(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+    let Some(m) = ROUTE_MEMO.get_ptr(memo_slot(src, dst)) else {
+        return NOT_MEMOIZED;
+    };
+    // SAFETY: this CPU's slot, used by this program run only.
+    let m = unsafe { &*m };
+    if !memo_fits(ctx, pkt, src, dst, m, now_ns()) {
+        return NOT_MEMOIZED;
+    }
+    send_routed(
+        ctx,
+        route,
+        m.egress_ifindex,
+        m.redirect != 0,
+        &m.macs,
+        m.mtu,
+    )
+}
+
+/// The route memo slot of a source and destination address.
+#[inline(always)]
+fn memo_slot(src: &Addr, dst: &Addr) -> u32 {
+    let s = src.words[0] ^ src.words[1] ^ src.words[2] ^ src.words[3];
+    let d = dst.words[0] ^ dst.words[1] ^ dst.words[2] ^ dst.words[3];
+    let mut h = s.wrapping_mul(0x9e37_79b1) ^ d;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    (h ^ (h >> 16)) & (ROUTE_MEMO_SLOTS - 1)
 }
 
 /// `send` with a route lookup, stored in `route` unless it is null. Not inlined: its FIB
 /// lookup structure then takes stack only while it runs.
 #[inline(never)]
 fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+    let tot_len = u16::from_be(pkt.ip_tot_len_be);
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.l4_protocol = pkt.key.proto;
-    params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
+    params.__bindgen_anon_1.tot_len = tot_len;
     if !pkt.v6 {
         params.__bindgen_anon_2.tos = pkt.tos;
     }
@@ -90,32 +204,9 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
                     bytes.add(6 + i).write_volatile(params.smac[i]);
                 }
             }
-            // SAFETY: `route` is null or a connection-table value (see `send`).
-            if let Some(cache) = unsafe { route.as_mut() } {
-                // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
-                unsafe {
-                    cache
-                        .egress_macs
-                        .as_mut_ptr()
-                        .cast::<[u32; 3]>()
-                        .write(macs)
-                };
-                cache.egress_redirect = u8::from(redirect);
-                // SAFETY: on success the kernel leaves the egress MTU in the union.
-                cache.egress_mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-                cache.egress_ifindex = params.ifindex;
-            }
-            if redirect {
-                if set_macs(ctx, &macs).is_none() {
-                    count(StatSlot::DropFibFailed);
-                    return xdp_action::XDP_DROP;
-                }
-                if let Ok(action) = TX_PORTS.redirect(params.ifindex, 0) {
-                    count(StatSlot::TxXdpRedirect);
-                    return action;
-                }
-            }
-            via_tc(ctx, params.ifindex)
+            // SAFETY: on success the kernel leaves the egress MTU in the union.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            send_routed(ctx, route, params.ifindex, redirect, &macs, mtu)
         }
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
         BPF_FIB_LKUP_RET_NO_NEIGH => via_tc(ctx, params.ifindex),
@@ -132,6 +223,44 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
             xdp_action::XDP_DROP
         }
     }
+}
+
+/// Sends on a route the FIB gave (now or, through the memo, at most 0.1 s ago) and
+/// caches it in `route` unless that is null.
+#[inline(always)]
+fn send_routed(
+    ctx: &XdpContext,
+    route: *mut Flow,
+    ifindex: u32,
+    redirect: bool,
+    macs: &[u32; 3],
+    mtu: u16,
+) -> u32 {
+    // SAFETY: `route` is null or a connection-table value (see `send`).
+    if let Some(cache) = unsafe { route.as_mut() } {
+        // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
+        unsafe {
+            cache
+                .egress_macs
+                .as_mut_ptr()
+                .cast::<[u32; 3]>()
+                .write(*macs)
+        };
+        cache.egress_redirect = u8::from(redirect);
+        cache.egress_mtu = mtu;
+        cache.egress_ifindex = ifindex;
+    }
+    if redirect {
+        if set_macs(ctx, macs).is_none() {
+            count(StatSlot::DropFibFailed);
+            return xdp_action::XDP_DROP;
+        }
+        if let Ok(action) = TX_PORTS.redirect(ifindex, 0) {
+            count(StatSlot::TxXdpRedirect);
+            return action;
+        }
+    }
+    via_tc(ctx, ifindex)
 }
 
 /// The node address the kernel would use as source toward `dst` (full NAT's new source).

@@ -87,6 +87,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
         }
         count(StatSlot::NewFlow);
         debug!(ctx, "service {}: new flow", svc.id);
+        pkt.opened_flow = true;
         return to_backend(ctx, pkt, svc, true);
     }
     endpoint.addr = pkt.key.src;

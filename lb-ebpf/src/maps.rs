@@ -6,9 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
+    Addr,
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
-        MAX_SERVICES, MAX_TX_PORTS, REPLY_FILTER_ENTRIES,
+        MAX_SERVICES, MAX_TX_PORTS, REPLY_FILTER_ENTRIES, ROUTE_MEMO_SLOTS,
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TableElement,
@@ -63,6 +64,34 @@ pub static KEY_SCRATCH: PerCpuArray<FlowKey, 1> = PerCpuArray::new();
 /// Per-CPU round-robin position of each service: no lock and no shared cache line.
 #[btf_map]
 pub static RR_CURSORS: PerCpuArray<u32, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// A route the FIB gave for one source, destination, ingress interface, TOS and protocol,
+/// and when (see `forward::send_uncached`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RouteMemo {
+    pub src: Addr,
+    pub dst: Addr,
+    /// `now_ns` of the lookup.
+    pub looked_up_ns: u64,
+    pub ingress_ifindex: u32,
+    /// 0: empty slot.
+    pub egress_ifindex: u32,
+    /// Destination then source MAC, as in the Ethernet header.
+    pub macs: [u32; 3],
+    pub mtu: u16,
+    pub tos: u8,
+    pub proto: u8,
+    /// 1 if the egress takes XDP frames.
+    pub redirect: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Per-CPU route memo, direct-mapped by addresses (`forward::memo_slot`): established flows
+/// whose own cached route expired (a flow seen less often than once a second) share the
+/// lookups of others between the same addresses instead of each asking the FIB.
+#[btf_map]
+pub static ROUTE_MEMO: PerCpuArray<RouteMemo, { ROUTE_MEMO_SLOTS as usize }> = PerCpuArray::new();
 
 /// Devices known to accept XDP frames; anything else is forwarded by the TC program.
 #[btf_map]

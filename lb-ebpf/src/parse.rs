@@ -81,6 +81,9 @@ pub struct Packet {
     pub ip_tot_len_be: u16,
     /// Frame length, for byte counters.
     pub len: u32,
+    /// This packet opened its flow (set once the flow is recorded): its route is asked of
+    /// the FIB, never taken from the route memo.
+    pub opened_flow: bool,
 }
 
 impl Packet {

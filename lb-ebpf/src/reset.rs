@@ -49,6 +49,7 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
         tos: 0,
         ip_tot_len_be: (ip_len as u16).to_be(),
         len: (pkt.l3() + ip_len) as u32,
+        opened_flow: false,
     };
     match build(ctx, pkt) {
         Built::Yes => {

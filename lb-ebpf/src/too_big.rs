@@ -71,6 +71,7 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
         tos: 0,
         ip_tot_len_be: (ip_len as u16).to_be(),
         len: (pkt.l3() + ip_len) as u32,
+        opened_flow: false,
     };
     let action = forward::send(ctx, &out, &out.key.src, &out.key.dst, core::ptr::null_mut());
     if action & forward::TOO_BIG_MASK == forward::TOO_BIG {

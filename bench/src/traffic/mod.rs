@@ -84,6 +84,10 @@ pub struct GenArgs {
     /// Live-frame batch size of the kernel (1..=256).
     #[arg(long, default_value_t = 64)]
     pub batch: u32,
+    /// meshlb's connection-table capacity (entries; a flow takes two) [default: the test
+    /// harness's 65536].
+    #[arg(long)]
+    pub conntrack_entries: Option<u32>,
 }
 
 /// Sent, delivered and where it went.
@@ -437,7 +441,7 @@ pub fn run(args: &GenArgs) -> Result<()> {
         extra_services: 0,
         backend_indices: None,
         lbd: args.lbd.clone(),
-        conntrack_entries: None,
+        conntrack_entries: args.conntrack_entries,
     };
     let node = Node::start(args.through, &topo, &mut traffic, &config)?;
     println!(

@@ -115,6 +115,11 @@ impl Lbd {
     }
 
     /// The admin API socket.
+    /// The running lbd's process id.
+    pub fn pid(&mut self) -> Result<u32> {
+        Ok(self.child()?.id())
+    }
+
     pub fn api_socket(&self) -> PathBuf {
         self.state_dir.join("api.sock")
     }
