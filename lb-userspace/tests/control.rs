@@ -726,6 +726,15 @@ fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
     }
 }
 
+/// Removes a test's pin directory when the test ends, failed or not.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 /// `bpf(2)` for the test below, which makes a map aya cannot: an array of maps whose tables
 /// have another element size, as an older meshlb would have pinned.
 fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> i64 {
@@ -759,13 +768,7 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
         std::process::id()
     ));
     std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
-    struct Remove<'a>(&'a Path);
-    impl Drop for Remove<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
-        }
-    }
-    let _remove = Remove(&dir);
+    let _remove = RemoveOnDrop(&dir);
 
     // map_type | key_size << 32, value_size | max_entries << 32, map_flags | inner_map_fd << 32
     let mut attr = [0u64; 16];
@@ -894,4 +897,50 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
         udp_request(&topo.client, dns2, TIMEOUT).unwrap().backend,
         "backend-2"
     );
+}
+
+#[test]
+fn the_connection_table_occupancy_counts_every_entry() {
+    if !e2e_enabled() {
+        return;
+    }
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::maps::{Flow, FlowKey};
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    let ns = Netns::new("occupancy").expect("namespace");
+    let dir = Path::new("/sys/fs/bpf").join(format!(
+        "{}{}-occupancy",
+        lb_userspace::testkit::lbd::PIN_PREFIX,
+        std::process::id()
+    ));
+    let _remove = RemoveOnDrop(&dir);
+    ns.run(|| {
+        let dp = Dataplane::load(LoadOptions {
+            conntrack_entries: 65_536,
+            pin_dir: Some(dir.clone()),
+            ..LoadOptions::default()
+        })
+        .expect("load");
+        assert_eq!(dp.conntrack_occupancy().unwrap(), (0, 65_536));
+        let path = dir.join("maps").join("CONNTRACK");
+        let mut table: HashMap<MapData, FlowKey, Flow> =
+            HashMap::try_from(Map::LruHashMap(MapData::from_pin(&path).expect("pinned")))
+                .expect("CONNTRACK");
+        // More than one batch of the walk, fewer than the capacity (an LRU map may evict
+        // before it is full).
+        let n = 20_000u32;
+        for i in 0..n {
+            let key = FlowKey {
+                src: lb_userspace::reconcile::addr(
+                    std::net::Ipv4Addr::from(0xC612_0000 + i).into(),
+                ),
+                sport_be: 1000u16.to_be(),
+                ..FlowKey::default()
+            };
+            table.insert(key, Flow::default(), 0).expect("insert");
+        }
+        assert_eq!(dp.conntrack_occupancy().unwrap(), (u64::from(n), 65_536));
+        drop(dp);
+    })
+    .expect("in the namespace");
 }

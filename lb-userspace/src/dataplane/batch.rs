@@ -146,3 +146,60 @@ pub fn delete<K: Pod>(map: &MapData, name: &'static str, keys: &[K]) -> Result<(
     }
     Ok(())
 }
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Entries of a hash map, read `CHUNK` at a time with `BPF_MAP_LOOKUP_BATCH` (a syscall per
+/// key costs about three times as much). Entries inserted or removed while it walks may be
+/// counted or not.
+pub fn count_entries(map: &MapData, key_size: usize, value_size: usize) -> std::io::Result<u64> {
+    let mut keys = vec![0u8; CHUNK * key_size];
+    let mut values = vec![0u8; CHUNK * value_size.next_multiple_of(8)];
+    // The kernel's resume token (a bucket index for hash maps); 8 bytes is room enough.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    let mut total = 0u64;
+    let mut chunk = CHUNK;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &mut token_in as *mut u64 as u64
+            },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd(map) as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the buffers hold `chunk` keys and values of the map's sizes; the kernel
+        // writes at most that many, the token, and `attr.count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let error = (rc != 0).then(std::io::Error::last_os_error);
+        match error.as_ref().and_then(std::io::Error::raw_os_error) {
+            None => total += u64::from(attr.count),
+            // The end of the map (the last entries come with it).
+            Some(libc::ENOENT) => return Ok(total + u64::from(attr.count)),
+            // A bucket holds more than `chunk` entries: ask for more at once.
+            Some(libc::ENOSPC) if chunk < CHUNK * 64 => {
+                chunk *= 2;
+                keys.resize(chunk * key_size, 0);
+                values.resize(chunk * value_size.next_multiple_of(8), 0);
+                continue;
+            }
+            Some(_) => return Err(error.expect("an error")),
+        }
+        first = false;
+        token_in = token_out;
+    }
+}

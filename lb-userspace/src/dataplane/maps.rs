@@ -288,8 +288,8 @@ impl Dataplane {
         })
     }
 
-    /// Connection-table occupancy: (entries, capacity). Walks the keys (one syscall each), so
-    /// it takes about a second per million entries: for reports, not for the fast path.
+    /// Connection-table occupancy: (entries, capacity). Walks the table in batches, about a
+    /// third of a second per million entries: for reports, not for the fast path.
     pub fn conntrack_occupancy(&self) -> Result<(u64, u32), DataplaneError> {
         count_entries(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
     }
@@ -444,14 +444,15 @@ fn count_entries(map: &aya::maps::Map) -> Result<(u64, u32), DataplaneError> {
     let table: HashMap<&MapData, FlowKey, Flow> =
         HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
     let capacity = table_capacity(map);
-    let mut entries = 0u64;
-    for key in table.keys() {
-        // An entry evicted while we walk ends the walk early at worst; count what we saw.
-        if key.is_err() {
-            break;
-        }
-        entries += 1;
-    }
+    let entries = batch::count_entries(
+        table.map(),
+        std::mem::size_of::<FlowKey>(),
+        std::mem::size_of::<Flow>(),
+    )
+    .map_err(|e| DataplaneError::MapValue {
+        name: names::CONNTRACK,
+        message: format!("counting entries: {e}"),
+    })?;
     Ok((entries, capacity))
 }
 
