@@ -54,6 +54,8 @@ pub fn maglev_table(backends: &[TableBackend<'_>], size: u32) -> Result<Vec<u32>
         /// Next slot of this backend's permutation to try.
         next: u64,
         skip: u64,
+        /// Two, three and four skips, for probing four slots of the walk at once.
+        skips: [u64; 3],
     }
     let slots = u64::from(size);
     let mut turns: Vec<Turn<'_>> = usable
@@ -66,19 +68,24 @@ pub fn maglev_table(backends: &[TableBackend<'_>], size: u32) -> Result<Vec<u32>
             next: identity_hash(b.identity, OFFSET_SEED) % slots,
             // size is prime, so any skip in 1..size is coprime to it: a full permutation.
             skip: identity_hash(b.identity, SKIP_SEED) % (slots - 1) + 1,
+            skips: [0; 3],
         })
         .collect();
     turns.sort_by(|a, b| a.identity.cmp(b.identity).then(a.index.cmp(&b.index)));
     let max_weight = turns.iter().map(|t| t.weight).max().unwrap_or(1);
+    let step = |slot: u64, by: u64| {
+        let next = slot + by;
+        if next >= slots { next - slots } else { next }
+    };
+    for t in &mut turns {
+        let skip2 = step(t.skip, t.skip);
+        t.skips = [skip2, step(skip2, t.skip), step(skip2, skip2)];
+    }
 
     let mut table = vec![EMPTY; size as usize];
     // Which slots are taken, a byte each: small enough for the L1 cache, where the probes of
     // the fill's tail (nearly all of them misses) are cheapest.
     let mut taken = vec![false; size as usize];
-    let step = |slot: u64, by: u64| {
-        let next = slot + by;
-        if next >= slots { next - slots } else { next }
-    };
     let mut filled = 0u64;
     // Terminates: the heaviest backend takes a turn every round, and a turn always finds a free
     // slot because a backend's walk only passes over slots that are already taken.
@@ -93,9 +100,7 @@ pub fn maglev_table(backends: &[TableBackend<'_>], size: u32) -> Result<Vec<u32>
             // most of its time in probes, and an unpredictable branch per probe costs more
             // than the probe.
             let skip = turn.skip;
-            let skip2 = step(skip, skip);
-            let skip3 = step(skip2, skip);
-            let skip4 = step(skip2, skip2);
+            let [skip2, skip3, skip4] = turn.skips;
             let mut next = turn.next;
             let slot = loop {
                 let s0 = next;
@@ -663,6 +668,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The table for given backends is part of meshlb's behaviour: nodes of different versions
+    /// (a rolling upgrade) must pick the same backend for a flow. A change to the fill that
+    /// alters any slot fails here.
+    #[test]
+    fn maglev_tables_do_not_change_between_versions() {
+        let ids: Vec<String> = (0..16).map(|b| format!("198.18.0.{b}:8080")).collect();
+        let table = maglev_table(&equal(&ids), DEFAULT_MAGLEV_TABLE_SIZE).unwrap();
+        let digest = table.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, entry| {
+            (h ^ u64::from(*entry)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        assert_eq!(digest, 0x2a89_8bbd_6a96_bf35, "digest {digest:#x}");
     }
 
     #[test]
