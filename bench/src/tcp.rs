@@ -16,7 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_userspace::testkit::{
-    ChildGuard, Lbd, NameServer, Netns, REQUEST, Topology, parse_reply_line, tcp_request,
+    ChildGuard, Lbd, NameServer, Netns, REQUEST, Topology, parse_reply_line, progtest::pin_to_cpu,
+    tcp_request,
 };
 use serde::Serialize;
 
@@ -41,6 +42,11 @@ pub struct TcpArgs {
     /// Client threads (each one connection at a time).
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// Client threads on CPU 0; servers, lbd and HAProxy on CPU 1 (default: where the
+    /// scheduler puts them). Pinned, each side has one CPU, and what a contender spends per
+    /// packet on either side shows undiluted.
+    #[arg(long)]
+    pub pin_cpus: bool,
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
     #[arg(long)]
@@ -54,7 +60,20 @@ const NFT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
 const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 3);
 const NFT_TABLE: &str = "mlbtcp";
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-const WARMUP_SECONDS: f64 = 0.5;
+const WARMUP_SECONDS: f64 = 1.0;
+/// Pause after a contender is stopped, before the next starts: the kernel finishes tearing
+/// the last one down (its sockets, maps, conntrack entries) on the same two CPUs, and the
+/// contender that happened to come next would pay for it.
+const SETTLE_SECONDS: f64 = 2.0;
+/// Where the client threads run; everything else runs on `SERVER_CPU` (two CPUs or more).
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+/// CPUs online (not `available_parallelism`, which shrinks to one once this thread is pinned).
+fn cpus_available() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -112,13 +131,21 @@ pub struct TcpReport {
     pub rounds: usize,
     pub seconds: f64,
     pub clients: usize,
+    /// Clients on CPU 0, everything else on CPU 1 (`--pin-cpus`).
+    pub pinned: bool,
     pub contenders: Vec<ContenderResult>,
     pub targets: Vec<Target>,
 }
 
 /// Short connections from `clients` threads in `ns` to `target` for `seconds`.
-fn connections(ns: &Netns, target: SocketAddr, clients: usize, seconds: f64) -> Result<Count> {
-    measure(ns, clients, seconds, |deadline, ok, errors| {
+fn connections(
+    ns: &Netns,
+    pin: bool,
+    target: SocketAddr,
+    clients: usize,
+    seconds: f64,
+) -> Result<Count> {
+    measure(ns, pin, clients, seconds, |deadline, ok, errors| {
         while Instant::now() < deadline {
             match one_exchange(target) {
                 Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
@@ -129,8 +156,14 @@ fn connections(ns: &Netns, target: SocketAddr, clients: usize, seconds: f64) -> 
 }
 
 /// Keep-alive: one connection per client thread, requests back to back for `seconds`.
-fn keepalive(ns: &Netns, target: SocketAddr, clients: usize, seconds: f64) -> Result<Count> {
-    measure(ns, clients, seconds, |deadline, ok, errors| {
+fn keepalive(
+    ns: &Netns,
+    pin: bool,
+    target: SocketAddr,
+    clients: usize,
+    seconds: f64,
+) -> Result<Count> {
+    measure(ns, pin, clients, seconds, |deadline, ok, errors| {
         // Reconnect (bounded by the deadline) if a connection fails.
         while Instant::now() < deadline {
             let Ok(mut stream) = connect(target) else {
@@ -151,6 +184,7 @@ fn keepalive(ns: &Netns, target: SocketAddr, clients: usize, seconds: f64) -> Re
 /// Runs `work` on `clients` threads inside `ns` until `seconds` pass.
 fn measure(
     ns: &Netns,
+    pin_clients: bool,
     clients: usize,
     seconds: f64,
     work: impl Fn(Instant, &AtomicU64, &AtomicU64) + Sync,
@@ -162,7 +196,12 @@ fn measure(
         // Threads spawned here inherit this thread's network namespace.
         std::thread::scope(|s| {
             for _ in 0..clients {
-                s.spawn(|| work(deadline, &ok, &errors));
+                s.spawn(|| {
+                    if pin_clients {
+                        pin_to_cpu(CLIENT_CPU);
+                    }
+                    work(deadline, &ok, &errors)
+                });
             }
         });
         start.elapsed()
@@ -363,6 +402,12 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         args.seconds,
         args.clients
     );
+    // With --pin-cpus: client threads on CPU 0 (see `measure`); the servers, lbd and HAProxy,
+    // started from this thread, inherit CPU 1.
+    let pin = args.pin_cpus && cpus_available() >= 2;
+    if pin {
+        pin_to_cpu(SERVER_CPU);
+    }
     let topo = Topology::new(BACKENDS)?;
     topo.client.set_sysctls(&[("net.ipv4.tcp_tw_reuse", "1")])?;
     let servers: Vec<NameServer> = topo.serve_on_backends(&[BACKEND_PORT], &[])?;
@@ -379,14 +424,15 @@ pub fn run(args: &TcpArgs) -> Result<()> {
             });
             let measured = ready.and_then(|()| {
                 // Warm-up, not counted: caches, the server's accept queue, conntrack.
-                connections(&topo.client, target, args.clients, WARMUP_SECONDS)?;
-                let c = connections(&topo.client, target, args.clients, args.seconds)?;
-                let k = keepalive(&topo.client, target, args.clients, args.seconds)?;
+                connections(&topo.client, pin, target, args.clients, WARMUP_SECONDS)?;
+                let c = connections(&topo.client, pin, target, args.clients, args.seconds)?;
+                let k = keepalive(&topo.client, pin, target, args.clients, args.seconds)?;
                 Ok((c, k))
             });
             let stopped = stop(running, &topo);
             let (c, k) = measured.with_context(|| format!("{} round {round}", contender.name()))?;
             stopped?;
+            std::thread::sleep(Duration::from_secs_f64(SETTLE_SECONDS));
             println!(
                 "tcp: round {round}: {:<22} {:>8.0} connections/s ({} errors)  {:>8.0} keep-alive requests/s ({} errors)",
                 contender.name(),
@@ -438,6 +484,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         rounds: args.rounds,
         seconds: args.seconds,
         clients: args.clients,
+        pinned: pin,
         contenders,
         targets,
     };
@@ -464,8 +511,14 @@ pub fn render_markdown(r: &TcpReport) -> String {
             .join(" / ")
     };
     let mut md = format!(
-        "### Real TCP through the node ({} client threads, {} s per measurement after a 0.5 s warm-up, the order of contenders rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | errors |\n|---|---|---|---|\n",
-        r.clients, r.seconds
+        "### Real TCP through the node ({} client threads{}; {} s per measurement after a 1 s warm-up and a 2 s pause after the previous contender, the order of contenders rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | errors |\n|---|---|---|---|\n",
+        r.clients,
+        if r.pinned {
+            " on CPU 0, servers, lbd and HAProxy on CPU 1"
+        } else {
+            ""
+        },
+        r.seconds
     );
     for c in &r.contenders {
         md.push_str(&format!(
@@ -525,6 +578,7 @@ mod tests {
             rounds: 2,
             seconds: 3.0,
             clients: 4,
+            pinned: false,
             contenders: vec![ContenderResult {
                 name: "meshlb",
                 connections_per_s: vec![1000.4, 2000.0],
