@@ -47,6 +47,9 @@ pub struct TcpArgs {
     /// packet on either side shows undiluted.
     #[arg(long)]
     pub pin_cpus: bool,
+    /// `lbd --xdp-mode` for the meshlb contender (native, generic or auto: lbd's default).
+    #[arg(long, default_value = "auto")]
+    pub xdp_mode: String,
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
     #[arg(long)]
@@ -305,7 +308,12 @@ fn start(contender: Contender, topo: &Topology, args: &TcpArgs) -> Result<(Runni
                 &topo.node,
                 &meshlb_services(MESHLB_VIP, &backends),
                 &[&topo.node_client_if, &topo.node_bridge],
-                &["--conntrack-entries", "2097152"],
+                &[
+                    "--conntrack-entries",
+                    "2097152",
+                    "--xdp-mode",
+                    &args.xdp_mode,
+                ],
             )?;
             (
                 Running::Meshlb(lbd),
