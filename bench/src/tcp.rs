@@ -21,6 +21,8 @@ use lb_userspace::testkit::{
 };
 use serde::Serialize;
 
+use lb_userspace::dataplane::XdpMode;
+
 use crate::pps::Target;
 
 use crate::micro::machine;
@@ -48,8 +50,8 @@ pub struct TcpArgs {
     #[arg(long)]
     pub pin_cpus: bool,
     /// `lbd --xdp-mode` for the meshlb contender (native, generic or auto: lbd's default).
-    #[arg(long, default_value = "auto")]
-    pub xdp_mode: String,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
     #[arg(long)]
@@ -312,7 +314,7 @@ fn start(contender: Contender, topo: &Topology, args: &TcpArgs) -> Result<(Runni
                     "--conntrack-entries",
                     "2097152",
                     "--xdp-mode",
-                    &args.xdp_mode,
+                    &args.xdp_mode.to_string(),
                 ],
             )?;
             (
