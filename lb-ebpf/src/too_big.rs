@@ -163,26 +163,10 @@ fn build_v4(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
     ];
     // SAFETY: bounds-checked by ptr_at.
     unsafe { pkt_write(icmp, icmp_header) };
-    let first = ptr_at::<[u8; SUM_FIRST]>(ctx, l3 + IPV4_HLEN)?;
-    let rest = ptr_at::<[u8; SUM_REST]>(ctx, l3 + IPV4_HLEN + SUM_FIRST)?;
-    // SAFETY: both regions are bounds-checked packet memory of the sizes given.
-    let sum = unsafe {
-        let s = bpf_csum_diff(core::ptr::null_mut(), 0, first.cast(), SUM_FIRST as u32, 0);
-        if s < 0 {
-            return None;
-        }
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            rest.cast(),
-            SUM_REST as u32,
-            s as u32,
-        )
-    };
-    if sum < 0 {
-        return None;
-    }
-    let csum = (!fold(sum as u32)).to_ne_bytes();
+    let at = l3 + IPV4_HLEN;
+    let sum = add_bytes::<SUM_FIRST>(ctx, at, 0)?;
+    let sum = add_bytes::<SUM_REST>(ctx, at + SUM_FIRST, sum)?;
+    let csum = (!fold(sum)).to_ne_bytes();
     icmp_header[0] = u32::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, csum[0], csum[1]]);
     // SAFETY: bounds-checked by ptr_at above (the packet has not changed since).
     unsafe { pkt_write(icmp, icmp_header) };
@@ -227,45 +211,23 @@ fn build_v6(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Option<()> {
     }
     sum = add_word(sum, ((ICMP_HLEN + QUOTE6) as u32).to_be());
     sum = add_word(sum, u32::from(proto::ICMPV6).to_be());
-    let first = ptr_at::<[u8; SUM_FIRST]>(ctx, l3 + IPV6_HLEN)?;
-    let second = ptr_at::<[u8; SUM_FIRST]>(ctx, l3 + IPV6_HLEN + SUM_FIRST)?;
-    let last = ptr_at::<[u8; SUM6_LAST]>(ctx, l3 + IPV6_HLEN + 2 * SUM_FIRST)?;
-    // SAFETY: the regions are bounds-checked packet memory of the sizes given.
-    let sum = unsafe {
-        let s = bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            first.cast(),
-            SUM_FIRST as u32,
-            sum,
-        );
-        if s < 0 {
-            return None;
-        }
-        let s = bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            second.cast(),
-            SUM_FIRST as u32,
-            s as u32,
-        );
-        if s < 0 {
-            return None;
-        }
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            last.cast(),
-            SUM6_LAST as u32,
-            s as u32,
-        )
-    };
-    if sum < 0 {
-        return None;
-    }
-    let csum = (!fold(sum as u32)).to_ne_bytes();
+    let at = l3 + IPV6_HLEN;
+    let sum = add_bytes::<SUM_FIRST>(ctx, at, sum)?;
+    let sum = add_bytes::<SUM_FIRST>(ctx, at + SUM_FIRST, sum)?;
+    let sum = add_bytes::<SUM6_LAST>(ctx, at + 2 * SUM_FIRST, sum)?;
+    let csum = (!fold(sum)).to_ne_bytes();
     icmp_header[0] = u32::from_ne_bytes([ICMPV6_PACKET_TOO_BIG, 0, csum[0], csum[1]]);
     // SAFETY: bounds-checked by ptr_at above (the packet has not changed since).
     unsafe { pkt_write(icmp, icmp_header) };
     Some(())
+}
+
+/// `sum` plus the `N` packet bytes at `at`, as an unfolded one's complement sum
+/// (`bpf_csum_diff` takes at most 512 bytes a call). `None` if they are not in the packet.
+#[inline(always)]
+fn add_bytes<const N: usize>(ctx: &XdpContext, at: usize, sum: u32) -> Option<u32> {
+    let bytes = ptr_at::<[u8; N]>(ctx, at)?;
+    // SAFETY: bounds-checked packet memory of N bytes.
+    let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, bytes.cast(), N as u32, sum) };
+    u32::try_from(s).ok()
 }
