@@ -1028,3 +1028,52 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
     });
 }
+
+#[test]
+fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::ROUTE_MEMO_MAX_AGE_NS;
+    with_program(ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 40030);
+        let vip = sock(VIP, 80);
+        let key = forward_key(client, vip);
+        let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
+        let to = |lb: &mut Loaded, frame: &[u8]| lb.run(frame).meta_words().map(|(_, i)| i);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        assert_eq!(to(&mut lb, &ack), Some(lb.backend_if), "the cached route");
+        // Its route expires; the FIB answers and the memo keeps the answer.
+        lb.expire_route(&key);
+        assert_eq!(to(&mut lb, &ack), Some(lb.backend_if));
+
+        // The route to the backend changes: it now leaves by the client side.
+        let ip = |args: &str| {
+            let status = std::process::Command::new("ip")
+                .args(args.split(' '))
+                .status()
+                .expect("ip");
+            assert!(status.success(), "ip {args}");
+        };
+        ip("route add 198.18.2.10/32 dev lbc");
+        // Within the memo's age bound the flow takes the memoized route (by design: at most
+        // 0.1 s old); a packet that opens a flow always asks the FIB.
+        lb.expire_route(&key);
+        assert_eq!(to(&mut lb, &ack), Some(lb.backend_if), "memoized");
+        let other = sock(CLIENT, 40031);
+        assert_eq!(
+            to(&mut lb, &Ipv4Frame::tcp(other, vip, TCP_SYN).build()),
+            Some(lb.client_if),
+            "a new flow asks the FIB"
+        );
+        // Past the age bound the memo is not used: the FIB gives the new route.
+        std::thread::sleep(std::time::Duration::from_nanos(2 * ROUTE_MEMO_MAX_AGE_NS));
+        lb.expire_route(&key);
+        assert_eq!(
+            to(&mut lb, &ack),
+            Some(lb.client_if),
+            "the FIB's new answer"
+        );
+        ip("route del 198.18.2.10/32 dev lbc");
+    });
+}

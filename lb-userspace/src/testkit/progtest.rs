@@ -6,7 +6,10 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
-use lb_common::stats::StatSlot;
+use lb_common::{
+    maps::{Flow, FlowKey},
+    stats::StatSlot,
+};
 
 use super::{Netns, packet::CLIENT_MAC};
 use crate::{
@@ -187,6 +190,21 @@ impl Loaded {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.dp.stats().expect("counters")
+    }
+
+    /// Makes the tracked flow `key` forget its cached route, as its cache's age bound would.
+    pub fn expire_route(&mut self, key: &FlowKey) {
+        let mut table: aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, Flow> =
+            aya::maps::HashMap::try_from(
+                self.dp
+                    .ebpf_mut()
+                    .map_mut(lb_common::maps::names::CONNTRACK)
+                    .expect("CONNTRACK"),
+            )
+            .expect("CONNTRACK");
+        let mut flow = table.get(key, 0).expect("the flow is tracked");
+        flow.egress_ifindex = 0;
+        table.insert(key, flow, 0).expect("rewrite the flow");
     }
 }
 
