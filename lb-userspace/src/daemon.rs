@@ -4,12 +4,13 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use lb_common::maps::{FlowKey, proto, service_flags, tcp_state};
+use lb_common::maps::{FlowKey, TABLE_LEN_SLOT, proto, service_flags, tcp_state};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
@@ -398,6 +399,42 @@ impl Daemon {
         };
         let tracked = self.dp.tracked_flow(&key)?;
         let selection = self.running.explain(protocol, src, dst);
+        let service = self.running.frontends.get(&lb_common::maps::EndpointKey {
+            addr: reconcile::addr(dst.ip()),
+            port_be: dst.port().to_be(),
+            proto: protocol,
+            _pad: 0,
+        });
+        let mut selection_text = selection.to_string();
+        // The slot as the kernel holds it: explain answers from the live maps, and says so
+        // when they differ from the plan.
+        if let reconcile::Explanation::Maglev {
+            hash,
+            table_len,
+            backend,
+            ..
+        } = &selection
+            && let Some(service) = service
+        {
+            // As the kernel picks: slot hash % length, after the length slot.
+            let live_len = self.dp.table_slot(service.id, TABLE_LEN_SLOT)?.unwrap_or(0);
+            let live_slot = hash.checked_rem(live_len);
+            let live_backend = match live_slot {
+                Some(slot) => self
+                    .dp
+                    .table_slot(service.id, slot + 1)?
+                    .and_then(|id| self.running.backends.get(&id))
+                    .map(|b| SocketAddr::new(reconcile::ip(&b.addr), u16::from_be(b.port_be))),
+                None => None,
+            };
+            if live_len != *table_len || live_backend != Some(*backend) {
+                let live = live_backend.map_or_else(|| "no backend".to_owned(), |b| b.to_string());
+                let _ = write!(
+                    selection_text,
+                    "; but the kernel's table (length {live_len}) gives {live}: the dataplane differs from the plan; restarting lbd rewrites every entry"
+                );
+            }
+        }
         let tracked = tracked.map(|flow| {
             let backend = SocketAddr::new(
                 reconcile::ip(&flow.nat_addr),
@@ -411,16 +448,10 @@ impl Daemon {
                 backend_removed: removed,
             }
         });
-        let service = self.running.frontends.get(&lb_common::maps::EndpointKey {
-            addr: reconcile::addr(dst.ip()),
-            port_be: dst.port().to_be(),
-            proto: protocol,
-            _pad: 0,
-        });
         let round_robin = service.is_some_and(|s| s.flags & service_flags::ROUND_ROBIN != 0);
         Ok(Explained {
             tracked,
-            selection: selection.to_string(),
+            selection: selection_text,
             round_robin,
         })
     }

@@ -944,3 +944,62 @@ fn the_connection_table_occupancy_counts_every_entry() {
     })
     .expect("in the namespace");
 }
+
+#[test]
+fn explain_answers_from_the_kernels_table_and_says_when_it_differs_from_the_plan() {
+    if !e2e_enabled() {
+        return;
+    }
+    use aya::maps::{Array, ArrayOfMaps, Map, MapData};
+    use lb_common::maps::{SELECTION_TABLE_FLAGS, TableElement, table_elements};
+    let (topo, _servers) = setup(2);
+    let one_port = format!(
+        "services:\n  web:\n    vip: {VIP}\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.10\", \"198.18.2.11\"]\n"
+    );
+    let lb = start(&topo, &one_port, &[]);
+    let explain = |lb: &Lbd| {
+        lbctl_json(
+            lb,
+            &["explain", "tcp", "198.18.1.2:40000", &web().to_string()],
+        )["selection"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let planned = explain(&lb);
+    assert!(
+        planned.contains("maglev") && !planned.contains("differs"),
+        "{planned}"
+    );
+    // Something rewrites the service's table (id 0, its only kernel service) behind lbd's
+    // back: every slot now names one backend, and 101 slots instead of 16381.
+    let chosen = if planned.contains("198.18.2.10:8080") {
+        2
+    } else {
+        1
+    };
+    let len = 101u32;
+    let mut table: Array<MapData, TableElement> =
+        Array::create(table_elements(len), SELECTION_TABLE_FLAGS).expect("table");
+    for element in 0..table_elements(len) {
+        let first = if element == 0 { len } else { chosen };
+        table.set(element, [first, chosen], 0).expect("slot");
+    }
+    let path = lb.pin_dir().join("maps").join("SERVICE_TABLES");
+    let mut tables: ArrayOfMaps<MapData, Array<MapData, TableElement>> =
+        ArrayOfMaps::try_from(Map::ArrayOfMaps(MapData::from_pin(&path).expect("pinned")))
+            .expect("SERVICE_TABLES");
+    tables.set(0, &table, 0).expect("swap the table");
+    let live = explain(&lb);
+    let other = if chosen == 2 {
+        "198.18.2.11:8080"
+    } else {
+        "198.18.2.10:8080"
+    };
+    assert!(
+        live.contains("the kernel's table (length 101) gives")
+            && live.contains(other)
+            && live.contains("differs from the plan"),
+        "{live}"
+    );
+}

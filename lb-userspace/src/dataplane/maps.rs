@@ -7,8 +7,8 @@ use aya::maps::{
 };
 use lb_common::{
     maps::{
-        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TABLE_LEN_SLOT,
-        TableElement, TrafficCounters, names, table_elements,
+        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, SLOTS_PER_ELEMENT, Service,
+        TABLE_LEN_SLOT, TableElement, TrafficCounters, names, table_elements,
     },
     stats::StatSlot,
 };
@@ -243,6 +243,28 @@ impl Dataplane {
                 .map(names::GLOBAL_STATS)
                 .expect("checked at load"),
         )
+    }
+
+    /// Slot `slot` of service `service_id`'s selection table as the kernel holds it (slot
+    /// `TABLE_LEN_SLOT` is the table's length). `None`: no table, or no such slot.
+    pub fn table_slot(&self, service_id: u32, slot: u32) -> Result<Option<u32>, DataplaneError> {
+        let tables: aya::maps::ArrayOfMaps<&MapData, Array<MapData, TableElement>> =
+            aya::maps::ArrayOfMaps::try_from(
+                self.ebpf()
+                    .map(names::SERVICE_TABLES)
+                    .expect("checked at load"),
+            )
+            .map_err(map_err(names::SERVICE_TABLES))?;
+        let table = match tables.get(&service_id, 0) {
+            Ok(table) => table,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(error) => return Err(map_err(names::SERVICE_TABLES)(error)),
+        };
+        match table.get(&(slot / SLOTS_PER_ELEMENT), 0) {
+            Ok(element) => Ok(Some(element[(slot % SLOTS_PER_ELEMENT) as usize])),
+            Err(MapError::OutOfBounds { .. }) => Ok(None),
+            Err(error) => Err(map_err(names::SERVICE_TABLES)(error)),
+        }
     }
 
     /// The connection-table entry of `key`, if tracked.
