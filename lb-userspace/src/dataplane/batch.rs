@@ -28,8 +28,29 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Runs one batch command over `count` elements; `Ok` with the elements done, `Err` with the
-/// elements done before the one that failed, and the error.
+/// Runs one batch command. The kernel writes `attr.count` back (the elements done) and, for
+/// lookups, the resume token behind `attr.out_batch`.
+fn run(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: the callers point `keys`, `values` and the tokens at live buffers of `count`
+    // elements of the map's key and value sizes (or 0), in the layout of the kernel's
+    // bpf_attr for batch commands.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Runs one update or delete batch over `count` elements; `Err` with the elements done before
+/// the one that failed, and the error.
 fn call(
     command: libc::c_long,
     map_fd: u32,
@@ -47,22 +68,7 @@ fn call(
         elem_flags: 0,
         flags: 0,
     };
-    // SAFETY: `keys` and `values` point at `count` live elements of the map's key and value
-    // sizes (the callers' slices), in the layout of the kernel's bpf_attr for batch commands;
-    // the kernel writes only `attr.count` back.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err((attr.count as usize, std::io::Error::last_os_error()))
-    }
+    run(command, &mut attr).map_err(|error| (attr.count as usize, error))
 }
 
 /// The map's descriptor as the kernel's attributes take it.
@@ -175,29 +181,20 @@ pub fn count_entries(map: &MapData, key_size: usize, value_size: usize) -> std::
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: the buffers hold `chunk` keys and values of the map's sizes; the kernel
-        // writes at most that many, the token, and `attr.count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let error = (rc != 0).then(std::io::Error::last_os_error);
-        match error.as_ref().and_then(std::io::Error::raw_os_error) {
-            None => total += u64::from(attr.count),
+        match run(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => total += u64::from(attr.count),
             // The end of the map (the last entries come with it).
-            Some(libc::ENOENT) => return Ok(total + u64::from(attr.count)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(total + u64::from(attr.count));
+            }
             // A bucket holds more than `chunk` entries: ask for more at once.
-            Some(libc::ENOSPC) if chunk < CHUNK * 64 => {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < CHUNK * 64 => {
                 chunk *= 2;
                 keys.resize(chunk * key_size, 0);
                 values.resize(chunk * value_size.next_multiple_of(8), 0);
                 continue;
             }
-            Some(_) => return Err(error.expect("an error")),
+            Err(e) => return Err(e),
         }
         first = false;
         token_in = token_out;
