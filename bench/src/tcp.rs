@@ -142,15 +142,17 @@ pub struct TcpReport {
     pub targets: Vec<Target>,
 }
 
-/// Short connections from `clients` threads in `ns` to `target` for `seconds`.
-fn connections(
-    ns: &Netns,
-    pin: bool,
-    target: SocketAddr,
-    clients: usize,
-    seconds: f64,
-) -> Result<Count> {
-    measure(ns, pin, clients, seconds, |deadline, ok, errors| {
+/// The client side of a measurement: its namespace, its threads, and whether they are pinned
+/// to `CLIENT_CPU`.
+struct Clients<'a> {
+    ns: &'a Netns,
+    threads: usize,
+    pinned: bool,
+}
+
+/// Short connections from every client thread to `target` for `seconds`.
+fn connections(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Result<Count> {
+    measure(clients, seconds, |deadline, ok, errors| {
         while Instant::now() < deadline {
             match one_exchange(target) {
                 Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
@@ -161,14 +163,8 @@ fn connections(
 }
 
 /// Keep-alive: one connection per client thread, requests back to back for `seconds`.
-fn keepalive(
-    ns: &Netns,
-    pin: bool,
-    target: SocketAddr,
-    clients: usize,
-    seconds: f64,
-) -> Result<Count> {
-    measure(ns, pin, clients, seconds, |deadline, ok, errors| {
+fn keepalive(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Result<Count> {
+    measure(clients, seconds, |deadline, ok, errors| {
         // Reconnect (bounded by the deadline) if a connection fails.
         while Instant::now() < deadline {
             let Ok(mut stream) = connect(target) else {
@@ -186,23 +182,21 @@ fn keepalive(
     })
 }
 
-/// Runs `work` on `clients` threads inside `ns` until `seconds` pass.
+/// Runs `work` on every client thread, in the clients' namespace, until `seconds` pass.
 fn measure(
-    ns: &Netns,
-    pin_clients: bool,
-    clients: usize,
+    clients: &Clients<'_>,
     seconds: f64,
     work: impl Fn(Instant, &AtomicU64, &AtomicU64) + Sync,
 ) -> Result<Count> {
     let (ok, errors) = (AtomicU64::new(0), AtomicU64::new(0));
-    let elapsed = ns.run(|| {
+    let elapsed = clients.ns.run(|| {
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(seconds);
         // Threads spawned here inherit this thread's network namespace.
         std::thread::scope(|s| {
-            for _ in 0..clients {
+            for _ in 0..clients.threads {
                 s.spawn(|| {
-                    if pin_clients {
+                    if clients.pinned {
                         pin_to_cpu(CLIENT_CPU);
                     }
                     work(deadline, &ok, &errors)
@@ -421,6 +415,11 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let topo = Topology::new(BACKENDS)?;
     topo.client.set_sysctls(&[("net.ipv4.tcp_tw_reuse", "1")])?;
     let servers: Vec<NameServer> = topo.serve_on_backends(&[BACKEND_PORT], &[])?;
+    let clients = Clients {
+        ns: &topo.client,
+        threads: args.clients,
+        pinned: pin,
+    };
     let mut conns: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
     let mut reqs: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
     for round in 0..args.rounds {
@@ -434,9 +433,9 @@ pub fn run(args: &TcpArgs) -> Result<()> {
             });
             let measured = ready.and_then(|()| {
                 // Warm-up, not counted: caches, the server's accept queue, conntrack.
-                connections(&topo.client, pin, target, args.clients, WARMUP_SECONDS)?;
-                let c = connections(&topo.client, pin, target, args.clients, args.seconds)?;
-                let k = keepalive(&topo.client, pin, target, args.clients, args.seconds)?;
+                connections(&clients, target, WARMUP_SECONDS)?;
+                let c = connections(&clients, target, args.seconds)?;
+                let k = keepalive(&clients, target, args.seconds)?;
                 Ok((c, k))
             });
             let stopped = stop(running, &topo);
