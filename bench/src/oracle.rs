@@ -164,8 +164,7 @@ impl Replayer<'_> {
         self.traffic.record_flows(true)?;
         self.frame = self.traffic.configure(&self.set)?;
         let s = self.traffic.run(
-            &self.topo.generator,
-            topo::GEN_IF,
+            self.topo,
             &self.frame,
             self.cpu,
             Limits {

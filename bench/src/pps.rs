@@ -7,7 +7,7 @@
 // private to it).
 use crate::micro::machine;
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use serde::Serialize;
@@ -110,6 +110,10 @@ pub struct ContenderResult {
     pub spread: Spread,
     /// Sent minus delivered, summed over rounds.
     pub lost: u64,
+    /// Where the lost frames went: the veths' drop and error counters that grew, summed over
+    /// rounds.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub veth_drops: BTreeMap<String, u64>,
     /// Highest / lowest per-destination packets over the rounds (balancing contenders).
     pub max_min_share: Option<f64>,
 }
@@ -233,8 +237,7 @@ impl Bench<'_> {
         let result = (|| {
             // Warm-up: at least every flow once (new flows, conntrack entries, caches).
             self.traffic.run(
-                &self.topo.generator,
-                topo::GEN_IF,
+                self.topo,
                 &frame,
                 self.cpu,
                 limits(Some(warmup_packets.max(u64::from(set_flows))), 30.0),
@@ -243,8 +246,7 @@ impl Bench<'_> {
             // meshlb's flows started so far: the measured phase's are counted against it.
             let new_flows_before = node.lbd().map(lbd_new_flows).transpose()?;
             let summary = self.traffic.run(
-                &self.topo.generator,
-                topo::GEN_IF,
+                self.topo,
                 &frame,
                 self.cpu,
                 limits(None, args.seconds),
@@ -408,6 +410,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
             mpps: mpps(i),
             spread: Spread::of(&mpps(i)).expect("rounds >= 1"),
             lost: per[i].iter().map(RunSummary::lost).sum(),
+            veth_drops: summed_drops(&per[i]),
             max_min_share: per[i].iter().filter_map(max_min).reduce(f64::max),
         })
         .collect();
@@ -580,6 +583,15 @@ fn fmt_spread(s: &Spread, digits: usize) -> String {
     )
 }
 
+/// The veth drop counters of several runs, added up.
+fn summed_drops(runs: &[RunSummary]) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for (counter, n) in runs.iter().flat_map(|s| &s.veth_drops) {
+        *total.entry(counter.clone()).or_default() += n;
+    }
+    total
+}
+
 /// The markdown table of a report.
 pub fn render_markdown(r: &PpsReport) -> String {
     let mut md = String::new();
@@ -596,6 +608,23 @@ pub fn render_markdown(r: &PpsReport) -> String {
             c.lost,
             c.max_min_share
                 .map_or("—".to_owned(), |x| format!("{x:.2}"))
+        ));
+    }
+    for c in r.contenders.iter().filter(|c| c.lost > 0) {
+        let drops: Vec<String> = c
+            .veth_drops
+            .iter()
+            .map(|(counter, n)| format!("`{counter}` {n}"))
+            .collect();
+        md.push_str(&format!(
+            "\n{} lost {}: {}.\n",
+            c.name,
+            c.lost,
+            if drops.is_empty() {
+                "no veth counted a drop or error".to_owned()
+            } else {
+                format!("the veths counted {}", drops.join(", "))
+            }
         ));
     }
     md.push_str(
@@ -676,6 +705,7 @@ mod tests {
                 mpps: vec![1.0, 1.2],
                 spread,
                 lost: 7,
+                veth_drops: BTreeMap::from([("gen:eth0 tx_queue_0_xdp_xmit_errors".to_owned(), 7)]),
                 max_min_share: Some(1.25),
             }],
             targets: vec![
@@ -702,6 +732,12 @@ mod tests {
         let md = render_markdown(&report(vec![0.80, 0.90]));
         assert!(
             md.contains("| meshlb XDP | 1.000 / **1.100** / 1.200 | 7 | 1.25 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "meshlb XDP lost 7: the veths counted `gen:eth0 tx_queue_0_xdp_xmit_errors` 7."
+            ),
             "{md}"
         );
         assert!(

@@ -100,6 +100,10 @@ pub struct RunSummary {
     pub per_destination: BTreeMap<IpAddr, u64>,
     /// Frames the sink saw that were not IPv4/IPv6.
     pub other: u64,
+    /// The veths' drop and error counters that grew during the run (see
+    /// [`PpsTopology::veth_drop_counters`]): where lost frames went.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub veth_drops: BTreeMap<String, u64>,
 }
 
 impl RunSummary {
@@ -267,13 +271,12 @@ impl Traffic {
             .collect()
     }
 
-    /// Sends `frame` (the set configured with [`Traffic::configure`]) from `interface` in
-    /// `ns` within `limits`, pinned to `cpu`; prints a progress line every second when
+    /// Sends `frame` (the set configured with [`Traffic::configure`]) from the generator's
+    /// interface within `limits`, pinned to `cpu`; prints a progress line every second when
     /// `progress`. Returns what was sent and delivered.
     pub fn run(
         &self,
-        ns: &Netns,
-        interface: &str,
+        topo: &PpsTopology,
         frame: &[u8],
         cpu: usize,
         limits: Limits,
@@ -288,10 +291,11 @@ impl Traffic {
         let prog = xdp(&self.ebpf, "generator")?;
         let (before, other_before) = self.sink_counts()?;
         let sent_before = self.generated()?;
+        let drops_before = topo.veth_drop_counters()?;
         let pacer = Pacer::new(limits.rate, MAX_CHUNK);
-        let elapsed = ns.run(|| -> Result<Duration> {
+        let elapsed = topo.generator.run(|| -> Result<Duration> {
             pin_to(cpu)?;
-            let ifindex = lb_userspace::dataplane::ifindex(interface)?;
+            let ifindex = lb_userspace::dataplane::ifindex(topo::GEN_IF)?;
             // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
             let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0]
                 .iter()
@@ -352,6 +356,7 @@ impl Traffic {
             seconds: elapsed.as_secs_f64(),
             per_destination,
             other: other_after - other_before,
+            veth_drops: topo::grown(&drops_before, &topo.veth_drop_counters()?),
         })
     }
 }
@@ -459,7 +464,7 @@ pub fn run(args: &GenArgs) -> Result<()> {
         rate: args.rate,
         batch: args.batch,
     };
-    let summary = traffic.run(&topo.generator, topo::GEN_IF, &frame, cpu, limits, true);
+    let summary = traffic.run(&topo, &frame, cpu, limits, true);
     let stopped = node.stop(&topo, &mut traffic);
     let summary = summary?;
     let counters = stopped?;
@@ -495,6 +500,9 @@ pub fn print_summary(s: &RunSummary) {
     );
     if s.other > 0 {
         println!("sink: {} frames that were not IPv4/IPv6", s.other);
+    }
+    for (counter, n) in &s.veth_drops {
+        println!("veth {counter}: {n}");
     }
     println!("{:<28} {:>12} {:>8}", "destination", "packets", "share");
     for (ip, n) in &s.per_destination {

@@ -14,7 +14,10 @@
 //! Backend i is 198.18.16.(1 + i) onwards (198.18.16.0/20 holds 4,094) or fd00:2::(1 + i).
 //! Everything is removed when the namespaces are dropped.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use lb_userspace::testkit::Netns;
@@ -148,6 +151,32 @@ impl PpsTopology {
         })
     }
 
+    /// The drop and error counters of the four veths (`ethtool -S`: the veth driver's per-queue
+    /// XDP counters, e.g. the generator's `tx_queue_0_xdp_xmit_errors`: frames its XDP_TX
+    /// could not put in the node's receive ring, which was full), keyed "namespace:interface
+    /// counter", but for the sink's own XDP_DROPs. Diffed around a run, they say where lost
+    /// frames went.
+    pub fn veth_drop_counters(&self) -> Result<BTreeMap<String, u64>> {
+        let mut counters = BTreeMap::new();
+        for (ns, role, interface) in [
+            (&self.generator, "gen", GEN_IF),
+            (&self.node, "node", NODE_IN),
+            (&self.node, "node", NODE_OUT),
+            (&self.sink, "sink", SINK_IF),
+        ] {
+            let stats = ns
+                .exec(&["ethtool", "-S", interface])
+                .with_context(|| format!("reading {role}:{interface}'s counters"))?;
+            counters.extend(
+                drop_counters(&stats)
+                    // The sink answers XDP_DROP to every frame it counted.
+                    .filter(|(name, _)| role != "sink" || !name.ends_with("xdp_drops"))
+                    .map(|(name, value)| (format!("{role}:{interface} {name}"), value)),
+            );
+        }
+        Ok(counters)
+    }
+
     /// The kernel's index of `interface` in `ns`.
     pub fn ifindex(ns: &Netns, interface: &str) -> Result<u32> {
         let name = interface.to_owned();
@@ -155,6 +184,32 @@ impl PpsTopology {
         ensure!(index != 0, "{interface} has no index");
         Ok(index)
     }
+}
+
+/// The `name: value` lines of `ethtool -S` output whose name says drop or error.
+fn drop_counters(stats: &str) -> impl Iterator<Item = (&str, u64)> {
+    stats.lines().filter_map(|line| {
+        let (name, value) = line.trim().split_once(':')?;
+        let counts_losses = name.contains("drop") || name.contains("err");
+        counts_losses.then_some((name, value.trim().parse().ok()?))
+    })
+}
+
+/// What grew between two [`PpsTopology::veth_drop_counters`] snapshots.
+pub fn grown(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                n.saturating_sub(before.get(name).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -180,5 +235,31 @@ mod tests {
             "fd00:2::a".parse::<IpAddr>().unwrap()
         );
         assert_eq!(mac_string(SINK_MAC), "02:6d:6c:62:03:02");
+    }
+
+    #[test]
+    fn drop_counters_are_read_from_ethtool_output() {
+        let stats = "NIC statistics:\n     peer_ifindex: 5\n     rx_queue_0_xdp_packets: 9\n     \
+                     rx_queue_0_drops: 2\n     rx_queue_0_xdp_tx_errors: 0\n     \
+                     tx_queue_0_xdp_xmit_errors: 12305\n";
+        let read: Vec<_> = drop_counters(stats).collect();
+        assert_eq!(
+            read,
+            [
+                ("rx_queue_0_drops", 2),
+                ("rx_queue_0_xdp_tx_errors", 0),
+                ("tx_queue_0_xdp_xmit_errors", 12305)
+            ]
+        );
+        let before = BTreeMap::from([("a".to_owned(), 3), ("b".to_owned(), 1)]);
+        let after = BTreeMap::from([
+            ("a".to_owned(), 3),
+            ("b".to_owned(), 4),
+            ("c".to_owned(), 2),
+        ]);
+        assert_eq!(
+            grown(&before, &after),
+            BTreeMap::from([("b".to_owned(), 3), ("c".to_owned(), 2)])
+        );
     }
 }
