@@ -1,8 +1,11 @@
 //! `lb-bench bench tcp`: real TCP through the node, on the test kit's topology (client, node,
 //! three backends behind a bridge, each running a test-kit `NameServer` on port 8080):
 //! short connections per second (connect, one request, close) and keep-alive requests per
-//! second, through meshlb, nftables DNAT, HAProxy in `mode tcp`, and the client talking to
-//! one backend directly, in interleaved rounds. Client ports are reused across rounds (the
+//! second, through meshlb (once per XDP attach mode asked for), nftables DNAT and HAProxy in
+//! `mode tcp`, each against the client talking to one backend directly, measured right before
+//! and right after it (this VM's speed drifts by more than the targets' margins within a
+//! minute, so each contender is held against the direct figure of its own moment). Client
+//! ports are reused across rounds (the
 //! client namespace runs with `tcp_tw_reuse=1`), which is where netfilter's conntrack has
 //! been seen to decay. Writes `bench/results/tcp-<date>.{json,md}`.
 
@@ -49,9 +52,18 @@ pub struct TcpArgs {
     /// packet on either side shows undiluted.
     #[arg(long)]
     pub pin_cpus: bool,
-    /// `lbd --xdp-mode` for the meshlb contender (native, generic or auto: lbd's default).
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    pub xdp_mode: XdpMode,
+    /// `lbd --xdp-mode` of the meshlb contender, one contender per mode given (auto is lbd's
+    /// default: native on the client's veth, generic on the backends' bridge). Generic runs
+    /// the program on the socket's skb; native on a veth first copies the skb into an XDP
+    /// buffer, a cost a NIC's frames do not have.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        num_args = 1..,
+        default_values_t = [XdpMode::Auto, XdpMode::Generic]
+    )]
+    pub xdp_mode: Vec<XdpMode>,
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
     #[arg(long)]
@@ -80,11 +92,10 @@ fn cpus_available() -> usize {
     usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Contender {
     Direct,
-    Meshlb,
+    Meshlb(XdpMode),
     Nft,
     Haproxy,
 }
@@ -93,19 +104,29 @@ impl Contender {
     pub fn name(self) -> &'static str {
         match self {
             Contender::Direct => "direct to one backend",
-            Contender::Meshlb => "meshlb",
+            Contender::Meshlb(XdpMode::Auto) => "meshlb",
+            Contender::Meshlb(XdpMode::Native) => "meshlb, native XDP",
+            Contender::Meshlb(XdpMode::Generic) => "meshlb, generic XDP",
             Contender::Nft => "nftables DNAT",
             Contender::Haproxy => "HAProxy mode tcp",
         }
     }
 }
 
-const CONTENDERS: [Contender; 4] = [
-    Contender::Direct,
-    Contender::Meshlb,
-    Contender::Nft,
-    Contender::Haproxy,
-];
+/// Everything held against the direct connection: meshlb once per XDP mode asked for,
+/// nftables DNAT and HAProxy.
+fn balancers(modes: &[XdpMode]) -> Vec<Contender> {
+    let mut seen = Vec::new();
+    for &mode in modes {
+        if !seen.contains(&mode) {
+            seen.push(mode);
+        }
+    }
+    seen.into_iter()
+        .map(Contender::Meshlb)
+        .chain([Contender::Nft, Contender::Haproxy])
+        .collect()
+}
 
 /// What a measurement loop counted.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -124,8 +145,15 @@ impl Count {
 #[derive(Clone, Debug, Serialize)]
 pub struct ContenderResult {
     pub name: &'static str,
+    /// Per round. For the direct connection, the mean of its measurements in the round.
     pub connections_per_s: Vec<f64>,
     pub requests_per_s: Vec<f64>,
+    /// Per round, what this contender is held against: the mean of the direct measurements
+    /// right before and right after it (empty for the direct connection itself).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub direct_connections_per_s: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub direct_requests_per_s: Vec<f64>,
     pub errors: u64,
 }
 
@@ -298,7 +326,7 @@ fn start(contender: Contender, topo: &Topology, args: &TcpArgs) -> Result<(Runni
     let backends = backend_addrs(topo);
     Ok(match contender {
         Contender::Direct => (Running::Direct, SocketAddr::new(backends[0], BACKEND_PORT)),
-        Contender::Meshlb => {
+        Contender::Meshlb(xdp_mode) => {
             let lbd = Lbd::start(
                 &args.lbd,
                 &topo.node,
@@ -308,7 +336,7 @@ fn start(contender: Contender, topo: &Topology, args: &TcpArgs) -> Result<(Runni
                     "--conntrack-entries",
                     "2097152",
                     "--xdp-mode",
-                    &args.xdp_mode.to_string(),
+                    &xdp_mode.to_string(),
                 ],
             )?;
             (
@@ -369,6 +397,58 @@ fn stop(running: Running, topo: &Topology) -> Result<()> {
     Ok(())
 }
 
+impl ContenderResult {
+    fn empty(name: &'static str) -> Self {
+        Self {
+            name,
+            connections_per_s: Vec::new(),
+            requests_per_s: Vec::new(),
+            direct_connections_per_s: Vec::new(),
+            direct_requests_per_s: Vec::new(),
+            errors: 0,
+        }
+    }
+}
+
+/// Starts `contender`, measures short connections then keep-alive requests through it (after
+/// a warm-up), stops it and lets the kernel settle. Prints the figures.
+fn measure_contender(
+    contender: Contender,
+    topo: &Topology,
+    clients: &Clients<'_>,
+    args: &TcpArgs,
+    round: usize,
+) -> Result<(Count, Count)> {
+    let (running, target) = start(contender, topo, args)?;
+    let ready = wait_ready(topo, target).with_context(|| match &running {
+        Running::Haproxy(child, _) => format!("haproxy said:\n{}", child.output_so_far()),
+        Running::Meshlb(lbd) => format!("lbd said:\n{}", lbd.output()),
+        _ => String::new(),
+    });
+    let measured = ready.and_then(|()| {
+        // Warm-up, not counted: caches, the server's accept queue, conntrack.
+        connections(clients, target, WARMUP_SECONDS)?;
+        let c = connections(clients, target, args.seconds)?;
+        let k = keepalive(clients, target, args.seconds)?;
+        Ok((c, k))
+    });
+    let stopped = stop(running, topo);
+    let (c, k) = measured.with_context(|| format!("{} round {round}", contender.name()))?;
+    stopped?;
+    if contender != Contender::Direct {
+        std::thread::sleep(Duration::from_secs_f64(SETTLE_SECONDS));
+    }
+    println!(
+        "tcp: round {round}: {:<22} {:>8.0} connections/s ({} errors)  {:>8.0} keep-alive requests/s ({} errors)",
+        contender.name(),
+        c.rate(),
+        c.errors,
+        k.rate(),
+        k.errors
+    );
+    Ok((c, k))
+}
+
 /// Waits (bounded) until `target` answers a request from the client.
 fn wait_ready(topo: &Topology, target: SocketAddr) -> Result<()> {
     let mut last = None;
@@ -395,13 +475,14 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         "{} does not exist: run `cargo xtask build`",
         args.lbd.display()
     );
+    let balancers = balancers(&args.xdp_mode);
     let machine = machine::facts();
     println!(
-        "tcp: {} ({} CPUs); {} rounds × {} contenders × ({} s connections + {} s keep-alive), {} client threads",
+        "tcp: {} ({} CPUs); {} rounds × {} contenders, each between two direct measurements, × ({} s connections + {} s keep-alive), {} client threads",
         machine.cpu_model,
         machine.cpus,
         args.rounds,
-        CONTENDERS.len(),
+        balancers.len(),
         args.seconds,
         args.seconds,
         args.clients
@@ -420,73 +501,67 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         threads: args.clients,
         pinned: pin,
     };
-    let mut conns: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
-    let mut reqs: Vec<Vec<Count>> = vec![Vec::new(); CONTENDERS.len()];
+    let mut results: Vec<ContenderResult> = balancers
+        .iter()
+        .map(|c| ContenderResult::empty(c.name()))
+        .collect();
+    let mut direct = ContenderResult::empty(Contender::Direct.name());
     for round in 0..args.rounds {
-        for i in crate::pps::rotated(CONTENDERS.len(), round) {
-            let contender = &CONTENDERS[i];
-            let (running, target) = start(*contender, &topo, args)?;
-            let ready = wait_ready(&topo, target).with_context(|| match &running {
-                Running::Haproxy(child, _) => format!("haproxy said:\n{}", child.output_so_far()),
-                Running::Meshlb(lbd) => format!("lbd said:\n{}", lbd.output()),
-                _ => String::new(),
-            });
-            let measured = ready.and_then(|()| {
-                // Warm-up, not counted: caches, the server's accept queue, conntrack.
-                connections(&clients, target, WARMUP_SECONDS)?;
-                let c = connections(&clients, target, args.seconds)?;
-                let k = keepalive(&clients, target, args.seconds)?;
-                Ok((c, k))
-            });
-            let stopped = stop(running, &topo);
-            let (c, k) = measured.with_context(|| format!("{} round {round}", contender.name()))?;
-            stopped?;
-            std::thread::sleep(Duration::from_secs_f64(SETTLE_SECONDS));
-            println!(
-                "tcp: round {round}: {:<22} {:>8.0} connections/s ({} errors)  {:>8.0} keep-alive requests/s ({} errors)",
-                contender.name(),
-                c.rate(),
-                c.errors,
-                k.rate(),
-                k.errors
-            );
-            conns[i].push(c);
-            reqs[i].push(k);
+        let mut direct_round = vec![measure_contender(
+            Contender::Direct,
+            &topo,
+            &clients,
+            args,
+            round,
+        )?];
+        for i in crate::pps::rotated(balancers.len(), round) {
+            let (c, k) = measure_contender(balancers[i], &topo, &clients, args, round)?;
+            let after = measure_contender(Contender::Direct, &topo, &clients, args, round)?;
+            let before = direct_round.last().expect("measured above");
+            let r = &mut results[i];
+            r.connections_per_s.push(c.rate());
+            r.requests_per_s.push(k.rate());
+            r.direct_connections_per_s
+                .push((before.0.rate() + after.0.rate()) / 2.0);
+            r.direct_requests_per_s
+                .push((before.1.rate() + after.1.rate()) / 2.0);
+            r.errors += c.errors + k.errors;
+            direct_round.push(after);
         }
+        let n = direct_round.len() as f64;
+        direct
+            .connections_per_s
+            .push(direct_round.iter().map(|(c, _)| c.rate()).sum::<f64>() / n);
+        direct
+            .requests_per_s
+            .push(direct_round.iter().map(|(_, k)| k.rate()).sum::<f64>() / n);
+        direct.errors += direct_round
+            .iter()
+            .map(|(c, k)| c.errors + k.errors)
+            .sum::<u64>();
     }
     drop(servers);
     drop(topo);
-    let rates = |v: &[Count]| -> Vec<f64> { v.iter().map(Count::rate).collect() };
-    let contenders: Vec<ContenderResult> = CONTENDERS
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ContenderResult {
-            name: c.name(),
-            connections_per_s: rates(&conns[i]),
-            requests_per_s: rates(&reqs[i]),
-            errors: conns[i].iter().chain(&reqs[i]).map(|c| c.errors).sum(),
-        })
-        .collect();
     let ratio =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
-    let direct = &contenders[0];
     let mut targets = Vec::new();
-    for c in &contenders[1..] {
+    for c in &results {
         // The targets are meshlb's; the others are measured against the same bar.
         let (conn_target, req_target) = (0.9, 0.95);
         targets.extend(Target::new(
             format!("{} / direct, connections/s", c.name),
-            ratio(&c.connections_per_s, &direct.connections_per_s),
+            ratio(&c.connections_per_s, &c.direct_connections_per_s),
             conn_target,
             true,
         ));
         targets.extend(Target::new(
             format!("{} / direct, keep-alive requests/s", c.name),
-            ratio(&c.requests_per_s, &direct.requests_per_s),
+            ratio(&c.requests_per_s, &c.direct_requests_per_s),
             req_target,
             true,
         ));
     }
+    let contenders: Vec<ContenderResult> = std::iter::once(direct).chain(results).collect();
     let report = TcpReport {
         date: machine::today(),
         machine,
@@ -520,7 +595,7 @@ pub fn render_markdown(r: &TcpReport) -> String {
             .join(" / ")
     };
     let mut md = format!(
-        "### Real TCP through the node ({} client threads{}; {} s per measurement after a 1 s warm-up and a 2 s pause after the previous contender, the order of contenders rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | errors |\n|---|---|---|---|\n",
+        "### Real TCP through the node ({} client threads{}; {} s per measurement after a 1 s warm-up and a 2 s pause after a balancer is stopped; every balancer measured between two direct measurements and held against their mean; the order of balancers rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | direct right before and after: connections/s; keep-alive requests/s | errors |\n|---|---|---|---|---|\n",
         r.clients,
         if r.pinned {
             " on CPU 0, servers, lbd and HAProxy on CPU 1"
@@ -530,8 +605,17 @@ pub fn render_markdown(r: &TcpReport) -> String {
         r.seconds
     );
     for c in &r.contenders {
+        let reference = if c.direct_connections_per_s.is_empty() {
+            "— (mean of its measurements in the round)".to_owned()
+        } else {
+            format!(
+                "{}; {}",
+                per_round(&c.direct_connections_per_s),
+                per_round(&c.direct_requests_per_s)
+            )
+        };
         md.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {reference} | {} |\n",
             c.name,
             per_round(&c.connections_per_s),
             per_round(&c.requests_per_s),
@@ -592,6 +676,8 @@ mod tests {
                 name: "meshlb",
                 connections_per_s: vec![1000.4, 2000.0],
                 requests_per_s: vec![5000.0, 6000.0],
+                direct_connections_per_s: vec![1050.0, 2353.0],
+                direct_requests_per_s: vec![5100.0, 6200.0],
                 errors: 3,
             }],
             targets: vec![
@@ -606,12 +692,29 @@ mod tests {
         };
         let md = render_markdown(&r);
         assert!(
-            md.contains("| meshlb | 1000 / 2000 | 5000 / 6000 | 3 |"),
+            md.contains("| meshlb | 1000 / 2000 | 5000 / 6000 | 1050 / 2353; 5100 / 6200 | 3 |"),
             "{md}"
         );
         assert!(
             md.contains("| meshlb / direct, connections/s | 0.95 / 0.85 | ≥ 0.9 | **no** |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn every_xdp_mode_asked_for_is_one_meshlb_contender() {
+        let names: Vec<_> = balancers(&[XdpMode::Auto, XdpMode::Generic, XdpMode::Auto])
+            .into_iter()
+            .map(Contender::name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "meshlb",
+                "meshlb, generic XDP",
+                "nftables DNAT",
+                "HAProxy mode tcp"
+            ]
         );
     }
 
