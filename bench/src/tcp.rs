@@ -52,16 +52,16 @@ pub struct TcpArgs {
     /// packet on either side shows undiluted.
     #[arg(long)]
     pub pin_cpus: bool,
-    /// `lbd --xdp-mode` of the meshlb contender, one contender per mode given (auto is lbd's
-    /// default: native on the client's veth, generic on the backends' bridge). Generic runs
-    /// the program on the socket's skb; native on a veth first copies the skb into an XDP
-    /// buffer, a cost a NIC's frames do not have.
+    /// `lbd --xdp-mode` of the meshlb contender, one contender per mode given. Auto is lbd's
+    /// default: generic on the client's veth and on the backends' bridge, where the program
+    /// runs on the sockets' skbs. Native on the client's veth converts every skb to an XDP
+    /// buffer and back, a cost a NIC's frames do not have: measured beside it by default.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
         num_args = 1..,
-        default_values_t = [XdpMode::Auto, XdpMode::Generic]
+        default_values_t = [XdpMode::Auto, XdpMode::Native]
     )]
     pub xdp_mode: Vec<XdpMode>,
     #[arg(long, default_value = "bench/results")]

@@ -378,6 +378,11 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
             .collect()
     };
     let modes_before = modes(&lbctl_json(&lb, &["status"]));
+    // `--xdp-mode auto` (the default): generic on the client's veth and on the bridge.
+    assert!(
+        !modes_before.is_empty() && modes_before.iter().all(|(_, m)| m == "\"generic\""),
+        "{modes_before:?}"
+    );
     let before_kill = sent.load(Ordering::Relaxed);
     lb.kill().expect("kill -9");
     // With lbd dead, the pinned program keeps forwarding.

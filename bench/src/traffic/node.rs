@@ -117,7 +117,9 @@ impl Node {
             Through::Meshlb => {
                 let services = config.services_yaml();
                 let entries = config.conntrack_entries.map(|n| n.to_string());
-                let mut extra = vec!["--xdp-redirect", NODE_OUT];
+                // Native on the veths, not lbd's auto (generic on a veth): the generator sends
+                // XDP frames, which only a native program on the node's veth takes.
+                let mut extra = vec!["--xdp-redirect", NODE_OUT, "--xdp-mode", "native"];
                 if let Some(entries) = &entries {
                     extra.extend(["--conntrack-entries", entries]);
                 }
@@ -201,8 +203,8 @@ fn load_in_process(topo: &PpsTopology, config: &NodeConfig) -> Result<Dataplane>
     // Attaching and the device map resolve interface names and indexes in the calling
     // thread's namespace.
     topo.node.run(|| -> Result<()> {
-        dp.attach(NODE_IN, XdpMode::Auto)?;
-        dp.attach(NODE_OUT, XdpMode::Auto)?;
+        dp.attach(NODE_IN, XdpMode::Native)?;
+        dp.attach(NODE_OUT, XdpMode::Native)?;
         dp.allow_xdp_redirect(dataplane::ifindex(NODE_OUT)?)?;
         Ok(())
     })??;

@@ -95,7 +95,10 @@ pub enum XdpMode {
     Native,
     /// In the kernel's generic path: works on every device (bridges too).
     Generic,
-    /// Native where the device supports it, generic elsewhere.
+    /// Native where the device supports it, generic elsewhere and on veths: a veth's packets
+    /// are skbs from sockets, and native XDP on a veth turns each into an XDP buffer and back
+    /// (`bench tcp`: slower than generic). Native on a veth only pays when its peer sends XDP
+    /// frames (XDP_TX or XDP_REDIRECT), as `lb-bench`'s generator does.
     Auto,
 }
 
@@ -473,6 +476,13 @@ fn attach_xdp(
             })
     };
     match mode {
+        XdpMode::Auto if is_veth(interface) => {
+            info!(
+                interface,
+                "a veth: generic XDP (its packets are skbs from sockets, which native XDP on a veth converts to XDP buffers and back; `--xdp-mode native` to take XDP frames from its peer)"
+            );
+            Ok((try_mode(xdp, XdpMode::Generic)?, XdpMode::Generic))
+        }
         XdpMode::Auto => match try_mode(xdp, XdpMode::Native) {
             Ok(link) => Ok((link, XdpMode::Native)),
             Err(e) => {
@@ -485,6 +495,14 @@ fn attach_xdp(
         },
         mode => Ok((try_mode(xdp, mode)?, mode)),
     }
+}
+
+/// Whether `interface` is a veth (false if that cannot be read: native is then tried).
+fn is_veth(interface: &str) -> bool {
+    ifindex(interface)
+        .ok()
+        .and_then(|index| xdp_mode::link_kind(index).ok().flatten())
+        .is_some_and(|kind| kind == "veth")
 }
 
 fn remove_pin(path: &Path) -> Result<(), DataplaneError> {

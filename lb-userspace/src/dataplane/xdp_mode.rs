@@ -1,6 +1,7 @@
-//! The mode an interface's XDP program runs in, as the kernel reports it (rtnetlink
-//! `IFLA_XDP_ATTACHED`). An adopted link was attached by an earlier `lbd`, perhaps with another
-//! `--xdp-mode`: its mode is read, not assumed.
+//! What rtnetlink says of an interface: the mode its XDP program runs in (`IFLA_XDP_ATTACHED`;
+//! an adopted link was attached by an earlier `lbd`, perhaps with another `--xdp-mode`: its
+//! mode is read, not assumed), and its kind (`IFLA_INFO_KIND`: "veth", "bridge", none for a
+//! NIC), which `--xdp-mode auto` goes by.
 
 use std::io;
 
@@ -10,6 +11,8 @@ const RTM_GETLINK: u16 = 18;
 const RTM_NEWLINK: u16 = 16;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_ATTACHED: u16 = 2;
 const XDP_ATTACHED_DRV: u8 = 1;
@@ -20,6 +23,17 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// `Some(Native | Generic)` when an XDP program is attached to `ifindex` in that mode, `None`
 /// when none is (or it runs offloaded or in several modes, which meshlb never does).
 pub fn attached_mode(ifindex: u32) -> io::Result<Option<XdpMode>> {
+    parse(&link_message(ifindex)?)
+}
+
+/// The interface's kind as `ip -d link` shows it ("veth", "bridge", ...); `None` for a
+/// device without one (a NIC).
+pub fn link_kind(ifindex: u32) -> io::Result<Option<String>> {
+    parse_kind(&link_message(ifindex)?)
+}
+
+/// The kernel's RTM_NEWLINK answer about `ifindex`.
+fn link_message(ifindex: u32) -> io::Result<Vec<u8>> {
     // SAFETY: plain socket(2); the descriptor is owned below.
     let fd = unsafe {
         libc::socket(
@@ -53,7 +67,8 @@ pub fn attached_mode(ifindex: u32) -> io::Result<Option<XdpMode>> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    parse(&reply[..n as usize])
+    reply.truncate(n as usize);
+    Ok(reply)
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
@@ -75,7 +90,8 @@ fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn parse(reply: &[u8]) -> io::Result<Option<XdpMode>> {
+/// The link's attributes in an RTM_NEWLINK reply (or the error it carries instead).
+fn link_attributes(reply: &[u8]) -> io::Result<&[u8]> {
     let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed rtnetlink reply");
     let len = u32_at(reply, 0).ok_or_else(malformed)? as usize;
     match u16_at(reply, 4).ok_or_else(malformed)? {
@@ -87,7 +103,24 @@ fn parse(reply: &[u8]) -> io::Result<Option<XdpMode>> {
         _ => return Err(malformed()),
     }
     // nlmsghdr (16) + ifinfomsg (16), then the link's attributes.
-    let attrs = reply.get(32..len.min(reply.len())).ok_or_else(malformed)?;
+    reply.get(32..len.min(reply.len())).ok_or_else(malformed)
+}
+
+fn parse_kind(reply: &[u8]) -> io::Result<Option<String>> {
+    let attrs = link_attributes(reply)?;
+    let Some((_, info)) = attributes(attrs).find(|(kind, _)| *kind == IFLA_LINKINFO) else {
+        return Ok(None);
+    };
+    Ok(attributes(info)
+        .find(|(kind, _)| *kind == IFLA_INFO_KIND)
+        .map(|(_, value)| {
+            let name = value.split(|b| *b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        }))
+}
+
+fn parse(reply: &[u8]) -> io::Result<Option<XdpMode>> {
+    let attrs = link_attributes(reply)?;
     let Some((_, xdp)) = attributes(attrs).find(|(kind, _)| *kind == IFLA_XDP) else {
         return Ok(None);
     };
@@ -150,5 +183,23 @@ mod tests {
             Some(libc::ENODEV)
         );
         assert!(parse(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn the_kind_is_read_from_the_nested_link_info_attribute() {
+        let name = attr(3, b"mlb-cli\0");
+        let info = attr(
+            IFLA_LINKINFO | 0x8000,
+            &[attr(IFLA_INFO_KIND, b"veth\0"), attr(2, &[0; 8])].concat(),
+        );
+        let bytes = reply(&[name.clone(), info].concat());
+        assert_eq!(parse_kind(&bytes).unwrap().as_deref(), Some("veth"));
+        assert_eq!(parse_kind(&reply(&name)).unwrap(), None);
+    }
+
+    #[test]
+    fn loopback_has_no_kind() {
+        // Any process can ask about loopback; it has no kind.
+        assert_eq!(link_kind(1).unwrap(), None);
     }
 }
