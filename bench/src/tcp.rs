@@ -52,16 +52,16 @@ pub struct TcpArgs {
     /// packet on either side shows undiluted.
     #[arg(long)]
     pub pin_cpus: bool,
-    /// `lbd --xdp-mode` of the meshlb contender, one contender per mode given. Auto is lbd's
-    /// default: generic on the client's veth and on the backends' bridge, where the program
-    /// runs on the sockets' skbs. Native on the client's veth converts every skb to an XDP
-    /// buffer and back, a cost a NIC's frames do not have: measured beside it by default.
+    /// `lbd --xdp-mode` of the meshlb contender, one contender per mode given (e.g.
+    /// `auto,generic`). Auto, lbd's default, is generic on both the client's veth and the
+    /// backends' bridge here: the program runs on the sockets' skbs. Native cannot attach to
+    /// the bridge.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
         num_args = 1..,
-        default_values_t = [XdpMode::Auto, XdpMode::Native]
+        default_values_t = [XdpMode::Auto]
     )]
     pub xdp_mode: Vec<XdpMode>,
     #[arg(long, default_value = "bench/results")]
