@@ -68,6 +68,8 @@ impl Lbd {
             "--api".into(),
             path(&state_dir.join("api.sock"))?,
         ]);
+        super::interrupt::track_dir(&pin_dir);
+        super::interrupt::track_dir(&state_dir);
         let mut lb = Lbd {
             child: None,
             lbd: lbd.to_owned(),
@@ -264,5 +266,7 @@ impl Drop for Lbd {
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.state_dir);
+        super::interrupt::untrack_dir(&self.pin_dir);
+        super::interrupt::untrack_dir(&self.state_dir);
     }
 }

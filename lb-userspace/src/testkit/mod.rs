@@ -57,6 +57,7 @@
 
 pub mod client;
 pub mod gate;
+pub mod interrupt;
 pub mod lbd;
 pub mod netns;
 pub mod packet;

@@ -74,6 +74,7 @@ impl Netns {
                 .output()
                 .context("running `ip netns add` (is iproute2 installed?)")?;
             if out.status.success() {
+                super::interrupt::track_namespace(&name);
                 return Ok(Netns { name });
             }
             last_error = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -289,6 +290,7 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.name])
             .stdin(Stdio::null())
             .output();
+        super::interrupt::untrack_namespace(&self.name);
         match result {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
@@ -352,6 +354,10 @@ impl ChildGuard {
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = self.child.try_wait().context("waitpid")?;
+            if self.status.is_some() {
+                // Reaped: its pid may be reused, so an interrupt must not kill that group.
+                super::interrupt::untrack_group(self.child.id() as i32);
+            }
         }
         Ok(self.status)
     }
@@ -441,6 +447,7 @@ impl ChildGuard {
         self.kill_group();
         let status = self.child.wait().context("waitpid")?;
         self.status = Some(status);
+        super::interrupt::untrack_group(self.child.id() as i32);
         Ok(status)
     }
 
@@ -484,6 +491,7 @@ impl Drop for ChildGuard {
                 Err(e) => eprintln!("testkit: waiting for {}: {e}", self.description),
             }
         }
+        super::interrupt::untrack_group(self.child.id() as i32);
         let keep = std::thread::panicking() || std::env::var_os("MESHLB_KEEP_LOGS").is_some();
         if std::thread::panicking() {
             let status = self
@@ -520,12 +528,16 @@ fn spawn_logged(mut cmd: Command, label: &str, description: &str) -> Result<Chil
         .stderr(log_err)
         .process_group(0);
     match cmd.spawn() {
-        Ok(child) => Ok(ChildGuard {
-            child,
-            description: description.to_owned(),
-            log_path,
-            status: None,
-        }),
+        Ok(child) => {
+            // The child leads its own process group.
+            super::interrupt::track_group(child.id() as i32);
+            Ok(ChildGuard {
+                child,
+                description: description.to_owned(),
+                log_path,
+                status: None,
+            })
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&log_path);
             Err(e).with_context(|| format!("spawning {description}"))
