@@ -95,10 +95,9 @@ pub enum XdpMode {
     Native,
     /// In the kernel's generic path: works on every device (bridges too).
     Generic,
-    /// Native where the device supports it, generic elsewhere and on veths: a veth's packets
-    /// are skbs from sockets, and native XDP on a veth turns each into an XDP buffer and back
-    /// (`bench tcp`: slower than generic). Native on a veth only pays when its peer sends XDP
-    /// frames (XDP_TX or XDP_REDIRECT), as `lb-bench`'s generator does.
+    /// Native where the device supports it and is not a veth; generic on veths and bridges (a
+    /// veth's packets are socket skbs, which native XDP converts to XDP buffers and back:
+    /// slower in `bench tcp`; ask for native on a veth whose peer sends XDP frames)
     Auto,
 }
 
