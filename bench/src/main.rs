@@ -57,8 +57,7 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread starts (see `clean_up_on_interrupt`): a Ctrl-C in a long bench must
-    // not leave lbd, HAProxy, namespaces or pinned maps behind.
+    // A Ctrl-C in a long bench must not leave lbd, HAProxy, namespaces or pinned maps behind.
     lb_userspace::testkit::interrupt::clean_up_on_interrupt()?;
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),

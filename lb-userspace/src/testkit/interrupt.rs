@@ -8,7 +8,10 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
 };
 
 use anyhow::{Result, bail};
@@ -66,42 +69,72 @@ pub(crate) fn untrack_dir(dir: &Path) {
 /// The signals that end a run early.
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
+/// The write end of the pipe the signal handler reports on (-1: not installed).
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Signal handler: one byte, the signal, down the pipe (write(2) is async-signal-safe).
+extern "C" fn report(signal: libc::c_int) {
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    let byte = signal as u8;
+    // SAFETY: writes one byte from a live local to a descriptor this module owns.
+    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+}
+
 /// From now on, SIGINT, SIGTERM and SIGHUP make the process kill the process groups, delete
 /// the namespaces and remove the directories the kit's guards hold, say so, and exit with
-/// 128 + the signal. Call it first in `main`, before any other thread starts: the signals are
-/// blocked in this thread, every thread started later inherits that, and one thread of its
-/// own waits for them. Children start with no signal blocked (std resets the mask).
+/// 128 + the signal. A handler (not a blocked mask, which children would inherit: `lbd` must
+/// still get its own SIGTERM and SIGHUP) reports the signal to a thread that does the work;
+/// `exec` resets handled signals, so children start with the default dispositions.
 pub fn clean_up_on_interrupt() -> Result<()> {
-    // SAFETY: plain libc calls on a local, initialised signal set.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in SIGNALS {
-            libc::sigaddset(&mut set, signal);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            bail!(
-                "blocking SIGINT/SIGTERM/SIGHUP: {}",
-                std::io::Error::from_raw_os_error(rc)
-            );
-        }
-        set
-    };
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!(
+            "creating the signal pipe: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let [read_fd, write_fd] = fds;
+    REPORT_FD.store(write_fd, Ordering::Relaxed);
     std::thread::Builder::new()
         .name("interrupt".into())
         .spawn(move || {
-            let mut signal: libc::c_int = 0;
-            // SAFETY: waits for one of the blocked signals of `set`.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            let mut byte = 0u8;
+            loop {
+                // SAFETY: reads one byte into a live local from the pipe's read end.
+                let n = unsafe { libc::read(read_fd, (&mut byte as *mut u8).cast(), 1) };
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
                 return;
             }
+            let signal = libc::c_int::from(byte);
             let (groups, namespaces, dirs) = clean_up();
             eprintln!(
                 "interrupted (signal {signal}): stopped {groups} process group(s), deleted {namespaces} namespace(s), removed {dirs} directory(ies)"
             );
             std::process::exit(128 + signal);
         })?;
+    for signal in SIGNALS {
+        // SAFETY: installs `report`, which only calls write(2), with a zeroed (empty) mask.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = report as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            bail!(
+                "installing the handler of signal {signal}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -146,5 +179,19 @@ mod tests {
             assert!(!l.groups.contains(&-12345));
         });
         untrack_namespace("mlb-x-2");
+    }
+
+    /// The handler must leave children's signals alone: `lbd` stops on SIGTERM and reloads on
+    /// SIGHUP (a blocked mask, inherited through exec, once kept both from it).
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        clean_up_on_interrupt().expect("install");
+        let out = Command::new("grep")
+            .args(["^SigBlk", "/proc/self/status"])
+            .output()
+            .expect("grep");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let mask = line.split_whitespace().nth(1).expect("a mask");
+        assert!(mask.chars().all(|c| c == '0'), "{line}");
     }
 }
