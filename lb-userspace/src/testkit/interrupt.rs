@@ -2,8 +2,8 @@
 //! destructors, and the kit's guards are destructors: the `lbd`s and HAProxys (each in a
 //! process group of its own, so a Ctrl-C does not reach them) would keep running, with their
 //! namespaces and pinned maps (a default `lbd` holds half a gigabyte of connection table).
-//! So the guards record what they own here, and a program that calls [`clean_up_on_interrupt`]
-//! removes all of it before it exits.
+//! So the guards record what they own here (process groups, namespaces, pins, state, logs),
+//! and a program that calls [`clean_up_on_interrupt`] removes all of it before it exits.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,13 +21,14 @@ struct Live {
     /// Process groups (each the leader's pid).
     groups: Vec<i32>,
     namespaces: Vec<String>,
-    dirs: Vec<PathBuf>,
+    /// Directories and files (pins, state, logs, service files).
+    paths: Vec<PathBuf>,
 }
 
 static LIVE: Mutex<Live> = Mutex::new(Live {
     groups: Vec::new(),
     namespaces: Vec::new(),
-    dirs: Vec::new(),
+    paths: Vec::new(),
 });
 
 fn with_live(f: impl FnOnce(&mut Live)) {
@@ -58,12 +59,12 @@ pub(crate) fn untrack_namespace(name: &str) {
     with_live(|l| remove(&mut l.namespaces, &name.to_owned()));
 }
 
-pub(crate) fn track_dir(dir: &Path) {
-    with_live(|l| l.dirs.push(dir.to_owned()));
+pub(crate) fn track_path(path: &Path) {
+    with_live(|l| l.paths.push(path.to_owned()));
 }
 
-pub(crate) fn untrack_dir(dir: &Path) {
-    with_live(|l| remove(&mut l.dirs, &dir.to_owned()));
+pub(crate) fn untrack_path(path: &Path) {
+    with_live(|l| remove(&mut l.paths, &path.to_owned()));
 }
 
 /// The signals that end a run early.
@@ -81,10 +82,10 @@ extern "C" fn report(signal: libc::c_int) {
 }
 
 /// From now on, SIGINT, SIGTERM and SIGHUP make the process kill the process groups, delete
-/// the namespaces and remove the directories the kit's guards hold, say so, and exit with
-/// 128 + the signal. A handler (not a blocked mask, which children would inherit: `lbd` must
-/// still get its own SIGTERM and SIGHUP) reports the signal to a thread that does the work;
-/// `exec` resets handled signals, so children start with the default dispositions.
+/// the namespaces and remove the files and directories the kit's guards hold, say so, and
+/// exit with 128 + the signal. A handler (not a blocked mask, which children would inherit:
+/// `lbd` must still get its own SIGTERM and SIGHUP) reports the signal to a thread that does
+/// the work; `exec` resets handled signals, so children start with the default dispositions.
 pub fn clean_up_on_interrupt() -> Result<()> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two descriptors.
@@ -113,9 +114,9 @@ pub fn clean_up_on_interrupt() -> Result<()> {
                 return;
             }
             let signal = libc::c_int::from(byte);
-            let (groups, namespaces, dirs) = clean_up();
+            let (groups, namespaces, paths) = clean_up();
             eprintln!(
-                "interrupted (signal {signal}): stopped {groups} process group(s), deleted {namespaces} namespace(s), removed {dirs} directory(ies)"
+                "interrupted (signal {signal}): stopped {groups} process group(s), deleted {namespaces} namespace(s), removed {paths} file(s) and directory(ies)"
             );
             std::process::exit(128 + signal);
         })?;
@@ -155,8 +156,13 @@ fn clean_up() -> (usize, usize, usize) {
                 .is_ok_and(|out| out.status.success());
             counts.1 += usize::from(deleted);
         }
-        for dir in &live.dirs {
-            counts.2 += usize::from(std::fs::remove_dir_all(dir).is_ok());
+        for path in &live.paths {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            counts.2 += usize::from(removed.is_ok());
         }
     });
     counts

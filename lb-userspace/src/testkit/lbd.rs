@@ -68,8 +68,9 @@ impl Lbd {
             "--api".into(),
             path(&state_dir.join("api.sock"))?,
         ]);
-        super::interrupt::track_dir(&pin_dir);
-        super::interrupt::track_dir(&state_dir);
+        for path in [&config, &pin_dir, &state_dir] {
+            super::interrupt::track_path(path);
+        }
         let mut lb = Lbd {
             child: None,
             lbd: lbd.to_owned(),
@@ -266,7 +267,8 @@ impl Drop for Lbd {
         let _ = std::fs::remove_file(&self.config);
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.state_dir);
-        super::interrupt::untrack_dir(&self.pin_dir);
-        super::interrupt::untrack_dir(&self.state_dir);
+        for path in [&self.config, &self.pin_dir, &self.state_dir] {
+            super::interrupt::untrack_path(path);
+        }
     }
 }

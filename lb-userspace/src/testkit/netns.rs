@@ -511,6 +511,7 @@ impl Drop for ChildGuard {
         if !keep {
             let _ = std::fs::remove_file(&self.log_path);
         }
+        super::interrupt::untrack_path(&self.log_path);
     }
 }
 
@@ -531,6 +532,7 @@ fn spawn_logged(mut cmd: Command, label: &str, description: &str) -> Result<Chil
         Ok(child) => {
             // The child leads its own process group.
             super::interrupt::track_group(child.id() as i32);
+            super::interrupt::track_path(&log_path);
             Ok(ChildGuard {
                 child,
                 description: description.to_owned(),
