@@ -271,7 +271,7 @@ impl Dataplane {
         let Some(dir) = self.pin_dir.clone() else {
             let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
             // The links live as long as the programs: dropping the Dataplane detaches them.
-            let (_xdp_link, mode) = attach_xdp(xdp, interface, mode)?;
+            let (_xdp_link, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
             let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
             tc.attach(interface, TcAttachType::Ingress)
                 .map_err(|error| DataplaneError::AttachTc {
@@ -371,7 +371,7 @@ impl Dataplane {
                 }
             }
         } else {
-            let (id, mode) = attach_xdp(xdp, interface, mode)?;
+            let (id, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
             let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
             let fd = FdLink::try_from(link).map_err(|e| {
                 pin_error(
@@ -460,6 +460,7 @@ where
 fn attach_xdp(
     xdp: &mut Xdp,
     interface: &str,
+    ifindex: u32,
     mode: XdpMode,
 ) -> Result<(XdpLinkId, XdpMode), DataplaneError> {
     let try_mode = |xdp: &mut Xdp, mode: XdpMode| {
@@ -475,7 +476,7 @@ fn attach_xdp(
             })
     };
     match mode {
-        XdpMode::Auto if is_veth(interface) => {
+        XdpMode::Auto if is_veth(ifindex) => {
             info!(
                 interface,
                 "a veth: generic XDP (its packets are skbs from sockets, which native XDP on a veth converts to XDP buffers and back; `--xdp-mode native` to take XDP frames from its peer)"
@@ -496,11 +497,11 @@ fn attach_xdp(
     }
 }
 
-/// Whether `interface` is a veth (false if that cannot be read: native is then tried).
-fn is_veth(interface: &str) -> bool {
-    ifindex(interface)
+/// Whether interface `ifindex` is a veth (false if that cannot be read: native is then tried).
+fn is_veth(ifindex: u32) -> bool {
+    xdp_mode::link_kind(ifindex)
         .ok()
-        .and_then(|index| xdp_mode::link_kind(index).ok().flatten())
+        .flatten()
         .is_some_and(|kind| kind == "veth")
 }
 
