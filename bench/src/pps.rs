@@ -51,7 +51,9 @@ pub struct PpsArgs {
     /// Backend counts of the scaling runs (none: skip).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [2usize, 1024])]
     pub scale_backends: Vec<usize>,
-    /// Tracked-flow counts of the scaling runs (none: skip).
+    /// Tracked-flow counts of the scaling runs (none: skip). Each gives two points: the
+    /// table holding that many flows while the measured traffic stays on `--flows` of them,
+    /// and every one of them in the measured traffic (each packet a different flow).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1_000_000u32])]
     pub scale_flows: Vec<u32>,
     /// Rounds of each scaling point (each against a baseline run next to it).
@@ -179,6 +181,11 @@ pub struct ScalePoint {
     /// Flows meshlb started while the point was measured, per round (after a warm-up that
     /// sent every flow once): a tracked flow that was not kept is started again.
     pub new_flows: Vec<u64>,
+    /// Points whose measured traffic is a part of the tracked flows: per round, the flows
+    /// meshlb started again when every tracked flow was sent once more right after the
+    /// measured phase (0: the table still held all of them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replay_new_flows: Vec<u64>,
     /// Flow-count points only: the redirect-only ceiling with the point's flow set, per
     /// round, and its slowdown against the ceiling with the baseline's flows (measured next
     /// to each other): the part of the slowdown that is not meshlb's.
@@ -211,6 +218,24 @@ const CONTENDERS: [Through; 4] = [
     Through::Kernel,
 ];
 
+/// The flows of one measured run: the warm-up sends each of `tracked` flows at least once,
+/// the measured phase sends the first `measured` of them. With `measured < tracked`, every
+/// tracked flow is sent once more afterwards, to count those the node no longer tracks.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    tracked: u32,
+    measured: u32,
+}
+
+impl Load {
+    fn flows(n: u32) -> Load {
+        Load {
+            tracked: n,
+            measured: n,
+        }
+    }
+}
+
 /// One measured run of `through`: warm-up, then `seconds` of traffic.
 struct Bench<'a> {
     topo: &'a PpsTopology,
@@ -223,12 +248,21 @@ impl Bench<'_> {
         &mut self,
         through: Through,
         config: &NodeConfig,
-        set_flows: u32,
+        load: Load,
         args: &PpsArgs,
         warmup_packets: u64,
     ) -> Result<Measured> {
-        let set = flow_set(through, args.kind, false, set_flows, args.size);
-        let frame = self.traffic.configure(&set)?;
+        ensure!(
+            (1..=load.tracked).contains(&load.measured),
+            "measured flows {} outside 1..={}",
+            load.measured,
+            load.tracked
+        );
+        let tracked_set = flow_set(through, args.kind, false, load.tracked, args.size);
+        // Flow k is the same flow in every set (its source depends on k only), so the
+        // measured set is the tracked set's first `measured` flows.
+        let measured_set = flow_set(through, args.kind, false, load.measured, args.size);
+        let tracked_frame = self.traffic.configure(&tracked_set)?;
         let mut node = Node::start(through, self.topo, self.traffic, config)?;
         if let Some(lbd) = node.lbd() {
             keep_off_cpu(lbd.pid()?, self.cpu)?;
@@ -243,11 +277,16 @@ impl Bench<'_> {
             // Warm-up: at least every flow once (new flows, conntrack entries, caches).
             self.traffic.run(
                 self.topo,
-                &frame,
+                &tracked_frame,
                 self.cpu,
-                limits(Some(warmup_packets.max(u64::from(set_flows))), 30.0),
+                limits(Some(warmup_packets.max(u64::from(load.tracked))), 30.0),
                 false,
             )?;
+            let frame = if load.measured == load.tracked {
+                tracked_frame.clone()
+            } else {
+                self.traffic.configure(&measured_set)?
+            };
             // meshlb's flows started so far: the measured phase's are counted against it.
             let new_flows_before = node.lbd().map(lbd_new_flows).transpose()?;
             let summary = self.traffic.run(
@@ -257,26 +296,40 @@ impl Bench<'_> {
                 limits(None, args.seconds),
                 false,
             )?;
-            Ok::<_, anyhow::Error>((summary, new_flows_before))
+            let new_flows_after = node.lbd().map(lbd_new_flows).transpose()?;
+            // Every tracked flow once more: a flow the table dropped meanwhile (LRU eviction,
+            // idle timeout) is started again and counted.
+            let replay_new_flows = if load.measured < load.tracked && node.lbd().is_some() {
+                self.traffic.configure(&tracked_set)?;
+                self.traffic.run(
+                    self.topo,
+                    &tracked_frame,
+                    self.cpu,
+                    limits(Some(u64::from(load.tracked)), 30.0),
+                    false,
+                )?;
+                let after = node.lbd().map(lbd_new_flows).transpose()?;
+                after.zip(new_flows_after).map(|(a, b)| a.saturating_sub(b))
+            } else {
+                None
+            };
+            Ok::<_, anyhow::Error>(Measured {
+                summary,
+                new_flows: new_flows_before
+                    .zip(new_flows_after)
+                    .map(|(b, a)| a.saturating_sub(b)),
+                replay_new_flows,
+            })
         })();
         let stopped = node.stop(self.topo, self.traffic);
-        let (summary, new_flows_before) =
-            result.with_context(|| format!("{} run", through.name()))?;
-        let counters = stopped?;
+        let measured = result.with_context(|| format!("{} run", through.name()))?;
+        stopped?;
         ensure!(
-            summary.delivered > 0,
+            measured.summary.delivered > 0,
             "{}: nothing arrived at the sink",
             through.name()
         );
-        let new_flows = match (new_flows_before, counters) {
-            (Some(before), Some(after)) => Some(
-                global_counter(&after, "new_flow")
-                    .context("lbd's counters have no new_flow")?
-                    .saturating_sub(before),
-            ),
-            _ => None,
-        };
-        Ok(Measured { summary, new_flows })
+        Ok(measured)
     }
 }
 
@@ -285,6 +338,9 @@ impl Bench<'_> {
 struct Measured {
     summary: RunSummary,
     new_flows: Option<u64>,
+    /// Flows started again when every tracked flow was sent once more after the measured
+    /// phase (lbd, and only when the measured flows are a part of the tracked ones).
+    replay_new_flows: Option<u64>,
 }
 
 /// Moves every thread of process `pid` (and so the threads they start later) off `cpu`, onto
@@ -411,7 +467,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     let measure = |bench: &mut Bench<'_>, i: usize, round: usize| -> Result<RunSummary> {
         let through = &CONTENDERS[i];
         let s = bench
-            .measure(*through, &config, args.flows, args, 100_000)?
+            .measure(*through, &config, Load::flows(args.flows), args, 100_000)?
             .summary;
         println!(
             "pps: round {round}: {:<22} {:6.3} Mpps delivered (sent {:6.3}, lost {})",
@@ -482,18 +538,29 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     .into_iter()
     .flatten()
     .collect();
-    // Context, no target: how far the kernel paths are from each other.
-    if let Some(t) = Target::new(
-        "meshlb / kernel forwarding (no target)",
-        ratio(meshlb, kernel),
-        1.0,
-        true,
-    ) {
-        targets.push(t);
-    }
+    // Context, no target: how far the kernel paths are from each other, and the most any
+    // XDP program could reach against nftables here (what bounds the 3.5× target).
+    targets.extend(
+        [
+            Target::new(
+                "meshlb / kernel forwarding (no target)",
+                ratio(meshlb, kernel),
+                1.0,
+                true,
+            ),
+            Target::new(
+                "redirect-only ceiling / nftables DNAT (no target: the bound of meshlb / nftables)",
+                ratio(ceiling, nft),
+                1.0,
+                true,
+            ),
+        ]
+        .into_iter()
+        .flatten(),
+    );
 
     let mut scaling = Vec::new();
-    let mut points: Vec<(String, NodeConfig, u32)> = Vec::new();
+    let mut points: Vec<(String, NodeConfig, Load)> = Vec::new();
     for &n in &args.scale_services {
         points.push((
             format!("{} services", n + 2),
@@ -501,7 +568,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
                 extra_services: n,
                 ..config.clone()
             },
-            args.flows,
+            Load::flows(args.flows),
         ));
     }
     for &b in &args.scale_backends {
@@ -511,33 +578,50 @@ pub fn run(args: &PpsArgs) -> Result<()> {
                 backends: b,
                 ..config.clone()
             },
-            args.flows,
+            Load::flows(args.flows),
         ));
     }
     for &f in &args.scale_flows {
+        let tracking = NodeConfig {
+            conntrack_entries: Some(
+                (2 * f)
+                    .next_power_of_two()
+                    .max(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES),
+            ),
+            ..config.clone()
+        };
+        // The table holding f flows while traffic stays on the baseline's: what the number
+        // of tracked flows costs (the services and backends points are measured the same
+        // way: the maps grow, the traffic does not).
+        if f > args.flows {
+            points.push((
+                format!("{f} tracked flows, traffic on {} of them", args.flows),
+                tracking.clone(),
+                Load {
+                    tracked: f,
+                    measured: args.flows,
+                },
+            ));
+        }
+        // Traffic on all f: every packet is a different flow, so what it costs is mostly
+        // the memory the table's entries live in.
         points.push((
-            format!("{f} tracked flows"),
-            NodeConfig {
-                conntrack_entries: Some(
-                    (2 * f)
-                        .next_power_of_two()
-                        .max(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES),
-                ),
-                ..config.clone()
-            },
-            f,
+            format!("{f} tracked flows, traffic on all (each packet another flow)"),
+            tracking,
+            Load::flows(f),
         ));
     }
-    for (what, point_config, flows) in points {
+    for (what, point_config, load) in points {
         let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
-        let mut new_flows = Vec::new();
+        let (mut new_flows, mut replay_new_flows) = (Vec::new(), Vec::new());
         let (mut ceiling_at, mut ceiling_base) = (Vec::new(), Vec::new());
         for _ in 0..args.scale_rounds.max(1) {
-            if flows != args.flows {
+            if load.measured != args.flows {
                 // The same two flow sets through the redirect-only ceiling: what the
                 // generator and the veths themselves lose to the larger flow set.
-                let cb = bench.measure(Through::Ceiling, &config, args.flows, args, 100_000)?;
-                let cp = bench.measure(Through::Ceiling, &config, flows, args, 100_000)?;
+                let baseline = Load::flows(args.flows);
+                let cb = bench.measure(Through::Ceiling, &config, baseline, args, 100_000)?;
+                let cp = bench.measure(Through::Ceiling, &config, load, args, 100_000)?;
                 println!(
                     "pps: scaling {what:<22} ceiling, same flows {:6.3} Mpps (with {} flows {:6.3})",
                     cp.summary.delivered_pps() / 1e6,
@@ -548,17 +632,28 @@ pub fn run(args: &PpsArgs) -> Result<()> {
                 ceiling_base.push(cb.summary.delivered_pps() / 1e6);
             }
             let b = bench
-                .measure(Through::Meshlb, &config, args.flows, args, 100_000)?
+                .measure(
+                    Through::Meshlb,
+                    &config,
+                    Load::flows(args.flows),
+                    args,
+                    100_000,
+                )?
                 .summary;
-            let m = bench.measure(Through::Meshlb, &point_config, flows, args, 100_000)?;
+            let m = bench.measure(Through::Meshlb, &point_config, load, args, 100_000)?;
             let p = m.summary;
             println!(
-                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3}), {} new flows while measured",
+                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3}), {} new flows while measured{}",
                 p.delivered_pps() / 1e6,
                 b.delivered_pps() / 1e6,
                 m.new_flows.map_or("?".to_owned(), |n| n.to_string()),
+                m.replay_new_flows.map_or(String::new(), |n| format!(
+                    ", {n} started again on replaying all {}",
+                    load.tracked
+                )),
             );
             new_flows.extend(m.new_flows);
+            replay_new_flows.extend(m.replay_new_flows);
             lost += p.lost();
             at.push(p.delivered_pps() / 1e6);
             base.push(b.delivered_pps() / 1e6);
@@ -578,6 +673,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
             baseline_mpps: base,
             lost,
             new_flows,
+            replay_new_flows,
         });
     }
     drop(traffic);
@@ -715,10 +811,10 @@ pub fn render_markdown(r: &PpsReport) -> String {
                 } else {
                     "**no**"
                 },
-                if p.new_flows.is_empty() {
-                    "—".to_owned()
-                } else {
-                    p.new_flows.iter().max().unwrap_or(&0).to_string()
+                match (p.new_flows.iter().max(), p.replay_new_flows.iter().max()) {
+                    (None, _) => "—".to_owned(),
+                    (Some(n), None) => n.to_string(),
+                    (Some(n), Some(r)) => format!("{n}; {r} when all were sent again after it"),
                 },
                 p.ceiling_slowdown
                     .as_ref()
@@ -763,16 +859,30 @@ mod tests {
                 Target::new("meshlb / ceiling", ratios, 0.85, true).unwrap(),
                 Target::new("meshlb / kernel (no target)", vec![2.0], 1.0, true).unwrap(),
             ],
-            scaling: vec![ScalePoint {
-                what: "1000000 tracked flows".into(),
-                mpps: vec![0.5],
-                baseline_mpps: vec![1.0],
-                slowdown: Spread::of(&[2.0]).unwrap(),
-                lost: 0,
-                new_flows: vec![0],
-                ceiling_mpps: vec![1.2],
-                ceiling_slowdown: Spread::of(&[1.01]),
-            }],
+            scaling: vec![
+                ScalePoint {
+                    what: "1000000 tracked flows, traffic on 1024 of them".into(),
+                    mpps: vec![0.98],
+                    baseline_mpps: vec![1.0],
+                    slowdown: Spread::of(&[1.02]).unwrap(),
+                    lost: 0,
+                    new_flows: vec![0, 2],
+                    replay_new_flows: vec![0, 3],
+                    ceiling_mpps: vec![],
+                    ceiling_slowdown: None,
+                },
+                ScalePoint {
+                    what: "1000000 tracked flows".into(),
+                    mpps: vec![0.5],
+                    baseline_mpps: vec![1.0],
+                    slowdown: Spread::of(&[2.0]).unwrap(),
+                    lost: 0,
+                    new_flows: vec![0],
+                    replay_new_flows: vec![],
+                    ceiling_mpps: vec![1.2],
+                    ceiling_slowdown: Spread::of(&[1.01]),
+                },
+            ],
             load_before: 1.0,
             load_after: 2.0,
         }
@@ -797,6 +907,12 @@ mod tests {
         );
         assert!(
             md.contains("| meshlb / kernel (no target) | 2.00 / **2.00** / 2.00 | — | — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 1000000 tracked flows, traffic on 1024 of them | 0.980 | 1.000 | 1.02 / **1.02** / 1.02 | yes | 2; 3 when all were sent again after it | — |"
+            ),
             "{md}"
         );
         assert!(
