@@ -46,15 +46,15 @@ pub struct PpsArgs {
     pub cpu: Option<usize>,
     /// Extra services of the scaling runs (none: skip); loaded in-process (see
     /// `traffic::node`), their selection tables left out.
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [10_000usize, 100_000])]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1_000usize, 10_000, 100_000])]
     pub scale_services: Vec<usize>,
     /// Backend counts of the scaling runs (none: skip).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [2usize, 1024])]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [2usize, 128, 1024])]
     pub scale_backends: Vec<usize>,
     /// Tracked-flow counts of the scaling runs (none: skip). Each gives two points: the
     /// table holding that many flows while the measured traffic stays on `--flows` of them,
     /// and every one of them in the measured traffic (each packet a different flow).
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [1_000_000u32])]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_values_t = [100_000u32, 1_000_000])]
     pub scale_flows: Vec<u32>,
     /// Rounds of each scaling point (each against a baseline run next to it).
     #[arg(long, default_value_t = 3)]
@@ -282,6 +282,15 @@ impl Bench<'_> {
                 limits(Some(warmup_packets.max(u64::from(load.tracked))), 30.0),
                 false,
             )?;
+            // lbd counts its connection table every few seconds; a count of a large table
+            // takes a while (a third of a second per million entries here) and is then not
+            // due again for 50 times as long. Its first count of the warmed-up table came
+            // a few seconds after lbd started, inside the measured phase: it is waited for.
+            if load.tracked >= COUNTED_WARMUP_FLOWS
+                && let Some(lbd) = node.lbd()
+            {
+                wait_for_count(lbd, u64::from(load.tracked))?;
+            }
             let frame = if load.measured == load.tracked {
                 tracked_frame.clone()
             } else {
@@ -386,6 +395,32 @@ fn keep_off_cpu(pid: u32, cpu: usize) -> Result<()> {
 /// A global counter of lbd's counter report (`lbctl -o json stats`, or what it prints on exit).
 fn global_counter(report: &serde_json::Value, name: &str) -> Option<u64> {
     report["global"][name].as_u64()
+}
+
+/// Warm-ups of at least this many flows wait for lbd to count them (see `measure`).
+const COUNTED_WARMUP_FLOWS: u32 = 100_000;
+
+/// Waits until lbd's connection-table occupancy (counted by its sampler) says at least
+/// `entries`: its count of the warmed-up table is over.
+fn wait_for_count(lbd: &mut lb_userspace::testkit::Lbd, entries: u64) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, stdout, stderr) = lbd.lbctl(&["-o", "json", "stats"])?;
+        ensure!(ok, "lbctl stats failed: {stderr}");
+        let report: serde_json::Value =
+            serde_json::from_str(&stdout).context("lbctl stats output")?;
+        let counted = report["conntrack"]["entries"]
+            .as_u64()
+            .context("lbctl stats has no conntrack.entries")?;
+        if counted >= entries {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "lbd counted {counted} connection-table entries after 30 s, expected at least {entries}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Flows the running lbd has started so far.
