@@ -191,6 +191,16 @@ pub struct ScalePoint {
     /// to each other): the part of the slowdown that is not meshlb's.
     pub ceiling_mpps: Vec<f64>,
     pub ceiling_slowdown: Option<Spread>,
+    /// Flow-count points whose measured traffic is on all tracked flows: nftables DNAT with
+    /// the point's flow set, per round, and its slowdown against nftables with the
+    /// baseline's flows (measured next to each other): what the same traffic costs the
+    /// kernel's connection tracking.
+    pub nft_mpps: Vec<f64>,
+    pub nft_baseline_mpps: Vec<f64>,
+    pub nft_slowdown: Option<Spread>,
+    /// Why nftables was not measured at a flow-count point, if it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nft_not_measured: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -395,6 +405,26 @@ fn keep_off_cpu(pid: u32, cpu: usize) -> Result<()> {
 /// A global counter of lbd's counter report (`lbctl -o json stats`, or what it prints on exit).
 fn global_counter(report: &serde_json::Value, name: &str) -> Option<u64> {
     report["global"][name].as_u64()
+}
+
+/// Median over rounds of the extra time per packet at a point: 1/point − 1/baseline, in ns.
+fn extra_ns(point_mpps: &[f64], baseline_mpps: &[f64]) -> f64 {
+    let extra: Vec<f64> = point_mpps
+        .iter()
+        .zip(baseline_mpps)
+        .map(|(p, b)| 1e3 / p - 1e3 / b)
+        .collect();
+    Spread::of(&extra).map_or(f64::NAN, |s| s.median)
+}
+
+/// The kernel's connection-tracking capacity (`net.netfilter.nf_conntrack_max`, shared by
+/// every namespace), if nf_conntrack is loaded.
+fn nf_conntrack_max() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Warm-ups of at least this many flows wait for lbd to count them (see `measure`).
@@ -649,22 +679,41 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     for (what, point_config, load) in points {
         let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
         let (mut new_flows, mut replay_new_flows) = (Vec::new(), Vec::new());
-        let (mut ceiling_at, mut ceiling_base) = (Vec::new(), Vec::new());
+        let spread_flows = load.measured != args.flows;
+        // nftables keeps one conntrack entry per flow, in a table whose size only the
+        // initial namespace may set (the bench leaves the machine's settings alone).
+        let nft_not_measured = match (spread_flows, nf_conntrack_max()) {
+            (false, _) => None,
+            (true, Some(max)) if u64::from(load.tracked) <= max * 9 / 10 => None,
+            (true, Some(max)) => Some(format!(
+                "net.netfilter.nf_conntrack_max is {max}, under {} flows",
+                load.tracked
+            )),
+            (true, None) => Some("no net.netfilter.nf_conntrack_max to read".to_owned()),
+        };
+        let mut same_sets: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
         for _ in 0..args.scale_rounds.max(1) {
-            if load.measured != args.flows {
-                // The same two flow sets through the redirect-only ceiling: what the
-                // generator and the veths themselves lose to the larger flow set.
+            // The same two flow sets through the redirect-only ceiling (what the generator
+            // and the veths themselves lose to the larger flow set) and through nftables
+            // DNAT (what the kernel's connection tracking loses).
+            let others = [
+                (Through::Ceiling, spread_flows),
+                (Through::Nft, spread_flows && nft_not_measured.is_none()),
+            ];
+            for (through, _) in others.iter().filter(|(_, run)| *run) {
                 let baseline = Load::flows(args.flows);
-                let cb = bench.measure(Through::Ceiling, &config, baseline, args, 100_000)?;
-                let cp = bench.measure(Through::Ceiling, &config, load, args, 100_000)?;
+                let cb = bench.measure(*through, &config, baseline, args, 100_000)?;
+                let cp = bench.measure(*through, &config, load, args, 100_000)?;
                 println!(
-                    "pps: scaling {what:<22} ceiling, same flows {:6.3} Mpps (with {} flows {:6.3})",
+                    "pps: scaling {what:<22} {}, same flows {:6.3} Mpps (with {} flows {:6.3})",
+                    through.name(),
                     cp.summary.delivered_pps() / 1e6,
                     args.flows,
                     cb.summary.delivered_pps() / 1e6,
                 );
-                ceiling_at.push(cp.summary.delivered_pps() / 1e6);
-                ceiling_base.push(cb.summary.delivered_pps() / 1e6);
+                let (at, base) = same_sets.entry(through.key()).or_default();
+                at.push(cp.summary.delivered_pps() / 1e6);
+                base.push(cb.summary.delivered_pps() / 1e6);
             }
             let b = bench
                 .measure(
@@ -694,14 +743,20 @@ pub fn run(args: &PpsArgs) -> Result<()> {
             base.push(b.delivered_pps() / 1e6);
         }
         let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
-        let ceiling_slowdowns: Vec<f64> = ceiling_base
-            .iter()
-            .zip(&ceiling_at)
-            .map(|(b, p)| b / p)
-            .collect();
+        let mut same_set = |through: Through| -> (Vec<f64>, Vec<f64>, Option<Spread>) {
+            let (at, base) = same_sets.remove(through.key()).unwrap_or_default();
+            let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
+            (at, base, Spread::of(&slowdowns))
+        };
+        let (ceiling_mpps, _, ceiling_slowdown) = same_set(Through::Ceiling);
+        let (nft_mpps, nft_baseline_mpps, nft_slowdown) = same_set(Through::Nft);
         scaling.push(ScalePoint {
-            ceiling_slowdown: Spread::of(&ceiling_slowdowns),
-            ceiling_mpps: ceiling_at,
+            ceiling_slowdown,
+            ceiling_mpps,
+            nft_mpps,
+            nft_baseline_mpps,
+            nft_slowdown,
+            nft_not_measured,
             what,
             slowdown: Spread::of(&slowdowns).expect("rounds >= 1"),
             mpps: at,
@@ -833,12 +888,12 @@ pub fn render_markdown(r: &PpsReport) -> String {
         ));
     }
     if !r.scaling.is_empty() {
-        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets | nftables DNAT slowdown, same flow sets |\n|---|---|---|---|---|---|---|---|\n");
         for p in &r.scaling {
             let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
             let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
             md.push_str(&format!(
-                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} |\n",
+                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} | {} |\n",
                 p.what,
                 fmt_spread(&p.slowdown, 2),
                 if p.slowdown.median <= 1.2 {
@@ -854,6 +909,19 @@ pub fn render_markdown(r: &PpsReport) -> String {
                 p.ceiling_slowdown
                     .as_ref()
                     .map_or("—".to_owned(), |c| fmt_spread(c, 2)),
+                match (&p.nft_slowdown, &p.nft_not_measured) {
+                    (Some(n), _) => fmt_spread(n, 2),
+                    (None, Some(why)) => format!("not measured: {why}"),
+                    (None, None) => "—".to_owned(),
+                },
+            ));
+        }
+        for p in r.scaling.iter().filter(|p| !p.nft_mpps.is_empty()) {
+            md.push_str(&format!(
+                "\n{}: every packet takes meshlb {:.0} ns longer than with the baseline's flows, and nftables DNAT {:.0} ns longer (medians over rounds of 1/point − 1/baseline).\n",
+                p.what,
+                extra_ns(&p.mpps, &p.baseline_mpps),
+                extra_ns(&p.nft_mpps, &p.nft_baseline_mpps),
             ));
         }
     }
@@ -905,6 +973,10 @@ mod tests {
                     replay_new_flows: vec![0, 3],
                     ceiling_mpps: vec![],
                     ceiling_slowdown: None,
+                    nft_mpps: vec![],
+                    nft_baseline_mpps: vec![],
+                    nft_slowdown: None,
+                    nft_not_measured: None,
                 },
                 ScalePoint {
                     what: "1000000 tracked flows".into(),
@@ -916,6 +988,27 @@ mod tests {
                     replay_new_flows: vec![],
                     ceiling_mpps: vec![1.2],
                     ceiling_slowdown: Spread::of(&[1.01]),
+                    nft_mpps: vec![0.4],
+                    nft_baseline_mpps: vec![0.6],
+                    nft_slowdown: Spread::of(&[1.5]),
+                    nft_not_measured: None,
+                },
+                ScalePoint {
+                    what: "2000000 tracked flows".into(),
+                    mpps: vec![0.4],
+                    baseline_mpps: vec![1.0],
+                    slowdown: Spread::of(&[2.5]).unwrap(),
+                    lost: 0,
+                    new_flows: vec![0],
+                    replay_new_flows: vec![],
+                    ceiling_mpps: vec![1.2],
+                    ceiling_slowdown: Spread::of(&[1.0]),
+                    nft_mpps: vec![],
+                    nft_baseline_mpps: vec![],
+                    nft_slowdown: None,
+                    nft_not_measured: Some(
+                        "net.netfilter.nf_conntrack_max is 262144, under 2000000 flows".into(),
+                    ),
                 },
             ],
             load_before: 1.0,
@@ -946,13 +1039,25 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows, traffic on 1024 of them | 0.980 | 1.000 | 1.02 / **1.02** / 1.02 | yes | 2; 3 when all were sent again after it | — |"
+                "| 1000000 tracked flows, traffic on 1024 of them | 0.980 | 1.000 | 1.02 / **1.02** / 1.02 | yes | 2; 3 when all were sent again after it | — | — |"
             ),
             "{md}"
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 | 1.01 / **1.01** / 1.01 |"
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 | 1.01 / **1.01** / 1.01 | 1.50 / **1.50** / 1.50 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "1000000 tracked flows: every packet takes meshlb 1000 ns longer than with the baseline's flows, and nftables DNAT 833 ns longer"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 2000000 tracked flows | 0.400 | 1.000 | 2.50 / **2.50** / 2.50 | **no** | 0 | 1.00 / **1.00** / 1.00 | not measured: net.netfilter.nf_conntrack_max is 262144, under 2000000 flows |"
             ),
             "{md}"
         );
