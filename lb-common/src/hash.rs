@@ -1,6 +1,6 @@
 //! The flow hash. The kernel and userspace (Maglev explain, tests) use this one function.
 
-use crate::{Addr, limits::REPLY_FILTER_SLOTS, maps::FlowKey};
+use crate::{Addr, limits::ENDPOINT_FILTER_SLOTS, maps::FlowKey};
 
 #[inline(always)]
 const fn mix(mut h: u32, v: u32) -> u32 {
@@ -49,16 +49,16 @@ pub const fn client_hash(key: &FlowKey) -> u32 {
     finish(h)
 }
 
-/// The reply-filter slot of a backend endpoint (address, port, protocol): see lb-ebpf's
-/// `REPLY_FILTER`.
+/// The filter slot of an endpoint (address, port, protocol): see lb-ebpf's `REPLY_FILTER`
+/// (backend endpoints) and `FORWARD_FILTER` (frontend endpoints).
 #[inline(always)]
-pub const fn reply_filter_slot(addr: &Addr, port_be: u16, proto: u8) -> u32 {
+pub const fn endpoint_filter_slot(addr: &Addr, port_be: u16, proto: u8) -> u32 {
     let w = addr.words;
     let mut h = SEED;
     h = mix(h, w[0] ^ w[1] ^ w[2]);
     h = mix(h, w[3]);
     h = mix(h, (port_be as u32) << 8 | proto as u32);
-    finish(h) % REPLY_FILTER_SLOTS
+    finish(h) % ENDPOINT_FILTER_SLOTS
 }
 
 #[cfg(test)]
@@ -110,15 +110,15 @@ mod tests {
     }
 
     #[test]
-    fn reply_filter_slots_are_in_range_and_spread() {
+    fn endpoint_filter_slots_are_in_range_and_spread() {
         // 4096 backend endpoints (256 addresses x 16 ports): every slot in range, and few
         // share one (a shared slot only costs a lookup, but the filter must filter).
-        let mut used = [false; crate::limits::REPLY_FILTER_SLOTS as usize];
+        let mut used = [false; crate::limits::ENDPOINT_FILTER_SLOTS as usize];
         for host in 0..=255u8 {
             for port in 8080..8096u16 {
                 let addr = Addr::from_v4_raw(u32::from_ne_bytes([198, 18, 2, host]));
-                let slot = reply_filter_slot(&addr, port.to_be(), 6);
-                assert!(slot < crate::limits::REPLY_FILTER_SLOTS);
+                let slot = endpoint_filter_slot(&addr, port.to_be(), 6);
+                assert!(slot < crate::limits::ENDPOINT_FILTER_SLOTS);
                 used[slot as usize] = true;
             }
         }

@@ -14,11 +14,12 @@ pub const MAX_BACKEND_ENDPOINTS: u32 = 262_144;
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// Default connection-table capacity (entries; a flow takes two: forward and reply).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2_097_152;
-/// Reply filter: entries of 64 one-byte slots, 32 KiB in all, a slot per backend endpoint that
-/// has had a flow (few collisions up to thousands of backends; a collision only costs a
-/// lookup). Bytes, not bits: a byte store needs no atomic read-modify-write.
-pub const REPLY_FILTER_ENTRIES: u32 = 512;
-pub const REPLY_FILTER_SLOTS: u32 = REPLY_FILTER_ENTRIES * 64;
+/// Endpoint filters (`REPLY_FILTER`, `FORWARD_FILTER`): entries of 64 one-byte slots, 32 KiB
+/// in all, a slot per backend or frontend endpoint that has had a flow (few collisions up to
+/// thousands of endpoints; a collision only costs a lookup). Bytes, not bits: a byte store
+/// needs no atomic read-modify-write.
+pub const ENDPOINT_FILTER_ENTRIES: u32 = 512;
+pub const ENDPOINT_FILTER_SLOTS: u32 = ENDPOINT_FILTER_ENTRIES * 64;
 /// Slots of the per-CPU route memo (direct-mapped by source and destination address): a
 /// flow whose own cached route has expired takes a route the memo got from the FIB for the
 /// same addresses at most `ROUTE_MEMO_MAX_AGE_NS` ago. A power of two.

@@ -21,8 +21,10 @@ pub mod names {
     pub const KEY_SCRATCH: &str = "KEY_SCRATCH";
     pub const REPLY_FILTER: &str = "REPLY_FILTER";
     pub const ROUTE_MEMO: &str = "ROUTE_MEMO";
+    pub const FORWARD_FILTER: &str = "FORWARD_FILTER";
+    pub const FRONTEND_GEN: &str = "FRONTEND_GEN";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -37,6 +39,8 @@ pub mod names {
         KEY_SCRATCH,
         REPLY_FILTER,
         ROUTE_MEMO,
+        FORWARD_FILTER,
+        FRONTEND_GEN,
     ];
 }
 
@@ -93,6 +97,8 @@ pub mod service_flags {
     /// (other than a SYN) is answered with a RST from the frontend, so the client learns at
     /// once. Set together with `MOVE_ON_REMOVAL`.
     pub const RESET_ON_REMOVAL: u32 = 1 << 4;
+    pub const ALL: u32 =
+        ROUND_ROBIN | AFFINITY_CLIENT_IP | FULLNAT | MOVE_ON_REMOVAL | RESET_ON_REMOVAL;
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
@@ -166,7 +172,8 @@ pub struct Flow {
     /// Cached route: 1 if `egress_ifindex` takes XDP frames (XDP_REDIRECT), 0 for the TC
     /// hand-off.
     pub egress_redirect: u8,
-    pub _pad: u8,
+    /// Forward: the service's `service_flags` as of `frontend_gen` (they fit a byte).
+    pub service_flags: u8,
     pub backend_id: u32,
     pub service_id: u32,
     /// Idle timeout in seconds, copied from the service when the flow starts.
@@ -186,7 +193,11 @@ pub struct Flow {
     /// Cached route: the egress MTU. A larger packet takes the route lookup instead, which
     /// drops and counts it (`drop_too_big`) as it would without the cache.
     pub egress_mtu: u16,
-    pub _pad2: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// Forward: the `FRONTEND_GEN` at which the flow's frontend was last seen to belong to
+    /// `service_id` with `service_flags`. While it is current, the flow's packets skip the
+    /// `FRONTENDS` lookup.
+    pub frontend_gen: u32,
 }
 
 pub mod flow_kind {
@@ -227,6 +238,8 @@ const _: () = assert!(size_of::<Service>() == 16);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<Flow>() == 88);
+/// `Flow::service_flags` holds every service flag.
+const _: () = assert!(service_flags::ALL <= u8::MAX as u32);
 // The program copies the cached MACs as words.
 const _: () = assert!(core::mem::offset_of!(Flow, egress_macs) % 4 == 0);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);

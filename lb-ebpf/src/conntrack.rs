@@ -6,17 +6,19 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    hash::{flow_hash, reply_filter_slot},
+    hash::{endpoint_filter_slot, flow_hash},
     limits::{
-        FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
-        TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
+        ENDPOINT_FILTER_ENTRIES, FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN,
+        LAST_SEEN_GRANULARITY_NS, TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
     },
     maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
     stats::StatSlot,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, FLOW_SCRATCH, KEY_SCRATCH, REPLY_FILTER},
+    maps::{
+        BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, REPLY_FILTER,
+    },
     parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
 };
@@ -73,6 +75,7 @@ pub fn lookup_forward(
     svc: &Service,
     tcp_flags: u8,
     tick: u32,
+    generation: u32,
 ) -> Result<*mut Flow, NoFlow> {
     let flow = CONNTRACK.get_ptr_mut(key).ok_or(NoFlow::Open)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
@@ -106,7 +109,46 @@ pub fn lookup_forward(
         count(StatSlot::FlowMoved);
         return Err(NoFlow::Open);
     }
+    // The frontend still leads to the flow's service: its next packets may skip
+    // `FRONTENDS` (see `follow_stamped`). A frontend moved to another service keeps the
+    // flow on this path.
+    if f.frontend_gen != generation && f.service_id == svc.id {
+        f.service_flags = svc.flags as u8;
+        f.frontend_gen = generation;
+    }
     Ok(flow)
+}
+
+/// The flow-first path: whether `flow`, the packet's own connection-table entry, can be
+/// followed on the service id and flags stamped in it, without the `FRONTENDS` lookup. It
+/// must be a forward entry stamped with the current generation `generation`, alive, not reopened
+/// by a SYN, and (when its service moves such flows) its backend must still serve. Anything
+/// else answers false having changed nothing but the idle clock, and the packet takes the
+/// `FRONTENDS` path (`lookup_forward`), which decides.
+#[inline(always)]
+pub fn follow_stamped(
+    flow: *mut Flow,
+    key: &FlowKey,
+    tcp_flags: u8,
+    tick: u32,
+    generation: u32,
+) -> bool {
+    // SAFETY: see lookup_forward.
+    let f = unsafe { &mut *flow };
+    if f.kind != flow_kind::FORWARD || f.frontend_gen != generation {
+        return false;
+    }
+    if key.proto == proto::TCP && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING {
+        return false;
+    }
+    if f.seen_tick != tick {
+        let now = now_ns();
+        if now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
+            return false;
+        }
+        refresh(f, now, tick);
+    }
+    u32::from(f.service_flags) & service_flags::MOVE_ON_REMOVAL == 0 || backend_still_serves(f)
 }
 
 /// Whether the flow's backend is still the one in its slot (a removed backend's slot is
@@ -225,6 +267,7 @@ pub fn insert(
     chosen: &mut Chosen,
     tcp_flags: u8,
     now: u64,
+    generation: u32,
 ) -> Result<(), InsertError> {
     let is_tcp = key.proto == proto::TCP;
     let state = if !is_tcp {
@@ -263,7 +306,7 @@ pub fn insert(
         kind: flow_kind::REPLY,
         tcp_state: tcp_state::NONE,
         egress_redirect: 0,
-        _pad: 0,
+        service_flags: svc.flags as u8,
         backend_id: chosen.backend_id,
         service_id: svc.id,
         timeout_s,
@@ -272,7 +315,8 @@ pub fn insert(
         egress_macs: [0; 12],
         seen_tick: tick(),
         egress_mtu: 0,
-        _pad2: [0; 6],
+        _pad2: [0; 2],
+        frontend_gen: generation,
     };
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow
@@ -310,7 +354,9 @@ pub fn insert(
     flow.tcp_state = state;
     CONNTRACK
         .insert(key, &*flow, 0)
-        .map_err(|_| InsertError::Full)
+        .map_err(|_| InsertError::Full)?;
+    set_filter_slot(&FORWARD_FILTER, &key.dst, key.dport_be, key.proto);
+    Ok(())
 }
 
 /// Writes the reply entry `reply_key`, unless a live flow holds it; an entry whose flow
@@ -325,16 +371,22 @@ fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64) -> bool {
             CONNTRACK.insert(reply_key, flow, noexist).is_ok()
         });
     if claimed {
-        note_reply_source(reply_key);
+        set_filter_slot(
+            &REPLY_FILTER,
+            &reply_key.src,
+            reply_key.sport_be,
+            reply_key.proto,
+        );
     }
     claimed
 }
 
-/// Sets the reply-filter slot of a reply entry's source (the backend endpoint).
+/// Sets an endpoint's slot in `REPLY_FILTER` (a reply entry's source, the backend endpoint)
+/// or `FORWARD_FILTER` (a forward entry's destination, the frontend).
 #[inline(always)]
-fn note_reply_source(reply_key: &FlowKey) {
-    let slot = reply_filter_slot(&reply_key.src, reply_key.sport_be, reply_key.proto);
-    if let Some(bytes) = REPLY_FILTER.get_ptr_mut(slot / 64) {
+fn set_filter_slot(filter: &EndpointFilter, addr: &Addr, port_be: u16, proto: u8) {
+    let slot = endpoint_filter_slot(addr, port_be, proto);
+    if let Some(bytes) = filter.get_ptr_mut(slot / 64) {
         // SAFETY: a map value, valid for this program run. Shared by every CPU; a byte store
         // loses no other CPU's slot. Read first: the slot is usually set already, and the
         // line then stays clean.
@@ -351,11 +403,32 @@ fn note_reply_source(reply_key: &FlowKey) {
 /// wrote a reply entry for it (see `REPLY_FILTER`).
 #[inline(always)]
 pub fn may_be_reply(addr: &Addr, port_be: u16, proto: u8) -> bool {
-    let slot = reply_filter_slot(addr, port_be, proto);
-    match REPLY_FILTER.get(slot / 64) {
+    filter_slot_set(&REPLY_FILTER, addr, port_be, proto)
+}
+
+/// Whether a packet to this endpoint may belong to a tracked flow: false only if the program
+/// never wrote a forward entry for it (see `FORWARD_FILTER`).
+#[inline(always)]
+pub fn may_be_forward(addr: &Addr, port_be: u16, proto: u8) -> bool {
+    filter_slot_set(&FORWARD_FILTER, addr, port_be, proto)
+}
+
+type EndpointFilter = aya_ebpf::btf_maps::Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }>;
+
+#[inline(always)]
+fn filter_slot_set(filter: &EndpointFilter, addr: &Addr, port_be: u16, proto: u8) -> bool {
+    let slot = endpoint_filter_slot(addr, port_be, proto);
+    match filter.get(slot / 64) {
         Some(bytes) => bytes[(slot % 64) as usize] != 0,
         None => true,
     }
+}
+
+/// The frontends' generation now (see `FRONTEND_GEN`). Read before `FRONTENDS` is, so a
+/// flow is never stamped with a generation newer than what its frontend was checked against.
+#[inline(always)]
+pub fn frontend_gen() -> u32 {
+    FRONTEND_GEN.get(0).copied().unwrap_or(0)
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` is alive: its forward entry

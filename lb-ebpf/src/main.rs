@@ -57,6 +57,15 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     if pkt.key.proto == proto::ICMP || pkt.key.proto == proto::ICMPV6 {
         return icmp::handle(ctx, pkt);
     }
+    // Read before FRONTENDS is: a flow opened or checked below is stamped with it.
+    let generation = conntrack::frontend_gen();
+    // Flow first: a packet of a tracked flow whose stamp is current skips FRONTENDS.
+    if conntrack::may_be_forward(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto) {
+        let action = to_backend_stamped(ctx, pkt, generation);
+        if action != NOT_STAMPED {
+            return action;
+        }
+    }
     // One key, reused for both lookups: the BPF stack is small.
     let mut endpoint = EndpointKey {
         addr: pkt.key.dst,
@@ -68,14 +77,14 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
-        let action = to_backend(ctx, pkt, svc, false);
+        let action = to_backend(ctx, pkt, svc, false, generation);
         if action == NEEDS_RESET {
             return reset::answer(ctx, pkt);
         }
         if action != NEEDS_FLOW {
             return action;
         }
-        let outcome = start_flow(ctx, pkt, svc);
+        let outcome = start_flow(ctx, pkt, svc, generation);
         if outcome != FLOW_OPENED {
             count_raw(outcome);
             // Debug level: the verifier removes it unless lbd runs with --kernel-log debug.
@@ -88,7 +97,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
         count(StatSlot::NewFlow);
         debug!(ctx, "service {}: new flow", svc.id);
         pkt.opened_flow = true;
-        return to_backend(ctx, pkt, svc, true);
+        return to_backend(ctx, pkt, svc, true, generation);
     }
     endpoint.addr = pkt.key.src;
     endpoint.port_be = pkt.key.sport_be;
@@ -103,6 +112,27 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
 
 /// `to_backend`'s answer when the packet has no tracked flow: the caller opens one.
 const NEEDS_FLOW: u32 = u32::MAX;
+/// `to_backend_stamped`'s answer when the packet is not for a flow it may follow on its own:
+/// the `FRONTENDS` path decides.
+const NOT_STAMPED: u32 = u32::MAX - 2;
+
+/// A packet of a tracked forward flow whose stamp is current (`conntrack::follow_stamped`):
+/// forwarded as `to_backend` would, on the service id and flags in the flow, without the
+/// `FRONTENDS` lookup; NOT_STAMPED for any other packet, untouched. The hot path's only call.
+#[inline(never)]
+fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> u32 {
+    let key: &FlowKey = &pkt.key;
+    let Some(flow) = CONNTRACK.get_ptr_mut(key) else {
+        return NOT_STAMPED;
+    };
+    if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
+        return NOT_STAMPED;
+    }
+    conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
+    // SAFETY: a connection-table value stays valid for the whole program run.
+    let service_id = unsafe { (*flow).service_id };
+    forward_flow(ctx, pkt, flow, service_id, false)
+}
 /// `to_backend`'s answer when the flow's backend is gone and the client is to get a RST.
 const NEEDS_RESET: u32 = u32::MAX - 1;
 
@@ -113,7 +143,13 @@ const NEEDS_RESET: u32 = u32::MAX - 1;
 /// mitigation), so this is the hot path's only call. Opening a flow is a sibling call from
 /// the entry function, so the two frames never add up.
 #[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, new_flow: bool) -> u32 {
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &Service,
+    new_flow: bool,
+    generation: u32,
+) -> u32 {
     let key: &FlowKey = &pkt.key;
     let flow = if new_flow {
         match CONNTRACK.get_ptr_mut(key) {
@@ -125,7 +161,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, new_flow: bool) -> 
             }
         }
     } else {
-        match conntrack::lookup_forward(key, svc, pkt.tcp_flags, conntrack::tick()) {
+        match conntrack::lookup_forward(key, svc, pkt.tcp_flags, conntrack::tick(), generation) {
             Ok(flow) => {
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
                 flow
@@ -134,6 +170,19 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, new_flow: bool) -> 
             Err(NoFlow::Reset) => return NEEDS_RESET,
         }
     };
+    forward_flow(ctx, pkt, flow, svc.id, new_flow)
+}
+
+/// DNAT (and SNAT under full NAT) from the flow's entry, count and send: the tail of
+/// `to_backend` and `to_backend_stamped`, inlined into both.
+#[inline(always)]
+fn forward_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: *mut lb_common::maps::Flow,
+    service_id: u32,
+    new_flow: bool,
+) -> u32 {
     // SAFETY: a connection-table value stays valid for the whole program run.
     let f = unsafe { &*flow };
     if !nat::rewrite(ctx, pkt, Side::Destination, &f.nat_addr, f.nat_port_be) {
@@ -149,14 +198,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &Service, new_flow: bool) -> 
         src = &f.snat_addr;
     }
     count(StatSlot::NatForward);
-    count_traffic(svc.id, f.backend_id, pkt.len, new_flow);
+    count_traffic(service_id, f.backend_id, pkt.len, new_flow);
     forward::send(ctx, pkt, src, &f.nat_addr, flow)
 }
 
 /// Chooses a backend for a new flow and records the flow. Answers FLOW_OPENED or the drop
 /// counter. Not inlined: its frame and its callees' are only needed while a flow is opened.
 #[inline(never)]
-fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
+fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) -> u32 {
     let mut chosen = Chosen {
         backend_id: 0,
         addr: Addr::UNSPECIFIED,
@@ -168,7 +217,7 @@ fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> u32 {
     if outcome != FLOW_OPENED {
         return outcome;
     }
-    record_flow(pkt, svc, &mut chosen, conntrack::now_ns())
+    record_flow(pkt, svc, &mut chosen, conntrack::now_ns(), generation)
 }
 
 /// `open_flow`'s and `record_flow`'s answer when all went well; otherwise they answer the
@@ -202,8 +251,8 @@ fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen)
 /// Records a new flow in the connection table (choosing the full-NAT source port). Not
 /// inlined: the two entries it builds need stack only while it runs.
 #[inline(never)]
-fn record_flow(pkt: &Packet, svc: &Service, chosen: &mut Chosen, now: u64) -> u32 {
-    match conntrack::insert(&pkt.key, svc, chosen, pkt.tcp_flags, now) {
+fn record_flow(pkt: &Packet, svc: &Service, chosen: &mut Chosen, now: u64, generation: u32) -> u32 {
+    match conntrack::insert(&pkt.key, svc, chosen, pkt.tcp_flags, now, generation) {
         Ok(()) => FLOW_OPENED,
         Err(InsertError::Full) => StatSlot::DropConntrackFull as u32,
         Err(InsertError::NoPort) => StatSlot::DropNoSnatPort as u32,

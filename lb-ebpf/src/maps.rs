@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     Addr,
     limits::{
-        DEFAULT_CONNTRACK_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
-        MAX_SERVICES, MAX_TX_PORTS, REPLY_FILTER_ENTRIES, ROUTE_MEMO_SLOTS,
+        DEFAULT_CONNTRACK_ENTRIES, ENDPOINT_FILTER_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS,
+        MAX_FRONTENDS, MAX_SERVICES, MAX_TX_PORTS, ROUTE_MEMO_SLOTS,
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TableElement,
@@ -39,13 +39,25 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 pub static BACKEND_ENDPOINTS: HashMap<EndpointKey, u32, { MAX_BACKEND_ENDPOINTS as usize }> =
     HashMap::new();
 
-/// A byte per backend endpoint (`reply_filter_slot`) that the program ever wrote a reply
+/// A byte per backend endpoint (`endpoint_filter_slot`) that the program ever wrote a reply
 /// entry for: set here, never cleared, never written by userspace. A packet whose source's
 /// byte is clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: a packet for no
 /// frontend then costs one hash lookup, not two. A stale or shared slot only costs that
 /// lookup.
 #[btf_map]
-pub static REPLY_FILTER: Array<[u8; 64], { REPLY_FILTER_ENTRIES as usize }> = Array::new();
+pub static REPLY_FILTER: Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }> = Array::new();
+
+/// A byte per frontend endpoint (`endpoint_filter_slot`) that the program ever wrote a
+/// forward entry for, like `REPLY_FILTER`: a packet whose destination's byte is clear cannot
+/// belong to a tracked flow and skips the flow-first lookup.
+#[btf_map]
+pub static FORWARD_FILTER: Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }> = Array::new();
+
+/// The frontends' generation: userspace moves it on after every change to `FRONTENDS` (and
+/// once when it loads or adopts the maps). A forward flow stamped with the current one
+/// follows its own copy of its service's id and flags without the `FRONTENDS` lookup.
+#[btf_map]
+pub static FRONTEND_GEN: Array<u32, 1> = Array::new();
 
 /// Tracked flows, both directions.
 #[btf_map]

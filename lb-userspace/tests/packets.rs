@@ -1101,3 +1101,96 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
         ip("route del 198.18.2.10/32 dev lbc");
     });
 }
+
+const FRONTEND_CHANGES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    on_backend_removal: keep
+    backends: ["198.18.2.10", "198.18.2.11"]
+  published:
+    ports: ["8000:9000/tcp"]
+    on_backend_removal: keep
+    backends: ["198.18.2.12"]
+"#;
+
+/// An established flow skips the frontend lookup while its stamp of the frontends'
+/// generation is current; every change to the frontends moves the generation on, so flows
+/// opened before a change follow what the frontends say after it: a policy changed in place
+/// applies to them, and a removed frontend's packets pass untouched (its service and backend
+/// staying, so only the frontend lookup can tell).
+#[test]
+fn established_flows_follow_frontend_changes_made_after_they_opened() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(FRONTEND_CHANGES, |mut lb| {
+        let vip = sock(VIP, 80);
+        let client = sock(CLIENT, 40400);
+        let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        let backend = *parse_ipv4(&out.packet).unwrap().dst.ip();
+        let ack = Ipv4Frame::tcp(client, vip, TCP_ACK);
+        let out = lb.run(&ack.build());
+        assert_eq!(
+            out.packet,
+            ack.clone()
+                .with_dst(SocketAddrV4::new(backend, 8080))
+                .build()
+        );
+        let node_port = sock(NODE_CLIENT_SIDE, 8000);
+        let published_client = sock(CLIENT, 40401);
+        lb.run(&Ipv4Frame::tcp(published_client, node_port, TCP_SYN).build());
+        let published_ack = Ipv4Frame::tcp(published_client, node_port, TCP_ACK);
+        let out = lb.run(&published_ack.build());
+        assert_eq!(
+            out.packet,
+            published_ack
+                .clone()
+                .with_dst(sock("198.18.2.12", 9000))
+                .build()
+        );
+
+        // `keep` becomes `move` in place (same frontends, same ids, new flags); then the
+        // flow's backend leaves. Its next packet moves to the other backend: the flags
+        // stamped when it opened (keep) are not followed.
+        // (The first `keep` is web's; the published service keeps `keep`.)
+        let moving =
+            FRONTEND_CHANGES.replacen("on_backend_removal: keep", "on_backend_removal: move", 1);
+        assert_ne!(moving, FRONTEND_CHANGES);
+        reload(&mut lb, &moving);
+        let without = moving
+            .replace(&format!("\"{backend}\", "), "")
+            .replace(&format!(", \"{backend}\""), "");
+        assert_ne!(without, moving);
+        reload(&mut lb, &without);
+        let before = lb.stats();
+        let out = lb.run(&ack.build());
+        let now_at = *parse_ipv4(&out.packet).expect("checksums").dst.ip();
+        assert_ne!(now_at, backend, "the flow moved off the removed backend");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowMoved), 1);
+
+        // The published port moves from 8000 to 8001 (under `keep`, so nothing but the
+        // frontend can stop the flow): the established flow's next packet to 8000 is no
+        // longer for a frontend and passes untouched.
+        // (One packet first, so the flow's stamp is current again after the reloads above.)
+        let out = lb.run(&published_ack.build());
+        assert_eq!(
+            out.packet,
+            published_ack
+                .clone()
+                .with_dst(sock("198.18.2.12", 9000))
+                .build()
+        );
+        let gone = without.replace("\"8000:9000/tcp\"", "\"8001:9000/tcp\"");
+        assert_ne!(gone, without);
+        reload(&mut lb, &gone);
+        let before = lb.stats();
+        let frame = published_ack.build();
+        let out = lb.run(&frame);
+        assert_eq!((out.action, out.packet), (XDP_PASS, frame));
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::PassNotFrontend), 1);
+        assert_eq!(delta(&before, &after, StatSlot::NatForward), 0);
+    });
+}

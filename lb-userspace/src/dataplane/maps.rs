@@ -26,6 +26,21 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |error| DataplaneError::Map { name, error }
 }
 
+/// Moves `FRONTEND_GEN` on, after a change to `FRONTENDS` has been written: every flow that
+/// follows its own stamp instead of looking its frontend up checks it once more. Never 0:
+/// that is the stamp of entries written by a version without stamps.
+pub(crate) fn bump_frontend_gen(map: &mut aya::maps::Map) -> Result<(), DataplaneError> {
+    let mut generation: Array<&mut MapData, u32> =
+        Array::try_from(map).map_err(map_err(names::FRONTEND_GEN))?;
+    let now = generation
+        .get(&0, 0)
+        .map_err(map_err(names::FRONTEND_GEN))?;
+    let next = now.wrapping_add(1).max(1);
+    generation
+        .set(0, next, 0)
+        .map_err(map_err(names::FRONTEND_GEN))
+}
+
 /// What turns `previous` into `desired`: the entries to write (new or different) and the keys
 /// to remove. One walk over both maps in key order, so a change to a few of 160,000 entries
 /// costs a sequential pass, not 160,000 lookups.
@@ -109,12 +124,14 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let empty = DesiredState::default();
         let previous = previous.unwrap_or(&empty);
-        let [backends, tables, endpoints, frontends] = self.ebpf_mut().maps_disjoint_mut([
-            names::BACKENDS,
-            names::SERVICE_TABLES,
-            names::BACKEND_ENDPOINTS,
-            names::FRONTENDS,
-        ]);
+        let [backends, tables, endpoints, frontends, frontend_gen] =
+            self.ebpf_mut().maps_disjoint_mut([
+                names::BACKENDS,
+                names::SERVICE_TABLES,
+                names::BACKEND_ENDPOINTS,
+                names::FRONTENDS,
+                names::FRONTEND_GEN,
+            ]);
         let loaded = "checked at load";
         let started = std::time::Instant::now();
         let backends: Array<&mut MapData, Backend> =
@@ -181,6 +198,16 @@ impl Dataplane {
         )?;
 
         batch::delete(frontends.map(), names::FRONTENDS, &frontend_diff.remove)?;
+        // A frontend gone or pointing elsewhere: flows that skip FRONTENDS on their stamp
+        // check it again (a new frontend has no flows yet).
+        if !frontend_diff.remove.is_empty()
+            || frontend_diff
+                .write_keys
+                .iter()
+                .any(|k| previous.frontends.contains_key(k))
+        {
+            bump_frontend_gen(frontend_gen.expect(loaded))?;
+        }
         batch::delete(
             endpoints.map(),
             names::BACKEND_ENDPOINTS,
@@ -592,20 +619,27 @@ impl Dataplane {
     /// record explains (adopting pinned maps without its state file). Arrays need no pruning:
     /// nothing refers to an id `desired` does not use.
     pub fn prune(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
-        let [frontends, endpoints] = self
-            .ebpf_mut()
-            .maps_disjoint_mut([names::FRONTENDS, names::BACKEND_ENDPOINTS]);
+        let [frontends, endpoints, frontend_gen] = self.ebpf_mut().maps_disjoint_mut([
+            names::FRONTENDS,
+            names::BACKEND_ENDPOINTS,
+            names::FRONTEND_GEN,
+        ]);
         let loaded = "checked at load";
         let mut frontends: HashMap<&mut MapData, EndpointKey, Service> =
             HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
         let mut endpoints: HashMap<&mut MapData, EndpointKey, u32> =
             HashMap::try_from(endpoints.expect(loaded))
                 .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-        Ok(remove_unlisted(&mut frontends, names::FRONTENDS, |k| {
+        let removed_frontends = remove_unlisted(&mut frontends, names::FRONTENDS, |k| {
             desired.frontends.contains_key(k)
-        })? + remove_unlisted(&mut endpoints, names::BACKEND_ENDPOINTS, |k| {
-            desired.endpoints.contains_key(k)
-        })?)
+        })?;
+        if removed_frontends > 0 {
+            bump_frontend_gen(frontend_gen.expect(loaded))?;
+        }
+        Ok(removed_frontends
+            + remove_unlisted(&mut endpoints, names::BACKEND_ENDPOINTS, |k| {
+                desired.endpoints.contains_key(k)
+            })?)
     }
 
     /// Up to `limit` forward entries of the connection table (the first found: a sample, not

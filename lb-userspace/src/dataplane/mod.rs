@@ -208,6 +208,9 @@ impl Dataplane {
                 return Err(DataplaneError::Missing { kind: "map", name });
             }
         }
+        // Flows stamped before (adopted maps; or entries of a version without stamps, whose
+        // stamp reads 0) check their frontend again before they skip FRONTENDS.
+        maps::bump_frontend_gen(ebpf.map_mut(names::FRONTEND_GEN).expect("checked above"))?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::XDP)?;
         xdp.load().map_err(|error| DataplaneError::Verify {
             name: programs::XDP,
