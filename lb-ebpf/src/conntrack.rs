@@ -121,9 +121,9 @@ pub fn lookup_forward(
 
 /// The flow-first path: whether `flow`, the packet's own connection-table entry, can be
 /// followed on the service id and flags stamped in it, without the `FRONTENDS` lookup. It
-/// must be a forward entry stamped with the current generation `generation`, alive, not reopened
-/// by a SYN, and (when its service moves such flows) its backend must still serve. Anything
-/// else answers false having changed nothing but the idle clock, and the packet takes the
+/// must be a forward entry stamped with the current `generation`, alive, not reopened by a
+/// SYN, and (when its service moves such flows) its backend must still serve. Anything else
+/// answers false having changed nothing but the idle clock, and the packet takes the
 /// `FRONTENDS` path (`lookup_forward`), which decides.
 #[inline(always)]
 pub fn follow_stamped(
