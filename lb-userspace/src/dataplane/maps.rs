@@ -198,14 +198,10 @@ impl Dataplane {
         )?;
 
         batch::delete(frontends.map(), names::FRONTENDS, &frontend_diff.remove)?;
-        // A frontend gone or pointing elsewhere: flows that skip FRONTENDS on their stamp
-        // check it again (a new frontend has no flows yet).
-        if !frontend_diff.remove.is_empty()
-            || frontend_diff
-                .write_keys
-                .iter()
-                .any(|k| previous.frontends.contains_key(k))
-        {
+        // Any frontend written or removed: flows that skip FRONTENDS on their stamp check it
+        // again. Not only keys `previous` had: with `previous` None (adopted or degraded
+        // maps) a "new" entry may replace an old value that live flows were stamped with.
+        if !frontend_diff.write_keys.is_empty() || !frontend_diff.remove.is_empty() {
             bump_frontend_gen(frontend_gen.expect(loaded))?;
         }
         batch::delete(
