@@ -1173,7 +1173,14 @@ fn established_flows_follow_frontend_changes_made_after_they_opened() {
         // The published port moves from 8000 to 8001 (under `keep`, so nothing but the
         // frontend can stop the flow): the established flow's next packet to 8000 is no
         // longer for a frontend and passes untouched.
-        // (One packet first, so the flow's stamp is current again after the reloads above.)
+        // (One packet first, so the flow's stamp is current again after the reloads above:
+        // the frontend lookup renews it, with the service's flags, `keep` = none.)
+        let published_key = forward_key(published_client, node_port);
+        let stale = lb
+            .dp
+            .tracked_flow(&published_key)
+            .unwrap()
+            .expect("tracked");
         let out = lb.run(&published_ack.build());
         assert_eq!(
             out.packet,
@@ -1182,6 +1189,18 @@ fn established_flows_follow_frontend_changes_made_after_they_opened() {
                 .with_dst(sock("198.18.2.12", 9000))
                 .build()
         );
+        let renewed = lb
+            .dp
+            .tracked_flow(&published_key)
+            .unwrap()
+            .expect("tracked");
+        assert!(
+            renewed.frontend_gen > stale.frontend_gen,
+            "stamp renewed: {} after {}",
+            renewed.frontend_gen,
+            stale.frontend_gen
+        );
+        assert_eq!(renewed.service_flags, 0);
         let gone = without.replace("\"8000:9000/tcp\"", "\"8001:9000/tcp\"");
         assert_ne!(gone, without);
         reload(&mut lb, &gone);
