@@ -23,7 +23,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     Addr,
-    maps::{EndpointKey, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
+    maps::{EndpointKey, Flow, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
     stats::StatSlot,
 };
 
@@ -112,6 +112,8 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
 
 /// `to_backend`'s answer when the packet has no tracked flow: the caller opens one.
 const NEEDS_FLOW: u32 = u32::MAX;
+/// `to_backend`'s answer when the flow's backend is gone and the client is to get a RST.
+const NEEDS_RESET: u32 = u32::MAX - 1;
 /// `to_backend_stamped`'s answer when the packet is not for a flow it may follow on its own:
 /// the `FRONTENDS` path decides.
 const NOT_STAMPED: u32 = u32::MAX - 2;
@@ -133,8 +135,6 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> u32 {
     let service_id = unsafe { (*flow).service_id };
     forward_flow(ctx, pkt, flow, service_id, false)
 }
-/// `to_backend`'s answer when the flow's backend is gone and the client is to get a RST.
-const NEEDS_RESET: u32 = u32::MAX - 1;
 
 /// A client packet for a frontend: DNAT (and SNAT under full NAT) from its connection-table
 /// entry, which also caches its route, and forward; NEEDS_FLOW if it has none (or, with
@@ -179,7 +179,7 @@ fn to_backend(
 fn forward_flow(
     ctx: &XdpContext,
     pkt: &Packet,
-    flow: *mut lb_common::maps::Flow,
+    flow: *mut Flow,
     service_id: u32,
     new_flow: bool,
 ) -> u32 {
