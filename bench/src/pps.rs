@@ -435,11 +435,7 @@ const COUNTED_WARMUP_FLOWS: u32 = 100_000;
 fn wait_for_count(lbd: &mut lb_userspace::testkit::Lbd, entries: u64) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, stdout, stderr) = lbd.lbctl(&["-o", "json", "stats"])?;
-        ensure!(ok, "lbctl stats failed: {stderr}");
-        let report: serde_json::Value =
-            serde_json::from_str(&stdout).context("lbctl stats output")?;
-        let counted = report["conntrack"]["entries"]
+        let counted = lbd_stats(lbd)?["conntrack"]["entries"]
             .as_u64()
             .context("lbctl stats has no conntrack.entries")?;
         if counted >= entries {
@@ -453,12 +449,16 @@ fn wait_for_count(lbd: &mut lb_userspace::testkit::Lbd, entries: u64) -> Result<
     }
 }
 
-/// Flows the running lbd has started so far.
-fn lbd_new_flows(lbd: &mut lb_userspace::testkit::Lbd) -> Result<u64> {
+/// The running lbd's counter report (`lbctl -o json stats`).
+fn lbd_stats(lbd: &mut lb_userspace::testkit::Lbd) -> Result<serde_json::Value> {
     let (ok, stdout, stderr) = lbd.lbctl(&["-o", "json", "stats"])?;
     ensure!(ok, "lbctl stats failed: {stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).context("lbctl stats output")?;
-    global_counter(&report, "new_flow").context("lbctl stats has no new_flow")
+    serde_json::from_str(&stdout).context("lbctl stats output")
+}
+
+/// Flows the running lbd has started so far.
+fn lbd_new_flows(lbd: &mut lb_userspace::testkit::Lbd) -> Result<u64> {
+    global_counter(&lbd_stats(lbd)?, "new_flow").context("lbctl stats has no new_flow")
 }
 
 fn max_min(summary: &RunSummary) -> Option<f64> {
