@@ -17,11 +17,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_testkit::{Lbd, Netns, Topology};
 use lb_userspace::{
-    config::ServiceFile,
     dataplane::{Dataplane, LoadOptions},
-    reconcile,
-    testkit::{Lbd, Netns, Topology},
+    plan,
+    source::file::ServiceFile,
 };
 
 #[derive(clap::Args)]
@@ -160,7 +160,7 @@ fn full_apply(services: usize, backends: usize, table_size: Option<u32>) -> Resu
         let parse_s = t.elapsed().as_secs_f64();
         let node: [std::net::IpAddr; 1] = ["198.18.1.1".parse()?];
         let t = Instant::now();
-        let desired = reconcile::plan(&file, &node)?;
+        let desired = plan::plan(&file, &node)?;
         let plan_s = t.elapsed().as_secs_f64();
         let cpu_planned = cpu_seconds();
         let t = Instant::now();

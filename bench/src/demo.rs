@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lb_userspace::testkit::{Lbd, NameServer, Topology, tcp_request, udp_request};
+use lb_testkit::{Lbd, NameServer, Topology, tcp_request, udp_request};
 
 const SERVICES: &str = include_str!("../demo/services.yaml");
 const TIMEOUT: Duration = Duration::from_secs(3);

@@ -58,7 +58,7 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     // A Ctrl-C in a long bench must not leave lbd, HAProxy, namespaces or pinned maps behind.
-    lb_userspace::testkit::interrupt::clean_up_on_interrupt()?;
+    lb_testkit::interrupt::clean_up_on_interrupt()?;
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
         Command::Gen(args) => traffic::run(&args),

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_common::maps::proto;
-use lb_userspace::{config::ServiceFile, reconcile};
+use lb_userspace::{plan, source::file::ServiceFile};
 use serde::Serialize;
 
 use crate::traffic::{
@@ -140,10 +140,10 @@ pub struct OracleReport {
 /// Maglev's choice for every flow of `set` under `yaml`, from the same planner lbd uses.
 fn predict(yaml: &str, set: &FlowSet) -> Result<Vec<IpAddr>> {
     let file = ServiceFile::parse(yaml, std::path::Path::new("oracle.yaml"))?;
-    let plan = reconcile::plan(&file, &[])?;
+    let plan = plan::plan(&file, &[])?;
     (0..set.flows)
         .map(|k| match plan.explain(proto::UDP, set.source(k), set.dst) {
-            reconcile::Explanation::Maglev { backend, .. } => Ok(backend.ip()),
+            plan::Explanation::Maglev { backend, .. } => Ok(backend.ip()),
             other => bail!("flow {k}: expected a Maglev choice, got {other}"),
         })
         .collect()

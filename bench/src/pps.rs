@@ -432,7 +432,7 @@ const COUNTED_WARMUP_FLOWS: u32 = 100_000;
 
 /// Waits until lbd's connection-table occupancy (counted by its sampler) says at least
 /// `entries`: its count of the warmed-up table is over.
-fn wait_for_count(lbd: &mut lb_userspace::testkit::Lbd, entries: u64) -> Result<()> {
+fn wait_for_count(lbd: &mut lb_testkit::Lbd, entries: u64) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let counted = lbd_stats(lbd)?["conntrack"]["entries"]
@@ -450,14 +450,14 @@ fn wait_for_count(lbd: &mut lb_userspace::testkit::Lbd, entries: u64) -> Result<
 }
 
 /// The running lbd's counter report (`lbctl -o json stats`).
-fn lbd_stats(lbd: &mut lb_userspace::testkit::Lbd) -> Result<serde_json::Value> {
+fn lbd_stats(lbd: &mut lb_testkit::Lbd) -> Result<serde_json::Value> {
     let (ok, stdout, stderr) = lbd.lbctl(&["-o", "json", "stats"])?;
     ensure!(ok, "lbctl stats failed: {stderr}");
     serde_json::from_str(&stdout).context("lbctl stats output")
 }
 
 /// Flows the running lbd has started so far.
-fn lbd_new_flows(lbd: &mut lb_userspace::testkit::Lbd) -> Result<u64> {
+fn lbd_new_flows(lbd: &mut lb_testkit::Lbd) -> Result<u64> {
     global_counter(&lbd_stats(lbd)?, "new_flow").context("lbctl stats has no new_flow")
 }
 

@@ -18,13 +18,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lb_userspace::testkit::{
+use lb_testkit::{
     ChildGuard, Lbd, NameServer, Netns, REQUEST, Topology, parse_reply_line, progtest::pin_to_cpu,
     tcp_request,
 };
 use serde::Serialize;
 
-use lb_userspace::dataplane::XdpMode;
+use lb_userspace::source::settings::XdpMode;
 
 use crate::pps::Target;
 
@@ -659,7 +659,8 @@ mod tests {
         assert!(n.contains("dnat to 198.18.2.11:8080"));
         let m = meshlb_services(MESHLB_VIP, &backends());
         let file =
-            lb_userspace::config::ServiceFile::parse(&m, std::path::Path::new("t.yaml")).unwrap();
+            lb_userspace::source::file::ServiceFile::parse(&m, std::path::Path::new("t.yaml"))
+                .unwrap();
         assert_eq!(file.services["web"].backends.len(), 2);
     }
 

@@ -62,6 +62,39 @@ impl Addr {
     }
 }
 
+/// IPv4 addresses become IPv4-mapped IPv6 addresses, the form keys hold.
+impl From<core::net::IpAddr> for Addr {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(v4) => v4.into(),
+            core::net::IpAddr::V6(v6) => v6.into(),
+        }
+    }
+}
+
+impl From<core::net::Ipv4Addr> for Addr {
+    fn from(v4: core::net::Ipv4Addr) -> Self {
+        Self::from_octets(v4.to_ipv6_mapped().octets())
+    }
+}
+
+impl From<core::net::Ipv6Addr> for Addr {
+    fn from(v6: core::net::Ipv6Addr) -> Self {
+        Self::from_octets(v6.octets())
+    }
+}
+
+/// IPv4-mapped addresses come back as IPv4 addresses.
+impl From<Addr> for core::net::IpAddr {
+    fn from(addr: Addr) -> Self {
+        let v6 = core::net::Ipv6Addr::from(addr.octets());
+        match v6.to_ipv4_mapped() {
+            Some(v4) => Self::V4(v4),
+            None => Self::V6(v6),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +121,18 @@ mod tests {
         assert!(!a.is_v4());
         assert_eq!(a.octets(), octets);
         assert!(!Addr::UNSPECIFIED.is_v4());
+    }
+
+    #[test]
+    fn std_addresses_round_trip_in_their_family() {
+        use core::net::IpAddr;
+        let v4: IpAddr = "198.18.1.2".parse().unwrap();
+        let a = Addr::from(v4);
+        assert!(a.is_v4());
+        assert_eq!(a.v4_raw(), u32::from_ne_bytes([198, 18, 1, 2]));
+        assert_eq!(IpAddr::from(a), v4);
+        let v6: IpAddr = "fd00:2::a".parse().unwrap();
+        assert!(!Addr::from(v6).is_v4());
+        assert_eq!(IpAddr::from(Addr::from(v6)), v6);
     }
 }

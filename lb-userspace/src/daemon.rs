@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{ConfigError, ServiceFile},
-    dataplane::{self, Attachment, Dataplane, DataplaneError, LoadOptions, XdpMode},
-    overlay::{ApiState, Merged, OverlayError, Source},
-    reconcile::{self, DesiredState, Ids, PlanError},
+    dataplane::{self, Attachment, Dataplane, DataplaneError, LoadOptions},
+    plan::{self, DesiredState, Ids, PlanError},
+    source::api_state::{ApiState, Merged, OverlayError, Source},
+    source::file::{ConfigError, ServiceFile},
+    source::settings::XdpMode,
 };
 
 /// What started a change; a metric label.
@@ -139,7 +140,7 @@ impl Daemon {
         let api = ApiState::load(&api_path)?;
         let merged = api.merge(&file)?;
         let node_addresses = node_addresses()?;
-        let mut desired = reconcile::plan(&merged.file, &node_addresses)?;
+        let mut desired = plan::plan(&merged.file, &node_addresses)?;
 
         let mut dp = Dataplane::load(options.load.clone())?;
         if dp.adopted() {
@@ -149,7 +150,7 @@ impl Daemon {
             // tables may have been computed by another version) and everything else removed.
             let (frontends, backends) = dp.kernel_entries()?;
             let ids = Ids::recover(&desired, &frontends, &backends);
-            desired = reconcile::plan_from(
+            desired = plan::plan_from(
                 &merged.file,
                 &node_addresses,
                 Some(&DesiredState::with_ids(ids)),
@@ -245,7 +246,7 @@ impl Daemon {
         let planned = (|| -> Result<_, DaemonError> {
             let merged = api.merge(&file)?;
             let node_addresses = node_addresses()?;
-            let next = reconcile::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
+            let next = plan::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
             Ok((merged, node_addresses, next))
         })();
         let (merged, node_addresses, next) = match planned {
@@ -390,8 +391,8 @@ impl Daemon {
         dst: SocketAddr,
     ) -> Result<Explained, DaemonError> {
         let key = FlowKey {
-            src: reconcile::addr(src.ip()),
-            dst: reconcile::addr(dst.ip()),
+            src: lb_common::Addr::from(src.ip()),
+            dst: lb_common::Addr::from(dst.ip()),
             sport_be: src.port().to_be(),
             dport_be: dst.port().to_be(),
             proto: protocol,
@@ -400,7 +401,7 @@ impl Daemon {
         let tracked = self.dp.tracked_flow(&key)?;
         let selection = self.running.explain(protocol, src, dst);
         let service = self.running.frontends.get(&lb_common::maps::EndpointKey {
-            addr: reconcile::addr(dst.ip()),
+            addr: lb_common::Addr::from(dst.ip()),
             port_be: dst.port().to_be(),
             proto: protocol,
             _pad: 0,
@@ -408,7 +409,7 @@ impl Daemon {
         let mut selection_text = selection.to_string();
         // The slot as the kernel holds it: explain answers from the live maps, and says so
         // when they differ from the plan.
-        if let reconcile::Explanation::Maglev {
+        if let plan::Explanation::Maglev {
             hash,
             table_len,
             backend,
@@ -424,7 +425,9 @@ impl Daemon {
                     .dp
                     .table_slot(service.id, slot + 1)?
                     .and_then(|id| self.running.backends.get(&id))
-                    .map(|b| SocketAddr::new(reconcile::ip(&b.addr), u16::from_be(b.port_be))),
+                    .map(|b| {
+                        SocketAddr::new(std::net::IpAddr::from(b.addr), u16::from_be(b.port_be))
+                    }),
                 None => None,
             };
             if live_len != *table_len || live_backend != Some(*backend) {
@@ -437,7 +440,7 @@ impl Daemon {
         }
         let tracked = tracked.map(|flow| {
             let backend = SocketAddr::new(
-                reconcile::ip(&flow.nat_addr),
+                std::net::IpAddr::from(flow.nat_addr),
                 u16::from_be(flow.nat_port_be),
             );
             let removed = !self.running.backends.contains_key(&flow.backend_id);
@@ -639,7 +642,7 @@ impl Daemon {
     }
 }
 
-fn family_of(frontends: &[SocketAddr], backends: &[reconcile::PlannedBackend]) -> String {
+fn family_of(frontends: &[SocketAddr], backends: &[plan::PlannedBackend]) -> String {
     let v6 = frontends
         .first()
         .map(|f| f.is_ipv6())

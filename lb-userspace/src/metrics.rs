@@ -250,7 +250,7 @@ mod tests {
                 name: "web".into(),
                 frontend: "80:8080/tcp".into(),
                 family: "ipv4".into(),
-                source: crate::overlay::Source::File,
+                source: crate::source::api_state::Source::File,
                 frontends: vec![],
                 totals: Totals {
                     packets: 10,

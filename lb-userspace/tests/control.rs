@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::testkit::{
+use lb_testkit::{
     Lbd, NameServer, Netns, TcpSession, Topology, UdpSession, e2e_enabled, tcp_request, udp_request,
 };
 
@@ -769,7 +769,7 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     const ARRAY_OF_MAPS: u64 = 12;
     let dir = Path::new("/sys/fs/bpf").join(format!(
         "{}{}-layout",
-        lb_userspace::testkit::lbd::PIN_PREFIX,
+        lb_testkit::lbd::PIN_PREFIX,
         std::process::id()
     ));
     std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
@@ -843,7 +843,7 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     let mut frontends = open();
     let junk = |i: u32| EndpointKey {
         // 198.18.192.0/18 and up: addresses nothing here uses.
-        addr: lb_userspace::reconcile::addr(std::net::Ipv4Addr::from(0xC612_C000 + i).into()),
+        addr: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
         port_be: 9u16.to_be(),
         proto: 17,
         _pad: 0,
@@ -915,7 +915,7 @@ fn the_connection_table_occupancy_counts_every_entry() {
     let ns = Netns::new("occupancy").expect("namespace");
     let dir = Path::new("/sys/fs/bpf").join(format!(
         "{}{}-occupancy",
-        lb_userspace::testkit::lbd::PIN_PREFIX,
+        lb_testkit::lbd::PIN_PREFIX,
         std::process::id()
     ));
     let _remove = RemoveOnDrop(&dir);
@@ -936,9 +936,7 @@ fn the_connection_table_occupancy_counts_every_entry() {
         let n = 20_000u32;
         for i in 0..n {
             let key = FlowKey {
-                src: lb_userspace::reconcile::addr(
-                    std::net::Ipv4Addr::from(0xC612_0000 + i).into(),
-                ),
+                src: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_0000 + i)),
                 sport_be: 1000u16.to_be(),
                 ..FlowKey::default()
             };

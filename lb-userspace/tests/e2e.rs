@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use lb_userspace::testkit::{Lbd, NameServer, Topology, e2e_enabled, tcp_request, udp_request};
+use lb_testkit::{Lbd, NameServer, Topology, e2e_enabled, tcp_request, udp_request};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const FLOWS: usize = 60;
@@ -245,7 +245,7 @@ fn a_bad_service_file_gives_a_clear_error_and_changes_nothing() {
 
 /// Sends one ICMP echo request to `target` from `ns` on a raw socket and waits for the reply;
 /// returns the reply's source address.
-fn ping(ns: &lb_userspace::testkit::Netns, target: IpAddr) -> Option<IpAddr> {
+fn ping(ns: &lb_testkit::Netns, target: IpAddr) -> Option<IpAddr> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     ns.run(move || {
         let (family, protocol, echo_type, reply_type) = match target {
@@ -262,7 +262,7 @@ fn ping(ns: &lb_userspace::testkit::Netns, target: IpAddr) -> Option<IpAddr> {
         request.extend_from_slice(b"meshlb ping");
         if target.is_ipv4() {
             // The kernel fills in ICMPv6 checksums, not ICMPv4 ones.
-            let csum = lb_userspace::testkit::packet::checksum(&request, 0);
+            let csum = lb_testkit::packet::checksum(&request, 0);
             request[2..4].copy_from_slice(&csum.to_be_bytes());
         }
         socket
@@ -382,12 +382,11 @@ services:
     ] {
         let target = SocketAddr::new(vip.parse().unwrap(), 80);
         // Many connections open at once from one client: each needs its own node port.
-        let mut sessions: Vec<lb_userspace::testkit::TcpSession> = (0..200)
+        let mut sessions: Vec<lb_testkit::TcpSession> = (0..200)
             .map(|i| {
-                lb_userspace::testkit::TcpSession::connect(&topo.client, target, TIMEOUT)
-                    .unwrap_or_else(|e| {
-                        panic!("connection {i} to {target}: {e:#}\n{}", lb.output())
-                    })
+                lb_testkit::TcpSession::connect(&topo.client, target, TIMEOUT).unwrap_or_else(|e| {
+                    panic!("connection {i} to {target}: {e:#}\n{}", lb.output())
+                })
             })
             .collect();
         let mut node_ports = BTreeSet::new();
@@ -486,22 +485,18 @@ services:
     );
 
     // Long-lived connections and UDP sessions, each pinned to a backend.
-    let mut sessions: Vec<(lb_userspace::testkit::TcpSession, String)> = (0..24)
+    let mut sessions: Vec<(lb_testkit::TcpSession, String)> = (0..24)
         .map(|_| {
-            let mut s =
-                lb_userspace::testkit::TcpSession::connect(&topo.client, web, TIMEOUT).unwrap();
+            let mut s = lb_testkit::TcpSession::connect(&topo.client, web, TIMEOUT).unwrap();
             let backend = s.request().unwrap().backend;
             (s, backend)
         })
         .collect();
-    let mut udp: Vec<(lb_userspace::testkit::UdpSession, String)> = (0..24)
+    let mut udp: Vec<(lb_testkit::UdpSession, String)> = (0..24)
         .map(|_| {
-            let mut s = lb_userspace::testkit::UdpSession::bind(
-                &topo.client,
-                SocketAddr::new(vip, 53),
-                TIMEOUT,
-            )
-            .unwrap();
+            let mut s =
+                lb_testkit::UdpSession::bind(&topo.client, SocketAddr::new(vip, 53), TIMEOUT)
+                    .unwrap();
             let backend = s.request().unwrap().backend;
             (s, backend)
         })

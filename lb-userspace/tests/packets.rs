@@ -8,18 +8,16 @@ use lb_common::{
     maps::{XDP_META_MAGIC, proto},
     stats::StatSlot,
 };
-use lb_userspace::{
-    reconcile,
-    testkit::{
-        e2e_enabled,
-        packet::{
-            CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
-            TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6,
-            parse_ipv4, parse_ipv6, with_vlan_tags,
-        },
-        progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
+use lb_testkit::{
+    e2e_enabled,
+    packet::{
+        CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
+        TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6, parse_ipv4,
+        parse_ipv6, with_vlan_tags,
     },
+    progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
 };
+use lb_userspace::plan;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -282,8 +280,8 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
             .with_macs(lb.backend_if_mac, backend_mac(0))
             .build();
         let key = lb_common::maps::FlowKey {
-            src: reconcile::addr(std::net::IpAddr::V4(*sock(CLIENT, 40005).ip())),
-            dst: reconcile::addr(VIP.parse().unwrap()),
+            src: lb_common::Addr::from(std::net::IpAddr::V4(*sock(CLIENT, 40005).ip())),
+            dst: lb_common::Addr::from(VIP.parse::<std::net::IpAddr>().unwrap()),
             sport_be: 40005u16.to_be(),
             dport_be: 80u16.to_be(),
             proto: proto::TCP,
@@ -331,7 +329,7 @@ services:
             let out = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
             let got = parse_ipv4(&out.packet).expect("checksums").dst;
             // The kernel's choice is what `lbctl explain` computes from the same plan.
-            let reconcile::Explanation::Maglev { backend, .. } = lb.desired.explain(
+            let plan::Explanation::Maglev { backend, .. } = lb.desired.explain(
                 proto::TCP,
                 std::net::SocketAddr::V4(client),
                 std::net::SocketAddr::V4(sock(VIP, 80)),
@@ -667,14 +665,15 @@ services:
 
 /// Applies `services` over what `lb` holds, keeping the ids of what stays (as a reload does).
 fn reload(lb: &mut Loaded, services: &str) {
-    let file = lb_userspace::config::ServiceFile::parse(services, std::path::Path::new("t.yaml"))
-        .expect("services");
+    let file =
+        lb_userspace::source::file::ServiceFile::parse(services, std::path::Path::new("t.yaml"))
+            .expect("services");
     let node_addrs: Vec<std::net::IpAddr> =
         [NODE_CLIENT_SIDE, "198.18.2.1", "fd00:1::1", "fd00:2::1"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-    let desired = reconcile::plan_from(&file, &node_addrs, Some(&lb.desired)).expect("plan");
+    let desired = plan::plan_from(&file, &node_addrs, Some(&lb.desired)).expect("plan");
     lb.dp.apply(Some(&lb.desired), &desired).expect("apply");
     lb.desired = desired;
 }
@@ -821,8 +820,8 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
 /// The forward connection-table entry of a client's TCP flow to `vip`.
 fn forward_key(client: SocketAddrV4, vip: SocketAddrV4) -> lb_common::maps::FlowKey {
     lb_common::maps::FlowKey {
-        src: reconcile::addr(std::net::IpAddr::V4(*client.ip())),
-        dst: reconcile::addr(std::net::IpAddr::V4(*vip.ip())),
+        src: lb_common::Addr::from(std::net::IpAddr::V4(*client.ip())),
+        dst: lb_common::Addr::from(std::net::IpAddr::V4(*vip.ip())),
         sport_be: client.port().to_be(),
         dport_be: vip.port().to_be(),
         proto: proto::TCP,
@@ -956,7 +955,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         // Identification 0 (the builder writes 1).
         expected[18..20].copy_from_slice(&[0, 0]);
         expected[24..26].copy_from_slice(&[0, 0]);
-        let c = lb_userspace::testkit::packet::checksum(&expected[14..34], 0);
+        let c = lb_testkit::packet::checksum(&expected[14..34], 0);
         expected[24..26].copy_from_slice(&c.to_be_bytes());
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
@@ -989,7 +988,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         );
         expected[18..20].copy_from_slice(&[0, 0]);
         expected[24..26].copy_from_slice(&[0, 0]);
-        let c = lb_userspace::testkit::packet::checksum(&expected[14..34], 0);
+        let c = lb_testkit::packet::checksum(&expected[14..34], 0);
         expected[24..26].copy_from_slice(&c.to_be_bytes());
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
         assert_eq!(out.packet, expected);

@@ -51,19 +51,19 @@ use lb_common::{
     maps::{XDP_META_MAGIC, proto, service_flags},
     stats::{SlotKind, StatSlot},
 };
-use lb_userspace::{
-    config::ServiceFile,
-    dataplane::{self, Dataplane, LoadOptions, StatsSnapshot},
-    reconcile::{self, DesiredState},
-    testkit::{
-        Netns, e2e_enabled,
-        packet::{
-            CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
-            TCP_SYN, checksum, parse_ipv4, parse_ipv6,
-        },
-        progtest::{self, ProgNode, ProgOutcome, delta, read_mac, test_run},
-        rng::SplitMix64,
+use lb_testkit::{
+    Netns, e2e_enabled,
+    packet::{
+        CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
+        TCP_SYN, checksum, parse_ipv4, parse_ipv6,
     },
+    progtest::{self, ProgNode, ProgOutcome, delta, read_mac, test_run},
+    rng::SplitMix64,
+};
+use lb_userspace::{
+    dataplane::{self, Dataplane, LoadOptions, StatsSnapshot},
+    plan::{self, DesiredState},
+    source::file::ServiceFile,
 };
 
 const XDP_ABORTED: u32 = 0;
@@ -172,7 +172,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
     ns.run(move || {
         let file = ServiceFile::parse(SERVICES, Path::new("properties.yaml")).expect("services");
         let node_addrs = [IpAddr::V4(NODE_CLIENT_SIDE), IpAddr::V4(NODE_BACKEND_SIDE)];
-        let desired = reconcile::plan(&file, &node_addrs).expect("plan");
+        let desired = plan::plan(&file, &node_addrs).expect("plan");
         let mut dp = Dataplane::load(LoadOptions {
             conntrack_entries: CONNTRACK_ENTRIES,
             ..LoadOptions::default()
@@ -419,7 +419,7 @@ struct Model {
 }
 
 fn v4(addr: &lb_common::Addr) -> Ipv4Addr {
-    match reconcile::ip(addr) {
+    match std::net::IpAddr::from(*addr) {
         IpAddr::V4(ip) => ip,
         other => panic!("an IPv4 address expected, got {other}"),
     }
@@ -437,7 +437,7 @@ impl Model {
             icmp_vips: Vec::new(),
         };
         for (key, svc) in &desired.frontends {
-            if let IpAddr::V6(vip) = reconcile::ip(&key.addr) {
+            if let IpAddr::V6(vip) = std::net::IpAddr::from(key.addr) {
                 if key.proto != proto::ICMPV6 {
                     let addr = SocketAddrV6::new(vip, u16::from_be(key.port_be), 0, 0);
                     model.v6.frontends.push((addr, key.proto, svc.id));

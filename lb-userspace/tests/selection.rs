@@ -5,14 +5,12 @@
 use std::net::{SocketAddr, SocketAddrV4};
 
 use lb_common::maps::proto;
-use lb_userspace::{
-    reconcile::Explanation,
-    testkit::{
-        e2e_enabled,
-        packet::{Ipv4Frame, TCP_SYN, parse_ipv4},
-        progtest::{Loaded, ProgNode, pin_to_cpu},
-    },
+use lb_testkit::{
+    e2e_enabled,
+    packet::{Ipv4Frame, TCP_SYN, parse_ipv4},
+    progtest::{Loaded, ProgNode, pin_to_cpu},
 };
+use lb_userspace::plan::Explanation;
 
 const FLOWS: u32 = 100_000;
 const VIP: &str = "198.18.100.1";

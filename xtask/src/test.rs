@@ -120,7 +120,7 @@ fn clean_pins() {
     }
 }
 
-/// Where the test kit pins (lb-userspace's testkit::lbd::PIN_ROOT).
+/// Where the test kit pins (lb_testkit::lbd::PIN_ROOT).
 const PIN_ROOT: &str = "/sys/fs/bpf";
 
 /// The namespaces in `ip netns list` output ("name" or "name (id: N)" per line) that the tests

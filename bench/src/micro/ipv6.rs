@@ -3,7 +3,7 @@
 
 use std::net::{Ipv6Addr, SocketAddrV6};
 
-use lb_userspace::testkit::packet::{CLIENT_MAC, NODE_MAC, checksum};
+use lb_testkit::packet::{CLIENT_MAC, NODE_MAC, checksum};
 
 /// An Ethernet/IPv6/TCP frame with the 6-byte payload "meshlb" (80 bytes), seq 1, ack 1 if
 /// ACK is set, window 0xffff, hop limit 64.

@@ -42,14 +42,14 @@ use lb_common::{
     maps::{Flow, FlowKey, XDP_META_MAGIC, flow_kind, names, proto, tcp_state},
     stats::StatSlot,
 };
+use lb_testkit::{
+    Netns,
+    packet::{CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, parse_ipv4},
+};
 use lb_userspace::{
-    config::{BackendSpec, PortMapping, ServiceFile},
     dataplane::{Dataplane, HARNESS_OBJECT, LoadOptions, StatsSnapshot},
-    reconcile::{self, DesiredState},
-    testkit::{
-        Netns,
-        packet::{CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, parse_ipv4},
-    },
+    plan::{self, DesiredState},
+    source::file::{BackendSpec, PortMapping, ServiceFile},
 };
 
 use self::report::{ClassResult, Report, SingleShotResult};
@@ -797,7 +797,7 @@ fn load_dataplane(
         IpAddr::V6(NODE6_CLIENT_SIDE),
         IpAddr::V6(NODE6_BACKEND_SIDE),
     ];
-    let desired: DesiredState = reconcile::plan(&file, &node_addrs)?;
+    let desired: DesiredState = plan::plan(&file, &node_addrs)?;
     let web = desired
         .services
         .iter()
@@ -894,12 +894,12 @@ fn prefill(dp: &mut Dp, flows: u32) -> Result<u64> {
     let started = Instant::now();
     let mut ct = conntrack_map(&mut dp.dp)?;
     let now = monotonic_ns();
-    let vip = reconcile::addr(IpAddr::V4(VIP));
+    let vip = lb_common::Addr::from(IpAddr::V4(VIP));
     for j in 0..flows {
         let client = prefill_client(j);
         let b = (j % u32::from(BACKENDS)) as u8;
-        let backend = reconcile::addr(IpAddr::V4(backend_ip(b)));
-        let client_addr = reconcile::addr(IpAddr::V4(*client.ip()));
+        let backend = lb_common::Addr::from(IpAddr::V4(backend_ip(b)));
+        let client_addr = lb_common::Addr::from(IpAddr::V4(*client.ip()));
         let flow = |nat_addr, nat_port: u16, kind, state| Flow {
             nat_addr,
             nat_port_be: nat_port.to_be(),

@@ -27,7 +27,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, xdp::DevMap},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use lb_userspace::{dataplane::TRAFFIC_OBJECT, testkit::Netns};
+use lb_testkit::Netns;
+use lb_userspace::dataplane::TRAFFIC_OBJECT;
 
 use self::{
     node::{Node, NodeConfig, Through},

@@ -5,11 +5,12 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
+use lb_testkit::Lbd;
 use lb_userspace::{
-    config::ServiceFile,
-    dataplane::{self, Dataplane, LoadOptions, XdpMode},
-    reconcile,
-    testkit::Lbd,
+    dataplane::{self, Dataplane, LoadOptions},
+    plan,
+    source::file::ServiceFile,
+    source::settings::XdpMode,
 };
 
 use super::{
@@ -184,7 +185,7 @@ impl Node {
 /// a quarter of an hour; `bench micro` does the same).
 fn load_in_process(topo: &PpsTopology, config: &NodeConfig) -> Result<Dataplane> {
     let file = ServiceFile::parse(&config.services_yaml(), std::path::Path::new("bench.yaml"))?;
-    let desired = reconcile::plan(&file, &[])?;
+    let desired = plan::plan(&file, &[])?;
     let measured: Vec<u32> = desired
         .services
         .iter()
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn services_yaml_is_a_valid_service_file() {
-        use lb_userspace::config::ServiceFile;
+        use lb_userspace::source::file::ServiceFile;
         let y = services_yaml(3, "round-robin", 2);
         let file = ServiceFile::parse(&y, std::path::Path::new("bench.yaml")).unwrap();
         assert_eq!(file.services.len(), 4);

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Result, ensure};
-use lb_userspace::testkit::packet::{Ipv4Frame, Ipv6Frame, L4, TCP_ACK, TCP_SYN};
+use lb_testkit::packet::{Ipv4Frame, Ipv6Frame, L4, TCP_ACK, TCP_SYN};
 
 pub use lb_common::traffic::{GenConfig, PORT_BASE, PORTS_PER_ADDR, TEMPLATE_WORDS};
 /// Most flows one source prefix holds: 2^16 addresses of 2^14 ports.
@@ -214,7 +214,7 @@ fn csum_add(csum: [u8; 2], a: [u8; 2], b: [u8; 2]) -> [u8; 2] {
 
 #[cfg(test)]
 mod tests {
-    use lb_userspace::testkit::packet::{parse_ipv4, parse_ipv6};
+    use lb_testkit::packet::{parse_ipv4, parse_ipv6};
 
     use super::*;
 

@@ -1,5 +1,5 @@
 //! The packet-rate topology: generator → node → sink, each in its own namespace, built with
-//! the test kit's [`Netns`]. It differs from the test kit's [`Topology`](lb_userspace::testkit::Topology)
+//! the test kit's [`Netns`]. It differs from the test kit's [`Topology`](lb_testkit::Topology)
 //! on purpose: the backends sit behind a veth whose peer runs the sink's XDP program (so the
 //! node can send to them with XDP_REDIRECT; a bridge takes only generic XDP), and they are
 //! addresses routed to the sink rather than namespaces, so a service can have 1,024 of them.
@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use lb_userspace::testkit::Netns;
+use lb_testkit::Netns;
 
 pub const GEN_IF: &str = "eth0";
 pub const NODE_IN: &str = "mlb-cli";

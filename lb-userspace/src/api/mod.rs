@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     daemon::{Outcome, Trigger},
     dataplane::Attachment,
-    overlay::{ServiceChanges, Source},
+    source::api_state::{ServiceChanges, Source},
 };
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -26,10 +26,9 @@ use super::{
     Status,
 };
 use crate::{
-    config::{BackendSpec, ServiceFile},
     daemon::{Daemon, DaemonError, Occupancy, Report},
-    overlay::{BackendRef, OverlayError, ServiceChanges, Source},
-    reconcile,
+    source::api_state::{BackendRef, OverlayError, ServiceChanges, Source},
+    source::file::{BackendSpec, ServiceFile},
 };
 
 /// The daemon and what the API keeps beside it.
@@ -410,11 +409,11 @@ fn backend_request(body: &Bytes) -> Result<(BackendRef, Option<u32>), ApiError> 
         .parse()
         .map_err(|e| bad_request(format!("request body: field backend: {e}")))?;
     if let Some(weight) = request.weight
-        && weight > crate::config::MAX_WEIGHT
+        && weight > crate::source::file::MAX_WEIGHT
     {
         return Err(bad_request(format!(
             "request body: field weight: {weight} is out of range; weights are 0 to {}",
-            crate::config::MAX_WEIGHT
+            crate::source::file::MAX_WEIGHT
         )));
     }
     Ok((BackendRef::of(&spec), request.weight))
@@ -543,15 +542,15 @@ async fn flows(
                     .unwrap_or_else(|| format!("(removed service {})", flow.service_id)),
                 protocol: protocol_name(key.proto).into(),
                 client: std::net::SocketAddr::new(
-                    reconcile::ip(&key.src),
+                    std::net::IpAddr::from(key.src),
                     u16::from_be(key.sport_be),
                 ),
                 frontend: std::net::SocketAddr::new(
-                    reconcile::ip(&key.dst),
+                    std::net::IpAddr::from(key.dst),
                     u16::from_be(key.dport_be),
                 ),
                 backend: std::net::SocketAddr::new(
-                    reconcile::ip(&flow.nat_addr),
+                    std::net::IpAddr::from(flow.nat_addr),
                     u16::from_be(flow.nat_port_be),
                 ),
                 tcp_state: crate::daemon::tcp_state_name(key.proto, flow.tcp_state),

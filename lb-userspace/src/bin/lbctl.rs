@@ -8,9 +8,10 @@ use hyper::Method;
 use lb_common::maps::proto;
 use lb_userspace::{
     api::{BackendRequest, ChangeResult, FlowList, ServiceList, Status, client::Endpoint},
-    config::ServiceFile,
     daemon::{Explained, Report},
-    dataplane, reconcile, settings,
+    dataplane, plan,
+    source::file::ServiceFile,
+    source::settings,
 };
 
 #[derive(Parser)]
@@ -167,7 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let protocol = protocol_number(protocol)?;
         let file = ServiceFile::load(config)?;
         let node = dataplane::node_addresses().context("listing this node's addresses")?;
-        let plan = reconcile::plan(&file, &node).with_context(|| config.display().to_string())?;
+        let plan = plan::plan(&file, &node).with_context(|| config.display().to_string())?;
         println!("{}", plan.explain(protocol, *source, *destination));
         return Ok(());
     }
@@ -208,7 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut rows = Vec::new();
             for s in &list.services {
                 let source = match (s.source, s.edited) {
-                    (lb_userspace::overlay::Source::Api, _) => "api",
+                    (lb_userspace::source::api_state::Source::Api, _) => "api",
                     (_, true) => "file+api",
                     _ => "file",
                 };

@@ -12,10 +12,11 @@ use clap::{Parser, Subcommand};
 use lb_common::limits::DEFAULT_CONNTRACK_ENTRIES;
 use lb_userspace::{
     api::server::{self, Shared},
-    config::ServiceFile,
     daemon::{Daemon, DaemonOptions, Outcome, Trigger},
-    dataplane::{self, KernelLogLevel, LoadOptions, XdpMode, pin},
-    reconcile, settings,
+    dataplane::{self, LoadOptions, pin},
+    plan,
+    source::file::ServiceFile,
+    source::settings::{self, KernelLogLevel, XdpMode},
 };
 use tracing::{error, info, warn};
 
@@ -123,7 +124,7 @@ fn check(config: &Path) -> anyhow::Result<()> {
     let file = ServiceFile::load(config)?;
     let node_addrs = dataplane::node_addresses().context("listing this node's addresses")?;
     let desired =
-        reconcile::plan(&file, &node_addrs).with_context(|| format!("{}", config.display()))?;
+        plan::plan(&file, &node_addrs).with_context(|| format!("{}", config.display()))?;
     for s in &desired.services {
         println!(
             "{} {}/{}: {} frontend(s), {} backend(s)",

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use super::{Dataplane, DataplaneError, batch};
-use crate::reconcile::{DesiredState, TableSpec};
+use crate::plan::{DesiredState, TableSpec};
 
 /// Tables swapped in per `bpf` call: the call waits for one RCU grace period (milliseconds)
 /// however many tables it swaps. Bounded so a writer holds few descriptors at once.
@@ -305,6 +305,19 @@ impl Dataplane {
         }
     }
 
+    /// The connection table itself, writable: for tools that must set up or age a flow as
+    /// the kernel would (the test kit's route-cache expiry). lbd never writes it.
+    pub fn connection_table_mut(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, FlowKey, Flow>, DataplaneError> {
+        HashMap::try_from(
+            self.ebpf_mut()
+                .map_mut(names::CONNTRACK)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::CONNTRACK))
+    }
+
     /// Handles on the connection table and the counters of their own, to read them without
     /// holding whatever holds the `Dataplane` (walks and per-id reads take a syscall each).
     pub fn readers(&self) -> Result<MapReaders, DataplaneError> {
@@ -413,7 +426,7 @@ pub type KernelEntries = (BTreeMap<EndpointKey, Service>, Vec<(u32, Backend)>);
 
 impl Dataplane {
     /// The kernel's frontends and in-use backends (for recovering ids, see
-    /// `reconcile::Ids::recover`). Reads every backend slot: about a second for a full array.
+    /// `plan::Ids::recover`). Reads every backend slot: about a second for a full array.
     pub fn kernel_entries(&self) -> Result<KernelEntries, DataplaneError> {
         let ebpf = self.ebpf();
         let frontends: HashMap<&MapData, EndpointKey, Service> =

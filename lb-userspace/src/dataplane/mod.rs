@@ -24,6 +24,8 @@ use lb_common::maps::{names, programs};
 pub use maps::{MapReaders, StatsSnapshot, TrafficTotals};
 use tracing::{info, warn};
 
+use crate::source::settings::{KernelLogLevel, XdpMode};
+
 /// The kernel object, built by build.rs from lb-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
@@ -85,43 +87,6 @@ pub enum DataplaneError {
     MapValue { name: &'static str, message: String },
     #[error("pinned state: {0}")]
     Pin(String),
-}
-
-/// How the XDP program is attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// In the driver: fastest; the device must support it.
-    Native,
-    /// In the kernel's generic path: works on every device (bridges too).
-    Generic,
-    /// Native where the device supports it and is not a veth; generic on veths and bridges (a
-    /// veth's packets are socket skbs, which native XDP converts to XDP buffers and back:
-    /// slower in `bench tcp`; ask for native on a veth whose peer sends XDP frames)
-    Auto,
-}
-
-impl std::fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Native => "native",
-            Self::Generic => "generic",
-            Self::Auto => "auto",
-        })
-    }
-}
-
-/// The most verbose kernel-side log level compiled in. Statements above it are removed by the
-/// verifier at load (the level is a constant of the program), so they cost nothing per packet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum KernelLogLevel {
-    Off,
-    Error,
-    #[default]
-    Warn,
-    Info,
-    Debug,
-    Trace,
 }
 
 /// Load-time sizing, and where to pin.

@@ -21,12 +21,49 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{config::ConfigError, dataplane::XdpMode};
+use crate::source::file::ConfigError;
 
 pub const DEFAULT_API_SOCKET: &str = "/run/meshlb/api.sock";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/meshlb";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshlb";
+
+/// How the XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver: fastest; the device must support it.
+    Native,
+    /// In the kernel's generic path: works on every device (bridges too).
+    Generic,
+    /// Native where the device supports it and is not a veth; generic on veths and bridges (a
+    /// veth's packets are socket skbs, which native XDP converts to XDP buffers and back:
+    /// slower in `bench tcp`; ask for native on a veth whose peer sends XDP frames)
+    Auto,
+}
+
+impl std::fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+/// The most verbose kernel-side log level compiled in. Statements above it are removed by the
+/// verifier at load (the level is a constant of the program), so they cost nothing per packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum KernelLogLevel {
+    Off,
+    Error,
+    #[default]
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
 
 /// The `lbd:` section, validated. `None`: not set in the file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -143,7 +180,7 @@ pub fn valid_interface_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::ServiceFile;
+    use crate::source::file::ServiceFile;
 
     fn parse(text: &str) -> Result<super::DaemonSettings, String> {
         ServiceFile::parse(text, std::path::Path::new("s.yaml"))
@@ -158,7 +195,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.interfaces.unwrap(), ["eth0", "eth1"]);
-        assert_eq!(s.xdp_mode, Some(crate::dataplane::XdpMode::Generic));
+        assert_eq!(s.xdp_mode, Some(super::XdpMode::Generic));
         assert_eq!(s.metrics.unwrap().port(), 9464);
         assert_eq!(s.conntrack_entries, Some(4096));
         assert_eq!(parse("services: {}\n").unwrap(), Default::default());

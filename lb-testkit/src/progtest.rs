@@ -6,16 +6,13 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
-use lb_common::{
-    maps::{Flow, FlowKey},
-    stats::StatSlot,
-};
+use lb_common::{maps::FlowKey, stats::StatSlot};
 
 use super::{Netns, packet::CLIENT_MAC};
-use crate::{
-    config::ServiceFile,
+use lb_userspace::{
     dataplane::{self, Dataplane, LoadOptions, StatsSnapshot},
-    reconcile::{self, DesiredState},
+    plan::{self, DesiredState},
+    source::file::ServiceFile,
 };
 
 /// The node's address toward the client, and toward the backends.
@@ -151,7 +148,7 @@ impl ProgNode {
             .iter()
             .map(|a| a.parse().expect("address"))
             .collect();
-            let desired = reconcile::plan(&file, &node_addrs)?;
+            let desired = plan::plan(&file, &node_addrs)?;
             let mut dp = Dataplane::load(LoadOptions {
                 conntrack_entries,
                 ..LoadOptions::default()
@@ -194,14 +191,7 @@ impl Loaded {
 
     /// Makes the tracked flow `key` forget its cached route, as its cache's age bound would.
     pub fn expire_route(&mut self, key: &FlowKey) {
-        let mut table: aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, Flow> =
-            aya::maps::HashMap::try_from(
-                self.dp
-                    .ebpf_mut()
-                    .map_mut(lb_common::maps::names::CONNTRACK)
-                    .expect("CONNTRACK"),
-            )
-            .expect("CONNTRACK");
+        let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
         let mut flow = table.get(key, 0).expect("the flow is tracked");
         flow.egress_ifindex = 0;
         table.insert(key, flow, 0).expect("rewrite the flow");

@@ -1,4 +1,4 @@
-//! Test kit for the end-to-end tests, the demo and the benchmarks (feature `testkit`): network
+//! Test kit for the end-to-end tests, the demo and the benchmarks: network
 //! namespaces joined by veths and a bridge, servers that say who they are and whom they saw,
 //! and clients that make requests from inside a namespace. Everything needs root.
 //!
@@ -42,7 +42,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use lb_userspace::testkit::{NameServer, Topology, tcp_request};
+//! use lb_testkit::{NameServer, Topology, tcp_request};
 //!
 //! # fn main() -> anyhow::Result<()> {
 //! let topo = Topology::new(2)?;

@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BackendSpec, ConfigError, ServiceFile, ServiceSpec};
+use crate::source::file::{BackendSpec, ConfigError, ServiceFile, ServiceSpec};
 
 /// A backend as the API names it: its address and, if given, its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

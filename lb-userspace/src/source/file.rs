@@ -105,7 +105,7 @@ pub struct ParseValueError(String);
 pub struct ServiceFile {
     pub services: BTreeMap<String, ServiceSpec>,
     /// The `lbd:` section: daemon settings, each overridable on the command line.
-    pub lbd: crate::settings::DaemonSettings,
+    pub lbd: crate::source::settings::DaemonSettings,
 }
 
 /// One service, with every default filled in.
@@ -373,7 +373,7 @@ impl fmt::Display for BackendSpec {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     services: Option<RawServices>,
-    lbd: Option<crate::settings::RawSettings>,
+    lbd: Option<crate::source::settings::RawSettings>,
 }
 
 /// Services in file order. A plain map would let a repeated name silently replace the first.

@@ -1,12 +1,12 @@
 //! Tests of the test kit itself: topologies build and vanish, traffic routes through the node,
 //! servers answer with what they saw. They need root: run with
-//! `MESHLB_E2E=1 cargo test -p lb-userspace --features testkit --test testkit`.
+//! `MESHLB_E2E=1 cargo test -p lb-testkit --test testkit`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use lb_userspace::testkit::{
+use lb_testkit::{
     EnterMode, NameServer, Netns, Proto, TcpSession, Topology, UdpSession, tcp_request, udp_request,
 };
 

@@ -392,7 +392,7 @@ mod tests {
 
     const FLOWS: usize = 100_000;
 
-    use crate::testkit::rng::SplitMix64 as Rng;
+    use lb_testkit::rng::SplitMix64 as Rng;
 
     /// Hashes of synthetic TCP flows from random IPv4 clients and ports to one frontend.
     fn flow_hashes(seed: u64) -> Vec<u32> {

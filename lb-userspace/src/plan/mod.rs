@@ -2,6 +2,8 @@
 //! access, so every rule here is unit-tested. `dataplane` writes the difference between two
 //! desired states into the maps.
 
+pub mod select;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -17,14 +19,11 @@ use lb_common::{
     maps::{Backend, EndpointKey, FlowKey, Service, backend_flags, proto, service_flags},
 };
 
-use crate::{
-    config::{
-        Affinity, Forwarding, PortMapping, RemovalPolicy, Scheduler, ServiceFile, ServiceSpec,
-    },
-    select::{
-        TableBackend, TableError, maglev_check, maglev_table, round_robin_check,
-        round_robin_sequence,
-    },
+use crate::source::file::{
+    Affinity, Forwarding, PortMapping, RemovalPolicy, Scheduler, ServiceFile, ServiceSpec,
+};
+use select::{
+    TableBackend, TableError, maglev_check, maglev_table, round_robin_check, round_robin_sequence,
 };
 
 /// A service's selection table, as what it is built from (see `TableSpec`). Shared, so a
@@ -147,7 +146,7 @@ impl Ids {
             .iter()
             .filter(|(_, b)| b.flags & backend_flags::IN_USE != 0)
             .map(|(id, b)| {
-                let target = SocketAddr::new(ip(&b.addr), u16::from_be(b.port_be));
+                let target = SocketAddr::new(IpAddr::from(b.addr), u16::from_be(b.port_be));
                 ((b.service_id, target), *id)
             })
             .collect();
@@ -507,7 +506,7 @@ fn plan_service(
         pending.backends.push((
             backend_id,
             Backend {
-                addr: addr(target.ip()),
+                addr: Addr::from(target.ip()),
                 port_be: target.port().to_be(),
                 flags: backend_flags::IN_USE,
                 service_id: id,
@@ -531,7 +530,7 @@ fn plan_service(
         state
             .frontends
             .entry(EndpointKey {
-                addr: addr(vip),
+                addr: Addr::from(vip),
                 port_be: 0,
                 proto: icmp,
                 _pad: 0,
@@ -619,7 +618,7 @@ impl DesiredState {
     /// kernel's own hash and tables. (An established flow keeps the backend it has.)
     pub fn explain(&self, protocol: u8, src: SocketAddr, dst: SocketAddr) -> Explanation {
         let key = EndpointKey {
-            addr: addr(dst.ip()),
+            addr: Addr::from(dst.ip()),
             port_be: dst.port().to_be(),
             proto: protocol,
             _pad: 0,
@@ -652,8 +651,8 @@ impl DesiredState {
             };
         }
         let flow = FlowKey {
-            src: addr(src.ip()),
-            dst: addr(dst.ip()),
+            src: Addr::from(src.ip()),
+            dst: Addr::from(dst.ip()),
             sport_be: src.port().to_be(),
             dport_be: dst.port().to_be(),
             proto: protocol,
@@ -753,24 +752,9 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
     }
 }
 
-pub fn addr(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => Addr::from_octets(v4.to_ipv6_mapped().octets()),
-        IpAddr::V6(v6) => Addr::from_octets(v6.octets()),
-    }
-}
-
-pub fn ip(addr: &Addr) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(addr.octets());
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
 fn endpoint(socket: SocketAddr, mapping: &PortMapping) -> EndpointKey {
     EndpointKey {
-        addr: addr(socket.ip()),
+        addr: Addr::from(socket.ip()),
         port_be: socket.port().to_be(),
         proto: mapping.protocol.number(),
         _pad: 0,
@@ -792,7 +776,7 @@ mod tests {
     fn key(socket: &str, protocol: u8) -> EndpointKey {
         let socket: SocketAddr = socket.parse().unwrap();
         EndpointKey {
-            addr: addr(socket.ip()),
+            addr: Addr::from(socket.ip()),
             port_be: socket.port().to_be(),
             proto: protocol,
             _pad: 0,
@@ -1195,16 +1179,6 @@ services:
             Some(&0)
         );
         assert_eq!(v2.backends.len(), 1, "the backend itself is gone");
-    }
-
-    #[test]
-    fn addresses_round_trip_through_the_kernel_form() {
-        for text in ["198.18.1.2", "fd00::1", "2001:db8::42"] {
-            let ip: IpAddr = text.parse().unwrap();
-            assert_eq!(super::ip(&addr(ip)), ip);
-        }
-        assert!(addr("198.18.1.2".parse().unwrap()).is_v4());
-        assert!(!addr("fd00::1".parse().unwrap()).is_v4());
     }
 
     #[test]
