@@ -29,6 +29,12 @@ pub const ROUTE_MEMO_SLOTS: u32 = 4096;
 /// without the memo); between the same addresses the FIB is still asked about ten times a
 /// second, not once per packet of every sparse flow.
 pub const ROUTE_MEMO_MAX_AGE_NS: u64 = LAST_SEEN_GRANULARITY_NS / 10;
+/// Sockets' (socket, backend) pairs remembered by the socket-level programs, so
+/// `getpeername` and UDP `recvmsg` give the frontend back. An LRU map: when full, the least
+/// recently used pairs go, and such a socket's `getpeername` shows its backend.
+pub const SOCK_REVERSE_ENTRIES: u32 = 262_144;
+/// Network namespaces whose sockets the socket-level programs translate for.
+pub const MAX_SOCK_NETNS: u32 = 4096;
 /// Interfaces the program may redirect frames to with XDP_REDIRECT.
 pub const MAX_TX_PORTS: u32 = 1024;
 

@@ -23,8 +23,11 @@ pub mod names {
     pub const ROUTE_MEMO: &str = "ROUTE_MEMO";
     pub const FORWARD_FILTER: &str = "FORWARD_FILTER";
     pub const FRONTEND_GEN: &str = "FRONTEND_GEN";
+    pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
+    pub const SOCK_STATS: &str = "SOCK_STATS";
+    pub const SOCK_NETNS: &str = "SOCK_NETNS";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 19] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -41,6 +44,9 @@ pub mod names {
         ROUTE_MEMO,
         FORWARD_FILTER,
         FRONTEND_GEN,
+        SOCK_REVERSE,
+        SOCK_STATS,
+        SOCK_NETNS,
     ];
 }
 
@@ -48,6 +54,26 @@ pub mod names {
 pub mod programs {
     pub const XDP: &str = "meshlb_xdp";
     pub const TC_INGRESS: &str = "meshlb_tc_ingress";
+    /// The cgroup `sock_addr` programs of socket-level balancing (lb-ebpf's `sock` module).
+    pub const SOCK_CONNECT4: &str = "meshlb_connect4";
+    pub const SOCK_CONNECT6: &str = "meshlb_connect6";
+    pub const SOCK_SENDMSG4: &str = "meshlb_sendmsg4";
+    pub const SOCK_SENDMSG6: &str = "meshlb_sendmsg6";
+    pub const SOCK_RECVMSG4: &str = "meshlb_recvmsg4";
+    pub const SOCK_RECVMSG6: &str = "meshlb_recvmsg6";
+    pub const SOCK_GETPEERNAME4: &str = "meshlb_getpeername4";
+    pub const SOCK_GETPEERNAME6: &str = "meshlb_getpeername6";
+    /// Every socket-level program.
+    pub const SOCK_ALL: [&str; 8] = [
+        SOCK_CONNECT4,
+        SOCK_CONNECT6,
+        SOCK_SENDMSG4,
+        SOCK_SENDMSG6,
+        SOCK_RECVMSG4,
+        SOCK_RECVMSG6,
+        SOCK_GETPEERNAME4,
+        SOCK_GETPEERNAME6,
+    ];
 }
 
 /// IP protocol numbers used in keys.
@@ -221,6 +247,46 @@ pub struct TrafficCounters {
     pub new_flows: u64,
 }
 
+/// Key of `SOCK_REVERSE`: a socket (its cookie) and the backend the socket-level programs
+/// sent it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockReverseKey {
+    pub cookie: u64,
+    pub backend: Addr,
+    pub port_be: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `SOCK_REVERSE`: the frontend the socket asked for, which `getpeername` and
+/// `recvmsg` give back in place of the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockReverse {
+    pub frontend: Addr,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
+/// Values of `SOCK_NETNS` (keyed by network namespace cookie): which frontends the
+/// socket-level programs translate for sockets of that namespace.
+pub mod sock_netns {
+    /// The node's own namespace (lbd's): every frontend.
+    pub const NODE: u32 = 1;
+}
+
+/// Per-service counters of the socket-level path (per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockCounters {
+    /// `connect` calls to a frontend sent to a backend (TCP, and connected UDP).
+    pub connections: u64,
+    /// Unconnected UDP datagrams to a frontend sent to a backend.
+    pub datagrams: u64,
+    /// `connect` or `sendmsg` to a frontend refused (EPERM): no usable backend.
+    pub no_backend: u64,
+}
+
 /// What the XDP program leaves in front of a packet it passes to the kernel for the TC program
 /// to forward (`bpf_xdp_adjust_meta`): the egress interface chosen by the FIB lookup.
 #[repr(C)]
@@ -244,3 +310,6 @@ const _: () = assert!(service_flags::ALL <= u8::MAX as u32);
 const _: () = assert!(core::mem::offset_of!(Flow, egress_macs) % 4 == 0);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
+const _: () = assert!(size_of::<SockReverseKey>() == 32);
+const _: () = assert!(size_of::<SockReverse>() == 20);
+const _: () = assert!(size_of::<SockCounters>() == 24);

@@ -2,7 +2,10 @@
 
 use crate::{
     Addr,
-    maps::{Backend, EndpointKey, Flow, FlowKey, Service, TrafficCounters, XdpMeta},
+    maps::{
+        Backend, EndpointKey, Flow, FlowKey, Service, SockCounters, SockReverse, SockReverseKey,
+        TrafficCounters, XdpMeta,
+    },
     traffic::GenConfig,
 };
 
@@ -16,3 +19,6 @@ unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for XdpMeta {}
 unsafe impl aya::Pod for GenConfig {}
+unsafe impl aya::Pod for SockReverseKey {}
+unsafe impl aya::Pod for SockReverse {}
+unsafe impl aya::Pod for SockCounters {}

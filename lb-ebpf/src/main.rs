@@ -1,5 +1,6 @@
 //! meshlb's kernel side: an XDP program that balances frontends over backends, and a TC
-//! ingress program that forwards what XDP could not send itself.
+//! ingress program that forwards what XDP could not send itself, and the cgroup socket
+//! programs that balance local clients' sockets (`sock`).
 #![no_std]
 #![no_main]
 
@@ -11,6 +12,7 @@ mod nat;
 mod parse;
 mod reset;
 mod select;
+mod sock;
 mod stats;
 mod too_big;
 

@@ -9,11 +9,12 @@ use lb_common::{
     Addr,
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, ENDPOINT_FILTER_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS,
-        MAX_FRONTENDS, MAX_SERVICES, MAX_TX_PORTS, ROUTE_MEMO_SLOTS,
+        MAX_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS,
+        SOCK_REVERSE_ENTRIES,
     },
     maps::{
-        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, TableElement,
-        TrafficCounters,
+        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, SockCounters,
+        SockReverse, SockReverseKey, TableElement, TrafficCounters,
     },
     stats::StatSlot,
 };
@@ -119,3 +120,23 @@ pub static SERVICE_STATS: PerCpuArray<TrafficCounters, { MAX_SERVICES as usize }
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }> =
     PerCpuArray::new();
+
+/// Socket-level path: which frontend a socket asked for, by socket and backend, for
+/// `getpeername` and UDP `recvmsg`.
+#[btf_map]
+pub static SOCK_REVERSE: LruHashMap<
+    SockReverseKey,
+    SockReverse,
+    { SOCK_REVERSE_ENTRIES as usize },
+> = LruHashMap::new();
+
+/// Socket-level path: per-service counters.
+#[btf_map]
+pub static SOCK_STATS: PerCpuArray<SockCounters, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Socket-level path: the network namespaces (by cookie) whose sockets are translated, and
+/// for which frontends (`sock_netns::*`). A socket of any other namespace is left alone: a
+/// frontend address means something only in the namespace lbd serves (and, for containers,
+/// on the networks they are attached to).
+#[btf_map]
+pub static SOCK_NETNS: HashMap<u64, u32, { MAX_SOCK_NETNS as usize }> = HashMap::new();

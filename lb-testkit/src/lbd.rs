@@ -57,6 +57,11 @@ impl Lbd {
         if !has("--conntrack-entries") {
             args.extend(["--conntrack-entries".into(), "65536".into()]);
         }
+        // Socket-level balancing attaches at the machine's cgroup root by default: a test
+        // asks for it with its own cgroup (`TestCgroup`), never for the whole machine.
+        if !has("--socket-lb") {
+            args.extend(["--socket-lb".into(), "off".into()]);
+        }
         if !has("--watch-interval-ms") {
             args.extend(["--watch-interval-ms".into(), "0".into()]);
         }

@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+pub mod cgroup;
 pub mod client;
 pub mod gate;
 pub mod interrupt;
@@ -66,6 +67,7 @@ pub mod rng;
 pub mod servers;
 pub mod topology;
 
+pub use cgroup::TestCgroup;
 pub use client::{
     REQUEST, Reply, ReplyLine, TcpSession, UdpSession, parse_reply, parse_reply_line, tcp_request,
     udp_request,

@@ -110,6 +110,9 @@ pub struct DaemonOptions {
     pub xdp_redirect: Vec<String>,
     pub state_dir: PathBuf,
     pub load: LoadOptions,
+    /// The cgroup v2 directory to attach the socket-level programs to; `None`: socket-level
+    /// balancing off.
+    pub socket_cgroup: Option<PathBuf>,
 }
 
 const API_STATE_FILE: &str = "api-state.json";
@@ -171,6 +174,16 @@ impl Daemon {
         }
         for interface in dp.release_unlisted(&options.interfaces)? {
             info!(interface, "detached: no longer in the interface list");
+        }
+        match &options.socket_cgroup {
+            Some(cgroup) => {
+                dp.attach_sockets(cgroup)?;
+            }
+            None => {
+                if dp.release_sockets()? {
+                    info!("socket-level balancing is off: the pinned cgroup links are detached");
+                }
+            }
         }
         let redirect = options
             .xdp_redirect
@@ -550,6 +563,10 @@ pub struct ServiceReport {
     pub source: Source,
     pub frontends: Vec<SocketAddr>,
     pub totals: Totals,
+    /// The socket-level path (local clients' `connect` and `sendmsg`), which no packet
+    /// counter sees.
+    #[serde(default)]
+    pub socket: dataplane::SocketTotals,
     pub backends: Vec<BackendReport>,
 }
 
@@ -601,6 +618,7 @@ impl Daemon {
                 source: source_of(&self.merged, &s.name),
                 frontends: s.frontends.clone(),
                 totals: Totals::default(),
+                socket: dataplane::SocketTotals::default(),
                 backends: s
                     .backends
                     .iter()
@@ -681,6 +699,7 @@ impl Report {
             .collect();
         for s in &mut self.services {
             s.totals = totals(stats.services.get(&s.id));
+            s.socket = stats.sockets.get(&s.id).copied().unwrap_or_default();
             for b in &mut s.backends {
                 b.totals = totals(stats.backends.get(&b.id));
             }

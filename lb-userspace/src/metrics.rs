@@ -29,6 +29,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_service_packets_total",
     "meshlb_service_bytes_total",
     "meshlb_service_new_flows_total",
+    "meshlb_service_socket_connections_total",
+    "meshlb_service_socket_datagrams_total",
+    "meshlb_service_socket_no_backend_total",
     "meshlb_backend_packets_total",
     "meshlb_backend_bytes_total",
     "meshlb_backend_new_flows_total",
@@ -125,6 +128,21 @@ pub fn render(
         "service_new_flows",
         "New flows of a service.",
     );
+    let socket_connections = counter_family(
+        &mut registry,
+        "service_socket_connections",
+        "Local clients' connect() calls to a service's frontend sent to a backend (socket-level path).",
+    );
+    let socket_datagrams = counter_family(
+        &mut registry,
+        "service_socket_datagrams",
+        "Local clients' unconnected UDP datagrams to a service's frontend sent to a backend (socket-level path).",
+    );
+    let socket_no_backend = counter_family(
+        &mut registry,
+        "service_socket_no_backend",
+        "Local clients' connect() or sendmsg() to a service's frontend refused: no usable backend (socket-level path).",
+    );
     let backend_packets = counter_family(
         &mut registry,
         "backend_packets",
@@ -158,6 +176,15 @@ pub fn render(
         service_flows
             .get_or_create(&labels)
             .inc_by(s.totals.new_flows);
+        socket_connections
+            .get_or_create(&labels)
+            .inc_by(s.socket.connections);
+        socket_datagrams
+            .get_or_create(&labels)
+            .inc_by(s.socket.datagrams);
+        socket_no_backend
+            .get_or_create(&labels)
+            .inc_by(s.socket.no_backend);
         for b in &s.backends {
             let mut labels = labels.clone();
             labels.push(("backend", b.target.to_string()));
@@ -258,6 +285,11 @@ mod tests {
                     new_flows: 2,
                     ..Default::default()
                 },
+                socket: crate::dataplane::SocketTotals {
+                    connections: 3,
+                    datagrams: 0,
+                    no_backend: 1,
+                },
                 backends: vec![BackendReport {
                     id: 1,
                     target: "198.18.2.10:8080".parse().unwrap(),
@@ -294,6 +326,18 @@ mod tests {
         }
         assert!(
             text.contains("meshlb_dropped_packets_total{reason=\"no_backend\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "meshlb_service_socket_connections_total{service=\"web\",frontend=\"80:8080/tcp\",family=\"ipv4\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "meshlb_service_socket_no_backend_total{service=\"web\",frontend=\"80:8080/tcp\",family=\"ipv4\"} 1"
+            ),
             "{text}"
         );
         assert!(

@@ -400,6 +400,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !drops.is_empty() {
                 println!("drops: {}", drops.join(" "));
             }
+            // The socket-level path has no packets: its own table, services it served only.
+            let sockets: Vec<Vec<String>> = report
+                .services
+                .iter()
+                .filter(|s| s.socket != Default::default())
+                .map(|s| {
+                    vec![
+                        format!("{} {} {}", s.name, s.frontend, s.family),
+                        s.socket.connections.to_string(),
+                        s.socket.datagrams.to_string(),
+                        s.socket.no_backend.to_string(),
+                    ]
+                })
+                .collect();
+            if !sockets.is_empty() {
+                println!();
+                table(
+                    &["SOCKET PATH", "CONNECTIONS", "DATAGRAMS", "NO BACKEND"],
+                    sockets,
+                );
+            }
         }
         Command::Flows { service, limit } => {
             let mut path = format!("/v1/flows?limit={limit}");

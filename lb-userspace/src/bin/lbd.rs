@@ -16,7 +16,7 @@ use lb_userspace::{
     dataplane::{self, LoadOptions, pin},
     plan,
     source::file::ServiceFile,
-    source::settings::{self, KernelLogLevel, XdpMode},
+    source::settings::{self, KernelLogLevel, SocketLb, XdpMode},
 };
 use tracing::{error, info, warn};
 
@@ -94,6 +94,15 @@ struct RunArgs {
     /// at load and cost nothing per packet.
     #[arg(long, value_enum, default_value_t = KernelLogLevel::Warn)]
     kernel_log: KernelLogLevel,
+    /// Socket-level balancing: processes of this node (in lbd's network namespace) reach
+    /// VIPs and published ports (on node addresses and 127.0.0.1/::1) through cgroup socket
+    /// programs [default: on].
+    #[arg(long, value_enum)]
+    socket_lb: Option<SocketLb>,
+    /// cgroup v2 directory the socket-level programs attach to; they act for the processes in
+    /// it and below [default: the cgroup2 mount from /proc/mounts].
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// How often to check the service file for changes, in milliseconds (0: only SIGHUP).
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
@@ -196,6 +205,22 @@ fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
         .pin_dir
         .or(s.pin_dir)
         .unwrap_or_else(|| settings::DEFAULT_PIN_DIR.into());
+    let socket_cgroup = match args.socket_lb.or(s.socket_lb).unwrap_or_default() {
+        SocketLb::Off => None,
+        SocketLb::On => match args.cgroup.or(s.cgroup) {
+            Some(cgroup) => Some(cgroup),
+            None => {
+                let found = dataplane::cgroup2_mount();
+                if found.is_none() {
+                    warn!(
+                        "no cgroup v2 mount in /proc/mounts: socket-level balancing is off (the \
+                         node's own processes reach no frontend); mount cgroup2 or pass --cgroup"
+                    );
+                }
+                found
+            }
+        },
+    };
     Ok(Resolved {
         daemon: DaemonOptions {
             config: args.config,
@@ -214,6 +239,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
                 kernel_log: args.kernel_log,
                 pin_dir: Some(pin_dir),
             },
+            socket_cgroup,
         },
         api: args
             .api

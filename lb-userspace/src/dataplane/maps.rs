@@ -8,7 +8,7 @@ use aya::maps::{
 use lb_common::{
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, SLOTS_PER_ELEMENT, Service,
-        TABLE_LEN_SLOT, TableElement, TrafficCounters, names, table_elements,
+        SockCounters, TABLE_LEN_SLOT, TableElement, TrafficCounters, names, table_elements,
     },
     stats::StatSlot,
 };
@@ -98,6 +98,19 @@ pub struct StatsSnapshot {
     pub global: BTreeMap<&'static str, u64>,
     pub services: BTreeMap<u32, TrafficTotals>,
     pub backends: BTreeMap<u32, TrafficTotals>,
+    /// Socket-level path, by service id.
+    pub sockets: BTreeMap<u32, SocketTotals>,
+}
+
+/// A service's socket-level counters (lb-common's `SockCounters`, summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SocketTotals {
+    /// `connect` calls to a frontend sent to a backend (TCP, and connected UDP).
+    pub connections: u64,
+    /// Unconnected UDP datagrams to a frontend sent to a backend.
+    pub datagrams: u64,
+    /// `connect` or `sendmsg` refused (EPERM): the service had no usable backend.
+    pub no_backend: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -343,6 +356,7 @@ impl Dataplane {
             global: own(names::GLOBAL_STATS)?,
             services: own(names::SERVICE_STATS)?,
             backends: own(names::BACKEND_STATS)?,
+            sockets: own(names::SOCK_STATS)?,
         })
     }
 
@@ -365,6 +379,7 @@ impl Dataplane {
                 map(names::GLOBAL_STATS),
                 map(names::SERVICE_STATS),
                 map(names::BACKEND_STATS),
+                map(names::SOCK_STATS),
             ],
             service_ids,
             backend_ids,
@@ -385,18 +400,34 @@ fn global_stats(map: &aya::maps::Map) -> Result<StatsSnapshot, DataplaneError> {
     Ok(snapshot)
 }
 
-/// `[global, service, backend]` counter maps.
+/// `[global, service, backend, socket]` counter maps.
 fn traffic(
-    [global, services, backends]: [&aya::maps::Map; 3],
+    [global, services, backends, sockets]: [&aya::maps::Map; 4],
     service_ids: impl IntoIterator<Item = u32>,
     backend_ids: impl IntoIterator<Item = u32>,
 ) -> Result<StatsSnapshot, DataplaneError> {
     let mut snapshot = global_stats(global)?;
+    let service_ids: Vec<u32> = service_ids.into_iter().collect();
+    let socket_map: PerCpuArray<&MapData, SockCounters> =
+        PerCpuArray::try_from(sockets).map_err(map_err(names::SOCK_STATS))?;
+    for id in &service_ids {
+        let mut totals = SocketTotals::default();
+        for c in socket_map
+            .get(id, 0)
+            .map_err(map_err(names::SOCK_STATS))?
+            .iter()
+        {
+            totals.connections += c.connections;
+            totals.datagrams += c.datagrams;
+            totals.no_backend += c.no_backend;
+        }
+        snapshot.sockets.insert(*id, totals);
+    }
     for (name, map, ids, out) in [
         (
             names::SERVICE_STATS,
             services,
-            service_ids.into_iter().collect::<Vec<_>>(),
+            service_ids,
             &mut snapshot.services,
         ),
         (
@@ -467,6 +498,7 @@ pub struct MapReaders {
     global: aya::maps::Map,
     services: aya::maps::Map,
     backends: aya::maps::Map,
+    sockets: aya::maps::Map,
 }
 
 impl MapReaders {
@@ -482,7 +514,7 @@ impl MapReaders {
         backend_ids: impl IntoIterator<Item = u32>,
     ) -> Result<StatsSnapshot, DataplaneError> {
         traffic(
-            [&self.global, &self.services, &self.backends],
+            [&self.global, &self.services, &self.backends, &self.sockets],
             service_ids,
             backend_ids,
         )

@@ -3,6 +3,7 @@
 mod batch;
 mod maps;
 pub mod pin;
+mod sockets;
 mod xdp_mode;
 
 use std::{
@@ -21,7 +22,8 @@ use aya::{
     },
 };
 use lb_common::maps::{names, programs};
-pub use maps::{MapReaders, StatsSnapshot, TrafficTotals};
+pub use maps::{MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
+pub use sockets::{SocketAttachment, cgroup2_mount, netns_cookie};
 use tracing::{info, warn};
 
 use crate::source::settings::{KernelLogLevel, XdpMode};
@@ -133,6 +135,8 @@ pub struct Dataplane {
     _pinned_links: Vec<PinnedLink>,
     /// The pin directory's lock (see [`pin::lock`]).
     _pin_lock: Option<std::fs::File>,
+    /// Where the socket-level programs are attached, if they are.
+    sockets: Option<SocketAttachment>,
     /// Reads the kernel programs' log records (aya-log) into this process's log. Must live as
     /// long as the programs: dropping it closes the log map.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -193,6 +197,7 @@ impl Dataplane {
             adopted,
             _pinned_links: Vec::new(),
             _pin_lock: pin_lock,
+            sockets: None,
             logger,
         })
     }

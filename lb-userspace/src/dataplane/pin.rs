@@ -6,6 +6,8 @@
 //! - `links/xdp/<interface>`, `links/tc/<interface>`: the XDP and tcx links; a new `lbd`
 //!   swaps its freshly loaded programs into them (`bpf_link_update`), so no packet meets an
 //!   interface without a program.
+//! - `links/cgroup/<cgroup path>/<program>`: the socket-level programs' cgroup links, swapped
+//!   the same way (see `sockets`).
 //!
 //! Removing the directory (`lbd cleanup`) drops the last references: the links detach and the
 //! maps are freed.
@@ -27,6 +29,29 @@ pub(crate) fn link_path(dir: &Path, interface: &str, kind: LinkKind) -> PathBuf 
         .join(encode_name(interface))
 }
 
+pub(crate) fn cgroup_link_path(dir: &Path, cgroup: &Path, program: &str) -> PathBuf {
+    dir.join("links")
+        .join("cgroup")
+        .join(encode_name(&cgroup.to_string_lossy()).replace('/', "%2f"))
+        .join(program)
+}
+
+/// Cgroups that have pinned socket-level links, with the pin directory of each.
+pub(crate) fn pinned_cgroups(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir.join("links").join("cgroup")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.replace("%2f", "/");
+            Some((PathBuf::from(decode_name(&name)), e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// bpffs refuses names with a dot (reserved for the kernel), which interface names such as
 /// `eth0.100` have.
 fn encode_name(interface: &str) -> String {
@@ -39,6 +64,25 @@ fn decode_name(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cgroup_paths_make_one_pin_directory_each_and_come_back() {
+        let dir = std::path::Path::new("/sys/fs/bpf/m");
+        let cgroup = std::path::Path::new("/sys/fs/cgroup/unified/a.b%c");
+        let path = super::cgroup_link_path(dir, cgroup, "meshlb_connect4");
+        let name = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(!name.contains(['/', '.']), "{name}");
+        assert_eq!(
+            super::decode_name(&name.replace("%2f", "/")),
+            cgroup.to_str().unwrap()
+        );
+    }
+
     #[test]
     fn interface_names_with_dots_make_valid_pin_names() {
         for name in ["eth0", "eth0.100", "a%b.c"] {
@@ -74,7 +118,7 @@ pub(crate) fn prepare(dir: &Path) -> Result<(), DataplaneError> {
             dir.display()
         )));
     }
-    for sub in ["maps", "links/xdp", "links/tc"] {
+    for sub in ["maps", "links/xdp", "links/tc", "links/cgroup"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| {
             DataplaneError::Pin(format!("creating {}: {e}", dir.join(sub).display()))
         })?;

@@ -404,7 +404,7 @@ pub fn plan_from(
         check_supported(spec)?;
         let mut families = 0;
         for v6 in [false, true] {
-            let frontend_addrs: Vec<IpAddr> = match spec.vip {
+            let mut frontend_addrs: Vec<IpAddr> = match spec.vip {
                 Some(vip) if vip.is_ipv6() == v6 => vec![vip],
                 Some(_) => continue,
                 None => {
@@ -421,6 +421,15 @@ pub fn plan_from(
             };
             if frontend_addrs.is_empty() {
                 continue;
+            }
+            if spec.vip.is_none() {
+                // A published port answers on loopback too, for the node's own processes:
+                // only the socket-level programs see those connections (XDP never does).
+                frontend_addrs.push(if v6 {
+                    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                });
             }
             families += 1;
             for mapping in &spec.ports {
@@ -867,6 +876,11 @@ services:
                 .frontends
                 .contains_key(&key("[fd00:1::1]:8000", proto::TCP))
         );
+        // Loopback of the family too, for the node's own processes (socket-level path).
+        let v4 = state.frontends[&key("198.18.1.1:8000", proto::TCP)];
+        assert_eq!(state.frontends[&key("127.0.0.1:8000", proto::TCP)], v4);
+        assert!(!state.frontends.contains_key(&key("[::1]:8000", proto::TCP)));
+        assert!(state.frontends.contains_key(&key("[::1]:9000", proto::TCP)));
         // dual: one kernel service per family, each with that family's backend only.
         let v6 = state.frontends[&key("[fd00:1::1]:9000", proto::TCP)];
         let v4 = state.frontends[&key("198.18.1.1:9000", proto::TCP)];

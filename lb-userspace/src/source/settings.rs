@@ -12,6 +12,8 @@
 //!   state_dir: /var/lib/meshlb
 //!   pin_dir: /sys/fs/bpf/meshlb
 //!   conntrack_entries: 2097152
+//!   socket_lb: on                    # socket-level balancing for the node's own clients
+//!   cgroup: /sys/fs/cgroup/unified   # where its programs attach (default: the cgroup2 mount)
 //! ```
 
 use std::{
@@ -52,6 +54,19 @@ impl std::fmt::Display for XdpMode {
     }
 }
 
+/// Socket-level balancing (cgroup `sock_addr` programs): processes of the node reach
+/// frontends (VIPs, published ports on node addresses and 127.0.0.1/::1) without crossing an
+/// interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketLb {
+    /// Attached to `cgroup` (default: the cgroup v2 mount's root, so every process); skipped
+    /// with a warning when the host has no cgroup v2 and no cgroup was given.
+    #[default]
+    On,
+    /// Not attached; links a previous lbd pinned are detached.
+    Off,
+}
+
 /// The most verbose kernel-side log level compiled in. Statements above it are removed by the
 /// verifier at load (the level is a constant of the program), so they cost nothing per packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -78,6 +93,8 @@ pub struct DaemonSettings {
     pub state_dir: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     pub conntrack_entries: Option<u32>,
+    pub socket_lb: Option<SocketLb>,
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +110,8 @@ pub(crate) struct RawSettings {
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     conntrack_entries: Option<u64>,
+    socket_lb: Option<String>,
+    cgroup: Option<PathBuf>,
 }
 
 impl RawSettings {
@@ -121,6 +140,17 @@ impl RawSettings {
                     invalid(
                         "xdp_mode",
                         format!("{text:?} is not an XDP mode; valid values: native, generic, auto"),
+                    )
+                })
+            })
+            .transpose()?;
+        let socket_lb = self
+            .socket_lb
+            .map(|text| {
+                <SocketLb as clap::ValueEnum>::from_str(&text, false).map_err(|_| {
+                    invalid(
+                        "socket_lb",
+                        format!("{text:?} is not a choice; valid values: on, off"),
                     )
                 })
             })
@@ -162,6 +192,8 @@ impl RawSettings {
             state_dir: self.state_dir,
             pin_dir: self.pin_dir,
             conntrack_entries,
+            socket_lb,
+            cgroup: self.cgroup,
         };
         if settings.api_listen.is_some() && settings.api_token_file.is_none() {
             return Err(invalid(
@@ -217,6 +249,8 @@ mod tests {
         assert!(e.contains("lbd.api_token_file"), "{e}");
         let e = parse("services: {}\nlbd:\n  interfaces: [\"a/b\"]\n").unwrap_err();
         assert!(e.contains("lbd.interfaces"), "{e}");
+        let e = parse("services: {}\nlbd:\n  socket_lb: yes\n").unwrap_err();
+        assert!(e.contains("lbd.socket_lb") && e.contains("on, off"), "{e}");
         let e = parse("services: {}\nlbd:\n  token: x\n").unwrap_err();
         assert!(e.contains("unknown field `token`"), "{e}");
     }

@@ -1,0 +1,255 @@
+//! Socket-level balancing: cgroup `sock_addr` programs for clients that never cross an
+//! interface XDP runs on (processes on the node, containers on it). `connect` and UDP
+//! `sendmsg` aimed at a frontend are sent to a backend chosen from the service's own table;
+//! `getpeername` and UDP `recvmsg` give the frontend back. The rewrite happens once per
+//! `connect` (or datagram sent without one), so the packets themselves carry the backend's
+//! address: nothing per packet, no NAT state, and the backend sees the client's address.
+//!
+//! Only an exact frontend match (address, port, protocol in `FRONTENDS`) from a socket of a
+//! namespace listed in `SOCK_NETNS` is touched: every other socket call is allowed unchanged.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use lb_common::{
+    Addr,
+    maps::{EndpointKey, FlowKey, SockReverse, SockReverseKey, proto, service_flags},
+};
+
+use crate::{
+    conntrack::Chosen,
+    maps::{FRONTENDS, SOCK_NETNS, SOCK_REVERSE, SOCK_STATS},
+    select,
+};
+
+/// The kernel goes on with the call (with the address as the program left it).
+const ALLOW: i32 = 1;
+/// The kernel fails the call with EPERM.
+const REFUSE: i32 = 0;
+
+/// What the socket is doing, for the counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `connect` (TCP, or UDP made connected).
+    Connect,
+    /// `sendmsg`/`sendto` with an address on an unconnected UDP socket.
+    Datagram,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn meshlb_connect4(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx, false, Call::Connect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn meshlb_connect6(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx, true, Call::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn meshlb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx, false, Call::Datagram)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn meshlb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx, true, Call::Datagram)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn meshlb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn meshlb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, true)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn meshlb_getpeername4(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, false)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn meshlb_getpeername6(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, true)
+}
+
+/// A socket call aimed at a frontend goes to a backend of its service; anything else is left
+/// alone. Refused (EPERM) when the service has no usable backend, as the XDP path drops.
+#[inline(always)]
+fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: context fields the verifier allows these programs to read.
+    let (protocol, user_port) = unsafe { ((*sa).protocol, (*sa).user_port) };
+    if protocol != u32::from(proto::TCP) && protocol != u32::from(proto::UDP) {
+        return ALLOW;
+    }
+    // SAFETY: a helper the kernel offers sock_addr programs (5.7+).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if SOCK_NETNS.get_ptr(&netns).is_none() {
+        return ALLOW;
+    }
+    let frontend = EndpointKey {
+        addr: user_addr(sa, v6),
+        // user_port holds the port in network order in its low 16 bits.
+        port_be: user_port as u16,
+        proto: protocol as u8,
+        _pad: 0,
+    };
+    let Some(svc) = FRONTENDS.get_ptr(&frontend) else {
+        return ALLOW;
+    };
+    // SAFETY: a map value stays valid for the whole program run.
+    let svc = unsafe { *svc };
+    // SAFETY: a helper the kernel offers sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The flow's source address and port are not known before `connect` returns: the hash
+    // stands on the socket (its datagrams stay on one backend, like a flow) and its network
+    // namespace, which is what client-IP affinity keys on here (one namespace, one client).
+    let socket_words = if svc.flags & service_flags::AFFINITY_CLIENT_IP != 0 {
+        [0, 0]
+    } else {
+        [cookie as u32, (cookie >> 32) as u32]
+    };
+    let key = FlowKey {
+        src: Addr {
+            words: [
+                socket_words[0],
+                socket_words[1],
+                netns as u32,
+                (netns >> 32) as u32,
+            ],
+        },
+        dst: frontend.addr,
+        sport_be: 0,
+        dport_be: frontend.port_be,
+        proto: frontend.proto,
+        _pad: [0; 3],
+    };
+    let mut chosen = Chosen {
+        backend_id: 0,
+        addr: Addr::UNSPECIFIED,
+        port_be: 0,
+        snat_addr: Addr::UNSPECIFIED,
+        snat_port_be: 0,
+    };
+    let counters = SOCK_STATS.get_ptr_mut(svc.id);
+    if !select::choose(&key, &svc, &mut chosen) {
+        if let Some(c) = counters {
+            // SAFETY: per-CPU value, only this CPU's program runs touch it.
+            unsafe { (*c).no_backend += 1 };
+        }
+        return REFUSE;
+    }
+    // The plan gives a frontend backends of its own family; an IPv4 socket cannot take an
+    // IPv6 address in any case.
+    if !v6 && !chosen.addr.is_v4() {
+        return ALLOW;
+    }
+    set_user_addr(sa, v6, &chosen.addr);
+    // SAFETY: a context field these programs may write.
+    unsafe { (*sa).user_port = u32::from(chosen.port_be) };
+    remember(cookie, &chosen, &frontend, call);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU value, see above.
+        unsafe {
+            match call {
+                Call::Connect => (*c).connections += 1,
+                Call::Datagram => (*c).datagrams += 1,
+            }
+        }
+    }
+    ALLOW
+}
+
+/// Records which frontend the socket asked for, so `to_frontend` can give it back. A datagram
+/// to the same backend as the last one skips the write.
+#[inline(always)]
+fn remember(cookie: u64, chosen: &Chosen, frontend: &EndpointKey, call: Call) {
+    let key = SockReverseKey {
+        cookie,
+        backend: chosen.addr,
+        port_be: chosen.port_be,
+        _pad: [0; 6],
+    };
+    let value = SockReverse {
+        frontend: frontend.addr,
+        port_be: frontend.port_be,
+        _pad: 0,
+    };
+    if call == Call::Datagram
+        && let Some(known) = SOCK_REVERSE.get_ptr(&key)
+        // SAFETY: a map value stays valid for the whole program run.
+        && unsafe { *known } == value
+    {
+        return;
+    }
+    // A failed write (cannot happen with an LRU map) only costs getpeername its frontend.
+    let _ = SOCK_REVERSE.insert(&key, &value, 0);
+}
+
+/// `getpeername` and UDP `recvmsg`: a backend this socket was sent to in place of a frontend
+/// shows as that frontend. These hooks must allow.
+#[inline(always)]
+fn to_frontend(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: helper the kernel offers sock_addr programs; context field it lets them read.
+    let (cookie, user_port) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), (*sa).user_port) };
+    let key = SockReverseKey {
+        cookie,
+        backend: user_addr(sa, v6),
+        port_be: user_port as u16,
+        _pad: [0; 6],
+    };
+    if let Some(known) = SOCK_REVERSE.get_ptr(&key) {
+        // SAFETY: a map value stays valid for the whole program run.
+        let known = unsafe { *known };
+        set_user_addr(sa, v6, &known.frontend);
+        // SAFETY: a context field these programs may write.
+        unsafe { (*sa).user_port = u32::from(known.port_be) };
+    }
+    ALLOW
+}
+
+/// The address the socket call names, in key form (IPv4 as IPv4-mapped; an IPv6 socket's
+/// IPv4-mapped destination is then the IPv4 frontend itself).
+#[inline(always)]
+fn user_addr(sa: *mut bpf_sock_addr, v6: bool) -> Addr {
+    // SAFETY: 4-byte reads of context fields these programs may read.
+    unsafe {
+        if v6 {
+            Addr {
+                words: [
+                    core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                    core::ptr::read_volatile(&(*sa).user_ip6[3]),
+                ],
+            }
+        } else {
+            Addr::from_v4_raw((*sa).user_ip4)
+        }
+    }
+}
+
+#[inline(always)]
+fn set_user_addr(sa: *mut bpf_sock_addr, v6: bool, addr: &Addr) {
+    // SAFETY: 4-byte writes of context fields these programs may write.
+    unsafe {
+        if v6 {
+            let w = addr.words;
+            core::ptr::write_volatile(&mut (*sa).user_ip6[0], w[0]);
+            core::ptr::write_volatile(&mut (*sa).user_ip6[1], w[1]);
+            core::ptr::write_volatile(&mut (*sa).user_ip6[2], w[2]);
+            core::ptr::write_volatile(&mut (*sa).user_ip6[3], w[3]);
+        } else {
+            (*sa).user_ip4 = addr.v4_raw();
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Socket-level balancing end to end: the real `lbd` in a node namespace, its socket programs
+//! attached to a cgroup made for the test (this test process alone is moved into it, so no
+//! other process of the machine is affected), and clients that are sockets of the node
+//! namespace itself: VIPs, published ports on a node address and on loopback, TCP and UDP,
+//! both families.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use lb_testkit::{
+    Lbd, NameServer, Netns, TestCgroup, Topology, client::parse_reply_line, e2e_enabled,
+    tcp_request,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The tests move this whole process between cgroups: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const SERVICES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["fd00:2::a", "fd00:2::b", "fd00:2::c"]
+  idle:
+    vip: 198.18.100.9
+    ports: ["80:8080/tcp"]
+    backends: []
+  api:
+    ports: ["8000:8080/tcp", "8053:5353/udp"]
+    scheduler: round-robin
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12", "fd00:2::a", "fd00:2::b", "fd00:2::c"]
+"#;
+
+fn lbd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+struct Lab {
+    // Field order is drop order: lbd (and its links) before the cgroup they attach to.
+    lb: Lbd,
+    _servers: Vec<NameServer>,
+    topo: Topology,
+    _cgroup: TestCgroup,
+}
+
+fn setup(services: &str) -> Lab {
+    let cgroup = TestCgroup::enter().expect("test cgroup");
+    let topo = Topology::new(3).expect("topology");
+    let servers = topo.serve_on_backends(&[8080], &[5353]).expect("servers");
+    let cgroup_path = cgroup.path().to_str().expect("utf-8 path").to_owned();
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &["--socket-lb", "on", "--cgroup", &cgroup_path],
+    )
+    .expect("lbd");
+    Lab {
+        lb,
+        _servers: servers,
+        topo,
+        _cgroup: cgroup,
+    }
+}
+
+/// What a client socket saw of one exchange.
+#[derive(Debug)]
+struct Seen {
+    backend: String,
+    /// The backend saw exactly the client socket's address and port.
+    saw_client: bool,
+    /// `getpeername` (TCP, connected UDP) or the datagram's source (unconnected UDP).
+    peer: SocketAddr,
+}
+
+fn tcp_exchange(ns: &Netns, target: SocketAddr) -> std::io::Result<Seen> {
+    ns.run(|| {
+        let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        stream.write_all(b"hello\n")?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        seen(&line, peer, local)
+    })
+    .map_err(std::io::Error::other)?
+}
+
+fn udp_exchange(ns: &Netns, target: SocketAddr, connected: bool) -> std::io::Result<Seen> {
+    ns.run(|| {
+        let wildcard: SocketAddr = if target.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let socket = UdpSocket::bind(wildcard)?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        let mut buf = [0u8; 512];
+        let (len, peer) = if connected {
+            socket.connect(target)?;
+            socket.send(b"hello\n")?;
+            let len = socket.recv(&mut buf)?;
+            (len, socket.peer_addr()?)
+        } else {
+            socket.send_to(b"hello\n", target)?;
+            socket.recv_from(&mut buf)?
+        };
+        // The source the backend saw is the address the kernel picked at send time.
+        let local = socket.local_addr()?;
+        let line = String::from_utf8_lossy(&buf[..len]).into_owned();
+        seen(&line, peer, local)
+    })
+    .map_err(std::io::Error::other)?
+}
+
+fn seen(line: &str, peer: SocketAddr, local: SocketAddr) -> std::io::Result<Seen> {
+    let reply = parse_reply_line(line).map_err(std::io::Error::other)?;
+    // An unconnected socket bound to the wildcard: only the port is known locally.
+    let saw_client = reply.seen_port == local.port()
+        && (local.ip().is_unspecified() || reply.seen_ip == local.ip());
+    Ok(Seen {
+        backend: reply.backend,
+        saw_client,
+        peer,
+    })
+}
+
+fn sock_counters(lb: &Lbd) -> serde_json::Value {
+    let (ok, out, err) = lb.lbctl(&["stats", "--output", "json"]).expect("lbctl");
+    assert!(ok, "lbctl stats: {err}");
+    serde_json::from_str(&out).expect("stats json")
+}
+
+#[test]
+fn node_processes_reach_vips_and_published_ports_through_their_sockets() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = setup(SERVICES);
+    let node = &lab.topo.node;
+    let vip4: IpAddr = "198.18.100.1".parse().unwrap();
+    let vip6: IpAddr = "fd00:100::1".parse().unwrap();
+    let node4 = IpAddr::V4(lab.topo.node_client_addr4);
+    let node6 = IpAddr::V6(lab.topo.node_client_addr6);
+    let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+    let lo6: IpAddr = "::1".parse().unwrap();
+    for (tcp, target) in [
+        (true, SocketAddr::new(vip4, 80)),
+        (true, SocketAddr::new(vip6, 80)),
+        (true, SocketAddr::new(node4, 8000)),
+        (true, SocketAddr::new(node6, 8000)),
+        (true, SocketAddr::new(lo4, 8000)),
+        (true, SocketAddr::new(lo6, 8000)),
+        (false, SocketAddr::new(vip4, 53)),
+        (false, SocketAddr::new(vip6, 53)),
+        (false, SocketAddr::new(node4, 8053)),
+        (false, SocketAddr::new(lo4, 8053)),
+        (false, SocketAddr::new(lo6, 8053)),
+    ] {
+        let mut backends = BTreeSet::new();
+        // Round-robin reaches all three in three; the flow hash in a few dozen.
+        for i in 0..60 {
+            let connected = i % 2 == 0;
+            let result = if tcp {
+                tcp_exchange(node, target)
+            } else {
+                udp_exchange(node, target, connected)
+            };
+            let seen = result.unwrap_or_else(|e| panic!("{target} tcp={tcp}: {e}"));
+            assert!(
+                seen.saw_client,
+                "{target}: the backend did not see the client: {seen:?}"
+            );
+            assert_eq!(
+                seen.peer, target,
+                "{target}: getpeername / the reply's source is not the frontend"
+            );
+            backends.insert(seen.backend);
+            if backends.len() == 3 && i >= 4 {
+                break;
+            }
+        }
+        assert_eq!(
+            backends.len(),
+            3,
+            "{target} tcp={tcp}: reached only {backends:?}"
+        );
+    }
+
+    // Sockets aimed elsewhere are untouched: a port nothing publishes is refused by the
+    // node's own stack, as without meshlb.
+    for target in [SocketAddr::new(node4, 8001), SocketAddr::new(lo4, 8080)] {
+        let e = tcp_exchange(node, target).expect_err("nothing listens there");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{target}: {e}"
+        );
+    }
+
+    // A frontend without a backend refuses at once (EPERM), as XDP drops.
+    let idle = SocketAddr::new("198.18.100.9".parse().unwrap(), 80);
+    let e = tcp_exchange(node, idle).expect_err("no backend");
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{idle}: {e}"
+    );
+
+    // Sockets of another namespace (the client's) are the XDP path's: not counted here.
+    let before = sock_counters(&lab.lb);
+    tcp_request(&lab.topo.client, SocketAddr::new(vip4, 80), TIMEOUT).expect("client through XDP");
+    let after = sock_counters(&lab.lb);
+    let socket_counts = |report: &serde_json::Value| -> Vec<serde_json::Value> {
+        report["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .map(|s| s["socket"].clone())
+            .collect()
+    };
+    assert_eq!(
+        socket_counts(&before),
+        socket_counts(&after),
+        "a socket of another namespace went through the socket path"
+    );
+    // Per service and family: TCP connections (30 at most per target above, both families
+    // of `api` share the name), UDP split between connected sockets and datagrams.
+    let service = |name: &str, frontend: &str, family: &str| -> serde_json::Value {
+        after["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name && s["frontend"] == frontend && s["family"] == family)
+            .unwrap_or_else(|| panic!("no {name} {frontend} {family} in {after}"))["socket"]
+            .clone()
+    };
+    let web_tcp = service("web", "80:8080/tcp", "ipv4");
+    assert!(web_tcp["connections"].as_u64().unwrap() >= 3, "{web_tcp}");
+    assert_eq!(web_tcp["datagrams"], 0, "{web_tcp}");
+    let web_udp = service("web", "53:5353/udp", "ipv4");
+    assert!(web_udp["connections"].as_u64().unwrap() >= 1, "{web_udp}");
+    assert!(web_udp["datagrams"].as_u64().unwrap() >= 1, "{web_udp}");
+    let api_udp6 = service("api", "8053:5353/udp", "ipv6");
+    assert!(api_udp6["datagrams"].as_u64().unwrap() >= 1, "{api_udp6}");
+    assert_eq!(web_tcp["no_backend"], 0, "{web_tcp}");
+    assert_eq!(service("idle", "80:8080/tcp", "ipv4")["no_backend"], 1);
+}
+
+#[test]
+fn the_socket_path_follows_scale_down_and_removal_within_two_seconds() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = setup(SERVICES);
+    let published = SocketAddr::new("127.0.0.1".parse().unwrap(), 8000);
+    let vip = SocketAddr::new("198.18.100.1".parse().unwrap(), 80);
+    let scaled = SERVICES
+        .replace(
+            r#"backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]"#,
+            r#"backends: ["198.18.2.10"]"#,
+        )
+        .replace(
+            r#"backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12", "fd00:2::a""#,
+            r#"backends: ["198.18.2.11", "fd00:2::a""#,
+        );
+    assert_ne!(scaled, SERVICES);
+    lab.lb.reload(&scaled).expect("reload");
+    let changed = Instant::now();
+    // From within 2 s of the change, every new connection reaches the remaining backend.
+    for (target, only) in [(vip, "backend-0"), (published, "backend-1")] {
+        let mut streak_start = None;
+        let mut streak = 0;
+        for _ in 0..200 {
+            let seen = tcp_exchange(&lab.topo.node, target).expect("exchange");
+            if seen.backend == only {
+                streak_start.get_or_insert_with(Instant::now);
+                streak += 1;
+            } else {
+                (streak_start, streak) = (None, 0);
+            }
+            if streak == 12 {
+                break;
+            }
+        }
+        let since = streak_start
+            .map(|start| start.duration_since(changed))
+            .unwrap_or_else(|| panic!("{target}: never settled on {only}"));
+        assert_eq!(streak, 12, "{target}: never settled on {only}");
+        assert!(
+            since < Duration::from_secs(2),
+            "{target}: settled on {only} only {since:?} after the change"
+        );
+    }
+    let removed = SERVICES.split("  api:").next().unwrap().to_owned();
+    lab.lb.reload(&removed).expect("reload");
+    let changed = Instant::now();
+    for _ in 0..100 {
+        match tcp_exchange(&lab.topo.node, published) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            other => assert!(
+                changed.elapsed() < Duration::from_secs(2),
+                "{published} still translated 2 s after the service was removed: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{published}: never refused after the service was removed");
+}
