@@ -388,6 +388,11 @@ impl Daemon {
         self.dp.attachments()
     }
 
+    /// Where the socket-level programs are attached, if they are.
+    pub fn socket_attachment(&self) -> Option<&dataplane::SocketAttachment> {
+        self.dp.socket_attachment()
+    }
+
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()
     }

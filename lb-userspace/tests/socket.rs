@@ -52,7 +52,7 @@ struct Lab {
     lb: Lbd,
     _servers: Vec<NameServer>,
     topo: Topology,
-    _cgroup: TestCgroup,
+    cgroup: TestCgroup,
 }
 
 fn setup(services: &str) -> Lab {
@@ -72,7 +72,7 @@ fn setup(services: &str) -> Lab {
         lb,
         _servers: servers,
         topo,
-        _cgroup: cgroup,
+        cgroup,
     }
 }
 
@@ -322,4 +322,53 @@ fn the_socket_path_follows_scale_down_and_removal_within_two_seconds() {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{published}: never refused after the service was removed");
+}
+
+#[test]
+fn pinned_socket_links_outlive_lbd_are_adopted_on_restart_and_removed_by_cleanup() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = setup(SERVICES);
+    let published = SocketAddr::new("127.0.0.1".parse().unwrap(), 8000);
+    let status = |lb: &Lbd| -> serde_json::Value {
+        let (ok, out, err) = lb.lbctl(&["status", "--output", "json"]).expect("lbctl");
+        assert!(ok, "lbctl status: {err}");
+        serde_json::from_str(&out).expect("status json")
+    };
+    let first = status(&lab.lb);
+    assert_eq!(first["sockets"]["adopted"], false, "{first}");
+    assert_eq!(
+        first["sockets"]["cgroup"],
+        lab.cgroup.path().display().to_string(),
+        "{first}"
+    );
+    tcp_exchange(&lab.topo.node, published).expect("lbd running");
+    lab.lb.kill().expect("kill -9");
+    tcp_exchange(&lab.topo.node, published).expect("lbd dead: the pinned links still translate");
+    lab.lb.restart(&lab.topo.node).expect("restart");
+    let again = status(&lab.lb);
+    assert_eq!(again["sockets"]["adopted"], true, "{again}");
+    tcp_exchange(&lab.topo.node, published).expect("after restart");
+    lab.lb.kill().expect("kill -9");
+    let out = std::process::Command::new(lbd())
+        .args(["cleanup", "--pin-dir"])
+        .arg(lab.lb.pin_dir())
+        .output()
+        .expect("lbd cleanup");
+    assert!(out.status.success(), "{out:?}");
+    // The kernel frees an unpinned link a moment later (deferred work), not at the unlink.
+    let removed = Instant::now();
+    for _ in 0..100 {
+        match tcp_exchange(&lab.topo.node, published) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            other => assert!(
+                removed.elapsed() < Duration::from_secs(2),
+                "{published} still translated 2 s after `lbd cleanup`: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{published}: never refused after `lbd cleanup`");
 }

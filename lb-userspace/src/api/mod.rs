@@ -44,6 +44,9 @@ pub struct Status {
     pub uptime_s: u64,
     pub config: String,
     pub attachments: Vec<AttachmentStatus>,
+    /// Where the socket-level programs are attached; `None`: socket-level balancing is off.
+    #[serde(default)]
+    pub sockets: Option<SocketStatus>,
     /// Set when a failed change could not be undone.
     pub degraded: Option<String>,
     pub changes: Vec<ChangeCount>,
@@ -64,6 +67,25 @@ impl From<&Attachment> for AttachmentStatus {
             ifindex: a.ifindex,
             mode: a.mode.to_string(),
             adopted: a.adopted,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SocketStatus {
+    pub cgroup: String,
+    /// The programs were swapped into links a previous `lbd` pinned.
+    pub adopted: bool,
+    /// The network namespace whose sockets are translated (lbd's).
+    pub netns_cookie: u64,
+}
+
+impl From<&crate::dataplane::SocketAttachment> for SocketStatus {
+    fn from(a: &crate::dataplane::SocketAttachment) -> Self {
+        Self {
+            cgroup: a.cgroup.display().to_string(),
+            adopted: a.adopted,
+            netns_cookie: a.netns_cookie,
         }
     }
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::{
     AttachmentStatus, BackendEntry, BackendRequest, ChangeCount, ChangeResult, DEFAULT_FLOWS,
     ErrorBody, ExplainQuery, FlowEntry, FlowList, FlowQuery, MAX_FLOWS, ServiceEntry, ServiceList,
-    Status,
+    SocketStatus, Status,
 };
 use crate::{
     daemon::{Daemon, DaemonError, Occupancy, Report},
@@ -264,6 +264,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
             uptime_s: d.uptime_s(),
             config: d.config_path().display().to_string(),
             attachments: d.attachments().iter().map(AttachmentStatus::from).collect(),
+            sockets: d.socket_attachment().map(SocketStatus::from),
             degraded: d.degraded().map(str::to_owned),
             changes: d
                 .changes()

@@ -200,6 +200,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect();
             table(&["INTERFACE", "IFINDEX", "MODE", "ADOPTED"], rows);
+            match &status.sockets {
+                Some(s) => println!(
+                    "socket-level balancing: cgroup {} (adopted {}), sockets of network namespace {}",
+                    s.cgroup, s.adopted, s.netns_cookie
+                ),
+                None => println!("socket-level balancing: off"),
+            }
         }
         Command::List => {
             let list: ServiceList = api.json(Method::GET, "/v1/services", None).await?;
