@@ -20,6 +20,7 @@ use crate::{
     source::api_state::{ApiState, Merged, OverlayError, Source},
     source::file::{ConfigError, ServiceFile},
     source::settings::XdpMode,
+    source::swarm::{self, Snapshot, SwarmServices},
 };
 
 /// What started a change; a metric label.
@@ -32,6 +33,8 @@ pub enum Trigger {
     Api,
     /// The node's addresses changed (published ports follow them).
     Addresses,
+    /// The swarm changed (`lbd run --swarm`).
+    Swarm,
 }
 
 /// How a change ended; a metric label.
@@ -56,6 +59,7 @@ impl Trigger {
             Self::File => "file",
             Self::Api => "api",
             Self::Addresses => "addresses",
+            Self::Swarm => "swarm",
         }
     }
 }
@@ -104,8 +108,13 @@ impl DaemonError {
 /// How `lbd run` was asked to start.
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
-    pub config: PathBuf,
+    /// `None`: no service file (a swarm node may run on the swarm and the API alone).
+    pub config: Option<PathBuf>,
+    /// The Docker Engine to follow (`lbd run --swarm`); `None`: not a swarm node.
+    pub docker_host: Option<String>,
     pub interfaces: Vec<String>,
+    /// Interfaces to attach to once they exist (docker_gwbridge on a fresh swarm node).
+    pub late_interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub xdp_redirect: Vec<String>,
     pub state_dir: PathBuf,
@@ -116,10 +125,22 @@ pub struct DaemonOptions {
 }
 
 const API_STATE_FILE: &str = "api-state.json";
+/// The last swarm state read from the Engine: a restart while the Engine is down starts from
+/// it rather than from nothing.
+const SWARM_STATE_FILE: &str = "swarm-state.json";
 
 pub struct Daemon {
     dp: Dataplane,
-    config_path: PathBuf,
+    config_path: Option<PathBuf>,
+    /// The last swarm snapshot; `None` when lbd does not follow a swarm.
+    swarm: Option<Snapshot>,
+    /// What `swarm` became on this node, as last planned.
+    swarm_services: SwarmServices,
+    /// Interfaces waited for, attached when they appear.
+    late_interfaces: Vec<String>,
+    xdp_mode: XdpMode,
+    /// The swarm follower's health; `None` when lbd does not follow a swarm.
+    swarm_follow: Option<swarm::follow::SharedStatus>,
     state_dir: PathBuf,
     /// The last service file that was accepted.
     file: ServiceFile,
@@ -138,10 +159,18 @@ impl Daemon {
     /// Reads the file and the state, loads (or adopts) the dataplane, programs it, attaches.
     /// Input is checked before the kernel is touched.
     pub fn start(options: &DaemonOptions) -> Result<Daemon, DaemonError> {
-        let file = ServiceFile::load(&options.config)?;
+        let file = match &options.config {
+            Some(path) => ServiceFile::load(path)?,
+            None => ServiceFile::default(),
+        };
         let api_path = options.state_dir.join(API_STATE_FILE);
         let api = ApiState::load(&api_path)?;
-        let merged = api.merge(&file)?;
+        let swarm = options
+            .docker_host
+            .as_ref()
+            .map(|_| load_swarm_state(&options.state_dir));
+        let swarm_services = swarm_services(swarm.as_ref(), &file);
+        let merged = api.merge_with_swarm(&file, &swarm_services.specs)?;
         let node_addresses = node_addresses()?;
         let mut desired = plan::plan(&merged.file, &node_addresses)?;
 
@@ -172,7 +201,21 @@ impl Daemon {
         for interface in &options.interfaces {
             dp.attach(interface, options.xdp_mode)?;
         }
-        for interface in dp.release_unlisted(&options.interfaces)? {
+        let mut late_interfaces = Vec::new();
+        for interface in &options.late_interfaces {
+            if dataplane::ifindex(interface).is_ok() {
+                dp.attach(interface, options.xdp_mode)?;
+            } else {
+                late_interfaces.push(interface.clone());
+            }
+        }
+        let listed: Vec<String> = options
+            .interfaces
+            .iter()
+            .chain(&options.late_interfaces)
+            .cloned()
+            .collect();
+        for interface in dp.release_unlisted(&listed)? {
             info!(interface, "detached: no longer in the interface list");
         }
         match &options.socket_cgroup {
@@ -194,6 +237,16 @@ impl Daemon {
         let mut daemon = Daemon {
             dp,
             config_path: options.config.clone(),
+            late_interfaces,
+            xdp_mode: options.xdp_mode,
+            swarm_follow: options.docker_host.as_ref().map(|host| {
+                std::sync::Arc::new(std::sync::Mutex::new(swarm::follow::FollowStatus {
+                    docker_host: host.clone(),
+                    ..Default::default()
+                }))
+            }),
+            swarm,
+            swarm_services,
             state_dir: options.state_dir.clone(),
             file,
             api,
@@ -211,22 +264,46 @@ impl Daemon {
 
     /// Re-reads the service file and applies the difference.
     pub fn reload_file(&mut self, trigger: Trigger) -> Result<Outcome, DaemonError> {
-        let file = match ServiceFile::load(&self.config_path) {
-            Ok(file) => file,
-            Err(e) => {
-                self.count(trigger, Outcome::Rejected);
-                return Err(e.into());
-            }
+        let file = match &self.config_path {
+            None => self.file.clone(),
+            Some(path) => match ServiceFile::load(path) {
+                Ok(file) => file,
+                Err(e) => {
+                    self.count(trigger, Outcome::Rejected);
+                    return Err(e.into());
+                }
+            },
         };
-        if file.lbd != self.file.lbd {
+        if let Some(path) = &self.config_path
+            && file.lbd != self.file.lbd
+        {
             warn!(
                 "{}: the lbd: section changed; daemon settings (interfaces, listeners, \
                  directories) take effect when lbd restarts",
-                self.config_path.display()
+                path.display()
             );
         }
         let api = self.api.clone();
         self.commit(trigger, file, api)
+    }
+
+    /// Applies what the swarm looks like now. The snapshot is kept (and saved) whatever the
+    /// outcome: it is the Engine's truth, and the next file or API change plans with it.
+    pub fn update_swarm(&mut self, snapshot: Snapshot) -> Result<Outcome, DaemonError> {
+        if self.swarm.as_ref() != Some(&snapshot) {
+            let path = self.state_dir.join(SWARM_STATE_FILE);
+            let bytes = serde_json::to_vec_pretty(&snapshot).expect("a snapshot serializes");
+            if let Err(e) = crate::source::api_state::write_atomically(&path, &bytes) {
+                warn!(
+                    "{}: saving the swarm state failed ({e}); a restart while the Engine is \
+                     down would start without it",
+                    path.display()
+                );
+            }
+        }
+        self.swarm = Some(snapshot);
+        let (file, api) = (self.file.clone(), self.api.clone());
+        self.commit(Trigger::Swarm, file, api)
     }
 
     /// Applies an API change: `change` edits a copy of the API state; nothing is kept unless
@@ -256,8 +333,9 @@ impl Daemon {
         api: ApiState,
     ) -> Result<Outcome, DaemonError> {
         let started = Instant::now();
+        let swarm_services = swarm_services(self.swarm.as_ref(), &file);
         let planned = (|| -> Result<_, DaemonError> {
-            let merged = api.merge(&file)?;
+            let merged = api.merge_with_swarm(&file, &swarm_services.specs)?;
             let node_addresses = node_addresses()?;
             let next = plan::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
             Ok((merged, node_addresses, next))
@@ -278,7 +356,13 @@ impl Daemon {
             return Err(e.into());
         }
         let saved_at = started.elapsed();
+        for (name, reason) in &merged.swarm_refused {
+            if self.merged.swarm_refused.get(name) != Some(reason) {
+                error!(service = %name, "swarm service not served: {reason}");
+            }
+        }
         if next == self.running && self.degraded.is_none() {
+            self.swarm_services = swarm_services;
             self.file = file;
             self.api = api;
             self.merged = merged;
@@ -316,6 +400,7 @@ impl Daemon {
         }
         let applied_at = started.elapsed();
         self.degraded = None;
+        self.swarm_services = swarm_services;
         self.file = file;
         self.api = api;
         self.merged = merged;
@@ -371,8 +456,64 @@ impl Daemon {
         &self.file
     }
 
-    pub fn config_path(&self) -> &Path {
-        &self.config_path
+    /// `None` when lbd runs without a service file.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// The last swarm snapshot, when lbd follows a swarm.
+    pub fn swarm(&self) -> Option<&Snapshot> {
+        self.swarm.as_ref()
+    }
+
+    /// What the swarm became on this node, as last planned.
+    pub fn swarm_services(&self) -> &SwarmServices {
+        &self.swarm_services
+    }
+
+    /// Attaches the waited-for interfaces that exist now; a failed one is tried again at the
+    /// next call.
+    pub fn attach_appeared(&mut self) -> Vec<(String, Result<(), DaemonError>)> {
+        let mut done = Vec::new();
+        let waiting = std::mem::take(&mut self.late_interfaces);
+        for interface in waiting {
+            if dataplane::ifindex(&interface).is_err() {
+                self.late_interfaces.push(interface);
+                continue;
+            }
+            match self.dp.attach(&interface, self.xdp_mode) {
+                Ok(_) => done.push((interface, Ok(()))),
+                Err(e) => {
+                    self.late_interfaces.push(interface.clone());
+                    done.push((interface, Err(e.into())));
+                }
+            }
+        }
+        done
+    }
+
+    /// Where the swarm follower reports its health (handed to it by `lbd run`).
+    pub fn swarm_follow_status(&self) -> Option<swarm::follow::SharedStatus> {
+        self.swarm_follow.clone()
+    }
+
+    /// The swarm follower's health for `lbctl status`.
+    pub fn swarm_status(&self) -> Option<crate::api::SwarmStatus> {
+        let follow = self.swarm_follow.as_ref()?;
+        let f = follow.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(crate::api::SwarmStatus {
+            docker_host: f.docker_host,
+            engine_up: f.engine_up,
+            reads_ok: f.reads_ok,
+            reads_failed: f.reads_failed,
+            last_error: f.last_error,
+            last_ok_age_s: f
+                .last_ok
+                .and_then(|t| t.elapsed().ok())
+                .map(|age| age.as_secs()),
+            node_addr: self.swarm.as_ref().and_then(|s| s.node_addr),
+            services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
+        })
     }
 
     pub fn dataplane(&self) -> &Dataplane {
@@ -508,6 +649,48 @@ pub fn tcp_state_name(protocol: u8, state: u8) -> String {
         _ => "none",
     }
     .into()
+}
+
+/// The swarm's services under the file's per-service policies.
+fn swarm_services(snapshot: Option<&Snapshot>, file: &ServiceFile) -> SwarmServices {
+    match snapshot {
+        Some(snapshot) => swarm::services(snapshot, &file.swarm),
+        None => SwarmServices::default(),
+    }
+}
+
+/// The saved swarm state, or an empty one (said in the log either way).
+fn load_swarm_state(state_dir: &Path) -> Snapshot {
+    let path = state_dir.join(SWARM_STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
+            Ok(snapshot) => {
+                info!(
+                    services = snapshot.services.len(),
+                    "swarm: starting from the saved state in {} until the Engine answers",
+                    path.display()
+                );
+                snapshot
+            }
+            Err(e) => {
+                warn!(
+                    "{}: unreadable swarm state ({e}); starting without swarm services until \
+                     the Engine answers",
+                    path.display()
+                );
+                Snapshot::default()
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+        Err(e) => {
+            warn!(
+                "{}: cannot read the swarm state ({e}); starting without swarm services until \
+                 the Engine answers",
+                path.display()
+            );
+            Snapshot::default()
+        }
+    }
 }
 
 fn node_addresses() -> Result<Vec<IpAddr>, DaemonError> {

@@ -41,6 +41,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_config_generation",
     "meshlb_reloads_total",
     "meshlb_api_requests_total",
+    "meshlb_service_info",
+    "meshlb_swarm_engine_up",
+    "meshlb_swarm_engine_reads_total",
+    "meshlb_swarm_services",
 ];
 
 /// Where a global counter slot goes: (metric without `meshlb_` and `_total`, label, value).
@@ -79,6 +83,7 @@ pub fn render(
     report: &Report,
     changes: &BTreeMap<(Trigger, Outcome), u64>,
     api_requests: &BTreeMap<u16, u64>,
+    swarm: Option<&crate::api::SwarmStatus>,
 ) -> String {
     let mut registry = Registry::with_prefix("meshlb");
 
@@ -254,6 +259,47 @@ pub fn render(
             .inc_by(*count);
     }
 
+    let info = gauge_family(
+        &mut registry,
+        "service_info",
+        "1 per service, labelled with where it is defined (file, api, swarm).",
+    );
+    for service in &report.services {
+        let source = serde_json::to_value(service.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        info.get_or_create(&vec![("service", service.name.clone()), ("source", source)])
+            .set(1);
+    }
+    if let Some(swarm) = swarm {
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(swarm.engine_up));
+        registry.register(
+            "swarm_engine_up",
+            "1 when the last read of the Docker Engine succeeded; 0 while forwarding keeps the last swarm state.",
+            up,
+        );
+        let reads = counter_family(
+            &mut registry,
+            "swarm_engine_reads",
+            "Reads of the Docker Engine by result.",
+        );
+        reads
+            .get_or_create(&vec![("result", "ok".to_owned())])
+            .inc_by(swarm.reads_ok);
+        reads
+            .get_or_create(&vec![("result", "failed".to_owned())])
+            .inc_by(swarm.reads_failed);
+        let services = Gauge::<i64>::default();
+        services.set(i64::try_from(swarm.services).unwrap_or(i64::MAX));
+        registry.register(
+            "swarm_services",
+            "Swarm services known from the Engine (published or not).",
+            services,
+        );
+    }
+
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String does not fail");
     text
@@ -317,7 +363,26 @@ mod tests {
             },
         };
         let changes = [((Trigger::Api, Outcome::Rejected), 2)].into();
-        let text = render(&report, &changes, &[(401, 1)].into());
+        let swarm = crate::api::SwarmStatus {
+            docker_host: "unix:///var/run/docker.sock".into(),
+            engine_up: false,
+            reads_ok: 5,
+            reads_failed: 2,
+            last_error: Some("down".into()),
+            last_ok_age_s: Some(3),
+            node_addr: None,
+            services: 4,
+        };
+        let text = render(&report, &changes, &[(401, 1)].into(), Some(&swarm));
+        assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
+        assert!(
+            text.contains("meshlb_swarm_engine_reads_total{result=\"failed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_service_info{service=\"web\",source=\"file\"} 1"),
+            "{text}"
+        );
         for name in METRIC_NAMES {
             assert!(
                 text.contains(&format!("\n{name}")),

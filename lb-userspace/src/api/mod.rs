@@ -50,6 +50,26 @@ pub struct Status {
     /// Set when a failed change could not be undone.
     pub degraded: Option<String>,
     pub changes: Vec<ChangeCount>,
+    /// Set when lbd follows a swarm (`lbd run --swarm`).
+    #[serde(default)]
+    pub swarm: Option<SwarmStatus>,
+}
+
+/// How the swarm follower is doing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwarmStatus {
+    pub docker_host: String,
+    /// Whether the last read of the Engine succeeded.
+    pub engine_up: bool,
+    pub reads_ok: u64,
+    pub reads_failed: u64,
+    pub last_error: Option<String>,
+    /// Seconds since the Engine last answered well; `None`: never since lbd started.
+    pub last_ok_age_s: Option<u64>,
+    /// This node's address in the swarm, as the Engine says.
+    pub node_addr: Option<std::net::IpAddr>,
+    /// Swarm services known (published or not).
+    pub services: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,6 +123,12 @@ pub struct ServiceList {
     pub services: Vec<ServiceEntry>,
     /// Backend edits kept for services the file no longer defines.
     pub orphaned_edits: Vec<String>,
+    /// Every swarm service this node knows, published or not: VIPs and tasks.
+    #[serde(default)]
+    pub swarm: std::collections::BTreeMap<String, crate::source::swarm::SwarmDetails>,
+    /// Swarm services left out, and why.
+    #[serde(default)]
+    pub swarm_refused: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -262,7 +262,9 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
         Ok(axum::Json(Status {
             generation: d.generation(),
             uptime_s: d.uptime_s(),
-            config: d.config_path().display().to_string(),
+            config: d
+                .config_path()
+                .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
             attachments: d.attachments().iter().map(AttachmentStatus::from).collect(),
             sockets: d.socket_attachment().map(SocketStatus::from),
             degraded: d.degraded().map(str::to_owned),
@@ -275,6 +277,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
                     count: *count,
                 })
                 .collect(),
+            swarm: d.swarm_status(),
         }))
     })
     .await
@@ -321,6 +324,8 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<ServiceLi
             generation: d.generation(),
             services,
             orphaned_edits: merged.orphaned_edits.clone(),
+            swarm: d.swarm_services().details.clone(),
+            swarm_refused: merged.swarm_refused.clone(),
         }))
     })
     .await
@@ -599,7 +604,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
         let report = s.report()?;
         let requests = s.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let d = s.daemon();
-        Ok(crate::metrics::render(&report, d.changes(), &requests))
+        Ok(crate::metrics::render(
+            &report,
+            d.changes(),
+            &requests,
+            d.swarm_status().as_ref(),
+        ))
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))??;

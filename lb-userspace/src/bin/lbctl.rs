@@ -207,6 +207,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => println!("socket-level balancing: off"),
             }
+            if let Some(s) = &status.swarm {
+                let node = s.node_addr.map_or("-".to_owned(), |a| a.to_string());
+                let age = s
+                    .last_ok_age_s
+                    .map_or("never".to_owned(), |a| format!("{a} s ago"));
+                println!(
+                    "swarm: Engine {} {} (last good read {age}; {} ok, {} failed), node {node}, {} services",
+                    s.docker_host,
+                    if s.engine_up {
+                        "answers"
+                    } else {
+                        "DOES NOT ANSWER"
+                    },
+                    s.reads_ok,
+                    s.reads_failed,
+                    s.services
+                );
+                if let (false, Some(e)) = (s.engine_up, &s.last_error) {
+                    println!("swarm: last error: {e}");
+                }
+            }
         }
         Command::List => {
             let list: ServiceList = api.json(Method::GET, "/v1/services", None).await?;
@@ -217,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for s in &list.services {
                 let source = match (s.source, s.edited) {
                     (lb_userspace::source::api_state::Source::Api, _) => "api",
+                    (lb_userspace::source::api_state::Source::Swarm, _) => "swarm",
                     (_, true) => "file+api",
                     _ => "file",
                 };
@@ -266,6 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "note: backend edits kept for {name:?}, which the service file no longer defines"
                 );
             }
+            print_swarm_details(&list);
         }
         Command::Apply { file } => {
             let text =
@@ -567,5 +590,36 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     line(header.to_vec());
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// What `lbctl list` says about swarm services beyond the table: VIPs, tasks this node cannot
+/// reach yet, services left out.
+fn print_swarm_details(list: &ServiceList) {
+    for (name, d) in &list.swarm {
+        let vips: Vec<String> = d
+            .vips
+            .iter()
+            .map(|(net, ip)| format!("{ip} on {net}"))
+            .collect();
+        println!(
+            "swarm {name}: {} local task(s); VIPs: {}",
+            d.local_tasks.len(),
+            if vips.is_empty() {
+                "-".to_owned()
+            } else {
+                vips.join(", ")
+            }
+        );
+        for (task, node) in &d.unreachable_tasks {
+            let node = node.map_or("an unknown node".to_owned(), |n| format!("node {n}"));
+            println!("  not reachable from this node yet: {task} on {node}");
+        }
+        for problem in &d.problems {
+            println!("  {problem}");
+        }
+    }
+    for (name, reason) in &list.swarm_refused {
+        println!("swarm {name}: NOT SERVED: {reason}");
     }
 }

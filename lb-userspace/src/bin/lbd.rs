@@ -17,6 +17,7 @@ use lb_userspace::{
     plan,
     source::file::ServiceFile,
     source::settings::{self, KernelLogLevel, SocketLb, XdpMode},
+    source::swarm,
 };
 use tracing::{error, info, warn};
 
@@ -52,10 +53,19 @@ enum Command {
 /// Flags win over the service file's `lbd:` section, which wins over the defaults.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Service file (YAML); reloaded on SIGHUP and when it changes.
-    #[arg(long, short)]
-    config: PathBuf,
-    /// Interface to attach to; repeat for several (client-facing and backend-facing).
+    /// Service file (YAML); reloaded on SIGHUP and when it changes. Optional with --swarm.
+    #[arg(long, short, required_unless_present = "swarm")]
+    config: Option<PathBuf>,
+    /// Follow the node's Docker Engine and serve every port a swarm service publishes in
+    /// ingress mode (also `swarm: true` in the file's `lbd:` section).
+    #[arg(long)]
+    swarm: bool,
+    /// The Docker Engine to follow with --swarm [default: unix:///var/run/docker.sock].
+    #[arg(long)]
+    docker_host: Option<String>,
+    /// Interface to attach to; repeat for several (client-facing and backend-facing). With
+    /// --swarm and none given: the underlay (the default route's interface, or else those
+    /// holding the node's addresses) and docker_gwbridge (as soon as it exists).
     #[arg(long = "interface", short)]
     interfaces: Vec<String>,
     /// XDP attach mode [default: auto].
@@ -169,8 +179,23 @@ struct Resolved {
 }
 
 fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
-    let file = ServiceFile::load(&args.config)?;
+    let file = match &args.config {
+        Some(path) => ServiceFile::load(path)?,
+        None => ServiceFile::default(),
+    };
     let s = file.lbd;
+    let docker_host = (args.swarm || s.swarm == Some(true)).then(|| {
+        args.docker_host
+            .or(s.docker_host)
+            .unwrap_or_else(|| swarm::DEFAULT_DOCKER_HOST.to_owned())
+    });
+    if let Some(host) = &docker_host {
+        swarm::Engine::new(host)?;
+    }
+    let config_name = args.config.as_ref().map_or_else(
+        || "the service file".to_owned(),
+        |p| p.display().to_string(),
+    );
     let or_file = |flag: Vec<String>, file: Option<Vec<String>>| {
         if flag.is_empty() {
             file.unwrap_or_default()
@@ -178,12 +203,15 @@ fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
             flag
         }
     };
-    let interfaces = or_file(args.interfaces, s.interfaces);
+    let mut interfaces = or_file(args.interfaces, s.interfaces);
+    let mut late_interfaces = Vec::new();
+    if interfaces.is_empty() && docker_host.is_some() {
+        (interfaces, late_interfaces) = swarm_interfaces()?;
+    }
     if interfaces.is_empty() {
         bail!(
             "no interface to attach to: pass --interface IF (repeat for several) or set \
-             lbd.interfaces in {}",
-            args.config.display()
+             lbd.interfaces in {config_name}"
         );
     }
     let xdp_redirect = or_file(args.xdp_redirect, s.xdp_redirect);
@@ -224,7 +252,9 @@ fn resolve(args: RunArgs) -> anyhow::Result<Resolved> {
     Ok(Resolved {
         daemon: DaemonOptions {
             config: args.config,
+            docker_host,
             interfaces,
+            late_interfaces,
             xdp_mode: args.xdp_mode.or(s.xdp_mode).unwrap_or(XdpMode::Auto),
             xdp_redirect,
             state_dir: args
@@ -408,8 +438,25 @@ async fn serve(
         }
     });
 
-    let config = &resolved.daemon.config;
-    let mut watched = file_stamp(config);
+    let config = resolved.daemon.config.as_deref();
+    let mut watched = config.and_then(file_stamp);
+    // The swarm follower hands its snapshots to this loop, which applies them one at a time.
+    let (swarm_tx, mut swarm_rx) = tokio::sync::mpsc::channel(4);
+    if let Some(host) = &resolved.daemon.docker_host {
+        let status = shared
+            .daemon
+            .lock()
+            .map_err(|_| anyhow::anyhow!("daemon lock"))?
+            .swarm_follow_status()
+            .expect("a daemon started with a docker host has a follow status");
+        info!(docker_host = %host, "swarm: following the Docker Engine");
+        tokio::spawn(swarm::follow::follow(
+            swarm::Engine::new(host)?,
+            swarm_tx,
+            status,
+            stopped(),
+        ));
+    }
     let mut watch = tokio::time::interval(resolved.watch.unwrap_or(Duration::from_secs(3600)));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ports published on every node address follow the addresses (a bridge Docker creates
@@ -436,8 +483,9 @@ async fn serve(
         tokio::select! {
             _ = interrupt.recv() => break,
             _ = term.recv() => break,
+            Some(snapshot) = swarm_rx.recv() => apply_swarm(&shared, snapshot).await,
             _ = hangup.recv() => {
-                watched = file_stamp(config);
+                watched = config.and_then(file_stamp);
                 reload(&shared, Trigger::Signal).await;
             }
             _ = addresses.tick() => {
@@ -450,13 +498,14 @@ async fn serve(
                         .map_err(|_| anyhow::anyhow!("daemon lock"))?
                         .node_addresses_changed();
                 seen_addresses = now;
+                attach_appeared(&shared);
                 if changed {
                     info!("the node's addresses changed; replanning published ports");
                     reload(&shared, Trigger::Addresses).await;
                 }
             }
-            _ = watch.tick(), if resolved.watch.is_some() => {
-                let stamp = file_stamp(config);
+            _ = watch.tick(), if resolved.watch.is_some() && config.is_some() => {
+                let stamp = config.and_then(file_stamp);
                 if stamp != watched {
                     watched = stamp;
                     reload(&shared, Trigger::File).await;
@@ -496,6 +545,78 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) {
             "reload failed: {e:#} (see the line above for whether the previous configuration was restored)"
         ),
         Err(e) => error!("reload: {e}"),
+    }
+}
+
+/// Applies a swarm snapshot; the answer goes to the log.
+async fn apply_swarm(shared: &Arc<Shared>, snapshot: swarm::Snapshot) {
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        s.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update_swarm(snapshot)
+    })
+    .await;
+    match result {
+        // The daemon's own "applied" line (trigger "swarm") says what changed.
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => error!(
+            "swarm: the swarm's change was not applied, the running configuration stays: {e:#}"
+        ),
+        Err(e) => error!("swarm: {e}"),
+    }
+}
+
+/// Attaches interfaces that were waited for (docker_gwbridge before the node's first task).
+fn attach_appeared(shared: &Arc<Shared>) {
+    let mut daemon = shared.daemon.lock().unwrap_or_else(|p| p.into_inner());
+    for (interface, result) in daemon.attach_appeared() {
+        match result {
+            Ok(()) => info!(interface, "attached: the interface now exists"),
+            Err(e) => error!(interface, "attaching failed, retrying in a second: {e}"),
+        }
+    }
+}
+
+/// The interfaces a swarm node attaches to when none are given: the underlay now, and
+/// docker_gwbridge now or as soon as it exists.
+fn swarm_interfaces() -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let mut underlay = dataplane::default_route_interfaces();
+    let why = if underlay.is_empty() {
+        // No default route (an isolated underlay): the interfaces holding node addresses,
+        // less those Docker makes.
+        let docker_made = |name: &str| {
+            name == "docker0"
+                || name == swarm::snapshot::GWBRIDGE_NETWORK
+                || ["veth", "br-", "vx-", "ov-"]
+                    .iter()
+                    .any(|p| name.starts_with(p))
+        };
+        for (name, _) in dataplane::interface_addresses()? {
+            if !docker_made(&name) && !underlay.contains(&name) {
+                underlay.push(name);
+            }
+        }
+        "the interfaces holding this node's addresses"
+    } else {
+        "the default route's"
+    };
+    if underlay.is_empty() {
+        bail!(
+            "--swarm: no underlay interface found (no default route, no address); pass --interface IF"
+        );
+    }
+    info!(interfaces = ?underlay, "swarm: attaching to {why} interfaces (choose with --interface)");
+    let gwbridge = swarm::snapshot::GWBRIDGE_NETWORK.to_owned();
+    if dataplane::ifindex(&gwbridge).is_ok() {
+        underlay.push(gwbridge);
+        Ok((underlay, Vec::new()))
+    } else {
+        warn!(
+            "swarm: no docker_gwbridge yet (Docker makes it with the node's first task); attaching to it as soon as it exists"
+        );
+        Ok((underlay, vec![gwbridge]))
     }
 }
 

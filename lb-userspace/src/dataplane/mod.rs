@@ -7,7 +7,6 @@ mod sockets;
 mod xdp_mode;
 
 use std::{
-    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -520,7 +519,17 @@ fn forwarding_enabled_v6(interface: &str) -> bool {
 
 /// Every unicast address of this host (its namespace), for published ports.
 pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut addrs = BTreeMap::new();
+    let addrs: std::collections::BTreeSet<IpAddr> = interface_addresses()?
+        .into_iter()
+        .map(|(_, addr)| addr)
+        .collect();
+    Ok(addrs.into_iter().collect())
+}
+
+/// Every usable unicast address of this host (its namespace), with its interface's name
+/// (neither loopback nor link-local).
+pub fn interface_addresses() -> std::io::Result<Vec<(String, IpAddr)>> {
+    let mut addrs = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills head with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -531,7 +540,7 @@ pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
         // SAFETY: cursor walks the list getifaddrs returned.
         let entry = unsafe { &*cursor };
         cursor = entry.ifa_next;
-        if entry.ifa_addr.is_null() {
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
             continue;
         }
         // SAFETY: ifa_addr is non-null and its family says which sockaddr it is.
@@ -553,10 +562,39 @@ pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
             IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
         };
         if usable {
-            addrs.insert(addr, ());
+            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+            addrs.push((name.to_string_lossy().into_owned(), addr));
         }
     }
     // SAFETY: head came from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
-    Ok(addrs.into_keys().collect())
+    Ok(addrs)
+}
+
+/// The interfaces of this namespace's default routes (IPv4 and IPv6), from procfs.
+pub fn default_route_interfaces() -> Vec<String> {
+    let mut names = Vec::new();
+    // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    for fields in v4
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    {
+        if fields.len() > 7 && fields[1] == "00000000" && fields[7] == "00000000" {
+            names.push(fields[0].to_owned());
+        }
+    }
+    // Destination PrefixLen Source SrcPrefixLen NextHop Metric RefCnt Use Flags Iface
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    for fields in v6.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()) {
+        if fields.len() == 10 && fields[0].bytes().all(|b| b == b'0') && fields[1] == "00" {
+            names.push(fields[9].to_owned());
+        }
+    }
+    names.retain(|n| n != "lo");
+    names.sort();
+    names.dedup();
+    names
 }

@@ -60,6 +60,8 @@ impl std::fmt::Display for BackendRef {
 pub enum Source {
     File,
     Api,
+    /// Learnt from the Docker Engine (`lbd run --swarm`).
+    Swarm,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,9 @@ pub struct Merged {
     pub sources: BTreeMap<String, Source>,
     /// Edits kept for services the file no longer defines: not applied, shown by `list`.
     pub orphaned_edits: Vec<String>,
+    /// Swarm services left out, and why (a name or a published port the file or the API
+    /// already uses): shown by `list` and logged.
+    pub swarm_refused: BTreeMap<String, String>,
 }
 
 /// What `origin` names in errors about the merged configuration.
@@ -109,6 +114,64 @@ pub const MERGED_ORIGIN: &str = "service file + API state";
 impl ApiState {
     /// Lays the API state over `file`, and validates the result with the file's rules.
     pub fn merge(&self, file: &ServiceFile) -> Result<Merged, OverlayError> {
+        self.merge_with_swarm(file, &[])
+    }
+
+    /// Like [`ApiState::merge`], with the swarm's services beside the others. The file and
+    /// the API are what an operator wrote, so they win: a swarm service whose name or
+    /// published port one of them already uses is left out (and said why), never the
+    /// operator's service. A swarm service that breaks a file rule is left out likewise, so
+    /// one odd service does not hold up every other change.
+    pub fn merge_with_swarm(
+        &self,
+        file: &ServiceFile,
+        swarm: &[ServiceSpec],
+    ) -> Result<Merged, OverlayError> {
+        let mut merged = self.merge_operator(file)?;
+        let mut claimed: BTreeMap<(u16, crate::source::file::Protocol), String> = BTreeMap::new();
+        for spec in merged.file.services.values().filter(|s| s.vip.is_none()) {
+            for mapping in &spec.ports {
+                claimed.insert((mapping.frontend, mapping.protocol), spec.name.clone());
+            }
+        }
+        for spec in swarm {
+            let refusal = if let Some(source) = merged.sources.get(&spec.name) {
+                Some(format!(
+                    "the {} already has a service named {:?}; rename one of them",
+                    match source {
+                        Source::File => "service file",
+                        Source::Api => "API state",
+                        Source::Swarm => "swarm",
+                    },
+                    spec.name
+                ))
+            } else if let Some((port, owner)) = spec.ports.iter().find_map(|m| {
+                claimed
+                    .get(&(m.frontend, m.protocol))
+                    .map(|owner| (m, owner))
+            }) {
+                Some(format!(
+                    "port {}/{} is already published by service {owner:?}; publish another \
+                     port or remove it from {owner:?}",
+                    port.frontend, port.protocol
+                ))
+            } else {
+                revalidate(spec.clone()).err().map(|e| e.to_string())
+            };
+            if let Some(reason) = refusal {
+                merged.swarm_refused.insert(spec.name.clone(), reason);
+                continue;
+            }
+            for mapping in &spec.ports {
+                claimed.insert((mapping.frontend, mapping.protocol), spec.name.clone());
+            }
+            merged.sources.insert(spec.name.clone(), Source::Swarm);
+            merged.file.services.insert(spec.name.clone(), spec.clone());
+        }
+        Ok(merged)
+    }
+
+    fn merge_operator(&self, file: &ServiceFile) -> Result<Merged, OverlayError> {
         let mut sources = BTreeMap::new();
         let mut specs = Vec::new();
         for (name, spec) in &file.services {
@@ -148,6 +211,7 @@ impl ApiState {
             file: merged,
             sources,
             orphaned_edits,
+            swarm_refused: BTreeMap::new(),
         })
     }
 
@@ -526,6 +590,41 @@ mod tests {
 
     fn file(text: &str) -> ServiceFile {
         ServiceFile::parse(text, Path::new("s.yaml")).unwrap()
+    }
+
+    fn swarm_spec(name: &str, port: &str, backends: &[&str]) -> ServiceSpec {
+        let value = serde_json::json!({ "services": { name: {
+            "ports": [port], "backends": backends } } });
+        ServiceFile::parse(&value.to_string(), Path::new("swarm"))
+            .unwrap()
+            .services
+            .remove(name)
+            .unwrap()
+    }
+
+    #[test]
+    fn swarm_services_never_displace_the_operators() {
+        let f =
+            file("services:\n  web:\n    ports: [\"80:8080/tcp\"]\n    backends: [198.18.2.10]\n");
+        let swarm = [
+            swarm_spec("web", "81:8080/tcp", &["198.18.61.3"]),
+            swarm_spec("other", "80:9090/tcp", &["198.18.61.4"]),
+            swarm_spec("udp80", "80:9090/udp", &["198.18.61.5"]),
+            swarm_spec("api", "8080/tcp", &["198.18.61.6"]),
+            swarm_spec("api2", "8080/tcp", &["198.18.61.7"]),
+        ];
+        let merged = ApiState::default().merge_with_swarm(&f, &swarm).unwrap();
+        assert_eq!(merged.sources["web"], Source::File);
+        assert_eq!(merged.sources["udp80"], Source::Swarm);
+        assert_eq!(merged.sources["api"], Source::Swarm);
+        assert!(merged.swarm_refused["web"].contains("service file already has"));
+        assert!(merged.swarm_refused["other"].contains("already published by service \"web\""));
+        assert!(merged.swarm_refused["api2"].contains("already published by service \"api\""));
+        assert_eq!(merged.swarm_refused.len(), 3);
+        assert_eq!(
+            merged.file.services["web"].backends[0].address.to_string(),
+            "198.18.2.10"
+        );
     }
 
     const FILE: &str = r#"

@@ -19,6 +19,7 @@ use std::{
     str::FromStr,
 };
 
+use crate::source::swarm::SwarmPolicy;
 use lb_common::{limits, maps::proto};
 use serde::{
     Deserialize, Deserializer,
@@ -106,6 +107,8 @@ pub struct ServiceFile {
     pub services: BTreeMap<String, ServiceSpec>,
     /// The `lbd:` section: daemon settings, each overridable on the command line.
     pub lbd: crate::source::settings::DaemonSettings,
+    /// The `swarm:` section: policies of swarm services, by swarm service name.
+    pub swarm: BTreeMap<String, SwarmPolicy>,
 }
 
 /// One service, with every default filled in.
@@ -374,6 +377,21 @@ impl fmt::Display for BackendSpec {
 struct RawFile {
     services: Option<RawServices>,
     lbd: Option<crate::source::settings::RawSettings>,
+    swarm: Option<BTreeMap<String, Option<RawSwarmPolicy>>>,
+}
+
+/// A swarm service's policy: a service's fields less those the swarm gives (vip, ports,
+/// backends), plus which published ports are UDP (the Engine does not say on workers).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwarmPolicy {
+    scheduler: Option<Scalar>,
+    forwarding: Option<Scalar>,
+    affinity: Option<Scalar>,
+    timeouts: Option<RawTimeouts>,
+    on_backend_removal: Option<Scalar>,
+    maglev_table_size: Option<Scalar>,
+    udp_ports: Option<Vec<Scalar>>,
 }
 
 /// Services in file order. A plain map would let a repeated name silently replace the first.
@@ -499,7 +517,17 @@ impl ServiceFile {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
-        let (raw, lbd) = raw.map_or((None, None), |file| (file.services, file.lbd));
+        let (raw, lbd, swarm) = raw.map_or((None, None, None), |file| {
+            (file.services, file.lbd, file.swarm)
+        });
+        let swarm = swarm
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, raw)| {
+                let policy = swarm_policy_from_raw(&name, raw.unwrap_or_default(), origin)?;
+                Ok((name, policy))
+            })
+            .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
         let lbd = lbd
             .map(|raw| raw.validate(origin))
             .transpose()?
@@ -520,6 +548,7 @@ impl ServiceFile {
             .collect::<Result<Vec<_>, _>>()?;
         let mut file = Self::from_specs(specs, origin)?;
         file.lbd = lbd;
+        file.swarm = swarm;
         Ok(file)
     }
 
@@ -538,6 +567,7 @@ impl ServiceFile {
         Ok(ServiceFile {
             services,
             lbd: Default::default(),
+            swarm: Default::default(),
         })
     }
 
@@ -771,6 +801,54 @@ fn service_from_raw(
         on_backend_removal,
         maglev_table_size,
         backends,
+    })
+}
+
+fn swarm_policy_from_raw(
+    name: &str,
+    raw: RawSwarmPolicy,
+    origin: &Path,
+) -> Result<SwarmPolicy, ConfigError> {
+    let cx = Ctx {
+        path: origin,
+        service: name,
+    };
+    let scheduler: Scheduler = cx.keyword("swarm.scheduler", raw.scheduler)?;
+    let mut timeouts = Timeouts::default();
+    if let Some(raw) = raw.timeouts {
+        for (field, value, slot) in [
+            ("swarm.timeouts.tcp", raw.tcp, &mut timeouts.tcp_s),
+            ("swarm.timeouts.udp", raw.udp, &mut timeouts.udp_s),
+        ] {
+            if let Some(Scalar(text)) = value {
+                *slot = parse_duration(&text).map_err(|m| cx.invalid(field, m))?;
+            }
+        }
+    }
+    let udp_ports = raw
+        .udp_ports
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, Scalar(text))| {
+            let port = cx.number(
+                &format!("swarm.udp_ports[{i}]"),
+                &text,
+                1..=65_535,
+                "list published ports (1-65535) that are UDP",
+            )?;
+            Ok(port as u16)
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(SwarmPolicy {
+        scheduler,
+        forwarding: cx.keyword("swarm.forwarding", raw.forwarding)?,
+        affinity: cx.keyword("swarm.affinity", raw.affinity)?,
+        timeouts,
+        on_backend_removal: cx.keyword("swarm.on_backend_removal", raw.on_backend_removal)?,
+        // The task count is only known at run time, where the size is checked against it.
+        maglev_table_size: maglev_table_size(raw.maglev_table_size, scheduler, 0, &cx)?,
+        udp_ports,
     })
 }
 
@@ -1050,6 +1128,34 @@ services:
     /// The error for a `web` service with `body`.
     fn web_error(body: &str, field: &str) -> String {
         error(&web(body), Some("web"), field)
+    }
+
+    #[test]
+    fn swarm_policies_are_read_and_checked() {
+        let file = parse(
+            "services: {}\nswarm:\n  web:\n    scheduler: round-robin\n    udp_ports: [53, \"514\"]\n    timeouts: { tcp: 1h }\n  dns:\n",
+        )
+        .unwrap();
+        let web = &file.swarm["web"];
+        assert_eq!(web.scheduler, Scheduler::RoundRobin);
+        assert_eq!(web.udp_ports, [53, 514].into());
+        assert_eq!(web.timeouts.tcp_s, 3600);
+        assert_eq!(file.swarm["dns"], SwarmPolicy::default());
+
+        let message = error(
+            "services: {}\nswarm:\n  web:\n    udp_ports: [0]\n",
+            Some("web"),
+            "swarm.udp_ports[0]",
+        );
+        assert!(message.contains("1-65535"), "{message}");
+        error(
+            "services: {}\nswarm:\n  web:\n    scheduler: random\n",
+            Some("web"),
+            "swarm.scheduler",
+        );
+        // What the swarm gives is not the file's to say.
+        let message = syntax_error("services: {}\nswarm:\n  web:\n    backends: [198.18.2.1]\n");
+        assert!(message.contains("unknown field `backends`"), "{message}");
     }
 
     fn syntax_error(text: &str) -> String {

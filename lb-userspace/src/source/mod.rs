@@ -5,3 +5,4 @@
 pub mod api_state;
 pub mod file;
 pub mod settings;
+pub mod swarm;

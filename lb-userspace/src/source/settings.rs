@@ -95,6 +95,10 @@ pub struct DaemonSettings {
     pub conntrack_entries: Option<u32>,
     pub socket_lb: Option<SocketLb>,
     pub cgroup: Option<PathBuf>,
+    /// Follow the node's Docker Engine for swarm services (`lbd run --swarm`).
+    pub swarm: Option<bool>,
+    /// The Engine to follow (`--docker-host`).
+    pub docker_host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +116,8 @@ pub(crate) struct RawSettings {
     conntrack_entries: Option<u64>,
     socket_lb: Option<String>,
     cgroup: Option<PathBuf>,
+    swarm: Option<bool>,
+    docker_host: Option<String>,
 }
 
 impl RawSettings {
@@ -194,6 +200,8 @@ impl RawSettings {
             conntrack_entries,
             socket_lb,
             cgroup: self.cgroup,
+            swarm: self.swarm,
+            docker_host: self.docker_host,
         };
         if settings.api_listen.is_some() && settings.api_token_file.is_none() {
             return Err(invalid(

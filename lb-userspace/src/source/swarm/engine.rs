@@ -1,0 +1,154 @@
+//! Reads the Docker Engine: the answers a [`Snapshot`](super::Snapshot) is made of.
+
+use std::collections::HashMap;
+
+use bollard::{
+    API_DEFAULT_VERSION, Docker,
+    query_parameters::{InspectNetworkOptions, ListContainersOptions, ListNetworksOptions},
+};
+
+use super::snapshot::{Answers, GWBRIDGE_NETWORK, TASK_NAME_LABEL};
+
+/// The default Engine address, as `docker` uses it.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// A request that takes longer is an Engine that does not answer.
+const REQUEST_TIMEOUT_S: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "docker host {host:?}: not a unix:// path or http:// / tcp:// address; write e.g. \
+         unix:///var/run/docker.sock or tcp://127.0.0.1:2375"
+    )]
+    BadHost { host: String },
+    #[error("Docker Engine at {host}: {what}: {error}")]
+    Request {
+        host: String,
+        what: &'static str,
+        error: bollard::errors::Error,
+    },
+}
+
+/// A connection to one Engine, re-made after an error (the Engine may have restarted, with
+/// another socket file and API version).
+pub struct Engine {
+    host: String,
+    client: Option<Docker>,
+}
+
+impl Engine {
+    /// Checks `host`'s form; connects at the first read.
+    pub fn new(host: &str) -> Result<Engine, EngineError> {
+        let known = ["unix://", "http://", "tcp://"];
+        if !known.iter().any(|scheme| host.starts_with(scheme)) {
+            return Err(EngineError::BadHost { host: host.into() });
+        }
+        Ok(Engine {
+            host: host.to_owned(),
+            client: None,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Reads every answer a snapshot needs.
+    pub async fn read(&mut self) -> Result<Answers, EngineError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => self.connect().await?,
+        };
+        let answers = read_with(&client, &self.host).await?;
+        // Kept only after a good read: an error makes the next read connect again.
+        self.client = Some(client);
+        Ok(answers)
+    }
+
+    async fn connect(&self) -> Result<Docker, EngineError> {
+        let request = |what, error| EngineError::Request {
+            host: self.host.clone(),
+            what,
+            error,
+        };
+        let client = if self.host.starts_with("unix://") {
+            Docker::connect_with_unix(&self.host, REQUEST_TIMEOUT_S, API_DEFAULT_VERSION)
+        } else {
+            let address = self.host.replacen("tcp://", "http://", 1);
+            Docker::connect_with_http(&address, REQUEST_TIMEOUT_S, API_DEFAULT_VERSION)
+        }
+        .map_err(|e| request("connecting", e))?;
+        // Down to what the Engine speaks (Debian 12's dockerd 20.10 speaks 1.41).
+        client
+            .negotiate_version()
+            .await
+            .map_err(|e| request("negotiating the API version", e))
+    }
+}
+
+async fn read_with(client: &Docker, host: &str) -> Result<Answers, EngineError> {
+    let request = |what, error| EngineError::Request {
+        host: host.to_owned(),
+        what,
+        error,
+    };
+    let info = client.info().await.map_err(|e| request("GET /info", e))?;
+    let networks = client
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "driver".to_owned(),
+                vec!["overlay".to_owned()],
+            )])),
+        }))
+        .await
+        .map_err(|e| request("GET /networks?filters=driver=overlay", e))?;
+    let mut overlays = Vec::new();
+    for network in networks {
+        let Some(id) = network.id.as_deref() else {
+            continue;
+        };
+        match client
+            .inspect_network(
+                id,
+                Some(InspectNetworkOptions {
+                    verbose: true,
+                    scope: None,
+                }),
+            )
+            .await
+        {
+            Ok(inspected) => overlays.push(inspected),
+            // Removed between the listing and now.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(request("GET /networks/ID?verbose=true", e)),
+        }
+    }
+    let gwbridge = match client
+        .inspect_network(GWBRIDGE_NETWORK, None::<InspectNetworkOptions>)
+        .await
+    {
+        Ok(network) => Some(network),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => None,
+        Err(e) => return Err(request("GET /networks/docker_gwbridge", e)),
+    };
+    let containers = client
+        .list_containers(Some(ListContainersOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![TASK_NAME_LABEL.to_owned()],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| request("GET /containers/json", e))?;
+    Ok(Answers {
+        info,
+        overlays,
+        gwbridge,
+        containers,
+    })
+}

@@ -1,0 +1,132 @@
+//! Follows the Engine: reads it every [`POLL`], hands over every snapshot that differs (and
+//! one at least every [`RESYNC`]), and keeps the last good one when the Engine is unreachable
+//! or answers garbage.
+//!
+//! Polling, not events: workers get no swarm events at all and no node gets task events, while
+//! the local network inspections every node answers are cheap. Every read is a full read, so a
+//! missed change is caught at the next one.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    engine::{Engine, EngineError},
+    snapshot::{Snapshot, SnapshotError},
+};
+
+/// How often the Engine is read while it answers.
+pub const POLL: Duration = Duration::from_millis(500);
+/// The longest time between two snapshots handed over, changed or not.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// Retry delays after a failed read: doubled from the first to the last.
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+/// How often a lasting outage is logged again.
+const REMIND: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the Docker Engine's answer is not what it documents: {0}")]
+    Shape(#[from] SnapshotError),
+}
+
+/// The follower's health, for `lbctl status` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct FollowStatus {
+    pub docker_host: String,
+    /// Whether the last read succeeded.
+    pub engine_up: bool,
+    pub reads_ok: u64,
+    pub reads_failed: u64,
+    pub last_error: Option<String>,
+    /// When the Engine last answered well.
+    pub last_ok: Option<SystemTime>,
+}
+
+pub type SharedStatus = Arc<Mutex<FollowStatus>>;
+
+/// Reads `engine` until `stop` resolves, sending snapshots to `updates`.
+pub async fn follow(
+    mut engine: Engine,
+    updates: mpsc::Sender<Snapshot>,
+    status: SharedStatus,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut delay = Duration::ZERO;
+    let mut backoff = BACKOFF.0;
+    let mut last: Option<(Snapshot, Instant)> = None;
+    let mut down_since: Option<Instant> = None;
+    let mut reminded = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let read = match engine.read().await {
+            Ok(answers) => Snapshot::from_answers(&answers).map_err(ReadError::from),
+            Err(e) => Err(e.into()),
+        };
+        match read {
+            Ok(snapshot) => {
+                if let Some(since) = down_since.take() {
+                    info!(
+                        docker_host = engine.host(),
+                        down_s = since.elapsed().as_secs(),
+                        "swarm: the Docker Engine answers again; following it"
+                    );
+                }
+                record(&status, engine.host(), None);
+                let due = last
+                    .as_ref()
+                    .is_none_or(|(before, at)| *before != snapshot || at.elapsed() >= RESYNC);
+                if due {
+                    if updates.send(snapshot.clone()).await.is_err() {
+                        return;
+                    }
+                    last = Some((snapshot, Instant::now()));
+                }
+                backoff = BACKOFF.0;
+                delay = POLL;
+            }
+            Err(e) => {
+                let kept = last.as_ref().map_or(0, |(s, _)| s.services.len());
+                if down_since.is_none() || reminded.elapsed() >= REMIND {
+                    warn!(
+                        docker_host = engine.host(),
+                        retry_ms = backoff.as_millis() as u64,
+                        "swarm: {e}; forwarding stays as it was (the last swarm state, {kept} \
+                         services), retrying"
+                    );
+                    reminded = Instant::now();
+                }
+                down_since.get_or_insert_with(Instant::now);
+                record(&status, engine.host(), Some(e.to_string()));
+                delay = backoff;
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
+
+fn record(status: &SharedStatus, host: &str, error: Option<String>) {
+    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    s.docker_host = host.to_owned();
+    s.engine_up = error.is_none();
+    match error {
+        None => {
+            s.reads_ok += 1;
+            s.last_ok = Some(SystemTime::now());
+        }
+        Some(e) => {
+            s.reads_failed += 1;
+            s.last_error = Some(e);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Docker Swarm as a source of services: `lbd run --swarm` follows the node's Docker Engine
+//! and serves every port a swarm service publishes in ingress mode.
+//!
+//! `engine` reads the Engine (the only part doing I/O), `snapshot` reduces its answers to
+//! what meshlb needs, `services` turns that into services in the service file's terms, and
+//! `follow` keeps reading. The daemon lays the result beside the file's and the API's
+//! services.
+pub mod engine;
+pub mod follow;
+pub mod services;
+pub mod snapshot;
+
+pub use engine::{DEFAULT_DOCKER_HOST, Engine, EngineError};
+pub use services::{SwarmDetails, SwarmPolicy, SwarmServices, services};
+pub use snapshot::Snapshot;

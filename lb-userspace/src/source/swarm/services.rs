@@ -1,0 +1,309 @@
+//! What a swarm service becomes: services in the service file's own terms.
+//!
+//! Rules (also in the README's Swarm section):
+//! - Each port published in ingress mode is a frontend on every node address; host-mode ports
+//!   are Docker's and never appear here (the ingress network does not list them).
+//! - The Engine gives no protocol for ingress ports on workers. A port listed once is TCP,
+//!   unless the service's policy (the service file's `swarm:` section, the same file on every
+//!   node) names it in `udp_ports`; a port listed twice with one target is TCP and UDP. A port
+//!   listed twice with two targets cannot be told apart and is refused for that service.
+//! - Backends are the tasks this node reaches, at the target port, in the order of their
+//!   ingress addresses (the same order on every node, whatever order the Engine answered in).
+//!   A task on another node is listed as not reachable from here (the cross-node path is a
+//!   later step).
+//! - Everything else (scheduler, affinity, timeouts, removal policy, table size) is the
+//!   service's policy, or the defaults.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService};
+use crate::source::file::{
+    Affinity, BackendSpec, Forwarding, PortMapping, Protocol, RemovalPolicy, Scheduler,
+    ServiceSpec, Timeouts,
+};
+use lb_common::limits::DEFAULT_MAGLEV_TABLE_SIZE;
+
+/// What the service file says about one swarm service; every node reads the same file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmPolicy {
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    pub affinity: Affinity,
+    pub timeouts: Timeouts,
+    pub on_backend_removal: RemovalPolicy,
+    pub maglev_table_size: u32,
+    /// Published ports that are UDP only.
+    pub udp_ports: BTreeSet<u16>,
+}
+
+impl Default for SwarmPolicy {
+    fn default() -> Self {
+        Self {
+            scheduler: Scheduler::default(),
+            forwarding: Forwarding::default(),
+            affinity: Affinity::default(),
+            timeouts: Timeouts::default(),
+            on_backend_removal: RemovalPolicy::default(),
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            udp_ports: BTreeSet::new(),
+        }
+    }
+}
+
+/// The swarm's services for this node, and what could not be made of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwarmServices {
+    /// Services with at least one ingress-published port.
+    pub specs: Vec<ServiceSpec>,
+    /// Per service: what `lbctl list` shows beyond the spec.
+    pub details: BTreeMap<String, SwarmDetails>,
+}
+
+/// Facts about a swarm service that are not part of what is programmed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmDetails {
+    /// VIP per overlay network (served by the socket-level path).
+    pub vips: BTreeMap<String, IpAddr>,
+    /// Running tasks this node reaches: task name to its `docker_gwbridge` address.
+    pub local_tasks: BTreeMap<String, IpAddr>,
+    /// Running tasks on other nodes: task name to the node's address.
+    pub unreachable_tasks: BTreeMap<String, Option<IpAddr>>,
+    /// Why a published port (or the whole service) is not served.
+    pub problems: Vec<String>,
+}
+
+/// Turns `snapshot` into services; `policies` by swarm service name.
+pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -> SwarmServices {
+    let default = SwarmPolicy::default();
+    let mut out = SwarmServices::default();
+    for (name, service) in &snapshot.services {
+        let policy = policies.get(name).unwrap_or(&default);
+        let mut details = SwarmDetails {
+            vips: service.vips.clone(),
+            ..Default::default()
+        };
+        let ports = port_mappings(service, policy, &mut details.problems);
+        let backends = backends(service, &mut details);
+        if !ports.is_empty() {
+            out.specs.push(ServiceSpec {
+                name: name.clone(),
+                vip: None,
+                ports,
+                scheduler: policy.scheduler,
+                forwarding: policy.forwarding,
+                affinity: policy.affinity,
+                timeouts: policy.timeouts,
+                on_backend_removal: policy.on_backend_removal,
+                maglev_table_size: policy.maglev_table_size,
+                backends,
+            });
+        }
+        out.details.insert(name.clone(), details);
+    }
+    out
+}
+
+fn port_mappings(
+    service: &SwarmService,
+    policy: &SwarmPolicy,
+    problems: &mut Vec<String>,
+) -> Vec<PortMapping> {
+    let mut targets: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+    for port in &service.published {
+        targets.entry(port.publish).or_default().push(port.target);
+    }
+    let mut mappings = Vec::new();
+    for (publish, targets) in targets {
+        let mapping = |protocol| PortMapping {
+            frontend: publish,
+            backend: targets[0],
+            protocol,
+        };
+        match targets.as_slice() {
+            [_] if policy.udp_ports.contains(&publish) => mappings.push(mapping(Protocol::Udp)),
+            [_] => mappings.push(mapping(Protocol::Tcp)),
+            [a, b] if a == b => {
+                mappings.push(mapping(Protocol::Tcp));
+                mappings.push(mapping(Protocol::Udp));
+            }
+            _ => problems.push(format!(
+                "port {publish} is published {} times with targets {targets:?}; the Engine does \
+                 not say which protocol each is, so the port is not served: publish TCP and UDP \
+                 to one target port",
+                targets.len()
+            )),
+        }
+    }
+    mappings
+}
+
+fn backends(service: &SwarmService, details: &mut SwarmDetails) -> Vec<BackendSpec> {
+    // Node-independent order: the task's ingress address, then its name.
+    let mut ordered: Vec<_> = service
+        .tasks
+        .iter()
+        .map(|(name, task)| (task.addresses.get(INGRESS_NETWORK).copied(), name, task))
+        .collect();
+    ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut backends = Vec::new();
+    for (_, name, task) in ordered {
+        match &task.local {
+            Some(local) => {
+                details.local_tasks.insert(name.clone(), local.gwbridge);
+                backends.push(BackendSpec {
+                    address: local.gwbridge,
+                    port: None,
+                    weight: 1,
+                });
+            }
+            None => {
+                details.unreachable_tasks.insert(name.clone(), task.node);
+            }
+        }
+    }
+    backends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::swarm::snapshot::{LocalTask, PublishedPort, Task};
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn task(ingress: &str, node: &str, gwbridge: Option<&str>) -> Task {
+        Task {
+            node: Some(ip(node)),
+            addresses: [(INGRESS_NETWORK.to_owned(), ip(ingress))].into(),
+            local: gwbridge.map(|g| LocalTask {
+                container: "c".into(),
+                gwbridge: ip(g),
+            }),
+        }
+    }
+
+    fn service(published: &[(u16, u16)], tasks: Vec<(&str, Task)>) -> SwarmService {
+        SwarmService {
+            published: published
+                .iter()
+                .map(|&(publish, target)| PublishedPort { publish, target })
+                .collect(),
+            vips: [(INGRESS_NETWORK.to_owned(), ip("198.19.0.2"))].into(),
+            tasks: tasks.into_iter().map(|(n, t)| (n.to_owned(), t)).collect(),
+        }
+    }
+
+    fn snapshot(services: Vec<(&str, SwarmService)>) -> Snapshot {
+        Snapshot {
+            active: true,
+            node_addr: Some(ip("198.18.50.1")),
+            services: services
+                .into_iter()
+                .map(|(n, s)| (n.to_owned(), s))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn protocols_follow_the_listing_rule_and_the_policy() {
+        let snap = snapshot(vec![
+            ("both", service(&[(53, 5353), (53, 5353)], vec![])),
+            ("tcp", service(&[(80, 8080)], vec![])),
+            ("udp", service(&[(514, 514)], vec![])),
+            ("odd", service(&[(81, 8080), (81, 9090)], vec![])),
+        ]);
+        let policies = [(
+            "udp".to_owned(),
+            SwarmPolicy {
+                udp_ports: [514].into(),
+                ..Default::default()
+            },
+        )]
+        .into();
+        let out = services(&snap, &policies);
+        let protocols = |name: &str| -> Vec<(u16, u16, Protocol)> {
+            out.specs
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| {
+                    s.ports
+                        .iter()
+                        .map(|p| (p.frontend, p.backend, p.protocol))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            protocols("both"),
+            [(53, 5353, Protocol::Tcp), (53, 5353, Protocol::Udp)]
+        );
+        assert_eq!(protocols("tcp"), [(80, 8080, Protocol::Tcp)]);
+        assert_eq!(protocols("udp"), [(514, 514, Protocol::Udp)]);
+        // Ambiguous: not served, and said why.
+        assert!(out.specs.iter().all(|s| s.name != "odd"));
+        assert!(out.details["odd"].problems[0].contains("port 81"));
+    }
+
+    #[test]
+    fn backends_are_local_tasks_in_ingress_address_order() {
+        // Names and Engine order disagree with the address order on purpose.
+        let snap = snapshot(vec![(
+            "web",
+            service(
+                &[(8080, 80)],
+                vec![
+                    (
+                        "web.1.a",
+                        task("198.19.0.9", "198.18.50.1", Some("198.18.61.5")),
+                    ),
+                    (
+                        "web.2.b",
+                        task("198.19.0.3", "198.18.50.1", Some("198.18.61.7")),
+                    ),
+                    ("web.3.c", task("198.19.0.4", "198.18.50.2", None)),
+                ],
+            ),
+        )]);
+        let out = services(&snap, &BTreeMap::new());
+        let spec = &out.specs[0];
+        let addresses: Vec<IpAddr> = spec.backends.iter().map(|b| b.address).collect();
+        assert_eq!(addresses, [ip("198.18.61.7"), ip("198.18.61.5")]);
+        assert!(
+            spec.backends
+                .iter()
+                .all(|b| b.port.is_none() && b.weight == 1)
+        );
+        assert_eq!(spec.vip, None);
+        assert_eq!(spec.maglev_table_size, DEFAULT_MAGLEV_TABLE_SIZE);
+        let details = &out.details["web"];
+        assert_eq!(
+            details.unreachable_tasks,
+            [("web.3.c".to_owned(), Some(ip("198.18.50.2")))].into()
+        );
+        assert_eq!(details.local_tasks.len(), 2);
+    }
+
+    #[test]
+    fn a_service_without_published_ports_is_only_recorded() {
+        let snap = snapshot(vec![(
+            "db",
+            service(
+                &[],
+                vec![(
+                    "db.1.x",
+                    task("198.19.0.5", "198.18.50.1", Some("198.18.61.3")),
+                )],
+            ),
+        )]);
+        let out = services(&snap, &BTreeMap::new());
+        assert!(out.specs.is_empty());
+        assert_eq!(out.details["db"].vips.len(), 1);
+    }
+}

@@ -1,0 +1,435 @@
+//! What one node's Docker Engine says about the swarm, reduced to what meshlb needs.
+//!
+//! Built from answers every node gives, managers and workers alike (workers refuse
+//! `/services`, `/tasks` and `/nodes`):
+//! - each overlay network inspected with `verbose=true`: per service its VIP on that network,
+//!   its published ports (only on `ingress`, as `"Target: 8080, Publish: 8080"` strings, with
+//!   no protocol) and its tasks with their address on the network and their node's address
+//!   (`Info."Host IP"`), kept current by the swarm's gossip;
+//! - the local containers with their `com.docker.swarm.*` labels and state;
+//! - `docker_gwbridge` inspected: the address of each local container there, which is how this
+//!   node reaches its own tasks.
+//!
+//! Pure: the answers in, a [`Snapshot`] out, so recorded answers test it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use bollard::models::{ContainerSummary, NetworkInspect, SystemInfo};
+use serde::{Deserialize, Serialize};
+
+/// The network every ingress-published port belongs to.
+pub const INGRESS_NETWORK: &str = "ingress";
+/// The bridge through which a node reaches its local tasks.
+pub const GWBRIDGE_NETWORK: &str = "docker_gwbridge";
+/// Label Docker puts on a task's container.
+pub const TASK_NAME_LABEL: &str = "com.docker.swarm.task.name";
+/// Label Docker puts on a task's container.
+pub const SERVICE_NAME_LABEL: &str = "com.docker.swarm.service.name";
+
+/// The Engine's answers one read is made of.
+#[derive(Clone, Debug, Default)]
+pub struct Answers {
+    pub info: SystemInfo,
+    /// Every overlay network this node knows, inspected verbosely.
+    pub overlays: Vec<NetworkInspect>,
+    /// `None` when the node has no `docker_gwbridge` (yet): no task is reachable locally.
+    pub gwbridge: Option<NetworkInspect>,
+    /// Running containers that carry a swarm task label.
+    pub containers: Vec<ContainerSummary>,
+}
+
+/// The swarm as this node sees it. Equal snapshots program equal tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Whether the Engine is part of a swarm (`Swarm.LocalNodeState` is `active`).
+    pub active: bool,
+    /// This node's address in the swarm (`Swarm.NodeAddr`).
+    pub node_addr: Option<IpAddr>,
+    /// By swarm service name.
+    pub services: BTreeMap<String, SwarmService>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmService {
+    /// Ports published in ingress mode, as the ingress network lists them (a port published
+    /// for TCP and UDP is listed twice).
+    pub published: Vec<PublishedPort>,
+    /// The service's VIP on each network it is attached to (the socket-level path serves them).
+    pub vips: BTreeMap<String, IpAddr>,
+    /// By task name (`web.1.<task id>`), which is the same on every node.
+    pub tasks: BTreeMap<String, Task>,
+}
+
+/// One `"Target: T, Publish: P"` entry of the ingress network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub publish: u16,
+    pub target: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// The address of the node the task runs on (`Host IP`).
+    pub node: Option<IpAddr>,
+    /// The task's address on each network it is attached to.
+    pub addresses: BTreeMap<String, IpAddr>,
+    /// Set when the task's container runs on this node and can be reached.
+    pub local: Option<LocalTask>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalTask {
+    /// Short container id, for `lbctl list` and logs.
+    pub container: String,
+    /// Its address on `docker_gwbridge`.
+    pub gwbridge: IpAddr,
+}
+
+/// An answer that does not have the shape the Engine documents.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct SnapshotError {
+    pub what: String,
+    pub message: String,
+}
+
+impl Snapshot {
+    /// Reduces the Engine's answers; an answer out of shape is an error (the caller keeps its
+    /// previous snapshot) rather than a silently smaller swarm.
+    pub fn from_answers(answers: &Answers) -> Result<Snapshot, SnapshotError> {
+        let swarm = answers.info.swarm.as_ref();
+        let active = swarm
+            .and_then(|s| s.local_node_state.as_ref())
+            .is_some_and(|state| state.to_string() == "active");
+        let node_addr = swarm
+            .and_then(|s| s.node_addr.as_deref())
+            .filter(|a| !a.is_empty())
+            .map(|a| parse_ip(a, "info Swarm.NodeAddr"))
+            .transpose()?;
+        let mut snapshot = Snapshot {
+            active,
+            node_addr,
+            services: BTreeMap::new(),
+        };
+        if !active {
+            return Ok(snapshot);
+        }
+        for network in &answers.overlays {
+            add_network(&mut snapshot, network)?;
+        }
+        // Only services with a task or a published port are kept: a network lists a service
+        // whose last task just left until gossip catches up.
+        snapshot
+            .services
+            .retain(|_, s| !s.tasks.is_empty() || !s.published.is_empty());
+        mark_local(&mut snapshot, answers)?;
+        Ok(snapshot)
+    }
+}
+
+fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), SnapshotError> {
+    let name = network.name.as_deref().unwrap_or_default();
+    let Some(services) = network.services.as_ref() else {
+        return Ok(());
+    };
+    for (service_name, value) in services {
+        // The ingress network lists its own load-balancer endpoint under an empty name.
+        if service_name.is_empty() {
+            continue;
+        }
+        let what = || format!("network {name:?} service {service_name:?}");
+        let info: bollard::models::ServiceInfo =
+            serde_json::from_value(value.clone()).map_err(|e| SnapshotError {
+                what: what(),
+                message: format!("not a service entry: {e}"),
+            })?;
+        let service = snapshot.services.entry(service_name.clone()).or_default();
+        // The ingress network's own entry says "<nil>".
+        if let Some(vip) = info
+            .vip
+            .as_deref()
+            .filter(|v| !v.is_empty() && *v != "<nil>")
+        {
+            service
+                .vips
+                .insert(name.to_owned(), parse_ip(vip, &format!("{} VIP", what()))?);
+        }
+        if name == INGRESS_NETWORK {
+            for port in info.ports.iter().flatten() {
+                service
+                    .published
+                    .push(parse_port(port).ok_or_else(|| SnapshotError {
+                    what: what(),
+                    message: format!(
+                        "port {port:?} is not \"Target: N, Publish: N\" (a newer Engine format?)"
+                    ),
+                })?);
+            }
+            service.published.sort();
+        }
+        for task in info.tasks.iter().flatten() {
+            let Some(task_name) = task.name.as_deref().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let entry = service.tasks.entry(task_name.to_owned()).or_default();
+            if let Some(ip) = task.endpoint_ip.as_deref().filter(|a| !a.is_empty()) {
+                let ip = parse_ip(ip, &format!("{} task {task_name} EndpointIP", what()))?;
+                entry.addresses.insert(name.to_owned(), ip);
+            }
+            if let Some(host) = task
+                .info
+                .as_ref()
+                .and_then(|i| i.get("Host IP"))
+                .filter(|h| !h.is_empty())
+            {
+                entry.node = Some(parse_ip(
+                    host,
+                    &format!("{} task {task_name} Host IP", what()),
+                )?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks the tasks whose container runs here, with their `docker_gwbridge` address.
+fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), SnapshotError> {
+    let Some(gwbridge) = answers.gwbridge.as_ref() else {
+        return Ok(());
+    };
+    let mut by_container: HashMap<&str, IpAddr> = HashMap::new();
+    for (id, endpoint) in gwbridge.containers.iter().flatten() {
+        if let Some(cidr) = endpoint.ipv4_address.as_deref().filter(|a| !a.is_empty()) {
+            let address = cidr.split('/').next().unwrap_or(cidr);
+            by_container.insert(
+                id.as_str(),
+                parse_ip(address, &format!("docker_gwbridge container {id}"))?,
+            );
+        }
+    }
+    for container in &answers.containers {
+        let labels = container.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+        let (Some(service), Some(task), Some(id)) = (
+            label(SERVICE_NAME_LABEL),
+            label(TASK_NAME_LABEL),
+            container.id.as_deref(),
+        ) else {
+            continue;
+        };
+        if !container_usable(container) {
+            continue;
+        }
+        let Some(&address) = by_container.get(id) else {
+            continue;
+        };
+        if let Some(entry) = snapshot
+            .services
+            .get_mut(service)
+            .and_then(|s| s.tasks.get_mut(task))
+        {
+            entry.local = Some(LocalTask {
+                container: id.chars().take(12).collect(),
+                gwbridge: address,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Running, and healthy if the image has a health check (Docker's `Status` says
+/// "(health: starting)" or "(unhealthy)" until it passes).
+fn container_usable(container: &ContainerSummary) -> bool {
+    let running = container
+        .state
+        .as_ref()
+        .is_some_and(|s| s.to_string() == "running");
+    let status = container.status.as_deref().unwrap_or_default();
+    running && !status.contains("unhealthy") && !status.contains("health: starting")
+}
+
+/// `"Target: 8080, Publish: 80"`.
+fn parse_port(text: &str) -> Option<PublishedPort> {
+    let mut target = None;
+    let mut publish = None;
+    for part in text.split(',') {
+        let (key, value) = part.split_once(':')?;
+        let value = value.trim().parse::<u16>().ok().filter(|p| *p != 0)?;
+        match key.trim() {
+            "Target" => target = Some(value),
+            "Publish" => publish = Some(value),
+            _ => return None,
+        }
+    }
+    Some(PublishedPort {
+        publish: publish?,
+        target: target?,
+    })
+}
+
+fn parse_ip(text: &str, what: &str) -> Result<IpAddr, SnapshotError> {
+    text.parse::<IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| SnapshotError {
+            what: what.to_owned(),
+            message: format!("{text:?} is not an IP address"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::file::Protocol;
+
+    /// The recorded answers of one node (see tests/fixtures/swarm/README.md).
+    fn recorded(role: &str) -> Answers {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/swarm")
+            .join(role);
+        let read = |name: &str| -> serde_json::Value {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let networks: Vec<serde_json::Value> =
+            serde_json::from_value(read("networks.json")).unwrap();
+        let overlays = networks
+            .iter()
+            .map(|n| {
+                let name = n["Name"].as_str().unwrap();
+                serde_json::from_value(read(&format!("overlay-{name}.json"))).unwrap()
+            })
+            .collect();
+        Answers {
+            info: serde_json::from_value(read("info.json")).unwrap(),
+            overlays,
+            gwbridge: Some(serde_json::from_value(read("docker_gwbridge.json")).unwrap()),
+            containers: serde_json::from_value(read("containers.json")).unwrap(),
+        }
+    }
+
+    fn without_local(mut snapshot: Snapshot) -> Snapshot {
+        snapshot.node_addr = None;
+        for service in snapshot.services.values_mut() {
+            for task in service.tasks.values_mut() {
+                task.local = None;
+            }
+        }
+        snapshot
+    }
+
+    #[test]
+    fn manager_and_worker_see_the_same_swarm_apart_from_their_own_tasks() {
+        let manager = Snapshot::from_answers(&recorded("manager")).unwrap();
+        let worker = Snapshot::from_answers(&recorded("worker")).unwrap();
+        assert!(manager.active && worker.active);
+        assert_eq!(manager.node_addr, Some("198.18.50.1".parse().unwrap()));
+        assert_eq!(worker.node_addr, Some("198.18.50.2".parse().unwrap()));
+        let names: Vec<&str> = manager.services.keys().map(String::as_str).collect();
+        assert_eq!(names, ["api", "db", "dns", "web"]);
+        assert_eq!(
+            without_local(manager.clone()),
+            without_local(worker.clone())
+        );
+
+        let web = &manager.services["web"];
+        assert_eq!(
+            web.published,
+            [PublishedPort {
+                publish: 80,
+                target: 8080
+            }]
+        );
+        assert_eq!(web.tasks.len(), 4);
+        // api is on ingress and appnet; db only on appnet, published nowhere.
+        assert_eq!(manager.services["api"].vips.len(), 2);
+        assert!(manager.services["db"].published.is_empty());
+        assert_eq!(manager.services["db"].vips.len(), 1);
+
+        // Each task is local on exactly the node the swarm put it on, with a gwbridge address
+        // in that node's docker_gwbridge subnet (198.18.6N.0/24 in the lab).
+        for (snapshot, other) in [(&manager, &worker), (&worker, &manager)] {
+            for (name, service) in &snapshot.services {
+                for (task_name, task) in &service.tasks {
+                    let here = task.node == snapshot.node_addr;
+                    assert_eq!(task.local.is_some(), here, "{name} {task_name}");
+                    assert_eq!(
+                        other.services[name].tasks[task_name].local.is_some(),
+                        !here,
+                        "{name} {task_name}"
+                    );
+                    if let Some(local) = &task.local {
+                        let IpAddr::V4(gw) = local.gwbridge else {
+                            panic!("{local:?}")
+                        };
+                        let node = snapshot.node_addr.unwrap().to_string();
+                        let n = node.rsplit('.').next().unwrap();
+                        assert_eq!(gw.octets()[..3], [198, 18, 60 + n.parse::<u8>().unwrap()]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rule for ports the Engine lists without protocol, checked against what the manager
+    /// alone knows (its `/services`).
+    #[test]
+    fn the_protocol_rule_matches_the_managers_service_specs() {
+        let snapshot = Snapshot::from_answers(&recorded("worker")).unwrap();
+        let derived = crate::source::swarm::services(&snapshot, &Default::default());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/swarm/manager/services.json");
+        let specs: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir).unwrap()).unwrap();
+        for spec in specs {
+            let name = spec["Spec"]["Name"].as_str().unwrap();
+            let mut truth: Vec<(u16, u16, Protocol)> = spec["Endpoint"]["Ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["PublishMode"] == "ingress")
+                .map(|p| {
+                    let protocol = match p["Protocol"].as_str().unwrap() {
+                        "udp" => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    };
+                    let port = |k: &str| p[k].as_u64().unwrap() as u16;
+                    (port("PublishedPort"), port("TargetPort"), protocol)
+                })
+                .collect();
+            truth.sort();
+            let mut ours: Vec<(u16, u16, Protocol)> = derived
+                .specs
+                .iter()
+                .filter(|s| s.name == name)
+                .flat_map(|s| s.ports.iter().map(|p| (p.frontend, p.backend, p.protocol)))
+                .collect();
+            ours.sort();
+            assert_eq!(ours, truth, "{name}");
+        }
+    }
+
+    #[test]
+    fn published_ports_parse_both_orders_and_refuse_the_rest() {
+        assert_eq!(
+            parse_port("Target: 8080, Publish: 80"),
+            Some(PublishedPort {
+                publish: 80,
+                target: 8080
+            })
+        );
+        assert_eq!(
+            parse_port("Publish: 80,Target: 8080"),
+            Some(PublishedPort {
+                publish: 80,
+                target: 8080
+            })
+        );
+        assert_eq!(parse_port("Target: 8080"), None);
+        assert_eq!(parse_port("Target: 8080, Publish: 0"), None);
+        assert_eq!(parse_port("Target: 8080, Publish: 80, Protocol: tcp"), None);
+        assert_eq!(parse_port("8080/tcp"), None);
+    }
+}
