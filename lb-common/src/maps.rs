@@ -125,6 +125,12 @@ pub mod service_flags {
     pub const RESET_ON_REMOVAL: u32 = 1 << 4;
     pub const ALL: u32 =
         ROUND_ROBIN | AFFINITY_CLIENT_IP | FULLNAT | MOVE_ON_REMOVAL | RESET_ON_REMOVAL;
+    /// Bits 16-23: the socket scope of a frontend only sockets serve (a swarm service's VIP
+    /// on an overlay network): 1-31, the bit a network namespace's `SOCK_NETNS` value must
+    /// have for its sockets to be translated. 0: a frontend of the node (XDP and the node's
+    /// own sockets, `sock_netns::NODE`). Outside `ALL`: flows never carry it.
+    pub const SOCKET_SCOPE_SHIFT: u32 = 16;
+    pub const SOCKET_SCOPE_MASK: u32 = 0xff << SOCKET_SCOPE_SHIFT;
 }
 
 /// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
@@ -270,10 +276,18 @@ pub struct SockReverse {
 
 /// Values of `SOCK_NETNS` (keyed by network namespace cookie): which frontends the
 /// socket-level programs translate for sockets of that namespace.
+/// Values of `SOCK_NETNS`: which frontends a network namespace's sockets are translated for,
+/// one bit per scope (see `service_flags::SOCKET_SCOPE_SHIFT`).
 pub mod sock_netns {
-    /// The node's own namespace (lbd's): every frontend.
+    /// The node's own namespace (lbd's): the node's frontends (scope 0).
     pub const NODE: u32 = 1;
+    /// Highest socket scope (bit 31 of the value).
+    pub const MAX_SCOPE: u32 = 31;
 }
+
+/// A frontend port that stands for every port: a swarm VIP takes connections on any port and
+/// keeps it (the backend port is the one asked for). Only the socket-level path serves it.
+pub const ANY_PORT: u16 = 0;
 
 /// Per-service counters of the socket-level path (per CPU; userspace sums them).
 #[repr(C)]

@@ -233,6 +233,11 @@ const FLOW_OPENED: u32 = u32::MAX;
 #[inline(always)]
 fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen) -> u32 {
     let key = &pkt.key;
+    // A frontend only sockets of one overlay network serve (a swarm VIP, any port): packets
+    // get no backend from it.
+    if svc.flags & service_flags::SOCKET_SCOPE_MASK != 0 {
+        return StatSlot::DropNoBackend as u32;
+    }
     let opening = key.proto != proto::TCP || is_syn(pkt.tcp_flags);
     if !opening && svc.flags & service_flags::ROUND_ROBIN != 0 {
         // Round-robin keeps no hash to fall back on: a mid-flow packet of a flow we do not

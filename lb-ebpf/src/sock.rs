@@ -17,7 +17,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{EndpointKey, FlowKey, SockReverse, SockReverseKey, proto, service_flags},
+    maps::{
+        ANY_PORT, EndpointKey, FlowKey, SockReverse, SockReverseKey, proto, service_flags,
+        sock_netns,
+    },
 };
 
 use crate::{
@@ -92,21 +95,39 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     }
     // SAFETY: a helper the kernel offers sock_addr programs (5.7+).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if SOCK_NETNS.get_ptr(&netns).is_none() {
+    let Some(scopes) = SOCK_NETNS.get_ptr(&netns) else {
         return ALLOW;
-    }
-    let frontend = EndpointKey {
+    };
+    // SAFETY: a map value stays valid for the whole program run.
+    let scopes = unsafe { *scopes };
+    let mut frontend = EndpointKey {
         addr: user_addr(sa, v6),
         // user_port holds the port in network order in its low 16 bits.
         port_be: user_port as u16,
         proto: protocol as u8,
         _pad: 0,
     };
-    let Some(svc) = FRONTENDS.get_ptr(&frontend) else {
-        return ALLOW;
+    let svc = match FRONTENDS.get_ptr(&frontend) {
+        Some(svc) => svc,
+        None => {
+            // A VIP that takes every port.
+            frontend.port_be = ANY_PORT;
+            match FRONTENDS.get_ptr(&frontend) {
+                Some(svc) => svc,
+                None => return ALLOW,
+            }
+        }
     };
+    // The port asked for, whichever entry matched.
+    frontend.port_be = user_port as u16;
     // SAFETY: a map value stays valid for the whole program run.
     let svc = unsafe { *svc };
+    // A frontend belongs to one scope (the node's, or one overlay network's): sockets of
+    // namespaces outside it are left alone, as if it were any other address.
+    let scope = (svc.flags & service_flags::SOCKET_SCOPE_MASK) >> service_flags::SOCKET_SCOPE_SHIFT;
+    if scope > sock_netns::MAX_SCOPE || scopes & (1 << scope) == 0 {
+        return ALLOW;
+    }
     // SAFETY: a helper the kernel offers sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // The flow's source address and port are not known before `connect` returns: the hash
@@ -151,6 +172,9 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     // IPv6 address in any case.
     if !v6 && !chosen.addr.is_v4() {
         return ALLOW;
+    }
+    if chosen.port_be == ANY_PORT {
+        chosen.port_be = frontend.port_be;
     }
     set_user_addr(sa, v6, &chosen.addr);
     // SAFETY: a context field these programs may write.

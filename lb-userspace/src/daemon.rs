@@ -136,6 +136,8 @@ pub struct Daemon {
     swarm: Option<Snapshot>,
     /// What `swarm` became on this node, as last planned.
     swarm_services: SwarmServices,
+    /// Network namespace cookies of local containers, by container id and pid.
+    netns_cookies: BTreeMap<(String, u32), u64>,
     /// Interfaces waited for, attached when they appear.
     late_interfaces: Vec<String>,
     xdp_mode: XdpMode,
@@ -170,7 +172,7 @@ impl Daemon {
             .as_ref()
             .map(|_| load_swarm_state(&options.state_dir));
         let swarm_services = swarm_services(swarm.as_ref(), &file);
-        let merged = api.merge_with_swarm(&file, &swarm_services.specs)?;
+        let merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
         let node_addresses = node_addresses()?;
         let mut desired = plan::plan(&merged.file, &node_addresses)?;
 
@@ -237,6 +239,7 @@ impl Daemon {
         let mut daemon = Daemon {
             dp,
             config_path: options.config.clone(),
+            netns_cookies: BTreeMap::new(),
             late_interfaces,
             xdp_mode: options.xdp_mode,
             swarm_follow: options.docker_host.as_ref().map(|host| {
@@ -259,6 +262,7 @@ impl Daemon {
             degraded: None,
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
+        daemon.sync_socket_namespaces();
         Ok(daemon)
     }
 
@@ -335,7 +339,7 @@ impl Daemon {
         let started = Instant::now();
         let swarm_services = swarm_services(self.swarm.as_ref(), &file);
         let planned = (|| -> Result<_, DaemonError> {
-            let merged = api.merge_with_swarm(&file, &swarm_services.specs)?;
+            let merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
             let node_addresses = node_addresses()?;
             let next = plan::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
             Ok((merged, node_addresses, next))
@@ -363,6 +367,7 @@ impl Daemon {
         }
         if next == self.running && self.degraded.is_none() {
             self.swarm_services = swarm_services;
+            self.sync_socket_namespaces();
             self.file = file;
             self.api = api;
             self.merged = merged;
@@ -401,6 +406,7 @@ impl Daemon {
         let applied_at = started.elapsed();
         self.degraded = None;
         self.swarm_services = swarm_services;
+        self.sync_socket_namespaces();
         self.file = file;
         self.api = api;
         self.merged = merged;
@@ -421,6 +427,39 @@ impl Daemon {
             "applied"
         );
         Ok(Outcome::Applied)
+    }
+
+    /// Lets the sockets of each local container on an overlay network reach the VIPs of its
+    /// networks (and only those): its namespace's cookie with its scope mask.
+    fn sync_socket_namespaces(&mut self) {
+        if self.dp.socket_attachment().is_none() {
+            return;
+        }
+        let scopes = &self.swarm_services.container_scopes;
+        self.netns_cookies
+            .retain(|(id, pid), _| scopes.get(id).is_some_and(|(p, _)| p == pid));
+        let mut wanted = BTreeMap::new();
+        for (id, &(pid, mask)) in scopes {
+            let key = (id.clone(), pid);
+            let cookie = match self.netns_cookies.get(&key) {
+                Some(&cookie) => cookie,
+                None => match dataplane::netns_cookie_of(pid) {
+                    Ok(cookie) => {
+                        self.netns_cookies.insert(key, cookie);
+                        cookie
+                    }
+                    Err(e) => {
+                        // Gone meanwhile: the next read of the Engine drops it.
+                        warn!(container = %id, pid, "swarm: cannot read the container's network namespace ({e}); its VIPs wait for the next change");
+                        continue;
+                    }
+                },
+            };
+            wanted.insert(cookie, mask);
+        }
+        if let Err(e) = self.dp.set_socket_namespaces(&wanted) {
+            error!("swarm: writing the containers' socket scopes failed: {e}");
+        }
     }
 
     fn count(&mut self, trigger: Trigger, outcome: Outcome) {

@@ -22,7 +22,7 @@ use aya::{
 };
 use lb_common::maps::{names, programs};
 pub use maps::{MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
-pub use sockets::{SocketAttachment, cgroup2_mount, netns_cookie};
+pub use sockets::{SocketAttachment, cgroup2_mount, netns_cookie, netns_cookie_of};
 use tracing::{info, warn};
 
 use crate::source::settings::{KernelLogLevel, XdpMode};

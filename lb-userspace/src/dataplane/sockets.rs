@@ -72,6 +72,22 @@ pub fn netns_cookie() -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// The cookie of the network namespace process `pid` lives in: read from a thread that
+/// enters that namespace for the moment (setns moves only the calling thread).
+pub fn netns_cookie_of(pid: u32) -> std::io::Result<u64> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace file descriptor we hold; it affects this thread only,
+        // which ends right after.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        netns_cookie()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+}
+
 /// No flags: the kernel refuses any on a cgroup link, and a link always runs beside the
 /// cgroup's other programs (as BPF_F_ALLOW_MULTI would), so systemd's or Docker's stay.
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
@@ -194,6 +210,42 @@ impl Dataplane {
 
     pub fn socket_attachment(&self) -> Option<&SocketAttachment> {
         self.sockets.as_ref()
+    }
+
+    /// Makes the other namespaces whose sockets are translated exactly `wanted` (cookie to
+    /// scope mask, see `sock_netns`); the node's own entry stays. Only differences are written.
+    pub fn set_socket_namespaces(
+        &mut self,
+        wanted: &std::collections::BTreeMap<u64, u32>,
+    ) -> Result<(), DataplaneError> {
+        let Some(node) = self.sockets.as_ref().map(|s| s.netns_cookie) else {
+            return Ok(());
+        };
+        let map_error = |error| DataplaneError::Map {
+            name: names::SOCK_NETNS,
+            error,
+        };
+        let mut map: AyaHashMap<_, u64, u32> =
+            AyaHashMap::try_from(self.ebpf.map_mut(names::SOCK_NETNS).ok_or(
+                DataplaneError::Missing {
+                    kind: "map",
+                    name: names::SOCK_NETNS,
+                },
+            )?)
+            .map_err(map_error)?;
+        let present: Vec<(u64, u32)> = map.iter().filter_map(Result::ok).collect();
+        for (cookie, _) in &present {
+            if *cookie != node && !wanted.contains_key(cookie) {
+                map.remove(cookie).map_err(map_error)?;
+            }
+        }
+        for (cookie, mask) in wanted {
+            if *cookie == node || present.contains(&(*cookie, *mask)) {
+                continue;
+            }
+            map.insert(cookie, mask, 0).map_err(map_error)?;
+        }
+        Ok(())
     }
 }
 

@@ -753,6 +753,7 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
         // UDP flows move; TCP flows are answered with a RST.
         RemovalPolicy::Reset => service_flags::MOVE_ON_REMOVAL | service_flags::RESET_ON_REMOVAL,
     };
+    flags |= u32::from(spec.socket_scope) << service_flags::SOCKET_SCOPE_SHIFT;
     Service {
         id,
         flags,

@@ -128,10 +128,15 @@ impl ApiState {
         swarm: &[ServiceSpec],
     ) -> Result<Merged, OverlayError> {
         let mut merged = self.merge_operator(file)?;
-        let mut claimed: BTreeMap<(u16, crate::source::file::Protocol), String> = BTreeMap::new();
-        for spec in merged.file.services.values().filter(|s| s.vip.is_none()) {
+        // Frontends as the file claims them: (vip or every node address, port, protocol).
+        type Frontend = (Option<IpAddr>, u16, crate::source::file::Protocol);
+        let mut claimed: BTreeMap<Frontend, String> = BTreeMap::new();
+        for spec in merged.file.services.values() {
             for mapping in &spec.ports {
-                claimed.insert((mapping.frontend, mapping.protocol), spec.name.clone());
+                claimed.insert(
+                    (spec.vip, mapping.frontend, mapping.protocol),
+                    spec.name.clone(),
+                );
             }
         }
         for spec in swarm {
@@ -147,7 +152,7 @@ impl ApiState {
                 ))
             } else if let Some((port, owner)) = spec.ports.iter().find_map(|m| {
                 claimed
-                    .get(&(m.frontend, m.protocol))
+                    .get(&(spec.vip, m.frontend, m.protocol))
                     .map(|owner| (m, owner))
             }) {
                 Some(format!(
@@ -155,15 +160,22 @@ impl ApiState {
                      port or remove it from {owner:?}",
                     port.frontend, port.protocol
                 ))
-            } else {
+            } else if spec.socket_scope == 0 {
                 revalidate(spec.clone()).err().map(|e| e.to_string())
+            } else {
+                // A VIP service (any port, only sockets of its network): made by meshlb, in
+                // no file's terms.
+                None
             };
             if let Some(reason) = refusal {
                 merged.swarm_refused.insert(spec.name.clone(), reason);
                 continue;
             }
             for mapping in &spec.ports {
-                claimed.insert((mapping.frontend, mapping.protocol), spec.name.clone());
+                claimed.insert(
+                    (spec.vip, mapping.frontend, mapping.protocol),
+                    spec.name.clone(),
+                );
             }
             merged.sources.insert(spec.name.clone(), Source::Swarm);
             merged.file.services.insert(spec.name.clone(), spec.clone());

@@ -126,6 +126,10 @@ pub struct ServiceSpec {
     pub maglev_table_size: u32,
     /// May be empty: the service then drops (and counts) its packets.
     pub backends: Vec<BackendSpec>,
+    /// 0: a service of the node (files and the API). 1-31: a swarm VIP that only sockets of
+    /// containers on one overlay network reach (see `service_flags::SOCKET_SCOPE_SHIFT`);
+    /// never written in a file.
+    pub socket_scope: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -801,6 +805,7 @@ fn service_from_raw(
         on_backend_removal,
         maglev_table_size,
         backends,
+        socket_scope: 0,
     })
 }
 
@@ -1207,6 +1212,7 @@ services:
                     weight: 3,
                 },
             ],
+            socket_scope: 0,
         };
         assert_eq!(file.services.len(), 1);
         assert_eq!(file.services["web"], expected);

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
-    query_parameters::{InspectNetworkOptions, ListContainersOptions, ListNetworksOptions},
+    query_parameters::{
+        InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
+    },
 };
 
-use super::snapshot::{Answers, GWBRIDGE_NETWORK, TASK_NAME_LABEL};
+use super::snapshot::{Answers, GWBRIDGE_NETWORK, overlay_networks_of};
 
 /// The default Engine address, as `docker` uses it.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -34,6 +36,8 @@ pub enum EngineError {
 pub struct Engine {
     host: String,
     client: Option<Docker>,
+    /// Container ids to process ids: a container's pid does not change while it runs.
+    pids: std::collections::HashMap<String, u32>,
 }
 
 impl Engine {
@@ -46,6 +50,7 @@ impl Engine {
         Ok(Engine {
             host: host.to_owned(),
             client: None,
+            pids: Default::default(),
         })
     }
 
@@ -59,7 +64,7 @@ impl Engine {
             Some(client) => client,
             None => self.connect().await?,
         };
-        let answers = read_with(&client, &self.host).await?;
+        let answers = read_with(&client, &self.host, &mut self.pids).await?;
         // Kept only after a good read: an error makes the next read connect again.
         self.client = Some(client);
         Ok(answers)
@@ -86,7 +91,11 @@ impl Engine {
     }
 }
 
-async fn read_with(client: &Docker, host: &str) -> Result<Answers, EngineError> {
+async fn read_with(
+    client: &Docker,
+    host: &str,
+    known_pids: &mut HashMap<String, u32>,
+) -> Result<Answers, EngineError> {
     let request = |what, error| EngineError::Request {
         host: host.to_owned(),
         what,
@@ -136,19 +145,45 @@ async fn read_with(client: &Docker, host: &str) -> Result<Answers, EngineError> 
         Err(e) => return Err(request("GET /networks/docker_gwbridge", e)),
     };
     let containers = client
-        .list_containers(Some(ListContainersOptions {
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![TASK_NAME_LABEL.to_owned()],
-            )])),
-            ..Default::default()
-        }))
+        .list_containers(None::<ListContainersOptions>)
         .await
         .map_err(|e| request("GET /containers/json", e))?;
+    // Pids of containers on overlay networks (inspected once each).
+    let mut pids = HashMap::new();
+    for container in &containers {
+        let Some(id) = container.id.as_deref() else {
+            continue;
+        };
+        if overlay_networks_of(container, &overlays).next().is_none() {
+            continue;
+        }
+        if let Some(&pid) = known_pids.get(id) {
+            pids.insert(id.to_owned(), pid);
+            continue;
+        }
+        match client
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(inspected) => {
+                let pid = inspected.state.and_then(|s| s.pid).unwrap_or(0);
+                if let Ok(pid @ 1..) = u32::try_from(pid) {
+                    pids.insert(id.to_owned(), pid);
+                }
+            }
+            // Gone between the listing and now.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(request("GET /containers/ID/json", e)),
+        }
+    }
+    known_pids.clone_from(&pids);
     Ok(Answers {
         info,
         overlays,
         gwbridge,
         containers,
+        pids: pids.into_iter().collect(),
     })
 }

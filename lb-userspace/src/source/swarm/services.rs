@@ -60,6 +60,14 @@ impl Default for SwarmPolicy {
 pub struct SwarmServices {
     /// Services with at least one ingress-published port.
     pub specs: Vec<ServiceSpec>,
+    /// A service's VIP on an overlay network, named `SERVICE@NETWORK`: every port, TCP and
+    /// UDP, for sockets of containers on that network only (the socket-level path), its
+    /// backends the tasks' addresses on that network (local or not: the overlay reaches them).
+    pub vip_specs: Vec<ServiceSpec>,
+    /// The socket scope of each overlay network with a VIP (1-31, in name order).
+    pub scopes: BTreeMap<String, u8>,
+    /// Per local container on overlay networks: its pid and the scopes its sockets get.
+    pub container_scopes: BTreeMap<String, (u32, u32)>,
     /// Per service: what `lbctl list` shows beyond the spec.
     pub details: BTreeMap<String, SwarmDetails>,
 }
@@ -76,6 +84,17 @@ pub struct SwarmDetails {
     /// Why a published port (or the whole service) is not served.
     pub problems: Vec<String>,
 }
+
+impl SwarmServices {
+    /// Published services, then VIP services.
+    pub fn all_specs(&self) -> Vec<ServiceSpec> {
+        self.specs.iter().chain(&self.vip_specs).cloned().collect()
+    }
+}
+
+/// Overlay networks beyond this many get no VIP service (one bit each in a namespace's
+/// scope mask; bit 0 is the node's).
+const MAX_VIP_NETWORKS: usize = lb_common::maps::sock_netns::MAX_SCOPE as usize;
 
 /// Turns `snapshot` into services; `policies` by swarm service name.
 pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -> SwarmServices {
@@ -101,11 +120,100 @@ pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -
                 on_backend_removal: policy.on_backend_removal,
                 maglev_table_size: policy.maglev_table_size,
                 backends,
+                socket_scope: 0,
             });
         }
         out.details.insert(name.clone(), details);
     }
+    add_vips(snapshot, policies, &mut out);
     out
+}
+
+/// The VIP services: one per service and overlay network it has a VIP on.
+fn add_vips(
+    snapshot: &Snapshot,
+    policies: &BTreeMap<String, SwarmPolicy>,
+    out: &mut SwarmServices,
+) {
+    let networks: std::collections::BTreeSet<&String> = snapshot
+        .services
+        .values()
+        .flat_map(|s| s.vips.keys())
+        .filter(|n| *n != INGRESS_NETWORK)
+        .collect();
+    for (i, network) in networks.into_iter().enumerate() {
+        if i >= MAX_VIP_NETWORKS {
+            for (name, service) in &snapshot.services {
+                if service.vips.contains_key(network) {
+                    out.details
+                        .entry(name.clone())
+                        .or_default()
+                        .problems
+                        .push(format!(
+                            "VIP on {network} not served: meshlb serves VIPs on at most \
+                         {MAX_VIP_NETWORKS} overlay networks per node"
+                        ));
+                }
+            }
+            continue;
+        }
+        out.scopes.insert(network.clone(), (i + 1) as u8);
+    }
+    let default = SwarmPolicy::default();
+    for (name, service) in &snapshot.services {
+        let policy = policies.get(name).unwrap_or(&default);
+        for (network, vip) in &service.vips {
+            let Some(&scope) = out.scopes.get(network) else {
+                continue;
+            };
+            // Same order on every node: by address on the network.
+            let mut addresses: Vec<IpAddr> = service
+                .tasks
+                .values()
+                .filter_map(|t| t.addresses.get(network).copied())
+                .filter(|a| a.is_ipv6() == vip.is_ipv6())
+                .collect();
+            addresses.sort();
+            let any_port = lb_common::maps::ANY_PORT;
+            out.vip_specs.push(ServiceSpec {
+                name: format!("{name}@{network}"),
+                vip: Some(*vip),
+                ports: [Protocol::Tcp, Protocol::Udp]
+                    .map(|protocol| PortMapping {
+                        frontend: any_port,
+                        backend: any_port,
+                        protocol,
+                    })
+                    .to_vec(),
+                scheduler: policy.scheduler,
+                forwarding: Forwarding::Nat,
+                affinity: policy.affinity,
+                timeouts: policy.timeouts,
+                on_backend_removal: policy.on_backend_removal,
+                maglev_table_size: policy.maglev_table_size,
+                backends: addresses
+                    .into_iter()
+                    .map(|address| BackendSpec {
+                        address,
+                        port: None,
+                        weight: 1,
+                    })
+                    .collect(),
+                socket_scope: scope,
+            });
+        }
+    }
+    for (id, container) in &snapshot.containers {
+        let mask = container
+            .networks
+            .iter()
+            .filter_map(|n| out.scopes.get(n))
+            .fold(0u32, |mask, scope| mask | (1 << scope));
+        if mask != 0 {
+            out.container_scopes
+                .insert(id.clone(), (container.pid, mask));
+        }
+    }
 }
 
 fn port_mappings(
@@ -208,6 +316,7 @@ mod tests {
                 .into_iter()
                 .map(|(n, s)| (n.to_owned(), s))
                 .collect(),
+            containers: BTreeMap::new(),
         }
     }
 
@@ -288,6 +397,86 @@ mod tests {
             [("web.3.c".to_owned(), Some(ip("198.18.50.2")))].into()
         );
         assert_eq!(details.local_tasks.len(), 2);
+    }
+
+    #[test]
+    fn overlay_vips_serve_every_task_on_their_network_to_its_containers_only() {
+        let mut db = service(&[], vec![]);
+        db.vips = [("appnet".to_owned(), ip("198.19.10.5"))].into();
+        db.tasks = [(
+            "db.1.x".to_owned(),
+            Task {
+                node: Some(ip("198.18.50.2")),
+                addresses: [("appnet".to_owned(), ip("198.19.10.6"))].into(),
+                local: None,
+            },
+        )]
+        .into();
+        let mut api = service(&[(8080, 8080)], vec![]);
+        api.vips = [
+            (INGRESS_NETWORK.to_owned(), ip("198.19.0.11")),
+            ("appnet".to_owned(), ip("198.19.10.2")),
+            ("other".to_owned(), ip("198.19.11.2")),
+        ]
+        .into();
+        for (name, addr, node) in [
+            ("api.1.a", "198.19.10.9", "198.18.50.2"),
+            ("api.2.b", "198.19.10.3", "198.18.50.1"),
+        ] {
+            api.tasks.insert(
+                name.to_owned(),
+                Task {
+                    node: Some(ip(node)),
+                    addresses: [("appnet".to_owned(), ip(addr))].into(),
+                    local: None,
+                },
+            );
+        }
+        let mut snap = snapshot(vec![("api", api), ("db", db)]);
+        snap.containers = [
+            (
+                "c1".to_owned(),
+                crate::source::swarm::snapshot::OverlayContainer {
+                    pid: 41,
+                    networks: ["appnet".to_owned()].into(),
+                },
+            ),
+            (
+                "c2".to_owned(),
+                crate::source::swarm::snapshot::OverlayContainer {
+                    pid: 42,
+                    networks: ["appnet".to_owned(), "other".to_owned()].into(),
+                },
+            ),
+        ]
+        .into();
+        let out = services(&snap, &BTreeMap::new());
+        // Scopes by network name; ingress has none.
+        assert_eq!(
+            out.scopes,
+            [("appnet".to_owned(), 1), ("other".to_owned(), 2)].into()
+        );
+        let api_appnet = out
+            .vip_specs
+            .iter()
+            .find(|s| s.name == "api@appnet")
+            .unwrap();
+        assert_eq!(api_appnet.vip, Some(ip("198.19.10.2")));
+        assert_eq!(api_appnet.socket_scope, 1);
+        // Every task on the network, local or not, in address order; any port, both protocols.
+        let addresses: Vec<IpAddr> = api_appnet.backends.iter().map(|b| b.address).collect();
+        assert_eq!(addresses, [ip("198.19.10.3"), ip("198.19.10.9")]);
+        assert!(
+            api_appnet
+                .ports
+                .iter()
+                .all(|p| p.frontend == 0 && p.backend == 0)
+        );
+        assert_eq!(api_appnet.ports.len(), 2);
+        assert!(out.vip_specs.iter().any(|s| s.name == "db@appnet"));
+        assert!(out.vip_specs.iter().all(|s| s.name != "api@ingress"));
+        assert_eq!(out.container_scopes["c1"], (41, 1 << 1));
+        assert_eq!(out.container_scopes["c2"], (42, (1 << 1) | (1 << 2)));
     }
 
     #[test]

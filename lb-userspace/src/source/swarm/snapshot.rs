@@ -37,8 +37,12 @@ pub struct Answers {
     pub overlays: Vec<NetworkInspect>,
     /// `None` when the node has no `docker_gwbridge` (yet): no task is reachable locally.
     pub gwbridge: Option<NetworkInspect>,
-    /// Running containers that carry a swarm task label.
+    /// Running containers (tasks and others).
     pub containers: Vec<ContainerSummary>,
+    /// The process id of each running container attached to an overlay network other than
+    /// `ingress`, by container id: the socket-level path serves its VIPs to that container's
+    /// network namespace.
+    pub pids: BTreeMap<String, u32>,
 }
 
 /// The swarm as this node sees it. Equal snapshots program equal tables.
@@ -50,6 +54,18 @@ pub struct Snapshot {
     pub node_addr: Option<IpAddr>,
     /// By swarm service name.
     pub services: BTreeMap<String, SwarmService>,
+    /// Local containers on overlay networks (other than `ingress`), by container id.
+    #[serde(default)]
+    pub containers: BTreeMap<String, OverlayContainer>,
+}
+
+/// A local container attached to overlay networks: its sockets may call those networks' VIPs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayContainer {
+    /// Its main process, whose network namespace its sockets live in.
+    pub pid: u32,
+    /// The overlay networks it is attached to, by name.
+    pub networks: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +129,7 @@ impl Snapshot {
             active,
             node_addr,
             services: BTreeMap::new(),
+            containers: BTreeMap::new(),
         };
         if !active {
             return Ok(snapshot);
@@ -126,7 +143,45 @@ impl Snapshot {
             .services
             .retain(|_, s| !s.tasks.is_empty() || !s.published.is_empty());
         mark_local(&mut snapshot, answers)?;
+        add_containers(&mut snapshot, answers);
         Ok(snapshot)
+    }
+}
+
+/// Names of the overlay networks (other than `ingress`) a container is attached to.
+pub fn overlay_networks_of<'a>(
+    container: &'a ContainerSummary,
+    overlays: &'a [NetworkInspect],
+) -> impl Iterator<Item = &'a str> + 'a {
+    container
+        .network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .into_iter()
+        .flat_map(|networks| networks.keys())
+        .map(String::as_str)
+        .filter(move |name| {
+            *name != INGRESS_NETWORK && overlays.iter().any(|o| o.name.as_deref() == Some(*name))
+        })
+}
+
+fn add_containers(snapshot: &mut Snapshot, answers: &Answers) {
+    for container in &answers.containers {
+        let Some(id) = container.id.as_deref() else {
+            continue;
+        };
+        let Some(&pid) = answers.pids.get(id) else {
+            continue;
+        };
+        let networks: std::collections::BTreeSet<String> =
+            overlay_networks_of(container, &answers.overlays)
+                .map(str::to_owned)
+                .collect();
+        if !networks.is_empty() && container_usable(container) {
+            snapshot
+                .containers
+                .insert(id.to_owned(), OverlayContainer { pid, networks });
+        }
     }
 }
 
@@ -302,16 +357,26 @@ mod tests {
                 serde_json::from_value(read(&format!("overlay-{name}.json"))).unwrap()
             })
             .collect();
+        let containers: Vec<ContainerSummary> =
+            serde_json::from_value(read("containers.json")).unwrap();
+        // Pids come from inspecting each container (not recorded): made up here.
+        let pids = containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone().unwrap(), 1000 + i as u32))
+            .collect();
         Answers {
             info: serde_json::from_value(read("info.json")).unwrap(),
             overlays,
             gwbridge: Some(serde_json::from_value(read("docker_gwbridge.json")).unwrap()),
-            containers: serde_json::from_value(read("containers.json")).unwrap(),
+            containers,
+            pids,
         }
     }
 
     fn without_local(mut snapshot: Snapshot) -> Snapshot {
         snapshot.node_addr = None;
+        snapshot.containers.clear();
         for service in snapshot.services.values_mut() {
             for task in service.tasks.values_mut() {
                 task.local = None;
@@ -345,6 +410,15 @@ mod tests {
         assert_eq!(web.tasks.len(), 4);
         // api is on ingress and appnet; db only on appnet, published nowhere.
         assert_eq!(manager.services["api"].vips.len(), 2);
+        // The local containers on appnet (ingress does not count), with their pids.
+        let on_appnet = |s: &Snapshot| {
+            s.containers
+                .values()
+                .filter(|c| c.networks.iter().eq(["appnet"]) && c.pid >= 1000)
+                .count()
+        };
+        assert_eq!(on_appnet(&manager), 1, "{:?}", manager.containers);
+        assert_eq!(on_appnet(&worker), 2, "{:?}", worker.containers);
         assert!(manager.services["db"].published.is_empty());
         assert_eq!(manager.services["db"].vips.len(), 1);
 
