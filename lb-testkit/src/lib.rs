@@ -65,6 +65,7 @@ pub mod packet;
 pub mod progtest;
 pub mod rng;
 pub mod servers;
+pub mod swarm;
 pub mod topology;
 
 pub use cgroup::TestCgroup;

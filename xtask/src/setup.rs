@@ -7,7 +7,8 @@ use anyhow::{Result, bail};
 
 use crate::run::{cargo, run};
 
-/// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/nftables for the tests and demo.
+/// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/nftables for the tests and demo,
+/// docker.io and busybox-static for the two-node swarm of the swarm tests (`lb_testkit::swarm`).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "nftables",
     "haproxy",
+    "docker.io",
+    "busybox-static",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

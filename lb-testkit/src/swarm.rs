@@ -1,0 +1,620 @@
+//! A real Docker Swarm of two nodes on one machine, for the swarm tests, the demo and the
+//! bench: each node a network namespace with its own `dockerd`, on an underlay bridge, plus a
+//! client namespace.
+//!
+//! ```text
+//!  client ns (198.18.50.100)   node 1 ns: dockerd, manager (198.18.50.1)
+//!        │ eth0                 │ eth0    docker_gwbridge 198.18.61.0/24, docker0 198.18.71.0/24
+//!  ──────┴──── underlay ns: bridge br0 ───┬───────────────────────────────────────────
+//!                                         │ eth0
+//!                              node 2 ns: dockerd, worker (198.18.50.2)
+//!                                         docker_gwbridge 198.18.62.0/24, docker0 198.18.72.0/24
+//! ```
+//!
+//! Overlay networks come from 198.19.0.0/16, so every address stays in 198.18.0.0/15. The
+//! image `local/bb:1` (busybox, `docker import`ed: no registry is reachable) runs httpd on
+//! 8080, whose `/cgi-bin/who` answers "<container hostname> <client address as seen>".
+//! `dockerd` runs with only the network namespace entered (`setns`), not `ip netns exec`,
+//! which would give it a `/sys` without cgroups. Each lab has its own names, directories and
+//! sockets; dropping it removes all of them, also after a failed test.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
+
+/// The image every task runs.
+pub const IMAGE: &str = "local/bb:1";
+/// The port the image's httpd listens on.
+pub const HTTP_PORT: u16 = 8080;
+/// Name prefix of the lab's directories under /run and /var/lib (with the creating pid).
+pub const DIR_PREFIX: &str = "mlbsw-";
+/// The client namespace's address on the underlay.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 100);
+/// How long a dockerd may take to answer after start.
+const DOCKERD_TIMEOUT: Duration = Duration::from_secs(40);
+/// The docker CLI: Debian's docker.io puts it in /usr/bin; a static download in /usr/local/bin.
+const DOCKER_CLI: &[&str] = &["/usr/bin/docker", "/usr/local/bin/docker"];
+
+/// One swarm node.
+pub struct SwarmNode {
+    pub ns: Netns,
+    /// 1-based.
+    pub index: u8,
+    /// Its underlay address (and swarm address).
+    pub addr: Ipv4Addr,
+    /// The Engine's socket, `unix://` form for `--docker-host`.
+    pub docker_host: String,
+    socket: PathBuf,
+    data_root: PathBuf,
+    exec_root: PathBuf,
+    dockerd: Option<ChildGuard>,
+}
+
+/// A two-node swarm (node 1 manager, node 2 worker) and a client.
+pub struct SwarmLab {
+    pub nodes: Vec<SwarmNode>,
+    pub client: Netns,
+    // Dropped last: the nodes' veths live in it.
+    _underlay: Netns,
+}
+
+impl SwarmNode {
+    /// Runs the docker CLI against this node's Engine; stdout on success.
+    pub fn docker(&self, args: &[&str]) -> Result<String> {
+        let cli = DOCKER_CLI
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .context("no docker CLI (cargo xtask setup installs docker.io)")?;
+        let out = Command::new(cli)
+            .arg("-H")
+            .arg(&self.docker_host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running docker {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "docker -H {} {}: {}\n{}",
+                self.docker_host,
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The last lines of this node's dockerd log.
+    pub fn dockerd_log_tail(&self) -> String {
+        let text = self
+            .dockerd
+            .as_ref()
+            .map(ChildGuard::output_so_far)
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Starts this node's dockerd and waits until it answers.
+    fn start_dockerd(&mut self) -> Result<()> {
+        for dir in [&self.data_root, &self.exec_root] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--data-root")
+            .arg(&self.data_root)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .arg("--pidfile")
+            .arg(self.exec_root.join("dockerd.pid"))
+            .arg("-H")
+            .arg(&self.docker_host)
+            .arg("--bip")
+            .arg(format!("198.18.7{}.1/24", self.index))
+            // No registry is reachable: services use the local image as is.
+            .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1");
+        self.dockerd = Some(self.ns.spawn_command(cmd, EnterMode::SetnsOnly)?);
+        let deadline = Instant::now() + DOCKERD_TIMEOUT;
+        loop {
+            if self.socket.exists() && self.docker(&["info", "--format", "{{.ID}}"]).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "dockerd of node {} did not answer within {DOCKERD_TIMEOUT:?}:\n{}",
+                    self.index,
+                    self.dockerd_log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops this node's dockerd (SIGTERM, then SIGKILL) and every process it left (containerd,
+    /// shims), found by the node's directories in their command lines.
+    fn stop_dockerd(&mut self) {
+        if let Some(mut dockerd) = self.dockerd.take() {
+            let _ = dockerd.stop(Duration::from_secs(15));
+        }
+        kill_processes_mentioning(&self.exec_root);
+    }
+
+    /// Restarts the Engine (containers stop with it: swarm mode has no live restore).
+    pub fn restart_dockerd(&mut self) -> Result<()> {
+        self.stop_dockerd();
+        self.start_dockerd()
+    }
+
+    /// Stops the Engine, for tests of lbd without it. `start_engine` brings it back.
+    pub fn stop_engine(&mut self) {
+        self.stop_dockerd();
+    }
+
+    pub fn start_engine(&mut self) -> Result<()> {
+        self.start_dockerd()
+    }
+
+    /// Sends `signal` to this node's dockerd (SIGSTOP freezes the Engine while its containers
+    /// keep running; SIGCONT thaws it).
+    pub fn signal_engine(&mut self, signal: libc::c_int) -> Result<()> {
+        self.dockerd
+            .as_mut()
+            .context("dockerd is not running")?
+            .signal(signal)
+    }
+
+    /// Where the Engine's socket is.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl SwarmLab {
+    /// Builds the namespaces, starts both Engines, makes the image, creates the swarm.
+    pub fn start() -> Result<SwarmLab> {
+        cleanup_stale();
+        let underlay = Netns::new("swul")?;
+        let client = Netns::new("swcli")?;
+        let suffix = unique_suffix();
+        underlay.ip_batch(&[
+            "link add br0 type bridge",
+            "link set br0 up",
+            "link set lo up",
+        ])?;
+        let mut nodes = Vec::new();
+        for index in 1..=2u8 {
+            let ns = Netns::new(&format!("swn{index}"))?;
+            let addr = Ipv4Addr::new(198, 18, 50, index);
+            plug(&ns, &underlay, index, &format!("{addr}/24"))?;
+            ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])?;
+            let dir = format!("{DIR_PREFIX}{suffix}-{index}");
+            let exec_root = Path::new("/run").join(&dir);
+            let socket = exec_root.join("docker.sock");
+            nodes.push(SwarmNode {
+                ns,
+                index,
+                addr,
+                docker_host: format!("unix://{}", socket.display()),
+                socket,
+                data_root: Path::new("/var/lib").join(&dir),
+                exec_root,
+                dockerd: None,
+            });
+        }
+        plug(&client, &underlay, 100, &format!("{CLIENT_ADDR}/24"))?;
+        let mut lab = SwarmLab {
+            nodes,
+            client,
+            _underlay: underlay,
+        };
+        for node in &mut lab.nodes {
+            node.start_dockerd()?;
+        }
+        let image = image_tar()?;
+        for node in &lab.nodes {
+            let tar = image.path().to_str().context("temp path")?;
+            node.docker(&[
+                "import",
+                "-c",
+                r#"CMD ["/bin/httpd","-f","-p","8080","-h","/www"]"#,
+                tar,
+                IMAGE,
+            ])?;
+            // Before the swarm makes its own: every address stays in 198.18.0.0/15.
+            let subnet = format!("198.18.6{}.0/24", node.index);
+            let gateway = format!("198.18.6{}.1", node.index);
+            node.docker(&[
+                "network",
+                "create",
+                "--subnet",
+                &subnet,
+                "--gateway",
+                &gateway,
+                "--opt",
+                "com.docker.network.bridge.name=docker_gwbridge",
+                "--opt",
+                "com.docker.network.bridge.enable_icc=false",
+                "--opt",
+                "com.docker.network.bridge.enable_ip_masquerade=true",
+                "docker_gwbridge",
+            ])?;
+        }
+        let manager = &lab.nodes[0];
+        manager.docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &manager.addr.to_string(),
+            "--default-addr-pool",
+            "198.19.0.0/16",
+            "--default-addr-pool-mask-length",
+            "24",
+        ])?;
+        let token = manager.docker(&["swarm", "join-token", "-q", "worker"])?;
+        let join = format!("{}:2377", manager.addr);
+        for node in &lab.nodes[1..] {
+            node.docker(&[
+                "swarm",
+                "join",
+                "--token",
+                token.trim(),
+                "--advertise-addr",
+                &node.addr.to_string(),
+                &join,
+            ])?;
+        }
+        Ok(lab)
+    }
+
+    pub fn manager(&self) -> &SwarmNode {
+        &self.nodes[0]
+    }
+
+    /// `docker service create -d --name NAME --replicas N ARGS… local/bb:1`.
+    pub fn create_service(&self, name: &str, replicas: u32, args: &[&str]) -> Result<()> {
+        let replicas = replicas.to_string();
+        let mut all = vec![
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--replicas",
+            &replicas,
+        ];
+        all.extend_from_slice(args);
+        all.push(IMAGE);
+        self.manager().docker(&all)?;
+        Ok(())
+    }
+
+    /// Running tasks of `service` per node index (1-based), as the manager sees them.
+    pub fn running_tasks(&self, service: &str) -> Result<Vec<(u8, String)>> {
+        let out = self.manager().docker(&[
+            "service",
+            "ps",
+            service,
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.ID}} {{.Node}} {{.CurrentState}}",
+        ])?;
+        // Both nodes share the machine's hostname: tell them apart by node id.
+        let ids = self.node_ids()?;
+        let mut tasks = Vec::new();
+        for line in out.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() >= 3 && fields[2] == "Running" {
+                let task = fields[0];
+                let node_id =
+                    self.manager()
+                        .docker(&["inspect", "--format", "{{.NodeID}}", task])?;
+                let index = ids
+                    .iter()
+                    .position(|id| id == node_id.trim())
+                    .map_or(0, |i| i as u8 + 1);
+                tasks.push((index, task.to_owned()));
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// The swarm's node ids in node order.
+    fn node_ids(&self) -> Result<Vec<String>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.docker(&["info", "--format", "{{.Swarm.NodeID}}"])
+                    .map(|s| s.trim().to_owned())
+            })
+            .collect()
+    }
+
+    /// Waits until `service` has exactly `n` running tasks, at most `timeout`.
+    pub fn wait_running(&self, service: &str, n: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running = self.running_tasks(service)?;
+            if running.len() == n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{service}: {} running tasks after {timeout:?}, want {n}\nnode 1 dockerd:\n{}\nnode 2 dockerd:\n{}",
+                    running.len(),
+                    self.nodes[0].dockerd_log_tail(),
+                    self.nodes[1].dockerd_log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Removes every service (between test steps).
+    pub fn remove_services(&self) -> Result<()> {
+        let names = self.manager().docker(&["service", "ls", "-q"])?;
+        let names: Vec<&str> = names.split_whitespace().collect();
+        if !names.is_empty() {
+            let mut args = vec!["service", "rm"];
+            args.extend(names);
+            self.manager().docker(&args)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SwarmLab {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            // Containers first (they hold mounts and namespaces), then the Engine.
+            let _ = node.docker(&["swarm", "leave", "--force"]);
+            if let Ok(ids) = node.docker(&["ps", "-aq"]) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = node.docker(&args);
+                }
+            }
+            node.stop_dockerd();
+            remove_dirs(&[node.exec_root.clone(), node.data_root.clone()]);
+        }
+    }
+}
+
+/// What `/cgi-bin/who` answered: the task's hostname (its container id) and the client
+/// address it saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    pub host: String,
+    pub seen: String,
+}
+
+/// `GET /cgi-bin/who` from inside `ns`, at most `timeout`.
+pub fn http_who(ns: &Netns, to: SocketAddr, timeout: Duration) -> Result<Who> {
+    let text = ns.run(move || -> Result<String> {
+        let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })??;
+    parse_who(&text).with_context(|| format!("answer from {to}: {text:?}"))
+}
+
+/// The body's last line: `HOST ADDR`, the address as busybox httpd writes it
+/// (`[::ffff:198.18.50.100]` for IPv4 on its IPv6 socket).
+pub fn parse_who(text: &str) -> Option<Who> {
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let (host, seen) = line.trim().split_once(' ')?;
+    let seen = seen.trim_start_matches('[').trim_end_matches(']');
+    let seen = seen.strip_prefix("::ffff:").unwrap_or(seen);
+    Some(Who {
+        host: host.to_owned(),
+        seen: seen.to_owned(),
+    })
+}
+
+/// A veth from `ns` (`eth0`, with `addr`) to the underlay bridge.
+fn plug(ns: &Netns, underlay: &Netns, index: u8, addr: &str) -> Result<()> {
+    let peer = format!("p{index}");
+    ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        underlay.name(),
+    ])?;
+    underlay.ip_batch(&[
+        format!("link set {peer} master br0"),
+        format!("link set {peer} up"),
+    ])?;
+    ns.ip_batch(&[
+        format!("addr add {addr} dev eth0"),
+        "link set eth0 up".to_owned(),
+        "link set lo up".to_owned(),
+    ])
+}
+
+/// The image's root as a tar file: busybox and the CGI.
+fn image_tar() -> Result<tempfile_lite::TempFile> {
+    let root = tempfile_lite::TempDir::new("mlbsw-image")?;
+    let r = root.path();
+    for dir in ["bin", "www/cgi-bin", "tmp", "etc"] {
+        std::fs::create_dir_all(r.join(dir))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no busybox (cargo xtask setup installs busybox-static)")?;
+    std::fs::copy(busybox, r.join("bin/busybox"))?;
+    for applet in [
+        "sh", "httpd", "hostname", "echo", "cat", "nc", "sleep", "ip", "timeout", "printf",
+    ] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet))?;
+    }
+    let cgi = r.join("www/cgi-bin/who");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\necho \"Content-Type: text/plain\"\necho\necho \"$(hostname) $REMOTE_ADDR\"\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755))?;
+    let tar = tempfile_lite::TempFile::new("mlbsw-image", ".tar")?;
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(r)
+        .arg("-cf")
+        .arg(tar.path())
+        .arg(".")
+        .status()
+        .context("running tar")?;
+    ensure!(status.success(), "tar of the image root failed: {status}");
+    Ok(tar)
+}
+
+/// Kills every process whose command line mentions `dir` (containerd and shims of a node).
+fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
+            // SAFETY: plain kill(2) of a process of this lab.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Unmounts everything below the directories (deepest first), then removes them.
+fn remove_dirs(dirs: &[PathBuf]) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| dirs.iter().any(|d| Path::new(m).starts_with(d)))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let Ok(c) = std::ffi::CString::new(point) else {
+            continue;
+        };
+        // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Removes what labs of test processes that no longer run left behind (their directories
+/// carry the creating pid); namespaces are swept by [`Netns::cleanup_stale`].
+pub fn cleanup_stale() {
+    for parent in ["/run", "/var/lib"] {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(DIR_PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                kill_processes_mentioning(&entry.path());
+                remove_dirs(&[entry.path()]);
+            }
+        }
+    }
+    let _ = Netns::cleanup_stale();
+}
+
+/// Temporary files and directories removed on drop (the kit has no tempfile dependency).
+mod tempfile_lite {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+    pub struct TempFile(PathBuf);
+
+    fn unique(prefix: &str, suffix: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "{prefix}-{}{suffix}",
+            crate::netns::unique_suffix()
+        ))
+    }
+
+    impl TempDir {
+        pub fn new(prefix: &str) -> std::io::Result<TempDir> {
+            let path = unique(prefix, "");
+            std::fs::create_dir_all(&path)?;
+            Ok(TempDir(path))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl TempFile {
+        pub fn new(prefix: &str, suffix: &str) -> std::io::Result<TempFile> {
+            Ok(TempFile(unique(prefix, suffix)))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn who_answers_parse_as_busybox_writes_them() {
+        let who =
+            super::parse_who("HTTP/1.0 200 OK\r\n\r\nabc123 [::ffff:198.18.50.100]\n").unwrap();
+        assert_eq!(who.host, "abc123");
+        assert_eq!(who.seen, "198.18.50.100");
+        assert_eq!(
+            super::parse_who("x 198.19.10.9").unwrap().seen,
+            "198.19.10.9"
+        );
+        assert!(super::parse_who("").is_none());
+    }
+}

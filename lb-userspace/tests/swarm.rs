@@ -1,0 +1,307 @@
+//! `lbd --swarm` on a real two-node Docker Swarm (`lb_testkit::swarm`): one `lbd` per node,
+//! in the node's namespace, following that node's Engine. Published ports answer on both
+//! node addresses from the node's own tasks, which see the client's address; service VIPs
+//! answer containers on their network and no others; the swarm's changes are followed; an
+//! Engine that stops answering leaves forwarding as it was.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use lb_testkit::{
+    Lbd, e2e_enabled,
+    swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, Who, http_who, parse_who},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// The swarm's changes must reach new connections within this (issue 12).
+const FOLLOW: Duration = Duration::from_secs(2);
+/// Tasks may take this long to start or stop (image already local).
+const TASKS: Duration = Duration::from_secs(60);
+
+fn lbd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+fn start_lbd(node: &SwarmNode) -> Lbd {
+    Lbd::start(
+        lbd(),
+        &node.ns,
+        "services: {}\n",
+        &["eth0", "docker_gwbridge"],
+        &[
+            "--swarm",
+            "--docker-host",
+            &node.docker_host,
+            // The cgroup v2 root: only sockets of the namespaces lbd lists (its own and the
+            // containers on overlay networks) are ever translated.
+            "--socket-lb",
+            "on",
+        ],
+    )
+    .expect("lbd --swarm")
+}
+
+/// Container ids (as hostnames: 12 characters) of `service`'s running tasks on `node`.
+fn local_tasks(node: &SwarmNode, service: &str) -> BTreeSet<String> {
+    node.docker(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+        "--format",
+        "{{.ID}}",
+    ])
+    .expect("docker ps")
+    .lines()
+    .map(|l| l.trim().chars().take(12).collect())
+    .collect()
+}
+
+/// `n` requests from the client to `addr`; every answer.
+fn ask(lab: &SwarmLab, addr: SocketAddr, n: usize) -> Vec<Who> {
+    (0..n)
+        .map(|i| {
+            http_who(&lab.client, addr, TIMEOUT)
+                .unwrap_or_else(|e| panic!("request {i} to {addr}: {e:#}"))
+        })
+        .collect()
+}
+
+/// The number of backends `lbd` programs for `service`.
+fn backends(lb: &Lbd, service: &str) -> Option<usize> {
+    let (ok, out, err) = lb.lbctl(&["--output", "json", "list"]).expect("lbctl");
+    assert!(ok, "lbctl list: {err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("list json");
+    list["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)
+        .map(|s| s["backends"].as_array().map_or(0, Vec::len))
+}
+
+/// Waits (bounded) until `check` holds; the time it took.
+fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `sh -c SCRIPT` in container `name` on `node`; its output, or None when it failed.
+fn in_container(node: &SwarmNode, name: &str, script: &str) -> Option<String> {
+    node.docker(&["exec", name, "sh", "-c", script]).ok()
+}
+
+#[test]
+fn published_ports_vips_and_changes_on_a_real_swarm() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut lab = SwarmLab::start().expect("swarm lab");
+    lab.create_service("web", 4, &["--publish", "published=80,target=8080"])
+        .expect("web");
+    lab.manager()
+        .docker(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            "198.19.10.0/24",
+            "appnet",
+        ])
+        .expect("appnet");
+    lab.create_service(
+        "api",
+        2,
+        &["--network", "appnet", "--placement-pref", "spread=node.id"],
+    )
+    .expect("api");
+    lab.wait_running("web", 4, TASKS).expect("web tasks");
+    lab.wait_running("api", 2, TASKS).expect("api tasks");
+
+    let lbs: Vec<Lbd> = lab.nodes.iter().map(start_lbd).collect();
+
+    // Published port: each node answers from its own tasks, every one of them, and each
+    // task sees the client's own address.
+    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+        let local = local_tasks(node, "web");
+        within(
+            Duration::from_secs(5),
+            "lbd programs the local tasks",
+            || backends(lb, "web") == Some(local.len()),
+        );
+        let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
+        let answers = ask(&lab, addr, 24);
+        let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
+        assert_eq!(
+            hosts, local,
+            "node {}: answered by its own tasks, all of them",
+            node.index
+        );
+        assert!(
+            answers.iter().all(|w| w.seen == CLIENT_ADDR.to_string()),
+            "{answers:?}"
+        );
+        let (_, list, _) = lb.lbctl(&["list"]).expect("lbctl list");
+        assert!(list.contains("swarm"), "{list}");
+        if local.len() < 4 {
+            assert!(list.contains("not reachable from this node yet"), "{list}");
+        }
+    }
+
+    // A service VIP, from a container on its network, by name (Docker's DNS answers the
+    // VIP): both tasks (one per node, across the overlay) answer and see the container.
+    let node1 = &lab.nodes[0];
+    node1
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "cli",
+            "--network",
+            "appnet",
+            lb_testkit::swarm::IMAGE,
+        ])
+        .expect("client container");
+    node1
+        .docker(&["run", "-d", "--name", "outsider", lb_testkit::swarm::IMAGE])
+        .expect("outsider container");
+    let cli_addr = node1
+        .docker(&[
+            "inspect",
+            "--format",
+            "{{(index .NetworkSettings.Networks \"appnet\").IPAddress}}",
+            "cli",
+        ])
+        .expect("cli address")
+        .trim()
+        .to_owned();
+    let get = "printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc api 8080";
+    within(
+        Duration::from_secs(5),
+        "the VIP answers the container",
+        || in_container(node1, "cli", get).is_some_and(|out| parse_who(&out).is_some()),
+    );
+    let mut api_hosts = BTreeSet::new();
+    for _ in 0..16 {
+        let out = in_container(node1, "cli", get).expect("VIP request");
+        let who = parse_who(&out).unwrap_or_else(|| panic!("answer {out:?}"));
+        assert_eq!(
+            who.seen, cli_addr,
+            "the task sees the container's own address"
+        );
+        api_hosts.insert(who.host);
+    }
+    let all_api: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, "api"))
+        .collect();
+    assert_eq!(api_hosts, all_api, "every task of the VIP, on both nodes");
+    let vip = lab
+        .manager()
+        .docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}",
+            "api",
+        ])
+        .expect("api VIP");
+    let vip = vip
+        .split_whitespace()
+        .find(|a| a.starts_with("198.19.10."))
+        .expect("a VIP on appnet")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let outsider =
+        format!("printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc {vip} 8080");
+    assert!(
+        in_container(node1, "outsider", &outsider).is_none_or(|out| parse_who(&out).is_none()),
+        "a container on another network must not reach the VIP"
+    );
+
+    // Scale down: within FOLLOW of the tasks stopping, only the survivors get connections.
+    lab.manager()
+        .docker(&["service", "scale", "-d", "web=2"])
+        .expect("scale");
+    lab.wait_running("web", 2, TASKS).expect("scaled down");
+    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+        let local = local_tasks(node, "web");
+        within(FOLLOW, "scale down followed", || {
+            backends(lb, "web") == Some(local.len())
+        });
+        if !local.is_empty() {
+            let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
+            let hosts: BTreeSet<String> = ask(&lab, addr, 8).into_iter().map(|w| w.host).collect();
+            assert!(hosts.is_subset(&local), "{hosts:?} not within {local:?}");
+        }
+    }
+
+    // An Engine that stops answering (frozen) changes nothing; lbd says so and follows again
+    // once it answers.
+    let node2_addr = SocketAddr::new(IpAddr::V4(lab.nodes[1].addr), 80);
+    let before = local_tasks(&lab.nodes[1], "web");
+    lab.nodes[1]
+        .signal_engine(libc::SIGSTOP)
+        .expect("freeze dockerd");
+    let frozen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        within(
+            Duration::from_secs(15),
+            "lbd notices the Engine is away",
+            || {
+                let (_, status, _) = lbs[1].lbctl(&["status"]).expect("status");
+                status.contains("DOES NOT ANSWER")
+            },
+        );
+        if !before.is_empty() {
+            let hosts: BTreeSet<String> = ask(&lab, node2_addr, 6)
+                .into_iter()
+                .map(|w| w.host)
+                .collect();
+            assert!(hosts.is_subset(&before), "forwarding kept its last state");
+        }
+    }));
+    lab.nodes[1]
+        .signal_engine(libc::SIGCONT)
+        .expect("thaw dockerd");
+    if let Err(panic) = frozen {
+        std::panic::resume_unwind(panic);
+    }
+    within(
+        Duration::from_secs(15),
+        "lbd follows the Engine again",
+        || {
+            let (_, status, _) = lbs[1].lbctl(&["status"]).expect("status");
+            status.contains("swarm: Engine") && status.contains(" answers ")
+        },
+    );
+    assert!(
+        lbs[1].output().contains("forwarding stays as it was"),
+        "log line"
+    );
+
+    // Removal: the published port stops being served.
+    lab.manager().docker(&["service", "rm", "web"]).expect("rm");
+    within(TASKS, "web's containers gone", || {
+        lab.nodes.iter().all(|n| local_tasks(n, "web").is_empty())
+    });
+    for lb in &lbs {
+        within(FOLLOW, "service rm followed", || {
+            backends(lb, "web").is_none()
+        });
+    }
+    drop(lbs);
+    lab.remove_services().expect("cleanup services");
+}
