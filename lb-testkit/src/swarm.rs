@@ -13,7 +13,8 @@
 //!
 //! Overlay networks come from 198.19.0.0/16, so every address stays in 198.18.0.0/15. The
 //! image `local/bb:1` (busybox, `docker import`ed: no registry is reachable) runs httpd on
-//! 8080, whose `/cgi-bin/who` answers "<container hostname> <client address as seen>".
+//! 8080, whose `/cgi-bin/who` answers "<container hostname> <client address as seen>", and on
+//! 8081 (TCP and UDP) a name server answering like the kit's `NameServer`.
 //! `dockerd` runs with only the network namespace entered (`setns`), not `ip netns exec`,
 //! which would give it a `/sys` without cgroups. Each lab has its own names, directories and
 //! sockets; dropping it removes all of them, also after a failed test.
@@ -26,14 +27,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
+
+mod image;
+mod tasks;
+
+pub use tasks::{Publish, PublishMode, Task};
 
 /// The image every task runs.
 pub const IMAGE: &str = "local/bb:1";
 /// The port the image's httpd listens on.
 pub const HTTP_PORT: u16 = 8080;
+/// The port (TCP and UDP) of the image's name server, which answers each request line or
+/// datagram like [`crate::NameServer`]: `"{hostname} {peer_ip} {peer_port}\n"`.
+pub const WHO_PORT: u16 = 8081;
 /// Name prefix of the lab's directories under /run and /var/lib (with the creating pid).
 pub const DIR_PREFIX: &str = "mlbsw-";
 /// The client namespace's address on the underlay.
@@ -175,6 +184,22 @@ impl SwarmNode {
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+
+    /// The node's Engine state directories (data root, exec root), removed with the lab.
+    pub fn state_dirs(&self) -> [&Path; 2] {
+        [&self.data_root, &self.exec_root]
+    }
+
+    /// The node's `docker_gwbridge` subnet (network address, prefix length).
+    pub fn gwbridge_subnet(&self) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::new(198, 18, 60 + self.index, 0), 24)
+    }
+
+    /// The node's own address on `docker_gwbridge`: what its local tasks see as the source of
+    /// connections the node makes to them.
+    pub fn gwbridge_gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 60 + self.index, 1)
+    }
 }
 
 impl SwarmLab {
@@ -218,19 +243,14 @@ impl SwarmLab {
         for node in &mut lab.nodes {
             node.start_dockerd()?;
         }
-        let image = image_tar()?;
+        let image = image::image_tar()?;
         for node in &lab.nodes {
             let tar = image.path().to_str().context("temp path")?;
-            node.docker(&[
-                "import",
-                "-c",
-                r#"CMD ["/bin/httpd","-f","-p","8080","-h","/www"]"#,
-                tar,
-                IMAGE,
-            ])?;
+            node.docker(&["import", "-c", &image::command_change(), tar, IMAGE])?;
             // Before the swarm makes its own: every address stays in 198.18.0.0/15.
-            let subnet = format!("198.18.6{}.0/24", node.index);
-            let gateway = format!("198.18.6{}.1", node.index);
+            let (net, len) = node.gwbridge_subnet();
+            let subnet = format!("{net}/{len}");
+            let gateway = node.gwbridge_gateway().to_string();
             node.docker(&[
                 "network",
                 "create",
@@ -451,64 +471,29 @@ fn plug(ns: &Netns, underlay: &Netns, index: u8, addr: &str) -> Result<()> {
     ])
 }
 
-/// The image's root as a tar file: busybox and the CGI.
-fn image_tar() -> Result<tempfile_lite::TempFile> {
-    let root = tempfile_lite::TempDir::new("mlbsw-image")?;
-    let r = root.path();
-    for dir in ["bin", "www/cgi-bin", "tmp", "etc"] {
-        std::fs::create_dir_all(r.join(dir))?;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("no busybox (cargo xtask setup installs busybox-static)")?;
-    std::fs::copy(busybox, r.join("bin/busybox"))?;
-    for applet in [
-        "sh", "httpd", "hostname", "echo", "cat", "nc", "sleep", "ip", "timeout", "printf",
-    ] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet))?;
-    }
-    let cgi = r.join("www/cgi-bin/who");
-    std::fs::write(
-        &cgi,
-        "#!/bin/sh\necho \"Content-Type: text/plain\"\necho\necho \"$(hostname) $REMOTE_ADDR\"\n",
-    )?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755))?;
-    let tar = tempfile_lite::TempFile::new("mlbsw-image", ".tar")?;
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(r)
-        .arg("-cf")
-        .arg(tar.path())
-        .arg(".")
-        .status()
-        .context("running tar")?;
-    ensure!(status.success(), "tar of the image root failed: {status}");
-    Ok(tar)
+/// Processes whose command line mentions `dir` (a node's containerd and shims), other than
+/// this one.
+pub fn processes_mentioning(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (pid != me && String::from_utf8_lossy(&cmdline).contains(&needle)).then_some(pid)
+        })
+        .collect()
 }
 
 /// Kills every process whose command line mentions `dir` (containerd and shims of a node).
 fn kill_processes_mentioning(dir: &Path) {
-    let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
-            // SAFETY: plain kill(2) of a process of this lab.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+    for pid in processes_mentioning(dir) {
+        // SAFETY: plain kill(2) of a process of this lab.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -554,53 +539,6 @@ pub fn cleanup_stale() {
         }
     }
     let _ = Netns::cleanup_stale();
-}
-
-/// Temporary files and directories removed on drop (the kit has no tempfile dependency).
-mod tempfile_lite {
-    use std::path::{Path, PathBuf};
-
-    pub struct TempDir(PathBuf);
-    pub struct TempFile(PathBuf);
-
-    fn unique(prefix: &str, suffix: &str) -> PathBuf {
-        std::env::temp_dir().join(format!(
-            "{prefix}-{}{suffix}",
-            crate::netns::unique_suffix()
-        ))
-    }
-
-    impl TempDir {
-        pub fn new(prefix: &str) -> std::io::Result<TempDir> {
-            let path = unique(prefix, "");
-            std::fs::create_dir_all(&path)?;
-            Ok(TempDir(path))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl TempFile {
-        pub fn new(prefix: &str, suffix: &str) -> std::io::Result<TempFile> {
-            Ok(TempFile(unique(prefix, suffix)))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
 
 #[cfg(test)]
