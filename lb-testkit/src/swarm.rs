@@ -31,9 +31,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
 
+mod checks;
 mod image;
 mod tasks;
 
+pub use checks::{programmed_backends, request, start_lbd, wait_until};
 pub use tasks::{Publish, PublishMode, Task};
 
 /// The image every task runs.
@@ -112,18 +114,24 @@ impl SwarmNode {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    fn pidfile(&self) -> PathBuf {
+        self.exec_root.join("dockerd.pid")
+    }
+
     /// Starts this node's dockerd and waits until it answers.
     fn start_dockerd(&mut self) -> Result<()> {
         for dir in [&self.data_root, &self.exec_root] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        // Left by a killed dockerd; a new one refuses to start while it exists.
+        let _ = std::fs::remove_file(self.pidfile());
         let mut cmd = Command::new("dockerd");
         cmd.arg("--data-root")
             .arg(&self.data_root)
             .arg("--exec-root")
             .arg(&self.exec_root)
             .arg("--pidfile")
-            .arg(self.exec_root.join("dockerd.pid"))
+            .arg(self.pidfile())
             .arg("-H")
             .arg(&self.docker_host)
             .arg("--bip")
@@ -156,6 +164,19 @@ impl SwarmNode {
         kill_processes_mentioning(&self.exec_root);
     }
 
+    /// Kills this node's dockerd at once (SIGKILL), as a crash would: its containerd goes with
+    /// it, the containers keep running (their shims stay) until a dockerd starts again, which
+    /// then stops them (swarm mode has no live restore) and the swarm replaces them.
+    /// `start_engine` starts it again.
+    pub fn crash_engine(&mut self) -> Result<()> {
+        let mut dockerd = self.dockerd.take().context("dockerd is not running")?;
+        dockerd.signal(libc::SIGKILL)?;
+        dockerd
+            .wait_timeout(Duration::from_secs(10))?
+            .context("dockerd survived SIGKILL for 10 s")?;
+        Ok(())
+    }
+
     /// Restarts the Engine (containers stop with it: swarm mode has no live restore).
     pub fn restart_dockerd(&mut self) -> Result<()> {
         self.stop_dockerd();
@@ -178,6 +199,11 @@ impl SwarmNode {
             .as_mut()
             .context("dockerd is not running")?
             .signal(signal)
+    }
+
+    /// The running dockerd's process id.
+    pub fn dockerd_pid(&self) -> Option<u32> {
+        self.dockerd.as_ref().map(ChildGuard::id)
     }
 
     /// Where the Engine's socket is.
