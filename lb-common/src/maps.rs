@@ -26,8 +26,10 @@ pub mod names {
     pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
     pub const SOCK_STATS: &str = "SOCK_STATS";
     pub const SOCK_NETNS: &str = "SOCK_NETNS";
+    pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
+    pub const TUNNEL_PEER_INDEX: &str = "TUNNEL_PEER_INDEX";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -47,6 +49,8 @@ pub mod names {
         SOCK_REVERSE,
         SOCK_STATS,
         SOCK_NETNS,
+        TUNNEL_PEERS,
+        TUNNEL_PEER_INDEX,
     ];
 }
 
@@ -123,8 +127,16 @@ pub mod service_flags {
     /// (other than a SYN) is answered with a RST from the frontend, so the client learns at
     /// once. Set together with `MOVE_ON_REMOVAL`.
     pub const RESET_ON_REMOVAL: u32 = 1 << 4;
-    pub const ALL: u32 =
-        ROUND_ROBIN | AFFINITY_CLIENT_IP | FULLNAT | MOVE_ON_REMOVAL | RESET_ON_REMOVAL;
+    /// A local task's delivery frontend (its ingress address and target port): only packets
+    /// that came through the mesh tunnel from a peer node may use it; the flow's replies go
+    /// back through the tunnel to that node.
+    pub const TUNNEL_ONLY: u32 = 1 << 5;
+    pub const ALL: u32 = ROUND_ROBIN
+        | AFFINITY_CLIENT_IP
+        | FULLNAT
+        | MOVE_ON_REMOVAL
+        | RESET_ON_REMOVAL
+        | TUNNEL_ONLY;
     /// Bits 16-23: the socket scope of a frontend only sockets serve (a swarm service's VIP
     /// on an overlay network): 1-31, the bit a network namespace's `SOCK_NETNS` value must
     /// have for its sockets to be translated. 0: a frontend of the node (XDP and the node's
@@ -168,6 +180,22 @@ pub struct Backend {
 pub mod backend_flags {
     /// The slot holds a backend (an all-zero slot is unused).
     pub const IN_USE: u16 = 1 << 0;
+    /// Bits 8-15: the `TUNNEL_PEERS` index of the node the backend (a task) runs on; 0 for a
+    /// backend this node reaches itself.
+    pub const PEER_SHIFT: u16 = 8;
+}
+
+/// The mesh tunnel between swarm nodes: IPv4 in UDP to this port, outer addresses the two
+/// nodes' underlay addresses (the swarm's node addresses). `TUNNEL_PEERS[0]` is this node's
+/// own address, `[1..=255]` the peers; `TUNNEL_PEER_INDEX` maps a peer's address back.
+pub mod tunnel {
+    /// Not a port the kernel or Docker uses (VXLAN is 4789, Docker's gossip 7946).
+    pub const PORT: u16 = 4790;
+    /// Outer IPv4 and UDP headers.
+    pub const OVERHEAD: u16 = 28;
+    pub const MAX_PEERS: u32 = 256;
+    /// `TUNNEL_PEERS` slot of this node's own address.
+    pub const SELF: u32 = 0;
 }
 
 /// Key of `CONNTRACK`: a flow as seen on the wire in one direction.
@@ -225,7 +253,11 @@ pub struct Flow {
     /// Cached route: the egress MTU. A larger packet takes the route lookup instead, which
     /// drops and counts it (`drop_too_big`) as it would without the cache.
     pub egress_mtu: u16,
-    pub _pad2: [u8; 2],
+    /// The `TUNNEL_PEERS` index this direction is sent to through the mesh tunnel (0: sent
+    /// as usual): a forward entry whose backend is a task on another node, or a reply entry
+    /// of a flow that came from another node.
+    pub tunnel_peer: u8,
+    pub _pad2: u8,
     /// Forward: the `FRONTEND_GEN` at which the flow's frontend was last seen to belong to
     /// `service_id` with `service_flags`. While it is current, the flow's packets skip the
     /// `FRONTENDS` lookup.

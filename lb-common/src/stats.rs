@@ -96,6 +96,18 @@ stat_slots! {
     DropNoFlow = "drop_no_flow", Outcome;
     /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.
     DropMetaFailed = "drop_meta_failed", Outcome;
+    /// Sent to another node through the mesh tunnel (to its task, or a task's reply back to
+    /// the node the client entered by).
+    TunnelSent = "tunnel_sent", Event;
+    /// Received from a peer node through the mesh tunnel and unwrapped.
+    TunnelReceived = "tunnel_received", Event;
+    /// Dropped: a mesh tunnel packet from an address that is not a node of the swarm.
+    DropTunnelNotPeer = "drop_tunnel_not_peer", Outcome;
+    /// Dropped: a packet for a task's delivery frontend that did not come through the tunnel.
+    DropTunnelOnly = "drop_tunnel_only", Outcome;
+    /// Dropped: the mesh tunnel could not wrap the packet (no room, no own address, no route
+    /// to the peer, or too big for the path to it).
+    DropTunnelFailed = "drop_tunnel_failed", Outcome;
 }
 
 #[cfg(test)]

@@ -247,6 +247,10 @@ pub struct Chosen {
     pub port_be: u16,
     pub snat_addr: Addr,
     pub snat_port_be: u16,
+    /// The backend is a task on the node with this `TUNNEL_PEERS` index (0: reached here).
+    pub tunnel_peer: u8,
+    /// The flow came through the tunnel from this peer: its replies go back to it.
+    pub arrived_from: u8,
 }
 
 /// Why a new flow could not be recorded.
@@ -315,7 +319,8 @@ pub fn insert(
         egress_macs: [0; 12],
         seen_tick: tick(),
         egress_mtu: 0,
-        _pad2: [0; 2],
+        tunnel_peer: chosen.arrived_from,
+        _pad2: 0,
         frontend_gen: generation,
     };
     // NAT whose reply entry a live flow already holds (the client reused its port toward
@@ -352,6 +357,7 @@ pub fn insert(
     flow.snat_port_be = chosen.snat_port_be;
     flow.kind = flow_kind::FORWARD;
     flow.tcp_state = state;
+    flow.tunnel_peer = chosen.tunnel_peer;
     CONNTRACK
         .insert(key, &*flow, 0)
         .map_err(|_| InsertError::Full)?;

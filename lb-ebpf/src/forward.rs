@@ -44,6 +44,14 @@ const AF_INET6: u8 = 10;
 /// Inlined (the cached route is the hot path, see `to_backend`); the lookup is a call.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+    // This direction of the flow goes through the mesh tunnel: the entry function sends it
+    // (`tunnel::send`), in a frame of its own.
+    // SAFETY: as below.
+    if let Some(flow) = unsafe { route.as_ref() }
+        && flow.tunnel_peer != 0
+    {
+        return crate::tunnel::SEND | u32::from(flow.tunnel_peer);
+    }
     // SAFETY: `route` is null or a connection-table value, valid for this program run;
     // concurrent writers store the same route.
     if let Some(cached) = unsafe { route.as_ref() }
@@ -294,7 +302,7 @@ pub fn source_toward(ctx: &XdpContext, v6: bool, dst: &Addr, out: &mut Addr) -> 
 
 /// Fills in the family, addresses and ingress interface, and asks the kernel's FIB.
 #[inline(always)]
-fn fib_lookup_into(
+pub fn fib_lookup_into(
     ctx: &XdpContext,
     params: &mut bpf_fib_lookup,
     v6: bool,
@@ -326,7 +334,7 @@ fn fib_lookup_into(
 /// Writes the Ethernet addresses (destination, then source, as in the header) as three
 /// words; the verifier wants stack and map words aligned, so `macs` is a word array.
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, macs: &[u32; 3]) -> Option<()> {
+pub fn set_macs(ctx: &XdpContext, macs: &[u32; 3]) -> Option<()> {
     let eth = ptr_at::<[u32; 3]>(ctx, off::ETH_DST)?;
     // SAFETY: the 12 address bytes are bounds-checked above.
     unsafe { pkt_write(eth, *macs) };
@@ -336,7 +344,7 @@ fn set_macs(ctx: &XdpContext, macs: &[u32; 3]) -> Option<()> {
 /// Leaves the egress interface in front of the packet and passes it to the kernel; the TC
 /// ingress program on this interface picks it up before the IP stack sees it.
 #[inline(always)]
-fn via_tc(ctx: &XdpContext, ifindex: u32) -> u32 {
+pub fn via_tc(ctx: &XdpContext, ifindex: u32) -> u32 {
     // SAFETY: grows the metadata area in front of the packet; checked below.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<XdpMeta>() as i32)) } != 0 {
         count(StatSlot::DropMetaFailed);

@@ -15,6 +15,7 @@ mod select;
 mod sock;
 mod stats;
 mod too_big;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
@@ -40,9 +41,15 @@ use crate::{
 #[xdp]
 pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     let mut pkt = Packet::default();
+    if tunnel::receive(&ctx, &mut pkt) == tunnel::DROP {
+        return xdp_action::XDP_DROP;
+    }
     let action = dispatch(&ctx, &mut pkt);
     if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
-        return too_big::answer(&ctx, &pkt, action as u16);
+        return too_big::answer(&ctx, &mut pkt, action as u16);
+    }
+    if action & tunnel::SEND_MASK == tunnel::SEND {
+        return tunnel::send(&ctx, &pkt, action & 0xff);
     }
     action
 }
@@ -83,6 +90,10 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
         if action == NEEDS_RESET {
             return reset::answer(ctx, pkt);
         }
+        if action == NOT_TUNNELED {
+            count(StatSlot::DropTunnelOnly);
+            return xdp_action::XDP_DROP;
+        }
         if action != NEEDS_FLOW {
             return action;
         }
@@ -119,6 +130,9 @@ const NEEDS_RESET: u32 = u32::MAX - 1;
 /// `to_backend_stamped`'s answer when the packet is not for a flow it may follow on its own:
 /// the `FRONTENDS` path decides.
 const NOT_STAMPED: u32 = u32::MAX - 2;
+/// `to_backend`'s answer for a packet to a task's delivery frontend (`TUNNEL_ONLY`) that did
+/// not come through the tunnel: dropped and counted by the caller.
+const NOT_TUNNELED: u32 = u32::MAX - 3;
 
 /// A packet of a tracked forward flow whose stamp is current (`conntrack::follow_stamped`):
 /// forwarded as `to_backend` would, on the service id and flags in the flow, without the
@@ -130,6 +144,14 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> u32 {
         return NOT_STAMPED;
     };
     if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
+        return NOT_STAMPED;
+    }
+    // A task's delivery frontend takes only what came through the tunnel: anything else
+    // goes the FRONTENDS way, which drops it.
+    // SAFETY: a connection-table value stays valid for the whole program run.
+    if unsafe { (*flow).service_flags } & service_flags::TUNNEL_ONLY as u8 != 0
+        && pkt.tunnel_peer == 0
+    {
         return NOT_STAMPED;
     }
     conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
@@ -153,6 +175,9 @@ fn to_backend(
     generation: u32,
 ) -> u32 {
     let key: &FlowKey = &pkt.key;
+    if svc.flags & service_flags::TUNNEL_ONLY != 0 && pkt.tunnel_peer == 0 {
+        return NOT_TUNNELED;
+    }
     let flow = if new_flow {
         match CONNTRACK.get_ptr_mut(key) {
             Some(flow) => flow,
@@ -214,6 +239,8 @@ fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) ->
         port_be: 0,
         snat_addr: Addr::UNSPECIFIED,
         snat_port_be: 0,
+        tunnel_peer: 0,
+        arrived_from: pkt.tunnel_peer,
     };
     let outcome = open_flow(ctx, pkt, svc, &mut chosen);
     if outcome != FLOW_OPENED {
@@ -280,32 +307,34 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
         // SAFETY: valid for this program run.
         conntrack::backend_closing(&pkt.key, unsafe { &*flow });
     }
-    // SAFETY: valid for this program run; read field by field.
+    // SAFETY: valid for this program run (an insert replaces a value, never writes into
+    // it, so the addresses are referenced where they are rather than copied: the BPF stack is
+    // small); the rest read field by field.
     let (frontend, frontend_port_be, client, client_port_be, service_id, backend_id) = unsafe {
         (
-            (*flow).nat_addr,
+            &(*flow).nat_addr,
             (*flow).nat_port_be,
-            (*flow).snat_addr,
+            &(*flow).snat_addr,
             (*flow).snat_port_be,
             (*flow).service_id,
             (*flow).backend_id,
         )
     };
-    if !nat::rewrite(ctx, pkt, Side::Source, &frontend, frontend_port_be) {
+    if !nat::rewrite(ctx, pkt, Side::Source, frontend, frontend_port_be) {
         count(StatSlot::PassMalformed);
         return xdp_action::XDP_PASS;
     }
     let mut dst = &pkt.key.dst;
-    if client != Addr::UNSPECIFIED {
-        if !nat::rewrite(ctx, pkt, Side::Destination, &client, client_port_be) {
+    if *client != Addr::UNSPECIFIED {
+        if !nat::rewrite(ctx, pkt, Side::Destination, client, client_port_be) {
             count(StatSlot::PassMalformed);
             return xdp_action::XDP_PASS;
         }
-        dst = &client;
+        dst = client;
     }
     count(StatSlot::NatReply);
     count_traffic(service_id, backend_id, pkt.len, false);
-    forward::send(ctx, pkt, &frontend, dst, flow)
+    forward::send(ctx, pkt, frontend, dst, flow)
 }
 
 /// Forwards packets the XDP program rewrote but could not redirect itself.

@@ -14,7 +14,7 @@ use lb_common::{
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, SockCounters,
-        SockReverse, SockReverseKey, TableElement, TrafficCounters,
+        SockReverse, SockReverseKey, TableElement, TrafficCounters, tunnel,
     },
     stats::StatSlot,
 };
@@ -140,3 +140,13 @@ pub static SOCK_STATS: PerCpuArray<SockCounters, { MAX_SERVICES as usize }> = Pe
 /// on the networks they are attached to).
 #[btf_map]
 pub static SOCK_NETNS: HashMap<u64, u32, { MAX_SOCK_NETNS as usize }> = HashMap::new();
+
+/// Mesh tunnel: this node's underlay address (slot `tunnel::SELF`) and the peers' (1..), as
+/// IPv4 in network order; 0 where unset. See `tunnel`.
+#[btf_map]
+pub static TUNNEL_PEERS: Array<u32, { tunnel::MAX_PEERS as usize }> = Array::new();
+
+/// Mesh tunnel: a peer's underlay address (network order) to its `TUNNEL_PEERS` index. Only
+/// these senders' tunnel packets are unwrapped.
+#[btf_map]
+pub static TUNNEL_PEER_INDEX: HashMap<u32, u32, { tunnel::MAX_PEERS as usize }> = HashMap::new();

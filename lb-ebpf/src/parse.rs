@@ -84,6 +84,8 @@ pub struct Packet {
     /// This packet opened its flow (set once the flow is recorded): its route is asked of
     /// the FIB, never taken from the route memo.
     pub opened_flow: bool,
+    /// It came through the mesh tunnel from this peer (`TUNNEL_PEERS` index; 0: it did not).
+    pub tunnel_peer: u8,
 }
 
 impl Packet {

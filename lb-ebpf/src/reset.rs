@@ -50,6 +50,8 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
         ip_tot_len_be: (ip_len as u16).to_be(),
         len: (pkt.l3() + ip_len) as u32,
         opened_flow: false,
+        // Answered from here, not through the tunnel.
+        tunnel_peer: 0,
     };
     match build(ctx, pkt) {
         Built::Yes => {

@@ -49,6 +49,7 @@ fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
     chosen.backend_id = backend_id;
     chosen.addr = backend.addr;
     chosen.port_be = backend.port_be;
+    chosen.tunnel_peer = (backend.flags >> backend_flags::PEER_SHIFT) as u8;
     Some(())
 }
 

@@ -159,6 +159,8 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         port_be: 0,
         snat_addr: Addr::UNSPECIFIED,
         snat_port_be: 0,
+        tunnel_peer: 0,
+        arrived_from: 0,
     };
     let counters = SOCK_STATS.get_ptr_mut(svc.id);
     if !select::choose(&key, &svc, &mut chosen) {

@@ -8,10 +8,7 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{
-    maps::{FlowKey, proto},
-    stats::StatSlot,
-};
+use lb_common::{maps::proto, stats::StatSlot};
 
 use crate::{
     forward,
@@ -41,7 +38,7 @@ const TTL: u8 = 64;
 /// Answers the packet `pkt` (already translated) that `forward::send` found too big for an
 /// egress MTU of `mtu`. Not inlined: a rare path, below the entry function only.
 #[inline(never)]
-pub fn answer(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
+pub fn answer(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
     if build(ctx, pkt, mtu).is_none() {
         count(StatSlot::DropTooBig);
         return xdp_action::XDP_DROP;
@@ -54,26 +51,25 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
         let len = IPV4_HLEN + ICMP_HLEN + QUOTE;
         (IPV4_HLEN, len, proto::ICMP, ICMP_DEST_UNREACH)
     };
-    let out = Packet {
-        key: FlowKey {
-            src: pkt.key.dst,
-            dst: pkt.key.src,
-            sport_be: 0,
-            dport_be: 0,
-            proto: icmp_proto,
-            _pad: [0; 3],
-        },
-        v6: pkt.v6,
-        l3: pkt.l3,
-        l4: pkt.l3 + ip_hlen as u16,
-        tcp_flags: 0,
-        icmp_type,
-        tos: 0,
-        ip_tot_len_be: (ip_len as u16).to_be(),
-        len: (pkt.l3() + ip_len) as u32,
-        opened_flow: false,
-    };
-    let action = forward::send(ctx, &out, &out.key.src, &out.key.dst, core::ptr::null_mut());
+    // The packet as `forward::send` needs to see the answer, written over the parsed one
+    // (no longer needed): a copy would not fit the BPF stack below the entry function's.
+    let sender = pkt.key.src;
+    pkt.key.src = pkt.key.dst;
+    pkt.key.dst = sender;
+    pkt.key.sport_be = 0;
+    pkt.key.dport_be = 0;
+    pkt.key.proto = icmp_proto;
+    pkt.l4 = pkt.l3 + ip_hlen as u16;
+    pkt.tcp_flags = 0;
+    pkt.icmp_type = icmp_type;
+    pkt.tos = 0;
+    pkt.ip_tot_len_be = (ip_len as u16).to_be();
+    pkt.len = (pkt.l3() + ip_len) as u32;
+    pkt.opened_flow = false;
+    // Answered from here, not through the tunnel.
+    pkt.tunnel_peer = 0;
+    let out: &Packet = pkt;
+    let action = forward::send(ctx, out, &out.key.src, &out.key.dst, core::ptr::null_mut());
     if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
         count(StatSlot::DropTooBig);
         return xdp_action::XDP_DROP;

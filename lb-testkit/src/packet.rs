@@ -174,6 +174,57 @@ fn pseudo_header_sum(ip_header: &[u8], l4_len: usize) -> u32 {
     sum + u32::from(ip_header[9]) + l4_len as u32
 }
 
+/// A TCP SYN frame (from `Ipv4Frame::build`) with an MSS option of `mss` in first place, as
+/// Linux sends it; lengths and checksums recomputed.
+pub fn with_mss(frame: &[u8], mss: u16) -> Vec<u8> {
+    let mut f = frame[..14 + 20 + 20].to_vec();
+    f.extend_from_slice(&[2, 4]);
+    f.extend_from_slice(&mss.to_be_bytes());
+    f.extend_from_slice(&frame[14 + 20 + 20..]);
+    let total = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let ip_csum = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
+    f[34 + 12] = 0x60; // data offset: 6 words
+    f[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
+    let l4_len = f.len() - 34;
+    let pseudo = pseudo_header_sum(&f[14..34], l4_len);
+    let csum = checksum(&f[34..], pseudo);
+    f[34 + 16..34 + 18].copy_from_slice(&csum.to_be_bytes());
+    f
+}
+
+/// `frame`'s IP packet wrapped for meshlb's mesh tunnel: a new Ethernet header (`macs`:
+/// source, destination), IPv4 `own` -> `peer` (DF, TTL 64, UDP) and UDP from `sport` to the
+/// tunnel port with no checksum, as the specification in lb-ebpf's `tunnel` module says.
+pub fn tunnel_wrap(
+    frame: &[u8],
+    macs: ([u8; 6], [u8; 6]),
+    own: Ipv4Addr,
+    peer: Ipv4Addr,
+    sport: u16,
+) -> Vec<u8> {
+    let inner = &frame[14..];
+    let mut f = Vec::with_capacity(42 + inner.len());
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&((20 + 8 + inner.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&own.octets());
+    f.extend_from_slice(&peer.octets());
+    let ip_csum = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&lb_common::maps::tunnel::PORT.to_be_bytes());
+    f.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(inner);
+    f
+}
+
 /// The Internet checksum of `data` (RFC 1071), starting from `initial`.
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = u64::from(initial);

@@ -135,10 +135,23 @@ impl ProgNode {
         conntrack_entries: u32,
         test: impl FnOnce(Loaded) -> T + Send,
     ) -> Result<T> {
+        self.run_with(services, conntrack_entries, |_| {}, test)
+    }
+
+    /// Like `run`, with the parsed service file changed by `edit` before it is planned (for
+    /// what no file says: swarm tasks' places in the mesh, the mesh's nodes).
+    pub fn run_with<T: Send>(
+        &self,
+        services: &str,
+        conntrack_entries: u32,
+        edit: impl FnOnce(&mut ServiceFile) + Send,
+        test: impl FnOnce(Loaded) -> T + Send,
+    ) -> Result<T> {
         let backend_if_mac = read_mac(&self.ns, BACKEND_IF)?;
         let services = services.to_owned();
         self.ns.run(move || -> Result<T> {
-            let file = ServiceFile::parse(&services, Path::new("test.yaml"))?;
+            let mut file = ServiceFile::parse(&services, Path::new("test.yaml"))?;
+            edit(&mut file);
             let node_addrs: Vec<IpAddr> = [
                 NODE_CLIENT_SIDE,
                 NODE_BACKEND_SIDE,

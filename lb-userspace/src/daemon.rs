@@ -172,7 +172,8 @@ impl Daemon {
             .as_ref()
             .map(|_| load_swarm_state(&options.state_dir));
         let swarm_services = swarm_services(swarm.as_ref(), &file);
-        let merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
+        let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
+        merged.file.mesh = swarm_services.mesh.clone();
         let node_addresses = node_addresses()?;
         let mut desired = plan::plan(&merged.file, &node_addresses)?;
 
@@ -339,7 +340,8 @@ impl Daemon {
         let started = Instant::now();
         let swarm_services = swarm_services(self.swarm.as_ref(), &file);
         let planned = (|| -> Result<_, DaemonError> {
-            let merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
+            let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
+            merged.file.mesh = swarm_services.mesh.clone();
             let node_addresses = node_addresses()?;
             let next = plan::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
             Ok((merged, node_addresses, next))

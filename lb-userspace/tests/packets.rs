@@ -13,7 +13,7 @@ use lb_testkit::{
     packet::{
         CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
         TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6, parse_ipv4,
-        parse_ipv6, with_vlan_tags,
+        parse_ipv6, tunnel_wrap, with_mss, with_vlan_tags,
     },
     progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
 };
@@ -1210,5 +1210,202 @@ fn established_flows_follow_frontend_changes_made_after_they_opened() {
         let after = lb.stats();
         assert_eq!(delta(&before, &after, StatSlot::PassNotFrontend), 1);
         assert_eq!(delta(&before, &after, StatSlot::NatForward), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mesh tunnel between swarm nodes (lb-ebpf `tunnel`): this node is 198.18.2.1 on the
+// backend side, its peer node 198.18.2.20 (a neighbour there). A task on the peer has the
+// ingress address TASK_REMOTE; a task here has TASK_LOCAL, delivered to 198.18.2.10.
+
+const OWN: &str = "198.18.2.1";
+const PEER: &str = "198.18.2.20";
+const TASK_REMOTE: &str = "198.19.0.5";
+const TASK_LOCAL: &str = "198.19.0.6";
+
+const MESH: &str = r#"
+services:
+  web:
+    ports: ["8000:9000/tcp"]
+    backends: ["198.19.0.5"]
+  web.1.task:
+    vip: 198.19.0.6
+    ports: ["9000/tcp"]
+    backends: ["198.18.2.10"]
+"#;
+
+/// `MESH` as the swarm source makes it: web's backend is the task on the peer, and
+/// `web.1.task` is the local task's delivery frontend.
+fn mesh_edit(file: &mut lb_userspace::source::file::ServiceFile) {
+    use lb_userspace::source::file::{MeshBackend, MeshNodes};
+    let remote: std::net::IpAddr = TASK_REMOTE.parse().unwrap();
+    file.services.get_mut("web").unwrap().backends[0].mesh = Some(MeshBackend {
+        identity: remote,
+        via: Some(PEER.parse().unwrap()),
+    });
+    file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
+    file.mesh = Some(MeshNodes {
+        own: OWN.parse().unwrap(),
+        peers: [PEER.parse().unwrap()].into(),
+    });
+}
+
+fn with_mesh(test: impl FnOnce(Loaded) + Send) {
+    ProgNode::new("mesh", &[])
+        .expect("node namespace")
+        .run_with(MESH, 4096, mesh_edit, test)
+        .expect("program loaded");
+}
+
+/// The tunnel's UDP source port for a flow: its ports, with the top bits set.
+fn entropy(sport: u16, dport: u16) -> u16 {
+    (sport ^ dport) | 0xc000
+}
+
+#[test]
+fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_come_back() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40000);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
+        let before = lb.stats();
+        // A SYN with MSS 1460: the tunnel's 28 bytes need it at 1432 on this 1500-byte path.
+        let syn = with_mss(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build(), 1460);
+        let out = lb.run(&syn);
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let inner = with_mss(
+            &Ipv4Frame::tcp(client, task, TCP_SYN).build(),
+            1500 - 28 - 40,
+        );
+        let expected = tunnel_wrap(
+            &inner,
+            (lb.backend_if_mac, backend_mac(10)),
+            OWN.parse().unwrap(),
+            PEER.parse().unwrap(),
+            entropy(40000, 8000),
+        );
+        assert_eq!(out.packet, expected);
+        parse_ipv4(&out.packet).expect("outer checksums");
+        parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+
+        // The task's answer comes back from the peer, wrapped; it leaves unwrapped, from the
+        // address and port the client connected to.
+        let answer = Ipv4Frame::tcp(task, client, TCP_SYN | TCP_ACK);
+        let wrapped = tunnel_wrap(
+            &answer.build(),
+            (backend_mac(10), lb.backend_if_mac),
+            PEER.parse().unwrap(),
+            OWN.parse().unwrap(),
+            entropy(9000, 40000),
+        );
+        let out = lb.run_from(&wrapped, lb.backend_if);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        let unwrapped = answer
+            .clone()
+            .with_macs(backend_mac(10), lb.backend_if_mac)
+            .with_src(frontend)
+            .build();
+        assert_eq!(out.packet, unwrapped);
+        let after = lb.stats();
+        for (slot, n) in [
+            (StatSlot::TunnelSent, 1),
+            (StatSlot::TunnelReceived, 1),
+            (StatSlot::NatForward, 1),
+            (StatSlot::NatReply, 1),
+            (StatSlot::DropTunnelNotPeer, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+    });
+}
+
+#[test]
+fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_peer() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock("198.18.9.9", 41000);
+        let task = sock(TASK_LOCAL, 9000);
+        let gwbridge = sock("198.18.2.10", 9000);
+        let request = Ipv4Frame::tcp(client, task, TCP_SYN);
+        let wrapped = tunnel_wrap(
+            &request.build(),
+            (backend_mac(10), lb.backend_if_mac),
+            PEER.parse().unwrap(),
+            OWN.parse().unwrap(),
+            entropy(41000, 8000),
+        );
+        let before = lb.stats();
+        let out = lb.run_from(&wrapped, lb.backend_if);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let delivered = request
+            .clone()
+            .with_macs(backend_mac(10), lb.backend_if_mac)
+            .with_dst(gwbridge)
+            .build();
+        assert_eq!(
+            out.packet, delivered,
+            "unwrapped, to the task, the client kept"
+        );
+
+        // The task answers the client: back to the peer, from the task's ingress address.
+        let answer = Ipv4Frame::tcp(gwbridge, client, TCP_SYN | TCP_ACK)
+            .with_macs(backend_mac(0), lb.backend_if_mac);
+        let out = lb.run_from(&answer.build(), lb.backend_if);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let expected = tunnel_wrap(
+            &answer.clone().with_src(task).build(),
+            (lb.backend_if_mac, backend_mac(10)),
+            OWN.parse().unwrap(),
+            PEER.parse().unwrap(),
+            entropy(9000, 41000),
+        );
+        assert_eq!(out.packet, expected);
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::TunnelReceived), 1);
+        assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);
+    });
+}
+
+#[test]
+fn the_tunnel_and_delivery_frontends_refuse_everyone_but_peers() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let request = Ipv4Frame::tcp(sock("198.18.9.9", 41000), sock(TASK_LOCAL, 9000), TCP_SYN);
+        let cases: [(&str, Vec<u8>, StatSlot); 2] = [
+            (
+                "a tunnel packet from a node that is not a peer",
+                tunnel_wrap(
+                    &request.build(),
+                    (backend_mac(11), lb.backend_if_mac),
+                    "198.18.2.21".parse().unwrap(),
+                    OWN.parse().unwrap(),
+                    1234,
+                ),
+                StatSlot::DropTunnelNotPeer,
+            ),
+            (
+                "a packet for a task's delivery frontend that did not come through the tunnel",
+                request.build(),
+                StatSlot::DropTunnelOnly,
+            ),
+        ];
+        for (what, frame, slot) in cases {
+            let before = lb.stats();
+            let out = lb.run_from(&frame, lb.backend_if);
+            assert_eq!(out.action, XDP_DROP, "{what}");
+            assert_eq!(delta(&before, &lb.stats(), slot), 1, "{what}");
+        }
+        assert_eq!(lb.dp.conntrack_occupancy().unwrap().0, 0, "no flow opened");
     });
 }

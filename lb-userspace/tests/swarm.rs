@@ -94,6 +94,27 @@ fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Durat
     }
 }
 
+/// A counter or gauge of `node`'s lbd, from its metrics endpoint (0 when absent).
+fn metric(node: &SwarmNode, name: &str) -> u64 {
+    let text = node
+        .ns
+        .run(|| -> std::io::Result<String> {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9464")?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .expect("setns")
+        .expect("metrics");
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `sh -c SCRIPT` in container `name` on `node`; its output, or None when it failed.
 fn in_container(node: &SwarmNode, name: &str, script: &str) -> Option<String> {
     node.docker(&["exec", name, "sh", "-c", script]).ok()
@@ -130,21 +151,24 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
 
     let lbs: Vec<Lbd> = lab.nodes.iter().map(start_lbd).collect();
 
-    // Published port: each node answers from its own tasks, every one of them, and each
-    // task sees the client's own address.
+    // Published port: each node answers from every task, its own and (through the mesh
+    // tunnel) the other node's, and each task sees the client's own address.
+    let all_web: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, "web"))
+        .collect();
+    assert_eq!(all_web.len(), 4);
     for (node, lb) in lab.nodes.iter().zip(&lbs) {
-        let local = local_tasks(node, "web");
-        within(
-            Duration::from_secs(5),
-            "lbd programs the local tasks",
-            || backends(lb, "web") == Some(local.len()),
-        );
+        within(Duration::from_secs(5), "lbd programs every task", || {
+            backends(lb, "web") == Some(4)
+        });
         let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
-        let answers = ask(&lab, addr, 24);
+        let answers = ask(&lab, addr, 40);
         let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
         assert_eq!(
-            hosts, local,
-            "node {}: answered by its own tasks, all of them",
+            hosts, all_web,
+            "node {}: answered by every task",
             node.index
         );
         assert!(
@@ -153,9 +177,112 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         );
         let (_, list, _) = lb.lbctl(&["list"]).expect("lbctl list");
         assert!(list.contains("swarm"), "{list}");
-        if local.len() < 4 {
-            assert!(list.contains("not reachable from this node yet"), "{list}");
+        assert!(list.contains("through the mesh tunnel"), "{list}");
+    }
+    assert!(metric(&lab.nodes[0], "meshlb_events_total{event=\"tunnel_sent\"}") > 0);
+    assert!(
+        metric(
+            &lab.nodes[1],
+            "meshlb_events_total{event=\"tunnel_received\"}"
+        ) > 0
+    );
+
+    // Nobody but a peer node uses the tunnel or a task's delivery frontend: the client aims
+    // at a task's ingress address through node 1, then sends node 1 a forged tunnel packet.
+    lab.client
+        .ip(&[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            &lab.nodes[0].addr.to_string(),
+        ])
+        .expect("route to the ingress network");
+    let ingress = lab.nodes[0]
+        .docker(&[
+            "network",
+            "inspect",
+            "ingress",
+            "--format",
+            "{{range $id, $c := .Containers}}{{if ne $id \"ingress-sbox\"}}{{$c.IPv4Address}} {{end}}{{end}}",
+        ])
+        .expect("ingress addresses");
+    let task_ingress = ingress
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.split('/').next())
+        .expect("a local task's ingress address")
+        .to_owned();
+    let direct: SocketAddr = format!("{task_ingress}:8080").parse().unwrap();
+    assert!(
+        http_who(&lab.client, direct, Duration::from_secs(1)).is_err(),
+        "a task's delivery frontend must refuse what did not come through the tunnel"
+    );
+    assert!(
+        metric(
+            &lab.nodes[0],
+            "meshlb_dropped_packets_total{reason=\"tunnel_only\"}"
+        ) > 0
+    );
+    let tunnel = SocketAddr::new(IpAddr::V4(lab.nodes[0].addr), lb_common::maps::tunnel::PORT);
+    lab.client
+        .run(move || -> std::io::Result<()> {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            // A forged inner IPv4 packet.
+            socket.send_to(&[0x45; 40], tunnel)?;
+            Ok(())
+        })
+        .expect("setns")
+        .expect("send");
+    within(
+        Duration::from_secs(3),
+        "the forged tunnel packet is dropped and counted",
+        || {
+            metric(
+                &lab.nodes[0],
+                "meshlb_dropped_packets_total{reason=\"tunnel_not_peer\"}",
+            ) > 0
+        },
+    );
+
+    // Scale up under held connections (10 per node, opened before): each still reaches the
+    // task it had; then the new tasks get connections too.
+    let mut held = Vec::new();
+    for node in &lab.nodes {
+        let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
+        for _ in 0..10 {
+            let stream = lab
+                .client
+                .run(move || std::net::TcpStream::connect_timeout(&addr, TIMEOUT))
+                .expect("setns")
+                .expect("connect");
+            held.push(stream);
         }
+    }
+    lab.manager()
+        .docker(&["service", "scale", "-d", "web=6"])
+        .expect("scale up");
+    lab.wait_running("web", 6, TASKS).expect("scaled up");
+    for lb in &lbs {
+        within(FOLLOW * 3, "scale up followed", || {
+            backends(lb, "web") == Some(6)
+        });
+    }
+    for (i, mut stream) in held.into_iter().enumerate() {
+        use std::io::{Read as _, Write as _};
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /cgi-bin/who HTTP/1.0\r\n\r\n")
+            .unwrap_or_else(|e| panic!("held connection {i}: {e}"));
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .unwrap_or_else(|e| panic!("held connection {i}: {e}"));
+        let who = parse_who(&text).unwrap_or_else(|| panic!("held connection {i}: {text:?}"));
+        assert!(
+            all_web.contains(&who.host),
+            "held connection {i} went to a new task"
+        );
     }
 
     // A service VIP, from a container on its network, by name (Docker's DNS answers the
@@ -237,22 +364,34 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .docker(&["service", "scale", "-d", "web=2"])
         .expect("scale");
     lab.wait_running("web", 2, TASKS).expect("scaled down");
+    within(TASKS, "scaled-down containers gone", || {
+        lab.nodes
+            .iter()
+            .map(|n| local_tasks(n, "web").len())
+            .sum::<usize>()
+            == 2
+    });
+    let survivors: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, "web"))
+        .collect();
     for (node, lb) in lab.nodes.iter().zip(&lbs) {
-        let local = local_tasks(node, "web");
         within(FOLLOW, "scale down followed", || {
-            backends(lb, "web") == Some(local.len())
+            backends(lb, "web") == Some(2)
         });
-        if !local.is_empty() {
-            let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
-            let hosts: BTreeSet<String> = ask(&lab, addr, 8).into_iter().map(|w| w.host).collect();
-            assert!(hosts.is_subset(&local), "{hosts:?} not within {local:?}");
-        }
+        let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
+        let hosts: BTreeSet<String> = ask(&lab, addr, 8).into_iter().map(|w| w.host).collect();
+        assert!(
+            hosts.is_subset(&survivors),
+            "{hosts:?} not within {survivors:?}"
+        );
     }
 
     // An Engine that stops answering (frozen) changes nothing; lbd says so and follows again
     // once it answers.
     let node2_addr = SocketAddr::new(IpAddr::V4(lab.nodes[1].addr), 80);
-    let before = local_tasks(&lab.nodes[1], "web");
+    let before = survivors.clone();
     lab.nodes[1]
         .signal_engine(libc::SIGSTOP)
         .expect("freeze dockerd");

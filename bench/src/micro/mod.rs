@@ -758,6 +758,7 @@ fn services(round_robin: bool, v6: bool, extra: u32) -> Result<ServiceFile> {
             address: IpAddr::V4(*backend.ip()),
             port: Some(backend.port()),
             weight: 1,
+            mesh: None,
         }];
         file.services.insert(spec.name.clone(), spec);
     }

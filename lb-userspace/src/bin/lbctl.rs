@@ -611,9 +611,12 @@ fn print_swarm_details(list: &ServiceList) {
                 vips.join(", ")
             }
         );
-        for (task, node) in &d.unreachable_tasks {
+        for (task, node) in &d.remote_tasks {
+            println!("  {task} on node {node}, through the mesh tunnel");
+        }
+        for (task, node) in &d.unused_tasks {
             let node = node.map_or("an unknown node".to_owned(), |n| format!("node {n}"));
-            println!("  not reachable from this node yet: {task} on {node}");
+            println!("  not used from this node: {task} on {node}");
         }
         for problem in &d.problems {
             println!("  {problem}");

@@ -137,6 +137,10 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let empty = DesiredState::default();
         let previous = previous.unwrap_or(&empty);
+        // First: backends written below may name a peer.
+        if previous.tunnel != desired.tunnel || previous.tunnel == empty.tunnel {
+            self.write_tunnel(&desired.tunnel)?;
+        }
         let [backends, tables, endpoints, frontends, frontend_gen] =
             self.ebpf_mut().maps_disjoint_mut([
                 names::BACKENDS,
@@ -228,6 +232,47 @@ impl Dataplane {
             &backend_diff.remove,
             &vec![Backend::default(); backend_diff.remove.len()],
         )?;
+        Ok(())
+    }
+
+    /// Makes the tunnel maps hold exactly `tunnel` (this node's address, the peers').
+    fn write_tunnel(&mut self, plan: &crate::plan::TunnelPlan) -> Result<(), DataplaneError> {
+        let [peers, index] = self
+            .ebpf_mut()
+            .maps_disjoint_mut([names::TUNNEL_PEERS, names::TUNNEL_PEER_INDEX]);
+        let loaded = "checked at load";
+        let mut peers: Array<&mut MapData, u32> =
+            Array::try_from(peers.expect(loaded)).map_err(map_err(names::TUNNEL_PEERS))?;
+        let mut index: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(index.expect(loaded)).map_err(map_err(names::TUNNEL_PEER_INDEX))?;
+        // Network byte order, as the kernel reads the addresses from packets.
+        let raw = |a: std::net::Ipv4Addr| u32::from_ne_bytes(a.octets());
+        let mut wanted = vec![0u32; lb_common::maps::tunnel::MAX_PEERS as usize];
+        wanted[lb_common::maps::tunnel::SELF as usize] = plan.own.map_or(0, raw);
+        for (i, addr) in &plan.peers {
+            wanted[usize::from(*i)] = raw(*addr);
+        }
+        for (slot, value) in wanted.iter().enumerate() {
+            let slot = slot as u32;
+            if peers.get(&slot, 0).ok() != Some(*value) {
+                peers
+                    .set(slot, *value, 0)
+                    .map_err(map_err(names::TUNNEL_PEERS))?;
+            }
+        }
+        let present: Vec<u32> = index.keys().filter_map(Result::ok).collect();
+        for addr in present {
+            if !plan.peers.values().any(|p| raw(*p) == addr) {
+                index
+                    .remove(&addr)
+                    .map_err(map_err(names::TUNNEL_PEER_INDEX))?;
+            }
+        }
+        for (i, addr) in &plan.peers {
+            index
+                .insert(raw(*addr), u32::from(*i), 0)
+                .map_err(map_err(names::TUNNEL_PEER_INDEX))?;
+        }
         Ok(())
     }
 

@@ -87,7 +87,10 @@ impl TableSpec {
     /// A backend's identity for Maglev is its target: it keeps its preferences when others
     /// come and go, and every node computes the same.
     fn identities(&self) -> Vec<String> {
-        self.backends.iter().map(|b| b.target.to_string()).collect()
+        self.backends
+            .iter()
+            .map(|b| b.identity.to_string())
+            .collect()
     }
 
     fn inputs<'a>(&self, identities: &'a [String]) -> Vec<TableBackend<'a>> {
@@ -116,6 +119,44 @@ pub struct DesiredState {
     pub services: Vec<PlannedService>,
     /// Which identity holds which kernel id, so the next plan keeps them.
     pub ids: Ids,
+    /// The mesh tunnel's addresses (`TUNNEL_PEERS`).
+    pub tunnel: TunnelPlan,
+}
+
+/// This node's underlay address and its peers' by `TUNNEL_PEERS` index (1..), IPv4 in
+/// network byte order as the kernel compares them; empty without a swarm.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelPlan {
+    pub own: Option<std::net::Ipv4Addr>,
+    pub peers: BTreeMap<u8, std::net::Ipv4Addr>,
+}
+
+impl TunnelPlan {
+    /// Indexes in address order; at most 254 peers (the rest are left out, said by the caller).
+    fn of(mesh: Option<&crate::source::file::MeshNodes>) -> TunnelPlan {
+        let Some(mesh) = mesh else {
+            return TunnelPlan::default();
+        };
+        TunnelPlan {
+            own: Some(mesh.own),
+            peers: mesh
+                .peers
+                .iter()
+                .filter(|p| **p != mesh.own)
+                .take(254)
+                .enumerate()
+                .map(|(i, p)| (i as u8 + 1, *p))
+                .collect(),
+        }
+    }
+
+    /// The index of `node`, if it is a peer.
+    pub fn index(&self, node: IpAddr) -> Option<u8> {
+        self.peers
+            .iter()
+            .find(|(_, p)| IpAddr::V4(**p) == node)
+            .map(|(i, _)| *i)
+    }
 }
 
 impl Ids {
@@ -344,6 +385,9 @@ pub struct PlannedBackend {
     pub id: u32,
     pub target: SocketAddr,
     pub weight: u32,
+    /// What Maglev hashes: the target, or a swarm task's ingress address and port, which is
+    /// the same on every node whichever address this node reaches the task at.
+    pub identity: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -395,7 +439,10 @@ pub fn plan_from(
     node_addrs: &[IpAddr],
     previous: Option<&DesiredState>,
 ) -> Result<DesiredState, PlanError> {
-    let mut state = DesiredState::default();
+    let mut state = DesiredState {
+        tunnel: TunnelPlan::of(file.mesh.as_ref()),
+        ..Default::default()
+    };
     let mut service_ids = IdAllocator::new(previous.map(|p| &p.ids.services), 0);
     // Backend id 0 means "no backend" in the kernel.
     let mut backend_ids = IdAllocator::new(previous.map(|p| &p.ids.backends), 1);
@@ -510,6 +557,14 @@ fn plan_service(
     };
     for backend in spec.backends.iter().filter(|b| b.address.is_ipv6() == v6) {
         let target = SocketAddr::new(backend.address, backend.target_port(mapping));
+        let mut flags = backend_flags::IN_USE;
+        if let Some(node) = backend.mesh.and_then(|m| m.via) {
+            // A task on a node that is not (or no longer) a peer is reached by no one here.
+            let Some(index) = state.tunnel.index(node) else {
+                continue;
+            };
+            flags |= u16::from(index) << backend_flags::PEER_SHIFT;
+        }
         let backend_id = backend_ids.id(&(id, target));
         pending.backend_ids.push(((id, target), backend_id));
         pending.backends.push((
@@ -517,7 +572,7 @@ fn plan_service(
             Backend {
                 addr: Addr::from(target.ip()),
                 port_be: target.port().to_be(),
-                flags: backend_flags::IN_USE,
+                flags,
                 service_id: id,
             },
         ));
@@ -526,6 +581,9 @@ fn plan_service(
             id: backend_id,
             target,
             weight: backend.weight,
+            identity: backend
+                .mesh
+                .map_or(target, |m| SocketAddr::new(m.identity, target.port())),
         });
     }
     let service = service_value(spec, id);
@@ -754,6 +812,9 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
         RemovalPolicy::Reset => service_flags::MOVE_ON_REMOVAL | service_flags::RESET_ON_REMOVAL,
     };
     flags |= u32::from(spec.socket_scope) << service_flags::SOCKET_SCOPE_SHIFT;
+    if spec.tunnel_only {
+        flags |= service_flags::TUNNEL_ONLY;
+    }
     Service {
         id,
         flags,

@@ -49,6 +49,7 @@ impl std::fmt::Display for BackendRef {
             address: self.address,
             port: self.port,
             weight: 1,
+            mesh: None,
         }
         .fmt(f)
     }
@@ -160,11 +161,11 @@ impl ApiState {
                      port or remove it from {owner:?}",
                     port.frontend, port.protocol
                 ))
-            } else if spec.socket_scope == 0 {
+            } else if spec.socket_scope == 0 && !spec.tunnel_only {
                 revalidate(spec.clone()).err().map(|e| e.to_string())
             } else {
-                // A VIP service (any port, only sockets of its network): made by meshlb, in
-                // no file's terms.
+                // A VIP service (any port, only sockets of its network) or a task's delivery
+                // frontend: made by meshlb, in no file's terms.
                 None
             };
             if let Some(reason) = refusal {
@@ -299,6 +300,7 @@ impl ApiState {
                     address: backend.address,
                     port: backend.port,
                     weight: weight.unwrap_or(1),
+                    mesh: None,
                 }),
             }
             return Ok(());
@@ -503,6 +505,7 @@ fn apply_edits(spec: &mut ServiceSpec, edits: &BTreeMap<BackendRef, Edit>) {
                 address: backend.address,
                 port: backend.port,
                 weight: *weight,
+                mesh: None,
             }),
             (Edit::Removed, Some(i)) => {
                 spec.backends.remove(i);

@@ -109,6 +109,15 @@ pub struct ServiceFile {
     pub lbd: crate::source::settings::DaemonSettings,
     /// The `swarm:` section: policies of swarm services, by swarm service name.
     pub swarm: BTreeMap<String, SwarmPolicy>,
+    /// The swarm's nodes, for the mesh tunnel (set by the swarm source, never by a file).
+    pub mesh: Option<MeshNodes>,
+}
+
+/// This node's and its peers' underlay addresses (IPv4: the tunnel's outer header).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshNodes {
+    pub own: std::net::Ipv4Addr,
+    pub peers: std::collections::BTreeSet<std::net::Ipv4Addr>,
 }
 
 /// One service, with every default filled in.
@@ -130,6 +139,9 @@ pub struct ServiceSpec {
     /// containers on one overlay network reach (see `service_flags::SOCKET_SCOPE_SHIFT`);
     /// never written in a file.
     pub socket_scope: u8,
+    /// A local task's delivery frontend: only packets from peer nodes' tunnels reach it
+    /// (`service_flags::TUNNEL_ONLY`); never written in a file.
+    pub tunnel_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -222,6 +234,19 @@ pub struct BackendSpec {
     pub port: Option<u16>,
     /// Share of new flows; 0 drains the backend (no new flows, existing ones continue).
     pub weight: u32,
+    /// A swarm task's place in the mesh; `None` for backends of files and the API.
+    pub mesh: Option<MeshBackend>,
+}
+
+/// Where a swarm task is, for the selection every node makes alike and for the tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshBackend {
+    /// Its address on the ingress network, the same on every node: Maglev hashes it, so every
+    /// node builds the same table.
+    pub identity: IpAddr,
+    /// The node it runs on, when that is another node: packets go there through the tunnel
+    /// (to `identity`); `None` when this node reaches it (at `address`).
+    pub via: Option<IpAddr>,
 }
 
 impl BackendSpec {
@@ -343,6 +368,7 @@ impl FromStr for BackendSpec {
             address,
             port,
             weight: 1,
+            mesh: None,
         })
     }
 }
@@ -396,6 +422,7 @@ struct RawSwarmPolicy {
     on_backend_removal: Option<Scalar>,
     maglev_table_size: Option<Scalar>,
     udp_ports: Option<Vec<Scalar>>,
+    local_first: Option<Scalar>,
 }
 
 /// Services in file order. A plain map would let a repeated name silently replace the first.
@@ -572,6 +599,7 @@ impl ServiceFile {
             services,
             lbd: Default::default(),
             swarm: Default::default(),
+            mesh: None,
         })
     }
 
@@ -806,6 +834,7 @@ fn service_from_raw(
         maglev_table_size,
         backends,
         socket_scope: 0,
+        tunnel_only: false,
     })
 }
 
@@ -845,7 +874,18 @@ fn swarm_policy_from_raw(
             Ok(port as u16)
         })
         .collect::<Result<_, ConfigError>>()?;
+    let local_first = match raw.local_first.as_ref().map(|Scalar(t)| t.as_str()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(cx.invalid(
+                "swarm.local_first",
+                format!("{other:?} is not true or false"),
+            ));
+        }
+    };
     Ok(SwarmPolicy {
+        local_first,
         scheduler,
         forwarding: cx.keyword("swarm.forwarding", raw.forwarding)?,
         affinity: cx.keyword("swarm.affinity", raw.affinity)?,
@@ -897,6 +937,7 @@ fn backend_from_raw(
         address,
         port,
         weight,
+        mesh: None,
     })
 }
 
@@ -1205,14 +1246,17 @@ services:
                     address: IpAddr::V4(Ipv4Addr::new(198, 18, 2, 10)),
                     port: None,
                     weight: 1,
+                    mesh: None,
                 },
                 BackendSpec {
                     address: IpAddr::V6(Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 0x10)),
                     port: Some(9000),
                     weight: 3,
+                    mesh: None,
                 },
             ],
             socket_scope: 0,
+            tunnel_only: false,
         };
         assert_eq!(file.services.len(), 1);
         assert_eq!(file.services["web"], expected);
@@ -1475,6 +1519,7 @@ services:
                 address: address.parse().unwrap(),
                 port,
                 weight: 1,
+                mesh: None,
             };
             assert_eq!(backend, expected, "{text}");
             assert_eq!(backend.to_string().parse::<BackendSpec>().unwrap(), backend);

@@ -7,10 +7,13 @@
 //!   unless the service's policy (the service file's `swarm:` section, the same file on every
 //!   node) names it in `udp_ports`; a port listed twice with one target is TCP and UDP. A port
 //!   listed twice with two targets cannot be told apart and is refused for that service.
-//! - Backends are the tasks this node reaches, at the target port, in the order of their
-//!   ingress addresses (the same order on every node, whatever order the Engine answered in).
-//!   A task on another node is listed as not reachable from here (the cross-node path is a
-//!   later step).
+//! - Backends are all the service's running tasks, at the target port, in the order of their
+//!   ingress addresses, each known to Maglev by that address: every node builds the same
+//!   table, so a flow gets the same task whichever node it enters. A local task is reached
+//!   through `docker_gwbridge`; a task on another node through the mesh tunnel to that node
+//!   (see lb-ebpf's `tunnel`), where its *delivery frontend* (its ingress address and target
+//!   port, taking only tunnel packets) hands it to the task. With `local_first`, a node with a
+//!   running local task uses only its local tasks.
 //! - Everything else (scheduler, affinity, timeouts, removal policy, table size) is the
 //!   service's policy, or the defaults.
 
@@ -23,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService};
 use crate::source::file::{
-    Affinity, BackendSpec, Forwarding, PortMapping, Protocol, RemovalPolicy, Scheduler,
-    ServiceSpec, Timeouts,
+    Affinity, BackendSpec, Forwarding, MeshBackend, PortMapping, Protocol, RemovalPolicy,
+    Scheduler, ServiceSpec, Timeouts,
 };
 use lb_common::limits::DEFAULT_MAGLEV_TABLE_SIZE;
 
@@ -39,6 +42,9 @@ pub struct SwarmPolicy {
     pub maglev_table_size: u32,
     /// Published ports that are UDP only.
     pub udp_ports: BTreeSet<u16>,
+    /// A node with a running task of the service serves it from its own tasks only (no hop
+    /// between nodes; the spread follows where clients enter).
+    pub local_first: bool,
 }
 
 impl Default for SwarmPolicy {
@@ -51,6 +57,7 @@ impl Default for SwarmPolicy {
             on_backend_removal: RemovalPolicy::default(),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             udp_ports: BTreeSet::new(),
+            local_first: false,
         }
     }
 }
@@ -68,6 +75,11 @@ pub struct SwarmServices {
     pub scopes: BTreeMap<String, u8>,
     /// Per local container on overlay networks: its pid and the scopes its sockets get.
     pub container_scopes: BTreeMap<String, (u32, u32)>,
+    /// Per local task and published target port: its delivery frontend (named after the
+    /// task), which peers' tunnel packets reach it by.
+    pub delivery_specs: Vec<ServiceSpec>,
+    /// This node and its peers, for the tunnel; `None` before the node's address is known.
+    pub mesh: Option<crate::source::file::MeshNodes>,
     /// Per service: what `lbctl list` shows beyond the spec.
     pub details: BTreeMap<String, SwarmDetails>,
 }
@@ -79,8 +91,12 @@ pub struct SwarmDetails {
     pub vips: BTreeMap<String, IpAddr>,
     /// Running tasks this node reaches: task name to its `docker_gwbridge` address.
     pub local_tasks: BTreeMap<String, IpAddr>,
-    /// Running tasks on other nodes: task name to the node's address.
-    pub unreachable_tasks: BTreeMap<String, Option<IpAddr>>,
+    /// Running tasks on other nodes, reached through the tunnel: task name to the node's
+    /// address.
+    pub remote_tasks: BTreeMap<String, IpAddr>,
+    /// Running tasks this node cannot reach (its node's address is unknown, or `local_first`
+    /// leaves them out).
+    pub unused_tasks: BTreeMap<String, Option<IpAddr>>,
     /// Why a published port (or the whole service) is not served.
     pub problems: Vec<String>,
 }
@@ -88,7 +104,12 @@ pub struct SwarmDetails {
 impl SwarmServices {
     /// Published services, then VIP services.
     pub fn all_specs(&self) -> Vec<ServiceSpec> {
-        self.specs.iter().chain(&self.vip_specs).cloned().collect()
+        self.specs
+            .iter()
+            .chain(&self.vip_specs)
+            .chain(&self.delivery_specs)
+            .cloned()
+            .collect()
     }
 }
 
@@ -107,8 +128,9 @@ pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -
             ..Default::default()
         };
         let ports = port_mappings(service, policy, &mut details.problems);
-        let backends = backends(service, &mut details);
+        let backends = backends(service, policy, &mut details);
         if !ports.is_empty() {
+            add_delivery(name, service, policy, &ports, &mut out.delivery_specs);
             out.specs.push(ServiceSpec {
                 name: name.clone(),
                 vip: None,
@@ -121,12 +143,86 @@ pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -
                 maglev_table_size: policy.maglev_table_size,
                 backends,
                 socket_scope: 0,
+                tunnel_only: false,
             });
         }
         out.details.insert(name.clone(), details);
     }
     add_vips(snapshot, policies, &mut out);
+    out.mesh = mesh_nodes(snapshot);
     out
+}
+
+/// This node and every other node the swarm shows (tasks' nodes, the ingress network's
+/// peers): IPv4 underlay addresses.
+fn mesh_nodes(snapshot: &Snapshot) -> Option<crate::source::file::MeshNodes> {
+    let Some(IpAddr::V4(own)) = snapshot.node_addr else {
+        return None;
+    };
+    let peers = snapshot
+        .services
+        .values()
+        .flat_map(|s| s.tasks.values().filter_map(|t| t.node))
+        .chain(snapshot.peers.iter().copied())
+        .filter_map(|a| match a {
+            IpAddr::V4(a) if a != own => Some(a),
+            _ => None,
+        })
+        .collect();
+    Some(crate::source::file::MeshNodes { own, peers })
+}
+
+/// The delivery frontends of a service's local tasks: each task's ingress address at each
+/// target port and protocol, to its `docker_gwbridge` address; only tunnel packets use them.
+fn add_delivery(
+    name: &str,
+    service: &SwarmService,
+    policy: &SwarmPolicy,
+    ports: &[PortMapping],
+    out: &mut Vec<ServiceSpec>,
+) {
+    let mut targets: Vec<PortMapping> = ports
+        .iter()
+        .map(|p| PortMapping {
+            frontend: p.backend,
+            backend: p.backend,
+            protocol: p.protocol,
+        })
+        .collect();
+    targets.sort();
+    targets.dedup();
+    for (task_name, task) in &service.tasks {
+        let (Some(local), Some(ingress)) = (&task.local, task.addresses.get(INGRESS_NETWORK))
+        else {
+            continue;
+        };
+        let mut spec_name: String = task_name
+            .chars()
+            .take(crate::source::file::MAX_SERVICE_NAME_LEN)
+            .collect();
+        if spec_name == name {
+            spec_name.push('_');
+        }
+        out.push(ServiceSpec {
+            name: spec_name,
+            vip: Some(*ingress),
+            ports: targets.clone(),
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Nat,
+            affinity: Affinity::None,
+            timeouts: policy.timeouts,
+            on_backend_removal: policy.on_backend_removal,
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            backends: vec![BackendSpec {
+                address: local.gwbridge,
+                port: None,
+                weight: 1,
+                mesh: None,
+            }],
+            socket_scope: 0,
+            tunnel_only: true,
+        });
+    }
 }
 
 /// The VIP services: one per service and overlay network it has a VIP on.
@@ -197,9 +293,11 @@ fn add_vips(
                         address,
                         port: None,
                         weight: 1,
+                        mesh: None,
                     })
                     .collect(),
                 socket_scope: scope,
+                tunnel_only: false,
             });
         }
     }
@@ -250,7 +348,11 @@ fn port_mappings(
     mappings
 }
 
-fn backends(service: &SwarmService, details: &mut SwarmDetails) -> Vec<BackendSpec> {
+fn backends(
+    service: &SwarmService,
+    policy: &SwarmPolicy,
+    details: &mut SwarmDetails,
+) -> Vec<BackendSpec> {
     // Node-independent order: the task's ingress address, then its name.
     let mut ordered: Vec<_> = service
         .tasks
@@ -258,19 +360,36 @@ fn backends(service: &SwarmService, details: &mut SwarmDetails) -> Vec<BackendSp
         .map(|(name, task)| (task.addresses.get(INGRESS_NETWORK).copied(), name, task))
         .collect();
     ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let local_only = policy.local_first && service.tasks.values().any(|t| t.local.is_some());
     let mut backends = Vec::new();
-    for (_, name, task) in ordered {
-        match &task.local {
-            Some(local) => {
+    for (ingress, name, task) in ordered {
+        match (&task.local, ingress, task.node) {
+            (Some(local), ingress, _) => {
                 details.local_tasks.insert(name.clone(), local.gwbridge);
                 backends.push(BackendSpec {
                     address: local.gwbridge,
                     port: None,
                     weight: 1,
+                    mesh: ingress.map(|identity| MeshBackend {
+                        identity,
+                        via: None,
+                    }),
                 });
             }
-            None => {
-                details.unreachable_tasks.insert(name.clone(), task.node);
+            (None, Some(identity), Some(node)) if !local_only => {
+                details.remote_tasks.insert(name.clone(), node);
+                backends.push(BackendSpec {
+                    address: identity,
+                    port: None,
+                    weight: 1,
+                    mesh: Some(MeshBackend {
+                        identity,
+                        via: Some(node),
+                    }),
+                });
+            }
+            (None, _, node) => {
+                details.unused_tasks.insert(name.clone(), node);
             }
         }
     }
@@ -317,6 +436,7 @@ mod tests {
                 .map(|(n, s)| (n.to_owned(), s))
                 .collect(),
             containers: BTreeMap::new(),
+            peers: Default::default(),
         }
     }
 
@@ -361,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn backends_are_local_tasks_in_ingress_address_order() {
+    fn backends_are_every_task_in_ingress_address_order_known_by_that_address() {
         // Names and Engine order disagree with the address order on purpose.
         let snap = snapshot(vec![(
             "web",
@@ -382,21 +502,76 @@ mod tests {
         )]);
         let out = services(&snap, &BTreeMap::new());
         let spec = &out.specs[0];
-        let addresses: Vec<IpAddr> = spec.backends.iter().map(|b| b.address).collect();
-        assert_eq!(addresses, [ip("198.18.61.7"), ip("198.18.61.5")]);
+        let seen: Vec<(IpAddr, IpAddr, Option<IpAddr>)> = spec
+            .backends
+            .iter()
+            .map(|b| {
+                let mesh = b.mesh.unwrap();
+                (b.address, mesh.identity, mesh.via)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (ip("198.18.61.7"), ip("198.19.0.3"), None),
+                (ip("198.19.0.4"), ip("198.19.0.4"), Some(ip("198.18.50.2"))),
+                (ip("198.18.61.5"), ip("198.19.0.9"), None),
+            ]
+        );
         assert!(
             spec.backends
                 .iter()
                 .all(|b| b.port.is_none() && b.weight == 1)
         );
         assert_eq!(spec.vip, None);
-        assert_eq!(spec.maglev_table_size, DEFAULT_MAGLEV_TABLE_SIZE);
         let details = &out.details["web"];
         assert_eq!(
-            details.unreachable_tasks,
-            [("web.3.c".to_owned(), Some(ip("198.18.50.2")))].into()
+            details.remote_tasks,
+            [("web.3.c".to_owned(), ip("198.18.50.2"))].into()
         );
         assert_eq!(details.local_tasks.len(), 2);
+        // The local tasks' delivery frontends: ingress address and target port, tunnel only.
+        let delivery: Vec<(Option<IpAddr>, u16, IpAddr, bool)> = out
+            .delivery_specs
+            .iter()
+            .map(|s| {
+                (
+                    s.vip,
+                    s.ports[0].frontend,
+                    s.backends[0].address,
+                    s.tunnel_only,
+                )
+            })
+            .collect();
+        assert_eq!(
+            delivery,
+            [
+                (Some(ip("198.19.0.9")), 80, ip("198.18.61.5"), true),
+                (Some(ip("198.19.0.3")), 80, ip("198.18.61.7"), true),
+            ]
+        );
+        let mesh = out.mesh.unwrap();
+        assert_eq!(mesh.own.to_string(), "198.18.50.1");
+        assert_eq!(
+            mesh.peers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["198.18.50.2"]
+        );
+
+        // local_first: only the local tasks, the other listed as unused here.
+        let policies = [(
+            "web".to_owned(),
+            SwarmPolicy {
+                local_first: true,
+                ..Default::default()
+            },
+        )]
+        .into();
+        let out = services(&snap, &policies);
+        assert_eq!(out.specs[0].backends.len(), 2);
+        assert!(out.details["web"].unused_tasks.contains_key("web.3.c"));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Snapshot {
     /// Local containers on overlay networks (other than `ingress`), by container id.
     #[serde(default)]
     pub containers: BTreeMap<String, OverlayContainer>,
+    /// Every node's address, as the ingress network's peers (each node is on it).
+    #[serde(default)]
+    pub peers: std::collections::BTreeSet<IpAddr>,
 }
 
 /// A local container attached to overlay networks: its sockets may call those networks' VIPs.
@@ -130,6 +133,7 @@ impl Snapshot {
             node_addr,
             services: BTreeMap::new(),
             containers: BTreeMap::new(),
+            peers: Default::default(),
         };
         if !active {
             return Ok(snapshot);
@@ -187,6 +191,15 @@ fn add_containers(snapshot: &mut Snapshot, answers: &Answers) {
 
 fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), SnapshotError> {
     let name = network.name.as_deref().unwrap_or_default();
+    if name == INGRESS_NETWORK {
+        for peer in network.peers.iter().flatten() {
+            if let Some(ip) = peer.ip.as_deref().filter(|a| !a.is_empty()) {
+                snapshot
+                    .peers
+                    .insert(parse_ip(ip, "network ingress Peers IP")?);
+            }
+        }
+    }
     let Some(services) = network.services.as_ref() else {
         return Ok(());
     };
@@ -444,6 +457,48 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every node builds the same selection table for a published service: the manager's and
+    /// the worker's plans, from their own recorded answers, pick the same task in every slot
+    /// (by its ingress address), though each reaches half of them locally and half through
+    /// the tunnel.
+    #[test]
+    fn manager_and_worker_build_the_same_tables() {
+        let table_of = |role: &str, service: &str| -> Vec<std::net::SocketAddr> {
+            let snapshot = Snapshot::from_answers(&recorded(role)).unwrap();
+            let out = crate::source::swarm::services(&snapshot, &Default::default());
+            let mut file = crate::source::file::ServiceFile::from_specs(
+                out.all_specs(),
+                std::path::Path::new("swarm"),
+            )
+            .unwrap();
+            file.mesh = out.mesh.clone();
+            let node = snapshot.node_addr.unwrap();
+            let state = crate::plan::plan(&file, &[node]).unwrap();
+            let planned = state
+                .services
+                .iter()
+                .find(|s| s.name == service && s.mapping.protocol == Protocol::Tcp)
+                .unwrap();
+            let identity: BTreeMap<u32, std::net::SocketAddr> = planned
+                .backends
+                .iter()
+                .map(|b| (b.id, b.identity))
+                .collect();
+            state.tables[&planned.id]
+                .build()
+                .unwrap()
+                .iter()
+                .map(|id| identity[id])
+                .collect()
+        };
+        for service in ["web", "api", "dns"] {
+            let manager = table_of("manager", service);
+            let worker = table_of("worker", service);
+            assert_eq!(manager.len(), 16_381, "{service}");
+            assert!(manager == worker, "{service}: the tables differ");
         }
     }
 

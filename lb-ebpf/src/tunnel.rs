@@ -1,0 +1,280 @@
+//! The mesh tunnel between swarm nodes: a flow that entered this node for a task on another
+//! node goes there wrapped in IPv4/UDP (to `tunnel::PORT`, between the two nodes' underlay
+//! addresses), and that node sends the task's replies back the same way, so the client's
+//! address survives both ways and replies leave from the address the client connected to.
+//!
+//! Why our own IPv4-in-UDP: the kernels meshlb runs on may lack IPIP, FOU and GENEVE (only
+//! VXLAN is sure), and the programs must do the hop themselves. UDP rather than bare IPIP so
+//! receiving NICs spread the flows over queues (the source port carries the flow's ports)
+//! and middleboxes pass it. Its 28 bytes are paid by clamping the TCP MSS of SYNs sent
+//! through it to what the path to the peer carries; a packet that still does not fit is
+//! dropped and counted (`drop_tunnel_failed`), never sent fragmented.
+//!
+//! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
+//! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
+//! takes nothing that did not come through the tunnel: nobody reaches tasks or spoofs
+//! sources this way.
+
+use core::mem::zeroed;
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::bpf_xdp_adjust_head,
+    programs::XdpContext,
+};
+use lb_common::{
+    Addr,
+    maps::{proto, tunnel},
+    stats::StatSlot,
+};
+
+use crate::{
+    forward::{fib_lookup_into, set_macs, via_tc},
+    maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
+    nat::{csum_replace2, fold},
+    parse::{Packet, TCP_SYN, load, pkt_write, ptr_at},
+    stats::count,
+};
+
+/// An answer of the packet paths: send the packet through the tunnel to the peer whose
+/// index is in the low byte (not an XDP action; the entry function calls `send`).
+pub const SEND: u32 = 0x7ffe_0000;
+pub const SEND_MASK: u32 = 0xffff_ff00;
+/// `receive`'s answer for a packet to drop (already counted).
+pub const DROP: u32 = u32::MAX;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+const IPV4_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const TCP_HLEN: usize = 20;
+
+/// If the packet is a tunnel packet for this node: checks its sender, unwraps it in place,
+/// notes the sender's peer index (1..) in `pkt` and answers it. 0 for any other packet (untouched), `DROP` for a
+/// tunnel packet from a sender that is not a peer. Not inlined: a sibling of the packet
+/// paths, so its frame never adds to theirs.
+#[inline(never)]
+pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+    // Ethernet, IPv4 and UDP headers, copied to the stack (constant offsets from here on).
+    let Some(h) = load::<[u8; ETH_HLEN + IPV4_HLEN + UDP_HLEN]>(ctx, 0) else {
+        return 0;
+    };
+    let port = tunnel::PORT.to_be_bytes();
+    // Only whole, option-less IPv4/UDP to the tunnel port: what `send` writes.
+    if h[12] != 0x08
+        || h[13] != 0x00
+        || h[14] != 0x45
+        || h[23] != proto::UDP
+        || h[20] & 0x3f != 0
+        || h[21] != 0
+        || h[36] != port[0]
+        || h[37] != port[1]
+    {
+        return 0;
+    }
+    let src = u32::from_ne_bytes([h[26], h[27], h[28], h[29]]);
+    let dst = u32::from_ne_bytes([h[30], h[31], h[32], h[33]]);
+    match TUNNEL_PEERS.get(tunnel::SELF) {
+        Some(own) if *own == dst && *own != 0 => {}
+        // Not addressed to this node (or the mesh is off here): not ours to unwrap.
+        _ => return 0,
+    }
+    let Some(peer) = TUNNEL_PEER_INDEX.get_ptr(&src) else {
+        count(StatSlot::Rx);
+        count(StatSlot::DropTunnelNotPeer);
+        return DROP;
+    };
+    // SAFETY: a map value stays valid for the whole program run.
+    let peer = unsafe { *peer };
+    let inner = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+    let Some(inner_version) = load::<u8>(ctx, inner) else {
+        return 0;
+    };
+    let inner_type = match inner_version >> 4 {
+        4 => ETH_P_IP_BE,
+        6 => ETH_P_IPV6_BE,
+        _ => {
+            count(StatSlot::Rx);
+            count(StatSlot::DropTunnelFailed);
+            return DROP;
+        }
+    };
+    let Some(macs) = load::<[u32; 3]>(ctx, 0) else {
+        return 0;
+    };
+    // SAFETY: shrinks the packet's head by the outer headers, which are there (checked).
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, (IPV4_HLEN + UDP_HLEN) as i32) } != 0 {
+        count(StatSlot::Rx);
+        count(StatSlot::DropTunnelFailed);
+        return DROP;
+    }
+    let (Some(eth_macs), Some(eth_type)) = (ptr_at::<[u32; 3]>(ctx, 0), ptr_at::<u16>(ctx, 12))
+    else {
+        count(StatSlot::Rx);
+        count(StatSlot::DropTunnelFailed);
+        return DROP;
+    };
+    // SAFETY: both bounds-checked above.
+    unsafe {
+        pkt_write(eth_macs, macs);
+        pkt_write(eth_type, inner_type);
+    }
+    count(StatSlot::TunnelReceived);
+    pkt.tunnel_peer = peer as u8;
+    peer
+}
+
+/// Wraps the (already translated) IPv4 packet for the peer `index` and sends it there: the
+/// route to the peer from the FIB, TCP SYNs' MSS clamped to that route's MTU less the
+/// tunnel's and the headers' bytes. Called by the entry function on a `SEND` answer.
+#[inline(never)]
+pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
+    let (Some(&own), Some(&peer)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(index))
+    else {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    };
+    if own == 0 || peer == 0 || pkt.v6 {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    let inner_len = u16::from_be(pkt.ip_tot_len_be);
+    let outer_len = inner_len.saturating_add(tunnel::OVERHEAD);
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.l4_protocol = proto::UDP;
+    params.__bindgen_anon_1.tot_len = outer_len;
+    let rc = fib_lookup_into(
+        ctx,
+        &mut params,
+        false,
+        &Addr::from_v4_raw(own),
+        &Addr::from_v4_raw(peer),
+        0,
+    );
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: the kernel leaves the egress MTU in the union on success and on NO_NEIGH.
+    let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+    if pkt.key.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0 {
+        clamp_mss(ctx, pkt.l4(), mtu.saturating_sub(tunnel::OVERHEAD));
+    }
+    if outer_len > mtu {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    // The flow's ports make the outer source port: receivers spread flows over queues.
+    let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
+    if !wrap(ctx, own, peer, outer_len, entropy) {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    count(StatSlot::TunnelSent);
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        let mut macs = [0u32; 3];
+        let bytes = macs.as_mut_ptr().cast::<u8>();
+        for i in 0..6 {
+            // SAFETY: within `macs`; volatile keeps it a byte loop (no memcpy on this target).
+            unsafe {
+                bytes.add(i).write_volatile(params.dmac[i]);
+                bytes.add(6 + i).write_volatile(params.smac[i]);
+            }
+        }
+        if TX_PORTS.get_ifindex(params.ifindex).is_some()
+            && set_macs(ctx, &macs).is_some()
+            && let Ok(action) = TX_PORTS.redirect(params.ifindex, 0)
+        {
+            count(StatSlot::TxXdpRedirect);
+            return action;
+        }
+        // The TC program resolves the neighbour and sends; the MACs are its to write.
+        let _ = set_macs(ctx, &macs);
+    }
+    via_tc(ctx, params.ifindex)
+}
+
+/// Puts the outer IPv4 and UDP headers in front of the IP packet (the Ethernet header moves
+/// to the new front). The UDP checksum is 0 (allowed for IPv4): the inner packet has its own.
+#[inline(always)]
+fn wrap(ctx: &XdpContext, own: u32, peer: u32, outer_len: u16, entropy: u16) -> bool {
+    let Some(macs) = load::<[u32; 3]>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: grows the packet's head; checked below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -((IPV4_HLEN + UDP_HLEN) as i32)) } != 0 {
+        return false;
+    }
+    let Some(front) = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN + UDP_HLEN]>(ctx, 0) else {
+        return false;
+    };
+    let p = front.cast::<u8>();
+    // SAFETY: every write is within the 42 bytes bounds-checked above; unaligned stores are
+    // one instruction each (see `pkt_read`).
+    unsafe {
+        p.cast::<[u32; 3]>().write_unaligned(macs);
+        p.add(12).cast::<u16>().write_unaligned(ETH_P_IP_BE);
+        let ip = p.add(ETH_HLEN);
+        ip.write(0x45);
+        ip.add(1).write(0);
+        ip.add(2).cast::<u16>().write_unaligned(outer_len.to_be());
+        ip.add(4).cast::<u16>().write_unaligned(0);
+        // Don't fragment: the path MTU is the route's, checked by the caller.
+        ip.add(6).cast::<u16>().write_unaligned(0x4000u16.to_be());
+        ip.add(8).write(64);
+        ip.add(9).write(proto::UDP);
+        ip.add(10).cast::<u16>().write_unaligned(0);
+        ip.add(12).cast::<u32>().write_unaligned(own);
+        ip.add(16).cast::<u32>().write_unaligned(peer);
+        let mut sum = 0u32;
+        for i in 0..IPV4_HLEN / 2 {
+            sum += u32::from(ip.add(i * 2).cast::<u16>().read_unaligned());
+        }
+        ip.add(10).cast::<u16>().write_unaligned(!fold(sum));
+        let udp = ip.add(IPV4_HLEN);
+        udp.cast::<u16>().write_unaligned(entropy);
+        udp.add(2)
+            .cast::<u16>()
+            .write_unaligned(tunnel::PORT.to_be());
+        udp.add(4)
+            .cast::<u16>()
+            .write_unaligned((outer_len - IPV4_HLEN as u16).to_be());
+        udp.add(6).cast::<u16>().write_unaligned(0);
+    }
+    true
+}
+
+/// Lowers the MSS option of the TCP SYN at `l4` to `path_mtu` less the IPv4 and TCP headers,
+/// fixing the TCP checksum. Only an MSS option in first place is seen: where Linux, Windows
+/// and the BSDs put it (a walk over variable option offsets is more than the verifier
+/// follows here).
+#[inline(always)]
+fn clamp_mss(ctx: &XdpContext, l4: usize, path_mtu: u16) {
+    let limit = path_mtu.saturating_sub((IPV4_HLEN + TCP_HLEN) as u16);
+    let (Some(doff), Some(option)) = (
+        load::<u8>(ctx, l4 + 12),
+        load::<[u8; 2]>(ctx, l4 + TCP_HLEN),
+    ) else {
+        return;
+    };
+    if doff >> 4 < 6 || option != [2, 4] {
+        return;
+    }
+    let (Some(mss_at), Some(csum_at)) = (
+        ptr_at::<u16>(ctx, l4 + TCP_HLEN + 2),
+        ptr_at::<u16>(ctx, l4 + 16),
+    ) else {
+        return;
+    };
+    // SAFETY: both bounds-checked above.
+    unsafe {
+        let old = mss_at.read_unaligned();
+        if u16::from_be(old) > limit {
+            let new = limit.to_be();
+            mss_at.write_unaligned(new);
+            csum_at.write_unaligned(csum_replace2(csum_at.read_unaligned(), old, new));
+        }
+    }
+}
