@@ -95,9 +95,10 @@ fn meets_exactly(
     ))
 }
 
-/// Within `limit` of `since`: `lb` programs exactly the `docker_gwbridge` addresses of the
-/// service's running tasks on `node` (as its Engine shows them then), and new TCP and UDP
-/// requests to the published port reach exactly those tasks. Returns how long after
+/// Within `limit` of `since`: `lb` programs exactly the service's running tasks (those on
+/// `node` at their `docker_gwbridge` address, the others at their ingress address, reached
+/// through the mesh tunnel), and new TCP and UDP requests to `node`'s published port reach
+/// exactly those tasks. Returns how long after
 /// `since` a check that held began.
 fn follows(
     lab: &SwarmLab,
@@ -112,10 +113,20 @@ fn follows(
     // Bounded by time; each round takes at least the 50 ms pause.
     for _ in 0..limit.as_millis() / 50 + 2 {
         let at = since.elapsed();
-        let tasks = node.tasks(service).expect("tasks");
+        // Every running task of the service, on either node: this node's at their
+        // docker_gwbridge address, the other node's at their ingress address (through the
+        // mesh tunnel).
+        let tasks = lab.tasks(service).expect("tasks");
         let want: BTreeSet<IpAddr> = tasks
             .iter()
-            .map(|t| IpAddr::V4(t.gwbridge.expect("an ingress task on docker_gwbridge")))
+            .map(|t| {
+                IpAddr::V4(if t.node == node.index {
+                    t.gwbridge.expect("an ingress task on docker_gwbridge")
+                } else {
+                    t.ingress_addr()
+                        .expect("an ingress task on the ingress network")
+                })
+            })
             .collect();
         let hosts: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
         let programmed = programmed_backends(lb, service)
@@ -123,7 +134,7 @@ fn follows(
             .unwrap_or_default();
         let result = if programmed != want {
             Err(format!(
-                "lbd programs {programmed:?}, the node runs {want:?}"
+                "lbd programs {programmed:?}, the swarm runs {want:?}"
             ))
         } else {
             meets_exactly(lab, published(node, port), Proto::Tcp, &hosts)
