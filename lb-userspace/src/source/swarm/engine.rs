@@ -23,12 +23,30 @@ pub enum EngineError {
          unix:///var/run/docker.sock or tcp://127.0.0.1:2375"
     )]
     BadHost { host: String },
-    #[error("Docker Engine at {host}: {what}: {error}")]
+    #[error("Docker Engine at {host}: {what}: {}", with_causes(error))]
     Request {
         host: String,
         what: &'static str,
         error: bollard::errors::Error,
     },
+}
+
+/// `error` and what caused it: the client's own text ("client error (Connect)") does not say
+/// what went wrong ("No such file or directory", "connection refused").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    // Bounded: error chains are short, and a cycle must not hang the log.
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A connection to one Engine, re-made after an error (the Engine may have restarted, with
@@ -186,4 +204,24 @@ async fn read_with(
         containers,
         pids: pids.into_iter().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_is_told_with_its_causes_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let io_text = io.to_string();
+        let text = with_causes(&Outer(io));
+        assert_eq!(text, format!("client error (Connect): {io_text}"));
+        // A cause the text already holds is not repeated.
+        let io = std::io::Error::other("refused");
+        assert_eq!(with_causes(&io), "refused");
+    }
 }
