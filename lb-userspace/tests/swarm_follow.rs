@@ -4,15 +4,28 @@
 //!   gets requests and sees the client's own address and port;
 //! - scale up, `docker kill` of a task, a rolling update and `service rm` are followed within
 //!   2 s (of the test seeing the change in `docker ps`), while established connections to
-//!   surviving tasks keep their task.
+//!   surviving tasks keep their task;
+//! - a dockerd crash and restart under traffic: forwarding stays while the Engine is away
+//!   (new and established connections), the other node answers every request throughout,
+//!   and the restarted node follows the tasks that replace its own;
+//! - the Engine socket missing, answering non-HTTP garbage or JSON of another shape: a log
+//!   line naming the Engine, `lbctl status` says so, forwarding unchanged, followed again
+//!   once the Engine is back; an lbd started without an Engine runs and says so;
+//! - the manager's and the worker's lbd build the same VIP selection (backends in the same
+//!   order).
 //!
 //! The labs run one after another (the 2 s checks must not compete with another lab's start).
 
 use std::{
     collections::BTreeSet,
+    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    path::Path,
-    sync::{Mutex, MutexGuard},
+    os::unix::net::UnixListener,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -352,5 +365,406 @@ fn published_ports_follow_scale_kill_update_and_rm() {
         let refused = request(&lab.client, published(node, WHO_PORT), Proto::Tcp, REQUEST);
         assert!(refused.is_err(), "a removed service answers: {refused:?}");
     }
+    drop(lbs);
+}
+
+/// Whether `lb`'s `lbctl status` says its Engine answers.
+fn engine_answers(lb: &Lbd) -> anyhow::Result<bool> {
+    let (ok, status, err) = lb.lbctl(&["status"])?;
+    anyhow::ensure!(ok, "lbctl status: {err}");
+    anyhow::ensure!(status.contains("swarm: Engine"), "no swarm line: {status}");
+    Ok(!status.contains("DOES NOT ANSWER"))
+}
+
+/// One TCP and one UDP request to `target`; both must be answered by one of `hosts` (any
+/// task, when `None`), seeing the client.
+fn answered(lab: &SwarmLab, target: SocketAddr, hosts: Option<&BTreeSet<String>>, what: &str) {
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let reply = request(&lab.client, target, proto, REQUEST * 2)
+            .unwrap_or_else(|e| panic!("{what}: {proto} {target}: {e:#}"));
+        assert!(reply.saw(reply.local), "{what}: {reply:?}");
+        if let Some(hosts) = hosts {
+            assert!(
+                hosts.contains(&reply.backend),
+                "{what}: {reply:?} not in {hosts:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dockerd_crash_and_restart_under_traffic() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let mut lab = SwarmLab::start().expect("swarm lab");
+    lab.create_published(
+        "who",
+        4,
+        &who_ports(WHO_PORT),
+        &["--stop-grace-period", "1s", "--replicas-max-per-node", "2"],
+    )
+    .expect("who");
+    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
+    let lbs = lbds(&lab);
+    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+        follows(
+            &lab,
+            node,
+            lb,
+            ("who", WHO_PORT),
+            Instant::now(),
+            STARTUP,
+            "start",
+        );
+    }
+    let hosts: Vec<BTreeSet<String>> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            tasks
+                .iter()
+                .filter(|t| t.node == n.index)
+                .map(|t| t.container.clone())
+                .collect()
+        })
+        .collect();
+    let mut sessions: Vec<Sessions> = lab
+        .nodes
+        .iter()
+        .map(|n| Sessions::open(&lab, published(n, WHO_PORT), 4))
+        .collect();
+
+    // Node 2's dockerd dies (its containers live on): lbd says so and forwards as before, on
+    // both nodes, new and established connections alike.
+    lab.nodes[1].crash_engine().expect("crash dockerd");
+    let away = wait_until(Duration::from_secs(10), "lbd sees the Engine away", || {
+        Ok(!engine_answers(&lbs[1])?)
+    })
+    .expect("Engine away in lbctl status");
+    println!("node 2's lbd saw its Engine away after {away:?}");
+    let t0 = Instant::now();
+    let mut rounds = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        for (node, hosts) in lab.nodes.iter().zip(&hosts) {
+            answered(&lab, published(node, WHO_PORT), Some(hosts), "Engine away");
+        }
+        rounds += 1;
+    }
+    for (s, hosts) in sessions.iter_mut().zip(&hosts) {
+        s.check_kept(hosts, "Engine away");
+    }
+    let log = lbs[1].output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("forwarding stays as it was"))
+        .unwrap_or_else(|| panic!("no log line about the Engine:\n{log}"));
+    assert!(
+        line.contains(&lab.nodes[1].docker_host),
+        "the line names the Engine: {line}"
+    );
+    println!("{rounds} rounds of requests answered with node 2's Engine away; lbd said: {line}");
+
+    // dockerd starts again: it stops the containers it left (swarm mode has no live restore)
+    // and the swarm replaces them. Node 1 answers every request meanwhile and keeps its
+    // connections; node 2 follows its new tasks.
+    lab.nodes[1].start_engine().expect("dockerd again");
+    let deadline = Instant::now() + TASKS;
+    let mut node1_requests = 0;
+    let new_tasks = loop {
+        answered(
+            &lab,
+            published(&lab.nodes[0], WHO_PORT),
+            None,
+            "node 2 restarting",
+        );
+        node1_requests += 2;
+        let now = lab.nodes[1].tasks("who").expect("node 2 tasks");
+        if now.len() == 2 && now.iter().all(|t| !hosts[1].contains(&t.container)) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 2's tasks not replaced within {TASKS:?}: {now:?}\n{}",
+            lab.dump_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("node 1 answered all {node1_requests} requests while node 2 restarted");
+    let since = Instant::now();
+    follows(
+        &lab,
+        &lab.nodes[1],
+        &lbs[1],
+        ("who", WHO_PORT),
+        since,
+        FOLLOW,
+        "dockerd restart",
+    );
+    follows(
+        &lab,
+        &lab.nodes[0],
+        &lbs[0],
+        ("who", WHO_PORT),
+        since,
+        FOLLOW,
+        "dockerd restart",
+    );
+    assert!(
+        engine_answers(&lbs[1]).expect("status"),
+        "Engine answers again"
+    );
+    let node1_hosts: BTreeSet<String> = lab.nodes[0]
+        .tasks("who")
+        .expect("tasks")
+        .into_iter()
+        .map(|t| t.container)
+        .collect();
+    sessions[0].check_kept(&node1_hosts, "node 2's dockerd restarted");
+    println!(
+        "node 2's tasks {:?} were replaced by {:?}",
+        hosts[1],
+        new_tasks.iter().map(|t| &t.container).collect::<Vec<_>>()
+    );
+    drop(lbs);
+}
+
+/// A fake Engine on a Unix socket: every connection gets `answer`, then is closed. Stops
+/// (and removes its socket) on drop.
+struct FakeEngine {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl FakeEngine {
+    fn start(path: &Path, answer: &'static [u8]) -> FakeEngine {
+        let listener = UnixListener::bind(path).expect("fake Engine socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Bounded: ends on stop, or after 10 minutes whatever happens.
+            for _ in 0..60_000 {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                        let mut request = [0u8; 4096];
+                        let _ = conn.read(&mut request);
+                        let _ = conn.write_all(answer);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        FakeEngine {
+            stop,
+            thread: Some(thread),
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The number of lbd's log lines holding `text`.
+fn log_lines(lb: &Lbd, text: &str) -> usize {
+    lb.output().lines().filter(|l| l.contains(text)).count()
+}
+
+#[test]
+fn engine_missing_or_answering_garbage_keeps_forwarding() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    lab.create_published(
+        "who",
+        2,
+        &who_ports(WHO_PORT),
+        &["--replicas-max-per-node", "1"],
+    )
+    .expect("who");
+    let tasks = lab.wait_tasks("who", 2, TASKS).expect("who tasks");
+    let node = &lab.nodes[0];
+    let lb = start_lbd(lbd(), node, &[]).expect("lbd --swarm");
+    follows(
+        &lab,
+        node,
+        &lb,
+        ("who", WHO_PORT),
+        Instant::now(),
+        STARTUP,
+        "start",
+    );
+    let hosts: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.node == 1)
+        .map(|t| t.container.clone())
+        .collect();
+    let mut sessions = Sessions::open(&lab, published(node, WHO_PORT), 2);
+    let socket = node.socket().to_owned();
+    let moved = socket.with_extension("away");
+    const AWAY: &str = "forwarding stays as it was";
+    const BACK: &str = "answers again";
+
+    // Each Engine failure: a log line naming the Engine and the fix-relevant error, within
+    // seconds; forwarding as it was; then following again once the socket is back.
+    // (case, what the fake Engine answers (none: no socket at all), what the log line says)
+    let cases: [(&str, Option<&'static [u8]>, &str); 3] = [
+        ("socket missing", None, "No such file or directory"),
+        (
+            "not HTTP",
+            Some(b"garbage, not an HTTP answer\r\n\r\n".as_slice()),
+            "invalid HTTP",
+        ),
+        (
+            "JSON of another shape",
+            Some(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.41\r\n\
+                  Content-Length: 7\r\nConnection: close\r\n\r\n[1,2,3]"
+                    .as_slice(),
+            ),
+            "JSON",
+        ),
+    ];
+    for (case, answer, says) in cases {
+        let (away_before, back_before) = (log_lines(&lb, AWAY), log_lines(&lb, BACK));
+        std::fs::rename(&socket, &moved).expect("moving the Engine's socket away");
+        let fake = answer.map(|a| FakeEngine::start(&socket, a));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(Duration::from_secs(10), case, || {
+                Ok(log_lines(&lb, AWAY) > away_before)
+            })
+            .unwrap_or_else(|e| panic!("{e:#}: no log line\n{}", lb.output()));
+            let log = lb.output();
+            let line = log.lines().rfind(|l| l.contains(AWAY)).unwrap();
+            println!("{case}: {line}");
+            assert!(
+                line.contains(&node.docker_host),
+                "{case}: names the Engine: {line}"
+            );
+            assert!(line.contains(says), "{case}: says {says:?}: {line}");
+            assert!(
+                !engine_answers(&lb).unwrap(),
+                "{case}: lbctl status says so"
+            );
+            for _ in 0..4 {
+                answered(&lab, published(node, WHO_PORT), Some(&hosts), case);
+            }
+            sessions.check_kept(&hosts, case);
+        }));
+        drop(fake);
+        std::fs::rename(&moved, &socket).expect("putting the Engine's socket back");
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        wait_until(Duration::from_secs(10), "the Engine followed again", || {
+            Ok(log_lines(&lb, BACK) > back_before && engine_answers(&lb)?)
+        })
+        .unwrap_or_else(|e| panic!("{case}: {e:#}\n{}", lb.output()));
+    }
+
+    // An lbd started with no Engine at that address says so and runs.
+    let missing = format!("unix://{}", moved.display());
+    let lonely = Lbd::start(
+        lbd(),
+        &lab.nodes[1].ns,
+        "services: {}\n",
+        &["eth0"],
+        &["--swarm", "--docker-host", &missing],
+    )
+    .expect("lbd --swarm with no Engine starts");
+    wait_until(
+        Duration::from_secs(10),
+        "a log line about no Engine",
+        || Ok(log_lines(&lonely, &missing) > 0 && log_lines(&lonely, AWAY) > 0),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lonely.output()));
+    println!(
+        "no Engine at start: {}",
+        lonely.output().lines().find(|l| l.contains(AWAY)).unwrap()
+    );
+}
+
+/// `lbctl list`'s entry for `service`, as JSON.
+fn listed(lb: &Lbd, service: &str) -> Option<serde_json::Value> {
+    let (ok, out, err) = lb.lbctl(&["--output", "json", "list"]).expect("lbctl list");
+    assert!(ok, "lbctl list: {err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("list json");
+    list["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)
+        .cloned()
+}
+
+/// A VIP's selection (its backends in table order, scheduler, ports) is built the same on
+/// the manager and the worker, from what each node's own Engine says. (`lbctl explain` does
+/// not apply: the socket-level path picks per socket, not per 5-tuple; and a published
+/// port's backends are each node's own tasks until remote tasks are served.)
+#[test]
+fn manager_and_worker_build_the_same_vip_selection() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    lab.manager()
+        .docker(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            "198.19.20.0/24",
+            "appnet",
+        ])
+        .expect("appnet");
+    lab.create_service("api", 3, &["--network", "appnet"])
+        .expect("api");
+    let tasks = lab.wait_tasks("api", 3, TASKS).expect("api tasks");
+    let mut task_addrs: Vec<String> = tasks
+        .iter()
+        .map(|t| t.networks["appnet"].to_string())
+        .collect();
+    task_addrs.sort_by_key(|a| a.parse::<IpAddr>().expect("task address"));
+    let lbs: Vec<Lbd> = lab
+        .nodes
+        .iter()
+        .map(|n| start_lbd(lbd(), n, &["--socket-lb", "on"]).expect("lbd --swarm"))
+        .collect();
+    let entries: Vec<serde_json::Value> = lbs
+        .iter()
+        .map(|lb| {
+            wait_until(STARTUP, "the VIP service with every task", || {
+                Ok(programmed_backends(lb, "api@appnet")?.is_some_and(|b| b.len() == 3))
+            })
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.output()));
+            listed(lb, "api@appnet").expect("listed")
+        })
+        .collect();
+    assert_eq!(entries[0], entries[1], "manager and worker differ");
+    let order: Vec<&str> = entries[0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["backend"].as_str().expect("backend"))
+        .collect();
+    assert_eq!(order, task_addrs, "every task, in address order");
     drop(lbs);
 }
