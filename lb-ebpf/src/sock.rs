@@ -25,7 +25,7 @@ use lb_common::{
 
 use crate::{
     conntrack::Chosen,
-    maps::{FRONTENDS, SOCK_NETNS, SOCK_REVERSE, SOCK_STATS},
+    maps::{FRONTENDS, SOCK_NETNS, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
     select,
 };
 
@@ -177,6 +177,18 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     }
     if chosen.port_be == ANY_PORT {
         chosen.port_be = frontend.port_be;
+    }
+    // A task on another node: this node's own sockets cannot reach its ingress address, so
+    // they connect to that node's published port instead, which serves it (its program picks
+    // among the service's tasks as every node does).
+    if chosen.tunnel_peer != 0 {
+        match TUNNEL_PEERS.get(u32::from(chosen.tunnel_peer)) {
+            Some(&peer) if peer != 0 => {
+                chosen.addr = Addr::from_v4_raw(peer);
+                chosen.port_be = frontend.port_be;
+            }
+            _ => return REFUSE,
+        }
     }
     set_user_addr(sa, v6, &chosen.addr);
     // SAFETY: a context field these programs may write.
