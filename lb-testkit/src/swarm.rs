@@ -35,7 +35,7 @@ mod checks;
 mod image;
 mod tasks;
 
-pub use checks::{programmed_backends, request, start_lbd, wait_until};
+pub use checks::{programmed_backends, request, start_lbd, start_lbd_with, wait_until};
 pub use tasks::{Publish, PublishMode, Task};
 
 /// The image every task runs.

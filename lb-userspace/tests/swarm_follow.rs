@@ -13,7 +13,8 @@
 //!   line naming the Engine, `lbctl status` says so, forwarding unchanged, followed again
 //!   once the Engine is back; an lbd started without an Engine runs and says so;
 //! - the manager's and the worker's lbd build the same VIP selection (backends in the same
-//!   order).
+//!   order), and choose the same task for a client on a published port (`lbctl explain`
+//!   and traffic agree).
 //!
 //! The labs run one after another (the 2 s checks must not compete with another lab's start).
 
@@ -34,7 +35,7 @@ use lb_testkit::{
     Lbd, Proto, TcpSession, e2e_enabled,
     swarm::{
         CLIENT_ADDR, Publish, SwarmLab, SwarmNode, WHO_PORT, programmed_backends, request,
-        start_lbd, wait_until,
+        start_lbd, start_lbd_with, wait_until,
     },
 };
 
@@ -845,5 +846,85 @@ fn manager_and_worker_build_the_same_vip_selection() {
         .map(|b| b["backend"].as_str().expect("backend"))
         .collect();
     assert_eq!(order, task_addrs, "every task, in address order");
+    drop(lbs);
+}
+
+/// The task `lbctl explain` on `lb` says a new flow `client` -> `frontend` gets, by container
+/// (a node names its own tasks by their docker_gwbridge address, the other node's by their
+/// ingress address), and the selection text with that address left out.
+fn explained_task(
+    lb: &Lbd,
+    tasks: &[lb_testkit::swarm::Task],
+    proto: Proto,
+    client: SocketAddr,
+    frontend: SocketAddr,
+) -> (String, String) {
+    let args = [proto.to_string(), client.to_string(), frontend.to_string()];
+    let (ok, out, err) = lb
+        .lbctl(&["explain", &args[0], &args[1], &args[2]])
+        .expect("lbctl explain");
+    assert!(ok, "lbctl explain {args:?}: {err}");
+    for task in tasks {
+        for addr in [task.gwbridge, task.ingress_addr()].into_iter().flatten() {
+            let backend = format!("-> {addr}:{WHO_PORT} ");
+            if out.contains(&backend) {
+                return (task.container.clone(), out.replace(&backend, "-> TASK "));
+            }
+        }
+    }
+    panic!("lbctl explain {args:?} names no running task: {out}")
+}
+
+/// For the same client, the manager's and the worker's lbd choose the same task for a
+/// published port (issue 12: every node builds the same selection table), and traffic goes
+/// there. With `affinity: client-ip` (the hash is the client's address only): the default
+/// hash also covers the destination, which is each node's own address, so the same client
+/// port entering two nodes is two different 5-tuples (see /work/wt/swarmlab-notes.md).
+#[test]
+fn manager_and_worker_choose_the_same_task_for_a_client() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    lab.create_published("who", 4, &who_ports(WHO_PORT), &[])
+        .expect("who");
+    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
+    let policy = "swarm:\n  who: { affinity: client-ip }\nservices: {}\n";
+    let lbs: Vec<Lbd> = lab
+        .nodes
+        .iter()
+        .map(|node| start_lbd_with(lbd(), node, policy, &[]).expect("lbd --swarm"))
+        .collect();
+    for lb in &lbs {
+        wait_until(STARTUP, "every task programmed", || {
+            Ok(programmed_backends(lb, "who")?.is_some_and(|b| b.len() == tasks.len()))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.output()));
+    }
+    // The client's address decides; explain it with a few ports and both protocols.
+    for (i, proto) in [Proto::Tcp, Proto::Udp, Proto::Tcp].into_iter().enumerate() {
+        let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 41000 + i as u16);
+        let picks: Vec<(String, String)> = lab
+            .nodes
+            .iter()
+            .zip(&lbs)
+            .map(|(node, lb)| explained_task(lb, &tasks, proto, client, published(node, WHO_PORT)))
+            .collect();
+        assert_eq!(
+            picks[0], picks[1],
+            "{proto} from {client}: manager and worker choose differently"
+        );
+        // And traffic goes there, from each node.
+        for node in &lab.nodes {
+            let target = published(node, WHO_PORT);
+            let reply = match proto {
+                Proto::Tcp => lb_testkit::tcp_request(&lab.client, target, REQUEST),
+                Proto::Udp => lb_testkit::udp_request(&lab.client, target, REQUEST),
+            }
+            .unwrap_or_else(|e| panic!("{proto} {target}: {e:#}"));
+            assert_eq!(reply.backend, picks[0].0, "{proto} via node {}", node.index);
+        }
+    }
     drop(lbs);
 }

@@ -16,16 +16,15 @@ use crate::{Lbd, Netns, Proto, Reply, tcp_request, udp_request};
 /// Starts `lbd run --swarm` (the binary `lbd`) in `node`'s namespace, following `node`'s
 /// Engine, attached to the underlay (`eth0`) and `docker_gwbridge`, with `extra` arguments.
 pub fn start_lbd(lbd: &Path, node: &SwarmNode, extra: &[&str]) -> Result<Lbd> {
+    start_lbd_with(lbd, node, "services: {}\n", extra)
+}
+
+/// [`start_lbd`] with `services` as its service file (e.g. a `swarm:` policy section).
+pub fn start_lbd_with(lbd: &Path, node: &SwarmNode, services: &str, extra: &[&str]) -> Result<Lbd> {
     let mut args = vec!["--swarm", "--docker-host", &node.docker_host];
     args.extend_from_slice(extra);
-    Lbd::start(
-        lbd,
-        &node.ns,
-        "services: {}\n",
-        &["eth0", "docker_gwbridge"],
-        &args,
-    )
-    .with_context(|| format!("lbd --swarm on node {}", node.index))
+    Lbd::start(lbd, &node.ns, services, &["eth0", "docker_gwbridge"], &args)
+        .with_context(|| format!("lbd --swarm on node {}", node.index))
 }
 
 /// The backend addresses `lb` programs for `service` (`lbctl list`); `None` when it has no
