@@ -62,6 +62,9 @@ pub async fn follow(
     let mut backoff = BACKOFF.0;
     let mut last: Option<(Snapshot, Instant)> = None;
     let mut down_since: Option<Instant> = None;
+    // After an outage the Engine rebuilds its view for a while (networks, then services and
+    // their tasks): a snapshot is handed over only once two reads in a row agree.
+    let mut settling: Option<Snapshot> = None;
     let mut reminded = Instant::now();
     tokio::pin!(stop);
     loop {
@@ -79,8 +82,19 @@ pub async fn follow(
                     info!(
                         docker_host = engine.host(),
                         down_s = since.elapsed().as_secs(),
-                        "swarm: the Docker Engine answers again; following it"
+                        "swarm: the Docker Engine answers again; following it once its view holds still"
                     );
+                    settling = Some(snapshot);
+                    record(&status, engine.host(), None);
+                    delay = POLL;
+                    continue;
+                }
+                if let Some(candidate) = settling.take()
+                    && candidate != snapshot
+                {
+                    settling = Some(snapshot);
+                    delay = POLL;
+                    continue;
                 }
                 record(&status, engine.host(), None);
                 let due = last

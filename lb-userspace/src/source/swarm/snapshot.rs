@@ -138,6 +138,21 @@ impl Snapshot {
         if !active {
             return Ok(snapshot);
         }
+        // Every swarm node has the ingress network; an Engine that is starting lists it (and
+        // the services on it) a moment after it says the swarm is active. Until then its view
+        // is not the swarm's.
+        if !answers
+            .overlays
+            .iter()
+            .any(|n| n.name.as_deref() == Some(INGRESS_NETWORK))
+        {
+            return Err(SnapshotError {
+                what: "networks".into(),
+                message: "the swarm is active but the ingress network is not there yet (the \
+                          Engine is starting)"
+                    .into(),
+            });
+        }
         for network in &answers.overlays {
             add_network(&mut snapshot, network)?;
         }
