@@ -497,25 +497,32 @@ fn plug(ns: &Netns, underlay: &Netns, index: u8, addr: &str) -> Result<()> {
     ])
 }
 
-/// Processes whose command line mentions `dir` (a node's containerd and shims), other than
-/// this one.
+/// Programs of a node's Engine that may outlive it: only these are swept, never a process that
+/// merely names the node's socket (an `lbd --docker-host` of a test).
+const ENGINE_PROGRAMS: &[&str] = &["dockerd", "containerd", "docker-proxy", "runc"];
+
+/// Engine processes (dockerd, containerd and its shims, docker-proxy, runc) whose command line
+/// mentions `dir`.
 pub fn processes_mentioning(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let me = std::process::id() as i32;
     entries
         .flatten()
         .filter_map(|entry| {
             let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
             let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            (pid != me && String::from_utf8_lossy(&cmdline).contains(&needle)).then_some(pid)
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let program = cmdline.split('\0').next()?.rsplit('/').next()?;
+            let engine = ENGINE_PROGRAMS.iter().any(|p| program.starts_with(p));
+            (engine && cmdline.contains(&needle)).then_some(pid)
         })
         .collect()
 }
 
-/// Kills every process whose command line mentions `dir` (containerd and shims of a node).
+/// Kills the Engine processes whose command line mentions `dir` (containerd and shims of a
+/// node).
 fn kill_processes_mentioning(dir: &Path) {
     for pid in processes_mentioning(dir) {
         // SAFETY: plain kill(2) of a process of this lab.
