@@ -25,6 +25,10 @@ pub struct DemoArgs {
     /// UDP exchanges.
     #[arg(long, default_value_t = 200)]
     udp: usize,
+    /// Demo on a real two-node Docker Swarm (dockerd per node) instead: the published port
+    /// without and with `lbd --swarm`; --tcp and --udp count per node address.
+    #[arg(long)]
+    swarm: bool,
 }
 
 #[derive(Default)]
@@ -38,6 +42,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "{} does not exist: run `cargo xtask build`",
         args.lbd.display()
     );
+    if args.swarm {
+        return crate::demo_swarm::run(&args.lbd, args.tcp, args.udp);
+    }
     println!("demo: building client, node and 3 backends in network namespaces (198.18.0.0/15)");
     let topo = Topology::new(3)?;
     let servers: Vec<NameServer> = topo.serve_on_backends(&[8080], &[5353])?;

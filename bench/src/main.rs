@@ -2,6 +2,7 @@
 
 mod control;
 mod demo;
+mod demo_swarm;
 mod micro;
 mod oracle;
 mod pps;

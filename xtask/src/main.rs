@@ -133,6 +133,11 @@ mod tests {
         };
         assert_eq!(args.args, ["--duration", "5"]);
 
+        let Task::Demo(args) = parse(&["demo", "--swarm"]) else {
+            panic!()
+        };
+        assert_eq!(args.args, ["--swarm"]);
+
         let Task::Bench(args) = parse(&["bench", "micro", "--iterations", "10"]) else {
             panic!()
         };
