@@ -80,8 +80,9 @@ fn published(node: &SwarmNode, port: u16) -> SocketAddr {
 
 /// Requests from the client to `target` until every one of `expected` answered (at most
 /// [`MAX_REQUESTS`]). A task that saw another address than the client's fails the test (the
-/// port is not checked: it is sometimes seen rewritten, see /work/wt/swarmlab-notes.md); a
-/// failed request or a task not in `expected` is an `Err` (not followed yet).
+/// port is not checked: a client port that reaches one task through both nodes at once is
+/// remapped, see the README's Swarm section); a failed request or a task not in `expected` is
+/// an `Err` (not followed yet).
 fn meets_exactly(
     lab: &SwarmLab,
     target: SocketAddr,
