@@ -413,7 +413,7 @@ fn dockerd_crash_under_traffic_keeps_forwarding() {
 #[test]
 #[ignore = "known failure, Docker's: a dockerd started after a SIGKILL gives a new task the \
             docker_gwbridge address a stale endpoint still answers for (connections refused \
-            even from the node itself, without lbd); see /work/wt/swarmlab-notes.md"]
+            even from the node itself, without lbd)"]
 fn dockerd_restart_under_traffic_is_followed() {
     dockerd_crash_under_traffic(true);
 }
@@ -879,7 +879,7 @@ fn explained_task(
 /// published port (issue 12: every node builds the same selection table), and traffic goes
 /// there. With `affinity: client-ip` (the hash is the client's address only): the default
 /// hash also covers the destination, which is each node's own address, so the same client
-/// port entering two nodes is two different 5-tuples (see /work/wt/swarmlab-notes.md).
+/// port entering two nodes is two different 5-tuples.
 #[test]
 fn manager_and_worker_choose_the_same_task_for_a_client() {
     if !e2e_enabled() {
