@@ -8,6 +8,7 @@ mod oracle;
 mod pps;
 mod report;
 mod tcp;
+mod tcp_swarm;
 mod traffic;
 
 use clap::{Parser, Subcommand};

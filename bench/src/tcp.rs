@@ -66,6 +66,11 @@ pub struct TcpArgs {
     pub xdp_mode: Vec<XdpMode>,
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
+    /// The swarm case instead: on the two-node swarm lab, a one-task service's published port
+    /// through `lbd --swarm` against the client talking to that task directly (routed by its
+    /// node); writes `tcp-swarm-<date>.{json,md}`.
+    #[arg(long)]
+    pub swarm: bool,
     #[arg(long)]
     pub no_write: bool,
 }
@@ -77,7 +82,7 @@ const NFT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
 const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 3);
 const NFT_TABLE: &str = "mlbtcp";
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-const WARMUP_SECONDS: f64 = 1.0;
+pub(crate) const WARMUP_SECONDS: f64 = 1.0;
 /// Pause after a contender is stopped, before the next starts: the kernel finishes tearing
 /// the last one down (its sockets, maps, conntrack entries) on the same two CPUs, and the
 /// contender that happened to come next would pay for it.
@@ -172,14 +177,18 @@ pub struct TcpReport {
 
 /// The client side of a measurement: its namespace, its threads, and whether they are pinned
 /// to `CLIENT_CPU`.
-struct Clients<'a> {
-    ns: &'a Netns,
-    threads: usize,
-    pinned: bool,
+pub(crate) struct Clients<'a> {
+    pub(crate) ns: &'a Netns,
+    pub(crate) threads: usize,
+    pub(crate) pinned: bool,
 }
 
 /// Short connections from every client thread to `target` for `seconds`.
-fn connections(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Result<Count> {
+pub(crate) fn connections(
+    clients: &Clients<'_>,
+    target: SocketAddr,
+    seconds: f64,
+) -> Result<Count> {
     measure(clients, seconds, |deadline, ok, errors| {
         while Instant::now() < deadline {
             match one_exchange(target) {
@@ -191,7 +200,7 @@ fn connections(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Resul
 }
 
 /// Keep-alive: one connection per client thread, requests back to back for `seconds`.
-fn keepalive(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Result<Count> {
+pub(crate) fn keepalive(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Result<Count> {
     measure(clients, seconds, |deadline, ok, errors| {
         // Reconnect (bounded by the deadline) if a connection fails.
         while Instant::now() < deadline {
@@ -398,7 +407,7 @@ fn stop(running: Running, topo: &Topology) -> Result<()> {
 }
 
 impl ContenderResult {
-    fn empty(name: &'static str) -> Self {
+    pub(crate) fn empty(name: &'static str) -> Self {
         Self {
             name,
             connections_per_s: Vec::new(),
@@ -475,6 +484,9 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         "{} does not exist: run `cargo xtask build`",
         args.lbd.display()
     );
+    if args.swarm {
+        return crate::tcp_swarm::run(args);
+    }
     let balancers = balancers(&args.xdp_mode);
     let machine = machine::facts();
     println!(
