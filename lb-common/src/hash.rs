@@ -39,6 +39,19 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     finish(h)
 }
 
+/// Hash of the 5-tuple less the destination address (`affinity: any-node`): the same
+/// connection hashes alike on every node, whichever node address it was sent to.
+#[inline(always)]
+pub const fn any_node_hash(key: &FlowKey) -> u32 {
+    let s = key.src.words;
+    let mut h = SEED;
+    h = mix(h, s[0] ^ s[1] ^ s[2]);
+    h = mix(h, s[3]);
+    h = mix(h, (key.sport_be as u32) << 16 | key.dport_be as u32);
+    h = mix(h, key.proto as u32);
+    finish(h)
+}
+
 /// Hash of the client address only (`affinity: client-ip`).
 #[inline(always)]
 pub const fn client_hash(key: &FlowKey) -> u32 {
@@ -65,6 +78,18 @@ pub const fn endpoint_filter_slot(addr: &Addr, port_be: u16, proto: u8) -> u32 {
 mod tests {
     use super::*;
     use crate::Addr;
+
+    #[test]
+    fn the_any_node_hash_ignores_the_node_address_only() {
+        let a = key([198, 18, 50, 100], 40000, [198, 18, 50, 1], 80, 6);
+        let b = key([198, 18, 50, 100], 40000, [198, 18, 50, 2], 80, 6);
+        assert_eq!(any_node_hash(&a), any_node_hash(&b));
+        assert_ne!(flow_hash(&a), flow_hash(&b));
+        let other_port = key([198, 18, 50, 100], 40001, [198, 18, 50, 1], 80, 6);
+        assert_ne!(any_node_hash(&a), any_node_hash(&other_port));
+        let other_service = key([198, 18, 50, 100], 40000, [198, 18, 50, 1], 81, 6);
+        assert_ne!(any_node_hash(&a), any_node_hash(&other_service));
+    }
 
     fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
         let v4 = |o: [u8; 4]| Addr::from_v4_raw(u32::from_ne_bytes(o));

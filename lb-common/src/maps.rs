@@ -131,12 +131,16 @@ pub mod service_flags {
     /// that came through the mesh tunnel from a peer node may use it; the flow's replies go
     /// back through the tunnel to that node.
     pub const TUNNEL_ONLY: u32 = 1 << 5;
+    /// Hash the 5-tuple without the frontend address (`affinity: any-node`): a connection
+    /// gets the same backend whichever node address it enters by (Maglev).
+    pub const AFFINITY_ANY_NODE: u32 = 1 << 6;
     pub const ALL: u32 = ROUND_ROBIN
         | AFFINITY_CLIENT_IP
         | FULLNAT
         | MOVE_ON_REMOVAL
         | RESET_ON_REMOVAL
-        | TUNNEL_ONLY;
+        | TUNNEL_ONLY
+        | AFFINITY_ANY_NODE;
     /// Bits 16-23: the socket scope of a frontend only sockets serve (a swarm service's VIP
     /// on an overlay network): 1-31, the bit a network namespace's `SOCK_NETNS` value must
     /// have for its sockets to be translated. 0: a frontend of the node (XDP and the node's

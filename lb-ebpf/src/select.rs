@@ -2,7 +2,7 @@
 //! of the service's weighted round-robin sequence.
 
 use lb_common::{
-    hash::{client_hash, flow_hash},
+    hash::{any_node_hash, client_hash, flow_hash},
     maps::{FlowKey, SLOTS_PER_ELEMENT, Service, TABLE_LEN_SLOT, backend_flags, service_flags},
 };
 
@@ -34,6 +34,8 @@ fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
         }
     } else if svc.flags & service_flags::AFFINITY_CLIENT_IP != 0 {
         client_hash(key)
+    } else if svc.flags & service_flags::AFFINITY_ANY_NODE != 0 {
+        any_node_hash(key)
     } else {
         flow_hash(key)
     };

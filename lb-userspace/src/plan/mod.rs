@@ -727,6 +727,8 @@ impl DesiredState {
         };
         let hash = if service.flags & service_flags::AFFINITY_CLIENT_IP != 0 {
             client_hash(&flow)
+        } else if service.flags & service_flags::AFFINITY_ANY_NODE != 0 {
+            lb_common::hash::any_node_hash(&flow)
         } else {
             flow_hash(&flow)
         };
@@ -799,8 +801,10 @@ fn service_value(spec: &ServiceSpec, id: u32) -> Service {
     if spec.scheduler == Scheduler::RoundRobin {
         flags |= service_flags::ROUND_ROBIN;
     }
-    if spec.affinity == Affinity::ClientIp {
-        flags |= service_flags::AFFINITY_CLIENT_IP;
+    match spec.affinity {
+        Affinity::None => {}
+        Affinity::ClientIp => flags |= service_flags::AFFINITY_CLIENT_IP,
+        Affinity::AnyNode => flags |= service_flags::AFFINITY_ANY_NODE,
     }
     if spec.forwarding == Forwarding::FullNat {
         flags |= service_flags::FULLNAT;

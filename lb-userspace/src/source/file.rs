@@ -195,6 +195,9 @@ pub enum Affinity {
     None,
     /// Hash the client address: one client always reaches one backend.
     ClientIp,
+    /// Hash the 5-tuple less the frontend address: a connection reaches the same backend
+    /// whichever node address it enters by (swarm published ports behind ECMP or failover).
+    AnyNode,
 }
 
 /// Idle timeouts of established flows, in seconds.
@@ -300,7 +303,7 @@ macro_rules! keywords {
 keywords!(Protocol, "protocol", { Tcp => "tcp", Udp => "udp" });
 keywords!(Scheduler, "scheduler", { Maglev => "maglev", RoundRobin => "round-robin" });
 keywords!(Forwarding, "forwarding mode", { Nat => "nat", FullNat => "fullnat" });
-keywords!(Affinity, "affinity", { None => "none", ClientIp => "client-ip" });
+keywords!(Affinity, "affinity", { None => "none", ClientIp => "client-ip", AnyNode => "any-node" });
 keywords!(RemovalPolicy, "removal policy", { Keep => "keep", Move => "move", Reset => "reset" });
 
 impl FromStr for PortMapping {
@@ -888,7 +891,11 @@ fn swarm_policy_from_raw(
         local_first,
         scheduler,
         forwarding: cx.keyword("swarm.forwarding", raw.forwarding)?,
-        affinity: cx.keyword("swarm.affinity", raw.affinity)?,
+        // Unlike a file service's, a swarm service's default: its port answers on every node.
+        affinity: match raw.affinity {
+            None => Affinity::AnyNode,
+            some => cx.keyword("swarm.affinity", some)?,
+        },
         timeouts,
         on_backend_removal: cx.keyword("swarm.on_backend_removal", raw.on_backend_removal)?,
         // The task count is only known at run time, where the size is checked against it.

@@ -52,7 +52,9 @@ impl Default for SwarmPolicy {
         Self {
             scheduler: Scheduler::default(),
             forwarding: Forwarding::default(),
-            affinity: Affinity::default(),
+            // A published port answers on every node address: a connection gets the same
+            // task whichever node it enters by.
+            affinity: Affinity::AnyNode,
             timeouts: Timeouts::default(),
             on_backend_removal: RemovalPolicy::default(),
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
