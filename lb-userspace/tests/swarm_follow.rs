@@ -14,8 +14,9 @@
 //!   line naming the Engine, `lbctl status` says so, forwarding unchanged, followed again
 //!   once the Engine is back; an lbd started without an Engine runs and says so;
 //! - the manager's and the worker's lbd build the same VIP selection (backends in the same
-//!   order), and choose the same task for a client on a published port (`lbctl explain`
-//!   and traffic agree).
+//!   order), and the same task for a flow to a published port whichever node address it
+//!   enters by (default affinity any-node), or for a client (client-ip); `lbctl explain`
+//!   and traffic agree.
 //!
 //! The labs run one after another (the 2 s checks must not compete with another lab's start).
 
@@ -875,11 +876,11 @@ fn explained_task(
     panic!("lbctl explain {args:?} names no running task: {out}")
 }
 
-/// For the same client, the manager's and the worker's lbd choose the same task for a
-/// published port (issue 12: every node builds the same selection table), and traffic goes
-/// there. With `affinity: client-ip` (the hash is the client's address only): the default
-/// hash also covers the destination, which is each node's own address, so the same client
-/// port entering two nodes is two different 5-tuples.
+/// For the same flow, whichever node address it enters by, the manager's and the worker's lbd
+/// choose the same task for a published port (issue 12: every node builds the same selection
+/// table, and the swarm's default affinity, any-node, leaves the frontend address out of the
+/// hash), and traffic goes there; with `affinity: client-ip`, the same holds for every flow of
+/// a client address.
 #[test]
 fn manager_and_worker_choose_the_same_task_for_a_client() {
     if !e2e_enabled() {
@@ -889,8 +890,11 @@ fn manager_and_worker_choose_the_same_task_for_a_client() {
     let lab = SwarmLab::start().expect("swarm lab");
     lab.create_published("who", 4, &who_ports(WHO_PORT), &[])
         .expect("who");
-    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
-    let policy = "swarm:\n  who: { affinity: client-ip }\nservices: {}\n";
+    lab.create_published("sticky", 4, &who_ports(9081), &[])
+        .expect("sticky");
+    let who = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
+    let sticky = lab.wait_tasks("sticky", 4, TASKS).expect("sticky tasks");
+    let policy = "swarm:\n  sticky: { affinity: client-ip }\nservices: {}\n";
     let lbs: Vec<Lbd> = lab
         .nodes
         .iter()
@@ -898,32 +902,55 @@ fn manager_and_worker_choose_the_same_task_for_a_client() {
         .collect();
     for lb in &lbs {
         wait_until(STARTUP, "every task programmed", || {
-            Ok(programmed_backends(lb, "who")?.is_some_and(|b| b.len() == tasks.len()))
+            Ok(
+                programmed_backends(lb, "who")?.is_some_and(|b| b.len() == who.len())
+                    && programmed_backends(lb, "sticky")?.is_some_and(|b| b.len() == sticky.len()),
+            )
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.output()));
     }
-    // The client's address decides; explain it with a few ports and both protocols.
-    for (i, proto) in [Proto::Tcp, Proto::Udp, Proto::Tcp].into_iter().enumerate() {
-        let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 41000 + i as u16);
+    // Both nodes explain a flow alike (hash, slot, task).
+    let same_pick = |tasks: &[lb_testkit::swarm::Task], port: u16, proto, client| {
         let picks: Vec<(String, String)> = lab
             .nodes
             .iter()
             .zip(&lbs)
-            .map(|(node, lb)| explained_task(lb, &tasks, proto, client, published(node, WHO_PORT)))
+            .map(|(node, lb)| explained_task(lb, tasks, proto, client, published(node, port)))
             .collect();
         assert_eq!(
             picks[0], picks[1],
-            "{proto} from {client}: manager and worker choose differently"
+            "{proto} from {client} to port {port}: manager and worker choose differently"
         );
-        // And traffic goes there, from each node.
+        picks[0].0.clone()
+    };
+    let mut chosen = BTreeSet::new();
+    for i in 0..8u16 {
+        let proto = if i % 2 == 0 { Proto::Tcp } else { Proto::Udp };
+        let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 41000 + i);
+        chosen.insert(same_pick(&who, WHO_PORT, proto, client));
+    }
+    assert!(chosen.len() > 1, "8 flows all on one task: {chosen:?}");
+    // Any-node: a UDP flow from one client port reaches the explained task by either node.
+    for i in 0..3u16 {
+        let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 42000 + i);
+        let task = same_pick(&who, WHO_PORT, Proto::Udp, client);
         for node in &lab.nodes {
             let target = published(node, WHO_PORT);
-            let reply = match proto {
-                Proto::Tcp => lb_testkit::tcp_request(&lab.client, target, REQUEST),
-                Proto::Udp => lb_testkit::udp_request(&lab.client, target, REQUEST),
-            }
-            .unwrap_or_else(|e| panic!("{proto} {target}: {e:#}"));
-            assert_eq!(reply.backend, picks[0].0, "{proto} via node {}", node.index);
+            let mut session = lb_testkit::UdpSession::bind_to(&lab.client, client, target, REQUEST)
+                .expect("udp from a fixed port");
+            let reply = session.request().expect("udp request");
+            assert_eq!(reply.backend, task, "{client} via node {}", node.index);
+        }
+    }
+    // Client-ip: every flow of the client, TCP or UDP, any port, any node: one task.
+    let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 43000);
+    let task = same_pick(&sticky, 9081, Proto::Tcp, client);
+    for node in &lab.nodes {
+        let target = published(node, 9081);
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let reply = request(&lab.client, target, proto, REQUEST)
+                .unwrap_or_else(|e| panic!("{proto} {target}: {e:#}"));
+            assert_eq!(reply.backend, task, "{proto} via node {}", node.index);
         }
     }
     drop(lbs);
