@@ -522,12 +522,56 @@ pub fn processes_mentioning(dir: &Path) -> Vec<i32> {
 }
 
 /// Kills the Engine processes whose command line mentions `dir` (containerd and shims of a
-/// node).
+/// node), and first the containers of those shims (their children): a container outlives a
+/// killed shim, which happens when its dockerd is gone (a crashed Engine, a killed test).
 fn kill_processes_mentioning(dir: &Path) {
-    for pid in processes_mentioning(dir) {
+    let engine = processes_mentioning(dir);
+    let containers: Vec<i32> = children_of_all()
+        .into_iter()
+        .filter(|(_, parent)| engine.contains(parent))
+        .map(|(pid, _)| pid)
+        .filter(|pid| !engine.contains(pid))
+        .collect();
+    // Killing a container's first process ends its whole PID namespace.
+    for pid in containers.into_iter().chain(engine) {
         // SAFETY: plain kill(2) of a process of this lab.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// Processes whose mounts mention `dir`: a lab's containers (their root is under the node's
+/// data root), also once their shim and Engine are gone.
+pub fn processes_inside(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let mounts = std::fs::read_to_string(entry.path().join("mountinfo")).ok()?;
+            mounts.contains(&needle).then_some(pid)
+        })
+        .collect()
+}
+
+/// Every process with its parent (`/proc/PID/stat`).
+fn children_of_all() -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "PID (COMM) STATE PPID …": COMM may hold spaces and parentheses.
+            let after = stat.rsplit_once(')')?.1;
+            let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
 }
 
 /// Unmounts everything below the directories (deepest first), then removes them.

@@ -155,5 +155,9 @@ fn two_node_lab_runs_tasks_on_both_nodes_and_cleans_up() {
             lb_testkit::swarm::processes_mentioning(std::path::Path::new(dir.as_ref())).is_empty(),
             "processes of {dir} left behind"
         );
+        assert!(
+            lb_testkit::swarm::processes_inside(std::path::Path::new(dir.as_ref())).is_empty(),
+            "containers of {dir} left behind"
+        );
     }
 }

@@ -507,6 +507,23 @@ fn dockerd_crash_under_traffic(restart: bool) {
     println!("{rounds} rounds of requests answered with node 2's Engine away; lbd said: {line}");
 
     if !restart {
+        // Node 2's containers outlive its dockerd: dropping the lab ends them too.
+        let dirs: Vec<PathBuf> = lab.nodes[1]
+            .state_dirs()
+            .iter()
+            .map(|d| d.to_path_buf())
+            .collect();
+        drop(sessions);
+        drop(lbs);
+        drop(lab);
+        for dir in &dirs {
+            let left = lb_testkit::swarm::processes_inside(dir);
+            assert!(
+                left.is_empty(),
+                "processes left in {}: {left:?}",
+                dir.display()
+            );
+        }
         return;
     }
 
