@@ -6,6 +6,8 @@
 mod bench;
 mod build;
 mod demo;
+#[cfg(test)]
+mod layout;
 mod run;
 mod setup;
 mod test;
