@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::daemon::{Outcome, Report, Trigger};
+use crate::api::{Outcome, Trigger, report::Report};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -308,7 +308,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::{BackendReport, BackendStates, Occupancy, ServiceReport, Totals};
+    use crate::api::report::{BackendReport, BackendStates, Occupancy, ServiceReport, Totals};
 
     #[test]
     fn every_slot_has_a_home_and_names_are_listed() {

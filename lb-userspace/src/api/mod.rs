@@ -1,6 +1,6 @@
 //! The admin API: HTTP/JSON over a Unix socket (mode 0600), optionally over TCP with a bearer
-//! token. `server` is lbd's side, `client` is lbctl's; the types below are the wire format of
-//! both, defined once.
+//! token. [`crate::control::server`] is lbd's side, [`client`] is lbctl's; the types here are the
+//! wire format of both, defined once.
 //!
 //! | method and path                          | body / query                     | answer |
 //! |------------------------------------------|----------------------------------|--------|
@@ -12,23 +12,24 @@
 //! | `POST /v1/services/{name}/backends`      | [`BackendRequest`]               | [`ChangeResult`] |
 //! | `POST /v1/services/{name}/backends/remove` | [`BackendRequest`]             | [`ChangeResult`] |
 //! | `POST /v1/services/{name}/backends/drain`  | [`BackendRequest`]             | [`ChangeResult`] |
-//! | `GET /v1/stats`                          |                                  | [`crate::daemon::Report`] |
+//! | `GET /v1/stats`                          |                                  | [`report::Report`] |
 //! | `GET /v1/flows`                          | `?service=NAME&limit=N`          | [`FlowList`] |
-//! | `GET /v1/explain`                        | `?protocol=tcp&source=A:P&destination=A:P` | [`crate::daemon::Explained`] |
+//! | `GET /v1/explain`                        | `?protocol=tcp&source=A:P&destination=A:P` | [`Explained`] |
 //! | `GET /metrics`                           |                                  | Prometheus text |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 401 (token), 404 (no such service or
 //! backend), 409 (conflict), 500 (the node failed); a failed request changes nothing.
 
 pub mod client;
-pub mod server;
+pub mod report;
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use lb_common::maps::{proto, tcp_state};
+
 use crate::{
-    daemon::{Outcome, Trigger},
     dataplane::Attachment,
     source::api_state::{ServiceChanges, Source},
 };
@@ -209,3 +210,87 @@ pub struct ExplainQuery {
 /// Most flows one `GET /v1/flows` returns.
 pub const MAX_FLOWS: usize = 10_000;
 pub const DEFAULT_FLOWS: usize = 100;
+
+/// What started a change; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Startup,
+    Signal,
+    File,
+    Api,
+    /// The node's addresses changed (published ports follow them).
+    Addresses,
+    /// The swarm changed (`lbd run --swarm`).
+    Swarm,
+}
+
+/// How a change ended; a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Programmed.
+    Applied,
+    /// Same as what runs: nothing written.
+    Unchanged,
+    /// Invalid input: nothing changed.
+    Rejected,
+    /// The kernel refused a write; the previous configuration was restored.
+    Failed,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Signal => "signal",
+            Self::File => "file",
+            Self::Api => "api",
+            Self::Addresses => "addresses",
+            Self::Swarm => "swarm",
+        }
+    }
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// `lbctl explain`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Explained {
+    /// The connection-table entry, if the flow is tracked: it decides, whatever the table says.
+    pub tracked: Option<TrackedFlow>,
+    /// What the selection would pick for a new flow, and why.
+    pub selection: String,
+    pub round_robin: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrackedFlow {
+    pub backend: SocketAddr,
+    pub tcp_state: String,
+    pub idle_timeout_s: u32,
+    /// The backend left its service: the flow moves (or ends) on its next packet.
+    pub backend_removed: bool,
+}
+
+pub fn tcp_state_name(protocol: u8, state: u8) -> String {
+    if protocol != proto::TCP {
+        return "-".into();
+    }
+    match state {
+        tcp_state::SYN_SENT => "syn_sent",
+        tcp_state::ESTABLISHED => "established",
+        tcp_state::CLOSING => "closing",
+        _ => "none",
+    }
+    .into()
+}

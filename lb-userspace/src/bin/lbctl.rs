@@ -8,7 +8,7 @@ use hyper::Method;
 use lb_common::maps::proto;
 use lb_userspace::{
     api::{BackendRequest, ChangeResult, FlowList, ServiceList, Status, client::Endpoint},
-    daemon::{Explained, Report},
+    api::{Explained, report::Report},
     dataplane, plan,
     source::file::ServiceFile,
     source::settings,
@@ -542,7 +542,7 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
         return print_json(result);
     }
     match result.outcome {
-        lb_userspace::daemon::Outcome::Unchanged => {
+        lb_userspace::api::Outcome::Unchanged => {
             println!("{what}: no change (generation {})", result.generation)
         }
         _ => println!("{what} (generation {})", result.generation),

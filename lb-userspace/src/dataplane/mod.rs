@@ -207,7 +207,7 @@ impl Dataplane {
         self.logger.as_ref().map(|l| l.as_raw_fd())
     }
 
-    /// Moves the kernel programs' log records into this process's log (target `lb_ebpf`).
+    /// Moves the kernel programs' log records into this process's log (target `lb`).
     pub fn flush_kernel_log(&mut self) {
         if let Some(logger) = &mut self.logger {
             logger.flush();

@@ -3,6 +3,7 @@
 //! and what the admin API was told (`api_state`), laid over the file. Pure: nothing here
 //! touches the kernel.
 pub mod api_state;
+pub mod error;
 pub mod file;
 pub mod settings;
 pub mod swarm;

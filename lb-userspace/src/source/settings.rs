@@ -23,7 +23,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::source::file::ConfigError;
+use crate::source::error::ConfigError;
 
 pub const DEFAULT_API_SOCKET: &str = "/run/meshlb/api.sock";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";

@@ -10,6 +10,7 @@ pub mod follow;
 pub mod services;
 pub mod snapshot;
 
+pub use crate::source::file::SwarmPolicy;
 pub use engine::{DEFAULT_DOCKER_HOST, Engine, EngineError};
-pub use services::{SwarmDetails, SwarmPolicy, SwarmServices, services};
+pub use services::{SwarmDetails, SwarmServices, services};
 pub use snapshot::Snapshot;

@@ -17,52 +17,16 @@
 //! - Everything else (scheduler, affinity, timeouts, removal policy, table size) is the
 //!   service's policy, or the defaults.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService};
 use crate::source::file::{
-    Affinity, BackendSpec, Forwarding, MeshBackend, PortMapping, Protocol, RemovalPolicy,
-    Scheduler, ServiceSpec, Timeouts,
+    Affinity, BackendSpec, Forwarding, MeshBackend, PortMapping, Protocol, Scheduler, ServiceSpec,
+    SwarmPolicy,
 };
 use lb_common::limits::DEFAULT_MAGLEV_TABLE_SIZE;
-
-/// What the service file says about one swarm service; every node reads the same file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SwarmPolicy {
-    pub scheduler: Scheduler,
-    pub forwarding: Forwarding,
-    pub affinity: Affinity,
-    pub timeouts: Timeouts,
-    pub on_backend_removal: RemovalPolicy,
-    pub maglev_table_size: u32,
-    /// Published ports that are UDP only.
-    pub udp_ports: BTreeSet<u16>,
-    /// A node with a running task of the service serves it from its own tasks only (no hop
-    /// between nodes; the spread follows where clients enter).
-    pub local_first: bool,
-}
-
-impl Default for SwarmPolicy {
-    fn default() -> Self {
-        Self {
-            scheduler: Scheduler::default(),
-            forwarding: Forwarding::default(),
-            // A published port answers on every node address: a connection gets the same
-            // task whichever node it enters by.
-            affinity: Affinity::AnyNode,
-            timeouts: Timeouts::default(),
-            on_backend_removal: RemovalPolicy::default(),
-            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            udp_ports: BTreeSet::new(),
-            local_first: false,
-        }
-    }
-}
 
 /// The swarm's services for this node, and what could not be made of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

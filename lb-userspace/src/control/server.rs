@@ -4,8 +4,7 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::Instant,
+    sync::Arc,
 };
 
 use axum::{
@@ -20,113 +19,18 @@ use axum::{
 use lb_common::maps::proto;
 use tracing::{info, warn};
 
-use super::{
+use crate::api::{
     AttachmentStatus, BackendEntry, BackendRequest, ChangeCount, ChangeResult, DEFAULT_FLOWS,
     ErrorBody, ExplainQuery, FlowEntry, FlowList, FlowQuery, MAX_FLOWS, ServiceEntry, ServiceList,
     SocketStatus, Status,
 };
 use crate::{
-    daemon::{Daemon, DaemonError, Occupancy, Report},
+    api::report::Report,
+    control::shared::{Shared, lock},
+    daemon::{Daemon, DaemonError},
     source::api_state::{BackendRef, OverlayError, ServiceChanges, Source},
     source::file::{BackendSpec, ServiceFile},
 };
-
-/// The daemon and what the API keeps beside it.
-pub struct Shared {
-    pub daemon: Mutex<Daemon>,
-    /// The connection table and counters, read without holding the daemon's lock.
-    readers: crate::dataplane::MapReaders,
-    /// API answers by HTTP status.
-    pub requests: Mutex<BTreeMap<u16, u64>>,
-    pub sampler: Mutex<Sampler>,
-}
-
-/// The last two counter reports, for rates, and the connection-table occupancy (counting it
-/// walks the table, so it is refreshed by the sampler, not per request).
-#[derive(Default)]
-pub struct Sampler {
-    previous: Option<(Instant, Report)>,
-    latest: Option<(Instant, Report)>,
-    pub conntrack: Occupancy,
-    /// When the occupancy was last counted, and how long that took.
-    counted: Option<(Instant, std::time::Duration)>,
-}
-
-/// The occupancy is counted again once this many times the last count's duration has
-/// passed (and at most every sample): counting costs at most 2% of a CPU, however large the
-/// table (2 million entries take most of a second).
-const OCCUPANCY_COST_RATIO: u32 = 50;
-
-impl Shared {
-    pub fn new(daemon: Daemon) -> Result<Arc<Shared>, DaemonError> {
-        let readers = daemon.dataplane().readers()?;
-        Ok(Arc::new(Shared {
-            daemon: Mutex::new(daemon),
-            readers,
-            requests: Mutex::default(),
-            sampler: Mutex::default(),
-        }))
-    }
-
-    /// Counters now: the shape under the daemon's lock, the reads outside it.
-    fn fresh_report(&self, occupancy: Occupancy) -> Result<Report, DaemonError> {
-        let mut report = self.daemon().report_skeleton(occupancy);
-        let (services, backends) = report.ids();
-        report.fill(&self.readers.traffic(services, backends)?);
-        Ok(report)
-    }
-
-    fn daemon(&self) -> std::sync::MutexGuard<'_, Daemon> {
-        // A panic while holding the lock leaves the daemon as consistent as the maps.
-        self.daemon.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes a sample: occupancy (when due), then counters. Called every few seconds.
-    pub fn sample(&self) -> Result<(), DaemonError> {
-        let (due, mut occupancy) = {
-            let sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
-            let due = sampler
-                .counted
-                .is_none_or(|(at, took)| at.elapsed() >= took * OCCUPANCY_COST_RATIO);
-            (due, sampler.conntrack)
-        };
-        let mut counted = None;
-        if due {
-            let started = Instant::now();
-            let (entries, capacity) = self.readers.occupancy()?;
-            occupancy = Occupancy { entries, capacity };
-            counted = Some((started, started.elapsed()));
-        }
-        let report = self.fresh_report(occupancy)?;
-        let mut sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
-        sampler.conntrack = occupancy;
-        if counted.is_some() {
-            sampler.counted = counted;
-        }
-        sampler.previous = sampler.latest.take();
-        sampler.latest = Some((Instant::now(), report));
-        Ok(())
-    }
-
-    /// Counters now, with rates over the last sampling interval.
-    pub fn report(&self) -> Result<Report, DaemonError> {
-        let occupancy = self
-            .sampler
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .conntrack;
-        let now = self.fresh_report(occupancy)?;
-        let sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match (&sampler.previous, &sampler.latest) {
-            // Rates over the sampler's last whole interval, laid on the fresh counters.
-            (Some((t0, r0)), Some((t1, r1))) => now.rates_from(
-                &r1.clone()
-                    .with_rates(r0, t1.duration_since(*t0).as_secs_f64()),
-            ),
-            _ => now,
-        })
-    }
-}
 
 /// An answer that is not 2xx.
 pub struct ApiError(StatusCode, String);
@@ -249,12 +153,7 @@ async fn count_requests(State(shared): State<Arc<Shared>>, req: Request, next: N
 }
 
 fn record(shared: &Shared, status: StatusCode) {
-    *shared
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(status.as_u16())
-        .or_default() += 1;
+    *lock(&shared.requests).entry(status.as_u16()).or_default() += 1;
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
@@ -347,7 +246,7 @@ fn parse_body(body: &Bytes) -> Result<ServiceFile, ApiError> {
 
 fn change_result(
     d: &Daemon,
-    outcome: crate::daemon::Outcome,
+    outcome: crate::api::Outcome,
     services: ServiceChanges,
 ) -> axum::Json<ChangeResult> {
     axum::Json(ChangeResult {
@@ -559,7 +458,7 @@ async fn flows(
                     std::net::IpAddr::from(flow.nat_addr),
                     u16::from_be(flow.nat_port_be),
                 ),
-                tcp_state: crate::daemon::tcp_state_name(key.proto, flow.tcp_state),
+                tcp_state: crate::api::tcp_state_name(key.proto, flow.tcp_state),
                 idle_timeout_s: flow.timeout_s,
             })
             .collect();
@@ -582,7 +481,7 @@ fn protocol_name(number: u8) -> &'static str {
 async fn explain(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<crate::daemon::Explained> {
+) -> ApiResult<crate::api::Explained> {
     let q = query(
         q,
         "?protocol=tcp|udp&source=ADDR:PORT&destination=ADDR:PORT",
@@ -602,7 +501,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
     let s = shared.clone();
     let text = tokio::task::spawn_blocking(move || -> Result<String, DaemonError> {
         let report = s.report()?;
-        let requests = s.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let requests = lock(&s.requests).clone();
         let d = s.daemon();
         Ok(crate::metrics::render(
             &report,

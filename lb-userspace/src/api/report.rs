@@ -1,0 +1,161 @@
+//! `GET /v1/stats`' answer: counters by name, with rates.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{dataplane, source::api_state::Source};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub generation: u64,
+    /// Global counters by slot label (see `lb_common::stats`).
+    pub global: BTreeMap<String, u64>,
+    pub services: Vec<ServiceReport>,
+    /// Per service name: backends taking new flows, and draining ones (weight 0), as
+    /// configured (a backend serving several ports counts once).
+    #[serde(default)]
+    pub backend_states: BTreeMap<String, BackendStates>,
+    pub conntrack: Occupancy,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStates {
+    pub active: u64,
+    pub draining: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Occupancy {
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+/// One kernel service: a service's port mapping in one address family.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// Kernel id, to read the counters.
+    #[serde(skip)]
+    pub id: u32,
+    pub name: String,
+    /// The mapping as written (`80:8080/tcp`).
+    pub frontend: String,
+    pub family: String,
+    pub source: Source,
+    pub frontends: Vec<SocketAddr>,
+    pub totals: Totals,
+    /// The socket-level path (local clients' `connect` and `sendmsg`), which no packet
+    /// counter sees.
+    #[serde(default)]
+    pub socket: dataplane::SocketTotals,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendReport {
+    #[serde(skip)]
+    pub id: u32,
+    pub target: SocketAddr,
+    pub weight: u32,
+    /// `active` or `draining` (weight 0).
+    pub state: String,
+    pub totals: Totals,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    /// Per second over the last sampling interval, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_flows_per_s: Option<f64>,
+}
+
+impl Report {
+    /// The kernel ids whose counters [`Report::fill`] needs: (services, backends).
+    pub fn ids(&self) -> (Vec<u32>, Vec<u32>) {
+        let services = self.services.iter().map(|s| s.id).collect();
+        let backends = self
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        (services, backends)
+    }
+
+    /// Writes the counters into the skeleton.
+    pub fn fill(&mut self, stats: &dataplane::StatsSnapshot) {
+        let totals = |t: Option<&dataplane::TrafficTotals>| {
+            let t = t.copied().unwrap_or_default();
+            Totals {
+                packets: t.packets,
+                bytes: t.bytes,
+                new_flows: t.new_flows,
+                ..Totals::default()
+            }
+        };
+        self.global = stats
+            .global
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        for s in &mut self.services {
+            s.totals = totals(stats.services.get(&s.id));
+            s.socket = stats.sockets.get(&s.id).copied().unwrap_or_default();
+            for b in &mut s.backends {
+                b.totals = totals(stats.backends.get(&b.id));
+            }
+        }
+    }
+
+    /// Adds per-second rates from an earlier report of the same services.
+    pub fn with_rates(mut self, earlier: &Report, seconds: f64) -> Report {
+        if seconds <= 0.0 {
+            return self;
+        }
+        let rate = |now: u64, then: u64| Some(now.saturating_sub(then) as f64 / seconds);
+        for s in &mut self.services {
+            let Some(old) = earlier
+                .services
+                .iter()
+                .find(|o| o.name == s.name && o.frontend == s.frontend && o.family == s.family)
+            else {
+                continue;
+            };
+            s.totals.packets_per_s = rate(s.totals.packets, old.totals.packets);
+            s.totals.new_flows_per_s = rate(s.totals.new_flows, old.totals.new_flows);
+            for b in &mut s.backends {
+                if let Some(ob) = old.backends.iter().find(|ob| ob.target == b.target) {
+                    b.totals.packets_per_s = rate(b.totals.packets, ob.totals.packets);
+                    b.totals.new_flows_per_s = rate(b.totals.new_flows, ob.totals.new_flows);
+                }
+            }
+        }
+        self
+    }
+
+    /// Copies the rates of `rated` (a report with rates) onto the same services here.
+    pub fn rates_from(mut self, rated: &Report) -> Report {
+        for s in &mut self.services {
+            let Some(r) = rated
+                .services
+                .iter()
+                .find(|r| r.name == s.name && r.frontend == s.frontend && r.family == s.family)
+            else {
+                continue;
+            };
+            s.totals.packets_per_s = r.totals.packets_per_s;
+            s.totals.new_flows_per_s = r.totals.new_flows_per_s;
+            for b in &mut s.backends {
+                if let Some(rb) = r.backends.iter().find(|rb| rb.target == b.target) {
+                    b.totals.packets_per_s = rb.totals.packets_per_s;
+                    b.totals.new_flows_per_s = rb.totals.new_flows_per_s;
+                }
+            }
+        }
+        self
+    }
+}

@@ -1,0 +1,442 @@
+//! `lbd run`'s event loop: the admin API and metrics listeners, signals (SIGHUP reloads,
+//! SIGTERM/SIGINT stop), the service-file and node-address watches, the counter sampler, the
+//! kernel-log pump and the swarm follower. Every change it starts goes through the daemon's
+//! one commit path; this loop only decides when.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{sync::watch, task::JoinSet};
+use tracing::{error, info, warn};
+
+use super::{server, shared::Shared};
+use crate::{
+    api::{Outcome, Trigger},
+    daemon::{Daemon, DaemonError, DaemonOptions},
+    dataplane,
+    source::swarm,
+};
+
+/// Everything `lbd run` needs, flags and file settings resolved.
+pub struct RunOptions {
+    pub daemon: DaemonOptions,
+    /// The admin API's Unix socket.
+    pub api: PathBuf,
+    /// The TCP admin API's address and the file holding its bearer token.
+    pub api_listen: Option<(SocketAddr, PathBuf)>,
+    pub metrics: SocketAddr,
+    /// How often the service file is checked for changes; `None`: only on SIGHUP.
+    pub watch: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Token(String),
+    #[error("the swarm follower: {0}")]
+    Swarm(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// The daemon's last counters, for the one JSON line `lbd run` prints when it stops.
+pub struct Stopped {
+    pub summary: serde_json::Value,
+}
+
+/// Starts the daemon, serves until SIGTERM or SIGINT, and returns its final counters. The
+/// dataplane keeps forwarding afterwards (it is pinned).
+pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
+    let token = options
+        .api_listen
+        .as_ref()
+        .map(|(_, path)| server::read_token(path))
+        .transpose()
+        .map_err(RunError::Token)?;
+    let daemon = Daemon::start(&options.daemon)?;
+    let shared = Shared::new(daemon)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    runtime.block_on(serve(shared.clone(), &options, token))?;
+    // Bounded whatever the configuration (per service counters of 10,000 services would be a
+    // 20 MB line in the journal): those are `lbctl stats` and /metrics while lbd runs.
+    let daemon = shared.daemon();
+    let report = daemon.report(daemon.conntrack_occupancy()?)?;
+    Ok(Stopped {
+        summary: serde_json::json!({
+            "generation": report.generation,
+            "global": report.global,
+            "conntrack": report.conntrack,
+            "services": report.services.len(),
+        }),
+    })
+}
+
+/// A stop signal the listeners and background tasks wait on.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    options: &RunOptions,
+    token: Option<Arc<str>>,
+) -> Result<(), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first, then "ready": a SIGHUP or SIGTERM right after must not meet the
+    // default action.
+    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
+
+    let mut listeners = listen(&shared, options, token, &stop).await?;
+    pump_kernel_log(&shared)?;
+    sample_counters(&shared, &stop);
+    let mut swarm_rx = follow_swarm(&shared, options, &stop)?;
+
+    let config = options.daemon.config.as_deref();
+    let mut watched = config.and_then(file_stamp);
+    let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
+    file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ports published on every node address follow the addresses (a bridge Docker creates
+    // later, a DHCP renewal).
+    let mut addresses = tokio::time::interval(Duration::from_secs(1));
+    let mut seen_addresses = dataplane::node_addresses().ok();
+    addresses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    log_ready(&shared, options);
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = term.recv() => break,
+            Some(snapshot) = swarm_rx.recv() => apply_swarm(&shared, snapshot).await,
+            _ = hangup.recv() => {
+                watched = config.and_then(file_stamp);
+                reload(&shared, Trigger::Signal).await;
+            }
+            _ = addresses.tick() => {
+                // Once per change, even if the replan is refused (no retry every second).
+                let now = dataplane::node_addresses().ok();
+                let changed = now != seen_addresses && shared.daemon().node_addresses_changed();
+                seen_addresses = now;
+                attach_appeared(&shared);
+                if changed {
+                    info!("the node's addresses changed; replanning published ports");
+                    reload(&shared, Trigger::Addresses).await;
+                }
+            }
+            _ = file_watch.tick(), if options.watch.is_some() && config.is_some() => {
+                let stamp = config.and_then(file_stamp);
+                if stamp != watched {
+                    watched = stamp;
+                    reload(&shared, Trigger::File).await;
+                }
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(result) = listeners.join_next().await {
+        if let Ok(Err(e)) = result {
+            warn!("a listener ended with: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The admin API (Unix socket, and TCP with a token) and the metrics endpoint.
+async fn listen(
+    shared: &Arc<Shared>,
+    options: &RunOptions,
+    token: Option<Arc<str>>,
+    stop: &Stop,
+) -> Result<JoinSet<std::io::Result<()>>, RunError> {
+    let unix = server::bind_unix(&options.api)
+        .map_err(io(format!("admin API socket {}", options.api.display())))?;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(server::serve_unix(
+        unix,
+        server::router(shared.clone()),
+        options.api.clone(),
+        stop.wait(),
+    ));
+    if let (Some((addr, _)), Some(token)) = (&options.api_listen, token) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io(format!("admin API on {addr}")))?;
+        info!(%addr, "admin API listening on TCP (bearer token required)");
+        let router = server::router_with_token(shared.clone(), token);
+        let stop = stop.wait();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        });
+    }
+    let metrics = tokio::net::TcpListener::bind(options.metrics)
+        .await
+        .map_err(io(format!(
+            "metrics on {} (choose another with --metrics)",
+            options.metrics
+        )))?;
+    if let Ok(addr) = metrics.local_addr() {
+        info!(%addr, "metrics listening");
+    }
+    let metrics_router = server::metrics_router(shared.clone());
+    let stop = stop.wait();
+    tasks.spawn(async move {
+        axum::serve(metrics, metrics_router)
+            .with_graceful_shutdown(stop)
+            .await
+    });
+    Ok(tasks)
+}
+
+/// Moves kernel log records into this process's log as they come.
+fn pump_kernel_log(shared: &Arc<Shared>) -> Result<(), RunError> {
+    let Some(fd) = shared.daemon().dataplane().log_fd() else {
+        return Ok(());
+    };
+    struct Fd(std::os::fd::RawFd);
+    impl std::os::fd::AsRawFd for Fd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0
+        }
+    }
+    // SAFETY: the descriptor is the log ring buffer the Dataplane owns; the Dataplane lives in
+    // `shared`, which outlives this task (the task ends with the runtime).
+    let readable = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| RunError::Io {
+        what: "watching the kernel log".into(),
+        source: e.into(),
+    })?;
+    let logs = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = readable.readable().await else {
+                break;
+            };
+            logs.daemon().flush_kernel_log();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// Samples counters (for rates) and the connection-table occupancy every few seconds.
+fn sample_counters(shared: &Arc<Shared>, stop: &Stop) {
+    let sampler = shared.clone();
+    let stop = stop.wait();
+    tokio::spawn(async move {
+        let sample = || {
+            let s = sampler.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || s.sample()).await {
+                    Ok(Err(e)) => warn!("sampling counters: {e}"),
+                    Err(e) => warn!("sampling counters: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        };
+        sample().await;
+        tokio::select! {
+            _ = stop => {}
+            _ = async { loop { tokio::time::sleep(Duration::from_secs(5)).await; sample().await; } } => {}
+        }
+    });
+}
+
+/// Starts the swarm follower when the daemon follows an Engine; its snapshots come out of the
+/// returned channel, which the loop applies one at a time.
+fn follow_swarm(
+    shared: &Arc<Shared>,
+    options: &RunOptions,
+    stop: &Stop,
+) -> Result<tokio::sync::mpsc::Receiver<swarm::Snapshot>, RunError> {
+    let (swarm_tx, swarm_rx) = tokio::sync::mpsc::channel(4);
+    if let Some(host) = &options.daemon.docker_host {
+        let status = shared.daemon().swarm_follow_status().ok_or_else(|| {
+            RunError::Swarm("a daemon started with a docker host has no follow status".into())
+        })?;
+        info!(docker_host = %host, "swarm: following the Docker Engine");
+        let engine = swarm::Engine::new(host).map_err(|e| RunError::Swarm(e.to_string()))?;
+        tokio::spawn(swarm::follow::follow(engine, swarm_tx, status, stop.wait()));
+    }
+    Ok(swarm_rx)
+}
+
+fn log_ready(shared: &Shared, options: &RunOptions) {
+    let daemon = shared.daemon();
+    let running = daemon.running();
+    info!(
+        services = running.services.len(),
+        frontends = running.frontends.len(),
+        backends = running.backends.len(),
+        interfaces = ?options.daemon.interfaces,
+        api = %options.api.display(),
+        "ready"
+    );
+}
+
+/// Re-reads the service file and applies the difference; the answer goes to the log (every
+/// line says "reload").
+async fn reload(shared: &Arc<Shared>, trigger: Trigger) {
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || s.daemon().reload_file(trigger)).await;
+    match result {
+        Ok(Ok(Outcome::Unchanged)) => info!(trigger = trigger.as_str(), "reload: no change"),
+        Ok(Ok(_)) => info!(trigger = trigger.as_str(), "reloaded"),
+        Ok(Err(e)) if e.is_input() => error!(
+            trigger = trigger.as_str(),
+            "reload refused, the running configuration stays: {e:#}"
+        ),
+        Ok(Err(e)) => error!(
+            trigger = trigger.as_str(),
+            "reload failed: {e:#} (see the line above for whether the previous configuration was restored)"
+        ),
+        Err(e) => error!("reload: {e}"),
+    }
+}
+
+/// Applies a swarm snapshot; the answer goes to the log.
+async fn apply_swarm(shared: &Arc<Shared>, snapshot: swarm::Snapshot) {
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || s.daemon().update_swarm(snapshot)).await;
+    match result {
+        // The daemon's own "applied" line (trigger "swarm") says what changed.
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => error!(
+            "swarm: the swarm's change was not applied, the running configuration stays: {e:#}"
+        ),
+        Err(e) => error!("swarm: {e}"),
+    }
+}
+
+/// Attaches interfaces that were waited for (docker_gwbridge before the node's first task).
+fn attach_appeared(shared: &Shared) {
+    for (interface, result) in shared.daemon().attach_appeared() {
+        match result {
+            Ok(()) => info!(interface, "attached: the interface now exists"),
+            Err(e) => error!(interface, "attaching failed, retrying in a second: {e}"),
+        }
+    }
+}
+
+/// What changes when the file is rewritten or replaced (editors rename over it).
+pub fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
+/// Whether an interface is one Docker makes (not the node's underlay).
+pub fn docker_made(name: &str) -> bool {
+    name == "docker0"
+        || name == swarm::snapshot::GWBRIDGE_NETWORK
+        || ["veth", "br-", "vx-", "ov-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// The interfaces a swarm node attaches to when none are given: the underlay now, and
+/// docker_gwbridge now or as soon as it exists (`(now, later)`).
+pub fn swarm_interfaces() -> Result<(Vec<String>, Vec<String>), RunError> {
+    let mut underlay = dataplane::default_route_interfaces();
+    let why = if underlay.is_empty() {
+        // No default route (an isolated underlay): the interfaces holding node addresses,
+        // less those Docker makes.
+        let addresses = dataplane::interface_addresses()
+            .map_err(|e| RunError::Swarm(format!("listing the node's interfaces: {e}")))?;
+        for (name, _) in addresses {
+            if !docker_made(&name) && !underlay.contains(&name) {
+                underlay.push(name);
+            }
+        }
+        "the interfaces holding this node's addresses"
+    } else {
+        "the default route's"
+    };
+    if underlay.is_empty() {
+        return Err(RunError::Swarm(
+            "--swarm: no underlay interface found (no default route, no address); pass --interface IF"
+                .into(),
+        ));
+    }
+    info!(interfaces = ?underlay, "swarm: attaching to {why} interfaces (choose with --interface)");
+    let gwbridge = swarm::snapshot::GWBRIDGE_NETWORK.to_owned();
+    if dataplane::ifindex(&gwbridge).is_ok() {
+        underlay.push(gwbridge);
+        Ok((underlay, Vec::new()))
+    } else {
+        warn!(
+            "swarm: no docker_gwbridge yet (Docker makes it with the node's first task); attaching to it as soon as it exists"
+        );
+        Ok((underlay, vec![gwbridge]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_made_interfaces_are_not_underlay() {
+        for name in [
+            "docker0",
+            "docker_gwbridge",
+            "veth1a2b",
+            "br-1234",
+            "vx-001",
+            "ov-x",
+        ] {
+            assert!(docker_made(name), "{name}");
+        }
+        for name in ["eth0", "ens3", "bond0", "mlb-sw1"] {
+            assert!(!docker_made(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn file_stamp_changes_when_the_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("mlb-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("services.yaml");
+        assert_eq!(file_stamp(&path), None, "no file, no stamp");
+        std::fs::write(&path, "services: []\n").unwrap();
+        let first = file_stamp(&path).expect("stamp");
+        // An editor's save: write another file and rename it over (same size, new inode).
+        let other = dir.join("services.yaml.tmp");
+        std::fs::write(&other, "services: []\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let second = file_stamp(&path).expect("stamp");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_ne!(first, second, "a file renamed over the old one is a change");
+    }
+}

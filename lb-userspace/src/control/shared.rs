@@ -1,0 +1,115 @@
+//! The daemon behind its lock, and what the admin API and the metrics endpoint keep beside it.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use crate::{
+    api::report::{Occupancy, Report},
+    daemon::{Daemon, DaemonError},
+};
+
+/// The daemon and what the API keeps beside it.
+pub struct Shared {
+    daemon: Mutex<Daemon>,
+    /// The connection table and counters, read without holding the daemon's lock.
+    pub(super) readers: crate::dataplane::MapReaders,
+    /// API answers by HTTP status.
+    pub requests: Mutex<BTreeMap<u16, u64>>,
+    pub sampler: Mutex<Sampler>,
+}
+
+/// The last two counter reports, for rates, and the connection-table occupancy (counting it
+/// walks the table, so it is refreshed by the sampler, not per request).
+#[derive(Default)]
+pub struct Sampler {
+    previous: Option<(Instant, Report)>,
+    latest: Option<(Instant, Report)>,
+    pub conntrack: Occupancy,
+    /// When the occupancy was last counted, and how long that took.
+    counted: Option<(Instant, std::time::Duration)>,
+}
+
+/// The occupancy is counted again once this many times the last count's duration has
+/// passed (and at most every sample): counting costs at most 2% of a CPU, however large the
+/// table (2 million entries take most of a second).
+const OCCUPANCY_COST_RATIO: u32 = 50;
+
+impl Shared {
+    pub fn new(daemon: Daemon) -> Result<Arc<Shared>, DaemonError> {
+        let readers = daemon.dataplane().readers()?;
+        Ok(Arc::new(Shared {
+            daemon: Mutex::new(daemon),
+            readers,
+            requests: Mutex::default(),
+            sampler: Mutex::default(),
+        }))
+    }
+
+    /// Counters now: the shape under the daemon's lock, the reads outside it.
+    fn fresh_report(&self, occupancy: Occupancy) -> Result<Report, DaemonError> {
+        let mut report = self.daemon().report_skeleton(occupancy);
+        let (services, backends) = report.ids();
+        report.fill(&self.readers.traffic(services, backends)?);
+        Ok(report)
+    }
+
+    /// The daemon, locked. The one policy for a poisoned lock: carry on with the daemon as
+    /// it is. A panic in the middle of a change leaves it as consistent as a failed change
+    /// does (the maps hold the last complete write; the next change rewrites the difference),
+    /// and stopping every admin path instead would leave the dataplane unmanaged.
+    pub fn daemon(&self) -> MutexGuard<'_, Daemon> {
+        lock(&self.daemon)
+    }
+
+    /// Takes a sample: occupancy (when due), then counters. Called every few seconds.
+    pub fn sample(&self) -> Result<(), DaemonError> {
+        let (due, mut occupancy) = {
+            let sampler = lock(&self.sampler);
+            let due = sampler
+                .counted
+                .is_none_or(|(at, took)| at.elapsed() >= took * OCCUPANCY_COST_RATIO);
+            (due, sampler.conntrack)
+        };
+        let mut counted = None;
+        if due {
+            let started = Instant::now();
+            let (entries, capacity) = self.readers.occupancy()?;
+            occupancy = Occupancy { entries, capacity };
+            counted = Some((started, started.elapsed()));
+        }
+        let report = self.fresh_report(occupancy)?;
+        let mut sampler = lock(&self.sampler);
+        sampler.conntrack = occupancy;
+        if counted.is_some() {
+            sampler.counted = counted;
+        }
+        sampler.previous = sampler.latest.take();
+        sampler.latest = Some((Instant::now(), report));
+        Ok(())
+    }
+
+    /// Counters now, with rates over the last sampling interval.
+    pub fn report(&self) -> Result<Report, DaemonError> {
+        let occupancy = lock(&self.sampler).conntrack;
+        let now = self.fresh_report(occupancy)?;
+        let sampler = lock(&self.sampler);
+        Ok(match (&sampler.previous, &sampler.latest) {
+            // Rates over the sampler's last whole interval, laid on the fresh counters.
+            (Some((t0, r0)), Some((t1, r1))) => now.rates_from(
+                &r1.clone()
+                    .with_rates(r0, t1.duration_since(*t0).as_secs_f64()),
+            ),
+            _ => now,
+        })
+    }
+}
+
+/// Locks `mutex` under the poisoned-lock policy of [`Shared::daemon`].
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

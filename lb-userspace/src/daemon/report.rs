@@ -1,0 +1,80 @@
+//! Counters by name (`lbctl stats`, `/metrics`): the report's shape under the daemon's lock.
+
+use super::*;
+use crate::api::report::{BackendReport, BackendStates, Occupancy, Report, ServiceReport, Totals};
+
+impl Daemon {
+    /// Reads every counter. The connection-table occupancy is passed in: counting it walks
+    /// the table, which the caller does at its own pace.
+    pub fn report(&self, conntrack: Occupancy) -> Result<Report, DaemonError> {
+        let mut report = self.report_skeleton(conntrack);
+        let (services, backends) = report.ids();
+        report.fill(&self.dp.traffic(services, backends)?);
+        Ok(report)
+    }
+
+    /// The report without its counters (names, ids, weights): cheap, so it can be taken under
+    /// a lock and filled outside it (see [`Report::fill`]).
+    pub fn report_skeleton(&self, conntrack: Occupancy) -> Report {
+        let services = self
+            .running
+            .services
+            .iter()
+            .map(|s| ServiceReport {
+                id: s.id,
+                name: s.name.clone(),
+                frontend: s.mapping.to_string(),
+                family: family_of(&s.frontends, &s.backends),
+                source: source_of(&self.merged, &s.name),
+                frontends: s.frontends.clone(),
+                totals: Totals::default(),
+                socket: dataplane::SocketTotals::default(),
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| BackendReport {
+                        id: b.id,
+                        target: b.target,
+                        weight: b.weight,
+                        state: if b.weight == 0 { "draining" } else { "active" }.into(),
+                        totals: Totals::default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Report {
+            generation: self.generation,
+            global: BTreeMap::new(),
+            services,
+            backend_states: self
+                .merged
+                .file
+                .services
+                .iter()
+                .map(|(name, spec)| {
+                    let draining = spec.backends.iter().filter(|b| b.weight == 0).count() as u64;
+                    let states = BackendStates {
+                        active: spec.backends.len() as u64 - draining,
+                        draining,
+                    };
+                    (name.clone(), states)
+                })
+                .collect(),
+            conntrack,
+        }
+    }
+
+    pub fn conntrack_occupancy(&self) -> Result<Occupancy, DaemonError> {
+        let (entries, capacity) = self.dp.conntrack_occupancy()?;
+        Ok(Occupancy { entries, capacity })
+    }
+}
+
+fn family_of(frontends: &[SocketAddr], backends: &[plan::PlannedBackend]) -> String {
+    let v6 = frontends
+        .first()
+        .map(|f| f.is_ipv6())
+        .or_else(|| backends.first().map(|b| b.target.is_ipv6()))
+        .unwrap_or(false);
+    if v6 { "ipv6" } else { "ipv4" }.into()
+}
