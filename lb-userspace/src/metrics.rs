@@ -86,7 +86,21 @@ pub fn render(
     swarm: Option<&crate::api::SwarmStatus>,
 ) -> String {
     let mut registry = Registry::with_prefix("meshlb");
+    register_global(&mut registry, report);
+    register_services(&mut registry, report);
+    register_conntrack(&mut registry, report);
+    register_changes(&mut registry, changes, api_requests);
+    register_sources(&mut registry, report);
+    if let Some(swarm) = swarm {
+        register_swarm(&mut registry, swarm);
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String does not fail");
+    text
+}
 
+/// The global counters, one family per kind of slot.
+fn register_global(registry: &mut Registry, report: &Report) {
     let mut global: BTreeMap<&str, Family<Labels, Counter>> = BTreeMap::new();
     for (name, help) in [
         ("xdp_packets", "Packets the XDP program saw."),
@@ -105,7 +119,7 @@ pub fn render(
         ),
         ("tc_packets", "Packets the TC program handled, by outcome."),
     ] {
-        global.insert(name, counter_family(&mut registry, name, help));
+        global.insert(name, counter_family(registry, name, help));
     }
     for slot in StatSlot::ALL {
         let (name, key, value) = slot_metric(*slot);
@@ -117,54 +131,53 @@ pub fn render(
         let count = report.global.get(slot.label()).copied().unwrap_or(0);
         global[name].get_or_create(&labels).inc_by(count);
     }
+}
 
+/// Per service and per backend: traffic, socket-level path, backend states.
+fn register_services(registry: &mut Registry, report: &Report) {
     let service_packets = counter_family(
-        &mut registry,
+        registry,
         "service_packets",
         "Packets of a service's flows, both directions.",
     );
     let service_bytes = counter_family(
-        &mut registry,
+        registry,
         "service_bytes",
         "Bytes of a service's flows, both directions.",
     );
-    let service_flows = counter_family(
-        &mut registry,
-        "service_new_flows",
-        "New flows of a service.",
-    );
+    let service_flows = counter_family(registry, "service_new_flows", "New flows of a service.");
     let socket_connections = counter_family(
-        &mut registry,
+        registry,
         "service_socket_connections",
         "Local clients' connect() calls to a service's frontend sent to a backend (socket-level path).",
     );
     let socket_datagrams = counter_family(
-        &mut registry,
+        registry,
         "service_socket_datagrams",
         "Local clients' unconnected UDP datagrams to a service's frontend sent to a backend (socket-level path).",
     );
     let socket_no_backend = counter_family(
-        &mut registry,
+        registry,
         "service_socket_no_backend",
         "Local clients' connect() or sendmsg() to a service's frontend refused: no usable backend (socket-level path).",
     );
     let backend_packets = counter_family(
-        &mut registry,
+        registry,
         "backend_packets",
         "Packets of a backend's flows, both directions.",
     );
     let backend_bytes = counter_family(
-        &mut registry,
+        registry,
         "backend_bytes",
         "Bytes of a backend's flows, both directions.",
     );
     let backend_flows = counter_family(
-        &mut registry,
+        registry,
         "backend_new_flows",
         "New flows given to a backend.",
     );
     let backends = gauge_family(
-        &mut registry,
+        registry,
         "backends",
         "Backends by state (active, draining).",
     );
@@ -212,7 +225,10 @@ pub fn render(
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
+}
 
+/// The connection table's occupancy and the configuration generation.
+fn register_conntrack(registry: &mut Registry, report: &Report) {
     let entries = Gauge::<i64>::default();
     entries.set(i64::try_from(report.conntrack.entries).unwrap_or(i64::MAX));
     registry.register(
@@ -234,9 +250,16 @@ pub fn render(
         "Configurations programmed since start.",
         generation,
     );
+}
 
+/// Configuration changes and admin API requests.
+fn register_changes(
+    registry: &mut Registry,
+    changes: &BTreeMap<(Trigger, Outcome), u64>,
+    api_requests: &BTreeMap<u16, u64>,
+) {
     let reloads = counter_family(
-        &mut registry,
+        registry,
         "reloads",
         "Configuration changes by source and result.",
     );
@@ -249,7 +272,7 @@ pub fn render(
             .inc_by(*count);
     }
     let requests = counter_family(
-        &mut registry,
+        registry,
         "api_requests",
         "Admin API requests by HTTP status.",
     );
@@ -258,9 +281,12 @@ pub fn render(
             .get_or_create(&vec![("code", code.to_string())])
             .inc_by(*count);
     }
+}
 
+/// Where each service is defined.
+fn register_sources(registry: &mut Registry, report: &Report) {
     let info = gauge_family(
-        &mut registry,
+        registry,
         "service_info",
         "1 per service, labelled with where it is defined (file, api, swarm).",
     );
@@ -272,37 +298,35 @@ pub fn render(
         info.get_or_create(&vec![("service", service.name.clone()), ("source", source)])
             .set(1);
     }
-    if let Some(swarm) = swarm {
-        let up = Gauge::<i64>::default();
-        up.set(i64::from(swarm.engine_up));
-        registry.register(
-            "swarm_engine_up",
-            "1 when the last read of the Docker Engine succeeded; 0 while forwarding keeps the last swarm state.",
-            up,
-        );
-        let reads = counter_family(
-            &mut registry,
-            "swarm_engine_reads",
-            "Reads of the Docker Engine by result.",
-        );
-        reads
-            .get_or_create(&vec![("result", "ok".to_owned())])
-            .inc_by(swarm.reads_ok);
-        reads
-            .get_or_create(&vec![("result", "failed".to_owned())])
-            .inc_by(swarm.reads_failed);
-        let services = Gauge::<i64>::default();
-        services.set(i64::try_from(swarm.services).unwrap_or(i64::MAX));
-        registry.register(
-            "swarm_services",
-            "Swarm services known from the Engine (published or not).",
-            services,
-        );
-    }
+}
 
-    let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String does not fail");
-    text
+/// The swarm follower's health.
+fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(swarm.engine_up));
+    registry.register(
+        "swarm_engine_up",
+        "1 when the last read of the Docker Engine succeeded; 0 while forwarding keeps the last swarm state.",
+        up,
+    );
+    let reads = counter_family(
+        registry,
+        "swarm_engine_reads",
+        "Reads of the Docker Engine by result.",
+    );
+    reads
+        .get_or_create(&vec![("result", "ok".to_owned())])
+        .inc_by(swarm.reads_ok);
+    reads
+        .get_or_create(&vec![("result", "failed".to_owned())])
+        .inc_by(swarm.reads_failed);
+    let services = Gauge::<i64>::default();
+    services.set(i64::try_from(swarm.services).unwrap_or(i64::MAX));
+    registry.register(
+        "swarm_services",
+        "Swarm services known from the Engine (published or not).",
+        services,
+    );
 }
 
 #[cfg(test)]

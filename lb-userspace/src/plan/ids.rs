@@ -1,0 +1,152 @@
+//! Kernel ids that survive replans: a service and a backend keep their ids from one plan to
+//! the next, and are recovered from the kernel's maps when no record survives.
+
+use super::*;
+
+/// Kernel ids by identity. A service (name, port mapping, family) and a backend (service,
+/// target) keep their ids from one plan to the next: a reload then rewrites only what
+/// changed, and tracked flows keep pointing at the right backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    pub(super) services: BTreeMap<ServiceIdentity, u32>,
+    pub(super) backends: BTreeMap<BackendIdentity, u32>,
+}
+
+/// Ids as a list, for the state directory (JSON maps need string keys).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredIds {
+    services: Vec<(String, String, bool, u32)>,
+    backends: Vec<(u32, SocketAddr, u32)>,
+}
+
+impl serde::Serialize for Ids {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredIds {
+            services: self
+                .services
+                .iter()
+                .map(|((name, mapping, v6), id)| (name.clone(), mapping.to_string(), *v6, *id))
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .map(|((service, target), id)| (*service, *target, *id))
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ids {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored = StoredIds::deserialize(deserializer)?;
+        let services = stored
+            .services
+            .into_iter()
+            .map(|(name, mapping, v6, id)| {
+                let mapping: PortMapping = mapping.parse().map_err(serde::de::Error::custom)?;
+                Ok(((name, mapping, v6), id))
+            })
+            .collect::<Result<_, D::Error>>()?;
+        let backends = stored
+            .backends
+            .into_iter()
+            .map(|(service, target, id)| ((service, target), id))
+            .collect();
+        Ok(Ids { services, backends })
+    }
+}
+
+/// A kernel service: (service name, port mapping, IPv6?).
+pub(super) type ServiceIdentity = (String, PortMapping, bool);
+/// A backend: (kernel service id, target address and port).
+pub(super) type BackendIdentity = (u32, SocketAddr);
+
+/// Hands out ids: an identity's previous id, else the smallest id that neither plan uses
+/// (ids just freed are not reused at once, so counters of finished flows stay with theirs).
+pub(super) struct IdAllocator<'a, K: Ord> {
+    previous: Option<&'a BTreeMap<K, u32>>,
+    /// By id: whether either plan uses it. Ids are dense (they index kernel arrays), so a
+    /// vector, not a set: a plan of 160,000 backends builds it in a pass.
+    taken: Vec<bool>,
+    next: u32,
+}
+
+impl<'a, K: Ord + Clone> IdAllocator<'a, K> {
+    pub(super) fn new(previous: Option<&'a BTreeMap<K, u32>>, first: u32) -> Self {
+        let mut taken = Vec::new();
+        for id in previous.into_iter().flat_map(|p| p.values()) {
+            let id = *id as usize;
+            if id >= taken.len() {
+                taken.resize(id + 1, false);
+            }
+            taken[id] = true;
+        }
+        Self {
+            previous,
+            taken,
+            next: first,
+        }
+    }
+
+    pub(super) fn id(&mut self, identity: &K) -> u32 {
+        match self.previous.and_then(|p| p.get(identity)) {
+            Some(id) => *id,
+            None => {
+                while self.taken.get(self.next as usize) == Some(&true) {
+                    self.next += 1;
+                }
+                let id = self.next as usize;
+                if id >= self.taken.len() {
+                    self.taken.resize(id + 1, false);
+                }
+                self.taken[id] = true;
+                self.next
+            }
+        }
+    }
+}
+
+impl Ids {
+    /// The ids a dataplane holds, recovered from its maps when no record of them survives:
+    /// `fresh` is a plan of the same configuration (with any ids), `frontends` and `backends`
+    /// are the kernel's entries. A service keeps the id its frontends have in the kernel; a
+    /// backend keeps the id of the kernel entry with its service and target. What is not
+    /// found gets a new id in the next plan.
+    pub fn recover(
+        fresh: &DesiredState,
+        frontends: &BTreeMap<EndpointKey, Service>,
+        backends: &[(u32, Backend)],
+    ) -> Ids {
+        let mut ids = Ids::default();
+        let mut old_service_of_new = BTreeMap::new();
+        for (identity, new_id) in &fresh.ids.services {
+            let old = fresh
+                .frontends
+                .iter()
+                .filter(|(_, v)| v.id == *new_id)
+                .find_map(|(key, _)| frontends.get(key).map(|v| v.id));
+            if let Some(old) = old {
+                ids.services.insert(identity.clone(), old);
+                old_service_of_new.insert(*new_id, old);
+            }
+        }
+        let kernel: BTreeMap<(u32, SocketAddr), u32> = backends
+            .iter()
+            .filter(|(_, b)| b.flags & backend_flags::IN_USE != 0)
+            .map(|(id, b)| {
+                let target = SocketAddr::new(IpAddr::from(b.addr), u16::from_be(b.port_be));
+                ((b.service_id, target), *id)
+            })
+            .collect();
+        for (new_service, target) in fresh.ids.backends.keys() {
+            if let Some(old_service) = old_service_of_new.get(new_service)
+                && let Some(old) = kernel.get(&(*old_service, *target))
+            {
+                ids.backends.insert((*old_service, *target), *old);
+            }
+        }
+        ids
+    }
+}
