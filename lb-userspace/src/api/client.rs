@@ -20,6 +20,38 @@ pub enum Endpoint {
     },
 }
 
+/// The TCP API's `HOST:PORT` from what a user gives `--api-url`: `HOST:PORT`, or an
+/// `http://HOST:PORT` URL (a trailing `/` allowed). Anything else is refused, saying what is
+/// accepted: the API is plain HTTP on one address, with no TLS and no path prefix.
+pub fn tcp_api_address(text: &str) -> Result<String, String> {
+    let accepted = "write HOST:PORT or http://HOST:PORT, e.g. 10.0.0.5:9465";
+    let rest = match text.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{text:?}: the admin API speaks plain HTTP, not {scheme}:// (put a TLS proxy in \
+                 front of it if you need one); {accepted}"
+            ));
+        }
+        None => text,
+    };
+    let address = rest.strip_suffix('/').unwrap_or(rest);
+    if address.contains('/') || address.contains('?') {
+        return Err(format!(
+            "{text:?}: the admin API has no path prefix; {accepted}"
+        ));
+    }
+    let port = address
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .filter(|port| *port != 0);
+    if port.is_none() {
+        return Err(format!("{text:?}: no HOST:PORT; {accepted}"));
+    }
+    Ok(address.to_owned())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach lbd at {endpoint}: {error} (is lbd running? is --api right?)")]
@@ -132,4 +164,32 @@ where
     // The body is read by the caller while the connection task keeps running.
     drop(driver);
     Ok((response, ()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_api_address;
+
+    #[test]
+    fn api_urls_and_addresses() {
+        for (given, address) in [
+            ("10.0.0.5:9465", "10.0.0.5:9465"),
+            ("http://10.0.0.5:9465", "10.0.0.5:9465"),
+            ("http://10.0.0.5:9465/", "10.0.0.5:9465"),
+            ("lb1.example:9465", "lb1.example:9465"),
+            ("[fd00::5]:9465", "[fd00::5]:9465"),
+        ] {
+            assert_eq!(tcp_api_address(given).as_deref(), Ok(address), "{given}");
+        }
+        for (given, says) in [
+            ("https://10.0.0.5:9465", "plain HTTP"),
+            ("http://10.0.0.5:9465/v1", "no path prefix"),
+            ("10.0.0.5", "no HOST:PORT"),
+            ("10.0.0.5:http", "no HOST:PORT"),
+            (":9465", "no HOST:PORT"),
+        ] {
+            let e = tcp_api_address(given).unwrap_err();
+            assert!(e.contains(says) && e.contains("HOST:PORT"), "{given}: {e}");
+        }
+    }
 }

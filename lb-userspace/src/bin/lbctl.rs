@@ -5,12 +5,15 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use lb_common::maps::proto;
 use lb_userspace::{
-    api::{BackendRequest, ChangeResult, FlowList, ServiceList, Status, client::Endpoint},
-    api::{Explained, report::Report},
+    api::{
+        BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status,
+        client::{self, Endpoint},
+        report::Report,
+    },
     dataplane, plan,
-    source::file::ServiceFile,
+    source::api_state::Source,
+    source::file::{Affinity, Forwarding, Protocol, Scheduler, ServiceFile},
     source::settings,
 };
 
@@ -24,8 +27,9 @@ struct Cli {
     /// lbd's admin API socket.
     #[arg(long, global = true, default_value = settings::DEFAULT_API_SOCKET)]
     api: PathBuf,
-    /// Use lbd's TCP API at HOST:PORT instead of the socket; needs --api-token-file.
-    #[arg(long, global = true)]
+    /// Use lbd's TCP API instead of the socket: HOST:PORT or http://HOST:PORT; needs
+    /// --api-token-file.
+    #[arg(long, global = true, value_parser = client::tcp_api_address)]
     api_url: Option<String>,
     /// File holding the API's bearer token (never given on the command line).
     #[arg(long, global = true)]
@@ -55,27 +59,7 @@ enum Command {
         file: PathBuf,
     },
     /// Add a service through the API.
-    AddService {
-        name: String,
-        /// VIP; without one the ports are published on every node address.
-        #[arg(long)]
-        vip: Option<String>,
-        /// FRONTEND[:BACKEND][/tcp|udp]; repeat for several.
-        #[arg(long = "port", required = true)]
-        ports: Vec<String>,
-        /// ADDR or ADDR:PORT; repeat for several.
-        #[arg(long = "backend")]
-        backends: Vec<String>,
-        /// maglev or round-robin.
-        #[arg(long)]
-        scheduler: Option<String>,
-        /// nat or fullnat.
-        #[arg(long)]
-        forwarding: Option<String>,
-        /// none or client-ip.
-        #[arg(long)]
-        affinity: Option<String>,
-    },
+    AddService(AddService),
     /// Remove a service added through the API.
     RemoveService { name: String },
     /// Add a backend to a service, or set its weight.
@@ -88,9 +72,10 @@ enum Command {
         #[arg(long)]
         weight: Option<u32>,
     },
-    /// Remove a backend from a service.
+    /// Remove a backend from a service (named as listed, or ADDR:PORT as clients reach it).
     RemoveBackend { service: String, backend: String },
-    /// Set a backend's weight to 0: no new flows; established ones continue.
+    /// Set a backend's weight to 0: no new flows; established ones continue (named as
+    /// listed, or ADDR:PORT as clients reach it).
     Drain { service: String, backend: String },
     /// Packets, bytes, new flows and current rates per service and backend.
     Stats,
@@ -103,8 +88,8 @@ enum Command {
     /// Which backend a flow gets and why, from lbd's live maps (or, with --config, computed
     /// offline from a service file for this node's addresses).
     Explain {
-        /// tcp or udp.
-        protocol: String,
+        #[arg(value_enum)]
+        protocol: Protocol,
         /// Client address and port, e.g. 198.18.1.2:40000 or [fd00:1::2]:40000.
         source: SocketAddr,
         /// Frontend address and port, e.g. 198.18.100.1:80.
@@ -113,6 +98,30 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// `lbctl add-service`'s arguments.
+#[derive(clap::Args)]
+struct AddService {
+    name: String,
+    /// VIP; without one the ports are published on every node address.
+    #[arg(long)]
+    vip: Option<String>,
+    /// FRONTEND[:BACKEND][/tcp|udp]; repeat for several.
+    #[arg(long = "port", required = true)]
+    ports: Vec<String>,
+    /// ADDR or ADDR:PORT; repeat for several.
+    #[arg(long = "backend")]
+    backends: Vec<String>,
+    /// How new flows pick a backend [default: maglev].
+    #[arg(long, value_enum)]
+    scheduler: Option<Scheduler>,
+    /// How packets reach the backend [default: nat].
+    #[arg(long, value_enum)]
+    forwarding: Option<Forwarding>,
+    /// What keeps flows on one backend [default: none].
+    #[arg(long, value_enum)]
+    affinity: Option<Affinity>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -165,186 +174,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         destination,
     } = &cli.command
     {
-        let protocol = protocol_number(protocol)?;
-        let file = ServiceFile::load(config)?;
-        let node = dataplane::node_addresses().context("listing this node's addresses")?;
-        let plan = plan::plan(&file, &node).with_context(|| config.display().to_string())?;
-        println!("{}", plan.explain(protocol, *source, *destination));
-        return Ok(());
+        return explain_offline(config, *protocol, *source, *destination);
     }
     let api = endpoint(&cli)?;
     let json = cli.output == Output::Json;
     match &cli.command {
-        Command::Status => {
-            let status: Status = api.json(Method::GET, "/v1/status", None).await?;
-            if json {
-                return print_json(&status);
-            }
-            println!(
-                "generation {}  up {} s  config {}",
-                status.generation, status.uptime_s, status.config
-            );
-            if let Some(why) = &status.degraded {
-                println!("DEGRADED: {why}");
-            }
-            let rows = status
-                .attachments
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.interface.clone(),
-                        a.ifindex.to_string(),
-                        a.mode.clone(),
-                        a.adopted.to_string(),
-                    ]
-                })
-                .collect();
-            table(&["INTERFACE", "IFINDEX", "MODE", "ADOPTED"], rows);
-            match &status.sockets {
-                Some(s) => println!(
-                    "socket-level balancing: cgroup {} (adopted {}), sockets of network namespace {}",
-                    s.cgroup, s.adopted, s.netns_cookie
-                ),
-                None => println!("socket-level balancing: off"),
-            }
-            if let Some(s) = &status.swarm {
-                let node = s.node_addr.map_or("-".to_owned(), |a| a.to_string());
-                let age = s
-                    .last_ok_age_s
-                    .map_or("never".to_owned(), |a| format!("{a} s ago"));
-                println!(
-                    "swarm: Engine {} {} (last good read {age}; {} ok, {} failed), node {node}, {} services",
-                    s.docker_host,
-                    if s.engine_up {
-                        "answers"
-                    } else {
-                        "DOES NOT ANSWER"
-                    },
-                    s.reads_ok,
-                    s.reads_failed,
-                    s.services
-                );
-                if let (false, Some(e)) = (s.engine_up, &s.last_error) {
-                    println!("swarm: last error: {e}");
-                }
-            }
-        }
-        Command::List => {
-            let list: ServiceList = api.json(Method::GET, "/v1/services", None).await?;
-            if json {
-                return print_json(&list);
-            }
-            let mut rows = Vec::new();
-            for s in &list.services {
-                let source = match (s.source, s.edited) {
-                    (lb_userspace::source::api_state::Source::Api, _) => "api",
-                    (lb_userspace::source::api_state::Source::Swarm, _) => "swarm",
-                    (_, true) => "file+api",
-                    _ => "file",
-                };
-                let frontend = format!(
-                    "{} {}",
-                    s.vip.map_or("*".to_owned(), |v| v.to_string()),
-                    s.ports.join(",")
-                );
-                let head = vec![
-                    s.name.clone(),
-                    source.into(),
-                    frontend,
-                    format!("{}/{}", s.scheduler, s.forwarding),
-                ];
-                if s.backends.is_empty() {
-                    rows.push([head.clone(), vec!["-".into(), "-".into(), "-".into()]].concat());
-                }
-                for (i, b) in s.backends.iter().enumerate() {
-                    let head = if i == 0 {
-                        head.clone()
-                    } else {
-                        vec![String::new(); 4]
-                    };
-                    rows.push(
-                        [
-                            head,
-                            vec![b.backend.clone(), b.weight.to_string(), b.state.clone()],
-                        ]
-                        .concat(),
-                    );
-                }
-            }
-            table(
-                &[
-                    "SERVICE",
-                    "SOURCE",
-                    "FRONTEND",
-                    "SCHEDULER",
-                    "BACKEND",
-                    "WEIGHT",
-                    "STATE",
-                ],
-                rows,
-            );
-            for name in &list.orphaned_edits {
-                println!(
-                    "note: backend edits kept for {name:?}, which the service file no longer defines"
-                );
-            }
-            print_swarm_details(&list);
-        }
-        Command::Apply { file } => {
-            let text =
-                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let result: ChangeResult = api.json(Method::POST, "/v1/apply", Some(text)).await?;
-            if json {
-                return print_json(&result);
-            }
-            let c = &result.services;
-            if c.is_empty() {
-                println!("no change (generation {})", result.generation);
-            }
-            for (what, names) in [
-                ("added", &c.added),
-                ("changed", &c.changed),
-                ("removed", &c.removed),
-            ] {
-                for name in names {
-                    println!("{what} {name}");
-                }
-            }
-        }
-        Command::AddService {
-            name,
-            vip,
-            ports,
-            backends,
-            scheduler,
-            forwarding,
-            affinity,
-        } => {
-            let mut service = serde_json::json!({ "ports": ports, "backends": backends });
-            for (key, value) in [
-                ("vip", vip),
-                ("scheduler", scheduler),
-                ("forwarding", forwarding),
-                ("affinity", affinity),
-            ] {
-                if let Some(value) = value {
-                    service[key] = value.clone().into();
-                }
-            }
-            let body = serde_json::json!({ "services": { name.clone(): service } });
-            let result: ChangeResult = api
-                .json(
-                    Method::POST,
-                    "/v1/services",
-                    Some(body.to_string().into_bytes()),
-                )
-                .await?;
-            report_change(&result, json, &format!("added service {name}"))?;
-        }
+        Command::Status => status(&api, json).await,
+        Command::List => list(&api, json).await,
+        Command::Apply { file } => apply(&api, json, file).await,
+        Command::AddService(args) => add_service(&api, json, args).await,
         Command::RemoveService { name } => {
             let path = format!("/v1/services/{}", encode(name));
             let result: ChangeResult = api.json(Method::DELETE, &path, None).await?;
-            report_change(&result, json, &format!("removed service {name}"))?;
+            report_change(&result, json, &format!("removed service {name}"))
         }
         Command::AddBackend {
             service,
@@ -356,7 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &result,
                 json,
                 &format!("{service}: backend {backend} added"),
-            )?;
+            )
         }
         Command::RemoveBackend { service, backend } => {
             let result = backend_call(&api, service, "/remove", backend, None).await?;
@@ -364,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &result,
                 json,
                 &format!("{service}: backend {backend} removed"),
-            )?;
+            )
         }
         Command::Drain { service, backend } => {
             let result = backend_call(&api, service, "/drain", backend, None).await?;
@@ -372,153 +214,356 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &result,
                 json,
                 &format!("{service}: backend {backend} draining"),
-            )?;
+            )
         }
-        Command::Stats => {
-            let report: Report = api.json(Method::GET, "/v1/stats", None).await?;
-            if json {
-                return print_json(&report);
-            }
-            let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.1}"));
-            let mut rows = Vec::new();
-            for s in &report.services {
-                let t = &s.totals;
-                rows.push(vec![
-                    format!("{} {} {}", s.name, s.frontend, s.family),
-                    String::new(),
-                    t.packets.to_string(),
-                    t.bytes.to_string(),
-                    t.new_flows.to_string(),
-                    rate(t.packets_per_s),
-                    rate(t.new_flows_per_s),
-                ]);
-                for b in &s.backends {
-                    let t = &b.totals;
-                    rows.push(vec![
-                        String::new(),
-                        b.target.to_string(),
-                        t.packets.to_string(),
-                        t.bytes.to_string(),
-                        t.new_flows.to_string(),
-                        rate(t.packets_per_s),
-                        rate(t.new_flows_per_s),
-                    ]);
-                }
-            }
-            table(
-                &[
-                    "SERVICE",
-                    "BACKEND",
-                    "PACKETS",
-                    "BYTES",
-                    "NEW FLOWS",
-                    "PKT/S",
-                    "FLOWS/S",
-                ],
-                rows,
-            );
-            println!(
-                "connection table: {} of {} entries; generation {}",
-                report.conntrack.entries, report.conntrack.capacity, report.generation
-            );
-            let drops: Vec<String> = report
-                .global
-                .iter()
-                .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            if !drops.is_empty() {
-                println!("drops: {}", drops.join(" "));
-            }
-            // The socket-level path has no packets: its own table, services it served only.
-            let sockets: Vec<Vec<String>> = report
-                .services
-                .iter()
-                .filter(|s| s.socket != Default::default())
-                .map(|s| {
-                    vec![
-                        format!("{} {} {}", s.name, s.frontend, s.family),
-                        s.socket.connections.to_string(),
-                        s.socket.datagrams.to_string(),
-                        s.socket.no_backend.to_string(),
-                    ]
-                })
-                .collect();
-            if !sockets.is_empty() {
-                println!();
-                table(
-                    &["SOCKET PATH", "CONNECTIONS", "DATAGRAMS", "NO BACKEND"],
-                    sockets,
-                );
-            }
-        }
-        Command::Flows { service, limit } => {
-            let mut path = format!("/v1/flows?limit={limit}");
-            if let Some(service) = service {
-                path.push_str(&format!("&service={}", encode(service)));
-            }
-            let list: FlowList = api.json(Method::GET, &path, None).await?;
-            if json {
-                return print_json(&list);
-            }
-            let rows = list
-                .flows
-                .iter()
-                .map(|f| {
-                    vec![
-                        f.service.clone(),
-                        f.protocol.clone(),
-                        f.client.to_string(),
-                        f.frontend.to_string(),
-                        f.backend.to_string(),
-                        f.tcp_state.clone(),
-                        f.idle_timeout_s.to_string(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "SERVICE",
-                    "PROTO",
-                    "CLIENT",
-                    "FRONTEND",
-                    "BACKEND",
-                    "TCP STATE",
-                    "TIMEOUT S",
-                ],
-                rows,
-            );
-        }
+        Command::Stats => stats(&api, json).await,
+        Command::Flows { service, limit } => flows(&api, json, service.as_deref(), *limit).await,
         Command::Explain {
             protocol,
             source,
             destination,
             ..
-        } => {
-            protocol_number(protocol)?;
-            let path = format!(
-                "/v1/explain?protocol={protocol}&source={}&destination={}",
-                encode(&source.to_string()),
-                encode(&destination.to_string())
-            );
-            let answer: Explained = api.json(Method::GET, &path, None).await?;
-            if json {
-                return print_json(&answer);
-            }
-            match &answer.tracked {
-                Some(t) if t.backend_removed => println!(
-                    "tracked flow to {} (tcp {}), whose backend was removed: its next packet moves or ends it",
-                    t.backend, t.tcp_state
-                ),
-                Some(t) => println!(
-                    "tracked flow: goes to {} (tcp {}, idle timeout {} s); the table below is not consulted",
-                    t.backend, t.tcp_state, t.idle_timeout_s
-                ),
-                None => println!("not tracked: a new flow"),
-            }
-            println!("{}", answer.selection);
+        } => explain(&api, json, *protocol, *source, *destination).await,
+    }
+}
+
+/// `lbctl explain --config`: computed from a service file for this node's addresses.
+fn explain_offline(
+    config: &std::path::Path,
+    protocol: Protocol,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> anyhow::Result<()> {
+    let file = ServiceFile::load(config)?;
+    let node = dataplane::node_addresses().context("listing this node's addresses")?;
+    let plan = plan::plan(&file, &node).with_context(|| config.display().to_string())?;
+    println!("{}", plan.explain(protocol.number(), source, destination));
+    Ok(())
+}
+
+async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
+    let status: Status = api.json(Method::GET, "/v1/status", None).await?;
+    if json {
+        return print_json(&status);
+    }
+    println!(
+        "generation {}  up {} s  config {}",
+        status.generation, status.uptime_s, status.config
+    );
+    if let Some(why) = &status.degraded {
+        println!("DEGRADED: {why}");
+    }
+    let rows = status
+        .attachments
+        .iter()
+        .map(|a| {
+            vec![
+                a.interface.clone(),
+                a.ifindex.to_string(),
+                a.mode.clone(),
+                a.adopted.to_string(),
+            ]
+        })
+        .collect();
+    table(&["INTERFACE", "IFINDEX", "MODE", "ADOPTED"], rows);
+    match &status.sockets {
+        Some(s) => println!(
+            "socket-level balancing: cgroup {} (adopted {}), sockets of network namespace {}",
+            s.cgroup, s.adopted, s.netns_cookie
+        ),
+        None => println!("socket-level balancing: off"),
+    }
+    if let Some(s) = &status.swarm {
+        let node = s.node_addr.map_or("-".to_owned(), |a| a.to_string());
+        let age = s
+            .last_ok_age_s
+            .map_or("never".to_owned(), |a| format!("{a} s ago"));
+        println!(
+            "swarm: Engine {} {} (last good read {age}; {} ok, {} failed), node {node}, {} services",
+            s.docker_host,
+            if s.engine_up {
+                "answers"
+            } else {
+                "DOES NOT ANSWER"
+            },
+            s.reads_ok,
+            s.reads_failed,
+            s.services
+        );
+        if let (false, Some(e)) = (s.engine_up, &s.last_error) {
+            println!("swarm: last error: {e}");
         }
     }
+    Ok(())
+}
+
+async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
+    let list: ServiceList = api.json(Method::GET, "/v1/services", None).await?;
+    if json {
+        return print_json(&list);
+    }
+    let mut rows = Vec::new();
+    for s in &list.services {
+        let source = match (s.source, s.edited) {
+            (Source::Api, _) => "api",
+            (Source::Swarm, _) => "swarm",
+            (_, true) => "file+api",
+            _ => "file",
+        };
+        let frontend = format!(
+            "{} {}",
+            s.vip.map_or("*".to_owned(), |v| v.to_string()),
+            s.ports.join(",")
+        );
+        let head = vec![
+            s.name.clone(),
+            source.into(),
+            frontend,
+            format!("{}/{}", s.scheduler, s.forwarding),
+        ];
+        if s.backends.is_empty() {
+            rows.push([head.clone(), vec!["-".into(), "-".into(), "-".into()]].concat());
+        }
+        for (i, b) in s.backends.iter().enumerate() {
+            let head = if i == 0 {
+                head.clone()
+            } else {
+                vec![String::new(); 4]
+            };
+            rows.push(
+                [
+                    head,
+                    vec![b.backend.clone(), b.weight.to_string(), b.state.clone()],
+                ]
+                .concat(),
+            );
+        }
+    }
+    table(
+        &[
+            "SERVICE",
+            "SOURCE",
+            "FRONTEND",
+            "SCHEDULER",
+            "BACKEND",
+            "WEIGHT",
+            "STATE",
+        ],
+        rows,
+    );
+    for name in &list.orphaned_edits {
+        println!("note: backend edits kept for {name:?}, which the service file no longer defines");
+    }
+    print_swarm_details(&list);
+    Ok(())
+}
+
+async fn apply(api: &Endpoint, json: bool, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let result: ChangeResult = api.json(Method::POST, "/v1/apply", Some(text)).await?;
+    if json {
+        return print_json(&result);
+    }
+    let c = &result.services;
+    if c.is_empty() {
+        println!("no change (generation {})", result.generation);
+    }
+    for (what, names) in [
+        ("added", &c.added),
+        ("changed", &c.changed),
+        ("removed", &c.removed),
+    ] {
+        for name in names {
+            println!("{what} {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn add_service(api: &Endpoint, json: bool, args: &AddService) -> anyhow::Result<()> {
+    let AddService {
+        name,
+        vip,
+        ports,
+        backends,
+        scheduler,
+        forwarding,
+        affinity,
+    } = args;
+    let mut service = serde_json::json!({ "ports": ports, "backends": backends });
+    for (key, value) in [
+        ("vip", vip.clone()),
+        ("scheduler", scheduler.map(|s| s.as_str().to_owned())),
+        ("forwarding", forwarding.map(|f| f.as_str().to_owned())),
+        ("affinity", affinity.map(|a| a.as_str().to_owned())),
+    ] {
+        if let Some(value) = value {
+            service[key] = value.into();
+        }
+    }
+    let body = serde_json::json!({ "services": { name.clone(): service } });
+    let result: ChangeResult = api
+        .json(
+            Method::POST,
+            "/v1/services",
+            Some(body.to_string().into_bytes()),
+        )
+        .await?;
+    report_change(&result, json, &format!("added service {name}"))
+}
+
+async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
+    let report: Report = api.json(Method::GET, "/v1/stats", None).await?;
+    if json {
+        return print_json(&report);
+    }
+    let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.1}"));
+    let mut rows = Vec::new();
+    for s in &report.services {
+        let t = &s.totals;
+        rows.push(vec![
+            format!("{} {} {}", s.name, s.frontend, s.family),
+            String::new(),
+            t.packets.to_string(),
+            t.bytes.to_string(),
+            t.new_flows.to_string(),
+            rate(t.packets_per_s),
+            rate(t.new_flows_per_s),
+        ]);
+        for b in &s.backends {
+            let t = &b.totals;
+            rows.push(vec![
+                String::new(),
+                b.target.to_string(),
+                t.packets.to_string(),
+                t.bytes.to_string(),
+                t.new_flows.to_string(),
+                rate(t.packets_per_s),
+                rate(t.new_flows_per_s),
+            ]);
+        }
+    }
+    table(
+        &[
+            "SERVICE",
+            "BACKEND",
+            "PACKETS",
+            "BYTES",
+            "NEW FLOWS",
+            "PKT/S",
+            "FLOWS/S",
+        ],
+        rows,
+    );
+    println!(
+        "connection table: {} of {} entries; generation {}",
+        report.conntrack.entries, report.conntrack.capacity, report.generation
+    );
+    let drops: Vec<String> = report
+        .global
+        .iter()
+        .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !drops.is_empty() {
+        println!("drops: {}", drops.join(" "));
+    }
+    // The socket-level path has no packets: its own table, services it served only.
+    let sockets: Vec<Vec<String>> = report
+        .services
+        .iter()
+        .filter(|s| s.socket != Default::default())
+        .map(|s| {
+            vec![
+                format!("{} {} {}", s.name, s.frontend, s.family),
+                s.socket.connections.to_string(),
+                s.socket.datagrams.to_string(),
+                s.socket.no_backend.to_string(),
+            ]
+        })
+        .collect();
+    if !sockets.is_empty() {
+        println!();
+        table(
+            &["SOCKET PATH", "CONNECTIONS", "DATAGRAMS", "NO BACKEND"],
+            sockets,
+        );
+    }
+    Ok(())
+}
+
+async fn flows(
+    api: &Endpoint,
+    json: bool,
+    service: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let mut path = format!("/v1/flows?limit={limit}");
+    if let Some(service) = service {
+        path.push_str(&format!("&service={}", encode(service)));
+    }
+    let list: FlowList = api.json(Method::GET, &path, None).await?;
+    if json {
+        return print_json(&list);
+    }
+    let rows = list
+        .flows
+        .iter()
+        .map(|f| {
+            vec![
+                f.service.clone(),
+                f.protocol.clone(),
+                f.client.to_string(),
+                f.frontend.to_string(),
+                f.backend.to_string(),
+                f.tcp_state.clone(),
+                f.idle_timeout_s.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVICE",
+            "PROTO",
+            "CLIENT",
+            "FRONTEND",
+            "BACKEND",
+            "TCP STATE",
+            "TIMEOUT S",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+async fn explain(
+    api: &Endpoint,
+    json: bool,
+    protocol: Protocol,
+    source: SocketAddr,
+    destination: SocketAddr,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/explain?protocol={protocol}&source={}&destination={}",
+        encode(&source.to_string()),
+        encode(&destination.to_string())
+    );
+    let answer: Explained = api.json(Method::GET, &path, None).await?;
+    if json {
+        return print_json(&answer);
+    }
+    match &answer.tracked {
+        Some(t) if t.backend_removed => println!(
+            "tracked flow to {} (tcp {}), whose backend was removed: its next packet moves or ends it",
+            t.backend, t.tcp_state
+        ),
+        Some(t) => println!(
+            "tracked flow: goes to {} (tcp {}, idle timeout {} s); the table below is not consulted",
+            t.backend, t.tcp_state, t.idle_timeout_s
+        ),
+        None => println!("not tracked: a new flow"),
+    }
+    println!("{}", answer.selection);
     Ok(())
 }
 
@@ -542,20 +587,12 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
         return print_json(result);
     }
     match result.outcome {
-        lb_userspace::api::Outcome::Unchanged => {
+        Outcome::Unchanged => {
             println!("{what}: no change (generation {})", result.generation)
         }
         _ => println!("{what} (generation {})", result.generation),
     }
     Ok(())
-}
-
-fn protocol_number(protocol: &str) -> anyhow::Result<u8> {
-    match protocol {
-        "tcp" => Ok(proto::TCP),
-        "udp" => Ok(proto::UDP),
-        other => bail!("protocol {other:?}: write tcp or udp"),
-    }
 }
 
 /// Percent-encodes a path or query value.

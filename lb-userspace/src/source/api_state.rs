@@ -289,6 +289,13 @@ impl ApiState {
         weight: Option<u32>,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
+        // A backend it has, however named; a new one as given.
+        let backend = self
+            .resolve_backend(service, backend, file)
+            .or_else(|e| match e {
+                OverlayError::NotFound(_) if self.has_service(service, file) => Ok(backend),
+                e => Err(e),
+            })?;
         if let Some(spec) = self.services.get_mut(service) {
             match spec
                 .backends
@@ -334,7 +341,7 @@ impl ApiState {
         backend: BackendRef,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
-        self.require_backend(service, backend, file)?;
+        let backend = self.resolve_backend(service, backend, file)?;
         match self.services.get_mut(service) {
             Some(spec) => spec.backends.retain(|b| BackendRef::of(b) != backend),
             None => {
@@ -357,8 +364,12 @@ impl ApiState {
         backend: BackendRef,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
-        self.require_backend(service, backend, file)?;
+        let backend = self.resolve_backend(service, backend, file)?;
         self.set_backend(service, backend, Some(0), file)
+    }
+
+    fn has_service(&self, service: &str, file: &ServiceFile) -> bool {
+        self.services.contains_key(service) || file.services.contains_key(service)
     }
 
     fn edit(&self, service: &str, backend: BackendRef) -> Option<&Edit> {
@@ -379,28 +390,56 @@ impl ApiState {
     }
 
     /// An error naming the service's backends unless it has `backend` now.
-    fn require_backend(
+    /// The backend `service` has now that `backend` names, as the service lists it. A name
+    /// the user sees works too: `ADDR:PORT` names a backend listed as `ADDR` when PORT is the
+    /// backend port of one of the service's port mappings, and `ADDR` names the one backend
+    /// at that address. A name that fits several backends is refused with the candidates.
+    fn resolve_backend(
         &self,
         service: &str,
         backend: BackendRef,
         file: &ServiceFile,
-    ) -> Result<(), OverlayError> {
-        let current = self.current_backends(service, file)?;
-        if current.iter().any(|b| BackendRef::of(b) == backend) {
-            Ok(())
-        } else {
-            Err(no_backend(service, backend, &current))
+    ) -> Result<BackendRef, OverlayError> {
+        let spec = self.current_service(service, file)?;
+        let listed: Vec<BackendRef> = spec.backends.iter().map(BackendRef::of).collect();
+        if listed.contains(&backend) {
+            return Ok(backend);
+        }
+        let candidates: Vec<BackendRef> = listed
+            .iter()
+            .filter(|b| b.address == backend.address)
+            .filter(|b| match (backend.port, b.port) {
+                // ADDR:PORT for a backend listed as ADDR: PORT must be where it is reached.
+                (Some(port), None) => spec.ports.iter().any(|m| m.backend == port),
+                // ADDR for a backend listed with a port.
+                (None, Some(_)) => true,
+                _ => false,
+            })
+            .copied()
+            .collect();
+        match candidates.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(no_backend(service, backend, &spec.backends)),
+            several => Err(OverlayError::Conflict(format!(
+                "service {service:?}: backend {backend} is ambiguous; it could be any of [{}]: \
+                 write one of them as listed",
+                several
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
         }
     }
 
-    /// `service`'s backends as they are programmed (file plus edits, or the API's).
-    fn current_backends(
+    /// `service` as it is programmed (file plus edits, or the API's).
+    fn current_service(
         &self,
         service: &str,
         file: &ServiceFile,
-    ) -> Result<Vec<BackendSpec>, OverlayError> {
+    ) -> Result<ServiceSpec, OverlayError> {
         if let Some(spec) = self.services.get(service) {
-            return Ok(spec.backends.clone());
+            return Ok(spec.clone());
         }
         let mut spec = file
             .services
@@ -410,7 +449,7 @@ impl ApiState {
         if let Some(edits) = self.backend_edits.get(service) {
             apply_edits(&mut spec, edits);
         }
-        Ok(spec.backends)
+        Ok(spec)
     }
 
     /// Reads the state `save` wrote; a missing file is an empty state.
@@ -785,10 +824,13 @@ services:
         api.services.insert("dns".into(), dns);
         let e = api.merge(&f).unwrap_err().to_string();
         assert!(e.contains("already published"), "{e}");
-        // A backend written twice in different forms.
+        // A backend written twice in different forms: `set_backend` names the listed one
+        // (no edit); an edit made so (a state file of an older lbd) is still refused.
         let mut api = ApiState::default();
         api.set_backend("web", r("198.18.2.10:8080"), Some(1), &f)
             .unwrap();
+        assert!(api.backend_edits.is_empty(), "{:?}", api.backend_edits);
+        api.set_edit("web", r("198.18.2.10:8080"), Some(Edit::Added(1)));
         let e = api.merge(&f).unwrap_err().to_string();
         assert!(e.contains(MERGED_ORIGIN) && e.contains("backends"), "{e}");
     }
@@ -814,6 +856,51 @@ services:
             Err(OverlayError::NotFound(_))
         ));
         assert_eq!(api, ApiState::default(), "failed calls change nothing");
+    }
+
+    #[test]
+    fn backends_can_be_named_as_the_user_sees_them() {
+        let f = file(
+            "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80:8080/tcp\", \"443:8443/tcp\"]\n    \
+             backends: [\"198.18.2.10\", \"198.18.2.11:9000\", \"198.18.2.12:7000\", \"198.18.2.12:7001\"]\n",
+        );
+        let mut api = ApiState::default();
+        // ADDR:PORT where PORT is a mapping's backend port names the backend listed as ADDR.
+        api.drain("web", r("198.18.2.10:8080"), &f).unwrap();
+        api.drain("web", r("198.18.2.10:8443"), &f).unwrap();
+        assert_eq!(
+            api.backend_edits["web"].get(&r("198.18.2.10")),
+            Some(&Edit::Reweighted(0)),
+            "the edit is kept under the name the file lists"
+        );
+        // ADDR names the one backend at that address.
+        api.remove_backend("web", r("198.18.2.11"), &f).unwrap();
+        assert_eq!(
+            api.backend_edits["web"].get(&r("198.18.2.11:9000")),
+            Some(&Edit::Removed)
+        );
+        // A port no mapping uses is not this backend.
+        let e = api.drain("web", r("198.18.2.10:9999"), &f).unwrap_err();
+        assert!(matches!(e, OverlayError::NotFound(_)), "{e}");
+        // Two backends at one address: ADDR alone is ambiguous, and the error lists both.
+        let before = api.clone();
+        let e = api
+            .drain("web", r("198.18.2.12"), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ambiguous") && e.contains("198.18.2.12:7000, 198.18.2.12:7001"),
+            "{e}"
+        );
+        assert_eq!(api, before, "a refused call changes nothing");
+        // Setting a weight by the seen name reweights the listed backend, adds nothing.
+        api.set_backend("web", r("198.18.2.10:8080"), Some(5), &f)
+            .unwrap();
+        assert_eq!(
+            api.backend_edits["web"].get(&r("198.18.2.10")),
+            Some(&Edit::Reweighted(5))
+        );
+        assert_eq!(api.backend_edits["web"].len(), 2, "{:?}", api.backend_edits);
     }
 
     #[test]

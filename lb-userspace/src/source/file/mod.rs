@@ -221,6 +221,17 @@ macro_rules! keywords {
             }
         }
 
+        /// The same spellings on command lines (`lbctl add-service --scheduler ...`).
+        impl clap::ValueEnum for $ty {
+            fn value_variants<'a>() -> &'a [Self] {
+                &[$($ty::$variant),+]
+            }
+
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.as_str()))
+            }
+        }
+
         impl FromStr for $ty {
             type Err = ParseValueError;
 
