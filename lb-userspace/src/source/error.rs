@@ -16,7 +16,7 @@ pub enum ConfigError {
         error: std::io::Error,
     },
     /// Not YAML, or not shaped like a service file (unknown field, wrong kind of value). The
-    /// message is serde_yaml's: field path, what was expected, line and column.
+    /// message is the YAML reader's (serde_norway): field path, what was expected, line and column.
     #[error("{}: {message}", .path.display())]
     Syntax { path: PathBuf, message: String },
     /// A value that parses but is not allowed.

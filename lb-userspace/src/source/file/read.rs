@@ -87,14 +87,14 @@ pub(super) struct Scalar(String);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let unexpected = match serde_yaml::Value::deserialize(deserializer)? {
-            serde_yaml::Value::String(s) => return Ok(Scalar(s)),
-            serde_yaml::Value::Number(n) => return Ok(Scalar(n.to_string())),
-            serde_yaml::Value::Bool(b) => return Ok(Scalar(b.to_string())),
-            serde_yaml::Value::Null => de::Unexpected::Unit,
-            serde_yaml::Value::Sequence(_) => de::Unexpected::Seq,
-            serde_yaml::Value::Mapping(_) => de::Unexpected::Map,
-            serde_yaml::Value::Tagged(_) => de::Unexpected::Other("tagged value"),
+        let unexpected = match serde_norway::Value::deserialize(deserializer)? {
+            serde_norway::Value::String(s) => return Ok(Scalar(s)),
+            serde_norway::Value::Number(n) => return Ok(Scalar(n.to_string())),
+            serde_norway::Value::Bool(b) => return Ok(Scalar(b.to_string())),
+            serde_norway::Value::Null => de::Unexpected::Unit,
+            serde_norway::Value::Sequence(_) => de::Unexpected::Seq,
+            serde_norway::Value::Mapping(_) => de::Unexpected::Map,
+            serde_norway::Value::Tagged(_) => de::Unexpected::Other("tagged value"),
         };
         Err(de::Error::invalid_type(unexpected, &"a string or a number"))
     }
@@ -163,7 +163,7 @@ impl ServiceFile {
 
     /// Parses and validates service-file text; `origin` only names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<ServiceFile, ConfigError> {
-        let raw: Option<RawFile> = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let raw: Option<RawFile> = serde_norway::from_str(text).map_err(|e| ConfigError::Syntax {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
