@@ -99,10 +99,10 @@ struct RunArgs {
     #[arg(long)]
     pin_dir: Option<PathBuf>,
     /// Most verbose kernel-side log level kept in the programs; the records reach this log
-    /// under the target `lb` (filter them with RUST_LOG, e.g. `RUST_LOG=info,lb=debug`). Levels above it are removed
-    /// at load and cost nothing per packet.
-    #[arg(long, value_enum, default_value_t = KernelLogLevel::Warn)]
-    kernel_log: KernelLogLevel,
+    /// under the target `lb` (filter them with RUST_LOG, e.g. `RUST_LOG=info,lb=debug`).
+    /// Levels above it are removed at load and cost nothing per packet [default: warn].
+    #[arg(long, value_enum)]
+    kernel_log: Option<KernelLogLevel>,
     /// Socket-level balancing: processes of this node (in lbd's network namespace) reach
     /// VIPs and published ports (on node addresses and 127.0.0.1/::1) through cgroup socket
     /// programs [default: on].
@@ -112,9 +112,10 @@ struct RunArgs {
     /// it and below [default: the cgroup2 mount from /proc/mounts].
     #[arg(long)]
     cgroup: Option<PathBuf>,
-    /// How often to check the service file for changes, in milliseconds (0: only SIGHUP).
-    #[arg(long, default_value_t = 1000)]
-    watch_interval_ms: u64,
+    /// How often to check the service file for changes, in milliseconds (0: only SIGHUP)
+    /// [default: 1000].
+    #[arg(long)]
+    watch_interval_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -219,6 +220,10 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
         ),
         (None, _) => None,
     };
+    let watch_ms = args
+        .watch_interval_ms
+        .or(s.watch_interval_ms)
+        .unwrap_or(settings::DEFAULT_WATCH_INTERVAL_MS);
     let pin_dir = args
         .pin_dir
         .or(s.pin_dir)
@@ -256,7 +261,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
                     .conntrack_entries
                     .or(s.conntrack_entries)
                     .unwrap_or(DEFAULT_CONNTRACK_ENTRIES),
-                kernel_log: args.kernel_log,
+                kernel_log: args.kernel_log.or(s.kernel_log).unwrap_or_default(),
                 pin_dir: Some(pin_dir),
             },
             socket_cgroup,
@@ -270,7 +275,9 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
             .metrics
             .or(s.metrics)
             .unwrap_or_else(|| settings::DEFAULT_METRICS.parse().expect("valid default")),
-        watch: (args.watch_interval_ms > 0).then(|| Duration::from_millis(args.watch_interval_ms)),
+        watch: Some(watch_ms)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
     })
 }
 

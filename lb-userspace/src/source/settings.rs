@@ -14,6 +14,8 @@
 //!   conntrack_entries: 2097152
 //!   socket_lb: on                    # socket-level balancing for the node's own clients
 //!   cgroup: /sys/fs/cgroup/unified   # where its programs attach (default: the cgroup2 mount)
+//!   kernel_log: warn                 # most verbose kernel-side log level kept
+//!   watch_interval_ms: 1000          # how often the file is checked for changes (0: SIGHUP only)
 //! ```
 
 use std::{
@@ -29,6 +31,8 @@ pub const DEFAULT_API_SOCKET: &str = "/run/meshlb/api.sock";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/meshlb";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/meshlb";
+/// How often the service file is checked for changes.
+pub const DEFAULT_WATCH_INTERVAL_MS: u64 = 1000;
 
 /// How the XDP program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -99,6 +103,9 @@ pub struct DaemonSettings {
     pub swarm: Option<bool>,
     /// The Engine to follow (`--docker-host`).
     pub docker_host: Option<String>,
+    pub kernel_log: Option<KernelLogLevel>,
+    /// 0: only SIGHUP.
+    pub watch_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +125,8 @@ pub(crate) struct RawSettings {
     cgroup: Option<PathBuf>,
     swarm: Option<bool>,
     docker_host: Option<String>,
+    kernel_log: Option<String>,
+    watch_interval_ms: Option<u64>,
 }
 
 impl RawSettings {
@@ -157,6 +166,20 @@ impl RawSettings {
                     invalid(
                         "socket_lb",
                         format!("{text:?} is not a choice; valid values: on, off"),
+                    )
+                })
+            })
+            .transpose()?;
+        let kernel_log = self
+            .kernel_log
+            .map(|text| {
+                <KernelLogLevel as clap::ValueEnum>::from_str(&text, false).map_err(|_| {
+                    invalid(
+                        "kernel_log",
+                        format!(
+                            "{text:?} is not a log level; valid values: off, error, warn, info, \
+                             debug, trace"
+                        ),
                     )
                 })
             })
@@ -202,6 +225,8 @@ impl RawSettings {
             cgroup: self.cgroup,
             swarm: self.swarm,
             docker_host: self.docker_host,
+            kernel_log,
+            watch_interval_ms: self.watch_interval_ms,
         };
         if settings.api_listen.is_some() && settings.api_token_file.is_none() {
             return Err(invalid(
@@ -239,6 +264,10 @@ mod tests {
         assert_eq!(s.metrics.unwrap().port(), 9464);
         assert_eq!(s.conntrack_entries, Some(4096));
         assert_eq!(parse("services: {}\n").unwrap(), Default::default());
+        // Every flag of `lbd run` but --config has a field here (the README says so).
+        let s = parse("services: {}\nlbd:\n  kernel_log: debug\n  watch_interval_ms: 0\n").unwrap();
+        assert_eq!(s.kernel_log, Some(super::KernelLogLevel::Debug));
+        assert_eq!(s.watch_interval_ms, Some(0));
     }
 
     #[test]
@@ -259,6 +288,11 @@ mod tests {
         assert!(e.contains("lbd.interfaces"), "{e}");
         let e = parse("services: {}\nlbd:\n  socket_lb: yes\n").unwrap_err();
         assert!(e.contains("lbd.socket_lb") && e.contains("on, off"), "{e}");
+        let e = parse("services: {}\nlbd:\n  kernel_log: loud\n").unwrap_err();
+        assert!(
+            e.contains("lbd.kernel_log") && e.contains("warn, info"),
+            "{e}"
+        );
         let e = parse("services: {}\nlbd:\n  token: x\n").unwrap_err();
         assert!(e.contains("unknown field `token`"), "{e}");
     }

@@ -163,10 +163,11 @@ impl ServiceFile {
 
     /// Parses and validates service-file text; `origin` only names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<ServiceFile, ConfigError> {
-        let raw: Option<RawFile> = serde_norway::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw: Option<RawFile> =
+            serde_norway::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?;
         let (raw, lbd, swarm) = raw.map_or((None, None, None), |file| {
             (file.services, file.lbd, file.swarm)
         });
