@@ -13,7 +13,7 @@ use std::{
 
 use lb_testkit::{
     Lbd, e2e_enabled,
-    swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, Who, http_who, parse_who},
+    swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, WHO_PORT, Who, http_who, parse_who},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -121,6 +121,24 @@ fn metric(node: &SwarmNode, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `count` requests (TCP connections or UDP datagrams, each from a new port) from container
+/// `name` on `node` to `vip` at the image's name server port; the answers (a request that
+/// failed is left out: the callers check who answered).
+fn vip_answers(node: &SwarmNode, name: &str, proto: &str, vip: &str, count: usize) -> Vec<Who> {
+    let script = format!("/bin/who-server ask {proto} {vip}:{WHO_PORT} {count}");
+    in_container(node, name, &script)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with("error"))
+        .filter_map(parse_who)
+        // The name server says "HOST IP PORT": keep the address.
+        .map(|w| Who {
+            seen: w.seen.split(' ').next().unwrap_or_default().to_owned(),
+            ..w
+        })
+        .collect()
+}
+
 /// Runs `sh -c SCRIPT` in container `name` on `node`; its output, or None when it failed.
 fn in_container(node: &SwarmNode, name: &str, script: &str) -> Option<String> {
     node.docker(&["exec", name, "sh", "-c", script]).ok()
@@ -148,12 +166,12 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .expect("appnet");
     lab.create_service(
         "api",
-        2,
+        4,
         &["--network", "appnet", "--placement-pref", "spread=node.id"],
     )
     .expect("api");
     lab.wait_running("web", 4, TASKS).expect("web tasks");
-    lab.wait_running("api", 2, TASKS).expect("api tasks");
+    lab.wait_running("api", 4, TASKS).expect("api tasks");
 
     let lbs: Vec<Lbd> = lab.nodes.iter().map(start_lbd).collect();
 
@@ -312,7 +330,8 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     }
 
     // A service VIP, from a container on its network, by name (Docker's DNS answers the
-    // VIP): both tasks (one per node, across the overlay) answer and see the container.
+    // VIP) and by address, TCP and UDP: every task (two per node, across the overlay)
+    // answers and sees the container.
     let node1 = &lab.nodes[0];
     node1
         .docker(&[
@@ -344,22 +363,21 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         "the VIP answers the container",
         || in_container(node1, "cli", get).is_some_and(|out| parse_who(&out).is_some()),
     );
-    let mut api_hosts = BTreeSet::new();
-    for _ in 0..16 {
-        let out = in_container(node1, "cli", get).expect("VIP request");
-        let who = parse_who(&out).unwrap_or_else(|| panic!("answer {out:?}"));
-        assert_eq!(
-            who.seen, cli_addr,
-            "the task sees the container's own address"
-        );
-        api_hosts.insert(who.host);
-    }
     let all_api: BTreeSet<String> = lab
         .nodes
         .iter()
         .flat_map(|n| local_tasks(n, "api"))
         .collect();
-    assert_eq!(api_hosts, all_api, "every task of the VIP, on both nodes");
+    assert_eq!(all_api.len(), 4, "{all_api:?}");
+    for _ in 0..4 {
+        let out = in_container(node1, "cli", get).expect("VIP request by name");
+        let who = parse_who(&out).unwrap_or_else(|| panic!("answer {out:?}"));
+        assert_eq!(
+            who.seen, cli_addr,
+            "the task sees the container's own address"
+        );
+        assert!(all_api.contains(&who.host), "{who:?}");
+    }
     let vip = lab
         .manager()
         .docker(&[
@@ -378,12 +396,82 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .next()
         .unwrap()
         .to_owned();
+    // explain names the VIP's service, says the socket path decides, and lists the tasks.
+    let (ok, out, err) = lbs[0]
+        .lbctl(&[
+            "explain",
+            "udp",
+            &format!("{cli_addr}:40000"),
+            &format!("{vip}:{WHO_PORT}"),
+        ])
+        .expect("lbctl explain");
+    assert!(ok, "explain: {err}");
+    assert!(
+        out.contains("api@appnet") && out.contains("socket-level"),
+        "{out}"
+    );
+    for proto in ["tcp", "udp"] {
+        let answers = vip_answers(node1, "cli", proto, &vip, 40);
+        let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
+        assert_eq!(
+            hosts, all_api,
+            "{proto}: every task of the VIP, on both nodes"
+        );
+        assert!(
+            answers.iter().all(|w| w.seen == cli_addr),
+            "{proto}: every task sees the container's own address: {answers:?}"
+        );
+    }
     let outsider =
         format!("printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc {vip} 8080");
     assert!(
         in_container(node1, "outsider", &outsider).is_none_or(|out| parse_who(&out).is_none()),
         "a container on another network must not reach the VIP"
     );
+    assert!(
+        in_container(
+            node1,
+            "outsider",
+            &format!("/bin/who-server ask udp {vip}:{WHO_PORT} 3")
+        )
+        .is_none_or(|out| out.lines().all(|l| l.starts_with("error"))),
+        "a container on another network must not reach the VIP over UDP"
+    );
+
+    // The VIP follows the swarm: scaled down to two tasks, new connections and datagrams
+    // reach only the survivors within FOLLOW of the others stopping.
+    lab.manager()
+        .docker(&["service", "scale", "-d", "api=2"])
+        .expect("scale api");
+    within(TASKS, "api scaled down", || {
+        lab.nodes
+            .iter()
+            .map(|n| local_tasks(n, "api").len())
+            .sum::<usize>()
+            == 2
+    });
+    let api_survivors: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, "api"))
+        .collect();
+    for lb in &lbs {
+        within(FOLLOW, "the VIP follows the scale-down", || {
+            backends(lb, "api@appnet") == Some(2)
+        });
+    }
+    for proto in ["tcp", "udp"] {
+        let answers = vip_answers(node1, "cli", proto, &vip, 8);
+        assert_eq!(
+            answers.len(),
+            8,
+            "{proto}: every request answered: {answers:?}"
+        );
+        assert!(
+            answers.iter().all(|w| api_survivors.contains(&w.host)),
+            "{proto}: only the surviving tasks: {answers:?} (survivors {api_survivors:?})"
+        );
+    }
 
     // Scale down: within FOLLOW of the tasks stopping, only the survivors get connections.
     lab.manager()

@@ -3,6 +3,10 @@
 //! (TCP, the connection stays open for more) or datagram (UDP) with
 //! `"{hostname} {peer_ip} {peer_port}\n"`, the protocol of `lb_testkit::NameServer`, so the
 //! test kit's clients work with tasks too.
+//!
+//! `who-server ask tcp|udp ADDR:PORT COUNT` is the client a container runs (busybox's nc has
+//! no UDP): COUNT requests, each from a new socket (a new source port), one answer line each,
+//! or `error: ...` for a request that failed within 2 s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -12,6 +16,10 @@ use std::time::Duration;
 const IDLE: Duration = Duration::from_secs(300);
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("ask") {
+        return ask(&args[2..]);
+    }
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
@@ -45,4 +53,44 @@ fn serve(stream: TcpStream, host: &str) {
             return;
         }
     }
+}
+
+fn ask(args: &[String]) {
+    let usage = "usage: who-server ask tcp|udp ADDR:PORT COUNT";
+    let (Some(proto), Some(target), Some(count)) = (args.first(), args.get(1), args.get(2)) else {
+        panic!("{usage}")
+    };
+    let target: std::net::SocketAddr = target.parse().expect(usage);
+    let count: usize = count.parse().expect(usage);
+    let timeout = Duration::from_secs(2);
+    for _ in 0..count {
+        let answer = match proto.as_str() {
+            "udp" => ask_udp(target, timeout),
+            "tcp" => ask_tcp(target, timeout),
+            _ => panic!("{usage}"),
+        };
+        match answer {
+            Ok(line) => print!("{line}"),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+}
+
+fn ask_udp(target: std::net::SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(target)?;
+    socket.send(b"who\n")?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn ask_tcp(target: std::net::SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"who\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
 }

@@ -502,6 +502,15 @@ pub enum Explanation {
         service: String,
         sequence: Vec<SocketAddr>,
     },
+    /// A frontend only the socket-level programs serve (a swarm VIP on an overlay network):
+    /// a container's `connect` picks by its socket and network namespace, which no packet
+    /// address tells; packets to it are not balanced.
+    SocketLevel {
+        service: String,
+        /// The socket's network namespace alone decides (client-ip affinity).
+        per_namespace: bool,
+        backends: Vec<SocketAddr>,
+    },
 }
 
 impl std::fmt::Display for Explanation {
@@ -524,6 +533,25 @@ impl std::fmt::Display for Explanation {
                 f,
                 "service {service}: new flow -> {backend} (maglev: hash {hash:#010x}, slot {slot} of {table_len})"
             ),
+            Self::SocketLevel {
+                service,
+                per_namespace,
+                backends,
+            } => {
+                let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
+                let key = if *per_namespace {
+                    "the client's network namespace"
+                } else {
+                    "the connecting socket and its network namespace"
+                };
+                write!(
+                    f,
+                    "service {service}: a socket-level frontend (containers on its network, at \
+                     connect or sendmsg): the backend is picked by a hash of {key}, which no \
+                     packet address tells, over: {}; packets to it are not balanced",
+                    list.join(", ")
+                )
+            }
             Self::RoundRobin { service, sequence } => {
                 let order: Vec<String> = sequence.iter().map(ToString::to_string).collect();
                 write!(
@@ -546,7 +574,16 @@ impl DesiredState {
             proto: protocol,
             _pad: 0,
         };
-        let Some(service) = self.frontends.get(&key) else {
+        // A VIP that takes every port has one entry for all (port `ANY_PORT`).
+        let any_port = EndpointKey {
+            port_be: lb_common::maps::ANY_PORT,
+            ..key
+        };
+        let Some(service) = self
+            .frontends
+            .get(&key)
+            .or_else(|| self.frontends.get(&any_port))
+        else {
             return Explanation::NotAFrontend;
         };
         let Some(planned) = self.services.iter().find(|s| s.id == service.id) else {
@@ -566,6 +603,22 @@ impl DesiredState {
         };
         if table.is_empty() {
             return Explanation::NoBackend { service: name };
+        }
+        if service.flags & service_flags::SOCKET_SCOPE_MASK != 0 {
+            let mut backends: Vec<SocketAddr> = planned
+                .backends
+                .iter()
+                .map(|b| match b.target.port() {
+                    lb_common::maps::ANY_PORT => SocketAddr::new(b.target.ip(), dst.port()),
+                    _ => b.target,
+                })
+                .collect();
+            backends.dedup();
+            return Explanation::SocketLevel {
+                service: name,
+                per_namespace: service.flags & service_flags::AFFINITY_CLIENT_IP != 0,
+                backends,
+            };
         }
         if service.flags & service_flags::ROUND_ROBIN != 0 {
             return Explanation::RoundRobin {
@@ -987,6 +1040,49 @@ services:
             state.explain(proto::UDP, client, web),
             Explanation::NotAFrontend,
             "wrong protocol"
+        );
+    }
+
+    #[test]
+    fn explain_a_socket_level_vip_on_any_port() {
+        // A swarm VIP: every port, served by the socket-level programs for its network.
+        let mut file = ServiceFile::parse(
+            "services:\n  api:\n    vip: 198.19.10.2\n    ports: [\"1/tcp\"]\n    \
+             backends: [\"198.19.10.5\", \"198.19.10.6\"]\n",
+            Path::new("swarm"),
+        )
+        .unwrap();
+        // Swarm VIP services are named SERVICE@NETWORK, a name no file may use.
+        let mut spec = file.services.remove("api").unwrap();
+        spec.name = "api@appnet".into();
+        spec.ports[0].frontend = lb_common::maps::ANY_PORT;
+        spec.ports[0].backend = lb_common::maps::ANY_PORT;
+        spec.socket_scope = 1;
+        file.services.insert(spec.name.clone(), spec);
+        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let state = plan(&file, &node).unwrap();
+        let client: SocketAddr = "198.19.10.9:40000".parse().unwrap();
+        let vip: SocketAddr = "198.19.10.2:8081".parse().unwrap();
+        let explained = state.explain(proto::TCP, client, vip);
+        assert_eq!(
+            explained,
+            Explanation::SocketLevel {
+                service: "api@appnet 0/tcp".into(),
+                per_namespace: false,
+                backends: vec![
+                    "198.19.10.5:8081".parse().unwrap(),
+                    "198.19.10.6:8081".parse().unwrap()
+                ],
+            },
+            "{explained}"
+        );
+        assert!(
+            explained.to_string().contains("socket-level"),
+            "{explained}"
+        );
+        assert_eq!(
+            state.explain(proto::UDP, client, "198.19.10.3:8081".parse().unwrap()),
+            Explanation::NotAFrontend
         );
     }
 
