@@ -8,6 +8,8 @@ mod oracle;
 mod pps;
 mod report;
 mod tcp;
+mod tcp_host;
+mod tcp_pairs;
 mod tcp_swarm;
 mod traffic;
 
@@ -68,6 +70,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Control(args)) => control::run(&args),
         Command::Bench(Bench::Pps(args)) => pps::run(&args),
         Command::Bench(Bench::Oracle(args)) => oracle::run(&args),
+        Command::Bench(Bench::Tcp(args)) if args.swarm => tcp_swarm::run(&args),
+        Command::Bench(Bench::Tcp(args)) if args.host_local => tcp_host::run(&args),
         Command::Bench(Bench::Tcp(args)) => tcp::run(&args),
         Command::Bench(Bench::Report(args)) => report::run(&args),
     }

@@ -69,15 +69,21 @@ pub struct TcpArgs {
     /// The swarm case instead: on the two-node swarm lab, a one-task service's published port
     /// through `lbd --swarm` against the client talking to that task directly (routed by its
     /// node); writes `tcp-swarm-<date>.{json,md}`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "host_local")]
     pub swarm: bool,
+    /// The host-local case instead: a process on the node connects to a file service's VIP,
+    /// which the socket-level programs turn into a connection to a backend at `connect()`
+    /// (nothing per packet), against the same process connecting to that backend directly;
+    /// writes `tcp-host-<date>.{json,md}`.
+    #[arg(long)]
+    pub host_local: bool,
     #[arg(long)]
     pub no_write: bool,
 }
 
-const BACKENDS: usize = 3;
-const BACKEND_PORT: u16 = 8080;
-const MESHLB_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub(crate) const BACKENDS: usize = 3;
+pub(crate) const BACKEND_PORT: u16 = 8080;
+pub(crate) const MESHLB_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const NFT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
 const HAPROXY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 3);
 const NFT_TABLE: &str = "mlbtcp";
@@ -474,7 +480,8 @@ fn wait_ready(topo: &Topology, target: SocketAddr) -> Result<()> {
     )
 }
 
-pub fn run(args: &TcpArgs) -> Result<()> {
+/// What every case of `bench tcp` needs of its arguments.
+pub(crate) fn check_args(args: &TcpArgs) -> Result<()> {
     ensure!(
         args.rounds >= 1 && args.seconds > 0.0 && args.clients >= 1,
         "rounds, seconds and clients must be positive"
@@ -484,9 +491,11 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         "{} does not exist: run `cargo xtask build`",
         args.lbd.display()
     );
-    if args.swarm {
-        return crate::tcp_swarm::run(args);
-    }
+    Ok(())
+}
+
+pub fn run(args: &TcpArgs) -> Result<()> {
+    check_args(args)?;
     let balancers = balancers(&args.xdp_mode);
     let machine = machine::facts();
     println!(
