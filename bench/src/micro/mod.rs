@@ -21,9 +21,13 @@
 //! creates (veth pairs, addresses, static neighbours, `ip_forward=1`), so `bpf_fib_lookup`
 //! succeeds as it would on a node.
 
+mod bench;
+mod classes;
+mod frames;
 mod ipv6;
 pub mod machine;
 mod report;
+mod setup;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
@@ -52,9 +56,16 @@ use lb_userspace::{
     source::file::{BackendSpec, PortMapping, ServiceFile},
 };
 
-use self::report::{ClassResult, Report, SingleShotResult};
+use self::{
+    bench::*,
+    classes::*,
+    frames::*,
+    report::{ClassResult, Report, SingleShotResult},
+    setup::*,
+};
 
 #[derive(clap::Args, Debug)]
+
 pub struct MicroArgs {
     /// Iterations per BPF_PROG_TEST_RUN call; the kernel reports their mean.
     #[arg(long, default_value_t = 10_000_000)]
@@ -89,868 +100,6 @@ pub struct MicroArgs {
     /// `=` (for quick looks and profiling; the table then has gaps).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Address plan (198.18.0.0/15 only) and constants
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-const CLIENT_PORT: u16 = 31337;
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-const VIP_PORT: u16 = 80;
-const NON_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 99);
-const BACKEND_PORT: u16 = 8080;
-const NODE_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-const NODE_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
-const BACKENDS: u8 = 16;
-/// Backend i is 198.18.2.(10 + i) with MAC 02:00:00:00:02:(0x10 + i).
-fn backend_ip(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 2, 10 + i)
-}
-fn backend_mac(i: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0x02, 0x10 + i]
-}
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
-const NON_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x99);
-const NODE6_CLIENT_SIDE: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
-const NODE6_BACKEND_SIDE: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1);
-/// IPv6 backend i is fd00:2::(10 + i) (hex), with the same MAC as IPv4 backend i.
-fn backend_ip6(i: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 10 + u16::from(i))
-}
-/// Which backend `ip` is, in either family.
-fn backend_index(ip: IpAddr) -> Option<u8> {
-    (0..BACKENDS).find(|i| ip == IpAddr::V4(backend_ip(*i)) || ip == IpAddr::V6(backend_ip6(*i)))
-}
-/// Extra services of the scaling check: VIP 198.19.128.0/17 x ports 80..=83, one backend each
-/// in 198.18.64.0/18 x ports 8080... (never routed: map contents only).
-fn extra_vip(i: u32) -> SocketAddrV4 {
-    let a = 0xc613_8000 | (i & 0x7fff); // 198.19.128.0/17
-    SocketAddrV4::new(Ipv4Addr::from(a), 80 + (i >> 15) as u16)
-}
-fn extra_backend(i: u32) -> SocketAddrV4 {
-    let a = 0xc612_4000 | (i & 0x3fff); // 198.18.64.0/18
-    SocketAddrV4::new(Ipv4Addr::from(a), BACKEND_PORT + (i >> 14) as u16)
-}
-/// Prefilled flow j: client 198.19.0.0/17, source port 1024 + j / 2^15.
-fn prefill_client(j: u32) -> SocketAddrV4 {
-    let a = 0xc613_0000 | (j & 0x7fff);
-    SocketAddrV4::new(Ipv4Addr::from(a), 1024 + (j >> 15) as u16)
-}
-
-const FRAME_LEN: usize = 60;
-const FRAME6_LEN: usize = 80;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-/// Selection tables applied (and timed) on top of the first scaling dataplane.
-const TABLE_SAMPLE: usize = 100;
-/// Maglev table size of the extra services (the smallest prime of at least 100x one backend).
-const EXTRA_TABLE_SIZE: u32 = 101;
-
-fn action_name(retval: u32) -> &'static str {
-    match retval {
-        0 => "ABORTED",
-        1 => "DROP",
-        2 => "PASS",
-        3 => "TX",
-        4 => "REDIRECT",
-        _ => "?",
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// What is measured
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Via {
-    Direct,
-    Harness,
-    HarnessVary,
-}
-
-impl Via {
-    fn label(self) -> &'static str {
-        match self {
-            Via::Direct => "direct",
-            Via::Harness => "harness",
-            Via::HarnessVary => "harness (vary)",
-        }
-    }
-}
-
-/// Harness object programs.
-const HARNESS: &str = "harness";
-const HARNESS_VARY: &str = "harness_vary";
-const HARNESS_V6: &str = "harness_v6";
-const HARNESS_V6_VARY: &str = "harness_v6_vary";
-const FLOOR_PASS: &str = "floor_pass";
-const FLOOR_TX_ONLY: &str = "floor_tx_only";
-const FLOOR_TX: &str = "floor_tx";
-const FLOOR_META: &str = "floor_meta";
-const FLOOR_FIB: &str = "floor_fib";
-const HARNESS_PROGRAMS: [&str; 9] = [
-    HARNESS,
-    HARNESS_VARY,
-    HARNESS_V6,
-    HARNESS_V6_VARY,
-    FLOOR_PASS,
-    FLOOR_TX_ONLY,
-    FLOOR_TX,
-    FLOOR_META,
-    FLOOR_FIB,
-];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    /// A floor program of the harness object.
-    Floor(&'static str),
-    /// meshlb_xdp of dataplane `n`.
-    Meshlb(usize),
-}
-
-/// What the bytes out must look like.
-#[derive(Clone, Copy, Debug)]
-enum Check {
-    /// Exactly the input.
-    Unchanged,
-    /// The input with its MACs swapped `n` times (n odd: swapped).
-    MacSwaps,
-    /// 8 bytes of metadata, then the input.
-    FloorMeta,
-    /// The input with a `harness_vary` source address and port, checksums valid.
-    VaryFloor,
-    /// The input (to backend 0) with the MACs the FIB gives for backend 0.
-    FibMacs,
-    /// DNAT to one of the 16 backends, checksums valid; MACs from the FIB (redirect) or
-    /// unchanged with metadata for the TC program.
-    Dnat { via_tc: bool, vary: bool },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-enum Section {
-    Floor,
-    Meshlb,
-    Ipv6,
-    Scaling,
-}
-
-struct Class {
-    key: String,
-    label: String,
-    section: Section,
-    via: Via,
-    target: Target,
-    frame: Vec<u8>,
-    retval: u32,
-    check: Check,
-    /// Counters that must grow by exactly the iteration count; every other by 0.
-    counters: &'static [StatSlot],
-    /// For the scaling section: the class this one is compared with, and what differs.
-    baseline: Option<(&'static str, String)>,
-    /// Measured only in the single-shot suite.
-    single_shot_only: bool,
-    katran: Option<(f64, &'static str)>,
-}
-
-const ESTABLISHED_REDIRECT: &[StatSlot] =
-    &[StatSlot::Rx, StatSlot::NatForward, StatSlot::TxXdpRedirect];
-const ESTABLISHED_TC: &[StatSlot] = &[StatSlot::Rx, StatSlot::NatForward, StatSlot::TxViaTc];
-const NEW_FLOW_REDIRECT: &[StatSlot] = &[
-    StatSlot::Rx,
-    StatSlot::NewFlow,
-    StatSlot::NatForward,
-    StatSlot::TxXdpRedirect,
-];
-const PASS_NOT_FRONTEND: &[StatSlot] = &[StatSlot::Rx, StatSlot::PassNotFrontend];
-
-/// One single-shot series: mean and median of the kernel-reported per-call durations, and the
-/// wall-clock time of a whole call (syscall included).
-#[derive(Clone, Copy, Debug)]
-struct SingleShot {
-    mean_ns: f64,
-    median_ns: u64,
-    wall_us: f64,
-}
-
-/// One measurement: kernel-reported mean ns per iteration, and wall-clock ns per iteration of
-/// the whole syscall (a cross-check; includes preemption, which the kernel's timer leaves out).
-#[derive(Clone, Copy, Debug)]
-struct Sample {
-    kernel_ns: f64,
-    wall_ns: f64,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kernel objects
-
-struct Dp {
-    name: String,
-    dp: Dataplane,
-}
-
-struct Bench {
-    harness: Ebpf,
-    dps: Vec<Dp>,
-    /// Test-run packets arrive on the client-side veth.
-    client_if: u32,
-    backend_if: u32,
-    backend_if_mac: [u8; 6],
-}
-
-/// Result of one test run.
-struct RunOut {
-    retval: u32,
-    kernel_ns: u64,
-    wall: Duration,
-    /// Bytes out, metadata first.
-    out: Vec<u8>,
-    meta_len: usize,
-}
-
-/// One BPF_PROG_TEST_RUN of `prog` on `frame`, arriving on `ingress_if`.
-fn test_run(prog: &Xdp, frame: &[u8], ingress_if: u32, repeat: u32) -> Result<RunOut> {
-    // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress_if, 0, 0]
-        .iter()
-        .flat_map(|w| w.to_ne_bytes())
-        .collect();
-    let ctx = ctx.as_slice();
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut ctx_out = vec![0u8; ctx.len()];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(ctx),
-        ctx_out: Some(&mut ctx_out),
-        repeat,
-        ..TestRunOptions::default()
-    };
-    let start = Instant::now();
-    let result = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-    let wall = start.elapsed();
-    out.truncate(result.data_size_out as usize);
-    let word = |i: usize| u32::from_ne_bytes(ctx_out[i..i + 4].try_into().expect("4 bytes"));
-    // xdp_md out: data and data_meta are offsets from the metadata start.
-    let meta_len = word(0).saturating_sub(word(8)) as usize;
-    Ok(RunOut {
-        retval: result.return_value,
-        kernel_ns: result.duration.as_nanos() as u64,
-        wall,
-        out,
-        meta_len,
-    })
-}
-
-impl Bench {
-    fn harness_prog(&self, name: &str) -> Result<&Xdp> {
-        self.harness
-            .program(name)
-            .ok_or_else(|| anyhow!("harness object has no program {name}"))?
-            .try_into()
-            .map_err(|_| anyhow!("{name} is not an XDP program"))
-    }
-
-    fn target_fd(&mut self, target: Target) -> Result<ProgramFd> {
-        let fd = match target {
-            Target::Floor(name) => self.harness_prog(name)?.fd()?.try_clone()?,
-            Target::Meshlb(n) => self.dps[n].dp.xdp_program()?.fd()?.try_clone()?,
-        };
-        Ok(fd)
-    }
-
-    /// Points the harness at `target` and makes `frame` its pristine copy.
-    fn arm_harness(&mut self, target: Target, frame: &[u8]) -> Result<()> {
-        ensure!(
-            frame.len() == FRAME_LEN || frame.len() == FRAME6_LEN,
-            "harness frames are {FRAME_LEN} (IPv4) or {FRAME6_LEN} (IPv6) bytes"
-        );
-        let fd = self.target_fd(target)?;
-        let mut targets: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(self.harness.map_mut("TARGET").context("map TARGET")?)?;
-        targets.set(0, &fd, 0).context("setting TARGET[0]")?;
-        let mut words = [0u64; 16];
-        let mut padded = [0u8; 128];
-        padded[..frame.len()].copy_from_slice(frame);
-        for (w, chunk) in words.iter_mut().zip(padded.chunks_exact(8)) {
-            *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-        }
-        let mut pristine: Array<&mut MapData, [u64; 16]> =
-            Array::try_from(self.harness.map_mut("PRISTINE").context("map PRISTINE")?)?;
-        pristine.set(0, words, 0).context("setting PRISTINE[0]")?;
-        Ok(())
-    }
-
-    fn stats(&self, target: Target) -> Result<Option<StatsSnapshot>> {
-        match target {
-            Target::Floor(_) => Ok(None),
-            Target::Meshlb(n) => Ok(Some(self.dps[n].dp.stats()?)),
-        }
-    }
-
-    /// One run of `class` with `repeat` iterations, checked.
-    fn run(&mut self, class: &Class, repeat: u32) -> Result<Sample> {
-        if class.via != Via::Direct {
-            self.arm_harness(class.target, &class.frame)?;
-        }
-        let before = self.stats(class.target)?;
-        let ctx = self.client_if;
-        let out = match (class.via, class.target) {
-            (Via::Direct, Target::Floor(name)) => {
-                test_run(self.harness_prog(name)?, &class.frame, ctx, repeat)?
-            }
-            (Via::Direct, Target::Meshlb(n)) => {
-                test_run(self.dps[n].dp.xdp_program()?, &class.frame, ctx, repeat)?
-            }
-            (via, _) => {
-                let v6 = class.frame.len() == FRAME6_LEN;
-                let name = match (via, v6) {
-                    (Via::HarnessVary, false) => HARNESS_VARY,
-                    (Via::HarnessVary, true) => HARNESS_V6_VARY,
-                    (_, false) => HARNESS,
-                    (_, true) => HARNESS_V6,
-                };
-                test_run(self.harness_prog(name)?, &class.frame, ctx, repeat)?
-            }
-        };
-        let after = self.stats(class.target)?;
-        self.verify(
-            class,
-            &out,
-            u64::from(repeat),
-            u64::from(repeat),
-            before.zip(after),
-        )
-        .with_context(|| {
-            format!(
-                "{}: run with repeat = {repeat} took an unexpected path",
-                class.label
-            )
-        })?;
-        Ok(Sample {
-            kernel_ns: out.kernel_ns as f64,
-            wall_ns: out.wall.as_nanos() as f64 / f64::from(repeat),
-        })
-    }
-
-    fn verify(
-        &self,
-        class: &Class,
-        out: &RunOut,
-        iterations: u64,
-        iterations_per_output: u64,
-        stats: Option<(StatsSnapshot, StatsSnapshot)>,
-    ) -> Result<()> {
-        ensure!(
-            out.retval == class.retval,
-            "returned {} ({}), expected {} ({})",
-            out.retval,
-            action_name(out.retval),
-            class.retval,
-            action_name(class.retval)
-        );
-        if let Some((before, after)) = stats {
-            let mut wrong = Vec::new();
-            for slot in StatSlot::ALL {
-                let delta = after.get(*slot) - before.get(*slot);
-                let want = if class.counters.contains(slot) {
-                    iterations
-                } else {
-                    0
-                };
-                if delta != want {
-                    wrong.push(format!(
-                        "{} moved by {delta}, expected {want}",
-                        slot.label()
-                    ));
-                }
-            }
-            ensure!(wrong.is_empty(), "counters: {}", wrong.join("; "));
-        }
-        let meta = &out.out[..out.meta_len.min(out.out.len())];
-        let packet = &out.out[meta.len()..];
-        let frame = &class.frame;
-        match class.check {
-            Check::Unchanged => {
-                ensure!(meta.is_empty(), "unexpected metadata");
-                ensure!(packet == frame.as_slice(), "packet changed");
-            }
-            Check::MacSwaps => {
-                ensure!(meta.is_empty(), "unexpected metadata");
-                let swaps = if class.via == Via::Direct {
-                    iterations_per_output
-                } else {
-                    1
-                };
-                let mut want = frame.clone();
-                if swaps % 2 == 1 {
-                    want[0..6].copy_from_slice(&frame[6..12]);
-                    want[6..12].copy_from_slice(&frame[0..6]);
-                }
-                ensure!(packet == want.as_slice(), "MACs not swapped as expected");
-            }
-            Check::FloorMeta => {
-                ensure!(
-                    meta.len() == 8,
-                    "{} bytes of metadata, expected 8",
-                    meta.len()
-                );
-                ensure!(packet == frame.as_slice(), "packet changed");
-            }
-            Check::FibMacs => {
-                ensure!(meta.is_empty(), "unexpected metadata");
-                let mut want = frame.clone();
-                want[0..6].copy_from_slice(&backend_mac(0));
-                want[6..12].copy_from_slice(&self.backend_if_mac);
-                ensure!(packet == want.as_slice(), "MACs are not the FIB's");
-            }
-            Check::VaryFloor => {
-                ensure!(meta.is_empty(), "unexpected metadata");
-                let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
-                let (_, input_dst) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
-                ensure!(dst == input_dst, "destination changed");
-                ensure!(
-                    is_vary_source(src),
-                    "source {src} is not a harness_vary source"
-                );
-                ensure!(packet[..14] == frame[..14], "Ethernet header changed");
-            }
-            Check::Dnat { via_tc, vary } => {
-                if via_tc {
-                    ensure!(
-                        meta.len() == 8,
-                        "{} bytes of metadata, expected 8",
-                        meta.len()
-                    );
-                    let word = |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().unwrap());
-                    ensure!(
-                        (word(0), word(4)) == (XDP_META_MAGIC, self.backend_if),
-                        "metadata {meta:02x?} does not name the backend-side interface"
-                    );
-                } else {
-                    ensure!(meta.is_empty(), "unexpected metadata");
-                }
-                let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
-                let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
-                let b = backend_index(dst.ip())
-                    .ok_or_else(|| anyhow!("destination {dst} is not a backend"))?;
-                ensure!(dst.port() == BACKEND_PORT, "backend port {dst}");
-                if vary {
-                    ensure!(
-                        is_vary_source(src),
-                        "source {src} is not a harness_vary source"
-                    );
-                } else {
-                    ensure!(src == input_src, "source {src} changed");
-                }
-                let (dst_mac, src_mac) = if via_tc {
-                    (NODE_MAC, CLIENT_MAC)
-                } else {
-                    (backend_mac(b), self.backend_if_mac)
-                };
-                ensure!(
-                    packet[0..6] == dst_mac && packet[6..12] == src_mac,
-                    "MACs {:02x?} -> {:02x?}, expected {src_mac:02x?} -> {dst_mac:02x?}",
-                    &packet[6..12],
-                    &packet[0..6]
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Single-shot: `calls` runs with repeat = 1.
-    fn single_shot(&mut self, class: &Class, calls: u32) -> Result<SingleShot> {
-        ensure!(class.via == Via::Direct, "single-shot runs are direct");
-        let before = self.stats(class.target)?;
-        let ctx = self.client_if;
-        let mut durations = Vec::with_capacity(calls as usize);
-        let start = Instant::now();
-        let mut last = None;
-        for _ in 0..calls {
-            let out = match class.target {
-                Target::Floor(name) => test_run(self.harness_prog(name)?, &class.frame, ctx, 1)?,
-                Target::Meshlb(n) => test_run(self.dps[n].dp.xdp_program()?, &class.frame, ctx, 1)?,
-            };
-            ensure!(
-                out.retval == class.retval,
-                "{}: single-shot call returned {}",
-                class.label,
-                action_name(out.retval)
-            );
-            durations.push(out.kernel_ns);
-            last = Some(out);
-        }
-        let wall = start.elapsed();
-        let after = self.stats(class.target)?;
-        let last = last.context("no calls")?;
-        // Every call starts from the input, so the last output is what one call makes.
-        self.verify(class, &last, u64::from(calls), 1, before.zip(after))
-            .with_context(|| format!("{}: single-shot", class.label))?;
-        let mean = durations.iter().sum::<u64>() as f64 / durations.len() as f64;
-        let mid = durations.len() / 2;
-        let median = *durations.select_nth_unstable(mid).1;
-        Ok(SingleShot {
-            mean_ns: mean,
-            median_ns: median,
-            wall_us: wall.as_secs_f64() * 1e6 / f64::from(calls),
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Set-up
-
-fn mac_str(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The node namespace: a client-side and a backend-side veth, addresses, static neighbours for
-/// the client and the 16 backends, IPv4 forwarding on.
-fn node_namespace() -> Result<Netns> {
-    let ns = Netns::new("bench-micro")?;
-    ns.set_sysctls(&[
-        ("net.ipv6.conf.all.accept_dad", "0"),
-        ("net.ipv6.conf.default.accept_dad", "0"),
-    ])?;
-    let mut lines = vec![
-        "link add lbc type veth peer name lbc-peer".to_owned(),
-        "link add lbb type veth peer name lbb-peer".to_owned(),
-        "link set lo up".to_owned(),
-        "link set lbc up".to_owned(),
-        "link set lbc-peer up".to_owned(),
-        "link set lbb up".to_owned(),
-        "link set lbb-peer up".to_owned(),
-        format!("addr add {NODE_CLIENT_SIDE}/24 dev lbc"),
-        format!("addr add {NODE_BACKEND_SIDE}/24 dev lbb"),
-        format!("addr add {NODE6_CLIENT_SIDE}/64 dev lbc nodad"),
-        format!("addr add {NODE6_BACKEND_SIDE}/64 dev lbb nodad"),
-        format!(
-            "neigh add {CLIENT} lladdr {} dev lbc nud permanent",
-            mac_str(&CLIENT_MAC)
-        ),
-        format!(
-            "neigh add {CLIENT6} lladdr {} dev lbc nud permanent",
-            mac_str(&CLIENT_MAC)
-        ),
-    ];
-    for i in 0..BACKENDS {
-        for ip in [IpAddr::V4(backend_ip(i)), IpAddr::V6(backend_ip6(i))] {
-            lines.push(format!(
-                "neigh add {ip} lladdr {} dev lbb nud permanent",
-                mac_str(&backend_mac(i))
-            ));
-        }
-    }
-    ns.ip_batch(&lines).context("node namespace topology")?;
-    ns.set_sysctls(&[
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv6.conf.all.forwarding", "1"),
-    ])?;
-    Ok(ns)
-}
-
-/// The MAC address of `interface` in `ns` (sysfs shows the mounting namespace, so ask `ip`).
-fn read_mac(ns: &Netns, interface: &str) -> Result<[u8; 6]> {
-    let text = ns.ip(&["-o", "link", "show", interface])?;
-    let field = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .ok_or_else(|| anyhow!("no MAC in {text}"))?;
-    let bytes = field
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<Vec<u8>, _>>()?;
-    bytes.try_into().map_err(|_| anyhow!("bad MAC {field}"))
-}
-
-/// What the vary harness makes of the clients 198.18.1.2 and fd00:1::2: 198.18.128.0/17 and
-/// fd00:1::8000/113, source port 1024 and up.
-fn is_vary_source(src: SocketAddr) -> bool {
-    let addr_ok = match src.ip() {
-        IpAddr::V4(ip) => {
-            let o = ip.octets();
-            o[0] == 198 && o[1] == 18 && o[2] >= 128
-        }
-        IpAddr::V6(ip) => {
-            let s = ip.segments();
-            s[..7] == CLIENT6.segments()[..7] && s[7] >= 0x8000
-        }
-    };
-    addr_ok && src.port() >= 1024
-}
-
-/// Source and destination of an IPv4 or IPv6 TCP/UDP frame whose checksums verify.
-fn parse_any(frame: &[u8]) -> Result<(SocketAddr, SocketAddr), String> {
-    if frame.get(12..14) == Some(&[0x86, 0xdd]) {
-        let (src, dst) = ipv6::parse_tcp(frame)?;
-        Ok((src.into(), dst.into()))
-    } else {
-        let parsed = parse_ipv4(frame)?;
-        Ok((parsed.src.into(), parsed.dst.into()))
-    }
-}
-
-fn pin_to_cpu(cpu: usize) -> Result<()> {
-    // SAFETY: cpu_set_t is plain old data; CPU_SET writes inside it; sched_setaffinity(0, ...)
-    // changes the calling thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).context(format!("pinning to CPU {cpu}"));
-        }
-    }
-    Ok(())
-}
-
-fn service_text(round_robin: bool, v6: bool) -> String {
-    let backends: Vec<String> = (0..BACKENDS)
-        .map(|i| {
-            if v6 {
-                format!("\"{}\"", backend_ip6(i))
-            } else {
-                format!("\"{}\"", backend_ip(i))
-            }
-        })
-        .collect();
-    let vip = if v6 {
-        IpAddr::V6(VIP6)
-    } else {
-        IpAddr::V4(VIP)
-    };
-    format!(
-        "services:\n  web:\n    vip: \"{vip}\"\n    ports: [\"{VIP_PORT}:{BACKEND_PORT}/tcp\"]\n{}    backends: [{}]\n",
-        if round_robin {
-            "    scheduler: round-robin\n"
-        } else {
-            ""
-        },
-        backends.join(", ")
-    )
-}
-
-/// The measured service ("web": one VIP, 16 backends, default Maglev table size, or
-/// round-robin), plus `extra` services with one backend each for the scaling check.
-fn services(round_robin: bool, v6: bool, extra: u32) -> Result<ServiceFile> {
-    let mut file = ServiceFile::parse(&service_text(round_robin, v6), Path::new("micro.yaml"))
-        .map_err(|e| anyhow!("{e}"))?;
-    let web = file.services["web"].clone();
-    for i in 0..extra {
-        let vip = extra_vip(i);
-        let backend = extra_backend(i);
-        let mut spec = web.clone();
-        spec.name = format!("x{i:06}");
-        spec.vip = Some(IpAddr::V4(*vip.ip()));
-        spec.ports = vec![PortMapping {
-            frontend: vip.port(),
-            backend: BACKEND_PORT,
-            protocol: web.ports[0].protocol,
-        }];
-        spec.maglev_table_size = EXTRA_TABLE_SIZE;
-        spec.backends = vec![BackendSpec {
-            address: IpAddr::V4(*backend.ip()),
-            port: Some(backend.port()),
-            weight: 1,
-            mesh: None,
-        }];
-        file.services.insert(spec.name.clone(), spec);
-    }
-    Ok(file)
-}
-
-struct DpSpec {
-    name: String,
-    round_robin: bool,
-    v6: bool,
-    extra_services: u32,
-    redirect: bool,
-}
-
-/// How long `Dataplane::apply` took per service selection table, over `tables` tables.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-struct TableCost {
-    tables: usize,
-    ms_per_table: f64,
-}
-
-/// Loads a dataplane with `spec`'s services applied. The selection tables of the extra
-/// services are left out (neither path of the scaling check reads them, and each costs the
-/// kernel an RCU grace period, see `TableCost`): `sample_tables` of them are applied
-/// afterwards, timed.
-fn load_dataplane(
-    spec: &DpSpec,
-    conntrack_entries: u32,
-    backend_if: u32,
-    sample_tables: usize,
-) -> Result<(Dp, Option<TableCost>)> {
-    let started = Instant::now();
-    let file = services(spec.round_robin, spec.v6, spec.extra_services)?;
-    let node_addrs = [
-        IpAddr::V4(NODE_CLIENT_SIDE),
-        IpAddr::V4(NODE_BACKEND_SIDE),
-        IpAddr::V6(NODE6_CLIENT_SIDE),
-        IpAddr::V6(NODE6_BACKEND_SIDE),
-    ];
-    let desired: DesiredState = plan::plan(&file, &node_addrs)?;
-    let web = desired
-        .services
-        .iter()
-        .find(|s| s.name == "web")
-        .context("web planned")?;
-    ensure!(web.id == 0 && web.backends.len() == usize::from(BACKENDS));
-    let mut dp = Dataplane::load(LoadOptions {
-        conntrack_entries,
-        ..LoadOptions::default()
-    })?;
-    let mut cost = None;
-    if spec.extra_services == 0 {
-        dp.apply(None, &desired)?;
-    } else {
-        let mut partial = desired.clone();
-        partial.tables.retain(|id, _| *id == 0);
-        dp.apply(None, &partial)?;
-        let mut sampled = partial.clone();
-        sampled.tables.extend(
-            desired
-                .tables
-                .iter()
-                .filter(|(id, _)| **id != 0)
-                .take(sample_tables)
-                .map(|(id, t)| (*id, t.clone())),
-        );
-        let tables = sampled.tables.len() - 1;
-        if tables > 0 {
-            let t = Instant::now();
-            dp.apply(Some(&partial), &sampled)?;
-            cost = Some(TableCost {
-                tables,
-                ms_per_table: t.elapsed().as_secs_f64() * 1e3 / tables as f64,
-            });
-        }
-    }
-    if spec.redirect {
-        dp.allow_xdp_redirect(backend_if)?;
-    }
-    println!(
-        "micro: dataplane {:<28} {:>7} services{}, {} conntrack entries, egress by {} ({:.1} s)",
-        spec.name,
-        desired.services.len(),
-        cost.map_or(String::new(), |c| format!(
-            " (selection tables: 1 + {} sampled, {:.1} ms each)",
-            c.tables, c.ms_per_table
-        )),
-        conntrack_entries,
-        if spec.redirect {
-            "XDP_REDIRECT (TX_PORTS)"
-        } else {
-            "TC hand-off"
-        },
-        started.elapsed().as_secs_f64()
-    );
-    Ok((
-        Dp {
-            name: spec.name.clone(),
-            dp,
-        },
-        cost,
-    ))
-}
-
-/// The CONNTRACK map of a loaded dataplane, found through its XDP program's map ids.
-fn conntrack_map(dp: &mut Dataplane) -> Result<HashMap<MapData, FlowKey, Flow>> {
-    let ids = dp
-        .xdp_program()?
-        .info()?
-        .map_ids()?
-        .context("the kernel does not list program map ids")?;
-    for id in ids {
-        let map = MapData::from_id(id)?;
-        if map.info()?.name_as_str() == Some(names::CONNTRACK) {
-            return Ok(HashMap::try_from(Map::from_map_data(map)?)?);
-        }
-    }
-    bail!("no {} map among the program's maps", names::CONNTRACK)
-}
-
-fn monotonic_ns() -> u64 {
-    // SAFETY: timespec is plain old data; clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Inserts `flows` established flows (forward and reply entry each, as the program would)
-/// into the dataplane's connection table from userspace, spread over the 16 backends. Only
-/// the program marks its reply filter (REPLY_FILTER), so replies on these flows would pass
-/// untranslated: the scaling check sends client packets only.
-fn prefill(dp: &mut Dp, flows: u32) -> Result<u64> {
-    let started = Instant::now();
-    let mut ct = conntrack_map(&mut dp.dp)?;
-    let now = monotonic_ns();
-    let vip = lb_common::Addr::from(IpAddr::V4(VIP));
-    for j in 0..flows {
-        let client = prefill_client(j);
-        let b = (j % u32::from(BACKENDS)) as u8;
-        let backend = lb_common::Addr::from(IpAddr::V4(backend_ip(b)));
-        let client_addr = lb_common::Addr::from(IpAddr::V4(*client.ip()));
-        let flow = |nat_addr, nat_port: u16, kind, state| Flow {
-            nat_addr,
-            nat_port_be: nat_port.to_be(),
-            kind,
-            tcp_state: state,
-            backend_id: u32::from(b) + 1,
-            service_id: 0,
-            timeout_s: lb_common::limits::DEFAULT_TCP_TIMEOUT_S,
-            last_seen_ns: now,
-            ..Flow::default()
-        };
-        let reply_key = FlowKey {
-            src: backend,
-            dst: client_addr,
-            sport_be: BACKEND_PORT.to_be(),
-            dport_be: client.port().to_be(),
-            proto: proto::TCP,
-            ..FlowKey::default()
-        };
-        ct.insert(
-            reply_key,
-            flow(vip, VIP_PORT, flow_kind::REPLY, tcp_state::NONE),
-            0,
-        )?;
-        let key = FlowKey {
-            src: client_addr,
-            dst: vip,
-            sport_be: client.port().to_be(),
-            dport_be: VIP_PORT.to_be(),
-            proto: proto::TCP,
-            ..FlowKey::default()
-        };
-        ct.insert(
-            key,
-            flow(
-                backend,
-                BACKEND_PORT,
-                flow_kind::FORWARD,
-                tcp_state::ESTABLISHED,
-            ),
-            0,
-        )?;
-    }
-    let entries = ct.keys().count() as u64;
-    println!(
-        "micro: dataplane {:<28} prefilled {flows} flows from userspace: {entries} entries tracked ({:.1} s)",
-        dp.name,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(entries)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1048,15 +197,57 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         None if cpus >= 2 => (1, None),
         None => (
             0,
-            Some("only one CPU: pinned to CPU 0 (katran-perf.md used CPU 1)".to_owned()),
+            Some("only one CPU: pinned to CPU 0 (Katran's figures were taken on CPU 1)".to_owned()),
         ),
     };
     if let Some(note) = &cpu_note {
         println!("micro: {note}");
     }
     pin_to_cpu(cpu)?;
-    let client_if = lb_userspace::dataplane::ifindex("lbc")?;
     let backend_if = lb_userspace::dataplane::ifindex("lbb")?;
+    let Dataplanes {
+        dps,
+        layout,
+        table_cost,
+        prefilled_entries,
+    } = dataplanes(args, backend_if)?;
+    let mut bench = Bench {
+        harness: load_harness()?,
+        dps,
+        client_if: lb_userspace::dataplane::ifindex("lbc")?,
+        backend_if,
+        backend_if_mac,
+    };
+    let frames = Frames::new()?;
+    open_measured_flows(&mut bench, &layout, &frames)?;
+    let classes = selected_classes(args, classes(&frames, &layout))?;
+    let fill_iterations = check_and_fill(args, &mut bench, &classes)?;
+    let (classes, single_shot) = measure_rounds(args, &mut bench, &classes)?;
+    let program = bench.dps[layout.main]
+        .dp
+        .xdp_program()?
+        .info()
+        .ok()
+        .map(|info| ProgramSize {
+            xlated_insns: info.size_translated().map(|b| b / 8),
+            jited_bytes: info.size_jitted(),
+            verified_insns: info.verified_instruction_count(),
+        });
+    Ok(Outcome {
+        program,
+        table_cost,
+        classes,
+        single_shot,
+        prefilled_entries,
+        fill_iterations,
+        cpu,
+        cpu_note,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The restore harness and its floors, loaded.
+fn load_harness() -> Result<Ebpf> {
     let mut harness = EbpfLoader::new()
         .load(HARNESS_OBJECT)
         .context("loading the bench harness object")?;
@@ -1067,7 +258,19 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
             .try_into()?;
         prog.load().with_context(|| format!("loading {name}"))?;
     }
+    Ok(harness)
+}
 
+/// The dataplanes under test, where each group of classes runs, the cost of building a
+/// selection table, and how many entries the prefilled table holds.
+struct Dataplanes {
+    dps: Vec<Dp>,
+    layout: Layout,
+    table_cost: Option<TableCost>,
+    prefilled_entries: Option<u64>,
+}
+
+fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
     // Dataplanes. The new-flow classes fill their connection tables, so they get their own;
     // the hit-path classes always see a table holding only the measured flow (apart from the
     // prefill check).
@@ -1129,35 +332,65 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         Some(n) => Some(prefill(&mut dps[n], args.prefill_flows)?),
         None => None,
     };
-    let mut bench = Bench {
-        harness,
+    Ok(Dataplanes {
         dps,
-        client_if,
-        backend_if,
-        backend_if_mac,
-    };
+        layout,
+        table_cost,
+        prefilled_entries,
+    })
+}
 
-    let client = SocketAddrV4::new(CLIENT, CLIENT_PORT);
-    let vip = SocketAddrV4::new(VIP, VIP_PORT);
-    let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
-    let syn = Ipv4Frame::tcp(client, vip, TCP_SYN).build();
-    let non_vip = Ipv4Frame::tcp(client, SocketAddrV4::new(NON_VIP, VIP_PORT), TCP_ACK).build();
-    for f in [&ack, &syn, &non_vip] {
-        ensure!(f.len() == FRAME_LEN, "frames are {FRAME_LEN} bytes");
-    }
-    let client6 = SocketAddrV6::new(CLIENT6, CLIENT_PORT, 0, 0);
-    let vip6 = SocketAddrV6::new(VIP6, VIP_PORT, 0, 0);
-    let v6 = Frames6 {
-        ack: ipv6::tcp_frame(client6, vip6, TCP_ACK),
-        syn: ipv6::tcp_frame(client6, vip6, TCP_SYN),
-        non_vip: ipv6::tcp_frame(
-            client6,
-            SocketAddrV6::new(NON_VIP6, VIP_PORT, 0, 0),
+/// The measured frames: IPv4 (60 bytes) and IPv6 (80 bytes).
+struct Frames {
+    ack: Vec<u8>,
+    syn: Vec<u8>,
+    non_vip: Vec<u8>,
+    /// A client's packet addressed to a backend (the FIB floor).
+    to_backend: Vec<u8>,
+    v6: Frames6,
+}
+
+impl Frames {
+    fn new() -> Result<Frames> {
+        let client = SocketAddrV4::new(CLIENT, CLIENT_PORT);
+        let vip = SocketAddrV4::new(VIP, VIP_PORT);
+        let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
+        let syn = Ipv4Frame::tcp(client, vip, TCP_SYN).build();
+        let non_vip = Ipv4Frame::tcp(client, SocketAddrV4::new(NON_VIP, VIP_PORT), TCP_ACK).build();
+        for f in [&ack, &syn, &non_vip] {
+            ensure!(f.len() == FRAME_LEN, "frames are {FRAME_LEN} bytes");
+        }
+        let client6 = SocketAddrV6::new(CLIENT6, CLIENT_PORT, 0, 0);
+        let vip6 = SocketAddrV6::new(VIP6, VIP_PORT, 0, 0);
+        let v6 = Frames6 {
+            ack: ipv6::tcp_frame(client6, vip6, TCP_ACK),
+            syn: ipv6::tcp_frame(client6, vip6, TCP_SYN),
+            non_vip: ipv6::tcp_frame(
+                client6,
+                SocketAddrV6::new(NON_VIP6, VIP_PORT, 0, 0),
+                TCP_ACK,
+            ),
+        };
+
+        let to_backend = Ipv4Frame::tcp(
+            client,
+            SocketAddrV4::new(backend_ip(0), BACKEND_PORT),
             TCP_ACK,
-        ),
-    };
+        )
+        .build();
+        Ok(Frames {
+            ack,
+            syn,
+            non_vip,
+            to_backend,
+            v6,
+        })
+    }
+}
 
-    // Open the measured flow (SYN, then its first ACK) on every dataplane with hit classes.
+/// Opens the measured flow (SYN, then its first ACK) on every dataplane with hit classes.
+fn open_measured_flows(bench: &mut Bench, layout: &Layout, frames: &Frames) -> Result<()> {
+    let (syn, ack, v6) = (&frames.syn, &frames.ack, &frames.v6);
     let mut established = vec![layout.main, layout.tc, layout.main6];
     established.extend(layout.scaled.iter().map(|(n, _)| *n));
     for n in established {
@@ -1165,7 +398,7 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         let (syn, ack) = if n == layout.main6 {
             (&v6.syn, &v6.ack)
         } else {
-            (&syn, &ack)
+            (syn, ack)
         };
         let prog = bench.dps[n].dp.xdp_program()?;
         let opened = test_run(prog, syn, ctx, 1)?;
@@ -1189,13 +422,11 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         );
     }
 
-    let to_backend = Ipv4Frame::tcp(
-        client,
-        SocketAddrV4::new(backend_ip(0), BACKEND_PORT),
-        TCP_ACK,
-    )
-    .build();
-    let mut classes = classes(&ack, &syn, &non_vip, &to_backend, &v6, &layout);
+    Ok(())
+}
+
+/// The classes `--only` keeps (all without it).
+fn selected_classes(args: &MicroArgs, mut classes: Vec<Class>) -> Result<Vec<Class>> {
     if !args.only.is_empty() {
         classes.retain(|c| {
             args.only.iter().any(|o| match o.strip_prefix('=') {
@@ -1210,7 +441,12 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         );
     }
 
-    // Check pass: every class once at a small repeat, so a wrong path fails in seconds.
+    Ok(classes)
+}
+
+/// Runs every class once at a small repeat, so a wrong path fails in seconds, and fills the
+/// new-flow classes' tables; the fill's iteration count.
+fn check_and_fill(args: &MicroArgs, bench: &mut Bench, classes: &[Class]) -> Result<u32> {
     let check_repeat = args.repeat.clamp(1, 100_000);
     println!("micro: check pass (repeat = {check_repeat}): every class once, every path verified");
     let mut estimate_s = 0.0;
@@ -1231,19 +467,7 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         );
         bench.run(class, fill_iterations)?;
     }
-    let single_shot_classes: Vec<&Class> = if args.single_shot_calls > 0 {
-        [
-            "floor-pass-direct",
-            "floor-tx-direct",
-            "pass-through-direct",
-            "established-direct",
-        ]
-        .iter()
-        .filter_map(|k| classes.iter().find(|c| c.key == *k))
-        .collect()
-    } else {
-        Vec::new()
-    };
+    let single_shot_classes = single_shot_classes(args, classes);
     estimate_s += single_shot_classes.len() as f64
         * f64::from(args.single_shot_calls)
         * args.rounds as f64
@@ -1269,6 +493,19 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         estimate_s
     );
 
+    Ok(fill_iterations)
+}
+
+/// The measured rounds, then the single-shot ones.
+fn measure_rounds(
+    args: &MicroArgs,
+    bench: &mut Bench,
+    classes: &[Class],
+) -> Result<(Vec<ClassResult>, Vec<SingleShotResult>)> {
+    let measured: Vec<usize> = (0..classes.len())
+        .filter(|i| !classes[*i].single_shot_only)
+        .collect();
+    let single_shot_classes = single_shot_classes(args, classes);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); classes.len()];
     for round in 0..args.rounds {
         for &i in &measured {
@@ -1316,368 +553,22 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         .iter()
         .map(|&i| ClassResult::new(&classes[i], &samples[i]))
         .collect();
-    let program = bench.dps[layout.main]
-        .dp
-        .xdp_program()?
-        .info()
-        .ok()
-        .map(|info| ProgramSize {
-            xlated_insns: info.size_translated().map(|b| b / 8),
-            jited_bytes: info.size_jitted(),
-            verified_insns: info.verified_instruction_count(),
-        });
-    Ok(Outcome {
-        program,
-        table_cost,
-        classes,
-        single_shot,
-        prefilled_entries,
-        fill_iterations,
-        cpu,
-        cpu_note,
-        elapsed: started.elapsed(),
-    })
+    Ok((classes, single_shot))
 }
 
-/// Every class, in the order of a round.
-/// The IPv6 frames (80 bytes).
-struct Frames6 {
-    ack: Vec<u8>,
-    syn: Vec<u8>,
-    non_vip: Vec<u8>,
-}
-
-fn classes(
-    ack: &[u8],
-    syn: &[u8],
-    non_vip: &[u8],
-    to_backend: &[u8],
-    v6: &Frames6,
-    layout: &Layout,
-) -> Vec<Class> {
-    let class = |key: &str, label: &str, section, via, target, frame: &[u8], retval, check| Class {
-        key: key.to_owned(),
-        label: label.to_owned(),
-        section,
-        via,
-        target,
-        frame: frame.to_vec(),
-        retval,
-        check,
-        counters: &[],
-        baseline: None,
-        single_shot_only: false,
-        katran: None,
-    };
-    let floor = |key, label, via, name, retval, check, katran: (f64, &'static str)| Class {
-        katran: Some(katran),
-        ..class(
-            key,
-            label,
-            Section::Floor,
-            via,
-            Target::Floor(name),
-            ack,
-            retval,
-            check,
-        )
-    };
-    let redirect = Check::Dnat {
-        via_tc: false,
-        vary: false,
-    };
-    let new_flow = Check::Dnat {
-        via_tc: false,
-        vary: true,
-    };
-    let katran_new_flow = (
-        938.0,
-        "harness (vary) -> VIP SYN, new flow every packet (noflood build, 4M-entry LRU full)",
-    );
-    let mut list = vec![
-        floor(
+/// The classes measured single-shot (when `--single-shot-calls` asks for it).
+fn single_shot_classes<'a>(args: &MicroArgs, classes: &'a [Class]) -> Vec<&'a Class> {
+    if args.single_shot_calls > 0 {
+        [
             "floor-pass-direct",
-            "Floor: XDP_PASS only",
-            Via::Direct,
-            FLOOR_PASS,
-            XDP_PASS,
-            Check::Unchanged,
-            (21.0, "direct: XDP_PASS floor"),
-        ),
-        floor(
             "floor-tx-direct",
-            "Floor: parse eth/IPv4/TCP, swap MACs, XDP_TX",
-            Via::Direct,
-            FLOOR_TX,
-            XDP_TX,
-            Check::MacSwaps,
-            (25.0, "direct: parse + MAC swap + XDP_TX floor"),
-        ),
-        Class {
-            katran: None,
-            frame: to_backend.to_vec(),
-            ..floor(
-                "floor-fib-direct",
-                "Floor: parse, bpf_fib_lookup (to a backend), set MACs, XDP_TX",
-                Via::Direct,
-                FLOOR_FIB,
-                XDP_TX,
-                Check::FibMacs,
-                (0.0, ""),
-            )
-        },
-        floor(
-            "harness-floor",
-            "Harness floor: restore + tail call, target returns XDP_TX",
-            Via::Harness,
-            FLOOR_TX_ONLY,
-            XDP_TX,
-            Check::Unchanged,
-            (34.0, "harness -> XDP_TX-only target"),
-        ),
-        floor(
-            "harness-pass",
-            "Harness -> XDP_PASS floor",
-            Via::Harness,
-            FLOOR_PASS,
-            XDP_PASS,
-            Check::Unchanged,
-            (34.0, "harness -> XDP_PASS floor"),
-        ),
-        floor(
-            "harness-tx",
-            "Harness -> parse/MAC-swap/TX floor",
-            Via::Harness,
-            FLOOR_TX,
-            XDP_TX,
-            Check::MacSwaps,
-            (38.0, "harness -> parse/MAC-swap/TX floor"),
-        ),
-        Class {
-            katran: None,
-            ..floor(
-                "harness-meta",
-                "Harness -> 8 B metadata + XDP_PASS (TC hand-off floor)",
-                Via::Harness,
-                FLOOR_META,
-                XDP_PASS,
-                Check::FloorMeta,
-                (0.0, ""),
-            )
-        },
-        floor(
-            "harness-vary-floor",
-            "Harness floor, vary mode (new source every packet)",
-            Via::HarnessVary,
-            FLOOR_TX_ONLY,
-            XDP_TX,
-            Check::VaryFloor,
-            (34.0, "harness (vary) -> XDP_TX-only target"),
-        ),
-    ];
-    let meshlb = |key: &str,
-                  label: &str,
-                  via,
-                  dp: usize,
-                  frame: &[u8],
-                  retval,
-                  check,
-                  counters: &'static [StatSlot],
-                  katran: Option<(f64, &'static str)>| Class {
-        counters,
-        katran,
-        ..class(
-            key,
-            label,
-            Section::Meshlb,
-            via,
-            Target::Meshlb(dp),
-            frame,
-            retval,
-            check,
-        )
-    };
-    list.extend([
-        meshlb(
-            "established",
-            "meshlb: VIP, established flow (conntrack hit) -> XDP_REDIRECT",
-            Via::Harness,
-            layout.main,
-            ack,
-            XDP_REDIRECT,
-            redirect,
-            ESTABLISHED_REDIRECT,
-            Some((
-                141.0,
-                "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
-            )),
-        ),
-        meshlb(
-            "established-tc",
-            "meshlb: VIP, established flow -> TC hand-off (PASS + 8 B metadata)",
-            Via::Harness,
-            layout.tc,
-            ack,
-            XDP_PASS,
-            Check::Dnat {
-                via_tc: true,
-                vary: false,
-            },
-            ESTABLISHED_TC,
-            Some((
-                141.0,
-                "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
-            )),
-        ),
-        meshlb(
-            "new-flow",
-            "meshlb: VIP, SYN of a new flow every packet (Maglev, table full)",
-            Via::HarnessVary,
-            layout.new,
-            syn,
-            XDP_REDIRECT,
-            new_flow,
-            NEW_FLOW_REDIRECT,
-            Some(katran_new_flow),
-        ),
-        meshlb(
-            "new-flow-rr",
-            "meshlb: VIP, SYN of a new flow every packet (round-robin, table full)",
-            Via::HarnessVary,
-            layout.rr,
-            syn,
-            XDP_REDIRECT,
-            new_flow,
-            NEW_FLOW_REDIRECT,
-            Some(katran_new_flow),
-        ),
-        meshlb(
             "pass-through-direct",
-            "meshlb: non-VIP destination -> XDP_PASS",
-            Via::Direct,
-            layout.main,
-            non_vip,
-            XDP_PASS,
-            Check::Unchanged,
-            PASS_NOT_FRONTEND,
-            Some((69.0, "direct: non-VIP")),
-        ),
-        meshlb(
-            "pass-through-harness",
-            "meshlb: non-VIP destination -> XDP_PASS",
-            Via::Harness,
-            layout.main,
-            non_vip,
-            XDP_PASS,
-            Check::Unchanged,
-            PASS_NOT_FRONTEND,
-            Some((79.0, "harness -> non-VIP")),
-        ),
-        // Single-shot only: each call starts from the input, so a direct run is valid.
-        Class {
-            single_shot_only: true,
-            ..meshlb(
-                "established-direct",
-                "meshlb: VIP, established flow -> XDP_REDIRECT",
-                Via::Direct,
-                layout.main,
-                ack,
-                XDP_REDIRECT,
-                redirect,
-                ESTABLISHED_REDIRECT,
-                None,
-            )
-        },
-    ]);
-    list.extend([
-        Class {
-            frame: v6.ack.clone(),
-            section: Section::Ipv6,
-            katran: None,
-            ..floor(
-                "harness-floor-v6",
-                "IPv6: harness floor (80-byte frame), target returns XDP_TX",
-                Via::Harness,
-                FLOOR_TX_ONLY,
-                XDP_TX,
-                Check::Unchanged,
-                (0.0, ""),
-            )
-        },
-        Class {
-            section: Section::Ipv6,
-            ..meshlb(
-                "established-v6",
-                "IPv6: VIP, established flow (conntrack hit) -> XDP_REDIRECT",
-                Via::Harness,
-                layout.main6,
-                &v6.ack,
-                XDP_REDIRECT,
-                redirect,
-                ESTABLISHED_REDIRECT,
-                None,
-            )
-        },
-        Class {
-            section: Section::Ipv6,
-            ..meshlb(
-                "new-flow-v6",
-                "IPv6: VIP, SYN of a new flow every packet (Maglev, table full)",
-                Via::HarnessVary,
-                layout.new6,
-                &v6.syn,
-                XDP_REDIRECT,
-                new_flow,
-                NEW_FLOW_REDIRECT,
-                None,
-            )
-        },
-        Class {
-            section: Section::Ipv6,
-            ..meshlb(
-                "pass-through-v6-direct",
-                "IPv6: non-VIP destination -> XDP_PASS",
-                Via::Direct,
-                layout.main6,
-                &v6.non_vip,
-                XDP_PASS,
-                Check::Unchanged,
-                PASS_NOT_FRONTEND,
-                None,
-            )
-        },
-    ]);
-    for (dp, what) in &layout.scaled {
-        list.push(Class {
-            section: Section::Scaling,
-            baseline: Some(("established", what.clone())),
-            ..meshlb(
-                &format!("established@{what}"),
-                &format!("scaling: established flow -> XDP_REDIRECT, {what}"),
-                Via::Harness,
-                *dp,
-                ack,
-                XDP_REDIRECT,
-                redirect,
-                ESTABLISHED_REDIRECT,
-                None,
-            )
-        });
-        list.push(Class {
-            section: Section::Scaling,
-            baseline: Some(("pass-through-direct", what.clone())),
-            ..meshlb(
-                &format!("pass-through-direct@{what}"),
-                &format!("scaling: non-VIP destination -> XDP_PASS, {what}"),
-                Via::Direct,
-                *dp,
-                non_vip,
-                XDP_PASS,
-                Check::Unchanged,
-                PASS_NOT_FRONTEND,
-                None,
-            )
-        });
+            "established-direct",
+        ]
+        .iter()
+        .filter_map(|k| classes.iter().find(|c| c.key == *k))
+        .collect()
+    } else {
+        Vec::new()
     }
-    list
 }

@@ -1,0 +1,320 @@
+//! The loaded programs and one measured run of a class: test runs, checks of the result.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Kernel objects
+
+pub(super) struct Dp {
+    pub(super) name: String,
+    pub(super) dp: Dataplane,
+}
+
+pub(super) struct Bench {
+    pub(super) harness: Ebpf,
+    pub(super) dps: Vec<Dp>,
+    /// Test-run packets arrive on the client-side veth.
+    pub(super) client_if: u32,
+    pub(super) backend_if: u32,
+    pub(super) backend_if_mac: [u8; 6],
+}
+
+/// Result of one test run.
+pub(super) struct RunOut {
+    pub(super) retval: u32,
+    pub(super) kernel_ns: u64,
+    pub(super) wall: Duration,
+    /// Bytes out, metadata first.
+    pub(super) out: Vec<u8>,
+    pub(super) meta_len: usize,
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `frame`, arriving on `ingress_if`.
+pub(super) fn test_run(prog: &Xdp, frame: &[u8], ingress_if: u32, repeat: u32) -> Result<RunOut> {
+    // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ingress_if, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    let ctx = ctx.as_slice();
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut ctx_out = vec![0u8; ctx.len()];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(ctx),
+        ctx_out: Some(&mut ctx_out),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let start = Instant::now();
+    let result = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    let wall = start.elapsed();
+    out.truncate(result.data_size_out as usize);
+    let word = |i: usize| u32::from_ne_bytes(ctx_out[i..i + 4].try_into().expect("4 bytes"));
+    // xdp_md out: data and data_meta are offsets from the metadata start.
+    let meta_len = word(0).saturating_sub(word(8)) as usize;
+    Ok(RunOut {
+        retval: result.return_value,
+        kernel_ns: result.duration.as_nanos() as u64,
+        wall,
+        out,
+        meta_len,
+    })
+}
+
+impl Bench {
+    pub(super) fn harness_prog(&self, name: &str) -> Result<&Xdp> {
+        self.harness
+            .program(name)
+            .ok_or_else(|| anyhow!("harness object has no program {name}"))?
+            .try_into()
+            .map_err(|_| anyhow!("{name} is not an XDP program"))
+    }
+
+    pub(super) fn target_fd(&mut self, target: Target) -> Result<ProgramFd> {
+        let fd = match target {
+            Target::Floor(name) => self.harness_prog(name)?.fd()?.try_clone()?,
+            Target::Meshlb(n) => self.dps[n].dp.xdp_program()?.fd()?.try_clone()?,
+        };
+        Ok(fd)
+    }
+
+    /// Points the harness at `target` and makes `frame` its pristine copy.
+    pub(super) fn arm_harness(&mut self, target: Target, frame: &[u8]) -> Result<()> {
+        ensure!(
+            frame.len() == FRAME_LEN || frame.len() == FRAME6_LEN,
+            "harness frames are {FRAME_LEN} (IPv4) or {FRAME6_LEN} (IPv6) bytes"
+        );
+        let fd = self.target_fd(target)?;
+        let mut targets: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(self.harness.map_mut("TARGET").context("map TARGET")?)?;
+        targets.set(0, &fd, 0).context("setting TARGET[0]")?;
+        let mut words = [0u64; 16];
+        let mut padded = [0u8; 128];
+        padded[..frame.len()].copy_from_slice(frame);
+        for (w, chunk) in words.iter_mut().zip(padded.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        let mut pristine: Array<&mut MapData, [u64; 16]> =
+            Array::try_from(self.harness.map_mut("PRISTINE").context("map PRISTINE")?)?;
+        pristine.set(0, words, 0).context("setting PRISTINE[0]")?;
+        Ok(())
+    }
+
+    pub(super) fn stats(&self, target: Target) -> Result<Option<StatsSnapshot>> {
+        match target {
+            Target::Floor(_) => Ok(None),
+            Target::Meshlb(n) => Ok(Some(self.dps[n].dp.stats()?)),
+        }
+    }
+
+    /// One run of `class` with `repeat` iterations, checked.
+    pub(super) fn run(&mut self, class: &Class, repeat: u32) -> Result<Sample> {
+        if class.via != Via::Direct {
+            self.arm_harness(class.target, &class.frame)?;
+        }
+        let before = self.stats(class.target)?;
+        let ctx = self.client_if;
+        let out = match (class.via, class.target) {
+            (Via::Direct, Target::Floor(name)) => {
+                test_run(self.harness_prog(name)?, &class.frame, ctx, repeat)?
+            }
+            (Via::Direct, Target::Meshlb(n)) => {
+                test_run(self.dps[n].dp.xdp_program()?, &class.frame, ctx, repeat)?
+            }
+            (via, _) => {
+                let v6 = class.frame.len() == FRAME6_LEN;
+                let name = match (via, v6) {
+                    (Via::HarnessVary, false) => HARNESS_VARY,
+                    (Via::HarnessVary, true) => HARNESS_V6_VARY,
+                    (_, false) => HARNESS,
+                    (_, true) => HARNESS_V6,
+                };
+                test_run(self.harness_prog(name)?, &class.frame, ctx, repeat)?
+            }
+        };
+        let after = self.stats(class.target)?;
+        self.verify(
+            class,
+            &out,
+            u64::from(repeat),
+            u64::from(repeat),
+            before.zip(after),
+        )
+        .with_context(|| {
+            format!(
+                "{}: run with repeat = {repeat} took an unexpected path",
+                class.label
+            )
+        })?;
+        Ok(Sample {
+            kernel_ns: out.kernel_ns as f64,
+            wall_ns: out.wall.as_nanos() as f64 / f64::from(repeat),
+        })
+    }
+
+    pub(super) fn verify(
+        &self,
+        class: &Class,
+        out: &RunOut,
+        iterations: u64,
+        iterations_per_output: u64,
+        stats: Option<(StatsSnapshot, StatsSnapshot)>,
+    ) -> Result<()> {
+        ensure!(
+            out.retval == class.retval,
+            "returned {} ({}), expected {} ({})",
+            out.retval,
+            action_name(out.retval),
+            class.retval,
+            action_name(class.retval)
+        );
+        if let Some((before, after)) = stats {
+            let mut wrong = Vec::new();
+            for slot in StatSlot::ALL {
+                let delta = after.get(*slot) - before.get(*slot);
+                let want = if class.counters.contains(slot) {
+                    iterations
+                } else {
+                    0
+                };
+                if delta != want {
+                    wrong.push(format!(
+                        "{} moved by {delta}, expected {want}",
+                        slot.label()
+                    ));
+                }
+            }
+            ensure!(wrong.is_empty(), "counters: {}", wrong.join("; "));
+        }
+        let meta = &out.out[..out.meta_len.min(out.out.len())];
+        let packet = &out.out[meta.len()..];
+        let frame = &class.frame;
+        match class.check {
+            Check::Unchanged => {
+                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(packet == frame.as_slice(), "packet changed");
+            }
+            Check::MacSwaps => {
+                ensure!(meta.is_empty(), "unexpected metadata");
+                let swaps = if class.via == Via::Direct {
+                    iterations_per_output
+                } else {
+                    1
+                };
+                let mut want = frame.clone();
+                if swaps % 2 == 1 {
+                    want[0..6].copy_from_slice(&frame[6..12]);
+                    want[6..12].copy_from_slice(&frame[0..6]);
+                }
+                ensure!(packet == want.as_slice(), "MACs not swapped as expected");
+            }
+            Check::FloorMeta => {
+                ensure!(
+                    meta.len() == 8,
+                    "{} bytes of metadata, expected 8",
+                    meta.len()
+                );
+                ensure!(packet == frame.as_slice(), "packet changed");
+            }
+            Check::FibMacs => {
+                ensure!(meta.is_empty(), "unexpected metadata");
+                let mut want = frame.clone();
+                want[0..6].copy_from_slice(&backend_mac(0));
+                want[6..12].copy_from_slice(&self.backend_if_mac);
+                ensure!(packet == want.as_slice(), "MACs are not the FIB's");
+            }
+            Check::VaryFloor => {
+                ensure!(meta.is_empty(), "unexpected metadata");
+                let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
+                let (_, input_dst) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
+                ensure!(dst == input_dst, "destination changed");
+                ensure!(
+                    is_vary_source(src),
+                    "source {src} is not a harness_vary source"
+                );
+                ensure!(packet[..14] == frame[..14], "Ethernet header changed");
+            }
+            Check::Dnat { via_tc, vary } => {
+                if via_tc {
+                    ensure!(
+                        meta.len() == 8,
+                        "{} bytes of metadata, expected 8",
+                        meta.len()
+                    );
+                    let word = |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().unwrap());
+                    ensure!(
+                        (word(0), word(4)) == (XDP_META_MAGIC, self.backend_if),
+                        "metadata {meta:02x?} does not name the backend-side interface"
+                    );
+                } else {
+                    ensure!(meta.is_empty(), "unexpected metadata");
+                }
+                let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
+                let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
+                let b = backend_index(dst.ip())
+                    .ok_or_else(|| anyhow!("destination {dst} is not a backend"))?;
+                ensure!(dst.port() == BACKEND_PORT, "backend port {dst}");
+                if vary {
+                    ensure!(
+                        is_vary_source(src),
+                        "source {src} is not a harness_vary source"
+                    );
+                } else {
+                    ensure!(src == input_src, "source {src} changed");
+                }
+                let (dst_mac, src_mac) = if via_tc {
+                    (NODE_MAC, CLIENT_MAC)
+                } else {
+                    (backend_mac(b), self.backend_if_mac)
+                };
+                ensure!(
+                    packet[0..6] == dst_mac && packet[6..12] == src_mac,
+                    "MACs {:02x?} -> {:02x?}, expected {src_mac:02x?} -> {dst_mac:02x?}",
+                    &packet[6..12],
+                    &packet[0..6]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Single-shot: `calls` runs with repeat = 1.
+    pub(super) fn single_shot(&mut self, class: &Class, calls: u32) -> Result<SingleShot> {
+        ensure!(class.via == Via::Direct, "single-shot runs are direct");
+        let before = self.stats(class.target)?;
+        let ctx = self.client_if;
+        let mut durations = Vec::with_capacity(calls as usize);
+        let start = Instant::now();
+        let mut last = None;
+        for _ in 0..calls {
+            let out = match class.target {
+                Target::Floor(name) => test_run(self.harness_prog(name)?, &class.frame, ctx, 1)?,
+                Target::Meshlb(n) => test_run(self.dps[n].dp.xdp_program()?, &class.frame, ctx, 1)?,
+            };
+            ensure!(
+                out.retval == class.retval,
+                "{}: single-shot call returned {}",
+                class.label,
+                action_name(out.retval)
+            );
+            durations.push(out.kernel_ns);
+            last = Some(out);
+        }
+        let wall = start.elapsed();
+        let after = self.stats(class.target)?;
+        let last = last.context("no calls")?;
+        // Every call starts from the input, so the last output is what one call makes.
+        self.verify(class, &last, u64::from(calls), 1, before.zip(after))
+            .with_context(|| format!("{}: single-shot", class.label))?;
+        let mean = durations.iter().sum::<u64>() as f64 / durations.len() as f64;
+        let mid = durations.len() / 2;
+        let median = *durations.select_nth_unstable(mid).1;
+        Ok(SingleShot {
+            mean_ns: mean,
+            median_ns: median,
+            wall_us: wall.as_secs_f64() * 1e6 / f64::from(calls),
+        })
+    }
+}

@@ -1,0 +1,531 @@
+//! What is measured: the classes (a frame, a program, the path it must take and the counters
+//! that must move), in the order of a round.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// What is measured
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Via {
+    Direct,
+    Harness,
+    HarnessVary,
+}
+
+impl Via {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Harness => "harness",
+            Via::HarnessVary => "harness (vary)",
+        }
+    }
+}
+
+/// Harness object programs.
+pub(super) const HARNESS: &str = "harness";
+pub(super) const HARNESS_VARY: &str = "harness_vary";
+pub(super) const HARNESS_V6: &str = "harness_v6";
+pub(super) const HARNESS_V6_VARY: &str = "harness_v6_vary";
+pub(super) const FLOOR_PASS: &str = "floor_pass";
+pub(super) const FLOOR_TX_ONLY: &str = "floor_tx_only";
+pub(super) const FLOOR_TX: &str = "floor_tx";
+pub(super) const FLOOR_META: &str = "floor_meta";
+pub(super) const FLOOR_FIB: &str = "floor_fib";
+pub(super) const HARNESS_PROGRAMS: [&str; 9] = [
+    HARNESS,
+    HARNESS_VARY,
+    HARNESS_V6,
+    HARNESS_V6_VARY,
+    FLOOR_PASS,
+    FLOOR_TX_ONLY,
+    FLOOR_TX,
+    FLOOR_META,
+    FLOOR_FIB,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// A floor program of the harness object.
+    Floor(&'static str),
+    /// meshlb_xdp of dataplane `n`.
+    Meshlb(usize),
+}
+
+/// What the bytes out must look like.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Check {
+    /// Exactly the input.
+    Unchanged,
+    /// The input with its MACs swapped `n` times (n odd: swapped).
+    MacSwaps,
+    /// 8 bytes of metadata, then the input.
+    FloorMeta,
+    /// The input with a `harness_vary` source address and port, checksums valid.
+    VaryFloor,
+    /// The input (to backend 0) with the MACs the FIB gives for backend 0.
+    FibMacs,
+    /// DNAT to one of the 16 backends, checksums valid; MACs from the FIB (redirect) or
+    /// unchanged with metadata for the TC program.
+    Dnat { via_tc: bool, vary: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum Section {
+    Floor,
+    Meshlb,
+    Ipv6,
+    Scaling,
+}
+
+pub(super) struct Class {
+    pub(super) key: String,
+    pub(super) label: String,
+    pub(super) section: Section,
+    pub(super) via: Via,
+    pub(super) target: Target,
+    pub(super) frame: Vec<u8>,
+    pub(super) retval: u32,
+    pub(super) check: Check,
+    /// Counters that must grow by exactly the iteration count; every other by 0.
+    pub(super) counters: &'static [StatSlot],
+    /// For the scaling section: the class this one is compared with, and what differs.
+    pub(super) baseline: Option<(&'static str, String)>,
+    /// Measured only in the single-shot suite.
+    pub(super) single_shot_only: bool,
+    pub(super) katran: Option<(f64, &'static str)>,
+}
+
+pub(super) const ESTABLISHED_REDIRECT: &[StatSlot] =
+    &[StatSlot::Rx, StatSlot::NatForward, StatSlot::TxXdpRedirect];
+pub(super) const ESTABLISHED_TC: &[StatSlot] =
+    &[StatSlot::Rx, StatSlot::NatForward, StatSlot::TxViaTc];
+pub(super) const NEW_FLOW_REDIRECT: &[StatSlot] = &[
+    StatSlot::Rx,
+    StatSlot::NewFlow,
+    StatSlot::NatForward,
+    StatSlot::TxXdpRedirect,
+];
+pub(super) const PASS_NOT_FRONTEND: &[StatSlot] = &[StatSlot::Rx, StatSlot::PassNotFrontend];
+
+/// One single-shot series: mean and median of the kernel-reported per-call durations, and the
+/// wall-clock time of a whole call (syscall included).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SingleShot {
+    pub(super) mean_ns: f64,
+    pub(super) median_ns: u64,
+    pub(super) wall_us: f64,
+}
+
+/// One measurement: kernel-reported mean ns per iteration, and wall-clock ns per iteration of
+/// the whole syscall (a cross-check; includes preemption, which the kernel's timer leaves out).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sample {
+    pub(super) kernel_ns: f64,
+    pub(super) wall_ns: f64,
+}
+
+/// The IPv6 frames (80 bytes).
+pub(super) struct Frames6 {
+    pub(super) ack: Vec<u8>,
+    pub(super) syn: Vec<u8>,
+    pub(super) non_vip: Vec<u8>,
+}
+
+/// A class with the defaults of a table row.
+#[allow(clippy::too_many_arguments)]
+fn class(
+    key: &str,
+    label: &str,
+    section: Section,
+    via: Via,
+    target: Target,
+    frame: &[u8],
+    retval: u32,
+    check: Check,
+) -> Class {
+    Class {
+        key: key.to_owned(),
+        label: label.to_owned(),
+        section,
+        via,
+        target,
+        frame: frame.to_vec(),
+        retval,
+        check,
+        counters: &[],
+        baseline: None,
+        single_shot_only: false,
+        katran: None,
+    }
+}
+
+/// A floor: the ACK frame through a harness program, with Katran's figure for it.
+#[allow(clippy::too_many_arguments)]
+fn floor(
+    frames: &Frames,
+    key: &str,
+    label: &str,
+    via: Via,
+    name: &'static str,
+    retval: u32,
+    check: Check,
+    katran: (f64, &'static str),
+) -> Class {
+    Class {
+        katran: Some(katran),
+        ..class(
+            key,
+            label,
+            Section::Floor,
+            via,
+            Target::Floor(name),
+            &frames.ack,
+            retval,
+            check,
+        )
+    }
+}
+
+/// A class of meshlb's program on dataplane `dp`.
+#[allow(clippy::too_many_arguments)]
+fn meshlb(
+    key: &str,
+    label: &str,
+    via: Via,
+    dp: usize,
+    frame: &[u8],
+    retval: u32,
+    check: Check,
+    counters: &'static [StatSlot],
+    katran: Option<(f64, &'static str)>,
+) -> Class {
+    Class {
+        counters,
+        katran,
+        ..class(
+            key,
+            label,
+            Section::Meshlb,
+            via,
+            Target::Meshlb(dp),
+            frame,
+            retval,
+            check,
+        )
+    }
+}
+
+const REDIRECT: Check = Check::Dnat {
+    via_tc: false,
+    vary: false,
+};
+const NEW_FLOW: Check = Check::Dnat {
+    via_tc: false,
+    vary: true,
+};
+const KATRAN_NEW_FLOW: (f64, &str) = (
+    938.0,
+    "harness (vary) -> VIP SYN, new flow every packet (noflood build, 4M-entry LRU full)",
+);
+
+/// Every class, in the order of a round.
+pub(super) fn classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
+    let mut list = floor_classes(frames);
+    list.extend(meshlb_classes(frames, layout));
+    list.extend(ipv6_classes(frames, layout));
+    list.extend(scaling_classes(frames, layout));
+    list
+}
+
+/// The floors: what the harness and the simplest programs cost.
+fn floor_classes(frames: &Frames) -> Vec<Class> {
+    let floor = |key, label, via, name, retval, check, katran| {
+        floor(frames, key, label, via, name, retval, check, katran)
+    };
+    vec![
+        floor(
+            "floor-pass-direct",
+            "Floor: XDP_PASS only",
+            Via::Direct,
+            FLOOR_PASS,
+            XDP_PASS,
+            Check::Unchanged,
+            (21.0, "direct: XDP_PASS floor"),
+        ),
+        floor(
+            "floor-tx-direct",
+            "Floor: parse eth/IPv4/TCP, swap MACs, XDP_TX",
+            Via::Direct,
+            FLOOR_TX,
+            XDP_TX,
+            Check::MacSwaps,
+            (25.0, "direct: parse + MAC swap + XDP_TX floor"),
+        ),
+        Class {
+            katran: None,
+            frame: frames.to_backend.clone(),
+            ..floor(
+                "floor-fib-direct",
+                "Floor: parse, bpf_fib_lookup (to a backend), set MACs, XDP_TX",
+                Via::Direct,
+                FLOOR_FIB,
+                XDP_TX,
+                Check::FibMacs,
+                (0.0, ""),
+            )
+        },
+        floor(
+            "harness-floor",
+            "Harness floor: restore + tail call, target returns XDP_TX",
+            Via::Harness,
+            FLOOR_TX_ONLY,
+            XDP_TX,
+            Check::Unchanged,
+            (34.0, "harness -> XDP_TX-only target"),
+        ),
+        floor(
+            "harness-pass",
+            "Harness -> XDP_PASS floor",
+            Via::Harness,
+            FLOOR_PASS,
+            XDP_PASS,
+            Check::Unchanged,
+            (34.0, "harness -> XDP_PASS floor"),
+        ),
+        floor(
+            "harness-tx",
+            "Harness -> parse/MAC-swap/TX floor",
+            Via::Harness,
+            FLOOR_TX,
+            XDP_TX,
+            Check::MacSwaps,
+            (38.0, "harness -> parse/MAC-swap/TX floor"),
+        ),
+        Class {
+            katran: None,
+            ..floor(
+                "harness-meta",
+                "Harness -> 8 B metadata + XDP_PASS (TC hand-off floor)",
+                Via::Harness,
+                FLOOR_META,
+                XDP_PASS,
+                Check::FloorMeta,
+                (0.0, ""),
+            )
+        },
+        floor(
+            "harness-vary-floor",
+            "Harness floor, vary mode (new source every packet)",
+            Via::HarnessVary,
+            FLOOR_TX_ONLY,
+            XDP_TX,
+            Check::VaryFloor,
+            (34.0, "harness (vary) -> XDP_TX-only target"),
+        ),
+    ]
+}
+
+/// meshlb's IPv4 paths.
+fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
+    let (ack, syn, non_vip) = (&frames.ack, &frames.syn, &frames.non_vip);
+    vec![
+        meshlb(
+            "established",
+            "meshlb: VIP, established flow (conntrack hit) -> XDP_REDIRECT",
+            Via::Harness,
+            layout.main,
+            ack,
+            XDP_REDIRECT,
+            REDIRECT,
+            ESTABLISHED_REDIRECT,
+            Some((
+                141.0,
+                "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
+            )),
+        ),
+        meshlb(
+            "established-tc",
+            "meshlb: VIP, established flow -> TC hand-off (PASS + 8 B metadata)",
+            Via::Harness,
+            layout.tc,
+            ack,
+            XDP_PASS,
+            Check::Dnat {
+                via_tc: true,
+                vary: false,
+            },
+            ESTABLISHED_TC,
+            Some((
+                141.0,
+                "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
+            )),
+        ),
+        meshlb(
+            "new-flow",
+            "meshlb: VIP, SYN of a new flow every packet (Maglev, table full)",
+            Via::HarnessVary,
+            layout.new,
+            syn,
+            XDP_REDIRECT,
+            NEW_FLOW,
+            NEW_FLOW_REDIRECT,
+            Some(KATRAN_NEW_FLOW),
+        ),
+        meshlb(
+            "new-flow-rr",
+            "meshlb: VIP, SYN of a new flow every packet (round-robin, table full)",
+            Via::HarnessVary,
+            layout.rr,
+            syn,
+            XDP_REDIRECT,
+            NEW_FLOW,
+            NEW_FLOW_REDIRECT,
+            Some(KATRAN_NEW_FLOW),
+        ),
+        meshlb(
+            "pass-through-direct",
+            "meshlb: non-VIP destination -> XDP_PASS",
+            Via::Direct,
+            layout.main,
+            non_vip,
+            XDP_PASS,
+            Check::Unchanged,
+            PASS_NOT_FRONTEND,
+            Some((69.0, "direct: non-VIP")),
+        ),
+        meshlb(
+            "pass-through-harness",
+            "meshlb: non-VIP destination -> XDP_PASS",
+            Via::Harness,
+            layout.main,
+            non_vip,
+            XDP_PASS,
+            Check::Unchanged,
+            PASS_NOT_FRONTEND,
+            Some((79.0, "harness -> non-VIP")),
+        ),
+        // Single-shot only: each call starts from the input, so a direct run is valid.
+        Class {
+            single_shot_only: true,
+            ..meshlb(
+                "established-direct",
+                "meshlb: VIP, established flow -> XDP_REDIRECT",
+                Via::Direct,
+                layout.main,
+                ack,
+                XDP_REDIRECT,
+                REDIRECT,
+                ESTABLISHED_REDIRECT,
+                None,
+            )
+        },
+    ]
+}
+
+/// meshlb's IPv6 paths.
+fn ipv6_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
+    let v6 = &frames.v6;
+    let floor = |key, label, via, name, retval, check, katran| {
+        floor(frames, key, label, via, name, retval, check, katran)
+    };
+    vec![
+        Class {
+            frame: v6.ack.clone(),
+            section: Section::Ipv6,
+            katran: None,
+            ..floor(
+                "harness-floor-v6",
+                "IPv6: harness floor (80-byte frame), target returns XDP_TX",
+                Via::Harness,
+                FLOOR_TX_ONLY,
+                XDP_TX,
+                Check::Unchanged,
+                (0.0, ""),
+            )
+        },
+        Class {
+            section: Section::Ipv6,
+            ..meshlb(
+                "established-v6",
+                "IPv6: VIP, established flow (conntrack hit) -> XDP_REDIRECT",
+                Via::Harness,
+                layout.main6,
+                &v6.ack,
+                XDP_REDIRECT,
+                REDIRECT,
+                ESTABLISHED_REDIRECT,
+                None,
+            )
+        },
+        Class {
+            section: Section::Ipv6,
+            ..meshlb(
+                "new-flow-v6",
+                "IPv6: VIP, SYN of a new flow every packet (Maglev, table full)",
+                Via::HarnessVary,
+                layout.new6,
+                &v6.syn,
+                XDP_REDIRECT,
+                NEW_FLOW,
+                NEW_FLOW_REDIRECT,
+                None,
+            )
+        },
+        Class {
+            section: Section::Ipv6,
+            ..meshlb(
+                "pass-through-v6-direct",
+                "IPv6: non-VIP destination -> XDP_PASS",
+                Via::Direct,
+                layout.main6,
+                &v6.non_vip,
+                XDP_PASS,
+                Check::Unchanged,
+                PASS_NOT_FRONTEND,
+                None,
+            )
+        },
+    ]
+}
+
+/// The established and pass-through paths again on the scaled dataplanes.
+fn scaling_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
+    let (ack, non_vip) = (&frames.ack, &frames.non_vip);
+    let mut list = Vec::new();
+    for (dp, what) in &layout.scaled {
+        list.push(Class {
+            section: Section::Scaling,
+            baseline: Some(("established", what.clone())),
+            ..meshlb(
+                &format!("established@{what}"),
+                &format!("scaling: established flow -> XDP_REDIRECT, {what}"),
+                Via::Harness,
+                *dp,
+                ack,
+                XDP_REDIRECT,
+                REDIRECT,
+                ESTABLISHED_REDIRECT,
+                None,
+            )
+        });
+        list.push(Class {
+            section: Section::Scaling,
+            baseline: Some(("pass-through-direct", what.clone())),
+            ..meshlb(
+                &format!("pass-through-direct@{what}"),
+                &format!("scaling: non-VIP destination -> XDP_PASS, {what}"),
+                Via::Direct,
+                *dp,
+                non_vip,
+                XDP_PASS,
+                Check::Unchanged,
+                PASS_NOT_FRONTEND,
+                None,
+            )
+        });
+    }
+    list
+}
