@@ -211,28 +211,6 @@ pub fn run(args: &OracleArgs) -> Result<()> {
     let set = flow_set(Through::Meshlb, Kind::Udp, false, args.flows, 60);
     let mut schedulers = Vec::new();
     for scheduler in ["maglev", "round-robin"] {
-        println!(
-            "oracle: {scheduler}, {} flows, {} backends",
-            args.flows, args.backends
-        );
-        let initial: Vec<usize> = (0..args.backends).collect();
-        // Remove one backend in the middle, then add a new one.
-        let removed_index = args.backends / 2;
-        let after_removal: Vec<usize> = initial
-            .iter()
-            .copied()
-            .filter(|&i| i != removed_index)
-            .collect();
-        let mut after_add = after_removal.clone();
-        after_add.push(args.backends);
-        let config = NodeConfig {
-            backends: args.backends,
-            scheduler: scheduler.to_owned(),
-            extra_services: 0,
-            backend_indices: Some(initial.clone()),
-            lbd: args.lbd.clone(),
-            conntrack_entries: Some((4 * args.flows).next_power_of_two().max(65_536)),
-        };
         let mut replayer = Replayer {
             topo: &topo,
             traffic: &mut traffic,
@@ -241,109 +219,7 @@ pub fn run(args: &OracleArgs) -> Result<()> {
             cpu,
             rate: args.rate,
         };
-        let mut node = Node::start(Through::Meshlb, &topo, replayer.traffic, &config)?;
-        let result = (|| -> Result<Vec<Step>> {
-            let maglev = scheduler == "maglev";
-            let addrs = |indices: &[usize]| -> Vec<IpAddr> {
-                indices
-                    .iter()
-                    .map(|&i| topo::backend_addr(i, false))
-                    .collect()
-            };
-            let yaml = |indices: &[usize]| services_yaml_with(indices, scheduler, 0);
-            let mut steps = Vec::new();
-            let (first, lost) = replayer.replay()?;
-            let (_, ratio) = balance(&first, &addrs(&initial));
-            let predicted = if maglev {
-                Some(predict(&yaml(&initial), &set)?)
-            } else {
-                None
-            };
-            steps.push(Step {
-                what: format!("first replay, {} backends", initial.len()),
-                backends: initial.len(),
-                moves: None,
-                mispredicted: predicted.as_ref().map(|p| mispredicted(&first, p)),
-                stateless_would_move: None,
-                max_min_flows_per_backend: ratio,
-                lost_packets: lost,
-            });
-            let mut before = first;
-            let mut before_indices = initial.clone();
-            let removed_ip = topo::backend_addr(removed_index, false);
-            for (what, indices, removed) in [
-                (
-                    format!("remove {removed_ip}"),
-                    &after_removal,
-                    vec![removed_ip],
-                ),
-                (
-                    format!("add {}", topo::backend_addr(args.backends, false)),
-                    &after_add,
-                    vec![],
-                ),
-            ] {
-                let node_lbd = node.lbd().context("meshlb runs lbd")?;
-                let answer = node_lbd.reload(&yaml(indices))?;
-                ensure!(answer.contains("reloaded"), "lbd did not reload: {answer}");
-                let (after, lost) = replayer.replay()?;
-                let moves = compare(&before, &after, &removed);
-                // Balance over the backends that were there before too: a backend just added
-                // gets no tracked flow, by design.
-                let kept: Vec<usize> = indices
-                    .iter()
-                    .copied()
-                    .filter(|i| before_indices.contains(i))
-                    .collect();
-                let (_, ratio) = balance(&after, &addrs(&kept));
-                let (mispredicted_moves, stateless) = if maglev {
-                    let old = predict(&yaml(&before_indices), &set)?;
-                    let new = predict(&yaml(indices), &set)?;
-                    // Only flows that had to move take a new placement: those must follow
-                    // the new table.
-                    let moved: Placement = before
-                        .iter()
-                        .zip(&after)
-                        .map(|(b, a)| {
-                            if b.is_some_and(|b| removed.contains(&b)) {
-                                *a
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
-                    (
-                        Some(mispredicted(&moved, &new)),
-                        Some(old.iter().zip(&new).filter(|(o, n)| o != n).count()),
-                    )
-                } else {
-                    (None, None)
-                };
-                println!(
-                    "oracle: {scheduler}: {what}: {} moved (expected {}), {} needlessly, {} stuck, {} flows lost, {lost} packets lost",
-                    moves.moved, moves.expected, moves.moved_needlessly, moves.stuck, moves.lost
-                );
-                steps.push(Step {
-                    what,
-                    backends: indices.len(),
-                    moves: Some(moves),
-                    mispredicted: mispredicted_moves,
-                    stateless_would_move: stateless,
-                    max_min_flows_per_backend: ratio,
-                    lost_packets: lost,
-                });
-                before = after;
-                before_indices = indices.clone();
-            }
-            Ok(steps)
-        })();
-        let stopped = node.stop(&topo, replayer.traffic);
-        let steps = result?;
-        stopped?;
-        schedulers.push(SchedulerResult {
-            scheduler: scheduler.to_owned(),
-            steps,
-        });
+        schedulers.push(run_scheduler(args, &mut replayer, scheduler)?);
     }
     drop(traffic);
     drop(topo);
@@ -382,6 +258,177 @@ pub fn run(args: &OracleArgs) -> Result<()> {
         "the oracle found {bad} flows that went where they must not (see the table)"
     );
     Ok(())
+}
+
+/// One scheduler: a first replay, then a backend removed and one added, each followed by a
+/// replay of every flow.
+fn run_scheduler(
+    args: &OracleArgs,
+    replayer: &mut Replayer<'_>,
+    scheduler: &str,
+) -> Result<SchedulerResult> {
+    println!(
+        "oracle: {scheduler}, {} flows, {} backends",
+        args.flows, args.backends
+    );
+    let initial: Vec<usize> = (0..args.backends).collect();
+    // Remove one backend in the middle, then add a new one.
+    let removed_index = args.backends / 2;
+    let after_removal: Vec<usize> = initial
+        .iter()
+        .copied()
+        .filter(|&i| i != removed_index)
+        .collect();
+    let mut after_add = after_removal.clone();
+    after_add.push(args.backends);
+    let config = NodeConfig {
+        backends: args.backends,
+        scheduler: scheduler.to_owned(),
+        extra_services: 0,
+        backend_indices: Some(initial.clone()),
+        lbd: args.lbd.clone(),
+        conntrack_entries: Some((4 * args.flows).next_power_of_two().max(65_536)),
+    };
+    let topo = replayer.topo;
+    let mut node = Node::start(Through::Meshlb, topo, replayer.traffic, &config)?;
+    let result = (|| -> Result<Vec<Step>> {
+        let maglev = scheduler == "maglev";
+        let mut steps = Vec::new();
+        let (first, lost) = replayer.replay()?;
+        let (_, ratio) = balance(&first, &addrs(&initial));
+        let predicted = if maglev {
+            Some(predict(
+                &services_yaml_with(&initial, scheduler, 0),
+                &replayer.set,
+            )?)
+        } else {
+            None
+        };
+        steps.push(Step {
+            what: format!("first replay, {} backends", initial.len()),
+            backends: initial.len(),
+            moves: None,
+            mispredicted: predicted.as_ref().map(|p| mispredicted(&first, p)),
+            stateless_would_move: None,
+            max_min_flows_per_backend: ratio,
+            lost_packets: lost,
+        });
+        let mut before = (first, initial.clone());
+        let removed_ip = topo::backend_addr(removed_index, false);
+        for (what, indices, removed) in [
+            (
+                format!("remove {removed_ip}"),
+                &after_removal,
+                vec![removed_ip],
+            ),
+            (
+                format!("add {}", topo::backend_addr(args.backends, false)),
+                &after_add,
+                vec![],
+            ),
+        ] {
+            let change = Change {
+                scheduler,
+                what,
+                indices,
+                removed: &removed,
+            };
+            let (step, after) = change_step(&mut node, replayer, &change, &before)?;
+            steps.push(step);
+            before = (after, indices.clone());
+        }
+        Ok(steps)
+    })();
+    let stopped = node.stop(topo, replayer.traffic);
+    let steps = result?;
+    stopped?;
+    Ok(SchedulerResult {
+        scheduler: scheduler.to_owned(),
+        steps,
+    })
+}
+
+/// The backends at `indices`.
+fn addrs(indices: &[usize]) -> Vec<IpAddr> {
+    indices
+        .iter()
+        .map(|&i| topo::backend_addr(i, false))
+        .collect()
+}
+
+/// A change of the backend set: to `indices`, `removed` leaving.
+struct Change<'a> {
+    scheduler: &'a str,
+    what: String,
+    indices: &'a Vec<usize>,
+    removed: &'a [IpAddr],
+}
+
+/// Reloads lbd with the changed backend set, replays every flow and says how they moved
+/// against the placement (and backend set) `before`; the step and the new placement.
+fn change_step(
+    node: &mut Node,
+    replayer: &mut Replayer<'_>,
+    change: &Change<'_>,
+    before: &(Placement, Vec<usize>),
+) -> Result<(Step, Placement)> {
+    let Change {
+        scheduler,
+        what,
+        indices,
+        removed,
+    } = change;
+    let (before, before_indices) = before;
+    let yaml = |indices: &[usize]| services_yaml_with(indices, scheduler, 0);
+    let node_lbd = node.lbd().context("meshlb runs lbd")?;
+    let answer = node_lbd.reload(&yaml(indices))?;
+    ensure!(answer.contains("reloaded"), "lbd did not reload: {answer}");
+    let (after, lost) = replayer.replay()?;
+    let moves = compare(before, &after, removed);
+    // Balance over the backends that were there before too: a backend just added gets no
+    // tracked flow, by design.
+    let kept: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|i| before_indices.contains(i))
+        .collect();
+    let (_, ratio) = balance(&after, &addrs(&kept));
+    let (mispredicted_moves, stateless) = if *scheduler == "maglev" {
+        let old = predict(&yaml(before_indices), &replayer.set)?;
+        let new = predict(&yaml(indices), &replayer.set)?;
+        // Only flows that had to move take a new placement: those must follow the new table.
+        let moved: Placement = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| {
+                if b.is_some_and(|b| removed.contains(&b)) {
+                    *a
+                } else {
+                    None
+                }
+            })
+            .collect();
+        (
+            Some(mispredicted(&moved, &new)),
+            Some(old.iter().zip(&new).filter(|(o, n)| o != n).count()),
+        )
+    } else {
+        (None, None)
+    };
+    println!(
+        "oracle: {scheduler}: {what}: {} moved (expected {}), {} needlessly, {} stuck, {} flows lost, {lost} packets lost",
+        moves.moved, moves.expected, moves.moved_needlessly, moves.stuck, moves.lost
+    );
+    let step = Step {
+        what: what.clone(),
+        backends: indices.len(),
+        moves: Some(moves),
+        mispredicted: mispredicted_moves,
+        stateless_would_move: stateless,
+        max_min_flows_per_backend: ratio,
+        lost_packets: lost,
+    };
+    Ok((step, after))
 }
 
 pub fn render_markdown(r: &OracleReport) -> String {

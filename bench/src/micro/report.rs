@@ -331,6 +331,27 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
+        self.write_header(&mut s);
+        self.write_per_packet(&mut s);
+        if !self.scaling.is_empty() {
+            self.write_scaling(&mut s);
+        }
+        if !self.single_shot.is_empty() {
+            self.write_single_shot(&mut s);
+        }
+        let _ = writeln!(&mut s, "\n## Derived (differences of medians, ns)\n");
+        for (what, v) in &self.derived {
+            let _ = writeln!(&mut s, "- {what}: **{}**", ns((v * 10.0).round() / 10.0));
+        }
+        let _ = writeln!(&mut s, "\n## Notes\n");
+        for n in &self.notes {
+            let _ = writeln!(&mut s, "- {n}");
+        }
+        s
+    }
+
+    /// The title, the machine, the method and the program's size.
+    fn write_header(&self, s: &mut String) {
         let p = &self.params;
         let mc = &self.machine;
         let _ = writeln!(
@@ -381,6 +402,10 @@ impl Report {
                 ))
             );
         }
+    }
+
+    /// The per-packet table (every class but the scaling ones).
+    fn write_per_packet(&self, s: &mut String) {
         let _ = writeln!(s, "## Per-packet cost (ns)\n");
         let _ = writeln!(
             s,
@@ -417,81 +442,78 @@ impl Report {
                 }
             );
         }
-        if !self.scaling.is_empty() {
+    }
+
+    /// The scaling table and the prefilled table's size.
+    fn write_scaling(&self, s: &mut String) {
+        let p = &self.params;
+        let _ = writeln!(
+            s,
+            "\n## Scaling (median ns; target: flat within {FLAT_WITHIN}x of 1 service, 0 other flows)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| Path | Baseline median | Variant | min | median | max | Ratio | Flat within {FLAT_WITHIN}x |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for r in &self.scaling {
+            let c = self.classes.iter().find(|c| c.key == r.key);
+            let (min, max) = c.map_or((f64::NAN, f64::NAN), |c| (c.min, c.max));
             let _ = writeln!(
                 s,
-                "\n## Scaling (median ns; target: flat within {FLAT_WITHIN}x of 1 service, 0 other flows)\n"
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                r.path,
+                ns(r.baseline_median),
+                r.variant,
+                ns(min),
+                ns(r.median),
+                ns(max),
+                r.ratio,
+                if r.flat_within_1_2x { "yes" } else { "**no**" }
             );
+        }
+        if let Some(entries) = p.prefilled_entries {
             let _ = writeln!(
                 s,
-                "| Path | Baseline median | Variant | min | median | max | Ratio | Flat within {FLAT_WITHIN}x |"
+                "\nThe prefilled table held {} entries ({} flows, two entries each) of {}.",
+                thousands(entries),
+                thousands(u64::from(p.prefill_flows)),
+                thousands(u64::from(p.conntrack_entries))
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-            for r in &self.scaling {
-                let c = self.classes.iter().find(|c| c.key == r.key);
-                let (min, max) = c.map_or((f64::NAN, f64::NAN), |c| (c.min, c.max));
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} | {:.2} | {} |",
-                    r.path,
-                    ns(r.baseline_median),
-                    r.variant,
-                    ns(min),
-                    ns(r.median),
-                    ns(max),
-                    r.ratio,
-                    if r.flat_within_1_2x { "yes" } else { "**no**" }
-                );
-            }
-            if let Some(entries) = p.prefilled_entries {
-                let _ = writeln!(
-                    s,
-                    "\nThe prefilled table held {} entries ({} flows, two entries each) of {}.",
-                    thousands(entries),
-                    thousands(u64::from(p.prefill_flows)),
-                    thousands(u64::from(p.conntrack_entries))
-                );
-            }
         }
-        if !self.single_shot.is_empty() {
+    }
+
+    /// The single-shot table.
+    fn write_single_shot(&self, s: &mut String) {
+        let p = &self.params;
+        let _ = writeln!(
+            s,
+            "\n## Single-shot (Katran's perf method: repeat = 1, {} calls per round, {} rounds; direct runs)\n",
+            thousands(u64::from(p.single_shot_calls)),
+            p.rounds
+        );
+        let _ = writeln!(
+            s,
+            "| Path | retval | mean: min / median / max | median of calls | µs per call (wall) | Katran mean |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for r in &self.single_shot {
+            let mut calls = r.medians_of_calls.clone();
+            calls.sort_unstable();
+            let wall = spread(&r.wall_us).1;
             let _ = writeln!(
                 s,
-                "\n## Single-shot (Katran's perf method: repeat = 1, {} calls per round, {} rounds; direct runs)\n",
-                thousands(u64::from(p.single_shot_calls)),
-                p.rounds
+                "| {} | {} | {:.1} / **{:.1}** / {:.1} | {} | {:.2} | {} |",
+                r.label,
+                r.retval,
+                r.min,
+                r.median,
+                r.max,
+                calls.get(calls.len() / 2).copied().unwrap_or_default(),
+                wall,
+                r.katran_ns.map_or("—".into(), |k| format!("{k:.1}"))
             );
-            let _ = writeln!(
-                s,
-                "| Path | retval | mean: min / median / max | median of calls | µs per call (wall) | Katran mean |"
-            );
-            let _ = writeln!(s, "|---|---|---|---|---|---|");
-            for r in &self.single_shot {
-                let mut calls = r.medians_of_calls.clone();
-                calls.sort_unstable();
-                let wall = spread(&r.wall_us).1;
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.1} / **{:.1}** / {:.1} | {} | {:.2} | {} |",
-                    r.label,
-                    r.retval,
-                    r.min,
-                    r.median,
-                    r.max,
-                    calls.get(calls.len() / 2).copied().unwrap_or_default(),
-                    wall,
-                    r.katran_ns.map_or("—".into(), |k| format!("{k:.1}"))
-                );
-            }
         }
-        let _ = writeln!(s, "\n## Derived (differences of medians, ns)\n");
-        for (what, v) in &self.derived {
-            let _ = writeln!(s, "- {what}: **{}**", ns((v * 10.0).round() / 10.0));
-        }
-        let _ = writeln!(s, "\n## Notes\n");
-        for n in &self.notes {
-            let _ = writeln!(s, "- {n}");
-        }
-        s
     }
 }
 

@@ -5,7 +5,12 @@
 
 // micro's machine facts, included rather than reached through `micro` (whose modules are
 // private to it).
+mod markdown;
+mod scaling;
+
 use crate::micro::machine;
+pub use markdown::render_markdown;
+use scaling::scaling;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -509,6 +514,49 @@ pub fn run(args: &PpsArgs) -> Result<()> {
         lbd: args.lbd.clone(),
         conntrack_entries: None,
     };
+    let (contenders, targets) = compare(&mut bench, &config, args)?;
+    let scaling = scaling(&mut bench, &config, args)?;
+    drop(traffic);
+    drop(topo);
+
+    let report = PpsReport {
+        date: machine::today(),
+        machine,
+        cpu,
+        rounds: args.rounds,
+        seconds: args.seconds,
+        flows: args.flows,
+        kind: args.kind,
+        size: args.size,
+        backends: args.backends,
+        contenders,
+        targets,
+        scaling,
+        load_before,
+        load_after: machine::load_average(),
+    };
+    let markdown = render_markdown(&report);
+    println!("\n{markdown}");
+    if !args.no_write {
+        std::fs::create_dir_all(&args.out_dir)?;
+        let base = args.out_dir.join(format!("pps-{}", report.date));
+        std::fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        std::fs::write(base.with_extension("md"), &markdown)?;
+        println!("pps: wrote {}.{{json,md}}", base.display());
+    }
+    Ok(())
+}
+
+/// Every contender, each run between two runs of the redirect-only ceiling, over the rounds;
+/// their figures and the targets.
+fn compare(
+    bench: &mut Bench<'_>,
+    config: &NodeConfig,
+    args: &PpsArgs,
+) -> Result<(Vec<ContenderResult>, Vec<Target>)> {
     let idx = |t: Through| {
         CONTENDERS
             .iter()
@@ -532,7 +580,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     let measure = |bench: &mut Bench<'_>, i: usize, round: usize| -> Result<RunSummary> {
         let through = &CONTENDERS[i];
         let s = bench
-            .measure(*through, &config, Load::flows(args.flows), args, 100_000)?
+            .measure(*through, config, Load::flows(args.flows), args, 100_000)?
             .summary;
         println!(
             "pps: round {round}: {:<22} {:6.3} Mpps delivered (sent {:6.3}, lost {})",
@@ -544,15 +592,15 @@ pub fn run(args: &PpsArgs) -> Result<()> {
         Ok(s)
     };
     for round in 0..args.rounds {
-        let first = measure(&mut bench, ceiling, round)?;
+        let first = measure(bench, ceiling, round)?;
         let mut before = first.delivered_pps() / 1e6;
         let mut runs = vec![before];
         per[ceiling].push(first);
         for k in rotated(others.len(), round) {
             let i = others[k];
-            let s = measure(&mut bench, i, round)?;
+            let s = measure(bench, i, round)?;
             per[i].push(s);
-            let after_run = measure(&mut bench, ceiling, round)?;
+            let after_run = measure(bench, ceiling, round)?;
             let after = after_run.delivered_pps() / 1e6;
             per[ceiling].push(after_run);
             around[i].push((before + after) / 2.0);
@@ -624,190 +672,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
         .flatten(),
     );
 
-    let mut scaling = Vec::new();
-    let mut points: Vec<(String, NodeConfig, Load)> = Vec::new();
-    for &n in &args.scale_services {
-        points.push((
-            format!("{} services", n + 2),
-            NodeConfig {
-                extra_services: n,
-                ..config.clone()
-            },
-            Load::flows(args.flows),
-        ));
-    }
-    for &b in &args.scale_backends {
-        points.push((
-            format!("{b} backends"),
-            NodeConfig {
-                backends: b,
-                ..config.clone()
-            },
-            Load::flows(args.flows),
-        ));
-    }
-    for &f in &args.scale_flows {
-        let tracking = NodeConfig {
-            conntrack_entries: Some(
-                (2 * f)
-                    .next_power_of_two()
-                    .max(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES),
-            ),
-            ..config.clone()
-        };
-        // The table holding f flows while traffic stays on the baseline's: what the number
-        // of tracked flows costs (the services and backends points are measured the same
-        // way: the maps grow, the traffic does not).
-        if f > args.flows {
-            points.push((
-                format!("{f} tracked flows, traffic on {} of them", args.flows),
-                tracking.clone(),
-                Load {
-                    tracked: f,
-                    measured: args.flows,
-                },
-            ));
-        }
-        // Traffic on all f: every packet is a different flow, so what it costs is mostly
-        // the memory the table's entries live in.
-        points.push((
-            format!("{f} tracked flows, traffic on all (each packet another flow)"),
-            tracking,
-            Load::flows(f),
-        ));
-    }
-    for (what, point_config, load) in points {
-        let (mut at, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
-        let (mut new_flows, mut replay_new_flows) = (Vec::new(), Vec::new());
-        let spread_flows = load.measured != args.flows;
-        // nftables keeps one conntrack entry per flow, in a table whose size only the
-        // initial namespace may set (the bench leaves the machine's settings alone).
-        let nft_not_measured = match (spread_flows, nf_conntrack_max()) {
-            (false, _) => None,
-            (true, Some(max)) if u64::from(load.tracked) <= max * 9 / 10 => None,
-            (true, Some(max)) => Some(format!(
-                "net.netfilter.nf_conntrack_max is {max}, under {} flows",
-                load.tracked
-            )),
-            (true, None) => Some("no net.netfilter.nf_conntrack_max to read".to_owned()),
-        };
-        let mut same_sets: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-        for _ in 0..args.scale_rounds.max(1) {
-            // The same two flow sets through the redirect-only ceiling (what the generator
-            // and the veths themselves lose to the larger flow set) and through nftables
-            // DNAT (what the kernel's connection tracking loses).
-            let others = [
-                (Through::Ceiling, spread_flows),
-                (Through::Nft, spread_flows && nft_not_measured.is_none()),
-            ];
-            for (through, _) in others.iter().filter(|(_, run)| *run) {
-                let baseline = Load::flows(args.flows);
-                let cb = bench.measure(*through, &config, baseline, args, 100_000)?;
-                let cp = bench.measure(*through, &config, load, args, 100_000)?;
-                println!(
-                    "pps: scaling {what:<22} {}, same flows {:6.3} Mpps (with {} flows {:6.3})",
-                    through.name(),
-                    cp.summary.delivered_pps() / 1e6,
-                    args.flows,
-                    cb.summary.delivered_pps() / 1e6,
-                );
-                let (at, base) = same_sets.entry(through.key()).or_default();
-                at.push(cp.summary.delivered_pps() / 1e6);
-                base.push(cb.summary.delivered_pps() / 1e6);
-            }
-            let b = bench
-                .measure(
-                    Through::Meshlb,
-                    &config,
-                    Load::flows(args.flows),
-                    args,
-                    100_000,
-                )?
-                .summary;
-            let m = bench.measure(Through::Meshlb, &point_config, load, args, 100_000)?;
-            let p = m.summary;
-            println!(
-                "pps: scaling {what:<22} {:6.3} Mpps (baseline next to it {:6.3}), {} new flows while measured{}",
-                p.delivered_pps() / 1e6,
-                b.delivered_pps() / 1e6,
-                m.new_flows.map_or("?".to_owned(), |n| n.to_string()),
-                m.replay_new_flows.map_or(String::new(), |n| format!(
-                    ", {n} started again on replaying all {}",
-                    load.tracked
-                )),
-            );
-            new_flows.extend(m.new_flows);
-            replay_new_flows.extend(m.replay_new_flows);
-            lost += p.lost();
-            at.push(p.delivered_pps() / 1e6);
-            base.push(b.delivered_pps() / 1e6);
-        }
-        let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
-        let mut same_set = |through: Through| -> (Vec<f64>, Vec<f64>, Option<Spread>) {
-            let (at, base) = same_sets.remove(through.key()).unwrap_or_default();
-            let slowdowns: Vec<f64> = base.iter().zip(&at).map(|(b, p)| b / p).collect();
-            (at, base, Spread::of(&slowdowns))
-        };
-        let (ceiling_mpps, _, ceiling_slowdown) = same_set(Through::Ceiling);
-        let (nft_mpps, nft_baseline_mpps, nft_slowdown) = same_set(Through::Nft);
-        scaling.push(ScalePoint {
-            ceiling_slowdown,
-            ceiling_mpps,
-            nft_mpps,
-            nft_baseline_mpps,
-            nft_slowdown,
-            nft_not_measured,
-            what,
-            slowdown: Spread::of(&slowdowns).expect("rounds >= 1"),
-            mpps: at,
-            baseline_mpps: base,
-            lost,
-            new_flows,
-            replay_new_flows,
-        });
-    }
-    drop(traffic);
-    drop(topo);
-
-    let report = PpsReport {
-        date: machine::today(),
-        machine,
-        cpu,
-        rounds: args.rounds,
-        seconds: args.seconds,
-        flows: args.flows,
-        kind: args.kind,
-        size: args.size,
-        backends: args.backends,
-        contenders,
-        targets,
-        scaling,
-        load_before,
-        load_after: machine::load_average(),
-    };
-    let markdown = render_markdown(&report);
-    println!("\n{markdown}");
-    if !args.no_write {
-        std::fs::create_dir_all(&args.out_dir)?;
-        let base = args.out_dir.join(format!("pps-{}", report.date));
-        std::fs::write(
-            base.with_extension("json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
-        std::fs::write(base.with_extension("md"), &markdown)?;
-        println!("pps: wrote {}.{{json,md}}", base.display());
-    }
-    Ok(())
-}
-
-fn fmt_spread(s: &Spread, digits: usize) -> String {
-    format!(
-        "{:.d$} / **{:.d$}** / {:.d$}",
-        s.min,
-        s.median,
-        s.max,
-        d = digits
-    )
+    Ok((contenders, targets))
 }
 
 /// The veth drop counters of several runs, added up.
@@ -817,119 +682,6 @@ fn summed_drops(runs: &[RunSummary]) -> BTreeMap<String, u64> {
         *total.entry(counter.clone()).or_default() += n;
     }
     total
-}
-
-/// The markdown table of a report.
-pub fn render_markdown(r: &PpsReport) -> String {
-    let mut md = String::new();
-    md.push_str(&format!(
-        "### Packet rate through the node ({}, {} CPUs, {})\n\n",
-        r.machine.cpu_model, r.machine.cpus, r.machine.kernel
-    ));
-    md.push_str("| Contender | delivered Mpps min / **median** / max | ceiling right before and after, per round (Mpps) | lost | max/min per backend |\n|---|---|---|---|---|\n");
-    for c in &r.contenders {
-        let around = if c.ceiling_around_mpps.is_empty() {
-            "— (mean of its runs in the round)".to_owned()
-        } else {
-            c.ceiling_around_mpps
-                .iter()
-                .map(|x| format!("{x:.3}"))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
-        md.push_str(&format!(
-            "| {} | {} | {around} | {} | {} |\n",
-            c.name,
-            fmt_spread(&c.spread, 3),
-            c.lost,
-            c.max_min_share
-                .map_or("—".to_owned(), |x| format!("{x:.2}"))
-        ));
-    }
-    for c in r.contenders.iter().filter(|c| c.lost > 0) {
-        let drops: Vec<String> = c
-            .veth_drops
-            .iter()
-            .map(|(counter, n)| format!("`{counter}` {n}"))
-            .collect();
-        md.push_str(&format!(
-            "\n{} lost {}: {}.\n",
-            c.name,
-            c.lost,
-            if drops.is_empty() {
-                "no veth counted a drop or error".to_owned()
-            } else {
-                format!("the veths counted {}", drops.join(", "))
-            }
-        ));
-    }
-    md.push_str(
-        "\n| Ratio, same round | min / **median** / max | target | met |\n|---|---|---|---|\n",
-    );
-    for t in &r.targets {
-        let met = if t.what.contains("no target") {
-            "—".to_owned()
-        } else if t.met_min {
-            "yes, every round".to_owned()
-        } else if t.met_median {
-            "median only".to_owned()
-        } else {
-            "**no**".to_owned()
-        };
-        let target = if t.what.contains("no target") {
-            "—".to_owned()
-        } else {
-            format!("≥ {}", t.target)
-        };
-        md.push_str(&format!(
-            "| {} | {} | {target} | {met} |\n",
-            t.what,
-            fmt_spread(&t.spread, 2)
-        ));
-    }
-    if !r.scaling.is_empty() {
-        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets | nftables DNAT slowdown, same flow sets |\n|---|---|---|---|---|---|---|---|\n");
-        for p in &r.scaling {
-            let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
-            let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
-            md.push_str(&format!(
-                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} | {} |\n",
-                p.what,
-                fmt_spread(&p.slowdown, 2),
-                if p.slowdown.median <= 1.2 {
-                    "yes"
-                } else {
-                    "**no**"
-                },
-                match (p.new_flows.iter().max(), p.replay_new_flows.iter().max()) {
-                    (None, _) => "—".to_owned(),
-                    (Some(n), None) => n.to_string(),
-                    (Some(n), Some(r)) => format!("{n}; {r} when all were sent again after it"),
-                },
-                p.ceiling_slowdown
-                    .as_ref()
-                    .map_or("—".to_owned(), |c| fmt_spread(c, 2)),
-                match (&p.nft_slowdown, &p.nft_not_measured) {
-                    (Some(n), _) => fmt_spread(n, 2),
-                    (None, Some(why)) => format!("not measured: {why}"),
-                    (None, None) => "—".to_owned(),
-                },
-            ));
-        }
-        for p in r.scaling.iter().filter(|p| !p.nft_mpps.is_empty()) {
-            md.push_str(&format!(
-                "\n{}: every packet takes meshlb {:.0} ns longer than with the baseline's flows, and nftables DNAT {:.0} ns longer (medians over rounds of 1/point − 1/baseline).\n",
-                p.what,
-                extra_ns(&p.mpps, &p.baseline_mpps),
-                extra_ns(&p.nft_mpps, &p.nft_baseline_mpps),
-            ));
-        }
-    }
-    md.push_str(&format!(
-        "\n{} interleaved rounds of {} s per contender after a warm-up, every contender between two runs of the redirect-only ceiling (the others' order rotating); {} {} flows of {} bytes from `BPF_PROG_TEST_RUN` live frames (batch 64), one service with {} backends (Maglev); generator, node and sink on CPU {}. Load average {:.2} before, {:.2} after. `cargo xtask bench pps`.\n",
-        r.rounds, r.seconds, r.flows, r.kind.name(), r.size, r.backends, r.cpu, r.load_before, r.load_after
-    ));
-    md
 }
 
 #[cfg(test)]
