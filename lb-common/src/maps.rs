@@ -216,7 +216,9 @@ pub struct FlowKey {
 
 /// Value of `CONNTRACK`.
 ///
-/// A flow has two entries. The *forward* entry is keyed by (client, frontend) and names the
+/// The fields named `nat_*`/`snat_*` mean different things in the two kinds of entry: read
+/// them through the accessors that name them (`backend_addr`, `frontend_addr`, ...). A flow
+/// has two entries. The *forward* entry is keyed by (client, frontend) and names the
 /// backend; the *reply* entry is keyed by (backend, client) and names the frontend, so replies
 /// can be translated back.
 #[repr(C)]
@@ -266,6 +268,74 @@ pub struct Flow {
     /// `service_id` with `service_flags`. While it is current, the flow's packets skip the
     /// `FRONTENDS` lookup.
     pub frontend_gen: u32,
+}
+
+/// The fields whose meaning depends on the entry's kind, named for what they hold in that
+/// kind. Each accessor is for one kind only (its doc says which): a forward entry holds the
+/// backend and the remapped source, a reply entry the frontend and the client.
+impl Flow {
+    /// Forward entry: the backend address the destination is rewritten to.
+    #[inline(always)]
+    pub const fn backend_addr(&self) -> &Addr {
+        &self.nat_addr
+    }
+
+    /// Forward entry: the backend port (network order).
+    #[inline(always)]
+    pub const fn backend_port_be(&self) -> u16 {
+        self.nat_port_be
+    }
+
+    /// Forward entry: whether the client's source is rewritten too (full NAT: to a node
+    /// address and port; NAT on a reply-entry clash: to another port of the client).
+    #[inline(always)]
+    pub fn remaps_source(&self) -> bool {
+        self.snat_addr != Addr::UNSPECIFIED
+    }
+
+    /// Forward entry: the source address packets get when `remaps_source`.
+    #[inline(always)]
+    pub const fn remapped_source_addr(&self) -> &Addr {
+        &self.snat_addr
+    }
+
+    /// Forward entry: the source port (network order) packets get when `remaps_source`.
+    #[inline(always)]
+    pub const fn remapped_source_port_be(&self) -> u16 {
+        self.snat_port_be
+    }
+
+    /// Reply entry: the frontend address the backend's source is rewritten to.
+    #[inline(always)]
+    pub const fn frontend_addr(&self) -> &Addr {
+        &self.nat_addr
+    }
+
+    /// Reply entry: the frontend port (network order).
+    #[inline(always)]
+    pub const fn frontend_port_be(&self) -> u16 {
+        self.nat_port_be
+    }
+
+    /// Reply entry: whether the destination is restored to the client's own address and port
+    /// (the flow's source was remapped).
+    #[inline(always)]
+    pub fn restores_client(&self) -> bool {
+        self.snat_addr != Addr::UNSPECIFIED
+    }
+
+    /// Reply entry: the client's own address, restored as the destination when
+    /// `restores_client` (unspecified otherwise).
+    #[inline(always)]
+    pub const fn client_addr(&self) -> &Addr {
+        &self.snat_addr
+    }
+
+    /// Reply entry: the client's own port (network order), restored with `client_addr`.
+    #[inline(always)]
+    pub const fn client_port_be(&self) -> u16 {
+        self.snat_port_be
+    }
 }
 
 pub mod flow_kind {

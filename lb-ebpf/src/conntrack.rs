@@ -59,16 +59,57 @@ pub enum NoFlow {
     Reset,
 }
 
+/// What a connection-table entry is to a client packet keyed by it (see `liveness`).
+enum Liveness {
+    /// A forward entry the packet belongs to.
+    Alive,
+    /// Not a forward entry (a reply entry under the same key): no flow of this packet.
+    NotForward,
+    /// The flow ended: idle past its limit, or a SYN reopens a closing TCP flow.
+    Ended,
+    /// Its backend left a service that moves such flows (`MOVE_ON_REMOVAL`).
+    BackendGone,
+}
+
+/// The rules that decide whether the entry `f` still carries the client packet (TCP if
+/// `is_tcp`, with `tcp_flags`) in tick `tick`; `moves_on_removal` is the service's
+/// `MOVE_ON_REMOVAL`. The one place both paths to a flow (`lookup_forward`, `follow_stamped`)
+/// ask. A flow seen earlier in this tick is not idle; otherwise its idle clock is checked and,
+/// if it is alive, refreshed (see `refresh`). Changes nothing else.
+#[inline(always)]
+fn liveness(
+    f: &mut Flow,
+    is_tcp: bool,
+    tcp_flags: u8,
+    tick: u32,
+    moves_on_removal: bool,
+) -> Liveness {
+    if f.kind != flow_kind::FORWARD {
+        return Liveness::NotForward;
+    }
+    if is_tcp && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING {
+        return Liveness::Ended;
+    }
+    if f.seen_tick != tick {
+        let now = now_ns();
+        if now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
+            return Liveness::Ended;
+        }
+        refresh(f, now, tick);
+    }
+    if moves_on_removal && !backend_still_serves(f) {
+        return Liveness::BackendGone;
+    }
+    Liveness::Alive
+}
+
 /// The tracked forward flow of a client packet, if it is still alive and this packet belongs
-/// to it. A SYN on a closing flow, or any packet of an expired one, starts a new flow; so does
-/// any packet of a flow whose backend left the service when the service moves such flows
-/// (under `reset`, a TCP packet other than a SYN is answered with a RST instead).
+/// to it (see `liveness`). A flow that ended leaves the packet to start a new flow; so does a
+/// flow whose backend left the service when the service moves such flows (under `reset`, a
+/// TCP packet other than a SYN is answered with a RST instead).
 /// The old flow's reply entry is removed first, so client port reuse never stalls (under full
 /// NAT the new flow takes the same node port again) and the old backend's late packets are
 /// not translated.
-///
-/// A flow seen earlier in this tick is alive; otherwise its idle clock is checked and
-/// refreshed here (see `refresh`).
 #[inline(always)]
 pub fn lookup_forward(
     key: &FlowKey,
@@ -81,33 +122,26 @@ pub fn lookup_forward(
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
     // last_seen/tcp_state words, and a torn read of them is harmless.
     let f = unsafe { &mut *flow };
-    if f.kind != flow_kind::FORWARD {
-        return Err(NoFlow::Open);
-    }
     let is_tcp = key.proto == proto::TCP;
-    let reopened = is_tcp && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING;
-    let expired = f.seen_tick != tick && {
-        let now = now_ns();
-        let idle = now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f);
-        if !idle {
-            refresh(f, now, tick);
+    let moves = svc.flags & service_flags::MOVE_ON_REMOVAL != 0;
+    match liveness(f, is_tcp, tcp_flags, tick, moves) {
+        Liveness::Alive => {}
+        Liveness::NotForward => return Err(NoFlow::Open),
+        Liveness::Ended => {
+            forget_reply(key, f);
+            return Err(NoFlow::Open);
         }
-        idle
-    };
-    if reopened || expired {
-        forget_reply(key, f);
-        return Err(NoFlow::Open);
-    }
-    if svc.flags & service_flags::MOVE_ON_REMOVAL != 0 && !backend_still_serves(f) {
-        forget_reply(key, f);
-        // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
-        // not counted as moved on each of its packets, nor reset twice.
-        let _ = CONNTRACK.remove(key);
-        if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(tcp_flags) {
-            return Err(NoFlow::Reset);
+        Liveness::BackendGone => {
+            forget_reply(key, f);
+            // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
+            // not counted as moved on each of its packets, nor reset twice.
+            let _ = CONNTRACK.remove(key);
+            if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(tcp_flags) {
+                return Err(NoFlow::Reset);
+            }
+            count(StatSlot::FlowMoved);
+            return Err(NoFlow::Open);
         }
-        count(StatSlot::FlowMoved);
-        return Err(NoFlow::Open);
     }
     // The frontend still leads to the flow's service: its next packets may skip
     // `FRONTENDS` (see `follow_stamped`). A frontend moved to another service keeps the
@@ -120,11 +154,10 @@ pub fn lookup_forward(
 }
 
 /// The flow-first path: whether `flow`, the packet's own connection-table entry, can be
-/// followed on the service id and flags stamped in it, without the `FRONTENDS` lookup. It
-/// must be a forward entry stamped with the current `generation`, alive, not reopened by a
-/// SYN, and (when its service moves such flows) its backend must still serve. Anything else
-/// answers false having changed nothing but the idle clock, and the packet takes the
-/// `FRONTENDS` path (`lookup_forward`), which decides.
+/// followed on the service id and flags stamped in it, without the `FRONTENDS` lookup: it
+/// must be stamped with the current `generation` and alive (`liveness`, with the stamped
+/// flags). Anything else answers false having changed nothing but the idle clock, and the
+/// packet takes the `FRONTENDS` path (`lookup_forward`), which decides.
 #[inline(always)]
 pub fn follow_stamped(
     flow: *mut Flow,
@@ -135,20 +168,14 @@ pub fn follow_stamped(
 ) -> bool {
     // SAFETY: see lookup_forward.
     let f = unsafe { &mut *flow };
-    if f.kind != flow_kind::FORWARD || f.frontend_gen != generation {
+    if f.frontend_gen != generation {
         return false;
     }
-    if key.proto == proto::TCP && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING {
-        return false;
-    }
-    if f.seen_tick != tick {
-        let now = now_ns();
-        if now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
-            return false;
-        }
-        refresh(f, now, tick);
-    }
-    u32::from(f.service_flags) & service_flags::MOVE_ON_REMOVAL == 0 || backend_still_serves(f)
+    let moves = u32::from(f.service_flags) & service_flags::MOVE_ON_REMOVAL != 0;
+    matches!(
+        liveness(f, key.proto == proto::TCP, tcp_flags, tick, moves),
+        Liveness::Alive
+    )
 }
 
 /// Whether the flow's backend is still the one in its slot (a removed backend's slot is
@@ -158,8 +185,8 @@ fn backend_still_serves(f: &Flow) -> bool {
     match BACKENDS.get(f.backend_id) {
         Some(b) => {
             b.flags & backend_flags::IN_USE != 0
-                && b.addr == f.nat_addr
-                && b.port_be == f.nat_port_be
+                && b.addr == *f.backend_addr()
+                && b.port_be == f.backend_port_be()
         }
         None => false,
     }
@@ -169,13 +196,17 @@ fn backend_still_serves(f: &Flow) -> bool {
 /// flow's. Already gone is fine.
 #[inline(always)]
 fn forget_reply(key: &FlowKey, f: &Flow) {
-    let fullnat = f.snat_addr != Addr::UNSPECIFIED;
+    let remapped = f.remaps_source();
     let reply_key = FlowKey {
-        src: f.nat_addr,
-        dst: if fullnat { f.snat_addr } else { key.src },
-        sport_be: f.nat_port_be,
-        dport_be: if fullnat {
-            f.snat_port_be
+        src: *f.backend_addr(),
+        dst: if remapped {
+            *f.remapped_source_addr()
+        } else {
+            key.src
+        },
+        sport_be: f.backend_port_be(),
+        dport_be: if remapped {
+            f.remapped_source_port_be()
         } else {
             key.sport_be
         },
@@ -189,8 +220,8 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
     // SAFETY: valid for this program run.
     let owned = unsafe {
         (*reply).kind == flow_kind::REPLY
-            && (*reply).nat_addr == key.dst
-            && (*reply).nat_port_be == key.dport_be
+            && *(*reply).frontend_addr() == key.dst
+            && (*reply).frontend_port_be() == key.dport_be
     };
     if owned {
         let _ = CONNTRACK.remove(&reply_key);
@@ -455,16 +486,20 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
         if r.kind != flow_kind::REPLY {
             return true;
         }
-        let fullnat = r.snat_addr != Addr::UNSPECIFIED;
+        let remapped = r.restores_client();
         let k = &mut *forward_key;
-        k.src = if fullnat { r.snat_addr } else { reply_key.dst };
-        k.sport_be = if fullnat {
-            r.snat_port_be
+        k.src = if remapped {
+            *r.client_addr()
+        } else {
+            reply_key.dst
+        };
+        k.sport_be = if remapped {
+            r.client_port_be()
         } else {
             reply_key.dport_be
         };
-        k.dst = r.nat_addr;
-        k.dport_be = r.nat_port_be;
+        k.dst = *r.frontend_addr();
+        k.dport_be = r.frontend_port_be();
         k.proto = reply_key.proto;
         let Some(forward) = CONNTRACK.get_ptr(k) else {
             return false;
@@ -472,9 +507,9 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
         let f = &*forward;
         f.kind == flow_kind::FORWARD
             && now.wrapping_sub(f.last_seen_ns) <= idle_limit_ns(f)
-            && f.nat_addr == reply_key.src
-            && f.nat_port_be == reply_key.sport_be
-            && (!fullnat || f.snat_port_be == reply_key.dport_be)
+            && *f.backend_addr() == reply_key.src
+            && f.backend_port_be() == reply_key.sport_be
+            && (!remapped || f.remapped_source_port_be() == reply_key.dport_be)
     }
 }
 
@@ -491,19 +526,19 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
     // padding never written (zero as created).
     unsafe {
         let k = &mut *forward_key;
-        let remapped = reply.snat_addr != Addr::UNSPECIFIED;
+        let remapped = reply.restores_client();
         k.src = if remapped {
-            reply.snat_addr
+            *reply.client_addr()
         } else {
             reply_key.dst
         };
         k.sport_be = if remapped {
-            reply.snat_port_be
+            reply.client_port_be()
         } else {
             reply_key.dport_be
         };
-        k.dst = reply.nat_addr;
-        k.dport_be = reply.nat_port_be;
+        k.dst = *reply.frontend_addr();
+        k.dport_be = reply.frontend_port_be();
         k.proto = reply_key.proto;
         let Some(forward) = CONNTRACK.get_ptr_mut(k) else {
             return;
@@ -511,9 +546,9 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
         let f = &mut *forward;
         // Only the flow this reply entry belongs to (see `reply_owner_alive`).
         if f.kind == flow_kind::FORWARD
-            && f.nat_addr == reply_key.src
-            && f.nat_port_be == reply_key.sport_be
-            && (!remapped || f.snat_port_be == reply_key.dport_be)
+            && *f.backend_addr() == reply_key.src
+            && f.backend_port_be() == reply_key.sport_be
+            && (!remapped || f.remapped_source_port_be() == reply_key.dport_be)
             && f.tcp_state != tcp_state::CLOSING
         {
             f.tcp_state = tcp_state::CLOSING;

@@ -27,12 +27,8 @@ use crate::{
     maps::{ROUTE_MEMO, RouteMemo, TX_PORTS},
     parse::{Packet, off, pkt_write, ptr_at},
     stats::count,
+    verdict::Verdict,
 };
-
-/// `send`'s answer for a packet larger than the egress MTU (in the low 16 bits): not an XDP
-/// action; the entry function answers the sender (`too_big`) or drops and counts it.
-pub const TOO_BIG: u32 = 0x7fff_0000;
-pub const TOO_BIG_MASK: u32 = 0xffff_0000;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -42,15 +38,17 @@ const AF_INET6: u8 = 10;
 /// fits its MTU, and a fresh FIB result is stored in it (the FIB lookup is the costliest step
 /// of an established flow; the route memo may stand in for it, see `send_uncached`).
 /// Inlined (the cached route is the hot path, see `to_backend`); the lookup is a call.
+/// A packet larger than the egress MTU is answered `Verdict::too_big` (the entry function
+/// answers its sender, or the caller drops and counts it).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> Verdict {
     // This direction of the flow goes through the mesh tunnel: the entry function sends it
     // (`tunnel::send`), in a frame of its own.
     // SAFETY: as below.
     if let Some(flow) = unsafe { route.as_ref() }
         && flow.tunnel_peer != 0
     {
-        return crate::tunnel::SEND | u32::from(flow.tunnel_peer);
+        return Verdict::tunnel(flow.tunnel_peer);
     }
     // SAFETY: `route` is null or a connection-table value, valid for this program run;
     // concurrent writers store the same route.
@@ -66,10 +64,10 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
         {
             if let Ok(action) = TX_PORTS.redirect(ifindex, 0) {
                 count(StatSlot::TxXdpRedirect);
-                return action;
+                return Verdict::xdp(action);
             }
         }
-        return via_tc(ctx, ifindex);
+        return Verdict::xdp(via_tc(ctx, ifindex));
     }
     // The memo stands in for a route the flow does not have; a packet too big for the
     // flow's cached route asks the FIB (which answers it), and the memo is left alone.
@@ -78,7 +76,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
         !pkt.opened_flow && unsafe { route.as_ref() }.is_some_and(|f| f.egress_ifindex == 0);
     if memoize {
         let action = send_memoized(ctx, pkt, src, dst, route);
-        if action != NOT_MEMOIZED {
+        if action != Verdict::NOT_MEMOIZED {
             return action;
         }
     }
@@ -118,9 +116,6 @@ fn remember_route(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route:
     m.redirect = f.egress_redirect;
 }
 
-/// `send_memoized`'s answer when the memo has no fresh route for the packet.
-const NOT_MEMOIZED: u32 = u32::MAX;
-
 /// Whether the memo slot `m` holds a route for this packet's addresses, ingress, TOS and
 /// protocol, at most `ROUTE_MEMO_MAX_AGE_NS` old at `now`, whose MTU the packet fits.
 #[inline(always)]
@@ -153,26 +148,32 @@ fn memo_tos(pkt: &Packet) -> u8 {
 /// `ROUTE_MEMO_MAX_AGE_NS` (0.1 s) old and the packet fits its MTU. The flow caches it like a
 /// route of its own, so its routes are at most about 1.1 s old instead of 1 s, and a flow
 /// seen less often than once a second costs no FIB lookup per packet while others between
-/// the same addresses keep the memo fresh. NOT_MEMOIZED if the
-/// memo has none. Not inlined, and a sibling of `send_uncached`: their frames never add up.
+/// the same addresses keep the memo fresh. `Verdict::NOT_MEMOIZED` if the memo has none.
+/// Not inlined, and a sibling of `send_uncached`: their frames never add up.
 #[inline(never)]
-fn send_memoized(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+fn send_memoized(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &Addr,
+    dst: &Addr,
+    route: *mut Flow,
+) -> Verdict {
     let Some(m) = ROUTE_MEMO.get_ptr(memo_slot(src, dst)) else {
-        return NOT_MEMOIZED;
+        return Verdict::NOT_MEMOIZED;
     };
     // SAFETY: this CPU's slot, used by this program run only.
     let m = unsafe { &*m };
     if !memo_fits(ctx, pkt, src, dst, m, now_ns()) {
-        return NOT_MEMOIZED;
+        return Verdict::NOT_MEMOIZED;
     }
-    send_routed(
+    Verdict::xdp(send_routed(
         ctx,
         route,
         m.egress_ifindex,
         m.redirect != 0,
         &m.macs,
         m.mtu,
-    )
+    ))
 }
 
 /// The route memo slot of a source and destination address.
@@ -188,7 +189,13 @@ fn memo_slot(src: &Addr, dst: &Addr) -> u32 {
 /// `send` with a route lookup, stored in `route` unless it is null. Not inlined: its FIB
 /// lookup structure then takes stack only while it runs.
 #[inline(never)]
-fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) -> u32 {
+fn send_uncached(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &Addr,
+    dst: &Addr,
+    route: *mut Flow,
+) -> Verdict {
     let tot_len = u16::from_be(pkt.ip_tot_len_be);
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
@@ -214,21 +221,28 @@ fn send_uncached(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: 
             }
             // SAFETY: on success the kernel leaves the egress MTU in the union.
             let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-            send_routed(ctx, route, params.ifindex, redirect, &macs, mtu)
+            Verdict::xdp(send_routed(
+                ctx,
+                route,
+                params.ifindex,
+                redirect,
+                &macs,
+                mtu,
+            ))
         }
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
-        BPF_FIB_LKUP_RET_NO_NEIGH => via_tc(ctx, params.ifindex),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Verdict::xdp(via_tc(ctx, params.ifindex)),
         // SAFETY: the kernel leaves the egress MTU in the union.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            TOO_BIG | u32::from(unsafe { params.__bindgen_anon_1.mtu_result })
+            Verdict::too_big(unsafe { params.__bindgen_anon_1.mtu_result })
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => {
             count(StatSlot::TxLocal);
-            xdp_action::XDP_PASS
+            Verdict::xdp(xdp_action::XDP_PASS)
         }
         _ => {
             count(StatSlot::DropFibFailed);
-            xdp_action::XDP_DROP
+            Verdict::xdp(xdp_action::XDP_DROP)
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     stats::count,
+    verdict::Verdict,
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -35,7 +36,7 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 /// An ICMP or ICMPv6 packet. Inlined: `echo` and `error` are its calls, and each needs the
 /// stack room of one frame below the entry function.
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u32 {
+pub fn handle(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let ty = pkt.icmp_type;
     let is_error = if pkt.v6 {
         (ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM).contains(&ty)
@@ -45,33 +46,30 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet) -> u32 {
             ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
         )
     };
-    // A plain u32 crosses each call: an Option would come back through a pointer into the
-    // caller's stack, which the verifier refuses.
+    // A `Verdict` (one register) crosses each call: an Option would come back through a
+    // pointer into the caller's stack, which the verifier refuses.
     let action = if ty == if pkt.v6 { ICMPV6_ECHO } else { ICMP_ECHO } {
         echo(ctx, pkt)
     } else if is_error {
         error(ctx, pkt)
     } else {
-        NOT_OURS
+        Verdict::NOT_OURS
     };
-    if action != NOT_OURS {
+    if action != Verdict::NOT_OURS {
         return action;
     }
     count(StatSlot::PassNotFrontend);
-    xdp_action::XDP_PASS
+    Verdict::xdp(xdp_action::XDP_PASS)
 }
-
-/// `echo`'s and `error`'s answer for an error that concerns no tracked flow.
-const NOT_OURS: u32 = u32::MAX;
 
 /// Answers an echo request to a VIP in place: addresses swapped, type changed.
 #[inline(never)]
-fn echo(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    answer_echo(ctx, pkt).unwrap_or(NOT_OURS)
+fn echo(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+    answer_echo(ctx, pkt).unwrap_or(Verdict::NOT_OURS)
 }
 
 #[inline(always)]
-fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     let vip = EndpointKey {
         addr: pkt.key.dst,
         port_be: 0,
@@ -231,12 +229,12 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpo
 }
 
 #[inline(never)]
-fn error(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    translate_error(ctx, pkt).unwrap_or(NOT_OURS)
+fn error(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+    translate_error(ctx, pkt).unwrap_or(Verdict::NOT_OURS)
 }
 
 #[inline(always)]
-fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     let mut q = Quote {
         l3: 0,
         l4: 0,

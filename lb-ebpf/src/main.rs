@@ -16,6 +16,7 @@ mod sock;
 mod stats;
 mod too_big;
 mod tunnel;
+mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
@@ -36,6 +37,7 @@ use crate::{
     nat::Side,
     parse::{Packet, TCP_FIN, TCP_RST, is_syn},
     stats::{count, count_raw, count_traffic},
+    verdict::{FlowStart, Verdict},
 };
 
 #[xdp]
@@ -44,24 +46,24 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     if tunnel::receive(&ctx, &mut pkt) == tunnel::DROP {
         return xdp_action::XDP_DROP;
     }
-    let action = dispatch(&ctx, &mut pkt);
-    if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
-        return too_big::answer(&ctx, &mut pkt, action as u16);
+    let verdict = dispatch(&ctx, &mut pkt);
+    if let Some(mtu) = verdict.too_big_mtu() {
+        return too_big::answer(&ctx, &mut pkt, mtu);
     }
-    if action & tunnel::SEND_MASK == tunnel::SEND {
-        return tunnel::send(&ctx, &pkt, action & 0xff);
+    if let Some(peer) = verdict.tunnel_peer() {
+        return tunnel::send(&ctx, &pkt, peer);
     }
-    action
+    verdict.raw()
 }
 
 /// Everything but the answer to a packet too big for its egress, which needs the packet as
 /// parsed and comes last (its frame below the entry function's, never below another).
 #[inline(always)]
-fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
+fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     count(StatSlot::Rx);
     if let Err(reason) = parse::parse(ctx, pkt) {
         count(reason);
-        return xdp_action::XDP_PASS;
+        return Verdict::xdp(xdp_action::XDP_PASS);
     }
     if pkt.key.proto == proto::ICMP || pkt.key.proto == proto::ICMPV6 {
         return icmp::handle(ctx, pkt);
@@ -70,9 +72,9 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     let generation = conntrack::frontend_gen();
     // Flow first: a packet of a tracked flow whose stamp is current skips FRONTENDS.
     if conntrack::may_be_forward(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto) {
-        let action = to_backend_stamped(ctx, pkt, generation);
-        if action != NOT_STAMPED {
-            return action;
+        let verdict = to_backend_stamped(ctx, pkt, generation);
+        if verdict != Verdict::NOT_STAMPED {
+            return verdict;
         }
     }
     // One key, reused for both lookups: the BPF stack is small.
@@ -86,26 +88,25 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
-        let action = to_backend(ctx, pkt, svc, false, generation);
-        if action == NEEDS_RESET {
-            return reset::answer(ctx, pkt);
+        let verdict = to_backend(ctx, pkt, svc, false, generation);
+        if verdict == Verdict::NEEDS_RESET {
+            return Verdict::xdp(reset::answer(ctx, pkt));
         }
-        if action == NOT_TUNNELED {
+        if verdict == Verdict::NOT_TUNNELED {
             count(StatSlot::DropTunnelOnly);
-            return xdp_action::XDP_DROP;
+            return Verdict::xdp(xdp_action::XDP_DROP);
         }
-        if action != NEEDS_FLOW {
-            return action;
+        if verdict != Verdict::NEEDS_FLOW {
+            return verdict;
         }
-        let outcome = start_flow(ctx, pkt, svc, generation);
-        if outcome != FLOW_OPENED {
-            count_raw(outcome);
+        if let Some(slot) = start_flow(ctx, pkt, svc, generation).refusal() {
+            count_raw(slot);
             // Debug level: the verifier removes it unless lbd runs with --kernel-log debug.
             debug!(
                 ctx,
-                "service {}: new flow refused (counter slot {})", svc.id, outcome
+                "service {}: new flow refused (counter slot {})", svc.id, slot
             );
-            return xdp_action::XDP_DROP;
+            return Verdict::xdp(xdp_action::XDP_DROP);
         }
         count(StatSlot::NewFlow);
         debug!(ctx, "service {}: new flow", svc.id);
@@ -120,31 +121,21 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
         return to_client(ctx, pkt);
     }
     count(StatSlot::PassNotFrontend);
-    xdp_action::XDP_PASS
+    Verdict::xdp(xdp_action::XDP_PASS)
 }
-
-/// `to_backend`'s answer when the packet has no tracked flow: the caller opens one.
-const NEEDS_FLOW: u32 = u32::MAX;
-/// `to_backend`'s answer when the flow's backend is gone and the client is to get a RST.
-const NEEDS_RESET: u32 = u32::MAX - 1;
-/// `to_backend_stamped`'s answer when the packet is not for a flow it may follow on its own:
-/// the `FRONTENDS` path decides.
-const NOT_STAMPED: u32 = u32::MAX - 2;
-/// `to_backend`'s answer for a packet to a task's delivery frontend (`TUNNEL_ONLY`) that did
-/// not come through the tunnel: dropped and counted by the caller.
-const NOT_TUNNELED: u32 = u32::MAX - 3;
 
 /// A packet of a tracked forward flow whose stamp is current (`conntrack::follow_stamped`):
 /// forwarded as `to_backend` would, on the service id and flags in the flow, without the
-/// `FRONTENDS` lookup; NOT_STAMPED for any other packet, untouched. The hot path's only call.
+/// `FRONTENDS` lookup; `Verdict::NOT_STAMPED` for any other packet, untouched. The hot
+/// path's only call.
 #[inline(never)]
-fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> u32 {
+fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdict {
     let key: &FlowKey = &pkt.key;
     let Some(flow) = CONNTRACK.get_ptr_mut(key) else {
-        return NOT_STAMPED;
+        return Verdict::NOT_STAMPED;
     };
     if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
-        return NOT_STAMPED;
+        return Verdict::NOT_STAMPED;
     }
     // A task's delivery frontend takes only what came through the tunnel: anything else
     // goes the FRONTENDS way, which drops it.
@@ -152,7 +143,7 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> u32 {
     if unsafe { (*flow).service_flags } & service_flags::TUNNEL_ONLY as u8 != 0
         && pkt.tunnel_peer == 0
     {
-        return NOT_STAMPED;
+        return Verdict::NOT_STAMPED;
     }
     conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
     // SAFETY: a connection-table value stays valid for the whole program run.
@@ -161,7 +152,7 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> u32 {
 }
 
 /// A client packet for a frontend: DNAT (and SNAT under full NAT) from its connection-table
-/// entry, which also caches its route, and forward; NEEDS_FLOW if it has none (or, with
+/// entry, which also caches its route, and forward; `Verdict::NEEDS_FLOW` if it has none (or, with
 /// `new_flow`, the flow just recorded). Everything an established flow runs through is
 /// inlined here: on this machine kind every return costs a mispredicted "safe RET" (SRSO
 /// mitigation), so this is the hot path's only call. Opening a flow is a sibling call from
@@ -173,10 +164,10 @@ fn to_backend(
     svc: &Service,
     new_flow: bool,
     generation: u32,
-) -> u32 {
+) -> Verdict {
     let key: &FlowKey = &pkt.key;
     if svc.flags & service_flags::TUNNEL_ONLY != 0 && pkt.tunnel_peer == 0 {
-        return NOT_TUNNELED;
+        return Verdict::NOT_TUNNELED;
     }
     let flow = if new_flow {
         match CONNTRACK.get_ptr_mut(key) {
@@ -184,7 +175,7 @@ fn to_backend(
             // Evicted the moment it was written: a table far too small for the load.
             None => {
                 count(StatSlot::DropConntrackFull);
-                return xdp_action::XDP_DROP;
+                return Verdict::xdp(xdp_action::XDP_DROP);
             }
         }
     } else {
@@ -193,8 +184,8 @@ fn to_backend(
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
                 flow
             }
-            Err(NoFlow::Open) => return NEEDS_FLOW,
-            Err(NoFlow::Reset) => return NEEDS_RESET,
+            Err(NoFlow::Open) => return Verdict::NEEDS_FLOW,
+            Err(NoFlow::Reset) => return Verdict::NEEDS_RESET,
         }
     };
     forward_flow(ctx, pkt, flow, svc.id, new_flow)
@@ -209,30 +200,32 @@ fn forward_flow(
     flow: *mut Flow,
     service_id: u32,
     new_flow: bool,
-) -> u32 {
+) -> Verdict {
     // SAFETY: a connection-table value stays valid for the whole program run.
     let f = unsafe { &*flow };
-    if !nat::rewrite(ctx, pkt, Side::Destination, &f.nat_addr, f.nat_port_be) {
+    let backend = f.backend_addr();
+    if !nat::rewrite(ctx, pkt, Side::Destination, backend, f.backend_port_be()) {
         count(StatSlot::PassMalformed);
-        return xdp_action::XDP_PASS;
+        return Verdict::xdp(xdp_action::XDP_PASS);
     }
     let mut src = &pkt.key.src;
-    if f.snat_addr != Addr::UNSPECIFIED {
-        if !nat::rewrite(ctx, pkt, Side::Source, &f.snat_addr, f.snat_port_be) {
+    if f.remaps_source() {
+        let (addr, port_be) = (f.remapped_source_addr(), f.remapped_source_port_be());
+        if !nat::rewrite(ctx, pkt, Side::Source, addr, port_be) {
             count(StatSlot::PassMalformed);
-            return xdp_action::XDP_PASS;
+            return Verdict::xdp(xdp_action::XDP_PASS);
         }
-        src = &f.snat_addr;
+        src = addr;
     }
     count(StatSlot::NatForward);
     count_traffic(service_id, f.backend_id, pkt.len, new_flow);
-    forward::send(ctx, pkt, src, &f.nat_addr, flow)
+    forward::send(ctx, pkt, src, backend, flow)
 }
 
-/// Chooses a backend for a new flow and records the flow. Answers FLOW_OPENED or the drop
-/// counter. Not inlined: its frame and its callees' are only needed while a flow is opened.
+/// Chooses a backend for a new flow and records the flow. Not inlined: its frame and its
+/// callees' are only needed while a flow is opened.
 #[inline(never)]
-fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) -> u32 {
+fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) -> FlowStart {
     let mut chosen = Chosen {
         backend_id: 0,
         addr: Addr::UNSPECIFIED,
@@ -243,53 +236,53 @@ fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) ->
         arrived_from: pkt.tunnel_peer,
     };
     let outcome = open_flow(ctx, pkt, svc, &mut chosen);
-    if outcome != FLOW_OPENED {
+    if outcome != FlowStart::OPENED {
         return outcome;
     }
     record_flow(pkt, svc, &mut chosen, conntrack::now_ns(), generation)
 }
 
-/// `open_flow`'s and `record_flow`'s answer when all went well; otherwise they answer the
-/// drop counter.
-const FLOW_OPENED: u32 = u32::MAX;
-
 /// Chooses a backend for a new flow, and under full NAT the node address to speak from.
-/// The answer is FLOW_OPENED or the drop counter (a plain u32: the verifier refuses results
-/// returned through the caller's stack). Inlined; its calls and `record_flow` are siblings,
-/// so their stack frames never add up.
+/// Inlined; its calls and `record_flow` are siblings, so their stack frames never add up.
 #[inline(always)]
-fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen) -> u32 {
+fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen) -> FlowStart {
     let key = &pkt.key;
     // A frontend only sockets of one overlay network serve (a swarm VIP, any port): packets
     // get no backend from it.
     if svc.flags & service_flags::SOCKET_SCOPE_MASK != 0 {
-        return StatSlot::DropNoBackend as u32;
+        return FlowStart::refused(StatSlot::DropNoBackend);
     }
     let opening = key.proto != proto::TCP || is_syn(pkt.tcp_flags);
     if !opening && svc.flags & service_flags::ROUND_ROBIN != 0 {
         // Round-robin keeps no hash to fall back on: a mid-flow packet of a flow we do not
         // know cannot be placed on the backend that holds its connection.
-        return StatSlot::DropNoFlow as u32;
+        return FlowStart::refused(StatSlot::DropNoFlow);
     }
     if !select::choose(key, svc, chosen) {
-        return StatSlot::DropNoBackend as u32;
+        return FlowStart::refused(StatSlot::DropNoBackend);
     }
     if svc.flags & service_flags::FULLNAT != 0
         && !forward::source_toward(ctx, pkt.v6, &chosen.addr, &mut chosen.snat_addr)
     {
-        return StatSlot::DropNoSnatAddr as u32;
+        return FlowStart::refused(StatSlot::DropNoSnatAddr);
     }
-    FLOW_OPENED
+    FlowStart::OPENED
 }
 
 /// Records a new flow in the connection table (choosing the full-NAT source port). Not
 /// inlined: the two entries it builds need stack only while it runs.
 #[inline(never)]
-fn record_flow(pkt: &Packet, svc: &Service, chosen: &mut Chosen, now: u64, generation: u32) -> u32 {
+fn record_flow(
+    pkt: &Packet,
+    svc: &Service,
+    chosen: &mut Chosen,
+    now: u64,
+    generation: u32,
+) -> FlowStart {
     match conntrack::insert(&pkt.key, svc, chosen, pkt.tcp_flags, now, generation) {
-        Ok(()) => FLOW_OPENED,
-        Err(InsertError::Full) => StatSlot::DropConntrackFull as u32,
-        Err(InsertError::NoPort) => StatSlot::DropNoSnatPort as u32,
+        Ok(()) => FlowStart::OPENED,
+        Err(InsertError::Full) => FlowStart::refused(StatSlot::DropConntrackFull),
+        Err(InsertError::NoPort) => FlowStart::refused(StatSlot::DropNoSnatPort),
     }
 }
 
@@ -297,10 +290,10 @@ fn record_flow(pkt: &Packet, svc: &Service, chosen: &mut Chosen, now: u64, gener
 /// (and, under full NAT, the destination the client again). Like `to_backend`, the only call
 /// on its path.
 #[inline(never)]
-fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
+fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some(flow) = conntrack::lookup_reply(&pkt.key) else {
         count(StatSlot::PassNotFrontend);
-        return xdp_action::XDP_PASS;
+        return Verdict::xdp(xdp_action::XDP_PASS);
     };
     conntrack::touch_reply(flow, conntrack::tick());
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -312,23 +305,23 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // small); the rest read field by field.
     let (frontend, frontend_port_be, client, client_port_be, service_id, backend_id) = unsafe {
         (
-            &(*flow).nat_addr,
-            (*flow).nat_port_be,
-            &(*flow).snat_addr,
-            (*flow).snat_port_be,
+            (*flow).frontend_addr(),
+            (*flow).frontend_port_be(),
+            (*flow).client_addr(),
+            (*flow).client_port_be(),
             (*flow).service_id,
             (*flow).backend_id,
         )
     };
     if !nat::rewrite(ctx, pkt, Side::Source, frontend, frontend_port_be) {
         count(StatSlot::PassMalformed);
-        return xdp_action::XDP_PASS;
+        return Verdict::xdp(xdp_action::XDP_PASS);
     }
     let mut dst = &pkt.key.dst;
     if *client != Addr::UNSPECIFIED {
         if !nat::rewrite(ctx, pkt, Side::Destination, client, client_port_be) {
             count(StatSlot::PassMalformed);
-            return xdp_action::XDP_PASS;
+            return Verdict::xdp(xdp_action::XDP_PASS);
         }
         dst = client;
     }

@@ -58,11 +58,11 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
             count(StatSlot::FlowReset);
             let action =
                 forward::send(ctx, &out, &out.key.src, &out.key.dst, core::ptr::null_mut());
-            if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
+            if action.too_big_mtu().is_some() {
                 count(StatSlot::DropTooBig);
                 return xdp_action::XDP_DROP;
             }
-            action
+            action.raw()
         }
         Built::Untouched => {
             count(StatSlot::PassMalformed);

@@ -70,11 +70,11 @@ pub fn answer(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
     pkt.tunnel_peer = 0;
     let out: &Packet = pkt;
     let action = forward::send(ctx, out, &out.key.src, &out.key.dst, core::ptr::null_mut());
-    if action & forward::TOO_BIG_MASK == forward::TOO_BIG {
+    if action.too_big_mtu().is_some() {
         count(StatSlot::DropTooBig);
         return xdp_action::XDP_DROP;
     }
-    action
+    action.raw()
 }
 
 /// Turns the packet into the ICMP error. `None` leaves it to be dropped.

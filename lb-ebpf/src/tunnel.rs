@@ -36,10 +36,6 @@ use crate::{
     stats::count,
 };
 
-/// An answer of the packet paths: send the packet through the tunnel to the peer whose
-/// index is in the low byte (not an XDP action; the entry function calls `send`).
-pub const SEND: u32 = 0x7ffe_0000;
-pub const SEND_MASK: u32 = 0xffff_ff00;
 /// `receive`'s answer for a packet to drop (already counted).
 pub const DROP: u32 = u32::MAX;
 
@@ -127,7 +123,7 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
 
 /// Wraps the (already translated) IPv4 packet for the peer `index` and sends it there: the
 /// route to the peer from the FIB, TCP SYNs' MSS clamped to that route's MTU less the
-/// tunnel's and the headers' bytes. Called by the entry function on a `SEND` answer.
+/// tunnel's and the headers' bytes. Called by the entry function on a `Verdict::tunnel` answer.
 #[inline(never)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
     let (Some(&own), Some(&peer)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(index))
