@@ -4,6 +4,7 @@ mod control;
 mod demo;
 mod demo_swarm;
 mod micro;
+mod objects;
 mod oracle;
 mod pps;
 mod report;

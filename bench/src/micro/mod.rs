@@ -51,11 +51,12 @@ use lb_testkit::{
     packet::{CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, parse_ipv4},
 };
 use lb_userspace::{
-    dataplane::{Dataplane, HARNESS_OBJECT, LoadOptions, StatsSnapshot},
+    dataplane::{Dataplane, LoadOptions, StatsSnapshot},
     plan::{self, DesiredState},
     source::file::{BackendSpec, PortMapping, ServiceFile},
 };
 
+use crate::objects::HARNESS_OBJECT;
 use self::{
     bench::*,
     classes::*,

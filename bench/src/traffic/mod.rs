@@ -28,7 +28,7 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_testkit::Netns;
-use lb_userspace::dataplane::TRAFFIC_OBJECT;
+use crate::objects::TRAFFIC_OBJECT;
 
 use self::{
     node::{Node, NodeConfig, Through},
