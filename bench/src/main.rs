@@ -42,7 +42,7 @@ enum Command {
 #[derive(Subcommand)]
 enum Bench {
     /// ns per packet of the XDP program with BPF_PROG_TEST_RUN, measured the way
-    /// katran-perf.md measured Katran; writes bench/results/micro-<date>.{md,json}.
+    /// bench/results/katran-reference.md describes for Katran; writes bench/results/micro-<date>.{md,json}.
     Micro(micro::MicroArgs),
     /// Control plane: time to apply N services x B backends from a file, and `lbctl
     /// add-backend` latency to the first packet; writes bench/results/control-<date>.{md,json}.

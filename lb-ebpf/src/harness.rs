@@ -5,7 +5,7 @@
 //! program that rewrites the packet (meshlb's DNAT and MAC rewrite) or grows metadata (meshlb's
 //! TC hand-off) sees its own output from the second iteration on. The harness makes every
 //! iteration start from the original packet, as the restore harness of
-//! `/work/shared/research/katran-perf.md` §3.2 does for Katran:
+//! `bench/results/katran-reference.md` describes for Katran:
 //!
 //! 1. undo metadata the previous iteration left (`bpf_xdp_adjust_meta`);
 //! 2. undo a length change at the head (`bpf_xdp_adjust_head`);
@@ -218,13 +218,13 @@ pub fn floor_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Floor: returns XDP_TX without touching the packet (katran-perf.md's harness-floor target).
+/// Floor: returns XDP_TX without touching the packet (the reference's harness-floor target).
 #[xdp]
 pub fn floor_tx_only(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Floor: parse Ethernet/IPv4/TCP, swap the MACs, XDP_TX (katran-perf.md's second floor).
+/// Floor: parse Ethernet/IPv4/TCP, swap the MACs, XDP_TX (the reference's second floor).
 #[xdp]
 pub fn floor_tx(ctx: XdpContext) -> u32 {
     let start = ctx.data();

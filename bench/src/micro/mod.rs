@@ -1,9 +1,9 @@
 //! `lb-bench bench micro`: nanoseconds per packet of meshlb's XDP program, measured with
-//! `BPF_PROG_TEST_RUN` the way `/work/shared/research/katran-perf.md` measured Katran on this
+//! `BPF_PROG_TEST_RUN` the way Katran was measured on this
 //! kind of machine, so the two compare.
 //!
-//! Method (katran-perf.md §3):
-//! - 60-byte frames like katran-perf §3.1, in meshlb's address plan: client 198.18.1.2:31337,
+//! Method (as `bench/results/katran-reference.md` describes for Katran):
+//! - 60-byte frames like Katran's, in meshlb's address plan: client 198.18.1.2:31337,
 //!   VIP 198.18.100.1:80, payload "meshlb"; a non-VIP destination 198.18.100.99:80.
 //! - `repeat` iterations per test run (default 10,000,000); the kernel reports the mean
 //!   nanoseconds per iteration (an integer). `rounds` interleaved rounds (default 5): every
@@ -14,7 +14,7 @@
 //!   unmodified run directly.
 //! - Every run is checked: the return value, the bytes out, and the deltas of meshlb's own
 //!   counters (every path counter must move by exactly the iteration count, every other by 0).
-//! - Single-shot mode (katran-perf §3.2 way 3): repeat = 1, many calls, mean of the
+//! - Single-shot mode (Katran's own perf method): repeat = 1, many calls, mean of the
 //!   kernel-reported durations.
 //!
 //! Nothing is sent anywhere: all runs are `BPF_PROG_TEST_RUN` inside a namespace this command
@@ -56,7 +56,6 @@ use lb_userspace::{
     source::file::{BackendSpec, PortMapping, ServiceFile},
 };
 
-use crate::objects::HARNESS_OBJECT;
 use self::{
     bench::*,
     classes::*,
@@ -64,6 +63,7 @@ use self::{
     report::{ClassResult, Report, SingleShotResult},
     setup::*,
 };
+use crate::objects::HARNESS_OBJECT;
 
 #[derive(clap::Args, Debug)]
 
@@ -106,7 +106,7 @@ pub struct MicroArgs {
 // ---------------------------------------------------------------------------------------------
 // The run
 
-/// Size of the loaded meshlb_xdp program, as the kernel reports it (katran-perf.md §2 gives
+/// Size of the loaded meshlb_xdp program, as the kernel reports it (`bench/results/katran-reference.md` gives
 /// Katran's: 3,018 xlated instructions, 13,276 B of JIT code).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 struct ProgramSize {
@@ -456,7 +456,7 @@ fn check_and_fill(args: &MicroArgs, bench: &mut Bench, classes: &[Class]) -> Res
         estimate_s += s.wall_ns * 1e-9 * f64::from(args.repeat) * args.rounds as f64;
     }
     // Fill the tables of the new-flow classes, so they are measured at steady state where
-    // every insert evicts (katran-perf.md §4.3 ran a warm-up for the same reason).
+    // every insert evicts (Katran's reference figures were taken after such a warm-up too).
     let fill_iterations = (u64::from(args.conntrack_entries) / 2 * 21 / 20) as u32;
     for class in classes
         .iter()

@@ -278,12 +278,12 @@ impl Report {
             ),
         ];
         let mut notes = vec![
-            "IPv6 rows: 80-byte frames (40-byte IPv6 header; client [fd00:1::2]:31337, VIP [fd00:100::1]:80, 16 backends fd00:2::a-19 port 8080, non-VIP fd00:100::99), through the 80-byte variant of the same harness; katran-perf.md has no IPv6 figures to compare with.".to_owned(),
+            "IPv6 rows: 80-byte frames (40-byte IPv6 header; client [fd00:1::2]:31337, VIP [fd00:100::1]:80, 16 backends fd00:2::a-19 port 8080, non-VIP fd00:100::99), through the 80-byte variant of the same harness; the Katran reference has no IPv6 figures to compare with.".to_owned(),
             "Every run was verified: the return value, the bytes out (DNAT to one of the 16 backends with checksums recomputed from scratch, MACs from the FIB for XDP_REDIRECT, 8 bytes of metadata naming the backend-side interface for the TC hand-off, untouched packets byte for byte) and meshlb's own counters (each path counter moved by exactly the iteration count, every other counter by 0).".to_owned(),
             "XDP_REDIRECT rows: the backend-side veth is in TX_PORTS (`Dataplane::allow_xdp_redirect`); a non-live BPF_PROG_TEST_RUN returns XDP_REDIRECT (4) without transmitting, so these rows are the program's cost up to the redirect decision.".to_owned(),
             "Katran's VIP rows encapsulate (IPIP, +20 B) and return XDP_TX, and its harness pays ~6 ns for the bpf_xdp_adjust_head that undoes the encapsulation; meshlb rewrites in place (DNAT) and its harness rows pay no head adjustment (the TC hand-off rows pay a bpf_xdp_adjust_meta instead, see the metadata floor).".to_owned(),
             format!(
-                "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as katran-perf §4.3). meshlb has no flood guard: compare with Katran's noflood rows (938 ns at a full 4M-entry per-CPU LRU, 814 ns at 500k, 360 ns at 1k).",
+                "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as Katran's reference figures). meshlb has no flood guard: compare with Katran's noflood rows (938 ns at a full 4M-entry per-CPU LRU, 814 ns at 500k, 360 ns at 1k).",
                 thousands(u64::from(args.conntrack_entries)),
                 thousands(u64::from(outcome.fill_iterations))
             ),
@@ -382,7 +382,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\nMethod: `/work/shared/research/katran-perf.md` §3, in meshlb's address plan: 60-byte frames (client 198.18.1.2:31337, VIP 198.18.100.1:80, payload \"meshlb\"; non-VIP 198.18.100.99:80), one VIP with 16 backends (198.18.2.10-25:8080) and the default 16,381-slot Maglev table. repeat = {} per run, {} interleaved rounds; cells are min / median / max over the rounds of the kernel-reported mean ns per packet. Load average (1 min) {:.2} before, {:.2} after; the run took {:.0} s. `lb-bench bench micro` (`cargo xtask bench micro`).\n",
+            "\nMethod: as `bench/results/katran-reference.md` describes for Katran, in meshlb's address plan: 60-byte frames (client 198.18.1.2:31337, VIP 198.18.100.1:80, payload \"meshlb\"; non-VIP 198.18.100.99:80), one VIP with 16 backends (198.18.2.10-25:8080) and the default 16,381-slot Maglev table. repeat = {} per run, {} interleaved rounds; cells are min / median / max over the rounds of the kernel-reported mean ns per packet. Load average (1 min) {:.2} before, {:.2} after; the run took {:.0} s. `lb-bench bench micro` (`cargo xtask bench micro`).\n",
             thousands(u64::from(p.repeat)),
             p.rounds,
             p.load_average_before,
@@ -409,7 +409,7 @@ impl Report {
         let _ = writeln!(s, "## Per-packet cost (ns)\n");
         let _ = writeln!(
             s,
-            "| Path | Measured as | retval | out B | min | median | max | wall median | Katran median (katran-perf.md row) |"
+            "| Path | Measured as | retval | out B | min | median | max | wall median | Katran median (bench/results/katran-reference.md row) |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for c in self

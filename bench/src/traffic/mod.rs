@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::objects::TRAFFIC_OBJECT;
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
@@ -28,7 +29,6 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_testkit::Netns;
-use crate::objects::TRAFFIC_OBJECT;
 
 use self::{
     node::{Node, NodeConfig, Through},
