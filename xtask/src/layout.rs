@@ -569,7 +569,6 @@ mod tests {
 
     /// The repository itself keeps the rules.
     #[test]
-    #[ignore = "on once this session's splits land; see the breaches with `cargo test -p xtask layout -- --ignored`"]
     fn repository_layout() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let breaches = check_workspace(&root);
