@@ -108,6 +108,13 @@ stat_slots! {
     /// Dropped: the mesh tunnel could not wrap the packet (no room, no own address, no route
     /// to the peer, or too big for the path to it).
     DropTunnelFailed = "drop_tunnel_failed", Outcome;
+    /// A client's mid-flow TCP packet (no SYN, no RST) found no entry in the connection
+    /// table: its established flow was lost, almost always evicted by newer flows while the
+    /// table was full (the table is an LRU; see the README on sizing it). Also counts a flow
+    /// older than the table, or a round-robin flow removed when its backend left. Round-robin
+    /// drops such a packet (`drop_no_flow`); Maglev places it again (on the same backend
+    /// while the backend set is unchanged). Counted per packet.
+    FlowLost = "flow_lost", Event;
 }
 
 #[cfg(test)]

@@ -53,7 +53,9 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
 
 /// Why a client packet has no live flow to follow.
 pub enum NoFlow {
-    /// None is tracked, or it ended: the packet opens one.
+    /// The table has no entry for the packet: it opens a flow.
+    Untracked,
+    /// The packet's flow ended: it opens a new one.
     Open,
     /// Its backend left a service whose policy is `reset`: answer the TCP packet with a RST.
     Reset,
@@ -118,7 +120,7 @@ pub fn lookup_forward(
     tick: u32,
     generation: u32,
 ) -> Result<*mut Flow, NoFlow> {
-    let flow = CONNTRACK.get_ptr_mut(key).ok_or(NoFlow::Open)?;
+    let flow = CONNTRACK.get_ptr_mut(key).ok_or(NoFlow::Untracked)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
     // last_seen/tcp_state words, and a torn read of them is harmless.
     let f = unsafe { &mut *flow };

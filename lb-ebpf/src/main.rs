@@ -35,7 +35,7 @@ use crate::{
     conntrack::{Chosen, InsertError, NoFlow},
     maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
     nat::Side,
-    parse::{Packet, TCP_FIN, TCP_RST, is_syn},
+    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::{count, count_raw, count_traffic},
     verdict::{FlowStart, Verdict},
 };
@@ -183,6 +183,13 @@ fn to_backend(
             Ok(flow) => {
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
                 flow
+            }
+            Err(NoFlow::Untracked) => {
+                if key.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
+                    // Mid-flow, yet no entry: the LRU table evicted the flow (see `FlowLost`).
+                    count(StatSlot::FlowLost);
+                }
+                return Verdict::NEEDS_FLOW;
             }
             Err(NoFlow::Open) => return Verdict::NEEDS_FLOW,
             Err(NoFlow::Reset) => return Verdict::NEEDS_RESET,

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
+use lb_common::stats::StatSlot;
 use lb_userspace::{
     api::{
         BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status,
@@ -459,6 +460,14 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         "connection table: {} of {} entries; generation {}",
         report.conntrack.entries, report.conntrack.capacity, report.generation
     );
+    let lost = StatSlot::FlowLost;
+    if let Some(n) = report.global.get(lost.label()).filter(|n| **n > 0) {
+        println!(
+            "{}={n}: established flows the table lost (evicted while full): \
+             raise --conntrack-entries (README: sizing the connection table)",
+            lost.label()
+        );
+    }
     let drops: Vec<String> = report
         .global
         .iter()
