@@ -199,6 +199,38 @@ impl Topology {
         Ok(topology)
     }
 
+    /// Deletes the node's client-side veth (its peer in the client goes with it) and makes
+    /// the pair again with the same names, addresses and routes, as an operator recreating an
+    /// interface would: anything attached to the old interface is gone with it.
+    pub fn recreate_client_link(&self) -> Result<()> {
+        self.node
+            .ip(&["link", "del", NODE_CLIENT_IF])
+            .context("deleting the node's client link")?;
+        self.node
+            .ip_batch(&[
+                format!(
+                    "link add {NODE_CLIENT_IF} type veth peer name {HOST_IF} netns {}",
+                    self.client.name()
+                ),
+                format!("link set {NODE_CLIENT_IF} up"),
+                format!("addr add {NODE_CLIENT_ADDR4}/{PREFIX4} dev {NODE_CLIENT_IF}"),
+                format!("addr add {NODE_CLIENT_ADDR6}/{PREFIX6} dev {NODE_CLIENT_IF} nodad"),
+            ])
+            .context("making the node's client link again")?;
+        self.client
+            .ip_batch(
+                &host_lines(
+                    CLIENT_ADDR4,
+                    CLIENT_ADDR6,
+                    NODE_CLIENT_ADDR4,
+                    NODE_CLIENT_ADDR6,
+                )[1..],
+            )
+            .context("setting up the client's link again")?;
+        wait_links_up(&self.node, &[NODE_CLIENT_IF])?;
+        wait_links_up(&self.client, &[HOST_IF])
+    }
+
     /// Adds one backend (index and addresses continue the plan) and returns it.
     pub fn add_backend(&mut self) -> Result<&BackendHost> {
         self.add_backends(1)?;

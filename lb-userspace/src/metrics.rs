@@ -45,6 +45,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_engine_up",
     "meshlb_swarm_engine_reads_total",
     "meshlb_swarm_services",
+    "meshlb_interface_attached",
+    "meshlb_interface_reattached_total",
 ];
 
 /// Where a global counter slot goes: (metric without `meshlb_` and `_total`, label, value).
@@ -84,8 +86,10 @@ pub fn render(
     changes: &BTreeMap<(Trigger, Outcome), u64>,
     api_requests: &BTreeMap<u16, u64>,
     swarm: Option<&crate::api::SwarmStatus>,
+    attachments: &[crate::api::AttachmentStatus],
 ) -> String {
     let mut registry = Registry::with_prefix("meshlb");
+    register_interfaces(&mut registry, attachments);
     register_global(&mut registry, report);
     register_services(&mut registry, report);
     register_conntrack(&mut registry, report);
@@ -300,6 +304,27 @@ fn register_sources(registry: &mut Registry, report: &Report) {
     }
 }
 
+/// The interfaces meshlb is attached to: missing ones, and re-attachments.
+fn register_interfaces(registry: &mut Registry, attachments: &[crate::api::AttachmentStatus]) {
+    let attached = gauge_family(
+        registry,
+        "interface_attached",
+        "1 per interface meshlb is attached to; 0 while it is missing (deleted, waiting for an interface of that name).",
+    );
+    let reattached = counter_family(
+        registry,
+        "interface_reattached",
+        "Times meshlb attached again to an interface that was deleted and made again.",
+    );
+    for a in attachments {
+        let labels: Labels = vec![("interface", a.interface.clone())];
+        attached
+            .get_or_create(&labels)
+            .set(i64::from(a.state != "missing"));
+        reattached.get_or_create(&labels).inc_by(a.reattached);
+    }
+}
+
 /// The swarm follower's health.
 fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
     let up = Gauge::<i64>::default();
@@ -397,8 +422,30 @@ mod tests {
             node_addr: None,
             services: 4,
         };
-        let text = render(&report, &changes, &[(401, 1)].into(), Some(&swarm));
+        let attachments = [crate::api::AttachmentStatus {
+            interface: "eth0".into(),
+            ifindex: 7,
+            mode: "generic".into(),
+            adopted: false,
+            state: "missing".into(),
+            reattached: 2,
+        }];
+        let text = render(
+            &report,
+            &changes,
+            &[(401, 1)].into(),
+            Some(&swarm),
+            &attachments,
+        );
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
+        assert!(
+            text.contains("meshlb_interface_attached{interface=\"eth0\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_interface_reattached_total{interface=\"eth0\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("meshlb_swarm_engine_reads_total{result=\"failed\"} 2"),
             "{text}"

@@ -613,3 +613,92 @@ services:
     let counters = lb.stop().expect("stop lbd");
     assert!(counter(&counters, "flow_moved") > 0, "{counters}");
 }
+
+/// The node's client-side interface as `lbctl status` shows it: (ifindex, state, reattached).
+fn client_link_status(lb: &Lbd, topo: &Topology) -> (u64, String, u64) {
+    let (ok, out, err) = lb.lbctl(&["--output", "json", "status"]).expect("lbctl");
+    assert!(ok, "lbctl status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let a = status["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .find(|a| a["interface"] == topo.node_client_if.as_str())
+        .unwrap_or_else(|| panic!("no attachment of {} in {status}", topo.node_client_if))
+        .clone();
+    (
+        a["ifindex"].as_u64().unwrap_or(0),
+        a["state"].as_str().unwrap_or_default().to_owned(),
+        a["reattached"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let lb = start_lbd(&topo, SERVICES);
+    let vip = SocketAddr::new("198.18.100.1".parse().unwrap(), 80);
+    tcp_request(&topo.client, vip, TIMEOUT).expect("the VIP answers before");
+    let (before, state, reattached) = client_link_status(&lb, &topo);
+    assert_eq!((state.as_str(), reattached), ("attached", 0));
+
+    topo.recreate_client_link().expect("recreate the link");
+    let start = std::time::Instant::now();
+    let mut now = client_link_status(&lb, &topo);
+    // Bounded: 40 looks, 50 ms apart.
+    for _ in 0..40 {
+        if now.0 != before && now.1 == "attached" && now.2 == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        now = client_link_status(&lb, &topo);
+    }
+    assert!(
+        now.0 != before && now.1 == "attached" && now.2 == 1,
+        "lbctl status after the link was made again: {now:?} (ifindex before {before})\n{}",
+        lb.output()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "re-attached after {:?}",
+        start.elapsed()
+    );
+    // Traffic through the new interface is balanced again (the client's neighbour entries
+    // are new: a few tries).
+    let answered = (0..10).any(|_| tcp_request(&topo.client, vip, Duration::from_secs(1)).is_ok());
+    assert!(
+        answered,
+        "the VIP answers through the new interface\n{}",
+        lb.output()
+    );
+    assert!(lb.output().contains("attached again"), "{}", lb.output());
+    let metrics = metrics(&topo.node);
+    assert!(
+        metrics.contains(&format!(
+            "meshlb_interface_reattached_total{{interface=\"{}\"}} 1",
+            topo.node_client_if
+        )),
+        "{metrics}"
+    );
+}
+
+/// lbd's `/metrics` (its default address, in the node's namespace).
+fn metrics(node: &lb_testkit::Netns) -> String {
+    use std::io::{Read as _, Write as _};
+    node.run(|| {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), TIMEOUT)
+                .expect("connect to /metrics");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read /metrics");
+        answer
+    })
+    .expect("enter the node namespace")
+}

@@ -79,6 +79,13 @@ pub struct AttachmentStatus {
     pub ifindex: u32,
     pub mode: String,
     pub adopted: bool,
+    /// `attached`, or `missing`: the interface was deleted (meshlb attaches again when an
+    /// interface of that name exists).
+    #[serde(default)]
+    pub state: String,
+    /// How often meshlb attached again to this interface after it was made again.
+    #[serde(default)]
+    pub reattached: u64,
 }
 
 impl From<&Attachment> for AttachmentStatus {
@@ -88,6 +95,8 @@ impl From<&Attachment> for AttachmentStatus {
             ifindex: a.ifindex,
             mode: a.mode.to_string(),
             adopted: a.adopted,
+            state: "attached".into(),
+            reattached: 0,
         }
     }
 }

@@ -263,10 +263,26 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                 a.ifindex.to_string(),
                 a.mode.clone(),
                 a.adopted.to_string(),
+                if a.state == "missing" {
+                    "MISSING".to_owned()
+                } else {
+                    a.state.clone()
+                },
+                a.reattached.to_string(),
             ]
         })
         .collect();
-    table(&["INTERFACE", "IFINDEX", "MODE", "ADOPTED"], rows);
+    table(
+        &[
+            "INTERFACE",
+            "IFINDEX",
+            "MODE",
+            "ADOPTED",
+            "STATE",
+            "REATTACHED",
+        ],
+        rows,
+    );
     match &status.sockets {
         Some(s) => println!(
             "socket-level balancing: cgroup {} (adopted {}), sockets of network namespace {}",

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use super::{server, shared::Shared};
 use crate::{
     api::{Outcome, Trigger},
-    daemon::{Daemon, DaemonError, DaemonOptions},
+    daemon::{Daemon, DaemonError, DaemonOptions, LinkEvent},
     dataplane,
     source::swarm,
 };
@@ -125,11 +125,14 @@ async fn serve(
     let mut watched = config.and_then(file_stamp);
     let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
     file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Ports published on every node address follow the addresses (a bridge Docker creates
-    // later, a DHCP renewal).
-    let mut addresses = tokio::time::interval(Duration::from_secs(1));
+    // Interfaces and addresses: netlink's link and address events say at once when they
+    // change (an attached interface deleted and made again, docker_gwbridge appearing, a
+    // bridge Docker creates later, a DHCP renewal); a look every second besides, in case an
+    // event was missed.
+    let links = watch_links();
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
     let mut seen_addresses = dataplane::node_addresses().ok();
-    addresses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     log_ready(&shared, options);
     loop {
         tokio::select! {
@@ -140,16 +143,11 @@ async fn serve(
                 watched = config.and_then(file_stamp);
                 reload(&shared, Trigger::Signal).await;
             }
-            _ = addresses.tick() => {
-                // Once per change, even if the replan is refused (no retry every second).
-                let now = dataplane::node_addresses().ok();
-                let changed = now != seen_addresses && shared.daemon().node_addresses_changed();
-                seen_addresses = now;
-                attach_appeared(&shared);
-                if changed {
-                    info!("the node's addresses changed; replanning published ports");
-                    reload(&shared, Trigger::Addresses).await;
-                }
+            _ = every_second.tick() => {
+                follow_interfaces(&shared, &mut seen_addresses).await;
+            }
+            Some(()) = link_event(links.as_ref()) => {
+                follow_interfaces(&shared, &mut seen_addresses).await;
             }
             _ = file_watch.tick(), if options.watch.is_some() && config.is_some() => {
                 let stamp = config.and_then(file_stamp);
@@ -303,6 +301,87 @@ fn log_ready(shared: &Shared, options: &RunOptions) {
         api = %options.api.display(),
         "ready"
     );
+}
+
+/// Attaches again to interfaces made again, to those waited for, and replans published ports
+/// when the node's addresses changed (once per change, even if the replan is refused).
+async fn follow_interfaces(
+    shared: &Arc<Shared>,
+    seen_addresses: &mut Option<Vec<std::net::IpAddr>>,
+) {
+    let events = shared.daemon().follow_links();
+    for event in events {
+        match event {
+            LinkEvent::Missing { interface } => warn!(
+                interface,
+                "the interface is gone, and meshlb's programs with it; attaching again as soon as an interface of that name exists"
+            ),
+            LinkEvent::Reattached {
+                interface,
+                old_ifindex,
+                ifindex,
+            } => info!(
+                interface,
+                old_ifindex, ifindex, "the interface was made again: attached again"
+            ),
+            LinkEvent::Failed { interface, error } => {
+                error!(
+                    interface,
+                    "attaching again failed, retrying in a second: {error}"
+                )
+            }
+        }
+    }
+    attach_appeared(shared);
+    let now = dataplane::node_addresses().ok();
+    let changed = now != *seen_addresses && shared.daemon().node_addresses_changed();
+    *seen_addresses = now;
+    if changed {
+        info!("the node's addresses changed; replanning published ports");
+        reload(shared, Trigger::Addresses).await;
+    }
+}
+
+/// The netlink link and address watch, readable when events wait; `None` (said in the log)
+/// when the socket cannot be made: the look every second still follows interfaces.
+fn watch_links() -> Option<tokio::io::unix::AsyncFd<LinkFd>> {
+    let made = dataplane::netlink::LinkWatch::new().and_then(|watch| {
+        // SAFETY: the descriptor belongs to the watch, which the AsyncFd owns: it stays open
+        // while registered and is deregistered before it is closed.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                LinkFd(watch),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(std::io::Error::from)
+    });
+    match made {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!("no netlink link events ({e}); following interfaces once a second");
+            None
+        }
+    }
+}
+
+struct LinkFd(dataplane::netlink::LinkWatch);
+
+impl std::os::fd::AsRawFd for LinkFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.fd()
+    }
+}
+
+/// Resolves when link or address events were read; never without a watch.
+async fn link_event(watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>) -> Option<()> {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    let mut guard = watch.readable().await.ok()?;
+    let changes = guard.get_inner().0.drain();
+    guard.clear_ready();
+    (changes.links || changes.addresses).then_some(())
 }
 
 /// Re-reads the service file and applies the difference; the answer goes to the log (every

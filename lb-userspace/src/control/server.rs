@@ -20,8 +20,8 @@ use lb_common::maps::proto;
 use tracing::{info, warn};
 
 use crate::api::{
-    AttachmentStatus, BackendEntry, BackendRequest, ChangeCount, ChangeResult, DEFAULT_FLOWS,
-    ErrorBody, ExplainQuery, FlowEntry, FlowList, FlowQuery, MAX_FLOWS, ServiceEntry, ServiceList,
+    BackendEntry, BackendRequest, ChangeCount, ChangeResult, DEFAULT_FLOWS, ErrorBody,
+    ExplainQuery, FlowEntry, FlowList, FlowQuery, MAX_FLOWS, ServiceEntry, ServiceList,
     SocketStatus, Status,
 };
 use crate::{
@@ -164,7 +164,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
             config: d
                 .config_path()
                 .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
-            attachments: d.attachments().iter().map(AttachmentStatus::from).collect(),
+            attachments: d.attachment_statuses(),
             sockets: d.socket_attachment().map(SocketStatus::from),
             degraded: d.degraded().map(str::to_owned),
             changes: d
@@ -508,6 +508,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
             d.changes(),
             &requests,
             d.swarm_status().as_ref(),
+            &d.attachment_statuses(),
         ))
     })
     .await

@@ -24,8 +24,11 @@ use crate::{
 };
 
 mod explain;
+mod links;
 mod report;
 mod swarm_state;
+
+pub use links::LinkEvent;
 
 use swarm_state::{load_swarm_state, swarm_services};
 
@@ -109,6 +112,8 @@ pub struct Daemon {
     started: Instant,
     /// Why the maps may not match `running` (a failed write that could not be undone).
     degraded: Option<String>,
+    /// Attached interfaces that were deleted, and re-attachments by interface.
+    links: links::LinkState,
 }
 
 impl Daemon {
@@ -215,6 +220,7 @@ impl Daemon {
             changes: BTreeMap::new(),
             started: Instant::now(),
             degraded: None,
+            links: links::LinkState::default(),
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();

@@ -2,9 +2,9 @@
 
 mod batch;
 mod maps;
+pub mod netlink;
 pub mod pin;
 mod sockets;
-mod xdp_mode;
 
 use std::{
     net::IpAddr,
@@ -324,7 +324,7 @@ impl Dataplane {
         };
         let mode = if adopted {
             // Attached by an earlier lbd, perhaps with another --xdp-mode.
-            match xdp_mode::attached_mode(ifindex) {
+            match netlink::attached_mode(ifindex) {
                 Ok(Some(attached)) => attached,
                 Ok(None) => mode,
                 Err(e) => {
@@ -360,6 +360,8 @@ impl Dataplane {
         adopted: bool,
     ) -> &Attachment {
         info!(interface, ifindex, %mode, adopted, "attached");
+        // Attached again (the interface was made again): the new attachment replaces the old.
+        self.attachments.retain(|a| a.interface != interface);
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
             ifindex,
@@ -461,7 +463,7 @@ fn attach_xdp(
 
 /// Whether interface `ifindex` is a veth (false if that cannot be read: native is then tried).
 fn is_veth(ifindex: u32) -> bool {
-    xdp_mode::link_kind(ifindex)
+    netlink::link_kind(ifindex)
         .ok()
         .flatten()
         .is_some_and(|kind| kind == "veth")
