@@ -514,6 +514,68 @@ pub fn parse_icmpv6(frame: &[u8]) -> Result<&[u8], String> {
     Ok(message)
 }
 
+/// Where the IPv4 header starts in an Ethernet frame, past up to two VLAN tags (802.1Q,
+/// 802.1ad); `None` when the frame does not carry IPv4.
+pub fn ipv4_offset(frame: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    for _ in 0..3 {
+        let t = u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?);
+        match t {
+            0x0800 => return Some(at + 2),
+            0x8100 | 0x88a8 => at += 4,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Makes an IPv4 frame's header checksum, and its TCP/UDP/ICMP one (over what the total
+/// length covers or what the frame holds, whichever is shorter), right again after the frame
+/// was changed by hand (a test's mutation). A zero UDP checksum (none) stays zero.
+pub fn refresh_checksums(f: &mut [u8]) {
+    let Some(l3) = ipv4_offset(f) else {
+        return;
+    };
+    if f.len() < l3 + 20 {
+        return;
+    }
+    let ihl = usize::from(f[l3] & 0x0f) * 4;
+    if ihl < 20 || f.len() < l3 + ihl {
+        return;
+    }
+    f[l3 + 10..l3 + 12].fill(0);
+    let c = checksum(&f[l3..l3 + ihl], 0);
+    f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    let total = usize::from(u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]));
+    let end = (l3 + total).min(f.len());
+    let l4 = l3 + ihl;
+    let protocol = f[l3 + 9];
+    let at = match protocol {
+        6 => l4 + 16,
+        17 => l4 + 6,
+        1 => l4 + 2,
+        _ => return,
+    };
+    if at + 2 > end || (protocol == 17 && f[at..at + 2] == [0, 0]) {
+        return;
+    }
+    f[at..at + 2].fill(0);
+    let pseudo = if protocol == 1 {
+        0
+    } else {
+        let words: u32 = f[l3 + 12..l3 + 20]
+            .chunks(2)
+            .map(|p| u32::from(u16::from_be_bytes([p[0], p[1]])))
+            .sum();
+        words + u32::from(protocol) + (end - l4) as u32
+    };
+    let mut c = checksum(&f[l4..end], pseudo);
+    if protocol == 17 && c == 0 {
+        c = 0xffff;
+    }
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
