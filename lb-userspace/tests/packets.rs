@@ -49,37 +49,6 @@ services:
 "#;
 
 #[test]
-fn tcp_syn_to_vip_is_dnatted_and_handed_to_tc() {
-    if !e2e_enabled() {
-        return;
-    }
-    with_program(ONE_BACKEND, |mut lb| {
-        let before = lb.stats();
-        let syn = Ipv4Frame::tcp(sock(CLIENT, 40000), sock(VIP, 80), TCP_SYN);
-        let out = lb.run(&syn.build());
-        assert_eq!(out.action, XDP_PASS, "handed to TC");
-        assert_eq!(
-            out.meta_words(),
-            Some((XDP_META_MAGIC, lb.backend_if)),
-            "egress is the backend side"
-        );
-        let expected = syn.clone().with_dst(sock("198.18.2.10", 8080)).build();
-        assert_eq!(out.packet, expected);
-        parse_ipv4(&out.packet).expect("checksums");
-        let after = lb.stats();
-        for (slot, n) in [
-            (StatSlot::Rx, 1),
-            (StatSlot::NewFlow, 1),
-            (StatSlot::NatForward, 1),
-            (StatSlot::TxViaTc, 1),
-            (StatSlot::PassNotFrontend, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
-    });
-}
-
-#[test]
 fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
     if !e2e_enabled() {
         return;
@@ -116,138 +85,218 @@ fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
     });
 }
 
-#[test]
-fn udp_to_published_port_and_vip_with_and_without_checksum() {
-    if !e2e_enabled() {
-        return;
-    }
-    with_program(ONE_BACKEND, |mut lb| {
-        // Published port: answers on the node's own address, no VIP.
-        let to_node = Ipv4Frame::tcp(sock(CLIENT, 40002), sock(NODE_CLIENT_SIDE, 8000), TCP_SYN);
-        let out = lb.run(&to_node.build());
-        assert_eq!(
-            out.packet,
-            to_node.with_dst(sock("198.18.2.11", 9000)).build()
-        );
-
-        let udp = Ipv4Frame::udp(sock(CLIENT, 5000), sock(VIP, 53));
-        let out = lb.run(&udp.build());
-        assert_eq!(out.action, XDP_PASS);
-        assert_eq!(
-            out.packet,
-            udp.clone().with_dst(sock("198.18.2.10", 5353)).build()
-        );
-        parse_ipv4(&out.packet).expect("checksums");
-
-        let no_csum = Ipv4Frame {
-            l4: L4::UdpNoChecksum,
-            ..Ipv4Frame::udp(sock(CLIENT, 5001), sock(VIP, 53))
-        };
-        let out = lb.run(&no_csum.build());
-        let expected = no_csum.with_dst(sock("198.18.2.10", 5353)).build();
-        assert_eq!(out.packet, expected, "a zero UDP checksum stays zero");
-    });
+/// One packet in, its fate out: the Katran-style table of the cases that need no flow
+/// opened first. Each runs on the program as loaded with `FIXTURE_SERVICES`, in order.
+struct Fixture {
+    what: &'static str,
+    packet_in: Vec<u8>,
+    verdict: Verdict,
+    /// The exact bytes out; `None`: the packet must come out untouched.
+    packet_out: Option<Vec<u8>>,
+    /// Counters that must move by exactly this much (others may move too).
+    counters: &'static [(StatSlot, u64)],
 }
 
-#[test]
-fn unrelated_and_malformed_packets_pass_untouched() {
-    if !e2e_enabled() {
-        return;
-    }
-    with_program(ONE_BACKEND, |mut lb| {
-        let syn = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN).build();
-        let arp = {
-            let mut f = syn[..42].to_vec();
-            f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-            f
-        };
-        let not_frontend =
-            Ipv4Frame::tcp(sock(CLIENT, 40003), sock("198.18.2.10", 22), TCP_SYN).build();
-        let wrong_port = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 81), TCP_SYN).build();
-        let udp_on_tcp_port = Ipv4Frame::udp(sock(CLIENT, 40003), sock(VIP, 80)).build();
-        let fragment = {
-            let mut f = syn.clone();
-            f[20] = 0x20; // MF
-            f
-        };
-        let later_fragment = {
-            let mut f = syn.clone();
-            f[20..22].copy_from_slice(&0x0010u16.to_be_bytes()); // offset 128 bytes
-            f
-        };
-        let options = {
-            let mut f = syn.clone();
-            f[14] = 0x46; // IHL 6: one word of options
-            f
-        };
-        let truncated_tcp = syn[..14 + 20 + 10].to_vec();
-        let truncated_ip = syn[..14 + 12].to_vec();
-        let bad_version = {
-            let mut f = syn.clone();
-            f[14] = 0x55;
-            f
-        };
-        let icmp = {
-            let mut f = syn.clone();
-            f[23] = 1;
-            f
-        };
-        let cases: [(&str, &Vec<u8>, StatSlot); 11] = [
-            ("arp", &arp, StatSlot::PassNotFrontend),
-            ("not a frontend", &not_frontend, StatSlot::PassNotFrontend),
-            ("other port", &wrong_port, StatSlot::PassNotFrontend),
-            (
-                "other protocol",
-                &udp_on_tcp_port,
-                StatSlot::PassNotFrontend,
-            ),
-            ("first fragment", &fragment, StatSlot::PassFragment),
-            ("later fragment", &later_fragment, StatSlot::PassFragment),
-            ("ip options", &options, StatSlot::PassIpOptions),
-            ("truncated tcp", &truncated_tcp, StatSlot::PassMalformed),
-            ("truncated ip", &truncated_ip, StatSlot::PassMalformed),
-            ("ip version 5", &bad_version, StatSlot::PassMalformed),
-            ("icmp", &icmp, StatSlot::PassNotFrontend),
-        ];
-        for (name, frame, slot) in cases {
-            let before = lb.stats();
-            let out = lb.run(frame);
-            assert_eq!(out.action, XDP_PASS, "{name}");
-            assert_eq!(out.meta_words(), None, "{name}");
-            assert_eq!(&out.packet, frame, "{name}: must be untouched");
-            let after = lb.stats();
-            assert_eq!(delta(&before, &after, slot), 1, "{name}: {}", slot.label());
-            assert_eq!(delta(&before, &after, StatSlot::NewFlow), 0, "{name}");
-        }
-    });
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// XDP_PASS with the hand-off metadata naming the backend-side interface (the TC program
+    /// sends it).
+    ToBackendViaTc,
+    /// XDP_PASS without metadata: the kernel's own.
+    Pass,
+    Drop,
 }
 
-#[test]
-fn service_without_usable_backend_drops_and_counts() {
-    if !e2e_enabled() {
-        return;
-    }
-    let services = r#"
+const FIXTURE_SERVICES: &str = r#"
 services:
-  empty:
+  web:
     vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10"]
+  published:
+    ports: ["8000:9000/tcp"]
+    backends: ["198.18.2.11"]
+  empty:
+    vip: 198.18.100.2
     ports: ["80/tcp"]
     backends: []
   drained:
-    vip: 198.18.100.2
+    vip: 198.18.100.3
     ports: ["80/tcp"]
     backends: [{ address: 198.18.2.10, weight: 0 }]
 "#;
-    with_program(services, |mut lb| {
-        for vip in [VIP, "198.18.100.2"] {
+
+/// `frame` with `edit` applied.
+fn edited(frame: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    edit(&mut f);
+    f
+}
+
+fn fixtures() -> Vec<Fixture> {
+    use Verdict::*;
+    let web = sock("198.18.2.10", 8080);
+    let syn = Ipv4Frame::tcp(sock(CLIENT, 40000), sock(VIP, 80), TCP_SYN);
+    let published = Ipv4Frame::tcp(sock(CLIENT, 40002), sock(NODE_CLIENT_SIDE, 8000), TCP_SYN);
+    let udp = Ipv4Frame::udp(sock(CLIENT, 5000), sock(VIP, 53));
+    let udp_no_checksum = Ipv4Frame {
+        l4: L4::UdpNoChecksum,
+        ..Ipv4Frame::udp(sock(CLIENT, 5001), sock(VIP, 53))
+    };
+    let other = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN).build();
+    let untouched = |what, packet_in: Vec<u8>, slot: &'static [(StatSlot, u64)]| Fixture {
+        what,
+        packet_in,
+        verdict: Pass,
+        packet_out: None,
+        counters: slot,
+    };
+    vec![
+        Fixture {
+            what: "TCP SYN to a VIP: DNAT to its backend, handed to TC",
+            packet_in: syn.build(),
+            verdict: ToBackendViaTc,
+            packet_out: Some(syn.clone().with_dst(web).build()),
+            counters: &[
+                (StatSlot::Rx, 1),
+                (StatSlot::NewFlow, 1),
+                (StatSlot::NatForward, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::PassNotFrontend, 0),
+            ],
+        },
+        Fixture {
+            what: "TCP SYN to a port published on the node's address",
+            packet_in: published.build(),
+            verdict: ToBackendViaTc,
+            packet_out: Some(published.with_dst(sock("198.18.2.11", 9000)).build()),
+            counters: &[(StatSlot::NewFlow, 1), (StatSlot::NatForward, 1)],
+        },
+        Fixture {
+            what: "UDP to a VIP",
+            packet_in: udp.build(),
+            verdict: ToBackendViaTc,
+            packet_out: Some(udp.with_dst(sock("198.18.2.10", 5353)).build()),
+            counters: &[(StatSlot::NewFlow, 1), (StatSlot::NatForward, 1)],
+        },
+        Fixture {
+            what: "UDP without a checksum to a VIP: a zero checksum stays zero",
+            packet_in: udp_no_checksum.build(),
+            verdict: ToBackendViaTc,
+            packet_out: Some(udp_no_checksum.with_dst(sock("198.18.2.10", 5353)).build()),
+            counters: &[(StatSlot::NatForward, 1)],
+        },
+        untouched(
+            "ARP",
+            edited(&other[..42], |f| {
+                f[12..14].copy_from_slice(&0x0806u16.to_be_bytes())
+            }),
+            &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "not a frontend",
+            Ipv4Frame::tcp(sock(CLIENT, 40003), sock("198.18.2.10", 22), TCP_SYN).build(),
+            &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "a VIP's other port",
+            Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 81), TCP_SYN).build(),
+            &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "a VIP's port in the other protocol",
+            Ipv4Frame::udp(sock(CLIENT, 40003), sock(VIP, 80)).build(),
+            &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "first fragment (MF)",
+            edited(&other, |f| f[20] = 0x20),
+            &[(StatSlot::PassFragment, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "later fragment (offset 128 bytes)",
+            edited(&other, |f| {
+                f[20..22].copy_from_slice(&0x0010u16.to_be_bytes())
+            }),
+            &[(StatSlot::PassFragment, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "IPv4 options (IHL 6)",
+            edited(&other, |f| f[14] = 0x46),
+            &[(StatSlot::PassIpOptions, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "truncated TCP header",
+            other[..14 + 20 + 10].to_vec(),
+            &[(StatSlot::PassMalformed, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "truncated IPv4 header",
+            other[..14 + 12].to_vec(),
+            &[(StatSlot::PassMalformed, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "IP version 5",
+            edited(&other, |f| f[14] = 0x55),
+            &[(StatSlot::PassMalformed, 1), (StatSlot::NewFlow, 0)],
+        ),
+        untouched(
+            "ICMP that is no echo or error for a flow",
+            edited(&other, |f| f[23] = 1),
+            &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
+        ),
+        Fixture {
+            what: "a VIP without backends",
+            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_SYN)
+                .build(),
+            verdict: Drop,
+            packet_out: None,
+            counters: &[(StatSlot::DropNoBackend, 1), (StatSlot::NewFlow, 0)],
+        },
+        Fixture {
+            what: "a VIP whose only backend is drained (weight 0)",
+            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.3", 80), TCP_SYN)
+                .build(),
+            verdict: Drop,
+            packet_out: None,
+            counters: &[(StatSlot::DropNoBackend, 1), (StatSlot::NewFlow, 0)],
+        },
+    ]
+}
+
+#[test]
+fn single_packet_fixtures() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(FIXTURE_SERVICES, |mut lb| {
+        for f in fixtures() {
+            let what = f.what;
             let before = lb.stats();
-            let out = lb.run(&Ipv4Frame::tcp(sock(CLIENT, 40004), sock(vip, 80), TCP_SYN).build());
-            assert_eq!(out.action, XDP_DROP, "{vip}");
-            assert_eq!(
-                delta(&before, &lb.stats(), StatSlot::DropNoBackend),
-                1,
-                "{vip}"
-            );
+            let out = lb.run(&f.packet_in);
+            let (action, meta) = match f.verdict {
+                Verdict::ToBackendViaTc => (XDP_PASS, Some((XDP_META_MAGIC, lb.backend_if))),
+                Verdict::Pass => (XDP_PASS, None),
+                Verdict::Drop => (XDP_DROP, None),
+            };
+            assert_eq!(out.action, action, "{what}");
+            if f.verdict != Verdict::Drop {
+                assert_eq!(out.meta_words(), meta, "{what}");
+                let expected = f.packet_out.as_ref().unwrap_or(&f.packet_in);
+                assert_eq!(&out.packet, expected, "{what}: the bytes out");
+            }
+            if f.packet_out.is_some() {
+                parse_ipv4(&out.packet).unwrap_or_else(|e| panic!("{what}: checksums: {e}"));
+            }
+            let after = lb.stats();
+            for (slot, n) in f.counters {
+                assert_eq!(
+                    delta(&before, &after, *slot),
+                    *n,
+                    "{what}: {}",
+                    slot.label()
+                );
+            }
         }
     });
 }
