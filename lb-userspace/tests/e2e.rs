@@ -638,7 +638,8 @@ fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
     if !e2e_enabled() {
         return;
     }
-    let (topo, _servers) = setup(2);
+    // Every backend SERVICES lists exists: any connection's pick answers.
+    let (topo, _servers) = setup(3);
     let lb = start_lbd(&topo, SERVICES);
     let vip = SocketAddr::new("198.18.100.1".parse().unwrap(), 80);
     tcp_request(&topo.client, vip, TIMEOUT).expect("the VIP answers before");
