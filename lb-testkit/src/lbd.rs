@@ -144,6 +144,12 @@ impl Lbd {
         &self.config
     }
 
+    /// Waits (bounded) for `lbd` to exit by itself (stopped by `lbd cleanup --force`, say); its
+    /// exit status, `None` while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        self.child()?.wait_timeout(timeout)
+    }
+
     /// Kills `lbd` with SIGKILL (no clean-up of its own): the pinned dataplane keeps working.
     pub fn kill(&mut self) -> Result<()> {
         let mut child = self.child.take().context("lbd is not running")?;

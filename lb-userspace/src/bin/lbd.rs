@@ -42,10 +42,14 @@ enum Command {
         config: PathBuf,
     },
     /// Detach meshlb from every interface and remove its pinned maps (tracked flows are lost).
+    /// Refuses while an lbd runs on the pin directory.
     Cleanup {
         /// Where `lbd run` pinned its state.
         #[arg(long, default_value = settings::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Stop the lbd running on the pin directory first (SIGTERM), then clean up.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -129,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     let result = match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(*args),
-        Command::Cleanup { pin_dir } => cleanup(&pin_dir),
+        Command::Cleanup { pin_dir, force } => cleanup(&pin_dir, force),
     };
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
     if let Err(e) = result {
@@ -157,8 +161,13 @@ fn check(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cleanup(pin_dir: &Path) -> anyhow::Result<()> {
-    if pin::cleanup(pin_dir)? {
+fn cleanup(pin_dir: &Path, force: bool) -> anyhow::Result<()> {
+    let when_running = if force {
+        pin::WhenRunning::Stop
+    } else {
+        pin::WhenRunning::Refuse
+    };
+    if pin::cleanup(pin_dir, when_running)? {
         println!(
             "removed {}: meshlb is detached and its maps are freed",
             pin_dir.display()

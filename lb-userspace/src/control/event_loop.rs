@@ -67,14 +67,23 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
         .map(|(_, path)| server::read_token(path))
         .transpose()
         .map_err(RunError::Token)?;
-    let daemon = Daemon::start(&options.daemon)?;
-    let shared = Shared::new(daemon)?;
+    // The API socket first: a path lbd may not use is refused before anything is attached.
+    let api = server::bind_unix(&options.api)
+        .map_err(io(format!("admin API socket {}", options.api.display())))?;
+    let started = Daemon::start(&options.daemon).and_then(Shared::new);
+    let shared = match started {
+        Ok(shared) => shared,
+        Err(e) => {
+            api.remove();
+            return Err(e.into());
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(io("starting the async runtime"))?;
-    runtime.block_on(serve(shared.clone(), &options, token))?;
+    runtime.block_on(serve(shared.clone(), &options, api, token))?;
     // Bounded whatever the configuration (per service counters of 10,000 services would be a
     // 20 MB line in the journal): those are `lbctl stats` and /metrics while lbd runs.
     let daemon = shared.daemon();
@@ -105,6 +114,7 @@ impl Stop {
 async fn serve(
     shared: Arc<Shared>,
     options: &RunOptions,
+    api: server::ApiSocket,
     token: Option<Arc<str>>,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -116,7 +126,7 @@ async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
 
-    let mut listeners = listen(&shared, options, token, &stop).await?;
+    let mut listeners = listen(&shared, options, api, token, &stop).await?;
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;
@@ -171,16 +181,14 @@ async fn serve(
 async fn listen(
     shared: &Arc<Shared>,
     options: &RunOptions,
+    api: server::ApiSocket,
     token: Option<Arc<str>>,
     stop: &Stop,
 ) -> Result<JoinSet<std::io::Result<()>>, RunError> {
-    let unix = server::bind_unix(&options.api)
-        .map_err(io(format!("admin API socket {}", options.api.display())))?;
     let mut tasks = JoinSet::new();
     tasks.spawn(server::serve_unix(
-        unix,
+        api,
         server::router(shared.clone()),
-        options.api.clone(),
         stop.wait(),
     ));
     if let (Some((addr, _)), Some(token)) = (&options.api_listen, token) {

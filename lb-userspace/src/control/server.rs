@@ -523,31 +523,81 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
         .into_response())
 }
 
-/// Binds the Unix socket with mode 0600. A socket file left by a dead `lbd` is replaced; a
-/// live one is an error.
-pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+/// The admin API's Unix socket, bound: the listener and which file it is (its inode), so
+/// lbd removes on exit only the socket it made.
+pub struct ApiSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl ApiSocket {
+    /// Closes the socket and removes its file (a start that failed after binding it).
+    pub fn remove(self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the admin API socket at `path` (mode 0600). What is already there is replaced only
+/// when it is a stale socket (one nobody answers on): a live socket means another lbd, and
+/// anything else (a file, a directory, a link) is never deleted.
+pub fn bind_unix(path: &Path) -> std::io::Result<ApiSocket> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is served by another running lbd; stop it or choose another --api",
+                        path.display()
+                    ),
+                ));
+            }
+            // A socket nobody answers on: left by an lbd that was killed.
+            std::fs::remove_file(path)?;
+        }
+        Ok(meta) => {
+            let kind = if meta.is_dir() {
+                "a directory"
+            } else if meta.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "a file"
+            };
             return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
+                std::io::ErrorKind::AlreadyExists,
                 format!(
-                    "{} is served by another running lbd; stop it or choose another --api",
+                    "{} exists and is {kind}, not a socket: lbd only replaces a stale socket of \
+                     its own and leaves everything else alone; choose another --api, or move it \
+                     away yourself",
                     path.display()
                 ),
             ));
         }
-        std::fs::remove_file(path)?;
     }
     // SAFETY: umask only changes this process's file-creation mask; restored right after.
     let old = unsafe { libc::umask(0o177) };
-    let listener = tokio::net::UnixListener::bind(path);
+    let listener = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
     unsafe { libc::umask(old) };
     let listener = listener?;
+    listener.set_nonblocking(true)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let ino = std::fs::symlink_metadata(path)?.ino();
+    Ok(ApiSocket {
+        listener,
+        path: path.to_owned(),
+        ino,
+    })
 }
 
 /// Reads a bearer token file: one line, at least 16 characters.
@@ -572,17 +622,26 @@ pub fn read_token(path: &Path) -> Result<Arc<str>, String> {
     Ok(Arc::from(token))
 }
 
-/// Serves `router` until `shutdown` resolves.
+/// Serves the admin API on its socket until `shutdown`, then removes the socket, if the file
+/// there is still the one it bound.
 pub async fn serve_unix(
-    listener: tokio::net::UnixListener,
+    socket: ApiSocket,
     router: Router,
-    path: PathBuf,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ApiSocket {
+        listener,
+        path,
+        ino,
+    } = socket;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     info!(socket = %path.display(), "admin API listening");
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await;
-    let _ = std::fs::remove_file(&path);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == ino) {
+        let _ = std::fs::remove_file(&path);
+    }
     result
 }

@@ -271,15 +271,159 @@ pub(crate) fn pinned_interfaces(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// What `lbd cleanup` does about an `lbd` running on the pin directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenRunning {
+    /// Refuse, naming it: removing its pins would detach the dataplane under it.
+    Refuse,
+    /// Stop it (SIGTERM, then wait for it to let go of the directory), then clean up.
+    Stop,
+}
+
+/// How long `cleanup` waits for a stopped `lbd` to let go of the pin directory.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Removes everything meshlb pinned under `dir`: its programs detach, its maps are freed.
-/// Returns whether there was anything.
-pub fn cleanup(dir: &Path) -> Result<bool, DataplaneError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(DataplaneError::Pin(format!(
-            "removing {}: {e}",
+/// Returns whether there was anything. Only a meshlb pin directory is removed (on bpffs,
+/// holding nothing but `maps/` and `links/`), and never under a running `lbd` unless asked to
+/// stop it first: a daemon and the kernel must never disagree.
+pub fn cleanup(dir: &Path, when_running: WhenRunning) -> Result<bool, DataplaneError> {
+    let refuse =
+        |why: String| DataplaneError::Pin(format!("{}: {why}; nothing removed", dir.display()));
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(refuse(format!("cannot read it ({e})"))),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(refuse(
+                "not a directory, so not a meshlb pin directory (check --pin-dir)".into(),
+            ));
+        }
+        Ok(_) => {}
+    }
+    if !is_bpffs(dir) {
+        return Err(refuse(
+            "not on a BPF filesystem, so not a meshlb pin directory (check --pin-dir)".into(),
+        ));
+    }
+    let foreign: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| refuse(format!("cannot list it ({e})")))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "maps" && name != "links")
+        .collect();
+    if !foreign.is_empty() {
+        return Err(refuse(format!(
+            "it holds {} besides meshlb's maps/ and links/: not a meshlb pin directory, or \
+             shared with something else (check --pin-dir; remove it yourself if it is all \
+             meshlb's)",
+            foreign.join(", ")
+        )));
+    }
+    let _lock = match lock(dir) {
+        Ok(lock) => lock,
+        Err(_) => {
+            let holders = lock_holders(dir);
+            let who = if holders.is_empty() {
+                "an lbd".to_owned()
+            } else {
+                format!(
+                    "lbd (pid {})",
+                    holders
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            if when_running == WhenRunning::Refuse || holders.is_empty() {
+                return Err(refuse(format!(
+                    "{who} is running with this pin directory and removing its pins would detach \
+                     the dataplane under it; stop it first (`systemctl stop meshlb`{}), or run \
+                     `lbd cleanup --force` to stop it and clean up",
+                    holders
+                        .first()
+                        .map(|pid| format!(" or `kill {pid}`"))
+                        .unwrap_or_default()
+                )));
+            }
+            stop_holders(dir, &holders)?
+        }
+    };
+    std::fs::remove_dir_all(dir)
+        .map(|()| true)
+        .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", dir.display())))
+}
+
+/// Sends SIGTERM to `holders` and waits (bounded) until the directory's lock is free; the lock.
+fn stop_holders(dir: &Path, holders: &[u32]) -> Result<std::fs::File, DataplaneError> {
+    for pid in holders {
+        tracing::warn!(
+            pid,
+            "stopping the lbd that holds {} (--force)",
             dir.display()
-        ))),
+        );
+        // SAFETY: kill(2) with a pid read from /proc/locks; no memory is involved.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    loop {
+        if let Ok(lock) = lock(dir) {
+            return Ok(lock);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(DataplaneError::Pin(format!(
+                "{}: lbd (pid {holders:?}) did not stop within {STOP_WAIT:?} of SIGTERM; nothing \
+                 removed",
+                dir.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The processes holding the `flock` of `dir`, from `/proc/locks`.
+fn lock_holders(dir: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Vec::new();
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    holders_in(&locks, meta.dev(), meta.ino())
+}
+
+/// The pids of FLOCK lines of `/proc/locks` on the file (`dev`, `ino`).
+fn holders_in(locks: &str, dev: u64, ino: u64) -> Vec<u32> {
+    // "1: FLOCK  ADVISORY  WRITE 1234 00:1d:5678 0 EOF": pid, then major:minor:inode in hex
+    // (major and minor) and decimal (inode).
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let mut pids: Vec<u32> = locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == "FLOCK")?;
+            let pid: u32 = fields.get(at + 3)?.parse().ok()?;
+            let mut id = fields.get(at + 4)?.split(':');
+            let ma = u32::from_str_radix(id.next()?, 16).ok()?;
+            let mi = u32::from_str_radix(id.next()?, 16).ok()?;
+            let i: u64 = id.next()?.parse().ok()?;
+            (ma == major && mi == minor && i == ino).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[cfg(test)]
+mod lock_tests {
+    #[test]
+    fn lock_holders_are_read_from_proc_locks() {
+        let dev = libc::makedev(0, 0x1d);
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 00:1d:5678 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 17 00:1d:5678 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 99 00:1e:5678 0 EOF\n\
+                     4: -> FLOCK  ADVISORY  WRITE 4243 00:1d:5678 0 EOF\n";
+        assert_eq!(super::holders_in(locks, dev, 5678), [4242, 4243]);
+        assert!(super::holders_in(locks, dev, 1).is_empty());
     }
 }

@@ -1,0 +1,162 @@
+//! What lbd must never do at its edges, whatever an operator gives it: delete a file that is
+//! not its own, or leave a running daemon and the kernel disagreeing. Each test fails without
+//! the guard it checks.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use lb_testkit::{Lbd, Netns, Topology, e2e_enabled};
+
+fn lbd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+const SERVICES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+"#;
+
+/// `lbd ARGS`, bounded; (success, stdout + stderr).
+fn run_lbd(ns: Option<&Netns>, args: &[&str]) -> (bool, String) {
+    let lbd = lbd().to_str().expect("utf-8 path");
+    let out = match ns {
+        Some(ns) => {
+            let mut all = vec![lbd];
+            all.extend(args);
+            return match ns.exec(&all) {
+                Ok(out) => (true, out),
+                Err(e) => (false, format!("{e:#}")),
+            };
+        }
+        None => Command::new("timeout")
+            .args(["30", lbd])
+            .args(args)
+            .output()
+            .expect("run lbd"),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_api_path_is_never_deleted_unless_it_is_a_stale_socket() {
+    if !e2e_enabled() {
+        return;
+    }
+    // In a namespace of its own: if the guard failed, this lbd must not reach the machine's.
+    let ns = Netns::new("api").expect("namespace");
+    let dir = std::env::temp_dir().join(format!("mlb-api-path-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("a-directory")).unwrap();
+    let config = dir.join("services.yaml");
+    std::fs::write(&config, SERVICES).unwrap();
+    let config_text = config.to_str().unwrap();
+    let pins = format!("/sys/fs/bpf/mlb-api-path-{}", std::process::id());
+    for (api, what) in [
+        (config.clone(), "is a file"),
+        (dir.join("a-directory"), "is a directory"),
+    ] {
+        let (ok, out) = run_lbd(
+            Some(&ns),
+            &[
+                "run",
+                "--config",
+                config_text,
+                "--api",
+                api.to_str().unwrap(),
+                "--interface",
+                "lo",
+                "--pin-dir",
+                &pins,
+                "--state-dir",
+                dir.join("state").to_str().unwrap(),
+                "--socket-lb",
+                "off",
+            ],
+        );
+        assert!(!ok, "lbd started with --api {}: {out}", api.display());
+        assert!(
+            out.contains(what) && out.contains("not a socket"),
+            "{what}: {out}"
+        );
+        assert!(api.exists(), "{} was deleted", api.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        SERVICES,
+        "the service file given as --api is intact"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&pins);
+}
+
+#[test]
+fn cleanup_removes_only_a_meshlb_pin_directory() {
+    if !e2e_enabled() {
+        return;
+    }
+    // Not on bpffs.
+    let dir = std::env::temp_dir().join(format!("mlb-not-pins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("precious"), "keep me").unwrap();
+    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", dir.to_str().unwrap()]);
+    assert!(!ok && out.contains("not on a BPF filesystem"), "{out}");
+    assert!(
+        dir.join("precious").exists(),
+        "cleanup deleted a directory not its own"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // On bpffs, but holding something meshlb does not pin there.
+    let shared = format!("/sys/fs/bpf/mlb-shared-{}", std::process::id());
+    std::fs::create_dir_all(Path::new(&shared).join("someone-elses")).unwrap();
+    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", &shared]);
+    assert!(!ok && out.contains("someone-elses"), "{out}");
+    assert!(Path::new(&shared).join("someone-elses").exists());
+    std::fs::remove_dir_all(&shared).unwrap();
+}
+
+#[test]
+fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let mut lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd");
+    let pid = lb.pid().unwrap();
+    let pins = lb.pin_dir().to_str().unwrap().to_owned();
+    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", &pins]);
+    assert!(!ok, "cleanup under a running lbd succeeded: {out}");
+    assert!(
+        out.contains(&format!("pid {pid}")) && out.contains("stop it first"),
+        "{out}"
+    );
+    assert!(
+        Path::new(&pins).join("maps").exists(),
+        "the refused cleanup removed pins"
+    );
+    let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
+    assert!(ok, "lbd still answers: {err}");
+    assert_eq!(lb.wait_exit(Duration::from_millis(1)).unwrap(), None);
+
+    let (ok, out) = run_lbd(None, &["cleanup", "--force", "--pin-dir", &pins]);
+    assert!(ok, "cleanup --force: {out}");
+    let status = lb.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "lbd stopped cleanly first: {status:?}\n{}",
+        lb.output()
+    );
+    assert!(!Path::new(&pins).exists(), "pins removed");
+}
