@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use lb_testkit::{Lbd, Netns, Topology, e2e_enabled};
+use lb_testkit::{EnterMode, Lbd, Netns, Topology, e2e_enabled};
 
 fn lbd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lbd"))
@@ -159,4 +159,77 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
         lb.output()
     );
     assert!(!Path::new(&pins).exists(), "pins removed");
+}
+
+#[test]
+fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("the first lbd");
+    // A second lbd, with pin and state directories of its own, on the same interfaces.
+    let scratch = std::env::temp_dir().join(format!("mlb-second-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let config = scratch.join("services.yaml");
+    std::fs::write(&config, SERVICES).unwrap();
+    let pins = format!("/sys/fs/bpf/mlb-second-{}", std::process::id());
+    let (state, api) = (scratch.join("state"), scratch.join("api.sock"));
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--interface",
+        &topo.node_client_if,
+        "--xdp-mode",
+        "generic",
+        "--pin-dir",
+        &pins,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--api",
+        api.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:9465",
+        "--socket-lb",
+        "off",
+    ];
+    let mut cmd = Command::new(lbd());
+    cmd.args(args);
+    // Only the network namespace: the second lbd must see bpffs like the first.
+    let mut second = topo
+        .node
+        .spawn_command(cmd, EnterMode::SetnsOnly)
+        .expect("spawn the second lbd");
+    let status = second
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wait")
+        .expect("the second lbd must fail, not run");
+    let out = second.output_so_far();
+    let leftover = Path::new(&pins).exists();
+    let _ = std::fs::remove_dir_all(&pins);
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains(&format!(
+            "`{}` already runs XDP program",
+            topo.node_client_if
+        )) && out.contains("meshlb_xdp")
+            && !out.contains("try --xdp-mode generic"),
+        "the real cause, not advice it already followed: {out}"
+    );
+    assert!(
+        !leftover,
+        "the failed start left its pins (maps, a tcx link) behind: {out}"
+    );
+    // The first lbd is untouched.
+    let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
+    assert!(ok, "{err}");
 }

@@ -137,65 +137,78 @@ impl Daemon {
         let mut desired = plan::plan(&merged.file, &node_addresses)?;
 
         let mut dp = Dataplane::load(options.load.clone())?;
-        if dp.adopted() {
-            // The pinned maps are the record of what the previous lbd programmed: the kernel
-            // ids of its services and backends come from its frontends and backends, so
-            // tracked flows keep meaning the same backends. Every entry is then written (the
-            // tables may have been computed by another version) and everything else removed.
-            let (frontends, backends) = dp.kernel_entries()?;
-            let ids = Ids::recover(&desired, &frontends, &backends);
-            desired = plan::plan_from(
-                &merged.file,
-                &node_addresses,
-                Some(&DesiredState::with_ids(ids)),
-            )?;
-            info!(
-                "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
-            );
-            dp.apply(None, &desired)?;
-            let pruned = dp.prune(&desired)?;
-            if pruned > 0 {
-                info!(pruned, "removed stale frontend and endpoint entries");
-            }
-        } else {
-            dp.apply(None, &desired)?;
-        }
-        for interface in &options.interfaces {
-            dp.attach(interface, options.xdp_mode)?;
-        }
-        let mut late_interfaces = Vec::new();
-        for interface in &options.late_interfaces {
-            if dataplane::ifindex(interface).is_ok() {
-                dp.attach(interface, options.xdp_mode)?;
+        // A start that fails from here undoes what it did (see `Dataplane::discard_if_fresh`).
+        let programmed = (|| -> Result<(DesiredState, Vec<String>), DaemonError> {
+            if dp.adopted() {
+                // The pinned maps are the record of what the previous lbd programmed: the kernel
+                // ids of its services and backends come from its frontends and backends, so
+                // tracked flows keep meaning the same backends. Every entry is then written (the
+                // tables may have been computed by another version) and everything else removed.
+                let (frontends, backends) = dp.kernel_entries()?;
+                let ids = Ids::recover(&desired, &frontends, &backends);
+                desired = plan::plan_from(
+                    &merged.file,
+                    &node_addresses,
+                    Some(&DesiredState::with_ids(ids)),
+                )?;
+                info!(
+                    "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
+                );
+                dp.apply(None, &desired)?;
+                let pruned = dp.prune(&desired)?;
+                if pruned > 0 {
+                    info!(pruned, "removed stale frontend and endpoint entries");
+                }
             } else {
-                late_interfaces.push(interface.clone());
+                dp.apply(None, &desired)?;
             }
-        }
-        let listed: Vec<String> = options
-            .interfaces
-            .iter()
-            .chain(&options.late_interfaces)
-            .cloned()
-            .collect();
-        for interface in dp.release_unlisted(&listed)? {
-            info!(interface, "detached: no longer in the interface list");
-        }
-        match &options.socket_cgroup {
-            Some(cgroup) => {
-                dp.attach_sockets(cgroup)?;
+            for interface in &options.interfaces {
+                dp.attach(interface, options.xdp_mode)?;
             }
-            None => {
-                if dp.release_sockets()? {
-                    info!("socket-level balancing is off: the pinned cgroup links are detached");
+            let mut late_interfaces = Vec::new();
+            for interface in &options.late_interfaces {
+                if dataplane::ifindex(interface).is_ok() {
+                    dp.attach(interface, options.xdp_mode)?;
+                } else {
+                    late_interfaces.push(interface.clone());
                 }
             }
-        }
-        let redirect = options
-            .xdp_redirect
-            .iter()
-            .map(|name| dataplane::ifindex(name))
-            .collect::<Result<Vec<_>, _>>()?;
-        dp.set_xdp_redirect(&redirect)?;
+            let listed: Vec<String> = options
+                .interfaces
+                .iter()
+                .chain(&options.late_interfaces)
+                .cloned()
+                .collect();
+            for interface in dp.release_unlisted(&listed)? {
+                info!(interface, "detached: no longer in the interface list");
+            }
+            match &options.socket_cgroup {
+                Some(cgroup) => {
+                    dp.attach_sockets(cgroup)?;
+                }
+                None => {
+                    if dp.release_sockets()? {
+                        info!(
+                            "socket-level balancing is off: the pinned cgroup links are detached"
+                        );
+                    }
+                }
+            }
+            let redirect = options
+                .xdp_redirect
+                .iter()
+                .map(|name| dataplane::ifindex(name))
+                .collect::<Result<Vec<_>, _>>()?;
+            dp.set_xdp_redirect(&redirect)?;
+            Ok((desired, late_interfaces))
+        })();
+        let (desired, late_interfaces) = match programmed {
+            Ok(done) => done,
+            Err(e) => {
+                dp.discard_if_fresh();
+                return Err(e);
+            }
+        };
         let mut daemon = Daemon {
             dp,
             config_path: options.config.clone(),

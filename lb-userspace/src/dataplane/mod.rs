@@ -53,7 +53,16 @@ pub enum DataplaneError {
     #[error("interface `{0}` does not exist (check `ip link`)")]
     NoSuchInterface(String),
     #[error(
-        "attaching XDP to `{interface}` in {mode} mode failed: {error} (try --xdp-mode generic)"
+        "`{interface}` already runs XDP program {program} (id {id}): an interface takes one XDP program; detach it (`ip link set dev {interface} xdp off`; if it is another meshlb's, stop that lbd and run `lbd cleanup --pin-dir DIR` with its pin directory), or leave `{interface}` out"
+    )]
+    XdpBusy {
+        interface: String,
+        program: String,
+        id: u32,
+    },
+    #[error(
+        "attaching XDP to `{interface}` in {mode} mode failed: {error}{}",
+        if matches!(mode, XdpMode::Generic) { "" } else { " (try --xdp-mode generic)" }
     )]
     AttachXdp {
         interface: String,
@@ -201,6 +210,20 @@ impl Dataplane {
     pub fn flush_kernel_log(&mut self) {
         if let Some(logger) = &mut self.logger {
             logger.flush();
+        }
+    }
+
+    /// Undoes a start that failed: when this `lbd` made the pinned state (nothing was adopted),
+    /// removes it, which detaches what it attached and frees its maps; adopted state (the
+    /// previous `lbd`'s) stays as it is.
+    pub fn discard_if_fresh(self) {
+        if let (false, Some(dir)) = (self.adopted, &self.pin_dir) {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => info!(pin_dir = %dir.display(), "start failed: removed what it pinned"),
+                Err(e) => {
+                    warn!(pin_dir = %dir.display(), "start failed, and removing what it pinned failed too: {e}")
+                }
+            }
         }
     }
 
@@ -439,6 +462,20 @@ fn attach_xdp(
                 error,
             })
     };
+    // Someone else's program (or another meshlb's): attaching would fail, and the error
+    // would not say why.
+    if let Ok(Some(id)) = netlink::attached_program(ifindex) {
+        let program = aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == id)
+            .and_then(|p| p.name_as_str().map(str::to_owned))
+            .unwrap_or_else(|| "(unnamed)".to_owned());
+        return Err(DataplaneError::XdpBusy {
+            interface: interface.to_owned(),
+            program,
+            id,
+        });
+    }
     match mode {
         XdpMode::Auto if is_veth(ifindex) => {
             info!(

@@ -25,6 +25,25 @@ pub fn attached_mode(ifindex: u32) -> io::Result<Option<XdpMode>> {
     Ok(link(ifindex)?.as_ref().and_then(xdp_mode_of))
 }
 
+/// The id of the XDP program attached to `ifindex`, if any (in any mode).
+pub fn attached_program(ifindex: u32) -> io::Result<Option<u32>> {
+    Ok(link(ifindex)?.as_ref().and_then(xdp_program_of))
+}
+
+fn xdp_program_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes
+        .iter()
+        .filter_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => Some(xdp),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|x| match x {
+            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+            _ => None,
+        })
+}
+
 /// The interface's kind as `ip -d link` shows it ("veth", "bridge", ...); `None` for a
 /// device without one (a NIC).
 pub fn link_kind(ifindex: u32) -> io::Result<Option<String>> {
@@ -207,6 +226,14 @@ mod tests {
         assert_eq!(mode(XdpAttached::Driver), Some(XdpMode::Native));
         assert_eq!(mode(XdpAttached::SocketBuffer), Some(XdpMode::Generic));
         assert_eq!(mode(XdpAttached::None), None);
+        assert_eq!(
+            xdp_program_of(&link_with(vec![LinkAttribute::Xdp(vec![
+                LinkXdp::Attached(XdpAttached::SocketBuffer),
+                LinkXdp::ProgId(42),
+            ])])),
+            Some(42)
+        );
+        assert_eq!(xdp_program_of(&link_with(Vec::new())), None);
         assert_eq!(mode(XdpAttached::Multiple), None);
         assert_eq!(xdp_mode_of(&link_with(Vec::new())), None);
     }
