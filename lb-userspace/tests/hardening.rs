@@ -233,3 +233,136 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
     assert!(ok, "{err}");
 }
+
+/// One HTTP request in `ns`; the status code, or the error.
+fn http_status(ns: &Netns, addr: std::net::SocketAddr, request: String) -> Result<u16, String> {
+    use std::io::{Read as _, Write as _};
+    ns.run(move || -> Result<u16, String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not HTTP: {answer:?}"))
+    })
+    .expect("enter the namespace")
+}
+
+#[test]
+fn idle_tcp_api_connections_cannot_stall_the_daemon() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let token = "idle-connections-token-0123";
+    let token_file = std::env::temp_dir().join(format!("mlb-idle-token-{}", std::process::id()));
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[
+            "--api-listen",
+            "127.0.0.1:9465",
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    )
+    .expect("lbd");
+    let api: std::net::SocketAddr = "127.0.0.1:9465".parse().unwrap();
+    // 300 idle connections, some with half a request: far more than the API serves at once.
+    let idle: Vec<std::net::TcpStream> = topo
+        .node
+        .run(move || {
+            use std::io::Write as _;
+            (0..300)
+                .filter_map(|i| {
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&api, Duration::from_secs(2)).ok()?;
+                    if i % 3 == 0 {
+                        let _ = s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n");
+                    }
+                    Some(s)
+                })
+                .collect()
+        })
+        .expect("enter the node");
+    assert!(idle.len() >= 200, "only {} connections opened", idle.len());
+    // Meanwhile every admin path answers at once: the Unix API, /metrics, a reload.
+    let started = std::time::Instant::now();
+    let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
+    assert!(ok, "lbctl status with idle TCP connections open: {err}");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        http_status(
+            &topo.node,
+            "127.0.0.1:9464".parse().unwrap(),
+            get("/metrics")
+        ),
+        Ok(200)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Connections beyond the cap were refused, and counted.
+    let metrics = {
+        use std::io::{Read as _, Write as _};
+        topo.node
+            .run(|| {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
+                s.write_all(get("/metrics").as_bytes()).unwrap();
+                let mut text = String::new();
+                s.read_to_string(&mut text).unwrap();
+                text
+            })
+            .unwrap()
+    };
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlb_api_requests_total{code=\"503\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        refused >= 200,
+        "refused connections counted: {refused}\n{metrics}"
+    );
+    // A connection that never finishes its headers is closed by lbd once its time is up.
+    let mut first = idle.into_iter().next().expect("a connection");
+    let waited = std::time::Instant::now();
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let read = std::io::Read::read(&mut first, &mut buf);
+    assert!(
+        read.is_ok() && waited.elapsed() < Duration::from_secs(9),
+        "a half-sent request was still open after {:?}: {read:?}",
+        waited.elapsed()
+    );
+    drop(first);
+    // Once the flood is gone, the TCP API answers.
+    let mut answered = Err(String::new());
+    for _ in 0..40 {
+        answered = http_status(
+            &topo.node,
+            api,
+            format!(
+                "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        if answered == Ok(200) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(answered, Ok(200), "the TCP API answers again");
+    let _ = std::fs::remove_file(&token_file);
+}

@@ -61,6 +61,7 @@ pub struct Stopped {
 /// Starts the daemon, serves until SIGTERM or SIGINT, and returns its final counters. The
 /// dataplane keeps forwarding afterwards (it is pinned).
 pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
+    raise_open_files_limit();
     let token = options
         .api_listen
         .as_ref()
@@ -96,6 +97,30 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
             "services": report.services.len(),
         }),
     })
+}
+
+/// Raises the soft limit on open files to the hard one (systemd's default soft limit is 1024):
+/// the maps, links, sockets and the admin API's connections all take descriptors.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                info!(
+                    from = soft,
+                    to = limit.rlim_max,
+                    "raised the open-files limit"
+                );
+            }
+        }
+    }
 }
 
 /// A stop signal the listeners and background tasks wait on.
@@ -150,8 +175,10 @@ async fn serve(
             _ = term.recv() => break,
             Some(snapshot) = swarm_rx.recv() => apply_swarm(&shared, snapshot).await,
             _ = hangup.recv() => {
-                watched = config.and_then(file_stamp);
-                reload(&shared, Trigger::Signal).await;
+                let stamp = config.and_then(file_stamp);
+                if reload(&shared, Trigger::Signal).await {
+                    watched = stamp;
+                }
             }
             _ = every_second.tick() => {
                 follow_interfaces(&shared, &mut seen_addresses).await;
@@ -160,10 +187,10 @@ async fn serve(
                 follow_interfaces(&shared, &mut seen_addresses).await;
             }
             _ = file_watch.tick(), if options.watch.is_some() && config.is_some() => {
+                // A change whose reload failed (not refused) is tried again at the next check.
                 let stamp = config.and_then(file_stamp);
-                if stamp != watched {
+                if stamp != watched && reload(&shared, Trigger::File).await {
                     watched = stamp;
-                    reload(&shared, Trigger::File).await;
                 }
             }
         }
@@ -197,12 +224,12 @@ async fn listen(
             .map_err(io(format!("admin API on {addr}")))?;
         info!(%addr, "admin API listening on TCP (bearer token required)");
         let router = server::router_with_token(shared.clone(), token);
-        let stop = stop.wait();
-        tasks.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-        });
+        tasks.spawn(super::tcp_api::serve(
+            listener,
+            router,
+            shared.clone(),
+            stop.wait(),
+        ));
     }
     let metrics = tokio::net::TcpListener::bind(options.metrics)
         .await
@@ -346,7 +373,7 @@ async fn follow_interfaces(
     *seen_addresses = now;
     if changed {
         info!("the node's addresses changed; replanning published ports");
-        reload(shared, Trigger::Addresses).await;
+        let _ = reload(shared, Trigger::Addresses).await;
     }
 }
 
@@ -393,22 +420,39 @@ async fn link_event(watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>) -> Option<
 }
 
 /// Re-reads the service file and applies the difference; the answer goes to the log (every
-/// line says "reload").
-async fn reload(shared: &Arc<Shared>, trigger: Trigger) {
+/// line says "reload"). Whether the file's change is settled: applied, unchanged, or refused
+/// for what it says; `false` when the node failed (out of descriptors, say), so the caller
+/// tries again at the next check.
+async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> bool {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || s.daemon().reload_file(trigger)).await;
     match result {
-        Ok(Ok(Outcome::Unchanged)) => info!(trigger = trigger.as_str(), "reload: no change"),
-        Ok(Ok(_)) => info!(trigger = trigger.as_str(), "reloaded"),
-        Ok(Err(e)) if e.is_input() => error!(
-            trigger = trigger.as_str(),
-            "reload refused, the running configuration stays: {e:#}"
-        ),
-        Ok(Err(e)) => error!(
-            trigger = trigger.as_str(),
-            "reload failed: {e:#} (see the line above for whether the previous configuration was restored)"
-        ),
-        Err(e) => error!("reload: {e}"),
+        Ok(Ok(Outcome::Unchanged)) => {
+            info!(trigger = trigger.as_str(), "reload: no change");
+            true
+        }
+        Ok(Ok(_)) => {
+            info!(trigger = trigger.as_str(), "reloaded");
+            true
+        }
+        Ok(Err(e)) if e.is_input() => {
+            error!(
+                trigger = trigger.as_str(),
+                "reload refused, the running configuration stays: {e:#}"
+            );
+            true
+        }
+        Ok(Err(e)) => {
+            error!(
+                trigger = trigger.as_str(),
+                "reload failed: {e:#} (see the line above for whether the previous configuration was restored); trying again at the next check"
+            );
+            false
+        }
+        Err(e) => {
+            error!("reload: {e}");
+            false
+        }
     }
 }
 

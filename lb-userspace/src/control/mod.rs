@@ -5,3 +5,4 @@
 pub mod event_loop;
 pub mod server;
 pub mod shared;
+pub mod tcp_api;
