@@ -92,8 +92,6 @@ stat_slots! {
     DropNoSnatPort = "drop_no_snat_port", Outcome;
     /// Dropped: full NAT found no node address to use toward the backend.
     DropNoSnatAddr = "drop_no_snat_addr", Outcome;
-    /// Dropped: a mid-flow TCP packet for which no flow is tracked.
-    DropNoFlow = "drop_no_flow", Outcome;
     /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.
     DropMetaFailed = "drop_meta_failed", Outcome;
     /// Sent to another node through the mesh tunnel (to its task, or a task's reply back to
@@ -109,11 +107,13 @@ stat_slots! {
     /// to the peer, or too big for the path to it).
     DropTunnelFailed = "drop_tunnel_failed", Outcome;
     /// A client's mid-flow TCP packet (no SYN, no RST) found no entry in the connection
-    /// table: its established flow was lost, almost always evicted by newer flows while the
-    /// table was full (the table is an LRU; see the README on sizing it). Also counts a flow
-    /// older than the table, or a round-robin flow removed when its backend left. Round-robin
-    /// drops such a packet (`drop_no_flow`); Maglev places it again (on the same backend
-    /// while the backend set is unchanged). Counted per packet.
+    /// table: its established flow was lost, evicted by newer flows while the table was full
+    /// (the table is an LRU; see the README on sizing it), or it entered by another balancer
+    /// node (the router moved it when that node died). Also counts a flow older than the
+    /// table, or a round-robin flow removed when its backend left. Either scheduler places
+    /// it again by the flow hash (Maglev: on the same backend while the backend set is
+    /// unchanged; round-robin: the hash's slot of its sequence, see the README). Counted per
+    /// packet.
     FlowLost = "flow_lost", Event;
 }
 

@@ -312,7 +312,7 @@ pub fn insert(
     } else if is_syn(tcp_flags) {
         tcp_state::SYN_SENT
     } else {
-        // Mid-flow packet re-balanced after its entry was lost (Maglev only).
+        // Mid-flow packet placed again after its entry was lost (see `select`).
         tcp_state::ESTABLISHED
     };
     let timeout_s = if is_tcp {

@@ -186,7 +186,7 @@ fn to_backend(
             }
             Err(NoFlow::Untracked) => {
                 if key.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
-                    // Mid-flow, yet no entry: the LRU table evicted the flow (see `FlowLost`).
+                    // Mid-flow, yet no entry: evicted, or another node's flow (see `FlowLost`).
                     count(StatSlot::FlowLost);
                 }
                 return Verdict::NEEDS_FLOW;
@@ -259,13 +259,10 @@ fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen)
     if svc.flags & service_flags::SOCKET_SCOPE_MASK != 0 {
         return FlowStart::refused(StatSlot::DropNoBackend);
     }
+    // A mid-flow packet without an entry (its flow entered by a node that died, or was
+    // evicted) is placed by the flow hash under either scheduler (see `select`).
     let opening = key.proto != proto::TCP || is_syn(pkt.tcp_flags);
-    if !opening && svc.flags & service_flags::ROUND_ROBIN != 0 {
-        // Round-robin keeps no hash to fall back on: a mid-flow packet of a flow we do not
-        // know cannot be placed on the backend that holds its connection.
-        return FlowStart::refused(StatSlot::DropNoFlow);
-    }
-    if !select::choose(key, svc, chosen) {
+    if !select::choose(key, svc, opening, chosen) {
         return FlowStart::refused(StatSlot::DropNoBackend);
     }
     if svc.flags & service_flags::FULLNAT != 0

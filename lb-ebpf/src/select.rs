@@ -1,5 +1,7 @@
 //! Backend selection for a new flow: a Maglev table slot for the flow hash, or the next entry
-//! of the service's weighted round-robin sequence.
+//! of the service's weighted round-robin sequence. A round-robin flow picked up mid-flow (its
+//! node died, or its entry was lost) has no cursor position to recover: it takes the flow
+//! hash's slot of the same sequence, the same on every node that has the same plan.
 
 use lb_common::{
     hash::{any_node_hash, client_hash, flow_hash},
@@ -12,19 +14,20 @@ use crate::{
 };
 
 /// Puts the backend for a new flow of `svc` into `chosen`; false when the service has no
-/// usable backend.
+/// usable backend. `opening`: the packet starts its flow (UDP, or a TCP SYN); round-robin
+/// rotates only on those.
 #[inline(always)]
-pub fn choose(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> bool {
-    pick(key, svc, chosen).is_some()
+pub fn choose(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) -> bool {
+    pick(key, svc, opening, chosen).is_some()
 }
 
 #[inline(always)]
-fn pick(key: &FlowKey, svc: &Service, chosen: &mut Chosen) -> Option<()> {
+fn pick(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) -> Option<()> {
     let len = table_slot(svc.id, TABLE_LEN_SLOT)?;
     if len == 0 {
         return None;
     }
-    let position = if svc.flags & service_flags::ROUND_ROBIN != 0 {
+    let position = if opening && svc.flags & service_flags::ROUND_ROBIN != 0 {
         let cursor = RR_CURSORS.get_ptr_mut(svc.id)?;
         // SAFETY: per-CPU value; only this CPU's program runs touch it.
         unsafe {

@@ -155,7 +155,7 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
         "drop_no_backend",
         "drop_fib_failed",
         "drop_conntrack_full",
-        "drop_no_flow",
+        "flow_lost",
         "drop_meta_failed",
     ] {
         assert_eq!(counter(&counters, zero), 0, "{zero}: {counters}");

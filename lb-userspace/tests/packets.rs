@@ -5,7 +5,9 @@
 use std::net::SocketAddrV4;
 
 use lb_common::{
-    maps::{XDP_META_MAGIC, proto},
+    Addr,
+    hash::flow_hash,
+    maps::{FlowKey, XDP_META_MAGIC, proto},
     stats::StatSlot,
 };
 use lb_testkit::{
@@ -399,7 +401,7 @@ services:
 }
 
 #[test]
-fn round_robin_rotates_new_flows_and_a_syn_after_fin_starts_a_new_flow() {
+fn round_robin_rotates_new_flows_places_mid_flow_by_hash_and_a_syn_after_fin_starts_a_new_flow() {
     if !e2e_enabled() {
         return;
     }
@@ -426,11 +428,56 @@ services:
         let distinct: std::collections::BTreeSet<_> = order[..3].iter().collect();
         assert_eq!(distinct.len(), 3, "{order:?}");
 
-        // Mid-flow packets of an unknown flow cannot be placed: dropped and counted.
-        let before = lb.stats();
-        let out = lb.run(&Ipv4Frame::tcp(sock(CLIENT, 31000), sock(VIP, 80), TCP_ACK).build());
-        assert_eq!(out.action, XDP_DROP);
-        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoFlow), 1);
+        // Mid-flow packets of flows this node never saw (they entered by a node that died)
+        // are picked up by the flow hash over the same sequence, as any node with this plan
+        // would place them, and do not move the rotation.
+        let plan::Explanation::RoundRobin { sequence, .. } = lb.desired.explain(
+            proto::TCP,
+            std::net::SocketAddr::V4(sock(CLIENT, 31000)),
+            std::net::SocketAddr::V4(sock(VIP, 80)),
+        ) else {
+            panic!("a round-robin service");
+        };
+        let mut picked = std::collections::BTreeSet::new();
+        for port in 31000..31012u16 {
+            let client = sock(CLIENT, port);
+            let key = FlowKey {
+                src: Addr::from(*client.ip()),
+                dst: Addr::from(VIP.parse::<std::net::Ipv4Addr>().unwrap()),
+                sport_be: port.to_be(),
+                dport_be: 80u16.to_be(),
+                proto: proto::TCP,
+                _pad: [0; 3],
+            };
+            let std::net::SocketAddr::V4(backend) =
+                sequence[(flow_hash(&key) % sequence.len() as u32) as usize]
+            else {
+                panic!("an IPv4 backend");
+            };
+            picked.insert(backend);
+            let before = lb.stats();
+            let ack = Ipv4Frame::tcp(client, sock(VIP, 80), TCP_ACK | TCP_PSH);
+            let out = lb.run(&ack.build());
+            assert_eq!(out.action, XDP_PASS, "handed to TC");
+            assert_eq!(
+                out.packet,
+                ack.clone().with_dst(backend).build(),
+                "{client}"
+            );
+            let after = lb.stats();
+            for (slot, n) in [
+                (StatSlot::FlowLost, 1),
+                (StatSlot::NewFlow, 1),
+                (StatSlot::NatForward, 1),
+            ] {
+                assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+            }
+            // Now tracked here: the next packet follows the flow.
+            let out = lb.run(&ack.build());
+            assert_eq!(out.packet, ack.clone().with_dst(backend).build());
+            assert_eq!(delta(&after, &lb.stats(), StatSlot::NewFlow), 0);
+        }
+        assert!(picked.len() > 1, "the hash spreads: {picked:?}");
 
         // Client port reuse: FIN closes, the next SYN is a new flow on the next backend.
         let client = sock(CLIENT, 30000);
@@ -442,7 +489,7 @@ services:
         let again = *parse_ipv4(&out.packet).unwrap().dst.ip();
         assert_eq!(
             again, order[0],
-            "the rotation continues: 10th flow, same slot as the 1st"
+            "the rotation continues: 10th flow, same slot as the 1st (picked-up flows took none)"
         );
         assert_eq!(again, first);
     });

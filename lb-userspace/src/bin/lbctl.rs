@@ -479,8 +479,9 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     let lost = StatSlot::FlowLost;
     if let Some(n) = report.global.get(lost.label()).filter(|n| **n > 0) {
         println!(
-            "{}={n}: established flows the table lost (evicted while full): \
-             raise --conntrack-entries (README: sizing the connection table)",
+            "{}={n}: established flows with no entry here (evicted while full, or moved \
+             from another balancer node): if not the latter, raise --conntrack-entries \
+             (README: sizing the connection table)",
             lost.label()
         );
     }

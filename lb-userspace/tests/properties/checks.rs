@@ -281,25 +281,19 @@ impl<'a> Runner<'a> {
         match (case.class, ip_in, ip_out) {
             (Class::ToFrontend { service }, Some(ip), Some(ip_out)) => {
                 let s = &self.model.services[&service];
-                let opening = ip[9] == proto::UDP
-                    || (ip[20 + 13] & TCP_SYN != 0 && ip[20 + 13] & TCP_ACK == 0);
+                // Either scheduler places a mid-flow packet without a flow (by the hash).
                 let (src, dst) = endpoints(ip_out);
-                let fine = if d(StatSlot::NatForward) == 1 {
-                    s.backends.contains(&dst)
-                        && (!s.fullnat || is_snat_source(src))
-                        && (s.fullnat
-                            || src == endpoints(ip).0
-                            || is_port_remap(src, endpoints(ip).0))
-                } else {
-                    d(StatSlot::DropNoFlow) == 1 && s.round_robin && !opening
-                };
+                let fine = d(StatSlot::NatForward) == 1
+                    && s.backends.contains(&dst)
+                    && (!s.fullnat || is_snat_source(src))
+                    && (s.fullnat || src == endpoints(ip).0 || is_port_remap(src, endpoints(ip).0));
                 if d(StatSlot::DropNoSnatPort) == 1 {
                     fail(SNAT_PORT_STALL, String::new());
                 } else if !fine {
                     fail(
                         EXPECTED,
                         format!(
-                            "to a frontend with backends {:?}: translated to one of them (full NAT {}: from the node's address toward them, port {FULLNAT_PORT_MIN}-{FULLNAT_PORT_MAX}), or (round-robin, mid-flow) dropped as drop_no_flow",
+                            "to a frontend with backends {:?}: translated to one of them (full NAT {}: from the node's address toward them, port {FULLNAT_PORT_MIN}-{FULLNAT_PORT_MAX}), whether it opens its flow or not",
                             s.backends, s.fullnat
                         ),
                     );

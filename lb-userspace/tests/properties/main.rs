@@ -313,7 +313,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
             StatSlot::TxLocal,
             StatSlot::DropNoBackend,
             StatSlot::DropFibFailed,
-            StatSlot::DropNoFlow,
+            StatSlot::FlowLost,
         ] {
             assert!(
                 delta(&first, &last, slot) > 0,
