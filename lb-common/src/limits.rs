@@ -14,6 +14,21 @@ pub const MAX_BACKEND_ENDPOINTS: u32 = 262_144;
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// Default connection-table capacity (entries; a flow takes two: forward and reply).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2_097_152;
+/// Entries of the table of unconfirmed flows (`PENDING`) beside a connection table of
+/// `conntrack_entries`: a quarter of it, at least `MIN_PENDING_ENTRIES`. New flows wait there
+/// until the client's second packet confirms them, so a flood of new flows (spoofed SYNs,
+/// one-packet UDP) churns this table and never evicts an established flow. A legitimate new
+/// flow survives the flood if the client answers before `entries / 2` newer flows arrive.
+pub const fn pending_entries(conntrack_entries: u32) -> u32 {
+    let quarter = conntrack_entries / 4;
+    if quarter < MIN_PENDING_ENTRIES {
+        MIN_PENDING_ENTRIES
+    } else {
+        quarter
+    }
+}
+pub const MIN_PENDING_ENTRIES: u32 = 1024;
+pub const DEFAULT_PENDING_ENTRIES: u32 = pending_entries(DEFAULT_CONNTRACK_ENTRIES);
 /// Endpoint filters (`REPLY_FILTER`, `FORWARD_FILTER`): entries of 64 one-byte slots, 32 KiB
 /// in all, a slot per backend or frontend endpoint that has had a flow (few collisions up to
 /// thousands of endpoints; a collision only costs a lookup). Bytes, not bits: a byte store

@@ -12,6 +12,7 @@ pub mod names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const BACKEND_ENDPOINTS: &str = "BACKEND_ENDPOINTS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const PENDING: &str = "PENDING";
     pub const RR_CURSORS: &str = "RR_CURSORS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
@@ -29,12 +30,13 @@ pub mod names {
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
     pub const TUNNEL_PEER_INDEX: &str = "TUNNEL_PEER_INDEX";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
         BACKEND_ENDPOINTS,
         CONNTRACK,
+        PENDING,
         RR_CURSORS,
         TX_PORTS,
         GLOBAL_STATS,

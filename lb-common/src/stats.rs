@@ -115,6 +115,10 @@ stat_slots! {
     /// unchanged; round-robin: the hash's slot of its sequence, see the README). Counted per
     /// packet.
     FlowLost = "flow_lost", Event;
+    /// A new flow was confirmed: the client's second packet (TCP without SYN, any UDP)
+    /// moved it from the table of unconfirmed flows (`PENDING`) into the connection table.
+    /// `new_flow` minus this is the flows never confirmed: a flood of new flows shows there.
+    FlowConfirmed = "flow_confirmed", Event;
 }
 
 #[cfg(test)]

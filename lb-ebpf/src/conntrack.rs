@@ -17,9 +17,10 @@ use lb_common::{
 
 use crate::{
     maps::{
-        BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, REPLY_FILTER,
+        BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, PENDING,
+        REPLY_FILTER,
     },
-    parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
+    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
 };
 
@@ -53,9 +54,10 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
 
 /// Why a client packet has no live flow to follow.
 pub enum NoFlow {
-    /// The table has no entry for the packet: it opens a flow.
+    /// The connection table has no entry for the packet: it may be an unconfirmed flow
+    /// (`pending`), or it opens one.
     Untracked,
-    /// The packet's flow ended: it opens a new one.
+    /// The packet's flow ended (and is gone from the table): as `Untracked`, but not lost.
     Open,
     /// Its backend left a service whose policy is `reset`: answer the TCP packet with a RST.
     Reset,
@@ -106,9 +108,10 @@ fn liveness(
 }
 
 /// The tracked forward flow of a client packet, if it is still alive and this packet belongs
-/// to it (see `liveness`). A flow that ended leaves the packet to start a new flow; so does a
-/// flow whose backend left the service when the service moves such flows (under `reset`, a
-/// TCP packet other than a SYN is answered with a RST instead).
+/// to it (see `liveness`). A flow that ended is removed (both entries) and the packet starts a
+/// new flow, or follows the unconfirmed one that replaced it; so does a flow whose backend
+/// left the service when the service moves such flows (under `reset`, a TCP packet other
+/// than a SYN is answered with a RST instead).
 /// The old flow's reply entry is removed first, so client port reuse never stalls (under full
 /// NAT the new flow takes the same node port again) and the old backend's late packets are
 /// not translated.
@@ -131,6 +134,8 @@ pub fn lookup_forward(
         Liveness::NotForward => return Err(NoFlow::Open),
         Liveness::Ended => {
             forget_reply(key, f);
+            // Gone, so the flow's later packets find the unconfirmed flow that replaces it.
+            let _ = CONNTRACK.remove(key);
             return Err(NoFlow::Open);
         }
         Liveness::BackendGone => {
@@ -294,7 +299,8 @@ pub enum InsertError {
     NoPort,
 }
 
-/// Records a new flow: the reply entry first, so the backend's first answer finds it. Under
+/// Records a new flow in the table of unconfirmed flows (`PENDING`; `pending` confirms it):
+/// the reply entry first, so the backend's first answer finds it. Under
 /// full NAT (and NAT on a reply-entry clash), picks the source port here: the first of a few ports (from the flow's hash) whose
 /// reply entry is free or idle, so concurrent flows of one client never collide.
 #[inline(always)]
@@ -335,27 +341,27 @@ pub fn insert(
     };
     // SAFETY: per-CPU scratch, used by this program run only.
     let flow = unsafe { &mut *flow };
-    *flow = Flow {
-        nat_addr: key.dst,
-        snat_addr: Addr::UNSPECIFIED,
-        nat_port_be: key.dport_be,
-        snat_port_be: 0,
-        kind: flow_kind::REPLY,
-        tcp_state: tcp_state::NONE,
-        egress_redirect: 0,
-        service_flags: svc.flags as u8,
-        backend_id: chosen.backend_id,
-        service_id: svc.id,
-        timeout_s,
-        egress_ifindex: 0,
-        last_seen_ns: now,
-        egress_macs: [0; 12],
-        seen_tick: tick(),
-        egress_mtu: 0,
-        tunnel_peer: chosen.arrived_from,
-        _pad2: 0,
-        frontend_gen: generation,
-    };
+    // Field by field: a `Flow` literal would be built on the stack first (88 bytes this deep
+    // in the new-flow path) and copied.
+    flow.nat_addr = key.dst;
+    flow.snat_addr = Addr::UNSPECIFIED;
+    flow.nat_port_be = key.dport_be;
+    flow.snat_port_be = 0;
+    flow.kind = flow_kind::REPLY;
+    flow.tcp_state = tcp_state::NONE;
+    flow.egress_redirect = 0;
+    flow.service_flags = svc.flags as u8;
+    flow.backend_id = chosen.backend_id;
+    flow.service_id = svc.id;
+    flow.timeout_s = timeout_s;
+    flow.egress_ifindex = 0;
+    flow.last_seen_ns = now;
+    flow.egress_macs = [0; 12];
+    flow.seen_tick = tick();
+    flow.egress_mtu = 0;
+    flow.tunnel_peer = chosen.arrived_from;
+    flow._pad2 = 0;
+    flow.frontend_gen = generation;
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow
     // another source port, as netfilter's NAT does on a tuple clash. Full NAT always picks
@@ -391,24 +397,26 @@ pub fn insert(
     flow.kind = flow_kind::FORWARD;
     flow.tcp_state = state;
     flow.tunnel_peer = chosen.tunnel_peer;
-    CONNTRACK
+    PENDING
         .insert(key, &*flow, 0)
         .map_err(|_| InsertError::Full)?;
     set_filter_slot(&FORWARD_FILTER, &key.dst, key.dport_be, key.proto);
     Ok(())
 }
 
-/// Writes the reply entry `reply_key`, unless a live flow holds it; an entry whose flow
-/// has ended (forward entry gone, idle, or mapped elsewhere) is taken over.
+/// Writes the unconfirmed reply entry `reply_key`, unless a live flow holds it, confirmed
+/// or not (a confirmed one would be overwritten when this flow is confirmed); an entry whose
+/// flow has ended (forward entry gone, idle, or mapped elsewhere) is taken over.
 #[inline(always)]
 fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
-    let claimed = CONNTRACK.insert(reply_key, flow, noexist).is_ok()
-        || (!reply_owner_alive(reply_key, now) && {
-            let _ = CONNTRACK.remove(reply_key);
-            // NOEXIST again: of two CPUs taking over the same entry, one wins.
-            CONNTRACK.insert(reply_key, flow, noexist).is_ok()
-        });
+    let claimed = !reply_owner_alive(reply_key, now, false)
+        && (PENDING.insert(reply_key, flow, noexist).is_ok()
+            || (!reply_owner_alive(reply_key, now, true) && {
+                let _ = PENDING.remove(reply_key);
+                // NOEXIST again: of two CPUs taking over the same entry, one wins.
+                PENDING.insert(reply_key, flow, noexist).is_ok()
+            }));
     if claimed {
         set_filter_slot(
             &REPLY_FILTER,
@@ -470,12 +478,38 @@ pub fn frontend_gen() -> u32 {
     FRONTEND_GEN.get(0).copied().unwrap_or(0)
 }
 
-/// Whether the flow that wrote the reply entry at `reply_key` is alive: its forward entry
-/// exists, is not idle past its limit, and still maps to this reply key. Not inlined, and
-/// its key built in per-CPU scratch memory: it runs deep in the new-flow path.
+/// Whether the flow that wrote the reply entry at `reply_key` of `PENDING` (if `pending`) or
+/// `CONNTRACK` is alive: its forward entry (in the same table) exists, is not idle past its
+/// limit, and still maps to this reply key.
+#[inline(always)]
+fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool) -> bool {
+    if pending {
+        pending_reply_owner_alive(reply_key, now)
+    } else {
+        confirmed_reply_owner_alive(reply_key, now)
+    }
+}
+
+/// `reply_owner_alive` in `CONNTRACK`. Not inlined (nor is its `PENDING` twin, each with one
+/// table, so their frames stay small): they run deep in the new-flow path.
 #[inline(never)]
-fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
-    let Some(reply) = CONNTRACK.get_ptr(reply_key) else {
+fn confirmed_reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
+    owner_alive(&CONNTRACK, reply_key, now)
+}
+
+#[inline(never)]
+fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
+    owner_alive(&PENDING, reply_key, now)
+}
+
+/// `reply_owner_alive` in `table`, its forward key built in per-CPU scratch memory.
+#[inline(always)]
+fn owner_alive<const N: usize>(
+    table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
+    reply_key: &FlowKey,
+    now: u64,
+) -> bool {
+    let Some(reply) = table.get_ptr(reply_key) else {
         return false;
     };
     let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
@@ -503,7 +537,7 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
         k.dst = *r.frontend_addr();
         k.dport_be = r.frontend_port_be();
         k.proto = reply_key.proto;
-        let Some(forward) = CONNTRACK.get_ptr(k) else {
+        let Some(forward) = table.get_ptr(k) else {
             return false;
         };
         let f = &*forward;
@@ -518,9 +552,10 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
 /// A backend's FIN or RST ends its flow as the client's does: the forward entry (whose state
 /// and idle limit decide the flow's life) moves to CLOSING, so the flow expires on the short
 /// timeout and a SYN on its tuple starts a new flow. `reply_key` is the backend's packet's
-/// tuple, `reply` its entry. The forward key is built in per-CPU scratch memory.
+/// tuple, `reply` its entry (in `PENDING` if `pending`, where the forward entry is too). The
+/// forward key is built in per-CPU scratch memory.
 #[inline(always)]
-pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
+pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool) {
     let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -542,7 +577,12 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
         k.dst = *reply.frontend_addr();
         k.dport_be = reply.frontend_port_be();
         k.proto = reply_key.proto;
-        let Some(forward) = CONNTRACK.get_ptr_mut(k) else {
+        let forward = if pending {
+            PENDING.get_ptr_mut(k)
+        } else {
+            CONNTRACK.get_ptr_mut(k)
+        };
+        let Some(forward) = forward else {
             return;
         };
         let f = &mut *forward;
@@ -558,13 +598,150 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow) {
     }
 }
 
-/// The reply entry of a packet from a backend.
+/// The reply entry of a packet from a backend, confirmed or (then `true`) not.
 #[inline(always)]
-pub fn lookup_reply(key: &FlowKey) -> Option<*mut Flow> {
-    let flow = CONNTRACK.get_ptr_mut(key)?;
+pub fn lookup_reply(key: &FlowKey) -> Option<(*mut Flow, bool)> {
+    let (flow, pending) = match CONNTRACK.get_ptr_mut(key) {
+        Some(flow) => (flow, false),
+        None => (PENDING.get_ptr_mut(key)?, true),
+    };
     // SAFETY: valid for this program run.
     if unsafe { (*flow).kind } != flow_kind::REPLY {
         return None;
     }
-    Some(flow)
+    Some((flow, pending))
+}
+
+/// What `pending` found for a client packet the connection table has no entry for.
+pub enum Pending {
+    /// No live unconfirmed flow of this packet (or of this service): it opens one.
+    Absent,
+    /// An unconfirmed flow this packet does not confirm (a SYN again): follow its `PENDING`
+    /// entry.
+    Follow,
+    /// This packet confirmed the flow: it is in `CONNTRACK` now.
+    Confirmed,
+    /// Its backend left a service whose policy is `reset`: answer the TCP packet with a RST.
+    Reset,
+}
+
+/// The unconfirmed flow of a client packet for the service `svc` that the connection table
+/// has no entry for: alive by the same rules as a confirmed one (`liveness`), confirmed by
+/// the client's second packet (TCP without SYN, any UDP). Not inlined: a sibling of the
+/// packet paths, run only by a flow's first packets.
+#[inline(never)]
+pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
+    let key = &pkt.key;
+    let Some(flow) = PENDING.get_ptr_mut(key) else {
+        return Pending::Absent;
+    };
+    // SAFETY: valid for this program run (see lookup_forward).
+    let f = unsafe { &mut *flow };
+    // A frontend moved to another service since: a new flow (it overwrites this one).
+    if f.service_id != svc.id {
+        return Pending::Absent;
+    }
+    let is_tcp = key.proto == proto::TCP;
+    let moves = svc.flags & service_flags::MOVE_ON_REMOVAL != 0;
+    match liveness(f, is_tcp, pkt.tcp_flags, tick, moves) {
+        Liveness::Alive => {}
+        Liveness::BackendGone => {
+            // As `lookup_forward` does for a confirmed flow.
+            let _ = PENDING.remove(key);
+            if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(pkt.tcp_flags)
+            {
+                return Pending::Reset;
+            }
+            count(StatSlot::FlowMoved);
+            return Pending::Absent;
+        }
+        Liveness::NotForward | Liveness::Ended => return Pending::Absent,
+    }
+    if is_tcp && pkt.tcp_flags & TCP_SYN != 0 {
+        return Pending::Follow;
+    }
+    if confirm(key, f, pkt.tunnel_peer, tick) {
+        Pending::Confirmed
+    } else {
+        Pending::Follow
+    }
+}
+
+/// Moves the unconfirmed flow `key` (its forward entry `f`, in `PENDING`) into `CONNTRACK`:
+/// the reply entry first (rebuilt from the forward one, so a reply entry the flood evicted
+/// from `PENDING` is no loss; `arrived_from` is where the client's packets come from), then
+/// the forward entry; then both leave `PENDING`. False, and nothing changed in `CONNTRACK`,
+/// if a live confirmed flow holds the reply key (the flow stays unconfirmed).
+#[inline(always)]
+fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
+    let remapped = f.remaps_source();
+    let reply_key = FlowKey {
+        src: *f.backend_addr(),
+        dst: if remapped {
+            *f.remapped_source_addr()
+        } else {
+            key.src
+        },
+        sport_be: f.backend_port_be(),
+        dport_be: if remapped {
+            f.remapped_source_port_be()
+        } else {
+            key.sport_be
+        },
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let Some(reply) = FLOW_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = now_ns();
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let reply = unsafe { &mut *reply };
+    // Field by field (see `insert`).
+    reply.nat_addr = key.dst;
+    reply.snat_addr = if remapped { key.src } else { Addr::UNSPECIFIED };
+    reply.nat_port_be = key.dport_be;
+    reply.snat_port_be = if remapped { key.sport_be } else { 0 };
+    reply.kind = flow_kind::REPLY;
+    reply.tcp_state = tcp_state::NONE;
+    reply.egress_redirect = 0;
+    reply.service_flags = f.service_flags;
+    reply.backend_id = f.backend_id;
+    reply.service_id = f.service_id;
+    reply.timeout_s = f.timeout_s;
+    reply.egress_ifindex = 0;
+    reply.last_seen_ns = now;
+    reply.egress_macs = [0; 12];
+    reply.seen_tick = tick;
+    reply.egress_mtu = 0;
+    reply.tunnel_peer = arrived_from;
+    reply._pad2 = 0;
+    reply.frontend_gen = f.frontend_gen;
+    let noexist = u64::from(BPF_NOEXIST);
+    let claimed = CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
+        || (!reply_owner_alive(&reply_key, now, false) && {
+            let _ = CONNTRACK.remove(&reply_key);
+            CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
+        });
+    if !claimed {
+        return false;
+    }
+    if CONNTRACK.insert(key, f, 0).is_err() {
+        let _ = CONNTRACK.remove(&reply_key);
+        return false;
+    }
+    // The unconfirmed reply entry, if still this flow's (see `forget_reply`).
+    if let Some(old) = PENDING.get_ptr(&reply_key) {
+        // SAFETY: valid for this program run.
+        let owned = unsafe {
+            (*old).kind == flow_kind::REPLY
+                && *(*old).frontend_addr() == key.dst
+                && (*old).frontend_port_be() == key.dport_be
+        };
+        if owned {
+            let _ = PENDING.remove(&reply_key);
+        }
+    }
+    let _ = PENDING.remove(key);
+    true
 }

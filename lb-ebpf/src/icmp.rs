@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::{
     forward,
-    maps::{CONNTRACK, FRONTENDS},
+    maps::{CONNTRACK, FRONTENDS, PENDING},
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     stats::count,
@@ -212,7 +212,11 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpo
         proto: key.proto,
         _pad: [0; 3],
     };
-    let Some(flow) = CONNTRACK.get_ptr(&answering) else {
+    // Confirmed or not (a one-datagram UDP flow stays unconfirmed).
+    let Some(flow) = CONNTRACK
+        .get_ptr(&answering)
+        .or_else(|| PENDING.get_ptr(&answering))
+    else {
         return false;
     };
     // SAFETY: valid for this program run; read field by field.

@@ -32,8 +32,8 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack::{Chosen, InsertError, NoFlow},
-    maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS},
+    conntrack::{Chosen, InsertError, NoFlow, Pending},
+    maps::{BACKEND_ENDPOINTS, CONNTRACK, FRONTENDS, PENDING},
     nat::Side,
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::{count, count_raw, count_traffic},
@@ -89,29 +89,48 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
         let verdict = to_backend(ctx, pkt, svc, false, generation);
-        if verdict == Verdict::NEEDS_RESET {
-            return Verdict::xdp(reset::answer(ctx, pkt));
-        }
         if verdict == Verdict::NOT_TUNNELED {
             count(StatSlot::DropTunnelOnly);
             return Verdict::xdp(xdp_action::XDP_DROP);
         }
-        if verdict != Verdict::NEEDS_FLOW {
+        let mut reset = verdict == Verdict::NEEDS_RESET;
+        if !reset && verdict != Verdict::NEEDS_FLOW && verdict != Verdict::UNTRACKED {
             return verdict;
         }
-        if let Some(slot) = start_flow(ctx, pkt, svc, generation).refusal() {
-            count_raw(slot);
-            // Debug level: the verifier removes it unless lbd runs with --kernel-log debug.
-            debug!(
-                ctx,
-                "service {}: new flow refused (counter slot {})", svc.id, slot
-            );
-            return Verdict::xdp(xdp_action::XDP_DROP);
+        // Not in the connection table: an unconfirmed flow's packet, or a new flow. One call
+        // of `to_backend` (and of `reset::answer`) below for all cases: the verifier checks a
+        // function again at every call site.
+        let mut pending = true;
+        if !reset {
+            match conntrack::pending(pkt, svc, conntrack::tick()) {
+                Pending::Follow => {}
+                Pending::Confirmed => {
+                    count(StatSlot::FlowConfirmed);
+                    pending = false;
+                }
+                Pending::Reset => reset = true,
+                Pending::Absent => {
+                    if verdict == Verdict::UNTRACKED
+                        && pkt.key.proto == proto::TCP
+                        && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0
+                    {
+                        // Mid-flow, yet no entry: evicted, or another node's flow (see
+                        // `FlowLost`).
+                        count(StatSlot::FlowLost);
+                    }
+                    if let Some(slot) = start_flow(ctx, pkt, svc, generation).refusal() {
+                        count_raw(slot);
+                        return Verdict::xdp(xdp_action::XDP_DROP);
+                    }
+                    count(StatSlot::NewFlow);
+                    pkt.opened_flow = true;
+                }
+            }
         }
-        count(StatSlot::NewFlow);
-        debug!(ctx, "service {}: new flow", svc.id);
-        pkt.opened_flow = true;
-        return to_backend(ctx, pkt, svc, true, generation);
+        if reset {
+            return Verdict::xdp(reset::answer(ctx, pkt));
+        }
+        return settled(to_backend(ctx, pkt, svc, pending, generation));
     }
     endpoint.addr = pkt.key.src;
     endpoint.port_be = pkt.key.sport_be;
@@ -122,6 +141,20 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     }
     count(StatSlot::PassNotFrontend);
     Verdict::xdp(xdp_action::XDP_PASS)
+}
+
+/// `to_backend`'s verdict for a flow followed in, or just moved to, a table, where it is
+/// unless the table lost it at once (a table far too small for the load): then dropped.
+#[inline(always)]
+fn settled(verdict: Verdict) -> Verdict {
+    if verdict == Verdict::UNTRACKED
+        || verdict == Verdict::NEEDS_FLOW
+        || verdict == Verdict::NEEDS_RESET
+    {
+        count(StatSlot::DropConntrackFull);
+        return Verdict::xdp(xdp_action::XDP_DROP);
+    }
+    verdict
 }
 
 /// A packet of a tracked forward flow whose stamp is current (`conntrack::follow_stamped`):
@@ -152,8 +185,9 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdic
 }
 
 /// A client packet for a frontend: DNAT (and SNAT under full NAT) from its connection-table
-/// entry, which also caches its route, and forward; `Verdict::NEEDS_FLOW` if it has none (or, with
-/// `new_flow`, the flow just recorded). Everything an established flow runs through is
+/// entry, which also caches its route, and forward; `Verdict::UNTRACKED` if the table has
+/// none, `Verdict::NEEDS_FLOW` if its flow ended. With `pending`, from its flow's entry in
+/// the table of unconfirmed flows instead (just opened, or followed: see `conntrack::pending`). Everything an established flow runs through is
 /// inlined here: on this machine kind every return costs a mispredicted "safe RET" (SRSO
 /// mitigation), so this is the hot path's only call. Opening a flow is a sibling call from
 /// the entry function, so the two frames never add up.
@@ -162,16 +196,19 @@ fn to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
     svc: &Service,
-    new_flow: bool,
+    pending: bool,
     generation: u32,
 ) -> Verdict {
     let key: &FlowKey = &pkt.key;
     if svc.flags & service_flags::TUNNEL_ONLY != 0 && pkt.tunnel_peer == 0 {
         return Verdict::NOT_TUNNELED;
     }
-    let flow = if new_flow {
-        match CONNTRACK.get_ptr_mut(key) {
-            Some(flow) => flow,
+    let flow = if pending {
+        match PENDING.get_ptr_mut(key) {
+            Some(flow) => {
+                conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
+                flow
+            }
             // Evicted the moment it was written: a table far too small for the load.
             None => {
                 count(StatSlot::DropConntrackFull);
@@ -184,18 +221,12 @@ fn to_backend(
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
                 flow
             }
-            Err(NoFlow::Untracked) => {
-                if key.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0 {
-                    // Mid-flow, yet no entry: evicted, or another node's flow (see `FlowLost`).
-                    count(StatSlot::FlowLost);
-                }
-                return Verdict::NEEDS_FLOW;
-            }
+            Err(NoFlow::Untracked) => return Verdict::UNTRACKED,
             Err(NoFlow::Open) => return Verdict::NEEDS_FLOW,
             Err(NoFlow::Reset) => return Verdict::NEEDS_RESET,
         }
     };
-    forward_flow(ctx, pkt, flow, svc.id, new_flow)
+    forward_flow(ctx, pkt, flow, svc.id, pkt.opened_flow)
 }
 
 /// DNAT (and SNAT under full NAT) from the flow's entry, count and send: the tail of
@@ -242,11 +273,20 @@ fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) ->
         tunnel_peer: 0,
         arrived_from: pkt.tunnel_peer,
     };
-    let outcome = open_flow(ctx, pkt, svc, &mut chosen);
-    if outcome != FlowStart::OPENED {
-        return outcome;
+    let mut outcome = open_flow(ctx, pkt, svc, &mut chosen);
+    if outcome == FlowStart::OPENED {
+        outcome = record_flow(pkt, svc, &mut chosen, conntrack::now_ns(), generation);
     }
-    record_flow(pkt, svc, &mut chosen, conntrack::now_ns(), generation)
+    // Debug level: the verifier removes these unless lbd runs with --kernel-log debug. Here,
+    // not in the entry function, so they are checked on this one path only.
+    match outcome.refusal() {
+        Some(slot) => debug!(
+            ctx,
+            "service {}: new flow refused (counter slot {})", svc.id, slot
+        ),
+        None => debug!(ctx, "service {}: new flow", svc.id),
+    }
+    outcome
 }
 
 /// Chooses a backend for a new flow, and under full NAT the node address to speak from.
@@ -295,14 +335,14 @@ fn record_flow(
 /// on its path.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
-    let Some(flow) = conntrack::lookup_reply(&pkt.key) else {
+    let Some((flow, pending)) = conntrack::lookup_reply(&pkt.key) else {
         count(StatSlot::PassNotFrontend);
         return Verdict::xdp(xdp_action::XDP_PASS);
     };
     conntrack::touch_reply(flow, conntrack::tick());
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: valid for this program run.
-        conntrack::backend_closing(&pkt.key, unsafe { &*flow });
+        conntrack::backend_closing(&pkt.key, unsafe { &*flow }, pending);
     }
     // SAFETY: valid for this program run (an insert replaces a value, never writes into
     // it, so the addresses are referenced where they are rather than copied: the BPF stack is

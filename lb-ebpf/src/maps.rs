@@ -1,5 +1,5 @@
 //! Every map of the program. Names, keys, values and sizes come from lb-common; userspace
-//! resizes `CONNTRACK` at load time.
+//! resizes `CONNTRACK` and `PENDING` at load time.
 
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     Addr,
     limits::{
-        DEFAULT_CONNTRACK_ENTRIES, ENDPOINT_FILTER_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS,
-        MAX_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS,
-        SOCK_REVERSE_ENTRIES,
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, ENDPOINT_FILTER_ENTRIES,
+        MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS,
+        MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, SockCounters,
@@ -60,9 +60,16 @@ pub static FORWARD_FILTER: Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }>
 #[btf_map]
 pub static FRONTEND_GEN: Array<u32, 1> = Array::new();
 
-/// Tracked flows, both directions.
+/// Tracked flows, both directions: confirmed ones (see `PENDING`).
 #[btf_map]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// New flows, both directions, until the client's second packet confirms them and moves
+/// them into `CONNTRACK` (`conntrack::confirm`): a flood of new flows evicts only here.
+/// Userspace sizes it from `CONNTRACK`'s size (`limits::pending_entries`).
+#[btf_map]
+pub static PENDING: LruHashMap<FlowKey, Flow, { DEFAULT_PENDING_ENTRIES as usize }> =
     LruHashMap::new();
 
 /// Per-CPU room to build a connection-table value in: a `Flow` on the 512-byte BPF stack

@@ -17,8 +17,12 @@ const TUNNEL: u32 = 0x7ffe_0000;
 const TUNNEL_MASK: u32 = 0xffff_ff00;
 
 impl Verdict {
-    /// `to_backend`: the packet has no tracked flow; the caller opens one.
+    /// `to_backend`: the packet's flow ended (and left the table); the caller follows its
+    /// unconfirmed successor or opens one.
     pub const NEEDS_FLOW: Self = Self(u32::MAX);
+    /// `to_backend`: the connection table has no entry for the packet; the caller follows
+    /// its unconfirmed flow or opens one.
+    pub const UNTRACKED: Self = Self(u32::MAX - 6);
     /// `to_backend`: the flow's backend is gone and the client is to get a RST.
     pub const NEEDS_RESET: Self = Self(u32::MAX - 1);
     /// `to_backend_stamped`: the packet is not for a flow it may follow on its own (left

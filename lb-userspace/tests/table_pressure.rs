@@ -112,3 +112,128 @@ fn an_established_flow_evicted_by_newer_flows_is_counted_as_lost() {
         })
         .expect("program loaded");
 }
+
+/// A frame of the flood: a SYN from spoofed source `i`.
+fn flood_frame(i: u32, port: u16) -> Vec<u8> {
+    let source = SocketAddrV4::new(
+        Ipv4Addr::from(0xc613_0000 | (i & 0xffff)),
+        1024 + (i >> 16) as u16,
+    );
+    Ipv4Frame::tcp(source, vip(port), TCP_SYN).build()
+}
+
+#[test]
+fn a_flood_of_new_flows_evicts_no_established_flow_of_either_scheduler() {
+    if !e2e_enabled() {
+        return;
+    }
+    ProgNode::new("flood", &[])
+        .expect("node namespace")
+        .run(SERVICES, TABLE, |mut lb| {
+            pin_to_cpu(0);
+            let maglev_client = SocketAddrV4::new(CLIENT.parse().unwrap(), 41000);
+            let rr_client = SocketAddrV4::new(CLIENT.parse().unwrap(), 41001);
+            let maglev_backend = establish(&mut lb, maglev_client, vip(80));
+            let rr_backend = establish(&mut lb, rr_client, vip(81));
+            let before = lb.stats();
+            // Five connection tables' worth of SYNs from spoofed sources toward both services;
+            // a legitimate client connects in the middle of it.
+            let flood = 5 * TABLE;
+            let mut newcomer = None;
+            for i in 0..flood {
+                lb.run(&flood_frame(i, 80 + (i % 2) as u16));
+                if i == flood / 2 {
+                    let client = SocketAddrV4::new(CLIENT.parse().unwrap(), 41002);
+                    newcomer = Some((client, establish(&mut lb, client, vip(81))));
+                }
+            }
+            let after = lb.stats();
+            assert_eq!(
+                delta(&before, &after, StatSlot::NewFlow),
+                u64::from(flood) + 1
+            );
+            // Only the newcomer confirmed its flow; the flood stayed unconfirmed.
+            assert_eq!(delta(&before, &after, StatSlot::FlowConfirmed), 1);
+            let (entries, _) = lb.dp.conntrack_occupancy().unwrap();
+            assert_eq!(entries, 6, "three confirmed flows, two entries each");
+
+            // Every established flow still goes to its backend, both ways.
+            let before = lb.stats();
+            let (newcomer, newcomer_backend) = newcomer.unwrap();
+            for (client, frontend, backend) in [
+                (maglev_client, vip(80), maglev_backend),
+                (rr_client, vip(81), rr_backend),
+                (newcomer, vip(81), newcomer_backend),
+            ] {
+                let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
+                assert_eq!(out.action, XDP_PASS, "{client} -> {frontend}");
+                assert_eq!(*parse_ipv4(&out.packet).unwrap().dst.ip(), backend);
+                let reply = Ipv4Frame::tcp(SocketAddrV4::new(backend, 8080), client, TCP_ACK)
+                    .with_macs(lb_testkit::progtest::backend_mac(0), lb.backend_if_mac);
+                let out = lb.run_from(&reply.build(), lb.backend_if);
+                assert_eq!(out.action, XDP_PASS);
+                assert_eq!(
+                    out.packet,
+                    reply.with_src(frontend).build(),
+                    "reply of {client}"
+                );
+            }
+            let after = lb.stats();
+            assert_eq!(delta(&before, &after, StatSlot::FlowLost), 0);
+            assert_eq!(delta(&before, &after, StatSlot::NatReply), 3);
+
+            // And a new client connects after the flood.
+            let late = SocketAddrV4::new(CLIENT.parse().unwrap(), 41003);
+            establish(&mut lb, late, vip(80));
+            assert_eq!(delta(&after, &lb.stats(), StatSlot::FlowConfirmed), 1);
+        })
+        .expect("program loaded");
+}
+
+#[test]
+fn an_unconfirmed_flow_follows_its_first_choice_until_the_client_confirms_it() {
+    if !e2e_enabled() {
+        return;
+    }
+    ProgNode::new("unconf", &[])
+        .expect("node namespace")
+        .run(SERVICES, TABLE, |mut lb| {
+            pin_to_cpu(0);
+            let client = SocketAddrV4::new(CLIENT.parse().unwrap(), 42000);
+            let key = |client: SocketAddrV4| lb_common::maps::FlowKey {
+                src: (*client.ip()).into(),
+                dst: VIP.into(),
+                sport_be: client.port().to_be(),
+                dport_be: 81u16.to_be(),
+                proto: lb_common::maps::proto::TCP,
+                _pad: [0; 3],
+            };
+            // Round-robin: a retransmitted SYN keeps the backend its first SYN got.
+            let syn = Ipv4Frame::tcp(client, vip(81), TCP_SYN);
+            let first = lb.run(&syn.build());
+            let backend = parse_ipv4(&first.packet).unwrap().dst;
+            let before = lb.stats();
+            let again = lb.run(&syn.build());
+            assert_eq!(again.packet, first.packet, "same backend, same bytes");
+            let after = lb.stats();
+            assert_eq!(delta(&before, &after, StatSlot::NewFlow), 0);
+            assert_eq!(delta(&before, &after, StatSlot::FlowConfirmed), 0);
+            // Unconfirmed: not in the connection table, yet tracked.
+            assert_eq!(lb.dp.conntrack_occupancy().unwrap().0, 0);
+            assert!(lb.dp.tracked_flow(&key(client)).unwrap().is_some());
+            // The backend's SYN-ACK is translated from the unconfirmed reply entry.
+            let synack = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+                .with_macs(lb_testkit::progtest::backend_mac(0), lb.backend_if_mac);
+            let out = lb.run_from(&synack.build(), lb.backend_if);
+            assert_eq!(out.packet, synack.with_src(vip(81)).build());
+            // The client's ACK confirms it: both entries move to the connection table.
+            let out = lb.run(&Ipv4Frame::tcp(client, vip(81), TCP_ACK).build());
+            assert_eq!(out.action, XDP_PASS);
+            assert_eq!(parse_ipv4(&out.packet).unwrap().dst, backend);
+            assert_eq!(delta(&after, &lb.stats(), StatSlot::FlowConfirmed), 1);
+            assert_eq!(lb.dp.conntrack_occupancy().unwrap().0, 2);
+            let flow = lb.dp.tracked_flow(&key(client)).unwrap().expect("tracked");
+            assert_eq!(flow.tcp_state, lb_common::maps::tcp_state::ESTABLISHED);
+        })
+        .expect("program loaded");
+}

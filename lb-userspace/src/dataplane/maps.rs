@@ -350,17 +350,18 @@ impl Dataplane {
 
     /// The connection-table entry of `key`, if tracked.
     pub fn tracked_flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
-        let table: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
-                .map_err(map_err(names::CONNTRACK))?;
-        match table.get(key, 0) {
-            Ok(flow) => Ok(Some(flow)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(DataplaneError::Map {
-                name: names::CONNTRACK,
-                error,
-            }),
+        // Confirmed first; a flow the client has not confirmed yet waits in `PENDING`.
+        for name in [names::CONNTRACK, names::PENDING] {
+            let table: HashMap<&MapData, FlowKey, Flow> =
+                HashMap::try_from(self.ebpf().map(name).expect("checked at load"))
+                    .map_err(map_err(name))?;
+            match table.get(key, 0) {
+                Ok(flow) => return Ok(Some(flow)),
+                Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(DataplaneError::Map { name, error }),
+            }
         }
+        Ok(None)
     }
 
     /// The connection table itself, writable: for tools that must set up or age a flow as

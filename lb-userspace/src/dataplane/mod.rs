@@ -147,6 +147,10 @@ impl Dataplane {
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, options.conntrack_entries);
+        loader.map_max_entries(
+            names::PENDING,
+            lb_common::limits::pending_entries(options.conntrack_entries),
+        );
         let log_level = options.kernel_log as u8;
         loader.override_global(aya_log::LEVEL, &log_level, false);
         let mut adopted = false;

@@ -189,6 +189,8 @@ pub(crate) fn check_compatible(
             .map_err(|e| DataplaneError::Pin(format!("reading {}: {e}", path.display())))?;
         let want_entries = if name == names::CONNTRACK {
             conntrack_entries
+        } else if name == names::PENDING {
+            lb_common::limits::pending_entries(conntrack_entries)
         } else {
             want.max_entries()
         };
