@@ -68,15 +68,26 @@ fn slot_metric(slot: StatSlot) -> (&'static str, &'static str, &'static str) {
     }
 }
 
+/// Registers `metric`; the client library ends every HELP with a period, so `help` is given
+/// without one.
+fn register(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    registry.register(name, help.trim_end_matches('.'), metric);
+}
+
 fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let family = Family::<Labels, Counter>::default();
-    registry.register(name, help, family.clone());
+    register(registry, name, help, family.clone());
     family
 }
 
 fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
     let family = Family::<Labels, Gauge>::default();
-    registry.register(name, help, family.clone());
+    register(registry, name, help, family.clone());
     family
 }
 
@@ -235,21 +246,24 @@ fn register_services(registry: &mut Registry, report: &Report) {
 fn register_conntrack(registry: &mut Registry, report: &Report) {
     let entries = Gauge::<i64>::default();
     entries.set(i64::try_from(report.conntrack.entries).unwrap_or(i64::MAX));
-    registry.register(
+    register(
+        registry,
         "conntrack_entries",
         "Connection-table entries (a flow takes two), sampled.",
         entries,
     );
     let capacity = Gauge::<i64>::default();
     capacity.set(i64::from(report.conntrack.capacity));
-    registry.register(
+    register(
+        registry,
         "conntrack_capacity",
         "Connection-table capacity in entries.",
         capacity,
     );
     let generation = Gauge::<i64>::default();
     generation.set(i64::try_from(report.generation).unwrap_or(i64::MAX));
-    registry.register(
+    register(
+        registry,
         "config_generation",
         "Configurations programmed since start.",
         generation,
@@ -329,7 +343,8 @@ fn register_interfaces(registry: &mut Registry, attachments: &[crate::api::Attac
 fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
     let up = Gauge::<i64>::default();
     up.set(i64::from(swarm.engine_up));
-    registry.register(
+    register(
+        registry,
         "swarm_engine_up",
         "1 when the last read of the Docker Engine succeeded; 0 while forwarding keeps the last swarm state.",
         up,
@@ -347,7 +362,8 @@ fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
         .inc_by(swarm.reads_failed);
     let services = Gauge::<i64>::default();
     services.set(i64::try_from(swarm.services).unwrap_or(i64::MAX));
-    registry.register(
+    register(
+        registry,
         "swarm_services",
         "Swarm services known from the Engine (published or not).",
         services,
@@ -438,6 +454,12 @@ mod tests {
             &attachments,
         );
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("# HELP") && l.ends_with("..")),
+            "HELP ends with one period: {text}"
+        );
         assert!(
             text.contains("meshlb_interface_attached{interface=\"eth0\"} 0"),
             "{text}"

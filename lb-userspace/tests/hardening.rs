@@ -366,3 +366,44 @@ fn idle_tcp_api_connections_cannot_stall_the_daemon() {
     assert_eq!(answered, Ok(200), "the TCP API answers again");
     let _ = std::fs::remove_file(&token_file);
 }
+
+#[test]
+fn an_oversized_request_gets_the_apis_json_error_and_a_looping_backend_is_refused() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd");
+    let big = std::env::temp_dir().join(format!("mlb-big-{}.yaml", std::process::id()));
+    std::fs::write(&big, format!("services: {{}}\n#{}\n", "x".repeat(3 << 20))).unwrap();
+    let (ok, _, err) = lb.lbctl(&["apply", "-f", big.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&big);
+    assert!(!ok, "a 3 MB body was taken");
+    assert!(
+        err.contains("over the API's limit"),
+        "lbctl reads the 413 as the API's own error: {err}"
+    );
+    // A backend that is one of the node's frontends loops: refused, through the API as in a
+    // file (one rule set: the plan's).
+    let (ok, _, err) = lb
+        .lbctl(&[
+            "add-service",
+            "front",
+            "--vip",
+            "198.18.100.9",
+            "--port",
+            "80/tcp",
+            "--backend",
+            "198.18.100.1:80",
+        ])
+        .unwrap();
+    assert!(!ok, "a looping backend was taken");
+    assert!(err.contains("is itself a frontend"), "{err}");
+}

@@ -91,11 +91,47 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "no such endpoint; see `lbctl --help` for what the API serves".into(),
             )
         })
+        .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             count_requests,
         ))
         .with_state(shared)
+}
+
+/// Every error answer in the API's JSON form, those axum makes itself too (413 for a body
+/// over its limit, 405, 415), so clients read one shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "the request body is over the API's limit of 2 MB ({text}); send the services in smaller files"
+        )
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let mut json = ApiError(status, message).into_response();
+    // Keep what the original said beyond its body (an Allow header, say).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 /// `GET /metrics` alone, for the metrics listener.
@@ -611,13 +647,19 @@ pub fn read_token(path: &Path) -> Result<Arc<str>, String> {
             path.display()
         ));
     }
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        warn!(
-            "{}: the API token file is readable by group or others; chmod 600 it",
-            path.display()
-        );
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o002 != 0 {
+            warn!(
+                "{}: the API token file is writable by anyone: anyone on this host can change the token the TCP API takes; chmod 600 it",
+                path.display()
+            );
+        } else if mode & 0o077 != 0 {
+            warn!(
+                "{}: the API token file is readable by group or others; chmod 600 it",
+                path.display()
+            );
+        }
     }
     Ok(Arc::from(token))
 }

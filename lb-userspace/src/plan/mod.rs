@@ -277,6 +277,14 @@ pub enum PlanError {
     },
     #[error("service \"{service}\": building its selection table failed: {error}")]
     Table { service: String, error: TableError },
+    #[error(
+        "service \"{service}\": backend {backend} is itself a frontend of service \"{frontend_of}\": its flows would come back to this node and loop; give the backend's own address, not a VIP or a published port"
+    )]
+    BackendIsFrontend {
+        service: String,
+        backend: String,
+        frontend_of: String,
+    },
 }
 
 /// Plans the kernel state for `file` on a node with `node_addrs`.
@@ -354,6 +362,7 @@ pub fn plan_from(
         }
     }
     pending.finish(&mut state, previous);
+    check_no_loops(&state)?;
     for planned in &state.services {
         let spec = TableSpec {
             scheduler: planned.table_kind.0,
@@ -654,6 +663,37 @@ impl DesiredState {
 
 /// Replies to full NAT come back to node addresses on ports 61000-65535; a port published on
 /// every node address in that range would take them for new flows.
+/// Refuses a backend that is one of this node's frontends (a VIP or a published port, in
+/// the backend's protocol): its packets would be balanced again, never reaching a server.
+/// Swarm tasks behind the mesh are reached through frontends of their own and are left out.
+fn check_no_loops(state: &DesiredState) -> Result<(), PlanError> {
+    for planned in &state.services {
+        for backend in &planned.backends {
+            if backend.identity != backend.target {
+                continue; // a swarm task: its delivery frontend is meant to take it
+            }
+            let key = endpoint(backend.target, &planned.mapping);
+            let Some(frontend) = state.frontends.get(&key) else {
+                continue;
+            };
+            if frontend.flags & service_flags::TUNNEL_ONLY != 0 {
+                continue;
+            }
+            let frontend_of = state
+                .services
+                .iter()
+                .find(|s| s.id == frontend.id)
+                .map_or_else(String::new, |s| s.name.clone());
+            return Err(PlanError::BackendIsFrontend {
+                service: planned.name.clone(),
+                backend: format!("{}/{}", backend.target, planned.mapping.protocol),
+                frontend_of,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_fullnat_ports(file: &ServiceFile) -> Result<(), PlanError> {
     if !file
         .services
@@ -1084,6 +1124,51 @@ services:
             state.explain(proto::UDP, client, "198.19.10.3:8081".parse().unwrap()),
             Explanation::NotAFrontend
         );
+    }
+
+    #[test]
+    fn a_backend_that_is_a_frontend_is_refused() {
+        let looped = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+  front:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    backends: ["198.18.100.1"]
+"#;
+        let err = plan_of(looped, &NODE).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BackendIsFrontend {
+                service: "front".into(),
+                backend: "198.18.100.1:80/tcp".into(),
+                frontend_of: "web".into(),
+            }
+        );
+        // A published port of this node, as a backend.
+        let published = r#"
+services:
+  api:
+    ports: ["8000:8080/tcp"]
+    backends: ["198.18.2.10"]
+  again:
+    vip: 198.18.100.3
+    ports: ["80:8000/tcp"]
+    backends: ["198.18.1.1"]
+"#;
+        assert!(matches!(
+            plan_of(published, &NODE),
+            Err(PlanError::BackendIsFrontend { .. })
+        ));
+        // The same address on another port, or in the other protocol, is no loop.
+        let fine = looped.replace(
+            "backends: [\"198.18.100.1\"]",
+            "backends: [\"198.18.100.1:81\"]",
+        );
+        assert!(plan_of(&fine, &NODE).is_ok());
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl ServiceFile {
         let raw: Option<RawFile> =
             serde_norway::from_str(text).map_err(|e| ConfigError::Syntax {
                 path: origin.to_owned(),
-                message: e.to_string(),
+                message: shorten_quoted_values(&e.to_string()),
             })?;
         let (raw, lbd, swarm) = raw.map_or((None, None, None), |file| {
             (file.services, file.lbd, file.swarm)
@@ -360,8 +360,9 @@ pub(super) fn service_from_raw(
             service: None,
             field: "services".into(),
             message: format!(
-                "{name:?} is not a valid service name; use 1-{MAX_SERVICE_NAME_LEN} characters \
-                 of A-Z a-z 0-9 _ . -"
+                "{} is not a valid service name; use 1-{MAX_SERVICE_NAME_LEN} characters of \
+                 A-Z a-z 0-9 _ . - (safe in metric labels, file names and URLs)",
+                quoted_short(&name)
             ),
         });
     }
@@ -408,6 +409,7 @@ pub(super) fn service_from_raw(
     let scheduler: Scheduler = cx.keyword("scheduler", raw.scheduler)?;
     let forwarding = cx.keyword("forwarding", raw.forwarding)?;
     let affinity = cx.keyword("affinity", raw.affinity)?;
+    check_affinity(&cx, "affinity", scheduler, affinity)?;
     let on_backend_removal = cx.keyword("on_backend_removal", raw.on_backend_removal)?;
 
     let mut timeouts = Timeouts::default();
@@ -511,7 +513,11 @@ pub(super) fn swarm_policy_from_raw(
         // Unlike a file service's, a swarm service's default: its port answers on every node.
         affinity: match raw.affinity {
             None => Affinity::AnyNode,
-            some => cx.keyword("swarm.affinity", some)?,
+            some => {
+                let affinity = cx.keyword("swarm.affinity", some)?;
+                check_affinity(&cx, "swarm.affinity", scheduler, affinity)?;
+                affinity
+            }
         },
         timeouts,
         on_backend_removal: cx.keyword("swarm.on_backend_removal", raw.on_backend_removal)?,
@@ -645,4 +651,55 @@ pub(super) fn maglev_table_size(
         ));
     }
     Ok(size)
+}
+
+/// Client-IP affinity is a Maglev key: round-robin picks the next backend for every new flow
+/// and would ignore it without a word.
+fn check_affinity(
+    cx: &Ctx<'_>,
+    field: &str,
+    scheduler: Scheduler,
+    affinity: Affinity,
+) -> Result<(), ConfigError> {
+    if scheduler == Scheduler::RoundRobin && affinity == Affinity::ClientIp {
+        return Err(cx.invalid(
+            field,
+            "client-ip affinity needs scheduler: maglev (round-robin gives every new flow the \
+             next backend and would ignore it); choose one of the two",
+        ));
+    }
+    Ok(())
+}
+
+/// `value` quoted, shortened to its first 40 characters when longer (with its length), so an
+/// error about a huge value stays readable.
+pub(crate) fn quoted_short(value: &str) -> String {
+    const KEEP: usize = 40;
+    match value.char_indices().nth(KEEP) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// The YAML reader's message with every long quoted value in it shortened (it quotes the
+/// value it could not take, whatever its size).
+fn shorten_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('"') {
+            Some(end) => {
+                out.push_str(&quoted_short(&after[..end]));
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

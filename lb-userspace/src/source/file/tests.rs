@@ -739,3 +739,39 @@ fn load_reads_the_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn client_ip_affinity_needs_maglev() {
+    let e = web_error(
+        "    ports: [80]\n    scheduler: round-robin\n    affinity: client-ip\n",
+        "affinity",
+    );
+    assert!(e.contains("needs scheduler: maglev"), "{e}");
+    let e = parse("services: {}\nswarm:\n  web: { scheduler: round-robin, affinity: client-ip }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("swarm.affinity") && e.contains("maglev"), "{e}");
+    // The swarm's own default (any-node) with round-robin is not an operator's choice.
+    parse("services: {}\nswarm:\n  web: { scheduler: round-robin }\n").unwrap();
+}
+
+#[test]
+fn huge_values_are_quoted_shortened_in_errors() {
+    let name = "x".repeat(100_000);
+    let e = parse(&format!("services:\n  {name}:\n    ports: [80]\n"))
+        .unwrap_err()
+        .to_string();
+    // Beyond YAML's 1,024-character limit on a plain key, the reader refuses it; its message
+    // quotes the value, shortened.
+    assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..200]);
+    assert!(e.contains("(100000 bytes)"), "{e}");
+    let name = "y".repeat(500);
+    let e = parse(&format!("services:\n  {name}:\n    ports: [80]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.len() < 400, "{e}");
+    assert!(
+        e.contains("(500 bytes)") && e.contains("not a valid service name"),
+        "{e}"
+    );
+}
