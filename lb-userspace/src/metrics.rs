@@ -38,6 +38,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_backends",
     "meshlb_conntrack_entries",
     "meshlb_conntrack_capacity",
+    "meshlb_flood",
+    "meshlb_unconfirmed_flows_per_second",
     "meshlb_config_generation",
     "meshlb_reloads_total",
     "meshlb_api_requests_total",
@@ -260,6 +262,21 @@ fn register_conntrack(registry: &mut Registry, report: &Report) {
         "Connection-table capacity in entries.",
         capacity,
     );
+    let flood = Gauge::<i64>::default();
+    flood.set(i64::from(report.flood.active));
+    registry.register(
+        "flood",
+        "1 while new flows that are never confirmed push unconfirmed flows out of their table \
+         within a second (established flows are kept), sampled.",
+        flood,
+    );
+    let unconfirmed = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    unconfirmed.set(report.flood.unconfirmed_flows_per_s);
+    registry.register(
+        "unconfirmed_flows_per_second",
+        "New flows a second that were never confirmed by their client's second packet, sampled.",
+        unconfirmed,
+    );
     let generation = Gauge::<i64>::default();
     generation.set(i64::try_from(report.generation).unwrap_or(i64::MAX));
     register(
@@ -426,6 +443,11 @@ mod tests {
                 entries: 4,
                 capacity: 65536,
             },
+            flood: crate::api::report::Flood {
+                active: true,
+                unconfirmed_flows_per_s: 9000.0,
+                threshold_per_s: 8192.0,
+            },
         };
         let changes = [((Trigger::Api, Outcome::Rejected), 2)].into();
         let swarm = crate::api::SwarmStatus {
@@ -454,6 +476,11 @@ mod tests {
             &attachments,
         );
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
+        assert!(text.contains("meshlb_flood 1"), "{text}");
+        assert!(
+            text.contains("meshlb_unconfirmed_flows_per_second 9000.0"),
+            "{text}"
+        );
         assert!(
             !text
                 .lines()

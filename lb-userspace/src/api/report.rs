@@ -17,6 +17,19 @@ pub struct Report {
     #[serde(default)]
     pub backend_states: BTreeMap<String, BackendStates>,
     pub conntrack: Occupancy,
+    /// The flood guard's state as of the last sample (see `control::flood`).
+    #[serde(default)]
+    pub flood: Flood,
+}
+
+/// Whether new flows that are never confirmed arrive fast enough to push unconfirmed flows
+/// out of their table within a second (a flood), and how fast they arrive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Flood {
+    pub active: bool,
+    pub unconfirmed_flows_per_s: f64,
+    /// The rate above which it is a flood: the unconfirmed table's capacity in flows.
+    pub threshold_per_s: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

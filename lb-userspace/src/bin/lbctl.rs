@@ -476,6 +476,13 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         "connection table: {} of {} entries; generation {}",
         report.conntrack.entries, report.conntrack.capacity, report.generation
     );
+    if report.flood.active {
+        println!(
+            "flood guard: {:.0} new flows a second never confirmed (above {:.0}): established \
+             flows are kept, new clients must answer within a second",
+            report.flood.unconfirmed_flows_per_s, report.flood.threshold_per_s
+        );
+    }
     let lost = StatSlot::FlowLost;
     if let Some(n) = report.global.get(lost.label()).filter(|n| **n > 0) {
         println!(

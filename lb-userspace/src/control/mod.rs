@@ -3,6 +3,7 @@
 //! it uses the daemon and the API's wire types; nothing below uses it.
 
 pub mod event_loop;
+pub mod flood;
 pub mod server;
 pub mod shared;
 pub mod tcp_api;

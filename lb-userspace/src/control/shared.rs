@@ -6,6 +6,7 @@ use std::{
     time::Instant,
 };
 
+use super::flood::FloodChange;
 use crate::{
     api::report::{Occupancy, Report},
     daemon::{Daemon, DaemonError},
@@ -30,6 +31,7 @@ pub struct Sampler {
     pub conntrack: Occupancy,
     /// When the occupancy was last counted, and how long that took.
     counted: Option<(Instant, std::time::Duration)>,
+    flood: super::flood::FloodWatch,
 }
 
 /// The occupancy is counted again once this many times the last count's duration has
@@ -86,16 +88,32 @@ impl Shared {
         if counted.is_some() {
             sampler.counted = counted;
         }
+        let at = Instant::now();
+        match sampler.flood.observe(at, &report) {
+            Some(FloodChange::Entered(f)) => tracing::warn!(
+                "flood guard: {:.0} new flows a second are never confirmed (more than the {:.0} \
+                 the unconfirmed-flow table holds): established flows are kept, new clients \
+                 must answer within a second",
+                f.unconfirmed_flows_per_s,
+                f.threshold_per_s
+            ),
+            Some(FloodChange::Left(f)) => tracing::info!(
+                "flood guard: over ({:.0} unconfirmed new flows a second)",
+                f.unconfirmed_flows_per_s
+            ),
+            None => {}
+        }
         sampler.previous = sampler.latest.take();
-        sampler.latest = Some((Instant::now(), report));
+        sampler.latest = Some((at, report));
         Ok(())
     }
 
     /// Counters now, with rates over the last sampling interval.
     pub fn report(&self) -> Result<Report, DaemonError> {
         let occupancy = lock(&self.sampler).conntrack;
-        let now = self.fresh_report(occupancy)?;
+        let mut now = self.fresh_report(occupancy)?;
         let sampler = lock(&self.sampler);
+        now.flood = sampler.flood.state();
         Ok(match (&sampler.previous, &sampler.latest) {
             // Rates over the sampler's last whole interval, laid on the fresh counters.
             (Some((t0, r0)), Some((t1, r1))) => now.rates_from(

@@ -61,6 +61,7 @@ impl Daemon {
                 })
                 .collect(),
             conntrack,
+            flood: Default::default(),
         }
     }
 
