@@ -267,14 +267,14 @@ fn register_conntrack(registry: &mut Registry, report: &Report) {
     registry.register(
         "flood",
         "1 while new flows that are never confirmed push unconfirmed flows out of their table \
-         within a second (established flows are kept), sampled.",
+         within a second (established flows are kept), sampled",
         flood,
     );
     let unconfirmed = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     unconfirmed.set(report.flood.unconfirmed_flows_per_s);
     registry.register(
         "unconfirmed_flows_per_second",
-        "New flows a second that were never confirmed by their client's second packet, sampled.",
+        "New flows a second that were never confirmed by their client's second packet, sampled",
         unconfirmed,
     );
     let generation = Gauge::<i64>::default();
