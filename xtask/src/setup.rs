@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use crate::run::{cargo, run};
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2/ethtool/nftables for the tests and demo,
-/// docker.io and busybox-static for the two-node swarm of the swarm tests (`lb_testkit::swarm`).
+/// docker.io and busybox-static for the two-node swarm of the swarm tests (`lb_testkit::swarm`),
+/// bird2 for the BGP/ECMP test (a router and two balancer nodes each run BIRD 2).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "haproxy",
     "docker.io",
     "busybox-static",
+    "bird2",
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

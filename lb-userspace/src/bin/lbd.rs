@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use lb_common::limits::DEFAULT_CONNTRACK_ENTRIES;
 use lb_userspace::{
+    announce::{self, Announcer, BirdSettings},
     control::event_loop::{self, RunOptions},
     daemon::DaemonOptions,
     dataplane::{self, LoadOptions, pin},
@@ -50,7 +51,35 @@ enum Command {
         /// Stop the lbd running on the pin directory first (SIGTERM), then clean up.
         #[arg(long)]
         force: bool,
+        /// Withdraws the VIPs first (what `lbd run --bird-include` announced).
+        #[command(flatten)]
+        bgp: BgpArgs,
     },
+}
+
+/// Announcing VIPs through BIRD 2 (also `lbd.bgp` in the service file).
+#[derive(clap::Args)]
+struct BgpArgs {
+    /// The BIRD include file to write the VIPs with a usable backend to (static routes of the
+    /// protocols meshlb_vips4 and meshlb_vips6); BIRD is reconfigured when it changes.
+    #[arg(long)]
+    bird_include: Option<PathBuf>,
+    /// BIRD's control socket [default: /run/bird/bird.ctl].
+    #[arg(long)]
+    birdc_socket: Option<PathBuf>,
+}
+
+impl BgpArgs {
+    /// Flags over the file's `lbd.bgp`; `None`: no announcing.
+    fn resolve(self, file: Option<settings::BgpSettings>) -> Option<BirdSettings> {
+        let file = file.unwrap_or_default();
+        let include = self.bird_include.or(file.bird_include)?;
+        let socket = self
+            .birdc_socket
+            .or(file.birdc_socket)
+            .unwrap_or_else(|| announce::DEFAULT_BIRD_SOCKET.into());
+        Some(BirdSettings { include, socket })
+    }
 }
 
 /// Flags win over the service file's `lbd:` section, which wins over the defaults.
@@ -120,6 +149,8 @@ struct RunArgs {
     /// [default: 1000].
     #[arg(long)]
     watch_interval_ms: Option<u64>,
+    #[command(flatten)]
+    bgp: BgpArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,7 +164,11 @@ fn main() -> anyhow::Result<()> {
     let result = match Cli::parse().command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(*args),
-        Command::Cleanup { pin_dir, force } => cleanup(&pin_dir, force),
+        Command::Cleanup {
+            pin_dir,
+            force,
+            bgp,
+        } => cleanup(&pin_dir, force, bgp.resolve(None)),
     };
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
     if let Err(e) = result {
@@ -161,7 +196,10 @@ fn check(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cleanup(pin_dir: &Path, force: bool) -> anyhow::Result<()> {
+/// Stops meshlb for good: the dataplane is removed (refused while an lbd runs, unless
+/// --force stops it first: a running lbd would announce again), then the VIPs are withdrawn,
+/// so the router moves their flows to the other nodes.
+fn cleanup(pin_dir: &Path, force: bool, bgp: Option<BirdSettings>) -> anyhow::Result<()> {
     let when_running = if force {
         pin::WhenRunning::Stop
     } else {
@@ -174,6 +212,12 @@ fn cleanup(pin_dir: &Path, force: bool) -> anyhow::Result<()> {
         );
     } else {
         println!("nothing pinned at {}", pin_dir.display());
+    }
+    if let Some(bgp) = bgp {
+        Announcer::new(bgp.clone())
+            .withdraw_all()
+            .with_context(|| format!("withdrawing the VIPs in {}", bgp.include.display()))?;
+        println!("withdrew every VIP ({} is empty)", bgp.include.display());
     }
     Ok(())
 }
@@ -287,6 +331,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
         watch: Some(watch_ms)
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
+        bgp: args.bgp.resolve(s.bgp),
     })
 }
 

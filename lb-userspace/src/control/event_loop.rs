@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub metrics: SocketAddr,
     /// How often the service file is checked for changes; `None`: only on SIGHUP.
     pub watch: Option<Duration>,
+    /// Announce the VIPs through BIRD (`lbd.bgp`).
+    pub bgp: Option<crate::announce::BirdSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +156,9 @@ async fn serve(
     let mut listeners = listen(&shared, options, api, token, &stop).await?;
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
+    if let Some(bgp) = &options.bgp {
+        super::announce_task::spawn(&shared, bgp.clone(), stop.wait());
+    }
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;
 
     let config = options.daemon.config.as_deref();

@@ -4,6 +4,7 @@
 
 mod ids;
 pub mod select;
+mod vips;
 
 pub use ids::Ids;
 use ids::{BackendIdentity, IdAllocator, ServiceIdentity};
@@ -233,6 +234,8 @@ pub struct PlannedService {
     /// the same table, which the next plan reuses instead of building it again.
     pub table_kind: (Scheduler, u32),
     pub frontends: Vec<SocketAddr>,
+    /// The service's VIP, if it has one (else its frontends are node addresses).
+    pub vip: Option<IpAddr>,
     pub backends: Vec<PlannedBackend>,
 }
 
@@ -418,6 +421,7 @@ fn plan_service(
         mapping: *mapping,
         table_kind: (spec.scheduler, spec.maglev_table_size),
         frontends: Vec::new(),
+        vip: spec.vip,
         backends: Vec::new(),
     };
     for backend in spec.backends.iter().filter(|b| b.address.is_ipv6() == v6) {

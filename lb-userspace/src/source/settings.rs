@@ -16,6 +16,9 @@
 //!   cgroup: /sys/fs/cgroup/unified   # where its programs attach (default: the cgroup2 mount)
 //!   kernel_log: warn                 # most verbose kernel-side log level kept
 //!   watch_interval_ms: 1000          # how often the file is checked for changes (0: SIGHUP only)
+//!   bgp:                             # announce VIPs with a usable backend through BIRD 2
+//!     bird_include: /var/lib/meshlb/bird-vips.conf  # the file bird.conf includes
+//!     birdc_socket: /run/bird/bird.ctl              # BIRD's control socket (this default)
 //! ```
 
 use std::{
@@ -106,6 +109,17 @@ pub struct DaemonSettings {
     pub kernel_log: Option<KernelLogLevel>,
     /// 0: only SIGHUP.
     pub watch_interval_ms: Option<u64>,
+    pub bgp: Option<BgpSettings>,
+}
+
+/// `lbd.bgp`: announce the VIPs through BIRD (see `crate::announce`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSettings {
+    /// The include file lbd writes and BIRD's configuration reads.
+    pub bird_include: Option<PathBuf>,
+    /// BIRD's control socket [default: `announce::DEFAULT_BIRD_SOCKET`].
+    pub birdc_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +141,7 @@ pub(crate) struct RawSettings {
     docker_host: Option<String>,
     kernel_log: Option<String>,
     watch_interval_ms: Option<u64>,
+    bgp: Option<BgpSettings>,
 }
 
 impl RawSettings {
@@ -227,7 +242,19 @@ impl RawSettings {
             docker_host: self.docker_host,
             kernel_log,
             watch_interval_ms: self.watch_interval_ms,
+            bgp: self.bgp,
         };
+        if settings
+            .bgp
+            .as_ref()
+            .is_some_and(|b| b.bird_include.is_none())
+        {
+            return Err(invalid(
+                "bgp.bird_include",
+                "missing: name the file bird.conf includes, e.g. /var/lib/meshlb/bird-vips.conf"
+                    .into(),
+            ));
+        }
         if settings.api_listen.is_some() && settings.api_token_file.is_none() {
             return Err(invalid(
                 "api_listen",
@@ -295,5 +322,25 @@ mod tests {
         );
         let e = parse("services: {}\nlbd:\n  token: x\n").unwrap_err();
         assert!(e.contains("unknown field `token`"), "{e}");
+        let e = parse("services: {}\nlbd:\n  bgp: { birdc_socket: /run/b.ctl }\n").unwrap_err();
+        assert!(e.contains("lbd.bgp.bird_include"), "{e}");
+        let e = parse("services: {}\nlbd:\n  bgp: { include: x }\n").unwrap_err();
+        assert!(e.contains("unknown field `include`"), "{e}");
+    }
+
+    #[test]
+    fn the_bgp_section_names_the_include_and_the_socket() {
+        let s =
+            parse("services: {}\nlbd:\n  bgp: { bird_include: /v.conf, birdc_socket: /b.ctl }\n")
+                .unwrap();
+        let bgp = s.bgp.expect("bgp");
+        assert_eq!(
+            bgp.bird_include.as_deref(),
+            Some(std::path::Path::new("/v.conf"))
+        );
+        assert_eq!(
+            bgp.birdc_socket.as_deref(),
+            Some(std::path::Path::new("/b.ctl"))
+        );
     }
 }

@@ -1,0 +1,204 @@
+//! Announcing VIPs to the upstream router through BIRD 2, not a BGP speaker of our own.
+//!
+//! `lbd` writes the VIPs to announce (`DesiredState::announced_vips`) as a BIRD include file
+//! that defines two static protocols, `meshlb_vips4` and `meshlb_vips6`, one route per VIP,
+//! and asks BIRD to read its configuration again through its control socket. The operator's
+//! `bird.conf` includes the file and exports those protocols' routes over BGP (see
+//! `deploy/bird/`). The file is written only when the set changes, atomically (a temporary
+//! file renamed over it), so BIRD never reads half of it.
+//!
+//! The file outlives `lbd`: a restart leaves the announcement as it was (BIRD keeps
+//! announcing, and the next `lbd` rewrites the file only if its set differs); `lbd cleanup`,
+//! which stops `lbd` for good, withdraws every VIP (`Announcer::withdraw_all`).
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    io::{BufRead, BufReader, Write},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// BIRD's default control socket (Debian's `bird2`).
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+
+/// How long BIRD may take to answer on its control socket.
+const BIRD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The names of the static protocols the include file defines (IPv4, IPv6).
+pub const PROTOCOL_V4: &str = "meshlb_vips4";
+pub const PROTOCOL_V6: &str = "meshlb_vips6";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("cannot write the BIRD include file {path}: {source}; check lbd.bgp.bird_include")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "BIRD's control socket {socket} does not answer ({source}): is BIRD running (`bird -c CONF -s {socket}`) and is lbd.bgp.birdc_socket its socket? The VIPs are written to the include file and BIRD reads them when it starts"
+    )]
+    Unreachable {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "BIRD refused its configuration after {include} changed: {message}; check that bird.conf includes it as deploy/bird/ shows"
+    )]
+    Refused { include: PathBuf, message: String },
+}
+
+/// Where the VIPs go: the include file BIRD's configuration reads, and BIRD's control socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BirdSettings {
+    pub include: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// Keeps BIRD's static routes equal to the VIPs to announce.
+#[derive(Debug)]
+pub struct Announcer {
+    settings: BirdSettings,
+    /// The file changed but BIRD was not told (it was down, or refused): ask again.
+    unconfirmed: bool,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Synced {
+    /// The file already held this set: nothing written, BIRD not asked.
+    Unchanged,
+    /// The file was rewritten and BIRD reconfigured.
+    Reconfigured,
+}
+
+impl Announcer {
+    pub fn new(settings: BirdSettings) -> Self {
+        Self {
+            settings,
+            unconfirmed: false,
+        }
+    }
+
+    pub fn settings(&self) -> &BirdSettings {
+        &self.settings
+    }
+
+    /// Makes BIRD announce exactly `vips`. The file on disk is the state (it survives lbd
+    /// restarts), so an unchanged set neither writes nor reconfigures, unless an earlier
+    /// change was written but BIRD could not be told: then BIRD is asked again.
+    pub fn sync(&mut self, vips: &BTreeSet<IpAddr>) -> Result<Synced, AnnounceError> {
+        let text = render(vips);
+        let path = &self.settings.include;
+        if !self.unconfirmed && std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+            return Ok(Synced::Unchanged);
+        }
+        write_atomically(path, &text).map_err(|source| AnnounceError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        self.unconfirmed = true;
+        self.reconfigure()?;
+        self.unconfirmed = false;
+        Ok(Synced::Reconfigured)
+    }
+
+    /// Withdraws every VIP (`lbd cleanup`).
+    pub fn withdraw_all(&mut self) -> Result<Synced, AnnounceError> {
+        self.sync(&BTreeSet::new())
+    }
+
+    /// Asks BIRD to read its configuration (and so the include file) again.
+    pub fn reconfigure(&self) -> Result<(), AnnounceError> {
+        let socket = &self.settings.socket;
+        let unreachable = |source| AnnounceError::Unreachable {
+            socket: socket.clone(),
+            source,
+        };
+        let lines = bird_command(socket, "configure").map_err(unreachable)?;
+        // Reply codes (BIRD's doc/reply_codes): 0003 reconfigured, 0004 in progress, 0018
+        // confirmed, 0019 nothing to do; 8xxx and 9xxx are errors.
+        let ok = lines.iter().any(|l| {
+            ["0003", "0004", "0018", "0019"]
+                .iter()
+                .any(|c| l.starts_with(c))
+        });
+        if ok {
+            return Ok(());
+        }
+        Err(AnnounceError::Refused {
+            include: self.settings.include.clone(),
+            message: lines.join(" | "),
+        })
+    }
+}
+
+/// The include file for `vips`: two static protocols (so `bird.conf` can export each family's
+/// routes by protocol name), one unreachable route per VIP (the route is only announced; the
+/// kernel protocol must not import it back).
+pub fn render(vips: &BTreeSet<IpAddr>) -> String {
+    let mut text = String::from(
+        "# Written by lbd (meshlb): the VIPs this node announces. Do not edit; see deploy/bird/.\n",
+    );
+    for (name, channel, v6) in [(PROTOCOL_V4, "ipv4", false), (PROTOCOL_V6, "ipv6", true)] {
+        let _ = writeln!(text, "protocol static {name} {{\n  {channel};");
+        for vip in vips.iter().filter(|v| v.is_ipv6() == v6) {
+            let len = if v6 { 128 } else { 32 };
+            let _ = writeln!(text, "  route {vip}/{len} unreachable;");
+        }
+        text.push_str("}\n");
+    }
+    text
+}
+
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".lbd-tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Sends one command on BIRD's control socket and answers the reply's lines (up to the line
+/// whose code is followed by a space, which ends a reply).
+fn bird_command(socket: &Path, command: &str) -> std::io::Result<Vec<String>> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(BIRD_TIMEOUT))?;
+    stream.set_write_timeout(Some(BIRD_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    // The greeting: "0001 BIRD 2.0.12 ready."
+    read_reply(&mut reader)?;
+    (&stream).write_all(format!("{command}\n").as_bytes())?;
+    read_reply(&mut reader)
+}
+
+fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    // Bounded: a reply to `configure` is a few lines.
+    for _ in 0..1000 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "BIRD closed the control socket mid-reply",
+            ));
+        }
+        let line = line.trim_end().to_owned();
+        let last = line.len() >= 5
+            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && line.as_bytes()[4] == b' ';
+        lines.push(line);
+        if last {
+            return Ok(lines);
+        }
+    }
+    Err(std::io::Error::other("BIRD's reply did not end"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixListener,
+    path::PathBuf,
+    sync::mpsc,
+    thread,
+};
+
+use super::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshlb-announce-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A stand-in for BIRD's control socket: greets, reads one command per connection, answers
+/// `reply`, and reports the commands it got.
+fn fake_bird(socket: &Path, reply: &'static str, connections: usize) -> mpsc::Receiver<String> {
+    let listener = UnixListener::bind(socket).unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let mut stream = stream.unwrap();
+            stream.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
+            let mut line = String::new();
+            BufReader::new(stream.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            tx.send(line.trim_end().to_owned()).unwrap();
+            stream.write_all(reply.as_bytes()).unwrap();
+        }
+    });
+    rx
+}
+
+fn set(vips: &[&str]) -> BTreeSet<IpAddr> {
+    vips.iter().map(|v| v.parse().unwrap()).collect()
+}
+
+#[test]
+fn the_include_file_has_one_static_protocol_per_family() {
+    let text = render(&set(&["198.18.100.2", "fd00:100::1", "198.18.100.1"]));
+    assert_eq!(
+        text,
+        "# Written by lbd (meshlb): the VIPs this node announces. Do not edit; see deploy/bird/.\n\
+         protocol static meshlb_vips4 {\n  ipv4;\n  route 198.18.100.1/32 unreachable;\n  route 198.18.100.2/32 unreachable;\n}\n\
+         protocol static meshlb_vips6 {\n  ipv6;\n  route fd00:100::1/128 unreachable;\n}\n"
+    );
+    // Nothing to announce still defines both protocols, so bird.conf stays valid.
+    let empty = render(&BTreeSet::new());
+    assert!(empty.contains("protocol static meshlb_vips4 {\n  ipv4;\n}\n"));
+    assert!(empty.contains("protocol static meshlb_vips6 {\n  ipv6;\n}\n"));
+}
+
+#[test]
+fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone() {
+    let dir = temp_dir("sync");
+    let settings = BirdSettings {
+        include: dir.join("meshlb-vips.conf"),
+        socket: dir.join("bird.ctl"),
+    };
+    let commands = fake_bird(
+        &settings.socket,
+        "0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
+        2,
+    );
+    let mut announcer = Announcer::new(settings.clone());
+    let vips = set(&["198.18.100.1"]);
+    assert_eq!(announcer.sync(&vips).unwrap(), Synced::Reconfigured);
+    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(
+        std::fs::read_to_string(&settings.include).unwrap(),
+        render(&vips)
+    );
+    // A restarted lbd (a new announcer) with the same set changes nothing: no withdrawal.
+    let mut restarted = Announcer::new(settings.clone());
+    assert_eq!(restarted.sync(&vips).unwrap(), Synced::Unchanged);
+    assert!(commands.try_recv().is_err(), "BIRD not asked");
+    // `lbd cleanup`: every VIP withdrawn.
+    assert_eq!(restarted.withdraw_all().unwrap(), Synced::Reconfigured);
+    assert_eq!(commands.recv().unwrap(), "configure");
+    assert!(
+        !std::fs::read_to_string(&settings.include)
+            .unwrap()
+            .contains("route")
+    );
+    assert!(!dir.join("meshlb-vips.conf.lbd-tmp").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bird_absent_or_refusing_is_a_clear_error() {
+    let dir = temp_dir("errors");
+    let settings = BirdSettings {
+        include: dir.join("meshlb-vips.conf"),
+        socket: dir.join("bird.ctl"),
+    };
+    let mut announcer = Announcer::new(settings.clone());
+    let err = announcer.sync(&set(&["198.18.100.1"])).unwrap_err();
+    assert!(matches!(err, AnnounceError::Unreachable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("bird.ctl") && text.contains("is BIRD running"),
+        "{text}"
+    );
+    // The file was written: BIRD reads it when it starts.
+    assert!(
+        std::fs::read_to_string(&settings.include)
+            .unwrap()
+            .contains("198.18.100.1/32")
+    );
+
+    let commands = fake_bird(
+        &settings.socket,
+        "0002-Reading configuration from /etc/bird/bird.conf\n8002 /etc/bird/bird.conf:3:1 syntax error\n",
+        1,
+    );
+    // The same set again: the file is current, but BIRD was never told, so it is asked.
+    let err = announcer.sync(&set(&["198.18.100.1"])).unwrap_err();
+    assert_eq!(commands.recv().unwrap(), "configure");
+    let text = err.to_string();
+    assert!(matches!(err, AnnounceError::Refused { .. }), "{text}");
+    assert!(
+        text.contains("syntax error") && text.contains("meshlb-vips.conf"),
+        "{text}"
+    );
+
+    // An include that cannot be written names the file.
+    let mut bad = Announcer::new(BirdSettings {
+        include: dir.join("missing/dir/vips.conf"),
+        socket: settings.socket.clone(),
+    });
+    let err = bad.sync(&set(&["198.18.100.1"])).unwrap_err();
+    assert!(err.to_string().contains("missing/dir/vips.conf"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,65 @@
+//! Keeps BIRD announcing the running plan's VIPs (see `crate::announce`): a look every
+//! second, so a VIP whose last usable backend left is withdrawn within a second plus BIRD's
+//! reconfiguration. Stopping lbd leaves the announcement as it is (a restart must not
+//! withdraw); `lbd cleanup` withdraws.
+
+use std::{sync::Arc, time::Duration};
+
+use tracing::{info, warn};
+
+use super::shared::Shared;
+use crate::announce::{Announcer, BirdSettings, Synced};
+
+/// How often the VIP set is compared with what BIRD was given.
+const PERIOD: Duration = Duration::from_secs(1);
+
+pub(super) fn spawn(
+    shared: &Arc<Shared>,
+    settings: BirdSettings,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let shared = shared.clone();
+    info!(
+        include = %settings.include.display(),
+        socket = %settings.socket.display(),
+        "announcing VIPs with a usable backend through BIRD"
+    );
+    let announcer = Arc::new(std::sync::Mutex::new(Announcer::new(settings)));
+    tokio::spawn(async move {
+        let mut last_error = None;
+        let round = async {
+            loop {
+                let vips = shared.daemon().running().announced_vips();
+                let a = announcer.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    a.lock()
+                        .expect("announcer lock")
+                        .sync(&vips)
+                        .map(|s| (s, vips))
+                })
+                .await;
+                match result {
+                    Ok(Ok((Synced::Reconfigured, vips))) => {
+                        last_error = None;
+                        info!(?vips, "BIRD announces the VIPs with a usable backend");
+                    }
+                    Ok(Ok((Synced::Unchanged, _))) => last_error = None,
+                    Ok(Err(e)) => {
+                        // Once per distinct error, not every second.
+                        let text = e.to_string();
+                        if last_error.as_ref() != Some(&text) {
+                            warn!("announcing VIPs: {text}");
+                            last_error = Some(text);
+                        }
+                    }
+                    Err(e) => warn!("announcing VIPs: {e}"),
+                }
+                tokio::time::sleep(PERIOD).await;
+            }
+        };
+        tokio::select! {
+            _ = stop => {}
+            _ = round => {}
+        }
+    });
+}

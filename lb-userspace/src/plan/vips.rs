@@ -1,0 +1,70 @@
+//! Which VIPs this node should announce to its router (see `crate::announce`).
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use super::DesiredState;
+
+impl DesiredState {
+    /// The VIPs of services with at least one usable backend: one that takes new flows
+    /// (weight above 0) and that the plan kept (a swarm task on a node that is not a peer is
+    /// left out). A VIP several services share is announced while any of them is usable.
+    ///
+    /// This is the one place that decides announcement: a backend health signal plugs in by
+    /// leaving down backends out of the plan (or of this predicate).
+    pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
+        self.services
+            .iter()
+            .filter(|s| s.backends.iter().any(|b| b.weight > 0))
+            .filter_map(|s| s.vip)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{plan::plan, source::file::ServiceFile};
+
+    fn vips(yaml: &str) -> Vec<String> {
+        let file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
+        let desired = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        desired
+            .announced_vips()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_vip_is_announced_while_one_of_its_services_has_a_usable_backend() {
+        let yaml = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", { address: "198.18.2.11", weight: 0 }]
+  drained:
+    vip: 198.18.100.2
+    ports: ["80/tcp"]
+    backends: [{ address: "198.18.2.10", weight: 0 }]
+  empty:
+    vip: 198.18.100.3
+    ports: ["80/tcp"]
+    backends: []
+  shared_empty:
+    vip: 198.18.100.1
+    ports: ["81/tcp"]
+    backends: []
+  published:
+    ports: ["8000/tcp"]
+    backends: ["198.18.2.12"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80/tcp"]
+    backends: ["fd00:2::a"]
+"#;
+        // Published ports live on node addresses, which are not ours to announce.
+        assert_eq!(vips(yaml), ["198.18.100.1", "fd00:100::1"]);
+    }
+}
