@@ -276,6 +276,18 @@ pub struct Flow {
 /// kind. Each accessor is for one kind only (its doc says which): a forward entry holds the
 /// backend and the remapped source, a reply entry the frontend and the client.
 impl Flow {
+    /// How long the flow may stay idle before its entry is free for another, in seconds: a
+    /// TCP flow opening or closing lives briefly, any other its service's timeout. The
+    /// kernel expires entries by it; `lbctl flows` shows it.
+    #[inline(always)]
+    pub const fn idle_limit_s(&self) -> u32 {
+        match self.tcp_state {
+            tcp_state::SYN_SENT => crate::limits::TCP_SYN_TIMEOUT_S,
+            tcp_state::CLOSING => crate::limits::TCP_CLOSING_TIMEOUT_S,
+            _ => self.timeout_s,
+        }
+    }
+
     /// Forward entry: the backend address the destination is rewritten to.
     #[inline(always)]
     pub const fn backend_addr(&self) -> &Addr {
@@ -435,3 +447,25 @@ const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<SockReverseKey>() == 32);
 const _: () = assert!(size_of::<SockReverse>() == 20);
 const _: () = assert!(size_of::<SockCounters>() == 24);
+
+#[cfg(test)]
+mod flow_tests {
+    use super::{Flow, tcp_state};
+    use crate::limits::{TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S};
+
+    #[test]
+    fn the_idle_limit_is_the_one_that_applies_to_the_state() {
+        let flow = |tcp_state| Flow {
+            tcp_state,
+            timeout_s: 86_400,
+            ..Flow::default()
+        };
+        assert_eq!(flow(tcp_state::SYN_SENT).idle_limit_s(), TCP_SYN_TIMEOUT_S);
+        assert_eq!(
+            flow(tcp_state::CLOSING).idle_limit_s(),
+            TCP_CLOSING_TIMEOUT_S
+        );
+        assert_eq!(flow(tcp_state::ESTABLISHED).idle_limit_s(), 86_400);
+        assert_eq!(flow(tcp_state::NONE).idle_limit_s(), 86_400, "UDP");
+    }
+}

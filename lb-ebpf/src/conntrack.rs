@@ -9,7 +9,7 @@ use lb_common::{
     hash::{endpoint_filter_slot, flow_hash},
     limits::{
         ENDPOINT_FILTER_ENTRIES, FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN,
-        LAST_SEEN_GRANULARITY_NS, TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S,
+        LAST_SEEN_GRANULARITY_NS,
     },
     maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
     stats::StatSlot,
@@ -44,12 +44,7 @@ pub fn tick() -> u32 {
 
 #[inline(always)]
 fn idle_limit_ns(flow: &Flow) -> u64 {
-    let seconds = match flow.tcp_state {
-        tcp_state::SYN_SENT => TCP_SYN_TIMEOUT_S,
-        tcp_state::CLOSING => TCP_CLOSING_TIMEOUT_S,
-        _ => flow.timeout_s,
-    };
-    u64::from(seconds) * 1_000_000_000
+    u64::from(flow.idle_limit_s()) * 1_000_000_000
 }
 
 /// Why a client packet has no live flow to follow.

@@ -442,6 +442,7 @@ mod tests {
             conntrack: Occupancy {
                 entries: 4,
                 capacity: 65536,
+                counted_s_ago: Some(1),
             },
             flood: crate::api::report::Flood {
                 active: true,

@@ -42,6 +42,10 @@ pub struct BackendStates {
 pub struct Occupancy {
     pub entries: u64,
     pub capacity: u32,
+    /// How long ago the entries were counted (counting walks the table, so lbd counts in
+    /// the background, at most every few seconds); `None`: not counted yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_s_ago: Option<u64>,
 }
 
 /// One kernel service: a service's port mapping in one address family.

@@ -473,8 +473,16 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         rows,
     );
     println!(
-        "connection table: {} of {} entries; generation {}",
-        report.conntrack.entries, report.conntrack.capacity, report.generation
+        "connection table: {} of {} entries ({}); generation {}",
+        report.conntrack.entries,
+        report.conntrack.capacity,
+        report
+            .conntrack
+            .counted_s_ago
+            .map_or("not counted yet".to_owned(), |s| format!(
+                "counted {s} s ago"
+            )),
+        report.generation
     );
     if report.flood.active {
         println!(

@@ -80,6 +80,7 @@ mod tests {
             conntrack: Occupancy {
                 entries: 0,
                 capacity: 65_536,
+                counted_s_ago: None,
             },
             ..Report::default()
         };

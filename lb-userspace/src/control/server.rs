@@ -495,7 +495,8 @@ async fn flows(
                     u16::from_be(flow.nat_port_be),
                 ),
                 tcp_state: crate::api::tcp_state_name(key.proto, flow.tcp_state),
-                idle_timeout_s: flow.timeout_s,
+                // The limit that applies now (an opening or closing TCP flow's is short).
+                idle_timeout_s: flow.idle_limit_s(),
             })
             .collect();
         Ok(FlowList { limit, flows })

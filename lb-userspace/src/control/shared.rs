@@ -79,7 +79,11 @@ impl Shared {
         if due {
             let started = Instant::now();
             let (entries, capacity) = self.readers.occupancy()?;
-            occupancy = Occupancy { entries, capacity };
+            occupancy = Occupancy {
+                entries,
+                capacity,
+                counted_s_ago: Some(0),
+            };
             counted = Some((started, started.elapsed()));
         }
         let report = self.fresh_report(occupancy)?;
@@ -110,7 +114,13 @@ impl Shared {
 
     /// Counters now, with rates over the last sampling interval.
     pub fn report(&self) -> Result<Report, DaemonError> {
-        let occupancy = lock(&self.sampler).conntrack;
+        let occupancy = {
+            let sampler = lock(&self.sampler);
+            Occupancy {
+                counted_s_ago: sampler.counted.map(|(at, _)| at.elapsed().as_secs()),
+                ..sampler.conntrack
+            }
+        };
         let mut now = self.fresh_report(occupancy)?;
         let sampler = lock(&self.sampler);
         now.flood = sampler.flood.state();

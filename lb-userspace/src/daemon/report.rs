@@ -67,7 +67,11 @@ impl Daemon {
 
     pub fn conntrack_occupancy(&self) -> Result<Occupancy, DaemonError> {
         let (entries, capacity) = self.dp.conntrack_occupancy()?;
-        Ok(Occupancy { entries, capacity })
+        Ok(Occupancy {
+            entries,
+            capacity,
+            counted_s_ago: Some(0),
+        })
     }
 }
 
