@@ -407,3 +407,46 @@ fn an_oversized_request_gets_the_apis_json_error_and_a_looping_backend_is_refuse
     assert!(!ok, "a looping backend was taken");
     assert!(err.contains("is itself a frontend"), "{err}");
 }
+
+#[test]
+fn lbctl_flows_shows_the_limit_that_applies_and_the_time_left() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd");
+    // One exchange, then the connection closes: the flow is closing, with the short limit.
+    lb_testkit::tcp_request(
+        &topo.client,
+        "198.18.100.1:80".parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .expect("request");
+    let (ok, out, err) = lb.lbctl(&["-o", "json", "flows"]).unwrap();
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let flow = list["flows"]
+        .as_array()
+        .and_then(|f| f.first())
+        .unwrap_or_else(|| panic!("no flow listed: {out}"))
+        .clone();
+    assert_eq!(flow["tcp_state"], "closing", "{flow}");
+    assert_eq!(
+        flow["idle_timeout_s"],
+        lb_common::limits::TCP_CLOSING_TIMEOUT_S,
+        "the limit that applies, not the service's 24 h: {flow}"
+    );
+    let left = flow["expires_in_s"].as_u64().expect("time left");
+    assert!(
+        left <= u64::from(lb_common::limits::TCP_CLOSING_TIMEOUT_S),
+        "{flow}"
+    );
+}

@@ -196,7 +196,11 @@ pub struct FlowEntry {
     pub frontend: SocketAddr,
     pub backend: SocketAddr,
     pub tcp_state: String,
+    /// The idle limit that applies to the flow now.
     pub idle_timeout_s: u32,
+    /// Seconds until the flow expires if it stays idle (to about a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
 }
 
 /// Query of `GET /v1/flows`.

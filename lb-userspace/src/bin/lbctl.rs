@@ -559,6 +559,7 @@ async fn flows(
                 f.backend.to_string(),
                 f.tcp_state.clone(),
                 f.idle_timeout_s.to_string(),
+                f.expires_in_s.map_or("-".to_owned(), |s| s.to_string()),
             ]
         })
         .collect();
@@ -570,7 +571,8 @@ async fn flows(
             "FRONTEND",
             "BACKEND",
             "TCP STATE",
-            "TIMEOUT S",
+            "IDLE LIMIT S",
+            "EXPIRES IN S",
         ],
         rows,
     );

@@ -474,6 +474,7 @@ async fn flows(
             .readers
             .sample_flows(limit, ids.as_deref())
             .map_err(|e| ApiError::from(DaemonError::from(e)))?;
+        let now_ns = monotonic_ns();
         let flows = sampled
             .into_iter()
             .map(|(key, flow)| FlowEntry {
@@ -497,6 +498,12 @@ async fn flows(
                 tcp_state: crate::api::tcp_state_name(key.proto, flow.tcp_state),
                 // The limit that applies now (an opening or closing TCP flow's is short).
                 idle_timeout_s: flow.idle_limit_s(),
+                // The kernel's clock (bpf_ktime_get_ns is CLOCK_MONOTONIC); the last-seen time
+                // moves in steps of LAST_SEEN_GRANULARITY_NS, so this is to about a second.
+                expires_in_s: Some(
+                    u64::from(flow.idle_limit_s())
+                        .saturating_sub(now_ns.saturating_sub(flow.last_seen_ns) / 1_000_000_000),
+                ),
             })
             .collect();
         Ok(FlowList { limit, flows })
@@ -504,6 +511,17 @@ async fn flows(
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))??;
     Ok(axum::Json(answer))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the kernel programs stamp flows with.
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn protocol_name(number: u8) -> &'static str {
