@@ -12,6 +12,10 @@ pub const MAX_BACKEND_ENDPOINTS: u32 = 262_144;
 /// Entries in a service's selection table (a Maglev table or a round-robin sequence), plus
 /// slot 0 which holds the table's length.
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+/// The largest selection table a service may have: a Maglev table size (which must be prime)
+/// or a round-robin sequence length. One slot less than the kernel table, whose slot 0 holds
+/// the length. The one statement of this limit.
+pub const MAX_SELECTION_SLOTS: u32 = MAX_TABLE_SIZE - 1;
 /// Default connection-table capacity (entries; a flow takes two: forward and reply).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 2_097_152;
 /// Entries of the table of unconfirmed flows (`PENDING`) beside a connection table of

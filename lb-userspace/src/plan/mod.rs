@@ -19,7 +19,7 @@ use lb_common::{
     hash::{client_hash, flow_hash},
     limits::{
         FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
-        MAX_SERVICES, MAX_TABLE_SIZE,
+        MAX_SELECTION_SLOTS, MAX_SERVICES,
     },
     maps::{Backend, EndpointKey, FlowKey, Service, backend_flags, proto, service_flags},
 };
@@ -53,7 +53,7 @@ impl TableSpec {
         let inputs = self.inputs(&identities);
         let built = match self.scheduler {
             Scheduler::Maglev => maglev_table(&inputs, self.maglev_table_size),
-            Scheduler::RoundRobin => round_robin_sequence(&inputs, MAX_TABLE_SIZE - 1),
+            Scheduler::RoundRobin => round_robin_sequence(&inputs, MAX_SELECTION_SLOTS),
         };
         match built {
             Ok(mut indices) => {
@@ -81,7 +81,7 @@ impl TableSpec {
             .collect();
         let checked = match self.scheduler {
             Scheduler::Maglev => maglev_check(&inputs, self.maglev_table_size),
-            Scheduler::RoundRobin => round_robin_check(&inputs, MAX_TABLE_SIZE - 1),
+            Scheduler::RoundRobin => round_robin_check(&inputs, MAX_SELECTION_SLOTS),
         };
         match checked {
             Err(TableError::NoWeight) => Ok(()),

@@ -93,7 +93,7 @@ pub(super) fn is_prime(n: u32) -> bool {
 
 /// A table size to suggest: the smallest prime `>= n`, or the largest one allowed.
 pub(super) fn prime_at_least(n: u32) -> u32 {
-    let max = limits::MAX_TABLE_SIZE - 1;
+    let max = limits::MAX_SELECTION_SLOTS;
     (n.max(2)..=max)
         .find(|&p| is_prime(p))
         .or_else(|| (2..=max).rev().find(|&p| is_prime(p)))

@@ -614,7 +614,7 @@ pub(super) fn maglev_table_size(
     cx: &Ctx<'_>,
 ) -> Result<u32, ConfigError> {
     let field = "maglev_table_size";
-    let max = limits::MAX_TABLE_SIZE - 1; // Slot 0 of the kernel table holds its length.
+    let max = limits::MAX_SELECTION_SLOTS;
     let (size, which) = match raw {
         None => (limits::DEFAULT_MAGLEV_TABLE_SIZE, "the default table size"),
         Some(Scalar(text)) => {
