@@ -14,7 +14,9 @@ use lb_userspace::{
     },
     dataplane, plan,
     source::api_state::Source,
-    source::file::{Affinity, Forwarding, Protocol, Scheduler, ServiceFile},
+    source::file::{
+        Affinity, BackendSpec, Forwarding, PortMapping, Protocol, Scheduler, ServiceFile,
+    },
     source::settings,
 };
 
@@ -350,7 +352,11 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             rows.push(
                 [
                     head,
-                    vec![b.backend.clone(), b.weight.to_string(), b.state.clone()],
+                    vec![
+                        reached_as(&b.backend, &s.ports),
+                        b.weight.to_string(),
+                        b.state.clone(),
+                    ],
                 ]
                 .concat(),
             );
@@ -638,6 +644,34 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// A backend as clients reach it, the name `lbctl stats` uses too: `ADDR:PORT`. A backend
+/// listed without a port is reached at its service's mappings' backend ports
+/// (`198.18.2.10:8080`, or `198.18.2.10:8080,5353` for several); `drain`, `remove-backend`
+/// and `add-backend` take either form.
+fn reached_as(listed: &str, mappings: &[String]) -> String {
+    let Ok(spec) = listed.parse::<BackendSpec>() else {
+        return listed.to_owned();
+    };
+    if spec.port.is_some() {
+        return listed.to_owned();
+    }
+    let mut ports: Vec<u16> = mappings
+        .iter()
+        .filter_map(|m| m.parse::<PortMapping>().ok())
+        .map(|m| m.backend)
+        // A VIP that takes every port (a swarm VIP): the port is the client's.
+        .filter(|port| *port != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    match (spec.address, ports.is_empty()) {
+        (_, true) => listed.to_owned(),
+        (std::net::IpAddr::V6(a), false) => format!("[{a}]:{}", ports.join(",")),
+        (std::net::IpAddr::V4(a), false) => format!("{a}:{}", ports.join(",")),
+    }
+}
+
 /// Percent-encodes a path or query value.
 fn encode(value: &str) -> String {
     value
@@ -704,5 +738,24 @@ fn print_swarm_details(list: &ServiceList) {
     }
     for (name, reason) in &list.swarm_refused {
         println!("swarm {name}: NOT SERVED: {reason}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reached_as;
+
+    #[test]
+    fn backends_are_named_as_clients_reach_them() {
+        let one = ["80:8080/tcp".to_owned()];
+        let two = ["80:8080/tcp".to_owned(), "53:5353/udp".to_owned()];
+        assert_eq!(reached_as("198.18.2.10", &one), "198.18.2.10:8080");
+        assert_eq!(reached_as("198.18.2.10", &two), "198.18.2.10:5353,8080");
+        assert_eq!(reached_as("198.18.2.10:9000", &one), "198.18.2.10:9000");
+        assert_eq!(reached_as("fd00:2::a", &one), "[fd00:2::a]:8080");
+        assert_eq!(
+            reached_as("198.19.10.5", &["0/tcp".to_owned()]),
+            "198.19.10.5"
+        );
     }
 }
