@@ -450,3 +450,78 @@ fn lbctl_flows_shows_the_limit_that_applies_and_the_time_left() {
         "{flow}"
     );
 }
+
+#[test]
+fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
+    if !e2e_enabled() {
+        return;
+    }
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::maps::{EndpointKey, Service};
+    let topo = Topology::new(1).expect("topology");
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &["--watch-interval-ms", "200"],
+    )
+    .expect("lbd");
+    // Something else fills the frontend map: a reload that needs a new frontend fails (the
+    // node's failure, not the file's).
+    let path = lb.pin_dir().join("maps").join("FRONTENDS");
+    let mut frontends: HashMap<MapData, EndpointKey, Service> = HashMap::try_from(Map::HashMap(
+        MapData::from_pin(&path).expect("pinned FRONTENDS"),
+    ))
+    .expect("FRONTENDS");
+    let junk = |i: u32| EndpointKey {
+        addr: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
+        port_be: 9u16.to_be(),
+        proto: 17,
+        _pad: 0,
+    };
+    let mut filled = 0;
+    while frontends
+        .insert(junk(filled), Service::default(), 0)
+        .is_ok()
+    {
+        filled += 1;
+        assert!(
+            filled <= lb_common::limits::MAX_FRONTENDS,
+            "the map never filled"
+        );
+    }
+    let changed = format!(
+        "{SERVICES}  more:\n    vip: 198.18.100.7\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.10\"]\n"
+    );
+    std::fs::write(lb.config_path(), &changed).unwrap();
+    let listed = |lb: &Lbd| {
+        let (ok, out, err) = lb.lbctl(&["list"]).unwrap();
+        assert!(ok, "{err}");
+        out.contains("more")
+    };
+    // Bounded: 50 looks, 100 ms apart.
+    let mut failed = false;
+    for _ in 0..50 {
+        if lb.output().contains("reload failed") {
+            failed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(failed, "the reload did not fail:\n{}", lb.output());
+    assert!(!listed(&lb), "a failed reload changed the configuration");
+    // The map frees up; the file is not touched again: the next check applies it.
+    for i in 0..filled {
+        frontends.remove(&junk(i)).unwrap();
+    }
+    let mut applied = false;
+    for _ in 0..50 {
+        if listed(&lb) {
+            applied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(applied, "the change was not tried again:\n{}", lb.output());
+}
