@@ -194,10 +194,10 @@ fn backend_still_serves(f: &Flow) -> bool {
     }
 }
 
-/// Removes the reply entry of the forward flow `f` (keyed `key`), if it is still this
-/// flow's. Already gone is fine.
+/// The key of the reply entry of the forward flow `f` (keyed `key`): the backend's packets
+/// toward the client, or toward the node's address and port under a source remap.
 #[inline(always)]
-fn forget_reply(key: &FlowKey, f: &Flow) {
+fn reply_key_of(key: &FlowKey, f: &Flow) -> FlowKey {
     let remapped = f.remaps_source();
     let reply_key = FlowKey {
         src: *f.backend_addr(),
@@ -215,6 +215,14 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
         proto: key.proto,
         _pad: [0; 3],
     };
+    reply_key
+}
+
+/// Removes the reply entry of the forward flow `f` (keyed `key`), if it is still this
+/// flow's. Already gone is fine.
+#[inline(always)]
+fn forget_reply(key: &FlowKey, f: &Flow) {
+    let reply_key = reply_key_of(key, f);
     // Only this flow's own entry: another flow may hold the key now (see `claim_reply`).
     let Some(reply) = CONNTRACK.get_ptr(&reply_key) else {
         return;
@@ -517,31 +525,45 @@ fn owner_alive<const N: usize>(
         if r.kind != flow_kind::REPLY {
             return true;
         }
-        let remapped = r.restores_client();
         let k = &mut *forward_key;
-        k.src = if remapped {
-            *r.client_addr()
-        } else {
-            reply_key.dst
-        };
-        k.sport_be = if remapped {
-            r.client_port_be()
-        } else {
-            reply_key.dport_be
-        };
-        k.dst = *r.frontend_addr();
-        k.dport_be = r.frontend_port_be();
-        k.proto = reply_key.proto;
+        write_forward_key(k, reply_key, r);
         let Some(forward) = table.get_ptr(k) else {
             return false;
         };
         let f = &*forward;
-        f.kind == flow_kind::FORWARD
-            && now.wrapping_sub(f.last_seen_ns) <= idle_limit_ns(f)
-            && *f.backend_addr() == reply_key.src
-            && f.backend_port_be() == reply_key.sport_be
-            && (!remapped || f.remapped_source_port_be() == reply_key.dport_be)
+        now.wrapping_sub(f.last_seen_ns) <= idle_limit_ns(f) && owns_reply(f, reply_key, r)
     }
+}
+
+/// Writes into `k` the key of the forward entry that reply entry `reply` (keyed `reply_key`)
+/// belongs to: client to frontend, the client restored under a source remap. The key's
+/// padding is left as it is (zero in the scratch map).
+#[inline(always)]
+fn write_forward_key(k: &mut FlowKey, reply_key: &FlowKey, reply: &Flow) {
+    let remapped = reply.restores_client();
+    k.src = if remapped {
+        *reply.client_addr()
+    } else {
+        reply_key.dst
+    };
+    k.sport_be = if remapped {
+        reply.client_port_be()
+    } else {
+        reply_key.dport_be
+    };
+    k.dst = *reply.frontend_addr();
+    k.dport_be = reply.frontend_port_be();
+    k.proto = reply_key.proto;
+}
+
+/// Whether forward entry `f` is the flow reply entry `reply` (keyed `reply_key`) belongs to:
+/// another flow may have taken the key since (see `claim_reply`).
+#[inline(always)]
+fn owns_reply(f: &Flow, reply_key: &FlowKey, reply: &Flow) -> bool {
+    f.kind == flow_kind::FORWARD
+        && *f.backend_addr() == reply_key.src
+        && f.backend_port_be() == reply_key.sport_be
+        && (!reply.restores_client() || f.remapped_source_port_be() == reply_key.dport_be)
 }
 
 /// A backend's FIN or RST ends its flow as the client's does: the forward entry (whose state
@@ -558,20 +580,7 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool) {
     // padding never written (zero as created).
     unsafe {
         let k = &mut *forward_key;
-        let remapped = reply.restores_client();
-        k.src = if remapped {
-            *reply.client_addr()
-        } else {
-            reply_key.dst
-        };
-        k.sport_be = if remapped {
-            reply.client_port_be()
-        } else {
-            reply_key.dport_be
-        };
-        k.dst = *reply.frontend_addr();
-        k.dport_be = reply.frontend_port_be();
-        k.proto = reply_key.proto;
+        write_forward_key(k, reply_key, reply);
         let forward = if pending {
             PENDING.get_ptr_mut(k)
         } else {
@@ -582,12 +591,7 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool) {
         };
         let f = &mut *forward;
         // Only the flow this reply entry belongs to (see `reply_owner_alive`).
-        if f.kind == flow_kind::FORWARD
-            && *f.backend_addr() == reply_key.src
-            && f.backend_port_be() == reply_key.sport_be
-            && (!remapped || f.remapped_source_port_be() == reply_key.dport_be)
-            && f.tcp_state != tcp_state::CLOSING
-        {
+        if owns_reply(f, reply_key, reply) && f.tcp_state != tcp_state::CLOSING {
             f.tcp_state = tcp_state::CLOSING;
         }
     }
@@ -670,22 +674,7 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
 #[inline(always)]
 fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
     let remapped = f.remaps_source();
-    let reply_key = FlowKey {
-        src: *f.backend_addr(),
-        dst: if remapped {
-            *f.remapped_source_addr()
-        } else {
-            key.src
-        },
-        sport_be: f.backend_port_be(),
-        dport_be: if remapped {
-            f.remapped_source_port_be()
-        } else {
-            key.sport_be
-        },
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let reply_key = reply_key_of(key, f);
     let Some(reply) = FLOW_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
