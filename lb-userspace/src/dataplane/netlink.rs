@@ -13,7 +13,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    link::{LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -31,17 +31,10 @@ pub fn attached_program(ifindex: u32) -> io::Result<Option<u32>> {
 }
 
 fn xdp_program_of(link: &LinkMessage) -> Option<u32> {
-    link.attributes
-        .iter()
-        .filter_map(|a| match a {
-            LinkAttribute::Xdp(xdp) => Some(xdp),
-            _ => None,
-        })
-        .flatten()
-        .find_map(|x| match x {
-            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
-            _ => None,
-        })
+    xdp_attributes(link).find_map(|x| match x {
+        LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+        _ => None,
+    })
 }
 
 /// The interface's kind as `ip -d link` shows it ("veth", "bridge", ...); `None` for a
@@ -51,6 +44,15 @@ pub fn link_kind(ifindex: u32) -> io::Result<Option<String>> {
 }
 
 fn xdp_mode_of(link: &LinkMessage) -> Option<XdpMode> {
+    xdp_attributes(link).find_map(|x| match x {
+        LinkXdp::Attached(XdpAttached::Driver) => Some(XdpMode::Native),
+        LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(XdpMode::Generic),
+        _ => None,
+    })
+}
+
+/// The nested attributes of the link's `IFLA_XDP`.
+fn xdp_attributes(link: &LinkMessage) -> impl Iterator<Item = &LinkXdp> {
     link.attributes
         .iter()
         .filter_map(|a| match a {
@@ -58,11 +60,6 @@ fn xdp_mode_of(link: &LinkMessage) -> Option<XdpMode> {
             _ => None,
         })
         .flatten()
-        .find_map(|x| match x {
-            LinkXdp::Attached(XdpAttached::Driver) => Some(XdpMode::Native),
-            LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(XdpMode::Generic),
-            _ => None,
-        })
 }
 
 fn kind_of(link: &LinkMessage) -> Option<String> {
@@ -74,7 +71,7 @@ fn kind_of(link: &LinkMessage) -> Option<String> {
         })
         .flatten()
         .find_map(|i| match i {
-            LinkInfo::Kind(InfoKind::Other(kind)) => Some(kind.clone()),
+            // Display spells every kind as the kernel does, unknown ones included.
             LinkInfo::Kind(kind) => Some(kind.to_string()),
             _ => None,
         })
@@ -204,7 +201,10 @@ fn events_in(mut bytes: &[u8]) -> LinkChanges {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::{address::AddressMessage, link::LinkMessage};
+    use netlink_packet_route::{
+        address::AddressMessage,
+        link::{InfoKind, LinkMessage},
+    };
 
     use super::*;
 
