@@ -18,6 +18,18 @@ services:
     backends: ["198.18.2.10"]
 "#;
 
+/// `lbd run` with `SERVICES` on the topology's node, attached to both of its interfaces.
+fn start(topo: &Topology, extra: &[&str]) -> Lbd {
+    Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        extra,
+    )
+    .expect("lbd")
+}
+
 /// `lbd ARGS`, bounded; (success, stdout + stderr).
 fn run_lbd(ns: Option<&Netns>, args: &[&str]) -> (bool, String) {
     let lbd = lbd().to_str().expect("utf-8 path");
@@ -126,14 +138,7 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
         return;
     }
     let topo = Topology::new(1).expect("topology");
-    let mut lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd");
+    let mut lb = start(&topo, &[]);
     let pid = lb.pid().unwrap();
     let pins = lb.pin_dir().to_str().unwrap().to_owned();
     let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", &pins]);
@@ -167,14 +172,7 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
         return;
     }
     let topo = Topology::new(1).expect("topology");
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("the first lbd");
+    let lb = start(&topo, &[]);
     // A second lbd, with pin and state directories of its own, on the same interfaces.
     let scratch = std::env::temp_dir().join(format!("mlb-second-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
@@ -262,19 +260,15 @@ fn idle_tcp_api_connections_cannot_stall_the_daemon() {
     let token = "idle-connections-token-0123";
     let token_file = std::env::temp_dir().join(format!("mlb-idle-token-{}", std::process::id()));
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
+    let lb = start(
+        &topo,
         &[
             "--api-listen",
             "127.0.0.1:9465",
             "--api-token-file",
             token_file.to_str().unwrap(),
         ],
-    )
-    .expect("lbd");
+    );
     let api: std::net::SocketAddr = "127.0.0.1:9465".parse().unwrap();
     // 300 idle connections, some with half a request: far more than the API serves at once.
     let idle: Vec<std::net::TcpStream> = topo
@@ -373,14 +367,7 @@ fn an_oversized_request_gets_the_apis_json_error_and_a_looping_backend_is_refuse
         return;
     }
     let topo = Topology::new(1).expect("topology");
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd");
+    let lb = start(&topo, &[]);
     let big = std::env::temp_dir().join(format!("mlb-big-{}.yaml", std::process::id()));
     std::fs::write(&big, format!("services: {{}}\n#{}\n", "x".repeat(3 << 20))).unwrap();
     let (ok, _, err) = lb.lbctl(&["apply", "-f", big.to_str().unwrap()]).unwrap();
@@ -415,14 +402,7 @@ fn lbctl_flows_shows_the_limit_that_applies_and_the_time_left() {
     }
     let topo = Topology::new(1).expect("topology");
     let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd");
+    let lb = start(&topo, &[]);
     // One exchange, then the connection closes: the flow is closing, with the short limit.
     lb_testkit::tcp_request(
         &topo.client,
@@ -459,14 +439,7 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
     use aya::maps::{HashMap, Map, MapData};
     use lb_common::maps::{EndpointKey, Service};
     let topo = Topology::new(1).expect("topology");
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &["--watch-interval-ms", "200"],
-    )
-    .expect("lbd");
+    let lb = start(&topo, &["--watch-interval-ms", "200"]);
     // Something else fills the frontend map: a reload that needs a new frontend fails (the
     // node's failure, not the file's).
     let path = lb.pin_dir().join("maps").join("FRONTENDS");
