@@ -14,6 +14,7 @@ mod parse;
 mod read;
 #[cfg(test)]
 mod tests;
+mod value;
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +26,7 @@ use std::{
 use lb_common::{limits, maps::proto};
 
 use self::parse::*;
+pub(crate) use self::read::quoted_short;
 pub use crate::source::error::{ConfigError, ParseValueError};
 
 /// Most backends one service may list.
@@ -73,6 +75,8 @@ pub struct ServiceSpec {
     pub maglev_table_size: u32,
     /// May be empty: the service then drops (and counts) its packets.
     pub backends: Vec<BackendSpec>,
+    /// How its backends are checked; `None`: they are not (every listed backend is up).
+    pub health: Option<HealthSpec>,
     /// 0: a service of the node (files and the API). 1-31: a swarm VIP that only sockets of
     /// containers on one overlay network reach (see `service_flags::SOCKET_SCOPE_SHIFT`);
     /// never written in a file.
@@ -254,6 +258,12 @@ keywords!(Scheduler, "scheduler", { Maglev => "maglev", RoundRobin => "round-rob
 keywords!(Forwarding, "forwarding mode", { Nat => "nat", FullNat => "fullnat" });
 keywords!(Affinity, "affinity", { None => "none", ClientIp => "client-ip", AnyNode => "any-node" });
 keywords!(RemovalPolicy, "removal policy", { Keep => "keep", Move => "move", Reset => "reset" });
+
+// After `keywords!`, which it uses.
+mod health;
+pub use health::{
+    HealthSpec, MAX_HEALTH_INTERVAL, MIN_HEALTH_INTERVAL, Probe, WhenAllDown, format_interval,
+};
 
 impl FromStr for PortMapping {
     type Err = ParseValueError;

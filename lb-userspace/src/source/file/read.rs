@@ -5,9 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::IpAddr,
-    ops::RangeInclusive,
     path::Path,
-    str::FromStr,
 };
 
 use lb_common::limits;
@@ -16,7 +14,7 @@ use serde::{
     de::{self, MapAccess, Visitor},
 };
 
-use super::{parse::*, *};
+use super::{parse::*, value::*, *};
 
 // ---------------------------------------------------------------------------------------------
 // Raw, as serde reads it
@@ -59,6 +57,7 @@ pub(super) struct RawService {
     on_backend_removal: Option<Scalar>,
     maglev_table_size: Option<Scalar>,
     backends: Option<Vec<RawBackend>>,
+    health: Option<super::health::RawHealth>,
 }
 
 #[derive(Deserialize)]
@@ -79,25 +78,6 @@ pub(super) struct RawBackendLong {
     address: Scalar,
     port: Option<Scalar>,
     weight: Option<Scalar>,
-}
-
-/// Any scalar, as text: `port: 80` and `port: "80"` are the same, and a wrong value gets this
-/// module's message rather than serde's "invalid type".
-pub(super) struct Scalar(String);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let unexpected = match serde_norway::Value::deserialize(deserializer)? {
-            serde_norway::Value::String(s) => return Ok(Scalar(s)),
-            serde_norway::Value::Number(n) => return Ok(Scalar(n.to_string())),
-            serde_norway::Value::Bool(b) => return Ok(Scalar(b.to_string())),
-            serde_norway::Value::Null => de::Unexpected::Unit,
-            serde_norway::Value::Sequence(_) => de::Unexpected::Seq,
-            serde_norway::Value::Mapping(_) => de::Unexpected::Map,
-            serde_norway::Value::Tagged(_) => de::Unexpected::Other("tagged value"),
-        };
-        Err(de::Error::invalid_type(unexpected, &"a string or a number"))
-    }
 }
 
 impl<'de> Deserialize<'de> for RawBackend {
@@ -264,6 +244,9 @@ impl ServiceSpec {
         if let Some(vip) = self.vip {
             value["vip"] = vip.to_string().into();
         }
+        if let Some(health) = &self.health {
+            value["health"] = health.to_value();
+        }
         value
     }
 }
@@ -297,52 +280,6 @@ pub(super) fn claim_frontends(
         }
     }
     Ok(())
-}
-
-/// Where a value came from, for error messages.
-pub(super) struct Ctx<'a> {
-    path: &'a Path,
-    service: &'a str,
-}
-
-impl Ctx<'_> {
-    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            path: self.path.to_owned(),
-            service: Some(self.service.to_owned()),
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    /// A keyword field (`scheduler` and the like): absent means the default.
-    fn keyword<T: FromStr<Err = ParseValueError> + Default>(
-        &self,
-        field: &str,
-        raw: Option<Scalar>,
-    ) -> Result<T, ConfigError> {
-        raw.map_or(Ok(T::default()), |s| {
-            s.0.parse()
-                .map_err(|e: ParseValueError| self.invalid(field, e.0))
-        })
-    }
-
-    /// A whole number in `range`; `what` describes the range for the message.
-    fn number(
-        &self,
-        field: &str,
-        text: &str,
-        range: RangeInclusive<u64>,
-        what: &str,
-    ) -> Result<u64, ConfigError> {
-        parse_number(text, range).map_err(|e| {
-            let message = match e {
-                NumberError::NotANumber => format!("{text:?} is not a whole number; {what}"),
-                NumberError::OutOfRange => format!("{text} is out of range; {what}"),
-            };
-            self.invalid(field, message)
-        })
-    }
 }
 
 pub(super) fn service_from_raw(
@@ -443,6 +380,10 @@ pub(super) fn service_from_raw(
 
     let maglev_table_size =
         maglev_table_size(raw.maglev_table_size, scheduler, backends.len(), &cx)?;
+    let health = raw
+        .health
+        .map(|raw| super::health::health_from_raw(raw, &cx))
+        .transpose()?;
 
     Ok(ServiceSpec {
         name,
@@ -455,6 +396,7 @@ pub(super) fn service_from_raw(
         on_backend_removal,
         maglev_table_size,
         backends,
+        health,
         socket_scope: 0,
         tunnel_only: false,
     })

@@ -136,6 +136,7 @@ fn example_parses_to_expected_structs() {
                 mesh: None,
             },
         ],
+        health: None,
         socket_scope: 0,
         tunnel_only: false,
     };

@@ -108,6 +108,7 @@ pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -
                 on_backend_removal: policy.on_backend_removal,
                 maglev_table_size: policy.maglev_table_size,
                 backends,
+                health: None,
                 socket_scope: 0,
                 tunnel_only: false,
             });
@@ -185,6 +186,7 @@ fn add_delivery(
                 weight: 1,
                 mesh: None,
             }],
+            health: None,
             socket_scope: 0,
             tunnel_only: true,
         });
@@ -262,6 +264,7 @@ fn add_vips(
                         mesh: None,
                     })
                     .collect(),
+                health: None,
                 socket_scope: scope,
                 tunnel_only: false,
             });
