@@ -10,11 +10,19 @@ use std::collections::BTreeMap;
 use lb_common::stats::{SlotKind, StatSlot};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
-use crate::api::{Outcome, Trigger, report::Report};
+use crate::{
+    api::{Outcome, Trigger, report::Report},
+    source::health::Health,
+};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -49,6 +57,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_services",
     "meshlb_interface_attached",
     "meshlb_interface_reattached_total",
+    "meshlb_backend_up",
+    "meshlb_backend_health_transitions_total",
+    "meshlb_health_check_seconds",
 ];
 
 /// Where a global counter slot goes: (metric without `meshlb_` and `_total`, label, value).
@@ -93,6 +104,35 @@ fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Label
     family
 }
 
+/// How long successful health checks take, by service: a histogram cannot be rebuilt from a
+/// report, so this one lives as long as lbd and every scrape registers it.
+#[derive(Clone)]
+pub struct CheckLatency(Family<Labels, Histogram, fn() -> Histogram>);
+
+impl Default for CheckLatency {
+    fn default() -> Self {
+        // 0.5 ms to about 2 s.
+        Self(Family::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 13))
+        }))
+    }
+}
+
+impl CheckLatency {
+    pub fn observe(&self, service: &str, took: std::time::Duration) {
+        self.0
+            .get_or_create(&vec![("service", service.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The health checks: each checked backend's state and transitions, and check latency.
+pub struct HealthMetrics<'a> {
+    /// (service, address checked, state, transitions), from `Daemon::health_states`.
+    pub states: &'a [(String, std::net::SocketAddr, Health, u64)],
+    pub latency: &'a CheckLatency,
+}
+
 /// The scrape's text.
 pub fn render(
     report: &Report,
@@ -100,8 +140,10 @@ pub fn render(
     api_requests: &BTreeMap<u16, u64>,
     swarm: Option<&crate::api::SwarmStatus>,
     attachments: &[crate::api::AttachmentStatus],
+    health: &HealthMetrics<'_>,
 ) -> String {
     let mut registry = Registry::with_prefix("meshlb");
+    register_health(&mut registry, health);
     register_interfaces(&mut registry, attachments);
     register_global(&mut registry, report);
     register_services(&mut registry, report);
@@ -356,6 +398,33 @@ fn register_interfaces(registry: &mut Registry, attachments: &[crate::api::Attac
     }
 }
 
+/// `meshlb_backend_up` is 1 for a backend served (up, or not checked yet) and 0 for a down
+/// one; backends of services without checks are not listed.
+fn register_health(registry: &mut Registry, health: &HealthMetrics<'_>) {
+    let up = gauge_family(
+        registry,
+        "backend_up",
+        "1 per checked backend that is served (up, or not checked yet), 0 per down one; by service and address checked.",
+    );
+    let transitions = counter_family(
+        registry,
+        "backend_health_transitions",
+        "Times a checked backend went down or came back up.",
+    );
+    for (service, addr, state, count) in health.states {
+        let labels: Labels = vec![("service", service.clone()), ("backend", addr.to_string())];
+        up.get_or_create(&labels)
+            .set(i64::from(*state != Health::Down));
+        transitions.get_or_create(&labels).inc_by(*count);
+    }
+    register(
+        registry,
+        "health_check_seconds",
+        "How long successful health checks took, by service.",
+        health.latency.0.clone(),
+    );
+}
+
 /// The swarm follower's health.
 fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
     let up = Gauge::<i64>::default();
@@ -469,13 +538,42 @@ mod tests {
             state: "missing".into(),
             reattached: 2,
         }];
+        let latency = CheckLatency::default();
+        latency.observe("web", std::time::Duration::from_millis(3));
+        let states = [
+            (
+                "web".to_owned(),
+                "198.18.2.10:8080".parse().unwrap(),
+                Health::Up,
+                2,
+            ),
+            (
+                "web".to_owned(),
+                "198.18.2.11:8080".parse().unwrap(),
+                Health::Down,
+                1,
+            ),
+        ];
         let text = render(
             &report,
             &changes,
             &[(401, 1)].into(),
             Some(&swarm),
             &attachments,
+            &HealthMetrics {
+                states: &states,
+                latency: &latency,
+            },
         );
+        for line in [
+            "meshlb_backend_up{service=\"web\",backend=\"198.18.2.10:8080\"} 1",
+            "meshlb_backend_up{service=\"web\",backend=\"198.18.2.11:8080\"} 0",
+            "meshlb_backend_health_transitions_total{service=\"web\",backend=\"198.18.2.10:8080\"} 2",
+            "meshlb_health_check_seconds_count{service=\"web\"} 1",
+            "meshlb_health_check_seconds_bucket{le=\"0.004\",service=\"web\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
         assert!(text.contains("meshlb_flood 1"), "{text}");
         assert!(

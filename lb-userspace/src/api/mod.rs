@@ -160,6 +160,25 @@ pub struct BackendEntry {
     pub backend: String,
     pub weight: u32,
     pub state: String,
+    /// What its health checks say; `None` for a service without `health:`.
+    #[serde(default)]
+    pub health: Option<BackendHealth>,
+}
+
+/// A checked backend's health, for `lbctl list`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendHealth {
+    pub state: crate::source::health::Health,
+    /// What is checked: `tcp 198.18.2.10:8080`, `http GET /healthz expecting 200 ...`.
+    pub check: String,
+    /// Seconds since the state began (for `unknown`: since the backend was first seen).
+    pub since_s: u64,
+    /// The last failure's reason, kept after later successes.
+    pub last_error: Option<String>,
+    /// How long the last successful check took.
+    pub last_check_ms: Option<f64>,
+    /// Times it went down or came back up.
+    pub transitions: u64,
 }
 
 /// A backend to add, remove or drain: `{"backend": "198.18.2.10:8080", "weight": 2}`.
@@ -236,6 +255,8 @@ pub enum Trigger {
     Addresses,
     /// The swarm changed (`lbd run --swarm`).
     Swarm,
+    /// A checked backend went down or came back up.
+    Health,
 }
 
 /// How a change ended; a metric label.
@@ -261,6 +282,7 @@ impl Trigger {
             Self::Api => "api",
             Self::Addresses => "addresses",
             Self::Swarm => "swarm",
+            Self::Health => "health",
         }
     }
 }

@@ -8,7 +8,8 @@ use hyper::Method;
 use lb_common::stats::StatSlot;
 use lb_userspace::{
     api::{
-        BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status,
+        BackendHealth, BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList,
+        Status,
         client::{self, Endpoint},
         report::Report,
     },
@@ -17,6 +18,7 @@ use lb_userspace::{
     source::file::{
         Affinity, BackendSpec, Forwarding, PortMapping, Protocol, Scheduler, ServiceFile,
     },
+    source::health::Health,
     source::settings,
 };
 
@@ -316,6 +318,29 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `up 2m10s`, `down 12s (connecting: Connection refused)`, `unknown`.
+fn health_cell(h: &BackendHealth) -> String {
+    let state = h.state.as_str();
+    if h.state == Health::Unknown {
+        return state.into();
+    }
+    let since = format_age(h.since_s);
+    match (&h.last_error, h.state) {
+        (Some(error), Health::Down) => format!("{state} {since} ({error})"),
+        _ => format!("{state} {since}"),
+    }
+}
+
+/// `45s`, `2m10s`, `3h4m`, `2d5h`.
+fn format_age(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3_600 => format!("{}m{}s", s / 60, s % 60),
+        3_600..86_400 => format!("{}h{}m", s / 3_600, s % 3_600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
 async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     let list: ServiceList = api.json(Method::GET, "/v1/services", None).await?;
     if json {
@@ -341,7 +366,7 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             format!("{}/{}", s.scheduler, s.forwarding),
         ];
         if s.backends.is_empty() {
-            rows.push([head.clone(), vec!["-".into(), "-".into(), "-".into()]].concat());
+            rows.push([head.clone(), vec!["-".into(); 4]].concat());
         }
         for (i, b) in s.backends.iter().enumerate() {
             let head = if i == 0 {
@@ -356,6 +381,7 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                         reached_as(&b.backend, &s.ports),
                         b.weight.to_string(),
                         b.state.clone(),
+                        b.health.as_ref().map_or("-".into(), health_cell),
                     ],
                 ]
                 .concat(),
@@ -371,6 +397,7 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             "BACKEND",
             "WEIGHT",
             "STATE",
+            "HEALTH",
         ],
         rows,
     );

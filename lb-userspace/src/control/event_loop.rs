@@ -1,6 +1,6 @@
 //! `lbd run`'s event loop: the admin API and metrics listeners, signals (SIGHUP reloads,
 //! SIGTERM/SIGINT stop), the service-file and node-address watches, the counter sampler, the
-//! kernel-log pump and the swarm follower. Every change it starts goes through the daemon's
+//! kernel-log pump, the health checks and the swarm follower. Every change it starts goes through the daemon's
 //! one commit path; this loop only decides when.
 
 use std::{
@@ -159,6 +159,7 @@ async fn serve(
     if let Some(bgp) = &options.bgp {
         super::announce_task::spawn(&shared, bgp.clone(), stop.wait());
     }
+    super::health_task::spawn(&shared, stop.wait());
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;
 
     let config = options.daemon.config.as_deref();

@@ -5,6 +5,7 @@
 mod announce_task;
 pub mod event_loop;
 pub mod flood;
+mod health_task;
 pub mod server;
 pub mod shared;
 pub mod tcp_api;

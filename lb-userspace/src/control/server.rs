@@ -250,6 +250,7 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<ServiceLi
                             backend: BackendRef::of(b).to_string(),
                             weight: b.weight,
                             state: if b.weight == 0 { "draining" } else { "active" }.into(),
+                            health: d.backend_health(spec, b),
                         })
                         .collect(),
                 }
@@ -558,12 +559,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
         let report = s.report()?;
         let requests = lock(&s.requests).clone();
         let d = s.daemon();
+        let states = d.health_states();
         Ok(crate::metrics::render(
             &report,
             d.changes(),
             &requests,
             d.swarm_status().as_ref(),
             &d.attachment_statuses(),
+            &crate::metrics::HealthMetrics {
+                states: &states,
+                latency: &s.check_latency,
+            },
         ))
     })
     .await

@@ -20,6 +20,8 @@ pub struct Shared {
     /// API answers by HTTP status.
     pub requests: Mutex<BTreeMap<u16, u64>>,
     pub sampler: Mutex<Sampler>,
+    /// How long successful health checks take, by service (kept across scrapes).
+    pub check_latency: crate::metrics::CheckLatency,
 }
 
 /// The last two counter reports, for rates, and the connection-table occupancy (counting it
@@ -47,6 +49,7 @@ impl Shared {
             readers,
             requests: Mutex::default(),
             sampler: Mutex::default(),
+            check_latency: Default::default(),
         }))
     }
 

@@ -24,10 +24,12 @@ use crate::{
 };
 
 mod explain;
+mod health;
 mod links;
 mod report;
 mod swarm_state;
 
+pub use health::CheckResult;
 pub use links::LinkEvent;
 
 use swarm_state::{load_swarm_state, swarm_services};
@@ -114,6 +116,10 @@ pub struct Daemon {
     degraded: Option<String>,
     /// Attached interfaces that were deleted, and re-attachments by interface.
     links: links::LinkState,
+    /// Checked backends' states: down ones are left out of the plan.
+    health: crate::source::health::HealthBook,
+    /// Moves on whenever `merged` is replaced: the health checks follow it.
+    merged_epoch: u64,
 }
 
 impl Daemon {
@@ -234,6 +240,8 @@ impl Daemon {
             started: Instant::now(),
             degraded: None,
             links: links::LinkState::default(),
+            health: Default::default(),
+            merged_epoch: 1,
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
@@ -303,7 +311,7 @@ impl Daemon {
         Ok((value, outcome))
     }
 
-    /// The one way a configuration changes.
+    /// The one way a configuration changes (file, API, swarm and health state alike).
     fn commit(
         &mut self,
         trigger: Trigger,
@@ -316,7 +324,8 @@ impl Daemon {
             let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
             merged.file.mesh = swarm_services.mesh.clone();
             let node_addresses = node_addresses()?;
-            let next = plan::plan_from(&merged.file, &node_addresses, Some(&self.running))?;
+            let serving = self.health.serving(&merged.file);
+            let next = plan::plan_from(&serving, &node_addresses, Some(&self.running))?;
             Ok((merged, node_addresses, next))
         })();
         let (merged, node_addresses, next) = match planned {
@@ -346,6 +355,7 @@ impl Daemon {
             self.file = file;
             self.api = api;
             self.merged = merged;
+            self.merged_epoch += 1;
             self.node_addresses = node_addresses;
             self.count(trigger, Outcome::Unchanged);
             return Ok(Outcome::Unchanged);
@@ -385,6 +395,7 @@ impl Daemon {
         self.file = file;
         self.api = api;
         self.merged = merged;
+        self.merged_epoch += 1;
         self.node_addresses = node_addresses;
         self.running = next;
         self.generation += 1;

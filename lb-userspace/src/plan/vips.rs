@@ -9,8 +9,8 @@ impl DesiredState {
     /// (weight above 0) and that the plan kept (a swarm task on a node that is not a peer is
     /// left out). A VIP several services share is announced while any of them is usable.
     ///
-    /// This is the one place that decides announcement: a backend health signal plugs in by
-    /// leaving down backends out of the plan (or of this predicate).
+    /// This is the one place that decides announcement. Backends their health checks say are
+    /// down are not in the plan at all (`HealthBook::serving`), so they count for nothing here.
     pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
         self.services
             .iter()

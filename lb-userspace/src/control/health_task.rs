@@ -1,0 +1,112 @@
+//! Runs the health checks: each checked backend once per its service's interval, every check
+//! on its own task with its timeout, so a slow or silent backend never holds up another
+//! check, the API or a reload. Finished checks go to the daemon in batches
+//! (`Daemon::record_health`), under its lock only as long as any change takes.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{task::JoinSet, time::Instant};
+use tracing::warn;
+
+use super::shared::Shared;
+use crate::{
+    daemon::CheckResult,
+    source::health::{Target, TargetKey, probe},
+};
+
+/// How often due checks are started and the services' checks followed.
+const TICK: Duration = Duration::from_millis(50);
+/// Most checks in flight at once; due checks beyond it wait for the next tick.
+const MAX_IN_FLIGHT: usize = 512;
+
+pub(super) fn spawn(
+    shared: &Arc<Shared>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = run(shared) => {}
+        }
+    });
+}
+
+async fn run(shared: Arc<Shared>) {
+    let mut epoch = 0;
+    let mut targets: Vec<Target> = Vec::new();
+    let mut due: HashMap<TargetKey, Instant> = HashMap::new();
+    let mut in_flight: HashSet<TargetKey> = HashSet::new();
+    let mut checks: JoinSet<CheckResult> = JoinSet::new();
+    // Which target each check is for, so that even a check that panicked frees its target.
+    let mut checking: HashMap<tokio::task::Id, TargetKey> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Some((now_epoch, now_targets)) = shared.daemon().health_targets(epoch) {
+                    epoch = now_epoch;
+                    targets = now_targets;
+                    let keys: HashSet<&TargetKey> = targets.iter().map(|t| &t.key).collect();
+                    due.retain(|key, _| keys.contains(key));
+                }
+                let now = Instant::now();
+                for target in &targets {
+                    if in_flight.len() >= MAX_IN_FLIGHT {
+                        break;
+                    }
+                    // A new target is checked at once: a dead backend found at start is left
+                    // out within one timeout.
+                    let next = due.entry(target.key.clone()).or_insert(now);
+                    if *next > now || in_flight.contains(&target.key) {
+                        continue;
+                    }
+                    // On the interval's own beat (not the tick's), unless far behind.
+                    *next = (*next + target.interval).max(now + target.interval / 2);
+                    in_flight.insert(target.key.clone());
+                    let target = target.clone();
+                    let key = target.key.clone();
+                    let handle = checks.spawn(async move {
+                        let result = probe::check(target.key.addr, &target.probe, target.timeout).await;
+                        (target.key, result)
+                    });
+                    checking.insert(handle.id(), key);
+                }
+            }
+            Some(done) = checks.join_next_with_id(), if !checks.is_empty() => {
+                let mut batch = Vec::new();
+                let mut take = |done: Result<(tokio::task::Id, CheckResult), tokio::task::JoinError>| {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some(key) = checking.remove(&id) {
+                        in_flight.remove(&key);
+                    }
+                    match done {
+                        Ok((_, (key, result))) => {
+                            if let Ok(latency) = &result {
+                                shared.check_latency.observe(&key.service, *latency);
+                            }
+                            batch.push((key, result));
+                        }
+                        Err(e) => warn!("health: a check ended abnormally: {e}"),
+                    }
+                };
+                take(done);
+                while let Some(done) = checks.try_join_next_with_id() {
+                    take(done);
+                }
+                let s = shared.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.daemon().record_health(batch)).await {
+                    warn!("health: recording results: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The daemon's side of health checks: which checks to run, and what their results change.
+//! A result that takes a backend down or brings it back is applied like any other change
+//! (`Trigger::Health`): the plan leaves down backends out, only the difference is written.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::{
+    api::BackendHealth,
+    source::{
+        file::{BackendSpec, ServiceSpec},
+        health::{Health, Target, TargetKey, Transition},
+    },
+};
+
+/// One finished check: its target and its result (`Ok`: how long it took).
+pub type CheckResult = (TargetKey, Result<Duration, String>);
+
+impl Daemon {
+    /// The checks to run, when the services changed since `seen` (an epoch this returned
+    /// before; 0 for none): `(epoch, targets)`.
+    pub fn health_targets(&mut self, seen: u64) -> Option<(u64, Vec<Target>)> {
+        if seen == self.merged_epoch {
+            return None;
+        }
+        let targets = self.health.sync(&self.merged.file, SystemTime::now());
+        Some((self.merged_epoch, targets))
+    }
+
+    /// Takes finished checks; a backend that went down or came back up replans (logged with
+    /// the reason). Returns the transitions.
+    pub fn record_health(&mut self, results: Vec<CheckResult>) -> Vec<Transition> {
+        let now = SystemTime::now();
+        let transitions: Vec<Transition> = results
+            .into_iter()
+            .filter_map(|(key, result)| self.health.record(&key, result, now))
+            .collect();
+        for t in &transitions {
+            let (service, backend) = (&t.key.service, t.key.addr);
+            match t.to {
+                Health::Down => {
+                    warn!(%service, %backend, from = t.from.as_str(), "health: backend down: {}", t.reason)
+                }
+                _ => {
+                    info!(%service, %backend, from = t.from.as_str(), "health: backend up: {}", t.reason)
+                }
+            }
+        }
+        if transitions.iter().any(Transition::changes_serving) {
+            let (file, api) = (self.file.clone(), self.api.clone());
+            if let Err(e) = self.commit(Trigger::Health, file, api) {
+                error!(
+                    "health: the change of backends was not applied, the running configuration stays (retried at the next change of health): {e:#}"
+                );
+            }
+        }
+        transitions
+    }
+
+    /// A backend's health for `lbctl list`; `None` when its service has no checks.
+    pub fn backend_health(
+        &self,
+        spec: &ServiceSpec,
+        backend: &BackendSpec,
+    ) -> Option<BackendHealth> {
+        let health = spec.health.as_ref()?;
+        let key = TargetKey {
+            service: spec.name.clone(),
+            addr: health.target(backend, spec.ports.first()?),
+        };
+        let check = format!("{} {}", health.probe, key.addr);
+        let now = SystemTime::now();
+        Some(match self.health.state(&key) {
+            // Not synced yet (the checks start within a tick of a change).
+            None => BackendHealth {
+                state: Health::Unknown,
+                check,
+                since_s: 0,
+                last_error: None,
+                last_check_ms: None,
+                transitions: 0,
+            },
+            Some(state) => BackendHealth {
+                state: state.health,
+                check,
+                since_s: now
+                    .duration_since(state.since)
+                    .unwrap_or_default()
+                    .as_secs(),
+                last_error: state.last_error.clone(),
+                last_check_ms: state.last_latency.map(|d| d.as_secs_f64() * 1e3),
+                transitions: state.transitions,
+            },
+        })
+    }
+
+    /// Every checked backend: (service, address checked, health, transitions), for metrics.
+    pub fn health_states(&self) -> Vec<(String, std::net::SocketAddr, Health, u64)> {
+        self.health
+            .states()
+            .map(|(key, state)| {
+                (
+                    key.service.clone(),
+                    key.addr,
+                    state.health,
+                    state.transitions,
+                )
+            })
+            .collect()
+    }
+}

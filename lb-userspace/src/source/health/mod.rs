@@ -1,0 +1,263 @@
+//! Backend health as a source: which checked backends are up, with the hysteresis of each
+//! service's `health:` section. The book is pure (results in, states and transitions out);
+//! [`probe`] runs one check; `control::health_task` schedules them. What a down backend
+//! means for the plan is [`HealthBook::serving`]: the services as the plan must see them.
+
+pub mod probe;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::source::file::{HealthSpec, Probe, ServiceFile, ServiceSpec, WhenAllDown};
+
+/// One checked backend: its service and the address its check goes to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetKey {
+    pub service: String,
+    pub addr: SocketAddr,
+}
+
+/// A check to run, as the scheduler needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub key: TargetKey,
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// What the checks say about a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet: served as up, so that starting or restarting lbd moves no flow; the
+    /// first result decides either way.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// One target's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetState {
+    pub health: Health,
+    /// Since when `health` holds (for `Unknown`: since the target was first seen).
+    pub since: SystemTime,
+    /// The last failure's reason, kept after later successes.
+    pub last_error: Option<String>,
+    /// How long the last successful check took.
+    pub last_latency: Option<Duration>,
+    /// Times the state went up or down (not counting the first result).
+    pub transitions: u64,
+    /// Consecutive results against `health` (toward `rise` or `fall`).
+    streak: u32,
+    rise: u32,
+    fall: u32,
+}
+
+/// A change of state, for the log and for replanning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub key: TargetKey,
+    pub from: Health,
+    pub to: Health,
+    /// The failure that took it down, or the checks that brought it up.
+    pub reason: String,
+}
+
+impl Transition {
+    /// Whether the plan sees it: anything into or out of `Down` (unknown and up both serve).
+    pub fn changes_serving(&self) -> bool {
+        (self.from == Health::Down) != (self.to == Health::Down)
+    }
+}
+
+/// Every checked backend's state, by target.
+#[derive(Debug, Default)]
+pub struct HealthBook {
+    targets: BTreeMap<TargetKey, TargetState>,
+}
+
+impl HealthBook {
+    /// Follows the services' checks: a new target starts `Unknown`, a target no service
+    /// checks any more is forgotten, a changed `rise`/`fall` applies from the next result.
+    /// Returns every check to run.
+    pub fn sync(&mut self, file: &ServiceFile, now: SystemTime) -> Vec<Target> {
+        let targets: Vec<(Target, u32, u32)> = file
+            .services
+            .values()
+            .flat_map(|spec| targets_of(spec).map(move |(_, t)| (t, spec)))
+            .map(|(target, spec)| {
+                let health = spec.health.as_ref().expect("targets_of: checked services");
+                (target, health.rise, health.fall)
+            })
+            .collect();
+        let mut kept = BTreeMap::new();
+        for (target, rise, fall) in &targets {
+            let state = self.targets.remove(&target.key).unwrap_or(TargetState {
+                health: Health::Unknown,
+                since: now,
+                last_error: None,
+                last_latency: None,
+                transitions: 0,
+                streak: 0,
+                rise: *rise,
+                fall: *fall,
+            });
+            kept.insert(
+                target.key.clone(),
+                TargetState {
+                    rise: *rise,
+                    fall: *fall,
+                    ..state
+                },
+            );
+        }
+        self.targets = kept;
+        targets.into_iter().map(|(t, _, _)| t).collect()
+    }
+
+    /// Takes one check's result (`Ok`: how long it took; `Err`: why it failed). Results for
+    /// targets no longer checked are ignored.
+    pub fn record(
+        &mut self,
+        key: &TargetKey,
+        result: Result<Duration, String>,
+        now: SystemTime,
+    ) -> Option<Transition> {
+        let state = self.targets.get_mut(key)?;
+        let ok = result.is_ok();
+        match result {
+            Ok(latency) => state.last_latency = Some(latency),
+            Err(error) => state.last_error = Some(error),
+        }
+        let to = match (state.health, ok) {
+            // The first result decides: a backend found dead at start is not served for
+            // `fall` intervals first.
+            (Health::Unknown, true) => Health::Up,
+            (Health::Unknown, false) => Health::Down,
+            (Health::Up, true) | (Health::Down, false) => {
+                state.streak = 0;
+                return None;
+            }
+            (Health::Up, false) | (Health::Down, true) => {
+                state.streak += 1;
+                let needed = if ok { state.rise } else { state.fall };
+                if state.streak < needed {
+                    return None;
+                }
+                if ok { Health::Up } else { Health::Down }
+            }
+        };
+        let from = state.health;
+        if from != Health::Unknown {
+            state.transitions += 1;
+        }
+        let reason = match to {
+            Health::Down => state.last_error.clone().unwrap_or_default(),
+            _ if from == Health::Unknown => "first check passed".to_owned(),
+            _ => format!("{} checks in a row passed", state.streak),
+        };
+        state.health = to;
+        state.since = now;
+        state.streak = 0;
+        Some(Transition {
+            key: key.clone(),
+            from,
+            to,
+            reason,
+        })
+    }
+
+    pub fn state(&self, key: &TargetKey) -> Option<&TargetState> {
+        self.targets.get(key)
+    }
+
+    pub fn states(&self) -> impl Iterator<Item = (&TargetKey, &TargetState)> {
+        self.targets.iter()
+    }
+
+    /// The services as the plan must see them: each checked service without its down
+    /// backends, or with all of them when all are down and it says `when_all_down: keep`.
+    /// Borrowed when no backend is down.
+    pub fn serving<'a>(&self, file: &'a ServiceFile) -> Cow<'a, ServiceFile> {
+        let down = |spec: &ServiceSpec| -> Vec<usize> {
+            targets_of(spec)
+                .filter(|(_, t)| {
+                    self.targets
+                        .get(&t.key)
+                        .is_some_and(|s| s.health == Health::Down)
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let changed: Vec<(String, Vec<usize>)> = file
+            .services
+            .values()
+            .filter(|spec| spec.health.is_some())
+            .map(|spec| (spec.name.clone(), down(spec)))
+            .filter(|(_, down)| !down.is_empty())
+            .collect();
+        if changed.is_empty() {
+            return Cow::Borrowed(file);
+        }
+        let mut serving = file.clone();
+        for (name, down) in changed {
+            let spec = serving
+                .services
+                .get_mut(&name)
+                .expect("a service just read");
+            let keep_all = down.len() == spec.backends.len()
+                && spec.health.as_ref().map(|h| h.when_all_down) == Some(WhenAllDown::Keep);
+            if keep_all {
+                continue;
+            }
+            let mut i = 0;
+            spec.backends.retain(|_| {
+                i += 1;
+                !down.contains(&(i - 1))
+            });
+        }
+        Cow::Owned(serving)
+    }
+}
+
+/// A checked service's backends with their checks (index in `backends`, target); none for a
+/// service without `health:` or without ports.
+pub fn targets_of(spec: &ServiceSpec) -> impl Iterator<Item = (usize, Target)> + '_ {
+    let health: Option<(&HealthSpec, _)> = spec.health.as_ref().zip(spec.ports.first());
+    health.into_iter().flat_map(move |(health, first)| {
+        spec.backends.iter().enumerate().map(move |(i, backend)| {
+            (
+                i,
+                Target {
+                    key: TargetKey {
+                        service: spec.name.clone(),
+                        addr: health.target(backend, first),
+                    },
+                    probe: health.probe.clone(),
+                    interval: health.interval,
+                    timeout: health.timeout,
+                },
+            )
+        })
+    })
+}

@@ -1,0 +1,179 @@
+use std::{path::Path, time::UNIX_EPOCH};
+
+use super::*;
+
+const FILE: &str = r#"
+services:
+  web:
+    ports: ["80:8080"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+    health: { tcp: {}, rise: 2, fall: 3 }
+  keep:
+    vip: 198.18.100.2
+    ports: ["80:8080"]
+    backends: ["198.18.2.20", "198.18.2.21"]
+    health: { tcp: {}, rise: 1, fall: 1, when_all_down: keep }
+  plain:
+    vip: 198.18.100.3
+    ports: ["80:8080"]
+    backends: ["198.18.2.30"]
+"#;
+
+fn file() -> ServiceFile {
+    ServiceFile::parse(FILE, Path::new("services.yaml")).unwrap()
+}
+
+fn key(service: &str, addr: &str) -> TargetKey {
+    TargetKey {
+        service: service.into(),
+        addr: addr.parse().unwrap(),
+    }
+}
+
+fn at(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s)
+}
+
+const OK: Result<Duration, &str> = Ok(Duration::from_millis(1));
+const FAIL: Result<Duration, &str> = Err("connecting: Connection refused");
+
+/// Records `results` for `key`, one a second from `t0`; the transitions' target states.
+fn feed(
+    book: &mut HealthBook,
+    key: &TargetKey,
+    t0: u64,
+    results: &[Result<Duration, &str>],
+) -> Vec<Health> {
+    results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            book.record(key, r.map_err(str::to_owned), at(t0 + i as u64))
+                .map(|t| t.to)
+        })
+        .collect()
+}
+
+fn backends(file: &ServiceFile, service: &str) -> Vec<String> {
+    file.services[service]
+        .backends
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn every_backend_of_a_checked_service_is_a_target_and_starts_unknown() {
+    let mut book = HealthBook::default();
+    let targets = book.sync(&file(), at(0));
+    let keys: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{} {}", t.key.service, t.key.addr))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "keep 198.18.2.20:8080",
+            "keep 198.18.2.21:8080",
+            "web 198.18.2.10:8080",
+            "web 198.18.2.11:8080",
+            "web 198.18.2.12:8080",
+        ]
+    );
+    assert!(book.states().all(|(_, s)| s.health == Health::Unknown));
+    // Unknown serves: nothing is left out.
+    assert!(matches!(book.serving(&file()), Cow::Borrowed(_)));
+}
+
+#[test]
+fn the_first_result_decides_then_only_streaks_change_the_state() {
+    let mut book = HealthBook::default();
+    book.sync(&file(), at(0));
+    let k = key("web", "198.18.2.10:8080");
+    assert_eq!(feed(&mut book, &k, 1, &[OK]), [Health::Up]);
+    // Flapping inside the hysteresis (fall 3): two failures, a success, two failures.
+    assert_eq!(
+        feed(&mut book, &k, 2, &[FAIL, FAIL, OK, FAIL, FAIL, OK]),
+        []
+    );
+    assert_eq!(book.state(&k).unwrap().health, Health::Up);
+    assert_eq!(book.state(&k).unwrap().transitions, 0);
+    // Three in a row: down, at the third.
+    assert_eq!(feed(&mut book, &k, 10, &[FAIL, FAIL]), []);
+    let t = book
+        .record(&k, Err("no answer within 1s".into()), at(12))
+        .unwrap();
+    assert_eq!(
+        (t.from, t.to, t.reason.as_str()),
+        (Health::Up, Health::Down, "no answer within 1s")
+    );
+    assert!(t.changes_serving());
+    assert_eq!(book.state(&k).unwrap().since, at(12));
+    // Rise 2: one success and a failure change nothing; two in a row bring it up.
+    assert_eq!(feed(&mut book, &k, 13, &[OK, FAIL, OK]), []);
+    let t = book
+        .record(&k, Ok(Duration::from_millis(2)), at(16))
+        .unwrap();
+    assert_eq!((t.from, t.to), (Health::Down, Health::Up));
+    assert_eq!(t.reason, "2 checks in a row passed");
+    let state = book.state(&k).unwrap();
+    assert_eq!(state.transitions, 2);
+    assert_eq!(
+        state.last_error.as_deref(),
+        Some(FAIL.unwrap_err()),
+        "kept after successes"
+    );
+    assert_eq!(state.last_latency, Some(Duration::from_millis(2)));
+    // A first failure takes an unknown backend down at once.
+    let k2 = key("web", "198.18.2.11:8080");
+    let t = book
+        .record(&k2, FAIL.map_err(str::to_owned), at(20))
+        .unwrap();
+    assert_eq!((t.from, t.to), (Health::Unknown, Health::Down));
+    // Unknown to up is not a change the plan sees.
+    let k3 = key("web", "198.18.2.12:8080");
+    assert!(
+        !book
+            .record(&k3, Ok(Duration::ZERO), at(20))
+            .unwrap()
+            .changes_serving()
+    );
+}
+
+#[test]
+fn down_backends_are_left_out_unless_all_are_and_the_service_keeps_them() {
+    let mut book = HealthBook::default();
+    let file = file();
+    book.sync(&file, at(0));
+    feed(&mut book, &key("web", "198.18.2.11:8080"), 1, &[FAIL]);
+    feed(&mut book, &key("keep", "198.18.2.20:8080"), 1, &[FAIL]);
+    let serving = book.serving(&file);
+    assert_eq!(backends(&serving, "web"), ["198.18.2.10", "198.18.2.12"]);
+    assert_eq!(backends(&serving, "keep"), ["198.18.2.21"]);
+    assert_eq!(serving.services["plain"], file.services["plain"]);
+    // All of `keep` down: it keeps them all; all of `web` down: none.
+    feed(&mut book, &key("keep", "198.18.2.21:8080"), 2, &[FAIL]);
+    for b in ["198.18.2.10:8080", "198.18.2.12:8080"] {
+        feed(&mut book, &key("web", b), 2, &[FAIL]);
+    }
+    let serving = book.serving(&file);
+    assert_eq!(backends(&serving, "keep"), backends(&file, "keep"));
+    assert!(backends(&serving, "web").is_empty());
+}
+
+#[test]
+fn sync_forgets_targets_no_service_checks_and_ignores_their_late_results() {
+    let mut book = HealthBook::default();
+    let mut file = file();
+    book.sync(&file, at(0));
+    let k = key("web", "198.18.2.10:8080");
+    feed(&mut book, &k, 1, &[FAIL]);
+    file.services.get_mut("web").unwrap().health = None;
+    let targets = book.sync(&file, at(2));
+    assert!(targets.iter().all(|t| t.key.service != "web"));
+    assert_eq!(book.state(&k), None);
+    assert_eq!(book.record(&k, Ok(Duration::ZERO), at(3)), None);
+    // Checked again: a fresh start, not the old state.
+    book.sync(&self::file(), at(4));
+    assert_eq!(book.state(&k).unwrap().health, Health::Unknown);
+}

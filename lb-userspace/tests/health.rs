@@ -1,0 +1,402 @@
+//! Health checks end to end (issue 15): the real `lbd` checks real backends in their
+//! namespaces; a backend whose server stops gets no new flows within `fall × interval` plus a
+//! second and comes back after `rise × interval`; flapping inside the hysteresis changes
+//! nothing; an HTTP check answered 500 takes a backend down; a silent backend's checks hold up
+//! neither `lbctl` nor a reload; a service whose backends are all down drops its packets.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU16, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_testkit::{Lbd, NameServer, Netns, Topology, e2e_enabled, tcp_request};
+use lb_userspace::api::{BackendHealth, ServiceList};
+use lb_userspace::source::health::Health;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// `web`'s check: interval 300 ms, rise 2, fall 3.
+const INTERVAL: Duration = Duration::from_millis(300);
+const RISE: u32 = 2;
+const FALL: u32 = 3;
+
+const SERVICES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+    health: { tcp: {}, interval: 300ms, timeout: 200ms, rise: 2, fall: 3 }
+  api:
+    vip: 198.18.100.2
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+    health: { http: { path: /healthz, expect: 200 }, port: 9000, interval: 300ms, timeout: 200ms, rise: 1, fall: 2 }
+"#;
+
+/// `SERVICES` plus a service whose one backend never answers (no host has its address):
+/// each of its checks waits its whole 2 s timeout.
+const WITH_SILENT: &str = r#"
+  silent:
+    vip: 198.18.100.3
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.99"]
+    health: { tcp: {}, interval: 2s, timeout: 2s }
+"#;
+
+fn lbd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+fn list(lb: &Lbd) -> ServiceList {
+    let (ok, out, err) = lb.lbctl(&["--output", "json", "list"]).expect("lbctl list");
+    assert!(ok, "lbctl list: {err}");
+    serde_json::from_str(&out).expect("lbctl list --json")
+}
+
+/// Each backend's health in `service`, by backend as listed.
+fn health(lb: &Lbd, service: &str) -> BTreeMap<String, BackendHealth> {
+    let list = list(lb);
+    let s = list
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .unwrap_or_else(|| panic!("no service {service}"));
+    s.backends
+        .iter()
+        .map(|b| (b.backend.clone(), b.health.clone().expect("checked")))
+        .collect()
+}
+
+/// Waits (bounded by `limit`) until `backend` of `service` is `want`; how long it took.
+fn wait_health(lb: &Lbd, service: &str, backend: &str, want: Health, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = health(lb, service);
+        if now[backend].state == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{service} {backend} not {want:?} within {limit:?}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Which backend each of `n` new connections to `vip` reached; failures by message.
+fn spread(client: &Netns, vip: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let name = match tcp_request(client, vip, TIMEOUT) {
+            Ok(reply) => reply.backend,
+            Err(e) => format!("failed: {e:#}"),
+        };
+        *seen.entry(name).or_default() += 1;
+    }
+    seen
+}
+
+/// An HTTP server in a namespace answering every request with the status it is set to.
+struct StatusServer {
+    status: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusServer {
+    fn start(ns: &Netns, port: u16, status: u16) -> StatusServer {
+        let listener = ns
+            .run(|| TcpListener::bind(("0.0.0.0", port)))
+            .expect("enter namespace")
+            .expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let status = Arc::new(AtomicU16::new(status));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (status.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                        let mut buf = [0u8; 1024];
+                        let _ = stream.read(&mut buf);
+                        let code = s.load(Ordering::Relaxed);
+                        let _ = write!(stream, "HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        StatusServer {
+            status,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(3).expect("topology");
+    let mut servers: Vec<Option<NameServer>> = topo
+        .serve_on_backends(&[8080], &[])
+        .expect("servers")
+        .into_iter()
+        .map(Some)
+        .collect();
+    let status: Vec<StatusServer> = topo.backends[..2]
+        .iter()
+        .map(|b| StatusServer::start(&b.ns, 9000, 200))
+        .collect();
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        SERVICES,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd");
+    let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
+    let (b0, b1) = ("198.18.2.10", "198.18.2.11");
+    for backend in [b0, b1, "198.18.2.12"] {
+        wait_health(&lb, "web", backend, Health::Up, Duration::from_secs(5));
+    }
+
+    // 1. Backend 1's server stops: down within fall × interval plus a second, and no new
+    // flow reaches it afterwards (a connection to it would be refused).
+    servers[1] = None;
+    let took = wait_health(
+        &lb,
+        "web",
+        b1,
+        Health::Down,
+        INTERVAL * FALL + Duration::from_secs(1),
+    );
+    eprintln!("server stopped: down in {took:?}");
+    let h = &health(&lb, "web")[b1];
+    assert!(
+        h.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("connecting: ")),
+        "{h:?}"
+    );
+    assert_eq!(h.transitions, 1, "{h:?}");
+    let seen = spread(&topo.client, vip, 30);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["backend-0", "backend-2"],
+        "every new flow on an up backend: {seen:?}"
+    );
+    let (_, text, _) = lb.lbctl(&["list"]).expect("lbctl list");
+    assert!(text.contains("HEALTH") && text.contains("down "), "{text}");
+
+    // 2. Its server back: up after rise × interval (plus a check's delay), and new flows
+    // reach it again.
+    servers[1] =
+        Some(NameServer::start(&topo.backends[1].ns, "backend-1", &[8080], &[]).expect("server"));
+    let took = wait_health(
+        &lb,
+        "web",
+        b1,
+        Health::Up,
+        INTERVAL * (RISE + 1) + Duration::from_secs(1),
+    );
+    eprintln!("server back: up in {took:?}");
+    let seen = spread(&topo.client, vip, 30);
+    assert_eq!(seen.len(), 3, "all three serve again: {seen:?}");
+    assert!(seen.keys().all(|k| k.starts_with("backend-")), "{seen:?}");
+
+    // 3. Flapping inside the hysteresis: the server away for about one interval (at most
+    // two failed checks, fall is three) changes nothing.
+    let transitions = health(&lb, "web")[b1].transitions;
+    let generation = list(&lb).generation;
+    servers[1] = None;
+    std::thread::sleep(INTERVAL + INTERVAL / 6);
+    servers[1] =
+        Some(NameServer::start(&topo.backends[1].ns, "backend-1", &[8080], &[]).expect("server"));
+    for _ in 0..(FALL * 3) {
+        let h = &health(&lb, "web")[b1];
+        assert_eq!((h.state, h.transitions), (Health::Up, transitions), "{h:?}");
+        std::thread::sleep(INTERVAL / 2);
+    }
+    assert_eq!(list(&lb).generation, generation, "nothing was replanned");
+
+    // 4. An HTTP check answered 500: down after fall (2) checks, with the status as reason;
+    // 200 again: up.
+    status[0].set(500);
+    wait_health(
+        &lb,
+        "api",
+        b0,
+        Health::Down,
+        INTERVAL * 2 + Duration::from_secs(1),
+    );
+    let h = &health(&lb, "api")[b0];
+    assert_eq!(
+        h.last_error.as_deref(),
+        Some("GET /healthz answered 500, expected 200"),
+        "{h:?}"
+    );
+    assert!(
+        h.check
+            .starts_with("http GET /healthz expecting 200 198.18.2.10:9000"),
+        "{h:?}"
+    );
+    assert_eq!(
+        health(&lb, "web")[b0].state,
+        Health::Up,
+        "web checks its own port"
+    );
+    let seen = spread(&topo.client, "198.18.100.2:80".parse().unwrap(), 20);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["backend-1"], "{seen:?}");
+    status[0].set(200);
+    wait_health(
+        &lb,
+        "api",
+        b0,
+        Health::Up,
+        INTERVAL * 2 + Duration::from_secs(1),
+    );
+
+    // 5. Every backend of web down: its packets are dropped and counted, not sent anywhere.
+    servers.iter_mut().for_each(|s| *s = None);
+    for backend in [b0, b1, "198.18.2.12"] {
+        wait_health(
+            &lb,
+            "web",
+            backend,
+            Health::Down,
+            INTERVAL * FALL + Duration::from_secs(1),
+        );
+    }
+    let before = no_backend_drops(&lb);
+    assert!(tcp_request(&topo.client, vip, Duration::from_millis(500)).is_err());
+    assert!(
+        no_backend_drops(&lb) > before,
+        "the SYN is counted as no_backend"
+    );
+    let metrics = metrics(&topo.node);
+    for line in [
+        "meshlb_backend_up{service=\"web\",backend=\"198.18.2.10:8080\"} 0",
+        "meshlb_backend_up{service=\"api\",backend=\"198.18.2.10:9000\"} 1",
+        "meshlb_backend_health_transitions_total{service=\"web\",backend=\"198.18.2.11:8080\"} 3",
+        "meshlb_health_check_seconds_count{service=\"api\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    drop(status);
+    drop(lb);
+    drop(servers);
+}
+
+#[test]
+fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(3).expect("topology");
+    let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
+    let _status: Vec<StatusServer> = topo.backends[..2]
+        .iter()
+        .map(|b| StatusServer::start(&b.ns, 9000, 200))
+        .collect();
+    let services = format!("{SERVICES}{WITH_SILENT}");
+    let mut lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        &services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd");
+    // Its checks time out after 2 s each, one after another; meanwhile every lbctl call and
+    // a reload answer at once.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let call = Instant::now();
+        list(&lb);
+        assert!(
+            call.elapsed() < Duration::from_secs(1),
+            "lbctl list took {:?}",
+            call.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let call = Instant::now();
+    let answer = lb
+        .reload(&services.replace("rise: 2, fall: 3", "rise: 2, fall: 4"))
+        .expect("reload");
+    assert!(answer.contains("reload"), "{answer}");
+    assert!(
+        call.elapsed() < Duration::from_secs(1),
+        "the reload took {:?}",
+        call.elapsed()
+    );
+    let h = wait_health(
+        &lb,
+        "silent",
+        "198.18.2.99",
+        Health::Down,
+        Duration::from_secs(5),
+    );
+    eprintln!("silent backend down after {h:?} more");
+    let h = &health(&lb, "silent")["198.18.2.99"];
+    assert_eq!(
+        h.last_error.as_deref(),
+        Some("no answer within 2s"),
+        "{h:?}"
+    );
+    assert_eq!(health(&lb, "web")["198.18.2.10"].state, Health::Up);
+}
+
+fn no_backend_drops(lb: &Lbd) -> u64 {
+    let (ok, out, err) = lb
+        .lbctl(&["--output", "json", "stats"])
+        .expect("lbctl stats");
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stats json");
+    v["global"]["drop_no_backend"]
+        .as_u64()
+        .expect("drop_no_backend")
+}
+
+/// lbd's `/metrics` (its default address, in the node's namespace).
+fn metrics(node: &Netns) -> String {
+    node.run(|| {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), TIMEOUT)
+                .expect("connect to /metrics");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read /metrics");
+        answer
+    })
+    .expect("enter the node namespace")
+}
