@@ -71,6 +71,10 @@ pub struct TcpArgs {
     /// node); writes `tcp-swarm-<date>.{json,md}`.
     #[arg(long, conflicts_with = "host_local")]
     pub swarm: bool,
+    /// With `--swarm`: the task on node 2, the client entering by node 1 (the cross-node
+    /// path: node 1's lbd tunnels to node 2's); writes `tcp-swarm-cross-<date>.{json,md}`.
+    #[arg(long, requires = "swarm")]
+    pub cross_node: bool,
     /// The host-local case instead: a process on the node connects to a file service's VIP,
     /// which the socket-level programs turn into a connection to a backend at `connect()`
     /// (nothing per packet), against the same process connecting to that backend directly;

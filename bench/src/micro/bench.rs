@@ -109,13 +109,22 @@ impl Bench {
         }
     }
 
+    /// The interface `class`'s frame arrives on.
+    fn ingress(&self, class: &Class) -> u32 {
+        if class.from_backend {
+            self.backend_if
+        } else {
+            self.client_if
+        }
+    }
+
     /// One run of `class` with `repeat` iterations, checked.
     pub(super) fn run(&mut self, class: &Class, repeat: u32) -> Result<Sample> {
         if class.via != Via::Direct {
             self.arm_harness(class.target, &class.frame)?;
         }
         let before = self.stats(class.target)?;
-        let ctx = self.client_if;
+        let ctx = self.ingress(class);
         let out = match (class.via, class.target) {
             (Via::Direct, Target::Floor(name)) => {
                 test_run(self.harness_prog(name)?, &class.frame, ctx, repeat)?
@@ -276,6 +285,49 @@ impl Bench {
                     &packet[0..6]
                 );
             }
+            Check::Encap => {
+                ensure!(meta.is_empty(), "unexpected metadata");
+                let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
+                let expected_inner = Ipv4Frame::tcp(
+                    match input_src {
+                        SocketAddr::V4(a) => a,
+                        SocketAddr::V6(_) => bail!("an IPv4 frame"),
+                    },
+                    SocketAddrV4::new(TASK_REMOTE, BACKEND_PORT),
+                    TCP_ACK,
+                )
+                .build();
+                let want = tunnel_wrap(
+                    &expected_inner,
+                    (self.backend_if_mac, backend_mac(MESH_PEER)),
+                    NODE_BACKEND_SIDE,
+                    backend_ip(MESH_PEER),
+                    tunnel_entropy(CLIENT_PORT, VIP_PORT),
+                );
+                ensure!(
+                    packet == want.as_slice(),
+                    "not the tunnel packet to the peer: {packet:02x?}, expected {want:02x?}"
+                );
+                parse_ipv4(packet).map_err(|e| anyhow!("outer header: {e}"))?;
+                parse_ipv4(&[&packet[..14], &packet[42..]].concat())
+                    .map_err(|e| anyhow!("inner packet: {e}"))?;
+            }
+            Check::Decap => {
+                ensure!(meta.is_empty(), "unexpected metadata");
+                let client = SocketAddrV4::new(CLIENT, CLIENT_PORT);
+                let want = Ipv4Frame::tcp(
+                    client,
+                    SocketAddrV4::new(backend_ip(0), BACKEND_PORT),
+                    TCP_ACK,
+                )
+                .with_macs(self.backend_if_mac, backend_mac(0))
+                .build();
+                ensure!(
+                    packet == want.as_slice(),
+                    "not the unwrapped packet to the local task: {packet:02x?}, expected {want:02x?}"
+                );
+                parse_ipv4(packet).map_err(|e| anyhow!("packet out: {e}"))?;
+            }
         }
         Ok(())
     }
@@ -284,7 +336,7 @@ impl Bench {
     pub(super) fn single_shot(&mut self, class: &Class, calls: u32) -> Result<SingleShot> {
         ensure!(class.via == Via::Direct, "single-shot runs are direct");
         let before = self.stats(class.target)?;
-        let ctx = self.client_if;
+        let ctx = self.ingress(class);
         let mut durations = Vec::with_capacity(calls as usize);
         let start = Instant::now();
         let mut last = None;

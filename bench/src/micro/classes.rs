@@ -69,6 +69,11 @@ pub(super) enum Check {
     /// DNAT to one of the 16 backends, checksums valid; MACs from the FIB (redirect) or
     /// unchanged with metadata for the TC program.
     Dnat { via_tc: bool, vary: bool },
+    /// DNAT to the task on the peer, wrapped for the tunnel to the peer: outer and inner
+    /// checksums valid, MACs from the FIB.
+    Encap,
+    /// Unwrapped and DNATed to the local task's address (backend 0), the client kept.
+    Decap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -77,6 +82,7 @@ pub(super) enum Section {
     Floor,
     Meshlb,
     Ipv6,
+    Mesh,
     Scaling,
 }
 
@@ -95,6 +101,8 @@ pub(super) struct Class {
     pub(super) baseline: Option<(&'static str, String)>,
     /// Measured only in the single-shot suite.
     pub(super) single_shot_only: bool,
+    /// Arrives on the backend-side interface (a peer's tunnel packet), not the client's.
+    pub(super) from_backend: bool,
     pub(super) katran: Option<(f64, &'static str)>,
 }
 
@@ -158,6 +166,7 @@ fn class(
         counters: &[],
         baseline: None,
         single_shot_only: false,
+        from_backend: false,
         katran: None,
     }
 }
@@ -236,8 +245,75 @@ pub(super) fn classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
     let mut list = floor_classes(frames);
     list.extend(meshlb_classes(frames, layout));
     list.extend(ipv6_classes(frames, layout));
+    list.extend(mesh_classes(frames, layout));
     list.extend(scaling_classes(frames, layout));
     list
+}
+
+/// The mesh tunnel between swarm nodes (issue 13): wrapping a flow for a task on the peer,
+/// and unwrapping a peer's packet for a task here.
+fn mesh_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
+    const TUNNEL_SENT: &[StatSlot] = &[
+        StatSlot::Rx,
+        StatSlot::NatForward,
+        StatSlot::TunnelSent,
+        StatSlot::TxXdpRedirect,
+    ];
+    const TUNNEL_RECEIVED: &[StatSlot] = &[
+        StatSlot::Rx,
+        StatSlot::TunnelReceived,
+        StatSlot::NatForward,
+        StatSlot::TxXdpRedirect,
+    ];
+    let mesh = |key, label, via, frame, check, counters| Class {
+        section: Section::Mesh,
+        ..meshlb(
+            key,
+            label,
+            via,
+            layout.mesh,
+            frame,
+            XDP_REDIRECT,
+            check,
+            counters,
+            None,
+        )
+    };
+    vec![
+        mesh(
+            "mesh-encap",
+            "mesh: VIP, established flow to a task on another node -> wrapped for the tunnel, XDP_REDIRECT",
+            Via::Harness,
+            &frames.ack,
+            Check::Encap,
+            TUNNEL_SENT,
+        ),
+        // The harness restores 60- and 80-byte frames only; each single-shot call starts
+        // from the input, so the 88-byte tunnel packet is measured that way.
+        Class {
+            single_shot_only: true,
+            from_backend: true,
+            ..mesh(
+                "mesh-decap-direct",
+                "mesh: a peer's tunnel packet of an established flow -> unwrapped to the local task, XDP_REDIRECT",
+                Via::Direct,
+                &frames.tunneled_ack,
+                Check::Decap,
+                TUNNEL_RECEIVED,
+            )
+        },
+        Class {
+            single_shot_only: true,
+            ..mesh(
+                "mesh-encap-direct",
+                "mesh: VIP, established flow to a task on another node -> wrapped, XDP_REDIRECT",
+                Via::Direct,
+                &frames.ack,
+                Check::Encap,
+                TUNNEL_SENT,
+            )
+        },
+    ]
 }
 
 /// The floors: what the harness and the simplest programs cost.

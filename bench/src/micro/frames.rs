@@ -30,6 +30,15 @@ pub(super) const NODE6_BACKEND_SIDE: Ipv6Addr = Ipv6Addr::new(0xfd00, 2, 0, 0, 0
 pub(super) fn backend_ip6(i: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 10 + u16::from(i))
 }
+/// The mesh rows: a peer node among the backends' neighbours (backend 10's address and MAC),
+/// a task on it (its ingress address), and a task here (delivered at backend 0's address).
+pub(super) const MESH_PEER: u8 = 10;
+pub(super) const TASK_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 5);
+pub(super) const TASK_LOCAL: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 6);
+/// The tunnel's UDP source port for a flow: its ports, with the top bits set.
+pub(super) fn tunnel_entropy(sport: u16, dport: u16) -> u16 {
+    (sport ^ dport) | 0xc000
+}
 /// Which backend `ip` is, in either family.
 pub(super) fn backend_index(ip: IpAddr) -> Option<u8> {
     (0..BACKENDS).find(|i| ip == IpAddr::V4(backend_ip(*i)) || ip == IpAddr::V6(backend_ip6(*i)))

@@ -48,12 +48,12 @@ use lb_common::{
 };
 use lb_testkit::{
     Netns,
-    packet::{CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, parse_ipv4},
+    packet::{CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, parse_ipv4, tunnel_wrap},
 };
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions, StatsSnapshot},
     plan::{self, DesiredState},
-    source::file::{BackendSpec, PortMapping, ServiceFile},
+    source::file::{BackendSpec, MeshBackend, MeshNodes, PortMapping, ServiceFile},
 };
 
 use self::{
@@ -186,6 +186,8 @@ struct Layout {
     rr: usize,
     main6: usize,
     new6: usize,
+    /// A swarm node's: the mesh tunnel's rows.
+    mesh: usize,
     /// Scaling dataplanes and what differs from `main`.
     scaled: Vec<(usize, String)>,
 }
@@ -219,7 +221,7 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
         backend_if,
         backend_if_mac,
     };
-    let frames = Frames::new()?;
+    let frames = Frames::new(backend_if_mac)?;
     open_measured_flows(&mut bench, &layout, &frames)?;
     let classes = selected_classes(args, classes(&frames, &layout))?;
     let fill_iterations = check_and_fill(args, &mut bench, &classes)?;
@@ -281,6 +283,7 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         v6,
         extra_services,
         redirect,
+        mesh: false,
     };
     let mut specs = vec![
         dp("main (Maglev)".into(), false, false, 0, true),
@@ -289,6 +292,10 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         dp("rr (round-robin)".into(), true, false, 0, true),
         dp("main6 (Maglev, IPv6)".into(), false, true, 0, true),
         dp("new-flows6 (Maglev, IPv6)".into(), false, true, 0, true),
+        DpSpec {
+            mesh: true,
+            ..dp("mesh (swarm node)".into(), false, false, 0, true)
+        },
     ];
     let mut layout = Layout {
         main: 0,
@@ -297,6 +304,7 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         rr: 3,
         main6: 4,
         new6: 5,
+        mesh: 6,
         scaled: Vec::new(),
     };
     for &n in &args.scale_services {
@@ -349,10 +357,14 @@ struct Frames {
     /// A client's packet addressed to a backend (the FIB floor).
     to_backend: Vec<u8>,
     v6: Frames6,
+    /// A peer's tunnel packets for the local task: the ACK measured and the SYN that opens it.
+    tunneled_ack: Vec<u8>,
+    tunneled_syn: Vec<u8>,
 }
 
 impl Frames {
-    fn new() -> Result<Frames> {
+    /// `node_mac`: the node's backend-side MAC, where the peer's tunnel packets are sent.
+    fn new(node_mac: [u8; 6]) -> Result<Frames> {
         let client = SocketAddrV4::new(CLIENT, CLIENT_PORT);
         let vip = SocketAddrV4::new(VIP, VIP_PORT);
         let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
@@ -379,28 +391,51 @@ impl Frames {
             TCP_ACK,
         )
         .build();
+        let local_task = SocketAddrV4::new(TASK_LOCAL, BACKEND_PORT);
+        let tunneled = |flags| {
+            tunnel_wrap(
+                &Ipv4Frame::tcp(client, local_task, flags).build(),
+                (backend_mac(MESH_PEER), node_mac),
+                backend_ip(MESH_PEER),
+                NODE_BACKEND_SIDE,
+                tunnel_entropy(CLIENT_PORT, BACKEND_PORT),
+            )
+        };
         Ok(Frames {
             ack,
             syn,
             non_vip,
             to_backend,
             v6,
+            tunneled_ack: tunneled(TCP_ACK),
+            tunneled_syn: tunneled(TCP_SYN),
         })
     }
 }
 
-/// Opens the measured flow (SYN, then its first ACK) on every dataplane with hit classes.
+/// Opens the measured flows (SYN, then its first ACK) on every dataplane with hit classes:
+/// the client's, and on the mesh dataplane also the peer's tunneled one.
 fn open_measured_flows(bench: &mut Bench, layout: &Layout, frames: &Frames) -> Result<()> {
-    let (syn, ack, v6) = (&frames.syn, &frames.ack, &frames.v6);
-    let mut established = vec![layout.main, layout.tc, layout.main6];
-    established.extend(layout.scaled.iter().map(|(n, _)| *n));
-    for n in established {
-        let ctx = bench.client_if;
-        let (syn, ack) = if n == layout.main6 {
-            (&v6.syn, &v6.ack)
-        } else {
-            (syn, ack)
-        };
+    let (client, backend) = (bench.client_if, bench.backend_if);
+    let mut openings = vec![
+        (layout.main, client, &frames.syn, &frames.ack),
+        (layout.tc, client, &frames.syn, &frames.ack),
+        (layout.main6, client, &frames.v6.syn, &frames.v6.ack),
+        (layout.mesh, client, &frames.syn, &frames.ack),
+        (
+            layout.mesh,
+            backend,
+            &frames.tunneled_syn,
+            &frames.tunneled_ack,
+        ),
+    ];
+    openings.extend(
+        layout
+            .scaled
+            .iter()
+            .map(|(n, _)| (*n, client, &frames.syn, &frames.ack)),
+    );
+    for &(n, ctx, syn, ack) in &openings {
         let prog = bench.dps[n].dp.xdp_program()?;
         let opened = test_run(prog, syn, ctx, 1)?;
         let first_ack = test_run(prog, ack, ctx, 1)?;
@@ -409,20 +444,23 @@ fn open_measured_flows(bench: &mut Bench, layout: &Layout, frames: &Frames) -> R
         } else {
             XDP_REDIRECT
         };
-        let name = &bench.dps[n].name;
         ensure!(
             opened.retval == want && first_ack.retval == want,
-            "opening the measured flow on {name} returned {} / {}",
+            "opening the measured flow on {} returned {} / {}",
+            bench.dps[n].name,
             action_name(opened.retval),
             action_name(first_ack.retval)
         );
-        let new_flows = bench.dps[n].dp.stats()?.get(StatSlot::NewFlow);
+    }
+    for (n, dp) in bench.dps.iter().enumerate() {
+        let opened = openings.iter().filter(|o| o.0 == n).count() as u64;
+        let new_flows = dp.dp.stats()?.get(StatSlot::NewFlow);
         ensure!(
-            new_flows == 1,
-            "{name}: opening the measured flow made {new_flows} new flows"
+            opened == 0 || new_flows == opened,
+            "{}: opening {opened} measured flows made {new_flows} new flows",
+            dp.name
         );
     }
-
     Ok(())
 }
 
@@ -565,6 +603,8 @@ fn single_shot_classes<'a>(args: &MicroArgs, classes: &'a [Class]) -> Vec<&'a Cl
             "floor-tx-direct",
             "pass-through-direct",
             "established-direct",
+            "mesh-encap-direct",
+            "mesh-decap-direct",
         ]
         .iter()
         .filter_map(|k| classes.iter().find(|c| c.key == *k))

@@ -283,7 +283,7 @@ impl Report {
             "XDP_REDIRECT rows: the backend-side veth is in TX_PORTS (`Dataplane::allow_xdp_redirect`); a non-live BPF_PROG_TEST_RUN returns XDP_REDIRECT (4) without transmitting, so these rows are the program's cost up to the redirect decision.".to_owned(),
             "Katran's VIP rows encapsulate (IPIP, +20 B) and return XDP_TX, and its harness pays ~6 ns for the bpf_xdp_adjust_head that undoes the encapsulation; meshlb rewrites in place (DNAT) and its harness rows pay no head adjustment (the TC hand-off rows pay a bpf_xdp_adjust_meta instead, see the metadata floor).".to_owned(),
             format!(
-                "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as Katran's reference figures). meshlb has no flood guard: compare with Katran's noflood rows (938 ns at a full 4M-entry per-CPU LRU, 814 ns at 500k, 360 ns at 1k).",
+                "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as Katran's reference figures). meshlb's flood guard (unconfirmed flows in a table of their own) is part of the measured path: compare with Katran's noflood rows (938 ns at a full 4M-entry per-CPU LRU, 814 ns at 500k, 360 ns at 1k).",
                 thousands(u64::from(args.conntrack_entries)),
                 thousands(u64::from(outcome.fill_iterations))
             ),

@@ -173,6 +173,34 @@ pub(super) struct DpSpec {
     pub(super) v6: bool,
     pub(super) extra_services: u32,
     pub(super) redirect: bool,
+    /// The mesh rows' services instead of the 16 backends (`mesh_services`).
+    pub(super) mesh: bool,
+}
+
+/// A swarm node's view, as the swarm source makes it: web's one backend is a task on the
+/// peer node (reached through the tunnel), and `web.1.task` is the delivery frontend of a
+/// task here, which only the peer's tunnel packets reach.
+pub(super) fn mesh_services() -> Result<ServiceFile> {
+    let text = format!(
+        "services:\n  web:\n    vip: \"{VIP}\"\n    ports: [\"{VIP_PORT}:{BACKEND_PORT}/tcp\"]\n    backends: [\"{TASK_REMOTE}\"]\n  web.1.task:\n    vip: \"{TASK_LOCAL}\"\n    ports: [\"{BACKEND_PORT}/tcp\"]\n    backends: [\"{}\"]\n",
+        backend_ip(0)
+    );
+    let mut file =
+        ServiceFile::parse(&text, Path::new("micro-mesh.yaml")).map_err(|e| anyhow!("{e}"))?;
+    let peer = IpAddr::V4(backend_ip(MESH_PEER));
+    file.services.get_mut("web").context("web")?.backends[0].mesh = Some(MeshBackend {
+        identity: IpAddr::V4(TASK_REMOTE),
+        via: Some(peer),
+    });
+    file.services
+        .get_mut("web.1.task")
+        .context("web.1.task")?
+        .tunnel_only = true;
+    file.mesh = Some(MeshNodes {
+        own: NODE_BACKEND_SIDE,
+        peers: [backend_ip(MESH_PEER)].into(),
+    });
+    Ok(file)
 }
 
 /// How long `Dataplane::apply` took per service selection table, over `tables` tables.
@@ -193,7 +221,11 @@ pub(super) fn load_dataplane(
     sample_tables: usize,
 ) -> Result<(Dp, Option<TableCost>)> {
     let started = Instant::now();
-    let file = services(spec.round_robin, spec.v6, spec.extra_services)?;
+    let file = if spec.mesh {
+        mesh_services()?
+    } else {
+        services(spec.round_robin, spec.v6, spec.extra_services)?
+    };
     let node_addrs = [
         IpAddr::V4(NODE_CLIENT_SIDE),
         IpAddr::V4(NODE_BACKEND_SIDE),
@@ -206,7 +238,8 @@ pub(super) fn load_dataplane(
         .iter()
         .find(|s| s.name == "web")
         .context("web planned")?;
-    ensure!(web.id == 0 && web.backends.len() == usize::from(BACKENDS));
+    let backends = if spec.mesh { 1 } else { usize::from(BACKENDS) };
+    ensure!(web.id == 0 && web.backends.len() == backends);
     let mut dp = Dataplane::load(LoadOptions {
         conntrack_entries,
         ..LoadOptions::default()
