@@ -9,6 +9,9 @@ pub const MAX_FRONTENDS: u32 = 262_144;
 pub const MAX_BACKENDS: u32 = 262_144;
 /// Backend addresses that may send replies (the filter in front of the connection table).
 pub const MAX_BACKEND_ENDPOINTS: u32 = 262_144;
+/// Backend endpoints whose replies are translated without a connection-table entry (each
+/// is a backend endpoint, so as many).
+pub const MAX_REPLY_FRONTENDS: u32 = MAX_BACKEND_ENDPOINTS;
 /// Entries in a service's selection table (a Maglev table or a round-robin sequence), plus
 /// slot 0 which holds the table's length.
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;

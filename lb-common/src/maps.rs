@@ -29,8 +29,9 @@ pub mod names {
     pub const SOCK_NETNS: &str = "SOCK_NETNS";
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
     pub const TUNNEL_PEER_INDEX: &str = "TUNNEL_PEER_INDEX";
+    pub const REPLY_FRONTENDS: &str = "REPLY_FRONTENDS";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -53,6 +54,7 @@ pub mod names {
         SOCK_NETNS,
         TUNNEL_PEERS,
         TUNNEL_PEER_INDEX,
+        REPLY_FRONTENDS,
     ];
 }
 
@@ -99,6 +101,21 @@ pub struct EndpointKey {
     pub port_be: u16,
     pub proto: u8,
     pub _pad: u8,
+}
+
+/// Value of `REPLY_FRONTENDS` (keyed by a backend endpoint): the one frontend that leads to
+/// the backend, so a reply from it that no connection-table entry covers (its flow entered by
+/// another balancer node, or this node forgot it) still leaves with the frontend as source.
+/// Written only where that frontend is the only one (see lb-userspace's `plan::replies`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyFrontend {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub _pad: u16,
+    /// For the traffic counters, as a tracked reply counts.
+    pub service_id: u32,
+    pub backend_id: u32,
 }
 
 /// Value of `FRONTENDS`: the kernel service a frontend belongs to and how it forwards.
@@ -435,6 +452,7 @@ pub const XDP_META_MAGIC: u32 = 0x6d6c_6221; // "mlb!"
 const _: () = assert!(size_of::<Addr>() == 16);
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<Service>() == 16);
+const _: () = assert!(size_of::<ReplyFrontend>() == 28);
 const _: () = assert!(size_of::<Backend>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<Flow>() == 88);

@@ -3,8 +3,8 @@
 use crate::{
     Addr,
     maps::{
-        Backend, EndpointKey, Flow, FlowKey, Service, SockCounters, SockReverse, SockReverseKey,
-        TrafficCounters, XdpMeta,
+        Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, Service, SockCounters, SockReverse,
+        SockReverseKey, TrafficCounters, XdpMeta,
     },
     traffic::GenConfig,
 };
@@ -13,6 +13,7 @@ use crate::{
 unsafe impl aya::Pod for Addr {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for Service {}
+unsafe impl aya::Pod for ReplyFrontend {}
 unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}

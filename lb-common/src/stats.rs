@@ -51,7 +51,8 @@ stat_slots! {
     PassIpOptions = "pass_ip_options", Outcome;
     /// Rewritten toward a backend (client to backend).
     NatForward = "nat_forward", Event;
-    /// Rewritten back to the frontend (backend to client).
+    /// Rewritten back to the frontend (backend to client) from the flow's connection-table
+    /// entry.
     NatReply = "nat_reply", Event;
     /// An echo request to a VIP was answered.
     IcmpEchoReply = "icmp_echo_reply", Event;
@@ -119,6 +120,10 @@ stat_slots! {
     /// moved it from the table of unconfirmed flows (`PENDING`) into the connection table.
     /// `new_flow` minus this is the flows never confirmed: a flood of new flows shows there.
     FlowConfirmed = "flow_confirmed", Event;
+    /// A reply no connection-table entry covers (its flow entered by another balancer node,
+    /// or this node lost it) was rewritten back to the frontend from `REPLY_FRONTENDS`: its
+    /// backend has one frontend only (a VIP under `nat`). Sent like a tracked reply.
+    NatReplyStateless = "nat_reply_stateless", Event;
 }
 
 #[cfg(test)]

@@ -206,30 +206,7 @@ fn send_uncached(
     }
     let rc = fib_lookup_into(ctx, &mut params, pkt.v6, src, dst, 0);
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
-            // In header order, word-aligned (see `set_macs`).
-            let mut macs = [0u32; 3];
-            let bytes = macs.as_mut_ptr().cast::<u8>();
-            for i in 0..6 {
-                // SAFETY: within the 12 bytes of `macs`. Volatile, so the copy is not turned
-                // into a memcpy call, which this target lacks.
-                unsafe {
-                    bytes.add(i).write_volatile(params.dmac[i]);
-                    bytes.add(6 + i).write_volatile(params.smac[i]);
-                }
-            }
-            // SAFETY: on success the kernel leaves the egress MTU in the union.
-            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-            Verdict::xdp(send_routed(
-                ctx,
-                route,
-                params.ifindex,
-                redirect,
-                &macs,
-                mtu,
-            ))
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => send_found(ctx, &params, route),
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
         BPF_FIB_LKUP_RET_NO_NEIGH => Verdict::xdp(via_tc(ctx, params.ifindex)),
         // SAFETY: the kernel leaves the egress MTU in the union.
@@ -245,6 +222,34 @@ fn send_uncached(
             Verdict::xdp(xdp_action::XDP_DROP)
         }
     }
+}
+
+/// Sends on the route a successful FIB lookup left in `params`, and caches it in `route`
+/// unless that is null.
+#[inline(always)]
+pub fn send_found(ctx: &XdpContext, params: &bpf_fib_lookup, route: *mut Flow) -> Verdict {
+    let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
+    // In header order, word-aligned (see `set_macs`).
+    let mut macs = [0u32; 3];
+    let bytes = macs.as_mut_ptr().cast::<u8>();
+    for i in 0..6 {
+        // SAFETY: within the 12 bytes of `macs`. Volatile, so the copy is not turned into a
+        // memcpy call, which this target lacks.
+        unsafe {
+            bytes.add(i).write_volatile(params.dmac[i]);
+            bytes.add(6 + i).write_volatile(params.smac[i]);
+        }
+    }
+    // SAFETY: on success the kernel leaves the egress MTU in the union.
+    let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+    Verdict::xdp(send_routed(
+        ctx,
+        route,
+        params.ifindex,
+        redirect,
+        &macs,
+        mtu,
+    ))
 }
 
 /// Sends on a route the FIB gave (now or, through the memo, at most 0.1 s ago) and

@@ -13,6 +13,7 @@ mod parse;
 mod reset;
 mod select;
 mod sock;
+mod stateless;
 mod stats;
 mod too_big;
 mod tunnel;
@@ -137,7 +138,11 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     if conntrack::may_be_reply(&endpoint.addr, endpoint.port_be, endpoint.proto)
         && BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some()
     {
-        return to_client(ctx, pkt);
+        let verdict = to_client(ctx, pkt);
+        if verdict != Verdict::NO_REPLY_ENTRY {
+            return verdict;
+        }
+        return stateless::reply(ctx, pkt);
     }
     count(StatSlot::PassNotFrontend);
     Verdict::xdp(xdp_action::XDP_PASS)
@@ -331,13 +336,13 @@ fn record_flow(
 }
 
 /// A packet from a backend: if it belongs to a tracked flow, the source becomes the frontend
-/// (and, under full NAT, the destination the client again). Like `to_backend`, the only call
-/// on its path.
+/// (and, under full NAT, the destination the client again); `Verdict::NO_REPLY_ENTRY` if
+/// the table has no reply entry for it. Like `to_backend`, the only call on a tracked
+/// reply's path.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some((flow, pending)) = conntrack::lookup_reply(&pkt.key) else {
-        count(StatSlot::PassNotFrontend);
-        return Verdict::xdp(xdp_action::XDP_PASS);
+        return Verdict::NO_REPLY_ENTRY;
     };
     conntrack::touch_reply(flow, conntrack::tick());
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {

@@ -9,12 +9,12 @@ use lb_common::{
     Addr,
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, ENDPOINT_FILTER_ENTRIES,
-        MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS,
-        MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
+        MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_REPLY_FRONTENDS, MAX_SERVICES,
+        MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
     },
     maps::{
-        Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, Service, SockCounters,
-        SockReverse, SockReverseKey, TableElement, TrafficCounters, tunnel,
+        Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, SELECTION_TABLE_FLAGS, Service,
+        SockCounters, SockReverse, SockReverseKey, TableElement, TrafficCounters, tunnel,
     },
     stats::StatSlot,
 };
@@ -40,9 +40,18 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 pub static BACKEND_ENDPOINTS: HashMap<EndpointKey, u32, { MAX_BACKEND_ENDPOINTS as usize }> =
     HashMap::new();
 
-/// A byte per backend endpoint (`endpoint_filter_slot`) that the program ever wrote a reply
-/// entry for: set here, never cleared, never written by userspace. A packet whose source's
-/// byte is clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: a packet for no
+/// Backend endpoints that lead to one frontend only, with that frontend: a reply from one
+/// that misses the connection table is translated from here (`stateless`). Userspace writes
+/// it from the plan, only where the frontend is unambiguous; a subset of `BACKEND_ENDPOINTS`.
+#[btf_map]
+pub static REPLY_FRONTENDS: HashMap<EndpointKey, ReplyFrontend, { MAX_REPLY_FRONTENDS as usize }> =
+    HashMap::new();
+
+/// A byte per backend endpoint (`endpoint_filter_slot`) that may send replies: set by the
+/// program for every endpoint it wrote a reply entry for, and by userspace for every endpoint
+/// of `BACKEND_ENDPOINTS` it writes (so a node that never saw a flow of a backend still looks
+/// its replies up, for `REPLY_FRONTENDS`); never cleared. A packet whose source's byte is
+/// clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: a packet for no
 /// frontend then costs one hash lookup, not two. A stale or shared slot only costs that
 /// lookup.
 #[btf_map]

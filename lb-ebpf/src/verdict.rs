@@ -35,6 +35,9 @@ impl Verdict {
     pub const NOT_MEMOIZED: Self = Self(u32::MAX - 4);
     /// `icmp`'s echo and error paths: the message concerns no frontend or tracked flow.
     pub const NOT_OURS: Self = Self(u32::MAX - 5);
+    /// `to_client`: the connection table has no reply entry for the packet (left
+    /// untouched); the caller tries `stateless::reply`.
+    pub const NO_REPLY_ENTRY: Self = Self(u32::MAX - 7);
 
     /// An XDP action, final.
     #[inline(always)]

@@ -80,10 +80,7 @@ fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
         // One flow, two entries (forward and reply), in a table of the size asked for.
         assert_eq!(lb.dp.conntrack_occupancy().unwrap(), (2, 4096));
 
-        // A reply-shaped packet from the backend for an unknown client is left alone.
-        let stray = Ipv4Frame::tcp(backend, sock(CLIENT, 49999), TCP_ACK).build();
-        let out = lb.run_from(&stray, lb.backend_if);
-        assert_eq!((out.action, out.packet), (XDP_PASS, stray));
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReplyStateless), 0);
     });
 }
 
@@ -104,6 +101,8 @@ enum Verdict {
     /// XDP_PASS with the hand-off metadata naming the backend-side interface (the TC program
     /// sends it).
     ToBackendViaTc,
+    /// The same, naming the client-side interface.
+    ToClientViaTc,
     /// XDP_PASS without metadata: the kernel's own.
     Pass,
     Drop,
@@ -272,34 +271,215 @@ fn single_packet_fixtures() {
         return;
     }
     with_program(FIXTURE_SERVICES, |mut lb| {
-        for f in fixtures() {
-            let what = f.what;
-            let before = lb.stats();
-            let out = lb.run(&f.packet_in);
-            let (action, meta) = match f.verdict {
-                Verdict::ToBackendViaTc => (XDP_PASS, Some((XDP_META_MAGIC, lb.backend_if))),
-                Verdict::Pass => (XDP_PASS, None),
-                Verdict::Drop => (XDP_DROP, None),
-            };
-            assert_eq!(out.action, action, "{what}");
-            if f.verdict != Verdict::Drop {
-                assert_eq!(out.meta_words(), meta, "{what}");
-                let expected = f.packet_out.as_ref().unwrap_or(&f.packet_in);
-                assert_eq!(&out.packet, expected, "{what}: the bytes out");
-            }
-            if f.packet_out.is_some() {
-                parse_ipv4(&out.packet).unwrap_or_else(|e| panic!("{what}: checksums: {e}"));
-            }
-            let after = lb.stats();
-            for (slot, n) in f.counters {
-                assert_eq!(
-                    delta(&before, &after, *slot),
-                    *n,
-                    "{what}: {}",
-                    slot.label()
-                );
-            }
+        let client_side = lb.client_if;
+        check_fixtures(&mut lb, fixtures(), client_side);
+    });
+}
+
+/// Runs each fixture in order, arriving on `ingress`, and checks its fate.
+fn check_fixtures(lb: &mut Loaded, fixtures: Vec<Fixture>, ingress: u32) {
+    for f in fixtures {
+        let what = f.what;
+        let before = lb.stats();
+        let out = lb.run_from(&f.packet_in, ingress);
+        let (action, meta) = match f.verdict {
+            Verdict::ToBackendViaTc => (XDP_PASS, Some((XDP_META_MAGIC, lb.backend_if))),
+            Verdict::ToClientViaTc => (XDP_PASS, Some((XDP_META_MAGIC, lb.client_if))),
+            Verdict::Pass => (XDP_PASS, None),
+            Verdict::Drop => (XDP_DROP, None),
+        };
+        assert_eq!(out.action, action, "{what}");
+        if f.verdict != Verdict::Drop {
+            assert_eq!(out.meta_words(), meta, "{what}");
+            let expected = f.packet_out.as_ref().unwrap_or(&f.packet_in);
+            assert_eq!(&out.packet, expected, "{what}: the bytes out");
         }
+        if f.packet_out.is_some() {
+            let checked = if out.packet[12..14] == [0x86, 0xdd] {
+                parse_ipv6(&out.packet).map(drop)
+            } else {
+                parse_ipv4(&out.packet).map(drop)
+            };
+            checked.unwrap_or_else(|e| panic!("{what}: checksums: {e}"));
+        }
+        let after = lb.stats();
+        for (slot, n) in f.counters {
+            assert_eq!(
+                delta(&before, &after, *slot),
+                *n,
+                "{what}: {}",
+                slot.label()
+            );
+        }
+    }
+}
+
+/// A backend endpoint with one frontend (a VIP under `nat`) has its replies translated by
+/// every node, tracked or not; every other backend's untracked replies pass untouched.
+const STATELESS_SERVICES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp"]
+    backends: ["fd00:2::a"]
+  shared_a:
+    vip: 198.18.100.3
+    ports: ["80:7000/tcp"]
+    backends: ["198.18.2.12"]
+  shared_b:
+    vip: 198.18.100.4
+    ports: ["80:7000/tcp"]
+    backends: ["198.18.2.12"]
+  full:
+    vip: 198.18.100.5
+    ports: ["80:6000/tcp"]
+    forwarding: fullnat
+    backends: ["198.18.2.13"]
+  published:
+    ports: ["8000:9000/tcp"]
+    backends: ["198.18.2.14"]
+"#;
+
+fn stateless_fixtures() -> Vec<Fixture> {
+    use Verdict::*;
+    let client = sock(CLIENT, 40100);
+    let reply = |from: SocketAddrV4, flags| Ipv4Frame::tcp(from, client, flags);
+    let translated = &[
+        (StatSlot::NatReplyStateless, 1),
+        (StatSlot::NatReply, 0),
+        (StatSlot::TxViaTc, 1),
+        (StatSlot::PassNotFrontend, 0),
+    ];
+    let untouched: &[(StatSlot, u64)] = &[
+        (StatSlot::PassNotFrontend, 1),
+        (StatSlot::NatReplyStateless, 0),
+    ];
+    let web = sock("198.18.2.10", 8080);
+    let ack = reply(web, TCP_ACK | TCP_PSH);
+    let other = reply(sock("198.18.2.11", 8080), TCP_ACK);
+    let fin = reply(web, TCP_FIN | TCP_ACK);
+    let udp = Ipv4Frame::udp(sock("198.18.2.10", 5353), client);
+    let client6 = sock6("fd00:1::2", 40100);
+    let v6 = Ipv6Frame::tcp(sock6("fd00:2::a", 8080), client6, TCP_ACK);
+    let vip80 = sock(VIP, 80);
+    vec![
+        Fixture {
+            what: "TCP from a backend with one VIP, no entry: source becomes the VIP",
+            packet_in: ack.build(),
+            verdict: ToClientViaTc,
+            packet_out: Some(ack.clone().with_src(vip80).build()),
+            counters: translated,
+        },
+        Fixture {
+            what: "the VIP's other backend: the same VIP",
+            packet_in: other.build(),
+            verdict: ToClientViaTc,
+            packet_out: Some(other.clone().with_src(vip80).build()),
+            counters: translated,
+        },
+        Fixture {
+            what: "a FIN from the backend: translated too (no state to close)",
+            packet_in: fin.build(),
+            verdict: ToClientViaTc,
+            packet_out: Some(fin.clone().with_src(vip80).build()),
+            counters: translated,
+        },
+        Fixture {
+            what: "UDP from the backend's other port: that port's frontend",
+            packet_in: udp.build(),
+            verdict: ToClientViaTc,
+            packet_out: Some(udp.clone().with_src(sock(VIP, 53)).build()),
+            counters: translated,
+        },
+        Fixture {
+            what: "IPv6: source becomes the IPv6 VIP",
+            packet_in: v6.build(),
+            verdict: ToClientViaTc,
+            packet_out: Some(v6.clone().with_src(sock6("fd00:100::1", 80)).build()),
+            counters: translated,
+        },
+        Fixture {
+            what: "a backend two VIPs share: which one is answered needs the entry",
+            packet_in: reply(sock("198.18.2.12", 7000), TCP_ACK).build(),
+            verdict: Pass,
+            packet_out: None,
+            counters: untouched,
+        },
+        Fixture {
+            what: "a full-NAT backend: untouched",
+            packet_in: reply(sock("198.18.2.13", 6000), TCP_ACK).build(),
+            verdict: Pass,
+            packet_out: None,
+            counters: untouched,
+        },
+        Fixture {
+            what: "a backend of a port published on node addresses: untouched",
+            packet_in: reply(sock("198.18.2.14", 9000), TCP_ACK).build(),
+            verdict: Pass,
+            packet_out: None,
+            counters: untouched,
+        },
+        Fixture {
+            what: "to the node's own address (a health check's answer): untouched",
+            packet_in: Ipv4Frame::tcp(web, sock("198.18.2.1", 45000), TCP_SYN | TCP_ACK).build(),
+            verdict: Pass,
+            packet_out: None,
+            counters: untouched,
+        },
+        Fixture {
+            what: "the backend's address on a port no service uses: untouched",
+            packet_in: reply(sock("198.18.2.10", 22), TCP_ACK).build(),
+            verdict: Pass,
+            packet_out: None,
+            counters: &[
+                (StatSlot::PassNotFrontend, 1),
+                (StatSlot::NatReplyStateless, 0),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(STATELESS_SERVICES, |mut lb| {
+        let backend_side = lb.backend_if;
+        check_fixtures(&mut lb, stateless_fixtures(), backend_side);
+        // A tracked flow's replies still come from its entry.
+        let client = sock(CLIENT, 40101);
+        lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+        let before = lb.stats();
+        let backend = lb
+            .dp
+            .tracked_flow(&lb_common::maps::FlowKey {
+                src: Addr::from(*client.ip()),
+                dst: Addr::from(VIP.parse::<std::net::Ipv4Addr>().unwrap()),
+                sport_be: client.port().to_be(),
+                dport_be: 80u16.to_be(),
+                proto: proto::TCP,
+                _pad: [0; 3],
+            })
+            .unwrap()
+            .expect("tracked");
+        let backend = SocketAddrV4::new(
+            match std::net::IpAddr::from(backend.nat_addr) {
+                std::net::IpAddr::V4(a) => a,
+                other => panic!("{other}"),
+            },
+            u16::from_be(backend.nat_port_be),
+        );
+        let reply = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK);
+        let out = lb.run_from(&reply.build(), lb.backend_if);
+        assert_eq!(out.packet, reply.with_src(sock(VIP, 80)).build());
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::NatReply), 1);
+        assert_eq!(delta(&before, &after, StatSlot::NatReplyStateless), 0);
     });
 }
 

@@ -232,7 +232,7 @@ impl Dataplane {
             &backend_diff.remove,
             &vec![Backend::default(); backend_diff.remove.len()],
         )?;
-        Ok(())
+        self.write_reply_frontends(previous, desired)
     }
 
     /// Makes the tunnel maps hold exactly `tunnel` (this node's address, the peers').
@@ -723,10 +723,10 @@ impl Dataplane {
         if removed_frontends > 0 {
             bump_frontend_gen(frontend_gen.expect(loaded))?;
         }
-        Ok(removed_frontends
-            + remove_unlisted(&mut endpoints, names::BACKEND_ENDPOINTS, |k| {
-                desired.endpoints.contains_key(k)
-            })?)
+        let removed_endpoints = remove_unlisted(&mut endpoints, names::BACKEND_ENDPOINTS, |k| {
+            desired.endpoints.contains_key(k)
+        })?;
+        Ok(removed_frontends + removed_endpoints + self.prune_reply_frontends(desired)?)
     }
 
     /// Up to `limit` forward entries of the connection table (the first found: a sample, not

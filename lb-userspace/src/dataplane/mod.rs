@@ -4,6 +4,7 @@ mod batch;
 mod maps;
 pub mod netlink;
 pub mod pin;
+mod replies;
 mod sockets;
 
 use std::{

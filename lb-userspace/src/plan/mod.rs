@@ -3,11 +3,13 @@
 //! desired states into the maps.
 
 mod ids;
+mod replies;
 pub mod select;
 mod vips;
 
 pub use ids::Ids;
 use ids::{BackendIdentity, IdAllocator, ServiceIdentity};
+pub use replies::ReplyTranslation;
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +23,9 @@ use lb_common::{
         FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
         MAX_SELECTION_SLOTS, MAX_SERVICES,
     },
-    maps::{Backend, EndpointKey, FlowKey, Service, backend_flags, proto, service_flags},
+    maps::{
+        Backend, EndpointKey, FlowKey, ReplyFrontend, Service, backend_flags, proto, service_flags,
+    },
 };
 
 use crate::source::file::{
@@ -120,6 +124,8 @@ pub struct DesiredState {
     pub backends: BTreeMap<u32, Backend>,
     /// Backend endpoints that may send replies, with how many backends share the triple.
     pub endpoints: BTreeMap<EndpointKey, u32>,
+    /// Backend endpoints whose replies are translated without an entry (`plan::replies`).
+    pub reply_frontends: BTreeMap<EndpointKey, ReplyFrontend>,
     /// What was planned, for logs and the CLI.
     pub services: Vec<PlannedService>,
     /// Which identity holds which kernel id, so the next plan keeps them.
@@ -366,6 +372,7 @@ pub fn plan_from(
     }
     pending.finish(&mut state, previous);
     check_no_loops(&state)?;
+    state.reply_frontends = state.plan_reply_frontends();
     for planned in &state.services {
         let spec = TableSpec {
             scheduler: planned.table_kind.0,

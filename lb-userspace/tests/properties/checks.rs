@@ -494,8 +494,14 @@ impl<'a> Runner<'a> {
         }
         let protocol = ip.get(6).copied().unwrap_or(0);
         let headers = match (event, protocol) {
-            (StatSlot::NatForward | StatSlot::NatReply, proto::TCP) => 60,
-            (StatSlot::NatForward | StatSlot::NatReply, proto::UDP) => 48,
+            (
+                StatSlot::NatForward | StatSlot::NatReply | StatSlot::NatReplyStateless,
+                proto::TCP,
+            ) => 60,
+            (
+                StatSlot::NatForward | StatSlot::NatReply | StatSlot::NatReplyStateless,
+                proto::UDP,
+            ) => 48,
             _ => 0,
         };
         if ip.len() < 40 || ip[0] >> 4 != 6 || headers == 0 || ip.len() < headers {
@@ -635,8 +641,14 @@ impl<'a> Runner<'a> {
         let icmp_type = ip.get(20).copied();
         // The headers the program reads and rewrites, from the IPv4 header on.
         let headers = match (event, protocol) {
-            (StatSlot::NatForward | StatSlot::NatReply, proto::TCP) => 40,
-            (StatSlot::NatForward | StatSlot::NatReply, proto::UDP) => 28,
+            (
+                StatSlot::NatForward | StatSlot::NatReply | StatSlot::NatReplyStateless,
+                proto::TCP,
+            ) => 40,
+            (
+                StatSlot::NatForward | StatSlot::NatReply | StatSlot::NatReplyStateless,
+                proto::UDP,
+            ) => 28,
             (StatSlot::IcmpEchoReply, proto::ICMP) if icmp_type == Some(ICMP_ECHO) => 28,
             (StatSlot::IcmpErrorToBackend | StatSlot::IcmpErrorToClient, proto::ICMP)
                 if icmp_type.is_some_and(is_icmp_error) =>
@@ -705,6 +717,12 @@ impl<'a> Runner<'a> {
                 20..24,
                 l4_csum(20, protocol)..l4_csum(20, protocol) + 2,
             ]),
+            // Without an entry: the source only (never full NAT, never a remapped client).
+            StatSlot::NatReplyStateless => may.extend([
+                12..16,
+                20..22,
+                l4_csum(20, protocol)..l4_csum(20, protocol) + 2,
+            ]),
             StatSlot::IcmpEchoReply => may.extend([12..20, 20..21, 22..24]),
             StatSlot::IcmpErrorToBackend => may.extend([
                 16..20,
@@ -753,6 +771,20 @@ impl<'a> Runner<'a> {
                 addr: src,
                 proto: protocol,
             }),
+            // A frontend of a `nat` service the sender is a backend of; to whom it was sent.
+            StatSlot::NatReplyStateless => {
+                self.model
+                    .service_of
+                    .get(&Endpoint {
+                        addr: src,
+                        proto: protocol,
+                    })
+                    .is_some_and(|id| {
+                        let s = &self.model.services[id];
+                        !s.fullnat && s.backends.contains(&in_src)
+                    })
+                    && dst == in_dst
+            }
             StatSlot::IcmpEchoReply => {
                 src.ip() == in_dst.ip()
                     && dst.ip() == in_src.ip()

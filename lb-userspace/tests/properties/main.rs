@@ -95,11 +95,13 @@ const CONNTRACK_ENTRIES: u32 = 65_536;
 const MAX_FLOWS: usize = 4_096;
 
 /// The counters of a translation: each run that rewrites a packet counts exactly one. That is
-/// `nat_forward + nat_reply`, plus the ICMP translations, which rewrite packets too: an echo
+/// `nat_forward + nat_reply` (and `nat_reply_stateless`, a reply no entry covers from a
+/// backend with one frontend), plus the ICMP translations, which rewrite packets too: an echo
 /// request to a VIP answered in place, an error about a tracked flow translated.
-const TRANSLATIONS: [StatSlot; 5] = [
+const TRANSLATIONS: [StatSlot; 6] = [
     StatSlot::NatForward,
     StatSlot::NatReply,
+    StatSlot::NatReplyStateless,
     StatSlot::IcmpEchoReply,
     StatSlot::IcmpErrorToBackend,
     StatSlot::IcmpErrorToClient,

@@ -1,0 +1,86 @@
+//! Replies that no connection-table entry covers, translated without one. Behind an ECMP
+//! router the backends' route to a client may cross another balancer node than the one the
+//! client's packets enter by, and after a node dies its flows' replies reach nodes that never
+//! saw them. A backend endpoint that leads to one frontend only (`REPLY_FRONTENDS`, written
+//! by userspace where that holds) needs no flow to know its replies' source: the frontend.
+
+use core::mem::zeroed;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
+    programs::XdpContext,
+};
+use lb_common::{maps::EndpointKey, stats::StatSlot};
+
+use crate::{
+    forward,
+    maps::REPLY_FRONTENDS,
+    nat::{self, Side},
+    parse::Packet,
+    stats::{count, count_traffic},
+    verdict::Verdict,
+};
+
+/// A packet from a backend endpoint that missed the connection table: if the endpoint has
+/// one frontend, its source becomes that frontend and it is forwarded as a tracked reply is
+/// (destination unchanged: under `nat` it is the client). Untouched (`pass_not_frontend`) if
+/// the endpoint has no such entry, or if the destination is not forwarded: a packet for this
+/// node (the answer to a health check, or to a connection the node's own sockets made to the
+/// backend) is no client's reply, and one without a route goes to the kernel as before.
+/// Not inlined: a sibling of `to_client`, its route lookup structure on its own frame.
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+    let endpoint = EndpointKey {
+        addr: pkt.key.src,
+        port_be: pkt.key.sport_be,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
+        count(StatSlot::PassNotFrontend);
+        return Verdict::xdp(xdp_action::XDP_PASS);
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU); the address is
+    // referenced where it is (the BPF stack is small), the rest read field by field.
+    let (frontend, frontend_port_be, service_id, backend_id) = unsafe {
+        (
+            &(*entry).addr,
+            (*entry).port_be,
+            (*entry).service_id,
+            (*entry).backend_id,
+        )
+    };
+    // The route first, from the address the packet will have: a destination of this node
+    // must see the packet as the backend sent it.
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.l4_protocol = pkt.key.proto;
+    params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
+    if !pkt.v6 {
+        params.__bindgen_anon_2.tos = pkt.tos;
+    }
+    let rc = forward::fib_lookup_into(ctx, &mut params, pkt.v6, frontend, &pkt.key.dst, 0);
+    if rc != BPF_FIB_LKUP_RET_SUCCESS
+        && rc != BPF_FIB_LKUP_RET_NO_NEIGH
+        && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED
+    {
+        count(StatSlot::PassNotFrontend);
+        return Verdict::xdp(xdp_action::XDP_PASS);
+    }
+    if !nat::rewrite(ctx, pkt, Side::Source, frontend, frontend_port_be) {
+        count(StatSlot::PassMalformed);
+        return Verdict::xdp(xdp_action::XDP_PASS);
+    }
+    count(StatSlot::NatReplyStateless);
+    count_traffic(service_id, backend_id, pkt.len, false);
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => forward::send_found(ctx, &params, core::ptr::null_mut()),
+        // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
+        BPF_FIB_LKUP_RET_NO_NEIGH => Verdict::xdp(forward::via_tc(ctx, params.ifindex)),
+        // SAFETY: the kernel leaves the egress MTU in the union.
+        _ => Verdict::too_big(unsafe { params.__bindgen_anon_1.mtu_result }),
+    }
+}

@@ -1,0 +1,292 @@
+//! Which backend endpoints have their replies translated without a connection-table entry
+//! (`REPLY_FRONTENDS`), and why the others do not.
+//!
+//! Behind an ECMP router, a reply may cross a balancer node that never saw its flow: the
+//! backends' route to the clients is their own, and after a node dies its flows' replies
+//! reach the others. The kernel can still give such a reply its frontend as source when the
+//! backend endpoint (address, port, protocol) leads to exactly one frontend, and that
+//! frontend is the same on every node: a VIP under `nat` (a reply goes to the client itself).
+//! Anywhere else the reply passes untouched, as it always did, for one of the reasons of
+//! [`ReplyTranslation`].
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr};
+
+use lb_common::{
+    Addr,
+    maps::{EndpointKey, ReplyFrontend, service_flags},
+};
+
+use super::{DesiredState, PlannedService, endpoint};
+
+/// How a reply from a backend endpoint is translated when no entry covers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyTranslation {
+    /// Given this frontend as source on any node (`REPLY_FRONTENDS`).
+    Stateless { frontend: SocketAddr },
+    /// No service has this backend.
+    NotABackend,
+    /// The endpoint is reached through several frontends (of one service or several): only a
+    /// flow's own entry knows which one a reply answers.
+    Shared { frontends: Vec<String> },
+    /// Its one service publishes on node addresses, which differ from node to node.
+    NodeAddress { service: String },
+    /// Its one service uses full NAT: replies come to a node address, and only the flow's
+    /// entry knows the client.
+    FullNat { service: String },
+    /// A swarm task reached through the mesh tunnel, or a socket-level frontend: replies
+    /// come back as those paths send them.
+    Mesh { service: String },
+}
+
+impl fmt::Display for ReplyTranslation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let untouched = "a reply no entry covers (its flow entered by another balancer \
+                         node, or this node lost it) passes untouched, with the backend's \
+                         address as source";
+        match self {
+            Self::Stateless { frontend } => write!(
+                f,
+                "replies: from {frontend} on any node, even without an entry (the backend has \
+                 this one frontend)"
+            ),
+            Self::NotABackend => write!(f, "replies: not a backend of any service"),
+            Self::Shared { frontends } => write!(
+                f,
+                "replies: the backend is reached through {} frontends ({}): only a flow's \
+                 entry tells which one a reply answers; {untouched}",
+                frontends.len(),
+                frontends.join(", ")
+            ),
+            Self::NodeAddress { service } => write!(
+                f,
+                "replies: service {service} is published on node addresses, which differ \
+                 from node to node; {untouched}"
+            ),
+            Self::FullNat { service } => write!(
+                f,
+                "replies: service {service} uses full NAT (replies come to a node address, \
+                 and only the flow's entry knows the client); {untouched}"
+            ),
+            Self::Mesh { service } => write!(
+                f,
+                "replies: service {service} is a swarm service (mesh tunnel or socket-level): \
+                 replies return the way those paths send them"
+            ),
+        }
+    }
+}
+
+/// The frontends each backend endpoint is reached through: (kernel service, frontend).
+fn reached(state: &DesiredState) -> BTreeMap<EndpointKey, Vec<(&PlannedService, SocketAddr)>> {
+    let mut reached: BTreeMap<EndpointKey, Vec<(&PlannedService, SocketAddr)>> = BTreeMap::new();
+    for planned in &state.services {
+        for backend in &planned.backends {
+            let via = reached
+                .entry(endpoint(backend.target, &planned.mapping))
+                .or_default();
+            via.extend(planned.frontends.iter().map(|f| (planned, *f)));
+        }
+    }
+    reached
+}
+
+/// The translation of one endpoint, reached through `via`.
+fn classify(state: &DesiredState, via: &[(&PlannedService, SocketAddr)]) -> ReplyTranslation {
+    let Some((planned, frontend)) = via.first() else {
+        return ReplyTranslation::NotABackend;
+    };
+    // One kernel service (a published port has one frontend per node address, loopback
+    // included): its kind decides.
+    if via.iter().all(|(s, _)| s.id == planned.id) {
+        let service = planned.name.clone();
+        let flags = state
+            .frontends
+            .get(&endpoint(*frontend, &planned.mapping))
+            .map_or(0, |s| s.flags);
+        let swarm = planned.backends.iter().any(|b| b.identity != b.target);
+        if swarm || flags & (service_flags::TUNNEL_ONLY | service_flags::SOCKET_SCOPE_MASK) != 0 {
+            return ReplyTranslation::Mesh { service };
+        }
+        if planned.vip.is_none() {
+            return ReplyTranslation::NodeAddress { service };
+        }
+        if flags & service_flags::FULLNAT != 0 {
+            return ReplyTranslation::FullNat { service };
+        }
+    }
+    if via.len() > 1 {
+        let mut frontends: Vec<String> = via
+            .iter()
+            .map(|(s, f)| format!("{f} of {}", s.name))
+            .collect();
+        frontends.dedup();
+        return ReplyTranslation::Shared { frontends };
+    }
+    ReplyTranslation::Stateless {
+        frontend: *frontend,
+    }
+}
+
+impl DesiredState {
+    /// `REPLY_FRONTENDS`: every backend endpoint whose replies are translated without an
+    /// entry, with its one frontend.
+    pub(super) fn plan_reply_frontends(&self) -> BTreeMap<EndpointKey, ReplyFrontend> {
+        reached(self)
+            .into_iter()
+            .filter_map(|(key, via)| match classify(self, &via) {
+                ReplyTranslation::Stateless { frontend } => {
+                    let (planned, _) = via[0];
+                    let backend = planned
+                        .backends
+                        .iter()
+                        .find(|b| endpoint(b.target, &planned.mapping) == key)?;
+                    Some((
+                        key,
+                        ReplyFrontend {
+                            addr: Addr::from(frontend.ip()),
+                            port_be: frontend.port().to_be(),
+                            _pad: 0,
+                            service_id: planned.id,
+                            backend_id: backend.id,
+                        },
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How replies from `backend` (in `protocol`) are translated when no entry covers them.
+    pub fn reply_translation(&self, protocol: u8, backend: SocketAddr) -> ReplyTranslation {
+        let key = EndpointKey {
+            addr: Addr::from(backend.ip()),
+            port_be: backend.port().to_be(),
+            proto: protocol,
+            _pad: 0,
+        };
+        let reached = reached(self);
+        classify(self, reached.get(&key).map_or(&[][..], Vec::as_slice))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, path::Path};
+
+    use lb_common::maps::proto;
+
+    use super::ReplyTranslation;
+    use crate::{plan::plan, source::file::ServiceFile};
+
+    const FILE: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp", "53:5353/udp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+  two_ports:
+    vip: 198.18.100.2
+    ports: ["80:9000/tcp", "8080:9000/tcp"]
+    backends: ["198.18.2.12"]
+  shared_a:
+    vip: 198.18.100.3
+    ports: ["80:7000/tcp"]
+    backends: ["198.18.2.13"]
+  shared_b:
+    vip: 198.18.100.4
+    ports: ["80:7000/tcp"]
+    backends: ["198.18.2.13"]
+  full:
+    vip: 198.18.100.5
+    ports: ["80:6000/tcp"]
+    forwarding: fullnat
+    backends: ["198.18.2.14"]
+  published:
+    ports: ["8000:9100/tcp"]
+    backends: ["198.18.2.15"]
+"#;
+
+    fn translation(backend: &str, protocol: u8) -> ReplyTranslation {
+        let file = ServiceFile::parse(FILE, Path::new("t.yaml")).expect("valid file");
+        let node: IpAddr = "198.18.0.1".parse().unwrap();
+        plan(&file, &[node])
+            .expect("plan")
+            .reply_translation(protocol, backend.parse().unwrap())
+    }
+
+    #[test]
+    fn only_a_backend_with_one_vip_frontend_under_nat_is_translated_without_an_entry() {
+        let file = ServiceFile::parse(FILE, Path::new("t.yaml")).expect("valid file");
+        let state = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let mut got: Vec<(String, String)> = state
+            .plan_reply_frontends()
+            .iter()
+            .map(|(k, v)| {
+                let backend =
+                    std::net::SocketAddr::new(IpAddr::from(k.addr), u16::from_be(k.port_be));
+                let frontend =
+                    std::net::SocketAddr::new(IpAddr::from(v.addr), u16::from_be(v.port_be));
+                // The ids are the backend's own and its service's.
+                let b = &state.backends[&v.backend_id];
+                assert_eq!(
+                    (b.addr, b.port_be, b.service_id),
+                    (k.addr, k.port_be, v.service_id)
+                );
+                (format!("{backend}/{}", k.proto), frontend.to_string())
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("198.18.2.10:5353/17", "198.18.100.1:53"),
+                ("198.18.2.10:8080/6", "198.18.100.1:80"),
+                ("198.18.2.11:5353/17", "198.18.100.1:53"),
+                ("198.18.2.11:8080/6", "198.18.100.1:80"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        assert_eq!(
+            state.reply_translation(proto::TCP, "198.18.2.10:8080".parse().unwrap()),
+            ReplyTranslation::Stateless {
+                frontend: "198.18.100.1:80".parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn every_other_backend_says_why_its_replies_need_an_entry() {
+        let shared = translation("198.18.2.12:9000", proto::TCP);
+        assert!(
+            matches!(&shared, ReplyTranslation::Shared { frontends } if frontends.len() == 2),
+            "{shared:?}"
+        );
+        assert!(
+            shared.to_string().contains("198.18.100.2:80 of two_ports"),
+            "{shared}"
+        );
+        let shared = translation("198.18.2.13:7000", proto::TCP);
+        assert!(
+            shared.to_string().contains("198.18.100.3:80 of shared_a")
+                && shared.to_string().contains("198.18.100.4:80 of shared_b"),
+            "{shared}"
+        );
+        assert!(matches!(
+            translation("198.18.2.14:6000", proto::TCP),
+            ReplyTranslation::FullNat { .. }
+        ));
+        assert!(matches!(
+            translation("198.18.2.15:9100", proto::TCP),
+            ReplyTranslation::NodeAddress { .. }
+        ));
+        assert_eq!(
+            translation("198.18.2.10:8080", proto::UDP),
+            ReplyTranslation::NotABackend
+        );
+        assert!(
+            translation("198.18.2.14:6000", proto::TCP)
+                .to_string()
+                .contains("passes untouched")
+        );
+    }
+}
