@@ -244,6 +244,12 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
         "{backend}: {explained}"
     );
     assert_eq!(explained["tracked"]["tcp_state"], "established");
+    // The backend has one frontend, the VIP: any node translates its replies, entry or not.
+    let replies = explained["replies"].as_str().unwrap_or_default();
+    assert!(
+        replies.contains(&format!("from {} on any node", web())),
+        "{explained}"
+    );
 
     // Errors: one line, non-zero exit, nothing changed.
     let before = generation(&lb);

@@ -306,6 +306,11 @@ pub struct Explained {
     /// What the selection would pick for a new flow, and why.
     pub selection: String,
     pub round_robin: bool,
+    /// How replies from the flow's backend (tracked, or the one the selection names) are
+    /// translated at a node with no entry for them (`plan::ReplyTranslation`); none without
+    /// one backend to name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

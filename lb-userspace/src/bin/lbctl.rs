@@ -242,7 +242,11 @@ fn explain_offline(
     let file = ServiceFile::load(config)?;
     let node = dataplane::node_addresses().context("listing this node's addresses")?;
     let plan = plan::plan(&file, &node).with_context(|| config.display().to_string())?;
-    println!("{}", plan.explain(protocol.number(), source, destination));
+    let explained = plan.explain(protocol.number(), source, destination);
+    println!("{explained}");
+    if let plan::Explanation::Maglev { backend, .. } = explained {
+        println!("{}", plan.reply_translation(protocol.number(), backend));
+    }
     Ok(())
 }
 
@@ -640,6 +644,9 @@ async fn explain(
         None => println!("not tracked: a new flow"),
     }
     println!("{}", answer.selection);
+    if let Some(replies) = &answer.replies {
+        println!("{replies}");
+    }
     Ok(())
 }
 

@@ -73,10 +73,17 @@ impl Daemon {
             }
         });
         let round_robin = service.is_some_and(|s| s.flags & service_flags::ROUND_ROBIN != 0);
+        let backend = match (&tracked, &selection) {
+            (Some(t), _) => Some(t.backend),
+            (None, plan::Explanation::Maglev { backend, .. }) => Some(*backend),
+            _ => None,
+        };
+        let replies = backend.map(|b| self.running.reply_translation(protocol, b).to_string());
         Ok(Explained {
             tracked,
             selection: selection_text,
             round_robin,
+            replies,
         })
     }
 }
