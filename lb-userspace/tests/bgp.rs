@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_testkit::{ChildGuard, Lbd, Netns, e2e_enabled};
+use lb_testkit::{ChildGuard, Lbd, NameServer, Netns, TcpSession, e2e_enabled};
 
 const VIP: &str = "198.18.100.1";
 /// BGP hold time of every session (BIRD's minimum is 3 s).
@@ -93,18 +93,21 @@ fn start_bird(ns: &Netns, dir: &Path, conf: &str) -> ChildGuard {
     bird
 }
 
-fn router_conf() -> String {
+/// The router's BIRD: ECMP over a BGP session to each node, given as (local address, node
+/// address) for node A, then node B; then `extra`.
+fn router_conf(sessions: [(&str, &str); 2], extra: &str) -> String {
+    let [(local_a, a), (local_b, b)] = sessions;
     format!(
-        "router id 198.18.10.1;
+        "router id {local_a};
 protocol device {{ scan time 1; }}
 protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
 template bgp balancer {{
   hold time {hold}; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;
   ipv4 {{ import all; export none; }};
 }}
-protocol bgp node_a from balancer {{ local 198.18.10.1 as 65000; neighbor 198.18.10.2 as 65010; }}
-protocol bgp node_b from balancer {{ local 198.18.10.5 as 65000; neighbor 198.18.10.6 as 65010; }}
-",
+protocol bgp node_a from balancer {{ local {local_a} as 65000; neighbor {a} as 65010; }}
+protocol bgp node_b from balancer {{ local {local_b} as 65000; neighbor {b} as 65010; }}
+{extra}",
         hold = HOLD.as_secs()
     )
 }
@@ -213,14 +216,27 @@ fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static st
         "link set lo up".to_owned(),
     ])
     .expect("node side");
-    let dir = Dir::new(name);
+    start_node(name, ns, own, peer, SERVICES, n_if)
+}
+
+/// Starts lbd (attached to `interface`, announcing through BIRD) and then BIRD in the node
+/// namespace `ns`, whose address toward the router is `own`.
+fn start_node(
+    dir_name: &str,
+    ns: Netns,
+    own: &'static str,
+    router: &'static str,
+    services: &str,
+    interface: &str,
+) -> Node {
+    let dir = Dir::new(dir_name);
     let include = dir.0.join("vips.conf");
     let socket = dir.0.join("bird.ctl");
     let lbd = Lbd::start(
         lbd(),
         &ns,
-        SERVICES,
-        &[n_if],
+        services,
+        &[interface],
         &[
             "--bird-include",
             include.to_str().unwrap(),
@@ -245,7 +261,7 @@ fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static st
         lbd,
         bird: None,
         own,
-        router: peer,
+        router,
     };
     node.start_bird();
     node
@@ -267,7 +283,17 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     let rdir = Dir::new("router");
     let mut a = node("a", &router, "198.18.10.2", "198.18.10.1");
     let mut b = node("b", &router, "198.18.10.6", "198.18.10.5");
-    let _router_bird = start_bird(&router, &rdir.0, &router_conf());
+    let _router_bird = start_bird(
+        &router,
+        &rdir.0,
+        &router_conf(
+            [
+                ("198.18.10.1", "198.18.10.2"),
+                ("198.18.10.5", "198.18.10.6"),
+            ],
+            "",
+        ),
+    );
     const A: &str = "198.18.10.2";
     const B: &str = "198.18.10.6";
     let converge = Duration::from_secs(20);
@@ -335,4 +361,466 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     );
     let took = wait_hops(&router, VIP, &[B], Duration::from_secs(2));
     eprintln!("lbd cleanup on node A: withdrawn in {took:?}");
+}
+
+// The flows half (issue 15): connections carry on through the failover.
+//
+//   client 198.18.20.2 -- router (BIRD, ECMP to the VIP) -- one L2 segment 198.18.10.0/24:
+//   router .1, node A .2, node B .3 (lbd + BIRD each, XDP on their one interface), backends
+//   .10-.12. The backends' route to the clients is the router, which sends their replies on
+//   over the nodes it currently has for the VIP (`REPLY_PATH`), spread by its own L4 hash:
+//   a reply often crosses the other node than its request did, and is translated there
+//   without an entry (`nat_reply_stateless`). Whatever takes a node away from the VIP's
+//   route takes it away from the replies' too.
+
+const LAN_ROUTER: &str = "198.18.10.1";
+const LAN_A: &str = "198.18.10.2";
+const LAN_B: &str = "198.18.10.3";
+const CLIENT_NET: &str = "198.18.20.0/24";
+const CLIENT_ROUTER: &str = "198.18.20.1";
+const CLIENT_ADDR: &str = "198.18.20.2";
+const LAN_BACKENDS: [&str; 3] = ["198.18.10.10", "198.18.10.11", "198.18.10.12"];
+const LAN_SERVICES: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.10.10", "198.18.10.11", "198.18.10.12"]
+"#;
+/// The router's replies path: a default route, in kernel table 100, through whatever the VIP
+/// is routed through (BIRD resolves it recursively, both next hops); the backends' packets
+/// (rules in `flows_router`) look it up.
+const REPLY_PATH: &str = "
+ipv4 table replies4;
+protocol static reply_path {
+  ipv4 { table replies4; };
+  igp table master4;
+  route 0.0.0.0/0 recursive 198.18.100.1;
+}
+protocol kernel kernel_replies {
+  kernel table 100;
+  merge paths on;
+  ipv4 { table replies4; import none; export all; };
+}
+";
+/// Long-lived connections carried through every failover.
+const CONNECTIONS: usize = 100;
+/// Connections opened before each way, so node A has some that node B never saw.
+const FRESH: usize = 20;
+/// How long one round trip (or a new connection) may take while a node goes away: the hold
+/// time, then TCP's retransmission backoff on both sides.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+/// New connections opened while a node goes away, one every `PROBE_EVERY`.
+const MAX_PROBES: usize = 120;
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// A veth from the router's bridge into `ns`, named `eth0` there. The bridge floods no
+/// unicast frame for an address it has not learned (one whose port went down): a switch
+/// would, but a real NIC drops frames for another MAC, where a veth delivers them and the
+/// XDP program (generic mode) sees them before the kernel drops them; node B would quietly
+/// serve node A's flows while the router still sends them to A.
+fn lan_link(router: &Netns, ns: &Netns, port: &str) {
+    router
+        .ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])
+        .expect("veth");
+    router
+        .ip_batch(&[
+            format!("link set {port} master br0"),
+            format!("link set dev {port} type bridge_slave flood off"),
+            format!("link set {port} up"),
+        ])
+        .expect("bridge port");
+}
+
+fn lan_node(name: &'static str, router: &Netns, own: &'static str) -> Node {
+    let ns = Netns::new(&format!("bgpf-{name}")).expect("node netns");
+    lan_link(router, &ns, &format!("n{name}"));
+    ns.set_sysctls(&[
+        ("net.ipv4.ip_forward", "1"),
+        // One-armed: whatever the kernel forwards goes out where it came in; no redirects.
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.eth0.send_redirects", "0"),
+        // Announce ourselves when the link comes back (backends marked us failed).
+        ("net.ipv4.conf.eth0.arp_notify", "1"),
+    ])
+    .expect("sysctls");
+    ns.ip_batch(&[
+        format!("addr add {own}/24 dev eth0"),
+        "link set eth0 up".to_owned(),
+        "link set lo up".to_owned(),
+        format!("route add {CLIENT_NET} via {LAN_ROUTER}"),
+        // A VIP packet this node's kernel sees (meshlb gone, the router not yet told) is
+        // dropped silently: the client retransmits to the node the router picks next.
+        format!("route add blackhole {VIP}/32"),
+    ])
+    .expect("node side");
+    // So is a backend's reply the dataplane did not translate (it sends its own through
+    // TC, past the rules): forwarded with the backend's address, the client would answer
+    // it with a RST that ends the connection at the backend.
+    let rules: Vec<String> = LAN_BACKENDS
+        .iter()
+        .map(|b| format!("rule add iif eth0 from {b} blackhole"))
+        .collect();
+    ns.ip_batch(&rules).expect("blackhole rules");
+    start_node(
+        &format!("flows-{name}"),
+        ns,
+        own,
+        LAN_ROUTER,
+        LAN_SERVICES,
+        "eth0",
+    )
+}
+
+fn lan_backend(router: &Netns, i: usize) -> (Netns, NameServer) {
+    let ns = Netns::new(&format!("bgpf-b{i}")).expect("backend netns");
+    lan_link(router, &ns, &format!("b{i}"));
+    ns.set_sysctls(&[
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+        ("net.ipv4.conf.eth0.accept_redirects", "0"),
+    ])
+    .expect("sysctls");
+    ns.ip_batch(&[
+        format!("addr add {}/24 dev eth0", LAN_BACKENDS[i]),
+        "link set eth0 up".to_owned(),
+        "link set lo up".to_owned(),
+        format!("route add {CLIENT_NET} via {LAN_ROUTER}"),
+    ])
+    .expect("backend side");
+    let server = NameServer::start(&ns, &format!("backend-{i}"), &[8080], &[]).expect("server");
+    (ns, server)
+}
+
+/// The router: the bridge of the segment, its replies path for the backends.
+fn flows_router() -> Netns {
+    let router = Netns::new("bgpf-router").expect("router netns");
+    router
+        .set_sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.fib_multipath_hash_policy", "1"),
+            // Replies come in and go out on the segment: no redirect may send the backends
+            // past the nodes.
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+        ])
+        .expect("sysctls");
+    let mut lines = vec![
+        "link add br0 type bridge".to_owned(),
+        format!("addr add {LAN_ROUTER}/24 dev br0"),
+        "link set br0 up".to_owned(),
+        "link set lo up".to_owned(),
+    ];
+    lines.extend(
+        LAN_BACKENDS
+            .iter()
+            .map(|b| format!("rule add iif br0 from {b} lookup 100")),
+    );
+    router.ip_batch(&lines).expect("bridge");
+    router
+}
+
+/// Opens `n` more connections to the VIP from `client`, each with its first answer's backend.
+fn open(client: &Netns, n: usize, sessions: &mut Vec<TcpSession>, backends: &mut Vec<String>) {
+    let target: std::net::SocketAddr = format!("{VIP}:80").parse().unwrap();
+    for _ in 0..n {
+        let i = sessions.len();
+        let mut session = TcpSession::connect(client, target, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        let reply = session
+            .request()
+            .unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        backends.push(reply.backend);
+        sessions.push(session);
+    }
+}
+
+/// A node's global counters (`lbctl stats`).
+fn counters(node: &Node) -> serde_json::Value {
+    let (ok, out, err) = node
+        .lbd
+        .lbctl(&["-o", "json", "stats"])
+        .expect("lbctl stats");
+    assert!(ok, "lbctl stats: {err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
+    stats["global"].clone()
+}
+
+fn counter(global: &serde_json::Value, name: &str) -> u64 {
+    global[name].as_u64().unwrap_or(0)
+}
+
+/// One request on every connection at once; each must come back within `limit` from the
+/// same backend as before. Answers the longest time from `since` to an answer.
+fn round(sessions: &mut [TcpSession], backends: &[String], since: Instant) -> Duration {
+    let answers: Vec<(usize, anyhow::Result<(Duration, String)>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = sessions
+            .iter_mut()
+            .enumerate()
+            .map(|(i, session)| {
+                s.spawn(move || {
+                    let answer = session
+                        .set_timeout(FAILOVER_LIMIT)
+                        .and_then(|()| session.request())
+                        .map(|reply| (since.elapsed(), reply.backend));
+                    (i, answer)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("request thread"))
+            .collect()
+    });
+    let mut longest = Duration::ZERO;
+    for (i, answer) in answers {
+        let (took, backend) = answer.unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        assert_eq!(backend, backends[i], "connection {i} changed backend");
+        longest = longest.max(took);
+    }
+    longest
+}
+
+/// New connections, one every `PROBE_EVERY` until `stop`, each in a thread of its own so a
+/// slow one does not hold the next: how many, and the longest.
+fn probe_new_connections(
+    client: &Netns,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (usize, Duration) {
+    let target: std::net::SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let results: Vec<anyhow::Result<Duration>> = std::thread::scope(|s| {
+        let mut threads = Vec::new();
+        for _ in 0..MAX_PROBES {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            threads.push(s.spawn(move || {
+                let start = Instant::now();
+                lb_testkit::tcp_request(client, target, FAILOVER_LIMIT).map(|_| start.elapsed())
+            }));
+            std::thread::sleep(PROBE_EVERY);
+        }
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("probe thread"))
+            .collect()
+    });
+    let mut longest = Duration::ZERO;
+    for (i, r) in results.iter().enumerate() {
+        let took = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("new connection {i} while node A went away: {e:#}"));
+        longest = longest.max(*took);
+    }
+    (results.len(), longest)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Away {
+    BirdStopped,
+    LinkDown,
+    Cleanup,
+}
+
+/// Takes node A away in `how`.
+fn take_away(a: &mut Node, how: Away) {
+    match how {
+        Away::BirdStopped => {
+            let mut bird = a.bird.take().expect("bird");
+            bird.signal(libc::SIGKILL).expect("kill bird");
+            let _ = bird.wait_timeout(Duration::from_secs(5));
+        }
+        Away::LinkDown => {
+            a.ns.ip(&["link", "set", "eth0", "down"])
+                .expect("link down");
+        }
+        Away::Cleanup => {
+            let out = std::process::Command::new(lbd())
+                .args([
+                    "cleanup",
+                    "--force",
+                    "--pin-dir",
+                    a.lbd.pin_dir().to_str().unwrap(),
+                    "--bird-include",
+                    a.include().to_str().unwrap(),
+                    "--birdc-socket",
+                    a.socket().to_str().unwrap(),
+                ])
+                .output()
+                .expect("lbd cleanup");
+            assert!(
+                out.status.success(),
+                "lbd cleanup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Brings node A back after `how`.
+fn bring_back(a: &mut Node, how: Away) {
+    match how {
+        Away::BirdStopped => a.start_bird(),
+        Away::LinkDown => {
+            a.ns.ip_batch(&[
+                "link set eth0 up".to_owned(),
+                // The link's routes went with it.
+                format!("route replace {CLIENT_NET} via {LAN_ROUTER}"),
+            ])
+            .expect("link up")
+        }
+        Away::Cleanup => unreachable!("the last way"),
+    }
+}
+
+#[test]
+fn connections_keep_their_backend_when_a_node_goes_away() {
+    if !e2e_enabled() {
+        return;
+    }
+    let router = flows_router();
+    let client = Netns::new("bgpf-client").expect("client netns");
+    router
+        .ip(&[
+            "link",
+            "add",
+            "cl",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            client.name(),
+        ])
+        .expect("client veth");
+    router
+        .ip_batch(&[
+            format!("addr add {CLIENT_ROUTER}/24 dev cl"),
+            "link set cl up".to_owned(),
+        ])
+        .expect("router client side");
+    client
+        .ip_batch(&[
+            format!("addr add {CLIENT_ADDR}/24 dev eth0"),
+            "link set eth0 up".to_owned(),
+            "link set lo up".to_owned(),
+            format!("route add default via {CLIENT_ROUTER}"),
+        ])
+        .expect("client side");
+    let backends: Vec<(Netns, NameServer)> = (0..3).map(|i| lan_backend(&router, i)).collect();
+    let rdir = Dir::new("flows-router");
+    let mut a = lan_node("a", &router, LAN_A);
+    let b = lan_node("b", &router, LAN_B);
+    let _router_bird = start_bird(
+        &router,
+        &rdir.0,
+        &router_conf([(LAN_ROUTER, LAN_A), (LAN_ROUTER, LAN_B)], REPLY_PATH),
+    );
+    wait_hops(&router, VIP, &[LAN_A, LAN_B], Duration::from_secs(20));
+
+    // 100 connections, each told by its first answer which backend it has.
+    let (mut sessions, mut first) = (Vec::new(), Vec::new());
+    open(&client, CONNECTIONS, &mut sessions, &mut first);
+    let (at_a, at_b) = (counters(&a), counters(&b));
+    let (new_a, new_b) = (counter(&at_a, "new_flow"), counter(&at_b, "new_flow"));
+    let stateless = counter(&at_a, "nat_reply_stateless") + counter(&at_b, "nat_reply_stateless");
+    let per_backend: BTreeSet<&String> = first.iter().collect();
+    eprintln!(
+        "{CONNECTIONS} connections: new flows at A {new_a}, at B {new_b}; backends {per_backend:?}; replies translated without an entry: {stateless}"
+    );
+    assert_eq!(
+        new_a + new_b,
+        CONNECTIONS as u64,
+        "every connection is one new flow"
+    );
+    assert!(
+        new_a >= 10 && new_b >= 10,
+        "ECMP spreads the connections over both nodes"
+    );
+    assert_eq!(
+        per_backend.len(),
+        3,
+        "Maglev spreads them over the backends"
+    );
+    assert!(
+        stateless > 0,
+        "some replies crossed the other node than their request"
+    );
+
+    for (n, how) in [Away::BirdStopped, Away::LinkDown, Away::Cleanup]
+        .into_iter()
+        .enumerate()
+    {
+        // Node A carries some of the connections (again), and some node B never saw: a few
+        // more connections, opened with both nodes up.
+        let b_new = counter(&counters(&b), "new_flow");
+        open(&client, FRESH, &mut sessions, &mut first);
+        assert!(counter(&counters(&b), "new_flow") - b_new < FRESH as u64);
+        let forwarded_at_a = counter(&counters(&a), "nat_forward");
+        round(&mut sessions, &first, Instant::now());
+        let carried = counter(&counters(&a), "nat_forward") - forwarded_at_a;
+        assert!(
+            carried >= 10,
+            "{how:?}: node A carried {carried} of the requests before"
+        );
+        let b_before = counters(&b);
+
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        take_away(&mut a, how);
+        let since = Instant::now();
+        // Requests on every connection at once, sent as A goes; new connections meanwhile.
+        let (route, longest, (probes, slowest_probe)) = std::thread::scope(|s| {
+            let prober = s.spawn(|| probe_new_connections(&client, &stop));
+            let requests = s.spawn(|| round(&mut sessions, &first, since));
+            let route = wait_hops(&router, VIP, &[LAN_B], HOLD + Duration::from_secs(2));
+            let longest = requests.join().expect("requests");
+            // New connections go on a little longer than the old ones took.
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (route, longest, prober.join().expect("prober"))
+        });
+        // Now every connection goes through node B.
+        let forwarded_at_b = counter(&counters(&b), "nat_forward");
+        round(&mut sessions, &first, Instant::now());
+        let through_b = counter(&counters(&b), "nat_forward") - forwarded_at_b;
+        let b_after = counters(&b);
+        let lost = counter(&b_after, "flow_lost") - counter(&b_before, "flow_lost");
+        let stateless_b =
+            counter(&b_after, "nat_reply_stateless") - counter(&b_before, "nat_reply_stateless");
+        eprintln!(
+            "way {} ({how:?}): router left A in {route:?}; all {} connections answered, same backend, within {longest:?}; {probes} new connections meanwhile, slowest {slowest_probe:?}; at B: {lost} packets of flows it had no entry for (flow_lost), {stateless_b} replies translated without an entry, then {through_b} packets of the next {} requests",
+            n + 1,
+            sessions.len(),
+            sessions.len()
+        );
+        assert!(
+            through_b >= sessions.len() as u64,
+            "{how:?}: every connection goes through node B ({through_b} packets)"
+        );
+        assert!(
+            lost > 0,
+            "{how:?}: node B picked up flows it had no entry for"
+        );
+
+        if !matches!(how, Away::Cleanup) {
+            bring_back(&mut a, how);
+            wait_hops(&router, VIP, &[LAN_A, LAN_B], Duration::from_secs(20));
+            // Back on node A, which still has their entries: the same backends.
+            let back = round(&mut sessions, &first, Instant::now());
+            eprintln!("node A back: all connections answered within {back:?}");
+        }
+    }
+    drop(sessions);
+    drop(backends);
 }
