@@ -1,10 +1,12 @@
-//! VIPs announced through BIRD 2 to an ECMP router (issue 15, control plane): a router
-//! namespace running BIRD with `merge paths` (ECMP), two balancer nodes each running `lbd`
-//! and BIRD, all in namespaces the test makes and removes. Checks the router's kernel route
-//! for the VIP: both nodes as next hops; one node away (BIRD stopped, link down, `lbd
-//! cleanup`) leaves the other within the hold time; a restart of lbd withdraws nothing; a VIP
-//! whose backends are all gone is withdrawn within a second plus BIRD's reconfiguration.
-//! (Flows through the failover are not exercised here.)
+//! VIPs announced through BIRD 2 to an ECMP router (issue 15): a router namespace running
+//! BIRD with `merge paths` (ECMP), two balancer nodes each running `lbd` and BIRD, all in
+//! namespaces the test makes and removes.
+//! - The route test checks the router's kernel route for the VIP: both nodes as next hops;
+//!   one node away (BIRD stopped, link down, `lbd cleanup`) leaves the other within the hold
+//!   time; a restart of lbd withdraws nothing; a VIP whose backends are all gone is withdrawn
+//!   within a second plus BIRD's reconfiguration.
+//! - The flows test carries 100 connections through the same three ways (see its topology
+//!   below): each keeps its backend, new connections keep succeeding.
 
 use std::{
     collections::BTreeSet,
