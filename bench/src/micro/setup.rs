@@ -323,9 +323,9 @@ pub(super) fn monotonic_ns() -> u64 {
 }
 
 /// Inserts `flows` established flows (forward and reply entry each, as the program would)
-/// into the dataplane's connection table from userspace, spread over the 16 backends. Only
-/// the program marks its reply filter (REPLY_FILTER), so replies on these flows would pass
-/// untranslated: the scaling check sends client packets only.
+/// into the dataplane's connection table from userspace, spread over the 16 backends. The
+/// scaling check sends client packets only (replies on these flows would find their entries:
+/// applying the plan marks every backend endpoint in REPLY_FILTER).
 pub(super) fn prefill(dp: &mut Dp, flows: u32) -> Result<u64> {
     let started = Instant::now();
     let mut ct = conntrack_map(&mut dp.dp)?;
