@@ -480,6 +480,32 @@ fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
         let after = lb.stats();
         assert_eq!(delta(&before, &after, StatSlot::NatReply), 1);
         assert_eq!(delta(&before, &after, StatSlot::NatReplyStateless), 0);
+
+        // A reload that gives 198.18.2.11:8080 a second frontend takes its entry away (and
+        // gives 198.18.2.12:7000, no longer shared, one).
+        let shared = STATELESS_SERVICES
+            .replace(
+                "  shared_b:\n    vip: 198.18.100.4\n    ports: [\"80:7000/tcp\"]\n    backends: [\"198.18.2.12\"]",
+                "  shared_b:\n    vip: 198.18.100.4\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]",
+            );
+        assert_ne!(shared, STATELESS_SERVICES);
+        reload(&mut lb, &shared);
+        let client = sock(CLIENT, 40102);
+        let from_11 = Ipv4Frame::tcp(sock("198.18.2.11", 8080), client, TCP_ACK).build();
+        let out = lb.run_from(&from_11, lb.backend_if);
+        assert_eq!((out.action, out.meta_words()), (XDP_PASS, None));
+        assert_eq!(
+            out.packet, from_11,
+            "198.18.2.11:8080 is shared now: untouched"
+        );
+        let from_12 = Ipv4Frame::tcp(sock("198.18.2.12", 7000), client, TCP_ACK);
+        let out = lb.run_from(&from_12.build(), lb.backend_if);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(
+            out.packet,
+            from_12.with_src(sock("198.18.100.3", 80)).build(),
+            "198.18.2.12:7000 has one frontend now"
+        );
     });
 }
 
