@@ -40,8 +40,9 @@ services:
     health: { http: { path: /healthz, expect: 200 }, port: 9000, interval: 300ms, timeout: 200ms, rise: 1, fall: 2 }
 "#;
 
-/// `SERVICES` plus a service whose one backend never answers (no host has its address):
-/// each of its checks waits its whole 2 s timeout.
+/// `SERVICES` plus a service whose one backend never answers (its address has a neighbour
+/// entry with a MAC no host has, so its SYNs go nowhere): each of its checks waits its whole
+/// 2 s timeout.
 const WITH_SILENT: &str = r#"
   silent:
     vip: 198.18.100.3
@@ -325,6 +326,21 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
         .map(|b| StatusServer::start(&b.ns, 9000, 200))
         .collect();
     let services = format!("{SERVICES}{WITH_SILENT}");
+    // Without the entry the kernel would give up asking for the address after a few seconds
+    // and fail later checks at once ("No route to host").
+    topo.node
+        .ip(&[
+            "neigh",
+            "add",
+            "198.18.2.99",
+            "lladdr",
+            "02:00:00:00:09:99",
+            "dev",
+            &topo.node_bridge,
+            "nud",
+            "permanent",
+        ])
+        .expect("neighbour entry");
     let mut lb = Lbd::start(
         lbd(),
         &topo.node,
