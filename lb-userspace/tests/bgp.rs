@@ -3,8 +3,9 @@
 //! namespaces the test makes and removes.
 //! - The route test checks the router's kernel route for the VIP: both nodes as next hops;
 //!   one node away (BIRD stopped, link down, `lbd cleanup`) leaves the other within the hold
-//!   time; a restart of lbd withdraws nothing; a VIP whose backends are all gone is withdrawn
-//!   within a second plus BIRD's reconfiguration.
+//!   time; a restart of lbd withdraws nothing; a VIP whose backends are all gone (removed from
+//!   the file, or down by their health checks) is withdrawn within a second plus a check
+//!   cycle and BIRD's reconfiguration.
 //! - The flows test carries 100 connections through the same three ways (see its topology
 //!   below): each keeps its backend, new connections keep succeeding.
 
@@ -30,7 +31,17 @@ services:
     vip: 198.18.100.2
     ports: ["80:8080/tcp"]
     backends: [{ address: "198.18.2.10", weight: 0 }]
+  checked:
+    vip: 198.18.100.3
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.30.1"]
+    health: { tcp: {}, interval: 500ms, timeout: 200ms, rise: 1, fall: 1 }
 "#;
+
+/// `checked`'s VIP and its one backend, a server in the router's namespace that both nodes
+/// reach (the router's own address, routed to from each node).
+const CHECKED_VIP: &str = "198.18.100.3";
+const CHECKED_BACKEND: &str = "198.18.30.1";
 
 const SERVICES_ALL_GONE: &str = r#"
 services:
@@ -216,6 +227,7 @@ fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static st
         format!("addr add {own}/30 dev {n_if}"),
         format!("link set {n_if} up"),
         "link set lo up".to_owned(),
+        format!("route add {CHECKED_BACKEND}/32 via {peer}"),
     ])
     .expect("node side");
     start_node(name, ns, own, peer, SERVICES, n_if)
@@ -281,7 +293,14 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
             ("net.ipv4.fib_multipath_hash_policy", "1"),
         ])
         .expect("sysctls");
-    router.ip(&["link", "set", "lo", "up"]).expect("lo");
+    router
+        .ip_batch(&[
+            "link set lo up".to_owned(),
+            format!("addr add {CHECKED_BACKEND}/32 dev lo"),
+        ])
+        .expect("router lo");
+    let mut checked_server =
+        Some(NameServer::start(&router, "checked", &[8080], &[]).expect("checked server"));
     let rdir = Dir::new("router");
     let mut a = node("a", &router, "198.18.10.2", "198.18.10.1");
     let mut b = node("b", &router, "198.18.10.6", "198.18.10.5");
@@ -327,6 +346,15 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     let took = wait_hops(&router, VIP, &[B], within_hold);
     eprintln!("link of node A down: withdrawn in {took:?}");
     a.ns.ip(&["link", "set", "up0", "up"]).expect("link up");
+    // The link's routes went with it: the one to the checked backend too.
+    a.ns.ip(&[
+        "route",
+        "replace",
+        &format!("{CHECKED_BACKEND}/32"),
+        "via",
+        "198.18.10.1",
+    ])
+    .expect("route to the checked backend");
     wait_hops(&router, VIP, &[A, B], converge);
 
     // 3. A VIP whose backends are all gone is withdrawn within a second plus BIRD's
@@ -342,7 +370,20 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     wait_hops(&router, VIP, &[A, B], converge);
 
-    // 4. `lbd cleanup` on node A (stopping its lbd): withdrawn at once, not after the hold.
+    // 4. A VIP whose backends the health checks find down (its one server stops) is
+    // withdrawn by both nodes within one check cycle (fall 1, every 500 ms), the announcer's
+    // look (every second) and BIRD's reconfiguration; announced again once it answers.
+    wait_hops(&router, CHECKED_VIP, &[A, B], converge);
+    checked_server = None;
+    let took = wait_hops(&router, CHECKED_VIP, &[], Duration::from_secs(3));
+    eprintln!("checked VIP's backend stopped: withdrawn by both nodes in {took:?}");
+    assert_eq!(next_hops(&router, VIP).len(), 2, "other VIPs stay");
+    checked_server =
+        Some(NameServer::start(&router, "checked", &[8080], &[]).expect("checked server"));
+    let took = wait_hops(&router, CHECKED_VIP, &[A, B], Duration::from_secs(5));
+    eprintln!("checked VIP's backend back: announced again in {took:?}");
+
+    // 5. `lbd cleanup` on node A (stopping its lbd): withdrawn at once, not after the hold.
     let out = std::process::Command::new(lbd())
         .args([
             "cleanup",
@@ -363,6 +404,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     );
     let took = wait_hops(&router, VIP, &[B], Duration::from_secs(2));
     eprintln!("lbd cleanup on node A: withdrawn in {took:?}");
+    drop(checked_server);
 }
 
 // The flows half (issue 15): connections carry on through the failover.
