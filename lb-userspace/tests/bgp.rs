@@ -299,8 +299,8 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
             format!("addr add {CHECKED_BACKEND}/32 dev lo"),
         ])
         .expect("router lo");
-    let mut checked_server =
-        Some(NameServer::start(&router, "checked", &[8080], &[]).expect("checked server"));
+    let checked_server =
+        NameServer::start(&router, "checked", &[8080], &[]).expect("checked server");
     let rdir = Dir::new("router");
     let mut a = node("a", &router, "198.18.10.2", "198.18.10.1");
     let mut b = node("b", &router, "198.18.10.6", "198.18.10.5");
@@ -374,12 +374,12 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     // withdrawn by both nodes within one check cycle (fall 1, every 500 ms), the announcer's
     // look (every second) and BIRD's reconfiguration; announced again once it answers.
     wait_hops(&router, CHECKED_VIP, &[A, B], converge);
-    checked_server = None;
+    drop(checked_server);
     let took = wait_hops(&router, CHECKED_VIP, &[], Duration::from_secs(3));
     eprintln!("checked VIP's backend stopped: withdrawn by both nodes in {took:?}");
     assert_eq!(next_hops(&router, VIP).len(), 2, "other VIPs stay");
-    checked_server =
-        Some(NameServer::start(&router, "checked", &[8080], &[]).expect("checked server"));
+    let checked_server =
+        NameServer::start(&router, "checked", &[8080], &[]).expect("checked server");
     let took = wait_hops(&router, CHECKED_VIP, &[A, B], Duration::from_secs(5));
     eprintln!("checked VIP's backend back: announced again in {took:?}");
 
