@@ -59,6 +59,9 @@ pub const SOCK_REVERSE_ENTRIES: u32 = 262_144;
 pub const MAX_SOCK_NETNS: u32 = 4096;
 /// Interfaces the program may redirect frames to with XDP_REDIRECT.
 pub const MAX_TX_PORTS: u32 = 1024;
+/// Interfaces whose own MAC the program knows (`INTERFACE_MACS`, indexed by ifindex): frames
+/// arriving on an interface of a higher ifindex are not filtered by destination MAC.
+pub const MAX_INTERFACE_MACS: u32 = 4096;
 
 /// Default Maglev table size: a prime at least 100 times a typical backend count, so removing
 /// one backend moves few other flows.

@@ -30,8 +30,9 @@ pub mod names {
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
     pub const TUNNEL_PEER_INDEX: &str = "TUNNEL_PEER_INDEX";
     pub const REPLY_FRONTENDS: &str = "REPLY_FRONTENDS";
+    pub const INTERFACE_MACS: &str = "INTERFACE_MACS";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 24] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -55,8 +56,13 @@ pub mod names {
         TUNNEL_PEERS,
         TUNNEL_PEER_INDEX,
         REPLY_FRONTENDS,
+        INTERFACE_MACS,
     ];
 }
+
+/// An attached interface's own MAC address, in `INTERFACE_MACS` at its ifindex: bytes 0-5
+/// the address, byte 6 is 1 when set (0: not known, frames are not filtered by it).
+pub type InterfaceMac = [u8; 8];
 
 /// Program names: each is the name of the entry function in lb-ebpf.
 pub mod programs {

@@ -45,6 +45,9 @@ stat_slots! {
     PassNotFrontend = "pass_not_frontend", Outcome;
     /// Headers shorter than they claim or otherwise unparseable: passed untouched.
     PassMalformed = "pass_malformed", Outcome;
+    /// A unicast frame for another host's MAC (a bridge flooding it, a promiscuous
+    /// interface): passed untouched, for the kernel to drop; only the host it is for serves it.
+    PassOtherHost = "pass_other_host", Outcome;
     /// IP fragments: passed untouched (no port to balance on).
     PassFragment = "pass_fragment", Outcome;
     /// IPv4 packets with options: passed untouched.

@@ -7,6 +7,7 @@
 mod conntrack;
 mod forward;
 mod icmp;
+mod l2;
 mod maps;
 mod nat;
 mod parse;
@@ -43,6 +44,11 @@ use crate::{
 
 #[xdp]
 pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
+    if !l2::addressed_here(&ctx) {
+        count(StatSlot::Rx);
+        count(StatSlot::PassOtherHost);
+        return xdp_action::XDP_PASS;
+    }
     let mut pkt = Packet::default();
     if tunnel::receive(&ctx, &mut pkt) == tunnel::DROP {
         return xdp_action::XDP_DROP;

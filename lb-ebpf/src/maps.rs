@@ -9,12 +9,13 @@ use lb_common::{
     Addr,
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, ENDPOINT_FILTER_ENTRIES,
-        MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_REPLY_FRONTENDS, MAX_SERVICES,
-        MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
+        MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_INTERFACE_MACS,
+        MAX_REPLY_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS,
+        SOCK_REVERSE_ENTRIES,
     },
     maps::{
-        Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, SELECTION_TABLE_FLAGS, Service,
-        SockCounters, SockReverse, SockReverseKey, TableElement, TrafficCounters, tunnel,
+        Backend, EndpointKey, Flow, FlowKey, InterfaceMac, ReplyFrontend, SELECTION_TABLE_FLAGS,
+        Service, SockCounters, SockReverse, SockReverseKey, TableElement, TrafficCounters, tunnel,
     },
     stats::StatSlot,
 };
@@ -166,3 +167,8 @@ pub static TUNNEL_PEERS: Array<u32, { tunnel::MAX_PEERS as usize }> = Array::new
 /// these senders' tunnel packets are unwrapped.
 #[btf_map]
 pub static TUNNEL_PEER_INDEX: HashMap<u32, u32, { tunnel::MAX_PEERS as usize }> = HashMap::new();
+
+/// Each attached interface's own MAC, by ifindex (written by userspace when it attaches):
+/// a unicast frame for another MAC is not this node's to serve (`l2::addressed_here`).
+#[btf_map]
+pub static INTERFACE_MACS: Array<InterfaceMac, { MAX_INTERFACE_MACS as usize }> = Array::new();

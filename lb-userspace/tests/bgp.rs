@@ -458,11 +458,11 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 const MAX_PROBES: usize = 120;
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-/// A veth from the router's bridge into `ns`, named `eth0` there. The bridge floods no
-/// unicast frame for an address it has not learned (one whose port went down): a switch
-/// would, but a real NIC drops frames for another MAC, where a veth delivers them and the
-/// XDP program (generic mode) sees them before the kernel drops them; node B would quietly
-/// serve node A's flows while the router still sends them to A.
+/// A veth from the router's bridge into `ns`, named `eth0` there. The bridge floods unicast
+/// frames for an address it has not learned (one whose port went down), as a switch does:
+/// the veth delivers them to node B's generic XDP, which must leave frames for node A's MAC
+/// to the kernel (`l2::addressed_here`), or B would quietly serve A's flows while the router
+/// still sends them to A.
 fn lan_link(router: &Netns, ns: &Netns, port: &str) {
     router
         .ip(&[
@@ -481,7 +481,6 @@ fn lan_link(router: &Netns, ns: &Netns, port: &str) {
     router
         .ip_batch(&[
             format!("link set {port} master br0"),
-            format!("link set dev {port} type bridge_slave flood off"),
             format!("link set {port} up"),
         ])
         .expect("bridge port");

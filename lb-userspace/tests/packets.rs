@@ -84,6 +84,66 @@ fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
     });
 }
 
+#[test]
+fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        // What lbd writes when it attaches: the client-side interface's own MAC.
+        lb.dp
+            .set_interface_mac(lb.client_if, Some(NODE_MAC))
+            .expect("INTERFACE_MACS");
+        let client = sock(CLIENT, 40002);
+        let syn = Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN);
+        // A bridge flooding a frame for another node (or a promiscuous interface): untouched,
+        // counted, no flow opened.
+        let elsewhere = syn
+            .clone()
+            .with_macs(CLIENT_MAC, [0x02, 0, 0, 0, 0, 0x99])
+            .build();
+        let before = lb.stats();
+        let out = lb.run(&elsewhere);
+        assert_eq!((out.action, out.meta.len()), (XDP_PASS, 0));
+        assert_eq!(out.packet, elsewhere);
+        let after = lb.stats();
+        for (slot, n) in [
+            (StatSlot::PassOtherHost, 1),
+            (StatSlot::NewFlow, 0),
+            (StatSlot::NatForward, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+        // Its own MAC, and broadcast: served.
+        for dst in [NODE_MAC, [0xff; 6]] {
+            let frame = syn.clone().with_macs(CLIENT_MAC, dst).build();
+            let before = lb.stats();
+            let out = lb.run(&frame);
+            assert_eq!(
+                out.meta_words(),
+                Some((XDP_META_MAGIC, lb.backend_if)),
+                "{dst:02x?}"
+            );
+            assert_eq!(
+                delta(&before, &lb.stats(), StatSlot::NatForward),
+                1,
+                "{dst:02x?}"
+            );
+        }
+        // An interface whose MAC was never written is not filtered.
+        lb.dp
+            .set_interface_mac(lb.client_if, None)
+            .expect("INTERFACE_MACS");
+        let frame = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN)
+            .with_macs(CLIENT_MAC, [0x02, 0, 0, 0, 0, 0x99])
+            .build();
+        let before = lb.stats();
+        lb.run(&frame);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::PassOtherHost), 0);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+    });
+}
+
 /// One packet in, its fate out: the Katran-style table of the cases that need no flow
 /// opened first. Each runs on the program as loaded with `FIXTURE_SERVICES`, in order.
 struct Fixture {

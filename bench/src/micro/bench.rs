@@ -287,48 +287,60 @@ impl Bench {
             }
             Check::Encap => {
                 ensure!(meta.is_empty(), "unexpected metadata");
-                let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
-                let expected_inner = Ipv4Frame::tcp(
-                    match input_src {
-                        SocketAddr::V4(a) => a,
-                        SocketAddr::V6(_) => bail!("an IPv4 frame"),
-                    },
-                    SocketAddrV4::new(TASK_REMOTE, BACKEND_PORT),
-                    TCP_ACK,
-                )
-                .build();
-                let want = tunnel_wrap(
-                    &expected_inner,
-                    (self.backend_if_mac, backend_mac(MESH_PEER)),
-                    NODE_BACKEND_SIDE,
-                    backend_ip(MESH_PEER),
-                    tunnel_entropy(CLIENT_PORT, VIP_PORT),
-                );
-                ensure!(
-                    packet == want.as_slice(),
-                    "not the tunnel packet to the peer: {packet:02x?}, expected {want:02x?}"
-                );
-                parse_ipv4(packet).map_err(|e| anyhow!("outer header: {e}"))?;
-                parse_ipv4(&[&packet[..14], &packet[42..]].concat())
-                    .map_err(|e| anyhow!("inner packet: {e}"))?;
+                self.check_encap(frame, packet)?;
             }
             Check::Decap => {
                 ensure!(meta.is_empty(), "unexpected metadata");
-                let client = SocketAddrV4::new(CLIENT, CLIENT_PORT);
-                let want = Ipv4Frame::tcp(
-                    client,
-                    SocketAddrV4::new(backend_ip(0), BACKEND_PORT),
-                    TCP_ACK,
-                )
-                .with_macs(self.backend_if_mac, backend_mac(0))
-                .build();
-                ensure!(
-                    packet == want.as_slice(),
-                    "not the unwrapped packet to the local task: {packet:02x?}, expected {want:02x?}"
-                );
-                parse_ipv4(packet).map_err(|e| anyhow!("packet out: {e}"))?;
+                self.check_decap(packet)?;
             }
         }
+        Ok(())
+    }
+
+    /// The ACK to the VIP, DNATed to the task on the peer and wrapped for the tunnel to it.
+    fn check_encap(&self, frame: &[u8], packet: &[u8]) -> Result<()> {
+        let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
+        let expected_inner = Ipv4Frame::tcp(
+            match input_src {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => bail!("an IPv4 frame"),
+            },
+            SocketAddrV4::new(TASK_REMOTE, BACKEND_PORT),
+            TCP_ACK,
+        )
+        .build();
+        let want = tunnel_wrap(
+            &expected_inner,
+            (self.backend_if_mac, backend_mac(MESH_PEER)),
+            NODE_BACKEND_SIDE,
+            backend_ip(MESH_PEER),
+            tunnel_entropy(CLIENT_PORT, VIP_PORT),
+        );
+        ensure!(
+            packet == want.as_slice(),
+            "not the tunnel packet to the peer: {packet:02x?}, expected {want:02x?}"
+        );
+        parse_ipv4(packet).map_err(|e| anyhow!("outer header: {e}"))?;
+        parse_ipv4(&[&packet[..14], &packet[42..]].concat())
+            .map_err(|e| anyhow!("inner packet: {e}"))?;
+        Ok(())
+    }
+
+    /// The peer's tunneled ACK, unwrapped and DNATed to the local task (backend 0).
+    fn check_decap(&self, packet: &[u8]) -> Result<()> {
+        let client = SocketAddrV4::new(CLIENT, CLIENT_PORT);
+        let want = Ipv4Frame::tcp(
+            client,
+            SocketAddrV4::new(backend_ip(0), BACKEND_PORT),
+            TCP_ACK,
+        )
+        .with_macs(self.backend_if_mac, backend_mac(0))
+        .build();
+        ensure!(
+            packet == want.as_slice(),
+            "not the unwrapped packet to the local task: {packet:02x?}, expected {want:02x?}"
+        );
+        parse_ipv4(packet).map_err(|e| anyhow!("packet out: {e}"))?;
         Ok(())
     }
 

@@ -71,6 +71,8 @@ impl Daemon {
                 },
             }
         }
+        // An operator may give an interface another MAC without making it again.
+        self.dp.refresh_interface_macs();
         events
     }
 

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{
-    Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, xdp::DevMapHash,
-};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
 use lb_common::{
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, SLOTS_PER_ELEMENT, Service,
@@ -22,7 +20,7 @@ const TABLES_PER_SWAP: usize = 64;
 /// Table-writing threads per CPU: while some wait for a grace period, the others build.
 const TABLE_THREADS_PER_CPU: usize = 4;
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |error| DataplaneError::Map { name, error }
 }
 
@@ -272,47 +270,6 @@ impl Dataplane {
             index
                 .insert(raw(*addr), u32::from(*i), 0)
                 .map_err(map_err(names::TUNNEL_PEER_INDEX))?;
-        }
-        Ok(())
-    }
-
-    /// Lets the XDP program redirect frames to `ifindex` itself. Only for devices that accept
-    /// XDP frames (a NIC with a native XDP driver, a veth whose peer runs an XDP program):
-    /// elsewhere the frames would be dropped silently.
-    pub fn allow_xdp_redirect(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
-            self.ebpf_mut()
-                .map_mut(names::TX_PORTS)
-                .expect("checked at load"),
-        )
-        .map_err(map_err(names::TX_PORTS))?;
-        ports
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|e| DataplaneError::MapValue {
-                name: names::TX_PORTS,
-                message: e.to_string(),
-            })
-    }
-
-    /// Makes `ifindexes` exactly the devices the XDP program redirects to: an adopted map may
-    /// name devices the operator no longer lists (frames to them would be dropped silently).
-    pub fn set_xdp_redirect(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
-        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
-            self.ebpf_mut()
-                .map_mut(names::TX_PORTS)
-                .expect("checked at load"),
-        )
-        .map_err(map_err(names::TX_PORTS))?;
-        let stale: Vec<u32> = ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !ifindexes.contains(k))
-            .collect();
-        for key in stale {
-            ports.remove(key).map_err(map_err(names::TX_PORTS))?;
-        }
-        for ifindex in ifindexes {
-            self.allow_xdp_redirect(*ifindex)?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ mod batch;
 mod maps;
 pub mod netlink;
 pub mod pin;
+mod ports;
 mod replies;
 mod sockets;
 
@@ -139,6 +140,8 @@ pub struct Dataplane {
     /// Reads the kernel programs' log records (aya-log) into this process's log. Must live as
     /// long as the programs: dropping it closes the log map.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
+    interface_macs: std::collections::BTreeMap<u32, Option<[u8; 6]>>,
 }
 
 impl Dataplane {
@@ -196,6 +199,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
+            interface_macs: Default::default(),
             pin_dir: options.pin_dir,
             adopted,
             _pinned_links: Vec::new(),
@@ -388,6 +392,7 @@ impl Dataplane {
         adopted: bool,
     ) -> &Attachment {
         info!(interface, ifindex, %mode, adopted, "attached");
+        self.learn_interface_mac(interface, ifindex);
         // Attached again (the interface was made again): the new attachment replaces the old.
         self.attachments.retain(|a| a.interface != interface);
         self.attachments.push(Attachment {
@@ -397,6 +402,41 @@ impl Dataplane {
             adopted,
         });
         self.attachments.last().expect("just pushed")
+    }
+
+    /// Writes `interface`'s MAC for the XDP program (see `set_interface_mac`); a failure is
+    /// logged, not fatal: the interface is then served unfiltered, as before.
+    fn learn_interface_mac(&mut self, interface: &str, ifindex: u32) {
+        let written = netlink::link_mac(ifindex)
+            .map_err(|e| e.to_string())
+            .and_then(|mac| {
+                if self.interface_macs.get(&ifindex) == Some(&mac) {
+                    return Ok(());
+                }
+                self.set_interface_mac(ifindex, mac)
+                    .map_err(|e| e.to_string())?;
+                self.interface_macs.insert(ifindex, mac);
+                Ok(())
+            });
+        if let Err(e) = written {
+            warn!(
+                interface,
+                "could not tell the XDP program this interface's MAC ({e}): frames on it for other hosts' MACs are served too"
+            );
+        }
+    }
+
+    /// Writes the MACs of the attached interfaces again (an operator may change one): called
+    /// on netlink link events and once a second.
+    pub fn refresh_interface_macs(&mut self) {
+        let attached: Vec<(String, u32)> = self
+            .attachments
+            .iter()
+            .map(|a| (a.interface.clone(), a.ifindex))
+            .collect();
+        for (interface, ifindex) in attached {
+            self.learn_interface_mac(&interface, ifindex);
+        }
     }
 
     /// Detaches pinned links of interfaces not in `keep`: a previous `lbd` served them, this

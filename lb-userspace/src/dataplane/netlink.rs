@@ -1,6 +1,7 @@
 //! What rtnetlink says of this namespace's interfaces, read with the netlink crates
 //! (`netlink-packet-route` messages on a `netlink-sys` socket):
-//! - of one interface: the mode its XDP program runs in (an adopted link was attached by an
+//! - of one interface: its MAC address (frames for other MACs are not served), the mode its
+//!   XDP program runs in (an adopted link was attached by an
 //!   earlier `lbd`, perhaps with another `--xdp-mode`: its mode is read, not assumed), and its
 //!   kind ("veth", "bridge", none for a NIC), which `--xdp-mode auto` goes by;
 //! - as they happen: links and addresses coming and going ([`LinkWatch`]), so `lbd`
@@ -41,6 +42,18 @@ fn xdp_program_of(link: &LinkMessage) -> Option<u32> {
 /// device without one (a NIC).
 pub fn link_kind(ifindex: u32) -> io::Result<Option<String>> {
     Ok(link(ifindex)?.as_ref().and_then(kind_of))
+}
+
+/// The interface's own MAC address; `None` for one without a 6-byte address (a tunnel).
+pub fn link_mac(ifindex: u32) -> io::Result<Option<[u8; 6]>> {
+    Ok(link(ifindex)?.as_ref().and_then(mac_of))
+}
+
+fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => bytes.as_slice().try_into().ok(),
+        _ => None,
+    })
 }
 
 fn xdp_mode_of(link: &LinkMessage) -> Option<XdpMode> {

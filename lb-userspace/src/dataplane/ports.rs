@@ -1,0 +1,81 @@
+//! What the XDP program knows of the interfaces: those it may redirect frames to itself
+//! (`TX_PORTS`), and each attached interface's own MAC (`INTERFACE_MACS`).
+
+use aya::maps::{Array, MapData, xdp::DevMapHash};
+use lb_common::maps::names;
+
+use super::{Dataplane, DataplaneError, maps::map_err};
+
+impl Dataplane {
+    /// Lets the XDP program redirect frames to `ifindex` itself. Only for devices that accept
+    /// XDP frames (a NIC with a native XDP driver, a veth whose peer runs an XDP program):
+    /// elsewhere the frames would be dropped silently.
+    pub fn allow_xdp_redirect(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
+            self.ebpf_mut()
+                .map_mut(names::TX_PORTS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::TX_PORTS))?;
+        ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::MapValue {
+                name: names::TX_PORTS,
+                message: e.to_string(),
+            })
+    }
+
+    /// Tells the XDP program `ifindex`'s own MAC (`None`: forget it), so that it leaves unicast
+    /// frames for other hosts to the kernel. An ifindex beyond the map's size is not filtered
+    /// (said once in the log).
+    pub fn set_interface_mac(
+        &mut self,
+        ifindex: u32,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), DataplaneError> {
+        if ifindex >= lb_common::limits::MAX_INTERFACE_MACS {
+            tracing::warn!(
+                ifindex,
+                "the interface's index is beyond INTERFACE_MACS ({}): frames arriving on it for other hosts' MACs are served too",
+                lb_common::limits::MAX_INTERFACE_MACS
+            );
+            return Ok(());
+        }
+        let mut macs: Array<&mut MapData, lb_common::maps::InterfaceMac> = Array::try_from(
+            self.ebpf_mut()
+                .map_mut(names::INTERFACE_MACS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::INTERFACE_MACS))?;
+        let mut value = [0u8; 8];
+        if let Some(mac) = mac {
+            value[..6].copy_from_slice(&mac);
+            value[6] = 1;
+        }
+        macs.set(ifindex, value, 0)
+            .map_err(map_err(names::INTERFACE_MACS))
+    }
+
+    /// Makes `ifindexes` exactly the devices the XDP program redirects to: an adopted map may
+    /// name devices the operator no longer lists (frames to them would be dropped silently).
+    pub fn set_xdp_redirect(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
+        let mut ports: DevMapHash<&mut MapData> = DevMapHash::try_from(
+            self.ebpf_mut()
+                .map_mut(names::TX_PORTS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::TX_PORTS))?;
+        let stale: Vec<u32> = ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for key in stale {
+            ports.remove(key).map_err(map_err(names::TX_PORTS))?;
+        }
+        for ifindex in ifindexes {
+            self.allow_xdp_redirect(*ifindex)?;
+        }
+        Ok(())
+    }
+}
