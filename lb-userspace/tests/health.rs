@@ -387,6 +387,47 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
         "{h:?}"
     );
     assert_eq!(health(&lb, "web")["198.18.2.10"].state, Health::Up);
+
+    // A service added through the API is checked like a file's; a bad check is refused with
+    // its field.
+    let add = |interval: &str| {
+        lb.lbctl(&[
+            "add-service",
+            "checked",
+            "--vip",
+            "198.18.100.9",
+            "--port",
+            "80:8080",
+            "--backend",
+            "198.18.2.10",
+            "--health",
+            "http",
+            "--health-path",
+            "/healthz",
+            "--health-port",
+            "9000",
+            "--health-interval",
+            interval,
+        ])
+        .expect("lbctl add-service")
+    };
+    let (ok, _, err) = add("5ms");
+    assert!(!ok && err.contains("health.interval"), "{err}");
+    let (ok, _, err) = add("300ms");
+    assert!(ok, "{err}");
+    wait_health(
+        &lb,
+        "checked",
+        "198.18.2.10",
+        Health::Up,
+        Duration::from_secs(3),
+    );
+    let h = &health(&lb, "checked")["198.18.2.10"];
+    assert!(
+        h.check
+            .starts_with("http GET /healthz expecting 200 198.18.2.10:9000"),
+        "{h:?}"
+    );
 }
 
 fn no_backend_drops(lb: &Lbd) -> u64 {

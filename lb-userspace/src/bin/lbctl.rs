@@ -127,6 +127,28 @@ struct AddService {
     /// What keeps flows on one backend [default: none].
     #[arg(long, value_enum)]
     affinity: Option<Affinity>,
+    /// Check every backend from the node (see the README's "Health checks"); the other
+    /// `--health-*` options need it.
+    #[arg(long, value_enum)]
+    health: Option<HealthKind>,
+    /// The HTTP check's request path [default: /].
+    #[arg(long, requires = "health")]
+    health_path: Option<String>,
+    /// The port checked [default: the backend's own].
+    #[arg(long, requires = "health")]
+    health_port: Option<u16>,
+    /// Time between two checks of a backend, e.g. 500ms, 2s [default: 2s].
+    #[arg(long, requires = "health")]
+    health_interval: Option<String>,
+}
+
+/// What `--health` checks.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HealthKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET --health-path` answers 200.
+    Http,
 }
 
 fn main() -> std::process::ExitCode {
@@ -443,8 +465,32 @@ async fn add_service(api: &Endpoint, json: bool, args: &AddService) -> anyhow::R
         scheduler,
         forwarding,
         affinity,
+        health,
+        health_path,
+        health_port,
+        health_interval,
     } = args;
     let mut service = serde_json::json!({ "ports": ports, "backends": backends });
+    if let Some(kind) = health {
+        // The service file's own `health:` section: lbd checks it like a file's.
+        let mut check = match kind {
+            HealthKind::Tcp => serde_json::json!({ "tcp": {} }),
+            HealthKind::Http => serde_json::json!({ "http": {} }),
+        };
+        if let Some(path) = health_path {
+            match kind {
+                HealthKind::Http => check["http"]["path"] = path.clone().into(),
+                HealthKind::Tcp => bail!("--health-path is for --health http"),
+            }
+        }
+        if let Some(port) = health_port {
+            check["port"] = (*port).into();
+        }
+        if let Some(interval) = health_interval {
+            check["interval"] = interval.clone().into();
+        }
+        service["health"] = check;
+    }
     for (key, value) in [
         ("vip", vip.clone()),
         ("scheduler", scheduler.map(|s| s.as_str().to_owned())),
