@@ -214,6 +214,13 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
     );
     let (_, text, _) = lb.lbctl(&["list"]).expect("lbctl list");
     assert!(text.contains("HEALTH") && text.contains("down "), "{text}");
+    let (_, text, _) = lb
+        .lbctl(&["explain", "tcp", "198.18.1.2:40000", "198.18.100.1:80"])
+        .expect("lbctl explain");
+    assert!(
+        text.contains("left out as down by their health checks: 198.18.2.11:8080 (down"),
+        "{text}"
+    );
 
     // 2. Its server back: up after rise × interval (plus a check's delay), and new flows
     // reach it again.

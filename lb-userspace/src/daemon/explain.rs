@@ -59,6 +59,19 @@ impl Daemon {
                 );
             }
         }
+        let name = service.and_then(|svc| {
+            self.running
+                .services
+                .iter()
+                .find(|p| p.id == svc.id)
+                .map(|p| p.name.as_str())
+        });
+        if let Some(down) = name.and_then(|name| self.down_backends_of(name)) {
+            let _ = write!(
+                selection_text,
+                "; left out as down by their health checks: {down}"
+            );
+        }
         let tracked = tracked.map(|flow| {
             let backend = SocketAddr::new(
                 std::net::IpAddr::from(flow.nat_addr),
@@ -85,5 +98,24 @@ impl Daemon {
             round_robin,
             replies,
         })
+    }
+
+    /// The backends of service `name` its health checks say are down (and so are not in its
+    /// table), e.g. `198.18.2.11:8080 (down 12 s: connecting: Connection refused)`.
+    fn down_backends_of(&self, name: &str) -> Option<String> {
+        let spec = self.merged.file.services.get(name)?;
+        let (check, first) = spec.health.as_ref().zip(spec.ports.first())?;
+        let down: Vec<String> = spec
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let h = self.backend_health(spec, b)?;
+                (h.state == crate::source::health::Health::Down).then(|| {
+                    let why = h.last_error.unwrap_or_default();
+                    format!("{} (down {} s: {why})", check.target(b, first), h.since_s)
+                })
+            })
+            .collect();
+        (!down.is_empty()).then(|| down.join(", "))
     }
 }
