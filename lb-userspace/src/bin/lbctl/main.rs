@@ -1,5 +1,7 @@
 //! lbctl: meshlb's operator CLI, a client of lbd's admin API.
 
+mod text;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -8,19 +10,17 @@ use hyper::Method;
 use lb_common::stats::StatSlot;
 use lb_userspace::{
     api::{
-        BackendHealth, BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList,
-        Status,
+        BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status,
         client::{self, Endpoint},
         report::Report,
     },
     dataplane, plan,
     source::api_state::Source,
-    source::file::{
-        Affinity, BackendSpec, Forwarding, PortMapping, Protocol, Scheduler, ServiceFile,
-    },
-    source::health::Health,
+    source::file::{Affinity, Forwarding, Protocol, Scheduler, ServiceFile},
     source::settings,
 };
+
+use self::text::{encode, health_cell, print_swarm_details, reached_as, table};
 
 #[derive(Parser)]
 #[command(
@@ -342,29 +342,6 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `up 2m10s`, `down 12s (connecting: Connection refused)`, `unknown`.
-fn health_cell(h: &BackendHealth) -> String {
-    let state = h.state.as_str();
-    if h.state == Health::Unknown {
-        return state.into();
-    }
-    let since = format_age(h.since_s);
-    match (&h.last_error, h.state) {
-        (Some(error), Health::Down) => format!("{state} {since} ({error})"),
-        _ => format!("{state} {since}"),
-    }
-}
-
-/// `45s`, `2m10s`, `3h4m`, `2d5h`.
-fn format_age(s: u64) -> String {
-    match s {
-        0..60 => format!("{s}s"),
-        60..3_600 => format!("{}m{}s", s / 60, s % 60),
-        3_600..86_400 => format!("{}h{}m", s / 3_600, s % 3_600 / 60),
-        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3_600),
-    }
 }
 
 async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
@@ -722,120 +699,4 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
         _ => println!("{what} (generation {})", result.generation),
     }
     Ok(())
-}
-
-/// A backend as clients reach it, the name `lbctl stats` uses too: `ADDR:PORT`. A backend
-/// listed without a port is reached at its service's mappings' backend ports
-/// (`198.18.2.10:8080`, or `198.18.2.10:8080,5353` for several); `drain`, `remove-backend`
-/// and `add-backend` take either form.
-fn reached_as(listed: &str, mappings: &[String]) -> String {
-    let Ok(spec) = listed.parse::<BackendSpec>() else {
-        return listed.to_owned();
-    };
-    if spec.port.is_some() {
-        return listed.to_owned();
-    }
-    let mut ports: Vec<u16> = mappings
-        .iter()
-        .filter_map(|m| m.parse::<PortMapping>().ok())
-        .map(|m| m.backend)
-        // A VIP that takes every port (a swarm VIP): the port is the client's.
-        .filter(|port| *port != 0)
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    match (spec.address, ports.is_empty()) {
-        (_, true) => listed.to_owned(),
-        (std::net::IpAddr::V6(a), false) => format!("[{a}]:{}", ports.join(",")),
-        (std::net::IpAddr::V4(a), false) => format!("{a}:{}", ports.join(",")),
-    }
-}
-
-/// Percent-encodes a path or query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Prints aligned columns.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-/// What `lbctl list` says about swarm services beyond the table: VIPs, tasks this node cannot
-/// reach yet, services left out.
-fn print_swarm_details(list: &ServiceList) {
-    for (name, d) in &list.swarm {
-        let vips: Vec<String> = d
-            .vips
-            .iter()
-            .map(|(net, ip)| format!("{ip} on {net}"))
-            .collect();
-        println!(
-            "swarm {name}: {} local task(s); VIPs: {}",
-            d.local_tasks.len(),
-            if vips.is_empty() {
-                "-".to_owned()
-            } else {
-                vips.join(", ")
-            }
-        );
-        for (task, node) in &d.remote_tasks {
-            println!("  {task} on node {node}, through the mesh tunnel");
-        }
-        for (task, node) in &d.unused_tasks {
-            let node = node.map_or("an unknown node".to_owned(), |n| format!("node {n}"));
-            println!("  not used from this node: {task} on {node}");
-        }
-        for problem in &d.problems {
-            println!("  {problem}");
-        }
-    }
-    for (name, reason) in &list.swarm_refused {
-        println!("swarm {name}: NOT SERVED: {reason}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::reached_as;
-
-    #[test]
-    fn backends_are_named_as_clients_reach_them() {
-        let one = ["80:8080/tcp".to_owned()];
-        let two = ["80:8080/tcp".to_owned(), "53:5353/udp".to_owned()];
-        assert_eq!(reached_as("198.18.2.10", &one), "198.18.2.10:8080");
-        assert_eq!(reached_as("198.18.2.10", &two), "198.18.2.10:5353,8080");
-        assert_eq!(reached_as("198.18.2.10:9000", &one), "198.18.2.10:9000");
-        assert_eq!(reached_as("fd00:2::a", &one), "[fd00:2::a]:8080");
-        assert_eq!(
-            reached_as("198.19.10.5", &["0/tcp".to_owned()]),
-            "198.19.10.5"
-        );
-    }
 }
