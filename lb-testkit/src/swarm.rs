@@ -14,7 +14,8 @@
 //! Overlay networks come from 198.19.0.0/16, so every address stays in 198.18.0.0/15. The
 //! image `local/bb:1` (busybox, `docker import`ed: no registry is reachable) runs httpd on
 //! 8080, whose `/cgi-bin/who` answers "<container hostname> <client address as seen>", and on
-//! 8081 (TCP and UDP) a name server answering like the kit's `NameServer`.
+//! 8081 (TCP and UDP) a name server answering like the kit's `NameServer`, and on 8082 (TCP)
+//! an echo server.
 //! `dockerd` runs with only the network namespace entered (`setns`), not `ip netns exec`,
 //! which would give it a `/sys` without cgroups. Each lab has its own names, directories and
 //! sockets; dropping it removes all of them, also after a failed test.
@@ -31,10 +32,12 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
 
+mod bulk;
 mod checks;
 mod image;
 mod tasks;
 
+pub use bulk::{Transfer, echo_transfer};
 pub use checks::{programmed_backends, request, start_lbd, start_lbd_with, wait_until};
 pub use tasks::{Publish, PublishMode, Task};
 
@@ -45,10 +48,15 @@ pub const HTTP_PORT: u16 = 8080;
 /// The port (TCP and UDP) of the image's name server, which answers each request line or
 /// datagram like [`crate::NameServer`]: `"{hostname} {peer_ip} {peer_port}\n"`.
 pub const WHO_PORT: u16 = 8081;
+/// The TCP port of the image's echo server, which sends every byte back until the client
+/// shuts its side down (for bulk transfers).
+pub const ECHO_PORT: u16 = 8082;
 /// Name prefix of the lab's directories under /run and /var/lib (with the creating pid).
 pub const DIR_PREFIX: &str = "mlbsw-";
 /// The client namespace's address on the underlay.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 100);
+/// The client's port on the underlay bridge is `p{CLIENT_PORT}` (the nodes' are `p1`, `p2`).
+const CLIENT_PORT: u8 = 100;
 /// How long a dockerd may take to answer after start.
 const DOCKERD_TIMEOUT: Duration = Duration::from_secs(40);
 /// The docker CLI: Debian's docker.io puts it in /usr/bin; a static download in /usr/local/bin.
@@ -74,7 +82,7 @@ pub struct SwarmLab {
     pub nodes: Vec<SwarmNode>,
     pub client: Netns,
     // Dropped last: the nodes' veths live in it.
-    _underlay: Netns,
+    underlay: Netns,
 }
 
 impl SwarmNode {
@@ -260,11 +268,16 @@ impl SwarmLab {
                 dockerd: None,
             });
         }
-        plug(&client, &underlay, 100, &format!("{CLIENT_ADDR}/24"))?;
+        plug(
+            &client,
+            &underlay,
+            CLIENT_PORT,
+            &format!("{CLIENT_ADDR}/24"),
+        )?;
         let mut lab = SwarmLab {
             nodes,
             client,
-            _underlay: underlay,
+            underlay,
         };
         for node in &mut lab.nodes {
             node.start_dockerd()?;
@@ -402,6 +415,22 @@ impl SwarmLab {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// Sets the MTU of the whole underlay: its bridge and ports, every node's and the client's
+    /// `eth0` (one L2 segment: all alike, as on a real network).
+    pub fn set_underlay_mtu(&self, mtu: u16) -> Result<()> {
+        let mtu = mtu.to_string();
+        let ports = std::iter::once("br0".to_owned())
+            .chain(self.nodes.iter().map(|n| format!("p{}", n.index)))
+            .chain(std::iter::once(format!("p{}", CLIENT_PORT)));
+        for port in ports {
+            self.underlay.ip(&["link", "set", &port, "mtu", &mtu])?;
+        }
+        for ns in self.nodes.iter().map(|n| &n.ns).chain([&self.client]) {
+            ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+        }
+        Ok(())
     }
 
     /// Removes every service (between test steps).

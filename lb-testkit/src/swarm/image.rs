@@ -10,16 +10,16 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{HTTP_PORT, WHO_PORT};
+use super::{ECHO_PORT, HTTP_PORT, WHO_PORT};
 
 /// The name server's source, compiled when a lab starts.
 const WHO_SERVER_SOURCE: &str = include_str!("who_server.rs");
 
-/// `docker import -c` change: what a task runs (the name server in the background, httpd as
-/// the container's main process).
+/// `docker import -c` change: what a task runs (the name server and echo server in the
+/// background, httpd as the container's main process).
 pub(super) fn command_change() -> String {
     format!(
-        r#"CMD ["/bin/sh","-c","/bin/who-server {WHO_PORT} & exec /bin/httpd -f -p {HTTP_PORT} -h /www"]"#
+        r#"CMD ["/bin/sh","-c","/bin/who-server {WHO_PORT} {ECHO_PORT} & exec /bin/httpd -f -p {HTTP_PORT} -h /www"]"#
     )
 }
 

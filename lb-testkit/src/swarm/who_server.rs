@@ -2,13 +2,14 @@
 //! starts; not part of the crate): on TCP and UDP port `argv[1]` it answers every request line
 //! (TCP, the connection stays open for more) or datagram (UDP) with
 //! `"{hostname} {peer_ip} {peer_port}\n"`, the protocol of `lb_testkit::NameServer`, so the
-//! test kit's clients work with tasks too.
+//! test kit's clients work with tasks too. On TCP port `argv[2]`, if given, it echoes every byte
+//! back until the client shuts its side down, then shuts down its own (for bulk transfers).
 //!
 //! `who-server ask tcp|udp ADDR:PORT COUNT` is the client a container runs (busybox's nc has
 //! no UDP): COUNT requests, each from a new socket (a new source port), one answer line each,
 //! or `error: ...` for a request that failed within 2 s.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ fn main() {
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
-        .expect("usage: who-server PORT");
+        .expect("usage: who-server PORT [ECHO_PORT]");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     let host: &'static str = Box::leak(host.trim().to_owned().into_boxed_str());
     let udp = UdpSocket::bind(("0.0.0.0", port)).expect("udp bind");
@@ -36,6 +37,14 @@ fn main() {
             }
         }
     });
+    if let Some(echo_port) = args.get(2).and_then(|p| p.parse::<u16>().ok()) {
+        let echo = TcpListener::bind(("0.0.0.0", echo_port)).expect("echo bind");
+        std::thread::spawn(move || {
+            for stream in echo.incoming().flatten() {
+                std::thread::spawn(move || echo_until_shutdown(stream));
+            }
+        });
+    }
     let tcp = TcpListener::bind(("0.0.0.0", port)).expect("tcp bind");
     for stream in tcp.incoming().flatten() {
         std::thread::spawn(move || serve(stream, host));
@@ -53,6 +62,23 @@ fn serve(stream: TcpStream, host: &str) {
             return;
         }
     }
+}
+
+fn echo_until_shutdown(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(IDLE));
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 fn ask(args: &[String]) {
