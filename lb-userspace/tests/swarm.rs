@@ -2,7 +2,11 @@
 //! in the node's namespace, following that node's Engine. Published ports answer on both
 //! node addresses from the node's own tasks, which see the client's address; service VIPs
 //! answer containers on their network and no others; the swarm's changes are followed; an
-//! Engine that stops answering leaves forwarding as it was.
+//! Engine that stops answering leaves forwarding as it was; long-lived connections through the
+//! mesh keep their task (`held`).
+
+#[path = "swarm/held.rs"]
+mod held;
 
 use std::{
     collections::BTreeSet,
@@ -12,8 +16,8 @@ use std::{
 };
 
 use lb_testkit::{
-    Lbd, e2e_enabled,
-    swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, WHO_PORT, Who, http_who, parse_who},
+    Lbd, Proto, e2e_enabled,
+    swarm::{CLIENT_ADDR, Publish, SwarmLab, SwarmNode, WHO_PORT, Who, http_who, parse_who},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -150,8 +154,18 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         return;
     }
     let mut lab = SwarmLab::start().expect("swarm lab");
-    lab.create_service("web", 4, &["--publish", "published=80,target=8080"])
-        .expect("web");
+    // A second's grace to stop (httpd ignores SIGTERM): scale-downs and updates go faster.
+    lab.create_service(
+        "web",
+        4,
+        &[
+            "--publish",
+            "published=80,target=8080",
+            "--stop-grace-period",
+            "1s",
+        ],
+    )
+    .expect("web");
     lab.manager()
         .docker(&[
             "network",
@@ -170,8 +184,17 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         &["--network", "appnet", "--placement-pref", "spread=node.id"],
     )
     .expect("api");
+    lab.create_published(
+        held::SERVICE,
+        4,
+        &[Publish::ingress(held::PORT, WHO_PORT, Proto::Tcp)],
+        &["--stop-grace-period", "1s"],
+    )
+    .expect("held");
     lab.wait_running("web", 4, TASKS).expect("web tasks");
     lab.wait_running("api", 4, TASKS).expect("api tasks");
+    lab.wait_running(held::SERVICE, 4, TASKS)
+        .expect("held tasks");
 
     let lbs: Vec<Lbd> = lab.nodes.iter().map(start_lbd).collect();
 
@@ -242,21 +265,13 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
             &lab.nodes[0].addr.to_string(),
         ])
         .expect("route to the ingress network");
-    let ingress = lab.nodes[0]
-        .docker(&[
-            "network",
-            "inspect",
-            "ingress",
-            "--format",
-            "{{range $id, $c := .Containers}}{{if ne $id \"ingress-sbox\"}}{{$c.IPv4Address}} {{end}}{{end}}",
-        ])
-        .expect("ingress addresses");
-    let task_ingress = ingress
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.split('/').next())
-        .expect("a local task's ingress address")
-        .to_owned();
+    // A web task's: its delivery frontend is on the port it serves (8080).
+    let task_ingress = lab.nodes[0]
+        .tasks("web")
+        .expect("node 1's web tasks")
+        .iter()
+        .find_map(|t| t.ingress_addr())
+        .expect("a local web task's ingress address");
     let direct: SocketAddr = format!("{task_ingress}:8080").parse().unwrap();
     assert!(
         http_who(&lab.client, direct, Duration::from_secs(1)).is_err(),
@@ -544,6 +559,8 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         lbs[1].output().contains("forwarding stays as it was"),
         "log line"
     );
+
+    held::survive_scaling_and_a_rollout(&lab, &lbs, "web");
 
     // Removal: the published port stops being served.
     lab.manager().docker(&["service", "rm", "web"]).expect("rm");

@@ -1,0 +1,259 @@
+//! Long-lived connections through the mesh (issue 13): 200 TCP connections to the image's
+//! name server, half entering by each node, to a service with tasks on both nodes, held
+//! while that service is scaled up and down and another service is rolled; after each step
+//! every connection still answers, from the task it had, which still sees the client's own
+//! address and port. A connection whose task the scale-down removed must end (the new task
+//! refuses the mid-flow packet), never be answered by another task.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use lb_testkit::{Lbd, TcpSession, swarm::SwarmLab};
+
+use super::{TASKS, backends, local_tasks, within};
+
+/// The service the connections are held to, published on `PORT` (the name server).
+pub const SERVICE: &str = "held";
+pub const PORT: u16 = 81;
+/// Connections per node address.
+const PER_NODE: usize = 100;
+/// Each round of requests (all connections at once) must finish within this.
+const ROUND: Duration = Duration::from_secs(5);
+/// lbd must program a change within this of the containers changing.
+const PROGRAMMED: Duration = Duration::from_secs(6);
+
+/// One held connection and the task it reached first.
+struct Held {
+    session: TcpSession,
+    task: String,
+}
+
+/// What one round of requests over the held connections found.
+struct Round {
+    /// Connections answered by their own task.
+    kept: usize,
+    /// Connections that failed (index, error); checked by the caller.
+    failed: Vec<(usize, String)>,
+}
+
+/// Opens the connections, then: `held` 4 -> 6 tasks, 6 -> 4, a rolling update of `rolled`
+/// (one task at a time), with a round of requests over every connection after each step.
+pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) {
+    let tasks: BTreeSet<String> = all_tasks(lab);
+    assert_eq!(tasks.len(), 4, "{SERVICE}: four tasks to start with");
+    let started = Instant::now();
+    let mut held = open(lab, &tasks);
+    println!(
+        "held: {} connections open in {:?}",
+        held.len(),
+        started.elapsed()
+    );
+    let round = ask_all(&mut held);
+    assert!(
+        round.failed.is_empty(),
+        "fresh connections: {:?}",
+        round.failed
+    );
+
+    let step = Instant::now();
+    lab.scale(SERVICE, 6).expect("scale up");
+    let scaled_up = within(TASKS, "held scaled up to 6 containers", || {
+        all_tasks(lab).len() == 6
+    });
+    for lb in lbs {
+        within(PROGRAMMED, "lbd programs the 6 tasks", || {
+            backends(lb, SERVICE) == Some(6)
+        });
+    }
+    let round = ask_all(&mut held);
+    assert!(
+        round.failed.is_empty(),
+        "after the scale-up, every connection answers from its task: {:?}",
+        round.failed
+    );
+    println!(
+        "held: scale-up to 6: tasks up in {scaled_up:?}, {} of {} connections kept, step {:?}",
+        round.kept,
+        held.len(),
+        step.elapsed()
+    );
+
+    // Docker chooses which tasks the scale-down stops; connections on them must end.
+    let step = Instant::now();
+    lab.scale(SERVICE, 4).expect("scale down");
+    let scaled_down = within(TASKS, "held scaled down to 4 containers", || {
+        all_tasks(lab).len() == 4
+    });
+    let survivors = all_tasks(lab);
+    for lb in lbs {
+        within(PROGRAMMED, "lbd programs the 4 tasks", || {
+            backends(lb, SERVICE) == Some(4)
+        });
+    }
+    let round = ask_all(&mut held);
+    let (ended, lost): (Vec<_>, Vec<_>) = round
+        .failed
+        .iter()
+        .partition(|(i, _)| !survivors.contains(&held[*i].task));
+    assert!(
+        lost.is_empty(),
+        "after the scale-down, connections to surviving tasks answer from them: {lost:?}"
+    );
+    let on_removed = held.iter().filter(|h| !survivors.contains(&h.task)).count();
+    assert_eq!(
+        ended.len(),
+        on_removed,
+        "every connection to a removed task ends (none is answered by another task)"
+    );
+    println!(
+        "held: scale-down to 4: tasks gone in {scaled_down:?}, {} connections kept, {} on the \
+         {} removed tasks ended, step {:?}",
+        round.kept,
+        ended.len(),
+        6 - survivors.len(),
+        step.elapsed()
+    );
+    let ended: BTreeSet<usize> = ended.iter().map(|(i, _)| *i).collect();
+    held = held
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !ended.contains(i))
+        .map(|(_, h)| h)
+        .collect();
+    assert!(
+        held.len() >= PER_NODE,
+        "most connections survive a scale-down by 2 of 6: {} left",
+        held.len()
+    );
+
+    let step = Instant::now();
+    let before: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, rolled))
+        .collect();
+    lab.manager()
+        .docker(&[
+            "service",
+            "update",
+            "-d",
+            "--force",
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "0s",
+            rolled,
+        ])
+        .expect("rolling update");
+    let rolled_in = within(
+        TASKS * 2,
+        "every task of the rolled service replaced",
+        || {
+            let now: BTreeSet<String> = lab
+                .nodes
+                .iter()
+                .flat_map(|n| local_tasks(n, rolled))
+                .collect();
+            now.len() == before.len() && now.is_disjoint(&before)
+        },
+    );
+    let round = ask_all(&mut held);
+    assert!(
+        round.failed.is_empty(),
+        "after rolling {rolled}, every connection answers from its task: {:?}",
+        round.failed
+    );
+    println!(
+        "held: rolling update of {rolled} ({} tasks) in {rolled_in:?}: {} of {} connections \
+         kept, step {:?}",
+        before.len(),
+        round.kept,
+        held.len(),
+        step.elapsed()
+    );
+}
+
+/// Every running task of the held service, over both nodes.
+fn all_tasks(lab: &SwarmLab) -> BTreeSet<String> {
+    lab.nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, SERVICE))
+        .collect()
+}
+
+/// `PER_NODE` connections by each node's address; each asked once, so it knows its task.
+/// Every task gets connections by each node, and sees the client's own address and port.
+fn open(lab: &SwarmLab, tasks: &BTreeSet<String>) -> Vec<Held> {
+    let mut held = Vec::new();
+    for node in &lab.nodes {
+        let target = SocketAddr::new(IpAddr::V4(node.addr), PORT);
+        let mut per_task: BTreeMap<String, usize> = BTreeMap::new();
+        for i in 0..PER_NODE {
+            let mut session = TcpSession::connect(&lab.client, target, ROUND)
+                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
+            let reply = session
+                .request()
+                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
+            assert!(
+                reply.saw(session.local_addr()),
+                "the task sees the client's own address and port: {reply:?}"
+            );
+            assert!(tasks.contains(&reply.backend), "{reply:?} not in {tasks:?}");
+            *per_task.entry(reply.backend.clone()).or_default() += 1;
+            held.push(Held {
+                session,
+                task: reply.backend,
+            });
+        }
+        assert_eq!(
+            per_task.len(),
+            tasks.len(),
+            "node {}: connections reach every task (local and remote): {per_task:?}",
+            node.index
+        );
+    }
+    held
+}
+
+/// One request over every held connection, all at once (a connection that no longer answers
+/// costs one `ROUND`, not one each).
+fn ask_all(held: &mut [Held]) -> Round {
+    let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let asks: Vec<_> = held
+            .iter_mut()
+            .map(|h| {
+                scope.spawn(move || {
+                    let session = &mut h.session;
+                    session.set_timeout(ROUND).map_err(|e| format!("{e:#}"))?;
+                    let reply = session.request().map_err(|e| format!("{e:#}"))?;
+                    if !reply.saw(session.local_addr()) {
+                        return Err(format!("the task saw another client: {reply:?}"));
+                    }
+                    Ok(reply.backend)
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .map(|a| a.join().expect("request thread"))
+            .collect()
+    });
+    let mut round = Round {
+        kept: 0,
+        failed: Vec::new(),
+    };
+    for (i, (h, result)) in held.iter().zip(results).enumerate() {
+        match result {
+            Ok(task) if task == h.task => round.kept += 1,
+            Ok(task) => panic!(
+                "connection {i} ({}) moved from task {} to task {task}",
+                h.session.local_addr(),
+                h.task
+            ),
+            Err(e) => round.failed.push((i, e)),
+        }
+    }
+    round
+}
