@@ -454,6 +454,10 @@ pub struct XdpMeta {
 }
 
 pub const XDP_META_MAGIC: u32 = 0x6d6c_6221; // "mlb!"
+/// `XdpMeta::magic` of a GSO/GRO aggregate the TC program wraps for the mesh tunnel before
+/// sending it to `ifindex` (XDP cannot wrap one so that the kernel segments it right): this
+/// plus the peer's `TUNNEL_PEERS` index, 1..=255, in the low byte.
+pub const XDP_META_TUNNEL: u32 = 0x6d6c_7400; // "mlt" + index
 
 const _: () = assert!(size_of::<Addr>() == 16);
 const _: () = assert!(size_of::<EndpointKey>() == 20);

@@ -127,6 +127,15 @@ stat_slots! {
     /// or this node lost it) was rewritten back to the frontend from `REPLY_FRONTENDS`: its
     /// backend has one frontend only (a VIP under `nat`). Sent like a tracked reply.
     NatReplyStateless = "nat_reply_stateless", Event;
+    /// A GSO/GRO aggregate (many TCP segments the kernel hands generic XDP as one packet,
+    /// longer than its ingress MTU) too big for its egress MTU as a whole: sent through TC
+    /// (`tx_via_tc`), where the egress device cuts it into segments, instead of being
+    /// answered `icmp_too_big`. Also a TCP packet too big for the mesh tunnel, handed to TC
+    /// to be wrapped (counted `tunnel_sent` there, or `tc_tunnel_failed`).
+    Aggregate = "aggregate", Event;
+    /// TC program: a TCP packet too big for the mesh tunnel was no aggregate (one segment:
+    /// its SYN's MSS was not clamped), or could not be wrapped; dropped.
+    TcTunnelFailed = "tc_tunnel_failed", Tc;
 }
 
 #[cfg(test)]

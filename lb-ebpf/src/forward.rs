@@ -364,6 +364,18 @@ pub fn set_macs(ctx: &XdpContext, macs: &[u32; 3]) -> Option<()> {
 /// ingress program on this interface picks it up before the IP stack sees it.
 #[inline(always)]
 pub fn via_tc(ctx: &XdpContext, ifindex: u32) -> u32 {
+    via_tc_meta(
+        ctx,
+        XdpMeta {
+            magic: XDP_META_MAGIC,
+            ifindex,
+        },
+    )
+}
+
+/// `via_tc` with the metadata given (the TC program reads what to do from its magic).
+#[inline(always)]
+pub fn via_tc_meta(ctx: &XdpContext, xdp_meta: XdpMeta) -> u32 {
     // SAFETY: grows the metadata area in front of the packet; checked below.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<XdpMeta>() as i32)) } != 0 {
         count(StatSlot::DropMetaFailed);
@@ -376,10 +388,7 @@ pub fn via_tc(ctx: &XdpContext, ifindex: u32) -> u32 {
     }
     // SAFETY: the metadata area is exactly XdpMeta long (checked above) and 4-byte aligned.
     unsafe {
-        (meta as *mut XdpMeta).write(XdpMeta {
-            magic: XDP_META_MAGIC,
-            ifindex,
-        });
+        (meta as *mut XdpMeta).write(xdp_meta);
     }
     count(StatSlot::TxViaTc);
     xdp_action::XDP_PASS

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod aggregate;
 mod conntrack;
 mod forward;
 mod icmp;
@@ -21,7 +22,7 @@ mod tunnel;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_redirect_neigh,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -29,7 +30,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     Addr,
-    maps::{EndpointKey, Flow, FlowKey, Service, XDP_META_MAGIC, XdpMeta, proto, service_flags},
+    maps::{
+        EndpointKey, Flow, FlowKey, Service, XDP_META_MAGIC, XDP_META_TUNNEL, XdpMeta, proto,
+        service_flags,
+    },
     stats::StatSlot,
 };
 
@@ -55,6 +59,9 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     }
     let verdict = dispatch(&ctx, &mut pkt);
     if let Some(mtu) = verdict.too_big_mtu() {
+        if aggregate::is_aggregate(&ctx, &pkt) {
+            return aggregate::send(&ctx, &pkt);
+        }
         return too_big::answer(&ctx, &mut pkt, mtu);
     }
     if let Some(peer) = verdict.tunnel_peer() {
@@ -400,7 +407,13 @@ pub fn meshlb_tc_ingress(ctx: TcContext) -> i32 {
     }
     // SAFETY: bounds-checked against data above.
     let XdpMeta { magic, ifindex } = unsafe { (meta as *const XdpMeta).read() };
-    if magic != XDP_META_MAGIC {
+    if magic & !0xff == XDP_META_TUNNEL && magic & 0xff != 0 {
+        if !aggregate::wrap_for_peer(&ctx, magic & 0xff) {
+            count(StatSlot::TcTunnelFailed);
+            return TC_ACT_SHOT as i32;
+        }
+        count(StatSlot::TunnelSent);
+    } else if magic != XDP_META_MAGIC {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: helper call with no neighbour parameters: the kernel looks the route up itself.

@@ -7,8 +7,9 @@
 //! VXLAN is sure), and the programs must do the hop themselves. UDP rather than bare IPIP so
 //! receiving NICs spread the flows over queues (the source port carries the flow's ports)
 //! and middleboxes pass it. Its 28 bytes are paid by clamping the TCP MSS of SYNs sent
-//! through it to what the path to the peer carries; a packet that still does not fit is
-//! dropped and counted (`drop_tunnel_failed`), never sent fragmented.
+//! through it to what the path to the peer carries. A TCP packet that still does not fit is
+//! left to TC, which wraps it if it is a GSO/GRO aggregate (`aggregate`); any other packet
+//! that does not fit is dropped and counted (`drop_tunnel_failed`), never sent fragmented.
 //!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
 //! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
@@ -18,7 +19,10 @@
 use core::mem::zeroed;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
     helpers::bpf_xdp_adjust_head,
     programs::XdpContext,
 };
@@ -29,6 +33,7 @@ use lb_common::{
 };
 
 use crate::{
+    aggregate,
     forward::{fib_lookup_into, set_macs, via_tc},
     maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
     nat::{csum_replace2, fold},
@@ -149,6 +154,11 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
         &Addr::from_v4_raw(peer),
         0,
     );
+    // A TCP packet too big for the tunnel is most likely an aggregate (even one shorter than
+    // its ingress MTU: two segments, the second short), which only TC can tell and wrap.
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::TCP {
+        return aggregate::send_tunneled(ctx, pkt, index);
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
         count(StatSlot::DropTunnelFailed);
         return xdp_action::XDP_DROP;

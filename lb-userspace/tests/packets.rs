@@ -2,6 +2,9 @@
 //! BPF_PROG_TEST_RUN. Each case checks the action, the exact bytes out (checksums verified
 //! by an independent implementation) and the counters.
 
+#[path = "packets/aggregate.rs"]
+mod aggregate;
+
 use std::net::SocketAddrV4;
 
 use lb_common::{
@@ -29,6 +32,26 @@ const VIP: &str = "198.18.100.1";
 
 fn sock(ip: &str, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip.parse().unwrap(), port)
+}
+
+/// A third link of the node, with jumbo frames: a packet that came in by it may be longer
+/// than the 1500-byte links and still be one packet, not an aggregate (see `aggregate`).
+const JUMBO_IF: &str = "lbj";
+
+/// `with_program` with the node's jumbo link (`JUMBO_IF`); `test` gets its index too.
+fn with_jumbo_link(services: &str, test: impl FnOnce(Loaded, u32) + Send) {
+    let link = [
+        format!("link add {JUMBO_IF} mtu 9000 type veth peer name {JUMBO_IF}-peer mtu 9000"),
+        format!("link set {JUMBO_IF} up"),
+        format!("link set {JUMBO_IF}-peer up"),
+    ];
+    ProgNode::new("pkt", &link)
+        .expect("node namespace")
+        .run(services, 4096, |lb| {
+            let jumbo = lb_userspace::dataplane::ifindex(JUMBO_IF).expect("jumbo link");
+            test(lb, jumbo)
+        })
+        .expect("program loaded");
 }
 
 /// Runs `test` on the program loaded with `services` in a fresh node namespace.
@@ -1255,7 +1278,7 @@ fn a_packet_too_big_for_the_egress_mtu_is_caught_on_a_cached_route_too() {
     if !e2e_enabled() {
         return;
     }
-    with_program(ONE_BACKEND, |mut lb| {
+    with_jumbo_link(ONE_BACKEND, |mut lb, jumbo| {
         let client = sock(CLIENT, 40010);
         let vip = sock(VIP, 80);
         lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
@@ -1276,9 +1299,9 @@ fn a_packet_too_big_for_the_egress_mtu_is_caught_on_a_cached_route_too() {
             ..Ipv4Frame::tcp(client, vip, TCP_ACK)
         };
         // It takes the route lookup, which finds it too big: answered to the client (the
-        // answer itself is checked in the next test).
+        // answer itself is checked in the next test). It came by the jumbo link: one packet.
         let before = lb.stats();
-        let out = lb.run(&sized(1461).build());
+        let out = lb.run_from(&sized(1461).build(), jumbo);
         let after = lb.stats();
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(delta(&before, &after, StatSlot::IcmpTooBig), 1);
@@ -1296,7 +1319,8 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
     if !e2e_enabled() {
         return;
     }
-    with_program(IPV6_AND_FULLNAT, |mut lb| {
+    // Every packet too big here comes by the jumbo link (one packet, not an aggregate).
+    with_jumbo_link(IPV6_AND_FULLNAT, |mut lb, jumbo| {
         // Client to a full-NAT VIP: the quote must be the packet as the client sent it (the
         // translation of both sides undone).
         let client = sock(CLIENT, 40020);
@@ -1309,7 +1333,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         }
         .build();
         let before = lb.stats();
-        let out = lb.run(&big);
+        let out = lb.run_from(&big, jumbo);
         let after = lb.stats();
         let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
         message.extend_from_slice(&big[14..14 + 548]);
@@ -1339,7 +1363,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
             ..Ipv4Frame::tcp(backend, seen_as, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac)
         }
         .build();
-        let out = lb.run_from(&reply, lb.backend_if);
+        let out = lb.run_from(&reply, jumbo);
         let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
         message.extend_from_slice(&reply[14..14 + 548]);
         let mut expected = icmpv4_frame(
@@ -1368,7 +1392,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         }
         .build();
         let before = lb.stats();
-        let out = lb.run(&big6);
+        let out = lb.run_from(&big6, jumbo);
         let after = lb.stats();
         let mut message = vec![2, 0, 0, 0, 0, 0, 0x05, 0xdc];
         message.extend_from_slice(&big6[14..14 + 1232]);

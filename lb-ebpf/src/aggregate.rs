@@ -1,0 +1,258 @@
+//! GSO and GRO aggregates. In generic XDP (veths, bridges such as `docker_gwbridge`, any
+//! device in `xdp_mode: generic`) the program runs on socket buffers, and a TCP sender's
+//! segmentation offload or the receiver's GRO hands it many segments as one packet of up to
+//! 64 KiB, which the kernel cuts back into segments on output. Such a packet is larger than
+//! any MTU without being too big: answering it "fragmentation needed" (the MTU it already
+//! keeps to) black-holes the connection. It is recognised by being longer than its ingress
+//! device's MTU, which no packet off a wire is, and sent whole through the TC program
+//! (`bpf_redirect_neigh`), so the egress device segments it. The mesh tunnel hands TC every
+//! TCP packet too big for it (an aggregate of two segments can be shorter than the ingress
+//! MTU, and only TC sees the kernel's segment size): TC wraps an aggregate with
+//! `bpf_skb_adjust_room`, which tells the segmentation about the outer headers and lowers
+//! the segment size by their 28 bytes, and drops anything else.
+
+use core::mem::zeroed;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, xdp_action,
+    },
+    helpers::bpf_check_mtu,
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{
+    Addr,
+    maps::{XDP_META_MAGIC, XDP_META_TUNNEL, XdpMeta, proto, tunnel},
+    stats::StatSlot,
+};
+
+use crate::{
+    forward::{fib_lookup_into, via_tc_meta},
+    maps::TUNNEL_PEERS,
+    nat::{add_word, fold},
+    parse::{Packet, load, pkt_read, pkt_write, ptr_at},
+    stats::count,
+};
+
+const ETH_HLEN: usize = 14;
+const IPV4_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// Whether the (TCP) packet is an aggregate: longer than the MTU of the device it came in
+/// by. Only asked of packets too big for their egress.
+#[inline(always)]
+pub fn is_aggregate(ctx: &XdpContext, pkt: &Packet) -> bool {
+    if pkt.key.proto != proto::TCP {
+        return false;
+    }
+    let mut ingress_mtu: u32 = 0;
+    // SAFETY: ifindex 0 is the context's own device; `ingress_mtu` is a valid out pointer
+    // (0 on input: the packet's own length is checked, and its device's MTU comes back).
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), 0, &mut ingress_mtu, 0, 0) };
+    rc >= 0 && ingress_mtu != 0 && u32::from(u16::from_be(pkt.ip_tot_len_be)) > ingress_mtu
+}
+
+/// Sends the aggregate (already translated) through TC toward its destination: the route
+/// from the FIB without its MTU check. Not inlined: a rare path with its own lookup frame.
+#[inline(never)]
+pub fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    let l3 = pkt.l3();
+    let mut src = Addr::UNSPECIFIED;
+    let mut dst = Addr::UNSPECIFIED;
+    // The addresses as they are now (after translation), word by word.
+    let found = if pkt.v6 {
+        let mut found = true;
+        for i in 0..4 {
+            match (
+                load::<u32>(ctx, l3 + 8 + 4 * i),
+                load::<u32>(ctx, l3 + 24 + 4 * i),
+            ) {
+                (Some(s), Some(d)) => {
+                    src.words[i] = s;
+                    dst.words[i] = d;
+                }
+                _ => found = false,
+            }
+        }
+        found
+    } else {
+        match (load::<u32>(ctx, l3 + 12), load::<u32>(ctx, l3 + 16)) {
+            (Some(s), Some(d)) => {
+                src = Addr::from_v4_raw(s);
+                dst = Addr::from_v4_raw(d);
+                true
+            }
+            _ => false,
+        }
+    };
+    if !found {
+        count(StatSlot::DropFibFailed);
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.l4_protocol = pkt.key.proto;
+    // tot_len 0: no MTU check (the egress device segments the aggregate).
+    let rc = fib_lookup_into(ctx, &mut params, pkt.v6, &src, &dst, 0);
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        count(StatSlot::DropFibFailed);
+        return xdp_action::XDP_DROP;
+    }
+    if !set_partial_checksum(ctx, pkt) {
+        count(StatSlot::DropFibFailed);
+        return xdp_action::XDP_DROP;
+    }
+    count(StatSlot::Aggregate);
+    via_tc_meta(
+        ctx,
+        XdpMeta {
+            magic: XDP_META_MAGIC,
+            ifindex: params.ifindex,
+        },
+    )
+}
+
+/// Hands a TCP packet too big for the tunnel (translated, not wrapped) to TC, which wraps it
+/// for the tunnel peer `peer` if it is an aggregate and sends it on the route to the peer.
+/// Not inlined, like `send`.
+#[inline(never)]
+pub fn send_tunneled(ctx: &XdpContext, pkt: &Packet, peer: u32) -> u32 {
+    let (Some(&own), Some(&peer_addr)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(peer))
+    else {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    };
+    if own == 0 || peer_addr == 0 || peer == 0 || peer > 0xff {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: as in `send`.
+    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    params.l4_protocol = proto::UDP;
+    let rc = fib_lookup_into(
+        ctx,
+        &mut params,
+        false,
+        &Addr::from_v4_raw(own),
+        &Addr::from_v4_raw(peer_addr),
+        0,
+    );
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    if !set_partial_checksum(ctx, pkt) {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
+    count(StatSlot::Aggregate);
+    via_tc_meta(
+        ctx,
+        XdpMeta {
+            magic: XDP_META_TUNNEL | peer,
+            ifindex: params.ifindex,
+        },
+    )
+}
+
+/// Writes the TCP checksum field as an aggregate needs it: the kernel keeps one
+/// `CHECKSUM_PARTIAL`, its field holding only the sum of the pseudo-header (addresses,
+/// protocol, TCP length of the whole aggregate), from which segmentation computes each
+/// segment's checksum over its own bytes. The translation updated the field as a full
+/// checksum, also for the ports, which are not in the pseudo-header: segments would carry
+/// checksums wrong by the port change. False if the headers are not in the packet.
+#[inline(always)]
+fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let (l3, l4) = (pkt.l3(), pkt.l4());
+    let tcp_len = pkt.ip_end().saturating_sub(l4) as u32;
+    let mut sum = add_word(0, u32::from(proto::TCP).to_be());
+    sum = add_word(sum, tcp_len.to_be());
+    if pkt.v6 {
+        let Some(addrs) = ptr_at::<[u32; 8]>(ctx, l3 + 8) else {
+            return false;
+        };
+        let addrs = addrs.cast::<u32>();
+        for i in 0..8 {
+            // SAFETY: within the 32 bytes bounds-checked above.
+            sum = add_word(sum, unsafe { pkt_read(addrs.add(i)) });
+        }
+    } else {
+        let Some(addrs) = ptr_at::<[u32; 2]>(ctx, l3 + 12) else {
+            return false;
+        };
+        let addrs = addrs.cast::<u32>();
+        // SAFETY: within the 8 bytes bounds-checked above.
+        unsafe {
+            sum = add_word(sum, pkt_read(addrs));
+            sum = add_word(sum, pkt_read(addrs.add(1)));
+        }
+    }
+    let Some(check) = ptr_at::<u16>(ctx, l4 + 16) else {
+        return false;
+    };
+    // SAFETY: bounds-checked above.
+    unsafe { pkt_write(check, fold(sum)) };
+    true
+}
+
+/// TC side of `send_tunneled`: puts the outer IPv4 and UDP headers (as `tunnel::send`
+/// writes them) in front of the aggregate, telling the kernel it is now a UDP tunnel packet,
+/// so segmentation repeats them on every segment. False if it cannot, or if the packet is
+/// no aggregate (a single TCP segment too big for the tunnel: its flow's SYN was not
+/// clamped), which is dropped as `tunnel::send` drops one.
+#[inline(always)]
+pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
+    // SAFETY: reading a context field the verifier allows for TC programs.
+    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
+        return false;
+    }
+    let (Some(&own), Some(&peer_addr)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(peer))
+    else {
+        return false;
+    };
+    // The flow's ports make the outer source port, as in `tunnel::send`.
+    let Ok(ports) = ctx.load::<[u16; 2]>(ETH_HLEN + IPV4_HLEN) else {
+        return false;
+    };
+    let Ok(version) = ctx.load::<u8>(ETH_HLEN) else {
+        return false;
+    };
+    // Only option-less IPv4 is forwarded by XDP (the inner header's length is assumed).
+    if version != 0x45 || own == 0 || peer_addr == 0 {
+        return false;
+    }
+    let flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP);
+    if ctx
+        .adjust_room((IPV4_HLEN + UDP_HLEN) as i32, BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
+        return false;
+    }
+    // Segmentation rewrites both lengths per segment; until then they say the whole, which
+    // may exceed 16 bits by the 28 added bytes.
+    let outer_len = (ctx.len() as usize - ETH_HLEN).min(0xffff) as u16;
+    let outer_len_be = outer_len.to_be_bytes();
+    let udp_len_be = outer_len.saturating_sub(IPV4_HLEN as u16).to_be_bytes();
+    let mut ip = [
+        u32::from_ne_bytes([0x45, 0, outer_len_be[0], outer_len_be[1]]),
+        // Don't fragment, as `tunnel::send` sends.
+        u32::from_ne_bytes([0, 0, 0x40, 0]),
+        u32::from_ne_bytes([64, proto::UDP, 0, 0]),
+        own,
+        peer_addr,
+    ];
+    let mut sum = 0;
+    for w in &ip {
+        sum = add_word(sum, *w);
+    }
+    let csum = (!fold(sum)).to_ne_bytes();
+    ip[2] = u32::from_ne_bytes([64, proto::UDP, csum[0], csum[1]]);
+    let entropy = (ports[0] ^ ports[1]) | 0xc000u16.to_be();
+    let port = tunnel::PORT.to_be();
+    let udp_len = u16::from_ne_bytes(udp_len_be);
+    // The UDP checksum is 0 (allowed for IPv4): the inner packet has its own.
+    let udp: [u16; 4] = [entropy, port, udp_len, 0];
+    ctx.store(ETH_HLEN, &ip, 0).is_ok() && ctx.store(ETH_HLEN + IPV4_HLEN, &udp, 0).is_ok()
+}

@@ -1,0 +1,133 @@
+//! GSO/GRO aggregates (lb-ebpf `aggregate`): a TCP packet longer than the MTU of the link it
+//! came in by is many segments the kernel hands generic XDP as one. Too big for its egress as
+//! a whole, it goes whole through TC (which the egress device segments), translated, its TCP
+//! checksum field holding the pseudo-header sum the kernel's segmentation starts from; through
+//! the mesh tunnel, TC is asked to wrap it. A packet that fits its ingress link's MTU and not
+//! its egress is answered "fragmentation needed" as before (`too_big` tests, from a jumbo link).
+
+use std::net::SocketAddrV4;
+
+use lb_common::{
+    maps::{XDP_META_MAGIC, XDP_META_TUNNEL},
+    stats::StatSlot,
+};
+use lb_testkit::{
+    e2e_enabled,
+    packet::{Ipv4Frame, TCP_ACK, TCP_SYN, checksum, with_mss},
+    progtest::{CLIENT, NODE_CLIENT_SIDE, backend_mac, delta},
+};
+
+use super::{ONE_BACKEND, TASK_REMOTE, VIP, XDP_PASS, sock, with_mesh, with_program};
+
+/// Payload of the aggregates: 20 + 20 + 2000 bytes of IPv4, longer than the 1500-byte links
+/// (and short enough for BPF_PROG_TEST_RUN's one page).
+const PAYLOAD: usize = 2000;
+
+/// `frame` (Ethernet, IPv4, TCP) with its TCP checksum field set as the kernel keeps it for
+/// an aggregate: the sum of the pseudo-header, not complemented.
+fn with_pseudo_header_sum(mut frame: Vec<u8>) -> Vec<u8> {
+    let ip = &frame[14..34];
+    let tcp_len = frame.len() - 34;
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let sum = !checksum(&pseudo, 0);
+    frame[34 + 16..34 + 18].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+fn aggregate(src: SocketAddrV4, dst: SocketAddrV4) -> Ipv4Frame {
+    Ipv4Frame {
+        payload: (0..PAYLOAD).map(|i| (i * 13) as u8).collect(),
+        ..Ipv4Frame::tcp(src, dst, TCP_ACK)
+    }
+}
+
+#[test]
+fn an_aggregate_too_big_for_its_egress_goes_whole_through_tc_with_a_partial_checksum() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 40100);
+        let vip = sock(VIP, 80);
+        let backend = sock("198.18.2.10", 8080);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+
+        let before = lb.stats();
+        let out = lb.run(&aggregate(client, vip).build());
+        let after = lb.stats();
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let expected = with_pseudo_header_sum(aggregate(client, vip).with_dst(backend).build());
+        assert_eq!(out.packet, expected, "translated, checksum field partial");
+        assert_eq!(checksum(&out.packet[14..34], 0), 0, "IPv4 header checksum");
+        for (slot, n) in [
+            (StatSlot::Aggregate, 1),
+            (StatSlot::NatForward, 1),
+            (StatSlot::TxViaTc, 1),
+            (StatSlot::IcmpTooBig, 0),
+            (StatSlot::DropTooBig, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+
+        // The backend's aggregate back to the client, by the backend side's 1500-byte link.
+        let reply = aggregate(backend, client).with_macs(backend_mac(0), lb.backend_if_mac);
+        let before = lb.stats();
+        let out = lb.run_from(&reply.build(), lb.backend_if);
+        let after = lb.stats();
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        let expected = with_pseudo_header_sum(reply.with_src(vip).build());
+        assert_eq!(out.packet, expected);
+        for (slot, n) in [
+            (StatSlot::Aggregate, 1),
+            (StatSlot::NatReply, 1),
+            (StatSlot::IcmpTooBig, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+    });
+}
+
+#[test]
+fn a_tcp_packet_too_big_for_the_tunnel_is_left_to_tc_to_wrap() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40101);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
+        lb.run(&with_mss(
+            &Ipv4Frame::tcp(client, frontend, TCP_SYN).build(),
+            1460,
+        ));
+        lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
+
+        let before = lb.stats();
+        let out = lb.run(&aggregate(client, frontend).build());
+        let after = lb.stats();
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
+        // The peer's index in the mesh (the only peer: 1) rides in the magic.
+        assert_eq!(
+            out.meta_words(),
+            Some((XDP_META_TUNNEL | 1, lb.backend_if)),
+            "to be wrapped for the peer and sent toward it"
+        );
+        let expected = with_pseudo_header_sum(aggregate(client, frontend).with_dst(task).build());
+        assert_eq!(out.packet, expected, "translated, not wrapped yet");
+        for (slot, n) in [
+            (StatSlot::Aggregate, 1),
+            (StatSlot::NatForward, 1),
+            (StatSlot::TxViaTc, 1),
+            (StatSlot::DropTunnelFailed, 0),
+            // Counted by TC once it has wrapped it.
+            (StatSlot::TunnelSent, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+    });
+}
