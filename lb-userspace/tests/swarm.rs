@@ -3,8 +3,11 @@
 //! node addresses from the node's own tasks, which see the client's address; service VIPs
 //! answer containers on their network and no others; the swarm's changes are followed; an
 //! Engine that stops answering leaves forwarding as it was; long-lived connections through the
-//! mesh keep their task (`held`).
+//! mesh keep their task (`held`); large transfers cross it at underlay MTUs 1500 and 1400
+//! (`bulk`).
 
+#[path = "swarm/bulk.rs"]
+mod bulk;
 #[path = "swarm/held.rs"]
 mod held;
 
@@ -17,7 +20,9 @@ use std::{
 
 use lb_testkit::{
     Lbd, Proto, e2e_enabled,
-    swarm::{CLIENT_ADDR, Publish, SwarmLab, SwarmNode, WHO_PORT, Who, http_who, parse_who},
+    swarm::{
+        CLIENT_ADDR, ECHO_PORT, Publish, SwarmLab, SwarmNode, WHO_PORT, Who, http_who, parse_who,
+    },
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -191,10 +196,19 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         &["--stop-grace-period", "1s"],
     )
     .expect("held");
+    lab.create_published(
+        bulk::SERVICE,
+        1,
+        &[Publish::ingress(bulk::PORT, ECHO_PORT, Proto::Tcp)],
+        bulk::PLACEMENT,
+    )
+    .expect("bulk");
     lab.wait_running("web", 4, TASKS).expect("web tasks");
     lab.wait_running("api", 4, TASKS).expect("api tasks");
     lab.wait_running(held::SERVICE, 4, TASKS)
         .expect("held tasks");
+    lab.wait_running(bulk::SERVICE, 1, TASKS)
+        .expect("bulk task");
 
     let lbs: Vec<Lbd> = lab.nodes.iter().map(start_lbd).collect();
 
@@ -561,6 +575,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     );
 
     held::survive_scaling_and_a_rollout(&lab, &lbs, "web");
+    bulk::complete_at_both_mtus(&lab);
 
     // Removal: the published port stops being served.
     lab.manager().docker(&["service", "rm", "web"]).expect("rm");
