@@ -57,15 +57,16 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     if tunnel::receive(&ctx, &mut pkt) == tunnel::DROP {
         return xdp_action::XDP_DROP;
     }
-    let verdict = dispatch(&ctx, &mut pkt);
+    let mut verdict = dispatch(&ctx, &mut pkt);
+    if let Some(peer) = verdict.tunnel_peer() {
+        // Sent, or too big for the tunnel (answered below, like too big for a link).
+        verdict = tunnel::send(&ctx, &pkt, peer);
+    }
     if let Some(mtu) = verdict.too_big_mtu() {
         if aggregate::is_aggregate(&ctx, &pkt) {
             return aggregate::send(&ctx, &pkt);
         }
         return too_big::answer(&ctx, &mut pkt, mtu);
-    }
-    if let Some(peer) = verdict.tunnel_peer() {
-        return tunnel::send(&ctx, &pkt, peer);
     }
     verdict.raw()
 }

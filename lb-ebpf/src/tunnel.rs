@@ -8,8 +8,9 @@
 //! receiving NICs spread the flows over queues (the source port carries the flow's ports)
 //! and middleboxes pass it. Its 28 bytes are paid by clamping the TCP MSS of SYNs sent
 //! through it to what the path to the peer carries. A TCP packet that still does not fit is
-//! left to TC, which wraps it if it is a GSO/GRO aggregate (`aggregate`); any other packet
-//! that does not fit is dropped and counted (`drop_tunnel_failed`), never sent fragmented.
+//! left to TC, which wraps it if it is a GSO/GRO aggregate (`aggregate`); a UDP datagram that
+//! does not fit is answered ICMP "fragmentation needed" with the tunnel's MTU (`too_big`);
+//! anything else is dropped and counted (`drop_tunnel_failed`), never sent fragmented.
 //!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
 //! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
@@ -39,6 +40,7 @@ use crate::{
     nat::{csum_replace2, fold},
     parse::{Packet, TCP_SYN, load, pkt_write, ptr_at},
     stats::count,
+    verdict::Verdict,
 };
 
 /// `receive`'s answer for a packet to drop (already counted).
@@ -129,16 +131,19 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
 /// Wraps the (already translated) IPv4 packet for the peer `index` and sends it there: the
 /// route to the peer from the FIB, TCP SYNs' MSS clamped to that route's MTU less the
 /// tunnel's and the headers' bytes. Called by the entry function on a `Verdict::tunnel` answer.
+/// A UDP datagram too big for the tunnel is answered `Verdict::too_big` with the MTU the
+/// tunnel leaves it (the path's less 28 bytes), which the entry function answers
+/// "fragmentation needed" to its sender.
 #[inline(never)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
+pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     let (Some(&own), Some(&peer)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(index))
     else {
         count(StatSlot::DropTunnelFailed);
-        return xdp_action::XDP_DROP;
+        return Verdict::xdp(xdp_action::XDP_DROP);
     };
     if own == 0 || peer == 0 || pkt.v6 {
         count(StatSlot::DropTunnelFailed);
-        return xdp_action::XDP_DROP;
+        return Verdict::xdp(xdp_action::XDP_DROP);
     }
     let inner_len = u16::from_be(pkt.ip_tot_len_be);
     let outer_len = inner_len.saturating_add(tunnel::OVERHEAD);
@@ -157,11 +162,16 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
     // A TCP packet too big for the tunnel is most likely an aggregate (even one shorter than
     // its ingress MTU: two segments, the second short), which only TC can tell and wrap.
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::TCP {
-        return aggregate::send_tunneled(ctx, pkt, index);
+        return Verdict::xdp(aggregate::send_tunneled(ctx, pkt, index));
+    }
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::UDP {
+        // SAFETY: the kernel leaves the path's MTU in the union on FRAG_NEEDED.
+        let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+        return Verdict::too_big(mtu.saturating_sub(tunnel::OVERHEAD));
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
         count(StatSlot::DropTunnelFailed);
-        return xdp_action::XDP_DROP;
+        return Verdict::xdp(xdp_action::XDP_DROP);
     }
     // SAFETY: the kernel leaves the egress MTU in the union on success and on NO_NEIGH.
     let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
@@ -170,13 +180,13 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
     }
     if outer_len > mtu {
         count(StatSlot::DropTunnelFailed);
-        return xdp_action::XDP_DROP;
+        return Verdict::xdp(xdp_action::XDP_DROP);
     }
     // The flow's ports make the outer source port: receivers spread flows over queues.
     let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
     if !wrap(ctx, own, peer, outer_len, entropy) {
         count(StatSlot::DropTunnelFailed);
-        return xdp_action::XDP_DROP;
+        return Verdict::xdp(xdp_action::XDP_DROP);
     }
     count(StatSlot::TunnelSent);
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
@@ -194,12 +204,12 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> u32 {
             && let Ok(action) = TX_PORTS.redirect(params.ifindex, 0)
         {
             count(StatSlot::TxXdpRedirect);
-            return action;
+            return Verdict::xdp(action);
         }
         // The TC program resolves the neighbour and sends; the MACs are its to write.
         let _ = set_macs(ctx, &macs);
     }
-    via_tc(ctx, params.ifindex)
+    Verdict::xdp(via_tc(ctx, params.ifindex))
 }
 
 /// Puts the outer IPv4 and UDP headers in front of the IP packet (the Ethernet header moves

@@ -1612,7 +1612,7 @@ const TASK_LOCAL: &str = "198.19.0.6";
 const MESH: &str = r#"
 services:
   web:
-    ports: ["8000:9000/tcp"]
+    ports: ["8000:9000/tcp", "8000:9000/udp"]
     backends: ["198.19.0.5"]
   web.1.task:
     vip: 198.19.0.6
@@ -1758,6 +1758,57 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
         let after = lb.stats();
         assert_eq!(delta(&before, &after, StatSlot::TunnelReceived), 1);
         assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);
+    });
+}
+
+#[test]
+fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40200);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let sized = |payload: usize| Ipv4Frame {
+            payload: (0..payload).map(|i| (i * 3) as u8).collect(),
+            ..Ipv4Frame::udp(client, frontend)
+        };
+        // 20 + 8 + 1444 = 1472 bytes: with the tunnel's 28, exactly the 1500-byte path.
+        let out = lb.run(&sized(1444).build());
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.packet.len(), 14 + 28 + 1472, "wrapped whole");
+
+        // One byte more does not fit: "fragmentation needed" from the address the client sent
+        // to, with the MTU the tunnel leaves (1472), quoting the datagram as sent.
+        let big = sized(1445).build();
+        let before = lb.stats();
+        let out = lb.run(&big);
+        let after = lb.stats();
+        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc0];
+        message.extend_from_slice(&big[14..14 + 548]);
+        let mut expected = icmpv4_frame(
+            (CLIENT_MAC, NODE_MAC),
+            *frontend.ip(),
+            *client.ip(),
+            &message,
+        );
+        // Identification 0 (the builder writes 1).
+        expected[18..20].copy_from_slice(&[0, 0]);
+        expected[24..26].copy_from_slice(&[0, 0]);
+        let c = lb_testkit::packet::checksum(&expected[14..34], 0);
+        expected[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, expected);
+        parse_icmpv4(&out.packet).expect("checksums");
+        for (slot, n) in [
+            (StatSlot::IcmpTooBig, 1),
+            (StatSlot::TunnelSent, 0),
+            (StatSlot::DropTunnelFailed, 0),
+            (StatSlot::DropTooBig, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
     });
 }
 
