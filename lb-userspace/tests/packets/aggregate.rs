@@ -5,7 +5,7 @@
 //! the mesh tunnel, TC is asked to wrap it. A packet that fits its ingress link's MTU and not
 //! its egress is answered "fragmentation needed" as before (`too_big` tests, from a jumbo link).
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use lb_common::{
     maps::{XDP_META_MAGIC, XDP_META_TUNNEL},
@@ -13,27 +13,35 @@ use lb_common::{
 };
 use lb_testkit::{
     e2e_enabled,
-    packet::{Ipv4Frame, TCP_ACK, TCP_SYN, checksum, with_mss},
+    packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, with_mss},
     progtest::{CLIENT, NODE_CLIENT_SIDE, backend_mac, delta},
 };
 
-use super::{ONE_BACKEND, TASK_REMOTE, VIP, XDP_PASS, sock, with_mesh, with_program};
+use super::{
+    IPV6_AND_FULLNAT, ONE_BACKEND, TASK_REMOTE, VIP, XDP_PASS, sock, with_mesh, with_program,
+};
 
 /// Payload of the aggregates: 20 + 20 + 2000 bytes of IPv4, longer than the 1500-byte links
 /// (and short enough for BPF_PROG_TEST_RUN's one page).
 const PAYLOAD: usize = 2000;
 
-/// `frame` (Ethernet, IPv4, TCP) with its TCP checksum field set as the kernel keeps it for
-/// an aggregate: the sum of the pseudo-header, not complemented.
+/// `frame` (Ethernet, IPv4 or IPv6 without options, TCP) with its TCP checksum field set as
+/// the kernel keeps it for an aggregate: the sum of the pseudo-header (RFC 793 / RFC 8200
+/// §8.1), not complemented.
 fn with_pseudo_header_sum(mut frame: Vec<u8>) -> Vec<u8> {
-    let ip = &frame[14..34];
-    let tcp_len = frame.len() - 34;
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let v6 = frame[14] >> 4 == 6;
+    let (l4, addrs) = if v6 { (54, 22..54) } else { (34, 26..34) };
+    let tcp_len = (frame.len() - l4) as u32;
+    let mut pseudo = frame[addrs].to_vec();
+    if v6 {
+        pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+    } else {
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    }
     let sum = !checksum(&pseudo, 0);
-    frame[34 + 16..34 + 18].copy_from_slice(&sum.to_be_bytes());
+    frame[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
     frame
 }
 
@@ -85,6 +93,39 @@ fn an_aggregate_too_big_for_its_egress_goes_whole_through_tc_with_a_partial_chec
         for (slot, n) in [
             (StatSlot::Aggregate, 1),
             (StatSlot::NatReply, 1),
+            (StatSlot::IcmpTooBig, 0),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+    });
+}
+
+#[test]
+fn an_ipv6_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let client = SocketAddrV6::new("fd00:1::2".parse().unwrap(), 40102, 0, 0);
+        let vip = SocketAddrV6::new("fd00:100::1".parse().unwrap(), 80, 0, 0);
+        let backend = SocketAddrV6::new("fd00:2::a".parse().unwrap(), 8080, 0, 0);
+        lb.run(&Ipv6Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv6Frame::tcp(client, vip, TCP_ACK).build());
+        // 40 + 20 + 2000 bytes of IPv6.
+        let big = Ipv6Frame {
+            payload: (0..PAYLOAD).map(|i| (i * 11) as u8).collect(),
+            ..Ipv6Frame::tcp(client, vip, TCP_ACK)
+        };
+        let before = lb.stats();
+        let out = lb.run(&big.build());
+        let after = lb.stats();
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let expected = with_pseudo_header_sum(big.with_dst(backend).build());
+        assert_eq!(out.packet, expected);
+        for (slot, n) in [
+            (StatSlot::Aggregate, 1),
+            (StatSlot::NatForward, 1),
             (StatSlot::IcmpTooBig, 0),
         ] {
             assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
