@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+pub mod bulk;
 pub mod cgroup;
 pub mod client;
 pub mod gate;
@@ -68,6 +69,7 @@ pub mod servers;
 pub mod swarm;
 pub mod topology;
 
+pub use bulk::{EchoServer, Transfer, echo_transfer};
 pub use cgroup::TestCgroup;
 pub use client::{
     REQUEST, Reply, ReplyLine, TcpSession, UdpSession, parse_reply, parse_reply_line, tcp_request,

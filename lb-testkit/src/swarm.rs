@@ -32,12 +32,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
 
-mod bulk;
 mod checks;
 mod image;
 mod tasks;
 
-pub use bulk::{Transfer, echo_transfer};
+pub use crate::bulk::{Transfer, echo_transfer};
 pub use checks::{programmed_backends, request, start_lbd, start_lbd_with, wait_until};
 pub use tasks::{Publish, PublishMode, Task};
 

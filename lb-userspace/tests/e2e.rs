@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use lb_testkit::{Lbd, NameServer, Topology, e2e_enabled, tcp_request, udp_request};
+use lb_testkit::{
+    EchoServer, Lbd, NameServer, Topology, e2e_enabled, echo_transfer, tcp_request, udp_request,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const FLOWS: usize = 60;
@@ -694,6 +696,46 @@ fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
         )),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_large_transfer_through_a_vip_completes_both_ways_over_ipv4_and_ipv6() {
+    if !e2e_enabled() {
+        return;
+    }
+    // Generic XDP on these veths sees the client's and the backend's TCP segmentation
+    // offload as packets of up to 64 KiB: they must be forwarded whole (the kernel segments
+    // them), not answered "fragmentation needed", which would stall the transfer.
+    let topo = Topology::new(1).expect("topology");
+    let _echo = EchoServer::start(&topo.backends[0].ns, 9000).expect("echo server");
+    let services = r#"
+services:
+  bulk:
+    vip: 198.18.100.1
+    ports: ["80:9000/tcp"]
+    backends: ["198.18.2.10"]
+  bulk6:
+    vip: "fd00:100::1"
+    ports: ["80:9000/tcp"]
+    backends: ["fd00:2::a"]
+"#;
+    let lb = start_lbd(&topo, services);
+    for (seed, vip) in [(1, "198.18.100.1:80"), (2, "[fd00:100::1]:80")] {
+        let vip: SocketAddr = vip.parse().unwrap();
+        let transfer = echo_transfer(&topo.client, vip, 1 << 20, seed, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{vip}: {e:#}\n{}", lb.output()));
+        println!(
+            "{vip}: {} bytes each way in {:?}, client MSS {}",
+            transfer.bytes, transfer.elapsed, transfer.client_mss
+        );
+    }
+    let counters = lb.stop().expect("stop lbd");
+    println!(
+        "aggregates forwarded whole: {}, answered too big: {}",
+        counter(&counters, "aggregate"),
+        counter(&counters, "icmp_too_big")
+    );
+    assert_eq!(counter(&counters, "drop_too_big"), 0, "{counters}");
 }
 
 /// lbd's `/metrics` (its default address, in the node's namespace).

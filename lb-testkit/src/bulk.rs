@@ -1,16 +1,92 @@
-//! Bulk transfers through the lab: a client sends pseudo-random bytes to the image's echo
-//! server ([`super::ECHO_PORT`]) while reading them back, and checks every byte, so a path
-//! that loses large packets (an MTU black hole) shows as a transfer that stalls.
+//! Bulk transfers: a client sends pseudo-random bytes to an echo server (an [`EchoServer`],
+//! or the swarm lab image's on [`crate::swarm::ECHO_PORT`]) while reading them back, and
+//! checks every byte, so a path that loses large packets (an MTU black hole) shows as a
+//! transfer that stalls.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{Netns, rng::SplitMix64};
+
+/// An echo connection silent this long is closed.
+const ECHO_IDLE: Duration = Duration::from_secs(60);
+
+/// A TCP echo server in a namespace (IPv4 and IPv6, any address): every byte back until the
+/// client shuts its side down, then it shuts down its own. Stops when dropped.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    pub fn start(ns: &Netns, port: u16) -> Result<EchoServer> {
+        let listener = ns
+            .run(|| TcpListener::bind(("::", port)))?
+            .with_context(|| format!("echo server on port {port} in {}", ns.name()))?;
+        // Polled, so that dropping the server ends the thread.
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let acceptor = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        std::thread::spawn(move || echo_until_shutdown(stream));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(EchoServer {
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// Echoes until the peer shuts its side down (or is silent for `ECHO_IDLE`).
+fn echo_until_shutdown(mut stream: TcpStream) {
+    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(ECHO_IDLE)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 65536];
+    // Each round reads at least one byte or ends; the idle timeout bounds a silent peer.
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
 
 /// A finished echo transfer.
 #[derive(Clone, Copy, Debug)]
