@@ -869,7 +869,9 @@ fn manager_and_worker_build_the_same_vip_selection() {
 
 /// The task `lbctl explain` on `lb` says a new flow `client` -> `frontend` gets, by container
 /// (a node names its own tasks by their docker_gwbridge address, the other node's by their
-/// ingress address), and the selection text with that address left out.
+/// ingress address), and the selection text with that address left out. The `replies:` line
+/// is left out too: it says how the task's replies go back, which differs by whether the task
+/// is on this node (through its delivery frontends) or another (through the tunnel).
 fn explained_task(
     lb: &Lbd,
     tasks: &[lb_testkit::swarm::Task],
@@ -886,7 +888,12 @@ fn explained_task(
         for addr in [task.gwbridge, task.ingress_addr()].into_iter().flatten() {
             let backend = format!("-> {addr}:{WHO_PORT} ");
             if out.contains(&backend) {
-                return (task.container.clone(), out.replace(&backend, "-> TASK "));
+                let selection: String = out
+                    .lines()
+                    .filter(|l| !l.starts_with("replies:"))
+                    .map(|l| format!("{}\n", l.replace(&backend, "-> TASK ")))
+                    .collect();
+                return (task.container.clone(), selection);
             }
         }
     }
