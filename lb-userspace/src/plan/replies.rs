@@ -95,18 +95,28 @@ fn classify(state: &DesiredState, via: &[(&PlannedService, SocketAddr)]) -> Repl
     let Some((planned, frontend)) = via.first() else {
         return ReplyTranslation::NotABackend;
     };
+    let flags = |planned: &PlannedService, frontend: &SocketAddr| {
+        state
+            .frontends
+            .get(&endpoint(*frontend, &planned.mapping))
+            .map_or(0, |s| s.flags)
+    };
+    // A swarm task, whichever node it is on and however many frontends reach it here (a
+    // local task also has its delivery frontend): every node says the same.
+    let mesh = via.iter().find(|(s, f)| {
+        s.backends.iter().any(|b| b.identity != b.target)
+            || flags(s, f) & (service_flags::TUNNEL_ONLY | service_flags::SOCKET_SCOPE_MASK) != 0
+    });
+    if let Some((s, _)) = mesh {
+        return ReplyTranslation::Mesh {
+            service: s.name.clone(),
+        };
+    }
     // One kernel service (a published port has one frontend per node address, loopback
     // included): its kind decides.
     if via.iter().all(|(s, _)| s.id == planned.id) {
         let service = planned.name.clone();
-        let flags = state
-            .frontends
-            .get(&endpoint(*frontend, &planned.mapping))
-            .map_or(0, |s| s.flags);
-        let swarm = planned.backends.iter().any(|b| b.identity != b.target);
-        if swarm || flags & (service_flags::TUNNEL_ONLY | service_flags::SOCKET_SCOPE_MASK) != 0 {
-            return ReplyTranslation::Mesh { service };
-        }
+        let flags = flags(planned, frontend);
         if planned.vip.is_none() {
             return ReplyTranslation::NodeAddress { service };
         }
@@ -287,6 +297,30 @@ services:
             translation("198.18.2.14:6000", proto::TCP)
                 .to_string()
                 .contains("passes untouched")
+        );
+    }
+
+    /// A local task is reached by its service's published port and by its own delivery
+    /// frontend; a remote one only by the published port: both nodes must say the same.
+    #[test]
+    fn a_swarm_task_is_one_whatever_else_reaches_it() {
+        use crate::source::file::MeshBackend;
+        let mut file = ServiceFile::parse(
+            "services:\n  who:\n    ports: [\"8081:80/tcp\"]\n    backends: [\"198.18.61.3\"]\n  who.1.task:\n    vip: 198.19.0.6\n    ports: [\"80/tcp\"]\n    backends: [\"198.18.61.3\"]\n",
+            Path::new("t.yaml"),
+        )
+        .expect("valid file");
+        file.services.get_mut("who").unwrap().backends[0].mesh = Some(MeshBackend {
+            identity: "198.19.0.6".parse().unwrap(),
+            via: None,
+        });
+        file.services.get_mut("who.1.task").unwrap().tunnel_only = true;
+        let state = plan(&file, &["198.18.50.1".parse().unwrap()]).expect("plan");
+        assert_eq!(
+            state.reply_translation(proto::TCP, "198.18.61.3:80".parse().unwrap()),
+            ReplyTranslation::Mesh {
+                service: "who".into()
+            }
         );
     }
 }
