@@ -407,7 +407,7 @@ impl Dataplane {
     /// Writes `interface`'s MAC for the XDP program (see `set_interface_mac`); a failure is
     /// logged, not fatal: the interface is then served unfiltered, as before.
     fn learn_interface_mac(&mut self, interface: &str, ifindex: u32) {
-        let written = netlink::link_mac(ifindex)
+        let written = netlink::link_filter_mac(ifindex)
             .map_err(|e| e.to_string())
             .and_then(|mac| {
                 if self.interface_macs.get(&ifindex) == Some(&mac) {

@@ -44,9 +44,19 @@ pub fn link_kind(ifindex: u32) -> io::Result<Option<String>> {
     Ok(link(ifindex)?.as_ref().and_then(kind_of))
 }
 
-/// The interface's own MAC address; `None` for one without a 6-byte address (a tunnel).
-pub fn link_mac(ifindex: u32) -> io::Result<Option<[u8; 6]>> {
-    Ok(link(ifindex)?.as_ref().and_then(mac_of))
+/// The MAC the XDP program should require of unicast frames arriving on the interface;
+/// `None` for one without a 6-byte address (a tunnel) and for a bridge. A bridge passes up
+/// to its own device only frames for its own MAC (unless promiscuous), and that MAC moves
+/// whenever a port with a lower one joins or leaves (Docker's bridges as containers come and
+/// go): filtering there would drop a container's replies to the new MAC until lbd caught up.
+pub fn link_filter_mac(ifindex: u32) -> io::Result<Option<[u8; 6]>> {
+    let Some(link) = link(ifindex)? else {
+        return Ok(None);
+    };
+    if kind_of(&link).as_deref() == Some("bridge") {
+        return Ok(None);
+    }
+    Ok(mac_of(&link))
 }
 
 fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
