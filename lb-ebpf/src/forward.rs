@@ -224,12 +224,10 @@ fn send_uncached(
     }
 }
 
-/// Sends on the route a successful FIB lookup left in `params`, and caches it in `route`
-/// unless that is null.
+/// The destination and source MACs a successful FIB lookup left in `params`, in header order
+/// and word-aligned (see `set_macs`).
 #[inline(always)]
-pub fn send_found(ctx: &XdpContext, params: &bpf_fib_lookup, route: *mut Flow) -> Verdict {
-    let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
-    // In header order, word-aligned (see `set_macs`).
+pub fn fib_macs(params: &bpf_fib_lookup) -> [u32; 3] {
     let mut macs = [0u32; 3];
     let bytes = macs.as_mut_ptr().cast::<u8>();
     for i in 0..6 {
@@ -240,6 +238,15 @@ pub fn send_found(ctx: &XdpContext, params: &bpf_fib_lookup, route: *mut Flow) -
             bytes.add(6 + i).write_volatile(params.smac[i]);
         }
     }
+    macs
+}
+
+/// Sends on the route a successful FIB lookup left in `params`, and caches it in `route`
+/// unless that is null.
+#[inline(always)]
+pub fn send_found(ctx: &XdpContext, params: &bpf_fib_lookup, route: *mut Flow) -> Verdict {
+    let redirect = TX_PORTS.get_ifindex(params.ifindex).is_some();
+    let macs = fib_macs(params);
     // SAFETY: on success the kernel leaves the egress MTU in the union.
     let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
     Verdict::xdp(send_routed(

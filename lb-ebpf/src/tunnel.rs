@@ -35,7 +35,7 @@ use lb_common::{
 
 use crate::{
     aggregate,
-    forward::{fib_lookup_into, set_macs, via_tc},
+    forward::{fib_lookup_into, fib_macs, set_macs, via_tc},
     maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
     nat::{csum_replace2, fold},
     parse::{Packet, TCP_SYN, load, pkt_write, ptr_at},
@@ -190,15 +190,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     }
     count(StatSlot::TunnelSent);
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let mut macs = [0u32; 3];
-        let bytes = macs.as_mut_ptr().cast::<u8>();
-        for i in 0..6 {
-            // SAFETY: within `macs`; volatile keeps it a byte loop (no memcpy on this target).
-            unsafe {
-                bytes.add(i).write_volatile(params.dmac[i]);
-                bytes.add(6 + i).write_volatile(params.smac[i]);
-            }
-        }
+        let macs = fib_macs(&params);
         if TX_PORTS.get_ifindex(params.ifindex).is_some()
             && set_macs(ctx, &macs).is_some()
             && let Ok(action) = TX_PORTS.redirect(params.ifindex, 0)
