@@ -12,6 +12,26 @@ use super::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
 /// How long `lbd` may take to load, attach and program the maps.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Where `lbd` serves `/metrics` by default, in its node's namespace.
+pub const METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// The text of `/metrics` of the `lbd` running in `node` at its default address (bounded:
+/// 3 s to connect, 3 s per read).
+pub fn metrics(node: &Netns) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    node.run(|| -> std::io::Result<String> {
+        let timeout = Duration::from_secs(3);
+        let addr = METRICS_ADDR.parse().expect("a socket address");
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })?
+    .with_context(|| format!("GET /metrics from lbd in {}", node.name()))
+}
+
 /// Where the test kit pins: `/sys/fs/bpf/mlb-pins-<pid>-<n>`, one directory per `Lbd`, so
 /// parallel tests never share (or remove) each other's state.
 pub const PIN_ROOT: &str = "/sys/fs/bpf";

@@ -688,7 +688,7 @@ fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
         lb.output()
     );
     assert!(lb.output().contains("attached again"), "{}", lb.output());
-    let metrics = metrics(&topo.node);
+    let metrics = lb_testkit::metrics(&topo.node).expect("/metrics");
     assert!(
         metrics.contains(&format!(
             "meshlb_interface_reattached_total{{interface=\"{}\"}} 1",
@@ -736,22 +736,4 @@ services:
         counter(&counters, "icmp_too_big")
     );
     assert_eq!(counter(&counters, "drop_too_big"), 0, "{counters}");
-}
-
-/// lbd's `/metrics` (its default address, in the node's namespace).
-fn metrics(node: &lb_testkit::Netns) -> String {
-    use std::io::{Read as _, Write as _};
-    node.run(|| {
-        let mut stream =
-            std::net::TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), TIMEOUT)
-                .expect("connect to /metrics");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read /metrics");
-        answer
-    })
-    .expect("enter the node namespace")
 }

@@ -307,18 +307,7 @@ fn idle_tcp_api_connections_cannot_stall_the_daemon() {
         started.elapsed()
     );
     // Connections beyond the cap were refused, and counted.
-    let metrics = {
-        use std::io::{Read as _, Write as _};
-        topo.node
-            .run(|| {
-                let mut s = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
-                s.write_all(get("/metrics").as_bytes()).unwrap();
-                let mut text = String::new();
-                s.read_to_string(&mut text).unwrap();
-                text
-            })
-            .unwrap()
-    };
+    let metrics = lb_testkit::metrics(&topo.node).expect("/metrics");
     let refused: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("meshlb_api_requests_total{code=\"503\"} "))

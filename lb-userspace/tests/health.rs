@@ -307,7 +307,7 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
         no_backend_drops(&lb) > before,
         "the SYN is counted as no_backend"
     );
-    let metrics = metrics(&topo.node);
+    let metrics = lb_testkit::metrics(&topo.node).expect("/metrics");
     for line in [
         "meshlb_backend_up{service=\"web\",backend=\"198.18.2.10:8080\"} 0",
         "meshlb_backend_up{service=\"api\",backend=\"198.18.2.10:9000\"} 1",
@@ -446,21 +446,4 @@ fn no_backend_drops(lb: &Lbd) -> u64 {
     v["global"]["drop_no_backend"]
         .as_u64()
         .expect("drop_no_backend")
-}
-
-/// lbd's `/metrics` (its default address, in the node's namespace).
-fn metrics(node: &Netns) -> String {
-    node.run(|| {
-        let mut stream =
-            std::net::TcpStream::connect_timeout(&"127.0.0.1:9464".parse().unwrap(), TIMEOUT)
-                .expect("connect to /metrics");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read /metrics");
-        answer
-    })
-    .expect("enter the node namespace")
 }

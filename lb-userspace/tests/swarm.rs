@@ -111,18 +111,7 @@ fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Durat
 
 /// A counter or gauge of `node`'s lbd, from its metrics endpoint (0 when absent).
 fn metric(node: &SwarmNode, name: &str) -> u64 {
-    let text = node
-        .ns
-        .run(|| -> std::io::Result<String> {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9464")?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .expect("setns")
-        .expect("metrics");
+    let text = lb_testkit::metrics(&node.ns).expect("metrics");
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
