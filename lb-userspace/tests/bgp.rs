@@ -184,6 +184,35 @@ struct Node {
 }
 
 impl Node {
+    /// Kills its BIRD (bounded wait): the session drops without a word to the router.
+    fn kill_bird(&mut self) {
+        let mut bird = self.bird.take().expect("bird");
+        bird.signal(libc::SIGKILL).expect("kill bird");
+        let _ = bird.wait_timeout(Duration::from_secs(5));
+    }
+
+    /// `lbd cleanup --force` with its BIRD settings: stops lbd, removes meshlb, withdraws.
+    fn cleanup(&self) {
+        let out = std::process::Command::new(lbd())
+            .args([
+                "cleanup",
+                "--force",
+                "--pin-dir",
+                self.lbd.pin_dir().to_str().unwrap(),
+                "--bird-include",
+                self.include().to_str().unwrap(),
+                "--birdc-socket",
+                self.socket().to_str().unwrap(),
+            ])
+            .output()
+            .expect("lbd cleanup");
+        assert!(
+            out.status.success(),
+            "lbd cleanup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn include(&self) -> PathBuf {
         self.dir.0.join("vips.conf")
     }
@@ -332,10 +361,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     }
 
     // 1. Node A's BIRD stops: the router drops A within the hold time.
-    let mut bird = a.bird.take().expect("bird");
-    bird.signal(libc::SIGKILL).expect("kill bird");
-    let _ = bird.wait_timeout(Duration::from_secs(5));
-    drop(bird);
+    a.kill_bird();
     let took = wait_hops(&router, VIP, &[B], within_hold);
     eprintln!("BIRD of node A killed: withdrawn in {took:?}");
     a.start_bird();
@@ -384,24 +410,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     eprintln!("checked VIP's backend back: announced again in {took:?}");
 
     // 5. `lbd cleanup` on node A (stopping its lbd): withdrawn at once, not after the hold.
-    let out = std::process::Command::new(lbd())
-        .args([
-            "cleanup",
-            "--force",
-            "--pin-dir",
-            a.lbd.pin_dir().to_str().unwrap(),
-            "--bird-include",
-            a.include().to_str().unwrap(),
-            "--birdc-socket",
-            a.socket().to_str().unwrap(),
-        ])
-        .output()
-        .expect("lbd cleanup");
-    assert!(
-        out.status.success(),
-        "lbd cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.cleanup();
     let took = wait_hops(&router, VIP, &[B], Duration::from_secs(2));
     eprintln!("lbd cleanup on node A: withdrawn in {took:?}");
     drop(checked_server);
@@ -678,35 +687,12 @@ enum Away {
 /// Takes node A away in `how`.
 fn take_away(a: &mut Node, how: Away) {
     match how {
-        Away::BirdStopped => {
-            let mut bird = a.bird.take().expect("bird");
-            bird.signal(libc::SIGKILL).expect("kill bird");
-            let _ = bird.wait_timeout(Duration::from_secs(5));
-        }
+        Away::BirdStopped => a.kill_bird(),
         Away::LinkDown => {
             a.ns.ip(&["link", "set", "eth0", "down"])
                 .expect("link down");
         }
-        Away::Cleanup => {
-            let out = std::process::Command::new(lbd())
-                .args([
-                    "cleanup",
-                    "--force",
-                    "--pin-dir",
-                    a.lbd.pin_dir().to_str().unwrap(),
-                    "--bird-include",
-                    a.include().to_str().unwrap(),
-                    "--birdc-socket",
-                    a.socket().to_str().unwrap(),
-                ])
-                .output()
-                .expect("lbd cleanup");
-            assert!(
-                out.status.success(),
-                "lbd cleanup: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        Away::Cleanup => a.cleanup(),
     }
 }
 
