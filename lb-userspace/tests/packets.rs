@@ -55,6 +55,17 @@ fn with_jumbo_link(services: &str, test: impl FnOnce(Loaded, u32) + Send) {
 }
 
 /// Runs `test` on the program loaded with `services` in a fresh node namespace.
+/// The ICMPv4 error the node sends the client, as `icmpv4_frame` builds it but with the
+/// identification 0 the program writes (the builder writes 1), its header checksum redone.
+fn node_icmpv4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, message: &[u8]) -> Vec<u8> {
+    let mut frame = icmpv4_frame((CLIENT_MAC, NODE_MAC), src, dst, message);
+    frame[18..20].copy_from_slice(&[0, 0]);
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = lb_testkit::packet::checksum(&frame[14..34], 0);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
 fn with_program(services: &str, test: impl FnOnce(Loaded) + Send) {
     ProgNode::new("pkt", &[])
         .expect("node namespace")
@@ -1337,12 +1348,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         let after = lb.stats();
         let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
         message.extend_from_slice(&big[14..14 + 548]);
-        let mut expected = icmpv4_frame((CLIENT_MAC, NODE_MAC), *vip.ip(), *client.ip(), &message);
-        // Identification 0 (the builder writes 1).
-        expected[18..20].copy_from_slice(&[0, 0]);
-        expected[24..26].copy_from_slice(&[0, 0]);
-        let c = lb_testkit::packet::checksum(&expected[14..34], 0);
-        expected[24..26].copy_from_slice(&c.to_be_bytes());
+        let expected = node_icmpv4(*vip.ip(), *client.ip(), &message);
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
@@ -1787,17 +1793,7 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
         let after = lb.stats();
         let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc0];
         message.extend_from_slice(&big[14..14 + 548]);
-        let mut expected = icmpv4_frame(
-            (CLIENT_MAC, NODE_MAC),
-            *frontend.ip(),
-            *client.ip(),
-            &message,
-        );
-        // Identification 0 (the builder writes 1).
-        expected[18..20].copy_from_slice(&[0, 0]);
-        expected[24..26].copy_from_slice(&[0, 0]);
-        let c = lb_testkit::packet::checksum(&expected[14..34], 0);
-        expected[24..26].copy_from_slice(&c.to_be_bytes());
+        let expected = node_icmpv4(*frontend.ip(), *client.ip(), &message);
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
