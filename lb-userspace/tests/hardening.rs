@@ -251,6 +251,18 @@ fn http_status(ns: &Netns, addr: std::net::SocketAddr, request: String) -> Resul
     .expect("enter the namespace")
 }
 
+/// One raw request over the Unix API socket, and its whole answer.
+fn unix_exchange(socket: &Path, request: String) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).expect("send the request");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[test]
 fn idle_tcp_api_connections_cannot_stall_the_daemon() {
     if !e2e_enabled() {
@@ -363,8 +375,24 @@ fn an_oversized_request_gets_the_apis_json_error_and_a_looping_backend_is_refuse
     let _ = std::fs::remove_file(&big);
     assert!(!ok, "a 3 MB body was taken");
     assert!(
-        err.contains("over the API's limit"),
-        "lbctl reads the 413 as the API's own error: {err}"
+        err.contains("(3.1 MB) is over the API's limit of 2 MB"),
+        "lbctl refuses the body before sending it, saying its size and the limit: {err}"
+    );
+    // lbd's own limit, for clients other than lbctl: a body one byte over, sent whole (so lbd
+    // has read all of it and its close loses nothing), gets the API's JSON error.
+    let limit = lb_userspace::api::MAX_BODY_BYTES;
+    let answer = unix_exchange(
+        &lb.api_socket(),
+        format!(
+            "POST /v1/apply HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+            limit + 1,
+            "x".repeat(limit + 1)
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"the request body is over the API's limit of 2 MB"#),
+        "{answer}"
     );
     // A backend that is one of the node's frontends loops: refused, through the API as in a
     // file (one rule set: the plan's).

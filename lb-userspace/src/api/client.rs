@@ -92,7 +92,13 @@ impl Endpoint {
             .method(method)
             .uri(path_and_query)
             .header(hyper::header::HOST, "lbd");
-        if body.is_some() {
+        if let Some(body) = &body {
+            if body.len() > super::MAX_BODY_BYTES {
+                return Err(ClientError::Api {
+                    status: 413,
+                    message: super::body_too_large(Some(body.len())),
+                });
+            }
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         let (response, _conn) = match self {

@@ -34,6 +34,20 @@ use crate::{
     source::api_state::{ServiceChanges, Source},
 };
 
+/// The largest request body lbd takes. lbctl refuses a larger one before sending it: a server
+/// that stops reading mid-upload closes with data unread, and the client then sees a broken
+/// pipe instead of the answer.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// What both sides say of a body over [`MAX_BODY_BYTES`].
+pub fn body_too_large(bytes: Option<usize>) -> String {
+    let size = bytes.map_or(String::new(), |b| format!(" ({:.1} MB)", b as f64 / 1e6));
+    format!(
+        "the request body{size} is over the API's limit of {} MB; send the services in smaller files",
+        MAX_BODY_BYTES >> 20
+    )
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,

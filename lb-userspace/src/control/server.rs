@@ -91,6 +91,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "no such endpoint; see `lbctl --help` for what the API serves".into(),
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::api::MAX_BODY_BYTES,
+        ))
         .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -116,9 +119,7 @@ async fn json_errors(response: Response) -> Response {
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).trim().to_owned();
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        format!(
-            "the request body is over the API's limit of 2 MB ({text}); send the services in smaller files"
-        )
+        crate::api::body_too_large(None)
     } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
     } else {
