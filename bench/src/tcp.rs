@@ -164,7 +164,8 @@ pub struct ContenderResult {
     pub connections_per_s: Vec<f64>,
     pub requests_per_s: Vec<f64>,
     /// Per round, what this contender is held against: the mean of the direct measurements
-    /// right before and right after it (empty for the direct connection itself).
+    /// right before and right after it, or (swarm and host-local cases) direct interleaved
+    /// with it (empty for the direct connection itself).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub direct_connections_per_s: Vec<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -193,15 +194,27 @@ pub(crate) struct Clients<'a> {
     pub(crate) pinned: bool,
 }
 
+/// How a short connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// FIN: the client's side then waits in TIME_WAIT, as a real client's would.
+    Graceful,
+    /// RST (`SO_LINGER` 0): no TIME_WAIT. Thousands of client sockets in TIME_WAIT to one
+    /// server make `connect()` search for a free port, whose cost swings by a quarter within
+    /// seconds; the paired cases, which compare two ways to one server, close this way.
+    Reset,
+}
+
 /// Short connections from every client thread to `target` for `seconds`.
 pub(crate) fn connections(
     clients: &Clients<'_>,
     target: SocketAddr,
     seconds: f64,
+    close: Close,
 ) -> Result<Count> {
     measure(clients, seconds, |deadline, ok, errors| {
         while Instant::now() < deadline {
-            match one_exchange(target) {
+            match one_exchange(target, close) {
                 Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                 Err(_) => errors.fetch_add(1, Ordering::Relaxed),
             };
@@ -284,9 +297,34 @@ fn request(stream: &mut TcpStream) -> Result<()> {
     Ok(())
 }
 
-fn one_exchange(target: SocketAddr) -> Result<()> {
+fn one_exchange(target: SocketAddr, close: Close) -> Result<()> {
     let mut stream = connect(target)?;
-    request(&mut stream)
+    request(&mut stream)?;
+    if close == Close::Reset {
+        reset_on_close(&stream)?;
+    }
+    Ok(())
+}
+
+/// `SO_LINGER` with a zero timeout: closing the socket sends RST and leaves no TIME_WAIT.
+fn reset_on_close(stream: &TcpStream) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and an option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    ensure!(rc == 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    Ok(())
 }
 
 /// A contender set up on the node; torn down on `stop`.
@@ -446,8 +484,8 @@ fn measure_contender(
     });
     let measured = ready.and_then(|()| {
         // Warm-up, not counted: caches, the server's accept queue, conntrack.
-        connections(clients, target, WARMUP_SECONDS)?;
-        let c = connections(clients, target, args.seconds)?;
+        connections(clients, target, WARMUP_SECONDS, Close::Graceful)?;
+        let c = connections(clients, target, args.seconds, Close::Graceful)?;
         let k = keepalive(clients, target, args.seconds)?;
         Ok((c, k))
     });
@@ -620,7 +658,7 @@ pub fn render_markdown(r: &TcpReport) -> String {
             .join(" / ")
     };
     let mut md = format!(
-        "### Real TCP through the node ({} client threads{}; {} s per measurement after a 1 s warm-up and a 2 s pause after a balancer is stopped; every balancer measured between two direct measurements and held against their mean; the order of balancers rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | direct right before and after: connections/s; keep-alive requests/s | errors |\n|---|---|---|---|---|\n",
+        "### Real TCP through the node ({} client threads{}; {} s per measurement after a 1 s warm-up and a 2 s pause after a balancer is stopped; every balancer measured between two direct measurements and held against their mean; the order of balancers rotating from round to round)\n\n| Contender | connections/s, round 1 / 2 / 3 … | keep-alive requests/s, round 1 / 2 / 3 … | direct in the same round: connections/s; keep-alive requests/s | errors |\n|---|---|---|---|---|\n",
         r.clients,
         if r.pinned {
             " on CPU 0, servers, lbd and HAProxy on CPU 1"

@@ -2,7 +2,7 @@
 //! node (client threads in the node's namespace, in a cgroup of their own where lbd attaches its
 //! socket-level programs) connects to a file service's VIP (one backend): `connect()` is rewritten to one of
 //! the backends, and its packets then go straight to it, with no work per packet. Held against
-//! the same threads connecting to one backend directly, right before and after, with lbd
+//! the same threads connecting to one backend directly, interleaved in short slices, with lbd
 //! running throughout (its XDP program sees both ways' packets alike). Target: at least 0.95
 //! of direct in every round, for both figures.
 
@@ -20,7 +20,7 @@ use crate::{
 const CASE: Case = Case {
     tag: "tcp --host-local",
     file_stem: "tcp-host",
-    heading: "bench tcp, host-local case: a process on the node to a file service's VIP through the socket-level programs vs to one backend directly ({clients} client threads in the node's namespace; {seconds} s per measurement after a 1 s warm-up; direct right before and after each VIP measurement; lbd running throughout)",
+    heading: "bench tcp, host-local case: a process on the node to a file service's VIP through the socket-level programs vs to one backend directly ({clients} client threads in the node's namespace; {seconds} s of each way per measurement after a 1 s warm-up, the two ways interleaved in 0.25 s slices, connections closed by a reset; lbd running throughout)",
     direct_name: "direct to one backend",
     through_name: "VIP via socket-level balancing",
     through_short: "VIP",
@@ -31,7 +31,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     check_args(args)?;
     let machine = machine::facts();
     println!(
-        "tcp --host-local: {} ({} CPUs); {} rounds of direct / VIP / direct, {} s connections + {} s keep-alive each, {} client threads",
+        "tcp --host-local: {} ({} CPUs); {} rounds of direct and VIP interleaved, {} s connections + {} s keep-alive each way, {} client threads",
         machine.cpu_model, machine.cpus, args.rounds, args.seconds, args.seconds, args.clients
     );
     // Field order of the guards: lbd (its links) goes before the cgroup it attaches to.

@@ -1,7 +1,8 @@
 //! The paired TCP measurement shared by `bench tcp`'s swarm and host-local cases: one way
-//! through meshlb, held against the direct way measured right before and right after it in
-//! the same round (this VM's speed drifts by more than the targets' margins within a minute).
-//! Short connections per second and keep-alive requests per second, each after a warm-up.
+//! through meshlb, held against the direct way in the same round, the two interleaved in
+//! quarter-second slices (this VM's speed drifts by more than the targets' margins within
+//! seconds). Short connections per second (each closed by a reset: see `tcp::Close`), then
+//! keep-alive requests per second, after a warm-up of each way.
 
 use std::net::SocketAddr;
 
@@ -11,7 +12,7 @@ use crate::{
     micro::machine,
     pps::Target,
     tcp::{
-        Clients, ContenderResult, TcpArgs, TcpReport, WARMUP_SECONDS, connections, keepalive,
+        Clients, Close, ContenderResult, Count, TcpArgs, TcpReport, WARMUP_SECONDS, connections, keepalive,
         render_markdown,
     },
 };
@@ -32,23 +33,77 @@ pub struct Case {
     pub target: f64,
 }
 
-/// (connections/s, keep-alive requests/s, errors) of one measurement.
-fn measure(clients: &Clients<'_>, target: SocketAddr, seconds: f64) -> Result<(f64, f64, u64)> {
-    connections(clients, target, WARMUP_SECONDS)?;
-    let c = connections(clients, target, seconds)?;
-    let k = keepalive(clients, target, seconds)?;
-    if c.ok == 0 || k.ok == 0 {
-        bail!(
-            "{target}: no exchange succeeded ({} and {} errors)",
-            c.errors,
-            k.errors
-        );
+/// How long each way runs before the other takes over. This VM's speed drifts within
+/// seconds; slices this short put both ways through the same drift, where a whole measurement
+/// of one way right before the other's does not. Each keep-alive slice opens its own
+/// connections, so many slices also average over where the scheduler puts them.
+const SLICE_SECONDS: f64 = 0.25;
+
+/// Both ways of one figure (`run_for` is `connections` or `keepalive`), interleaved in
+/// [`SLICE_SECONDS`] slices for `seconds` each. Slices come in blocks of four, direct and
+/// through in the order ABBA or BAAB, drawn at random per block: each block cancels a steady
+/// drift, and the draw keeps a periodic disturbance (lbd's and dockerd's polls) from always
+/// landing on the same way. Returns (direct, through).
+fn interleaved(
+    clients: &Clients<'_>,
+    direct: SocketAddr,
+    through: SocketAddr,
+    seconds: f64,
+    run_for: fn(&Clients<'_>, SocketAddr, f64) -> Result<Count>,
+) -> Result<(Count, Count)> {
+    let slices = (seconds / SLICE_SECONDS).ceil().max(1.0) as usize;
+    let slice = seconds / slices as f64;
+    let mut draw = Draw::from_clock();
+    let mut direct_first = true;
+    let (mut d, mut t) = (Count::default(), Count::default());
+    for i in 0..slices {
+        match i % 4 {
+            0 => direct_first = draw.coin(),
+            2 => direct_first = !direct_first,
+            _ => {}
+        }
+        let order = if direct_first {
+            [(direct, &mut d), (through, &mut t)]
+        } else {
+            [(through, &mut t), (direct, &mut d)]
+        };
+        for (target, total) in order {
+            let c = run_for(clients, target, slice)?;
+            total.ok += c.ok;
+            total.errors += c.errors;
+            total.seconds += c.seconds;
+        }
     }
-    Ok((c.rate(), k.rate(), c.errors + k.errors))
+    for (target, c) in [(direct, &d), (through, &t)] {
+        if c.ok == 0 {
+            bail!("{target}: no exchange succeeded ({} errors)", c.errors);
+        }
+    }
+    Ok((d, t))
 }
 
-/// Measures `args.rounds` rounds of direct / through / direct, prints and (unless
-/// `--no-write`) writes the report; fails when a round misses the case's target.
+/// A coin for the slice order (xorshift64, seeded from the clock): nothing here needs more.
+struct Draw(u64);
+
+impl Draw {
+    fn from_clock() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Self(nanos | 1)
+    }
+
+    fn coin(&mut self) -> bool {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 >> 63 == 1
+    }
+}
+
+/// Measures `args.rounds` rounds, each both ways interleaved (short connections, then
+/// keep-alive), prints and (unless `--no-write`) writes the report; fails when a round misses
+/// the case's target.
 pub fn run(
     case: &Case,
     args: &TcpArgs,
@@ -59,27 +114,31 @@ pub fn run(
     let machine = machine::facts();
     let mut direct_result = ContenderResult::empty(case.direct_name);
     let mut meshlb = ContenderResult::empty(case.through_name);
+    for target in [direct, through] {
+        connections(clients, target, WARMUP_SECONDS, Close::Reset)?;
+    }
     for round in 0..args.rounds {
-        let before = measure(clients, direct, args.seconds)?;
-        let via = measure(clients, through, args.seconds)?;
-        let after = measure(clients, direct, args.seconds)?;
+        let (dc, tc) = interleaved(clients, direct, through, args.seconds, |c, t, s| {
+            connections(c, t, s, Close::Reset)
+        })?;
+        let (dk, tk) = interleaved(clients, direct, through, args.seconds, keepalive)?;
         println!(
-            "{}: round {round}: direct {:.0}/{:.0}, {} {:.0}/{:.0}, direct {:.0}/{:.0} (connections/s / keep-alive requests/s)",
-            case.tag, before.0, before.1, case.through_short, via.0, via.1, after.0, after.1
+            "{}: round {round}: direct {:.0}/{:.0}, {} {:.0}/{:.0} (connections/s / keep-alive requests/s)",
+            case.tag,
+            dc.rate(),
+            dk.rate(),
+            case.through_short,
+            tc.rate(),
+            tk.rate()
         );
-        let mean = |a: f64, b: f64| (a + b) / 2.0;
-        direct_result
-            .connections_per_s
-            .push(mean(before.0, after.0));
-        direct_result.requests_per_s.push(mean(before.1, after.1));
-        direct_result.errors += before.2 + after.2;
-        meshlb.connections_per_s.push(via.0);
-        meshlb.requests_per_s.push(via.1);
-        meshlb
-            .direct_connections_per_s
-            .push(mean(before.0, after.0));
-        meshlb.direct_requests_per_s.push(mean(before.1, after.1));
-        meshlb.errors += via.2;
+        direct_result.connections_per_s.push(dc.rate());
+        direct_result.requests_per_s.push(dk.rate());
+        direct_result.errors += dc.errors + dk.errors;
+        meshlb.connections_per_s.push(tc.rate());
+        meshlb.requests_per_s.push(tk.rate());
+        meshlb.direct_connections_per_s.push(dc.rate());
+        meshlb.direct_requests_per_s.push(dk.rate());
+        meshlb.errors += tc.errors + tk.errors;
     }
     let ratio =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };

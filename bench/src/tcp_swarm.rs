@@ -2,9 +2,8 @@
 //! (`lb_testkit::swarm`), a service with one task on node 1 publishes port 80 (ingress); the
 //! client measures short connections per second and keep-alive requests per second through
 //! node 1's published port (one `lbd --swarm` on node 1) and straight to the task (its
-//! `docker_gwbridge` address, routed by node 1), in turns: each published measurement is held
-//! against the mean of the direct ones right before and after it. Target: at least 0.9 of
-//! direct in every round, for both figures.
+//! `docker_gwbridge` address, routed by node 1), the two interleaved in quarter-second slices
+//! (`tcp_pairs`). Target: at least 0.9 of direct in every round, for both figures.
 //!
 //! `--cross-node` (issue 13): the task runs on node 2 and the client enters by node 1, whose
 //! lbd sends every packet through the mesh tunnel to node 2's lbd, which delivers it (and the
@@ -32,7 +31,7 @@ const DIRECT_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 50, 1
 const CASE: Case = Case {
     tag: "tcp --swarm",
     file_stem: "tcp-swarm",
-    heading: "bench tcp, swarm case: a one-task service's published port through lbd --swarm vs direct to the task ({clients} client threads; {seconds} s per measurement after a 1 s warm-up; direct right before and after each published measurement)",
+    heading: "bench tcp, swarm case: a one-task service's published port through lbd --swarm vs direct to the task ({clients} client threads; {seconds} s of each way per measurement after a 1 s warm-up, the two ways interleaved in 0.25 s slices, connections closed by a reset)",
     direct_name: "direct to the task",
     through_name: "published port via lbd --swarm",
     through_short: "published",
@@ -42,7 +41,7 @@ const CASE: Case = Case {
 const CROSS_CASE: Case = Case {
     tag: "tcp --swarm --cross-node",
     file_stem: "tcp-swarm-cross",
-    heading: "bench tcp, swarm cross-node case: a one-task service on node 2 through node 1's published port (lbd --swarm on both, the mesh tunnel between them) vs direct to the task ({clients} client threads; {seconds} s per measurement after a 1 s warm-up; direct right before and after each published measurement)",
+    heading: "bench tcp, swarm cross-node case: a one-task service on node 2 through node 1's published port (lbd --swarm on both, the mesh tunnel between them) vs direct to the task ({clients} client threads; {seconds} s of each way per measurement after a 1 s warm-up, the two ways interleaved in 0.25 s slices, connections closed by a reset)",
     direct_name: "direct to the task (routed by its node)",
     through_name: "node 1's published port, task on node 2",
     through_short: "cross-node",
@@ -58,7 +57,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     };
     let machine = machine::facts();
     println!(
-        "{}: {} ({} CPUs); {} rounds of direct / published / direct, {} s connections + {} s keep-alive each, {} client threads",
+        "{}: {} ({} CPUs); {} rounds of direct and published interleaved, {} s connections + {} s keep-alive each way, {} client threads",
         case.tag,
         machine.cpu_model,
         machine.cpus,
