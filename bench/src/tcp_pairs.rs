@@ -12,8 +12,8 @@ use crate::{
     micro::machine,
     pps::Target,
     tcp::{
-        Clients, Close, ContenderResult, Count, TcpArgs, TcpReport, WARMUP_SECONDS, connections, keepalive,
-        render_markdown,
+        Clients, Close, ContenderResult, Count, TcpArgs, TcpReport, WARMUP_SECONDS, connections,
+        keepalive, render_markdown,
     },
 };
 

@@ -25,6 +25,7 @@ pub mod names {
     pub const FORWARD_FILTER: &str = "FORWARD_FILTER";
     pub const FRONTEND_GEN: &str = "FRONTEND_GEN";
     pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
+    pub const SOCK_PEER: &str = "SOCK_PEER";
     pub const SOCK_STATS: &str = "SOCK_STATS";
     pub const SOCK_NETNS: &str = "SOCK_NETNS";
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
@@ -32,7 +33,7 @@ pub mod names {
     pub const REPLY_FRONTENDS: &str = "REPLY_FRONTENDS";
     pub const INTERFACE_MACS: &str = "INTERFACE_MACS";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -51,6 +52,7 @@ pub mod names {
         FORWARD_FILTER,
         FRONTEND_GEN,
         SOCK_REVERSE,
+        SOCK_PEER,
         SOCK_STATS,
         SOCK_NETNS,
         TUNNEL_PEERS,
@@ -417,6 +419,20 @@ pub struct SockReverse {
     pub _pad: u16,
 }
 
+/// Value of `SOCK_PEER`, stored on a socket whose `connect()` the socket-level programs sent
+/// to a backend: that backend and the frontend asked for. It lives and dies with the socket,
+/// so unlike `SOCK_REVERSE` (what unconnected datagrams need) no churn of other sockets can
+/// evict it, and a new connection costs no insert into a shared table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockPeer {
+    pub backend: Addr,
+    pub frontend: Addr,
+    pub backend_port_be: u16,
+    pub frontend_port_be: u16,
+    pub _pad: u32,
+}
+
 /// Values of `SOCK_NETNS` (keyed by network namespace cookie): which frontends the
 /// socket-level programs translate for sockets of that namespace.
 /// Values of `SOCK_NETNS`: which frontends a network namespace's sockets are translated for,
@@ -474,6 +490,7 @@ const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<SockReverseKey>() == 32);
 const _: () = assert!(size_of::<SockReverse>() == 20);
+const _: () = assert!(size_of::<SockPeer>() == 40);
 const _: () = assert!(size_of::<SockCounters>() == 24);
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 use crate::{
     Addr,
     maps::{
-        Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, Service, SockCounters, SockReverse,
-        SockReverseKey, TrafficCounters, XdpMeta,
+        Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, Service, SockCounters, SockPeer,
+        SockReverse, SockReverseKey, TrafficCounters, XdpMeta,
     },
     traffic::GenConfig,
 };
@@ -22,4 +22,5 @@ unsafe impl aya::Pod for XdpMeta {}
 unsafe impl aya::Pod for GenConfig {}
 unsafe impl aya::Pod for SockReverseKey {}
 unsafe impl aya::Pod for SockReverse {}
+unsafe impl aya::Pod for SockPeer {}
 unsafe impl aya::Pod for SockCounters {}

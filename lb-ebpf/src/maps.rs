@@ -2,7 +2,7 @@
 //! resizes `CONNTRACK` and `PENDING` at load time.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use lb_common::{
@@ -15,7 +15,8 @@ use lb_common::{
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, InterfaceMac, ReplyFrontend, SELECTION_TABLE_FLAGS,
-        Service, SockCounters, SockReverse, SockReverseKey, TableElement, TrafficCounters, tunnel,
+        Service, SockCounters, SockPeer, SockReverse, SockReverseKey, TableElement,
+        TrafficCounters, tunnel,
     },
     stats::StatSlot,
 };
@@ -146,6 +147,10 @@ pub static SOCK_REVERSE: LruHashMap<
     SockReverse,
     { SOCK_REVERSE_ENTRIES as usize },
 > = LruHashMap::new();
+
+/// Socket-level path: what a connected socket asked for and was sent to, stored on the socket.
+#[btf_map]
+pub static SOCK_PEER: SkStorage<SockPeer> = SkStorage::new();
 
 /// Socket-level path: per-service counters.
 #[btf_map]

@@ -18,14 +18,14 @@ use aya_ebpf::{
 use lb_common::{
     Addr,
     maps::{
-        ANY_PORT, EndpointKey, FlowKey, SockReverse, SockReverseKey, proto, service_flags,
-        sock_netns,
+        ANY_PORT, EndpointKey, FlowKey, SockPeer, SockReverse, SockReverseKey, proto,
+        service_flags, sock_netns,
     },
 };
 
 use crate::{
     conntrack::Chosen,
-    maps::{FRONTENDS, SOCK_NETNS, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
+    maps::{FRONTENDS, SOCK_NETNS, SOCK_PEER, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
     select,
 };
 
@@ -193,7 +193,7 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     set_user_addr(sa, v6, &chosen.addr);
     // SAFETY: a context field these programs may write.
     unsafe { (*sa).user_port = u32::from(chosen.port_be) };
-    remember(cookie, &chosen, &frontend, call);
+    remember(ctx, cookie, &chosen, &frontend, call);
     if let Some(c) = counters {
         // SAFETY: per-CPU value, see above.
         unsafe {
@@ -206,10 +206,36 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     ALLOW
 }
 
-/// Records which frontend the socket asked for, so `to_frontend` can give it back. A datagram
-/// to the same backend as the last one skips the write.
+/// Records which frontend the socket asked for, so `to_frontend` can give it back: on the
+/// socket itself for `connect` (one peer per socket), else in `SOCK_REVERSE` by socket and
+/// backend (an unconnected socket may send to several). A datagram to the same backend as the
+/// last one skips the write.
 #[inline(always)]
-fn remember(cookie: u64, chosen: &Chosen, frontend: &EndpointKey, call: Call) {
+fn remember(
+    ctx: &SockAddrContext,
+    cookie: u64,
+    chosen: &Chosen,
+    frontend: &EndpointKey,
+    call: Call,
+) {
+    if call == Call::Connect {
+        let mut peer = SockPeer {
+            backend: chosen.addr,
+            frontend: frontend.addr,
+            backend_port_be: chosen.port_be,
+            frontend_port_be: frontend.port_be,
+            _pad: 0,
+        };
+        // SAFETY: the context's socket, which the helper takes; a socket reconnected to
+        // another frontend has its value overwritten.
+        let stored = unsafe { SOCK_PEER.get_or_insert_ptr_mut(ctx, Some(&mut peer)) };
+        if !stored.is_null() {
+            // SAFETY: a storage value stays valid for the whole program run.
+            unsafe { *stored = peer };
+            return;
+        }
+        // No storage (out of memory): the shared table keeps getpeername right.
+    }
     let key = SockReverseKey {
         cookie,
         backend: chosen.addr,
@@ -237,22 +263,41 @@ fn remember(cookie: u64, chosen: &Chosen, frontend: &EndpointKey, call: Call) {
 #[inline(always)]
 fn to_frontend(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: helper the kernel offers sock_addr programs; context field it lets them read.
-    let (cookie, user_port) = unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), (*sa).user_port) };
+    // SAFETY: a context field these programs may read.
+    let user_port = unsafe { (*sa).user_port } as u16;
+    let backend = user_addr(sa, v6);
+    // SAFETY: the context's socket; no value is created.
+    let peer = unsafe { SOCK_PEER.get_ptr_mut(ctx) };
+    if !peer.is_null() {
+        // SAFETY: a storage value stays valid for the whole program run.
+        let peer = unsafe { *peer };
+        if peer.backend == backend && peer.backend_port_be == user_port {
+            show(sa, v6, &peer.frontend, peer.frontend_port_be);
+            return ALLOW;
+        }
+    }
+    // SAFETY: a helper the kernel offers sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockReverseKey {
         cookie,
-        backend: user_addr(sa, v6),
-        port_be: user_port as u16,
+        backend,
+        port_be: user_port,
         _pad: [0; 6],
     };
     if let Some(known) = SOCK_REVERSE.get_ptr(&key) {
         // SAFETY: a map value stays valid for the whole program run.
         let known = unsafe { *known };
-        set_user_addr(sa, v6, &known.frontend);
-        // SAFETY: a context field these programs may write.
-        unsafe { (*sa).user_port = u32::from(known.port_be) };
+        show(sa, v6, &known.frontend, known.port_be);
     }
     ALLOW
+}
+
+/// Puts the frontend in place of the backend in what the call returns.
+#[inline(always)]
+fn show(sa: *mut bpf_sock_addr, v6: bool, frontend: &Addr, port_be: u16) {
+    set_user_addr(sa, v6, frontend);
+    // SAFETY: a context field these programs may write.
+    unsafe { (*sa).user_port = u32::from(port_be) };
 }
 
 /// The address the socket call names, in key form (IPv4 as IPv4-mapped; an IPv6 socket's
