@@ -32,8 +32,9 @@ pub mod names {
     pub const TUNNEL_PEER_INDEX: &str = "TUNNEL_PEER_INDEX";
     pub const REPLY_FRONTENDS: &str = "REPLY_FRONTENDS";
     pub const INTERFACE_MACS: &str = "INTERFACE_MACS";
+    pub const CHECKSUM_STATE: &str = "CHECKSUM_STATE";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -59,12 +60,22 @@ pub mod names {
         TUNNEL_PEER_INDEX,
         REPLY_FRONTENDS,
         INTERFACE_MACS,
+        CHECKSUM_STATE,
     ];
 }
 
 /// An attached interface's own MAC address, in `INTERFACE_MACS` at its ifindex: bytes 0-5
-/// the address, byte 6 is 1 when set (0: not known, frames are not filtered by it).
+/// the address, byte 6 is 1 when set (0: not known, frames are not filtered by it), byte 7
+/// the interface's `interface_flags`.
 pub type InterfaceMac = [u8; 8];
+
+/// Byte 7 of an `INTERFACE_MACS` value.
+pub mod interface_flags {
+    /// XDP runs there in generic (skb) mode: a packet from a socket on this host (a local
+    /// container's, through `docker_gwbridge`) may carry a partial TCP/UDP checksum, which
+    /// translation must update as such (see lb-ebpf's `nat`).
+    pub const SKB_MODE: u8 = 1;
+}
 
 /// Program names: each is the name of the entry function in lb-ebpf.
 pub mod programs {

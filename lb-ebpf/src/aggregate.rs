@@ -31,8 +31,8 @@ use lb_common::{
 use crate::{
     forward::{fib_lookup_into, via_tc_meta},
     maps::TUNNEL_PEERS,
-    nat::{add_word, fold},
-    parse::{Packet, load, pkt_read, pkt_write, ptr_at},
+    nat::{add_word, fold, pseudo_header_sum},
+    parse::{Packet, load, pkt_write, ptr_at},
     stats::count,
 };
 
@@ -165,31 +165,10 @@ pub fn send_tunneled(ctx: &XdpContext, pkt: &Packet, peer: u32) -> u32 {
 /// checksums wrong by the port change. False if the headers are not in the packet.
 #[inline(always)]
 fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
-    let (l3, l4) = (pkt.l3(), pkt.l4());
-    let tcp_len = pkt.ip_end().saturating_sub(l4) as u32;
-    let mut sum = add_word(0, u32::from(proto::TCP).to_be());
-    sum = add_word(sum, tcp_len.to_be());
-    if pkt.v6 {
-        let Some(addrs) = ptr_at::<[u32; 8]>(ctx, l3 + 8) else {
-            return false;
-        };
-        let addrs = addrs.cast::<u32>();
-        for i in 0..8 {
-            // SAFETY: within the 32 bytes bounds-checked above.
-            sum = add_word(sum, unsafe { pkt_read(addrs.add(i)) });
-        }
-    } else {
-        let Some(addrs) = ptr_at::<[u32; 2]>(ctx, l3 + 12) else {
-            return false;
-        };
-        let addrs = addrs.cast::<u32>();
-        // SAFETY: within the 8 bytes bounds-checked above.
-        unsafe {
-            sum = add_word(sum, pkt_read(addrs));
-            sum = add_word(sum, pkt_read(addrs.add(1)));
-        }
-    }
-    let Some(check) = ptr_at::<u16>(ctx, l4 + 16) else {
+    let Some(sum) = pseudo_header_sum(ctx, pkt) else {
+        return false;
+    };
+    let Some(check) = ptr_at::<u16>(ctx, pkt.l4() + 16) else {
         return false;
     };
     // SAFETY: bounds-checked above.

@@ -48,11 +48,13 @@ use crate::{
 
 #[xdp]
 pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
-    if !l2::addressed_here(&ctx) {
+    let ingress = l2::ingress(&ctx);
+    if !ingress.addressed_here {
         count(StatSlot::Rx);
         count(StatSlot::PassOtherHost);
         return xdp_action::XDP_PASS;
     }
+    nat::set_checksum_state(ingress.skb_mode as u32);
     let mut pkt = Packet::default();
     if tunnel::receive(&ctx, &mut pkt) == tunnel::DROP {
         return xdp_action::XDP_DROP;
@@ -82,6 +84,9 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     }
     if pkt.key.proto == proto::ICMP || pkt.key.proto == proto::ICMPV6 {
         return icmp::handle(ctx, pkt);
+    }
+    if nat::checksum_state() != 0 {
+        nat::set_checksum_state(nat::checksum_partial(ctx, pkt) as u32);
     }
     // Read before FRONTENDS is: a flow opened or checked below is stamped with it.
     let generation = conntrack::frontend_gen();

@@ -88,6 +88,12 @@ pub static PENDING: LruHashMap<FlowKey, Flow, { DEFAULT_PENDING_ENTRIES as usize
 #[btf_map]
 pub static FLOW_SCRATCH: PerCpuArray<Flow, 1> = PerCpuArray::new();
 
+/// Per-CPU: whether the packet being handled has a partial TCP/UDP checksum (`nat`). In a
+/// map rather than on the stack, where the verifier would follow every translation path once
+/// for each value.
+#[btf_map]
+pub static CHECKSUM_STATE: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 /// Per-CPU room for a connection-table key built deep in the new-flow path.
 #[btf_map]
 pub static KEY_SCRATCH: PerCpuArray<FlowKey, 1> = PerCpuArray::new();

@@ -37,7 +37,7 @@ use crate::{
     aggregate,
     forward::{fib_lookup_into, fib_macs, set_macs, via_tc},
     maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
-    nat::{csum_replace2, fold},
+    nat::{csum_replace2, fold, partial_mask},
     parse::{Packet, TCP_SYN, load, pkt_write, ptr_at},
     stats::count,
     verdict::Verdict,
@@ -176,7 +176,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     // SAFETY: the kernel leaves the egress MTU in the union on success and on NO_NEIGH.
     let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0 {
-        clamp_mss(ctx, pkt.l4(), mtu.saturating_sub(tunnel::OVERHEAD));
+        clamp_mss(ctx, pkt, mtu.saturating_sub(tunnel::OVERHEAD));
     }
     if outer_len > mtu {
         count(StatSlot::DropTunnelFailed);
@@ -259,7 +259,8 @@ fn wrap(ctx: &XdpContext, own: u32, peer: u32, outer_len: u16, entropy: u16) -> 
 /// and the BSDs put it (a walk over variable option offsets is more than the verifier
 /// follows here).
 #[inline(always)]
-fn clamp_mss(ctx: &XdpContext, l4: usize, path_mtu: u16) {
+fn clamp_mss(ctx: &XdpContext, pkt: &Packet, path_mtu: u16) {
+    let l4 = pkt.l4();
     let limit = path_mtu.saturating_sub((IPV4_HLEN + TCP_HLEN) as u16);
     let (Some(doff), Some(option)) = (
         load::<u8>(ctx, l4 + 12),
@@ -282,7 +283,11 @@ fn clamp_mss(ctx: &XdpContext, l4: usize, path_mtu: u16) {
         if u16::from_be(old) > limit {
             let new = limit.to_be();
             mss_at.write_unaligned(new);
-            csum_at.write_unaligned(csum_replace2(csum_at.read_unaligned(), old, new));
+            // A partial checksum does not cover the options yet (the device sums them): then
+            // the update is from the new value to itself. A mask, not a branch (see `nat`).
+            let partial = partial_mask();
+            let from = (old & !partial) | (new & partial);
+            csum_at.write_unaligned(csum_replace2(csum_at.read_unaligned(), from, new));
         }
     }
 }

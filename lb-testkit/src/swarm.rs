@@ -434,6 +434,18 @@ impl SwarmLab {
         self.underlay.set_sysctls(&settings)
     }
 
+    /// Turns the transmit checksum offload of every node's underlay interface on or off. Off,
+    /// the kernel completes each TCP/UDP checksum on the way out, as a NIC does on the wire:
+    /// a packet whose partial checksum was updated wrongly then leaves with a wrong checksum
+    /// and the client drops it, where a veth with offload on passes it on unverified.
+    pub fn set_node_checksum_offload(&self, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        for node in &self.nodes {
+            node.ns.exec(&["ethtool", "-K", "eth0", "tx", state])?;
+        }
+        Ok(())
+    }
+
     /// Sets the MTU of the whole underlay: its bridge and ports, every node's and the client's
     /// `eth0` (one L2 segment: all alike, as on a real network).
     pub fn set_underlay_mtu(&self, mtu: u16) -> Result<()> {

@@ -4,6 +4,8 @@
 
 #[path = "packets/aggregate.rs"]
 mod aggregate;
+#[path = "packets/partial.rs"]
+mod partial;
 
 use std::net::SocketAddrV4;
 
@@ -126,7 +128,7 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
     with_program(ONE_BACKEND, |mut lb| {
         // What lbd writes when it attaches: the client-side interface's own MAC.
         lb.dp
-            .set_interface_mac(lb.client_if, Some(NODE_MAC))
+            .set_interface_mac(lb.client_if, Some(NODE_MAC), false)
             .expect("INTERFACE_MACS");
         let client = sock(CLIENT, 40002);
         let syn = Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN);
@@ -166,7 +168,7 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
         }
         // An interface whose MAC was never written is not filtered.
         lb.dp
-            .set_interface_mac(lb.client_if, None)
+            .set_interface_mac(lb.client_if, None, false)
             .expect("INTERFACE_MACS");
         let frame = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN)
             .with_macs(CLIENT_MAC, [0x02, 0, 0, 0, 0, 0x99])

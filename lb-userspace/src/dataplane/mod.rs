@@ -141,7 +141,7 @@ pub struct Dataplane {
     /// long as the programs: dropping it closes the log map.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
-    interface_macs: std::collections::BTreeMap<u32, Option<[u8; 6]>>,
+    interface_macs: std::collections::BTreeMap<u32, (Option<[u8; 6]>, bool)>,
 }
 
 impl Dataplane {
@@ -392,7 +392,7 @@ impl Dataplane {
         adopted: bool,
     ) -> &Attachment {
         info!(interface, ifindex, %mode, adopted, "attached");
-        self.learn_interface_mac(interface, ifindex);
+        self.learn_interface_mac(interface, ifindex, mode);
         // Attached again (the interface was made again): the new attachment replaces the old.
         self.attachments.retain(|a| a.interface != interface);
         self.attachments.push(Attachment {
@@ -406,16 +406,17 @@ impl Dataplane {
 
     /// Writes `interface`'s MAC for the XDP program (see `set_interface_mac`); a failure is
     /// logged, not fatal: the interface is then served unfiltered, as before.
-    fn learn_interface_mac(&mut self, interface: &str, ifindex: u32) {
+    fn learn_interface_mac(&mut self, interface: &str, ifindex: u32, mode: XdpMode) {
+        let skb_mode = matches!(mode, XdpMode::Generic);
         let written = netlink::link_filter_mac(ifindex)
             .map_err(|e| e.to_string())
             .and_then(|mac| {
-                if self.interface_macs.get(&ifindex) == Some(&mac) {
+                if self.interface_macs.get(&ifindex) == Some(&(mac, skb_mode)) {
                     return Ok(());
                 }
-                self.set_interface_mac(ifindex, mac)
+                self.set_interface_mac(ifindex, mac, skb_mode)
                     .map_err(|e| e.to_string())?;
-                self.interface_macs.insert(ifindex, mac);
+                self.interface_macs.insert(ifindex, (mac, skb_mode));
                 Ok(())
             });
         if let Err(e) = written {
@@ -429,13 +430,13 @@ impl Dataplane {
     /// Writes the MACs of the attached interfaces again (an operator may change one): called
     /// on netlink link events and once a second.
     pub fn refresh_interface_macs(&mut self) {
-        let attached: Vec<(String, u32)> = self
+        let attached: Vec<(String, u32, XdpMode)> = self
             .attachments
             .iter()
-            .map(|a| (a.interface.clone(), a.ifindex))
+            .map(|a| (a.interface.clone(), a.ifindex, a.mode))
             .collect();
-        for (interface, ifindex) in attached {
-            self.learn_interface_mac(&interface, ifindex);
+        for (interface, ifindex, mode) in attached {
+            self.learn_interface_mac(&interface, ifindex, mode);
         }
     }
 

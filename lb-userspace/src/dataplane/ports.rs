@@ -26,12 +26,13 @@ impl Dataplane {
     }
 
     /// Tells the XDP program `ifindex`'s own MAC (`None`: forget it), so that it leaves unicast
-    /// frames for other hosts to the kernel. An ifindex beyond the map's size is not filtered
-    /// (said once in the log).
+    /// frames for other hosts to the kernel, and whether XDP runs there in generic mode. An
+    /// ifindex beyond the map's size is not filtered (said once in the log).
     pub fn set_interface_mac(
         &mut self,
         ifindex: u32,
         mac: Option<[u8; 6]>,
+        skb_mode: bool,
     ) -> Result<(), DataplaneError> {
         if ifindex >= lb_common::limits::MAX_INTERFACE_MACS {
             tracing::warn!(
@@ -51,6 +52,9 @@ impl Dataplane {
         if let Some(mac) = mac {
             value[..6].copy_from_slice(&mac);
             value[6] = 1;
+        }
+        if skb_mode {
+            value[7] = lb_common::maps::interface_flags::SKB_MODE;
         }
         macs.set(ifindex, value, 0)
             .map_err(map_err(names::INTERFACE_MACS))

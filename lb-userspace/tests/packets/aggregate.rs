@@ -28,7 +28,7 @@ const PAYLOAD: usize = 2000;
 /// `frame` (Ethernet, IPv4 or IPv6 without options, TCP) with its TCP checksum field set as
 /// the kernel keeps it for an aggregate: the sum of the pseudo-header (RFC 793 / RFC 8200
 /// §8.1), not complemented.
-fn with_pseudo_header_sum(mut frame: Vec<u8>) -> Vec<u8> {
+pub fn with_pseudo_header_sum(mut frame: Vec<u8>) -> Vec<u8> {
     let v6 = frame[14] >> 4 == 6;
     let (l4, addrs) = if v6 { (54, 22..54) } else { (34, 26..34) };
     let tcp_len = (frame.len() - l4) as u32;

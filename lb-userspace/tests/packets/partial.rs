@@ -1,0 +1,68 @@
+//! Partial checksums (lb-ebpf `nat`): in generic XDP a packet a local socket sent (a local
+//! container's reply, through `docker_gwbridge`) has its TCP checksum field holding only the
+//! pseudo-header sum, which the device completes over the segment's bytes. On an interface
+//! userspace marked as generic mode, translation keeps such a field partial: the sum of the
+//! new pseudo-header, the port change left to the device. A complete checksum on the same
+//! interface, and any packet elsewhere, is updated as a complete one.
+
+use lb_common::stats::StatSlot;
+use lb_testkit::{
+    e2e_enabled,
+    packet::{Ipv4Frame, TCP_ACK, TCP_SYN},
+    progtest::{CLIENT, backend_mac, delta},
+};
+
+use super::{ONE_BACKEND, VIP, XDP_PASS, aggregate::with_pseudo_header_sum, sock, with_program};
+use lb_common::maps::XDP_META_MAGIC;
+
+#[test]
+fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_translation() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 40200);
+        let vip = sock(VIP, 80);
+        let backend = sock("198.18.2.10", 8080);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        // What lbd writes for a bridge in generic mode: no MAC filter, generic mode.
+        lb.dp
+            .set_interface_mac(lb.backend_if, None, true)
+            .expect("INTERFACE_MACS");
+        let reply = Ipv4Frame {
+            payload: b"HTTP/1.1 200 OK\r\n".to_vec(),
+            ..Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+        }
+        .with_macs(backend_mac(0), lb.backend_if_mac);
+
+        // Partial: the field becomes the new pseudo-header's sum (the address changed, the
+        // port change is the device's to sum).
+        let before = lb.stats();
+        let out = lb.run_from(&with_pseudo_header_sum(reply.build()), lb.backend_if);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(
+            out.packet,
+            with_pseudo_header_sum(reply.clone().with_src(vip).build()),
+            "translated, checksum field still partial"
+        );
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
+
+        // Complete, on the same interface: updated as complete (the builder's checksums are
+        // computed independently).
+        let out = lb.run_from(&reply.build(), lb.backend_if);
+        assert_eq!(out.packet, reply.clone().with_src(vip).build());
+
+        // The same partial packet from an interface not in generic mode is taken as complete:
+        // its field is updated for the port change too.
+        lb.dp
+            .set_interface_mac(lb.backend_if, None, false)
+            .expect("INTERFACE_MACS");
+        let out = lb.run_from(&with_pseudo_header_sum(reply.build()), lb.backend_if);
+        assert_ne!(
+            out.packet,
+            with_pseudo_header_sum(reply.with_src(vip).build()),
+            "a native interface's packets are never partial"
+        );
+    });
+}
