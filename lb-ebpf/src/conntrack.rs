@@ -316,8 +316,12 @@ pub fn insert(
     generation: u32,
 ) -> Result<(), InsertError> {
     let is_tcp = key.proto == proto::TCP;
+    // The state `touch_forward` would leave after this packet: the packet that opens a flow
+    // is forwarded from the value written here (`just_inserted`), not touched again.
     let state = if !is_tcp {
         tcp_state::NONE
+    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        tcp_state::CLOSING
     } else if is_syn(tcp_flags) {
         tcp_state::SYN_SENT
     } else {
@@ -405,6 +409,17 @@ pub fn insert(
         .map_err(|_| InsertError::Full)?;
     set_filter_slot(&FORWARD_FILTER, &key.dst, key.dport_be, key.proto);
     Ok(())
+}
+
+/// The forward entry `insert` just wrote into `PENDING`, as it wrote it (per-CPU scratch):
+/// the packet that opened the flow is forwarded from this copy rather than looked up again.
+/// A lookup would set the entry's reference bit, and the LRU then moves the entry to its
+/// active list instead of evicting it, so a flood of new flows (each looked up once) makes
+/// every eviction scan further; an entry nothing looked up since its insert is evicted first,
+/// and its route is cached by the flow's next packet.
+#[inline(always)]
+pub fn just_inserted() -> Option<*mut Flow> {
+    FLOW_SCRATCH.get_ptr_mut(0)
 }
 
 /// Writes the unconfirmed reply entry `reply_key`, unless a live flow holds it, confirmed

@@ -81,14 +81,17 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut 
         }
     }
     let action = send_uncached(ctx, pkt, src, dst, route);
-    if memoize {
+    // A new flow's route is cached only in the copy its first packet was forwarded from
+    // (`conntrack::just_inserted`): the memo keeps it for the flow's next packets.
+    if memoize || pkt.opened_flow {
         remember_route(ctx, pkt, src, dst, route);
     }
     action
 }
 
 /// Copies the route `send_uncached` just cached in the flow entry `route` (which had none
-/// before: if it has one now, the FIB just gave it) into the memo slot of its addresses. Not inlined, a sibling of `send_uncached`.
+/// before: if it has one now, the FIB just gave it), or in the copy a new flow's first
+/// packet was forwarded from, into the memo slot of its addresses. Not inlined, a sibling of `send_uncached`.
 #[inline(never)]
 fn remember_route(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route: *mut Flow) {
     // SAFETY: a connection-table value, valid for this program run (non-null: see `send`).

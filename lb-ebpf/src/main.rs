@@ -211,7 +211,8 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdic
 /// A client packet for a frontend: DNAT (and SNAT under full NAT) from its connection-table
 /// entry, which also caches its route, and forward; `Verdict::UNTRACKED` if the table has
 /// none, `Verdict::NEEDS_FLOW` if its flow ended. With `pending`, from its flow's entry in
-/// the table of unconfirmed flows instead (just opened, or followed: see `conntrack::pending`). Everything an established flow runs through is
+/// the table of unconfirmed flows instead (followed: see `conntrack::pending`), or, for the
+/// packet that just opened it, from the copy `conntrack::insert` wrote there. Everything an established flow runs through is
 /// inlined here: on this machine kind every return costs a mispredicted "safe RET" (SRSO
 /// mitigation), so this is the hot path's only call. Opening a flow is a sibling call from
 /// the entry function, so the two frames never add up.
@@ -227,7 +228,13 @@ fn to_backend(
     if svc.flags & service_flags::TUNNEL_ONLY != 0 && pkt.tunnel_peer == 0 {
         return Verdict::NOT_TUNNELED;
     }
-    let flow = if pending {
+    let flow = if pkt.opened_flow {
+        // Its state already as this packet leaves it (see `conntrack::just_inserted`).
+        match conntrack::just_inserted() {
+            Some(flow) => flow,
+            None => return Verdict::xdp(xdp_action::XDP_DROP),
+        }
+    } else if pending {
         match PENDING.get_ptr_mut(key) {
             Some(flow) => {
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);

@@ -1287,6 +1287,38 @@ fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
 }
 
 #[test]
+fn a_new_flows_entry_holds_the_tcp_state_its_first_packet_leaves() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::maps::tcp_state;
+    with_program(ONE_BACKEND, |mut lb| {
+        // The packet that opens a flow is forwarded from the entry as written, not touched
+        // after: the entry must already hold the state that packet leaves, as a later
+        // packet with the same flags would.
+        let vip = sock(VIP, 80);
+        for (port, flags, want) in [
+            (43100, TCP_SYN, tcp_state::SYN_SENT),
+            (43101, TCP_ACK, tcp_state::ESTABLISHED),
+            (43102, TCP_FIN | TCP_ACK, tcp_state::CLOSING),
+            (43103, TCP_RST, tcp_state::CLOSING),
+        ] {
+            let client = sock(CLIENT, port);
+            let before = lb.stats();
+            lb.run(&Ipv4Frame::tcp(client, vip, flags).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NatForward), 1);
+            let flow = lb
+                .dp
+                .tracked_flow(&forward_key(client, vip))
+                .unwrap()
+                .expect("tracked");
+            assert_eq!(flow.tcp_state, want, "flags {flags:#x}");
+        }
+    });
+}
+
+#[test]
 fn a_packet_too_big_for_the_egress_mtu_is_caught_on_a_cached_route_too() {
     if !e2e_enabled() {
         return;
