@@ -11,7 +11,7 @@
 //! `bpf_skb_adjust_room`, which tells the segmentation about the outer headers and lowers
 //! the segment size by their 28 bytes, and drops anything else.
 
-use core::mem::zeroed;
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -34,6 +34,7 @@ use crate::{
     nat::{add_word, fold, pseudo_header_sum},
     parse::{Packet, load, pkt_write, ptr_at},
     stats::count,
+    zero,
 };
 
 const ETH_HLEN: usize = 14;
@@ -92,10 +93,11 @@ pub fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
         return xdp_action::XDP_DROP;
     }
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     params.l4_protocol = pkt.key.proto;
     // tot_len 0: no MTU check (the egress device segments the aggregate).
-    let rc = fib_lookup_into(ctx, &mut params, pkt.v6, &src, &dst, 0);
+    let rc = fib_lookup_into(ctx, params, pkt.v6, &src, &dst, 0);
     if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
         count(StatSlot::DropFibFailed);
         return xdp_action::XDP_DROP;
@@ -129,11 +131,12 @@ pub fn send_tunneled(ctx: &XdpContext, pkt: &Packet, peer: u32) -> u32 {
         return xdp_action::XDP_DROP;
     }
     // SAFETY: as in `send`.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     params.l4_protocol = proto::UDP;
     let rc = fib_lookup_into(
         ctx,
-        &mut params,
+        params,
         false,
         &Addr::from_v4_raw(own),
         &Addr::from_v4_raw(peer_addr),

@@ -1,5 +1,7 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
@@ -22,6 +24,7 @@ use crate::{
     },
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
+    zero,
 };
 
 /// The clock of idle timeouts. The coarse clock (a tick's resolution) is plenty for timeouts
@@ -199,23 +202,23 @@ fn backend_still_serves(f: &Flow) -> bool {
 #[inline(always)]
 fn reply_key_of(key: &FlowKey, f: &Flow) -> FlowKey {
     let remapped = f.remaps_source();
-    let reply_key = FlowKey {
-        src: *f.backend_addr(),
-        dst: if remapped {
-            *f.remapped_source_addr()
-        } else {
-            key.src
-        },
-        sport_be: f.backend_port_be(),
-        dport_be: if remapped {
-            f.remapped_source_port_be()
-        } else {
-            key.sport_be
-        },
-        proto: key.proto,
-        _pad: [0; 3],
+    // SAFETY: plain old data; zeroed word by word, padding included (see `zero`).
+    let mut slot = MaybeUninit::uninit();
+    let reply_key: &mut FlowKey = unsafe { zero::zeroed_in(&mut slot) };
+    reply_key.src = *f.backend_addr();
+    reply_key.dst = if remapped {
+        *f.remapped_source_addr()
+    } else {
+        key.src
     };
-    reply_key
+    reply_key.sport_be = f.backend_port_be();
+    reply_key.dport_be = if remapped {
+        f.remapped_source_port_be()
+    } else {
+        key.sport_be
+    };
+    reply_key.proto = key.proto;
+    *reply_key
 }
 
 /// Removes the reply entry of the forward flow `f` (keyed `key`), if it is still this
@@ -334,40 +337,36 @@ pub fn insert(
         svc.udp_timeout_s
     };
     let fullnat = svc.flags & service_flags::FULLNAT != 0;
-    let mut reply_key = FlowKey {
-        src: chosen.addr,
-        dst: key.src,
-        sport_be: chosen.port_be,
-        dport_be: key.sport_be,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    // SAFETY: plain old data; zeroed word by word, padding included (see `zero`).
+    let mut slot = MaybeUninit::uninit();
+    let reply_key: &mut FlowKey = unsafe { zero::zeroed_in(&mut slot) };
+    reply_key.src = chosen.addr;
+    reply_key.dst = key.src;
+    reply_key.sport_be = chosen.port_be;
+    reply_key.dport_be = key.sport_be;
+    reply_key.proto = key.proto;
     // One value, written twice, in per-CPU scratch memory: the BPF stack is small.
     let Some(flow) = FLOW_SCRATCH.get_ptr_mut(0) else {
         return Err(InsertError::Full);
     };
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let flow = unsafe { &mut *flow };
-    // Field by field: a `Flow` literal would be built on the stack first (88 bytes this deep
-    // in the new-flow path) and copied.
+    // SAFETY: per-CPU scratch, used by this program run only; plain old data.
+    let flow = unsafe {
+        zero::zero_words(flow);
+        &mut *flow
+    };
+    // Field by field on the zeroed scratch: a `Flow` literal would be built on the stack
+    // first (88 bytes this deep in the new-flow path) and copied, and its zero fields
+    // written by `memset` calls (see `zero`).
     flow.nat_addr = key.dst;
-    flow.snat_addr = Addr::UNSPECIFIED;
     flow.nat_port_be = key.dport_be;
-    flow.snat_port_be = 0;
     flow.kind = flow_kind::REPLY;
-    flow.tcp_state = tcp_state::NONE;
-    flow.egress_redirect = 0;
     flow.service_flags = svc.flags as u8;
     flow.backend_id = chosen.backend_id;
     flow.service_id = svc.id;
     flow.timeout_s = timeout_s;
-    flow.egress_ifindex = 0;
     flow.last_seen_ns = now;
-    flow.egress_macs = [0; 12];
     flow.seen_tick = tick();
-    flow.egress_mtu = 0;
     flow.tunnel_peer = chosen.arrived_from;
-    flow._pad2 = 0;
     flow.frontend_gen = generation;
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow
@@ -694,27 +693,26 @@ fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
         return false;
     };
     let now = now_ns();
-    // SAFETY: per-CPU scratch, used by this program run only.
-    let reply = unsafe { &mut *reply };
-    // Field by field (see `insert`).
+    // SAFETY: per-CPU scratch, used by this program run only; plain old data.
+    let reply = unsafe {
+        zero::zero_words(reply);
+        &mut *reply
+    };
+    // Field by field on the zeroed scratch (see `insert`).
     reply.nat_addr = key.dst;
-    reply.snat_addr = if remapped { key.src } else { Addr::UNSPECIFIED };
+    if remapped {
+        reply.snat_addr = key.src;
+        reply.snat_port_be = key.sport_be;
+    }
     reply.nat_port_be = key.dport_be;
-    reply.snat_port_be = if remapped { key.sport_be } else { 0 };
     reply.kind = flow_kind::REPLY;
-    reply.tcp_state = tcp_state::NONE;
-    reply.egress_redirect = 0;
     reply.service_flags = f.service_flags;
     reply.backend_id = f.backend_id;
     reply.service_id = f.service_id;
     reply.timeout_s = f.timeout_s;
-    reply.egress_ifindex = 0;
     reply.last_seen_ns = now;
-    reply.egress_macs = [0; 12];
     reply.seen_tick = tick;
-    reply.egress_mtu = 0;
     reply.tunnel_peer = arrived_from;
-    reply._pad2 = 0;
     reply.frontend_gen = f.frontend_gen;
     let noexist = u64::from(BPF_NOEXIST);
     let claimed = CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()

@@ -3,7 +3,7 @@
 //! rewritten packet to the IP stack instead would get replies with a node address as source
 //! dropped as martians.
 
-use core::mem::{size_of, zeroed};
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -28,6 +28,7 @@ use crate::{
     parse::{Packet, off, pkt_write, ptr_at},
     stats::count,
     verdict::Verdict,
+    zero,
 };
 
 const AF_INET: u8 = 2;
@@ -201,15 +202,16 @@ fn send_uncached(
 ) -> Verdict {
     let tot_len = u16::from_be(pkt.ip_tot_len_be);
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     params.l4_protocol = pkt.key.proto;
     params.__bindgen_anon_1.tot_len = tot_len;
     if !pkt.v6 {
         params.__bindgen_anon_2.tos = pkt.tos;
     }
-    let rc = fib_lookup_into(ctx, &mut params, pkt.v6, src, dst, 0);
+    let rc = fib_lookup_into(ctx, params, pkt.v6, src, dst, 0);
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => send_found(ctx, &params, route),
+        BPF_FIB_LKUP_RET_SUCCESS => send_found(ctx, params, route),
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
         BPF_FIB_LKUP_RET_NO_NEIGH => Verdict::xdp(via_tc(ctx, params.ifindex)),
         // SAFETY: the kernel leaves the egress MTU in the union.
@@ -306,10 +308,11 @@ fn send_routed(
 #[inline(never)]
 pub fn source_toward(ctx: &XdpContext, v6: bool, dst: &Addr, out: &mut Addr) -> bool {
     // SAFETY: see `send`.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     let rc = fib_lookup_into(
         ctx,
-        &mut params,
+        params,
         v6,
         &Addr::UNSPECIFIED,
         dst,

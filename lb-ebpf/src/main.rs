@@ -20,6 +20,9 @@ mod stats;
 mod too_big;
 mod tunnel;
 mod verdict;
+mod zero;
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -55,20 +58,22 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     nat::set_checksum_state(ingress.skb_mode as u32);
-    let mut pkt = Packet::default();
-    if tunnel::receive(&ctx, &mut pkt) == tunnel::DROP {
+    // SAFETY: plain old data (see `zero`: a `Default` would be a byte loop per packet).
+    let mut slot = MaybeUninit::uninit();
+    let pkt: &mut Packet = unsafe { zero::zeroed_in(&mut slot) };
+    if tunnel::receive(&ctx, pkt) == tunnel::DROP {
         return xdp_action::XDP_DROP;
     }
-    let mut verdict = dispatch(&ctx, &mut pkt);
+    let mut verdict = dispatch(&ctx, pkt);
     if let Some(peer) = verdict.tunnel_peer() {
         // Sent, or too big for the tunnel (answered below, like too big for a link).
-        verdict = tunnel::send(&ctx, &pkt, peer);
+        verdict = tunnel::send(&ctx, pkt, peer);
     }
     if let Some(mtu) = verdict.too_big_mtu() {
-        if aggregate::is_aggregate(&ctx, &pkt) {
-            return aggregate::send(&ctx, &pkt);
+        if aggregate::is_aggregate(&ctx, pkt) {
+            return aggregate::send(&ctx, pkt);
         }
-        return too_big::answer(&ctx, &mut pkt, mtu);
+        return too_big::answer(&ctx, pkt, mtu);
     }
     verdict.raw()
 }
@@ -295,18 +300,13 @@ fn forward_flow(
 /// callees' are only needed while a flow is opened.
 #[inline(never)]
 fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) -> FlowStart {
-    let mut chosen = Chosen {
-        backend_id: 0,
-        addr: Addr::UNSPECIFIED,
-        port_be: 0,
-        snat_addr: Addr::UNSPECIFIED,
-        snat_port_be: 0,
-        tunnel_peer: 0,
-        arrived_from: pkt.tunnel_peer,
-    };
-    let mut outcome = open_flow(ctx, pkt, svc, &mut chosen);
+    // SAFETY: plain old data; zeroed word by word (see `zero`).
+    let mut slot = MaybeUninit::uninit();
+    let chosen: &mut Chosen = unsafe { zero::zeroed_in(&mut slot) };
+    chosen.arrived_from = pkt.tunnel_peer;
+    let mut outcome = open_flow(ctx, pkt, svc, chosen);
     if outcome == FlowStart::OPENED {
-        outcome = record_flow(pkt, svc, &mut chosen, conntrack::now_ns(), generation);
+        outcome = record_flow(pkt, svc, chosen, conntrack::now_ns(), generation);
     }
     // Debug level: the verifier removes these unless lbd runs with --kernel-log debug. Here,
     // not in the entry function, so they are checked on this one path only.

@@ -4,7 +4,7 @@
 //! saw them. A backend endpoint that leads to one frontend only (`REPLY_FRONTENDS`, written
 //! by userspace where that holds) needs no flow to know its replies' source: the frontend.
 
-use core::mem::zeroed;
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
@@ -22,6 +22,7 @@ use crate::{
     parse::Packet,
     stats::{count, count_traffic},
     verdict::Verdict,
+    zero,
 };
 
 /// A packet from a backend endpoint that missed the connection table: if the endpoint has
@@ -56,13 +57,14 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     // The route first, from the address the packet will have: a destination of this node
     // must see the packet as the backend sent it.
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     params.l4_protocol = pkt.key.proto;
     params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
     if !pkt.v6 {
         params.__bindgen_anon_2.tos = pkt.tos;
     }
-    let rc = forward::fib_lookup_into(ctx, &mut params, pkt.v6, frontend, &pkt.key.dst, 0);
+    let rc = forward::fib_lookup_into(ctx, params, pkt.v6, frontend, &pkt.key.dst, 0);
     if rc != BPF_FIB_LKUP_RET_SUCCESS
         && rc != BPF_FIB_LKUP_RET_NO_NEIGH
         && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED
@@ -77,7 +79,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     count(StatSlot::NatReplyStateless);
     count_traffic(service_id, backend_id, pkt.len, false);
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => forward::send_found(ctx, &params, core::ptr::null_mut()),
+        BPF_FIB_LKUP_RET_SUCCESS => forward::send_found(ctx, params, core::ptr::null_mut()),
         // The neighbour is not resolved yet: bpf_redirect_neigh in TC resolves it.
         BPF_FIB_LKUP_RET_NO_NEIGH => Verdict::xdp(forward::via_tc(ctx, params.ifindex)),
         // SAFETY: the kernel leaves the egress MTU in the union.

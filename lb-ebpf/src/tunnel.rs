@@ -17,7 +17,7 @@
 //! takes nothing that did not come through the tunnel: nobody reaches tasks or spoofs
 //! sources this way.
 
-use core::mem::zeroed;
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
@@ -41,6 +41,7 @@ use crate::{
     parse::{Packet, TCP_SYN, load, pkt_write, ptr_at},
     stats::count,
     verdict::Verdict,
+    zero,
 };
 
 /// `receive`'s answer for a packet to drop (already counted).
@@ -148,12 +149,13 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     let inner_len = u16::from_be(pkt.ip_tot_len_be);
     let outer_len = inner_len.saturating_add(tunnel::OVERHEAD);
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     params.l4_protocol = proto::UDP;
     params.__bindgen_anon_1.tot_len = outer_len;
     let rc = fib_lookup_into(
         ctx,
-        &mut params,
+        params,
         false,
         &Addr::from_v4_raw(own),
         &Addr::from_v4_raw(peer),
@@ -190,7 +192,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     }
     count(StatSlot::TunnelSent);
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let macs = fib_macs(&params);
+        let macs = fib_macs(params);
         if TX_PORTS.get_ifindex(params.ifindex).is_some()
             && set_macs(ctx, &macs).is_some()
             && let Ok(action) = TX_PORTS.redirect(params.ifindex, 0)
