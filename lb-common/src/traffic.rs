@@ -34,3 +34,25 @@ pub struct GenConfig {
 }
 
 const _: () = assert!(size_of::<GenConfig>() == TEMPLATE_WORDS * 8 + 8 * 4);
+
+/// Slots of the sink's direct-mapped count table (`SINK_SLOTS`, per CPU).
+pub const SINK_SLOT_COUNT: usize = 4096;
+
+/// The slot of a destination address (16 bytes, IPv4 as `::ffff:a.b.c.d`): its low 12 bits,
+/// distinct for the bench's 4,094 backends (198.18.16.0/20, fd00:2::/64 from 1 up).
+pub const fn sink_slot(addr: &[u8; 16]) -> u32 {
+    (((addr[14] & 0x0f) as u32) << 8) | addr[15] as u32
+}
+
+/// Value of `SINK_SLOTS`: the frames that arrived for one destination, counted without
+/// hashing the address (the hash map `SINK_COUNTS` takes the frames of a destination whose
+/// slot another one holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct SinkSlot {
+    /// The destination address, its 16 bytes in memory order (0 while the slot is free).
+    pub addr: [u64; 2],
+    pub frames: u64,
+}
+
+const _: () = assert!(size_of::<SinkSlot>() == 24);

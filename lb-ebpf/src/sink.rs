@@ -3,15 +3,17 @@
 //!
 //! - `generator`: run by `BPF_PROG_TEST_RUN` with live frames on the generator's veth. Every run
 //!   writes the whole header (Ethernet, IP, TCP/UDP) from the template in `GEN_CONFIG` over
-//!   the frame, then makes it flow `k = seq % flows` (`seq` a per-CPU counter): low 16 bits of
-//!   the source address = `k / PORTS_PER_ADDR`, source port = `PORT_BASE + k % PORTS_PER_ADDR`,
-//!   with the checksums fixed incrementally (the template's own are for low bits 0, port 0).
-//!   Live frames recycle their pages: a frame that went through the kernel comes back with
-//!   what the node wrote into it (MACs, TTL, NAT), so nothing of the header is left to chance.
-//!   Returns XDP_TX: the frame leaves through the veth to the node.
-//! - `sink`: on the backends' side. Counts every frame per destination address (per-CPU) and
-//!   drops it; with slot 0 of `SINK_CONFIG` set to 1 it also remembers, per generator flow, the
-//!   destination it arrived at (the correctness oracle reads that).
+//!   the frame with aligned word stores, then makes it flow `k` (a per-CPU counter that wraps
+//!   at the flow count): low 16 bits of the source address = `k / PORTS_PER_ADDR`, source
+//!   port = `PORT_BASE + k % PORTS_PER_ADDR`, with the checksums fixed incrementally from the
+//!   template's own (those are for low bits 0, port 0). Live frames recycle their pages: a
+//!   frame that went through the kernel comes back with what the node wrote into it (MACs,
+//!   TTL, NAT), so nothing of the header is left to chance. Returns XDP_TX: the frame leaves
+//!   through the veth to the node.
+//! - `sink`: on the backends' side. Counts every frame per destination address (per-CPU, in a
+//!   slot chosen by the address's low bits, a hash map for addresses whose slot is taken) and
+//!   drops it; with slot 0 of `SINK_CONFIG` set to 1 it also remembers, per generator flow,
+//!   the destination it arrived at (the correctness oracle reads that).
 //! - `ceiling`: on the node's ingress, the redirect-only bound: IPv4/IPv6 frames get the MACs
 //!   of `CEILING_CONFIG` and are redirected to `CEILING_PORT[0]`, no balancing work at all.
 #![no_std]
@@ -23,19 +25,27 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::traffic::{GenConfig, PORT_BASE, PORTS_PER_ADDR, TEMPLATE_WORDS};
+use lb_common::traffic::{
+    GenConfig, PORT_BASE, PORTS_PER_ADDR, SINK_SLOT_COUNT, SinkSlot, TEMPLATE_WORDS, sink_slot,
+};
 
 #[btf_map]
 static GEN_CONFIG: Array<GenConfig, 1> = Array::new();
 
-/// Packets generated on each CPU; userspace zeroes it to replay a flow set from flow 0.
+/// Per CPU: [packets generated, the next packet's flow]; userspace zeroes both to replay a
+/// flow set from flow 0. The flow is counted on rather than taken as `packets % flows`: a
+/// 64-bit division per frame is a noticeable part of a generator this cheap.
 #[btf_map]
-static GEN_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
+static GEN_SEQ: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
 
 /// A destination address (IPv4 as ::ffff:a.b.c.d).
 type AddrKey = [u8; 16];
 
-/// Frames per destination address.
+/// Frames per destination address, by the address's low 12 bits: no hashing per frame.
+#[btf_map]
+static SINK_SLOTS: PerCpuArray<SinkSlot, SINK_SLOT_COUNT> = PerCpuArray::new();
+
+/// Frames per destination address whose slot in `SINK_SLOTS` another address holds.
 #[btf_map]
 static SINK_COUNTS: PerCpuHashMap<AddrKey, u64, 8192> = PerCpuHashMap::new();
 
@@ -51,9 +61,9 @@ static SINK_CONFIG: Array<u32, 1> = Array::new();
 #[btf_map]
 static SINK_FLOWS: HashMap<u32, AddrKey, 262144> = HashMap::new();
 
-/// MACs written by `ceiling`: destination then source.
+/// MACs written by `ceiling`: destination then source, as three words in memory order.
 #[btf_map]
-static CEILING_CONFIG: Array<[u8; 12], 1> = Array::new();
+static CEILING_CONFIG: Array<[u32; 3], 1> = Array::new();
 
 #[btf_map]
 static CEILING_PORT: DevMap<1> = DevMap::new();
@@ -71,15 +81,16 @@ pub fn generator(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn generate(ctx: &XdpContext) -> Option<()> {
     let config = GEN_CONFIG.get(0)?;
-    let seq = GEN_SEQ.get_ptr_mut(0)?;
-    // SAFETY: per-CPU value, only this CPU's runs touch it.
-    let n = unsafe {
-        let n = *seq;
-        *seq = n.wrapping_add(1);
-        n
-    };
+    let state = GEN_SEQ.get_ptr_mut(0)?;
     let flows = u64::from(config.flows.max(1));
-    let k = (n % flows) as u32;
+    // SAFETY: per-CPU value, only this CPU's runs touch it.
+    let k = unsafe {
+        let [sent, flow] = *state;
+        // A flow count lowered under a running counter starts over at flow 0.
+        let k = if flow < flows { flow } else { 0 };
+        *state = [sent.wrapping_add(1), if k + 1 < flows { k + 1 } else { 0 }];
+        k as u32
+    };
     let start = ctx.data();
     let end = ctx.data_end();
     for i in 0..TEMPLATE_WORDS {
@@ -89,26 +100,65 @@ fn generate(ctx: &XdpContext) -> Option<()> {
         if start + (i + 1) * 8 > end {
             return None;
         }
-        // SAFETY: 8 bytes in bounds (checked above); packet data may be unaligned.
-        unsafe { ((start + i * 8) as *mut u64).write_unaligned(config.template[i]) };
+        // SAFETY: 8 bytes in bounds (checked above), and aligned: live frames put the data at
+        // XDP_PACKET_HEADROOM after the page's xdp_page_head, an 8-byte multiple from the page
+        // start, and reset it there before every run (a plain test run's buffer is likewise
+        // kmalloc'd + 256). Word stores, not `write_unaligned`: the BPF target turns an
+        // unaligned u64 store into eight byte stores, which made this loop most of the
+        // generator's cost.
+        unsafe { ((start + i * 8) as *mut u64).write(config.template[i]) };
     }
     let lo = (k / PORTS_PER_ADDR) as u16;
     let port = (PORT_BASE + k % PORTS_PER_ADDR) as u16;
     // Both as they sit in memory (network order), like the checksums.
     let lo_ne = u16::from_ne_bytes(lo.to_be_bytes());
     let port_ne = u16::from_ne_bytes(port.to_be_bytes());
-    put16(ctx, config.src_lo as usize, lo_ne)?;
-    put16(ctx, config.sport as usize, port_ne)?;
+    put16_aligned(ctx, config.src_lo as usize, lo_ne)?;
+    put16_aligned(ctx, config.sport as usize, port_ne)?;
     if config.ip_csum != 0 {
         let off = config.ip_csum as usize;
-        put16(ctx, off, csum_add(get16(ctx, off)?, lo_ne, 0))?;
+        put16_aligned(ctx, off, csum_add(template16(config, off)?, lo_ne, 0))?;
     }
     let off = config.l4_csum as usize;
-    let mut csum = csum_add(get16(ctx, off)?, lo_ne, port_ne);
+    let mut csum = csum_add(template16(config, off)?, lo_ne, port_ne);
     if config.udp != 0 && csum == 0 {
         csum = 0xffff;
     }
-    put16(ctx, off, csum)
+    put16_aligned(ctx, off, csum)
+}
+
+/// The template's 16-bit word at byte `off` (a checksum the template holds for low bits and
+/// port 0): read from the map rather than from the frame just written, which would wait on
+/// the word stores still in flight.
+#[inline(always)]
+fn template16(config: &GenConfig, off: usize) -> Option<u16> {
+    if off % 2 != 0 || off + 2 > TEMPLATE_WORDS * 8 {
+        return None;
+    }
+    // SAFETY: inside the template (checked above) and 2-byte aligned (an even offset into an
+    // array of u64).
+    Some(unsafe {
+        config
+            .template
+            .as_ptr()
+            .cast::<u8>()
+            .add(off)
+            .cast::<u16>()
+            .read()
+    })
+}
+
+/// Writes the generator's 16-bit field at `off`: every such offset of `GenConfig` is even
+/// (lb-bench's template.rs) and the data is 8-byte aligned (see `generate`).
+#[inline(always)]
+fn put16_aligned(ctx: &XdpContext, off: usize, value: u16) -> Option<()> {
+    let p = ctx.data() + off;
+    if off > 128 || off % 2 != 0 || p + 2 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: 2 bytes in bounds and 2-byte aligned (checked above, see the doc comment).
+    unsafe { (p as *mut u16).write(value) };
+    Some(())
 }
 
 #[inline(always)]
@@ -119,17 +169,6 @@ fn get16(ctx: &XdpContext, off: usize) -> Option<u16> {
     }
     // SAFETY: 2 bytes in bounds (checked above).
     Some(unsafe { (p as *const u16).read_unaligned() })
-}
-
-#[inline(always)]
-fn put16(ctx: &XdpContext, off: usize, value: u16) -> Option<()> {
-    let p = ctx.data() + off;
-    if off > 128 || p + 2 > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: 2 bytes in bounds (checked above).
-    unsafe { (p as *mut u16).write_unaligned(value) };
-    Some(())
 }
 
 /// The checksum after two 16-bit words that were 0 became `a` and `b` (RFC 1624).
@@ -162,9 +201,8 @@ fn count_frame(ctx: &XdpContext) -> Option<()> {
     }
     // SAFETY: 54 bytes in bounds (checked above).
     let ethertype = unsafe { ((start + 12) as *const [u8; 2]).read_unaligned() };
-    let mut key = [0u8; 16];
     // (offset of the source low 16 bits, offset of the L4 header)
-    let (src_lo, l4) = match ethertype {
+    let (key, src_lo, l4) = match ethertype {
         [0x08, 0x00] => {
             // SAFETY: as above.
             let (ihl, dst) = unsafe {
@@ -173,19 +211,21 @@ fn count_frame(ctx: &XdpContext) -> Option<()> {
                     ((start + ETH_HLEN + 16) as *const [u8; 4]).read_unaligned(),
                 )
             };
-            key[10] = 0xff;
-            key[11] = 0xff;
-            key[12..].copy_from_slice(&dst);
-            (ETH_HLEN + 14, ETH_HLEN + ihl)
+            (v4_key(dst), ETH_HLEN + 14, ETH_HLEN + ihl)
         }
         [0x86, 0xdd] => {
-            // SAFETY: as above.
-            key = unsafe { ((start + ETH_HLEN + 24) as *const [u8; 16]).read_unaligned() };
-            (ETH_HLEN + 22, ETH_HLEN + 40)
+            // SAFETY: as above; the frame may sit anywhere (the node can move its head).
+            let key = unsafe {
+                [
+                    ((start + ETH_HLEN + 24) as *const u64).read_unaligned(),
+                    ((start + ETH_HLEN + 32) as *const u64).read_unaligned(),
+                ]
+            };
+            (key, ETH_HLEN + 22, ETH_HLEN + 40)
         }
         _ => return None,
     };
-    bump(&key);
+    bump(key);
     if let Some(record) = SINK_CONFIG.get(0)
         && *record != 0
     {
@@ -195,9 +235,27 @@ fn count_frame(ctx: &XdpContext) -> Option<()> {
         }
         let port = get16(ctx, l4)?;
         let flow = (u32::from(u16::from_be(lo)) << 16) | u32::from(u16::from_be(port));
-        let _ = SINK_FLOWS.insert(&flow, &key, 0);
+        let _ = SINK_FLOWS.insert(&flow, &key_bytes(key), 0);
     }
     Some(())
+}
+
+/// An IPv4 destination as the 16 bytes of `::ffff:a.b.c.d`, in two words.
+#[inline(always)]
+fn v4_key(dst: [u8; 4]) -> [u64; 2] {
+    [
+        0,
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, dst[0], dst[1], dst[2], dst[3]]),
+    ]
+}
+
+#[inline(always)]
+fn key_bytes(key: [u64; 2]) -> AddrKey {
+    let [a, b] = [key[0].to_ne_bytes(), key[1].to_ne_bytes()];
+    [
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
+        b[7],
+    ]
 }
 
 /// A frame of 34 to 53 bytes: IPv4 or nothing.
@@ -217,21 +275,31 @@ fn count_v4_short(ctx: &XdpContext) -> Option<()> {
     if ethertype != [0x08, 0x00] {
         return None;
     }
-    let mut key = [0u8; 16];
-    key[10] = 0xff;
-    key[11] = 0xff;
-    key[12..].copy_from_slice(&dst);
-    bump(&key);
+    bump(v4_key(dst));
     Some(())
 }
 
+/// One more frame for `key`: in its slot if the slot is free or its own, else in the hash map.
 #[inline(always)]
-fn bump(key: &AddrKey) {
-    match SINK_COUNTS.get_ptr_mut(key) {
+fn bump(key: [u64; 2]) {
+    let bytes = key_bytes(key);
+    if let Some(slot) = SINK_SLOTS.get_ptr_mut(sink_slot(&bytes)) {
+        // SAFETY: per-CPU value, only this CPU's runs touch it.
+        unsafe {
+            if (*slot).frames == 0 {
+                (*slot).addr = key;
+            }
+            if (*slot).addr == key {
+                (*slot).frames += 1;
+                return;
+            }
+        }
+    }
+    match SINK_COUNTS.get_ptr_mut(&bytes) {
         // SAFETY: per-CPU value.
         Some(count) => unsafe { *count += 1 },
         None => {
-            let _ = SINK_COUNTS.insert(key, &1, 0);
+            let _ = SINK_COUNTS.insert(&bytes, &1, 0);
         }
     }
 }
@@ -250,8 +318,14 @@ pub fn ceiling(ctx: XdpContext) -> u32 {
     let Some(macs) = CEILING_CONFIG.get(0) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: as above.
-    unsafe { (start as *mut [u8; 12]).write_unaligned(*macs) };
+    // SAFETY: as above. Three word stores rather than one of [u8; 12], which the BPF target
+    // makes a call to memmove.
+    unsafe {
+        let at = start as *mut u32;
+        at.write_unaligned(macs[0]);
+        at.add(1).write_unaligned(macs[1]);
+        at.add(2).write_unaligned(macs[2]);
+    }
     CEILING_PORT
         .redirect(0, 0)
         .unwrap_or(xdp_action::XDP_ABORTED)

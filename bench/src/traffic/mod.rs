@@ -8,6 +8,8 @@
 //! redirects without any balancing work. Generator, node and sink run on one CPU: the test
 //! run's thread is pinned, and the node's and sink's veth NAPI runs where the frames were sent.
 
+#[cfg(test)]
+mod kernel_tests;
 pub mod node;
 pub mod pacer;
 pub mod template;
@@ -28,6 +30,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, xdp::DevMap},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
+use lb_common::traffic::{SINK_SLOT_COUNT, SinkSlot};
 use lb_testkit::Netns;
 
 use self::{
@@ -183,10 +186,12 @@ impl Traffic {
         dst: [u8; 6],
         src: [u8; 6],
     ) -> Result<()> {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&dst);
-        macs[6..].copy_from_slice(&src);
-        let mut config: Array<&mut MapData, [u8; 12]> = Array::try_from(
+        let mut bytes = [0u8; 12];
+        bytes[..6].copy_from_slice(&dst);
+        bytes[6..].copy_from_slice(&src);
+        let word = |i: usize| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4"));
+        let macs = [word(0), word(1), word(2)];
+        let mut config: Array<&mut MapData, [u32; 3]> = Array::try_from(
             self.ebpf
                 .map_mut("CEILING_CONFIG")
                 .context("CEILING_CONFIG")?,
@@ -220,28 +225,43 @@ impl Traffic {
         let mut map: Array<&mut MapData, GenConfig> =
             Array::try_from(self.ebpf.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
         map.set(0, config, 0)?;
-        let mut seq: PerCpuArray<&mut MapData, u64> =
+        let mut seq: PerCpuArray<&mut MapData, [u64; 2]> =
             PerCpuArray::try_from(self.ebpf.map_mut("GEN_SEQ").context("GEN_SEQ")?)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        seq.set(0, aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        seq.set(
+            0,
+            aya::maps::PerCpuValues::try_from(vec![[0u64; 2]; cpus])?,
+            0,
+        )?;
         Ok(frame)
     }
 
     /// Packets the generator program produced so far (all CPUs).
     pub fn generated(&self) -> Result<u64> {
-        let seq: PerCpuArray<&MapData, u64> =
+        let seq: PerCpuArray<&MapData, [u64; 2]> =
             PerCpuArray::try_from(self.ebpf.map("GEN_SEQ").context("GEN_SEQ")?)?;
-        Ok(seq.get(&0, 0)?.iter().sum())
+        Ok(seq.get(&0, 0)?.iter().map(|[sent, _]| sent).sum())
     }
 
     /// Delivered frames per destination, and frames that were not IP.
     pub fn sink_counts(&self) -> Result<(BTreeMap<IpAddr, u64>, u64)> {
+        let mut out = BTreeMap::new();
+        let slots: PerCpuArray<&MapData, SinkSlot> =
+            PerCpuArray::try_from(self.ebpf.map("SINK_SLOTS").context("SINK_SLOTS")?)?;
+        for index in 0..SINK_SLOT_COUNT as u32 {
+            for slot in slots.get(&index, 0)?.iter().filter(|s| s.frames > 0) {
+                let [a, b] = slot.addr.map(u64::to_ne_bytes);
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&a);
+                key[8..].copy_from_slice(&b);
+                *out.entry(canonical(key)).or_insert(0) += slot.frames;
+            }
+        }
         let counts: PerCpuHashMap<&MapData, [u8; 16], u64> =
             PerCpuHashMap::try_from(self.ebpf.map("SINK_COUNTS").context("SINK_COUNTS")?)?;
-        let mut out = BTreeMap::new();
         for entry in counts.iter() {
             let (key, values) = entry?;
-            out.insert(canonical(key), values.iter().sum());
+            *out.entry(canonical(key)).or_insert(0) += values.iter().sum::<u64>();
         }
         let other: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("SINK_OTHER").context("SINK_OTHER")?)?;

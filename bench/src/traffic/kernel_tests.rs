@@ -1,0 +1,134 @@
+//! The traffic programs themselves, run through `BPF_PROG_TEST_RUN` (plain, not live frames):
+//! the generator's frames against the test kit's from scratch, and the sink's counts. Kernel
+//! tests: they need root and `MESHLB_E2E` (they load programs but create no namespace).
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_testkit::packet::{Ipv4Frame, parse_ipv4, parse_ipv6};
+
+use super::{
+    Traffic, pin_to,
+    template::{FlowSet, Kind},
+    xdp,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_TX: u32 = 3;
+
+fn set(kind: Kind, dst: &str, flows: u32, size: usize) -> FlowSet {
+    FlowSet {
+        kind,
+        dst: dst.parse().unwrap(),
+        flows,
+        size,
+        eth_src: [2, 0, 0, 0, 0, 1],
+        eth_dst: [2, 0, 0, 0, 0, 2],
+    }
+}
+
+/// Runs `name` `repeat` times over `frame` (each run sees what the last one wrote); returns
+/// the program's last answer and the frame as it left.
+fn run(traffic: &Traffic, name: &str, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
+    let prog = xdp(&traffic.ebpf, name).unwrap();
+    let mut out = vec![0u8; frame.len() + 64];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .unwrap();
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// Whatever the page held before (here: every byte the generator writes set to 0xa5, the
+/// payload as the first frame left it), the kernel program's frame number n is, byte for
+/// byte, flow n % flows built from scratch, checksums included; the flow counter wraps
+/// exactly at the flow count.
+#[test]
+fn generated_frames_are_the_flows_built_from_scratch() {
+    if !lb_testkit::e2e_enabled() {
+        return;
+    }
+    // The flow counter is per CPU: every run on one.
+    pin_to(0).unwrap();
+    let mut traffic = Traffic::load().unwrap();
+    let cases = [
+        set(Kind::Udp, "198.18.100.1:80", 70_000, 60),
+        set(Kind::Syn, "198.18.100.1:80", 3, 60),
+        set(Kind::Ack, "198.18.100.1:80", 20_000, 128),
+        set(Kind::Udp, "[fd00:100::1]:80", 70_000, 64),
+        set(Kind::Ack, "[fd00:100::1]:80", 5, 80),
+    ];
+    for s in cases {
+        let written = s.config().unwrap().words as usize * 8;
+        let mut junk = traffic.configure(&s).unwrap();
+        junk[..written].fill(0xa5);
+        // Packet numbers reached one after another: 0, 1, 2, then 2 + 16383, ...
+        let mut n = 0u64;
+        for repeat in [1u32, 1, 1, 16_383, 1, 50_000, 3, 20_000] {
+            let (action, frame) = run(&traffic, "generator", &junk, repeat);
+            n += u64::from(repeat);
+            let k = ((n - 1) % u64::from(s.flows)) as u32;
+            assert_eq!(action, XDP_TX, "{:?} packet {}", s.kind, n - 1);
+            assert_eq!(
+                frame,
+                s.frame(k).unwrap(),
+                "{:?} {} packet {}",
+                s.kind,
+                s.dst,
+                n - 1
+            );
+            let src = if s.dst.is_ipv4() {
+                IpAddr::V4(*parse_ipv4(&frame).unwrap().src.ip())
+            } else {
+                IpAddr::V6(*parse_ipv6(&frame).unwrap().src.ip())
+            };
+            assert_eq!(src, s.source(k).ip());
+        }
+        assert_eq!(traffic.generated().unwrap(), n);
+    }
+}
+
+/// The sink counts every frame under its destination, through its slots and, for an
+/// address whose slot another one holds, through the hash map; frames that are not IP are
+/// counted apart. Every frame is dropped.
+#[test]
+fn sink_counts_each_destination_once() {
+    if !lb_testkit::e2e_enabled() {
+        return;
+    }
+    let traffic = Traffic::load().unwrap();
+    let v4 = |dst: &str| {
+        Ipv4Frame::udp("198.19.0.1:16384".parse().unwrap(), dst.parse().unwrap()).build()
+    };
+    let v6 = set(Kind::Udp, "[fd00:2::1]:8080", 1, 64).frame(0).unwrap();
+    // 198.18.16.1, 198.18.32.1 and fd00:2::1 share slot 1; 198.18.16.2 has its own.
+    let sent: [(Vec<u8>, u32); 4] = [
+        (v4("198.18.16.1:8080"), 3),
+        (v4("198.18.32.1:8080"), 2),
+        (v6, 4),
+        (v4("198.18.16.2:8080"), 5),
+    ];
+    for (frame, times) in &sent {
+        assert_eq!(run(&traffic, "sink", frame, *times).0, XDP_DROP);
+    }
+    let mut arp = v4("198.18.16.1:8080");
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(run(&traffic, "sink", &arp, 1).0, XDP_DROP);
+    let (counts, other) = traffic.sink_counts().unwrap();
+    let expected = [
+        ("198.18.16.1", 3),
+        ("198.18.32.1", 2),
+        ("fd00:2::1", 4),
+        ("198.18.16.2", 5),
+    ]
+    .map(|(ip, n)| (ip.parse::<IpAddr>().unwrap(), n))
+    .into_iter()
+    .collect();
+    assert_eq!(counts, expected);
+    assert_eq!(other, 1);
+}
