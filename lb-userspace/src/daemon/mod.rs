@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::{
     api::{Outcome, Trigger},
     dataplane::{self, Attachment, Dataplane, DataplaneError, LoadOptions},
-    plan::{self, DesiredState, Ids, PlanError},
+    plan::{self, DesiredState, Ids, PlanError, Replan},
     source::api_state::{ApiState, Merged, OverlayError, Source},
     source::file::{ConfigError, ServiceFile},
     source::settings::XdpMode,
@@ -325,7 +325,16 @@ impl Daemon {
             merged.file.mesh = swarm_services.mesh.clone();
             let node_addresses = node_addresses()?;
             let serving = self.health.serving(&merged.file);
-            let next = plan::plan_from(&serving, &node_addresses, Some(&self.running))?;
+            // After a failed undo every entry is written: a whole plan.
+            let next = if self.degraded.is_some() {
+                Replan::Full(plan::plan_from(
+                    &serving,
+                    &node_addresses,
+                    Some(&self.running),
+                )?)
+            } else {
+                plan::replan(&serving, &node_addresses, &self.running)?
+            };
             Ok((merged, node_addresses, next))
         })();
         let (merged, node_addresses, next) = match planned {
@@ -349,7 +358,13 @@ impl Daemon {
                 error!(service = %name, "swarm service not served: {reason}");
             }
         }
-        if next == self.running && self.degraded.is_none() {
+        let unchanged = match &next {
+            Replan::Delta(delta) => delta.changes_no_plan(),
+            Replan::Full(plan) => plan.same_plan(&self.running),
+        };
+        if unchanged && self.degraded.is_none() {
+            // The plan stays; what it was planned from is recorded.
+            self.take_plan(next);
             self.swarm_services = swarm_services;
             self.sync_socket_namespaces();
             self.file = file;
@@ -360,28 +375,7 @@ impl Daemon {
             self.count(trigger, Outcome::Unchanged);
             return Ok(Outcome::Unchanged);
         }
-        // After a failed undo the maps may hold anything: write every entry, not the diff.
-        let result = if self.degraded.is_some() {
-            self.dp
-                .apply(None, &next)
-                .and_then(|()| self.dp.prune(&next).map(drop))
-        } else {
-            self.dp.apply(Some(&self.running), &next)
-        };
-        if let Err(e) = result {
-            // Some of `next` may be written: writing `running` over it restores every entry.
-            match self.dp.apply(Some(&next), &self.running) {
-                Ok(()) => error!(
-                    "applying the change failed; the previous configuration is restored: {e}"
-                ),
-                Err(undo) => {
-                    let why = format!("a change failed ({e}) and undoing it failed too ({undo})");
-                    error!(
-                        "{why}; the maps may hold parts of both; the next change (or the same file again) rewrites every entry"
-                    );
-                    self.degraded = Some(why);
-                }
-            }
+        if let Err(e) = self.program(&next) {
             if api_changed && let Err(save) = self.api.save(&api_path) {
                 error!("restoring the API state file failed: {save}");
             }
@@ -397,7 +391,7 @@ impl Daemon {
         self.merged = merged;
         self.merged_epoch += 1;
         self.node_addresses = node_addresses;
-        self.running = next;
+        self.take_plan(next);
         self.generation += 1;
 
         self.count(trigger, Outcome::Applied);
@@ -413,6 +407,50 @@ impl Daemon {
             "applied"
         );
         Ok(Outcome::Applied)
+    }
+
+    /// Writes `next` over the running plan's entries. On failure the running plan's entries
+    /// are written back; when that fails too, lbd is degraded until a change rewrites all.
+    fn program(&mut self, next: &Replan) -> Result<(), DataplaneError> {
+        let result = match next {
+            // After a failed undo the maps may hold anything: write every entry, not the diff.
+            Replan::Full(plan) if self.degraded.is_some() => self
+                .dp
+                .apply(None, plan)
+                .and_then(|()| self.dp.prune(plan).map(drop)),
+            Replan::Full(plan) => self.dp.apply(Some(&self.running), plan),
+            Replan::Delta(delta) => self.dp.apply_delta(delta),
+        };
+        let Err(e) = result else {
+            return Ok(());
+        };
+        // Some of `next` may be written: writing the running plan's entries over it restores
+        // every entry.
+        let undone = match next {
+            Replan::Full(plan) => self.dp.apply(Some(plan), &self.running),
+            Replan::Delta(delta) => self.dp.apply_delta(&self.running.undo_of(delta)),
+        };
+        match undone {
+            Ok(()) => {
+                error!("applying the change failed; the previous configuration is restored: {e}")
+            }
+            Err(undo) => {
+                let why = format!("a change failed ({e}) and undoing it failed too ({undo})");
+                error!(
+                    "{why}; the maps may hold parts of both; the next change (or the same file again) rewrites every entry"
+                );
+                self.degraded = Some(why);
+            }
+        }
+        Err(e)
+    }
+
+    /// Makes `next` the running plan.
+    fn take_plan(&mut self, next: Replan) {
+        match next {
+            Replan::Full(plan) => self.running = plan,
+            Replan::Delta(delta) => self.running.patch(delta),
+        }
     }
 
     /// Lets the sockets of each local container on an overlay network reach the VIPs of its

@@ -160,19 +160,7 @@ impl Dataplane {
         )?;
 
         {
-            let outer = match tables.expect(loaded) {
-                aya::maps::Map::ArrayOfMaps(data) => {
-                    use std::os::fd::{AsFd as _, AsRawFd as _};
-                    data.fd().as_fd().as_raw_fd()
-                }
-                _ => {
-                    return Err(DataplaneError::MapValue {
-                        name: names::SERVICE_TABLES,
-                        message: "not an array of maps: lb-ebpf and lb-userspace are out of step"
-                            .into(),
-                    });
-                }
-            };
+            let outer = outer_fd(tables.expect(loaded))?;
             let table_diff = diff(&previous.tables, &desired.tables);
             let jobs: Vec<(u32, Option<&TableSpec>)> = table_diff
                 .write_keys
@@ -563,7 +551,24 @@ fn table_capacity(map: &aya::maps::Map) -> u32 {
 /// millisecond of CPU) and swap them in `TABLES_PER_SWAP` at a time: every swap call waits for
 /// an RCU grace period (milliseconds), so one wait covers many tables, and while one thread
 /// waits the others build.
-fn set_tables(outer: i32, jobs: &[(u32, Option<&TableSpec>)]) -> Result<(), DataplaneError> {
+/// The descriptor of `SERVICE_TABLES`, the array of tables.
+pub(super) fn outer_fd(tables: &aya::maps::Map) -> Result<i32, DataplaneError> {
+    match tables {
+        aya::maps::Map::ArrayOfMaps(data) => {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            Ok(data.fd().as_fd().as_raw_fd())
+        }
+        _ => Err(DataplaneError::MapValue {
+            name: names::SERVICE_TABLES,
+            message: "not an array of maps: lb-ebpf and lb-userspace are out of step".into(),
+        }),
+    }
+}
+
+pub(super) fn set_tables(
+    outer: i32,
+    jobs: &[(u32, Option<&TableSpec>)],
+) -> Result<(), DataplaneError> {
     let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<(), DataplaneError> {
         for group in chunk.chunks(TABLES_PER_SWAP) {
             let mut ids = Vec::with_capacity(group.len());

@@ -11,7 +11,7 @@ use lb_common::{
 };
 
 use super::{Dataplane, DataplaneError, batch};
-use crate::plan::DesiredState;
+use crate::plan::{DesiredState, PlanDelta};
 
 /// One-byte slots per `REPLY_FILTER` element.
 const FILTER_SLOTS_PER_ELEMENT: u32 = 64;
@@ -56,6 +56,33 @@ impl Dataplane {
         }
         batch::update(map.map(), names::REPLY_FRONTENDS, &keys, &values)?;
         batch::delete(map.map(), names::REPLY_FRONTENDS, &remove)
+    }
+
+    /// Writes a replan's `REPLY_FRONTENDS` changes, after marking `endpoints` (the backend
+    /// endpoints it wrote) in `REPLY_FILTER`.
+    pub(super) fn write_reply_delta(
+        &mut self,
+        endpoints: &[EndpointKey],
+        delta: &PlanDelta,
+    ) -> Result<(), DataplaneError> {
+        self.mark_reply_filter(endpoints.iter())?;
+        if delta.reply_frontends.is_empty() {
+            return Ok(());
+        }
+        let map: HashMap<&mut MapData, EndpointKey, ReplyFrontend> = HashMap::try_from(
+            self.ebpf_mut()
+                .map_mut(names::REPLY_FRONTENDS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::REPLY_FRONTENDS))?;
+        let changes = super::delta::split(&delta.reply_frontends);
+        batch::update(
+            map.map(),
+            names::REPLY_FRONTENDS,
+            &changes.write_keys,
+            &changes.write_values,
+        )?;
+        batch::delete(map.map(), names::REPLY_FRONTENDS, &changes.remove)
     }
 
     /// Sets the `REPLY_FILTER` slot of each endpoint. An element is read, changed and written

@@ -68,43 +68,46 @@ pub(super) type BackendIdentity = (u32, SocketAddr);
 pub(super) struct IdAllocator<'a, K: Ord> {
     previous: Option<&'a BTreeMap<K, u32>>,
     /// By id: whether either plan uses it. Ids are dense (they index kernel arrays), so a
-    /// vector, not a set: a plan of 160,000 backends builds it in a pass.
-    taken: Vec<bool>,
+    /// vector, not a set: a plan of 160,000 backends builds it in a pass, and only when a new
+    /// id is first asked for (a replan of one service usually keeps every id).
+    taken: Option<Vec<bool>>,
     next: u32,
 }
 
 impl<'a, K: Ord + Clone> IdAllocator<'a, K> {
     pub(super) fn new(previous: Option<&'a BTreeMap<K, u32>>, first: u32) -> Self {
-        let mut taken = Vec::new();
-        for id in previous.into_iter().flat_map(|p| p.values()) {
-            let id = *id as usize;
-            if id >= taken.len() {
-                taken.resize(id + 1, false);
-            }
-            taken[id] = true;
-        }
         Self {
             previous,
-            taken,
+            taken: None,
             next: first,
         }
     }
 
     pub(super) fn id(&mut self, identity: &K) -> u32 {
-        match self.previous.and_then(|p| p.get(identity)) {
-            Some(id) => *id,
-            None => {
-                while self.taken.get(self.next as usize) == Some(&true) {
-                    self.next += 1;
-                }
-                let id = self.next as usize;
-                if id >= self.taken.len() {
-                    self.taken.resize(id + 1, false);
-                }
-                self.taken[id] = true;
-                self.next
-            }
+        if let Some(id) = self.previous.and_then(|p| p.get(identity)) {
+            return *id;
         }
+        let previous = self.previous;
+        let taken = self.taken.get_or_insert_with(|| {
+            let mut taken = Vec::new();
+            for id in previous.into_iter().flat_map(|p| p.values()) {
+                let id = *id as usize;
+                if id >= taken.len() {
+                    taken.resize(id + 1, false);
+                }
+                taken[id] = true;
+            }
+            taken
+        });
+        while taken.get(self.next as usize) == Some(&true) {
+            self.next += 1;
+        }
+        let id = self.next as usize;
+        if id >= taken.len() {
+            taken.resize(id + 1, false);
+        }
+        taken[id] = true;
+        self.next
     }
 }
 

@@ -2,13 +2,17 @@
 //! access, so every rule here is unit-tested. `dataplane` writes the difference between two
 //! desired states into the maps.
 
+mod explain;
 mod ids;
+mod incremental;
 mod replies;
 pub mod select;
 mod vips;
 
+pub use explain::Explanation;
 pub use ids::Ids;
 use ids::{BackendIdentity, IdAllocator, ServiceIdentity};
+pub use incremental::{PlanDelta, Replan, replan};
 pub use replies::ReplyTranslation;
 
 use std::{
@@ -18,14 +22,11 @@ use std::{
 
 use lb_common::{
     Addr,
-    hash::{client_hash, flow_hash},
     limits::{
         FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS,
         MAX_SELECTION_SLOTS, MAX_SERVICES,
     },
-    maps::{
-        Backend, EndpointKey, FlowKey, ReplyFrontend, Service, backend_flags, proto, service_flags,
-    },
+    maps::{Backend, EndpointKey, ReplyFrontend, Service, backend_flags, proto, service_flags},
 };
 
 use crate::source::file::{
@@ -132,6 +133,16 @@ pub struct DesiredState {
     pub ids: Ids,
     /// The mesh tunnel's addresses (`TUNNEL_PEERS`).
     pub tunnel: TunnelPlan,
+    /// What this plan was made from, so the next one replans only the services that changed
+    /// (`replan`); `None` when only the ids are known.
+    basis: Option<Basis>,
+}
+
+/// The inputs of a plan: the node's addresses and every service's spec, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Basis {
+    node_addrs: Vec<IpAddr>,
+    specs: BTreeMap<String, ServiceSpec>,
 }
 
 /// This node's underlay address and its peers' by `TUNNEL_PEERS` index (1..), IPv4 in
@@ -321,54 +332,13 @@ pub fn plan_from(
     let mut backend_ids = IdAllocator::new(previous.map(|p| &p.ids.backends), 1);
     let mut pending = Pending::default();
     for spec in file.services.values() {
-        check_supported(spec)?;
-        let mut families = 0;
-        for v6 in [false, true] {
-            let mut frontend_addrs: Vec<IpAddr> = match spec.vip {
-                Some(vip) if vip.is_ipv6() == v6 => vec![vip],
-                Some(_) => continue,
-                None => {
-                    let has_backends = spec.backends.iter().any(|b| b.address.is_ipv6() == v6);
-                    if !has_backends && !spec.backends.is_empty() {
-                        continue;
-                    }
-                    node_addrs
-                        .iter()
-                        .copied()
-                        .filter(|a| a.is_ipv6() == v6)
-                        .collect()
-                }
-            };
-            if frontend_addrs.is_empty() {
-                continue;
-            }
-            if spec.vip.is_none() {
-                // A published port answers on loopback too, for the node's own processes:
-                // only the socket-level programs see those connections (XDP never does).
-                frontend_addrs.push(if v6 {
-                    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
-                } else {
-                    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-                });
-            }
-            families += 1;
-            for mapping in &spec.ports {
-                plan_service(
-                    &mut state,
-                    &mut pending,
-                    spec,
-                    mapping,
-                    &frontend_addrs,
-                    v6,
-                    (&mut service_ids, &mut backend_ids),
-                )?;
-            }
-        }
-        if families == 0 {
-            return Err(PlanError::NoNodeAddress {
-                service: spec.name.clone(),
-            });
-        }
+        plan_spec(
+            &mut state,
+            &mut pending,
+            spec,
+            node_addrs,
+            (&mut service_ids, &mut backend_ids),
+        )?;
     }
     pending.finish(&mut state, previous);
     check_no_loops(&state)?;
@@ -403,7 +373,73 @@ pub fn plan_from(
         state.endpoints.len(),
         MAX_BACKEND_ENDPOINTS,
     )?;
+    state.basis = Some(Basis {
+        node_addrs: node_addrs.to_vec(),
+        specs: file.services.clone(),
+    });
     Ok(state)
+}
+
+/// One service spec's kernel services: one per port mapping and address family it serves.
+fn plan_spec(
+    state: &mut DesiredState,
+    pending: &mut Pending,
+    spec: &ServiceSpec,
+    node_addrs: &[IpAddr],
+    (service_ids, backend_ids): (
+        &mut IdAllocator<'_, ServiceIdentity>,
+        &mut IdAllocator<'_, BackendIdentity>,
+    ),
+) -> Result<(), PlanError> {
+    check_supported(spec)?;
+    let mut families = 0;
+    for v6 in [false, true] {
+        let mut frontend_addrs: Vec<IpAddr> = match spec.vip {
+            Some(vip) if vip.is_ipv6() == v6 => vec![vip],
+            Some(_) => continue,
+            None => {
+                let has_backends = spec.backends.iter().any(|b| b.address.is_ipv6() == v6);
+                if !has_backends && !spec.backends.is_empty() {
+                    continue;
+                }
+                node_addrs
+                    .iter()
+                    .copied()
+                    .filter(|a| a.is_ipv6() == v6)
+                    .collect()
+            }
+        };
+        if frontend_addrs.is_empty() {
+            continue;
+        }
+        if spec.vip.is_none() {
+            // A published port answers on loopback too, for the node's own processes:
+            // only the socket-level programs see those connections (XDP never does).
+            frontend_addrs.push(if v6 {
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            });
+        }
+        families += 1;
+        for mapping in &spec.ports {
+            plan_service(
+                state,
+                pending,
+                spec,
+                mapping,
+                &frontend_addrs,
+                v6,
+                (&mut *service_ids, &mut *backend_ids),
+            )?;
+        }
+    }
+    if families == 0 {
+        return Err(PlanError::NoNodeAddress {
+            service: spec.name.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// One kernel service: its backends of one family, its table and its frontends.
@@ -500,176 +536,6 @@ fn plan_service(
     }
     state.services.push(planned);
     Ok(())
-}
-
-/// Where a new flow would go, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Explanation {
-    /// No frontend matches the destination: the packet passes to the kernel untouched.
-    NotAFrontend,
-    /// The service has no backend that takes new flows: the packet is dropped and counted.
-    NoBackend { service: String },
-    /// Maglev: the flow's hash picks a slot of the service's table.
-    Maglev {
-        service: String,
-        hash: u32,
-        slot: u32,
-        table_len: u32,
-        backend: SocketAddr,
-    },
-    /// Round-robin: the backend depends on each CPU's position in the sequence.
-    RoundRobin {
-        service: String,
-        sequence: Vec<SocketAddr>,
-    },
-    /// A frontend only the socket-level programs serve (a swarm VIP on an overlay network):
-    /// a container's `connect` picks by its socket and network namespace, which no packet
-    /// address tells; packets to it are not balanced.
-    SocketLevel {
-        service: String,
-        /// The socket's network namespace alone decides (client-ip affinity).
-        per_namespace: bool,
-        backends: Vec<SocketAddr>,
-    },
-}
-
-impl std::fmt::Display for Explanation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotAFrontend => write!(f, "not a frontend: passed to the kernel untouched"),
-            Self::NoBackend { service } => {
-                write!(
-                    f,
-                    "service {service}: no backend takes new flows: dropped and counted"
-                )
-            }
-            Self::Maglev {
-                service,
-                hash,
-                slot,
-                table_len,
-                backend,
-            } => write!(
-                f,
-                "service {service}: new flow -> {backend} (maglev: hash {hash:#010x}, slot {slot} of {table_len})"
-            ),
-            Self::SocketLevel {
-                service,
-                per_namespace,
-                backends,
-            } => {
-                let list: Vec<String> = backends.iter().map(ToString::to_string).collect();
-                let key = if *per_namespace {
-                    "the client's network namespace"
-                } else {
-                    "the connecting socket and its network namespace"
-                };
-                write!(
-                    f,
-                    "service {service}: a socket-level frontend (containers on its network, at \
-                     connect or sendmsg): the backend is picked by a hash of {key}, which no \
-                     packet address tells, over: {}; packets to it are not balanced",
-                    list.join(", ")
-                )
-            }
-            Self::RoundRobin { service, sequence } => {
-                let order: Vec<String> = sequence.iter().map(ToString::to_string).collect();
-                write!(
-                    f,
-                    "service {service}: new flow -> next in the round-robin sequence of each CPU: {}",
-                    order.join(", ")
-                )
-            }
-        }
-    }
-}
-
-impl DesiredState {
-    /// Which backend a new flow `src` -> `dst` gets under this plan, computed with the
-    /// kernel's own hash and tables. (An established flow keeps the backend it has.)
-    pub fn explain(&self, protocol: u8, src: SocketAddr, dst: SocketAddr) -> Explanation {
-        let key = EndpointKey {
-            addr: Addr::from(dst.ip()),
-            port_be: dst.port().to_be(),
-            proto: protocol,
-            _pad: 0,
-        };
-        // A VIP that takes every port has one entry for all (port `ANY_PORT`).
-        let any_port = EndpointKey {
-            port_be: lb_common::maps::ANY_PORT,
-            ..key
-        };
-        let Some(service) = self
-            .frontends
-            .get(&key)
-            .or_else(|| self.frontends.get(&any_port))
-        else {
-            return Explanation::NotAFrontend;
-        };
-        let Some(planned) = self.services.iter().find(|s| s.id == service.id) else {
-            return Explanation::NotAFrontend;
-        };
-        let name = format!("{} {}", planned.name, planned.mapping);
-        let table = self.tables[&service.id]
-            .build()
-            .expect("the plan checked the table");
-        let target = |id: u32| {
-            planned
-                .backends
-                .iter()
-                .find(|b| b.id == id)
-                .map(|b| b.target)
-                .expect("tables hold the service's own backends")
-        };
-        if table.is_empty() {
-            return Explanation::NoBackend { service: name };
-        }
-        if service.flags & service_flags::SOCKET_SCOPE_MASK != 0 {
-            let mut backends: Vec<SocketAddr> = planned
-                .backends
-                .iter()
-                .map(|b| match b.target.port() {
-                    lb_common::maps::ANY_PORT => SocketAddr::new(b.target.ip(), dst.port()),
-                    _ => b.target,
-                })
-                .collect();
-            backends.dedup();
-            return Explanation::SocketLevel {
-                service: name,
-                per_namespace: service.flags & service_flags::AFFINITY_CLIENT_IP != 0,
-                backends,
-            };
-        }
-        if service.flags & service_flags::ROUND_ROBIN != 0 {
-            return Explanation::RoundRobin {
-                service: name,
-                sequence: table.iter().map(|id| target(*id)).collect(),
-            };
-        }
-        let flow = FlowKey {
-            src: Addr::from(src.ip()),
-            dst: Addr::from(dst.ip()),
-            sport_be: src.port().to_be(),
-            dport_be: dst.port().to_be(),
-            proto: protocol,
-            _pad: [0; 3],
-        };
-        let hash = if service.flags & service_flags::AFFINITY_CLIENT_IP != 0 {
-            client_hash(&flow)
-        } else if service.flags & service_flags::AFFINITY_ANY_NODE != 0 {
-            lb_common::hash::any_node_hash(&flow)
-        } else {
-            flow_hash(&flow)
-        };
-        let slot = hash % table.len() as u32;
-        Explanation::Maglev {
-            service: name,
-            hash,
-            slot,
-            table_len: table.len() as u32,
-            backend: target(table[slot as usize]),
-        }
-    }
 }
 
 /// Replies to full NAT come back to node addresses on ports 61000-65535; a port published on

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr};
 
 use lb_common::{
     Addr,
-    maps::{EndpointKey, ReplyFrontend, service_flags},
+    maps::{EndpointKey, ReplyFrontend, Service, service_flags},
 };
 
 use super::{DesiredState, PlannedService, endpoint};
@@ -76,30 +76,37 @@ impl fmt::Display for ReplyTranslation {
     }
 }
 
-/// The frontends each backend endpoint is reached through: (kernel service, frontend).
-fn reached(state: &DesiredState) -> BTreeMap<EndpointKey, Vec<(&PlannedService, SocketAddr)>> {
+/// The frontends each backend endpoint (of those `wanted`) is reached through: (kernel
+/// service, frontend), in the plan's order.
+pub(super) fn reached<'a>(
+    services: impl IntoIterator<Item = &'a PlannedService>,
+    wanted: impl Fn(&EndpointKey) -> bool,
+) -> BTreeMap<EndpointKey, Vec<(&'a PlannedService, SocketAddr)>> {
     let mut reached: BTreeMap<EndpointKey, Vec<(&PlannedService, SocketAddr)>> = BTreeMap::new();
-    for planned in &state.services {
+    for planned in services {
         for backend in &planned.backends {
-            let via = reached
-                .entry(endpoint(backend.target, &planned.mapping))
-                .or_default();
+            let key = endpoint(backend.target, &planned.mapping);
+            if !wanted(&key) {
+                continue;
+            }
+            let via = reached.entry(key).or_default();
             via.extend(planned.frontends.iter().map(|f| (planned, *f)));
         }
     }
     reached
 }
 
-/// The translation of one endpoint, reached through `via`.
-fn classify(state: &DesiredState, via: &[(&PlannedService, SocketAddr)]) -> ReplyTranslation {
-    let Some((planned, frontend)) = via.first() else {
+/// The translation of one endpoint, reached through `via`; `frontend` is the plan's
+/// frontend entry of a key.
+fn classify(
+    frontend: &impl Fn(&EndpointKey) -> Option<Service>,
+    via: &[(&PlannedService, SocketAddr)],
+) -> ReplyTranslation {
+    let Some((planned, first)) = via.first() else {
         return ReplyTranslation::NotABackend;
     };
-    let flags = |planned: &PlannedService, frontend: &SocketAddr| {
-        state
-            .frontends
-            .get(&endpoint(*frontend, &planned.mapping))
-            .map_or(0, |s| s.flags)
+    let flags = |planned: &PlannedService, f: &SocketAddr| {
+        frontend(&endpoint(*f, &planned.mapping)).map_or(0, |s| s.flags)
     };
     // A swarm task, whichever node it is on and however many frontends reach it here (a
     // local task also has its delivery frontend): every node says the same.
@@ -116,7 +123,7 @@ fn classify(state: &DesiredState, via: &[(&PlannedService, SocketAddr)]) -> Repl
     // included): its kind decides.
     if via.iter().all(|(s, _)| s.id == planned.id) {
         let service = planned.name.clone();
-        let flags = flags(planned, frontend);
+        let flags = flags(planned, first);
         if planned.vip.is_none() {
             return ReplyTranslation::NodeAddress { service };
         }
@@ -132,37 +139,41 @@ fn classify(state: &DesiredState, via: &[(&PlannedService, SocketAddr)]) -> Repl
         frontends.dedup();
         return ReplyTranslation::Shared { frontends };
     }
-    ReplyTranslation::Stateless {
-        frontend: *frontend,
-    }
+    ReplyTranslation::Stateless { frontend: *first }
+}
+
+/// The `REPLY_FRONTENDS` entry of backend endpoint `key`, reached through `via`, if its
+/// replies are translated without a connection-table entry.
+pub(super) fn reply_frontend(
+    frontend: &impl Fn(&EndpointKey) -> Option<Service>,
+    key: &EndpointKey,
+    via: &[(&PlannedService, SocketAddr)],
+) -> Option<ReplyFrontend> {
+    let ReplyTranslation::Stateless { frontend } = classify(frontend, via) else {
+        return None;
+    };
+    let (planned, _) = via[0];
+    let backend = planned
+        .backends
+        .iter()
+        .find(|b| endpoint(b.target, &planned.mapping) == *key)?;
+    Some(ReplyFrontend {
+        addr: Addr::from(frontend.ip()),
+        port_be: frontend.port().to_be(),
+        _pad: 0,
+        service_id: planned.id,
+        backend_id: backend.id,
+    })
 }
 
 impl DesiredState {
     /// `REPLY_FRONTENDS`: every backend endpoint whose replies are translated without an
     /// entry, with its one frontend.
     pub(super) fn plan_reply_frontends(&self) -> BTreeMap<EndpointKey, ReplyFrontend> {
-        reached(self)
+        let frontend = |key: &EndpointKey| self.frontends.get(key).copied();
+        reached(&self.services, |_| true)
             .into_iter()
-            .filter_map(|(key, via)| match classify(self, &via) {
-                ReplyTranslation::Stateless { frontend } => {
-                    let (planned, _) = via[0];
-                    let backend = planned
-                        .backends
-                        .iter()
-                        .find(|b| endpoint(b.target, &planned.mapping) == key)?;
-                    Some((
-                        key,
-                        ReplyFrontend {
-                            addr: Addr::from(frontend.ip()),
-                            port_be: frontend.port().to_be(),
-                            _pad: 0,
-                            service_id: planned.id,
-                            backend_id: backend.id,
-                        },
-                    ))
-                }
-                _ => None,
-            })
+            .filter_map(|(key, via)| Some((key, reply_frontend(&frontend, &key, &via)?)))
             .collect()
     }
 
@@ -174,8 +185,9 @@ impl DesiredState {
             proto: protocol,
             _pad: 0,
         };
-        let reached = reached(self);
-        classify(self, reached.get(&key).map_or(&[][..], Vec::as_slice))
+        let reached = reached(&self.services, |k| *k == key);
+        let frontend = |key: &EndpointKey| self.frontends.get(key).copied();
+        classify(&frontend, reached.get(&key).map_or(&[][..], Vec::as_slice))
     }
 }
 
