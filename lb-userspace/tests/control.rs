@@ -897,6 +897,35 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     lb.restart(&topo.node).expect("restart");
     assert_eq!(lbctl(&lb, &["list"]), list_before);
 
+    // An edit of a file service (patched into the kept merge, written as a delta) that the
+    // kernel refuses is undone the same way.
+    let endpoints_path = lb.pin_dir().join("maps").join("BACKEND_ENDPOINTS");
+    let open_endpoints = || -> HashMap<MapData, EndpointKey, u32> {
+        HashMap::try_from(Map::HashMap(
+            MapData::from_pin(&endpoints_path).expect("pinned BACKEND_ENDPOINTS"),
+        ))
+        .expect("BACKEND_ENDPOINTS")
+    };
+    let mut endpoints = open_endpoints();
+    let mut endpoints_filled = 0;
+    while endpoints.insert(junk(endpoints_filled), 0, 0).is_ok() {
+        endpoints_filled += 1;
+        assert!(
+            endpoints_filled <= lb_common::limits::MAX_BACKEND_ENDPOINTS,
+            "the map never filled"
+        );
+    }
+    let (ok, _, err) = lb.lbctl(&["add-backend", "web", "198.18.2.12"]).unwrap();
+    assert!(!ok, "the kernel refused: lbctl must fail");
+    assert!(err.contains("BACKEND_ENDPOINTS"), "{err}");
+    assert_eq!(generation(&lb), before);
+    assert_eq!(lbctl(&lb, &["list"]), list_before);
+    let status = lbctl_json(&lb, &["status"]);
+    assert!(status["degraded"].is_null(), "{status}");
+    for i in 0..endpoints_filled {
+        let _ = endpoints.remove(&junk(i));
+    }
+
     // With room again, the same request goes through.
     let mut frontends = open();
     for i in 0..filled {

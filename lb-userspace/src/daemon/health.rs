@@ -47,8 +47,8 @@ impl Daemon {
             }
         }
         if transitions.iter().any(Transition::changes_serving) {
-            let (file, api) = (self.file.clone(), self.api.clone());
-            if let Err(e) = self.commit(Trigger::Health, file, api) {
+            let api = self.api.clone();
+            if let Err(e) = self.commit(Trigger::Health, None, api) {
                 error!(
                     "health: the change of backends was not applied, the running configuration stays (retried at the next change of health): {e:#}"
                 );

@@ -88,6 +88,14 @@ const API_STATE_FILE: &str = "api-state.json";
 /// it rather than from nothing.
 const SWARM_STATE_FILE: &str = "swarm-state.json";
 
+/// How a change's merged configuration was had (see `Daemon::merge_and_plan`).
+enum MergeStep {
+    /// Merged anew: replaces `Daemon::merged` when the change is kept.
+    Whole(Box<Merged>),
+    /// `Daemon::merged` patched in place; the specs it had before (`None`: none).
+    Patched(Vec<(String, Option<crate::source::file::ServiceSpec>)>),
+}
+
 pub struct Daemon {
     dp: Dataplane,
     config_path: Option<PathBuf>,
@@ -270,7 +278,7 @@ impl Daemon {
             );
         }
         let api = self.api.clone();
-        self.commit(trigger, file, api)
+        self.commit(trigger, Some(file), api)
     }
 
     /// Applies what the swarm looks like now. The snapshot is kept (and saved) whatever the
@@ -288,8 +296,8 @@ impl Daemon {
             }
         }
         self.swarm = Some(snapshot);
-        let (file, api) = (self.file.clone(), self.api.clone());
-        self.commit(Trigger::Swarm, file, api)
+        let api = self.api.clone();
+        self.commit(Trigger::Swarm, None, api)
     }
 
     /// Applies an API change: `change` edits a copy of the API state; nothing is kept unless
@@ -306,56 +314,44 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        let file = self.file.clone();
-        let outcome = self.commit(Trigger::Api, file, api)?;
+        let outcome = self.commit(Trigger::Api, None, api)?;
         Ok((value, outcome))
     }
 
-    /// The one way a configuration changes (file, API, swarm and health state alike).
+    /// The one way a configuration changes (file, API, swarm and health state alike);
+    /// `file`: `None` when the service file stays as it is.
     fn commit(
         &mut self,
         trigger: Trigger,
-        file: ServiceFile,
+        file: Option<ServiceFile>,
         api: ApiState,
     ) -> Result<Outcome, DaemonError> {
         let started = Instant::now();
-        let swarm_services = swarm_services(self.swarm.as_ref(), &file);
-        let planned = (|| -> Result<_, DaemonError> {
-            let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
-            merged.file.mesh = swarm_services.mesh.clone();
-            let node_addresses = node_addresses()?;
-            let serving = self.health.serving(&merged.file);
-            // After a failed undo every entry is written: a whole plan.
-            let next = if self.degraded.is_some() {
-                Replan::Full(plan::plan_from(
-                    &serving,
-                    &node_addresses,
-                    Some(&self.running),
-                )?)
-            } else {
-                plan::replan(&serving, &node_addresses, &self.running)?
+        let swarm_services =
+            swarm_services(self.swarm.as_ref(), file.as_ref().unwrap_or(&self.file));
+        let (merged, node_addresses, next) =
+            match self.merge_and_plan(file.as_ref(), &api, &swarm_services) {
+                Ok(planned) => planned,
+                Err(e) => {
+                    self.count(trigger, Outcome::Rejected);
+                    return Err(e);
+                }
             };
-            Ok((merged, node_addresses, next))
-        })();
-        let (merged, node_addresses, next) = match planned {
-            Ok(planned) => planned,
-            Err(e) => {
-                self.count(trigger, Outcome::Rejected);
-                return Err(e);
-            }
-        };
         let api_path = self.state_dir.join(API_STATE_FILE);
         let api_changed = api != self.api;
         // Persist before programming: an applied change is never lost by a crash.
         let planned_at = started.elapsed();
         if api_changed && let Err(e) = api.save(&api_path) {
+            self.restore_merged(merged);
             self.count(trigger, Outcome::Failed);
             return Err(e.into());
         }
         let saved_at = started.elapsed();
-        for (name, reason) in &merged.swarm_refused {
-            if self.merged.swarm_refused.get(name) != Some(reason) {
-                error!(service = %name, "swarm service not served: {reason}");
+        if let MergeStep::Whole(merged) = &merged {
+            for (name, reason) in &merged.swarm_refused {
+                if self.merged.swarm_refused.get(name) != Some(reason) {
+                    error!(service = %name, "swarm service not served: {reason}");
+                }
             }
         }
         let unchanged = match &next {
@@ -367,15 +363,13 @@ impl Daemon {
             self.take_plan(next);
             self.swarm_services = swarm_services;
             self.sync_socket_namespaces();
-            self.file = file;
-            self.api = api;
-            self.merged = merged;
-            self.merged_epoch += 1;
+            self.keep_inputs(file, api, merged);
             self.node_addresses = node_addresses;
             self.count(trigger, Outcome::Unchanged);
             return Ok(Outcome::Unchanged);
         }
         if let Err(e) = self.program(&next) {
+            self.restore_merged(merged);
             if api_changed && let Err(save) = self.api.save(&api_path) {
                 error!("restoring the API state file failed: {save}");
             }
@@ -386,10 +380,7 @@ impl Daemon {
         self.degraded = None;
         self.swarm_services = swarm_services;
         self.sync_socket_namespaces();
-        self.file = file;
-        self.api = api;
-        self.merged = merged;
-        self.merged_epoch += 1;
+        self.keep_inputs(file, api, merged);
         self.node_addresses = node_addresses;
         self.take_plan(next);
         self.generation += 1;
@@ -407,6 +398,93 @@ impl Daemon {
             "applied"
         );
         Ok(Outcome::Applied)
+    }
+
+    /// Merges the file (`None`: the one kept), the API state and the swarm, and plans the
+    /// result. When only some services' API edits changed, the kept merge is patched in place
+    /// (`MergeStep::Patched`, put back by `restore_merged` if the change is not kept).
+    fn merge_and_plan(
+        &mut self,
+        file: Option<&ServiceFile>,
+        api: &ApiState,
+        swarm_services: &SwarmServices,
+    ) -> Result<(MergeStep, Vec<IpAddr>, Replan), DaemonError> {
+        let edited = match file {
+            None if *swarm_services == self.swarm_services => {
+                api.edited_specs(&self.api, &self.file).transpose()?
+            }
+            _ => None,
+        };
+        let step = match edited {
+            Some(specs) => {
+                let services = &mut self.merged.file.services;
+                let before = specs
+                    .into_iter()
+                    .map(|(name, spec)| {
+                        let before = services.insert(name.clone(), spec);
+                        (name, before)
+                    })
+                    .collect();
+                MergeStep::Patched(before)
+            }
+            None => {
+                let file = file.unwrap_or(&self.file);
+                let mut merged = api.merge_with_swarm(file, &swarm_services.all_specs())?;
+                merged.file.mesh = swarm_services.mesh.clone();
+                MergeStep::Whole(Box::new(merged))
+            }
+        };
+        let merged = match &step {
+            MergeStep::Whole(merged) => &merged.file,
+            MergeStep::Patched(_) => &self.merged.file,
+        };
+        let planned = (|| -> Result<_, DaemonError> {
+            let node_addresses = node_addresses()?;
+            let serving = self.health.serving(merged);
+            // After a failed undo every entry is written: a whole plan.
+            let next = if self.degraded.is_some() {
+                Replan::Full(plan::plan_from(
+                    &serving,
+                    &node_addresses,
+                    Some(&self.running),
+                )?)
+            } else {
+                plan::replan(&serving, &node_addresses, &self.running)?
+            };
+            Ok((node_addresses, next))
+        })();
+        match planned {
+            Ok((node_addresses, next)) => Ok((step, node_addresses, next)),
+            Err(e) => {
+                self.restore_merged(step);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts back what `merge_and_plan` patched, for a change that is not kept.
+    fn restore_merged(&mut self, step: MergeStep) {
+        if let MergeStep::Patched(before) = step {
+            let services = &mut self.merged.file.services;
+            for (name, spec) in before {
+                match spec {
+                    Some(spec) => services.insert(name, spec),
+                    None => services.remove(&name),
+                };
+            }
+        }
+    }
+
+    /// Keeps the inputs of a change that was kept.
+    fn keep_inputs(&mut self, file: Option<ServiceFile>, api: ApiState, merged: MergeStep) {
+        if let Some(file) = file {
+            self.file = file;
+        }
+        self.api = api;
+        if let MergeStep::Whole(merged) = merged {
+            self.merged = *merged;
+        }
+        self.merged_epoch += 1;
     }
 
     /// Writes `next` over the running plan's entries. On failure the running plan's entries

@@ -184,6 +184,54 @@ impl ApiState {
         Ok(merged)
     }
 
+    /// The merged specs of the services whose API edits differ from `before`'s, when the
+    /// merge of every other service cannot differ: `before` was merged with this `file`, and
+    /// only file services' backend edits or API services' backends and settings changed,
+    /// which keep each service's name and frontends (what the merge checks across services).
+    /// `None` when an API service came, went or moved its VIP or ports, or an edit names a
+    /// service the file lacks: merge whole then. An edit the file's rules refuse is the
+    /// whole merge's error.
+    pub fn edited_specs(
+        &self,
+        before: &ApiState,
+        file: &ServiceFile,
+    ) -> Option<Result<Vec<(String, ServiceSpec)>, OverlayError>> {
+        if !self.services.keys().eq(before.services.keys()) {
+            return None;
+        }
+        let mut specs = Vec::new();
+        for (name, spec) in &self.services {
+            let old = &before.services[name];
+            if spec == old {
+                continue;
+            }
+            if spec.vip != old.vip || spec.ports != old.ports {
+                return None;
+            }
+            specs.push((name.clone(), spec.clone()));
+        }
+        let edited: std::collections::BTreeSet<&String> = self
+            .backend_edits
+            .keys()
+            .chain(before.backend_edits.keys())
+            .filter(|name| self.backend_edits.get(*name) != before.backend_edits.get(*name))
+            .collect();
+        for name in edited {
+            let mut spec = file.services.get(name)?.clone();
+            match self.backend_edits.get(name) {
+                Some(edits) if !edits.is_empty() => {
+                    apply_edits(&mut spec, edits);
+                    match revalidate(spec) {
+                        Ok(spec) => specs.push((name.clone(), spec)),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                _ => specs.push((name.clone(), spec)),
+            }
+        }
+        Some(Ok(specs))
+    }
+
     fn merge_operator(&self, file: &ServiceFile) -> Result<Merged, OverlayError> {
         let mut sources = BTreeMap::new();
         let mut specs = Vec::new();
@@ -679,6 +727,51 @@ mod tests {
             merged.file.services["web"].backends[0].address.to_string(),
             "198.18.2.10"
         );
+    }
+
+    #[test]
+    fn edited_specs_are_the_whole_merges_specs_of_the_edited_services() {
+        let f = file(
+            "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80/tcp\"]\n    backends: [198.18.2.10, 198.18.2.11]\n  dns:\n    vip: 198.18.100.2\n    ports: [\"53/udp\"]\n    backends: [198.18.2.12]\n",
+        );
+        let mut before = ApiState::default();
+        before
+            .add_service(api_service("extra", "198.18.100.3"), &f)
+            .unwrap();
+        let backend = |a: &str| BackendRef {
+            address: a.parse().unwrap(),
+            port: None,
+        };
+        let mut after = before.clone();
+        after
+            .set_backend("web", backend("198.18.2.13"), None, &f)
+            .unwrap();
+        after.drain("dns", backend("198.18.2.12"), &f).unwrap();
+        after
+            .set_backend("extra", backend("198.18.2.21"), Some(3), &f)
+            .unwrap();
+        let specs = after.edited_specs(&before, &f).unwrap().unwrap();
+        let whole = after.merge(&f).unwrap();
+        let names: Vec<&str> = specs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["extra", "dns", "web"]);
+        for (name, spec) in &specs {
+            assert_eq!(whole.file.services[name], *spec, "{name}");
+        }
+        // Undoing an edit gives the file's spec back.
+        let undone = before.edited_specs(&after, &f).unwrap().unwrap();
+        let whole = before.merge(&f).unwrap();
+        for (name, spec) in &undone {
+            assert_eq!(whole.file.services[name], *spec, "{name}");
+        }
+        // A new API service, or one that moved, is merged whole.
+        let mut moved = before.clone();
+        moved.services.get_mut("extra").unwrap().vip = Some("198.18.100.9".parse().unwrap());
+        assert!(moved.edited_specs(&before, &f).is_none());
+        let mut added = before.clone();
+        added
+            .add_service(api_service("more", "198.18.100.4"), &f)
+            .unwrap();
+        assert!(added.edited_specs(&before, &f).is_none());
     }
 
     const FILE: &str = r#"
