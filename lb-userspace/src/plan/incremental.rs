@@ -335,7 +335,12 @@ fn incremental(
 
     // The services in plan order after the change, for the reply endpoints they reach.
     let after = services_after(&running.services, &changed, &fresh.services);
-    let reached = reached(after.iter().copied(), |key| touched.contains(key));
+    // Addresses first: a few to compare against, before a search per backend of every service.
+    let mut touched_addrs: Vec<Addr> = touched.iter().map(|k| k.addr).collect();
+    touched_addrs.dedup();
+    let reached = reached(after.iter().copied(), |key| {
+        touched_addrs.contains(&key.addr) && touched.contains(key)
+    });
     changes(
         &running.reply_frontends,
         touched.iter().map(|key| {
