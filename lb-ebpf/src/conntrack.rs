@@ -13,14 +13,17 @@ use lb_common::{
         ENDPOINT_FILTER_ENTRIES, FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN,
         LAST_SEEN_GRANULARITY_NS,
     },
-    maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
+    maps::{
+        EndpointKey, Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags,
+        tcp_state,
+    },
     stats::StatSlot,
 };
 
 use crate::{
     maps::{
         BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, PENDING,
-        REPLY_FILTER,
+        REPLY_FILTER, REPLY_FRONTENDS,
     },
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
@@ -306,7 +309,8 @@ pub enum InsertError {
 }
 
 /// Records a new flow in the table of unconfirmed flows (`PENDING`; `pending` confirms it):
-/// the reply entry first, so the backend's first answer finds it. Under
+/// the reply entry first, so the backend's first answer finds it (none where the backend's
+/// replies need none: `replies_without_entry`). Under
 /// full NAT (and NAT on a reply-entry clash), picks the source port here: the first of a few ports (from the flow's hash) whose
 /// reply entry is free or idle, so concurrent flows of one client never collide.
 #[inline(always)]
@@ -371,8 +375,10 @@ pub fn insert(
     // NAT whose reply entry a live flow already holds (the client reused its port toward
     // another frontend of the same backend): keep the client's address but give the flow
     // another source port, as netfilter's NAT does on a tuple clash. Full NAT always picks
-    // the node's address and a port.
-    let remap = fullnat || !claim_reply(&reply_key, flow, now);
+    // the node's address and a port. A backend endpoint whose one frontend is this flow's
+    // needs no unconfirmed reply entry (see `replies_without_entry`).
+    let remap = fullnat
+        || !(replies_without_entry(&reply_key, key, svc) || claim_reply(&reply_key, flow, now));
     if remap {
         if !fullnat {
             chosen.snat_addr = key.src;
@@ -419,6 +425,42 @@ pub fn insert(
 #[inline(always)]
 pub fn just_inserted() -> Option<*mut Flow> {
     FLOW_SCRATCH.get_ptr_mut(0)
+}
+
+/// Whether the replies of an unconfirmed flow (its backend endpoint the source of
+/// `reply_key`, its frontend the destination of `key`) are translated right without a reply
+/// entry: the endpoint leads to this one frontend (`REPLY_FRONTENDS`, a VIP under NAT), so
+/// `stateless::reply` gives them the frontend as source, and no other flow can hold the
+/// reply key (the same client port toward the same frontend is this flow). The flow's
+/// first packet then costs one insert into a full `PENDING` instead of two, which is what a
+/// SYN flood costs; `confirm` writes the confirmed reply entry as for any flow. Only the
+/// reply filter's slot is set here, so that the replies are looked for.
+#[inline(always)]
+fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey, svc: &Service) -> bool {
+    let endpoint = EndpointKey {
+        addr: reply_key.src,
+        port_be: reply_key.sport_be,
+        proto: reply_key.proto,
+        _pad: 0,
+    };
+    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU).
+    let ours = unsafe {
+        (*entry).service_id == svc.id
+            && (*entry).port_be == key.dport_be
+            && (*entry).addr == key.dst
+    };
+    if ours {
+        set_filter_slot(
+            &REPLY_FILTER,
+            &endpoint.addr,
+            endpoint.port_be,
+            endpoint.proto,
+        );
+    }
+    ours
 }
 
 /// Writes the unconfirmed reply entry `reply_key`, unless a live flow holds it, confirmed

@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::{
     forward,
-    maps::{CONNTRACK, FRONTENDS, PENDING},
+    maps::{CONNTRACK, FRONTENDS, PENDING, REPLY_FRONTENDS},
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     stats::count,
@@ -217,7 +217,7 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpo
         .get_ptr(&answering)
         .or_else(|| PENDING.get_ptr(&answering))
     else {
-        return false;
+        return kind == flow_kind::REPLY && stateless_frontend(&answering, nat);
     };
     // SAFETY: valid for this program run; read field by field.
     unsafe {
@@ -228,6 +228,29 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpo
         nat.port_be = (*flow).nat_port_be;
         snat.addr = (*flow).snat_addr;
         snat.port_be = (*flow).snat_port_be;
+    }
+    true
+}
+
+/// The one frontend of the backend endpoint that sends `answering` (`REPLY_FRONTENDS`), as
+/// a reply no entry covers is translated (`stateless::reply`): an unconfirmed flow to such an
+/// endpoint has no reply entry (see `conntrack::insert`), and an error about it is the
+/// client's all the same.
+#[inline(always)]
+fn stateless_frontend(answering: &FlowKey, nat: &mut Endpoint) -> bool {
+    let endpoint = EndpointKey {
+        addr: answering.src,
+        port_be: answering.sport_be,
+        proto: answering.proto,
+        _pad: 0,
+    };
+    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU).
+    unsafe {
+        nat.addr = (*entry).addr;
+        nat.port_be = (*entry).port_be;
     }
     true
 }

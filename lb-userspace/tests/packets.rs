@@ -547,9 +547,11 @@ fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
     with_program(STATELESS_SERVICES, |mut lb| {
         let backend_side = lb.backend_if;
         check_fixtures(&mut lb, stateless_fixtures(), backend_side);
-        // A tracked flow's replies still come from its entry.
+        // A tracked flow's replies still come from its entry (written when the client's
+        // second packet confirms the flow).
         let client = sock(CLIENT, 40101);
         lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_ACK).build());
         let before = lb.stats();
         let backend = lb
             .dp
@@ -1314,6 +1316,72 @@ fn a_new_flows_entry_holds_the_tcp_state_its_first_packet_leaves() {
                 .unwrap()
                 .expect("tracked");
             assert_eq!(flow.tcp_state, want, "flags {flags:#x}");
+        }
+    });
+}
+
+#[test]
+fn a_new_flow_to_a_vip_writes_its_reply_entry_only_when_confirmed() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::maps::flow_kind;
+    with_program(ONE_BACKEND, |mut lb| {
+        // `web`'s backend endpoint has one frontend, the VIP (stateless replies): its new
+        // flows insert the forward entry alone, and the SYN-ACK is given the VIP as source
+        // without an entry. `published` (node addresses) keeps an unconfirmed reply entry.
+        for (frontend, backend, stateless) in [
+            (sock(VIP, 80), sock("198.18.2.10", 8080), true),
+            (
+                sock(NODE_CLIENT_SIDE, 8000),
+                sock("198.18.2.11", 9000),
+                false,
+            ),
+        ] {
+            let client = sock(CLIENT, 43300);
+            let reply_key = forward_key(backend, client);
+            let reply_entry = |lb: &Loaded| lb.dp.tracked_flow(&reply_key).unwrap();
+            let syn = Ipv4Frame::tcp(client, frontend, TCP_SYN);
+            let out = lb.run(&syn.build());
+            assert_eq!(out.packet, syn.with_dst(backend).build(), "{frontend}");
+            assert!(
+                lb.dp
+                    .tracked_flow(&forward_key(client, frontend))
+                    .unwrap()
+                    .is_some()
+            );
+            assert_eq!(
+                reply_entry(&lb).is_none(),
+                stateless,
+                "{frontend}: unconfirmed reply entry"
+            );
+
+            let syn_ack = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+                .with_macs(backend_mac(0), lb.backend_if_mac);
+            let before = lb.stats();
+            let out = lb.run_from(&syn_ack.build(), lb.backend_if);
+            assert_eq!(out.packet, syn_ack.with_src(frontend).build(), "{frontend}");
+            let after = lb.stats();
+            assert_eq!(
+                delta(&before, &after, StatSlot::NatReplyStateless),
+                u64::from(stateless)
+            );
+            assert_eq!(
+                delta(&before, &after, StatSlot::NatReply),
+                u64::from(!stateless)
+            );
+
+            // The client's ACK confirms the flow: both entries in the connection table.
+            let before = lb.stats();
+            lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowConfirmed), 1);
+            assert_eq!(reply_entry(&lb).map(|f| f.kind), Some(flow_kind::REPLY));
+            let ack = Ipv4Frame::tcp(backend, client, TCP_ACK)
+                .with_macs(backend_mac(0), lb.backend_if_mac);
+            let before = lb.stats();
+            let out = lb.run_from(&ack.build(), lb.backend_if);
+            assert_eq!(out.packet, ack.with_src(frontend).build());
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
         }
     });
 }

@@ -24,7 +24,9 @@ fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_transl
         let client = sock(CLIENT, 40200);
         let vip = sock(VIP, 80);
         let backend = sock("198.18.2.10", 8080);
+        // A confirmed flow: its replies are translated from its reply entry.
         lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
         // What lbd writes for a bridge in generic mode: no MAC filter, generic mode.
         lb.dp
             .set_interface_mac(lb.backend_if, None, true)
@@ -47,6 +49,22 @@ fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_transl
             "translated, checksum field still partial"
         );
         assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
+
+        // A reply no entry covers (an unconfirmed flow's, or another node's) is translated
+        // statelessly, by the same rewrite: partial stays partial there too.
+        let untracked = Ipv4Frame {
+            payload: b"HTTP/1.1 200 OK\r\n".to_vec(),
+            ..Ipv4Frame::tcp(backend, sock(CLIENT, 40201), TCP_SYN | TCP_ACK)
+        }
+        .with_macs(backend_mac(0), lb.backend_if_mac);
+        let before = lb.stats();
+        let out = lb.run_from(&with_pseudo_header_sum(untracked.build()), lb.backend_if);
+        assert_eq!(
+            out.packet,
+            with_pseudo_header_sum(untracked.with_src(vip).build()),
+            "translated without an entry, checksum field still partial"
+        );
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReplyStateless), 1);
 
         // Complete, on the same interface: updated as complete (the builder's checksums are
         // computed independently).
