@@ -713,6 +713,13 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
         Liveness::NotForward | Liveness::Ended => return Pending::Absent,
     }
     if is_tcp && pkt.tcp_flags & TCP_SYN != 0 {
+        // A SYN again: the client has not had an answer it takes. If the flow's replies are
+        // no longer translated (opened without a reply entry, and a change since gave its
+        // backend endpoint another frontend; or a flood evicted its reply entry), the flow
+        // is opened anew, with the reply entry the endpoint now needs.
+        if !replies_translated(key, f) {
+            return Pending::Absent;
+        }
         return Pending::Follow;
     }
     if confirm(key, f, pkt.tunnel_peer, tick) {
@@ -720,6 +727,34 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
     } else {
         Pending::Follow
     }
+}
+
+/// Whether the replies of the unconfirmed flow `key` (its forward entry `f`) reach its
+/// client translated: its reply entry is in `PENDING`, or its backend endpoint still leads to
+/// its frontend alone (`replies_without_entry`).
+#[inline(always)]
+fn replies_translated(key: &FlowKey, f: &Flow) -> bool {
+    let reply_key = reply_key_of(key, f);
+    if let Some(reply) = PENDING.get_ptr(&reply_key) {
+        // SAFETY: valid for this program run.
+        if unsafe { (*reply).kind } == flow_kind::REPLY {
+            return true;
+        }
+    }
+    if f.remaps_source() {
+        return false;
+    }
+    let endpoint = EndpointKey {
+        addr: reply_key.src,
+        port_be: reply_key.sport_be,
+        proto: reply_key.proto,
+        _pad: 0,
+    };
+    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU).
+    unsafe { (*entry).port_be == key.dport_be && (*entry).addr == key.dst }
 }
 
 /// Moves the unconfirmed flow `key` (its forward entry `f`, in `PENDING`) into `CONNTRACK`:

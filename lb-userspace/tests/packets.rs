@@ -539,6 +539,71 @@ fn stateless_fixtures() -> Vec<Fixture> {
     ]
 }
 
+/// `STATELESS_SERVICES` with `shared_b` moved onto 198.18.2.11:8080: that endpoint (a backend
+/// of `web`) gets a second frontend, and 198.18.2.12:7000 keeps `shared_a`'s alone.
+fn stateless_with_11_shared() -> String {
+    let shared = STATELESS_SERVICES.replace(
+        "  shared_b:\n    vip: 198.18.100.4\n    ports: [\"80:7000/tcp\"]\n    backends: [\"198.18.2.12\"]",
+        "  shared_b:\n    vip: 198.18.100.4\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]",
+    );
+    assert_ne!(shared, STATELESS_SERVICES);
+    shared
+}
+
+#[test]
+fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_next_syn() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::maps::flow_kind;
+    with_program(STATELESS_SERVICES, |mut lb| {
+        // An unconfirmed flow to `web` on 198.18.2.11:8080, opened without a reply entry
+        // (the endpoint has `web`'s VIP as its one frontend): the client port that lands there.
+        let vip = sock(VIP, 80);
+        let backend = sock("198.18.2.11", 8080);
+        let client = (43400..43464)
+            .map(|port| sock(CLIENT, port))
+            .find(|&client| {
+                let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+                parse_ipv4(&out.packet).unwrap().dst == backend
+            })
+            .expect("a client port that Maglev places on 198.18.2.11 (of 2 backends)");
+        let reply_key = forward_key(backend, client);
+        assert!(lb.dp.tracked_flow(&reply_key).unwrap().is_none());
+
+        // The endpoint gets a second frontend: its replies are no longer translated without
+        // an entry, so this flow's SYN-ACK leaves untouched (the client refuses it).
+        reload(&mut lb, &stateless_with_11_shared());
+        let syn_ack = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+            .with_macs(backend_mac(0), lb.backend_if_mac);
+        let out = lb.run_from(&syn_ack.build(), lb.backend_if);
+        assert_eq!((out.action, out.meta_words()), (XDP_PASS, None));
+
+        // The client's SYN again opens the flow anew, with a reply entry this time.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        assert_eq!(
+            parse_ipv4(&out.packet).unwrap().dst,
+            backend,
+            "same Maglev choice"
+        );
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+        assert_eq!(
+            lb.dp.tracked_flow(&reply_key).unwrap().map(|f| f.kind),
+            Some(flow_kind::REPLY)
+        );
+        let before = lb.stats();
+        let out = lb.run_from(&syn_ack.build(), lb.backend_if);
+        assert_eq!(out.packet, syn_ack.with_src(vip).build());
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
+
+        // A SYN again while the replies are translated follows the flow, as before.
+        let before = lb.stats();
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
+    });
+}
+
 #[test]
 fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
     if !e2e_enabled() {
@@ -581,13 +646,7 @@ fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
 
         // A reload that gives 198.18.2.11:8080 a second frontend takes its entry away (and
         // gives 198.18.2.12:7000, no longer shared, one).
-        let shared = STATELESS_SERVICES
-            .replace(
-                "  shared_b:\n    vip: 198.18.100.4\n    ports: [\"80:7000/tcp\"]\n    backends: [\"198.18.2.12\"]",
-                "  shared_b:\n    vip: 198.18.100.4\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]",
-            );
-        assert_ne!(shared, STATELESS_SERVICES);
-        reload(&mut lb, &shared);
+        reload(&mut lb, &stateless_with_11_shared());
         let client = sock(CLIENT, 40102);
         let from_11 = Ipv4Frame::tcp(sock("198.18.2.11", 8080), client, TCP_ACK).build();
         let out = lb.run_from(&from_11, lb.backend_if);
