@@ -1,6 +1,10 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
+mod unconfirmed;
+
 use core::mem::MaybeUninit;
+
+pub use unconfirmed::{Pending, pending};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -25,7 +29,7 @@ use crate::{
         BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, PENDING,
         REPLY_FILTER, REPLY_FRONTENDS,
     },
-    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN, is_syn},
+    parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
     zero,
 };
@@ -665,157 +669,4 @@ pub fn lookup_reply(key: &FlowKey) -> Option<(*mut Flow, bool)> {
         return None;
     }
     Some((flow, pending))
-}
-
-/// What `pending` found for a client packet the connection table has no entry for.
-pub enum Pending {
-    /// No live unconfirmed flow of this packet (or of this service): it opens one.
-    Absent,
-    /// An unconfirmed flow this packet does not confirm (a SYN again): follow its `PENDING`
-    /// entry.
-    Follow,
-    /// This packet confirmed the flow: it is in `CONNTRACK` now.
-    Confirmed,
-    /// Its backend left a service whose policy is `reset`: answer the TCP packet with a RST.
-    Reset,
-}
-
-/// The unconfirmed flow of a client packet for the service `svc` that the connection table
-/// has no entry for: alive by the same rules as a confirmed one (`liveness`), confirmed by
-/// the client's second packet (TCP without SYN, any UDP). Not inlined: a sibling of the
-/// packet paths, run only by a flow's first packets.
-#[inline(never)]
-pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
-    let key = &pkt.key;
-    let Some(flow) = PENDING.get_ptr_mut(key) else {
-        return Pending::Absent;
-    };
-    // SAFETY: valid for this program run (see lookup_forward).
-    let f = unsafe { &mut *flow };
-    // A frontend moved to another service since: a new flow (it overwrites this one).
-    if f.service_id != svc.id {
-        return Pending::Absent;
-    }
-    let is_tcp = key.proto == proto::TCP;
-    let moves = svc.flags & service_flags::MOVE_ON_REMOVAL != 0;
-    match liveness(f, is_tcp, pkt.tcp_flags, tick, moves) {
-        Liveness::Alive => {}
-        Liveness::BackendGone => {
-            // As `lookup_forward` does for a confirmed flow.
-            let _ = PENDING.remove(key);
-            if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(pkt.tcp_flags)
-            {
-                return Pending::Reset;
-            }
-            count(StatSlot::FlowMoved);
-            return Pending::Absent;
-        }
-        Liveness::NotForward | Liveness::Ended => return Pending::Absent,
-    }
-    if is_tcp && pkt.tcp_flags & TCP_SYN != 0 {
-        // A SYN again: the client has not had an answer it takes. If the flow's replies are
-        // no longer translated (opened without a reply entry, and a change since gave its
-        // backend endpoint another frontend; or a flood evicted its reply entry), the flow
-        // is opened anew, with the reply entry the endpoint now needs.
-        if !replies_translated(key, f) {
-            return Pending::Absent;
-        }
-        return Pending::Follow;
-    }
-    if confirm(key, f, pkt.tunnel_peer, tick) {
-        Pending::Confirmed
-    } else {
-        Pending::Follow
-    }
-}
-
-/// Whether the replies of the unconfirmed flow `key` (its forward entry `f`) reach its
-/// client translated: its reply entry is in `PENDING`, or its backend endpoint still leads to
-/// its frontend alone (`replies_without_entry`).
-#[inline(always)]
-fn replies_translated(key: &FlowKey, f: &Flow) -> bool {
-    let reply_key = reply_key_of(key, f);
-    if let Some(reply) = PENDING.get_ptr(&reply_key) {
-        // SAFETY: valid for this program run.
-        if unsafe { (*reply).kind } == flow_kind::REPLY {
-            return true;
-        }
-    }
-    if f.remaps_source() {
-        return false;
-    }
-    let endpoint = EndpointKey {
-        addr: reply_key.src,
-        port_be: reply_key.sport_be,
-        proto: reply_key.proto,
-        _pad: 0,
-    };
-    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
-        return false;
-    };
-    // SAFETY: a map value stays valid for the whole program run (RCU).
-    unsafe { (*entry).port_be == key.dport_be && (*entry).addr == key.dst }
-}
-
-/// Moves the unconfirmed flow `key` (its forward entry `f`, in `PENDING`) into `CONNTRACK`:
-/// the reply entry first (rebuilt from the forward one, so a reply entry the flood evicted
-/// from `PENDING` is no loss; `arrived_from` is where the client's packets come from), then
-/// the forward entry; then both leave `PENDING`. False, and nothing changed in `CONNTRACK`,
-/// if a live confirmed flow holds the reply key (the flow stays unconfirmed).
-#[inline(always)]
-fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
-    let remapped = f.remaps_source();
-    let reply_key = reply_key_of(key, f);
-    let Some(reply) = FLOW_SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    let now = now_ns();
-    // SAFETY: per-CPU scratch, used by this program run only; plain old data.
-    let reply = unsafe {
-        zero::zero_words(reply);
-        &mut *reply
-    };
-    // Field by field on the zeroed scratch (see `insert`).
-    reply.nat_addr = key.dst;
-    if remapped {
-        reply.snat_addr = key.src;
-        reply.snat_port_be = key.sport_be;
-    }
-    reply.nat_port_be = key.dport_be;
-    reply.kind = flow_kind::REPLY;
-    reply.service_flags = f.service_flags;
-    reply.backend_id = f.backend_id;
-    reply.service_id = f.service_id;
-    reply.timeout_s = f.timeout_s;
-    reply.last_seen_ns = now;
-    reply.seen_tick = tick;
-    reply.tunnel_peer = arrived_from;
-    reply.frontend_gen = f.frontend_gen;
-    let noexist = u64::from(BPF_NOEXIST);
-    let claimed = CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
-        || (!reply_owner_alive(&reply_key, now, false) && {
-            let _ = CONNTRACK.remove(&reply_key);
-            CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
-        });
-    if !claimed {
-        return false;
-    }
-    if CONNTRACK.insert(key, f, 0).is_err() {
-        let _ = CONNTRACK.remove(&reply_key);
-        return false;
-    }
-    // The unconfirmed reply entry, if still this flow's (see `forget_reply`).
-    if let Some(old) = PENDING.get_ptr(&reply_key) {
-        // SAFETY: valid for this program run.
-        let owned = unsafe {
-            (*old).kind == flow_kind::REPLY
-                && *(*old).frontend_addr() == key.dst
-                && (*old).frontend_port_be() == key.dport_be
-        };
-        if owned {
-            let _ = PENDING.remove(&reply_key);
-        }
-    }
-    let _ = PENDING.remove(key);
-    true
 }
