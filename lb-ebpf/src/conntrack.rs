@@ -17,17 +17,14 @@ use lb_common::{
         ENDPOINT_FILTER_ENTRIES, FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN,
         LAST_SEEN_GRANULARITY_NS,
     },
-    maps::{
-        EndpointKey, Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags,
-        tcp_state,
-    },
+    maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
     stats::StatSlot,
 };
 
 use crate::{
     maps::{
         BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, PENDING,
-        REPLY_FILTER, REPLY_FRONTENDS,
+        REPLY_FILTER, reply_leads_only_to,
     },
     parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
@@ -381,8 +378,8 @@ pub fn insert(
     // another source port, as netfilter's NAT does on a tuple clash. Full NAT always picks
     // the node's address and a port. A backend endpoint whose one frontend is this flow's
     // needs no unconfirmed reply entry (see `replies_without_entry`).
-    let remap = fullnat
-        || !(replies_without_entry(&reply_key, key, svc) || claim_reply(&reply_key, flow, now));
+    let remap =
+        fullnat || !(replies_without_entry(&reply_key, key) || claim_reply(&reply_key, flow, now));
     if remap {
         if !fullnat {
             chosen.snat_addr = key.src;
@@ -440,28 +437,14 @@ pub fn just_inserted() -> Option<*mut Flow> {
 /// SYN flood costs; `confirm` writes the confirmed reply entry as for any flow. Only the
 /// reply filter's slot is set here, so that the replies are looked for.
 #[inline(always)]
-fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey, svc: &Service) -> bool {
-    let endpoint = EndpointKey {
-        addr: reply_key.src,
-        port_be: reply_key.sport_be,
-        proto: reply_key.proto,
-        _pad: 0,
-    };
-    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
-        return false;
-    };
-    // SAFETY: a map value stays valid for the whole program run (RCU).
-    let ours = unsafe {
-        (*entry).service_id == svc.id
-            && (*entry).port_be == key.dport_be
-            && (*entry).addr == key.dst
-    };
+fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey) -> bool {
+    let ours = reply_leads_only_to(reply_key, &key.dst, key.dport_be);
     if ours {
         set_filter_slot(
             &REPLY_FILTER,
-            &endpoint.addr,
-            endpoint.port_be,
-            endpoint.proto,
+            &reply_key.src,
+            reply_key.sport_be,
+            reply_key.proto,
         );
     }
     ours

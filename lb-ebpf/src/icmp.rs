@@ -16,7 +16,7 @@ use lb_common::{
 
 use crate::{
     forward,
-    maps::{CONNTRACK, FRONTENDS, PENDING, REPLY_FRONTENDS},
+    maps::{CONNTRACK, FRONTENDS, PENDING, reply_frontend_of},
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     stats::count,
@@ -238,13 +238,7 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpo
 /// client's all the same.
 #[inline(always)]
 fn stateless_frontend(answering: &FlowKey, nat: &mut Endpoint) -> bool {
-    let endpoint = EndpointKey {
-        addr: answering.src,
-        port_be: answering.sport_be,
-        proto: answering.proto,
-        _pad: 0,
-    };
-    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
+    let Some(entry) = reply_frontend_of(answering) else {
         return false;
     };
     // SAFETY: a map value stays valid for the whole program run (RCU).

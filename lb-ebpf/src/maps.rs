@@ -49,6 +49,30 @@ pub static BACKEND_ENDPOINTS: HashMap<EndpointKey, u32, { MAX_BACKEND_ENDPOINTS 
 pub static REPLY_FRONTENDS: HashMap<EndpointKey, ReplyFrontend, { MAX_REPLY_FRONTENDS as usize }> =
     HashMap::new();
 
+/// The one frontend of the backend endpoint that sends `reply` (a key in the reply
+/// direction: the endpoint is its source), if it has one. Valid for the program run (RCU).
+#[inline(always)]
+pub fn reply_frontend_of(reply: &FlowKey) -> Option<*const ReplyFrontend> {
+    let endpoint = EndpointKey {
+        addr: reply.src,
+        port_be: reply.sport_be,
+        proto: reply.proto,
+        _pad: 0,
+    };
+    REPLY_FRONTENDS.get_ptr(&endpoint)
+}
+
+/// Whether the backend endpoint that sends `reply` leads to the frontend `addr`:`port_be`
+/// alone, so that its replies are translated right without an entry.
+#[inline(always)]
+pub fn reply_leads_only_to(reply: &FlowKey, addr: &Addr, port_be: u16) -> bool {
+    let Some(entry) = reply_frontend_of(reply) else {
+        return false;
+    };
+    // SAFETY: a map value stays valid for the whole program run (RCU).
+    unsafe { (*entry).port_be == port_be && (*entry).addr == *addr }
+}
+
 /// A byte per backend endpoint (`endpoint_filter_slot`) that may send replies: set by the
 /// program for every endpoint it wrote a reply entry for, and by userspace for every endpoint
 /// of `BACKEND_ENDPOINTS` it writes (so a node that never saw a flow of a backend still looks

@@ -13,11 +13,11 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use lb_common::{maps::EndpointKey, stats::StatSlot};
+use lb_common::stats::StatSlot;
 
 use crate::{
     forward,
-    maps::REPLY_FRONTENDS,
+    maps::reply_frontend_of,
     nat::{self, Side},
     parse::Packet,
     stats::{count, count_traffic},
@@ -34,13 +34,7 @@ use crate::{
 /// Not inlined: a sibling of `to_client`, its route lookup structure on its own frame.
 #[inline(never)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
-    let endpoint = EndpointKey {
-        addr: pkt.key.src,
-        port_be: pkt.key.sport_be,
-        proto: pkt.key.proto,
-        _pad: 0,
-    };
-    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
+    let Some(entry) = reply_frontend_of(&pkt.key) else {
         count(StatSlot::PassNotFrontend);
         return Verdict::xdp(xdp_action::XDP_PASS);
     };

@@ -4,13 +4,13 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    maps::{EndpointKey, Flow, FlowKey, Service, flow_kind, proto, service_flags},
+    maps::{Flow, FlowKey, Service, flow_kind, proto, service_flags},
     stats::StatSlot,
 };
 
 use super::{Liveness, liveness, now_ns, reply_key_of, reply_owner_alive};
 use crate::{
-    maps::{CONNTRACK, FLOW_SCRATCH, PENDING, REPLY_FRONTENDS},
+    maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
     parse::{Packet, TCP_SYN, is_syn},
     stats::count,
     zero,
@@ -90,20 +90,7 @@ fn replies_translated(key: &FlowKey, f: &Flow) -> bool {
             return true;
         }
     }
-    if f.remaps_source() {
-        return false;
-    }
-    let endpoint = EndpointKey {
-        addr: reply_key.src,
-        port_be: reply_key.sport_be,
-        proto: reply_key.proto,
-        _pad: 0,
-    };
-    let Some(entry) = REPLY_FRONTENDS.get_ptr(&endpoint) else {
-        return false;
-    };
-    // SAFETY: a map value stays valid for the whole program run (RCU).
-    unsafe { (*entry).port_be == key.dport_be && (*entry).addr == key.dst }
+    !f.remaps_source() && reply_leads_only_to(&reply_key, &key.dst, key.dport_be)
 }
 
 /// Moves the unconfirmed flow `key` (its forward entry `f`, in `PENDING`) into `CONNTRACK`:
