@@ -440,6 +440,67 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
 }
 
 #[test]
+fn renaming_a_service_under_new_flows_drops_none_of_them() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let file_a = services(r#""198.18.2.10", "198.18.2.11""#);
+    // The same frontends under another name: another service id, so each reload removes a
+    // service (its table emptied) and points its frontends at a new one. The old table may
+    // be emptied only once no frontend leads to it.
+    let file_b = file_a.replace("  web:", "  web_renamed:");
+    assert_ne!(file_a, file_b);
+    let mut lb = start(&topo, &file_a, &[]);
+    let drops = |lb: &Lbd| -> u64 {
+        let v = lbctl_json(lb, &["stats"]);
+        v["global"]["drop_no_backend"]
+            .as_u64()
+            .expect("drop_no_backend")
+    };
+    let before = drops(&lb);
+
+    // New UDP flows without pause (a new socket each), through every reload.
+    let stop = AtomicBool::new(false);
+    let (sent, lost) = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| {
+            topo.client
+                .run(|| {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let (mut sent, mut lost) = (0u64, 0u64);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let answered = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|socket| {
+                            socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+                            socket.send_to(lb_testkit::client::REQUEST, dns())?;
+                            socket.recv(&mut [0u8; 512])
+                        });
+                        sent += 1;
+                        lost += u64::from(answered.is_err());
+                    }
+                    (sent, lost)
+                })
+                .expect("client namespace")
+        });
+        for i in 0..10 {
+            let answer = lb
+                .reload(if i % 2 == 0 { &file_b } else { &file_a })
+                .unwrap();
+            assert!(answer.contains("reloaded"), "reload {i}: {answer}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        stream.join().expect("client thread")
+    });
+    assert!(sent > 100, "the new flows ran: {sent}");
+    assert_eq!(
+        drops(&lb) - before,
+        0,
+        "new flows dropped for want of a backend"
+    );
+    assert_eq!(lost, 0, "{lost} of {sent} new flows unanswered");
+}
+
+#[test]
 fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
     if !e2e_enabled() {
         return;

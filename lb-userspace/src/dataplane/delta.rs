@@ -1,6 +1,6 @@
 //! Writing a replan's changes (`plan::PlanDelta`): only the entries it touches, in the order
 //! `apply` keeps every packet consistent in (backends, whole tables, reply endpoints,
-//! frontends; removals the other way round).
+//! frontends; removals the other way round, emptied tables included).
 
 use aya::maps::{Array, HashMap, IterableMap as _, MapData};
 use lb_common::maps::{Backend, EndpointKey, Service, names};
@@ -58,15 +58,14 @@ impl Dataplane {
             &backend_changes.write_keys,
             &backend_changes.write_values,
         )?;
-        if !delta.tables.is_empty() {
-            let outer = super::maps::outer_fd(tables.expect(loaded))?;
-            let jobs: Vec<(u32, Option<&TableSpec>)> = delta
-                .tables
-                .iter()
-                .map(|(id, table)| (*id, table.as_deref()))
-                .collect();
-            set_tables(outer, &jobs)?;
-        }
+        let outer = super::maps::outer_fd(tables.expect(loaded))?;
+        let (written, gone): (Vec<_>, Vec<_>) = delta
+            .tables
+            .iter()
+            .map(|(id, table)| (*id, table.as_deref()))
+            .partition(|(_, table)| table.is_some());
+        let written: Vec<(u32, Option<&TableSpec>)> = written;
+        set_tables(outer, &written)?;
         let endpoints: HashMap<&mut MapData, EndpointKey, u32> =
             HashMap::try_from(endpoints.expect(loaded))
                 .map_err(map_err(names::BACKEND_ENDPOINTS))?;
@@ -91,6 +90,8 @@ impl Dataplane {
         if !delta.frontends.is_empty() {
             bump_frontend_gen(frontend_gen.expect(loaded))?;
         }
+        // Tables of services gone, emptied once no frontend leads to them (as `apply`).
+        set_tables(outer, &gone)?;
         batch::delete(
             endpoints.map(),
             names::BACKEND_ENDPOINTS,

@@ -159,15 +159,14 @@ impl Dataplane {
             &backend_diff.write_values,
         )?;
 
+        let outer = outer_fd(tables.expect(loaded))?;
+        let table_diff = diff(&previous.tables, &desired.tables);
         {
-            let outer = outer_fd(tables.expect(loaded))?;
-            let table_diff = diff(&previous.tables, &desired.tables);
             let jobs: Vec<(u32, Option<&TableSpec>)> = table_diff
                 .write_keys
                 .iter()
                 .zip(&table_diff.write_values)
                 .map(|(id, table)| (*id, Some(&**table)))
-                .chain(table_diff.remove.iter().map(|id| (*id, None)))
                 .collect();
             let before_tables = started.elapsed();
             set_tables(outer, &jobs)?;
@@ -207,6 +206,9 @@ impl Dataplane {
         if !frontend_diff.write_keys.is_empty() || !frontend_diff.remove.is_empty() {
             bump_frontend_gen(frontend_gen.expect(loaded))?;
         }
+        // Tables of services gone, emptied only now that no frontend leads to them (a
+        // frontend that moved to another service was pointed at its new table above).
+        set_tables(outer, &emptied(&table_diff.remove))?;
         batch::delete(
             endpoints.map(),
             names::BACKEND_ENDPOINTS,
@@ -563,6 +565,11 @@ pub(super) fn outer_fd(tables: &aya::maps::Map) -> Result<i32, DataplaneError> {
             message: "not an array of maps: lb-ebpf and lb-userspace are out of step".into(),
         }),
     }
+}
+
+/// The jobs of `set_tables` that empty the tables of `ids`.
+fn emptied(ids: &[u32]) -> Vec<(u32, Option<&'static TableSpec>)> {
+    ids.iter().map(|id| (*id, None)).collect()
 }
 
 pub(super) fn set_tables(
