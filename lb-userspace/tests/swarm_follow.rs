@@ -357,16 +357,24 @@ fn published_ports_follow_scale_kill_update_and_rm() {
         s.check_kept(&keep_hosts, "rolling update of another service");
     }
 
-    // Service rm: gone from every lbd within FOLLOW of its tasks being gone; the other
-    // service's established connections keep their task.
+    // Service rm: gone from every lbd within FOLLOW of its node's Engine no longer listing
+    // it (that view may lag the tasks being gone, once by over 2 s: Docker's, not lbd's, and
+    // bounded by TASKS here); the other service's established connections keep their task.
     lab.manager().docker(&["service", "rm", "who"]).expect("rm");
     lab.wait_tasks("who", 0, TASKS).expect("who's tasks gone");
-    for lb in &lbs {
+    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+        let engine = wait_until(TASKS, "the Engine's ingress view drops who", || {
+            Ok(!node.ingress_lists("who")?)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.dump_logs()));
         let took = wait_until(FOLLOW, "service rm followed", || {
             Ok(programmed_backends(lb, "who")?.is_none())
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lb.output()));
-        println!("service rm followed in {took:?}");
+        println!(
+            "node {}: the Engine dropped who {engine:?} after its tasks; lbd followed in {took:?}",
+            node.index
+        );
     }
     for s in &mut keep_sessions {
         s.check_kept(&keep_hosts, "service rm of another service");

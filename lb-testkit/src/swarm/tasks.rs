@@ -141,6 +141,24 @@ impl SwarmLab {
 }
 
 impl SwarmNode {
+    /// Whether this node's Engine still lists `service` on the ingress network (its verbose
+    /// view, the one `lbd --swarm` reads): it may lag the service's containers being gone.
+    pub fn ingress_lists(&self, service: &str) -> Result<bool> {
+        let text = self.docker(&[
+            "network",
+            "inspect",
+            "--verbose",
+            "--format",
+            "{{json .Services}}",
+            "ingress",
+        ])?;
+        let services: serde_json::Value =
+            serde_json::from_str(text.trim()).context("ingress network's services (json)")?;
+        Ok(services
+            .as_object()
+            .is_some_and(|s| s.contains_key(service)))
+    }
+
     /// The running containers of `service` on this node, with their addresses.
     pub fn tasks(&self, service: &str) -> Result<Vec<Task>> {
         let ids = self.docker(&[
