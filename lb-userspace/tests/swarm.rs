@@ -591,17 +591,9 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     // What lbd follows is the Engine's view of the ingress network, which can list a removed
     // service a moment after its containers are gone: FOLLOW counts from when it stops.
     within(TASKS, "the Engines' ingress view drops web", || {
-        lab.nodes.iter().all(|n| {
-            n.docker(&[
-                "network",
-                "inspect",
-                "--verbose",
-                "--format",
-                "{{json .Services}}",
-                "ingress",
-            ])
-            .is_ok_and(|out| !out.contains("\"web\""))
-        })
+        lab.nodes
+            .iter()
+            .all(|n| n.ingress_lists("web").is_ok_and(|listed| !listed))
     });
     for lb in &lbs {
         within(FOLLOW, "service rm followed", || {

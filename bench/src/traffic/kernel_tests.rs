@@ -9,23 +9,12 @@ use lb_testkit::packet::{Ipv4Frame, parse_ipv4, parse_ipv6};
 
 use super::{
     Traffic, pin_to,
-    template::{FlowSet, Kind},
+    template::{Kind, test_set as set},
     xdp,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
-
-fn set(kind: Kind, dst: &str, flows: u32, size: usize) -> FlowSet {
-    FlowSet {
-        kind,
-        dst: dst.parse().unwrap(),
-        flows,
-        size,
-        eth_src: [2, 0, 0, 0, 0, 1],
-        eth_dst: [2, 0, 0, 0, 0, 2],
-    }
-}
 
 /// Runs `name` `repeat` times over `frame` (each run sees what the last one wrote); returns
 /// the program's last answer and the frame as it left.

@@ -212,22 +212,24 @@ fn csum_add(csum: [u8; 2], a: [u8; 2], b: [u8; 2]) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
+/// A flow set for tests: `flows` flows of `kind` to `dst`, frames of `size` bytes, fixed MACs.
+#[cfg(test)]
+pub(super) fn test_set(kind: Kind, dst: &str, flows: u32, size: usize) -> FlowSet {
+    FlowSet {
+        kind,
+        dst: dst.parse().unwrap(),
+        flows,
+        size,
+        eth_src: [2, 0, 0, 0, 0, 1],
+        eth_dst: [2, 0, 0, 0, 0, 2],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lb_testkit::packet::{parse_ipv4, parse_ipv6};
 
-    use super::*;
-
-    fn set(kind: Kind, dst: &str, flows: u32, size: usize) -> FlowSet {
-        FlowSet {
-            kind,
-            dst: dst.parse().unwrap(),
-            flows,
-            size,
-            eth_src: [2, 0, 0, 0, 0, 1],
-            eth_dst: [2, 0, 0, 0, 0, 2],
-        }
-    }
+    use super::{test_set as set, *};
 
     #[test]
     fn flows_are_distinct_and_in_the_test_prefixes() {
