@@ -548,11 +548,6 @@ fn table_capacity(map: &aya::maps::Map) -> u32 {
     }
 }
 
-/// Builds and swaps in the given tables (service id, what its table is built from; None: an
-/// empty table). Threads build tables (a Maglev fill of the default size is a fifth of a
-/// millisecond of CPU) and swap them in `TABLES_PER_SWAP` at a time: every swap call waits for
-/// an RCU grace period (milliseconds), so one wait covers many tables, and while one thread
-/// waits the others build.
 /// The descriptor of `SERVICE_TABLES`, the array of tables.
 pub(super) fn outer_fd(tables: &aya::maps::Map) -> Result<i32, DataplaneError> {
     match tables {
@@ -572,6 +567,11 @@ fn emptied(ids: &[u32]) -> Vec<(u32, Option<&'static TableSpec>)> {
     ids.iter().map(|id| (*id, None)).collect()
 }
 
+/// Builds and swaps in the given tables (service id, what its table is built from; None: an
+/// empty table). Threads build tables (a Maglev fill of the default size is a fifth of a
+/// millisecond of CPU) and swap them in `TABLES_PER_SWAP` at a time: every swap call waits for
+/// an RCU grace period (milliseconds), so one wait covers many tables, and while one thread
+/// waits the others build.
 pub(super) fn set_tables(
     outer: i32,
     jobs: &[(u32, Option<&TableSpec>)],
