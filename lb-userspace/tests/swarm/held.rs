@@ -2,8 +2,8 @@
 //! name server, half entering by each node, to a service with tasks on both nodes, held
 //! while that service is scaled up and down and another service is rolled; after each step
 //! every connection still answers, from the task it had, which still sees the client's own
-//! address and the port it saw first. A connection whose task the scale-down removed must end (the new task
-//! refuses the mid-flow packet), never be answered by another task.
+//! address and the port it saw first. A connection whose task the scale-down removed must
+//! end (the new task refuses the mid-flow packet), never be answered by another task.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
