@@ -32,7 +32,12 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let machine = machine::facts();
     println!(
         "tcp --host-local: {} ({} CPUs); {} rounds of direct and VIP interleaved, {} s connections + {} s keep-alive each way, {} client threads",
-        machine.cpu_model, machine.cpus, args.rounds, args.seconds, args.seconds, args.clients
+        machine.cpu_model,
+        machine.cpus,
+        args.rounds,
+        args.seconds(),
+        args.seconds(),
+        args.clients
     );
     // Field order of the guards: lbd (its links) goes before the cgroup it attaches to.
     let cgroup = TestCgroup::enter().context("a cgroup for the bench's own sockets")?;

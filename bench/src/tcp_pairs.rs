@@ -118,10 +118,10 @@ pub fn run(
         connections(clients, target, WARMUP_SECONDS, Close::Reset)?;
     }
     for round in 0..args.rounds {
-        let (dc, tc) = interleaved(clients, direct, through, args.seconds, |c, t, s| {
+        let (dc, tc) = interleaved(clients, direct, through, args.seconds(), |c, t, s| {
             connections(c, t, s, Close::Reset)
         })?;
-        let (dk, tk) = interleaved(clients, direct, through, args.seconds, keepalive)?;
+        let (dk, tk) = interleaved(clients, direct, through, args.seconds(), keepalive)?;
         println!(
             "{}: round {round}: direct {:.0}/{:.0}, {} {:.0}/{:.0} (connections/s / keep-alive requests/s)",
             case.tag,
@@ -159,7 +159,7 @@ pub fn run(
         date: machine::today(),
         machine,
         rounds: args.rounds,
-        seconds: args.seconds,
+        seconds: args.seconds(),
         clients: args.clients,
         pinned: false,
         contenders: vec![direct_result, meshlb],
@@ -170,7 +170,7 @@ pub fn run(
     let heading = case
         .heading
         .replace("{clients}", &args.clients.to_string())
-        .replace("{seconds}", &args.seconds.to_string());
+        .replace("{seconds}", &args.seconds().to_string());
     let md = match md.split_once('\n') {
         Some((first, rest)) if first.starts_with("###") => format!("### {heading}\n{rest}"),
         _ => md,

@@ -62,8 +62,8 @@ pub fn run(args: &TcpArgs) -> Result<()> {
         machine.cpu_model,
         machine.cpus,
         args.rounds,
-        args.seconds,
-        args.seconds,
+        args.seconds(),
+        args.seconds(),
         args.clients
     );
     let lab = SwarmLab::start().context("starting the two-node swarm")?;
