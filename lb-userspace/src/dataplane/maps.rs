@@ -1,4 +1,5 @@
-//! Writing a `DesiredState` into the kernel maps, and reading the counters back.
+//! The maps beside the plan's changes (`changes`): selection tables built and swapped in,
+//! the tunnel's peers, and the counters and flows read back.
 
 use std::collections::BTreeMap;
 
@@ -39,57 +40,6 @@ pub(crate) fn bump_frontend_gen(map: &mut aya::maps::Map) -> Result<(), Dataplan
         .map_err(map_err(names::FRONTEND_GEN))
 }
 
-/// What turns `previous` into `desired`: the entries to write (new or different) and the keys
-/// to remove. One walk over both maps in key order, so a change to a few of 160,000 entries
-/// costs a sequential pass, not 160,000 lookups.
-struct Diff<K, V> {
-    write_keys: Vec<K>,
-    write_values: Vec<V>,
-    remove: Vec<K>,
-}
-
-fn diff<K: Ord + Copy, V: PartialEq + Clone>(
-    previous: &BTreeMap<K, V>,
-    desired: &BTreeMap<K, V>,
-) -> Diff<K, V> {
-    use std::cmp::Ordering;
-    let mut out = Diff {
-        write_keys: Vec::new(),
-        write_values: Vec::new(),
-        remove: Vec::new(),
-    };
-    let (mut before, mut after) = (previous.iter().peekable(), desired.iter().peekable());
-    loop {
-        let order = match (before.peek(), after.peek()) {
-            (None, None) => return out,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((old, _)), Some((new, _))) => old.cmp(new),
-        };
-        match order {
-            Ordering::Less => {
-                let (key, _) = before.next().expect("peeked");
-                out.remove.push(*key);
-            }
-            Ordering::Greater => {
-                let (key, value) = after.next().expect("peeked");
-                out.write_keys.push(*key);
-                out.write_values.push(value.clone());
-            }
-            Ordering::Equal => {
-                let ((_, old), (key, new)) = (
-                    before.next().expect("peeked"),
-                    after.next().expect("peeked"),
-                );
-                if old != new {
-                    out.write_keys.push(*key);
-                    out.write_values.push(new.clone());
-                }
-            }
-        }
-    }
-}
-
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
@@ -125,106 +75,11 @@ impl StatsSnapshot {
 }
 
 impl Dataplane {
-    /// Makes the maps hold `desired`, given that they hold `previous` (None: freshly loaded).
-    /// Writes only what differs. Order keeps every packet consistent: backends, then whole
-    /// tables, then reply endpoints, then frontends; removals go the other way round.
-    pub fn apply(
-        &mut self,
-        previous: Option<&DesiredState>,
-        desired: &DesiredState,
-    ) -> Result<(), DataplaneError> {
-        let empty = DesiredState::default();
-        let previous = previous.unwrap_or(&empty);
-        // First: backends written below may name a peer.
-        if previous.tunnel != desired.tunnel || previous.tunnel == empty.tunnel {
-            self.write_tunnel(&desired.tunnel)?;
-        }
-        let [backends, tables, endpoints, frontends, frontend_gen] =
-            self.ebpf_mut().maps_disjoint_mut([
-                names::BACKENDS,
-                names::SERVICE_TABLES,
-                names::BACKEND_ENDPOINTS,
-                names::FRONTENDS,
-                names::FRONTEND_GEN,
-            ]);
-        let loaded = "checked at load";
-        let started = std::time::Instant::now();
-        let backends: Array<&mut MapData, Backend> =
-            Array::try_from(backends.expect(loaded)).map_err(map_err(names::BACKENDS))?;
-        let backend_diff = diff(&previous.backends, &desired.backends);
-        batch::update(
-            backends.map(),
-            names::BACKENDS,
-            &backend_diff.write_keys,
-            &backend_diff.write_values,
-        )?;
-
-        let outer = outer_fd(tables.expect(loaded))?;
-        let table_diff = diff(&previous.tables, &desired.tables);
-        {
-            let jobs: Vec<(u32, Option<&TableSpec>)> = table_diff
-                .write_keys
-                .iter()
-                .zip(&table_diff.write_values)
-                .map(|(id, table)| (*id, Some(&**table)))
-                .collect();
-            let before_tables = started.elapsed();
-            set_tables(outer, &jobs)?;
-            tracing::debug!(
-                backends_ms = before_tables.as_secs_f64() * 1e3,
-                tables = jobs.len(),
-                tables_ms = (started.elapsed() - before_tables).as_secs_f64() * 1e3,
-                "wrote backends and tables"
-            );
-        }
-
-        let endpoints: HashMap<&mut MapData, EndpointKey, u32> =
-            HashMap::try_from(endpoints.expect(loaded))
-                .map_err(map_err(names::BACKEND_ENDPOINTS))?;
-        let endpoint_diff = diff(&previous.endpoints, &desired.endpoints);
-        batch::update(
-            endpoints.map(),
-            names::BACKEND_ENDPOINTS,
-            &endpoint_diff.write_keys,
-            &endpoint_diff.write_values,
-        )?;
-
-        let frontends: HashMap<&mut MapData, EndpointKey, Service> =
-            HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
-        let frontend_diff = diff(&previous.frontends, &desired.frontends);
-        batch::update(
-            frontends.map(),
-            names::FRONTENDS,
-            &frontend_diff.write_keys,
-            &frontend_diff.write_values,
-        )?;
-
-        batch::delete(frontends.map(), names::FRONTENDS, &frontend_diff.remove)?;
-        // Any frontend written or removed: flows that skip FRONTENDS on their stamp check it
-        // again. Not only keys `previous` had: with `previous` None (adopted or degraded
-        // maps) a "new" entry may replace an old value that live flows were stamped with.
-        if !frontend_diff.write_keys.is_empty() || !frontend_diff.remove.is_empty() {
-            bump_frontend_gen(frontend_gen.expect(loaded))?;
-        }
-        // Tables of services gone, emptied only now that no frontend leads to them (a
-        // frontend that moved to another service was pointed at its new table above).
-        set_tables(outer, &emptied(&table_diff.remove))?;
-        batch::delete(
-            endpoints.map(),
-            names::BACKEND_ENDPOINTS,
-            &endpoint_diff.remove,
-        )?;
-        batch::update(
-            backends.map(),
-            names::BACKENDS,
-            &backend_diff.remove,
-            &vec![Backend::default(); backend_diff.remove.len()],
-        )?;
-        self.write_reply_frontends(previous, desired)
-    }
-
     /// Makes the tunnel maps hold exactly `tunnel` (this node's address, the peers').
-    fn write_tunnel(&mut self, plan: &crate::plan::TunnelPlan) -> Result<(), DataplaneError> {
+    pub(super) fn write_tunnel(
+        &mut self,
+        plan: &crate::plan::TunnelPlan,
+    ) -> Result<(), DataplaneError> {
         let [peers, index] = self
             .ebpf_mut()
             .maps_disjoint_mut([names::TUNNEL_PEERS, names::TUNNEL_PEER_INDEX]);
@@ -563,7 +418,7 @@ pub(super) fn outer_fd(tables: &aya::maps::Map) -> Result<i32, DataplaneError> {
 }
 
 /// The jobs of `set_tables` that empty the tables of `ids`.
-fn emptied(ids: &[u32]) -> Vec<(u32, Option<&'static TableSpec>)> {
+pub(super) fn emptied(ids: &[u32]) -> Vec<(u32, Option<&'static TableSpec>)> {
     ids.iter().map(|id| (*id, None)).collect()
 }
 
@@ -736,26 +591,4 @@ fn sample_flows(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diff_writes_new_and_changed_entries_and_removes_missing_ones() {
-        let previous: BTreeMap<u32, char> = [(1, 'a'), (2, 'b'), (4, 'd'), (6, 'f')].into();
-        let desired: BTreeMap<u32, char> = [(0, 'z'), (2, 'b'), (4, 'D'), (5, 'e')].into();
-        let d = diff(&previous, &desired);
-        assert_eq!(d.write_keys, [0, 4, 5]);
-        assert_eq!(d.write_values, ['z', 'D', 'e']);
-        assert_eq!(d.remove, [1, 6]);
-
-        let same = diff(&desired, &desired);
-        assert!(same.write_keys.is_empty() && same.remove.is_empty());
-        let from_nothing = diff(&BTreeMap::new(), &desired);
-        assert_eq!(from_nothing.write_keys, [0, 2, 4, 5]);
-        let to_nothing = diff(&desired, &BTreeMap::new());
-        assert_eq!(to_nothing.remove, [0, 2, 4, 5]);
-    }
 }

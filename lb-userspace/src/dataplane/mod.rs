@@ -1,7 +1,7 @@
 //! The loaded kernel programs: load, attach to interfaces, and the typed map handles.
 
 mod batch;
-mod delta;
+mod changes;
 mod maps;
 pub mod netlink;
 pub mod pin;

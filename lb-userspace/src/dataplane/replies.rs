@@ -10,63 +10,23 @@ use lb_common::{
     maps::{EndpointKey, ReplyFrontend, names},
 };
 
-use super::{Dataplane, DataplaneError, batch};
-use crate::plan::{DesiredState, PlanDelta};
+use super::{Dataplane, DataplaneError, batch, changes::Changes, maps::map_err};
+use crate::plan::DesiredState;
 
 /// One-byte slots per `REPLY_FILTER` element.
 const FILTER_SLOTS_PER_ELEMENT: u32 = 64;
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
-    move |error| DataplaneError::Map { name, error }
-}
-
 impl Dataplane {
-    /// Makes `REPLY_FRONTENDS` hold `desired`'s, given that it holds `previous`'s, and marks
-    /// the backend endpoints `desired` adds (all of them after a load: `previous` empty) in
-    /// `REPLY_FILTER`. Called after `BACKEND_ENDPOINTS` is written: the program reaches
-    /// `REPLY_FRONTENDS` only through it.
+    /// Marks `endpoints` (the backend endpoints just written) in `REPLY_FILTER`, then writes
+    /// `changes` to `REPLY_FRONTENDS`. Called after `BACKEND_ENDPOINTS` is written: the
+    /// program reaches `REPLY_FRONTENDS` only through it.
     pub(super) fn write_reply_frontends(
         &mut self,
-        previous: &DesiredState,
-        desired: &DesiredState,
-    ) -> Result<(), DataplaneError> {
-        self.mark_reply_filter(
-            desired
-                .endpoints
-                .keys()
-                .filter(|k| !previous.endpoints.contains_key(k)),
-        )?;
-        let map: HashMap<&mut MapData, EndpointKey, ReplyFrontend> = HashMap::try_from(
-            self.ebpf_mut()
-                .map_mut(names::REPLY_FRONTENDS)
-                .expect("checked at load"),
-        )
-        .map_err(map_err(names::REPLY_FRONTENDS))?;
-        let (mut keys, mut values, mut remove) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, value) in &desired.reply_frontends {
-            if previous.reply_frontends.get(key) != Some(value) {
-                keys.push(*key);
-                values.push(*value);
-            }
-        }
-        for key in previous.reply_frontends.keys() {
-            if !desired.reply_frontends.contains_key(key) {
-                remove.push(*key);
-            }
-        }
-        batch::update(map.map(), names::REPLY_FRONTENDS, &keys, &values)?;
-        batch::delete(map.map(), names::REPLY_FRONTENDS, &remove)
-    }
-
-    /// Writes a replan's `REPLY_FRONTENDS` changes, after marking `endpoints` (the backend
-    /// endpoints it wrote) in `REPLY_FILTER`.
-    pub(super) fn write_reply_delta(
-        &mut self,
         endpoints: &[EndpointKey],
-        delta: &PlanDelta,
+        changes: &Changes<EndpointKey, ReplyFrontend>,
     ) -> Result<(), DataplaneError> {
         self.mark_reply_filter(endpoints.iter())?;
-        if delta.reply_frontends.is_empty() {
+        if changes.write_keys.is_empty() && changes.remove.is_empty() {
             return Ok(());
         }
         let map: HashMap<&mut MapData, EndpointKey, ReplyFrontend> = HashMap::try_from(
@@ -75,7 +35,6 @@ impl Dataplane {
                 .expect("checked at load"),
         )
         .map_err(map_err(names::REPLY_FRONTENDS))?;
-        let changes = super::delta::split(&delta.reply_frontends);
         batch::update(
             map.map(),
             names::REPLY_FRONTENDS,

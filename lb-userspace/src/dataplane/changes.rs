@@ -1,0 +1,263 @@
+//! What one change of the plan writes into the maps, and the one order it is written in.
+//! A full apply finds the changes by comparing the running plan with the new one
+//! (`PlanChanges::between`); a replan lists them itself (`PlanChanges::listed`).
+
+use std::collections::BTreeMap;
+
+use aya::maps::{Array, HashMap, IterableMap as _, MapData};
+use lb_common::maps::{Backend, EndpointKey, ReplyFrontend, Service, names};
+
+use super::{
+    Dataplane, DataplaneError, batch,
+    maps::{bump_frontend_gen, emptied, map_err, outer_fd, set_tables},
+};
+use crate::plan::{DesiredState, PlanDelta, Table, TableSpec};
+
+/// One map's changes: the entries to write (new or different) and the keys to remove.
+pub(super) struct Changes<K, V> {
+    pub(super) write_keys: Vec<K>,
+    pub(super) write_values: Vec<V>,
+    pub(super) remove: Vec<K>,
+}
+
+impl<K, V> Changes<K, V> {
+    fn none() -> Self {
+        Changes {
+            write_keys: Vec::new(),
+            write_values: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.write_keys.is_empty() && self.remove.is_empty()
+    }
+}
+
+impl<K: Ord + Copy, V: PartialEq + Clone> Changes<K, V> {
+    /// What turns `previous` into `desired`. One walk over both maps in key order, so a change
+    /// to a few of 160,000 entries costs a sequential pass, not 160,000 lookups.
+    pub(super) fn between(previous: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
+        use std::cmp::Ordering;
+        let mut out = Changes::none();
+        let (mut before, mut after) = (previous.iter().peekable(), desired.iter().peekable());
+        loop {
+            let order = match (before.peek(), after.peek()) {
+                (None, None) => return out,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((old, _)), Some((new, _))) => old.cmp(new),
+            };
+            match order {
+                Ordering::Less => {
+                    let (key, _) = before.next().expect("peeked");
+                    out.remove.push(*key);
+                }
+                Ordering::Greater => {
+                    let (key, value) = after.next().expect("peeked");
+                    out.write_keys.push(*key);
+                    out.write_values.push(value.clone());
+                }
+                Ordering::Equal => {
+                    let ((_, old), (key, new)) = (
+                        before.next().expect("peeked"),
+                        after.next().expect("peeked"),
+                    );
+                    if old != new {
+                        out.write_keys.push(*key);
+                        out.write_values.push(new.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<K: Copy, V: Clone> Changes<K, V> {
+    /// Entries as a replan lists them: a value to write, or `None` to remove the key.
+    pub(super) fn listed(entries: &[(K, Option<V>)]) -> Self {
+        let mut out = Changes::none();
+        for (key, value) in entries {
+            match value {
+                Some(value) => {
+                    out.write_keys.push(*key);
+                    out.write_values.push(value.clone());
+                }
+                None => out.remove.push(*key),
+            }
+        }
+        out
+    }
+}
+
+/// Every map a change of the plan touches (the tunnel's aside: `apply` writes it first).
+struct PlanChanges {
+    backends: Changes<u32, Backend>,
+    tables: Changes<u32, Table>,
+    endpoints: Changes<EndpointKey, u32>,
+    frontends: Changes<EndpointKey, Service>,
+    reply_frontends: Changes<EndpointKey, ReplyFrontend>,
+}
+
+impl PlanChanges {
+    fn between(previous: &DesiredState, desired: &DesiredState) -> Self {
+        PlanChanges {
+            backends: Changes::between(&previous.backends, &desired.backends),
+            tables: Changes::between(&previous.tables, &desired.tables),
+            endpoints: Changes::between(&previous.endpoints, &desired.endpoints),
+            frontends: Changes::between(&previous.frontends, &desired.frontends),
+            reply_frontends: Changes::between(&previous.reply_frontends, &desired.reply_frontends),
+        }
+    }
+
+    fn listed(delta: &PlanDelta) -> Self {
+        PlanChanges {
+            backends: Changes::listed(&delta.backends),
+            tables: Changes::listed(&delta.tables),
+            endpoints: Changes::listed(&delta.endpoints),
+            frontends: Changes::listed(&delta.frontends),
+            reply_frontends: Changes::listed(&delta.reply_frontends),
+        }
+    }
+}
+
+impl Dataplane {
+    /// Makes the maps hold `desired`, given that they hold `previous` (None: freshly loaded).
+    /// Writes only what differs.
+    pub fn apply(
+        &mut self,
+        previous: Option<&DesiredState>,
+        desired: &DesiredState,
+    ) -> Result<(), DataplaneError> {
+        let empty = DesiredState::default();
+        let previous = previous.unwrap_or(&empty);
+        // First: backends written below may name a peer.
+        if previous.tunnel != desired.tunnel || previous.tunnel == empty.tunnel {
+            self.write_tunnel(&desired.tunnel)?;
+        }
+        self.write_changes(&PlanChanges::between(previous, desired))
+    }
+
+    /// Makes the maps hold the running plan with `delta` applied, given that they hold the
+    /// running plan: writes and removes only the entries `delta` lists.
+    pub fn apply_delta(&mut self, delta: &PlanDelta) -> Result<(), DataplaneError> {
+        self.write_changes(&PlanChanges::listed(delta))
+    }
+
+    /// Writes `changes` in the order that keeps every packet consistent: backends, then whole
+    /// tables, then backend endpoints, then frontends; removals the other way round (a table
+    /// emptied only once no frontend leads to it); then the replies translated without an
+    /// entry, which the program reaches only through `BACKEND_ENDPOINTS`.
+    fn write_changes(&mut self, changes: &PlanChanges) -> Result<(), DataplaneError> {
+        let [backends, tables, endpoints, frontends, frontend_gen] =
+            self.ebpf_mut().maps_disjoint_mut([
+                names::BACKENDS,
+                names::SERVICE_TABLES,
+                names::BACKEND_ENDPOINTS,
+                names::FRONTENDS,
+                names::FRONTEND_GEN,
+            ]);
+        let loaded = "checked at load";
+        let started = std::time::Instant::now();
+        let backends: Array<&mut MapData, Backend> =
+            Array::try_from(backends.expect(loaded)).map_err(map_err(names::BACKENDS))?;
+        let backend_changes = &changes.backends;
+        batch::update(
+            backends.map(),
+            names::BACKENDS,
+            &backend_changes.write_keys,
+            &backend_changes.write_values,
+        )?;
+
+        let outer = outer_fd(tables.expect(loaded))?;
+        let jobs: Vec<(u32, Option<&TableSpec>)> = changes
+            .tables
+            .write_keys
+            .iter()
+            .zip(&changes.tables.write_values)
+            .map(|(id, table)| (*id, Some(&**table)))
+            .collect();
+        let before_tables = started.elapsed();
+        set_tables(outer, &jobs)?;
+        tracing::debug!(
+            backends_ms = before_tables.as_secs_f64() * 1e3,
+            tables = jobs.len(),
+            tables_ms = (started.elapsed() - before_tables).as_secs_f64() * 1e3,
+            "wrote backends and tables"
+        );
+
+        let endpoints: HashMap<&mut MapData, EndpointKey, u32> =
+            HashMap::try_from(endpoints.expect(loaded))
+                .map_err(map_err(names::BACKEND_ENDPOINTS))?;
+        let endpoint_changes = &changes.endpoints;
+        batch::update(
+            endpoints.map(),
+            names::BACKEND_ENDPOINTS,
+            &endpoint_changes.write_keys,
+            &endpoint_changes.write_values,
+        )?;
+
+        let frontends: HashMap<&mut MapData, EndpointKey, Service> =
+            HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
+        let frontend_changes = &changes.frontends;
+        batch::update(
+            frontends.map(),
+            names::FRONTENDS,
+            &frontend_changes.write_keys,
+            &frontend_changes.write_values,
+        )?;
+        batch::delete(frontends.map(), names::FRONTENDS, &frontend_changes.remove)?;
+        // Any frontend written or removed: flows that skip FRONTENDS on their stamp check it
+        // again. Not only keys the running plan had: after a load (adopted or degraded maps)
+        // a "new" entry may replace an old value that live flows were stamped with.
+        if !frontend_changes.is_empty() {
+            bump_frontend_gen(frontend_gen.expect(loaded))?;
+        }
+        // Tables of services gone, emptied only now that no frontend leads to them (a
+        // frontend that moved to another service was pointed at its new table above).
+        set_tables(outer, &emptied(&changes.tables.remove))?;
+        batch::delete(
+            endpoints.map(),
+            names::BACKEND_ENDPOINTS,
+            &endpoint_changes.remove,
+        )?;
+        batch::update(
+            backends.map(),
+            names::BACKENDS,
+            &backend_changes.remove,
+            &vec![Backend::default(); backend_changes.remove.len()],
+        )?;
+        self.write_reply_frontends(&endpoint_changes.write_keys, &changes.reply_frontends)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn between_writes_new_and_changed_entries_and_removes_missing_ones() {
+        let previous: BTreeMap<u32, char> = [(1, 'a'), (2, 'b'), (4, 'd'), (6, 'f')].into();
+        let desired: BTreeMap<u32, char> = [(0, 'z'), (2, 'b'), (4, 'D'), (5, 'e')].into();
+        let d = Changes::between(&previous, &desired);
+        assert_eq!(d.write_keys, [0, 4, 5]);
+        assert_eq!(d.write_values, ['z', 'D', 'e']);
+        assert_eq!(d.remove, [1, 6]);
+
+        let same = Changes::between(&desired, &desired);
+        assert!(same.is_empty());
+        let from_nothing = Changes::between(&BTreeMap::new(), &desired);
+        assert_eq!(from_nothing.write_keys, [0, 2, 4, 5]);
+        let to_nothing = Changes::between(&desired, &BTreeMap::new());
+        assert_eq!(to_nothing.remove, [0, 2, 4, 5]);
+    }
+
+    #[test]
+    fn listed_writes_values_and_removes_nones_in_their_order() {
+        let c = Changes::listed(&[(3, Some('c')), (1, None), (2, Some('b')), (0, None)]);
+        assert_eq!(c.write_keys, [3, 2]);
+        assert_eq!(c.write_values, ['c', 'b']);
+        assert_eq!(c.remove, [1, 0]);
+        assert!(Changes::<u32, char>::listed(&[]).is_empty());
+    }
+}
