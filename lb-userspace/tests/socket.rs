@@ -139,6 +139,39 @@ fn seen(line: &str, peer: SocketAddr, local: SocketAddr) -> std::io::Result<Seen
     })
 }
 
+/// Ports a scan tries on each address; `SCAN_LISTENER` among them has a listener of its own.
+const SCANNED: std::ops::RangeInclusive<u16> = 1..=1100;
+const SCAN_LISTENER: u16 = 1000;
+
+/// TCP to every `SCANNED` port of `addr` from `node`'s own namespace (no frontend among
+/// them): refused where nothing listens, and the one listener there answers with both ends'
+/// addresses as the sockets gave them.
+fn scan_is_untouched(node: &Netns, addr: IpAddr) {
+    node.run(|| {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(addr, SCAN_LISTENER))
+            .unwrap_or_else(|e| panic!("listen on {addr} port {SCAN_LISTENER}: {e}"));
+        for port in SCANNED {
+            let target = SocketAddr::new(addr, port);
+            match TcpStream::connect_timeout(&target, TIMEOUT) {
+                Ok(stream) => {
+                    assert_eq!(
+                        port, SCAN_LISTENER,
+                        "{target} answered; nothing listens there"
+                    );
+                    let (_accepted, client) = listener.accept().expect("accept");
+                    assert_eq!(client, stream.local_addr().unwrap(), "{target}: client");
+                    assert_eq!(stream.peer_addr().unwrap(), target, "{target}: getpeername");
+                }
+                Err(e) => assert!(
+                    port != SCAN_LISTENER && e.kind() == std::io::ErrorKind::ConnectionRefused,
+                    "{target}: {e}"
+                ),
+            }
+        }
+    })
+    .expect("scan in the node namespace");
+}
+
 fn sock_counters(lb: &Lbd) -> serde_json::Value {
     let (ok, out, err) = lb.lbctl(&["stats", "--output", "json"]).expect("lbctl");
     assert!(ok, "lbctl stats: {err}");
@@ -202,16 +235,17 @@ fn node_processes_reach_vips_and_published_ports_through_their_sockets() {
         );
     }
 
-    // Sockets aimed elsewhere are untouched: a port nothing publishes is refused by the
-    // node's own stack, as without meshlb.
-    for target in [SocketAddr::new(node4, 8001), SocketAddr::new(lo4, 8080)] {
-        let e = tcp_exchange(node, target).expect_err("nothing listens there");
-        assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionRefused,
-            "{target}: {e}"
-        );
+    // Sockets aimed elsewhere are untouched: a port scan of the node's own addresses meets
+    // the node's stack, as without meshlb.
+    let counted = sock_counters(&lab.lb);
+    for addr in [node4, lo4, node6, lo6] {
+        scan_is_untouched(node, addr);
     }
+    assert_eq!(
+        sock_counters(&lab.lb)["services"],
+        counted["services"],
+        "the scan went through the socket path"
+    );
 
     // A frontend without a backend refuses at once (EPERM), as XDP drops.
     let idle = SocketAddr::new("198.18.100.9".parse().unwrap(), 80);
