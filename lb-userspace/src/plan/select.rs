@@ -735,6 +735,82 @@ mod tests {
         );
     }
 
+    /// The Maglev fill as the paper states it, one probe at a time: what `maglev_table`
+    /// must equal whatever shortcuts it takes.
+    fn maglev_reference(backends: &[TableBackend<'_>], size: u32) -> Vec<u32> {
+        let usable = maglev_usable(backends, size).unwrap();
+        let slots = u64::from(size);
+        let mut turns: Vec<(&str, u32, u64, u64, u64, u64)> = usable
+            .iter()
+            .map(|&(index, b)| {
+                let offset = identity_hash(b.identity, OFFSET_SEED) % slots;
+                let skip = identity_hash(b.identity, SKIP_SEED) % (slots - 1) + 1;
+                (b.identity, index, u64::from(b.weight), 0, offset, skip)
+            })
+            .collect();
+        turns.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        let max_weight = turns.iter().map(|t| t.2).max().unwrap();
+        let mut table = vec![EMPTY; size as usize];
+        let mut filled = 0;
+        loop {
+            for (_, index, weight, credit, next, skip) in &mut turns {
+                *credit += *weight;
+                if *credit < max_weight {
+                    continue;
+                }
+                *credit -= max_weight;
+                while table[*next as usize] != EMPTY {
+                    *next = (*next + *skip) % slots;
+                }
+                table[*next as usize] = *index;
+                filled += 1;
+                if filled == slots {
+                    return table;
+                }
+            }
+        }
+    }
+
+    /// FNV-1a over a table's entries: pins large tables in a line.
+    fn digest(table: &[u32]) -> u64 {
+        table.iter().fold(0xcbf2_9ce4_8422_2325, |h, &i| {
+            (h ^ u64::from(i)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    #[test]
+    fn maglev_equals_the_one_probe_fill_and_is_pinned() {
+        let mut rng = Rng(0x6d61_676c_6576);
+        let mut below = |n: u64| rng.next_u64() % n;
+        for round in 0..60 {
+            let n = 1 + below(40) as usize;
+            let ids: Vec<String> = (0..n)
+                .map(|i| format!("198.18.{}.{}:{}", round, i, 8000 + i % 3))
+                .collect();
+            let weights: Vec<u32> = (0..n)
+                .map(|_| [0, 1, 1, 1, 2, 3, 7, 100][below(8) as usize])
+                .collect();
+            let backends = weighted(&ids, &weights);
+            let size = [7, 13, 101, 251, 1021, 4099, DEFAULT_MAGLEV_TABLE_SIZE][round % 7];
+            match maglev_usable(&backends, size) {
+                Ok(_) => assert_eq!(
+                    maglev_table(&backends, size).unwrap(),
+                    maglev_reference(&backends, size),
+                    "round {round}: {n} backends, weights {weights:?}, size {size}"
+                ),
+                Err(e) => assert_eq!(maglev_table(&backends, size), Err(e)),
+            }
+        }
+        // Fixed across runs, machines and releases: nodes of different versions must build
+        // the same tables.
+        let sixteen = identities(16);
+        let default = maglev_table(&equal(&sixteen), DEFAULT_MAGLEV_TABLE_SIZE).unwrap();
+        let thousand = identities(1024);
+        let large = maglev_table(&equal(&thousand), 65_537).unwrap();
+        assert_eq!(digest(&default), 221_091_231_432_188_609);
+        assert_eq!(digest(&large), 9_986_186_597_113_875_045);
+    }
+
     const PINNED_OFFSET_HASH: u64 = 7_127_584_071_309_151_601;
     const PINNED_SKIP_HASH: u64 = 15_939_698_866_268_882_457;
 
