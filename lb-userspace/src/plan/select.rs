@@ -677,10 +677,10 @@ mod tests {
     fn maglev_tables_do_not_change_between_versions() {
         let ids: Vec<String> = (0..16).map(|b| format!("198.18.0.{b}:8080")).collect();
         let table = maglev_table(&equal(&ids), DEFAULT_MAGLEV_TABLE_SIZE).unwrap();
-        let digest = table.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, entry| {
-            (h ^ u64::from(*entry)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        assert_eq!(digest, 0x2a89_8bbd_6a96_bf35, "digest {digest:#x}");
+        assert_eq!(digest(&table), 0x2a89_8bbd_6a96_bf35);
+        let thousand = identities(1024);
+        let large = maglev_table(&equal(&thousand), 65_537).unwrap();
+        assert_eq!(digest(&large), 0x8a96_0fcd_0dbd_4a65);
     }
 
     #[test]
@@ -771,7 +771,7 @@ mod tests {
         }
     }
 
-    /// FNV-1a over a table's entries: pins large tables in a line.
+    /// FNV-1a over a table's entries: pins a large table in a line.
     fn digest(table: &[u32]) -> u64 {
         table.iter().fold(0xcbf2_9ce4_8422_2325, |h, &i| {
             (h ^ u64::from(i)).wrapping_mul(0x0100_0000_01b3)
@@ -779,7 +779,7 @@ mod tests {
     }
 
     #[test]
-    fn maglev_equals_the_one_probe_fill_and_is_pinned() {
+    fn maglev_equals_the_one_probe_fill() {
         let mut rng = Rng(0x6d61_676c_6576);
         let mut below = |n: u64| rng.next_u64() % n;
         for round in 0..60 {
@@ -801,14 +801,6 @@ mod tests {
                 Err(e) => assert_eq!(maglev_table(&backends, size), Err(e)),
             }
         }
-        // Fixed across runs, machines and releases: nodes of different versions must build
-        // the same tables.
-        let sixteen = identities(16);
-        let default = maglev_table(&equal(&sixteen), DEFAULT_MAGLEV_TABLE_SIZE).unwrap();
-        let thousand = identities(1024);
-        let large = maglev_table(&equal(&thousand), 65_537).unwrap();
-        assert_eq!(digest(&default), 221_091_231_432_188_609);
-        assert_eq!(digest(&large), 9_986_186_597_113_875_045);
     }
 
     const PINNED_OFFSET_HASH: u64 = 7_127_584_071_309_151_601;
