@@ -42,8 +42,7 @@ pub struct TcpArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Seconds of short connections, then of keep-alive requests, per contender and round
-    /// (default: 3; 8 for the paired `--swarm` and `--host-local` cases, see
-    /// `PAIRED_SECONDS`).
+    /// (default: 3, or 8 for `--swarm` and `--host-local`, whose targets hold every round).
     #[arg(long)]
     pub seconds: Option<f64>,
     /// Client threads (each one connection at a time).
