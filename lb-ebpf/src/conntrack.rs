@@ -234,14 +234,20 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
     let Some(reply) = CONNTRACK.get_ptr(&reply_key) else {
         return;
     };
-    // SAFETY: valid for this program run.
-    let owned = unsafe {
+    if reply_is_for(reply, key) {
+        let _ = CONNTRACK.remove(&reply_key);
+    }
+}
+
+/// Whether the entry `reply` (a map value, valid for this program run) is a reply entry of
+/// a flow keyed `key`: the frontend it restores is `key`'s destination.
+#[inline(always)]
+fn reply_is_for(reply: *const Flow, key: &FlowKey) -> bool {
+    // SAFETY: the caller's map value, read field by field.
+    unsafe {
         (*reply).kind == flow_kind::REPLY
             && *(*reply).frontend_addr() == key.dst
             && (*reply).frontend_port_be() == key.dport_be
-    };
-    if owned {
-        let _ = CONNTRACK.remove(&reply_key);
     }
 }
 

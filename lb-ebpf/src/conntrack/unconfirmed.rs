@@ -8,7 +8,7 @@ use lb_common::{
     stats::StatSlot,
 };
 
-use super::{Liveness, liveness, now_ns, reply_key_of, reply_owner_alive};
+use super::{Liveness, liveness, now_ns, reply_is_for, reply_key_of, reply_owner_alive};
 use crate::{
     maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
     parse::{Packet, TCP_SYN, is_syn},
@@ -79,18 +79,18 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
 }
 
 /// Whether the replies of the unconfirmed flow `key` (its forward entry `f`) reach its
-/// client translated: its reply entry is in `PENDING`, or its backend endpoint still leads to
-/// its frontend alone (`replies_without_entry`).
+/// client translated: its backend endpoint still leads to its frontend alone
+/// (`replies_without_entry`; the small map first), or its reply entry is in `PENDING`.
 #[inline(always)]
 fn replies_translated(key: &FlowKey, f: &Flow) -> bool {
     let reply_key = reply_key_of(key, f);
-    if let Some(reply) = PENDING.get_ptr(&reply_key) {
-        // SAFETY: valid for this program run.
-        if unsafe { (*reply).kind } == flow_kind::REPLY {
-            return true;
-        }
+    if !f.remaps_source() && reply_leads_only_to(&reply_key, &key.dst, key.dport_be) {
+        return true;
     }
-    !f.remaps_source() && reply_leads_only_to(&reply_key, &key.dst, key.dport_be)
+    // SAFETY: valid for this program run.
+    PENDING
+        .get_ptr(&reply_key)
+        .is_some_and(|reply| unsafe { (*reply).kind } == flow_kind::REPLY)
 }
 
 /// Moves the unconfirmed flow `key` (its forward entry `f`, in `PENDING`) into `CONNTRACK`:
@@ -141,16 +141,10 @@ fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
         return false;
     }
     // The unconfirmed reply entry, if still this flow's (see `forget_reply`).
-    if let Some(old) = PENDING.get_ptr(&reply_key) {
-        // SAFETY: valid for this program run.
-        let owned = unsafe {
-            (*old).kind == flow_kind::REPLY
-                && *(*old).frontend_addr() == key.dst
-                && (*old).frontend_port_be() == key.dport_be
-        };
-        if owned {
-            let _ = PENDING.remove(&reply_key);
-        }
+    if let Some(old) = PENDING.get_ptr(&reply_key)
+        && reply_is_for(old, key)
+    {
+        let _ = PENDING.remove(&reply_key);
     }
     let _ = PENDING.remove(key);
     true
