@@ -11,7 +11,7 @@ use super::{
     Dataplane, DataplaneError, batch,
     maps::{bump_frontend_gen, emptied, map_err, outer_fd, set_tables},
 };
-use crate::plan::{DesiredState, PlanDelta, Table, TableSpec};
+use crate::plan::{DesiredState, PlanDelta, Table, TableSpec, each_difference};
 
 /// One map's changes: the entries to write (new or different) and the keys to remove.
 pub(super) struct Changes<K, V> {
@@ -35,41 +35,17 @@ impl<K, V> Changes<K, V> {
 }
 
 impl<K: Ord + Copy, V: PartialEq + Clone> Changes<K, V> {
-    /// What turns `previous` into `desired`. One walk over both maps in key order, so a change
-    /// to a few of 160,000 entries costs a sequential pass, not 160,000 lookups.
+    /// What turns `previous` into `desired`.
     pub(super) fn between(previous: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
-        use std::cmp::Ordering;
         let mut out = Changes::none();
-        let (mut before, mut after) = (previous.iter().peekable(), desired.iter().peekable());
-        loop {
-            let order = match (before.peek(), after.peek()) {
-                (None, None) => return out,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some((old, _)), Some((new, _))) => old.cmp(new),
-            };
-            match order {
-                Ordering::Less => {
-                    let (key, _) = before.next().expect("peeked");
-                    out.remove.push(*key);
-                }
-                Ordering::Greater => {
-                    let (key, value) = after.next().expect("peeked");
-                    out.write_keys.push(*key);
-                    out.write_values.push(value.clone());
-                }
-                Ordering::Equal => {
-                    let ((_, old), (key, new)) = (
-                        before.next().expect("peeked"),
-                        after.next().expect("peeked"),
-                    );
-                    if old != new {
-                        out.write_keys.push(*key);
-                        out.write_values.push(new.clone());
-                    }
-                }
+        each_difference(previous, desired, |key, value| match value {
+            Some(value) => {
+                out.write_keys.push(*key);
+                out.write_values.push(value.clone());
             }
-        }
+            None => out.remove.push(*key),
+        });
+        out
     }
 }
 

@@ -169,28 +169,9 @@ fn changed_names<'a>(
     before: &'a BTreeMap<String, ServiceSpec>,
     after: &'a BTreeMap<String, ServiceSpec>,
 ) -> Vec<&'a str> {
-    use std::cmp::Ordering;
     let mut changed = Vec::new();
-    let (mut old, mut new) = (before.iter().peekable(), after.iter().peekable());
-    loop {
-        let order = match (old.peek(), new.peek()) {
-            (None, None) => return changed,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((a, _)), Some((b, _))) => a.cmp(b),
-        };
-        match order {
-            Ordering::Less => changed.push(old.next().expect("peeked").0.as_str()),
-            Ordering::Greater => changed.push(new.next().expect("peeked").0.as_str()),
-            Ordering::Equal => {
-                let ((name, a), (_, b)) =
-                    (old.next().expect("peeked"), new.next().expect("peeked"));
-                if a != b {
-                    changed.push(name.as_str());
-                }
-            }
-        }
-    }
+    super::each_difference(before, after, |name, _| changed.push(name.as_str()));
+    changed
 }
 
 fn is_icmp(key: &EndpointKey) -> bool {

@@ -2,6 +2,7 @@
 //! access, so every rule here is unit-tested. `dataplane` writes the difference between two
 //! desired states into the maps.
 
+mod difference;
 mod explain;
 mod ids;
 mod incremental;
@@ -9,6 +10,7 @@ mod replies;
 pub mod select;
 mod vips;
 
+pub use difference::each_difference;
 pub use explain::Explanation;
 pub use ids::Ids;
 use ids::{BackendIdentity, IdAllocator, ServiceIdentity};
