@@ -12,7 +12,6 @@ use anyhow::{Context as _, Result};
 use lb_testkit::{Lbd, NameServer, Topology, cgroup::TestCgroup, tcp_request};
 
 use crate::{
-    micro::machine,
     tcp::{BACKEND_PORT, BACKENDS, Clients, MESHLB_VIP, TcpArgs, check_args, meshlb_services},
     tcp_pairs::{self, Case},
 };
@@ -29,16 +28,7 @@ const CASE: Case = Case {
 
 pub fn run(args: &TcpArgs) -> Result<()> {
     check_args(args)?;
-    let machine = machine::facts();
-    println!(
-        "tcp --host-local: {} ({} CPUs); {} rounds of direct and VIP interleaved, {} s connections + {} s keep-alive each way, {} client threads",
-        machine.cpu_model,
-        machine.cpus,
-        args.rounds,
-        args.seconds(),
-        args.seconds(),
-        args.clients
-    );
+    tcp_pairs::announce(&CASE, args);
     // Field order of the guards: lbd (its links) goes before the cgroup it attaches to.
     let cgroup = TestCgroup::enter().context("a cgroup for the bench's own sockets")?;
     let topo = Topology::new(BACKENDS)?;

@@ -101,6 +101,22 @@ impl Draw {
     }
 }
 
+/// The line a paired case starts with: the machine and what it will measure.
+pub fn announce(case: &Case, args: &TcpArgs) {
+    let machine = machine::facts();
+    println!(
+        "{}: {} ({} CPUs); {} rounds of direct and {} interleaved, {} s connections + {} s keep-alive each way, {} client threads",
+        case.tag,
+        machine.cpu_model,
+        machine.cpus,
+        args.rounds,
+        case.through_short,
+        args.seconds(),
+        args.seconds(),
+        args.clients
+    );
+}
+
 /// Measures `args.rounds` rounds, each both ways interleaved (short connections, then
 /// keep-alive), prints and (unless `--no-write`) writes the report; fails when a round misses
 /// the case's target.

@@ -19,7 +19,6 @@ use lb_testkit::{
 };
 
 use crate::{
-    micro::machine,
     tcp::{Clients, TcpArgs},
     tcp_pairs::{self, Case},
 };
@@ -55,17 +54,7 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     } else {
         (&CASE, "node.role==manager")
     };
-    let machine = machine::facts();
-    println!(
-        "{}: {} ({} CPUs); {} rounds of direct and published interleaved, {} s connections + {} s keep-alive each way, {} client threads",
-        case.tag,
-        machine.cpu_model,
-        machine.cpus,
-        args.rounds,
-        args.seconds(),
-        args.seconds(),
-        args.clients
-    );
+    tcp_pairs::announce(case, args);
     let lab = SwarmLab::start().context("starting the two-node swarm")?;
     lab.create_published(
         "bench",
