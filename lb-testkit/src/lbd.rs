@@ -195,6 +195,15 @@ impl Lbd {
         ))
     }
 
+    /// Runs `lbctl --output json ARGS`, which must succeed, and parses its answer.
+    pub fn lbctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = vec!["--output", "json"];
+        all.extend(args);
+        let (ok, out, err) = self.lbctl(&all)?;
+        anyhow::ensure!(ok, "lbctl {args:?} failed: {err}");
+        serde_json::from_str(&out).with_context(|| format!("lbctl {args:?} printed no JSON: {out}"))
+    }
+
     /// Removes stale test pin directories whose process is gone. Returns their names.
     pub fn cleanup_stale_pins() -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {

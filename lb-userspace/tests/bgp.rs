@@ -599,13 +599,7 @@ fn open(client: &Netns, n: usize, sessions: &mut Vec<TcpSession>, backends: &mut
 
 /// A node's global counters (`lbctl stats`).
 fn counters(node: &Node) -> serde_json::Value {
-    let (ok, out, err) = node
-        .lbd
-        .lbctl(&["-o", "json", "stats"])
-        .expect("lbctl stats");
-    assert!(ok, "lbctl stats: {err}");
-    let stats: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
-    stats["global"].clone()
+    node.lbd.lbctl_json(&["stats"]).expect("lbctl stats")["global"].clone()
 }
 
 fn counter(global: &serde_json::Value, name: &str) -> u64 {

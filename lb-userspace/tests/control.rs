@@ -85,9 +85,8 @@ fn lbctl(lb: &Lbd, args: &[&str]) -> String {
 }
 
 fn lbctl_json(lb: &Lbd, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["-o", "json"];
-    all.extend(args);
-    serde_json::from_str(&lbctl(lb, &all)).expect("lbctl -o json prints JSON")
+    lb.lbctl_json(args)
+        .unwrap_or_else(|e| panic!("{e:#}\nlbd:\n{}", lb.output()))
 }
 
 fn generation(lb: &Lbd) -> u64 {

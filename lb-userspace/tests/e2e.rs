@@ -628,9 +628,7 @@ services:
 
 /// The node's client-side interface as `lbctl status` shows it: (ifindex, state, reattached).
 fn client_link_status(lb: &Lbd, topo: &Topology) -> (u64, String, u64) {
-    let (ok, out, err) = lb.lbctl(&["--output", "json", "status"]).expect("lbctl");
-    assert!(ok, "lbctl status: {err}");
-    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    let status = lb.lbctl_json(&["status"]).expect("lbctl status");
     let a = status["attachments"]
         .as_array()
         .expect("attachments")

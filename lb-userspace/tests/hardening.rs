@@ -427,13 +427,11 @@ fn lbctl_flows_shows_the_limit_that_applies_and_the_time_left() {
         Duration::from_secs(3),
     )
     .expect("request");
-    let (ok, out, err) = lb.lbctl(&["-o", "json", "flows"]).unwrap();
-    assert!(ok, "{err}");
-    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let list = lb.lbctl_json(&["flows"]).expect("lbctl flows");
     let flow = list["flows"]
         .as_array()
         .and_then(|f| f.first())
-        .unwrap_or_else(|| panic!("no flow listed: {out}"))
+        .unwrap_or_else(|| panic!("no flow listed: {list}"))
         .clone();
     assert_eq!(flow["tcp_state"], "closing", "{flow}");
     assert_eq!(

@@ -56,9 +56,7 @@ fn lbd() -> &'static Path {
 }
 
 fn list(lb: &Lbd) -> ServiceList {
-    let (ok, out, err) = lb.lbctl(&["--output", "json", "list"]).expect("lbctl list");
-    assert!(ok, "lbctl list: {err}");
-    serde_json::from_str(&out).expect("lbctl list --json")
+    serde_json::from_value(lb.lbctl_json(&["list"]).expect("lbctl list")).expect("a service list")
 }
 
 /// Each backend's health in `service`, by backend as listed.
@@ -438,12 +436,7 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
 }
 
 fn no_backend_drops(lb: &Lbd) -> u64 {
-    let (ok, out, err) = lb
-        .lbctl(&["--output", "json", "stats"])
-        .expect("lbctl stats");
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("stats json");
-    v["global"]["drop_no_backend"]
+    lb.lbctl_json(&["stats"]).expect("lbctl stats")["global"]["drop_no_backend"]
         .as_u64()
         .expect("drop_no_backend")
 }

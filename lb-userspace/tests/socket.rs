@@ -173,9 +173,7 @@ fn scan_is_untouched(node: &Netns, addr: IpAddr) {
 }
 
 fn sock_counters(lb: &Lbd) -> serde_json::Value {
-    let (ok, out, err) = lb.lbctl(&["stats", "--output", "json"]).expect("lbctl");
-    assert!(ok, "lbctl stats: {err}");
-    serde_json::from_str(&out).expect("stats json")
+    lb.lbctl_json(&["stats"]).expect("lbctl stats")
 }
 
 #[test]
@@ -366,11 +364,7 @@ fn pinned_socket_links_outlive_lbd_are_adopted_on_restart_and_removed_by_cleanup
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = setup(SERVICES);
     let published = SocketAddr::new("127.0.0.1".parse().unwrap(), 8000);
-    let status = |lb: &Lbd| -> serde_json::Value {
-        let (ok, out, err) = lb.lbctl(&["status", "--output", "json"]).expect("lbctl");
-        assert!(ok, "lbctl status: {err}");
-        serde_json::from_str(&out).expect("status json")
-    };
+    let status = |lb: &Lbd| lb.lbctl_json(&["status"]).expect("lbctl status");
     let first = status(&lab.lb);
     assert_eq!(first["sockets"]["adopted"], false, "{first}");
     assert_eq!(

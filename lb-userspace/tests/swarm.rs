@@ -87,9 +87,7 @@ fn ask(lab: &SwarmLab, addr: SocketAddr, n: usize) -> Vec<Who> {
 
 /// The number of backends `lbd` programs for `service`.
 fn backends(lb: &Lbd, service: &str) -> Option<usize> {
-    let (ok, out, err) = lb.lbctl(&["--output", "json", "list"]).expect("lbctl");
-    assert!(ok, "lbctl list: {err}");
-    let list: serde_json::Value = serde_json::from_str(&out).expect("list json");
+    let list = lb.lbctl_json(&["list"]).expect("lbctl list");
     list["services"]
         .as_array()?
         .iter()

@@ -808,9 +808,7 @@ fn engine_missing_or_answering_garbage_keeps_forwarding() {
 
 /// `lbctl list`'s entry for `service`, as JSON.
 fn listed(lb: &Lbd, service: &str) -> Option<serde_json::Value> {
-    let (ok, out, err) = lb.lbctl(&["--output", "json", "list"]).expect("lbctl list");
-    assert!(ok, "lbctl list: {err}");
-    let list: serde_json::Value = serde_json::from_str(&out).expect("list json");
+    let list = lb.lbctl_json(&["list"]).expect("lbctl list");
     list["services"]
         .as_array()?
         .iter()

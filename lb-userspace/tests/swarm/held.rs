@@ -303,22 +303,15 @@ fn ask_all(held: &mut [Held]) -> Round {
 
 /// The generation of `lb`'s running configuration (one more per change applied).
 fn generation(lb: &Lbd) -> u64 {
-    let (ok, out, err) = lb
-        .lbctl(&["--output", "json", "status"])
-        .expect("lbctl status");
-    assert!(ok, "lbctl status: {err}");
-    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
-    status["generation"].as_u64().expect("generation")
+    lb.lbctl_json(&["status"]).expect("lbctl status")["generation"]
+        .as_u64()
+        .expect("generation")
 }
 
 /// Backends in the running plan of `service` (what `lbctl stats` counts), which leaves out
 /// tasks on nodes that are not peers yet; `lbctl list` shows the swarm's view.
 fn planned(lb: &Lbd, service: &str) -> usize {
-    let (ok, out, err) = lb
-        .lbctl(&["--output", "json", "stats"])
-        .expect("lbctl stats");
-    assert!(ok, "lbctl stats: {err}");
-    let report: serde_json::Value = serde_json::from_str(&out).expect("stats json");
+    let report = lb.lbctl_json(&["stats"]).expect("lbctl stats");
     let targets: BTreeSet<String> = report["services"]
         .as_array()
         .into_iter()
