@@ -640,9 +640,17 @@ fn metrics_parse_and_match_the_traffic() {
     for _ in 0..TCP {
         tcp_request(&topo.client, web(), TIMEOUT).unwrap();
     }
-    for _ in 0..UDP {
-        udp_request(&topo.client, dns(), TIMEOUT).unwrap();
-    }
+    // Every UDP exchange must be a new flow, so each gets its own client port: the sockets
+    // stay open until all are done (a closed socket's port may be handed out again, and then
+    // its datagram continues the earlier flow, as it should).
+    let udp_sessions: Vec<UdpSession> = (0..UDP)
+        .map(|_| {
+            let mut session = UdpSession::bind(&topo.client, dns(), TIMEOUT).unwrap();
+            session.request().unwrap();
+            session
+        })
+        .collect();
+    drop(udp_sessions);
     let (status, body) = http(
         &topo.node,
         "127.0.0.1:9464".parse().unwrap(),
