@@ -570,6 +570,16 @@ fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_nex
             .expect("a client port that Maglev places on 198.18.2.11 (of 2 backends)");
         let reply_key = forward_key(backend, client);
         assert!(lb.dp.tracked_flow(&reply_key).unwrap().is_none());
+        // Its SYN sent again (the flow's one insert finds the key taken) follows the flow:
+        // the same bytes out, no new flow, still no reply entry.
+        let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);
+        let first = lb.run(&syn.build()).packet;
+        let before = lb.stats();
+        let again = lb.run(&syn.build());
+        assert_eq!(again.packet, first);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NatForward), 1);
+        assert!(lb.dp.tracked_flow(&reply_key).unwrap().is_none());
 
         // The endpoint gets a second frontend: its replies are no longer translated without
         // an entry, so this flow's SYN-ACK leaves untouched (the client refuses it).
@@ -790,6 +800,15 @@ services:
         }
         let distinct: std::collections::BTreeSet<_> = order[..3].iter().collect();
         assert_eq!(distinct.len(), 3, "{order:?}");
+        // A SYN sent again follows its unconfirmed flow and takes no turn of the rotation
+        // (checked by the 10th flow below).
+        for port in [30004u16, 30008] {
+            let before = lb.stats();
+            let out = lb.run(&Ipv4Frame::tcp(sock(CLIENT, port), sock(VIP, 80), TCP_SYN).build());
+            let backend = *parse_ipv4(&out.packet).unwrap().dst.ip();
+            assert_eq!(backend, order[usize::from(port - 30000)], "port {port}");
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
+        }
 
         // Mid-flow packets of flows this node never saw (they entered by a node that died)
         // are picked up by the flow hash over the same sequence, as any node with this plan
