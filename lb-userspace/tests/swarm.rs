@@ -30,6 +30,10 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const FOLLOW: Duration = Duration::from_secs(2);
 /// Tasks may take this long to start or stop (image already local).
 const TASKS: Duration = Duration::from_secs(60);
+/// Requests a check makes that every one of 4 tasks must answer: each request picks a task
+/// at random (by its client port or socket), and 4 × (3/4)^64 ≈ 4e-8 is the chance that one
+/// task is missed (at 40 it was 4e-5, for each of the six such checks).
+const EVERY_TASK: usize = 64;
 
 fn lbd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lbd"))
@@ -212,7 +216,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
             backends(lb, "web") == Some(4)
         });
         let addr = SocketAddr::new(IpAddr::V4(node.addr), 80);
-        let answers = ask(&lab, addr, 40);
+        let answers = ask(&lab, addr, EVERY_TASK);
         let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
         assert_eq!(
             hosts, all_web,
@@ -233,7 +237,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     lab.set_node_checksum_offload(false)
         .expect("checksum offload off");
     for node in &lab.nodes {
-        let answers = ask(&lab, SocketAddr::new(IpAddr::V4(node.addr), 80), 40);
+        let answers = ask(&lab, SocketAddr::new(IpAddr::V4(node.addr), 80), EVERY_TASK);
         let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
         assert_eq!(
             hosts, all_web,
@@ -444,7 +448,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         "{out}"
     );
     for proto in ["tcp", "udp"] {
-        let answers = vip_answers(node1, "cli", proto, &vip, 40);
+        let answers = vip_answers(node1, "cli", proto, &vip, EVERY_TASK);
         let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
         assert_eq!(
             hosts, all_api,
