@@ -111,6 +111,19 @@ fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Durat
     }
 }
 
+/// Waits (bounded by TASKS) until `service` has its `n` containers and every node's Engine
+/// lists them on `network`: lbd follows that view, which may lag the containers (once by over
+/// 2 s, Docker's lag, not lbd's), so FOLLOW counts from there. Past TASKS, from then.
+fn engines_list(lab: &SwarmLab, network: &str, service: &str, n: usize) {
+    match lab
+        .wait_listed(network, service, n, TASKS)
+        .expect("the Engines' view")
+    {
+        Some(took) => println!("{service}: every Engine lists its {n} tasks after {took:?}"),
+        None => println!("{service}: the Engines' view still differs after {TASKS:?}"),
+    }
+}
+
 /// A counter or gauge of `node`'s lbd, from its metrics endpoint (0 when absent).
 fn metric(node: &SwarmNode, name: &str) -> u64 {
     let text = lb_testkit::metrics(&node.ns).expect("metrics");
@@ -476,7 +489,8 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     );
 
     // The VIP follows the swarm: scaled down to two tasks, new connections and datagrams
-    // reach only the survivors within FOLLOW of the others stopping.
+    // reach only the survivors within FOLLOW of the others stopping (and the Engines showing
+    // it).
     lab.manager()
         .docker(&["service", "scale", "-d", "api=2"])
         .expect("scale api");
@@ -492,6 +506,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .iter()
         .flat_map(|n| local_tasks(n, "api"))
         .collect();
+    engines_list(&lab, "appnet", "api", 2);
     for lb in &lbs {
         within(FOLLOW, "the VIP follows the scale-down", || {
             backends(lb, "api@appnet") == Some(2)
@@ -510,7 +525,8 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         );
     }
 
-    // Scale down: within FOLLOW of the tasks stopping, only the survivors get connections.
+    // Scale down: within FOLLOW of the tasks stopping (and the Engines showing it), only the
+    // survivors get connections.
     lab.manager()
         .docker(&["service", "scale", "-d", "web=2"])
         .expect("scale");
@@ -527,6 +543,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .iter()
         .flat_map(|n| local_tasks(n, "web"))
         .collect();
+    engines_list(&lab, "ingress", "web", 2);
     for (node, lb) in lab.nodes.iter().zip(&lbs) {
         within(FOLLOW, "scale down followed", || {
             backends(lb, "web") == Some(2)

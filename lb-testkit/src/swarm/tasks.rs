@@ -2,7 +2,7 @@
 //! running task is (node, container, addresses).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -131,6 +131,41 @@ impl SwarmLab {
         }
     }
 
+    /// Waits, at most `timeout`, until `service` has `n` running containers and every node's
+    /// Engine lists on `network` (see [`SwarmNode::listed_tasks`]) exactly their addresses
+    /// there. `lbd --swarm` follows that view, which may lag the containers: a test holds lbd
+    /// to its own delay from when the view agrees. How long that took, or `None` when it did
+    /// not agree in time (the caller's own check decides then: this wait only delays it).
+    pub fn wait_listed(
+        &self,
+        network: &str,
+        service: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
+        let start = Instant::now();
+        loop {
+            let running: BTreeSet<Ipv4Addr> = self
+                .tasks(service)?
+                .iter()
+                .filter_map(|t| t.networks.get(network).copied())
+                .collect();
+            // A node that cannot say (no such network there yet) does not agree.
+            let agree = running.len() == n
+                && self.nodes.iter().all(|node| {
+                    node.listed_tasks(network, service)
+                        .is_ok_and(|listed| listed == running)
+                });
+            if agree {
+                return Ok(Some(start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The tail of every node's dockerd log, for failure messages.
     pub fn dump_logs(&self) -> String {
         self.nodes
@@ -157,6 +192,28 @@ impl SwarmNode {
         Ok(services
             .as_object()
             .is_some_and(|s| s.contains_key(service)))
+    }
+
+    /// The addresses of `service`'s tasks on `network` as this node's Engine lists them (its
+    /// verbose view, the one `lbd --swarm` reads; kept by the swarm's gossip for other nodes'
+    /// tasks, so it may lag the containers); empty when it does not list the service.
+    pub fn listed_tasks(&self, network: &str, service: &str) -> Result<BTreeSet<Ipv4Addr>> {
+        let text = self.docker(&[
+            "network",
+            "inspect",
+            "--verbose",
+            "--format",
+            "{{json .Services}}",
+            network,
+        ])?;
+        let services: serde_json::Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("{network} network's services (json)"))?;
+        Ok(services[service]["Tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|task| task["EndpointIP"].as_str()?.parse().ok())
+            .collect())
     }
 
     /// The running containers of `service` on this node, with their addresses.

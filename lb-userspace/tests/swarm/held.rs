@@ -14,7 +14,7 @@ use std::{
 use lb_common::limits::{FULLNAT_PORT_MAX, FULLNAT_PORT_MIN};
 use lb_testkit::{Lbd, TcpSession, swarm::SwarmLab};
 
-use super::{TASKS, backends, local_tasks, within};
+use super::{TASKS, backends, engines_list, local_tasks, within};
 
 /// The service the connections are held to, published on `PORT` (the name server).
 pub const SERVICE: &str = "held";
@@ -23,7 +23,8 @@ pub const PORT: u16 = 81;
 const PER_NODE: usize = 100;
 /// Each round of requests (all connections at once) must finish within this.
 const ROUND: Duration = Duration::from_secs(5);
-/// lbd must program a change within this of the containers changing.
+/// lbd must program a change within this of the containers changing (and its Engine showing
+/// it).
 const PROGRAMMED: Duration = Duration::from_secs(6);
 
 /// One held connection, the task it reached first and the client port that task sees.
@@ -89,6 +90,7 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
     let scaled_up = within(TASKS, "held scaled up to 6 containers", || {
         all_tasks(lab).len() == 6
     });
+    engines_list(lab, "ingress", SERVICE, 6);
     for lb in lbs {
         within(PROGRAMMED, "lbd programs the 6 tasks", || {
             backends(lb, SERVICE) == Some(6)
@@ -114,6 +116,7 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
         all_tasks(lab).len() == 4
     });
     let survivors = all_tasks(lab);
+    engines_list(lab, "ingress", SERVICE, 4);
     for lb in lbs {
         within(PROGRAMMED, "lbd programs the 4 tasks", || {
             backends(lb, SERVICE) == Some(4)
