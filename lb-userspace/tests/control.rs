@@ -125,7 +125,9 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     let (topo, _servers) = setup(3);
     let mut lb = start(&topo, &services(r#""198.18.2.10", "198.18.2.11""#), &[]);
     assert_eq!(new_flows_reach(&topo, 30), set(&["backend-0", "backend-1"]));
-    let mut sessions: Vec<(TcpSession, String)> = (0..16)
+    // Both backends must get sessions: 24 random client ports miss one with a chance of
+    // 2 × 2^-24 ≈ 1e-7 (16: 3e-5).
+    let mut sessions: Vec<(TcpSession, String)> = (0..24)
         .map(|_| {
             let mut s = TcpSession::connect(&topo.client, web(), TIMEOUT).unwrap();
             let backend = s.request().unwrap().backend;
