@@ -192,11 +192,13 @@ impl Dataplane {
             name: programs::XDP,
             error,
         })?;
+        log_verified(programs::XDP, xdp.info());
         let tc: &mut SchedClassifier = program(&mut ebpf, programs::TC_INGRESS)?;
         tc.load().map_err(|error| DataplaneError::Verify {
             name: programs::TC_INGRESS,
             error,
         })?;
+        log_verified(programs::TC_INGRESS, tc.info());
         Ok(Self {
             ebpf,
             attachments: Vec::new(),
@@ -673,4 +675,12 @@ pub fn default_route_interfaces() -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// How much of the verifier's budget a program took (the kernel stops at 1,000,000
+/// instructions processed): the headroom a change to the packet paths has left.
+fn log_verified(name: &str, info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>) {
+    if let Some(count) = info.ok().and_then(|i| i.verified_instruction_count()) {
+        tracing::debug!(program = name, instructions_processed = count, "verified");
+    }
 }
