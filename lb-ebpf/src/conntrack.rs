@@ -2,13 +2,14 @@
 
 mod unconfirmed;
 
-use core::mem::MaybeUninit;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 pub use unconfirmed::{Pending, pending};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    cty::c_long,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_loop},
 };
 use lb_common::{
     Addr,
@@ -393,21 +394,29 @@ pub fn insert(
         flow.snat_addr = key.src;
         flow.snat_port_be = key.sport_be;
         reply_key.dst = chosen.snat_addr;
-        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
-        let start = flow_hash(key);
-        let mut found = false;
-        for attempt in 0..FULLNAT_PORT_ATTEMPTS {
-            let port = FULLNAT_PORT_MIN + (start.wrapping_add(attempt) % range) as u16;
-            reply_key.dport_be = port.to_be();
-            if claim_reply(&reply_key, flow, now) {
-                chosen.snat_port_be = reply_key.dport_be;
-                found = true;
-                break;
-            }
+        let mut search = PortSearch {
+            reply_key: &mut *reply_key,
+            start: flow_hash(key),
+            found: 0,
+            now,
+        };
+        // The attempts run under `bpf_loop`, whose body the verifier checks as a loop rather
+        // than once per attempt (unrolled, the eight attempts were a third of the program's
+        // verification budget).
+        // SAFETY: the callback is a static function of the signature `bpf_loop` calls, and
+        // `search` outlives the call.
+        unsafe {
+            bpf_loop(
+                FULLNAT_PORT_ATTEMPTS,
+                try_source_port as *mut c_void,
+                (&raw mut search).cast(),
+                0,
+            );
         }
-        if !found {
+        if search.found == 0 {
             return Err(InsertError::NoPort);
         }
+        chosen.snat_port_be = reply_key.dport_be;
     }
     flow.nat_addr = chosen.addr;
     flow.nat_port_be = chosen.port_be;
@@ -421,6 +430,39 @@ pub fn insert(
         .map_err(|_| InsertError::Full)?;
     set_filter_slot(&FORWARD_FILTER, &key.dst, key.dport_be, key.proto);
     Ok(())
+}
+
+/// What `try_source_port` works on: the reply key whose destination port it tries (left at
+/// the port claimed), from where in the full-NAT range, and whether a port was claimed.
+#[repr(C)]
+struct PortSearch {
+    reply_key: *mut FlowKey,
+    now: u64,
+    start: u32,
+    found: u32,
+}
+
+/// One attempt of `insert`'s search for a source port (`bpf_loop`'s callback: 1 stops the
+/// loop): the `attempt`-th port of the range from the flow's hash, claimed if its reply entry
+/// is free or idle. The reply entry written is the per-CPU scratch `insert` built.
+#[inline(never)]
+extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
+    // SAFETY: `insert` passes its `PortSearch`, live across the `bpf_loop` call.
+    let search = unsafe { &mut *search.cast::<PortSearch>() };
+    let Some(flow) = FLOW_SCRATCH.get_ptr(0) else {
+        return 1;
+    };
+    let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+    let port = FULLNAT_PORT_MIN + (search.start.wrapping_add(attempt as u32) % range) as u16;
+    // SAFETY: points at `insert`'s reply key, on its stack for the whole loop.
+    let reply_key = unsafe { &mut *search.reply_key };
+    reply_key.dport_be = port.to_be();
+    // SAFETY: per-CPU scratch, used by this program run only.
+    if claim_reply(reply_key, unsafe { &*flow }, search.now) {
+        search.found = 1;
+        return 1;
+    }
+    0
 }
 
 /// The forward entry `insert` just wrote into `PENDING`, as it wrote it (per-CPU scratch):

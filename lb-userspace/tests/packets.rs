@@ -1010,6 +1010,66 @@ fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
     });
 }
 
+/// Full NAT's source-port search: a flow takes the first port, from its hash, of the
+/// `FULLNAT_PORT_ATTEMPTS` ports of the range whose reply entry no live flow holds; with all of
+/// them held, the flow is dropped and counted. Flows whose hashes start at the same port
+/// (found by searching client ports) toward the one backend make each port held in turn.
+#[test]
+fn fullnat_takes_the_next_free_port_of_its_search_and_drops_when_every_one_is_held() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN};
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let vip = sock("198.18.100.4", 80);
+        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+        let key = |client: SocketAddrV4| FlowKey {
+            src: Addr::from(*client.ip()),
+            dst: Addr::from(*vip.ip()),
+            sport_be: client.port().to_be(),
+            dport_be: vip.port().to_be(),
+            proto: proto::TCP,
+            _pad: [0; 3],
+        };
+        let start = |client: SocketAddrV4| flow_hash(&key(client)) % range;
+        let first = sock(CLIENT, 20000);
+        // Clients whose search starts where the first one's does (one in 4,536 ports).
+        let same_start: Vec<SocketAddrV4> = (20001..=65535u16)
+            .map(|port| sock(CLIENT, port))
+            .filter(|&client| start(client) == start(first))
+            .take(FULLNAT_PORT_ATTEMPTS as usize)
+            .collect();
+        assert_eq!(
+            same_start.len(),
+            FULLNAT_PORT_ATTEMPTS as usize,
+            "enough clients"
+        );
+        let base = u32::from(FULLNAT_PORT_MIN);
+        for (i, &client) in std::iter::once(&first).chain(&same_start).enumerate() {
+            let before = lb.stats();
+            let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);
+            let out = lb.run(&syn.build());
+            if i < FULLNAT_PORT_ATTEMPTS as usize {
+                // Unconfirmed flows hold their reply entries too: the i-th takes the i-th port.
+                let want = (base + (start(first) + i as u32) % range) as u16;
+                let seen = parse_ipv4(&out.packet).expect("checksums");
+                assert_eq!(seen.src.port(), want, "flow {i} ({client})");
+                assert_eq!(
+                    out.packet,
+                    syn.with_dst(sock("198.18.2.10", 8080))
+                        .with_src(seen.src)
+                        .build()
+                );
+                assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+            } else {
+                assert_eq!(out.action, XDP_DROP, "every port of the search is held");
+                assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoSnatPort), 1);
+                assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
+            }
+        }
+    });
+}
+
 #[test]
 fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
     if !e2e_enabled() {
