@@ -614,6 +614,51 @@ fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_nex
     });
 }
 
+/// A SYN sent again whose unconfirmed flow lost its backend (the default policy, `move`)
+/// opens the flow anew on a backend still there, as the first SYN of a new flow would: the
+/// dead entry in `PENDING` is replaced, counted as moved.
+#[test]
+fn a_syn_sent_again_after_its_backend_left_opens_the_flow_on_another() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(STATELESS_SERVICES, |mut lb| {
+        let vip = sock(VIP, 80);
+        let leaving = sock("198.18.2.11", 8080);
+        let client = (43500..43564)
+            .map(|port| sock(CLIENT, port))
+            .find(|&client| {
+                let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+                parse_ipv4(&out.packet).unwrap().dst == leaving
+            })
+            .expect("a client port that Maglev places on 198.18.2.11 (of 2 backends)");
+        reload(
+            &mut lb,
+            &STATELESS_SERVICES.replace(
+                r#"backends: ["198.18.2.10", "198.18.2.11"]"#,
+                r#"backends: ["198.18.2.10"]"#,
+            ),
+        );
+        let before = lb.stats();
+        let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);
+        let out = lb.run(&syn.build());
+        let staying = sock("198.18.2.10", 8080);
+        assert_eq!(out.packet, syn.clone().with_dst(staying).build());
+        let after = lb.stats();
+        for (slot, n) in [
+            (StatSlot::FlowMoved, 1),
+            (StatSlot::NewFlow, 1),
+            (StatSlot::NatForward, 1),
+        ] {
+            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
+        }
+        // Its next SYN follows the flow opened anew.
+        let out = lb.run(&syn.build());
+        assert_eq!(out.packet, syn.with_dst(staying).build());
+        assert_eq!(delta(&after, &lb.stats(), StatSlot::NewFlow), 0);
+    });
+}
+
 #[test]
 fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
     if !e2e_enabled() {
