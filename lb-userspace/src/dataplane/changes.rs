@@ -29,8 +29,30 @@ impl<K, V> Changes<K, V> {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.write_keys.is_empty() && self.remove.is_empty()
+    }
+}
+
+impl<K: Copy, V: Clone> Changes<K, V> {
+    /// One entry: a value to write, or `None` to remove the key.
+    fn push(&mut self, key: &K, value: Option<&V>) {
+        match value {
+            Some(value) => {
+                self.write_keys.push(*key);
+                self.write_values.push(value.clone());
+            }
+            None => self.remove.push(*key),
+        }
+    }
+
+    /// Entries as a replan lists them.
+    pub(super) fn listed(entries: &[(K, Option<V>)]) -> Self {
+        let mut out = Changes::none();
+        for (key, value) in entries {
+            out.push(key, value.as_ref());
+        }
+        out
     }
 }
 
@@ -38,31 +60,20 @@ impl<K: Ord + Copy, V: PartialEq + Clone> Changes<K, V> {
     /// What turns `previous` into `desired`.
     pub(super) fn between(previous: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
         let mut out = Changes::none();
-        each_difference(previous, desired, |key, value| match value {
-            Some(value) => {
-                out.write_keys.push(*key);
-                out.write_values.push(value.clone());
-            }
-            None => out.remove.push(*key),
-        });
+        each_difference(previous, desired, |key, value| out.push(key, value));
         out
     }
 }
 
-impl<K: Copy, V: Clone> Changes<K, V> {
-    /// Entries as a replan lists them: a value to write, or `None` to remove the key.
-    pub(super) fn listed(entries: &[(K, Option<V>)]) -> Self {
-        let mut out = Changes::none();
-        for (key, value) in entries {
-            match value {
-                Some(value) => {
-                    out.write_keys.push(*key);
-                    out.write_values.push(value.clone());
-                }
-                None => out.remove.push(*key),
-            }
-        }
-        out
+impl<K: aya::Pod, V: aya::Pod> Changes<K, V> {
+    /// Writes the new and changed entries into `map` (named `name` in errors).
+    pub(super) fn write(&self, map: &MapData, name: &'static str) -> Result<(), DataplaneError> {
+        batch::update(map, name, &self.write_keys, &self.write_values)
+    }
+
+    /// Removes the keys to remove from `map`.
+    pub(super) fn delete(&self, map: &MapData, name: &'static str) -> Result<(), DataplaneError> {
+        batch::delete(map, name, &self.remove)
     }
 }
 
@@ -138,12 +149,7 @@ impl Dataplane {
         let backends: Array<&mut MapData, Backend> =
             Array::try_from(backends.expect(loaded)).map_err(map_err(names::BACKENDS))?;
         let backend_changes = &changes.backends;
-        batch::update(
-            backends.map(),
-            names::BACKENDS,
-            &backend_changes.write_keys,
-            &backend_changes.write_values,
-        )?;
+        backend_changes.write(backends.map(), names::BACKENDS)?;
 
         let outer = outer_fd(tables.expect(loaded))?;
         let jobs: Vec<(u32, Option<&TableSpec>)> = changes
@@ -166,23 +172,13 @@ impl Dataplane {
             HashMap::try_from(endpoints.expect(loaded))
                 .map_err(map_err(names::BACKEND_ENDPOINTS))?;
         let endpoint_changes = &changes.endpoints;
-        batch::update(
-            endpoints.map(),
-            names::BACKEND_ENDPOINTS,
-            &endpoint_changes.write_keys,
-            &endpoint_changes.write_values,
-        )?;
+        endpoint_changes.write(endpoints.map(), names::BACKEND_ENDPOINTS)?;
 
         let frontends: HashMap<&mut MapData, EndpointKey, Service> =
             HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
         let frontend_changes = &changes.frontends;
-        batch::update(
-            frontends.map(),
-            names::FRONTENDS,
-            &frontend_changes.write_keys,
-            &frontend_changes.write_values,
-        )?;
-        batch::delete(frontends.map(), names::FRONTENDS, &frontend_changes.remove)?;
+        frontend_changes.write(frontends.map(), names::FRONTENDS)?;
+        frontend_changes.delete(frontends.map(), names::FRONTENDS)?;
         // Any frontend written or removed: flows that skip FRONTENDS on their stamp check it
         // again. Not only keys the running plan had: after a load (adopted or degraded maps)
         // a "new" entry may replace an old value that live flows were stamped with.
@@ -192,11 +188,7 @@ impl Dataplane {
         // Tables of services gone, emptied only now that no frontend leads to them (a
         // frontend that moved to another service was pointed at its new table above).
         set_tables(outer, &emptied(&changes.tables.remove))?;
-        batch::delete(
-            endpoints.map(),
-            names::BACKEND_ENDPOINTS,
-            &endpoint_changes.remove,
-        )?;
+        endpoint_changes.delete(endpoints.map(), names::BACKEND_ENDPOINTS)?;
         batch::update(
             backends.map(),
             names::BACKENDS,

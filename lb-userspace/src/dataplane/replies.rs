@@ -10,7 +10,7 @@ use lb_common::{
     maps::{EndpointKey, ReplyFrontend, names},
 };
 
-use super::{Dataplane, DataplaneError, batch, changes::Changes, maps::map_err};
+use super::{Dataplane, DataplaneError, changes::Changes, maps::map_err};
 use crate::plan::DesiredState;
 
 /// One-byte slots per `REPLY_FILTER` element.
@@ -26,7 +26,7 @@ impl Dataplane {
         changes: &Changes<EndpointKey, ReplyFrontend>,
     ) -> Result<(), DataplaneError> {
         self.mark_reply_filter(endpoints.iter())?;
-        if changes.write_keys.is_empty() && changes.remove.is_empty() {
+        if changes.is_empty() {
             return Ok(());
         }
         let map: HashMap<&mut MapData, EndpointKey, ReplyFrontend> = HashMap::try_from(
@@ -35,13 +35,8 @@ impl Dataplane {
                 .expect("checked at load"),
         )
         .map_err(map_err(names::REPLY_FRONTENDS))?;
-        batch::update(
-            map.map(),
-            names::REPLY_FRONTENDS,
-            &changes.write_keys,
-            &changes.write_values,
-        )?;
-        batch::delete(map.map(), names::REPLY_FRONTENDS, &changes.remove)
+        changes.write(map.map(), names::REPLY_FRONTENDS)?;
+        changes.delete(map.map(), names::REPLY_FRONTENDS)
     }
 
     /// Sets the `REPLY_FILTER` slot of each endpoint. An element is read, changed and written
