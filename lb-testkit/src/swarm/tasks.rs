@@ -179,25 +179,15 @@ impl SwarmNode {
     /// Whether this node's Engine still lists `service` on the ingress network (its verbose
     /// view, the one `lbd --swarm` reads): it may lag the service's containers being gone.
     pub fn ingress_lists(&self, service: &str) -> Result<bool> {
-        let text = self.docker(&[
-            "network",
-            "inspect",
-            "--verbose",
-            "--format",
-            "{{json .Services}}",
-            "ingress",
-        ])?;
-        let services: serde_json::Value =
-            serde_json::from_str(text.trim()).context("ingress network's services (json)")?;
-        Ok(services
+        Ok(self
+            .network_services("ingress")?
             .as_object()
             .is_some_and(|s| s.contains_key(service)))
     }
 
-    /// The addresses of `service`'s tasks on `network` as this node's Engine lists them (its
-    /// verbose view, the one `lbd --swarm` reads; kept by the swarm's gossip for other nodes'
-    /// tasks, so it may lag the containers); empty when it does not list the service.
-    pub fn listed_tasks(&self, network: &str, service: &str) -> Result<BTreeSet<Ipv4Addr>> {
+    /// The services this node's Engine lists on `network`, with their tasks (`network
+    /// inspect --verbose`: the view `lbd --swarm` reads).
+    fn network_services(&self, network: &str) -> Result<serde_json::Value> {
         let text = self.docker(&[
             "network",
             "inspect",
@@ -206,9 +196,15 @@ impl SwarmNode {
             "{{json .Services}}",
             network,
         ])?;
-        let services: serde_json::Value = serde_json::from_str(text.trim())
-            .with_context(|| format!("{network} network's services (json)"))?;
-        Ok(services[service]["Tasks"]
+        serde_json::from_str(text.trim())
+            .with_context(|| format!("{network} network's services (json)"))
+    }
+
+    /// The addresses of `service`'s tasks on `network` as this node's Engine lists them (its
+    /// verbose view, the one `lbd --swarm` reads; kept by the swarm's gossip for other nodes'
+    /// tasks, so it may lag the containers); empty when it does not list the service.
+    pub fn listed_tasks(&self, network: &str, service: &str) -> Result<BTreeSet<Ipv4Addr>> {
+        Ok(self.network_services(network)?[service]["Tasks"]
             .as_array()
             .into_iter()
             .flatten()
