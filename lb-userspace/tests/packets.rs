@@ -550,6 +550,23 @@ fn stateless_with_11_shared() -> String {
     shared
 }
 
+/// The first client (ports from `first`, 64 tried) whose SYN to `vip` Maglev places on
+/// `backend`; the SYN that found it opened its flow.
+fn syn_placed_on(
+    lb: &mut Loaded,
+    vip: SocketAddrV4,
+    backend: SocketAddrV4,
+    first: u16,
+) -> SocketAddrV4 {
+    (first..first + 64)
+        .map(|port| sock(CLIENT, port))
+        .find(|&client| {
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            parse_ipv4(&out.packet).unwrap().dst == backend
+        })
+        .unwrap_or_else(|| panic!("a client port that Maglev places on {backend}"))
+}
+
 #[test]
 fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_next_syn() {
     if !e2e_enabled() {
@@ -561,13 +578,7 @@ fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_nex
         // (the endpoint has `web`'s VIP as its one frontend): the client port that lands there.
         let vip = sock(VIP, 80);
         let backend = sock("198.18.2.11", 8080);
-        let client = (43400..43464)
-            .map(|port| sock(CLIENT, port))
-            .find(|&client| {
-                let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
-                parse_ipv4(&out.packet).unwrap().dst == backend
-            })
-            .expect("a client port that Maglev places on 198.18.2.11 (of 2 backends)");
+        let client = syn_placed_on(&mut lb, vip, backend, 43400);
         let reply_key = forward_key(backend, client);
         assert!(lb.dp.tracked_flow(&reply_key).unwrap().is_none());
         // Its SYN sent again (the flow's one insert finds the key taken) follows the flow:
@@ -625,13 +636,7 @@ fn a_syn_sent_again_after_its_backend_left_opens_the_flow_on_another() {
     with_program(STATELESS_SERVICES, |mut lb| {
         let vip = sock(VIP, 80);
         let leaving = sock("198.18.2.11", 8080);
-        let client = (43500..43564)
-            .map(|port| sock(CLIENT, port))
-            .find(|&client| {
-                let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
-                parse_ipv4(&out.packet).unwrap().dst == leaving
-            })
-            .expect("a client port that Maglev places on 198.18.2.11 (of 2 backends)");
+        let client = syn_placed_on(&mut lb, vip, leaving, 43500);
         reload(
             &mut lb,
             &STATELESS_SERVICES.replace(
@@ -1068,15 +1073,7 @@ fn fullnat_takes_the_next_free_port_of_its_search_and_drops_when_every_one_is_he
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let vip = sock("198.18.100.4", 80);
         let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
-        let key = |client: SocketAddrV4| FlowKey {
-            src: Addr::from(*client.ip()),
-            dst: Addr::from(*vip.ip()),
-            sport_be: client.port().to_be(),
-            dport_be: vip.port().to_be(),
-            proto: proto::TCP,
-            _pad: [0; 3],
-        };
-        let start = |client: SocketAddrV4| flow_hash(&key(client)) % range;
+        let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
         let first = sock(CLIENT, 20000);
         // Clients whose search starts where the first one's does (one in 4,536 ports).
         let same_start: Vec<SocketAddrV4> = (20001..=65535u16)
