@@ -207,7 +207,7 @@ pub fn run(args: &OracleArgs) -> Result<()> {
     let cpu = default_cpu(args.cpu);
     let topo = PpsTopology::new()?;
     let mut traffic = Traffic::load()?;
-    traffic.attach_sink(&topo.sink, topo::SINK_IF)?;
+    traffic.attach(&topo)?;
     let set = flow_set(Through::Meshlb, Kind::Udp, false, args.flows, 60);
     let mut schedulers = Vec::new();
     for scheduler in ["maglev", "round-robin"] {

@@ -21,7 +21,7 @@ use crate::traffic::{
     Limits, RunSummary, Traffic, default_cpu, flow_set,
     node::{Node, NodeConfig, Through},
     template::Kind,
-    topo::{self, PpsTopology},
+    topo::PpsTopology,
 };
 
 #[derive(clap::Args, Debug)]
@@ -500,7 +500,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     );
     let topo = PpsTopology::new()?;
     let mut traffic = Traffic::load()?;
-    traffic.attach_sink(&topo.sink, topo::SINK_IF)?;
+    traffic.attach(&topo)?;
     let mut bench = Bench {
         topo: &topo,
         traffic: &mut traffic,

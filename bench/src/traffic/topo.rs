@@ -10,6 +10,7 @@
 //!       fd00:1::2          fd00:1::1                 fd00:3::1          fd00:3::2
 //!                          routes: 198.18.16.0/20 and fd00:2::/64 via the sink
 //!                          (static neighbours: the sink answers nothing)
+//!  mlb-hold ── mlb-hold-p (down, no traffic: holds the generator in the XDP dispatcher)
 //! ```
 //! Backend i is 198.18.16.(1 + i) onwards (198.18.16.0/20 holds 4,094) or fd00:2::(1 + i).
 //! Everything is removed when the namespaces are dropped.
@@ -26,6 +27,9 @@ pub const GEN_IF: &str = "eth0";
 pub const NODE_IN: &str = "mlb-cli";
 pub const NODE_OUT: &str = "mlb-snk";
 pub const SINK_IF: &str = "eth0";
+/// An idle veth in the generator's namespace (down, never carries a frame) where the
+/// generator program stays attached: see [`super::Traffic::attach`].
+pub const GEN_HOLD_IF: &str = "mlb-hold";
 pub const GEN_MAC: [u8; 6] = [0x02, 0x6d, 0x6c, 0x62, 0x01, 0x02];
 pub const NODE_IN_MAC: [u8; 6] = [0x02, 0x6d, 0x6c, 0x62, 0x01, 0x01];
 pub const NODE_OUT_MAC: [u8; 6] = [0x02, 0x6d, 0x6c, 0x62, 0x03, 0x01];
@@ -129,6 +133,7 @@ impl PpsTopology {
             .ip_batch(&[
                 "link set lo up".to_owned(),
                 format!("link set {GEN_IF} up"),
+                format!("link add {GEN_HOLD_IF} type veth peer name {GEN_HOLD_IF}-p"),
                 format!("addr add 198.18.1.2/24 dev {GEN_IF}"),
                 format!("addr add fd00:1::2/64 dev {GEN_IF} nodad"),
             ])
