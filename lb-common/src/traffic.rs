@@ -30,7 +30,10 @@ pub struct GenConfig {
     pub l4_csum: u32,
     /// 1 for UDP (a computed 0 is sent as 0xffff).
     pub udp: u32,
-    pub _pad: u32,
+    /// Frames of a flow in a row before the next flow (0 counts as 1). Two open and confirm
+    /// each flow at once: a flow's second packet confirms it before the table of unconfirmed
+    /// flows, smaller than the flow set, has let it go.
+    pub per_flow: u32,
 }
 
 const _: () = assert!(size_of::<GenConfig>() == TEMPLATE_WORDS * 8 + 8 * 4);

@@ -4,7 +4,7 @@
 //! - `generator`: run by `BPF_PROG_TEST_RUN` with live frames on the generator's veth. Every run
 //!   writes the whole header (Ethernet, IP, TCP/UDP) from the template in `GEN_CONFIG` over
 //!   the frame with aligned word stores, then makes it flow `k` (a per-CPU counter that wraps
-//!   at the flow count): low 16 bits of the source address = `k / PORTS_PER_ADDR`, source
+//!   at the flow count, advanced every `per_flow` frames): low 16 bits of the source address = `k / PORTS_PER_ADDR`, source
 //!   port = `PORT_BASE + k % PORTS_PER_ADDR`, with the checksums fixed incrementally from the
 //!   template's own (those are for low bits 0, port 0). Live frames recycle their pages: a
 //!   frame that went through the kernel comes back with what the node wrote into it (MACs,
@@ -32,11 +32,12 @@ use lb_common::traffic::{
 #[btf_map]
 static GEN_CONFIG: Array<GenConfig, 1> = Array::new();
 
-/// Per CPU: [packets generated, the next packet's flow]; userspace zeroes both to replay a
-/// flow set from flow 0. The flow is counted on rather than taken as `packets % flows`: a
-/// 64-bit division per frame is a noticeable part of a generator this cheap.
+/// Per CPU: [packets generated, the next packet's flow, frames of that flow sent so far];
+/// userspace zeroes them to replay a flow set from flow 0. The flow is counted on rather
+/// than taken as `packets / per_flow % flows`: a 64-bit division per frame is a noticeable
+/// part of a generator this cheap.
 #[btf_map]
-static GEN_SEQ: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
+static GEN_SEQ: PerCpuArray<[u64; 3], 1> = PerCpuArray::new();
 
 /// A destination address (IPv4 as ::ffff:a.b.c.d).
 type AddrKey = [u8; 16];
@@ -83,12 +84,21 @@ fn generate(ctx: &XdpContext) -> Option<()> {
     let config = GEN_CONFIG.get(0)?;
     let state = GEN_SEQ.get_ptr_mut(0)?;
     let flows = u64::from(config.flows.max(1));
+    let per_flow = u64::from(config.per_flow.max(1));
     // SAFETY: per-CPU value, only this CPU's runs touch it.
     let k = unsafe {
-        let [sent, flow] = *state;
+        let [sent, flow, repeated] = *state;
         // A flow count lowered under a running counter starts over at flow 0.
         let k = if flow < flows { flow } else { 0 };
-        *state = [sent.wrapping_add(1), if k + 1 < flows { k + 1 } else { 0 }];
+        *state = if repeated + 1 < per_flow {
+            [sent.wrapping_add(1), k, repeated + 1]
+        } else {
+            [
+                sent.wrapping_add(1),
+                if k + 1 < flows { k + 1 } else { 0 },
+                0,
+            ]
+        };
         k as u32
     };
     let start = ctx.data();

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::traffic::{
     Limits, RunSummary, Traffic, default_cpu, flow_set,
     node::{Node, NodeConfig, Through},
-    template::Kind,
+    template::{FlowSet, Kind},
     topo::PpsTopology,
 };
 
@@ -277,7 +277,11 @@ impl Bench<'_> {
         // Flow k is the same flow in every set (its source depends on k only), so the
         // measured set is the tracked set's first `measured` flows.
         let measured_set = flow_set(through, args.kind, false, load.measured, args.size);
-        let tracked_frame = self.traffic.configure(&tracked_set)?;
+        let warmup_set = FlowSet {
+            per_flow: 2,
+            ..tracked_set.clone()
+        };
+        let warmup_frame = self.traffic.configure(&warmup_set)?;
         let mut node = Node::start(through, self.topo, self.traffic, config)?;
         if let Some(lbd) = node.lbd() {
             keep_off_cpu(lbd.pid()?, self.cpu)?;
@@ -289,12 +293,19 @@ impl Bench<'_> {
             batch: 64,
         };
         let result = (|| {
-            // Warm-up: at least every flow once (new flows, conntrack entries, caches).
+            // Warm-up: every flow opened and confirmed (its first two frames in a row), and
+            // the caches warm, at a rate the node opens flows at without loss.
             self.traffic.run(
                 self.topo,
-                &tracked_frame,
+                &warmup_frame,
                 self.cpu,
-                limits(Some(warmup_packets.max(u64::from(load.tracked))), 30.0),
+                Limits {
+                    rate: Some(WARMUP_PPS),
+                    ..limits(
+                        Some(warmup_packets.max(2 * u64::from(load.tracked))),
+                        WARMUP_MAX_S,
+                    )
+                },
                 false,
             )?;
             // lbd counts its connection table every few seconds; a count of a large table
@@ -306,11 +317,11 @@ impl Bench<'_> {
             {
                 wait_for_count(lbd, u64::from(load.tracked))?;
             }
-            let frame = if load.measured == load.tracked {
-                tracked_frame.clone()
+            let frame = self.traffic.configure(if load.measured == load.tracked {
+                &tracked_set
             } else {
-                self.traffic.configure(&measured_set)?
-            };
+                &measured_set
+            })?;
             // meshlb's flows started so far: the measured phase's are counted against it.
             let new_flows_before = node.lbd().map(lbd_new_flows).transpose()?;
             let summary = self.traffic.run(
@@ -324,7 +335,7 @@ impl Bench<'_> {
             // Every tracked flow once more: a flow the table dropped meanwhile (LRU eviction,
             // idle timeout) is started again and counted.
             let replay_new_flows = if load.measured < load.tracked && node.lbd().is_some() {
-                self.traffic.configure(&tracked_set)?;
+                let tracked_frame = self.traffic.configure(&tracked_set)?;
                 self.traffic.run(
                     self.topo,
                     &tracked_frame,
@@ -434,6 +445,13 @@ fn nf_conntrack_max() -> Option<u64> {
 
 /// Warm-ups of at least this many flows wait for lbd to count them (see `measure`).
 const COUNTED_WARMUP_FLOWS: u32 = 100_000;
+
+/// Frames per second of a warm-up: every frame of it opens or confirms a flow, which costs
+/// meshlb a few microseconds (a table insert each), and a generator that outran the node
+/// would lose frames in the node's receive ring, leaving flows unconfirmed.
+const WARMUP_PPS: u64 = 250_000;
+/// Longest warm-up: two frames for each of 1M flows at `WARMUP_PPS` take 8 s.
+const WARMUP_MAX_S: f64 = 30.0;
 
 /// Waits until lbd's connection-table occupancy (counted by its sampler) says at least
 /// `entries`: its count of the warmed-up table is over.

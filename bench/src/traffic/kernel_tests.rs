@@ -9,7 +9,7 @@ use lb_testkit::packet::{Ipv4Frame, parse_ipv4, parse_ipv6};
 
 use super::{
     Traffic, pin_to,
-    template::{Kind, test_set as set},
+    template::{FlowSet, Kind, test_set as set},
     xdp,
 };
 
@@ -35,8 +35,8 @@ fn run(traffic: &Traffic, name: &str, frame: &[u8], repeat: u32) -> (u32, Vec<u8
 
 /// Whatever the page held before (here: every byte the generator writes set to 0xa5, the
 /// payload as the first frame left it), the kernel program's frame number n is, byte for
-/// byte, flow n % flows built from scratch, checksums included; the flow counter wraps
-/// exactly at the flow count.
+/// byte, flow n / per_flow % flows built from scratch, checksums included; the flow counter
+/// wraps exactly at the flow count.
 #[test]
 fn generated_frames_are_the_flows_built_from_scratch() {
     if !lb_testkit::e2e_enabled() {
@@ -51,6 +51,11 @@ fn generated_frames_are_the_flows_built_from_scratch() {
         set(Kind::Ack, "198.18.100.1:80", 20_000, 128),
         set(Kind::Udp, "[fd00:100::1]:80", 70_000, 64),
         set(Kind::Ack, "[fd00:100::1]:80", 5, 80),
+        // Each flow twice in a row, as a warm-up that confirms its flows sends them.
+        FlowSet {
+            per_flow: 2,
+            ..set(Kind::Udp, "198.18.100.1:80", 70_000, 60)
+        },
     ];
     for s in cases {
         let written = s.config().unwrap().words as usize * 8;
@@ -61,7 +66,7 @@ fn generated_frames_are_the_flows_built_from_scratch() {
         for repeat in [1u32, 1, 1, 16_383, 1, 50_000, 3, 20_000] {
             let (action, frame) = run(&traffic, "generator", &junk, repeat);
             n += u64::from(repeat);
-            let k = ((n - 1) % u64::from(s.flows)) as u32;
+            let k = ((n - 1) / u64::from(s.per_flow) % u64::from(s.flows)) as u32;
             assert_eq!(action, XDP_TX, "{:?} packet {}", s.kind, n - 1);
             assert_eq!(
                 frame,

@@ -238,12 +238,12 @@ impl Traffic {
         let mut map: Array<&mut MapData, GenConfig> =
             Array::try_from(self.ebpf.map_mut("GEN_CONFIG").context("GEN_CONFIG")?)?;
         map.set(0, config, 0)?;
-        let mut seq: PerCpuArray<&mut MapData, [u64; 2]> =
+        let mut seq: PerCpuArray<&mut MapData, [u64; 3]> =
             PerCpuArray::try_from(self.ebpf.map_mut("GEN_SEQ").context("GEN_SEQ")?)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         seq.set(
             0,
-            aya::maps::PerCpuValues::try_from(vec![[0u64; 2]; cpus])?,
+            aya::maps::PerCpuValues::try_from(vec![[0u64; 3]; cpus])?,
             0,
         )?;
         Ok(frame)
@@ -251,9 +251,9 @@ impl Traffic {
 
     /// Packets the generator program produced so far (all CPUs).
     pub fn generated(&self) -> Result<u64> {
-        let seq: PerCpuArray<&MapData, [u64; 2]> =
+        let seq: PerCpuArray<&MapData, [u64; 3]> =
             PerCpuArray::try_from(self.ebpf.map("GEN_SEQ").context("GEN_SEQ")?)?;
-        Ok(seq.get(&0, 0)?.iter().map(|[sent, _]| sent).sum())
+        Ok(seq.get(&0, 0)?.iter().map(|[sent, ..]| sent).sum())
     }
 
     /// Delivered frames per destination, and frames that were not IP.
@@ -451,6 +451,7 @@ pub fn flow_set(through: Through, kind: Kind, v6: bool, flows: u32, size: usize)
         kind,
         dst,
         flows,
+        per_flow: 1,
         size,
         eth_src: topo::GEN_MAC,
         eth_dst: topo::NODE_IN_MAC,

@@ -44,6 +44,8 @@ pub struct FlowSet {
     pub kind: Kind,
     pub dst: SocketAddr,
     pub flows: u32,
+    /// Frames of each flow in a row (see `GenConfig::per_flow`).
+    pub per_flow: u32,
     /// Frame length in bytes (without FCS).
     pub size: usize,
     pub eth_src: [u8; 6],
@@ -159,7 +161,7 @@ impl FlowSet {
             ip_csum: if v4 { 14 + 10 } else { 0 },
             l4_csum: (l4 + if self.kind == Kind::Udp { 6 } else { 16 }) as u32,
             udp: u32::from(self.kind == Kind::Udp),
-            _pad: 0,
+            per_flow: self.per_flow.max(1),
         })
     }
 
@@ -174,7 +176,7 @@ impl FlowSet {
 }
 
 /// What the kernel program does to a frame for packet number `n`, in Rust: writes the
-/// template's words, then flow `n % flows`'s source low bits and port, fixing the checksums
+/// template's words, then flow `n / per_flow % flows`'s source low bits and port, fixing the checksums
 /// incrementally. `frame` is whatever the recycled page held before. (The tests hold the
 /// kernel program to it.)
 #[cfg(test)]
@@ -182,7 +184,7 @@ pub fn apply(config: &GenConfig, frame: &mut [u8], n: u64) {
     for i in 0..(config.words as usize).min(TEMPLATE_WORDS) {
         frame[i * 8..i * 8 + 8].copy_from_slice(&config.template[i].to_ne_bytes());
     }
-    let k = (n % u64::from(config.flows.max(1))) as u32;
+    let k = (n / u64::from(config.per_flow.max(1)) % u64::from(config.flows.max(1))) as u32;
     let lo = ((k / PORTS_PER_ADDR) as u16).to_be_bytes();
     let port = ((PORT_BASE + k % PORTS_PER_ADDR) as u16).to_be_bytes();
     let get = |f: &[u8], off: u32| [f[off as usize], f[off as usize + 1]];
@@ -219,6 +221,7 @@ pub(super) fn test_set(kind: Kind, dst: &str, flows: u32, size: usize) -> FlowSe
         kind,
         dst: dst.parse().unwrap(),
         flows,
+        per_flow: 1,
         size,
         eth_src: [2, 0, 0, 0, 0, 1],
         eth_dst: [2, 0, 0, 0, 0, 2],
@@ -266,6 +269,10 @@ mod tests {
             set(Kind::Udp, "[fd00:100::1]:80", 70_000, 64),
             set(Kind::Ack, "[fd00:100::1]:80", 70_000, 80),
             set(Kind::Syn, "[fd00:100::1]:53", 3, 200),
+            FlowSet {
+                per_flow: 2,
+                ..set(Kind::Udp, "198.18.100.1:80", 70_000, 60)
+            },
         ];
         for s in cases {
             let config = s.config().unwrap();
@@ -273,7 +280,7 @@ mod tests {
             let mut page = s.frame(0).unwrap();
             for n in [0u64, 1, 16383, 16384, 65_537, 69_999, 70_000, 1 << 33] {
                 apply(&config, &mut page, n);
-                let k = (n % u64::from(s.flows)) as u32;
+                let k = (n / u64::from(s.per_flow) % u64::from(s.flows)) as u32;
                 assert_eq!(page, s.frame(k).unwrap(), "{:?} n = {n}", s.kind);
                 if s.dst.is_ipv4() {
                     let parsed = parse_ipv4(&page).unwrap();
