@@ -62,7 +62,7 @@ pub fn render_markdown(r: &PpsReport) -> String {
     for t in &r.targets {
         let met = if t.what.contains("no target") {
             "—".to_owned()
-        } else if t.met_min {
+        } else if t.met_median && t.met_min {
             "yes, every round".to_owned()
         } else if t.met_median {
             "median only".to_owned()
@@ -71,6 +71,8 @@ pub fn render_markdown(r: &PpsReport) -> String {
         };
         let target = if t.what.contains("no target") {
             "—".to_owned()
+        } else if t.round_floor != t.target {
+            format!("≥ {} (every round ≥ {})", t.target, t.round_floor)
         } else {
             format!("≥ {}", t.target)
         };
