@@ -27,11 +27,18 @@ pub fn ingress(ctx: &XdpContext) -> Ingress {
         };
     };
     let skb_mode = own[7] & interface_flags::SKB_MODE != 0;
+    // Compared as words, the address's six bytes under a mask: a byte at a time, the
+    // comparison was some 40 instructions of every packet.
+    let mac_mask = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+    let group_bit = u64::from_ne_bytes([1, 0, 0, 0, 0, 0, 0, 0]);
+    // SAFETY: a map value of 8 bytes, 8-byte aligned like every array value.
+    let own_word = unsafe { (own as *const [u8; 8]).cast::<u64>().read() };
     let addressed_here = own[6] == 0
-        || match load::<[u8; 6]>(ctx, 0) {
+        || match load::<u64>(ctx, 0) {
+            // Shorter than 8 bytes: not Ethernet, the parser turns it away.
             None => true,
             // The group bit: broadcast and multicast are everyone's.
-            Some(dst) => dst[0] & 1 != 0 || dst == [own[0], own[1], own[2], own[3], own[4], own[5]],
+            Some(dst) => dst & group_bit != 0 || (dst ^ own_word) & mac_mask == 0,
         };
     Ingress {
         addressed_here,

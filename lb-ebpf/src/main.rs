@@ -61,7 +61,7 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: plain old data (see `zero`: a `Default` would be a byte loop per packet).
     let mut slot = MaybeUninit::uninit();
     let pkt: &mut Packet = unsafe { zero::zeroed_in(&mut slot) };
-    if tunnel::receive(&ctx, pkt) == tunnel::DROP {
+    if tunnel::may_be_tunneled(&ctx) && tunnel::receive(&ctx, pkt) == tunnel::DROP {
         return xdp_action::XDP_DROP;
     }
     let mut verdict = dispatch(&ctx, pkt);

@@ -150,8 +150,22 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
         ] {
             assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
         }
-        // Its own MAC, and broadcast: served.
-        for dst in [NODE_MAC, [0xff; 6]] {
+        // A MAC one bit off its own, in any of the six bytes (not the group bit): another
+        // host's too.
+        for byte in 0..6 {
+            let mut other = NODE_MAC;
+            other[byte] ^= 0x04;
+            let frame = syn.clone().with_macs(CLIENT_MAC, other).build();
+            let before = lb.stats();
+            assert_eq!(lb.run(&frame).action, XDP_PASS, "{other:02x?}");
+            assert_eq!(
+                delta(&before, &lb.stats(), StatSlot::PassOtherHost),
+                1,
+                "{other:02x?}"
+            );
+        }
+        // Its own MAC, broadcast and multicast: served.
+        for dst in [NODE_MAC, [0xff; 6], [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]] {
             let frame = syn.clone().with_macs(CLIENT_MAC, dst).build();
             let before = lb.stats();
             let out = lb.run(&frame);
