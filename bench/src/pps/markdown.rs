@@ -19,7 +19,7 @@ pub fn render_markdown(r: &PpsReport) -> String {
         "### Packet rate through the node ({}, {} CPUs, {})\n\n",
         r.machine.cpu_model, r.machine.cpus, r.machine.kernel
     ));
-    md.push_str("| Contender | delivered Mpps min / **median** / max | ceiling right before and after, per round (Mpps) | lost | max/min per backend |\n|---|---|---|---|---|\n");
+    md.push_str("| Contender | delivered Mpps min / **median** / max | ceiling right before and after, per round (Mpps) | lost | max/min per backend | CPU busy, least of its runs |\n|---|---|---|---|---|---|\n");
     for c in &r.contenders {
         let around = if c.ceiling_around_mpps.is_empty() {
             "— (mean of its runs in the round)".to_owned()
@@ -31,12 +31,14 @@ pub fn render_markdown(r: &PpsReport) -> String {
                 .join(" / ")
         };
         md.push_str(&format!(
-            "| {} | {} | {around} | {} | {} |\n",
+            "| {} | {} | {around} | {} | {} | {} |\n",
             c.name,
             fmt_spread(&c.spread, 3),
             c.lost,
             c.max_min_share
-                .map_or("—".to_owned(), |x| format!("{x:.2}"))
+                .map_or("—".to_owned(), |x| format!("{x:.2}")),
+            c.cpu_busy_min
+                .map_or("—".to_owned(), |x| format!("{:.1} %", x * 100.0))
         ));
     }
     for c in r.contenders.iter().filter(|c| c.lost > 0) {

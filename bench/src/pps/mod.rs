@@ -128,6 +128,8 @@ pub struct ContenderResult {
     pub veth_drops: BTreeMap<String, u64>,
     /// Highest / lowest per-destination packets over the rounds (balancing contenders).
     pub max_min_share: Option<f64>,
+    /// The least busy the shared CPU was in any of its runs (`RunSummary::cpu_busy`).
+    pub cpu_busy_min: Option<f64>,
 }
 
 /// One target of the issue, measured.
@@ -667,6 +669,7 @@ fn compare(
             lost: per[i].iter().map(RunSummary::lost).sum(),
             veth_drops: summed_drops(&per[i]),
             max_min_share: per[i].iter().filter_map(max_min).reduce(f64::max),
+            cpu_busy_min: per[i].iter().filter_map(|s| s.cpu_busy).reduce(f64::min),
         })
         .collect();
     let ratio = |a: usize, b: usize| -> Vec<f64> {
@@ -753,6 +756,7 @@ mod tests {
                 lost: 7,
                 veth_drops: BTreeMap::from([("gen:eth0 tx_queue_0_xdp_xmit_errors".to_owned(), 7)]),
                 max_min_share: Some(1.25),
+                cpu_busy_min: Some(0.995),
             }],
             targets: vec![
                 Target::new("meshlb / ceiling", ratios, 0.85, true).unwrap(),

@@ -8,6 +8,7 @@
 //! redirects without any balancing work. Generator, node and sink run on one CPU: the test
 //! run's thread is pinned, and the node's and sink's veth NAPI runs where the frames were sent.
 
+pub mod cpu_time;
 #[cfg(test)]
 mod kernel_tests;
 pub mod node;
@@ -108,6 +109,10 @@ pub struct RunSummary {
     /// [`PpsTopology::veth_drop_counters`]): where lost frames went.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub veth_drops: BTreeMap<String, u64>,
+    /// How busy the CPU of generator, node and sink was while the generator sent (share of
+    /// its ticks, see [`cpu_time`]): near 1 when the rate is what the three cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_busy: Option<f64>,
 }
 
 impl RunSummary {
@@ -327,6 +332,7 @@ impl Traffic {
         let sent_before = self.generated()?;
         let drops_before = topo.veth_drop_counters()?;
         let pacer = Pacer::new(limits.rate, MAX_CHUNK);
+        let ticks_before = cpu_time::read(cpu);
         let elapsed = topo.generator.run(|| -> Result<Duration> {
             pin_to(cpu)?;
             let ifindex = lb_userspace::dataplane::ifindex(topo::GEN_IF)?;
@@ -376,6 +382,7 @@ impl Traffic {
             }
             Ok(start.elapsed())
         })??;
+        let ticks_after = cpu_time::read(cpu);
         // Let the last batch drain through the node's and the sink's NAPI.
         std::thread::sleep(Duration::from_millis(50));
         let (after, other_after) = self.sink_counts()?;
@@ -391,6 +398,9 @@ impl Traffic {
             per_destination,
             other: other_after - other_before,
             veth_drops: topo::grown(&drops_before, &topo.veth_drop_counters()?),
+            cpu_busy: ticks_before
+                .zip(ticks_after)
+                .and_then(|(before, after)| cpu_time::busy_share(before, after)),
         })
     }
 }
@@ -533,6 +543,12 @@ pub fn print_summary(s: &RunSummary) {
         s.lost(),
         100.0 * s.lost() as f64 / s.sent.max(1) as f64
     );
+    if let Some(busy) = s.cpu_busy {
+        println!(
+            "the CPU of generator, node and sink was busy {:.1}% of the run",
+            busy * 100.0
+        );
+    }
     if s.other > 0 {
         println!("sink: {} frames that were not IPv4/IPv6", s.other);
     }
