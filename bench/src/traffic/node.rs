@@ -2,9 +2,13 @@
 //! kube-proxy's nftables mode balances: `numgen random` over one chain per endpoint), plain
 //! kernel forwarding, or the redirect-only ceiling.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, ensure};
 use lb_testkit::Lbd;
 use lb_userspace::{
     dataplane::{self, Dataplane, LoadOptions},
@@ -162,10 +166,13 @@ impl Node {
             Through::Ceiling => traffic.detach_ceiling()?,
             Through::Meshlb => {
                 if let Some(lbd) = self.lbd.take() {
-                    return lbd.stop().map(Some);
+                    let counters = lbd.stop()?;
+                    wait_detached(topo)?;
+                    return Ok(Some(counters));
                 }
                 // Dropping the dataplane detaches it.
                 self.dataplane.take();
+                wait_detached(topo)?;
             }
             Through::Nft => {
                 topo.node
@@ -175,6 +182,37 @@ impl Node {
             Through::Kernel => {}
         }
         Ok(None)
+    }
+}
+
+/// Longest wait for a stopped meshlb's XDP programs to leave the node's veths.
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until neither of the node's veths has an XDP program: the kernel releases a stopped
+/// lbd's (or a dropped dataplane's) links a moment after their descriptors close, and the
+/// next contender's attach (the ceiling's, in driver mode) would find them still there.
+fn wait_detached(topo: &PpsTopology) -> Result<()> {
+    let deadline = Instant::now() + DETACH_WAIT;
+    loop {
+        let mut attached = Vec::new();
+        for interface in [NODE_IN, NODE_OUT] {
+            let link = topo
+                .node
+                .exec(&["ip", "-d", "-o", "link", "show", "dev", interface])
+                .with_context(|| format!("reading {interface}"))?;
+            if link.contains("prog/xdp") {
+                attached.push(interface);
+            }
+        }
+        if attached.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "meshlb's XDP programs were still attached to {} {DETACH_WAIT:?} after it stopped",
+            attached.join(" and ")
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
