@@ -45,8 +45,12 @@ struct Round {
 /// Opens the connections, then: `held` 4 -> 6 tasks, 6 -> 4, a rolling update of `rolled`
 /// (one task at a time), with a round of requests over every connection after each step.
 pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) {
-    let tasks: BTreeSet<String> = all_tasks(lab);
-    assert_eq!(tasks.len(), 4, "{SERVICE}: four tasks to start with");
+    // The step before froze node 2's Engine, and the swarm may still be settling the tasks
+    // it moved meanwhile: first every Engine's view (the one lbd follows) lists exactly the
+    // running containers, and the tasks are read after that and after lbd holds still. Read
+    // before, they once missed the container that then answered a connection (a full-suite
+    // run of 2026-12-04).
+    engines_list(lab, "ingress", SERVICE, 4);
     // Every node's lbd serves all four: the step before froze node 2's Engine, and the
     // swarm's gossip takes a moment to give each node the other back as a peer (until then a
     // node's plan leaves the other's tasks out: reached by no one here).
@@ -67,6 +71,8 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
             },
         );
     }
+    let tasks: BTreeSet<String> = all_tasks(lab);
+    assert_eq!(tasks.len(), 4, "{SERVICE}: four tasks to start with");
     let started = Instant::now();
     let mut held = open(lab, &tasks);
     let remapped = held
