@@ -4,12 +4,12 @@
 //! - `generator`: run by `BPF_PROG_TEST_RUN` with live frames on the generator's veth. Every run
 //!   writes the whole header (Ethernet, IP, TCP/UDP) from the template in `GEN_CONFIG` over
 //!   the frame with aligned word stores, then makes it flow `k` (a per-CPU counter that wraps
-//!   at the flow count, advanced every `per_flow` frames): low 16 bits of the source address = `k / PORTS_PER_ADDR`, source
-//!   port = `PORT_BASE + k % PORTS_PER_ADDR`, with the checksums fixed incrementally from the
-//!   template's own (those are for low bits 0, port 0). Live frames recycle their pages: a
-//!   frame that went through the kernel comes back with what the node wrote into it (MACs,
-//!   TTL, NAT), so nothing of the header is left to chance. Returns XDP_TX: the frame leaves
-//!   through the veth to the node.
+//!   at the flow count, advanced every `per_flow` frames): low 16 bits of the source address
+//!   = `k / PORTS_PER_ADDR`, source port = `PORT_BASE + k % PORTS_PER_ADDR`, with the
+//!   checksums fixed incrementally from the template's own (those are for low bits 0, port
+//!   0). Live frames recycle their pages: a frame that went through the kernel comes back with
+//!   what the node wrote into it (MACs, TTL, NAT), so nothing of the header is left to
+//!   chance. Returns XDP_TX: the frame leaves through the veth to the node.
 //! - `sink`: on the backends' side. Counts every frame per destination address (per-CPU, in a
 //!   slot chosen by the address's low bits, a hash map for addresses whose slot is taken) and
 //!   drops it; with slot 0 of `SINK_CONFIG` set to 1 it also remembers, per generator flow,

@@ -76,26 +76,19 @@ pub fn may_be_tunneled(ctx: &XdpContext) -> bool {
 }
 
 /// If the packet is a tunnel packet for this node: checks its sender, unwraps it in place,
-/// notes the sender's peer index (1..) in `pkt` and answers it. 0 for any other packet (untouched), `DROP` for a
-/// tunnel packet from a sender that is not a peer. Not inlined: a sibling of the packet
-/// paths, so its frame never adds to theirs.
+/// notes the sender's peer index (1..) in `pkt` and answers it. 0 for any other packet
+/// (untouched), `DROP` for a tunnel packet from a sender that is not a peer. Called only for
+/// frames `may_be_tunneled` accepts (IPv4, UDP, the tunnel port: not checked again here).
+/// Not inlined: a sibling of the packet paths, so its frame never adds to theirs.
 #[inline(never)]
 pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     // Ethernet, IPv4 and UDP headers, copied to the stack (constant offsets from here on).
     let Some(h) = load::<[u8; ETH_HLEN + IPV4_HLEN + UDP_HLEN]>(ctx, 0) else {
         return 0;
     };
-    let port = tunnel::PORT.to_be_bytes();
-    // Only whole, option-less IPv4/UDP to the tunnel port: what `send` writes.
-    if h[12] != 0x08
-        || h[13] != 0x00
-        || h[14] != 0x45
-        || h[23] != proto::UDP
-        || h[20] & 0x3f != 0
-        || h[21] != 0
-        || h[36] != port[0]
-        || h[37] != port[1]
-    {
+    // Only whole, option-less IPv4 (UDP to the tunnel port: `may_be_tunneled`): what `send`
+    // writes.
+    if h[14] != 0x45 || h[20] & 0x3f != 0 || h[21] != 0 {
         return 0;
     }
     let src = u32::from_ne_bytes([h[26], h[27], h[28], h[29]]);
