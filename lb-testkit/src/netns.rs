@@ -112,6 +112,13 @@ impl Netns {
         run_captured(cmd, None)
     }
 
+    /// Whether an XDP program (any mode) is attached to `interface` in this namespace.
+    pub fn xdp_attached(&self, interface: &str) -> Result<bool> {
+        Ok(self
+            .ip(&["-d", "link", "show", "dev", interface])?
+            .contains("prog/xdp"))
+    }
+
     /// Runs every line of `lines` through one `ip -n {name} -batch -` (an `ip` command without
     /// the leading `ip`, e.g. `"link set lo up"`). Stops at the first failing line.
     pub fn ip_batch<S: AsRef<str>>(&self, lines: &[S]) -> Result<()> {

@@ -219,9 +219,8 @@ fn a_bad_service_file_gives_a_clear_error_and_changes_nothing() {
     let bad = SERVICES.replace("\"80:8080/tcp\"", "\"80:http/tcp\"");
     let xdp_attached = || {
         topo.node
-            .ip(&["-d", "link", "show", &topo.node_client_if])
+            .xdp_attached(&topo.node_client_if)
             .expect("ip link")
-            .contains("prog/xdp")
     };
 
     // Nothing running yet: the file is refused before anything is loaded or attached.

@@ -196,11 +196,11 @@ fn wait_detached(topo: &PpsTopology) -> Result<()> {
     loop {
         let mut attached = Vec::new();
         for interface in [NODE_IN, NODE_OUT] {
-            let link = topo
+            if topo
                 .node
-                .exec(&["ip", "-d", "-o", "link", "show", "dev", interface])
-                .with_context(|| format!("reading {interface}"))?;
-            if link.contains("prog/xdp") {
+                .xdp_attached(interface)
+                .with_context(|| format!("reading {interface}"))?
+            {
                 attached.push(interface);
             }
         }
