@@ -170,6 +170,7 @@ impl ProgNode {
             Ok(test(Loaded {
                 dp,
                 desired,
+                node_addrs,
                 client_if: dataplane::ifindex(CLIENT_IF)?,
                 backend_if: dataplane::ifindex(BACKEND_IF)?,
                 backend_if_mac,
@@ -182,12 +183,24 @@ impl ProgNode {
 pub struct Loaded {
     pub dp: Dataplane,
     pub desired: DesiredState,
+    /// The node addresses the plan was made for.
+    pub node_addrs: Vec<IpAddr>,
     pub client_if: u32,
     pub backend_if: u32,
     pub backend_if_mac: [u8; 6],
 }
 
 impl Loaded {
+    /// Plans `services` (YAML) against the running plan and writes the difference, as lbd
+    /// does when its file changes.
+    pub fn change(&mut self, services: &str) -> Result<()> {
+        let file = ServiceFile::parse(services, Path::new("test.yaml"))?;
+        let next = plan::plan_from(&file, &self.node_addrs, Some(&self.desired))?;
+        self.dp.apply(Some(&self.desired), &next)?;
+        self.desired = next;
+        Ok(())
+    }
+
     /// Runs `frame` as if it arrived from the client.
     pub fn run(&mut self, frame: &[u8]) -> ProgOutcome {
         self.run_from(frame, self.client_if)

@@ -126,6 +126,57 @@ fn maglev_balances_100k_flows_and_removing_a_backend_moves_under_1_percent_of_th
     assert!(after.iter().all(|b| *b != removed));
 }
 
+/// Every slot of service `service`'s table in the kernel, its length first, against the
+/// table the plan builds.
+fn assert_kernel_table_is_planned(lb: &Loaded, service: u32) {
+    let planned = lb.desired.tables[&service].build().expect("a valid table");
+    let slot = |i: usize| lb.dp.table_slot(service, i as u32).expect("readable table");
+    assert_eq!(slot(0), Some(planned.len() as u32), "the table's length");
+    for (i, backend) in planned.iter().enumerate() {
+        assert_eq!(slot(i + 1), Some(*backend), "slot {}", i + 1);
+    }
+}
+
+#[test]
+fn adding_a_backend_rewrites_the_maglev_table_where_it_is_and_removing_one_swaps_it() {
+    if !e2e_enabled() {
+        return;
+    }
+    let fifteen: Vec<(usize, u32)> = (0..15).map(|i| (i, 1)).collect();
+    with_program(&maglev_service(&fifteen), |mut lb| {
+        let service = *lb.desired.tables.keys().next().expect("one table");
+        let table_id = |lb: &Loaded| {
+            lb.dp
+                .table_map_id(service)
+                .expect("readable tables")
+                .expect("the service's table")
+        };
+        let first = table_id(&lb);
+        assert_kernel_table_is_planned(&lb, service);
+
+        // A backend added: the same table, rewritten slot by slot (no grace period to wait).
+        let sixteen: Vec<(usize, u32)> = (0..16).map(|i| (i, 1)).collect();
+        lb.change(&maglev_service(&sixteen)).expect("backend added");
+        assert_eq!(table_id(&lb), first, "rewritten where it is");
+        assert_kernel_table_is_planned(&lb, service);
+        let per_backend = counts(&choices(&mut lb, 20_000));
+        assert_eq!(
+            per_backend.len(),
+            16,
+            "new flows reach every backend: {per_backend:?}"
+        );
+
+        // A backend removed: a new table, swapped in, so no packet still reads the old one
+        // when the backend's entry goes.
+        let without_third: Vec<(usize, u32)> =
+            sixteen.iter().copied().filter(|(i, _)| *i != 2).collect();
+        lb.change(&maglev_service(&without_third))
+            .expect("backend removed");
+        assert_ne!(table_id(&lb), first, "swapped");
+        assert_kernel_table_is_planned(&lb, service);
+    });
+}
+
 #[test]
 fn maglev_honours_weights() {
     if !e2e_enabled() {

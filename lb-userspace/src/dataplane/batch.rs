@@ -153,6 +153,49 @@ pub fn delete<K: Pod>(map: &MapData, name: &'static str, keys: &[K]) -> Result<(
     Ok(())
 }
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// The `BPF_MAP_*_ELEM` member of the kernel's `union bpf_attr`.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The id of the map at `index` of the array of maps `outer` (`None`: none there). aya 0.14
+/// opens the inner map when it reads one; its id is all a caller that maps it needs.
+pub fn inner_map_id(outer: i32, index: u32) -> std::io::Result<Option<u32>> {
+    let mut id = 0u32;
+    let mut attr = ElemAttr {
+        map_fd: outer as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&index) as u64,
+        value: std::ptr::from_mut(&mut id) as u64,
+        flags: 0,
+    };
+    // SAFETY: `key` and `value` point at live 4-byte buffers, the key and value sizes of an
+    // array of maps read from userspace; the attribute is the kernel's layout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(id));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(None);
+    }
+    Err(error)
+}
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Entries of a hash map, read `CHUNK` at a time with `BPF_MAP_LOOKUP_BATCH` (a syscall per

@@ -9,7 +9,7 @@ use lb_common::maps::{Backend, EndpointKey, ReplyFrontend, Service, names};
 
 use super::{
     Dataplane, DataplaneError, batch,
-    maps::{bump_frontend_gen, emptied, map_err, outer_fd, set_tables},
+    maps::{InPlace, bump_frontend_gen, emptied, map_err, outer_fd, set_tables},
 };
 use crate::plan::{DesiredState, PlanDelta, Table, TableSpec, each_difference};
 
@@ -160,7 +160,12 @@ impl Dataplane {
             .map(|(id, table)| (*id, Some(&**table)))
             .collect();
         let before_tables = started.elapsed();
-        set_tables(outer, &jobs)?;
+        let in_place = if backend_changes.remove.is_empty() {
+            InPlace::Allowed
+        } else {
+            InPlace::Swap
+        };
+        set_tables(outer, &jobs, in_place)?;
         tracing::debug!(
             backends_ms = before_tables.as_secs_f64() * 1e3,
             tables = jobs.len(),
@@ -187,7 +192,7 @@ impl Dataplane {
         }
         // Tables of services gone, emptied only now that no frontend leads to them (a
         // frontend that moved to another service was pointed at its new table above).
-        set_tables(outer, &emptied(&changes.tables.remove))?;
+        set_tables(outer, &emptied(&changes.tables.remove), InPlace::Swap)?;
         endpoint_changes.delete(endpoints.map(), names::BACKEND_ENDPOINTS)?;
         batch::update(
             backends.map(),
