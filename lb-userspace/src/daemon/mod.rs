@@ -3,7 +3,7 @@
 //! [`Daemon::commit`]: merge, validate, plan, persist, apply the difference, record.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -128,6 +128,11 @@ pub struct Daemon {
     health: crate::source::health::HealthBook,
     /// Moves on whenever `merged` is replaced: the health checks follow it.
     merged_epoch: u64,
+    /// Whether `running` was planned from specs the health checks had changed (down
+    /// backends left out); true when not known. While false, and no backend is down, a
+    /// patched merge differs from what `running` was planned from only in the patched
+    /// services (`merge_and_plan`).
+    running_health_shaped: bool,
 }
 
 impl Daemon {
@@ -250,6 +255,7 @@ impl Daemon {
             links: links::LinkState::default(),
             health: Default::default(),
             merged_epoch: 1,
+            running_health_shaped: true,
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
@@ -329,7 +335,7 @@ impl Daemon {
         let started = Instant::now();
         let swarm_services =
             swarm_services(self.swarm.as_ref(), file.as_ref().unwrap_or(&self.file));
-        let (merged, node_addresses, next) =
+        let (merged, node_addresses, next, health_shaped) =
             match self.merge_and_plan(file.as_ref(), &api, &swarm_services) {
                 Ok(planned) => planned,
                 Err(e) => {
@@ -360,7 +366,7 @@ impl Daemon {
         };
         if unchanged && self.degraded.is_none() {
             // The plan stays; what it was planned from is recorded.
-            self.take_plan(next);
+            self.take_plan(next, health_shaped);
             self.swarm_services = swarm_services;
             self.sync_socket_namespaces();
             self.keep_inputs(file, api, merged);
@@ -382,7 +388,7 @@ impl Daemon {
         self.sync_socket_namespaces();
         self.keep_inputs(file, api, merged);
         self.node_addresses = node_addresses;
-        self.take_plan(next);
+        self.take_plan(next, health_shaped);
         self.generation += 1;
 
         self.count(trigger, Outcome::Applied);
@@ -408,7 +414,7 @@ impl Daemon {
         file: Option<&ServiceFile>,
         api: &ApiState,
         swarm_services: &SwarmServices,
-    ) -> Result<(MergeStep, Vec<IpAddr>, Replan), DaemonError> {
+    ) -> Result<(MergeStep, Vec<IpAddr>, Replan, bool), DaemonError> {
         let edited = match file {
             None if *swarm_services == self.swarm_services => {
                 api.edited_specs(&self.api, &self.file).transpose()?
@@ -441,6 +447,15 @@ impl Daemon {
         let planned = (|| -> Result<_, DaemonError> {
             let node_addresses = node_addresses()?;
             let serving = self.health.serving(merged);
+            let health_shaped = matches!(serving, std::borrow::Cow::Owned(_));
+            // Only the patched services can differ from what the running plan was made from,
+            // unless down backends were left out of either.
+            let may_differ: Option<BTreeSet<String>> = match &step {
+                MergeStep::Patched(before) if !health_shaped && !self.running_health_shaped => {
+                    Some(before.iter().map(|(name, _)| name.clone()).collect())
+                }
+                _ => None,
+            };
             // After a failed undo every entry is written: a whole plan.
             let next = if self.degraded.is_some() {
                 Replan::Full(plan::plan_from(
@@ -449,12 +464,19 @@ impl Daemon {
                     Some(&self.running),
                 )?)
             } else {
-                plan::replan(&serving, &node_addresses, &self.running)?
+                plan::replan_among(
+                    &serving,
+                    &node_addresses,
+                    &self.running,
+                    may_differ.as_ref(),
+                )?
             };
-            Ok((node_addresses, next))
+            Ok((node_addresses, next, health_shaped))
         })();
         match planned {
-            Ok((node_addresses, next)) => Ok((step, node_addresses, next)),
+            Ok((node_addresses, next, health_shaped)) => {
+                Ok((step, node_addresses, next, health_shaped))
+            }
             Err(e) => {
                 self.restore_merged(step);
                 Err(e)
@@ -524,11 +546,14 @@ impl Daemon {
     }
 
     /// Makes `next` the running plan.
-    fn take_plan(&mut self, next: Replan) {
+    /// Makes `next` the running plan; `health_shaped`: planned from specs the health checks
+    /// changed.
+    fn take_plan(&mut self, next: Replan, health_shaped: bool) {
         match next {
             Replan::Full(plan) => self.running = plan,
             Replan::Delta(delta) => self.running.patch(delta),
         }
+        self.running_health_shaped = health_shaped;
     }
 
     /// Lets the sockets of each local container on an overlay network reach the VIPs of its

@@ -59,7 +59,19 @@ pub fn replan(
     node_addrs: &[IpAddr],
     running: &DesiredState,
 ) -> Result<Replan, PlanError> {
-    match incremental(file, node_addrs, running) {
+    replan_among(file, node_addrs, running, None)
+}
+
+/// `replan`, told that only the services named in `may_differ` can differ from what
+/// `running` was planned from (`None`: any): the others' specs are not compared, which on a
+/// node of 10,000 services is most of the time an API call's replan takes.
+pub fn replan_among(
+    file: &ServiceFile,
+    node_addrs: &[IpAddr],
+    running: &DesiredState,
+    may_differ: Option<&BTreeSet<String>>,
+) -> Result<Replan, PlanError> {
+    match incremental(file, node_addrs, running, may_differ) {
         Some(delta) => Ok(Replan::Delta(delta)),
         None => plan_from(file, node_addrs, Some(running)).map(Replan::Full),
     }
@@ -82,7 +94,7 @@ impl DesiredState {
         put(&mut self.endpoints, delta.endpoints);
         put(&mut self.reply_frontends, delta.reply_frontends);
         put(&mut self.ids.services, delta.service_ids);
-        put(&mut self.ids.backends, delta.backend_ids);
+        self.ids.change_backends(delta.backend_ids);
         for (name, planned) in delta.services {
             let range = named_range(&self.services, &name);
             self.services.splice(range, planned);
@@ -174,6 +186,29 @@ fn changed_names<'a>(
     changed
 }
 
+/// `changed_names`, comparing only the names in `may_differ` when given (debug builds check
+/// that no other name differs).
+fn changed_among<'a>(
+    before: &'a BTreeMap<String, ServiceSpec>,
+    after: &'a BTreeMap<String, ServiceSpec>,
+    may_differ: Option<&'a BTreeSet<String>>,
+) -> Vec<&'a str> {
+    let Some(names) = may_differ else {
+        return changed_names(before, after);
+    };
+    let changed: Vec<&str> = names
+        .iter()
+        .filter(|name| before.get(*name) != after.get(*name))
+        .map(String::as_str)
+        .collect();
+    debug_assert_eq!(
+        changed,
+        changed_names(before, after),
+        "a change outside the services said to differ"
+    );
+    changed
+}
+
 fn is_icmp(key: &EndpointKey) -> bool {
     key.proto == proto::ICMP || key.proto == proto::ICMPV6
 }
@@ -210,6 +245,7 @@ fn incremental(
     file: &ServiceFile,
     node_addrs: &[IpAddr],
     running: &DesiredState,
+    may_differ: Option<&BTreeSet<String>>,
 ) -> Option<PlanDelta> {
     let basis = running.basis.as_ref()?;
     if basis.node_addrs != node_addrs || TunnelPlan::of(file.mesh.as_ref()) != running.tunnel {
@@ -219,7 +255,7 @@ fn incremental(
     if file.services.iter().any(|(name, spec)| *name != spec.name) {
         return None;
     }
-    let changed = changed_names(&basis.specs, &file.services);
+    let changed = changed_among(&basis.specs, &file.services, may_differ);
     if changed.is_empty() {
         return Some(PlanDelta::default());
     }
@@ -231,7 +267,8 @@ fn incremental(
     };
     let mut pending = Pending::default();
     let mut service_ids = IdAllocator::new(Some(&running.ids.services), 0);
-    let mut backend_ids = IdAllocator::new(Some(&running.ids.backends), 1);
+    let mut backend_ids =
+        IdAllocator::with_taken(&running.ids.backends, running.ids.backends_taken(), 1);
     for name in &changed {
         if let Some(spec) = file.services.get(*name) {
             plan_spec(
@@ -302,26 +339,26 @@ fn incremental(
             }
         }
     }
-    for (key, after) in &delta.frontends {
-        let others = running
+    // How many backends of unchanged services use an endpoint (`running.endpoints` counts
+    // every service's).
+    let unchanged_refs = |key: &EndpointKey| {
+        running
             .endpoints
             .get(key)
             .copied()
             .unwrap_or(0)
-            .saturating_sub(old_refs.get(key).copied().unwrap_or(0));
-        if others > 0 && after.is_some_and(|f| f.flags & service_flags::TUNNEL_ONLY == 0) {
+            .saturating_sub(old_refs.get(key).copied().unwrap_or(0))
+    };
+    for (key, after) in &delta.frontends {
+        if unchanged_refs(key) > 0
+            && after.is_some_and(|f| f.flags & service_flags::TUNNEL_ONLY == 0)
+        {
             return None;
         }
     }
 
-    // The services in plan order after the change, for the reply endpoints they reach.
-    let after = services_after(&running.services, &changed, &fresh.services);
-    // Addresses first: a few to compare against, before a search per backend of every service.
-    let mut touched_addrs: Vec<Addr> = touched.iter().map(|k| k.addr).collect();
-    touched_addrs.dedup();
-    let reached = reached(after.iter().copied(), |key| {
-        touched_addrs.contains(&key.addr) && touched.contains(key)
-    });
+    let shared = touched.iter().any(|key| unchanged_refs(key) > 0);
+    let reached = reached_touched(running, &changed, &fresh, &touched, shared);
     changes(
         &running.reply_frontends,
         touched.iter().map(|key| {
@@ -340,8 +377,32 @@ fn incremental(
             .specs
             .push((name.to_string(), file.services.get(*name).cloned()));
     }
-    check_delta_capacity(running, &delta, after.len()).ok()?;
+    let services = running.services.len() - old.len() + fresh.services.len();
+    check_delta_capacity(running, &delta, services).ok()?;
     Some(delta)
+}
+
+/// The frontends that reach the `touched` endpoints, from the services in plan order after
+/// the change. An unchanged service reaches one only through a backend there (`shared`):
+/// usually none does, and then the changed services alone are searched, not every service's
+/// backends.
+fn reached_touched<'a>(
+    running: &'a DesiredState,
+    changed: &[&str],
+    fresh: &'a DesiredState,
+    touched: &BTreeSet<EndpointKey>,
+    shared: bool,
+) -> BTreeMap<EndpointKey, Vec<(&'a PlannedService, std::net::SocketAddr)>> {
+    if !shared {
+        return reached(&fresh.services, |key| touched.contains(key));
+    }
+    let after = services_after(&running.services, changed, &fresh.services);
+    // Addresses first: a few to compare against, before a search per backend.
+    let mut touched_addrs: Vec<Addr> = touched.iter().map(|k| k.addr).collect();
+    touched_addrs.dedup();
+    reached(after.iter().copied(), |key| {
+        touched_addrs.contains(&key.addr) && touched.contains(key)
+    })
 }
 
 /// The frontend entries the changed services' old and new ones become (`None`: removed), or
@@ -383,8 +444,7 @@ fn frontend_changes(
         let kept_owner = running
             .services
             .iter()
-            .filter(|s| changed.binary_search(&s.name.as_str()).is_err())
-            .find(|s| s.vip == Some(vip))
+            .find(|s| s.vip == Some(vip) && changed.binary_search(&s.name.as_str()).is_err())
             .map(|s| {
                 let spec = &basis.specs[&s.name];
                 (s.name.as_str(), Some(service_value(spec, s.id)))

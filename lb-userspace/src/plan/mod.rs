@@ -14,7 +14,7 @@ pub use difference::each_difference;
 pub use explain::Explanation;
 pub use ids::Ids;
 use ids::{BackendIdentity, IdAllocator, ServiceIdentity};
-pub use incremental::{PlanDelta, Replan, replan};
+pub use incremental::{PlanDelta, Replan, replan, replan_among};
 pub use replies::ReplyTranslation;
 
 use std::{
