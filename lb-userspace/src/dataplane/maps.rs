@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError};
 use lb_common::{
     maps::{
         Backend, EndpointKey, Flow, FlowKey, SELECTION_TABLE_FLAGS, SLOTS_PER_ELEMENT, Service,
@@ -125,6 +125,7 @@ impl Dataplane {
             self.ebpf()
                 .map(names::GLOBAL_STATS)
                 .expect("checked at load"),
+            possible_cpus()?,
         )
     }
 
@@ -249,17 +250,45 @@ impl Dataplane {
     }
 }
 
-fn global_stats(map: &aya::maps::Map) -> Result<StatsSnapshot, DataplaneError> {
-    let global: PerCpuArray<&MapData, u64> =
-        PerCpuArray::try_from(map).map_err(map_err(names::GLOBAL_STATS))?;
+fn global_stats(map: &aya::maps::Map, cpus: usize) -> Result<StatsSnapshot, DataplaneError> {
+    let slots: Vec<u32> = StatSlot::ALL.iter().map(|slot| *slot as u32).collect();
+    let values = per_cpu_values::<u64>(map, names::GLOBAL_STATS, &slots, cpus)?;
     let mut snapshot = StatsSnapshot::default();
     for slot in StatSlot::ALL {
-        let values = global
-            .get(&(*slot as u32), 0)
-            .map_err(map_err(names::GLOBAL_STATS))?;
-        snapshot.global.insert(slot.label(), values.iter().sum());
+        let mine = &values[*slot as usize * cpus..][..cpus];
+        snapshot.global.insert(slot.label(), mine.iter().sum());
     }
     Ok(snapshot)
+}
+
+/// The CPUs the kernel keeps per-CPU values for.
+fn possible_cpus() -> Result<usize, DataplaneError> {
+    aya::util::nr_cpus().map_err(|(what, e)| DataplaneError::MapValue {
+        name: names::GLOBAL_STATS,
+        message: format!("counting the CPUs ({what}): {e}"),
+    })
+}
+
+/// The values of the per-CPU array `map`, `cpus` a key, from key 0 up to the largest of
+/// `ids`, read in batches (ids are handed out smallest first, so that is about as many keys
+/// as ids).
+fn per_cpu_values<V: aya::Pod + Default>(
+    map: &aya::maps::Map,
+    name: &'static str,
+    ids: &[u32],
+    cpus: usize,
+) -> Result<Vec<V>, DataplaneError> {
+    let aya::maps::Map::PerCpuArray(data) = map else {
+        return Err(DataplaneError::MapValue {
+            name,
+            message: "not a per-CPU array: lb-ebpf and lb-userspace are out of step".into(),
+        });
+    };
+    let count = ids.iter().max().map_or(0, |max| max + 1);
+    batch::read_percpu_array(data, count, cpus).map_err(|e| DataplaneError::MapValue {
+        name,
+        message: format!("reading the counters of ids 0 to {count}: {e}"),
+    })
 }
 
 /// `[global, service, backend, socket]` counter maps.
@@ -268,17 +297,13 @@ fn traffic(
     service_ids: impl IntoIterator<Item = u32>,
     backend_ids: impl IntoIterator<Item = u32>,
 ) -> Result<StatsSnapshot, DataplaneError> {
-    let mut snapshot = global_stats(global)?;
+    let cpus = possible_cpus()?;
+    let mut snapshot = global_stats(global, cpus)?;
     let service_ids: Vec<u32> = service_ids.into_iter().collect();
-    let socket_map: PerCpuArray<&MapData, SockCounters> =
-        PerCpuArray::try_from(sockets).map_err(map_err(names::SOCK_STATS))?;
+    let sockets = per_cpu_values::<SockCounters>(sockets, names::SOCK_STATS, &service_ids, cpus)?;
     for id in &service_ids {
         let mut totals = SocketTotals::default();
-        for c in socket_map
-            .get(id, 0)
-            .map_err(map_err(names::SOCK_STATS))?
-            .iter()
-        {
+        for c in &sockets[*id as usize * cpus..][..cpus] {
             totals.connections += c.connections;
             totals.datagrams += c.datagrams;
             totals.no_backend += c.no_backend;
@@ -299,11 +324,10 @@ fn traffic(
             &mut snapshot.backends,
         ),
     ] {
-        let map: PerCpuArray<&MapData, TrafficCounters> =
-            PerCpuArray::try_from(map).map_err(map_err(name))?;
+        let values = per_cpu_values::<TrafficCounters>(map, name, &ids, cpus)?;
         for id in ids {
             let mut totals = TrafficTotals::default();
-            for c in map.get(&id, 0).map_err(map_err(name))?.iter() {
+            for c in &values[id as usize * cpus..][..cpus] {
                 totals.packets += c.packets;
                 totals.bytes += c.bytes;
                 totals.new_flows += c.new_flows;
