@@ -187,7 +187,8 @@ pub mod service_flags {
     pub const SOCKET_SCOPE_MASK: u32 = 0xff << SOCKET_SCOPE_SHIFT;
 }
 
-/// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole.
+/// `SERVICE_TABLES` is an array of maps: one inner array per service, swapped in whole (or,
+/// at the same size and with no backend leaving, rewritten slot by slot where it is).
 /// Slot 0 of a table holds the number of entries that follow; slots 1..=len hold backend ids
 /// (a Maglev table, or a weighted round-robin sequence).
 pub const TABLE_LEN_SLOT: u32 = 0;

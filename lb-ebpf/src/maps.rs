@@ -26,7 +26,8 @@ use lb_common::{
 pub static FRONTENDS: HashMap<EndpointKey, Service, { MAX_FRONTENDS as usize }> = HashMap::new();
 
 /// A service's selection table. The inner arrays differ in size (BPF_F_INNER_MAP), so each
-/// service gets a table sized for it; userspace swaps a whole table in one update.
+/// service gets a table sized for it; userspace swaps a whole table in one update, or
+/// rewrites one of the same size slot by slot where it is (every slot a live backend).
 pub type SelectionTable = Array<TableElement, 1, { SELECTION_TABLE_FLAGS as usize }>;
 #[btf_map]
 pub static SERVICE_TABLES: ArrayOfMaps<SelectionTable, { MAX_SERVICES as usize }> =
