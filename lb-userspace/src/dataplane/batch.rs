@@ -244,19 +244,33 @@ pub fn count_entries(map: &MapData, key_size: usize, value_size: usize) -> std::
     }
 }
 
-/// The values of keys `0..count` of a per-CPU array, `cpus` values a key (the kernel's
-/// possible CPUs), key by key: read `CHUNK` keys a call with `BPF_MAP_LOOKUP_BATCH`. A
-/// syscall per key made a sample of a node's 160,000 backends' counters 160,000 syscalls.
-pub fn read_percpu_array<V: Pod + Default>(
+/// Hands `each` the values of keys `0..count` of a per-CPU array, key by key in order, `cpus`
+/// values a key (the kernel's possible CPUs). Read `CHUNK` keys a call with
+/// `BPF_MAP_LOOKUP_BATCH` into one buffer reused for every chunk: a syscall per key made a
+/// sample of a node's 160,000 backends' counters 160,000 syscalls, and a buffer for all keys
+/// at once would grow with the possible CPUs (hundreds of MB on a large machine).
+pub fn each_percpu_value<V: Pod + Default>(
     map: &MapData,
     count: u32,
     cpus: usize,
-) -> std::io::Result<Vec<V>> {
-    // The kernel lays per-CPU values out 8 bytes apart.
-    assert_eq!(std::mem::size_of::<V>() % 8, 0, "an 8-byte multiple");
+    mut each: impl FnMut(u32, &[V]),
+) -> std::io::Result<()> {
+    // The kernel lays per-CPU values out 8 bytes apart, and writes value_size of them.
+    let info = map.info().map_err(std::io::Error::other)?;
+    if info.key_size() != 4
+        || info.value_size() as usize != std::mem::size_of::<V>()
+        || !std::mem::size_of::<V>().is_multiple_of(8)
+    {
+        return Err(std::io::Error::other(format!(
+            "keys of {} bytes and values of {}, not 4 and {}: lb-ebpf and lb-userspace are out of step",
+            info.key_size(),
+            info.value_size(),
+            std::mem::size_of::<V>()
+        )));
+    }
     let count = count as usize;
     let mut values: Vec<V> = std::iter::repeat_with(V::default)
-        .take(count * cpus)
+        .take(CHUNK * cpus)
         .collect();
     let mut keys = vec![0u32; CHUNK];
     let (mut token_in, mut token_out) = (0u32, 0u32);
@@ -272,7 +286,7 @@ pub fn read_percpu_array<V: Pod + Default>(
             },
             out_batch: std::ptr::from_mut(&mut token_out) as u64,
             keys: keys.as_mut_ptr() as u64,
-            values: values[done * cpus..].as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
             count: want as u32,
             map_fd: fd(map) as u32,
             elem_flags: 0,
@@ -280,12 +294,11 @@ pub fn read_percpu_array<V: Pod + Default>(
         };
         let result = run(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let got = (attr.count as usize).min(want);
-        if keys[..got]
-            .iter()
-            .zip(done..)
-            .any(|(key, i)| *key as usize != i)
-        {
-            return Err(std::io::Error::other("keys out of order: not an array"));
+        for (i, key) in keys[..got].iter().enumerate() {
+            if *key as usize != done + i {
+                return Err(std::io::Error::other("keys out of order: not an array"));
+            }
+            each(*key, &values[i * cpus..(i + 1) * cpus]);
         }
         done += got;
         match result {
@@ -301,7 +314,7 @@ pub fn read_percpu_array<V: Pod + Default>(
             "the array has {done} keys, not {count}"
         )));
     }
-    Ok(values)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -336,29 +349,29 @@ mod tests {
             )
             .expect("written");
         }
-        let read: Vec<TrafficCounters> =
-            read_percpu_array(map.map(), keys, cpus).expect("read in batches");
-        assert_eq!(read.len(), keys as usize * cpus);
-        for key in 0..keys {
-            for cpu in 0..cpus {
-                assert_eq!(
-                    read[key as usize * cpus + cpu],
-                    value(key, cpu),
-                    "key {key} cpu {cpu}"
-                );
-            }
+        let read_keys = |count: u32| {
+            let mut read = Vec::new();
+            each_percpu_value(map.map(), count, cpus, |key, values: &[TrafficCounters]| {
+                read.push((key, values.to_vec()));
+            })
+            .map(|()| read)
+        };
+        let read = read_keys(keys).expect("read in batches");
+        assert_eq!(read.len(), keys as usize);
+        for (i, (key, values)) in read.iter().enumerate() {
+            assert_eq!(*key, i as u32, "keys in order");
+            let want: Vec<TrafficCounters> = (0..cpus).map(|cpu| value(*key, cpu)).collect();
+            assert_eq!(*values, want, "key {key}");
         }
         // Fewer keys than a chunk, and none.
-        let first: Vec<TrafficCounters> = read_percpu_array(map.map(), 3, cpus).expect("read");
-        assert_eq!(first, read[..3 * cpus]);
-        assert!(
-            read_percpu_array::<TrafficCounters>(map.map(), 0, cpus)
-                .expect("read")
-                .is_empty()
-        );
+        assert_eq!(read_keys(3).expect("read"), read[..3]);
+        assert!(read_keys(0).expect("read").is_empty());
         // More keys than the array has: an error that says so.
-        let error = read_percpu_array::<TrafficCounters>(map.map(), keys + 101, cpus)
-            .expect_err("past the end");
+        let error = read_keys(keys + 101).expect_err("past the end");
         assert!(error.to_string().contains("not"), "{error}");
+        // Values of another size: refused, not written past the buffer.
+        let error = each_percpu_value(map.map(), 1, cpus, |_, _: &[[u64; 4]]| {})
+            .expect_err("another value size");
+        assert!(error.to_string().contains("out of step"), "{error}");
     }
 }

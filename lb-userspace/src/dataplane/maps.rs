@@ -252,11 +252,21 @@ impl Dataplane {
 
 fn global_stats(map: &aya::maps::Map, cpus: usize) -> Result<StatsSnapshot, DataplaneError> {
     let slots: Vec<u32> = StatSlot::ALL.iter().map(|slot| *slot as u32).collect();
-    let values = per_cpu_values::<u64>(map, names::GLOBAL_STATS, &slots, cpus)?;
+    let mut sums = BTreeMap::new();
+    sum_per_cpu(
+        map,
+        names::GLOBAL_STATS,
+        &slots,
+        cpus,
+        |values: &[u64]| values.iter().sum::<u64>(),
+        &mut sums,
+    )?;
     let mut snapshot = StatsSnapshot::default();
     for slot in StatSlot::ALL {
-        let mine = &values[*slot as usize * cpus..][..cpus];
-        snapshot.global.insert(slot.label(), mine.iter().sum());
+        snapshot.global.insert(
+            slot.label(),
+            sums.get(&(*slot as u32)).copied().unwrap_or(0),
+        );
     }
     Ok(snapshot)
 }
@@ -269,15 +279,17 @@ fn possible_cpus() -> Result<usize, DataplaneError> {
     })
 }
 
-/// The values of the per-CPU array `map`, `cpus` a key, from key 0 up to the largest of
-/// `ids`, read in batches (ids are handed out smallest first, so that is about as many keys
-/// as ids).
-fn per_cpu_values<V: aya::Pod + Default>(
+/// For each of `ids`, its values in the per-CPU array `map` summed by `sum`, into `out`. The
+/// array is read in batches from key 0 up to the largest id (ids are handed out smallest
+/// first, so that is about as many keys as ids).
+fn sum_per_cpu<V: aya::Pod + Default, T>(
     map: &aya::maps::Map,
     name: &'static str,
     ids: &[u32],
     cpus: usize,
-) -> Result<Vec<V>, DataplaneError> {
+    sum: impl Fn(&[V]) -> T,
+    out: &mut BTreeMap<u32, T>,
+) -> Result<(), DataplaneError> {
     let aya::maps::Map::PerCpuArray(data) = map else {
         return Err(DataplaneError::MapValue {
             name,
@@ -285,7 +297,16 @@ fn per_cpu_values<V: aya::Pod + Default>(
         });
     };
     let count = ids.iter().max().map_or(0, |max| max + 1);
-    batch::read_percpu_array(data, count, cpus).map_err(|e| DataplaneError::MapValue {
+    let mut wanted = vec![false; count as usize];
+    for id in ids {
+        wanted[*id as usize] = true;
+    }
+    batch::each_percpu_value(data, count, cpus, |key, values: &[V]| {
+        if wanted[key as usize] {
+            out.insert(key, sum(values));
+        }
+    })
+    .map_err(|e| DataplaneError::MapValue {
         name,
         message: format!("reading the counters of ids 0 to {count}: {e}"),
     })
@@ -300,41 +321,49 @@ fn traffic(
     let cpus = possible_cpus()?;
     let mut snapshot = global_stats(global, cpus)?;
     let service_ids: Vec<u32> = service_ids.into_iter().collect();
-    let sockets = per_cpu_values::<SockCounters>(sockets, names::SOCK_STATS, &service_ids, cpus)?;
-    for id in &service_ids {
+    let socket_totals = |values: &[SockCounters]| {
         let mut totals = SocketTotals::default();
-        for c in &sockets[*id as usize * cpus..][..cpus] {
+        for c in values {
             totals.connections += c.connections;
             totals.datagrams += c.datagrams;
             totals.no_backend += c.no_backend;
         }
-        snapshot.sockets.insert(*id, totals);
-    }
-    for (name, map, ids, out) in [
-        (
-            names::SERVICE_STATS,
-            services,
-            service_ids,
-            &mut snapshot.services,
-        ),
-        (
-            names::BACKEND_STATS,
-            backends,
-            backend_ids.into_iter().collect(),
-            &mut snapshot.backends,
-        ),
-    ] {
-        let values = per_cpu_values::<TrafficCounters>(map, name, &ids, cpus)?;
-        for id in ids {
-            let mut totals = TrafficTotals::default();
-            for c in &values[id as usize * cpus..][..cpus] {
-                totals.packets += c.packets;
-                totals.bytes += c.bytes;
-                totals.new_flows += c.new_flows;
-            }
-            out.insert(id, totals);
+        totals
+    };
+    sum_per_cpu(
+        sockets,
+        names::SOCK_STATS,
+        &service_ids,
+        cpus,
+        socket_totals,
+        &mut snapshot.sockets,
+    )?;
+    let traffic_totals = |values: &[TrafficCounters]| {
+        let mut totals = TrafficTotals::default();
+        for c in values {
+            totals.packets += c.packets;
+            totals.bytes += c.bytes;
+            totals.new_flows += c.new_flows;
         }
-    }
+        totals
+    };
+    let backend_ids: Vec<u32> = backend_ids.into_iter().collect();
+    sum_per_cpu(
+        services,
+        names::SERVICE_STATS,
+        &service_ids,
+        cpus,
+        traffic_totals,
+        &mut snapshot.services,
+    )?;
+    sum_per_cpu(
+        backends,
+        names::BACKEND_STATS,
+        &backend_ids,
+        cpus,
+        traffic_totals,
+        &mut snapshot.backends,
+    )?;
     Ok(snapshot)
 }
 
