@@ -205,10 +205,12 @@ impl Ids {
         let mut ids = Ids::default();
         let mut old_service_of_new = BTreeMap::new();
         for (identity, new_id) in &fresh.ids.services {
+            // Not by a VIP's echo key: every service on the VIP shares it, and its owner
+            // can change with the services (a new one that sorts first).
             let old = fresh
                 .frontends
                 .iter()
-                .filter(|(_, v)| v.id == *new_id)
+                .filter(|(key, v)| v.id == *new_id && !super::incremental::is_icmp(key))
                 .find_map(|(key, _)| frontends.get(key).map(|v| v.id));
             if let Some(old) = old {
                 ids.services.insert(identity.clone(), old);

@@ -209,7 +209,8 @@ fn changed_among<'a>(
     changed
 }
 
-fn is_icmp(key: &EndpointKey) -> bool {
+/// A VIP's echo-request key: shared by every service on the VIP, owned by the first.
+pub(super) fn is_icmp(key: &EndpointKey) -> bool {
     key.proto == proto::ICMP || key.proto == proto::ICMPV6
 }
 

@@ -1178,6 +1178,35 @@ services:
     }
 
     #[test]
+    fn a_new_service_on_a_vip_never_recovers_the_id_of_another_by_the_vips_echo_key() {
+        let before = plan_of(
+            "services:\n  x:\n    vip: 198.18.100.1\n    ports: [\"80/tcp\"]\n    backends: [\"198.18.2.10\"]\n",
+            &NODE,
+        )
+        .unwrap();
+        let kernel_backends: Vec<(u32, Backend)> =
+            before.backends.iter().map(|(id, b)| (*id, *b)).collect();
+        // `a` sorts first: in a fresh plan it owns the VIP's echo key, whose kernel entry is x's.
+        let text = "services:\n  a:\n    vip: 198.18.100.1\n    ports: [\"443/tcp\"]\n    backends: [\"198.18.2.11\"]\n  x:\n    vip: 198.18.100.1\n    ports: [\"80/tcp\"]\n    backends: [\"198.18.2.10\"]\n";
+        let fresh = plan_of(text, &NODE).unwrap();
+        let ids = Ids::recover(&fresh, &before.frontends, &kernel_backends);
+        let file = ServiceFile::parse(text, Path::new("s.yaml")).unwrap();
+        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let recovered = plan_from(&file, &node, Some(&DesiredState::with_ids(ids))).unwrap();
+        let id_of = |name: &str| {
+            recovered
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap()
+                .id
+        };
+        assert_eq!(id_of("x"), before.services[0].id, "x keeps its id");
+        assert_ne!(id_of("a"), id_of("x"), "two services, two ids");
+        assert_eq!(recovered.tables.len(), 2);
+    }
+
+    #[test]
     fn ids_are_recovered_from_the_kernel_entries() {
         let before = plan_of(
             r#"
