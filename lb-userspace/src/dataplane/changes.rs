@@ -9,7 +9,8 @@ use lb_common::maps::{Backend, EndpointKey, ReplyFrontend, Service, names};
 
 use super::{
     Dataplane, DataplaneError, batch,
-    maps::{InPlace, bump_frontend_gen, emptied, map_err, outer_fd, set_tables},
+    maps::{bump_frontend_gen, map_err, outer_fd},
+    tables::{InPlace, emptied, set_tables},
 };
 use crate::plan::{DesiredState, PlanDelta, Table, TableSpec, each_difference};
 

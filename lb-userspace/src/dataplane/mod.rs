@@ -8,6 +8,7 @@ pub mod pin;
 mod ports;
 mod replies;
 mod sockets;
+mod tables;
 
 use std::{
     net::IpAddr,
