@@ -148,6 +148,10 @@ fn rewrite_in_place(outer: i32, id: u32, backend_ids: &[u32]) -> bool {
     if slots.get(TABLE_LEN_SLOT as usize) != len {
         return false;
     }
+    // A packet that reads a new slot then looks its backend up: the backend entries the change
+    // wrote before its tables must reach other CPUs first. x86 keeps stores in order anyway;
+    // weaker CPUs need the fence.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
     for (i, id) in backend_ids.iter().enumerate() {
         slots.set(i + 1, *id);
     }
