@@ -129,12 +129,64 @@ fn maglev_balances_100k_flows_and_removing_a_backend_moves_under_1_percent_of_th
 /// Every slot of service `service`'s table in the kernel, its length first, against the
 /// table the plan builds.
 fn assert_kernel_table_is_planned(lb: &Loaded, service: u32) {
+    assert_kernel_table_slots_are_planned(lb, service, 1);
+}
+
+/// As `assert_kernel_table_is_planned`, every `step`th slot and the last.
+fn assert_kernel_table_slots_are_planned(lb: &Loaded, service: u32, step: usize) {
     let planned = lb.desired.tables[&service].build().expect("a valid table");
     let slot = |i: usize| lb.dp.table_slot(service, i as u32).expect("readable table");
-    assert_eq!(slot(0), Some(planned.len() as u32), "the table's length");
+    assert_eq!(
+        slot(0),
+        Some(planned.len() as u32),
+        "service {service}: the table's length"
+    );
+    let last = planned.len() - 1;
     for (i, backend) in planned.iter().enumerate() {
-        assert_eq!(slot(i + 1), Some(*backend), "slot {}", i + 1);
+        if i % step == 0 || i == last {
+            assert_eq!(
+                slot(i + 1),
+                Some(*backend),
+                "service {service}: slot {}",
+                i + 1
+            );
+        }
     }
+}
+
+/// Many tables are written by several threads, a group at a time, mapped side by side into
+/// one reserved range per group (and on their own when a large one does not fit); each must
+/// hold exactly its own table.
+#[test]
+fn a_full_apply_of_many_tables_writes_each_one_as_planned() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut services = String::from("services:\n");
+    for s in 0..400u32 {
+        // Every 100th a table of the largest size: three of those do not fit one group's range.
+        let size = if s % 100 == 7 {
+            1_048_571
+        } else {
+            101 + 2 * (s % 3) * 3
+        };
+        let backends: Vec<String> = (0..1 + s % 5)
+            .map(|b| format!("\"198.18.{}.{}\"", 8 + 2 * b + s / 200, 10 + s % 200))
+            .collect();
+        services.push_str(&format!(
+            "  svc{s}:\n    vip: 198.19.{}.{}\n    ports: [\"80:8080/tcp\"]\n    maglev_table_size: {size}\n    backends: [{}]\n",
+            s / 200,
+            1 + s % 200,
+            backends.join(", ")
+        ));
+    }
+    with_program(&services, |lb| {
+        assert_eq!(lb.desired.tables.len(), 400);
+        for (service, spec) in &lb.desired.tables {
+            let large = spec.build().expect("a valid table").len() > 1_000;
+            assert_kernel_table_slots_are_planned(&lb, *service, if large { 4_999 } else { 1 });
+        }
+    });
 }
 
 #[test]

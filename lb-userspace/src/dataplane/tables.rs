@@ -39,10 +39,19 @@ pub(super) fn set_tables(
     jobs: &[(u32, Option<&TableSpec>)],
     in_place: InPlace,
 ) -> Result<(), DataplaneError> {
-    let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<(), DataplaneError> {
+    // Returns the arenas its tables were mapped in, still mapped: unmapping a written table
+    // flushes the TLB of every other CPU running this process (an inter-processor interrupt,
+    // costly in a VM), which the writers keep busy; once they are done, none is.
+    let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<Vec<MappingArena>, DataplaneError> {
+        let mut arenas = Vec::new();
         for group in chunk.chunks(TABLES_PER_SWAP) {
             let mut ids = Vec::with_capacity(group.len());
             let mut tables = Vec::with_capacity(group.len());
+            if arenas.len() >= ARENAS_KEPT_PER_WRITER {
+                // Bounded: a mapping per table counts against the process's limit of them.
+                arenas.clear();
+            }
+            let arena = MappingArena::reserve(ARENA_BYTES);
             for (id, spec) in group {
                 let backend_ids = match spec {
                     Some(spec) => spec.build().map_err(|error| DataplaneError::MapValue {
@@ -58,8 +67,9 @@ pub(super) fn set_tables(
                     continue;
                 }
                 ids.push(*id);
-                tables.push(build_table(&backend_ids)?);
+                tables.push(build_table(&backend_ids, arena.as_ref())?);
             }
+            arenas.extend(arena);
             if ids.is_empty() {
                 continue;
             }
@@ -73,29 +83,35 @@ pub(super) fn set_tables(
             // The outer map holds its own references: the tables' descriptors close after.
             batch::update_fd(outer, names::SERVICE_TABLES, &ids, &fds)?;
         }
-        Ok(())
+        Ok(arenas)
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .saturating_mul(TABLE_THREADS_PER_CPU);
     if jobs.len() <= TABLES_PER_SWAP || threads <= 1 {
-        return write(jobs);
+        return write(jobs).map(drop);
     }
     let per_thread = jobs.len().div_ceil(threads);
-    std::thread::scope(|scope| {
+    let written: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = jobs
             .chunks(per_thread)
             .map(|chunk| scope.spawn(move || write(chunk)))
             .collect();
         workers
             .into_iter()
-            .try_for_each(|w| w.join().expect("table writer panicked"))
-    })
+            .map(|w| w.join().expect("table writer panicked"))
+            .collect()
+    });
+    // Every writer has stopped: the arenas are unmapped here, by this thread alone.
+    written.into_iter().try_for_each(|arenas| arenas.map(drop))
 }
 
 /// A new inner table: slot 0 holds the length, then the backend ids, written through a
-/// memory mapping of the array.
-fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, TableElement>, DataplaneError> {
+/// memory mapping of the array (in `arena` where it has room).
+fn build_table(
+    backend_ids: &[u32],
+    arena: Option<&MappingArena>,
+) -> Result<Array<MapData, TableElement>, DataplaneError> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let len = u32::try_from(backend_ids.len())
         .ok()
@@ -107,16 +123,16 @@ fn build_table(backend_ids: &[u32]) -> Result<Array<MapData, TableElement>, Data
     let elements = table_elements(len);
     let inner: Array<MapData, TableElement> =
         Array::create(elements, SELECTION_TABLE_FLAGS).map_err(map_err(names::SERVICE_TABLES))?;
-    let slots = MappedSlots::map(inner.map().fd().as_fd().as_raw_fd(), elements).map_err(|e| {
-        DataplaneError::MapValue {
+    let fd = inner.map().fd().as_fd().as_raw_fd();
+    let slots = arena
+        .and_then(|arena| arena.map(fd, elements))
+        .unwrap_or_else(|| MappedSlots::map(fd, elements))
+        .map_err(|e| DataplaneError::MapValue {
             name: names::SERVICE_TABLES,
             message: format!("mapping a new table: {e}"),
-        }
-    })?;
-    slots.set(TABLE_LEN_SLOT as usize, len);
-    for (i, id) in backend_ids.iter().enumerate() {
-        slots.set(i + 1, *id);
-    }
+        })?;
+    // SAFETY: the table is new: no program reads it before it is swapped in below.
+    unsafe { slots.fill_unshared(len, backend_ids) };
     Ok(inner)
 }
 
@@ -158,22 +174,111 @@ fn rewrite_in_place(outer: i32, id: u32, backend_ids: &[u32]) -> bool {
     true
 }
 
-/// A table's slots (two per 8-byte element, back to back) mapped into memory, unmapped on
-/// drop. Reads and writes are single volatile 4-byte accesses: the kernel program reads the
-/// same memory meanwhile.
-struct MappedSlots {
-    base: *mut u32,
-    slots: usize,
-    mapped: usize,
+/// Address space reserved by each table-writing group (a default table maps 64 KiB; a table
+/// that does not fit is mapped on its own).
+const ARENA_BYTES: usize = TABLES_PER_SWAP * 128 * 1024;
+/// Arenas a writer keeps mapped until the writers are done: 2,048 tables, a mapping each, so
+/// all writers together stay far below the kernel's default of 65,530 mappings a process.
+const ARENAS_KEPT_PER_WRITER: usize = 32;
+
+/// Address space reserved (inaccessible, backed by nothing) for mapping tables side by side;
+/// all of it is unmapped in one call on drop.
+struct MappingArena {
+    base: *mut u8,
+    reserved: usize,
+    used: std::cell::Cell<usize>,
 }
 
-impl MappedSlots {
+impl MappingArena {
+    /// `None` when the reservation fails: tables are then mapped one by one.
+    fn reserve(bytes: usize) -> Option<Self> {
+        // SAFETY: a new private mapping that nothing else refers to.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (p != libc::MAP_FAILED).then(|| Self {
+            base: p.cast(),
+            reserved: bytes,
+            used: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Maps the `elements` elements of the mmapable array behind `fd` into the next free part
+    /// of the reservation; `None` when it has no room (or the kernel refuses).
+    fn map(&self, fd: i32, elements: u32) -> Option<std::io::Result<MappedSlots<'_>>> {
+        let (bytes, mapped) = mapped_size(elements);
+        let at = self.used.get();
+        if self.reserved - at < mapped {
+            return None;
+        }
+        // SAFETY: replaces part of our own reservation (never touched, so nothing to flush)
+        // with a shared mapping of the map's memory, as `MappedSlots::map`.
+        let p = unsafe {
+            libc::mmap(
+                self.base.add(at).cast(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Some(Err(std::io::Error::last_os_error()));
+        }
+        self.used.set(at + mapped);
+        Some(Ok(MappedSlots {
+            base: p.cast(),
+            slots: bytes / std::mem::size_of::<u32>(),
+            unmap: None,
+            _arena: std::marker::PhantomData,
+        }))
+    }
+}
+
+// SAFETY: the arena owns its address range and nothing in it is tied to the thread that
+// mapped it; it moves to the thread that unmaps it.
+unsafe impl Send for MappingArena {}
+
+impl Drop for MappingArena {
+    fn drop(&mut self) {
+        // SAFETY: the reservation `reserve` made, with the tables mapped into it: unmapped
+        // once, after every `MappedSlots` borrowing it is gone.
+        unsafe { libc::munmap(self.base.cast(), self.reserved) };
+    }
+}
+
+/// Bytes of an array of `elements` table elements, and the same rounded up to pages (what the
+/// kernel backs and a mapping spans).
+fn mapped_size(elements: u32) -> (usize, usize) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let bytes = elements as usize * std::mem::size_of::<TableElement>();
+    (bytes, bytes.div_ceil(page) * page)
+}
+
+/// A table's slots (two per 8-byte element, back to back) mapped into memory, unmapped on
+/// drop unless an arena holds the mapping. Reads and writes are single volatile 4-byte
+/// accesses: the kernel program reads the same memory meanwhile.
+struct MappedSlots<'arena> {
+    base: *mut u32,
+    slots: usize,
+    /// The mapping's length, when this unmaps it.
+    unmap: Option<usize>,
+    _arena: std::marker::PhantomData<&'arena MappingArena>,
+}
+
+impl MappedSlots<'static> {
     /// Maps the `elements` elements of the mmapable array behind `fd`.
     fn map(fd: i32, elements: u32) -> std::io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = elements as usize * std::mem::size_of::<TableElement>();
-        let mapped = bytes.div_ceil(page) * page;
+        let (bytes, mapped) = mapped_size(elements);
         // SAFETY: a fresh shared mapping of the map's memory; the kernel backs the size
         // rounded up to pages for an mmapable array of `elements` elements.
         let p = unsafe {
@@ -192,8 +297,32 @@ impl MappedSlots {
         Ok(Self {
             base: p.cast(),
             slots: bytes / std::mem::size_of::<u32>(),
-            mapped,
+            unmap: Some(mapped),
+            _arena: std::marker::PhantomData,
         })
+    }
+}
+
+impl MappedSlots<'_> {
+    /// Writes a whole table: its length, then the backend ids. Plain stores the compiler may
+    /// widen, unlike `set`'s.
+    ///
+    /// # Safety
+    /// Nothing else reads or writes the table meanwhile (no program holds it yet).
+    unsafe fn fill_unshared(&self, len: u32, backend_ids: &[u32]) {
+        assert!(
+            backend_ids.len() < self.slots,
+            "{} backend ids for a table of {} slots",
+            backend_ids.len(),
+            self.slots
+        );
+        // SAFETY: within the mapping (checked above), aligned, and unshared (the caller's
+        // promise), so the slice is the only reference to this memory while it lives.
+        let slots = unsafe { std::slice::from_raw_parts_mut(self.base, backend_ids.len() + 1) };
+        slots[TABLE_LEN_SLOT as usize] = len.to_le();
+        for (slot, id) in slots[1..].iter_mut().zip(backend_ids) {
+            *slot = id.to_le();
+        }
     }
 
     fn get(&self, slot: usize) -> u32 {
@@ -217,9 +346,11 @@ impl MappedSlots {
     }
 }
 
-impl Drop for MappedSlots {
+impl Drop for MappedSlots<'_> {
     fn drop(&mut self) {
-        // SAFETY: the mapping `map` made, unmapped once.
-        unsafe { libc::munmap(self.base.cast(), self.mapped) };
+        if let Some(mapped) = self.unmap {
+            // SAFETY: the mapping `map` made, unmapped once.
+            unsafe { libc::munmap(self.base.cast(), mapped) };
+        }
     }
 }
