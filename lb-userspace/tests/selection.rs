@@ -182,10 +182,36 @@ fn a_full_apply_of_many_tables_writes_each_one_as_planned() {
     }
     with_program(&services, |lb| {
         assert_eq!(lb.desired.tables.len(), 400);
-        for (service, spec) in &lb.desired.tables {
-            let large = spec.build().expect("a valid table").len() > 1_000;
-            assert_kernel_table_slots_are_planned(&lb, *service, if large { 4_999 } else { 1 });
-        }
+        assert_full_apply_is_planned(&lb);
+    });
+}
+
+fn assert_full_apply_is_planned(lb: &Loaded) {
+    for (service, spec) in &lb.desired.tables {
+        let large = spec.build().expect("a valid table").len() > 1_000;
+        assert_kernel_table_slots_are_planned(lb, *service, if large { 4_999 } else { 1 });
+    }
+}
+
+/// More tables than the writers keep mapped until they are done: some unmap theirs early.
+#[test]
+fn a_full_apply_of_more_tables_than_stay_mapped_writes_each_one_as_planned() {
+    if !e2e_enabled() {
+        return;
+    }
+    let mut services = String::from("services:\n");
+    for s in 0..20_000u32 {
+        services.push_str(&format!(
+            "  s{s}:\n    vip: 198.19.{}.{}\n    ports: [\"80:8080/tcp\"]\n    maglev_table_size: 3\n    backends: [\"198.18.{}.{}\"]\n",
+            s / 200,
+            1 + s % 200,
+            8 + s / 200,
+            10 + s % 200,
+        ));
+    }
+    with_program(&services, |lb| {
+        assert_eq!(lb.desired.tables.len(), 20_000);
+        assert_full_apply_is_planned(&lb);
     });
 }
 

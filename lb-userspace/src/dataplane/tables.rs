@@ -42,16 +42,27 @@ pub(super) fn set_tables(
     // Returns the arenas its tables were mapped in, still mapped: unmapping a written table
     // flushes the TLB of every other CPU running this process (an inter-processor interrupt,
     // costly in a VM), which the writers keep busy; once they are done, none is.
+    // Mappings kept by all writers: each counts against the process's limit of them.
+    let kept = &std::sync::atomic::AtomicUsize::new(0);
     let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<Vec<MappingArena>, DataplaneError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut arenas = Vec::new();
+        let mut mine = 0;
         for group in chunk.chunks(TABLES_PER_SWAP) {
             let mut ids = Vec::with_capacity(group.len());
             let mut tables = Vec::with_capacity(group.len());
-            if arenas.len() >= ARENAS_KEPT_PER_WRITER {
-                // Bounded: a mapping per table counts against the process's limit of them.
+            // A table's mapping and the rest of the reservation.
+            let mappings = group.len() + 1;
+            if kept.load(Relaxed) + mappings > MAX_KEPT_MAPPINGS && mine > 0 {
+                kept.fetch_sub(mine, Relaxed);
+                mine = 0;
                 arenas.clear();
             }
             let arena = MappingArena::reserve(ARENA_BYTES);
+            if arena.is_some() {
+                kept.fetch_add(mappings, Relaxed);
+                mine += mappings;
+            }
             for (id, spec) in group {
                 let backend_ids = match spec {
                     Some(spec) => spec.build().map_err(|error| DataplaneError::MapValue {
@@ -177,9 +188,10 @@ fn rewrite_in_place(outer: i32, id: u32, backend_ids: &[u32]) -> bool {
 /// Address space reserved by each table-writing group (a default table maps 64 KiB; a table
 /// that does not fit is mapped on its own).
 const ARENA_BYTES: usize = TABLES_PER_SWAP * 128 * 1024;
-/// Arenas a writer keeps mapped until the writers are done: 2,048 tables, a mapping each, so
-/// all writers together stay far below the kernel's default of 65,530 mappings a process.
-const ARENAS_KEPT_PER_WRITER: usize = 32;
+/// Mappings the writers keep until they are done, together (a writer over it unmaps its own
+/// first; each may add a group more): far below the kernel's default limit of 65,530 a
+/// process, however many writers there are.
+const MAX_KEPT_MAPPINGS: usize = 16_384;
 
 /// Address space reserved (inaccessible, backed by nothing) for mapping tables side by side;
 /// all of it is unmapped in one call on drop.
