@@ -51,7 +51,7 @@ pub struct ControlArgs {
     samples: usize,
     /// Where to write control-<date>.{md,json}.
     #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
+    out_dir: PathBuf,
 }
 
 /// Targets from the control-plane issue (#16): the full apply of 10,000 × 16 under a second.
@@ -354,8 +354,8 @@ fn write_results(
         "| `lbctl add-backend` → first packet, p50 / p99 ({} samples) | {p50:.1} / {p99:.1} ms | p99 < {ADD_BACKEND_P99_TARGET_MS} ms |",
         latencies.len()
     );
-    std::fs::create_dir_all(&args.out)?;
-    let base = args.out.join(format!("control-{date}"));
+    std::fs::create_dir_all(&args.out_dir)?;
+    let base = args.out_dir.join(format!("control-{date}"));
     std::fs::write(
         base.with_extension("json"),
         serde_json::to_string_pretty(&json)?,
