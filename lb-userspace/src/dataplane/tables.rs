@@ -39,11 +39,11 @@ pub(super) fn set_tables(
     jobs: &[(u32, Option<&TableSpec>)],
     in_place: InPlace,
 ) -> Result<(), DataplaneError> {
+    // Mappings kept by all writers: each counts against the process's limit of them.
+    let kept = &std::sync::atomic::AtomicUsize::new(0);
     // Returns the arenas its tables were mapped in, still mapped: unmapping a written table
     // flushes the TLB of every other CPU running this process (an inter-processor interrupt,
     // costly in a VM), which the writers keep busy; once they are done, none is.
-    // Mappings kept by all writers: each counts against the process's limit of them.
-    let kept = &std::sync::atomic::AtomicUsize::new(0);
     let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<Vec<MappingArena>, DataplaneError> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut arenas = Vec::new();
