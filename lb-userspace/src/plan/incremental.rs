@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::replies::{reached, reply_frontend};
+use super::replies::{Reached, reached, reply_frontend};
 use super::*;
 
 /// What a replan changes in the running plan: every entry it touches, with its value after
@@ -362,10 +362,9 @@ fn incremental(
     let reached = reached_touched(running, &changed, &fresh, &touched, shared);
     changes(
         &running.reply_frontends,
-        touched.iter().map(|key| {
-            let via = reached.get(key).map_or(&[][..], Vec::as_slice);
-            (*key, reply_frontend(&frontend_after, key, via))
-        }),
+        touched
+            .iter()
+            .map(|key| (*key, reply_frontend(&frontend_after, key, reached.get(key)))),
         &mut delta.reply_frontends,
     );
 
@@ -393,7 +392,7 @@ fn reached_touched<'a>(
     fresh: &'a DesiredState,
     touched: &BTreeSet<EndpointKey>,
     shared: bool,
-) -> BTreeMap<EndpointKey, Vec<(&'a PlannedService, std::net::SocketAddr)>> {
+) -> Reached<'a> {
     if !shared {
         return reached(&fresh.services, |key| touched.contains(key));
     }

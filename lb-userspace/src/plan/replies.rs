@@ -81,19 +81,56 @@ impl fmt::Display for ReplyTranslation {
 pub(super) fn reached<'a>(
     services: impl IntoIterator<Item = &'a PlannedService>,
     wanted: impl Fn(&EndpointKey) -> bool,
-) -> BTreeMap<EndpointKey, Vec<(&'a PlannedService, SocketAddr)>> {
-    let mut reached: BTreeMap<EndpointKey, Vec<(&PlannedService, SocketAddr)>> = BTreeMap::new();
+) -> Reached<'a> {
+    let mut keys = Vec::new();
+    let mut via = Vec::new();
     for planned in services {
         for backend in &planned.backends {
             let key = endpoint(backend.target, &planned.mapping);
             if !wanted(&key) {
                 continue;
             }
-            let via = reached.entry(key).or_default();
-            via.extend(planned.frontends.iter().map(|f| (planned, *f)));
+            for f in &planned.frontends {
+                keys.push(key);
+                via.push((planned, *f));
+            }
         }
     }
-    reached
+    // Grouped by endpoint, each group in the plan's order (a stable sort): one allocation
+    // for a node's 160,000 endpoints, not one each.
+    let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+    order.sort_by_key(|&i| keys[i as usize]);
+    Reached {
+        keys: order.iter().map(|&i| keys[i as usize]).collect(),
+        via: order.iter().map(|&i| via[i as usize]).collect(),
+    }
+}
+
+/// What `reached` found: `keys[i]` is reached through `via[i]`, sorted by key.
+pub(super) struct Reached<'a> {
+    keys: Vec<EndpointKey>,
+    via: Vec<(&'a PlannedService, SocketAddr)>,
+}
+
+impl<'a> Reached<'a> {
+    /// The frontends `key` is reached through (none if it is not a backend endpoint).
+    pub(super) fn get(&self, key: &EndpointKey) -> &[(&'a PlannedService, SocketAddr)] {
+        let start = self.keys.partition_point(|k| k < key);
+        let end = start + self.keys[start..].partition_point(|k| k == key);
+        &self.via[start..end]
+    }
+
+    /// Every endpoint, in order, with the frontends it is reached through.
+    fn iter(&self) -> impl Iterator<Item = (&EndpointKey, &[(&'a PlannedService, SocketAddr)])> {
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            let key = self.keys.get(start)?;
+            let end = start + self.keys[start..].partition_point(|k| k == key);
+            let group = (key, &self.via[start..end]);
+            start = end;
+            Some(group)
+        })
+    }
 }
 
 /// The translation of one endpoint, reached through `via`; `frontend` is the plan's
@@ -172,8 +209,8 @@ impl DesiredState {
     pub(super) fn plan_reply_frontends(&self) -> BTreeMap<EndpointKey, ReplyFrontend> {
         let frontend = |key: &EndpointKey| self.frontends.get(key).copied();
         reached(&self.services, |_| true)
-            .into_iter()
-            .filter_map(|(key, via)| Some((key, reply_frontend(&frontend, &key, &via)?)))
+            .iter()
+            .filter_map(|(key, via)| Some((*key, reply_frontend(&frontend, key, via)?)))
             .collect()
     }
 
@@ -187,7 +224,7 @@ impl DesiredState {
         };
         let reached = reached(&self.services, |k| *k == key);
         let frontend = |key: &EndpointKey| self.frontends.get(key).copied();
-        classify(&frontend, reached.get(&key).map_or(&[][..], Vec::as_slice))
+        classify(&frontend, reached.get(&key))
     }
 }
 
@@ -274,6 +311,52 @@ services:
                 frontend: "198.18.100.1:80".parse().unwrap()
             }
         );
+    }
+
+    /// Each endpoint once, with every (service, frontend) that reaches it in the plan's
+    /// order: the first is the one a translation names.
+    #[test]
+    fn reached_groups_each_endpoint_with_its_frontends_in_plan_order() {
+        let file = ServiceFile::parse(FILE, Path::new("t.yaml")).expect("valid file");
+        let state = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let found = super::reached(&state.services, |_| true);
+        let mut expected: Vec<(
+            lb_common::maps::EndpointKey,
+            Vec<(u32, std::net::SocketAddr)>,
+        )> = Vec::new();
+        for planned in &state.services {
+            for backend in &planned.backends {
+                let key = super::endpoint(backend.target, &planned.mapping);
+                let via: Vec<_> = planned.frontends.iter().map(|f| (planned.id, *f)).collect();
+                match expected.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.extend(via),
+                    None => expected.push((key, via)),
+                }
+            }
+        }
+        expected.sort_by_key(|(k, _)| *k);
+        let ids = |via: &[(&super::PlannedService, std::net::SocketAddr)]| -> Vec<_> {
+            via.iter().map(|(s, f)| (s.id, *f)).collect()
+        };
+        let got: Vec<_> = found.iter().map(|(k, via)| (*k, ids(via))).collect();
+        assert_eq!(got, expected);
+        // Shared by two kernel services, and reached through two frontends of one.
+        assert!(
+            expected
+                .iter()
+                .any(|(_, v)| v.len() == 2 && v[0].0 != v[1].0)
+        );
+        assert!(
+            expected
+                .iter()
+                .any(|(_, v)| v.len() == 2 && v[0].0 == v[1].0)
+        );
+        for (key, via) in &expected {
+            assert_eq!(&ids(found.get(key)), via);
+        }
+        let mut absent = expected[0].0;
+        absent.port_be = 1u16.to_be();
+        assert!(found.get(&absent).is_empty());
     }
 
     #[test]
