@@ -159,13 +159,12 @@ fn classify(
     // One kernel service (a published port has one frontend per node address, loopback
     // included): its kind decides.
     if via.iter().all(|(s, _)| s.id == planned.id) {
-        let service = planned.name.clone();
-        let flags = flags(planned, first);
+        let service = || planned.name.clone();
         if planned.vip.is_none() {
-            return ReplyTranslation::NodeAddress { service };
+            return ReplyTranslation::NodeAddress { service: service() };
         }
-        if flags & service_flags::FULLNAT != 0 {
-            return ReplyTranslation::FullNat { service };
+        if flags(planned, first) & service_flags::FULLNAT != 0 {
+            return ReplyTranslation::FullNat { service: service() };
         }
     }
     if via.len() > 1 {
