@@ -1259,17 +1259,7 @@ services:
 
 /// Applies `services` over what `lb` holds, keeping the ids of what stays (as a reload does).
 fn reload(lb: &mut Loaded, services: &str) {
-    let file =
-        lb_userspace::source::file::ServiceFile::parse(services, std::path::Path::new("t.yaml"))
-            .expect("services");
-    let node_addrs: Vec<std::net::IpAddr> =
-        [NODE_CLIENT_SIDE, "198.18.2.1", "fd00:1::1", "fd00:2::1"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-    let desired = plan::plan_from(&file, &node_addrs, Some(&lb.desired)).expect("plan");
-    lb.dp.apply(Some(&lb.desired), &desired).expect("apply");
-    lb.desired = desired;
+    lb.change(services).expect("services planned and applied");
 }
 
 /// `frame` with its TCP window (at `window_at`) set to 0, as a RST carries it. The checksum
