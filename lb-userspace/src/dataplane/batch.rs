@@ -1,5 +1,5 @@
-//! Many map elements per `bpf(2)` call (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`),
-//! which aya 0.14 does not wrap. The kernel still updates the elements one by one, but a
+//! The `bpf(2)` commands aya 0.14 does not wrap (`sys_bpf` runs any of them), above all many
+//! map elements per call (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`). The kernel still updates the elements one by one, but a
 //! syscall costs about as much as the update itself: a configuration of 10,000 services has
 //! some 330,000 elements, a third of a second of syscalls one at a time.
 
@@ -28,25 +28,60 @@ struct BatchAttr {
     flags: u64,
 }
 
+impl BatchAttr {
+    /// A `BPF_MAP_LOOKUP_BATCH` of up to `count` elements into `keys` and `values`, after the
+    /// element `resume` names (`None`: from the first); the kernel writes the next resume
+    /// token into `next`.
+    fn lookup(
+        map: &MapData,
+        resume: Option<&mut u64>,
+        next: &mut u64,
+        keys: *mut u8,
+        values: *mut u8,
+        count: usize,
+    ) -> Self {
+        Self {
+            in_batch: resume.map_or(0, |token| std::ptr::from_mut(token) as u64),
+            out_batch: std::ptr::from_mut(next) as u64,
+            keys: keys as u64,
+            values: values as u64,
+            count: count as u32,
+            map_fd: fd(map) as u32,
+            elem_flags: 0,
+            flags: 0,
+        }
+    }
+}
+
+/// `bpf(command, attr, size_of(attr))`: its result, or the error.
+///
+/// # Safety
+/// `attr` has the layout of the member of the kernel's `union bpf_attr` that `command` reads,
+/// and every pointer in it points at a live buffer of the size the command uses.
+pub(super) unsafe fn sys_bpf<A>(command: libc::c_long, attr: &mut A) -> std::io::Result<i64> {
+    // SAFETY: the caller's promise.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<A>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
 /// Runs one batch command. The kernel writes `attr.count` back (the elements done) and, for
 /// lookups, the resume token behind `attr.out_batch`.
 fn run(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
     // SAFETY: the callers point `keys`, `values` and the tokens at live buffers of `count`
     // elements of the map's key and value sizes (or 0), in the layout of the kernel's
     // bpf_attr for batch commands.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    unsafe { sys_bpf(command, attr) }.map(drop)
 }
 
 /// Runs one update or delete batch over `count` elements; `Err` with the elements done before
@@ -178,22 +213,11 @@ pub fn inner_map_id(outer: i32, index: u32) -> std::io::Result<Option<u32>> {
     };
     // SAFETY: `key` and `value` point at live 4-byte buffers, the key and value sizes of an
     // array of maps read from userspace; the attribute is the kernel's layout.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<ElemAttr>(),
-        )
-    };
-    if rc == 0 {
-        return Ok(Some(id));
+    match unsafe { sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+        Ok(_) => Ok(Some(id)),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(error) => Err(error),
     }
-    let error = std::io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::ENOENT) {
-        return Ok(None);
-    }
-    Err(error)
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -210,20 +234,14 @@ pub fn count_entries(map: &MapData, key_size: usize, value_size: usize) -> std::
     let mut total = 0u64;
     let mut chunk = CHUNK;
     loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &mut token_in as *mut u64 as u64
-            },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd(map) as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
+        let mut attr = BatchAttr::lookup(
+            map,
+            (!first).then_some(&mut token_in),
+            &mut token_out,
+            keys.as_mut_ptr(),
+            values.as_mut_ptr(),
+            chunk,
+        );
         match run(BPF_MAP_LOOKUP_BATCH, &mut attr) {
             Ok(()) => total += u64::from(attr.count),
             // The end of the map (the last entries come with it).
@@ -273,25 +291,19 @@ pub fn each_percpu_value<V: Pod + Default>(
         .take(CHUNK * cpus)
         .collect();
     let mut keys = vec![0u32; CHUNK];
-    let (mut token_in, mut token_out) = (0u32, 0u32);
+    // An array's resume token is a key: the kernel writes and reads its first 4 bytes.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut done = 0;
     while done < count {
         let want = (count - done).min(CHUNK);
-        let mut attr = BatchAttr {
-            // After the last key read (the first call starts at the first key).
-            in_batch: if done == 0 {
-                0
-            } else {
-                std::ptr::from_mut(&mut token_in) as u64
-            },
-            out_batch: std::ptr::from_mut(&mut token_out) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: want as u32,
-            map_fd: fd(map) as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
+        let mut attr = BatchAttr::lookup(
+            map,
+            (done > 0).then_some(&mut token_in),
+            &mut token_out,
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            want,
+        );
         let result = run(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let got = (attr.count as usize).min(want);
         for (i, key) in keys[..got].iter().enumerate() {

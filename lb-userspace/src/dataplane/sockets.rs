@@ -284,44 +284,23 @@ fn link_update(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> std::io::Resul
     }
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let get = ObjGet {
+    let mut get = ObjGet {
         pathname: c_path.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
     };
-    // SAFETY: the bpf syscall reads `get` (its size given) and the path it points to.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &get as *const ObjGet,
-            std::mem::size_of::<ObjGet>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: the bpf syscall reads `get` (its layout the kernel's) and the path it points to.
+    let fd = unsafe { super::batch::sys_bpf(BPF_OBJ_GET, &mut get) }?;
     // SAFETY: a new descriptor the kernel just gave us.
     let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let update = LinkUpdate {
+    let mut update = LinkUpdate {
         link_fd: link.as_raw_fd() as u32,
         new_prog_fd: prog.as_raw_fd() as u32,
         flags: 0,
         old_prog_fd: 0,
     };
-    // SAFETY: the bpf syscall reads `update` (its size given).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &update as *const LinkUpdate,
-            std::mem::size_of::<LinkUpdate>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: the bpf syscall reads `update` (its layout the kernel's).
+    unsafe { super::batch::sys_bpf(BPF_LINK_UPDATE, &mut update) }.map(drop)
 }
 
 #[cfg(test)]
