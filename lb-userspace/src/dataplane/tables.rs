@@ -39,30 +39,19 @@ pub(super) fn set_tables(
     jobs: &[(u32, Option<&TableSpec>)],
     in_place: InPlace,
 ) -> Result<(), DataplaneError> {
-    // Mappings kept by all writers: each counts against the process's limit of them.
     let kept = &std::sync::atomic::AtomicUsize::new(0);
     // Returns the arenas its tables were mapped in, still mapped: unmapping a written table
     // flushes the TLB of every other CPU running this process (an inter-processor interrupt,
     // costly in a VM), which the writers keep busy; once they are done, none is.
-    let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<Vec<MappingArena>, DataplaneError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut arenas = Vec::new();
-        let mut mine = 0;
+    let write = |chunk: &[(u32, Option<&TableSpec>)]| -> Result<KeptArenas<'_>, DataplaneError> {
+        let mut arenas = KeptArenas::new(kept, MAX_KEPT_MAPPINGS);
         for group in chunk.chunks(TABLES_PER_SWAP) {
             let mut ids = Vec::with_capacity(group.len());
             let mut tables = Vec::with_capacity(group.len());
-            // A table's mapping and the rest of the reservation.
+            // A table's mapping each, and the rest of the reservation.
             let mappings = group.len() + 1;
-            if kept.load(Relaxed) + mappings > MAX_KEPT_MAPPINGS && mine > 0 {
-                kept.fetch_sub(mine, Relaxed);
-                mine = 0;
-                arenas.clear();
-            }
+            arenas.make_room(mappings);
             let arena = MappingArena::reserve(ARENA_BYTES);
-            if arena.is_some() {
-                kept.fetch_add(mappings, Relaxed);
-                mine += mappings;
-            }
             for (id, spec) in group {
                 let backend_ids = match spec {
                     Some(spec) => spec.build().map_err(|error| DataplaneError::MapValue {
@@ -80,7 +69,9 @@ pub(super) fn set_tables(
                 ids.push(*id);
                 tables.push(build_table(&backend_ids, arena.as_ref())?);
             }
-            arenas.extend(arena);
+            if let Some(arena) = arena {
+                arenas.keep(arena, mappings);
+            }
             if ids.is_empty() {
                 continue;
             }
@@ -193,6 +184,46 @@ const ARENA_BYTES: usize = TABLES_PER_SWAP * 128 * 1024;
 /// process, however many writers there are.
 const MAX_KEPT_MAPPINGS: usize = 16_384;
 
+/// A writer's arenas, kept mapped until every writer is done, within a number of mappings
+/// shared by all writers (`kept`, against `limit`): each counts against the process's limit.
+struct KeptArenas<'a> {
+    kept: &'a std::sync::atomic::AtomicUsize,
+    limit: usize,
+    /// This writer's part of `kept`.
+    mine: usize,
+    arenas: Vec<MappingArena>,
+}
+
+impl<'a> KeptArenas<'a> {
+    fn new(kept: &'a std::sync::atomic::AtomicUsize, limit: usize) -> Self {
+        Self {
+            kept,
+            limit,
+            mine: 0,
+            arenas: Vec::new(),
+        }
+    }
+
+    /// Before a group of `mappings`: when all writers together would pass the limit, this
+    /// writer unmaps its own arenas first (if it has none, it goes on: the overshoot is at
+    /// most a group a writer).
+    fn make_room(&mut self, mappings: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.kept.load(Relaxed) + mappings > self.limit && self.mine > 0 {
+            self.kept.fetch_sub(self.mine, Relaxed);
+            self.mine = 0;
+            self.arenas.clear();
+        }
+    }
+
+    fn keep(&mut self, arena: MappingArena, mappings: usize) {
+        self.kept
+            .fetch_add(mappings, std::sync::atomic::Ordering::Relaxed);
+        self.mine += mappings;
+        self.arenas.push(arena);
+    }
+}
+
 /// Address space reserved (inaccessible, backed by nothing) for mapping tables side by side;
 /// all of it is unmapped in one call on drop.
 struct MappingArena {
@@ -223,36 +254,52 @@ impl MappingArena {
     }
 
     /// Maps the `elements` elements of the mmapable array behind `fd` into the next free part
-    /// of the reservation; `None` when it has no room (or the kernel refuses).
+    /// of the reservation; `None` when it has no room, `Some(Err)` when the kernel refuses.
     fn map(&self, fd: i32, elements: u32) -> Option<std::io::Result<MappedSlots<'_>>> {
         let (bytes, mapped) = mapped_size(elements);
         let at = self.used.get();
         if self.reserved - at < mapped {
             return None;
         }
-        // SAFETY: replaces part of our own reservation (never touched, so nothing to flush)
-        // with a shared mapping of the map's memory, as `MappedSlots::map`.
-        let p = unsafe {
-            libc::mmap(
-                self.base.add(at).cast(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Some(Err(std::io::Error::last_os_error()));
-        }
-        self.used.set(at + mapped);
-        Some(Ok(MappedSlots {
-            base: p.cast(),
-            slots: bytes / std::mem::size_of::<u32>(),
-            unmap: None,
-            _arena: std::marker::PhantomData,
+        // SAFETY: `at + mapped` lies within our own reservation, never touched (nothing to
+        // flush), which the table's mapping replaces there.
+        let base = unsafe { map_table(fd, mapped, self.base.add(at)) };
+        Some(base.map(|base| {
+            self.used.set(at + mapped);
+            MappedSlots {
+                base,
+                slots: bytes / std::mem::size_of::<u32>(),
+                unmap: None,
+                _arena: std::marker::PhantomData,
+            }
         }))
     }
+}
+
+/// A shared, writable mapping of `mapped` bytes of the mmapable array behind `fd`: at `at`,
+/// replacing what is there, or where the kernel chooses when `at` is null.
+///
+/// # Safety
+/// A non-null `at` starts `mapped` bytes of this process's address space that nothing else
+/// uses; `mapped` is at most what the kernel backs for the array (its size rounded up to
+/// pages).
+unsafe fn map_table(fd: i32, mapped: usize, at: *mut u8) -> std::io::Result<*mut u32> {
+    let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
+    // SAFETY: the caller's promise.
+    let p = unsafe {
+        libc::mmap(
+            at.cast(),
+            mapped,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | fixed,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p.cast())
 }
 
 // SAFETY: the arena owns its address range and nothing in it is tied to the thread that
@@ -291,23 +338,10 @@ impl MappedSlots<'static> {
     /// Maps the `elements` elements of the mmapable array behind `fd`.
     fn map(fd: i32, elements: u32) -> std::io::Result<Self> {
         let (bytes, mapped) = mapped_size(elements);
-        // SAFETY: a fresh shared mapping of the map's memory; the kernel backs the size
-        // rounded up to pages for an mmapable array of `elements` elements.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        // SAFETY: where the kernel chooses; `mapped` is what it backs for `elements`.
+        let base = unsafe { map_table(fd, mapped, std::ptr::null_mut()) }?;
         Ok(Self {
-            base: p.cast(),
+            base,
             slots: bytes / std::mem::size_of::<u32>(),
             unmap: Some(mapped),
             _arena: std::marker::PhantomData,
@@ -364,5 +398,36 @@ impl Drop for MappedSlots<'_> {
             // SAFETY: the mapping `map` made, unmapped once.
             unsafe { libc::munmap(self.base.cast(), mapped) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use super::*;
+
+    #[test]
+    fn writers_keep_their_arenas_until_together_they_would_pass_the_limit() {
+        let kept = AtomicUsize::new(0);
+        let arena = || MappingArena::reserve(4096).expect("an address range");
+        let mut a = KeptArenas::new(&kept, 10);
+        let mut b = KeptArenas::new(&kept, 10);
+        for _ in 0..2 {
+            a.make_room(4);
+            a.keep(arena(), 4);
+        }
+        assert_eq!((a.arenas.len(), kept.load(Relaxed)), (2, 8));
+        // Over the limit with nothing of its own: b goes on (a group over, at most).
+        b.make_room(4);
+        b.keep(arena(), 4);
+        assert_eq!((b.arenas.len(), kept.load(Relaxed)), (1, 12));
+        // Over it with arenas of its own: a unmaps them first.
+        a.make_room(4);
+        assert_eq!((a.arenas.len(), kept.load(Relaxed)), (0, 4));
+        a.keep(arena(), 4);
+        // Within the limit: kept.
+        b.make_room(2);
+        assert_eq!((b.arenas.len(), kept.load(Relaxed)), (1, 8));
     }
 }
