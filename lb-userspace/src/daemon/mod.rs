@@ -545,7 +545,6 @@ impl Daemon {
         Err(e)
     }
 
-    /// Makes `next` the running plan.
     /// Makes `next` the running plan; `health_shaped`: planned from specs the health checks
     /// changed.
     fn take_plan(&mut self, next: Replan, health_shaped: bool) {
