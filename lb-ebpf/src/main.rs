@@ -96,9 +96,12 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     // Read before FRONTENDS is: a flow opened or checked below is stamped with it.
     let generation = conntrack::frontend_gen();
     // Flow first: a packet of a tracked flow whose stamp is current skips FRONTENDS.
+    let mut untracked = false;
     if conntrack::may_be_forward(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto) {
         let verdict = to_backend_stamped(ctx, pkt, generation);
-        if verdict != Verdict::NOT_STAMPED {
+        if verdict == Verdict::UNTRACKED {
+            untracked = true;
+        } else if verdict != Verdict::NOT_STAMPED {
             return verdict;
         }
     }
@@ -113,7 +116,14 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
-        let verdict = to_backend(ctx, pkt, svc, false, generation);
+        // A new flow's first packets: the table was just asked, so not again. A local, dead
+        // past here, so the verifier does not explore the rest twice (as it would for a flag
+        // carried on).
+        let verdict = if untracked && svc.flags & service_flags::TUNNEL_ONLY == 0 {
+            Verdict::UNTRACKED
+        } else {
+            to_backend(ctx, pkt, svc, false, generation)
+        };
         if verdict == Verdict::NOT_TUNNELED {
             count(StatSlot::DropTunnelOnly);
             return Verdict::xdp(xdp_action::XDP_DROP);
@@ -188,13 +198,13 @@ fn settled(verdict: Verdict) -> Verdict {
 
 /// A packet of a tracked forward flow whose stamp is current (`conntrack::follow_stamped`):
 /// forwarded as `to_backend` would, on the service id and flags in the flow, without the
-/// `FRONTENDS` lookup; `Verdict::NOT_STAMPED` for any other packet, untouched. The hot
-/// path's only call.
+/// `FRONTENDS` lookup; `Verdict::UNTRACKED` if the table has no entry for it,
+/// `Verdict::NOT_STAMPED` for any other packet, untouched. The hot path's only call.
 #[inline(never)]
 fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdict {
     let key: &FlowKey = &pkt.key;
     let Some(flow) = CONNTRACK.get_ptr_mut(key) else {
-        return Verdict::NOT_STAMPED;
+        return Verdict::UNTRACKED;
     };
     if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
         return Verdict::NOT_STAMPED;
