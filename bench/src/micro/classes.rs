@@ -181,10 +181,10 @@ fn floor(
     name: &'static str,
     retval: u32,
     check: Check,
-    katran: (f64, &'static str),
+    katran: Option<(f64, &'static str)>,
 ) -> Class {
     Class {
-        katran: Some(katran),
+        katran,
         ..class(
             key,
             label,
@@ -235,15 +235,24 @@ const NEW_FLOW: Check = Check::Dnat {
     via_tc: false,
     vary: true,
 };
-const KATRAN_NEW_FLOW: (f64, &str) = (
-    938.0,
-    "harness (vary) -> VIP SYN, new flow every packet (noflood build, 4M-entry LRU full)",
-);
+fn katran_new_flow(katran: &KatranReference) -> Option<(f64, &'static str)> {
+    Some((
+        katran.new_flow_4m,
+        "harness (vary) -> VIP SYN, new flow every packet (noflood build, 4M-entry LRU full)",
+    ))
+}
 
-/// Every class, in the order of a round.
-pub(super) fn classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
-    let mut list = floor_classes(frames);
-    list.extend(meshlb_classes(frames, layout));
+fn katran_lru_hit(katran: &KatranReference) -> Option<(f64, &'static str)> {
+    Some((
+        katran.lru_hit,
+        "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
+    ))
+}
+
+/// Every class, in the order of a round, each beside Katran's figure for its path.
+pub(super) fn classes(frames: &Frames, layout: &Layout, katran: &KatranReference) -> Vec<Class> {
+    let mut list = floor_classes(frames, katran);
+    list.extend(meshlb_classes(frames, layout, katran));
     list.extend(ipv6_classes(frames, layout));
     list.extend(mesh_classes(frames, layout));
     list.extend(scaling_classes(frames, layout));
@@ -317,7 +326,7 @@ fn mesh_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
 }
 
 /// The floors: what the harness and the simplest programs cost.
-fn floor_classes(frames: &Frames) -> Vec<Class> {
+fn floor_classes(frames: &Frames, katran: &KatranReference) -> Vec<Class> {
     let floor = |key, label, via, name, retval, check, katran| {
         floor(frames, key, label, via, name, retval, check, katran)
     };
@@ -329,7 +338,7 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
             FLOOR_PASS,
             XDP_PASS,
             Check::Unchanged,
-            (21.0, "direct: XDP_PASS floor"),
+            Some((katran.pass_direct, "direct: XDP_PASS floor")),
         ),
         floor(
             "floor-tx-direct",
@@ -338,10 +347,9 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
             FLOOR_TX,
             XDP_TX,
             Check::MacSwaps,
-            (25.0, "direct: parse + MAC swap + XDP_TX floor"),
+            Some((katran.tx_direct, "direct: parse + MAC swap + XDP_TX floor")),
         ),
         Class {
-            katran: None,
             frame: frames.to_backend.clone(),
             ..floor(
                 "floor-fib-direct",
@@ -350,7 +358,7 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
                 FLOOR_FIB,
                 XDP_TX,
                 Check::FibMacs,
-                (0.0, ""),
+                None,
             )
         },
         floor(
@@ -360,7 +368,7 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
             FLOOR_TX_ONLY,
             XDP_TX,
             Check::Unchanged,
-            (34.0, "harness -> XDP_TX-only target"),
+            Some((katran.harness_tx_only, "harness -> XDP_TX-only target")),
         ),
         floor(
             "harness-pass",
@@ -369,7 +377,7 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
             FLOOR_PASS,
             XDP_PASS,
             Check::Unchanged,
-            (34.0, "harness -> XDP_PASS floor"),
+            Some((katran.harness_pass, "harness -> XDP_PASS floor")),
         ),
         floor(
             "harness-tx",
@@ -378,20 +386,19 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
             FLOOR_TX,
             XDP_TX,
             Check::MacSwaps,
-            (38.0, "harness -> parse/MAC-swap/TX floor"),
+            katran
+                .harness_parse_tx
+                .map(|ns| (ns, "harness -> parse/MAC-swap/TX floor")),
         ),
-        Class {
-            katran: None,
-            ..floor(
-                "harness-meta",
-                "Harness -> 8 B metadata + XDP_PASS (TC hand-off floor)",
-                Via::Harness,
-                FLOOR_META,
-                XDP_PASS,
-                Check::FloorMeta,
-                (0.0, ""),
-            )
-        },
+        floor(
+            "harness-meta",
+            "Harness -> 8 B metadata + XDP_PASS (TC hand-off floor)",
+            Via::Harness,
+            FLOOR_META,
+            XDP_PASS,
+            Check::FloorMeta,
+            None,
+        ),
         floor(
             "harness-vary-floor",
             "Harness floor, vary mode (new source every packet)",
@@ -399,13 +406,16 @@ fn floor_classes(frames: &Frames) -> Vec<Class> {
             FLOOR_TX_ONLY,
             XDP_TX,
             Check::VaryFloor,
-            (34.0, "harness (vary) -> XDP_TX-only target"),
+            Some((
+                katran.harness_vary_tx_only,
+                "harness (vary) -> XDP_TX-only target",
+            )),
         ),
     ]
 }
 
 /// meshlb's IPv4 paths.
-fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
+fn meshlb_classes(frames: &Frames, layout: &Layout, katran: &KatranReference) -> Vec<Class> {
     let (ack, syn, non_vip) = (&frames.ack, &frames.syn, &frames.non_vip);
     vec![
         meshlb(
@@ -417,10 +427,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             XDP_REDIRECT,
             REDIRECT,
             ESTABLISHED_REDIRECT,
-            Some((
-                141.0,
-                "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
-            )),
+            katran_lru_hit(katran),
         ),
         meshlb(
             "established-tc",
@@ -434,10 +441,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
                 vary: false,
             },
             ESTABLISHED_TC,
-            Some((
-                141.0,
-                "harness -> VIP ACK, same flow (LRU hit; IPIP encap, XDP_TX)",
-            )),
+            katran_lru_hit(katran),
         ),
         meshlb(
             "new-flow",
@@ -448,7 +452,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             XDP_REDIRECT,
             NEW_FLOW,
             NEW_FLOW_REDIRECT,
-            Some(KATRAN_NEW_FLOW),
+            katran_new_flow(katran),
         ),
         meshlb(
             "new-flow-rr",
@@ -459,7 +463,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             XDP_REDIRECT,
             NEW_FLOW,
             NEW_FLOW_REDIRECT,
-            Some(KATRAN_NEW_FLOW),
+            katran_new_flow(katran),
         ),
         meshlb(
             "pass-through-direct",
@@ -470,7 +474,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             XDP_PASS,
             Check::Unchanged,
             PASS_NOT_FRONTEND,
-            Some((69.0, "direct: non-VIP")),
+            Some((katran.non_vip_direct, "direct: non-VIP")),
         ),
         meshlb(
             "pass-through-harness",
@@ -481,7 +485,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             XDP_PASS,
             Check::Unchanged,
             PASS_NOT_FRONTEND,
-            Some((79.0, "harness -> non-VIP")),
+            Some((katran.non_vip_harness, "harness -> non-VIP")),
         ),
         // Single-shot only: each call starts from the input, so a direct run is valid.
         Class {
@@ -511,7 +515,6 @@ fn ipv6_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
         Class {
             frame: v6.ack.clone(),
             section: Section::Ipv6,
-            katran: None,
             ..floor(
                 "harness-floor-v6",
                 "IPv6: harness floor (80-byte frame), target returns XDP_TX",
@@ -519,7 +522,7 @@ fn ipv6_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
                 FLOOR_TX_ONLY,
                 XDP_TX,
                 Check::Unchanged,
-                (0.0, ""),
+                None,
             )
         },
         Class {

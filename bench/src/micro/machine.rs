@@ -8,6 +8,8 @@ use serde::Serialize;
 pub struct Machine {
     /// `model name` from /proc/cpuinfo.
     pub cpu_model: String,
+    /// `vendor_id` from /proc/cpuinfo (which Katran reference applies).
+    pub vendor_id: String,
     /// Online logical CPUs (`processor` lines of /proc/cpuinfo).
     pub cpus: usize,
     /// Whether /proc/cpuinfo has the `hypervisor` flag (a virtual machine).
@@ -32,6 +34,7 @@ pub fn facts() -> Machine {
             .map(|(_, v)| v.trim().to_owned())
     };
     let cpu_model = field("model name").unwrap_or_else(|| "unknown".into());
+    let vendor_id = field("vendor_id").unwrap_or_else(|| "unknown".into());
     let cpus = cpuinfo
         .lines()
         .filter(|l| l.split(':').next().map(str::trim) == Some("processor"))
@@ -48,6 +51,7 @@ pub fn facts() -> Machine {
         .unwrap_or_default();
     Machine {
         cpu_model,
+        vendor_id,
         cpus,
         hypervisor,
         kernel: uname(),

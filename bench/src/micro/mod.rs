@@ -25,6 +25,7 @@ mod bench;
 mod classes;
 mod frames;
 mod ipv6;
+mod katran;
 pub mod machine;
 mod report;
 mod setup;
@@ -60,6 +61,7 @@ use self::{
     bench::*,
     classes::*,
     frames::*,
+    katran::KatranReference,
     report::{ClassResult, Report, SingleShotResult},
     setup::*,
 };
@@ -159,9 +161,17 @@ pub fn run(args: &MicroArgs) -> Result<()> {
     );
     let ns = node_namespace()?;
     let backend_if_mac = read_mac(&ns, "lbb")?;
-    let outcome = ns.run(|| measure(args, backend_if_mac, machine.cpus))??;
+    let katran = katran::for_vendor(&machine.vendor_id);
+    let outcome = ns.run(|| measure(args, backend_if_mac, machine.cpus, katran.0))??;
     drop(ns);
-    let report = Report::new(args, machine, load_before, machine::load_average(), outcome);
+    let report = Report::new(
+        args,
+        machine,
+        katran,
+        load_before,
+        machine::load_average(),
+        outcome,
+    );
     let markdown = report.markdown();
     println!();
     print!("{markdown}");
@@ -193,7 +203,12 @@ struct Layout {
 }
 
 /// Everything that touches the kernel, on a thread inside the node namespace.
-fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Outcome> {
+fn measure(
+    args: &MicroArgs,
+    backend_if_mac: [u8; 6],
+    cpus: usize,
+    katran: &KatranReference,
+) -> Result<Outcome> {
     let started = Instant::now();
     let (cpu, cpu_note) = match args.cpu {
         Some(cpu) => (cpu, None),
@@ -223,7 +238,7 @@ fn measure(args: &MicroArgs, backend_if_mac: [u8; 6], cpus: usize) -> Result<Out
     };
     let frames = Frames::new(backend_if_mac)?;
     open_measured_flows(&mut bench, &layout, &frames)?;
-    let classes = selected_classes(args, classes(&frames, &layout))?;
+    let classes = selected_classes(args, classes(&frames, &layout, katran))?;
     let fill_iterations = check_and_fill(args, &mut bench, &classes)?;
     let (classes, single_shot) = measure_rounds(args, &mut bench, &classes)?;
     let program = bench.dps[layout.main]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{
     Check, Class, MicroArgs, Outcome, ProgramSize, Sample, Section, SingleShot, TableCost,
     action_name,
+    katran::KatranReference,
     machine::{self, Machine},
 };
 
@@ -100,13 +101,6 @@ impl SingleShotResult {
     pub(super) fn new(class: &Class, runs: &[SingleShot]) -> Self {
         let means: Vec<f64> = runs.iter().map(|r| r.mean_ns).collect();
         let (min, median, max) = spread(&means);
-        let katran = match class.key.as_str() {
-            "floor-pass-direct" => Some(78.1),
-            "floor-tx-direct" => Some(82.2),
-            "pass-through-direct" => Some(134.5),
-            "established-direct" => Some(226.8),
-            _ => None,
-        };
         Self {
             key: class.key.clone(),
             label: class.label.clone(),
@@ -117,7 +111,8 @@ impl SingleShotResult {
             min,
             median,
             max,
-            katran_ns: katran,
+            // Set by the report, which knows the machine kind.
+            katran_ns: None,
         }
     }
 }
@@ -145,6 +140,10 @@ pub struct Params {
 pub struct Report {
     pub date: String,
     pub machine: Machine,
+    /// Katran's figures the rows are compared with.
+    pub katran: &'static KatranReference,
+    /// Whether `katran` was measured on this machine's kind (by CPU vendor).
+    pub katran_same_kind: bool,
     /// The measured meshlb_xdp as loaded.
     pub program: Option<ProgramSize>,
     pub params: Params,
@@ -199,10 +198,14 @@ impl Report {
     pub(super) fn new(
         args: &MicroArgs,
         machine: Machine,
+        (katran, katran_same_kind): (&'static KatranReference, bool),
         load_before: f64,
         load_after: f64,
-        outcome: Outcome,
+        mut outcome: Outcome,
     ) -> Self {
+        for r in &mut outcome.single_shot {
+            r.katran_ns = katran.single_shot(&r.key);
+        }
         let median = |key: &str| {
             outcome
                 .classes
@@ -235,9 +238,13 @@ impl Report {
             .collect();
         let m = median;
         let harness_overhead = m("harness-tx") - m("floor-tx-direct");
+        let k = katran;
         let derived = vec![
             (
-                "harness overhead: (harness -> parse/TX floor) - (parse/TX floor direct); Katran 13".into(),
+                format!(
+                    "harness overhead: (harness -> parse/TX floor) - (parse/TX floor direct); Katran {}",
+                    ns(k.harness_overhead())
+                ),
                 harness_overhead,
             ),
             (
@@ -253,11 +260,17 @@ impl Report {
                 m("harness-vary-floor") - m("harness-floor"),
             ),
             (
-                "established flow, direct-equivalent: established (harness) - harness overhead; Katran ≈122 (141 - 13 - 6 for adjust_head)".into(),
+                format!(
+                    "established flow, direct-equivalent: established (harness) - harness overhead; Katran ≈{} (its harness row less the harness and the undoing of its encapsulation)",
+                    ns(k.lru_hit_direct_equivalent())
+                ),
                 m("established") - harness_overhead,
             ),
             (
-                "established flow above the XDP_PASS floor (direct-equivalent - 21-ish floor); Katran ≈100".into(),
+                format!(
+                    "established flow above the XDP_PASS floor (direct-equivalent - floor); Katran ≈{}",
+                    ns(k.lru_hit_direct_equivalent() - k.pass_direct)
+                ),
                 m("established") - harness_overhead - m("floor-pass-direct"),
             ),
             (
@@ -265,7 +278,10 @@ impl Report {
                 m("established-tc") - m("established"),
             ),
             (
-                "non-VIP pass-through above the XDP_PASS floor (direct); Katran ≈48".into(),
+                format!(
+                    "non-VIP pass-through above the XDP_PASS floor (direct); Katran ≈{}",
+                    ns(k.non_vip_direct - k.pass_direct)
+                ),
                 m("pass-through-direct") - m("floor-pass-direct"),
             ),
             (
@@ -281,11 +297,18 @@ impl Report {
             "IPv6 rows: 80-byte frames (40-byte IPv6 header; client [fd00:1::2]:31337, VIP [fd00:100::1]:80, 16 backends fd00:2::a-19 port 8080, non-VIP fd00:100::99), through the 80-byte variant of the same harness; the Katran reference has no IPv6 figures to compare with.".to_owned(),
             "Every run was verified: the return value, the bytes out (DNAT to one of the 16 backends with checksums recomputed from scratch, MACs from the FIB for XDP_REDIRECT, 8 bytes of metadata naming the backend-side interface for the TC hand-off, untouched packets byte for byte) and meshlb's own counters (each path counter moved by exactly the iteration count, every other counter by 0).".to_owned(),
             "XDP_REDIRECT rows: the backend-side veth is in TX_PORTS (`Dataplane::allow_xdp_redirect`); a non-live BPF_PROG_TEST_RUN returns XDP_REDIRECT (4) without transmitting, so these rows are the program's cost up to the redirect decision.".to_owned(),
-            "Katran's VIP rows encapsulate (IPIP, +20 B) and return XDP_TX, and its harness pays ~6 ns for the bpf_xdp_adjust_head that undoes the encapsulation; meshlb rewrites in place (DNAT) and its harness rows pay no head adjustment (the TC hand-off rows pay a bpf_xdp_adjust_meta instead, see the metadata floor).".to_owned(),
             format!(
-                "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as Katran's reference figures). meshlb's flood guard (unconfirmed flows in a table of their own) is part of the measured path: compare with Katran's noflood rows (938 ns at a full 4M-entry per-CPU LRU, 814 ns at 500k, 360 ns at 1k).",
+                "Katran's VIP rows encapsulate (IPIP, +20 B) and return XDP_TX, and its harness pays ~{} ns for the bpf_xdp_adjust_head that undoes the encapsulation; meshlb rewrites in place (DNAT) and its harness rows pay no head adjustment (the TC hand-off rows pay a bpf_xdp_adjust_meta instead, see the metadata floor).",
+                ns(k.adjust_head())
+            ),
+            format!(
+                "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as Katran's reference figures). meshlb's flood guard (unconfirmed flows in a table of their own) is part of the measured path: compare with Katran's noflood rows ({} ns at a full 4M-entry per-CPU LRU, {} ns at 500k{}).",
                 thousands(u64::from(args.conntrack_entries)),
-                thousands(u64::from(outcome.fill_iterations))
+                thousands(u64::from(outcome.fill_iterations)),
+                ns(k.new_flow_4m),
+                ns(k.new_flow_500k),
+                k.new_flow_1k
+                    .map_or(String::new(), |v| format!(", {} ns at 1k", ns(v)))
             ),
             "Scaling dataplanes: extra services have one backend each and a 101-slot Maglev table (VIPs in 198.19.128.0/17); the measured service keeps 16 backends and the default 16,381-slot table. Their frontends, backends and backend endpoints are all loaded; their selection tables are not (apart from a timed sample, see below), because neither measured path reads them and each one costs an RCU grace period to load. Prefilled flows were inserted from userspace (forward and reply entry each) into the default-sized table.".to_owned(),
             "Single-shot rows: repeat = 1 per BPF_PROG_TEST_RUN call, the mean of the kernel-reported per-call durations (quantised to about 10 ns on this VM kind), Katran's own perf method; every call includes the test-run set-up, so these are not comparable with the repeat rows.".to_owned(),
@@ -304,6 +327,8 @@ impl Report {
         Self {
             date: machine::today(),
             machine,
+            katran,
+            katran_same_kind,
             program: outcome.program,
             params: Params {
                 repeat: args.repeat,
@@ -389,6 +414,17 @@ impl Report {
             p.load_average_after,
             p.elapsed_s
         );
+        let _ = writeln!(
+            s,
+            "Katran's figures: `{}` ({}){}.\n",
+            self.katran.file,
+            self.katran.machine,
+            if self.katran_same_kind {
+                ""
+            } else {
+                "; no reference was taken on this machine's kind, so they compare only roughly"
+            }
+        );
         if let Some(prog) = &self.program {
             let _ = writeln!(
                 s,
@@ -409,7 +445,8 @@ impl Report {
         let _ = writeln!(s, "## Per-packet cost (ns)\n");
         let _ = writeln!(
             s,
-            "| Path | Measured as | retval | out B | min | median | max | wall median | Katran median (bench/results/katran-reference.md row) |"
+            "| Path | Measured as | retval | out B | min | median | max | wall median | Katran median ({} row) |",
+            self.katran.file
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for c in self
