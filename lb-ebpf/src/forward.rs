@@ -102,6 +102,30 @@ fn remember_route(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route:
     if f.egress_ifindex == 0 {
         return;
     }
+    let route = MemoRoute {
+        ifindex: f.egress_ifindex,
+        // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
+        macs: unsafe { f.egress_macs.as_ptr().cast::<[u32; 3]>().read() },
+        mtu: f.egress_mtu,
+        redirect: f.egress_redirect,
+    };
+    memoize(ctx, src, dst, memo_tos(pkt), pkt.key.proto, &route);
+}
+
+/// What the memo keeps of a route the FIB gave.
+pub struct MemoRoute {
+    pub ifindex: u32,
+    /// Destination then source MAC, as in the Ethernet header.
+    pub macs: [u32; 3],
+    pub mtu: u16,
+    /// 1 if the egress takes XDP frames.
+    pub redirect: u8,
+}
+
+/// Keeps `route`, which the FIB gave just now for `src` -> `dst` with this TOS and protocol
+/// through this packet's ingress, in this CPU's memo slot of the two addresses.
+#[inline(always)]
+pub fn memoize(ctx: &XdpContext, src: &Addr, dst: &Addr, tos: u8, proto: u8, route: &MemoRoute) {
     let Some(m) = ROUTE_MEMO.get_ptr_mut(memo_slot(src, dst)) else {
         return;
     };
@@ -111,34 +135,38 @@ fn remember_route(ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr, route:
     m.dst = *dst;
     m.looked_up_ns = now_ns();
     m.ingress_ifindex = ctx.ingress_ifindex() as u32;
-    m.egress_ifindex = f.egress_ifindex;
-    // SAFETY: the field is 4-byte aligned (offset 64 of an 8-aligned value).
-    m.macs = unsafe { f.egress_macs.as_ptr().cast::<[u32; 3]>().read() };
-    m.mtu = f.egress_mtu;
-    m.tos = memo_tos(pkt);
-    m.proto = pkt.key.proto;
-    m.redirect = f.egress_redirect;
+    m.egress_ifindex = route.ifindex;
+    m.macs = route.macs;
+    m.mtu = route.mtu;
+    m.tos = tos;
+    m.proto = proto;
+    m.redirect = route.redirect;
 }
 
-/// Whether the memo slot `m` holds a route for this packet's addresses, ingress, TOS and
-/// protocol, at most `ROUTE_MEMO_MAX_AGE_NS` old at `now`, whose MTU the packet fits.
+/// This CPU's memo slot of `src` -> `dst` if it holds a route for the two addresses through
+/// this packet's ingress, with this TOS and protocol, at most `ROUTE_MEMO_MAX_AGE_NS` old,
+/// whose MTU a packet of `len` bytes fits.
 #[inline(always)]
-fn memo_fits(
+pub fn memoized(
     ctx: &XdpContext,
-    pkt: &Packet,
     src: &Addr,
     dst: &Addr,
-    m: &RouteMemo,
-    now: u64,
-) -> bool {
-    m.egress_ifindex != 0
-        && now.wrapping_sub(m.looked_up_ns) <= ROUTE_MEMO_MAX_AGE_NS
-        && m.src == *src
-        && m.dst == *dst
-        && m.ingress_ifindex == ctx.ingress_ifindex() as u32
-        && m.tos == memo_tos(pkt)
-        && m.proto == pkt.key.proto
-        && u16::from_be(pkt.ip_tot_len_be) <= m.mtu
+    tos: u8,
+    proto: u8,
+    len: u16,
+) -> Option<*const RouteMemo> {
+    let m = ROUTE_MEMO.get_ptr(memo_slot(src, dst))?;
+    // SAFETY: this CPU's slot, used by this program run only.
+    let r = unsafe { &*m };
+    let fits = r.egress_ifindex != 0
+        && now_ns().wrapping_sub(r.looked_up_ns) <= ROUTE_MEMO_MAX_AGE_NS
+        && r.src == *src
+        && r.dst == *dst
+        && r.ingress_ifindex == ctx.ingress_ifindex() as u32
+        && r.tos == tos
+        && r.proto == proto
+        && len <= r.mtu;
+    fits.then_some(m)
 }
 
 #[inline(always)]
@@ -162,14 +190,12 @@ fn send_memoized(
     dst: &Addr,
     route: *mut Flow,
 ) -> Verdict {
-    let Some(m) = ROUTE_MEMO.get_ptr(memo_slot(src, dst)) else {
+    let len = u16::from_be(pkt.ip_tot_len_be);
+    let Some(m) = memoized(ctx, src, dst, memo_tos(pkt), pkt.key.proto, len) else {
         return Verdict::NOT_MEMOIZED;
     };
     // SAFETY: this CPU's slot, used by this program run only.
     let m = unsafe { &*m };
-    if !memo_fits(ctx, pkt, src, dst, m, now_ns()) {
-        return Verdict::NOT_MEMOIZED;
-    }
     Verdict::xdp(send_routed(
         ctx,
         route,

@@ -35,7 +35,7 @@ use lb_common::{
 
 use crate::{
     aggregate,
-    forward::{fib_lookup_into, fib_macs, set_macs, via_tc},
+    forward::{self, MemoRoute, fib_lookup_into, fib_macs, set_macs, via_tc},
     maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
     nat::{csum_replace2, fold, partial_mask},
     parse::{Packet, TCP_SYN, load, pkt_read, pkt_write, ptr_at},
@@ -144,11 +144,11 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
 }
 
 /// Wraps the (already translated) IPv4 packet for the peer `index` and sends it there: the
-/// route to the peer from the FIB, TCP SYNs' MSS clamped to that route's MTU less the
-/// tunnel's and the headers' bytes. Called by the entry function on a `Verdict::tunnel` answer.
-/// A UDP datagram too big for the tunnel is answered `Verdict::too_big` with the MTU the
-/// tunnel leaves it (the path's less 28 bytes), which the entry function answers
-/// "fragmentation needed" to its sender.
+/// route to the peer from this CPU's route memo or the FIB, TCP SYNs' MSS clamped to that
+/// route's MTU less the tunnel's and the headers' bytes. Called by the entry function on a
+/// `Verdict::tunnel` answer. A UDP datagram too big for the tunnel is answered
+/// `Verdict::too_big` with the MTU the tunnel leaves it (the path's less 28 bytes), which the
+/// entry function answers "fragmentation needed" to its sender.
 #[inline(never)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     let (Some(&own), Some(&peer)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(index))
@@ -160,21 +160,91 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
+    let (own_addr, peer_addr) = (Addr::from_v4_raw(own), Addr::from_v4_raw(peer));
     let inner_len = u16::from_be(pkt.ip_tot_len_be);
     let outer_len = inner_len.saturating_add(tunnel::OVERHEAD);
+    // Every flow to a peer shares the outer addresses, so one FIB answer serves them all
+    // for the memo's 0.1 s (the lookup is most of what wrapping costs).
+    let mut slot = MaybeUninit::uninit();
+    // SAFETY: plain old data; zeroed word by word (see `zero`).
+    let route: &mut PeerRoute = unsafe { zero::zeroed_in(&mut slot) };
+    match forward::memoized(ctx, &own_addr, &peer_addr, 0, proto::UDP, outer_len) {
+        Some(m) => {
+            // SAFETY: this CPU's memo slot, used by this program run only.
+            let m = unsafe { &*m };
+            route.ifindex = m.egress_ifindex;
+            route.macs = m.macs;
+            route.mtu = m.mtu;
+            route.redirect = m.redirect;
+            route.neighbour = 1;
+        }
+        None => {
+            let verdict = peer_route(ctx, pkt, index, &own_addr, &peer_addr, route);
+            if verdict != Verdict::PEER_ROUTED {
+                return verdict;
+            }
+        }
+    }
+    if pkt.key.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0 {
+        clamp_mss(ctx, pkt, route.mtu.saturating_sub(tunnel::OVERHEAD));
+    }
+    if outer_len > route.mtu {
+        count(StatSlot::DropTunnelFailed);
+        return Verdict::xdp(xdp_action::XDP_DROP);
+    }
+    // The flow's ports make the outer source port: receivers spread flows over queues.
+    let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
+    if !wrap(ctx, own, peer, outer_len, entropy) {
+        count(StatSlot::DropTunnelFailed);
+        return Verdict::xdp(xdp_action::XDP_DROP);
+    }
+    count(StatSlot::TunnelSent);
+    if route.neighbour != 0 {
+        if route.redirect != 0
+            && set_macs(ctx, &route.macs).is_some()
+            && let Ok(action) = TX_PORTS.redirect(route.ifindex, 0)
+        {
+            count(StatSlot::TxXdpRedirect);
+            return Verdict::xdp(action);
+        }
+        // The TC program resolves the neighbour and sends; the MACs are its to write.
+        let _ = set_macs(ctx, &route.macs);
+    }
+    Verdict::xdp(via_tc(ctx, route.ifindex))
+}
+
+/// The route to a peer, as `send` uses it.
+#[repr(C)]
+struct PeerRoute {
+    macs: [u32; 3],
+    ifindex: u32,
+    mtu: u16,
+    /// 1 if the egress takes XDP frames.
+    redirect: u8,
+    /// 1 if the FIB resolved the next hop's MAC (`macs` valid); else TC resolves it.
+    neighbour: u8,
+}
+
+/// Asks the FIB for the route from `own` to the peer into `route` and keeps a resolved one in
+/// the memo: `Verdict::PEER_ROUTED` when there is one to send on, else `send`'s answer (a TCP
+/// aggregate left to TC, a datagram too big for the tunnel, or a drop, counted). Inlined:
+/// its FIB structure shares `send`'s frame.
+#[inline(always)]
+fn peer_route(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    index: u32,
+    own: &Addr,
+    peer: &Addr,
+    route: &mut PeerRoute,
+) -> Verdict {
+    let outer_len = u16::from_be(pkt.ip_tot_len_be).saturating_add(tunnel::OVERHEAD);
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut slot = MaybeUninit::uninit();
     let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
     params.l4_protocol = proto::UDP;
     params.__bindgen_anon_1.tot_len = outer_len;
-    let rc = fib_lookup_into(
-        ctx,
-        params,
-        false,
-        &Addr::from_v4_raw(own),
-        &Addr::from_v4_raw(peer),
-        0,
-    );
+    let rc = fib_lookup_into(ctx, params, false, own, peer, 0);
     // A TCP packet too big for the tunnel is most likely an aggregate (even one shorter than
     // its ingress MTU: two segments, the second short), which only TC can tell and wrap.
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::TCP {
@@ -189,35 +259,22 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
+    route.ifindex = params.ifindex;
     // SAFETY: the kernel leaves the egress MTU in the union on success and on NO_NEIGH.
-    let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-    if pkt.key.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0 {
-        clamp_mss(ctx, pkt, mtu.saturating_sub(tunnel::OVERHEAD));
-    }
-    if outer_len > mtu {
-        count(StatSlot::DropTunnelFailed);
-        return Verdict::xdp(xdp_action::XDP_DROP);
-    }
-    // The flow's ports make the outer source port: receivers spread flows over queues.
-    let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
-    if !wrap(ctx, own, peer, outer_len, entropy) {
-        count(StatSlot::DropTunnelFailed);
-        return Verdict::xdp(xdp_action::XDP_DROP);
-    }
-    count(StatSlot::TunnelSent);
+    route.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+    route.redirect = u8::from(TX_PORTS.get_ifindex(params.ifindex).is_some());
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let macs = fib_macs(params);
-        if TX_PORTS.get_ifindex(params.ifindex).is_some()
-            && set_macs(ctx, &macs).is_some()
-            && let Ok(action) = TX_PORTS.redirect(params.ifindex, 0)
-        {
-            count(StatSlot::TxXdpRedirect);
-            return Verdict::xdp(action);
-        }
-        // The TC program resolves the neighbour and sends; the MACs are its to write.
-        let _ = set_macs(ctx, &macs);
+        route.macs = fib_macs(params);
+        route.neighbour = 1;
+        let memo = MemoRoute {
+            ifindex: route.ifindex,
+            macs: route.macs,
+            mtu: route.mtu,
+            redirect: route.redirect,
+        };
+        forward::memoize(ctx, own, peer, 0, proto::UDP, &memo);
     }
-    Verdict::xdp(via_tc(ctx, params.ifindex))
+    Verdict::PEER_ROUTED
 }
 
 /// Puts the outer IPv4 and UDP headers in front of the IP packet (the Ethernet header moves

@@ -20,8 +20,8 @@ impl Verdict {
     /// `to_backend`: the packet's flow ended (and left the table); the caller follows its
     /// unconfirmed successor or opens one.
     pub const NEEDS_FLOW: Self = Self(u32::MAX);
-    /// `to_backend`: the connection table has no entry for the packet; the caller follows
-    /// its unconfirmed flow or opens one.
+    /// `to_backend` (and `to_backend_stamped`): the connection table has no entry for the
+    /// packet; the caller follows its unconfirmed flow or opens one.
     pub const UNTRACKED: Self = Self(u32::MAX - 6);
     /// `to_backend`: the flow's backend is gone and the client is to get a RST.
     pub const NEEDS_RESET: Self = Self(u32::MAX - 1);
@@ -38,6 +38,8 @@ impl Verdict {
     /// `to_client`: the connection table has no reply entry for the packet (left
     /// untouched); the caller tries `stateless::reply`.
     pub const NO_REPLY_ENTRY: Self = Self(u32::MAX - 7);
+    /// `tunnel::peer_route`: the FIB gave a route to the peer; the caller sends on it.
+    pub const PEER_ROUTED: Self = Self(u32::MAX - 8);
 
     /// An XDP action, final.
     #[inline(always)]

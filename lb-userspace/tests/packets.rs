@@ -1970,6 +1970,26 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         parse_ipv4(&out.packet).expect("outer checksums");
         parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
 
+        // Another client's flow to the same task right after: sent on the route the first
+        // one's FIB lookup left in the route memo (same MACs, interface and MSS clamp).
+        let other = sock(CLIENT, 40001);
+        let out = lb.run(&with_mss(
+            &Ipv4Frame::tcp(other, frontend, TCP_SYN).build(),
+            1460,
+        ));
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let expected = tunnel_wrap(
+            &with_mss(
+                &Ipv4Frame::tcp(other, task, TCP_SYN).build(),
+                1500 - 28 - 40,
+            ),
+            (lb.backend_if_mac, backend_mac(10)),
+            OWN.parse().unwrap(),
+            PEER.parse().unwrap(),
+            entropy(40001, 8000),
+        );
+        assert_eq!(out.packet, expected);
+
         // The task's answer comes back from the peer, wrapped; it leaves unwrapped, from the
         // address and port the client connected to.
         let answer = Ipv4Frame::tcp(task, client, TCP_SYN | TCP_ACK);
@@ -1991,9 +2011,9 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         assert_eq!(out.packet, unwrapped);
         let after = lb.stats();
         for (slot, n) in [
-            (StatSlot::TunnelSent, 1),
+            (StatSlot::TunnelSent, 2),
             (StatSlot::TunnelReceived, 1),
-            (StatSlot::NatForward, 1),
+            (StatSlot::NatForward, 2),
             (StatSlot::NatReply, 1),
             (StatSlot::DropTunnelNotPeer, 0),
         ] {
