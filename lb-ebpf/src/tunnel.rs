@@ -164,11 +164,20 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     let inner_len = u16::from_be(pkt.ip_tot_len_be);
     let outer_len = inner_len.saturating_add(tunnel::OVERHEAD);
     // Every flow to a peer shares the outer addresses, so one FIB answer serves them all
-    // for the memo's 0.1 s (the lookup is most of what wrapping costs).
+    // for the memo's 0.1 s (the lookup is most of what wrapping costs). Not a SYN's: the MSS
+    // it is clamped to lasts as long as its connection, so it comes from the route as it is
+    // now (an MTU lowered since the memo's lookup would otherwise black-hole every full
+    // segment of the connection).
     let mut slot = MaybeUninit::uninit();
     // SAFETY: plain old data; zeroed word by word (see `zero`).
     let route: &mut PeerRoute = unsafe { zero::zeroed_in(&mut slot) };
-    match forward::memoized(ctx, &own_addr, &peer_addr, 0, proto::UDP, outer_len) {
+    let syn = pkt.key.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0;
+    let memoized = if syn {
+        None
+    } else {
+        forward::memoized(ctx, &own_addr, &peer_addr, 0, proto::UDP, outer_len)
+    };
+    match memoized {
         Some(m) => {
             // SAFETY: this CPU's memo slot, used by this program run only.
             let m = unsafe { &*m };
@@ -185,7 +194,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
             }
         }
     }
-    if pkt.key.proto == proto::TCP && pkt.tcp_flags & TCP_SYN != 0 {
+    if syn {
         clamp_mss(ctx, pkt, route.mtu.saturating_sub(tunnel::OVERHEAD));
     }
     if outer_len > route.mtu {

@@ -1970,18 +1970,34 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         parse_ipv4(&out.packet).expect("outer checksums");
         parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
 
-        // Another client's flow to the same task right after: sent on the route the first
-        // one's FIB lookup left in the route memo (same MACs, interface and MSS clamp).
+        // The flow's next packet right after: sent on the route the SYN's FIB lookup left in
+        // the route memo (the same MACs and interface).
+        let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let expected = tunnel_wrap(
+            &Ipv4Frame::tcp(client, task, TCP_ACK).build(),
+            (lb.backend_if_mac, backend_mac(10)),
+            OWN.parse().unwrap(),
+            PEER.parse().unwrap(),
+            entropy(40000, 8000),
+        );
+        assert_eq!(out.packet, expected);
+
+        // The path's MTU falls to 1400 while the memo still holds the 1500 route: a new
+        // flow's SYN is clamped to the new MTU (a SYN asks the FIB: its MSS lasts as long as
+        // its connection).
+        lb.set_backend_mtu(1400).expect("MTU");
         let other = sock(CLIENT, 40001);
         let out = lb.run(&with_mss(
             &Ipv4Frame::tcp(other, frontend, TCP_SYN).build(),
             1460,
         ));
+        lb.set_backend_mtu(1500).expect("MTU");
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
         let expected = tunnel_wrap(
             &with_mss(
                 &Ipv4Frame::tcp(other, task, TCP_SYN).build(),
-                1500 - 28 - 40,
+                1400 - 28 - 40,
             ),
             (lb.backend_if_mac, backend_mac(10)),
             OWN.parse().unwrap(),
@@ -2011,9 +2027,9 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         assert_eq!(out.packet, unwrapped);
         let after = lb.stats();
         for (slot, n) in [
-            (StatSlot::TunnelSent, 2),
+            (StatSlot::TunnelSent, 3),
             (StatSlot::TunnelReceived, 1),
-            (StatSlot::NatForward, 2),
+            (StatSlot::NatForward, 3),
             (StatSlot::NatReply, 1),
             (StatSlot::DropTunnelNotPeer, 0),
         ] {
