@@ -194,6 +194,66 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// Differences between medians (`m` gives a class's) that say what a piece costs, each beside
+/// Katran's figure for it where the reference has one.
+fn derived_rows(m: impl Fn(&str) -> f64, k: &KatranReference) -> Vec<(String, f64)> {
+    let harness_overhead = m("harness-tx") - m("floor-tx-direct");
+    vec![
+        (
+            format!(
+                "harness overhead: (harness -> parse/TX floor) - (parse/TX floor direct); Katran {}",
+                ns(k.harness_overhead())
+            ),
+            harness_overhead,
+        ),
+        (
+            "one bpf_fib_lookup (IPv4, neighbour resolved): (fib floor) - (parse/TX floor)".into(),
+            m("floor-fib-direct") - m("floor-tx-direct"),
+        ),
+        (
+            "metadata reset in the harness: (harness -> metadata floor) - (harness -> XDP_PASS floor)".into(),
+            m("harness-meta") - m("harness-pass"),
+        ),
+        (
+            "vary mode: (harness vary floor) - (harness floor)".into(),
+            m("harness-vary-floor") - m("harness-floor"),
+        ),
+        (
+            format!(
+                "established flow, direct-equivalent: established (harness) - harness overhead; Katran ≈{} (its harness row less the harness and the undoing of its encapsulation)",
+                ns(k.lru_hit_direct_equivalent())
+            ),
+            m("established") - harness_overhead,
+        ),
+        (
+            format!(
+                "established flow above the XDP_PASS floor (direct-equivalent - floor); Katran ≈{}",
+                ns(k.lru_hit_direct_equivalent() - k.pass_direct)
+            ),
+            m("established") - harness_overhead - m("floor-pass-direct"),
+        ),
+        (
+            "TC hand-off instead of XDP_REDIRECT, XDP part only (the TC hand-off then costs an skb, the TC program and bpf_redirect_neigh, which test-run does not show): established-tc - established".into(),
+            m("established-tc") - m("established"),
+        ),
+        (
+            format!(
+                "non-VIP pass-through above the XDP_PASS floor (direct); Katran ≈{}",
+                ns(k.non_vip_direct - k.pass_direct)
+            ),
+            m("pass-through-direct") - m("floor-pass-direct"),
+        ),
+        (
+            "new flow (Maglev) over an established flow: new-flow - established - vary cost".into(),
+            m("new-flow") - m("established") - (m("harness-vary-floor") - m("harness-floor")),
+        ),
+        (
+            "round-robin new flow - Maglev new flow".into(),
+            m("new-flow-rr") - m("new-flow"),
+        ),
+    ]
+}
+
 impl Report {
     pub(super) fn new(
         args: &MicroArgs,
@@ -236,63 +296,8 @@ impl Report {
                 })
             })
             .collect();
-        let m = median;
-        let harness_overhead = m("harness-tx") - m("floor-tx-direct");
+        let derived = derived_rows(median, katran);
         let k = katran;
-        let derived = vec![
-            (
-                format!(
-                    "harness overhead: (harness -> parse/TX floor) - (parse/TX floor direct); Katran {}",
-                    ns(k.harness_overhead())
-                ),
-                harness_overhead,
-            ),
-            (
-                "one bpf_fib_lookup (IPv4, neighbour resolved): (fib floor) - (parse/TX floor)".into(),
-                m("floor-fib-direct") - m("floor-tx-direct"),
-            ),
-            (
-                "metadata reset in the harness: (harness -> metadata floor) - (harness -> XDP_PASS floor)".into(),
-                m("harness-meta") - m("harness-pass"),
-            ),
-            (
-                "vary mode: (harness vary floor) - (harness floor)".into(),
-                m("harness-vary-floor") - m("harness-floor"),
-            ),
-            (
-                format!(
-                    "established flow, direct-equivalent: established (harness) - harness overhead; Katran ≈{} (its harness row less the harness and the undoing of its encapsulation)",
-                    ns(k.lru_hit_direct_equivalent())
-                ),
-                m("established") - harness_overhead,
-            ),
-            (
-                format!(
-                    "established flow above the XDP_PASS floor (direct-equivalent - floor); Katran ≈{}",
-                    ns(k.lru_hit_direct_equivalent() - k.pass_direct)
-                ),
-                m("established") - harness_overhead - m("floor-pass-direct"),
-            ),
-            (
-                "TC hand-off instead of XDP_REDIRECT, XDP part only (the TC hand-off then costs an skb, the TC program and bpf_redirect_neigh, which test-run does not show): established-tc - established".into(),
-                m("established-tc") - m("established"),
-            ),
-            (
-                format!(
-                    "non-VIP pass-through above the XDP_PASS floor (direct); Katran ≈{}",
-                    ns(k.non_vip_direct - k.pass_direct)
-                ),
-                m("pass-through-direct") - m("floor-pass-direct"),
-            ),
-            (
-                "new flow (Maglev) over an established flow: new-flow - established - vary cost".into(),
-                m("new-flow") - m("established") - (m("harness-vary-floor") - m("harness-floor")),
-            ),
-            (
-                "round-robin new flow - Maglev new flow".into(),
-                m("new-flow-rr") - m("new-flow"),
-            ),
-        ];
         let mut notes = vec![
             "IPv6 rows: 80-byte frames (40-byte IPv6 header; client [fd00:1::2]:31337, VIP [fd00:100::1]:80, 16 backends fd00:2::a-19 port 8080, non-VIP fd00:100::99), through the 80-byte variant of the same harness; the Katran reference has no IPv6 figures to compare with.".to_owned(),
             "Every run was verified: the return value, the bytes out (DNAT to one of the 16 backends with checksums recomputed from scratch, MACs from the FIB for XDP_REDIRECT, 8 bytes of metadata naming the backend-side interface for the TC hand-off, untouched packets byte for byte) and meshlb's own counters (each path counter moved by exactly the iteration count, every other counter by 0).".to_owned(),
