@@ -181,19 +181,21 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
         Some(m) => {
             // SAFETY: this CPU's memo slot, used by this program run only.
             let m = unsafe { &*m };
-            route.ifindex = m.egress_ifindex;
-            route.macs = m.macs;
-            route.mtu = m.mtu;
-            route.redirect = m.redirect;
+            let r = &mut route.route;
+            r.ifindex = m.egress_ifindex;
+            r.macs = m.macs;
+            r.mtu = m.mtu;
+            r.redirect = m.redirect;
             route.neighbour = 1;
         }
         None => {
-            let verdict = peer_route(ctx, pkt, index, &own_addr, &peer_addr, route);
+            let verdict = peer_route(ctx, pkt, index, (&own_addr, &peer_addr), outer_len, route);
             if verdict != Verdict::PEER_ROUTED {
                 return verdict;
             }
         }
     }
+    let PeerRoute { route, neighbour } = route;
     if syn {
         clamp_mss(ctx, pkt, route.mtu.saturating_sub(tunnel::OVERHEAD));
     }
@@ -208,7 +210,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
     count(StatSlot::TunnelSent);
-    if route.neighbour != 0 {
+    if *neighbour != 0 {
         if route.redirect != 0
             && set_macs(ctx, &route.macs).is_some()
             && let Ok(action) = TX_PORTS.redirect(route.ifindex, 0)
@@ -222,15 +224,11 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     Verdict::xdp(via_tc(ctx, route.ifindex))
 }
 
-/// The route to a peer, as `send` uses it.
+/// The route to a peer, as `send` uses it: what the memo keeps, and whether the next hop's
+/// MAC is known (always, from the memo: it keeps only resolved routes; else TC resolves it).
 #[repr(C)]
 struct PeerRoute {
-    macs: [u32; 3],
-    ifindex: u32,
-    mtu: u16,
-    /// 1 if the egress takes XDP frames.
-    redirect: u8,
-    /// 1 if the FIB resolved the next hop's MAC (`macs` valid); else TC resolves it.
+    route: MemoRoute,
     neighbour: u8,
 }
 
@@ -243,11 +241,10 @@ fn peer_route(
     ctx: &XdpContext,
     pkt: &Packet,
     index: u32,
-    own: &Addr,
-    peer: &Addr,
-    route: &mut PeerRoute,
+    (own, peer): (&Addr, &Addr),
+    outer_len: u16,
+    out: &mut PeerRoute,
 ) -> Verdict {
-    let outer_len = u16::from_be(pkt.ip_tot_len_be).saturating_add(tunnel::OVERHEAD);
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut slot = MaybeUninit::uninit();
     let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
@@ -268,20 +265,15 @@ fn peer_route(
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
+    let route = &mut out.route;
     route.ifindex = params.ifindex;
     // SAFETY: the kernel leaves the egress MTU in the union on success and on NO_NEIGH.
     route.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-    route.redirect = u8::from(TX_PORTS.get_ifindex(params.ifindex).is_some());
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
         route.macs = fib_macs(params);
-        route.neighbour = 1;
-        let memo = MemoRoute {
-            ifindex: route.ifindex,
-            macs: route.macs,
-            mtu: route.mtu,
-            redirect: route.redirect,
-        };
-        forward::memoize(ctx, own, peer, 0, proto::UDP, &memo);
+        route.redirect = u8::from(TX_PORTS.get_ifindex(params.ifindex).is_some());
+        out.neighbour = 1;
+        forward::memoize(ctx, own, peer, 0, proto::UDP, &out.route);
     }
     Verdict::PEER_ROUTED
 }
