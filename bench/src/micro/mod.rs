@@ -240,7 +240,7 @@ fn measure(
     open_measured_flows(&mut bench, &layout, &frames)?;
     let classes = selected_classes(args, classes(&frames, &layout, katran))?;
     let fill_iterations = check_and_fill(args, &mut bench, &classes)?;
-    let (classes, single_shot) = measure_rounds(args, &mut bench, &classes)?;
+    let (classes, single_shot) = measure_rounds(args, &mut bench, &classes, katran)?;
     let program = bench.dps[layout.main]
         .dp
         .xdp_program()?
@@ -555,6 +555,7 @@ fn measure_rounds(
     args: &MicroArgs,
     bench: &mut Bench,
     classes: &[Class],
+    katran: &KatranReference,
 ) -> Result<(Vec<ClassResult>, Vec<SingleShotResult>)> {
     let measured: Vec<usize> = (0..classes.len())
         .filter(|i| !classes[*i].single_shot_only)
@@ -601,7 +602,7 @@ fn measure_rounds(
     let single_shot = single_shot_classes
         .iter()
         .zip(ss)
-        .map(|(c, runs)| SingleShotResult::new(c, &runs))
+        .map(|(c, runs)| SingleShotResult::new(c, &runs, katran))
         .collect();
     let classes = measured
         .iter()

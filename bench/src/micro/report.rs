@@ -98,7 +98,7 @@ pub struct SingleShotResult {
 }
 
 impl SingleShotResult {
-    pub(super) fn new(class: &Class, runs: &[SingleShot]) -> Self {
+    pub(super) fn new(class: &Class, runs: &[SingleShot], katran: &KatranReference) -> Self {
         let means: Vec<f64> = runs.iter().map(|r| r.mean_ns).collect();
         let (min, median, max) = spread(&means);
         Self {
@@ -111,8 +111,7 @@ impl SingleShotResult {
             min,
             median,
             max,
-            // Set by the report, which knows the machine kind.
-            katran_ns: None,
+            katran_ns: katran.single_shot(&class.key),
         }
     }
 }
@@ -261,11 +260,8 @@ impl Report {
         (katran, katran_same_kind): (&'static KatranReference, bool),
         load_before: f64,
         load_after: f64,
-        mut outcome: Outcome,
+        outcome: Outcome,
     ) -> Self {
-        for r in &mut outcome.single_shot {
-            r.katran_ns = katran.single_shot(&r.key);
-        }
         let median = |key: &str| {
             outcome
                 .classes
@@ -297,22 +293,21 @@ impl Report {
             })
             .collect();
         let derived = derived_rows(median, katran);
-        let k = katran;
         let mut notes = vec![
             "IPv6 rows: 80-byte frames (40-byte IPv6 header; client [fd00:1::2]:31337, VIP [fd00:100::1]:80, 16 backends fd00:2::a-19 port 8080, non-VIP fd00:100::99), through the 80-byte variant of the same harness; the Katran reference has no IPv6 figures to compare with.".to_owned(),
             "Every run was verified: the return value, the bytes out (DNAT to one of the 16 backends with checksums recomputed from scratch, MACs from the FIB for XDP_REDIRECT, 8 bytes of metadata naming the backend-side interface for the TC hand-off, untouched packets byte for byte) and meshlb's own counters (each path counter moved by exactly the iteration count, every other counter by 0).".to_owned(),
             "XDP_REDIRECT rows: the backend-side veth is in TX_PORTS (`Dataplane::allow_xdp_redirect`); a non-live BPF_PROG_TEST_RUN returns XDP_REDIRECT (4) without transmitting, so these rows are the program's cost up to the redirect decision.".to_owned(),
             format!(
                 "Katran's VIP rows encapsulate (IPIP, +20 B) and return XDP_TX, and its harness pays ~{} ns for the bpf_xdp_adjust_head that undoes the encapsulation; meshlb rewrites in place (DNAT) and its harness rows pay no head adjustment (the TC hand-off rows pay a bpf_xdp_adjust_meta instead, see the metadata floor).",
-                ns(k.adjust_head())
+                ns(katran.adjust_head())
             ),
             format!(
                 "New-flow rows: harness_vary gives every packet a new source (198.18.128.0/17 and source ports from 1024, checksums fixed), and each dataplane's connection table ({} entries, two per flow) was first filled with {} new flows, so every insert evicts (LRU steady state, as Katran's reference figures). meshlb's flood guard (unconfirmed flows in a table of their own) is part of the measured path: compare with Katran's noflood rows ({} ns at a full 4M-entry per-CPU LRU, {} ns at 500k{}).",
                 thousands(u64::from(args.conntrack_entries)),
                 thousands(u64::from(outcome.fill_iterations)),
-                ns(k.new_flow_4m),
-                ns(k.new_flow_500k),
-                k.new_flow_1k
+                ns(katran.new_flow_4m),
+                ns(katran.new_flow_500k),
+                katran.new_flow_1k
                     .map_or(String::new(), |v| format!(", {} ns at 1k", ns(v)))
             ),
             "Scaling dataplanes: extra services have one backend each and a 101-slot Maglev table (VIPs in 198.19.128.0/17); the measured service keeps 16 backends and the default 16,381-slot table. Their frontends, backends and backend endpoints are all loaded; their selection tables are not (apart from a timed sample, see below), because neither measured path reads them and each one costs an RCU grace period to load. Prefilled flows were inserted from userspace (forward and reply entry each) into the default-sized table.".to_owned(),
