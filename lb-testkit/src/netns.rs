@@ -107,9 +107,7 @@ impl Netns {
     /// Runs `ip -n {name} {args…}` (faster than `exec`: no mount namespace is set up) and
     /// returns its stdout.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["-n", &self.name]).args(args);
-        run_captured(cmd, None)
+        ip_in(&["-n", &self.name], args)
     }
 
     /// Whether an XDP program (any mode) is attached to `interface` in this namespace.
@@ -555,6 +553,14 @@ fn spawn_logged(mut cmd: Command, label: &str, description: &str) -> Result<Chil
 }
 
 /// Runs a short command to completion, optionally feeding `stdin`, and returns its stdout.
+/// Runs `ip {first…} {args…}` and returns its stdout; with no `first`, in the calling thread's
+/// namespace (a thread inside `Netns::run`).
+pub(crate) fn ip_in(first: &[&str], args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(first).args(args);
+    run_captured(cmd, None)
+}
+
 fn run_captured(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String> {
     let description = describe(&cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -2,9 +2,9 @@
 //! BPF_PROG_TEST_RUN: one veth toward the client and one toward the backends, neighbours
 //! resolved, forwarding on, so the program's FIB lookups succeed as on a real node.
 
-use std::{net::IpAddr, path::Path, process::Command, time::Duration};
+use std::{net::IpAddr, path::Path, time::Duration};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, bail};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use lb_common::{maps::FlowKey, stats::StatSlot};
 
@@ -205,15 +205,7 @@ impl Loaded {
     /// under the program. The test runs in the node's namespace, where `ip` then acts.
     pub fn set_backend_mtu(&self, mtu: u16) -> Result<()> {
         let mtu = mtu.to_string();
-        let status = Command::new("ip")
-            .args(["link", "set", "dev", BACKEND_IF, "mtu", &mtu])
-            .status()
-            .context("running ip")?;
-        ensure!(
-            status.success(),
-            "ip link set dev {BACKEND_IF} mtu {mtu}: {status}"
-        );
-        Ok(())
+        super::netns::ip_in(&[], &["link", "set", "dev", BACKEND_IF, "mtu", &mtu]).map(drop)
     }
 
     /// Runs `frame` as if it arrived from the client.
