@@ -122,6 +122,36 @@ pub struct EndpointKey {
     pub _pad: u8,
 }
 
+impl EndpointKey {
+    /// The key, its port and protocol written as one word (see `set_port_proto`).
+    #[inline(always)]
+    pub fn new(addr: Addr, port_be: u16, proto: u8) -> Self {
+        let mut key = Self {
+            addr,
+            ..Self::default()
+        };
+        key.set_port_proto(port_be, proto);
+        key
+    }
+
+    /// Sets the port and protocol (and clears the padding) with one 32-bit store. The map's
+    /// hash reads a key by 32-bit words, and a word the CPU still holds as separate narrower
+    /// stores cannot be forwarded to that read: it waits for them to reach the cache, some
+    /// 10 ns per lookup on our VMs.
+    #[inline(always)]
+    pub fn set_port_proto(&mut self, port_be: u16, proto: u8) {
+        let [p0, p1] = port_be.to_ne_bytes();
+        let word = u32::from_ne_bytes([p0, p1, proto, 0]);
+        // SAFETY: `port_be`, `proto` and `_pad` are the four bytes at a 4-aligned offset
+        // (repr(C), after a 16-byte `Addr` of u32 words).
+        unsafe {
+            core::ptr::addr_of_mut!(self.port_be)
+                .cast::<u32>()
+                .write(word)
+        }
+    }
+}
+
 /// Value of `REPLY_FRONTENDS` (keyed by a backend endpoint): the one frontend that leads to
 /// the backend, so a reply from it that no connection-table entry covers (its flow entered by
 /// another balancer node, or this node forgot it) still leaves with the frontend as source.
@@ -251,6 +281,40 @@ pub struct FlowKey {
     pub dport_be: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// Sets both ports from the four bytes that open a TCP or UDP header (source port, then
+    /// destination port, as on the wire), read as one native word: one 32-bit store, so the
+    /// map's hash can read the word back at once (see `EndpointKey::set_port_proto`).
+    #[inline(always)]
+    pub fn set_ports_word(&mut self, wire: u32) {
+        // SAFETY: `sport_be` and `dport_be` are the four bytes at offset 32 (repr(C)).
+        unsafe {
+            core::ptr::addr_of_mut!(self.sport_be)
+                .cast::<u32>()
+                .write(wire)
+        }
+    }
+
+    /// Sets both ports with one 32-bit store (see `set_ports_word`).
+    #[inline(always)]
+    pub fn set_ports(&mut self, sport_be: u16, dport_be: u16) {
+        let ([s0, s1], [d0, d1]) = (sport_be.to_ne_bytes(), dport_be.to_ne_bytes());
+        self.set_ports_word(u32::from_ne_bytes([s0, s1, d0, d1]));
+    }
+
+    /// Sets the protocol and clears the padding with one 32-bit store (see `set_ports_word`).
+    #[inline(always)]
+    pub fn set_proto(&mut self, proto: u8) {
+        let word = u32::from_ne_bytes([proto, 0, 0, 0]);
+        // SAFETY: `proto` and `_pad` are the four bytes at offset 36 (repr(C)).
+        unsafe {
+            core::ptr::addr_of_mut!(self.proto)
+                .cast::<u32>()
+                .write(word)
+        }
+    }
 }
 
 /// Value of `CONNTRACK`.
@@ -504,6 +568,51 @@ const _: () = assert!(size_of::<SockReverseKey>() == 32);
 const _: () = assert!(size_of::<SockReverse>() == 20);
 const _: () = assert!(size_of::<SockPeer>() == 40);
 const _: () = assert!(size_of::<SockCounters>() == 24);
+
+#[cfg(test)]
+mod key_tests {
+    use super::{EndpointKey, FlowKey};
+    use crate::Addr;
+
+    #[test]
+    fn the_word_setters_write_the_fields_they_name_and_clear_the_padding() {
+        let addr = Addr::from_v4_raw(u32::from_ne_bytes([198, 18, 2, 10]));
+        let mut endpoint = EndpointKey {
+            addr,
+            _pad: 0xff,
+            ..EndpointKey::default()
+        };
+        endpoint.set_port_proto(8080u16.to_be(), 17);
+        let fields = EndpointKey {
+            addr,
+            port_be: 8080u16.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        assert_eq!(endpoint, fields);
+        assert_eq!(EndpointKey::new(addr, 8080u16.to_be(), 17), fields);
+
+        let mut key = FlowKey {
+            _pad: [0xff; 3],
+            ..FlowKey::default()
+        };
+        // The first four bytes of a TCP header from port 31337 to port 80, as they are in
+        // the packet, read as one native word.
+        let [s0, s1] = 31337u16.to_be_bytes();
+        let [d0, d1] = 80u16.to_be_bytes();
+        key.set_ports_word(u32::from_ne_bytes([s0, s1, d0, d1]));
+        key.set_proto(6);
+        let fields = FlowKey {
+            sport_be: 31337u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            ..FlowKey::default()
+        };
+        assert_eq!(key, fields);
+        key.set_ports(0, 443u16.to_be());
+        assert_eq!((key.sport_be, key.dport_be), (0, 443u16.to_be()));
+    }
+}
 
 #[cfg(test)]
 mod flow_tests {

@@ -216,13 +216,13 @@ fn reply_key_of(key: &FlowKey, f: &Flow) -> FlowKey {
     } else {
         key.src
     };
-    reply_key.sport_be = f.backend_port_be();
-    reply_key.dport_be = if remapped {
+    let dport_be = if remapped {
         f.remapped_source_port_be()
     } else {
         key.sport_be
     };
-    reply_key.proto = key.proto;
+    reply_key.set_ports(f.backend_port_be(), dport_be);
+    reply_key.set_proto(key.proto);
     *reply_key
 }
 
@@ -354,9 +354,8 @@ pub fn insert(
     let reply_key: &mut FlowKey = unsafe { zero::zeroed_in(&mut slot) };
     reply_key.src = chosen.addr;
     reply_key.dst = key.src;
-    reply_key.sport_be = chosen.port_be;
-    reply_key.dport_be = key.sport_be;
-    reply_key.proto = key.proto;
+    reply_key.set_ports(chosen.port_be, key.sport_be);
+    reply_key.set_proto(key.proto);
     // One value, written twice, in per-CPU scratch memory: the BPF stack is small.
     let Some(flow) = FLOW_SCRATCH.get_ptr_mut(0) else {
         return Err(InsertError::Full);
@@ -456,7 +455,7 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
     let port = FULLNAT_PORT_MIN + (search.start.wrapping_add(attempt as u32) % range) as u16;
     // SAFETY: points at `insert`'s reply key, on its stack for the whole loop.
     let reply_key = unsafe { &mut *search.reply_key };
-    reply_key.dport_be = port.to_be();
+    reply_key.set_ports(reply_key.sport_be, port.to_be());
     // SAFETY: per-CPU scratch, used by this program run only.
     if claim_reply(reply_key, unsafe { &*flow }, search.now) {
         search.found = 1;
@@ -627,8 +626,7 @@ fn owner_alive<const N: usize>(
 }
 
 /// Writes into `k` the key of the forward entry that reply entry `reply` (keyed `reply_key`)
-/// belongs to: client to frontend, the client restored under a source remap. The key's
-/// padding is left as it is (zero in the scratch map).
+/// belongs to: client to frontend, the client restored under a source remap.
 #[inline(always)]
 fn write_forward_key(k: &mut FlowKey, reply_key: &FlowKey, reply: &Flow) {
     let remapped = reply.restores_client();
@@ -637,14 +635,14 @@ fn write_forward_key(k: &mut FlowKey, reply_key: &FlowKey, reply: &Flow) {
     } else {
         reply_key.dst
     };
-    k.sport_be = if remapped {
+    let sport_be = if remapped {
         reply.client_port_be()
     } else {
         reply_key.dport_be
     };
     k.dst = *reply.frontend_addr();
-    k.dport_be = reply.frontend_port_be();
-    k.proto = reply_key.proto;
+    k.set_ports(sport_be, reply.frontend_port_be());
+    k.set_proto(reply_key.proto);
 }
 
 /// Whether forward entry `f` is the flow reply entry `reply` (keyed `reply_key`) belongs to:

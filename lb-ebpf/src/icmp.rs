@@ -70,12 +70,7 @@ fn echo(ctx: &XdpContext, pkt: &Packet) -> Verdict {
 
 #[inline(always)]
 fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
-    let vip = EndpointKey {
-        addr: pkt.key.dst,
-        port_be: 0,
-        proto: pkt.key.proto,
-        _pad: 0,
-    };
+    let vip = EndpointKey::new(pkt.key.dst, 0, pkt.key.proto);
     FRONTENDS.get_ptr(&vip)?;
     let type_code = ptr_at::<[u8; 2]>(ctx, pkt.l4())?;
     let csum = ptr_at::<u16>(ctx, pkt.l4() + off::ICMP_CSUM)?;
@@ -167,7 +162,7 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
     if pkt.v6 {
         let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3)?.cast::<u8>();
         unsafe {
-            q.key.proto = ip.add(off::IP6_NEXT).read();
+            q.key.set_proto(ip.add(off::IP6_NEXT).read());
             q.key.src.words = ip.add(off::IP6_SRC).cast::<[u32; 4]>().read_unaligned();
             q.key.dst.words = ip.add(off::IP6_DST).cast::<[u32; 4]>().read_unaligned();
         }
@@ -178,7 +173,7 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
             if ip.read() != 0x45 {
                 return None;
             }
-            q.key.proto = ip.add(off::IP_PROTO).read();
+            q.key.set_proto(ip.add(off::IP_PROTO).read());
             q.key.src = Addr::from_v4_raw(ip.add(off::IP_SRC).cast::<u32>().read_unaligned());
             q.key.dst = Addr::from_v4_raw(ip.add(off::IP_DST).cast::<u32>().read_unaligned());
         }
@@ -195,8 +190,7 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
     let l4 = ptr_at::<[u16; 4]>(ctx, q.l4())?;
     // SAFETY: bounds-checked by ptr_at.
     let [sport_be, dport_be, _, _] = unsafe { l4.read_unaligned() };
-    q.key.sport_be = sport_be;
-    q.key.dport_be = dport_be;
+    q.key.set_ports(sport_be, dport_be);
     Some(())
 }
 

@@ -106,12 +106,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         }
     }
     // One key, reused for both lookups: the BPF stack is small.
-    let mut endpoint = EndpointKey {
-        addr: pkt.key.dst,
-        port_be: pkt.key.dport_be,
-        proto: pkt.key.proto,
-        _pad: 0,
-    };
+    let mut endpoint = EndpointKey::new(pkt.key.dst, pkt.key.dport_be, pkt.key.proto);
     if let Some(svc) = FRONTENDS.get_ptr(&endpoint) {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
@@ -168,7 +163,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         return settled(to_backend(ctx, pkt, svc, pending, generation));
     }
     endpoint.addr = pkt.key.src;
-    endpoint.port_be = pkt.key.sport_be;
+    endpoint.set_port_proto(pkt.key.sport_be, pkt.key.proto);
     if conntrack::may_be_reply(&endpoint.addr, endpoint.port_be, endpoint.proto)
         && BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some()
     {

@@ -54,12 +54,7 @@ pub static REPLY_FRONTENDS: HashMap<EndpointKey, ReplyFrontend, { MAX_REPLY_FRON
 /// direction: the endpoint is its source), if it has one. Valid for the program run (RCU).
 #[inline(always)]
 pub fn reply_frontend_of(reply: &FlowKey) -> Option<*const ReplyFrontend> {
-    let endpoint = EndpointKey {
-        addr: reply.src,
-        port_be: reply.sport_be,
-        proto: reply.proto,
-        _pad: 0,
-    };
+    let endpoint = EndpointKey::new(reply.src, reply.sport_be, reply.proto);
     REPLY_FRONTENDS.get_ptr(&endpoint)
 }
 

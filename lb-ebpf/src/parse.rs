@@ -203,7 +203,8 @@ fn parse_v4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
         // MF set or a non-zero offset: no ports to balance on. The kernel reassembles.
         return Err(StatSlot::PassFragment);
     }
-    pkt.key.proto = load::<u8>(ctx, l3 + off::IP_PROTO).ok_or(StatSlot::PassMalformed)?;
+    pkt.key
+        .set_proto(load::<u8>(ctx, l3 + off::IP_PROTO).ok_or(StatSlot::PassMalformed)?);
     pkt.key.src =
         Addr::from_v4_raw(load::<u32>(ctx, l3 + off::IP_SRC).ok_or(StatSlot::PassMalformed)?);
     pkt.key.dst =
@@ -251,7 +252,7 @@ fn parse_v6(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
         }
         _ => return Err(StatSlot::PassNotFrontend),
     }
-    pkt.key.proto = next_header;
+    pkt.key.set_proto(next_header);
     pkt.key.src.words = load::<[u32; 4]>(ctx, l3 + off::IP6_SRC).ok_or(StatSlot::PassMalformed)?;
     pkt.key.dst.words = load::<[u32; 4]>(ctx, l3 + off::IP6_DST).ok_or(StatSlot::PassMalformed)?;
     let payload_len_be =
@@ -297,13 +298,14 @@ fn parse_l4(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), StatSlot> {
                 return Err(StatSlot::PassNotFrontend);
             }
             pkt.icmp_type = icmp_type;
-            pkt.key.sport_be = 0;
-            pkt.key.dport_be = 0;
+            pkt.key.set_ports_word(0);
             return Ok(());
         }
         _ => return Err(StatSlot::PassNotFrontend),
     };
-    pkt.key.sport_be = load::<u16>(ctx, l4 + off::L4_SPORT).ok_or(StatSlot::PassMalformed)?;
-    pkt.key.dport_be = load::<u16>(ctx, l4 + off::L4_DPORT).ok_or(StatSlot::PassMalformed)?;
+    // Source and destination port, adjacent on the wire as in the key: one load and one store.
+    const _: () = assert!(off::L4_DPORT == off::L4_SPORT + 2);
+    pkt.key
+        .set_ports_word(load::<u32>(ctx, l4 + off::L4_SPORT).ok_or(StatSlot::PassMalformed)?);
     Ok(())
 }

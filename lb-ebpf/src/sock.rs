@@ -100,18 +100,13 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     };
     // SAFETY: a map value stays valid for the whole program run.
     let scopes = unsafe { *scopes };
-    let mut frontend = EndpointKey {
-        addr: user_addr(sa, v6),
-        // user_port holds the port in network order in its low 16 bits.
-        port_be: user_port as u16,
-        proto: protocol as u8,
-        _pad: 0,
-    };
+    // user_port holds the port in network order in its low 16 bits.
+    let mut frontend = EndpointKey::new(user_addr(sa, v6), user_port as u16, protocol as u8);
     let svc = match FRONTENDS.get_ptr(&frontend) {
         Some(svc) => svc,
         None => {
             // A VIP that takes every port.
-            frontend.port_be = ANY_PORT;
+            frontend.set_port_proto(ANY_PORT, frontend.proto);
             match FRONTENDS.get_ptr(&frontend) {
                 Some(svc) => svc,
                 None => return ALLOW,

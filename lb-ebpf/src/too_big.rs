@@ -56,9 +56,8 @@ pub fn answer(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
     let sender = pkt.key.src;
     pkt.key.src = pkt.key.dst;
     pkt.key.dst = sender;
-    pkt.key.sport_be = 0;
-    pkt.key.dport_be = 0;
-    pkt.key.proto = icmp_proto;
+    pkt.key.set_ports_word(0);
+    pkt.key.set_proto(icmp_proto);
     pkt.l4 = pkt.l3 + ip_hlen as u16;
     pkt.tcp_flags = 0;
     pkt.icmp_type = icmp_type;
