@@ -141,16 +141,41 @@ impl EndpointKey {
     #[inline(always)]
     pub fn set_port_proto(&mut self, port_be: u16, proto: u8) {
         let [p0, p1] = port_be.to_ne_bytes();
-        let word = u32::from_ne_bytes([p0, p1, proto, 0]);
-        // SAFETY: `port_be`, `proto` and `_pad` are the four bytes at a 4-aligned offset
-        // (repr(C), after a 16-byte `Addr` of u32 words).
+        // SAFETY: `port_be`, `proto` and `_pad` are one aligned word (asserted below).
         unsafe {
-            core::ptr::addr_of_mut!(self.port_be)
-                .cast::<u32>()
-                .write(word)
+            write_key_word(
+                core::ptr::addr_of_mut!(self.port_be),
+                u32::from_ne_bytes([p0, p1, proto, 0]),
+            )
         }
     }
 }
+
+/// Writes `word` over the four key bytes that start at `field`, in one store (see
+/// `EndpointKey::set_port_proto` for why).
+///
+/// # Safety
+/// `field` must start four bytes of its key, 4-byte aligned.
+#[inline(always)]
+unsafe fn write_key_word<T>(field: *mut T, word: u32) {
+    // SAFETY: as the caller promises.
+    unsafe { field.cast::<u32>().write(word) }
+}
+
+// The words the key setters write: `port_be`, `proto` and `_pad` of `EndpointKey`; the two
+// ports, and `proto` with `_pad`, of `FlowKey`.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(EndpointKey, port_be) % 4 == 0);
+    assert!(offset_of!(EndpointKey, proto) == offset_of!(EndpointKey, port_be) + 2);
+    assert!(offset_of!(EndpointKey, _pad) == offset_of!(EndpointKey, port_be) + 3);
+    assert!(size_of::<EndpointKey>() == offset_of!(EndpointKey, port_be) + 4);
+    assert!(offset_of!(FlowKey, sport_be) % 4 == 0);
+    assert!(offset_of!(FlowKey, dport_be) == offset_of!(FlowKey, sport_be) + 2);
+    assert!(offset_of!(FlowKey, proto) == offset_of!(FlowKey, sport_be) + 4);
+    assert!(offset_of!(FlowKey, _pad) == offset_of!(FlowKey, proto) + 1);
+    assert!(size_of::<FlowKey>() == offset_of!(FlowKey, proto) + 4);
+};
 
 /// Value of `REPLY_FRONTENDS` (keyed by a backend endpoint): the one frontend that leads to
 /// the backend, so a reply from it that no connection-table entry covers (its flow entered by
@@ -289,12 +314,8 @@ impl FlowKey {
     /// map's hash can read the word back at once (see `EndpointKey::set_port_proto`).
     #[inline(always)]
     pub fn set_ports_word(&mut self, wire: u32) {
-        // SAFETY: `sport_be` and `dport_be` are the four bytes at offset 32 (repr(C)).
-        unsafe {
-            core::ptr::addr_of_mut!(self.sport_be)
-                .cast::<u32>()
-                .write(wire)
-        }
+        // SAFETY: `sport_be` and `dport_be` are one aligned word (asserted above).
+        unsafe { write_key_word(core::ptr::addr_of_mut!(self.sport_be), wire) }
     }
 
     /// Sets both ports with one 32-bit store (see `set_ports_word`).
@@ -307,12 +328,12 @@ impl FlowKey {
     /// Sets the protocol and clears the padding with one 32-bit store (see `set_ports_word`).
     #[inline(always)]
     pub fn set_proto(&mut self, proto: u8) {
-        let word = u32::from_ne_bytes([proto, 0, 0, 0]);
-        // SAFETY: `proto` and `_pad` are the four bytes at offset 36 (repr(C)).
+        // SAFETY: `proto` and `_pad` are one aligned word (asserted above).
         unsafe {
-            core::ptr::addr_of_mut!(self.proto)
-                .cast::<u32>()
-                .write(word)
+            write_key_word(
+                core::ptr::addr_of_mut!(self.proto),
+                u32::from_ne_bytes([proto, 0, 0, 0]),
+            )
         }
     }
 }
