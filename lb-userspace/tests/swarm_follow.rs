@@ -4,8 +4,8 @@
 //!   gets requests and sees the client's own address;
 //! - scale up, `docker kill` of a task, a rolling update and `service rm` are followed within
 //!   2 s (of the test seeing the change in `docker ps` and in the node's Engine view, which
-//!   lbd reads and which may lag), while established connections to surviving tasks keep
-//!   their task;
+//!   lbd reads and which may lag, and every task answering on its own node), while
+//!   established connections to surviving tasks keep their task;
 //! - a dockerd crash under traffic: forwarding stays while the Engine is away (new and
 //!   established connections, both nodes); a dockerd restart (SIGTERM, start) under traffic:
 //!   node 1 keeps its connections and fails new ones only briefly, node 2 only while its
@@ -123,8 +123,10 @@ fn meets_exactly(
 /// `node` at their `docker_gwbridge` address, the others at their ingress address, reached
 /// through the mesh tunnel), and new TCP and UDP requests to `node`'s published port reach
 /// exactly those tasks. lbd follows `node`'s Engine, whose view of the tasks may lag the
-/// containers (Docker's lag, not lbd's): while it does, for at most [`TASKS`], `limit` counts
-/// from when it lists them. Returns how long after that a check that held began.
+/// containers, and a task Docker lists as running may not answer yet (Docker's lag, not
+/// lbd's): while either holds, for at most [`TASKS`], `limit` counts from when both stop.
+/// Returns how long after that a check that held began. On failure it says every distinct
+/// error on the way, and its lbd's counters.
 fn follows(
     lab: &SwarmLab,
     node: &SwarmNode,
@@ -134,9 +136,9 @@ fn follows(
     limit: Duration,
     what: &str,
 ) -> Duration {
-    let mut last = String::new();
+    let mut errors: Vec<(Duration, String)> = Vec::new();
     let (asked, mut since) = (since, since);
-    let view_deadline = Instant::now() + TASKS;
+    let lag_deadline = Instant::now() + TASKS;
     // Bounded by time; each round takes at least the 50 ms pause.
     for _ in 0..(TASKS + limit).as_millis() / 50 + 2 {
         let at = since.elapsed();
@@ -145,7 +147,7 @@ fn follows(
         // mesh tunnel).
         let tasks = lab.tasks(service).expect("tasks");
         let running: BTreeSet<Ipv4Addr> = tasks.iter().filter_map(|t| t.ingress_addr()).collect();
-        let view_lags = Instant::now() < view_deadline
+        let view_lags = Instant::now() < lag_deadline
             && !node
                 .listed_tasks("ingress", service)
                 .is_ok_and(|listed| listed == running);
@@ -161,12 +163,20 @@ fn follows(
             })
             .collect();
         let hosts: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
+        let silent = if view_lags || Instant::now() >= lag_deadline {
+            None
+        } else {
+            silent_task(lab, &tasks)
+        };
         let result = if view_lags {
             since = Instant::now();
             Err(format!(
                 "node {}'s Engine does not list the running tasks {running:?}",
                 node.index
             ))
+        } else if let Some(silent) = silent {
+            since = Instant::now();
+            Err(silent)
         } else {
             let programmed = programmed_backends(lb, service)
                 .expect("lbctl list")
@@ -190,19 +200,97 @@ fn follows(
                 );
                 return at;
             }
-            Err(e) => last = e,
+            Err(e) => {
+                if errors.last().is_none_or(|(_, last)| *last != e) {
+                    errors.push((asked.elapsed(), e));
+                }
+            }
         }
         if since.elapsed() > limit {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let errors: Vec<String> = errors
+        .iter()
+        .map(|(at, e)| format!("  at {at:?}: {e}"))
+        .collect();
+    let counters = lb.lbctl_json(&["stats"]).map_or_else(
+        |e| format!("lbctl stats: {e:#}"),
+        |s| s["global"].to_string(),
+    );
     panic!(
-        "node {}: {service} {what}: not followed within {limit:?}: {last}\n{}\n{}",
+        "node {}: {service} {what}: not followed within {limit:?} (errors in order, since the \
+         change):\n{}\nits lbd's counters: {counters}\nflows from fixed client ports, and the \
+         backend lbd names for each:\n{}\n{}\n{}",
         node.index,
+        errors.join("\n"),
+        probe_flows(lab, lb, published(node, port)),
         lb.output(),
         lab.dump_logs()
     )
+}
+
+/// Sixteen TCP connections from fixed client ports (above the ephemeral range) to `target`,
+/// each with what `lbctl explain` says of its flow: which backends fail, for a failure's
+/// message.
+fn probe_flows(lab: &SwarmLab, lb: &Lbd, target: SocketAddr) -> String {
+    (0..16u16)
+        .map(|i| {
+            let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 61_100 + i);
+            let outcome = lab
+                .client
+                .run(|| -> std::io::Result<()> {
+                    let socket = socket2::Socket::new(
+                        socket2::Domain::IPV4,
+                        socket2::Type::STREAM,
+                        Some(socket2::Protocol::TCP),
+                    )?;
+                    socket.set_reuse_address(true)?;
+                    socket.bind(&client.into())?;
+                    socket.connect_timeout(&target.into(), REQUEST)
+                })
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let explained = lb
+                .lbctl(&["explain", "tcp", &client.to_string(), &target.to_string()])
+                .map(|(_, out, _)| {
+                    out.lines()
+                        .filter(|l| l.contains("->"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                })
+                .unwrap_or_else(|e| format!("lbctl explain: {e:#}"));
+            let outcome = outcome.map_or_else(|e| format!("failed ({e})"), |()| "ok".to_owned());
+            format!("  {client}: {outcome}; {explained}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first running task (of `tasks`) that does not answer a TCP and a UDP request sent from
+/// its own node to its `docker_gwbridge` address (no lbd on that path: a node's own
+/// connections to its tasks are not balanced), or `None` when all answer. Docker lists a task
+/// once its container runs; its servers may start a moment later.
+fn silent_task(lab: &SwarmLab, tasks: &[lb_testkit::swarm::Task]) -> Option<String> {
+    tasks.iter().find_map(|task| {
+        let node = &lab.nodes[usize::from(task.node) - 1];
+        let addr = task.gwbridge?;
+        let target = SocketAddr::new(IpAddr::V4(addr), WHO_PORT);
+        [Proto::Tcp, Proto::Udp].into_iter().find_map(|proto| {
+            match request(&node.ns, target, proto, REQUEST) {
+                Ok(reply) if reply.backend == task.container => None,
+                Ok(reply) => Some(format!(
+                    "task {} at {target} (node {}): answered by {}",
+                    task.container, task.node, reply.backend
+                )),
+                Err(e) => Some(format!(
+                    "task {} does not answer yet on its own node {} ({proto} {target}: {e:#})",
+                    task.container, task.node
+                )),
+            }
+        })
+    })
 }
 
 /// Established connections, with the task each first reached.
