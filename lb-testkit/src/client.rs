@@ -108,6 +108,28 @@ pub fn udp_request(ns: &Netns, target: SocketAddr, timeout: Duration) -> Result<
     session.request()
 }
 
+/// Connects to `target` within `timeout`; a failure names the client port the attempt used
+/// (the flow to look up in a balancer's tables: `lbctl explain tcp CLIENT TARGET`).
+fn connect_naming_port(target: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .context("tcp socket")?;
+    match socket.connect_timeout(&target.into(), timeout) {
+        Ok(()) => Ok(socket.into()),
+        Err(e) => {
+            let from = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map_or_else(|| "an unbound port".to_owned(), |a| a.to_string());
+            Err(e).with_context(|| format!("tcp connect from {from} to {target}"))
+        }
+    }
+}
+
 /// A TCP connection made from a namespace, carrying any number of requests.
 #[derive(Debug)]
 pub struct TcpSession {
@@ -124,8 +146,8 @@ impl TcpSession {
     pub fn connect(ns: &Netns, target: SocketAddr, timeout: Duration) -> Result<TcpSession> {
         ensure!(!timeout.is_zero(), "timeout must be positive");
         let stream = ns
-            .run(|| TcpStream::connect_timeout(&target, timeout))?
-            .with_context(|| format!("tcp connect from {} to {target}", ns.name()))?;
+            .run(|| connect_naming_port(target, timeout))?
+            .with_context(|| format!("in {}", ns.name()))?;
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
         Ok(TcpSession {

@@ -126,16 +126,17 @@ fn meets_exactly(
 /// containers, and a task Docker lists as running may not answer yet (Docker's lag, not
 /// lbd's): while either holds, for at most [`TASKS`], `limit` counts from when both stop.
 /// Returns how long after that a check that held began. On failure it says every distinct
-/// error on the way, and its lbd's counters.
+/// error on the way, and every node's lbd counters (`lbs`: one per node, in node order).
 fn follows(
     lab: &SwarmLab,
+    lbs: &[Lbd],
     node: &SwarmNode,
-    lb: &Lbd,
     (service, port): (&str, u16),
     since: Instant,
     limit: Duration,
     what: &str,
 ) -> Duration {
+    let lb = &lbs[usize::from(node.index) - 1];
     let mut errors: Vec<(Duration, String)> = Vec::new();
     let (asked, mut since) = (since, since);
     let lag_deadline = Instant::now() + TASKS;
@@ -201,6 +202,7 @@ fn follows(
                 return at;
             }
             Err(e) => {
+                let e = with_explained_flow(lbs, e);
                 if errors.last().is_none_or(|(_, last)| *last != e) {
                     errors.push((asked.elapsed(), e));
                 }
@@ -215,13 +217,21 @@ fn follows(
         .iter()
         .map(|(at, e)| format!("  at {at:?}: {e}"))
         .collect();
-    let counters = lb.lbctl_json(&["stats"]).map_or_else(
-        |e| format!("lbctl stats: {e:#}"),
-        |s| s["global"].to_string(),
-    );
+    let counters: Vec<String> = lbs
+        .iter()
+        .enumerate()
+        .map(|(i, lb)| {
+            let global = lb.lbctl_json(&["stats"]).map_or_else(
+                |e| format!("lbctl stats: {e:#}"),
+                |s| s["global"].to_string(),
+            );
+            format!("  node {}: {global}", i + 1)
+        })
+        .collect();
+    let counters = counters.join("\n");
     panic!(
         "node {}: {service} {what}: not followed within {limit:?} (errors in order, since the \
-         change):\n{}\nits lbd's counters: {counters}\nflows from fixed client ports, and the \
+         change):\n{}\nthe lbds' counters:\n{counters}\nflows from fixed client ports, and the \
          backend lbd names for each:\n{}\n{}\n{}",
         node.index,
         errors.join("\n"),
@@ -229,6 +239,37 @@ fn follows(
         lb.output(),
         lab.dump_logs()
     )
+}
+
+/// `error` with, if it is a TCP connection that failed from a named client port, what every
+/// node's lbd says of that flow now (`lbctl explain`).
+fn with_explained_flow(lbs: &[Lbd], error: String) -> String {
+    let flow = error.split_once("tcp connect from ").and_then(|(_, rest)| {
+        let (client, rest) = rest.split_once(" to ")?;
+        let target = rest.split_once(':').map(|(ip, port)| {
+            let port: String = port.chars().take_while(char::is_ascii_digit).collect();
+            format!("{ip}:{port}")
+        })?;
+        Some((client.to_owned(), target))
+    });
+    let Some((client, target)) = flow else {
+        return error;
+    };
+    let explained: Vec<String> = lbs
+        .iter()
+        .enumerate()
+        .map(|(i, lb)| {
+            let said = lb
+                .lbctl(&["explain", "tcp", &client, &target])
+                .map_or_else(|e| format!("{e:#}"), |(_, out, err)| format!("{out}{err}"));
+            format!(
+                "    node {}'s lbd: {}",
+                i + 1,
+                said.trim().replace('\n', " | ")
+            )
+        })
+        .collect();
+    format!("{error}\n{}", explained.join("\n"))
 }
 
 /// Sixteen TCP connections from fixed client ports (above the ephemeral range) to `target`,
@@ -353,10 +394,10 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     let lbs = lbds(&lab);
 
     // Both node addresses answer, TCP and UDP, from every task of the node.
-    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+    for node in &lab.nodes {
         let start = Instant::now();
-        follows(&lab, node, lb, ("who", WHO_PORT), start, STARTUP, "start");
-        follows(&lab, node, lb, ("keep", 9081), start, STARTUP, "start");
+        follows(&lab, &lbs, node, ("who", WHO_PORT), start, STARTUP, "start");
+        follows(&lab, &lbs, node, ("keep", 9081), start, STARTUP, "start");
     }
     let mut who_sessions: Vec<Sessions> = lab
         .nodes
@@ -373,8 +414,16 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     lab.scale("who", 6).expect("scale up");
     let mut tasks = lab.wait_tasks("who", 6, TASKS).expect("scaled up");
     let since = Instant::now();
-    for (node, lb) in lab.nodes.iter().zip(&lbs) {
-        follows(&lab, node, lb, ("who", WHO_PORT), since, FOLLOW, "scale up");
+    for node in &lab.nodes {
+        follows(
+            &lab,
+            &lbs,
+            node,
+            ("who", WHO_PORT),
+            since,
+            FOLLOW,
+            "scale up",
+        );
     }
     let alive: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
     for s in &mut who_sessions {
@@ -396,8 +445,8 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     // The survivors (and, if the swarm is quick, the replacement) are served.
     follows(
         &lab,
+        &lbs,
         node2,
-        &lbs[1],
         ("who", WHO_PORT),
         since,
         FOLLOW,
@@ -415,8 +464,8 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     let since = Instant::now();
     follows(
         &lab,
+        &lbs,
         node2,
-        &lbs[1],
         ("who", WHO_PORT),
         since,
         FOLLOW,
@@ -452,11 +501,11 @@ fn published_ports_follow_scale_kill_update_and_rm() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let since = Instant::now();
-    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+    for node in &lab.nodes {
         follows(
             &lab,
+            &lbs,
             node,
-            lb,
             ("who", WHO_PORT),
             since,
             FOLLOW,
@@ -560,11 +609,11 @@ fn dockerd_crash_under_traffic(restart: bool) {
     .expect("who");
     let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
     let lbs = lbds(&lab);
-    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+    for node in &lab.nodes {
         follows(
             &lab,
+            &lbs,
             node,
-            lb,
             ("who", WHO_PORT),
             Instant::now(),
             STARTUP,
@@ -683,11 +732,11 @@ fn dockerd_crash_under_traffic(restart: bool) {
     };
     let since = Instant::now();
     // Node 2 first: its own port, then node 1's (which reaches node 2's new tasks too).
-    for (node, lb) in lab.nodes.iter().zip(&lbs).rev() {
+    for node in lab.nodes.iter().rev() {
         follows(
             &lab,
+            &lbs,
             node,
-            lb,
             ("who", WHO_PORT),
             since,
             FOLLOW,
@@ -824,12 +873,12 @@ fn engine_missing_or_answering_garbage_keeps_forwarding() {
     let tasks = lab.wait_tasks("who", 2, TASKS).expect("who tasks");
     let node = &lab.nodes[0];
     // Both nodes' lbd: node 1 reaches node 2's task through node 2's.
-    let mut lbs = lbds(&lab);
-    let lb = lbs.remove(0);
+    let lbs = lbds(&lab);
+    let lb = &lbs[0];
     follows(
         &lab,
+        &lbs,
         node,
-        &lb,
         ("who", WHO_PORT),
         Instant::now(),
         STARTUP,
@@ -863,12 +912,12 @@ fn engine_missing_or_answering_garbage_keeps_forwarding() {
         ),
     ];
     for (case, answer, says) in cases {
-        let (away_before, back_before) = (log_lines(&lb, AWAY), log_lines(&lb, BACK));
+        let (away_before, back_before) = (log_lines(lb, AWAY), log_lines(lb, BACK));
         std::fs::rename(&socket, &moved).expect("moving the Engine's socket away");
         let fake = answer.map(|a| FakeEngine::start(&socket, a));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             wait_until(Duration::from_secs(10), case, || {
-                Ok(log_lines(&lb, AWAY) > away_before)
+                Ok(log_lines(lb, AWAY) > away_before)
             })
             .unwrap_or_else(|e| panic!("{e:#}: no log line\n{}", lb.output()));
             let log = lb.output();
@@ -879,10 +928,7 @@ fn engine_missing_or_answering_garbage_keeps_forwarding() {
                 "{case}: names the Engine: {line}"
             );
             assert!(line.contains(says), "{case}: says {says:?}: {line}");
-            assert!(
-                !engine_answers(&lb).unwrap(),
-                "{case}: lbctl status says so"
-            );
+            assert!(!engine_answers(lb).unwrap(), "{case}: lbctl status says so");
             for _ in 0..4 {
                 answered(&lab, published(node, WHO_PORT), Some(&hosts), case);
             }
@@ -894,7 +940,7 @@ fn engine_missing_or_answering_garbage_keeps_forwarding() {
             std::panic::resume_unwind(panic);
         }
         wait_until(Duration::from_secs(10), "the Engine followed again", || {
-            Ok(log_lines(&lb, BACK) > back_before && engine_answers(&lb)?)
+            Ok(log_lines(lb, BACK) > back_before && engine_answers(lb)?)
         })
         .unwrap_or_else(|e| panic!("{case}: {e:#}\n{}", lb.output()));
     }
@@ -1126,11 +1172,11 @@ fn dockerd_graceful_restart_under_traffic() {
     .expect("who");
     let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
     let lbs = lbds(&lab);
-    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+    for node in &lab.nodes {
         follows(
             &lab,
+            &lbs,
             node,
-            lb,
             ("who", WHO_PORT),
             Instant::now(),
             STARTUP,
@@ -1197,11 +1243,11 @@ fn dockerd_graceful_restart_under_traffic() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let since = Instant::now();
-    for (node, lb) in lab.nodes.iter().zip(&lbs).rev() {
+    for node in lab.nodes.iter().rev() {
         follows(
             &lab,
+            &lbs,
             node,
-            lb,
             ("who", WHO_PORT),
             since,
             FOLLOW,
