@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::{
     engine::{Engine, EngineError},
+    peers::PeerMemory,
     snapshot::{Snapshot, SnapshotError},
 };
 
@@ -66,6 +67,7 @@ pub async fn follow(
     // their tasks): a snapshot is handed over only once two reads in a row agree.
     let mut settling: Option<Snapshot> = None;
     let mut reminded = Instant::now();
+    let mut peers = PeerMemory::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -77,7 +79,8 @@ pub async fn follow(
             Err(e) => Err(e.into()),
         };
         match read {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                peers.keep_recent(&mut snapshot, Instant::now());
                 if let Some(since) = down_since.take() {
                     info!(
                         docker_host = engine.host(),
