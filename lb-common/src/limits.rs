@@ -73,6 +73,11 @@ pub const DEFAULT_UDP_TIMEOUT_S: u32 = 60;
 /// Idle timeout of a TCP flow after FIN or RST, and of one that never got past SYN.
 pub const TCP_CLOSING_TIMEOUT_S: u32 = 10;
 pub const TCP_SYN_TIMEOUT_S: u32 = 30;
+/// How long a backend keeps a closed connection's addresses and ports (Linux's TIME_WAIT,
+/// `TCP_TIMEWAIT_LEN`). Under NAT the backend sees the client's own port: a flow that reuses
+/// it toward another frontend of the same backend within this is given another port, or
+/// its SYN would meet the old connection there (answered with an ACK, or dropped).
+pub const BACKEND_TIME_WAIT_S: u32 = 60;
 /// A flow's last-seen time is written at most this often, to keep hot entries clean in cache.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 

@@ -410,6 +410,20 @@ impl Flow {
         }
     }
 
+    /// How long after its last packet the flow still holds its client port toward its
+    /// backend, in seconds: its idle limit, and a closed TCP flow at least the backend's
+    /// TIME_WAIT (`BACKEND_TIME_WAIT_S`). Asked only when NAT decides whether a new flow may
+    /// reuse a client port toward the same backend.
+    #[inline(always)]
+    pub const fn port_hold_s(&self) -> u32 {
+        let idle = self.idle_limit_s();
+        if self.tcp_state == tcp_state::CLOSING && idle < crate::limits::BACKEND_TIME_WAIT_S {
+            crate::limits::BACKEND_TIME_WAIT_S
+        } else {
+            idle
+        }
+    }
+
     /// Forward entry: the backend address the destination is rewritten to.
     #[inline(always)]
     pub const fn backend_addr(&self) -> &Addr {

@@ -384,8 +384,9 @@ pub fn insert(
     // another source port, as netfilter's NAT does on a tuple clash. Full NAT always picks
     // the node's address and a port. A backend endpoint whose one frontend is this flow's
     // needs no unconfirmed reply entry (see `replies_without_entry`).
-    let remap =
-        fullnat || !(replies_without_entry(&reply_key, key) || claim_reply(&reply_key, flow, now));
+    let remap = fullnat
+        || !(replies_without_entry(&reply_key, key)
+            || claim_reply(&reply_key, flow, now, Held::UntilBackendForgets));
     if remap {
         if !fullnat {
             chosen.snat_addr = key.src;
@@ -457,7 +458,7 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
     let reply_key = unsafe { &mut *search.reply_key };
     reply_key.set_ports(reply_key.sport_be, port.to_be());
     // SAFETY: per-CPU scratch, used by this program run only.
-    if claim_reply(reply_key, unsafe { &*flow }, search.now) {
+    if claim_reply(reply_key, unsafe { &*flow }, search.now, Held::WhileAlive) {
         search.found = 1;
         return 1;
     }
@@ -497,15 +498,25 @@ fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey) -> bool {
     ours
 }
 
-/// Writes the unconfirmed reply entry `reply_key`, unless a live flow holds it, confirmed
-/// or not (a confirmed one would be overwritten when this flow is confirmed); an entry whose
-/// flow has ended (forward entry gone, idle, or mapped elsewhere) is taken over.
+/// How long a flow holds its reply key against a new flow's claim.
+#[derive(Clone, Copy)]
+pub enum Held {
+    /// While the flow is alive (its idle limit): full NAT's own ports, and confirmation.
+    WhileAlive,
+    /// A closed TCP flow's until its backend's TIME_WAIT is over (`Flow::port_hold_s`): a
+    /// NAT flow's reply key is the client's own port at the backend.
+    UntilBackendForgets,
+}
+
+/// Writes the unconfirmed reply entry `reply_key`, unless a flow holds it (`held`),
+/// confirmed or not (a confirmed one would be overwritten when this flow is confirmed); an
+/// entry whose flow has ended (forward entry gone, idle, or mapped elsewhere) is taken over.
 #[inline(always)]
-fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64) -> bool {
+fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64, held: Held) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
-    let claimed = !reply_owner_alive(reply_key, now, false)
+    let claimed = !reply_owner_alive(reply_key, now, false, held)
         && (PENDING.insert(reply_key, flow, noexist).is_ok()
-            || (!reply_owner_alive(reply_key, now, true) && {
+            || (!reply_owner_alive(reply_key, now, true, held) && {
                 let _ = PENDING.remove(reply_key);
                 // NOEXIST again: of two CPUs taking over the same entry, one wins.
                 PENDING.insert(reply_key, flow, noexist).is_ok()
@@ -572,27 +583,27 @@ pub fn frontend_gen() -> u32 {
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` of `PENDING` (if `pending`) or
-/// `CONNTRACK` is alive: its forward entry (in the same table) exists, is not idle past its
-/// limit, and still maps to this reply key.
+/// `CONNTRACK` still holds it: its forward entry (in the same table) exists, is not idle
+/// past its limit (as `held` measures it), and still maps to this reply key.
 #[inline(always)]
-fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool) -> bool {
+fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, held: Held) -> bool {
     if pending {
-        pending_reply_owner_alive(reply_key, now)
+        pending_reply_owner_alive(reply_key, now, held)
     } else {
-        confirmed_reply_owner_alive(reply_key, now)
+        confirmed_reply_owner_alive(reply_key, now, held)
     }
 }
 
 /// `reply_owner_alive` in `CONNTRACK`. Not inlined (nor is its `PENDING` twin, each with one
 /// table, so their frames stay small): they run deep in the new-flow path.
 #[inline(never)]
-fn confirmed_reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
-    owner_alive(&CONNTRACK, reply_key, now)
+fn confirmed_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Held) -> bool {
+    owner_alive(&CONNTRACK, reply_key, now, held)
 }
 
 #[inline(never)]
-fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64) -> bool {
-    owner_alive(&PENDING, reply_key, now)
+fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Held) -> bool {
+    owner_alive(&PENDING, reply_key, now, held)
 }
 
 /// `reply_owner_alive` in `table`, its forward key built in per-CPU scratch memory.
@@ -601,6 +612,7 @@ fn owner_alive<const N: usize>(
     table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
     reply_key: &FlowKey,
     now: u64,
+    held: Held,
 ) -> bool {
     let Some(reply) = table.get_ptr(reply_key) else {
         return false;
@@ -621,7 +633,11 @@ fn owner_alive<const N: usize>(
             return false;
         };
         let f = &*forward;
-        now.wrapping_sub(f.last_seen_ns) <= idle_limit_ns(f) && owns_reply(f, reply_key, r)
+        let limit_ns = match held {
+            Held::WhileAlive => idle_limit_ns(f),
+            Held::UntilBackendForgets => u64::from(f.port_hold_s()) * 1_000_000_000,
+        };
+        now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r)
     }
 }
 

@@ -222,6 +222,16 @@ impl Loaded {
         self.dp.stats().expect("counters")
     }
 
+    /// Makes the tracked (confirmed) flow `key` look idle for `idle` more: its last packet
+    /// moved back by that much, and not seen in this tick.
+    pub fn age_flow(&mut self, key: &FlowKey, idle: Duration) {
+        let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
+        let mut flow = table.get(key, 0).expect("the flow is tracked");
+        flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
+        flow.seen_tick = flow.seen_tick.wrapping_sub(1);
+        table.insert(key, flow, 0).expect("rewrite the flow");
+    }
+
     /// Makes the tracked flow `key` forget its cached route, as its cache's age bound would.
     pub fn expire_route(&mut self, key: &FlowKey) {
         let mut table = self.dp.connection_table_mut().expect("CONNTRACK");

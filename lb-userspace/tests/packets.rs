@@ -1243,6 +1243,56 @@ services:
     });
 }
 
+/// A client port whose flow to one frontend closed is not handed to a flow toward another
+/// frontend of the same backend until the backend's TIME_WAIT is over (the backend would
+/// answer the new SYN as part of the old connection): before, the new flow gets another
+/// port; after, it keeps the client's. The flow's own idle limit (10 s once closing) is
+/// shorter than that.
+#[test]
+fn nat_holds_a_closed_flows_client_port_through_the_backends_time_wait() {
+    if !e2e_enabled() {
+        return;
+    }
+    let services = r#"
+services:
+  a:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+  b:
+    vip: 198.18.100.2
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+"#;
+    use lb_common::limits::{BACKEND_TIME_WAIT_S, TCP_CLOSING_TIMEOUT_S};
+    const { assert!(TCP_CLOSING_TIMEOUT_S + 5 < BACKEND_TIME_WAIT_S) };
+    let cases = [
+        (43100, TCP_CLOSING_TIMEOUT_S + 5, true),
+        (43101, BACKEND_TIME_WAIT_S - 1, true),
+        (43102, BACKEND_TIME_WAIT_S + 1, false),
+    ];
+    with_program(services, |mut lb| {
+        let (vip_a, vip_b) = (sock(VIP, 80), sock("198.18.100.2", 80));
+        for (port, idle_s, remapped) in cases {
+            let client = sock(CLIENT, port);
+            for flags in [TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK] {
+                lb.run(&Ipv4Frame::tcp(client, vip_a, flags).build());
+            }
+            let key = forward_key(client, vip_a);
+            lb.age_flow(&key, std::time::Duration::from_secs(u64::from(idle_s)));
+            let out = lb.run(&Ipv4Frame::tcp(client, vip_b, TCP_SYN).build());
+            let seen = parse_ipv4(&out.packet).expect("translated, valid").src;
+            assert_eq!(seen.ip(), client.ip(), "{idle_s} s: the client's address");
+            assert_eq!(
+                seen.port() != port,
+                remapped,
+                "closed {idle_s} s ago: the new flow's source port is {}",
+                seen.port()
+            );
+        }
+    });
+}
+
 const RESET_ON_REMOVAL: &str = r#"
 services:
   web:

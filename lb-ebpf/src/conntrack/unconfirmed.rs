@@ -8,7 +8,7 @@ use lb_common::{
     stats::StatSlot,
 };
 
-use super::{Liveness, liveness, now_ns, reply_is_for, reply_key_of, reply_owner_alive};
+use super::{Held, Liveness, liveness, now_ns, reply_is_for, reply_key_of, reply_owner_alive};
 use crate::{
     maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
     parse::{Packet, TCP_SYN, is_syn},
@@ -129,7 +129,7 @@ fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
     reply.frontend_gen = f.frontend_gen;
     let noexist = u64::from(BPF_NOEXIST);
     let claimed = CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
-        || (!reply_owner_alive(&reply_key, now, false) && {
+        || (!reply_owner_alive(&reply_key, now, false, Held::WhileAlive) && {
             let _ = CONNTRACK.remove(&reply_key);
             CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
         });
