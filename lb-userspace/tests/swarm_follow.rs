@@ -255,30 +255,43 @@ fn with_explained_flow(lbs: &[Lbd], error: String) -> String {
     let Some((client, target)) = flow else {
         return error;
     };
-    let explained: Vec<String> = lbs
+    let explain = |lb: &Lbd, target: &str| {
+        lb.lbctl(&["explain", "tcp", &client, target])
+            .map_or_else(|e| format!("{e:#}"), |(_, out, err)| format!("{out}{err}"))
+            .trim()
+            .replace('\n', " | ")
+    };
+    let explained: Vec<String> = lbs.iter().map(|lb| explain(lb, &target)).collect();
+    // The node the flow entered by names the backend; a task on another node is reached
+    // through its delivery frontend there, the task's ingress address.
+    let backend = explained.iter().find_map(|said| {
+        let (_, rest) = said.split_once("goes to ")?;
+        rest.split_whitespace().next().map(str::to_owned)
+    });
+    let lines: Vec<String> = lbs
         .iter()
+        .zip(&explained)
         .enumerate()
-        .map(|(i, lb)| {
-            let said = lb
-                .lbctl(&["explain", "tcp", &client, &target])
-                .map_or_else(|e| format!("{e:#}"), |(_, out, err)| format!("{out}{err}"));
-            format!(
-                "    node {}'s lbd: {}",
+        .map(|(i, (lb, said))| match &backend {
+            Some(backend) if said.starts_with("not tracked") => format!(
+                "    node {}'s lbd, flow to {backend}: {}",
                 i + 1,
-                said.trim().replace('\n', " | ")
-            )
+                explain(lb, backend)
+            ),
+            _ => format!("    node {}'s lbd: {said}", i + 1),
         })
         .collect();
-    format!("{error}\n{}", explained.join("\n"))
+    format!("{error}\n{}", lines.join("\n"))
 }
 
-/// Sixteen TCP connections from fixed client ports (above the ephemeral range) to `target`,
+/// Sixteen TCP connections from fixed client ports (below the ephemeral range, and apart from
+/// the ports NAT remaps to) to `target`,
 /// each with what `lbctl explain` says of its flow: which backends fail, for a failure's
 /// message.
 fn probe_flows(lab: &SwarmLab, lb: &Lbd, target: SocketAddr) -> String {
     (0..16u16)
         .map(|i| {
-            let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 61_100 + i);
+            let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 31_100 + i);
             let outcome = lab
                 .client
                 .run(|| -> std::io::Result<()> {
