@@ -6,7 +6,10 @@ use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
-use lb_common::{maps::FlowKey, stats::StatSlot};
+use lb_common::{
+    maps::{Flow, FlowKey},
+    stats::StatSlot,
+};
 
 use super::{Netns, packet::CLIENT_MAC};
 use lb_userspace::{
@@ -225,18 +228,22 @@ impl Loaded {
     /// Makes the tracked (confirmed) flow `key` look idle for `idle` more: its last packet
     /// moved back by that much, and not seen in this tick.
     pub fn age_flow(&mut self, key: &FlowKey, idle: Duration) {
-        let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
-        let mut flow = table.get(key, 0).expect("the flow is tracked");
-        flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
-        flow.seen_tick = flow.seen_tick.wrapping_sub(1);
-        table.insert(key, flow, 0).expect("rewrite the flow");
+        self.rewrite_flow(key, |flow| {
+            flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
+            flow.seen_tick = flow.seen_tick.wrapping_sub(1);
+        });
     }
 
     /// Makes the tracked flow `key` forget its cached route, as its cache's age bound would.
     pub fn expire_route(&mut self, key: &FlowKey) {
+        self.rewrite_flow(key, |flow| flow.egress_ifindex = 0);
+    }
+
+    /// Changes the tracked (confirmed) flow `key` in `CONNTRACK` with `change`.
+    fn rewrite_flow(&mut self, key: &FlowKey, change: impl FnOnce(&mut Flow)) {
         let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
         let mut flow = table.get(key, 0).expect("the flow is tracked");
-        flow.egress_ifindex = 0;
+        change(&mut flow);
         table.insert(key, flow, 0).expect("rewrite the flow");
     }
 }

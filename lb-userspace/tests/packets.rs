@@ -1187,14 +1187,8 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
     });
 }
 
-#[test]
-fn nat_gives_a_clashing_client_port_another_port_and_keeps_the_client_address() {
-    if !e2e_enabled() {
-        return;
-    }
-    // Two VIPs on the same backend port: a client reusing its port toward both would get
-    // replies that cannot be told apart, unless the second flow gets another source port.
-    let services = r#"
+/// Two VIPs on one backend port: NAT's client-port clashes.
+const TWO_VIPS_ONE_BACKEND: &str = r#"
 services:
   a:
     vip: 198.18.100.1
@@ -1205,7 +1199,15 @@ services:
     ports: ["80:8080/tcp"]
     backends: ["198.18.2.10"]
 "#;
-    with_program(services, |mut lb| {
+
+#[test]
+fn nat_gives_a_clashing_client_port_another_port_and_keeps_the_client_address() {
+    if !e2e_enabled() {
+        return;
+    }
+    // Two VIPs on the same backend port: a client reusing its port toward both would get
+    // replies that cannot be told apart, unless the second flow gets another source port.
+    with_program(TWO_VIPS_ONE_BACKEND, |mut lb| {
         let client = sock(CLIENT, 43000);
         let backend = sock("198.18.2.10", 8080);
         let first = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
@@ -1253,17 +1255,6 @@ fn nat_holds_a_closed_flows_client_port_through_the_backends_time_wait() {
     if !e2e_enabled() {
         return;
     }
-    let services = r#"
-services:
-  a:
-    vip: 198.18.100.1
-    ports: ["80:8080/tcp"]
-    backends: ["198.18.2.10"]
-  b:
-    vip: 198.18.100.2
-    ports: ["80:8080/tcp"]
-    backends: ["198.18.2.10"]
-"#;
     use lb_common::limits::{BACKEND_TIME_WAIT_S, TCP_CLOSING_TIMEOUT_S};
     const { assert!(TCP_CLOSING_TIMEOUT_S + 5 < BACKEND_TIME_WAIT_S) };
     let cases = [
@@ -1271,7 +1262,7 @@ services:
         (43101, BACKEND_TIME_WAIT_S - 1, true),
         (43102, BACKEND_TIME_WAIT_S + 1, false),
     ];
-    with_program(services, |mut lb| {
+    with_program(TWO_VIPS_ONE_BACKEND, |mut lb| {
         let (vip_a, vip_b) = (sock(VIP, 80), sock("198.18.100.2", 80));
         for (port, idle_s, remapped) in cases {
             let client = sock(CLIENT, port);
