@@ -55,6 +55,11 @@ fn idle_limit_ns(flow: &Flow) -> u64 {
     u64::from(flow.idle_limit_s()) * 1_000_000_000
 }
 
+#[inline(always)]
+fn port_hold_ns(flow: &Flow) -> u64 {
+    u64::from(flow.port_hold_s()) * 1_000_000_000
+}
+
 /// Why a client packet has no live flow to follow.
 pub enum NoFlow {
     /// The connection table has no entry for the packet: it may be an unconfirmed flow
@@ -635,7 +640,7 @@ fn owner_alive<const N: usize>(
         let f = &*forward;
         let limit_ns = match held {
             Held::WhileAlive => idle_limit_ns(f),
-            Held::UntilBackendForgets => u64::from(f.port_hold_s()) * 1_000_000_000,
+            Held::UntilBackendForgets => port_hold_ns(f),
         };
         now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r)
     }
