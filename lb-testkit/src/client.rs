@@ -108,15 +108,26 @@ pub fn udp_request(ns: &Netns, target: SocketAddr, timeout: Duration) -> Result<
     session.request()
 }
 
-/// Connects to `target` within `timeout`; a failure names the client port the attempt used
-/// (the flow to look up in a balancer's tables: `lbctl explain tcp CLIENT TARGET`).
-fn connect_naming_port(target: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+/// Connects to `target` within `timeout`, from `local` if given (bound with `SO_REUSEADDR`);
+/// a failure names the client port the attempt used (the flow to look up in a balancer's
+/// tables: `lbctl explain tcp CLIENT TARGET`).
+fn connect_naming_port(
+    local: Option<SocketAddr>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(target),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )
     .context("tcp socket")?;
+    if let Some(local) = local {
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&local.into())
+            .with_context(|| format!("binding {local}"))?;
+    }
     match socket.connect_timeout(&target.into(), timeout) {
         Ok(()) => Ok(socket.into()),
         Err(e) => {
@@ -144,9 +155,19 @@ pub struct TcpSession {
 impl TcpSession {
     /// Connects from `ns` to `target` within `timeout`; later requests each get `timeout` too.
     pub fn connect(ns: &Netns, target: SocketAddr, timeout: Duration) -> Result<TcpSession> {
+        Self::connect_from(ns, None, target, timeout)
+    }
+
+    /// `connect`, from `local` if given (e.g. a fixed source port).
+    pub fn connect_from(
+        ns: &Netns,
+        local: Option<SocketAddr>,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpSession> {
         ensure!(!timeout.is_zero(), "timeout must be positive");
         let stream = ns
-            .run(|| connect_naming_port(target, timeout))?
+            .run(|| connect_naming_port(local, target, timeout))?
             .with_context(|| format!("in {}", ns.name()))?;
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;

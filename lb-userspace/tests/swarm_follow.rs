@@ -9,8 +9,9 @@
 //! - a dockerd crash under traffic: forwarding stays while the Engine is away (new and
 //!   established connections, both nodes); a dockerd restart (SIGTERM, start) under traffic:
 //!   node 1 keeps its connections and fails new ones only briefly, node 2 only while its
-//!   Engine is away, and both follow the new tasks within 2 s (the restart after a SIGKILL
-//!   is an ignored test: Docker reuses an address a stale endpoint holds);
+//!   Engine is away, and both follow the new tasks within 2 s, node 1 refusing none of node
+//!   2's tunnel packets (the restart after a SIGKILL is an ignored test: Docker reuses an
+//!   address a stale endpoint holds);
 //! - the Engine socket missing, answering non-HTTP garbage or JSON of another shape: a log
 //!   line naming the Engine, `lbctl status` says so, forwarding unchanged, followed again
 //!   once the Engine is back; an lbd started without an Engine runs and says so;
@@ -292,20 +293,7 @@ fn probe_flows(lab: &SwarmLab, lb: &Lbd, target: SocketAddr) -> String {
     (0..16u16)
         .map(|i| {
             let client = SocketAddr::new(IpAddr::V4(CLIENT_ADDR), 31_100 + i);
-            let outcome = lab
-                .client
-                .run(|| -> std::io::Result<()> {
-                    let socket = socket2::Socket::new(
-                        socket2::Domain::IPV4,
-                        socket2::Type::STREAM,
-                        Some(socket2::Protocol::TCP),
-                    )?;
-                    socket.set_reuse_address(true)?;
-                    socket.bind(&client.into())?;
-                    socket.connect_timeout(&target.into(), REQUEST)
-                })
-                .map_err(|e| format!("{e:#}"))
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let outcome = TcpSession::connect_from(&lab.client, Some(client), target, REQUEST);
             let explained = lb
                 .lbctl(&["explain", "tcp", &client.to_string(), &target.to_string()])
                 .map(|(_, out, _)| {
@@ -315,7 +303,7 @@ fn probe_flows(lab: &SwarmLab, lb: &Lbd, target: SocketAddr) -> String {
                         .join(" | ")
                 })
                 .unwrap_or_else(|e| format!("lbctl explain: {e:#}"));
-            let outcome = outcome.map_or_else(|e| format!("failed ({e})"), |()| "ok".to_owned());
+            let outcome = outcome.map_or_else(|e| format!("failed ({e:#})"), |_| "ok".to_owned());
             format!("  {client}: {outcome}; {explained}")
         })
         .collect::<Vec<_>>()
@@ -345,6 +333,18 @@ fn silent_task(lab: &SwarmLab, tasks: &[lb_testkit::swarm::Task]) -> Option<Stri
             }
         })
     })
+}
+
+/// `follows` for the `who` service on its usual published port.
+fn who_follows(
+    lab: &SwarmLab,
+    lbs: &[Lbd],
+    node: &SwarmNode,
+    since: Instant,
+    limit: Duration,
+    what: &str,
+) -> Duration {
+    follows(lab, lbs, node, ("who", WHO_PORT), since, limit, what)
 }
 
 /// Established connections, with the task each first reached.
@@ -409,7 +409,7 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     // Both node addresses answer, TCP and UDP, from every task of the node.
     for node in &lab.nodes {
         let start = Instant::now();
-        follows(&lab, &lbs, node, ("who", WHO_PORT), start, STARTUP, "start");
+        who_follows(&lab, &lbs, node, start, STARTUP, "start");
         follows(&lab, &lbs, node, ("keep", 9081), start, STARTUP, "start");
     }
     let mut who_sessions: Vec<Sessions> = lab
@@ -428,15 +428,7 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     let mut tasks = lab.wait_tasks("who", 6, TASKS).expect("scaled up");
     let since = Instant::now();
     for node in &lab.nodes {
-        follows(
-            &lab,
-            &lbs,
-            node,
-            ("who", WHO_PORT),
-            since,
-            FOLLOW,
-            "scale up",
-        );
+        who_follows(&lab, &lbs, node, since, FOLLOW, "scale up");
     }
     let alive: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
     for s in &mut who_sessions {
@@ -456,15 +448,7 @@ fn published_ports_follow_scale_kill_update_and_rm() {
         .expect("docker kill");
     let since = Instant::now();
     // The survivors (and, if the swarm is quick, the replacement) are served.
-    follows(
-        &lab,
-        &lbs,
-        node2,
-        ("who", WHO_PORT),
-        since,
-        FOLLOW,
-        "docker kill",
-    );
+    who_follows(&lab, &lbs, node2, since, FOLLOW, "docker kill");
     let alive: BTreeSet<String> = tasks
         .iter()
         .filter(|t| t.container != victim.container)
@@ -475,15 +459,7 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     }
     tasks = lab.wait_tasks("who", 6, TASKS).expect("replacement");
     let since = Instant::now();
-    follows(
-        &lab,
-        &lbs,
-        node2,
-        ("who", WHO_PORT),
-        since,
-        FOLLOW,
-        "replacement",
-    );
+    who_follows(&lab, &lbs, node2, since, FOLLOW, "replacement");
 
     // A rolling update replaces every task; once done, only the new ones are served.
     let old: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
@@ -515,15 +491,7 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     }
     let since = Instant::now();
     for node in &lab.nodes {
-        follows(
-            &lab,
-            &lbs,
-            node,
-            ("who", WHO_PORT),
-            since,
-            FOLLOW,
-            "rolling update",
-        );
+        who_follows(&lab, &lbs, node, since, FOLLOW, "rolling update");
     }
     for s in &mut keep_sessions {
         s.check_kept(&keep_hosts, "rolling update of another service");
@@ -623,15 +591,7 @@ fn dockerd_crash_under_traffic(restart: bool) {
     let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
     let lbs = lbds(&lab);
     for node in &lab.nodes {
-        follows(
-            &lab,
-            &lbs,
-            node,
-            ("who", WHO_PORT),
-            Instant::now(),
-            STARTUP,
-            "start",
-        );
+        who_follows(&lab, &lbs, node, Instant::now(), STARTUP, "start");
     }
     let all: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
     for t in &tasks {
@@ -746,15 +706,7 @@ fn dockerd_crash_under_traffic(restart: bool) {
     let since = Instant::now();
     // Node 2 first: its own port, then node 1's (which reaches node 2's new tasks too).
     for node in lab.nodes.iter().rev() {
-        follows(
-            &lab,
-            &lbs,
-            node,
-            ("who", WHO_PORT),
-            since,
-            FOLLOW,
-            "dockerd restart",
-        );
+        who_follows(&lab, &lbs, node, since, FOLLOW, "dockerd restart");
     }
     for (node, outage) in lab.nodes.iter().zip(&outages) {
         println!(
@@ -888,15 +840,7 @@ fn engine_missing_or_answering_garbage_keeps_forwarding() {
     // Both nodes' lbd: node 1 reaches node 2's task through node 2's.
     let lbs = lbds(&lab);
     let lb = &lbs[0];
-    follows(
-        &lab,
-        &lbs,
-        node,
-        ("who", WHO_PORT),
-        Instant::now(),
-        STARTUP,
-        "start",
-    );
+    who_follows(&lab, &lbs, node, Instant::now(), STARTUP, "start");
     let hosts: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
     let mut sessions = Sessions::open(&lab, published(node, WHO_PORT), 2);
     let socket = node.socket().to_owned();
@@ -1186,15 +1130,7 @@ fn dockerd_graceful_restart_under_traffic() {
     let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
     let lbs = lbds(&lab);
     for node in &lab.nodes {
-        follows(
-            &lab,
-            &lbs,
-            node,
-            ("who", WHO_PORT),
-            Instant::now(),
-            STARTUP,
-            "start",
-        );
+        who_follows(&lab, &lbs, node, Instant::now(), STARTUP, "start");
     }
     let node1_tasks: BTreeSet<String> = tasks
         .iter()
@@ -1257,15 +1193,7 @@ fn dockerd_graceful_restart_under_traffic() {
     }
     let since = Instant::now();
     for node in lab.nodes.iter().rev() {
-        follows(
-            &lab,
-            &lbs,
-            node,
-            ("who", WHO_PORT),
-            since,
-            FOLLOW,
-            "dockerd restart",
-        );
+        who_follows(&lab, &lbs, node, since, FOLLOW, "dockerd restart");
     }
     for (node, outage) in lab.nodes.iter().zip(&outages) {
         println!(
@@ -1289,6 +1217,16 @@ fn dockerd_graceful_restart_under_traffic() {
         "node 2: new connections failed for {:?}, its dockerd was away {away:?}",
         outages[1].longest
     );
+    // Node 2 stayed a tunnel peer of node 1 while its Engine was away and until node 1's
+    // Engine showed it again (`source::swarm::peers`): nothing it forwarded was refused.
+    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+        let stats = lb.lbctl_json(&["stats"]).expect("lbctl stats");
+        assert_eq!(
+            stats["global"]["drop_tunnel_not_peer"], 0,
+            "node {}: tunnel packets refused as from no peer",
+            node.index
+        );
+    }
     sessions.check_kept(&node1_tasks, "node 2's dockerd restarted");
     drop(lbs);
 }
