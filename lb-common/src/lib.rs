@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod conntrack_filter;
 pub mod hash;
 pub mod limits;
 pub mod maps;

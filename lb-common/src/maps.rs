@@ -33,8 +33,9 @@ pub mod names {
     pub const REPLY_FRONTENDS: &str = "REPLY_FRONTENDS";
     pub const INTERFACE_MACS: &str = "INTERFACE_MACS";
     pub const CHECKSUM_STATE: &str = "CHECKSUM_STATE";
+    pub const CONNTRACK_FILTER: &str = "CONNTRACK_FILTER";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -61,6 +62,7 @@ pub mod names {
         REPLY_FRONTENDS,
         INTERFACE_MACS,
         CHECKSUM_STATE,
+        CONNTRACK_FILTER,
     ];
 }
 

@@ -1,5 +1,6 @@
 //! The connection table: the backend a flow was given, its TCP state and idle time.
 
+pub mod filter;
 mod unconfirmed;
 
 use core::{ffi::c_void, mem::MaybeUninit};

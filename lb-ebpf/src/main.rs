@@ -3,6 +3,9 @@
 //! programs that balance local clients' sockets (`sock`).
 #![no_std]
 #![no_main]
+// `atomic_or`: the BPF target has no atomic read-modify-write methods (conntrack::filter).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod aggregate;
 mod conntrack;
@@ -98,7 +101,15 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     // Flow first: a packet of a tracked flow whose stamp is current skips FRONTENDS.
     let mut untracked = false;
     if conntrack::may_be_forward(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto) {
-        let verdict = to_backend_stamped(ctx, pkt, generation);
+        // A SYN whose key the filter never saw opens a flow: no lookup of the full table.
+        let verdict = if pkt.key.proto == proto::TCP
+            && is_syn(pkt.tcp_flags)
+            && !conntrack::filter::may_track(&pkt.key)
+        {
+            Verdict::UNTRACKED
+        } else {
+            to_backend_stamped(ctx, pkt, generation)
+        };
         if verdict == Verdict::UNTRACKED {
             untracked = true;
         } else if verdict != Verdict::NOT_STAMPED {

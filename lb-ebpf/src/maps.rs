@@ -1,12 +1,12 @@
 //! Every map of the program. Names, keys, values and sizes come from lb-common; userspace
-//! resizes `CONNTRACK` and `PENDING` at load time.
+//! resizes `CONNTRACK`, `PENDING` and `CONNTRACK_FILTER` at load time.
 
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use lb_common::{
-    Addr,
+    Addr, conntrack_filter,
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, ENDPOINT_FILTER_ENTRIES,
         MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_INTERFACE_MACS,
@@ -95,6 +95,15 @@ pub static FRONTEND_GEN: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static CONNTRACK: LruHashMap<FlowKey, Flow, { DEFAULT_CONNTRACK_ENTRIES as usize }> =
     LruHashMap::new();
+
+/// A bit per forward key `CONNTRACK` may hold, so a SYN of a new flow skips the lookup (see
+/// lb-common's `conntrack_filter` for the layout and how `lbd` clears stale bits).
+#[btf_map]
+pub static CONNTRACK_FILTER: Array<
+    u64,
+    { conntrack_filter::elements(DEFAULT_CONNTRACK_ENTRIES) as usize },
+    { conntrack_filter::FLAGS as usize },
+> = Array::new();
 
 /// New flows, both directions, until the client's second packet confirms them and moves
 /// them into `CONNTRACK` (`conntrack::confirm`): a flood of new flows evicts only here.

@@ -4,6 +4,8 @@
 
 #[path = "packets/aggregate.rs"]
 mod aggregate;
+#[path = "packets/conntrack_filter.rs"]
+mod conntrack_filter;
 #[path = "packets/partial.rs"]
 mod partial;
 

@@ -273,6 +273,8 @@ pub(super) fn load_dataplane(
     if spec.redirect {
         dp.allow_xdp_redirect(backend_if)?;
     }
+    // lbd's first walk of the connection table switches the SYN's filter on.
+    dp.rebuild_conntrack_filter()?;
     println!(
         "micro: dataplane {:<28} {:>7} services{}, {} conntrack entries, egress by {} ({:.1} s)",
         spec.name,
@@ -379,7 +381,9 @@ pub(super) fn prefill(dp: &mut Dp, flows: u32) -> Result<u64> {
             0,
         )?;
     }
-    let entries = ct.keys().count() as u64;
+    drop(ct);
+    // Written from userspace, so unseen by the filter until a walk: as lbd's next one.
+    let entries = dp.dp.rebuild_conntrack_filter()?.entries;
     println!(
         "micro: dataplane {:<28} prefilled {flows} flows from userspace: {entries} entries tracked ({:.1} s)",
         dp.name,

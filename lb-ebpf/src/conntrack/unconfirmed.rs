@@ -140,6 +140,7 @@ fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
         let _ = CONNTRACK.remove(&reply_key);
         return false;
     }
+    super::filter::note_tracked(key);
     // The unconfirmed reply entry, if still this flow's (see `forget_reply`).
     if let Some(old) = PENDING.get_ptr(&reply_key)
         && reply_is_for(old, key)

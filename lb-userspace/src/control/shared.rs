@@ -81,10 +81,16 @@ impl Shared {
         let mut counted = None;
         if due {
             let started = Instant::now();
-            let (entries, capacity) = self.readers.occupancy()?;
+            let walk = self.readers.occupancy()?;
+            tracing::debug!(
+                entries = walk.entries,
+                forward_keys = walk.forward_keys,
+                took_ms = started.elapsed().as_millis() as u64,
+                "connection table walked: occupancy counted, its filter rebuilt"
+            );
             occupancy = Occupancy {
-                entries,
-                capacity,
+                entries: walk.entries,
+                capacity: walk.capacity,
                 counted_s_ago: Some(0),
             };
             counted = Some((started, started.elapsed()));

@@ -222,12 +222,19 @@ pub fn inner_map_id(outer: i32, index: u32) -> std::io::Result<Option<u32>> {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Entries of a hash map, read `CHUNK` at a time with `BPF_MAP_LOOKUP_BATCH` (a syscall per
-/// key costs about three times as much). Entries inserted or removed while it walks may be
-/// counted or not.
-pub fn count_entries(map: &MapData, key_size: usize, value_size: usize) -> std::io::Result<u64> {
+/// Hands `each` every entry of a (not per-CPU) hash map as its key's and value's bytes, read
+/// `CHUNK` at a time with `BPF_MAP_LOOKUP_BATCH` (a syscall per key costs about three times
+/// as much); answers how many. Entries inserted or
+/// removed meanwhile may be seen or not; an entry present throughout is seen (the walk goes
+/// bucket by bucket, and an entry stays in its bucket).
+pub fn each_entry(
+    map: &MapData,
+    key_size: usize,
+    value_size: usize,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> std::io::Result<u64> {
     let mut keys = vec![0u8; CHUNK * key_size];
-    let mut values = vec![0u8; CHUNK * value_size.next_multiple_of(8)];
+    let mut values = vec![0u8; CHUNK * value_size];
     // The kernel's resume token (a bucket index for hash maps); 8 bytes is room enough.
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
@@ -242,17 +249,27 @@ pub fn count_entries(map: &MapData, key_size: usize, value_size: usize) -> std::
             values.as_mut_ptr(),
             chunk,
         );
-        match run(BPF_MAP_LOOKUP_BATCH, &mut attr) {
-            Ok(()) => total += u64::from(attr.count),
-            // The end of the map (the last entries come with it).
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Ok(total + u64::from(attr.count));
+        let result = run(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let end = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOENT));
+        if result.is_ok() || end {
+            // The end of the map comes with its last entries.
+            let read = (attr.count as usize).min(chunk);
+            for i in 0..read {
+                each(
+                    &keys[i * key_size..(i + 1) * key_size],
+                    &values[i * value_size..(i + 1) * value_size],
+                );
             }
-            // A bucket holds more than `chunk` entries: ask for more at once.
+            total += read as u64;
+        }
+        match result {
+            Ok(()) => {}
+            Err(_) if end => return Ok(total),
+            // A bucket holds more than `chunk` entries (none were read): ask for more at once.
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < CHUNK * 64 => {
                 chunk *= 2;
                 keys.resize(chunk * key_size, 0);
-                values.resize(chunk * value_size.next_multiple_of(8), 0);
+                values.resize(chunk * value_size, 0);
                 continue;
             }
             Err(e) => return Err(e),

@@ -12,7 +12,7 @@ use lb_common::{
     stats::StatSlot,
 };
 
-use super::{Dataplane, DataplaneError, batch};
+use super::{Dataplane, DataplaneError, batch, conntrack_filter::ConntrackFilter};
 use crate::plan::DesiredState;
 
 pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -210,6 +210,7 @@ impl Dataplane {
         };
         Ok(MapReaders {
             conntrack: own(names::CONNTRACK)?,
+            filter: self.conntrack_filter.clone(),
             global: own(names::GLOBAL_STATS)?,
             services: own(names::SERVICE_STATS)?,
             backends: own(names::BACKEND_STATS)?,
@@ -220,7 +221,20 @@ impl Dataplane {
     /// Connection-table occupancy: (entries, capacity). Walks the table in batches, about a
     /// third of a second per million entries: for reports, not for the fast path.
     pub fn conntrack_occupancy(&self) -> Result<(u64, u32), DataplaneError> {
-        count_entries(self.ebpf().map(names::CONNTRACK).expect("checked at load"))
+        let walk = walk_conntrack(
+            self.ebpf().map(names::CONNTRACK).expect("checked at load"),
+            None,
+        )?;
+        Ok((walk.entries, walk.capacity))
+    }
+
+    /// Rebuilds `CONNTRACK_FILTER` from a walk of the connection table (as `lbd` does with
+    /// every occupancy count, see [`MapReaders::occupancy`]); answers the walk.
+    pub fn rebuild_conntrack_filter(&self) -> Result<ConntrackWalk, DataplaneError> {
+        walk_conntrack(
+            self.ebpf().map(names::CONNTRACK).expect("checked at load"),
+            Some(&self.conntrack_filter),
+        )
     }
 
     /// Traffic totals of the given service and backend ids.
@@ -404,6 +418,7 @@ fn remove_unlisted<V: aya::Pod>(
 /// See [`Dataplane::readers`].
 pub struct MapReaders {
     conntrack: aya::maps::Map,
+    filter: std::sync::Arc<ConntrackFilter>,
     global: aya::maps::Map,
     services: aya::maps::Map,
     backends: aya::maps::Map,
@@ -411,9 +426,10 @@ pub struct MapReaders {
 }
 
 impl MapReaders {
-    /// (entries, capacity), walking the keys.
-    pub fn occupancy(&self) -> Result<(u64, u32), DataplaneError> {
-        count_entries(&self.conntrack)
+    /// Walks the connection table: its occupancy, and `CONNTRACK_FILTER` rebuilt from the
+    /// forward keys it holds (one walk for both; this clears the bits of flows that are gone).
+    pub fn occupancy(&self) -> Result<ConntrackWalk, DataplaneError> {
+        walk_conntrack(&self.conntrack, Some(&self.filter))
     }
 
     /// See [`Dataplane::traffic`].
@@ -439,20 +455,46 @@ impl MapReaders {
     }
 }
 
-fn count_entries(map: &aya::maps::Map) -> Result<(u64, u32), DataplaneError> {
+/// What a walk of the connection table found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackWalk {
+    pub entries: u64,
+    pub capacity: u32,
+    /// Forward keys set in the rebuilt `CONNTRACK_FILTER` half (0 when not rebuilt).
+    pub forward_keys: u64,
+}
+
+/// Walks `CONNTRACK` in batches: its entries, and with `filter` that filter rebuilt from them.
+fn walk_conntrack(
+    map: &aya::maps::Map,
+    filter: Option<&ConntrackFilter>,
+) -> Result<ConntrackWalk, DataplaneError> {
     let table: HashMap<&MapData, FlowKey, Flow> =
         HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
     let capacity = table_capacity(map);
-    let entries = batch::count_entries(
-        table.map(),
-        std::mem::size_of::<FlowKey>(),
-        std::mem::size_of::<Flow>(),
-    )
+    let mut rebuild = filter.map(ConntrackFilter::rebuild);
+    let (key_size, value_size) = (std::mem::size_of::<FlowKey>(), std::mem::size_of::<Flow>());
+    let entries = batch::each_entry(table.map(), key_size, value_size, |key, value| {
+        if let Some(rebuild) = &mut rebuild {
+            // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
+            let (key, flow) = unsafe {
+                (
+                    key.as_ptr().cast::<FlowKey>().read_unaligned(),
+                    value.as_ptr().cast::<Flow>().read_unaligned(),
+                )
+            };
+            rebuild.note(&key, &flow);
+        }
+    })
     .map_err(|e| DataplaneError::MapValue {
         name: names::CONNTRACK,
-        message: format!("counting entries: {e}"),
+        message: format!("walking its entries: {e}"),
     })?;
-    Ok((entries, capacity))
+    Ok(ConntrackWalk {
+        entries,
+        capacity,
+        forward_keys: rebuild.map_or(0, super::conntrack_filter::Rebuild::finish),
+    })
 }
 
 fn table_capacity(map: &aya::maps::Map) -> u32 {

@@ -2,7 +2,9 @@
 
 mod batch;
 mod changes;
+mod conntrack_filter;
 mod maps;
+mod mmap;
 pub mod netlink;
 pub mod pin;
 mod ports;
@@ -25,7 +27,7 @@ use aya::{
     },
 };
 use lb_common::maps::{names, programs};
-pub use maps::{MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
+pub use maps::{ConntrackWalk, MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
 pub use sockets::{SocketAttachment, cgroup2_mount, netns_cookie, netns_cookie_of};
 use tracing::{info, warn};
 
@@ -142,6 +144,8 @@ pub struct Dataplane {
     /// Reads the kernel programs' log records (aya-log) into this process's log. Must live as
     /// long as the programs: dropping it closes the log map.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// `CONNTRACK_FILTER`, mapped; shared with `MapReaders`, whose walks rebuild it.
+    conntrack_filter: std::sync::Arc<conntrack_filter::ConntrackFilter>,
     /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
     interface_macs: std::collections::BTreeMap<u32, (Option<[u8; 6]>, bool)>,
 }
@@ -156,6 +160,10 @@ impl Dataplane {
         loader.map_max_entries(
             names::PENDING,
             lb_common::limits::pending_entries(options.conntrack_entries),
+        );
+        loader.map_max_entries(
+            names::CONNTRACK_FILTER,
+            lb_common::conntrack_filter::elements(options.conntrack_entries),
         );
         let log_level = options.kernel_log as u8;
         loader.override_global(aya_log::LEVEL, &log_level, false);
@@ -188,6 +196,18 @@ impl Dataplane {
         // Flows stamped before (adopted maps; or entries of a version without stamps, whose
         // stamp reads 0) check their frontend again before they skip FRONTENDS.
         maps::bump_frontend_gen(ebpf.map_mut(names::FRONTEND_GEN).expect("checked above"))?;
+        // Adopted or new, the filter is not trusted until this lbd rebuilt it (see
+        // `conntrack_filter`): a program of an older version may have written flows unseen.
+        let conntrack_filter = match ebpf.map(names::CONNTRACK_FILTER).expect("checked above") {
+            aya::maps::Map::Array(data) => conntrack_filter::ConntrackFilter::open(data)?,
+            _ => {
+                return Err(DataplaneError::MapValue {
+                    name: names::CONNTRACK_FILTER,
+                    message: "not an array: lb-ebpf and lb-userspace are out of step".into(),
+                });
+            }
+        };
+        conntrack_filter.switch_readers_off();
         let xdp: &mut Xdp = program(&mut ebpf, programs::XDP)?;
         xdp.load().map_err(|error| DataplaneError::Verify {
             name: programs::XDP,
@@ -210,6 +230,7 @@ impl Dataplane {
             _pin_lock: pin_lock,
             sockets: None,
             logger,
+            conntrack_filter: std::sync::Arc::new(conntrack_filter),
         })
     }
 

@@ -191,6 +191,8 @@ pub(crate) fn check_compatible(
             conntrack_entries
         } else if name == names::PENDING {
             lb_common::limits::pending_entries(conntrack_entries)
+        } else if name == names::CONNTRACK_FILTER {
+            lb_common::conntrack_filter::elements(conntrack_entries)
         } else {
             want.max_entries()
         };

@@ -5,7 +5,11 @@
 use aya::maps::{Array, IterableMap as _, MapData};
 use lb_common::maps::{SELECTION_TABLE_FLAGS, TABLE_LEN_SLOT, TableElement, names, table_elements};
 
-use super::{DataplaneError, batch, maps::map_err};
+use super::{
+    DataplaneError, batch,
+    maps::map_err,
+    mmap::{map_shared, page_size},
+};
 use crate::plan::TableSpec;
 
 /// Tables swapped in per `bpf` call: the call waits for one RCU grace period (milliseconds)
@@ -263,7 +267,7 @@ impl MappingArena {
         }
         // SAFETY: `at + mapped` lies within our own reservation, never touched (nothing to
         // flush), which the table's mapping replaces there.
-        let base = unsafe { map_table(fd, mapped, self.base.add(at)) };
+        let base = unsafe { map_shared(fd, mapped, self.base.add(at)) }.map(<*mut u8>::cast::<u32>);
         Some(base.map(|base| {
             self.used.set(at + mapped);
             MappedSlots {
@@ -274,32 +278,6 @@ impl MappingArena {
             }
         }))
     }
-}
-
-/// A shared, writable mapping of `mapped` bytes of the mmapable array behind `fd`: at `at`,
-/// replacing what is there, or where the kernel chooses when `at` is null.
-///
-/// # Safety
-/// A non-null `at` starts `mapped` bytes of this process's address space that nothing else
-/// uses; `mapped` is at most what the kernel backs for the array (its size rounded up to
-/// pages).
-unsafe fn map_table(fd: i32, mapped: usize, at: *mut u8) -> std::io::Result<*mut u32> {
-    let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
-    // SAFETY: the caller's promise.
-    let p = unsafe {
-        libc::mmap(
-            at.cast(),
-            mapped,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | fixed,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(p.cast())
 }
 
 // SAFETY: the arena owns its address range and nothing in it is tied to the thread that
@@ -317,8 +295,7 @@ impl Drop for MappingArena {
 /// Bytes of an array of `elements` table elements, and the same rounded up to pages (what the
 /// kernel backs and a mapping spans).
 fn mapped_size(elements: u32) -> (usize, usize) {
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page = page_size();
     let bytes = elements as usize * std::mem::size_of::<TableElement>();
     (bytes, bytes.div_ceil(page) * page)
 }
@@ -339,7 +316,7 @@ impl MappedSlots<'static> {
     fn map(fd: i32, elements: u32) -> std::io::Result<Self> {
         let (bytes, mapped) = mapped_size(elements);
         // SAFETY: where the kernel chooses; `mapped` is what it backs for `elements`.
-        let base = unsafe { map_table(fd, mapped, std::ptr::null_mut()) }?;
+        let base = unsafe { map_shared(fd, mapped, std::ptr::null_mut()) }?.cast::<u32>();
         Ok(Self {
             base,
             slots: bytes / std::mem::size_of::<u32>(),

@@ -1,0 +1,148 @@
+//! `lbd`'s side of `CONNTRACK_FILTER` (layout and the rebuild's reasoning: lb-common's
+//! `conntrack_filter`): the filter is mapped into this process, switched off at load (readers
+//! ask the connection table until a rebuild completes), and rebuilt from each walk of the
+//! connection table, which clears the bits of flows that are gone.
+
+use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU64, Ordering, fence},
+};
+
+use aya::maps::MapData;
+use lb_common::{
+    conntrack_filter::{CONTROL, active_base, control, half_base, position},
+    maps::{Flow, FlowKey, flow_kind, names},
+};
+
+use super::{
+    DataplaneError,
+    mmap::{map_shared, page_size},
+};
+
+/// The filter, mapped (shared with the kernel).
+pub struct ConntrackFilter {
+    words: *const AtomicU64,
+    mapped: usize,
+    words_per_half: u32,
+    /// Held by a rebuild: two at once would zero the half the other is about to activate.
+    rebuilding: Mutex<()>,
+}
+
+// SAFETY: the mapping belongs to this value alone and every access to it is atomic.
+unsafe impl Send for ConntrackFilter {}
+// SAFETY: as above: shared references only do atomic operations.
+unsafe impl Sync for ConntrackFilter {}
+
+impl ConntrackFilter {
+    /// Maps the filter behind `map`; its size says the halves' (as `check_compatible` held
+    /// it to the connection table's).
+    pub(super) fn open(map: &MapData) -> Result<Self, DataplaneError> {
+        let err = |message: String| DataplaneError::MapValue {
+            name: names::CONNTRACK_FILTER,
+            message,
+        };
+        let info = map.info().map_err(|error| DataplaneError::Map {
+            name: names::CONNTRACK_FILTER,
+            error,
+        })?;
+        let words_per_half = (info.max_entries().saturating_sub(1)) / 2;
+        if info.value_size() != 8 || !words_per_half.is_power_of_two() {
+            return Err(err(format!(
+                "{} entries of {} bytes is not a control word and two halves of a power of \
+                 two of words: lb-ebpf and lb-userspace are out of step",
+                info.max_entries(),
+                info.value_size()
+            )));
+        }
+        let elements = info.max_entries() as usize;
+        let mapped = (elements * 8).div_ceil(page_size()) * page_size();
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        // SAFETY: where the kernel chooses, the array's own size rounded up to pages.
+        let base =
+            unsafe { map_shared(map.fd().as_fd().as_raw_fd(), mapped, std::ptr::null_mut()) }
+                .map_err(|e| err(format!("mapping it into memory: {e}")))?;
+        Ok(Self {
+            words: base.cast::<AtomicU64>(),
+            mapped,
+            words_per_half,
+            rebuilding: Mutex::new(()),
+        })
+    }
+
+    fn word(&self, index: u32) -> &AtomicU64 {
+        assert!(
+            index <= 2 * self.words_per_half,
+            "filter word {index} out of range"
+        );
+        // SAFETY: within the mapping (checked above), 8-byte aligned (page-aligned base).
+        unsafe { &*self.words.add(index as usize) }
+    }
+
+    /// Writers on, readers off: from here the kernel sets the bit of every forward entry it
+    /// writes, and a SYN asks the connection table until the next rebuild completes.
+    pub(super) fn switch_readers_off(&self) {
+        self.word(CONTROL)
+            .store(control(0, self.words_per_half), Ordering::SeqCst);
+    }
+
+    /// Starts a rebuild of the half readers do not use: zeroes it. Feed it every forward key
+    /// of a walk of the connection table that starts after this, then `finish` it.
+    pub fn rebuild(&self) -> Rebuild<'_> {
+        let guard = self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let active = active_base(self.word(CONTROL).load(Ordering::SeqCst));
+        let half = u32::from(active == half_base(0, self.words_per_half));
+        let base = half_base(half, self.words_per_half);
+        for i in 0..self.words_per_half {
+            self.word(base + i).store(0, Ordering::Relaxed);
+        }
+        // The zeroes land before the walk reads the table (see lb-common's `conntrack_filter`).
+        fence(Ordering::SeqCst);
+        Rebuild {
+            filter: self,
+            base,
+            keys: 0,
+            _guard: guard,
+        }
+    }
+}
+
+impl Drop for ConntrackFilter {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `open` made, unmapped once.
+        unsafe { libc::munmap(self.words as *mut libc::c_void, self.mapped) };
+    }
+}
+
+/// A half being rebuilt (see [`ConntrackFilter::rebuild`]).
+pub struct Rebuild<'f> {
+    filter: &'f ConntrackFilter,
+    base: u32,
+    keys: u64,
+    _guard: MutexGuard<'f, ()>,
+}
+
+impl Rebuild<'_> {
+    /// Notes a connection-table entry: a forward one's key gets its bit.
+    pub fn note(&mut self, key: &FlowKey, flow: &Flow) {
+        if flow.kind != flow_kind::FORWARD {
+            return;
+        }
+        let (word, bit) = position(key, self.filter.words_per_half - 1);
+        self.filter
+            .word(self.base + word)
+            .fetch_or(bit, Ordering::Relaxed);
+        self.keys += 1;
+    }
+
+    /// Makes the rebuilt half the one readers use; answers the forward keys it holds.
+    pub fn finish(self) -> u64 {
+        self.filter.word(CONTROL).store(
+            control(self.base, self.filter.words_per_half),
+            Ordering::SeqCst,
+        );
+        self.keys
+    }
+}

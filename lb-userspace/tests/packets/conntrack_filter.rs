@@ -1,0 +1,125 @@
+//! `CONNTRACK_FILTER` (lb-common `conntrack_filter`): a SYN asks the connection table only
+//! when the filter may hold its key, so a SYN reusing a tracked flow's tuple must still follow
+//! that flow, and a rebuild from a walk of the table must keep every forward key and drop the
+//! rest. Round-robin makes a wrong choice visible: a flow placed anew takes the next backend
+//! of the rotation, not its own.
+
+use std::net::SocketAddrV4;
+
+use lb_common::stats::StatSlot;
+use lb_testkit::{
+    e2e_enabled,
+    packet::{Ipv4Frame, TCP_ACK, TCP_SYN, parse_ipv4},
+    progtest::{CLIENT, Loaded, delta, pin_to_cpu},
+};
+
+use super::{VIP, forward_key, sock, with_program};
+
+const THREE_ROUND_ROBIN: &str = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    scheduler: round-robin
+    backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
+"#;
+
+/// The backend `lb` sends a SYN from `client` to, and how many new flows that opened.
+fn syn(lb: &mut Loaded, client: SocketAddrV4) -> (SocketAddrV4, u64) {
+    let before = lb.stats();
+    let out = lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_SYN).build());
+    let backend = parse_ipv4(&out.packet).expect("forwarded").dst;
+    (backend, delta(&before, &lb.stats(), StatSlot::NewFlow))
+}
+
+/// Opens and confirms a flow from `client`; its backend.
+fn confirmed(lb: &mut Loaded, client: SocketAddrV4) -> SocketAddrV4 {
+    let (backend, opened) = syn(lb, client);
+    assert_eq!(opened, 1, "{client}: a new flow");
+    let before = lb.stats();
+    lb.run(&Ipv4Frame::tcp(client, sock(VIP, 80), TCP_ACK).build());
+    assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowConfirmed), 1);
+    backend
+}
+
+#[test]
+fn a_syn_reusing_a_tracked_flows_tuple_follows_the_flow_with_the_filter_on() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(THREE_ROUND_ROBIN, |mut lb| {
+        pin_to_cpu(0);
+        let walk = lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
+        assert_eq!((walk.entries, walk.forward_keys), (0, 0));
+        // Confirmed with the filter on: the kernel sets the key's bit as it writes the entry.
+        let client = sock(CLIENT, 44000);
+        let backend = confirmed(&mut lb, client);
+        // A SYN on the tracked tuple (a client that lost the connection reuses its port)
+        // follows the flow, as it does through the lookup; a new flow would take the next
+        // backend of the rotation.
+        let (again, opened) = syn(&mut lb, client);
+        assert_eq!((again, opened), (backend, 0), "follows its flow");
+        // The rebuild keeps the key (the walk finds its forward entry, not the reply one).
+        let walk = lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
+        assert_eq!((walk.entries, walk.forward_keys), (2, 1));
+        let (again, opened) = syn(&mut lb, client);
+        assert_eq!(
+            (again, opened),
+            (backend, 0),
+            "follows its flow after the rebuild"
+        );
+    });
+}
+
+#[test]
+fn a_syn_skips_the_table_only_once_a_rebuild_has_seen_every_key() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(THREE_ROUND_ROBIN, |mut lb| {
+        pin_to_cpu(0);
+        let first = sock(CLIENT, 44100);
+        let backend = confirmed(&mut lb, first);
+        let entry = lb
+            .dp
+            .tracked_flow(&forward_key(first, sock(VIP, 80)))
+            .unwrap()
+            .expect("forward entry");
+        // A forward entry whose bit nobody set: what a program of an older version, still
+        // attached while a new lbd starts, writes.
+        let unseen = sock(CLIENT, 44101);
+        let copy_as = |lb: &mut Loaded, client: SocketAddrV4| {
+            lb.dp
+                .connection_table_mut()
+                .unwrap()
+                .insert(forward_key(client, sock(VIP, 80)), entry, 0)
+                .expect("entry written");
+        };
+        copy_as(&mut lb, unseen);
+        // Until a rebuild completes, readers are off: the SYN asks the table and follows.
+        let (to, opened) = syn(&mut lb, unseen);
+        assert_eq!((to, opened), (backend, 0), "filter off: looked up");
+
+        // After a rebuild the walk has seen it: still followed.
+        let walk = lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
+        assert_eq!(walk.forward_keys, 2);
+        let (to, opened) = syn(&mut lb, unseen);
+        assert_eq!((to, opened), (backend, 0), "rebuilt: looked up");
+
+        // A forward entry written after the rebuild without its bit is not asked for: the
+        // SYN opens a new flow on the next backend. This is why every writer must set it.
+        let late = sock(CLIENT, 44102);
+        copy_as(&mut lb, late);
+        let (to, opened) = syn(&mut lb, late);
+        assert_eq!(opened, 1, "filter on: the table was not asked");
+        assert_ne!(to, backend);
+
+        // A flow that is gone leaves a stale bit; the next rebuild drops it. The SYN of the
+        // late one is still unconfirmed, so the table holds the first flow (both entries)
+        // and the two copies.
+        let mut table = lb.dp.connection_table_mut().unwrap();
+        table.remove(&forward_key(unseen, sock(VIP, 80))).unwrap();
+        let walk = lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
+        assert_eq!((walk.entries, walk.forward_keys), (3, 2));
+    });
+}
