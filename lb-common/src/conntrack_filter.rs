@@ -9,7 +9,9 @@
 //! forward entry, and readers use the active half. `lbd` clears stale bits by rebuilding the
 //! other half (zero it, set the bit of every forward key a walk of `CONNTRACK` finds, make it
 //! the active one): a key written during the rebuild has its bit set by the kernel after the
-//! zeroing, and a key written before it is in the table the walk reads.
+//! zeroing, and a key written before it is in the table the walk reads. A rebuild waits a
+//! moment after the control word last changed, so no program run still reads the half it
+//! zeroes.
 
 use crate::{hash::flow_hash, maps::FlowKey};
 
@@ -20,9 +22,10 @@ pub const FLAGS: u32 = 1 << 10;
 /// Index of the control word.
 pub const CONTROL: u32 = 0;
 
-/// Filter bits per connection-table entry. A confirmed flow takes two entries, so a full
-/// table sets at most one bit in 16: about one SYN of a new flow in 16 still takes the lookup
-/// (a false "maybe").
+/// Filter bits per connection-table entry, in each half. A confirmed flow takes two entries,
+/// so right after a rebuild a full table has at most one bit in 16 set: about one SYN of a
+/// new flow in 16 still takes the lookup (a false "maybe"), more as flows that ended since
+/// leave their bits until the next rebuild.
 pub const BITS_PER_ENTRY: u64 = 8;
 
 /// Words in each half for a connection table of `conntrack_entries`: a power of two (the
@@ -62,7 +65,7 @@ pub const fn word_mask(control: u64) -> u32 {
 }
 
 /// Where `key` is in a half whose word mask is `mask`: the word's offset from the half's
-/// base, and the bit in that word. From the flow hash (the kernel has it for Maglev too).
+/// base, and the bit in that word, from the flow hash.
 #[inline(always)]
 pub const fn position(key: &FlowKey, mask: u32) -> (u32, u64) {
     let h = flow_hash(key);

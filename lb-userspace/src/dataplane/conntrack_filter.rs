@@ -3,9 +3,12 @@
 //! ask the connection table until a rebuild completes), and rebuilt from each walk of the
 //! connection table, which clears the bits of flows that are gone.
 
-use std::sync::{
-    Mutex, MutexGuard,
-    atomic::{AtomicU64, Ordering, fence},
+use std::{
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering, fence},
+    },
+    time::{Duration, Instant},
 };
 
 use aya::maps::MapData;
@@ -25,8 +28,14 @@ pub struct ConntrackFilter {
     mapped: usize,
     words_per_half: u32,
     /// Held by a rebuild: two at once would zero the half the other is about to activate.
-    rebuilding: Mutex<()>,
+    /// Holds when the control word last changed (see `SETTLE`).
+    rebuilding: Mutex<Instant>,
 }
+
+/// How long a rebuild waits after the control word changed before it zeroes a half: a
+/// program run that read the old word (a half, or "off" while an older program was being
+/// replaced) may still be reading from it, and a run takes microseconds.
+const SETTLE: Duration = Duration::from_millis(50);
 
 // SAFETY: the mapping belongs to this value alone and every access to it is atomic.
 unsafe impl Send for ConntrackFilter {}
@@ -65,7 +74,7 @@ impl ConntrackFilter {
             words: base.cast::<AtomicU64>(),
             mapped,
             words_per_half,
-            rebuilding: Mutex::new(()),
+            rebuilding: Mutex::new(Instant::now()),
         })
     }
 
@@ -81,17 +90,23 @@ impl ConntrackFilter {
     /// Writers on, readers off: from here the kernel sets the bit of every forward entry it
     /// writes, and a SYN asks the connection table until the next rebuild completes.
     pub(super) fn switch_readers_off(&self) {
+        let mut changed = self.lock();
         self.word(CONTROL)
             .store(control(0, self.words_per_half), Ordering::SeqCst);
+        *changed = Instant::now();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Instant> {
+        self.rebuilding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts a rebuild of the half readers do not use: zeroes it. Feed it every forward key
     /// of a walk of the connection table that starts after this, then `finish` it.
     pub fn rebuild(&self) -> Rebuild<'_> {
-        let guard = self
-            .rebuilding
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self.lock();
+        std::thread::sleep(SETTLE.saturating_sub(guard.elapsed()));
         let active = active_base(self.word(CONTROL).load(Ordering::SeqCst));
         let half = u32::from(active == half_base(0, self.words_per_half));
         let base = half_base(half, self.words_per_half);
@@ -104,7 +119,7 @@ impl ConntrackFilter {
             filter: self,
             base,
             keys: 0,
-            _guard: guard,
+            changed: guard,
         }
     }
 }
@@ -121,7 +136,7 @@ pub struct Rebuild<'f> {
     filter: &'f ConntrackFilter,
     base: u32,
     keys: u64,
-    _guard: MutexGuard<'f, ()>,
+    changed: MutexGuard<'f, Instant>,
 }
 
 impl Rebuild<'_> {
@@ -138,11 +153,12 @@ impl Rebuild<'_> {
     }
 
     /// Makes the rebuilt half the one readers use; answers the forward keys it holds.
-    pub fn finish(self) -> u64 {
+    pub fn finish(mut self) -> u64 {
         self.filter.word(CONTROL).store(
             control(self.base, self.filter.words_per_half),
             Ordering::SeqCst,
         );
+        *self.changed = Instant::now();
         self.keys
     }
 }
