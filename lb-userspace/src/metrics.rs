@@ -46,6 +46,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_backends",
     "meshlb_conntrack_entries",
     "meshlb_conntrack_capacity",
+    "meshlb_syn_filter_keys",
     "meshlb_flood",
     "meshlb_unconfirmed_flows_per_second",
     "meshlb_config_generation",
@@ -304,6 +305,17 @@ fn register_conntrack(registry: &mut Registry, report: &Report) {
         "Connection-table capacity in entries.",
         capacity,
     );
+    if let Some(keys) = report.conntrack.syn_filter_keys {
+        let filter = Gauge::<i64>::default();
+        filter.set(i64::try_from(keys).unwrap_or(i64::MAX));
+        register(
+            registry,
+            "syn_filter_keys",
+            "Forward keys in the SYN filter, rebuilt with each occupancy count (absent until \
+             the first: SYNs then ask the connection table).",
+            filter,
+        );
+    }
     let flood = Gauge::<i64>::default();
     flood.set(i64::from(report.flood.active));
     registry.register(
@@ -512,6 +524,7 @@ mod tests {
                 entries: 4,
                 capacity: 65536,
                 counted_s_ago: Some(1),
+                syn_filter_keys: Some(3),
             },
             flood: crate::api::report::Flood {
                 active: true,
@@ -656,6 +669,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("meshlb_conntrack_capacity 65536"), "{text}");
+        assert!(text.contains("meshlb_syn_filter_keys 3"), "{text}");
         // Every family served is listed, so the dashboard check covers them all.
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();

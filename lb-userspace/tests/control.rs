@@ -710,6 +710,12 @@ fn metrics_parse_and_match_the_traffic() {
     assert!(value("meshlb_xdp_packets_total", &[]) >= (TCP * 5 + UDP * 2) as f64);
     assert_eq!(value("meshlb_dropped_packets_total", &[]), 0.0, "{body}");
     assert_eq!(value("meshlb_conntrack_capacity", &[]), 65536.0);
+    // lbd's first occupancy walk rebuilt the SYN filter and switched it on.
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("meshlb_syn_filter_keys ")),
+        "{body}"
+    );
     // Every backend got a share.
     for b in ["198.18.2.10:8080", "198.18.2.11:8080", "198.18.2.12:8080"] {
         let mut labels = tcp.to_vec();
@@ -1016,7 +1022,7 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
 }
 
 #[test]
-fn the_connection_table_occupancy_counts_every_entry() {
+fn the_connection_table_occupancy_counts_every_entry_and_the_syn_filter_every_forward_one() {
     if !e2e_enabled() {
         return;
     }
@@ -1051,9 +1057,24 @@ fn the_connection_table_occupancy_counts_every_entry() {
                 sport_be: 1000u16.to_be(),
                 ..FlowKey::default()
             };
-            table.insert(key, Flow::default(), 0).expect("insert");
+            // Every third a forward entry: the filter's rebuild keeps those keys only.
+            let kind = if i % 3 == 0 {
+                lb_common::maps::flow_kind::FORWARD
+            } else {
+                lb_common::maps::flow_kind::REPLY
+            };
+            let flow = Flow {
+                kind,
+                ..Flow::default()
+            };
+            table.insert(key, flow, 0).expect("insert");
         }
         assert_eq!(dp.conntrack_occupancy().unwrap(), (u64::from(n), 65_536));
+        let walk = dp.rebuild_conntrack_filter().expect("rebuilt");
+        assert_eq!(
+            (walk.entries, walk.forward_keys),
+            (u64::from(n), u64::from(n.div_ceil(3)))
+        );
         drop(dp);
     })
     .expect("in the namespace");

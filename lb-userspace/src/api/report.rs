@@ -46,6 +46,10 @@ pub struct Occupancy {
     /// the background, at most every few seconds); `None`: not counted yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counted_s_ago: Option<u64>,
+    /// Forward keys the count's walk set in the SYN filter (`CONNTRACK_FILTER`), which it
+    /// rebuilt; `None`: not rebuilt by lbd's walks yet (a SYN then asks the table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_filter_keys: Option<u64>,
 }
 
 /// One kernel service: a service's port mapping in one address family.

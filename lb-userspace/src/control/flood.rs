@@ -81,6 +81,7 @@ mod tests {
                 entries: 0,
                 capacity: 65_536,
                 counted_s_ago: None,
+                syn_filter_keys: None,
             },
             ..Report::default()
         };

@@ -92,6 +92,7 @@ impl Shared {
                 entries: walk.entries,
                 capacity: walk.capacity,
                 counted_s_ago: Some(0),
+                syn_filter_keys: Some(walk.forward_keys),
             };
             counted = Some((started, started.elapsed()));
         }

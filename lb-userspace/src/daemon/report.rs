@@ -71,6 +71,7 @@ impl Daemon {
             entries,
             capacity,
             counted_s_ago: Some(0),
+            syn_filter_keys: None,
         })
     }
 }

@@ -533,7 +533,7 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         rows,
     );
     println!(
-        "connection table: {} of {} entries ({}); generation {}",
+        "connection table: {} of {} entries ({}); {}; generation {}",
         report.conntrack.entries,
         report.conntrack.capacity,
         report
@@ -542,6 +542,10 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             .map_or("not counted yet".to_owned(), |s| format!(
                 "counted {s} s ago"
             )),
+        report.conntrack.syn_filter_keys.map_or(
+            "SYN filter off until the first count (SYNs ask the table)".to_owned(),
+            |k| format!("SYN filter rebuilt with the count: {k} forward keys")
+        ),
         report.generation
     );
     if report.flood.active {
