@@ -11,7 +11,8 @@
 //! the active one): a key written during the rebuild has its bit set by the kernel after the
 //! zeroing, and a key written before it is in the table the walk reads. A rebuild waits a
 //! moment after the control word last changed, so no program run still reads the half it
-//! zeroes.
+//! zeroes, and after a program was attached, so no run of the one it replaced (perhaps an
+//! older one, which sets no bits) still writes a flow the walk misses.
 
 use crate::{hash::flow_hash, maps::FlowKey};
 

@@ -659,11 +659,26 @@ fn metrics_parse_and_match_the_traffic() {
         })
         .collect();
     drop(udp_sessions);
-    let (status, body) = http(
-        &topo.node,
-        "127.0.0.1:9464".parse().unwrap(),
-        get("/metrics", None),
-    );
+    // lbd counts the table in the background (its first walk starts 50 ms after the last
+    // attach, and also switches the SYN filter on): scrape until it has (bounded).
+    let scrape_metrics = || {
+        http(
+            &topo.node,
+            "127.0.0.1:9464".parse().unwrap(),
+            get("/metrics", None),
+        )
+    };
+    let (mut status, mut body) = scrape_metrics();
+    for _ in 0..50 {
+        if body
+            .lines()
+            .any(|l| l.starts_with("meshlb_syn_filter_keys "))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        (status, body) = scrape_metrics();
+    }
     assert_eq!(status, 200);
     let lines = body.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
@@ -710,12 +725,14 @@ fn metrics_parse_and_match_the_traffic() {
     assert!(value("meshlb_xdp_packets_total", &[]) >= (TCP * 5 + UDP * 2) as f64);
     assert_eq!(value("meshlb_dropped_packets_total", &[]), 0.0, "{body}");
     assert_eq!(value("meshlb_conntrack_capacity", &[]), 65536.0);
-    // lbd's first occupancy walk rebuilt the SYN filter and switched it on.
-    assert!(
-        body.lines()
-            .any(|l| l.starts_with("meshlb_syn_filter_keys ")),
-        "{body}"
-    );
+    // lbd's first occupancy walk rebuilt the SYN filter and switched it on: the flows
+    // confirmed before it are in it, none after it yet (the next walk is 5 s later).
+    let filter = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "meshlb_syn_filter_keys");
+    assert!(filter.is_some(), "no first walk within 5 s: {body}");
+    assert!(value("meshlb_syn_filter_keys", &[]) <= TCP as f64, "{body}");
     // Every backend got a share.
     for b in ["198.18.2.10:8080", "198.18.2.11:8080", "198.18.2.12:8080"] {
         let mut labels = tcp.to_vec();

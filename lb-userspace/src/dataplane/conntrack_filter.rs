@@ -28,13 +28,15 @@ pub struct ConntrackFilter {
     mapped: usize,
     words_per_half: u32,
     /// Held by a rebuild: two at once would zero the half the other is about to activate.
-    /// Holds when the control word last changed (see `SETTLE`).
-    rebuilding: Mutex<Instant>,
+    rebuilding: Mutex<()>,
+    /// When the control word or the attached programs last changed (see `SETTLE`).
+    changed: Mutex<Instant>,
 }
 
-/// How long a rebuild waits after the control word changed before it zeroes a half: a
-/// program run that read the old word (a half, or "off" while an older program was being
-/// replaced) may still be reading from it, and a run takes microseconds.
+/// How long a rebuild waits after the control word or the attached programs changed before
+/// it zeroes a half and walks: a program run that read the old word may still be reading
+/// the half it named, and a run of a replaced program (perhaps an older one, which sets no
+/// bits) may still be writing a flow. A run takes microseconds.
 const SETTLE: Duration = Duration::from_millis(50);
 
 // SAFETY: the mapping belongs to this value alone and every access to it is atomic.
@@ -74,7 +76,8 @@ impl ConntrackFilter {
             words: base.cast::<AtomicU64>(),
             mapped,
             words_per_half,
-            rebuilding: Mutex::new(Instant::now()),
+            rebuilding: Mutex::new(()),
+            changed: Mutex::new(Instant::now()),
         })
     }
 
@@ -90,23 +93,30 @@ impl ConntrackFilter {
     /// Writers on, readers off: from here the kernel sets the bit of every forward entry it
     /// writes, and a SYN asks the connection table until the next rebuild completes.
     pub(super) fn switch_readers_off(&self) {
-        let mut changed = self.lock();
+        let _rebuilding = lock(&self.rebuilding);
         self.word(CONTROL)
             .store(control(0, self.words_per_half), Ordering::SeqCst);
-        *changed = Instant::now();
+        self.changed_now();
     }
 
-    fn lock(&self) -> MutexGuard<'_, Instant> {
-        self.rebuilding
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The control word changed, or a program was attached where another ran: the next
+    /// rebuild waits `SETTLE` from now.
+    pub(super) fn changed_now(&self) {
+        *lock(&self.changed) = Instant::now();
     }
 
     /// Starts a rebuild of the half readers do not use: zeroes it. Feed it every forward key
     /// of a walk of the connection table that starts after this, then `finish` it.
     pub fn rebuild(&self) -> Rebuild<'_> {
-        let guard = self.lock();
-        std::thread::sleep(SETTLE.saturating_sub(guard.elapsed()));
+        let guard = lock(&self.rebuilding);
+        // Bounded: each wait is at most SETTLE, and only another attach moves the clock.
+        for _ in 0..100 {
+            let since = lock(&self.changed).elapsed();
+            if since >= SETTLE {
+                break;
+            }
+            std::thread::sleep(SETTLE - since);
+        }
         let active = active_base(self.word(CONTROL).load(Ordering::SeqCst));
         let half = u32::from(active == half_base(0, self.words_per_half));
         let base = half_base(half, self.words_per_half);
@@ -119,7 +129,7 @@ impl ConntrackFilter {
             filter: self,
             base,
             keys: 0,
-            changed: guard,
+            _rebuilding: guard,
         }
     }
 }
@@ -136,7 +146,7 @@ pub struct Rebuild<'f> {
     filter: &'f ConntrackFilter,
     base: u32,
     keys: u64,
-    changed: MutexGuard<'f, Instant>,
+    _rebuilding: MutexGuard<'f, ()>,
 }
 
 impl Rebuild<'_> {
@@ -153,12 +163,19 @@ impl Rebuild<'_> {
     }
 
     /// Makes the rebuilt half the one readers use; answers the forward keys it holds.
-    pub fn finish(mut self) -> u64 {
+    pub fn finish(self) -> u64 {
         self.filter.word(CONTROL).store(
             control(self.base, self.filter.words_per_half),
             Ordering::SeqCst,
         );
-        *self.changed = Instant::now();
+        self.filter.changed_now();
         self.keys
     }
+}
+
+/// Locks `mutex`, carrying on past a poisoned lock (nothing it guards can be left half done).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -417,6 +417,7 @@ impl Dataplane {
         adopted: bool,
     ) -> &Attachment {
         info!(interface, ifindex, %mode, adopted, "attached");
+        self.conntrack_filter.changed_now();
         self.learn_interface_mac(interface, ifindex, mode);
         // Attached again (the interface was made again): the new attachment replaces the old.
         self.attachments.retain(|a| a.interface != interface);
