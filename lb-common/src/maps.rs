@@ -389,7 +389,9 @@ pub struct Flow {
     /// as usual): a forward entry whose backend is a task on another node, or a reply entry
     /// of a flow that came from another node.
     pub tunnel_peer: u8,
-    pub _pad2: u8,
+    /// Forward: 1 when the backend's FIN closed the flow before the client did (and not by
+    /// RST): the backend then keeps the connection in TIME_WAIT (see `port_hold_s`).
+    pub backend_closed_first: u8,
     /// Forward: the `FRONTEND_GEN` at which the flow's frontend was last seen to belong to
     /// `service_id` with `service_flags`. While it is current, the flow's packets skip the
     /// `FRONTENDS` lookup.
@@ -412,14 +414,22 @@ impl Flow {
         }
     }
 
-    /// How long after its last packet the flow still holds its client port toward its
-    /// backend, in seconds: its idle limit, and a closed TCP flow at least the backend's
-    /// TIME_WAIT (`BACKEND_TIME_WAIT_S`). Asked only when NAT decides whether a new flow may
-    /// reuse a client port toward the same backend.
+    /// How long after its last packet the flow still holds the source port the backend sees
+    /// (the client's under NAT, the node's under full NAT), in seconds: its idle limit, and a
+    /// closed TCP flow the backend may still keep in TIME_WAIT at least that
+    /// (`BACKEND_TIME_WAIT_S`). Under full NAT the backend's replies all come back to this
+    /// node, so its FIN is seen, and only a flow it closed first (TIME_WAIT is the first
+    /// closer's) holds the port: the node's ports are few. Under NAT the replies may leave
+    /// through another node, so every closed flow holds it. Asked when a new flow's source
+    /// port toward the same backend is chosen.
     #[inline(always)]
     pub const fn port_hold_s(&self) -> u32 {
         let idle = self.idle_limit_s();
-        if self.tcp_state == tcp_state::CLOSING && idle < crate::limits::BACKEND_TIME_WAIT_S {
+        let fullnat = self.service_flags & service_flags::FULLNAT as u8 != 0;
+        if self.tcp_state == tcp_state::CLOSING
+            && (!fullnat || self.backend_closed_first != 0)
+            && idle < crate::limits::BACKEND_TIME_WAIT_S
+        {
             crate::limits::BACKEND_TIME_WAIT_S
         } else {
             idle

@@ -464,7 +464,12 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
     let reply_key = unsafe { &mut *search.reply_key };
     reply_key.set_ports(reply_key.sport_be, port.to_be());
     // SAFETY: per-CPU scratch, used by this program run only.
-    if claim_reply(reply_key, unsafe { &*flow }, search.now, Held::WhileAlive) {
+    if claim_reply(
+        reply_key,
+        unsafe { &*flow },
+        search.now,
+        Held::UntilBackendForgets,
+    ) {
         search.found = 1;
         return 1;
     }
@@ -507,10 +512,11 @@ fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey) -> bool {
 /// How long a flow holds its reply key against a new flow's claim.
 #[derive(Clone, Copy)]
 pub enum Held {
-    /// While the flow is alive (its idle limit): full NAT's own ports, and confirmation.
+    /// While the flow is alive (its idle limit): confirmation.
     WhileAlive,
-    /// A closed TCP flow's until its backend's TIME_WAIT is over (`Flow::port_hold_s`): a
-    /// NAT flow's reply key is the client's own port at the backend.
+    /// A closed TCP flow's until its backend's TIME_WAIT may be over (`Flow::port_hold_s`):
+    /// the reply key holds the source port the backend sees (the client's own under NAT, a
+    /// node port under full NAT).
     UntilBackendForgets,
 }
 
@@ -683,7 +689,7 @@ fn owns_reply(f: &Flow, reply_key: &FlowKey, reply: &Flow) -> bool {
 /// tuple, `reply` its entry (in `PENDING` if `pending`, where the forward entry is too). The
 /// forward key is built in per-CPU scratch memory.
 #[inline(always)]
-pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool) {
+pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool, tcp_flags: u8) {
     let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -704,6 +710,8 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool) {
         // Only the flow this reply entry belongs to (see `reply_owner_alive`).
         if owns_reply(f, reply_key, reply) && f.tcp_state != tcp_state::CLOSING {
             f.tcp_state = tcp_state::CLOSING;
+            // The first to close with a FIN keeps TIME_WAIT (see `Flow::port_hold_s`).
+            f.backend_closed_first = u8::from(tcp_flags & TCP_RST == 0);
         }
     }
 }

@@ -389,7 +389,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     conntrack::touch_reply(flow, conntrack::tick());
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: valid for this program run.
-        conntrack::backend_closing(&pkt.key, unsafe { &*flow }, pending);
+        conntrack::backend_closing(&pkt.key, unsafe { &*flow }, pending, pkt.tcp_flags);
     }
     // SAFETY: valid for this program run (an insert replaces a value, never writes into
     // it, so the addresses are referenced where they are rather than copied: the BPF stack is

@@ -1128,6 +1128,74 @@ fn fullnat_takes_the_next_free_port_of_its_search_and_drops_when_every_one_is_he
     });
 }
 
+/// Under full NAT a closed flow's node port is held for the backend's TIME_WAIT only when the
+/// backend closed first (its FIN, seen here since its replies all come to this node): it
+/// would take a new SYN on that port for the old connection. A flow the client closed first
+/// leaves the backend nothing to wait for, and frees its port after the closing timeout.
+#[test]
+fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_closed_first() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::{
+        BACKEND_TIME_WAIT_S, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, TCP_CLOSING_TIMEOUT_S,
+    };
+    const { assert!(TCP_CLOSING_TIMEOUT_S + 5 < BACKEND_TIME_WAIT_S) };
+    // (first client's port, who closes, seconds since, the port still held)
+    let cases = [
+        (20000, "backend", TCP_CLOSING_TIMEOUT_S + 5, true),
+        (21000, "backend", BACKEND_TIME_WAIT_S + 1, false),
+        (22000, "client", TCP_CLOSING_TIMEOUT_S + 5, false),
+        (23000, "backend RST", TCP_CLOSING_TIMEOUT_S + 5, false),
+    ];
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let vip = sock("198.18.100.4", 80);
+        let backend = sock("198.18.2.10", 8080);
+        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+        let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
+        for (port, closer, idle_s, held) in cases {
+            let first = sock(CLIENT, port);
+            let out = lb.run(&Ipv4Frame::tcp(first, vip, TCP_SYN).build());
+            let node = parse_ipv4(&out.packet).expect("checksums").src;
+            lb.run(&Ipv4Frame::tcp(first, vip, TCP_ACK).build());
+            match closer {
+                "client" => {
+                    lb.run(&Ipv4Frame::tcp(first, vip, TCP_FIN | TCP_ACK).build());
+                }
+                _ => {
+                    let flags = if closer == "backend" {
+                        TCP_FIN | TCP_ACK
+                    } else {
+                        TCP_RST | TCP_ACK
+                    };
+                    let fin = Ipv4Frame::tcp(backend, node, flags)
+                        .with_macs(backend_mac(0), lb.backend_if_mac);
+                    let out = lb.run_from(&fin.build(), lb.backend_if);
+                    assert_eq!(parse_ipv4(&out.packet).expect("translated").dst, first);
+                }
+            }
+            lb.age_flow(
+                &forward_key(first, vip),
+                std::time::Duration::from_secs(u64::from(idle_s)),
+            );
+            // A client whose port search starts at the first one's port.
+            let second = (port + 1..port + 20_000)
+                .map(|p| sock(CLIENT, p))
+                .find(|&c| start(c) == start(first))
+                .expect("a client with the same search start");
+            let out = lb.run(&Ipv4Frame::tcp(second, vip, TCP_SYN).build());
+            let taken = parse_ipv4(&out.packet).expect("checksums").src.port();
+            assert_eq!(
+                taken != node.port(),
+                held,
+                "closed by the {closer} {idle_s} s ago: the next flow took port {taken}, the \
+                 closed one had {}",
+                node.port()
+            );
+        }
+    });
+}
+
 #[test]
 fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
     if !e2e_enabled() {
