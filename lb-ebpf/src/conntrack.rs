@@ -392,7 +392,7 @@ pub fn insert(
     // needs no unconfirmed reply entry (see `replies_without_entry`).
     let remap = fullnat
         || !(replies_without_entry(&reply_key, key)
-            || claim_reply(&reply_key, flow, now, Held::UntilBackendForgets));
+            || claim_reply(&reply_key, flow, now, Held::UNTIL_BACKEND_FORGETS));
     if remap {
         if !fullnat {
             chosen.snat_addr = key.src;
@@ -408,12 +408,12 @@ pub fn insert(
         };
         // The attempts run under `bpf_loop`, whose body the verifier checks as a loop rather
         // than once per attempt (unrolled, the eight attempts were a third of the program's
-        // verification budget).
+        // verification budget). Two passes over the same ports (see `try_source_port`).
         // SAFETY: the callback is a static function of the signature `bpf_loop` calls, and
         // `search` outlives the call.
         unsafe {
             bpf_loop(
-                FULLNAT_PORT_ATTEMPTS,
+                2 * FULLNAT_PORT_ATTEMPTS,
                 try_source_port as *mut c_void,
                 (&raw mut search).cast(),
                 0,
@@ -449,8 +449,12 @@ struct PortSearch {
 }
 
 /// One attempt of `insert`'s search for a source port (`bpf_loop`'s callback: 1 stops the
-/// loop): the `attempt`-th port of the range from the flow's hash, claimed if its reply entry
-/// is free or idle. The reply entry written is the per-CPU scratch `insert` built.
+/// loop): a port of the range from the flow's hash, claimed if its reply entry is free or
+/// its flow is over. The first pass over the `FULLNAT_PORT_ATTEMPTS` ports skips a port the
+/// backend may still hold in TIME_WAIT (`Flow::port_hold_s`); if every one is, the second
+/// pass takes such a port once its flow is past its idle limit: a SYN the backend takes for
+/// the old connection is sent again a second later, where no port at all drops the flow.
+/// The reply entry written is the per-CPU scratch `insert` built.
 #[inline(never)]
 extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
     // SAFETY: `insert` passes its `PortSearch`, live across the `bpf_loop` call.
@@ -459,17 +463,14 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
         return 1;
     };
     let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
-    let port = FULLNAT_PORT_MIN + (search.start.wrapping_add(attempt as u32) % range) as u16;
+    let index = (attempt % u64::from(FULLNAT_PORT_ATTEMPTS)) as u32;
+    let held = Held::search_pass(attempt);
+    let port = FULLNAT_PORT_MIN + (search.start.wrapping_add(index) % range) as u16;
     // SAFETY: points at `insert`'s reply key, on its stack for the whole loop.
     let reply_key = unsafe { &mut *search.reply_key };
     reply_key.set_ports(reply_key.sport_be, port.to_be());
     // SAFETY: per-CPU scratch, used by this program run only.
-    if claim_reply(
-        reply_key,
-        unsafe { &*flow },
-        search.now,
-        Held::UntilBackendForgets,
-    ) {
+    if claim_reply(reply_key, unsafe { &*flow }, search.now, held) {
         search.found = 1;
         return 1;
     }
@@ -509,15 +510,37 @@ fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey) -> bool {
     ours
 }
 
-/// How long a flow holds its reply key against a new flow's claim.
+/// How long a flow holds its reply key against a new flow's claim: between its idle limit
+/// and its port hold (`Flow::port_hold_s`), as a mask of the difference to take off the
+/// hold. A number in one register, not an enum: the verifier follows the port search's one
+/// path for both of its passes, and a non-inlined callee gets it whole.
 #[derive(Clone, Copy)]
-pub enum Held {
+pub struct Held(u64);
+
+impl Held {
     /// While the flow is alive (its idle limit): confirmation.
-    WhileAlive,
+    pub const WHILE_ALIVE: Held = Held(u64::MAX);
     /// A closed TCP flow's until its backend's TIME_WAIT may be over (`Flow::port_hold_s`):
     /// the reply key holds the source port the backend sees (the client's own under NAT, a
     /// node port under full NAT).
-    UntilBackendForgets,
+    pub const UNTIL_BACKEND_FORGETS: Held = Held(0);
+
+    /// Full NAT's port search, attempt `attempt` of two passes over the same ports:
+    /// `UNTIL_BACKEND_FORGETS` in the first, `WHILE_ALIVE` in the second (computed without a
+    /// branch).
+    #[inline(always)]
+    fn search_pass(attempt: u64) -> Held {
+        let first_pass_left = (u64::from(FULLNAT_PORT_ATTEMPTS) - 1).wrapping_sub(attempt);
+        Held((first_pass_left as i64 >> 63) as u64)
+    }
+
+    /// The hold of forward entry `f`, in nanoseconds.
+    #[inline(always)]
+    fn limit_ns(self, f: &Flow) -> u64 {
+        // The port hold is never shorter than the idle limit.
+        let hold = port_hold_ns(f);
+        hold - ((hold - idle_limit_ns(f)) & self.0)
+    }
 }
 
 /// Writes the unconfirmed reply entry `reply_key`, unless a flow holds it (`held`),
@@ -645,10 +668,7 @@ fn owner_alive<const N: usize>(
             return false;
         };
         let f = &*forward;
-        let limit_ns = match held {
-            Held::WhileAlive => idle_limit_ns(f),
-            Held::UntilBackendForgets => port_hold_ns(f),
-        };
+        let limit_ns = held.limit_ns(f);
         now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r)
     }
 }

@@ -1196,6 +1196,61 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     });
 }
 
+/// When every port of a full-NAT search is held only because its backend may still be in
+/// TIME_WAIT, a new flow takes one of them (its SYN may be sent again a second later) rather
+/// than being dropped; ports of live flows are never taken (see the test above it for drops).
+#[test]
+fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::{
+        FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, TCP_CLOSING_TIMEOUT_S,
+    };
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let vip = sock("198.18.100.4", 80);
+        let backend = sock("198.18.2.10", 8080);
+        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+        let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
+        let first = sock(CLIENT, 24000);
+        let same_start: Vec<SocketAddrV4> = (24000..=65535u16)
+            .map(|port| sock(CLIENT, port))
+            .filter(|&client| start(client) == start(first))
+            .take(FULLNAT_PORT_ATTEMPTS as usize + 1)
+            .collect();
+        assert_eq!(same_start.len(), FULLNAT_PORT_ATTEMPTS as usize + 1);
+        let (closed, last) = same_start.split_at(FULLNAT_PORT_ATTEMPTS as usize);
+        let mut ports = Vec::new();
+        for &client in closed {
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            let node = parse_ipv4(&out.packet).expect("checksums").src;
+            ports.push(node.port());
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+            let fin = Ipv4Frame::tcp(backend, node, TCP_FIN | TCP_ACK)
+                .with_macs(backend_mac(0), lb.backend_if_mac);
+            lb.run_from(&fin.build(), lb.backend_if);
+            lb.age_flow(
+                &forward_key(client, vip),
+                std::time::Duration::from_secs(u64::from(TCP_CLOSING_TIMEOUT_S + 5)),
+            );
+        }
+        let base = u32::from(FULLNAT_PORT_MIN);
+        let search: Vec<u16> = (0..FULLNAT_PORT_ATTEMPTS)
+            .map(|i| (base + (start(first) + i) % range) as u16)
+            .collect();
+        assert_eq!(
+            ports, search,
+            "each closed flow took the next port of the search"
+        );
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(last[0], vip, TCP_SYN).build());
+        let taken = parse_ipv4(&out.packet).expect("forwarded").src.port();
+        assert_eq!(taken, search[0], "the first port of the second pass");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoSnatPort), 0);
+    });
+}
+
 #[test]
 fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
     if !e2e_enabled() {

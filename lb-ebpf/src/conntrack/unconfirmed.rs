@@ -129,7 +129,7 @@ fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
     reply.frontend_gen = f.frontend_gen;
     let noexist = u64::from(BPF_NOEXIST);
     let claimed = CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
-        || (!reply_owner_alive(&reply_key, now, false, Held::WhileAlive) && {
+        || (!reply_owner_alive(&reply_key, now, false, Held::WHILE_ALIVE) && {
             let _ = CONNTRACK.remove(&reply_key);
             CONNTRACK.insert(&reply_key, &*reply, noexist).is_ok()
         });
