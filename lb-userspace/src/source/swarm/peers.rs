@@ -32,12 +32,7 @@ impl PeerMemory {
     /// Notes every node `snapshot` shows (at `now`), then adds to its peers those shown within
     /// [`PEER_GRACE`] that it no longer shows; forgets (and says so) the others.
     pub fn keep_recent(&mut self, snapshot: &mut Snapshot, now: Instant) {
-        let shown: BTreeSet<IpAddr> = snapshot
-            .services
-            .values()
-            .flat_map(|s| s.tasks.values().filter_map(|t| t.node))
-            .chain(snapshot.peers.iter().copied())
-            .collect();
+        let shown: BTreeSet<IpAddr> = snapshot.nodes_shown().collect();
         for node in &shown {
             self.last_shown.insert(*node, now);
         }

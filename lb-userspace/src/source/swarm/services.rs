@@ -127,10 +127,7 @@ fn mesh_nodes(snapshot: &Snapshot) -> Option<crate::source::file::MeshNodes> {
         return None;
     };
     let peers = snapshot
-        .services
-        .values()
-        .flat_map(|s| s.tasks.values().filter_map(|t| t.node))
-        .chain(snapshot.peers.iter().copied())
+        .nodes_shown()
         .filter_map(|a| match a {
             IpAddr::V4(a) if a != own => Some(a),
             _ => None,

@@ -116,6 +116,15 @@ pub struct SnapshotError {
 }
 
 impl Snapshot {
+    /// Every node this snapshot shows (its tasks' nodes, the ingress network's peers), this
+    /// node's own address among them; a node may come more than once.
+    pub fn nodes_shown(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.services
+            .values()
+            .flat_map(|s| s.tasks.values().filter_map(|t| t.node))
+            .chain(self.peers.iter().copied())
+    }
+
     /// Reduces the Engine's answers; an answer out of shape is an error (the caller keeps its
     /// previous snapshot) rather than a silently smaller swarm.
     pub fn from_answers(answers: &Answers) -> Result<Snapshot, SnapshotError> {
