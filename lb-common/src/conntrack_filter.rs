@@ -18,7 +18,7 @@ use crate::{hash::flow_hash, maps::FlowKey};
 
 /// Map flags: BPF_F_MMAPABLE, so `lbd` rebuilds a half in its own memory mapping (atomic ORs
 /// beside the kernel's) instead of a syscall per word.
-pub const FLAGS: u32 = 1 << 10;
+pub const FLAGS: u32 = crate::maps::BPF_F_MMAPABLE;
 
 /// Index of the control word.
 pub const CONTROL: u32 = 0;

@@ -261,10 +261,15 @@ pub const fn table_elements(len: u32) -> u32 {
     (len + 1).div_ceil(SLOTS_PER_ELEMENT)
 }
 
+/// Map flag: userspace may map the array into its memory (`mmap`).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Map flag: an inner map whose size may differ from its template's.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
 /// Flags of every inner array of `SERVICE_TABLES` (the kernel requires the template and the
 /// tables to match): BPF_F_INNER_MAP, so tables differ in size, and BPF_F_MMAPABLE, so
 /// userspace fills a new table with one memory copy instead of a syscall per slot.
-pub const SELECTION_TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
+pub const SELECTION_TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
 /// Value of `BACKENDS`, indexed by backend id (0 is reserved).
 #[repr(C)]

@@ -19,7 +19,7 @@ use lb_common::{
 
 use super::{
     DataplaneError,
-    mmap::{map_shared, page_size},
+    mmap::{map_shared, page_rounded},
 };
 
 /// The filter, mapped (shared with the kernel).
@@ -66,7 +66,7 @@ impl ConntrackFilter {
             )));
         }
         let elements = info.max_entries() as usize;
-        let mapped = (elements * 8).div_ceil(page_size()) * page_size();
+        let mapped = page_rounded(elements * std::mem::size_of::<u64>());
         use std::os::fd::{AsFd as _, AsRawFd as _};
         // SAFETY: where the kernel chooses, the array's own size rounded up to pages.
         let base =

@@ -1,10 +1,12 @@
 //! Shared memory mappings of mmapable BPF arrays (BPF_F_MMAPABLE): the selection tables
 //! (`tables`) and `CONNTRACK_FILTER` (`conntrack_filter`) are written through them.
 
-/// The system's page size: a mapping spans whole pages.
-pub(super) fn page_size() -> usize {
+/// `bytes` rounded up to whole pages: what the kernel backs for an array of that size, and
+/// what a mapping of it spans.
+pub(super) fn page_rounded(bytes: usize) -> usize {
     // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    bytes.div_ceil(page) * page
 }
 
 /// A shared, writable mapping of `mapped` bytes of the mmapable array behind `fd`: at `at`,

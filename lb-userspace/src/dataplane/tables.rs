@@ -8,7 +8,7 @@ use lb_common::maps::{SELECTION_TABLE_FLAGS, TABLE_LEN_SLOT, TableElement, names
 use super::{
     DataplaneError, batch,
     maps::map_err,
-    mmap::{map_shared, page_size},
+    mmap::{map_shared, page_rounded},
 };
 use crate::plan::TableSpec;
 
@@ -295,9 +295,8 @@ impl Drop for MappingArena {
 /// Bytes of an array of `elements` table elements, and the same rounded up to pages (what the
 /// kernel backs and a mapping spans).
 fn mapped_size(elements: u32) -> (usize, usize) {
-    let page = page_size();
     let bytes = elements as usize * std::mem::size_of::<TableElement>();
-    (bytes, bytes.div_ceil(page) * page)
+    (bytes, page_rounded(bytes))
 }
 
 /// A table's slots (two per 8-byte element, back to back) mapped into memory, unmapped on
