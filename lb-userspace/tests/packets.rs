@@ -1076,6 +1076,29 @@ fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
     });
 }
 
+/// A full-NAT flow's port search from `first` toward `vip`: its `FULLNAT_PORT_ATTEMPTS` ports
+/// in order, and the next `n` clients (client ports above `first`'s) whose search is the same
+/// (one in 4,536 ports), so each holds its ports in turn.
+fn fullnat_search(
+    vip: SocketAddrV4,
+    first: SocketAddrV4,
+    n: usize,
+) -> (Vec<u16>, Vec<SocketAddrV4>) {
+    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN};
+    let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+    let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
+    let ports = (0..FULLNAT_PORT_ATTEMPTS)
+        .map(|i| (u32::from(FULLNAT_PORT_MIN) + (start(first) + i) % range) as u16)
+        .collect();
+    let clients: Vec<SocketAddrV4> = (first.port() + 1..=65535)
+        .map(|port| SocketAddrV4::new(*first.ip(), port))
+        .filter(|&client| start(client) == start(first))
+        .take(n)
+        .collect();
+    assert_eq!(clients.len(), n, "enough clients with {first}'s search");
+    (ports, clients)
+}
+
 /// Full NAT's source-port search: a flow takes the first port, from its hash, of the
 /// `FULLNAT_PORT_ATTEMPTS` ports of the range whose reply entry no live flow holds; with all of
 /// them held, the flow is dropped and counted. Flows whose hashes start at the same port
@@ -1085,33 +1108,19 @@ fn fullnat_takes_the_next_free_port_of_its_search_and_drops_when_every_one_is_he
     if !e2e_enabled() {
         return;
     }
-    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN};
+    use lb_common::limits::FULLNAT_PORT_ATTEMPTS;
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let vip = sock("198.18.100.4", 80);
-        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
-        let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
         let first = sock(CLIENT, 20000);
-        // Clients whose search starts where the first one's does (one in 4,536 ports).
-        let same_start: Vec<SocketAddrV4> = (20001..=65535u16)
-            .map(|port| sock(CLIENT, port))
-            .filter(|&client| start(client) == start(first))
-            .take(FULLNAT_PORT_ATTEMPTS as usize)
-            .collect();
-        assert_eq!(
-            same_start.len(),
-            FULLNAT_PORT_ATTEMPTS as usize,
-            "enough clients"
-        );
-        let base = u32::from(FULLNAT_PORT_MIN);
+        let (search, same_start) = fullnat_search(vip, first, FULLNAT_PORT_ATTEMPTS as usize);
         for (i, &client) in std::iter::once(&first).chain(&same_start).enumerate() {
             let before = lb.stats();
             let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);
             let out = lb.run(&syn.build());
             if i < FULLNAT_PORT_ATTEMPTS as usize {
                 // Unconfirmed flows hold their reply entries too: the i-th takes the i-th port.
-                let want = (base + (start(first) + i as u32) % range) as u16;
                 let seen = parse_ipv4(&out.packet).expect("checksums");
-                assert_eq!(seen.src.port(), want, "flow {i} ({client})");
+                assert_eq!(seen.src.port(), search[i], "flow {i} ({client})");
                 assert_eq!(
                     out.packet,
                     syn.with_dst(sock("198.18.2.10", 8080))
@@ -1137,9 +1146,7 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     if !e2e_enabled() {
         return;
     }
-    use lb_common::limits::{
-        BACKEND_TIME_WAIT_S, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, TCP_CLOSING_TIMEOUT_S,
-    };
+    use lb_common::limits::{BACKEND_TIME_WAIT_S, TCP_CLOSING_TIMEOUT_S};
     const { assert!(TCP_CLOSING_TIMEOUT_S + 5 < BACKEND_TIME_WAIT_S) };
     // (first client's port, who closes, seconds since, the port still held)
     let cases = [
@@ -1151,8 +1158,6 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let vip = sock("198.18.100.4", 80);
         let backend = sock("198.18.2.10", 8080);
-        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
-        let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
         for (port, closer, idle_s, held) in cases {
             let first = sock(CLIENT, port);
             let out = lb.run(&Ipv4Frame::tcp(first, vip, TCP_SYN).build());
@@ -1179,11 +1184,8 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
                 std::time::Duration::from_secs(u64::from(idle_s)),
             );
             // A client whose port search starts at the first one's port.
-            let second = (port + 1..port + 20_000)
-                .map(|p| sock(CLIENT, p))
-                .find(|&c| start(c) == start(first))
-                .expect("a client with the same search start");
-            let out = lb.run(&Ipv4Frame::tcp(second, vip, TCP_SYN).build());
+            let (_, second) = fullnat_search(vip, first, 1);
+            let out = lb.run(&Ipv4Frame::tcp(second[0], vip, TCP_SYN).build());
             let taken = parse_ipv4(&out.packet).expect("checksums").src.port();
             assert_eq!(
                 taken != node.port(),
@@ -1204,21 +1206,13 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
     if !e2e_enabled() {
         return;
     }
-    use lb_common::limits::{
-        FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, TCP_CLOSING_TIMEOUT_S,
-    };
+    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, TCP_CLOSING_TIMEOUT_S};
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let vip = sock("198.18.100.4", 80);
         let backend = sock("198.18.2.10", 8080);
-        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
-        let start = |client: SocketAddrV4| flow_hash(&forward_key(client, vip)) % range;
         let first = sock(CLIENT, 24000);
-        let same_start: Vec<SocketAddrV4> = (24000..=65535u16)
-            .map(|port| sock(CLIENT, port))
-            .filter(|&client| start(client) == start(first))
-            .take(FULLNAT_PORT_ATTEMPTS as usize + 1)
-            .collect();
-        assert_eq!(same_start.len(), FULLNAT_PORT_ATTEMPTS as usize + 1);
+        let (search, others) = fullnat_search(vip, first, FULLNAT_PORT_ATTEMPTS as usize);
+        let same_start: Vec<SocketAddrV4> = std::iter::once(first).chain(others).collect();
         let (closed, last) = same_start.split_at(FULLNAT_PORT_ATTEMPTS as usize);
         let mut ports = Vec::new();
         for &client in closed {
@@ -1234,10 +1228,6 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
                 std::time::Duration::from_secs(u64::from(TCP_CLOSING_TIMEOUT_S + 5)),
             );
         }
-        let base = u32::from(FULLNAT_PORT_MIN);
-        let search: Vec<u16> = (0..FULLNAT_PORT_ATTEMPTS)
-            .map(|i| (base + (start(first) + i) % range) as u16)
-            .collect();
         assert_eq!(
             ports, search,
             "each closed flow took the next port of the search"
