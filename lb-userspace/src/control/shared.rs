@@ -81,7 +81,7 @@ impl Shared {
         let mut counted = None;
         if due {
             let started = Instant::now();
-            let walk = self.readers.occupancy()?;
+            let walk = self.readers.walk_conntrack()?;
             tracing::debug!(
                 entries = walk.entries,
                 forward_keys = walk.forward_keys,

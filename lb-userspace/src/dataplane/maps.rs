@@ -229,7 +229,7 @@ impl Dataplane {
     }
 
     /// Rebuilds `CONNTRACK_FILTER` from a walk of the connection table (as `lbd` does with
-    /// every occupancy count, see [`MapReaders::occupancy`]); answers the walk.
+    /// every occupancy count, see [`MapReaders::walk_conntrack`]); answers the walk.
     pub fn rebuild_conntrack_filter(&self) -> Result<ConntrackWalk, DataplaneError> {
         walk_conntrack(
             self.ebpf().map(names::CONNTRACK).expect("checked at load"),
@@ -428,7 +428,7 @@ pub struct MapReaders {
 impl MapReaders {
     /// Walks the connection table: its occupancy, and `CONNTRACK_FILTER` rebuilt from the
     /// forward keys it holds (one walk for both; this clears the bits of flows that are gone).
-    pub fn occupancy(&self) -> Result<ConntrackWalk, DataplaneError> {
+    pub fn walk_conntrack(&self) -> Result<ConntrackWalk, DataplaneError> {
         walk_conntrack(&self.conntrack, Some(&self.filter))
     }
 
