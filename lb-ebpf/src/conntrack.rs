@@ -5,7 +5,7 @@ mod unconfirmed;
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
-pub use unconfirmed::{Pending, pending};
+pub use unconfirmed::{Pending, lookup as lookup_pending, pending};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,

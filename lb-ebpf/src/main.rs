@@ -100,15 +100,28 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     let generation = conntrack::frontend_gen();
     // Flow first: a packet of a tracked flow whose stamp is current skips FRONTENDS.
     let mut untracked = false;
+    // `PENDING`'s answer for a SYN's key, asked below (null: none), kept for `pending`.
+    let mut syn_pending: *mut Flow = core::ptr::null_mut();
+    let mut pending_asked = false;
     if conntrack::may_be_forward(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto) {
         // A SYN whose key the filter never saw opens a flow: no lookup of the full table.
-        let verdict = if pkt.key.proto == proto::TCP
-            && is_syn(pkt.tcp_flags)
-            && !conntrack::filter::may_track(&pkt.key)
-        {
-            Verdict::UNTRACKED
-        } else {
+        // `PENDING` is asked while the filter's word (a cold line) arrives: a new flow's SYN
+        // asks it anyway, and the two cache misses overlap instead of adding up.
+        let mut may_track = true;
+        if pkt.key.proto == proto::TCP && is_syn(pkt.tcp_flags) {
+            let probe = conntrack::filter::probe(&pkt.key);
+            let found = conntrack::lookup_pending(&pkt.key);
+            may_track = probe.may_track();
+            // Kept only on the way that skips the table (a maybe asks `PENDING` again).
+            if !may_track {
+                syn_pending = found;
+                pending_asked = true;
+            }
+        }
+        let verdict = if may_track {
             to_backend_stamped(ctx, pkt, generation)
+        } else {
+            Verdict::UNTRACKED
         };
         if verdict == Verdict::UNTRACKED {
             untracked = true;
@@ -125,7 +138,8 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // A new flow's first packets: the table was just asked, so not again. A local, dead
         // past here, so the verifier does not explore the rest twice (as it would for a flag
         // carried on).
-        let verdict = if untracked && svc.flags & service_flags::TUNNEL_ONLY == 0 {
+        let skips_table = untracked && svc.flags & service_flags::TUNNEL_ONLY == 0;
+        let verdict = if skips_table {
             Verdict::UNTRACKED
         } else {
             to_backend(ctx, pkt, svc, false, generation)
@@ -143,7 +157,13 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // function again at every call site.
         let mut pending = true;
         if !reset {
-            match conntrack::pending(pkt, svc, conntrack::tick()) {
+            // The SYN's answer holds while nothing since could have written `PENDING`.
+            let flow = if pending_asked && skips_table {
+                syn_pending
+            } else {
+                conntrack::lookup_pending(&pkt.key)
+            };
+            match conntrack::pending(pkt, svc, conntrack::tick(), flow) {
                 Pending::Follow => {}
                 Pending::Confirmed => {
                     count(StatSlot::FlowConfirmed);

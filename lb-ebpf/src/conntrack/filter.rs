@@ -11,21 +11,45 @@ use lb_common::{
 
 use crate::maps::CONNTRACK_FILTER;
 
-/// Whether `CONNTRACK` may hold a forward entry for `key`: false only when a complete half is
-/// active and `key`'s bit is clear in it.
+/// `key`'s word of the active half, read ahead of its test: the word is a cold line for a
+/// new flow's SYN, so the entry function reads it, asks `PENDING` while it arrives (the two
+/// misses overlap), and only then asks `may_track`.
+pub struct Probe {
+    word: u64,
+    bit: u64,
+}
+
+impl Probe {
+    /// The answer of a filter that knows nothing (off, or not yet rebuilt): maybe.
+    const UNKNOWN: Probe = Probe { word: 1, bit: 1 };
+
+    /// Whether `CONNTRACK` may hold a forward entry for the key: false only when a complete
+    /// half is active and the key's bit is clear in it.
+    #[inline(always)]
+    pub fn may_track(&self) -> bool {
+        self.word & self.bit != 0
+    }
+}
+
+/// Starts the filter's answer for `key` (see `Probe`).
 #[inline(always)]
-pub fn may_track(key: &FlowKey) -> bool {
+pub fn probe(key: &FlowKey) -> Probe {
     let Some(&control) = CONNTRACK_FILTER.get(CONTROL) else {
-        return true;
+        return Probe::UNKNOWN;
     };
     let base = active_base(control);
     if base == 0 {
-        return true;
+        return Probe::UNKNOWN;
     }
     let (word, bit) = position(key, word_mask(control));
-    match CONNTRACK_FILTER.get(base + word) {
-        Some(&w) => w & bit != 0,
-        None => true,
+    match CONNTRACK_FILTER.get_ptr(base + word) {
+        // SAFETY: a map value, valid for the program run and aligned. Volatile, so the load
+        // is issued here, ahead of the work that hides its latency, not where it is tested.
+        Some(w) => Probe {
+            word: unsafe { core::ptr::read_volatile(w) },
+            bit,
+        },
+        None => Probe::UNKNOWN,
     }
 }
 

@@ -31,14 +31,15 @@ pub enum Pending {
 
 /// The unconfirmed flow of a client packet for the service `svc` that the connection table
 /// has no entry for: alive by the same rules as a confirmed one (`liveness`), confirmed by
-/// the client's second packet (TCP without SYN, any UDP). Not inlined: a sibling of the
-/// packet paths, run only by a flow's first packets.
+/// the client's second packet (TCP without SYN, any UDP). `flow` is `PENDING`'s answer for
+/// the packet's key (null: none), asked by the caller (see `lookup`). Not inlined: a sibling
+/// of the packet paths, run only by a flow's first packets.
 #[inline(never)]
-pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
+pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pending {
     let key = &pkt.key;
-    let Some(flow) = PENDING.get_ptr_mut(key) else {
+    if flow.is_null() {
         return Pending::Absent;
-    };
+    }
     // SAFETY: valid for this program run (see lookup_forward).
     let f = unsafe { &mut *flow };
     // A frontend moved to another service since: a new flow (it overwrites this one).
@@ -76,6 +77,12 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32) -> Pending {
     } else {
         Pending::Follow
     }
+}
+
+/// `PENDING`'s entry for `key`, or null: what `pending` takes.
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> *mut Flow {
+    PENDING.get_ptr_mut(key).unwrap_or(core::ptr::null_mut())
 }
 
 /// Whether the replies of the unconfirmed flow `key` (its forward entry `f`) reach its

@@ -134,3 +134,35 @@ fn a_syn_skips_the_table_only_once_a_rebuild_has_seen_every_key() {
         assert_ne!(to, backend);
     });
 }
+
+#[test]
+fn a_syn_sent_again_follows_its_unconfirmed_flow_with_the_filter_on() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(THREE_ROUND_ROBIN, |mut lb| {
+        pin_to_cpu(0);
+        lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
+        // The key's bit is clear (the flow is unconfirmed), so the SYN skips the connection
+        // table and `pending` takes the entry function's answer from `PENDING`, asked while
+        // the filter's word was read: it must be the unconfirmed flow, not "none".
+        let client = sock(CLIENT, 44200);
+        let (backend, opened) = syn(&mut lb, client);
+        assert_eq!(opened, 1, "a new flow");
+        for attempt in 1..=2 {
+            let (again, opened) = syn(&mut lb, client);
+            assert_eq!(
+                (again, opened),
+                (backend, 0),
+                "SYN sent again ({attempt}): follows its unconfirmed flow"
+            );
+        }
+        // No round-robin turn was taken by the SYNs sent again: the next client gets the
+        // backend after the first one's.
+        let (next, opened) = syn(&mut lb, sock(CLIENT, 44201));
+        assert_eq!(opened, 1);
+        assert_ne!(next, backend, "the rotation moved on once");
+        let (third, _) = syn(&mut lb, sock(CLIENT, 44202));
+        assert!(third != backend && third != next, "three backends in turn");
+    });
+}
