@@ -1137,6 +1137,15 @@ fn fullnat_takes_the_next_free_port_of_its_search_and_drops_when_every_one_is_he
     });
 }
 
+/// Opens and confirms a full-NAT flow from `client` to `vip` (its SYN, then its ACK); the
+/// node address and port its backend sees.
+fn open_fullnat_flow(lb: &mut Loaded, client: SocketAddrV4, vip: SocketAddrV4) -> SocketAddrV4 {
+    let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+    let node = parse_ipv4(&out.packet).expect("checksums").src;
+    lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+    node
+}
+
 /// Under full NAT a closed flow's node port is held for the backend's TIME_WAIT only when the
 /// backend closed first (its FIN, seen here since its replies all come to this node): it
 /// would take a new SYN on that port for the old connection. A flow the client closed first
@@ -1160,9 +1169,7 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
         let backend = sock("198.18.2.10", 8080);
         for (port, closer, idle_s, held) in cases {
             let first = sock(CLIENT, port);
-            let out = lb.run(&Ipv4Frame::tcp(first, vip, TCP_SYN).build());
-            let node = parse_ipv4(&out.packet).expect("checksums").src;
-            lb.run(&Ipv4Frame::tcp(first, vip, TCP_ACK).build());
+            let node = open_fullnat_flow(&mut lb, first, vip);
             match closer {
                 "client" => {
                     lb.run(&Ipv4Frame::tcp(first, vip, TCP_FIN | TCP_ACK).build());
@@ -1216,10 +1223,8 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
         let (closed, last) = same_start.split_at(FULLNAT_PORT_ATTEMPTS as usize);
         let mut ports = Vec::new();
         for &client in closed {
-            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
-            let node = parse_ipv4(&out.packet).expect("checksums").src;
+            let node = open_fullnat_flow(&mut lb, client, vip);
             ports.push(node.port());
-            lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
             let fin = Ipv4Frame::tcp(backend, node, TCP_FIN | TCP_ACK)
                 .with_macs(backend_mac(0), lb.backend_if_mac);
             lb.run_from(&fin.build(), lb.backend_if);
