@@ -13,7 +13,8 @@
 //!    `harness_vary`; 80 bytes for IPv6: `harness_v6`, `harness_v6_vary`);
 //! 4. the `_vary` programs only: make the packet a new flow (a per-CPU sequence number goes
 //!    into the low 15 bits of the source address and into the TCP/UDP source port, checksums
-//!    fixed incrementally), so 2^30 iterations are 2^30 distinct flows;
+//!    fixed incrementally), so 2^30 iterations are 2^30 distinct flows (or, with `VARY_SPAN`
+//!    set to N, the same N flows over and over);
 //! 5. tail-call slot 0 of `TARGET`, which userspace fills with the program under test.
 //!
 //! The floor programs calibrate the method: `floor_pass` (returns XDP_PASS), `floor_tx_only`
@@ -75,6 +76,12 @@ static PRISTINE: Array<[u64; 16], 1> = Array::new();
 /// Per-CPU sequence number of the vary programs.
 #[btf_map]
 static VARY_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// 0: the vary programs' sequence only grows (a new flow every iteration). N: it runs through
+/// 0..N and starts again, so the packets cycle through N flows (the spread classes, whose
+/// flows are prefilled).
+#[btf_map]
+static VARY_SPAN: Array<u32, 1> = Array::new();
 
 /// Slot 0: the program under test.
 #[btf_map]
@@ -156,9 +163,10 @@ fn restore(ctx: &XdpContext, layout: &Layout, vary: bool) -> Option<()> {
     }
     if vary {
         let seq = VARY_SEQ.get_ptr_mut(0)?;
+        let span = *VARY_SPAN.get(0)?;
         // SAFETY: per-CPU value, only this CPU's runs touch it.
         let n = unsafe {
-            let n = *seq;
+            let n = if span != 0 && *seq >= span { 0 } else { *seq };
             *seq = n.wrapping_add(1);
             n
         };

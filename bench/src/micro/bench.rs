@@ -80,8 +80,14 @@ impl Bench {
         Ok(fd)
     }
 
-    /// Points the harness at `target` and makes `frame` its pristine copy.
-    pub(super) fn arm_harness(&mut self, target: Target, frame: &[u8]) -> Result<()> {
+    /// Points the harness at `target`, makes `frame` its pristine copy and `vary_span` the
+    /// vary programs' span (0: a new flow every packet).
+    pub(super) fn arm_harness(
+        &mut self,
+        target: Target,
+        frame: &[u8],
+        vary_span: u32,
+    ) -> Result<()> {
         ensure!(
             frame.len() == FRAME_LEN || frame.len() == FRAME6_LEN,
             "harness frames are {FRAME_LEN} (IPv4) or {FRAME6_LEN} (IPv6) bytes"
@@ -99,6 +105,9 @@ impl Bench {
         let mut pristine: Array<&mut MapData, [u64; 16]> =
             Array::try_from(self.harness.map_mut("PRISTINE").context("map PRISTINE")?)?;
         pristine.set(0, words, 0).context("setting PRISTINE[0]")?;
+        let mut span: Array<&mut MapData, u32> =
+            Array::try_from(self.harness.map_mut("VARY_SPAN").context("map VARY_SPAN")?)?;
+        span.set(0, vary_span, 0).context("setting VARY_SPAN[0]")?;
         Ok(())
     }
 
@@ -121,7 +130,7 @@ impl Bench {
     /// One run of `class` with `repeat` iterations, checked.
     pub(super) fn run(&mut self, class: &Class, repeat: u32) -> Result<Sample> {
         if class.via != Via::Direct {
-            self.arm_harness(class.target, &class.frame)?;
+            self.arm_harness(class.target, &class.frame, class.vary_span)?;
         }
         let before = self.stats(class.target)?;
         let ctx = self.ingress(class);

@@ -99,12 +99,24 @@ pub(super) struct Class {
     pub(super) counters: &'static [StatSlot],
     /// For the scaling section: the class this one is compared with, and what differs.
     pub(super) baseline: Option<(&'static str, String)>,
+    /// For the scaling section: the largest ratio to the baseline the row is held to.
+    pub(super) bound: f64,
+    /// `Via::HarnessVary` only: 0 for a new flow every packet, N to cycle through N flows
+    /// (the harness's `VARY_SPAN`).
+    pub(super) vary_span: u32,
     /// Measured only in the single-shot suite.
     pub(super) single_shot_only: bool,
     /// Arrives on the backend-side interface (a peer's tunnel packet), not the client's.
     pub(super) from_backend: bool,
     pub(super) katran: Option<(f64, &'static str)>,
 }
+
+/// The scaling check's bound: flat within this ratio of 1 service and 0 other flows.
+pub(super) const FLAT_WITHIN: f64 = 1.2;
+/// The spread rows' baseline: every packet another of 1,024 tracked flows (issue 16's cold
+/// flows are held to it).
+pub(super) const SPREAD_BASELINE: &str = "established-spread@1024";
+const SPREAD_BASELINE_FLOWS: u32 = 1024;
 
 pub(super) const ESTABLISHED_REDIRECT: &[StatSlot] =
     &[StatSlot::Rx, StatSlot::NatForward, StatSlot::TxXdpRedirect];
@@ -165,6 +177,8 @@ fn class(
         check,
         counters: &[],
         baseline: None,
+        bound: FLAT_WITHIN,
+        vary_span: 0,
         single_shot_only: false,
         from_backend: false,
         katran: None,
@@ -606,5 +620,54 @@ fn scaling_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             )
         });
     }
+    if let Some((dp, flows)) = layout.flows {
+        list.extend(spread_classes(ack, dp, flows));
+    }
     list
+}
+
+/// Cold flows (issue 16): the established path with every packet another of N prefilled
+/// flows (the harness cycles through them), N = 1,024, 100,000 and every prefilled flow; the
+/// larger two against 1,024, held to 1.15x up to 100,000 flows and 1.3x above. None unless at
+/// least 1,024 flows were prefilled.
+fn spread_classes(ack: &[u8], dp: usize, flows: u32) -> Vec<Class> {
+    if flows < SPREAD_BASELINE_FLOWS {
+        return Vec::new();
+    }
+    let mut spans = vec![SPREAD_BASELINE_FLOWS, 100_000, flows];
+    spans.retain(|&n| n <= flows);
+    spans.dedup();
+    spans
+        .into_iter()
+        .map(|span| {
+            let (baseline, bound) = if span == SPREAD_BASELINE_FLOWS {
+                ("established", FLAT_WITHIN)
+            } else if span <= 100_000 {
+                (SPREAD_BASELINE, 1.15)
+            } else {
+                (SPREAD_BASELINE, 1.3)
+            };
+            let variant =
+                format!("every packet another of {span} tracked flows ({flows} prefilled)");
+            Class {
+                section: Section::Scaling,
+                baseline: Some((baseline, variant)),
+                bound,
+                vary_span: span,
+                ..meshlb(
+                    &format!("established-spread@{span}"),
+                    &format!(
+                        "scaling: established flows, every packet another of {span} -> XDP_REDIRECT"
+                    ),
+                    Via::HarnessVary,
+                    dp,
+                    ack,
+                    XDP_REDIRECT,
+                    NEW_FLOW,
+                    ESTABLISHED_REDIRECT,
+                    None,
+                )
+            }
+        })
+        .collect()
 }

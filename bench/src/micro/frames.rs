@@ -53,10 +53,12 @@ pub(super) fn extra_backend(i: u32) -> SocketAddrV4 {
     let a = 0xc612_4000 | (i & 0x3fff); // 198.18.64.0/18
     SocketAddrV4::new(Ipv4Addr::from(a), BACKEND_PORT + (i >> 14) as u16)
 }
-/// Prefilled flow j: client 198.19.0.0/17, source port 1024 + j / 2^15.
+/// Prefilled flow j: the client `harness_vary` makes of its iteration j (CLIENT's /16 with
+/// the top bit of the low 16 set and j's low 15 bits, 198.18.128.0/17; source port
+/// 1024 + j / 2^15), so the spread rows cycle through prefilled flows.
 pub(super) fn prefill_client(j: u32) -> SocketAddrV4 {
-    let a = 0xc613_0000 | (j & 0x7fff);
-    SocketAddrV4::new(Ipv4Addr::from(a), 1024 + (j >> 15) as u16)
+    let a = (u32::from(CLIENT) & 0xffff_0000) | 0x8000 | (j & 0x7fff);
+    SocketAddrV4::new(Ipv4Addr::from(a), 1024 + ((j >> 15) & 0x7fff) as u16)
 }
 
 pub(super) const FRAME_LEN: usize = 60;

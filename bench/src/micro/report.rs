@@ -5,14 +5,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
-    Check, Class, MicroArgs, Outcome, ProgramSize, Sample, Section, SingleShot, TableCost,
-    action_name,
+    Check, Class, FLAT_WITHIN, MicroArgs, Outcome, ProgramSize, SPREAD_BASELINE, Sample, Section,
+    SingleShot, TableCost, action_name,
     katran::KatranReference,
     machine::{self, Machine},
 };
-
-/// The scaling target: a path may get at most this much slower with a big configuration.
-const FLAT_WITHIN: f64 = 1.2;
 
 #[derive(Debug, Serialize)]
 pub struct ClassResult {
@@ -34,6 +31,8 @@ pub struct ClassResult {
     pub katran_row: Option<&'static str>,
     #[serde(skip)]
     baseline: Option<(&'static str, String)>,
+    #[serde(skip)]
+    bound: f64,
 }
 
 impl ClassResult {
@@ -57,6 +56,7 @@ impl ClassResult {
             katran_ns: class.katran.map(|k| k.0),
             katran_row: class.katran.map(|k| k.1),
             baseline: class.baseline.clone(),
+            bound: class.bound,
         }
     }
 }
@@ -77,7 +77,9 @@ pub struct ScalingResult {
     pub baseline_median: f64,
     pub median: f64,
     pub ratio: f64,
-    pub flat_within_1_2x: bool,
+    /// The largest ratio the row is held to.
+    pub bound: f64,
+    pub within_bound: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -278,17 +280,21 @@ impl Report {
                 let ratio = c.median / baseline_median;
                 Some(ScalingResult {
                     key: c.key.clone(),
-                    path: if base == "established" {
-                        "established flow (harness) -> XDP_REDIRECT".into()
-                    } else {
-                        "non-VIP pass-through (direct)".into()
+                    path: match base {
+                        "established" => "established flow (harness) -> XDP_REDIRECT".into(),
+                        SPREAD_BASELINE => {
+                            "established flows, every packet another (harness vary) -> XDP_REDIRECT"
+                                .into()
+                        }
+                        _ => "non-VIP pass-through (direct)".into(),
                     },
                     variant,
                     baseline_key: base,
                     baseline_median,
                     median: c.median,
                     ratio,
-                    flat_within_1_2x: ratio <= FLAT_WITHIN,
+                    bound: c.bound,
+                    within_bound: ratio <= c.bound,
                 })
             })
             .collect();
@@ -486,19 +492,19 @@ impl Report {
         let p = &self.params;
         let _ = writeln!(
             s,
-            "\n## Scaling (median ns; target: flat within {FLAT_WITHIN}x of 1 service, 0 other flows)\n"
+            "\n## Scaling (median ns; each row against its baseline: flat within {FLAT_WITHIN}x of 1 service and 0 other flows; the spread rows, issue 16's cold flows, within 1.15x of 1,024 flows at 100,000 and 1.3x at more)\n"
         );
         let _ = writeln!(
             s,
-            "| Path | Baseline median | Variant | min | median | max | Ratio | Flat within {FLAT_WITHIN}x |"
+            "| Path | Baseline median | Variant | min | median | max | Ratio | Bound | Within |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
         for r in &self.scaling {
             let c = self.classes.iter().find(|c| c.key == r.key);
             let (min, max) = c.map_or((f64::NAN, f64::NAN), |c| (c.min, c.max));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
                 r.path,
                 ns(r.baseline_median),
                 r.variant,
@@ -506,7 +512,8 @@ impl Report {
                 ns(r.median),
                 ns(max),
                 r.ratio,
-                if r.flat_within_1_2x { "yes" } else { "**no**" }
+                r.bound,
+                if r.within_bound { "yes" } else { "**no**" }
             );
         }
         if let Some(entries) = p.prefilled_entries {
