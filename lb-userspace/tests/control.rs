@@ -724,7 +724,12 @@ fn metrics_parse_and_match_the_traffic() {
     assert_eq!(value("meshlb_config_generation", &[]), 1.0);
     assert!(value("meshlb_xdp_packets_total", &[]) >= (TCP * 5 + UDP * 2) as f64);
     assert_eq!(value("meshlb_dropped_packets_total", &[]), 0.0, "{body}");
-    assert_eq!(value("meshlb_conntrack_capacity", &[]), 65536.0);
+    // The table's real capacity: one entry over the configured power of two, for twice the
+    // buckets (`limits::hash_table_entries`).
+    assert_eq!(
+        value("meshlb_conntrack_capacity", &[]),
+        f64::from(lb_common::limits::hash_table_entries(65_536))
+    );
     // lbd's first occupancy walk rebuilt the SYN filter and switched it on: the flows
     // confirmed before it are in it, none after it yet (the next walk is 5 s later).
     let filter = scrape
@@ -925,6 +930,82 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
 }
 
 #[test]
+fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
+    if !e2e_enabled() {
+        return;
+    }
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::maps::{Flow, FlowKey};
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    const MAP_CREATE: libc::c_long = 0;
+    const OBJ_PIN: libc::c_long = 6;
+    const LRU_HASH: u64 = 9;
+    let dir = Path::new("/sys/fs/bpf").join(format!(
+        "{}{}-earlier",
+        lb_testkit::lbd::PIN_PREFIX,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
+    let _remove = RemoveOnDrop(&dir);
+    // What a meshlb from before `hash_table_entries` pinned for --conntrack-entries 65536:
+    // exactly that many entries, and a quarter of it for the unconfirmed flows.
+    for (name, entries) in [("CONNTRACK", 65_536u64), ("PENDING", 16_384)] {
+        let mut attr = [0u64; 16];
+        attr[0] = LRU_HASH | (std::mem::size_of::<FlowKey>() as u64) << 32;
+        attr[1] = std::mem::size_of::<Flow>() as u64 | entries << 32;
+        let fd = bpf(MAP_CREATE, &mut attr);
+        assert!(fd > 0, "{name}: {}", std::io::Error::last_os_error());
+        let path = dir.join("maps").join(name);
+        let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        attr[1] = fd as u64;
+        assert_eq!(bpf(OBJ_PIN, &mut attr), 0, "pin {name}");
+        // SAFETY: a descriptor this test opened; the pin keeps the map.
+        unsafe { libc::close(fd as i32) };
+    }
+    let path = dir.join("maps").join("CONNTRACK");
+    let mut table: HashMap<MapData, FlowKey, Flow> =
+        HashMap::try_from(Map::LruHashMap(MapData::from_pin(&path).expect("pinned")))
+            .expect("CONNTRACK");
+    let key = FlowKey {
+        src: lb_common::Addr::from(std::net::Ipv4Addr::new(198, 18, 0, 7)),
+        sport_be: 40_000u16.to_be(),
+        ..FlowKey::default()
+    };
+    let flow = Flow {
+        kind: lb_common::maps::flow_kind::FORWARD,
+        ..Flow::default()
+    };
+    table.insert(key, flow, 0).expect("a tracked flow");
+    drop(table);
+
+    // The same configuration adopts the tables as they are, with their flow (only a new
+    // table gets one entry more, see `hash_table_entries`).
+    let dp = Dataplane::load(LoadOptions {
+        conntrack_entries: 65_536,
+        pin_dir: Some(dir.clone()),
+        ..LoadOptions::default()
+    })
+    .expect("an earlier version's tables are adopted");
+    assert_eq!(dp.conntrack_occupancy().unwrap(), (1, 65_536));
+    drop(dp);
+    // Another configuration is refused, naming the one that keeps the flows.
+    let error = Dataplane::load(LoadOptions {
+        conntrack_entries: 131_072,
+        pin_dir: Some(dir.clone()),
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("a table of another size is not adopted")
+    .to_string();
+    assert!(
+        error.contains("--conntrack-entries 65536") && error.contains("lbd cleanup"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     if !e2e_enabled() {
         return;
@@ -1060,7 +1141,8 @@ fn the_connection_table_occupancy_counts_every_entry_and_the_syn_filter_every_fo
             ..LoadOptions::default()
         })
         .expect("load");
-        assert_eq!(dp.conntrack_occupancy().unwrap(), (0, 65_536));
+        let capacity = lb_common::limits::hash_table_entries(65_536);
+        assert_eq!(dp.conntrack_occupancy().unwrap(), (0, capacity));
         let path = dir.join("maps").join("CONNTRACK");
         let mut table: HashMap<MapData, FlowKey, Flow> =
             HashMap::try_from(Map::LruHashMap(MapData::from_pin(&path).expect("pinned")))
@@ -1086,7 +1168,7 @@ fn the_connection_table_occupancy_counts_every_entry_and_the_syn_filter_every_fo
             };
             table.insert(key, flow, 0).expect("insert");
         }
-        assert_eq!(dp.conntrack_occupancy().unwrap(), (u64::from(n), 65_536));
+        assert_eq!(dp.conntrack_occupancy().unwrap(), (u64::from(n), capacity));
         let walk = dp.rebuild_conntrack_filter().expect("rebuilt");
         assert_eq!(
             (walk.entries, walk.forward_keys),

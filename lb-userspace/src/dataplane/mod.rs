@@ -156,15 +156,11 @@ impl Dataplane {
     /// created and pinned.
     pub fn load(options: LoadOptions) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNTRACK, options.conntrack_entries);
-        loader.map_max_entries(
-            names::PENDING,
-            lb_common::limits::pending_entries(options.conntrack_entries),
-        );
-        loader.map_max_entries(
-            names::CONNTRACK_FILTER,
-            lb_common::conntrack_filter::elements(options.conntrack_entries),
-        );
+        for name in [names::CONNTRACK, names::PENDING, names::CONNTRACK_FILTER] {
+            if let Some(entries) = pin::sized_entries(name, options.conntrack_entries) {
+                loader.map_max_entries(name, entries);
+            }
+        }
         let log_level = options.kernel_log as u8;
         loader.override_global(aya_log::LEVEL, &log_level, false);
         let mut adopted = false;

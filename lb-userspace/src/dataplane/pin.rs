@@ -168,6 +168,38 @@ pub(crate) fn has_pinned_maps(dir: &Path) -> bool {
     names::ALL.iter().any(|name| map_path(dir, name).exists())
 }
 
+/// `max_entries` of a map sized by the connection table's capacity (`conntrack_entries`), as
+/// `Dataplane::load` creates it; None for the others (their object's size holds).
+pub(crate) fn sized_entries(name: &str, conntrack_entries: u32) -> Option<u32> {
+    use lb_common::limits::{hash_table_entries, pending_entries};
+    match name {
+        names::CONNTRACK => Some(hash_table_entries(conntrack_entries)),
+        names::PENDING => Some(hash_table_entries(pending_entries(conntrack_entries))),
+        names::CONNTRACK_FILTER => Some(lb_common::conntrack_filter::elements(conntrack_entries)),
+        _ => None,
+    }
+}
+
+/// The size a meshlb from before `hash_table_entries` gave the same map: adopted as it is
+/// (only its buckets are fewer), so an upgrade keeps the tracked flows.
+fn earlier_entries(name: &str, conntrack_entries: u32) -> Option<u32> {
+    match name {
+        names::CONNTRACK => Some(conntrack_entries),
+        names::PENDING => Some(lb_common::limits::pending_entries(conntrack_entries)),
+        _ => None,
+    }
+}
+
+/// The `--conntrack-entries` that made a connection table of `max_entries`.
+fn configured_entries(max_entries: u32) -> u32 {
+    let less = max_entries.saturating_sub(1);
+    if less.is_power_of_two() && lb_common::limits::hash_table_entries(less) == max_entries {
+        less
+    } else {
+        max_entries
+    }
+}
+
 /// Refuses pinned maps whose shape differs from what this build's kernel object declares: a
 /// program must never read a map laid out by another version.
 pub(crate) fn check_compatible(
@@ -187,25 +219,18 @@ pub(crate) fn check_compatible(
         };
         let pinned = MapInfo::from_pin(&path)
             .map_err(|e| DataplaneError::Pin(format!("reading {}: {e}", path.display())))?;
-        let want_entries = if name == names::CONNTRACK {
-            conntrack_entries
-        } else if name == names::PENDING {
-            lb_common::limits::pending_entries(conntrack_entries)
-        } else if name == names::CONNTRACK_FILTER {
-            lb_common::conntrack_filter::elements(conntrack_entries)
-        } else {
-            want.max_entries()
-        };
+        let want_entries = sized_entries(name, conntrack_entries).unwrap_or(want.max_entries());
         let have = (pinned.key_size(), pinned.value_size(), pinned.max_entries());
         let want = (want.key_size(), want.value_size(), want_entries);
         if have == want && name == names::SERVICE_TABLES {
             check_table_layout(&path)?;
         }
-        if have != want {
+        let earlier = earlier_entries(name, conntrack_entries).map(|n| (want.0, want.1, n));
+        if have != want && Some(have) != earlier {
             let hint = if name == names::CONNTRACK && have.0 == want.0 && have.1 == want.1 {
                 format!(
                     "start with --conntrack-entries {} to keep the tracked flows, or ",
-                    have.2
+                    configured_entries(have.2)
                 )
             } else {
                 String::new()
