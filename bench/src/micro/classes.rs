@@ -116,7 +116,9 @@ pub(super) const FLAT_WITHIN: f64 = 1.2;
 /// The spread rows' baseline: every packet another of 1,024 tracked flows (issue 16's cold
 /// flows are held to it).
 pub(super) const SPREAD_BASELINE: &str = "established-spread@1024";
-const SPREAD_BASELINE_FLOWS: u32 = 1024;
+pub(super) const SPREAD_BASELINE_FLOWS: u32 = 1024;
+/// The spread rows' tables below the prefilled one's: the baseline and issue 16's 100,000.
+pub(super) const SPREAD_FLOWS: [u32; 2] = [SPREAD_BASELINE_FLOWS, 100_000];
 
 pub(super) const ESTABLISHED_REDIRECT: &[StatSlot] =
     &[StatSlot::Rx, StatSlot::NatForward, StatSlot::TxXdpRedirect];
@@ -620,26 +622,18 @@ fn scaling_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
             )
         });
     }
-    if let Some((dp, flows)) = layout.flows {
-        list.extend(spread_classes(ack, dp, flows));
-    }
+    list.extend(spread_classes(ack, &layout.spread));
     list
 }
 
-/// Cold flows (issue 16): the established path with every packet another of N prefilled
-/// flows (the harness cycles through them), N = 1,024, 100,000 and every prefilled flow; the
-/// larger two against 1,024, held to 1.15x up to 100,000 flows and 1.3x above. None unless at
-/// least 1,024 flows were prefilled.
-fn spread_classes(ack: &[u8], dp: usize, flows: u32) -> Vec<Class> {
-    if flows < SPREAD_BASELINE_FLOWS {
-        return Vec::new();
-    }
-    let mut spans = vec![SPREAD_BASELINE_FLOWS, 100_000, flows];
-    spans.retain(|&n| n <= flows);
-    spans.dedup();
-    spans
-        .into_iter()
-        .map(|span| {
+/// Cold flows (issue 16): the established path with every packet another of the N flows its
+/// table holds (the harness cycles through them), N = 1,024, 100,000 and `--prefill-flows`,
+/// each in a dataplane of its own; the larger two against 1,024, held to 1.15x up to 100,000
+/// flows and 1.3x above.
+fn spread_classes(ack: &[u8], tables: &[(usize, u32)]) -> Vec<Class> {
+    tables
+        .iter()
+        .map(|&(dp, span)| {
             let (baseline, bound) = if span == SPREAD_BASELINE_FLOWS {
                 ("established", FLAT_WITHIN)
             } else if span <= 100_000 {
@@ -647,8 +641,7 @@ fn spread_classes(ack: &[u8], dp: usize, flows: u32) -> Vec<Class> {
             } else {
                 (SPREAD_BASELINE, 1.3)
             };
-            let variant =
-                format!("every packet another of {span} tracked flows ({flows} prefilled)");
+            let variant = format!("every packet another of the {span} flows the table holds");
             Class {
                 section: Section::Scaling,
                 baseline: Some((baseline, variant)),

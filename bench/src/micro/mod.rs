@@ -200,8 +200,9 @@ struct Layout {
     mesh: usize,
     /// Scaling dataplanes and what differs from `main`.
     scaled: Vec<(usize, String)>,
-    /// The prefilled dataplane and its flow count: the spread rows.
-    flows: Option<(usize, u32)>,
+    /// The spread rows' dataplanes and the flows each table holds (1,024, 100,000 and the
+    /// prefilled one's, those below `--prefill-flows`).
+    spread: Vec<(usize, u32)>,
 }
 
 /// Everything that touches the kernel, on a thread inside the node namespace.
@@ -323,7 +324,7 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         new6: 5,
         mesh: 6,
         scaled: Vec::new(),
-        flows: None,
+        spread: Vec::new(),
     };
     for &n in &args.scale_services {
         layout.scaled.push((specs.len(), format!("{n} services")));
@@ -343,6 +344,19 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         ));
         n
     });
+    // Issue 16's cold flows: tables holding fewer flows beside the prefilled one, each sent
+    // every packet another of the flows it holds.
+    if args.prefill_flows >= SPREAD_BASELINE_FLOWS {
+        for n in SPREAD_FLOWS {
+            if n < args.prefill_flows {
+                layout.spread.push((specs.len(), n));
+                specs.push(dp(format!("spread-{n}"), false, false, 0, true));
+            }
+        }
+        if let Some(i) = flows_dp {
+            layout.spread.push((i, args.prefill_flows));
+        }
+    }
     let mut dps = Vec::new();
     let mut table_cost = None;
     for spec in &specs {
@@ -355,7 +369,11 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         dps.push(dp);
         table_cost = table_cost.or(cost);
     }
-    layout.flows = flows_dp.map(|n| (n, args.prefill_flows));
+    for &(i, n) in &layout.spread {
+        if Some(i) != flows_dp {
+            prefill(&mut dps[i], n)?;
+        }
+    }
     let prefilled_entries = match flows_dp {
         Some(n) => Some(prefill(&mut dps[n], args.prefill_flows)?),
         None => None,
