@@ -42,8 +42,8 @@ pub const DEFAULT_PENDING_ENTRIES: u32 = pending_entries(DEFAULT_CONNTRACK_ENTRI
 /// table then walks past another flow's entry in its chain about every other time, a cold
 /// cache line each. One entry more doubles the buckets (16 bytes each: 32 MiB more beside
 /// the default connection table's 2,097,152 entries) and halves the chains
-/// (`bench/README.md`: about 50 ns off a new flow, 30-65 ns off an established flow's lookup
-/// in a full table).
+/// (`bench/results/micro-2026-12-05-buckets.md`: about 100 ns off a new flow, 20-95 ns off an
+/// established flow's packet in a full table).
 pub const fn hash_table_entries(entries: u32) -> u32 {
     if entries.is_power_of_two() && entries < 1 << 31 {
         entries + 1
