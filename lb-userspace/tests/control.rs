@@ -6,7 +6,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -865,6 +865,34 @@ fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> i64 {
     }
 }
 
+const MAP_CREATE: libc::c_long = 0;
+const MAP_UPDATE_ELEM: libc::c_long = 2;
+const OBJ_PIN: libc::c_long = 6;
+
+/// A pin directory of this test process's own (`tag` tells the tests apart), with its
+/// `maps` directory.
+fn scratch_pin_dir(tag: &str) -> PathBuf {
+    let dir = Path::new("/sys/fs/bpf").join(format!(
+        "{}{}-{tag}",
+        lb_testkit::lbd::PIN_PREFIX,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
+    dir
+}
+
+/// Pins the map behind `fd` as the map `name` of the pin directory `dir`, then closes `fd`
+/// (the pin keeps the map).
+fn pin_map(dir: &Path, name: &str, fd: i64) {
+    let path = std::ffi::CString::new(dir.join("maps").join(name).to_str().unwrap()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = fd as u64;
+    assert_eq!(bpf(OBJ_PIN, &mut attr), 0, "pin {name}");
+    // SAFETY: a descriptor the test opened and no longer uses.
+    unsafe { libc::close(fd as i32) };
+}
+
 #[test]
 fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     if !e2e_enabled() {
@@ -872,17 +900,9 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     }
     use lb_common::{limits::MAX_SERVICES, maps::SELECTION_TABLE_FLAGS};
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
-    const MAP_CREATE: libc::c_long = 0;
-    const MAP_UPDATE_ELEM: libc::c_long = 2;
-    const OBJ_PIN: libc::c_long = 6;
     const ARRAY: u64 = 2;
     const ARRAY_OF_MAPS: u64 = 12;
-    let dir = Path::new("/sys/fs/bpf").join(format!(
-        "{}{}-layout",
-        lb_testkit::lbd::PIN_PREFIX,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
+    let dir = scratch_pin_dir("layout");
     let _remove = RemoveOnDrop(&dir);
 
     // map_type | key_size << 32, value_size | max_entries << 32, map_flags | inner_map_fd << 32
@@ -904,17 +924,9 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     attr[1] = &key as *const u32 as u64;
     attr[2] = &value as *const u32 as u64;
     assert_eq!(bpf(MAP_UPDATE_ELEM, &mut attr), 0, "table 0");
-    let path = dir.join("maps").join("SERVICE_TABLES");
-    let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    attr[1] = outer as u64;
-    assert_eq!(bpf(OBJ_PIN, &mut attr), 0, "pin");
-    // SAFETY: descriptors this test opened; the pin keeps the maps.
-    unsafe {
-        libc::close(inner as i32);
-        libc::close(outer as i32);
-    }
+    pin_map(&dir, "SERVICE_TABLES", outer);
+    // SAFETY: a descriptor this test opened; the pinned outer map keeps the table.
+    unsafe { libc::close(inner as i32) };
 
     let error = Dataplane::load(LoadOptions {
         pin_dir: Some(dir.clone()),
@@ -937,15 +949,8 @@ fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
     use aya::maps::{HashMap, Map, MapData};
     use lb_common::maps::{Flow, FlowKey};
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
-    const MAP_CREATE: libc::c_long = 0;
-    const OBJ_PIN: libc::c_long = 6;
     const LRU_HASH: u64 = 9;
-    let dir = Path::new("/sys/fs/bpf").join(format!(
-        "{}{}-earlier",
-        lb_testkit::lbd::PIN_PREFIX,
-        std::process::id()
-    ));
-    std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
+    let dir = scratch_pin_dir("earlier");
     let _remove = RemoveOnDrop(&dir);
     // What a meshlb from before `hash_table_entries` pinned for --conntrack-entries 65536:
     // exactly that many entries, and a quarter of it for the unconfirmed flows.
@@ -955,14 +960,7 @@ fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
         attr[1] = std::mem::size_of::<Flow>() as u64 | entries << 32;
         let fd = bpf(MAP_CREATE, &mut attr);
         assert!(fd > 0, "{name}: {}", std::io::Error::last_os_error());
-        let path = dir.join("maps").join(name);
-        let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        let mut attr = [0u64; 16];
-        attr[0] = path.as_ptr() as u64;
-        attr[1] = fd as u64;
-        assert_eq!(bpf(OBJ_PIN, &mut attr), 0, "pin {name}");
-        // SAFETY: a descriptor this test opened; the pin keeps the map.
-        unsafe { libc::close(fd as i32) };
+        pin_map(&dir, name, fd);
     }
     let path = dir.join("maps").join("CONNTRACK");
     let mut table: HashMap<MapData, FlowKey, Flow> =
