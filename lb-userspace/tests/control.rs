@@ -893,13 +893,27 @@ fn pin_map(dir: &Path, name: &str, fd: i64) {
     unsafe { libc::close(fd as i32) };
 }
 
+/// Loading a dataplane of `conntrack_entries` on the maps pinned in `dir` is refused, with
+/// every one of `says` in the message.
+fn assert_refused_with(dir: &Path, conntrack_entries: u32, says: &[&str]) {
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    let error = Dataplane::load(LoadOptions {
+        conntrack_entries,
+        pin_dir: Some(dir.to_path_buf()),
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("the pinned maps are not adopted")
+    .to_string();
+    assert!(says.iter().all(|s| error.contains(s)), "{error}");
+}
+
 #[test]
 fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     if !e2e_enabled() {
         return;
     }
     use lb_common::{limits::MAX_SERVICES, maps::SELECTION_TABLE_FLAGS};
-    use lb_userspace::dataplane::{Dataplane, LoadOptions};
     const ARRAY: u64 = 2;
     const ARRAY_OF_MAPS: u64 = 12;
     let dir = scratch_pin_dir("layout");
@@ -928,16 +942,10 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     // SAFETY: a descriptor this test opened; the pinned outer map keeps the table.
     unsafe { libc::close(inner as i32) };
 
-    let error = Dataplane::load(LoadOptions {
-        pin_dir: Some(dir.clone()),
-        ..LoadOptions::default()
-    })
-    .err()
-    .expect("tables of another layout are not adopted")
-    .to_string();
-    assert!(
-        error.contains("4-byte elements") && error.contains("lbd cleanup"),
-        "{error}"
+    assert_refused_with(
+        &dir,
+        lb_common::limits::DEFAULT_CONNTRACK_ENTRIES,
+        &["4-byte elements", "lbd cleanup"],
     );
 }
 
@@ -989,18 +997,7 @@ fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
     assert_eq!(dp.conntrack_occupancy().unwrap(), (1, 65_536));
     drop(dp);
     // Another configuration is refused, naming the one that keeps the flows.
-    let error = Dataplane::load(LoadOptions {
-        conntrack_entries: 131_072,
-        pin_dir: Some(dir.clone()),
-        ..LoadOptions::default()
-    })
-    .err()
-    .expect("a table of another size is not adopted")
-    .to_string();
-    assert!(
-        error.contains("--conntrack-entries 65536") && error.contains("lbd cleanup"),
-        "{error}"
-    );
+    assert_refused_with(&dir, 131_072, &["--conntrack-entries 65536", "lbd cleanup"]);
 }
 
 #[test]

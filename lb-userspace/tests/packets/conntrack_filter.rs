@@ -24,6 +24,15 @@ services:
     backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
 "#;
 
+/// Runs `test` on `THREE_ROUND_ROBIN`'s program, on one CPU (the rotation's cursor is
+/// per CPU, so every SYN of the test turns the same one).
+fn with_round_robin(test: impl FnOnce(Loaded) + Send) {
+    with_program(THREE_ROUND_ROBIN, |lb| {
+        pin_to_cpu(0);
+        test(lb)
+    });
+}
+
 /// The backend `lb` sends a SYN from `client` to, and how many new flows that opened.
 fn syn(lb: &mut Loaded, client: SocketAddrV4) -> (SocketAddrV4, u64) {
     let before = lb.stats();
@@ -47,8 +56,7 @@ fn a_syn_reusing_a_tracked_flows_tuple_follows_the_flow_with_the_filter_on() {
     if !e2e_enabled() {
         return;
     }
-    with_program(THREE_ROUND_ROBIN, |mut lb| {
-        pin_to_cpu(0);
+    with_round_robin(|mut lb| {
         let walk = lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
         assert_eq!((walk.entries, walk.forward_keys), (0, 0));
         // Confirmed with the filter on: the kernel sets the key's bit as it writes the entry.
@@ -76,8 +84,7 @@ fn a_syn_skips_the_table_only_once_a_rebuild_has_seen_every_key() {
     if !e2e_enabled() {
         return;
     }
-    with_program(THREE_ROUND_ROBIN, |mut lb| {
-        pin_to_cpu(0);
+    with_round_robin(|mut lb| {
         let first = sock(CLIENT, 44100);
         let backend = confirmed(&mut lb, first);
         let entry = lb
@@ -140,8 +147,7 @@ fn a_syn_sent_again_follows_its_unconfirmed_flow_with_the_filter_on() {
     if !e2e_enabled() {
         return;
     }
-    with_program(THREE_ROUND_ROBIN, |mut lb| {
-        pin_to_cpu(0);
+    with_round_robin(|mut lb| {
         lb.dp.rebuild_conntrack_filter().expect("filter rebuilt");
         // The key's bit is clear (the flow is unconfirmed), so the SYN skips the connection
         // table and `pending` takes the entry function's answer from `PENDING`, asked while
