@@ -247,7 +247,8 @@ const REDIRECT: Check = Check::Dnat {
     via_tc: false,
     vary: false,
 };
-const NEW_FLOW: Check = Check::Dnat {
+/// `REDIRECT` of a `harness_vary` frame (a new flow's, or a spread row's established one).
+const REDIRECT_VARIED: Check = Check::Dnat {
     via_tc: false,
     vary: true,
 };
@@ -466,7 +467,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout, katran: &KatranReference) ->
             layout.new,
             syn,
             XDP_REDIRECT,
-            NEW_FLOW,
+            REDIRECT_VARIED,
             NEW_FLOW_REDIRECT,
             katran_new_flow(katran),
         ),
@@ -477,7 +478,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout, katran: &KatranReference) ->
             layout.rr,
             syn,
             XDP_REDIRECT,
-            NEW_FLOW,
+            REDIRECT_VARIED,
             NEW_FLOW_REDIRECT,
             katran_new_flow(katran),
         ),
@@ -564,7 +565,7 @@ fn ipv6_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
                 layout.new6,
                 &v6.syn,
                 XDP_REDIRECT,
-                NEW_FLOW,
+                REDIRECT_VARIED,
                 NEW_FLOW_REDIRECT,
                 None,
             )
@@ -656,11 +657,45 @@ fn spread_classes(ack: &[u8], tables: &[(usize, u32)]) -> Vec<Class> {
                     dp,
                     ack,
                     XDP_REDIRECT,
-                    NEW_FLOW,
+                    REDIRECT_VARIED,
                     ESTABLISHED_REDIRECT,
                     None,
                 )
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_rows_are_held_to_the_1024_flow_row_by_issue_16s_bounds() {
+        let rows = spread_classes(&[0; FRAME_LEN], &[(7, 1024), (8, 100_000), (9, 1_000_000)]);
+        let keys: Vec<&str> = rows.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys[0], SPREAD_BASELINE,
+            "the baseline row has the baseline's key"
+        );
+        let held: Vec<(Option<&str>, f64, u32, Target)> = rows
+            .iter()
+            .map(|c| {
+                (
+                    c.baseline.as_ref().map(|b| b.0),
+                    c.bound,
+                    c.vary_span,
+                    c.target,
+                )
+            })
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (Some("established"), FLAT_WITHIN, 1024, Target::Meshlb(7)),
+                (Some(SPREAD_BASELINE), 1.15, 100_000, Target::Meshlb(8)),
+                (Some(SPREAD_BASELINE), 1.3, 1_000_000, Target::Meshlb(9)),
+            ]
+        );
+    }
 }
