@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod conntrack_filter;
+pub mod endpoint_filter;
 pub mod hash;
 pub mod limits;
 pub mod maps;

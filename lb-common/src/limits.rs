@@ -51,12 +51,6 @@ pub const fn hash_table_entries(entries: u32) -> u32 {
         entries
     }
 }
-/// Endpoint filters (`REPLY_FILTER`, `FORWARD_FILTER`): entries of 64 one-byte slots, 32 KiB
-/// in all, a slot per backend or frontend endpoint that has had a flow (few collisions up to
-/// thousands of endpoints; a collision only costs a lookup). Bytes, not bits: a byte store
-/// needs no atomic read-modify-write.
-pub const ENDPOINT_FILTER_ENTRIES: u32 = 512;
-pub const ENDPOINT_FILTER_SLOTS: u32 = ENDPOINT_FILTER_ENTRIES * 64;
 /// Slots of the per-CPU route memo (direct-mapped by source and destination address): a
 /// flow whose own cached route has expired takes a route the memo got from the FIB for the
 /// same addresses at most `ROUTE_MEMO_MAX_AGE_NS` ago. A power of two.

@@ -3,7 +3,11 @@
 pub mod filter;
 mod unconfirmed;
 
-use core::{ffi::c_void, mem::MaybeUninit};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_or},
+    mem::MaybeUninit,
+};
 
 pub use unconfirmed::{Pending, lookup as lookup_pending, pending};
 
@@ -13,20 +17,17 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_loop},
 };
 use lb_common::{
-    Addr,
+    Addr, endpoint_filter,
     hash::{endpoint_filter_slot, flow_hash},
-    limits::{
-        ENDPOINT_FILTER_ENTRIES, FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN,
-        LAST_SEEN_GRANULARITY_NS,
-    },
+    limits::{FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS},
     maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
     stats::StatSlot,
 };
 
 use crate::{
     maps::{
-        BACKENDS, CONNTRACK, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, KEY_SCRATCH, PENDING,
-        REPLY_FILTER, reply_leads_only_to,
+        BACKENDS, CONNTRACK, EndpointFilter, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN,
+        KEY_SCRATCH, PENDING, REPLY_FILTER, reply_leads_only_to,
     },
     parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
     stats::count,
@@ -571,15 +572,14 @@ fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64, held: Held) -> bool {
 /// or `FORWARD_FILTER` (a forward entry's destination, the frontend).
 #[inline(always)]
 fn set_filter_slot(filter: &EndpointFilter, addr: &Addr, port_be: u16, proto: u8) {
-    let slot = endpoint_filter_slot(addr, port_be, proto);
-    if let Some(bytes) = filter.get_ptr_mut(slot / 64) {
-        // SAFETY: a map value, valid for this program run. Shared by every CPU; a byte store
-        // loses no other CPU's slot. Read first: the slot is usually set already, and the
-        // line then stays clean.
+    let (word, bit) = endpoint_filter::position(endpoint_filter_slot(addr, port_be, proto));
+    if let Some(w) = filter.get_ptr_mut(word) {
+        // SAFETY: a map value, valid for this program run and 8-byte aligned. Read first: the
+        // bit is usually set already, and the line then stays clean. Atomic (BPF's atomic
+        // OR): other CPUs and lbd set bits of the same word meanwhile.
         unsafe {
-            let byte = (*bytes).as_mut_ptr().add((slot % 64) as usize);
-            if *byte == 0 {
-                *byte = 1;
+            if *w & bit == 0 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w, bit);
             }
         }
     }
@@ -599,13 +599,11 @@ pub fn may_be_forward(addr: &Addr, port_be: u16, proto: u8) -> bool {
     filter_slot_set(&FORWARD_FILTER, addr, port_be, proto)
 }
 
-type EndpointFilter = aya_ebpf::btf_maps::Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }>;
-
 #[inline(always)]
 fn filter_slot_set(filter: &EndpointFilter, addr: &Addr, port_be: u16, proto: u8) -> bool {
-    let slot = endpoint_filter_slot(addr, port_be, proto);
-    match filter.get(slot / 64) {
-        Some(bytes) => bytes[(slot % 64) as usize] != 0,
+    let (word, bit) = endpoint_filter::position(endpoint_filter_slot(addr, port_be, proto));
+    match filter.get(word) {
+        Some(w) => w & bit != 0,
         None => true,
     }
 }

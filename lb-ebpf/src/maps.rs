@@ -6,12 +6,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr, conntrack_filter,
+    Addr, conntrack_filter, endpoint_filter,
     limits::{
-        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, ENDPOINT_FILTER_ENTRIES,
-        MAX_BACKEND_ENDPOINTS, MAX_BACKENDS, MAX_FRONTENDS, MAX_INTERFACE_MACS,
-        MAX_REPLY_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS,
-        SOCK_REVERSE_ENTRIES,
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS,
+        MAX_FRONTENDS, MAX_INTERFACE_MACS, MAX_REPLY_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS,
+        MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, InterfaceMac, ReplyFrontend, SELECTION_TABLE_FLAGS,
@@ -69,21 +68,25 @@ pub fn reply_leads_only_to(reply: &FlowKey, addr: &Addr, port_be: u16) -> bool {
     unsafe { (*entry).port_be == port_be && (*entry).addr == *addr }
 }
 
-/// A byte per backend endpoint (`endpoint_filter_slot`) that may send replies: set by the
+/// The endpoint filters' type (layout: lb-common's `endpoint_filter`).
+pub type EndpointFilter =
+    Array<u64, { endpoint_filter::WORDS as usize }, { endpoint_filter::FLAGS as usize }>;
+
+/// A bit per backend endpoint (`endpoint_filter_slot`) that may send replies: set by the
 /// program for every endpoint it wrote a reply entry for, and by userspace for every endpoint
 /// of `BACKEND_ENDPOINTS` it writes (so a node that never saw a flow of a backend still looks
-/// its replies up, for `REPLY_FRONTENDS`); never cleared. A packet whose source's byte is
+/// its replies up, for `REPLY_FRONTENDS`); never cleared. A packet whose source's bit is
 /// clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: a packet for no
 /// frontend then costs one hash lookup, not two. A stale or shared slot only costs that
 /// lookup.
 #[btf_map]
-pub static REPLY_FILTER: Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }> = Array::new();
+pub static REPLY_FILTER: EndpointFilter = Array::new();
 
-/// A byte per frontend endpoint (`endpoint_filter_slot`) that the program ever wrote a
-/// forward entry for, like `REPLY_FILTER`: a packet whose destination's byte is clear cannot
+/// A bit per frontend endpoint (`endpoint_filter_slot`) that the program ever wrote a
+/// forward entry for, like `REPLY_FILTER`: a packet whose destination's bit is clear cannot
 /// belong to a tracked flow and skips the flow-first lookup.
 #[btf_map]
-pub static FORWARD_FILTER: Array<[u8; 64], { ENDPOINT_FILTER_ENTRIES as usize }> = Array::new();
+pub static FORWARD_FILTER: EndpointFilter = Array::new();
 
 /// The frontends' generation: userspace moves it on after every change to `FRONTENDS` (and
 /// once when it loads or adopts the maps). A forward flow stamped with the current one

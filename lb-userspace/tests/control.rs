@@ -950,7 +950,7 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
 }
 
 #[test]
-fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
+fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew() {
     if !e2e_enabled() {
         return;
     }
@@ -958,6 +958,7 @@ fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
     use lb_common::maps::{Flow, FlowKey};
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
     const LRU_HASH: u64 = 9;
+    const ARRAY: u64 = 2;
     let dir = scratch_pin_dir("earlier");
     let _remove = RemoveOnDrop(&dir);
     // What a meshlb from before `hash_table_entries` pinned for --conntrack-entries 65536:
@@ -966,6 +967,15 @@ fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
         let mut attr = [0u64; 16];
         attr[0] = LRU_HASH | (std::mem::size_of::<FlowKey>() as u64) << 32;
         attr[1] = std::mem::size_of::<Flow>() as u64 | entries << 32;
+        let fd = bpf(MAP_CREATE, &mut attr);
+        assert!(fd > 0, "{name}: {}", std::io::Error::last_os_error());
+        pin_map(&dir, name, fd);
+    }
+    // Its endpoint filters: 512 elements of 64 one-byte slots.
+    for name in ["FORWARD_FILTER", "REPLY_FILTER"] {
+        let mut attr = [0u64; 16];
+        attr[0] = ARRAY | 4 << 32;
+        attr[1] = 64 | 512 << 32;
         let fd = bpf(MAP_CREATE, &mut attr);
         assert!(fd > 0, "{name}: {}", std::io::Error::last_os_error());
         pin_map(&dir, name, fd);
@@ -995,6 +1005,16 @@ fn a_connection_table_pinned_by_an_earlier_version_is_adopted_with_its_flows() {
     })
     .expect("an earlier version's tables are adopted");
     assert_eq!(dp.conntrack_occupancy().unwrap(), (1, 65_536));
+    // The filters are made anew in this version's layout, a bit per slot (their slots mean
+    // other endpoints now), and pinned in place of the old ones.
+    for name in ["FORWARD_FILTER", "REPLY_FILTER"] {
+        let pinned = aya::maps::MapInfo::from_pin(dir.join("maps").join(name)).expect(name);
+        assert_eq!(
+            (pinned.value_size(), pinned.max_entries()),
+            (8, lb_common::endpoint_filter::WORDS),
+            "{name}"
+        );
+    }
     drop(dp);
     // Another configuration is refused, naming the one that keeps the flows.
     assert_refused_with(&dir, 131_072, &["--conntrack-entries 65536", "lbd cleanup"]);

@@ -17,15 +17,11 @@ use lb_common::{
     maps::{Flow, FlowKey, flow_kind, names},
 };
 
-use super::{
-    DataplaneError,
-    mmap::{map_shared, page_rounded},
-};
+use super::{DataplaneError, mmap::MappedWords};
 
 /// The filter, mapped (shared with the kernel).
 pub struct ConntrackFilter {
-    words: *const AtomicU64,
-    mapped: usize,
+    words: MappedWords,
     words_per_half: u32,
     /// Held by a rebuild: two at once would zero the half the other is about to activate.
     rebuilding: Mutex<()>,
@@ -39,42 +35,24 @@ pub struct ConntrackFilter {
 /// bits) may still be writing a flow. A run takes microseconds.
 const SETTLE: Duration = Duration::from_millis(50);
 
-// SAFETY: the mapping belongs to this value alone and every access to it is atomic.
-unsafe impl Send for ConntrackFilter {}
-// SAFETY: as above: shared references only do atomic operations.
-unsafe impl Sync for ConntrackFilter {}
-
 impl ConntrackFilter {
     /// Maps the filter behind `map`; its size says the halves' (as `check_compatible` held
     /// it to the connection table's).
     pub(super) fn open(map: &MapData) -> Result<Self, DataplaneError> {
-        let err = |message: String| DataplaneError::MapValue {
-            name: names::CONNTRACK_FILTER,
-            message,
-        };
-        let info = map.info().map_err(|error| DataplaneError::Map {
-            name: names::CONNTRACK_FILTER,
-            error,
-        })?;
-        let words_per_half = (info.max_entries().saturating_sub(1)) / 2;
-        if info.value_size() != 8 || !words_per_half.is_power_of_two() {
-            return Err(err(format!(
-                "{} entries of {} bytes is not a control word and two halves of a power of \
-                 two of words: lb-ebpf and lb-userspace are out of step",
-                info.max_entries(),
-                info.value_size()
-            )));
+        let words = MappedWords::open(map, names::CONNTRACK_FILTER)?;
+        let words_per_half = words.len().saturating_sub(1) / 2;
+        if words.len() != 1 + 2 * words_per_half || !words_per_half.is_power_of_two() {
+            return Err(DataplaneError::MapValue {
+                name: names::CONNTRACK_FILTER,
+                message: format!(
+                    "{} words are not a control word and two halves of a power of two of \
+                     words: lb-ebpf and lb-userspace are out of step",
+                    words.len()
+                ),
+            });
         }
-        let elements = info.max_entries() as usize;
-        let mapped = page_rounded(elements * std::mem::size_of::<u64>());
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        // SAFETY: where the kernel chooses, the array's own size rounded up to pages.
-        let base =
-            unsafe { map_shared(map.fd().as_fd().as_raw_fd(), mapped, std::ptr::null_mut()) }
-                .map_err(|e| err(format!("mapping it into memory: {e}")))?;
         Ok(Self {
-            words: base.cast::<AtomicU64>(),
-            mapped,
+            words,
             words_per_half,
             rebuilding: Mutex::new(()),
             changed: Mutex::new(Instant::now()),
@@ -82,12 +60,7 @@ impl ConntrackFilter {
     }
 
     fn word(&self, index: u32) -> &AtomicU64 {
-        assert!(
-            index <= 2 * self.words_per_half,
-            "filter word {index} out of range"
-        );
-        // SAFETY: within the mapping (checked above), 8-byte aligned (page-aligned base).
-        unsafe { &*self.words.add(index as usize) }
+        self.words.word(index)
     }
 
     /// Writers on, readers off: from here the kernel sets the bit of every forward entry it
@@ -131,13 +104,6 @@ impl ConntrackFilter {
             keys: 0,
             _rebuilding: guard,
         }
-    }
-}
-
-impl Drop for ConntrackFilter {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `open` made, unmapped once.
-        unsafe { libc::munmap(self.words as *mut libc::c_void, self.mapped) };
     }
 }
 

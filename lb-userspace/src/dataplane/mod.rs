@@ -146,6 +146,8 @@ pub struct Dataplane {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// `CONNTRACK_FILTER`, mapped; shared with `MapReaders`, whose walks rebuild it.
     conntrack_filter: std::sync::Arc<conntrack_filter::ConntrackFilter>,
+    /// `REPLY_FILTER`, mapped: `lbd` sets the bit of every backend endpoint it writes.
+    reply_filter: mmap::MappedWords,
     /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
     interface_macs: std::collections::BTreeMap<u32, (Option<[u8; 6]>, bool)>,
 }
@@ -171,6 +173,7 @@ impl Dataplane {
             adopted = pin::has_pinned_maps(dir);
             if adopted {
                 pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
+                pin::unpin_replaced(dir)?;
             }
             for name in names::ALL {
                 loader.map_pin_path(name, pin::map_path(dir, name));
@@ -194,16 +197,11 @@ impl Dataplane {
         maps::bump_frontend_gen(ebpf.map_mut(names::FRONTEND_GEN).expect("checked above"))?;
         // Adopted or new, the filter is not trusted until this lbd rebuilt it (see
         // `conntrack_filter`): a program of an older version may have written flows unseen.
-        let conntrack_filter = match ebpf.map(names::CONNTRACK_FILTER).expect("checked above") {
-            aya::maps::Map::Array(data) => conntrack_filter::ConntrackFilter::open(data)?,
-            _ => {
-                return Err(DataplaneError::MapValue {
-                    name: names::CONNTRACK_FILTER,
-                    message: "not an array: lb-ebpf and lb-userspace are out of step".into(),
-                });
-            }
-        };
+        let conntrack_filter =
+            conntrack_filter::ConntrackFilter::open(array_data(&ebpf, names::CONNTRACK_FILTER)?)?;
         conntrack_filter.switch_readers_off();
+        let reply_filter =
+            mmap::MappedWords::open(array_data(&ebpf, names::REPLY_FILTER)?, names::REPLY_FILTER)?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::XDP)?;
         xdp.load().map_err(|error| DataplaneError::Verify {
             name: programs::XDP,
@@ -227,6 +225,7 @@ impl Dataplane {
             sockets: None,
             logger,
             conntrack_filter: std::sync::Arc::new(conntrack_filter),
+            reply_filter,
         })
     }
 
@@ -694,6 +693,20 @@ pub fn default_route_interfaces() -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The array map `name` of `ebpf`, to be mapped into memory.
+fn array_data<'e>(
+    ebpf: &'e Ebpf,
+    name: &'static str,
+) -> Result<&'e aya::maps::MapData, DataplaneError> {
+    match ebpf.map(name).expect("checked at load") {
+        aya::maps::Map::Array(data) => Ok(data),
+        _ => Err(DataplaneError::MapValue {
+            name,
+            message: "not an array: lb-ebpf and lb-userspace are out of step".into(),
+        }),
+    }
 }
 
 /// How much of the verifier's budget a program took (the kernel stops at 1,000,000

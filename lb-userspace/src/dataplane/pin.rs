@@ -15,7 +15,11 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{ArrayOfMaps, MapInfo};
-use lb_common::maps::{TableElement, names};
+use lb_common::{
+    endpoint_filter,
+    maps::{TableElement, names},
+};
+use tracing::info;
 
 use super::DataplaneError;
 
@@ -200,6 +204,48 @@ fn configured_entries(max_entries: u32) -> u32 {
     }
 }
 
+/// The key size, value size and entries of an earlier layout of map `name` that is made
+/// anew rather than adopted: the endpoint filters of one-byte slots, bits since
+/// `endpoint_filter`, whose slots mean other endpoints now. A new, empty filter loses
+/// nothing: `lbd` marks every backend endpoint in `REPLY_FILTER` before it attaches, and a
+/// packet of a tracked flow whose frontend's `FORWARD_FILTER` bit is clear finds its flow
+/// through its frontend, as every flow does once after a restart (a new frontend
+/// generation), until a new flow to that frontend sets the bit.
+fn replaced_layout(name: &str) -> Option<(u32, u32, u32)> {
+    match name {
+        names::FORWARD_FILTER | names::REPLY_FILTER => Some((
+            std::mem::size_of::<u32>() as u32,
+            endpoint_filter::EARLIER_VALUE_SIZE,
+            endpoint_filter::EARLIER_ENTRIES,
+        )),
+        _ => None,
+    }
+}
+
+/// Removes the pins of maps of a replaced layout (see `replaced_layout`), so that the load
+/// makes and pins them anew; a program still running on them keeps them until it is
+/// replaced.
+pub(crate) fn unpin_replaced(dir: &Path) -> Result<(), DataplaneError> {
+    for name in names::ALL {
+        let path = map_path(dir, name);
+        let Some(earlier) = replaced_layout(name).filter(|_| path.exists()) else {
+            continue;
+        };
+        let pinned = MapInfo::from_pin(&path)
+            .map_err(|e| DataplaneError::Pin(format!("reading {}: {e}", path.display())))?;
+        if (pinned.key_size(), pinned.value_size(), pinned.max_entries()) != earlier {
+            continue;
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
+        info!(
+            map = name,
+            "the pinned map has an earlier layout (one-byte slots): made anew"
+        );
+    }
+    Ok(())
+}
+
 /// Refuses pinned maps whose shape differs from what this build's kernel object declares: a
 /// program must never read a map laid out by another version.
 pub(crate) fn check_compatible(
@@ -226,7 +272,7 @@ pub(crate) fn check_compatible(
             check_table_layout(&path)?;
         }
         let earlier = earlier_entries(name, conntrack_entries).map(|n| (want.0, want.1, n));
-        if have != want && Some(have) != earlier {
+        if have != want && Some(have) != earlier && Some(have) != replaced_layout(name) {
             let hint = if name == names::CONNTRACK && have.0 == want.0 && have.1 == want.1 {
                 format!(
                     "start with --conntrack-entries {} to keep the tracked flows, or ",

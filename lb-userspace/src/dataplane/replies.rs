@@ -2,19 +2,17 @@
 //! see `plan::replies`), and marking every backend endpoint in `REPLY_FILTER` so the program
 //! looks its replies up even on a node that never tracked one of its flows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 
-use aya::maps::{Array, HashMap, IterableMap as _, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
 use lb_common::{
+    endpoint_filter,
     hash::endpoint_filter_slot,
     maps::{EndpointKey, ReplyFrontend, names},
 };
 
 use super::{Dataplane, DataplaneError, changes::Changes, maps::map_err};
 use crate::plan::DesiredState;
-
-/// One-byte slots per `REPLY_FILTER` element.
-const FILTER_SLOTS_PER_ELEMENT: u32 = 64;
 
 impl Dataplane {
     /// Marks `endpoints` (the backend endpoints just written) in `REPLY_FILTER`, then writes
@@ -25,7 +23,7 @@ impl Dataplane {
         endpoints: &[EndpointKey],
         changes: &Changes<EndpointKey, ReplyFrontend>,
     ) -> Result<(), DataplaneError> {
-        self.mark_reply_filter(endpoints.iter())?;
+        self.mark_reply_filter(endpoints);
         if changes.is_empty() {
             return Ok(());
         }
@@ -39,48 +37,17 @@ impl Dataplane {
         changes.delete(map.map(), names::REPLY_FRONTENDS)
     }
 
-    /// Sets the `REPLY_FILTER` slot of each endpoint. An element is read, changed and written
-    /// back whole, so a slot the program sets meanwhile in the same element can be lost; that
-    /// slot is a backend endpoint's, and every backend endpoint is marked here when it is
-    /// written (all of them after a load), so a lost slot is one this call or an earlier one
-    /// sets anyway.
-    fn mark_reply_filter<'a>(
-        &mut self,
-        endpoints: impl Iterator<Item = &'a EndpointKey>,
-    ) -> Result<(), DataplaneError> {
-        let mut by_element: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+    /// Sets the `REPLY_FILTER` bit of each endpoint, with an atomic OR beside the kernel's.
+    fn mark_reply_filter(&self, endpoints: &[EndpointKey]) {
         for key in endpoints {
             let slot = endpoint_filter_slot(&key.addr, key.port_be, key.proto);
-            by_element
-                .entry(slot / FILTER_SLOTS_PER_ELEMENT)
-                .or_default()
-                .insert(slot % FILTER_SLOTS_PER_ELEMENT);
-        }
-        if by_element.is_empty() {
-            return Ok(());
-        }
-        let mut filter: Array<&mut MapData, [u8; FILTER_SLOTS_PER_ELEMENT as usize]> =
-            Array::try_from(
-                self.ebpf_mut()
-                    .map_mut(names::REPLY_FILTER)
-                    .expect("checked at load"),
-            )
-            .map_err(map_err(names::REPLY_FILTER))?;
-        for (element, slots) in by_element {
-            let mut bytes = filter
-                .get(&element, 0)
-                .map_err(map_err(names::REPLY_FILTER))?;
-            if slots.iter().all(|s| bytes[*s as usize] != 0) {
-                continue;
+            let (word, bit) = endpoint_filter::position(slot);
+            let word = self.reply_filter.word(word);
+            // Read first: the bit is usually set already, and the line then stays clean.
+            if word.load(Ordering::Relaxed) & bit == 0 {
+                word.fetch_or(bit, Ordering::Relaxed);
             }
-            for slot in slots {
-                bytes[slot as usize] = 1;
-            }
-            filter
-                .set(element, bytes, 0)
-                .map_err(map_err(names::REPLY_FILTER))?;
         }
-        Ok(())
     }
 
     /// Removes `REPLY_FRONTENDS` entries `desired` does not have (see `prune`).
