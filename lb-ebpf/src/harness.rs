@@ -73,9 +73,12 @@ const PROTO_UDP: u8 = 17;
 #[btf_map]
 static PRISTINE: Array<[u64; 16], 1> = Array::new();
 
-/// Per-CPU sequence number of the vary programs.
+/// Per-CPU sequence numbers of the vary programs: slot 0 for runs without a span, which
+/// only grows, so no run meets a flow an earlier one opened; slot 1 for runs with one. One
+/// number for both let a spread run leave it small, and the next new-flow run then sent the
+/// SYNs of flows the check pass had opened.
 #[btf_map]
-static VARY_SEQ: PerCpuArray<u32, 1> = PerCpuArray::new();
+static VARY_SEQ: PerCpuArray<u32, 2> = PerCpuArray::new();
 
 /// 0: the vary programs' sequence only grows (a new flow every iteration). N: it runs through
 /// 0..N and starts again, so the packets cycle through N flows (the spread classes, whose
@@ -162,8 +165,8 @@ fn restore(ctx: &XdpContext, layout: &Layout, vary: bool) -> Option<()> {
         }
     }
     if vary {
-        let seq = VARY_SEQ.get_ptr_mut(0)?;
         let span = *VARY_SPAN.get(0)?;
+        let seq = VARY_SEQ.get_ptr_mut(u32::from(span != 0))?;
         // SAFETY: per-CPU value, only this CPU's runs touch it.
         let n = unsafe {
             let n = if span != 0 && *seq >= span { 0 } else { *seq };
