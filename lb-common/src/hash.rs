@@ -199,7 +199,9 @@ mod tests {
         let v6 = |i: u32| Addr {
             words: [0xfd00u32.to_be(), 0, i.to_be(), 1u32.to_be()],
         };
-        let sets: [(&str, u32, &dyn Fn(u32) -> u32); 4] = [
+        // What a set is, how many endpoints, and endpoint i's slot.
+        type Set<'a> = (&'a str, u32, &'a dyn Fn(u32) -> u32);
+        let sets: [Set<'_>; 4] = [
             ("consecutive addresses", 100_000, &|i| {
                 endpoint_filter_slot(&v4(0xc612_0000 + i), 8080u16.to_be(), 6)
             }),
