@@ -585,17 +585,18 @@ fn set_filter_slot(filter: &EndpointFilter, addr: &Addr, port_be: u16, proto: u8
     }
 }
 
-/// Whether a packet from this endpoint may be a reply: false only if the program never
-/// wrote a reply entry for it (see `REPLY_FILTER`).
+/// Whether a packet from this endpoint may be a reply: false only if neither `lbd` (for a
+/// backend endpoint) nor the program (for a reply entry) marked it (see `REPLY_FILTER`).
 #[inline(always)]
 pub fn may_be_reply(addr: &Addr, port_be: u16, proto: u8) -> bool {
     filter_slot_set(&REPLY_FILTER, addr, port_be, proto)
 }
 
-/// Whether a packet to this endpoint may belong to a tracked flow: false only if the program
-/// never wrote a forward entry for it (see `FORWARD_FILTER`).
+/// Whether this endpoint may be a frontend or a tracked flow's destination: false only if
+/// neither `lbd` (for a frontend) nor the program (for a forward entry) marked it (see
+/// `FORWARD_FILTER`).
 #[inline(always)]
-pub fn may_be_forward(addr: &Addr, port_be: u16, proto: u8) -> bool {
+pub fn may_be_frontend(addr: &Addr, port_be: u16, proto: u8) -> bool {
     filter_slot_set(&FORWARD_FILTER, addr, port_be, proto)
 }
 

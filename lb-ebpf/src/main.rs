@@ -103,7 +103,11 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     // `PENDING`'s answer for a SYN's key, asked below (null: none), kept for `pending`.
     let mut syn_pending: *mut Flow = core::ptr::null_mut();
     let mut pending_asked = false;
-    if conntrack::may_be_forward(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto) {
+    // `lbd` marks every frontend in this filter before it writes it, and the program every
+    // tracked flow's destination: a clear bit is no frontend and no flow, and skips both
+    // lookups (a packet for no frontend then costs none, unless its source may be a reply).
+    let may_be_frontend = conntrack::may_be_frontend(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto);
+    if may_be_frontend {
         // A SYN whose key the filter never saw opens a flow: no lookup of the full table.
         // `PENDING` is asked while the filter's word (a cold line) arrives: a new flow's SYN
         // asks it anyway, and the two cache misses overlap instead of adding up.
@@ -131,7 +135,12 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     }
     // One key, reused for both lookups: the BPF stack is small.
     let mut endpoint = EndpointKey::new(pkt.key.dst, pkt.key.dport_be, pkt.key.proto);
-    if let Some(svc) = FRONTENDS.get_ptr(&endpoint) {
+    let frontend = if may_be_frontend {
+        FRONTENDS.get_ptr(&endpoint)
+    } else {
+        None
+    };
+    if let Some(svc) = frontend {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };

@@ -82,9 +82,11 @@ pub type EndpointFilter =
 #[btf_map]
 pub static REPLY_FILTER: EndpointFilter = Array::new();
 
-/// A bit per frontend endpoint (`endpoint_filter_slot`) that the program ever wrote a
-/// forward entry for, like `REPLY_FILTER`: a packet whose destination's bit is clear cannot
-/// belong to a tracked flow and skips the flow-first lookup.
+/// A bit per frontend endpoint (`endpoint_filter_slot`), like `REPLY_FILTER`: set by
+/// userspace for every frontend before it writes it to `FRONTENDS`, and by the program for
+/// every forward entry's destination; never cleared. A packet whose destination's bit is
+/// clear is for no frontend and no tracked flow, and skips both the flow-first and the
+/// `FRONTENDS` lookup.
 #[btf_map]
 pub static FORWARD_FILTER: EndpointFilter = Array::new();
 

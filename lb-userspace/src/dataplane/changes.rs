@@ -137,6 +137,9 @@ impl Dataplane {
     /// emptied only once no frontend leads to it); then the replies translated without an
     /// entry, which the program reaches only through `BACKEND_ENDPOINTS`.
     fn write_changes(&mut self, changes: &PlanChanges) -> Result<(), DataplaneError> {
+        // Before any of them is written: the program looks a frontend up only if it is marked.
+        self.endpoint_filters
+            .mark_frontends(&changes.frontends.write_keys);
         let [backends, tables, endpoints, frontends, frontend_gen] =
             self.ebpf_mut().maps_disjoint_mut([
                 names::BACKENDS,

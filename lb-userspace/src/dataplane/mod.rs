@@ -3,6 +3,7 @@
 mod batch;
 mod changes;
 mod conntrack_filter;
+mod endpoint_filters;
 mod maps;
 mod mmap;
 pub mod netlink;
@@ -146,8 +147,9 @@ pub struct Dataplane {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// `CONNTRACK_FILTER`, mapped; shared with `MapReaders`, whose walks rebuild it.
     conntrack_filter: std::sync::Arc<conntrack_filter::ConntrackFilter>,
-    /// `REPLY_FILTER`, mapped: `lbd` sets the bit of every backend endpoint it writes.
-    reply_filter: mmap::MappedWords,
+    /// `FORWARD_FILTER` and `REPLY_FILTER`, mapped: `lbd` marks every frontend and backend
+    /// endpoint it writes.
+    endpoint_filters: endpoint_filters::EndpointFilters,
     /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
     interface_macs: std::collections::BTreeMap<u32, (Option<[u8; 6]>, bool)>,
 }
@@ -200,8 +202,7 @@ impl Dataplane {
         let conntrack_filter =
             conntrack_filter::ConntrackFilter::open(array_data(&ebpf, names::CONNTRACK_FILTER)?)?;
         conntrack_filter.switch_readers_off();
-        let reply_filter =
-            mmap::MappedWords::open(array_data(&ebpf, names::REPLY_FILTER)?, names::REPLY_FILTER)?;
+        let endpoint_filters = endpoint_filters::EndpointFilters::open(&ebpf)?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::XDP)?;
         xdp.load().map_err(|error| DataplaneError::Verify {
             name: programs::XDP,
@@ -225,7 +226,7 @@ impl Dataplane {
             sockets: None,
             logger,
             conntrack_filter: std::sync::Arc::new(conntrack_filter),
-            reply_filter,
+            endpoint_filters,
         })
     }
 

@@ -2,14 +2,8 @@
 //! see `plan::replies`), and marking every backend endpoint in `REPLY_FILTER` so the program
 //! looks its replies up even on a node that never tracked one of its flows.
 
-use std::sync::atomic::Ordering;
-
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use lb_common::{
-    endpoint_filter,
-    hash::endpoint_filter_slot,
-    maps::{EndpointKey, ReplyFrontend, names},
-};
+use lb_common::maps::{EndpointKey, ReplyFrontend, names};
 
 use super::{Dataplane, DataplaneError, changes::Changes, maps::map_err};
 use crate::plan::DesiredState;
@@ -23,7 +17,7 @@ impl Dataplane {
         endpoints: &[EndpointKey],
         changes: &Changes<EndpointKey, ReplyFrontend>,
     ) -> Result<(), DataplaneError> {
-        self.mark_reply_filter(endpoints);
+        self.endpoint_filters.mark_backend_endpoints(endpoints);
         if changes.is_empty() {
             return Ok(());
         }
@@ -35,19 +29,6 @@ impl Dataplane {
         .map_err(map_err(names::REPLY_FRONTENDS))?;
         changes.write(map.map(), names::REPLY_FRONTENDS)?;
         changes.delete(map.map(), names::REPLY_FRONTENDS)
-    }
-
-    /// Sets the `REPLY_FILTER` bit of each endpoint, with an atomic OR beside the kernel's.
-    fn mark_reply_filter(&self, endpoints: &[EndpointKey]) {
-        for key in endpoints {
-            let slot = endpoint_filter_slot(&key.addr, key.port_be, key.proto);
-            let (word, bit) = endpoint_filter::position(slot);
-            let word = self.reply_filter.word(word);
-            // Read first: the bit is usually set already, and the line then stays clean.
-            if word.load(Ordering::Relaxed) & bit == 0 {
-                word.fetch_or(bit, Ordering::Relaxed);
-            }
-        }
     }
 
     /// Removes `REPLY_FRONTENDS` entries `desired` does not have (see `prune`).
