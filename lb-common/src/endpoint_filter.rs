@@ -1,8 +1,8 @@
 //! `REPLY_FILTER` and `FORWARD_FILTER`: a bit per endpoint slot (`hash::endpoint_filter_slot`)
-//! for the backend endpoints that may send replies and the frontend endpoints that may have
-//! tracked flows. A packet whose endpoint's bit is clear skips a hash lookup; a set bit that
-//! stands for another endpoint (a shared slot) only costs that lookup. Bits are never
-//! cleared.
+//! for the backend endpoints that may send replies and for the frontends (with every tracked
+//! flow's destination). A packet whose endpoint's bit is clear skips the hash lookups the
+//! filter guards; a set bit that stands for another endpoint (a shared slot) only costs them.
+//! Bits are never cleared.
 //!
 //! Sized for the largest plan: with `MAX_BACKEND_ENDPOINTS` (or `MAX_FRONTENDS`) endpoints
 //! set, about one slot in nine is; with 100,000, one in 21. A filter of one-byte slots (32,768
