@@ -29,7 +29,7 @@ const SEED_MIXED_V4: u32 = mix(SEED, V4_MAPPED_WORD);
 
 /// `mix(SEED, folded)`, where `folded` is words 0 to 2 of an address folded together: for an
 /// IPv4 address (nearly every packet) that is a constant, which saves one multiply chain per
-/// hash, on every packet for the endpoint filters. The same value as the mix in every case.
+/// hash. The same value as the mix in every case.
 #[inline(always)]
 const fn mix_first(folded: u32) -> u32 {
     if folded == V4_MAPPED_WORD {
@@ -134,10 +134,10 @@ mod tests {
 
     #[test]
     fn golden_values_pin_the_ipv6_hashes_and_the_endpoint_filter_slots() {
-        // Filter slots outlive the program in pinned maps: an upgraded program must find the
-        // slots an older one set, or the pins must be made anew (as they are for the filters
-        // of one-byte slots and the flow hash's mix, the layout before). The flow hashes'
-        // values were taken before `mix_first` folded IPv4's first block.
+        // A change of the filter slots leaves an adopted filter's bits on other slots: `lbd`
+        // marks every frontend and backend endpoint again at every load, before it attaches,
+        // so that only costs lookups for flows' own marks, but it should be deliberate. The
+        // flow hashes' values were taken before `mix_first` folded IPv4's first block.
         let word = u32::from_ne_bytes;
         let client = Addr {
             words: [word([0xfd, 0, 0, 1]), 0, 0, word([0, 0, 0, 2])],

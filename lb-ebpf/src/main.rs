@@ -3,7 +3,7 @@
 //! programs that balance local clients' sockets (`sock`).
 #![no_std]
 #![no_main]
-// `atomic_or`: the BPF target has no atomic read-modify-write methods (conntrack::filter).
+// `atomic_or`: the BPF target has no atomic read-modify-write methods (the filters).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 

@@ -76,8 +76,8 @@ pub type EndpointFilter =
 /// program for every endpoint it wrote a reply entry for, and by userspace for every endpoint
 /// of `BACKEND_ENDPOINTS` it writes (so a node that never saw a flow of a backend still looks
 /// its replies up, for `REPLY_FRONTENDS`); never cleared. A packet whose source's bit is
-/// clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: a packet for no
-/// frontend then costs one hash lookup, not two. A stale or shared slot only costs that
+/// clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: with `FORWARD_FILTER`,
+/// a packet for no frontend then costs no hash lookup. A stale or shared slot only costs that
 /// lookup.
 #[btf_map]
 pub static REPLY_FILTER: EndpointFilter = Array::new();

@@ -137,9 +137,13 @@ impl Dataplane {
     /// emptied only once no frontend leads to it); then the replies translated without an
     /// entry, which the program reaches only through `BACKEND_ENDPOINTS`.
     fn write_changes(&mut self, changes: &PlanChanges) -> Result<(), DataplaneError> {
-        // Before any of them is written: the program looks a frontend up only if it is marked.
+        // Before anything is written, and whatever fails later (a mark that outlives its
+        // entry only costs a lookup): the program looks a frontend up only if it is marked,
+        // and a backend endpoint's replies only if it is.
         self.endpoint_filters
             .mark_frontends(&changes.frontends.write_keys);
+        self.endpoint_filters
+            .mark_backend_endpoints(&changes.endpoints.write_keys);
         let [backends, tables, endpoints, frontends, frontend_gen] =
             self.ebpf_mut().maps_disjoint_mut([
                 names::BACKENDS,
@@ -204,7 +208,7 @@ impl Dataplane {
             &backend_changes.remove,
             &vec![Backend::default(); backend_changes.remove.len()],
         )?;
-        self.write_reply_frontends(&endpoint_changes.write_keys, &changes.reply_frontends)
+        self.write_reply_frontends(&changes.reply_frontends)
     }
 }
 

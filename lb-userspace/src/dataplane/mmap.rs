@@ -1,6 +1,6 @@
 //! Shared memory mappings of mmapable BPF arrays (BPF_F_MMAPABLE): the selection tables
-//! (`tables`), `CONNTRACK_FILTER` (`conntrack_filter`) and `REPLY_FILTER` (`replies`) are
-//! written through them.
+//! (`tables`), `CONNTRACK_FILTER` (`conntrack_filter`) and the endpoint filters
+//! (`endpoint_filters`) are written through them.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -46,7 +46,7 @@ pub(super) unsafe fn map_shared(fd: i32, mapped: usize, at: *mut u8) -> std::io:
 }
 
 /// An mmapable BPF array of `u64` words, mapped into this process: its words are read and
-/// set atomically beside the kernel's (`CONNTRACK_FILTER`, `REPLY_FILTER`).
+/// set atomically beside the kernel's (`CONNTRACK_FILTER`, the endpoint filters).
 pub(super) struct MappedWords {
     words: *const AtomicU64,
     len: u32,

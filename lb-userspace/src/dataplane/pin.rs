@@ -207,10 +207,9 @@ fn configured_entries(max_entries: u32) -> u32 {
 /// The key size, value size and entries of an earlier layout of map `name` that is made
 /// anew rather than adopted: the endpoint filters of one-byte slots, bits since
 /// `endpoint_filter`, whose slots mean other endpoints now. A new, empty filter loses
-/// nothing: `lbd` marks every backend endpoint in `REPLY_FILTER` before it attaches, and a
-/// packet of a tracked flow whose frontend's `FORWARD_FILTER` bit is clear finds its flow
-/// through its frontend, as every flow does once after a restart (a new frontend
-/// generation), until a new flow to that frontend sets the bit.
+/// nothing: `lbd` marks every frontend and backend endpoint in them when it writes them all,
+/// before it attaches, and every tracked flow goes to a frontend. An older `lbd` refuses the
+/// new filters, so going back to one afterwards needs `lbd cleanup`.
 fn replaced_layout(name: &str) -> Option<(u32, u32, u32)> {
     match name {
         names::FORWARD_FILTER | names::REPLY_FILTER => Some((

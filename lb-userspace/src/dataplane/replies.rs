@@ -1,6 +1,5 @@
 //! Writing the plan's `REPLY_FRONTENDS` (replies translated without a connection-table entry,
-//! see `plan::replies`), and marking every backend endpoint in `REPLY_FILTER` so the program
-//! looks its replies up even on a node that never tracked one of its flows.
+//! see `plan::replies`).
 
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use lb_common::maps::{EndpointKey, ReplyFrontend, names};
@@ -9,15 +8,12 @@ use super::{Dataplane, DataplaneError, changes::Changes, maps::map_err};
 use crate::plan::DesiredState;
 
 impl Dataplane {
-    /// Marks `endpoints` (the backend endpoints just written) in `REPLY_FILTER`, then writes
-    /// `changes` to `REPLY_FRONTENDS`. Called after `BACKEND_ENDPOINTS` is written: the
+    /// Writes `changes` to `REPLY_FRONTENDS`. Called after `BACKEND_ENDPOINTS` is written: the
     /// program reaches `REPLY_FRONTENDS` only through it.
     pub(super) fn write_reply_frontends(
         &mut self,
-        endpoints: &[EndpointKey],
         changes: &Changes<EndpointKey, ReplyFrontend>,
     ) -> Result<(), DataplaneError> {
-        self.endpoint_filters.mark_backend_endpoints(endpoints);
         if changes.is_empty() {
             return Ok(());
         }
