@@ -410,7 +410,15 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
             backend
         );
     }
+    // And as after an upgrade from the version whose endpoint filters had one-byte slots:
+    // pins of that layout in the filters' place. The new lbd makes both anew and marks them
+    // before its program replaces the running one, which keeps its own filters until then.
+    for name in ["FORWARD_FILTER", "REPLY_FILTER"] {
+        std::fs::remove_file(lb.pin_dir().join("maps").join(name)).expect(name);
+        pin_map(lb.pin_dir(), name, earlier_endpoint_filter());
+    }
     lb.restart(&topo.node).expect("restart after kill -9");
+    assert!(lb.output().contains("made anew"), "{}", lb.output());
     let status = lbctl_json(&lb, &["status"]);
     assert!(
         status["attachments"]
@@ -893,6 +901,18 @@ fn pin_map(dir: &Path, name: &str, fd: i64) {
     unsafe { libc::close(fd as i32) };
 }
 
+/// An endpoint filter as the meshlb before bit filters made it: an array of 512 elements of
+/// 64 one-byte slots. Its descriptor.
+fn earlier_endpoint_filter() -> i64 {
+    const ARRAY: u64 = 2;
+    let mut attr = [0u64; 16];
+    attr[0] = ARRAY | 4 << 32;
+    attr[1] = 64 | 512 << 32;
+    let fd = bpf(MAP_CREATE, &mut attr);
+    assert!(fd > 0, "{}", std::io::Error::last_os_error());
+    fd
+}
+
 /// Loading a dataplane of `conntrack_entries` on the maps pinned in `dir` is refused, with
 /// every one of `says` in the message.
 fn assert_refused_with(dir: &Path, conntrack_entries: u32, says: &[&str]) {
@@ -958,7 +978,6 @@ fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew(
     use lb_common::maps::{Flow, FlowKey};
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
     const LRU_HASH: u64 = 9;
-    const ARRAY: u64 = 2;
     let dir = scratch_pin_dir("earlier");
     let _remove = RemoveOnDrop(&dir);
     // What a meshlb from before `hash_table_entries` pinned for --conntrack-entries 65536:
@@ -971,14 +990,8 @@ fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew(
         assert!(fd > 0, "{name}: {}", std::io::Error::last_os_error());
         pin_map(&dir, name, fd);
     }
-    // Its endpoint filters: 512 elements of 64 one-byte slots.
     for name in ["FORWARD_FILTER", "REPLY_FILTER"] {
-        let mut attr = [0u64; 16];
-        attr[0] = ARRAY | 4 << 32;
-        attr[1] = 64 | 512 << 32;
-        let fd = bpf(MAP_CREATE, &mut attr);
-        assert!(fd > 0, "{name}: {}", std::io::Error::last_os_error());
-        pin_map(&dir, name, fd);
+        pin_map(&dir, name, earlier_endpoint_filter());
     }
     let path = dir.join("maps").join("CONNTRACK");
     let mut table: HashMap<MapData, FlowKey, Flow> =
