@@ -1,16 +1,16 @@
 //! `REPLY_FILTER` and `FORWARD_FILTER`: a bit per endpoint slot (`hash::endpoint_filter_slot`)
-//! for the backend endpoints that may send replies and for the frontends (with every tracked
-//! flow's destination). A packet whose endpoint's bit is clear skips the hash lookups the
-//! filter guards; a set bit that stands for another endpoint (a shared slot) only costs them.
-//! Bits are never cleared.
+//! for the backend endpoints and the frontends `lbd` wrote. A packet whose endpoint's bit is
+//! clear skips the hash lookups the filter guards; a set bit that stands for another endpoint
+//! (a shared slot) only costs them. Only `lbd` sets bits, and it never clears one: it makes
+//! both filters anew when it starts, and marks every endpoint before the program is attached.
 //!
 //! Sized for the largest plan: with `MAX_BACKEND_ENDPOINTS` (or `MAX_FRONTENDS`) endpoints
 //! set, about one slot in nine is; with 100,000, one in 21. A filter of one-byte slots (32,768
 //! of them, the layout before) was nearly full at 100,000 backend endpoints, and every packet
 //! for no frontend paid the lookup it exists to skip.
 
-/// Map flags: BPF_F_MMAPABLE, so `lbd` sets bits with atomic ORs in its own mapping, beside
-/// the kernel's, instead of writing whole words back (which could undo a bit set meanwhile).
+/// Map flags: BPF_F_MMAPABLE, so `lbd` sets bits in its own mapping instead of a syscall per
+/// word.
 pub const FLAGS: u32 = crate::maps::BPF_F_MMAPABLE;
 
 /// `u64` words in each filter: 256 KiB.
@@ -24,12 +24,6 @@ pub const SLOTS: u32 = WORDS * 64;
 pub const fn position(slot: u32) -> (u32, u64) {
     (slot / 64, 1u64 << (slot % 64))
 }
-
-/// The layout the endpoint filters had before: 512 elements of 64 one-byte slots. A pinned
-/// filter of this layout is replaced, not adopted (see `lbd`'s pin check): its slots mean
-/// other endpoints here.
-pub const EARLIER_VALUE_SIZE: u32 = 64;
-pub const EARLIER_ENTRIES: u32 = 512;
 
 #[cfg(test)]
 mod tests {

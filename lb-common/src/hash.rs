@@ -134,10 +134,9 @@ mod tests {
 
     #[test]
     fn golden_values_pin_the_ipv6_hashes_and_the_endpoint_filter_slots() {
-        // A change of the filter slots leaves an adopted filter's bits on other slots: `lbd`
-        // marks every frontend and backend endpoint again at every load, before it attaches,
-        // so that only costs lookups for flows' own marks, but it should be deliberate. The
-        // flow hashes' values were taken before `mix_first` folded IPv4's first block.
+        // The filter slots may change between versions (`lbd` makes the filters anew when it
+        // starts), but deliberately. The flow hashes' values were taken before `mix_first`
+        // folded IPv4's first block.
         let word = u32::from_ne_bytes;
         let client = Addr {
             words: [word([0xfd, 0, 0, 1]), 0, 0, word([0, 0, 0, 2])],

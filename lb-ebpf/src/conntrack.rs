@@ -3,11 +3,7 @@
 pub mod filter;
 mod unconfirmed;
 
-use core::{
-    ffi::c_void,
-    intrinsics::{AtomicOrdering, atomic_or},
-    mem::MaybeUninit,
-};
+use core::{ffi::c_void, mem::MaybeUninit};
 
 pub use unconfirmed::{Pending, lookup as lookup_pending, pending};
 
@@ -435,7 +431,6 @@ pub fn insert(
     PENDING
         .insert(key, &*flow, 0)
         .map_err(|_| InsertError::Full)?;
-    set_filter_slot(&FORWARD_FILTER, &key.dst, key.dport_be, key.proto);
     Ok(())
 }
 
@@ -495,20 +490,10 @@ pub fn just_inserted() -> Option<*mut Flow> {
 /// `stateless::reply` gives them the frontend as source, and no other flow can hold the
 /// reply key (the same client port toward the same frontend is this flow). The flow's
 /// first packet then costs one insert into a full `PENDING` instead of two, which is what a
-/// SYN flood costs; `confirm` writes the confirmed reply entry as for any flow. Only the
-/// reply filter's slot is set here, so that the replies are looked for.
+/// SYN flood costs; `confirm` writes the confirmed reply entry as for any flow.
 #[inline(always)]
 fn replies_without_entry(reply_key: &FlowKey, key: &FlowKey) -> bool {
-    let ours = reply_leads_only_to(reply_key, &key.dst, key.dport_be);
-    if ours {
-        set_filter_slot(
-            &REPLY_FILTER,
-            &reply_key.src,
-            reply_key.sport_be,
-            reply_key.proto,
-        );
-    }
-    ours
+    reply_leads_only_to(reply_key, &key.dst, key.dport_be)
 }
 
 /// How long a flow holds its reply key against a new flow's claim: between its idle limit
@@ -550,51 +535,24 @@ impl Held {
 #[inline(always)]
 fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64, held: Held) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
-    let claimed = !reply_owner_alive(reply_key, now, false, held)
+    !reply_owner_alive(reply_key, now, false, held)
         && (PENDING.insert(reply_key, flow, noexist).is_ok()
             || (!reply_owner_alive(reply_key, now, true, held) && {
                 let _ = PENDING.remove(reply_key);
                 // NOEXIST again: of two CPUs taking over the same entry, one wins.
                 PENDING.insert(reply_key, flow, noexist).is_ok()
-            }));
-    if claimed {
-        set_filter_slot(
-            &REPLY_FILTER,
-            &reply_key.src,
-            reply_key.sport_be,
-            reply_key.proto,
-        );
-    }
-    claimed
+            }))
 }
 
-/// Sets an endpoint's slot in `REPLY_FILTER` (a reply entry's source, the backend endpoint)
-/// or `FORWARD_FILTER` (a forward entry's destination, the frontend).
-#[inline(always)]
-fn set_filter_slot(filter: &EndpointFilter, addr: &Addr, port_be: u16, proto: u8) {
-    let (word, bit) = endpoint_filter::position(endpoint_filter_slot(addr, port_be, proto));
-    if let Some(w) = filter.get_ptr_mut(word) {
-        // SAFETY: a map value, valid for this program run and 8-byte aligned. Read first: the
-        // bit is usually set already, and the line then stays clean. Atomic (BPF's atomic
-        // OR): other CPUs and lbd set bits of the same word meanwhile.
-        unsafe {
-            if *w & bit == 0 {
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w, bit);
-            }
-        }
-    }
-}
-
-/// Whether a packet from this endpoint may be a reply: false only if neither `lbd` (for a
-/// backend endpoint) nor the program (for a reply entry) marked it (see `REPLY_FILTER`).
+/// Whether a packet from this endpoint may be a reply: false only if it is no backend
+/// endpoint `lbd` wrote since it made the filter (see `REPLY_FILTER`).
 #[inline(always)]
 pub fn may_be_reply(addr: &Addr, port_be: u16, proto: u8) -> bool {
     filter_slot_set(&REPLY_FILTER, addr, port_be, proto)
 }
 
 /// Whether this endpoint may be a frontend or a tracked flow's destination: false only if
-/// neither `lbd` (for a frontend) nor the program (for a forward entry) marked it (see
-/// `FORWARD_FILTER`).
+/// it is no frontend `lbd` wrote since it made the filter (see `FORWARD_FILTER`).
 #[inline(always)]
 pub fn may_be_frontend(addr: &Addr, port_be: u16, proto: u8) -> bool {
     filter_slot_set(&FORWARD_FILTER, addr, port_be, proto)

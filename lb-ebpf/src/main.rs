@@ -3,7 +3,7 @@
 //! programs that balance local clients' sockets (`sock`).
 #![no_std]
 #![no_main]
-// `atomic_or`: the BPF target has no atomic read-modify-write methods (the filters).
+// `atomic_or`: the BPF target has no atomic read-modify-write methods (conntrack::filter).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -103,8 +103,8 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     // `PENDING`'s answer for a SYN's key, asked below (null: none), kept for `pending`.
     let mut syn_pending: *mut Flow = core::ptr::null_mut();
     let mut pending_asked = false;
-    // `lbd` marks every frontend in this filter before it writes it, and the program every
-    // tracked flow's destination: a clear bit is no frontend and no flow, and skips both
+    // `lbd` marks every frontend in this filter before it writes it, and a flow is only
+    // opened through a frontend: a clear bit is no frontend and no flow, and skips both
     // lookups (a packet for no frontend then costs none, unless its source may be a reply).
     let may_be_frontend = conntrack::may_be_frontend(&pkt.key.dst, pkt.key.dport_be, pkt.key.proto);
     if may_be_frontend {

@@ -72,21 +72,19 @@ pub fn reply_leads_only_to(reply: &FlowKey, addr: &Addr, port_be: u16) -> bool {
 pub type EndpointFilter =
     Array<u64, { endpoint_filter::WORDS as usize }, { endpoint_filter::FLAGS as usize }>;
 
-/// A bit per backend endpoint (`endpoint_filter_slot`) that may send replies: set by the
-/// program for every endpoint it wrote a reply entry for, and by userspace for every endpoint
-/// of `BACKEND_ENDPOINTS` it writes (so a node that never saw a flow of a backend still looks
-/// its replies up, for `REPLY_FRONTENDS`); never cleared. A packet whose source's bit is
-/// clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: with `FORWARD_FILTER`,
-/// a packet for no frontend then costs no hash lookup. A stale or shared slot only costs that
-/// lookup.
+/// A bit per backend endpoint (`endpoint_filter_slot`): set by userspace for every endpoint
+/// before it writes it to `BACKEND_ENDPOINTS`, which a reply must be in to be translated;
+/// never cleared (userspace makes the filter anew when it starts). A packet whose source's
+/// bit is clear cannot be a reply and skips the `BACKEND_ENDPOINTS` lookup: with
+/// `FORWARD_FILTER`, a packet for no frontend then costs no hash lookup. A stale or shared
+/// slot only costs that lookup.
 #[btf_map]
 pub static REPLY_FILTER: EndpointFilter = Array::new();
 
 /// A bit per frontend endpoint (`endpoint_filter_slot`), like `REPLY_FILTER`: set by
-/// userspace for every frontend before it writes it to `FRONTENDS`, and by the program for
-/// every forward entry's destination; never cleared. A packet whose destination's bit is
-/// clear is for no frontend and no tracked flow, and skips both the flow-first and the
-/// `FRONTENDS` lookup.
+/// userspace for every frontend before it writes it to `FRONTENDS`. A flow is only opened
+/// through a frontend, so a packet whose destination's bit is clear is for no frontend and
+/// no tracked flow, and skips both the flow-first and the `FRONTENDS` lookup.
 #[btf_map]
 pub static FORWARD_FILTER: EndpointFilter = Array::new();
 

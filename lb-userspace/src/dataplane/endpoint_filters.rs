@@ -1,8 +1,8 @@
-//! `lbd`'s side of the endpoint filters (layout: lb-common's `endpoint_filter`): both mapped
-//! into this process, marked with atomic ORs beside the kernel's. `FORWARD_FILTER` gets every
-//! frontend before it is written, since the program looks `FRONTENDS` up only for a packet
-//! whose destination is marked; `REPLY_FILTER` every backend endpoint, so the program looks
-//! its replies up even on a node that never tracked one of its flows.
+//! `lbd`'s side of the endpoint filters (layout: lb-common's `endpoint_filter`), their only
+//! writer: both mapped into this process. `FORWARD_FILTER` gets every frontend before it is
+//! written, since the program looks `FRONTENDS` up only for a packet whose destination is
+//! marked; `REPLY_FILTER` every backend endpoint before it is written, since the program
+//! looks `BACKEND_ENDPOINTS` up only for a packet whose source is.
 
 use std::sync::atomic::Ordering;
 

@@ -175,7 +175,7 @@ impl Dataplane {
             adopted = pin::has_pinned_maps(dir);
             if adopted {
                 pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
-                pin::unpin_replaced(dir)?;
+                pin::unpin_made_anew(dir)?;
             }
             for name in names::ALL {
                 loader.map_pin_path(name, pin::map_path(dir, name));

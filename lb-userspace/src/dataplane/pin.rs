@@ -15,10 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{ArrayOfMaps, MapInfo};
-use lb_common::{
-    endpoint_filter,
-    maps::{TableElement, names},
-};
+use lb_common::maps::{TableElement, names};
 use tracing::info;
 
 use super::DataplaneError;
@@ -204,43 +201,30 @@ fn configured_entries(max_entries: u32) -> u32 {
     }
 }
 
-/// The key size, value size and entries of an earlier layout of map `name` that is made
-/// anew rather than adopted: the endpoint filters of one-byte slots, bits since
-/// `endpoint_filter`, whose slots mean other endpoints now. A new, empty filter loses
-/// nothing: `lbd` marks every frontend and backend endpoint in them when it writes them all,
-/// before it attaches, and every tracked flow goes to a frontend. An older `lbd` refuses the
-/// new filters, so going back to one afterwards needs `lbd cleanup`.
-fn replaced_layout(name: &str) -> Option<(u32, u32, u32)> {
-    match name {
-        names::FORWARD_FILTER | names::REPLY_FILTER => Some((
-            std::mem::size_of::<u32>() as u32,
-            endpoint_filter::EARLIER_VALUE_SIZE,
-            endpoint_filter::EARLIER_ENTRIES,
-        )),
-        _ => None,
-    }
+/// Maps `lbd` makes anew at every start instead of adopting: the endpoint filters, which
+/// hold nothing but what `lbd` marks, and it marks every frontend and backend endpoint when
+/// it writes them all, before its program is attached. So they also lose their stale bits,
+/// and a version may change their layout; an older `lbd` refuses a layout it does not know,
+/// so going back to one afterwards needs `lbd cleanup`.
+fn made_anew(name: &str) -> bool {
+    matches!(name, names::FORWARD_FILTER | names::REPLY_FILTER)
 }
 
-/// Removes the pins of maps of a replaced layout (see `replaced_layout`), so that the load
-/// makes and pins them anew; a program still running on them keeps them until it is
-/// replaced.
-pub(crate) fn unpin_replaced(dir: &Path) -> Result<(), DataplaneError> {
-    for name in names::ALL {
+/// Removes the pins of the maps made anew at every start (see `made_anew`), so that the load
+/// makes and pins new ones; a program still running on them keeps them until it is replaced.
+pub(crate) fn unpin_made_anew(dir: &Path) -> Result<(), DataplaneError> {
+    for name in names::ALL.iter().filter(|name| made_anew(name)) {
         let path = map_path(dir, name);
-        let Some(earlier) = replaced_layout(name).filter(|_| path.exists()) else {
-            continue;
-        };
-        let pinned = MapInfo::from_pin(&path)
-            .map_err(|e| DataplaneError::Pin(format!("reading {}: {e}", path.display())))?;
-        if (pinned.key_size(), pinned.value_size(), pinned.max_entries()) != earlier {
-            continue;
+        match std::fs::remove_file(&path) {
+            Ok(()) => info!(map = name, "pinned map made anew, not adopted"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(DataplaneError::Pin(format!(
+                    "removing {}: {e}",
+                    path.display()
+                )));
+            }
         }
-        std::fs::remove_file(&path)
-            .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
-        info!(
-            map = name,
-            "the pinned map has an earlier layout (one-byte slots): made anew"
-        );
     }
     Ok(())
 }
@@ -256,7 +240,7 @@ pub(crate) fn check_compatible(
         .map_err(|e| DataplaneError::Pin(format!("parsing the kernel object: {e}")))?;
     for name in names::ALL {
         let path = map_path(dir, name);
-        if !path.exists() {
+        if !path.exists() || made_anew(name) {
             continue;
         }
         let Some(want) = obj.maps.get(name) else {
@@ -271,7 +255,7 @@ pub(crate) fn check_compatible(
             check_table_layout(&path)?;
         }
         let earlier = earlier_entries(name, conntrack_entries).map(|n| (want.0, want.1, n));
-        if have != want && Some(have) != earlier && Some(have) != replaced_layout(name) {
+        if have != want && Some(have) != earlier {
             let hint = if name == names::CONNTRACK && have.0 == want.0 && have.1 == want.1 {
                 format!(
                     "start with --conntrack-entries {} to keep the tracked flows, or ",
