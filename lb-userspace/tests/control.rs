@@ -734,10 +734,7 @@ fn metrics_parse_and_match_the_traffic() {
     assert_eq!(value("meshlb_dropped_packets_total", &[]), 0.0, "{body}");
     // The table's real capacity: one entry over the configured power of two, for twice the
     // buckets (`limits::hash_table_entries`).
-    assert_eq!(
-        value("meshlb_conntrack_capacity", &[]),
-        f64::from(lb_common::limits::hash_table_entries(65_536))
-    );
+    assert_eq!(value("meshlb_conntrack_capacity", &[]), 65_537.0);
     // lbd's first occupancy walk rebuilt the SYN filter and switched it on: the flows
     // confirmed before it are in it, none after it yet (the next walk is 5 s later).
     let filter = scrape
@@ -1169,7 +1166,7 @@ fn the_connection_table_occupancy_counts_every_entry_and_the_syn_filter_every_fo
             ..LoadOptions::default()
         })
         .expect("load");
-        let capacity = lb_common::limits::hash_table_entries(65_536);
+        let capacity = 65_537;
         assert_eq!(dp.conntrack_occupancy().unwrap(), (0, capacity));
         let path = dir.join("maps").join("CONNTRACK");
         let mut table: HashMap<MapData, FlowKey, Flow> =
