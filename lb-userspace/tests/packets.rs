@@ -6,6 +6,8 @@
 mod aggregate;
 #[path = "packets/conntrack_filter.rs"]
 mod conntrack_filter;
+#[path = "packets/frontend_filter.rs"]
+mod frontend_filter;
 #[path = "packets/partial.rs"]
 mod partial;
 

@@ -188,6 +188,20 @@ impl Dataplane {
         .map_err(map_err(names::CONNTRACK))
     }
 
+    /// The frontend table itself, writable: for tools that must write a frontend around
+    /// `lbd`, which marks each in `FORWARD_FILTER` first (the test kit's check that the
+    /// program looks up only marked ones). lbd writes it only through `apply`.
+    pub fn frontend_table_mut(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, EndpointKey, Service>, DataplaneError> {
+        HashMap::try_from(
+            self.ebpf_mut()
+                .map_mut(names::FRONTENDS)
+                .expect("checked at load"),
+        )
+        .map_err(map_err(names::FRONTENDS))
+    }
+
     /// Handles on the connection table and the counters of their own, to read them without
     /// holding whatever holds the `Dataplane` (walks and per-id reads take a syscall each).
     pub fn readers(&self) -> Result<MapReaders, DataplaneError> {
