@@ -455,6 +455,51 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
 }
 
 #[test]
+fn a_backend_removed_while_lbd_was_down_has_its_flows_moved_after_the_restart() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let mut lb = start(&topo, &services(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    // UDP flows until both backends hold some (bounded: Maglev spreads 16 flows over two).
+    let mut flows: Vec<(UdpSession, String)> = (0..16)
+        .map(|_| {
+            let mut udp = UdpSession::bind(&topo.client, dns(), TIMEOUT).unwrap();
+            let backend = udp.request().expect("UDP request").backend;
+            (udp, backend)
+        })
+        .collect();
+    let on = |flows: &[(UdpSession, String)], name: &str| {
+        flows.iter().filter(|(_, b)| b == name).count()
+    };
+    assert!(
+        on(&flows, "backend-0") > 0 && on(&flows, "backend-1") > 0,
+        "16 flows over two backends: {} and {}",
+        on(&flows, "backend-0"),
+        on(&flows, "backend-1")
+    );
+    // Removed from the file while no lbd runs: the next one starts from the pinned maps,
+    // where the connection table still names 198.18.2.11 for its flows.
+    lb.kill().expect("kill -9");
+    std::fs::write(lb.config_path(), services(r#""198.18.2.10""#)).expect("rewrite the file");
+    lb.restart(&topo.node).expect("restart");
+    assert!(lb.output().contains("ids recovered"), "{}", lb.output());
+    // `on_backend_removal: move` (the default), as after a live removal: the removed
+    // backend's flows answer from the one left, and the others keep theirs.
+    for (udp, backend) in &mut flows {
+        let reply = udp.request().unwrap_or_else(|e| {
+            panic!(
+                "a flow of {backend} after the restart: {e:#}\nlbd:\n{}",
+                lb.output()
+            )
+        });
+        assert_eq!(reply.backend, "backend-0", "a flow first on {backend}");
+    }
+    let listed = lbctl_json(&lb, &["list"]);
+    assert!(!listed.to_string().contains("198.18.2.11"), "{listed}");
+}
+
+#[test]
 fn renaming_a_service_under_new_flows_drops_none_of_them() {
     if !e2e_enabled() {
         return;

@@ -176,7 +176,10 @@ impl Daemon {
                 dp.apply(None, &desired)?;
                 let pruned = dp.prune(&desired)?;
                 if pruned > 0 {
-                    info!(pruned, "removed stale frontend and endpoint entries");
+                    info!(
+                        pruned,
+                        "removed stale entries: frontends, endpoints and backends the configuration no longer has"
+                    );
                 }
             } else {
                 dp.apply(None, &desired)?;

@@ -394,21 +394,39 @@ pub type KernelEntries = (BTreeMap<EndpointKey, Service>, Vec<(u32, Backend)>);
 
 impl Dataplane {
     /// The kernel's frontends and in-use backends (for recovering ids, see
-    /// `plan::Ids::recover`). Reads every backend slot: about a second for a full array.
+    /// `plan::Ids::recover`).
     pub fn kernel_entries(&self) -> Result<KernelEntries, DataplaneError> {
-        let ebpf = self.ebpf();
         let frontends: HashMap<&MapData, EndpointKey, Service> =
-            HashMap::try_from(ebpf.map(names::FRONTENDS).expect("checked at load"))
+            HashMap::try_from(self.ebpf().map(names::FRONTENDS).expect("checked at load"))
                 .map_err(map_err(names::FRONTENDS))?;
         let frontends = frontends.iter().filter_map(Result::ok).collect();
+        Ok((frontends, self.backends_in_use()?))
+    }
+
+    /// The `BACKENDS` slots marked in use, by id: every slot read in batches.
+    fn backends_in_use(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
         let backends: Array<&MapData, Backend> =
-            Array::try_from(ebpf.map(names::BACKENDS).expect("checked at load"))
+            Array::try_from(self.ebpf().map(names::BACKENDS).expect("checked at load"))
                 .map_err(map_err(names::BACKENDS))?;
-        let backends = (0..backends.len())
-            .filter_map(|id| backends.get(&id, 0).ok().map(|b| (id, b)))
-            .filter(|(_, b)| b.flags & lb_common::maps::backend_flags::IN_USE != 0)
-            .collect();
-        Ok((frontends, backends))
+        let mut in_use = Vec::new();
+        let (key_size, value_size) = (std::mem::size_of::<u32>(), std::mem::size_of::<Backend>());
+        batch::each_entry(backends.map(), key_size, value_size, |key, value| {
+            // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
+            let (id, backend) = unsafe {
+                (
+                    key.as_ptr().cast::<u32>().read_unaligned(),
+                    value.as_ptr().cast::<Backend>().read_unaligned(),
+                )
+            };
+            if backend.flags & lb_common::maps::backend_flags::IN_USE != 0 {
+                in_use.push((id, backend));
+            }
+        })
+        .map_err(|e| DataplaneError::MapValue {
+            name: names::BACKENDS,
+            message: format!("reading its slots: {e}"),
+        })?;
+        Ok(in_use)
     }
 }
 
@@ -535,9 +553,12 @@ pub(super) fn outer_fd(tables: &aya::maps::Map) -> Result<i32, DataplaneError> {
 }
 
 impl Dataplane {
-    /// Removes hash-map entries `desired` does not have: what a previous `lbd` left that no
-    /// record explains (adopting pinned maps without its state file). Arrays need no pruning:
-    /// nothing refers to an id `desired` does not use.
+    /// Removes entries `desired` does not have: what a previous `lbd` left that no record
+    /// explains (adopting pinned maps without its state file). That includes backends marked in
+    /// use that `desired` does not use (removed while no `lbd` ran): tracked flows name them
+    /// by id, and only a cleared slot makes their next packets move or end as the service's
+    /// `on_backend_removal` says, as a live removal does. Frontends and endpoints go first, in
+    /// the order a live change removes them.
     pub fn prune(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
         let [frontends, endpoints, frontend_gen] = self.ebpf_mut().maps_disjoint_mut([
             names::FRONTENDS,
@@ -559,7 +580,34 @@ impl Dataplane {
         let removed_endpoints = remove_unlisted(&mut endpoints, names::BACKEND_ENDPOINTS, |k| {
             desired.endpoints.contains_key(k)
         })?;
-        Ok(removed_frontends + removed_endpoints + self.prune_reply_frontends(desired)?)
+        let removed_replies = self.prune_reply_frontends(desired)?;
+        Ok(removed_frontends
+            + removed_endpoints
+            + removed_replies
+            + self.prune_backends(desired)?)
+    }
+
+    /// Clears the `BACKENDS` slots in use that `desired` does not use (see `prune`).
+    fn prune_backends(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
+        let stale: Vec<u32> = self
+            .backends_in_use()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !desired.backends.contains_key(id))
+            .collect();
+        let map = self
+            .ebpf_mut()
+            .map_mut(names::BACKENDS)
+            .expect("checked at load");
+        let backends: Array<&mut MapData, Backend> =
+            Array::try_from(map).map_err(map_err(names::BACKENDS))?;
+        batch::update(
+            backends.map(),
+            names::BACKENDS,
+            &stale,
+            &vec![Backend::default(); stale.len()],
+        )?;
+        Ok(stale.len())
     }
 
     /// Up to `limit` forward entries of the connection table (the first found: a sample, not
