@@ -150,9 +150,10 @@ impl Daemon {
             .as_ref()
             .map(|_| load_swarm_state(&options.state_dir));
         let swarm_services = swarm_services(swarm.as_ref(), &file);
-        let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
-        merged.file.mesh = swarm_services.mesh.clone();
         let node_addresses = node_addresses()?;
+        let mut merged =
+            api.merge_with_swarm(&file, &swarm_services.all_specs(), &node_addresses)?;
+        merged.file.mesh = swarm_services.mesh.clone();
         let mut desired = plan::plan(&merged.file, &node_addresses)?;
 
         let mut dp = Dataplane::load(options.load.clone())?;
@@ -418,8 +419,13 @@ impl Daemon {
         api: &ApiState,
         swarm_services: &SwarmServices,
     ) -> Result<(MergeStep, Vec<IpAddr>, Replan, bool), DaemonError> {
+        // The merge weighs swarm ports against VIPs that are node addresses: merged whole
+        // when those changed.
+        let node_addresses = node_addresses()?;
         let edited = match file {
-            None if *swarm_services == self.swarm_services => {
+            None if *swarm_services == self.swarm_services
+                && node_addresses == self.node_addresses =>
+            {
                 api.edited_specs(&self.api, &self.file).transpose()?
             }
             _ => None,
@@ -438,7 +444,8 @@ impl Daemon {
             }
             None => {
                 let file = file.unwrap_or(&self.file);
-                let mut merged = api.merge_with_swarm(file, &swarm_services.all_specs())?;
+                let mut merged =
+                    api.merge_with_swarm(file, &swarm_services.all_specs(), &node_addresses)?;
                 merged.file.mesh = swarm_services.mesh.clone();
                 MergeStep::Whole(Box::new(merged))
             }
@@ -448,7 +455,6 @@ impl Daemon {
             MergeStep::Patched(_) => &self.merged.file,
         };
         let planned = (|| -> Result<_, DaemonError> {
-            let node_addresses = node_addresses()?;
             let serving = self.health.serving(merged);
             let health_shaped = matches!(serving, std::borrow::Cow::Owned(_));
             // Only the patched services can differ from what the running plan was made from,
