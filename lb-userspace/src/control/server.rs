@@ -268,7 +268,8 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<ServiceLi
     .await
 }
 
-/// A service-file text from a request body: YAML or JSON, `services:` only.
+/// A service-file text from a request body: YAML or JSON, `services:` only (an `lbd:` or
+/// `swarm:` section is refused, not ignored).
 fn parse_body(body: &Bytes) -> Result<ServiceFile, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| bad_request("the body is not UTF-8"))?;
     let file = ServiceFile::parse(text, Path::new("request body"))
@@ -277,6 +278,12 @@ fn parse_body(body: &Bytes) -> Result<ServiceFile, ApiError> {
         return Err(bad_request(
             "request body: field lbd: daemon settings cannot be changed through the API; \
              set them in lbd's service file or on its command line",
+        ));
+    }
+    if !file.swarm.is_empty() {
+        return Err(bad_request(
+            "request body: field swarm: swarm policies cannot be changed through the API; \
+             set them in lbd's service file's swarm section and reload",
         ));
     }
     Ok(file)
@@ -712,4 +719,34 @@ pub async fn serve_unix(
         let _ = std::fs::remove_file(&path);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: &str) -> String {
+        match parse_body(&Bytes::from(body.to_owned())) {
+            Err(ApiError(status, message)) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+                message
+            }
+            Ok(file) => panic!("accepted: {file:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_with_a_section_the_api_cannot_change_is_refused_with_its_name() {
+        let services = "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80/tcp\"]\n    backends: [198.18.2.10]\n";
+        assert!(parse_body(&Bytes::from(services.to_owned())).is_ok());
+        let lbd = refusal(&format!("{services}lbd:\n  xdp_mode: generic\n"));
+        assert!(lbd.contains("field lbd:"), "{lbd}");
+        let swarm = refusal(&format!(
+            "{services}swarm:\n  web:\n    scheduler: round-robin\n"
+        ));
+        assert!(
+            swarm.contains("field swarm:") && swarm.contains("reload"),
+            "{swarm}"
+        );
+    }
 }

@@ -378,8 +378,13 @@ pub(super) fn service_from_raw(
         .collect::<Result<Vec<_>, _>>()?;
     check_duplicate_backends(&backends, &ports, &cx)?;
 
-    let maglev_table_size =
-        maglev_table_size(raw.maglev_table_size, scheduler, backends.len(), &cx)?;
+    let maglev_table_size = maglev_table_size(
+        "maglev_table_size",
+        raw.maglev_table_size,
+        scheduler,
+        backends.len(),
+        &cx,
+    )?;
     let health = raw
         .health
         .map(|raw| super::health::health_from_raw(raw, &cx))
@@ -464,7 +469,13 @@ pub(super) fn swarm_policy_from_raw(
         timeouts,
         on_backend_removal: cx.keyword("swarm.on_backend_removal", raw.on_backend_removal)?,
         // The task count is only known at run time, where the size is checked against it.
-        maglev_table_size: maglev_table_size(raw.maglev_table_size, scheduler, 0, &cx)?,
+        maglev_table_size: maglev_table_size(
+            "swarm.maglev_table_size",
+            raw.maglev_table_size,
+            scheduler,
+            0,
+            &cx,
+        )?,
         udp_ports,
     })
 }
@@ -549,13 +560,14 @@ pub(super) fn check_duplicate_backends(
     Ok(())
 }
 
+/// `raw` of `field` (`maglev_table_size`, or `swarm.maglev_table_size` in a swarm policy).
 pub(super) fn maglev_table_size(
+    field: &str,
     raw: Option<Scalar>,
     scheduler: Scheduler,
     backend_count: usize,
     cx: &Ctx<'_>,
 ) -> Result<u32, ConfigError> {
-    let field = "maglev_table_size";
     let max = limits::MAX_SELECTION_SLOTS;
     let (size, which) = match raw {
         None => (limits::DEFAULT_MAGLEV_TABLE_SIZE, "the default table size"),

@@ -80,6 +80,12 @@ fn swarm_policies_are_read_and_checked() {
         Some("web"),
         "swarm.scheduler",
     );
+    let message = error(
+        "services: {}\nswarm:\n  web:\n    maglev_table_size: 1000\n",
+        Some("web"),
+        "swarm.maglev_table_size",
+    );
+    assert!(message.contains("not prime"), "{message}");
     // What the swarm gives is not the file's to say.
     let message = syntax_error("services: {}\nswarm:\n  web:\n    backends: [198.18.2.1]\n");
     assert!(message.contains("unknown field `backends`"), "{message}");
