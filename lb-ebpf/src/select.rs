@@ -10,7 +10,7 @@ use lb_common::{
 
 use crate::{
     conntrack::Chosen,
-    maps::{BACKENDS, RR_CURSORS, SERVICE_TABLES},
+    maps::{BACKENDS, RR_CURSORS, SERVICE_TABLES, SelectionTable},
 };
 
 /// Puts the backend for a new flow of `svc` into `chosen`; false when the service has no
@@ -23,7 +23,10 @@ pub fn choose(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) 
 
 #[inline(always)]
 fn pick(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) -> Option<()> {
-    let len = table_slot(svc.id, TABLE_LEN_SLOT)?;
+    // One lookup of the service's table for its length and its slot: lbd may swap in a table
+    // of another length between two lookups of `SERVICE_TABLES`.
+    let table = SERVICE_TABLES.get(svc.id)?;
+    let len = table_slot(table, TABLE_LEN_SLOT)?;
     if len == 0 {
         return None;
     }
@@ -43,7 +46,7 @@ fn pick(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) -> Opt
         flow_hash(key)
     };
     let slot = position % len + 1;
-    let backend_id = table_slot(svc.id, slot)?;
+    let backend_id = table_slot(table, slot)?;
     if backend_id == 0 {
         return None;
     }
@@ -58,9 +61,9 @@ fn pick(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) -> Opt
     Some(())
 }
 
-/// Slot `slot` of service `id`'s table (two slots to an element, see `TableElement`).
+/// Slot `slot` of a service's table (two slots to an element, see `TableElement`).
 #[inline(always)]
-fn table_slot(id: u32, slot: u32) -> Option<u32> {
-    let element = SERVICE_TABLES.get_value(id, &(slot / SLOTS_PER_ELEMENT))?;
+fn table_slot(table: &SelectionTable, slot: u32) -> Option<u32> {
+    let element = table.get(slot / SLOTS_PER_ELEMENT)?;
     Some(element[(slot % SLOTS_PER_ELEMENT) as usize])
 }
