@@ -687,6 +687,10 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool, tcp_fla
         // Only the flow this reply entry belongs to (see `reply_owner_alive`).
         if owns_reply(f, reply_key, reply) && f.tcp_state != tcp_state::CLOSING {
             f.tcp_state = tcp_state::CLOSING;
+            // The closing timeout counts from the close: the client may have been quiet for
+            // longer (a server closing an idle keep-alive connection), and its FIN must still
+            // find the flow.
+            f.last_seen_ns = now_ns();
             // The first to close with a FIN keeps TIME_WAIT (see `Flow::port_hold_s`).
             f.backend_closed_first = u8::from(tcp_flags & TCP_RST == 0);
         }

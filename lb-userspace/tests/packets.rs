@@ -1637,6 +1637,40 @@ fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
 }
 
 #[test]
+fn a_backend_closing_an_idle_connection_still_gets_the_clients_fin() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::{limits::TCP_CLOSING_TIMEOUT_S, maps::tcp_state};
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let backend = sock("198.18.2.10", 8080);
+        // A server closing a keep-alive connection the client left idle for longer than the
+        // closing timeout (NAT and full NAT): the timeout counts from the backend's FIN, so
+        // the client's FIN still reaches its backend, on its own flow.
+        for (vip, port) in [(sock(VIP, 80), 43020), (sock("198.18.100.4", 80), 43021)] {
+            let client = sock(CLIENT, port);
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            let toward = parse_ipv4(&out.packet).unwrap().src;
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+            let quiet = std::time::Duration::from_secs(u64::from(TCP_CLOSING_TIMEOUT_S) + 5);
+            lb.age_flow(&forward_key(client, vip), quiet);
+
+            let fin = Ipv4Frame::tcp(backend, toward, TCP_FIN | TCP_ACK)
+                .with_macs(backend_mac(0), lb.backend_if_mac);
+            lb.run_from(&fin.build(), lb.backend_if);
+            let before = lb.stats();
+            let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_FIN | TCP_ACK).build());
+            let after = lb.stats();
+            let forwarded = parse_ipv4(&out.packet).expect("forwarded");
+            assert_eq!((forwarded.dst, forwarded.src), (backend, toward), "{vip}");
+            assert_eq!(delta(&before, &after, StatSlot::NewFlow), 0, "{vip}");
+            let flow = lb.dp.tracked_flow(&forward_key(client, vip)).unwrap();
+            assert_eq!(flow.map(|f| f.tcp_state), Some(tcp_state::CLOSING), "{vip}");
+        }
+    });
+}
+
+#[test]
 fn a_new_flows_entry_holds_the_tcp_state_its_first_packet_leaves() {
     if !e2e_enabled() {
         return;
