@@ -575,8 +575,9 @@ pub fn frontend_gen() -> u32 {
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` of `PENDING` (if `pending`) or
-/// `CONNTRACK` still holds it: its forward entry (in the same table) exists, is not idle
-/// past its limit (as `held` measures it), and still maps to this reply key.
+/// `CONNTRACK` still holds it: its forward entry (in the same table) exists, the flow is not
+/// idle past its limit in both directions (as `held` measures it), and the forward entry
+/// still maps to this reply key.
 #[inline(always)]
 fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, held: Held) -> bool {
     if pending {
@@ -626,7 +627,12 @@ fn owner_alive<const N: usize>(
         };
         let f = &*forward;
         let limit_ns = held.limit_ns(f);
-        now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r)
+        // Either direction keeps the port: a backend talking to a quiet client (a stream
+        // pushed to it) refreshes only the reply entry's clock (`touch_reply`).
+        let idle_ns = now
+            .wrapping_sub(f.last_seen_ns)
+            .min(now.wrapping_sub(r.last_seen_ns));
+        idle_ns <= limit_ns && owns_reply(f, reply_key, r)
     }
 }
 

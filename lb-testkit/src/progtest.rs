@@ -7,7 +7,7 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use lb_common::{
-    maps::{Flow, FlowKey},
+    maps::{Flow, FlowKey, flow_kind},
     stats::StatSlot,
 };
 
@@ -225,13 +225,25 @@ impl Loaded {
         self.dp.stats().expect("counters")
     }
 
-    /// Makes the tracked (confirmed) flow `key` look idle for `idle` more: its last packet
-    /// moved back by that much, and not seen in this tick.
+    /// Makes the tracked (confirmed) flow `key` look idle for `idle` more in both directions:
+    /// the last packet of its forward entry and of its reply entry (if it has one) moved back
+    /// by that much, and neither seen in this tick.
     pub fn age_flow(&mut self, key: &FlowKey, idle: Duration) {
-        self.rewrite_flow(key, |flow| {
+        let age = |flow: &mut Flow| {
             flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
             flow.seen_tick = flow.seen_tick.wrapping_sub(1);
-        });
+        };
+        let forward = self.rewrite_flow(key, age);
+        let reply = reply_key(key, &forward);
+        let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
+        if let Ok(mut flow) = table.get(&reply, 0)
+            && flow.kind == flow_kind::REPLY
+        {
+            age(&mut flow);
+            table
+                .insert(reply, flow, 0)
+                .expect("rewrite the reply entry");
+        }
     }
 
     /// Makes the tracked flow `key` forget its cached route, as its cache's age bound would.
@@ -239,12 +251,36 @@ impl Loaded {
         self.rewrite_flow(key, |flow| flow.egress_ifindex = 0);
     }
 
-    /// Changes the tracked (confirmed) flow `key` in `CONNTRACK` with `change`.
-    fn rewrite_flow(&mut self, key: &FlowKey, change: impl FnOnce(&mut Flow)) {
+    /// Changes the tracked (confirmed) flow `key` in `CONNTRACK` with `change`; the entry as
+    /// written.
+    fn rewrite_flow(&mut self, key: &FlowKey, change: impl FnOnce(&mut Flow)) -> Flow {
         let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
         let mut flow = table.get(key, 0).expect("the flow is tracked");
         change(&mut flow);
         table.insert(key, flow, 0).expect("rewrite the flow");
+        flow
+    }
+}
+
+/// The key of the reply entry of forward entry `f` (keyed `key`), as the program builds it:
+/// the backend toward the client, or toward the node address and port its source became.
+pub fn reply_key(key: &FlowKey, f: &Flow) -> FlowKey {
+    let remapped = f.remaps_source();
+    FlowKey {
+        src: *f.backend_addr(),
+        dst: if remapped {
+            *f.remapped_source_addr()
+        } else {
+            key.src
+        },
+        sport_be: f.backend_port_be(),
+        dport_be: if remapped {
+            f.remapped_source_port_be()
+        } else {
+            key.sport_be
+        },
+        proto: key.proto,
+        _pad: [0; 3],
     }
 }
 

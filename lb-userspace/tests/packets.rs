@@ -1249,6 +1249,54 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
     });
 }
 
+/// A full-NAT flow whose client has gone quiet while its backend still sends (a stream pushed
+/// to the client) keeps its node port: a new flow whose port search starts there takes the
+/// next port, and the backend's packets still reach the first client.
+#[test]
+fn fullnat_keeps_the_port_of_a_flow_only_its_backend_still_speaks_on() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::{FULLNAT_PORT_MAX, FULLNAT_PORT_MIN};
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let vip = sock("198.18.100.4", 53);
+        let backend = sock("198.18.2.10", 5353);
+        let udp_key = |client: SocketAddrV4| {
+            let mut key = forward_key(client, vip);
+            key.proto = proto::UDP;
+            key
+        };
+        let range = u32::from(FULLNAT_PORT_MAX - FULLNAT_PORT_MIN) + 1;
+        let start = |client| flow_hash(&udp_key(client)) % range;
+        let first = sock(CLIENT, 25000);
+        let second = (25001..=65535)
+            .map(|port| sock(CLIENT, port))
+            .find(|&c| start(c) == start(first))
+            .expect("a client whose port search starts at the first one's");
+        // Two datagrams: the flow is confirmed, with its reply entry in the table.
+        let out = lb.run(&Ipv4Frame::udp(first, vip).build());
+        let node = parse_ipv4(&out.packet).expect("forwarded").src;
+        lb.run(&Ipv4Frame::udp(first, vip).build());
+        let push = Ipv4Frame::udp(backend, node).with_macs(backend_mac(0), lb.backend_if_mac);
+        let to_first = |lb: &mut Loaded| {
+            let out = lb.run_from(&push.build(), lb.backend_if);
+            parse_ipv4(&out.packet).expect("translated").dst
+        };
+        // Long past the UDP timeout, the client quiet throughout and the backend sending.
+        let timeout = u64::from(lb_common::limits::DEFAULT_UDP_TIMEOUT_S);
+        lb.age_flow(&udp_key(first), std::time::Duration::from_secs(timeout + 5));
+        assert_eq!(to_first(&mut lb), first);
+        let out = lb.run(&Ipv4Frame::udp(second, vip).build());
+        let taken = parse_ipv4(&out.packet).expect("forwarded").src;
+        assert_ne!(taken.port(), node.port(), "the port of a flow still in use");
+        assert_eq!(
+            to_first(&mut lb),
+            first,
+            "the backend's stream still reaches its client"
+        );
+    });
+}
+
 #[test]
 fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
     if !e2e_enabled() {
