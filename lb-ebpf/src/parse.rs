@@ -13,6 +13,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_HLEN: usize = 4;
 /// QinQ at most: an outer service tag and an inner customer tag.
 const MAX_VLAN_TAGS: usize = 2;
+/// The most bytes of VLAN tags between the Ethernet and the IP header.
+pub const MAX_TAGS_LEN: usize = MAX_VLAN_TAGS * VLAN_HLEN;
 pub const IPV4_HLEN: usize = 20;
 /// Covers the largest L3 offset, Ethernet with two VLAN tags (22).
 const MAX_L3_OFFSET_MASK: usize = 0x1f;

@@ -38,7 +38,7 @@ use crate::{
     forward::{self, MemoRoute, fib_lookup_into, fib_macs, set_macs, via_tc},
     maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
     nat::{csum_replace2, fold, partial_mask},
-    parse::{Packet, TCP_SYN, load, pkt_read, pkt_write, ptr_at},
+    parse::{MAX_TAGS_LEN, Packet, TCP_SYN, load, pkt_read, pkt_write, ptr_at},
     stats::count,
     verdict::Verdict,
     zero,
@@ -205,7 +205,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     }
     // The flow's ports make the outer source port: receivers spread flows over queues.
     let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
-    if !wrap(ctx, own, peer, outer_len, entropy) {
+    if !wrap(ctx, pkt.l3(), own, peer, outer_len, entropy) {
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
@@ -278,15 +278,23 @@ fn peer_route(
     Verdict::PEER_ROUTED
 }
 
-/// Puts the outer IPv4 and UDP headers in front of the IP packet (the Ethernet header moves
-/// to the new front). The UDP checksum is 0 (allowed for IPv4): the inner packet has its own.
+/// Puts the outer IPv4 and UDP headers in front of the IP packet at `l3` (the Ethernet
+/// header moves to the new front; VLAN tags between them are dropped: the outer frame goes
+/// the underlay's way, not the client's). The UDP checksum is 0 (allowed for IPv4): the inner
+/// packet has its own.
 #[inline(always)]
-fn wrap(ctx: &XdpContext, own: u32, peer: u32, outer_len: u16, entropy: u16) -> bool {
+fn wrap(ctx: &XdpContext, l3: usize, own: u32, peer: u32, outer_len: u16, entropy: u16) -> bool {
     let Some(macs) = load::<[u32; 3]>(ctx, 0) else {
         return false;
     };
+    // At most two tags (parse's bound), so the head always grows.
+    let tags = l3.wrapping_sub(ETH_HLEN);
+    if tags > MAX_TAGS_LEN {
+        return false;
+    }
+    let grow = (IPV4_HLEN + UDP_HLEN - tags) as i32;
     // SAFETY: grows the packet's head; checked below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -((IPV4_HLEN + UDP_HLEN) as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return false;
     }
     let Some(front) = ptr_at::<[u8; ETH_HLEN + IPV4_HLEN + UDP_HLEN]>(ctx, 0) else {

@@ -2285,6 +2285,40 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
 }
 
 #[test]
+fn a_vlan_tagged_flow_for_a_task_on_another_node_is_wrapped_without_its_tags() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
+        // 802.1Q and QinQ: the outer frame goes the underlay's way, so the tags go; the
+        // inner IP packet follows the outer UDP header at once, as without tags.
+        for tags in [&[100u16][..], &[100, 200]] {
+            let client = sock(CLIENT, 40100 + tags.len() as u16);
+            let syn = Ipv4Frame::tcp(client, frontend, TCP_ACK);
+            let before = lb.stats();
+            let out = lb.run(&with_vlan_tags(&syn.build(), tags));
+            assert_eq!(
+                out.meta_words(),
+                Some((XDP_META_MAGIC, lb.backend_if)),
+                "{tags:?}"
+            );
+            let expected = tunnel_wrap(
+                &Ipv4Frame::tcp(client, task, TCP_ACK).build(),
+                (lb.backend_if_mac, backend_mac(10)),
+                OWN.parse().unwrap(),
+                PEER.parse().unwrap(),
+                entropy(client.port(), 8000),
+            );
+            assert_eq!(out.packet, expected, "tags {tags:?}");
+            parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::TunnelSent), 1);
+        }
+    });
+}
+
+#[test]
 fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_peer() {
     if !e2e_enabled() {
         return;
