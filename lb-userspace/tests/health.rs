@@ -444,3 +444,111 @@ fn no_backend_drops(lb: &Lbd) -> u64 {
         .as_u64()
         .expect("drop_no_backend")
 }
+
+/// A change of health the kernel refuses leaves the running configuration, and is applied
+/// with a later batch of check results once the kernel takes it: a backend that stays down
+/// brings no new transition to retry it. Here backend 1 serves `web` (checked) and `other`
+/// (not), so its replies need no entry while both reach it; down in `web`, they need one in
+/// `REPLY_FRONTENDS`, which something else has filled.
+#[test]
+fn a_change_of_health_the_kernel_refused_is_applied_once_it_can_be() {
+    if !e2e_enabled() {
+        return;
+    }
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::maps::{EndpointKey, ReplyFrontend};
+    let topo = Topology::new(2).expect("topology");
+    let mut servers: Vec<Option<NameServer>> = topo
+        .serve_on_backends(&[8080], &[])
+        .expect("servers")
+        .into_iter()
+        .map(Some)
+        .collect();
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+    health: { tcp: {}, interval: 300ms, timeout: 200ms, rise: 1, fall: 1 }
+  other:
+    vip: 198.18.100.2
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.11"]
+"#;
+    let lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd");
+    let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
+    let b1 = "198.18.2.11";
+    let limit = Duration::from_secs(5);
+    wait_health(&lb, "web", "198.18.2.10", Health::Up, limit);
+    wait_health(&lb, "web", b1, Health::Up, limit);
+
+    // Something else fills `REPLY_FRONTENDS`; backend 1's server stops.
+    let path = lb.pin_dir().join("maps").join("REPLY_FRONTENDS");
+    let mut replies: HashMap<MapData, EndpointKey, ReplyFrontend> = HashMap::try_from(
+        Map::HashMap(MapData::from_pin(&path).expect("pinned REPLY_FRONTENDS")),
+    )
+    .expect("REPLY_FRONTENDS");
+    let junk = |i: u32| EndpointKey {
+        // 198.18.192.0/18 and up: addresses nothing here uses.
+        addr: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
+        port_be: 9u16.to_be(),
+        proto: 17,
+        _pad: 0,
+    };
+    let mut filled = 0;
+    while replies
+        .insert(junk(filled), ReplyFrontend::default(), 0)
+        .is_ok()
+    {
+        filled += 1;
+        assert!(
+            filled <= lb_common::limits::MAX_REPLY_FRONTENDS,
+            "the map never filled"
+        );
+    }
+    servers[1] = None;
+    wait_health(&lb, "web", b1, Health::Down, limit);
+    let refused = Instant::now();
+    while !lb
+        .output()
+        .contains("the change of backends was not applied")
+    {
+        assert!(refused.elapsed() < limit, "{}", lb.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Room again: a later batch of results applies it, with no transition of its own.
+    for i in 0..filled {
+        let _ = replies.remove(&junk(i));
+    }
+    let freed = Instant::now();
+    loop {
+        // 20 new flows all miss a backend still in the table with a chance of 2^-20.
+        let seen = spread(&topo.client, vip, 20);
+        if seen.keys().collect::<Vec<_>>() == ["backend-0"] {
+            break;
+        }
+        assert!(
+            freed.elapsed() < limit,
+            "backend 1 is down but still gets new flows: {seen:?}\nlbd:\n{}",
+            lb.output()
+        );
+        std::thread::sleep(INTERVAL);
+    }
+    assert_eq!(health(&lb, "web")[b1].transitions, 1, "no transition since");
+    assert!(
+        lb.output().contains("refused before is applied now"),
+        "{}",
+        lb.output()
+    );
+    drop(lb);
+    drop(servers);
+}

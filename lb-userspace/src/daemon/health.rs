@@ -28,7 +28,8 @@ impl Daemon {
     }
 
     /// Takes finished checks; a backend that went down or came back up replans (logged with
-    /// the reason). Returns the transitions.
+    /// the reason), and so does any batch while a change of health is still not applied.
+    /// Returns the transitions.
     pub fn record_health(&mut self, results: Vec<CheckResult>) -> Vec<Transition> {
         let now = SystemTime::now();
         let transitions: Vec<Transition> = results
@@ -46,12 +47,25 @@ impl Daemon {
                 }
             }
         }
-        if transitions.iter().any(Transition::changes_serving) {
+        if transitions.iter().any(Transition::changes_serving) || self.health_unapplied {
             let api = self.api.clone();
-            if let Err(e) = self.commit(Trigger::Health, None, api) {
-                error!(
-                    "health: the change of backends was not applied, the running configuration stays (retried at the next change of health): {e:#}"
-                );
+            match self.commit(Trigger::Health, None, api) {
+                Ok(_) => {
+                    if self.health_unapplied {
+                        info!("health: the change of backends refused before is applied now");
+                    }
+                    self.health_unapplied = false;
+                }
+                // Said once, not with every batch of results it is retried with.
+                Err(e) if self.health_unapplied => {
+                    tracing::debug!("health: the change of backends is still not applied: {e:#}")
+                }
+                Err(e) => {
+                    self.health_unapplied = true;
+                    error!(
+                        "health: the change of backends was not applied, the running configuration stays (retried with each check's results until it is): {e:#}"
+                    );
+                }
             }
         }
         transitions

@@ -133,6 +133,10 @@ pub struct Daemon {
     /// patched merge differs from what `running` was planned from only in the patched
     /// services (`merge_and_plan`).
     running_health_shaped: bool,
+    /// A change of health the kernel refused (or that failed otherwise), retried with each
+    /// later batch of check results until one is applied: a backend that stays down or up
+    /// brings no transition that would retry it.
+    health_unapplied: bool,
 }
 
 impl Daemon {
@@ -260,6 +264,7 @@ impl Daemon {
             health: Default::default(),
             merged_epoch: 1,
             running_health_shaped: true,
+            health_unapplied: false,
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
