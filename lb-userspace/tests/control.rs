@@ -500,6 +500,51 @@ fn a_backend_removed_while_lbd_was_down_has_its_flows_moved_after_the_restart() 
 }
 
 #[test]
+fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let with = |backends: &str| {
+        services(backends).replace(
+            "    backends:",
+            "    on_backend_removal: keep\n    backends:",
+        )
+    };
+    let mut lb = start(&topo, &with(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    // TCP connections until some are on backend 1 (bounded: Maglev spreads 16 over two).
+    let mut sessions: Vec<(TcpSession, String)> = (0..16)
+        .map(|_| {
+            let mut s = TcpSession::connect(&topo.client, web(), TIMEOUT).unwrap();
+            let backend = s.request().unwrap().backend;
+            (s, backend)
+        })
+        .collect();
+    let kept = sessions.iter().filter(|(_, b)| b == "backend-1").count();
+    assert!(kept > 0 && kept < 16, "{kept} of 16 on backend-1");
+    // Removed, with `keep`: its connections stay on it, through a reload and then a kill -9
+    // and restart (their replies still translated: its endpoint stays in the kernel).
+    let answer = lb.reload(&with(r#""198.18.2.10""#)).unwrap();
+    assert!(answer.contains("reloaded"), "{answer}");
+    for (s, backend) in sessions.iter_mut() {
+        assert_eq!(&s.request().expect("TCP after the reload").backend, backend);
+    }
+    lb.kill().expect("kill -9");
+    lb.restart(&topo.node).expect("restart");
+    for (s, backend) in sessions.iter_mut() {
+        let reply = s.request().unwrap_or_else(|e| {
+            panic!(
+                "a connection on {backend} after the restart: {e:#}\nlbd:\n{}",
+                lb.output()
+            )
+        });
+        assert_eq!(&reply.backend, backend);
+    }
+    // New connections go to the backend left.
+    assert_eq!(new_flows_reach(&topo, 8), set(&["backend-0"]));
+}
+
+#[test]
 fn renaming_a_service_under_new_flows_drops_none_of_them() {
     if !e2e_enabled() {
         return;

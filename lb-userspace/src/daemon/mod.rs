@@ -170,11 +170,12 @@ impl Daemon {
                 // tables may have been computed by another version) and everything else removed.
                 let (frontends, backends) = dp.kernel_entries()?;
                 let ids = Ids::recover(&desired, &frontends, &backends);
-                desired = plan::plan_from(
-                    &merged.file,
-                    &node_addresses,
-                    Some(&DesiredState::with_ids(ids)),
-                )?;
+                let mut adopted = DesiredState::with_ids(ids);
+                // Its backend endpoints stay, as across a live change: replies of flows kept
+                // on a backend that left (`keep`), and late ones of flows moved, are still
+                // translated. The plan drops them when it needs the room.
+                adopted.endpoints = dp.backend_endpoints()?;
+                desired = plan::plan_from(&merged.file, &node_addresses, Some(&adopted))?;
                 info!(
                     "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
                 );

@@ -403,6 +403,31 @@ impl Dataplane {
         Ok((frontends, self.backends_in_use()?))
     }
 
+    /// The kernel's backend endpoints and their counts (`BACKEND_ENDPOINTS`), read in batches.
+    pub fn backend_endpoints(&self) -> Result<BTreeMap<EndpointKey, u32>, DataplaneError> {
+        let name = names::BACKEND_ENDPOINTS;
+        let map: HashMap<&MapData, EndpointKey, u32> =
+            HashMap::try_from(self.ebpf().map(name).expect("checked at load"))
+                .map_err(map_err(name))?;
+        let mut endpoints = BTreeMap::new();
+        let (key_size, value_size) = (std::mem::size_of::<EndpointKey>(), 4);
+        batch::each_entry(map.map(), key_size, value_size, |key, value| {
+            // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
+            let (key, count) = unsafe {
+                (
+                    key.as_ptr().cast::<EndpointKey>().read_unaligned(),
+                    value.as_ptr().cast::<u32>().read_unaligned(),
+                )
+            };
+            endpoints.insert(key, count);
+        })
+        .map_err(|e| DataplaneError::MapValue {
+            name,
+            message: format!("reading its entries: {e}"),
+        })?;
+        Ok(endpoints)
+    }
+
     /// The `BACKENDS` slots marked in use, by id: every slot read in batches.
     fn backends_in_use(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
         let backends: Array<&MapData, Backend> =
