@@ -191,18 +191,17 @@ impl Node {
         let _ = bird.wait_timeout(Duration::from_secs(5));
     }
 
-    /// `lbd cleanup --force` with its BIRD settings: stops lbd, removes meshlb, withdraws.
+    /// `lbd cleanup --force` given the service file, as the systemd unit runs it (BIRD's
+    /// settings from its `lbd:` section): stops lbd, removes meshlb, withdraws.
     fn cleanup(&self) {
         let out = std::process::Command::new(lbd())
             .args([
                 "cleanup",
                 "--force",
+                "--config",
+                self.lbd.config_path().to_str().unwrap(),
                 "--pin-dir",
                 self.lbd.pin_dir().to_str().unwrap(),
-                "--bird-include",
-                self.include().to_str().unwrap(),
-                "--birdc-socket",
-                self.socket().to_str().unwrap(),
             ])
             .output()
             .expect("lbd cleanup");
@@ -215,6 +214,11 @@ impl Node {
 
     fn include(&self) -> PathBuf {
         self.dir.0.join("vips.conf")
+    }
+
+    /// `services` with this node's BIRD settings in its `lbd:` section.
+    fn file(&self, services: &str) -> String {
+        with_bgp(services, &self.include(), &self.socket())
     }
 
     fn socket(&self) -> PathBuf {
@@ -262,6 +266,15 @@ fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static st
     start_node(name, ns, own, peer, SERVICES, n_if)
 }
 
+/// `services` with an `lbd:` section announcing through BIRD: `include` and `socket`.
+fn with_bgp(services: &str, include: &Path, socket: &Path) -> String {
+    format!(
+        "{services}\nlbd:\n  bgp:\n    bird_include: {}\n    birdc_socket: {}\n",
+        include.display(),
+        socket.display()
+    )
+}
+
 /// Starts lbd (attached to `interface`, announcing through BIRD) and then BIRD in the node
 /// namespace `ns`, whose address toward the router is `own`.
 fn start_node(
@@ -275,19 +288,9 @@ fn start_node(
     let dir = Dir::new(dir_name);
     let include = dir.0.join("vips.conf");
     let socket = dir.0.join("bird.ctl");
-    let lbd = Lbd::start(
-        lbd(),
-        &ns,
-        services,
-        &[interface],
-        &[
-            "--bird-include",
-            include.to_str().unwrap(),
-            "--birdc-socket",
-            socket.to_str().unwrap(),
-        ],
-    )
-    .expect("lbd");
+    // BIRD's settings in the file, as the deploy guide puts them.
+    let services = with_bgp(services, &include, &socket);
+    let lbd = Lbd::start(lbd(), &ns, &services, &[interface], &[]).expect("lbd");
     // lbd writes the include file within a second; BIRD needs it to start.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !include.exists() {
@@ -385,7 +388,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
 
     // 3. A VIP whose backends are all gone is withdrawn within a second plus BIRD's
     // reconfiguration (node B's file changes; SIGHUP reloads it).
-    std::fs::write(b.lbd.config_path(), SERVICES_ALL_GONE).expect("services");
+    std::fs::write(b.lbd.config_path(), b.file(SERVICES_ALL_GONE)).expect("services");
     let pid = b.lbd.pid().expect("pid");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };

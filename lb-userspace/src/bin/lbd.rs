@@ -45,9 +45,13 @@ enum Command {
     /// Detach meshlb from every interface and remove its pinned maps (tracked flows are lost).
     /// Refuses while an lbd runs on the pin directory.
     Cleanup {
-        /// Where `lbd run` pinned its state.
-        #[arg(long, default_value = settings::DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        /// The service file `lbd run` was given: its `lbd:` section's pin directory and BGP
+        /// settings are used where no flag gives them.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where `lbd run` pinned its state [default: /sys/fs/bpf/meshlb].
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
         /// Stop the lbd running on the pin directory first (SIGTERM), then clean up.
         #[arg(long)]
         force: bool,
@@ -165,10 +169,11 @@ fn main() -> anyhow::Result<()> {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(*args),
         Command::Cleanup {
+            config,
             pin_dir,
             force,
             bgp,
-        } => cleanup(&pin_dir, force, bgp.resolve(None)),
+        } => cleanup(config.as_deref(), pin_dir, force, bgp),
     };
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
     if let Err(e) = result {
@@ -198,8 +203,27 @@ fn check(config: &Path) -> anyhow::Result<()> {
 
 /// Stops meshlb for good: the dataplane is removed (refused while an lbd runs, unless
 /// --force stops it first: a running lbd would announce again), then the VIPs are withdrawn,
-/// so the router moves their flows to the other nodes.
-fn cleanup(pin_dir: &Path, force: bool, bgp: Option<BirdSettings>) -> anyhow::Result<()> {
+/// so the router moves their flows to the other nodes. Flags win over `config`'s `lbd:`
+/// section, as for `lbd run`.
+fn cleanup(
+    config: Option<&Path>,
+    pin_dir: Option<PathBuf>,
+    force: bool,
+    bgp: BgpArgs,
+) -> anyhow::Result<()> {
+    // Read before anything is removed: a file that does not parse stops nothing.
+    let file = match config {
+        Some(path) => ServiceFile::load(path).with_context(|| {
+            "lbd cleanup reads the file's lbd section; fix the file, or leave --config out \
+             and give --pin-dir and --bird-include"
+        })?,
+        None => ServiceFile::default(),
+    };
+    let pin_dir = pin_dir
+        .or(file.lbd.pin_dir)
+        .unwrap_or_else(|| settings::DEFAULT_PIN_DIR.into());
+    let pin_dir = pin_dir.as_path();
+    let bgp = bgp.resolve(file.lbd.bgp);
     let when_running = if force {
         pin::WhenRunning::Stop
     } else {
