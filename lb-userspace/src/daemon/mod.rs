@@ -32,7 +32,7 @@ mod swarm_state;
 pub use health::CheckResult;
 pub use links::LinkEvent;
 
-use swarm_state::{load_swarm_state, swarm_services};
+use swarm_state::{load_swarm_state, plan_refusing_swarm, swarm_blamed, swarm_services};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -158,7 +158,8 @@ impl Daemon {
         let mut merged =
             api.merge_with_swarm(&file, &swarm_services.all_specs(), &node_addresses)?;
         merged.file.mesh = swarm_services.mesh.clone();
-        let mut desired = plan::plan(&merged.file, &node_addresses)?;
+        let mut desired =
+            plan_refusing_swarm(&mut merged, |file| Ok(plan::plan(file, &node_addresses)?))?;
 
         let mut dp = Dataplane::load(options.load.clone())?;
         // A start that fails from here undoes what it did (see `Dataplane::discard_if_fresh`).
@@ -418,7 +419,8 @@ impl Daemon {
 
     /// Merges the file (`None`: the one kept), the API state and the swarm, and plans the
     /// result. When only some services' API edits changed, the kept merge is patched in place
-    /// (`MergeStep::Patched`, put back by `restore_merged` if the change is not kept).
+    /// (`MergeStep::Patched`, put back by `restore_merged` if the change is not kept). A swarm
+    /// service the plan refuses is left out (`plan_refusing_swarm`), after a whole merge.
     fn merge_and_plan(
         &mut self,
         file: Option<&ServiceFile>,
@@ -436,67 +438,76 @@ impl Daemon {
             }
             _ => None,
         };
-        let step = match edited {
-            Some(specs) => {
-                let services = &mut self.merged.file.services;
-                let before = specs
-                    .into_iter()
-                    .map(|(name, spec)| {
-                        let before = services.insert(name.clone(), spec);
-                        (name, before)
-                    })
-                    .collect();
-                MergeStep::Patched(before)
-            }
-            None => {
-                let file = file.unwrap_or(&self.file);
-                let mut merged =
-                    api.merge_with_swarm(file, &swarm_services.all_specs(), &node_addresses)?;
-                merged.file.mesh = swarm_services.mesh.clone();
-                MergeStep::Whole(Box::new(merged))
-            }
-        };
-        let merged = match &step {
-            MergeStep::Whole(merged) => &merged.file,
-            MergeStep::Patched(_) => &self.merged.file,
-        };
-        let planned = (|| -> Result<_, DaemonError> {
-            let serving = self.health.serving(merged);
-            let health_shaped = matches!(serving, std::borrow::Cow::Owned(_));
-            // Only the patched services can differ from what the running plan was made from,
-            // unless down backends were left out of either.
-            let may_differ: Option<BTreeSet<String>> = match &step {
-                MergeStep::Patched(before) if !health_shaped && !self.running_health_shaped => {
-                    Some(before.iter().map(|(name, _)| name.clone()).collect())
+        if let Some(specs) = edited {
+            let services = &mut self.merged.file.services;
+            let before: Vec<_> = specs
+                .into_iter()
+                .map(|(name, spec)| {
+                    let before = services.insert(name.clone(), spec);
+                    (name, before)
+                })
+                .collect();
+            let planned = self.plan_merged(&self.merged.file, Some(&before), &node_addresses);
+            let step = MergeStep::Patched(before);
+            match planned {
+                Ok((next, health_shaped)) => {
+                    return Ok((step, node_addresses, next, health_shaped));
                 }
-                _ => None,
-            };
-            // After a failed undo every entry is written: a whole plan.
-            let next = if self.degraded.is_some() {
-                Replan::Full(plan::plan_from(
-                    &serving,
-                    &node_addresses,
-                    Some(&self.running),
-                )?)
-            } else {
-                plan::replan_among(
-                    &serving,
-                    &node_addresses,
-                    &self.running,
-                    may_differ.as_ref(),
-                )?
-            };
-            Ok((node_addresses, next, health_shaped))
-        })();
-        match planned {
-            Ok((node_addresses, next, health_shaped)) => {
-                Ok((step, node_addresses, next, health_shaped))
-            }
-            Err(e) => {
-                self.restore_merged(step);
-                Err(e)
+                // An edit that clashes with a swarm service: merged whole, which leaves the
+                // swarm service out.
+                Err(DaemonError::Plan(e)) if swarm_blamed(&self.merged, &e).is_some() => {
+                    self.restore_merged(step);
+                }
+                Err(e) => {
+                    self.restore_merged(step);
+                    return Err(e);
+                }
             }
         }
+        let file = file.unwrap_or(&self.file);
+        let mut merged =
+            api.merge_with_swarm(file, &swarm_services.all_specs(), &node_addresses)?;
+        merged.file.mesh = swarm_services.mesh.clone();
+        let (next, health_shaped) = plan_refusing_swarm(&mut merged, |file| {
+            self.plan_merged(file, None, &node_addresses)
+        })?;
+        Ok((
+            MergeStep::Whole(Box::new(merged)),
+            node_addresses,
+            next,
+            health_shaped,
+        ))
+    }
+
+    /// Plans `merged` against the running plan (`patched`: the services a patched merge
+    /// changed, and their specs before); the plan, and whether health checks shaped it.
+    fn plan_merged(
+        &self,
+        merged: &ServiceFile,
+        patched: Option<&[(String, Option<crate::source::file::ServiceSpec>)]>,
+        node_addresses: &[IpAddr],
+    ) -> Result<(Replan, bool), DaemonError> {
+        let serving = self.health.serving(merged);
+        let health_shaped = matches!(serving, std::borrow::Cow::Owned(_));
+        // Only the patched services can differ from what the running plan was made from,
+        // unless down backends were left out of either.
+        let may_differ: Option<BTreeSet<String>> = match patched {
+            Some(before) if !health_shaped && !self.running_health_shaped => {
+                Some(before.iter().map(|(name, _)| name.clone()).collect())
+            }
+            _ => None,
+        };
+        // After a failed undo every entry is written: a whole plan.
+        let next = if self.degraded.is_some() {
+            Replan::Full(plan::plan_from(
+                &serving,
+                node_addresses,
+                Some(&self.running),
+            )?)
+        } else {
+            plan::replan_among(&serving, node_addresses, &self.running, may_differ.as_ref())?
+        };
+        Ok((next, health_shaped))
     }
 
     /// Puts back what `merge_and_plan` patched, for a change that is not kept.

@@ -310,6 +310,28 @@ pub enum PlanError {
     },
 }
 
+impl PlanError {
+    /// The services whose leaving would clear this error, the likelier cause first: of a
+    /// conflict, the service planned later; of a loop, the service whose frontend the
+    /// backend is. Empty for an error of the whole plan (a capacity).
+    pub fn blamed(&self) -> Vec<&str> {
+        match self {
+            Self::Unsupported { service, .. }
+            | Self::NoNodeAddress { service }
+            | Self::Table { service, .. } => vec![service.as_str()],
+            Self::FrontendConflict { services, .. } => {
+                vec![services[1].as_str(), services[0].as_str()]
+            }
+            Self::BackendIsFrontend {
+                service,
+                frontend_of,
+                ..
+            } => vec![frontend_of.as_str(), service.as_str()],
+            Self::Capacity { .. } => Vec::new(),
+        }
+    }
+}
+
 /// Plans the kernel state for `file` on a node with `node_addrs`.
 ///
 /// A kernel service is one (service, port mapping, address family): meshlb translates

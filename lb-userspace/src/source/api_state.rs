@@ -135,6 +135,21 @@ fn claimed_by<'a>(
 /// What `origin` names in errors about the merged configuration.
 pub const MERGED_ORIGIN: &str = "service file + API state";
 
+impl Merged {
+    /// Leaves the swarm service `name` out, with `reason`; false (and nothing changed) when
+    /// `name` is not a swarm service. For what the merge's own checks cannot see: a swarm
+    /// service the plan refuses never holds up the operator's services.
+    pub fn refuse_swarm(&mut self, name: &str, reason: String) -> bool {
+        if self.sources.get(name) != Some(&Source::Swarm) {
+            return false;
+        }
+        self.sources.remove(name);
+        self.file.services.remove(name);
+        self.swarm_refused.insert(name.to_owned(), reason);
+        true
+    }
+}
+
 impl ApiState {
     /// Lays the API state over `file`, and validates the result with the file's rules.
     pub fn merge(&self, file: &ServiceFile) -> Result<Merged, OverlayError> {
