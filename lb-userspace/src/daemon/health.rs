@@ -2,7 +2,7 @@
 //! A result that takes a backend down or brings it back is applied like any other change
 //! (`Trigger::Health`): the plan leaves down backends out, only the difference is written.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::{
@@ -16,6 +16,29 @@ use crate::{
 /// One finished check: its target and its result (`Ok`: how long it took).
 pub type CheckResult = (TargetKey, Result<Duration, String>);
 
+/// When a refused change of health is tried again: a second after the refusal, then twice
+/// as long after each refusal up to half a minute, so a refusal that lasts costs a replan now
+/// and then, not one per check.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Retry {
+    pub at: Instant,
+    pub wait: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MOST: Duration = Duration::from_secs(30);
+
+    /// The retry after a refusal, `earlier` the one before it (if any).
+    fn after(earlier: Option<Retry>) -> Retry {
+        let wait = earlier.map_or(Self::FIRST, |r| (r.wait * 2).min(Self::MOST));
+        Retry {
+            at: Instant::now() + wait,
+            wait,
+        }
+    }
+}
+
 impl Daemon {
     /// The checks to run, when the services changed since `seen` (an epoch this returned
     /// before; 0 for none): `(epoch, targets)`.
@@ -28,8 +51,8 @@ impl Daemon {
     }
 
     /// Takes finished checks; a backend that went down or came back up replans (logged with
-    /// the reason), and so does any batch while a change of health is still not applied.
-    /// Returns the transitions.
+    /// the reason), and so does a batch when a change of health the kernel refused is due to
+    /// be tried again. Returns the transitions.
     pub fn record_health(&mut self, results: Vec<CheckResult>) -> Vec<Transition> {
         let now = SystemTime::now();
         let transitions: Vec<Transition> = results
@@ -47,24 +70,30 @@ impl Daemon {
                 }
             }
         }
-        if transitions.iter().any(Transition::changes_serving) || self.health_unapplied {
+        let retry_due = self
+            .health_unapplied
+            .is_some_and(|retry| Instant::now() >= retry.at);
+        if transitions.iter().any(Transition::changes_serving) || retry_due {
             let api = self.api.clone();
+            let earlier = self.health_unapplied;
             match self.commit(Trigger::Health, None, api) {
-                Ok(_) => {
-                    if self.health_unapplied {
-                        info!("health: the change of backends refused before is applied now");
-                    }
-                    self.health_unapplied = false;
+                // `take_plan` cleared `health_unapplied`.
+                Ok(_) if earlier.is_some() => {
+                    info!("health: the change of backends refused before is applied now");
                 }
-                // Said once, not with every batch of results it is retried with.
-                Err(e) if self.health_unapplied => {
-                    tracing::debug!("health: the change of backends is still not applied: {e:#}")
-                }
+                Ok(_) => {}
                 Err(e) => {
-                    self.health_unapplied = true;
-                    error!(
-                        "health: the change of backends was not applied, the running configuration stays (retried with each check's results until it is): {e:#}"
-                    );
+                    let retry = Retry::after(earlier);
+                    // Said once, not at every retry.
+                    if earlier.is_none() {
+                        error!(
+                            "health: the change of backends was not applied, the running configuration stays (retried in {:?}, then less and less often, until it is): {e:#}",
+                            retry.wait
+                        );
+                    } else {
+                        tracing::debug!(wait = ?retry.wait, "health: the change of backends is still not applied: {e:#}");
+                    }
+                    self.health_unapplied = Some(retry);
                 }
             }
         }

@@ -133,10 +133,10 @@ pub struct Daemon {
     /// patched merge differs from what `running` was planned from only in the patched
     /// services (`merge_and_plan`).
     running_health_shaped: bool,
-    /// A change of health the kernel refused (or that failed otherwise), retried with each
-    /// later batch of check results until one is applied: a backend that stays down or up
-    /// brings no transition that would retry it.
-    health_unapplied: bool,
+    /// A change of health the kernel refused (or that failed otherwise): when to retry it,
+    /// and the wait after that. A backend that stays down or up brings no transition that
+    /// would; any change applied since carries it (`take_plan` clears this).
+    health_unapplied: Option<health::Retry>,
 }
 
 impl Daemon {
@@ -266,7 +266,7 @@ impl Daemon {
             health: Default::default(),
             merged_epoch: 1,
             running_health_shaped: true,
-            health_unapplied: false,
+            health_unapplied: None,
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
@@ -579,6 +579,8 @@ impl Daemon {
             Replan::Delta(delta) => self.running.patch(delta),
         }
         self.running_health_shaped = health_shaped;
+        // Planned with the health checks' latest word: nothing of theirs is left unapplied.
+        self.health_unapplied = None;
     }
 
     /// Lets the sockets of each local container on an overlay network reach the VIPs of its
