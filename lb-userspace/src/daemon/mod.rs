@@ -160,6 +160,9 @@ impl Daemon {
         merged.file.mesh = swarm_services.mesh.clone();
         let mut desired =
             plan_refusing_swarm(&mut merged, |file| Ok(plan::plan(file, &node_addresses)?))?;
+        for (name, reason) in &merged.swarm_refused {
+            error!(service = %name, "swarm service not served: {reason}");
+        }
 
         let mut dp = Dataplane::load(options.load.clone())?;
         // A start that fails from here undoes what it did (see `Dataplane::discard_if_fresh`).
@@ -428,11 +431,13 @@ impl Daemon {
         swarm_services: &SwarmServices,
     ) -> Result<(MergeStep, Vec<IpAddr>, Replan, bool), DaemonError> {
         // The merge weighs swarm ports against VIPs that are node addresses: merged whole
-        // when those changed.
+        // when those changed. Merged whole too while a swarm service is refused: an edit of
+        // the operator's services (a backend gone) may clear the cause.
         let node_addresses = node_addresses()?;
         let edited = match file {
             None if *swarm_services == self.swarm_services
-                && node_addresses == self.node_addresses =>
+                && node_addresses == self.node_addresses
+                && self.merged.swarm_refused.is_empty() =>
             {
                 api.edited_specs(&self.api, &self.file).transpose()?
             }
