@@ -394,7 +394,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     let took = wait_hops(&router, VIP, &[A], Duration::from_secs(3));
     eprintln!("node B's backends gone: withdrawn in {took:?}");
-    std::fs::write(b.lbd.config_path(), SERVICES).expect("services");
+    std::fs::write(b.lbd.config_path(), b.file(SERVICES)).expect("services");
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     wait_hops(&router, VIP, &[A, B], converge);

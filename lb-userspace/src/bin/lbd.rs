@@ -211,8 +211,16 @@ fn cleanup(
     force: bool,
     bgp: BgpArgs,
 ) -> anyhow::Result<()> {
-    // Read before anything is removed: a file that does not parse stops nothing.
+    // Read before anything is removed: a file that does not parse stops nothing. One that is
+    // not there (a swarm-only node, or /etc/meshlb already removed) has no lbd section.
     let file = match config {
+        Some(path) if !path.exists() => {
+            warn!(
+                "{} does not exist: cleaning up with the flags and defaults only",
+                path.display()
+            );
+            ServiceFile::default()
+        }
         Some(path) => ServiceFile::load(path).with_context(|| {
             "lbd cleanup reads the file's lbd section; fix the file, or leave --config out \
              and give --pin-dir and --bird-include"
