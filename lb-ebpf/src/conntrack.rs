@@ -267,14 +267,28 @@ fn refresh(f: &mut Flow, now: u64, tick: u32) {
     }
 }
 
-/// Refreshes a reply entry's idle clock (see `refresh`): a full-NAT port is only reclaimed
-/// from an entry that has really gone quiet.
+/// Refreshes the idle clock of a reply entry (`reply_key`, in `PENDING` if `pending`; see
+/// `refresh`) and, when it moves, of its flow's forward entry: the forward entry's clock is
+/// the flow's (its idle limit, its port's hold), and a backend talking to a quiet client (a
+/// stream pushed to it) keeps the flow alive as the client's packets do. The forward entry
+/// is looked up only then, about once a second.
 #[inline(always)]
-pub fn touch_reply(flow: *mut Flow, tick: u32) {
+pub fn touch_reply(reply_key: &FlowKey, flow: *mut Flow, pending: bool, tick: u32) {
     // SAFETY: valid for this program run.
     let f = unsafe { &mut *flow };
-    if f.seen_tick != tick {
-        refresh(f, now_ns(), tick);
+    if f.seen_tick == tick {
+        return;
+    }
+    let now = now_ns();
+    let moves = now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
+    refresh(f, now, tick);
+    if moves && let Some(forward) = forward_of(reply_key, f, pending) {
+        // SAFETY: valid for this program run. Only the clock: the forward direction's route
+        // cache and tick are its own packets' business.
+        let forward = unsafe { &mut *forward };
+        if now.wrapping_sub(forward.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+            forward.last_seen_ns = now;
+        }
     }
 }
 
@@ -575,9 +589,8 @@ pub fn frontend_gen() -> u32 {
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` of `PENDING` (if `pending`) or
-/// `CONNTRACK` still holds it: its forward entry (in the same table) exists, the flow is not
-/// idle past its limit in both directions (as `held` measures it), and the forward entry
-/// still maps to this reply key.
+/// `CONNTRACK` still holds it: its forward entry (in the same table) exists, is not idle
+/// past its limit (as `held` measures it), and still maps to this reply key.
 #[inline(always)]
 fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, held: Held) -> bool {
     if pending {
@@ -627,12 +640,8 @@ fn owner_alive<const N: usize>(
         };
         let f = &*forward;
         let limit_ns = held.limit_ns(f);
-        // Either direction keeps the port: a backend talking to a quiet client (a stream
-        // pushed to it) refreshes only the reply entry's clock (`touch_reply`).
-        let idle_ns = now
-            .wrapping_sub(f.last_seen_ns)
-            .min(now.wrapping_sub(r.last_seen_ns));
-        idle_ns <= limit_ns && owns_reply(f, reply_key, r)
+        // The flow's clock: either direction moves it (`touch_reply`).
+        now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r)
     }
 }
 
@@ -669,13 +678,31 @@ fn owns_reply(f: &Flow, reply_key: &FlowKey, reply: &Flow) -> bool {
 /// A backend's FIN or RST ends its flow as the client's does: the forward entry (whose state
 /// and idle limit decide the flow's life) moves to CLOSING, so the flow expires on the short
 /// timeout and a SYN on its tuple starts a new flow. `reply_key` is the backend's packet's
-/// tuple, `reply` its entry (in `PENDING` if `pending`, where the forward entry is too). The
-/// forward key is built in per-CPU scratch memory.
+/// tuple, `reply` its entry (in `PENDING` if `pending`; see `forward_of`).
 #[inline(always)]
 pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool, tcp_flags: u8) {
-    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
+    let Some(forward) = forward_of(reply_key, reply, pending) else {
         return;
     };
+    // SAFETY: valid for this program run.
+    let f = unsafe { &mut *forward };
+    if f.tcp_state != tcp_state::CLOSING {
+        f.tcp_state = tcp_state::CLOSING;
+        // The closing timeout counts from the close: the client may have been quiet for
+        // longer (a server closing an idle keep-alive connection), and its FIN must still
+        // find the flow.
+        f.last_seen_ns = now_ns();
+        // The first to close with a FIN keeps TIME_WAIT (see `Flow::port_hold_s`).
+        f.backend_closed_first = u8::from(tcp_flags & TCP_RST == 0);
+    }
+}
+
+/// The forward entry of the flow reply entry `reply` (keyed `reply_key`, in `PENDING` if
+/// `pending`, where the forward entry is too) belongs to, if it is still that flow's (see
+/// `owns_reply`). Its key is built in per-CPU scratch memory.
+#[inline(always)]
+fn forward_of(reply_key: &FlowKey, reply: &Flow, pending: bool) -> Option<*mut Flow> {
+    let forward_key = KEY_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: map values valid for this program run; the scratch key is this CPU's, its
     // padding never written (zero as created).
     unsafe {
@@ -685,21 +712,8 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool, tcp_fla
             PENDING.get_ptr_mut(k)
         } else {
             CONNTRACK.get_ptr_mut(k)
-        };
-        let Some(forward) = forward else {
-            return;
-        };
-        let f = &mut *forward;
-        // Only the flow this reply entry belongs to (see `reply_owner_alive`).
-        if owns_reply(f, reply_key, reply) && f.tcp_state != tcp_state::CLOSING {
-            f.tcp_state = tcp_state::CLOSING;
-            // The closing timeout counts from the close: the client may have been quiet for
-            // longer (a server closing an idle keep-alive connection), and its FIN must still
-            // find the flow.
-            f.last_seen_ns = now_ns();
-            // The first to close with a FIN keeps TIME_WAIT (see `Flow::port_hold_s`).
-            f.backend_closed_first = u8::from(tcp_flags & TCP_RST == 0);
-        }
+        }?;
+        owns_reply(&*forward, reply_key, reply).then_some(forward)
     }
 }
 

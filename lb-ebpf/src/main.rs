@@ -415,7 +415,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some((flow, pending)) = conntrack::lookup_reply(&pkt.key) else {
         return Verdict::NO_REPLY_ENTRY;
     };
-    conntrack::touch_reply(flow, conntrack::tick());
+    conntrack::touch_reply(&pkt.key, flow, pending, conntrack::tick());
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: valid for this program run.
         conntrack::backend_closing(&pkt.key, unsafe { &*flow }, pending, pkt.tcp_flags);

@@ -1250,10 +1250,11 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
 }
 
 /// A full-NAT flow whose client has gone quiet while its backend still sends (a stream pushed
-/// to the client) keeps its node port: a new flow whose port search starts there takes the
-/// next port, and the backend's packets still reach the first client.
+/// to the client) stays alive: a new flow whose port search starts at its node port takes
+/// the next port, the backend's packets still reach the first client, and the client's next
+/// packet is still its flow's.
 #[test]
-fn fullnat_keeps_the_port_of_a_flow_only_its_backend_still_speaks_on() {
+fn fullnat_flow_only_its_backend_still_speaks_on_stays_alive_and_keeps_its_port() {
     if !e2e_enabled() {
         return;
     }
@@ -1294,6 +1295,11 @@ fn fullnat_keeps_the_port_of_a_flow_only_its_backend_still_speaks_on() {
             first,
             "the backend's stream still reaches its client"
         );
+        // And the client's next datagram is still its flow's, on its node port.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::udp(first, vip).build());
+        assert_eq!(parse_ipv4(&out.packet).expect("forwarded").src, node);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
     });
 }
 
