@@ -504,6 +504,8 @@ fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
     if !e2e_enabled() {
         return;
     }
+    use aya::maps::{HashMap, Map, MapData};
+    use lb_common::maps::EndpointKey;
     let (topo, _servers) = setup(2);
     let with = |backends: &str| {
         services(backends).replace(
@@ -511,7 +513,13 @@ fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
             "    on_backend_removal: keep\n    backends:",
         )
     };
-    let mut lb = start(&topo, &with(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    // `idle` never gets a flow: its endpoint lingers after the reload with no reply to wait for.
+    let idle = "  idle:\n    vip: 198.18.100.2\n    ports: [\"80:9999/tcp\"]\n    backends: [\"198.18.2.10\"]\n";
+    let mut lb = start(
+        &topo,
+        &format!("{}{idle}", with(r#""198.18.2.10", "198.18.2.11""#)),
+        &[],
+    );
     // TCP connections until some are on backend 1 (bounded: Maglev spreads 16 over two).
     let mut sessions: Vec<(TcpSession, String)> = (0..16)
         .map(|_| {
@@ -529,6 +537,29 @@ fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
     for (s, backend) in sessions.iter_mut() {
         assert_eq!(&s.request().expect("TCP after the reload").backend, backend);
     }
+    let endpoints = |lb: &Lbd| -> BTreeSet<(String, u16)> {
+        let path = lb.pin_dir().join("maps").join("BACKEND_ENDPOINTS");
+        let map: HashMap<MapData, EndpointKey, u32> = HashMap::try_from(Map::HashMap(
+            MapData::from_pin(&path).expect("pinned BACKEND_ENDPOINTS"),
+        ))
+        .expect("BACKEND_ENDPOINTS");
+        map.keys()
+            .map(|k| {
+                let k = k.expect("a key");
+                (
+                    std::net::IpAddr::from(k.addr).to_string(),
+                    u16::from_be(k.port_be),
+                )
+            })
+            .collect()
+    };
+    let lingering = ("198.18.2.11".to_owned(), 8080);
+    let unused = ("198.18.2.10".to_owned(), 9999);
+    let before = endpoints(&lb);
+    assert!(
+        before.contains(&lingering) && before.contains(&unused),
+        "{before:?}"
+    );
     lb.kill().expect("kill -9");
     lb.restart(&topo.node).expect("restart");
     for (s, backend) in sessions.iter_mut() {
@@ -540,6 +571,12 @@ fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
         });
         assert_eq!(&reply.backend, backend);
     }
+    // The endpoint its connections reply from stays; one no flow replies from goes.
+    let after = endpoints(&lb);
+    assert!(
+        after.contains(&lingering) && !after.contains(&unused),
+        "{after:?}"
+    );
     // New connections go to the backend left.
     assert_eq!(new_flows_reach(&topo, 8), set(&["backend-0"]));
 }

@@ -175,10 +175,11 @@ impl Daemon {
                 let (frontends, backends) = dp.kernel_entries()?;
                 let ids = Ids::recover(&desired, &frontends, &backends);
                 let mut adopted = DesiredState::with_ids(ids);
-                // Its backend endpoints stay, as across a live change: replies of flows kept
-                // on a backend that left (`keep`), and late ones of flows moved, are still
-                // translated. The plan drops them when it needs the room.
-                adopted.endpoints = dp.backend_endpoints()?;
+                // Its backend endpoints that tracked flows still reply from stay, as across a
+                // live change: replies of flows kept on a backend that left (`keep`), and late
+                // ones of flows moved, are still translated. The plan drops them when it needs
+                // the room; the others go now.
+                adopted.endpoints = dp.endpoints_with_replies()?;
                 desired = plan::plan_from(&merged.file, &node_addresses, Some(&adopted))?;
                 info!(
                     "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"

@@ -403,8 +403,33 @@ impl Dataplane {
         Ok((frontends, self.backends_in_use()?))
     }
 
-    /// The kernel's backend endpoints and their counts (`BACKEND_ENDPOINTS`), read in batches.
-    pub fn backend_endpoints(&self) -> Result<BTreeMap<EndpointKey, u32>, DataplaneError> {
+    /// The kernel's backend endpoints (`BACKEND_ENDPOINTS`, with their counts) that a tracked
+    /// flow's reply entry still names: those whose replies must stay translated. Both tables
+    /// and the endpoints read in batches.
+    pub fn endpoints_with_replies(&self) -> Result<BTreeMap<EndpointKey, u32>, DataplaneError> {
+        let mut replying = std::collections::BTreeSet::new();
+        for name in [names::CONNTRACK, names::PENDING] {
+            let table: HashMap<&MapData, FlowKey, Flow> =
+                HashMap::try_from(self.ebpf().map(name).expect("checked at load"))
+                    .map_err(map_err(name))?;
+            let sizes = (std::mem::size_of::<FlowKey>(), std::mem::size_of::<Flow>());
+            batch::each_entry(table.map(), sizes.0, sizes.1, |key, value| {
+                // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
+                let (key, flow) = unsafe {
+                    (
+                        key.as_ptr().cast::<FlowKey>().read_unaligned(),
+                        value.as_ptr().cast::<Flow>().read_unaligned(),
+                    )
+                };
+                if flow.kind == lb_common::maps::flow_kind::REPLY {
+                    replying.insert(EndpointKey::new(key.src, key.sport_be, key.proto));
+                }
+            })
+            .map_err(|e| DataplaneError::MapValue {
+                name,
+                message: format!("walking its entries: {e}"),
+            })?;
+        }
         let name = names::BACKEND_ENDPOINTS;
         let map: HashMap<&MapData, EndpointKey, u32> =
             HashMap::try_from(self.ebpf().map(name).expect("checked at load"))
@@ -419,7 +444,9 @@ impl Dataplane {
                     value.as_ptr().cast::<u32>().read_unaligned(),
                 )
             };
-            endpoints.insert(key, count);
+            if replying.contains(&key) {
+                endpoints.insert(key, count);
+            }
         })
         .map_err(|e| DataplaneError::MapValue {
             name,
