@@ -220,7 +220,8 @@ impl Pending {
         // Endpoints of backends that left keep letting replies through to the connection
         // table: flows kept on a removed backend (`keep`), and late replies of moved ones, are
         // still translated, across restarts too (an adopting start plans with the kernel's
-        // endpoints as the previous ones). They are dropped when room is needed.
+        // endpoints that reply entries name as the previous ones). They are dropped when room
+        // is needed.
         let room = (MAX_BACKEND_ENDPOINTS as usize).saturating_sub(counted.len());
         // Both in key order: one walk finds the previous keys this plan lacks.
         let mut current = counted.iter().map(|(k, _)| k).peekable();
