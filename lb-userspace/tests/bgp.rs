@@ -147,7 +147,8 @@ protocol bgp upstream {{
 fn next_hops(router: &Netns, vip: &str) -> BTreeSet<String> {
     let out = router
         .ip(&["-4", "route", "show", &format!("{vip}/32")])
-        .unwrap_or_default();
+        // No route prints nothing; a failed `ip` must not read as a withdrawn route.
+        .expect("ip route show in the router");
     let words: Vec<&str> = out.split_whitespace().collect();
     words
         .windows(2)

@@ -817,12 +817,18 @@ fn metrics_parse_and_match_the_traffic() {
     assert_eq!(status, 200);
     let lines = body.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    // The sum of the series of `name` with `labels`, at least one of which must be served (a
+    // series missing or renamed must not read as 0).
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
+        let series: Vec<_> = scrape
             .samples
             .iter()
             .filter(|s| s.metric == name)
             .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect();
+        assert!(!series.is_empty(), "no {name} {labels:?} served:\n{body}");
+        series
+            .into_iter()
             .map(|s| match s.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)

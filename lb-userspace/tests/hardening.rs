@@ -172,6 +172,7 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
         return;
     }
     let topo = Topology::new(1).expect("topology");
+    let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
     let lb = start(&topo, &[]);
     // A second lbd, with pin and state directories of its own, on the same interfaces.
     let scratch = std::env::temp_dir().join(format!("mlb-second-{}", std::process::id()));
@@ -227,9 +228,13 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
         !leftover,
         "the failed start left its pins (maps, a tcx link) behind: {out}"
     );
-    // The first lbd is untouched.
+    // The first lbd is untouched: it answers, and its VIP is still served.
     let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
     assert!(ok, "{err}");
+    let vip = "198.18.100.1:80".parse().unwrap();
+    let reply = lb_testkit::tcp_request(&topo.client, vip, Duration::from_secs(3))
+        .expect("the first lbd's VIP, after the second one failed");
+    assert_eq!(reply.backend, "backend-0");
 }
 
 /// One HTTP request in `ns`; the status code, or the error.

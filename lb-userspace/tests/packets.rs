@@ -890,7 +890,9 @@ services:
             panic!("a round-robin service");
         };
         let mut picked = std::collections::BTreeSet::new();
-        for port in 31000..31012u16 {
+        // 13 of them, not a multiple of the 3 backends: had each taken a turn, the 10th new
+        // flow below would land on another slot.
+        for port in 31000..31013u16 {
             let client = sock(CLIENT, port);
             let key = FlowKey {
                 src: Addr::from(*client.ip()),
@@ -1026,9 +1028,22 @@ fn vlan_tagged_frames_are_balanced_with_their_tags_kept() {
                 sock(VIP, 80),
                 TCP_SYN,
             );
+            let before = lb.stats();
             let out = lb.run(&with_vlan_tags(&syn.build(), tags));
             let expected = with_vlan_tags(&syn.with_dst(sock("198.18.2.10", 8080)).build(), tags);
             assert_eq!(out.packet, expected, "tags {tags:?}");
+            // Forwarded, not only rewritten: handed to TC toward the backends, and counted.
+            assert_eq!(out.action, XDP_PASS, "tags {tags:?}");
+            assert_eq!(
+                out.meta_words(),
+                Some((XDP_META_MAGIC, lb.backend_if)),
+                "tags {tags:?}"
+            );
+            assert_eq!(
+                delta(&before, &lb.stats(), StatSlot::NatForward),
+                1,
+                "tags {tags:?}"
+            );
         }
     });
 }

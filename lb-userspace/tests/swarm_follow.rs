@@ -364,10 +364,32 @@ impl Sessions {
         )
     }
 
+    /// Sessions to `target` until `n` of them are on tasks in `on` (bounded: 40 sessions).
+    fn open_until(lab: &SwarmLab, target: SocketAddr, on: &BTreeSet<String>, n: usize) -> Sessions {
+        let mut sessions = Sessions(Vec::new());
+        for _ in 0..40 {
+            if sessions
+                .0
+                .iter()
+                .filter(|(_, task)| on.contains(task))
+                .count()
+                >= n
+            {
+                return sessions;
+            }
+            sessions.0.extend(Sessions::open(lab, target, 1).0);
+        }
+        panic!("40 sessions to {target}, fewer than {n} on {on:?}");
+    }
+
     /// Every session whose task is still in `alive` answers, from the same task; sessions to
-    /// other tasks are dropped.
+    /// other tasks are dropped. At least one must be left to check.
     fn check_kept(&mut self, alive: &BTreeSet<String>, what: &str) {
         self.0.retain(|(_, task)| alive.contains(task));
+        assert!(
+            !self.0.is_empty(),
+            "{what}: no session on a surviving task to check"
+        );
         for (session, task) in &mut self.0 {
             let reply = session
                 .request()
@@ -708,6 +730,9 @@ fn dockerd_crash_under_traffic(restart: bool) {
     for node in lab.nodes.iter().rev() {
         who_follows(&lab, &lbs, node, since, FOLLOW, "dockerd restart");
     }
+    for (node, outage) in lab.nodes.iter().zip(&mut outages) {
+        outage.finish(&format!("node {}", node.index));
+    }
     for (node, outage) in lab.nodes.iter().zip(&outages) {
         println!(
             "node {} during node 2's restart ({:?}): {} requests, {} failed, longest outage {:?}",
@@ -754,6 +779,19 @@ struct Outage {
 }
 
 impl Outage {
+    /// Ends the traffic: an outage still going counts up to now, and some request must have
+    /// been answered.
+    fn finish(&mut self, what: &str) {
+        if let Some(since) = self.since.take() {
+            self.longest = self.longest.max(since.elapsed());
+        }
+        assert!(
+            self.failed < self.requests,
+            "{what}: every one of {} requests failed",
+            self.requests
+        );
+    }
+
     fn record(&mut self, ok: bool) {
         self.requests += 1;
         if ok {
@@ -1142,7 +1180,9 @@ fn dockerd_graceful_restart_under_traffic() {
         .filter(|t| t.node == 2)
         .map(|t| t.container.clone())
         .collect();
-    let mut sessions = Sessions::open(&lab, published(&lab.nodes[0], WHO_PORT), 6);
+    // Some on node 1's tasks, which must keep them through node 2's restart.
+    let mut sessions =
+        Sessions::open_until(&lab, published(&lab.nodes[0], WHO_PORT), &node1_tasks, 2);
     let targets: Vec<SocketAddr> = lab.nodes.iter().map(|n| published(n, WHO_PORT)).collect();
     let mut outages = [Outage::default(), Outage::default()];
     let started = Instant::now();
@@ -1194,6 +1234,9 @@ fn dockerd_graceful_restart_under_traffic() {
     let since = Instant::now();
     for node in lab.nodes.iter().rev() {
         who_follows(&lab, &lbs, node, since, FOLLOW, "dockerd restart");
+    }
+    for (node, outage) in lab.nodes.iter().zip(&mut outages) {
+        outage.finish(&format!("node {}", node.index));
     }
     for (node, outage) in lab.nodes.iter().zip(&outages) {
         println!(
