@@ -129,9 +129,23 @@ impl Snapshot {
     /// previous snapshot) rather than a silently smaller swarm.
     pub fn from_answers(answers: &Answers) -> Result<Snapshot, SnapshotError> {
         let swarm = answers.info.swarm.as_ref();
-        let active = swarm
+        let state = swarm
             .and_then(|s| s.local_node_state.as_ref())
-            .is_some_and(|state| state.to_string() == "active");
+            .map(|state| state.to_string())
+            .unwrap_or_default();
+        // Only a node that left the swarm (or never joined) has no swarm: one that is still
+        // joining or reconnecting (`pending`), `locked` after a restart, or in `error` still
+        // has its swarm, whose tasks run on; its Engine just cannot say so now.
+        let active = state == "active";
+        if !active && !matches!(state.as_str(), "inactive" | "") {
+            return Err(SnapshotError {
+                what: "info".into(),
+                message: format!(
+                    "the swarm is {state:?} on this node, not active or inactive (still joining, \
+                     locked, or in error): the last swarm state is kept until it is active"
+                ),
+            });
+        }
         let node_addr = swarm
             .and_then(|s| s.node_addr.as_deref())
             .filter(|a| !a.is_empty())
@@ -205,7 +219,9 @@ fn add_containers(snapshot: &mut Snapshot, answers: &Answers) {
             overlay_networks_of(container, &answers.overlays)
                 .map(str::to_owned)
                 .collect();
-        if !networks.is_empty() && container_usable(container) {
+        // A client needs no health to reach VIPs (its health check may need them): running
+        // is enough.
+        if !networks.is_empty() && container_running(container) {
             snapshot
                 .containers
                 .insert(id.to_owned(), OverlayContainer { pid, networks });
@@ -332,15 +348,20 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
     Ok(())
 }
 
-/// Running, and healthy if the image has a health check (Docker's `Status` says
-/// "(health: starting)" or "(unhealthy)" until it passes).
+/// A backend worth flows: running, and healthy if the image has a health check (Docker's
+/// `Status` says "(health: starting)" or "(unhealthy)" until it passes).
 fn container_usable(container: &ContainerSummary) -> bool {
-    let running = container
+    let status = container.status.as_deref().unwrap_or_default();
+    container_running(container)
+        && !status.contains("unhealthy")
+        && !status.contains("health: starting")
+}
+
+fn container_running(container: &ContainerSummary) -> bool {
+    container
         .state
         .as_ref()
-        .is_some_and(|s| s.to_string() == "running");
-    let status = container.status.as_deref().unwrap_or_default();
-    running && !status.contains("unhealthy") && !status.contains("health: starting")
+        .is_some_and(|s| s.to_string() == "running")
 }
 
 /// `"Target: 8080, Publish: 80"`.
@@ -420,6 +441,44 @@ mod tests {
             }
         }
         snapshot
+    }
+
+    #[test]
+    fn a_swarm_not_active_yet_is_a_failed_read_and_only_inactive_is_no_swarm() {
+        for (state, kept) in [
+            ("pending", true),
+            ("locked", true),
+            ("error", true),
+            ("inactive", false),
+        ] {
+            let mut answers = recorded("worker");
+            let mut info = serde_json::to_value(&answers.info).unwrap();
+            info["Swarm"]["LocalNodeState"] = state.into();
+            answers.info = serde_json::from_value(info).unwrap();
+            match Snapshot::from_answers(&answers) {
+                Err(e) => {
+                    assert!(kept, "{state}: {e:?}");
+                    assert!(e.message.contains(state), "{state}: {e:?}");
+                }
+                Ok(snapshot) => {
+                    assert!(!kept, "{state}: read as {snapshot:?}");
+                    assert!(!snapshot.active && snapshot.services.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_container_reaches_vips_whatever_its_health() {
+        let mut answers = recorded("worker");
+        let before = Snapshot::from_answers(&answers).unwrap().containers;
+        assert!(!before.is_empty());
+        for (i, container) in answers.containers.iter_mut().enumerate() {
+            let health = ["(health: starting)", "(unhealthy)"][i % 2];
+            container.status = Some(format!("Up 3 seconds {health}"));
+        }
+        let after = Snapshot::from_answers(&answers).unwrap().containers;
+        assert_eq!(after, before);
     }
 
     #[test]
