@@ -197,7 +197,17 @@ impl Loaded {
     /// Plans `services` (YAML) against the running plan and writes the difference, as lbd
     /// does when its file changes.
     pub fn change(&mut self, services: &str) -> Result<()> {
-        let file = ServiceFile::parse(services, Path::new("test.yaml"))?;
+        self.change_with(services, |_| {})
+    }
+
+    /// `change`, with `edit` applied to the parsed file first (as `ProgNode::run_with`).
+    pub fn change_with(
+        &mut self,
+        services: &str,
+        edit: impl FnOnce(&mut ServiceFile),
+    ) -> Result<()> {
+        let mut file = ServiceFile::parse(services, Path::new("test.yaml"))?;
+        edit(&mut file);
         let next = plan::plan_from(&file, &self.node_addrs, Some(&self.desired))?;
         self.dp.apply(Some(&self.desired), &next)?;
         self.desired = next;

@@ -2340,6 +2340,36 @@ fn a_vlan_tagged_flow_for_a_task_on_another_node_is_wrapped_without_its_tags() {
 }
 
 #[test]
+fn a_tunneled_flow_keeps_its_peer_when_another_node_joins() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40200);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let outer_dst = |out: &lb_testkit::progtest::ProgOutcome| {
+            *parse_ipv4(&out.packet).expect("wrapped").dst.ip()
+        };
+        let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build());
+        assert_eq!(outer_dst(&out).to_string(), PEER);
+        lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
+        // A node whose address sorts before the peer's joins the mesh: the flow names its
+        // peer by index, which must stay the peer's.
+        lb.change_with(MESH, |file| {
+            mesh_edit(file);
+            let mesh = file.mesh.as_mut().expect("mesh");
+            mesh.peers.insert("198.18.2.19".parse().unwrap());
+        })
+        .expect("a node joins");
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK | TCP_PSH).build());
+        assert_eq!(outer_dst(&out).to_string(), PEER, "the flow's peer");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::TunnelSent), 1);
+    });
+}
+
+#[test]
 fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_peer() {
     if !e2e_enabled() {
         return;

@@ -180,6 +180,8 @@ impl Daemon {
                 // ones of flows moved, are still translated. The plan drops them when it needs
                 // the room; the others go now.
                 adopted.endpoints = dp.endpoints_with_replies()?;
+                // Its mesh peers keep their indexes, which its tracked flows name.
+                adopted.tunnel = dp.tunnel_plan()?;
                 desired = plan::plan_from(&merged.file, &node_addresses, Some(&adopted))?;
                 info!(
                     "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"

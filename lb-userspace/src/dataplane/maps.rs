@@ -455,6 +455,29 @@ impl Dataplane {
         Ok(endpoints)
     }
 
+    /// The mesh tunnel's addresses as the kernel holds them (`TUNNEL_PEERS`): what a previous
+    /// `lbd` indexed its peers by, which its tracked flows name.
+    pub fn tunnel_plan(&self) -> Result<crate::plan::TunnelPlan, DataplaneError> {
+        let name = names::TUNNEL_PEERS;
+        let peers: Array<&MapData, u32> =
+            Array::try_from(self.ebpf().map(name).expect("checked at load"))
+                .map_err(map_err(name))?;
+        let addr = |raw: u32| std::net::Ipv4Addr::from(raw.to_ne_bytes());
+        let mut plan = crate::plan::TunnelPlan::default();
+        for slot in 0..lb_common::maps::tunnel::MAX_PEERS {
+            let raw = peers.get(&slot, 0).map_err(map_err(name))?;
+            if raw == 0 {
+                continue;
+            }
+            if slot == lb_common::maps::tunnel::SELF {
+                plan.own = Some(addr(raw));
+            } else if let Ok(index) = u8::try_from(slot) {
+                plan.peers.insert(index, addr(raw));
+            }
+        }
+        Ok(plan)
+    }
+
     /// The `BACKENDS` slots marked in use, by id: every slot read in batches.
     fn backends_in_use(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
         let backends: Array<&MapData, Backend> =

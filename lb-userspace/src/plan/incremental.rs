@@ -249,7 +249,9 @@ fn incremental(
     may_differ: Option<&BTreeSet<String>>,
 ) -> Option<PlanDelta> {
     let basis = running.basis.as_ref()?;
-    if basis.node_addrs != node_addrs || TunnelPlan::of(file.mesh.as_ref()) != running.tunnel {
+    if basis.node_addrs != node_addrs
+        || TunnelPlan::of(file.mesh.as_ref(), Some(&running.tunnel)) != running.tunnel
+    {
         return None;
     }
     // Plans list services in name order, which `named` relies on.

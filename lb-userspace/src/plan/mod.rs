@@ -156,21 +156,38 @@ pub struct TunnelPlan {
 }
 
 impl TunnelPlan {
-    /// Indexes in address order; at most 254 peers (the rest are left out, said by the caller).
-    fn of(mesh: Option<&crate::source::file::MeshNodes>) -> TunnelPlan {
+    /// The peers of `mesh` by index: a peer `previous` indexed keeps its index (tracked flows
+    /// name their peer by it, so a node joining or leaving must not move the others'); new
+    /// ones take the lowest free indexes, in address order. At most 254 peers (the rest are
+    /// left out, said by the caller).
+    pub(crate) fn of(
+        mesh: Option<&crate::source::file::MeshNodes>,
+        previous: Option<&TunnelPlan>,
+    ) -> TunnelPlan {
         let Some(mesh) = mesh else {
             return TunnelPlan::default();
         };
+        let wanted = || mesh.peers.iter().filter(|p| **p != mesh.own);
+        let mut peers: BTreeMap<u8, std::net::Ipv4Addr> = previous
+            .into_iter()
+            .flat_map(|p| &p.peers)
+            .filter(|(_, addr)| wanted().any(|w| w == *addr))
+            .map(|(i, addr)| (*i, *addr))
+            .collect();
+        let mut free = (1..=254u8)
+            .filter(|i| !peers.contains_key(i))
+            .collect::<Vec<_>>();
+        free.reverse();
+        for addr in wanted() {
+            if peers.values().any(|p| p == addr) {
+                continue;
+            }
+            let Some(i) = free.pop() else { break };
+            peers.insert(i, *addr);
+        }
         TunnelPlan {
             own: Some(mesh.own),
-            peers: mesh
-                .peers
-                .iter()
-                .filter(|p| **p != mesh.own)
-                .take(254)
-                .enumerate()
-                .map(|(i, p)| (i as u8 + 1, *p))
-                .collect(),
+            peers,
         }
     }
 
@@ -350,7 +367,7 @@ pub fn plan_from(
     previous: Option<&DesiredState>,
 ) -> Result<DesiredState, PlanError> {
     let mut state = DesiredState {
-        tunnel: TunnelPlan::of(file.mesh.as_ref()),
+        tunnel: TunnelPlan::of(file.mesh.as_ref(), previous.map(|p| &p.tunnel)),
         ..Default::default()
     };
     let mut service_ids = IdAllocator::new(previous.map(|p| &p.ids.services), 0);
@@ -711,6 +728,66 @@ mod tests {
     }
 
     const NODE: [&str; 3] = ["198.18.1.1", "198.18.2.1", "fd00:1::1"];
+
+    #[test]
+    fn mesh_peers_keep_their_index_when_others_join_or_leave() {
+        use crate::source::file::MeshNodes;
+        let ip = |s: &str| -> std::net::Ipv4Addr { s.parse().unwrap() };
+        let mesh = |peers: &[&str]| MeshNodes {
+            own: ip("198.18.50.9"),
+            peers: peers
+                .iter()
+                .map(|p| ip(p))
+                .chain([ip("198.18.50.9")])
+                .collect(),
+        };
+        let indexed = |plan: &TunnelPlan| -> Vec<(u8, String)> {
+            plan.peers
+                .iter()
+                .map(|(i, a)| (*i, a.to_string()))
+                .collect()
+        };
+        let first = TunnelPlan::of(
+            Some(&mesh(&["198.18.50.1", "198.18.50.2", "198.18.50.3"])),
+            None,
+        );
+        assert_eq!(first.own, Some(ip("198.18.50.9")));
+        assert_eq!(
+            indexed(&first),
+            [
+                (1, "198.18.50.1".into()),
+                (2, "198.18.50.2".into()),
+                (3, "198.18.50.3".into())
+            ]
+        );
+        // .1 leaves: .2 and .3 keep 2 and 3 (not 1 and 2, which their flows do not name).
+        let left = TunnelPlan::of(Some(&mesh(&["198.18.50.2", "198.18.50.3"])), Some(&first));
+        assert_eq!(
+            indexed(&left),
+            [(2, "198.18.50.2".into()), (3, "198.18.50.3".into())]
+        );
+        // A node whose address sorts first joins: it takes the lowest free index.
+        let joined = TunnelPlan::of(
+            Some(&mesh(&[
+                "198.18.50.0",
+                "198.18.50.2",
+                "198.18.50.3",
+                "198.18.50.4",
+            ])),
+            Some(&left),
+        );
+        assert_eq!(
+            indexed(&joined),
+            [
+                (1, "198.18.50.0".into()),
+                (2, "198.18.50.2".into()),
+                (3, "198.18.50.3".into()),
+                (4, "198.18.50.4".into())
+            ]
+        );
+        assert_eq!(joined.index("198.18.50.3".parse().unwrap()), Some(3));
+        assert_eq!(TunnelPlan::of(None, Some(&joined)), TunnelPlan::default());
+    }
 
     #[test]
     fn vip_service_gets_one_kernel_service_per_port_with_resolved_backend_ports() {
