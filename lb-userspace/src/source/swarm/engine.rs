@@ -175,7 +175,11 @@ async fn read_with(
         if overlay_networks_of(container, &overlays).next().is_none() {
             continue;
         }
-        if let Some(&pid) = known_pids.get(id) {
+        // A container restarted in place keeps its id but not its pid: a known pid is kept
+        // only while it is still that container's process.
+        if let Some(&pid) = known_pids.get(id)
+            && is_containers_process(pid, id)
+        {
             pids.insert(id.to_owned(), pid);
             continue;
         }
@@ -206,9 +210,53 @@ async fn read_with(
     })
 }
 
+/// Whether process `pid` is in container `id`'s cgroup: its path holds the id under every
+/// cgroup driver (`/docker/ID`, `docker-ID.scope`, a custom parent's `/PARENT/ID`), read as
+/// this process sees it. False when the process is gone.
+fn is_containers_process(pid: u32, id: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|cgroups| cgroups_name(&cgroups, id))
+}
+
+/// Whether a `/proc/PID/cgroup` text puts the process in container `id`'s cgroup.
+fn cgroups_name(cgroups: &str, id: &str) -> bool {
+    !id.is_empty()
+        && cgroups.lines().any(|line| {
+            let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+            path.split('/').any(|part| {
+                part == id
+                    || part
+                        .strip_prefix("docker-")
+                        .and_then(|p| p.strip_suffix(".scope"))
+                        == Some(id)
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::with_causes;
+    use super::{cgroups_name, is_containers_process, with_causes};
+
+    #[test]
+    fn a_known_pid_counts_only_while_it_is_in_the_containers_cgroup() {
+        let id = "4f3c0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901234567890abcdef";
+        let other = "9a3c0a1b2c3d4e5f60718293a4b5c6d7e8f9012345678901234567890abcdef";
+        // cgroupfs (v1 and v2), systemd, a custom --cgroup-parent.
+        for text in [
+            format!("12:pids:/docker/{id}\n11:memory:/docker/{id}\n0::/docker/{id}\n"),
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("0::/mlb-node2/{id}\n"),
+        ] {
+            assert!(cgroups_name(&text, id), "{text}");
+            assert!(!cgroups_name(&text, other), "{text}");
+            assert!(!cgroups_name(&text, ""), "{text}");
+        }
+        // A process of the host, or one whose id only starts the same.
+        assert!(!cgroups_name("0::/user.slice/session-1.scope\n", id));
+        assert!(!cgroups_name(&format!("0::/docker/{id}0\n"), id));
+        // A pid whose process is gone (pids stop well below this).
+        assert!(!is_containers_process(u32::MAX - 1, id));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("client error (Connect)")]
