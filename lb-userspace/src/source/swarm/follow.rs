@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::{
     engine::{Engine, EngineError},
     peers::PeerMemory,
+    ports::PortMemory,
     snapshot::{Snapshot, SnapshotError},
 };
 
@@ -68,6 +69,7 @@ pub async fn follow(
     let mut settling: Option<Snapshot> = None;
     let mut reminded = Instant::now();
     let mut peers = PeerMemory::default();
+    let mut ports = PortMemory::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -80,7 +82,9 @@ pub async fn follow(
         };
         match read {
             Ok(mut snapshot) => {
-                peers.keep_recent(&mut snapshot, Instant::now());
+                let now = Instant::now();
+                peers.keep_recent(&mut snapshot, now);
+                ports.keep_recent(&mut snapshot, now);
                 if let Some(since) = down_since.take() {
                     info!(
                         docker_host = engine.host(),

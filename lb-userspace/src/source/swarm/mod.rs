@@ -4,11 +4,13 @@
 //! `engine` reads the Engine (the only part doing I/O), `snapshot` reduces its answers to
 //! what meshlb needs, `services` turns that into services in the service file's terms, and
 //! `follow` keeps reading (with `peers`, which keeps a node the Engine stopped showing a
-//! peer for a while). The daemon lays the result beside the file's and the API's
+//! peer for a while, and `ports`, which keeps a published port it stopped listing for a
+//! while). The daemon lays the result beside the file's and the API's
 //! services.
 pub mod engine;
 pub mod follow;
 pub mod peers;
+pub mod ports;
 pub mod services;
 pub mod snapshot;
 
