@@ -312,3 +312,56 @@ impl Drop for Lbd {
         }
     }
 }
+
+/// A map of `lbd`'s pin directory, keyed by frontend or endpoint, filled with entries nothing
+/// uses (198.18.192.0/18 and up, port 9/udp) until the kernel refused one: as if something else
+/// had taken its room, so `lbd`'s next write there fails. `free` takes them out again.
+pub struct FilledMap<V: aya::Pod> {
+    map: aya::maps::HashMap<aya::maps::MapData, lb_common::maps::EndpointKey, V>,
+    entries: u32,
+}
+
+impl Lbd {
+    /// Fills the pinned hash map `name` (see [`FilledMap`]).
+    pub fn fill_map<V: aya::Pod + Default>(&self, name: &str) -> FilledMap<V> {
+        use aya::maps::{HashMap, Map, MapData};
+        let path = self.pin_dir().join("maps").join(name);
+        let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("pinned {name}: {e}"));
+        let max = data.info().map(|i| i.max_entries()).expect("map info");
+        let mut map: HashMap<MapData, _, V> =
+            HashMap::try_from(Map::HashMap(data)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut entries = 0;
+        while map
+            .insert(unused_endpoint(entries), V::default(), 0)
+            .is_ok()
+        {
+            entries += 1;
+            assert!(entries <= max, "{name} never filled");
+        }
+        FilledMap { map, entries }
+    }
+}
+
+impl<V: aya::Pod> FilledMap<V> {
+    /// Takes the entries out (those still there: an adopting `lbd` prunes what it did not
+    /// write): the map has its room again.
+    pub fn free(mut self) {
+        for i in 0..self.entries {
+            match self.map.remove(&unused_endpoint(i)) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("entry {i} of the filling: {e}"),
+            }
+        }
+    }
+}
+
+/// The `i`-th endpoint nothing in the tests uses.
+fn unused_endpoint(i: u32) -> lb_common::maps::EndpointKey {
+    lb_common::maps::EndpointKey::new(
+        lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
+        9u16.to_be(),
+        17,
+    )
+}

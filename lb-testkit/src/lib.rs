@@ -76,7 +76,7 @@ pub use client::{
     udp_request,
 };
 pub use gate::e2e_enabled;
-pub use lbd::{Lbd, metrics};
+pub use lbd::{FilledMap, Lbd, metrics};
 pub use netns::{ChildGuard, EnterMode, NAME_PREFIX, Netns};
 pub use servers::{NameServer, Proto, Request, canonical_addr, canonical_ip};
 pub use topology::{BackendHost, Topology};

@@ -1168,8 +1168,6 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     if !e2e_enabled() {
         return;
     }
-    use aya::maps::{HashMap, Map, MapData};
-    use lb_common::maps::{EndpointKey, Service};
     let (topo, _servers) = setup(3);
     let mut lb = start(&topo, &services("\"198.18.2.10\", \"198.18.2.11\""), &[]);
     let before = generation(&lb);
@@ -1177,32 +1175,7 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
 
     // Something else fills the frontend map: the kernel then refuses the new service's
     // frontend, after its backends, table and endpoints are written.
-    let path = lb.pin_dir().join("maps").join("FRONTENDS");
-    let open = || -> HashMap<MapData, EndpointKey, Service> {
-        HashMap::try_from(Map::HashMap(
-            MapData::from_pin(&path).expect("pinned FRONTENDS"),
-        ))
-        .expect("FRONTENDS")
-    };
-    let mut frontends = open();
-    let junk = |i: u32| EndpointKey {
-        // 198.18.192.0/18 and up: addresses nothing here uses.
-        addr: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
-        port_be: 9u16.to_be(),
-        proto: 17,
-        _pad: 0,
-    };
-    let mut filled = 0;
-    while frontends
-        .insert(junk(filled), Service::default(), 0)
-        .is_ok()
-    {
-        filled += 1;
-        assert!(
-            filled <= lb_common::limits::MAX_FRONTENDS,
-            "the map never filled"
-        );
-    }
+    let frontends = lb.fill_map::<lb_common::maps::Service>("FRONTENDS");
     let add = [
         "add-service",
         "dns",
@@ -1237,22 +1210,7 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
 
     // An edit of a file service (patched into the kept merge, written as a delta) that the
     // kernel refuses is undone the same way.
-    let endpoints_path = lb.pin_dir().join("maps").join("BACKEND_ENDPOINTS");
-    let open_endpoints = || -> HashMap<MapData, EndpointKey, u32> {
-        HashMap::try_from(Map::HashMap(
-            MapData::from_pin(&endpoints_path).expect("pinned BACKEND_ENDPOINTS"),
-        ))
-        .expect("BACKEND_ENDPOINTS")
-    };
-    let mut endpoints = open_endpoints();
-    let mut endpoints_filled = 0;
-    while endpoints.insert(junk(endpoints_filled), 0, 0).is_ok() {
-        endpoints_filled += 1;
-        assert!(
-            endpoints_filled <= lb_common::limits::MAX_BACKEND_ENDPOINTS,
-            "the map never filled"
-        );
-    }
+    let endpoints = lb.fill_map::<u32>("BACKEND_ENDPOINTS");
     let (ok, _, err) = lb.lbctl(&["add-backend", "web", "198.18.2.12"]).unwrap();
     assert!(!ok, "the kernel refused: lbctl must fail");
     assert!(err.contains("BACKEND_ENDPOINTS"), "{err}");
@@ -1260,15 +1218,10 @@ fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     assert_eq!(lbctl(&lb, &["list"]), list_before);
     let status = lbctl_json(&lb, &["status"]);
     assert!(status["degraded"].is_null(), "{status}");
-    for i in 0..endpoints_filled {
-        let _ = endpoints.remove(&junk(i));
-    }
+    endpoints.free();
 
     // With room again, the same request goes through.
-    let mut frontends = open();
-    for i in 0..filled {
-        let _ = frontends.remove(&junk(i));
-    }
+    frontends.free();
     let out = lbctl(&lb, &add);
     assert!(out.contains("added service dns"), "{out}");
     assert_eq!(

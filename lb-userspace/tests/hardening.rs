@@ -456,34 +456,11 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
     if !e2e_enabled() {
         return;
     }
-    use aya::maps::{HashMap, Map, MapData};
-    use lb_common::maps::{EndpointKey, Service};
     let topo = Topology::new(1).expect("topology");
     let lb = start(&topo, &["--watch-interval-ms", "200"]);
     // Something else fills the frontend map: a reload that needs a new frontend fails (the
     // node's failure, not the file's).
-    let path = lb.pin_dir().join("maps").join("FRONTENDS");
-    let mut frontends: HashMap<MapData, EndpointKey, Service> = HashMap::try_from(Map::HashMap(
-        MapData::from_pin(&path).expect("pinned FRONTENDS"),
-    ))
-    .expect("FRONTENDS");
-    let junk = |i: u32| EndpointKey {
-        addr: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
-        port_be: 9u16.to_be(),
-        proto: 17,
-        _pad: 0,
-    };
-    let mut filled = 0;
-    while frontends
-        .insert(junk(filled), Service::default(), 0)
-        .is_ok()
-    {
-        filled += 1;
-        assert!(
-            filled <= lb_common::limits::MAX_FRONTENDS,
-            "the map never filled"
-        );
-    }
+    let filled = lb.fill_map::<lb_common::maps::Service>("FRONTENDS");
     let changed = format!(
         "{SERVICES}  more:\n    vip: 198.18.100.7\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.10\"]\n"
     );
@@ -505,9 +482,7 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
     assert!(failed, "the reload did not fail:\n{}", lb.output());
     assert!(!listed(&lb), "a failed reload changed the configuration");
     // The map frees up; the file is not touched again: the next check applies it.
-    for i in 0..filled {
-        frontends.remove(&junk(i)).unwrap();
-    }
+    filled.free();
     let mut applied = false;
     for _ in 0..50 {
         if listed(&lb) {

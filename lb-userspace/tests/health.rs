@@ -455,8 +455,6 @@ fn a_change_of_health_the_kernel_refused_is_applied_once_it_can_be() {
     if !e2e_enabled() {
         return;
     }
-    use aya::maps::{HashMap, Map, MapData};
-    use lb_common::maps::{EndpointKey, ReplyFrontend};
     let topo = Topology::new(2).expect("topology");
     let mut servers: Vec<Option<NameServer>> = topo
         .serve_on_backends(&[8080], &[])
@@ -491,29 +489,7 @@ services:
     wait_health(&lb, "web", b1, Health::Up, limit);
 
     // Something else fills `REPLY_FRONTENDS`; backend 1's server stops.
-    let path = lb.pin_dir().join("maps").join("REPLY_FRONTENDS");
-    let mut replies: HashMap<MapData, EndpointKey, ReplyFrontend> = HashMap::try_from(
-        Map::HashMap(MapData::from_pin(&path).expect("pinned REPLY_FRONTENDS")),
-    )
-    .expect("REPLY_FRONTENDS");
-    let junk = |i: u32| EndpointKey {
-        // 198.18.192.0/18 and up: addresses nothing here uses.
-        addr: lb_common::Addr::from(std::net::Ipv4Addr::from(0xC612_C000 + i)),
-        port_be: 9u16.to_be(),
-        proto: 17,
-        _pad: 0,
-    };
-    let mut filled = 0;
-    while replies
-        .insert(junk(filled), ReplyFrontend::default(), 0)
-        .is_ok()
-    {
-        filled += 1;
-        assert!(
-            filled <= lb_common::limits::MAX_REPLY_FRONTENDS,
-            "the map never filled"
-        );
-    }
+    let replies = lb.fill_map::<lb_common::maps::ReplyFrontend>("REPLY_FRONTENDS");
     servers[1] = None;
     wait_health(&lb, "web", b1, Health::Down, limit);
     let refused = Instant::now();
@@ -526,9 +502,7 @@ services:
     }
 
     // Room again: a later batch of results applies it, with no transition of its own.
-    for i in 0..filled {
-        let _ = replies.remove(&junk(i));
-    }
+    replies.free();
     let freed = Instant::now();
     loop {
         // 20 new flows all miss a backend still in the table with a chance of 2^-20.
