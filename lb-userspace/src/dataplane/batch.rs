@@ -222,12 +222,35 @@ pub fn inner_map_id(outer: i32, index: u32) -> std::io::Result<Option<u32>> {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Hands `each` every entry of a (not per-CPU) hash map as its key's and value's bytes, read
-/// `CHUNK` at a time with `BPF_MAP_LOOKUP_BATCH` (a syscall per key costs about three times
-/// as much); answers how many. Entries inserted or
-/// removed meanwhile may be seen or not; an entry present throughout is seen (the walk goes
-/// bucket by bucket, and an entry stays in its bucket).
-pub fn each_entry(
+/// Hands `each` every entry of the (not per-CPU) map `name`, hash or array (an array's empty
+/// slots of a map of maps are skipped by the kernel), read `CHUNK` at a time with
+/// `BPF_MAP_LOOKUP_BATCH` (a syscall per key costs about three times as much); answers how
+/// many. Entries inserted or removed meanwhile may be seen or not; an entry present
+/// throughout is seen (the walk goes bucket by bucket, and an entry stays in its bucket).
+pub fn each_entry<K: Pod, V: Pod>(
+    map: &MapData,
+    name: &'static str,
+    mut each: impl FnMut(K, V),
+) -> Result<u64, DataplaneError> {
+    let (key_size, value_size) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    each_entry_bytes(map, key_size, value_size, |key, value| {
+        // SAFETY: the kernel wrote a whole key and value of the map's sizes, which are these
+        // plain-old-data types' (the map was checked against them when it was opened typed).
+        let (key, value) = unsafe {
+            (
+                key.as_ptr().cast::<K>().read_unaligned(),
+                value.as_ptr().cast::<V>().read_unaligned(),
+            )
+        };
+        each(key, value);
+    })
+    .map_err(|e| DataplaneError::MapValue {
+        name,
+        message: format!("walking its entries: {e}"),
+    })
+}
+
+fn each_entry_bytes(
     map: &MapData,
     key_size: usize,
     value_size: usize,

@@ -412,22 +412,10 @@ impl Dataplane {
             let table: HashMap<&MapData, FlowKey, Flow> =
                 HashMap::try_from(self.ebpf().map(name).expect("checked at load"))
                     .map_err(map_err(name))?;
-            let sizes = (std::mem::size_of::<FlowKey>(), std::mem::size_of::<Flow>());
-            batch::each_entry(table.map(), sizes.0, sizes.1, |key, value| {
-                // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
-                let (key, flow) = unsafe {
-                    (
-                        key.as_ptr().cast::<FlowKey>().read_unaligned(),
-                        value.as_ptr().cast::<Flow>().read_unaligned(),
-                    )
-                };
+            batch::each_entry(table.map(), name, |key: FlowKey, flow: Flow| {
                 if flow.kind == lb_common::maps::flow_kind::REPLY {
                     replying.insert(EndpointKey::new(key.src, key.sport_be, key.proto));
                 }
-            })
-            .map_err(|e| DataplaneError::MapValue {
-                name,
-                message: format!("walking its entries: {e}"),
             })?;
         }
         let name = names::BACKEND_ENDPOINTS;
@@ -435,22 +423,10 @@ impl Dataplane {
             HashMap::try_from(self.ebpf().map(name).expect("checked at load"))
                 .map_err(map_err(name))?;
         let mut endpoints = BTreeMap::new();
-        let (key_size, value_size) = (std::mem::size_of::<EndpointKey>(), 4);
-        batch::each_entry(map.map(), key_size, value_size, |key, value| {
-            // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
-            let (key, count) = unsafe {
-                (
-                    key.as_ptr().cast::<EndpointKey>().read_unaligned(),
-                    value.as_ptr().cast::<u32>().read_unaligned(),
-                )
-            };
+        batch::each_entry(map.map(), name, |key: EndpointKey, count: u32| {
             if replying.contains(&key) {
                 endpoints.insert(key, count);
             }
-        })
-        .map_err(|e| DataplaneError::MapValue {
-            name,
-            message: format!("reading its entries: {e}"),
         })?;
         Ok(endpoints)
     }
@@ -484,23 +460,15 @@ impl Dataplane {
             Array::try_from(self.ebpf().map(names::BACKENDS).expect("checked at load"))
                 .map_err(map_err(names::BACKENDS))?;
         let mut in_use = Vec::new();
-        let (key_size, value_size) = (std::mem::size_of::<u32>(), std::mem::size_of::<Backend>());
-        batch::each_entry(backends.map(), key_size, value_size, |key, value| {
-            // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
-            let (id, backend) = unsafe {
-                (
-                    key.as_ptr().cast::<u32>().read_unaligned(),
-                    value.as_ptr().cast::<Backend>().read_unaligned(),
-                )
-            };
-            if backend.flags & lb_common::maps::backend_flags::IN_USE != 0 {
-                in_use.push((id, backend));
-            }
-        })
-        .map_err(|e| DataplaneError::MapValue {
-            name: names::BACKENDS,
-            message: format!("reading its slots: {e}"),
-        })?;
+        batch::each_entry(
+            backends.map(),
+            names::BACKENDS,
+            |id: u32, backend: Backend| {
+                if backend.flags & lb_common::maps::backend_flags::IN_USE != 0 {
+                    in_use.push((id, backend));
+                }
+            },
+        )?;
         Ok(in_use)
     }
 }
@@ -580,22 +548,10 @@ fn walk_conntrack(
         HashMap::try_from(map).map_err(map_err(names::CONNTRACK))?;
     let capacity = table_capacity(map);
     let mut rebuild = filter.map(ConntrackFilter::rebuild);
-    let (key_size, value_size) = (std::mem::size_of::<FlowKey>(), std::mem::size_of::<Flow>());
-    let entries = batch::each_entry(table.map(), key_size, value_size, |key, value| {
+    let entries = batch::each_entry(table.map(), names::CONNTRACK, |key: FlowKey, flow: Flow| {
         if let Some(rebuild) = &mut rebuild {
-            // SAFETY: the kernel wrote a whole key and value of these plain-old-data types.
-            let (key, flow) = unsafe {
-                (
-                    key.as_ptr().cast::<FlowKey>().read_unaligned(),
-                    value.as_ptr().cast::<Flow>().read_unaligned(),
-                )
-            };
             rebuild.note(&key, &flow);
         }
-    })
-    .map_err(|e| DataplaneError::MapValue {
-        name: names::CONNTRACK,
-        message: format!("walking its entries: {e}"),
     })?;
     Ok(ConntrackWalk {
         entries,
