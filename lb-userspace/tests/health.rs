@@ -59,6 +59,27 @@ fn list(lb: &Lbd) -> ServiceList {
     serde_json::from_value(lb.lbctl_json(&["list"]).expect("lbctl list")).expect("a service list")
 }
 
+/// `lbd run` with `services` on the topology's node, attached to both of its interfaces.
+fn start(topo: &Topology, services: &str) -> Lbd {
+    Lbd::start(
+        lbd(),
+        &topo.node,
+        services,
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+    )
+    .expect("lbd")
+}
+
+/// A name server on port 8080 of every backend, each stopped by setting it to `None`.
+fn stoppable_servers(topo: &Topology) -> Vec<Option<NameServer>> {
+    topo.serve_on_backends(&[8080], &[])
+        .expect("servers")
+        .into_iter()
+        .map(Some)
+        .collect()
+}
+
 /// Each backend's health in `service`, by backend as listed.
 fn health(lb: &Lbd, service: &str) -> BTreeMap<String, BackendHealth> {
     let list = list(lb);
@@ -161,24 +182,12 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
         return;
     }
     let topo = Topology::new(3).expect("topology");
-    let mut servers: Vec<Option<NameServer>> = topo
-        .serve_on_backends(&[8080], &[])
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut servers = stoppable_servers(&topo);
     let status: Vec<StatusServer> = topo.backends[..2]
         .iter()
         .map(|b| StatusServer::start(&b.ns, 9000, 200))
         .collect();
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd");
+    let lb = start(&topo, SERVICES);
     let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
     let (b0, b1) = ("198.18.2.10", "198.18.2.11");
     for backend in [b0, b1, "198.18.2.12"] {
@@ -350,14 +359,7 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
             "permanent",
         ])
         .expect("neighbour entry");
-    let mut lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        &services,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd");
+    let mut lb = start(&topo, &services);
     // Its checks time out after 2 s each, one after another; meanwhile every lbctl call and
     // a reload answer at once.
     let started = Instant::now();
@@ -456,12 +458,7 @@ fn a_change_of_health_the_kernel_refused_is_applied_once_it_can_be() {
         return;
     }
     let topo = Topology::new(2).expect("topology");
-    let mut servers: Vec<Option<NameServer>> = topo
-        .serve_on_backends(&[8080], &[])
-        .expect("servers")
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut servers = stoppable_servers(&topo);
     let services = r#"
 services:
   web:
@@ -474,14 +471,7 @@ services:
     ports: ["80:8080/tcp"]
     backends: ["198.18.2.11"]
 "#;
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        services,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd");
+    let lb = start(&topo, services);
     let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
     let b1 = "198.18.2.11";
     let limit = Duration::from_secs(5);
