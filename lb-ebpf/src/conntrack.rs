@@ -257,14 +257,17 @@ fn reply_is_for(reply: *const Flow, key: &FlowKey) -> bool {
 
 /// Refreshes an entry's idle clock, at most once a second so a busy flow does not write its
 /// cache line on every packet; a refresh also drops the cached route, so routes are looked up
-/// again about once a second. Called once per tick at most (see `seen_tick`).
+/// again about once a second. Called once per tick at most (see `seen_tick`). Whether the
+/// clock moved.
 #[inline(always)]
-fn refresh(f: &mut Flow, now: u64, tick: u32) {
+fn refresh(f: &mut Flow, now: u64, tick: u32) -> bool {
     f.seen_tick = tick;
-    if now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+    let moves = now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
+    if moves {
         f.last_seen_ns = now;
         f.egress_ifindex = 0;
     }
+    moves
 }
 
 /// Refreshes the idle clock of a reply entry (`reply_key`, in `PENDING` if `pending`; see
@@ -280,9 +283,9 @@ pub fn touch_reply(reply_key: &FlowKey, flow: *mut Flow, pending: bool, tick: u3
         return;
     }
     let now = now_ns();
-    let moves = now.wrapping_sub(f.last_seen_ns) > LAST_SEEN_GRANULARITY_NS;
-    refresh(f, now, tick);
-    if moves && let Some(forward) = forward_of(reply_key, f, pending) {
+    if refresh(f, now, tick)
+        && let Some(forward) = forward_of(reply_key, f, pending)
+    {
         // SAFETY: valid for this program run. Only the clock: the forward direction's route
         // cache and tick are its own packets' business.
         let forward = unsafe { &mut *forward };
