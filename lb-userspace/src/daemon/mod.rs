@@ -155,8 +155,7 @@ impl Daemon {
             .map(|_| load_swarm_state(&options.state_dir));
         let swarm_services = swarm_services(swarm.as_ref(), &file);
         let node_addresses = node_addresses()?;
-        let mut merged =
-            api.merge_with_swarm(&file, &swarm_services.all_specs(), &node_addresses)?;
+        let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
         let mut desired =
             plan_refusing_swarm(&mut merged, |file| Ok(plan::plan(file, &node_addresses)?))?;
@@ -433,13 +432,11 @@ impl Daemon {
         api: &ApiState,
         swarm_services: &SwarmServices,
     ) -> Result<(MergeStep, Vec<IpAddr>, Replan, bool), DaemonError> {
-        // The merge weighs swarm ports against VIPs that are node addresses: merged whole
-        // when those changed. Merged whole too while a swarm service is refused: an edit of
-        // the operator's services (a backend gone) may clear the cause.
+        // Merged whole while a swarm service is refused: a change of the operator's services
+        // (a backend gone) or of the node's addresses may clear the cause.
         let node_addresses = node_addresses()?;
         let edited = match file {
             None if *swarm_services == self.swarm_services
-                && node_addresses == self.node_addresses
                 && self.merged.swarm_refused.is_empty() =>
             {
                 api.edited_specs(&self.api, &self.file).transpose()?
@@ -473,8 +470,7 @@ impl Daemon {
             }
         }
         let file = file.unwrap_or(&self.file);
-        let mut merged =
-            api.merge_with_swarm(file, &swarm_services.all_specs(), &node_addresses)?;
+        let mut merged = api.merge_with_swarm(file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
         let (next, health_shaped) = plan_refusing_swarm(&mut merged, |file| {
             self.plan_merged(file, None, &node_addresses)

@@ -85,11 +85,11 @@ mod tests {
     }
 
     /// The file's services with the swarm's (`swarm`, a service file's text), merged as lbd
-    /// merges them but without the node's addresses, so only the plan sees the clash.
+    /// merges them: the merge knows no node address, so only the plan sees these clashes.
     fn merged(operator: &str, swarm: &str) -> Merged {
         let swarm: Vec<_> = file(swarm).services.into_values().collect();
         ApiState::default()
-            .merge_with_swarm(&file(operator), &swarm, &[])
+            .merge_with_swarm(&file(operator), &swarm)
             .unwrap()
     }
 
@@ -125,6 +125,19 @@ mod tests {
             );
             assert_eq!(merged.swarm_refused.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_swarm_vip_on_the_nodes_address_meets_an_operators_port_on_every_address() {
+        let mut merged = merged(
+            "services:\n  everywhere:\n    ports: [\"90/tcp\"]\n    backends: [198.18.2.11]\n",
+            "services:\n  on-node:\n    vip: 198.18.0.5\n    ports: [\"90:9090/tcp\"]\n    backends: [198.18.61.5]\n",
+        );
+        let plan = plan_on_node(&mut merged).expect("planned without the swarm service");
+        let why = &merged.swarm_refused["on-node"];
+        assert!(why.contains("claimed by services"), "{why}");
+        assert!(plan.services.iter().any(|s| s.name == "everywhere"));
+        assert!(plan.services.iter().all(|s| s.name != "on-node"));
     }
 
     #[test]

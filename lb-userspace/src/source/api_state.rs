@@ -109,29 +109,6 @@ pub struct Merged {
     pub swarm_refused: BTreeMap<String, String>,
 }
 
-/// A frontend as `merge_with_swarm` claims it: its VIP (`None`: every node address), port
-/// and protocol.
-type ClaimedFrontend = (Option<IpAddr>, u16, crate::source::file::Protocol);
-
-/// The service that already claims the frontend (`vip`, `port`, `protocol`): the same one, or
-/// across a VIP that is one of `node_addrs` and a port published on every node address.
-fn claimed_by<'a>(
-    claimed: &'a BTreeMap<ClaimedFrontend, String>,
-    vip: Option<IpAddr>,
-    port: u16,
-    protocol: crate::source::file::Protocol,
-    node_addrs: &[IpAddr],
-) -> Option<&'a String> {
-    let same = claimed.get(&(vip, port, protocol));
-    same.or_else(|| match vip {
-        Some(vip) if node_addrs.contains(&vip) => claimed.get(&(None, port, protocol)),
-        Some(_) => None,
-        None => node_addrs
-            .iter()
-            .find_map(|a| claimed.get(&(Some(*a), port, protocol))),
-    })
-}
-
 /// What `origin` names in errors about the merged configuration.
 pub const MERGED_ORIGIN: &str = "service file + API state";
 
@@ -153,24 +130,23 @@ impl Merged {
 impl ApiState {
     /// Lays the API state over `file`, and validates the result with the file's rules.
     pub fn merge(&self, file: &ServiceFile) -> Result<Merged, OverlayError> {
-        self.merge_with_swarm(file, &[], &[])
+        self.merge_with_swarm(file, &[])
     }
 
     /// Like [`ApiState::merge`], with the swarm's services beside the others. The file and
     /// the API are what an operator wrote, so they win: a swarm service whose name or
     /// published port one of them already uses is left out (and said why), never the
-    /// operator's service. A port published on every node address clashes with the same
-    /// port of a VIP that is one of `node_addrs`, either way round. A swarm service that
-    /// breaks a file rule is left out likewise, so one odd service does not hold up every
-    /// other change.
+    /// operator's service. A swarm service that breaks a file rule is left out likewise, so
+    /// one odd service does not hold up every other change.
     pub fn merge_with_swarm(
         &self,
         file: &ServiceFile,
         swarm: &[ServiceSpec],
-        node_addrs: &[IpAddr],
     ) -> Result<Merged, OverlayError> {
         let mut merged = self.merge_operator(file)?;
-        let mut claimed: BTreeMap<ClaimedFrontend, String> = BTreeMap::new();
+        // Frontends as the file claims them: (vip or every node address, port, protocol).
+        type Frontend = (Option<IpAddr>, u16, crate::source::file::Protocol);
+        let mut claimed: BTreeMap<Frontend, String> = BTreeMap::new();
         for spec in merged.file.services.values() {
             for mapping in &spec.ports {
                 claimed.insert(
@@ -191,7 +167,8 @@ impl ApiState {
                     spec.name
                 ))
             } else if let Some((port, owner)) = spec.ports.iter().find_map(|m| {
-                claimed_by(&claimed, spec.vip, m.frontend, m.protocol, node_addrs)
+                claimed
+                    .get(&(spec.vip, m.frontend, m.protocol))
                     .map(|owner| (m, owner))
             }) {
                 Some(format!(
@@ -753,9 +730,7 @@ mod tests {
             swarm_spec("api", "8080/tcp", &["198.18.61.6"]),
             swarm_spec("api2", "8080/tcp", &["198.18.61.7"]),
         ];
-        let merged = ApiState::default()
-            .merge_with_swarm(&f, &swarm, &[])
-            .unwrap();
+        let merged = ApiState::default().merge_with_swarm(&f, &swarm).unwrap();
         assert_eq!(merged.sources["web"], Source::File);
         assert_eq!(merged.sources["udp80"], Source::Swarm);
         assert_eq!(merged.sources["api"], Source::Swarm);
@@ -766,42 +741,6 @@ mod tests {
         assert_eq!(
             merged.file.services["web"].backends[0].address.to_string(),
             "198.18.2.10"
-        );
-    }
-
-    #[test]
-    fn a_swarm_port_clashes_with_the_same_port_of_a_vip_that_is_a_node_address() {
-        let node: IpAddr = "198.18.0.5".parse().unwrap();
-        let f = file(
-            "services:\n  web:\n    vip: 198.18.0.5\n    ports: [\"80/tcp\"]\n    backends: [198.18.2.10]\n  everywhere:\n    ports: [\"90/tcp\"]\n    backends: [198.18.2.11]\n",
-        );
-        let mut on_node = swarm_spec("on-node", "90:9090/tcp", &["198.18.61.5"]);
-        on_node.vip = Some(node);
-        let swarm = [
-            swarm_spec("published", "80:9090/tcp", &["198.18.61.4"]),
-            on_node,
-            swarm_spec("other-port", "81:9090/tcp", &["198.18.61.6"]),
-        ];
-        let merged = ApiState::default()
-            .merge_with_swarm(&f, &swarm, &[node])
-            .unwrap();
-        for (name, owner) in [("published", "web"), ("on-node", "everywhere")] {
-            let why = &merged.swarm_refused[name];
-            assert!(
-                why.contains(&format!("already published by service \"{owner}\"")),
-                "{why}"
-            );
-        }
-        assert_eq!(merged.sources["other-port"], Source::Swarm);
-        assert_eq!(merged.swarm_refused.len(), 2);
-        // Where 198.18.0.5 is not a node address, nothing clashes.
-        let elsewhere = ApiState::default()
-            .merge_with_swarm(&f, &swarm, &["198.18.0.6".parse().unwrap()])
-            .unwrap();
-        assert!(
-            elsewhere.swarm_refused.is_empty(),
-            "{:?}",
-            elsewhere.swarm_refused
         );
     }
 
