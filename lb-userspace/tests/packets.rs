@@ -2366,6 +2366,10 @@ fn a_tunneled_flow_keeps_its_peer_when_another_node_joins() {
         assert_eq!(outer_dst(&out).to_string(), PEER, "the flow's peer");
         assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 0);
         assert_eq!(delta(&before, &lb.stats(), StatSlot::TunnelSent), 1);
+        // What a restarted lbd plans from: the kernel's indexes read back are the plan's.
+        let read_back = lb.dp.tunnel_plan().expect("TUNNEL_PEERS");
+        assert_eq!(read_back, lb.desired.tunnel);
+        assert_eq!(read_back.peers.len(), 2);
     });
 }
 
