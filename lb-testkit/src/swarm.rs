@@ -66,8 +66,11 @@ pub struct SwarmNode {
     pub ns: Netns,
     /// 1-based.
     pub index: u8,
-    /// Its underlay address (and swarm address).
+    /// Its underlay address (and swarm advertise address).
     pub addr: Ipv4Addr,
+    /// Its data-path address: `addr`, or a second underlay address given to Docker as
+    /// `--data-path-addr` ([`SwarmLab::start_with_data_path`]).
+    pub data_addr: Ipv4Addr,
     /// The Engine's socket, `unix://` form for `--docker-host`.
     pub docker_host: String,
     socket: PathBuf,
@@ -85,6 +88,15 @@ pub struct SwarmLab {
 }
 
 impl SwarmNode {
+    /// `swarm init`/`join`'s address flags for this node.
+    fn swarm_addresses(&self) -> Vec<String> {
+        let mut flags = vec!["--advertise-addr".to_owned(), self.addr.to_string()];
+        if self.data_addr != self.addr {
+            flags.extend(["--data-path-addr".to_owned(), self.data_addr.to_string()]);
+        }
+        flags
+    }
+
     /// Runs the docker CLI against this node's Engine; stdout on success.
     pub fn docker(&self, args: &[&str]) -> Result<String> {
         let cli = DOCKER_CLI
@@ -238,6 +250,17 @@ impl SwarmNode {
 impl SwarmLab {
     /// Builds the namespaces, starts both Engines, makes the image, creates the swarm.
     pub fn start() -> Result<SwarmLab> {
+        Self::start_on(false)
+    }
+
+    /// As [`SwarmLab::start`], but each node also has 198.18.51.N on its underlay port and
+    /// joins with it as `--data-path-addr`: the swarm's data (its overlays, and the Engine's
+    /// task addresses) on one address, its control plane on the other.
+    pub fn start_with_data_path() -> Result<SwarmLab> {
+        Self::start_on(true)
+    }
+
+    fn start_on(data_path: bool) -> Result<SwarmLab> {
         cleanup_stale();
         let underlay = Netns::new("swul")?;
         let client = Netns::new("swcli")?;
@@ -252,6 +275,13 @@ impl SwarmLab {
             let ns = Netns::new(&format!("swn{index}"))?;
             let addr = Ipv4Addr::new(198, 18, 50, index);
             plug(&ns, &underlay, index, &format!("{addr}/24"))?;
+            let data_addr = if data_path {
+                let data_addr = Ipv4Addr::new(198, 18, 51, index);
+                ns.ip(&["addr", "add", &format!("{data_addr}/24"), "dev", "eth0"])?;
+                data_addr
+            } else {
+                addr
+            };
             ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])?;
             let dir = format!("{DIR_PREFIX}{suffix}-{index}");
             let exec_root = Path::new("/run").join(&dir);
@@ -260,6 +290,7 @@ impl SwarmLab {
                 ns,
                 index,
                 addr,
+                data_addr,
                 docker_host: format!("unix://{}", socket.display()),
                 socket,
                 data_root: Path::new("/var/lib").join(&dir),
@@ -307,28 +338,28 @@ impl SwarmLab {
             ])?;
         }
         let manager = &lab.nodes[0];
-        manager.docker(&[
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &manager.addr.to_string(),
-            "--default-addr-pool",
-            "198.19.0.0/16",
-            "--default-addr-pool-mask-length",
-            "24",
-        ])?;
+        let mut init = vec![
+            "swarm".to_owned(),
+            "init".to_owned(),
+            "--default-addr-pool".to_owned(),
+            "198.19.0.0/16".to_owned(),
+            "--default-addr-pool-mask-length".to_owned(),
+            "24".to_owned(),
+        ];
+        init.extend(manager.swarm_addresses());
+        manager.docker(&init.iter().map(String::as_str).collect::<Vec<_>>())?;
         let token = manager.docker(&["swarm", "join-token", "-q", "worker"])?;
         let join = format!("{}:2377", manager.addr);
         for node in &lab.nodes[1..] {
-            node.docker(&[
-                "swarm",
-                "join",
-                "--token",
-                token.trim(),
-                "--advertise-addr",
-                &node.addr.to_string(),
-                &join,
-            ])?;
+            let mut args = vec![
+                "swarm".to_owned(),
+                "join".to_owned(),
+                "--token".to_owned(),
+                token.trim().to_owned(),
+            ];
+            args.extend(node.swarm_addresses());
+            args.push(join.clone());
+            node.docker(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
         Ok(lab)
     }

@@ -18,8 +18,8 @@ use tracing::info;
 
 use super::snapshot::Snapshot;
 
-/// How long a node stays a peer after the Engine last showed it (a task on it, or a peer of
-/// the ingress network).
+/// How long a node stays a peer after the Engine last showed it (a task on it, or its
+/// endpoint on the ingress network).
 pub const PEER_GRACE: Duration = Duration::from_secs(60);
 
 /// When each node the Engine showed was last shown.

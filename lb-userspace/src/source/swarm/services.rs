@@ -58,7 +58,7 @@ pub struct SwarmDetails {
     /// Running tasks this node reaches: task name to its `docker_gwbridge` address.
     pub local_tasks: BTreeMap<String, IpAddr>,
     /// Running tasks on other nodes, reached through the tunnel: task name to the node's
-    /// address.
+    /// data-path address.
     pub remote_tasks: BTreeMap<String, IpAddr>,
     /// Running tasks this node cannot reach (its node's address is unknown, or `local_first`
     /// leaves them out).
@@ -121,9 +121,9 @@ pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -
 }
 
 /// This node and every other node the swarm shows (tasks' nodes, the ingress network's
-/// peers): IPv4 underlay addresses.
+/// endpoints), by their data-path addresses: IPv4 underlay addresses.
 fn mesh_nodes(snapshot: &Snapshot) -> Option<crate::source::file::MeshNodes> {
-    let Some(IpAddr::V4(own)) = snapshot.node_addr else {
+    let Some(IpAddr::V4(own)) = snapshot.mesh_addr() else {
         return None;
     };
     let peers = snapshot
@@ -397,6 +397,7 @@ mod tests {
         Snapshot {
             active: true,
             node_addr: Some(ip("198.18.50.1")),
+            data_addr: Some(ip("198.18.50.1")),
             services: services
                 .into_iter()
                 .map(|(n, s)| (n.to_owned(), s))

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 /// The network every ingress-published port belongs to.
 pub const INGRESS_NETWORK: &str = "ingress";
+/// The ingress network's entry for this node's own endpoint (the ingress sandbox).
+const INGRESS_SANDBOX: &str = "ingress-sbox";
 /// The bridge through which a node reaches its local tasks.
 pub const GWBRIDGE_NETWORK: &str = "docker_gwbridge";
 /// Label Docker puts on a task's container.
@@ -50,14 +52,21 @@ pub struct Answers {
 pub struct Snapshot {
     /// Whether the Engine is part of a swarm (`Swarm.LocalNodeState` is `active`).
     pub active: bool,
-    /// This node's address in the swarm (`Swarm.NodeAddr`).
+    /// This node's address in the swarm (`Swarm.NodeAddr`, its `--advertise-addr`: the
+    /// control plane's).
     pub node_addr: Option<IpAddr>,
+    /// This node's data-path address: the `Host IP` of its own ingress endpoint, which is the
+    /// address of `--data-path-addr` when the node joined with one and `NodeAddr` otherwise.
+    /// Tasks on this node are listed with it, and the mesh tunnel runs between these.
+    #[serde(default)]
+    pub data_addr: Option<IpAddr>,
     /// By swarm service name.
     pub services: BTreeMap<String, SwarmService>,
     /// Local containers on overlay networks (other than `ingress`), by container id.
     #[serde(default)]
     pub containers: BTreeMap<String, OverlayContainer>,
-    /// Every node's address, as the ingress network's peers (each node is on it).
+    /// Every node's data-path address, as the ingress network lists its endpoints (each node
+    /// has one). Not the network's `Peers`: those are the gossip (advertise) addresses.
     #[serde(default)]
     pub peers: std::collections::BTreeSet<IpAddr>,
 }
@@ -91,7 +100,7 @@ pub struct PublishedPort {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
-    /// The address of the node the task runs on (`Host IP`).
+    /// The data-path address of the node the task runs on (`Host IP`).
     pub node: Option<IpAddr>,
     /// The task's address on each network it is attached to.
     pub addresses: BTreeMap<String, IpAddr>,
@@ -116,8 +125,15 @@ pub struct SnapshotError {
 }
 
 impl Snapshot {
-    /// Every node this snapshot shows (its tasks' nodes, the ingress network's peers), this
-    /// node's own address among them; a node may come more than once.
+    /// This node's address in the mesh tunnel: its data-path address, or `NodeAddr` until the
+    /// Engine lists the node's ingress endpoint (the two are one unless the node joined with
+    /// `--data-path-addr`).
+    pub fn mesh_addr(&self) -> Option<IpAddr> {
+        self.data_addr.or(self.node_addr)
+    }
+
+    /// Every node this snapshot shows by its data-path address (its tasks' nodes, the ingress
+    /// network's endpoints), this node's own among them; a node may come more than once.
     pub fn nodes_shown(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.services
             .values()
@@ -154,6 +170,7 @@ impl Snapshot {
         let mut snapshot = Snapshot {
             active,
             node_addr,
+            data_addr: None,
             services: BTreeMap::new(),
             containers: BTreeMap::new(),
             peers: Default::default(),
@@ -231,29 +248,23 @@ fn add_containers(snapshot: &mut Snapshot, answers: &Answers) {
 
 fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), SnapshotError> {
     let name = network.name.as_deref().unwrap_or_default();
-    if name == INGRESS_NETWORK {
-        for peer in network.peers.iter().flatten() {
-            if let Some(ip) = peer.ip.as_deref().filter(|a| !a.is_empty()) {
-                snapshot
-                    .peers
-                    .insert(parse_ip(ip, "network ingress Peers IP")?);
-            }
-        }
-    }
     let Some(services) = network.services.as_ref() else {
         return Ok(());
     };
     for (service_name, value) in services {
-        // The ingress network lists its own load-balancer endpoint under an empty name.
-        if service_name.is_empty() {
-            continue;
-        }
         let what = || format!("network {name:?} service {service_name:?}");
         let info: bollard::models::ServiceInfo =
             serde_json::from_value(value.clone()).map_err(|e| SnapshotError {
                 what: what(),
                 message: format!("not a service entry: {e}"),
             })?;
+        // The ingress network lists every node's own endpoint under an empty name.
+        if service_name.is_empty() {
+            if name == INGRESS_NETWORK {
+                add_nodes(snapshot, network, &info)?;
+            }
+            continue;
+        }
         let service = snapshot.services.entry(service_name.clone()).or_default();
         // The ingress network's own entry says "<nil>".
         if let Some(vip) = info
@@ -298,6 +309,37 @@ fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), 
                     &format!("{} task {task_name} Host IP", what()),
                 )?);
             }
+        }
+    }
+    Ok(())
+}
+
+/// The nodes, from the ingress network's own endpoints (`info`, its entry without a name):
+/// each node's `Host IP` is its data-path address, and the one whose endpoint is this node's
+/// ingress sandbox is this node's.
+fn add_nodes(
+    snapshot: &mut Snapshot,
+    ingress: &NetworkInspect,
+    info: &bollard::models::ServiceInfo,
+) -> Result<(), SnapshotError> {
+    let own_endpoint = ingress
+        .containers
+        .as_ref()
+        .and_then(|c| c.get(INGRESS_SANDBOX))
+        .and_then(|e| e.endpoint_id.as_deref());
+    for endpoint in info.tasks.iter().flatten() {
+        let Some(host) = endpoint
+            .info
+            .as_ref()
+            .and_then(|i| i.get("Host IP"))
+            .filter(|h| !h.is_empty())
+        else {
+            continue;
+        };
+        let host = parse_ip(host, "network \"ingress\" endpoint Host IP")?;
+        snapshot.peers.insert(host);
+        if own_endpoint.is_some() && endpoint.endpoint_id.as_deref() == own_endpoint {
+            snapshot.data_addr = Some(host);
         }
     }
     Ok(())
@@ -434,6 +476,7 @@ mod tests {
 
     fn without_local(mut snapshot: Snapshot) -> Snapshot {
         snapshot.node_addr = None;
+        snapshot.data_addr = None;
         snapshot.containers.clear();
         for service in snapshot.services.values_mut() {
             for task in service.tasks.values_mut() {
@@ -466,6 +509,92 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `answers` as a node that joined with `--data-path-addr 198.18.51.N` (N its number in
+    /// the lab) gives them: dockerd 20.10 in the lab lists every task and ingress endpoint
+    /// with that `Host IP`, while `NodeAddr` and the ingress network's `Peers` keep the
+    /// advertise addresses.
+    fn on_a_data_path(answers: &mut Answers) {
+        fn rewrite(value: &mut serde_json::Value) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, v) in map.iter_mut() {
+                        match (key.as_str(), v.as_str()) {
+                            ("Host IP", Some(host)) => {
+                                *v = host.replace("198.18.50.", "198.18.51.").into();
+                            }
+                            _ => rewrite(v),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(rewrite),
+                _ => {}
+            }
+        }
+        for overlay in &mut answers.overlays {
+            let mut value = serde_json::to_value(&*overlay).unwrap();
+            rewrite(&mut value);
+            *overlay = serde_json::from_value(value).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_mesh_runs_between_data_path_addresses() {
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        for (role, own, other) in [("manager", 1, 2), ("worker", 2, 1)] {
+            let plain = Snapshot::from_answers(&recorded(role)).unwrap();
+            assert_eq!(plain.data_addr, plain.node_addr, "{role}");
+            assert_eq!(plain.peers, [ip("198.18.50.1"), ip("198.18.50.2")].into());
+
+            let mut answers = recorded(role);
+            on_a_data_path(&mut answers);
+            let snapshot = Snapshot::from_answers(&answers).unwrap();
+            let data = |n: u8| ip(&format!("198.18.51.{n}"));
+            assert_eq!(snapshot.node_addr, Some(ip(&format!("198.18.50.{own}"))));
+            assert_eq!(snapshot.data_addr, Some(data(own)), "{role}");
+            assert_eq!(snapshot.mesh_addr(), Some(data(own)));
+            assert_eq!(snapshot.peers, [data(1), data(2)].into(), "{role}");
+            // The same services, each task local where it was, the others through the peer's
+            // data-path address.
+            let out = crate::source::swarm::services(&snapshot, &Default::default());
+            let mesh = out.mesh.clone().unwrap();
+            assert_eq!(IpAddr::V4(mesh.own), data(own));
+            assert_eq!(
+                mesh.peers
+                    .iter()
+                    .map(|&p| IpAddr::V4(p))
+                    .collect::<Vec<_>>(),
+                [data(other)]
+            );
+            let web = &out.details["web"];
+            assert!(!web.local_tasks.is_empty() && !web.remote_tasks.is_empty());
+            assert!(
+                web.remote_tasks.values().all(|&n| n == data(other)),
+                "{web:?}"
+            );
+            let before = crate::source::swarm::services(&plain, &Default::default());
+            assert_eq!(out.specs.len(), before.specs.len());
+            assert_eq!(
+                out.details["web"].local_tasks,
+                before.details["web"].local_tasks
+            );
+        }
+    }
+
+    /// An Engine that lists no endpoint of this node on ingress yet (its sandbox is being
+    /// made): the mesh uses `NodeAddr` meanwhile.
+    #[test]
+    fn without_its_ingress_endpoint_a_node_meshes_by_its_node_address() {
+        let mut answers = recorded("worker");
+        for overlay in &mut answers.overlays {
+            if let Some(containers) = overlay.containers.as_mut() {
+                containers.remove(INGRESS_SANDBOX);
+            }
+        }
+        let snapshot = Snapshot::from_answers(&answers).unwrap();
+        assert_eq!(snapshot.data_addr, None);
+        assert_eq!(snapshot.mesh_addr(), snapshot.node_addr);
     }
 
     #[test]
@@ -523,7 +652,7 @@ mod tests {
         for (snapshot, other) in [(&manager, &worker), (&worker, &manager)] {
             for (name, service) in &snapshot.services {
                 for (task_name, task) in &service.tasks {
-                    let here = task.node == snapshot.node_addr;
+                    let here = task.node == snapshot.data_addr;
                     assert_eq!(task.local.is_some(), here, "{name} {task_name}");
                     assert_eq!(
                         other.services[name].tasks[task_name].local.is_some(),
