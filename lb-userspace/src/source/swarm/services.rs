@@ -160,10 +160,7 @@ fn add_delivery(
         else {
             continue;
         };
-        let mut spec_name: String = task_name
-            .chars()
-            .take(crate::source::file::MAX_SERVICE_NAME_LEN)
-            .collect();
+        let mut spec_name = delivery_name(task_name);
         if spec_name == name {
             spec_name.push('_');
         }
@@ -188,6 +185,25 @@ fn add_delivery(
             tunnel_only: true,
         });
     }
+}
+
+/// Characters of a task id, the end of every task name (`SERVICE.SLOT.ID`, or
+/// `SERVICE.NODE_ID.ID` for a global service).
+const TASK_ID_LEN: usize = 25;
+
+/// The name of a task's delivery frontend: the task's name, or, over a service name's limit,
+/// its start and its end (the task id, unique in the swarm) around a dot. Cutting the end
+/// instead would give a global service's old and new task on one node (an update) the same
+/// name, and only one of them a frontend.
+fn delivery_name(task_name: &str) -> String {
+    use crate::source::file::MAX_SERVICE_NAME_LEN;
+    let chars: Vec<char> = task_name.chars().collect();
+    if chars.len() <= MAX_SERVICE_NAME_LEN {
+        return task_name.to_owned();
+    }
+    let head = &chars[..MAX_SERVICE_NAME_LEN - TASK_ID_LEN - 1];
+    let tail = &chars[chars.len() - TASK_ID_LEN..];
+    head.iter().chain(&['.']).chain(tail).collect()
 }
 
 /// The VIP services: one per service and overlay network it has a VIP on.
@@ -366,6 +382,7 @@ fn backends(
 mod tests {
     use super::*;
     use crate::source::swarm::snapshot::{LocalTask, PublishedPort, Task};
+    use std::collections::BTreeSet;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -380,6 +397,56 @@ mod tests {
                 gwbridge: ip(g),
             }),
         }
+    }
+
+    /// Two tasks of a global service with a long name on one node (an update starts the new
+    /// one first): their names share everything but the task id, past the limit.
+    #[test]
+    fn tasks_with_long_names_get_delivery_frontends_of_their_own() {
+        let service_name = "a-global-service-whose-name-is-forty-two-c";
+        let node_id = "u9gllw2j1x7hqz1a2b3c4d5e6";
+        let old = format!("{service_name}.{node_id}.k1o1c2vk0bqgx3sydu5v8y3rq");
+        let new = format!("{service_name}.{node_id}.wb7hl6a3x0c9l2m4n5p6q7r8s");
+        let snap = snapshot(vec![(
+            service_name,
+            service(
+                &[(80, 8080)],
+                vec![
+                    (&old, task("198.19.0.9", "198.18.50.1", Some("198.18.61.5"))),
+                    (&new, task("198.19.0.3", "198.18.50.1", Some("198.18.61.7"))),
+                ],
+            ),
+        )]);
+        let out = services(&snap, &BTreeMap::new());
+        let names: BTreeSet<&str> = out.delivery_specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a-global-service-whose-name-is-forty-.k1o1c2vk0bqgx3sydu5v8y3rq",
+                "a-global-service-whose-name-is-forty-.wb7hl6a3x0c9l2m4n5p6q7r8s",
+            ]
+            .into()
+        );
+        assert!(
+            names
+                .iter()
+                .all(|n| n.len() == crate::source::file::MAX_SERVICE_NAME_LEN)
+        );
+        // Both are served: no name hides the other once the specs are keyed by name.
+        let file = crate::source::file::ServiceFile::from_specs(
+            out.all_specs(),
+            std::path::Path::new("swarm"),
+        )
+        .unwrap();
+        let vips: BTreeSet<IpAddr> = file
+            .services
+            .values()
+            .filter(|s| s.tunnel_only)
+            .filter_map(|s| s.vip)
+            .collect();
+        assert_eq!(vips, [ip("198.19.0.3"), ip("198.19.0.9")].into());
+        // Names within the limit stay as they are.
+        assert_eq!(delivery_name("web.1.abc"), "web.1.abc");
     }
 
     fn service(published: &[(u16, u16)], tasks: Vec<(&str, Task)>) -> SwarmService {
