@@ -541,6 +541,7 @@ mod tests {
             last_error: Some("down".into()),
             last_ok_age_s: Some(3),
             node_addr: None,
+            mesh_addr: None,
             services: 4,
         };
         let attachments = [crate::api::AttachmentStatus {

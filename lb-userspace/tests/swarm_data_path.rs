@@ -90,6 +90,10 @@ fn the_mesh_runs_between_the_nodes_data_path_addresses() {
             Ok(lb_testkit::swarm::programmed_backends(lb, "web")?.map(|b| b.len()) == Some(4))
         })
         .expect("every task programmed");
+        let (ok, status, err) = lb.lbctl(&["status"]).expect("lbctl status");
+        assert!(ok, "{err}");
+        let addresses = format!("node {} (data path {})", node.addr, node.data_addr);
+        assert!(status.contains(&addresses), "{status}");
         // The other node's tasks are reached through its data-path address.
         let (ok, list, err) = lb.lbctl(&["list"]).expect("lbctl list");
         assert!(ok, "{err}");

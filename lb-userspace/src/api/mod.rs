@@ -83,6 +83,11 @@ pub struct SwarmStatus {
     pub last_ok_age_s: Option<u64>,
     /// This node's address in the swarm, as the Engine says.
     pub node_addr: Option<std::net::IpAddr>,
+    /// This node's address in the mesh tunnel: its data-path address (see the swarm
+    /// snapshot's `mesh_addr`), the same as `node_addr` unless it joined with
+    /// `--data-path-addr`.
+    #[serde(default)]
+    pub mesh_addr: Option<std::net::IpAddr>,
     /// Swarm services known (published or not).
     pub services: usize,
 }

@@ -709,6 +709,7 @@ impl Daemon {
                 .and_then(|t| t.elapsed().ok())
                 .map(|age| age.as_secs()),
             node_addr: self.swarm.as_ref().and_then(|s| s.node_addr),
+            mesh_addr: self.swarm.as_ref().and_then(|s| s.mesh_addr()),
             services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
         })
     }

@@ -321,7 +321,10 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         None => println!("socket-level balancing: off"),
     }
     if let Some(s) = &status.swarm {
-        let node = s.node_addr.map_or("-".to_owned(), |a| a.to_string());
+        let mut node = s.node_addr.map_or("-".to_owned(), |a| a.to_string());
+        if let Some(mesh) = s.mesh_addr.filter(|&m| Some(m) != s.node_addr) {
+            node.push_str(&format!(" (data path {mesh})"));
+        }
         let age = s
             .last_ok_age_s
             .map_or("never".to_owned(), |a| format!("{a} s ago"));
