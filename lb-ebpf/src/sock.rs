@@ -123,6 +123,11 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     if scope > sock_netns::MAX_SCOPE || scopes & (1 << scope) == 0 {
         return ALLOW;
     }
+    // A task's delivery frontend takes only the mesh tunnel's packets: its address (an
+    // ingress-network address, perhaps also a LAN host's) is nothing to this node's sockets.
+    if svc.flags & service_flags::TUNNEL_ONLY != 0 {
+        return ALLOW;
+    }
     // SAFETY: a helper the kernel offers sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // The flow's source address and port are not known before `connect` returns: the hash

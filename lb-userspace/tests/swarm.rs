@@ -312,6 +312,12 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         http_who(&lab.client, direct, Duration::from_secs(1)).is_err(),
         "a task's delivery frontend must refuse what did not come through the tunnel"
     );
+    // Nor do the node's own sockets reach the task by it: the socket-level path leaves the
+    // address alone (the node has no route into the ingress network).
+    assert!(
+        http_who(&lab.nodes[0].ns, direct, Duration::from_secs(1)).is_err(),
+        "a node's socket must not be sent to a task by its delivery frontend"
+    );
     assert!(
         metric(
             &lab.nodes[0],
