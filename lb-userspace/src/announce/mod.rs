@@ -38,9 +38,7 @@ pub enum AnnounceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "BIRD's control socket {socket} does not answer ({source}): is BIRD running (`bird -c CONF -s {socket}`) and is lbd.bgp.birdc_socket its socket? The VIPs are written to the include file and BIRD reads them when it starts"
-    )]
+    #[error("{}", unreachable_message(socket, source))]
     Unreachable {
         socket: PathBuf,
         source: std::io::Error,
@@ -49,6 +47,24 @@ pub enum AnnounceError {
         "BIRD refused its configuration after {include} changed: {message}; check that bird.conf includes it as deploy/bird/ shows"
     )]
     Refused { include: PathBuf, message: String },
+}
+
+fn unreachable_message(socket: &Path, source: &std::io::Error) -> String {
+    let socket = socket.display();
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        // Debian's BIRD runs as user bird and makes its socket bird:bird 0660; lbd runs as
+        // root but without CAP_DAC_OVERRIDE (the systemd unit's bounding set).
+        return format!(
+            "BIRD's control socket {socket} refuses lbd ({source}): BIRD runs as its own user \
+             and lets only its group use the socket; run lbd with that group too (the systemd \
+             drop-in deploy/systemd/meshlb-bgp.conf: SupplementaryGroups=bird)"
+        );
+    }
+    format!(
+        "BIRD's control socket {socket} does not answer ({source}): is BIRD running (`bird -c \
+         CONF -s {socket}`) and is lbd.bgp.birdc_socket its socket? The VIPs are written to the \
+         include file and BIRD reads them when it starts"
+    )
 }
 
 /// Where the VIPs go: the include file BIRD's configuration reads, and BIRD's control socket.
@@ -79,7 +95,10 @@ impl Announcer {
     pub fn new(settings: BirdSettings) -> Self {
         Self {
             settings,
-            unconfirmed: false,
+            // An earlier lbd may have written the file and stopped before BIRD was told (or
+            // BIRD refused it): the first sync asks BIRD once whatever the file holds. A
+            // `configure` that changes nothing leaves BIRD's protocols alone.
+            unconfirmed: true,
         }
     }
 
@@ -88,8 +107,9 @@ impl Announcer {
     }
 
     /// Makes BIRD announce exactly `vips`. The file on disk is the state (it survives lbd
-    /// restarts), so an unchanged set neither writes nor reconfigures, unless an earlier
-    /// change was written but BIRD could not be told: then BIRD is asked again.
+    /// restarts), so an unchanged set neither writes nor reconfigures, unless BIRD has not
+    /// been told since this announcer started or since a change it could not be told of:
+    /// then BIRD is asked again.
     pub fn sync(&mut self, vips: &BTreeSet<IpAddr>) -> Result<Synced, AnnounceError> {
         let text = render(vips);
         let path = &self.settings.include;
@@ -119,10 +139,11 @@ impl Announcer {
             source,
         };
         let lines = bird_command(socket, "configure").map_err(unreachable)?;
-        // Reply codes (BIRD's doc/reply_codes): 0003 reconfigured, 0004 in progress, 0018
-        // confirmed, 0019 nothing to do; 8xxx and 9xxx are errors.
+        // Reply codes (BIRD's doc/reply_codes): 0003 reconfigured, 0004 in progress, 0005
+        // queued behind one in progress (BIRD reads the file after it), 0018 confirmed, 0019
+        // nothing to do; 8xxx and 9xxx are errors.
         let ok = lines.iter().any(|l| {
-            ["0003", "0004", "0018", "0019"]
+            ["0003", "0004", "0005", "0018", "0019"]
                 .iter()
                 .any(|c| l.starts_with(c))
         });
@@ -154,11 +175,17 @@ pub fn render(vips: &BTreeSet<IpAddr>) -> String {
     text
 }
 
+/// The include file's mode: BIRD reads it as its own user (Debian's runs as `bird`).
+const INCLUDE_MODE: u32 = 0o644;
+
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".lbd-tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = std::fs::File::create(&tmp)?;
+    // Whatever lbd's umask: the file is only VIPs, and BIRD must read it.
+    file.set_permissions(std::fs::Permissions::from_mode(INCLUDE_MODE))?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)

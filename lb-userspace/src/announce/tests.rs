@@ -65,7 +65,7 @@ fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone
     let commands = fake_bird(
         &settings.socket,
         "0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
-        2,
+        3,
     );
     let mut announcer = Announcer::new(settings.clone());
     let vips = set(&["198.18.100.1"]);
@@ -75,8 +75,21 @@ fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone
         std::fs::read_to_string(&settings.include).unwrap(),
         render(&vips)
     );
-    // A restarted lbd (a new announcer) with the same set changes nothing: no withdrawal.
+    // BIRD reads it as its own user, whatever lbd's umask.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&settings.include)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // Once told, the same set again changes nothing.
+    assert_eq!(announcer.sync(&vips).unwrap(), Synced::Unchanged);
+    assert!(commands.try_recv().is_err(), "BIRD not asked");
+    // A restarted lbd (a new announcer) with the same set writes nothing (no withdrawal),
+    // but tells BIRD once: the lbd before may have stopped between the file and BIRD.
     let mut restarted = Announcer::new(settings.clone());
+    assert_eq!(restarted.sync(&vips).unwrap(), Synced::Reconfigured);
+    assert_eq!(commands.recv().unwrap(), "configure");
     assert_eq!(restarted.sync(&vips).unwrap(), Synced::Unchanged);
     assert!(commands.try_recv().is_err(), "BIRD not asked");
     // `lbd cleanup`: every VIP withdrawn.
@@ -136,4 +149,46 @@ fn bird_absent_or_refusing_is_a_clear_error() {
     let err = bad.sync(&set(&["198.18.100.1"])).unwrap_err();
     assert!(err.to_string().contains("missing/dir/vips.conf"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_queued_reconfiguration_is_accepted() {
+    let dir = temp_dir("queued");
+    let settings = BirdSettings {
+        include: dir.join("meshlb-vips.conf"),
+        socket: dir.join("bird.ctl"),
+    };
+    let commands = fake_bird(
+        &settings.socket,
+        "0005 Reconfiguration already in progress, queueing\n",
+        1,
+    );
+    let mut announcer = Announcer::new(settings);
+    assert_eq!(
+        announcer.sync(&set(&["198.18.100.1"])).unwrap(),
+        Synced::Reconfigured
+    );
+    assert_eq!(commands.recv().unwrap(), "configure");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Tests run with CAP_DAC_OVERRIDE, so a socket that refuses lbd is made up here.
+#[test]
+fn a_socket_that_refuses_lbd_names_the_group_fix() {
+    let socket = Path::new("/run/bird/bird.ctl");
+    let refused = AnnounceError::Unreachable {
+        socket: socket.to_owned(),
+        source: std::io::ErrorKind::PermissionDenied.into(),
+    }
+    .to_string();
+    assert!(
+        refused.contains("/run/bird/bird.ctl") && refused.contains("SupplementaryGroups=bird"),
+        "{refused}"
+    );
+    let absent = AnnounceError::Unreachable {
+        socket: socket.to_owned(),
+        source: std::io::ErrorKind::NotFound.into(),
+    }
+    .to_string();
+    assert!(absent.contains("is BIRD running"), "{absent}");
 }

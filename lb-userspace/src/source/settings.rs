@@ -17,7 +17,7 @@
 //!   kernel_log: warn                 # most verbose kernel-side log level kept
 //!   watch_interval_ms: 1000          # how often the file is checked for changes (0: SIGHUP only)
 //!   bgp:                             # announce VIPs with a usable backend through BIRD 2
-//!     bird_include: /var/lib/meshlb/bird-vips.conf  # the file bird.conf includes
+//!     bird_include: /etc/meshlb/bird-vips.conf  # the file bird.conf includes
 //!     birdc_socket: /run/bird/bird.ctl              # BIRD's control socket (this default)
 //! ```
 
@@ -251,8 +251,7 @@ impl RawSettings {
         {
             return Err(invalid(
                 "bgp.bird_include",
-                "missing: name the file bird.conf includes, e.g. /var/lib/meshlb/bird-vips.conf"
-                    .into(),
+                "missing: name the file bird.conf includes, e.g. /etc/meshlb/bird-vips.conf".into(),
             ));
         }
         if settings.api_listen.is_some() && settings.api_token_file.is_none() {
