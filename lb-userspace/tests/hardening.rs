@@ -155,14 +155,43 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
     assert!(ok, "lbd still answers: {err}");
     assert_eq!(lb.wait_exit(Duration::from_millis(1)).unwrap(), None);
 
-    let (ok, out) = run_lbd(None, &["cleanup", "--force", "--pin-dir", &pins]);
-    assert!(ok, "cleanup --force: {out}");
+    // The VIPs are withdrawn before the dataplane goes: a withdrawal that fails (BIRD's
+    // socket absent) leaves the dataplane serving what the router may still send.
+    let bird = std::env::temp_dir().join(format!("mlb-cleanup-bird-{}", std::process::id()));
+    std::fs::create_dir_all(&bird).unwrap();
+    let (include, socket) = (bird.join("vips.conf"), bird.join("absent.ctl"));
+    let (ok, out) = run_lbd(
+        None,
+        &[
+            "cleanup",
+            "--force",
+            "--pin-dir",
+            &pins,
+            "--bird-include",
+            include.to_str().unwrap(),
+            "--birdc-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok, "cleanup with BIRD unreachable succeeded: {out}");
+    assert!(
+        out.contains("nothing removed") && out.contains("absent.ctl"),
+        "{out}"
+    );
     let status = lb.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(
         status.is_some_and(|s| s.success()),
         "lbd stopped cleanly first: {status:?}\n{}",
         lb.output()
     );
+    assert!(
+        Path::new(&pins).join("maps").exists(),
+        "a failed withdrawal removed the dataplane"
+    );
+    std::fs::remove_dir_all(&bird).unwrap();
+
+    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", &pins]);
+    assert!(ok, "cleanup: {out}");
     assert!(!Path::new(&pins).exists(), "pins removed");
 }
 

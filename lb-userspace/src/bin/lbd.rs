@@ -52,7 +52,8 @@ enum Command {
         /// Where `lbd run` pinned its state [default: /sys/fs/bpf/meshlb].
         #[arg(long)]
         pin_dir: Option<PathBuf>,
-        /// Stop the lbd running on the pin directory first (SIGTERM), then clean up.
+        /// Stop the lbd running on the pin directory first (SIGTERM), then clean up; an lbd
+        /// that a systemd unit runs is not stopped (the unit would start it again).
         #[arg(long)]
         force: bool,
         /// Withdraws the VIPs first (what `lbd run --bird-include` announced).
@@ -237,22 +238,49 @@ fn cleanup(
     } else {
         pin::WhenRunning::Refuse
     };
-    if pin::cleanup(pin_dir, when_running)? {
-        println!(
-            "removed {}: meshlb is detached and its maps are freed",
-            pin_dir.display()
-        );
-    } else {
-        println!("nothing pinned at {}", pin_dir.display());
+    // No lbd runs on the directory from here on (none can start on it either), so nothing
+    // announces the VIPs again once they are withdrawn.
+    let claim = pin::claim_for_cleanup(pin_dir, when_running)?;
+    // Withdrawn before the dataplane goes, and given a moment to reach the router: until
+    // then it still sends this node the VIPs' traffic, which the dataplane still serves. A
+    // withdrawal that fails stops here, the dataplane left serving what BIRD still attracts.
+    match bgp {
+        Some(bgp) => {
+            Announcer::new(bgp.clone())
+                .withdraw_all()
+                .with_context(|| {
+                    format!(
+                        "withdrawing the VIPs in {}; nothing removed: the dataplane keeps serving \
+                     the traffic BIRD may still attract (fix BIRD and run lbd cleanup again)",
+                        bgp.include.display()
+                    )
+                })?;
+            println!("withdrew every VIP ({} is empty)", bgp.include.display());
+            if claim.is_some() {
+                std::thread::sleep(WITHDRAWAL_SETTLE);
+            }
+        }
+        None => info!(
+            "no BGP settings (--bird-include, or lbd.bgp in --config): no VIP withdrawn; if \
+             this node announces VIPs through BIRD, the router keeps sending their traffic here"
+        ),
     }
-    if let Some(bgp) = bgp {
-        Announcer::new(bgp.clone())
-            .withdraw_all()
-            .with_context(|| format!("withdrawing the VIPs in {}", bgp.include.display()))?;
-        println!("withdrew every VIP ({} is empty)", bgp.include.display());
+    match claim {
+        Some(claim) => {
+            claim.remove()?;
+            println!(
+                "removed {}: meshlb is detached and its maps are freed",
+                pin_dir.display()
+            );
+        }
+        None => println!("nothing pinned at {}", pin_dir.display()),
     }
     Ok(())
 }
+
+/// How long `lbd cleanup` keeps the dataplane after withdrawing the VIPs: BIRD sends the
+/// withdrawal at once, and the router takes it out of its table within milliseconds.
+const WITHDRAWAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
     let file = match &args.config {

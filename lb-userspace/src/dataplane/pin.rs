@@ -341,15 +341,35 @@ pub enum WhenRunning {
 /// How long `cleanup` waits for a stopped `lbd` to let go of the pin directory.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Removes everything meshlb pinned under `dir`: its programs detach, its maps are freed.
-/// Returns whether there was anything. Only a meshlb pin directory is removed (on bpffs,
-/// holding nothing but `maps/` and `links/`), and never under a running `lbd` unless asked to
-/// stop it first: a daemon and the kernel must never disagree.
-pub fn cleanup(dir: &Path, when_running: WhenRunning) -> Result<bool, DataplaneError> {
+/// A meshlb pin directory `lbd cleanup` may remove: checked, no `lbd` on it, and locked so
+/// none starts on it until [`Cleanup::remove`] (or the claim is dropped).
+#[derive(Debug)]
+pub struct Cleanup {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Cleanup {
+    /// Removes everything meshlb pinned: its programs detach, its maps are freed.
+    pub fn remove(self) -> Result<(), DataplaneError> {
+        std::fs::remove_dir_all(&self.dir)
+            .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", self.dir.display())))
+    }
+}
+
+/// Claims `dir` for removal; `None` when nothing is pinned there. Only a meshlb pin directory
+/// is claimed (on bpffs, holding nothing but `maps/` and `links/`), and never under a running
+/// `lbd` unless asked to stop it first: a daemon and the kernel must never disagree. An `lbd`
+/// that a systemd unit runs is not stopped (the unit would start it again): the error says
+/// which unit to stop.
+pub fn claim_for_cleanup(
+    dir: &Path,
+    when_running: WhenRunning,
+) -> Result<Option<Cleanup>, DataplaneError> {
     let refuse =
         |why: String| DataplaneError::Pin(format!("{}: {why}; nothing removed", dir.display()));
     match std::fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(refuse(format!("cannot read it ({e})"))),
         Ok(meta) if !meta.is_dir() => {
             return Err(refuse(
@@ -377,7 +397,7 @@ pub fn cleanup(dir: &Path, when_running: WhenRunning) -> Result<bool, DataplaneE
             foreign.join(", ")
         )));
     }
-    let _lock = match lock(dir) {
+    let lock = match lock(dir) {
         Ok(lock) => lock,
         Err(_) => {
             let holders = lock_holders(dir);
@@ -393,6 +413,14 @@ pub fn cleanup(dir: &Path, when_running: WhenRunning) -> Result<bool, DataplaneE
                         .join(", ")
                 )
             };
+            let unit = holders.iter().find_map(|&pid| systemd_unit_of(pid));
+            if let (WhenRunning::Stop, Some(unit)) = (when_running, &unit) {
+                return Err(refuse(format!(
+                    "{who} runs under systemd's {unit}, which would start it again once \
+                     stopped; stop the unit first (`systemctl stop {unit}`, or `systemctl start \
+                     meshlb-cleanup`, which does both)"
+                )));
+            }
             if when_running == WhenRunning::Refuse || holders.is_empty() {
                 return Err(refuse(format!(
                     "{who} is running with this pin directory and removing its pins would detach \
@@ -407,9 +435,32 @@ pub fn cleanup(dir: &Path, when_running: WhenRunning) -> Result<bool, DataplaneE
             stop_holders(dir, &holders)?
         }
     };
-    std::fs::remove_dir_all(dir)
-        .map(|()| true)
-        .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", dir.display())))
+    Ok(Some(Cleanup {
+        dir: dir.to_owned(),
+        _lock: lock,
+    }))
+}
+
+/// The systemd service unit whose main process `pid` is: a child of pid 1 (as systemd starts
+/// a unit's main process) in a cgroup `…/NAME.service`. An lbd some other process started
+/// (a test, a shell) inside a unit is not the unit's to restart.
+fn systemd_unit_of(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID …": the command may hold spaces and parentheses.
+    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+    if ppid != "1" {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    unit_in_cgroups(&text)
+}
+
+fn unit_in_cgroups(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.split('/'))
+        .find(|part| part.ends_with(".service"))
+        .map(str::to_owned)
 }
 
 /// Sends SIGTERM to `holders` and waits (bounded) until the directory's lock is free; the lock.
@@ -483,5 +534,29 @@ mod lock_tests {
                      4: -> FLOCK  ADVISORY  WRITE 4243 00:1d:5678 0 EOF\n";
         assert_eq!(super::holders_in(locks, dev, 5678), [4242, 4243]);
         assert!(super::holders_in(locks, dev, 1).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    #[test]
+    fn the_service_unit_is_read_from_any_hierarchy() {
+        let hybrid = "12:pids:/system.slice/meshlb.service\n\
+                      1:name=systemd:/system.slice/meshlb.service\n\
+                      0::/system.slice/meshlb.service\n";
+        assert_eq!(
+            super::unit_in_cgroups(hybrid).as_deref(),
+            Some("meshlb.service")
+        );
+        let unified = "0::/system.slice/lbd-east.service\n";
+        assert_eq!(
+            super::unit_in_cgroups(unified).as_deref(),
+            Some("lbd-east.service")
+        );
+        assert_eq!(
+            super::unit_in_cgroups("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(super::unit_in_cgroups("9:name=systemd:/\n0::/\n"), None);
     }
 }
