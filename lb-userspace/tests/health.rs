@@ -516,3 +516,42 @@ services:
     drop(lb);
     drop(servers);
 }
+
+/// An interval made shorter takes effect at once, not after the check the old interval had
+/// scheduled (the interval is what an operator shortens during an incident).
+#[test]
+fn a_shorter_interval_takes_effect_at_once() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let mut servers = stoppable_servers(&topo);
+    let slow = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+    health: { tcp: {}, interval: 60s, timeout: 200ms, rise: 1, fall: 1 }
+"#;
+    let mut lb = start(&topo, slow);
+    // The first check runs at start.
+    wait_health(
+        &lb,
+        "web",
+        "198.18.2.10",
+        Health::Up,
+        Duration::from_secs(5),
+    );
+    lb.reload(&slow.replace("interval: 60s", "interval: 300ms"))
+        .expect("reload");
+    servers[0] = None;
+    let took = wait_health(
+        &lb,
+        "web",
+        "198.18.2.10",
+        Health::Down,
+        Duration::from_secs(5),
+    );
+    println!("down {took:?} after the reload to a 300 ms interval");
+}

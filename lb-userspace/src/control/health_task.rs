@@ -54,6 +54,14 @@ async fn run(shared: Arc<Shared>) {
                     targets = now_targets;
                     let keys: HashSet<&TargetKey> = targets.iter().map(|t| &t.key).collect();
                     due.retain(|key, _| keys.contains(key));
+                    // An interval made shorter counts from now, not from the check the old
+                    // one scheduled (perhaps a minute away).
+                    let now = Instant::now();
+                    for target in &targets {
+                        if let Some(next) = due.get_mut(&target.key) {
+                            *next = (*next).min(now + target.interval);
+                        }
+                    }
                 }
                 let now = Instant::now();
                 for target in &targets {
