@@ -196,7 +196,8 @@ impl HealthBook {
     }
 
     /// The services as the plan must see them: each checked service without its down
-    /// backends, or with all of them when all are down and it says `when_all_down: keep`.
+    /// backends, or with all of them when all that take flows (weight above 0) are down and
+    /// it says `when_all_down: keep`.
     /// Borrowed when no backend is down.
     pub fn serving<'a>(&self, file: &'a ServiceFile) -> Cow<'a, ServiceFile> {
         let down = |spec: &ServiceSpec| -> Vec<usize> {
@@ -225,7 +226,14 @@ impl HealthBook {
                 .services
                 .get_mut(&name)
                 .expect("a service just read");
-            let keep_all = down.len() == spec.backends.len()
+            // All down counts the backends that take flows: a drained one (weight 0) that
+            // passes its checks serves nothing new.
+            let all_down = spec
+                .backends
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.weight == 0 || down.contains(&i));
+            let keep_all = all_down
                 && spec.health.as_ref().map(|h| h.when_all_down) == Some(WhenAllDown::Keep);
             if keep_all {
                 continue;

@@ -161,6 +161,21 @@ fn down_backends_are_left_out_unless_all_are_and_the_service_keeps_them() {
     assert!(backends(&serving, "web").is_empty());
 }
 
+/// `when_all_down: keep` with one backend drained (weight 0) and passing its checks: when
+/// the other goes down, no backend takes flows unless both are kept.
+#[test]
+fn a_drained_backend_that_is_up_does_not_stop_a_service_keeping_its_backends() {
+    let mut book = HealthBook::default();
+    let mut file = file();
+    let keep = file.services.get_mut("keep").unwrap();
+    keep.backends[1].weight = 0;
+    book.sync(&file, at(0));
+    feed(&mut book, &key("keep", "198.18.2.21:8080"), 1, &[OK]);
+    feed(&mut book, &key("keep", "198.18.2.20:8080"), 1, &[FAIL]);
+    let serving = book.serving(&file);
+    assert_eq!(backends(&serving, "keep"), backends(&file, "keep"));
+}
+
 #[test]
 fn sync_forgets_targets_no_service_checks_and_ignores_their_late_results() {
     let mut book = HealthBook::default();
