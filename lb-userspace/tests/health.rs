@@ -555,3 +555,58 @@ services:
     );
     println!("down {took:?} after the reload to a 300 ms interval");
 }
+
+/// A restart starts from the checks' verdicts: a backend down before it is not served after
+/// it, not even while its first check is still waiting for an answer.
+#[test]
+fn a_restart_keeps_a_down_backend_out() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(2).expect("topology");
+    let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+    health: { tcp: {}, interval: 3s, timeout: 3s, rise: 1, fall: 1 }
+"#;
+    let mut lb = start(&topo, services);
+    for backend in ["198.18.2.10", "198.18.2.11"] {
+        wait_health(&lb, "web", backend, Health::Up, Duration::from_secs(5));
+    }
+    // Backend 1 goes silent (its frames go to a MAC no host has): each check waits 3 s.
+    topo.node
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.18.2.11",
+            "lladdr",
+            "02:00:00:00:09:99",
+            "dev",
+            &topo.node_bridge,
+            "nud",
+            "permanent",
+        ])
+        .expect("neighbour entry");
+    wait_health(
+        &lb,
+        "web",
+        "198.18.2.11",
+        Health::Down,
+        Duration::from_secs(8),
+    );
+    lb.restart(&topo.node).expect("restart");
+    // At once, while the restarted lbd's first check of it still waits: down, and no new
+    // flow reaches it.
+    assert_eq!(health(&lb, "web")["198.18.2.11"].state, Health::Down);
+    let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
+    let reached = spread(&topo.client, vip, 20);
+    assert_eq!(
+        reached.keys().collect::<Vec<_>>(),
+        ["backend-0"],
+        "every new flow on the up backend: {reached:?}"
+    );
+}

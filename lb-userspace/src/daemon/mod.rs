@@ -87,6 +87,8 @@ const API_STATE_FILE: &str = "api-state.json";
 /// The last swarm state read from the Engine: a restart while the Engine is down starts from
 /// it rather than from nothing.
 const SWARM_STATE_FILE: &str = "swarm-state.json";
+/// The health checks' last verdicts: a restart starts from them (see `SavedHealth`).
+const HEALTH_STATE_FILE: &str = "health-state.json";
 
 /// How a change's merged configuration was had (see `Daemon::merge_and_plan`).
 enum MergeStep {
@@ -157,8 +159,14 @@ impl Daemon {
         let node_addresses = node_addresses()?;
         let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
-        let mut desired =
-            plan_refusing_swarm(&mut merged, |file| Ok(plan::plan(file, &node_addresses)?))?;
+        // The checks' verdicts from before a restart shape the first plan: a backend found
+        // down is not served again until its checks pass.
+        let mut health = crate::source::health::HealthBook::default();
+        health.seed(health::load_saved(&options.state_dir));
+        health.sync(&merged.file, std::time::SystemTime::now());
+        let mut desired = plan_refusing_swarm(&mut merged, |file| {
+            Ok(plan::plan(&health.serving(file), &node_addresses)?)
+        })?;
         for (name, reason) in &merged.swarm_refused {
             error!(service = %name, "swarm service not served: {reason}");
         }
@@ -181,7 +189,11 @@ impl Daemon {
                 adopted.endpoints = dp.endpoints_with_replies()?;
                 // Its mesh peers keep their indexes, which its tracked flows name.
                 adopted.tunnel = dp.tunnel_plan()?;
-                desired = plan::plan_from(&merged.file, &node_addresses, Some(&adopted))?;
+                desired = plan::plan_from(
+                    &health.serving(&merged.file),
+                    &node_addresses,
+                    Some(&adopted),
+                )?;
                 info!(
                     "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
                 );
@@ -268,7 +280,7 @@ impl Daemon {
             started: Instant::now(),
             degraded: None,
             links: links::LinkState::default(),
-            health: Default::default(),
+            health,
             merged_epoch: 1,
             running_health_shaped: true,
             health_unapplied: None,

@@ -94,12 +94,62 @@ impl Transition {
 #[derive(Debug, Default)]
 pub struct HealthBook {
     targets: BTreeMap<TargetKey, TargetState>,
+    /// Verdicts of an earlier lbd ([`HealthBook::seed`]), taken by the next sync.
+    seeds: BTreeMap<TargetKey, Health>,
+}
+
+/// The verdicts the checks had reached, saved so that a restarted lbd starts from them: a
+/// backend found down stays out (not served until its first check fails again), and one
+/// found up keeps its `fall` (one lost check does not take it down).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedHealth {
+    pub targets: Vec<SavedTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedTarget {
+    pub service: String,
+    pub addr: SocketAddr,
+    pub health: Health,
 }
 
 impl HealthBook {
-    /// Follows the services' checks: a new target starts `Unknown`, a target no service
-    /// checks any more is forgotten, a changed `rise`/`fall` applies from the next result.
-    /// Returns every check to run.
+    /// The up and down verdicts, to save.
+    pub fn saved(&self) -> SavedHealth {
+        SavedHealth {
+            targets: self
+                .targets
+                .iter()
+                .filter(|(_, s)| s.health != Health::Unknown)
+                .map(|(key, s)| SavedTarget {
+                    service: key.service.clone(),
+                    addr: key.addr,
+                    health: s.health,
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts the targets of the next sync that `saved` has a verdict for with that verdict
+    /// rather than `Unknown`; the others, and later syncs, as usual.
+    pub fn seed(&mut self, saved: SavedHealth) {
+        self.seeds = saved
+            .targets
+            .into_iter()
+            .filter(|t| t.health != Health::Unknown)
+            .map(|t| {
+                let key = TargetKey {
+                    service: t.service,
+                    addr: t.addr,
+                };
+                (key, t.health)
+            })
+            .collect();
+    }
+
+    /// Follows the services' checks: a new target starts `Unknown` (or as seeded), a target
+    /// no service checks any more is forgotten, a changed `rise`/`fall` applies from the next
+    /// result. Returns every check to run.
     pub fn sync(&mut self, file: &ServiceFile, now: SystemTime) -> Vec<Target> {
         let targets: Vec<(Target, u32, u32)> = file
             .services
@@ -112,8 +162,9 @@ impl HealthBook {
             .collect();
         let mut kept = BTreeMap::new();
         for (target, rise, fall) in &targets {
+            let seeded = self.seeds.remove(&target.key);
             let state = self.targets.remove(&target.key).unwrap_or(TargetState {
-                health: Health::Unknown,
+                health: seeded.unwrap_or(Health::Unknown),
                 since: now,
                 last_error: None,
                 last_latency: None,
@@ -132,6 +183,8 @@ impl HealthBook {
             );
         }
         self.targets = kept;
+        // Seeds are for the targets lbd starts with, not for one added later.
+        self.seeds.clear();
         targets.into_iter().map(|(t, _, _)| t).collect()
     }
 

@@ -192,3 +192,46 @@ fn sync_forgets_targets_no_service_checks_and_ignores_their_late_results() {
     book.sync(&self::file(), at(4));
     assert_eq!(book.state(&k).unwrap().health, Health::Unknown);
 }
+
+/// A restarted lbd starts from the saved verdicts: the down backend stays out at once and
+/// needs `rise` passes, the up one needs `fall` failures; a target added later starts unknown.
+#[test]
+fn saved_verdicts_seed_the_next_book() {
+    let file = file();
+    let mut before = HealthBook::default();
+    before.sync(&file, at(0));
+    feed(&mut before, &key("web", "198.18.2.10:8080"), 1, &[OK]);
+    feed(&mut before, &key("web", "198.18.2.11:8080"), 1, &[FAIL]);
+    let saved = before.saved();
+    assert_eq!(saved.targets.len(), 2, "{saved:?}");
+    let text = serde_json::to_string(&saved).unwrap();
+    let saved: SavedHealth = serde_json::from_str(&text).unwrap();
+
+    let mut after = HealthBook::default();
+    after.seed(saved);
+    after.sync(&file, at(10));
+    let health = |book: &HealthBook, k: &TargetKey| book.state(k).unwrap().health;
+    let (up, down) = (
+        key("web", "198.18.2.10:8080"),
+        key("web", "198.18.2.11:8080"),
+    );
+    assert_eq!(health(&after, &up), Health::Up);
+    assert_eq!(health(&after, &down), Health::Down);
+    assert_eq!(
+        health(&after, &key("web", "198.18.2.12:8080")),
+        Health::Unknown
+    );
+    assert_eq!(
+        backends(&after.serving(&file), "web"),
+        ["198.18.2.10", "198.18.2.12"]
+    );
+    // web has rise 2, fall 3: one result moves neither.
+    assert_eq!(after.record(&up, FAIL.map_err(str::to_owned), at(11)), None);
+    assert_eq!(after.record(&down, OK.map_err(str::to_owned), at(11)), None);
+    // Seeds are used once: a target that comes back later starts unknown.
+    let mut without = file.clone();
+    without.services.get_mut("web").unwrap().health = None;
+    after.sync(&without, at(12));
+    after.sync(&file, at(13));
+    assert_eq!(health(&after, &down), Health::Unknown);
+}
