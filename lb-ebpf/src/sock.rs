@@ -163,7 +163,9 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         arrived_from: 0,
     };
     let counters = SOCK_STATS.get_ptr_mut(svc.id);
-    if !select::choose(&key, &svc, true, &mut chosen) {
+    // Round-robin turns its cursor for a connection only: each datagram of an unconnected
+    // socket comes through here, and they stay on the backend the socket's hash picks.
+    if !select::choose(&key, &svc, call == Call::Connect, &mut chosen) {
         if let Some(c) = counters {
             // SAFETY: per-CPU value, only this CPU's program runs touch it.
             unsafe { (*c).no_backend += 1 };

@@ -233,6 +233,37 @@ fn node_processes_reach_vips_and_published_ports_through_their_sockets() {
         );
     }
 
+    // One unconnected socket's datagrams stay on one backend (a UDP flow's do through XDP),
+    // also under round-robin: the choice hashes the socket rather than turning the cursor.
+    for target in [SocketAddr::new(node4, 8053), SocketAddr::new(vip4, 53)] {
+        let answered = node
+            .run(|| -> std::io::Result<BTreeSet<String>> {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                socket.set_read_timeout(Some(TIMEOUT))?;
+                let mut backends = BTreeSet::new();
+                let mut buf = [0u8; 512];
+                for _ in 0..6 {
+                    socket.send_to(b"hello\n", target)?;
+                    let (len, peer) = socket.recv_from(&mut buf)?;
+                    assert_eq!(peer, target, "the reply's source");
+                    let line = String::from_utf8_lossy(&buf[..len]).into_owned();
+                    backends.insert(
+                        parse_reply_line(&line)
+                            .map_err(std::io::Error::other)?
+                            .backend,
+                    );
+                }
+                Ok(backends)
+            })
+            .expect("setns")
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert_eq!(
+            answered.len(),
+            1,
+            "{target}: one socket reached {answered:?}"
+        );
+    }
+
     // Sockets aimed elsewhere are untouched: a port scan of the node's own addresses meets
     // the node's stack, as without meshlb.
     let counted = sock_counters(&lab.lb);
