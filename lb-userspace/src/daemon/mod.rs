@@ -613,6 +613,13 @@ impl Daemon {
             let key = (id.clone(), pid);
             let cookie = match self.netns_cookies.get(&key) {
                 Some(&cookie) => cookie,
+                // A pid from the saved state (a restart, a reboot) or read a moment ago may
+                // since be another process's: its namespace must not get this container's
+                // scopes.
+                None if !swarm::engine::is_containers_process(pid, id) => {
+                    warn!(container = %id, pid, "swarm: the process is not (or no longer) the container's; its VIPs wait for the Engine's next answer");
+                    continue;
+                }
                 None => match dataplane::netns_cookie_of(pid) {
                     Ok(cookie) => {
                         self.netns_cookies.insert(key, cookie);

@@ -213,7 +213,7 @@ async fn read_with(
 /// Whether process `pid` is in container `id`'s cgroup: its path holds the id under every
 /// cgroup driver (`/docker/ID`, `docker-ID.scope`, a custom parent's `/PARENT/ID`), read as
 /// this process sees it. False when the process is gone.
-fn is_containers_process(pid: u32, id: &str) -> bool {
+pub fn is_containers_process(pid: u32, id: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .is_ok_and(|cgroups| cgroups_name(&cgroups, id))
 }
