@@ -127,6 +127,17 @@ fn udp_exchange(ns: &Netns, target: SocketAddr, connected: bool) -> std::io::Res
     .map_err(std::io::Error::other)?
 }
 
+/// One request on a connected UDP socket: the backend that answered.
+fn udp_ask(socket: &UdpSocket) -> std::io::Result<String> {
+    socket.send(b"hello\n")?;
+    let mut buf = [0u8; 512];
+    let len = socket.recv(&mut buf)?;
+    let line = String::from_utf8_lossy(&buf[..len]).into_owned();
+    Ok(parse_reply_line(&line)
+        .map_err(std::io::Error::other)?
+        .backend)
+}
+
 fn seen(line: &str, peer: SocketAddr, local: SocketAddr) -> std::io::Result<Seen> {
     let reply = parse_reply_line(line).map_err(std::io::Error::other)?;
     // An unconnected socket bound to the wildcard: only the port is known locally.
@@ -344,7 +355,67 @@ fn the_socket_path_follows_scale_down_and_removal_within_two_seconds() {
             r#"backends: ["198.18.2.11", "fd00:2::a""#,
         );
     assert_ne!(scaled, SERVICES);
+    // Connected UDP sockets to the VIP, each on the backend its connect() chose.
+    let connected: Vec<(UdpSocket, String)> = lab
+        .topo
+        .node
+        .run(|| -> std::io::Result<Vec<(UdpSocket, String)>> {
+            (0..30)
+                .map(|_| {
+                    let socket = UdpSocket::bind("0.0.0.0:0")?;
+                    socket.set_read_timeout(Some(TIMEOUT))?;
+                    socket.connect(SocketAddr::new(vip.ip(), 53))?;
+                    let backend = udp_ask(&socket)?;
+                    Ok((socket, backend))
+                })
+                .collect()
+        })
+        .expect("setns")
+        .expect("connected UDP sockets");
+    // 30 sockets: (2/3)^30 ≈ 5e-6 is the chance that none is on backend-2.
+    assert!(
+        connected.iter().any(|(_, b)| b == "backend-2"),
+        "no socket on backend-2: {connected:?}"
+    );
     lab.lb.reload(&scaled).expect("reload");
+    let changed = Instant::now();
+    // Those on backend-2, which left every service, are aborted within 2 s, so their clients
+    // connect again; those on backend-0 (still web's) and backend-1 (left web, but still
+    // api's at the same address and port: the endpoint is still planned) still talk to it.
+    for (socket, backend) in &connected {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        if backend != "backend-2" {
+            assert_eq!(&udp_ask(socket).expect("still connected"), backend);
+            continue;
+        }
+        // An aborted socket is no longer connected: a receive returns ECONNABORTED, a send
+        // EDESTADDRREQ.
+        // Bounded by time and count; the abort runs beside the change, a moment after it.
+        let mut last = None;
+        let mut aborted = false;
+        for _ in 0..100 {
+            match udp_ask(socket) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionAborted
+                        || e.raw_os_error() == Some(libc::EDESTADDRREQ) =>
+                {
+                    aborted = true;
+                    break;
+                }
+                other => last = Some(other),
+            }
+            if changed.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            aborted,
+            "a socket connected to {backend} was not aborted within 2 s of the change: {last:?}"
+        );
+    }
     let changed = Instant::now();
     // From within 2 s of the change, every new connection reaches the remaining backend.
     for (target, only) in [(vip, "backend-0"), (published, "backend-1")] {

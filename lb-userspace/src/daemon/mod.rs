@@ -27,6 +27,7 @@ mod explain;
 mod health;
 mod links;
 mod report;
+mod sockets;
 mod swarm_state;
 
 pub use health::CheckResult;
@@ -412,6 +413,8 @@ impl Daemon {
         }
         let applied_at = started.elapsed();
         self.degraded = None;
+        // Before the running plan and the merge it came from are replaced: it reads both.
+        self.abort_sockets_left_behind(&next);
         self.swarm_services = swarm_services;
         self.sync_socket_namespaces();
         self.keep_inputs(file, api, merged);
@@ -597,46 +600,6 @@ impl Daemon {
         self.running_health_shaped = health_shaped;
         // Planned with the health checks' latest word: nothing of theirs is left unapplied.
         self.health_unapplied = None;
-    }
-
-    /// Lets the sockets of each local container on an overlay network reach the VIPs of its
-    /// networks (and only those): its namespace's cookie with its scope mask.
-    fn sync_socket_namespaces(&mut self) {
-        if self.dp.socket_attachment().is_none() {
-            return;
-        }
-        let scopes = &self.swarm_services.container_scopes;
-        self.netns_cookies
-            .retain(|(id, pid), _| scopes.get(id).is_some_and(|(p, _)| p == pid));
-        let mut wanted = BTreeMap::new();
-        for (id, &(pid, mask)) in scopes {
-            let key = (id.clone(), pid);
-            let cookie = match self.netns_cookies.get(&key) {
-                Some(&cookie) => cookie,
-                // A pid from the saved state (a restart, a reboot) or read a moment ago may
-                // since be another process's: its namespace must not get this container's
-                // scopes.
-                None if !swarm::engine::is_containers_process(pid, id) => {
-                    warn!(container = %id, pid, "swarm: the process is not (or no longer) the container's; its VIPs wait for the Engine's next answer");
-                    continue;
-                }
-                None => match dataplane::netns_cookie_of(pid) {
-                    Ok(cookie) => {
-                        self.netns_cookies.insert(key, cookie);
-                        cookie
-                    }
-                    Err(e) => {
-                        // Gone meanwhile: the next read of the Engine drops it.
-                        warn!(container = %id, pid, "swarm: cannot read the container's network namespace ({e}); its VIPs wait for the next change");
-                        continue;
-                    }
-                },
-            };
-            wanted.insert(cookie, mask);
-        }
-        if let Err(e) = self.dp.set_socket_namespaces(&wanted) {
-            error!("swarm: writing the containers' socket scopes failed: {e}");
-        }
     }
 
     fn count(&mut self, trigger: Trigger, outcome: Outcome) {

@@ -10,6 +10,7 @@ pub mod netlink;
 pub mod pin;
 mod ports;
 mod replies;
+mod sock_abort;
 mod sockets;
 mod tables;
 
@@ -29,6 +30,7 @@ use aya::{
 };
 use lb_common::maps::{names, programs};
 pub use maps::{ConntrackWalk, MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
+pub use sock_abort::abort_connected_udp;
 pub use sockets::{SocketAttachment, cgroup2_mount, netns_cookie, netns_cookie_of};
 use tracing::{info, warn};
 

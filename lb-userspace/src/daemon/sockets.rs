@@ -1,0 +1,165 @@
+//! The daemon's side of the socket-level path: which network namespaces it serves (the
+//! node's own and the swarm's containers'), and the connected UDP sockets a change leaves on
+//! a backend that is gone.
+
+use std::{collections::HashSet, net::SocketAddr};
+
+use lb_common::maps::Backend;
+
+use super::*;
+use crate::{
+    plan::Replan,
+    source::file::{Protocol, RemovalPolicy},
+};
+
+impl Daemon {
+    /// Lets the sockets of each local container on an overlay network reach the VIPs of its
+    /// networks (and only those): its namespace's cookie with its scope mask.
+    pub(super) fn sync_socket_namespaces(&mut self) {
+        if self.dp.socket_attachment().is_none() {
+            return;
+        }
+        let scopes = &self.swarm_services.container_scopes;
+        self.netns_cookies
+            .retain(|(id, pid), _| scopes.get(id).is_some_and(|(p, _)| p == pid));
+        let mut wanted = BTreeMap::new();
+        for (id, &(pid, mask)) in scopes {
+            let key = (id.clone(), pid);
+            let cookie = match self.netns_cookies.get(&key) {
+                Some(&cookie) => cookie,
+                // A pid from the saved state (a restart, a reboot) or read a moment ago may
+                // since be another process's: its namespace must not get this container's
+                // scopes.
+                None if !swarm::engine::is_containers_process(pid, id) => {
+                    warn!(container = %id, pid, "swarm: the process is not (or no longer) the container's; its VIPs wait for the Engine's next answer");
+                    continue;
+                }
+                None => match dataplane::netns_cookie_of(pid) {
+                    Ok(cookie) => {
+                        self.netns_cookies.insert(key, cookie);
+                        cookie
+                    }
+                    Err(e) => {
+                        // Gone meanwhile: the next read of the Engine drops it.
+                        warn!(container = %id, pid, "swarm: cannot read the container's network namespace ({e}); its VIPs wait for the next change");
+                        continue;
+                    }
+                },
+            };
+            wanted.insert(cookie, mask);
+        }
+        if let Err(e) = self.dp.set_socket_namespaces(&wanted) {
+            error!("swarm: writing the containers' socket scopes failed: {e}");
+        }
+    }
+
+    /// Aborts, in the background, the connected UDP sockets of the namespaces this node's
+    /// socket programs serve that are connected to a backend endpoint `next` removes from
+    /// every service (of a UDP service whose `on_backend_removal` is not `keep`): such a
+    /// socket chose its backend at `connect()` and would send to it for as long as it lives
+    /// (see `dataplane::abort_connected_udp`). A socket connected to that address and port
+    /// without meshlb is aborted too: what it talks to left the service.
+    pub(super) fn abort_sockets_left_behind(&self, next: &Replan) {
+        if self.dp.socket_attachment().is_none() {
+            return;
+        }
+        let peers = self.udp_endpoints_removed(next);
+        if peers.is_empty() {
+            return;
+        }
+        let namespaces: Vec<Option<u32>> = std::iter::once(None)
+            .chain(self.netns_cookies.keys().map(|(_, pid)| Some(*pid)))
+            .collect();
+        std::thread::spawn(move || {
+            let mut aborted = 0;
+            for ns in namespaces {
+                match dataplane::abort_connected_udp(ns, &peers) {
+                    Ok(n) => aborted += n,
+                    Err(e) => warn!(
+                        pid = ?ns,
+                        "sockets: cannot abort the UDP sockets connected to removed backends ({e})"
+                    ),
+                }
+            }
+            if aborted > 0 {
+                info!(
+                    aborted,
+                    backends = ?peers,
+                    "sockets: aborted connected UDP sockets whose backend left its service; they connect again"
+                );
+            }
+        });
+    }
+
+    /// The UDP backend endpoints (a port of 0: every port) that `next` takes out of the plan
+    /// altogether (no backend of any service left at that address and port), of services
+    /// that do not keep flows on removed backends.
+    fn udp_endpoints_removed(&self, next: &Replan) -> Vec<SocketAddr> {
+        let running = &self.running.backends;
+        let removed: Vec<(u32, &Backend)> = match next {
+            Replan::Delta(delta) => delta
+                .backends
+                .iter()
+                .filter(|(_, after)| after.is_none())
+                .filter_map(|(id, _)| running.get(id).map(|b| (*id, b)))
+                .collect(),
+            Replan::Full(plan) => running
+                .iter()
+                .filter(|(id, _)| !plan.backends.contains_key(id))
+                .map(|(id, b)| (*id, b))
+                .collect(),
+        };
+        if removed.is_empty() {
+            return Vec::new();
+        }
+        let aborting: HashSet<u32> = self
+            .running
+            .services
+            .iter()
+            .filter(|s| s.mapping.protocol == Protocol::Udp)
+            .filter(|s| {
+                self.merged
+                    .file
+                    .services
+                    .get(&s.name)
+                    .is_some_and(|spec| spec.on_backend_removal != RemovalPolicy::Keep)
+            })
+            .map(|s| s.id)
+            .collect();
+        let candidates: Vec<&Backend> = removed
+            .iter()
+            .filter(|(_, b)| aborting.contains(&b.service_id))
+            .map(|(_, b)| *b)
+            .collect();
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        // Where the plan after `next` still has a backend (of any service).
+        let endpoint = |b: &Backend| (b.addr, b.port_be);
+        let still: HashSet<(lb_common::Addr, u16)> = match next {
+            Replan::Delta(delta) => {
+                let gone: HashSet<u32> = removed.iter().map(|(id, _)| *id).collect();
+                running
+                    .iter()
+                    .filter(|(id, _)| !gone.contains(id))
+                    .map(|(_, b)| endpoint(b))
+                    .chain(
+                        delta
+                            .backends
+                            .iter()
+                            .filter_map(|(_, b)| b.as_ref().map(endpoint)),
+                    )
+                    .collect()
+            }
+            Replan::Full(plan) => plan.backends.values().map(endpoint).collect(),
+        };
+        let mut peers: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|b| !still.contains(&endpoint(b)))
+            .map(|b| SocketAddr::new(b.addr.into(), u16::from_be(b.port_be)))
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+}

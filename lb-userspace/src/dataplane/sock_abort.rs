@@ -1,0 +1,253 @@
+//! Ends UDP sockets still connected to a backend that left its service. On the socket-level
+//! path a connected socket chose its backend once, at `connect()`, and nothing moves it after
+//! (no packet of it passes a translation): a connected UDP client would send to a removed task
+//! for as long as it lives. The kernel aborts such a socket on request (`SOCK_DESTROY` over
+//! `NETLINK_SOCK_DIAG`, as `ss -K` does): its next receive or send fails with `ECONNABORTED`,
+//! and a client that connects again gets a backend that is there.
+//!
+//! The messages are the kernel's `inet_diag` ABI (`linux/inet_diag.h`, `linux/sock_diag.h`),
+//! written and read here byte for byte.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+};
+
+use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
+/// A connected UDP socket is in TCP's `ESTABLISHED` state (1), as a state mask.
+const CONNECTED: u32 = 1 << 1;
+const NLMSG_HDR_LEN: usize = 16;
+/// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
+const SOCKID_LEN: usize = 48;
+/// `struct inet_diag_req_v2`: family, protocol, extensions, pad, states, then the id.
+const REQ_LEN: usize = 8 + SOCKID_LEN;
+/// `struct inet_diag_msg` up to and including its id.
+const MSG_ID_END: usize = 4 + SOCKID_LEN;
+
+/// Aborts the connected UDP sockets of a network namespace (`pid`'s, or this thread's for
+/// `None`) whose peer is one of `peers` (a port of 0 matches every port); how many it aborted.
+pub fn abort_connected_udp(pid: Option<u32>, peers: &[SocketAddr]) -> io::Result<usize> {
+    if peers.is_empty() {
+        return Ok(0);
+    }
+    let Some(pid) = pid else {
+        return abort_here(peers);
+    };
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let peers = peers.to_vec();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a namespace file descriptor we hold; it affects this thread only,
+        // which ends right after.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        abort_here(&peers)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+fn abort_here(peers: &[SocketAddr]) -> io::Result<usize> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    let mut aborted = 0;
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let ids = connected_to(&mut socket, family, peers)?;
+        for id in ids {
+            match destroy(&mut socket, family, &id) {
+                Ok(()) => aborted += 1,
+                // Closed meanwhile.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(aborted)
+}
+
+/// The ids (`inet_diag_sockid` bytes) of the connected UDP sockets of `family` whose peer is
+/// in `peers`.
+fn connected_to(
+    socket: &mut Socket,
+    family: u8,
+    peers: &[SocketAddr],
+) -> io::Result<Vec<[u8; SOCKID_LEN]>> {
+    socket.send(
+        &request(
+            SOCK_DIAG_BY_FAMILY,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            family,
+            &[0; SOCKID_LEN],
+        ),
+        0,
+    )?;
+    let mut found = Vec::new();
+    // Bounded: a dump ends with NLMSG_DONE; each reply carries many sockets.
+    for _ in 0..1_000_000 {
+        let (reply, _) = socket.recv_from_full()?;
+        if reply.is_empty() {
+            return Err(io::Error::other(
+                "sock_diag: the dump ended without NLMSG_DONE",
+            ));
+        }
+        for (kind, body) in messages(&reply)? {
+            match kind {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => error_of(body)?,
+                SOCK_DIAG_BY_FAMILY if body.len() >= MSG_ID_END => {
+                    let id: [u8; SOCKID_LEN] = body[4..MSG_ID_END].try_into().expect("sized slice");
+                    let peer = peer_of(family, &id);
+                    if peers.iter().any(|p| {
+                        p.ip().to_canonical() == peer.ip().to_canonical()
+                            && (p.port() == 0 || p.port() == peer.port())
+                    }) {
+                        found.push(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Err(io::Error::other("sock_diag: the dump did not end"))
+}
+
+/// Asks the kernel to abort the socket `id` (its ports, addresses and cookie).
+fn destroy(socket: &mut Socket, family: u8, id: &[u8; SOCKID_LEN]) -> io::Result<()> {
+    socket.send(
+        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, id),
+        0,
+    )?;
+    let (reply, _) = socket.recv_from_full()?;
+    for (kind, body) in messages(&reply)? {
+        if kind == NLMSG_ERROR {
+            return error_of(body);
+        }
+    }
+    Err(io::Error::other("sock_diag: SOCK_DESTROY got no answer"))
+}
+
+/// A netlink message of `kind` carrying an `inet_diag_req_v2` for UDP sockets of `family`
+/// in the connected state, `id` the socket (zeros: any).
+fn request(kind: u16, flags: u16, family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
+    let len = (NLMSG_HDR_LEN + REQ_LEN) as u32;
+    let mut out = Vec::with_capacity(len as usize);
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    out.extend_from_slice(&[family, libc::IPPROTO_UDP as u8, 0, 0]);
+    out.extend_from_slice(&CONNECTED.to_ne_bytes());
+    out.extend_from_slice(id);
+    out
+}
+
+/// The messages in a netlink datagram: (type, body).
+fn messages(datagram: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
+    let mut out = Vec::new();
+    let mut rest = datagram;
+    while rest.len() >= NLMSG_HDR_LEN {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+        if len < NLMSG_HDR_LEN || len > rest.len() {
+            return Err(io::Error::other(format!(
+                "sock_diag: a message of {len} bytes in {} left",
+                rest.len()
+            )));
+        }
+        out.push((kind, &rest[NLMSG_HDR_LEN..len]));
+        // Messages are 4-byte aligned.
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+    }
+    Ok(out)
+}
+
+/// An `NLMSG_ERROR` body: its errno (0 is an acknowledgement).
+fn error_of(body: &[u8]) -> io::Result<()> {
+    let code = body
+        .get(0..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        .ok_or_else(|| io::Error::other("sock_diag: a short error message"))?;
+    match code {
+        0 => Ok(()),
+        negative => Err(io::Error::from_raw_os_error(-negative)),
+    }
+}
+
+/// The peer (destination address and port) of a socket id.
+fn peer_of(family: u8, id: &[u8; SOCKID_LEN]) -> SocketAddr {
+    let port = u16::from_be_bytes([id[2], id[3]]);
+    let dst = &id[20..36];
+    let ip = if family == libc::AF_INET as u8 {
+        IpAddr::V4(Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(dst).expect("16 bytes")))
+    };
+    SocketAddr::new(ip, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_ids_have_the_kernels_layout() {
+        let req = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 2, &[7; SOCKID_LEN]);
+        assert_eq!(req.len(), 16 + 56);
+        assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 72);
+        assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 21);
+        assert_eq!(&req[16..20], &[2, 17, 0, 0]);
+        assert_eq!(u32::from_ne_bytes(req[20..24].try_into().unwrap()), 2);
+        assert_eq!(&req[24..], &[7; SOCKID_LEN]);
+
+        let mut id = [0u8; SOCKID_LEN];
+        id[2..4].copy_from_slice(&5353u16.to_be_bytes());
+        id[20..24].copy_from_slice(&[198, 18, 2, 11]);
+        assert_eq!(
+            peer_of(2, &id),
+            "198.18.2.11:5353".parse::<SocketAddr>().unwrap()
+        );
+        let mut id6 = [0u8; SOCKID_LEN];
+        id6[2..4].copy_from_slice(&53u16.to_be_bytes());
+        id6[20..36].copy_from_slice(&"::ffff:198.18.2.11".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(
+            peer_of(10, &id6).ip().to_canonical(),
+            "198.18.2.11".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_datagram_splits_into_aligned_messages() {
+        let mut datagram = Vec::new();
+        for (kind, body) in [(20u16, &[1u8, 2, 3][..]), (NLMSG_DONE, &[0, 0, 0, 0][..])] {
+            let len = (NLMSG_HDR_LEN + body.len()) as u32;
+            datagram.extend_from_slice(&len.to_ne_bytes());
+            datagram.extend_from_slice(&kind.to_ne_bytes());
+            datagram.extend_from_slice(&[0; 10]);
+            datagram.extend_from_slice(body);
+            datagram.resize(datagram.len().next_multiple_of(4), 0);
+        }
+        let parsed = messages(&datagram).unwrap();
+        assert_eq!(
+            parsed,
+            [(20, &[1u8, 2, 3][..]), (NLMSG_DONE, &[0, 0, 0, 0][..])]
+        );
+        let mut ack = Vec::from((-libc::ENOENT).to_ne_bytes());
+        assert_eq!(
+            error_of(&ack).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        ack[..4].copy_from_slice(&0i32.to_ne_bytes());
+        assert!(error_of(&ack).is_ok());
+    }
+}
