@@ -359,7 +359,8 @@ impl ApiState {
                 OverlayError::NotFound(_) if self.has_service(service, file) => Ok(backend),
                 e => Err(e),
             })?;
-        if let Some(spec) = self.services.get_mut(service) {
+        if let Some(spec) = self.services.get(service) {
+            let mut spec = spec.clone();
             match spec
                 .backends
                 .iter_mut()
@@ -373,6 +374,11 @@ impl ApiState {
                     mesh: None,
                 }),
             }
+            // Through the file's rules, as `add-service` and file services' edits are: an
+            // edit saved past them (more backends than its table has slots) would make the
+            // saved state, and so the next start, fail.
+            let spec = revalidate(spec)?;
+            self.services.insert(service.to_owned(), spec);
             return Ok(());
         }
         let file_spec = file
@@ -941,6 +947,35 @@ services:
         api.set_edit("web", r("198.18.2.10:8080"), Some(Edit::Added(1)));
         let e = api.merge(&f).unwrap_err().to_string();
         assert!(e.contains(MERGED_ORIGIN) && e.contains("backends"), "{e}");
+    }
+
+    /// An API service's backends meet the file's rules at every edit: one past its Maglev
+    /// table's slots is refused (a drained one counts), and the state stays loadable.
+    #[test]
+    fn backend_edits_of_an_api_service_meet_the_file_rules() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        let mut spec = api_service("dns", "198.18.100.7");
+        spec.maglev_table_size = 7;
+        spec.backends = (20..27)
+            .map(|i| format!("198.18.2.{i}").parse().unwrap())
+            .collect();
+        api.add_service(spec, &f).unwrap();
+        let before = api.clone();
+        let e = api
+            .set_backend("dns", r("198.18.2.30"), Some(0), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maglev_table_size"), "{e}");
+        assert_eq!(api, before, "a refused edit changes nothing");
+        // Re-weighting one it has is fine.
+        api.set_backend("dns", r("198.18.2.20"), Some(3), &f)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("mlb-api-rules-{}", std::process::id()));
+        let path = dir.join("api-state.json");
+        api.save(&path).unwrap();
+        assert_eq!(ApiState::load(&path).unwrap(), api);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
