@@ -195,6 +195,10 @@ impl Daemon {
                     &node_addresses,
                     Some(&adopted),
                 )?;
+                // Ids the kernel's entries did not hold may have counters of a service or
+                // backend removed while no lbd ran.
+                let (services, backends) = desired.ids.fresh_since(&adopted.ids);
+                dp.zero_counters(&services, &backends)?;
                 info!(
                     "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
                 );

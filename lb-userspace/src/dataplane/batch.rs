@@ -157,6 +157,37 @@ pub fn update_fd<K: Pod, V: Pod>(
     Ok(())
 }
 
+/// Sets every CPU's value of `ids` in a per-CPU array to `V::default()` (`cpus`: the kernel's
+/// possible CPUs; the kernel lays each key's values 8 bytes apart, `V` a multiple of that).
+pub fn zero_percpu<V: Pod + Default>(
+    map: &MapData,
+    name: &'static str,
+    ids: &[u32],
+    cpus: usize,
+) -> Result<(), DataplaneError> {
+    debug_assert!(std::mem::size_of::<V>().is_multiple_of(8));
+    for ids in ids.chunks(CHUNK) {
+        let zeros: Vec<V> = std::iter::repeat_with(V::default)
+            .take(ids.len() * cpus)
+            .collect();
+        call(
+            BPF_MAP_UPDATE_BATCH,
+            fd(map) as u32,
+            ids.as_ptr() as u64,
+            zeros.as_ptr() as u64,
+            ids.len(),
+        )
+        .map_err(|(done, error)| DataplaneError::MapValue {
+            name,
+            message: format!(
+                "zeroing the counters of {} ids (the kernel took {done}): {error}",
+                ids.len()
+            ),
+        })?;
+    }
+    Ok(())
+}
+
 /// Removes `keys`. A key that is not there counts as removed: what must not be there is not.
 pub fn delete<K: Pod>(map: &MapData, name: &'static str, keys: &[K]) -> Result<(), DataplaneError> {
     let mut rest = keys;

@@ -618,6 +618,40 @@ impl Dataplane {
             + self.prune_backends(desired)?)
     }
 
+    /// Zeroes the traffic counters of kernel services `services` and backends `backends`:
+    /// ids the plan no longer uses, or gives out fresh, so that the next holder of an id
+    /// does not start with its last holder's packets, bytes and flows.
+    pub fn zero_counters(
+        &mut self,
+        services: &[u32],
+        backends: &[u32],
+    ) -> Result<(), DataplaneError> {
+        if services.is_empty() && backends.is_empty() {
+            return Ok(());
+        }
+        let cpus = possible_cpus()?;
+        let ebpf = self.ebpf();
+        let per_cpu = |name: &'static str| match ebpf.map(name).expect("checked at load") {
+            aya::maps::Map::PerCpuArray(data) => Ok(data),
+            _ => Err(DataplaneError::MapValue {
+                name,
+                message: "not a per-CPU array: lb-ebpf and lb-userspace are out of step".into(),
+            }),
+        };
+        for (name, ids) in [
+            (names::SERVICE_STATS, services),
+            (names::BACKEND_STATS, backends),
+        ] {
+            batch::zero_percpu::<TrafficCounters>(per_cpu(name)?, name, ids, cpus)?;
+        }
+        batch::zero_percpu::<SockCounters>(
+            per_cpu(names::SOCK_STATS)?,
+            names::SOCK_STATS,
+            services,
+            cpus,
+        )
+    }
+
     /// Clears the `BACKENDS` slots in use that `desired` does not use (see `prune`).
     fn prune_backends(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
         let stale: Vec<u32> = self
@@ -638,6 +672,7 @@ impl Dataplane {
             &stale,
             &vec![Backend::default(); stale.len()],
         )?;
+        self.zero_counters(&[], &stale)?;
         Ok(stale.len())
     }
 

@@ -45,6 +45,25 @@ fn taken_ids<'a>(ids: impl Iterator<Item = &'a u32> + Clone) -> Vec<bool> {
 }
 
 impl Ids {
+    /// The service and backend ids `self` holds that `earlier` does not: given out fresh.
+    pub fn fresh_since(&self, earlier: &Ids) -> (Vec<u32>, Vec<u32>) {
+        fn fresh<K>(now: &BTreeMap<K, u32>, before: &BTreeMap<K, u32>) -> Vec<u32> {
+            let held: std::collections::HashSet<u32> = before.values().copied().collect();
+            let mut ids: Vec<u32> = now
+                .values()
+                .copied()
+                .filter(|id| !held.contains(id))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }
+        (
+            fresh(&self.services, &earlier.services),
+            fresh(&self.backends, &earlier.backends),
+        )
+    }
+
     /// Which backend ids are held, by id (see `backends_taken`).
     pub(super) fn backends_taken(&self) -> &[bool] {
         self.backends_taken
