@@ -757,6 +757,12 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
         metrics.contains("meshlb_reloads_total{source=\"signal\",result=\"rejected\"} 1"),
         "{metrics}"
     );
+    // Every malformed request above counts as an API change rejected, whether its body or
+    // the configuration refused it.
+    assert!(
+        metrics.contains("meshlb_reloads_total{source=\"api\",result=\"rejected\"} 7"),
+        "{metrics}"
+    );
     // The Unix socket is root's alone.
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(lb.api_socket())

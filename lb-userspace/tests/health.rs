@@ -609,4 +609,8 @@ services:
         ["backend-0"],
         "every new flow on the up backend: {reached:?}"
     );
+    // Draining it changes no table while it is down, but it is a change made and saved.
+    let (ok, out, err) = lb.lbctl(&["drain", "web", "198.18.2.11"]).expect("lbctl");
+    assert!(ok, "{err}");
+    assert!(!out.contains("no change"), "{out}");
 }

@@ -243,6 +243,11 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         let (_, list, _) = lb.lbctl(&["list"]).expect("lbctl list");
         assert!(list.contains("swarm"), "{list}");
         assert!(list.contains("through the mesh tunnel"), "{list}");
+        // Its backends are the swarm's: the API says so rather than "no service".
+        let (ok, _, err) = lb
+            .lbctl(&["drain", "web", "198.19.0.250"])
+            .expect("lbctl drain");
+        assert!(!ok && err.contains("comes from the swarm"), "{err}");
     }
     // Nodes whose egress completes checksums itself, as NICs do: the tasks' replies (their
     // checksums left partial by the containers' sockets, then translated by generic XDP on

@@ -301,8 +301,37 @@ fn change_result(
     })
 }
 
+/// `input` (a request body read), or its refusal counted as an API change rejected, as
+/// refusals the daemon makes are.
+async fn counted<T>(shared: &Arc<Shared>, input: Result<T, ApiError>) -> Result<T, ApiError> {
+    if input.is_err() {
+        with_daemon(shared, |d| {
+            d.count_rejected_api();
+            Ok(())
+        })
+        .await?;
+    }
+    input
+}
+
+/// A swarm service's backends are its running tasks: the API does not edit them.
+fn not_swarm(d: &mut Daemon, name: &str) -> Result<(), ApiError> {
+    if d.is_swarm_service(name) {
+        d.count_rejected_api();
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "service {name:?} comes from the swarm: its backends are its running tasks; \
+                 scale or update the swarm service, and give it a scheduler, timeouts or a \
+                 removal policy in the service file's `swarm:` section"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn add_services(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<ChangeResult> {
-    let parsed = parse_body(&body)?;
+    let parsed = counted(&shared, parse_body(&body)).await?;
     if parsed.services.is_empty() {
         return Err(bad_request("request body: no services to add"));
     }
@@ -328,6 +357,7 @@ async fn remove_service(
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<ChangeResult> {
     with_daemon(&shared, move |d| {
+        not_swarm(d, &name)?;
         let (_, outcome) = d.change_api(|api, file| api.remove_service(&name, file))?;
         let changes = ServiceChanges {
             removed: vec![name],
@@ -339,7 +369,7 @@ async fn remove_service(
 }
 
 async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<ChangeResult> {
-    let parsed = parse_body(&body)?;
+    let parsed = counted(&shared, parse_body(&body)).await?;
     with_daemon(&shared, move |d| {
         let (changes, outcome) =
             d.change_api(|api, file| api.replace_services(parsed.services, file))?;
@@ -406,16 +436,20 @@ async fn backend_change(
     body: Bytes,
     action: BackendAction,
 ) -> ApiResult<ChangeResult> {
-    let (backend, weight) = backend_request(&body)?;
-    let no_weight = match action {
-        BackendAction::Set => None,
-        BackendAction::Remove => Some("not used when removing a backend"),
-        BackendAction::Drain => Some("drain sets it to 0"),
-    };
-    if let (Some(why), Some(_)) = (no_weight, weight) {
-        return Err(bad_request(format!("request body: field weight: {why}")));
-    }
+    let request = backend_request(&body).and_then(|(backend, weight)| {
+        let no_weight = match action {
+            BackendAction::Set => None,
+            BackendAction::Remove => Some("not used when removing a backend"),
+            BackendAction::Drain => Some("drain sets it to 0"),
+        };
+        match (no_weight, weight) {
+            (Some(why), Some(_)) => Err(bad_request(format!("request body: field weight: {why}"))),
+            _ => Ok((backend, weight)),
+        }
+    });
+    let (backend, weight) = counted(&shared, request).await?;
     with_daemon(&shared, move |d| {
+        not_swarm(d, &name)?;
         let (_, outcome) = d.change_api(|api, file| match action {
             BackendAction::Set => api.set_backend(&name, backend, weight, file),
             BackendAction::Remove => api.remove_backend(&name, backend, file),

@@ -376,8 +376,16 @@ impl Daemon {
             self.sync_socket_namespaces();
             self.keep_inputs(file, api, merged);
             self.node_addresses = node_addresses;
-            self.count(trigger, Outcome::Unchanged);
-            return Ok(Outcome::Unchanged);
+            // An API edit the plan does not show yet (a drain of a backend that is down) is
+            // still a change made and saved: said as applied, not as "no change".
+            let outcome = if api_changed {
+                self.generation += 1;
+                Outcome::Applied
+            } else {
+                Outcome::Unchanged
+            };
+            self.count(trigger, outcome);
+            return Ok(outcome);
         }
         if let Err(e) = self.program(&next) {
             self.restore_merged(merged);
@@ -576,6 +584,16 @@ impl Daemon {
         self.running_health_shaped = health_shaped;
         // Planned with the health checks' latest word: nothing of theirs is left unapplied.
         self.health_unapplied = None;
+    }
+
+    /// Counts an API request refused before it reached the configuration (its body).
+    pub fn count_rejected_api(&mut self) {
+        self.count(Trigger::Api, Outcome::Rejected);
+    }
+
+    /// Whether `name` is a service the swarm provides (not the file's or the API's).
+    pub fn is_swarm_service(&self, name: &str) -> bool {
+        self.merged.sources.get(name) == Some(&crate::source::api_state::Source::Swarm)
     }
 
     fn count(&mut self, trigger: Trigger, outcome: Outcome) {

@@ -11,8 +11,8 @@
 //!   e.g. 0 for a drain) or *removed* (a file backend taken out). A re-weight lapses when the
 //!   file stops listing that backend, so a backend the file removes never comes back through
 //!   an old drain; an edit that brings a backend back to what the file says is dropped.
-//!   `add-backend` without a weight keeps a present backend's weight (undoing a drain goes
-//!   back to the file's weight).
+//!   `add-backend` without a weight puts a file backend back to the file's weight (undoing
+//!   a drain or a re-weight).
 //! - Both are validated together, with the file's rules, before anything is programmed.
 
 use std::{
@@ -268,7 +268,9 @@ impl ApiState {
             if file.services.contains_key(name) {
                 return Err(OverlayError::Conflict(format!(
                     "service {name:?} is defined in the service file and through the API; \
-                     remove one (`lbctl remove-service {name}`, or delete it from the file)"
+                     remove one (`lbctl remove-service {name}` while lbd runs, or delete it \
+                     from the file; before a start, from the API state file, api-state.json \
+                     in lbd's state directory)"
                 )));
             }
             sources.insert(name.clone(), Source::Api);

@@ -72,8 +72,9 @@ enum Command {
         service: String,
         /// ADDR, ADDR:PORT or [V6ADDR]:PORT.
         backend: String,
-        /// Share of new flows. Without it a present backend keeps its weight (a drained file
-        /// backend goes back to the file's) and a new one gets 1.
+        /// Share of new flows. Without it a file backend goes back to the file's weight
+        /// (undoing a drain or a re-weight), an API service's keeps its own, and a new one
+        /// gets 1.
         #[arg(long)]
         weight: Option<u32>,
     },
@@ -319,6 +320,14 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             s.cgroup, s.adopted, s.netns_cookie
         ),
         None => println!("socket-level balancing: off"),
+    }
+    if !status.changes.is_empty() {
+        let changes: Vec<String> = status
+            .changes
+            .iter()
+            .map(|c| format!("{} {} {}", c.trigger.as_str(), c.outcome.as_str(), c.count))
+            .collect();
+        println!("changes since start: {}", changes.join(", "));
     }
     if let Some(s) = &status.swarm {
         let mut node = s.node_addr.map_or("-".to_owned(), |a| a.to_string());
