@@ -22,9 +22,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -333,9 +333,22 @@ impl Dataplane {
             Err(_) => false,
         };
         if !adopted_tc {
+            // A tcx link or nothing: aya's `attach` falls back to a netlink filter on kernels
+            // before 6.6, which cannot be pinned and which nothing would detach when the
+            // start then fails (each retry leaving another program holding every map).
             let id = tc
-                .attach(interface, TcAttachType::Ingress)
-                .map_err(attach_tc_error)?;
+                .attach_with_options(
+                    interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| {
+                    pin_error(
+                        "attaching the TC ingress program as a tcx link (Linux 6.6 or later) \
+                         failed",
+                        &e,
+                    )
+                })?;
             let link = tc.take_link(id).map_err(attach_tc_error)?;
             let fd = FdLink::try_from(link).map_err(|e| {
                 pin_error(
