@@ -31,10 +31,15 @@ pub(crate) fn link_path(dir: &Path, interface: &str, kind: LinkKind) -> PathBuf 
 }
 
 pub(crate) fn cgroup_link_path(dir: &Path, cgroup: &Path, program: &str) -> PathBuf {
+    cgroup_pin_dir(dir, cgroup).join(program)
+}
+
+/// Where the links of the socket-level programs attached to `cgroup` are pinned: one
+/// directory per spelling of the cgroup's path.
+pub(crate) fn cgroup_pin_dir(dir: &Path, cgroup: &Path) -> PathBuf {
     dir.join("links")
         .join("cgroup")
         .join(encode_name(&cgroup.to_string_lossy()).replace('/', "%2f"))
-        .join(program)
 }
 
 /// Cgroups that have pinned socket-level links, with the pin directory of each.

@@ -106,6 +106,11 @@ impl Dataplane {
             ))
         };
         let cgroup_dir = std::fs::File::open(cgroup).map_err(cgroup_error)?;
+        // One spelling of the directory (`/sys/fs/cgroup/` and `/sys/fs/cgroup` alike), since
+        // its pins are found by name: another spelling would leave the last lbd's links
+        // attached beside new ones, its programs running first at every connect().
+        let canonical = std::fs::canonicalize(cgroup).map_err(cgroup_error)?;
+        let cgroup = canonical.as_path();
         let netns = netns_cookie().map_err(|e| {
             DataplaneError::Pin(format!(
                 "reading this network namespace's cookie (SO_NETNS_COOKIE needs Linux 5.14): {e}"
@@ -252,8 +257,11 @@ impl Dataplane {
 /// Removes the pinned links of every cgroup but `keep`; whether there were any.
 fn release_other_cgroups(dir: &Path, keep: Option<&Path>) -> Result<bool, DataplaneError> {
     let mut released = false;
+    // Kept by its pin directory, not by `Path` equality, which takes `/sys/fs/cgroup/` for
+    // `/sys/fs/cgroup`: links pinned under another spelling are another set of links.
+    let kept = keep.map(|k| pin::cgroup_pin_dir(dir, k));
     for (cgroup, path) in pin::pinned_cgroups(dir) {
-        if keep.is_some_and(|k| k == cgroup) {
+        if kept.as_deref().is_some_and(|k| k == path) {
             continue;
         }
         std::fs::remove_dir_all(&path)
