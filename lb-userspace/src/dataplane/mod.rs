@@ -138,8 +138,9 @@ pub struct Dataplane {
     pin_dir: Option<PathBuf>,
     /// The maps came from a previous `lbd`'s pins.
     adopted: bool,
-    /// Pinned links we hold open; dropping them only closes our descriptors.
-    _pinned_links: Vec<PinnedLink>,
+    /// Pinned links we hold open, by pin path (a link made again for an interface made again
+    /// replaces the dead one); dropping them only closes our descriptors.
+    _pinned_links: std::collections::BTreeMap<PathBuf, PinnedLink>,
     /// The pin directory's lock (see [`pin::lock`]).
     _pin_lock: Option<std::fs::File>,
     /// Where the socket-level programs are attached, if they are.
@@ -223,7 +224,7 @@ impl Dataplane {
             interface_macs: Default::default(),
             pin_dir: options.pin_dir,
             adopted,
-            _pinned_links: Vec::new(),
+            _pinned_links: Default::default(),
             _pin_lock: pin_lock,
             sockets: None,
             logger,
@@ -304,7 +305,72 @@ impl Dataplane {
         // Each: swap into the pinned link if there is a live one, else attach and pin. A pin
         // whose link the kernel detached (the interface was deleted and made again) is
         // replaced.
-        let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
+        self.attach_tc_pinned(&dir, interface)?;
+
+        let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
+        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+        let adopted = match PinnedLink::from_pin(&xdp_path) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))
+                    .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
+                match xdp.attach_to_link(link) {
+                    Ok(id) => {
+                        // Out of aya's hands, so dropping the Dataplane leaves it attached;
+                        // the pin keeps it alive.
+                        drop(xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?);
+                        true
+                    }
+                    Err(e) => {
+                        warn!(
+                            interface,
+                            "the pinned XDP link is dead ({}); attaching afresh",
+                            with_causes(&e)
+                        );
+                        remove_pin(&xdp_path)?;
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        let mode = if adopted {
+            // Attached by an earlier lbd, perhaps with another --xdp-mode.
+            match netlink::attached_mode(ifindex) {
+                Ok(Some(attached)) => attached,
+                Ok(None) => mode,
+                Err(e) => {
+                    warn!(interface, "reading the adopted link's XDP mode: {e}");
+                    mode
+                }
+            }
+        } else {
+            let (id, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
+            let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                pin_error(
+                    "the kernel gave a netlink XDP attachment, which cannot be pinned",
+                    &e,
+                )
+            })?;
+            drop(
+                fd.pin(&xdp_path)
+                    .map_err(|e| pin_error("pinning the XDP link", &e))?,
+            );
+            mode
+        };
+        let link = PinnedLink::from_pin(&xdp_path).map_err(|e| pin_error("XDP pin", &e))?;
+        self._pinned_links.insert(xdp_path, link);
+        Ok(self.attached(interface, ifindex, mode, adopted))
+    }
+
+    /// Attaches the TC ingress program to `interface` through its pinned tcx link under
+    /// `dir`: the live link a previous lbd pinned gets this program, else a new link is made
+    /// and pinned.
+    fn attach_tc_pinned(&mut self, dir: &Path, interface: &str) -> Result<(), DataplaneError> {
+        let pin_error = |what: &str, e: &dyn std::error::Error| {
+            DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
+        };
+        let tc_path = pin::link_path(dir, interface, pin::LinkKind::Tc);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
         let attach_tc_error = |error| DataplaneError::AttachTc {
             interface: interface.to_owned(),
@@ -361,63 +427,9 @@ impl Dataplane {
                     .map_err(|e| pin_error("pinning the tcx link", &e))?,
             );
         }
-        self._pinned_links
-            .push(PinnedLink::from_pin(&tc_path).map_err(|e| pin_error("tcx pin", &e))?);
-
-        let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
-        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
-        let adopted = match PinnedLink::from_pin(&xdp_path) {
-            Ok(old) => {
-                let link = XdpLink::try_from(FdLink::from(old))
-                    .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
-                match xdp.attach_to_link(link) {
-                    Ok(id) => {
-                        // Out of aya's hands, so dropping the Dataplane leaves it attached;
-                        // the pin keeps it alive.
-                        drop(xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?);
-                        true
-                    }
-                    Err(e) => {
-                        warn!(
-                            interface,
-                            "the pinned XDP link is dead ({}); attaching afresh",
-                            with_causes(&e)
-                        );
-                        remove_pin(&xdp_path)?;
-                        false
-                    }
-                }
-            }
-            Err(_) => false,
-        };
-        let mode = if adopted {
-            // Attached by an earlier lbd, perhaps with another --xdp-mode.
-            match netlink::attached_mode(ifindex) {
-                Ok(Some(attached)) => attached,
-                Ok(None) => mode,
-                Err(e) => {
-                    warn!(interface, "reading the adopted link's XDP mode: {e}");
-                    mode
-                }
-            }
-        } else {
-            let (id, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
-            let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
-            let fd = FdLink::try_from(link).map_err(|e| {
-                pin_error(
-                    "the kernel gave a netlink XDP attachment, which cannot be pinned",
-                    &e,
-                )
-            })?;
-            drop(
-                fd.pin(&xdp_path)
-                    .map_err(|e| pin_error("pinning the XDP link", &e))?,
-            );
-            mode
-        };
-        self._pinned_links
-            .push(PinnedLink::from_pin(&xdp_path).map_err(|e| pin_error("XDP pin", &e))?);
-        Ok(self.attached(interface, ifindex, mode, adopted))
+        let link = PinnedLink::from_pin(&tc_path).map_err(|e| pin_error("tcx pin", &e))?;
+        self._pinned_links.insert(tc_path, link);
+        Ok(())
     }
 
     fn attached(

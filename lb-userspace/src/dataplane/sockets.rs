@@ -186,8 +186,8 @@ impl Dataplane {
                 let fd = FdLink::try_from(link).map_err(|e| attach_error(&e))?;
                 drop(fd.pin(&path).map_err(|e| attach_error(&e))?);
             }
-            self._pinned_links
-                .push(PinnedLink::from_pin(&path).map_err(|e| attach_error(&e))?);
+            let link = PinnedLink::from_pin(&path).map_err(|e| attach_error(&e))?;
+            self._pinned_links.insert(path, link);
         }
         info!(
             cgroup = %cgroup.display(),
