@@ -541,15 +541,23 @@ impl Daemon {
     /// Writes `next` over the running plan's entries. On failure the running plan's entries
     /// are written back; when that fails too, lbd is degraded until a change rewrites all.
     fn program(&mut self, next: &Replan) -> Result<(), DataplaneError> {
-        let result = match next {
-            // After a failed undo the maps may hold anything: write every entry, not the diff.
-            Replan::Full(plan) if self.degraded.is_some() => self
-                .dp
-                .apply(None, plan)
-                .and_then(|()| self.dp.prune(plan).map(drop)),
-            Replan::Full(plan) => self.dp.apply(Some(&self.running), plan),
-            Replan::Delta(delta) => self.dp.apply_delta(delta),
+        // Ids given out fresh start their counters at zero, before any entry names them.
+        let (services, backends) = match next {
+            Replan::Full(plan) => plan.ids.fresh_since(&self.running.ids),
+            Replan::Delta(delta) => delta.fresh_ids(&self.running.ids),
         };
+        let result = self
+            .dp
+            .zero_counters(&services, &backends)
+            .and_then(|()| match next {
+                // After a failed undo the maps may hold anything: write every entry, not the diff.
+                Replan::Full(plan) if self.degraded.is_some() => self
+                    .dp
+                    .apply(None, plan)
+                    .and_then(|()| self.dp.prune(plan).map(drop)),
+                Replan::Full(plan) => self.dp.apply(Some(&self.running), plan),
+                Replan::Delta(delta) => self.dp.apply_delta(delta),
+            });
         let Err(e) = result else {
             return Ok(());
         };

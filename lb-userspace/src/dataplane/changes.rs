@@ -208,8 +208,6 @@ impl Dataplane {
             &backend_changes.remove,
             &vec![Backend::default(); backend_changes.remove.len()],
         )?;
-        // Ids go back to the plan's pool: whoever gets one next starts from zero.
-        self.zero_counters(&changes.tables.remove, &backend_changes.remove)?;
         self.write_reply_frontends(&changes.reply_frontends)
     }
 }

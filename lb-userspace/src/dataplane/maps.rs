@@ -619,8 +619,9 @@ impl Dataplane {
     }
 
     /// Zeroes the traffic counters of kernel services `services` and backends `backends`:
-    /// ids the plan no longer uses, or gives out fresh, so that the next holder of an id
-    /// does not start with its last holder's packets, bytes and flows.
+    /// ids a plan gives out fresh, before any entry names them, so that an id's new holder
+    /// does not start with its last holder's packets, bytes and flows (nor with what flows
+    /// kept on that removed holder added since).
     pub fn zero_counters(
         &mut self,
         services: &[u32],
@@ -672,7 +673,6 @@ impl Dataplane {
             &stale,
             &vec![Backend::default(); stale.len()],
         )?;
-        self.zero_counters(&[], &stale)?;
         Ok(stale.len())
     }
 

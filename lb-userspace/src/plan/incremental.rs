@@ -28,6 +28,26 @@ pub struct PlanDelta {
 }
 
 impl PlanDelta {
+    /// The service and backend ids it gives to identities `running` does not hold them for:
+    /// given out fresh (`Ids::fresh_since` for a whole plan).
+    pub fn fresh_ids(&self, running: &Ids) -> (Vec<u32>, Vec<u32>) {
+        fn fresh<K>(changes: &[(K, Option<u32>)], held: &BTreeMap<K, u32>) -> Vec<u32> {
+            let held: std::collections::HashSet<u32> = held.values().copied().collect();
+            let mut ids: Vec<u32> = changes
+                .iter()
+                .filter_map(|(_, id)| *id)
+                .filter(|id| !held.contains(id))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }
+        (
+            fresh(&self.service_ids, &running.services),
+            fresh(&self.backend_ids, &running.backends),
+        )
+    }
+
     /// Whether it changes nothing but the record of the specs (a change the plan does not
     /// depend on, such as a health check's interval): the kernel and the plan stay as they are.
     pub fn changes_no_plan(&self) -> bool {

@@ -242,6 +242,12 @@ fn replanning_the_changed_services_equals_the_full_plan() {
                 }
                 (Ok(Replan::Delta(delta)), Ok(expected)) => {
                     deltas += 1;
+                    // The ids it gives out fresh are the full plan's.
+                    assert_eq!(
+                        delta.fresh_ids(&running.ids),
+                        expected.ids.fresh_since(&running.ids),
+                        "fresh ids: {context}"
+                    );
                     let undo = running.undo_of(&delta);
                     let mut next = running.clone();
                     next.patch(delta);
