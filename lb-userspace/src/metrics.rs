@@ -239,7 +239,7 @@ fn register_services(registry: &mut Registry, report: &Report) {
     let backends = gauge_family(
         registry,
         "backends",
-        "Backends by state (active, draining).",
+        "Backends by state (active: taking new flows; draining: weight 0; down: by its health checks).",
     );
     for s in &report.services {
         let labels: Labels = vec![
@@ -276,7 +276,11 @@ fn register_services(registry: &mut Registry, report: &Report) {
         }
     }
     for (service, states) in &report.backend_states {
-        for (state, count) in [("active", states.active), ("draining", states.draining)] {
+        for (state, count) in [
+            ("active", states.active),
+            ("draining", states.draining),
+            ("down", states.down),
+        ] {
             backends
                 .get_or_create(&vec![
                     ("service", service.clone()),
@@ -517,6 +521,7 @@ mod tests {
                 BackendStates {
                     active: 0,
                     draining: 1,
+                    down: 2,
                 },
             )]
             .into(),
@@ -659,6 +664,10 @@ mod tests {
         );
         assert!(
             text.contains("meshlb_backends{service=\"web\",state=\"active\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_backends{service=\"web\",state=\"down\"} 2"),
             "{text}"
         );
         assert!(

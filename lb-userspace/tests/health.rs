@@ -609,6 +609,12 @@ services:
         ["backend-0"],
         "every new flow on the up backend: {reached:?}"
     );
+    // /metrics counts it down, not active.
+    let metrics = lb_testkit::metrics(&topo.node).expect("metrics");
+    for (state, n) in [("active", 1), ("down", 1), ("draining", 0)] {
+        let series = format!("meshlb_backends{{service=\"web\",state=\"{state}\"}} {n}");
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
     // Draining it changes no table while it is down, but it is a change made and saved.
     let (ok, out, err) = lb.lbctl(&["drain", "web", "198.18.2.11"]).expect("lbctl");
     assert!(ok, "{err}");

@@ -34,8 +34,13 @@ pub struct Flood {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStates {
+    /// Taking new flows: a weight above 0 and not down.
     pub active: u64,
+    /// Weight 0 (drained), whatever their health.
     pub draining: u64,
+    /// Down by the health checks (a weight above 0): no new flows.
+    #[serde(default)]
+    pub down: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,9 +53,19 @@ impl Daemon {
                 .iter()
                 .map(|(name, spec)| {
                     let draining = spec.backends.iter().filter(|b| b.weight == 0).count() as u64;
+                    let down = spec
+                        .backends
+                        .iter()
+                        .filter(|b| b.weight > 0)
+                        .filter(|b| {
+                            self.backend_health(spec, b)
+                                .is_some_and(|h| h.state == crate::source::health::Health::Down)
+                        })
+                        .count() as u64;
                     let states = BackendStates {
-                        active: spec.backends.len() as u64 - draining,
+                        active: spec.backends.len() as u64 - draining - down,
                         draining,
+                        down,
                     };
                     (name.clone(), states)
                 })
