@@ -156,7 +156,8 @@ impl Daemon {
             .docker_host
             .as_ref()
             .map(|_| load_swarm_state(&options.state_dir));
-        let swarm_services = swarm_services(swarm.as_ref(), &file);
+        // Scopes numbered afresh: the pinned frontends and namespaces are rewritten below.
+        let swarm_services = swarm_services(swarm.as_ref(), &file, &SwarmServices::default());
         let node_addresses = node_addresses()?;
         let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
@@ -338,8 +339,11 @@ impl Daemon {
         api: ApiState,
     ) -> Result<Outcome, DaemonError> {
         let started = Instant::now();
-        let swarm_services =
-            swarm_services(self.swarm.as_ref(), file.as_ref().unwrap_or(&self.file));
+        let swarm_services = swarm_services(
+            self.swarm.as_ref(),
+            file.as_ref().unwrap_or(&self.file),
+            &self.swarm_services,
+        );
         let (merged, node_addresses, next, health_shaped) =
             match self.merge_and_plan(file.as_ref(), &api, &swarm_services) {
                 Ok(planned) => planned,

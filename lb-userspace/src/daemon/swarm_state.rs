@@ -2,10 +2,15 @@
 
 use super::*;
 
-/// The swarm's services under the file's per-service policies.
-pub(super) fn swarm_services(snapshot: Option<&Snapshot>, file: &ServiceFile) -> SwarmServices {
+/// The swarm's services under the file's per-service policies; `running`: what the running
+/// configuration made of the swarm (its networks keep their socket scopes).
+pub(super) fn swarm_services(
+    snapshot: Option<&Snapshot>,
+    file: &ServiceFile,
+    running: &SwarmServices,
+) -> SwarmServices {
     match snapshot {
-        Some(snapshot) => swarm::services(snapshot, &file.swarm),
+        Some(snapshot) => swarm::services(snapshot, &file.swarm, &running.scopes),
         None => SwarmServices::default(),
     }
 }

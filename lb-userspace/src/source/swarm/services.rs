@@ -83,8 +83,14 @@ impl SwarmServices {
 /// scope mask; bit 0 is the node's).
 const MAX_VIP_NETWORKS: usize = lb_common::maps::sock_netns::MAX_SCOPE as usize;
 
-/// Turns `snapshot` into services; `policies` by swarm service name.
-pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -> SwarmServices {
+/// Turns `snapshot` into services; `policies` by swarm service name; `scopes`: the socket
+/// scopes the running services give the overlay networks, which keep their numbers (see
+/// `add_vips`).
+pub fn services(
+    snapshot: &Snapshot,
+    policies: &BTreeMap<String, SwarmPolicy>,
+    scopes: &BTreeMap<String, u8>,
+) -> SwarmServices {
     let default = SwarmPolicy::default();
     let mut out = SwarmServices::default();
     for (name, service) in &snapshot.services {
@@ -115,7 +121,7 @@ pub fn services(snapshot: &Snapshot, policies: &BTreeMap<String, SwarmPolicy>) -
         }
         out.details.insert(name.clone(), details);
     }
-    add_vips(snapshot, policies, &mut out);
+    add_vips(snapshot, policies, scopes, &mut out);
     out.mesh = mesh_nodes(snapshot);
     out
 }
@@ -206,10 +212,15 @@ fn delivery_name(task_name: &str) -> String {
     head.iter().chain(&['.']).chain(tail).collect()
 }
 
-/// The VIP services: one per service and overlay network it has a VIP on.
+/// The VIP services: one per service and overlay network it has a VIP on. Each network has a
+/// socket scope (a bit of a namespace's mask): one it had in `previous` it keeps, a new one
+/// takes the lowest free. Numbered afresh in name order, a network created with a name that
+/// sorts first would renumber every other, and between the frontends' write and the
+/// namespaces' a container would meet another network's VIPs.
 fn add_vips(
     snapshot: &Snapshot,
     policies: &BTreeMap<String, SwarmPolicy>,
+    previous: &BTreeMap<String, u8>,
     out: &mut SwarmServices,
 ) {
     let networks: std::collections::BTreeSet<&String> = snapshot
@@ -218,8 +229,20 @@ fn add_vips(
         .flat_map(|s| s.vips.keys())
         .filter(|n| *n != INGRESS_NETWORK)
         .collect();
-    for (i, network) in networks.into_iter().enumerate() {
-        if i >= MAX_VIP_NETWORKS {
+    let mut taken: std::collections::BTreeSet<u8> = networks
+        .iter()
+        .filter_map(|n| previous.get(*n))
+        .copied()
+        .filter(|&s| (1..=MAX_VIP_NETWORKS as u8).contains(&s))
+        .collect();
+    for network in networks {
+        let kept = previous.get(network).copied().filter(|s| taken.contains(s));
+        let scope = kept.or_else(|| {
+            let free = (1..=MAX_VIP_NETWORKS as u8).find(|s| !taken.contains(s))?;
+            taken.insert(free);
+            Some(free)
+        });
+        let Some(scope) = scope else {
             for (name, service) in &snapshot.services {
                 if service.vips.contains_key(network) {
                     out.details
@@ -233,8 +256,8 @@ fn add_vips(
                 }
             }
             continue;
-        }
-        out.scopes.insert(network.clone(), (i + 1) as u8);
+        };
+        out.scopes.insert(network.clone(), scope);
     }
     let default = SwarmPolicy::default();
     for (name, service) in &snapshot.services {
@@ -417,7 +440,7 @@ mod tests {
                 ],
             ),
         )]);
-        let out = services(&snap, &BTreeMap::new());
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
         let names: BTreeSet<&str> = out.delivery_specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -490,7 +513,7 @@ mod tests {
             },
         )]
         .into();
-        let out = services(&snap, &policies);
+        let out = services(&snap, &policies, &BTreeMap::new());
         let protocols = |name: &str| -> Vec<(u16, u16, Protocol)> {
             out.specs
                 .iter()
@@ -534,7 +557,7 @@ mod tests {
                 ],
             ),
         )]);
-        let out = services(&snap, &BTreeMap::new());
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
         let spec = &out.specs[0];
         let seen: Vec<(IpAddr, IpAddr, Option<IpAddr>)> = spec
             .backends
@@ -603,7 +626,7 @@ mod tests {
             },
         )]
         .into();
-        let out = services(&snap, &policies);
+        let out = services(&snap, &policies, &BTreeMap::new());
         assert_eq!(out.specs[0].backends.len(), 2);
         assert!(out.details["web"].unused_tasks.contains_key("web.3.c"));
     }
@@ -659,7 +682,7 @@ mod tests {
             ),
         ]
         .into();
-        let out = services(&snap, &BTreeMap::new());
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
         // Scopes by network name; ingress has none.
         assert_eq!(
             out.scopes,
@@ -688,6 +711,63 @@ mod tests {
         assert_eq!(out.container_scopes["c2"], (42, (1 << 1) | (1 << 2)));
     }
 
+    /// A network keeps its scope while it exists: one created with a name that sorts first
+    /// takes the lowest free scope, not another network's.
+    #[test]
+    fn networks_keep_their_socket_scopes() {
+        let on = |networks: &[(&str, &str)]| {
+            let mut service = service(&[], vec![]);
+            service.vips = networks
+                .iter()
+                .map(|(n, vip)| ((*n).to_owned(), ip(vip)))
+                .collect();
+            snapshot(vec![("api", service)])
+        };
+        let first = services(
+            &on(&[("mid", "198.19.10.2"), ("zed", "198.19.11.2")]),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        assert_eq!(
+            first.scopes,
+            [("mid".to_owned(), 1), ("zed".to_owned(), 2)].into()
+        );
+        let grown = on(&[
+            ("aaa", "198.19.12.2"),
+            ("mid", "198.19.10.2"),
+            ("zed", "198.19.11.2"),
+        ]);
+        let next = services(&grown, &BTreeMap::new(), &first.scopes);
+        assert_eq!(
+            next.scopes,
+            [
+                ("aaa".to_owned(), 3),
+                ("mid".to_owned(), 1),
+                ("zed".to_owned(), 2)
+            ]
+            .into()
+        );
+        // A network gone frees its scope for the next new one.
+        let shrunk = on(&[
+            ("aaa", "198.19.12.2"),
+            ("zed", "198.19.11.2"),
+            ("new", "198.19.13.2"),
+        ]);
+        let after = services(&shrunk, &BTreeMap::new(), &next.scopes);
+        assert_eq!(
+            after.scopes,
+            [
+                ("aaa".to_owned(), 3),
+                ("new".to_owned(), 1),
+                ("zed".to_owned(), 2)
+            ]
+            .into()
+        );
+        // Without a record (a start), by name.
+        let fresh = services(&grown, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(fresh.scopes["aaa"], 1);
+    }
+
     #[test]
     fn a_service_without_published_ports_is_only_recorded() {
         let snap = snapshot(vec![(
@@ -700,7 +780,7 @@ mod tests {
                 )],
             ),
         )]);
-        let out = services(&snap, &BTreeMap::new());
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
         assert!(out.specs.is_empty());
         assert_eq!(out.details["db"].vips.len(), 1);
     }

@@ -557,7 +557,8 @@ mod tests {
             assert_eq!(snapshot.peers, [data(1), data(2)].into(), "{role}");
             // The same services, each task local where it was, the others through the peer's
             // data-path address.
-            let out = crate::source::swarm::services(&snapshot, &Default::default());
+            let out =
+                crate::source::swarm::services(&snapshot, &Default::default(), &Default::default());
             let mesh = out.mesh.clone().unwrap();
             assert_eq!(IpAddr::V4(mesh.own), data(own));
             assert_eq!(
@@ -573,7 +574,8 @@ mod tests {
                 web.remote_tasks.values().all(|&n| n == data(other)),
                 "{web:?}"
             );
-            let before = crate::source::swarm::services(&plain, &Default::default());
+            let before =
+                crate::source::swarm::services(&plain, &Default::default(), &Default::default());
             assert_eq!(out.specs.len(), before.specs.len());
             assert_eq!(
                 out.details["web"].local_tasks,
@@ -680,7 +682,8 @@ mod tests {
     fn manager_and_worker_build_the_same_tables() {
         let table_of = |role: &str, service: &str| -> Vec<std::net::SocketAddr> {
             let snapshot = Snapshot::from_answers(&recorded(role)).unwrap();
-            let out = crate::source::swarm::services(&snapshot, &Default::default());
+            let out =
+                crate::source::swarm::services(&snapshot, &Default::default(), &Default::default());
             let mut file = crate::source::file::ServiceFile::from_specs(
                 out.all_specs(),
                 std::path::Path::new("swarm"),
@@ -719,7 +722,8 @@ mod tests {
     #[test]
     fn the_protocol_rule_matches_the_managers_service_specs() {
         let snapshot = Snapshot::from_answers(&recorded("worker")).unwrap();
-        let derived = crate::source::swarm::services(&snapshot, &Default::default());
+        let derived =
+            crate::source::swarm::services(&snapshot, &Default::default(), &Default::default());
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/swarm/manager/services.json");
         let specs: Vec<serde_json::Value> =
