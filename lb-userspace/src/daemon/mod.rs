@@ -33,7 +33,9 @@ mod swarm_state;
 pub use health::CheckResult;
 pub use links::LinkEvent;
 
-use swarm_state::{load_swarm_state, plan_refusing_swarm, swarm_blamed, swarm_services};
+use swarm_state::{
+    load_swarm_state, plan_refusing_swarm, starting_swarm_services, swarm_blamed, swarm_services,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -88,6 +90,8 @@ const API_STATE_FILE: &str = "api-state.json";
 /// The last swarm state read from the Engine: a restart while the Engine is down starts from
 /// it rather than from nothing.
 const SWARM_STATE_FILE: &str = "swarm-state.json";
+/// The overlay networks' socket scopes: a restart keeps them (see `swarm::services`).
+const SWARM_SCOPES_FILE: &str = "swarm-scopes.json";
 /// The health checks' last verdicts: a restart starts from them (see `SavedHealth`).
 const HEALTH_STATE_FILE: &str = "health-state.json";
 
@@ -156,8 +160,7 @@ impl Daemon {
             .docker_host
             .as_ref()
             .map(|_| load_swarm_state(&options.state_dir));
-        // Scopes numbered afresh: the pinned frontends and namespaces are rewritten below.
-        let swarm_services = swarm_services(swarm.as_ref(), &file, &SwarmServices::default());
+        let swarm_services = starting_swarm_services(swarm.as_ref(), &file, &options.state_dir);
         let node_addresses = node_addresses()?;
         let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
@@ -376,7 +379,7 @@ impl Daemon {
         if unchanged && self.degraded.is_none() {
             // The plan stays; what it was planned from is recorded.
             self.take_plan(next, health_shaped);
-            self.swarm_services = swarm_services;
+            self.keep_swarm_services(swarm_services);
             self.sync_socket_namespaces();
             self.keep_inputs(file, api, merged);
             self.node_addresses = node_addresses;
@@ -403,7 +406,7 @@ impl Daemon {
         self.degraded = None;
         // Before the running plan and the merge it came from are replaced: it reads both.
         self.abort_sockets_left_behind(&next);
-        self.swarm_services = swarm_services;
+        self.keep_swarm_services(swarm_services);
         self.sync_socket_namespaces();
         self.keep_inputs(file, api, merged);
         self.node_addresses = node_addresses;

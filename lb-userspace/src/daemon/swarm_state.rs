@@ -15,6 +15,25 @@ pub(super) fn swarm_services(
     }
 }
 
+/// The swarm's services at a start: the networks keep the socket scopes the last lbd gave
+/// them (saved beside the swarm state), since the pinned frontends and namespaces hold them
+/// until both are written again.
+pub(super) fn starting_swarm_services(
+    snapshot: Option<&Snapshot>,
+    file: &ServiceFile,
+    state_dir: &Path,
+) -> SwarmServices {
+    let running = SwarmServices {
+        scopes: load_scopes(state_dir),
+        ..Default::default()
+    };
+    let services = swarm_services(snapshot, file, &running);
+    if services.scopes != running.scopes {
+        save_scopes(state_dir, &services.scopes);
+    }
+    services
+}
+
 /// The saved swarm state, or an empty one (said in the log either way).
 pub(super) fn load_swarm_state(state_dir: &Path) -> Snapshot {
     let path = state_dir.join(SWARM_STATE_FILE);
@@ -79,11 +98,84 @@ pub(super) fn swarm_blamed(merged: &Merged, error: &PlanError) -> Option<String>
         .map(str::to_owned)
 }
 
+impl Daemon {
+    /// Makes `services` the running swarm services, saving their networks' scopes when they
+    /// changed (a failure is logged: a restart would number them afresh).
+    pub(super) fn keep_swarm_services(&mut self, services: SwarmServices) {
+        if services.scopes != self.swarm_services.scopes {
+            save_scopes(&self.state_dir, &services.scopes);
+        }
+        self.swarm_services = services;
+    }
+}
+
+/// Saves the networks' socket scopes for the next start (a failure is logged: it would
+/// number them afresh).
+fn save_scopes(state_dir: &Path, scopes: &BTreeMap<String, u8>) {
+    let path = state_dir.join(SWARM_SCOPES_FILE);
+    let bytes = serde_json::to_vec_pretty(scopes).expect("plain data");
+    if let Err(e) = crate::source::api_state::write_atomically(&path, &bytes) {
+        warn!(
+            "{}: saving the networks' socket scopes failed ({e}); a restart would number them \
+             afresh",
+            path.display()
+        );
+    }
+}
+
+/// The networks' socket scopes the last lbd saved; none when there are none (a broken file
+/// is said in the log: the scopes are numbered afresh).
+fn load_scopes(state_dir: &Path) -> BTreeMap<String, u8> {
+    let path = state_dir.join(SWARM_SCOPES_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            warn!(
+                "{}: unreadable socket scopes ({e}); the networks are numbered afresh",
+                path.display()
+            );
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const NODE: &str = "198.18.0.5";
+
+    /// A restart keeps the networks' socket scopes the last lbd saved, even out of name
+    /// order, and saves them when they change.
+    #[test]
+    fn a_start_keeps_the_saved_socket_scopes() {
+        let dir = std::env::temp_dir().join(format!("mlb-scopes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut service = crate::source::swarm::snapshot::SwarmService::default();
+        for (network, vip) in [("mid", "198.19.10.2"), ("zed", "198.19.11.2")] {
+            service
+                .vips
+                .insert(network.to_owned(), vip.parse().unwrap());
+        }
+        let mut snapshot = Snapshot {
+            active: true,
+            ..Default::default()
+        };
+        snapshot.services.insert("api".to_owned(), service);
+        let none = ServiceFile::default();
+        // No saved scopes: by name, and saved.
+        let first = starting_swarm_services(Some(&snapshot), &none, &dir);
+        assert_eq!(first.scopes["mid"], 1);
+        assert_eq!(load_scopes(&dir), first.scopes);
+        // Saved out of name order (a network was made since): kept.
+        save_scopes(&dir, &[("mid".to_owned(), 2), ("zed".to_owned(), 1)].into());
+        let again = starting_swarm_services(Some(&snapshot), &none, &dir);
+        assert_eq!(
+            again.scopes,
+            [("mid".to_owned(), 2), ("zed".to_owned(), 1)].into()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn file(text: &str) -> ServiceFile {
         ServiceFile::parse(text, Path::new("services.yaml")).unwrap()
