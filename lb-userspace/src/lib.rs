@@ -9,11 +9,13 @@
 //! 4. [`api`]: the admin API's wire types, and its client.
 //! 5. [`daemon`] ties 1-3 together (every change goes through one commit); [`metrics`]
 //!    renders its counters.
-//! 6. [`control`]: lbd's event loop, the admin API server and the metrics endpoint.
+//! 6. [`control`]: lbd's event loop, the admin API server and the metrics endpoint;
+//!    [`cleanup`]: meshlb off a node (`lbd cleanup`).
 //!
 //! The binaries `lbd` and `lbctl` are thin layers over these.
 pub mod announce;
 pub mod api;
+pub mod cleanup;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

@@ -155,11 +155,24 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
     assert!(ok, "lbd still answers: {err}");
     assert_eq!(lb.wait_exit(Duration::from_millis(1)).unwrap(), None);
 
-    // The VIPs are withdrawn before the dataplane goes: a withdrawal that fails (BIRD's
-    // socket absent) leaves the dataplane serving what the router may still send.
+    // The VIPs are withdrawn before the dataplane goes: a withdrawal BIRD refuses leaves the
+    // dataplane serving what the router may still send.
     let bird = std::env::temp_dir().join(format!("mlb-cleanup-bird-{}", std::process::id()));
     std::fs::create_dir_all(&bird).unwrap();
-    let (include, socket) = (bird.join("vips.conf"), bird.join("absent.ctl"));
+    let (include, socket) = (bird.join("vips.conf"), bird.join("refusing.ctl"));
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let refusing = std::thread::spawn(move || {
+        use std::io::{BufRead as _, Write as _};
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        stream
+            .write_all(b"8002 /etc/bird/bird.conf:12:1 syntax error\n")
+            .unwrap();
+    });
     let (ok, out) = run_lbd(
         None,
         &[
@@ -173,9 +186,10 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
             socket.to_str().unwrap(),
         ],
     );
-    assert!(!ok, "cleanup with BIRD unreachable succeeded: {out}");
+    refusing.join().unwrap();
+    assert!(!ok, "cleanup with BIRD refusing succeeded: {out}");
     assert!(
-        out.contains("nothing removed") && out.contains("absent.ctl"),
+        out.contains("nothing removed") && out.contains("syntax error"),
         "{out}"
     );
     let status = lb.wait_exit(Duration::from_secs(10)).unwrap();

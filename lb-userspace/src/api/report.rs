@@ -38,7 +38,8 @@ pub struct BackendStates {
     pub active: u64,
     /// Weight 0 (drained), whatever their health.
     pub draining: u64,
-    /// Down by the health checks (a weight above 0): no new flows.
+    /// Down by the health checks (a weight above 0): no new flows, unless every backend
+    /// that takes flows is down and the service says `when_all_down: keep`.
     #[serde(default)]
     pub down: u64,
 }

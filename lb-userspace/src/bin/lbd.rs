@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use lb_common::limits::DEFAULT_CONNTRACK_ENTRIES;
 use lb_userspace::{
-    announce::{self, Announcer, BirdSettings},
+    announce::{self, BirdSettings},
+    cleanup::Withdrawal,
     control::event_loop::{self, RunOptions},
     daemon::DaemonOptions,
     dataplane::{self, LoadOptions, pin},
@@ -202,10 +203,10 @@ fn check(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops meshlb for good: the dataplane is removed (refused while an lbd runs, unless
-/// --force stops it first: a running lbd would announce again), then the VIPs are withdrawn,
-/// so the router moves their flows to the other nodes. Flags win over `config`'s `lbd:`
-/// section, as for `lbd run`.
+/// Stops meshlb for good (`lb_userspace::cleanup`): the VIPs are withdrawn, so the router
+/// moves their flows to the other nodes, then the dataplane is removed (refused while an lbd
+/// runs, unless --force stops it first). Flags win over `config`'s `lbd:` section, as for
+/// `lbd run`.
 fn cleanup(
     config: Option<&Path>,
     pin_dir: Option<PathBuf>,
@@ -238,49 +239,31 @@ fn cleanup(
     } else {
         pin::WhenRunning::Refuse
     };
-    // No lbd runs on the directory from here on (none can start on it either), so nothing
-    // announces the VIPs again once they are withdrawn.
-    let claim = pin::claim_for_cleanup(pin_dir, when_running)?;
-    // Withdrawn before the dataplane goes, and given a moment to reach the router: until
-    // then it still sends this node the VIPs' traffic, which the dataplane still serves. A
-    // withdrawal that fails stops here, the dataplane left serving what BIRD still attracts.
-    match bgp {
-        Some(bgp) => {
-            Announcer::new(bgp.clone())
-                .withdraw_all()
-                .with_context(|| {
-                    format!(
-                        "withdrawing the VIPs in {}; nothing removed: the dataplane keeps serving \
-                     the traffic BIRD may still attract (fix BIRD and run lbd cleanup again)",
-                        bgp.include.display()
-                    )
-                })?;
-            println!("withdrew every VIP ({} is empty)", bgp.include.display());
-            if claim.is_some() {
-                std::thread::sleep(WITHDRAWAL_SETTLE);
-            }
+    let done = lb_userspace::cleanup::cleanup(pin_dir, when_running, bgp.as_ref())?;
+    match (&done.withdrawal, &bgp) {
+        (Withdrawal::Withdrawn, Some(bgp)) => {
+            println!("withdrew every VIP ({} is empty)", bgp.include.display())
         }
-        None => info!(
+        (Withdrawal::BirdNotRunning(why), Some(bgp)) => warn!(
+            "BIRD is not running ({why}): nothing is announced through it; {} is empty for \
+             when it starts",
+            bgp.include.display()
+        ),
+        _ => info!(
             "no BGP settings (--bird-include, or lbd.bgp in --config): no VIP withdrawn; if \
              this node announces VIPs through BIRD, the router keeps sending their traffic here"
         ),
     }
-    match claim {
-        Some(claim) => {
-            claim.remove()?;
-            println!(
-                "removed {}: meshlb is detached and its maps are freed",
-                pin_dir.display()
-            );
-        }
-        None => println!("nothing pinned at {}", pin_dir.display()),
+    if done.removed {
+        println!(
+            "removed {}: meshlb is detached and its maps are freed",
+            pin_dir.display()
+        );
+    } else {
+        println!("nothing pinned at {}", pin_dir.display());
     }
     Ok(())
 }
-
-/// How long `lbd cleanup` keeps the dataplane after withdrawing the VIPs: BIRD sends the
-/// withdrawal at once, and the router takes it out of its table within milliseconds.
-const WITHDRAWAL_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
     let file = match &args.config {

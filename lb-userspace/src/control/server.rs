@@ -331,10 +331,13 @@ fn not_swarm(d: &mut Daemon, name: &str) -> Result<(), ApiError> {
 }
 
 async fn add_services(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<ChangeResult> {
-    let parsed = counted(&shared, parse_body(&body)).await?;
-    if parsed.services.is_empty() {
-        return Err(bad_request("request body: no services to add"));
-    }
+    let parsed = parse_body(&body).and_then(|parsed| {
+        if parsed.services.is_empty() {
+            return Err(bad_request("request body: no services to add"));
+        }
+        Ok(parsed)
+    });
+    let parsed = counted(&shared, parsed).await?;
     with_daemon(&shared, move |d| {
         let names: Vec<String> = parsed.services.keys().cloned().collect();
         let (_, outcome) = d.change_api(|api, file| {

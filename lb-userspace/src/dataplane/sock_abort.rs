@@ -56,8 +56,27 @@ pub fn abort_connected_udp(pid: Option<u32>, peers: &[SocketAddr]) -> io::Result
     .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
+/// How long the kernel may take to answer one request.
+const ANSWER_TIMEOUT: libc::timeval = libc::timeval {
+    tv_sec: 5,
+    tv_usec: 0,
+};
+
 fn abort_here(peers: &[SocketAddr]) -> io::Result<usize> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    // SAFETY: setsockopt on a socket we own, with a timeval of its own size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&ANSWER_TIMEOUT).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
     let mut aborted = 0;
@@ -68,6 +87,13 @@ fn abort_here(peers: &[SocketAddr]) -> io::Result<usize> {
                 Ok(()) => aborted += 1,
                 // Closed meanwhile.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    return Err(io::Error::other(
+                        "this kernel cannot abort sockets (built without \
+                         CONFIG_INET_DIAG_DESTROY): clients connected to a removed backend \
+                         keep sending to it until they connect again",
+                    ));
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -344,9 +344,9 @@ impl ApiState {
         Ok(changes)
     }
 
-    /// Adds `backend` to `service`, or sets its weight if it is there. Without a weight, a
-    /// present backend keeps its weight (a drained file backend goes back to the file's) and a
-    /// new one gets 1.
+    /// Adds `backend` to `service`, or sets its weight if it is there. Without a weight, a file
+    /// backend goes back to the file's weight (undoing a drain or a re-weight), an API
+    /// service's backend keeps its own, and a new one gets 1.
     pub fn set_backend(
         &mut self,
         service: &str,

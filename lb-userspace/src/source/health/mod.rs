@@ -99,8 +99,8 @@ pub struct HealthBook {
 }
 
 /// The verdicts the checks had reached, saved so that a restarted lbd starts from them: a
-/// backend found down stays out (not served until its first check fails again), and one
-/// found up keeps its `fall` (one lost check does not take it down).
+/// backend found down stays out until `rise` checks pass (it is not served while its first
+/// check waits), and one found up keeps its `fall` (one lost check does not take it down).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedHealth {
     pub targets: Vec<SavedTarget>,
@@ -281,11 +281,12 @@ impl HealthBook {
                 .expect("a service just read");
             // All down counts the backends that take flows: a drained one (weight 0) that
             // passes its checks serves nothing new.
-            let all_down = spec
-                .backends
-                .iter()
-                .enumerate()
-                .all(|(i, b)| b.weight == 0 || down.contains(&i));
+            let all_down = spec.backends.iter().any(|b| b.weight > 0)
+                && spec
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| b.weight == 0 || down.contains(&i));
             let keep_all = all_down
                 && spec.health.as_ref().map(|h| h.when_all_down) == Some(WhenAllDown::Keep);
             if keep_all {

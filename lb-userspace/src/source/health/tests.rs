@@ -174,6 +174,10 @@ fn a_drained_backend_that_is_up_does_not_stop_a_service_keeping_its_backends() {
     feed(&mut book, &key("keep", "198.18.2.20:8080"), 1, &[FAIL]);
     let serving = book.serving(&file);
     assert_eq!(backends(&serving, "keep"), backends(&file, "keep"));
+    // Both drained: none takes flows, so none is "all down"; the down one is left out.
+    file.services.get_mut("keep").unwrap().backends[0].weight = 0;
+    let serving = book.serving(&file);
+    assert_eq!(backends(&serving, "keep"), ["198.18.2.21"]);
 }
 
 #[test]
