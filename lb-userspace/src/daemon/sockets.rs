@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, net::SocketAddr};
 
-use lb_common::maps::Backend;
+use lb_common::maps::{Backend, EndpointKey};
 
 use super::*;
 use crate::{
@@ -134,28 +134,64 @@ impl Daemon {
         if candidates.is_empty() {
             return Vec::new();
         }
-        // Where the plan after `next` still has a backend (of any service).
-        let endpoint = |b: &Backend| (b.addr, b.port_be);
-        let still: HashSet<(lb_common::Addr, u16)> = match next {
+        // How many UDP backends each candidate's endpoint has after `next`: the running plan's
+        // count (`endpoints`), less those `next` removes, plus those it adds; counted for the
+        // candidates only, not by walking every backend (this runs at every removal).
+        let key = |b: &Backend| EndpointKey {
+            addr: b.addr,
+            port_be: b.port_be,
+            proto: lb_common::maps::proto::UDP,
+            _pad: 0,
+        };
+        let still: HashSet<EndpointKey> = match next {
+            Replan::Full(plan) => candidates
+                .iter()
+                .map(|b| key(b))
+                .filter(|k| plan.endpoints.get(k).is_some_and(|n| *n > 0))
+                .collect(),
             Replan::Delta(delta) => {
-                let gone: HashSet<u32> = removed.iter().map(|(id, _)| *id).collect();
-                running
+                let udp: HashSet<u32> = self
+                    .running
+                    .services
                     .iter()
-                    .filter(|(id, _)| !gone.contains(id))
-                    .map(|(_, b)| endpoint(b))
-                    .chain(
-                        delta
-                            .backends
-                            .iter()
-                            .filter_map(|(_, b)| b.as_ref().map(endpoint)),
-                    )
+                    .filter(|s| s.mapping.protocol == Protocol::Udp)
+                    .map(|s| s.id)
+                    .collect();
+                let mut after: std::collections::HashMap<EndpointKey, i64> = candidates
+                    .iter()
+                    .map(|b| {
+                        let k = key(b);
+                        let n = self.running.endpoints.get(&k).copied().unwrap_or(0);
+                        (k, i64::from(n))
+                    })
+                    .collect();
+                for (_, b) in removed.iter().filter(|(_, b)| udp.contains(&b.service_id)) {
+                    if let Some(n) = after.get_mut(&key(b)) {
+                        *n -= 1;
+                    }
+                }
+                let added = delta
+                    .backends
+                    .iter()
+                    .filter(|(id, _)| !running.contains_key(id))
+                    .filter_map(|(_, b)| b.as_ref());
+                for b in added {
+                    // A new service's protocol is not in the running plan: counted as UDP,
+                    // which only ever keeps a socket.
+                    if let Some(n) = after.get_mut(&key(b)) {
+                        *n += 1;
+                    }
+                }
+                after
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, _)| k)
                     .collect()
             }
-            Replan::Full(plan) => plan.backends.values().map(endpoint).collect(),
         };
         let mut peers: Vec<SocketAddr> = candidates
             .into_iter()
-            .filter(|b| !still.contains(&endpoint(b)))
+            .filter(|b| !still.contains(&key(b)))
             .map(|b| SocketAddr::new(b.addr.into(), u16::from_be(b.port_be)))
             .collect();
         peers.sort();

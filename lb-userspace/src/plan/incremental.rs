@@ -29,23 +29,33 @@ pub struct PlanDelta {
 
 impl PlanDelta {
     /// The service and backend ids it gives to identities `running` does not hold them for:
-    /// given out fresh (`Ids::fresh_since` for a whole plan).
+    /// given out fresh (`Ids::fresh_since` for a whole plan). Backend ids are looked up in the
+    /// running plan's table of taken ids, not in a set of its 160,000: this runs at every API
+    /// call.
     pub fn fresh_ids(&self, running: &Ids) -> (Vec<u32>, Vec<u32>) {
-        fn fresh<K>(changes: &[(K, Option<u32>)], held: &BTreeMap<K, u32>) -> Vec<u32> {
-            let held: std::collections::HashSet<u32> = held.values().copied().collect();
-            let mut ids: Vec<u32> = changes
+        let services = if self.service_ids.iter().any(|(_, id)| id.is_some()) {
+            let held: std::collections::HashSet<u32> = running.services.values().copied().collect();
+            self.service_ids
                 .iter()
                 .filter_map(|(_, id)| *id)
                 .filter(|id| !held.contains(id))
-                .collect();
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let taken = running.backends_taken();
+        let backends = self
+            .backend_ids
+            .iter()
+            .filter_map(|(_, id)| *id)
+            .filter(|&id| !taken.get(id as usize).copied().unwrap_or(false))
+            .collect();
+        let sorted = |mut ids: Vec<u32>| {
             ids.sort_unstable();
             ids.dedup();
             ids
-        }
-        (
-            fresh(&self.service_ids, &running.services),
-            fresh(&self.backend_ids, &running.backends),
-        )
+        };
+        (sorted(services), sorted(backends))
     }
 
     /// Whether it changes nothing but the record of the specs (a change the plan does not
