@@ -127,6 +127,67 @@ fn udp_exchange(ns: &Netns, target: SocketAddr, connected: bool) -> std::io::Res
     .map_err(std::io::Error::other)?
 }
 
+/// 30 connected UDP sockets of `node` to `target`, each with the backend its connect()
+/// chose; (2/3)^30 ≈ 5e-6 is the chance that none is on backend-2 of three.
+fn connected_udp(node: &Netns, target: SocketAddr) -> Vec<(UdpSocket, String)> {
+    let connected = node
+        .run(|| -> std::io::Result<Vec<(UdpSocket, String)>> {
+            (0..30)
+                .map(|_| {
+                    let socket = UdpSocket::bind("0.0.0.0:0")?;
+                    socket.set_read_timeout(Some(TIMEOUT))?;
+                    socket.connect(target)?;
+                    let backend = udp_ask(&socket)?;
+                    Ok((socket, backend))
+                })
+                .collect()
+        })
+        .expect("setns")
+        .expect("connected UDP sockets");
+    assert!(
+        connected.iter().any(|(_, b)| b == "backend-2"),
+        "no socket on backend-2: {connected:?}"
+    );
+    connected
+}
+
+/// The sockets on `gone` are aborted within 2 s of `changed` (a receive fails with
+/// ECONNABORTED, a send with EDESTADDRREQ); the others still talk to their backend.
+fn check_aborted(connected: &[(UdpSocket, String)], gone: &str, changed: Instant) {
+    for (socket, backend) in connected {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        if backend != gone {
+            assert_eq!(&udp_ask(socket).expect("still connected"), backend);
+            continue;
+        }
+        // Bounded by time and count; the abort runs beside the change, a moment after it.
+        let mut last = None;
+        let mut aborted = false;
+        for _ in 0..100 {
+            match udp_ask(socket) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionAborted
+                        || e.raw_os_error() == Some(libc::EDESTADDRREQ) =>
+                {
+                    aborted = true;
+                    break;
+                }
+                other => last = Some(other),
+            }
+            if changed.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            aborted,
+            "a socket connected to {backend} was not aborted within 2 s of the change: {last:?}"
+        );
+    }
+}
+
 /// One request on a connected UDP socket: the backend that answered.
 fn udp_ask(socket: &UdpSocket) -> std::io::Result<String> {
     socket.send(b"hello\n")?;
@@ -355,67 +416,13 @@ fn the_socket_path_follows_scale_down_and_removal_within_two_seconds() {
             r#"backends: ["198.18.2.11", "fd00:2::a""#,
         );
     assert_ne!(scaled, SERVICES);
-    // Connected UDP sockets to the VIP, each on the backend its connect() chose.
-    let connected: Vec<(UdpSocket, String)> = lab
-        .topo
-        .node
-        .run(|| -> std::io::Result<Vec<(UdpSocket, String)>> {
-            (0..30)
-                .map(|_| {
-                    let socket = UdpSocket::bind("0.0.0.0:0")?;
-                    socket.set_read_timeout(Some(TIMEOUT))?;
-                    socket.connect(SocketAddr::new(vip.ip(), 53))?;
-                    let backend = udp_ask(&socket)?;
-                    Ok((socket, backend))
-                })
-                .collect()
-        })
-        .expect("setns")
-        .expect("connected UDP sockets");
-    // 30 sockets: (2/3)^30 ≈ 5e-6 is the chance that none is on backend-2.
-    assert!(
-        connected.iter().any(|(_, b)| b == "backend-2"),
-        "no socket on backend-2: {connected:?}"
-    );
+    let connected = connected_udp(&lab.topo.node, SocketAddr::new(vip.ip(), 53));
     lab.lb.reload(&scaled).expect("reload");
     let changed = Instant::now();
     // Those on backend-2, which left every service, are aborted within 2 s, so their clients
     // connect again; those on backend-0 (still web's) and backend-1 (left web, but still
     // api's at the same address and port: the endpoint is still planned) still talk to it.
-    for (socket, backend) in &connected {
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        if backend != "backend-2" {
-            assert_eq!(&udp_ask(socket).expect("still connected"), backend);
-            continue;
-        }
-        // An aborted socket is no longer connected: a receive returns ECONNABORTED, a send
-        // EDESTADDRREQ.
-        // Bounded by time and count; the abort runs beside the change, a moment after it.
-        let mut last = None;
-        let mut aborted = false;
-        for _ in 0..100 {
-            match udp_ask(socket) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionAborted
-                        || e.raw_os_error() == Some(libc::EDESTADDRREQ) =>
-                {
-                    aborted = true;
-                    break;
-                }
-                other => last = Some(other),
-            }
-            if changed.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            aborted,
-            "a socket connected to {backend} was not aborted within 2 s of the change: {last:?}"
-        );
-    }
+    check_aborted(&connected, "backend-2", changed);
     let changed = Instant::now();
     // From within 2 s of the change, every new connection reaches the remaining backend.
     for (target, only) in [(vip, "backend-0"), (published, "backend-1")] {
@@ -501,4 +508,32 @@ fn pinned_socket_links_outlive_lbd_are_adopted_on_restart_and_removed_by_cleanup
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("{published}: never refused after `lbd cleanup`");
+}
+
+/// A backend removed while lbd was down: the restarted lbd aborts the connected UDP sockets
+/// still on it, as a live change does.
+#[test]
+fn sockets_left_on_a_backend_removed_while_lbd_was_down_are_aborted_at_the_restart() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = setup(SERVICES);
+    let connected = connected_udp(
+        &lab.topo.node,
+        SocketAddr::new("198.18.100.1".parse().unwrap(), 53),
+    );
+    lab.lb.kill().expect("kill -9");
+    let without_backend_2 = SERVICES
+        .replace(
+            r#"backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]"#,
+            r#"backends: ["198.18.2.10", "198.18.2.11"]"#,
+        )
+        .replace(
+            r#"backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12", "fd00:2::a""#,
+            r#"backends: ["198.18.2.10", "198.18.2.11", "fd00:2::a""#,
+        );
+    std::fs::write(lab.lb.config_path(), without_backend_2).unwrap();
+    lab.lb.restart(&lab.topo.node).expect("restart");
+    check_aborted(&connected, "backend-2", Instant::now());
 }

@@ -23,6 +23,7 @@ use crate::{
     source::swarm::{self, Snapshot, SwarmServices},
 };
 
+mod adopt;
 mod explain;
 mod health;
 mod links;
@@ -178,9 +179,12 @@ impl Daemon {
 
         let mut dp = Dataplane::load(options.load.clone())?;
         // A start that fails from here undoes what it did (see `Dataplane::discard_if_fresh`).
+        // UDP backend endpoints removed while no lbd ran: their connected sockets are aborted
+        // once the namespaces are known (see `abort_sockets_to`).
+        let mut gone_udp = Vec::new();
         let programmed = (|| -> Result<(DesiredState, Vec<String>), DaemonError> {
             if dp.adopted() {
-                desired = adopt(
+                (desired, gone_udp) = adopt::adopt(
                     &mut dp,
                     &desired,
                     &health.serving(&merged.file),
@@ -268,6 +272,7 @@ impl Daemon {
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
+        daemon.abort_sockets_to(gone_udp);
         Ok(daemon)
     }
 
@@ -730,47 +735,6 @@ impl Daemon {
     pub fn degraded(&self) -> Option<&str> {
         self.degraded.as_deref()
     }
-}
-
-/// Plans `serving` over the pinned dataplane `dp` a previous lbd programmed (`desired`: the
-/// same configuration's plan with any ids) and writes it: the plan to run.
-fn adopt(
-    dp: &mut Dataplane,
-    desired: &DesiredState,
-    serving: &ServiceFile,
-    node_addresses: &[IpAddr],
-) -> Result<DesiredState, DaemonError> {
-    // The pinned maps are the record of what the previous lbd programmed: the kernel ids of
-    // its services and backends come from its frontends and backends, so tracked flows keep
-    // meaning the same backends. Every entry is then written (the tables may have been
-    // computed by another version) and everything else removed.
-    let (frontends, backends) = dp.kernel_entries()?;
-    let ids = Ids::recover(desired, &frontends, &backends);
-    let mut adopted = DesiredState::with_ids(ids);
-    // Its backend endpoints that tracked flows still reply from stay, as across a live
-    // change: replies of flows kept on a backend that left (`keep`), and late ones of flows
-    // moved, are still translated. The plan drops them when it needs the room; the others go
-    // now.
-    adopted.endpoints = dp.endpoints_with_replies()?;
-    // Its mesh peers keep their indexes, which its tracked flows name.
-    adopted.tunnel = dp.tunnel_plan()?;
-    let desired = plan::plan_from(serving, node_addresses, Some(&adopted))?;
-    // Ids the kernel's entries did not hold may have counters of a service or backend
-    // removed while no lbd ran.
-    let (services, backends) = desired.ids.fresh_since(&adopted.ids);
-    dp.zero_counters(&services, &backends)?;
-    info!(
-        "adopting the pinned dataplane: connection table and counters kept, ids recovered from its maps; rewriting every entry"
-    );
-    dp.apply(None, &desired)?;
-    let pruned = dp.prune(&desired)?;
-    if pruned > 0 {
-        info!(
-            pruned,
-            "removed stale entries: frontends, endpoints and backends the configuration no longer has"
-        );
-    }
-    Ok(desired)
 }
 
 fn node_addresses() -> Result<Vec<IpAddr>, DaemonError> {

@@ -64,7 +64,13 @@ impl Daemon {
             return;
         }
         let peers = self.udp_endpoints_removed(next);
-        if peers.is_empty() {
+        self.abort_sockets_to(peers);
+    }
+
+    /// Aborts, in the background, the connected UDP sockets of the namespaces this node's
+    /// socket programs serve whose peer is one of `peers` (a port of 0: every port).
+    pub(super) fn abort_sockets_to(&self, peers: Vec<SocketAddr>) {
+        if peers.is_empty() || self.dp.socket_attachment().is_none() {
             return;
         }
         let namespaces: Vec<Option<u32>> = std::iter::once(None)
