@@ -44,6 +44,8 @@ async fn run(shared: Arc<Shared>) {
     let mut checks: JoinSet<CheckResult> = JoinSet::new();
     // Which target each check is for, so that even a check that panicked frees its target.
     let mut checking: HashMap<tokio::task::Id, TargetKey> = HashMap::new();
+    // Where the next tick starts looking for due checks (see below).
+    let mut next_first = 0usize;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,8 +66,13 @@ async fn run(shared: Arc<Shared>) {
                     }
                 }
                 let now = Instant::now();
-                for target in &targets {
+                // From where the last tick stopped for want of room, so that with more due
+                // checks than MAX_IN_FLIGHT (silent backends holding slots a whole timeout)
+                // the ones listed last still get their turn.
+                let first = next_first % targets.len().max(1);
+                for (offset, target) in targets[first..].iter().chain(&targets[..first]).enumerate() {
                     if in_flight.len() >= MAX_IN_FLIGHT {
+                        next_first = first + offset;
                         break;
                     }
                     // A new target is checked at once: a dead backend found at start is left
