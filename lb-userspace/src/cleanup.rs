@@ -70,11 +70,13 @@ pub fn cleanup(
                 }
                 Withdrawal::Withdrawn
             }
+            // No socket, or nobody behind it: not running, unless a `bird` process runs (then
+            // the socket path is wrong, and the VIPs may well be announced).
             Err(AnnounceError::Unreachable { socket, source })
                 if matches!(
                     source.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
+                ) && !bird_process_runs() =>
             {
                 Withdrawal::BirdNotRunning(format!("{}: {source}", socket.display()))
             }
@@ -97,6 +99,22 @@ pub fn cleanup(
         withdrawal,
         removed,
     })
+}
+
+/// Whether a process named `bird` runs on this machine (any namespace of this pid namespace).
+fn bird_process_runs() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                && std::fs::read_to_string(entry.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "bird")
+        })
 }
 
 #[cfg(test)]

@@ -84,3 +84,83 @@ fn udp_endpoints_gone(
     gone.dedup();
     gone
 }
+
+#[cfg(test)]
+mod tests {
+    use lb_common::Addr;
+
+    use super::*;
+
+    fn endpoint(addr: &str, port: u16, proto: u8) -> EndpointKey {
+        EndpointKey {
+            addr: Addr::from(addr.parse::<IpAddr>().unwrap()),
+            port_be: port.to_be(),
+            proto,
+            _pad: 0,
+        }
+    }
+
+    fn backend(service_id: u32, addr: &str, port: u16) -> Backend {
+        Backend {
+            addr: Addr::from(addr.parse::<IpAddr>().unwrap()),
+            port_be: port.to_be(),
+            flags: lb_common::maps::backend_flags::IN_USE,
+            service_id,
+        }
+    }
+
+    fn service(id: u32, flags: u32) -> Service {
+        Service {
+            id,
+            flags,
+            tcp_timeout_s: 300,
+            udp_timeout_s: 60,
+        }
+    }
+
+    /// What the previous lbd served against what the new plan has, case by case.
+    #[test]
+    fn udp_endpoints_gone_are_those_no_backend_serves_any_more() {
+        let moves = service_flags::MOVE_ON_REMOVAL;
+        let resets = moves | service_flags::RESET_ON_REMOVAL;
+        // Frontends: service 1 UDP (move), 2 UDP (reset), 3 UDP (keep), 4 TCP (move).
+        let frontends: BTreeMap<EndpointKey, Service> = [
+            (endpoint("198.18.100.1", 53, proto::UDP), service(1, moves)),
+            (endpoint("198.18.100.2", 53, proto::UDP), service(2, resets)),
+            (endpoint("198.18.100.3", 53, proto::UDP), service(3, 0)),
+            (endpoint("198.18.100.4", 80, proto::TCP), service(4, moves)),
+        ]
+        .into();
+        let backends = vec![
+            // Gone from the plan: aborted.
+            (1, backend(1, "198.18.2.10", 5353)),
+            // Still a UDP backend (of another service): kept.
+            (2, backend(1, "198.18.2.11", 5353)),
+            // Reset policy, gone: aborted.
+            (3, backend(2, "198.18.2.12", 5353)),
+            // Keep policy, gone: its flows stay, and so do its sockets.
+            (4, backend(3, "198.18.2.13", 5353)),
+            // A TCP service's backend: no UDP socket of it.
+            (5, backend(4, "198.18.2.14", 8080)),
+            // Kept in the plan for replies only (count 0): gone.
+            (6, backend(1, "198.18.2.15", 5353)),
+        ];
+        let mut desired = DesiredState::default();
+        desired
+            .endpoints
+            .insert(endpoint("198.18.2.11", 5353, proto::UDP), 1);
+        desired
+            .endpoints
+            .insert(endpoint("198.18.2.15", 5353, proto::UDP), 0);
+        // The same address and port for TCP only does not keep the UDP sockets.
+        desired
+            .endpoints
+            .insert(endpoint("198.18.2.10", 5353, proto::TCP), 1);
+        let gone = udp_endpoints_gone(&frontends, &backends, &desired);
+        let want: Vec<SocketAddr> = ["198.18.2.10:5353", "198.18.2.12:5353", "198.18.2.15:5353"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(gone, want);
+    }
+}

@@ -140,8 +140,8 @@ impl Daemon {
         if candidates.is_empty() {
             return Vec::new();
         }
-        // How many UDP backends each candidate's endpoint has after `next`: the running plan's
-        // count (`endpoints`), less those `next` removes, plus those it adds; counted for the
+        // Whether each candidate's endpoint still has a UDP backend after `next`, from the
+        // plans' endpoint counts (an endpoint kept only for replies counts 0), for the
         // candidates only, not by walking every backend (this runs at every removal).
         let key = |b: &Backend| EndpointKey {
             addr: b.addr,
@@ -155,45 +155,19 @@ impl Daemon {
                 .map(|b| key(b))
                 .filter(|k| plan.endpoints.get(k).is_some_and(|n| *n > 0))
                 .collect(),
-            Replan::Delta(delta) => {
-                let udp: HashSet<u32> = self
-                    .running
-                    .services
-                    .iter()
-                    .filter(|s| s.mapping.protocol == Protocol::Udp)
-                    .map(|s| s.id)
-                    .collect();
-                let mut after: std::collections::HashMap<EndpointKey, i64> = candidates
-                    .iter()
-                    .map(|b| {
-                        let k = key(b);
-                        let n = self.running.endpoints.get(&k).copied().unwrap_or(0);
-                        (k, i64::from(n))
-                    })
-                    .collect();
-                for (_, b) in removed.iter().filter(|(_, b)| udp.contains(&b.service_id)) {
-                    if let Some(n) = after.get_mut(&key(b)) {
-                        *n -= 1;
-                    }
-                }
-                let added = delta
-                    .backends
-                    .iter()
-                    .filter(|(id, _)| !running.contains_key(id))
-                    .filter_map(|(_, b)| b.as_ref());
-                for b in added {
-                    // A new service's protocol is not in the running plan: counted as UDP,
-                    // which only ever keeps a socket.
-                    if let Some(n) = after.get_mut(&key(b)) {
-                        *n += 1;
-                    }
-                }
-                after
-                    .into_iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(k, _)| k)
-                    .collect()
-            }
+            // The delta recounts every endpoint its services' backends use, before and
+            // after: its count if it lists the endpoint, else the running plan's.
+            Replan::Delta(delta) => candidates
+                .iter()
+                .map(|b| key(b))
+                .filter(|k| {
+                    let after = match delta.endpoints.iter().find(|(e, _)| e == k) {
+                        Some((_, n)) => n.unwrap_or(0),
+                        None => self.running.endpoints.get(k).copied().unwrap_or(0),
+                    };
+                    after > 0
+                })
+                .collect(),
         };
         let mut peers: Vec<SocketAddr> = candidates
             .into_iter()

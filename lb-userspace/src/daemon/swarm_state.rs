@@ -127,7 +127,7 @@ fn save_scopes(state_dir: &Path, scopes: &BTreeMap<String, u8>) {
 /// is said in the log: the scopes are numbered afresh).
 fn load_scopes(state_dir: &Path) -> BTreeMap<String, u8> {
     let path = state_dir.join(SWARM_SCOPES_FILE);
-    match std::fs::read(&path) {
+    let saved: BTreeMap<String, u8> = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             warn!(
                 "{}: unreadable socket scopes ({e}); the networks are numbered afresh",
@@ -136,7 +136,19 @@ fn load_scopes(state_dir: &Path) -> BTreeMap<String, u8> {
             BTreeMap::new()
         }),
         Err(_) => BTreeMap::new(),
+    };
+    // Two networks must never share a scope: a file that says so (edited by hand) is not
+    // used.
+    let scopes: std::collections::BTreeSet<u8> = saved.values().copied().collect();
+    if scopes.len() != saved.len() || scopes.contains(&0) {
+        warn!(
+            "{}: two networks share a socket scope, or one has 0; the networks are numbered \
+             afresh",
+            path.display()
+        );
+        return BTreeMap::new();
     }
+    saved
 }
 
 #[cfg(test)]
@@ -150,6 +162,7 @@ mod tests {
     #[test]
     fn a_start_keeps_the_saved_socket_scopes() {
         let dir = std::env::temp_dir().join(format!("mlb-scopes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut service = crate::source::swarm::snapshot::SwarmService::default();
         for (network, vip) in [("mid", "198.19.10.2"), ("zed", "198.19.11.2")] {
@@ -174,6 +187,9 @@ mod tests {
             again.scopes,
             [("mid".to_owned(), 2), ("zed".to_owned(), 1)].into()
         );
+        // Two networks on one scope (a hand-edited file): numbered afresh.
+        save_scopes(&dir, &[("mid".to_owned(), 1), ("zed".to_owned(), 1)].into());
+        assert!(load_scopes(&dir).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
