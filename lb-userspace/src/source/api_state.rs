@@ -318,6 +318,11 @@ impl ApiState {
         if self.services.remove(name).is_some() {
             return Ok(());
         }
+        // Backend edits of a service the file no longer defines (kept in case it comes back):
+        // removing the service is how they are dropped.
+        if !file.services.contains_key(name) && self.backend_edits.remove(name).is_some() {
+            return Ok(());
+        }
         if file.services.contains_key(name) {
             return Err(OverlayError::Conflict(format!(
                 "service {name:?} is defined in the service file; delete it there and reload"
@@ -978,6 +983,28 @@ services:
         api.save(&path).unwrap();
         assert_eq!(ApiState::load(&path).unwrap(), api);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Edits of a file service the file dropped are kept (they apply if it comes back) and
+    /// dropped by removing the service.
+    #[test]
+    fn edits_of_a_service_the_file_dropped_are_dropped_by_removing_it() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        api.set_backend("web", r("198.18.2.12"), Some(2), &f)
+            .unwrap();
+        let without_web = ServiceFile::from_specs(
+            f.services.values().filter(|s| s.name != "web").cloned(),
+            Path::new("s.yaml"),
+        )
+        .unwrap();
+        assert_eq!(api.merge(&without_web).unwrap().orphaned_edits, ["web"]);
+        api.remove_service("web", &without_web).unwrap();
+        assert!(api.backend_edits.is_empty());
+        assert!(api.merge(&without_web).unwrap().orphaned_edits.is_empty());
+        // Nothing left to remove: not found, as before.
+        let e = api.remove_service("web", &without_web).unwrap_err();
+        assert!(matches!(e, OverlayError::NotFound(_)), "{e}");
     }
 
     #[test]

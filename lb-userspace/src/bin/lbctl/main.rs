@@ -417,7 +417,10 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         rows,
     );
     for name in &list.orphaned_edits {
-        println!("note: backend edits kept for {name:?}, which the service file no longer defines");
+        println!(
+            "note: backend edits kept for {name:?}, which the service file no longer defines \
+             (they apply again if it does; `lbctl remove-service {name}` drops them)"
+        );
     }
     print_swarm_details(&list);
     Ok(())
