@@ -125,6 +125,12 @@ impl CheckLatency {
             .get_or_create(&vec![("service", service.to_owned())])
             .observe(took.as_secs_f64());
     }
+
+    /// Drops the series of a service no longer checked (removed, or its checks taken out),
+    /// so `/metrics` does not list it for the rest of lbd's life.
+    pub fn forget(&self, service: &str) {
+        self.0.remove(&vec![("service", service.to_owned())]);
+    }
 }
 
 /// The health checks: each checked backend's state and transitions, and check latency.
@@ -559,6 +565,9 @@ mod tests {
         }];
         let latency = CheckLatency::default();
         latency.observe("web", std::time::Duration::from_millis(3));
+        // A service no longer checked leaves no series behind.
+        latency.observe("gone", std::time::Duration::from_millis(3));
+        latency.forget("gone");
         let states = [
             (
                 "web".to_owned(),
@@ -592,6 +601,7 @@ mod tests {
             "meshlb_health_check_seconds_bucket{le=\"0.004\",service=\"web\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
+            assert!(!text.contains("service=\"gone\""), "{text}");
         }
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
         assert!(text.contains("meshlb_flood 1"), "{text}");

@@ -52,6 +52,12 @@ async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = tick.tick() => {
                 if let Some((now_epoch, now_targets)) = shared.daemon().health_targets(epoch) {
+                    let checked = |t: &[Target]| -> HashSet<String> {
+                        t.iter().map(|t| t.key.service.clone()).collect()
+                    };
+                    for gone in checked(&targets).difference(&checked(&now_targets)) {
+                        shared.check_latency.forget(gone);
+                    }
                     epoch = now_epoch;
                     targets = now_targets;
                     let keys: HashSet<&TargetKey> = targets.iter().map(|t| &t.key).collect();
