@@ -36,21 +36,6 @@ fn metric(node: &SwarmNode, series: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Container ids (as hostnames: 12 characters) of `service`'s running tasks on `node`.
-fn local_tasks(node: &SwarmNode, service: &str) -> BTreeSet<String> {
-    node.docker(&[
-        "ps",
-        "--filter",
-        &format!("label=com.docker.swarm.service.name={service}"),
-        "--format",
-        "{{.ID}}",
-    ])
-    .expect("docker ps")
-    .lines()
-    .map(|l| l.trim().chars().take(12).collect())
-    .collect()
-}
-
 #[test]
 fn the_mesh_runs_between_the_nodes_data_path_addresses() {
     if !e2e_enabled() {
@@ -71,7 +56,18 @@ fn the_mesh_runs_between_the_nodes_data_path_addresses() {
     lab.wait_running("web", 4, TASKS).expect("web tasks");
     lab.wait_listed("ingress", "web", 4, TASKS)
         .expect("the Engines' view");
-    let per_node: Vec<BTreeSet<String>> = lab.nodes.iter().map(|n| local_tasks(n, "web")).collect();
+    // Each node's tasks by container hostname, which the image's servers answer with.
+    let per_node: Vec<BTreeSet<String>> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            n.tasks("web")
+                .expect("the node's tasks")
+                .into_iter()
+                .map(|t| t.container)
+                .collect()
+        })
+        .collect();
     assert!(
         per_node.iter().all(|t| !t.is_empty()),
         "tasks on both nodes: {per_node:?}"
