@@ -39,21 +39,10 @@ pub fn abort_connected_udp(pid: Option<u32>, peers: &[SocketAddr]) -> io::Result
     if peers.is_empty() {
         return Ok(0);
     }
-    let Some(pid) = pid else {
-        return abort_here(peers);
-    };
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    let peers = peers.to_vec();
-    std::thread::spawn(move || {
-        // SAFETY: setns on a namespace file descriptor we hold; it affects this thread only,
-        // which ends right after.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        abort_here(&peers)
-    })
-    .join()
-    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    match pid {
+        None => abort_here(peers),
+        Some(pid) => super::sockets::in_netns_of(pid, || abort_here(peers)),
+    }
 }
 
 /// How long the kernel may take to answer one request.

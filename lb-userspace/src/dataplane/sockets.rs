@@ -75,17 +75,29 @@ pub fn netns_cookie() -> std::io::Result<u64> {
 /// The cookie of the network namespace process `pid` lives in: read from a thread that
 /// enters that namespace for the moment (setns moves only the calling thread).
 pub fn netns_cookie_of(pid: u32) -> std::io::Result<u64> {
+    in_netns_of(pid, netns_cookie)
+}
+
+/// Runs `f` on a thread of its own in process `pid`'s network namespace (only the network
+/// namespace: the mounts stay this process's).
+pub(super) fn in_netns_of<T: Send>(
+    pid: u32,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on a namespace file descriptor we hold; it affects this thread only,
-        // which ends right after.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        netns_cookie()
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns on a namespace file descriptor we hold; it affects this
+                // thread only, which ends right after.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
     })
-    .join()
-    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
 }
 
 /// No flags: the kernel refuses any on a cgroup link, and a link always runs beside the
