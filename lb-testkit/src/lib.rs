@@ -55,6 +55,7 @@
 //! # }
 //! ```
 
+pub mod bird;
 pub mod bulk;
 pub mod cgroup;
 pub mod client;
@@ -69,6 +70,7 @@ pub mod servers;
 pub mod swarm;
 pub mod topology;
 
+pub use bird::fake_bird;
 pub use bulk::{EchoServer, Transfer, echo_transfer};
 pub use cgroup::TestCgroup;
 pub use client::{

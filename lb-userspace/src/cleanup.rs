@@ -119,11 +119,6 @@ fn bird_process_runs() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io::{BufRead as _, BufReader, Write as _},
-        os::unix::net::UnixListener,
-    };
-
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
@@ -164,18 +159,11 @@ mod tests {
             include: dir.join("vips.conf"),
             socket: dir.join("bird.ctl"),
         };
-        let listener = UnixListener::bind(&bgp.socket).unwrap();
-        let bird = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            stream.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
-            let mut line = String::new();
-            BufReader::new(stream.try_clone().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            stream
-                .write_all(b"8002 /etc/bird/bird.conf:12:1 syntax error\n")
-                .unwrap();
-        });
+        let commands = lb_testkit::fake_bird(
+            &bgp.socket,
+            "8002 /etc/bird/bird.conf:12:1 syntax error\n",
+            1,
+        );
         let e = cleanup(&no_pins(&dir), pin::WhenRunning::Refuse, Some(&bgp)).unwrap_err();
         let text = e.to_string();
         assert!(
@@ -184,7 +172,7 @@ mod tests {
                 && text.contains("nothing removed"),
             "{text}"
         );
-        bird.join().unwrap();
+        assert_eq!(commands.recv().unwrap(), "configure");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -160,19 +160,8 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
     let bird = std::env::temp_dir().join(format!("mlb-cleanup-bird-{}", std::process::id()));
     std::fs::create_dir_all(&bird).unwrap();
     let (include, socket) = (bird.join("vips.conf"), bird.join("refusing.ctl"));
-    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let refusing = std::thread::spawn(move || {
-        use std::io::{BufRead as _, Write as _};
-        let (mut stream, _) = listener.accept().unwrap();
-        stream.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stream.try_clone().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        stream
-            .write_all(b"8002 /etc/bird/bird.conf:12:1 syntax error\n")
-            .unwrap();
-    });
+    let commands =
+        lb_testkit::fake_bird(&socket, "8002 /etc/bird/bird.conf:12:1 syntax error\n", 1);
     let (ok, out) = run_lbd(
         None,
         &[
@@ -186,7 +175,7 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
             socket.to_str().unwrap(),
         ],
     );
-    refusing.join().unwrap();
+    assert_eq!(commands.recv().unwrap(), "configure");
     assert!(!ok, "cleanup with BIRD refusing succeeded: {out}");
     assert!(
         out.contains("nothing removed") && out.contains("syntax error"),

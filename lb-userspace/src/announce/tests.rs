@@ -1,11 +1,6 @@
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixListener,
-    path::PathBuf,
-    sync::mpsc,
-    thread,
-};
+use std::{collections::BTreeSet, path::PathBuf};
+
+use lb_testkit::fake_bird;
 
 use super::*;
 
@@ -14,26 +9,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A stand-in for BIRD's control socket: greets, reads one command per connection, answers
-/// `reply`, and reports the commands it got.
-fn fake_bird(socket: &Path, reply: &'static str, connections: usize) -> mpsc::Receiver<String> {
-    let listener = UnixListener::bind(socket).unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming().take(connections) {
-            let mut stream = stream.unwrap();
-            stream.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
-            let mut line = String::new();
-            BufReader::new(stream.try_clone().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            tx.send(line.trim_end().to_owned()).unwrap();
-            stream.write_all(reply.as_bytes()).unwrap();
-        }
-    });
-    rx
 }
 
 fn set(vips: &[&str]) -> BTreeSet<IpAddr> {
