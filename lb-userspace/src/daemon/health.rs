@@ -106,14 +106,8 @@ impl Daemon {
     /// Saves the verdicts for the next start; a failure is logged (the checks go on).
     fn save_health(&self) {
         let path = self.state_dir.join(HEALTH_STATE_FILE);
-        let bytes = serde_json::to_vec_pretty(&self.health.saved()).expect("plain data");
-        if let Err(e) = crate::source::api_state::write_atomically(&path, &bytes) {
-            warn!(
-                "health: cannot save the checks' verdicts to {} ({e}); a restart would start \
-                 from unknown",
-                path.display()
-            );
-        }
+        let instead = "a restart would start from unknown";
+        saved::write(&path, &self.health.saved(), "health verdicts", instead);
     }
 
     /// A backend's health for `lbctl list`; `None` when its service has no checks.
@@ -172,24 +166,6 @@ impl Daemon {
 /// The verdicts saved in `state_dir`, or none (a broken file is said in the log).
 pub(super) fn load_saved(state_dir: &Path) -> SavedHealth {
     let path = state_dir.join(HEALTH_STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(saved) => saved,
-            Err(e) => {
-                warn!(
-                    "{}: unreadable health verdicts ({e}); every checked backend starts unknown",
-                    path.display()
-                );
-                SavedHealth::default()
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedHealth::default(),
-        Err(e) => {
-            warn!(
-                "{}: cannot read the health verdicts ({e}); every checked backend starts unknown",
-                path.display()
-            );
-            SavedHealth::default()
-        }
-    }
+    let instead = "every checked backend starts unknown";
+    saved::read(&path, "health verdicts", instead).unwrap_or_default()
 }

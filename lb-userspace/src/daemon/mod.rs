@@ -28,6 +28,7 @@ mod explain;
 mod health;
 mod links;
 mod report;
+mod saved;
 mod sockets;
 mod swarm_state;
 
@@ -306,14 +307,8 @@ impl Daemon {
     pub fn update_swarm(&mut self, snapshot: Snapshot) -> Result<Outcome, DaemonError> {
         if self.swarm.as_ref() != Some(&snapshot) {
             let path = self.state_dir.join(SWARM_STATE_FILE);
-            let bytes = serde_json::to_vec_pretty(&snapshot).expect("a snapshot serializes");
-            if let Err(e) = crate::source::api_state::write_atomically(&path, &bytes) {
-                warn!(
-                    "{}: saving the swarm state failed ({e}); a restart while the Engine is \
-                     down would start without it",
-                    path.display()
-                );
-            }
+            let instead = "a restart while the Engine is down would start without it";
+            saved::write(&path, &snapshot, "swarm state", instead);
         }
         self.swarm = Some(snapshot);
         let api = self.api.clone();

@@ -37,35 +37,16 @@ pub(super) fn starting_swarm_services(
 /// The saved swarm state, or an empty one (said in the log either way).
 pub(super) fn load_swarm_state(state_dir: &Path) -> Snapshot {
     let path = state_dir.join(SWARM_STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
-            Ok(snapshot) => {
-                info!(
-                    services = snapshot.services.len(),
-                    "swarm: starting from the saved state in {} until the Engine answers",
-                    path.display()
-                );
-                snapshot
-            }
-            Err(e) => {
-                warn!(
-                    "{}: unreadable swarm state ({e}); starting without swarm services until \
-                     the Engine answers",
-                    path.display()
-                );
-                Snapshot::default()
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
-        Err(e) => {
-            warn!(
-                "{}: cannot read the swarm state ({e}); starting without swarm services until \
-                 the Engine answers",
-                path.display()
-            );
-            Snapshot::default()
-        }
-    }
+    let instead = "starting without swarm services until the Engine answers";
+    let Some(snapshot) = saved::read::<Snapshot>(&path, "swarm state", instead) else {
+        return Snapshot::default();
+    };
+    info!(
+        services = snapshot.services.len(),
+        "swarm: starting from the saved state in {} until the Engine answers",
+        path.display()
+    );
+    snapshot
 }
 
 /// Plans `merged` with `plan`. A plan error that blames a swarm service leaves that service
@@ -113,30 +94,20 @@ impl Daemon {
 /// number them afresh).
 fn save_scopes(state_dir: &Path, scopes: &BTreeMap<String, u8>) {
     let path = state_dir.join(SWARM_SCOPES_FILE);
-    let bytes = serde_json::to_vec_pretty(scopes).expect("plain data");
-    if let Err(e) = crate::source::api_state::write_atomically(&path, &bytes) {
-        warn!(
-            "{}: saving the networks' socket scopes failed ({e}); a restart would number them \
-             afresh",
-            path.display()
-        );
-    }
+    saved::write(
+        &path,
+        scopes,
+        "socket scopes",
+        "a restart would number them afresh",
+    );
 }
 
 /// The networks' socket scopes the last lbd saved; none when there are none (a broken file
 /// is said in the log: the scopes are numbered afresh).
 fn load_scopes(state_dir: &Path) -> BTreeMap<String, u8> {
     let path = state_dir.join(SWARM_SCOPES_FILE);
-    let saved: BTreeMap<String, u8> = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            warn!(
-                "{}: unreadable socket scopes ({e}); the networks are numbered afresh",
-                path.display()
-            );
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    };
+    let saved: BTreeMap<String, u8> =
+        saved::read(&path, "socket scopes", "the networks are numbered afresh").unwrap_or_default();
     // Two networks must never share a scope: a file that says so (edited by hand) is not
     // used.
     let scopes: std::collections::BTreeSet<u8> = saved.values().copied().collect();
