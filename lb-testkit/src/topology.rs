@@ -129,6 +129,23 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Starts `lbd` (the binary at `lbd`) in the node with `services` as its service file,
+    /// attached to both of the node's interfaces, with `extra` arguments.
+    pub fn start_lbd(
+        &self,
+        lbd: &std::path::Path,
+        services: &str,
+        extra: &[&str],
+    ) -> Result<crate::Lbd> {
+        crate::Lbd::start(
+            lbd,
+            &self.node,
+            services,
+            &[&self.node_client_if, &self.node_bridge],
+            extra,
+        )
+    }
+
     /// Starts a name server on every backend, on the given TCP and UDP ports, each named
     /// after its backend.
     pub fn serve_on_backends(&self, tcp: &[u16], udp: &[u16]) -> Result<Vec<NameServer>> {

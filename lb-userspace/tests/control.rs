@@ -44,14 +44,7 @@ fn setup(backends: usize) -> (Topology, Vec<NameServer>) {
 }
 
 fn start(topo: &Topology, services: &str, extra: &[&str]) -> Lbd {
-    Lbd::start(
-        lbd(),
-        &topo.node,
-        services,
-        &[&topo.node_client_if, &topo.node_bridge],
-        extra,
-    )
-    .expect("lbd")
+    topo.start_lbd(lbd(), services, extra).expect("lbd")
 }
 
 fn web() -> SocketAddr {

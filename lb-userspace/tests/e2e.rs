@@ -43,14 +43,7 @@ fn setup(backends: usize) -> (Topology, Vec<NameServer>) {
 }
 
 fn start_lbd(topo: &Topology, services: &str) -> Lbd {
-    Lbd::start(
-        lbd(),
-        &topo.node,
-        services,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd")
+    topo.start_lbd(lbd(), services, &[]).expect("lbd")
 }
 
 fn counter(counters: &serde_json::Value, name: &str) -> u64 {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use lb_testkit::{
-    Lbd, Netns, TcpSession, Topology, e2e_enabled,
+    Netns, TcpSession, Topology, e2e_enabled,
     packet::{Ipv4Frame, TCP_SYN},
     progtest::read_mac,
 };
@@ -102,14 +102,13 @@ fn a_syn_flood_evicts_no_established_flow_and_new_clients_still_connect() {
     }
     let topo = Topology::new(3).expect("topology");
     let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
-    let lb = Lbd::start(
-        Path::new(env!("CARGO_BIN_EXE_lbd")),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &["--conntrack-entries", "65536"],
-    )
-    .expect("lbd");
+    let lb = topo
+        .start_lbd(
+            Path::new(env!("CARGO_BIN_EXE_lbd")),
+            SERVICES,
+            &["--conntrack-entries", "65536"],
+        )
+        .expect("lbd");
     let maglev = SocketAddr::from((VIP, 80));
     let rr = SocketAddr::from((VIP, 81));
     let mut sessions: Vec<(TcpSession, String)> = [maglev, rr]

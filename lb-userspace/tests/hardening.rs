@@ -20,14 +20,7 @@ services:
 
 /// `lbd run` with `SERVICES` on the topology's node, attached to both of its interfaces.
 fn start(topo: &Topology, extra: &[&str]) -> Lbd {
-    Lbd::start(
-        lbd(),
-        &topo.node,
-        SERVICES,
-        &[&topo.node_client_if, &topo.node_bridge],
-        extra,
-    )
-    .expect("lbd")
+    topo.start_lbd(lbd(), SERVICES, extra).expect("lbd")
 }
 
 /// `lbd ARGS`, bounded; (success, stdout + stderr).

@@ -61,14 +61,7 @@ fn list(lb: &Lbd) -> ServiceList {
 
 /// `lbd run` with `services` on the topology's node, attached to both of its interfaces.
 fn start(topo: &Topology, services: &str) -> Lbd {
-    Lbd::start(
-        lbd(),
-        &topo.node,
-        services,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &[],
-    )
-    .expect("lbd")
+    topo.start_lbd(lbd(), services, &[]).expect("lbd")
 }
 
 /// A name server on port 8080 of every backend, each stopped by setting it to `None`.

@@ -60,14 +60,13 @@ fn setup(services: &str) -> Lab {
     let topo = Topology::new(3).expect("topology");
     let servers = topo.serve_on_backends(&[8080], &[5353]).expect("servers");
     let cgroup_path = cgroup.path().to_str().expect("utf-8 path").to_owned();
-    let lb = Lbd::start(
-        lbd(),
-        &topo.node,
-        services,
-        &[&topo.node_client_if, &topo.node_bridge],
-        &["--socket-lb", "on", "--cgroup", &cgroup_path],
-    )
-    .expect("lbd");
+    let lb = topo
+        .start_lbd(
+            lbd(),
+            services,
+            &["--socket-lb", "on", "--cgroup", &cgroup_path],
+        )
+        .expect("lbd");
     Lab {
         lb,
         _servers: servers,
