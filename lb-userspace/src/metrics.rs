@@ -554,6 +554,7 @@ mod tests {
             node_addr: None,
             mesh_addr: None,
             services: 4,
+            stopping_known: false,
         };
         let attachments = [crate::api::AttachmentStatus {
             interface: "eth0".into(),

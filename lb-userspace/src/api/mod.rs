@@ -90,6 +90,10 @@ pub struct SwarmStatus {
     pub mesh_addr: Option<std::net::IpAddr>,
     /// Swarm services known (published or not).
     pub services: usize,
+    /// Whether the Engine says which tasks are being stopped (managers only): those then take
+    /// no new flows here.
+    #[serde(default)]
+    pub stopping_known: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

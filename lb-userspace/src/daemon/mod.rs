@@ -702,6 +702,7 @@ impl Daemon {
             node_addr: self.swarm.as_ref().and_then(|s| s.node_addr),
             mesh_addr: self.swarm.as_ref().and_then(|s| s.mesh_addr()),
             services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
+            stopping_known: self.swarm.as_ref().is_some_and(|s| s.desired_states_known),
         })
     }
 

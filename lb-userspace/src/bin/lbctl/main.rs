@@ -352,6 +352,15 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         if let (false, Some(e)) = (s.engine_up, &s.last_error) {
             println!("swarm: last error: {e}");
         }
+        println!(
+            "swarm: tasks being stopped {}",
+            if s.stopping_known {
+                "take no new flows here (the Engine is a manager's and says which they are)"
+            } else {
+                "are not known here (only a manager's Engine says which they are): they get \
+                 new flows until their containers exit"
+            }
+        );
     }
     Ok(())
 }

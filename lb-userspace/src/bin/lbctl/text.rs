@@ -119,6 +119,9 @@ pub(crate) fn print_swarm_details(list: &ServiceList) {
             let node = node.map_or("an unknown node".to_owned(), |n| format!("node {n}"));
             println!("  not used from this node: {task} on {node}");
         }
+        for task in &d.stopping_tasks {
+            println!("  being stopped: {task} keeps its flows, takes no new ones");
+        }
         for problem in &d.problems {
             println!("  {problem}");
         }

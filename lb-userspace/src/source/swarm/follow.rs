@@ -70,6 +70,7 @@ pub async fn follow(
     let mut reminded = Instant::now();
     let mut peers = PeerMemory::default();
     let mut ports = PortMemory::default();
+    let mut stopping = StoppingMemory::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -85,6 +86,7 @@ pub async fn follow(
                 let now = Instant::now();
                 peers.keep_recent(&mut snapshot, now);
                 ports.keep_recent(&mut snapshot, now);
+                stopping.keep_known(&mut snapshot);
                 if let Some(since) = down_since.take() {
                     info!(
                         docker_host = engine.host(),
@@ -136,6 +138,38 @@ pub async fn follow(
     }
 }
 
+/// The tasks last known to be stopping. A task's desired state never returns to running, so
+/// when a manager cannot say for a while (no leader), the tasks it said were stopping stay
+/// so while they are listed; no task is newly marked without its word.
+#[derive(Default)]
+struct StoppingMemory {
+    names: std::collections::BTreeSet<String>,
+}
+
+impl StoppingMemory {
+    fn keep_known(&mut self, snapshot: &mut Snapshot) {
+        let tasks = snapshot
+            .services
+            .values_mut()
+            .flat_map(|s| s.tasks.iter_mut());
+        if snapshot.desired_states_known {
+            self.names = tasks
+                .filter(|(_, t)| t.stopping)
+                .map(|(name, _)| name.clone())
+                .collect();
+            return;
+        }
+        let mut still = std::collections::BTreeSet::new();
+        for (name, task) in tasks {
+            if self.names.contains(name) {
+                task.stopping = true;
+                still.insert(name.clone());
+            }
+        }
+        self.names = still;
+    }
+}
+
 fn record(status: &SharedStatus, host: &str, error: Option<String>) {
     let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
     s.docker_host = host.to_owned();
@@ -149,5 +183,69 @@ fn record(status: &SharedStatus, host: &str, error: Option<String>) {
             s.reads_failed += 1;
             s.last_error = Some(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::swarm::snapshot::{SwarmService, Task};
+
+    fn with_tasks(known: bool, stopping: &[&str], listed: &[&str]) -> Snapshot {
+        let tasks = listed
+            .iter()
+            .map(|name| {
+                let task = Task {
+                    stopping: stopping.contains(name),
+                    ..Default::default()
+                };
+                (name.to_string(), task)
+            })
+            .collect();
+        Snapshot {
+            services: [(
+                "web".to_owned(),
+                SwarmService {
+                    tasks,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            desired_states_known: known,
+            ..Default::default()
+        }
+    }
+
+    fn stopping_of(snapshot: &Snapshot) -> Vec<&str> {
+        snapshot.services["web"]
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.stopping)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// A manager that cannot say for a moment leaves the tasks it said were stopping stopping
+    /// (while listed), and marks no other; its next answer counts as given.
+    #[test]
+    fn tasks_known_to_stop_stay_stopping_while_the_manager_cannot_say() {
+        let mut memory = StoppingMemory::default();
+        let mut told = with_tasks(true, &["web.2.b"], &["web.1.a", "web.2.b", "web.3.c"]);
+        memory.keep_known(&mut told);
+        assert_eq!(stopping_of(&told), ["web.2.b"]);
+        let mut silent = with_tasks(false, &[], &["web.1.a", "web.2.b", "web.4.d"]);
+        memory.keep_known(&mut silent);
+        assert_eq!(stopping_of(&silent), ["web.2.b"]);
+        // Gone from the listing: forgotten, and not marked should the name come back.
+        let mut gone = with_tasks(false, &[], &["web.1.a"]);
+        memory.keep_known(&mut gone);
+        assert!(stopping_of(&gone).is_empty());
+        let mut back = with_tasks(false, &[], &["web.1.a", "web.2.b"]);
+        memory.keep_known(&mut back);
+        assert!(stopping_of(&back).is_empty());
+        // An answer again: only what it says.
+        let mut again = with_tasks(true, &[], &["web.1.a", "web.2.b"]);
+        memory.keep_known(&mut again);
+        assert!(stopping_of(&again).is_empty());
     }
 }

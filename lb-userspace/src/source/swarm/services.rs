@@ -14,6 +14,8 @@
 //!   (see lb-ebpf's `tunnel`), where its *delivery frontend* (its ingress address and target
 //!   port, taking only tunnel packets) hands it to the task. With `local_first`, a node with a
 //!   running local task uses only its local tasks.
+//! - A task the swarm is stopping (known on managers: see the snapshot's `stopping`) is a
+//!   backend of weight 0: its established flows go on, new ones go to the other tasks.
 //! - Everything else (scheduler, affinity, timeouts, removal policy, table size) is the
 //!   service's policy, or the defaults.
 
@@ -63,6 +65,9 @@ pub struct SwarmDetails {
     /// Running tasks this node cannot reach (its node's address is unknown, or `local_first`
     /// leaves them out).
     pub unused_tasks: BTreeMap<String, Option<IpAddr>>,
+    /// Tasks the swarm is stopping: they keep their flows and take no new ones.
+    #[serde(default)]
+    pub stopping_tasks: std::collections::BTreeSet<String>,
     /// Why a published port (or the whole service) is not served.
     pub problems: Vec<String>,
 }
@@ -266,12 +271,13 @@ fn add_vips(
             let Some(&scope) = out.scopes.get(network) else {
                 continue;
             };
-            // Same order on every node: by address on the network.
-            let mut addresses: Vec<IpAddr> = service
+            // Same order on every node: by address on the network. A task being stopped
+            // keeps its flows and takes no new ones (weight 0).
+            let mut addresses: Vec<(IpAddr, u32)> = service
                 .tasks
                 .values()
-                .filter_map(|t| t.addresses.get(network).copied())
-                .filter(|a| a.is_ipv6() == vip.is_ipv6())
+                .filter_map(|t| Some((*t.addresses.get(network)?, u32::from(!t.stopping))))
+                .filter(|(a, _)| a.is_ipv6() == vip.is_ipv6())
                 .collect();
             addresses.sort();
             let any_port = lb_common::maps::ANY_PORT;
@@ -293,10 +299,10 @@ fn add_vips(
                 maglev_table_size: policy.maglev_table_size,
                 backends: addresses
                     .into_iter()
-                    .map(|address| BackendSpec {
+                    .map(|(address, weight)| BackendSpec {
                         address,
                         port: None,
-                        weight: 1,
+                        weight,
                         mesh: None,
                     })
                     .collect(),
@@ -365,16 +371,24 @@ fn backends(
         .map(|(name, task)| (task.addresses.get(INGRESS_NETWORK).copied(), name, task))
         .collect();
     ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let local_only = policy.local_first && service.tasks.values().any(|t| t.local.is_some());
+    let local_only = policy.local_first
+        && service
+            .tasks
+            .values()
+            .any(|t| t.local.is_some() && !t.stopping);
     let mut backends = Vec::new();
     for (ingress, name, task) in ordered {
+        if task.stopping {
+            details.stopping_tasks.insert(name.clone());
+        }
+        let weight = u32::from(!task.stopping);
         match (&task.local, ingress, task.node) {
             (Some(local), ingress, _) => {
                 details.local_tasks.insert(name.clone(), local.gwbridge);
                 backends.push(BackendSpec {
                     address: local.gwbridge,
                     port: None,
-                    weight: 1,
+                    weight,
                     mesh: ingress.map(|identity| MeshBackend {
                         identity,
                         via: None,
@@ -386,7 +400,7 @@ fn backends(
                 backends.push(BackendSpec {
                     address: identity,
                     port: None,
-                    weight: 1,
+                    weight,
                     mesh: Some(MeshBackend {
                         identity,
                         via: Some(node),
@@ -419,7 +433,65 @@ mod tests {
                 container: "c".into(),
                 gwbridge: ip(g),
             }),
+            stopping: false,
         }
+    }
+
+    /// A task the swarm is stopping keeps its place (and its flows) at weight 0, in the
+    /// published service and on its VIPs, and is listed as such; with `local_first`, a node
+    /// whose only local task is stopping uses the other nodes' tasks.
+    #[test]
+    fn a_stopping_task_takes_no_new_flows_and_keeps_its_place() {
+        let mut stopping = task("198.19.0.4", "198.18.50.1", Some("198.18.61.4"));
+        stopping.stopping = true;
+        stopping.addresses.insert("appnet".into(), ip("198.19.1.4"));
+        let mut remote = task("198.19.0.5", "198.18.50.2", None);
+        remote.addresses.insert("appnet".into(), ip("198.19.1.5"));
+        let mut web = service(
+            &[(80, 8080)],
+            vec![("web.1.a", stopping), ("web.2.b", remote)],
+        );
+        web.vips.insert("appnet".into(), ip("198.19.1.2"));
+        let snap = snapshot(vec![("web", web)]);
+        let weights = |out: &SwarmServices, name: &str| -> Vec<(IpAddr, u32)> {
+            out.specs
+                .iter()
+                .chain(&out.vip_specs)
+                .find(|s| s.name == name)
+                .unwrap()
+                .backends
+                .iter()
+                .map(|b| (b.address, b.weight))
+                .collect()
+        };
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(
+            weights(&out, "web"),
+            [(ip("198.18.61.4"), 0), (ip("198.19.0.5"), 1)]
+        );
+        assert_eq!(
+            weights(&out, "web@appnet"),
+            [(ip("198.19.1.4"), 0), (ip("198.19.1.5"), 1)]
+        );
+        assert_eq!(
+            out.details["web"].stopping_tasks,
+            ["web.1.a".to_owned()].into()
+        );
+        // Its delivery frontend stays: the other nodes' flows on it go on.
+        assert_eq!(out.delivery_specs.len(), 1);
+        let local_first = [(
+            "web".to_owned(),
+            SwarmPolicy {
+                local_first: true,
+                ..Default::default()
+            },
+        )]
+        .into();
+        let out = services(&snap, &local_first, &BTreeMap::new());
+        assert_eq!(
+            weights(&out, "web"),
+            [(ip("198.18.61.4"), 0), (ip("198.19.0.5"), 1)]
+        );
     }
 
     /// Two tasks of a global service with a long name on one node (an update starts the new
@@ -494,6 +566,7 @@ mod tests {
                 .collect(),
             containers: BTreeMap::new(),
             peers: Default::default(),
+            desired_states_known: true,
         }
     }
 
@@ -640,7 +713,7 @@ mod tests {
             Task {
                 node: Some(ip("198.18.50.2")),
                 addresses: [("appnet".to_owned(), ip("198.19.10.6"))].into(),
-                local: None,
+                ..Default::default()
             },
         )]
         .into();
@@ -660,7 +733,7 @@ mod tests {
                 Task {
                     node: Some(ip(node)),
                     addresses: [("appnet".to_owned(), ip(addr))].into(),
-                    local: None,
+                    ..Default::default()
                 },
             );
         }

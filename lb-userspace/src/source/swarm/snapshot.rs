@@ -45,6 +45,9 @@ pub struct Answers {
     /// `ingress`, by container id: the socket-level path serves its VIPs to that container's
     /// network namespace.
     pub pids: BTreeMap<String, u32>,
+    /// On a manager, the ids of the tasks the swarm wants running (`/tasks`); `None` on a
+    /// worker, or when the manager could not say.
+    pub tasks_running: Option<std::collections::BTreeSet<String>>,
 }
 
 /// The swarm as this node sees it. Equal snapshots program equal tables.
@@ -69,6 +72,10 @@ pub struct Snapshot {
     /// has one). Not the network's `Peers`: those are the gossip (advertise) addresses.
     #[serde(default)]
     pub peers: std::collections::BTreeSet<IpAddr>,
+    /// Whether this node's Engine said which tasks the swarm wants running (only a manager
+    /// can): then a task it does not want running is marked `stopping`.
+    #[serde(default)]
+    pub desired_states_known: bool,
 }
 
 /// A local container attached to overlay networks: its sockets may call those networks' VIPs.
@@ -106,6 +113,10 @@ pub struct Task {
     pub addresses: BTreeMap<String, IpAddr>,
     /// Set when the task's container runs on this node and can be reached.
     pub local: Option<LocalTask>,
+    /// The swarm is stopping it (a scale-down, an update, a drained node): its container runs
+    /// on for its stop grace period and keeps its flows, but takes no new ones.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +185,7 @@ impl Snapshot {
             services: BTreeMap::new(),
             containers: BTreeMap::new(),
             peers: Default::default(),
+            desired_states_known: false,
         };
         if !active {
             return Ok(snapshot);
@@ -203,7 +215,25 @@ impl Snapshot {
             .retain(|_, s| !s.tasks.is_empty() || !s.published.is_empty());
         mark_local(&mut snapshot, answers)?;
         add_containers(&mut snapshot, answers);
+        if let Some(running) = &answers.tasks_running {
+            mark_stopping(&mut snapshot, running);
+        }
         Ok(snapshot)
+    }
+}
+
+/// Marks every task whose id (its name's end) is not among the tasks the swarm wants
+/// `running`. The networks are read before the tasks, so a task new enough to be listed is
+/// already wanted running by then.
+fn mark_stopping(snapshot: &mut Snapshot, running: &std::collections::BTreeSet<String>) {
+    snapshot.desired_states_known = true;
+    for (name, task) in snapshot
+        .services
+        .values_mut()
+        .flat_map(|s| s.tasks.iter_mut())
+    {
+        let id = name.rsplit('.').next().unwrap_or(name);
+        task.stopping = !running.contains(id);
     }
 }
 
@@ -471,7 +501,52 @@ mod tests {
             gwbridge: Some(serde_json::from_value(read("docker_gwbridge.json")).unwrap()),
             containers,
             pids,
+            tasks_running: None,
         }
+    }
+
+    /// A manager's `/tasks` of the tasks wanted running, as dockerd 20.10 answers it during a
+    /// scale-down, parses; a listed task it leaves out is stopping, the others are not, and
+    /// without that answer (a worker) no task is.
+    #[test]
+    fn a_task_the_manager_does_not_want_running_is_stopping() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/swarm/manager/tasks-running-during-scale-down.json");
+        let tasks: Vec<bollard::models::Task> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ids: std::collections::BTreeSet<String> =
+            tasks.into_iter().filter_map(|t| t.id).collect();
+        assert_eq!(ids, ["qjd7usincn02p66l1jclex9kw".to_owned()].into());
+
+        let mut answers = recorded("manager");
+        let worker_view = Snapshot::from_answers(&answers).unwrap();
+        assert!(!worker_view.desired_states_known);
+        let names: Vec<String> = worker_view
+            .services
+            .values()
+            .flat_map(|s| s.tasks.keys().cloned())
+            .collect();
+        assert!(names.len() > 4);
+        let gone = &worker_view.services["web"]
+            .tasks
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        let id = |name: &String| name.rsplit('.').next().unwrap().to_owned();
+        answers.tasks_running = Some(names.iter().filter(|n| *n != gone).map(id).collect());
+        let snapshot = Snapshot::from_answers(&answers).unwrap();
+        assert!(snapshot.desired_states_known);
+        for (name, task) in snapshot.services.values().flat_map(|s| &s.tasks) {
+            assert_eq!(task.stopping, name == gone, "{name}");
+        }
+        assert!(
+            worker_view
+                .services
+                .values()
+                .flat_map(|s| s.tasks.values())
+                .all(|t| !t.stopping)
+        );
     }
 
     fn without_local(mut snapshot: Snapshot) -> Snapshot {
