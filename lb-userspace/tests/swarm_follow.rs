@@ -6,6 +6,8 @@
 //!   2 s (of the test seeing the change in `docker ps` and in the node's Engine view, which
 //!   lbd reads and which may lag, and every task answering on its own node), while
 //!   established connections to surviving tasks keep their task;
+//! - a task being stopped (a scale-down, a 30 s grace) gets no new flows from the manager's
+//!   lbd while its container still runs, and its established session goes on;
 //! - a dockerd crash under traffic: forwarding stays while the Engine is away (new and
 //!   established connections, both nodes); a dockerd restart (SIGTERM, start) under traffic:
 //!   node 1 keeps its connections and fails new ones only briefly, node 2 only while its
@@ -545,6 +547,117 @@ fn published_ports_follow_scale_kill_update_and_rm() {
         let refused = request(&lab.client, published(node, WHO_PORT), Proto::Tcp, REQUEST);
         assert!(refused.is_err(), "a removed service answers: {refused:?}");
     }
+    drop(lbs);
+}
+
+/// A task the swarm stops (a scale-down with a 30 s grace, which the image's httpd outlives:
+/// as pid 1 it ignores SIGTERM) takes no new flows from the manager's lbd within [`FOLLOW`]
+/// of the scale-down, while its container still runs and would answer; a session already on
+/// it goes on (a graceful stop). Only a manager's Engine says which tasks stop (`/tasks`), so
+/// the worker's lbd says in `lbctl status` that it cannot tell.
+#[test]
+fn a_task_being_stopped_gets_no_new_flows_from_a_manager() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    lab.create_published(
+        "who",
+        3,
+        &who_ports(WHO_PORT),
+        &["--stop-grace-period", "30s"],
+    )
+    .expect("who");
+    let tasks = lab.wait_tasks("who", 3, TASKS).expect("who tasks");
+    let lbs = lbds(&lab);
+    let manager = &lab.nodes[0];
+    let target = published(manager, WHO_PORT);
+    who_follows(&lab, &lbs, manager, Instant::now(), STARTUP, "start");
+    // A session on every task: whichever stops has one.
+    let mut sessions = Sessions(Vec::new());
+    for task in &tasks {
+        let on = [task.container.clone()].into();
+        sessions
+            .0
+            .extend(Sessions::open_until(&lab, target, &on, 1).0);
+    }
+
+    lab.scale("who", 2).expect("scale down");
+    let scaled = Instant::now();
+    let mut stopping = Vec::new();
+    let took = wait_until(FOLLOW, "the manager's lbd marks a task stopping", || {
+        let list = lbs[0].lbctl_json(&["list"])?;
+        stopping = list["swarm"]["who"]["stopping_tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        Ok(!stopping.is_empty())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
+    assert_eq!(stopping.len(), 1, "{stopping:?}");
+    let stopped = tasks
+        .iter()
+        .find(|t| t.name == stopping[0])
+        .unwrap_or_else(|| panic!("{stopping:?} is none of {tasks:?}"));
+    let others: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.name != stopped.name)
+        .map(|t| t.container.clone())
+        .collect();
+    println!(
+        "{} marked stopping {took:?} after the scale-down",
+        stopped.name
+    );
+
+    // New requests, TCP and UDP: every one to the two tasks that stay.
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for i in 0..30 {
+            let reply = request(&lab.client, target, proto, REQUEST)
+                .unwrap_or_else(|e| panic!("{proto} request {i} to {target}: {e:#}"));
+            assert!(
+                others.contains(&reply.backend),
+                "{proto} request {i} reached {}, not one of {others:?} ({} is stopping)",
+                reply.backend,
+                stopped.container
+            );
+        }
+    }
+    // All that within the grace: the stopping task's container still runs, and its session
+    // (like the others') still answers from it.
+    let running: BTreeSet<String> = lab
+        .tasks("who")
+        .expect("tasks")
+        .into_iter()
+        .map(|t| t.container)
+        .collect();
+    assert!(
+        running.contains(&stopped.container),
+        "{} exited before the checks ended ({:?} after the scale-down): the grace is too short \
+         for this machine",
+        stopped.container,
+        scaled.elapsed()
+    );
+    let all: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
+    sessions.check_kept(&all, "scale-down");
+    assert!(
+        sessions
+            .0
+            .iter()
+            .any(|(_, task)| *task == stopped.container),
+        "the session on the stopping task was checked"
+    );
+
+    let known =
+        |lb: &Lbd| lb.lbctl_json(&["status"]).expect("status")["swarm"]["stopping_known"].clone();
+    assert_eq!(known(&lbs[0]), true, "the manager's lbd knows");
+    assert_eq!(
+        known(&lbs[1]),
+        false,
+        "the worker's lbd says it cannot know"
+    );
     drop(lbs);
 }
 

@@ -62,6 +62,8 @@ pub struct Task {
     /// The container id, 12 characters: also the container's hostname, which the image's
     /// servers answer with.
     pub container: String,
+    /// The task's name (`SERVICE.SLOT.TASK_ID`), its container's name.
+    pub name: String,
     /// Its address on each network the container is attached to (`ingress`, overlays).
     pub networks: BTreeMap<String, Ipv4Addr>,
     /// Its address on its node's `docker_gwbridge`, if it has one (tasks with ingress ports).
@@ -245,9 +247,11 @@ impl SwarmNode {
                     }
                 }
             }
+            let name = container["Name"].as_str().unwrap_or_default();
             tasks.push(Task {
                 node: self.index,
                 container: id.chars().take(12).collect(),
+                name: name.trim_start_matches('/').to_owned(),
                 networks,
                 gwbridge: gwbridge.get(id).copied(),
             });
