@@ -178,6 +178,19 @@ impl Lbd {
         Ok(())
     }
 
+    /// Stops `lbd` with SIGTERM, as an operator stopping the service does: the pinned
+    /// dataplane stays (and keeps forwarding) for `restart` to adopt.
+    pub fn stop_keeping_pins(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("lbd is not running")?;
+        let status = child.stop(Duration::from_secs(10))?;
+        anyhow::ensure!(
+            status.success(),
+            "lbd exited with {status}:\n{}",
+            child.output_so_far()
+        );
+        Ok(())
+    }
+
     /// Runs `lbctl --api <socket> ARGS` and returns (success, stdout, stderr).
     pub fn lbctl(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let lbctl = self.lbd.with_file_name("lbctl");

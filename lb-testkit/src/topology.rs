@@ -223,6 +223,33 @@ impl Topology {
         self.node
             .ip(&["link", "del", NODE_CLIENT_IF])
             .context("deleting the node's client link")?;
+        self.make_client_link()
+    }
+
+    /// Renames the node's client-side veth to `renamed` (its peer in the client too; both down
+    /// and without addresses, as renaming needs an interface down) and makes a new pair under
+    /// the old names, with the same addresses and routes, as an operator renaming an interface
+    /// and making another under its name would: anything attached to the renamed one stays
+    /// with it.
+    pub fn rename_client_link(&self, renamed: &str) -> Result<()> {
+        let lines = |name: &str| {
+            [
+                format!("link set {name} down"),
+                format!("addr flush dev {name}"),
+                format!("link set {name} name {renamed}"),
+            ]
+        };
+        self.node
+            .ip_batch(&lines(NODE_CLIENT_IF))
+            .context("renaming the node's client link")?;
+        self.client
+            .ip_batch(&lines(HOST_IF))
+            .context("renaming the client's link")?;
+        self.make_client_link()
+    }
+
+    /// Makes the client–node veth pair (gone or renamed) again, with its addresses and routes.
+    fn make_client_link(&self) -> Result<()> {
         self.node
             .ip_batch(&[
                 format!(

@@ -492,6 +492,91 @@ fn a_backend_removed_while_lbd_was_down_has_its_flows_moved_after_the_restart() 
     assert!(!listed.to_string().contains("198.18.2.11"), "{listed}");
 }
 
+/// How many tcx ingress programs interface `name` of `ns` runs.
+fn tcx_programs(ns: &Netns, name: &str) -> usize {
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    ns.run(|| SchedClassifier::query_tcx(name, TcAttachType::Ingress))
+        .expect("enter the namespace")
+        .unwrap_or_else(|e| panic!("tcx programs of {name}: {e}"))
+        .1
+        .len()
+}
+
+/// Whether interface `name` of `ns` runs an XDP program or a tcx ingress program.
+fn runs_programs(ns: &Netns, name: &str) -> (bool, usize) {
+    (
+        ns.xdp_attached(name).expect("ip link"),
+        tcx_programs(ns, name),
+    )
+}
+
+#[test]
+fn an_interface_renamed_while_lbd_was_stopped_keeps_no_program_and_its_name_gets_them() {
+    if !e2e_enabled() {
+        return;
+    }
+    const RENAMED: &str = "mlb-cli-old";
+    let (topo, _servers) = setup(2);
+    let (node, client_if) = (&topo.node, topo.node_client_if.as_str());
+    let mut lb = start(&topo, &services(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    assert_eq!(new_flows_reach(&topo, 16), set(&["backend-0", "backend-1"]));
+    // Stopped, its links pinned under the interface's name; meanwhile the interface is
+    // renamed and another made under its name, through which the client reaches the node.
+    lb.stop_keeping_pins().expect("SIGTERM");
+    topo.rename_client_link(RENAMED).expect("rename the link");
+    assert_eq!(
+        runs_programs(node, RENAMED),
+        (true, 1),
+        "the pinned links follow"
+    );
+    assert_eq!(runs_programs(node, client_if), (false, 0));
+    lb.restart(node).expect("restart");
+    // The programs run on the interface of the name lbd was given, and nothing is left on
+    // the renamed one.
+    assert_eq!(
+        runs_programs(node, client_if),
+        (true, 1),
+        "the new {client_if}\nlbd:\n{}",
+        lb.output()
+    );
+    assert_eq!(
+        runs_programs(node, RENAMED),
+        (false, 0),
+        "the renamed {RENAMED}\nlbd:\n{}",
+        lb.output()
+    );
+    assert!(
+        lb.output().contains("attached to another device"),
+        "{}",
+        lb.output()
+    );
+    let status = lbctl_json(&lb, &["status"]);
+    let attachment = status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["interface"] == client_if)
+        .unwrap_or_else(|| panic!("no attachment of {client_if}: {status}"));
+    assert_eq!(attachment["adopted"], false, "{status}");
+    // Balanced through the new interface (the client's neighbour entry is new: a few tries).
+    let answered = (0..10).any(|_| tcp_request(&topo.client, web(), TIMEOUT).is_ok());
+    assert!(answered, "the VIP answers through the new {client_if}");
+    assert_eq!(new_flows_reach(&topo, 16), set(&["backend-0", "backend-1"]));
+    // Stopped for good (its pins removed): nothing stays attached to either interface. The
+    // kernel detaches a link whose last reference went a moment later (bounded).
+    lb.stop().expect("stop lbd");
+    let detached = |name: &str| {
+        (0..40).any(|_| {
+            let none = runs_programs(node, name) == (false, 0);
+            if !none {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            none
+        })
+    };
+    assert!(detached(client_if) && detached(RENAMED), "after the stop");
+}
+
 #[test]
 fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
     if !e2e_enabled() {

@@ -112,6 +112,14 @@ impl LinkKind {
             Self::Tc => "tc",
         }
     }
+
+    /// How log lines and errors name the link.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Xdp => "XDP",
+            Self::Tc => "tcx",
+        }
+    }
 }
 
 /// Creates the directory tree; says how to mount bpffs when it is missing.
