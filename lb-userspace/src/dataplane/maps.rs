@@ -653,7 +653,8 @@ impl Dataplane {
         )
     }
 
-    /// Clears the `BACKENDS` slots in use that `desired` does not use (see `prune`).
+    /// Clears the `BACKENDS` slots in use that `desired` does not use (see `prune`), once no
+    /// program run that may have read them from a table is in flight.
     fn prune_backends(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
         let stale: Vec<u32> = self
             .backends_in_use()?
@@ -661,6 +662,13 @@ impl Dataplane {
             .map(|(id, _)| id)
             .filter(|id| !desired.backends.contains_key(id))
             .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        // An adopting start rewrote the tables in place: a packet may still be reading an old
+        // slot that names a stale backend. A live change swaps its tables instead, which
+        // waits the same way.
+        super::grace::wait_for_programs_in_flight();
         let map = self
             .ebpf_mut()
             .map_mut(names::BACKENDS)

@@ -4,6 +4,7 @@ mod batch;
 mod changes;
 mod conntrack_filter;
 mod endpoint_filters;
+mod grace;
 mod link_device;
 mod maps;
 mod mmap;
