@@ -122,6 +122,12 @@ pub(crate) fn print_swarm_details(list: &ServiceList) {
         for task in &d.stopping_tasks {
             println!("  being stopped: {task} keeps its flows, takes no new ones");
         }
+        for task in &d.unhealthy_tasks {
+            println!(
+                "  not healthy here: {task} keeps its flows; new ones, and other nodes' for \
+                 it, go to the healthy local tasks"
+            );
+        }
         for problem in &d.problems {
             println!("  {problem}");
         }

@@ -15,7 +15,9 @@
 //!   port, taking only tunnel packets) hands it to the task. With `local_first`, a node with a
 //!   running local task uses only its local tasks.
 //! - A task the swarm is stopping (known on managers: see the snapshot's `stopping`) is a
-//!   backend of weight 0: its established flows go on, new ones go to the other tasks.
+//!   backend of weight 0: its established flows go on, new ones go to the other tasks. A local
+//!   task whose health check has not passed takes no new flows here; the flows other nodes
+//!   (which cannot see its health) send it go to the healthy local tasks (`delivery_backends`).
 //! - Everything else (scheduler, affinity, timeouts, removal policy, table size) is the
 //!   service's policy, or the defaults.
 
@@ -23,7 +25,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService};
+use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService, Task};
 use crate::source::file::{
     Affinity, BackendSpec, Forwarding, MeshBackend, PortMapping, Protocol, Scheduler, ServiceSpec,
     SwarmPolicy,
@@ -68,6 +70,10 @@ pub struct SwarmDetails {
     /// Tasks the swarm is stopping: they keep their flows and take no new ones.
     #[serde(default)]
     pub stopping_tasks: std::collections::BTreeSet<String>,
+    /// Local tasks whose health check has not passed (or failed): no new flows from here;
+    /// other nodes' flows for them go to the healthy local tasks.
+    #[serde(default)]
+    pub unhealthy_tasks: std::collections::BTreeSet<String>,
     /// Why a published port (or the whole service) is not served.
     pub problems: Vec<String>,
 }
@@ -166,6 +172,11 @@ fn add_delivery(
         .collect();
     targets.sort();
     targets.dedup();
+    let serving: Vec<IpAddr> = service
+        .tasks
+        .values()
+        .filter_map(Task::serving_here)
+        .collect();
     for (task_name, task) in &service.tasks {
         let (Some(local), Some(ingress)) = (&task.local, task.addresses.get(INGRESS_NETWORK))
         else {
@@ -185,17 +196,37 @@ fn add_delivery(
             timeouts: policy.timeouts,
             on_backend_removal: policy.on_backend_removal,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            backends: vec![BackendSpec {
-                address: local.gwbridge,
-                port: None,
-                weight: 1,
-                mesh: None,
-            }],
+            backends: delivery_backends(task, local.gwbridge, &serving),
             health: None,
             socket_scope: 0,
             tunnel_only: true,
         });
     }
+}
+
+/// Where a local task's delivery frontend sends the flows other nodes chose it for: to the
+/// task; or, while it takes no new flows here and another local task of the service does
+/// (`serving`), to those. The other nodes cannot see a task's health, nor (workers) that it
+/// is being stopped, and would otherwise have their flows refused. A task being stopped keeps
+/// its own flows (weight 0); an unhealthy one leaves the frontend's backends, and its flows
+/// follow the service's `on_backend_removal`, as on this node's own frontends. With no other
+/// task here, to the task anyway.
+fn delivery_backends(task: &Task, gwbridge: IpAddr, serving: &[IpAddr]) -> Vec<BackendSpec> {
+    let backend = |address, weight| BackendSpec {
+        address,
+        port: None,
+        weight,
+        mesh: None,
+    };
+    if task.serving_here().is_some() || serving.is_empty() {
+        return vec![backend(gwbridge, 1)];
+    }
+    let usable = task.local.as_ref().is_some_and(|l| l.usable);
+    usable
+        .then(|| backend(gwbridge, 0))
+        .into_iter()
+        .chain(serving.iter().map(|&a| backend(a, 1)))
+        .collect()
 }
 
 /// Characters of a task id, the end of every task name (`SERVICE.SLOT.ID`, or
@@ -271,12 +302,18 @@ fn add_vips(
             let Some(&scope) = out.scopes.get(network) else {
                 continue;
             };
-            // Same order on every node: by address on the network. A task being stopped
-            // keeps its flows and takes no new ones (weight 0).
+            // Same order on every node: by address on the network. A task being stopped, or
+            // a local one not healthy, keeps its flows and takes no new ones (weight 0).
             let mut addresses: Vec<(IpAddr, u32)> = service
                 .tasks
                 .values()
-                .filter_map(|t| Some((*t.addresses.get(network)?, u32::from(!t.stopping))))
+                .filter_map(|t| {
+                    let unusable = t.local.as_ref().is_some_and(|l| !l.usable);
+                    Some((
+                        *t.addresses.get(network)?,
+                        u32::from(!t.stopping && !unusable),
+                    ))
+                })
                 .filter(|(a, _)| a.is_ipv6() == vip.is_ipv6())
                 .collect();
             addresses.sort();
@@ -371,11 +408,8 @@ fn backends(
         .map(|(name, task)| (task.addresses.get(INGRESS_NETWORK).copied(), name, task))
         .collect();
     ordered.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    let local_only = policy.local_first
-        && service
-            .tasks
-            .values()
-            .any(|t| t.local.is_some() && !t.stopping);
+    let local_only =
+        policy.local_first && service.tasks.values().any(|t| t.serving_here().is_some());
     let mut backends = Vec::new();
     for (ingress, name, task) in ordered {
         if task.stopping {
@@ -383,6 +417,9 @@ fn backends(
         }
         let weight = u32::from(!task.stopping);
         match (&task.local, ingress, task.node) {
+            (Some(local), _, _) if !local.usable => {
+                details.unhealthy_tasks.insert(name.clone());
+            }
             (Some(local), ingress, _) => {
                 details.local_tasks.insert(name.clone(), local.gwbridge);
                 backends.push(BackendSpec {
@@ -432,8 +469,84 @@ mod tests {
             local: gwbridge.map(|g| LocalTask {
                 container: "c".into(),
                 gwbridge: ip(g),
+                usable: true,
             }),
             stopping: false,
+        }
+    }
+
+    /// The delivery frontends of a node's tasks: each to its task while it takes new flows;
+    /// one that does not (unhealthy, being stopped) to the local tasks that do (a stopping
+    /// one's own flows on to it, at weight 0), or to itself when no local task does. An unhealthy task is no
+    /// backend of the published service here (and a VIP's at weight 0).
+    #[test]
+    fn delivery_frontends_send_other_nodes_flows_to_local_tasks_that_take_them() {
+        let healthy = task("198.19.0.3", "198.18.50.1", Some("198.18.61.3"));
+        let mut sick = task("198.19.0.4", "198.18.50.1", Some("198.18.61.4"));
+        sick.local.as_mut().unwrap().usable = false;
+        sick.addresses.insert("appnet".into(), ip("198.19.1.4"));
+        let mut stopping = task("198.19.0.5", "198.18.50.1", Some("198.18.61.5"));
+        stopping.stopping = true;
+        let remote = task("198.19.0.6", "198.18.50.2", None);
+        let mut web = service(
+            &[(80, 8080)],
+            vec![
+                ("web.1.a", healthy),
+                ("web.2.b", sick.clone()),
+                ("web.3.c", stopping.clone()),
+                ("web.4.d", remote),
+            ],
+        );
+        web.vips.insert("appnet".into(), ip("198.19.1.2"));
+        let out = services(
+            &snapshot(vec![("web", web)]),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        let delivery: BTreeMap<String, Vec<(IpAddr, u32)>> = out
+            .delivery_specs
+            .iter()
+            .map(|s| {
+                let backends = s.backends.iter().map(|b| (b.address, b.weight)).collect();
+                (s.name.clone(), backends)
+            })
+            .collect();
+        let to_healthy = (ip("198.18.61.3"), 1);
+        assert_eq!(delivery["web.1.a"], [to_healthy]);
+        assert_eq!(delivery["web.2.b"], [to_healthy]);
+        assert_eq!(delivery["web.3.c"], [(ip("198.18.61.5"), 0), to_healthy]);
+        let published: Vec<(IpAddr, u32)> = out.specs[0]
+            .backends
+            .iter()
+            .map(|b| (b.address, b.weight))
+            .collect();
+        assert_eq!(
+            published,
+            [to_healthy, (ip("198.18.61.5"), 0), (ip("198.19.0.6"), 1)]
+        );
+        assert_eq!(
+            out.details["web"].unhealthy_tasks,
+            ["web.2.b".to_owned()].into()
+        );
+        let vip = out
+            .vip_specs
+            .iter()
+            .find(|s| s.name == "web@appnet")
+            .unwrap();
+        assert_eq!(vip.backends[0].weight, 0);
+        // No local task takes new flows: each goes to its own task.
+        let alone = service(
+            &[(80, 8080)],
+            vec![("web.2.b", sick), ("web.3.c", stopping)],
+        );
+        let out = services(
+            &snapshot(vec![("web", alone)]),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        for spec in &out.delivery_specs {
+            assert_eq!(spec.backends.len(), 1, "{}", spec.name);
+            assert_eq!(spec.backends[0].weight, 1, "{}", spec.name);
         }
     }
 

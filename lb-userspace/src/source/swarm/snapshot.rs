@@ -125,6 +125,26 @@ pub struct LocalTask {
     pub container: String,
     /// Its address on `docker_gwbridge`.
     pub gwbridge: IpAddr,
+    /// Healthy, or without a health check: worth new flows. One whose check has not passed
+    /// yet or failed (Docker's `(health: starting)`, `(unhealthy)`) is not, though other
+    /// nodes, which cannot see its health, may still send it theirs.
+    #[serde(default = "usable_by_default")]
+    pub usable: bool,
+}
+
+/// A saved state from before `usable` listed only usable containers.
+fn usable_by_default() -> bool {
+    true
+}
+
+impl Task {
+    /// Its `docker_gwbridge` address, when it runs here and takes new flows.
+    pub fn serving_here(&self) -> Option<IpAddr> {
+        self.local
+            .as_ref()
+            .filter(|local| local.usable && !self.stopping)
+            .map(|local| local.gwbridge)
+    }
 }
 
 /// An answer that does not have the shape the Engine documents.
@@ -400,7 +420,7 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
         ) else {
             continue;
         };
-        if !container_usable(container) {
+        if !container_running(container) {
             continue;
         }
         let Some(&address) = by_container.get(id) else {
@@ -414,6 +434,7 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
             entry.local = Some(LocalTask {
                 container: id.chars().take(12).collect(),
                 gwbridge: address,
+                usable: container_usable(container),
             });
         }
     }
