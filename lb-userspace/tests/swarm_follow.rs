@@ -7,7 +7,8 @@
 //!   lbd reads and which may lag, and every task answering on its own node), while
 //!   established connections to surviving tasks keep their task;
 //! - a task being stopped (a scale-down, a 30 s grace) gets no new flows from the manager's
-//!   lbd while its container still runs, and its established session goes on;
+//!   lbd while its container still runs, and its established session goes on; an unhealthy
+//!   task none of the flows that enter on another node either (its own node hands them on);
 //! - a dockerd crash under traffic: forwarding stays while the Engine is away (new and
 //!   established connections, both nodes); a dockerd restart (SIGTERM, start) under traffic:
 //!   node 1 keeps its connections and fails new ones only briefly, node 2 only while its
@@ -657,6 +658,106 @@ fn a_task_being_stopped_gets_no_new_flows_from_a_manager() {
         known(&lbs[1]),
         false,
         "the worker's lbd says it cannot know"
+    );
+    drop(lbs);
+}
+
+/// A task whose health check fails (made to, with a 30 s grace its container outlives the
+/// checks by) gets no new flows, also none of those that enter on the other node, which cannot
+/// see its health and still picks it: the node it runs on hands them to its healthy task. The
+/// task runs on the manager and traffic enters by the worker, whose Engine says nothing of
+/// tasks being stopped either.
+#[test]
+fn an_unhealthy_task_gets_no_new_flows_entering_on_another_node() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    let health = [
+        "--health-cmd",
+        "test -s /tmp/ok",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "2",
+        "--health-start-period",
+        "60s",
+        "--stop-grace-period",
+        "30s",
+        "--replicas-max-per-node",
+        "2",
+    ];
+    lab.create_published("who", 4, &who_ports(WHO_PORT), &health)
+        .expect("who");
+    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
+    // Healthy once they say so: only then does Swarm list them.
+    for task in &tasks {
+        lab.nodes[usize::from(task.node) - 1]
+            .docker(&["exec", &task.container, "sh", "-c", "echo 1 > /tmp/ok"])
+            .expect("make the task healthy");
+    }
+    lab.wait_listed("ingress", "who", 4, TASKS)
+        .expect("the Engines' view")
+        .expect("every Engine lists the 4 healthy tasks");
+    let lbs = lbds(&lab);
+    let worker = &lab.nodes[1];
+    who_follows(&lab, &lbs, worker, Instant::now(), STARTUP, "start");
+
+    let victim = tasks
+        .iter()
+        .find(|t| t.node == 1)
+        .expect("a task on node 1");
+    lab.nodes[0]
+        .docker(&["exec", &victim.container, "sh", "-c", ": > /tmp/ok"])
+        .expect("make the task unhealthy");
+    let took = wait_until(
+        Duration::from_secs(15),
+        "node 1's lbd sees it unhealthy",
+        || {
+            let list = lbs[0].lbctl_json(&["list"])?;
+            Ok(list["swarm"]["who"]["unhealthy_tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == victim.name.as_str())))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
+    println!("{} unhealthy for node 1's lbd after {took:?}", victim.name);
+    let unhealthy = Instant::now();
+
+    let target = published(worker, WHO_PORT);
+    let others: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.container != victim.container)
+        .map(|t| t.container.clone())
+        .collect();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for i in 0..40 {
+            let reply = request(&lab.client, target, proto, REQUEST).unwrap_or_else(|e| {
+                panic!(
+                    "{proto} request {i} to {target} ({} unhealthy on node 1): {}",
+                    victim.container,
+                    with_explained_flow(&lbs, format!("{e:#}"))
+                )
+            });
+            assert!(
+                others.contains(&reply.backend),
+                "{proto} request {i} reached {}, not one of {others:?}",
+                reply.backend
+            );
+        }
+    }
+    let running: BTreeSet<String> = lab
+        .tasks("who")
+        .expect("tasks")
+        .into_iter()
+        .map(|t| t.container)
+        .collect();
+    assert!(
+        running.contains(&victim.container),
+        "{} exited before the checks ended ({:?} after it was seen unhealthy)",
+        victim.container,
+        unhealthy.elapsed()
     );
     drop(lbs);
 }
