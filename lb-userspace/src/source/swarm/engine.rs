@@ -60,6 +60,7 @@ pub struct Engine {
     pids: std::collections::HashMap<String, u32>,
     /// The last error of a manager's `/tasks`, told once until it changes.
     tasks_error: Option<String>,
+    stop_signals: super::stop_signals::StopSignals,
 }
 
 impl Engine {
@@ -74,6 +75,7 @@ impl Engine {
             client: None,
             pids: Default::default(),
             tasks_error: None,
+            stop_signals: Default::default(),
         })
     }
 
@@ -89,6 +91,10 @@ impl Engine {
         };
         let mut answers = read_with(&client, &self.host, &mut self.pids).await?;
         answers.tasks_running = self.tasks_running(&client, &answers.info).await;
+        answers.stopping_containers = self
+            .stop_signals
+            .read(&client, &self.host, &answers.containers)
+            .await;
         // Kept only after a good read: an error makes the next read connect again.
         self.client = Some(client);
         Ok(answers)
@@ -258,6 +264,7 @@ async fn read_with(
         containers,
         pids: pids.into_iter().collect(),
         tasks_running: None,
+        stopping_containers: Default::default(),
     })
 }
 

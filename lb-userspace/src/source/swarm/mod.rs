@@ -1,7 +1,8 @@
 //! Docker Swarm as a source of services: `lbd run --swarm` follows the node's Docker Engine
 //! and serves every port a swarm service publishes in ingress mode.
 //!
-//! `engine` reads the Engine (the only part doing I/O), `snapshot` reduces its answers to
+//! `engine` reads the Engine (the only part doing I/O, with `stop_signals`, which reads its
+//! tasks' stop signals from the container events), `snapshot` reduces its answers to
 //! what meshlb needs, `services` turns that into services in the service file's terms, and
 //! `follow` keeps reading (with `peers`, which keeps a node the Engine stopped showing a
 //! peer for a while, and `ports`, which keeps a published port it stopped listing for a
@@ -13,6 +14,7 @@ pub mod peers;
 pub mod ports;
 pub mod services;
 pub mod snapshot;
+mod stop_signals;
 
 pub use crate::source::file::SwarmPolicy;
 pub use engine::{DEFAULT_DOCKER_HOST, Engine, EngineError};

@@ -48,6 +48,8 @@ pub struct Answers {
     /// On a manager, the ids of the tasks the swarm wants running (`/tasks`); `None` on a
     /// worker, or when the manager could not say.
     pub tasks_running: Option<std::collections::BTreeSet<String>>,
+    /// Local task containers sent their stop signal (their `kill` events), by id.
+    pub stopping_containers: std::collections::BTreeSet<String>,
 }
 
 /// The swarm as this node sees it. Equal snapshots program equal tables.
@@ -114,7 +116,10 @@ pub struct Task {
     /// Set when the task's container runs on this node and can be reached.
     pub local: Option<LocalTask>,
     /// The swarm is stopping it (a scale-down, an update, a drained node): its container runs
-    /// on for its stop grace period and keeps its flows, but takes no new ones.
+    /// on for its stop grace period and keeps its flows, but takes no new ones. Known on a
+    /// manager for every task (its `/tasks`), and on every node for its own tasks once they
+    /// were sent their stop signal (two seconds after the manager knows: Swarm gives the
+    /// load balancers that long first).
     #[serde(default)]
     pub stopping: bool,
 }
@@ -253,7 +258,7 @@ fn mark_stopping(snapshot: &mut Snapshot, running: &std::collections::BTreeSet<S
         .flat_map(|s| s.tasks.iter_mut())
     {
         let id = name.rsplit('.').next().unwrap_or(name);
-        task.stopping = !running.contains(id);
+        task.stopping |= !running.contains(id);
     }
 }
 
@@ -436,6 +441,7 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
                 gwbridge: address,
                 usable: container_usable(container),
             });
+            entry.stopping |= answers.stopping_containers.contains(id);
         }
     }
     Ok(())
@@ -523,6 +529,33 @@ mod tests {
             containers,
             pids,
             tasks_running: None,
+            stopping_containers: Default::default(),
+        }
+    }
+
+    /// A local task container sent its stop signal is stopping, on any node.
+    #[test]
+    fn a_local_task_sent_its_stop_signal_is_stopping() {
+        let mut answers = recorded("worker");
+        let before = Snapshot::from_answers(&answers).unwrap();
+        let (stopped_service, name, container) = before
+            .services
+            .iter()
+            .flat_map(|(s, service)| service.tasks.iter().map(move |(n, t)| (s, n, t)))
+            .find_map(|(s, n, t)| Some((s.clone(), n.clone(), t.local.clone()?.container)))
+            .expect("a local task");
+        let id = answers
+            .containers
+            .iter()
+            .filter_map(|c| c.id.clone())
+            .find(|id| id.starts_with(&container))
+            .unwrap();
+        answers.stopping_containers = [id].into();
+        let after = Snapshot::from_answers(&answers).unwrap();
+        for (s, service) in &after.services {
+            for (n, task) in &service.tasks {
+                assert_eq!(task.stopping, *s == stopped_service && *n == name, "{n}");
+            }
         }
     }
 
