@@ -417,6 +417,18 @@ impl SwarmLab {
         Ok(tasks)
     }
 
+    /// `docker node update --availability AVAILABILITY` of node `index` (1-based): `drain`
+    /// makes Swarm stop its tasks (and start them elsewhere), `active` undoes it.
+    pub fn set_availability(&self, index: u8, availability: &str) -> Result<()> {
+        let ids = self.node_ids()?;
+        let id = ids
+            .get(usize::from(index).wrapping_sub(1))
+            .with_context(|| format!("no node {index}"))?;
+        self.manager()
+            .docker(&["node", "update", "--availability", availability, id])?;
+        Ok(())
+    }
+
     /// The swarm's node ids in node order.
     fn node_ids(&self) -> Result<Vec<String>> {
         self.nodes

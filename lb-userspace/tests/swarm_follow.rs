@@ -9,6 +9,7 @@
 //! - a task being stopped (a scale-down, a 30 s grace) gets no new flows from the manager's
 //!   lbd while its container still runs, and its established session goes on; an unhealthy
 //!   task none of the flows that enter on another node either (its own node hands them on);
+//!   a drained worker's tasks none from the worker's own lbd (their stop signal);
 //! - a dockerd crash under traffic: forwarding stays while the Engine is away (new and
 //!   established connections, both nodes); a dockerd restart (SIGTERM, start) under traffic:
 //!   node 1 keeps its connections and fails new ones only briefly, node 2 only while its
@@ -758,6 +759,82 @@ fn an_unhealthy_task_gets_no_new_flows_entering_on_another_node() {
         "{} exited before the checks ended ({:?} after it was seen unhealthy)",
         victim.container,
         unhealthy.elapsed()
+    );
+    drop(lbs);
+}
+
+/// A worker's Engine cannot say which tasks Swarm stops, but its own tasks' containers get
+/// their stop signal: the worker drained (its two tasks, with a 30 s grace their containers
+/// outlive the checks by, stopped and started on the manager), the worker's lbd gives them no
+/// new flows entering by it while they still run.
+#[test]
+fn a_drained_workers_tasks_get_no_new_flows_from_its_own_lbd() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    let args = ["--stop-grace-period", "30s", "--replicas-max-per-node", "2"];
+    lab.create_published("who", 4, &who_ports(WHO_PORT), &args)
+        .expect("who");
+    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
+    let lbs = lbds(&lab);
+    let worker = &lab.nodes[1];
+    who_follows(&lab, &lbs, worker, Instant::now(), STARTUP, "start");
+
+    lab.set_availability(2, "drain").expect("drain node 2");
+    let drained = Instant::now();
+    let on_worker: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.node == 2)
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(on_worker.len(), 2, "{tasks:?}");
+    // Swarm sends the stop signal two seconds after it tells its own load balancers.
+    let took = wait_until(
+        Duration::from_secs(10),
+        "the worker's lbd marks its tasks stopping",
+        || {
+            let list = lbs[1].lbctl_json(&["list"])?;
+            let stopping: BTreeSet<String> = list["swarm"]["who"]["stopping_tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            Ok(stopping == on_worker)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[1].output()));
+    println!("the worker's lbd marked {on_worker:?} stopping {took:?} after the drain began");
+
+    let target = published(worker, WHO_PORT);
+    let on_manager: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.node == 1)
+        .map(|t| t.container.clone())
+        .collect();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for i in 0..40 {
+            let reply = request(&lab.client, target, proto, REQUEST)
+                .unwrap_or_else(|e| panic!("{proto} request {i} to {target}: {e:#}"));
+            assert!(
+                on_manager.contains(&reply.backend),
+                "{proto} request {i} reached {}, not one of the manager's {on_manager:?}",
+                reply.backend
+            );
+        }
+    }
+    let running: BTreeSet<String> = worker
+        .tasks("who")
+        .expect("tasks")
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(
+        on_worker.is_subset(&running),
+        "the worker's tasks exited before the checks ended ({:?} after the drain)",
+        drained.elapsed()
     );
     drop(lbs);
 }
