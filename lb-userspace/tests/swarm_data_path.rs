@@ -80,12 +80,16 @@ fn the_mesh_runs_between_the_nodes_data_path_addresses() {
         .iter()
         .map(|n| start_lbd(lbd(), n, &[]).expect("lbd"))
         .collect();
-    for (node, lb) in lab.nodes.iter().zip(&lbs) {
-        let other = lab.nodes.iter().find(|o| o.index != node.index).unwrap();
+    // Both before any traffic: a node whose lbd has not yet read its Engine knows no peers,
+    // and the first node's requests cross to it (counted below as refused tunnel packets).
+    for lb in &lbs {
         wait_until(Duration::from_secs(5), "lbd programs every task", || {
             Ok(lb_testkit::swarm::programmed_backends(lb, "web")?.map(|b| b.len()) == Some(4))
         })
         .expect("every task programmed");
+    }
+    for (node, lb) in lab.nodes.iter().zip(&lbs) {
+        let other = lab.nodes.iter().find(|o| o.index != node.index).unwrap();
         let (ok, status, err) = lb.lbctl(&["status"]).expect("lbctl status");
         assert!(ok, "{err}");
         let addresses = format!("node {} (data path {})", node.addr, node.data_addr);
