@@ -6,10 +6,8 @@ use bollard::{
     API_DEFAULT_VERSION, Docker,
     query_parameters::{
         InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
-        ListTasksOptions,
     },
 };
-use tracing::{info, warn};
 
 use super::snapshot::{Answers, GWBRIDGE_NETWORK, overlay_networks_of};
 
@@ -35,7 +33,7 @@ pub enum EngineError {
 
 /// `error` and what caused it: the client's own text ("client error (Connect)") does not say
 /// what went wrong ("No such file or directory", "connection refused").
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     // Bounded: error chains are short, and a cycle must not hang the log.
@@ -58,8 +56,7 @@ pub struct Engine {
     client: Option<Docker>,
     /// Container ids to process ids: a container's pid does not change while it runs.
     pids: std::collections::HashMap<String, u32>,
-    /// The last error of a manager's `/tasks`, told once until it changes.
-    tasks_error: Option<String>,
+    desired: super::desired::DesiredStates,
     stop_signals: super::stop_signals::StopSignals,
 }
 
@@ -74,7 +71,7 @@ impl Engine {
             host: host.to_owned(),
             client: None,
             pids: Default::default(),
-            tasks_error: None,
+            desired: Default::default(),
             stop_signals: Default::default(),
         })
     }
@@ -90,7 +87,16 @@ impl Engine {
             None => self.connect().await?,
         };
         let mut answers = read_with(&client, &self.host, &mut self.pids).await?;
-        answers.tasks_running = self.tasks_running(&client, &answers.info).await;
+        answers.tasks_running = self
+            .desired
+            .read(
+                &client,
+                &self.host,
+                &answers.info,
+                &answers.overlays,
+                super::follow::POLL,
+            )
+            .await;
         answers.stopping_containers = self
             .stop_signals
             .read(&client, &self.host, &answers.containers)
@@ -98,50 +104,6 @@ impl Engine {
         // Kept only after a good read: an error makes the next read connect again.
         self.client = Some(client);
         Ok(answers)
-    }
-
-    /// The ids of the tasks the swarm wants running, on a manager (`/tasks` answers 503 on
-    /// workers); `None` elsewhere or when the manager cannot say (no leader). Every other
-    /// task the networks list is being stopped: its container runs on for its stop grace
-    /// period, but it gets no new flows (as Docker's own load balancer drops it).
-    async fn tasks_running(
-        &mut self,
-        client: &Docker,
-        info: &bollard::models::SystemInfo,
-    ) -> Option<std::collections::BTreeSet<String>> {
-        let manager = info.swarm.as_ref().and_then(|s| s.control_available) == Some(true);
-        if !manager {
-            return None;
-        }
-        let filters = HashMap::from([("desired-state".to_owned(), vec!["running".to_owned()])]);
-        let listed = client
-            .list_tasks(Some(ListTasksOptions {
-                filters: Some(filters),
-            }))
-            .await;
-        match listed {
-            Ok(tasks) => {
-                if self.tasks_error.take().is_some() {
-                    info!(
-                        docker_host = self.host,
-                        "swarm: the manager lists its tasks again; tasks being stopped get no new flows"
-                    );
-                }
-                Some(tasks.into_iter().filter_map(|t| t.id).collect())
-            }
-            Err(e) => {
-                let text = with_causes(&e);
-                if self.tasks_error.as_deref() != Some(&text) {
-                    warn!(
-                        docker_host = self.host,
-                        "swarm: GET /tasks on this manager failed ({text}); tasks being stopped \
-                         keep what they had until it answers"
-                    );
-                    self.tasks_error = Some(text);
-                }
-                None
-            }
-        }
     }
 
     async fn connect(&self) -> Result<Docker, EngineError> {

@@ -247,6 +247,27 @@ impl Snapshot {
     }
 }
 
+/// A task's id: the end of its name (`SERVICE.SLOT.ID`, or `SERVICE.NODE_ID.ID` for a global
+/// service).
+fn task_id(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+/// The ids of the tasks `overlays` list (entries out of shape are left out: reading the
+/// snapshot says what is wrong with them).
+pub(super) fn listed_task_ids(overlays: &[NetworkInspect]) -> std::collections::BTreeSet<String> {
+    overlays
+        .iter()
+        .filter_map(|n| n.services.as_ref())
+        .flat_map(|services| services.values())
+        .filter_map(|v| serde_json::from_value::<bollard::models::ServiceInfo>(v.clone()).ok())
+        .flat_map(|info| info.tasks.into_iter().flatten())
+        .filter_map(|task| task.name)
+        .filter(|name| !name.is_empty())
+        .map(|name| task_id(&name).to_owned())
+        .collect()
+}
+
 /// Marks every task whose id (its name's end) is not among the tasks the swarm wants
 /// `running`. The networks are read before the tasks, so a task new enough to be listed is
 /// already wanted running by then.
@@ -257,8 +278,7 @@ fn mark_stopping(snapshot: &mut Snapshot, running: &std::collections::BTreeSet<S
         .values_mut()
         .flat_map(|s| s.tasks.iter_mut())
     {
-        let id = name.rsplit('.').next().unwrap_or(name);
-        task.stopping |= !running.contains(id);
+        task.stopping |= !running.contains(task_id(name));
     }
 }
 
