@@ -73,6 +73,11 @@ pub(super) fn release_if_elsewhere(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(read_error(e)),
     };
+    // A pinned program or map would fill another info struct, whose fields at the same
+    // offsets mean something else: only a link is asked.
+    if !is_link(link.as_fd()) {
+        return Ok(());
+    }
     let info = link_info(link.as_fd()).map_err(read_error)?;
     let want_type = match kind {
         LinkKind::Xdp => BPF_LINK_TYPE_XDP,
@@ -115,6 +120,12 @@ pub(super) fn release_if_elsewhere(
 #[repr(C)]
 struct LinkFdAttr {
     link_fd: u32,
+}
+
+/// Whether `fd` is a BPF link (the kernel's fdinfo of one names its `link_type`).
+fn is_link(fd: BorrowedFd<'_>) -> bool {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .is_ok_and(|info| info.lines().any(|l| l.starts_with("link_type:")))
 }
 
 /// A new descriptor of the object pinned at `path`.
@@ -197,5 +208,14 @@ mod tests {
         );
         assert_eq!(size_of::<LinkFdAttr>(), size_of::<link_detach>());
         assert!(size_of::<ObjAttr>() <= size_of::<bpf_attr>());
+        use aya_obj::generated::bpf_cmd;
+        assert_eq!(
+            [BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD, BPF_LINK_DETACH],
+            [
+                bpf_cmd::BPF_OBJ_GET as libc::c_long,
+                bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+                bpf_cmd::BPF_LINK_DETACH as libc::c_long,
+            ]
+        );
     }
 }

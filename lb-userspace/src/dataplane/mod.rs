@@ -307,10 +307,13 @@ impl Dataplane {
         // Each: swap into the pinned link if there is a live one on this device, else attach
         // and pin. A pin whose link the kernel detached (the interface was deleted and made
         // again), or that is attached to another device (renamed), is replaced.
-        self.attach_tc_pinned(&dir, interface, ifindex)?;
-
+        // A device that is not this one (renamed) loses XDP before TC, for the same reason.
         let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
         link_device::release_if_elsewhere(&xdp_path, pin::LinkKind::Xdp, interface, ifindex)?;
+        let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
+        link_device::release_if_elsewhere(&tc_path, pin::LinkKind::Tc, interface, ifindex)?;
+        self.attach_tc_pinned(&dir, interface)?;
+
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
         let adopted = match PinnedLink::from_pin(&xdp_path) {
             Ok(old) => {
@@ -366,20 +369,14 @@ impl Dataplane {
         Ok(self.attached(interface, ifindex, mode, adopted))
     }
 
-    /// Attaches the TC ingress program to `interface` (index `ifindex`) through its pinned tcx
-    /// link under `dir`: the live link a previous lbd pinned on this device gets this
-    /// program, else a new link is made and pinned.
-    fn attach_tc_pinned(
-        &mut self,
-        dir: &Path,
-        interface: &str,
-        ifindex: u32,
-    ) -> Result<(), DataplaneError> {
+    /// Attaches the TC ingress program to `interface` through its pinned tcx link under `dir`:
+    /// the live link a previous lbd pinned on this device (a pin on another device was
+    /// released before) gets this program, else a new link is made and pinned.
+    fn attach_tc_pinned(&mut self, dir: &Path, interface: &str) -> Result<(), DataplaneError> {
         let pin_error = |what: &str, e: &dyn std::error::Error| {
             DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
         };
         let tc_path = pin::link_path(dir, interface, pin::LinkKind::Tc);
-        link_device::release_if_elsewhere(&tc_path, pin::LinkKind::Tc, interface, ifindex)?;
         let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
         let attach_tc_error = |error| DataplaneError::AttachTc {
             interface: interface.to_owned(),
