@@ -357,9 +357,9 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             if s.stopping_known {
                 "take no new flows here (the Engine is a manager's and says which they are)"
             } else {
-                "on other nodes are not known here (only a manager's Engine says which they \
-                 are): they get new flows until their containers exit; this node's own take \
-                 none once sent their stop signal"
+                "on other nodes are not known here now (only a manager's Engine says which \
+                 they are, while it has a leader): they get new flows until their containers \
+                 exit; this node's own take none once sent their stop signal"
             }
         );
     }

@@ -124,8 +124,9 @@ pub(crate) fn print_swarm_details(list: &ServiceList) {
         }
         for task in &d.unhealthy_tasks {
             println!(
-                "  not healthy here: {task} keeps its flows; new ones, and other nodes' for \
-                 it, go to the healthy local tasks"
+                "  not healthy here: {task} is no backend here (its flows follow \
+                 on_backend_removal); other nodes' new flows for it go to this node's healthy \
+                 tasks"
             );
         }
         for problem in &d.problems {

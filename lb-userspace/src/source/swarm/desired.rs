@@ -1,5 +1,6 @@
-//! Which tasks the swarm wants running, as a manager's Engine lists them (`/tasks` answers 503
-//! on workers): every other task the networks list is being stopped. Its container runs on
+//! Which tasks the swarm wants running (or, for a job's, to complete), as a manager's Engine
+//! lists them (`/tasks` answers 503 on workers): every other task the networks list is being
+//! stopped. Its container runs on
 //! for its stop grace period, but it gets no new flows, as Docker's own load balancer drops it.
 
 use std::{
@@ -19,10 +20,18 @@ use super::snapshot::listed_task_ids;
 /// A read of `/tasks` is made at most once per this many times the last one took: on a large
 /// swarm the answer is big (about 700 bytes a task) and the manager's Engine builds it anew.
 const DUTY_DIVISOR: u32 = 20;
+/// A read of `/tasks` that takes longer is a manager that cannot say (no leader: swarmkit
+/// retries its leader for the whole request), which must not hold up the other reads.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed read, the next is tried this much later (meanwhile the tasks known to be
+/// stopping stay so: see `follow`'s `StoppingMemory`).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub(super) struct DesiredStates {
     last: Option<LastRead>,
+    /// When a failed read may be tried again.
+    retry_at: Option<Instant>,
     /// The last failed read's error, told once until it changes.
     error: Option<String>,
 }
@@ -46,8 +55,8 @@ impl LastRead {
 }
 
 impl DesiredStates {
-    /// The ids of the tasks the swarm wants running, on a manager; `None` on a worker, or when
-    /// the manager cannot say (no leader). Between two reads of `/tasks` (see
+    /// The ids of the tasks the swarm wants running (or complete), on a manager; `None` on a
+    /// worker, or when the manager cannot say (no leader; tried again after [`RETRY_AFTER`]). Between two reads of `/tasks` (see
     /// [`DUTY_DIVISOR`]; at most every `poll`), the last answer, with every task the
     /// networks (`overlays`) list now but did not then counted as wanted running: only a read
     /// marks a task stopping.
@@ -64,21 +73,29 @@ impl DesiredStates {
             self.last = None;
             return None;
         }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
         let listed_now = listed_task_ids(overlays);
         if let Some(last) = &self.last
             && last.at.elapsed() < (last.took * DUTY_DIVISOR).max(poll)
         {
             return Some(last.running_now(&listed_now));
         }
-        let filters = HashMap::from([("desired-state".to_owned(), vec!["running".to_owned()])]);
+        // A job's tasks are wanted complete, not running.
+        let wanted = vec!["running".to_owned(), "complete".to_owned()];
+        let filters = HashMap::from([("desired-state".to_owned(), wanted)]);
         let started = Instant::now();
-        let answer = client
-            .list_tasks(Some(ListTasksOptions {
-                filters: Some(filters),
-            }))
-            .await;
+        let request = client.list_tasks(Some(ListTasksOptions {
+            filters: Some(filters),
+        }));
+        let answer = match tokio::time::timeout(READ_TIMEOUT, request).await {
+            Ok(answer) => answer.map_err(|e| super::engine::with_causes(&e)),
+            Err(_) => Err(format!("no answer within {READ_TIMEOUT:?}")),
+        };
         match answer {
             Ok(tasks) => {
+                self.retry_at = None;
                 if self.error.take().is_some() {
                     info!(
                         docker_host = host,
@@ -94,17 +111,18 @@ impl DesiredStates {
                 });
                 Some(running)
             }
-            Err(e) => {
-                let text = super::engine::with_causes(&e);
+            Err(text) => {
                 if self.error.as_deref() != Some(&text) {
                     warn!(
                         docker_host = host,
-                        "swarm: GET /tasks on this manager failed ({text}); tasks being stopped \
-                         keep what they had until it answers"
+                        "swarm: GET /tasks on this manager failed ({text}); tasks known to be \
+                         stopping stay so, no other is marked until it answers (tried again \
+                         every {RETRY_AFTER:?})"
                     );
                     self.error = Some(text);
                 }
                 self.last = None;
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
                 None
             }
         }

@@ -172,10 +172,14 @@ fn add_delivery(
         .collect();
     targets.sort();
     targets.dedup();
-    let serving: Vec<IpAddr> = service
+    // The local tasks that can take flows: those not being stopped take new ones.
+    let usable: Vec<(&String, IpAddr, bool)> = service
         .tasks
-        .values()
-        .filter_map(Task::serving_here)
+        .iter()
+        .filter_map(|(name, t)| {
+            let local = t.local.as_ref().filter(|l| l.usable)?;
+            Some((name, local.gwbridge, !t.stopping))
+        })
         .collect();
     for (task_name, task) in &service.tasks {
         let (Some(local), Some(ingress)) = (&task.local, task.addresses.get(INGRESS_NETWORK))
@@ -196,7 +200,7 @@ fn add_delivery(
             timeouts: policy.timeouts,
             on_backend_removal: policy.on_backend_removal,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            backends: delivery_backends(task, local.gwbridge, &serving),
+            backends: delivery_backends(task_name, task, local.gwbridge, &usable),
             health: None,
             socket_scope: 0,
             tunnel_only: true,
@@ -205,28 +209,50 @@ fn add_delivery(
 }
 
 /// Where a local task's delivery frontend sends the flows other nodes chose it for: to the
-/// task; or, while it takes no new flows here and another local task of the service does
-/// (`serving`), to those. The other nodes cannot see a task's health, nor (workers) that it
-/// is being stopped, and would otherwise have their flows refused. A task being stopped keeps
-/// its own flows (weight 0); an unhealthy one leaves the frontend's backends, and its flows
-/// follow the service's `on_backend_removal`, as on this node's own frontends. With no other
-/// task here, to the task anyway.
-fn delivery_backends(task: &Task, gwbridge: IpAddr, serving: &[IpAddr]) -> Vec<BackendSpec> {
+/// task while it takes new flows here. Otherwise (unhealthy, or being stopped) new flows go to
+/// the local tasks of the service that take them (`usable`: name, address, takes new flows)
+/// and every usable one stays listed, a stopping one at weight 0 with its flows: the other
+/// nodes cannot see a task's health, nor (workers) that it is being stopped, and their flows
+/// would otherwise be refused, and a neighbour that starts stopping later keeps what it was
+/// handed. An unhealthy task's own flows follow the service's `on_backend_removal`, as on this
+/// node's own frontends. With no other local task taking new flows, to the task anyway.
+fn delivery_backends(
+    name: &str,
+    task: &Task,
+    gwbridge: IpAddr,
+    usable: &[(&String, IpAddr, bool)],
+) -> Vec<BackendSpec> {
     let backend = |address, weight| BackendSpec {
         address,
         port: None,
         weight,
         mesh: None,
     };
-    if task.serving_here().is_some() || serving.is_empty() {
+    if task.serving_here().is_some() {
         return vec![backend(gwbridge, 1)];
     }
-    let usable = task.local.as_ref().is_some_and(|l| l.usable);
-    usable
-        .then(|| backend(gwbridge, 0))
-        .into_iter()
-        .chain(serving.iter().map(|&a| backend(a, 1)))
-        .collect()
+    let mut backends: Vec<BackendSpec> = usable
+        .iter()
+        .map(|&(n, address, serves)| backend(address, u32::from(serves && n != name)))
+        .collect();
+    if backends.iter().all(|b| b.weight == 0) {
+        match backends.iter_mut().find(|b| b.address == gwbridge) {
+            Some(own) => own.weight = 1,
+            None => backends.push(backend(gwbridge, 1)),
+        }
+    }
+    backends
+}
+
+/// A service none of whose backends takes new flows (every task being stopped, or not healthy
+/// here) would drop them all: they go to every backend instead, as likely to be answered as
+/// not.
+fn all_take_flows_if_none_does(backends: &mut [BackendSpec]) {
+    if backends.iter().all(|b| b.weight == 0) {
+        for backend in backends {
+            backend.weight = 1;
+        }
+    }
 }
 
 /// Characters of a task id, the end of every task name (`SERVICE.SLOT.ID`, or
@@ -317,6 +343,16 @@ fn add_vips(
                 .filter(|(a, _)| a.is_ipv6() == vip.is_ipv6())
                 .collect();
             addresses.sort();
+            let mut backends: Vec<BackendSpec> = addresses
+                .into_iter()
+                .map(|(address, weight)| BackendSpec {
+                    address,
+                    port: None,
+                    weight,
+                    mesh: None,
+                })
+                .collect();
+            all_take_flows_if_none_does(&mut backends);
             let any_port = lb_common::maps::ANY_PORT;
             out.vip_specs.push(ServiceSpec {
                 name: format!("{name}@{network}"),
@@ -334,15 +370,7 @@ fn add_vips(
                 timeouts: policy.timeouts,
                 on_backend_removal: policy.on_backend_removal,
                 maglev_table_size: policy.maglev_table_size,
-                backends: addresses
-                    .into_iter()
-                    .map(|(address, weight)| BackendSpec {
-                        address,
-                        port: None,
-                        weight,
-                        mesh: None,
-                    })
-                    .collect(),
+                backends,
                 health: None,
                 socket_scope: scope,
                 tunnel_only: false,
@@ -449,6 +477,7 @@ fn backends(
             }
         }
     }
+    all_take_flows_if_none_does(&mut backends);
     backends
 }
 
@@ -476,53 +505,60 @@ mod tests {
     }
 
     /// The delivery frontends of a node's tasks: each to its task while it takes new flows;
-    /// one that does not (unhealthy, being stopped) to the local tasks that do (a stopping
-    /// one's own flows on to it, at weight 0), or to itself when no local task does. An unhealthy task is no
-    /// backend of the published service here (and a VIP's at weight 0).
+    /// one that does not (unhealthy, being stopped) to the local tasks that do, every usable
+    /// one listed (a stopping one at weight 0, keeping its flows), so that a neighbour that
+    /// starts stopping later keeps what it was handed; to itself when no other takes new flows.
+    /// An unhealthy task is no backend of the published service here (and a VIP's at weight 0).
+    /// A service none of whose tasks takes new flows gives them to every task.
     #[test]
     fn delivery_frontends_send_other_nodes_flows_to_local_tasks_that_take_them() {
-        let healthy = task("198.19.0.3", "198.18.50.1", Some("198.18.61.3"));
+        let mut healthy = task("198.19.0.3", "198.18.50.1", Some("198.18.61.3"));
+        healthy.addresses.insert("appnet".into(), ip("198.19.1.3"));
         let mut sick = task("198.19.0.4", "198.18.50.1", Some("198.18.61.4"));
         sick.local.as_mut().unwrap().usable = false;
         sick.addresses.insert("appnet".into(), ip("198.19.1.4"));
         let mut stopping = task("198.19.0.5", "198.18.50.1", Some("198.18.61.5"));
         stopping.stopping = true;
         let remote = task("198.19.0.6", "198.18.50.2", None);
-        let mut web = service(
-            &[(80, 8080)],
-            vec![
-                ("web.1.a", healthy),
-                ("web.2.b", sick.clone()),
-                ("web.3.c", stopping.clone()),
-                ("web.4.d", remote),
-            ],
-        );
-        web.vips.insert("appnet".into(), ip("198.19.1.2"));
-        let out = services(
-            &snapshot(vec![("web", web)]),
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        );
-        let delivery: BTreeMap<String, Vec<(IpAddr, u32)>> = out
-            .delivery_specs
-            .iter()
-            .map(|s| {
-                let backends = s.backends.iter().map(|b| (b.address, b.weight)).collect();
-                (s.name.clone(), backends)
-            })
-            .collect();
-        let to_healthy = (ip("198.18.61.3"), 1);
-        assert_eq!(delivery["web.1.a"], [to_healthy]);
-        assert_eq!(delivery["web.2.b"], [to_healthy]);
-        assert_eq!(delivery["web.3.c"], [(ip("198.18.61.5"), 0), to_healthy]);
-        let published: Vec<(IpAddr, u32)> = out.specs[0]
-            .backends
-            .iter()
-            .map(|b| (b.address, b.weight))
-            .collect();
+        let tasks = |healthy_stops: bool| {
+            let mut healthy = healthy.clone();
+            healthy.stopping = healthy_stops;
+            let mut web = service(
+                &[(80, 8080)],
+                vec![
+                    ("web.1.a", healthy),
+                    ("web.2.b", sick.clone()),
+                    ("web.3.c", stopping.clone()),
+                    ("web.4.d", remote.clone()),
+                ],
+            );
+            web.vips.insert("appnet".into(), ip("198.19.1.2"));
+            services(
+                &snapshot(vec![("web", web)]),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+        };
+        let weights = |backends: &[BackendSpec]| -> Vec<(IpAddr, u32)> {
+            backends.iter().map(|b| (b.address, b.weight)).collect()
+        };
+        let delivery = |out: &SwarmServices, name: &str| {
+            weights(
+                &out.delivery_specs
+                    .iter()
+                    .find(|s| s.name == name)
+                    .unwrap()
+                    .backends,
+            )
+        };
+        let (a, c) = (ip("198.18.61.3"), ip("198.18.61.5"));
+        let out = tasks(false);
+        assert_eq!(delivery(&out, "web.1.a"), [(a, 1)]);
+        assert_eq!(delivery(&out, "web.2.b"), [(a, 1), (c, 0)]);
+        assert_eq!(delivery(&out, "web.3.c"), [(a, 1), (c, 0)]);
         assert_eq!(
-            published,
-            [to_healthy, (ip("198.18.61.5"), 0), (ip("198.19.0.6"), 1)]
+            weights(&out.specs[0].backends),
+            [(a, 1), (c, 0), (ip("198.19.0.6"), 1)]
         );
         assert_eq!(
             out.details["web"].unhealthy_tasks,
@@ -533,21 +569,40 @@ mod tests {
             .iter()
             .find(|s| s.name == "web@appnet")
             .unwrap();
-        assert_eq!(vip.backends[0].weight, 0);
-        // No local task takes new flows: each goes to its own task.
-        let alone = service(
+        assert_eq!(
+            weights(&vip.backends),
+            [(ip("198.19.1.3"), 1), (ip("198.19.1.4"), 0)]
+        );
+        // `a` starts stopping too: no local task takes new flows; every delivery frontend
+        // keeps its members, and a stopping task's own takes them. The remote task still does.
+        let out = tasks(true);
+        assert_eq!(delivery(&out, "web.1.a"), [(a, 1), (c, 0)]);
+        assert_eq!(
+            delivery(&out, "web.2.b"),
+            [(a, 0), (c, 0), (ip("198.18.61.4"), 1)]
+        );
+        assert_eq!(delivery(&out, "web.3.c"), [(a, 0), (c, 1)]);
+        assert_eq!(
+            weights(&out.specs[0].backends),
+            [(a, 0), (c, 0), (ip("198.19.0.6"), 1)]
+        );
+        // Every task stopping: new flows go to all of them rather than nowhere.
+        let mut last = remote.clone();
+        last.stopping = true;
+        let only_stopping = service(
             &[(80, 8080)],
-            vec![("web.2.b", sick), ("web.3.c", stopping)],
+            vec![("web.3.c", stopping), ("web.4.d", last)],
         );
         let out = services(
-            &snapshot(vec![("web", alone)]),
+            &snapshot(vec![("web", only_stopping)]),
             &BTreeMap::new(),
             &BTreeMap::new(),
         );
-        for spec in &out.delivery_specs {
-            assert_eq!(spec.backends.len(), 1, "{}", spec.name);
-            assert_eq!(spec.backends[0].weight, 1, "{}", spec.name);
-        }
+        assert_eq!(
+            weights(&out.specs[0].backends),
+            [(c, 1), (ip("198.19.0.6"), 1)]
+        );
+        assert_eq!(out.details["web"].stopping_tasks.len(), 2);
     }
 
     /// A task the swarm is stopping keeps its place (and its flows) at weight 0, in the

@@ -239,6 +239,7 @@ impl Snapshot {
             .services
             .retain(|_, s| !s.tasks.is_empty() || !s.published.is_empty());
         mark_local(&mut snapshot, answers)?;
+        mark_stopped_here(&mut snapshot, answers);
         add_containers(&mut snapshot, answers);
         if let Some(running) = &answers.tasks_running {
             mark_stopping(&mut snapshot, running);
@@ -461,10 +462,33 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
                 gwbridge: address,
                 usable: container_usable(container),
             });
-            entry.stopping |= answers.stopping_containers.contains(id);
         }
     }
     Ok(())
+}
+
+/// Marks the tasks whose container here was sent its stop signal (`stopping_containers`),
+/// reached through `docker_gwbridge` or not (a task only on internal overlays has none).
+fn mark_stopped_here(snapshot: &mut Snapshot, answers: &Answers) {
+    for container in &answers.containers {
+        let labels = container.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+        let (Some(service), Some(task), Some(id)) = (
+            label(SERVICE_NAME_LABEL),
+            label(TASK_NAME_LABEL),
+            container.id.as_deref(),
+        ) else {
+            continue;
+        };
+        if answers.stopping_containers.contains(id)
+            && let Some(entry) = snapshot
+                .services
+                .get_mut(service)
+                .and_then(|s| s.tasks.get_mut(task))
+        {
+            entry.stopping = true;
+        }
+    }
 }
 
 /// A backend worth flows: running, and healthy if the image has a health check (Docker's

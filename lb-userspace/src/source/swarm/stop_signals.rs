@@ -19,7 +19,9 @@ use tracing::{info, warn};
 /// Label Docker puts on a task's container (events are filtered by it).
 const TASK_ID_LABEL: &str = "com.docker.swarm.task.id";
 /// How far back the first read looks: a task whose stop began before lbd started is still in
-/// its grace period.
+/// its grace period. (The Engine keeps only its last 256 events of every kind, health checks'
+/// `exec_*` included, so on a busy node a look back, like a read after a failed one, may find
+/// fewer.)
 const FIRST_LOOK_BACK: Duration = Duration::from_secs(60);
 /// Each read also looks this far behind the last one's end: an event stamped just before a
 /// read's end may be published just after it.
@@ -31,7 +33,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct StopSignals {
     /// Running task containers that got their stop signal, by id.
     stopping: BTreeSet<String>,
-    /// Each container's stop signal, by id, read from its inspection at its first `kill`.
+    /// Each container's stop signal, by id, read from its inspection at its first `kill`
+    /// (`None`: a name not known here).
     stop_signals: HashMap<String, Option<i32>>,
     /// The end of the last window of events read.
     read_until: Option<SystemTime>,
@@ -53,11 +56,14 @@ impl StopSignals {
         self.stop_signals
             .retain(|id, _| running.contains(id.as_str()));
         let now = SystemTime::now();
+        // Never after `now`: a clock stepped back would make every window one the Engine
+        // refuses ("since" after "until").
         let since = self
             .read_until
-            .map_or(now - FIRST_LOOK_BACK, |until| until - OVERLAP);
-        match tokio::time::timeout(READ_TIMEOUT, kills(client, since, now)).await {
-            Ok(Ok(kills)) => {
+            .map_or(now - FIRST_LOOK_BACK, |until| until - OVERLAP)
+            .min(now);
+        match tokio::time::timeout(READ_TIMEOUT, events(client, since, now)).await {
+            Ok(Ok(events)) => {
                 if self.error.take().is_some() {
                     info!(
                         docker_host = host,
@@ -65,15 +71,24 @@ impl StopSignals {
                     );
                 }
                 self.read_until = Some(now);
-                for (id, signal) in kills {
-                    if running.contains(id.as_str())
-                        && self.is_stop_signal(client, &id, signal).await
-                    {
-                        self.stopping.insert(id);
+                // In the Engine's order: a container started again (`docker restart`, or a
+                // kill the first read's look back found) is no longer stopping.
+                for event in events {
+                    match event {
+                        Event::Start(id) => {
+                            self.stopping.remove(&id);
+                        }
+                        Event::Kill(id, signal) => {
+                            if running.contains(id.as_str())
+                                && self.is_stop_signal(client, host, &id, signal).await
+                            {
+                                self.stopping.insert(id);
+                            }
+                        }
                     }
                 }
             }
-            Ok(Err(e)) => self.failed(host, e.to_string()),
+            Ok(Err(e)) => self.failed(host, super::engine::with_causes(&e)),
             Err(_) => self.failed(host, format!("no answer within {READ_TIMEOUT:?}")),
         }
         self.stopping.clone()
@@ -90,31 +105,52 @@ impl StopSignals {
         }
     }
 
-    /// Whether `signal` is container `id`'s stop signal (not, say, a reload's SIGHUP).
-    async fn is_stop_signal(&mut self, client: &Docker, id: &str, signal: i32) -> bool {
+    /// Whether `signal` is container `id`'s stop signal (not, say, a reload's SIGHUP). A failed
+    /// inspection is not kept: the next `kill` asks again.
+    async fn is_stop_signal(&mut self, client: &Docker, host: &str, id: &str, signal: i32) -> bool {
         if !self.stop_signals.contains_key(id) {
-            let configured = client
+            let Ok(inspected) = client
                 .inspect_container(id, None::<InspectContainerOptions>)
                 .await
-                .ok()
-                .and_then(|c| c.config)
-                .and_then(|c| c.stop_signal);
-            self.stop_signals
-                .insert(id.to_owned(), stop_signal_number(configured.as_deref()));
+            else {
+                return false;
+            };
+            let configured = inspected.config.and_then(|c| c.stop_signal);
+            let number = stop_signal_number(configured.as_deref());
+            if number.is_none() {
+                warn!(
+                    docker_host = host,
+                    container = id,
+                    "swarm: the stop signal {configured:?} of a task container is not one meshlb \
+                     knows: its stop is not seen here (only a manager's `/tasks` tells it)"
+                );
+            }
+            self.stop_signals.insert(id.to_owned(), number);
         }
         self.stop_signals.get(id).copied().flatten() == Some(signal)
     }
 }
 
-/// The `kill` events of task containers between `since` and `until`: (container id, signal).
-async fn kills(
+/// A task container's event that says whether it is stopping.
+enum Event {
+    /// Sent a signal (the container id, the signal).
+    Kill(String, i32),
+    /// Started (again).
+    Start(String),
+}
+
+/// The `kill` and `start` events of task containers between `since` and `until`, in order.
+async fn events(
     client: &Docker,
     since: SystemTime,
     until: SystemTime,
-) -> Result<Vec<(String, i32)>, bollard::errors::Error> {
+) -> Result<Vec<Event>, bollard::errors::Error> {
     let filters = HashMap::from([
         ("type".to_owned(), vec!["container".to_owned()]),
-        ("event".to_owned(), vec!["kill".to_owned()]),
+        (
+            "event".to_owned(),
+            vec!["kill".to_owned(), "start".to_owned()],
+        ),
         ("label".to_owned(), vec![TASK_ID_LABEL.to_owned()]),
     ]);
     let options = EventsOptions {
@@ -122,21 +158,29 @@ async fn kills(
         until: Some(timestamp(until)),
         filters: Some(filters),
     };
-    let mut events = client.events(Some(options));
-    let mut kills = Vec::new();
+    let mut stream = client.events(Some(options));
+    let mut events = Vec::new();
     // Bounded: an `until` in the past ends the stream once the Engine sent what it holds.
-    while let Some(event) = events.next().await {
-        let actor = event?.actor.unwrap_or_default();
-        let signal = actor
-            .attributes
-            .as_ref()
-            .and_then(|a| a.get("signal"))
-            .and_then(|s| s.parse().ok());
-        if let (Some(id), Some(signal)) = (actor.id, signal) {
-            kills.push((id, signal));
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        let actor = event.actor.unwrap_or_default();
+        let Some(id) = actor.id else { continue };
+        match event.action.as_deref() {
+            Some("start") => events.push(Event::Start(id)),
+            Some("kill") => {
+                let signal = actor
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("signal"))
+                    .and_then(|s| s.parse().ok());
+                if let Some(signal) = signal {
+                    events.push(Event::Kill(id, signal));
+                }
+            }
+            _ => {}
         }
     }
-    Ok(kills)
+    Ok(events)
 }
 
 /// The Engine's `since`/`until` form: seconds since the epoch, with nanoseconds.
@@ -149,32 +193,62 @@ fn timestamp(at: SystemTime) -> String {
     )
 }
 
-/// A container's stop signal as its configuration says it (`SIGTERM`, `TERM` or `15`; none:
-/// Docker's default, SIGTERM); `None` for a name not known here.
+/// A container's stop signal as its configuration says it (`SIGTERM`, `TERM`, `15`,
+/// `SIGRTMIN+3`; none: Docker's default, SIGTERM); `None` for a name not known here.
 fn stop_signal_number(configured: Option<&str>) -> Option<i32> {
     let Some(text) = configured.map(str::trim).filter(|t| !t.is_empty()) else {
         return Some(libc::SIGTERM);
     };
-    let name = text.strip_prefix("SIG").unwrap_or(text);
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     if let Ok(number) = name.parse() {
         return Some(number);
+    }
+    // Docker's real-time signals: RTMIN is 34 and RTMAX 64 on Linux, as it numbers them.
+    if let Some(n) = name.strip_prefix("RTMIN+") {
+        return n.parse::<i32>().ok().map(|n| 34 + n);
+    }
+    if let Some(n) = name.strip_prefix("RTMAX-") {
+        return n.parse::<i32>().ok().map(|n| 64 - n);
     }
     let names = [
         ("HUP", libc::SIGHUP),
         ("INT", libc::SIGINT),
         ("QUIT", libc::SIGQUIT),
+        ("ILL", libc::SIGILL),
+        ("TRAP", libc::SIGTRAP),
+        ("ABRT", libc::SIGABRT),
+        ("IOT", libc::SIGABRT),
+        ("BUS", libc::SIGBUS),
+        ("FPE", libc::SIGFPE),
         ("KILL", libc::SIGKILL),
         ("USR1", libc::SIGUSR1),
+        ("SEGV", libc::SIGSEGV),
         ("USR2", libc::SIGUSR2),
-        ("TERM", libc::SIGTERM),
-        ("STOP", libc::SIGSTOP),
-        ("PWR", libc::SIGPWR),
-        ("WINCH", libc::SIGWINCH),
+        ("PIPE", libc::SIGPIPE),
         ("ALRM", libc::SIGALRM),
+        ("TERM", libc::SIGTERM),
+        ("STKFLT", libc::SIGSTKFLT),
+        ("CHLD", libc::SIGCHLD),
+        ("CONT", libc::SIGCONT),
+        ("STOP", libc::SIGSTOP),
+        ("TSTP", libc::SIGTSTP),
+        ("TTIN", libc::SIGTTIN),
+        ("TTOU", libc::SIGTTOU),
+        ("URG", libc::SIGURG),
+        ("XCPU", libc::SIGXCPU),
+        ("XFSZ", libc::SIGXFSZ),
+        ("VTALRM", libc::SIGVTALRM),
+        ("PROF", libc::SIGPROF),
+        ("WINCH", libc::SIGWINCH),
+        ("IO", libc::SIGIO),
+        ("POLL", libc::SIGIO),
+        ("PWR", libc::SIGPWR),
+        ("SYS", libc::SIGSYS),
     ];
     names
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .find(|(n, _)| *n == name)
         .map(|&(_, number)| number)
 }
 
@@ -191,7 +265,9 @@ mod tests {
         assert_eq!(stop_signal_number(Some("SIGINT")), Some(2));
         assert_eq!(stop_signal_number(Some("9")), Some(9));
         assert_eq!(stop_signal_number(Some("SIGQUIT")), Some(3));
-        assert_eq!(stop_signal_number(Some("SIGRTMIN+3")), None);
+        assert_eq!(stop_signal_number(Some("SIGRTMIN+3")), Some(37));
+        assert_eq!(stop_signal_number(Some("sigwinch")), Some(28));
+        assert_eq!(stop_signal_number(Some("SIGNOPE")), None);
     }
 
     #[test]
