@@ -19,6 +19,7 @@ pub mod cleanup;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod error_text;
 pub mod metrics;
 pub mod plan;
 pub mod source;

@@ -16,6 +16,7 @@ mod sock_abort;
 mod sockets;
 mod tables;
 
+use crate::error_text::with_causes;
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -610,17 +611,6 @@ fn is_veth(ifindex: u32) -> bool {
 fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
     std::fs::remove_file(path)
         .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))
-}
-
-/// An error and its causes on one line (aya's syscall errors keep the errno in `source`).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
 }
 
 /// The kernel's index of `interface`.

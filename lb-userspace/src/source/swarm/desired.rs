@@ -56,17 +56,16 @@ impl LastRead {
 
 impl DesiredStates {
     /// The ids of the tasks the swarm wants running (or complete), on a manager; `None` on a
-    /// worker, or when the manager cannot say (no leader; tried again after [`RETRY_AFTER`]). Between two reads of `/tasks` (see
-    /// [`DUTY_DIVISOR`]; at most every `poll`), the last answer, with every task the
-    /// networks (`overlays`) list now but did not then counted as wanted running: only a read
-    /// marks a task stopping.
+    /// worker, or when the manager cannot say (no leader; asked again after [`RETRY_AFTER`]).
+    /// Between two reads of `/tasks` (see [`DUTY_DIVISOR`]), the last answer, with every task
+    /// the networks (`overlays`) list now but did not then counted as wanted running: only a
+    /// read marks a task stopping.
     pub(super) async fn read(
         &mut self,
         client: &Docker,
         host: &str,
         info: &SystemInfo,
         overlays: &[NetworkInspect],
-        poll: Duration,
     ) -> Option<BTreeSet<String>> {
         let manager = info.swarm.as_ref().and_then(|s| s.control_available) == Some(true);
         if !manager {
@@ -78,7 +77,7 @@ impl DesiredStates {
         }
         let listed_now = listed_task_ids(overlays);
         if let Some(last) = &self.last
-            && last.at.elapsed() < (last.took * DUTY_DIVISOR).max(poll)
+            && last.at.elapsed() < last.took * DUTY_DIVISOR
         {
             return Some(last.running_now(&listed_now));
         }
@@ -90,7 +89,7 @@ impl DesiredStates {
             filters: Some(filters),
         }));
         let answer = match tokio::time::timeout(READ_TIMEOUT, request).await {
-            Ok(answer) => answer.map_err(|e| super::engine::with_causes(&e)),
+            Ok(answer) => answer.map_err(|e| crate::error_text::with_causes(&e)),
             Err(_) => Err(format!("no answer within {READ_TIMEOUT:?}")),
         };
         match answer {

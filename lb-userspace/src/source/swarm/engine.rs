@@ -10,6 +10,7 @@ use bollard::{
 };
 
 use super::snapshot::{Answers, GWBRIDGE_NETWORK, overlay_networks_of};
+use crate::error_text::with_causes;
 
 /// The default Engine address, as `docker` uses it.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -29,24 +30,6 @@ pub enum EngineError {
         what: &'static str,
         error: bollard::errors::Error,
     },
-}
-
-/// `error` and what caused it: the client's own text ("client error (Connect)") does not say
-/// what went wrong ("No such file or directory", "connection refused").
-pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    // Bounded: error chains are short, and a cycle must not hang the log.
-    for _ in 0..8 {
-        let Some(c) = cause else { break };
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// A connection to one Engine, re-made after an error (the Engine may have restarted, with
@@ -89,13 +72,7 @@ impl Engine {
         let mut answers = read_with(&client, &self.host, &mut self.pids).await?;
         answers.tasks_running = self
             .desired
-            .read(
-                &client,
-                &self.host,
-                &answers.info,
-                &answers.overlays,
-                super::follow::POLL,
-            )
+            .read(&client, &self.host, &answers.info, &answers.overlays)
             .await;
         answers.stopping_containers = self
             .stop_signals
@@ -255,7 +232,7 @@ fn cgroups_name(cgroups: &str, id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{cgroups_name, is_containers_process, with_causes};
+    use super::{cgroups_name, is_containers_process};
 
     #[test]
     fn a_known_pid_counts_only_while_it_is_in_the_containers_cgroup() {
@@ -276,20 +253,5 @@ mod tests {
         assert!(!cgroups_name(&format!("0::/docker/{id}0\n"), id));
         // A pid whose process is gone (pids stop well below this).
         assert!(!is_containers_process(u32::MAX - 1, id));
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("client error (Connect)")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn an_error_is_told_with_its_causes_once() {
-        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let io_text = io.to_string();
-        let text = with_causes(&Outer(io));
-        assert_eq!(text, format!("client error (Connect): {io_text}"));
-        // A cause the text already holds is not repeated.
-        let io = std::io::Error::other("refused");
-        assert_eq!(with_causes(&io), "refused");
     }
 }

@@ -88,7 +88,7 @@ impl StopSignals {
                     }
                 }
             }
-            Ok(Err(e)) => self.failed(host, super::engine::with_causes(&e)),
+            Ok(Err(e)) => self.failed(host, crate::error_text::with_causes(&e)),
             Err(_) => self.failed(host, format!("no answer within {READ_TIMEOUT:?}")),
         }
         self.stopping.clone()
