@@ -34,13 +34,13 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU16, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use lb_testkit::{
-    Lbd, Proto, TcpSession, e2e_enabled,
+    Lbd, Proto, TcpSession, UdpSession, e2e_enabled,
     swarm::{
         CLIENT_ADDR, Publish, SwarmLab, SwarmNode, WHO_PORT, programmed_backends, request,
         start_lbd, start_lbd_with, wait_until,
@@ -552,6 +552,85 @@ fn published_ports_follow_scale_kill_update_and_rm() {
     drop(lbs);
 }
 
+/// The task names `lb`'s `lbctl list` gives swarm service `service` under `key`
+/// (`stopping_tasks`, `unhealthy_tasks`).
+fn swarm_tasks(lb: &Lbd, service: &str, key: &str) -> anyhow::Result<BTreeSet<String>> {
+    let list = lb.lbctl_json(&["list"])?;
+    Ok(list["swarm"][service][key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The next client port for [`all_answered_by`]'s datagrams: below the ephemeral range, so
+/// never one an earlier datagram went from. A UDP flow has no end: a datagram from the port of
+/// an earlier one to a task now stopping is that flow's, and goes on to it (rightly).
+static FRESH_UDP_PORT: AtomicU16 = AtomicU16::new(20_000);
+
+/// `n` new TCP connections and `n` UDP datagrams (each from a client port never used before)
+/// from the client to `target`: every one answered, by one of `allowed` (container ids);
+/// `why` says what the others are.
+fn all_answered_by(
+    lab: &SwarmLab,
+    lbs: &[Lbd],
+    target: SocketAddr,
+    allowed: &BTreeSet<String>,
+    n: usize,
+    why: &str,
+) {
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for i in 0..n {
+            let reply = match proto {
+                Proto::Tcp => request(&lab.client, target, proto, REQUEST),
+                Proto::Udp => {
+                    let port = FRESH_UDP_PORT.fetch_add(1, Ordering::Relaxed);
+                    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+                    UdpSession::bind_to(&lab.client, local, target, REQUEST)
+                        .and_then(|mut session| session.request())
+                }
+            };
+            let reply = reply.unwrap_or_else(|e| {
+                panic!(
+                    "{proto} request {i} to {target} ({why}): {}",
+                    with_explained_flow(lbs, format!("{e:#}"))
+                )
+            });
+            if !allowed.contains(&reply.backend) {
+                let marks: Vec<_> = lbs
+                    .iter()
+                    .map(|lb| swarm_tasks(lb, "who", "stopping_tasks").ok())
+                    .collect();
+                panic!(
+                    "{proto} request {i} from {} reached {}, not one of {allowed:?} ({why}); \
+                     each node's lbd lists as stopping: {marks:?}",
+                    reply.local, reply.backend
+                );
+            }
+        }
+    }
+}
+
+/// The checks before ended within the grace: `containers` of `service` still run (`since`:
+/// the change).
+fn still_running(lab: &SwarmLab, service: &str, containers: &[&str], since: Instant) {
+    let running: BTreeSet<String> = lab
+        .tasks(service)
+        .expect("tasks")
+        .into_iter()
+        .map(|t| t.container)
+        .collect();
+    for container in containers {
+        assert!(
+            running.contains(*container),
+            "{container} exited before the checks ended ({:?} after the change): the grace is \
+             too short for this machine",
+            since.elapsed()
+        );
+    }
+}
+
 /// A task the swarm stops (a scale-down with a 30 s grace, which the image's httpd outlives:
 /// as pid 1 it ignores SIGTERM) takes no new flows from the manager's lbd within [`FOLLOW`]
 /// of the scale-down, while its container still runs and would answer; a session already on
@@ -587,22 +666,16 @@ fn a_task_being_stopped_gets_no_new_flows_from_a_manager() {
 
     lab.scale("who", 2).expect("scale down");
     let scaled = Instant::now();
-    let mut stopping = Vec::new();
+    let mut stopping = BTreeSet::new();
     let took = wait_until(FOLLOW, "the manager's lbd marks a task stopping", || {
-        let list = lbs[0].lbctl_json(&["list"])?;
-        stopping = list["swarm"]["who"]["stopping_tasks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect();
+        stopping = swarm_tasks(&lbs[0], "who", "stopping_tasks")?;
         Ok(!stopping.is_empty())
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
     assert_eq!(stopping.len(), 1, "{stopping:?}");
     let stopped = tasks
         .iter()
-        .find(|t| t.name == stopping[0])
+        .find(|t| stopping.contains(&t.name))
         .unwrap_or_else(|| panic!("{stopping:?} is none of {tasks:?}"));
     let others: BTreeSet<String> = tasks
         .iter()
@@ -614,34 +687,12 @@ fn a_task_being_stopped_gets_no_new_flows_from_a_manager() {
         stopped.name
     );
 
-    // New requests, TCP and UDP: every one to the two tasks that stay.
-    for proto in [Proto::Tcp, Proto::Udp] {
-        for i in 0..30 {
-            let reply = request(&lab.client, target, proto, REQUEST)
-                .unwrap_or_else(|e| panic!("{proto} request {i} to {target}: {e:#}"));
-            assert!(
-                others.contains(&reply.backend),
-                "{proto} request {i} reached {}, not one of {others:?} ({} is stopping)",
-                reply.backend,
-                stopped.container
-            );
-        }
-    }
+    // New requests: every one to the two tasks that stay.
+    let why = format!("{} is stopping", stopped.container);
+    all_answered_by(&lab, &lbs, target, &others, 30, &why);
     // All that within the grace: the stopping task's container still runs, and its session
     // (like the others') still answers from it.
-    let running: BTreeSet<String> = lab
-        .tasks("who")
-        .expect("tasks")
-        .into_iter()
-        .map(|t| t.container)
-        .collect();
-    assert!(
-        running.contains(&stopped.container),
-        "{} exited before the checks ended ({:?} after the scale-down): the grace is too short \
-         for this machine",
-        stopped.container,
-        scaled.elapsed()
-    );
+    still_running(&lab, "who", &[&stopped.container], scaled);
     let all: BTreeSet<String> = tasks.iter().map(|t| t.container.clone()).collect();
     sessions.check_kept(&all, "scale-down");
     assert!(
@@ -715,51 +766,20 @@ fn an_unhealthy_task_gets_no_new_flows_entering_on_another_node() {
     let took = wait_until(
         Duration::from_secs(15),
         "node 1's lbd sees it unhealthy",
-        || {
-            let list = lbs[0].lbctl_json(&["list"])?;
-            Ok(list["swarm"]["who"]["unhealthy_tasks"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t == victim.name.as_str())))
-        },
+        || Ok(swarm_tasks(&lbs[0], "who", "unhealthy_tasks")?.contains(&victim.name)),
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
     println!("{} unhealthy for node 1's lbd after {took:?}", victim.name);
     let unhealthy = Instant::now();
 
-    let target = published(worker, WHO_PORT);
     let others: BTreeSet<String> = tasks
         .iter()
         .filter(|t| t.container != victim.container)
         .map(|t| t.container.clone())
         .collect();
-    for proto in [Proto::Tcp, Proto::Udp] {
-        for i in 0..40 {
-            let reply = request(&lab.client, target, proto, REQUEST).unwrap_or_else(|e| {
-                panic!(
-                    "{proto} request {i} to {target} ({} unhealthy on node 1): {}",
-                    victim.container,
-                    with_explained_flow(&lbs, format!("{e:#}"))
-                )
-            });
-            assert!(
-                others.contains(&reply.backend),
-                "{proto} request {i} reached {}, not one of {others:?}",
-                reply.backend
-            );
-        }
-    }
-    let running: BTreeSet<String> = lab
-        .tasks("who")
-        .expect("tasks")
-        .into_iter()
-        .map(|t| t.container)
-        .collect();
-    assert!(
-        running.contains(&victim.container),
-        "{} exited before the checks ended ({:?} after it was seen unhealthy)",
-        victim.container,
-        unhealthy.elapsed()
-    );
+    let why = format!("{} is unhealthy on node 1", victim.container);
+    all_answered_by(&lab, &lbs, published(worker, WHO_PORT), &others, 40, &why);
+    still_running(&lab, "who", &[&victim.container], unhealthy);
     drop(lbs);
 }
 
@@ -794,48 +814,31 @@ fn a_drained_workers_tasks_get_no_new_flows_from_its_own_lbd() {
     let took = wait_until(
         Duration::from_secs(10),
         "the worker's lbd marks its tasks stopping",
-        || {
-            let list = lbs[1].lbctl_json(&["list"])?;
-            let stopping: BTreeSet<String> = list["swarm"]["who"]["stopping_tasks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_str().map(str::to_owned))
-                .collect();
-            Ok(stopping == on_worker)
-        },
+        || Ok(swarm_tasks(&lbs[1], "who", "stopping_tasks")? == on_worker),
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[1].output()));
     println!("the worker's lbd marked {on_worker:?} stopping {took:?} after the drain began");
 
-    let target = published(worker, WHO_PORT);
     let on_manager: BTreeSet<String> = tasks
         .iter()
         .filter(|t| t.node == 1)
         .map(|t| t.container.clone())
         .collect();
-    for proto in [Proto::Tcp, Proto::Udp] {
-        for i in 0..40 {
-            let reply = request(&lab.client, target, proto, REQUEST)
-                .unwrap_or_else(|e| panic!("{proto} request {i} to {target}: {e:#}"));
-            assert!(
-                on_manager.contains(&reply.backend),
-                "{proto} request {i} reached {}, not one of the manager's {on_manager:?}",
-                reply.backend
-            );
-        }
-    }
-    let running: BTreeSet<String> = worker
-        .tasks("who")
-        .expect("tasks")
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    assert!(
-        on_worker.is_subset(&running),
-        "the worker's tasks exited before the checks ended ({:?} after the drain)",
-        drained.elapsed()
+    let why = "the worker's tasks are stopping";
+    all_answered_by(
+        &lab,
+        &lbs,
+        published(worker, WHO_PORT),
+        &on_manager,
+        40,
+        why,
     );
+    let drained_tasks: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.node == 2)
+        .map(|t| t.container.as_str())
+        .collect();
+    still_running(&lab, "who", &drained_tasks, drained);
     drop(lbs);
 }
 

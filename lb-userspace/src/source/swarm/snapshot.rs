@@ -437,13 +437,7 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
         }
     }
     for container in &answers.containers {
-        let labels = container.labels.as_ref();
-        let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-        let (Some(service), Some(task), Some(id)) = (
-            label(SERVICE_NAME_LABEL),
-            label(TASK_NAME_LABEL),
-            container.id.as_deref(),
-        ) else {
+        let Some((service, task, id)) = task_container(container) else {
             continue;
         };
         if !container_running(container) {
@@ -467,17 +461,21 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
     Ok(())
 }
 
+/// A task's container: its service's name, its task's name and its id, from Docker's labels.
+fn task_container(container: &ContainerSummary) -> Option<(&str, &str, &str)> {
+    let label = |key: &str| container.labels.as_ref()?.get(key).map(String::as_str);
+    Some((
+        label(SERVICE_NAME_LABEL)?,
+        label(TASK_NAME_LABEL)?,
+        container.id.as_deref()?,
+    ))
+}
+
 /// Marks the tasks whose container here was sent its stop signal (`stopping_containers`),
 /// reached through `docker_gwbridge` or not (a task only on internal overlays has none).
 fn mark_stopped_here(snapshot: &mut Snapshot, answers: &Answers) {
     for container in &answers.containers {
-        let labels = container.labels.as_ref();
-        let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-        let (Some(service), Some(task), Some(id)) = (
-            label(SERVICE_NAME_LABEL),
-            label(TASK_NAME_LABEL),
-            container.id.as_deref(),
-        ) else {
+        let Some((service, task, id)) = task_container(container) else {
             continue;
         };
         if answers.stopping_containers.contains(id)
