@@ -555,6 +555,7 @@ mod tests {
             mesh_addr: None,
             services: 4,
             stopping_known: false,
+            last_read_ms: None,
         };
         let attachments = [crate::api::AttachmentStatus {
             interface: "eth0".into(),

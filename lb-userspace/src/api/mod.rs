@@ -94,6 +94,10 @@ pub struct SwarmStatus {
     /// no new flows here.
     #[serde(default)]
     pub stopping_known: bool,
+    /// How long the last good read of the Engine took, and the wait it set before the next
+    /// (longer than the usual 500 ms only where reads are slow: a large swarm), in ms.
+    #[serde(default)]
+    pub last_read_ms: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

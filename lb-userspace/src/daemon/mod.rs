@@ -703,6 +703,9 @@ impl Daemon {
             mesh_addr: self.swarm.as_ref().and_then(|s| s.mesh_addr()),
             services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
             stopping_known: self.swarm.as_ref().is_some_and(|s| s.desired_states_known),
+            last_read_ms: f
+                .last_read
+                .map(|(took, wait)| (took.as_millis() as u64, wait.as_millis() as u64)),
         })
     }
 

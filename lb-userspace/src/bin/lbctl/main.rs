@@ -352,6 +352,9 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         if let (false, Some(e)) = (s.engine_up, &s.last_error) {
             println!("swarm: last error: {e}");
         }
+        if let Some((took, wait)) = s.last_read_ms {
+            println!("swarm: a read of the Engine took {took} ms; the next after {wait} ms");
+        }
         println!(
             "swarm: tasks being stopped {}",
             if s.stopping_known {

@@ -1,7 +1,7 @@
 //! Which tasks the swarm wants running (or, for a job's, to complete), as a manager's Engine
 //! lists them (`/tasks` answers 503 on workers): every other task the networks list is being
-//! stopped. Its container runs on
-//! for its stop grace period, but it gets no new flows, as Docker's own load balancer drops it.
+//! stopped. Its container runs on for its stop grace period, but it gets no new flows, as
+//! Docker's own load balancer drops it.
 
 use std::{
     collections::{BTreeSet, HashMap},

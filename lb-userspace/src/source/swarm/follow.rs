@@ -23,6 +23,10 @@ use super::{
 
 /// How often the Engine is read while it answers.
 pub const POLL: Duration = Duration::from_millis(500);
+/// A read of the Engine is made at most once per this many times the last one took: on a
+/// large swarm its answers are big and built anew each time, by the Engine's CPU. Reads of
+/// up to 100 ms keep [`POLL`].
+const DUTY_DIVISOR: u32 = 5;
 /// The longest time between two snapshots handed over, changed or not.
 pub const RESYNC: Duration = Duration::from_secs(30);
 /// Retry delays after a failed read: doubled from the first to the last.
@@ -49,6 +53,8 @@ pub struct FollowStatus {
     pub last_error: Option<String>,
     /// When the Engine last answered well.
     pub last_ok: Option<SystemTime>,
+    /// How long the last good read took, and the wait it set before the next.
+    pub last_read: Option<(Duration, Duration)>,
 }
 
 pub type SharedStatus = Arc<Mutex<FollowStatus>>;
@@ -77,7 +83,11 @@ pub async fn follow(
             _ = &mut stop => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        let read = match engine.read().await {
+        let started = Instant::now();
+        let answers = engine.read().await;
+        // The Engine's time only (not the daemon's, which may take the snapshot slowly).
+        let took = started.elapsed();
+        let read = match answers {
             Ok(answers) => Snapshot::from_answers(&answers).map_err(ReadError::from),
             Err(e) => Err(e.into()),
         };
@@ -94,18 +104,18 @@ pub async fn follow(
                         "swarm: the Docker Engine answers again; following it once its view holds still"
                     );
                     settling = Some(snapshot);
-                    record(&status, engine.host(), None);
-                    delay = POLL;
+                    delay = next_poll(took);
+                    record(&status, engine.host(), Ok((took, delay)));
                     continue;
                 }
                 if let Some(candidate) = settling.take()
                     && candidate != snapshot
                 {
                     settling = Some(snapshot);
-                    delay = POLL;
+                    delay = next_poll(took);
                     continue;
                 }
-                record(&status, engine.host(), None);
+                record(&status, engine.host(), Ok((took, next_poll(took))));
                 let due = last
                     .as_ref()
                     .is_none_or(|(before, at)| *before != snapshot || at.elapsed() >= RESYNC);
@@ -116,7 +126,7 @@ pub async fn follow(
                     last = Some((snapshot, Instant::now()));
                 }
                 backoff = BACKOFF.0;
-                delay = POLL;
+                delay = next_poll(took);
             }
             Err(e) => {
                 let kept = last.as_ref().map_or(0, |(s, _)| s.services.len());
@@ -130,7 +140,7 @@ pub async fn follow(
                     reminded = Instant::now();
                 }
                 down_since.get_or_insert_with(Instant::now);
-                record(&status, engine.host(), Some(e.to_string()));
+                record(&status, engine.host(), Err(e.to_string()));
                 delay = backoff;
                 backoff = (backoff * 2).min(BACKOFF.1);
             }
@@ -170,16 +180,24 @@ impl StoppingMemory {
     }
 }
 
-fn record(status: &SharedStatus, host: &str, error: Option<String>) {
+/// The wait before the next read, after a read that took `took`: [`POLL`], or longer on a
+/// swarm so large that the reads would otherwise keep the Engine busy.
+fn next_poll(took: Duration) -> Duration {
+    POLL.max(took * DUTY_DIVISOR)
+}
+
+/// Records a read: good (how long it took, the wait before the next), or its error.
+fn record(status: &SharedStatus, host: &str, read: Result<(Duration, Duration), String>) {
     let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
     s.docker_host = host.to_owned();
-    s.engine_up = error.is_none();
-    match error {
-        None => {
+    s.engine_up = read.is_ok();
+    match read {
+        Ok(timing) => {
             s.reads_ok += 1;
             s.last_ok = Some(SystemTime::now());
+            s.last_read = Some(timing);
         }
-        Some(e) => {
+        Err(e) => {
             s.reads_failed += 1;
             s.last_error = Some(e);
         }
@@ -223,6 +241,16 @@ mod tests {
             .filter(|(_, t)| t.stopping)
             .map(|(n, _)| n.as_str())
             .collect()
+    }
+
+    #[test]
+    fn reads_keep_to_a_fifth_of_the_engines_time() {
+        assert_eq!(next_poll(Duration::from_millis(12)), POLL);
+        assert_eq!(next_poll(Duration::from_millis(100)), POLL);
+        assert_eq!(
+            next_poll(Duration::from_millis(400)),
+            Duration::from_secs(2)
+        );
     }
 
     /// A manager that cannot say for a moment leaves the tasks it said were stopping stopping
