@@ -56,6 +56,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_engine_up",
     "meshlb_swarm_engine_reads_total",
     "meshlb_swarm_services",
+    "meshlb_swarm_tasks",
     "meshlb_interface_attached",
     "meshlb_interface_reattached_total",
     "meshlb_backend_up",
@@ -476,6 +477,20 @@ fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
         "Swarm services known from the Engine (published or not).",
         services,
     );
+    let tasks = gauge_family(
+        registry,
+        "swarm_tasks",
+        "Swarm tasks that take no new flows here, by why: stopping (known on managers, and on a \
+         task's own node), unhealthy (a local task's health check has not passed).",
+    );
+    for (state, count) in [
+        ("stopping", swarm.tasks_stopping),
+        ("unhealthy", swarm.tasks_unhealthy),
+    ] {
+        tasks
+            .get_or_create(&vec![("state", state.to_owned())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
 }
 
 #[cfg(test)]
@@ -556,6 +571,8 @@ mod tests {
             services: 4,
             stopping_known: false,
             last_read_ms: None,
+            tasks_stopping: 3,
+            tasks_unhealthy: 0,
         };
         let attachments = [crate::api::AttachmentStatus {
             interface: "eth0".into(),
@@ -606,6 +623,10 @@ mod tests {
             assert!(!text.contains("service=\"gone\""), "{text}");
         }
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
+        assert!(
+            text.contains("meshlb_swarm_tasks{state=\"stopping\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("meshlb_flood 1"), "{text}");
         assert!(
             text.contains("meshlb_unconfirmed_flows_per_second 9000.0"),

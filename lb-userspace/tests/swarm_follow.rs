@@ -564,6 +564,17 @@ fn swarm_tasks(lb: &Lbd, service: &str, key: &str) -> anyhow::Result<BTreeSet<St
         .collect())
 }
 
+/// `node`'s lbd counts `n` tasks as `state` in its metrics.
+fn assert_swarm_tasks(node: &SwarmNode, state: &str, n: usize) {
+    let text = lb_testkit::metrics(&node.ns).expect("metrics");
+    let line = format!("meshlb_swarm_tasks{{state=\"{state}\"}} {n}");
+    assert!(
+        text.contains(&line),
+        "node {}: no {line:?} in\n{text}",
+        node.index
+    );
+}
+
 /// The next client port for [`all_answered_by`]'s datagrams: below the ephemeral range, so
 /// never one an earlier datagram went from. A UDP flow has no end: a datagram from the port of
 /// an earlier one to a task now stopping is that flow's, and goes on to it (rightly).
@@ -673,6 +684,7 @@ fn a_task_being_stopped_gets_no_new_flows_from_a_manager() {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
     assert_eq!(stopping.len(), 1, "{stopping:?}");
+    assert_swarm_tasks(manager, "stopping", 1);
     let stopped = tasks
         .iter()
         .find(|t| stopping.contains(&t.name))
@@ -770,6 +782,7 @@ fn an_unhealthy_task_gets_no_new_flows_entering_on_another_node() {
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
     println!("{} unhealthy for node 1's lbd after {took:?}", victim.name);
+    assert_swarm_tasks(&lab.nodes[0], "unhealthy", 1);
     let unhealthy = Instant::now();
 
     let others: BTreeSet<String> = tasks

@@ -98,6 +98,12 @@ pub struct SwarmStatus {
     /// (longer than the usual 500 ms only where reads are slow: a large swarm), in ms.
     #[serde(default)]
     pub last_read_ms: Option<(u64, u64)>,
+    /// Tasks known to be stopping (they take no new flows).
+    #[serde(default)]
+    pub tasks_stopping: usize,
+    /// Local tasks whose health check has not passed.
+    #[serde(default)]
+    pub tasks_unhealthy: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

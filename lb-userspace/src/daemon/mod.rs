@@ -706,6 +706,8 @@ impl Daemon {
             last_read_ms: f
                 .last_read
                 .map(|(took, wait)| (took.as_millis() as u64, wait.as_millis() as u64)),
+            tasks_stopping: self.swarm.as_ref().map_or(0, |s| s.tasks_stopping()),
+            tasks_unhealthy: self.swarm.as_ref().map_or(0, |s| s.tasks_unhealthy()),
         })
     }
 

@@ -352,6 +352,13 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         if let (false, Some(e)) = (s.engine_up, &s.last_error) {
             println!("swarm: last error: {e}");
         }
+        if s.tasks_stopping + s.tasks_unhealthy > 0 {
+            println!(
+                "swarm: {} task(s) being stopped, {} local task(s) not healthy: no new flows \
+                 here (lbctl list names them)",
+                s.tasks_stopping, s.tasks_unhealthy
+            );
+        }
         if let Some((took, wait)) = s.last_read_ms {
             println!("swarm: a read of the Engine took {took} ms; the next after {wait} ms");
         }

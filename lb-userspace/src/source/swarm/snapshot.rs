@@ -168,6 +168,22 @@ impl Snapshot {
         self.data_addr.or(self.node_addr)
     }
 
+    /// Tasks known to be stopping.
+    pub fn tasks_stopping(&self) -> usize {
+        self.tasks().filter(|t| t.stopping).count()
+    }
+
+    /// Local tasks whose health check has not passed.
+    pub fn tasks_unhealthy(&self) -> usize {
+        self.tasks()
+            .filter(|t| t.local.as_ref().is_some_and(|l| !l.usable))
+            .count()
+    }
+
+    fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.services.values().flat_map(|s| s.tasks.values())
+    }
+
     /// Every node this snapshot shows by its data-path address (its tasks' nodes, the ingress
     /// network's endpoints), this node's own among them; a node may come more than once.
     pub fn nodes_shown(&self) -> impl Iterator<Item = IpAddr> + '_ {
