@@ -121,13 +121,6 @@ fn bird_process_runs() -> bool {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("mlb-cleanup-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// Nothing pinned here: only the withdrawal is tried.
     fn no_pins(dir: &Path) -> PathBuf {
         dir.join("no-pins")
@@ -135,11 +128,7 @@ mod tests {
 
     #[test]
     fn a_bird_that_is_not_running_announces_nothing_and_cleanup_goes_on() {
-        let dir = scratch("absent");
-        let bgp = BirdSettings {
-            include: dir.join("vips.conf"),
-            socket: dir.join("bird.ctl"),
-        };
+        let (dir, bgp) = crate::announce::tests::bird_in("cleanup-absent");
         let done = cleanup(&no_pins(&dir), pin::WhenRunning::Refuse, Some(&bgp)).unwrap();
         assert!(
             matches!(&done.withdrawal, Withdrawal::BirdNotRunning(why) if why.contains("bird.ctl")),
@@ -154,11 +143,7 @@ mod tests {
 
     #[test]
     fn a_bird_that_refuses_stops_cleanup() {
-        let dir = scratch("refusing");
-        let bgp = BirdSettings {
-            include: dir.join("vips.conf"),
-            socket: dir.join("bird.ctl"),
-        };
+        let (dir, bgp) = crate::announce::tests::bird_in("cleanup-refusing");
         let commands = lb_testkit::fake_bird(
             &bgp.socket,
             "8002 /etc/bird/bird.conf:12:1 syntax error\n",

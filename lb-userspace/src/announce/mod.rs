@@ -228,4 +228,4 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

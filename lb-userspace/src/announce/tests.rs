@@ -4,11 +4,17 @@ use lb_testkit::fake_bird;
 
 use super::*;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meshlb-announce-{name}-{}", std::process::id()));
+/// A fresh directory for test `name` and the BIRD settings of a BIRD there: its include file
+/// and control socket (for `lb_testkit::fake_bird`). The announce and cleanup tests use it.
+pub(crate) fn bird_in(name: &str) -> (PathBuf, BirdSettings) {
+    let dir = std::env::temp_dir().join(format!("meshlb-bird-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    let settings = BirdSettings {
+        include: dir.join("meshlb-vips.conf"),
+        socket: dir.join("bird.ctl"),
+    };
+    (dir, settings)
 }
 
 fn set(vips: &[&str]) -> BTreeSet<IpAddr> {
@@ -32,11 +38,7 @@ fn the_include_file_has_one_static_protocol_per_family() {
 
 #[test]
 fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone() {
-    let dir = temp_dir("sync");
-    let settings = BirdSettings {
-        include: dir.join("meshlb-vips.conf"),
-        socket: dir.join("bird.ctl"),
-    };
+    let (dir, settings) = bird_in("announce-sync");
     let commands = fake_bird(
         &settings.socket,
         "0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
@@ -81,11 +83,7 @@ fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone
 
 #[test]
 fn bird_absent_or_refusing_is_a_clear_error() {
-    let dir = temp_dir("errors");
-    let settings = BirdSettings {
-        include: dir.join("meshlb-vips.conf"),
-        socket: dir.join("bird.ctl"),
-    };
+    let (dir, settings) = bird_in("announce-errors");
     let mut announcer = Announcer::new(settings.clone());
     let err = announcer.sync(&set(&["198.18.100.1"])).unwrap_err();
     assert!(matches!(err, AnnounceError::Unreachable { .. }), "{err}");
@@ -128,11 +126,7 @@ fn bird_absent_or_refusing_is_a_clear_error() {
 
 #[test]
 fn a_queued_reconfiguration_is_accepted() {
-    let dir = temp_dir("queued");
-    let settings = BirdSettings {
-        include: dir.join("meshlb-vips.conf"),
-        socket: dir.join("bird.ctl"),
-    };
+    let (dir, settings) = bird_in("announce-queued");
     let commands = fake_bird(
         &settings.socket,
         "0005 Reconfiguration already in progress, queueing\n",
