@@ -304,11 +304,11 @@ impl Dataplane {
         let pin_error = |what: &str, e: &dyn std::error::Error| {
             DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
         };
-        // TC first: the XDP program hands packets to it, so XDP must never run without it.
-        // Each: swap into the pinned link if there is a live one on this device, else attach
-        // and pin. A pin whose link the kernel detached (the interface was deleted and made
-        // again), or that is attached to another device (renamed), is replaced.
-        // A device that is not this one (renamed) loses XDP before TC, for the same reason.
+        // The XDP program hands packets to the TC one, so XDP never runs without it: a pinned
+        // link on another device (the interface renamed) is released XDP first, and here TC is
+        // attached first. Each: swap into the pinned link if there is a live one, else attach
+        // and pin; a pin whose link the kernel detached (the interface deleted and made
+        // again) is replaced.
         let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
         link_device::release_if_elsewhere(&xdp_path, pin::LinkKind::Xdp, interface, ifindex)?;
         let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);

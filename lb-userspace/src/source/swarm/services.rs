@@ -178,7 +178,7 @@ fn add_delivery(
         .iter()
         .filter_map(|(name, t)| {
             let local = t.local.as_ref().filter(|l| l.usable)?;
-            Some((name, local.gwbridge, !t.stopping))
+            Some((name, local.gwbridge, t.takes_new_flows()))
         })
         .collect();
     for (task_name, task) in &service.tasks {
@@ -333,13 +333,7 @@ fn add_vips(
             let mut addresses: Vec<(IpAddr, u32)> = service
                 .tasks
                 .values()
-                .filter_map(|t| {
-                    let unusable = t.local.as_ref().is_some_and(|l| !l.usable);
-                    Some((
-                        *t.addresses.get(network)?,
-                        u32::from(!t.stopping && !unusable),
-                    ))
-                })
+                .filter_map(|t| Some((*t.addresses.get(network)?, u32::from(t.takes_new_flows()))))
                 .filter(|(a, _)| a.is_ipv6() == vip.is_ipv6())
                 .collect();
             addresses.sort();
@@ -443,7 +437,8 @@ fn backends(
         if task.stopping {
             details.stopping_tasks.insert(name.clone());
         }
-        let weight = u32::from(!task.stopping);
+        // An unhealthy local task is no backend at all here (below).
+        let weight = u32::from(task.takes_new_flows());
         match (&task.local, ingress, task.node) {
             (Some(local), _, _) if !local.usable => {
                 details.unhealthy_tasks.insert(name.clone());

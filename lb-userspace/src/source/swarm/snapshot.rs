@@ -143,12 +143,16 @@ fn usable_by_default() -> bool {
 }
 
 impl Task {
+    /// Whether it takes new flows as far as this node knows: not being stopped, and healthy
+    /// if it runs here (another node's health is not seen).
+    pub fn takes_new_flows(&self) -> bool {
+        !self.stopping && self.local.as_ref().is_none_or(|local| local.usable)
+    }
+
     /// Its `docker_gwbridge` address, when it runs here and takes new flows.
     pub fn serving_here(&self) -> Option<IpAddr> {
-        self.local
-            .as_ref()
-            .filter(|local| local.usable && !self.stopping)
-            .map(|local| local.gwbridge)
+        let local = self.local.as_ref()?;
+        self.takes_new_flows().then_some(local.gwbridge)
     }
 }
 
@@ -270,18 +274,18 @@ fn task_id(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
-/// The ids of the tasks `overlays` list (entries out of shape are left out: reading the
-/// snapshot says what is wrong with them).
+/// The ids of the tasks `overlays` list, read straight from their JSON (entries out of shape
+/// are left out: reading the snapshot says what is wrong with them).
 pub(super) fn listed_task_ids(overlays: &[NetworkInspect]) -> std::collections::BTreeSet<String> {
     overlays
         .iter()
         .filter_map(|n| n.services.as_ref())
         .flat_map(|services| services.values())
-        .filter_map(|v| serde_json::from_value::<bollard::models::ServiceInfo>(v.clone()).ok())
-        .flat_map(|info| info.tasks.into_iter().flatten())
-        .filter_map(|task| task.name)
+        .filter_map(|service| service.get("Tasks")?.as_array())
+        .flatten()
+        .filter_map(|task| task.get("Name")?.as_str())
         .filter(|name| !name.is_empty())
-        .map(|name| task_id(&name).to_owned())
+        .map(|name| task_id(name).to_owned())
         .collect()
 }
 
@@ -589,6 +593,24 @@ mod tests {
             tasks_running: None,
             stopping_containers: Default::default(),
         }
+    }
+
+    /// The task ids read straight from the networks' JSON are those of the snapshot's tasks.
+    #[test]
+    fn listed_task_ids_are_the_snapshots_tasks() {
+        let answers = recorded("manager");
+        let snapshot = Snapshot::from_answers(&answers).unwrap();
+        let ids: std::collections::BTreeSet<String> = snapshot
+            .services
+            .values()
+            .flat_map(|s| s.tasks.keys())
+            .map(|name| task_id(name).to_owned())
+            .collect();
+        assert!(ids.len() > 4);
+        let mut listed = listed_task_ids(&answers.overlays);
+        // The ingress network's own endpoints (one per node) are no task.
+        listed.remove("ingress-endpoint");
+        assert_eq!(listed, ids);
     }
 
     /// A local task container sent its stop signal is stopping, on any node.
