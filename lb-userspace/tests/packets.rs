@@ -2465,6 +2465,63 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
     });
 }
 
+/// A peer's stop notice (a datagram to the tunnel port whose first byte is 0) goes to the
+/// kernel untouched, for lbd's socket; a peer's tunnel packet that carries neither IP nor a
+/// notice is dropped, and a notice from a node that is not a peer too.
+#[test]
+fn a_peers_stop_notice_reaches_the_kernel_and_other_payloads_are_dropped() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let notice = [&[0u8; 14][..], b"\x00ms\x01\x07web.1.a"].concat();
+        let wrapped = |payload: &[u8], from: &str| {
+            tunnel_wrap(
+                payload,
+                (backend_mac(10), lb.backend_if_mac),
+                from.parse().unwrap(),
+                OWN.parse().unwrap(),
+                lb_common::maps::tunnel::PORT,
+            )
+        };
+        let cases = [
+            (
+                "a peer's stop notice",
+                wrapped(&notice, PEER),
+                XDP_PASS,
+                StatSlot::PassNotFrontend,
+            ),
+            (
+                "a peer's tunnel packet with version 5 inside",
+                wrapped(&[&[0u8; 14][..], &[0x50; 20]].concat(), PEER),
+                XDP_DROP,
+                StatSlot::DropTunnelFailed,
+            ),
+            (
+                "a stop notice from a node that is not a peer",
+                wrapped(&notice, "198.18.2.21"),
+                XDP_DROP,
+                StatSlot::DropTunnelNotPeer,
+            ),
+        ];
+        for (what, frame, action, slot) in cases {
+            let before = lb.stats();
+            let out = lb.run_from(&frame, lb.backend_if);
+            let after = lb.stats();
+            assert_eq!(out.action, action, "{what}");
+            assert_eq!(delta(&before, &after, slot), 1, "{what}");
+            assert_eq!(
+                delta(&before, &after, StatSlot::TunnelReceived),
+                0,
+                "{what}"
+            );
+            if action == XDP_PASS {
+                assert_eq!(out.packet, frame, "{what}: untouched");
+            }
+        }
+    });
+}
+
 #[test]
 fn the_tunnel_and_delivery_frontends_refuse_everyone_but_peers() {
     if !e2e_enabled() {
