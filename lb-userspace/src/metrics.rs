@@ -57,6 +57,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_engine_reads_total",
     "meshlb_swarm_services",
     "meshlb_swarm_tasks",
+    "meshlb_swarm_stop_notices_total",
     "meshlb_interface_attached",
     "meshlb_interface_reattached_total",
     "meshlb_backend_up",
@@ -491,6 +492,21 @@ fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
             .get_or_create(&vec![("state", state.to_owned())])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
+    let notices = counter_family(
+        registry,
+        "swarm_stop_notices",
+        "Stop notices (datagrams naming tasks being stopped) sent to the other nodes' lbd, \
+         heard from them, and refused (not from a swarm node, or malformed).",
+    );
+    for (event, count) in [
+        ("sent", swarm.notices.sent),
+        ("heard", swarm.notices.heard),
+        ("refused", swarm.notices.refused),
+    ] {
+        notices
+            .get_or_create(&vec![("event", event.to_owned())])
+            .inc_by(count);
+    }
 }
 
 #[cfg(test)]
@@ -573,6 +589,10 @@ mod tests {
             last_read_ms: None,
             tasks_stopping: 3,
             tasks_unhealthy: 0,
+            notices: crate::source::swarm::notices::NoticeStatus {
+                sent: 7,
+                ..Default::default()
+            },
         };
         let attachments = [crate::api::AttachmentStatus {
             interface: "eth0".into(),
@@ -625,6 +645,10 @@ mod tests {
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
         assert!(
             text.contains("meshlb_swarm_tasks{state=\"stopping\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meshlb_swarm_stop_notices_total{event=\"sent\"} 7"),
             "{text}"
         );
         assert!(text.contains("meshlb_flood 1"), "{text}");

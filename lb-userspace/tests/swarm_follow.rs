@@ -855,6 +855,70 @@ fn a_drained_workers_tasks_get_no_new_flows_from_its_own_lbd() {
     drop(lbs);
 }
 
+/// A worker's Engine does not say that a task on another node is being stopped; the lbd of
+/// a node that knows (here the manager's, drained: its Engine's `/tasks` and its own tasks'
+/// stop signals) tells the others (stop notices). Requests entering by the worker all reach
+/// the worker's tasks while the manager's still run and would answer.
+#[test]
+fn a_task_stopping_on_another_node_gets_no_new_flows_from_a_worker() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    let args = ["--stop-grace-period", "30s", "--replicas-max-per-node", "2"];
+    lab.create_published("who", 4, &who_ports(WHO_PORT), &args)
+        .expect("who");
+    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
+    let lbs = lbds(&lab);
+    let worker = &lab.nodes[1];
+    who_follows(&lab, &lbs, worker, Instant::now(), STARTUP, "start");
+
+    lab.set_availability(1, "drain").expect("drain node 1");
+    let drained = Instant::now();
+    let on_manager: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.node == 1)
+        .map(|t| t.name.clone())
+        .collect();
+    assert_eq!(on_manager.len(), 2, "{tasks:?}");
+    let took = wait_until(
+        Duration::from_secs(10),
+        "the worker's lbd marks the manager's tasks stopping",
+        || Ok(swarm_tasks(&lbs[1], "who", "stopping_tasks")? == on_manager),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lbs[0].output(), lbs[1].output()));
+    println!("the worker's lbd marked {on_manager:?} stopping {took:?} after the drain began");
+    let notices =
+        |lb: &Lbd| lb.lbctl_json(&["status"]).expect("status")["swarm"]["notices"].clone();
+    let (told, heard) = (notices(&lbs[0]), notices(&lbs[1]));
+    assert!(
+        told["sent"].as_u64() > Some(0),
+        "the manager's lbd told: {told}"
+    );
+    assert!(
+        heard["heard"].as_u64() > Some(0),
+        "the worker's lbd heard: {heard}"
+    );
+    assert_eq!(heard["held"], 2, "{heard}");
+    assert_eq!(heard["refused"], 0, "{heard}");
+
+    let on_worker: BTreeSet<String> = tasks
+        .iter()
+        .filter(|t| t.node == 2)
+        .map(|t| t.container.clone())
+        .collect();
+    let why = "the manager's tasks are stopping";
+    all_answered_by(&lab, &lbs, published(worker, WHO_PORT), &on_worker, 40, why);
+    let drained_tasks: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.node == 1)
+        .map(|t| t.container.as_str())
+        .collect();
+    still_running(&lab, "who", &drained_tasks, drained);
+    drop(lbs);
+}
+
 /// Whether `lb`'s `lbctl status` says its Engine answers.
 fn engine_answers(lb: &Lbd) -> anyhow::Result<bool> {
     let (ok, status, err) = lb.lbctl(&["status"])?;

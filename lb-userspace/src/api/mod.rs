@@ -104,6 +104,9 @@ pub struct SwarmStatus {
     /// Local tasks whose health check has not passed.
     #[serde(default)]
     pub tasks_unhealthy: usize,
+    /// The stop notices this node tells the other nodes' lbd and hears from them.
+    #[serde(default)]
+    pub notices: crate::source::swarm::notices::NoticeStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

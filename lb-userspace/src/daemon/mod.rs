@@ -708,6 +708,7 @@ impl Daemon {
                 .map(|(took, wait)| (took.as_millis() as u64, wait.as_millis() as u64)),
             tasks_stopping: self.swarm.as_ref().map_or(0, |s| s.tasks_stopping()),
             tasks_unhealthy: self.swarm.as_ref().map_or(0, |s| s.tasks_unhealthy()),
+            notices: f.notices,
         })
     }
 

@@ -367,11 +367,21 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             if s.stopping_known {
                 "take no new flows here (the Engine is a manager's and says which they are)"
             } else {
-                "on other nodes are not known here now (only a manager's Engine says which \
-                 they are, while it has a leader): they get new flows until their containers \
-                 exit; this node's own take none once sent their stop signal"
+                "take no new flows here once this node knows them: its own once sent their \
+                 stop signal, another node's when that node's or a manager's lbd tells it \
+                 (stop notices; only a manager's Engine says which they all are)"
             }
         );
+        let n = &s.notices;
+        match (n.listening, &n.error) {
+            (Some(at), _) => println!(
+                "swarm: stop notices on {at} (udp): {} sent, {} heard from other nodes, {} \
+                 refused; {} task(s) stopping by their word",
+                n.sent, n.heard, n.refused, n.held
+            ),
+            (None, Some(e)) => println!("swarm: stop notices: {e}"),
+            (None, None) => {}
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::{
     engine::{Engine, EngineError},
+    notices::{NoticeStatus, Notices},
     peers::PeerMemory,
     ports::PortMemory,
     snapshot::{Snapshot, SnapshotError},
@@ -55,6 +56,8 @@ pub struct FollowStatus {
     pub last_ok: Option<SystemTime>,
     /// How long the last good read took, and the wait it set before the next.
     pub last_read: Option<(Duration, Duration)>,
+    /// The stop notices told to and heard from the other nodes.
+    pub notices: NoticeStatus,
 }
 
 pub type SharedStatus = Arc<Mutex<FollowStatus>>;
@@ -66,7 +69,7 @@ pub async fn follow(
     status: SharedStatus,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut delay = Duration::ZERO;
+    let mut next_read = Instant::now();
     let mut backoff = BACKOFF.0;
     let mut last: Option<(Snapshot, Instant)> = None;
     let mut down_since: Option<Instant> = None;
@@ -77,11 +80,26 @@ pub async fn follow(
     let mut peers = PeerMemory::default();
     let mut ports = PortMemory::default();
     let mut stopping = StoppingMemory::default();
+    let mut notices = Notices::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(next_read.into()) => {}
+            new = notices.attend() => {
+                record_notices(&status, &notices);
+                // A peer's new word is applied at once, not at the next read.
+                if new
+                    && down_since.is_none()
+                    && settling.is_none()
+                    && let Some((snapshot, _)) = &mut last
+                    && notices.mark(snapshot) > 0
+                    && updates.send(snapshot.clone()).await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
         }
         let started = Instant::now();
         let answers = engine.read().await;
@@ -97,6 +115,8 @@ pub async fn follow(
                 peers.keep_recent(&mut snapshot, now);
                 ports.keep_recent(&mut snapshot, now);
                 stopping.keep_known(&mut snapshot);
+                notices.exchange(&mut snapshot).await;
+                record_notices(&status, &notices);
                 if let Some(since) = down_since.take() {
                     info!(
                         docker_host = engine.host(),
@@ -104,15 +124,15 @@ pub async fn follow(
                         "swarm: the Docker Engine answers again; following it once its view holds still"
                     );
                     settling = Some(snapshot);
-                    delay = next_poll(took);
-                    record(&status, engine.host(), Ok((took, delay)));
+                    next_read = Instant::now() + next_poll(took);
+                    record(&status, engine.host(), Ok((took, next_poll(took))));
                     continue;
                 }
                 if let Some(candidate) = settling.take()
                     && candidate != snapshot
                 {
                     settling = Some(snapshot);
-                    delay = next_poll(took);
+                    next_read = Instant::now() + next_poll(took);
                     continue;
                 }
                 record(&status, engine.host(), Ok((took, next_poll(took))));
@@ -126,7 +146,7 @@ pub async fn follow(
                     last = Some((snapshot, Instant::now()));
                 }
                 backoff = BACKOFF.0;
-                delay = next_poll(took);
+                next_read = Instant::now() + next_poll(took);
             }
             Err(e) => {
                 let kept = last.as_ref().map_or(0, |(s, _)| s.services.len());
@@ -141,7 +161,7 @@ pub async fn follow(
                 }
                 down_since.get_or_insert_with(Instant::now);
                 record(&status, engine.host(), Err(e.to_string()));
-                delay = backoff;
+                next_read = Instant::now() + backoff;
                 backoff = (backoff * 2).min(BACKOFF.1);
             }
         }
@@ -184,6 +204,12 @@ impl StoppingMemory {
 /// swarm so large that the reads would otherwise keep the Engine busy.
 fn next_poll(took: Duration) -> Duration {
     POLL.max(took * DUTY_DIVISOR)
+}
+
+/// Records how the stop notices go.
+fn record_notices(status: &SharedStatus, notices: &Notices) {
+    let mut s = status.lock().unwrap_or_else(|p| p.into_inner());
+    s.notices = notices.status().clone();
 }
 
 /// Records a read: good (how long it took, the wait before the next), or its error.

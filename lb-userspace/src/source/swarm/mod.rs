@@ -1,17 +1,19 @@
 //! Docker Swarm as a source of services: `lbd run --swarm` follows the node's Docker Engine
 //! and serves every port a swarm service publishes in ingress mode.
 //!
-//! `engine` reads the Engine (the only part doing I/O, with `desired`, which reads a
+//! `engine` reads the Engine (the only part doing I/O with it, with `desired`, which reads a
 //! manager's tasks' desired states, and `stop_signals`, which reads the local tasks' stop
 //! signals from the container events), `snapshot` reduces its answers to
 //! what meshlb needs, `services` turns that into services in the service file's terms, and
 //! `follow` keeps reading (with `peers`, which keeps a node the Engine stopped showing a
-//! peer for a while, and `ports`, which keeps a published port it stopped listing for a
-//! while). The daemon lays the result beside the file's and the API's
+//! peer for a while, `ports`, which keeps a published port it stopped listing for a
+//! while, and `notices`, which tells the other nodes' lbd the tasks this node knows are
+//! being stopped and hears theirs). The daemon lays the result beside the file's and the API's
 //! services.
 mod desired;
 pub mod engine;
 pub mod follow;
+pub mod notices;
 pub mod peers;
 pub mod ports;
 pub mod services;
