@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{ChildGuard, EnterMode, Netns, netns::unique_suffix};
+use super::{ChildGuard, EnterMode, Netns, capabilities::BoundingSet, netns::unique_suffix};
 
 /// How long `lbd` may take to load, attach and program the maps.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -47,6 +47,8 @@ pub struct Lbd {
     args: Vec<String>,
     pin_dir: PathBuf,
     state_dir: PathBuf,
+    /// The capabilities `lbd` runs with; all of the test's when `None`.
+    bounding: Option<BoundingSet>,
 }
 
 impl Lbd {
@@ -59,6 +61,19 @@ impl Lbd {
         services: &str,
         interfaces: &[&str],
         extra: &[&str],
+    ) -> Result<Lbd> {
+        Self::start_bounded(lbd, node, services, interfaces, extra, None)
+    }
+
+    /// [`Lbd::start`] with only the capabilities of `bounding` (e.g. the systemd unit's,
+    /// [`BoundingSet::of_unit`]), also across restarts; checked on the running process.
+    pub fn start_bounded(
+        lbd: &Path,
+        node: &Netns,
+        services: &str,
+        interfaces: &[&str],
+        extra: &[&str],
+        bounding: Option<BoundingSet>,
     ) -> Result<Lbd> {
         let suffix = unique_suffix();
         let config = std::env::temp_dir().join(format!("mlb-services-{suffix}.yaml"));
@@ -104,6 +119,7 @@ impl Lbd {
             args,
             pin_dir,
             state_dir,
+            bounding,
         };
         lb.launch(node)?;
         Ok(lb)
@@ -129,10 +145,21 @@ impl Lbd {
             // they exist only when lbd runs with --kernel-log above warn.
             .env("RUST_LOG", "info,lb=debug")
             .env("NO_COLOR", "1");
+        if let Some(bounding) = &self.bounding {
+            bounding.apply(&mut cmd)?;
+        }
         // Only the network namespace: lbd must see the host's bpffs to pin.
         let mut child = node.spawn_command(cmd, EnterMode::SetnsOnly)?;
         if let Err(e) = child.wait_for_line("ready", READY_TIMEOUT) {
             bail!("lbd did not get ready: {e:#}");
+        }
+        if let Some(bounding) = &self.bounding {
+            let permitted = super::capabilities::permitted(child.id())?;
+            anyhow::ensure!(
+                permitted & !bounding.mask() == 0,
+                "lbd runs with capabilities {permitted:#x}, more than {:#x}",
+                bounding.mask()
+            );
         }
         self.child = Some(child);
         Ok(())

@@ -57,6 +57,7 @@
 
 pub mod bird;
 pub mod bulk;
+pub mod capabilities;
 pub mod cgroup;
 pub mod client;
 pub mod gate;

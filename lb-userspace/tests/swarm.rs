@@ -39,8 +39,12 @@ fn lbd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lbd"))
 }
 
+/// With the systemd unit's capabilities only: this test exercises every part of `--swarm`
+/// (published ports, the mesh, VIPs for containers), so it finds one the unit lacks.
 fn start_lbd(node: &SwarmNode) -> Lbd {
-    Lbd::start(
+    let unit = Path::new(lb_testkit::capabilities::UNIT);
+    let bounding = lb_testkit::capabilities::BoundingSet::of_unit(unit).expect("the unit");
+    Lbd::start_bounded(
         lbd(),
         &node.ns,
         "services: {}\n",
@@ -54,6 +58,7 @@ fn start_lbd(node: &SwarmNode) -> Lbd {
             "--socket-lb",
             "on",
         ],
+        Some(bounding),
     )
     .expect("lbd --swarm")
 }
