@@ -496,7 +496,7 @@ fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
         registry,
         "swarm_stop_notices",
         "Stop notices (datagrams naming tasks being stopped) sent to the other nodes' lbd, \
-         heard from them, and refused (not from a swarm node, or malformed).",
+         heard from them, and refused by lbd (not from a swarm node's lbd, or malformed).",
     );
     for (event, count) in [
         ("sent", swarm.notices.sent),

@@ -376,7 +376,7 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         match (n.listening, &n.error) {
             (Some(at), _) => println!(
                 "swarm: stop notices on {at} (udp): {} sent, {} heard from other nodes, {} \
-                 refused; {} task(s) stopping by their word",
+                 refused; {} task name(s) held from their word",
                 n.sent, n.heard, n.refused, n.held
             ),
             (None, Some(e)) => println!("swarm: stop notices: {e}"),

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::{
     engine::{Engine, EngineError},
-    notices::{NoticeStatus, Notices},
+    notices::{Attended, NoticeStatus, Notices},
     peers::PeerMemory,
     ports::PortMemory,
     snapshot::{Snapshot, SnapshotError},
@@ -72,6 +72,9 @@ pub async fn follow(
     let mut next_read = Instant::now();
     let mut backoff = BACKOFF.0;
     let mut last: Option<(Snapshot, Instant)> = None;
+    // The read last handed over, before the peers' word was marked in it: marked again when
+    // that word changes between reads.
+    let mut base: Option<Snapshot> = None;
     let mut down_since: Option<Instant> = None;
     // After an outage the Engine rebuilds its view for a while (networks, then services and
     // their tasks): a snapshot is handed over only once two reads in a row agree.
@@ -86,18 +89,20 @@ pub async fn follow(
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep_until(next_read.into()) => {}
-            new = notices.attend() => {
-                record_notices(&status, &notices);
-                // A peer's new word is applied at once, not at the next read.
-                if new
-                    && down_since.is_none()
-                    && settling.is_none()
-                    && let Some((snapshot, _)) = &mut last
-                    && notices.mark(snapshot) > 0
-                    && updates.send(snapshot.clone()).await.is_err()
+            attended = notices.attend() => {
+                // The peers' word applies at once, not at the next read.
+                if attended == Attended::MarksChanged
+                    && let Some(read) = &base
                 {
-                    return;
+                    let marked = notices.marked(read);
+                    if last.as_ref().is_none_or(|(before, _)| *before != marked) {
+                        if updates.send(marked.clone()).await.is_err() {
+                            return;
+                        }
+                        last = Some((marked, Instant::now()));
+                    }
                 }
+                record_notices(&status, &notices);
                 continue;
             }
         }
@@ -115,7 +120,9 @@ pub async fn follow(
                 peers.keep_recent(&mut snapshot, now);
                 ports.keep_recent(&mut snapshot, now);
                 stopping.keep_known(&mut snapshot);
-                notices.exchange(&mut snapshot).await;
+                // Only a view that holds is told (not the first reads after an outage).
+                let settled = down_since.is_none() && settling.is_none();
+                notices.exchange(&snapshot, settled).await;
                 record_notices(&status, &notices);
                 if let Some(since) = down_since.take() {
                     info!(
@@ -136,15 +143,18 @@ pub async fn follow(
                     continue;
                 }
                 record(&status, engine.host(), Ok((took, next_poll(took))));
+                let marked = notices.marked(&snapshot);
+                record_notices(&status, &notices);
                 let due = last
                     .as_ref()
-                    .is_none_or(|(before, at)| *before != snapshot || at.elapsed() >= RESYNC);
+                    .is_none_or(|(before, at)| *before != marked || at.elapsed() >= RESYNC);
                 if due {
-                    if updates.send(snapshot.clone()).await.is_err() {
+                    if updates.send(marked.clone()).await.is_err() {
                         return;
                     }
-                    last = Some((snapshot, Instant::now()));
+                    last = Some((marked, Instant::now()));
                 }
+                base = Some(snapshot);
                 backoff = BACKOFF.0;
                 next_read = Instant::now() + next_poll(took);
             }
@@ -160,6 +170,7 @@ pub async fn follow(
                     reminded = Instant::now();
                 }
                 down_since.get_or_insert_with(Instant::now);
+                notices.hush();
                 record(&status, engine.host(), Err(e.to_string()));
                 next_read = Instant::now() + backoff;
                 backoff = (backoff * 2).min(BACKOFF.1);

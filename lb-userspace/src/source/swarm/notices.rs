@@ -48,6 +48,8 @@ pub enum NoticeError {
     Truncated,
     #[error("a task name is empty or not UTF-8")]
     BadName,
+    #[error("it is longer than a stop notice may be ({MAX_DATAGRAM} bytes)")]
+    TooLong,
 }
 
 /// `names` in datagrams of at most [`MAX_DATAGRAM`] bytes. A name longer than 255 bytes
@@ -123,7 +125,7 @@ impl HeardMemory {
     /// Forgets the names not heard for [`HOLD`], then marks `snapshot`'s tasks named by the
     /// others stopping; how many it marked that were not already.
     pub fn mark(&mut self, snapshot: &mut Snapshot, now: Instant) -> usize {
-        self.until.retain(|_, until| *until > now);
+        self.forget_lapsed(now);
         let mut marked = 0;
         for (name, task) in snapshot.services.values_mut().flat_map(|s| &mut s.tasks) {
             if !task.stopping && self.until.contains_key(name) {
@@ -137,6 +139,16 @@ impl HeardMemory {
     /// How many names are held at `now`.
     pub fn held(&self, now: Instant) -> usize {
         self.until.values().filter(|until| **until > now).count()
+    }
+
+    /// Forgets the names not heard for [`HOLD`] at `now`.
+    pub fn forget_lapsed(&mut self, now: Instant) {
+        self.until.retain(|_, until| *until > now);
+    }
+
+    /// When the next held name lapses.
+    pub fn next_lapse(&self) -> Option<Instant> {
+        self.until.values().min().copied()
     }
 }
 
@@ -159,12 +171,13 @@ pub struct NoticeStatus {
     /// node's mesh address, or while it cannot listen (`error`).
     pub listening: Option<SocketAddr>,
     pub error: Option<String>,
-    /// Datagrams sent, peers' datagrams taken, and datagrams refused (not from a peer, or
-    /// not a well-formed notice).
+    /// Datagrams sent, peers' datagrams taken, and datagrams refused here (not from a swarm
+    /// node's lbd, or not a well-formed notice; where the tunnel runs, the kernel drops those
+    /// of senders that are no swarm node first, as `drop_tunnel_not_peer`).
     pub sent: u64,
     pub heard: u64,
     pub refused: u64,
-    /// Tasks the peers' word marks stopping now.
+    /// Task names the peers' word holds now (this node may know some of them itself too).
     pub held: usize,
 }
 
@@ -179,17 +192,31 @@ pub struct Notices {
     /// The tasks the Engine lists: only these are taken from a peer's word.
     tasks: BTreeSet<String>,
     heard: HeardMemory,
+    /// What this node knows itself now: told, and repeated, while not empty.
+    word: BTreeSet<String>,
     /// What this node last told, and when.
     told: Option<(BTreeSet<String>, Instant)>,
     status: NoticeStatus,
     reminded: Option<Instant>,
 }
 
+/// What [`Notices::attend`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attended {
+    /// Nothing that changes the marks (a repeat told, a name already held, a datagram
+    /// refused).
+    Nothing,
+    /// A peer named a task not held before, or a held name lapsed: the marks changed.
+    MarksChanged,
+}
+
 impl Notices {
-    /// After a read of the Engine: listens on `snapshot`'s mesh address, tells the peers the
-    /// tasks `snapshot` marks stopping (this node's own knowledge, before any peer's word) if
-    /// that is new or due again, then marks in `snapshot` the tasks the peers named.
-    pub async fn exchange(&mut self, snapshot: &mut Snapshot) {
+    /// After a good read of the Engine: listens on `snapshot`'s mesh address and, when
+    /// `may_tell` (the read's view holds: not just after an outage), tells the peers the tasks
+    /// `snapshot` marks stopping (this node's own knowledge: before any peer's word is
+    /// marked) if that is new or due again. Without `may_tell` it tells nothing, and stops
+    /// repeating what it told.
+    pub async fn exchange(&mut self, snapshot: &Snapshot, may_tell: bool) {
         let own = snapshot.mesh_addr();
         self.listen_on(own);
         self.peers = snapshot
@@ -203,69 +230,115 @@ impl Notices {
             .values()
             .flat_map(|s| s.tasks.keys().cloned())
             .collect();
-        let stopping = stopping_names(snapshot);
-        let due = match &self.told {
-            None => !stopping.is_empty(),
-            Some((told, at)) => !stopping.is_subset(told) || at.elapsed() >= REPEAT,
-        };
-        if stopping.is_empty() {
-            self.told = None;
-        } else if due {
-            self.tell(stopping).await;
+        if !may_tell {
+            self.hush();
+            return;
         }
-        let now = Instant::now();
-        self.heard.mark(snapshot, now);
-        self.status.held = self.heard.held(now);
+        self.word = stopping_names(snapshot);
+        if self.word.is_empty() {
+            self.told = None;
+            return;
+        }
+        let due = self
+            .told
+            .as_ref()
+            .is_none_or(|(told, at)| !self.word.is_subset(told) || at.elapsed() >= REPEAT);
+        if due {
+            self.tell().await;
+        }
     }
 
-    /// Waits for a peer's datagram, or for this node's word to be due again (then tells it);
-    /// whether a peer named a task not held before. Datagrams that are not a peer's
-    /// well-formed notice are counted and dropped. Cancel-safe but for a repeat cut short,
-    /// which the next read makes good.
-    pub async fn attend(&mut self) -> bool {
+    /// Stops telling (this node's Engine does not answer: what it knew grows stale), so the
+    /// peers' marks from its word lapse.
+    pub fn hush(&mut self) {
+        self.word.clear();
+        self.told = None;
+    }
+
+    /// `snapshot` with the tasks the peers' word holds now marked stopping.
+    pub fn marked(&mut self, snapshot: &Snapshot) -> Snapshot {
+        let now = Instant::now();
+        let mut marked = snapshot.clone();
+        self.heard.mark(&mut marked, now);
+        self.status.held = self.heard.held(now);
+        marked
+    }
+
+    /// Waits for peers' datagrams (taking every one already queued), for this node's word to
+    /// be due again (then tells it), or for a held name to lapse. Datagrams that are not a
+    /// peer's well-formed notice are counted and dropped. Cancel-safe but for a repeat cut
+    /// short, which the next read makes good.
+    pub async fn attend(&mut self) -> Attended {
+        /// Datagrams taken at most per call, so reads are never held up for long.
+        const BATCH: usize = 64;
         let mut buf = [0u8; MAX_DATAGRAM + 1];
         let repeat_at = self.told.as_ref().map(|(_, at)| *at + REPEAT);
-        let received = {
+        let lapse_at = self.heard.next_lapse();
+        let woke = {
             let receive = async {
                 match &self.socket {
                     Some(socket) => socket.recv_from(&mut buf).await,
                     None => std::future::pending().await,
                 }
             };
-            let repeat = async {
-                match repeat_at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+            let at = |when: Option<Instant>| async move {
+                match when {
+                    Some(when) => tokio::time::sleep_until(when.into()).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                got = receive => Some(got),
-                () = repeat => None,
+                got = receive => Woke::Received(got),
+                () = at(repeat_at) => Woke::Repeat,
+                () = at(lapse_at) => Woke::Lapse,
             }
         };
-        match received {
-            None => {
-                if let Some((told, _)) = self.told.take() {
-                    self.tell(told).await;
-                }
-                false
+        match woke {
+            Woke::Repeat => {
+                self.tell().await;
+                Attended::Nothing
             }
-            Some(Err(e)) => {
+            Woke::Lapse => {
+                let now = Instant::now();
+                self.heard.forget_lapsed(now);
+                self.status.held = self.heard.held(now);
+                Attended::MarksChanged
+            }
+            Woke::Received(Err(e)) => {
                 debug!("swarm: receiving a stop notice: {e}");
-                false
+                Attended::Nothing
             }
-            Some(Ok((len, from))) => self.take(&buf[..len], from),
+            Woke::Received(Ok((len, from))) => {
+                let mut changed = self.take(&buf[..len], from);
+                for _ in 1..BATCH {
+                    let Some(socket) = &self.socket else { break };
+                    let Ok((len, from)) = socket.try_recv_from(&mut buf) else {
+                        break;
+                    };
+                    changed |= self.take(&buf[..len], from);
+                }
+                if changed {
+                    Attended::MarksChanged
+                } else {
+                    Attended::Nothing
+                }
+            }
         }
     }
 
     /// Takes a datagram from `from`: whether it named a task not held before.
     fn take(&mut self, datagram: &[u8], from: SocketAddr) -> bool {
-        if !self.peers.contains(&from.ip()) {
-            debug!(from = %from, "swarm: a datagram to the notice port from a node not in the swarm; dropped");
+        // Peers send from the notice socket, bound to the tunnel port.
+        if !self.peers.contains(&from.ip()) || from.port() != tunnel::PORT {
+            debug!(from = %from, "swarm: a datagram to the notice port not from a swarm node's lbd; dropped");
             self.status.refused += 1;
             return false;
         }
         let names = match decode(datagram) {
+            Ok(_) if datagram.len() > MAX_DATAGRAM => Err(NoticeError::TooLong),
+            decoded => decoded,
+        };
+        let names = match names {
             Ok(names) => names,
             Err(e) => {
                 debug!(from = %from, "swarm: a peer's datagram is no stop notice: {e}; dropped");
@@ -284,15 +357,11 @@ impl Notices {
         new > 0
     }
 
-    /// Marks in `snapshot` the tasks the peers named; how many it marked that were not.
-    pub fn mark(&mut self, snapshot: &mut Snapshot) -> usize {
-        self.heard.mark(snapshot, Instant::now())
-    }
-
-    async fn tell(&mut self, stopping: BTreeSet<String>) {
+    /// Tells the peers this node's word.
+    async fn tell(&mut self) {
         if let Some(socket) = &self.socket {
             let mut sent = 0;
-            for datagram in encode(stopping.iter().map(String::as_str)) {
+            for datagram in encode(self.word.iter().map(String::as_str)) {
                 for peer in &self.peers {
                     match socket
                         .send_to(&datagram, SocketAddr::new(*peer, tunnel::PORT))
@@ -305,7 +374,7 @@ impl Notices {
             }
             self.status.sent += sent;
         }
-        self.told = Some((stopping, Instant::now()));
+        self.told = (!self.word.is_empty()).then(|| (self.word.clone(), Instant::now()));
     }
 
     /// Binds the socket to `addr` and the tunnel port when `addr` is new, or when it could
@@ -352,6 +421,13 @@ impl Notices {
     pub fn status(&self) -> &NoticeStatus {
         &self.status
     }
+}
+
+/// What woke [`Notices::attend`].
+enum Woke {
+    Received(std::io::Result<(usize, SocketAddr)>),
+    Repeat,
+    Lapse,
 }
 
 #[cfg(test)]
@@ -454,30 +530,101 @@ mod tests {
         assert_eq!(memory.heard(&["web.2.b"], known, t0 + 10 * HOLD), 1);
     }
 
-    /// A node tells its own knowledge only: what it heard is marked after it told, so two
-    /// nodes never keep each other's marks alive.
+    fn with_mesh(mut snapshot: Snapshot, own: &str, peer: &str) -> Snapshot {
+        snapshot.data_addr = Some(own.parse().unwrap());
+        snapshot.peers = [own.parse().unwrap(), peer.parse().unwrap()].into();
+        snapshot
+    }
+
+    /// A node tells its own knowledge only, and what it knows now: what it heard is marked
+    /// apart (two nodes never keep each other's marks alive), a task no longer stopping is
+    /// no longer told, and nothing is told while its view does not hold.
     #[tokio::test]
-    async fn a_node_tells_what_it_knows_and_not_what_it_heard() {
+    async fn a_node_tells_what_it_knows_now_and_not_what_it_heard() {
         let mut notices = Notices::default();
-        let t0 = Instant::now();
-        notices.heard.heard(&["web.2.b"], |_| true, t0);
-        let mut s = snapshot(&["web.1.a", "web.2.b", "web.3.c"], &["web.3.c"]);
-        notices.exchange(&mut s).await;
-        let told = notices.told.as_ref().map(|(t, _)| t.clone());
-        assert_eq!(told, Some(BTreeSet::from(["web.3.c".to_owned()])));
+        notices.heard.heard(&["web.2.b"], |_| true, Instant::now());
+        let listed = ["web.1.a", "web.2.b", "web.3.c"];
+        let s = snapshot(&listed, &["web.1.a", "web.3.c"]);
+        notices.exchange(&s, true).await;
         assert_eq!(
-            stopping_names(&s),
-            BTreeSet::from(["web.2.b".into(), "web.3.c".into()])
+            notices.word,
+            BTreeSet::from(["web.1.a".into(), "web.3.c".into()])
         );
+        assert_eq!(stopping_names(&notices.marked(&s)).len(), 3);
+        assert_eq!(notices.status().held, 1);
         // No mesh address yet: not listening, nothing sent, nothing wrong.
         let st = notices.status().clone();
+        assert_eq!((st.listening, st.sent, st.error), (None, 0, None));
+        // web.1.a started again: the repeats name web.3.c only.
+        notices
+            .exchange(&snapshot(&listed, &["web.3.c"]), true)
+            .await;
+        assert_eq!(notices.word, BTreeSet::from(["web.3.c".into()]));
+        // A view that does not hold (after an outage), or an Engine away: nothing told.
+        notices
+            .exchange(&snapshot(&listed, &["web.3.c"]), false)
+            .await;
+        assert!(notices.word.is_empty() && notices.told.is_none());
+        notices
+            .exchange(&snapshot(&listed, &["web.3.c"]), true)
+            .await;
+        notices.hush();
+        assert!(notices.word.is_empty() && notices.told.is_none());
+    }
+
+    /// Two nodes on loopback addresses: one's word reaches the other, which marks the task;
+    /// a datagram from another port of a peer's address is refused.
+    #[tokio::test]
+    async fn a_peers_word_crosses_the_socket_and_others_are_refused() {
+        // Addresses of this process's own (two test processes never share the port).
+        let third = std::process::id() % 250 + 1;
+        let (a, b) = (format!("127.77.{third}.2"), format!("127.77.{third}.3"));
+        let (a, b) = (a.as_str(), b.as_str());
+        let listed = ["web.1.a", "web.2.b"];
+        let mut teller = Notices::default();
+        let mut hearer = Notices::default();
+        hearer
+            .exchange(&with_mesh(snapshot(&listed, &[]), b, a), true)
+            .await;
         assert_eq!(
-            (st.listening, st.sent, st.error, st.held),
-            (None, 0, None, 1)
+            hearer.status().listening,
+            Some(SocketAddr::new(b.parse().unwrap(), tunnel::PORT)),
+            "{:?}",
+            hearer.status().error
         );
-        // Nothing stopping any more: nothing to repeat.
-        let mut s = snapshot(&["web.1.a"], &[]);
-        notices.exchange(&mut s).await;
-        assert!(notices.told.is_none());
+        teller
+            .exchange(&with_mesh(snapshot(&listed, &["web.2.b"]), a, b), true)
+            .await;
+        assert_eq!(teller.status().sent, 1, "{:?}", teller.status());
+        let attended = tokio::time::timeout(Duration::from_secs(5), hearer.attend())
+            .await
+            .expect("the notice arrives");
+        assert_eq!(attended, Attended::MarksChanged);
+        let marked = hearer.marked(&snapshot(&listed, &[]));
+        assert_eq!(stopping_names(&marked), BTreeSet::from(["web.2.b".into()]));
+
+        let stranger = std::net::UdpSocket::bind((a, 0)).unwrap();
+        stranger
+            .send_to(b"\x00ms\x01\x07web.1.a", (b, tunnel::PORT))
+            .unwrap();
+        let attended = tokio::time::timeout(Duration::from_secs(5), hearer.attend())
+            .await
+            .expect("the datagram arrives");
+        assert_eq!(attended, Attended::Nothing);
+        assert_eq!((hearer.status().heard, hearer.status().refused), (1, 1));
+    }
+
+    /// A held name lapsing wakes `attend` once (the marks change), not again.
+    #[tokio::test]
+    async fn a_lapsed_name_wakes_attend_once() {
+        let mut notices = Notices::default();
+        notices
+            .heard
+            .heard(&["web.2.b"], |_| true, Instant::now() - HOLD);
+        let attended = tokio::time::timeout(Duration::from_secs(1), notices.attend()).await;
+        assert_eq!(attended, Ok(Attended::MarksChanged));
+        let again = tokio::time::timeout(Duration::from_millis(200), notices.attend()).await;
+        assert!(again.is_err(), "woke again: {again:?}");
+        assert_eq!(notices.status().held, 0);
     }
 }
