@@ -536,3 +536,52 @@ fn sockets_left_on_a_backend_removed_while_lbd_was_down_are_aborted_at_the_resta
     lab.lb.restart(&lab.topo.node).expect("restart");
     check_aborted(&connected, "backend-2", Instant::now());
 }
+
+/// An abort reaches a container's namespace through its process only while that process's
+/// namespace is the one the daemon knew (by its cookie): a pid since taken by a process of
+/// another namespace gets nothing aborted, and a process gone is no error.
+#[test]
+fn an_abort_goes_only_to_the_namespace_it_was_meant_for() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_userspace::dataplane::{abort_connected_udp, netns_cookie};
+    let ns = Netns::new("abort").expect("namespace");
+    ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+    let peer: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+    let socket = ns
+        .run(|| -> std::io::Result<UdpSocket> {
+            let socket = UdpSocket::bind("127.0.0.1:0")?;
+            socket.connect(peer)?;
+            Ok(socket)
+        })
+        .expect("setns")
+        .expect("a connected socket");
+    let cookie = ns.run(netns_cookie).expect("setns").expect("cookie");
+    let mut holder = ns.spawn("sleep", &["30"], &[]).expect("a process there");
+    let pid = holder.id();
+    // `ip netns exec` enters the namespace a moment after it starts (bounded wait).
+    let inode =
+        |path: &Path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let entered = Instant::now();
+    while inode(Path::new(&format!("/proc/{pid}/ns/net"))).ok() != inode(&ns.path()).ok() {
+        assert!(
+            entered.elapsed() < Duration::from_secs(5),
+            "sleep never entered the namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = |socket: &UdpSocket| socket.send(b"x").map(drop);
+
+    let other = abort_connected_udp(Some((pid, cookie ^ 1)), &[peer]).expect("abort");
+    assert_eq!(other, 0, "another namespace's cookie: nothing aborted");
+    sent(&socket).expect("still connected");
+    let aborted = abort_connected_udp(Some((pid, cookie)), &[peer]).expect("abort");
+    assert_eq!(aborted, 1, "its own namespace: the socket aborted");
+    let after = sent(&socket).expect_err("aborted");
+    assert_eq!(after.raw_os_error(), Some(libc::EDESTADDRREQ), "{after}");
+
+    holder.stop(Duration::from_secs(5)).expect("stopped");
+    let gone = abort_connected_udp(Some((pid, cookie)), &[peer]).expect("a process gone");
+    assert_eq!(gone, 0);
+}

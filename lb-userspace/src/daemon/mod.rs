@@ -405,9 +405,10 @@ impl Daemon {
         let applied_at = started.elapsed();
         self.degraded = None;
         // Before the running plan and the merge it came from are replaced: it reads both.
-        self.abort_sockets_left_behind(&next);
+        let left_behind = self.sockets_left_behind(&next);
         self.keep_swarm_services(swarm_services);
         self.sync_socket_namespaces();
+        self.abort_sockets_to(left_behind);
         self.keep_inputs(file, api, merged);
         self.node_addresses = node_addresses;
         self.take_plan(next, health_shaped);

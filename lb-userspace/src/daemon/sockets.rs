@@ -53,18 +53,18 @@ impl Daemon {
         }
     }
 
-    /// Aborts, in the background, the connected UDP sockets of the namespaces this node's
-    /// socket programs serve that are connected to a backend endpoint `next` removes from
-    /// every service (of a UDP service whose `on_backend_removal` is not `keep`): such a
+    /// The backend endpoints whose connected UDP sockets `next` leaves behind, for
+    /// [`Daemon::abort_sockets_to`] once the namespaces are synced: those it removes from
+    /// every service (of a UDP service whose `on_backend_removal` is not `keep`). Such a
     /// socket chose its backend at `connect()` and would send to it for as long as it lives
-    /// (see `dataplane::abort_connected_udp`). A socket connected to that address and port
-    /// without meshlb is aborted too: what it talks to left the service.
-    pub(super) fn abort_sockets_left_behind(&self, next: &Replan) {
+    /// (see `dataplane::abort_connected_udp`); one connected to that address and port
+    /// without meshlb is aborted too: what it talks to left the service. Read before the
+    /// running plan and the merge it came from are replaced.
+    pub(super) fn sockets_left_behind(&self, next: &Replan) -> Vec<SocketAddr> {
         if self.dp.socket_attachment().is_none() {
-            return;
+            return Vec::new();
         }
-        let peers = self.udp_endpoints_removed(next);
-        self.abort_sockets_to(peers);
+        self.udp_endpoints_removed(next)
     }
 
     /// Aborts, in the background, the connected UDP sockets of the namespaces this node's
@@ -73,16 +73,22 @@ impl Daemon {
         if peers.is_empty() || self.dp.socket_attachment().is_none() {
             return;
         }
-        let namespaces: Vec<Option<u32>> = std::iter::once(None)
-            .chain(self.netns_cookies.keys().map(|(_, pid)| Some(*pid)))
-            .collect();
+        // The namespaces served now (synced): a container gone has no sockets left, and its
+        // pid may name another process since.
+        let mut namespaces: Vec<Option<(u32, u64)>> = vec![None];
+        let mut seen = HashSet::new();
+        for (&(_, pid), &cookie) in &self.netns_cookies {
+            if seen.insert(cookie) {
+                namespaces.push(Some((pid, cookie)));
+            }
+        }
         std::thread::spawn(move || {
             let mut aborted = 0;
             for ns in namespaces {
                 match dataplane::abort_connected_udp(ns, &peers) {
                     Ok(n) => aborted += n,
                     Err(e) => warn!(
-                        pid = ?ns,
+                        pid = ?ns.map(|(pid, _)| pid),
                         "sockets: cannot abort the UDP sockets connected to removed backends ({e})"
                     ),
                 }

@@ -33,15 +33,26 @@ const REQ_LEN: usize = 8 + SOCKID_LEN;
 /// `struct inet_diag_msg` up to and including its id.
 const MSG_ID_END: usize = 4 + SOCKID_LEN;
 
-/// Aborts the connected UDP sockets of a network namespace (`pid`'s, or this thread's for
-/// `None`) whose peer is one of `peers` (a port of 0 matches every port); how many it aborted.
-pub fn abort_connected_udp(pid: Option<u32>, peers: &[SocketAddr]) -> io::Result<usize> {
+/// Aborts the connected UDP sockets of a network namespace (`Some((pid, cookie))`: process
+/// `pid`'s, if its namespace is still the one of `cookie`; this thread's for `None`) whose
+/// peer is one of `peers` (a port of 0 matches every port); how many it aborted. A process
+/// gone, or whose pid now names a process in another namespace, has none to abort: 0.
+pub fn abort_connected_udp(ns: Option<(u32, u64)>, peers: &[SocketAddr]) -> io::Result<usize> {
     if peers.is_empty() {
         return Ok(0);
     }
-    match pid {
-        None => abort_here(peers),
-        Some(pid) => super::sockets::in_netns_of(pid, || abort_here(peers)),
+    let Some((pid, cookie)) = ns else {
+        return abort_here(peers);
+    };
+    let aborted = super::sockets::in_netns_of(pid, || {
+        if super::sockets::netns_cookie()? != cookie {
+            return Ok(0);
+        }
+        abort_here(peers)
+    });
+    match aborted {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        aborted => aborted,
     }
 }
 
