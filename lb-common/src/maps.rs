@@ -547,10 +547,11 @@ pub struct SockReverse {
     pub _pad: u16,
 }
 
-/// Value of `SOCK_PEER`, stored on a socket whose `connect()` the socket-level programs sent
-/// to a backend: that backend and the frontend asked for. It lives and dies with the socket,
-/// so unlike `SOCK_REVERSE` (what unconnected datagrams need) no churn of other sockets can
-/// evict it, and a new connection costs no insert into a shared table.
+/// Value of `SOCK_PEER`, stored on a socket the socket-level programs sent to a backend: that
+/// backend (as the socket sends to it) and the frontend asked for, at its `connect()`, or for
+/// an unconnected socket its last datagram's. It lives and dies with the socket, so unlike
+/// `SOCK_REVERSE` no churn of other sockets can evict it, and a new connection costs no
+/// insert into a shared table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockPeer {
@@ -558,7 +559,10 @@ pub struct SockPeer {
     pub frontend: Addr,
     pub backend_port_be: u16,
     pub frontend_port_be: u16,
-    pub _pad: u32,
+    /// The `BACKENDS` id chosen: an unconnected socket's next datagram to the same frontend
+    /// stays on it while it is still that backend of the service. 0 (no backend) in values
+    /// written before it was kept.
+    pub backend_id: u32,
 }
 
 /// Values of `SOCK_NETNS` (keyed by network namespace cookie): which frontends the

@@ -18,14 +18,14 @@ use aya_ebpf::{
 use lb_common::{
     Addr,
     maps::{
-        ANY_PORT, EndpointKey, FlowKey, SockPeer, SockReverse, SockReverseKey, proto,
-        service_flags, sock_netns,
+        ANY_PORT, EndpointKey, FlowKey, SockPeer, SockReverse, SockReverseKey, backend_flags,
+        proto, service_flags, sock_netns,
     },
 };
 
 use crate::{
     conntrack::Chosen,
-    maps::{FRONTENDS, SOCK_NETNS, SOCK_PEER, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
+    maps::{BACKENDS, FRONTENDS, SOCK_NETNS, SOCK_PEER, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
     select,
 };
 
@@ -128,6 +128,22 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     if svc.flags & service_flags::TUNNEL_ONLY != 0 {
         return ALLOW;
     }
+    let counters = SOCK_STATS.get_ptr_mut(svc.id);
+    // An unconnected socket's datagrams to a frontend stay on the backend its last one went
+    // to while that is still the service's backend (drained or being stopped included), as a
+    // flow's packets do: a table change moves none of them.
+    if call == Call::Datagram
+        && let Some(kept) = kept_backend(ctx, svc.id, &frontend)
+    {
+        set_user_addr(sa, v6, &kept.backend);
+        // SAFETY: a context field these programs may write.
+        unsafe { (*sa).user_port = u32::from(kept.backend_port_be) };
+        if let Some(c) = counters {
+            // SAFETY: per-CPU value, only this CPU's program runs touch it.
+            unsafe { (*c).datagrams += 1 };
+        }
+        return ALLOW;
+    }
     // SAFETY: a helper the kernel offers sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // The flow's source address and port are not known before `connect` returns: the hash
@@ -162,7 +178,6 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         tunnel_peer: 0,
         arrived_from: 0,
     };
-    let counters = SOCK_STATS.get_ptr_mut(svc.id);
     // Round-robin turns its cursor for a connection only: each datagram of an unconnected
     // socket comes through here, and they stay on the backend the socket's hash picks.
     if !select::choose(&key, &svc, call == Call::Connect, &mut chosen) {
@@ -209,9 +224,10 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
 }
 
 /// Records which frontend the socket asked for, so `to_frontend` can give it back: on the
-/// socket itself for `connect` (one peer per socket), else in `SOCK_REVERSE` by socket and
-/// backend (an unconnected socket may send to several). A datagram to the same backend as the
-/// last one skips the write.
+/// socket itself (one peer per socket: its connection's, or its last datagram's, which the
+/// next one to that frontend keeps, see `kept_backend`), and for a datagram also in
+/// `SOCK_REVERSE` by socket and backend (an unconnected socket may send to several). A
+/// datagram to the same backend as the last one skips that write.
 #[inline(always)]
 fn remember(
     ctx: &SockAddrContext,
@@ -220,24 +236,25 @@ fn remember(
     frontend: &EndpointKey,
     call: Call,
 ) {
-    if call == Call::Connect {
-        let mut peer = SockPeer {
-            backend: chosen.addr,
-            frontend: frontend.addr,
-            backend_port_be: chosen.port_be,
-            frontend_port_be: frontend.port_be,
-            _pad: 0,
-        };
-        // SAFETY: the context's socket, which the helper takes; a socket reconnected to
-        // another frontend has its value overwritten.
-        let stored = unsafe { SOCK_PEER.get_or_insert_ptr_mut(ctx, Some(&mut peer)) };
-        if !stored.is_null() {
-            // SAFETY: a storage value stays valid for the whole program run.
-            unsafe { *stored = peer };
+    let mut peer = SockPeer {
+        backend: chosen.addr,
+        frontend: frontend.addr,
+        backend_port_be: chosen.port_be,
+        frontend_port_be: frontend.port_be,
+        backend_id: chosen.backend_id,
+    };
+    // SAFETY: the context's socket, which the helper takes; a socket reconnected to another
+    // frontend, or sending to another, has its value overwritten.
+    let stored = unsafe { SOCK_PEER.get_or_insert_ptr_mut(ctx, Some(&mut peer)) };
+    if !stored.is_null() {
+        // SAFETY: a storage value stays valid for the whole program run.
+        unsafe { *stored = peer };
+        if call == Call::Connect {
             return;
         }
-        // No storage (out of memory): the shared table keeps getpeername right.
     }
+    // No storage (out of memory): the shared table keeps getpeername right. An unconnected
+    // socket's replies may come from backends of earlier datagrams too: the table has them.
     let key = SockReverseKey {
         cookie,
         backend: chosen.addr,
@@ -258,6 +275,43 @@ fn remember(
     }
     // A failed write (cannot happen with an LRU map) only costs getpeername its frontend.
     let _ = SOCK_REVERSE.insert(&key, &value, 0);
+}
+
+/// The backend the socket's last datagram to `frontend` went to (as the socket sends to it),
+/// if it is still that backend of service `service`: its id in use by the service, for the
+/// same address and port (an id freed and given to another backend is not), or the same
+/// node's published port for a task on another node.
+#[inline(always)]
+fn kept_backend(ctx: &SockAddrContext, service: u32, frontend: &EndpointKey) -> Option<SockPeer> {
+    // SAFETY: the context's socket; no value is created.
+    let peer = unsafe { SOCK_PEER.get_ptr_mut(ctx) };
+    if peer.is_null() {
+        return None;
+    }
+    // SAFETY: a storage value stays valid for the whole program run.
+    let peer = unsafe { *peer };
+    if peer.backend_id == 0
+        || peer.frontend != frontend.addr
+        || peer.frontend_port_be != frontend.port_be
+    {
+        return None;
+    }
+    let backend = BACKENDS.get(peer.backend_id)?;
+    if backend.flags & backend_flags::IN_USE == 0 || backend.service_id != service {
+        return None;
+    }
+    let tunnel_peer = u32::from(backend.flags >> backend_flags::PEER_SHIFT);
+    let (addr, port_be) = if tunnel_peer != 0 {
+        (
+            Addr::from_v4_raw(*TUNNEL_PEERS.get(tunnel_peer)?),
+            frontend.port_be,
+        )
+    } else if backend.port_be == ANY_PORT {
+        (backend.addr, frontend.port_be)
+    } else {
+        (backend.addr, backend.port_be)
+    };
+    (addr == peer.backend && port_be == peer.backend_port_be).then_some(peer)
 }
 
 /// `getpeername` and UDP `recvmsg`: a backend this socket was sent to in place of a frontend

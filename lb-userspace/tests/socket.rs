@@ -585,3 +585,88 @@ fn an_abort_goes_only_to_the_namespace_it_was_meant_for() {
     let gone = abort_connected_udp(Some((pid, cookie)), &[peer]).expect("a process gone");
     assert_eq!(gone, 0);
 }
+
+/// 30 unconnected UDP sockets of `node`, each with the backend its first datagram to
+/// `target` reached.
+fn unconnected_udp(node: &Netns, target: SocketAddr) -> Vec<(UdpSocket, String)> {
+    node.run(|| -> std::io::Result<Vec<(UdpSocket, String)>> {
+        (0..30)
+            .map(|_| {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                socket.set_read_timeout(Some(TIMEOUT))?;
+                let backend = udp_ask_unconnected(&socket, target)?;
+                Ok((socket, backend))
+            })
+            .collect()
+    })
+    .expect("setns")
+    .expect("unconnected UDP sockets")
+}
+
+/// One datagram to `target` and its answer, which must come from `target` (`recvmsg`'s
+/// translation); the backend that answered.
+fn udp_ask_unconnected(socket: &UdpSocket, target: SocketAddr) -> std::io::Result<String> {
+    socket.send_to(b"hello\n", target)?;
+    let mut buf = [0u8; 512];
+    let (len, from) = socket.recv_from(&mut buf)?;
+    if from != target {
+        return Err(std::io::Error::other(format!("answered from {from}")));
+    }
+    let line = String::from_utf8_lossy(&buf[..len]).into_owned();
+    Ok(parse_reply_line(&line)
+        .map_err(std::io::Error::other)?
+        .backend)
+}
+
+/// An unconnected UDP socket is a flow too: its datagrams stay on their backend while it is
+/// the service's, drained included (new sockets get none there), and move only when it
+/// leaves the service.
+#[test]
+fn unconnected_udp_sockets_keep_their_backend_until_it_leaves() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = setup(SERVICES);
+    let vip = SocketAddr::new("198.18.100.1".parse().unwrap(), 53);
+    let web = r#"backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]"#;
+    let sockets = unconnected_udp(&lab.topo.node, vip);
+    assert!(
+        sockets.iter().any(|(_, b)| b == "backend-2"),
+        "(2/3)^30: no socket on backend-2: {sockets:?}"
+    );
+    let ask_all = |sockets: &[(UdpSocket, String)]| -> Vec<String> {
+        sockets
+            .iter()
+            .map(|(socket, _)| udp_ask_unconnected(socket, vip).expect("answered"))
+            .collect()
+    };
+    let before: Vec<String> = sockets.iter().map(|(_, b)| b.clone()).collect();
+
+    let drained = SERVICES.replace(
+        web,
+        r#"backends: ["198.18.2.10", "198.18.2.11", { address: "198.18.2.12", weight: 0 }]"#,
+    );
+    assert_ne!(drained, SERVICES);
+    lab.lb.reload(&drained).expect("reload");
+    assert_eq!(
+        ask_all(&sockets),
+        before,
+        "a drained backend keeps its sockets"
+    );
+    let fresh = unconnected_udp(&lab.topo.node, vip);
+    assert!(
+        fresh.iter().all(|(_, b)| b != "backend-2"),
+        "a new socket on the drained backend: {fresh:?}"
+    );
+
+    let removed = SERVICES.replace(web, r#"backends: ["198.18.2.10", "198.18.2.11"]"#);
+    lab.lb.reload(&removed).expect("reload");
+    for ((_, was), now) in sockets.iter().zip(ask_all(&sockets)) {
+        if was == "backend-2" {
+            assert_ne!(now, "backend-2", "a removed backend keeps a socket");
+        } else {
+            assert_eq!(&now, was, "a socket moved off a backend that stayed");
+        }
+    }
+}
