@@ -593,6 +593,7 @@ mod tests {
                 sent: 7,
                 ..Default::default()
             },
+            container_starts: 0,
         };
         let attachments = [crate::api::AttachmentStatus {
             interface: "eth0".into(),

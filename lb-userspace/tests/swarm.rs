@@ -399,6 +399,13 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     // VIP) and by address, TCP and UDP: every task (two per node, across the overlay)
     // answers and sees the container.
     let node1 = &lab.nodes[0];
+    let starts = |lb: &Lbd| {
+        let status = lb.lbctl_json(&["status"]).expect("status");
+        status["swarm"]["container_starts"]
+            .as_u64()
+            .expect("container_starts")
+    };
+    let starts_before = starts(&lbs[0]);
     node1
         .docker(&[
             "run",
@@ -424,6 +431,11 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .trim()
         .to_owned();
     let get = "printf 'GET /cgi-bin/who HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc api 8080";
+    // lbd heard the containers start (and read the Engine at once, so their namespaces are
+    // served before the next poll).
+    within(FOLLOW, "lbd hears the containers start", || {
+        starts(&lbs[0]) >= starts_before + 2
+    });
     within(
         Duration::from_secs(5),
         "the VIP answers the container",

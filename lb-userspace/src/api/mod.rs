@@ -107,6 +107,10 @@ pub struct SwarmStatus {
     /// The stop notices this node tells the other nodes' lbd and hears from them.
     #[serde(default)]
     pub notices: crate::source::swarm::notices::NoticeStatus,
+    /// Container starts heard from the Engine: each makes a read follow at once, so a new
+    /// container's VIPs are served before it calls them.
+    #[serde(default)]
+    pub container_starts: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

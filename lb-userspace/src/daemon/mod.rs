@@ -710,6 +710,7 @@ impl Daemon {
             tasks_stopping: self.swarm.as_ref().map_or(0, |s| s.tasks_stopping()),
             tasks_unhealthy: self.swarm.as_ref().map_or(0, |s| s.tasks_unhealthy()),
             notices: f.notices,
+            container_starts: f.container_starts,
         })
     }
 

@@ -84,24 +84,29 @@ impl Engine {
     }
 
     async fn connect(&self) -> Result<Docker, EngineError> {
-        let request = |what, error| EngineError::Request {
-            host: self.host.clone(),
-            what,
-            error,
-        };
-        let client = if self.host.starts_with("unix://") {
-            Docker::connect_with_unix(&self.host, REQUEST_TIMEOUT_S, API_DEFAULT_VERSION)
-        } else {
-            let address = self.host.replacen("tcp://", "http://", 1);
-            Docker::connect_with_http(&address, REQUEST_TIMEOUT_S, API_DEFAULT_VERSION)
-        }
-        .map_err(|e| request("connecting", e))?;
-        // Down to what the Engine speaks (Debian 12's dockerd 20.10 speaks 1.41).
-        client
-            .negotiate_version()
-            .await
-            .map_err(|e| request("negotiating the API version", e))
+        connect(&self.host).await
     }
+}
+
+/// A client of the Engine at `host`, speaking its API version.
+pub(super) async fn connect(host: &str) -> Result<Docker, EngineError> {
+    let request = |what, error| EngineError::Request {
+        host: host.to_owned(),
+        what,
+        error,
+    };
+    let client = if host.starts_with("unix://") {
+        Docker::connect_with_unix(host, REQUEST_TIMEOUT_S, API_DEFAULT_VERSION)
+    } else {
+        let address = host.replacen("tcp://", "http://", 1);
+        Docker::connect_with_http(&address, REQUEST_TIMEOUT_S, API_DEFAULT_VERSION)
+    }
+    .map_err(|e| request("connecting", e))?;
+    // Down to what the Engine speaks (Debian 12's dockerd 20.10 speaks 1.41).
+    client
+        .negotiate_version()
+        .await
+        .map_err(|e| request("negotiating the API version", e))
 }
 
 async fn read_with(

@@ -20,6 +20,7 @@ use super::{
     peers::PeerMemory,
     ports::PortMemory,
     snapshot::{Snapshot, SnapshotError},
+    starts::Starts,
 };
 
 /// How often the Engine is read while it answers.
@@ -58,6 +59,8 @@ pub struct FollowStatus {
     pub last_read: Option<(Duration, Duration)>,
     /// The stop notices told to and heard from the other nodes.
     pub notices: NoticeStatus,
+    /// Container starts heard from the Engine (each makes a read follow at once).
+    pub container_starts: u64,
 }
 
 pub type SharedStatus = Arc<Mutex<FollowStatus>>;
@@ -84,11 +87,23 @@ pub async fn follow(
     let mut ports = PortMemory::default();
     let mut stopping = StoppingMemory::default();
     let mut notices = Notices::default();
+    let mut starts = Starts::new(engine.host());
+    // The soonest a read may follow the last one (see `DUTY_DIVISOR`).
+    let mut earliest_read = Instant::now();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = tokio::time::sleep_until(next_read.into()) => {}
+            () = starts.next() => {
+                // A container may call a VIP at once: read now, so its namespace is served
+                // (as soon as the Engine's time allows; not while it does not answer).
+                if down_since.is_none() {
+                    next_read = next_read.min(earliest_read);
+                }
+                status.lock().unwrap_or_else(|p| p.into_inner()).container_starts += 1;
+                continue;
+            }
             attended = notices.attend() => {
                 // The peers' word applies at once, not at the next read.
                 if attended == Attended::MarksChanged
@@ -110,6 +125,7 @@ pub async fn follow(
         let answers = engine.read().await;
         // The Engine's time only (not the daemon's, which may take the snapshot slowly).
         let took = started.elapsed();
+        earliest_read = Instant::now() + took * DUTY_DIVISOR;
         let read = match answers {
             Ok(answers) => Snapshot::from_answers(&answers).map_err(ReadError::from),
             Err(e) => Err(e.into()),

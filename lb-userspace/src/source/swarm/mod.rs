@@ -3,7 +3,8 @@
 //!
 //! `engine` reads the Engine (the only part doing I/O with it, with `desired`, which reads a
 //! manager's tasks' desired states, and `stop_signals`, which reads the local tasks' stop
-//! signals from the container events), `snapshot` reduces its answers to
+//! signals from the container events, and `starts`, which hears containers start so a read
+//! follows at once), `snapshot` reduces its answers to
 //! what meshlb needs, `services` turns that into services in the service file's terms, and
 //! `follow` keeps reading (with `peers`, which keeps a node the Engine stopped showing a
 //! peer for a while, `ports`, which keeps a published port it stopped listing for a
@@ -18,6 +19,7 @@ pub mod peers;
 pub mod ports;
 pub mod services;
 pub mod snapshot;
+mod starts;
 mod stop_signals;
 
 pub use crate::source::file::SwarmPolicy;
