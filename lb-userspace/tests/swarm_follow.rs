@@ -802,57 +802,7 @@ fn an_unhealthy_task_gets_no_new_flows_entering_on_another_node() {
 /// new flows entering by it while they still run.
 #[test]
 fn a_drained_workers_tasks_get_no_new_flows_from_its_own_lbd() {
-    if !e2e_enabled() {
-        return;
-    }
-    let _one = one_lab();
-    let lab = SwarmLab::start().expect("swarm lab");
-    let args = ["--stop-grace-period", "30s", "--replicas-max-per-node", "2"];
-    lab.create_published("who", 4, &who_ports(WHO_PORT), &args)
-        .expect("who");
-    let tasks = lab.wait_tasks("who", 4, TASKS).expect("who tasks");
-    let lbs = lbds(&lab);
-    let worker = &lab.nodes[1];
-    who_follows(&lab, &lbs, worker, Instant::now(), STARTUP, "start");
-
-    lab.set_availability(2, "drain").expect("drain node 2");
-    let drained = Instant::now();
-    let on_worker: BTreeSet<String> = tasks
-        .iter()
-        .filter(|t| t.node == 2)
-        .map(|t| t.name.clone())
-        .collect();
-    assert_eq!(on_worker.len(), 2, "{tasks:?}");
-    // Swarm sends the stop signal two seconds after it tells its own load balancers.
-    let took = wait_until(
-        Duration::from_secs(10),
-        "the worker's lbd marks its tasks stopping",
-        || Ok(swarm_tasks(&lbs[1], "who", "stopping_tasks")? == on_worker),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[1].output()));
-    println!("the worker's lbd marked {on_worker:?} stopping {took:?} after the drain began");
-
-    let on_manager: BTreeSet<String> = tasks
-        .iter()
-        .filter(|t| t.node == 1)
-        .map(|t| t.container.clone())
-        .collect();
-    let why = "the worker's tasks are stopping";
-    all_answered_by(
-        &lab,
-        &lbs,
-        published(worker, WHO_PORT),
-        &on_manager,
-        40,
-        why,
-    );
-    let drained_tasks: Vec<&str> = tasks
-        .iter()
-        .filter(|t| t.node == 2)
-        .map(|t| t.container.as_str())
-        .collect();
-    still_running(&lab, "who", &drained_tasks, drained);
-    drop(lbs);
+    drained_node_gets_no_new_flows_entering_by_the_worker(2, |_| {});
 }
 
 /// A worker's Engine does not say that a task on another node is being stopped; the lbd of
@@ -861,6 +811,28 @@ fn a_drained_workers_tasks_get_no_new_flows_from_its_own_lbd() {
 /// the worker's tasks while the manager's still run and would answer.
 #[test]
 fn a_task_stopping_on_another_node_gets_no_new_flows_from_a_worker() {
+    drained_node_gets_no_new_flows_entering_by_the_worker(1, |lbs| {
+        let notices =
+            |lb: &Lbd| lb.lbctl_json(&["status"]).expect("status")["swarm"]["notices"].clone();
+        let (told, heard) = (notices(&lbs[0]), notices(&lbs[1]));
+        assert!(
+            told["sent"].as_u64() > Some(0),
+            "the manager's lbd told: {told}"
+        );
+        assert!(
+            heard["heard"].as_u64() > Some(0),
+            "the worker's lbd heard: {heard}"
+        );
+        assert_eq!(heard["held"], 2, "{heard}");
+        assert_eq!(heard["refused"], 0, "{heard}");
+    });
+}
+
+/// Four tasks, two a node, a 30 s grace; node `drained` drained: the worker's lbd marks the
+/// drained node's two tasks stopping within 10 s (then `check` looks at the lbds), and 40 TCP
+/// and 40 UDP requests entering by the worker all reach the other node's tasks while the
+/// drained ones still run.
+fn drained_node_gets_no_new_flows_entering_by_the_worker(drained: u8, check: impl Fn(&[Lbd])) {
     if !e2e_enabled() {
         return;
     }
@@ -874,48 +846,41 @@ fn a_task_stopping_on_another_node_gets_no_new_flows_from_a_worker() {
     let worker = &lab.nodes[1];
     who_follows(&lab, &lbs, worker, Instant::now(), STARTUP, "start");
 
-    lab.set_availability(1, "drain").expect("drain node 1");
-    let drained = Instant::now();
-    let on_manager: BTreeSet<String> = tasks
-        .iter()
-        .filter(|t| t.node == 1)
-        .map(|t| t.name.clone())
-        .collect();
-    assert_eq!(on_manager.len(), 2, "{tasks:?}");
+    lab.set_availability(drained, "drain")
+        .unwrap_or_else(|e| panic!("drain node {drained}: {e:#}"));
+    let since = Instant::now();
+    let on = |node: u8, name: bool| -> BTreeSet<String> {
+        tasks
+            .iter()
+            .filter(|t| t.node == node)
+            .map(|t| {
+                if name {
+                    t.name.clone()
+                } else {
+                    t.container.clone()
+                }
+            })
+            .collect()
+    };
+    let stopping = on(drained, true);
+    assert_eq!(stopping.len(), 2, "{tasks:?}");
+    // A worker's own tasks: Swarm sends the stop signal two seconds after it tells its own
+    // load balancers. Another node's: that node's lbd, or a manager's, tells.
     let took = wait_until(
         Duration::from_secs(10),
-        "the worker's lbd marks the manager's tasks stopping",
-        || Ok(swarm_tasks(&lbs[1], "who", "stopping_tasks")? == on_manager),
+        &format!("the worker's lbd marks node {drained}'s tasks stopping"),
+        || Ok(swarm_tasks(&lbs[1], "who", "stopping_tasks")? == stopping),
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lbs[0].output(), lbs[1].output()));
-    println!("the worker's lbd marked {on_manager:?} stopping {took:?} after the drain began");
-    let notices =
-        |lb: &Lbd| lb.lbctl_json(&["status"]).expect("status")["swarm"]["notices"].clone();
-    let (told, heard) = (notices(&lbs[0]), notices(&lbs[1]));
-    assert!(
-        told["sent"].as_u64() > Some(0),
-        "the manager's lbd told: {told}"
-    );
-    assert!(
-        heard["heard"].as_u64() > Some(0),
-        "the worker's lbd heard: {heard}"
-    );
-    assert_eq!(heard["held"], 2, "{heard}");
-    assert_eq!(heard["refused"], 0, "{heard}");
+    println!("the worker's lbd marked {stopping:?} stopping {took:?} after the drain began");
+    check(&lbs);
 
-    let on_worker: BTreeSet<String> = tasks
-        .iter()
-        .filter(|t| t.node == 2)
-        .map(|t| t.container.clone())
-        .collect();
-    let why = "the manager's tasks are stopping";
-    all_answered_by(&lab, &lbs, published(worker, WHO_PORT), &on_worker, 40, why);
-    let drained_tasks: Vec<&str> = tasks
-        .iter()
-        .filter(|t| t.node == 1)
-        .map(|t| t.container.as_str())
-        .collect();
-    still_running(&lab, "who", &drained_tasks, drained);
+    let others = on(3 - drained, false);
+    let why = format!("node {drained}'s tasks are stopping");
+    all_answered_by(&lab, &lbs, published(worker, WHO_PORT), &others, 40, &why);
+    let drained_tasks: Vec<String> = on(drained, false).into_iter().collect();
+    let drained_tasks: Vec<&str> = drained_tasks.iter().map(String::as_str).collect();
+    still_running(&lab, "who", &drained_tasks, since);
     drop(lbs);
 }
 

@@ -260,30 +260,12 @@ fn record(status: &SharedStatus, host: &str, read: Result<(Duration, Duration), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::swarm::snapshot::{SwarmService, Task};
+    use crate::source::swarm::snapshot::with_web_tasks;
 
     fn with_tasks(known: bool, stopping: &[&str], listed: &[&str]) -> Snapshot {
-        let tasks = listed
-            .iter()
-            .map(|name| {
-                let task = Task {
-                    stopping: stopping.contains(name),
-                    ..Default::default()
-                };
-                (name.to_string(), task)
-            })
-            .collect();
         Snapshot {
-            services: [(
-                "web".to_owned(),
-                SwarmService {
-                    tasks,
-                    ..Default::default()
-                },
-            )]
-            .into(),
             desired_states_known: known,
-            ..Default::default()
+            ..with_web_tasks(listed, stopping)
         }
     }
 

@@ -433,31 +433,7 @@ enum Woke {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::swarm::snapshot::{SwarmService, Task};
-
-    fn snapshot(listed: &[&str], stopping: &[&str]) -> Snapshot {
-        let tasks = listed
-            .iter()
-            .map(|name| {
-                let task = Task {
-                    stopping: stopping.contains(name),
-                    ..Default::default()
-                };
-                (name.to_string(), task)
-            })
-            .collect();
-        Snapshot {
-            services: [(
-                "web".to_owned(),
-                SwarmService {
-                    tasks,
-                    ..Default::default()
-                },
-            )]
-            .into(),
-            ..Default::default()
-        }
-    }
+    use crate::source::swarm::snapshot::with_web_tasks as snapshot;
 
     #[test]
     fn notices_carry_every_name_in_datagrams_that_fit() {

@@ -553,6 +553,33 @@ fn parse_ip(text: &str, what: &str) -> Result<IpAddr, SnapshotError> {
         })
 }
 
+/// A snapshot of one service `web` with the tasks `listed`, those in `stopping` marked, for
+/// the tests of what reads and peers mark.
+#[cfg(test)]
+pub(crate) fn with_web_tasks(listed: &[&str], stopping: &[&str]) -> Snapshot {
+    let tasks = listed
+        .iter()
+        .map(|name| {
+            let task = Task {
+                stopping: stopping.contains(name),
+                ..Default::default()
+            };
+            (name.to_string(), task)
+        })
+        .collect();
+    Snapshot {
+        services: [(
+            "web".to_owned(),
+            SwarmService {
+                tasks,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
