@@ -151,7 +151,7 @@ impl HealthBook {
     /// no service checks any more is forgotten, a changed `rise`/`fall` applies from the next
     /// result. Returns every check to run.
     pub fn sync(&mut self, file: &ServiceFile, now: SystemTime) -> Vec<Target> {
-        let targets: Vec<(Target, u32, u32)> = file
+        let mut targets: Vec<(Target, u32, u32)> = file
             .services
             .values()
             .flat_map(|spec| targets_of(spec).map(move |(_, t)| (t, spec)))
@@ -161,6 +161,10 @@ impl HealthBook {
             })
             .collect();
         let mut kept = BTreeMap::new();
+        // Backends checked at one address (two ports of a host with one `health.port`) share
+        // one target: its state is taken once, and it is checked once.
+        let mut seen = std::collections::BTreeSet::new();
+        targets.retain(|(target, _, _)| seen.insert(target.key.clone()));
         for (target, rise, fall) in &targets {
             let seeded = self.seeds.remove(&target.key);
             let state = self.targets.remove(&target.key).unwrap_or(TargetState {

@@ -197,6 +197,38 @@ fn sync_forgets_targets_no_service_checks_and_ignores_their_late_results() {
     assert_eq!(book.state(&k).unwrap().health, Health::Unknown);
 }
 
+/// Two backends of one service checked at one address (`health.port`) share a target: it is
+/// checked once, and its verdict survives every sync (it was reset to unknown by each one, so
+/// a dead host's backends came back, and a recovered one's stayed out).
+#[test]
+fn backends_checked_at_one_address_share_a_verdict_across_syncs() {
+    let text = r#"
+services:
+  two:
+    ports: ["80:8080"]
+    backends: ["198.18.2.40:8080", "198.18.2.40:8081", "198.18.2.41"]
+    health: { tcp: {}, port: 9000, rise: 1, fall: 1 }
+"#;
+    let file = ServiceFile::parse(text, Path::new("services.yaml")).unwrap();
+    let mut book = HealthBook::default();
+    let targets = book.sync(&file, at(0));
+    assert_eq!(targets.len(), 2, "one check per address: {targets:?}");
+    let shared = key("two", "198.18.2.40:9000");
+    assert_eq!(feed(&mut book, &shared, 1, &[FAIL]), [Health::Down]);
+    for t in 2..5 {
+        book.sync(&file, at(t));
+        assert_eq!(
+            book.state(&shared).unwrap().health,
+            Health::Down,
+            "sync {t}"
+        );
+    }
+    assert_eq!(backends(&book.serving(&file), "two"), ["198.18.2.41"]);
+    assert_eq!(feed(&mut book, &shared, 5, &[OK]), [Health::Up]);
+    book.sync(&file, at(6));
+    assert_eq!(book.state(&shared).unwrap().health, Health::Up);
+}
+
 /// A restarted lbd starts from the saved verdicts: the down backend stays out at once and
 /// needs `rise` passes, the up one needs `fall` failures; a target added later starts unknown.
 #[test]
