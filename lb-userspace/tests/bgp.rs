@@ -36,7 +36,16 @@ services:
     ports: ["80:8080/tcp"]
     backends: ["198.18.30.1"]
     health: { tcp: {}, interval: 500ms, timeout: 200ms, rise: 1, fall: 1 }
+  dead:
+    vip: 198.18.100.4
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.30.9"]
+    health: { tcp: {}, interval: 500ms, timeout: 200ms, rise: 1, fall: 1 }
 "#;
+
+/// `dead`'s VIP: its one backend answers nothing, so it is never announced, not even before
+/// its first check (announced and withdrawn, a flap at the router).
+const DEAD_VIP: &str = "198.18.100.4";
 
 /// `checked`'s VIP and its one backend, a server in the router's namespace that both nodes
 /// reach (the router's own address, routed to from each node).
@@ -356,6 +365,21 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     // Both nodes announce the VIP with backends: one ECMP route. The drained VIP: nothing.
     wait_hops(&router, VIP, &[A, B], converge);
     assert!(next_hops(&router, "198.18.100.2").is_empty());
+    // The VIP whose checks never pass was never given to BIRD (each write of the include file
+    // is a log line naming its VIPs: BIRD told, or not yet reachable).
+    assert!(next_hops(&router, DEAD_VIP).is_empty());
+    for node in [&a, &b] {
+        let log = node.lbd.output();
+        let announced: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("BIRD announces") || l.contains("announcing VIPs"))
+            .collect();
+        assert!(!announced.is_empty(), "no announcement logged:\n{log}");
+        assert!(
+            announced.iter().all(|l| !l.contains(DEAD_VIP)),
+            "{DEAD_VIP} announced before its first check: {announced:?}"
+        );
+    }
 
     // A restart of lbd withdraws nothing: both next hops stay throughout.
     a.lbd.restart(&a.ns).expect("lbd restart");

@@ -106,6 +106,13 @@ impl Announcer {
         &self.settings
     }
 
+    /// The VIPs the include file announces now (none if it cannot be read).
+    pub fn announced(&self) -> BTreeSet<IpAddr> {
+        std::fs::read_to_string(&self.settings.include)
+            .map(|text| announced_in(&text))
+            .unwrap_or_default()
+    }
+
     /// Makes BIRD announce exactly `vips`. The file on disk is the state (it survives lbd
     /// restarts), so an unchanged set neither writes nor reconfigures, unless BIRD has not
     /// been told since this announcer started or since a change it could not be told of:
@@ -155,6 +162,14 @@ impl Announcer {
             message: lines.join(" | "),
         })
     }
+}
+
+/// The VIPs an include file `render` wrote announces.
+pub fn announced_in(text: &str) -> BTreeSet<IpAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("route "))
+        .filter_map(|route| route.split('/').next()?.parse().ok())
+        .collect()
 }
 
 /// The include file for `vips`: two static protocols (so `bird.conf` can export each family's

@@ -30,8 +30,14 @@ fn the_include_file_has_one_static_protocol_per_family() {
          protocol static meshlb_vips4 {\n  ipv4;\n  route 198.18.100.1/32 unreachable;\n  route 198.18.100.2/32 unreachable;\n}\n\
          protocol static meshlb_vips6 {\n  ipv6;\n  route fd00:100::1/128 unreachable;\n}\n"
     );
+    // What it announces is read back from it (what a restarted lbd finds announced).
+    assert_eq!(
+        announced_in(&text),
+        set(&["198.18.100.2", "fd00:100::1", "198.18.100.1"])
+    );
     // Nothing to announce still defines both protocols, so bird.conf stays valid.
     let empty = render(&BTreeSet::new());
+    assert!(announced_in(&empty).is_empty());
     assert!(empty.contains("protocol static meshlb_vips4 {\n  ipv4;\n}\n"));
     assert!(empty.contains("protocol static meshlb_vips6 {\n  ipv6;\n}\n"));
 }

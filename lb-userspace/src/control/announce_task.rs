@@ -29,26 +29,25 @@ pub(super) fn spawn(
         let mut last_error = None;
         let round = async {
             loop {
-                let vips = shared.daemon().running().announced_vips();
                 let a = announcer.clone();
+                let daemon = shared.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    a.lock()
-                        .expect("announcer lock")
-                        .sync(&vips)
-                        .map(|s| (s, vips))
+                    let mut a = a.lock().expect("announcer lock");
+                    let vips = daemon.daemon().vips_to_announce(&a.announced());
+                    (a.sync(&vips), vips)
                 })
                 .await;
                 match result {
-                    Ok(Ok((Synced::Reconfigured, vips))) => {
+                    Ok((Ok(Synced::Reconfigured), vips)) => {
                         last_error = None;
                         info!(?vips, "BIRD announces the VIPs with a usable backend");
                     }
-                    Ok(Ok((Synced::Unchanged, _))) => last_error = None,
-                    Ok(Err(e)) => {
+                    Ok((Ok(Synced::Unchanged), _)) => last_error = None,
+                    Ok((Err(e), vips)) => {
                         // Once per distinct error, not every second.
                         let text = e.to_string();
                         if last_error.as_ref() != Some(&text) {
-                            warn!("announcing VIPs: {text}");
+                            warn!(?vips, "announcing VIPs: {text}");
                             last_error = Some(text);
                         }
                     }

@@ -633,6 +633,29 @@ impl Daemon {
         &self.running
     }
 
+    /// The VIPs to announce: the running plan's (`DesiredState::announced_vips`), less those
+    /// not announced yet (`announced`) whose every service is still waiting for its health
+    /// checks' first verdict: a new VIP is announced once a check found a backend up, not
+    /// announced and withdrawn when the first checks find them all down. One announced already
+    /// stays (a restart must not withdraw).
+    pub fn vips_to_announce(&self, announced: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+        let mut vips = self.running.announced_vips();
+        let awaiting = self.health.awaiting_first_verdict(&self.merged.file);
+        if awaiting.is_empty() {
+            return vips;
+        }
+        let vouched: BTreeSet<IpAddr> = self
+            .running
+            .services
+            .iter()
+            .filter(|s| s.backends.iter().any(|b| b.weight > 0))
+            .filter(|s| !awaiting.contains(&s.name))
+            .filter_map(|s| s.vip)
+            .collect();
+        vips.retain(|vip| vouched.contains(vip) || announced.contains(vip));
+        vips
+    }
+
     pub fn merged(&self) -> &Merged {
         &self.merged
     }

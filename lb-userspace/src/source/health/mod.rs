@@ -9,7 +9,7 @@ mod tests;
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
@@ -250,6 +250,29 @@ impl HealthBook {
 
     pub fn states(&self) -> impl Iterator<Item = (&TargetKey, &TargetState)> {
         self.targets.iter()
+    }
+
+    /// The checked services of `file` none of whose backends that take flows is known up
+    /// while some have had no verdict yet (just added, or lbd started without one): served
+    /// meanwhile, as new backends are, but not yet worth announcing a VIP for (see
+    /// `Daemon::vips_to_announce`).
+    pub fn awaiting_first_verdict(&self, file: &ServiceFile) -> BTreeSet<String> {
+        file.services
+            .values()
+            .filter(|spec| spec.health.is_some())
+            .filter(|spec| {
+                let healths: Vec<Health> = targets_of(spec)
+                    .filter(|(i, _)| spec.backends[*i].weight > 0)
+                    .map(|(_, t)| {
+                        self.targets
+                            .get(&t.key)
+                            .map_or(Health::Unknown, |s| s.health)
+                    })
+                    .collect();
+                !healths.contains(&Health::Up) && healths.contains(&Health::Unknown)
+            })
+            .map(|spec| spec.name.clone())
+            .collect()
     }
 
     /// The services as the plan must see them: each checked service without its down

@@ -229,6 +229,31 @@ services:
     assert_eq!(book.state(&shared).unwrap().health, Health::Up);
 }
 
+/// A checked service with no backend known up while some have no verdict yet waits: a
+/// backend found up ends the wait, and so do verdicts for all; a service without checks
+/// never waits.
+#[test]
+fn checked_services_wait_for_a_backend_up_or_every_verdict() {
+    let file = file();
+    let mut book = HealthBook::default();
+    book.sync(&file, at(0));
+    let waiting = |book: &HealthBook| -> Vec<String> {
+        book.awaiting_first_verdict(&file).into_iter().collect()
+    };
+    assert_eq!(waiting(&book), ["keep", "web"]);
+    feed(&mut book, &key("web", "198.18.2.11:8080"), 1, &[FAIL]);
+    assert_eq!(
+        waiting(&book),
+        ["keep", "web"],
+        "one down, two unknown: still waiting"
+    );
+    feed(&mut book, &key("web", "198.18.2.10:8080"), 1, &[OK]);
+    assert_eq!(waiting(&book), ["keep"], "one up ends the wait");
+    feed(&mut book, &key("keep", "198.18.2.20:8080"), 1, &[FAIL]);
+    feed(&mut book, &key("keep", "198.18.2.21:8080"), 1, &[FAIL]);
+    assert!(waiting(&book).is_empty(), "every verdict in, all down");
+}
+
 /// A restarted lbd starts from the saved verdicts: the down backend stays out at once and
 /// needs `rise` passes, the up one needs `fall` failures; a target added later starts unknown.
 #[test]
