@@ -298,7 +298,14 @@ impl Daemon {
                 path.display()
             );
         }
-        let api = self.api.clone();
+        let mut api = self.api.clone();
+        let lapsed = api.drop_lapsed_edits(&file);
+        if lapsed > 0 {
+            info!(
+                lapsed,
+                "API re-weights and removals of backends the service file no longer lists lapse"
+            );
+        }
         self.commit(trigger, Some(file), api)
     }
 

@@ -444,6 +444,26 @@ impl ApiState {
         self.set_backend(service, backend, Some(0), file)
     }
 
+    /// Forgets the re-weights and removals of backends that `file` no longer lists in a
+    /// service it still defines: they lapse, so a backend the file lists again later comes
+    /// with the file's weight, not an old drain. How many it forgot.
+    pub fn drop_lapsed_edits(&mut self, file: &ServiceFile) -> usize {
+        let mut dropped = 0;
+        for (service, edits) in &mut self.backend_edits {
+            let Some(spec) = file.services.get(service) else {
+                continue;
+            };
+            edits.retain(|backend, edit| {
+                let keep = matches!(edit, Edit::Added(_))
+                    || spec.backends.iter().any(|b| BackendRef::of(b) == *backend);
+                dropped += usize::from(!keep);
+                keep
+            });
+        }
+        self.backend_edits.retain(|_, edits| !edits.is_empty());
+        dropped
+    }
+
     fn has_service(&self, service: &str, file: &ServiceFile) -> bool {
         self.services.contains_key(service) || file.services.contains_key(service)
     }
@@ -730,6 +750,43 @@ mod tests {
             .services
             .remove(name)
             .unwrap()
+    }
+
+    /// A drain or removal of a file backend lapses at the reload that stops listing it: listed
+    /// again later, the backend comes with the file's weight (it came back drained).
+    #[test]
+    fn edits_of_backends_the_file_stops_listing_lapse() {
+        let both = file(
+            "services:\n  web:\n    ports: [\"80:8080/tcp\"]\n    backends: [198.18.2.10, 198.18.2.11, 198.18.2.12]\n",
+        );
+        let one =
+            file("services:\n  web:\n    ports: [\"80:8080/tcp\"]\n    backends: [198.18.2.10]\n");
+        let mut api = ApiState::default();
+        let b = |a: &str| BackendRef {
+            address: a.parse().unwrap(),
+            port: None,
+        };
+        api.drain("web", b("198.18.2.11"), &both).unwrap();
+        api.remove_backend("web", b("198.18.2.12"), &both).unwrap();
+        api.set_backend("web", b("198.18.2.20"), Some(3), &both)
+            .unwrap();
+        assert_eq!(api.drop_lapsed_edits(&both), 0, "all still listed");
+        assert_eq!(api.drop_lapsed_edits(&one), 2);
+        let weights: Vec<(String, u32)> = api.merge(&both).unwrap().file.services["web"]
+            .backends
+            .iter()
+            .map(|b| (b.address.to_string(), b.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("198.18.2.10".to_owned(), 1),
+                ("198.18.2.11".to_owned(), 1),
+                ("198.18.2.12".to_owned(), 1),
+                ("198.18.2.20".to_owned(), 3),
+            ],
+            "listed again: the file's weights; the added backend stays"
+        );
     }
 
     #[test]
