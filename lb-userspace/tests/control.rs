@@ -1005,6 +1005,73 @@ fn a_changed_service_file_is_applied_without_a_signal() {
     }
 }
 
+/// A file change refused because the API has a service of the same name is applied once the
+/// operator takes the way out the refusal names (`lbctl remove-service`), without a signal.
+#[test]
+fn a_refused_file_change_applies_once_the_api_gives_way() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let lb = start(
+        &topo,
+        &services(r#""198.18.2.10""#),
+        &["--watch-interval-ms", "100"],
+    );
+    lbctl(
+        &lb,
+        &[
+            "add-service",
+            "dns",
+            "--vip",
+            "198.18.100.2",
+            "--port",
+            "53:5353/udp",
+            "--backend",
+            "198.18.2.11",
+        ],
+    );
+    let with_dns = format!(
+        "{}  dns:\n    vip: 198.18.100.3\n    ports: [\"53:5353/udp\"]\n    backends: [198.18.2.10]\n",
+        services(r#""198.18.2.10""#)
+    );
+    std::fs::write(lb.config_path(), with_dns).unwrap();
+    let vip_of_dns = |lb: &Lbd| {
+        lbctl_json(lb, &["list"])["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "dns")
+            .map(|s| s["vip"].clone())
+    };
+    let changed = Instant::now();
+    while !lb.output().contains("reload refused") {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "{}",
+            lb.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        vip_of_dns(&lb),
+        Some("198.18.100.2".into()),
+        "the API's stays"
+    );
+
+    lbctl(&lb, &["remove-service", "dns"]);
+    let removed = Instant::now();
+    while vip_of_dns(&lb) != Some("198.18.100.3".into()) {
+        assert!(
+            removed.elapsed() < Duration::from_secs(3),
+            "the file's dns not applied after the API's went: {:?}\n{}",
+            vip_of_dns(&lb),
+            lb.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn published_ports_follow_the_node_addresses() {
     if !e2e_enabled() {

@@ -164,6 +164,11 @@ async fn serve(
 
     let config = options.daemon.config.as_deref();
     let mut watched = config.and_then(file_stamp);
+    // A file change refused for what it says (e.g. a service the API has, or a table too
+    // small for the API's backends) waits for the API to change: the daemon's generation
+    // when it was refused. Then it is tried again, so the way out the refusal names (say,
+    // `lbctl remove-service`) applies the file without a SIGHUP.
+    let mut refused_at: Option<u64> = None;
     let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
     file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Interfaces and addresses: netlink's link and address events say at once when they
@@ -182,8 +187,10 @@ async fn serve(
             Some(snapshot) = swarm_rx.recv() => apply_swarm(&shared, snapshot).await,
             _ = hangup.recv() => {
                 let stamp = config.and_then(file_stamp);
-                if reload(&shared, Trigger::Signal).await {
+                let reloaded = reload(&shared, Trigger::Signal).await;
+                if reloaded != Reload::Failed {
                     watched = stamp;
+                    refused_at = refused_generation(&shared, reloaded);
                 }
             }
             _ = every_second.tick() => {
@@ -193,10 +200,16 @@ async fn serve(
                 follow_interfaces(&shared, &mut seen_addresses).await;
             }
             _ = file_watch.tick(), if options.watch.is_some() && config.is_some() => {
-                // A change whose reload failed (not refused) is tried again at the next check.
+                // A change whose reload failed (not refused) is tried again at the next check;
+                // a refused one once the API changed.
                 let stamp = config.and_then(file_stamp);
-                if stamp != watched && reload(&shared, Trigger::File).await {
-                    watched = stamp;
+                let retry = refused_at.is_some_and(|at| shared.daemon().generation() != at);
+                if stamp != watched || retry {
+                    let reloaded = reload(&shared, Trigger::File).await;
+                    if reloaded != Reload::Failed {
+                        watched = stamp;
+                        refused_at = refused_generation(&shared, reloaded);
+                    }
                 }
             }
         }
@@ -425,39 +438,54 @@ async fn link_event(watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>) -> Option<
     (changes.links || changes.addresses).then_some(())
 }
 
+/// How a reload went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reload {
+    /// Applied, or nothing changed.
+    Settled,
+    /// Refused for what the file says, with the API as it is.
+    Refused,
+    /// The node failed (out of descriptors, say): tried again at the next check.
+    Failed,
+}
+
+/// After a reload: the daemon's generation if it was refused (see `refused_at`).
+fn refused_generation(shared: &Shared, reloaded: Reload) -> Option<u64> {
+    (reloaded == Reload::Refused).then(|| shared.daemon().generation())
+}
+
 /// Re-reads the service file and applies the difference; the answer goes to the log (every
-/// line says "reload"). Whether the file's change is settled: applied, unchanged, or refused
-/// for what it says; `false` when the node failed (out of descriptors, say), so the caller
-/// tries again at the next check.
-async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> bool {
+/// line says "reload").
+async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || s.daemon().reload_file(trigger)).await;
     match result {
         Ok(Ok(Outcome::Unchanged)) => {
             info!(trigger = trigger.as_str(), "reload: no change");
-            true
+            Reload::Settled
         }
         Ok(Ok(_)) => {
             info!(trigger = trigger.as_str(), "reloaded");
-            true
+            Reload::Settled
         }
         Ok(Err(e)) if e.is_input() => {
             error!(
                 trigger = trigger.as_str(),
-                "reload refused, the running configuration stays: {e:#}"
+                "reload refused, the running configuration stays (tried again once the API \
+                 changes, or at a SIGHUP): {e:#}"
             );
-            true
+            Reload::Refused
         }
         Ok(Err(e)) => {
             error!(
                 trigger = trigger.as_str(),
                 "reload failed: {e:#} (see the line above for whether the previous configuration was restored); trying again at the next check"
             );
-            false
+            Reload::Failed
         }
         Err(e) => {
             error!("reload: {e}");
-            false
+            Reload::Failed
         }
     }
 }
