@@ -725,13 +725,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        return result;
     }
-    result
+    // Renamed: the new content is the file's, whatever follows. Said as written, or a caller
+    // would undo in memory a change the file holds; only its surviving a power loss before
+    // the directory reaches the disk is in doubt.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(path = %path.display(), "written, but syncing its directory failed: {e}; a power loss now may lose the change");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
