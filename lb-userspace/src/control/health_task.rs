@@ -51,7 +51,9 @@ async fn run(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Some((now_epoch, now_targets)) = shared.daemon().health_targets(epoch) {
+                // Not waiting for a change under way: the targets are looked at again in 50 ms.
+                let changed = shared.try_daemon().and_then(|mut d| d.health_targets(epoch));
+                if let Some((now_epoch, now_targets)) = changed {
                     let checked = |t: &[Target]| -> HashSet<String> {
                         t.iter().map(|t| t.key.service.clone()).collect()
                     };

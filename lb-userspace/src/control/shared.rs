@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, TryLockError},
     time::Instant,
 };
 
@@ -67,6 +67,18 @@ impl Shared {
     /// and stopping every admin path instead would leave the dataplane unmanaged.
     pub fn daemon(&self) -> MutexGuard<'_, Daemon> {
         lock(&self.daemon)
+    }
+
+    /// The daemon if no one holds it now (the same policy for a poisoned lock): for an async
+    /// task that can do its part at its next turn, so that a long change (a whole replan,
+    /// about a second beside 10,000 services) holding the lock never blocks one of the
+    /// runtime's threads, on which the health checks' own timers run.
+    pub fn try_daemon(&self) -> Option<MutexGuard<'_, Daemon>> {
+        match self.daemon.try_lock() {
+            Ok(daemon) => Some(daemon),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Takes a sample: occupancy (when due), then counters. Called every few seconds.
