@@ -978,11 +978,7 @@ fn a_changed_service_file_is_applied_without_a_signal() {
         return;
     }
     let (topo, _servers) = setup(2);
-    let lb = start(
-        &topo,
-        &services(r#""198.18.2.10""#),
-        &["--watch-interval-ms", "100"],
-    );
+    let lb = start_watched(&topo);
     assert_eq!(new_flows_reach(&topo, 10), set(&["backend-0"]));
     std::fs::write(lb.config_path(), services(r#""198.18.2.11""#)).unwrap();
     let changed = Instant::now();
@@ -995,10 +991,24 @@ fn a_changed_service_file_is_applied_without_a_signal() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The log line follows the maps' update.
-    while !lb.output().contains("reloaded") {
+    wait_for_log(&lb, "reloaded", changed, Duration::from_secs(5));
+}
+
+/// lbd with `web` on backend-0, looking at its service file every 100 ms.
+fn start_watched(topo: &Topology) -> Lbd {
+    start(
+        topo,
+        &services(r#""198.18.2.10""#),
+        &["--watch-interval-ms", "100"],
+    )
+}
+
+/// Waits until `lb`'s log has `text`, failing `limit` after `since`.
+fn wait_for_log(lb: &Lbd, text: &str, since: Instant, limit: Duration) {
+    while !lb.output().contains(text) {
         assert!(
-            changed.elapsed() < Duration::from_secs(5),
-            "{}",
+            since.elapsed() < limit,
+            "no {text:?} in the log:\n{}",
             lb.output()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -1013,11 +1023,7 @@ fn a_refused_file_change_applies_once_the_api_gives_way() {
         return;
     }
     let (topo, _servers) = setup(2);
-    let lb = start(
-        &topo,
-        &services(r#""198.18.2.10""#),
-        &["--watch-interval-ms", "100"],
-    );
+    let lb = start_watched(&topo);
     lbctl(
         &lb,
         &[
@@ -1044,15 +1050,12 @@ fn a_refused_file_change_applies_once_the_api_gives_way() {
             .find(|s| s["name"] == "dns")
             .map(|s| s["vip"].clone())
     };
-    let changed = Instant::now();
-    while !lb.output().contains("reload refused") {
-        assert!(
-            changed.elapsed() < Duration::from_secs(3),
-            "{}",
-            lb.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(
+        &lb,
+        "reload refused",
+        Instant::now(),
+        Duration::from_secs(3),
+    );
     assert_eq!(
         vip_of_dns(&lb),
         Some("198.18.100.2".into()),
