@@ -203,7 +203,9 @@ async fn serve(
                 // A change whose reload failed (not refused) is tried again at the next check;
                 // a refused one once the API changed.
                 let stamp = config.and_then(file_stamp);
-                let retry = refused_at.is_some_and(|at| shared.daemon().generation() != at);
+                // Not waiting for a change under way: looked at again at the next check.
+                let retry = refused_at
+                    .is_some_and(|at| shared.try_daemon().is_some_and(|d| d.generation() != at));
                 if stamp != watched || retry {
                     let reloaded = reload(&shared, Trigger::File).await;
                     if reloaded != Reload::Failed {
@@ -358,11 +360,36 @@ fn log_ready(shared: &Shared, options: &RunOptions) {
 }
 
 /// Attaches again to interfaces made again, to those waited for, and replans published ports
-/// when the node's addresses changed (once per change, even if the replan is refused).
+/// when the node's addresses changed (once per change, even if the replan is refused). The
+/// looks take the daemon's lock, so they run off the runtime's threads: a long change holding
+/// it (a whole replan) then delays them, not the runtime.
 async fn follow_interfaces(
     shared: &Arc<Shared>,
     seen_addresses: &mut Option<Vec<std::net::IpAddr>>,
 ) {
+    let s = shared.clone();
+    let seen = seen_addresses.clone();
+    let looked = tokio::task::spawn_blocking(move || look_at_interfaces(&s, seen)).await;
+    let (now, changed) = match looked {
+        Ok(looked) => looked,
+        Err(e) => {
+            error!("following the interfaces: {e}");
+            return;
+        }
+    };
+    *seen_addresses = now;
+    if changed {
+        info!("the node's addresses changed; replanning published ports");
+        let _ = reload(shared, Trigger::Addresses).await;
+    }
+}
+
+/// `follow_interfaces`' looks, under the daemon's lock: the node's addresses now, and whether
+/// they changed since `seen` in a way the plan sees.
+fn look_at_interfaces(
+    shared: &Shared,
+    seen: Option<Vec<std::net::IpAddr>>,
+) -> (Option<Vec<std::net::IpAddr>>, bool) {
     let events = shared.daemon().follow_links();
     for event in events {
         match event {
@@ -388,12 +415,8 @@ async fn follow_interfaces(
     }
     attach_appeared(shared);
     let now = dataplane::node_addresses().ok();
-    let changed = now != *seen_addresses && shared.daemon().node_addresses_changed();
-    *seen_addresses = now;
-    if changed {
-        info!("the node's addresses changed; replanning published ports");
-        let _ = reload(shared, Trigger::Addresses).await;
-    }
+    let changed = now != seen && shared.daemon().node_addresses_changed();
+    (now, changed)
 }
 
 /// The netlink link and address watch, readable when events wait; `None` (said in the log)
