@@ -39,15 +39,7 @@ pub fn run(lbd: &Path, tcp: usize, udp: usize) -> Result<()> {
     let started = Instant::now();
     let lab = SwarmLab::start().context("starting the two-node swarm")?;
     println!("demo: swarm up in {:.1?}", started.elapsed());
-    lab.create_published(
-        "web",
-        4,
-        &[
-            Publish::ingress(PORT, WHO_PORT, Proto::Tcp),
-            Publish::ingress(PORT, WHO_PORT, Proto::Udp),
-        ],
-        &[],
-    )?;
+    lab.create_published("web", 4, &Publish::ingress_tcp_and_udp(PORT, WHO_PORT), &[])?;
     let tasks = lab.wait_tasks("web", 4, Duration::from_secs(60))?;
     println!("demo: service web, 4 tasks, port {PORT} published (ingress) for TCP and UDP:");
     for t in &tasks {

@@ -3,7 +3,7 @@
 
 use std::{io, os::unix::process::CommandExt as _, path::Path, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 /// Linux capabilities by number, as capabilities(7) and systemd spell them.
 const NAMES: [&str; 41] = [
@@ -76,10 +76,7 @@ impl BoundingSet {
     pub fn parse(names: &str) -> Result<Self> {
         let mut caps = Vec::new();
         for name in names.split_whitespace() {
-            let Some(cap) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) else {
-                bail!("unknown capability {name:?}");
-            };
-            caps.push(cap as u32);
+            caps.push(number(name)?);
         }
         Ok(Self(caps))
     }
@@ -120,13 +117,34 @@ impl BoundingSet {
 
 /// The capabilities process `pid` may use (`CapPrm` in its status), as a mask.
 pub fn permitted(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status_mask(&pid.to_string(), "CapPrm")
+}
+
+/// Whether this process may hand capability `cap` (its number) on, to a container say: one
+/// outside its bounding set it cannot (runc: "unable to apply caps"), and test machines that
+/// are containers themselves may lack some.
+pub fn may_grant(cap: u32) -> Result<bool> {
+    Ok(status_mask("self", "CapBnd")? & 1 << cap != 0)
+}
+
+/// The capability mask `field` of `/proc/PROCESS/status`.
+fn status_mask(process: &str, field: &str) -> Result<u64> {
+    let path = format!("/proc/{process}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let hex = status
         .lines()
-        .find_map(|l| l.strip_prefix("CapPrm:"))
-        .context("no CapPrm line")?;
-    u64::from_str_radix(hex.trim(), 16).context("CapPrm")
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("{path}: no {field} line"))?;
+    u64::from_str_radix(hex.trim(), 16).with_context(|| format!("{path}: {field}"))
+}
+
+/// Capability `name`'s number (`CAP_SYS_RESOURCE`: 24).
+pub fn number(name: &str) -> Result<u32> {
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|cap| cap as u32)
+        .with_context(|| format!("unknown capability {name:?}"))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ mod tasks;
 
 pub use crate::bulk::{Transfer, echo_transfer};
 pub use checks::{programmed_backends, request, start_lbd, start_lbd_with, wait_until};
+pub use image::copy_with_libraries;
 pub use tasks::{Publish, PublishMode, Task};
 
 /// The image every task runs.
@@ -314,9 +315,8 @@ impl SwarmLab {
         }
         lab.underlay_is_a_plain_switch()?;
         let image = image::image_tar()?;
+        lab.import_image(&image, &image::command_change(), IMAGE)?;
         for node in &lab.nodes {
-            let tar = image.path().to_str().context("temp path")?;
-            node.docker(&["import", "-c", &image::command_change(), tar, IMAGE])?;
             // Before the swarm makes its own: every address stays in 198.18.0.0/15.
             let (net, len) = node.gwbridge_subnet();
             let subnet = format!("{net}/{len}");
@@ -430,7 +430,23 @@ impl SwarmLab {
     }
 
     /// The swarm's node ids in node order.
-    fn node_ids(&self) -> Result<Vec<String>> {
+    /// Imports `root` (a directory: an image's root file system) as image `name` on every
+    /// node (no registry to share it through), `change` its `docker import -c` (e.g. its
+    /// `ENTRYPOINT`).
+    pub fn import_root(&self, root: &Path, change: &str, name: &str) -> Result<()> {
+        self.import_image(&image::tar_of(root)?, change, name)
+    }
+
+    fn import_image(&self, tar: &image::TempPath, change: &str, name: &str) -> Result<()> {
+        let tar = tar.path().to_str().context("temp path")?;
+        for node in &self.nodes {
+            node.docker(&["import", "-c", change, tar, name])?;
+        }
+        Ok(())
+    }
+
+    /// Every node's swarm id, in node order.
+    pub fn node_ids(&self) -> Result<Vec<String>> {
         self.nodes
             .iter()
             .map(|n| {

@@ -71,6 +71,18 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 /// `lbctl ARGS`, which must succeed; its stdout.
+/// An API service of its own, `dns`, on backend-1.
+const ADD_DNS: [&str; 8] = [
+    "add-service",
+    "dns",
+    "--vip",
+    "198.18.100.2",
+    "--port",
+    "53:5353/udp",
+    "--backend",
+    "198.18.2.11",
+];
+
 fn lbctl(lb: &Lbd, args: &[&str]) -> String {
     let (ok, out, err) = lb.lbctl(args).expect("run lbctl");
     assert!(ok, "lbctl {args:?} failed: {err}\nlbd:\n{}", lb.output());
@@ -261,19 +273,7 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     assert_eq!(generation(&lb), before);
 
     // Services of the API's own: added, applied declaratively (idempotent), removed.
-    let out = lbctl(
-        &lb,
-        &[
-            "add-service",
-            "dns",
-            "--vip",
-            "198.18.100.2",
-            "--port",
-            "53:5353/udp",
-            "--backend",
-            "198.18.2.11",
-        ],
-    );
+    let out = lbctl(&lb, &ADD_DNS);
     assert!(out.contains("added service dns"), "{out}");
     let dns2: SocketAddr = "198.18.100.2:53".parse().unwrap();
     assert_eq!(
@@ -1024,19 +1024,7 @@ fn a_refused_file_change_applies_once_the_api_gives_way() {
     }
     let (topo, _servers) = setup(2);
     let lb = start_watched(&topo);
-    lbctl(
-        &lb,
-        &[
-            "add-service",
-            "dns",
-            "--vip",
-            "198.18.100.2",
-            "--port",
-            "53:5353/udp",
-            "--backend",
-            "198.18.2.11",
-        ],
-    );
+    lbctl(&lb, &ADD_DNS);
     let with_dns = format!(
         "{}  dns:\n    vip: 198.18.100.3\n    ports: [\"53:5353/udp\"]\n    backends: [198.18.2.10]\n",
         services(r#""198.18.2.10""#)

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lb_testkit::{
-    Proto, e2e_enabled,
-    swarm::{Publish, SwarmLab, WHO_PORT, request, wait_until},
+    Proto, capabilities, e2e_enabled,
+    swarm::{Publish, SwarmLab, WHO_PORT, copy_with_libraries, request, wait_until},
 };
 
 const STACK: &str = concat!(
@@ -81,42 +81,6 @@ impl Drop for Deployed<'_> {
     }
 }
 
-/// `lbd` and `lbctl` with the libraries they load, as an image root in `dir`, in a tar file.
-fn image_tar(dir: &Path) -> Result<PathBuf> {
-    let root = dir.join("root");
-    let bin = root.join("usr/local/bin");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::create_dir_all(root.join("tmp"))?;
-    let lbd = Path::new(env!("CARGO_BIN_EXE_lbd"));
-    for binary in [lbd.to_path_buf(), lbd.with_file_name("lbctl")] {
-        std::fs::copy(&binary, bin.join(binary.file_name().context("name")?))
-            .with_context(|| format!("copying {}", binary.display()))?;
-        let ldd = Command::new("ldd").arg(&binary).output()?;
-        for lib in String::from_utf8_lossy(&ldd.stdout)
-            .split_whitespace()
-            .filter(|w| w.starts_with('/'))
-        {
-            let to = root.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(to.parent().context("parent")?)?;
-            std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
-        }
-    }
-    let tar = dir.join("image.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(tar)
-}
-
 /// The shipped stack file with `replacements` made, each of which must apply.
 fn stack_text(replacements: &[(&str, String)]) -> Result<String> {
     let mut text = std::fs::read_to_string(STACK).context("reading the stack file")?;
@@ -128,17 +92,6 @@ fn stack_text(replacements: &[(&str, String)]) -> Result<String> {
         text = text.replace(from, to);
     }
     Ok(text)
-}
-
-/// Whether this process may hand `cap` (a number) on: a capability outside its bounding set
-/// cannot be given to a container (runc: "unable to apply caps").
-fn may_grant(cap: u32) -> Result<bool> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .context("no CapBnd")?;
-    Ok(u64::from_str_radix(hex.trim(), 16)? & 1 << cap != 0)
 }
 
 #[test]
@@ -166,20 +119,17 @@ fn deploy_and_check(lab: &SwarmLab) -> Result<()> {
     std::fs::create_dir_all(&deployed.files)?;
     let manager = &lab.nodes[0];
     let image = format!("meshlb/lbd:test-{suffix}");
-    let tar = image_tar(&deployed.files)?;
-    let tar = tar.to_str().context("utf-8 path")?;
-    for node in &lab.nodes {
-        node.docker(&[
-            "import",
-            "-c",
-            r#"ENTRYPOINT ["/usr/local/bin/lbd"]"#,
-            tar,
-            &image,
-        ])?;
+    let root = deployed.files.join("root");
+    std::fs::create_dir_all(root.join("tmp"))?;
+    let lbd = Path::new(env!("CARGO_BIN_EXE_lbd"));
+    for binary in [lbd.to_path_buf(), lbd.with_file_name("lbctl")] {
+        copy_with_libraries(&binary, &root, "usr/local/bin")?;
+    }
+    lab.import_root(&root, r#"ENTRYPOINT ["/usr/local/bin/lbd"]"#, &image)?;
+    let ids = lab.node_ids()?;
+    for (node, id) in lab.nodes.iter().zip(&ids) {
         // The bind-mount sources must exist before the task starts (the tmpfiles file does it
         // on a real node).
-        let id = node.docker(&["info", "--format", "{{.Swarm.NodeID}}"])?;
-        let id = id.trim();
         let dir = deployed.run_root.join(id);
         std::fs::create_dir_all(dir.join("run"))?;
         std::fs::create_dir_all(dir.join("lib"))?;
@@ -208,10 +158,10 @@ fn deploy_and_check(lab: &SwarmLab) -> Result<()> {
             format!("source: {run}/{{{{.Node.ID}}}}/docker.sock\n"),
         ),
     ];
-    // CAP_SYS_RESOURCE (24) is not in every test machine's bounding set (containers run the
+    // CAP_SYS_RESOURCE is not in every test machine's bounding set (containers run the
     // tests): then the stack asks for it in vain and Docker cannot start the task.
     // Nor can an unlimited memlock limit be set without it.
-    if !may_grant(24)? {
+    if !capabilities::may_grant(capabilities::number("CAP_SYS_RESOURCE")?)? {
         println!(
             "this machine cannot grant CAP_SYS_RESOURCE: the test's stack asks neither for it \
              nor for an unlimited memlock limit"
@@ -246,9 +196,8 @@ fn deploy_and_check(lab: &SwarmLab) -> Result<()> {
     lab.wait_running(&service, 2, TASKS)
         .with_context(|| service_ps(lab, &service))?;
     let lbctl = Path::new(env!("CARGO_BIN_EXE_lbd")).with_file_name("lbctl");
-    for node in &lab.nodes {
-        let id = node.docker(&["info", "--format", "{{.Swarm.NodeID}}"])?;
-        let socket = deployed.run_root.join(id.trim()).join("run/api.sock");
+    for (node, id) in lab.nodes.iter().zip(&ids) {
+        let socket = deployed.run_root.join(id).join("run/api.sock");
         retry_until(Duration::from_secs(30), || {
             let out = Command::new(&lbctl)
                 .arg("--api")
@@ -274,10 +223,7 @@ fn deploy_and_check(lab: &SwarmLab) -> Result<()> {
     lab.create_published(
         "who",
         2,
-        &[
-            Publish::ingress(PUBLISHED, WHO_PORT, Proto::Tcp),
-            Publish::ingress(PUBLISHED, WHO_PORT, Proto::Udp),
-        ],
+        &Publish::ingress_tcp_and_udp(PUBLISHED, WHO_PORT),
         &[],
     )?;
     lab.wait_running("who", 2, TASKS)?;

@@ -406,10 +406,7 @@ impl Sessions {
 /// The name-server port published TCP and UDP (the Engine lists it twice with one target:
 /// the rule that makes it both).
 fn who_ports(published: u16) -> [Publish; 2] {
-    [
-        Publish::ingress(published, WHO_PORT, Proto::Tcp),
-        Publish::ingress(published, WHO_PORT, Proto::Udp),
-    ]
+    Publish::ingress_tcp_and_udp(published, WHO_PORT)
 }
 
 #[test]

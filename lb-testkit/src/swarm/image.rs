@@ -47,10 +47,15 @@ pub(super) fn image_tar() -> Result<TempPath> {
     )?;
     std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755))?;
     compile_who_server(&r.join("bin/who-server"))?;
+    tar_of(r)
+}
+
+/// `root` as a tar file, for `docker import`.
+pub(super) fn tar_of(root: &Path) -> Result<TempPath> {
     let tar = TempPath::file("mlbsw-image", ".tar");
     let status = Command::new("tar")
         .arg("-C")
-        .arg(r)
+        .arg(root)
         .arg("-cf")
         .arg(tar.path())
         .arg(".")
@@ -58,6 +63,35 @@ pub(super) fn image_tar() -> Result<TempPath> {
         .context("running tar")?;
     ensure!(status.success(), "tar of the image root failed: {status}");
     Ok(tar)
+}
+
+/// Copies `binary` into `root` at `dir` (e.g. `usr/local/bin`), with the shared libraries it
+/// loads (as `ldd` lists them) at their own paths: an image root for a dynamically linked
+/// program, without a distribution's.
+pub fn copy_with_libraries(binary: &Path, root: &Path, dir: &str) -> Result<()> {
+    let name = binary.file_name().context("a binary's name")?;
+    std::fs::create_dir_all(root.join(dir))?;
+    std::fs::copy(binary, root.join(dir).join(name))
+        .with_context(|| format!("copying {}", binary.display()))?;
+    let ldd = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    ensure!(
+        ldd.status.success(),
+        "ldd {}: {}",
+        binary.display(),
+        ldd.status
+    );
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().context("a library's directory")?)?;
+        std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+    }
+    Ok(())
 }
 
 /// Builds the name server as a static executable (the image has no C library) at `out`.

@@ -41,6 +41,15 @@ impl Publish {
         }
     }
 
+    /// A port published in ingress mode for TCP and for UDP (the Engine lists it twice with
+    /// one target: the rule that makes it both).
+    pub fn ingress_tcp_and_udp(published: u16, target: u16) -> [Publish; 2] {
+        [
+            Publish::ingress(published, target, Proto::Tcp),
+            Publish::ingress(published, target, Proto::Udp),
+        ]
+    }
+
     /// The value of `--publish`.
     pub fn arg(&self) -> String {
         let mode = match self.mode {
