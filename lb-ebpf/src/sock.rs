@@ -192,21 +192,15 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     if !v6 && !chosen.addr.is_v4() {
         return ALLOW;
     }
-    if chosen.port_be == ANY_PORT {
-        chosen.port_be = frontend.port_be;
-    }
-    // A task on another node: this node's own sockets cannot reach its ingress address, so
-    // they connect to that node's published port instead, which serves it (its program picks
-    // among the service's tasks as every node does).
-    if chosen.tunnel_peer != 0 {
-        match TUNNEL_PEERS.get(u32::from(chosen.tunnel_peer)) {
-            Some(&peer) if peer != 0 => {
-                chosen.addr = Addr::from_v4_raw(peer);
-                chosen.port_be = frontend.port_be;
-            }
-            _ => return REFUSE,
-        }
-    }
+    let Some((addr, port_be)) = sent_to(
+        &chosen.addr,
+        chosen.port_be,
+        chosen.tunnel_peer,
+        frontend.port_be,
+    ) else {
+        return REFUSE;
+    };
+    (chosen.addr, chosen.port_be) = (addr, port_be);
     set_user_addr(sa, v6, &chosen.addr);
     // SAFETY: a context field these programs may write.
     unsafe { (*sa).user_port = u32::from(chosen.port_be) };
@@ -300,18 +294,38 @@ fn kept_backend(ctx: &SockAddrContext, service: u32, frontend: &EndpointKey) -> 
     if backend.flags & backend_flags::IN_USE == 0 || backend.service_id != service {
         return None;
     }
-    let tunnel_peer = u32::from(backend.flags >> backend_flags::PEER_SHIFT);
-    let (addr, port_be) = if tunnel_peer != 0 {
-        (
-            Addr::from_v4_raw(*TUNNEL_PEERS.get(tunnel_peer)?),
-            frontend.port_be,
-        )
-    } else if backend.port_be == ANY_PORT {
-        (backend.addr, frontend.port_be)
-    } else {
-        (backend.addr, backend.port_be)
-    };
+    let tunnel_peer = (backend.flags >> backend_flags::PEER_SHIFT) as u8;
+    let (addr, port_be) = sent_to(
+        &backend.addr,
+        backend.port_be,
+        tunnel_peer,
+        frontend.port_be,
+    )?;
     (addr == peer.backend && port_be == peer.backend_port_be).then_some(peer)
+}
+
+/// Where a socket is sent for a backend at `addr` and `port_be` (`ANY_PORT`: the frontend's
+/// port, `frontend_port_be`) on the node of `tunnel_peer` (0: this one); `None` for a peer no
+/// longer known. A task on another node: this node's own sockets cannot reach its ingress
+/// address, so they go to that node's published port instead, which serves it (its program
+/// picks among the service's tasks as every node does).
+#[inline(always)]
+fn sent_to(
+    addr: &Addr,
+    port_be: u16,
+    tunnel_peer: u8,
+    frontend_port_be: u16,
+) -> Option<(Addr, u16)> {
+    if tunnel_peer != 0 {
+        let peer = *TUNNEL_PEERS.get(u32::from(tunnel_peer))?;
+        return (peer != 0).then(|| (Addr::from_v4_raw(peer), frontend_port_be));
+    }
+    let port_be = if port_be == ANY_PORT {
+        frontend_port_be
+    } else {
+        port_be
+    };
+    Some((*addr, port_be))
 }
 
 /// `getpeername` and UDP `recvmsg`: a backend this socket was sent to in place of a frontend
