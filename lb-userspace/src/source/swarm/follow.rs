@@ -205,17 +205,14 @@ struct StoppingMemory {
 
 impl StoppingMemory {
     fn keep_known(&mut self, snapshot: &mut Snapshot) {
+        if snapshot.desired_states_known {
+            self.names = snapshot.stopping_names();
+            return;
+        }
         let tasks = snapshot
             .services
             .values_mut()
             .flat_map(|s| s.tasks.iter_mut());
-        if snapshot.desired_states_known {
-            self.names = tasks
-                .filter(|(_, t)| t.stopping)
-                .map(|(name, _)| name.clone())
-                .collect();
-            return;
-        }
         let mut still = std::collections::BTreeSet::new();
         for (name, task) in tasks {
             if self.names.contains(name) {

@@ -152,17 +152,6 @@ impl HeardMemory {
     }
 }
 
-/// The tasks `snapshot` marks stopping, by name.
-pub fn stopping_names(snapshot: &Snapshot) -> BTreeSet<String> {
-    snapshot
-        .services
-        .values()
-        .flat_map(|s| &s.tasks)
-        .filter(|(_, t)| t.stopping)
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
 /// How the stop notices go, for `lbctl status` and `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -234,7 +223,7 @@ impl Notices {
             self.hush();
             return;
         }
-        self.word = stopping_names(snapshot);
+        self.word = snapshot.stopping_names();
         if self.word.is_empty() {
             self.told = None;
             return;
@@ -492,7 +481,7 @@ mod tests {
         let mut s = snapshot(&listed, &["web.3.c"]);
         assert_eq!(memory.mark(&mut s, t0 + REPEAT), 1);
         assert_eq!(
-            stopping_names(&s),
+            s.stopping_names(),
             BTreeSet::from(["web.2.b".into(), "web.3.c".into()])
         );
         // Repeated at t0 + REPEAT: held until then + HOLD, and no longer.
@@ -500,7 +489,7 @@ mod tests {
         assert_eq!(memory.mark(&mut s, t0 + REPEAT + HOLD - REPEAT / 10), 1);
         let mut s = snapshot(&listed, &[]);
         assert_eq!(memory.mark(&mut s, t0 + REPEAT + HOLD), 0);
-        assert!(stopping_names(&s).is_empty());
+        assert!(s.stopping_names().is_empty());
         assert_eq!(memory.held(t0 + REPEAT + HOLD), 0);
         // Heard again after it lapsed: new again.
         assert_eq!(memory.heard(&["web.2.b"], known, t0 + 10 * HOLD), 1);
@@ -526,7 +515,7 @@ mod tests {
             notices.word,
             BTreeSet::from(["web.1.a".into(), "web.3.c".into()])
         );
-        assert_eq!(stopping_names(&notices.marked(&s)).len(), 3);
+        assert_eq!(notices.marked(&s).stopping_names().len(), 3);
         assert_eq!(notices.status().held, 1);
         // No mesh address yet: not listening, nothing sent, nothing wrong.
         let st = notices.status().clone();
@@ -577,7 +566,7 @@ mod tests {
             .expect("the notice arrives");
         assert_eq!(attended, Attended::MarksChanged);
         let marked = hearer.marked(&snapshot(&listed, &[]));
-        assert_eq!(stopping_names(&marked), BTreeSet::from(["web.2.b".into()]));
+        assert_eq!(marked.stopping_names(), BTreeSet::from(["web.2.b".into()]));
 
         let stranger = std::net::UdpSocket::bind((a, 0)).unwrap();
         stranger

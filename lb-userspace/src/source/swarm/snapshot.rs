@@ -172,6 +172,16 @@ impl Snapshot {
         self.data_addr.or(self.node_addr)
     }
 
+    /// The tasks marked stopping, by name.
+    pub fn stopping_names(&self) -> std::collections::BTreeSet<String> {
+        self.services
+            .values()
+            .flat_map(|s| &s.tasks)
+            .filter(|(_, t)| t.stopping)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Tasks known to be stopping.
     pub fn tasks_stopping(&self) -> usize {
         self.tasks().filter(|t| t.stopping).count()
