@@ -646,21 +646,10 @@ impl Daemon {
     /// announced and withdrawn when the first checks find them all down. One announced already
     /// stays (a restart must not withdraw).
     pub fn vips_to_announce(&self, announced: &BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
-        let mut vips = self.running.announced_vips();
         let awaiting = self.health.awaiting_first_verdict(&self.merged.file);
-        if awaiting.is_empty() {
-            return vips;
-        }
-        let vouched: BTreeSet<IpAddr> = self
-            .running
-            .services
-            .iter()
-            .filter(|s| s.backends.iter().any(|b| b.weight > 0))
-            .filter(|s| !awaiting.contains(&s.name))
-            .filter_map(|s| s.vip)
-            .collect();
-        vips.retain(|vip| vouched.contains(vip) || announced.contains(vip));
-        vips
+        self.running.announced_vips_of(|s| {
+            !awaiting.contains(&s.name) || s.vip.is_some_and(|vip| announced.contains(&vip))
+        })
     }
 
     pub fn merged(&self) -> &Merged {

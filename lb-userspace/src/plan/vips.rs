@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use super::DesiredState;
+use super::{DesiredState, PlannedService};
 
 impl DesiredState {
     /// The VIPs of services with at least one usable backend: one that takes new flows
@@ -12,9 +12,16 @@ impl DesiredState {
     /// This is the one place that decides announcement. Backends their health checks say are
     /// down are not in the plan at all (`HealthBook::serving`), so they count for nothing here.
     pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
+        self.announced_vips_of(|_| true)
+    }
+
+    /// `announced_vips`, counting only the services `counts` accepts (see
+    /// `Daemon::vips_to_announce`).
+    pub fn announced_vips_of(&self, counts: impl Fn(&PlannedService) -> bool) -> BTreeSet<IpAddr> {
         self.services
             .iter()
             .filter(|s| s.backends.iter().any(|b| b.weight > 0))
+            .filter(|s| counts(s))
             .filter_map(|s| s.vip)
             .collect()
     }
