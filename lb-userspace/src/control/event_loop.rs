@@ -190,7 +190,7 @@ async fn serve(
                 let reloaded = reload(&shared, Trigger::Signal).await;
                 if reloaded != Reload::Failed {
                     watched = stamp;
-                    refused_at = refused_generation(&shared, reloaded);
+                    refused_at = reloaded.refused_at();
                 }
             }
             _ = every_second.tick() => {
@@ -210,7 +210,7 @@ async fn serve(
                     let reloaded = reload(&shared, Trigger::File).await;
                     if reloaded != Reload::Failed {
                         watched = stamp;
-                        refused_at = refused_generation(&shared, reloaded);
+                        refused_at = reloaded.refused_at();
                     }
                 }
             }
@@ -466,40 +466,49 @@ async fn link_event(watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>) -> Option<
 enum Reload {
     /// Applied, or nothing changed.
     Settled,
-    /// Refused for what the file says, with the API as it is.
-    Refused,
+    /// Refused for what the file says, with the daemon as it is: at this generation.
+    Refused(u64),
     /// The node failed (out of descriptors, say): tried again at the next check.
     Failed,
 }
 
-/// After a reload: the daemon's generation if it was refused (see `refused_at`).
-fn refused_generation(shared: &Shared, reloaded: Reload) -> Option<u64> {
-    (reloaded == Reload::Refused).then(|| shared.daemon().generation())
+impl Reload {
+    /// The generation a refused file waits to change from (see `refused_at`).
+    fn refused_at(self) -> Option<u64> {
+        match self {
+            Reload::Refused(at) => Some(at),
+            _ => None,
+        }
+    }
 }
 
 /// Re-reads the service file and applies the difference; the answer goes to the log (every
 /// line says "reload").
 async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
     let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || s.daemon().reload_file(trigger)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let mut daemon = s.daemon();
+        (daemon.reload_file(trigger), daemon.generation())
+    })
+    .await;
     match result {
-        Ok(Ok(Outcome::Unchanged)) => {
+        Ok((Ok(Outcome::Unchanged), _)) => {
             info!(trigger = trigger.as_str(), "reload: no change");
             Reload::Settled
         }
-        Ok(Ok(_)) => {
+        Ok((Ok(_), _)) => {
             info!(trigger = trigger.as_str(), "reloaded");
             Reload::Settled
         }
-        Ok(Err(e)) if e.is_input() => {
+        Ok((Err(e), generation)) if e.is_input() => {
             error!(
                 trigger = trigger.as_str(),
                 "reload refused, the running configuration stays (tried again once the API \
                  changes, or at a SIGHUP): {e:#}"
             );
-            Reload::Refused
+            Reload::Refused(generation)
         }
-        Ok(Err(e)) => {
+        Ok((Err(e), _)) => {
             error!(
                 trigger = trigger.as_str(),
                 "reload failed: {e:#} (see the line above for whether the previous configuration was restored); trying again at the next check"
