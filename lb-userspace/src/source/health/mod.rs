@@ -163,7 +163,7 @@ impl HealthBook {
         let mut kept = BTreeMap::new();
         // Backends checked at one address (two ports of a host with one `health.port`) share
         // one target: its state is taken once, and it is checked once.
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         targets.retain(|(target, _, _)| seen.insert(target.key.clone()));
         for (target, rise, fall) in &targets {
             let seeded = self.seeds.remove(&target.key);

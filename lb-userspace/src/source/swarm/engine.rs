@@ -67,7 +67,7 @@ impl Engine {
     pub async fn read(&mut self) -> Result<Answers, EngineError> {
         let client = match self.client.take() {
             Some(client) => client,
-            None => self.connect().await?,
+            None => connect(&self.host).await?,
         };
         let mut answers = read_with(&client, &self.host, &mut self.pids).await?;
         answers.tasks_running = self
@@ -81,10 +81,6 @@ impl Engine {
         // Kept only after a good read: an error makes the next read connect again.
         self.client = Some(client);
         Ok(answers)
-    }
-
-    async fn connect(&self) -> Result<Docker, EngineError> {
-        connect(&self.host).await
     }
 }
 
