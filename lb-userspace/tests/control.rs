@@ -70,7 +70,6 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-/// `lbctl ARGS`, which must succeed; its stdout.
 /// An API service of its own, `dns`, on backend-1.
 const ADD_DNS: [&str; 8] = [
     "add-service",
@@ -83,6 +82,7 @@ const ADD_DNS: [&str; 8] = [
     "198.18.2.11",
 ];
 
+/// `lbctl ARGS`, which must succeed; its stdout.
 fn lbctl(lb: &Lbd, args: &[&str]) -> String {
     let (ok, out, err) = lb.lbctl(args).expect("run lbctl");
     assert!(ok, "lbctl {args:?} failed: {err}\nlbd:\n{}", lb.output());
