@@ -163,4 +163,38 @@ mod tests {
         assert_eq!(NAMES[19], "CAP_SYS_PTRACE");
         assert_eq!(NAMES[40], "CAP_CHECKPOINT_RESTORE");
     }
+
+    /// systemd ignores, with a warning, a setting above the first `[Section]`: an example
+    /// left uncommented in a unit's header.
+    #[test]
+    fn the_shipped_units_have_every_setting_in_a_section() {
+        let dir = Path::new(UNIT).parent().unwrap();
+        let mut units = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "service") {
+                continue;
+            }
+            units += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut in_section = false;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with(['#', ';']) {
+                    continue;
+                }
+                if line.starts_with('[') {
+                    in_section = true;
+                    continue;
+                }
+                assert!(
+                    in_section && line.contains('='),
+                    "{}:{}: a setting outside a section: {line}",
+                    path.display(),
+                    n + 1
+                );
+            }
+        }
+        assert!(units >= 2, "the units in {}", dir.display());
+    }
 }
