@@ -53,7 +53,8 @@ async fn run(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
     }
 }
 
-/// Reads up to the first line end (or `MAX_STATUS_LINE` bytes, or the end of the stream).
+/// Reads up to the first line end (or `MAX_STATUS_LINE` bytes). A close before the line end
+/// fails the check: a backend that dies while writing `HTTP/1.1 200` has not answered 200.
 async fn status_line(stream: &mut TcpStream) -> Result<String, String> {
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 128];
@@ -66,7 +67,10 @@ async fn status_line(stream: &mut TcpStream) -> Result<String, String> {
             if buf.is_empty() {
                 return Err("the connection closed without an answer".into());
             }
-            break;
+            return Err(format!(
+                "the connection closed inside the status line: {}",
+                crate::source::file::quoted_short(&String::from_utf8_lossy(&buf))
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -155,6 +159,11 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e, "GET /healthz answered 500, expected 200");
+        let e = run(check(server(Some("HTTP/1.1 200"), 1), &http(200), second)).unwrap_err();
+        assert_eq!(
+            e,
+            "the connection closed inside the status line: \"HTTP/1.1 200\""
+        );
         let e = run(check(server(Some("hello\n"), 1), &http(200), second)).unwrap_err();
         assert!(e.contains("not an HTTP status line: \"hello\""), "{e}");
         let e = run(check(
