@@ -273,31 +273,24 @@ async fn listen(
 
 /// Moves kernel log records into this process's log as they come.
 fn pump_kernel_log(shared: &Arc<Shared>) -> Result<(), RunError> {
-    let Some(fd) = shared.daemon().dataplane().log_fd() else {
+    let Some(log) = shared.daemon().take_kernel_log() else {
         return Ok(());
     };
-    struct Fd(std::os::fd::RawFd);
-    impl std::os::fd::AsRawFd for Fd {
-        fn as_raw_fd(&self) -> std::os::fd::RawFd {
-            self.0
-        }
-    }
-    // SAFETY: the descriptor is the log ring buffer the Dataplane owns; the Dataplane lives in
-    // `shared`, which outlives this task (the task ends with the runtime).
-    let readable = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE)
+    // SAFETY: the descriptor is the log ring buffer's, owned by `log`, which the `AsyncFd`
+    // owns: it stays open and the same for the `AsyncFd`'s life.
+    let mut readable = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
     }
     .map_err(|e| RunError::Io {
         what: "watching the kernel log".into(),
         source: e.into(),
     })?;
-    let logs = shared.clone();
     tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = readable.readable().await else {
+            let Ok(mut guard) = readable.readable_mut().await else {
                 break;
             };
-            logs.daemon().flush_kernel_log();
+            guard.get_inner_mut().flush();
             guard.clear_ready();
         }
     });

@@ -737,9 +737,9 @@ impl Daemon {
         &self.dp
     }
 
-    /// See [`Dataplane::flush_kernel_log`].
-    pub fn flush_kernel_log(&mut self) {
-        self.dp.flush_kernel_log();
+    /// See [`Dataplane::take_kernel_log`].
+    pub fn take_kernel_log(&mut self) -> Option<crate::dataplane::KernelLog> {
+        self.dp.take_kernel_log()
     }
 
     pub fn attachments(&self) -> &[Attachment] {

@@ -133,6 +133,10 @@ pub struct Attachment {
     pub adopted: bool,
 }
 
+/// Reads the kernel programs' log records (aya-log); its descriptor becomes readable when they
+/// logged something, and `flush` moves the records into this process's log (target `lb`).
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// The loaded programs and maps. Dropping it detaches everything it attached, unless it
 /// pinned them (then they outlive the process until `lbd cleanup`).
 pub struct Dataplane {
@@ -148,9 +152,9 @@ pub struct Dataplane {
     _pin_lock: Option<std::fs::File>,
     /// Where the socket-level programs are attached, if they are.
     sockets: Option<SocketAttachment>,
-    /// Reads the kernel programs' log records (aya-log) into this process's log. Must live as
-    /// long as the programs: dropping it closes the log map.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Reads the kernel programs' log records (aya-log) into this process's log, until
+    /// [`Dataplane::take_kernel_log`] hands it to the task that reads them.
+    logger: Option<KernelLog>,
     /// `CONNTRACK_FILTER`, mapped; shared with `MapReaders`, whose walks rebuild it.
     conntrack_filter: std::sync::Arc<conntrack_filter::ConntrackFilter>,
     /// `FORWARD_FILTER` and `REPLY_FILTER`, mapped: `lbd` marks every frontend and backend
@@ -236,17 +240,11 @@ impl Dataplane {
         })
     }
 
-    /// The descriptor that becomes readable when the kernel programs logged something.
-    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd as _;
-        self.logger.as_ref().map(|l| l.as_raw_fd())
-    }
-
-    /// Moves the kernel programs' log records into this process's log (target `lb`).
-    pub fn flush_kernel_log(&mut self) {
-        if let Some(logger) = &mut self.logger {
-            logger.flush();
-        }
+    /// The reader of the kernel programs' log records, for a task of its own: reading them
+    /// then takes no lock the daemon's changes hold. `None` when taken already or when the
+    /// programs log nothing (`--kernel-log off`).
+    pub fn take_kernel_log(&mut self) -> Option<KernelLog> {
+        self.logger.take()
     }
 
     /// Undoes a start that failed: when this `lbd` made the pinned state (nothing was adopted),
