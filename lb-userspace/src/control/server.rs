@@ -203,7 +203,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
                 .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
             attachments: d.attachment_statuses(),
             sockets: d.socket_attachment().map(SocketStatus::from),
-            degraded: d.degraded().map(str::to_owned),
+            degraded: d.degraded(),
             changes: d
                 .changes()
                 .iter()

@@ -131,6 +131,9 @@ pub struct Daemon {
     started: Instant,
     /// Why the maps may not match `running` (a failed write that could not be undone).
     degraded: Option<String>,
+    /// Why the API state file may hold a change lbd did not keep (its restore failed); the
+    /// next change writes it again.
+    api_file_behind: Option<String>,
     /// Attached interfaces that were deleted, and re-attachments by interface.
     links: links::LinkState,
     /// Checked backends' states: down ones are left out of the plan.
@@ -265,6 +268,7 @@ impl Daemon {
             changes: BTreeMap::new(),
             started: Instant::now(),
             degraded: None,
+            api_file_behind: None,
             links: links::LinkState::default(),
             health,
             merged_epoch: 1,
@@ -364,9 +368,11 @@ impl Daemon {
             };
         let api_path = self.state_dir.join(API_STATE_FILE);
         let api_changed = api != self.api;
+        // A file left holding a refused change is written again with whatever is kept now.
+        let save_api = api_changed || self.api_file_behind.is_some();
         // Persist before programming: an applied change is never lost by a crash.
         let planned_at = started.elapsed();
-        if api_changed && let Err(e) = api.save(&api_path) {
+        if save_api && let Err(e) = api.save(&api_path) {
             self.restore_merged(merged);
             self.count(trigger, Outcome::Failed);
             return Err(e.into());
@@ -390,6 +396,7 @@ impl Daemon {
             self.sync_socket_namespaces();
             self.keep_inputs(file, api, merged);
             self.node_addresses = node_addresses;
+            self.api_file_behind = None;
             // An API edit the plan does not show yet (a drain of a backend that is down) is
             // still a change made and saved: said as applied, not as "no change".
             let outcome = if api_changed {
@@ -403,14 +410,33 @@ impl Daemon {
         }
         if let Err(e) = self.program(&next) {
             self.restore_merged(merged);
-            if api_changed && let Err(save) = self.api.save(&api_path) {
-                error!("restoring the API state file failed: {save}");
-            }
             self.count(trigger, Outcome::Failed);
-            return Err(e.into());
+            if !save_api {
+                return Err(e.into());
+            }
+            return match self.api.save(&api_path) {
+                Ok(()) => {
+                    self.api_file_behind = None;
+                    Err(e.into())
+                }
+                Err(save) => {
+                    let why = format!(
+                        "it may hold a change that failed ({e}): writing the kept state back \
+                         failed ({save}); the next change writes it again (a restart before \
+                         that would apply the failed change)"
+                    );
+                    error!("API state file {}: {why}", api_path.display());
+                    self.api_file_behind = Some(why.clone());
+                    Err(DaemonError::State {
+                        path: api_path,
+                        message: why,
+                    })
+                }
+            };
         }
         let applied_at = started.elapsed();
         self.degraded = None;
+        self.api_file_behind = None;
         // Before the running plan and the merge it came from are replaced: it reads both.
         let left_behind = self.sockets_left_behind(&next);
         self.keep_swarm_services(swarm_services);
@@ -755,8 +781,17 @@ impl Daemon {
         self.started.elapsed().as_secs()
     }
 
-    pub fn degraded(&self) -> Option<&str> {
-        self.degraded.as_deref()
+    /// What may not match what lbd runs: the maps (a failed undo), the API state file (a
+    /// failed restore).
+    pub fn degraded(&self) -> Option<String> {
+        let file = self
+            .api_file_behind
+            .as_ref()
+            .map(|why| format!("API state file: {why}"));
+        match (&self.degraded, file) {
+            (Some(maps), Some(file)) => Some(format!("{maps}; {file}")),
+            (maps, file) => maps.clone().or(file),
+        }
     }
 }
 
