@@ -220,19 +220,27 @@ impl Lbd {
 
     /// Runs `lbctl --api <socket> ARGS` and returns (success, stdout, stderr).
     pub fn lbctl(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let lbctl = self.lbd.with_file_name("lbctl");
-        let out = std::process::Command::new(&lbctl)
-            .arg("--api")
-            .arg(self.api_socket())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", lbctl.display()))?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        let mut cmd = std::process::Command::new(self.lbd.with_file_name("lbctl"));
+        cmd.arg("--api").arg(self.api_socket()).args(args);
+        run_lbctl(cmd)
+    }
+
+    /// Runs `lbctl --api-url URL --api-token-file TOKEN_FILE ARGS` in `netns` (where lbd's TCP
+    /// API listens) and returns (success, stdout, stderr).
+    pub fn lbctl_tcp(
+        &self,
+        netns: &Netns,
+        url: &str,
+        token_file: &Path,
+        args: &[&str],
+    ) -> Result<(bool, String, String)> {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={}", netns.path().display()))
+            .arg(self.lbd.with_file_name("lbctl"))
+            .args(["--api-url", url, "--api-token-file"])
+            .arg(token_file)
+            .args(args);
+        run_lbctl(cmd)
     }
 
     /// Runs `lbctl --output json ARGS`, which must succeed, and parses its answer.
@@ -404,4 +412,17 @@ fn unused_endpoint(i: u32) -> lb_common::maps::EndpointKey {
         9u16.to_be(),
         17,
     )
+}
+
+/// Runs an `lbctl` command line: (success, stdout, stderr).
+fn run_lbctl(mut cmd: std::process::Command) -> Result<(bool, String, String)> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }

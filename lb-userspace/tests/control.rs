@@ -821,6 +821,19 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
     // The right token works.
     let (status, body) = http(&topo.node, api_tcp, get("/v1/services", Some(token)));
     assert_eq!(status, 200, "{body}");
+    // And through lbctl, which names what to check when the token is refused (one more 401).
+    let url = api_tcp.to_string();
+    let (ok, out, err) = lb.lbctl_tcp(&topo.node, &url, &token_file, &["list"]).unwrap();
+    assert!(ok && out.contains("web"), "{out}{err}");
+    let wrong_file = token_file.with_extension("wrong");
+    std::fs::write(&wrong_file, "wrong-token-wrong-token\n").unwrap();
+    let (ok, _, err) = lb.lbctl_tcp(&topo.node, &url, &wrong_file, &["list"]).unwrap();
+    std::fs::remove_file(&wrong_file).unwrap();
+    assert!(!ok, "a wrong token must fail");
+    assert!(
+        err.contains("refused the token from --api-token-file"),
+        "{err}"
+    );
     let metrics = http(
         &topo.node,
         "127.0.0.1:9464".parse().unwrap(),
@@ -828,7 +841,7 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
     )
     .1;
     assert!(
-        metrics.contains("meshlb_api_requests_total{code=\"401\"} 3"),
+        metrics.contains("meshlb_api_requests_total{code=\"401\"} 4"),
         "{metrics}"
     );
     assert!(

@@ -54,8 +54,12 @@ pub fn tcp_api_address(text: &str) -> Result<String, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach lbd at {endpoint}: {error} (is lbd running? is --api right?)")]
-    Connect { endpoint: String, error: String },
+    #[error("cannot reach lbd at {endpoint}: {error} ({hint})")]
+    Connect {
+        endpoint: String,
+        error: String,
+        hint: &'static str,
+    },
     #[error("talking to lbd: {0}")]
     Http(String),
     /// lbd answered with an error; the message is its own.
@@ -77,6 +81,23 @@ impl std::fmt::Display for Endpoint {
 }
 
 impl Endpoint {
+    /// What to look at when connecting failed with `kind`.
+    fn connect_hint(&self, kind: std::io::ErrorKind) -> &'static str {
+        use std::io::ErrorKind;
+        match (self, kind) {
+            (Self::Unix(_), ErrorKind::PermissionDenied) => {
+                "the socket is root's alone (mode 0600): run lbctl as root, or use lbd's TCP API \
+                 with --api-url and --api-token-file"
+            }
+            (Self::Unix(_), ErrorKind::ConnectionRefused) => {
+                "nothing listens on that socket: is lbd running? (a socket left by an lbd that \
+                 stopped refuses connections)"
+            }
+            (Self::Unix(_), _) => "is lbd running? is --api right?",
+            (Self::Tcp { .. }, _) => "is lbd running with --api-listen on that address?",
+        }
+    }
+
     /// Sends one request and returns the body of a 2xx answer.
     pub async fn send(
         &self,
@@ -86,6 +107,7 @@ impl Endpoint {
     ) -> Result<Bytes, ClientError> {
         let connect = |error: std::io::Error| ClientError::Connect {
             endpoint: self.to_string(),
+            hint: self.connect_hint(error.kind()),
             error: error.to_string(),
         };
         let mut request = Request::builder()
@@ -126,6 +148,14 @@ impl Endpoint {
             .to_bytes();
         if status.is_success() {
             return Ok(bytes);
+        }
+        if status == hyper::StatusCode::UNAUTHORIZED && matches!(self, Self::Tcp { .. }) {
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message: "lbd refused the token from --api-token-file: it is not the one in \
+                          the file lbd's own --api-token-file names"
+                    .into(),
+            });
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.error)

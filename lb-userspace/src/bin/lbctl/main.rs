@@ -32,12 +32,13 @@ struct Cli {
     /// lbd's admin API socket.
     #[arg(long, global = true, default_value = settings::DEFAULT_API_SOCKET)]
     api: PathBuf,
-    /// Use lbd's TCP API instead of the socket: HOST:PORT or http://HOST:PORT; needs
-    /// --api-token-file.
-    #[arg(long, global = true, value_parser = client::tcp_api_address)]
+    /// Use lbd's TCP API (`lbd run --api-listen`) instead of the socket: HOST:PORT or
+    /// http://HOST:PORT; needs --api-token-file.
+    #[arg(long, global = true, value_parser = client::tcp_api_address, conflicts_with = "api")]
     api_url: Option<String>,
-    /// File holding the API's bearer token (never given on the command line).
-    #[arg(long, global = true)]
+    /// File holding the TCP API's bearer token (never given on the command line); only with
+    /// --api-url.
+    #[arg(long, global = true, requires = "api_url")]
     api_token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
