@@ -67,6 +67,7 @@ pub mod netns;
 pub mod packet;
 pub mod progtest;
 pub mod rng;
+pub mod scratch;
 pub mod servers;
 pub mod swarm;
 pub mod topology;
@@ -81,5 +82,6 @@ pub use client::{
 pub use gate::e2e_enabled;
 pub use lbd::{FilledMap, Lbd, metrics};
 pub use netns::{ChildGuard, EnterMode, NAME_PREFIX, Netns};
+pub use scratch::ScratchPath;
 pub use servers::{NameServer, Proto, Request, canonical_addr, canonical_ip};
 pub use topology::{BackendHost, Topology};

@@ -518,3 +518,38 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
     }
     assert!(applied, "the change was not tried again:\n{}", lb.output());
 }
+
+/// `lbd check` refuses what `lbd run` with the same flags would refuse, before a unit file
+/// starts a daemon that exits at once (and is restarted every second).
+#[test]
+fn lbd_check_refuses_what_lbd_run_would() {
+    let file = lb_testkit::ScratchPath::temp("check", ".yaml");
+    std::fs::write(&*file, SERVICES).unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--config", file.arg()];
+        args.extend(extra);
+        run_lbd(None, &args)
+    };
+    // No interface in the file or the flags: `lbd run` would not start.
+    let (ok, out) = check(&[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("no interface to attach to"), "{out}");
+    let (ok, out) = check(&["--interface", "lo", "--xdp-redirect", "eth9"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("--xdp-redirect eth9"), "{out}");
+    let (ok, out) = check(&["--conntrack-entries", "1"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("'1' for '--conntrack-entries"), "{out}");
+    // With one, it prints the interfaces and the plan.
+    let (ok, out) = check(&["--interface", "lo"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("interfaces: lo"), "{out}");
+    assert!(
+        out.contains("web 80/tcp: 1 frontend(s), 1 backend(s)"),
+        "{out}"
+    );
+    // From the file's lbd section as well.
+    std::fs::write(&*file, format!("lbd:\n  interfaces: [lo]\n{SERVICES}")).unwrap();
+    let (ok, out) = check(&[]);
+    assert!(ok && out.contains("interfaces: lo"), "{out}");
+}

@@ -38,11 +38,9 @@ enum Command {
     /// Load the dataplane (or adopt the pinned one), attach it to the interfaces and serve the
     /// services in the file and those added through the API.
     Run(Box<RunArgs>),
-    /// Validate a service file and print what it would program; touches nothing.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    /// Validate what `lbd run` with the same flags would do (the service file and the
+    /// settings from the flags and its `lbd:` section) and print it; touches nothing.
+    Check(Box<RunArgs>),
     /// Detach meshlb from every interface and remove its pinned maps (tracked flows are lost).
     /// Refuses while an lbd runs on the pin directory.
     Cleanup {
@@ -115,7 +113,8 @@ struct RunArgs {
     #[arg(long = "xdp-redirect")]
     xdp_redirect: Vec<String>,
     /// Connection-table capacity (entries; a flow takes two) [default: 2097152].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32)
+        .range(i64::from(settings::MIN_CONNTRACK_ENTRIES)..))]
     conntrack_entries: Option<u32>,
     /// Admin API Unix socket (mode 0600) [default: /run/meshlb/api.sock].
     #[arg(long)]
@@ -168,7 +167,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Check { config } => check(&config),
+        Command::Check(args) => check(*args),
         Command::Run(args) => run(*args),
         Command::Cleanup {
             config,
@@ -185,11 +184,33 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(config: &Path) -> anyhow::Result<()> {
-    let file = ServiceFile::load(config)?;
+fn check(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.config.clone();
+    // The same settings `lbd run` would start with, refused the same way.
+    let options = resolve(args)?;
+    let daemon = &options.daemon;
+    println!(
+        "interfaces: {}{}",
+        daemon.interfaces.join(", "),
+        if daemon.late_interfaces.is_empty() {
+            String::new()
+        } else {
+            format!(" (and {} once it exists)", daemon.late_interfaces.join(", "))
+        }
+    );
+    if let Some(host) = &daemon.docker_host {
+        println!("swarm: following {host}");
+    }
+    let Some(config) = config else {
+        return Ok(());
+    };
+    let file = ServiceFile::load(&config)?;
     let node_addrs = dataplane::node_addresses().context("listing this node's addresses")?;
     let desired =
         plan::plan(&file, &node_addrs).with_context(|| format!("{}", config.display()))?;
+    if desired.services.is_empty() {
+        println!("{}: no services", config.display());
+    }
     for s in &desired.services {
         println!(
             "{} {}/{}: {} frontend(s), {} backend(s)",

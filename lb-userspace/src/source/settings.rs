@@ -74,6 +74,9 @@ pub enum SocketLb {
     Off,
 }
 
+/// The smallest connection table: one flow (a flow takes two entries).
+pub const MIN_CONNTRACK_ENTRIES: u32 = 2;
+
 /// The most verbose kernel-side log level compiled in. Statements above it are removed by the
 /// verifier at load (the level is a constant of the program), so they cost nothing per packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -202,10 +205,13 @@ impl RawSettings {
         let conntrack_entries = self
             .conntrack_entries
             .map(|n| {
-                u32::try_from(n).ok().filter(|n| *n >= 2).ok_or_else(|| {
+                u32::try_from(n).ok().filter(|n| *n >= MIN_CONNTRACK_ENTRIES).ok_or_else(|| {
                     invalid(
                         "conntrack_entries",
-                        format!("{n} is out of range; write a number from 2 to {}", u32::MAX),
+                        format!(
+                            "{n} is out of range; write a number from {MIN_CONNTRACK_ENTRIES} to {}",
+                            u32::MAX
+                        ),
                     )
                 })
             })
