@@ -20,7 +20,9 @@ use std::{
 use bollard::models::{ContainerSummary, NetworkInspect, SystemInfo};
 use serde::{Deserialize, Serialize};
 
-/// The network every ingress-published port belongs to.
+/// The network every ingress-published port belongs to, by the name a snapshot gives it
+/// whatever the swarm calls it (an operator may replace `ingress` with a network of another
+/// name, `docker network create --ingress`): the one the Engine marks `Ingress`.
 pub const INGRESS_NETWORK: &str = "ingress";
 /// The ingress network's entry for this node's own endpoint (the ingress sandbox).
 const INGRESS_SANDBOX: &str = "ingress-sbox";
@@ -248,15 +250,13 @@ impl Snapshot {
         // Every swarm node has the ingress network; an Engine that is starting lists it (and
         // the services on it) a moment after it says the swarm is active. Until then its view
         // is not the swarm's.
-        if !answers
-            .overlays
-            .iter()
-            .any(|n| n.name.as_deref() == Some(INGRESS_NETWORK))
-        {
+        if !answers.overlays.iter().any(is_ingress) {
             return Err(SnapshotError {
                 what: "networks".into(),
-                message: "the swarm is active but the ingress network is not there yet (the \
-                          Engine is starting)"
+                message: "the swarm is active but lists no ingress network: the Engine is \
+                          starting, or the ingress network was removed (meshlb serves the swarm \
+                          through it: make one with `docker network create --driver overlay \
+                          --ingress NAME`)"
                     .into(),
             });
         }
@@ -313,7 +313,12 @@ fn mark_stopping(snapshot: &mut Snapshot, running: &std::collections::BTreeSet<S
     }
 }
 
-/// Names of the overlay networks (other than `ingress`) a container is attached to.
+/// Whether `network` is the swarm's ingress network (whatever its name).
+fn is_ingress(network: &NetworkInspect) -> bool {
+    network.ingress == Some(true)
+}
+
+/// Names of the overlay networks (other than the ingress network) a container is attached to.
 pub fn overlay_networks_of<'a>(
     container: &'a ContainerSummary,
     overlays: &'a [NetworkInspect],
@@ -326,7 +331,9 @@ pub fn overlay_networks_of<'a>(
         .flat_map(|networks| networks.keys())
         .map(String::as_str)
         .filter(move |name| {
-            *name != INGRESS_NETWORK && overlays.iter().any(|o| o.name.as_deref() == Some(*name))
+            overlays
+                .iter()
+                .any(|o| o.name.as_deref() == Some(*name) && !is_ingress(o))
         })
 }
 
@@ -353,12 +360,15 @@ fn add_containers(snapshot: &mut Snapshot, answers: &Answers) {
 }
 
 fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), SnapshotError> {
-    let name = network.name.as_deref().unwrap_or_default();
+    let ingress = is_ingress(network);
+    let real_name = network.name.as_deref().unwrap_or_default();
+    // Keyed by the name every node gives it; an error names it as the Engine does.
+    let name = if ingress { INGRESS_NETWORK } else { real_name };
     let Some(services) = network.services.as_ref() else {
         return Ok(());
     };
     for (service_name, value) in services {
-        let what = || format!("network {name:?} service {service_name:?}");
+        let what = || format!("network {real_name:?} service {service_name:?}");
         let info: bollard::models::ServiceInfo =
             serde_json::from_value(value.clone()).map_err(|e| SnapshotError {
                 what: what(),
@@ -366,7 +376,7 @@ fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), 
             })?;
         // The ingress network lists every node's own endpoint under an empty name.
         if service_name.is_empty() {
-            if name == INGRESS_NETWORK {
+            if ingress {
                 add_nodes(snapshot, network, &info)?;
             }
             continue;
@@ -382,7 +392,7 @@ fn add_network(snapshot: &mut Snapshot, network: &NetworkInspect) -> Result<(), 
                 .vips
                 .insert(name.to_owned(), parse_ip(vip, &format!("{} VIP", what()))?);
         }
-        if name == INGRESS_NETWORK {
+        if ingress {
             for port in info.ports.iter().flatten() {
                 service
                     .published
@@ -843,6 +853,41 @@ mod tests {
         let snapshot = Snapshot::from_answers(&answers).unwrap();
         assert_eq!(snapshot.data_addr, None);
         assert_eq!(snapshot.mesh_addr(), snapshot.node_addr);
+    }
+
+    /// An operator may replace the ingress network with one of another name (`docker network
+    /// create --ingress`, e.g. for another subnet): the Engine's `Ingress` flag finds it, and
+    /// the swarm reads the same.
+    #[test]
+    fn an_ingress_network_of_another_name_is_the_ingress_network() {
+        for role in ["manager", "worker"] {
+            let mut answers = recorded(role);
+            let before = Snapshot::from_answers(&answers).unwrap();
+            assert!(before.services.values().any(|s| !s.published.is_empty()));
+            for overlay in &mut answers.overlays {
+                if overlay.name.as_deref() == Some("ingress") {
+                    overlay.name = Some("mesh-ingress".into());
+                }
+            }
+            for container in &mut answers.containers {
+                let networks = container
+                    .network_settings
+                    .as_mut()
+                    .and_then(|s| s.networks.as_mut());
+                if let Some(endpoint) = networks.as_ref().and_then(|n| n.get("ingress")).cloned() {
+                    let networks = networks.unwrap();
+                    networks.remove("ingress");
+                    networks.insert("mesh-ingress".into(), endpoint);
+                }
+            }
+            assert_eq!(Snapshot::from_answers(&answers).unwrap(), before, "{role}");
+            // Without the flag it is an overlay like another: no ingress network, no read.
+            for overlay in &mut answers.overlays {
+                overlay.ingress = None;
+            }
+            let e = Snapshot::from_answers(&answers).unwrap_err();
+            assert!(e.message.contains("--ingress NAME"), "{e:?}");
+        }
     }
 
     #[test]
