@@ -1,11 +1,18 @@
-//! How long a published port stays after the Engine stops listing it.
+//! How long a published port stays after the Engine stops listing it, and which target it has
+//! while an update changes it.
 //!
 //! The ingress network lists a service's published ports as one of its tasks has them
 //! (libnetwork takes the first endpoint it meets, in no fixed order). While an update that
-//! adds or removes a published port rolls out, old and new tasks coexist, and each read may
-//! list either set: served as read, the port would come and go every read, and every flip
-//! would reset its connections. So a port the Engine stops listing for a service it still
-//! lists stays for [`PORT_GRACE`]; a port it lists is served at once.
+//! adds, removes or changes a published port rolls out, old and new tasks coexist, and each
+//! read may list either set: served as read, the port would come and go (or change target)
+//! every read, and every flip would reset its connections. So, per service and published port:
+//! - a port the Engine stops listing for a service it still lists stays for [`PORT_GRACE`];
+//!   a port it lists is served at once;
+//! - a port listed twice (TCP and UDP to one target) stays twice for the grace after it was
+//!   last listed twice: reads of the tasks without the UDP half do not take it away;
+//! - a new target wins at once and stays while the port's old target is still listed by old
+//!   tasks: the update's new tasks listen on it. The old one comes back only once the new one
+//!   went unlisted for the grace (an update rolled back).
 
 use std::{
     collections::BTreeMap,
@@ -14,36 +21,131 @@ use std::{
 
 use super::snapshot::{PublishedPort, Snapshot};
 
-/// How long a published port stays after the Engine last listed it for its service.
+/// How long a published port (or its second listing) stays after the Engine last listed it
+/// for its service.
 pub const PORT_GRACE: Duration = Duration::from_secs(10);
 
-/// When each (service, published port) the Engine listed was last listed.
+/// What is served for one published port of one service.
+#[derive(Debug)]
+struct Held {
+    target: u16,
+    /// When `target` was last listed.
+    listed_at: Instant,
+    /// How many times the port is served (2: TCP and UDP), and when a read last listed it
+    /// that many times.
+    times: usize,
+    times_at: Instant,
+    /// Targets `target` replaced, and when each was last listed (by an update's old tasks).
+    replaced: BTreeMap<u16, Instant>,
+}
+
+impl Held {
+    fn new(target: u16, times: usize, now: Instant) -> Self {
+        Self {
+            target,
+            listed_at: now,
+            times,
+            times_at: now,
+            replaced: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a read that lists the port `times` times with `target`.
+    fn listed(&mut self, target: u16, times: usize, now: Instant) {
+        let current_recent = now.saturating_duration_since(self.listed_at) < PORT_GRACE;
+        if target != self.target {
+            if self.replaced.contains_key(&target) && current_recent {
+                // An old task's listing while the new target is still listed.
+                self.replaced.insert(target, now);
+                return;
+            }
+            self.replaced.insert(self.target, self.listed_at);
+            self.replaced.remove(&target);
+            *self = Self {
+                replaced: std::mem::take(&mut self.replaced),
+                ..Self::new(target, times, now)
+            };
+            return;
+        }
+        self.listed_at = now;
+        if times >= self.times || now.saturating_duration_since(self.times_at) >= PORT_GRACE {
+            self.times = times;
+            self.times_at = now;
+        }
+    }
+
+    /// Whether the port is still served at `now`: its target or an old one listed lately.
+    fn recent(&self, now: Instant) -> bool {
+        std::iter::once(&self.listed_at)
+            .chain(self.replaced.values())
+            .any(|at| now.saturating_duration_since(*at) < PORT_GRACE)
+    }
+}
+
+/// What each service's published ports are served as, by (service, published port).
 #[derive(Debug, Default)]
 pub struct PortMemory {
-    last_listed: BTreeMap<(String, PublishedPort), Instant>,
+    held: BTreeMap<(String, u16), Held>,
 }
 
 impl PortMemory {
-    /// Notes every port `snapshot` lists (at `now`), then adds back to each service it still
-    /// lists the ports listed within [`PORT_GRACE`] that it no longer does; forgets the others
-    /// and every port of a service it no longer lists.
+    /// Takes `snapshot`'s listing (at `now`) and makes each service it lists publish what is
+    /// held for it (see the module's rules); forgets what lapsed and every port of a service
+    /// it no longer lists. A port listed with two different targets in one read is left as
+    /// listed (not served: the protocols are unknown).
     pub fn keep_recent(&mut self, snapshot: &mut Snapshot, now: Instant) {
-        for (name, service) in &snapshot.services {
+        self.held
+            .retain(|(name, _), _| snapshot.services.contains_key(name));
+        for (name, service) in &mut snapshot.services {
+            let mut listed: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
             for port in &service.published {
-                self.last_listed.insert((name.clone(), *port), now);
+                listed.entry(port.publish).or_default().push(port.target);
             }
-        }
-        self.last_listed.retain(|(name, _), at| {
-            snapshot.services.contains_key(name) && now.saturating_duration_since(*at) < PORT_GRACE
-        });
-        for (name, port) in self.last_listed.keys() {
-            let Some(service) = snapshot.services.get_mut(name) else {
-                continue;
-            };
-            if !service.published.contains(port) {
-                service.published.push(*port);
-                service.published.sort_unstable();
+            for (publish, targets) in &listed {
+                let key = (name.clone(), *publish);
+                if targets.iter().any(|t| *t != targets[0]) {
+                    self.held.remove(&key);
+                    continue;
+                }
+                match self.held.get_mut(&key) {
+                    Some(held) => held.listed(targets[0], targets.len(), now),
+                    None => {
+                        self.held
+                            .insert(key, Held::new(targets[0], targets.len(), now));
+                    }
+                }
             }
+            let mut published = Vec::new();
+            for (publish, targets) in &listed {
+                if !self.held.contains_key(&(name.clone(), *publish)) {
+                    published.extend(targets.iter().map(|&target| PublishedPort {
+                        publish: *publish,
+                        target,
+                    }));
+                }
+            }
+            let mut lapsed = Vec::new();
+            for ((_, publish), held) in self
+                .held
+                .range_mut((name.clone(), 0)..=(name.clone(), u16::MAX))
+            {
+                held.replaced
+                    .retain(|_, at| now.saturating_duration_since(*at) < PORT_GRACE);
+                if !held.recent(now) {
+                    lapsed.push(*publish);
+                    continue;
+                }
+                let port = PublishedPort {
+                    publish: *publish,
+                    target: held.target,
+                };
+                published.extend(std::iter::repeat_n(port, held.times));
+            }
+            for publish in lapsed {
+                self.held.remove(&(name.clone(), publish));
+            }
+            published.sort_unstable();
+            service.published = published;
         }
     }
 }
@@ -61,15 +163,31 @@ mod tests {
     }
 
     fn listing(ports: &[u16]) -> Snapshot {
+        listing_targets(&ports.iter().map(|p| (*p, 8080)).collect::<Vec<_>>())
+    }
+
+    /// A read listing `web`'s ports as (publish, target) pairs.
+    fn listing_targets(ports: &[(u16, u16)]) -> Snapshot {
         let mut snapshot = Snapshot::default();
         snapshot.services.insert(
             "web".to_owned(),
             SwarmService {
-                published: ports.iter().map(|p| port(*p)).collect(),
+                published: ports
+                    .iter()
+                    .map(|&(publish, target)| PublishedPort { publish, target })
+                    .collect(),
                 ..SwarmService::default()
             },
         );
         snapshot
+    }
+
+    fn pairs(snapshot: &Snapshot) -> Vec<(u16, u16)> {
+        snapshot.services["web"]
+            .published
+            .iter()
+            .map(|p| (p.publish, p.target))
+            .collect()
     }
 
     fn published(snapshot: &Snapshot) -> Vec<u16> {
@@ -121,5 +239,67 @@ mod tests {
         let mut back = listing(&[90]);
         memory.keep_recent(&mut back, t0 + Duration::from_secs(1));
         assert_eq!(published(&back), [90]);
+    }
+
+    /// `--publish-rm 80 --publish-add 80:9090`: old and new tasks list either target while
+    /// the update rolls out; the new one is served from its first listing on, and the port
+    /// is never refused for having two.
+    #[test]
+    fn a_changed_target_wins_at_once_and_stays_while_old_tasks_list_the_old_one() {
+        let mut memory = PortMemory::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut read = listing_targets(&[(80, 8080)]);
+        memory.keep_recent(&mut read, t0);
+        assert_eq!(pairs(&read), [(80, 8080)]);
+        for (i, target) in [9090, 8080, 9090, 8080, 8080, 9090].into_iter().enumerate() {
+            let mut read = listing_targets(&[(80, target)]);
+            memory.keep_recent(&mut read, at(500 * (i as u64 + 1)));
+            assert_eq!(pairs(&read), [(80, 9090)], "read {i}: listed {target}");
+        }
+        // Rolled back: the old target comes back once the new one went unlisted for the grace.
+        let last_9090 = at(3000);
+        let mut read = listing_targets(&[(80, 8080)]);
+        memory.keep_recent(&mut read, last_9090 + PORT_GRACE - Duration::from_millis(1));
+        assert_eq!(pairs(&read), [(80, 9090)]);
+        let mut read = listing_targets(&[(80, 8080)]);
+        memory.keep_recent(&mut read, last_9090 + PORT_GRACE);
+        assert_eq!(pairs(&read), [(80, 8080)]);
+    }
+
+    /// `--publish-add 53:53/udp` beside 53/tcp, then its removal: old tasks list the port once,
+    /// new ones twice; the UDP half stays from the first listing twice until the grace after
+    /// the last.
+    #[test]
+    fn a_udp_half_added_or_removed_does_not_come_and_go() {
+        let mut memory = PortMemory::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut read = listing_targets(&[(53, 53)]);
+        memory.keep_recent(&mut read, t0);
+        assert_eq!(pairs(&read), [(53, 53)]);
+        for (i, times) in [2, 1, 2, 1, 1].into_iter().enumerate() {
+            let mut read = listing_targets(&vec![(53, 53); times]);
+            memory.keep_recent(&mut read, at(500 * (i as u64 + 1)));
+            assert_eq!(pairs(&read), [(53, 53), (53, 53)], "read {i}: listed {times}");
+        }
+        let last_twice = at(1500);
+        let mut read = listing_targets(&[(53, 53)]);
+        memory.keep_recent(&mut read, last_twice + PORT_GRACE);
+        assert_eq!(pairs(&read), [(53, 53)]);
+    }
+
+    /// Two targets in one read are two ports whose protocols the Engine does not say: left as
+    /// listed, for the service's rules to refuse, and nothing of them held.
+    #[test]
+    fn two_targets_in_one_read_are_left_as_listed() {
+        let mut memory = PortMemory::default();
+        let t0 = Instant::now();
+        let mut read = listing_targets(&[(53, 53), (53, 5353)]);
+        memory.keep_recent(&mut read, t0);
+        assert_eq!(pairs(&read), [(53, 53), (53, 5353)]);
+        let mut read = listing_targets(&[(80, 8080)]);
+        memory.keep_recent(&mut read, t0 + Duration::from_millis(500));
+        assert_eq!(pairs(&read), [(80, 8080)]);
     }
 }
