@@ -22,7 +22,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup, xdp_action,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup, xdp_action,
     },
     helpers::bpf_xdp_adjust_head,
     programs::XdpContext,
@@ -269,9 +269,21 @@ fn peer_route(
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
+    // On NO_NEIGH the kernel returns before it writes the egress MTU (the union still holds
+    // `tot_len`: a SYN's MSS would be clamped to a few bytes); asked again without the
+    // neighbour, it writes it.
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+        params.__bindgen_anon_1.tot_len = outer_len;
+        let again = fib_lookup_into(ctx, params, false, own, peer, BPF_FIB_LOOKUP_SKIP_NEIGH);
+        if again != BPF_FIB_LKUP_RET_SUCCESS {
+            count(StatSlot::DropTunnelFailed);
+            return Verdict::xdp(xdp_action::XDP_DROP);
+        }
+    }
     let route = &mut out.route;
     route.ifindex = params.ifindex;
-    // SAFETY: the kernel leaves the egress MTU in the union on success and on NO_NEIGH.
+    // SAFETY: on success (with or without the neighbour) the kernel leaves the egress MTU in
+    // the union.
     route.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
         route.macs = fib_macs(params);

@@ -221,6 +221,33 @@ impl Loaded {
         super::netns::ip_in(&[], &["link", "set", "dev", BACKEND_IF, "mtu", &mtu]).map(drop)
     }
 
+    /// Runs `f` with the node's neighbour entry of backend-side address `addr` (one of the
+    /// backends', `backend_mac(i)`) removed, so the FIB answers "no neighbour" for it; the
+    /// entry is put back after.
+    pub fn without_neighbour<T>(&mut self, backend: usize, f: impl FnOnce(&mut Self) -> T) -> T {
+        let addr = format!("198.18.2.{}", 10 + backend);
+        super::netns::ip_in(&[], &["neigh", "del", &addr, "dev", BACKEND_IF])
+            .expect("remove the neighbour");
+        let out = f(self);
+        let mac = mac_text(&backend_mac(backend));
+        super::netns::ip_in(
+            &[],
+            &[
+                "neigh",
+                "add",
+                &addr,
+                "lladdr",
+                &mac,
+                "dev",
+                BACKEND_IF,
+                "nud",
+                "permanent",
+            ],
+        )
+        .expect("put the neighbour back");
+        out
+    }
+
     /// Runs `frame` as if it arrived from the client.
     pub fn run(&mut self, frame: &[u8]) -> ProgOutcome {
         self.run_from(frame, self.client_if)

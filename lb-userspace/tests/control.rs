@@ -823,11 +823,15 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
     assert_eq!(status, 200, "{body}");
     // And through lbctl, which names what to check when the token is refused (one more 401).
     let url = api_tcp.to_string();
-    let (ok, out, err) = lb.lbctl_tcp(&topo.node, &url, &token_file, &["list"]).unwrap();
+    let (ok, out, err) = lb
+        .lbctl_tcp(&topo.node, &url, &token_file, &["list"])
+        .unwrap();
     assert!(ok && out.contains("web"), "{out}{err}");
     let wrong_file = token_file.with_extension("wrong");
     std::fs::write(&wrong_file, "wrong-token-wrong-token\n").unwrap();
-    let (ok, _, err) = lb.lbctl_tcp(&topo.node, &url, &wrong_file, &["list"]).unwrap();
+    let (ok, _, err) = lb
+        .lbctl_tcp(&topo.node, &url, &wrong_file, &["list"])
+        .unwrap();
     std::fs::remove_file(&wrong_file).unwrap();
     assert!(!ok, "a wrong token must fail");
     assert!(

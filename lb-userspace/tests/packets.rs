@@ -2202,6 +2202,41 @@ fn with_mesh(test: impl FnOnce(Loaded) + Send) {
         .expect("program loaded");
 }
 
+/// A SYN for a task on a peer whose neighbour entry is gone (a node just joined, or its entry
+/// expired): the FIB answers "no neighbour", and the SYN is still clamped to the path's MTU
+/// less the tunnel's 28 bytes, then handed to TC to resolve the neighbour.
+#[test]
+fn a_syn_toward_a_peer_without_a_neighbour_entry_is_clamped_to_the_paths_mtu() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40000);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
+        let syn = with_mss(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build(), 1460);
+        let out = lb.without_neighbour(10, |lb| lb.run(&syn));
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        // The frame keeps the client's MACs: TC writes them once the neighbour is resolved.
+        let macs: ([u8; 6], [u8; 6]) =
+            (syn[6..12].try_into().unwrap(), syn[..6].try_into().unwrap());
+        let expected = tunnel_wrap(
+            &with_mss(
+                &Ipv4Frame::tcp(client, task, TCP_SYN).build(),
+                1500 - 28 - 40,
+            ),
+            macs,
+            OWN.parse().unwrap(),
+            PEER.parse().unwrap(),
+            entropy(40000, 8000),
+        );
+        assert_eq!(out.packet, expected);
+        parse_ipv4(&out.packet).expect("outer checksums");
+        parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+    });
+}
+
 /// The tunnel's UDP source port for a flow: its ports, with the top bits set.
 fn entropy(sport: u16, dport: u16) -> u16 {
     (sport ^ dport) | 0xc000

@@ -195,7 +195,10 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
         if daemon.late_interfaces.is_empty() {
             String::new()
         } else {
-            format!(" (and {} once it exists)", daemon.late_interfaces.join(", "))
+            format!(
+                " (and {} once it exists)",
+                daemon.late_interfaces.join(", ")
+            )
         }
     );
     if let Some(host) = &daemon.docker_host {

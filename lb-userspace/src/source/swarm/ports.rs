@@ -281,7 +281,11 @@ mod tests {
         for (i, times) in [2, 1, 2, 1, 1].into_iter().enumerate() {
             let mut read = listing_targets(&vec![(53, 53); times]);
             memory.keep_recent(&mut read, at(500 * (i as u64 + 1)));
-            assert_eq!(pairs(&read), [(53, 53), (53, 53)], "read {i}: listed {times}");
+            assert_eq!(
+                pairs(&read),
+                [(53, 53), (53, 53)],
+                "read {i}: listed {times}"
+            );
         }
         let last_twice = at(1500);
         let mut read = listing_targets(&[(53, 53)]);
