@@ -25,7 +25,7 @@ use crate::{
         BACKENDS, CONNTRACK, EndpointFilter, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN,
         KEY_SCRATCH, PENDING, REPLY_FILTER, reply_leads_only_to,
     },
-    parse::{TCP_FIN, TCP_RST, TCP_SYN, is_syn},
+    parse::{TCP_FIN, TCP_RST, TCP_SYN, answer_with_reset, is_syn},
     stats::count,
     zero,
 };
@@ -149,7 +149,10 @@ pub fn lookup_forward(
             // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
             // not counted as moved on each of its packets, nor reset twice.
             let _ = CONNTRACK.remove(key);
-            if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(tcp_flags) {
+            if svc.flags & service_flags::RESET_ON_REMOVAL != 0
+                && is_tcp
+                && answer_with_reset(tcp_flags)
+            {
                 return Err(NoFlow::Reset);
             }
             count(StatSlot::FlowMoved);

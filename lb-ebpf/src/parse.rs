@@ -41,6 +41,13 @@ pub const fn is_syn(tcp_flags: u8) -> bool {
     tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// Whether a segment of a flow that is gone is answered with a RST (`on_backend_removal:
+/// reset`): not a SYN (a new connection) and not a RST (never answered, RFC 9293).
+#[inline(always)]
+pub const fn answer_with_reset(tcp_flags: u8) -> bool {
+    !is_syn(tcp_flags) && tcp_flags & TCP_RST == 0
+}
+
 /// Offsets inside the headers this program reads or rewrites.
 pub mod off {
     pub const ETH_DST: usize = 0;

@@ -1520,7 +1520,7 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
         }
         let gone = flows[0].1;
         let on_gone: Vec<_> = flows.iter().filter(|f| f.1 == gone).map(|f| f.0).collect();
-        assert!(on_gone.len() >= 2, "{flows:?}");
+        assert!(on_gone.len() >= 4, "{flows:?}");
         let udp_client = (0..64u16)
             .map(|i| sock(CLIENT, 5000 + i))
             .find(|c| {
@@ -1626,9 +1626,20 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
         assert_eq!(out.packet, window_zero(rst6.build(), 14 + 40 + 14));
         parse_ipv6(&out.packet).expect("checksum");
 
+        // A RST is never answered with a RST (RFC 9293): the flow is gone, the RST goes on
+        // like any packet of a flow that moved.
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(on_gone[2], vip, TCP_RST | TCP_ACK).build());
+        let forwarded = parse_ipv4(&out.packet).expect("checksums");
+        assert_eq!(forwarded.tcp_flags, Some(TCP_RST | TCP_ACK));
+        assert_eq!(forwarded.src, on_gone[2], "not an answer to the client");
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::FlowReset), 0);
+        assert_eq!(delta(&before, &after, StatSlot::FlowMoved), 1);
+
         // A SYN on a removed backend's flow is a new connection: it gets a new backend.
         let before = lb.stats();
-        let out = lb.run(&Ipv4Frame::tcp(on_gone[2.min(on_gone.len() - 1)], vip, TCP_SYN).build());
+        let out = lb.run(&Ipv4Frame::tcp(on_gone[3], vip, TCP_SYN).build());
         assert_ne!(*parse_ipv4(&out.packet).unwrap().dst.ip(), gone);
         assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowReset), 0);
     });

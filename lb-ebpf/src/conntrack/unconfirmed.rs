@@ -11,7 +11,7 @@ use lb_common::{
 use super::{Held, Liveness, liveness, now_ns, reply_is_for, reply_key_of, reply_owner_alive};
 use crate::{
     maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
-    parse::{Packet, TCP_SYN, is_syn},
+    parse::{Packet, TCP_SYN, answer_with_reset, is_syn},
     stats::count,
     zero,
 };
@@ -53,7 +53,9 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         Liveness::BackendGone => {
             // As `lookup_forward` does for a confirmed flow.
             let _ = PENDING.remove(key);
-            if svc.flags & service_flags::RESET_ON_REMOVAL != 0 && is_tcp && !is_syn(pkt.tcp_flags)
+            if svc.flags & service_flags::RESET_ON_REMOVAL != 0
+                && is_tcp
+                && answer_with_reset(pkt.tcp_flags)
             {
                 return Pending::Reset;
             }
