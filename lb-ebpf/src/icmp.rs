@@ -195,9 +195,15 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
 }
 
 /// Where the flow that answers `key` is translated to, if its tracked entry is of `kind`:
-/// `nat` and, under full NAT, `snat` (left unspecified otherwise).
+/// `nat` and, under full NAT, `snat` (left unspecified otherwise); and the tunnel peer that
+/// direction of the flow goes through.
 #[inline(always)]
-fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpoint) -> bool {
+fn entry_answering(
+    key: &FlowKey,
+    kind: u8,
+    nat: &mut Endpoint,
+    snat: &mut Endpoint,
+) -> Option<Peer> {
     let answering = FlowKey {
         src: key.dst,
         dst: key.src,
@@ -211,19 +217,35 @@ fn entry_answering(key: &FlowKey, kind: u8, nat: &mut Endpoint, snat: &mut Endpo
         .get_ptr(&answering)
         .or_else(|| PENDING.get_ptr(&answering))
     else {
-        return kind == flow_kind::REPLY && stateless_frontend(&answering, nat);
+        return (kind == flow_kind::REPLY && stateless_frontend(&answering, nat))
+            .then_some(Peer(0));
     };
     // SAFETY: valid for this program run; read field by field.
     unsafe {
         if (*flow).kind != kind {
-            return false;
+            return None;
         }
         nat.addr = (*flow).nat_addr;
         nat.port_be = (*flow).nat_port_be;
         snat.addr = (*flow).snat_addr;
         snat.port_be = (*flow).snat_port_be;
+        Some(Peer((*flow).tunnel_peer))
     }
-    true
+}
+
+/// The mesh-tunnel peer a flow's direction goes through (0: none, sent by the FIB).
+struct Peer(u8);
+
+impl Peer {
+    /// Sends the translated error the way its flow goes: through the tunnel when the flow's
+    /// other end is on another node (its entry node, or its task's), else by the FIB.
+    #[inline(always)]
+    fn send(self, ctx: &XdpContext, pkt: &Packet, src: &Addr, dst: &Addr) -> Verdict {
+        if self.0 != 0 {
+            return Verdict::tunnel(self.0);
+        }
+        forward::send(ctx, pkt, src, dst, core::ptr::null_mut())
+    }
 }
 
 /// The one frontend of the backend endpoint that sends `answering` (`REPLY_FRONTENDS`), as
@@ -265,7 +287,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     quote(ctx, pkt, &mut q)?;
     let mut nat = Endpoint::UNSPECIFIED;
     let mut snat = Endpoint::UNSPECIFIED;
-    if entry_answering(&q.key, flow_kind::FORWARD, &mut nat, &mut snat) {
+    if let Some(peer) = entry_answering(&q.key, flow_kind::FORWARD, &mut nat, &mut snat) {
         // The quote is a reply we sent as the frontend: it becomes the backend's packet
         // again (to the node's address and port under full NAT), and the error goes to the
         // backend.
@@ -275,17 +297,9 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
         }
         bool_some(rewrite_outer(ctx, pkt, false, &pkt.key.dst, &nat.addr))?;
         count(StatSlot::IcmpErrorToBackend);
-        return Some(forward::send(
-            ctx,
-            pkt,
-            &pkt.key.src,
-            &nat.addr,
-            core::ptr::null_mut(),
-        ));
+        return Some(peer.send(ctx, pkt, &pkt.key.src, &nat.addr));
     }
-    if !entry_answering(&q.key, flow_kind::REPLY, &mut nat, &mut snat) {
-        return None;
-    }
+    let peer = entry_answering(&q.key, flow_kind::REPLY, &mut nat, &mut snat)?;
     // The quote is a client packet we sent to a backend: the client must see the frontend
     // (and, under full NAT, its own address and port).
     // (References, not copies: this frame and its callees share 512 bytes of stack.)
@@ -303,7 +317,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
         src = &nat.addr;
     }
     count(StatSlot::IcmpErrorToClient);
-    Some(forward::send(ctx, pkt, src, dst, core::ptr::null_mut()))
+    Some(peer.send(ctx, pkt, src, dst))
 }
 
 #[inline(always)]

@@ -2186,7 +2186,7 @@ services:
     backends: ["198.19.0.5"]
   web.1.task:
     vip: 198.19.0.6
-    ports: ["9000/tcp"]
+    ports: ["9000/tcp", "9000/udp"]
     backends: ["198.18.2.10"]
 "#;
 
@@ -2466,6 +2466,93 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
         assert_eq!(out.packet, expected);
         let after = lb.stats();
         assert_eq!(delta(&before, &after, StatSlot::TunnelReceived), 1);
+        assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);
+    });
+}
+
+/// ICMP errors about a flow that crosses the tunnel go the flow's way: on the entry node an
+/// error from the client's side goes through the tunnel to the task's node (not by the FIB to
+/// the task's ingress address, which the underlay does not route), and on the task's node the
+/// task's own error goes back through the tunnel to the entry node, which answers the client.
+#[test]
+fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let own: std::net::Ipv4Addr = OWN.parse().unwrap();
+        let peer: std::net::Ipv4Addr = PEER.parse().unwrap();
+        let to_peer_macs = (lb.backend_if_mac, backend_mac(10));
+        // Entry node: a client's datagram to the published port goes to the task on the peer.
+        let client = sock(CLIENT, 5000);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
+        let out = lb.run(&Ipv4Frame::udp(client, frontend).build());
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        // The client's host says port unreachable about the answer it got from the frontend.
+        let error = icmpv4_frame(
+            (CLIENT_MAC, NODE_MAC),
+            *client.ip(),
+            *frontend.ip(),
+            &icmpv4_error(3, 3, &Ipv4Frame::udp(frontend, client).build(), 8),
+        );
+        let before = lb.stats();
+        let out = lb.run(&error);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let translated = icmpv4_frame(
+            (CLIENT_MAC, NODE_MAC),
+            *client.ip(),
+            *task.ip(),
+            &icmpv4_error(3, 3, &Ipv4Frame::udp(task, client).build(), 8),
+        );
+        let expected = tunnel_wrap(&translated, to_peer_macs, own, peer, 0xc000);
+        assert_eq!(
+            out.packet, expected,
+            "to the task's node, through the tunnel"
+        );
+        parse_icmpv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::IcmpErrorToBackend), 1);
+        assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);
+
+        // Task's node: a datagram from the peer (the flow's entry node) for the local task...
+        let far_client = sock("198.18.9.9", 5001);
+        let local_task = sock(TASK_LOCAL, 9000);
+        let gwbridge = sock("198.18.2.10", 9000);
+        let request = Ipv4Frame::udp(far_client, local_task);
+        let wrapped = tunnel_wrap(
+            &request.build(),
+            (backend_mac(10), lb.backend_if_mac),
+            peer,
+            own,
+            entropy(5001, 8000),
+        );
+        let out = lb.run_from(&wrapped, lb.backend_if);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        // ...whose socket is closed: the task's port unreachable goes back to the peer, from
+        // the task's ingress address and quoting the datagram as the peer sent it.
+        let error = icmpv4_frame(
+            (backend_mac(0), lb.backend_if_mac),
+            *gwbridge.ip(),
+            *far_client.ip(),
+            &icmpv4_error(3, 3, &Ipv4Frame::udp(far_client, gwbridge).build(), 8),
+        );
+        let before = lb.stats();
+        let out = lb.run_from(&error, lb.backend_if);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        let translated = icmpv4_frame(
+            (backend_mac(0), lb.backend_if_mac),
+            *local_task.ip(),
+            *far_client.ip(),
+            &icmpv4_error(3, 3, &Ipv4Frame::udp(far_client, local_task).build(), 8),
+        );
+        let expected = tunnel_wrap(&translated, to_peer_macs, own, peer, 0xc000);
+        assert_eq!(
+            out.packet, expected,
+            "back to the entry node, through the tunnel"
+        );
+        let after = lb.stats();
+        assert_eq!(delta(&before, &after, StatSlot::IcmpErrorToClient), 1);
         assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);
     });
 }
