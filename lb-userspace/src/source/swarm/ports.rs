@@ -155,13 +155,6 @@ mod tests {
     use super::*;
     use crate::source::swarm::snapshot::SwarmService;
 
-    fn port(publish: u16) -> PublishedPort {
-        PublishedPort {
-            publish,
-            target: 8080,
-        }
-    }
-
     fn listing(ports: &[u16]) -> Snapshot {
         listing_targets(&ports.iter().map(|p| (*p, 8080)).collect::<Vec<_>>())
     }
