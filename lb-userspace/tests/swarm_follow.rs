@@ -458,6 +458,45 @@ fn published_ports_follow_scale_kill_update_and_rm() {
         s.check_kept(&alive, "scale up");
     }
 
+    // A swarm change node 1's kernel refuses (its backend endpoint map full) is tried again
+    // until it fits: once there is room it is applied, with no other change of the swarm
+    // (the follower sends a snapshot once, and again only after 30 s).
+    let full = lbs[0].fill_map::<u32>("BACKEND_ENDPOINTS");
+    lab.scale("who", 7).expect("scale up once more");
+    let tasks_7 = lab
+        .wait_tasks("who", 7, TASKS)
+        .expect("scaled up once more");
+    wait_until(STARTUP, "node 1's lbd refuses the swarm's change", || {
+        Ok(log_lines(&lbs[0], "the swarm's change was not applied") > 0)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
+    // The swarm holds still (its tasks run) while the change waits for room.
+    std::thread::sleep(Duration::from_secs(2));
+    let served = |lb: &Lbd| programmed_backends(lb, "who").map(|b| b.map(|b| b.len()));
+    assert_eq!(
+        served(&lbs[0]).expect("list"),
+        Some(6),
+        "refused: node 1 still serves the 6 tasks"
+    );
+    full.free();
+    let took = wait_until(STARTUP, "the refused change applied once it fits", || {
+        Ok(served(&lbs[0])? == Some(7))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lbs[0].output()));
+    println!("node 1 applied the refused swarm change {took:?} after the room was made");
+    lab.scale("who", 6).expect("scale back");
+    let tasks_back = lab.wait_tasks("who", 6, TASKS).expect("scaled back");
+    let kept: BTreeSet<String> = tasks_back.iter().map(|t| t.container.clone()).collect();
+    assert!(
+        tasks_7
+            .iter()
+            .filter(|t| kept.contains(&t.container))
+            .count()
+            == 6,
+        "scaling back removes one task: {tasks_7:?} {tasks_back:?}"
+    );
+    tasks = tasks_back;
+
     // A task killed: within FOLLOW new connections go to the running tasks only; sessions to
     // the others keep their task. Then its replacement is served.
     let node2 = &lab.nodes[1];

@@ -407,6 +407,9 @@ fn look_at_interfaces(
         }
     }
     attach_appeared(shared);
+    if let Some(Err(e)) = shared.daemon().retry_swarm() {
+        tracing::debug!("swarm: the swarm's change is still not applied: {e:#}");
+    }
     let now = dataplane::node_addresses().ok();
     let changed = now != seen && shared.daemon().node_addresses_changed();
     (now, changed)
@@ -518,12 +521,19 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
 /// Applies a swarm snapshot; the answer goes to the log.
 async fn apply_swarm(shared: &Arc<Shared>, snapshot: swarm::Snapshot) {
     let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || s.daemon().update_swarm(snapshot)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        let mut daemon = s.daemon();
+        let result = daemon.update_swarm(snapshot);
+        (result, daemon.swarm_retry_in())
+    })
+    .await;
     match result {
         // The daemon's own "applied" line (trigger "swarm") says what changed.
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => error!(
-            "swarm: the swarm's change was not applied, the running configuration stays: {e:#}"
+        Ok((Ok(_), _)) => {}
+        Ok((Err(e), retry)) => error!(
+            retry_in_s = retry.map_or(0, |r| r.as_secs()),
+            "swarm: the swarm's change was not applied, the running configuration stays \
+             (tried again, less and less often, until it is): {e:#}"
         ),
         Err(e) => error!("swarm: {e}"),
     }

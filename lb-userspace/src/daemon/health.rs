@@ -30,7 +30,7 @@ impl Retry {
     const MOST: Duration = Duration::from_secs(30);
 
     /// The retry after a refusal, `earlier` the one before it (if any).
-    fn after(earlier: Option<Retry>) -> Retry {
+    pub(super) fn after(earlier: Option<Retry>) -> Retry {
         let wait = earlier.map_or(Self::FIRST, |r| (r.wait * 2).min(Self::MOST));
         Retry {
             at: Instant::now() + wait,

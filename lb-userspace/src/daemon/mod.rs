@@ -149,6 +149,8 @@ pub struct Daemon {
     /// and the wait after that. A backend that stays down or up brings no transition that
     /// would; any change applied since carries it (`take_plan` clears this).
     health_unapplied: Option<health::Retry>,
+    /// The same for a swarm change (`update_swarm`): the follower sends a snapshot once.
+    swarm_unapplied: Option<health::Retry>,
 }
 
 impl Daemon {
@@ -274,6 +276,7 @@ impl Daemon {
             merged_epoch: 1,
             running_health_shaped: true,
             health_unapplied: None,
+            swarm_unapplied: None,
         };
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
@@ -311,19 +314,6 @@ impl Daemon {
             );
         }
         self.commit(trigger, Some(file), api)
-    }
-
-    /// Applies what the swarm looks like now. The snapshot is kept (and saved) whatever the
-    /// outcome: it is the Engine's truth, and the next file or API change plans with it.
-    pub fn update_swarm(&mut self, snapshot: Snapshot) -> Result<Outcome, DaemonError> {
-        if self.swarm.as_ref() != Some(&snapshot) {
-            let path = self.state_dir.join(SWARM_STATE_FILE);
-            let instead = "a restart while the Engine is down would start without it";
-            saved::write(&path, &snapshot, "swarm state", instead);
-        }
-        self.swarm = Some(snapshot);
-        let api = self.api.clone();
-        self.commit(Trigger::Swarm, None, api)
     }
 
     /// Applies an API change: `change` edits a copy of the API state; nothing is kept unless
@@ -631,8 +621,10 @@ impl Daemon {
             Replan::Delta(delta) => self.running.patch(delta),
         }
         self.running_health_shaped = health_shaped;
-        // Planned with the health checks' latest word: nothing of theirs is left unapplied.
+        // Planned with the health checks' and the swarm's latest word: nothing of theirs is
+        // left unapplied.
         self.health_unapplied = None;
+        self.swarm_unapplied = None;
     }
 
     /// Counts an API request refused before it reached the configuration (its body).
@@ -724,39 +716,6 @@ impl Daemon {
             }
         }
         done
-    }
-
-    /// Where the swarm follower reports its health (handed to it by `lbd run`).
-    pub fn swarm_follow_status(&self) -> Option<swarm::follow::SharedStatus> {
-        self.swarm_follow.clone()
-    }
-
-    /// The swarm follower's health for `lbctl status`.
-    pub fn swarm_status(&self) -> Option<crate::api::SwarmStatus> {
-        let follow = self.swarm_follow.as_ref()?;
-        let f = follow.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Some(crate::api::SwarmStatus {
-            docker_host: f.docker_host,
-            engine_up: f.engine_up,
-            reads_ok: f.reads_ok,
-            reads_failed: f.reads_failed,
-            last_error: f.last_error,
-            last_ok_age_s: f
-                .last_ok
-                .and_then(|t| t.elapsed().ok())
-                .map(|age| age.as_secs()),
-            node_addr: self.swarm.as_ref().and_then(|s| s.node_addr),
-            mesh_addr: self.swarm.as_ref().and_then(|s| s.mesh_addr()),
-            services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
-            stopping_known: self.swarm.as_ref().is_some_and(|s| s.desired_states_known),
-            last_read_ms: f
-                .last_read
-                .map(|(took, wait)| (took.as_millis() as u64, wait.as_millis() as u64)),
-            tasks_stopping: self.swarm.as_ref().map_or(0, |s| s.tasks_stopping()),
-            tasks_unhealthy: self.swarm.as_ref().map_or(0, |s| s.tasks_unhealthy()),
-            notices: f.notices,
-            container_starts: f.container_starts,
-        })
     }
 
     pub fn dataplane(&self) -> &Dataplane {

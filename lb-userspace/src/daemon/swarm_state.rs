@@ -1,6 +1,87 @@
 //! The swarm's last known state: saved beside the API state, read back at start.
 
+use std::time::Duration;
+
 use super::*;
+
+impl Daemon {
+    /// Applies what the swarm looks like now. The snapshot is kept (and saved) whatever the
+    /// outcome: it is the Engine's truth, and the next file or API change plans with it. A
+    /// change that fails is tried again (`retry_swarm`): the follower sends a snapshot once.
+    pub fn update_swarm(&mut self, snapshot: Snapshot) -> Result<Outcome, DaemonError> {
+        if self.swarm.as_ref() != Some(&snapshot) {
+            let path = self.state_dir.join(SWARM_STATE_FILE);
+            let instead = "a restart while the Engine is down would start without it";
+            saved::write(&path, &snapshot, "swarm state", instead);
+            // A new change: if it fails, its first retry comes soon.
+            self.swarm_unapplied = None;
+        }
+        self.swarm = Some(snapshot);
+        self.commit_swarm()
+    }
+
+    /// Tries a failed swarm change again when its retry is due (1 s after the change, then
+    /// twice as long each time, up to 30 s); `None` when none is.
+    pub fn retry_swarm(&mut self) -> Option<Result<Outcome, DaemonError>> {
+        let due = self
+            .swarm_unapplied
+            .is_some_and(|retry| Instant::now() >= retry.at);
+        due.then(|| self.commit_swarm())
+    }
+
+    /// When a failed swarm change is tried again (for the log).
+    pub fn swarm_retry_in(&self) -> Option<Duration> {
+        self.swarm_unapplied.map(|retry| retry.wait)
+    }
+
+    /// Where the swarm follower reports its health (handed to it by `lbd run`).
+    pub fn swarm_follow_status(&self) -> Option<swarm::follow::SharedStatus> {
+        self.swarm_follow.clone()
+    }
+
+    /// The swarm follower's health for `lbctl status`.
+    pub fn swarm_status(&self) -> Option<crate::api::SwarmStatus> {
+        let follow = self.swarm_follow.as_ref()?;
+        let f = follow.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(crate::api::SwarmStatus {
+            docker_host: f.docker_host,
+            engine_up: f.engine_up,
+            reads_ok: f.reads_ok,
+            reads_failed: f.reads_failed,
+            last_error: f.last_error,
+            last_ok_age_s: f
+                .last_ok
+                .and_then(|t| t.elapsed().ok())
+                .map(|age| age.as_secs()),
+            node_addr: self.swarm.as_ref().and_then(|s| s.node_addr),
+            mesh_addr: self.swarm.as_ref().and_then(|s| s.mesh_addr()),
+            services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
+            stopping_known: self.swarm.as_ref().is_some_and(|s| s.desired_states_known),
+            last_read_ms: f
+                .last_read
+                .map(|(took, wait)| (took.as_millis() as u64, wait.as_millis() as u64)),
+            tasks_stopping: self.swarm.as_ref().map_or(0, |s| s.tasks_stopping()),
+            tasks_unhealthy: self.swarm.as_ref().map_or(0, |s| s.tasks_unhealthy()),
+            notices: f.notices,
+            container_starts: f.container_starts,
+        })
+    }
+
+    fn commit_swarm(&mut self) -> Result<Outcome, DaemonError> {
+        let earlier = self.swarm_unapplied;
+        let api = self.api.clone();
+        let result = self.commit(Trigger::Swarm, None, api);
+        match &result {
+            // `take_plan` cleared `swarm_unapplied`.
+            Ok(_) if earlier.is_some() => {
+                info!("swarm: the swarm's change refused before is applied now");
+            }
+            Ok(_) => {}
+            Err(_) => self.swarm_unapplied = Some(health::Retry::after(earlier)),
+        }
+        result
+    }
+}
 
 /// The swarm's services under the file's per-service policies; `running`: what the running
 /// configuration made of the swarm (its networks keep their socket scopes).
