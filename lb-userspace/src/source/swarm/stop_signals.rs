@@ -36,6 +36,9 @@ pub(super) struct StopSignals {
     /// Each container's stop signal, by id, read from its inspection at its first `kill`
     /// (`None`: a name not known here).
     stop_signals: HashMap<String, Option<i32>>,
+    /// Kills whose container could not be inspected (the Engine busy): asked again at the
+    /// next read, by id, with the signal sent. Their events are not read again.
+    unresolved: HashMap<String, i32>,
     /// The end of the last window of events read.
     read_until: Option<SystemTime>,
     /// The last failed read's error, told once until it changes.
@@ -55,6 +58,8 @@ impl StopSignals {
         self.stopping.retain(|id| running.contains(id.as_str()));
         self.stop_signals
             .retain(|id, _| running.contains(id.as_str()));
+        self.unresolved
+            .retain(|id, _| running.contains(id.as_str()));
         let now = SystemTime::now();
         // Never after `now`: a clock stepped back would make every window one the Engine
         // refuses ("since" after "until").
@@ -71,20 +76,32 @@ impl StopSignals {
                     );
                 }
                 self.read_until = Some(now);
-                // In the Engine's order: a container started again (`docker restart`, or a
-                // kill the first read's look back found) is no longer stopping.
+                // Kills of earlier reads first, then this read's events in the Engine's order:
+                // a container started again (`docker restart`, or a kill the first read's
+                // look back found) is no longer stopping.
+                let unresolved = std::mem::take(&mut self.unresolved);
+                let events = unresolved
+                    .into_iter()
+                    .map(|(id, signal)| Event::Kill(id, signal))
+                    .chain(events);
                 for event in events {
                     match event {
                         Event::Start(id) => {
                             self.stopping.remove(&id);
+                            self.unresolved.remove(&id);
                         }
-                        Event::Kill(id, signal) => {
-                            if running.contains(id.as_str())
-                                && self.is_stop_signal(client, host, &id, signal).await
-                            {
-                                self.stopping.insert(id);
+                        Event::Kill(id, signal) if running.contains(id.as_str()) => {
+                            match self.is_stop_signal(client, host, &id, signal).await {
+                                Some(true) => {
+                                    self.stopping.insert(id);
+                                }
+                                Some(false) => {}
+                                None => {
+                                    self.unresolved.insert(id, signal);
+                                }
                             }
                         }
+                        Event::Kill(..) => {}
                     }
                 }
             }
@@ -105,16 +122,20 @@ impl StopSignals {
         }
     }
 
-    /// Whether `signal` is container `id`'s stop signal (not, say, a reload's SIGHUP). A failed
-    /// inspection is not kept: the next `kill` asks again.
-    async fn is_stop_signal(&mut self, client: &Docker, host: &str, id: &str, signal: i32) -> bool {
+    /// Whether `signal` is container `id`'s stop signal (not, say, a reload's SIGHUP); `None`
+    /// when the container could not be inspected (not kept: asked again).
+    async fn is_stop_signal(
+        &mut self,
+        client: &Docker,
+        host: &str,
+        id: &str,
+        signal: i32,
+    ) -> Option<bool> {
         if !self.stop_signals.contains_key(id) {
-            let Ok(inspected) = client
+            let inspected = client
                 .inspect_container(id, None::<InspectContainerOptions>)
                 .await
-            else {
-                return false;
-            };
+                .ok()?;
             let configured = inspected.config.and_then(|c| c.stop_signal);
             let number = stop_signal_number(configured.as_deref());
             if number.is_none() {
@@ -127,7 +148,7 @@ impl StopSignals {
             }
             self.stop_signals.insert(id.to_owned(), number);
         }
-        self.stop_signals.get(id).copied().flatten() == Some(signal)
+        Some(self.stop_signals.get(id).copied().flatten() == Some(signal))
     }
 }
 
