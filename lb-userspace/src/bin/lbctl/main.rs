@@ -154,6 +154,12 @@ enum HealthKind {
 }
 
 fn main() -> std::process::ExitCode {
+    // Output piped to a reader that stops early (`lbctl list | head`) ends lbctl quietly, as
+    // it does other command-line tools, instead of a panic on the closed pipe.
+    // SAFETY: restores the default action of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -1,9 +1,13 @@
 //! Reads the Docker Engine: the answers a [`Snapshot`](super::Snapshot) is made of.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
+    models::SystemInfo,
     query_parameters::{
         InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
     },
@@ -11,11 +15,17 @@ use bollard::{
 
 use super::snapshot::{Answers, GWBRIDGE_NETWORK, overlay_networks_of};
 use crate::error_text::with_causes;
+use tracing::warn;
 
 /// The default Engine address, as `docker` uses it.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// A request that takes longer is an Engine that does not answer.
 const REQUEST_TIMEOUT_S: u64 = 5;
+/// `/info` on a manager asks the swarm's leader; without one (quorum lost) it answers only
+/// after 20 s. Past this the last answer stands in, as a node whose manager cannot say...
+const INFO_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and is not asked again for this long, so the reads between go at their pace.
+const INFO_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -41,6 +51,10 @@ pub struct Engine {
     pids: std::collections::HashMap<String, u32>,
     desired: super::desired::DesiredStates,
     stop_signals: super::stop_signals::StopSignals,
+    /// The last `/info` answered, and until when it stands in for a new one (see
+    /// `INFO_TIMEOUT`).
+    last_info: Option<SystemInfo>,
+    info_stands_in_until: Option<Instant>,
 }
 
 impl Engine {
@@ -56,6 +70,8 @@ impl Engine {
             pids: Default::default(),
             desired: Default::default(),
             stop_signals: Default::default(),
+            last_info: None,
+            info_stands_in_until: None,
         })
     }
 
@@ -65,11 +81,16 @@ impl Engine {
 
     /// Reads every answer a snapshot needs.
     pub async fn read(&mut self) -> Result<Answers, EngineError> {
-        let client = match self.client.take() {
+        let mut client = match self.client.take() {
             Some(client) => client,
             None => connect(&self.host).await?,
         };
-        let mut answers = read_with(&client, &self.host, &mut self.pids).await?;
+        let (info, clean) = self.info(&client).await?;
+        if !clean {
+            // The request given up on still holds its connection: read on another.
+            client = connect(&self.host).await?;
+        }
+        let mut answers = read_with(&client, &self.host, info, &mut self.pids).await?;
         answers.tasks_running = self
             .desired
             .read(&client, &self.host, &answers.info, &answers.overlays)
@@ -81,6 +102,53 @@ impl Engine {
         // Kept only after a good read: an error makes the next read connect again.
         self.client = Some(client);
         Ok(answers)
+    }
+}
+
+impl Engine {
+    /// `/info`, or, when a manager's answer waits for a leader the swarm has not got (see
+    /// `INFO_TIMEOUT`), the last answer as a node that cannot say what the swarm wants: the
+    /// networks and containers, which need no leader, are still read. With whether the
+    /// client is clean (false: a request to it was given up on).
+    async fn info(&mut self, client: &Docker) -> Result<(SystemInfo, bool), EngineError> {
+        let request = |what, error| EngineError::Request {
+            host: self.host.clone(),
+            what,
+            error,
+        };
+        let standing_in = self
+            .info_stands_in_until
+            .is_some_and(|until| Instant::now() < until);
+        let answer = if standing_in {
+            None
+        } else {
+            tokio::time::timeout(INFO_TIMEOUT, client.info()).await.ok()
+        };
+        if let Some(answer) = answer {
+            let info = answer.map_err(|e| request("GET /info", e))?;
+            self.last_info = Some(info.clone());
+            self.info_stands_in_until = None;
+            return Ok((info, true));
+        }
+        let Some(mut info) = self.last_info.clone() else {
+            return Err(request(
+                "GET /info",
+                bollard::errors::Error::RequestTimeoutError,
+            ));
+        };
+        if let Some(swarm) = info.swarm.as_mut() {
+            swarm.control_available = Some(false);
+        }
+        if !standing_in {
+            warn!(
+                docker_host = self.host,
+                "swarm: /info did not answer within {INFO_TIMEOUT:?} (a manager whose swarm has \
+                 no leader); following the networks and containers with its last answer, \
+                 without the tasks' desired states, asking again in {INFO_RETRY:?}"
+            );
+            self.info_stands_in_until = Some(Instant::now() + INFO_RETRY);
+        }
+        Ok((info, standing_in))
     }
 }
 
@@ -108,6 +176,7 @@ pub(super) async fn connect(host: &str) -> Result<Docker, EngineError> {
 async fn read_with(
     client: &Docker,
     host: &str,
+    info: SystemInfo,
     known_pids: &mut HashMap<String, u32>,
 ) -> Result<Answers, EngineError> {
     let request = |what, error| EngineError::Request {
@@ -115,7 +184,6 @@ async fn read_with(
         what,
         error,
     };
-    let info = client.info().await.map_err(|e| request("GET /info", e))?;
     let networks = client
         .list_networks(Some(ListNetworksOptions {
             filters: Some(HashMap::from([(
