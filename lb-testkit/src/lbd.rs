@@ -12,6 +12,10 @@ use super::{ChildGuard, EnterMode, Netns, capabilities::BoundingSet, netns::uniq
 /// How long `lbd` may take to load, attach and program the maps.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long one `lbctl` command may take: it answers in milliseconds; an API that never
+/// answers must fail the test (polling loops call `lbctl`), not hang it.
+pub const LBCTL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where `lbd` serves `/metrics` by default, in its node's namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 
@@ -414,12 +418,9 @@ fn unused_endpoint(i: u32) -> lb_common::maps::EndpointKey {
     )
 }
 
-/// Runs an `lbctl` command line: (success, stdout, stderr).
-fn run_lbctl(mut cmd: std::process::Command) -> Result<(bool, String, String)> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+/// Runs an `lbctl` command line, bounded by [`LBCTL_TIMEOUT`]: (success, stdout, stderr).
+fn run_lbctl(cmd: std::process::Command) -> Result<(bool, String, String)> {
+    let out = super::command::output_within(cmd, None, LBCTL_TIMEOUT)?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

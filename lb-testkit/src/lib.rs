@@ -60,6 +60,7 @@ pub mod bulk;
 pub mod capabilities;
 pub mod cgroup;
 pub mod client;
+pub mod command;
 pub mod gate;
 pub mod interrupt;
 pub mod lbd;

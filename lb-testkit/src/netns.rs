@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::command::{describe, output_within};
 
 /// Every namespace the test kit creates has a name starting with this.
 pub const NAME_PREFIX: &str = "mlb-";
@@ -31,6 +33,10 @@ const MAX_PREFIX_LEN: usize = 32;
 
 /// How often [`ChildGuard::wait_for_line`] and [`ChildGuard::stop`] look again.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The bound on a short command (`ip`, `Netns::exec`): they take milliseconds; one that hangs
+/// fails the test.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How much of a child's output is printed when it is dropped during a panic.
 const PANIC_TAIL_BYTES: usize = 8 * 1024;
@@ -68,10 +74,9 @@ impl Netns {
         let mut last_error = String::new();
         for _ in 0..CREATE_ATTEMPTS {
             let name = format!("{NAME_PREFIX}{prefix}-{}", unique_suffix());
-            let out = Command::new("ip")
-                .args(["netns", "add", &name])
-                .stdin(Stdio::null())
-                .output()
+            let mut add = Command::new("ip");
+            add.args(["netns", "add", &name]);
+            let out = output_within(add, None, COMMAND_TIMEOUT)
                 .context("running `ip netns add` (is iproute2 installed?)")?;
             if out.status.success() {
                 super::interrupt::track_namespace(&name);
@@ -276,10 +281,9 @@ impl Netns {
             if Path::new("/proc").join(pid.to_string()).exists() {
                 continue;
             }
-            let out = Command::new("ip")
-                .args(["netns", "delete", &name])
-                .stdin(Stdio::null())
-                .output()
+            let mut delete = Command::new("ip");
+            delete.args(["netns", "delete", &name]);
+            let out = output_within(delete, None, COMMAND_TIMEOUT)
                 .context("running `ip netns delete`")?;
             if out.status.success() {
                 removed.push(name);
@@ -291,10 +295,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let result = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stdin(Stdio::null())
-            .output();
+        let mut delete = Command::new("ip");
+        delete.args(["netns", "delete", &self.name]);
+        let result = output_within(delete, None, COMMAND_TIMEOUT);
         super::interrupt::untrack_namespace(&self.name);
         match result {
             Ok(out) if out.status.success() => {}
@@ -303,7 +306,7 @@ impl Drop for Netns {
                 self.name,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
-            Err(e) => eprintln!("testkit: ip netns delete {}: {e}", self.name),
+            Err(e) => eprintln!("testkit: ip netns delete {}: {e:#}", self.name),
         }
     }
 }
@@ -552,7 +555,6 @@ fn spawn_logged(mut cmd: Command, label: &str, description: &str) -> Result<Chil
     }
 }
 
-/// Runs a short command to completion, optionally feeding `stdin`, and returns its stdout.
 /// Runs `ip {first…} {args…}` and returns its stdout; with no `first`, in the calling thread's
 /// namespace (a thread inside `Netns::run`).
 pub(crate) fn ip_in(first: &[&str], args: &[&str]) -> Result<String> {
@@ -561,30 +563,11 @@ pub(crate) fn ip_in(first: &[&str], args: &[&str]) -> Result<String> {
     run_captured(cmd, None)
 }
 
-fn run_captured(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String> {
+/// Runs a short command to completion (bounded), optionally feeding `stdin`, and returns its
+/// stdout; fails on a non-zero exit.
+fn run_captured(cmd: Command, stdin: Option<&[u8]>) -> Result<String> {
     let description = describe(&cmd);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {description}"))?;
-    if let Some(input) = stdin {
-        let mut pipe = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin pipe for {description}"))?;
-        // `ip -batch` reads everything before answering, so writing first cannot deadlock on
-        // its (small) output.
-        pipe.write_all(input)
-            .with_context(|| format!("writing stdin of {description}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {description}"))?;
+    let out = output_within(cmd, stdin, COMMAND_TIMEOUT)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
@@ -599,16 +582,6 @@ fn run_captured(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String> {
         );
     }
     Ok(stdout)
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut parts: Vec<&OsStr> = vec![cmd.get_program()];
-    parts.extend(cmd.get_args());
-    let words: Vec<String> = parts
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    format!("`{}`", words.join(" "))
 }
 
 fn sanitize_label(name: &OsStr) -> String {

@@ -24,7 +24,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -59,6 +59,11 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 100);
 const CLIENT_PORT: u8 = 100;
 /// How long a dockerd may take to answer after start.
 const DOCKERD_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long one docker CLI command may take (an image import, `swarm leave`, removing every
+/// container are the slow ones, seconds): a hung Engine fails the test instead of hanging it.
+const DOCKER_CLI_TIMEOUT: Duration = Duration::from_secs(120);
+/// The same, for the clean-up of a dropped lab, which goes on to kill the Engine anyway.
+const DOCKER_DROP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The docker CLI: Debian's docker.io puts it in /usr/bin; a static download in /usr/local/bin.
 const DOCKER_CLI: &[&str] = &["/usr/bin/docker", "/usr/local/bin/docker"];
 
@@ -98,18 +103,21 @@ impl SwarmNode {
         flags
     }
 
-    /// Runs the docker CLI against this node's Engine; stdout on success.
+    /// Runs the docker CLI against this node's Engine (bounded by [`DOCKER_CLI_TIMEOUT`]);
+    /// stdout on success.
     pub fn docker(&self, args: &[&str]) -> Result<String> {
+        self.docker_within(args, DOCKER_CLI_TIMEOUT)
+    }
+
+    /// [`SwarmNode::docker`] bounded by `timeout`.
+    fn docker_within(&self, args: &[&str], timeout: Duration) -> Result<String> {
         let cli = DOCKER_CLI
             .iter()
             .find(|p| Path::new(p).exists())
             .context("no docker CLI (cargo xtask setup installs docker.io)")?;
-        let out = Command::new(cli)
-            .arg("-H")
-            .arg(&self.docker_host)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        let mut cmd = Command::new(cli);
+        cmd.arg("-H").arg(&self.docker_host).args(args);
+        let out = crate::command::output_within(cmd, None, timeout)
             .with_context(|| format!("running docker {}", args.join(" ")))?;
         if !out.status.success() {
             bail!(
@@ -538,13 +546,14 @@ impl Drop for SwarmLab {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             // Containers first (they hold mounts and namespaces), then the Engine.
-            let _ = node.docker(&["swarm", "leave", "--force"]);
-            if let Ok(ids) = node.docker(&["ps", "-aq"]) {
+            // Each bounded: a hung Engine must not hang the clean-up (stop_dockerd kills it).
+            let _ = node.docker_within(&["swarm", "leave", "--force"], DOCKER_DROP_TIMEOUT);
+            if let Ok(ids) = node.docker_within(&["ps", "-aq"], DOCKER_DROP_TIMEOUT) {
                 let ids: Vec<&str> = ids.split_whitespace().collect();
                 if !ids.is_empty() {
                     let mut args = vec!["rm", "-f"];
                     args.extend(ids);
-                    let _ = node.docker(&args);
+                    let _ = node.docker_within(&args, DOCKER_DROP_TIMEOUT);
                 }
             }
             node.stop_dockerd();

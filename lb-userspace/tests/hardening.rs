@@ -23,24 +23,20 @@ fn start(topo: &Topology, extra: &[&str]) -> Lbd {
     topo.start_lbd(lbd(), SERVICES, extra).expect("lbd")
 }
 
-/// `lbd ARGS`, bounded; (success, stdout + stderr).
+/// `lbd ARGS` (in `ns`, if given), bounded: a hung lbd fails the test; (success, stdout +
+/// stderr).
 fn run_lbd(ns: Option<&Netns>, args: &[&str]) -> (bool, String) {
-    let lbd = lbd().to_str().expect("utf-8 path");
-    let out = match ns {
+    let mut cmd = match ns {
         Some(ns) => {
-            let mut all = vec![lbd];
-            all.extend(args);
-            return match ns.exec(&all) {
-                Ok(out) => (true, out),
-                Err(e) => (false, format!("{e:#}")),
-            };
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns.name()]).arg(lbd());
+            cmd
         }
-        None => Command::new("timeout")
-            .args(["30", lbd])
-            .args(args)
-            .output()
-            .expect("run lbd"),
+        None => Command::new(lbd()),
     };
+    cmd.args(args);
+    let out = lb_testkit::command::output_within(cmd, None, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
