@@ -73,7 +73,7 @@ pub mod servers;
 pub mod swarm;
 pub mod topology;
 
-pub use bird::fake_bird;
+pub use bird::{FakeBird, fake_bird};
 pub use bulk::{EchoServer, Transfer, echo_transfer};
 pub use cgroup::TestCgroup;
 pub use client::{

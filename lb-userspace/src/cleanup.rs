@@ -157,7 +157,7 @@ mod tests {
                 && text.contains("nothing removed"),
             "{text}"
         );
-        assert_eq!(commands.recv().unwrap(), "configure");
+        assert_eq!(commands.next_command().unwrap(), "configure");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -164,7 +164,7 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
             socket.to_str().unwrap(),
         ],
     );
-    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(commands.next_command().unwrap(), "configure");
     assert!(!ok, "cleanup with BIRD refusing succeeded: {out}");
     assert!(
         out.contains("nothing removed") && out.contains("syntax error"),

@@ -53,7 +53,7 @@ fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone
     let mut announcer = Announcer::new(settings.clone());
     let vips = set(&["198.18.100.1"]);
     assert_eq!(announcer.sync(&vips).unwrap(), Synced::Reconfigured);
-    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(commands.next_command().unwrap(), "configure");
     assert_eq!(
         std::fs::read_to_string(&settings.include).unwrap(),
         render(&vips)
@@ -67,17 +67,17 @@ fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone
     assert_eq!(mode & 0o777, 0o644);
     // Once told, the same set again changes nothing.
     assert_eq!(announcer.sync(&vips).unwrap(), Synced::Unchanged);
-    assert!(commands.try_recv().is_err(), "BIRD not asked");
+    assert_eq!(commands.command_so_far(), None, "BIRD not asked");
     // A restarted lbd (a new announcer) with the same set writes nothing (no withdrawal),
     // but tells BIRD once: the lbd before may have stopped between the file and BIRD.
     let mut restarted = Announcer::new(settings.clone());
     assert_eq!(restarted.sync(&vips).unwrap(), Synced::Reconfigured);
-    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(commands.next_command().unwrap(), "configure");
     assert_eq!(restarted.sync(&vips).unwrap(), Synced::Unchanged);
-    assert!(commands.try_recv().is_err(), "BIRD not asked");
+    assert_eq!(commands.command_so_far(), None, "BIRD not asked");
     // `lbd cleanup`: every VIP withdrawn.
     assert_eq!(restarted.withdraw_all().unwrap(), Synced::Reconfigured);
-    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(commands.next_command().unwrap(), "configure");
     assert!(
         !std::fs::read_to_string(&settings.include)
             .unwrap()
@@ -112,7 +112,7 @@ fn bird_absent_or_refusing_is_a_clear_error() {
     );
     // The same set again: the file is current, but BIRD was never told, so it is asked.
     let err = announcer.sync(&set(&["198.18.100.1"])).unwrap_err();
-    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(commands.next_command().unwrap(), "configure");
     let text = err.to_string();
     assert!(matches!(err, AnnounceError::Refused { .. }), "{text}");
     assert!(
@@ -143,7 +143,7 @@ fn a_queued_reconfiguration_is_accepted() {
         announcer.sync(&set(&["198.18.100.1"])).unwrap(),
         Synced::Reconfigured
     );
-    assert_eq!(commands.recv().unwrap(), "configure");
+    assert_eq!(commands.next_command().unwrap(), "configure");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
