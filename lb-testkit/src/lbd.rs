@@ -12,6 +12,11 @@ use super::{ChildGuard, EnterMode, Netns, capabilities::BoundingSet, netns::uniq
 /// How long `lbd` may take to load, attach and program the maps.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What lbd's "ready" log line holds (`…event_loop: ready services=1 frontends=…`): the
+/// message and its first field, so no other line that says "ready" (lbd's error "… already
+/// runs XDP program …") passes for it.
+pub const READY_LINE: &str = ": ready services=";
+
 /// How long one `lbctl` command may take: it answers in milliseconds; an API that never
 /// answers must fail the test (polling loops call `lbctl`), not hang it.
 pub const LBCTL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,8 +159,15 @@ impl Lbd {
         }
         // Only the network namespace: lbd must see the host's bpffs to pin.
         let mut child = node.spawn_command(cmd, EnterMode::SetnsOnly)?;
-        if let Err(e) = child.wait_for_line("ready", READY_TIMEOUT) {
+        if let Err(e) = child.wait_for_line(READY_LINE, READY_TIMEOUT) {
             bail!("lbd did not get ready: {e:#}");
+        }
+        // Ready, then gone (a crash right after) is no running lbd.
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "lbd exited ({status}) right after it got ready:\n{}",
+                child.output_so_far()
+            );
         }
         if let Some(bounding) = &self.bounding {
             let permitted = super::capabilities::permitted(child.id())?;

@@ -258,6 +258,27 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     assert_eq!(reply.backend, "backend-0");
 }
 
+/// The test kit takes lbd for started on its ready line only: a second lbd on the same
+/// interfaces fails with "… already runs XDP program …", which holds "ready" too.
+#[test]
+fn a_second_lbd_that_fails_to_attach_is_not_taken_for_started() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let _first = start(&topo, &[]);
+    let second = topo.start_lbd(
+        lbd(),
+        SERVICES,
+        &["--xdp-mode", "generic", "--metrics", "127.0.0.1:9465"],
+    );
+    let err = format!("{:#}", second.err().expect("the second lbd must not start"));
+    assert!(
+        err.contains("did not get ready") && err.contains("already runs XDP program"),
+        "{err}"
+    );
+}
+
 /// One HTTP request in `ns`; the status code, or the error.
 fn http_status(ns: &Netns, addr: std::net::SocketAddr, request: String) -> Result<u16, String> {
     use std::io::{Read as _, Write as _};
