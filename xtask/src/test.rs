@@ -111,7 +111,7 @@ fn clean_pins() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    for name in leftover_netns(&names.join("\n")) {
+    for name in leftover_pins(&names) {
         let path = std::path::Path::new(PIN_ROOT).join(name);
         match std::fs::remove_dir_all(&path) {
             Ok(()) => println!("test: removed leftover pins {}", path.display()),
@@ -133,6 +133,18 @@ pub fn leftover_netns(listing: &str) -> Vec<&str> {
         // The test kit names them mlb-<what>-<pid>-<n>: a namespace whose process still runs
         // (a demo, a benchmark, another test run) is not a leftover.
         .filter(|name| owner_pid(name).is_none_or(|pid| !process_alive(pid)))
+        .collect()
+}
+
+/// The test kit's pin directories (`mlb-<what>-<pid>-<n>`) whose process is gone. Unlike
+/// namespaces, a name without such a pid is kept: pins are removed only when a dead test
+/// process is known to own them, never a live test's (or anything else's) by guess.
+pub fn leftover_pins(names: &[String]) -> Vec<&str> {
+    names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| name.starts_with(NETNS_PREFIX))
+        .filter(|name| owner_pid(name).is_some_and(|pid| !process_alive(pid)))
         .collect()
 }
 
@@ -202,5 +214,22 @@ mod tests {
         let dead = "mlb-node-4294967290-3";
         assert_eq!(leftover_netns(&format!("{mine}\n{dead}\n")), [dead]);
         assert!(leftover_netns("").is_empty());
+    }
+
+    #[test]
+    fn pin_listing() {
+        let dead = "mlb-pins-4294967290-3";
+        let mine = format!("mlb-pins-{}-0", std::process::id());
+        let names = strings(&[
+            dead,
+            &mine,
+            // Names with no pid and counter: never taken for leftovers, whoever made them.
+            &format!("mlb-pins-{}-layout", std::process::id()),
+            &format!("mlb-second-{}", std::process::id()),
+            "mlb-bench",
+            "meshlb",
+            "other-pins-4294967290-3",
+        ]);
+        assert_eq!(leftover_pins(&names), [dead]);
     }
 }
