@@ -7,7 +7,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{ChildGuard, EnterMode, Netns, capabilities::BoundingSet, netns::unique_suffix};
+use super::{
+    ChildGuard, EnterMode, Netns, ScratchPath, capabilities::BoundingSet, netns::unique_suffix,
+};
 
 /// How long `lbd` may take to load, attach and program the maps.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -299,17 +301,18 @@ impl Lbd {
         services: &str,
         interfaces: &[&str],
     ) -> Result<(i32, String)> {
-        let config = std::env::temp_dir().join(format!("mlb-bad-{}.yaml", unique_suffix()));
-        std::fs::write(&config, services)?;
-        let scratch = std::env::temp_dir().join(format!("mlb-bad-state-{}", unique_suffix()));
-        let scratch = scratch.to_str().context("temp path")?.to_owned();
-        let pins = format!("{PIN_ROOT}/{PIN_PREFIX}{}", unique_suffix());
-        let mut args = vec!["run", "--config", config.to_str().context("temp path")?];
+        // Removed when dropped, whatever happens on the way.
+        let config = ScratchPath::temp("bad", ".yaml");
+        let scratch = ScratchPath::temp("bad-state", "");
+        let pins = ScratchPath::in_dir(Path::new(PIN_ROOT), "pins", "");
+        std::fs::write(&*config, services)?;
+        let mut args = vec!["run", "--config", config.arg()];
         for interface in interfaces {
             args.extend(["--interface", interface]);
         }
         // Never the defaults: a refused file must not touch a real lbd's state.
-        args.extend(["--state-dir", &scratch, "--pin-dir", &pins]);
+        args.extend(["--state-dir", scratch.arg(), "--pin-dir", pins.arg()]);
+        // Declared after the paths, so dropped (killed) before they are removed.
         let mut child = node.spawn(
             lbd.to_str().context("lbd path")?,
             &args,
@@ -317,9 +320,6 @@ impl Lbd {
         )?;
         let status = child.wait_timeout(READY_TIMEOUT)?;
         let output = child.output_so_far();
-        let _ = std::fs::remove_file(&config);
-        let _ = std::fs::remove_dir_all(&scratch);
-        let _ = std::fs::remove_dir_all(&pins);
         match status {
             Some(status) => Ok((status.code().unwrap_or(-1), output)),
             None => bail!("lbd kept running with a bad service file:\n{output}"),

@@ -138,7 +138,6 @@ mod tests {
         // Empty for when BIRD starts.
         let text = std::fs::read_to_string(&bgp.include).unwrap();
         assert!(!text.contains("route"), "{text}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -158,6 +157,5 @@ mod tests {
             "{text}"
         );
         assert_eq!(commands.next_command().unwrap(), "configure");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,7 +15,8 @@ use std::{
 };
 
 use lb_testkit::{
-    Lbd, NameServer, Netns, TcpSession, Topology, UdpSession, e2e_enabled, tcp_request, udp_request,
+    Lbd, NameServer, Netns, ScratchPath, TcpSession, Topology, UdpSession, e2e_enabled,
+    tcp_request, udp_request,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -727,8 +728,8 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
     }
     let (topo, _servers) = setup(2);
     let token = "s3cret-token-0123456789";
-    let token_file = std::env::temp_dir().join(format!("mlb-token-{}", std::process::id()));
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_file = ScratchPath::temp("token", "");
+    std::fs::write(&*token_file, format!("{token}\n")).unwrap();
     let api_tcp: SocketAddr = "127.0.0.1:9465".parse().unwrap();
     let mut lb = start(
         &topo,
@@ -737,7 +738,7 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
             "--api-listen",
             "127.0.0.1:9465",
             "--api-token-file",
-            token_file.to_str().unwrap(),
+            token_file.arg(),
         ],
     );
     let unchanged = |lb: &Lbd, generation_before: u64| {
@@ -827,12 +828,11 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
         .lbctl_tcp(&topo.node, &url, &token_file, &["list"])
         .unwrap();
     assert!(ok && out.contains("web"), "{out}{err}");
-    let wrong_file = token_file.with_extension("wrong");
-    std::fs::write(&wrong_file, "wrong-token-wrong-token\n").unwrap();
+    let wrong_file = ScratchPath::temp("wrong-token", "");
+    std::fs::write(&*wrong_file, "wrong-token-wrong-token\n").unwrap();
     let (ok, _, err) = lb
         .lbctl_tcp(&topo.node, &url, &wrong_file, &["list"])
         .unwrap();
-    std::fs::remove_file(&wrong_file).unwrap();
     assert!(!ok, "a wrong token must fail");
     assert!(
         err.contains("refused the token from --api-token-file"),
@@ -865,7 +865,6 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    std::fs::remove_file(&token_file).unwrap();
 }
 
 #[test]
@@ -1138,15 +1137,6 @@ fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
     }
 }
 
-/// Removes a test's pin directory when the test ends, failed or not.
-struct RemoveOnDrop<'a>(&'a Path);
-
-impl Drop for RemoveOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.0);
-    }
-}
-
 /// `bpf(2)` for the test below, which makes a map aya cannot: an array of maps whose tables
 /// have another element size, as an older meshlb would have pinned.
 fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> i64 {
@@ -1166,14 +1156,10 @@ const MAP_CREATE: libc::c_long = 0;
 const MAP_UPDATE_ELEM: libc::c_long = 2;
 const OBJ_PIN: libc::c_long = 6;
 
-/// A pin directory of this test process's own (`tag` tells the tests apart), with its
-/// `maps` directory.
-fn scratch_pin_dir(tag: &str) -> PathBuf {
-    let dir = Path::new("/sys/fs/bpf").join(format!(
-        "{}{}-{tag}",
-        lb_testkit::lbd::PIN_PREFIX,
-        std::process::id()
-    ));
+/// A pin directory of this test's own (`mlb-pins-<pid>-<n>`, like the kit's: a clean-up of
+/// leftovers knows its owner), with its `maps` directory; removed when dropped, failed or not.
+fn scratch_pin_dir() -> ScratchPath {
+    let dir = ScratchPath::in_dir(Path::new(lb_testkit::lbd::PIN_ROOT), "pins", "");
     std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
     dir
 }
@@ -1225,8 +1211,7 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
     use lb_common::{limits::MAX_SERVICES, maps::SELECTION_TABLE_FLAGS};
     const ARRAY: u64 = 2;
     const ARRAY_OF_MAPS: u64 = 12;
-    let dir = scratch_pin_dir("layout");
-    let _remove = RemoveOnDrop(&dir);
+    let dir = scratch_pin_dir();
 
     // map_type | key_size << 32, value_size | max_entries << 32, map_flags | inner_map_fd << 32
     let mut attr = [0u64; 16];
@@ -1267,8 +1252,7 @@ fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew(
     use lb_common::maps::{Flow, FlowKey};
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
     const LRU_HASH: u64 = 9;
-    let dir = scratch_pin_dir("earlier");
-    let _remove = RemoveOnDrop(&dir);
+    let dir = scratch_pin_dir();
     // What a meshlb from before `hash_table_entries` pinned for --conntrack-entries 65536:
     // exactly that many entries, and a quarter of it for the unconfirmed flows.
     for (name, entries) in [("CONNTRACK", 65_536u64), ("PENDING", 16_384)] {
@@ -1302,7 +1286,7 @@ fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew(
     // table gets one entry more, see `hash_table_entries`).
     let dp = Dataplane::load(LoadOptions {
         conntrack_entries: 65_536,
-        pin_dir: Some(dir.clone()),
+        pin_dir: Some(dir.to_path_buf()),
         ..LoadOptions::default()
     })
     .expect("an earlier version's tables are adopted");
@@ -1398,16 +1382,11 @@ fn the_connection_table_occupancy_counts_every_entry_and_the_syn_filter_every_fo
     use lb_common::maps::{Flow, FlowKey};
     use lb_userspace::dataplane::{Dataplane, LoadOptions};
     let ns = Netns::new("occupancy").expect("namespace");
-    let dir = Path::new("/sys/fs/bpf").join(format!(
-        "{}{}-occupancy",
-        lb_testkit::lbd::PIN_PREFIX,
-        std::process::id()
-    ));
-    let _remove = RemoveOnDrop(&dir);
+    let dir = ScratchPath::in_dir(Path::new(lb_testkit::lbd::PIN_ROOT), "pins", "");
     ns.run(|| {
         let dp = Dataplane::load(LoadOptions {
             conntrack_entries: 65_536,
-            pin_dir: Some(dir.clone()),
+            pin_dir: Some(dir.to_path_buf()),
             ..LoadOptions::default()
         })
         .expect("load");

@@ -4,7 +4,12 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use lb_testkit::{EnterMode, Lbd, Netns, Topology, e2e_enabled};
+use lb_testkit::{EnterMode, Lbd, Netns, ScratchPath, Topology, e2e_enabled};
+
+/// Scratch pin directories go where lbd pins, named like the kit's (`mlb-…-<pid>-<n>`).
+fn scratch_pins(label: &str) -> ScratchPath {
+    ScratchPath::in_dir(Path::new(lb_testkit::lbd::PIN_ROOT), label, "")
+}
 
 fn lbd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lbd"))
@@ -52,12 +57,12 @@ fn the_api_path_is_never_deleted_unless_it_is_a_stale_socket() {
     }
     // In a namespace of its own: if the guard failed, this lbd must not reach the machine's.
     let ns = Netns::new("api").expect("namespace");
-    let dir = std::env::temp_dir().join(format!("mlb-api-path-{}", std::process::id()));
+    let dir = ScratchPath::temp("api-path", "");
+    let pins = scratch_pins("api-path");
     std::fs::create_dir_all(dir.join("a-directory")).unwrap();
     let config = dir.join("services.yaml");
     std::fs::write(&config, SERVICES).unwrap();
     let config_text = config.to_str().unwrap();
-    let pins = format!("/sys/fs/bpf/mlb-api-path-{}", std::process::id());
     for (api, what) in [
         (config.clone(), "is a file"),
         (dir.join("a-directory"), "is a directory"),
@@ -73,7 +78,7 @@ fn the_api_path_is_never_deleted_unless_it_is_a_stale_socket() {
                 "--interface",
                 "lo",
                 "--pin-dir",
-                &pins,
+                pins.arg(),
                 "--state-dir",
                 dir.join("state").to_str().unwrap(),
                 "--socket-lb",
@@ -92,8 +97,6 @@ fn the_api_path_is_never_deleted_unless_it_is_a_stale_socket() {
         SERVICES,
         "the service file given as --api is intact"
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&pins);
 }
 
 #[test]
@@ -102,23 +105,21 @@ fn cleanup_removes_only_a_meshlb_pin_directory() {
         return;
     }
     // Not on bpffs.
-    let dir = std::env::temp_dir().join(format!("mlb-not-pins-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchPath::temp("not-pins", "");
+    std::fs::create_dir_all(&*dir).unwrap();
     std::fs::write(dir.join("precious"), "keep me").unwrap();
-    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", dir.to_str().unwrap()]);
+    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", dir.arg()]);
     assert!(!ok && out.contains("not on a BPF filesystem"), "{out}");
     assert!(
         dir.join("precious").exists(),
         "cleanup deleted a directory not its own"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
     // On bpffs, but holding something meshlb does not pin there.
-    let shared = format!("/sys/fs/bpf/mlb-shared-{}", std::process::id());
-    std::fs::create_dir_all(Path::new(&shared).join("someone-elses")).unwrap();
-    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", &shared]);
+    let shared = scratch_pins("shared");
+    std::fs::create_dir_all(shared.join("someone-elses")).unwrap();
+    let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", shared.arg()]);
     assert!(!ok && out.contains("someone-elses"), "{out}");
-    assert!(Path::new(&shared).join("someone-elses").exists());
-    std::fs::remove_dir_all(&shared).unwrap();
+    assert!(shared.join("someone-elses").exists());
 }
 
 #[test]
@@ -146,8 +147,8 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
 
     // The VIPs are withdrawn before the dataplane goes: a withdrawal BIRD refuses leaves the
     // dataplane serving what the router may still send.
-    let bird = std::env::temp_dir().join(format!("mlb-cleanup-bird-{}", std::process::id()));
-    std::fs::create_dir_all(&bird).unwrap();
+    let bird = ScratchPath::temp("cleanup-bird", "");
+    std::fs::create_dir_all(&*bird).unwrap();
     let (include, socket) = (bird.join("vips.conf"), bird.join("refusing.ctl"));
     let commands =
         lb_testkit::fake_bird(&socket, "8002 /etc/bird/bird.conf:12:1 syntax error\n", 1);
@@ -180,7 +181,6 @@ fn cleanup_refuses_under_a_running_lbd_and_force_stops_it_first() {
         Path::new(&pins).join("maps").exists(),
         "a failed withdrawal removed the dataplane"
     );
-    std::fs::remove_dir_all(&bird).unwrap();
 
     let (ok, out) = run_lbd(None, &["cleanup", "--pin-dir", &pins]);
     assert!(ok, "cleanup: {out}");
@@ -196,11 +196,12 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
     let lb = start(&topo, &[]);
     // A second lbd, with pin and state directories of its own, on the same interfaces.
-    let scratch = std::env::temp_dir().join(format!("mlb-second-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
+    // Guards first: the second lbd may pin before it fails.
+    let scratch = ScratchPath::temp("second", "");
+    let pins = scratch_pins("second");
+    std::fs::create_dir_all(&*scratch).unwrap();
     let config = scratch.join("services.yaml");
     std::fs::write(&config, SERVICES).unwrap();
-    let pins = format!("/sys/fs/bpf/mlb-second-{}", std::process::id());
     let (state, api) = (scratch.join("state"), scratch.join("api.sock"));
     let args = [
         "run",
@@ -211,7 +212,7 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
         "--xdp-mode",
         "generic",
         "--pin-dir",
-        &pins,
+        pins.arg(),
         "--state-dir",
         state.to_str().unwrap(),
         "--api",
@@ -233,9 +234,7 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
         .expect("wait")
         .expect("the second lbd must fail, not run");
     let out = second.output_so_far();
-    let leftover = Path::new(&pins).exists();
-    let _ = std::fs::remove_dir_all(&pins);
-    let _ = std::fs::remove_dir_all(&scratch);
+    let leftover = pins.exists();
     assert!(!status.success(), "{out}");
     assert!(
         out.contains(&format!(
@@ -317,15 +316,15 @@ fn idle_tcp_api_connections_cannot_stall_the_daemon() {
     }
     let topo = Topology::new(1).expect("topology");
     let token = "idle-connections-token-0123";
-    let token_file = std::env::temp_dir().join(format!("mlb-idle-token-{}", std::process::id()));
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_file = ScratchPath::temp("idle-token", "");
+    std::fs::write(&*token_file, format!("{token}\n")).unwrap();
     let lb = start(
         &topo,
         &[
             "--api-listen",
             "127.0.0.1:9465",
             "--api-token-file",
-            token_file.to_str().unwrap(),
+            token_file.arg(),
         ],
     );
     let api: std::net::SocketAddr = "127.0.0.1:9465".parse().unwrap();
@@ -406,7 +405,6 @@ fn idle_tcp_api_connections_cannot_stall_the_daemon() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(answered, Ok(200), "the TCP API answers again");
-    let _ = std::fs::remove_file(&token_file);
 }
 
 #[test]
@@ -416,10 +414,9 @@ fn an_oversized_request_gets_the_apis_json_error_and_a_looping_backend_is_refuse
     }
     let topo = Topology::new(1).expect("topology");
     let lb = start(&topo, &[]);
-    let big = std::env::temp_dir().join(format!("mlb-big-{}.yaml", std::process::id()));
-    std::fs::write(&big, format!("services: {{}}\n#{}\n", "x".repeat(3 << 20))).unwrap();
-    let (ok, _, err) = lb.lbctl(&["apply", "-f", big.to_str().unwrap()]).unwrap();
-    let _ = std::fs::remove_file(&big);
+    let big = ScratchPath::temp("big", ".yaml");
+    std::fs::write(&*big, format!("services: {{}}\n#{}\n", "x".repeat(3 << 20))).unwrap();
+    let (ok, _, err) = lb.lbctl(&["apply", "-f", big.arg()]).unwrap();
     assert!(!ok, "a 3 MB body was taken");
     assert!(
         err.contains("(3.1 MB) is over the API's limit of 2 MB"),
@@ -540,7 +537,7 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
 /// starts a daemon that exits at once (and is restarted every second).
 #[test]
 fn lbd_check_refuses_what_lbd_run_would() {
-    let file = lb_testkit::ScratchPath::temp("check", ".yaml");
+    let file = ScratchPath::temp("check", ".yaml");
     std::fs::write(&*file, SERVICES).unwrap();
     let check = |extra: &[&str]| {
         let mut args = vec!["check", "--config", file.arg()];

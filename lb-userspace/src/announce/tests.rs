@@ -1,15 +1,15 @@
-use std::{collections::BTreeSet, path::PathBuf};
+use std::collections::BTreeSet;
 
-use lb_testkit::fake_bird;
+use lb_testkit::{ScratchPath, fake_bird};
 
 use super::*;
 
-/// A fresh directory for test `name` and the BIRD settings of a BIRD there: its include file
-/// and control socket (for `lb_testkit::fake_bird`). The announce and cleanup tests use it.
-pub(crate) fn bird_in(name: &str) -> (PathBuf, BirdSettings) {
-    let dir = std::env::temp_dir().join(format!("meshlb-bird-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A fresh directory for test `name` (removed when dropped, also when the test fails) and the
+/// BIRD settings of a BIRD there: its include file and control socket (for
+/// `lb_testkit::fake_bird`). The announce and cleanup tests use it.
+pub(crate) fn bird_in(name: &str) -> (ScratchPath, BirdSettings) {
+    let dir = ScratchPath::temp(&format!("bird-{name}"), "");
+    std::fs::create_dir_all(&*dir).unwrap();
     let settings = BirdSettings {
         include: dir.join("meshlb-vips.conf"),
         socket: dir.join("bird.ctl"),
@@ -84,7 +84,6 @@ fn a_changed_set_is_written_and_bird_reconfigured_an_unchanged_one_is_left_alone
             .contains("route")
     );
     assert!(!dir.join("meshlb-vips.conf.lbd-tmp").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -127,12 +126,11 @@ fn bird_absent_or_refusing_is_a_clear_error() {
     });
     let err = bad.sync(&set(&["198.18.100.1"])).unwrap_err();
     assert!(err.to_string().contains("missing/dir/vips.conf"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_queued_reconfiguration_is_accepted() {
-    let (dir, settings) = bird_in("announce-queued");
+    let (_dir, settings) = bird_in("announce-queued");
     let commands = fake_bird(
         &settings.socket,
         "0005 Reconfiguration already in progress, queueing\n",
@@ -144,7 +142,6 @@ fn a_queued_reconfiguration_is_accepted() {
         Synced::Reconfigured
     );
     assert_eq!(commands.next_command().unwrap(), "configure");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Tests run with CAP_DAC_OVERRIDE, so a socket that refuses lbd is made up here.
