@@ -8,7 +8,7 @@
 use lb_common::stats::StatSlot;
 use lb_testkit::{
     e2e_enabled,
-    packet::{Ipv4Frame, TCP_ACK, TCP_SYN},
+    packet::{Ipv4Frame, TCP_ACK, TCP_SYN, checksum},
     progtest::{CLIENT, backend_mac, delta},
 };
 
@@ -76,11 +76,35 @@ fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_transl
         lb.dp
             .set_interface_mac(lb.backend_if, None, false)
             .expect("INTERFACE_MACS");
-        let out = lb.run_from(&with_pseudo_header_sum(reply.build()), lb.backend_if);
-        assert_ne!(
-            out.packet,
-            with_pseudo_header_sum(reply.with_src(vip).build()),
-            "a native interface's packets are never partial"
+        let partial = with_pseudo_header_sum(reply.build());
+        let out = lb.run_from(&partial, lb.backend_if);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        // The field, whatever it held, updated for the source address and port (RFC 1624).
+        let field = u16::from_be_bytes([partial[TCP_CHECKSUM], partial[TCP_CHECKSUM + 1]]);
+        let source = |addr: std::net::SocketAddrV4| {
+            [&addr.ip().octets()[..], &addr.port().to_be_bytes()].concat()
+        };
+        let mut expected = reply.with_src(vip).build();
+        expected[TCP_CHECKSUM..TCP_CHECKSUM + 2].copy_from_slice(
+            &updated_checksum(field, &source(backend), &source(vip)).to_be_bytes(),
+        );
+        assert_eq!(
+            out.packet, expected,
+            "a native interface's packets are never partial: the port change is in the field"
         );
     });
+}
+
+/// Where an IPv4 frame's TCP checksum field is (Ethernet, a 20-byte IPv4 header, 16 bytes in).
+const TCP_CHECKSUM: usize = 14 + 20 + 16;
+
+/// RFC 1624 (eqn. 3): the checksum field `field` once the 16-bit words `old` of what it covers
+/// became `new`: HC' = ~(~HC + ~m + m').
+fn updated_checksum(field: u16, old: &[u8], new: &[u8]) -> u16 {
+    let complemented: u32 = old
+        .chunks(2)
+        .map(|pair| u32::from(!u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    checksum(new, u32::from(!field) + complemented)
 }
