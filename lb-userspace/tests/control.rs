@@ -1123,8 +1123,14 @@ fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
         for _ in 0..3 {
             tcp_request(&topo.client, web(), TIMEOUT).unwrap();
         }
+        // Records come through a reader task, after the requests: wait for them the same
+        // time either way, so an absence is not just a record still on its way. Bounded:
+        // 3 s, 150 looks.
         let deadline = Instant::now() + Duration::from_secs(3);
-        while wanted && !lb.output().contains("new flow") && Instant::now() < deadline {
+        for _ in 0..150 {
+            if lb.output().contains("new flow") || Instant::now() >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(
