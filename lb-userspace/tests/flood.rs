@@ -1,6 +1,6 @@
-//! End to end, bounded: a flood of SYNs from random spoofed sources against a small
-//! connection table (65,536 entries) evicts no established flow of either scheduler, and new
-//! clients still connect during and after it (issue 16's flood guard).
+//! End to end, bounded: a flood of SYNs from random spoofed sources (four tables' worth)
+//! against a small connection table (65,536 entries) evicts no established flow of either
+//! scheduler, and new clients still connect during and after it (issue 16's flood guard).
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -29,14 +29,25 @@ services:
     backends: ["198.18.2.10", "198.18.2.11", "198.18.2.12"]
 "#;
 const TIMEOUT: Duration = Duration::from_secs(5);
-const FLOOD: Duration = Duration::from_secs(10);
+/// SYNs the flood sends at least: four connection tables' worth (sixteen of `PENDING`, a
+/// quarter of the table), each from its own spoofed source.
+const FLOOD_SYNS: u64 = 4 * 65_536;
+/// A bound only (the flood takes seconds): past it the flood stops, sent or not.
+const FLOOD_DEADLINE: Duration = Duration::from_secs(120);
 /// Long-lived connections per service.
 const SESSIONS: usize = 20;
 
 /// Sends SYNs from random sources in 198.19.0.0/16 to the VIP (ports 80 and 81 in turn) out
-/// of the client's interface with an AF_PACKET socket, as fast as one thread can, until
-/// `stop`; answers the frames sent.
-fn flood(client: &Netns, interface: &str, macs: ([u8; 6], [u8; 6]), stop: &AtomicBool) -> u64 {
+/// of the client's interface with an AF_PACKET socket, counting those the interface took in
+/// `sent`, until at least `FLOOD_SYNS` went out and `clients_done` is set (so the clients of
+/// the middle of the flood meet it), within `FLOOD_DEADLINE`.
+fn flood(
+    client: &Netns,
+    interface: &str,
+    macs: ([u8; 6], [u8; 6]),
+    sent: &AtomicU64,
+    clients_done: &AtomicBool,
+) {
     client
         .run(|| {
             // SAFETY: plain socket calls on a socket this function owns and closes.
@@ -56,10 +67,15 @@ fn flood(client: &Netns, interface: &str, macs: ([u8; 6], [u8; 6]), stop: &Atomi
                 to.sll_halen = 6;
                 to.sll_addr[..6].copy_from_slice(&macs.1);
                 let mut state = 0x2545_f491u32;
-                let mut sent = 0u64;
-                // Bounded in time whatever `stop` does.
-                let deadline = Instant::now() + FLOOD + Duration::from_secs(5);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let mut count = 0u64;
+                let deadline = Instant::now() + FLOOD_DEADLINE;
+                // Bounded in count too: a send the interface refuses (full) is tried again,
+                // 64 times a SYN at most.
+                for _ in 0..64 * FLOOD_SYNS / 256 {
+                    let enough = count >= FLOOD_SYNS && clients_done.load(Ordering::Relaxed);
+                    if enough || Instant::now() >= deadline {
+                        break;
+                    }
                     for _ in 0..256 {
                         state ^= state << 13;
                         state ^= state >> 17;
@@ -70,7 +86,7 @@ fn flood(client: &Netns, interface: &str, macs: ([u8; 6], [u8; 6]), stop: &Atomi
                         );
                         let frame = Ipv4Frame::tcp(
                             source,
-                            SocketAddrV4::new(VIP, 80 + (sent % 2) as u16),
+                            SocketAddrV4::new(VIP, 80 + (count % 2) as u16),
                             TCP_SYN,
                         )
                         .with_macs(macs.0, macs.1)
@@ -84,15 +100,27 @@ fn flood(client: &Netns, interface: &str, macs: ([u8; 6], [u8; 6]), stop: &Atomi
                             std::mem::size_of::<libc::sockaddr_ll>() as u32,
                         );
                         if n > 0 {
-                            sent += 1;
+                            count += 1;
                         }
                     }
+                    sent.store(count, Ordering::Relaxed);
                 }
                 libc::close(fd);
-                sent
             }
         })
         .expect("flood in the client namespace")
+}
+
+/// Whether `done` came true within `timeout` (looking every 10 ms).
+fn wait_for(done: impl Fn() -> bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    for _ in 0..timeout.as_millis() / 10 + 1 {
+        if done() || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
 }
 
 #[test]
@@ -125,32 +153,37 @@ fn a_syn_flood_evicts_no_established_flow_and_new_clients_still_connect() {
         read_mac(&topo.client, &topo.client_if).expect("client MAC"),
         read_mac(&topo.node, &topo.node_client_if).expect("node MAC"),
     );
-    let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
+    let clients_done = AtomicBool::new(false);
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            sent.store(
-                flood(&topo.client, &topo.client_if, macs, &stop),
-                Ordering::Relaxed,
-            );
+    let (halfway, during) = std::thread::scope(|scope| {
+        let flooding =
+            scope.spawn(|| flood(&topo.client, &topo.client_if, macs, &sent, &clients_done));
+        // A new client connects (and is answered) to each service in the middle of the
+        // flood: past two tables' worth of SYNs, while the flood goes on until it is done.
+        let halfway = wait_for(
+            || sent.load(Ordering::Relaxed) >= FLOOD_SYNS / 2 || flooding.is_finished(),
+            FLOOD_DEADLINE,
+        ) && !flooding.is_finished();
+        let during = halfway.then(|| {
+            [maglev, rr].map(|target| {
+                TcpSession::connect(&topo.client, target, TIMEOUT)
+                    .and_then(|mut s| s.request())
+                    .map_err(|e| format!("a new client to {target} during the flood: {e:#}"))
+            })
         });
-        // A new client connects (and is answered) in the middle of the flood, to each
-        // service.
-        std::thread::sleep(FLOOD / 2);
-        let during = [maglev, rr].map(|target| {
-            TcpSession::connect(&topo.client, target, TIMEOUT)
-                .and_then(|mut s| s.request())
-                .map_err(|e| format!("a new client to {target} during the flood: {e:#}"))
-        });
-        std::thread::sleep(FLOOD.saturating_sub(started.elapsed()));
-        stop.store(true, Ordering::Relaxed);
-        for result in during {
-            result.expect("new client during the flood");
-        }
+        clients_done.store(true, Ordering::Relaxed);
+        flooding.join().expect("the flood thread");
+        (halfway, during)
     });
     let sent = sent.load(Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        halfway && sent >= FLOOD_SYNS,
+        "the flood sent {sent} of {FLOOD_SYNS} SYNs within {FLOOD_DEADLINE:?}"
+    );
+    for result in during.expect("clients during the flood") {
+        result.expect("new client during the flood");
+    }
 
     // Every long-lived connection still works, on its backend.
     for (s, backend) in &mut sessions {
@@ -170,13 +203,13 @@ fn a_syn_flood_evicts_no_established_flow_and_new_clients_still_connect() {
     let global = &counters["global"];
     let new_flows = global["new_flow"].as_u64().unwrap();
     eprintln!(
-        "flood: {sent} SYNs in {seconds:.1} s ({:.0}/s sent), {new_flows} new flows, {} confirmed, \
-         {} lost",
-        sent as f64 / seconds,
+        "flood: {sent} SYNs in {:.1} s, {new_flows} new flows, {} confirmed, {} lost",
+        started.elapsed().as_secs_f64(),
         global["flow_confirmed"],
         global["flow_lost"]
     );
-    // The flood reached the program and was far larger than the table.
+    // The flood reached the program, each SYN a new flow (but for the odd repeated source):
+    // far more than the table holds.
     assert!(new_flows > 3 * 65_536, "{counters}");
     assert_eq!(global["flow_lost"], 0, "{counters}");
 }
