@@ -11,7 +11,7 @@ use lb_common::{
 use super::{Held, Liveness, liveness, now_ns, reply_is_for, reply_key_of, reply_owner_alive};
 use crate::{
     maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
-    parse::{Packet, TCP_SYN, answer_with_reset, is_syn},
+    parse::{Packet, TCP_SYN, answer_with_reset},
     stats::count,
     zero,
 };
