@@ -271,6 +271,20 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.starts_with("lbctl: "), "{err}");
     }
+    // A weight out of range is refused by lbctl, naming its flag; a file's mistake names the
+    // file, not lbd's request body.
+    let (ok, _, err) = lb
+        .lbctl(&["add-backend", "web", "198.18.2.12", "--weight", "70000"])
+        .unwrap();
+    assert!(!ok && err.contains("--weight"), "{err}");
+    let bad = lb_testkit::ScratchPath::temp("bad-apply", ".yaml");
+    std::fs::write(&*bad, "services:\n  dns:\n    ports: [\"0/udp\"]\n").unwrap();
+    let (ok, _, err) = lb.lbctl(&["apply", "-f", bad.arg()]).unwrap();
+    assert!(!ok, "a bad file must be refused");
+    assert!(
+        err.contains(bad.arg()) && err.contains("ports[0]"),
+        "names the file and the field: {err}"
+    );
     assert_eq!(generation(&lb), before);
 
     // Services of the API's own: added, applied declaratively (idempotent), removed.

@@ -608,6 +608,25 @@ services:
         let series = format!("meshlb_backends{{service=\"web\",state=\"{state}\"}} {n}");
         assert!(metrics.contains(&series), "{series}:\n{metrics}");
     }
+    // So does `lbctl list`'s STATE, beside its HEALTH.
+    let list = lb.lbctl_json(&["list"]).expect("list");
+    let states: Vec<(String, String)> = list["services"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            let name = b["backend"].as_str().unwrap_or_default().to_owned();
+            (name, b["state"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("198.18.2.10:8080".to_owned(), "active".to_owned()),
+            ("198.18.2.11:8080".to_owned(), "down".to_owned())
+        ],
+        "{list}"
+    );
     // Draining it changes no table while it is down, but it is a change made and saved.
     let (ok, out, err) = lb.lbctl(&["drain", "web", "198.18.2.11"]).expect("lbctl");
     assert!(ok, "{err}");

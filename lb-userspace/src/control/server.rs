@@ -250,7 +250,7 @@ async fn list_services(State(shared): State<Arc<Shared>>) -> ApiResult<ServiceLi
                         .map(|b| BackendEntry {
                             backend: BackendRef::of(b).to_string(),
                             weight: b.weight,
-                            state: if b.weight == 0 { "draining" } else { "active" }.into(),
+                            state: d.backend_state(spec, b).into(),
                             health: d.backend_health(spec, b),
                         })
                         .collect(),

@@ -3,6 +3,10 @@
 use super::*;
 use crate::api::report::{BackendReport, BackendStates, Occupancy, Report, ServiceReport, Totals};
 
+const BACKEND_ACTIVE: &str = "active";
+const BACKEND_DRAINING: &str = "draining";
+const BACKEND_DOWN: &str = "down";
+
 impl Daemon {
     /// Reads every counter. The connection-table occupancy is passed in: counting it walks
     /// the table, which the caller does at its own pace.
@@ -52,26 +56,38 @@ impl Daemon {
                 .services
                 .iter()
                 .map(|(name, spec)| {
-                    let draining = spec.backends.iter().filter(|b| b.weight == 0).count() as u64;
-                    let down = spec
-                        .backends
-                        .iter()
-                        .filter(|b| b.weight > 0)
-                        .filter(|b| {
-                            self.backend_health(spec, b)
-                                .is_some_and(|h| h.state == crate::source::health::Health::Down)
-                        })
-                        .count() as u64;
-                    let states = BackendStates {
-                        active: spec.backends.len() as u64 - draining - down,
-                        draining,
-                        down,
-                    };
+                    let mut states = BackendStates::default();
+                    for backend in &spec.backends {
+                        *match self.backend_state(spec, backend) {
+                            BACKEND_DRAINING => &mut states.draining,
+                            BACKEND_DOWN => &mut states.down,
+                            _ => &mut states.active,
+                        } += 1;
+                    }
                     (name.clone(), states)
                 })
                 .collect(),
             conntrack,
             flood: Default::default(),
+        }
+    }
+
+    /// A backend's state as `lbctl list` and `meshlb_backends{state}` name it: draining
+    /// (weight 0), down (its checks failed), else active (taking new flows).
+    pub fn backend_state(
+        &self,
+        spec: &crate::source::file::ServiceSpec,
+        backend: &crate::source::file::BackendSpec,
+    ) -> &'static str {
+        if backend.weight == 0 {
+            BACKEND_DRAINING
+        } else if self
+            .backend_health(spec, backend)
+            .is_some_and(|h| h.state == crate::source::health::Health::Down)
+        {
+            BACKEND_DOWN
+        } else {
+            BACKEND_ACTIVE
         }
     }
 

@@ -73,10 +73,11 @@ enum Command {
         service: String,
         /// ADDR, ADDR:PORT or [V6ADDR]:PORT.
         backend: String,
-        /// Share of new flows. Without it a file backend goes back to the file's weight
-        /// (undoing a drain or a re-weight), an API service's keeps its own, and a new one
-        /// gets 1.
-        #[arg(long)]
+        /// Share of new flows (0 to 65535). Without it a file backend goes back to the
+        /// file's weight (undoing a drain or a re-weight), an API service's keeps its own,
+        /// and a new one gets 1.
+        #[arg(long, value_parser = clap::value_parser!(u32)
+            .range(0..=i64::from(lb_userspace::source::file::MAX_WEIGHT)))]
         weight: Option<u32>,
     },
     /// Remove a backend from a service (named as listed, or ADDR:PORT as clients reach it).
@@ -464,8 +465,14 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
 }
 
 async fn apply(api: &Endpoint, json: bool, file: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let result: ChangeResult = api.json(Method::POST, "/v1/apply", Some(text)).await?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // Read here first, so a mistake is named in the operator's file (lbd only sees a request
+    // body); what depends on lbd's state (a name the service file uses) lbd still refuses.
+    ServiceFile::parse(&text, file)?;
+    let result: ChangeResult = api
+        .json(Method::POST, "/v1/apply", Some(text.into_bytes()))
+        .await?;
     if json {
         return print_json(&result);
     }
