@@ -1,7 +1,8 @@
 //! GSO and GRO aggregates. In generic XDP (veths, bridges such as `docker_gwbridge`, any
 //! device in `xdp_mode: generic`) the program runs on socket buffers, and a TCP sender's
-//! segmentation offload or the receiver's GRO hands it many segments as one packet of up to
-//! 64 KiB, which the kernel cuts back into segments on output. Such a packet is larger than
+//! segmentation offload (or a UDP sender's, `UDP_SEGMENT`: QUIC servers use it) or the
+//! receiver's GRO hands it many segments as one packet of up to 64 KiB, which the kernel cuts
+//! back into segments on output. Such a packet is larger than
 //! any MTU without being too big: answering it "fragmentation needed" (the MTU it already
 //! keeps to) black-holes the connection. It is recognised by being longer than its ingress
 //! device's MTU, which no packet off a wire is, and sent whole through the TC program
@@ -9,7 +10,9 @@
 //! TCP packet too big for it (an aggregate of two segments can be shorter than the ingress
 //! MTU, and only TC sees the kernel's segment size): TC wraps an aggregate with
 //! `bpf_skb_adjust_room`, which tells the segmentation about the outer headers and lowers
-//! the segment size by their 28 bytes, and drops anything else.
+//! the segment size by their 28 bytes, and drops anything else. A UDP aggregate too big
+//! for the tunnel is answered "fragmentation needed" with the tunnel's MTU, as a datagram is
+//! (not wrapped: the outer UDP header's segmentation of inner UDP segments is untried).
 
 use core::mem::MaybeUninit;
 
@@ -41,11 +44,11 @@ const ETH_HLEN: usize = 14;
 const IPV4_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
-/// Whether the (TCP) packet is an aggregate: longer than the MTU of the device it came in
-/// by. Only asked of packets too big for their egress.
+/// Whether the TCP or UDP packet is an aggregate: longer than the MTU of the device it came
+/// in by. Only asked of packets too big for their egress.
 #[inline(always)]
 pub fn is_aggregate(ctx: &XdpContext, pkt: &Packet) -> bool {
-    if pkt.key.proto != proto::TCP {
+    if pkt.key.proto != proto::TCP && pkt.key.proto != proto::UDP {
         return false;
     }
     let mut ingress_mtu: u32 = 0;
@@ -171,7 +174,9 @@ fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
     let Some(sum) = pseudo_header_sum(ctx, pkt) else {
         return false;
     };
-    let Some(check) = ptr_at::<u16>(ctx, pkt.l4() + 16) else {
+    // Where TCP and UDP keep their checksum.
+    let at = if pkt.key.proto == proto::UDP { 6 } else { 16 };
+    let Some(check) = ptr_at::<u16>(ctx, pkt.l4() + at) else {
         return false;
     };
     // SAFETY: bounds-checked above.

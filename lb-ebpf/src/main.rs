@@ -68,12 +68,14 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     let mut verdict = dispatch(&ctx, pkt);
+    let tunneled = verdict.tunnel_peer().is_some();
     if let Some(peer) = verdict.tunnel_peer() {
-        // Sent, or too big for the tunnel (answered below, like too big for a link).
+        // Sent, or too big for the tunnel (answered below, like too big for a link; a TCP
+        // aggregate it sends to TC itself).
         verdict = tunnel::send(&ctx, pkt, peer);
     }
     if let Some(mtu) = verdict.too_big_mtu() {
-        if aggregate::is_aggregate(&ctx, pkt) {
+        if !tunneled && aggregate::is_aggregate(&ctx, pkt) {
             return aggregate::send(&ctx, pkt);
         }
         return too_big::answer(&ctx, pkt, mtu);
