@@ -638,6 +638,52 @@ fn client_link_status(lb: &Lbd, topo: &Topology) -> (u64, String, u64) {
     )
 }
 
+/// The interface indexes in `TX_PORTS` (the devices the XDP program redirects to itself).
+fn tx_ports(lb: &Lbd) -> BTreeSet<u32> {
+    use aya::maps::{Map, MapData, xdp::DevMapHash};
+    let data = MapData::from_pin(lb.pin_dir().join("maps/TX_PORTS")).expect("pinned TX_PORTS");
+    let ports: DevMapHash<MapData> = DevMapHash::try_from(Map::DevMapHash(data)).expect("devmap");
+    ports.keys().map(|k| k.expect("key")).collect()
+}
+
+/// An `--xdp-redirect` interface made again is redirected to again under its new index (the
+/// kernel took the old one out of `TX_PORTS` with the device; without it every packet there
+/// would silently take the slower TC path). No traffic: the client's side runs no XDP, so
+/// frames redirected to it would be dropped.
+#[test]
+fn an_xdp_redirect_interface_made_again_is_redirected_to_again() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let lb = topo
+        .start_lbd(lbd(), SERVICES, &["--xdp-redirect", &topo.node_client_if])
+        .expect("lbd");
+    let (before, _, _) = client_link_status(&lb, &topo);
+    assert_eq!(tx_ports(&lb), BTreeSet::from([before as u32]));
+    topo.recreate_client_link().expect("recreate the link");
+    // Bounded: 40 looks, 50 ms apart.
+    let mut now = client_link_status(&lb, &topo);
+    for _ in 0..40 {
+        if now.0 != before && now.1 == "attached" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        now = client_link_status(&lb, &topo);
+    }
+    assert!(
+        now.0 != before && now.1 == "attached",
+        "{now:?}\n{}",
+        lb.output()
+    );
+    assert_eq!(
+        tx_ports(&lb),
+        BTreeSet::from([now.0 as u32]),
+        "{}",
+        lb.output()
+    );
+}
+
 #[test]
 fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
     if !e2e_enabled() {

@@ -32,6 +32,17 @@ pub(super) struct LinkState {
 }
 
 impl Daemon {
+    /// Attaches to `interface` made again (now `ifindex`), and redirects to it again if it
+    /// is an `--xdp-redirect` one: the kernel dropped the old index from `TX_PORTS` with the
+    /// device.
+    fn reattach(&mut self, interface: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        self.dp.attach(interface, self.xdp_mode)?;
+        if self.xdp_redirect.iter().any(|name| name == interface) {
+            self.dp.allow_xdp_redirect(ifindex)?;
+        }
+        Ok(())
+    }
+
     /// Looks at every attached interface: marks the deleted ones missing and attaches again to
     /// those made again. Returns what changed (nothing when nothing did).
     pub fn follow_links(&mut self) -> Vec<LinkEvent> {
@@ -51,8 +62,8 @@ impl Daemon {
                     }
                 }
                 Ok(ifindex) if ifindex == old_ifindex && !was_missing => {}
-                Ok(ifindex) => match self.dp.attach(&interface, self.xdp_mode) {
-                    Ok(_) => {
+                Ok(ifindex) => match self.reattach(&interface, ifindex) {
+                    Ok(()) => {
                         self.links.missing.remove(&interface);
                         *self.links.reattached.entry(interface.clone()).or_default() += 1;
                         events.push(LinkEvent::Reattached {

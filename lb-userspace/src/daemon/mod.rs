@@ -117,6 +117,9 @@ pub struct Daemon {
     /// Interfaces waited for, attached when they appear.
     late_interfaces: Vec<String>,
     xdp_mode: XdpMode,
+    /// The interfaces the XDP program redirects to itself (`--xdp-redirect`), by name: one
+    /// made again is allowed again under its new index.
+    xdp_redirect: Vec<String>,
     /// The swarm follower's health; `None` when lbd does not follow a swarm.
     swarm_follow: Option<swarm::follow::SharedStatus>,
     state_dir: PathBuf,
@@ -252,6 +255,7 @@ impl Daemon {
             netns_cookies: BTreeMap::new(),
             late_interfaces,
             xdp_mode: options.xdp_mode,
+            xdp_redirect: options.xdp_redirect.clone(),
             swarm_follow: options.docker_host.as_ref().map(|host| {
                 std::sync::Arc::new(std::sync::Mutex::new(swarm::follow::FollowStatus {
                     docker_host: host.clone(),
