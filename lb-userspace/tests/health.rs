@@ -622,8 +622,8 @@ services:
     assert_eq!(
         states,
         [
-            ("198.18.2.10:8080".to_owned(), "active".to_owned()),
-            ("198.18.2.11:8080".to_owned(), "down".to_owned())
+            ("198.18.2.10".to_owned(), "active".to_owned()),
+            ("198.18.2.11".to_owned(), "down".to_owned())
         ],
         "{list}"
     );
