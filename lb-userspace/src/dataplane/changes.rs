@@ -135,7 +135,9 @@ impl Dataplane {
     /// Writes `changes` in the order that keeps every packet consistent: backends, then whole
     /// tables, then backend endpoints, then frontends; removals the other way round (a table
     /// emptied only once no frontend leads to it); then the replies translated without an
-    /// entry, which the program reaches only through `BACKEND_ENDPOINTS`.
+    /// entry, which the program reaches only through `BACKEND_ENDPOINTS`. In each hash map the
+    /// entries that go are removed before new ones are added: a plan that fits the map only
+    /// once they are gone (lingering endpoints given up for new ones) is refused otherwise.
     fn write_changes(&mut self, changes: &PlanChanges) -> Result<(), DataplaneError> {
         // Before anything is written, and whatever fails later (a mark that outlives its
         // entry only costs a lookup): the program looks a frontend up only if it is marked,
@@ -185,13 +187,15 @@ impl Dataplane {
             HashMap::try_from(endpoints.expect(loaded))
                 .map_err(map_err(names::BACKEND_ENDPOINTS))?;
         let endpoint_changes = &changes.endpoints;
+        // The tables written above no longer pick the backends whose endpoints go.
+        endpoint_changes.delete(endpoints.map(), names::BACKEND_ENDPOINTS)?;
         endpoint_changes.write(endpoints.map(), names::BACKEND_ENDPOINTS)?;
 
         let frontends: HashMap<&mut MapData, EndpointKey, Service> =
             HashMap::try_from(frontends.expect(loaded)).map_err(map_err(names::FRONTENDS))?;
         let frontend_changes = &changes.frontends;
-        frontend_changes.write(frontends.map(), names::FRONTENDS)?;
         frontend_changes.delete(frontends.map(), names::FRONTENDS)?;
+        frontend_changes.write(frontends.map(), names::FRONTENDS)?;
         // Any frontend written or removed: flows that skip FRONTENDS on their stamp check it
         // again. Not only keys the running plan had: after a load (adopted or degraded maps)
         // a "new" entry may replace an old value that live flows were stamped with.
@@ -201,7 +205,6 @@ impl Dataplane {
         // Tables of services gone, emptied only now that no frontend leads to them (a
         // frontend that moved to another service was pointed at its new table above).
         set_tables(outer, &emptied(&changes.tables.remove), InPlace::Swap)?;
-        endpoint_changes.delete(endpoints.map(), names::BACKEND_ENDPOINTS)?;
         batch::update(
             backends.map(),
             names::BACKENDS,

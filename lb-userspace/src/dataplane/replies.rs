@@ -23,8 +23,9 @@ impl Dataplane {
                 .expect("checked at load"),
         )
         .map_err(map_err(names::REPLY_FRONTENDS))?;
-        changes.write(map.map(), names::REPLY_FRONTENDS)?;
-        changes.delete(map.map(), names::REPLY_FRONTENDS)
+        // Removed first, as in `write_changes`: the plan counted on their room.
+        changes.delete(map.map(), names::REPLY_FRONTENDS)?;
+        changes.write(map.map(), names::REPLY_FRONTENDS)
     }
 
     /// Removes `REPLY_FRONTENDS` entries `desired` does not have (see `prune`).
