@@ -251,6 +251,37 @@ impl Ids {
                 ids.backends.insert((*old_service, *target), *old);
             }
         }
+        ids.hold_stale(frontends.values().map(|s| s.id), kernel.values().copied());
         ids
+    }
+
+    /// Holds the kernel's ids no identity recovered (services and backends removed while no
+    /// lbd ran) under identities no plan has, so the plan made over them gives none of them
+    /// out: until it is written and the stale entries pruned, the previous program still
+    /// sends their frontends' new flows by their tables and backend slots. Free in the plan
+    /// after.
+    fn hold_stale(
+        &mut self,
+        services: impl Iterator<Item = u32>,
+        backends: impl Iterator<Item = u32>,
+    ) {
+        let held: std::collections::HashSet<u32> = self.services.values().copied().collect();
+        for id in services.filter(|id| !held.contains(id)) {
+            // A name no service file can give (names are checked), one per id.
+            let placeholder = PortMapping {
+                frontend: 0,
+                backend: 0,
+                protocol: crate::source::file::Protocol::Tcp,
+            };
+            self.services
+                .insert((format!("\0stale {id}"), placeholder, false), id);
+        }
+        let held: std::collections::HashSet<u32> = self.backends.values().copied().collect();
+        for id in backends.filter(|id| !held.contains(id)) {
+            // No service has id u32::MAX (ids index kernel arrays far smaller).
+            let placeholder = SocketAddr::new(IpAddr::from(std::net::Ipv4Addr::from(id)), 0);
+            self.backends.insert((u32::MAX, placeholder), id);
+        }
+        self.backends_taken = TakenIds::default();
     }
 }

@@ -1320,6 +1320,10 @@ services:
     vip: 198.18.100.2
     ports: ["53/udp"]
     backends: ["198.18.2.12"]
+  zzz:
+    vip: 198.18.100.9
+    ports: ["82/tcp"]
+    backends: ["198.18.2.14", "198.18.2.15"]
 "#,
             &NODE,
         )
@@ -1358,11 +1362,34 @@ services:
         for name in ["web", "dns"] {
             assert_eq!(id_of(&recovered, name), id_of(&before, name), "{name}");
         }
-        for (id, backend) in &before.backends {
+        let kept = [id_of(&before, "web"), id_of(&before, "dns")];
+        for (id, backend) in before
+            .backends
+            .iter()
+            .filter(|(_, b)| kept.contains(&b.service_id))
+        {
             assert_eq!(recovered.backends.get(id), Some(backend), "backend {id}");
         }
-        // The new service took ids nobody held.
+        // The new service took ids nobody held: not those of `zzz`, removed while no lbd ran,
+        // whose frontend and table the previous program still uses until they are pruned.
         let aaa = id_of(&recovered, "aaa");
-        assert!(!before.services.iter().any(|s| s.id == aaa));
+        assert!(!before.services.iter().any(|s| s.id == aaa), "{aaa}");
+        for id in recovered.backends.keys() {
+            let was = before.backends.get(id);
+            assert!(
+                was.is_none_or(|b| recovered.backends[id] == *b),
+                "backend {id}"
+            );
+        }
+        assert!(!recovered.services.iter().any(|s| s.name.starts_with('\0')));
+        // Held for this plan only: the next gives them out again.
+        assert!(
+            !recovered
+                .ids
+                .services
+                .keys()
+                .any(|(name, _, _)| name.starts_with('\0'))
+        );
+        assert!(!recovered.ids.backends.keys().any(|(s, _)| *s == u32::MAX));
     }
 }
