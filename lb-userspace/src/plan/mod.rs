@@ -304,7 +304,7 @@ pub enum PlanError {
         max: u32,
     },
     #[error(
-        "service \"{service}\" publishes ports on every node address, but this node has no address of its backends' family"
+        "service \"{service}\" publishes ports on every node address, but this node has no address of its backends' family: give the service a vip, or backends of a family the node has an address of"
     )]
     NoNodeAddress { service: String },
     #[error(
@@ -657,7 +657,7 @@ fn check_supported(spec: &ServiceSpec) -> Result<(), PlanError> {
             service: spec.name.clone(),
             field: "backends",
             message: format!(
-                "backends[{i}] ({}) is not of the vip's address family ({vip}); meshlb translates addresses, not families: give the service a vip of each family, or drop the vip to publish on every node address",
+                "backends[{i}] ({}) is not of the vip's address family ({vip}); meshlb translates addresses, not families: use backends of the vip's family, put the others in a service of their own with a vip of theirs, or drop the vip to publish on every node address",
                 spec.backends[i].address
             ),
         });
