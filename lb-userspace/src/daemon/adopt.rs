@@ -46,6 +46,13 @@ pub(super) fn adopt(
             "removed stale entries: frontends, endpoints and backends the configuration no longer has"
         );
     }
+    // No frontend leads to the tables of services removed while no lbd ran any more.
+    let stale_tables: std::collections::BTreeSet<u32> = frontends
+        .values()
+        .map(|s| s.id)
+        .filter(|id| !desired.tables.contains_key(id))
+        .collect();
+    dp.empty_tables(&stale_tables.into_iter().collect::<Vec<_>>())?;
     let gone = udp_endpoints_gone(&frontends, &kernel_backends, &desired);
     Ok((desired, gone))
 }

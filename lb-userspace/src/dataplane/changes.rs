@@ -126,6 +126,20 @@ impl Dataplane {
         self.write_changes(&PlanChanges::between(previous, desired))
     }
 
+    /// Empties the selection tables of kernel services `ids` (`prune` took away every
+    /// frontend that led to them): an adopting start's tables of services removed while no
+    /// lbd ran, which otherwise keep their memory until their id is given out again.
+    pub fn empty_tables(&mut self, ids: &[u32]) -> Result<(), DataplaneError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tables = self
+            .ebpf_mut()
+            .map_mut(names::SERVICE_TABLES)
+            .expect("checked at load");
+        set_tables(outer_fd(tables)?, &emptied(ids), InPlace::Swap)
+    }
+
     /// Makes the maps hold the running plan with `delta` applied, given that they hold the
     /// running plan: writes and removes only the entries `delta` lists.
     pub fn apply_delta(&mut self, delta: &PlanDelta) -> Result<(), DataplaneError> {
