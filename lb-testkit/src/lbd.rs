@@ -149,6 +149,16 @@ impl Lbd {
         self.launch(node)
     }
 
+    /// `restart` with `extra` arguments after those of the first start (another interface,
+    /// say), for this launch only.
+    pub fn restart_with(&mut self, node: &Netns, extra: &[&str]) -> Result<()> {
+        let args = self.args.clone();
+        self.args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let result = self.restart(node);
+        self.args = args;
+        result
+    }
+
     fn launch(&mut self, node: &Netns) -> Result<()> {
         let mut cmd = std::process::Command::new(&self.lbd);
         cmd.args(&self.args)

@@ -507,6 +507,91 @@ fn a_backend_removed_while_lbd_was_down_has_its_flows_moved_after_the_restart() 
     assert!(!listed.to_string().contains("198.18.2.11"), "{listed}");
 }
 
+/// An adopting start that cannot attach (an interface listed that does not exist) fails
+/// before it touches the pinned maps: the previous programs, still attached, keep serving
+/// the configuration they had, not half of the new one.
+#[test]
+fn an_adopting_start_that_cannot_attach_leaves_the_pinned_maps_as_they_were() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let mut lb = start(&topo, &services(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    assert_eq!(new_flows_reach(&topo, 20), set(&["backend-0", "backend-1"]));
+    lb.kill().expect("kill -9");
+    std::fs::write(lb.config_path(), services(r#""198.18.2.10""#)).expect("rewrite the file");
+    let e = lb
+        .restart_with(&topo.node, &["--interface", "mlb-nope0"])
+        .expect_err("no such interface");
+    assert!(format!("{e:#}").contains("mlb-nope0"), "{e:#}");
+    assert_eq!(
+        new_flows_reach(&topo, 20),
+        set(&["backend-0", "backend-1"]),
+        "the pinned maps still hold the running configuration"
+    );
+    lb.restart(&topo.node).expect("restart");
+    assert_eq!(new_flows_reach(&topo, 20), set(&["backend-0"]));
+}
+
+/// The kernel service id of frontend `frontend` (TCP) in `lb`'s pinned `FRONTENDS`.
+fn frontend_service_id(lb: &Lbd, frontend: SocketAddr) -> u32 {
+    use aya::maps::{HashMap, Map, MapData};
+    let data = MapData::from_pin(lb.pin_dir().join("maps/FRONTENDS")).expect("FRONTENDS");
+    let map: HashMap<MapData, lb_common::maps::EndpointKey, lb_common::maps::Service> =
+        HashMap::try_from(Map::HashMap(data)).expect("hash map");
+    let key = lb_common::maps::EndpointKey::new(
+        lb_common::Addr::from(frontend.ip()),
+        frontend.port().to_be(),
+        lb_common::maps::proto::TCP,
+    );
+    map.get(&key, 0).expect("the frontend is written").id
+}
+
+/// The length (slot `TABLE_LEN_SLOT`) of service `id`'s selection table in `lb`'s pinned
+/// `SERVICE_TABLES`: 0 for an empty table.
+fn table_len(lb: &Lbd, id: u32) -> u32 {
+    use aya::maps::{Array, ArrayOfMaps, Map, MapData};
+    use lb_common::maps::{SLOTS_PER_ELEMENT, TABLE_LEN_SLOT, TableElement};
+    let data = MapData::from_pin(lb.pin_dir().join("maps/SERVICE_TABLES")).expect("tables");
+    let tables: ArrayOfMaps<MapData, Array<MapData, TableElement>> =
+        ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).expect("array of maps");
+    let table = tables.get(&id, 0).expect("a table");
+    let element = table.get(&(TABLE_LEN_SLOT / SLOTS_PER_ELEMENT), 0);
+    element.map_or(0, |e| e[(TABLE_LEN_SLOT % SLOTS_PER_ELEMENT) as usize])
+}
+
+/// A service removed from the file while no lbd runs: the adopting lbd takes its frontend
+/// away and empties its table too (it held its memory until its id was given out again).
+#[test]
+fn a_service_removed_while_no_lbd_runs_leaves_no_table() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let other: SocketAddr = "198.18.100.2:80".parse().unwrap();
+    let both = format!(
+        "{}  other:\n    vip: {}\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.11\"]\n",
+        services(r#""198.18.2.10""#),
+        other.ip()
+    );
+    let mut lb = start(&topo, &both, &[]);
+    let id = frontend_service_id(&lb, other);
+    assert!(table_len(&lb, id) > 0, "other's table is filled");
+    lb.kill().expect("kill -9");
+    std::fs::write(lb.config_path(), services(r#""198.18.2.10""#)).expect("rewrite the file");
+    lb.restart(&topo.node).expect("restart");
+    assert!(lb.output().contains("ids recovered"), "{}", lb.output());
+    assert_eq!(
+        table_len(&lb, id),
+        0,
+        "the removed service's table is emptied"
+    );
+    assert_eq!(
+        tcp_request(&topo.client, web(), TIMEOUT).unwrap().backend,
+        "backend-0"
+    );
+}
+
 /// How many tcx ingress programs interface `name` of `ns` runs.
 fn tcx_programs(ns: &Netns, name: &str) -> usize {
     use aya::programs::{SchedClassifier, tc::TcAttachType};

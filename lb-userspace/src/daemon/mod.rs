@@ -186,6 +186,12 @@ impl Daemon {
             error!(service = %name, "swarm service not served: {reason}");
         }
 
+        // Before the pinned maps are touched: an adopting start cannot be undone, and one that
+        // failed at an interface would leave the maps holding this configuration for the
+        // previous programs still attached elsewhere.
+        for interface in &options.interfaces {
+            dataplane::attachable(interface)?;
+        }
         let mut dp = Dataplane::load(options.load.clone())?;
         // A start that fails from here undoes what it did (see `Dataplane::discard_if_fresh`).
         // UDP backend endpoints removed while no lbd ran: their connected sockets are aborted

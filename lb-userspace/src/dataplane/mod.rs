@@ -276,10 +276,7 @@ impl Dataplane {
         interface: &str,
         mode: XdpMode,
     ) -> Result<&Attachment, DataplaneError> {
-        let ifindex = ifindex(interface)?;
-        if !forwarding_enabled(interface) {
-            return Err(DataplaneError::ForwardingDisabled(interface.to_owned()));
-        }
+        let ifindex = attachable(interface)?;
         if !forwarding_enabled_v6(interface) {
             // Not an error: a node may serve IPv4 only. IPv6 frontends would be dropped.
             tracing::warn!(
@@ -619,6 +616,15 @@ pub fn ifindex(interface: &str) -> Result<u32, DataplaneError> {
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
         return Err(DataplaneError::NoSuchInterface(interface.to_owned()));
+    }
+    Ok(index)
+}
+
+/// `interface`'s index, if meshlb can serve on it: it exists and forwards IPv4.
+pub fn attachable(interface: &str) -> Result<u32, DataplaneError> {
+    let index = ifindex(interface)?;
+    if !forwarding_enabled(interface) {
+        return Err(DataplaneError::ForwardingDisabled(interface.to_owned()));
     }
     Ok(index)
 }
