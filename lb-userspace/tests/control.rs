@@ -157,7 +157,7 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     // add-backend: the first new flow on backend-2 comes within a second of the command.
     let out = lbctl(&lb, &["add-backend", "web", "198.18.2.12"]);
     let added = Instant::now();
-    assert!(out.contains("backend 198.18.2.12 added"), "{out}");
+    assert!(out.contains("backend 198.18.2.12 added, weight 1"), "{out}");
     let mut reached = false;
     while added.elapsed() < Duration::from_secs(1) {
         if tcp_request(&topo.client, web(), TIMEOUT).unwrap().backend == "backend-2" {
@@ -169,12 +169,20 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     keep_working(&mut sessions, None);
 
     // drain: no new flows to backend-0; its connections continue.
-    lbctl(&lb, &["drain", "web", "198.18.2.10"]);
+    let out = lbctl(&lb, &["drain", "web", "198.18.2.10"]);
+    assert!(
+        out.starts_with("web: backend 198.18.2.10 draining ("),
+        "{out}"
+    );
     assert_eq!(new_flows_reach(&topo, 40), set(&["backend-1", "backend-2"]));
     keep_working(&mut sessions, None);
 
     // remove-backend: backend-1 gets nothing new; its connections learn at once (move).
-    lbctl(&lb, &["remove-backend", "web", "198.18.2.11"]);
+    let out = lbctl(&lb, &["remove-backend", "web", "198.18.2.11"]);
+    assert!(
+        out.starts_with("web: backend 198.18.2.11 removed ("),
+        "{out}"
+    );
     assert_eq!(new_flows_reach(&topo, 30), set(&["backend-2"]));
     keep_working(&mut sessions, Some("backend-1"));
     for (s, backend) in sessions.iter_mut().filter(|(_, b)| b == "backend-1") {
@@ -324,6 +332,21 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     keep_working(&mut sessions, Some("backend-1"));
     let list = lbctl_json(&lb, &["list"]);
     assert_eq!(list["services"][0]["backends"].as_array().unwrap().len(), 2);
+
+    // add-backend says what it did to a backend the service has: the drained one back (to
+    // the file's weight), then re-weighted, then the same again.
+    let out = lbctl(&lb, &["add-backend", "web", "198.18.2.10"]);
+    assert!(
+        out.starts_with("web: backend 198.18.2.10 back in service, weight 1 ("),
+        "{out}"
+    );
+    let out = lbctl(&lb, &["add-backend", "web", "198.18.2.10", "--weight", "3"]);
+    assert!(
+        out.starts_with("web: backend 198.18.2.10 weight 1 -> 3 ("),
+        "{out}"
+    );
+    let out = lbctl(&lb, &["add-backend", "web", "198.18.2.10", "--weight", "3"]);
+    assert!(out.contains(": no change"), "{out}");
 }
 
 #[test]

@@ -238,6 +238,17 @@ pub struct ChangeResult {
     /// For `apply`: which API services were added, changed, removed.
     #[serde(default)]
     pub services: ServiceChanges,
+    /// For a backend's change: the service's backends whose weight it changed (`None`: not
+    /// a backend of the service), as `lbctl list` names them.
+    #[serde(default)]
+    pub backends: Vec<BackendWeightChange>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackendWeightChange {
+    pub backend: String,
+    pub before: Option<u32>,
+    pub after: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

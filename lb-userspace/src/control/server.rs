@@ -298,6 +298,7 @@ fn change_result(
         outcome,
         generation: d.generation(),
         services,
+        backends: Vec::new(),
     })
 }
 
@@ -453,14 +454,42 @@ async fn backend_change(
     let (backend, weight) = counted(&shared, request).await?;
     with_daemon(&shared, move |d| {
         not_swarm(d, &name)?;
+        let before = backend_weights(d, &name);
         let (_, outcome) = d.change_api(|api, file| match action {
             BackendAction::Set => api.set_backend(&name, backend, weight, file),
             BackendAction::Remove => api.remove_backend(&name, backend, file),
             BackendAction::Drain => api.drain(&name, backend, file),
         })?;
-        Ok(change_result(d, outcome, ServiceChanges::default()))
+        let after = backend_weights(d, &name);
+        let mut result = change_result(d, outcome, ServiceChanges::default());
+        result.backends = before
+            .keys()
+            .chain(after.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|b| before.get(*b) != after.get(*b))
+            .map(|b| crate::api::BackendWeightChange {
+                backend: b.clone(),
+                before: before.get(b).copied(),
+                after: after.get(b).copied(),
+            })
+            .collect();
+        Ok(result)
     })
     .await
+}
+
+/// Service `name`'s backends and their weights as the daemon serves them (`lbctl list`'s
+/// names).
+fn backend_weights(d: &Daemon, name: &str) -> BTreeMap<String, u32> {
+    d.merged()
+        .file
+        .services
+        .get(name)
+        .into_iter()
+        .flat_map(|spec| &spec.backends)
+        .map(|b| (BackendRef::of(b).to_string(), b.weight))
+        .collect()
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> ApiResult<Report> {

@@ -230,27 +230,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             weight,
         } => {
             let result = backend_call(&api, service, "", backend, *weight).await?;
-            report_change(
-                &result,
-                json,
-                &format!("{service}: backend {backend} added"),
-            )
+            report_backend_change(&result, json, service, backend)
         }
         Command::RemoveBackend { service, backend } => {
             let result = backend_call(&api, service, "/remove", backend, None).await?;
-            report_change(
-                &result,
-                json,
-                &format!("{service}: backend {backend} removed"),
-            )
+            report_backend_change(&result, json, service, backend)
         }
         Command::Drain { service, backend } => {
             let result = backend_call(&api, service, "/drain", backend, None).await?;
-            report_change(
-                &result,
-                json,
-                &format!("{service}: backend {backend} draining"),
-            )
+            report_backend_change(&result, json, service, backend)
         }
         Command::Stats => stats(&api, json).await,
         Command::Flows { service, limit } => flows(&api, json, service.as_deref(), *limit).await,
@@ -762,4 +750,30 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
         _ => println!("{what} (generation {})", result.generation),
     }
     Ok(())
+}
+
+/// A backend's change as what it did: added, removed, or its weight from and to.
+fn report_backend_change(
+    result: &ChangeResult,
+    json: bool,
+    service: &str,
+    backend: &str,
+) -> anyhow::Result<()> {
+    let what = match result.backends.as_slice() {
+        [change] => match (change.before, change.after) {
+            (None, Some(w)) => format!("{service}: backend {} added, weight {w}", change.backend),
+            (Some(_), None) => format!("{service}: backend {} removed", change.backend),
+            (Some(0), Some(w)) => format!(
+                "{service}: backend {} back in service, weight {w}",
+                change.backend
+            ),
+            (Some(_), Some(0)) => format!("{service}: backend {} draining", change.backend),
+            (Some(a), Some(b)) => {
+                format!("{service}: backend {} weight {a} -> {b}", change.backend)
+            }
+            (None, None) => format!("{service}: backend {backend}"),
+        },
+        _ => format!("{service}: backend {backend}"),
+    };
+    report_change(result, json, &what)
 }
