@@ -333,7 +333,10 @@ fn follow_swarm(
             RunError::Swarm("a daemon started with a docker host has no follow status".into())
         })?;
         info!(docker_host = %host, "swarm: following the Docker Engine");
-        let engine = swarm::Engine::new(host).map_err(|e| RunError::Swarm(e.to_string()))?;
+        let mut engine = swarm::Engine::new(host).map_err(|e| RunError::Swarm(e.to_string()))?;
+        if options.daemon.socket_cgroup.is_none() {
+            engine = engine.without_container_pids();
+        }
         tokio::spawn(swarm::follow::follow(engine, swarm_tx, status, stop.wait()));
     }
     Ok(swarm_rx)

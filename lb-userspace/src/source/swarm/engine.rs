@@ -7,7 +7,7 @@ use std::{
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
-    models::SystemInfo,
+    models::{ContainerSummary, NetworkInspect, SystemInfo},
     query_parameters::{
         InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
     },
@@ -51,6 +51,9 @@ pub struct Engine {
     pids: std::collections::HashMap<String, u32>,
     desired: super::desired::DesiredStates,
     stop_signals: super::stop_signals::StopSignals,
+    /// Whether the process ids of containers on overlay networks are read (see
+    /// `without_container_pids`).
+    container_pids: bool,
     /// The last `/info` answered, and until when it stands in for a new one (see
     /// `INFO_TIMEOUT`).
     last_info: Option<SystemInfo>,
@@ -72,7 +75,17 @@ impl Engine {
             stop_signals: Default::default(),
             last_info: None,
             info_stands_in_until: None,
+            container_pids: true,
         })
+    }
+
+    /// Reads no container's process id: for a node whose socket-level balancing is off,
+    /// which serves no container its VIPs. Where lbd cannot see the containers' processes
+    /// (its own pid namespace, as the swarm stack runs it) every read would otherwise inspect
+    /// every container on an overlay network.
+    pub fn without_container_pids(mut self) -> Self {
+        self.container_pids = false;
+        self
     }
 
     pub fn host(&self) -> &str {
@@ -90,7 +103,8 @@ impl Engine {
             // The request given up on still holds its connection: read on another.
             client = connect(&self.host).await?;
         }
-        let mut answers = read_with(&client, &self.host, info, &mut self.pids).await?;
+        let pids = self.container_pids.then_some(&mut self.pids);
+        let mut answers = read_with(&client, &self.host, info, pids).await?;
         answers.tasks_running = self
             .desired
             .read(&client, &self.host, &answers.info, &answers.overlays)
@@ -177,7 +191,7 @@ async fn read_with(
     client: &Docker,
     host: &str,
     info: SystemInfo,
-    known_pids: &mut HashMap<String, u32>,
+    known_pids: Option<&mut HashMap<String, u32>>,
 ) -> Result<Answers, EngineError> {
     let request = |what, error| EngineError::Request {
         host: host.to_owned(),
@@ -230,18 +244,41 @@ async fn read_with(
         .list_containers(None::<ListContainersOptions>)
         .await
         .map_err(|e| request("GET /containers/json", e))?;
-    // Pids of containers on overlay networks (inspected once each).
+    let pids = match known_pids {
+        Some(known) => container_pids(client, host, &containers, &overlays, known).await?,
+        None => Default::default(),
+    };
+    Ok(Answers {
+        info,
+        overlays,
+        gwbridge,
+        containers,
+        pids: pids.into_iter().collect(),
+        tasks_running: None,
+        stopping_containers: Default::default(),
+    })
+}
+
+/// The process ids of `containers` on an overlay network (inspected once each; `known`: the
+/// last read's, updated).
+async fn container_pids(
+    client: &Docker,
+    host: &str,
+    containers: &[ContainerSummary],
+    overlays: &[NetworkInspect],
+    known: &mut HashMap<String, u32>,
+) -> Result<HashMap<String, u32>, EngineError> {
     let mut pids = HashMap::new();
-    for container in &containers {
+    for container in containers {
         let Some(id) = container.id.as_deref() else {
             continue;
         };
-        if overlay_networks_of(container, &overlays).next().is_none() {
+        if overlay_networks_of(container, overlays).next().is_none() {
             continue;
         }
         // A container restarted in place keeps its id but not its pid: a known pid is kept
         // only while it is still that container's process.
-        if let Some(&pid) = known_pids.get(id)
+        if let Some(&pid) = known.get(id)
             && is_containers_process(pid, id)
         {
             pids.insert(id.to_owned(), pid);
@@ -261,19 +298,17 @@ async fn read_with(
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => return Err(request("GET /containers/ID/json", e)),
+            Err(error) => {
+                return Err(EngineError::Request {
+                    host: host.to_owned(),
+                    what: "GET /containers/ID/json",
+                    error,
+                });
+            }
         }
     }
-    known_pids.clone_from(&pids);
-    Ok(Answers {
-        info,
-        overlays,
-        gwbridge,
-        containers,
-        pids: pids.into_iter().collect(),
-        tasks_running: None,
-        stopping_containers: Default::default(),
-    })
+    known.clone_from(&pids);
+    Ok(pids)
 }
 
 /// Whether process `pid` is in container `id`'s cgroup: its path holds the id under every
