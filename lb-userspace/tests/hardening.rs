@@ -559,7 +559,7 @@ fn lbd_check_refuses_what_lbd_run_would() {
     assert!(ok, "{out}");
     assert!(out.contains("interfaces: lo"), "{out}");
     assert!(
-        out.contains("web 80/tcp: 1 frontend(s), 1 backend(s)"),
+        out.contains("web 80/tcp: 1 frontend(s) on 198.18.100.1, 1 backend(s)"),
         "{out}"
     );
     // From the file's lbd section as well.

@@ -215,8 +215,17 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
         println!("{}: no services", config.display());
     }
     for s in &desired.services {
+        // The VIP, or the node's addresses of one family: a dual-stack service's two lines
+        // tell apart.
+        let on = match s.vip {
+            Some(vip) => vip.to_string(),
+            None if s.frontends.first().is_some_and(SocketAddr::is_ipv6) => {
+                "this node's IPv6 addresses".to_owned()
+            }
+            None => "this node's IPv4 addresses".to_owned(),
+        };
         println!(
-            "{} {}/{}: {} frontend(s), {} backend(s)",
+            "{} {}/{}: {} frontend(s) on {on}, {} backend(s)",
             s.name,
             s.mapping.frontend,
             s.mapping.protocol,
