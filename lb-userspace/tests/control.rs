@@ -266,6 +266,13 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
         "{explained}"
     );
 
+    // An address that is no frontend: said once, with no "new flow" line before it.
+    let out = lbctl(
+        &lb,
+        &["explain", "tcp", "198.18.1.2:40000", "198.18.100.77:80"],
+    );
+    assert_eq!(out.trim(), "not a frontend: passed to the kernel untouched");
+
     // Errors: one line, non-zero exit, nothing changed.
     let before = generation(&lb);
     for args in [

@@ -356,12 +356,20 @@ pub struct Explained {
     pub tracked: Option<TrackedFlow>,
     /// What the selection would pick for a new flow, and why.
     pub selection: String,
+    /// Whether the destination is a frontend at all (else the kernel's, untouched).
+    #[serde(default = "frontend_by_default")]
+    pub frontend: bool,
     pub round_robin: bool,
     /// How replies from the flow's backend (tracked, or the one the selection names) are
     /// translated at a node with no entry for them (`plan::ReplyTranslation`); none without
     /// one backend to name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replies: Option<String>,
+}
+
+/// An answer of an lbd that did not say: it explained a frontend.
+fn frontend_by_default() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

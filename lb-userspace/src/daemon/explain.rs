@@ -95,6 +95,7 @@ impl Daemon {
         Ok(Explained {
             tracked,
             selection: selection_text,
+            frontend: !matches!(selection, plan::Explanation::NotAFrontend),
             round_robin,
             replies,
         })

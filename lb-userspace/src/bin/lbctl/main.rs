@@ -715,6 +715,8 @@ async fn explain(
             "tracked flow: goes to {} (tcp {}, idle timeout {} s); the table below is not consulted",
             t.backend, t.tcp_state, t.idle_timeout_s
         ),
+        // Not a frontend: nothing is tracked or picked; the line below says so.
+        None if !answer.frontend => {}
         None => println!("not tracked: a new flow"),
     }
     println!("{}", answer.selection);
