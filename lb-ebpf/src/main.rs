@@ -68,11 +68,12 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     let mut verdict = dispatch(&ctx, pkt);
-    let tunneled = verdict.tunnel_peer().is_some();
+    let mut tunneled = false;
     if let Some(peer) = verdict.tunnel_peer() {
         // Sent, or too big for the tunnel (answered below, like too big for a link; a TCP
         // aggregate it sends to TC itself).
         verdict = tunnel::send(&ctx, pkt, peer);
+        tunneled = true;
     }
     if let Some(mtu) = verdict.too_big_mtu() {
         if !tunneled && aggregate::is_aggregate(&ctx, pkt) {
