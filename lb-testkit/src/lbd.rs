@@ -396,11 +396,16 @@ pub struct FilledMap<V: aya::Pod> {
 }
 
 impl Lbd {
+    /// `lbd`'s pinned map `name` (under its pin directory's `maps/`), opened.
+    pub fn pinned_map(&self, name: &str) -> aya::maps::MapData {
+        let path = self.pin_dir().join("maps").join(name);
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("pinned {name}: {e}"))
+    }
+
     /// Fills the pinned hash map `name` (see [`FilledMap`]).
     pub fn fill_map<V: aya::Pod + Default>(&self, name: &str) -> FilledMap<V> {
         use aya::maps::{HashMap, Map, MapData};
-        let path = self.pin_dir().join("maps").join(name);
-        let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("pinned {name}: {e}"));
+        let data = self.pinned_map(name);
         let max = data.info().map(|i| i.max_entries()).expect("map info");
         let mut map: HashMap<MapData, _, V> =
             HashMap::try_from(Map::HashMap(data)).unwrap_or_else(|e| panic!("{name}: {e}"));

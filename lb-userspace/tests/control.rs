@@ -566,7 +566,7 @@ fn an_adopting_start_that_cannot_attach_leaves_the_pinned_maps_as_they_were() {
 /// The kernel service id of frontend `frontend` (TCP) in `lb`'s pinned `FRONTENDS`.
 fn frontend_service_id(lb: &Lbd, frontend: SocketAddr) -> u32 {
     use aya::maps::{HashMap, Map, MapData};
-    let data = MapData::from_pin(lb.pin_dir().join("maps/FRONTENDS")).expect("FRONTENDS");
+    let data = lb.pinned_map("FRONTENDS");
     let map: HashMap<MapData, lb_common::maps::EndpointKey, lb_common::maps::Service> =
         HashMap::try_from(Map::HashMap(data)).expect("hash map");
     let key = lb_common::maps::EndpointKey::new(
@@ -582,7 +582,7 @@ fn frontend_service_id(lb: &Lbd, frontend: SocketAddr) -> u32 {
 fn table_len(lb: &Lbd, id: u32) -> u32 {
     use aya::maps::{Array, ArrayOfMaps, Map, MapData};
     use lb_common::maps::{SLOTS_PER_ELEMENT, TABLE_LEN_SLOT, TableElement};
-    let data = MapData::from_pin(lb.pin_dir().join("maps/SERVICE_TABLES")).expect("tables");
+    let data = lb.pinned_map("SERVICE_TABLES");
     let tables: ArrayOfMaps<MapData, Array<MapData, TableElement>> =
         ArrayOfMaps::try_from(Map::ArrayOfMaps(data)).expect("array of maps");
     let table = tables.get(&id, 0).expect("a table");
@@ -746,11 +746,9 @@ fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
         assert_eq!(&s.request().expect("TCP after the reload").backend, backend);
     }
     let endpoints = |lb: &Lbd| -> BTreeSet<(String, u16)> {
-        let path = lb.pin_dir().join("maps").join("BACKEND_ENDPOINTS");
-        let map: HashMap<MapData, EndpointKey, u32> = HashMap::try_from(Map::HashMap(
-            MapData::from_pin(&path).expect("pinned BACKEND_ENDPOINTS"),
-        ))
-        .expect("BACKEND_ENDPOINTS");
+        let map: HashMap<MapData, EndpointKey, u32> =
+            HashMap::try_from(Map::HashMap(lb.pinned_map("BACKEND_ENDPOINTS")))
+                .expect("BACKEND_ENDPOINTS");
         map.keys()
             .map(|k| {
                 let k = k.expect("a key");
@@ -1603,9 +1601,8 @@ fn explain_answers_from_the_kernels_table_and_says_when_it_differs_from_the_plan
         let first = if element == 0 { len } else { chosen };
         table.set(element, [first, chosen], 0).expect("slot");
     }
-    let path = lb.pin_dir().join("maps").join("SERVICE_TABLES");
     let mut tables: ArrayOfMaps<MapData, Array<MapData, TableElement>> =
-        ArrayOfMaps::try_from(Map::ArrayOfMaps(MapData::from_pin(&path).expect("pinned")))
+        ArrayOfMaps::try_from(Map::ArrayOfMaps(lb.pinned_map("SERVICE_TABLES")))
             .expect("SERVICE_TABLES");
     tables.set(0, &table, 0).expect("swap the table");
     let live = explain(&lb);

@@ -641,7 +641,7 @@ fn client_link_status(lb: &Lbd, topo: &Topology) -> (u64, String, u64) {
 /// The interface indexes in `TX_PORTS` (the devices the XDP program redirects to itself).
 fn tx_ports(lb: &Lbd) -> BTreeSet<u32> {
     use aya::maps::{Map, MapData, xdp::DevMapHash};
-    let data = MapData::from_pin(lb.pin_dir().join("maps/TX_PORTS")).expect("pinned TX_PORTS");
+    let data = lb.pinned_map("TX_PORTS");
     let ports: DevMapHash<MapData> = DevMapHash::try_from(Map::DevMapHash(data)).expect("devmap");
     ports.keys().map(|k| k.expect("key")).collect()
 }
