@@ -272,6 +272,27 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
         &["explain", "tcp", "198.18.1.2:40000", "198.18.100.77:80"],
     );
     assert_eq!(out.trim(), "not a frontend: passed to the kernel untouched");
+    // From the service file instead: the same answer's shape, with nothing said of tracking
+    // (a file cannot know it).
+    let config = lb.config_path().display().to_string();
+    let offline = [
+        "explain",
+        "tcp",
+        "198.18.1.2:40000",
+        &web().to_string(),
+        "-c",
+        &config,
+    ];
+    let answer = lbctl_json(&lb, &offline);
+    assert!(answer["tracked"].is_null(), "{answer}");
+    assert_eq!(answer["frontend"], true, "{answer}");
+    let selection = answer["selection"].as_str().unwrap_or_default();
+    assert!(selection.contains("(maglev: hash"), "{answer}");
+    let text = lbctl(&lb, &offline);
+    assert!(
+        text.starts_with(selection) && !text.contains("not tracked"),
+        "{text}"
+    );
 
     // Errors: one line, non-zero exit, nothing changed.
     let before = generation(&lb);

@@ -210,7 +210,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         destination,
     } = &cli.command
     {
-        return explain_offline(config, *protocol, *source, *destination);
+        let json = cli.output == Output::Json;
+        return explain_offline(config, json, *protocol, *source, *destination);
     }
     let api = endpoint(&cli)?;
     let json = cli.output == Output::Json;
@@ -251,9 +252,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `lbctl explain --config`: computed from a service file for this node's addresses.
+/// `lbctl explain --config`: computed from a service file for this node's addresses, as lbd
+/// would answer before the flow is tracked.
 fn explain_offline(
     config: &std::path::Path,
+    json: bool,
     protocol: Protocol,
     source: SocketAddr,
     destination: SocketAddr,
@@ -261,12 +264,22 @@ fn explain_offline(
     let file = ServiceFile::load(config)?;
     let node = dataplane::node_addresses().context("listing this node's addresses")?;
     let plan = plan::plan(&file, &node).with_context(|| config.display().to_string())?;
-    let explained = plan.explain(protocol.number(), source, destination);
-    println!("{explained}");
-    if let plan::Explanation::Maglev { backend, .. } = explained {
-        println!("{}", plan.reply_translation(protocol.number(), backend));
-    }
-    Ok(())
+    let selection = plan.explain(protocol.number(), source, destination);
+    let replies = match &selection {
+        plan::Explanation::Maglev { backend, .. } => Some(
+            plan.reply_translation(protocol.number(), *backend)
+                .to_string(),
+        ),
+        _ => None,
+    };
+    let explained = Explained {
+        tracked: None,
+        frontend: !matches!(selection, plan::Explanation::NotAFrontend),
+        round_robin: matches!(selection, plan::Explanation::RoundRobin { .. }),
+        selection: selection.to_string(),
+        replies,
+    };
+    print_explained(&explained, json, false)
 }
 
 async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
@@ -703,8 +716,14 @@ async fn explain(
         encode(&destination.to_string())
     );
     let answer: Explained = api.json(Method::GET, &path, None).await?;
+    print_explained(&answer, json, true)
+}
+
+/// `lbctl explain`'s answer; `live`: from lbd's maps, which say whether the flow is tracked
+/// (a service file cannot).
+fn print_explained(answer: &Explained, json: bool, live: bool) -> anyhow::Result<()> {
     if json {
-        return print_json(&answer);
+        return print_json(answer);
     }
     match &answer.tracked {
         Some(t) if t.backend_removed => println!(
@@ -716,7 +735,7 @@ async fn explain(
             t.backend, t.tcp_state, t.idle_timeout_s
         ),
         // Not a frontend: nothing is tracked or picked; the line below says so.
-        None if !answer.frontend => {}
+        None if !answer.frontend || !live => {}
         None => println!("not tracked: a new flow"),
     }
     println!("{}", answer.selection);
