@@ -313,6 +313,13 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
         .lbctl(&["add-backend", "web", "198.18.2.12", "--weight", "70000"])
         .unwrap();
     assert!(!ok && err.contains("--weight"), "{err}");
+    let (ok, _, err) = lb
+        .lbctl(&["add-service", "dns", "--port", "53/udp", "--port", "0/udp"])
+        .unwrap();
+    assert!(
+        !ok && err.starts_with("lbctl: --port: port 0 in \"0/udp\""),
+        "{err}"
+    );
     let bad = lb_testkit::ScratchPath::temp("bad-apply", ".yaml");
     std::fs::write(&*bad, "services:\n  dns:\n    ports: [\"0/udp\"]\n").unwrap();
     let (ok, _, err) = lb.lbctl(&["apply", "-f", bad.arg()]).unwrap();

@@ -1,5 +1,6 @@
 //! lbctl: meshlb's operator CLI, a client of lbd's admin API.
 
+mod add_service;
 mod text;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -16,10 +17,11 @@ use lb_userspace::{
     },
     dataplane, plan,
     source::api_state::Source,
-    source::file::{Affinity, Forwarding, Protocol, Scheduler, ServiceFile},
+    source::file::{Protocol, ServiceFile},
     source::settings,
 };
 
+use self::add_service::{AddService, add_service};
 use self::text::{encode, health_cell, print_swarm_details, reached_as, table};
 
 #[derive(Parser)]
@@ -106,52 +108,6 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-}
-
-/// `lbctl add-service`'s arguments.
-#[derive(clap::Args)]
-struct AddService {
-    name: String,
-    /// VIP; without one the ports are published on every node address.
-    #[arg(long)]
-    vip: Option<String>,
-    /// FRONTEND[:BACKEND][/tcp|udp]; repeat for several.
-    #[arg(long = "port", required = true)]
-    ports: Vec<String>,
-    /// ADDR or ADDR:PORT; repeat for several.
-    #[arg(long = "backend")]
-    backends: Vec<String>,
-    /// How new flows pick a backend [default: maglev].
-    #[arg(long, value_enum)]
-    scheduler: Option<Scheduler>,
-    /// How packets reach the backend [default: nat].
-    #[arg(long, value_enum)]
-    forwarding: Option<Forwarding>,
-    /// What keeps flows on one backend [default: none].
-    #[arg(long, value_enum)]
-    affinity: Option<Affinity>,
-    /// Check every backend from the node (see the README's "Health checks"); the other
-    /// `--health-*` options need it.
-    #[arg(long, value_enum)]
-    health: Option<HealthKind>,
-    /// The HTTP check's request path [default: /].
-    #[arg(long, requires = "health")]
-    health_path: Option<String>,
-    /// The port checked [default: the backend's own].
-    #[arg(long, requires = "health")]
-    health_port: Option<u16>,
-    /// Time between two checks of a backend, e.g. 500ms, 2s [default: 2s].
-    #[arg(long, requires = "health")]
-    health_interval: Option<String>,
-}
-
-/// What `--health` checks.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum HealthKind {
-    /// A TCP connection is accepted.
-    Tcp,
-    /// `GET --health-path` answers 200.
-    Http,
 }
 
 fn main() -> std::process::ExitCode {
@@ -491,62 +447,6 @@ async fn apply(api: &Endpoint, json: bool, file: &std::path::Path) -> anyhow::Re
         }
     }
     Ok(())
-}
-
-async fn add_service(api: &Endpoint, json: bool, args: &AddService) -> anyhow::Result<()> {
-    let AddService {
-        name,
-        vip,
-        ports,
-        backends,
-        scheduler,
-        forwarding,
-        affinity,
-        health,
-        health_path,
-        health_port,
-        health_interval,
-    } = args;
-    let mut service = serde_json::json!({ "ports": ports, "backends": backends });
-    if let Some(kind) = health {
-        // The service file's own `health:` section: lbd checks it like a file's.
-        let mut check = match kind {
-            HealthKind::Tcp => serde_json::json!({ "tcp": {} }),
-            HealthKind::Http => serde_json::json!({ "http": {} }),
-        };
-        if let Some(path) = health_path {
-            match kind {
-                HealthKind::Http => check["http"]["path"] = path.clone().into(),
-                HealthKind::Tcp => bail!("--health-path is for --health http"),
-            }
-        }
-        if let Some(port) = health_port {
-            check["port"] = (*port).into();
-        }
-        if let Some(interval) = health_interval {
-            check["interval"] = interval.clone().into();
-        }
-        service["health"] = check;
-    }
-    for (key, value) in [
-        ("vip", vip.clone()),
-        ("scheduler", scheduler.map(|s| s.as_str().to_owned())),
-        ("forwarding", forwarding.map(|f| f.as_str().to_owned())),
-        ("affinity", affinity.map(|a| a.as_str().to_owned())),
-    ] {
-        if let Some(value) = value {
-            service[key] = value.into();
-        }
-    }
-    let body = serde_json::json!({ "services": { name.clone(): service } });
-    let result: ChangeResult = api
-        .json(
-            Method::POST,
-            "/v1/services",
-            Some(body.to_string().into_bytes()),
-        )
-        .await?;
-    report_change(&result, json, &format!("added service {name}"))
 }
 
 async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
