@@ -274,6 +274,10 @@ pub struct PlannedService {
     pub frontends: Vec<SocketAddr>,
     /// The service's VIP, if it has one (else its frontends are node addresses).
     pub vip: Option<IpAddr>,
+    /// Whether a router may send the VIP's traffic here (`announced_vips`): not a swarm
+    /// overlay VIP, which only containers' sockets reach, nor a local task's delivery
+    /// address, which only peers' tunnels reach.
+    pub routable: bool,
     pub backends: Vec<PlannedBackend>,
 }
 
@@ -508,6 +512,7 @@ fn plan_service(
         table_kind: (spec.scheduler, spec.maglev_table_size),
         frontends: Vec::new(),
         vip: spec.vip,
+        routable: spec.socket_scope == 0 && !spec.tunnel_only,
         backends: Vec::new(),
     };
     for backend in spec.backends.iter().filter(|b| b.address.is_ipv6() == v6) {

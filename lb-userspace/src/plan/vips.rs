@@ -8,6 +8,8 @@ impl DesiredState {
     /// The VIPs of services with at least one usable backend: one that takes new flows
     /// (weight above 0) and that the plan kept (a swarm task on a node that is not a peer is
     /// left out). A VIP several services share is announced while any of them is usable.
+    /// A swarm's overlay VIPs and tasks' ingress addresses are never announced: they are
+    /// Docker's private addresses, served to containers and peers only (`routable`).
     ///
     /// This is the one place that decides announcement. Backends their health checks say are
     /// down are not in the plan at all (`HealthBook::serving`), so they count for nothing here.
@@ -20,7 +22,7 @@ impl DesiredState {
     pub fn announced_vips_of(&self, counts: impl Fn(&PlannedService) -> bool) -> BTreeSet<IpAddr> {
         self.services
             .iter()
-            .filter(|s| s.backends.iter().any(|b| b.weight > 0))
+            .filter(|s| s.routable && s.backends.iter().any(|b| b.weight > 0))
             .filter(|s| counts(s))
             .filter_map(|s| s.vip)
             .collect()
@@ -73,5 +75,34 @@ services:
 "#;
         // Published ports live on node addresses, which are not ours to announce.
         assert_eq!(vips(yaml), ["198.18.100.1", "fd00:100::1"]);
+    }
+
+    #[test]
+    fn a_swarms_overlay_vips_and_task_delivery_addresses_are_never_announced() {
+        let yaml = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80/tcp"]
+    backends: ["198.18.2.10"]
+  web-appnet:
+    vip: 198.19.10.2
+    ports: ["80/tcp"]
+    backends: ["198.19.10.5"]
+  web.1.task:
+    vip: 198.19.0.5
+    ports: ["80/tcp"]
+    backends: ["198.19.20.5"]
+"#;
+        let mut file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
+        file.services.get_mut("web-appnet").unwrap().socket_scope = 1;
+        file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
+        let desired = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let announced: Vec<String> = desired
+            .announced_vips()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(announced, ["198.18.100.1"]);
     }
 }
