@@ -67,6 +67,9 @@ pub struct TargetState {
     pub last_latency: Option<Duration>,
     /// Times the state went up or down (not counting the first result).
     pub transitions: u64,
+    /// Whether `health` is an earlier lbd's verdict no check of this one has confirmed yet
+    /// (see `awaiting_first_verdict`).
+    seeded: bool,
     /// Consecutive results against `health` (toward `rise` or `fall`).
     streak: u32,
     rise: u32,
@@ -173,6 +176,7 @@ impl HealthBook {
                 last_error: None,
                 last_latency: None,
                 transitions: 0,
+                seeded: seeded.is_some(),
                 streak: 0,
                 rise: *rise,
                 fall: *fall,
@@ -202,6 +206,11 @@ impl HealthBook {
     ) -> Option<Transition> {
         let state = self.targets.get_mut(key)?;
         let ok = result.is_ok();
+        // A check that agrees confirms an earlier lbd's verdict; a failing one does not
+        // confirm its "up" (and a change of state below replaces it).
+        if ok == (state.health == Health::Up) {
+            state.seeded = false;
+        }
         match result {
             Ok(latency) => state.last_latency = Some(latency),
             Err(error) => state.last_error = Some(error),
@@ -236,6 +245,7 @@ impl HealthBook {
         state.health = to;
         state.since = now;
         state.streak = 0;
+        state.seeded = false;
         Some(Transition {
             key: key.clone(),
             from,
@@ -255,7 +265,8 @@ impl HealthBook {
     /// The checked services of `file` none of whose backends that take flows is known up
     /// while some have had no verdict yet (just added, or lbd started without one): served
     /// meanwhile, as new backends are, but not yet worth announcing a VIP for (see
-    /// `Daemon::vips_to_announce`).
+    /// `Daemon::vips_to_announce`). An earlier lbd's "up" no check has confirmed is no
+    /// verdict here: it may be a reboot ago.
     pub fn awaiting_first_verdict(&self, file: &ServiceFile) -> BTreeSet<String> {
         file.services
             .values()
@@ -263,10 +274,10 @@ impl HealthBook {
             .filter(|spec| {
                 let healths: Vec<Health> = targets_of(spec)
                     .filter(|(i, _)| spec.backends[*i].weight > 0)
-                    .map(|(_, t)| {
-                        self.targets
-                            .get(&t.key)
-                            .map_or(Health::Unknown, |s| s.health)
+                    .map(|(_, t)| match self.targets.get(&t.key) {
+                        Some(s) if s.seeded && s.health == Health::Up => Health::Unknown,
+                        Some(s) => s.health,
+                        None => Health::Unknown,
                     })
                     .collect();
                 !healths.contains(&Health::Up) && healths.contains(&Health::Unknown)

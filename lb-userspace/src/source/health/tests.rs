@@ -286,13 +286,22 @@ fn saved_verdicts_seed_the_next_book() {
         backends(&after.serving(&file), "web"),
         ["198.18.2.10", "198.18.2.12"]
     );
-    // web has rise 2, fall 3: one result moves neither.
+    // An earlier lbd's "up" serves but, until a check confirms it, announces nothing: the
+    // saved file may be a reboot old.
+    let waiting = |book: &HealthBook| -> Vec<String> {
+        book.awaiting_first_verdict(&file).into_iter().collect()
+    };
+    assert!(waiting(&after).contains(&"web".to_owned()));
+    // web has rise 2, fall 3: one result moves neither, and a failure confirms no "up".
     assert_eq!(after.record(&up, FAIL.map_err(str::to_owned), at(11)), None);
     assert_eq!(after.record(&down, OK.map_err(str::to_owned), at(11)), None);
+    assert!(waiting(&after).contains(&"web".to_owned()));
+    assert_eq!(after.record(&up, OK.map_err(str::to_owned), at(12)), None);
+    assert!(!waiting(&after).contains(&"web".to_owned()));
     // Seeds are used once: a target that comes back later starts unknown.
     let mut without = file.clone();
     without.services.get_mut("web").unwrap().health = None;
-    after.sync(&without, at(12));
-    after.sync(&file, at(13));
+    after.sync(&without, at(13));
+    after.sync(&file, at(14));
     assert_eq!(health(&after, &down), Health::Unknown);
 }
