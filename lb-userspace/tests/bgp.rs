@@ -276,10 +276,16 @@ fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static st
     start_node(name, ns, own, peer, SERVICES, n_if)
 }
 
-/// `services` with an `lbd:` section announcing through BIRD: `include` and `socket`.
+/// Announced by every node while its lbd serves, whatever its services' health: the
+/// router's reply route resolves through it (`REPLY_PATH`).
+const REPLY_ANCHOR: &str = "198.18.99.1";
+
+/// `services` with an `lbd:` section announcing through BIRD: `include` and `socket`, and
+/// the reply anchor.
 fn with_bgp(services: &str, include: &Path, socket: &Path) -> String {
     format!(
-        "{services}\nlbd:\n  bgp:\n    bird_include: {}\n    birdc_socket: {}\n",
+        "{services}\nlbd:\n  bgp:\n    bird_include: {}\n    birdc_socket: {}\n    \
+         reply_anchor: {REPLY_ANCHOR}\n",
         include.display(),
         socket.display()
     )
@@ -364,6 +370,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
 
     // Both nodes announce the VIP with backends: one ECMP route. The drained VIP: nothing.
     wait_hops(&router, VIP, &[A, B], converge);
+    wait_hops(&router, REPLY_ANCHOR, &[A, B], converge);
     assert!(next_hops(&router, "198.18.100.2").is_empty());
     // The VIP whose checks never pass was never given to BIRD (each write of the include file
     // is a log line naming its VIPs: BIRD told, or not yet reachable).
@@ -419,6 +426,12 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
     let took = wait_hops(&router, VIP, &[A], Duration::from_secs(3));
     eprintln!("node B's backends gone: withdrawn in {took:?}");
+    // Node B still serves: the replies' anchor stays announced by both.
+    assert_eq!(
+        next_hops(&router, REPLY_ANCHOR).len(),
+        2,
+        "anchor withdrawn"
+    );
     std::fs::write(b.lbd.config_path(), b.file(SERVICES)).expect("services");
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
@@ -441,6 +454,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     a.cleanup();
     let took = wait_hops(&router, VIP, &[B], Duration::from_secs(2));
     eprintln!("lbd cleanup on node A: withdrawn in {took:?}");
+    wait_hops(&router, REPLY_ANCHOR, &[B], Duration::from_secs(2));
     drop(checked_server);
 }
 
@@ -468,15 +482,15 @@ services:
     ports: ["80:8080/tcp"]
     backends: ["198.18.10.10", "198.18.10.11", "198.18.10.12"]
 "#;
-/// The router's replies path: a default route, in kernel table 100, through whatever the VIP
-/// is routed through (BIRD resolves it recursively, both next hops); the backends' packets
-/// (rules in `flows_router`) look it up.
+/// The router's replies path: a default route, in kernel table 100, through whatever the
+/// nodes' reply anchor is routed through (BIRD resolves it recursively, both next hops); the
+/// backends' packets (rules in `flows_router`) look it up.
 const REPLY_PATH: &str = "
 ipv4 table replies4;
 protocol static reply_path {
   ipv4 { table replies4; };
   igp table master4;
-  route 0.0.0.0/0 recursive 198.18.100.1;
+  route 0.0.0.0/0 recursive 198.18.99.1;
 }
 protocol kernel kernel_replies {
   kernel table 100;

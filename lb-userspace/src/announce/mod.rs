@@ -72,6 +72,11 @@ fn unreachable_message(socket: &Path, source: &std::io::Error) -> String {
 pub struct BirdSettings {
     pub include: PathBuf,
     pub socket: PathBuf,
+    /// Announced beside the VIPs while lbd serves, whatever its services' health (withdrawn
+    /// only with them, by `lbd cleanup`): the router steers the backends' replies by the
+    /// nodes that announce it (`deploy/bird/router.conf`). Resolving that route through a VIP
+    /// instead would lose every node's replies once that one VIP's backends were all down.
+    pub reply_anchor: Option<IpAddr>,
 }
 
 /// Keeps BIRD's static routes equal to the VIPs to announce.

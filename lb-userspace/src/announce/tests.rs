@@ -13,6 +13,7 @@ pub(crate) fn bird_in(name: &str) -> (ScratchPath, BirdSettings) {
     let settings = BirdSettings {
         include: dir.join("meshlb-vips.conf"),
         socket: dir.join("bird.ctl"),
+        reply_anchor: None,
     };
     (dir, settings)
 }
@@ -123,6 +124,7 @@ fn bird_absent_or_refusing_is_a_clear_error() {
     let mut bad = Announcer::new(BirdSettings {
         include: dir.join("missing/dir/vips.conf"),
         socket: settings.socket.clone(),
+        reply_anchor: None,
     });
     let err = bad.sync(&set(&["198.18.100.1"])).unwrap_err();
     assert!(err.to_string().contains("missing/dir/vips.conf"), "{err}");

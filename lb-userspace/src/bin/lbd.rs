@@ -71,6 +71,10 @@ struct BgpArgs {
     /// BIRD's control socket [default: /run/bird/bird.ctl].
     #[arg(long)]
     birdc_socket: Option<PathBuf>,
+    /// An address to announce while lbd serves, whatever its services' health, for the
+    /// router to steer the backends' replies by (deploy/bird/router.conf).
+    #[arg(long)]
+    bgp_reply_anchor: Option<std::net::IpAddr>,
 }
 
 impl BgpArgs {
@@ -82,7 +86,12 @@ impl BgpArgs {
             .birdc_socket
             .or(file.birdc_socket)
             .unwrap_or_else(|| announce::DEFAULT_BIRD_SOCKET.into());
-        Some(BirdSettings { include, socket })
+        let reply_anchor = self.bgp_reply_anchor.or(file.reply_anchor);
+        Some(BirdSettings {
+            include,
+            socket,
+            reply_anchor,
+        })
     }
 }
 

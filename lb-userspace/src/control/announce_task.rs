@@ -33,7 +33,8 @@ pub(super) fn spawn(
                 let daemon = shared.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let mut a = a.lock().expect("announcer lock");
-                    let vips = daemon.daemon().vips_to_announce(&a.announced());
+                    let mut vips = daemon.daemon().vips_to_announce(&a.announced());
+                    vips.extend(a.settings().reply_anchor);
                     (a.sync(&vips), vips)
                 })
                 .await;

@@ -19,6 +19,7 @@
 //!   bgp:                             # announce VIPs with a usable backend through BIRD 2
 //!     bird_include: /etc/meshlb/bird-vips.conf  # the file bird.conf includes
 //!     birdc_socket: /run/bird/bird.ctl              # BIRD's control socket (this default)
+//!     reply_anchor: 198.18.99.1      # announced while lbd serves: the router's reply route
 //! ```
 
 use std::{
@@ -123,6 +124,9 @@ pub struct BgpSettings {
     pub bird_include: Option<PathBuf>,
     /// BIRD's control socket [default: `announce::DEFAULT_BIRD_SOCKET`].
     pub birdc_socket: Option<PathBuf>,
+    /// An address announced while lbd serves, whatever its services' health: the router
+    /// resolves the backends' reply route through it (`announce::BirdSettings::reply_anchor`).
+    pub reply_anchor: Option<std::net::IpAddr>,
 }
 
 #[derive(Deserialize)]
