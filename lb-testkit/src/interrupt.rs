@@ -3,13 +3,14 @@
 //! process group of its own, so a Ctrl-C does not reach them) would keep running, with their
 //! namespaces and pinned maps (a default `lbd` holds half a gigabyte of connection table).
 //! So the guards record what they own here (process groups, namespaces, pins, state, logs),
-//! and a program that calls [`clean_up_on_interrupt`] removes all of it before it exits.
+//! and the process removes all of it before it exits: from the first thing a guard records
+//! (test binaries have no `main` to ask), or from [`clean_up_on_interrupt`] called earlier.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{
-        Mutex,
+        Mutex, OnceLock,
         atomic::{AtomicI32, Ordering},
     },
 };
@@ -32,6 +33,11 @@ static LIVE: Mutex<Live> = Mutex::new(Live {
 });
 
 fn with_live(f: impl FnOnce(&mut Live)) {
+    if INSTALLED.get().is_none()
+        && let Err(e) = clean_up_on_interrupt()
+    {
+        eprintln!("warning: an interrupted run will leave what it started behind: {e:#}");
+    }
     // A panic while the lock was held leaves the lists intact: use them anyway.
     let mut live = LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     f(&mut live);
@@ -70,6 +76,9 @@ pub(crate) fn untrack_path(path: &Path) {
 /// The signals that end a run early.
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
+/// Whether (and how) the handler was installed: once per process.
+static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+
 /// The write end of the pipe the signal handler reports on (-1: not installed).
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -86,7 +95,15 @@ extern "C" fn report(signal: libc::c_int) {
 /// exit with 128 + the signal. A handler (not a blocked mask, which children would inherit:
 /// `lbd` must still get its own SIGTERM and SIGHUP) reports the signal to a thread that does
 /// the work; `exec` resets handled signals, so children start with the default dispositions.
+/// Installs once; later calls answer as the first did.
 pub fn clean_up_on_interrupt() -> Result<()> {
+    INSTALLED
+        .get_or_init(|| install().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn install() -> Result<()> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
