@@ -29,8 +29,9 @@ pub fn bench(args: Args) -> Result<()> {
     run_one(&args.args)
 }
 
-/// Benchmarks that run the daemon get the freshly built one.
-const NEED_LBD: &[&str] = &["control"];
+/// Benchmarks that run the daemon get the freshly built one (their own default is the
+/// relative `target/release/lbd`, another build's under `CARGO_TARGET_DIR`).
+const NEED_LBD: &[&str] = &["control", "pps", "oracle", "tcp"];
 
 fn run_one(args: &[String]) -> Result<()> {
     let mut cmd = Command::new(release_bin("lb-bench"));

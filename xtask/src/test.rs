@@ -49,7 +49,9 @@ pub fn cargo_test_args(cargo_args: &[String], test_args: &[String]) -> Vec<Strin
     if !picks_packages {
         args.extend(["--workspace", "--exclude", "lb-ebpf"].map(String::from));
     }
-    args.push("--all-targets".into());
+    // Every test binary runs even when one fails: a failure early in the order must not
+    // hide the state of the suites after it (the exit status still says it failed).
+    args.extend(["--all-targets", "--no-fail-fast"].map(String::from));
     args.extend_from_slice(cargo_args);
     if !test_args.is_empty() {
         args.push("--".into());
@@ -176,7 +178,8 @@ mod tests {
                 "--workspace",
                 "--exclude",
                 "lb-ebpf",
-                "--all-targets"
+                "--all-targets",
+                "--no-fail-fast"
             ]
         );
         assert_eq!(
@@ -187,6 +190,7 @@ mod tests {
                 "--exclude",
                 "lb-ebpf",
                 "--all-targets",
+                "--no-fail-fast",
                 "e2e",
                 "--",
                 "--nocapture"
@@ -200,7 +204,7 @@ mod tests {
         ] {
             assert_eq!(
                 cargo_test_args(&strings(pick), &[]),
-                [&["test", "--all-targets"][..], pick].concat()
+                [&["test", "--all-targets", "--no-fail-fast"][..], pick].concat()
             );
         }
     }
