@@ -11,7 +11,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -31,8 +31,20 @@ use crate::{
 
 /// The kernel goes on with the call (with the address as the program left it).
 const ALLOW: i32 = 1;
-/// The kernel fails the call with EPERM.
+/// The kernel fails the call (with EPERM, unless `refuse` set another error).
 const REFUSE: i32 = 0;
+/// `ECONNREFUSED` (Linux).
+const ECONNREFUSED: i32 = 111;
+
+/// Fails the call with ECONNREFUSED, what a client expects of a service with nothing to
+/// answer: the kernel's own error for a refusing program, EPERM, reads as a firewall's or a
+/// sandbox's denial, and clients' retry logic treats it so.
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: a helper the kernel offers cgroup sock_addr programs that may refuse (5.18+).
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REFUSE
+}
 
 /// What the socket is doing, for the counters.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -84,7 +96,7 @@ pub fn meshlb_getpeername6(ctx: SockAddrContext) -> i32 {
 }
 
 /// A socket call aimed at a frontend goes to a backend of its service; anything else is left
-/// alone. Refused (EPERM) when the service has no usable backend, as the XDP path drops.
+/// alone. Refused (ECONNREFUSED) when the service has no usable backend, as the XDP path drops.
 #[inline(always)]
 fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     let sa = ctx.sock_addr;
@@ -185,7 +197,7 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
             // SAFETY: per-CPU value, only this CPU's program runs touch it.
             unsafe { (*c).no_backend += 1 };
         }
-        return REFUSE;
+        return refuse();
     }
     // The plan gives a frontend backends of its own family; an IPv4 socket cannot take an
     // IPv6 address in any case.
@@ -198,7 +210,7 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         chosen.tunnel_peer,
         frontend.port_be,
     ) else {
-        return REFUSE;
+        return refuse();
     };
     (chosen.addr, chosen.port_be) = (addr, port_be);
     set_user_addr(sa, v6, &chosen.addr);
