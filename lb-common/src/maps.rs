@@ -563,6 +563,10 @@ pub struct SockPeer {
     /// stays on it while it is still that backend of the service. 0 (no backend) in values
     /// written before it was kept.
     pub backend_id: u32,
+    /// An unconnected socket: when it last sent to the backend, in whole seconds of the
+    /// kernel's monotonic clock; past the service's UDP idle timeout its next datagram picks
+    /// again, as an expired flow's does.
+    pub last_sent_s: u32,
 }
 
 /// Values of `SOCK_NETNS` (keyed by network namespace cookie): which frontends the
@@ -622,7 +626,7 @@ const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<SockReverseKey>() == 32);
 const _: () = assert!(size_of::<SockReverse>() == 20);
-const _: () = assert!(size_of::<SockPeer>() == 40);
+const _: () = assert!(size_of::<SockPeer>() == 44);
 const _: () = assert!(size_of::<SockCounters>() == 24);
 
 #[cfg(test)]

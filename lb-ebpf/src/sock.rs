@@ -18,13 +18,13 @@ use aya_ebpf::{
 use lb_common::{
     Addr,
     maps::{
-        ANY_PORT, EndpointKey, FlowKey, SockPeer, SockReverse, SockReverseKey, backend_flags,
-        proto, service_flags, sock_netns,
+        ANY_PORT, EndpointKey, FlowKey, Service, SockPeer, SockReverse, SockReverseKey,
+        backend_flags, proto, service_flags, sock_netns,
     },
 };
 
 use crate::{
-    conntrack::Chosen,
+    conntrack::{Chosen, now_ns},
     maps::{BACKENDS, FRONTENDS, SOCK_NETNS, SOCK_PEER, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
     select,
 };
@@ -142,10 +142,17 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     }
     let counters = SOCK_STATS.get_ptr_mut(svc.id);
     // An unconnected socket's datagrams to a frontend stay on the backend its last one went
-    // to while that is still the service's backend (drained or being stopped included), as a
-    // flow's packets do: a table change moves none of them.
+    // to while that is still the service's backend (drained or being stopped included) and
+    // the socket sent to it within the service's UDP idle timeout, as a flow's packets do: a
+    // table change moves none of them, and a socket idle longer picks again, as a flow
+    // whose entry expired does (so a drain ends for it too).
+    let now_s = if call == Call::Datagram {
+        (now_ns() / 1_000_000_000) as u32
+    } else {
+        0
+    };
     if call == Call::Datagram
-        && let Some(kept) = kept_backend(ctx, svc.id, &frontend)
+        && let Some(kept) = kept_backend(ctx, &svc, &frontend, now_s)
     {
         set_user_addr(sa, v6, &kept.backend);
         // SAFETY: a context field these programs may write.
@@ -216,7 +223,7 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     set_user_addr(sa, v6, &chosen.addr);
     // SAFETY: a context field these programs may write.
     unsafe { (*sa).user_port = u32::from(chosen.port_be) };
-    remember(ctx, cookie, &chosen, &frontend, call);
+    remember(ctx, cookie, &chosen, &frontend, call, now_s);
     if let Some(c) = counters {
         // SAFETY: per-CPU value, see above.
         unsafe {
@@ -241,6 +248,7 @@ fn remember(
     chosen: &Chosen,
     frontend: &EndpointKey,
     call: Call,
+    now_s: u32,
 ) {
     let mut peer = SockPeer {
         backend: chosen.addr,
@@ -248,6 +256,7 @@ fn remember(
         backend_port_be: chosen.port_be,
         frontend_port_be: frontend.port_be,
         backend_id: chosen.backend_id,
+        last_sent_s: now_s,
     };
     // SAFETY: the context's socket, which the helper takes; a socket reconnected to another
     // frontend, or sending to another, has its value overwritten.
@@ -284,26 +293,33 @@ fn remember(
 }
 
 /// The backend the socket's last datagram to `frontend` went to (as the socket sends to it),
-/// if it is still that backend of service `service`: its id in use by the service, for the
-/// same address and port (an id freed and given to another backend is not), or the same
-/// node's published port for a task on another node.
+/// if it is still that backend of service `svc`: its id in use by the service, for the same
+/// address and port (an id freed and given to another backend is not), or the same node's
+/// published port for a task on another node; and if that datagram is no older than the
+/// service's UDP idle timeout. A kept backend's clock is set to `now_s`.
 #[inline(always)]
-fn kept_backend(ctx: &SockAddrContext, service: u32, frontend: &EndpointKey) -> Option<SockPeer> {
+fn kept_backend(
+    ctx: &SockAddrContext,
+    svc: &Service,
+    frontend: &EndpointKey,
+    now_s: u32,
+) -> Option<SockPeer> {
     // SAFETY: the context's socket; no value is created.
-    let peer = unsafe { SOCK_PEER.get_ptr_mut(ctx) };
-    if peer.is_null() {
+    let stored = unsafe { SOCK_PEER.get_ptr_mut(ctx) };
+    if stored.is_null() {
         return None;
     }
     // SAFETY: a storage value stays valid for the whole program run.
-    let peer = unsafe { *peer };
+    let peer = unsafe { *stored };
     if peer.backend_id == 0
         || peer.frontend != frontend.addr
         || peer.frontend_port_be != frontend.port_be
+        || now_s.wrapping_sub(peer.last_sent_s) > svc.udp_timeout_s
     {
         return None;
     }
     let backend = BACKENDS.get(peer.backend_id)?;
-    if backend.flags & backend_flags::IN_USE == 0 || backend.service_id != service {
+    if backend.flags & backend_flags::IN_USE == 0 || backend.service_id != svc.id {
         return None;
     }
     let tunnel_peer = (backend.flags >> backend_flags::PEER_SHIFT) as u8;
@@ -313,7 +329,12 @@ fn kept_backend(ctx: &SockAddrContext, service: u32, frontend: &EndpointKey) -> 
         tunnel_peer,
         frontend.port_be,
     )?;
-    (addr == peer.backend && port_be == peer.backend_port_be).then_some(peer)
+    if addr != peer.backend || port_be != peer.backend_port_be {
+        return None;
+    }
+    // SAFETY: as above; only this socket's own calls write its value.
+    unsafe { (*stored).last_sent_s = now_s };
+    Some(peer)
 }
 
 /// Where a socket is sent for a backend at `addr` and `port_be` (`ANY_PORT`: the frontend's

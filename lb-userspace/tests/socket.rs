@@ -660,7 +660,6 @@ fn unconnected_udp_sockets_keep_their_backend_until_it_leaves() {
         fresh.iter().all(|(_, b)| b != "backend-2"),
         "a new socket on the drained backend: {fresh:?}"
     );
-
     let removed = SERVICES.replace(web, r#"backends: ["198.18.2.10", "198.18.2.11"]"#);
     lab.lb.reload(&removed).expect("reload");
     for ((_, was), now) in sockets.iter().zip(ask_all(&sockets)) {
@@ -670,4 +669,23 @@ fn unconnected_udp_sockets_keep_their_backend_until_it_leaves() {
             assert_eq!(&now, was, "a socket moved off a backend that stayed");
         }
     }
+
+    // A socket idle past the service's UDP timeout picks again, as an expired flow does: a
+    // drain ends for it too.
+    lab.lb.reload(SERVICES).expect("reload");
+    let sockets = unconnected_udp(&lab.topo.node, vip);
+    assert!(
+        sockets.iter().any(|(_, b)| b == "backend-2"),
+        "(2/3)^30: no socket on backend-2: {sockets:?}"
+    );
+    let short = drained.replace(r#"weight: 0 }]"#, "weight: 0 }]\n    timeouts: { udp: 1s }");
+    assert_ne!(short, drained);
+    lab.lb.reload(&short).expect("reload");
+    // Whole seconds of the clock: 2.5 s is at least 2 apart, past a 1 s timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after_idle = ask_all(&sockets);
+    assert!(
+        after_idle.iter().all(|b| b != "backend-2"),
+        "a socket idle past the timeout kept the drained backend: {after_idle:?}"
+    );
 }
