@@ -537,12 +537,19 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
 /// starts a daemon that exits at once (and is restarted every second).
 #[test]
 fn lbd_check_refuses_what_lbd_run_would() {
+    if !e2e_enabled() {
+        return;
+    }
+    // A namespace of its own, whose interfaces forward (as `lbd run` needs).
+    let ns = Netns::new("check").expect("namespace");
+    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+        .expect("forwarding");
     let file = ScratchPath::temp("check", ".yaml");
     std::fs::write(&*file, SERVICES).unwrap();
     let check = |extra: &[&str]| {
         let mut args = vec!["check", "--config", file.arg()];
         args.extend(extra);
-        run_lbd(None, &args)
+        run_lbd(Some(&ns), &args)
     };
     // No interface in the file or the flags: `lbd run` would not start.
     let (ok, out) = check(&[]);
@@ -554,6 +561,15 @@ fn lbd_check_refuses_what_lbd_run_would() {
     let (ok, out) = check(&["--conntrack-entries", "1"]);
     assert!(!ok, "{out}");
     assert!(out.contains("'1' for '--conntrack-entries"), "{out}");
+    // An interface that is not there, or does not forward.
+    let (ok, out) = check(&["--interface", "eht0"]);
+    assert!(!ok && out.contains("eht0"), "{out}");
+    ns.set_sysctls(&[("net.ipv4.conf.lo.forwarding", "0")])
+        .expect("sysctl");
+    let (ok, out) = check(&["--interface", "lo"]);
+    assert!(!ok && out.contains("forwarding"), "{out}");
+    ns.set_sysctls(&[("net.ipv4.conf.lo.forwarding", "1")])
+        .expect("sysctl");
     // With one, it prints the interfaces and the plan.
     let (ok, out) = check(&["--interface", "lo"]);
     assert!(ok, "{out}");

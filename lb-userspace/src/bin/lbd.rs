@@ -198,6 +198,10 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
     // The same settings `lbd run` would start with, refused the same way.
     let options = resolve(args)?;
     let daemon = &options.daemon;
+    // As `lbd run` checks them before it touches anything: they exist and forward.
+    for interface in &daemon.interfaces {
+        dataplane::attachable(interface)?;
+    }
     println!(
         "interfaces: {}{}",
         daemon.interfaces.join(", "),
