@@ -113,7 +113,11 @@ async fn run(shared: Arc<Shared>) {
                     }
                     match done {
                         Ok((_, (key, result))) => {
-                            if let Ok(latency) = &result {
+                            // A check of a target no longer checked (its service removed
+                            // while it ran) would bring back the series forgotten above.
+                            if let Ok(latency) = &result
+                                && due.contains_key(&key)
+                            {
                                 shared.check_latency.observe(&key.service, *latency);
                             }
                             batch.push((key, result));
