@@ -518,9 +518,10 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     let lost = StatSlot::FlowLost;
     if let Some(n) = report.global.get(lost.label()).filter(|n| **n > 0) {
         println!(
-            "{}={n}: established flows with no entry here (evicted while full, or moved \
-             from another balancer node): if not the latter, raise --conntrack-entries \
-             (README: sizing the connection table)",
+            "{}={n} since the maps were made (restarts keep it): established flows with no \
+             entry here (evicted while full, or moved from another balancer node); if it keeps \
+             growing and not for the latter, raise --conntrack-entries (README: sizing the \
+             connection table)",
             lost.label()
         );
     }
