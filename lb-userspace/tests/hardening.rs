@@ -534,7 +534,7 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
 }
 
 /// `lbd check` refuses what `lbd run` with the same flags would refuse, before a unit file
-/// starts a daemon that exits at once (and is restarted every second).
+/// starts a daemon that exits at once (and is restarted every 2 s).
 #[test]
 fn lbd_check_refuses_what_lbd_run_would() {
     if !e2e_enabled() {
