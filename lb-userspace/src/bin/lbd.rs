@@ -295,9 +295,12 @@ fn cleanup(
              when it starts",
             bgp.include.display()
         ),
-        _ => info!(
+        // Loud: a node whose lbd ran with `--bird-include` as a flag (a unit's drop-in) and
+        // is cleaned up with the file alone keeps its VIPs announced with nothing serving them.
+        _ => warn!(
             "no BGP settings (--bird-include, or lbd.bgp in --config): no VIP withdrawn; if \
-             this node announces VIPs through BIRD, the router keeps sending their traffic here"
+             this node announces VIPs through BIRD, the router keeps sending their traffic here \
+             until the include file is emptied (run lbd cleanup --bird-include FILE)"
         ),
     }
     if done.removed {
