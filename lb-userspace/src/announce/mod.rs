@@ -43,10 +43,21 @@ pub enum AnnounceError {
         socket: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "BIRD refused its configuration after {include} changed: {message}; check that bird.conf includes it as deploy/bird/ shows"
-    )]
+    /// BIRD reads its whole configuration again: the error may be in the operator's part of
+    /// it (a half-finished edit), which BIRD's message names by file and line.
+    #[error("{}", refused_message(include, message))]
     Refused { include: PathBuf, message: String },
+}
+
+fn refused_message(include: &Path, message: &str) -> String {
+    let include_text = include.display().to_string();
+    let hint = if message.contains(&include_text) {
+        "check that bird.conf includes it as deploy/bird/ shows"
+    } else {
+        "BIRD read its whole configuration again, and the error is where its message says; \
+         until it is fixed no VIP change reaches the router"
+    };
+    format!("BIRD refused its configuration after {include_text} changed: {message}; {hint}")
 }
 
 fn unreachable_message(socket: &Path, source: &std::io::Error) -> String {

@@ -166,3 +166,15 @@ fn a_socket_that_refuses_lbd_names_the_group_fix() {
     .to_string();
     assert!(absent.contains("is BIRD running"), "{absent}");
 }
+
+#[test]
+fn a_refusal_elsewhere_in_birds_configuration_points_there() {
+    let include = Path::new("/etc/meshlb/bird-vips.conf");
+    let text = refused_message(include, "8002 /etc/bird/bird.conf:12:3 syntax error");
+    assert!(
+        text.contains("bird.conf:12:3") && !text.contains("includes it"),
+        "{text}"
+    );
+    let text = refused_message(include, "8002 /etc/meshlb/bird-vips.conf:2:1 syntax error");
+    assert!(text.contains("includes it as deploy/bird/ shows"), "{text}");
+}
