@@ -528,7 +528,10 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     let drops: Vec<String> = report
         .global
         .iter()
-        .filter(|(k, v)| k.starts_with("drop_") && **v > 0)
+        // The TC program's failures are drops too, of packets XDP counted as handed on.
+        .filter(|(k, v)| {
+            (k.starts_with("drop_") || k.starts_with("tc_") && k.ends_with("_failed")) && **v > 0
+        })
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     if !drops.is_empty() {
