@@ -24,12 +24,16 @@ struct Live {
     namespaces: Vec<String>,
     /// Directories and files (pins, state, logs, service files).
     paths: Vec<PathBuf>,
+    /// Clean-ups of what the lists cannot name (a swarm lab's containers and mounts), run
+    /// first, while the processes that made it still run.
+    hooks: Vec<fn()>,
 }
 
 static LIVE: Mutex<Live> = Mutex::new(Live {
     groups: Vec::new(),
     namespaces: Vec::new(),
     paths: Vec::new(),
+    hooks: Vec::new(),
 });
 
 fn with_live(f: impl FnOnce(&mut Live)) {
@@ -63,6 +67,15 @@ pub(crate) fn track_namespace(name: &str) {
 
 pub(crate) fn untrack_namespace(name: &str) {
     with_live(|l| remove(&mut l.namespaces, &name.to_owned()));
+}
+
+/// Runs `hook` at an interrupt (once, however often it is registered).
+pub(crate) fn on_interrupt(hook: fn()) {
+    with_live(|l| {
+        if !l.hooks.contains(&hook) {
+            l.hooks.push(hook);
+        }
+    });
 }
 
 pub(crate) fn track_path(path: &Path) {
@@ -160,6 +173,9 @@ fn install() -> Result<()> {
 fn clean_up() -> (usize, usize, usize) {
     let mut counts = (0, 0, 0);
     with_live(|live| {
+        for hook in &live.hooks {
+            hook();
+        }
         for &pgid in &live.groups {
             // SAFETY: kill(2) on a process group this process started.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };

@@ -274,6 +274,8 @@ impl SwarmLab {
         let underlay = Netns::new("swul")?;
         let client = Netns::new("swcli")?;
         let suffix = unique_suffix();
+        // Its directories carry this pid (`unique_suffix`): an interrupt removes them.
+        crate::interrupt::on_interrupt(remove_own_labs);
         underlay.ip_batch(&[
             "link add br0 type bridge",
             "link set br0 up",
@@ -724,6 +726,19 @@ fn remove_dirs(dirs: &[PathBuf]) {
 /// Removes what labs of test processes that no longer run left behind (their directories
 /// carry the creating pid); namespaces are swept by [`Netns::cleanup_stale`].
 pub fn cleanup_stale() {
+    remove_labs(|pid| pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()));
+    let _ = Netns::cleanup_stale();
+}
+
+/// At an interrupt, which runs no `Drop`: this process's labs' containers, Engines and
+/// mounts (their namespaces and process groups are the interrupt's own lists).
+fn remove_own_labs() {
+    remove_labs(|pid| pid == Some(std::process::id()));
+}
+
+/// Kills what runs in, and removes, the lab directories whose creating pid `which` takes
+/// (`None`: a name without one).
+fn remove_labs(which: impl Fn(Option<u32>) -> bool) {
     for parent in ["/run", "/var/lib"] {
         let Ok(entries) = std::fs::read_dir(parent) else {
             continue;
@@ -734,14 +749,12 @@ pub fn cleanup_stale() {
                 continue;
             };
             let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if !alive {
+            if which(pid) {
                 kill_processes_mentioning(&entry.path());
                 remove_dirs(&[entry.path()]);
             }
         }
     }
-    let _ = Netns::cleanup_stale();
 }
 
 #[cfg(test)]
