@@ -392,8 +392,8 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
     );
     assert_eq!(health(&lb, "web")["198.18.2.10"].state, Health::Up);
 
-    // A service added through the API is checked like a file's; a bad check is refused with
-    // its field.
+    // A service added through the API is checked like a file's; a bad check is refused,
+    // naming its flag.
     let add = |interval: &str| {
         lb.lbctl(&[
             "add-service",
@@ -416,7 +416,7 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
         .expect("lbctl add-service")
     };
     let (ok, _, err) = add("5ms");
-    assert!(!ok && err.contains("health.interval"), "{err}");
+    assert!(!ok && err.contains("--health-interval"), "{err}");
     let (ok, _, err) = add("300ms");
     assert!(ok, "{err}");
     wait_health(
