@@ -26,6 +26,7 @@ pub mod names {
     pub const FRONTEND_GEN: &str = "FRONTEND_GEN";
     pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
     pub const SOCK_PEER: &str = "SOCK_PEER";
+    pub const SOCK_SEEN: &str = "SOCK_SEEN";
     pub const SOCK_STATS: &str = "SOCK_STATS";
     pub const SOCK_NETNS: &str = "SOCK_NETNS";
     pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
@@ -35,7 +36,7 @@ pub mod names {
     pub const CHECKSUM_STATE: &str = "CHECKSUM_STATE";
     pub const CONNTRACK_FILTER: &str = "CONNTRACK_FILTER";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 28] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -55,6 +56,7 @@ pub mod names {
         FRONTEND_GEN,
         SOCK_REVERSE,
         SOCK_PEER,
+        SOCK_SEEN,
         SOCK_STATS,
         SOCK_NETNS,
         TUNNEL_PEERS,
@@ -563,10 +565,6 @@ pub struct SockPeer {
     /// stays on it while it is still that backend of the service. 0 (no backend) in values
     /// written before it was kept.
     pub backend_id: u32,
-    /// An unconnected socket: when it last sent to the backend, in whole seconds of the
-    /// kernel's monotonic clock; past the service's UDP idle timeout its next datagram picks
-    /// again, as an expired flow's does.
-    pub last_sent_s: u32,
 }
 
 /// Values of `SOCK_NETNS` (keyed by network namespace cookie): which frontends the
@@ -592,7 +590,7 @@ pub struct SockCounters {
     pub connections: u64,
     /// Unconnected UDP datagrams to a frontend sent to a backend.
     pub datagrams: u64,
-    /// `connect` or `sendmsg` to a frontend refused (EPERM): no usable backend.
+    /// `connect` or `sendmsg` to a frontend refused (ECONNREFUSED): no usable backend.
     pub no_backend: u64,
 }
 
@@ -626,7 +624,7 @@ const _: () = assert!(size_of::<TrafficCounters>() == 24);
 const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<SockReverseKey>() == 32);
 const _: () = assert!(size_of::<SockReverse>() == 20);
-const _: () = assert!(size_of::<SockPeer>() == 44);
+const _: () = assert!(size_of::<SockPeer>() == 40);
 const _: () = assert!(size_of::<SockCounters>() == 24);
 
 #[cfg(test)]

@@ -190,6 +190,12 @@ pub static SOCK_REVERSE: LruHashMap<
 #[btf_map]
 pub static SOCK_PEER: SkStorage<SockPeer> = SkStorage::new();
 
+/// Socket-level path: when an unconnected socket last exchanged a datagram with the backend
+/// `SOCK_PEER` names (sent to it, or received from it), in whole seconds of the kernel's
+/// monotonic clock; a map of its own so that `SOCK_PEER`'s pinned layout stays.
+#[btf_map]
+pub static SOCK_SEEN: SkStorage<u32> = SkStorage::new();
+
 /// Socket-level path: per-service counters.
 #[btf_map]
 pub static SOCK_STATS: PerCpuArray<SockCounters, { MAX_SERVICES as usize }> = PerCpuArray::new();

@@ -25,7 +25,10 @@ use lb_common::{
 
 use crate::{
     conntrack::{Chosen, now_ns},
-    maps::{BACKENDS, FRONTENDS, SOCK_NETNS, SOCK_PEER, SOCK_REVERSE, SOCK_STATS, TUNNEL_PEERS},
+    maps::{
+        BACKENDS, FRONTENDS, SOCK_NETNS, SOCK_PEER, SOCK_REVERSE, SOCK_SEEN, SOCK_STATS,
+        TUNNEL_PEERS,
+    },
     select,
 };
 
@@ -77,22 +80,22 @@ pub fn meshlb_sendmsg6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn meshlb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx, false)
+    to_frontend(&ctx, false, true)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn meshlb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx, true)
+    to_frontend(&ctx, true, true)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn meshlb_getpeername4(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx, false)
+    to_frontend(&ctx, false, false)
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn meshlb_getpeername6(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx, true)
+    to_frontend(&ctx, true, false)
 }
 
 /// A socket call aimed at a frontend goes to a backend of its service; anything else is left
@@ -143,17 +146,14 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     let counters = SOCK_STATS.get_ptr_mut(svc.id);
     // An unconnected socket's datagrams to a frontend stay on the backend its last one went
     // to while that is still the service's backend (drained or being stopped included) and
-    // the socket sent to it within the service's UDP idle timeout, as a flow's packets do: a
-    // table change moves none of them, and a socket idle longer picks again, as a flow
-    // whose entry expired does (so a drain ends for it too).
-    let now_s = if call == Call::Datagram {
-        (now_ns() / 1_000_000_000) as u32
-    } else {
-        0
-    };
+    // the socket exchanged a datagram with it within the service's UDP idle timeout, as a
+    // flow's packets do: a table change moves none of them, and a socket idle longer picks
+    // again, as a flow whose entry expired does (so a drain ends for it too).
+    let now_s = if call == Call::Datagram { clock_s() } else { 0 };
     if call == Call::Datagram
         && let Some(kept) = kept_backend(ctx, &svc, &frontend, now_s)
     {
+        seen_at(ctx, now_s);
         set_user_addr(sa, v6, &kept.backend);
         // SAFETY: a context field these programs may write.
         unsafe { (*sa).user_port = u32::from(kept.backend_port_be) };
@@ -223,7 +223,10 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     set_user_addr(sa, v6, &chosen.addr);
     // SAFETY: a context field these programs may write.
     unsafe { (*sa).user_port = u32::from(chosen.port_be) };
-    remember(ctx, cookie, &chosen, &frontend, call, now_s);
+    remember(ctx, cookie, &chosen, &frontend, call);
+    if call == Call::Datagram {
+        seen_at(ctx, now_s);
+    }
     if let Some(c) = counters {
         // SAFETY: per-CPU value, see above.
         unsafe {
@@ -248,7 +251,6 @@ fn remember(
     chosen: &Chosen,
     frontend: &EndpointKey,
     call: Call,
-    now_s: u32,
 ) {
     let mut peer = SockPeer {
         backend: chosen.addr,
@@ -256,7 +258,6 @@ fn remember(
         backend_port_be: chosen.port_be,
         frontend_port_be: frontend.port_be,
         backend_id: chosen.backend_id,
-        last_sent_s: now_s,
     };
     // SAFETY: the context's socket, which the helper takes; a socket reconnected to another
     // frontend, or sending to another, has its value overwritten.
@@ -270,19 +271,29 @@ fn remember(
     }
     // No storage (out of memory): the shared table keeps getpeername right. An unconnected
     // socket's replies may come from backends of earlier datagrams too: the table has them.
+    remember_reverse(
+        cookie,
+        (chosen.addr, chosen.port_be),
+        (frontend.addr, frontend.port_be),
+    );
+}
+
+/// Writes into `SOCK_REVERSE` that the socket's replies from `backend` (address, port) come
+/// from `frontend`, unless it says so already.
+#[inline(always)]
+fn remember_reverse(cookie: u64, backend: (Addr, u16), frontend: (Addr, u16)) {
     let key = SockReverseKey {
         cookie,
-        backend: chosen.addr,
-        port_be: chosen.port_be,
+        backend: backend.0,
+        port_be: backend.1,
         _pad: [0; 6],
     };
     let value = SockReverse {
-        frontend: frontend.addr,
-        port_be: frontend.port_be,
+        frontend: frontend.0,
+        port_be: frontend.1,
         _pad: 0,
     };
-    if call == Call::Datagram
-        && let Some(known) = SOCK_REVERSE.get_ptr(&key)
+    if let Some(known) = SOCK_REVERSE.get_ptr(&key)
         // SAFETY: a map value stays valid for the whole program run.
         && unsafe { *known } == value
     {
@@ -296,7 +307,7 @@ fn remember(
 /// if it is still that backend of service `svc`: its id in use by the service, for the same
 /// address and port (an id freed and given to another backend is not), or the same node's
 /// published port for a task on another node; and if that datagram is no older than the
-/// service's UDP idle timeout. A kept backend's clock is set to `now_s`.
+/// service's UDP idle timeout (`SOCK_SEEN`; none: a connected socket's peer, kept).
 #[inline(always)]
 fn kept_backend(
     ctx: &SockAddrContext,
@@ -314,8 +325,14 @@ fn kept_backend(
     if peer.backend_id == 0
         || peer.frontend != frontend.addr
         || peer.frontend_port_be != frontend.port_be
-        || now_s.wrapping_sub(peer.last_sent_s) > svc.udp_timeout_s
     {
+        return None;
+    }
+    // SAFETY: the context's socket; no value is created.
+    let seen = unsafe { SOCK_SEEN.get_ptr_mut(ctx) };
+    // None yet: a connected socket's peer (its `connect` wrote no time), kept.
+    // SAFETY: a storage value stays valid for the whole program run.
+    if !seen.is_null() && now_s.wrapping_sub(unsafe { *seen }) > svc.udp_timeout_s {
         return None;
     }
     let backend = BACKENDS.get(peer.backend_id)?;
@@ -329,12 +346,25 @@ fn kept_backend(
         tunnel_peer,
         frontend.port_be,
     )?;
-    if addr != peer.backend || port_be != peer.backend_port_be {
-        return None;
+    (addr == peer.backend && port_be == peer.backend_port_be).then_some(peer)
+}
+
+/// The kernel's monotonic clock in whole seconds (the coarse clock: a tick's resolution).
+#[inline(always)]
+fn clock_s() -> u32 {
+    (now_ns() / 1_000_000_000) as u32
+}
+
+/// Notes on the socket that it exchanged a datagram with its `SOCK_PEER` backend at `now_s`.
+#[inline(always)]
+fn seen_at(ctx: &SockAddrContext, now_s: u32) {
+    let mut value = now_s;
+    // SAFETY: the context's socket, which the helper takes.
+    let seen = unsafe { SOCK_SEEN.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    if !seen.is_null() {
+        // SAFETY: a storage value stays valid for the whole program run.
+        unsafe { *seen = now_s };
     }
-    // SAFETY: as above; only this socket's own calls write its value.
-    unsafe { (*stored).last_sent_s = now_s };
-    Some(peer)
 }
 
 /// Where a socket is sent for a backend at `addr` and `port_be` (`ANY_PORT`: the frontend's
@@ -364,7 +394,9 @@ fn sent_to(
 /// `getpeername` and UDP `recvmsg`: a backend this socket was sent to in place of a frontend
 /// shows as that frontend. These hooks must allow.
 #[inline(always)]
-fn to_frontend(ctx: &SockAddrContext, v6: bool) -> i32 {
+/// `received`: a datagram is received (`recvmsg`), which keeps an unconnected socket's
+/// backend as a reply keeps a flow (`getpeername` does not).
+fn to_frontend(ctx: &SockAddrContext, v6: bool, received: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: a context field these programs may read.
     let user_port = unsafe { (*sa).user_port } as u16;
@@ -376,6 +408,10 @@ fn to_frontend(ctx: &SockAddrContext, v6: bool) -> i32 {
         let peer = unsafe { *peer };
         if peer.backend == backend && peer.backend_port_be == user_port {
             show(sa, v6, &peer.frontend, peer.frontend_port_be);
+            // SAFETY: the context's socket; no value is created.
+            if received && !unsafe { SOCK_SEEN.get_ptr_mut(ctx) }.is_null() {
+                seen_at(ctx, clock_s());
+            }
             return ALLOW;
         }
     }

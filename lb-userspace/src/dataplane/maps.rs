@@ -51,7 +51,7 @@ pub struct SocketTotals {
     pub connections: u64,
     /// Unconnected UDP datagrams to a frontend sent to a backend.
     pub datagrams: u64,
-    /// `connect` or `sendmsg` refused (EPERM): the service had no usable backend.
+    /// `connect` or `sendmsg` refused (ECONNREFUSED): the service had no usable backend.
     pub no_backend: u64,
 }
 
