@@ -123,6 +123,31 @@ fn get(path: &str, token: Option<&str>) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: lbd\r\n{auth}Connection: close\r\n\r\n")
 }
 
+/// A drain of a backend the file dropped while no lbd ran lapses at the next start, as at a
+/// reload: listed again later, the backend comes back with the file's weight.
+#[test]
+fn a_drain_lapses_when_the_file_drops_its_backend_while_lbd_is_stopped() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let both = services(r#""198.18.2.10", "198.18.2.11""#);
+    let mut lb = start(&topo, &both, &[]);
+    lbctl(&lb, &["drain", "web", "198.18.2.11"]);
+    assert_eq!(new_flows_reach(&topo, 20), set(&["backend-0"]));
+    // Written while lbd runs with no file watch: read at the restart.
+    std::fs::write(lb.config_path(), services(r#""198.18.2.10""#)).unwrap();
+    lb.restart(&topo.node).expect("restart");
+    lb.reload(&both).expect("reload");
+    // 2^-30 that 30 connections miss one of two equal backends.
+    assert_eq!(
+        new_flows_reach(&topo, 30),
+        set(&["backend-0", "backend-1"]),
+        "the old drain came back:\n{}",
+        lb.output()
+    );
+}
+
 #[test]
 fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working() {
     if !e2e_enabled() {

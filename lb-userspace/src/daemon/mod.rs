@@ -165,7 +165,20 @@ impl Daemon {
             None => ServiceFile::default(),
         };
         let api_path = options.state_dir.join(API_STATE_FILE);
-        let api = ApiState::load(&api_path)?;
+        let mut api = ApiState::load(&api_path)?;
+        // Re-weights and removals of backends the file dropped while no lbd ran lapse now, as
+        // at a reload: listed again later, such a backend must come with the file's weight,
+        // not an old drain.
+        let lapsed = api.drop_lapsed_edits(&file);
+        if lapsed > 0 {
+            info!(
+                lapsed,
+                "API re-weights and removals of backends the service file no longer lists lapse"
+            );
+            if let Err(e) = api.save(&api_path) {
+                warn!("{e}; they lapse again at the next start");
+            }
+        }
         let swarm = options
             .docker_host
             .as_ref()
