@@ -67,12 +67,15 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
     let token = options
         .api_listen
         .as_ref()
-        .map(|(_, path)| server::read_token(path))
+        .map(|(_, path)| super::auth::read_token(path))
         .transpose()
         .map_err(RunError::Token)?;
     // The API socket first: a path lbd may not use is refused before anything is attached.
     let api = server::bind_unix(&options.api)
         .map_err(io(format!("admin API socket {}", options.api.display())))?;
+    // Stamped before the start reads the file: a change made while it starts (seconds, with
+    // the dataplane to load) is then seen by the first check, and read again at worst.
+    let stamp_at_start = options.daemon.config.as_deref().and_then(file_stamp);
     let started = Daemon::start(&options.daemon).and_then(Shared::new);
     let shared = match started {
         Ok(shared) => shared,
@@ -86,7 +89,7 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
         .enable_all()
         .build()
         .map_err(io("starting the async runtime"))?;
-    runtime.block_on(serve(shared.clone(), &options, api, token))?;
+    runtime.block_on(serve(shared.clone(), &options, api, token, stamp_at_start))?;
     // Bounded whatever the configuration (per service counters of 10,000 services would be a
     // 20 MB line in the journal): those are `lbctl stats` and /metrics while lbd runs.
     let daemon = shared.daemon();
@@ -143,6 +146,7 @@ async fn serve(
     options: &RunOptions,
     api: server::ApiSocket,
     token: Option<Arc<str>>,
+    stamp_at_start: Option<FileStamp>,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers first, then "ready": a SIGHUP or SIGTERM right after must not meet the
@@ -163,7 +167,7 @@ async fn serve(
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;
 
     let config = options.daemon.config.as_deref();
-    let mut watched = config.and_then(file_stamp);
+    let mut watched = stamp_at_start;
     // A file change refused for what it says (e.g. a service the API has, or a table too
     // small for the API's backends) waits for the API to change: the daemon's generation
     // when it was refused. Then it is tried again, so the way out the refusal names (say,
@@ -206,7 +210,9 @@ async fn serve(
                 // Not waiting for a change under way: looked at again at the next check.
                 let retry = refused_at
                     .is_some_and(|at| shared.try_daemon().is_some_and(|d| d.generation() != at));
-                if stamp != watched || retry {
+                // A file being written in place is left until it has settled.
+                let settling = stamp.is_some_and(|(modified, ..)| !settled(modified, SystemTime::now()));
+                if (stamp != watched || retry) && !settling {
                     let reloaded = reload(&shared, Trigger::File).await;
                     if reloaded != Reload::Failed {
                         watched = stamp;
@@ -244,7 +250,7 @@ async fn listen(
             .await
             .map_err(io(format!("admin API on {addr}")))?;
         info!(%addr, "admin API listening on TCP (bearer token required)");
-        let router = server::router_with_token(shared.clone(), token);
+        let router = super::auth::router_with_token(shared.clone(), token);
         tasks.spawn(super::tcp_api::serve(
             listener,
             router,
@@ -553,7 +559,22 @@ fn attach_appeared(shared: &Shared) {
 }
 
 /// What changes when the file is rewritten or replaced (editors rename over it).
-pub fn file_stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+/// How long a changed service file must have been left alone before the file watch reads it:
+/// a script or an editor that writes it in place (not by renaming a new file over it) would
+/// otherwise be read half-written, which may still parse (a list cut short).
+const FILE_SETTLE: Duration = Duration::from_millis(300);
+
+/// Whether a file last modified at `modified` has been left alone for `FILE_SETTLE` by `now`
+/// (one modified after `now`, by a clock stepped back, counts as settled).
+fn settled(modified: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(modified)
+        .map_or(true, |age| age >= FILE_SETTLE)
+}
+
+/// A file's modification time, size and inode: any change of its contents moves one.
+type FileStamp = (SystemTime, u64, u64);
+
+pub fn file_stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
@@ -624,6 +645,17 @@ mod tests {
         for name in ["eth0", "ens3", "bond0", "mlb-sw1"] {
             assert!(!docker_made(name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_modified_moments_ago_is_left_to_settle() {
+        let now = SystemTime::now();
+        assert!(!settled(now - Duration::from_millis(10), now));
+        assert!(settled(now - FILE_SETTLE, now));
+        assert!(
+            settled(now + Duration::from_secs(5), now),
+            "a clock stepped back"
+        );
     }
 
     #[test]

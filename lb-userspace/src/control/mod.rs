@@ -3,6 +3,7 @@
 //! it uses the daemon and the API's wire types; nothing below uses it.
 
 mod announce_task;
+pub mod auth;
 pub mod event_loop;
 pub mod flood;
 mod health_task;

@@ -17,7 +17,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use lb_common::maps::proto;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::{
     BackendEntry, BackendRequest, ChangeCount, ChangeResult, DEFAULT_FLOWS, ErrorBody,
@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// An answer that is not 2xx.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -142,54 +142,13 @@ pub fn metrics_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The routes behind a bearer token, for the TCP listener.
-pub fn router_with_token(shared: Arc<Shared>, token: Arc<str>) -> Router {
-    let counted = shared.clone();
-    Router::new()
-        .merge(router(shared))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let token = token.clone();
-            let counted = counted.clone();
-            async move {
-                if authorized(&req, &token) {
-                    return next.run(req).await;
-                }
-                record(&counted, StatusCode::UNAUTHORIZED);
-                let mut response = ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token (send `Authorization: Bearer <token>`)".into(),
-                )
-                .into_response();
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    "Bearer".parse().expect("valid header"),
-                );
-                response
-            }
-        }))
-}
-
-fn authorized(req: &Request, token: &str) -> bool {
-    let Some(given) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    // Constant time in the token's content: no early exit on the first wrong byte.
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn count_requests(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     record(&shared, response.status());
     response
 }
 
-fn record(shared: &Shared, status: StatusCode) {
+pub(super) fn record(shared: &Shared, status: StatusCode) {
     *lock(&shared.requests).entry(status.as_u16()).or_default() += 1;
 }
 
@@ -632,14 +591,23 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
     let text = tokio::task::spawn_blocking(move || -> Result<String, DaemonError> {
         let report = s.report()?;
         let requests = lock(&s.requests).clone();
-        let d = s.daemon();
-        let states = d.health_states();
+        // Copied out, and rendered with the daemon free: with 10,000 services the text takes
+        // long enough to hold up changes and health verdicts.
+        let (states, changes, swarm, attachments) = {
+            let d = s.daemon();
+            (
+                d.health_states(),
+                d.changes().clone(),
+                d.swarm_status(),
+                d.attachment_statuses(),
+            )
+        };
         Ok(crate::metrics::render(
             &report,
-            d.changes(),
+            &changes,
             &requests,
-            d.swarm_status().as_ref(),
-            &d.attachment_statuses(),
+            swarm.as_ref(),
+            &attachments,
             &crate::metrics::HealthMetrics {
                 states: &states,
                 latency: &s.check_latency,
@@ -733,34 +701,6 @@ pub fn bind_unix(path: &Path) -> std::io::Result<ApiSocket> {
         path: path.to_owned(),
         ino,
     })
-}
-
-/// Reads a bearer token file: one line, at least 16 characters.
-pub fn read_token(path: &Path) -> Result<Arc<str>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the API token: {e}", path.display()))?;
-    let token = text.trim();
-    if token.len() < 16 || token.contains(char::is_whitespace) {
-        return Err(format!(
-            "{}: the API token must be one line of at least 16 characters without spaces",
-            path.display()
-        ));
-    }
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o002 != 0 {
-            warn!(
-                "{}: the API token file is writable by anyone: anyone on this host can change the token the TCP API takes; chmod 600 it",
-                path.display()
-            );
-        } else if mode & 0o077 != 0 {
-            warn!(
-                "{}: the API token file is readable by group or others; chmod 600 it",
-                path.display()
-            );
-        }
-    }
-    Ok(Arc::from(token))
 }
 
 /// Serves the admin API on its socket until `shutdown`, then removes the socket, if the file
