@@ -172,10 +172,13 @@ fn install() -> Result<()> {
 /// Kills, deletes and removes everything tracked; returns how many of each.
 fn clean_up() -> (usize, usize, usize) {
     let mut counts = (0, 0, 0);
+    // Run without the lock: a hook may start a command, which the lists record.
+    let mut hooks = Vec::new();
+    with_live(|live| hooks.clone_from(&live.hooks));
+    for hook in hooks {
+        hook();
+    }
     with_live(|live| {
-        for hook in &live.hooks {
-            hook();
-        }
         for &pgid in &live.groups {
             // SAFETY: kill(2) on a process group this process started.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };

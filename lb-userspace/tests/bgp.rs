@@ -418,6 +418,8 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     .expect("route to the checked backend");
     wait_hops(&router, VIP, &[A, B], converge);
 
+    wait_hops(&router, REPLY_ANCHOR, &[A, B], converge);
+
     // 3. A VIP whose backends are all gone is withdrawn within a second plus BIRD's
     // reconfiguration (node B's file changes; SIGHUP reloads it).
     std::fs::write(b.lbd.config_path(), b.file(SERVICES_ALL_GONE)).expect("services");

@@ -79,19 +79,27 @@ struct BgpArgs {
 
 impl BgpArgs {
     /// Flags over the file's `lbd.bgp`; `None`: no announcing.
-    fn resolve(self, file: Option<settings::BgpSettings>) -> Option<BirdSettings> {
+    fn resolve(self, file: Option<settings::BgpSettings>) -> anyhow::Result<Option<BirdSettings>> {
         let file = file.unwrap_or_default();
-        let include = self.bird_include.or(file.bird_include)?;
+        let Some(include) = self.bird_include.or(file.bird_include) else {
+            if self.bgp_reply_anchor.is_some() {
+                bail!(
+                    "--bgp-reply-anchor is announced through BIRD: give --bird-include FILE (or \
+                     lbd.bgp.bird_include) too"
+                );
+            }
+            return Ok(None);
+        };
         let socket = self
             .birdc_socket
             .or(file.birdc_socket)
             .unwrap_or_else(|| announce::DEFAULT_BIRD_SOCKET.into());
         let reply_anchor = self.bgp_reply_anchor.or(file.reply_anchor);
-        Some(BirdSettings {
+        Ok(Some(BirdSettings {
             include,
             socket,
             reply_anchor,
-        })
+        }))
     }
 }
 
@@ -279,7 +287,7 @@ fn cleanup(
         .or(file.lbd.pin_dir)
         .unwrap_or_else(|| settings::DEFAULT_PIN_DIR.into());
     let pin_dir = pin_dir.as_path();
-    let bgp = bgp.resolve(file.lbd.bgp);
+    let bgp = bgp.resolve(file.lbd.bgp)?;
     let when_running = if force {
         pin::WhenRunning::Stop
     } else {
@@ -423,7 +431,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
         watch: Some(watch_ms)
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis),
-        bgp: args.bgp.resolve(s.bgp),
+        bgp: args.bgp.resolve(s.bgp)?,
     })
 }
 

@@ -11,7 +11,8 @@ impl DesiredState {
     /// A swarm's overlay VIPs and tasks' ingress addresses are never announced: they are
     /// Docker's private addresses, served to containers and peers only (`routable`).
     ///
-    /// This is the one place that decides announcement. Backends their health checks say are
+    /// This is the one place that decides which VIPs are announced (the announcer adds the
+    /// reply anchor, `announce::BirdSettings::reply_anchor`, which is no VIP). Backends their health checks say are
     /// down are not in the plan at all (`HealthBook::serving`), so they count for nothing here.
     pub fn announced_vips(&self) -> BTreeSet<IpAddr> {
         self.announced_vips_of(|_| true)
