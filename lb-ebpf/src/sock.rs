@@ -271,29 +271,19 @@ fn remember(
     }
     // No storage (out of memory): the shared table keeps getpeername right. An unconnected
     // socket's replies may come from backends of earlier datagrams too: the table has them.
-    remember_reverse(
-        cookie,
-        (chosen.addr, chosen.port_be),
-        (frontend.addr, frontend.port_be),
-    );
-}
-
-/// Writes into `SOCK_REVERSE` that the socket's replies from `backend` (address, port) come
-/// from `frontend`, unless it says so already.
-#[inline(always)]
-fn remember_reverse(cookie: u64, backend: (Addr, u16), frontend: (Addr, u16)) {
     let key = SockReverseKey {
         cookie,
-        backend: backend.0,
-        port_be: backend.1,
+        backend: chosen.addr,
+        port_be: chosen.port_be,
         _pad: [0; 6],
     };
     let value = SockReverse {
-        frontend: frontend.0,
-        port_be: frontend.1,
+        frontend: frontend.addr,
+        port_be: frontend.port_be,
         _pad: 0,
     };
-    if let Some(known) = SOCK_REVERSE.get_ptr(&key)
+    if call == Call::Datagram
+        && let Some(known) = SOCK_REVERSE.get_ptr(&key)
         // SAFETY: a map value stays valid for the whole program run.
         && unsafe { *known } == value
     {
@@ -392,10 +382,10 @@ fn sent_to(
 }
 
 /// `getpeername` and UDP `recvmsg`: a backend this socket was sent to in place of a frontend
-/// shows as that frontend. These hooks must allow.
+/// shows as that frontend. These hooks must allow. `received`: a datagram is received
+/// (`recvmsg`), which keeps an unconnected socket's backend as a reply keeps a flow
+/// (`getpeername` does not).
 #[inline(always)]
-/// `received`: a datagram is received (`recvmsg`), which keeps an unconnected socket's
-/// backend as a reply keeps a flow (`getpeername` does not).
 fn to_frontend(ctx: &SockAddrContext, v6: bool, received: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: a context field these programs may read.
