@@ -1,5 +1,5 @@
-//! Scratch files and directories a test makes, removed when dropped (also during a panic), so
-//! a failing test leaves nothing in `/tmp` or under `/sys/fs/bpf`.
+//! Scratch files and directories a test makes, removed when dropped (also during a panic, and
+//! at an interrupt), so a failing test leaves nothing in `/tmp` or under `/sys/fs/bpf`.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,10 @@ pub struct ScratchPath(PathBuf);
 impl ScratchPath {
     /// `{dir}/mlb-{label}-{pid}-{n}{ext}`; nothing is created.
     pub fn in_dir(dir: &Path, label: &str, ext: &str) -> Self {
-        Self(dir.join(format!("mlb-{label}-{}{ext}", unique_suffix())))
+        let path = dir.join(format!("mlb-{label}-{}{ext}", unique_suffix()));
+        // An interrupted run (which drops nothing) removes it too.
+        crate::interrupt::track_path(&path);
+        Self(path)
     }
 
     /// A path in the system's temporary directory (see [`ScratchPath::in_dir`]).
@@ -49,6 +52,7 @@ impl Drop for ScratchPath {
             }
             Err(_) => {}
         }
+        crate::interrupt::untrack_path(&self.0);
     }
 }
 
