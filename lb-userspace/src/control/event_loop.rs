@@ -223,13 +223,29 @@ async fn serve(
         }
     }
     let _ = stop_tx.send(true);
-    while let Some(result) = listeners.join_next().await {
-        if let Ok(Err(e)) = result {
-            warn!("a listener ended with: {e}");
+    // A graceful shutdown waits for every open connection, and one that sent half a request
+    // (the metrics endpoint may listen on every address) would hold lbd's stop until systemd
+    // kills it: past a few seconds the rest are closed.
+    let drained = tokio::time::timeout(LISTENERS_STOP, async {
+        while let Some(result) = listeners.join_next().await {
+            if let Ok(Err(e)) = result {
+                warn!("a listener ended with: {e}");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            "connections still open {LISTENERS_STOP:?} after the stop began were closed (a \
+             client that sent part of a request and nothing more)"
+        );
+        listeners.abort_all();
     }
     Ok(())
 }
+
+/// How long a stop waits for the API's and the metrics endpoint's open connections.
+const LISTENERS_STOP: Duration = Duration::from_secs(5);
 
 /// The admin API (Unix socket, and TCP with a token) and the metrics endpoint.
 async fn listen(
