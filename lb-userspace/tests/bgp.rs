@@ -64,21 +64,14 @@ fn lbd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lbd"))
 }
 
-/// A temporary directory for one BIRD's files, removed on drop.
-struct Dir(PathBuf);
+/// A temporary directory for one BIRD's files, removed on drop (and at an interrupt).
+struct Dir(lb_testkit::ScratchPath);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("mlb-bgp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = lb_testkit::ScratchPath::temp(&format!("bgp-{name}"), "");
+        std::fs::create_dir_all(&*dir).expect("temp dir");
         Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -1991,6 +1991,8 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
     }
     use lb_common::limits::ROUTE_MEMO_MAX_AGE_NS;
     with_program(ONE_BACKEND, |mut lb| {
+        // The memo is per CPU: every run on the one whose memo is checked.
+        pin_to_cpu(0);
         let client = sock(CLIENT, 40030);
         let vip = sock(VIP, 80);
         let key = forward_key(client, vip);
