@@ -382,6 +382,13 @@ pub fn delta(before: &StatsSnapshot, after: &StatsSnapshot, slot: StatSlot) -> u
     after.get(slot).wrapping_sub(before.get(slot))
 }
 
+/// Asserts how much each counter moved between two snapshots, naming the one that did not.
+pub fn assert_deltas(before: &StatsSnapshot, after: &StatsSnapshot, moved: &[(StatSlot, u64)]) {
+    for &(slot, n) in moved {
+        assert_eq!(delta(before, after, slot), n, "{}", slot.label());
+    }
+}
+
 /// Pins the calling thread to `cpu`: per-CPU state (round-robin cursors, counters) then
 /// belongs to one CPU for the whole test.
 pub fn pin_to_cpu(cpu: usize) {

@@ -26,7 +26,9 @@ use lb_testkit::{
         TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6, parse_ipv4,
         parse_ipv6, tunnel_wrap, with_mss, with_vlan_tags,
     },
-    progtest::{CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, backend_mac, delta, pin_to_cpu},
+    progtest::{
+        CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, assert_deltas, backend_mac, delta, pin_to_cpu,
+    },
 };
 use lb_userspace::plan;
 
@@ -148,13 +150,15 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
         assert_eq!((out.action, out.meta.len()), (XDP_PASS, 0));
         assert_eq!(out.packet, elsewhere);
         let after = lb.stats();
-        for (slot, n) in [
-            (StatSlot::PassOtherHost, 1),
-            (StatSlot::NewFlow, 0),
-            (StatSlot::NatForward, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::PassOtherHost, 1),
+                (StatSlot::NewFlow, 0),
+                (StatSlot::NatForward, 0),
+            ],
+        );
         // A MAC one bit off its own, in any of the six bytes (not the group bit): another
         // host's too.
         for byte in 0..6 {
@@ -669,13 +673,15 @@ fn a_syn_sent_again_after_its_backend_left_opens_the_flow_on_another() {
         let staying = sock("198.18.2.10", 8080);
         assert_eq!(out.packet, syn.clone().with_dst(staying).build());
         let after = lb.stats();
-        for (slot, n) in [
-            (StatSlot::FlowMoved, 1),
-            (StatSlot::NewFlow, 1),
-            (StatSlot::NatForward, 1),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::FlowMoved, 1),
+                (StatSlot::NewFlow, 1),
+                (StatSlot::NatForward, 1),
+            ],
+        );
         // Its next SYN follows the flow opened anew.
         let out = lb.run(&syn.build());
         assert_eq!(out.packet, syn.with_dst(staying).build());
@@ -918,13 +924,15 @@ services:
                 "{client}"
             );
             let after = lb.stats();
-            for (slot, n) in [
-                (StatSlot::FlowLost, 1),
-                (StatSlot::NewFlow, 1),
-                (StatSlot::NatForward, 1),
-            ] {
-                assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-            }
+            assert_deltas(
+                &before,
+                &after,
+                &[
+                    (StatSlot::FlowLost, 1),
+                    (StatSlot::NewFlow, 1),
+                    (StatSlot::NatForward, 1),
+                ],
+            );
             // Now tracked here: the next packet follows the flow.
             let out = lb.run(&ack.build());
             assert_eq!(out.packet, ack.clone().with_dst(backend).build());
@@ -1563,15 +1571,17 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
         let parsed = parse_ipv4(&out.packet).expect("checksums");
         assert_eq!(parsed.tcp_flags, Some(TCP_RST));
         let after = lb.stats();
-        for (slot, n) in [
-            (StatSlot::FlowReset, 1),
-            (StatSlot::TxViaTc, 1),
-            (StatSlot::NatForward, 0),
-            (StatSlot::FlowMoved, 0),
-            (StatSlot::NewFlow, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::FlowReset, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::NatForward, 0),
+                (StatSlot::FlowMoved, 0),
+                (StatSlot::NewFlow, 0),
+            ],
+        );
         // The flow is gone, both entries.
         assert_eq!(lb.dp.conntrack_occupancy().unwrap().0, entries - 2);
 
@@ -1916,14 +1926,16 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
-        for (slot, n) in [
-            (StatSlot::IcmpTooBig, 1),
-            (StatSlot::TxViaTc, 1),
-            (StatSlot::DropTooBig, 0),
-            (StatSlot::NatForward, 1),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::IcmpTooBig, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::DropTooBig, 0),
+                (StatSlot::NatForward, 1),
+            ],
+        );
 
         // A backend's reply too big for the client side: the backend gets the error, from
         // the address it sent to (the node's, under full NAT), quoting what it sent.
@@ -1971,9 +1983,11 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         assert_eq!(out.packet.len(), expected.len());
         assert_eq!(out.packet, expected);
         parse_icmpv6(&out.packet).expect("checksum");
-        for (slot, n) in [(StatSlot::IcmpTooBig, 1), (StatSlot::DropTooBig, 0)] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[(StatSlot::IcmpTooBig, 1), (StatSlot::DropTooBig, 0)],
+        );
         // One byte less fits, and goes on to the backend.
         let fits = Ipv6Frame {
             payload: vec![0; 1440],
@@ -2343,15 +2357,17 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             .build();
         assert_eq!(out.packet, unwrapped);
         let after = lb.stats();
-        for (slot, n) in [
-            (StatSlot::TunnelSent, 3),
-            (StatSlot::TunnelReceived, 1),
-            (StatSlot::NatForward, 3),
-            (StatSlot::NatReply, 1),
-            (StatSlot::DropTunnelNotPeer, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::TunnelSent, 3),
+                (StatSlot::TunnelReceived, 1),
+                (StatSlot::NatForward, 3),
+                (StatSlot::NatReply, 1),
+                (StatSlot::DropTunnelNotPeer, 0),
+            ],
+        );
     });
 }
 
@@ -2591,14 +2607,16 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
-        for (slot, n) in [
-            (StatSlot::IcmpTooBig, 1),
-            (StatSlot::TunnelSent, 0),
-            (StatSlot::DropTunnelFailed, 0),
-            (StatSlot::DropTooBig, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::IcmpTooBig, 1),
+                (StatSlot::TunnelSent, 0),
+                (StatSlot::DropTunnelFailed, 0),
+                (StatSlot::DropTooBig, 0),
+            ],
+        );
     });
 }
 

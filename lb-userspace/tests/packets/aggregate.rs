@@ -14,7 +14,7 @@ use lb_common::{
 use lb_testkit::{
     e2e_enabled,
     packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, with_mss},
-    progtest::{CLIENT, NODE_CLIENT_SIDE, backend_mac, delta},
+    progtest::{CLIENT, NODE_CLIENT_SIDE, assert_deltas, backend_mac},
 };
 
 use super::{
@@ -77,15 +77,17 @@ fn an_aggregate_too_big_for_its_egress_goes_whole_through_tc_with_a_partial_chec
         let expected = with_pseudo_header_sum(aggregate(client, vip).with_dst(backend).build());
         assert_eq!(out.packet, expected, "translated, checksum field partial");
         assert_eq!(checksum(&out.packet[14..34], 0), 0, "IPv4 header checksum");
-        for (slot, n) in [
-            (StatSlot::Aggregate, 1),
-            (StatSlot::NatForward, 1),
-            (StatSlot::TxViaTc, 1),
-            (StatSlot::IcmpTooBig, 0),
-            (StatSlot::DropTooBig, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::Aggregate, 1),
+                (StatSlot::NatForward, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::IcmpTooBig, 0),
+                (StatSlot::DropTooBig, 0),
+            ],
+        );
 
         // The backend's aggregate back to the client, by the backend side's 1500-byte link.
         let reply = aggregate(backend, client).with_macs(backend_mac(0), lb.backend_if_mac);
@@ -95,13 +97,15 @@ fn an_aggregate_too_big_for_its_egress_goes_whole_through_tc_with_a_partial_chec
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         let expected = with_pseudo_header_sum(reply.with_src(vip).build());
         assert_eq!(out.packet, expected);
-        for (slot, n) in [
-            (StatSlot::Aggregate, 1),
-            (StatSlot::NatReply, 1),
-            (StatSlot::IcmpTooBig, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::Aggregate, 1),
+                (StatSlot::NatReply, 1),
+                (StatSlot::IcmpTooBig, 0),
+            ],
+        );
     });
 }
 
@@ -128,13 +132,15 @@ fn a_udp_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
         let expected = with_pseudo_header_sum(udp(client, vip).with_dst(backend).build());
         assert_eq!(out.packet, expected, "translated, checksum field partial");
         assert_eq!(checksum(&out.packet[14..34], 0), 0, "IPv4 header checksum");
-        for (slot, n) in [
-            (StatSlot::Aggregate, 1),
-            (StatSlot::IcmpTooBig, 0),
-            (StatSlot::DropTooBig, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::Aggregate, 1),
+                (StatSlot::IcmpTooBig, 0),
+                (StatSlot::DropTooBig, 0),
+            ],
+        );
 
         // The backend's answer the same way back.
         let reply = udp(backend, client).with_macs(backend_mac(0), lb.backend_if_mac);
@@ -169,13 +175,15 @@ fn a_udp_aggregate_too_big_for_the_tunnel_is_answered_too_big() {
             Some((XDP_META_MAGIC, lb.client_if)),
             "to the client"
         );
-        for (slot, n) in [
-            (StatSlot::IcmpTooBig, 1),
-            (StatSlot::Aggregate, 0),
-            (StatSlot::TunnelSent, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::IcmpTooBig, 1),
+                (StatSlot::Aggregate, 0),
+                (StatSlot::TunnelSent, 0),
+            ],
+        );
     });
 }
 
@@ -202,13 +210,15 @@ fn an_ipv6_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
         let expected = with_pseudo_header_sum(big.with_dst(backend).build());
         assert_eq!(out.packet, expected);
-        for (slot, n) in [
-            (StatSlot::Aggregate, 1),
-            (StatSlot::NatForward, 1),
-            (StatSlot::IcmpTooBig, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::Aggregate, 1),
+                (StatSlot::NatForward, 1),
+                (StatSlot::IcmpTooBig, 0),
+            ],
+        );
     });
 }
 
@@ -239,15 +249,17 @@ fn a_tcp_packet_too_big_for_the_tunnel_is_left_to_tc_to_wrap() {
         );
         let expected = with_pseudo_header_sum(aggregate(client, frontend).with_dst(task).build());
         assert_eq!(out.packet, expected, "translated, not wrapped yet");
-        for (slot, n) in [
-            (StatSlot::Aggregate, 1),
-            (StatSlot::NatForward, 1),
-            (StatSlot::TxViaTc, 1),
-            (StatSlot::DropTunnelFailed, 0),
-            // Counted by TC once it has wrapped it.
-            (StatSlot::TunnelSent, 0),
-        ] {
-            assert_eq!(delta(&before, &after, slot), n, "{}", slot.label());
-        }
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::Aggregate, 1),
+                (StatSlot::NatForward, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::DropTunnelFailed, 0),
+                // Counted by TC once it has wrapped it.
+                (StatSlot::TunnelSent, 0),
+            ],
+        );
     });
 }
