@@ -153,7 +153,6 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     if call == Call::Datagram
         && let Some(kept) = kept_backend(ctx, &svc, &frontend, now_s)
     {
-        seen_at(ctx, now_s);
         set_user_addr(sa, v6, &kept.backend);
         // SAFETY: a context field these programs may write.
         unsafe { (*sa).user_port = u32::from(kept.backend_port_be) };
@@ -297,7 +296,8 @@ fn remember(
 /// if it is still that backend of service `svc`: its id in use by the service, for the same
 /// address and port (an id freed and given to another backend is not), or the same node's
 /// published port for a task on another node; and if that datagram is no older than the
-/// service's UDP idle timeout (`SOCK_SEEN`; none: a connected socket's peer, kept).
+/// service's UDP idle timeout (`SOCK_SEEN`; none: a connected socket's peer, kept). A kept
+/// backend's time is set to `now_s`.
 #[inline(always)]
 fn kept_backend(
     ctx: &SockAddrContext,
@@ -336,7 +336,17 @@ fn kept_backend(
         tunnel_peer,
         frontend.port_be,
     )?;
-    (addr == peer.backend && port_be == peer.backend_port_be).then_some(peer)
+    if addr != peer.backend || port_be != peer.backend_port_be {
+        return None;
+    }
+    // Kept: its clock restarts, through the value already looked up when there is one.
+    if seen.is_null() {
+        seen_at(ctx, now_s);
+    } else {
+        // SAFETY: as above; only this socket's own calls write its value.
+        unsafe { *seen = now_s };
+    }
+    Some(peer)
 }
 
 /// The kernel's monotonic clock in whole seconds (the coarse clock: a tick's resolution).
