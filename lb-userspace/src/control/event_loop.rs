@@ -255,23 +255,22 @@ async fn listen(
     token: Option<Arc<str>>,
     stop: &Stop,
 ) -> Result<JoinSet<std::io::Result<()>>, RunError> {
+    use super::listener;
     let mut tasks = JoinSet::new();
-    tasks.spawn(server::serve_unix(
-        api,
-        server::router(shared.clone()),
-        stop.wait(),
-    ));
+    tasks.spawn(server::serve_unix(api, shared.clone(), stop.0.clone()));
     if let (Some((addr, _)), Some(token)) = (&options.api_listen, token) {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(io(format!("admin API on {addr}")))?;
         info!(%addr, "admin API listening on TCP (bearer token required)");
-        let router = super::auth::router_with_token(shared.clone(), token);
-        tasks.spawn(super::tcp_api::serve(
-            listener,
-            router,
-            shared.clone(),
-            stop.wait(),
+        let counted = shared.clone();
+        tasks.spawn(listener::serve(
+            "admin API (TCP)",
+            tcp,
+            super::auth::router_with_token(shared.clone(), token),
+            listener::API,
+            move || server::record(&counted, axum::http::StatusCode::SERVICE_UNAVAILABLE),
+            stop.0.clone(),
         ));
     }
     let metrics = tokio::net::TcpListener::bind(options.metrics)
@@ -283,13 +282,14 @@ async fn listen(
     if let Ok(addr) = metrics.local_addr() {
         info!(%addr, "metrics listening");
     }
-    let metrics_router = server::metrics_router(shared.clone());
-    let stop = stop.wait();
-    tasks.spawn(async move {
-        axum::serve(metrics, metrics_router)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    tasks.spawn(listener::serve(
+        "metrics",
+        metrics,
+        server::metrics_router(shared.clone()),
+        listener::METRICS,
+        || {},
+        stop.0.clone(),
+    ));
     Ok(tasks)
 }
 

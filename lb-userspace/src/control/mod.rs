@@ -7,6 +7,6 @@ pub mod auth;
 pub mod event_loop;
 pub mod flood;
 mod health_task;
+pub mod listener;
 pub mod server;
 pub mod shared;
-pub mod tcp_api;

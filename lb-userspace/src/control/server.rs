@@ -703,12 +703,12 @@ pub fn bind_unix(path: &Path) -> std::io::Result<ApiSocket> {
     })
 }
 
-/// Serves the admin API on its socket until `shutdown`, then removes the socket, if the file
-/// there is still the one it bound.
+/// Serves the admin API on its socket (guarded as the TCP API is) until `stop`, then removes
+/// the socket, if the file there is still the one it bound.
 pub async fn serve_unix(
     socket: ApiSocket,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shared: Arc<Shared>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
     let ApiSocket {
@@ -718,9 +718,15 @@ pub async fn serve_unix(
     } = socket;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     info!(socket = %path.display(), "admin API listening");
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = super::listener::serve(
+        "admin API (socket)",
+        listener,
+        router(shared.clone()),
+        super::listener::API,
+        move || record(&shared, StatusCode::SERVICE_UNAVAILABLE),
+        stop,
+    )
+    .await;
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == ino) {
         let _ = std::fs::remove_file(&path);
     }
