@@ -405,6 +405,53 @@ fn idle_tcp_api_connections_cannot_stall_the_daemon() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(answered, Ok(200), "the TCP API answers again");
+    // /metrics is guarded the same way: idle connections past its cap are refused, and the
+    // admin API is not starved by them.
+    let metrics_addr: std::net::SocketAddr = "127.0.0.1:9464".parse().unwrap();
+    let scrapers: Vec<std::net::TcpStream> = topo
+        .node
+        .run(move || {
+            (0..40)
+                .filter_map(|_| {
+                    std::net::TcpStream::connect_timeout(&metrics_addr, Duration::from_secs(2)).ok()
+                })
+                .collect()
+        })
+        .expect("enter the node");
+    assert_eq!(scrapers.len(), 40, "connections to /metrics opened");
+    // Told at once, before it sends anything (a request sent meanwhile could meet a reset).
+    let refused = topo
+        .node
+        .run(move || {
+            use std::io::Read as _;
+            let mut s =
+                std::net::TcpStream::connect_timeout(&metrics_addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).map(|_| answer)
+        })
+        .expect("enter the node");
+    assert!(
+        refused
+            .as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 503")),
+        "a scrape beyond /metrics' cap: {refused:?}"
+    );
+    let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
+    assert!(
+        ok,
+        "lbctl status with /metrics' connections all taken: {err}"
+    );
+    drop(scrapers);
+    let mut scraped = Err(String::new());
+    for _ in 0..40 {
+        scraped = http_status(&topo.node, metrics_addr, get("/metrics"));
+        if scraped == Ok(200) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(scraped, Ok(200), "/metrics answers again");
 }
 
 #[test]
