@@ -1038,6 +1038,25 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
         metrics.contains("meshlb_reloads_total{source=\"api\",result=\"rejected\"} 7"),
         "{metrics}"
     );
+    // A SIGHUP reads the token file again: the new token works, the old one is refused; a
+    // file without a token then changes nothing.
+    let rotated = "rotated-token-0123456789";
+    std::fs::write(&*token_file, format!("{rotated}\n")).unwrap();
+    lb.reload(&services(r#""198.18.2.10""#)).unwrap();
+    assert_eq!(
+        http(&topo.node, api_tcp, get("/v1/services", Some(token))).0,
+        401
+    );
+    assert_eq!(
+        http(&topo.node, api_tcp, get("/v1/services", Some(rotated))).0,
+        200
+    );
+    std::fs::write(&*token_file, "\n").unwrap();
+    lb.reload(&services(r#""198.18.2.10""#)).unwrap();
+    assert_eq!(
+        http(&topo.node, api_tcp, get("/v1/services", Some(rotated))).0,
+        200
+    );
     // The Unix socket is root's alone.
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(lb.api_socket())

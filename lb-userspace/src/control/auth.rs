@@ -1,6 +1,11 @@
-//! The TCP API's bearer token: read from its file, and asked of every request.
+//! The TCP API's bearer token: read from its file (again at SIGHUP), and asked of every
+//! request.
 
-use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
 
 use axum::{
     Router,
@@ -9,20 +14,62 @@ use axum::{
     middleware::{self, Next},
     response::IntoResponse as _,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{
     server::{ApiError, record, router},
     shared::Shared,
 };
 
+/// The token the TCP API asks for, and the file it comes from: a SIGHUP reads the file again,
+/// so a token is rotated without a restart.
+#[derive(Clone, Debug)]
+pub struct Token {
+    path: PathBuf,
+    current: Arc<RwLock<Arc<str>>>,
+}
+
+impl Token {
+    /// Reads the token file; an error names the file and what is wrong with it.
+    pub fn read(path: &Path) -> Result<Token, String> {
+        Ok(Token {
+            path: path.to_owned(),
+            current: Arc::new(RwLock::new(read_token(path)?)),
+        })
+    }
+
+    /// The token requests must carry now.
+    fn current(&self) -> Arc<str> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Reads the file again. A token that cannot be read (or is not a token) changes nothing:
+    /// the API keeps the one it had, and the log says why.
+    pub fn reread(&self) {
+        match read_token(&self.path) {
+            Ok(token) if token != self.current() => {
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = token;
+                info!(file = %self.path.display(), "the TCP API's token changed: requests need the new one");
+            }
+            Ok(_) => {}
+            Err(e) => warn!("{e}; the TCP API keeps the token it had"),
+        }
+    }
+}
+
 /// The routes behind a bearer token, for the TCP listener.
-pub fn router_with_token(shared: Arc<Shared>, token: Arc<str>) -> Router {
+pub fn router_with_token(shared: Arc<Shared>, token: Token) -> Router {
     let counted = shared.clone();
     Router::new()
         .merge(router(shared))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let token = token.clone();
+            let token = token.current();
             let counted = counted.clone();
             async move {
                 if authorized(&req, &token) {
@@ -61,7 +108,7 @@ fn authorized(req: &Request, token: &str) -> bool {
 }
 
 /// Reads a bearer token file: one line, at least 16 characters.
-pub fn read_token(path: &Path) -> Result<Arc<str>, String> {
+fn read_token(path: &Path) -> Result<Arc<str>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the API token: {e}", path.display()))?;
     let token = text.trim();
@@ -107,5 +154,22 @@ mod tests {
         assert!(!with("Bearer 0123456789abcdeF"));
         assert!(!with("Basic 0123456789abcdef"));
         assert!(!with("Bearer"));
+    }
+
+    #[test]
+    fn a_reread_takes_a_new_token_and_keeps_the_old_one_when_the_file_is_bad() {
+        let path = lb_testkit::ScratchPath::temp("token-unit", "");
+        std::fs::write(&*path, "first-token-0123456789\n").unwrap();
+        let token = Token::read(&path).unwrap();
+        assert_eq!(&*token.current(), "first-token-0123456789");
+        std::fs::write(&*path, "second-token-0123456789\n").unwrap();
+        token.reread();
+        assert_eq!(&*token.current(), "second-token-0123456789");
+        std::fs::write(&*path, "short\n").unwrap();
+        token.reread();
+        assert_eq!(&*token.current(), "second-token-0123456789");
+        std::fs::remove_file(&*path).unwrap();
+        token.reread();
+        assert_eq!(&*token.current(), "second-token-0123456789");
     }
 }

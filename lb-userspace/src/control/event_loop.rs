@@ -67,7 +67,7 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
     let token = options
         .api_listen
         .as_ref()
-        .map(|(_, path)| super::auth::read_token(path))
+        .map(|(_, path)| super::auth::Token::read(path))
         .transpose()
         .map_err(RunError::Token)?;
     // The API socket first: a path lbd may not use is refused before anything is attached.
@@ -145,7 +145,7 @@ async fn serve(
     shared: Arc<Shared>,
     options: &RunOptions,
     api: server::ApiSocket,
-    token: Option<Arc<str>>,
+    token: Option<super::auth::Token>,
     stamp_at_start: Option<FileStamp>,
 ) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -157,7 +157,7 @@ async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
 
-    let mut listeners = listen(&shared, options, api, token, &stop).await?;
+    let mut listeners = listen(&shared, options, api, token.clone(), &stop).await?;
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
     if let Some(bgp) = &options.bgp {
@@ -190,6 +190,9 @@ async fn serve(
             _ = term.recv() => break,
             Some(snapshot) = swarm_rx.recv() => apply_swarm(&shared, snapshot).await,
             _ = hangup.recv() => {
+                if let Some(token) = &token {
+                    token.reread();
+                }
                 let stamp = config.and_then(file_stamp);
                 let reloaded = reload(&shared, Trigger::Signal).await;
                 if reloaded != Reload::Failed {
@@ -252,7 +255,7 @@ async fn listen(
     shared: &Arc<Shared>,
     options: &RunOptions,
     api: server::ApiSocket,
-    token: Option<Arc<str>>,
+    token: Option<super::auth::Token>,
     stop: &Stop,
 ) -> Result<JoinSet<std::io::Result<()>>, RunError> {
     use super::listener;
