@@ -322,6 +322,61 @@ fn start_node(
     node
 }
 
+/// The configurations shipped in `deploy/bird/` (the tests run their own copies, with their
+/// namespaces' addresses): BIRD's own parser takes both, the node's with an include file as
+/// lbd writes it, and the node's exports the protocol lbd's include defines.
+#[test]
+fn the_shipped_bird_configurations_parse() {
+    if !e2e_enabled() {
+        return;
+    }
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bird");
+    let dir = Dir::new("shipped");
+    let include = dir.0.join("bird-vips.conf");
+    let vips = ["198.18.100.1", "fd00:100::1"].map(|v| v.parse::<std::net::IpAddr>().unwrap());
+    std::fs::write(
+        &include,
+        lb_userspace::announce::render(&BTreeSet::from(vips)),
+    )
+    .expect("include");
+    let node = std::fs::read_to_string(deploy.join("bird.conf")).expect("deploy/bird/bird.conf");
+    assert!(
+        node.contains("include \"/etc/meshlb/bird-vips.conf\";"),
+        "bird.conf includes the file deploy/README.md names"
+    );
+    assert!(
+        node.contains(&format!(
+            "export where proto = \"{}\";",
+            lb_userspace::announce::PROTOCOL_V4
+        )),
+        "bird.conf exports lbd's protocol"
+    );
+    let node_path = dir.0.join("bird.conf");
+    std::fs::write(
+        &node_path,
+        node.replace("/etc/meshlb/bird-vips.conf", &include.display().to_string()),
+    )
+    .expect("bird.conf");
+    for conf in [node_path, deploy.join("router.conf")] {
+        let out = lb_testkit::command::output_within(
+            {
+                let mut bird = std::process::Command::new("bird");
+                bird.arg("-p").arg("-c").arg(&conf);
+                bird
+            },
+            None,
+            Duration::from_secs(10),
+        )
+        .expect("bird -p (cargo xtask setup installs bird2)");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            conf.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     if !e2e_enabled() {
