@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::shared::Shared;
 use crate::announce::{Announcer, BirdSettings, Synced};
@@ -27,18 +27,38 @@ pub(super) fn spawn(
     let announcer = Arc::new(std::sync::Mutex::new(Announcer::new(settings)));
     tokio::spawn(async move {
         let mut last_error = None;
+        let mut anchor_users = Vec::new();
         let round = async {
             loop {
                 let a = announcer.clone();
                 let daemon = shared.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let mut a = a.lock().expect("announcer lock");
-                    let mut vips = daemon.daemon().vips_to_announce(&a.announced());
-                    vips.extend(a.settings().reply_anchor);
-                    (a.sync(&vips), vips)
+                    let anchor = a.settings().reply_anchor;
+                    let (mut vips, users) = {
+                        let d = daemon.daemon();
+                        let users = anchor.map_or_else(Vec::new, |a| d.services_with_vip(a));
+                        (d.vips_to_announce(&a.announced()), users)
+                    };
+                    vips.extend(anchor);
+                    (a.sync(&vips), vips, users)
                 })
                 .await;
-                match result {
+                if let Ok((_, _, users)) = &result
+                    && *users != anchor_users
+                {
+                    if !users.is_empty() {
+                        error!(
+                            services = ?users,
+                            "the BGP reply anchor is also these services' VIP: announced while \
+                             lbd serves, it is never withdrawn when their backends are all down; \
+                             give lbd.bgp.reply_anchor (--bgp-reply-anchor) an address no \
+                             service uses"
+                        );
+                    }
+                    anchor_users.clone_from(users);
+                }
+                match result.map(|(synced, vips, _)| (synced, vips)) {
                     Ok((Ok(Synced::Reconfigured), vips)) => {
                         last_error = None;
                         info!(?vips, "BIRD announces the VIPs with a usable backend");
