@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use lb_testkit::{Lbd, Netns, Topology};
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions},
@@ -356,14 +356,7 @@ fn write_results(
         "| `lbctl add-backend` → first packet, p50 / p99 ({} samples) | {p50:.1} / {p99:.1} ms | p99 < {ADD_BACKEND_P99_TARGET_MS} ms |",
         latencies.len()
     );
-    std::fs::create_dir_all(&args.out_dir)?;
-    let base = args.out_dir.join(format!("control-{date}"));
-    std::fs::write(
-        base.with_extension("json"),
-        serde_json::to_string_pretty(&json)?,
-    )
-    .context("writing the JSON results")?;
-    std::fs::write(base.with_extension("md"), &md).context("writing the markdown results")?;
+    let base = crate::results::write(&args.out_dir, &format!("control-{date}"), &json, &md)?;
     println!("{md}");
     println!("control: wrote {}.{{json,md}}", base.display());
     Ok(())

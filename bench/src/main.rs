@@ -8,6 +8,7 @@ mod objects;
 mod oracle;
 mod pps;
 mod report;
+mod results;
 mod tcp;
 mod tcp_host;
 mod tcp_pairs;

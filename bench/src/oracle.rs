@@ -233,13 +233,12 @@ pub fn run(args: &OracleArgs) -> Result<()> {
     let md = render_markdown(&report);
     println!("\n{md}");
     if !args.no_write {
-        std::fs::create_dir_all(&args.out_dir)?;
-        let base = args.out_dir.join(format!("oracle-{}", report.date));
-        std::fs::write(
-            base.with_extension("json"),
-            serde_json::to_string_pretty(&report)?,
+        let base = crate::results::write(
+            &args.out_dir,
+            &format!("oracle-{}", report.date),
+            &serde_json::to_value(&report)?,
+            &md,
         )?;
-        std::fs::write(base.with_extension("md"), &md)?;
         println!("oracle: wrote {}.{{json,md}}", base.display());
     }
     let bad: usize = report

@@ -193,15 +193,12 @@ pub fn run(
     };
     println!("\n{md}");
     if !args.no_write {
-        std::fs::create_dir_all(&args.out_dir)?;
-        let base = args
-            .out_dir
-            .join(format!("{}-{}", case.file_stem, report.date));
-        std::fs::write(
-            base.with_extension("json"),
-            serde_json::to_string_pretty(&report)?,
+        let base = crate::results::write(
+            &args.out_dir,
+            &format!("{}-{}", case.file_stem, report.date),
+            &serde_json::to_value(&report)?,
+            &md,
         )?;
-        std::fs::write(base.with_extension("md"), &md)?;
         println!("{}: wrote {}.{{json,md}}", case.tag, base.display());
     }
     if report.targets.iter().any(|t| !t.met_min) {

@@ -176,14 +176,13 @@ pub fn run(args: &MicroArgs) -> Result<()> {
     println!();
     print!("{markdown}");
     if !args.no_write {
-        std::fs::create_dir_all(&args.out_dir)
-            .with_context(|| format!("creating {}", args.out_dir.display()))?;
-        let md = args.out_dir.join(format!("micro-{}.md", report.date));
-        let json = args.out_dir.join(format!("micro-{}.json", report.date));
-        std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
-        std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", json.display()))?;
-        println!("micro: wrote {} and {}", md.display(), json.display());
+        let base = crate::results::write(
+            &args.out_dir,
+            &format!("micro-{}", report.date),
+            &serde_json::to_value(&report)?,
+            &markdown,
+        )?;
+        println!("micro: wrote {}.{{json,md}}", base.display());
     }
     Ok(())
 }

@@ -575,13 +575,12 @@ pub fn run(args: &PpsArgs) -> Result<()> {
     let markdown = render_markdown(&report);
     println!("\n{markdown}");
     if !args.no_write {
-        std::fs::create_dir_all(&args.out_dir)?;
-        let base = args.out_dir.join(format!("pps-{}", report.date));
-        std::fs::write(
-            base.with_extension("json"),
-            serde_json::to_string_pretty(&report)?,
+        let base = crate::results::write(
+            &args.out_dir,
+            &format!("pps-{}", report.date),
+            &serde_json::to_value(&report)?,
+            &markdown,
         )?;
-        std::fs::write(base.with_extension("md"), &markdown)?;
         println!("pps: wrote {}.{{json,md}}", base.display());
     }
     Ok(())
