@@ -225,9 +225,33 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// Sends one command on BIRD's control socket and answers the reply's lines (up to the line
 /// whose code is followed by a space, which ends a reply).
 fn bird_command(socket: &Path, command: &str) -> std::io::Result<Vec<String>> {
-    let stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(BIRD_TIMEOUT))?;
-    stream.set_write_timeout(Some(BIRD_TIMEOUT))?;
+    bird_command_within(socket, command, BIRD_TIMEOUT)
+}
+
+/// `bird_command`, each step (the connect included) bounded by `timeout`.
+fn bird_command_within(
+    socket: &Path,
+    command: &str,
+    timeout: Duration,
+) -> std::io::Result<Vec<String>> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    // A BIRD that stopped accepting (stuck, or stopped with SIGSTOP) leaves connections in
+    // its socket's backlog; once that is full a blocking connect waits for the send timeout,
+    // which is set first so the connect is bounded too.
+    let raw = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    raw.set_write_timeout(Some(timeout))?;
+    raw.set_read_timeout(Some(timeout))?;
+    raw.connect(&SockAddr::unix(socket)?).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("BIRD accepted no connection within {timeout:?} (its socket's queue is full: is BIRD stuck?)"),
+            )
+        } else {
+            e
+        }
+    })?;
+    let stream = UnixStream::from(std::os::fd::OwnedFd::from(raw));
     let mut reader = BufReader::new(stream.try_clone()?);
     // The greeting: "0001 BIRD 2.0.12 ready."
     read_reply(&mut reader)?;

@@ -178,3 +178,36 @@ fn a_refusal_elsewhere_in_birds_configuration_points_there() {
     let text = refused_message(include, "8002 /etc/meshlb/bird-vips.conf:2:1 syntax error");
     assert!(text.contains("includes it as deploy/bird/ shows"), "{text}");
 }
+
+#[test]
+fn a_bird_that_accepts_nothing_times_the_connect_out() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let (_dir, settings) = bird_in("stuck");
+    // A listener that never accepts, its queue of one already taken.
+    let stuck = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    stuck
+        .bind(&SockAddr::unix(&settings.socket).unwrap())
+        .unwrap();
+    stuck.listen(0).unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let s = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        if s.connect(&SockAddr::unix(&settings.socket).unwrap())
+            .is_ok()
+        {
+            waiting.push(s);
+        }
+    }
+    assert!(!waiting.is_empty(), "the queue took no connection");
+    let started = std::time::Instant::now();
+    let e = bird_command_within(&settings.socket, "configure", Duration::from_millis(300))
+        .expect_err("a connect to a full queue");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains("is BIRD stuck"), "{e}");
+}
