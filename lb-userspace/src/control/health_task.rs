@@ -36,6 +36,16 @@ pub(super) fn spawn(
     });
 }
 
+/// Between half the interval and the whole of it, by the target's hash (seeded per process):
+/// where in the interval the target's checks fall from its second on.
+fn spread(key: &TargetKey, interval: Duration) -> Duration {
+    use std::hash::BuildHasher as _;
+    static SEED: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let share = SEED.hash_one(key) % 1024;
+    interval / 2 + interval.mul_f64(share as f64 / 2048.0)
+}
+
 async fn run(shared: Arc<Shared>) {
     let mut epoch = 0;
     let mut targets: Vec<Target> = Vec::new();
@@ -85,12 +95,20 @@ async fn run(shared: Arc<Shared>) {
                     }
                     // A new target is checked at once: a dead backend found at start is left
                     // out within one timeout.
+                    let new = !due.contains_key(&target.key);
                     let next = due.entry(target.key.clone()).or_insert(now);
                     if *next > now || in_flight.contains(&target.key) {
                         continue;
                     }
-                    // On the interval's own beat (not the tick's), unless far behind.
-                    *next = (*next + target.interval).max(now + target.interval / 2);
+                    *next = if new {
+                        // Its second check a share of the interval later, so that the checks
+                        // of targets that came together (every one at a start) do not all
+                        // fall on the same beats, as a burst of connections each interval.
+                        now + spread(&target.key, target.interval)
+                    } else {
+                        // On the interval's own beat (not the tick's), unless far behind.
+                        (*next + target.interval).max(now + target.interval / 2)
+                    };
                     in_flight.insert(target.key.clone());
                     let target = target.clone();
                     let key = target.key.clone();
@@ -135,5 +153,34 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_checks_spread_over_the_second_half_of_the_interval() {
+        let interval = Duration::from_secs(2);
+        let offsets: Vec<Duration> = (0..200u16)
+            .map(|i| {
+                let key = TargetKey {
+                    service: "web".into(),
+                    addr: std::net::SocketAddr::from(([198, 18, 2, (i % 250) as u8], 8080 + i)),
+                };
+                spread(&key, interval)
+            })
+            .collect();
+        assert!(
+            offsets.iter().all(|o| *o >= interval / 2 && *o < interval),
+            "{offsets:?}"
+        );
+        // Spread, not bunched: targets fall into every tenth of that half.
+        let tenths: HashSet<u128> = offsets
+            .iter()
+            .map(|o| (o.as_millis() - 1000) / 100)
+            .collect();
+        assert_eq!(tenths.len(), 10, "{offsets:?}");
     }
 }
