@@ -37,7 +37,8 @@ pub(super) fn spawn(
                     let anchor = a.settings().reply_anchor;
                     let (mut vips, users) = {
                         let d = daemon.daemon();
-                        let users = anchor.map_or_else(Vec::new, |a| d.services_with_vip(a));
+                        let users =
+                            anchor.map_or_else(Vec::new, |a| d.running().services_with_vip(a));
                         (d.vips_to_announce(&a.announced()), users)
                     };
                     vips.extend(anchor);

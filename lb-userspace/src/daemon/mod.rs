@@ -693,16 +693,6 @@ impl Daemon {
         })
     }
 
-    /// The running services whose VIP is `address`.
-    pub fn services_with_vip(&self, address: IpAddr) -> Vec<String> {
-        self.running
-            .services
-            .iter()
-            .filter(|s| s.vip == Some(address))
-            .map(|s| s.name.clone())
-            .collect()
-    }
-
     pub fn merged(&self) -> &Merged {
         &self.merged
     }

@@ -18,6 +18,15 @@ impl DesiredState {
         self.announced_vips_of(|_| true)
     }
 
+    /// The services whose VIP is `address`.
+    pub fn services_with_vip(&self, address: IpAddr) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|s| s.vip == Some(address))
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     /// `announced_vips`, counting only the services `counts` accepts (see
     /// `Daemon::vips_to_announce`).
     pub fn announced_vips_of(&self, counts: impl Fn(&PlannedService) -> bool) -> BTreeSet<IpAddr> {
@@ -76,6 +85,17 @@ services:
 "#;
         // Published ports live on node addresses, which are not ours to announce.
         assert_eq!(vips(yaml), ["198.18.100.1", "fd00:100::1"]);
+        // Which services a VIP belongs to (the reply anchor's check), announced or not.
+        let file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
+        let desired = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let mut names = desired.services_with_vip("198.18.100.1".parse().unwrap());
+        names.sort();
+        assert_eq!(names, ["shared_empty", "web"]);
+        assert!(
+            desired
+                .services_with_vip("198.18.99.1".parse().unwrap())
+                .is_empty()
+        );
     }
 
     #[test]
