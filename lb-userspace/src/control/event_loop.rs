@@ -18,7 +18,7 @@ use crate::{
     api::{Outcome, Trigger},
     daemon::{Daemon, DaemonError, DaemonOptions, LinkEvent},
     dataplane,
-    source::swarm,
+    source::{api_state::ApiState, swarm},
 };
 
 /// Everything `lbd run` needs, flags and file settings resolved.
@@ -169,10 +169,12 @@ async fn serve(
     let config = options.daemon.config.as_deref();
     let mut watched = stamp_at_start;
     // A file change refused for what it says (e.g. a service the API has, or a table too
-    // small for the API's backends) waits for the API to change: the daemon's generation
-    // when it was refused. Then it is tried again, so the way out the refusal names (say,
-    // `lbctl remove-service`) applies the file without a SIGHUP.
-    let mut refused_at: Option<u64> = None;
+    // small for the API's backends) waits for the API to change: the API state it was
+    // refused with. Then it is tried again, so the way out the refusal names (say,
+    // `lbctl remove-service`) applies the file without a SIGHUP. Other changes (health,
+    // swarm) do not retry it: each retry plans the whole file and logs the refusal again.
+    // (A change of the node's addresses reloads the file anyway.)
+    let mut refused_with: Option<ApiState> = None;
     let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
     file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Interfaces and addresses: netlink's link and address events say at once when they
@@ -195,9 +197,9 @@ async fn serve(
                 }
                 let stamp = config.and_then(file_stamp);
                 let reloaded = reload(&shared, Trigger::Signal).await;
-                if reloaded != Reload::Failed {
+                if !matches!(reloaded, Reload::Failed) {
                     watched = stamp;
-                    refused_at = reloaded.refused_at();
+                    refused_with = reloaded.refused_with();
                 }
             }
             _ = every_second.tick() => {
@@ -211,15 +213,16 @@ async fn serve(
                 // a refused one once the API changed.
                 let stamp = config.and_then(file_stamp);
                 // Not waiting for a change under way: looked at again at the next check.
-                let retry = refused_at
-                    .is_some_and(|at| shared.try_daemon().is_some_and(|d| d.generation() != at));
+                let retry = refused_with
+                    .as_ref()
+                    .is_some_and(|with| shared.try_daemon().is_some_and(|d| d.api_state() != with));
                 // A file being written in place is left until it has settled.
                 let settling = stamp.is_some_and(|(modified, ..)| !settled(modified, SystemTime::now()));
                 if (stamp != watched || retry) && !settling {
                     let reloaded = reload(&shared, Trigger::File).await;
-                    if reloaded != Reload::Failed {
+                    if !matches!(reloaded, Reload::Failed) {
                         watched = stamp;
-                        refused_at = reloaded.refused_at();
+                        refused_with = reloaded.refused_with();
                     }
                 }
             }
@@ -486,21 +489,21 @@ async fn link_event(watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>) -> Option<
 }
 
 /// How a reload went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Reload {
     /// Applied, or nothing changed.
     Settled,
-    /// Refused for what the file says, with the daemon as it is: at this generation.
-    Refused(u64),
+    /// Refused for what the file says, with the daemon as it is: with this API state.
+    Refused(Box<ApiState>),
     /// The node failed (out of descriptors, say): tried again at the next check.
     Failed,
 }
 
 impl Reload {
-    /// The generation a refused file waits to change from (see `refused_at`).
-    fn refused_at(self) -> Option<u64> {
+    /// The API state a refused file waits to change from (see `refused_with`).
+    fn refused_with(self) -> Option<ApiState> {
         match self {
-            Reload::Refused(at) => Some(at),
+            Reload::Refused(with) => Some(*with),
             _ => None,
         }
     }
@@ -512,7 +515,13 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut daemon = s.daemon();
-        (daemon.reload_file(trigger), daemon.generation())
+        let result = daemon.reload_file(trigger);
+        // Only a refusal needs it (see `Reload::Refused`).
+        let api = result
+            .as_ref()
+            .is_err_and(DaemonError::is_input)
+            .then(|| Box::new(daemon.api_state().clone()));
+        (result, api)
     })
     .await;
     match result {
@@ -524,13 +533,13 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
             info!(trigger = trigger.as_str(), "reloaded");
             Reload::Settled
         }
-        Ok((Err(e), generation)) if e.is_input() => {
+        Ok((Err(e), Some(api))) => {
             error!(
                 trigger = trigger.as_str(),
                 "reload refused, the running configuration stays (tried again once the API \
                  changes, or at a SIGHUP): {e:#}"
             );
-            Reload::Refused(generation)
+            Reload::Refused(api)
         }
         Ok((Err(e), _)) => {
             error!(
