@@ -504,13 +504,13 @@ fn an_oversized_request_gets_the_apis_json_error_and_a_looping_backend_is_refuse
 }
 
 #[test]
-fn lbctl_flows_shows_the_limit_that_applies_and_the_time_left() {
+fn lbctl_shows_the_limit_that_applies_and_gives_up_on_a_silent_lbd() {
     if !e2e_enabled() {
         return;
     }
     let topo = Topology::new(1).expect("topology");
     let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
-    let lb = start(&topo, &[]);
+    let mut lb = start(&topo, &[]);
     // One exchange, then the connection closes: the flow is closing, with the short limit.
     lb_testkit::tcp_request(
         &topo.client,
@@ -535,6 +535,44 @@ fn lbctl_flows_shows_the_limit_that_applies_and_the_time_left() {
         left <= u64::from(lb_common::limits::TCP_CLOSING_TIMEOUT_S),
         "{flow}"
     );
+    // `explain` gives the same limit for that flow.
+    let client = flow["client"]
+        .as_str()
+        .expect("the flow's client")
+        .to_owned();
+    let explain = ["explain", "tcp", client.as_str(), "198.18.100.1:80"];
+    let explained = lb.lbctl_json(&explain).expect("lbctl explain");
+    assert_eq!(
+        explained["tracked"]["idle_timeout_s"],
+        lb_common::limits::TCP_CLOSING_TIMEOUT_S,
+        "{explained}"
+    );
+    let (ok, out, err) = lb.lbctl(&explain).unwrap();
+    assert!(
+        ok && out.contains(&format!(
+            "(tcp closing, idle timeout {} s)",
+            lb_common::limits::TCP_CLOSING_TIMEOUT_S
+        )),
+        "{out}{err}"
+    );
+    // An lbd that answers nothing (stopped here) makes lbctl give up after --timeout, naming
+    // the socket, instead of waiting for ever.
+    let pid = lb.pid().expect("lbd's pid") as libc::pid_t;
+    // SAFETY: signals lbd, this test's own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let stuck = lb.lbctl(&["--timeout", "1", "status"]);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (ok, _, err) = stuck.unwrap();
+    assert!(
+        !ok && err.contains("gave no answer within 1s")
+            && started.elapsed() < Duration::from_secs(5),
+        "after {:?}: {err}",
+        started.elapsed()
+    );
+    let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
+    assert!(ok, "lbd answers again once it runs: {err}");
 }
 
 #[test]

@@ -81,7 +81,8 @@ impl Daemon {
             TrackedFlow {
                 backend,
                 tcp_state: tcp_state_name(protocol, flow.tcp_state),
-                idle_timeout_s: flow.timeout_s,
+                // The limit that applies now: an opening or closing TCP flow's is short.
+                idle_timeout_s: flow.idle_limit_s(),
                 backend_removed: removed,
             }
         });

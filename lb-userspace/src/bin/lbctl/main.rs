@@ -45,6 +45,11 @@ struct Cli {
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Seconds to wait for lbd's answer before giving up (a stopped or stuck lbd, an
+    /// address that drops packets).
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,7 +134,32 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let limit = std::time::Duration::from_secs(cli.timeout);
+    let asked = match (&cli.api_url, &cli.command) {
+        // Computed here, from the file: lbd is not asked.
+        (
+            _,
+            Command::Explain {
+                config: Some(_), ..
+            },
+        ) => None,
+        (Some(url), _) => Some(format!("http://{url}")),
+        (None, _) => Some(cli.api.display().to_string()),
+    };
+    let answered =
+        runtime.block_on(async move {
+            match asked {
+            Some(asked) => tokio::time::timeout(limit, run(cli)).await.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "lbd at {asked} gave no answer within {limit:?} (is it stopped, or busy \
+                     with a long change? `systemctl status meshlb`; a slow answer needs a \
+                     larger --timeout)"
+                ))
+            }),
+            None => run(cli).await,
+        }
+        });
+    match answered {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbctl: {e:#}");
@@ -151,6 +181,11 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
         (Some(_), None) => bail!("--api-url needs --api-token-file FILE"),
         (None, _) => Ok(Endpoint::Unix(cli.api.clone())),
     }
+}
+
+/// "tcp STATE" for a TCP flow; nothing for UDP (whose state is "-").
+fn tcp_words(state: &str) -> Option<String> {
+    (state != "-").then(|| format!("tcp {state}"))
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -631,12 +666,15 @@ fn print_explained(answer: &Explained, json: bool, live: bool) -> anyhow::Result
     }
     match &answer.tracked {
         Some(t) if t.backend_removed => println!(
-            "tracked flow to {} (tcp {}), whose backend was removed: its next packet moves or ends it",
-            t.backend, t.tcp_state
+            "tracked flow to {}{}, whose backend was removed: its next packet moves or ends it",
+            t.backend,
+            tcp_words(&t.tcp_state).map_or_else(String::new, |w| format!(" ({w})")),
         ),
         Some(t) => println!(
-            "tracked flow: goes to {} (tcp {}, idle timeout {} s); the table below is not consulted",
-            t.backend, t.tcp_state, t.idle_timeout_s
+            "tracked flow: goes to {} ({}idle timeout {} s); the table below is not consulted",
+            t.backend,
+            tcp_words(&t.tcp_state).map_or_else(String::new, |w| format!("{w}, ")),
+            t.idle_timeout_s
         ),
         // Not a frontend: nothing is tracked or picked; the line below says so.
         None if !answer.frontend || !live => {}
