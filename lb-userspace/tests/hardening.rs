@@ -535,6 +535,24 @@ fn lbctl_shows_the_limit_that_applies_and_gives_up_on_a_silent_lbd() {
         left <= u64::from(lb_common::limits::TCP_CLOSING_TIMEOUT_S),
         "{flow}"
     );
+    // A second flow: a sample of one says more are tracked; a limit of 0 is refused, named.
+    lb_testkit::tcp_request(
+        &topo.client,
+        "198.18.100.1:80".parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .expect("request");
+    let one = lb
+        .lbctl_json(&["flows", "--limit", "1"])
+        .expect("flows --limit 1");
+    assert_eq!(one["flows"].as_array().map(Vec::len), Some(1), "{one}");
+    assert_eq!(one["truncated"], true, "{one}");
+    let all = lb.lbctl_json(&["flows"]).expect("flows");
+    assert_eq!(all["truncated"], false, "{all}");
+    let (ok, out, _) = lb.lbctl(&["flows", "--limit", "1"]).unwrap();
+    assert!(ok && out.contains("more are tracked"), "{out}");
+    let (ok, _, err) = lb.lbctl(&["flows", "--limit", "0"]).unwrap();
+    assert!(!ok && err.contains("--limit"), "{err}");
     // `explain` gives the same limit for that flow.
     let client = flow["client"]
         .as_str()

@@ -256,6 +256,9 @@ pub struct FlowList {
     /// Entries scanned stop at `limit`: a sample, not the whole table.
     pub limit: usize,
     pub flows: Vec<FlowEntry>,
+    /// More flows were tracked than `limit` (of the service asked for, if one was).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

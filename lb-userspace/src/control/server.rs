@@ -504,10 +504,13 @@ async fn flows(
             };
             (names, ids)
         };
-        let sampled = s
+        // One more than asked for says whether there are more.
+        let mut sampled = s
             .readers
-            .sample_flows(limit, ids.as_deref())
+            .sample_flows(limit + 1, ids.as_deref())
             .map_err(|e| ApiError::from(DaemonError::from(e)))?;
+        let truncated = sampled.len() > limit;
+        sampled.truncate(limit);
         let now_ns = monotonic_ns();
         let flows = sampled
             .into_iter()
@@ -540,7 +543,11 @@ async fn flows(
                 ),
             })
             .collect();
-        Ok(FlowList { limit, flows })
+        Ok(FlowList {
+            limit,
+            flows,
+            truncated,
+        })
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))??;

@@ -96,9 +96,12 @@ enum Command {
     Stats,
     /// A sample of the connection table.
     Flows {
+        /// Only this service's flows.
         service: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// Flows to show at most (the table is walked until this many are found).
+        #[arg(long, default_value_t = 100,
+              value_parser = clap::value_parser!(u64).range(1..=lb_userspace::api::MAX_FLOWS as u64))]
+        limit: u64,
     },
     /// Which backend a flow gets and why, from lbd's live maps (or, with --config, computed
     /// offline from a service file for this node's addresses).
@@ -233,7 +236,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report_backend_change(&result, json, service, backend)
         }
         Command::Stats => stats(&api, json).await,
-        Command::Flows { service, limit } => flows(&api, json, service.as_deref(), *limit).await,
+        Command::Flows { service, limit } => {
+            flows(&api, json, service.as_deref(), *limit as usize).await
+        }
         Command::Explain {
             protocol,
             source,
@@ -639,6 +644,13 @@ async fn flows(
         ],
         rows,
     );
+    if list.truncated {
+        println!(
+            "(the first {} flows found; more are tracked: --limit takes up to {})",
+            list.limit,
+            lb_userspace::api::MAX_FLOWS
+        );
+    }
     Ok(())
 }
 
