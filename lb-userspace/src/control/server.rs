@@ -233,18 +233,7 @@ fn parse_body(body: &Bytes) -> Result<ServiceFile, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| bad_request("the body is not UTF-8"))?;
     let file = ServiceFile::parse(text, Path::new("request body"))
         .map_err(|e| bad_request(e.to_string()))?;
-    if file.lbd != Default::default() {
-        return Err(bad_request(
-            "request body: field lbd: daemon settings cannot be changed through the API; \
-             set them in lbd's service file or on its command line",
-        ));
-    }
-    if !file.swarm.is_empty() {
-        return Err(bad_request(
-            "request body: field swarm: swarm policies cannot be changed through the API; \
-             set them in lbd's service file's swarm section and reload",
-        ));
-    }
+    file.only_services("request body").map_err(bad_request)?;
     Ok(file)
 }
 

@@ -73,7 +73,8 @@ enum Command {
     },
     /// Add a service through the API.
     AddService(AddService),
-    /// Remove a service added through the API.
+    /// Remove a service added through the API, or drop the API's kept edits of a service
+    /// the file no longer defines (`lbctl list` names them).
     RemoveService { name: String },
     /// Add a backend to a service, or set its weight.
     AddBackend {
@@ -176,9 +177,19 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
         (Some(address), Some(token_file)) => {
             let token = std::fs::read_to_string(token_file)
                 .with_context(|| format!("reading the token file {}", token_file.display()))?;
+            let token = token.trim();
+            // lbd takes no other (see its --api-token-file): said here, naming the file,
+            // rather than as a refused token or a malformed header.
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!(
+                    "{}: not an API token (one line of at least 16 characters without spaces, \
+                     as in the file lbd's --api-token-file names)",
+                    token_file.display()
+                );
+            }
             Ok(Endpoint::Tcp {
                 address: address.clone(),
-                token: token.trim().to_owned(),
+                token: token.to_owned(),
             })
         }
         (Some(_), None) => bail!("--api-url needs --api-token-file FILE"),
@@ -443,7 +454,7 @@ async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             "SERVICE",
             "SOURCE",
             "FRONTEND",
-            "SCHEDULER",
+            "SCHEDULER/FORWARDING",
             "BACKEND",
             "WEIGHT",
             "STATE",
@@ -466,7 +477,9 @@ async fn apply(api: &Endpoint, json: bool, file: &std::path::Path) -> anyhow::Re
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     // Read here first, so a mistake is named in the operator's file (lbd only sees a request
     // body); what depends on lbd's state (a name the service file uses) lbd still refuses.
-    ServiceFile::parse(&text, file)?;
+    ServiceFile::parse(&text, file)?
+        .only_services(&file.display().to_string())
+        .map_err(anyhow::Error::msg)?;
     let result: ChangeResult = api
         .json(Method::POST, "/v1/apply", Some(text.into_bytes()))
         .await?;

@@ -141,6 +141,25 @@ impl ServiceFile {
         Self::parse(&text, path)
     }
 
+    /// Refuses what the admin API cannot change (`lbctl apply`, `POST /v1/apply`): an `lbd:`
+    /// or `swarm:` section, named in `origin` (the operator's file, or lbd's request body).
+    pub fn only_services(&self, origin: &str) -> Result<(), String> {
+        if self.lbd != Default::default() {
+            return Err(format!(
+                "{origin}: field lbd: daemon settings cannot be changed through the API; set \
+                 them in lbd's service file or on its command line, and apply a file of \
+                 services only"
+            ));
+        }
+        if !self.swarm.is_empty() {
+            return Err(format!(
+                "{origin}: field swarm: swarm policies cannot be changed through the API; set \
+                 them in lbd's service file's swarm section and reload"
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses and validates service-file text; `origin` only names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<ServiceFile, ConfigError> {
         let raw: Option<RawFile> =

@@ -782,3 +782,21 @@ fn huge_values_are_quoted_shortened_in_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_file_for_the_api_may_hold_services_only_and_the_refusal_names_it() {
+    let services = "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80/tcp\"]\n    backends: [198.18.2.10]\n";
+    assert_eq!(parse(services).unwrap().only_services("more.yaml"), Ok(()));
+    let lbd = parse(&format!("{services}lbd:\n  xdp_mode: generic\n"))
+        .unwrap()
+        .only_services("more.yaml")
+        .unwrap_err();
+    assert!(lbd.starts_with("more.yaml: field lbd:"), "{lbd}");
+    let swarm = parse(&format!(
+        "{services}swarm:\n  web:\n    scheduler: round-robin\n"
+    ))
+    .unwrap()
+    .only_services("more.yaml")
+    .unwrap_err();
+    assert!(swarm.starts_with("more.yaml: field swarm:"), "{swarm}");
+}
