@@ -247,14 +247,19 @@ fn forget_reply(key: &FlowKey, f: &Flow) {
 }
 
 /// Whether the entry `reply` (a map value, valid for this program run) is a reply entry of
-/// a flow keyed `key`: the frontend it restores is `key`'s destination.
+/// a flow keyed `key`: the frontend it restores is `key`'s destination and, when it restores
+/// the client too (a remapped source, full NAT), the client is `key`'s source. Under full NAT
+/// another client's flow takes an ended flow's node port, and so its reply key.
 #[inline(always)]
 fn reply_is_for(reply: *const Flow, key: &FlowKey) -> bool {
     // SAFETY: the caller's map value, read field by field.
     unsafe {
-        (*reply).kind == flow_kind::REPLY
-            && *(*reply).frontend_addr() == key.dst
-            && (*reply).frontend_port_be() == key.dport_be
+        let r = &*reply;
+        r.kind == flow_kind::REPLY
+            && *r.frontend_addr() == key.dst
+            && r.frontend_port_be() == key.dport_be
+            && (!r.restores_client()
+                || (*r.client_addr() == key.src && r.client_port_be() == key.sport_be))
     }
 }
 
@@ -408,8 +413,20 @@ pub fn insert(
     // the node's address and a port. A backend endpoint whose one frontend is this flow's
     // needs no unconfirmed reply entry (see `replies_without_entry`).
     let remap = fullnat
-        || !(replies_without_entry(&reply_key, key)
-            || claim_reply(&reply_key, flow, now, Held::UNTIL_BACKEND_FORGETS));
+        || !(replies_without_entry(&reply_key, key) || {
+            let mut confirmed = Owner::NONE as u16;
+            let claimed = claim_reply(
+                &reply_key,
+                flow,
+                now,
+                Held::UNTIL_BACKEND_FORGETS,
+                &mut confirmed,
+            );
+            if claimed {
+                forget_ended_reply(confirmed, &reply_key);
+            }
+            claimed
+        });
     if remap {
         if !fullnat {
             chosen.snat_addr = key.src;
@@ -421,6 +438,7 @@ pub fn insert(
             reply_key: &mut *reply_key,
             start: flow_hash(key),
             found: 0,
+            confirmed: Owner::NONE as u16,
             now,
         };
         // The attempts run under `bpf_loop`, whose body the verifier checks as a loop rather
@@ -439,6 +457,7 @@ pub fn insert(
         if search.found == 0 {
             return Err(InsertError::NoPort);
         }
+        forget_ended_reply(search.confirmed, reply_key);
         chosen.snat_port_be = reply_key.dport_be;
     }
     flow.nat_addr = chosen.addr;
@@ -455,13 +474,15 @@ pub fn insert(
 }
 
 /// What `try_source_port` works on: the reply key whose destination port it tries (left at
-/// the port claimed), from where in the full-NAT range, and whether a port was claimed.
+/// the port claimed), from where in the full-NAT range, whether a port was claimed, and who
+/// held it in `CONNTRACK` (see `claim_reply`).
 #[repr(C)]
 struct PortSearch {
     reply_key: *mut FlowKey,
     now: u64,
     start: u32,
-    found: u32,
+    found: u16,
+    confirmed: u16,
 }
 
 /// One attempt of `insert`'s search for a source port (`bpf_loop`'s callback: 1 stops the
@@ -486,7 +507,13 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
     let reply_key = unsafe { &mut *search.reply_key };
     reply_key.set_ports(reply_key.sport_be, port.to_be());
     // SAFETY: per-CPU scratch, used by this program run only.
-    if claim_reply(reply_key, unsafe { &*flow }, search.now, held) {
+    if claim_reply(
+        reply_key,
+        unsafe { &*flow },
+        search.now,
+        held,
+        &mut search.confirmed,
+    ) {
         search.found = 1;
         return 1;
     }
@@ -550,18 +577,54 @@ impl Held {
 }
 
 /// Writes the unconfirmed reply entry `reply_key`, unless a flow holds it (`held`),
-/// confirmed or not (a confirmed one would be overwritten when this flow is confirmed); an
-/// entry whose flow has ended (forward entry gone, idle, or mapped elsewhere) is taken over.
+/// confirmed or not; an entry whose flow has ended (forward entry gone, idle, or mapped
+/// elsewhere) is taken over. `confirmed` is set to who held the key in `CONNTRACK` (an
+/// `Owner`): an ended flow's entry there stays until the caller removes it
+/// (`forget_ended_reply`), at a shallower depth than the port search's. (Written to memory
+/// at once: in the port search, this frame is the deepest of the program's stack, with no
+/// room for another register spilled.)
 #[inline(always)]
-fn claim_reply(reply_key: &FlowKey, flow: &Flow, now: u64, held: Held) -> bool {
+fn claim_reply(
+    reply_key: &FlowKey,
+    flow: &Flow,
+    now: u64,
+    held: Held,
+    confirmed: &mut u16,
+) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
-    !reply_owner_alive(reply_key, now, false, held)
+    let owner = confirmed_reply_owner(reply_key, now, held);
+    *confirmed = owner as u16;
+    owner != Owner::ALIVE
         && (PENDING.insert(reply_key, flow, noexist).is_ok()
             || (!reply_owner_alive(reply_key, now, true, held) && {
                 let _ = PENDING.remove(reply_key);
                 // NOEXIST again: of two CPUs taking over the same entry, one wins.
                 PENDING.insert(reply_key, flow, noexist).is_ok()
             }))
+}
+
+/// After `claim_reply` claimed `reply_key` over an entry of `CONNTRACK` whose flow had ended
+/// (`confirmed`): that entry goes. The replies on the key look in `CONNTRACK` first
+/// (`lookup_reply`), and would go to the ended flow's client until the flow that took the
+/// key over is confirmed.
+#[inline(always)]
+fn forget_ended_reply(confirmed: u16, reply_key: &FlowKey) {
+    if u32::from(confirmed) == Owner::ENDED {
+        let _ = CONNTRACK.remove(reply_key);
+    }
+}
+
+/// Who holds a reply key in a table (see `owner_alive`): a number, not an enum, to come back
+/// from a function that is not inlined.
+struct Owner;
+
+impl Owner {
+    /// No entry.
+    const NONE: u32 = 0;
+    /// An entry whose flow has ended (or no longer maps to it).
+    const ENDED: u32 = 1;
+    /// An entry of a flow that still holds it.
+    const ALIVE: u32 = 2;
 }
 
 /// Whether a packet from this endpoint may be a reply: false only if it is no backend
@@ -602,52 +665,59 @@ fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, held: Held) -
     if pending {
         pending_reply_owner_alive(reply_key, now, held)
     } else {
-        confirmed_reply_owner_alive(reply_key, now, held)
+        confirmed_reply_owner(reply_key, now, held) == Owner::ALIVE
     }
 }
 
-/// `reply_owner_alive` in `CONNTRACK`. Not inlined (nor is its `PENDING` twin, each with one
-/// table, so their frames stay small): they run deep in the new-flow path.
+/// Who holds `reply_key` in `CONNTRACK` (an `Owner`). Not inlined (nor is its `PENDING`
+/// twin, each with one table, so their frames stay small): they run deep in the new-flow
+/// path.
 #[inline(never)]
-fn confirmed_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Held) -> bool {
-    owner_alive(&CONNTRACK, reply_key, now, held)
+fn confirmed_reply_owner(reply_key: &FlowKey, now: u64, held: Held) -> u32 {
+    owner(&CONNTRACK, reply_key, now, held)
 }
 
 #[inline(never)]
 fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Held) -> bool {
-    owner_alive(&PENDING, reply_key, now, held)
+    owner(&PENDING, reply_key, now, held) == Owner::ALIVE
 }
 
-/// `reply_owner_alive` in `table`, its forward key built in per-CPU scratch memory.
+/// Who holds `reply_key` in `table` (an `Owner`), its forward key built in per-CPU scratch
+/// memory: the flow whose reply entry it is, if its forward entry (in the same table)
+/// exists, is not idle past its limit (as `held` measures it), and still maps to this key.
 #[inline(always)]
-fn owner_alive<const N: usize>(
+fn owner<const N: usize>(
     table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
     reply_key: &FlowKey,
     now: u64,
     held: Held,
-) -> bool {
+) -> u32 {
     let Some(reply) = table.get_ptr(reply_key) else {
-        return false;
+        return Owner::NONE;
     };
     let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
-        return true;
+        return Owner::ALIVE;
     };
     // SAFETY: map values valid for this program run; the scratch key is this CPU's. Its
     // padding is never written, so it stays zero as the map was created.
     unsafe {
         let r = &*reply;
         if r.kind != flow_kind::REPLY {
-            return true;
+            return Owner::ALIVE;
         }
         let k = &mut *forward_key;
         write_forward_key(k, reply_key, r);
         let Some(forward) = table.get_ptr(k) else {
-            return false;
+            return Owner::ENDED;
         };
         let f = &*forward;
         let limit_ns = held.limit_ns(f);
         // The flow's clock: either direction moves it (`touch_reply`).
-        now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r)
+        if now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r) {
+            Owner::ALIVE
+        } else {
+            Owner::ENDED
+        }
     }
 }
 

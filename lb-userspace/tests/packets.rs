@@ -1227,6 +1227,32 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
                  closed one had {}",
                 node.port()
             );
+            if !held {
+                // The backend's answer on that port is the new flow's, not the closed one's
+                // (whose entries stay in the table until evicted).
+                let syn_ack = Ipv4Frame::tcp(backend, node, TCP_SYN | TCP_ACK)
+                    .with_macs(backend_mac(0), lb.backend_if_mac);
+                let out = lb.run_from(&syn_ack.build(), lb.backend_if);
+                assert_eq!(
+                    parse_ipv4(&out.packet).expect("translated").dst,
+                    second[0],
+                    "closed by the {closer} {idle_s} s ago: the backend's SYN-ACK on the reused \
+                     port {taken}"
+                );
+                // Confirmed, and the closed flow's client opens a flow on its old tuple
+                // again: the closed flow's end leaves the new flow's reply entry alone.
+                lb.run(&Ipv4Frame::tcp(second[0], vip, TCP_ACK).build());
+                lb.run(&Ipv4Frame::tcp(first, vip, TCP_SYN).build());
+                let ack = Ipv4Frame::tcp(backend, node, TCP_ACK)
+                    .with_macs(backend_mac(0), lb.backend_if_mac);
+                let out = lb.run_from(&ack.build(), lb.backend_if);
+                assert_eq!(
+                    parse_ipv4(&out.packet).map(|p| p.dst).ok(),
+                    Some(second[0]),
+                    "closed by the {closer} {idle_s} s ago: the backend's packet on port \
+                     {taken} after the closed flow's client came back"
+                );
+            }
         }
     });
 }
