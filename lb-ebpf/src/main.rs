@@ -182,8 +182,9 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                     pending = false;
                 }
                 Pending::Reset => reset = true,
-                Pending::Absent => {
-                    if verdict == Verdict::UNTRACKED
+                found @ (Pending::Absent | Pending::Moved) => {
+                    if matches!(found, Pending::Absent)
+                        && verdict == Verdict::UNTRACKED
                         && pkt.key.proto == proto::TCP
                         && pkt.tcp_flags & (TCP_SYN | TCP_RST) == 0
                     {

@@ -660,12 +660,22 @@ fn a_syn_sent_again_after_its_backend_left_opens_the_flow_on_another() {
         let vip = sock(VIP, 80);
         let leaving = sock("198.18.2.11", 8080);
         let client = syn_placed_on(&mut lb, vip, leaving, 43500);
+        let acking = syn_placed_on(&mut lb, vip, leaving, 44500);
         reload(
             &mut lb,
             &STATELESS_SERVICES.replace(
                 r#"backends: ["198.18.2.10", "198.18.2.11"]"#,
                 r#"backends: ["198.18.2.10"]"#,
             ),
+        );
+        // The other one's ACK moves it too: counted as moved, not as a flow the table lost
+        // (it had its entry).
+        let before = lb.stats();
+        lb.run(&Ipv4Frame::tcp(acking, vip, TCP_ACK).build());
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[(StatSlot::FlowMoved, 1), (StatSlot::FlowLost, 0)],
         );
         let before = lb.stats();
         let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);

@@ -20,6 +20,9 @@ use crate::{
 pub enum Pending {
     /// No live unconfirmed flow of this packet (or of this service): it opens one.
     Absent,
+    /// Its backend left (policy `move`): it opens a flow again, counted as moved (not as
+    /// lost: it had an entry).
+    Moved,
     /// An unconfirmed flow this packet does not confirm (a SYN again): follow its `PENDING`
     /// entry.
     Follow,
@@ -60,7 +63,7 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
                 return Pending::Reset;
             }
             count(StatSlot::FlowMoved);
-            return Pending::Absent;
+            return Pending::Moved;
         }
         Liveness::NotForward | Liveness::Ended => return Pending::Absent,
     }
