@@ -379,8 +379,9 @@ fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen)
     if svc.flags & service_flags::SOCKET_SCOPE_MASK != 0 {
         return FlowStart::refused(StatSlot::DropNoBackend);
     }
-    // A mid-flow packet without an entry (its flow entered by a node that died, or was
-    // evicted) is placed by the flow hash under either scheduler (see `select`).
+    // A mid-flow TCP packet without an entry (its flow entered by a node that died, or was
+    // evicted) is placed by the flow hash under either scheduler (see `select`); UDP has no
+    // mid-flow marker.
     let opening = key.proto != proto::TCP || is_syn(pkt.tcp_flags);
     if !select::choose(key, svc, opening, chosen) {
         return FlowStart::refused(StatSlot::DropNoBackend);

@@ -1,7 +1,8 @@
 //! Backend selection for a new flow: a Maglev table slot for the flow hash, or the next entry
-//! of the service's weighted round-robin sequence. A round-robin flow picked up mid-flow (its
-//! node died, or its entry was lost) has no cursor position to recover: it takes the flow
-//! hash's slot of the same sequence, the same on every node that has the same plan.
+//! of the service's weighted round-robin sequence. A round-robin TCP flow picked up mid-flow
+//! (its node died, or its entry was lost) has no cursor position to recover: it takes the
+//! flow hash's slot of the same sequence, the same on every node that has the same plan. A
+//! UDP datagram has no mid-flow marker: without an entry it opens a flow, by the cursor.
 
 use lb_common::{
     hash::{any_node_hash, client_hash, flow_hash},
