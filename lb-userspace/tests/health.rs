@@ -214,6 +214,8 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
     );
     let (_, text, _) = lb.lbctl(&["list"]).expect("lbctl list");
     assert!(text.contains("HEALTH") && text.contains("down "), "{text}");
+    let (_, text, _) = lb.lbctl(&["stats"]).expect("lbctl stats");
+    assert!(text.contains("(1 down: see `lbctl list`)"), "{text}");
     let (_, text, _) = lb
         .lbctl(&["explain", "tcp", "198.18.1.2:40000", "198.18.100.1:80"])
         .expect("lbctl explain");

@@ -532,6 +532,13 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                 rate(t.new_flows_per_s),
             ]);
         }
+        // Backends down by their checks are out of the plan, so out of the rows above.
+        let down = report.backend_states.get(&s.name).map_or(0, |b| b.down);
+        if down > 0 {
+            let mut row = vec![String::new(), format!("({down} down: see `lbctl list`)")];
+            row.resize(7, "-".to_owned());
+            rows.push(row);
+        }
     }
     table(
         &[
