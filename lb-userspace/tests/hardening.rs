@@ -525,6 +525,9 @@ fn lbctl_shows_the_limit_that_applies_and_gives_up_on_a_silent_lbd() {
         .unwrap_or_else(|| panic!("no flow listed: {list}"))
         .clone();
     assert_eq!(flow["tcp_state"], "closing", "{flow}");
+    // The service's name as `list` and `stats` give it, its mapping apart.
+    assert_eq!(flow["service"], "web", "{flow}");
+    assert_eq!(flow["mapping"], "80:8080/tcp", "{flow}");
     assert_eq!(
         flow["idle_timeout_s"],
         lb_common::limits::TCP_CLOSING_TIMEOUT_S,

@@ -263,7 +263,12 @@ pub struct FlowList {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FlowEntry {
+    /// The service's name (as `list` and `stats` give it), or "(removed service ID)".
     pub service: String,
+    /// The service's mapping the flow came through, as written (`80:8080/tcp`); none for a
+    /// removed service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<String>,
     pub protocol: String,
     pub client: SocketAddr,
     pub frontend: SocketAddr,

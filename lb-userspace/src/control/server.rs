@@ -473,10 +473,10 @@ async fn flows(
         let (names, ids) = {
             let d = s.daemon();
             let running = d.running();
-            let names: BTreeMap<u32, String> = running
+            let names: BTreeMap<u32, (String, String)> = running
                 .services
                 .iter()
-                .map(|sv| (sv.id, format!("{} {}", sv.name, sv.mapping)))
+                .map(|sv| (sv.id, (sv.name.clone(), sv.mapping.to_string())))
                 .collect();
             let ids = match &q.service {
                 Some(name) => {
@@ -504,10 +504,13 @@ async fn flows(
         let flows = sampled
             .into_iter()
             .map(|(key, flow)| FlowEntry {
-                service: names
+                service: names.get(&flow.service_id).map_or_else(
+                    || format!("(removed service {})", flow.service_id),
+                    |(name, _)| name.clone(),
+                ),
+                mapping: names
                     .get(&flow.service_id)
-                    .cloned()
-                    .unwrap_or_else(|| format!("(removed service {})", flow.service_id)),
+                    .map(|(_, mapping)| mapping.clone()),
                 protocol: protocol_name(key.proto).into(),
                 client: std::net::SocketAddr::new(
                     std::net::IpAddr::from(key.src),

@@ -640,7 +640,10 @@ async fn flows(
         .iter()
         .map(|f| {
             vec![
-                f.service.clone(),
+                match &f.mapping {
+                    Some(mapping) => format!("{} {mapping}", f.service),
+                    None => f.service.clone(),
+                },
                 f.protocol.clone(),
                 f.client.to_string(),
                 f.frontend.to_string(),
