@@ -586,7 +586,7 @@ mod tests {
             mesh_addr: None,
             services: 4,
             stopping_known: false,
-            last_read_ms: None,
+            last_read: None,
             tasks_stopping: 3,
             tasks_unhealthy: 0,
             notices: crate::source::swarm::notices::NoticeStatus {

@@ -94,10 +94,9 @@ pub struct SwarmStatus {
     /// no new flows here.
     #[serde(default)]
     pub stopping_known: bool,
-    /// How long the last good read of the Engine took, and the wait it set before the next
-    /// (longer than the usual 500 ms only where reads are slow: a large swarm), in ms.
+    /// The last good read of the Engine.
     #[serde(default)]
-    pub last_read_ms: Option<(u64, u64)>,
+    pub last_read: Option<EngineRead>,
     /// Tasks known to be stopping (they take no new flows).
     #[serde(default)]
     pub tasks_stopping: usize,
@@ -111,6 +110,14 @@ pub struct SwarmStatus {
     /// container's VIPs are served before it calls them.
     #[serde(default)]
     pub container_starts: u64,
+}
+
+/// How long a read of the Engine took, and the wait it set before the next (longer than the
+/// usual 500 ms only where reads are slow: a large swarm).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct EngineRead {
+    pub took_ms: u64,
+    pub next_after_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -57,9 +57,10 @@ impl Daemon {
             mesh_addr: self.swarm.as_ref().and_then(|s| s.mesh_addr()),
             services: self.swarm.as_ref().map_or(0, |s| s.services.len()),
             stopping_known: self.swarm.as_ref().is_some_and(|s| s.desired_states_known),
-            last_read_ms: f
-                .last_read
-                .map(|(took, wait)| (took.as_millis() as u64, wait.as_millis() as u64)),
+            last_read: f.last_read.map(|(took, wait)| crate::api::EngineRead {
+                took_ms: took.as_millis() as u64,
+                next_after_ms: wait.as_millis() as u64,
+            }),
             tasks_stopping: self.swarm.as_ref().map_or(0, |s| s.tasks_stopping()),
             tasks_unhealthy: self.swarm.as_ref().map_or(0, |s| s.tasks_unhealthy()),
             notices: f.notices,

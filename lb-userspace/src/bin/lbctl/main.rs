@@ -375,8 +375,11 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                 s.tasks_stopping, s.tasks_unhealthy
             );
         }
-        if let Some((took, wait)) = s.last_read_ms {
-            println!("swarm: a read of the Engine took {took} ms; the next after {wait} ms");
+        if let Some(read) = s.last_read {
+            println!(
+                "swarm: a read of the Engine took {} ms; the next after {} ms",
+                read.took_ms, read.next_after_ms
+            );
         }
         println!(
             "swarm: tasks being stopped {}",
