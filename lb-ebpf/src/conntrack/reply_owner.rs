@@ -1,0 +1,183 @@
+//! Who holds a reply key: the flow whose reply entry it is, while it is alive (or its backend
+//! may still hold the port), and how a new flow claims a key from an ended one. Full NAT's
+//! port search and the confirmation of a flow ask it.
+
+use super::*;
+
+/// How long a flow holds its reply key against a new flow's claim: between its idle limit
+/// and its port hold (`Flow::port_hold_s`), as a mask of the difference to take off the
+/// hold. A number in one register, not an enum: the verifier follows the port search's one
+/// path for both of its passes, and a non-inlined callee gets it whole.
+#[derive(Clone, Copy)]
+pub struct Held(u64);
+
+impl Held {
+    /// While the flow is alive (its idle limit): confirmation.
+    pub const WHILE_ALIVE: Held = Held(u64::MAX);
+    /// A closed TCP flow's until its backend's TIME_WAIT may be over (`Flow::port_hold_s`):
+    /// the reply key holds the source port the backend sees (the client's own under NAT, a
+    /// node port under full NAT).
+    pub const UNTIL_BACKEND_FORGETS: Held = Held(0);
+
+    /// Full NAT's port search, attempt `attempt` of two passes over the same ports:
+    /// `UNTIL_BACKEND_FORGETS` in the first, `WHILE_ALIVE` in the second (computed without a
+    /// branch).
+    #[inline(always)]
+    pub(super) fn search_pass(attempt: u64) -> Held {
+        let first_pass_left = (u64::from(FULLNAT_PORT_ATTEMPTS) - 1).wrapping_sub(attempt);
+        Held((first_pass_left as i64 >> 63) as u64)
+    }
+
+    /// The hold of forward entry `f`, in nanoseconds.
+    #[inline(always)]
+    fn limit_ns(self, f: &Flow) -> u64 {
+        // The port hold is never shorter than the idle limit.
+        let hold = port_hold_ns(f);
+        hold - ((hold - idle_limit_ns(f)) & self.0)
+    }
+}
+
+/// Writes the unconfirmed reply entry `reply_key`, unless a flow holds it (`held`),
+/// confirmed or not; an entry whose flow has ended (forward entry gone, idle, or mapped
+/// elsewhere) is taken over. `confirmed` is set to who held the key in `CONNTRACK` (an
+/// `Owner`): an ended flow's entry there stays until the caller removes it
+/// (`forget_ended_reply`), at a shallower depth than the port search's. (Written to memory
+/// at once: in the port search, this frame is the deepest of the program's stack, with no
+/// room for another register spilled.)
+#[inline(always)]
+pub(super) fn claim_reply(
+    reply_key: &FlowKey,
+    flow: &Flow,
+    now: u64,
+    held: Held,
+    confirmed: &mut u16,
+) -> bool {
+    let noexist = u64::from(BPF_NOEXIST);
+    let owner = confirmed_reply_owner(reply_key, now, held);
+    *confirmed = owner as u16;
+    owner != Owner::ALIVE
+        && (PENDING.insert(reply_key, flow, noexist).is_ok()
+            || (!reply_owner_alive(reply_key, now, true, held) && {
+                let _ = PENDING.remove(reply_key);
+                // NOEXIST again: of two CPUs taking over the same entry, one wins.
+                PENDING.insert(reply_key, flow, noexist).is_ok()
+            }))
+}
+
+/// After `claim_reply` claimed `reply_key` over an entry of `CONNTRACK` whose flow had ended
+/// (`confirmed`): that entry goes. The replies on the key look in `CONNTRACK` first
+/// (`lookup_reply`), and would go to the ended flow's client until the flow that took the
+/// key over is confirmed.
+#[inline(always)]
+pub(super) fn forget_ended_reply(confirmed: u16, reply_key: &FlowKey) {
+    if u32::from(confirmed) == Owner::ENDED {
+        let _ = CONNTRACK.remove(reply_key);
+    }
+}
+
+/// Who holds a reply key in a table (see `owner`): a number, not an enum, to come back
+/// from a function that is not inlined.
+pub(super) struct Owner;
+
+impl Owner {
+    /// No entry.
+    pub(super) const NONE: u32 = 0;
+    /// An entry whose flow has ended (or no longer maps to it).
+    pub(super) const ENDED: u32 = 1;
+    /// An entry of a flow that still holds it.
+    pub(super) const ALIVE: u32 = 2;
+}
+
+/// Whether the flow that wrote the reply entry at `reply_key` of `PENDING` (if `pending`) or
+/// `CONNTRACK` still holds it: its forward entry (in the same table) exists, is not idle
+/// past its limit (as `held` measures it), and still maps to this reply key.
+#[inline(always)]
+pub(super) fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, held: Held) -> bool {
+    if pending {
+        pending_reply_owner_alive(reply_key, now, held)
+    } else {
+        confirmed_reply_owner(reply_key, now, held) == Owner::ALIVE
+    }
+}
+
+/// Who holds `reply_key` in `CONNTRACK` (an `Owner`). Not inlined (nor is its `PENDING`
+/// twin, each with one table, so their frames stay small): they run deep in the new-flow
+/// path.
+#[inline(never)]
+pub(super) fn confirmed_reply_owner(reply_key: &FlowKey, now: u64, held: Held) -> u32 {
+    owner(&CONNTRACK, reply_key, now, held)
+}
+
+#[inline(never)]
+pub(super) fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Held) -> bool {
+    owner(&PENDING, reply_key, now, held) == Owner::ALIVE
+}
+
+/// Who holds `reply_key` in `table` (an `Owner`), its forward key built in per-CPU scratch
+/// memory: the flow whose reply entry it is, if its forward entry (in the same table)
+/// exists, is not idle past its limit (as `held` measures it), and still maps to this key.
+#[inline(always)]
+pub(super) fn owner<const N: usize>(
+    table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
+    reply_key: &FlowKey,
+    now: u64,
+    held: Held,
+) -> u32 {
+    let Some(reply) = table.get_ptr(reply_key) else {
+        return Owner::NONE;
+    };
+    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return Owner::ALIVE;
+    };
+    // SAFETY: map values valid for this program run; the scratch key is this CPU's. Its
+    // padding is never written, so it stays zero as the map was created.
+    unsafe {
+        let r = &*reply;
+        if r.kind != flow_kind::REPLY {
+            return Owner::ALIVE;
+        }
+        let k = &mut *forward_key;
+        write_forward_key(k, reply_key, r);
+        let Some(forward) = table.get_ptr(k) else {
+            return Owner::ENDED;
+        };
+        let f = &*forward;
+        let limit_ns = held.limit_ns(f);
+        // The flow's clock: either direction moves it (`touch_reply`).
+        if now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r) {
+            Owner::ALIVE
+        } else {
+            Owner::ENDED
+        }
+    }
+}
+
+/// Writes into `k` the key of the forward entry that reply entry `reply` (keyed `reply_key`)
+/// belongs to: client to frontend, the client restored under a source remap.
+#[inline(always)]
+pub(super) fn write_forward_key(k: &mut FlowKey, reply_key: &FlowKey, reply: &Flow) {
+    let remapped = reply.restores_client();
+    k.src = if remapped {
+        *reply.client_addr()
+    } else {
+        reply_key.dst
+    };
+    let sport_be = if remapped {
+        reply.client_port_be()
+    } else {
+        reply_key.dport_be
+    };
+    k.dst = *reply.frontend_addr();
+    k.set_ports(sport_be, reply.frontend_port_be());
+    k.set_proto(reply_key.proto);
+}
+
+/// Whether forward entry `f` is the flow reply entry `reply` (keyed `reply_key`) belongs to:
+/// another flow may have taken the key since (see `claim_reply`).
+#[inline(always)]
+pub(super) fn owns_reply(f: &Flow, reply_key: &FlowKey, reply: &Flow) -> bool {
+    f.kind == flow_kind::FORWARD
+        && *f.backend_addr() == reply_key.src
+        && f.backend_port_be() == reply_key.sport_be
+        && (!reply.restores_client() || f.remapped_source_port_be() == reply_key.dport_be)
+}
