@@ -236,7 +236,7 @@ pub fn run(args: &OracleArgs) -> Result<()> {
         let base = crate::results::write(
             &args.out_dir,
             &format!("oracle-{}", report.date),
-            &serde_json::to_value(&report)?,
+            &report,
             &md,
         )?;
         println!("oracle: wrote {}.{{json,md}}", base.display());

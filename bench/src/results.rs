@@ -11,8 +11,9 @@ use std::{
 use anyhow::{Context as _, Result};
 
 /// Writes `json` and `md` as `dir/<stem>.{json,md}`, first moving an earlier pair of that
-/// name aside; answers the path without its extension.
-pub fn write(dir: &Path, stem: &str, json: &serde_json::Value, md: &str) -> Result<PathBuf> {
+/// name aside; answers the path without its extension. `json` is serialized as it is (its
+/// fields in their order; a `serde_json::Value` would sort them).
+pub fn write(dir: &Path, stem: &str, json: &impl serde::Serialize, md: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let base = dir.join(stem);
     keep_earlier(dir, stem)?;

@@ -657,12 +657,8 @@ pub fn run(args: &TcpArgs) -> Result<()> {
     let md = render_markdown(&report);
     println!("\n{md}");
     if !args.no_write {
-        let base = crate::results::write(
-            &args.out_dir,
-            &format!("tcp-{}", report.date),
-            &serde_json::to_value(&report)?,
-            &md,
-        )?;
+        let base =
+            crate::results::write(&args.out_dir, &format!("tcp-{}", report.date), &report, &md)?;
         println!("tcp: wrote {}.{{json,md}}", base.display());
     }
     Ok(())

@@ -196,7 +196,7 @@ pub fn run(
         let base = crate::results::write(
             &args.out_dir,
             &format!("{}-{}", case.file_stem, report.date),
-            &serde_json::to_value(&report)?,
+            &report,
             &md,
         )?;
         println!("{}: wrote {}.{{json,md}}", case.tag, base.display());

@@ -179,7 +179,7 @@ pub fn run(args: &MicroArgs) -> Result<()> {
         let base = crate::results::write(
             &args.out_dir,
             &format!("micro-{}", report.date),
-            &serde_json::to_value(&report)?,
+            &report,
             &markdown,
         )?;
         println!("micro: wrote {}.{{json,md}}", base.display());

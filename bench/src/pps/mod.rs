@@ -578,7 +578,7 @@ pub fn run(args: &PpsArgs) -> Result<()> {
         let base = crate::results::write(
             &args.out_dir,
             &format!("pps-{}", report.date),
-            &serde_json::to_value(&report)?,
+            &report,
             &markdown,
         )?;
         println!("pps: wrote {}.{{json,md}}", base.display());

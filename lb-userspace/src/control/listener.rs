@@ -211,7 +211,8 @@ mod tests {
     }
 
     #[test]
-    fn a_request_in_flight_when_the_lifetime_ends_gets_its_answer_and_idle_ones_are_closed() {
+    fn a_request_in_flight_when_the_lifetime_ends_or_at_a_stop_gets_its_answer_and_idle_ones_are_closed()
+     {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -219,8 +220,6 @@ mod tests {
         runtime.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let refusals = Arc::new(std::sync::atomic::AtomicU32::new(0));
-            let counted = refusals.clone();
             let (stop_tx, stop_rx) = watch::channel(false);
             let limits = Limits {
                 max_connections: 2,
@@ -231,9 +230,7 @@ mod tests {
                 listener,
                 slow_router(Duration::from_millis(600)),
                 limits,
-                move || {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                },
+                || {},
                 stop_rx,
             ));
             // In flight across the lifetime: answered, then closed.
@@ -255,19 +252,7 @@ mod tests {
                 "{read:?} after {:?}",
                 started.elapsed()
             );
-            // Beyond the cap: a 503, counted.
-            let mut open: Vec<TcpStream> = Vec::new();
-            for _ in 0..2 {
-                open.push(TcpStream::connect(addr).await.unwrap());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut third = TcpStream::connect(addr).await.unwrap();
-            let refused = exchange(&mut third, request, Duration::from_secs(2)).await;
-            assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
-            assert_eq!(refusals.load(std::sync::atomic::Ordering::Relaxed), 1);
             // A stop lets the request in flight finish and returns once every connection closed.
-            drop(open);
-            tokio::time::sleep(Duration::from_millis(50)).await;
             let mut last = TcpStream::connect(addr).await.unwrap();
             last.write_all(request.as_bytes()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -277,6 +262,61 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(5), last.read_to_end(&mut answer)).await;
             let answer = String::from_utf8_lossy(&answer);
             assert!(answer.ends_with("done"), "{answer:?}");
+            let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+            assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+        });
+    }
+
+    #[test]
+    fn connections_beyond_the_cap_get_a_503_and_are_counted() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let refusals = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let counted = refusals.clone();
+            let (stop_tx, stop_rx) = watch::channel(false);
+            // A lifetime far longer than the test: the open connections keep their slots.
+            let limits = Limits {
+                max_connections: 2,
+                lifetime: Duration::from_secs(60),
+            };
+            let server = tokio::spawn(serve(
+                "test",
+                listener,
+                slow_router(Duration::ZERO),
+                limits,
+                move || {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                },
+                stop_rx,
+            ));
+            let mut open: Vec<TcpStream> = Vec::new();
+            for _ in 0..2 {
+                open.push(TcpStream::connect(addr).await.unwrap());
+            }
+            // Both taken before the third comes: each answers a request.
+            for stream in &mut open {
+                stream
+                    .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).await.unwrap();
+                assert_eq!(&head, b"HTTP/1.1 200");
+            }
+            let mut third = TcpStream::connect(addr).await.unwrap();
+            let mut refused = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut refused)).await;
+            let refused = String::from_utf8_lossy(&refused);
+            assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+            assert_eq!(refusals.load(std::sync::atomic::Ordering::Relaxed), 1);
+            stop_tx.send(true).unwrap();
+            drop(open);
             let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
         });

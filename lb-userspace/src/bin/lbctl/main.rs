@@ -139,6 +139,14 @@ fn main() -> std::process::ExitCode {
         }
     };
     let limit = std::time::Duration::from_secs(cli.timeout);
+    let changes = !matches!(
+        cli.command,
+        Command::Status
+            | Command::List
+            | Command::Stats
+            | Command::Flows { .. }
+            | Command::Explain { .. }
+    );
     let asked = match (&cli.api_url, &cli.command) {
         // Computed here, from the file: lbd is not asked.
         (
@@ -150,19 +158,23 @@ fn main() -> std::process::ExitCode {
         (Some(url), _) => Some(format!("http://{url}")),
         (None, _) => Some(cli.api.display().to_string()),
     };
-    let answered =
-        runtime.block_on(async move {
-            match asked {
+    let answered = runtime.block_on(async move {
+        match asked {
             Some(asked) => tokio::time::timeout(limit, run(cli)).await.unwrap_or_else(|_| {
                 Err(anyhow::anyhow!(
                     "lbd at {asked} gave no answer within {limit:?} (is it stopped, or busy \
                      with a long change? `systemctl status meshlb`; a slow answer needs a \
-                     larger --timeout)"
+                     larger --timeout){}",
+                    if changes {
+                        "; the change may still be applied: see `lbctl list` before trying again"
+                    } else {
+                        ""
+                    }
                 ))
             }),
             None => run(cli).await,
         }
-        });
+    });
     match answered {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -512,6 +524,7 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     }
     let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.1}"));
     let mut rows = Vec::new();
+    let mut down_said = std::collections::BTreeSet::new();
     for s in &report.services {
         let t = &s.totals;
         rows.push(vec![
@@ -535,9 +548,10 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                 rate(t.new_flows_per_s),
             ]);
         }
-        // Backends down by their checks are out of the plan, so out of the rows above.
+        // Backends down by their checks are out of the plan, so out of the rows above: said
+        // once per service (a service has a row per mapping and address family).
         let down = report.backend_states.get(&s.name).map_or(0, |b| b.down);
-        if down > 0 {
+        if down > 0 && down_said.insert(s.name.as_str()) {
             let mut row = vec![String::new(), format!("({down} down: see `lbctl list`)")];
             row.resize(7, "-".to_owned());
             rows.push(row);
