@@ -202,6 +202,52 @@ mod tests {
         )
     }
 
+    /// A test server of two connections at most, whose route answers after `delay`: its
+    /// address, its stop, its task and how many connections it refused.
+    struct TestServer {
+        addr: std::net::SocketAddr,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+        refusals: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    async fn test_server(lifetime: Duration, delay: Duration) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refusals = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = refusals.clone();
+        let (stop, stop_rx) = watch::channel(false);
+        let limits = Limits {
+            max_connections: 2,
+            lifetime,
+        };
+        let task = tokio::spawn(serve(
+            "test",
+            listener,
+            slow_router(delay),
+            limits,
+            move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            },
+            stop_rx,
+        ));
+        TestServer {
+            addr,
+            stop,
+            task,
+            refusals,
+        }
+    }
+
+    /// Runs `test` on a runtime of its own.
+    fn on_runtime(test: impl Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test);
+    }
+
     /// Sends `request` on `stream` and reads until the peer closes (bounded by `limit`).
     async fn exchange(stream: &mut TcpStream, request: &str, limit: Duration) -> String {
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -213,26 +259,9 @@ mod tests {
     #[test]
     fn a_request_in_flight_when_the_lifetime_ends_or_at_a_stop_gets_its_answer_and_idle_ones_are_closed()
      {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let limits = Limits {
-                max_connections: 2,
-                lifetime: Duration::from_millis(200),
-            };
-            let server = tokio::spawn(serve(
-                "test",
-                listener,
-                slow_router(Duration::from_millis(600)),
-                limits,
-                || {},
-                stop_rx,
-            ));
+        on_runtime(async {
+            let server = test_server(Duration::from_millis(200), Duration::from_millis(600)).await;
+            let addr = server.addr;
             // In flight across the lifetime: answered, then closed.
             let mut busy = TcpStream::connect(addr).await.unwrap();
             let request = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -256,44 +285,23 @@ mod tests {
             let mut last = TcpStream::connect(addr).await.unwrap();
             last.write_all(request.as_bytes()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
-            stop_tx.send(true).unwrap();
+            server.stop.send(true).unwrap();
             let mut answer = Vec::new();
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), last.read_to_end(&mut answer)).await;
             let answer = String::from_utf8_lossy(&answer);
             assert!(answer.ends_with("done"), "{answer:?}");
-            let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(5), server.task).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
         });
     }
 
     #[test]
     fn connections_beyond_the_cap_get_a_503_and_are_counted() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let refusals = Arc::new(std::sync::atomic::AtomicU32::new(0));
-            let counted = refusals.clone();
-            let (stop_tx, stop_rx) = watch::channel(false);
+        on_runtime(async {
             // A lifetime far longer than the test: the open connections keep their slots.
-            let limits = Limits {
-                max_connections: 2,
-                lifetime: Duration::from_secs(60),
-            };
-            let server = tokio::spawn(serve(
-                "test",
-                listener,
-                slow_router(Duration::ZERO),
-                limits,
-                move || {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                },
-                stop_rx,
-            ));
+            let server = test_server(Duration::from_secs(60), Duration::ZERO).await;
+            let addr = server.addr;
             let mut open: Vec<TcpStream> = Vec::new();
             for _ in 0..2 {
                 open.push(TcpStream::connect(addr).await.unwrap());
@@ -314,10 +322,13 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut refused)).await;
             let refused = String::from_utf8_lossy(&refused);
             assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
-            assert_eq!(refusals.load(std::sync::atomic::Ordering::Relaxed), 1);
-            stop_tx.send(true).unwrap();
+            assert_eq!(
+                server.refusals.load(std::sync::atomic::Ordering::Relaxed),
+                1
+            );
+            server.stop.send(true).unwrap();
             drop(open);
-            let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(5), server.task).await;
             assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
         });
     }
