@@ -118,7 +118,7 @@ pub async fn serve<L: Incoming>(
             refused += 1;
             on_refused();
             // Once, then every thousandth: a flood must not flood the log too.
-            if refused == 1 || refused % 1000 == 0 {
+            if refused == 1 || refused.is_multiple_of(1000) {
                 info!(
                     %peer,
                     refused,
