@@ -134,18 +134,42 @@ fn nightly_toolchain() -> Result<()> {
     )
 }
 
+/// The bpf-linker release the programs are built and tested with (against LLVM 22): a newer
+/// one may need another LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Whether `bpf-linker --version` output names the release this repository uses.
+pub fn is_pinned_bpf_linker(version_output: &str) -> bool {
+    version_output
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|v| v == BPF_LINKER_VERSION)
+}
+
 fn bpf_linker() -> Result<()> {
     const STEP: &str = "setup: bpf-linker";
     // main() has put the cargo bin directory on PATH, so this finds a `cargo install`ed one.
     let present = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .is_ok_and(|output| output.status.success());
-    if present {
-        println!("{STEP}: already present");
-        return Ok(());
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    match &present {
+        Some(version) if is_pinned_bpf_linker(version) => {
+            println!("{STEP}: already present ({version})");
+            return Ok(());
+        }
+        Some(version) => println!(
+            "{STEP}: {version} is present; installing {BPF_LINKER_VERSION}, the release this \
+             repository is built with"
+        ),
+        None => {}
     }
-    println!("{STEP}: installing with cargo install against LLVM 22 (takes about 4 minutes) ...");
+    println!(
+        "{STEP}: installing {BPF_LINKER_VERSION} with cargo install against LLVM 22 (takes about \
+         4 minutes) ..."
+    );
     let path = match std::env::var_os("PATH") {
         Some(path) if !path.is_empty() => {
             let mut joined = std::ffi::OsString::from(format!("{LLVM_BIN}:"));
@@ -158,6 +182,9 @@ fn bpf_linker() -> Result<()> {
         cargo().env("PATH", path).args([
             "install",
             "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--force",
             "--no-default-features",
             "--features",
             "llvm-22",
@@ -271,6 +298,14 @@ pub fn unescape_mount(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pinned_bpf_linker_is_recognised_by_its_version_line() {
+        assert!(is_pinned_bpf_linker("bpf-linker 0.13.0"));
+        assert!(!is_pinned_bpf_linker("bpf-linker 0.14.1"));
+        assert!(!is_pinned_bpf_linker("bpf-linker 0.13.0-rc1"));
+        assert!(!is_pinned_bpf_linker(""));
+    }
 
     #[test]
     fn dpkg_status() {
