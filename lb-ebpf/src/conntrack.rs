@@ -108,7 +108,9 @@ fn liveness(
     }
     if f.seen_tick != tick {
         let now = now_ns();
-        if now.wrapping_sub(f.last_seen_ns) > idle_limit_ns(f) {
+        // Signed: another CPU may have stamped the flow after `now` was read (a reply's
+        // `touch_reply`), which is no idle time at all, not a wrapped eternity.
+        if now.wrapping_sub(f.last_seen_ns) as i64 > idle_limit_ns(f) as i64 {
             return Liveness::Ended;
         }
         refresh(f, now, tick);

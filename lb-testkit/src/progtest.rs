@@ -283,6 +283,15 @@ impl Loaded {
         }
     }
 
+    /// Stamps the tracked flow `key`'s forward entry `ahead` in the future, as another CPU's
+    /// packet stamped after this one read the clock; its next packet checks its idle time.
+    pub fn stamp_flow_ahead(&mut self, key: &FlowKey, ahead: Duration) {
+        self.rewrite_flow(key, |flow| {
+            flow.last_seen_ns += ahead.as_nanos() as u64;
+            flow.seen_tick = flow.seen_tick.wrapping_sub(1);
+        });
+    }
+
     /// Makes the tracked flow `key` forget its cached route, as its cache's age bound would.
     pub fn expire_route(&mut self, key: &FlowKey) {
         self.rewrite_flow(key, |flow| flow.egress_ifindex = 0);

@@ -648,6 +648,32 @@ fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_nex
     });
 }
 
+/// A flow stamped by another CPU after this one read the clock (a reply's packet, say) is
+/// not idle: its next packet follows it (an unsigned difference read as an eternity ended it).
+#[test]
+fn a_flow_stamped_after_the_clock_was_read_is_not_idle() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(STATELESS_SERVICES, |mut lb| {
+        let vip = sock(VIP, 80);
+        let client = sock(CLIENT, 45500);
+        let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        let backend = parse_ipv4(&out.packet).expect("checksums").dst;
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+        lb.stamp_flow_ahead(&forward_key(client, vip), std::time::Duration::from_secs(1));
+        let before = lb.stats();
+        let ack = Ipv4Frame::tcp(client, vip, TCP_ACK);
+        let out = lb.run(&ack.build());
+        assert_eq!(out.packet, ack.with_dst(backend).build());
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[(StatSlot::NewFlow, 0), (StatSlot::FlowLost, 0)],
+        );
+    });
+}
+
 /// A SYN sent again whose unconfirmed flow lost its backend (the default policy, `move`)
 /// opens the flow anew on a backend still there, as the first SYN of a new flow would: the
 /// dead entry in `PENDING` is replaced, counted as moved.

@@ -144,7 +144,10 @@ pub(super) fn owner<const N: usize>(
         let f = &*forward;
         let limit_ns = held.limit_ns(f);
         // The flow's clock: either direction moves it (`touch_reply`).
-        if now.wrapping_sub(f.last_seen_ns) <= limit_ns && owns_reply(f, reply_key, r) {
+        // Signed: a stamp another CPU wrote after `now` was read is no idle time (see
+        // `liveness`).
+        if now.wrapping_sub(f.last_seen_ns) as i64 <= limit_ns as i64 && owns_reply(f, reply_key, r)
+        {
             Owner::ALIVE
         } else {
             Owner::ENDED
