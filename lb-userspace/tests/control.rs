@@ -1018,6 +1018,16 @@ fn bad_input_and_wrong_tokens_leave_the_dataplane_unchanged() {
         err.contains("refused the token from --api-token-file"),
         "{err}"
     );
+    // A file without a token is named by lbctl, before anything is sent (not a 401).
+    let empty_file = ScratchPath::temp("empty-token", "");
+    std::fs::write(&*empty_file, "\n").unwrap();
+    let (ok, _, err) = lb
+        .lbctl_tcp(&topo.node, &url, &empty_file, &["list"])
+        .unwrap();
+    assert!(
+        !ok && err.contains(empty_file.arg()) && err.contains("not an API token"),
+        "{err}"
+    );
     let metrics = http(
         &topo.node,
         "127.0.0.1:9464".parse().unwrap(),

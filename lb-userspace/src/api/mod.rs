@@ -39,6 +39,16 @@ use crate::{
 /// pipe instead of the answer.
 pub const MAX_BODY_BYTES: usize = 2 << 20;
 
+/// What the TCP API's bearer token must be, said in errors about a token file.
+pub const TOKEN_RULE: &str = "one line of at least 16 characters without spaces";
+
+/// Whether `token` (a token file's text, trimmed) is a bearer token: the rule lbd reads its
+/// file by and lbctl checks before sending (a control character could not be sent in a
+/// header at all).
+pub fn is_token(token: &str) -> bool {
+    token.len() >= 16 && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// What both sides say of a body over [`MAX_BODY_BYTES`].
 pub fn body_too_large(bytes: Option<usize>) -> String {
     let size = bytes.map_or(String::new(), |b| format!(" ({:.1} MB)", b as f64 / 1e6));

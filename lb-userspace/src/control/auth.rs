@@ -112,10 +112,11 @@ fn read_token(path: &Path) -> Result<Arc<str>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the API token: {e}", path.display()))?;
     let token = text.trim();
-    if token.len() < 16 || token.contains(char::is_whitespace) {
+    if !crate::api::is_token(token) {
         return Err(format!(
-            "{}: the API token must be one line of at least 16 characters without spaces",
-            path.display()
+            "{}: the API token must be {}",
+            path.display(),
+            crate::api::TOKEN_RULE
         ));
     }
     if let Ok(meta) = std::fs::metadata(path) {

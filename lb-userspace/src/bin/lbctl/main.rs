@@ -138,44 +138,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let limit = std::time::Duration::from_secs(cli.timeout);
-    let changes = !matches!(
-        cli.command,
-        Command::Status
-            | Command::List
-            | Command::Stats
-            | Command::Flows { .. }
-            | Command::Explain { .. }
-    );
-    let asked = match (&cli.api_url, &cli.command) {
-        // Computed here, from the file: lbd is not asked.
-        (
-            _,
-            Command::Explain {
-                config: Some(_), ..
-            },
-        ) => None,
-        (Some(url), _) => Some(format!("http://{url}")),
-        (None, _) => Some(cli.api.display().to_string()),
-    };
-    let answered = runtime.block_on(async move {
-        match asked {
-            Some(asked) => tokio::time::timeout(limit, run(cli)).await.unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "lbd at {asked} gave no answer within {limit:?} (is it stopped, or busy \
-                     with a long change? `systemctl status meshlb`; a slow answer needs a \
-                     larger --timeout){}",
-                    if changes {
-                        "; the change may still be applied: see `lbctl list` before trying again"
-                    } else {
-                        ""
-                    }
-                ))
-            }),
-            None => run(cli).await,
-        }
-    });
-    match answered {
+    match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbctl: {e:#}");
@@ -192,11 +155,11 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
             let token = token.trim();
             // lbd takes no other (see its --api-token-file): said here, naming the file,
             // rather than as a refused token or a malformed header.
-            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if !lb_userspace::api::is_token(token) {
                 bail!(
-                    "{}: not an API token (one line of at least 16 characters without spaces, \
-                     as in the file lbd's --api-token-file names)",
-                    token_file.display()
+                    "{}: not an API token ({}, as in the file lbd's --api-token-file names)",
+                    token_file.display(),
+                    lb_userspace::api::TOKEN_RULE
                 );
             }
             Ok(Endpoint::Tcp {
@@ -231,12 +194,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return explain_offline(config, json, *protocol, *source, *destination);
     }
     let api = endpoint(&cli)?;
+    let limit = std::time::Duration::from_secs(cli.timeout);
+    match tokio::time::timeout(limit, ask(&api, &cli)).await {
+        Ok(answered) => answered,
+        Err(_) => bail!(
+            "lbd at {api} gave no answer within {limit:?} (is it stopped, or busy with a long \
+             change? `systemctl status meshlb`; a slow answer needs a larger --timeout){}",
+            if cli.command.changes() {
+                "; the change may still be applied: see `lbctl list` before trying again"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+impl Command {
+    /// Whether the command asks lbd for a change (which lbd may still make after lbctl gave
+    /// up waiting).
+    fn changes(&self) -> bool {
+        !matches!(
+            self,
+            Command::Status
+                | Command::List
+                | Command::Stats
+                | Command::Flows { .. }
+                | Command::Explain { .. }
+        )
+    }
+}
+
+/// The command, asked of lbd at `api`.
+async fn ask(api: &Endpoint, cli: &Cli) -> anyhow::Result<()> {
     let json = cli.output == Output::Json;
     match &cli.command {
-        Command::Status => status(&api, json).await,
-        Command::List => list(&api, json).await,
-        Command::Apply { file } => apply(&api, json, file).await,
-        Command::AddService(args) => add_service(&api, json, args).await,
+        Command::Status => status(api, json).await,
+        Command::List => list(api, json).await,
+        Command::Apply { file } => apply(api, json, file).await,
+        Command::AddService(args) => add_service(api, json, args).await,
         Command::RemoveService { name } => {
             let path = format!("/v1/services/{}", encode(name));
             let result: ChangeResult = api.json(Method::DELETE, &path, None).await?;
@@ -247,27 +242,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
             weight,
         } => {
-            let result = backend_call(&api, service, "", backend, *weight).await?;
+            let result = backend_call(api, service, "", backend, *weight).await?;
             report_backend_change(&result, json, service, backend)
         }
         Command::RemoveBackend { service, backend } => {
-            let result = backend_call(&api, service, "/remove", backend, None).await?;
+            let result = backend_call(api, service, "/remove", backend, None).await?;
             report_backend_change(&result, json, service, backend)
         }
         Command::Drain { service, backend } => {
-            let result = backend_call(&api, service, "/drain", backend, None).await?;
+            let result = backend_call(api, service, "/drain", backend, None).await?;
             report_backend_change(&result, json, service, backend)
         }
-        Command::Stats => stats(&api, json).await,
+        Command::Stats => stats(api, json).await,
         Command::Flows { service, limit } => {
-            flows(&api, json, service.as_deref(), *limit as usize).await
+            flows(api, json, service.as_deref(), *limit as usize).await
         }
         Command::Explain {
             protocol,
             source,
             destination,
             ..
-        } => explain(&api, json, *protocol, *source, *destination).await,
+        } => explain(api, json, *protocol, *source, *destination).await,
     }
 }
 
