@@ -408,9 +408,14 @@ fn to_frontend(ctx: &SockAddrContext, v6: bool, received: bool) -> i32 {
         let peer = unsafe { *peer };
         if peer.backend == backend && peer.backend_port_be == user_port {
             show(sa, v6, &peer.frontend, peer.frontend_port_be);
-            // SAFETY: the context's socket; no value is created.
-            if received && !unsafe { SOCK_SEEN.get_ptr_mut(ctx) }.is_null() {
-                seen_at(ctx, clock_s());
+            if received {
+                // Only a socket that has a time (an unconnected one): its value, looked up
+                // once. SAFETY: the context's socket; no value is created.
+                let seen = unsafe { SOCK_SEEN.get_ptr_mut(ctx) };
+                if !seen.is_null() {
+                    // SAFETY: a storage value stays valid for the whole program run.
+                    unsafe { *seen = clock_s() };
+                }
             }
             return ALLOW;
         }
