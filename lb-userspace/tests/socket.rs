@@ -688,4 +688,64 @@ fn unconnected_udp_sockets_keep_their_backend_until_it_leaves() {
         after_idle.iter().all(|b| b != "backend-2"),
         "a socket idle past the timeout kept the drained backend: {after_idle:?}"
     );
+
+    // A datagram received from the backend keeps a socket on it, as a reply keeps a flow: of
+    // the sockets on the drained backend, those that hear from it (sending nothing) stay
+    // past the timeout; the others pick again.
+    lab.lb.reload(SERVICES).expect("reload");
+    let sockets = unconnected_udp(&lab.topo.node, vip);
+    let on_drained: Vec<&UdpSocket> = sockets
+        .iter()
+        .filter(|(_, b)| b == "backend-2")
+        .map(|(socket, _)| socket)
+        .collect();
+    assert!(
+        on_drained.len() >= 2,
+        "two sockets on backend-2 among 30: {sockets:?}"
+    );
+    let (heard, silent) = on_drained.split_at(on_drained.len() / 2);
+    let three = drained.replace(r#"weight: 0 }]"#, "weight: 0 }]\n    timeouts: { udp: 3s }");
+    assert_ne!(three, drained);
+    lab.lb.reload(&three).expect("reload");
+    std::thread::sleep(Duration::from_secs(2));
+    let node = lab.topo.node_bridge_addr4;
+    let targets: Vec<SocketAddr> = heard
+        .iter()
+        .map(|s| SocketAddr::new(node.into(), s.local_addr().unwrap().port()))
+        .collect();
+    let backend = &lab.topo.backends[2];
+    let from = SocketAddr::new(backend.addr4.into(), 5353);
+    backend
+        .ns
+        .run(move || -> std::io::Result<()> {
+            // Beside its server (which binds with SO_REUSEADDR too), from its service port.
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&from.into())?;
+            for target in targets {
+                s.send_to(b"pushed\n", &target.into())?;
+            }
+            Ok(())
+        })
+        .expect("setns")
+        .expect("the backend pushes a datagram");
+    for socket in heard {
+        let mut buf = [0u8; 64];
+        let (_, seen_from) = socket.recv_from(&mut buf).expect("the pushed datagram");
+        assert_eq!(seen_from, vip, "shown as from the frontend");
+    }
+    // Past 3 s since the sockets last sent (whole seconds of the clock: at least 4 apart),
+    // within 3 of the datagram received.
+    std::thread::sleep(Duration::from_millis(2500));
+    for socket in heard {
+        let now = udp_ask_unconnected(socket, vip).expect("answered");
+        assert_eq!(
+            now, "backend-2",
+            "a socket that heard from its backend moved"
+        );
+    }
+    for socket in silent {
+        let now = udp_ask_unconnected(socket, vip).expect("answered");
+        assert_ne!(now, "backend-2", "a silent socket kept the drained backend");
+    }
 }
