@@ -4,9 +4,8 @@ pub mod filter;
 mod reply_owner;
 mod unconfirmed;
 
-use self::reply_owner::Held;
 use self::reply_owner::{
-    Owner, claim_reply, forget_ended_reply, owns_reply, reply_owner_alive, write_forward_key,
+    Held, Owner, claim_reply, forget_ended_reply, owns_reply, reply_owner_alive, write_forward_key,
 };
 
 use core::{ffi::c_void, mem::MaybeUninit};
@@ -422,7 +421,7 @@ pub fn insert(
     // needs no unconfirmed reply entry (see `replies_without_entry`).
     let remap = fullnat
         || !(replies_without_entry(&reply_key, key) || {
-            let mut confirmed = Owner::NONE as u16;
+            let mut confirmed = Owner::NONE;
             let claimed = claim_reply(
                 &reply_key,
                 flow,
@@ -446,7 +445,7 @@ pub fn insert(
             reply_key: &mut *reply_key,
             start: flow_hash(key),
             found: 0,
-            confirmed: Owner::NONE as u16,
+            confirmed: Owner::NONE,
             now,
         };
         // The attempts run under `bpf_loop`, whose body the verifier checks as a loop rather

@@ -54,7 +54,7 @@ pub(super) fn claim_reply(
 ) -> bool {
     let noexist = u64::from(BPF_NOEXIST);
     let owner = confirmed_reply_owner(reply_key, now, held);
-    *confirmed = owner as u16;
+    *confirmed = owner;
     owner != Owner::ALIVE
         && (PENDING.insert(reply_key, flow, noexist).is_ok()
             || (!reply_owner_alive(reply_key, now, true, held) && {
@@ -70,7 +70,7 @@ pub(super) fn claim_reply(
 /// key over is confirmed.
 #[inline(always)]
 pub(super) fn forget_ended_reply(confirmed: u16, reply_key: &FlowKey) {
-    if u32::from(confirmed) == Owner::ENDED {
+    if confirmed == Owner::ENDED {
         let _ = CONNTRACK.remove(reply_key);
     }
 }
@@ -81,11 +81,11 @@ pub(super) struct Owner;
 
 impl Owner {
     /// No entry.
-    pub(super) const NONE: u32 = 0;
+    pub(super) const NONE: u16 = 0;
     /// An entry whose flow has ended (or no longer maps to it).
-    pub(super) const ENDED: u32 = 1;
+    pub(super) const ENDED: u16 = 1;
     /// An entry of a flow that still holds it.
-    pub(super) const ALIVE: u32 = 2;
+    pub(super) const ALIVE: u16 = 2;
 }
 
 /// Whether the flow that wrote the reply entry at `reply_key` of `PENDING` (if `pending`) or
@@ -104,7 +104,7 @@ pub(super) fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, he
 /// twin, each with one table, so their frames stay small): they run deep in the new-flow
 /// path.
 #[inline(never)]
-pub(super) fn confirmed_reply_owner(reply_key: &FlowKey, now: u64, held: Held) -> u32 {
+pub(super) fn confirmed_reply_owner(reply_key: &FlowKey, now: u64, held: Held) -> u16 {
     owner(&CONNTRACK, reply_key, now, held)
 }
 
@@ -122,7 +122,7 @@ pub(super) fn owner<const N: usize>(
     reply_key: &FlowKey,
     now: u64,
     held: Held,
-) -> u32 {
+) -> u16 {
     let Some(reply) = table.get_ptr(reply_key) else {
         return Owner::NONE;
     };
