@@ -69,8 +69,9 @@ mod tests {
 
     #[test]
     fn a_second_run_keeps_the_first_beside_it() {
-        let dir = std::env::temp_dir().join(format!("mlb-results-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // Removed when dropped, the test failing or not.
+        let scratch = lb_testkit::ScratchPath::temp("results-unit", "");
+        let dir = scratch.path().to_owned();
         let first = serde_json::json!({ "run": 1 });
         let second = serde_json::json!({ "run": 2 });
         write(&dir, "micro-2026-12-06", &first, "first\n").unwrap();
@@ -87,7 +88,6 @@ mod tests {
             .filter(|n| n.ends_with(".md"))
             .map(|n| std::fs::read_to_string(dir.join(n)).unwrap())
             .collect();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(names.len(), 6, "{names:?}");
         assert_eq!(latest, "third\n");
         for text in ["first\n", "second\n", "third\n"] {
