@@ -321,8 +321,12 @@ fn kept_backend(
     // SAFETY: the context's socket; no value is created.
     let seen = unsafe { SOCK_SEEN.get_ptr_mut(ctx) };
     // None yet: a connected socket's peer (its `connect` wrote no time), kept.
+    // Signed: another CPU's `recvmsg` may have written a time after `now_s` was read, which
+    // is no idle time, not a wrapped eternity (see the connection table's `liveness`).
     // SAFETY: a storage value stays valid for the whole program run.
-    if !seen.is_null() && now_s.wrapping_sub(unsafe { *seen }) > svc.udp_timeout_s {
+    if !seen.is_null()
+        && i64::from(now_s.wrapping_sub(unsafe { *seen }) as i32) > i64::from(svc.udp_timeout_s)
+    {
         return None;
     }
     let backend = BACKENDS.get(peer.backend_id)?;

@@ -70,6 +70,7 @@ pub mod progtest;
 pub mod rng;
 pub mod scratch;
 pub mod servers;
+pub mod sock_seen;
 pub mod swarm;
 pub mod topology;
 

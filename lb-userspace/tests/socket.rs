@@ -748,4 +748,11 @@ fn unconnected_udp_sockets_keep_their_backend_until_it_leaves() {
         let now = udp_ask_unconnected(socket, vip).expect("answered");
         assert_ne!(now, "backend-2", "a silent socket kept the drained backend");
     }
+
+    // A time written after this `sendmsg` read the clock (another CPU's `recvmsg`, a second
+    // later) is no idle time: a socket stamped ahead stays on its drained backend.
+    let socket = heard[0];
+    lb_testkit::sock_seen::stamp_socket_ahead(socket, 5).expect("SOCK_SEEN stamped");
+    let now = udp_ask_unconnected(socket, vip).expect("answered");
+    assert_eq!(now, "backend-2", "a socket stamped ahead moved");
 }
