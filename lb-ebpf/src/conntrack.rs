@@ -20,7 +20,10 @@ use aya_ebpf::{
 use lb_common::{
     Addr, endpoint_filter,
     hash::{endpoint_filter_slot, flow_hash},
-    limits::{FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS},
+    limits::{
+        FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
+        UNCONFIRMED_SYN_PORT_HOLD_S,
+    },
     maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
     stats::StatSlot,
 };

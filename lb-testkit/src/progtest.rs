@@ -283,6 +283,16 @@ impl Loaded {
         }
     }
 
+    /// Makes the unconfirmed flow `key` (in `PENDING`) look idle for `idle` more: the last
+    /// packet of its forward entry, whose clock is the flow's, moved back by that much.
+    pub fn age_pending_flow(&mut self, key: &FlowKey, idle: Duration) {
+        let mut table = self.dp.pending_table_mut().expect("PENDING");
+        let mut flow = table.get(key, 0).expect("the flow is unconfirmed");
+        flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
+        flow.seen_tick = flow.seen_tick.wrapping_sub(1);
+        table.insert(key, flow, 0).expect("rewrite the flow");
+    }
+
     /// Stamps the tracked flow `key`'s forward entry `ahead` in the future, as another CPU's
     /// packet stamped after this one read the clock; its next packet checks its idle time.
     pub fn stamp_flow_ahead(&mut self, key: &FlowKey, ahead: Duration) {

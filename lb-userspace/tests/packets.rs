@@ -27,7 +27,8 @@ use lb_testkit::{
         parse_ipv6, tunnel_wrap, with_mss, with_vlan_tags,
     },
     progtest::{
-        CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, assert_deltas, backend_mac, delta, pin_to_cpu,
+        CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, ProgOutcome, assert_deltas, backend_mac, delta,
+        pin_to_cpu,
     },
 };
 use lb_userspace::plan;
@@ -1295,7 +1296,8 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
 
 /// When every port of a full-NAT search is held only because its backend may still be in
 /// TIME_WAIT, a new flow takes one of them (its SYN may be sent again a second later) rather
-/// than being dropped; ports of live flows are never taken (see the test above it for drops).
+/// than being dropped; ports of live flows are never taken (see the test above it for drops),
+/// but for a handshake long due (the test below).
 #[test]
 fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
     if !e2e_enabled() {
@@ -1331,6 +1333,80 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
         assert_eq!(taken, search[0], "the first port of the second pass");
         assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
         assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoSnatPort), 0);
+    });
+}
+
+/// A flood of SYNs from spoofed sources holds full NAT's ports only for seconds: when every
+/// port of a new flow's search is held, it takes the port of a flow whose handshake has been
+/// due for `UNCONFIRMED_SYN_PORT_HOLD_S` (never a fresher one's), and the flow it was taken
+/// from is over: its late ACK or its SYN sent again opens a flow on another port, and the
+/// backend's packets on the taken port reach the flow that took it.
+#[test]
+fn fullnat_takes_the_port_of_a_handshake_long_due_and_that_flow_moves_to_another() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, UNCONFIRMED_SYN_PORT_HOLD_S};
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let vip = sock("198.18.100.4", 80);
+        let backend = sock("198.18.2.10", 8080);
+        let first = sock(CLIENT, 26000);
+        let (search, others) = fullnat_search(vip, first, FULLNAT_PORT_ATTEMPTS as usize);
+        let clients: Vec<SocketAddrV4> = std::iter::once(first).chain(others).collect();
+        let (holding, last) = clients.split_at(FULLNAT_PORT_ATTEMPTS as usize);
+        for &client in holding {
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        }
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(last[0], vip, TCP_SYN).build());
+        assert_eq!(out.action, XDP_DROP, "every port held by a fresh handshake");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoSnatPort), 1);
+        // All but the first handshake long due.
+        let due = std::time::Duration::from_secs(u64::from(UNCONFIRMED_SYN_PORT_HOLD_S) + 1);
+        for &client in &holding[1..] {
+            lb.age_pending_flow(&forward_key(client, vip), due);
+        }
+        let port_of = |out: &ProgOutcome| {
+            assert_ne!(out.action, XDP_DROP, "dropped");
+            parse_ipv4(&out.packet).expect("forwarded").src
+        };
+        let backend_on = |lb: &mut Loaded, node: SocketAddrV4| {
+            let ack =
+                Ipv4Frame::tcp(backend, node, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac);
+            let out = lb.run_from(&ack.build(), lb.backend_if);
+            parse_ipv4(&out.packet).map(|p| p.dst).ok()
+        };
+        let before = lb.stats();
+        let taker = port_of(&lb.run(&Ipv4Frame::tcp(last[0], vip, TCP_SYN).build()));
+        assert_eq!(
+            taker.port(),
+            search[1],
+            "the first long-due handshake's port"
+        );
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+        assert_eq!(backend_on(&mut lb, taker), Some(last[0]));
+
+        // The flow it was taken from completes its handshake late: over, placed again.
+        let before = lb.stats();
+        let moved = port_of(&lb.run(&Ipv4Frame::tcp(holding[1], vip, TCP_ACK).build()));
+        assert_ne!(moved.port(), search[1], "a late ACK on the taken port");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowLost), 1);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::FlowConfirmed), 0);
+        assert_eq!(
+            backend_on(&mut lb, taker),
+            Some(last[0]),
+            "the backend's packet on the taken port after the late ACK"
+        );
+        assert_eq!(backend_on(&mut lb, moved), Some(holding[1]));
+
+        // One whose port the late ACK's flow took sends its SYN again: a new flow.
+        assert_eq!(moved.port(), search[2]);
+        let before = lb.stats();
+        let again = port_of(&lb.run(&Ipv4Frame::tcp(holding[2], vip, TCP_SYN).build()));
+        assert_ne!(again.port(), search[2], "a SYN again on the taken port");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+        assert_eq!(backend_on(&mut lb, moved), Some(holding[1]));
+        assert_eq!(backend_on(&mut lb, again), Some(holding[2]));
     });
 }
 

@@ -12,7 +12,8 @@ use super::*;
 pub struct Held(u64);
 
 impl Held {
-    /// While the flow is alive (its idle limit): confirmation.
+    /// While the flow is alive (its idle limit; a flow waiting for its handshake, see
+    /// `limit_ns`): confirmation, and the port search's second pass.
     pub const WHILE_ALIVE: Held = Held(u64::MAX);
     /// A closed TCP flow's until its backend's TIME_WAIT may be over (`Flow::port_hold_s`):
     /// the reply key holds the source port the backend sees (the client's own under NAT, a
@@ -28,9 +29,15 @@ impl Held {
         Held((first_pass_left as i64 >> 63) as u64)
     }
 
-    /// The hold of forward entry `f`, in nanoseconds.
+    /// The hold of forward entry `f`, in nanoseconds. While alive, a flow still waiting for
+    /// its handshake holds only `UNCONFIRMED_SYN_PORT_HOLD_S`: a flood of SYNs would hold
+    /// every port of full NAT's range for the SYN timeout. A flow whose port is taken so is
+    /// over: `pending` finds its reply key another's.
     #[inline(always)]
     fn limit_ns(self, f: &Flow) -> u64 {
+        if self.0 == Self::WHILE_ALIVE.0 && f.tcp_state == tcp_state::SYN_SENT {
+            return u64::from(UNCONFIRMED_SYN_PORT_HOLD_S) * 1_000_000_000;
+        }
         // The port hold is never shorter than the idle limit.
         let hold = port_hold_ns(f);
         hold - ((hold - idle_limit_ns(f)) & self.0)

@@ -67,6 +67,14 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         }
         Liveness::NotForward | Liveness::Ended => return Pending::Absent,
     }
+    // Its source port was taken by a newer flow while it waited for its handshake (full NAT
+    // under a flood of SYNs, see `Held::limit_ns`): it is over, and this packet opens a flow
+    // anew, on another port (a mid-flow packet is counted lost). Followed or confirmed, it
+    // would share its reply key with the flow that took it.
+    if f.remaps_source() && reply_key_taken(key, f) {
+        let _ = PENDING.remove(key);
+        return Pending::Absent;
+    }
     if is_tcp && pkt.tcp_flags & TCP_SYN != 0 {
         // A SYN again: the client has not had an answer it takes. If the flow's replies are
         // no longer translated (opened without a reply entry, and a change since gave its
@@ -82,6 +90,19 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
     } else {
         Pending::Follow
     }
+}
+
+/// Whether another flow holds the reply key of the unconfirmed flow `key` (its forward entry
+/// `f`): a reply entry there, confirmed or not, that is not this flow's (`reply_is_for`).
+/// None at all is this flow's still: a flood may have evicted its entry from `PENDING`, and
+/// `confirm` writes it again.
+#[inline(always)]
+fn reply_key_taken(key: &FlowKey, f: &Flow) -> bool {
+    let reply_key = reply_key_of(key, f);
+    // SAFETY: map values, valid for this program run.
+    let another = |reply: *const Flow| unsafe { (*reply).kind } == flow_kind::REPLY && !reply_is_for(reply, key);
+    CONNTRACK.get_ptr(&reply_key).is_some_and(another)
+        || PENDING.get_ptr(&reply_key).is_some_and(another)
 }
 
 /// `PENDING`'s entry for `key`, or null: what `pending` takes.

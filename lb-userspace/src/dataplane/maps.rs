@@ -180,12 +180,23 @@ impl Dataplane {
     pub fn connection_table_mut(
         &mut self,
     ) -> Result<HashMap<&mut MapData, FlowKey, Flow>, DataplaneError> {
-        HashMap::try_from(
-            self.ebpf_mut()
-                .map_mut(names::CONNTRACK)
-                .expect("checked at load"),
-        )
-        .map_err(map_err(names::CONNTRACK))
+        self.flow_table_mut(names::CONNTRACK)
+    }
+
+    /// The table of unconfirmed flows (`PENDING`), writable: for the same tools (the test
+    /// kit's aging of a flow still waiting for its handshake). lbd never writes it.
+    pub fn pending_table_mut(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, FlowKey, Flow>, DataplaneError> {
+        self.flow_table_mut(names::PENDING)
+    }
+
+    fn flow_table_mut(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, FlowKey, Flow>, DataplaneError> {
+        HashMap::try_from(self.ebpf_mut().map_mut(name).expect("checked at load"))
+            .map_err(map_err(name))
     }
 
     /// The frontend table itself, writable: for tools that must write a frontend around
