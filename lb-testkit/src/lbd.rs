@@ -248,9 +248,20 @@ impl Lbd {
 
     /// Runs `lbctl --api <socket> ARGS` and returns (success, stdout, stderr).
     pub fn lbctl(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let (code, out, err) = self.lbctl_exit(args)?;
+        Ok((code == Some(0), out, err))
+    }
+
+    /// As `lbctl`, with the exit code (`None`: ended by a signal).
+    pub fn lbctl_exit(&self, args: &[&str]) -> Result<(Option<i32>, String, String)> {
         let mut cmd = std::process::Command::new(self.lbd.with_file_name("lbctl"));
         cmd.arg("--api").arg(self.api_socket()).args(args);
-        run_lbctl(cmd)
+        let out = super::command::output_within(cmd, None, LBCTL_TIMEOUT)?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Runs `lbctl --api-url URL --api-token-file TOKEN_FILE ARGS` in `netns` (where lbd's TCP
@@ -271,12 +282,17 @@ impl Lbd {
         run_lbctl(cmd)
     }
 
-    /// Runs `lbctl --output json ARGS`, which must succeed, and parses its answer.
+    /// Runs `lbctl --output json ARGS`, which must succeed, and parses its answer. A `status`
+    /// that says lbd is not healthy (its own exit code) has answered too.
     pub fn lbctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut all = vec!["--output", "json"];
         all.extend(args);
-        let (ok, out, err) = self.lbctl(&all)?;
-        anyhow::ensure!(ok, "lbctl {args:?} failed: {err}");
+        let (code, out, err) = self.lbctl_exit(&all)?;
+        let unhealthy = i32::from(lb_userspace::api::Unhealthy::EXIT_CODE);
+        anyhow::ensure!(
+            matches!(code, Some(0)) || code == Some(unhealthy),
+            "lbctl {args:?} failed: {err}"
+        );
         serde_json::from_str(&out).with_context(|| format!("lbctl {args:?} printed no JSON: {out}"))
     }
 

@@ -249,7 +249,7 @@ impl Topology {
     }
 
     /// Makes the client–node veth pair (gone or renamed) again, with its addresses and routes.
-    fn make_client_link(&self) -> Result<()> {
+    pub fn make_client_link(&self) -> Result<()> {
         self.node
             .ip_batch(&[
                 format!(

@@ -684,6 +684,55 @@ fn an_xdp_redirect_interface_made_again_is_redirected_to_again() {
     );
 }
 
+/// `lbctl status` exits 3 while lbd answers but is not healthy (here an interface is
+/// deleted), naming what is wrong on stderr, in text and in JSON; 0 again once attached.
+#[test]
+fn lbctl_status_exits_3_while_an_interface_is_missing() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let lb = start_lbd(&topo, SERVICES);
+    let code = |args: &[&str]| lb.lbctl_exit(args).expect("lbctl status");
+    assert_eq!(code(&["status"]).0, Some(0), "healthy");
+    topo.node
+        .ip(&["link", "del", &topo.node_client_if])
+        .expect("delete the link");
+    // Bounded: 40 looks, 50 ms apart.
+    let mut seen = client_link_status(&lb, &topo).1;
+    for _ in 0..40 {
+        if seen == "missing" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        seen = client_link_status(&lb, &topo).1;
+    }
+    assert_eq!(seen, "missing", "{}", lb.output());
+    let problem = format!(
+        "lbctl: not healthy: interface {} is missing",
+        topo.node_client_if
+    );
+    let (exit, out, err) = code(&["status"]);
+    assert_eq!(exit, Some(3), "{out}{err}");
+    assert!(out.contains("MISSING"), "{out}");
+    assert_eq!(err.trim(), problem);
+    let (exit, out, err) = code(&["-o", "json", "status"]);
+    assert_eq!(exit, Some(3), "{out}{err}");
+    serde_json::from_str::<serde_json::Value>(&out).expect("the status in JSON");
+    assert_eq!(err.trim(), problem);
+
+    topo.make_client_link().expect("make the link again");
+    let mut exit = code(&["status"]).0;
+    for _ in 0..40 {
+        if exit == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        exit = code(&["status"]).0;
+    }
+    assert_eq!(exit, Some(0), "attached again\n{}", lb.output());
+}
+
 #[test]
 fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
     if !e2e_enabled() {

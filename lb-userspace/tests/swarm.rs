@@ -600,6 +600,12 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
                 status.contains("DOES NOT ANSWER")
             },
         );
+        let (code, _, err) = lbs[1].lbctl_exit(&["status"]).expect("status");
+        assert_eq!(
+            code,
+            Some(i32::from(lb_userspace::api::Unhealthy::EXIT_CODE)),
+            "lbctl status while the Engine is away: {err}"
+        );
         if !before.is_empty() {
             let hosts: BTreeSet<String> = ask(&lab, node2_addr, 6)
                 .into_iter()

@@ -922,8 +922,13 @@ fn drained_node_gets_no_new_flows_entering_by_the_worker(drained: u8, check: imp
 
 /// Whether `lb`'s `lbctl status` says its Engine answers.
 fn engine_answers(lb: &Lbd) -> anyhow::Result<bool> {
-    let (ok, status, err) = lb.lbctl(&["status"])?;
-    anyhow::ensure!(ok, "lbctl status: {err}");
+    // Answered, though not healthy: an Engine that does not answer is that.
+    let (code, status, err) = lb.lbctl_exit(&["status"])?;
+    let unhealthy = i32::from(lb_userspace::api::Unhealthy::EXIT_CODE);
+    anyhow::ensure!(
+        code == Some(0) || code == Some(unhealthy),
+        "lbctl status: {err}"
+    );
     anyhow::ensure!(status.contains("swarm: Engine"), "no swarm line: {status}");
     Ok(!status.contains("DOES NOT ANSWER"))
 }

@@ -80,6 +80,43 @@ pub struct Status {
     pub swarm: Option<SwarmStatus>,
 }
 
+impl Status {
+    /// What is wrong, though lbd answers: a failed change not undone (`degraded`), an
+    /// interface deleted (`missing`), the swarm's Engine not answering. Empty: healthy.
+    /// `lbctl status` exits `Unhealthy::EXIT_CODE` when there is any.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .degraded
+            .iter()
+            .map(|why| format!("degraded: {why}"))
+            .collect();
+        problems.extend(
+            self.attachments
+                .iter()
+                .filter(|a| a.state == "missing")
+                .map(|a| format!("interface {} is missing", a.interface)),
+        );
+        if let Some(swarm) = self.swarm.as_ref().filter(|s| !s.engine_up) {
+            problems.push(format!(
+                "the Engine at {} does not answer",
+                swarm.docker_host
+            ));
+        }
+        problems
+    }
+}
+
+/// lbd answered, and said what is wrong (`Status::problems`).
+#[derive(Debug, thiserror::Error)]
+#[error("not healthy: {}", .0.join("; "))]
+pub struct Unhealthy(pub Vec<String>);
+
+impl Unhealthy {
+    /// `lbctl status`'s exit code then: not 1 (lbd not reached, or a refusal), nor clap's 2
+    /// (a usage error).
+    pub const EXIT_CODE: u8 = 3;
+}
+
 /// How the swarm follower is doing.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SwarmStatus {
@@ -417,4 +454,57 @@ pub fn tcp_state_name(protocol: u8, state: u8) -> String {
         _ => "none",
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_names_each_problem_and_a_healthy_one_none() {
+        let status = |extra: serde_json::Value| -> Status {
+            let mut value = serde_json::json!({
+                "generation": 3, "uptime_s": 10, "config": "services.yaml", "changes": [],
+                "degraded": null,
+                "attachments": [
+                    { "interface": "eth0", "ifindex": 2, "mode": "native", "adopted": false,
+                      "state": "attached" },
+                    { "interface": "eth1", "ifindex": 3, "mode": "generic", "adopted": false,
+                      "state": "attached" },
+                ],
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                value[k] = v.clone();
+            }
+            serde_json::from_value(value).expect("a status")
+        };
+        let swarm = |up: bool| {
+            serde_json::json!({
+                "docker_host": "unix:///var/run/docker.sock", "engine_up": up, "reads_ok": 1,
+                "reads_failed": 0, "last_error": null, "last_ok_age_s": 1, "node_addr": null,
+                "services": 0,
+            })
+        };
+        assert!(status(serde_json::json!({})).problems().is_empty());
+        assert!(
+            status(serde_json::json!({ "swarm": swarm(true) }))
+                .problems()
+                .is_empty()
+        );
+        let unhealthy = status(serde_json::json!({
+            "degraded": "a write failed and was not undone",
+            "swarm": swarm(false),
+            "attachments": [
+                { "interface": "eth0", "ifindex": 2, "mode": "native", "adopted": false,
+                  "state": "missing" },
+                { "interface": "eth1", "ifindex": 3, "mode": "generic", "adopted": false,
+                  "state": "attached" },
+            ],
+        }));
+        assert_eq!(
+            Unhealthy(unhealthy.problems()).to_string(),
+            "not healthy: degraded: a write failed and was not undone; interface eth0 is \
+             missing; the Engine at unix:///var/run/docker.sock does not answer"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use hyper::Method;
 use lb_common::stats::StatSlot;
 use lb_userspace::{
     api::{
-        BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status,
+        BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status, Unhealthy,
         client::{self, Endpoint},
         report::Report,
     },
@@ -62,7 +62,8 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// lbd's state: generation, interfaces, changes.
+    /// lbd's state: generation, interfaces, changes. Exits 3 when lbd answers but is not
+    /// healthy (a failed change not undone, an interface missing, the swarm's Engine silent).
     Status,
     /// Services, frontends, backends, weights and states.
     List,
@@ -142,7 +143,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbctl: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<Unhealthy>() {
+                Some(_) => std::process::ExitCode::from(Unhealthy::EXIT_CODE),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -298,8 +302,13 @@ fn explain_offline(
 
 async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     let status: Status = api.json(Method::GET, "/v1/status", None).await?;
+    let healthy = || match status.problems() {
+        problems if problems.is_empty() => Ok(()),
+        problems => Err(Unhealthy(problems).into()),
+    };
     if json {
-        return print_json(&status);
+        print_json(&status)?;
+        return healthy();
     }
     println!(
         "generation {}  up {} s  config {}",
@@ -409,7 +418,7 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             (None, None) => {}
         }
     }
-    Ok(())
+    healthy()
 }
 
 async fn list(api: &Endpoint, json: bool) -> anyhow::Result<()> {
