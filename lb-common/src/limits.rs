@@ -98,8 +98,8 @@ pub const FULLNAT_PORT_MAX: u16 = 65_535;
 /// Ports tried for a new full-NAT flow before giving up (counted as a drop).
 pub const FULLNAT_PORT_ATTEMPTS: u32 = 8;
 /// How long after its last SYN a TCP flow still waiting for its handshake (unconfirmed, in
-/// `SYN_SENT`) holds its source port against a new flow that found every port of its search
-/// held (the search's second pass). A handshake takes a round trip; holding ports for the
+/// `SYN_SENT`) holds a source port given here (full NAT's, NAT's on a clash; never a client's
+/// own) against a new flow that found every port of its search held (the second pass). A handshake takes a round trip; holding ports for the
 /// whole `TCP_SYN_TIMEOUT_S` let a flood of SYNs from spoofed sources (about 150 a second per
 /// backend) hold every port of the range, and no new flow got one. More than the last-seen
 /// granularity, so a client that sends its SYN again (after 1 s) keeps its port.

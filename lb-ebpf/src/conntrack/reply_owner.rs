@@ -30,12 +30,14 @@ impl Held {
     }
 
     /// The hold of forward entry `f`, in nanoseconds. While alive, a flow still waiting for
-    /// its handshake holds only `UNCONFIRMED_SYN_PORT_HOLD_S`: a flood of SYNs would hold
-    /// every port of full NAT's range for the SYN timeout. A flow whose port is taken so is
-    /// over: `pending` finds its reply key another's.
+    /// its handshake on a source port given here (`remaps_source`: full NAT's, or NAT's on a
+    /// clash) holds it only `UNCONFIRMED_SYN_PORT_HOLD_S`: a flood of SYNs would hold every
+    /// port of full NAT's range for the SYN timeout. A flow whose port is taken so is over:
+    /// `pending` finds its reply key another's. A client's own port is never taken.
     #[inline(always)]
     fn limit_ns(self, f: &Flow) -> u64 {
-        if self.0 == Self::WHILE_ALIVE.0 && f.tcp_state == tcp_state::SYN_SENT {
+        if self.0 == Self::WHILE_ALIVE.0 && f.tcp_state == tcp_state::SYN_SENT && f.remaps_source()
+        {
             return u64::from(UNCONFIRMED_SYN_PORT_HOLD_S) * 1_000_000_000;
         }
         // The port hold is never shorter than the idle limit.
