@@ -193,8 +193,9 @@ fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working()
     assert!(reached, "no new flow reached the added backend within 1 s");
     keep_working(&mut sessions, None);
 
-    // drain: no new flows to backend-0; its connections continue.
-    let out = lbctl(&lb, &["drain", "web", "198.18.2.10"]);
+    // drain: no new flows to backend-0; its connections continue. Named as `lbctl list`
+    // shows it (a backend listed without a port, reached at both of web's ports).
+    let out = lbctl(&lb, &["drain", "web", "198.18.2.10:5353,8080"]);
     assert!(
         out.starts_with("web: backend 198.18.2.10 draining ("),
         "{out}"

@@ -1,6 +1,7 @@
 //! lbctl: meshlb's operator CLI, a client of lbd's admin API.
 
 mod add_service;
+mod backend;
 mod text;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -11,7 +12,7 @@ use hyper::Method;
 use lb_common::stats::StatSlot;
 use lb_userspace::{
     api::{
-        BackendRequest, ChangeResult, Explained, FlowList, Outcome, ServiceList, Status, Unhealthy,
+        ChangeResult, Explained, FlowList, Outcome, ServiceList, Status, Unhealthy,
         client::{self, Endpoint},
         report::Report,
     },
@@ -89,10 +90,10 @@ enum Command {
             .range(0..=i64::from(lb_userspace::source::file::MAX_WEIGHT)))]
         weight: Option<u32>,
     },
-    /// Remove a backend from a service (named as listed, or ADDR:PORT as clients reach it).
+    /// Remove a backend from a service (named as listed, or as `list` shows it).
     RemoveBackend { service: String, backend: String },
     /// Set a backend's weight to 0: no new flows; established ones continue (named as
-    /// listed, or ADDR:PORT as clients reach it).
+    /// listed, or as `list` shows it: ADDR:PORT, ADDR:P1,P2).
     Drain { service: String, backend: String },
     /// Packets, bytes, new flows and current rates per service and backend.
     Stats,
@@ -245,17 +246,12 @@ async fn ask(api: &Endpoint, cli: &Cli) -> anyhow::Result<()> {
             service,
             backend,
             weight,
-        } => {
-            let result = backend_call(api, service, "", backend, *weight).await?;
-            report_backend_change(&result, json, service, backend)
-        }
+        } => backend::change(api, json, service, "", backend, *weight).await,
         Command::RemoveBackend { service, backend } => {
-            let result = backend_call(api, service, "/remove", backend, None).await?;
-            report_backend_change(&result, json, service, backend)
+            backend::change(api, json, service, "/remove", backend, None).await
         }
         Command::Drain { service, backend } => {
-            let result = backend_call(api, service, "/drain", backend, None).await?;
-            report_backend_change(&result, json, service, backend)
+            backend::change(api, json, service, "/drain", backend, None).await
         }
         Command::Stats => stats(api, json).await,
         Command::Flows { service, limit } => {
@@ -743,21 +739,6 @@ fn print_explained(answer: &Explained, json: bool, live: bool) -> anyhow::Result
     Ok(())
 }
 
-async fn backend_call(
-    api: &Endpoint,
-    service: &str,
-    action: &str,
-    backend: &str,
-    weight: Option<u32>,
-) -> anyhow::Result<ChangeResult> {
-    let body = serde_json::to_vec(&BackendRequest {
-        backend: backend.to_owned(),
-        weight,
-    })?;
-    let path = format!("/v1/services/{}/backends{action}", encode(service));
-    Ok(api.json(Method::POST, &path, Some(body)).await?)
-}
-
 fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Result<()> {
     if json {
         return print_json(result);
@@ -769,30 +750,4 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
         _ => println!("{what} (generation {})", result.generation),
     }
     Ok(())
-}
-
-/// A backend's change as what it did: added, removed, or its weight from and to.
-fn report_backend_change(
-    result: &ChangeResult,
-    json: bool,
-    service: &str,
-    backend: &str,
-) -> anyhow::Result<()> {
-    let what = match result.backends.as_slice() {
-        [change] => match (change.before, change.after) {
-            (None, Some(w)) => format!("{service}: backend {} added, weight {w}", change.backend),
-            (Some(_), None) => format!("{service}: backend {} removed", change.backend),
-            (Some(0), Some(w)) => format!(
-                "{service}: backend {} back in service, weight {w}",
-                change.backend
-            ),
-            (Some(_), Some(0)) => format!("{service}: backend {} draining", change.backend),
-            (Some(a), Some(b)) => {
-                format!("{service}: backend {} weight {a} -> {b}", change.backend)
-            }
-            (None, None) => format!("{service}: backend {backend}"),
-        },
-        _ => format!("{service}: backend {backend}"),
-    };
-    report_change(result, json, &what)
 }

@@ -33,8 +33,8 @@ fn format_age(s: u64) -> String {
 
 /// A backend as clients reach it, the name `lbctl stats` uses too: `ADDR:PORT`. A backend
 /// listed without a port is reached at its service's mappings' backend ports
-/// (`198.18.2.10:8080`, or `198.18.2.10:8080,5353` for several); `drain`, `remove-backend`
-/// and `add-backend` take either form.
+/// (`198.18.2.10:8080`, or `198.18.2.10:5353,8080` for several); `drain`, `remove-backend`
+/// and `add-backend` take this name, the address, or the address with one of the ports.
 pub(crate) fn reached_as(listed: &str, mappings: &[String]) -> String {
     let Ok(spec) = listed.parse::<BackendSpec>() else {
         return listed.to_owned();
