@@ -97,13 +97,14 @@ pub const FULLNAT_PORT_MIN: u16 = 61_000;
 pub const FULLNAT_PORT_MAX: u16 = 65_535;
 /// Ports tried for a new full-NAT flow before giving up (counted as a drop).
 pub const FULLNAT_PORT_ATTEMPTS: u32 = 8;
-/// How long after its last SYN a TCP flow still waiting for its handshake (unconfirmed, in
-/// `SYN_SENT`) holds a source port given here (full NAT's, NAT's on a clash; never a client's
-/// own) against a new flow that found every port of its search held (the second pass). A handshake takes a round trip; holding ports for the
+/// How long after its client's last packet an unconfirmed TCP flow (a SYN, or a packet placed
+/// mid-flow, with no second packet yet) holds a source port given here (full NAT's, NAT's on
+/// a clash; never a client's own) against a new flow that found every port of its search
+/// held (the search's second pass). A handshake takes a round trip; holding ports for the
 /// whole `TCP_SYN_TIMEOUT_S` let a flood of SYNs from spoofed sources (about 150 a second per
-/// backend) hold every port of the range, and no new flow got one. More than the last-seen
-/// granularity, so a client that sends its SYN again (after 1 s) keeps its port.
-pub const UNCONFIRMED_SYN_PORT_HOLD_S: u32 = 2;
+/// backend) hold every port of the range, and no new flow got one. Its backend's packets do
+/// not extend it (a SYN-ACK sent again to a spoofed source).
+pub const UNCONFIRMED_TCP_PORT_HOLD_S: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,7 @@ use lb_common::{
     hash::{endpoint_filter_slot, flow_hash},
     limits::{
         FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
-        UNCONFIRMED_SYN_PORT_HOLD_S,
+        UNCONFIRMED_TCP_PORT_HOLD_S,
     },
     maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
     stats::StatSlot,
@@ -291,8 +291,8 @@ fn refresh(f: &mut Flow, now: u64, tick: u32) -> bool {
 /// Refreshes the idle clock of a reply entry (`reply_key`, in `PENDING` if `pending`; see
 /// `refresh`) and, when it moves, of its flow's forward entry: the forward entry's clock is
 /// the flow's (its idle limit, its port's hold), and a backend talking to a quiet client (a
-/// stream pushed to it) keeps the flow alive as the client's packets do. The forward entry
-/// is looked up only then, about once a second.
+/// stream pushed to it) keeps the flow alive as the client's packets do (but for an
+/// unconfirmed TCP flow). The forward entry is looked up only then, about once a second.
 #[inline(always)]
 pub fn touch_reply(reply_key: &FlowKey, flow: *mut Flow, pending: bool, tick: u32) {
     // SAFETY: valid for this program run.
@@ -301,7 +301,11 @@ pub fn touch_reply(reply_key: &FlowKey, flow: *mut Flow, pending: bool, tick: u3
         return;
     }
     let now = now_ns();
+    // An unconfirmed TCP flow lives by its client's packets: a backend sending its SYN-ACK
+    // again to a client that never answers (a spoofed SYN's) keeps neither the flow nor its
+    // port (see `Held::limit_ns`).
     if refresh(f, now, tick)
+        && !(pending && reply_key.proto == proto::TCP)
         && let Some(forward) = forward_of(reply_key, f, pending)
     {
         // SAFETY: valid for this program run. Only the clock: the forward direction's route

@@ -283,14 +283,26 @@ impl Loaded {
         }
     }
 
-    /// Makes the unconfirmed flow `key` (in `PENDING`) look idle for `idle` more: the last
-    /// packet of its forward entry, whose clock is the flow's, moved back by that much.
+    /// Makes the unconfirmed flow `key` (in `PENDING`) look idle for `idle` more in both
+    /// directions, as `age_flow` does a tracked one.
     pub fn age_pending_flow(&mut self, key: &FlowKey, idle: Duration) {
         let mut table = self.dp.pending_table_mut().expect("PENDING");
-        let mut flow = table.get(key, 0).expect("the flow is unconfirmed");
-        flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
-        flow.seen_tick = flow.seen_tick.wrapping_sub(1);
-        table.insert(key, flow, 0).expect("rewrite the flow");
+        let age = |flow: &mut Flow| {
+            flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
+            flow.seen_tick = flow.seen_tick.wrapping_sub(1);
+        };
+        let mut forward = table.get(key, 0).expect("the flow is unconfirmed");
+        age(&mut forward);
+        table.insert(key, forward, 0).expect("rewrite the flow");
+        let reply = reply_key(key, &forward);
+        if let Ok(mut flow) = table.get(&reply, 0)
+            && flow.kind == flow_kind::REPLY
+        {
+            age(&mut flow);
+            table
+                .insert(reply, flow, 0)
+                .expect("rewrite the reply entry");
+        }
     }
 
     /// Stamps the tracked flow `key`'s forward entry `ahead` in the future, as another CPU's

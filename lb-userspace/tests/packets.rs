@@ -1337,45 +1337,53 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
 }
 
 /// A flood of SYNs from spoofed sources holds full NAT's ports only for seconds: when every
-/// port of a new flow's search is held, it takes the port of a flow whose handshake has been
-/// due for `UNCONFIRMED_SYN_PORT_HOLD_S` (never a fresher one's), and the flow it was taken
-/// from is over: its late ACK or its SYN sent again opens a flow on another port, and the
-/// backend's packets on the taken port reach the flow that took it.
+/// port of a new flow's search is held, it takes the port of an unconfirmed flow whose client
+/// has been silent for `UNCONFIRMED_TCP_PORT_HOLD_S` (never a fresher one's; its backend's
+/// SYN-ACK sent again does not count), and the flow it was taken from is over: its late ACK
+/// or its SYN sent again opens a flow on another port, and the backend's packets on the
+/// taken port reach the flow that took it. A flow placed mid-flow (an ACK) yields the same.
 #[test]
 fn fullnat_takes_the_port_of_a_handshake_long_due_and_that_flow_moves_to_another() {
     if !e2e_enabled() {
         return;
     }
-    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, UNCONFIRMED_SYN_PORT_HOLD_S};
+    use lb_common::limits::{FULLNAT_PORT_ATTEMPTS, UNCONFIRMED_TCP_PORT_HOLD_S};
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let vip = sock("198.18.100.4", 80);
         let backend = sock("198.18.2.10", 8080);
-        let first = sock(CLIENT, 26000);
-        let (search, others) = fullnat_search(vip, first, FULLNAT_PORT_ATTEMPTS as usize);
+        let first = sock(CLIENT, 3000);
+        let (search, others) = fullnat_search(vip, first, FULLNAT_PORT_ATTEMPTS as usize + 1);
         let clients: Vec<SocketAddrV4> = std::iter::once(first).chain(others).collect();
         let (holding, last) = clients.split_at(FULLNAT_PORT_ATTEMPTS as usize);
-        for &client in holding {
-            lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
-        }
+        let port_of = |out: &ProgOutcome| {
+            assert_ne!(out.action, XDP_DROP, "dropped");
+            parse_ipv4(&out.packet).expect("forwarded").src
+        };
+        let held: Vec<SocketAddrV4> = holding
+            .iter()
+            .map(|&client| port_of(&lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build())))
+            .collect();
         let before = lb.stats();
         let out = lb.run(&Ipv4Frame::tcp(last[0], vip, TCP_SYN).build());
         assert_eq!(out.action, XDP_DROP, "every port held by a fresh handshake");
         assert_eq!(delta(&before, &lb.stats(), StatSlot::DropNoSnatPort), 1);
         // All but the first handshake long due.
-        let due = std::time::Duration::from_secs(u64::from(UNCONFIRMED_SYN_PORT_HOLD_S) + 1);
+        let due = std::time::Duration::from_secs(u64::from(UNCONFIRMED_TCP_PORT_HOLD_S) + 1);
         for &client in &holding[1..] {
             lb.age_pending_flow(&forward_key(client, vip), due);
         }
-        let port_of = |out: &ProgOutcome| {
-            assert_ne!(out.action, XDP_DROP, "dropped");
-            parse_ipv4(&out.packet).expect("forwarded").src
-        };
         let backend_on = |lb: &mut Loaded, node: SocketAddrV4| {
             let ack =
                 Ipv4Frame::tcp(backend, node, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac);
             let out = lb.run_from(&ack.build(), lb.backend_if);
             parse_ipv4(&out.packet).map(|p| p.dst).ok()
         };
+        // The backend sends its SYN-ACK again to the client that never answered.
+        assert_eq!(held[1].port(), search[1]);
+        let syn_ack = Ipv4Frame::tcp(backend, held[1], TCP_SYN | TCP_ACK)
+            .with_macs(backend_mac(0), lb.backend_if_mac);
+        let out = lb.run_from(&syn_ack.build(), lb.backend_if);
+        assert_eq!(parse_ipv4(&out.packet).expect("translated").dst, holding[1]);
         let before = lb.stats();
         let taker = port_of(&lb.run(&Ipv4Frame::tcp(last[0], vip, TCP_SYN).build()));
         assert_eq!(
@@ -1407,6 +1415,12 @@ fn fullnat_takes_the_port_of_a_handshake_long_due_and_that_flow_moves_to_another
         assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
         assert_eq!(backend_on(&mut lb, moved), Some(holding[1]));
         assert_eq!(backend_on(&mut lb, again), Some(holding[2]));
+
+        // The late ACK's flow, placed mid-flow and unconfirmed, yields its port as well.
+        lb.age_pending_flow(&forward_key(holding[1], vip), due);
+        let next = port_of(&lb.run(&Ipv4Frame::tcp(last[1], vip, TCP_SYN).build()));
+        assert_eq!(next.port(), search[2], "the silent mid-flow flow's port");
+        assert_eq!(backend_on(&mut lb, next), Some(last[1]));
     });
 }
 

@@ -12,7 +12,7 @@ use super::*;
 pub struct Held(u64);
 
 impl Held {
-    /// While the flow is alive (its idle limit; a flow waiting for its handshake, see
+    /// While the flow is alive (its idle limit; shorter for some unconfirmed flows, see
     /// `limit_ns`): confirmation, and the port search's second pass.
     pub const WHILE_ALIVE: Held = Held(u64::MAX);
     /// A closed TCP flow's until its backend's TIME_WAIT may be over (`Flow::port_hold_s`):
@@ -29,16 +29,21 @@ impl Held {
         Held((first_pass_left as i64 >> 63) as u64)
     }
 
-    /// The hold of forward entry `f`, in nanoseconds. While alive, a flow still waiting for
-    /// its handshake on a source port given here (`remaps_source`: full NAT's, or NAT's on a
-    /// clash) holds it only `UNCONFIRMED_SYN_PORT_HOLD_S`: a flood of SYNs would hold every
-    /// port of full NAT's range for the SYN timeout. A flow whose port is taken so is over:
-    /// `pending` finds its reply key another's. A client's own port is never taken.
+    /// The hold of forward entry `f` (of `PENDING` if `unconfirmed`), in nanoseconds. While
+    /// alive, an unconfirmed TCP flow on a source port given here (`remaps_source`: full
+    /// NAT's, or NAT's on a clash) holds it only `UNCONFIRMED_TCP_PORT_HOLD_S` after its
+    /// client's last packet: a flood of SYNs (or of ACKs, placed mid-flow) would hold every
+    /// port of full NAT's range for the SYN timeout (or until the backend's RST). A flow
+    /// whose port is taken so is over: `pending` finds its reply key another's. A client's
+    /// own port is never taken.
     #[inline(always)]
-    fn limit_ns(self, f: &Flow) -> u64 {
-        if self.0 == Self::WHILE_ALIVE.0 && f.tcp_state == tcp_state::SYN_SENT && f.remaps_source()
+    fn limit_ns(self, f: &Flow, unconfirmed: bool) -> u64 {
+        if unconfirmed
+            && self.0 == Self::WHILE_ALIVE.0
+            && f.tcp_state != tcp_state::NONE
+            && f.remaps_source()
         {
-            return u64::from(UNCONFIRMED_SYN_PORT_HOLD_S) * 1_000_000_000;
+            return u64::from(UNCONFIRMED_TCP_PORT_HOLD_S) * 1_000_000_000;
         }
         // The port hold is never shorter than the idle limit.
         let hold = port_hold_ns(f);
@@ -114,23 +119,25 @@ pub(super) fn reply_owner_alive(reply_key: &FlowKey, now: u64, pending: bool, he
 /// path.
 #[inline(never)]
 pub(super) fn confirmed_reply_owner(reply_key: &FlowKey, now: u64, held: Held) -> u16 {
-    owner(&CONNTRACK, reply_key, now, held)
+    owner(&CONNTRACK, reply_key, now, held, false)
 }
 
 #[inline(never)]
 pub(super) fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Held) -> bool {
-    owner(&PENDING, reply_key, now, held) == Owner::ALIVE
+    owner(&PENDING, reply_key, now, held, true) == Owner::ALIVE
 }
 
 /// Who holds `reply_key` in `table` (an `Owner`), its forward key built in per-CPU scratch
 /// memory: the flow whose reply entry it is, if its forward entry (in the same table)
-/// exists, is not idle past its limit (as `held` measures it), and still maps to this key.
+/// exists, is not idle past its limit (as `held` measures it; `unconfirmed`: the table is
+/// `PENDING`), and still maps to this key.
 #[inline(always)]
 pub(super) fn owner<const N: usize>(
     table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
     reply_key: &FlowKey,
     now: u64,
     held: Held,
+    unconfirmed: bool,
 ) -> u16 {
     let Some(reply) = table.get_ptr(reply_key) else {
         return Owner::NONE;
@@ -151,7 +158,7 @@ pub(super) fn owner<const N: usize>(
             return Owner::ENDED;
         };
         let f = &*forward;
-        let limit_ns = held.limit_ns(f);
+        let limit_ns = held.limit_ns(f, unconfirmed);
         // The flow's clock: either direction moves it (`touch_reply`).
         // Signed: a stamp another CPU wrote after `now` was read is no idle time (see
         // `liveness`).

@@ -67,10 +67,10 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         }
         Liveness::NotForward | Liveness::Ended => return Pending::Absent,
     }
-    // Its source port was taken by a newer flow while it waited for its handshake (full NAT
-    // under a flood of SYNs, see `Held::limit_ns`): it is over, and this packet opens a flow
-    // anew, on another port (a mid-flow packet is counted lost). Followed or confirmed, it
-    // would share its reply key with the flow that took it.
+    // Its source port was taken by a newer flow while its client was silent (full NAT under
+    // a flood, see `Held::limit_ns`): it is over, and this packet opens a flow anew, on
+    // another port (a mid-flow packet is counted lost). Followed or confirmed, it would
+    // share its reply key with the flow that took it.
     if f.remaps_source() && reply_key_taken(key, f) {
         let _ = PENDING.remove(key);
         return Pending::Absent;
@@ -95,7 +95,8 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
 /// Whether another flow holds the reply key of the unconfirmed flow `key` (its forward entry
 /// `f`): a reply entry there, confirmed or not, that is not this flow's (`reply_is_for`).
 /// None at all is this flow's still: a flood may have evicted its entry from `PENDING`, and
-/// `confirm` writes it again.
+/// `confirm` writes it again (unless a new flow claimed the key it left free meanwhile:
+/// that one has it now, and this flow is over).
 #[inline(always)]
 fn reply_key_taken(key: &FlowKey, f: &Flow) -> bool {
     let reply_key = reply_key_of(key, f);
