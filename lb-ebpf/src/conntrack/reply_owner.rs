@@ -159,7 +159,8 @@ pub(super) fn owner<const N: usize>(
         };
         let f = &*forward;
         let limit_ns = held.limit_ns(f, unconfirmed);
-        // The flow's clock: either direction moves it (`touch_reply`).
+        // The flow's clock: either direction moves it (`touch_reply`), but only its client
+        // an unconfirmed TCP flow's.
         // Signed: a stamp another CPU wrote after `now` was read is no idle time (see
         // `liveness`).
         if now.wrapping_sub(f.last_seen_ns) as i64 <= limit_ns as i64 && owns_reply(f, reply_key, r)

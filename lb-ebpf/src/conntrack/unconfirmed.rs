@@ -100,8 +100,11 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
 #[inline(always)]
 fn reply_key_taken(key: &FlowKey, f: &Flow) -> bool {
     let reply_key = reply_key_of(key, f);
-    // SAFETY: map values, valid for this program run.
-    let another = |reply: *const Flow| unsafe { (*reply).kind } == flow_kind::REPLY && !reply_is_for(reply, key);
+    let another = |reply: *const Flow| {
+        // SAFETY: map values, valid for this program run.
+        let kind = unsafe { (*reply).kind };
+        kind == flow_kind::REPLY && !reply_is_for(reply, key)
+    };
     CONNTRACK.get_ptr(&reply_key).is_some_and(another)
         || PENDING.get_ptr(&reply_key).is_some_and(another)
 }
