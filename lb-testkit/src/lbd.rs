@@ -290,7 +290,7 @@ impl Lbd {
         let (code, out, err) = self.lbctl_exit(&all)?;
         let unhealthy = i32::from(lb_userspace::api::Unhealthy::EXIT_CODE);
         anyhow::ensure!(
-            matches!(code, Some(0)) || code == Some(unhealthy),
+            code == Some(0) || code == Some(unhealthy),
             "lbctl {args:?} failed: {err}"
         );
         serde_json::from_str(&out).with_context(|| format!("lbctl {args:?} printed no JSON: {out}"))
