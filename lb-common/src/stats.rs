@@ -105,7 +105,9 @@ stat_slots! {
     TunnelReceived = "tunnel_received", Event;
     /// Dropped: a mesh tunnel packet from an address that is not a node of the swarm.
     DropTunnelNotPeer = "drop_tunnel_not_peer", Outcome;
-    /// Dropped: a packet for a task's delivery frontend that did not come through the tunnel.
+    /// Dropped: a packet for a task's delivery frontend that did not come through the tunnel,
+    /// or one a peer sent through it for anything but a delivery frontend or a reply (the
+    /// node's own stack would take it with any source the sender chose).
     DropTunnelOnly = "drop_tunnel_only", Outcome;
     /// Dropped: the mesh tunnel could not wrap the packet (no room, no own address, no route
     /// to the peer, or too big for the path to it).

@@ -7,7 +7,7 @@
 //! the quote of a reply we sent is translated with the forward entry (it travels to the
 //! backend). The inner TCP/UDP checksum is updated when the quote holds it.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr,
     maps::{EndpointKey, FlowKey, flow_kind, proto},
@@ -58,8 +58,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     if action != Verdict::NOT_OURS {
         return action;
     }
-    count(StatSlot::PassNotFrontend);
-    Verdict::xdp(xdp_action::XDP_PASS)
+    Verdict::untaken(pkt, StatSlot::PassNotFrontend)
 }
 
 /// Answers an echo request to a VIP in place: addresses swapped, type changed.

@@ -90,8 +90,7 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
 fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     count(StatSlot::Rx);
     if let Err(reason) = parse::parse(ctx, pkt) {
-        count(reason);
-        return Verdict::xdp(xdp_action::XDP_PASS);
+        return Verdict::untaken(pkt, reason);
     }
     if pkt.key.proto == proto::ICMP || pkt.key.proto == proto::ICMPV6 {
         return icmp::handle(ctx, pkt);
@@ -147,6 +146,12 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
+        // A task's delivery frontend takes only what came through the mesh tunnel, and what
+        // came through it goes to delivery frontends only (or is a reply).
+        if (svc.flags & service_flags::TUNNEL_ONLY != 0) != (pkt.tunnel_peer != 0) {
+            count(StatSlot::DropTunnelOnly);
+            return Verdict::xdp(xdp_action::XDP_DROP);
+        }
         // A new flow's first packets: the table was just asked, so not again. A local, dead
         // past here, so the verifier does not explore the rest twice (as it would for a flag
         // carried on).
@@ -156,10 +161,6 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         } else {
             to_backend(ctx, pkt, svc, false, generation)
         };
-        if verdict == Verdict::NOT_TUNNELED {
-            count(StatSlot::DropTunnelOnly);
-            return Verdict::xdp(xdp_action::XDP_DROP);
-        }
         let mut reset = verdict == Verdict::NEEDS_RESET;
         if !reset && verdict != Verdict::NEEDS_FLOW && verdict != Verdict::UNTRACKED {
             return verdict;
@@ -217,8 +218,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         }
         return stateless::reply(ctx, pkt);
     }
-    count(StatSlot::PassNotFrontend);
-    Verdict::xdp(xdp_action::XDP_PASS)
+    Verdict::untaken(pkt, StatSlot::PassNotFrontend)
 }
 
 /// `to_backend`'s verdict for a flow followed in, or just moved to, a table, where it is
@@ -248,11 +248,11 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdic
     if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
         return Verdict::NOT_STAMPED;
     }
-    // A task's delivery frontend takes only what came through the tunnel: anything else
-    // goes the FRONTENDS way, which drops it.
+    // A task's delivery frontend takes only what came through the tunnel, and the tunnel
+    // leads to delivery frontends only: anything else goes the FRONTENDS way, which drops it.
     // SAFETY: a connection-table value stays valid for the whole program run.
-    if unsafe { (*flow).service_flags } & service_flags::TUNNEL_ONLY as u8 != 0
-        && pkt.tunnel_peer == 0
+    if (unsafe { (*flow).service_flags } & service_flags::TUNNEL_ONLY as u8 != 0)
+        != (pkt.tunnel_peer != 0)
     {
         return Verdict::NOT_STAMPED;
     }
@@ -279,9 +279,6 @@ fn to_backend(
     generation: u32,
 ) -> Verdict {
     let key: &FlowKey = &pkt.key;
-    if svc.flags & service_flags::TUNNEL_ONLY != 0 && pkt.tunnel_peer == 0 {
-        return Verdict::NOT_TUNNELED;
-    }
     let flow = if pkt.opened_flow {
         // Its state already as this packet leaves it (see `conntrack::just_inserted`).
         match conntrack::just_inserted() {

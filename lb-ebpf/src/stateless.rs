@@ -35,8 +35,7 @@ use crate::{
 #[inline(never)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some(entry) = reply_frontend_of(&pkt.key) else {
-        count(StatSlot::PassNotFrontend);
-        return Verdict::xdp(xdp_action::XDP_PASS);
+        return Verdict::untaken(pkt, StatSlot::PassNotFrontend);
     };
     // SAFETY: a map value stays valid for the whole program run (RCU); the address is
     // referenced where it is (the BPF stack is small), the rest read field by field.
@@ -63,8 +62,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
         && rc != BPF_FIB_LKUP_RET_NO_NEIGH
         && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED
     {
-        count(StatSlot::PassNotFrontend);
-        return Verdict::xdp(xdp_action::XDP_PASS);
+        return Verdict::untaken(pkt, StatSlot::PassNotFrontend);
     }
     if !nat::rewrite(ctx, pkt, Side::Source, frontend, frontend_port_be) {
         count(StatSlot::PassMalformed);

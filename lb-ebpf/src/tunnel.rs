@@ -49,7 +49,6 @@ pub const DROP: u32 = u32::MAX;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 const IPV4_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 const TCP_HLEN: usize = 20;
@@ -78,7 +77,7 @@ pub fn may_be_tunneled(ctx: &XdpContext) -> bool {
 /// If the packet is a tunnel packet for this node: checks its sender, unwraps it in place,
 /// notes the sender's peer index (1..) in `pkt` and answers it. 0 for any other packet
 /// (untouched; a peer's stop notice among them), `DROP` for a tunnel packet from a sender
-/// that is not a peer, or a peer's that carries neither IP nor a notice. Called only for
+/// that is not a peer, or a peer's that carries neither IPv4 nor a notice. Called only for
 /// frames `may_be_tunneled` accepts (IPv4, UDP, the tunnel port: not checked again here).
 /// Not inlined: a sibling of the packet paths, so its frame never adds to theirs.
 #[inline(never)]
@@ -110,9 +109,9 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     let Some(inner_version) = load::<u8>(ctx, inner) else {
         return 0;
     };
+    // IPv4 only, what `send` wraps: anything else a sender puts in is refused here.
     let inner_type = match inner_version >> 4 {
         4 => ETH_P_IP_BE,
-        6 => ETH_P_IPV6_BE,
         // A peer's stop notice (userspace's `source::swarm::notices`, whose first byte is 0):
         // for lbd's socket on this port.
         0 => return 0,

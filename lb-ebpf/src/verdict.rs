@@ -5,6 +5,11 @@
 //! the caller's stack, which the verifier refuses, and the encodings below cost nothing over
 //! the plain number.
 
+use aya_ebpf::bindings::xdp_action;
+use lb_common::stats::StatSlot;
+
+use crate::{parse::Packet, stats::count};
+
 /// See the module. Values: XDP actions (0-4); `0x7fff_0000 | mtu` (too big); `0x7ffe_0000 |
 /// peer` (tunnel); the named answers at the top of the range.
 #[repr(transparent)]
@@ -28,9 +33,6 @@ impl Verdict {
     /// `to_backend_stamped`: the packet is not for a flow it may follow on its own (left
     /// untouched); the `FRONTENDS` path decides.
     pub const NOT_STAMPED: Self = Self(u32::MAX - 2);
-    /// `to_backend`: a packet to a task's delivery frontend (`TUNNEL_ONLY`) that did not come
-    /// through the tunnel; the caller drops and counts it.
-    pub const NOT_TUNNELED: Self = Self(u32::MAX - 3);
     /// `forward::send_memoized`: the route memo has no fresh route for the packet.
     pub const NOT_MEMOIZED: Self = Self(u32::MAX - 4);
     /// `icmp`'s echo and error paths: the message concerns no frontend or tracked flow.
@@ -79,6 +81,20 @@ impl Verdict {
         } else {
             None
         }
+    }
+
+    /// A packet nothing here takes: passed to this node's own stack, counted `slot`. But a
+    /// peer's packet unwrapped from the mesh tunnel, which leads to delivery frontends and
+    /// replies only, is dropped (`drop_tunnel_only`): the stack would take it as if it had
+    /// come from the underlay, with any source the sender chose.
+    #[inline(always)]
+    pub fn untaken(pkt: &Packet, slot: StatSlot) -> Self {
+        if pkt.tunnel_peer != 0 {
+            count(StatSlot::DropTunnelOnly);
+            return Self(xdp_action::XDP_DROP);
+        }
+        count(slot);
+        Self(xdp_action::XDP_PASS)
     }
 
     /// The number the kernel gets: an XDP action once `too_big` and `tunnel` are handled.

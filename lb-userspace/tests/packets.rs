@@ -2835,8 +2835,22 @@ fn the_tunnel_and_delivery_frontends_refuse_everyone_but_peers() {
         return;
     }
     with_mesh(|mut lb| {
-        let request = Ipv4Frame::tcp(sock("198.18.9.9", 41000), sock(TASK_LOCAL, 9000), TCP_SYN);
-        let cases: [(&str, Vec<u8>, StatSlot); 2] = [
+        let client = sock("198.18.9.9", 41000);
+        let request = Ipv4Frame::tcp(client, sock(TASK_LOCAL, 9000), TCP_SYN);
+        let from_peer = |frame: Vec<u8>| {
+            tunnel_wrap(
+                &frame,
+                (backend_mac(10), lb.backend_if_mac),
+                PEER.parse().unwrap(),
+                OWN.parse().unwrap(),
+                entropy(41000, 8000),
+            )
+        };
+        // The tunnel leads to delivery frontends and replies only.
+        let to_published = Ipv4Frame::tcp(client, sock(NODE_CLIENT_SIDE, 8000), TCP_SYN);
+        let to_node = Ipv4Frame::tcp(client, sock(OWN, 22), TCP_SYN);
+        let v6 = Ipv6Frame::tcp(sock6("fd00:9::9", 41000), sock6("fd00:2::a", 9000), TCP_SYN);
+        let cases: [(&str, Vec<u8>, StatSlot); 5] = [
             (
                 "a tunnel packet from a node that is not a peer",
                 tunnel_wrap(
@@ -2852,6 +2866,21 @@ fn the_tunnel_and_delivery_frontends_refuse_everyone_but_peers() {
                 "a packet for a task's delivery frontend that did not come through the tunnel",
                 request.build(),
                 StatSlot::DropTunnelOnly,
+            ),
+            (
+                "a peer's packet for a frontend that is no delivery frontend",
+                from_peer(to_published.build()),
+                StatSlot::DropTunnelOnly,
+            ),
+            (
+                "a peer's packet for the node itself (no frontend, no reply)",
+                from_peer(to_node.build()),
+                StatSlot::DropTunnelOnly,
+            ),
+            (
+                "a peer's IPv6 packet (the tunnel carries IPv4)",
+                from_peer(v6.build()),
+                StatSlot::DropTunnelFailed,
             ),
         ];
         for (what, frame, slot) in cases {
