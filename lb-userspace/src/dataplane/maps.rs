@@ -462,6 +462,12 @@ impl Dataplane {
                 plan.peers.insert(index, addr(raw));
             }
         }
+        // Where the previous lbd's search stood is not kept: after its highest index.
+        plan.next = plan
+            .peers
+            .keys()
+            .max()
+            .map_or(1, |&i| crate::plan::TunnelPlan::after(i));
         Ok(plan)
     }
 

@@ -153,13 +153,17 @@ struct Basis {
 pub struct TunnelPlan {
     pub own: Option<std::net::Ipv4Addr>,
     pub peers: BTreeMap<u8, std::net::Ipv4Addr>,
+    /// Where the search for a new peer's index starts: after the last one given (0: at 1).
+    pub next: u8,
 }
 
 impl TunnelPlan {
     /// The peers of `mesh` by index: a peer `previous` indexed keeps its index (tracked flows
     /// name their peer by it, so a node joining or leaving must not move the others'); new
-    /// ones take the lowest free indexes, in address order. At most 254 peers (the rest are
-    /// left out, said by the caller).
+    /// ones, in address order, take the free indexes after the last one given, wrapping at
+    /// 254: a departed peer's index goes to a new node only after every other has been given,
+    /// so the replies of flows that still name it (their entries outlive the peer) do not go
+    /// to the new node. At most 254 peers (the rest are left out, said by the caller).
     pub(crate) fn of(
         mesh: Option<&crate::source::file::MeshNodes>,
         previous: Option<&TunnelPlan>,
@@ -174,21 +178,31 @@ impl TunnelPlan {
             .filter(|(_, addr)| wanted().any(|w| w == *addr))
             .map(|(i, addr)| (*i, *addr))
             .collect();
-        let mut free = (1..=254u8)
+        let start = previous.map_or(1, |p| p.next.max(1));
+        let mut free = (start..=254u8)
+            .chain(1..start)
             .filter(|i| !peers.contains_key(i))
             .collect::<Vec<_>>();
         free.reverse();
+        let mut next = start;
         for addr in wanted() {
             if peers.values().any(|p| p == addr) {
                 continue;
             }
             let Some(i) = free.pop() else { break };
             peers.insert(i, *addr);
+            next = Self::after(i);
         }
         TunnelPlan {
             own: Some(mesh.own),
             peers,
+            next,
         }
+    }
+
+    /// The index after `index`, wrapping from 254 to 1.
+    pub(crate) fn after(index: u8) -> u8 {
+        if index >= 254 { 1 } else { index + 1 }
     }
 
     /// The index of `node`, if it is a peer.
@@ -771,7 +785,8 @@ mod tests {
             indexed(&left),
             [(2, "198.18.50.2".into()), (3, "198.18.50.3".into())]
         );
-        // A node whose address sorts first joins: it takes the lowest free index.
+        // Nodes join: they take the indexes after the last one given, not .1's, which the
+        // replies of its flows still name.
         let joined = TunnelPlan::of(
             Some(&mesh(&[
                 "198.18.50.0",
@@ -784,13 +799,38 @@ mod tests {
         assert_eq!(
             indexed(&joined),
             [
-                (1, "198.18.50.0".into()),
                 (2, "198.18.50.2".into()),
                 (3, "198.18.50.3".into()),
-                (4, "198.18.50.4".into())
+                (4, "198.18.50.0".into()),
+                (5, "198.18.50.4".into())
             ]
         );
         assert_eq!(joined.index("198.18.50.3".parse().unwrap()), Some(3));
+        // Nothing new: the same plan, the search where it was.
+        assert_eq!(
+            TunnelPlan::of(
+                Some(&mesh(&[
+                    "198.18.50.0",
+                    "198.18.50.2",
+                    "198.18.50.3",
+                    "198.18.50.4"
+                ])),
+                Some(&joined)
+            ),
+            joined
+        );
+        // Past 254 the search wraps, and skips indexes in use.
+        let high = TunnelPlan {
+            own: Some(ip("198.18.50.9")),
+            peers: BTreeMap::from([(254, ip("198.18.50.2")), (1, ip("198.18.50.3"))]),
+            next: 254,
+        };
+        let wrapped = TunnelPlan::of(
+            Some(&mesh(&["198.18.50.2", "198.18.50.3", "198.18.50.7"])),
+            Some(&high),
+        );
+        assert_eq!(wrapped.index("198.18.50.7".parse().unwrap()), Some(2));
+        assert_eq!(wrapped.next, 3);
         assert_eq!(TunnelPlan::of(None, Some(&joined)), TunnelPlan::default());
     }
 
