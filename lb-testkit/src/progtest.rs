@@ -5,7 +5,10 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{ProgramError, TestRun as _, TestRunOptions},
+};
 use lb_common::{
     maps::{Flow, FlowKey, flow_kind},
     stats::StatSlot,
@@ -266,43 +269,15 @@ impl Loaded {
     /// the last packet of its forward entry and of its reply entry (if it has one) moved back
     /// by that much, and neither seen in this tick.
     pub fn age_flow(&mut self, key: &FlowKey, idle: Duration) {
-        let age = |flow: &mut Flow| {
-            flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
-            flow.seen_tick = flow.seen_tick.wrapping_sub(1);
-        };
-        let forward = self.rewrite_flow(key, age);
-        let reply = reply_key(key, &forward);
         let mut table = self.dp.connection_table_mut().expect("CONNTRACK");
-        if let Ok(mut flow) = table.get(&reply, 0)
-            && flow.kind == flow_kind::REPLY
-        {
-            age(&mut flow);
-            table
-                .insert(reply, flow, 0)
-                .expect("rewrite the reply entry");
-        }
+        age_in(&mut table, key, idle);
     }
 
     /// Makes the unconfirmed flow `key` (in `PENDING`) look idle for `idle` more in both
     /// directions, as `age_flow` does a tracked one.
     pub fn age_pending_flow(&mut self, key: &FlowKey, idle: Duration) {
         let mut table = self.dp.pending_table_mut().expect("PENDING");
-        let age = |flow: &mut Flow| {
-            flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
-            flow.seen_tick = flow.seen_tick.wrapping_sub(1);
-        };
-        let mut forward = table.get(key, 0).expect("the flow is unconfirmed");
-        age(&mut forward);
-        table.insert(key, forward, 0).expect("rewrite the flow");
-        let reply = reply_key(key, &forward);
-        if let Ok(mut flow) = table.get(&reply, 0)
-            && flow.kind == flow_kind::REPLY
-        {
-            age(&mut flow);
-            table
-                .insert(reply, flow, 0)
-                .expect("rewrite the reply entry");
-        }
+        age_in(&mut table, key, idle);
     }
 
     /// Stamps the tracked flow `key`'s forward entry `ahead` in the future, as another CPU's
@@ -327,6 +302,27 @@ impl Loaded {
         change(&mut flow);
         table.insert(key, flow, 0).expect("rewrite the flow");
         flow
+    }
+}
+
+/// Moves the last packet of flow `key`'s forward entry in `table`, and of its reply entry
+/// (if it has one), `idle` back, neither seen in this tick.
+fn age_in(table: &mut HashMap<&mut MapData, FlowKey, Flow>, key: &FlowKey, idle: Duration) {
+    let age = |flow: &mut Flow| {
+        flow.last_seen_ns = flow.last_seen_ns.saturating_sub(idle.as_nanos() as u64);
+        flow.seen_tick = flow.seen_tick.wrapping_sub(1);
+    };
+    let mut forward = table.get(key, 0).expect("the flow is in the table");
+    age(&mut forward);
+    table.insert(key, forward, 0).expect("rewrite the flow");
+    let reply = reply_key(key, &forward);
+    if let Ok(mut flow) = table.get(&reply, 0)
+        && flow.kind == flow_kind::REPLY
+    {
+        age(&mut flow);
+        table
+            .insert(reply, flow, 0)
+            .expect("rewrite the reply entry");
     }
 }
 

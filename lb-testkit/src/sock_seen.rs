@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd as _};
 
 use anyhow::{Context as _, Result, bail};
+use lb_userspace::dataplane::sys_bpf;
 
 /// The map's name as the kernel keeps it.
 const MAP_NAME: &str = "SOCK_SEEN";
@@ -63,25 +64,4 @@ pub fn stamp_socket_ahead(socket: &impl AsFd, ahead_s: u32) -> Result<u32> {
         return Ok(seen);
     }
     bail!("no {MAP_NAME} map holds a time for socket fd {socket_fd}: has it sent a datagram?")
-}
-
-/// `bpf(command, attr, size_of(attr))`.
-///
-/// # Safety
-/// `attr` has the layout the command reads, and its pointers point at live values.
-unsafe fn sys_bpf(command: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
-    // SAFETY: the caller's promise.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<ElemAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }

@@ -131,6 +131,14 @@ fn flood(
         .expect("flood in the client namespace")
 }
 
+/// The flood's frames' MACs: the client's interface's and the node's across from it.
+fn flood_macs(topo: &Topology) -> ([u8; 6], [u8; 6]) {
+    (
+        read_mac(&topo.client, &topo.client_if).expect("client MAC"),
+        read_mac(&topo.node, &topo.node_client_if).expect("node MAC"),
+    )
+}
+
 /// Whether `done` came true within `timeout` (looking every 10 ms).
 fn wait_for(done: impl Fn() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -169,10 +177,7 @@ fn a_syn_flood_evicts_no_established_flow_and_new_clients_still_connect() {
         })
         .collect();
 
-    let macs = (
-        read_mac(&topo.client, &topo.client_if).expect("client MAC"),
-        read_mac(&topo.node, &topo.node_client_if).expect("node MAC"),
-    );
+    let macs = flood_macs(&topo);
     let sent = AtomicU64::new(0);
     let clients_done = AtomicBool::new(false);
     let started = Instant::now();
@@ -282,10 +287,7 @@ services:
             s
         })
         .collect();
-    let macs = (
-        read_mac(&topo.client, &topo.client_if).expect("client MAC"),
-        read_mac(&topo.node, &topo.node_client_if).expect("node MAC"),
-    );
+    let macs = flood_macs(&topo);
     let sent = AtomicU64::new(0);
     let clients_done = AtomicBool::new(false);
     let (beyond, during) = std::thread::scope(|scope| {
