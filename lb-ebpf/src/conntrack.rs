@@ -308,11 +308,14 @@ pub fn touch_reply(reply_key: &FlowKey, flow: *mut Flow, pending: bool, tick: u3
         && !(pending && reply_key.proto == proto::TCP)
         && let Some(forward) = forward_of(reply_key, f, pending)
     {
-        // SAFETY: valid for this program run. Only the clock: the forward direction's route
-        // cache and tick are its own packets' business.
+        // SAFETY: valid for this program run. The clock, and the route cache with it as
+        // `refresh` drops it: with its clock moved here, the forward direction's own packets
+        // do not move it, and a client that sends less than once a second would keep its
+        // first route for good. The tick is its own packets' business.
         let forward = unsafe { &mut *forward };
         if now.wrapping_sub(forward.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
             forward.last_seen_ns = now;
+            forward.egress_ifindex = 0;
         }
     }
 }

@@ -2227,6 +2227,47 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
     });
 }
 
+/// A flow's route is looked up again when its clock moves, whichever direction moved it: a
+/// client that sends less than once a second while its backend streams had its clock moved
+/// by the replies only, and kept its first route for good.
+#[test]
+fn a_flow_whose_clock_its_replies_move_still_looks_its_route_up_again() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::ROUTE_MEMO_MAX_AGE_NS;
+    with_program(ONE_BACKEND, |mut lb| {
+        // The route memo is per CPU: every run on one.
+        pin_to_cpu(0);
+        let client = sock(CLIENT, 40040);
+        let vip = sock(VIP, 80);
+        let key = forward_key(client, vip);
+        let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
+        let to = |lb: &mut Loaded, frame: &[u8]| lb.run(frame).meta_words().map(|(_, i)| i);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        assert_eq!(to(&mut lb, &ack), Some(lb.backend_if), "the cached route");
+        let ip = |args: &str| {
+            let status = std::process::Command::new("ip")
+                .args(args.split(' '))
+                .status()
+                .expect("ip");
+            assert!(status.success(), "ip {args}");
+        };
+        // The route to the backend changes: it now leaves by the client side.
+        ip("route add 198.18.2.10/32 dev lbc");
+        // A second later the backend's packet moves the flow's clock, the client still quiet.
+        lb.age_flow(&key, std::time::Duration::from_secs(2));
+        let reply = Ipv4Frame::tcp(sock("198.18.2.10", 8080), client, TCP_ACK)
+            .with_macs(backend_mac(0), lb.backend_if_mac);
+        lb.run_from(&reply.build(), lb.backend_if);
+        // Past the memo's age bound, the client's next packet takes the FIB's new route.
+        std::thread::sleep(std::time::Duration::from_nanos(2 * ROUTE_MEMO_MAX_AGE_NS));
+        let got = to(&mut lb, &ack);
+        ip("route del 198.18.2.10/32 dev lbc");
+        assert_eq!(got, Some(lb.client_if), "the route looked up again");
+    });
+}
+
 const FRONTEND_CHANGES: &str = r#"
 services:
   web:
