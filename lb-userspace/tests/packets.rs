@@ -2150,6 +2150,20 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
     });
 }
 
+/// The interface a packet handed to TC leaves by (its metadata), if it was.
+fn egress_of(lb: &mut Loaded, frame: &[u8]) -> Option<u32> {
+    lb.run(frame).meta_words().map(|(_, i)| i)
+}
+
+/// `ip ARGS` in the test's namespace, which must succeed.
+fn ip(args: &str) {
+    let status = std::process::Command::new("ip")
+        .args(args.split(' '))
+        .status()
+        .expect("ip");
+    assert!(status.success(), "ip {args}");
+}
+
 #[test]
 fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one() {
     if !e2e_enabled() {
@@ -2163,18 +2177,14 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
         let vip = sock(VIP, 80);
         let key = forward_key(client, vip);
         let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
-        let to = |lb: &mut Loaded, frame: &[u8]| lb.run(frame).meta_words().map(|(_, i)| i);
         // The memo's entry may date from the SYN's own lookup: its age counts from before it.
         let mut memoized_at = std::time::Instant::now();
         lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
-        assert_eq!(to(&mut lb, &ack), Some(lb.backend_if), "the cached route");
-        let ip = |args: &str| {
-            let status = std::process::Command::new("ip")
-                .args(args.split(' '))
-                .status()
-                .expect("ip");
-            assert!(status.success(), "ip {args}");
-        };
+        assert_eq!(
+            egress_of(&mut lb, &ack),
+            Some(lb.backend_if),
+            "the cached route"
+        );
         let age_bound = std::time::Duration::from_nanos(ROUTE_MEMO_MAX_AGE_NS);
         // The memo's clock ticks coarsely (a kernel tick, up to 10 ms).
         let margin = std::time::Duration::from_millis(20);
@@ -2191,13 +2201,13 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
             }
             // Its route expires; the FIB answers (or the SYN's memo) and the memo keeps it.
             lb.expire_route(&key);
-            assert_eq!(to(&mut lb, &ack), Some(lb.backend_if));
+            assert_eq!(egress_of(&mut lb, &ack), Some(lb.backend_if));
             // The route to the backend changes: it now leaves by the client side.
             ip("route add 198.18.2.10/32 dev lbc");
             // Within the memo's age bound the flow takes the memoized route (by design: at
             // most 0.1 s old).
             lb.expire_route(&key);
-            let got = to(&mut lb, &ack);
+            let got = egress_of(&mut lb, &ack);
             if memoized_at.elapsed() + margin < age_bound {
                 assert_eq!(got, Some(lb.backend_if), "memoized");
                 memo_checked = true;
@@ -2211,7 +2221,7 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
         // A packet that opens a flow always asks the FIB.
         let other = sock(CLIENT, 40031);
         assert_eq!(
-            to(&mut lb, &Ipv4Frame::tcp(other, vip, TCP_SYN).build()),
+            egress_of(&mut lb, &Ipv4Frame::tcp(other, vip, TCP_SYN).build()),
             Some(lb.client_if),
             "a new flow asks the FIB"
         );
@@ -2219,7 +2229,7 @@ fn a_flow_whose_route_expired_takes_a_fresh_memoized_route_but_never_a_stale_one
         std::thread::sleep(std::time::Duration::from_nanos(2 * ROUTE_MEMO_MAX_AGE_NS));
         lb.expire_route(&key);
         assert_eq!(
-            to(&mut lb, &ack),
+            egress_of(&mut lb, &ack),
             Some(lb.client_if),
             "the FIB's new answer"
         );
@@ -2243,16 +2253,12 @@ fn a_flow_whose_clock_its_replies_move_still_looks_its_route_up_again() {
         let vip = sock(VIP, 80);
         let key = forward_key(client, vip);
         let ack = Ipv4Frame::tcp(client, vip, TCP_ACK).build();
-        let to = |lb: &mut Loaded, frame: &[u8]| lb.run(frame).meta_words().map(|(_, i)| i);
         lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
-        assert_eq!(to(&mut lb, &ack), Some(lb.backend_if), "the cached route");
-        let ip = |args: &str| {
-            let status = std::process::Command::new("ip")
-                .args(args.split(' '))
-                .status()
-                .expect("ip");
-            assert!(status.success(), "ip {args}");
-        };
+        assert_eq!(
+            egress_of(&mut lb, &ack),
+            Some(lb.backend_if),
+            "the cached route"
+        );
         // The route to the backend changes: it now leaves by the client side.
         ip("route add 198.18.2.10/32 dev lbc");
         // A second later the backend's packet moves the flow's clock, the client still quiet.
@@ -2262,7 +2268,7 @@ fn a_flow_whose_clock_its_replies_move_still_looks_its_route_up_again() {
         lb.run_from(&reply.build(), lb.backend_if);
         // Past the memo's age bound, the client's next packet takes the FIB's new route.
         std::thread::sleep(std::time::Duration::from_nanos(2 * ROUTE_MEMO_MAX_AGE_NS));
-        let got = to(&mut lb, &ack);
+        let got = egress_of(&mut lb, &ack);
         ip("route del 198.18.2.10/32 dev lbc");
         assert_eq!(got, Some(lb.client_if), "the route looked up again");
     });
