@@ -53,13 +53,12 @@ impl BatchAttr {
     }
 }
 
-/// `bpf(command, attr, size_of(attr))`: its result, or the error. Public for tools that ask
-/// the kernel what aya does not wrap (the test kit writes a socket's storage with it).
+/// `bpf(command, attr, size_of(attr))`: its result, or the error.
 ///
 /// # Safety
 /// `attr` has the layout of the member of the kernel's `union bpf_attr` that `command` reads,
 /// and every pointer in it points at a live buffer of the size the command uses.
-pub unsafe fn sys_bpf<A>(command: libc::c_long, attr: &mut A) -> std::io::Result<i64> {
+pub(super) unsafe fn sys_bpf<A>(command: libc::c_long, attr: &mut A) -> std::io::Result<i64> {
     // SAFETY: the caller's promise.
     let rc = unsafe {
         libc::syscall(

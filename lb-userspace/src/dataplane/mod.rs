@@ -31,7 +31,6 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-pub use batch::sys_bpf;
 use lb_common::maps::{names, programs};
 pub use maps::{ConntrackWalk, MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
 pub use sock_abort::abort_connected_udp;
