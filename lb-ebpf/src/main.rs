@@ -146,9 +146,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         // SAFETY: a map value stays valid for the whole program run (RCU), even if userspace
         // replaces it meanwhile.
         let svc = unsafe { &*svc };
-        // A task's delivery frontend takes only what came through the mesh tunnel, and what
-        // came through it goes to delivery frontends only (or is a reply).
-        if (svc.flags & service_flags::TUNNEL_ONLY != 0) != (pkt.tunnel_peer != 0) {
+        if !tunnel::admits(svc.flags, pkt) {
             count(StatSlot::DropTunnelOnly);
             return Verdict::xdp(xdp_action::XDP_DROP);
         }
@@ -248,12 +246,9 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdic
     if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
         return Verdict::NOT_STAMPED;
     }
-    // A task's delivery frontend takes only what came through the tunnel, and the tunnel
-    // leads to delivery frontends only: anything else goes the FRONTENDS way, which drops it.
+    // Not for this packet's way in (`tunnel::admits`): the FRONTENDS way drops it.
     // SAFETY: a connection-table value stays valid for the whole program run.
-    if (unsafe { (*flow).service_flags } & service_flags::TUNNEL_ONLY as u8 != 0)
-        != (pkt.tunnel_peer != 0)
-    {
+    if !tunnel::admits(u32::from(unsafe { (*flow).service_flags }), pkt) {
         return Verdict::NOT_STAMPED;
     }
     conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);

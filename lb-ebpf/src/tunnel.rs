@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{proto, tunnel},
+    maps::{proto, service_flags, tunnel},
     stats::StatSlot,
 };
 
@@ -72,6 +72,14 @@ pub fn may_be_tunneled(ctx: &XdpContext) -> bool {
         )
     };
     ethertype == ETH_P_IP_BE && protocol == proto::UDP && dport == tunnel::PORT.to_be()
+}
+
+/// Whether a packet may go to a frontend (or a flow through it) whose service has `flags`: a
+/// task's delivery frontend (`TUNNEL_ONLY`) takes only what came through the mesh tunnel,
+/// and what came through it goes to delivery frontends only (or is a reply).
+#[inline(always)]
+pub fn admits(flags: u32, pkt: &Packet) -> bool {
+    (flags & service_flags::TUNNEL_ONLY != 0) == (pkt.tunnel_peer != 0)
 }
 
 /// If the packet is a tunnel packet for this node: checks its sender, unwraps it in place,
