@@ -417,7 +417,7 @@ fn register_interfaces(registry: &mut Registry, attachments: &[crate::api::Attac
         let labels: Labels = vec![("interface", a.interface.clone())];
         attached
             .get_or_create(&labels)
-            .set(i64::from(a.state != "missing"));
+            .set(i64::from(!a.is_missing()));
         reattached.get_or_create(&labels).inc_by(a.reattached);
     }
 }

@@ -93,7 +93,7 @@ impl Status {
         problems.extend(
             self.attachments
                 .iter()
-                .filter(|a| a.state == "missing")
+                .filter(|a| a.is_missing())
                 .map(|a| format!("interface {} is missing", a.interface)),
         );
         if let Some(swarm) = self.swarm.as_ref().filter(|s| !s.engine_up) {
@@ -182,6 +182,17 @@ pub struct AttachmentStatus {
     pub reattached: u64,
 }
 
+impl AttachmentStatus {
+    /// `state` of an interface meshlb's program is attached to.
+    pub const ATTACHED: &'static str = "attached";
+    /// `state` of an interface that was deleted.
+    pub const MISSING: &'static str = "missing";
+
+    pub fn is_missing(&self) -> bool {
+        self.state == Self::MISSING
+    }
+}
+
 impl From<&Attachment> for AttachmentStatus {
     fn from(a: &Attachment) -> Self {
         Self {
@@ -189,7 +200,7 @@ impl From<&Attachment> for AttachmentStatus {
             ifindex: a.ifindex,
             mode: a.mode.to_string(),
             adopted: a.adopted,
-            state: "attached".into(),
+            state: Self::ATTACHED.into(),
             reattached: 0,
         }
     }

@@ -95,9 +95,9 @@ impl Daemon {
             .iter()
             .map(|a| crate::api::AttachmentStatus {
                 state: if self.links.missing.contains(&a.interface) {
-                    "missing".into()
+                    crate::api::AttachmentStatus::MISSING.into()
                 } else {
-                    "attached".into()
+                    crate::api::AttachmentStatus::ATTACHED.into()
                 },
                 reattached: self
                     .links

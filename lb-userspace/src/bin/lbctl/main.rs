@@ -322,7 +322,7 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                 a.ifindex.to_string(),
                 a.mode.clone(),
                 a.adopted.to_string(),
-                if a.state == "missing" {
+                if a.is_missing() {
                     "MISSING".to_owned()
                 } else {
                     a.state.clone()
