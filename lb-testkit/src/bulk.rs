@@ -5,7 +5,7 @@
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -207,6 +207,56 @@ fn receive_until_eof(mut stream: &TcpStream, want: usize, deadline: Instant) -> 
         }
     }
     bail!("more than the {want} bytes sent came back")
+}
+
+/// Asks the swarm image's UDP echo at `target` (on [`crate::swarm::ECHO_PORT`]) from `ns` for
+/// `count` datagrams of `size` bytes, which it sends by one `UDP_SEGMENT` send: one aggregate
+/// on its node. How many of them arrived intact within `limit` (the k-th is `size` bytes of
+/// value k); a datagram of another size or content, or one twice, is an error.
+pub fn segmented_echo(
+    ns: &Netns,
+    target: SocketAddr,
+    size: u16,
+    count: u8,
+    limit: Duration,
+) -> Result<usize> {
+    let deadline = Instant::now() + limit;
+    let socket = ns
+        .run(|| UdpSocket::bind("0.0.0.0:0"))?
+        .with_context(|| format!("a UDP socket in {}", ns.name()))?;
+    socket.connect(target)?;
+    socket.send(format!("{size} {count}").as_bytes())?;
+    let mut seen = vec![false; usize::from(count)];
+    let mut buf = vec![0u8; usize::from(size) + 1];
+    // Each round receives a datagram or ends at the deadline.
+    while seen.iter().any(|s| !s) {
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            break;
+        };
+        socket.set_read_timeout(Some(left))?;
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => return Err(e).with_context(|| format!("receiving from {target}")),
+        };
+        let datagram = &buf[..n];
+        let k = datagram.first().copied().unwrap_or(u8::MAX);
+        if n != usize::from(size) || datagram.iter().any(|&b| b != k) || k >= count {
+            bail!(
+                "from {target}: a datagram of {n} bytes starting {:?}, not {size} bytes of one \
+                 index below {count}",
+                &datagram[..n.min(16)]
+            );
+        }
+        if std::mem::replace(&mut seen[usize::from(k)], true) {
+            bail!("from {target}: datagram {k} twice");
+        }
+    }
+    Ok(seen.iter().filter(|&&s| s).count())
 }
 
 /// The socket's `TCP_MAXSEG`.

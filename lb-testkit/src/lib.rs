@@ -75,7 +75,7 @@ pub mod swarm;
 pub mod topology;
 
 pub use bird::{FakeBird, fake_bird};
-pub use bulk::{EchoServer, Transfer, echo_transfer};
+pub use bulk::{EchoServer, Transfer, echo_transfer, segmented_echo};
 pub use cgroup::TestCgroup;
 pub use client::{
     REQUEST, Reply, ReplyLine, TcpSession, UdpSession, parse_reply, parse_reply_line, tcp_request,

@@ -48,8 +48,9 @@ pub const HTTP_PORT: u16 = 8080;
 /// The port (TCP and UDP) of the image's name server, which answers each request line or
 /// datagram like [`crate::NameServer`]: `"{hostname} {peer_ip} {peer_port}\n"`.
 pub const WHO_PORT: u16 = 8081;
-/// The TCP port of the image's echo server, which sends every byte back until the client
-/// shuts its side down (for bulk transfers).
+/// The port of the image's echo servers: on TCP every byte back until the client shuts its
+/// side down (for bulk transfers); on UDP a request for datagrams sent as one aggregate
+/// (`crate::segmented_echo`).
 pub const ECHO_PORT: u16 = 8082;
 /// Name prefix of the lab's directories under /run and /var/lib (with the creating pid).
 pub const DIR_PREFIX: &str = "mlbsw-";
@@ -511,6 +512,26 @@ impl SwarmLab {
         let state = if on { "on" } else { "off" };
         for node in &self.nodes {
             node.ns.exec(&["ethtool", "-K", "eth0", "tx", state])?;
+        }
+        Ok(())
+    }
+
+    /// Turns the UDP tunnel segmentation offload of every node's underlay interface on or off.
+    /// On (a veth's default), a GSO packet wrapped for the mesh tunnel crosses to the other
+    /// node whole; off, the kernel cuts it into tunnel packets on the way out, as a NIC with
+    /// that offload does on the wire.
+    pub fn set_node_tunnel_segmentation_offload(&self, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        for node in &self.nodes {
+            node.ns.exec(&[
+                "ethtool",
+                "-K",
+                "eth0",
+                "tx-udp_tnl-segmentation",
+                state,
+                "tx-udp_tnl-csum-segmentation",
+                state,
+            ])?;
         }
         Ok(())
     }

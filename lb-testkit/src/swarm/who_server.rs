@@ -4,6 +4,9 @@
 //! `"{hostname} {peer_ip} {peer_port}\n"`, the protocol of `lb_testkit::NameServer`, so the
 //! test kit's clients work with tasks too. On TCP port `argv[2]`, if given, it echoes every byte
 //! back until the client shuts its side down, then shuts down its own (for bulk transfers).
+//! On UDP port `argv[2]` it answers a datagram `"SIZE COUNT"` with COUNT datagrams of SIZE
+//! bytes, the k-th (from 0) all bytes k, sent by one `send_to` with `UDP_SEGMENT` set to SIZE:
+//! one aggregate, as a QUIC server sends (`lb_testkit::segmented_echo` is its client).
 //!
 //! `who-server ask tcp|udp ADDR:PORT COUNT` is the client a container runs (busybox's nc has
 //! no UDP): COUNT requests, each from a new socket (a new source port), one answer line each,
@@ -38,6 +41,8 @@ fn main() {
         }
     });
     if let Some(echo_port) = args.get(2).and_then(|p| p.parse::<u16>().ok()) {
+        let segmented = UdpSocket::bind(("0.0.0.0", echo_port)).expect("udp echo bind");
+        std::thread::spawn(move || answer_segmented(&segmented));
         let echo = TcpListener::bind(("0.0.0.0", echo_port)).expect("echo bind");
         std::thread::spawn(move || {
             for stream in echo.incoming().flatten() {
@@ -79,6 +84,46 @@ fn echo_until_shutdown(mut stream: TcpStream) {
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// `SOL_UDP`'s `UDP_SEGMENT` (`linux/udp.h`): the size of each datagram a larger send is
+/// cut into by segmentation offload.
+const SOL_UDP: i32 = 17;
+const UDP_SEGMENT: i32 = 103;
+
+extern "C" {
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const i32, len: u32) -> i32;
+}
+
+fn answer_segmented(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let mut buf = [0u8; 64];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let mut words = request.split_whitespace().map(|w| w.parse::<u16>());
+        let (Some(Ok(size)), Some(Ok(count))) = (words.next(), words.next()) else {
+            let _ = socket.send_to(b"error: want SIZE COUNT", peer);
+            continue;
+        };
+        let size = size.max(1);
+        let answer: Vec<u8> = (0..count)
+            .flat_map(|k| std::iter::repeat_n(k as u8, usize::from(size)))
+            .collect();
+        let value = i32::from(size);
+        // SAFETY: a valid socket and a pointer to an int of the length given.
+        let set = unsafe { setsockopt(socket.as_raw_fd(), SOL_UDP, UDP_SEGMENT, &value, 4) };
+        if set != 0 {
+            let error = format!("error: UDP_SEGMENT refused: {}", std::io::Error::last_os_error());
+            let _ = socket.send_to(error.as_bytes(), peer);
+            continue;
+        }
+        if let Err(e) = socket.send_to(&answer, peer) {
+            let _ = socket.send_to(format!("error: sending: {e}").as_bytes(), peer);
+        }
+    }
 }
 
 fn ask(args: &[String]) {
