@@ -110,7 +110,8 @@ stat_slots! {
     /// node's own stack would take it with any source the sender chose).
     DropTunnelOnly = "drop_tunnel_only", Outcome;
     /// Dropped: the mesh tunnel could not wrap the packet (no room, no own address, no route
-    /// to the peer, or too big for the path to it).
+    /// to the peer, or too big for the path to it), or a UDP aggregate came through it whole
+    /// (see `aggregate` in lb-ebpf: its datagrams would be cut wrong).
     DropTunnelFailed = "drop_tunnel_failed", Outcome;
     /// A client's mid-flow TCP packet (no SYN, no RST) found no entry in the connection
     /// table: its established flow was lost, evicted by newer flows while the table was full
@@ -129,14 +130,16 @@ stat_slots! {
     /// or this node lost it) was rewritten back to the frontend from `REPLY_FRONTENDS`: its
     /// backend has one frontend only (a VIP under `nat`). Sent like a tracked reply.
     NatReplyStateless = "nat_reply_stateless", Event;
-    /// A GSO/GRO aggregate (many TCP segments the kernel hands generic XDP as one packet,
-    /// longer than its ingress MTU) too big for its egress MTU as a whole: sent through TC
-    /// (`tx_via_tc`), where the egress device cuts it into segments, instead of being
-    /// answered `icmp_too_big`. Also a TCP packet too big for the mesh tunnel, handed to TC
-    /// to be wrapped (counted `tunnel_sent` there, or `tc_tunnel_failed`).
+    /// A GSO/GRO aggregate (many TCP segments or UDP datagrams the kernel hands generic XDP as
+    /// one packet, longer than its ingress MTU) too big for its egress MTU as a whole: sent
+    /// through TC (`tx_via_tc`), where the egress device cuts it into segments, instead of
+    /// being answered `icmp_too_big`. Also a TCP packet or a UDP aggregate too big for the
+    /// mesh tunnel, handed to TC to be wrapped (counted `tunnel_sent` there, or
+    /// `tc_tunnel_failed`).
     Aggregate = "aggregate", Event;
     /// TC program: a TCP packet too big for the mesh tunnel was no aggregate (one segment:
-    /// its SYN's MSS was not clamped), or could not be wrapped; dropped.
+    /// its SYN's MSS was not clamped), a UDP aggregate's datagrams do not fit the tunnel, or
+    /// it could not be wrapped; dropped.
     TcTunnelFailed = "tc_tunnel_failed", Tc;
 }
 

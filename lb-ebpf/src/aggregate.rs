@@ -10,17 +10,23 @@
 //! TCP packet too big for it (an aggregate of two segments can be shorter than the ingress
 //! MTU, and only TC sees the kernel's segment size): TC wraps an aggregate with
 //! `bpf_skb_adjust_room`, which tells the segmentation about the outer headers and lowers
-//! the segment size by their 28 bytes, and drops anything else. A UDP aggregate too big
-//! for the tunnel is answered "fragmentation needed" with the tunnel's MTU, as a datagram is
-//! (not wrapped: the outer UDP header's segmentation of inner UDP segments is untried).
+//! the segment size by their 28 bytes, and drops anything else. A UDP aggregate (longer than
+//! its ingress MTU) goes the same way, but its segment size stays: it is where the sender's
+//! datagrams end. TC then checks that its segments fit the path with the tunnel's 28 bytes,
+//! and drops it if they do not (a QUIC sender's path MTU discovery takes that as a lost
+//! probe; "fragmentation needed" would have to come from XDP, which cannot see the segment
+//! size). The link to the peer must cut it into tunnel packets (a NIC with UDP tunnel
+//! segmentation offload does; a veth passes it whole unless that offload is off): a UDP
+//! aggregate that arrives through the tunnel whole is dropped and counted (`send`).
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, xdp_action,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_fib_lookup, xdp_action,
     },
     helpers::bpf_check_mtu,
     programs::{TcContext, XdpContext},
@@ -62,6 +68,16 @@ pub fn is_aggregate(ctx: &XdpContext, pkt: &Packet) -> bool {
 /// from the FIB without its MTU check. Not inlined: a rare path with its own lookup frame.
 #[inline(never)]
 pub fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    // A UDP aggregate that came through the tunnel crossed whole (a virtual link that passes
+    // UDP tunnel segmentation on, such as a veth, or GRO): XDP took the outer headers off, but
+    // the tunnel's segmentation state stays on it (on Linux 6.18 only `bpf_skb_adjust_room`'s
+    // later DECAP_L4_UDP clears it), and the kernel would cut its datagrams wrong. Dropped and
+    // counted instead. A TCP one is cut by the TCP header it has, which that state does not
+    // change.
+    if pkt.tunnel_peer != 0 && pkt.key.proto == proto::UDP {
+        count(StatSlot::DropTunnelFailed);
+        return xdp_action::XDP_DROP;
+    }
     let l3 = pkt.l3();
     let mut src = Addr::UNSPECIFIED;
     let mut dst = Addr::UNSPECIFIED;
@@ -119,9 +135,9 @@ pub fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
     )
 }
 
-/// Hands a TCP packet too big for the tunnel (translated, not wrapped) to TC, which wraps it
-/// for the tunnel peer `peer` if it is an aggregate and sends it on the route to the peer.
-/// Not inlined, like `send`.
+/// Hands a TCP packet or a UDP aggregate too big for the tunnel (translated, not wrapped) to
+/// TC, which wraps it for the tunnel peer `peer` if it is an aggregate and sends it on the
+/// route to the peer. Not inlined, like `send`.
 #[inline(never)]
 pub fn send_tunneled(ctx: &XdpContext, pkt: &Packet, peer: u32) -> u32 {
     let (Some(&own), Some(&peer_addr)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(peer))
@@ -186,13 +202,15 @@ fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
 
 /// TC side of `send_tunneled`: puts the outer IPv4 and UDP headers (as `tunnel::send`
 /// writes them) in front of the aggregate, telling the kernel it is now a UDP tunnel packet,
-/// so segmentation repeats them on every segment. False if it cannot, or if the packet is
-/// no aggregate (a single TCP segment too big for the tunnel: its flow's SYN was not
-/// clamped), which is dropped as `tunnel::send` drops one.
+/// so segmentation repeats them on every segment; a UDP aggregate's must then fit the MTU of
+/// `ifindex` (the route to the peer). False if it cannot, if they do not fit, or if the
+/// packet is no aggregate (a single TCP segment too big for the tunnel: its flow's SYN was
+/// not clamped), which is dropped as `tunnel::send` drops one.
 #[inline(always)]
-pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
+pub fn wrap_for_peer(ctx: &TcContext, peer: u32, ifindex: u32) -> bool {
     // SAFETY: reading a context field the verifier allows for TC programs.
-    if unsafe { (*ctx.skb.skb).gso_size } == 0 {
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
         return false;
     }
     let (Some(&own), Some(&peer_addr)) = (TUNNEL_PEERS.get(tunnel::SELF), TUNNEL_PEERS.get(peer))
@@ -203,14 +221,27 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     let Ok(ports) = ctx.load::<[u16; 2]>(ETH_HLEN + IPV4_HLEN) else {
         return false;
     };
-    let Ok(version) = ctx.load::<u8>(ETH_HLEN) else {
+    let (Ok(version), Ok(inner_proto)) = (ctx.load::<u8>(ETH_HLEN), ctx.load::<u8>(ETH_HLEN + 9))
+    else {
         return false;
     };
     // Only option-less IPv4 is forwarded by XDP (the inner header's length is assumed).
     if version != 0x45 || own == 0 || peer_addr == 0 {
         return false;
     }
-    let flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP);
+    let mut flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
+    // A UDP aggregate's segment size is where its datagrams end: it stays (the kernel refuses
+    // to change it), so each datagram must fit with the tunnel's bytes. Checked here, not by
+    // `bpf_check_mtu`'s segment check after wrapping: on a packet TC sees before the IP layer
+    // that check counts the inner IPv4 header out (20 bytes short).
+    if inner_proto == proto::UDP {
+        let segment = gso_size + 2 * (IPV4_HLEN + UDP_HLEN) as u32;
+        if !fits_mtu(ctx, ifindex, segment) {
+            return false;
+        }
+        flags |= BPF_F_ADJ_ROOM_FIXED_GSO;
+    }
+    let flags = u64::from(flags);
     if ctx
         .adjust_room((IPV4_HLEN + UDP_HLEN) as i32, BPF_ADJ_ROOM_MAC, flags)
         .is_err()
@@ -242,4 +273,15 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     // The UDP checksum is 0 (allowed for IPv4): the inner packet has its own.
     let udp: [u16; 4] = [entropy, port, udp_len, 0];
     ctx.store(ETH_HLEN, &ip, 0).is_ok() && ctx.store(ETH_HLEN + IPV4_HLEN, &udp, 0).is_ok()
+}
+
+/// Whether an IP packet of `len` bytes fits the MTU of `ifindex`. Compared here: for a GSO
+/// packet `bpf_check_mtu` answers "fits" whatever length it is given, but it always gives
+/// the device's MTU back.
+#[inline(always)]
+fn fits_mtu(ctx: &TcContext, ifindex: u32, len: u32) -> bool {
+    let mut mtu: u32 = 0;
+    // SAFETY: `mtu` is a valid out pointer (0 on input: no length of ours is checked).
+    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu, 0, 0) };
+    rc >= 0 && mtu != 0 && len <= mtu
 }

@@ -7,10 +7,11 @@
 //! VXLAN is sure), and the programs must do the hop themselves. UDP rather than bare IPIP so
 //! receiving NICs spread the flows over queues (the source port carries the flow's ports)
 //! and middleboxes pass it. Its 28 bytes are paid by clamping the TCP MSS of SYNs sent
-//! through it to what the path to the peer carries. A TCP packet that still does not fit is
-//! left to TC, which wraps it if it is a GSO/GRO aggregate (`aggregate`); a UDP datagram that
-//! does not fit is answered ICMP "fragmentation needed" with the tunnel's MTU (`too_big`);
-//! anything else is dropped and counted (`drop_tunnel_failed`), never sent fragmented.
+//! through it to what the path to the peer carries. A TCP packet that still does not fit, and
+//! a UDP aggregate, are left to TC, which wraps a GSO/GRO aggregate (`aggregate`); a UDP
+//! datagram that does not fit is answered ICMP "fragmentation needed" with the tunnel's MTU
+//! (`too_big`); anything else is dropped and counted (`drop_tunnel_failed`), never sent
+//! fragmented.
 //!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
 //! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
@@ -263,8 +264,13 @@ fn peer_route(
     params.__bindgen_anon_1.tot_len = outer_len;
     let rc = fib_lookup_into(ctx, params, false, own, peer, 0);
     // A TCP packet too big for the tunnel is most likely an aggregate (even one shorter than
-    // its ingress MTU: two segments, the second short), which only TC can tell and wrap.
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::TCP {
+    // its ingress MTU: two segments, the second short), which only TC can tell and wrap. A
+    // UDP one is an aggregate (a sender's `UDP_SEGMENT`) only if it is longer than its
+    // ingress link's MTU, as no datagram off a wire is; any other is one datagram, answered
+    // below.
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED
+        && (pkt.key.proto == proto::TCP || aggregate::is_aggregate(ctx, pkt))
+    {
         return Verdict::xdp(aggregate::send_tunneled(ctx, pkt, index));
     }
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::UDP {

@@ -208,7 +208,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     lab.create_published(
         bulk::SERVICE,
         1,
-        &[Publish::ingress(bulk::PORT, ECHO_PORT, Proto::Tcp)],
+        &Publish::ingress_tcp_and_udp(bulk::PORT, ECHO_PORT),
         bulk::PLACEMENT,
     )
     .expect("bulk");

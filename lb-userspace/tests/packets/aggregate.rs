@@ -13,12 +13,13 @@ use lb_common::{
 };
 use lb_testkit::{
     e2e_enabled,
-    packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, with_mss},
+    packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, tunnel_wrap, with_mss},
     progtest::{CLIENT, NODE_CLIENT_SIDE, assert_deltas, backend_mac},
 };
 
 use super::{
-    IPV6_AND_FULLNAT, ONE_BACKEND, TASK_REMOTE, VIP, XDP_PASS, sock, with_mesh, with_program,
+    IPV6_AND_FULLNAT, ONE_BACKEND, OWN, PEER, TASK_REMOTE, VIP, XDP_DROP, XDP_PASS, entropy, sock,
+    with_mesh, with_program,
 };
 
 /// Payload of the aggregates: 20 + 20 + 2000 bytes of IPv4, longer than the 1500-byte links
@@ -153,35 +154,99 @@ fn a_udp_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
     });
 }
 
-/// Through the mesh tunnel, a UDP aggregate is not wrapped (untried): it is answered as a
-/// datagram too big for the tunnel is, never sent unwrapped to the task's ingress address.
+/// Through the mesh tunnel, a UDP aggregate (a task's `UDP_SEGMENT` answer, a QUIC server's)
+/// is handed to TC to be wrapped, as a TCP one is: answered "fragmentation needed", its
+/// sender would lose every aggregate, though each of its datagrams fits (TC checks that they
+/// do). A datagram too big for the tunnel is still answered (`packets.rs`).
 #[test]
-fn a_udp_aggregate_too_big_for_the_tunnel_is_answered_too_big() {
+fn a_udp_aggregate_too_big_for_the_tunnel_is_left_to_tc_to_wrap() {
     if !e2e_enabled() {
         return;
     }
     with_mesh(|mut lb| {
         let client = sock(CLIENT, 5301);
         let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
         let big = Ipv4Frame {
-            payload: vec![7; PAYLOAD],
+            payload: (0..PAYLOAD).map(|i| (i * 11) as u8).collect(),
             ..Ipv4Frame::udp(client, frontend)
         };
         let before = lb.stats();
         let out = lb.run(&big.build());
         let after = lb.stats();
+        assert_eq!(out.action, XDP_PASS, "handed to TC");
         assert_eq!(
             out.meta_words(),
-            Some((XDP_META_MAGIC, lb.client_if)),
-            "to the client"
+            Some((XDP_META_TUNNEL | 1, lb.backend_if)),
+            "to be wrapped for the peer and sent toward it"
+        );
+        let expected = with_pseudo_header_sum(big.with_dst(task).build());
+        assert_eq!(
+            out.packet, expected,
+            "translated, checksum field partial, not wrapped yet"
         );
         assert_deltas(
             &before,
             &after,
             &[
-                (StatSlot::IcmpTooBig, 1),
-                (StatSlot::Aggregate, 0),
+                (StatSlot::Aggregate, 1),
+                (StatSlot::NatForward, 1),
+                (StatSlot::IcmpTooBig, 0),
+                (StatSlot::DropTunnelFailed, 0),
+                // Counted by TC once it has wrapped it.
                 (StatSlot::TunnelSent, 0),
+            ],
+        );
+    });
+}
+
+/// The other way: a UDP aggregate that arrives through the tunnel whole (wrapped by a peer
+/// and passed on whole by a virtual link, or put together by GRO) keeps the tunnel's
+/// segmentation state once XDP has unwrapped it, which would cut its datagrams wrong: it is
+/// dropped and counted. A single datagram through the tunnel is translated as ever.
+#[test]
+fn a_udp_aggregate_that_arrives_through_the_tunnel_whole_is_dropped_and_counted() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 5302);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_REMOTE, 9000);
+        lb.run(&Ipv4Frame::udp(client, frontend).build());
+        let macs = (backend_mac(10), lb.backend_if_mac);
+        let from_peer = |payload: usize| {
+            let answer = Ipv4Frame {
+                payload: vec![5; payload],
+                ..Ipv4Frame::udp(task, client)
+            };
+            tunnel_wrap(
+                &answer.build(),
+                macs,
+                PEER.parse().unwrap(),
+                OWN.parse().unwrap(),
+                entropy(9000, 5302),
+            )
+        };
+        let datagram = lb.run_from(&from_peer(100), lb.backend_if);
+        assert_eq!(
+            datagram.meta_words(),
+            Some((XDP_META_MAGIC, lb.client_if)),
+            "a datagram goes to the client"
+        );
+
+        let before = lb.stats();
+        let out = lb.run_from(&from_peer(PAYLOAD), lb.backend_if);
+        let after = lb.stats();
+        assert_eq!(out.action, XDP_DROP);
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::TunnelReceived, 1),
+                (StatSlot::DropTunnelFailed, 1),
+                (StatSlot::Aggregate, 0),
+                (StatSlot::IcmpTooBig, 0),
             ],
         );
     });

@@ -1,14 +1,20 @@
 //! Large transfers through the mesh (issue 13): 1 MiB each way to a task's echo server, by
 //! the node without the task (across the tunnel, both directions) and by the task's own node,
 //! with the underlay's MTU at 1500 and at 1400. Each completes with every byte as sent: the
-//! tunnel's overhead must not black-hole full-sized segments.
+//! tunnel's overhead must not black-hole full-sized segments. The task also answers by UDP
+//! segmentation offload (one aggregate of datagrams, as a QUIC server sends): every datagram
+//! reaches the client, through the tunnel too where the link cuts it into tunnel packets, and
+//! an aggregate the tunnel cannot carry is dropped and counted.
 
 use std::{
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use lb_testkit::swarm::{SwarmLab, echo_transfer};
+use lb_testkit::{
+    segmented_echo,
+    swarm::{SwarmLab, echo_transfer},
+};
 
 use super::metric;
 
@@ -20,6 +26,15 @@ const BYTES: usize = 1 << 20;
 /// A transfer that takes longer has stalled (it takes well under a second when it works).
 const LIMIT: Duration = Duration::from_secs(30);
 const TUNNEL_SENT: &str = "meshlb_events_total{event=\"tunnel_sent\"}";
+const AGGREGATE: &str = "meshlb_events_total{event=\"aggregate\"}";
+const TC_TUNNEL_FAILED: &str = "meshlb_tc_packets_total{outcome=\"tunnel_failed\"}";
+const TUNNEL_FAILED: &str = "meshlb_dropped_packets_total{reason=\"tunnel_failed\"}";
+/// The UDP aggregates' datagrams: 1200 bytes (QUIC's smallest), 28 + 28 more with the inner
+/// and the tunnel's headers, which fit both MTUs; and 1452 (a 1500-byte path's largest), which
+/// does not fit the tunnel.
+const DATAGRAM: u16 = 1200;
+const DATAGRAM_TOO_BIG: u16 = 1452;
+const DATAGRAMS: u8 = 8;
 
 /// `docker service create` arguments that place the task on node 2.
 pub const PLACEMENT: &[&str] = &["--constraint", "node.role==worker"];
@@ -47,6 +62,7 @@ pub fn complete_at_both_mtus(lab: &SwarmLab) {
                     "MTU {mtu}: the transfer by node 1 went through the tunnel both ways: {tunneled:?}"
                 );
             }
+            segmented_datagrams_arrive(lab, target, across);
             println!(
                 "bulk: underlay MTU {mtu}, by node {} ({}): {} bytes each way in {:?}, client \
                  MSS {}, tunnel packets sent by node 1/2: {tunneled:?}",
@@ -64,4 +80,60 @@ pub fn complete_at_both_mtus(lab: &SwarmLab) {
     }
     lab.set_underlay_mtu(1500)
         .expect("underlay MTU back to 1500");
+}
+
+/// The task's answer of `DATAGRAMS` datagrams in one aggregate, asked by `target` (the task
+/// on node 2, whose generic XDP sees the aggregate whole): each datagram reaches the client.
+/// Across the tunnel the link between the nodes must cut the wrapped aggregate into tunnel
+/// packets, as a NIC does: a veth passes it whole unless its UDP tunnel segmentation offload
+/// is off, and node 1 then drops it, counted. An aggregate of datagrams too big for the
+/// tunnel is dropped at node 2, counted.
+fn segmented_datagrams_arrive(lab: &SwarmLab, target: SocketAddr, across: bool) {
+    let (entry, task_node) = (&lab.nodes[0], &lab.nodes[1]);
+    // Each answer arrives within milliseconds when it arrives at all.
+    let ask = |size| {
+        segmented_echo(&lab.client, target, size, DATAGRAMS, Duration::from_secs(1))
+            .expect("segmented echo")
+    };
+    if !across {
+        let aggregates = metric(task_node, AGGREGATE);
+        assert_eq!(ask(DATAGRAM), usize::from(DATAGRAMS), "by {target}");
+        assert!(
+            metric(task_node, AGGREGATE) > aggregates,
+            "sent as one aggregate"
+        );
+        return;
+    }
+    let dropped = metric(entry, TUNNEL_FAILED);
+    assert_eq!(ask(DATAGRAM), 0, "crossed the veth whole, by {target}");
+    assert_eq!(
+        metric(entry, TUNNEL_FAILED),
+        dropped + 1,
+        "the whole aggregate, dropped by node 1"
+    );
+
+    lab.set_node_tunnel_segmentation_offload(false)
+        .expect("tunnel segmentation offload off");
+    let (aggregates, sent) = (metric(task_node, AGGREGATE), metric(task_node, TUNNEL_SENT));
+    let arrived = ask(DATAGRAM);
+    let too_big_failed = metric(task_node, TC_TUNNEL_FAILED);
+    let arrived_too_big = ask(DATAGRAM_TOO_BIG);
+    lab.set_node_tunnel_segmentation_offload(true)
+        .expect("tunnel segmentation offload on");
+    assert_eq!(
+        arrived,
+        usize::from(DATAGRAMS),
+        "through the tunnel, by {target}"
+    );
+    assert!(
+        metric(task_node, AGGREGATE) > aggregates,
+        "sent as one aggregate"
+    );
+    assert!(metric(task_node, TUNNEL_SENT) > sent, "wrapped by node 2");
+    assert_eq!(arrived_too_big, 0, "datagrams too big for the tunnel");
+    assert_eq!(
+        metric(task_node, TC_TUNNEL_FAILED),
+        too_big_failed + 1,
+        "the aggregate of datagrams too big for the tunnel, dropped by node 2"
+    );
 }
