@@ -13,9 +13,8 @@
 //! the segment size by their 28 bytes, and drops anything else. A UDP aggregate (longer than
 //! its ingress MTU) goes the same way, but its segment size stays: it is where the sender's
 //! datagrams end. TC then checks that its segments fit the path with the tunnel's 28 bytes,
-//! and drops it if they do not (a QUIC sender's path MTU discovery takes that as a lost
-//! probe; "fragmentation needed" would have to come from XDP, which cannot see the segment
-//! size). The link to the peer must cut it into tunnel packets (a NIC with UDP tunnel
+//! and drops it if they do not ("fragmentation needed" would have to come from XDP, which
+//! cannot see the segment size; QUIC senders find the path's MTU by what gets lost). The link to the peer must cut it into tunnel packets (a NIC with UDP tunnel
 //! segmentation offload does; a veth passes it whole unless that offload is off): a UDP
 //! aggregate that arrives through the tunnel whole is dropped and counted (`send`).
 
@@ -25,10 +24,10 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        bpf_fib_lookup, xdp_action,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, xdp_action,
     },
-    helpers::bpf_check_mtu,
+    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
@@ -38,7 +37,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{fib_lookup_into, via_tc_meta},
+    forward::{AF_INET, fib_lookup_into, via_tc_meta},
     maps::TUNNEL_PEERS,
     nat::{add_word, fold, pseudo_header_sum},
     parse::{Packet, load, pkt_write, ptr_at},
@@ -68,12 +67,12 @@ pub fn is_aggregate(ctx: &XdpContext, pkt: &Packet) -> bool {
 /// from the FIB without its MTU check. Not inlined: a rare path with its own lookup frame.
 #[inline(never)]
 pub fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    // A UDP aggregate that came through the tunnel crossed whole (a virtual link that passes
-    // UDP tunnel segmentation on, such as a veth, or GRO): XDP took the outer headers off, but
-    // the tunnel's segmentation state stays on it (on Linux 6.18 only `bpf_skb_adjust_room`'s
-    // later DECAP_L4_UDP clears it), and the kernel would cut its datagrams wrong. Dropped and
-    // counted instead. A TCP one is cut by the TCP header it has, which that state does not
-    // change.
+    // A UDP aggregate that came through the tunnel crossed whole (a virtual link such as a
+    // veth passes UDP tunnel segmentation on): XDP took the outer headers off, but the
+    // tunnel's segmentation state stays on it (on Linux 6.18; `bpf_skb_adjust_room`'s later
+    // DECAP_L4_UDP clears it), and the kernel's segmentation would look for the outer headers
+    // and drop it unseen. Dropped and counted here instead. A TCP one is cut by its own TCP
+    // header, which that state does not change.
     if pkt.tunnel_peer != 0 && pkt.key.proto == proto::UDP {
         count(StatSlot::DropTunnelFailed);
         return xdp_action::XDP_DROP;
@@ -202,12 +201,12 @@ fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
 
 /// TC side of `send_tunneled`: puts the outer IPv4 and UDP headers (as `tunnel::send`
 /// writes them) in front of the aggregate, telling the kernel it is now a UDP tunnel packet,
-/// so segmentation repeats them on every segment; a UDP aggregate's must then fit the MTU of
-/// `ifindex` (the route to the peer). False if it cannot, if they do not fit, or if the
+/// so segmentation repeats them on every segment; a UDP aggregate's must then fit the route
+/// to the peer. False if it cannot, if they do not fit, or if the
 /// packet is no aggregate (a single TCP segment too big for the tunnel: its flow's SYN was
 /// not clamped), which is dropped as `tunnel::send` drops one.
 #[inline(always)]
-pub fn wrap_for_peer(ctx: &TcContext, peer: u32, ifindex: u32) -> bool {
+pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     // SAFETY: reading a context field the verifier allows for TC programs.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size == 0 {
@@ -231,12 +230,12 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32, ifindex: u32) -> bool {
     }
     let mut flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
     // A UDP aggregate's segment size is where its datagrams end: it stays (the kernel refuses
-    // to change it), so each datagram must fit with the tunnel's bytes. Checked here, not by
-    // `bpf_check_mtu`'s segment check after wrapping: on a packet TC sees before the IP layer
-    // that check counts the inner IPv4 header out (20 bytes short).
+    // to change it), so each datagram must fit the route with the tunnel's bytes. Computed
+    // here: `bpf_check_mtu`'s segment check miscounts the headers of a packet TC sees before
+    // the IP layer, and knows only the device's MTU.
     if inner_proto == proto::UDP {
         let segment = gso_size + 2 * (IPV4_HLEN + UDP_HLEN) as u32;
-        if !fits_mtu(ctx, ifindex, segment) {
+        if !fits_route(ctx, own, peer_addr, segment) {
             return false;
         }
         flags |= BPF_F_ADJ_ROOM_FIXED_GSO;
@@ -275,13 +274,33 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32, ifindex: u32) -> bool {
     ctx.store(ETH_HLEN, &ip, 0).is_ok() && ctx.store(ETH_HLEN + IPV4_HLEN, &udp, 0).is_ok()
 }
 
-/// Whether an IP packet of `len` bytes fits the MTU of `ifindex`. Compared here: for a GSO
-/// packet `bpf_check_mtu` answers "fits" whatever length it is given, but it always gives
-/// the device's MTU back.
+/// Whether an IPv4 packet of `len` bytes from `own` fits the route to `peer`: the MTU the
+/// FIB gives (a route's locked MTU and a learned path MTU included), as `tunnel::send` checks
+/// a packet it wraps itself.
 #[inline(always)]
-fn fits_mtu(ctx: &TcContext, ifindex: u32, len: u32) -> bool {
-    let mut mtu: u32 = 0;
-    // SAFETY: `mtu` is a valid out pointer (0 on input: no length of ours is checked).
-    let rc = unsafe { bpf_check_mtu(ctx.as_ptr(), ifindex, &mut mtu, 0, 0) };
-    rc >= 0 && mtu != 0 && len <= mtu
+fn fits_route(ctx: &TcContext, own: u32, peer: u32, len: u32) -> bool {
+    let Ok(len) = u16::try_from(len) else {
+        return false;
+    };
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
+    params.family = AF_INET;
+    params.l4_protocol = proto::UDP;
+    // A length given: the FIB checks it against the route's MTU, not the skb's length.
+    params.__bindgen_anon_1.tot_len = len;
+    params.__bindgen_anon_3.ipv4_src = own;
+    params.__bindgen_anon_4.ipv4_dst = peer;
+    // SAFETY: reading a context field the verifier allows for TC programs.
+    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            params,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
 }

@@ -31,7 +31,7 @@ use crate::{
     zero,
 };
 
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Forwards a packet whose addresses are now `src` -> `dst`. `route` is the tracked flow

@@ -463,7 +463,7 @@ pub fn meshlb_tc_ingress(ctx: TcContext) -> i32 {
     // SAFETY: bounds-checked against data above.
     let XdpMeta { magic, ifindex } = unsafe { (meta as *const XdpMeta).read() };
     if magic & !0xff == XDP_META_TUNNEL && magic & 0xff != 0 {
-        if !aggregate::wrap_for_peer(&ctx, magic & 0xff, ifindex) {
+        if !aggregate::wrap_for_peer(&ctx, magic & 0xff) {
             count(StatSlot::TcTunnelFailed);
             return TC_ACT_SHOT as i32;
         }

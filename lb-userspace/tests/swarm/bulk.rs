@@ -29,11 +29,7 @@ const TUNNEL_SENT: &str = "meshlb_events_total{event=\"tunnel_sent\"}";
 const AGGREGATE: &str = "meshlb_events_total{event=\"aggregate\"}";
 const TC_TUNNEL_FAILED: &str = "meshlb_tc_packets_total{outcome=\"tunnel_failed\"}";
 const TUNNEL_FAILED: &str = "meshlb_dropped_packets_total{reason=\"tunnel_failed\"}";
-/// The UDP aggregates' datagrams: 1200 bytes (QUIC's smallest), 28 + 28 more with the inner
-/// and the tunnel's headers, which fit both MTUs; and 1452 (a 1500-byte path's largest), which
-/// does not fit the tunnel.
-const DATAGRAM: u16 = 1200;
-const DATAGRAM_TOO_BIG: u16 = 1452;
+/// How many datagrams a UDP aggregate holds.
 const DATAGRAMS: u8 = 8;
 
 /// `docker service create` arguments that place the task on node 2.
@@ -62,7 +58,7 @@ pub fn complete_at_both_mtus(lab: &SwarmLab) {
                     "MTU {mtu}: the transfer by node 1 went through the tunnel both ways: {tunneled:?}"
                 );
             }
-            segmented_datagrams_arrive(lab, target, across);
+            segmented_datagrams_arrive(lab, target, across, mtu);
             println!(
                 "bulk: underlay MTU {mtu}, by node {} ({}): {} bytes each way in {:?}, client \
                  MSS {}, tunnel packets sent by node 1/2: {tunneled:?}",
@@ -83,13 +79,16 @@ pub fn complete_at_both_mtus(lab: &SwarmLab) {
 }
 
 /// The task's answer of `DATAGRAMS` datagrams in one aggregate, asked by `target` (the task
-/// on node 2, whose generic XDP sees the aggregate whole): each datagram reaches the client.
-/// Across the tunnel the link between the nodes must cut the wrapped aggregate into tunnel
-/// packets, as a NIC does: a veth passes it whole unless its UDP tunnel segmentation offload
-/// is off, and node 1 then drops it, counted. An aggregate of datagrams too big for the
-/// tunnel is dropped at node 2, counted.
-fn segmented_datagrams_arrive(lab: &SwarmLab, target: SocketAddr, across: bool) {
+/// on node 2, whose generic XDP sees the aggregate whole), the largest datagrams the tunnel
+/// carries at the underlay's `mtu`: each reaches the client. Across the tunnel the link
+/// between the nodes must cut the wrapped aggregate into tunnel packets, as a NIC does: a veth
+/// passes it whole unless its UDP tunnel segmentation offload is off, and node 1 then drops it,
+/// counted. An aggregate of datagrams one byte too big for the tunnel is dropped at node 2,
+/// counted.
+fn segmented_datagrams_arrive(lab: &SwarmLab, target: SocketAddr, across: bool, mtu: u16) {
     let (entry, task_node) = (&lab.nodes[0], &lab.nodes[1]);
+    // Inner and outer IPv4 and UDP headers.
+    let largest = mtu - 56;
     // Each answer arrives within milliseconds when it arrives at all.
     let ask = |size| {
         segmented_echo(&lab.client, target, size, DATAGRAMS, Duration::from_secs(1))
@@ -97,7 +96,7 @@ fn segmented_datagrams_arrive(lab: &SwarmLab, target: SocketAddr, across: bool) 
     };
     if !across {
         let aggregates = metric(task_node, AGGREGATE);
-        assert_eq!(ask(DATAGRAM), usize::from(DATAGRAMS), "by {target}");
+        assert_eq!(ask(largest), usize::from(DATAGRAMS), "by {target}");
         assert!(
             metric(task_node, AGGREGATE) > aggregates,
             "sent as one aggregate"
@@ -105,23 +104,17 @@ fn segmented_datagrams_arrive(lab: &SwarmLab, target: SocketAddr, across: bool) 
         return;
     }
     let dropped = metric(entry, TUNNEL_FAILED);
-    assert_eq!(ask(DATAGRAM), 0, "crossed the veth whole, by {target}");
+    assert_eq!(ask(largest), 0, "crossed the veth whole, by {target}");
     assert_eq!(
         metric(entry, TUNNEL_FAILED),
         dropped + 1,
         "the whole aggregate, dropped by node 1"
     );
 
-    lab.set_node_tunnel_segmentation_offload(false)
-        .expect("tunnel segmentation offload off");
+    let _cutting = CuttingLinks::new(lab);
     let (aggregates, sent) = (metric(task_node, AGGREGATE), metric(task_node, TUNNEL_SENT));
-    let arrived = ask(DATAGRAM);
-    let too_big_failed = metric(task_node, TC_TUNNEL_FAILED);
-    let arrived_too_big = ask(DATAGRAM_TOO_BIG);
-    lab.set_node_tunnel_segmentation_offload(true)
-        .expect("tunnel segmentation offload on");
     assert_eq!(
-        arrived,
+        ask(largest),
         usize::from(DATAGRAMS),
         "through the tunnel, by {target}"
     );
@@ -130,10 +123,35 @@ fn segmented_datagrams_arrive(lab: &SwarmLab, target: SocketAddr, across: bool) 
         "sent as one aggregate"
     );
     assert!(metric(task_node, TUNNEL_SENT) > sent, "wrapped by node 2");
-    assert_eq!(arrived_too_big, 0, "datagrams too big for the tunnel");
+    let failed = metric(task_node, TC_TUNNEL_FAILED);
+    assert_eq!(
+        ask(largest + 1),
+        0,
+        "datagrams a byte too big for the tunnel"
+    );
     assert_eq!(
         metric(task_node, TC_TUNNEL_FAILED),
-        too_big_failed + 1,
+        failed + 1,
         "the aggregate of datagrams too big for the tunnel, dropped by node 2"
     );
+}
+
+/// The nodes' links cut wrapped aggregates into tunnel packets while this lives (their UDP
+/// tunnel segmentation offload off), and pass them whole again after, whatever happened.
+struct CuttingLinks<'a>(&'a SwarmLab);
+
+impl<'a> CuttingLinks<'a> {
+    fn new(lab: &'a SwarmLab) -> CuttingLinks<'a> {
+        lab.set_node_tunnel_segmentation_offload(false)
+            .expect("tunnel segmentation offload off");
+        CuttingLinks(lab)
+    }
+}
+
+impl Drop for CuttingLinks<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.set_node_tunnel_segmentation_offload(true) {
+            eprintln!("tunnel segmentation offload back on: {e:#}");
+        }
+    }
 }
