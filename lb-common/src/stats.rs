@@ -110,8 +110,9 @@ stat_slots! {
     /// node's own stack would take it with any source the sender chose).
     DropTunnelOnly = "drop_tunnel_only", Outcome;
     /// Dropped: the mesh tunnel could not wrap the packet (no room, no own address, no route
-    /// to the peer, or too big for the path to it), or a UDP aggregate came through it whole
-    /// (see `aggregate` in lb-ebpf: its datagrams would be cut wrong).
+    /// to the peer, or too big for the path to it); or a peer's tunnel packet carried
+    /// something else than one IPv4 packet (IPv6, or tunnel packets merged by GRO), or a UDP
+    /// aggregate came through it whole (see `aggregate` in lb-ebpf).
     DropTunnelFailed = "drop_tunnel_failed", Outcome;
     /// A client's mid-flow TCP packet (no SYN, no RST) found no entry in the connection
     /// table: its established flow was lost, evicted by newer flows while the table was full

@@ -86,8 +86,9 @@ pub fn admits(flags: u32, pkt: &Packet) -> bool {
 /// If the packet is a tunnel packet for this node: checks its sender, unwraps it in place,
 /// notes the sender's peer index (1..) in `pkt` and answers it. 0 for any other packet
 /// (untouched; a peer's stop notice among them), `DROP` for a tunnel packet from a sender
-/// that is not a peer, or a peer's that carries neither IPv4 nor a notice. Called only for
-/// frames `may_be_tunneled` accepts (IPv4, UDP, the tunnel port: not checked again here).
+/// that is not a peer, or a peer's that carries neither one IPv4 packet nor a notice. Called
+/// only for frames `may_be_tunneled` accepts (IPv4, UDP, the tunnel port: not checked again
+/// here).
 /// Not inlined: a sibling of the packet paths, so its frame never adds to theirs.
 #[inline(never)]
 pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
@@ -115,12 +116,23 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     // SAFETY: a map value stays valid for the whole program run.
     let peer = unsafe { *peer };
     let inner = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
-    let Some(inner_version) = load::<u8>(ctx, inner) else {
+    // The inner header's first word: version and total length.
+    let Some(inner_start) = load::<[u8; 4]>(ctx, inner) else {
         return 0;
     };
     // IPv4 only, what `send` wraps: anything else a sender puts in is refused here.
-    let inner_type = match inner_version >> 4 {
-        4 => ETH_P_IP_BE,
+    let inner_type = match inner_start[0] >> 4 {
+        // Exactly one packet, as `send` and TC's wrap write it (TC's length of a whole
+        // aggregate stops at 0xffff): tunnel packets merged by a receiver's UDP GRO carry
+        // others' headers in what would be forwarded.
+        4 if {
+            let outer_len = u16::from_be_bytes([h[16], h[17]]);
+            let inner_len = u16::from_be_bytes([inner_start[2], inner_start[3]]);
+            outer_len == inner_len.wrapping_add(tunnel::OVERHEAD) || outer_len == u16::MAX
+        } =>
+        {
+            ETH_P_IP_BE
+        }
         // A peer's stop notice (userspace's `source::swarm::notices`, whose first byte is 0):
         // for lbd's socket on this port.
         0 => return 0,

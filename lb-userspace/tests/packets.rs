@@ -2829,6 +2829,9 @@ fn a_peers_stop_notice_reaches_the_kernel_and_other_payloads_are_dropped() {
     }
     with_mesh(|mut lb| {
         let notice = [&[0u8; 14][..], b"\x00ms\x01\x07web.1.a"].concat();
+        // A reply of a flow through the tunnel, which alone would be forwarded.
+        lb.run(&Ipv4Frame::udp(sock(CLIENT, 5303), sock(NODE_CLIENT_SIDE, 8000)).build());
+        let merged_first = Ipv4Frame::udp(sock(TASK_REMOTE, 9000), sock(CLIENT, 5303)).build();
         let wrapped = |payload: &[u8], from: &str| {
             tunnel_wrap(
                 payload,
@@ -2856,6 +2859,12 @@ fn a_peers_stop_notice_reaches_the_kernel_and_other_payloads_are_dropped() {
                 wrapped(&notice, "198.18.2.21"),
                 XDP_DROP,
                 StatSlot::DropTunnelNotPeer,
+            ),
+            (
+                "a peer's tunnel packet longer than its inner packet (merged by GRO)",
+                wrapped(&[merged_first.as_slice(), &[0x45; 100]].concat(), PEER),
+                XDP_DROP,
+                StatSlot::DropTunnelFailed,
             ),
         ];
         for (what, frame, action, slot) in cases {
