@@ -138,9 +138,9 @@ stat_slots! {
     /// mesh tunnel, handed to TC to be wrapped (counted `tunnel_sent` there, or
     /// `tc_tunnel_failed`).
     Aggregate = "aggregate", Event;
-    /// TC program: a TCP packet too big for the mesh tunnel was no aggregate (one segment:
-    /// its SYN's MSS was not clamped), a UDP aggregate's datagrams do not fit the tunnel, or
-    /// it could not be wrapped; dropped.
+    /// TC program: a TCP packet too big for the mesh tunnel was no aggregate (one segment,
+    /// from a generic-mode interface: its SYN's MSS was not clamped), a UDP aggregate's
+    /// datagrams do not fit the tunnel, or it could not be wrapped; dropped.
     TcTunnelFailed = "tc_tunnel_failed", Tc;
 }
 

@@ -18,6 +18,15 @@ pub struct Ingress {
     pub skb_mode: bool,
 }
 
+/// Whether XDP runs in generic mode on the frame's ingress interface, as `ingress` tells:
+/// asked again off the hot path, where only a generic interface can hand over aggregates.
+#[inline(always)]
+pub fn in_skb_mode(ctx: &XdpContext) -> bool {
+    INTERFACE_MACS
+        .get(ctx.ingress_ifindex() as u32)
+        .is_some_and(|own| own[7] & interface_flags::SKB_MODE != 0)
+}
+
 #[inline(always)]
 pub fn ingress(ctx: &XdpContext) -> Ingress {
     let Some(own) = INTERFACE_MACS.get(ctx.ingress_ifindex() as u32) else {

@@ -7,11 +7,11 @@
 //! VXLAN is sure), and the programs must do the hop themselves. UDP rather than bare IPIP so
 //! receiving NICs spread the flows over queues (the source port carries the flow's ports)
 //! and middleboxes pass it. Its 28 bytes are paid by clamping the TCP MSS of SYNs sent
-//! through it to what the path to the peer carries. A TCP packet that still does not fit, and
-//! a UDP aggregate, are left to TC, which wraps a GSO/GRO aggregate (`aggregate`); a UDP
-//! datagram that does not fit is answered ICMP "fragmentation needed" with the tunnel's MTU
-//! (`too_big`); anything else is dropped and counted (`drop_tunnel_failed`), never sent
-//! fragmented.
+//! through it to what the path to the peer carries. An aggregate that still does not fit (in
+//! generic mode any TCP packet, which may be one) is left to TC, which wraps a GSO/GRO
+//! aggregate (`aggregate`); a TCP segment or UDP datagram that does not fit is answered ICMP
+//! "fragmentation needed" with the tunnel's MTU (`too_big`); anything else is dropped and
+//! counted (`drop_tunnel_failed`), never sent fragmented.
 //!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
 //! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
@@ -37,6 +37,7 @@ use lb_common::{
 use crate::{
     aggregate,
     forward::{self, MemoRoute, fib_lookup_into, fib_macs, set_macs, via_tc},
+    l2,
     maps::{TUNNEL_PEER_INDEX, TUNNEL_PEERS, TX_PORTS},
     nat::{csum_replace2, fold, partial_mask},
     parse::{MAX_TAGS_LEN, Packet, TCP_SYN, load, pkt_read, pkt_write, ptr_at},
@@ -170,7 +171,7 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
 /// Wraps the (already translated) IPv4 packet for the peer `index` and sends it there: the
 /// route to the peer from this CPU's route memo or the FIB, TCP SYNs' MSS clamped to that
 /// route's MTU less the tunnel's and the headers' bytes. Called by the entry function on a
-/// `Verdict::tunnel` answer. A UDP datagram too big for the tunnel is answered
+/// `Verdict::tunnel` answer. A TCP segment or UDP datagram too big for the tunnel is answered
 /// `Verdict::too_big` with the MTU the tunnel leaves it (the path's less 28 bytes), which the
 /// entry function answers "fragmentation needed" to its sender.
 #[inline(never)]
@@ -275,17 +276,21 @@ fn peer_route(
     params.l4_protocol = proto::UDP;
     params.__bindgen_anon_1.tot_len = outer_len;
     let rc = fib_lookup_into(ctx, params, false, own, peer, 0);
-    // A TCP packet too big for the tunnel is most likely an aggregate (even one shorter than
-    // its ingress MTU: two segments, the second short), which only TC can tell and wrap. A
-    // UDP one is an aggregate (a sender's `UDP_SEGMENT`) only if it is longer than its
-    // ingress link's MTU, as no datagram off a wire is; any other is one datagram, answered
-    // below.
+    // Too big for the tunnel. An aggregate is left to TC, which wraps it: one longer than its
+    // ingress link's MTU (no packet off a wire is), and in generic mode any TCP packet (an
+    // aggregate of two segments, the second short, fits its link; only TC can tell). Any
+    // other TCP or UDP packet is one segment or datagram, answered below with the MTU the
+    // tunnel leaves: a TCP segment whose SYN was not clamped (its MSS option not first, or
+    // the path's MTU fell since) then lowers its sender's path MTU instead of being lost.
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED
-        && (pkt.key.proto == proto::TCP || aggregate::is_aggregate(ctx, pkt))
+        && (aggregate::is_aggregate(ctx, pkt)
+            || (pkt.key.proto == proto::TCP && l2::in_skb_mode(ctx)))
     {
         return Verdict::xdp(aggregate::send_tunneled(ctx, pkt, index));
     }
-    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && pkt.key.proto == proto::UDP {
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED
+        && (pkt.key.proto == proto::TCP || pkt.key.proto == proto::UDP)
+    {
         // SAFETY: the kernel leaves the path's MTU in the union on FRAG_NEEDED.
         let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
         return Verdict::too_big(mtu.saturating_sub(tunnel::OVERHEAD));

@@ -16,7 +16,7 @@ use std::net::SocketAddrV4;
 use lb_common::{
     Addr,
     hash::flow_hash,
-    maps::{FlowKey, XDP_META_MAGIC, proto},
+    maps::{FlowKey, XDP_META_MAGIC, XDP_META_TUNNEL, proto},
     stats::StatSlot,
 };
 use lb_testkit::{
@@ -2815,6 +2815,65 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
                 (StatSlot::DropTunnelFailed, 0),
                 (StatSlot::DropTooBig, 0),
             ],
+        );
+    });
+}
+
+/// A single TCP segment too big for the tunnel (its SYN was not clamped: the MSS option not
+/// first, or the path's MTU fell since): with the program in native mode, where no aggregates
+/// exist, it is answered "fragmentation needed" with the tunnel's MTU as a datagram is, so its
+/// sender lowers its path MTU; in generic mode it may be an aggregate of two segments (the
+/// second short) that fits its link, which only TC can tell: handed to TC.
+#[test]
+fn a_tcp_segment_too_big_for_the_tunnel_is_answered_in_native_mode() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40202);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        lb.run(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build());
+        // 20 + 20 + 1433 = 1473 bytes of IP: with the tunnel's 28, a byte over the path.
+        let big = Ipv4Frame {
+            payload: (0..1433).map(|i| (i * 5) as u8).collect(),
+            ..Ipv4Frame::tcp(client, frontend, TCP_ACK)
+        }
+        .build();
+        let before = lb.stats();
+        let out = lb.run(&big);
+        let after = lb.stats();
+        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc0];
+        message.extend_from_slice(&big[14..14 + 548]);
+        let expected = node_icmpv4(*frontend.ip(), *client.ip(), &message);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.packet, expected, "native: answered");
+        parse_icmpv4(&out.packet).expect("checksums");
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::IcmpTooBig, 1),
+                (StatSlot::Aggregate, 0),
+                (StatSlot::TunnelSent, 0),
+            ],
+        );
+
+        // The client's interface in generic mode: to TC, to be wrapped if it is an aggregate.
+        lb.dp
+            .set_interface_mac(lb.client_if, None, true)
+            .expect("generic mode");
+        let before = lb.stats();
+        let out = lb.run(&big);
+        let after = lb.stats();
+        assert_eq!(
+            out.meta_words(),
+            Some((XDP_META_TUNNEL | 1, lb.backend_if)),
+            "generic: to TC"
+        );
+        assert_deltas(
+            &before,
+            &after,
+            &[(StatSlot::IcmpTooBig, 0), (StatSlot::Aggregate, 1)],
         );
     });
 }
