@@ -71,6 +71,10 @@ pub const MAX_TX_PORTS: u32 = 1024;
 /// Interfaces whose own MAC the program knows (`INTERFACE_MACS`, indexed by ifindex): frames
 /// arriving on an interface of a higher ifindex are not filtered by destination MAC.
 pub const MAX_INTERFACE_MACS: u32 = 4096;
+/// Interfaces of a higher ifindex whose own MAC the program knows (`INTERFACE_MACS_BEYOND`,
+/// a hash by ifindex, asked only for them): a host that has made many interfaces (a
+/// container's each) gives a new one an ifindex beyond the array's.
+pub const MAX_INTERFACE_MACS_BEYOND: u32 = 256;
 
 /// Default Maglev table size: a prime at least 100 times a typical backend count, so removing
 /// one backend moves few other flows.

@@ -33,10 +33,11 @@ pub mod names {
     pub const TUNNEL_PEER_INDEX: &str = "TUNNEL_PEER_INDEX";
     pub const REPLY_FRONTENDS: &str = "REPLY_FRONTENDS";
     pub const INTERFACE_MACS: &str = "INTERFACE_MACS";
+    pub const INTERFACE_MACS_BEYOND: &str = "INTERFACE_MACS_BEYOND";
     pub const CHECKSUM_STATE: &str = "CHECKSUM_STATE";
     pub const CONNTRACK_FILTER: &str = "CONNTRACK_FILTER";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -63,12 +64,14 @@ pub mod names {
         TUNNEL_PEER_INDEX,
         REPLY_FRONTENDS,
         INTERFACE_MACS,
+        INTERFACE_MACS_BEYOND,
         CHECKSUM_STATE,
         CONNTRACK_FILTER,
     ];
 }
 
-/// An attached interface's own MAC address, in `INTERFACE_MACS` at its ifindex: bytes 0-5
+/// An attached interface's own MAC address, in `INTERFACE_MACS` at its ifindex (in
+/// `INTERFACE_MACS_BEYOND` for an ifindex beyond that array): bytes 0-5
 /// the address, byte 6 is 1 when set (0: not known, frames are not filtered by it), byte 7
 /// the interface's `interface_flags`.
 pub type InterfaceMac = [u8; 8];

@@ -4,9 +4,12 @@
 //! two nodes on one segment would both serve the same packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::maps::interface_flags;
+use lb_common::maps::{InterfaceMac, interface_flags};
 
-use crate::{maps::INTERFACE_MACS, parse::load};
+use crate::{
+    maps::{INTERFACE_MACS, INTERFACE_MACS_BEYOND},
+    parse::load,
+};
 
 /// What the program knows of the frame's ingress interface.
 pub struct Ingress {
@@ -22,14 +25,26 @@ pub struct Ingress {
 /// asked again off the hot path, where only a generic interface can hand over aggregates.
 #[inline(always)]
 pub fn in_skb_mode(ctx: &XdpContext) -> bool {
-    INTERFACE_MACS
-        .get(ctx.ingress_ifindex() as u32)
-        .is_some_and(|own| own[7] & interface_flags::SKB_MODE != 0)
+    own_mac(ctx).is_some_and(|own| own[7] & interface_flags::SKB_MODE != 0)
+}
+
+/// What userspace wrote for the frame's ingress interface: from the array, or for an ifindex
+/// beyond it (the array has no slot there) from the hash.
+#[inline(always)]
+fn own_mac(ctx: &XdpContext) -> Option<&InterfaceMac> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match INTERFACE_MACS.get(ifindex) {
+        Some(own) => Some(own),
+        // SAFETY: a map value stays valid for the whole program run.
+        None => INTERFACE_MACS_BEYOND
+            .get_ptr(&ifindex)
+            .map(|own| unsafe { &*own }),
+    }
 }
 
 #[inline(always)]
 pub fn ingress(ctx: &XdpContext) -> Ingress {
-    let Some(own) = INTERFACE_MACS.get(ctx.ingress_ifindex() as u32) else {
+    let Some(own) = own_mac(ctx) else {
         return Ingress {
             addressed_here: true,
             skb_mode: false,

@@ -9,8 +9,8 @@ use lb_common::{
     Addr, conntrack_filter, endpoint_filter,
     limits::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_PENDING_ENTRIES, MAX_BACKEND_ENDPOINTS, MAX_BACKENDS,
-        MAX_FRONTENDS, MAX_INTERFACE_MACS, MAX_REPLY_FRONTENDS, MAX_SERVICES, MAX_SOCK_NETNS,
-        MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
+        MAX_FRONTENDS, MAX_INTERFACE_MACS, MAX_INTERFACE_MACS_BEYOND, MAX_REPLY_FRONTENDS,
+        MAX_SERVICES, MAX_SOCK_NETNS, MAX_TX_PORTS, ROUTE_MEMO_SLOTS, SOCK_REVERSE_ENTRIES,
     },
     maps::{
         Backend, EndpointKey, Flow, FlowKey, InterfaceMac, ReplyFrontend, SELECTION_TABLE_FLAGS,
@@ -221,3 +221,12 @@ pub static TUNNEL_PEER_INDEX: HashMap<u32, u32, { tunnel::MAX_PEERS as usize }> 
 /// a unicast frame for another MAC is not this node's to serve (`l2::addressed_here`).
 #[btf_map]
 pub static INTERFACE_MACS: Array<InterfaceMac, { MAX_INTERFACE_MACS as usize }> = Array::new();
+
+/// `INTERFACE_MACS` for interfaces whose ifindex is beyond it, by ifindex: asked only for
+/// those, so other interfaces' packets pay nothing for it.
+#[btf_map]
+pub static INTERFACE_MACS_BEYOND: HashMap<
+    u32,
+    InterfaceMac,
+    { MAX_INTERFACE_MACS_BEYOND as usize },
+> = HashMap::new();

@@ -1,7 +1,8 @@
 //! What the XDP program knows of the interfaces: those it may redirect frames to itself
-//! (`TX_PORTS`), and each attached interface's own MAC (`INTERFACE_MACS`).
+//! (`TX_PORTS`), and each attached interface's own MAC (`INTERFACE_MACS`, or
+//! `INTERFACE_MACS_BEYOND` for a high ifindex).
 
-use aya::maps::{Array, MapData, xdp::DevMapHash};
+use aya::maps::{Array, HashMap, MapData, xdp::DevMapHash};
 use lb_common::maps::names;
 
 use super::{Dataplane, DataplaneError, maps::map_err};
@@ -27,28 +28,15 @@ impl Dataplane {
 
     /// Tells the XDP program `ifindex`'s own MAC (`None`: forget it), so that it leaves unicast
     /// frames for other hosts to the kernel, and whether XDP runs there in generic mode. An
-    /// ifindex beyond the map's size is not filtered (said once in the log).
+    /// ifindex beyond `INTERFACE_MACS` goes to `INTERFACE_MACS_BEYOND`; if that is full, the
+    /// interface is not filtered and counts as native (said in the log).
     pub fn set_interface_mac(
         &mut self,
         ifindex: u32,
         mac: Option<[u8; 6]>,
         skb_mode: bool,
     ) -> Result<(), DataplaneError> {
-        if ifindex >= lb_common::limits::MAX_INTERFACE_MACS {
-            tracing::warn!(
-                ifindex,
-                "the interface's index is beyond INTERFACE_MACS ({}): frames arriving on it for other hosts' MACs are served too",
-                lb_common::limits::MAX_INTERFACE_MACS
-            );
-            return Ok(());
-        }
-        let mut macs: Array<&mut MapData, lb_common::maps::InterfaceMac> = Array::try_from(
-            self.ebpf_mut()
-                .map_mut(names::INTERFACE_MACS)
-                .expect("checked at load"),
-        )
-        .map_err(map_err(names::INTERFACE_MACS))?;
-        let mut value = [0u8; 8];
+        let mut value: lb_common::maps::InterfaceMac = [0u8; 8];
         if let Some(mac) = mac {
             value[..6].copy_from_slice(&mac);
             value[6] = 1;
@@ -56,8 +44,36 @@ impl Dataplane {
         if skb_mode {
             value[7] = lb_common::maps::interface_flags::SKB_MODE;
         }
-        macs.set(ifindex, value, 0)
-            .map_err(map_err(names::INTERFACE_MACS))
+        if ifindex < lb_common::limits::MAX_INTERFACE_MACS {
+            let mut macs: Array<&mut MapData, lb_common::maps::InterfaceMac> = Array::try_from(
+                self.ebpf_mut()
+                    .map_mut(names::INTERFACE_MACS)
+                    .expect("checked at load"),
+            )
+            .map_err(map_err(names::INTERFACE_MACS))?;
+            return macs
+                .set(ifindex, value, 0)
+                .map_err(map_err(names::INTERFACE_MACS));
+        }
+        let mut beyond: HashMap<&mut MapData, u32, lb_common::maps::InterfaceMac> =
+            HashMap::try_from(
+                self.ebpf_mut()
+                    .map_mut(names::INTERFACE_MACS_BEYOND)
+                    .expect("checked at load"),
+            )
+            .map_err(map_err(names::INTERFACE_MACS_BEYOND))?;
+        if let Err(e) = beyond.insert(ifindex, value, 0) {
+            tracing::warn!(
+                ifindex,
+                "the interface's index is beyond INTERFACE_MACS ({}) and INTERFACE_MACS_BEYOND \
+                 is full ({}): {e}; frames arriving on it for other hosts' MACs are served too, \
+                 and in generic mode its local senders' partial checksums are not kept partial \
+                 (restart lbd after `lbd cleanup` to start the map anew)",
+                lb_common::limits::MAX_INTERFACE_MACS,
+                lb_common::limits::MAX_INTERFACE_MACS_BEYOND,
+            );
+        }
+        Ok(())
     }
 
     /// Makes `ifindexes` exactly the devices the XDP program redirects to: an adopted map may

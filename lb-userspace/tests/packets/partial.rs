@@ -96,6 +96,53 @@ fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_transl
     });
 }
 
+/// An interface whose ifindex is beyond `INTERFACE_MACS`' slots (a host that has made
+/// thousands of interfaces, a container's each, gives a new `docker_gwbridge` one) is still
+/// known to be in generic mode: a partial checksum arriving on it stays partial.
+#[test]
+fn a_generic_mode_interface_of_a_high_ifindex_keeps_partial_checksums_partial() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let high = lb_common::limits::MAX_INTERFACE_MACS + 904;
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("running ip");
+            assert!(status.success(), "ip {args:?}: {status}");
+        };
+        let index = high.to_string();
+        ip(&[
+            "link", "add", "mlbhigh0", "index", &index, "type", "veth", "peer", "name", "mlbhigh1",
+        ]);
+        ip(&["link", "set", "mlbhigh0", "up"]);
+        ip(&["link", "set", "mlbhigh1", "up"]);
+        lb.dp
+            .set_interface_mac(high, None, true)
+            .expect("INTERFACE_MACS_BEYOND");
+
+        let client = sock(CLIENT, 40210);
+        let vip = sock(VIP, 80);
+        let backend = sock("198.18.2.10", 8080);
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+        lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+        let reply = Ipv4Frame {
+            payload: b"HTTP/1.1 200 OK\r\n".to_vec(),
+            ..Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
+        };
+        let out = lb.run_from(&with_pseudo_header_sum(reply.build()), high);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(
+            out.packet,
+            with_pseudo_header_sum(reply.with_src(vip).build()),
+            "translated, checksum field still partial"
+        );
+    });
+}
+
 /// Where an IPv4 frame's TCP checksum field is (Ethernet, a 20-byte IPv4 header, 16 bytes in).
 const TCP_CHECKSUM: usize = 14 + 20 + 16;
 
