@@ -63,7 +63,16 @@ fn with_jumbo_link(services: &str, test: impl FnOnce(Loaded, u32) + Send) {
         .expect("program loaded");
 }
 
-/// Runs `test` on the program loaded with `services` in a fresh node namespace.
+/// The ICMPv4 "fragmentation needed" message (type 3, code 4) with next-hop MTU `mtu`,
+/// quoting the first 548 bytes of `frame`'s IP packet (what fits in 576 bytes), as the program
+/// answers a packet too big.
+fn frag_needed(mtu: u16, frame: &[u8]) -> Vec<u8> {
+    let mut message = vec![3, 4, 0, 0, 0, 0];
+    message.extend_from_slice(&mtu.to_be_bytes());
+    message.extend_from_slice(&frame[14..14 + 548]);
+    message
+}
+
 /// The ICMPv4 error the node sends the client, as `icmpv4_frame` builds it but with the
 /// identification 0 the program writes (the builder writes 1), its header checksum redone.
 fn node_icmpv4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, message: &[u8]) -> Vec<u8> {
@@ -75,6 +84,7 @@ fn node_icmpv4(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, message: &[u8])
     frame
 }
 
+/// Runs `test` on the program loaded with `services` in a fresh node namespace.
 fn with_program(services: &str, test: impl FnOnce(Loaded) + Send) {
     ProgNode::new("pkt", &[])
         .expect("node namespace")
@@ -2072,8 +2082,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         let before = lb.stats();
         let out = lb.run_from(&big, jumbo);
         let after = lb.stats();
-        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
-        message.extend_from_slice(&big[14..14 + 548]);
+        let message = frag_needed(1500, &big);
         let expected = node_icmpv4(*vip.ip(), *client.ip(), &message);
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
@@ -2098,8 +2107,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         }
         .build();
         let out = lb.run_from(&reply, jumbo);
-        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
-        message.extend_from_slice(&reply[14..14 + 548]);
+        let message = frag_needed(1500, &reply);
         let mut expected = icmpv4_frame(
             (backend_mac(0), lb.backend_if_mac),
             *seen_as.ip(),
@@ -2800,8 +2808,7 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
         let before = lb.stats();
         let out = lb.run(&big);
         let after = lb.stats();
-        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc0];
-        message.extend_from_slice(&big[14..14 + 548]);
+        let message = frag_needed(1472, &big);
         let expected = node_icmpv4(*frontend.ip(), *client.ip(), &message);
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected);
@@ -2842,8 +2849,7 @@ fn a_tcp_segment_too_big_for_the_tunnel_is_answered_in_native_mode() {
         let before = lb.stats();
         let out = lb.run(&big);
         let after = lb.stats();
-        let mut message = vec![3, 4, 0, 0, 0, 0, 0x05, 0xc0];
-        message.extend_from_slice(&big[14..14 + 548]);
+        let message = frag_needed(1472, &big);
         let expected = node_icmpv4(*frontend.ip(), *client.ip(), &message);
         assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
         assert_eq!(out.packet, expected, "native: answered");

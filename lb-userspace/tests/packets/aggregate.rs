@@ -201,9 +201,9 @@ fn a_udp_aggregate_too_big_for_the_tunnel_is_left_to_tc_to_wrap() {
 }
 
 /// The other way: a UDP aggregate that arrives through the tunnel whole (wrapped by a peer
-/// and passed on whole by a virtual link, or put together by GRO) keeps the tunnel's
-/// segmentation state once XDP has unwrapped it, which would cut its datagrams wrong: it is
-/// dropped and counted. A single datagram through the tunnel is translated as ever.
+/// and passed on whole by a virtual link such as a veth) keeps the tunnel's segmentation
+/// state once XDP has unwrapped it, with which the kernel would drop it unseen: it is dropped
+/// and counted. A single datagram through the tunnel is translated as ever.
 #[test]
 fn a_udp_aggregate_that_arrives_through_the_tunnel_whole_is_dropped_and_counted() {
     if !e2e_enabled() {
