@@ -31,15 +31,22 @@ pub fn in_skb_mode(ctx: &XdpContext) -> bool {
 /// What userspace wrote for the frame's ingress interface: from the array, or for an ifindex
 /// beyond it (the array has no slot there) from the hash.
 #[inline(always)]
-fn own_mac(ctx: &XdpContext) -> Option<&InterfaceMac> {
+fn own_mac(ctx: &XdpContext) -> Option<&'static InterfaceMac> {
     let ifindex = ctx.ingress_ifindex() as u32;
     match INTERFACE_MACS.get(ifindex) {
         Some(own) => Some(own),
-        // SAFETY: a map value stays valid for the whole program run.
-        None => INTERFACE_MACS_BEYOND
-            .get_ptr(&ifindex)
-            .map(|own| unsafe { &*own }),
+        None => own_mac_beyond(ifindex),
     }
+}
+
+/// `INTERFACE_MACS_BEYOND`'s entry for `ifindex`. Not inlined: its key and call stay off the
+/// path of every other interface's packets.
+#[inline(never)]
+fn own_mac_beyond(ifindex: u32) -> Option<&'static InterfaceMac> {
+    // SAFETY: a map value stays valid for the whole program run.
+    INTERFACE_MACS_BEYOND
+        .get_ptr(&ifindex)
+        .map(|own| unsafe { &*own })
 }
 
 #[inline(always)]
