@@ -7,16 +7,18 @@
 //! keeps to) black-holes the connection. It is recognised by being longer than its ingress
 //! device's MTU, which no packet off a wire is, and sent whole through the TC program
 //! (`bpf_redirect_neigh`), so the egress device segments it. The mesh tunnel hands TC every
-//! TCP packet too big for it (an aggregate of two segments can be shorter than the ingress
-//! MTU, and only TC sees the kernel's segment size): TC wraps an aggregate with
-//! `bpf_skb_adjust_room`, which tells the segmentation about the outer headers and lowers
-//! the segment size by their 28 bytes, and drops anything else. A UDP aggregate (longer than
-//! its ingress MTU) goes the same way, but its segment size stays: it is where the sender's
-//! datagrams end. TC then checks that its segments fit the path with the tunnel's 28 bytes,
-//! and drops it if they do not ("fragmentation needed" would have to come from XDP, which
-//! cannot see the segment size; QUIC senders find the path's MTU by what gets lost). The link to the peer must cut it into tunnel packets (a NIC with UDP tunnel
-//! segmentation offload does; a veth passes it whole unless that offload is off): a UDP
-//! aggregate that arrives through the tunnel whole is dropped and counted (`send`).
+//! TCP packet too big for it that came in by a generic-mode interface (an aggregate of two
+//! segments can be shorter than the ingress MTU, and only TC sees the kernel's segment
+//! size): TC wraps an aggregate with `bpf_skb_adjust_room`, which tells the segmentation
+//! about the outer headers and lowers the segment size by their 28 bytes, and drops anything
+//! else. A UDP aggregate (longer than its ingress MTU) goes the same way, but its segment
+//! size stays: it is where the sender's datagrams end. TC then checks that its segments fit
+//! the path with the tunnel's 28 bytes, and drops it if they do not ("fragmentation needed"
+//! would have to come from XDP, which cannot see the segment size; QUIC senders find the
+//! path's MTU by what gets lost). The link to the peer must cut it into tunnel packets (a
+//! NIC with UDP tunnel segmentation offload does; a veth passes it whole unless that offload
+//! is off): a UDP aggregate that arrives through the tunnel whole is dropped and counted
+//! (`send`).
 
 use core::mem::MaybeUninit;
 
@@ -27,7 +29,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},
+    helpers::bpf_check_mtu,
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
@@ -37,7 +39,7 @@ use lb_common::{
 };
 
 use crate::{
-    forward::{AF_INET, fib_lookup_into, via_tc_meta},
+    forward::{fib_lookup_from, fib_lookup_into, via_tc_meta},
     maps::TUNNEL_PEERS,
     nat::{add_word, fold, pseudo_header_sum},
     parse::{Packet, load, pkt_write, ptr_at},
@@ -202,9 +204,9 @@ fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
 /// TC side of `send_tunneled`: puts the outer IPv4 and UDP headers (as `tunnel::send`
 /// writes them) in front of the aggregate, telling the kernel it is now a UDP tunnel packet,
 /// so segmentation repeats them on every segment; a UDP aggregate's must then fit the route
-/// to the peer. False if it cannot, if they do not fit, or if the
-/// packet is no aggregate (a single TCP segment too big for the tunnel: its flow's SYN was
-/// not clamped), which is dropped as `tunnel::send` drops one.
+/// to the peer. False if it cannot, if they do not fit, or if the packet is no aggregate (a
+/// single TCP segment too big for the tunnel: its flow's SYN was not clamped), which is
+/// dropped as `tunnel::send` drops one.
 #[inline(always)]
 pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     // SAFETY: reading a context field the verifier allows for TC programs.
@@ -285,22 +287,20 @@ fn fits_route(ctx: &TcContext, own: u32, peer: u32, len: u32) -> bool {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut slot = MaybeUninit::uninit();
     let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
-    params.family = AF_INET;
     params.l4_protocol = proto::UDP;
     // A length given: the FIB checks it against the route's MTU, not the skb's length.
     params.__bindgen_anon_1.tot_len = len;
-    params.__bindgen_anon_3.ipv4_src = own;
-    params.__bindgen_anon_4.ipv4_dst = peer;
     // SAFETY: reading a context field the verifier allows for TC programs.
-    params.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            params,
-            size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+    let ingress = || unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let (own, peer) = (Addr::from_v4_raw(own), Addr::from_v4_raw(peer));
+    let rc = fib_lookup_from(
+        ctx.as_ptr(),
+        ingress,
+        params,
+        false,
+        &own,
+        &peer,
+        BPF_FIB_LOOKUP_SKIP_NEIGH,
+    );
+    rc == BPF_FIB_LKUP_RET_SUCCESS
 }

@@ -3,7 +3,10 @@
 //! rewritten packet to the IP stack instead would get replies with a node address as source
 //! dropped as martians.
 
-use core::mem::{MaybeUninit, size_of};
+use core::{
+    ffi::c_void,
+    mem::{MaybeUninit, size_of},
+};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -31,7 +34,7 @@ use crate::{
     zero,
 };
 
-pub const AF_INET: u8 = 2;
+const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Forwards a packet whose addresses are now `src` -> `dst`. `route` is the tracked flow
@@ -370,6 +373,29 @@ pub fn fib_lookup_into(
     dst: &Addr,
     flags: u32,
 ) -> u32 {
+    fib_lookup_from(
+        ctx.as_ptr(),
+        || ctx.ingress_ifindex() as u32,
+        params,
+        v6,
+        src,
+        dst,
+        flags,
+    )
+}
+
+/// `fib_lookup_into` for any program's context (`ctx`, whose ingress interface `ingress`
+/// reads): TC's too.
+#[inline(always)]
+pub fn fib_lookup_from(
+    ctx: *mut c_void,
+    ingress: impl FnOnce() -> u32,
+    params: &mut bpf_fib_lookup,
+    v6: bool,
+    src: &Addr,
+    dst: &Addr,
+    flags: u32,
+) -> u32 {
     if v6 {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = src.words;
@@ -379,16 +405,9 @@ pub fn fib_lookup_into(
         params.__bindgen_anon_3.ipv4_src = src.v4_raw();
         params.__bindgen_anon_4.ipv4_dst = dst.v4_raw();
     }
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ingress();
     // SAFETY: params is a valid, correctly sized bpf_fib_lookup.
-    unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            params,
-            size_of::<bpf_fib_lookup>() as i32,
-            flags,
-        ) as u32
-    }
+    unsafe { fib_lookup(ctx, params, size_of::<bpf_fib_lookup>() as i32, flags) as u32 }
 }
 
 /// Writes the Ethernet addresses (destination, then source, as in the header) as three
