@@ -228,8 +228,12 @@ pub fn segmented_echo(
     socket.send(format!("{size} {count}").as_bytes())?;
     let mut seen = vec![false; usize::from(count)];
     let mut buf = vec![0u8; usize::from(size) + 1];
-    // Each round receives a datagram or ends at the deadline.
-    while seen.iter().any(|s| !s) {
+    // Each round receives a datagram (a new one, or the call fails), is interrupted (a few
+    // times at most), or ends at the deadline.
+    for _ in 0..usize::from(count) + 16 {
+        if seen.iter().all(|&s| s) {
+            break;
+        }
         let Some(left) = deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())

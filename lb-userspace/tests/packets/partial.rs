@@ -12,7 +12,9 @@ use lb_testkit::{
     progtest::{CLIENT, backend_mac, delta},
 };
 
-use super::{ONE_BACKEND, VIP, XDP_PASS, aggregate::with_pseudo_header_sum, sock, with_program};
+use super::{
+    ONE_BACKEND, VIP, XDP_PASS, aggregate::with_pseudo_header_sum, ip, sock, with_program,
+};
 use lb_common::maps::XDP_META_MAGIC;
 
 #[test]
@@ -106,19 +108,11 @@ fn a_generic_mode_interface_of_a_high_ifindex_keeps_partial_checksums_partial() 
     }
     with_program(ONE_BACKEND, |mut lb| {
         let high = lb_common::limits::MAX_INTERFACE_MACS + 904;
-        let ip = |args: &[&str]| {
-            let status = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .expect("running ip");
-            assert!(status.success(), "ip {args:?}: {status}");
-        };
-        let index = high.to_string();
-        ip(&[
-            "link", "add", "mlbhigh0", "index", &index, "type", "veth", "peer", "name", "mlbhigh1",
-        ]);
-        ip(&["link", "set", "mlbhigh0", "up"]);
-        ip(&["link", "set", "mlbhigh1", "up"]);
+        ip(&format!(
+            "link add mlbhigh0 index {high} type veth peer name mlbhigh1"
+        ));
+        ip("link set mlbhigh0 up");
+        ip("link set mlbhigh1 up");
         lb.dp
             .set_interface_mac(high, None, true)
             .expect("INTERFACE_MACS_BEYOND");
