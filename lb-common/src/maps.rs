@@ -597,20 +597,96 @@ pub struct SockCounters {
     pub no_backend: u64,
 }
 
-/// What the XDP program leaves in front of a packet it passes to the kernel for the TC program
-/// to forward (`bpf_xdp_adjust_meta`): the egress interface chosen by the FIB lookup.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct XdpMeta {
-    pub magic: u32,
+/// How the XDP program hands a packet it rewrote to the TC program on the same interface, which
+/// forwards it (`bpf_redirect_neigh`, or the mesh tunnel's wrap of an aggregate first): it writes
+/// this over the frame's Ethernet addresses and passes it to the kernel. The kernel writes the
+/// addresses anew when it sends the packet on. (Not XDP metadata: some kernels refuse
+/// `bpf_xdp_adjust_meta` to XDP programs; the addresses are in every frame.)
+///
+/// The destination address becomes `9e:4b:d1:37:KIND:PEER` (locally administered, unicast;
+/// random, so no one picks it for an interface: "mlb" in ASCII is what a person would pick,
+/// and the test kit's bridge did), the source address's first four bytes the egress
+/// interface. A frame that arrives addressed to `9e:4b:d1:37:KIND:…`, with a kind of hand-off,
+/// is dropped by the XDP program before the TC program could see it (`drop_forged_handoff`):
+/// only the XDP program hands over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    /// `handoff::FORWARD`, or `handoff::TUNNEL`.
+    pub kind: u8,
+    /// `TUNNEL`: the peer's `TUNNEL_PEERS` index, 1..=255; `FORWARD`: 0.
+    pub peer: u8,
+    /// The egress interface the FIB lookup chose.
     pub ifindex: u32,
 }
 
-pub const XDP_META_MAGIC: u32 = 0x6d6c_6221; // "mlb!"
-/// `XdpMeta::magic` of a GSO/GRO aggregate the TC program wraps for the mesh tunnel before
-/// sending it to `ifindex` (XDP cannot wrap one so that the kernel segments it right): this
-/// plus the peer's `TUNNEL_PEERS` index, 1..=255, in the low byte.
-pub const XDP_META_TUNNEL: u32 = 0x6d6c_7400; // "mlt" + index
+pub mod handoff {
+    /// The destination address's first four bytes.
+    pub const PREFIX: [u8; 4] = [0x9e, 0x4b, 0xd1, 0x37];
+    /// Forward to `ifindex` (`bpf_redirect_neigh`).
+    pub const FORWARD: u8 = b'f';
+    /// A GSO/GRO aggregate to wrap for the mesh tunnel to `peer` (XDP cannot wrap one so
+    /// that the kernel segments it right), then forward to `ifindex`.
+    pub const TUNNEL: u8 = b't';
+}
+
+impl Handoff {
+    pub const fn forward(ifindex: u32) -> Self {
+        Handoff {
+            kind: handoff::FORWARD,
+            peer: 0,
+            ifindex,
+        }
+    }
+
+    pub const fn tunnel(peer: u8, ifindex: u32) -> Self {
+        Handoff {
+            kind: handoff::TUNNEL,
+            peer,
+            ifindex,
+        }
+    }
+
+    /// The twelve address bytes, as three words in the frame's byte order (the programs copy
+    /// words: the verifier wants them aligned on the stack).
+    pub const fn to_words(self) -> [u32; 3] {
+        let i = self.ifindex.to_le_bytes();
+        [
+            u32::from_le_bytes(handoff::PREFIX),
+            u32::from_le_bytes([self.kind, self.peer, i[0], i[1]]),
+            u32::from_le_bytes([i[2], i[3], 0, 0]),
+        ]
+    }
+
+    /// The hand-off these address bytes carry, if they carry one.
+    pub const fn from_words(words: [u32; 3]) -> Option<Self> {
+        if words[0] != u32::from_le_bytes(handoff::PREFIX) {
+            return None;
+        }
+        let [kind, peer, i0, i1] = words[1].to_le_bytes();
+        let [i2, i3, _, _] = words[2].to_le_bytes();
+        let valid = match kind {
+            handoff::FORWARD => peer == 0,
+            handoff::TUNNEL => peer != 0,
+            _ => false,
+        };
+        if !valid {
+            return None;
+        }
+        Some(Handoff {
+            kind,
+            peer,
+            ifindex: u32::from_le_bytes([i0, i1, i2, i3]),
+        })
+    }
+
+    /// Whether a frame whose first eight bytes are `start` (in the frame's byte order)
+    /// is addressed like a hand-off: the prefix and a kind (whatever the peer and interface).
+    pub const fn is_handoff_address(start: u64) -> bool {
+        let kind = (start >> 32) as u8;
+        start as u32 == u32::from_le_bytes(handoff::PREFIX)
+            && (kind == handoff::FORWARD || kind == handoff::TUNNEL)
+    }
+}
 
 const _: () = assert!(size_of::<Addr>() == 16);
 const _: () = assert!(size_of::<EndpointKey>() == 20);
@@ -624,7 +700,6 @@ const _: () = assert!(service_flags::ALL <= u8::MAX as u32);
 // The program copies the cached MACs as words.
 const _: () = assert!(core::mem::offset_of!(Flow, egress_macs) % 4 == 0);
 const _: () = assert!(size_of::<TrafficCounters>() == 24);
-const _: () = assert!(size_of::<XdpMeta>() == 8);
 const _: () = assert!(size_of::<SockReverseKey>() == 32);
 const _: () = assert!(size_of::<SockReverse>() == 20);
 const _: () = assert!(size_of::<SockPeer>() == 40);
@@ -694,5 +769,48 @@ mod flow_tests {
         );
         assert_eq!(flow(tcp_state::ESTABLISHED).idle_limit_s(), 86_400);
         assert_eq!(flow(tcp_state::NONE).idle_limit_s(), 86_400, "UDP");
+    }
+}
+
+#[cfg(test)]
+mod handoff_tests {
+    use super::{Handoff, handoff};
+
+    #[test]
+    fn a_handoff_reads_back_from_its_address_bytes_and_nothing_else_does() {
+        for h in [
+            Handoff::forward(7),
+            Handoff::forward(u32::MAX),
+            Handoff::tunnel(1, 70_000),
+            Handoff::tunnel(255, 3),
+        ] {
+            let words = h.to_words();
+            assert_eq!(Handoff::from_words(words), Some(h));
+            // A locally administered unicast destination.
+            assert_eq!(words[0].to_le_bytes()[0] & 0b11, 0b10);
+            let start = u64::from(words[0]) | u64::from(words[1]) << 32;
+            assert!(Handoff::is_handoff_address(start));
+        }
+        let words = Handoff::forward(7).to_words();
+        // A forward names no peer, a tunnel needs one, and other kinds are none.
+        for bad in [
+            [words[0], u32::from_le_bytes([handoff::FORWARD, 1, 7, 0]), 0],
+            [words[0], u32::from_le_bytes([handoff::TUNNEL, 0, 7, 0]), 0],
+            [words[0], u32::from_le_bytes([b'x', 0, 7, 0]), 0],
+            [words[0] ^ 0x100, words[1], words[2]],
+        ] {
+            assert_eq!(Handoff::from_words(bad), None, "{bad:08x?}");
+        }
+        // The address alone, whatever follows: its prefix and a kind.
+        let start = |w0: u32, kind: u8| u64::from(w0) | u64::from(kind) << 32;
+        assert!(Handoff::is_handoff_address(start(
+            words[0],
+            handoff::TUNNEL
+        )));
+        assert!(!Handoff::is_handoff_address(start(words[0], 0)));
+        assert!(!Handoff::is_handoff_address(start(
+            words[0] ^ 1 << 24,
+            handoff::FORWARD
+        )));
     }
 }

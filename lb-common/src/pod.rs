@@ -4,7 +4,7 @@ use crate::{
     Addr,
     maps::{
         Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, Service, SockCounters, SockPeer,
-        SockReverse, SockReverseKey, TrafficCounters, XdpMeta,
+        SockReverse, SockReverseKey, TrafficCounters,
     },
     traffic::{GenConfig, SinkSlot},
 };
@@ -18,7 +18,6 @@ unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for TrafficCounters {}
-unsafe impl aya::Pod for XdpMeta {}
 unsafe impl aya::Pod for GenConfig {}
 unsafe impl aya::Pod for SinkSlot {}
 unsafe impl aya::Pod for SockReverseKey {}

@@ -75,7 +75,8 @@ stat_slots! {
     NewFlow = "new_flow", Event;
     /// Sent with XDP_REDIRECT to a device that takes XDP frames.
     TxXdpRedirect = "tx_xdp_redirect", Outcome;
-    /// Passed to the kernel with metadata; the TC program forwards it with bpf_redirect_neigh.
+    /// Passed to the kernel handed to TC (`maps::Handoff`); the TC program forwards it with
+    /// bpf_redirect_neigh.
     TxViaTc = "tx_via_tc", Outcome;
     /// The FIB says the destination is local: passed to the kernel's own stack.
     TxLocal = "tx_local", Outcome;
@@ -96,8 +97,9 @@ stat_slots! {
     DropNoSnatPort = "drop_no_snat_port", Outcome;
     /// Dropped: full NAT found no node address to use toward the backend.
     DropNoSnatAddr = "drop_no_snat_addr", Outcome;
-    /// Dropped: bpf_xdp_adjust_meta failed, so the packet could not be handed to TC.
-    DropMetaFailed = "drop_meta_failed", Outcome;
+    /// Dropped: a frame arrived addressed to the hand-off address (`maps::Handoff`), which
+    /// only the XDP program writes; the TC program would have sent it where its bytes say.
+    DropForgedHandoff = "drop_forged_handoff", Outcome;
     /// Sent to another node through the mesh tunnel (to its task, or a task's reply back to
     /// the node the client entered by).
     TunnelSent = "tunnel_sent", Event;

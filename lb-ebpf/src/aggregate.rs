@@ -34,12 +34,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{XDP_META_MAGIC, XDP_META_TUNNEL, XdpMeta, proto, tunnel},
+    maps::{Handoff, proto, tunnel},
     stats::StatSlot,
 };
 
 use crate::{
-    forward::{fib_lookup_from, fib_lookup_into, via_tc_meta},
+    forward::{fib_lookup_from, fib_lookup_into, hand_off},
     maps::TUNNEL_PEERS,
     nat::{add_word, fold, pseudo_header_sum},
     parse::{Packet, load, pkt_write, ptr_at},
@@ -127,13 +127,7 @@ pub fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
         return xdp_action::XDP_DROP;
     }
     count(StatSlot::Aggregate);
-    via_tc_meta(
-        ctx,
-        XdpMeta {
-            magic: XDP_META_MAGIC,
-            ifindex: params.ifindex,
-        },
-    )
+    hand_off(ctx, Handoff::forward(params.ifindex))
 }
 
 /// Hands a TCP packet or a UDP aggregate too big for the tunnel (translated, not wrapped) to
@@ -171,13 +165,7 @@ pub fn send_tunneled(ctx: &XdpContext, pkt: &Packet, peer: u32) -> u32 {
         return xdp_action::XDP_DROP;
     }
     count(StatSlot::Aggregate);
-    via_tc_meta(
-        ctx,
-        XdpMeta {
-            magic: XDP_META_TUNNEL | peer,
-            ifindex: params.ifindex,
-        },
-    )
+    hand_off(ctx, Handoff::tunnel(peer as u8, params.ifindex))
 }
 
 /// Writes the TCP checksum field as an aggregate needs it: the kernel keeps one

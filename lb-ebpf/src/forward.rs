@@ -1,5 +1,6 @@
 //! Sending a rewritten packet on: XDP_REDIRECT to devices that take XDP frames, otherwise
-//! hand it to the TC program (through XDP metadata), which uses bpf_redirect_neigh. Passing a
+//! hand it to the TC program (`Handoff`, over the Ethernet addresses), which uses
+//! bpf_redirect_neigh. Passing a
 //! rewritten packet to the IP stack instead would get replies with a node address as source
 //! dropped as martians.
 
@@ -15,13 +16,13 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup,
         xdp_action,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_meta},
+    helpers::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{
     Addr,
     limits::{ROUTE_MEMO_MAX_AGE_NS, ROUTE_MEMO_SLOTS},
-    maps::{Flow, XDP_META_MAGIC, XdpMeta},
+    maps::{Flow, Handoff},
     stats::StatSlot,
 };
 
@@ -420,35 +421,20 @@ pub fn set_macs(ctx: &XdpContext, macs: &[u32; 3]) -> Option<()> {
     Some(())
 }
 
-/// Leaves the egress interface in front of the packet and passes it to the kernel; the TC
-/// ingress program on this interface picks it up before the IP stack sees it.
+/// Hands the packet to the TC ingress program on this interface, which picks it up before
+/// the IP stack sees it and forwards it to `ifindex` (`Handoff`).
 #[inline(always)]
 pub fn via_tc(ctx: &XdpContext, ifindex: u32) -> u32 {
-    via_tc_meta(
-        ctx,
-        XdpMeta {
-            magic: XDP_META_MAGIC,
-            ifindex,
-        },
-    )
+    hand_off(ctx, Handoff::forward(ifindex))
 }
 
-/// `via_tc` with the metadata given (the TC program reads what to do from its magic).
+/// Writes `handoff` over the frame's Ethernet addresses and passes the packet to the kernel
+/// for the TC program (which reads what to do from it).
 #[inline(always)]
-pub fn via_tc_meta(ctx: &XdpContext, xdp_meta: XdpMeta) -> u32 {
-    // SAFETY: grows the metadata area in front of the packet; checked below.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<XdpMeta>() as i32)) } != 0 {
-        count(StatSlot::DropMetaFailed);
+pub fn hand_off(ctx: &XdpContext, handoff: Handoff) -> u32 {
+    if set_macs(ctx, &handoff.to_words()).is_none() {
+        // A parsed frame always has its addresses; kept for the verifier.
         return xdp_action::XDP_DROP;
-    }
-    let meta = ctx.metadata();
-    if meta + size_of::<XdpMeta>() > ctx.data() {
-        count(StatSlot::DropMetaFailed);
-        return xdp_action::XDP_DROP;
-    }
-    // SAFETY: the metadata area is exactly XdpMeta long (checked above) and 4-byte aligned.
-    unsafe {
-        (meta as *mut XdpMeta).write(xdp_meta);
     }
     count(StatSlot::TxViaTc);
     xdp_action::XDP_PASS

@@ -2,26 +2,25 @@
 //! BPF_PROG_TEST_RUN, never attached.
 //!
 //! `BPF_PROG_TEST_RUN` with `repeat = N` runs a program N times on the *same* buffer, so a
-//! program that rewrites the packet (meshlb's DNAT and MAC rewrite) or grows metadata (meshlb's
-//! TC hand-off) sees its own output from the second iteration on. The harness makes every
+//! program that rewrites the packet (meshlb's DNAT and MAC rewrite, or the hand-off to TC written
+//! over the addresses) sees its own output from the second iteration on. The harness makes every
 //! iteration start from the original packet, as the restore harness of
 //! `bench/results/katran-reference.md` describes for Katran:
 //!
-//! 1. undo metadata the previous iteration left (`bpf_xdp_adjust_meta`);
-//! 2. undo a length change at the head (`bpf_xdp_adjust_head`);
-//! 3. copy the pristine frame from `PRISTINE` over the packet (60 bytes for IPv4: `harness`,
+//! 1. undo a length change at the head (`bpf_xdp_adjust_head`);
+//! 2. copy the pristine frame from `PRISTINE` over the packet (60 bytes for IPv4: `harness`,
 //!    `harness_vary`; 80 bytes for IPv6: `harness_v6`, `harness_v6_vary`);
-//! 4. the `_vary` programs only: make the packet a new flow (a per-CPU sequence number goes
+//! 3. the `_vary` programs only: make the packet a new flow (a per-CPU sequence number goes
 //!    into the low 15 bits of the source address and into the TCP/UDP source port, checksums
 //!    fixed incrementally), so 2^30 iterations are 2^30 distinct flows (or, with `VARY_SPAN`
 //!    set to N, the same N flows over and over);
-//! 5. tail-call slot 0 of `TARGET`, which userspace fills with the program under test.
+//! 4. tail-call slot 0 of `TARGET`, which userspace fills with the program under test.
 //!
 //! The floor programs calibrate the method: `floor_pass` (returns XDP_PASS), `floor_tx_only`
 //! (returns XDP_TX), `floor_tx` (parses Ethernet/IPv4/TCP, swaps the MACs, XDP_TX),
-//! `floor_fib` (parses, `bpf_fib_lookup`, sets the MACs, XDP_TX) and `floor_meta` (grows and
-//! writes 8 bytes of metadata, XDP_PASS, as meshlb's TC hand-off does), run directly or
-//! through the harness.
+//! `floor_fib` (parses, `bpf_fib_lookup`, sets the MACs, XDP_TX) and `floor_handoff` (writes
+//! the 12 address bytes, XDP_PASS, as meshlb's hand-off to TC does), run directly or through
+//! the harness.
 #![no_std]
 #![no_main]
 
@@ -29,10 +28,11 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup, xdp_action},
     btf_maps::{Array, PerCpuArray, ProgramArray},
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    helpers::bpf_xdp_adjust_head,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use lb_common::maps::Handoff;
 
 /// The two frame layouts of the benchmark: Ethernet + IPv4 or IPv6 + TCP + a 6-byte payload.
 struct Layout {
@@ -124,18 +124,9 @@ fn restore_and_call(ctx: &XdpContext, layout: &Layout, vary: bool) -> u32 {
     xdp_action::XDP_ABORTED
 }
 
-/// Steps 1 to 4 of the module documentation. `None` if the packet cannot be restored.
+/// Steps 1 to 3 of the module documentation. `None` if the packet cannot be restored.
 #[inline(always)]
 fn restore(ctx: &XdpContext, layout: &Layout, vary: bool) -> Option<()> {
-    let meta = ctx.metadata();
-    let data = ctx.data();
-    // An invalid data_meta (driver without metadata support) is data + 1, so `<` skips it.
-    if meta < data {
-        // SAFETY: shrinks the metadata area to nothing; checked.
-        if unsafe { bpf_xdp_adjust_meta(ctx.ctx, (data - meta) as i32) } != 0 {
-            return None;
-        }
-    }
     let len = ctx.data_end() - ctx.data();
     if len != layout.len {
         // Positive: the previous iteration grew the head (encapsulation), move data back.
@@ -315,19 +306,15 @@ pub fn floor_fib(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Floor: what meshlb's TC hand-off adds to a pass: 8 bytes of metadata, written.
+/// Floor: what meshlb's hand-off to TC adds to a pass: the 12 address bytes, written.
 #[xdp]
-pub fn floor_meta(ctx: XdpContext) -> u32 {
-    // SAFETY: grows the metadata area; checked.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -8) } != 0 {
+pub fn floor_handoff(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + 12 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    let meta = ctx.metadata();
-    if meta + 8 > ctx.data() {
-        return xdp_action::XDP_ABORTED;
-    }
-    // SAFETY: 8 bytes of metadata, bounds-checked above.
-    unsafe { (meta as *mut u64).write(0x6d6c_6221) };
+    // SAFETY: 12 bytes in bounds (checked above).
+    unsafe { (start as *mut [u32; 3]).write_unaligned(Handoff::forward(1).to_words()) };
     xdp_action::XDP_PASS
 }
 

@@ -4,19 +4,29 @@
 //! two nodes on one segment would both serve the same packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::maps::{InterfaceMac, interface_flags};
+use lb_common::maps::{Handoff, InterfaceMac, interface_flags};
 
 use crate::{
     maps::{INTERFACE_MACS, INTERFACE_MACS_BEYOND},
     parse::load,
 };
 
+/// Whose a frame is, by its destination address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Addressed {
+    /// The interface's own MAC; or broadcast and multicast, an interface whose MAC userspace
+    /// did not write, a frame too short to tell (the parser decides about that one).
+    Here,
+    /// Unicast to another MAC: the kernel's (bridged, or dropped as another host's).
+    Elsewhere,
+    /// The hand-off address (`Handoff`), which only this program writes: from the wire, it
+    /// would make the TC program send the frame where its bytes say.
+    Forged,
+}
+
 /// What the program knows of the frame's ingress interface.
 pub struct Ingress {
-    /// False for a unicast frame whose destination is not the interface's own MAC; true for
-    /// anything else (broadcast and multicast, an interface whose MAC userspace did not
-    /// write, a frame too short to tell: the parser decides about that one).
-    pub addressed_here: bool,
+    pub addressed: Addressed,
     /// XDP runs on the interface in generic mode (`interface_flags::SKB_MODE`).
     pub skb_mode: bool,
 }
@@ -53,26 +63,45 @@ fn own_mac_beyond(ifindex: u32) -> Option<&'static InterfaceMac> {
 pub fn ingress(ctx: &XdpContext) -> Ingress {
     let Some(own) = own_mac(ctx) else {
         return Ingress {
-            addressed_here: true,
+            addressed: unfiltered(ctx),
             skb_mode: false,
         };
     };
     let skb_mode = own[7] & interface_flags::SKB_MODE != 0;
+    if own[6] == 0 {
+        return Ingress {
+            addressed: unfiltered(ctx),
+            skb_mode,
+        };
+    }
     // Compared as words, the address's six bytes under a mask: a byte at a time, the
     // comparison was some 40 instructions of every packet.
     let mac_mask = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
     let group_bit = u64::from_ne_bytes([1, 0, 0, 0, 0, 0, 0, 0]);
     // SAFETY: a map value of 8 bytes, 8-byte aligned like every array value.
     let own_word = unsafe { (own as *const [u8; 8]).cast::<u64>().read() };
-    let addressed_here = own[6] == 0
-        || match load::<u64>(ctx, 0) {
-            // Shorter than 8 bytes: not Ethernet, the parser turns it away.
-            None => true,
-            // The group bit: broadcast and multicast are everyone's.
-            Some(dst) => dst & group_bit != 0 || (dst ^ own_word) & mac_mask == 0,
-        };
+    let addressed = match load::<u64>(ctx, 0) {
+        // Shorter than 8 bytes: not Ethernet, the parser turns it away.
+        None => Addressed::Here,
+        // The group bit: broadcast and multicast are everyone's.
+        Some(dst) if dst & group_bit != 0 || (dst ^ own_word) & mac_mask == 0 => Addressed::Here,
+        // Off the path of the node's own frames: the hand-off address is no interface's.
+        Some(dst) if Handoff::is_handoff_address(dst) => Addressed::Forged,
+        Some(_) => Addressed::Elsewhere,
+    };
     Ingress {
-        addressed_here,
+        addressed,
         skb_mode,
+    }
+}
+
+/// An interface whose MAC the program does not know: every frame is its, but a forged
+/// hand-off. (Inlined: a call of its own would take the packet's bounds as arguments, and the
+/// verifier refuses arithmetic on them there.)
+#[inline(always)]
+fn unfiltered(ctx: &XdpContext) -> Addressed {
+    match load::<u64>(ctx, 0) {
+        Some(dst) if Handoff::is_handoff_address(dst) => Addressed::Forged,
+        _ => Addressed::Here,
     }
 }

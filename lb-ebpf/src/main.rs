@@ -36,10 +36,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     Addr,
-    maps::{
-        EndpointKey, Flow, FlowKey, Service, XDP_META_MAGIC, XDP_META_TUNNEL, XdpMeta, proto,
-        service_flags,
-    },
+    maps::{EndpointKey, Flow, FlowKey, Handoff, Service, handoff, proto, service_flags},
     stats::StatSlot,
 };
 
@@ -55,10 +52,18 @@ use crate::{
 #[xdp]
 pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     let ingress = l2::ingress(&ctx);
-    if !ingress.addressed_here {
-        count(StatSlot::Rx);
-        count(StatSlot::PassOtherHost);
-        return xdp_action::XDP_PASS;
+    match ingress.addressed {
+        l2::Addressed::Here => {}
+        l2::Addressed::Elsewhere => {
+            count(StatSlot::Rx);
+            count(StatSlot::PassOtherHost);
+            return xdp_action::XDP_PASS;
+        }
+        l2::Addressed::Forged => {
+            count(StatSlot::Rx);
+            count(StatSlot::DropForgedHandoff);
+            return xdp_action::XDP_DROP;
+        }
     }
     nat::set_checksum_state(ingress.skb_mode as u32);
     // SAFETY: plain old data (see `zero`: a `Default` would be a byte loop per packet).
@@ -450,26 +455,21 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
 /// Forwards packets the XDP program rewrote but could not redirect itself.
 #[classifier]
 pub fn meshlb_tc_ingress(ctx: TcContext) -> i32 {
-    // SAFETY: reading the skb context fields the verifier allows for TC programs.
-    let (meta, data) = unsafe {
-        (
-            (*ctx.skb.skb).data_meta as usize,
-            (*ctx.skb.skb).data as usize,
-        )
-    };
-    if meta + core::mem::size_of::<XdpMeta>() > data {
+    // What the XDP program wrote over the Ethernet addresses, if it handed the packet over.
+    let Some(Handoff {
+        kind,
+        peer,
+        ifindex,
+    }) = ctx.load::<[u32; 3]>(0).ok().and_then(Handoff::from_words)
+    else {
         return TC_ACT_UNSPEC;
-    }
-    // SAFETY: bounds-checked against data above.
-    let XdpMeta { magic, ifindex } = unsafe { (meta as *const XdpMeta).read() };
-    if magic & !0xff == XDP_META_TUNNEL && magic & 0xff != 0 {
-        if !aggregate::wrap_for_peer(&ctx, magic & 0xff) {
+    };
+    if kind == handoff::TUNNEL {
+        if !aggregate::wrap_for_peer(&ctx, u32::from(peer)) {
             count(StatSlot::TcTunnelFailed);
             return TC_ACT_SHOT as i32;
         }
         count(StatSlot::TunnelSent);
-    } else if magic != XDP_META_MAGIC {
-        return TC_ACT_UNSPEC;
     }
     // SAFETY: helper call with no neighbour parameters: the kernel looks the route up itself.
     let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };

@@ -235,17 +235,16 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
     count(StatSlot::TunnelSent);
-    if *neighbour != 0 {
-        if route.redirect != 0
-            && set_macs(ctx, &route.macs).is_some()
-            && let Ok(action) = TX_PORTS.redirect(route.ifindex, 0)
-        {
-            count(StatSlot::TxXdpRedirect);
-            return Verdict::xdp(action);
-        }
-        // The TC program resolves the neighbour and sends; the MACs are its to write.
-        let _ = set_macs(ctx, &route.macs);
+    if *neighbour != 0
+        && route.redirect != 0
+        && set_macs(ctx, &route.macs).is_some()
+        && let Ok(action) = TX_PORTS.redirect(route.ifindex, 0)
+    {
+        count(StatSlot::TxXdpRedirect);
+        return Verdict::xdp(action);
     }
+    // The TC program resolves the neighbour and sends; the MACs are its to write (the kernel
+    // writes them anew over the hand-off).
     Verdict::xdp(via_tc(ctx, route.ifindex))
 }
 

@@ -10,7 +10,7 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunOptions},
 };
 use lb_common::{
-    maps::{Flow, FlowKey, flow_kind},
+    maps::{Flow, FlowKey, Handoff, flow_kind},
     stats::StatSlot,
 };
 
@@ -352,21 +352,13 @@ pub fn reply_key(key: &FlowKey, f: &Flow) -> FlowKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgOutcome {
     pub action: u32,
-    /// The metadata area in front of the packet: empty, or 8 bytes for the TC program.
-    pub meta: Vec<u8>,
+    /// What the program wrote over the Ethernet addresses to hand the packet to the TC
+    /// program, if it did.
+    pub handoff: Option<Handoff>,
+    /// The packet out. Handed to TC, its first 12 bytes (where the hand-off was) are the
+    /// input's again: the kernel writes the addresses of a packet TC forwards anew, so the
+    /// rest is what the tests compare.
     pub packet: Vec<u8>,
-}
-
-impl ProgOutcome {
-    /// The metadata as (magic, egress ifindex), when there is exactly that.
-    pub fn meta_words(&self) -> Option<(u32, u32)> {
-        (self.meta.len() == 8).then(|| {
-            (
-                u32::from_ne_bytes(self.meta[0..4].try_into().expect("4 bytes")),
-                u32::from_ne_bytes(self.meta[4..8].try_into().expect("4 bytes")),
-            )
-        })
-    }
 }
 
 /// Runs the XDP program once on `frame`, arriving on `ingress` (BPF_PROG_TEST_RUN).
@@ -393,15 +385,25 @@ pub fn test_run(
             ..TestRunOptions::default()
         })?;
     out.truncate(result.data_size_out as usize);
-    // The output starts with the metadata area, if the program made one: data - data_meta.
-    let word =
-        |at: usize| u32::from_ne_bytes(ctx_out[at..at + 4].try_into().expect("4 bytes")) as usize;
-    let meta_len = word(0).wrapping_sub(word(8)).min(out.len());
+    let handoff = handoff_in(&out);
+    if handoff.is_some() && frame.len() >= HANDOFF_BYTES {
+        out[..HANDOFF_BYTES].copy_from_slice(&frame[..HANDOFF_BYTES]);
+    }
     Ok(ProgOutcome {
         action: result.return_value,
-        meta: out[..meta_len].to_vec(),
-        packet: out[meta_len..].to_vec(),
+        handoff,
+        packet: out,
     })
+}
+
+/// The address bytes a hand-off takes.
+const HANDOFF_BYTES: usize = 12;
+
+/// The hand-off written over `frame`'s Ethernet addresses, if one is.
+pub fn handoff_in(frame: &[u8]) -> Option<Handoff> {
+    let bytes = frame.get(..HANDOFF_BYTES)?;
+    let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    Handoff::from_words([word(0), word(4), word(8)])
 }
 
 /// How much a counter moved between two snapshots.

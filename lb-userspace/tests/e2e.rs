@@ -162,7 +162,7 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
         "drop_fib_failed",
         "drop_conntrack_full",
         "flow_lost",
-        "drop_meta_failed",
+        "drop_forged_handoff",
     ] {
         assert_eq!(counter(&counters, zero), 0, "{zero}: {counters}");
     }

@@ -16,7 +16,7 @@ use std::net::SocketAddrV4;
 use lb_common::{
     Addr,
     hash::flow_hash,
-    maps::{FlowKey, XDP_META_MAGIC, XDP_META_TUNNEL, proto},
+    maps::{FlowKey, Handoff, proto},
     stats::StatSlot,
 };
 use lb_testkit::{
@@ -127,7 +127,7 @@ fn established_flow_keeps_its_backend_and_replies_come_from_the_vip() {
             .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, reply.clone().with_src(sock(VIP, 80)).build());
         assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
         // One flow, two entries (forward and reply), in a table of the size asked for (one
@@ -158,7 +158,7 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
             .build();
         let before = lb.stats();
         let out = lb.run(&elsewhere);
-        assert_eq!((out.action, out.meta.len()), (XDP_PASS, 0));
+        assert_eq!((out.action, out.handoff), (XDP_PASS, None));
         assert_eq!(out.packet, elsewhere);
         let after = lb.stats();
         assert_deltas(
@@ -190,8 +190,8 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
             let before = lb.stats();
             let out = lb.run(&frame);
             assert_eq!(
-                out.meta_words(),
-                Some((XDP_META_MAGIC, lb.backend_if)),
+                out.handoff,
+                Some(Handoff::forward(lb.backend_if)),
                 "{dst:02x?}"
             );
             assert_eq!(
@@ -214,6 +214,67 @@ fn frames_for_another_hosts_mac_are_left_to_the_kernel() {
     });
 }
 
+/// The hand-off to TC is written over a frame's Ethernet addresses; a frame that arrives
+/// addressed so is forged (the TC program would send it where its bytes say) and is dropped
+/// before TC sees it, whether the interface's MAC is known or not.
+#[test]
+fn a_frame_addressed_like_a_hand_off_to_tc_is_dropped() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let handoff = Handoff::forward(lb.backend_if).to_words();
+        let bytes: Vec<u8> = handoff.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let dst: [u8; 6] = bytes[..6].try_into().unwrap();
+        let src: [u8; 6] = bytes[6..].try_into().unwrap();
+        let frame = Ipv4Frame::tcp(sock(CLIENT, 40004), sock(VIP, 80), TCP_SYN)
+            .with_macs(src, dst)
+            .build();
+        assert_eq!(
+            lb_testkit::progtest::handoff_in(&frame),
+            Some(Handoff::forward(lb.backend_if)),
+            "the frame reads as a hand-off"
+        );
+        for own in [Some(NODE_MAC), None] {
+            lb.dp
+                .set_interface_mac(lb.client_if, own, false)
+                .expect("INTERFACE_MACS");
+            let before = lb.stats();
+            let out = lb.run(&frame);
+            assert_eq!(out.action, XDP_DROP, "own MAC {own:02x?}");
+            assert_deltas(
+                &before,
+                &lb.stats(),
+                &[
+                    (StatSlot::DropForgedHandoff, 1),
+                    (StatSlot::NewFlow, 0),
+                    (StatSlot::PassOtherHost, 0),
+                ],
+            );
+        }
+        // The address alone makes it one, whatever the rest says: a tunnel hand-off without a
+        // peer cannot be read, but is dropped too.
+        let mut other = frame.clone();
+        other[4] = lb_common::maps::handoff::TUNNEL;
+        assert_eq!(lb_testkit::progtest::handoff_in(&other), None);
+        let before = lb.stats();
+        assert_eq!(lb.run(&other).action, XDP_DROP);
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropForgedHandoff), 1);
+        // Another kind is no hand-off: an interface may well have such an address.
+        other[4] = b'x';
+        lb.dp
+            .set_interface_mac(lb.client_if, None, false)
+            .expect("INTERFACE_MACS");
+        let before = lb.stats();
+        assert_eq!(
+            lb.run(&other).handoff,
+            Some(Handoff::forward(lb.backend_if)),
+            "served"
+        );
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::DropForgedHandoff), 0);
+    });
+}
+
 /// One packet in, its fate out: the Katran-style table of the cases that need no flow
 /// opened first. Each runs on the program as loaded with `FIXTURE_SERVICES`, in order.
 struct Fixture {
@@ -228,12 +289,12 @@ struct Fixture {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
-    /// XDP_PASS with the hand-off metadata naming the backend-side interface (the TC program
+    /// XDP_PASS handed to TC (`Handoff`) with the backend-side interface (the TC program
     /// sends it).
     ToBackendViaTc,
     /// The same, naming the client-side interface.
     ToClientViaTc,
-    /// XDP_PASS without metadata: the kernel's own.
+    /// XDP_PASS not handed to TC: the kernel's own.
     Pass,
     Drop,
 }
@@ -412,15 +473,15 @@ fn check_fixtures(lb: &mut Loaded, fixtures: Vec<Fixture>, ingress: u32) {
         let what = f.what;
         let before = lb.stats();
         let out = lb.run_from(&f.packet_in, ingress);
-        let (action, meta) = match f.verdict {
-            Verdict::ToBackendViaTc => (XDP_PASS, Some((XDP_META_MAGIC, lb.backend_if))),
-            Verdict::ToClientViaTc => (XDP_PASS, Some((XDP_META_MAGIC, lb.client_if))),
+        let (action, handoff) = match f.verdict {
+            Verdict::ToBackendViaTc => (XDP_PASS, Some(Handoff::forward(lb.backend_if))),
+            Verdict::ToClientViaTc => (XDP_PASS, Some(Handoff::forward(lb.client_if))),
             Verdict::Pass => (XDP_PASS, None),
             Verdict::Drop => (XDP_DROP, None),
         };
         assert_eq!(out.action, action, "{what}");
         if f.verdict != Verdict::Drop {
-            assert_eq!(out.meta_words(), meta, "{what}");
+            assert_eq!(out.handoff, handoff, "{what}");
             let expected = f.packet_out.as_ref().unwrap_or(&f.packet_in);
             assert_eq!(&out.packet, expected, "{what}: the bytes out");
         }
@@ -632,7 +693,7 @@ fn an_unconfirmed_flow_whose_backend_gains_a_frontend_is_opened_again_by_its_nex
         let syn_ack = Ipv4Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
             .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&syn_ack.build(), lb.backend_if);
-        assert_eq!((out.action, out.meta_words()), (XDP_PASS, None));
+        assert_eq!((out.action, out.handoff), (XDP_PASS, None));
 
         // The client's SYN again opens the flow anew, with a reply entry this time.
         let before = lb.stats();
@@ -782,14 +843,14 @@ fn replies_no_entry_covers_leave_from_the_backends_one_frontend() {
         let client = sock(CLIENT, 40102);
         let from_11 = Ipv4Frame::tcp(sock("198.18.2.11", 8080), client, TCP_ACK).build();
         let out = lb.run_from(&from_11, lb.backend_if);
-        assert_eq!((out.action, out.meta_words()), (XDP_PASS, None));
+        assert_eq!((out.action, out.handoff), (XDP_PASS, None));
         assert_eq!(
             out.packet, from_11,
             "198.18.2.11:8080 is shared now: untouched"
         );
         let from_12 = Ipv4Frame::tcp(sock("198.18.2.12", 7000), client, TCP_ACK);
         let out = lb.run_from(&from_12.build(), lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(
             out.packet,
             from_12.with_src(sock("198.18.100.3", 80)).build(),
@@ -809,7 +870,7 @@ fn xdp_redirect_when_the_egress_device_takes_xdp_frames() {
         let syn = Ipv4Frame::tcp(sock(CLIENT, 40005), sock(VIP, 80), TCP_SYN);
         let out = lb.run(&syn.build());
         assert_eq!(out.action, XDP_REDIRECT);
-        assert_eq!(out.meta_words(), None);
+        assert_eq!(out.handoff, None);
         let expected = syn
             .with_dst(sock("198.18.2.10", 8080))
             .with_macs(lb.backend_if_mac, backend_mac(0))
@@ -1044,8 +1105,8 @@ fn ipv6_flows_are_translated_both_ways() {
             .collect();
         assert_eq!(out.action, XDP_PASS, "counters moved: {moved:?}");
         assert_eq!(
-            out.meta_words(),
-            Some((XDP_META_MAGIC, lb.backend_if)),
+            out.handoff,
+            Some(Handoff::forward(lb.backend_if)),
             "counters moved: {moved:?}"
         );
         assert_eq!(out.packet, syn.clone().with_dst(backend).build());
@@ -1054,7 +1115,7 @@ fn ipv6_flows_are_translated_both_ways() {
         let reply = Ipv6Frame::tcp(backend, client, TCP_SYN | TCP_ACK)
             .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, reply.with_src(vip).build());
 
         // IPv4-mapped addresses never appear on the wire; they must not alias IPv4 flows.
@@ -1090,8 +1151,8 @@ fn vlan_tagged_frames_are_balanced_with_their_tags_kept() {
             // Forwarded, not only rewritten: handed to TC toward the backends, and counted.
             assert_eq!(out.action, XDP_PASS, "tags {tags:?}");
             assert_eq!(
-                out.meta_words(),
-                Some((XDP_META_MAGIC, lb.backend_if)),
+                out.handoff,
+                Some(Handoff::forward(lb.backend_if)),
                 "tags {tags:?}"
             );
             assert_eq!(
@@ -1140,7 +1201,7 @@ fn fullnat_rewrites_both_ends_with_a_node_port_and_translates_replies_back() {
         let reply = Ipv4Frame::tcp(backend, seen.src, TCP_SYN | TCP_ACK)
             .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, reply.with_src(vip).with_dst(client).build());
 
         // A second client port gets a different node port.
@@ -1504,8 +1565,8 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
         let request = icmpv4_frame((CLIENT_MAC, NODE_MAC), client, vip, &echo(8));
         let out = lb.run(&request);
         assert_eq!(
-            out.meta_words(),
-            Some((XDP_META_MAGIC, lb.client_if)),
+            out.handoff,
+            Some(Handoff::forward(lb.client_if)),
             "back out toward the client"
         );
         assert_eq!(
@@ -1525,7 +1586,7 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
         );
         let before = lb.stats();
         let out = lb.run_from(&error, lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         // What the client must see: from the VIP, quoting its own packet to the VIP.
         let expected = icmpv4_frame(
             (backend_mac(0), lb.backend_if_mac),
@@ -1728,7 +1789,7 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
         };
         let expected = window_zero(rst.build(), 48);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, expected);
         let parsed = parse_ipv4(&out.packet).expect("checksums");
         assert_eq!(parsed.tcp_flags, Some(TCP_RST));
@@ -1794,7 +1855,7 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
             },
             ..Ipv6Frame::tcp(vip6, client6, 0).with_macs(CLIENT_MAC, NODE_MAC)
         };
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, window_zero(rst6.build(), 14 + 40 + 14));
         parse_ipv6(&out.packet).expect("checksum");
 
@@ -2050,13 +2111,13 @@ fn a_packet_too_big_for_the_egress_mtu_is_caught_on_a_cached_route_too() {
         let before = lb.stats();
         let out = lb.run_from(&sized(1461).build(), jumbo);
         let after = lb.stats();
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(delta(&before, &after, StatSlot::IcmpTooBig), 1);
         assert_eq!(delta(&before, &after, StatSlot::DropTooBig), 0);
         // One byte less fits, and goes on.
         let fits = sized(1460);
         let out = lb.run(&fits.build());
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         assert_eq!(out.packet, fits.with_dst(sock("198.18.2.10", 8080)).build());
     });
 }
@@ -2084,7 +2145,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         let after = lb.stats();
         let message = frag_needed(1500, &big);
         let expected = node_icmpv4(*vip.ip(), *client.ip(), &message);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
         assert_deltas(
@@ -2118,7 +2179,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         expected[24..26].copy_from_slice(&[0, 0]);
         let c = lb_testkit::packet::checksum(&expected[14..34], 0);
         expected[24..26].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
 
@@ -2139,7 +2200,7 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
         let mut message = vec![2, 0, 0, 0, 0, 0, 0x05, 0xdc];
         message.extend_from_slice(&big6[14..14 + 1232]);
         let expected = icmpv6_frame((CLIENT_MAC, NODE_MAC), *vip6.ip(), *client6.ip(), &message);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet.len(), expected.len());
         assert_eq!(out.packet, expected);
         parse_icmpv6(&out.packet).expect("checksum");
@@ -2154,13 +2215,19 @@ fn a_packet_too_big_for_the_egress_is_answered_with_fragmentation_needed() {
             ..Ipv6Frame::tcp(client6, vip6, TCP_ACK)
         };
         let out = lb.run(&fits.build());
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
     });
 }
 
-/// The interface a packet handed to TC leaves by (its metadata), if it was.
+/// A frame past its Ethernet addresses: what a packet handed to TC keeps of what the program
+/// wrote (its addresses are the kernel's to write; the test kit puts the input's back).
+fn past_addresses(frame: &[u8]) -> &[u8] {
+    &frame[12..]
+}
+
+/// The interface a packet handed to TC leaves by, if it was.
 fn egress_of(lb: &mut Loaded, frame: &[u8]) -> Option<u32> {
-    lb.run(frame).meta_words().map(|(_, i)| i)
+    lb.run(frame).handoff.map(|h| h.ifindex)
 }
 
 /// `ip ARGS` in the test's namespace, which must succeed.
@@ -2453,7 +2520,7 @@ fn a_syn_toward_a_peer_without_a_neighbour_entry_is_clamped_to_the_paths_mtu() {
         let syn = with_mss(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build(), 1460);
         let out = lb.without_neighbour(10, |lb| lb.run(&syn));
         assert_eq!(out.action, XDP_PASS, "handed to TC");
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         // The frame keeps the client's MACs: TC writes them once the neighbour is resolved.
         let macs: ([u8; 6], [u8; 6]) =
             (syn[6..12].try_into().unwrap(), syn[..6].try_into().unwrap());
@@ -2492,7 +2559,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         let syn = with_mss(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build(), 1460);
         let out = lb.run(&syn);
         assert_eq!(out.action, XDP_PASS, "handed to TC");
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let inner = with_mss(
             &Ipv4Frame::tcp(client, task, TCP_SYN).build(),
             1500 - 28 - 40,
@@ -2504,14 +2571,14 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             PEER.parse().unwrap(),
             entropy(40000, 8000),
         );
-        assert_eq!(out.packet, expected);
+        assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
         parse_ipv4(&out.packet).expect("outer checksums");
         parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
 
         // The flow's next packet right after: sent on the route the SYN's FIB lookup left in
         // the route memo (the same MACs and interface).
         let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = tunnel_wrap(
             &Ipv4Frame::tcp(client, task, TCP_ACK).build(),
             (lb.backend_if_mac, backend_mac(10)),
@@ -2519,7 +2586,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             PEER.parse().unwrap(),
             entropy(40000, 8000),
         );
-        assert_eq!(out.packet, expected);
+        assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
 
         // The path's MTU falls to 1400 while the memo still holds the 1500 route: a new
         // flow's SYN is clamped to the new MTU (a SYN asks the FIB: its MSS lasts as long as
@@ -2531,7 +2598,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             1460,
         ));
         lb.set_backend_mtu(1500).expect("MTU");
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = tunnel_wrap(
             &with_mss(
                 &Ipv4Frame::tcp(other, task, TCP_SYN).build(),
@@ -2542,7 +2609,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             PEER.parse().unwrap(),
             entropy(40001, 8000),
         );
-        assert_eq!(out.packet, expected);
+        assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
 
         // The task's answer comes back from the peer, wrapped; it leaves unwrapped, from the
         // address and port the client connected to.
@@ -2556,7 +2623,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         );
         let out = lb.run_from(&wrapped, lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         let unwrapped = answer
             .clone()
             .with_macs(backend_mac(10), lb.backend_if_mac)
@@ -2594,8 +2661,8 @@ fn a_vlan_tagged_flow_for_a_task_on_another_node_is_wrapped_without_its_tags() {
             let before = lb.stats();
             let out = lb.run(&with_vlan_tags(&syn.build(), tags));
             assert_eq!(
-                out.meta_words(),
-                Some((XDP_META_MAGIC, lb.backend_if)),
+                out.handoff,
+                Some(Handoff::forward(lb.backend_if)),
                 "{tags:?}"
             );
             let expected = tunnel_wrap(
@@ -2605,7 +2672,11 @@ fn a_vlan_tagged_flow_for_a_task_on_another_node_is_wrapped_without_its_tags() {
                 PEER.parse().unwrap(),
                 entropy(client.port(), 8000),
             );
-            assert_eq!(out.packet, expected, "tags {tags:?}");
+            assert_eq!(
+                past_addresses(&out.packet),
+                past_addresses(&expected),
+                "tags {tags:?}"
+            );
             parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
             assert_eq!(delta(&before, &lb.stats(), StatSlot::TunnelSent), 1);
         }
@@ -2666,7 +2737,7 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
         let before = lb.stats();
         let out = lb.run_from(&wrapped, lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let delivered = request
             .clone()
             .with_macs(backend_mac(10), lb.backend_if_mac)
@@ -2682,7 +2753,7 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
             .with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&answer.build(), lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = tunnel_wrap(
             &answer.clone().with_src(task).build(),
             (lb.backend_if_mac, backend_mac(10)),
@@ -2690,7 +2761,7 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
             PEER.parse().unwrap(),
             entropy(9000, 41000),
         );
-        assert_eq!(out.packet, expected);
+        assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
         let after = lb.stats();
         assert_eq!(delta(&before, &after, StatSlot::TunnelReceived), 1);
         assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);
@@ -2715,7 +2786,7 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
         let frontend = sock(NODE_CLIENT_SIDE, 8000);
         let task = sock(TASK_REMOTE, 9000);
         let out = lb.run(&Ipv4Frame::udp(client, frontend).build());
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         // The client's host says port unreachable about the answer it got from the frontend.
         let error = icmpv4_frame(
             (CLIENT_MAC, NODE_MAC),
@@ -2725,7 +2796,7 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
         );
         let before = lb.stats();
         let out = lb.run(&error);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let translated = icmpv4_frame(
             (CLIENT_MAC, NODE_MAC),
             *client.ip(),
@@ -2734,7 +2805,8 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
         );
         let expected = tunnel_wrap(&translated, to_peer_macs, own, peer, 0xc000);
         assert_eq!(
-            out.packet, expected,
+            past_addresses(&out.packet),
+            past_addresses(&expected),
             "to the task's node, through the tunnel"
         );
         parse_icmpv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
@@ -2755,7 +2827,7 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
             entropy(5001, 8000),
         );
         let out = lb.run_from(&wrapped, lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         // ...whose socket is closed: the task's port unreachable goes back to the peer, from
         // the task's ingress address and quoting the datagram as the peer sent it.
         let error = icmpv4_frame(
@@ -2766,7 +2838,7 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
         );
         let before = lb.stats();
         let out = lb.run_from(&error, lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let translated = icmpv4_frame(
             (backend_mac(0), lb.backend_if_mac),
             *local_task.ip(),
@@ -2775,7 +2847,8 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
         );
         let expected = tunnel_wrap(&translated, to_peer_macs, own, peer, 0xc000);
         assert_eq!(
-            out.packet, expected,
+            past_addresses(&out.packet),
+            past_addresses(&expected),
             "back to the entry node, through the tunnel"
         );
         let after = lb.stats();
@@ -2799,7 +2872,7 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
         // 20 + 8 + 1444 = 1472 bytes: with the tunnel's 28, exactly the 1500-byte path.
         let out = lb.run(&sized(1444).build());
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         assert_eq!(out.packet.len(), 14 + 28 + 1472, "wrapped whole");
 
         // One byte more does not fit: "fragmentation needed" from the address the client sent
@@ -2810,7 +2883,7 @@ fn a_udp_datagram_too_big_for_the_tunnel_is_answered_with_the_tunnels_mtu() {
         let after = lb.stats();
         let message = frag_needed(1472, &big);
         let expected = node_icmpv4(*frontend.ip(), *client.ip(), &message);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, expected);
         parse_icmpv4(&out.packet).expect("checksums");
         assert_deltas(
@@ -2851,7 +2924,7 @@ fn a_tcp_segment_too_big_for_the_tunnel_is_answered_in_native_mode() {
         let after = lb.stats();
         let message = frag_needed(1472, &big);
         let expected = node_icmpv4(*frontend.ip(), *client.ip(), &message);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, expected, "native: answered");
         parse_icmpv4(&out.packet).expect("checksums");
         assert_deltas(
@@ -2872,8 +2945,8 @@ fn a_tcp_segment_too_big_for_the_tunnel_is_answered_in_native_mode() {
         let out = lb.run(&big);
         let after = lb.stats();
         assert_eq!(
-            out.meta_words(),
-            Some((XDP_META_TUNNEL | 1, lb.backend_if)),
+            out.handoff,
+            Some(Handoff::tunnel(1, lb.backend_if)),
             "generic: to TC"
         );
         assert_deltas(

@@ -24,9 +24,8 @@ pub(super) struct RunOut {
     pub(super) retval: u32,
     pub(super) kernel_ns: u64,
     pub(super) wall: Duration,
-    /// Bytes out, metadata first.
+    /// Bytes out.
     pub(super) out: Vec<u8>,
-    pub(super) meta_len: usize,
 }
 
 /// One BPF_PROG_TEST_RUN of `prog` on `frame`, arriving on `ingress_if`.
@@ -51,15 +50,11 @@ pub(super) fn test_run(prog: &Xdp, frame: &[u8], ingress_if: u32, repeat: u32) -
     let result = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
     let wall = start.elapsed();
     out.truncate(result.data_size_out as usize);
-    let word = |i: usize| u32::from_ne_bytes(ctx_out[i..i + 4].try_into().expect("4 bytes"));
-    // xdp_md out: data and data_meta are offsets from the metadata start.
-    let meta_len = word(0).saturating_sub(word(8)) as usize;
     Ok(RunOut {
         retval: result.return_value,
         kernel_ns: result.duration.as_nanos() as u64,
         wall,
         out,
-        meta_len,
     })
 }
 
@@ -206,16 +201,16 @@ impl Bench {
             }
             ensure!(wrong.is_empty(), "counters: {}", wrong.join("; "));
         }
-        let meta = &out.out[..out.meta_len.min(out.out.len())];
-        let packet = &out.out[meta.len()..];
+        let handoff = handoff_in(&out.out);
+        let packet = &out.out[..];
         let frame = &class.frame;
         match class.check {
             Check::Unchanged => {
-                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 ensure!(packet == frame.as_slice(), "packet changed");
             }
             Check::MacSwaps => {
-                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 let swaps = if class.via == Via::Direct {
                     iterations_per_output
                 } else {
@@ -228,23 +223,22 @@ impl Bench {
                 }
                 ensure!(packet == want.as_slice(), "MACs not swapped as expected");
             }
-            Check::FloorMeta => {
+            Check::FloorHandoff => {
                 ensure!(
-                    meta.len() == 8,
-                    "{} bytes of metadata, expected 8",
-                    meta.len()
+                    handoff == Some(Handoff::forward(1)),
+                    "hand-off {handoff:?}, expected the floor's"
                 );
-                ensure!(packet == frame.as_slice(), "packet changed");
+                ensure!(packet[12..] == frame[12..], "packet changed");
             }
             Check::FibMacs => {
-                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 let mut want = frame.clone();
                 want[0..6].copy_from_slice(&backend_mac(0));
                 want[6..12].copy_from_slice(&self.backend_if_mac);
                 ensure!(packet == want.as_slice(), "MACs are not the FIB's");
             }
             Check::VaryFloor => {
-                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
                 let (_, input_dst) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
                 ensure!(dst == input_dst, "destination changed");
@@ -257,17 +251,11 @@ impl Bench {
             Check::Dnat { via_tc, vary } => {
                 if via_tc {
                     ensure!(
-                        meta.len() == 8,
-                        "{} bytes of metadata, expected 8",
-                        meta.len()
-                    );
-                    let word = |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().unwrap());
-                    ensure!(
-                        (word(0), word(4)) == (XDP_META_MAGIC, self.backend_if),
-                        "metadata {meta:02x?} does not name the backend-side interface"
+                        handoff == Some(Handoff::forward(self.backend_if)),
+                        "hand-off {handoff:?} does not name the backend-side interface"
                     );
                 } else {
-                    ensure!(meta.is_empty(), "unexpected metadata");
+                    ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 }
                 let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
                 let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
@@ -282,24 +270,21 @@ impl Bench {
                 } else {
                     ensure!(src == input_src, "source {src} changed");
                 }
-                let (dst_mac, src_mac) = if via_tc {
-                    (NODE_MAC, CLIENT_MAC)
-                } else {
-                    (backend_mac(b), self.backend_if_mac)
-                };
+                // Handed to TC, the addresses are the hand-off (checked above).
+                let (dst_mac, src_mac) = (backend_mac(b), self.backend_if_mac);
                 ensure!(
-                    packet[0..6] == dst_mac && packet[6..12] == src_mac,
+                    via_tc || (packet[0..6] == dst_mac && packet[6..12] == src_mac),
                     "MACs {:02x?} -> {:02x?}, expected {src_mac:02x?} -> {dst_mac:02x?}",
                     &packet[6..12],
                     &packet[0..6]
                 );
             }
             Check::Encap => {
-                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 self.check_encap(frame, packet)?;
             }
             Check::Decap => {
-                ensure!(meta.is_empty(), "unexpected metadata");
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 self.check_decap(packet)?;
             }
         }

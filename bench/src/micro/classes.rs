@@ -31,7 +31,7 @@ pub(super) const HARNESS_V6_VARY: &str = "harness_v6_vary";
 pub(super) const FLOOR_PASS: &str = "floor_pass";
 pub(super) const FLOOR_TX_ONLY: &str = "floor_tx_only";
 pub(super) const FLOOR_TX: &str = "floor_tx";
-pub(super) const FLOOR_META: &str = "floor_meta";
+pub(super) const FLOOR_HANDOFF: &str = "floor_handoff";
 pub(super) const FLOOR_FIB: &str = "floor_fib";
 pub(super) const HARNESS_PROGRAMS: [&str; 9] = [
     HARNESS,
@@ -41,7 +41,7 @@ pub(super) const HARNESS_PROGRAMS: [&str; 9] = [
     FLOOR_PASS,
     FLOOR_TX_ONLY,
     FLOOR_TX,
-    FLOOR_META,
+    FLOOR_HANDOFF,
     FLOOR_FIB,
 ];
 
@@ -60,14 +60,14 @@ pub(super) enum Check {
     Unchanged,
     /// The input with its MACs swapped `n` times (n odd: swapped).
     MacSwaps,
-    /// 8 bytes of metadata, then the input.
-    FloorMeta,
+    /// The input, its addresses the floor's hand-off to TC.
+    FloorHandoff,
     /// The input with a `harness_vary` source address and port, checksums valid.
     VaryFloor,
     /// The input (to backend 0) with the MACs the FIB gives for backend 0.
     FibMacs,
     /// DNAT to one of the 16 backends, checksums valid; MACs from the FIB (redirect) or
-    /// unchanged with metadata for the TC program.
+    /// the hand-off to the TC program.
     Dnat { via_tc: bool, vary: bool },
     /// DNAT to the task on the peer, wrapped for the tunnel to the peer: outer and inner
     /// checksums valid, MACs from the FIB.
@@ -408,12 +408,12 @@ fn floor_classes(frames: &Frames, katran: &KatranReference) -> Vec<Class> {
                 .map(|ns| (ns, "harness -> parse/MAC-swap/TX floor")),
         ),
         floor(
-            "harness-meta",
-            "Harness -> 8 B metadata + XDP_PASS (TC hand-off floor)",
+            "harness-handoff",
+            "Harness -> 12 B hand-off over the MACs + XDP_PASS (TC hand-off floor)",
             Via::Harness,
-            FLOOR_META,
+            FLOOR_HANDOFF,
             XDP_PASS,
-            Check::FloorMeta,
+            Check::FloorHandoff,
             None,
         ),
         floor(
@@ -448,7 +448,7 @@ fn meshlb_classes(frames: &Frames, layout: &Layout, katran: &KatranReference) ->
         ),
         meshlb(
             "established-tc",
-            "meshlb: VIP, established flow -> TC hand-off (PASS + 8 B metadata)",
+            "meshlb: VIP, established flow -> TC hand-off (PASS, hand-off over the MACs)",
             Via::Harness,
             layout.tc,
             ack,

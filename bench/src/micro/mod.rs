@@ -9,7 +9,7 @@
 //!   nanoseconds per iteration (an integer). `rounds` interleaved rounds (default 5): every
 //!   round runs every class once, in a fixed order; tables give min / median / max.
 //! - Programs that rewrite the packet run through the restore harness (lb-ebpf
-//!   `src/harness.rs`), which restores the pristine frame (and undoes metadata and length
+//!   `src/harness.rs`), which restores the pristine frame (and undoes length
 //!   changes) on every iteration and tail-calls the program under test. Packets that stay
 //!   unmodified run directly.
 //! - Every run is checked: the return value, the bytes out, and the deltas of meshlb's own
@@ -44,12 +44,13 @@ use aya::{
 };
 use lb_common::{
     limits::DEFAULT_CONNTRACK_ENTRIES,
-    maps::{Flow, FlowKey, XDP_META_MAGIC, flow_kind, names, proto, tcp_state},
+    maps::{Flow, FlowKey, Handoff, flow_kind, names, proto, tcp_state},
     stats::StatSlot,
 };
 use lb_testkit::{
     Netns,
-    packet::{CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, parse_ipv4, tunnel_wrap},
+    packet::{CLIENT_MAC, Ipv4Frame, TCP_ACK, TCP_SYN, parse_ipv4, tunnel_wrap},
+    progtest::handoff_in,
 };
 use lb_userspace::{
     dataplane::{Dataplane, LoadOptions, StatsSnapshot},

@@ -7,10 +7,7 @@
 
 use std::net::{SocketAddrV4, SocketAddrV6};
 
-use lb_common::{
-    maps::{XDP_META_MAGIC, XDP_META_TUNNEL},
-    stats::StatSlot,
-};
+use lb_common::{maps::Handoff, stats::StatSlot};
 use lb_testkit::{
     e2e_enabled,
     packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, tunnel_wrap, with_mss},
@@ -74,7 +71,7 @@ fn an_aggregate_too_big_for_its_egress_goes_whole_through_tc_with_a_partial_chec
         let out = lb.run(&aggregate(client, vip).build());
         let after = lb.stats();
         assert_eq!(out.action, XDP_PASS, "handed to TC");
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = with_pseudo_header_sum(aggregate(client, vip).with_dst(backend).build());
         assert_eq!(out.packet, expected, "translated, checksum field partial");
         assert_eq!(checksum(&out.packet[14..34], 0), 0, "IPv4 header checksum");
@@ -95,7 +92,7 @@ fn an_aggregate_too_big_for_its_egress_goes_whole_through_tc_with_a_partial_chec
         let before = lb.stats();
         let out = lb.run_from(&reply.build(), lb.backend_if);
         let after = lb.stats();
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         let expected = with_pseudo_header_sum(reply.with_src(vip).build());
         assert_eq!(out.packet, expected);
         assert_deltas(
@@ -129,7 +126,7 @@ fn a_udp_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
         let out = lb.run(&udp(client, vip).build());
         let after = lb.stats();
         assert_eq!(out.action, XDP_PASS, "handed to TC");
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = with_pseudo_header_sum(udp(client, vip).with_dst(backend).build());
         assert_eq!(out.packet, expected, "translated, checksum field partial");
         assert_eq!(checksum(&out.packet[14..34], 0), 0, "IPv4 header checksum");
@@ -146,7 +143,7 @@ fn a_udp_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
         // The backend's answer the same way back.
         let reply = udp(backend, client).with_macs(backend_mac(0), lb.backend_if_mac);
         let out = lb.run_from(&reply.build(), lb.backend_if);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(
             out.packet,
             with_pseudo_header_sum(reply.with_src(vip).build())
@@ -176,8 +173,8 @@ fn a_udp_aggregate_too_big_for_the_tunnel_is_left_to_tc_to_wrap() {
         let after = lb.stats();
         assert_eq!(out.action, XDP_PASS, "handed to TC");
         assert_eq!(
-            out.meta_words(),
-            Some((XDP_META_TUNNEL | 1, lb.backend_if)),
+            out.handoff,
+            Some(Handoff::tunnel(1, lb.backend_if)),
             "to be wrapped for the peer and sent toward it"
         );
         let expected = with_pseudo_header_sum(big.with_dst(task).build());
@@ -230,8 +227,8 @@ fn a_udp_aggregate_that_arrives_through_the_tunnel_whole_is_dropped_and_counted(
         };
         let datagram = lb.run_from(&from_peer(100), lb.backend_if);
         assert_eq!(
-            datagram.meta_words(),
-            Some((XDP_META_MAGIC, lb.client_if)),
+            datagram.handoff,
+            Some(Handoff::forward(lb.client_if)),
             "a datagram goes to the client"
         );
 
@@ -272,7 +269,7 @@ fn an_ipv6_aggregate_goes_whole_through_tc_with_a_partial_checksum() {
         let out = lb.run(&big.build());
         let after = lb.stats();
         assert_eq!(out.action, XDP_PASS, "handed to TC");
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.backend_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = with_pseudo_header_sum(big.with_dst(backend).build());
         assert_eq!(out.packet, expected);
         assert_deltas(
@@ -308,8 +305,8 @@ fn a_tcp_packet_too_big_for_the_tunnel_is_left_to_tc_to_wrap() {
         assert_eq!(out.action, XDP_PASS, "handed to TC");
         // The peer's index in the mesh (the only peer: 1) rides in the magic.
         assert_eq!(
-            out.meta_words(),
-            Some((XDP_META_TUNNEL | 1, lb.backend_if)),
+            out.handoff,
+            Some(Handoff::tunnel(1, lb.backend_if)),
             "to be wrapped for the peer and sent toward it"
         );
         let expected = with_pseudo_header_sum(aggregate(client, frontend).with_dst(task).build());

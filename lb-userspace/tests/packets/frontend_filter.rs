@@ -40,7 +40,7 @@ fn syn_to_port_81(lb: &mut Loaded, client_port: u16) -> (u32, u64, u64) {
     let before = lb.stats();
     let out = lb.run(&syn);
     let after = lb.stats();
-    if out.action == XDP_PASS && out.meta.is_empty() {
+    if out.action == XDP_PASS && out.handoff.is_none() {
         assert_eq!(out.packet, syn, "passed untouched");
     }
     (

@@ -15,7 +15,7 @@ use lb_testkit::{
 use super::{
     ONE_BACKEND, VIP, XDP_PASS, aggregate::with_pseudo_header_sum, ip, sock, with_program,
 };
-use lb_common::maps::XDP_META_MAGIC;
+use lb_common::maps::Handoff;
 
 #[test]
 fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_translation() {
@@ -44,7 +44,7 @@ fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_transl
         let before = lb.stats();
         let out = lb.run_from(&with_pseudo_header_sum(reply.build()), lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(
             out.packet,
             with_pseudo_header_sum(reply.clone().with_src(vip).build()),
@@ -81,7 +81,7 @@ fn a_partial_checksum_from_a_generic_mode_interface_stays_partial_through_transl
         let partial = with_pseudo_header_sum(reply.build());
         let out = lb.run_from(&partial, lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         // The field, whatever it held, updated for the source address and port (RFC 1624).
         let field = u16::from_be_bytes([partial[TCP_CHECKSUM], partial[TCP_CHECKSUM + 1]]);
         let source = |addr: std::net::SocketAddrV4| {
@@ -128,7 +128,7 @@ fn a_generic_mode_interface_of_a_high_ifindex_keeps_partial_checksums_partial() 
         };
         let out = lb.run_from(&with_pseudo_header_sum(reply.build()), high);
         assert_eq!(out.action, XDP_PASS);
-        assert_eq!(out.meta_words(), Some((XDP_META_MAGIC, lb.client_if)));
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(
             out.packet,
             with_pseudo_header_sum(reply.with_src(vip).build()),

@@ -10,9 +10,8 @@ pub(crate) const ABORTED: &str = "the program returned XDP_ABORTED or an unknown
 pub(crate) const RUN_FAILED: &str = "BPF_PROG_TEST_RUN failed on a frame of at least 14 bytes";
 pub(crate) const REFUSED: &str =
     "BPF_PROG_TEST_RUN refused a short frame with something else than EINVAL, or counters moved";
-pub(crate) const LENGTH: &str =
-    "the frame length changed, or the metadata area is neither 0 nor 8 bytes";
-pub(crate) const META: &str = "metadata with a wrong magic or egress interface";
+pub(crate) const LENGTH: &str = "the frame length changed";
+pub(crate) const META: &str = "a hand-off to TC of a wrong kind or egress interface";
 pub(crate) const COUNTERS: &str = "counters of one run do not add up (rx 1, exactly one outcome, at most one translation, events at most once, new_flow only with nat_forward)";
 pub(crate) const UNKNOWN_OUTCOME: &str = "an outcome counter this test does not know";
 pub(crate) const ACTION: &str = "the action does not match the outcome counter";
@@ -151,12 +150,12 @@ impl<'a> Runner<'a> {
         for (what, detail) in found {
             self.findings.add(what, || {
                 format!(
-                    "case #{index}: {}\n  ingress {ingress}\n  in  ({} bytes): {}\n  action {}, metadata [{}], counters: {}\n  out ({} bytes): {}\n  {detail}",
+                    "case #{index}: {}\n  ingress {ingress}\n  in  ({} bytes): {}\n  action {}, hand-off {:?}, counters: {}\n  out ({} bytes): {}\n  {detail}",
                     case.what,
                     case.frame.len(),
                     hex(&case.frame),
                     out.action,
-                    hex(&out.meta),
+                    out.handoff,
                     moved(),
                     out.packet.len(),
                     hex(&out.packet),
@@ -185,28 +184,18 @@ impl<'a> Runner<'a> {
             };
             fail(ABORTED, format!("returned {} ({name})", out.action));
         }
-        if out.packet.len() != frame.len() || !matches!(out.meta.len(), 0 | 8) {
+        if out.packet.len() != frame.len() {
             fail(
                 LENGTH,
-                format!(
-                    "{} bytes in, {} out after {} bytes of metadata",
-                    frame.len(),
-                    out.packet.len(),
-                    out.meta.len()
-                ),
+                format!("{} bytes in, {} out", frame.len(), out.packet.len()),
             );
         }
-        let meta = (out.meta.len() == 8).then(|| {
-            (
-                u32::from_ne_bytes(out.meta[0..4].try_into().unwrap()),
-                u32::from_ne_bytes(out.meta[4..8].try_into().unwrap()),
-            )
-        });
-        if let Some((magic, ifindex)) = meta
-            && (magic != XDP_META_MAGIC
-                || (ifindex != self.ifaces.client && ifindex != self.ifaces.backend))
+        if let Some(handoff) = out.handoff
+            && (handoff.kind != handoff::FORWARD
+                || (handoff.ifindex != self.ifaces.client
+                    && handoff.ifindex != self.ifaces.backend))
         {
-            fail(META, format!("magic {magic:#x}, ifindex {ifindex}"));
+            fail(META, format!("{handoff:?}"));
         }
 
         // The counters of this run.
@@ -238,12 +227,12 @@ impl<'a> Runner<'a> {
         }
         if let [slot] = outcomes[..] {
             match action_of(slot) {
-                Some((action, with_meta)) => {
-                    if out.action != action || meta.is_some() != with_meta {
+                Some((action, handed)) => {
+                    if out.action != action || out.handoff.is_some() != handed {
                         fail(
                             ACTION,
                             format!(
-                                "{} means action {action}, metadata {with_meta}",
+                                "{} means action {action}, handed to TC {handed}",
                                 slot.label()
                             ),
                         );

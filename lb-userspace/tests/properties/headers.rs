@@ -158,7 +158,7 @@ pub(crate) fn valid(sums: &[Option<u16>]) -> bool {
     sums.iter().all(|s| s.is_none_or(|s| s == 0xffff))
 }
 
-/// The action and metadata an outcome counter stands for.
+/// The action an outcome counter stands for, and whether the packet is handed to TC.
 pub(crate) fn action_of(slot: StatSlot) -> Option<(u32, bool)> {
     match slot {
         StatSlot::TxViaTc => Some((XDP_PASS, true)),

@@ -2,8 +2,8 @@
 //! through BPF_PROG_TEST_RUN, checked against what must hold whatever the packet is:
 //!
 //! - the program never aborts: every run ends in XDP_DROP, XDP_PASS, XDP_TX or XDP_REDIRECT;
-//! - the length never changes (the output is the input, plus the 8-byte metadata area in front
-//!   of a packet handed to the TC program);
+//! - the length never changes (a packet handed to the TC program carries the hand-off in its
+//!   Ethernet addresses, which the test kit puts back as they came in);
 //! - a packet the program does not translate comes out byte for byte as it went in;
 //! - a packet it translates and sends on changes only where its translation says (one side's
 //!   address and port, or for ICMP the addresses, type, and the quoted packet's side), the
@@ -48,7 +48,7 @@ use std::{
 use aya::programs::ProgramError;
 use lb_common::{
     limits::{FULLNAT_PORT_MAX, FULLNAT_PORT_MIN},
-    maps::{XDP_META_MAGIC, proto, service_flags},
+    maps::{handoff, proto, service_flags},
     stats::{SlotKind, StatSlot},
 };
 use lb_testkit::{
