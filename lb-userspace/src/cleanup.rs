@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    announce::{AnnounceError, Announcer, BirdSettings},
+    announce::{AnnounceError, Announcer, BirdSettings, record},
     dataplane::{DataplaneError, pin},
 };
 
@@ -33,7 +33,7 @@ pub enum CleanupError {
     },
 }
 
-/// What happened to the VIPs.
+/// What happened to the VIPs of one include file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Withdrawal {
     /// BIRD was told: the include file is empty.
@@ -41,53 +41,51 @@ pub enum Withdrawal {
     /// No BIRD listens on its socket (not running, or never installed): it announces
     /// nothing; the include file is empty for when it starts.
     BirdNotRunning(String),
-    /// No BGP settings were given.
-    NotAsked,
 }
 
 /// What `cleanup` did.
 #[derive(Debug)]
 pub struct Cleaned {
-    pub withdrawal: Withdrawal,
+    /// Every include file emptied: the settings given, then those `lbd run` recorded
+    /// (`announce::record`) that were not given; none when there were neither.
+    pub withdrawals: Vec<(BirdSettings, Withdrawal)>,
+    /// How many of them came from the record alone.
+    pub recorded: usize,
     /// Whether there was a dataplane to remove.
     pub removed: bool,
 }
 
-/// Withdraws the VIPs `bgp` announces, then removes the dataplane pinned at `pin_dir`. A
-/// withdrawal BIRD refuses, or that cannot reach a BIRD that runs, removes nothing.
+/// Withdraws the VIPs announced through `given` and through what the `lbd run`s on `pin_dir`
+/// recorded in `state_dir`, then removes the dataplane pinned at `pin_dir`. A withdrawal BIRD
+/// refuses, or that cannot reach a BIRD that runs, removes nothing. An unreadable record is
+/// said in the log, and only `given` is withdrawn.
 pub fn cleanup(
     pin_dir: &Path,
+    state_dir: &Path,
     when_running: pin::WhenRunning,
-    bgp: Option<&BirdSettings>,
+    given: Option<&BirdSettings>,
 ) -> Result<Cleaned, CleanupError> {
     let claim = pin::claim_for_cleanup(pin_dir, when_running)?;
-    let withdrawal = match bgp {
-        None => Withdrawal::NotAsked,
-        Some(bgp) => match Announcer::new(bgp.clone()).withdraw_all() {
-            Ok(_) => {
-                if claim.is_some() {
-                    std::thread::sleep(WITHDRAWAL_SETTLE);
-                }
-                Withdrawal::Withdrawn
-            }
-            // No socket, or nobody behind it: not running, unless a `bird` process runs (then
-            // the socket path is wrong, and the VIPs may well be announced).
-            Err(AnnounceError::Unreachable { socket, source })
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) && !bird_process_runs() =>
-            {
-                Withdrawal::BirdNotRunning(format!("{}: {source}", socket.display()))
-            }
-            Err(source) => {
-                return Err(CleanupError::Withdraw {
-                    include: bgp.include.clone(),
-                    source,
-                });
-            }
-        },
-    };
+    let recalled = record::recalled(state_dir, pin_dir).unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        Vec::new()
+    });
+    let mut targets: Vec<BirdSettings> = given.into_iter().cloned().collect();
+    let mut recorded = 0;
+    for settings in recalled {
+        if !targets.iter().any(|t| t.include == settings.include) {
+            targets.push(settings);
+            recorded += 1;
+        }
+    }
+    let mut withdrawals = Vec::with_capacity(targets.len());
+    for settings in targets {
+        let withdrawal = withdraw(&settings)?;
+        withdrawals.push((settings, withdrawal));
+    }
+    if claim.is_some() && withdrawals.iter().any(|(_, w)| *w == Withdrawal::Withdrawn) {
+        std::thread::sleep(WITHDRAWAL_SETTLE);
+    }
     let removed = match claim {
         Some(claim) => {
             claim.remove()?;
@@ -95,10 +93,40 @@ pub fn cleanup(
         }
         None => false,
     };
+    // Withdrawn: nothing is announced through them any more. A record left behind makes the
+    // next cleanup empty the files again, which is harmless.
+    if let Err(e) = record::forget(state_dir, pin_dir) {
+        tracing::warn!("{e}");
+    }
     Ok(Cleaned {
-        withdrawal,
+        withdrawals,
+        recorded,
         removed,
     })
+}
+
+/// Empties the include file `bgp` names and tells its BIRD.
+fn withdraw(bgp: &BirdSettings) -> Result<Withdrawal, CleanupError> {
+    match Announcer::new(bgp.clone()).withdraw_all() {
+        Ok(_) => Ok(Withdrawal::Withdrawn),
+        // No socket, or nobody behind it: not running, unless a `bird` process runs (then
+        // the socket path is wrong, and the VIPs may well be announced).
+        Err(AnnounceError::Unreachable { socket, source })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) && !bird_process_runs() =>
+        {
+            Ok(Withdrawal::BirdNotRunning(format!(
+                "{}: {source}",
+                socket.display()
+            )))
+        }
+        Err(source) => Err(CleanupError::Withdraw {
+            include: bgp.include.clone(),
+            source,
+        }),
+    }
 }
 
 /// Whether a process named `bird` runs on this machine (any namespace of this pid namespace).
@@ -129,9 +157,9 @@ mod tests {
     #[test]
     fn a_bird_that_is_not_running_announces_nothing_and_cleanup_goes_on() {
         let (dir, bgp) = crate::announce::tests::bird_in("cleanup-absent");
-        let done = cleanup(&no_pins(&dir), pin::WhenRunning::Refuse, Some(&bgp)).unwrap();
+        let done = cleanup(&no_pins(&dir), &dir, pin::WhenRunning::Refuse, Some(&bgp)).unwrap();
         assert!(
-            matches!(&done.withdrawal, Withdrawal::BirdNotRunning(why) if why.contains("bird.ctl")),
+            matches!(&done.withdrawals[..], [(_, Withdrawal::BirdNotRunning(why))] if why.contains("bird.ctl")),
             "{done:?}"
         );
         assert!(!done.removed);
@@ -148,7 +176,7 @@ mod tests {
             "8002 /etc/bird/bird.conf:12:1 syntax error\n",
             1,
         );
-        let e = cleanup(&no_pins(&dir), pin::WhenRunning::Refuse, Some(&bgp)).unwrap_err();
+        let e = cleanup(&no_pins(&dir), &dir, pin::WhenRunning::Refuse, Some(&bgp)).unwrap_err();
         let text = e.to_string();
         assert!(
             matches!(e, CleanupError::Withdraw { .. })
@@ -157,5 +185,42 @@ mod tests {
             "{text}"
         );
         assert_eq!(commands.next_command().unwrap(), "configure");
+    }
+
+    /// `lbd run` given BIRD's settings as flags, `lbd cleanup` given none: what the run
+    /// recorded is withdrawn, once each, beside what is given, and then forgotten.
+    #[test]
+    fn what_lbd_announced_through_is_withdrawn_without_being_named() {
+        let (dir, recorded) = crate::announce::tests::bird_in("cleanup-recorded");
+        let state = dir.join("state");
+        std::fs::write(&recorded.include, "route 198.18.100.1/32 unreachable;").unwrap();
+        record::remember(&state, &no_pins(&dir), &recorded).unwrap();
+        let commands = lb_testkit::fake_bird(&recorded.socket, "0003 Reconfigured\n", 1);
+        let done = cleanup(&no_pins(&dir), &state, pin::WhenRunning::Refuse, None).unwrap();
+        assert_eq!(commands.next_command().unwrap(), "configure");
+        assert_eq!(done.recorded, 1);
+        assert!(
+            matches!(&done.withdrawals[..], [(s, Withdrawal::Withdrawn)] if *s == recorded),
+            "{done:?}"
+        );
+        let text = std::fs::read_to_string(&recorded.include).unwrap();
+        assert!(!text.contains("route"), "{text}");
+        assert_eq!(record::recalled(&state, &no_pins(&dir)).unwrap(), vec![]);
+
+        // Given and recorded alike: told once. Another include file recorded: told too.
+        let (other_dir, other) = crate::announce::tests::bird_in("cleanup-recorded-other");
+        record::remember(&state, &no_pins(&dir), &recorded).unwrap();
+        record::remember(&state, &no_pins(&dir), &other).unwrap();
+        let done = cleanup(
+            &no_pins(&dir),
+            &state,
+            pin::WhenRunning::Refuse,
+            Some(&recorded),
+        )
+        .unwrap();
+        assert_eq!(done.recorded, 1);
+        let includes: Vec<&Path> = done.withdrawals.iter().map(|(s, _)| &*s.include).collect();
+        assert_eq!(includes, [&*recorded.include, &*other.include]);
+        drop(other_dir);
     }
 }

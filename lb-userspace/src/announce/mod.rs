@@ -21,6 +21,8 @@ use std::{
     time::Duration,
 };
 
+pub mod record;
+
 /// BIRD's default control socket (Debian's `bird2`).
 pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 

@@ -51,11 +51,16 @@ enum Command {
         /// Where `lbd run` pinned its state [default: /sys/fs/bpf/meshlb].
         #[arg(long)]
         pin_dir: Option<PathBuf>,
+        /// `lbd run`'s state directory, where it recorded the BIRD settings it announced
+        /// through: those are withdrawn too [default: /var/lib/meshlb].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Stop the lbd running on the pin directory first (SIGTERM), then clean up; an lbd
         /// that a systemd unit runs is not stopped (the unit would start it again).
         #[arg(long)]
         force: bool,
-        /// Withdraws the VIPs first (what `lbd run --bird-include` announced).
+        /// Withdraws the VIPs first (what `lbd run --bird-include` announced; needed only
+        /// where its state directory is lost).
         #[command(flatten)]
         bgp: BgpArgs,
     },
@@ -189,9 +194,10 @@ fn main() -> anyhow::Result<()> {
         Command::Cleanup {
             config,
             pin_dir,
+            state_dir,
             force,
             bgp,
-        } => cleanup(config.as_deref(), pin_dir, force, bgp),
+        } => cleanup(config.as_deref(), pin_dir, state_dir, force, bgp),
     };
     // One clear line and a non-zero exit, whatever RUST_BACKTRACE says.
     if let Err(e) = result {
@@ -260,10 +266,11 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
 /// Stops meshlb for good (`lb_userspace::cleanup`): the VIPs are withdrawn, so the router
 /// moves their flows to the other nodes, then the dataplane is removed (refused while an lbd
 /// runs, unless --force stops it first). Flags win over `config`'s `lbd:` section, as for
-/// `lbd run`.
+/// `lbd run`; the BIRD settings `lbd run` recorded in its state directory are withdrawn too.
 fn cleanup(
     config: Option<&Path>,
     pin_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     force: bool,
     bgp: BgpArgs,
 ) -> anyhow::Result<()> {
@@ -287,29 +294,45 @@ fn cleanup(
         .or(file.lbd.pin_dir)
         .unwrap_or_else(|| settings::DEFAULT_PIN_DIR.into());
     let pin_dir = pin_dir.as_path();
+    let state_dir = state_dir
+        .or(file.lbd.state_dir)
+        .unwrap_or_else(|| settings::DEFAULT_STATE_DIR.into());
     let bgp = bgp.resolve(file.lbd.bgp)?;
     let when_running = if force {
         pin::WhenRunning::Stop
     } else {
         pin::WhenRunning::Refuse
     };
-    let done = lb_userspace::cleanup::cleanup(pin_dir, when_running, bgp.as_ref())?;
-    match (&done.withdrawal, &bgp) {
-        (Withdrawal::Withdrawn, Some(bgp)) => {
-            println!("withdrew every VIP ({} is empty)", bgp.include.display())
+    let done = lb_userspace::cleanup::cleanup(pin_dir, &state_dir, when_running, bgp.as_ref())?;
+    if done.recorded > 0 {
+        println!(
+            "{} BIRD include file(s) recorded by lbd run in {}",
+            done.recorded,
+            state_dir.display()
+        );
+    }
+    for (bird, withdrawal) in &done.withdrawals {
+        match withdrawal {
+            Withdrawal::Withdrawn => {
+                println!("withdrew every VIP ({} is empty)", bird.include.display())
+            }
+            Withdrawal::BirdNotRunning(why) => warn!(
+                "BIRD is not running ({why}): nothing is announced through it; {} is empty for \
+                 when it starts",
+                bird.include.display()
+            ),
         }
-        (Withdrawal::BirdNotRunning(why), Some(bgp)) => warn!(
-            "BIRD is not running ({why}): nothing is announced through it; {} is empty for \
-             when it starts",
-            bgp.include.display()
-        ),
-        // Loud: a node whose lbd ran with `--bird-include` as a flag (a unit's drop-in) and
-        // is cleaned up with the file alone keeps its VIPs announced with nothing serving them.
-        _ => warn!(
-            "no BGP settings (--bird-include, or lbd.bgp in --config): no VIP withdrawn; if \
-             this node announces VIPs through BIRD, the router keeps sending their traffic here \
-             until the include file is emptied (run lbd cleanup --bird-include FILE)"
-        ),
+    }
+    // Loud: a node whose lbd announced through BIRD and whose state directory is gone (or
+    // another than --state-dir names) keeps its VIPs announced with nothing serving them.
+    if done.withdrawals.is_empty() {
+        warn!(
+            "no BGP settings (--bird-include, lbd.bgp in --config, or recorded by lbd run in \
+             {}): no VIP withdrawn; if this node announces VIPs through BIRD, the router keeps \
+             sending their traffic here until the include file is emptied (run lbd cleanup \
+             --bird-include FILE)",
+            state_dir.display()
+        );
     }
     if done.removed {
         println!(

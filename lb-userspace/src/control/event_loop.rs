@@ -161,6 +161,14 @@ async fn serve(
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
     if let Some(bgp) = &options.bgp {
+        // Before anything is announced: `lbd cleanup` withdraws what the record names.
+        let pin_dir = options.daemon.load.pin_dir.as_deref();
+        if let Some(pin_dir) = pin_dir
+            && let Err(e) =
+                crate::announce::record::remember(&options.daemon.state_dir, pin_dir, bgp)
+        {
+            warn!("{e}");
+        }
         super::announce_task::spawn(&shared, bgp.clone(), stop.wait());
     }
     super::health_task::spawn(&shared, stop.wait());

@@ -1,0 +1,200 @@
+//! Which BIRD settings `lbd run` announced through, kept in its state directory until `lbd
+//! cleanup` withdraws them. A unit's drop-in may give them as flags, and cleanup is then run
+//! with the file alone, or bare: without the record it would remove the dataplane and leave
+//! the VIPs announced, and the router would keep sending their traffic to a node that no
+//! longer serves it.
+//!
+//! The record is kept per pin directory (one dataplane), and an `lbd run` adds its settings
+//! to it without dropping earlier ones: the include file of a run that announced through
+//! another one still holds its VIPs until something empties it.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::BirdSettings;
+
+/// The record's file in the state directory.
+pub const RECORD_FILE: &str = "announced-through.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "{}: cannot {action} the record of what lbd announced through ({source}); lbd cleanup \
+         then withdraws only what --bird-include (or lbd.bgp in --config) names",
+        path.display()
+    )]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: unreadable record of what lbd announced through ({source}); run lbd cleanup with \
+         --bird-include FILE (or --config with lbd.bgp) to withdraw the VIPs, or remove the file",
+        path.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// One include file and the socket of the BIRD that reads it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Through {
+    bird_include: PathBuf,
+    birdc_socket: PathBuf,
+}
+
+/// Per pin directory, what its lbd runs announced through.
+type Record = BTreeMap<PathBuf, Vec<Through>>;
+
+fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(RECORD_FILE)
+}
+
+fn read(state_dir: &Path) -> Result<Record, RecordError> {
+    let path = path(state_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|source| RecordError::Unreadable { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::new()),
+        Err(source) => Err(RecordError::Io {
+            path,
+            action: "read",
+            source,
+        }),
+    }
+}
+
+fn write(state_dir: &Path, record: &Record) -> Result<(), RecordError> {
+    let path = path(state_dir);
+    let result = if record.is_empty() {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    } else {
+        let bytes = serde_json::to_vec_pretty(record).expect("paths serialize");
+        crate::source::api_state::write_atomically(&path, &bytes)
+    };
+    result.map_err(|source| RecordError::Io {
+        path,
+        action: "write",
+        source,
+    })
+}
+
+/// Adds `settings` to what the lbd on `pin_dir` announced through (nothing changes when it is
+/// there already). An unreadable record is replaced: what it held is lost, said by the error
+/// of the read that comes first.
+pub fn remember(
+    state_dir: &Path,
+    pin_dir: &Path,
+    settings: &BirdSettings,
+) -> Result<(), RecordError> {
+    let mut record = match read(state_dir) {
+        Ok(record) => record,
+        Err(e @ RecordError::Unreadable { .. }) => {
+            tracing::warn!("{e}; it is written anew");
+            Record::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let through = Through {
+        bird_include: settings.include.clone(),
+        birdc_socket: settings.socket.clone(),
+    };
+    let list = record.entry(pin_dir.to_owned()).or_default();
+    if list.contains(&through) {
+        return Ok(());
+    }
+    list.push(through);
+    write(state_dir, &record)
+}
+
+/// What the lbd on `pin_dir` announced through since the last cleanup, oldest first.
+pub fn recalled(state_dir: &Path, pin_dir: &Path) -> Result<Vec<BirdSettings>, RecordError> {
+    let record = read(state_dir)?;
+    Ok(record
+        .get(pin_dir)
+        .into_iter()
+        .flatten()
+        .map(|t| BirdSettings {
+            include: t.bird_include.clone(),
+            socket: t.birdc_socket.clone(),
+            reply_anchor: None,
+        })
+        .collect())
+}
+
+/// Drops what the lbd on `pin_dir` announced through: its VIPs are withdrawn.
+pub fn forget(state_dir: &Path, pin_dir: &Path) -> Result<(), RecordError> {
+    let mut record = read(state_dir)?;
+    if record.remove(pin_dir).is_some() {
+        write(state_dir, &record)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path, name: &str) -> BirdSettings {
+        BirdSettings {
+            include: dir.join(format!("{name}.conf")),
+            socket: dir.join(format!("{name}.ctl")),
+            reply_anchor: Some("198.18.0.1".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn runs_add_their_settings_per_pin_directory_until_forgotten() {
+        let (dir, _) = crate::announce::tests::bird_in("record");
+        let state = dir.join("state");
+        let (pins, other_pins) = (dir.join("pins"), dir.join("other-pins"));
+        assert_eq!(recalled(&state, &pins).unwrap(), vec![]);
+        let (first, second) = (settings(&dir, "first"), settings(&dir, "second"));
+        remember(&state, &pins, &first).unwrap();
+        remember(&state, &pins, &first).unwrap();
+        remember(&state, &pins, &second).unwrap();
+        remember(&state, &other_pins, &second).unwrap();
+        // The reply anchor is not kept: withdrawing empties the include file whatever it held.
+        let bare = |s: &BirdSettings| BirdSettings {
+            reply_anchor: None,
+            ..s.clone()
+        };
+        assert_eq!(
+            recalled(&state, &pins).unwrap(),
+            vec![bare(&first), bare(&second)]
+        );
+        forget(&state, &pins).unwrap();
+        assert_eq!(recalled(&state, &pins).unwrap(), vec![]);
+        assert_eq!(recalled(&state, &other_pins).unwrap(), vec![bare(&second)]);
+        forget(&state, &other_pins).unwrap();
+        assert!(
+            !state.join(RECORD_FILE).exists(),
+            "an empty record is removed"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_record_is_named_and_replaced_by_the_next_run() {
+        let (dir, _) = crate::announce::tests::bird_in("record-broken");
+        let pins = dir.join("pins");
+        std::fs::write(dir.join(RECORD_FILE), "{ not json").unwrap();
+        let e = recalled(&dir, &pins).unwrap_err().to_string();
+        assert!(
+            e.contains(RECORD_FILE) && e.contains("--bird-include"),
+            "{e}"
+        );
+        let through = settings(&dir, "bird");
+        remember(&dir, &pins, &through).unwrap();
+        assert_eq!(recalled(&dir, &pins).unwrap().len(), 1);
+    }
+}
