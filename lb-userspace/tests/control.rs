@@ -686,6 +686,73 @@ fn tcx_programs(ns: &Netns, name: &str) -> usize {
         .len()
 }
 
+/// The TC program forwards whatever frame carries a hand-off (`Handoff`), which only the XDP
+/// program keeps off the wire: an interface meshlb's XDP program cannot be attached to keeps
+/// no TC program of its either (one pinned there before the XDP attach failed is taken off).
+#[test]
+fn an_interface_whose_xdp_attach_fails_keeps_no_tc_program() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_userspace::{
+        dataplane::{Dataplane, LoadOptions},
+        source::settings::XdpMode,
+    };
+    let ns = Netns::new("xdpfail").expect("namespace");
+    ns.ip_batch(&[
+        "link add mlb-x0 type veth peer name mlb-x1",
+        "link set mlb-x0 up",
+        "link set mlb-x1 up",
+    ])
+    .expect("veth");
+    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+        .expect("forwarding");
+    let dir = scratch_pin_dir();
+    let (error, tcx) = ns
+        .run(|| {
+            // Another XDP program in the way: a dataplane of its own, without pins.
+            let mut other = Dataplane::load(LoadOptions::default()).expect("load");
+            other
+                .attach("mlb-x0", XdpMode::Generic)
+                .expect("the other dataplane attaches");
+            let mut pinned = Dataplane::load(LoadOptions {
+                pin_dir: Some(dir.to_path_buf()),
+                ..LoadOptions::default()
+            })
+            .expect("load with pins");
+            let error = match pinned.attach("mlb-x0", XdpMode::Generic) {
+                Ok(_) => panic!("attached where another XDP program runs"),
+                Err(e) => e.to_string(),
+            };
+            // A link whose pin is removed is freed by a kernel worker: asked for up to a second.
+            let tcx = || {
+                aya::programs::SchedClassifier::query_tcx(
+                    "mlb-x0",
+                    aya::programs::tc::TcAttachType::Ingress,
+                )
+                .expect("tcx programs")
+                .1
+                .len()
+            };
+            let mut programs = tcx();
+            for _ in 0..50 {
+                if programs == 1 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                programs = tcx();
+            }
+            (error, programs)
+        })
+        .expect("enter the namespace");
+    assert!(error.contains("already runs XDP program"), "{error}");
+    assert_eq!(tcx, 1, "only the other dataplane's TC program");
+    let tc_pins = std::fs::read_dir(dir.join("links/tc"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tc_pins, 0, "no tcx link left pinned");
+}
+
 /// Whether interface `name` of `ns` runs an XDP program or a tcx ingress program.
 fn runs_programs(ns: &Netns, name: &str) -> (bool, usize) {
     (

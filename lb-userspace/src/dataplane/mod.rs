@@ -287,21 +287,26 @@ impl Dataplane {
         let Some(dir) = self.pin_dir.clone() else {
             let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
             // The links live as long as the programs: dropping the Dataplane detaches them.
-            let (_xdp_link, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
+            let (xdp_link, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
             let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
-            tc.attach(interface, TcAttachType::Ingress)
-                .map_err(|error| DataplaneError::AttachTc {
+            if let Err(error) = tc.attach(interface, TcAttachType::Ingress) {
+                // Not left handing packets over to no one.
+                let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+                if let Err(e) = xdp.detach(xdp_link) {
+                    warn!(interface, "taking XDP off again after TC failed: {e}");
+                }
+                return Err(DataplaneError::AttachTc {
                     interface: interface.to_owned(),
                     error,
-                })?;
+                });
+            }
             return Ok(self.attached(interface, ifindex, mode, false));
-        };
-        let pin_error = |what: &str, e: &dyn std::error::Error| {
-            DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
         };
         // The XDP program hands packets to the TC one, so XDP never runs without it: a pinned
         // link on another device (the interface renamed) is released XDP first, and here TC is
-        // attached first. Each: swap into the pinned link if there is a live one, else attach
+        // attached first. And TC never stays without XDP: it forwards whatever frame carries
+        // a hand-off, which only XDP keeps off the wire (`Handoff`), so a failed XDP attach
+        // takes TC off the interface again. Each: swap into the pinned link if there is a live one, else attach
         // and pin; a pin whose link the kernel detached (the interface deleted and made
         // again) is replaced.
         let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
@@ -309,9 +314,35 @@ impl Dataplane {
         let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
         link_device::release_if_elsewhere(&tc_path, pin::LinkKind::Tc, interface, ifindex)?;
         self.attach_tc_pinned(&dir, interface)?;
+        let attached = self.attach_xdp_pinned(&xdp_path, interface, ifindex, mode);
+        let (mode, adopted) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                self._pinned_links.remove(&tc_path);
+                if let Err(unpin) = remove_pin(&tc_path) {
+                    warn!(interface, "taking TC off again after XDP failed: {unpin}");
+                }
+                return Err(e);
+            }
+        };
+        Ok(self.attached(interface, ifindex, mode, adopted))
+    }
+
+    /// Attaches the XDP program to `interface` through its pinned link `xdp_path`, as
+    /// `attach_tc_pinned` does TC; answers the mode it runs in and whether it was adopted.
+    fn attach_xdp_pinned(
+        &mut self,
+        xdp_path: &Path,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(XdpMode, bool), DataplaneError> {
+        let pin_error = |what: &str, e: &dyn std::error::Error| {
+            DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
+        };
 
         let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
-        let adopted = match PinnedLink::from_pin(&xdp_path) {
+        let adopted = match PinnedLink::from_pin(xdp_path) {
             Ok(old) => {
                 let link = XdpLink::try_from(FdLink::from(old))
                     .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
@@ -328,7 +359,7 @@ impl Dataplane {
                             "the pinned XDP link is dead ({}); attaching afresh",
                             with_causes(&e)
                         );
-                        remove_pin(&xdp_path)?;
+                        remove_pin(xdp_path)?;
                         false
                     }
                 }
@@ -355,14 +386,14 @@ impl Dataplane {
                 )
             })?;
             drop(
-                fd.pin(&xdp_path)
+                fd.pin(xdp_path)
                     .map_err(|e| pin_error("pinning the XDP link", &e))?,
             );
             mode
         };
-        let link = PinnedLink::from_pin(&xdp_path).map_err(|e| pin_error("XDP pin", &e))?;
-        self._pinned_links.insert(xdp_path, link);
-        Ok(self.attached(interface, ifindex, mode, adopted))
+        let link = PinnedLink::from_pin(xdp_path).map_err(|e| pin_error("XDP pin", &e))?;
+        self._pinned_links.insert(xdp_path.to_owned(), link);
+        Ok((mode, adopted))
     }
 
     /// Attaches the TC ingress program to `interface` through its pinned tcx link under `dir`:
