@@ -456,11 +456,18 @@ fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
 #[classifier]
 pub fn meshlb_tc_ingress(ctx: TcContext) -> i32 {
     // What the XDP program wrote over the Ethernet addresses, if it handed the packet over.
+    // Read in place (every skb the program sees, the node's own traffic too: no helper call).
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + 12 > data_end {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: 12 bytes in bounds (checked above); the addresses are in the linear part.
+    let words = unsafe { (data as *const [u32; 3]).read() };
     let Some(Handoff {
         kind,
         peer,
         ifindex,
-    }) = ctx.load::<[u32; 3]>(0).ok().and_then(Handoff::from_words)
+    }) = Handoff::from_words(words)
     else {
         return TC_ACT_UNSPEC;
     };

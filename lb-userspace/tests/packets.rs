@@ -2576,7 +2576,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
 
         // The flow's next packet right after: sent on the route the SYN's FIB lookup left in
-        // the route memo (the same MACs and interface).
+        // the route memo (the same interface; handed to TC, its MACs are the kernel's).
         let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
         assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
         let expected = tunnel_wrap(
