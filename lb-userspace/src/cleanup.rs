@@ -24,13 +24,23 @@ pub enum CleanupError {
     Pin(#[from] DataplaneError),
     #[error(
         "withdrawing the VIPs in {}: {source}; nothing removed: the dataplane keeps serving \
-         the traffic BIRD may still attract (fix BIRD and run lbd cleanup again)",
-        include.display()
+         the traffic BIRD may still attract (fix BIRD and run lbd cleanup again){}",
+        include.display(),
+        recorded_in.as_ref().map_or(String::new(), |r| format!(
+            "; lbd run recorded this include file in {}: if that BIRD is gone for good, drop \
+             its entry there",
+            r.display()
+        ))
     )]
     Withdraw {
         include: PathBuf,
+        /// The record it came from, when no flag or file named it.
+        recorded_in: Option<PathBuf>,
         source: AnnounceError,
     },
+    /// What lbd run announced through cannot be known: nothing is withdrawn or removed.
+    #[error("{0}; nothing removed")]
+    Record(#[from] record::RecordError),
 }
 
 /// What happened to the VIPs of one include file.
@@ -57,8 +67,8 @@ pub struct Cleaned {
 
 /// Withdraws the VIPs announced through `given` and through what the `lbd run`s on `pin_dir`
 /// recorded in `state_dir`, then removes the dataplane pinned at `pin_dir`. A withdrawal BIRD
-/// refuses, or that cannot reach a BIRD that runs, removes nothing. An unreadable record is
-/// said in the log, and only `given` is withdrawn.
+/// refuses, or that cannot reach a BIRD that runs, removes nothing; nor does a record that
+/// cannot be read (the VIPs it names would stay announced).
 pub fn cleanup(
     pin_dir: &Path,
     state_dir: &Path,
@@ -66,22 +76,35 @@ pub fn cleanup(
     given: Option<&BirdSettings>,
 ) -> Result<Cleaned, CleanupError> {
     let claim = pin::claim_for_cleanup(pin_dir, when_running)?;
-    let recalled = record::recalled(state_dir, pin_dir).unwrap_or_else(|e| {
-        tracing::warn!("{e}");
-        Vec::new()
-    });
+    let recalled = record::recalled(state_dir, pin_dir)?;
+    let given_count = usize::from(given.is_some());
     let mut targets: Vec<BirdSettings> = given.into_iter().cloned().collect();
-    let mut recorded = 0;
     for settings in recalled {
         if !targets.iter().any(|t| t.include == settings.include) {
             targets.push(settings);
-            recorded += 1;
         }
     }
+    let recorded = targets.len() - given_count;
     let mut withdrawals = Vec::with_capacity(targets.len());
-    for settings in targets {
-        let withdrawal = withdraw(&settings)?;
+    for (n, settings) in targets.into_iter().enumerate() {
+        let withdrawal = withdraw(&settings).map_err(|e| match e {
+            CleanupError::Withdraw {
+                include, source, ..
+            } => CleanupError::Withdraw {
+                include,
+                recorded_in: (n >= given_count).then(|| record::record_path(state_dir)),
+                source,
+            },
+            other => other,
+        })?;
         withdrawals.push((settings, withdrawal));
+    }
+    // Withdrawn: nothing is announced through them any more. Forgotten while the pin
+    // directory is still claimed, so no lbd has recorded since; a record left behind makes
+    // the next cleanup empty the files again, which is harmless.
+    let withdrawn: Vec<&Path> = withdrawals.iter().map(|(s, _)| &*s.include).collect();
+    if let Err(e) = record::forget(state_dir, pin_dir, &withdrawn) {
+        tracing::warn!("{e}");
     }
     if claim.is_some() && withdrawals.iter().any(|(_, w)| *w == Withdrawal::Withdrawn) {
         std::thread::sleep(WITHDRAWAL_SETTLE);
@@ -93,11 +116,6 @@ pub fn cleanup(
         }
         None => false,
     };
-    // Withdrawn: nothing is announced through them any more. A record left behind makes the
-    // next cleanup empty the files again, which is harmless.
-    if let Err(e) = record::forget(state_dir, pin_dir) {
-        tracing::warn!("{e}");
-    }
     Ok(Cleaned {
         withdrawals,
         recorded,
@@ -124,6 +142,7 @@ fn withdraw(bgp: &BirdSettings) -> Result<Withdrawal, CleanupError> {
         }
         Err(source) => Err(CleanupError::Withdraw {
             include: bgp.include.clone(),
+            recorded_in: None,
             source,
         }),
     }
@@ -222,5 +241,44 @@ mod tests {
         let includes: Vec<&Path> = done.withdrawals.iter().map(|(s, _)| &*s.include).collect();
         assert_eq!(includes, [&*recorded.include, &*other.include]);
         drop(other_dir);
+    }
+
+    /// A record that cannot be read, or a recorded BIRD that refuses, stops cleanup with
+    /// nothing removed, and says where the record is.
+    #[test]
+    fn a_record_that_cannot_be_read_or_whose_bird_refuses_removes_nothing() {
+        let (dir, recorded) = crate::announce::tests::bird_in("cleanup-record-stops");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join(record::RECORD_FILE), "{ not json").unwrap();
+        let e = cleanup(&no_pins(&dir), &state, pin::WhenRunning::Refuse, None).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e, CleanupError::Record(_))
+                && text.contains(record::RECORD_FILE)
+                && text.contains("nothing removed"),
+            "{text}"
+        );
+
+        std::fs::remove_file(state.join(record::RECORD_FILE)).unwrap();
+        record::remember(&state, &no_pins(&dir), &recorded).unwrap();
+        let commands = lb_testkit::fake_bird(
+            &recorded.socket,
+            "8002 /etc/bird/bird.conf:12:1 syntax error\n",
+            1,
+        );
+        let e = cleanup(&no_pins(&dir), &state, pin::WhenRunning::Refuse, None).unwrap_err();
+        assert_eq!(commands.next_command().unwrap(), "configure");
+        let text = e.to_string();
+        assert!(
+            text.contains("nothing removed")
+                && text.contains(&format!(
+                    "recorded this include file in {}",
+                    record::record_path(&state).display()
+                )),
+            "{text}"
+        );
+        // Still recorded: the next cleanup asks again.
+        assert_eq!(record::recalled(&state, &no_pins(&dir)).unwrap().len(), 1);
     }
 }

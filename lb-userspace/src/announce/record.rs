@@ -23,8 +23,9 @@ pub const RECORD_FILE: &str = "announced-through.json";
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error(
-        "{}: cannot {action} the record of what lbd announced through ({source}); lbd cleanup \
-         then withdraws only what --bird-include (or lbd.bgp in --config) names",
+        "{}: cannot {action} the record of the BIRD include files lbd announced through \
+         ({source}); lbd cleanup needs it to withdraw them: fix its permissions, or remove it \
+         and name each include file with lbd cleanup --bird-include",
         path.display()
     )]
     Io {
@@ -33,8 +34,9 @@ pub enum RecordError {
         source: std::io::Error,
     },
     #[error(
-        "{}: unreadable record of what lbd announced through ({source}); run lbd cleanup with \
-         --bird-include FILE (or --config with lbd.bgp) to withdraw the VIPs, or remove the file",
+        "{}: unreadable record of the BIRD include files lbd announced through ({source}); \
+         lbd cleanup needs it to withdraw them: remove it, and name each include file with \
+         lbd cleanup --bird-include",
         path.display()
     )]
     Unreadable {
@@ -89,9 +91,9 @@ fn write(state_dir: &Path, record: &Record) -> Result<(), RecordError> {
     })
 }
 
-/// Adds `settings` to what the lbd on `pin_dir` announced through (nothing changes when it is
-/// there already). An unreadable record is replaced: what it held is lost, said by the error
-/// of the read that comes first.
+/// Adds `settings` to what the lbd on `pin_dir` announced through: last, with its socket, in
+/// place of an entry for the same include file (nothing changes when it is there already). An
+/// unreadable record is replaced: what it held is lost, said in the log.
 pub fn remember(
     state_dir: &Path,
     pin_dir: &Path,
@@ -110,9 +112,10 @@ pub fn remember(
         birdc_socket: settings.socket.clone(),
     };
     let list = record.entry(pin_dir.to_owned()).or_default();
-    if list.contains(&through) {
+    if list.last() == Some(&through) {
         return Ok(());
     }
+    list.retain(|t| t.bird_include != through.bird_include);
     list.push(through);
     write(state_dir, &record)
 }
@@ -132,13 +135,27 @@ pub fn recalled(state_dir: &Path, pin_dir: &Path) -> Result<Vec<BirdSettings>, R
         .collect())
 }
 
-/// Drops what the lbd on `pin_dir` announced through: its VIPs are withdrawn.
-pub fn forget(state_dir: &Path, pin_dir: &Path) -> Result<(), RecordError> {
+/// Drops `withdrawn` (include files) from what the lbd on `pin_dir` announced through: their
+/// VIPs are withdrawn. Entries an lbd added since stay.
+pub fn forget(state_dir: &Path, pin_dir: &Path, withdrawn: &[&Path]) -> Result<(), RecordError> {
     let mut record = read(state_dir)?;
-    if record.remove(pin_dir).is_some() {
-        write(state_dir, &record)?;
+    let Some(list) = record.get_mut(pin_dir) else {
+        return Ok(());
+    };
+    let before = list.len();
+    list.retain(|t| !withdrawn.contains(&t.bird_include.as_path()));
+    if list.len() == before {
+        return Ok(());
     }
-    Ok(())
+    if list.is_empty() {
+        record.remove(pin_dir);
+    }
+    write(state_dir, &record)
+}
+
+/// Where the record of `state_dir` is (for messages).
+pub fn record_path(state_dir: &Path) -> PathBuf {
+    path(state_dir)
 }
 
 #[cfg(test)]
@@ -164,6 +181,12 @@ mod tests {
         remember(&state, &pins, &first).unwrap();
         remember(&state, &pins, &second).unwrap();
         remember(&state, &other_pins, &second).unwrap();
+        // The first include file again with another socket: its entry moves last, with it.
+        let first = BirdSettings {
+            socket: dir.join("moved.ctl"),
+            ..first
+        };
+        remember(&state, &pins, &first).unwrap();
         // The reply anchor is not kept: withdrawing empties the include file whatever it held.
         let bare = |s: &BirdSettings| BirdSettings {
             reply_anchor: None,
@@ -171,12 +194,15 @@ mod tests {
         };
         assert_eq!(
             recalled(&state, &pins).unwrap(),
-            vec![bare(&first), bare(&second)]
+            vec![bare(&second), bare(&first)]
         );
-        forget(&state, &pins).unwrap();
+        // Only what was withdrawn is forgotten.
+        forget(&state, &pins, &[&first.include]).unwrap();
+        assert_eq!(recalled(&state, &pins).unwrap(), vec![bare(&second)]);
+        forget(&state, &pins, &[&second.include]).unwrap();
         assert_eq!(recalled(&state, &pins).unwrap(), vec![]);
         assert_eq!(recalled(&state, &other_pins).unwrap(), vec![bare(&second)]);
-        forget(&state, &other_pins).unwrap();
+        forget(&state, &other_pins, &[&second.include]).unwrap();
         assert!(
             !state.join(RECORD_FILE).exists(),
             "an empty record is removed"
@@ -190,7 +216,7 @@ mod tests {
         std::fs::write(dir.join(RECORD_FILE), "{ not json").unwrap();
         let e = recalled(&dir, &pins).unwrap_err().to_string();
         assert!(
-            e.contains(RECORD_FILE) && e.contains("--bird-include"),
+            e.contains(RECORD_FILE) && e.contains("remove it") && e.contains("--bird-include"),
             "{e}"
         );
         let through = settings(&dir, "bird");
