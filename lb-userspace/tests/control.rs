@@ -753,6 +753,32 @@ fn an_interface_whose_xdp_attach_fails_keeps_no_tc_program() {
     assert_eq!(tc_pins, 0, "no tcx link left pinned");
 }
 
+/// An interface whose MAC is the hand-off address would have every frame sent to it taken by
+/// the TC program for a hand-off: lbd says so when it attaches (a random address; no one
+/// should meet it, but it is named if they do).
+#[test]
+fn an_interface_with_the_hand_off_address_is_named() {
+    if !e2e_enabled() {
+        return;
+    }
+    let ns = Netns::new("hoaddr").expect("namespace");
+    ns.ip_batch(&[
+        "link add mlb-h0 address 9e:4b:d1:37:66:01 type veth peer name mlb-h1",
+        "link set mlb-h0 up",
+        "link set mlb-h1 up",
+    ])
+    .expect("veth");
+    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+        .expect("forwarding");
+    let lb = Lbd::start(lbd(), &ns, &services(r#""198.18.2.10""#), &["mlb-h0"], &[]).expect("lbd");
+    let output = lb.output();
+    assert!(
+        output.contains("this interface's MAC is meshlb's hand-off address")
+            && output.contains("mlb-h0"),
+        "{output}"
+    );
+}
+
 /// Whether interface `name` of `ns` runs an XDP program or a tcx ingress program.
 fn runs_programs(ns: &Netns, name: &str) -> (bool, usize) {
     (

@@ -493,6 +493,15 @@ impl Dataplane {
         let written = netlink::link_filter_mac(ifindex)
             .map_err(|e| e.to_string())
             .and_then(|mac| {
+                if let Some(m) = mac {
+                    let start = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+                    if lb_common::maps::Handoff::is_handoff_address(start) {
+                        warn!(
+                            interface,
+                            "this interface's MAC is meshlb's hand-off address (`Handoff`): the TC program would forward frames sent to it where their source address says; give the interface another MAC"
+                        );
+                    }
+                }
                 if self.interface_macs.get(&ifindex) == Some(&(mac, skb_mode)) {
                     return Ok(());
                 }
