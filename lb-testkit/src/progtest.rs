@@ -261,6 +261,22 @@ impl Loaded {
         test_run(&mut self.dp, frame, ingress_ifindex).expect("BPF_PROG_TEST_RUN")
     }
 
+    /// Runs the TC ingress program once on `frame` (an skb of it, from its Ethernet header);
+    /// what it returned (`TC_ACT_*`; a redirect is only asked for, nothing is sent).
+    pub fn run_tc(&mut self, frame: &[u8]) -> i32 {
+        let mut out = vec![0u8; frame.len() + 256];
+        self.dp
+            .tc_program()
+            .expect("Dataplane::load loaded the TC program")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN of the TC program")
+            .return_value as i32
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.dp.stats().expect("counters")
     }

@@ -275,6 +275,79 @@ fn a_frame_addressed_like_a_hand_off_to_tc_is_dropped() {
     });
 }
 
+/// The TC program's side of the hand-off: it forwards exactly what carries one, and nothing
+/// else (the node's own traffic goes on untouched).
+#[test]
+fn the_tc_program_forwards_hand_offs_and_leaves_everything_else() {
+    if !e2e_enabled() {
+        return;
+    }
+    const TC_ACT_UNSPEC: i32 = -1;
+    const TC_ACT_SHOT: i32 = 2;
+    const TC_ACT_REDIRECT: i32 = 7;
+    with_program(ONE_BACKEND, |mut lb| {
+        let frame = Ipv4Frame::tcp(sock(CLIENT, 40005), sock("198.18.2.10", 8080), TCP_ACK);
+        let handed = |handoff: Handoff| {
+            let bytes: Vec<u8> = handoff
+                .to_words()
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            frame
+                .clone()
+                .with_macs(
+                    bytes[6..].try_into().unwrap(),
+                    bytes[..6].try_into().unwrap(),
+                )
+                .build()
+        };
+        // (what, frame, TC's answer, the TC counter that moves)
+        let cases = [
+            (
+                "a hand-off to forward",
+                handed(Handoff::forward(lb.backend_if)),
+                TC_ACT_REDIRECT,
+                Some(StatSlot::TcRedirectNeigh),
+            ),
+            ("no hand-off", frame.clone().build(), TC_ACT_UNSPEC, None),
+            (
+                "a hand-off of no kind",
+                {
+                    let mut f = handed(Handoff::forward(lb.backend_if));
+                    f[4] = b'x';
+                    f
+                },
+                TC_ACT_UNSPEC,
+                None,
+            ),
+            (
+                "a tunnel hand-off to a peer the tunnel does not know",
+                handed(Handoff::tunnel(1, lb.backend_if)),
+                TC_ACT_SHOT,
+                Some(StatSlot::TcTunnelFailed),
+            ),
+        ];
+        for (what, frame, answer, counter) in cases {
+            let before = lb.stats();
+            assert_eq!(lb.run_tc(&frame), answer, "{what}");
+            let after = lb.stats();
+            for slot in [
+                StatSlot::TcRedirectNeigh,
+                StatSlot::TcRedirectFailed,
+                StatSlot::TcTunnelFailed,
+            ] {
+                let want = u64::from(counter == Some(slot));
+                assert_eq!(
+                    delta(&before, &after, slot),
+                    want,
+                    "{what}: {}",
+                    slot.label()
+                );
+            }
+        }
+    });
+}
+
 /// One packet in, its fate out: the Katran-style table of the cases that need no flow
 /// opened first. Each runs on the program as loaded with `FIXTURE_SERVICES`, in order.
 struct Fixture {

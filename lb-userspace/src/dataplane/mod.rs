@@ -560,6 +560,11 @@ impl Dataplane {
         program(&mut self.ebpf, programs::XDP)
     }
 
+    /// The TC ingress program, for BPF_PROG_TEST_RUN.
+    pub fn tc_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        program(&mut self.ebpf, programs::TC_INGRESS)
+    }
+
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
