@@ -1,8 +1,7 @@
 //! Sending a rewritten packet on: XDP_REDIRECT to devices that take XDP frames, otherwise
 //! hand it to the TC program (`Handoff`, over the Ethernet addresses), which uses
-//! bpf_redirect_neigh. Passing a
-//! rewritten packet to the IP stack instead would get replies with a node address as source
-//! dropped as martians.
+//! bpf_redirect_neigh. Passing a rewritten packet to the IP stack instead would get replies
+//! with a node address as source dropped as martians.
 
 use core::{
     ffi::c_void,
