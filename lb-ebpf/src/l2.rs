@@ -61,26 +61,28 @@ fn own_mac_beyond(ifindex: u32) -> Option<&'static InterfaceMac> {
 
 #[inline(always)]
 pub fn ingress(ctx: &XdpContext) -> Ingress {
-    let Some(own) = own_mac(ctx) else {
-        return Ingress {
-            addressed: unfiltered(ctx),
-            skb_mode: false,
-        };
+    let own = own_mac(ctx);
+    let skb_mode = own.is_some_and(|own| own[7] & interface_flags::SKB_MODE != 0);
+    let addressed = match own {
+        Some(own) if own[6] != 0 => filtered(ctx, own),
+        _ => unfiltered(ctx),
     };
-    let skb_mode = own[7] & interface_flags::SKB_MODE != 0;
-    if own[6] == 0 {
-        return Ingress {
-            addressed: unfiltered(ctx),
-            skb_mode,
-        };
+    Ingress {
+        addressed,
+        skb_mode,
     }
+}
+
+/// An interface whose MAC the program knows (`own`): whose the frame is by it.
+#[inline(always)]
+fn filtered(ctx: &XdpContext, own: &InterfaceMac) -> Addressed {
     // Compared as words, the address's six bytes under a mask: a byte at a time, the
     // comparison was some 40 instructions of every packet.
     let mac_mask = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
     let group_bit = u64::from_ne_bytes([1, 0, 0, 0, 0, 0, 0, 0]);
     // SAFETY: a map value of 8 bytes, 8-byte aligned like every array value.
     let own_word = unsafe { (own as *const [u8; 8]).cast::<u64>().read() };
-    let addressed = match load::<u64>(ctx, 0) {
+    match load::<u64>(ctx, 0) {
         // Shorter than 8 bytes: not Ethernet, the parser turns it away.
         None => Addressed::Here,
         // The group bit: broadcast and multicast are everyone's.
@@ -88,10 +90,6 @@ pub fn ingress(ctx: &XdpContext) -> Ingress {
         // Off the path of the node's own frames: the hand-off address is no interface's.
         Some(dst) if Handoff::is_handoff_address(dst) => Addressed::Forged,
         Some(_) => Addressed::Elsewhere,
-    };
-    Ingress {
-        addressed,
-        skb_mode,
     }
 }
 
