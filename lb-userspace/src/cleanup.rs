@@ -86,17 +86,10 @@ pub fn cleanup(
     }
     let recorded = targets.len() - given_count;
     let mut withdrawals = Vec::with_capacity(targets.len());
+    let record_file = record::record_path(state_dir);
     for (n, settings) in targets.into_iter().enumerate() {
-        let withdrawal = withdraw(&settings).map_err(|e| match e {
-            CleanupError::Withdraw {
-                include, source, ..
-            } => CleanupError::Withdraw {
-                include,
-                recorded_in: (n >= given_count).then(|| record::record_path(state_dir)),
-                source,
-            },
-            other => other,
-        })?;
+        let recorded_in = (n >= given_count).then_some(record_file.as_path());
+        let withdrawal = withdraw(&settings, recorded_in)?;
         withdrawals.push((settings, withdrawal));
     }
     // Withdrawn: nothing is announced through them any more. Forgotten while the pin
@@ -123,8 +116,9 @@ pub fn cleanup(
     })
 }
 
-/// Empties the include file `bgp` names and tells its BIRD.
-fn withdraw(bgp: &BirdSettings) -> Result<Withdrawal, CleanupError> {
+/// Empties the include file `bgp` names and tells its BIRD (`recorded_in`: the record it
+/// came from, if no flag or file named it).
+fn withdraw(bgp: &BirdSettings, recorded_in: Option<&Path>) -> Result<Withdrawal, CleanupError> {
     match Announcer::new(bgp.clone()).withdraw_all() {
         Ok(_) => Ok(Withdrawal::Withdrawn),
         // No socket, or nobody behind it: not running, unless a `bird` process runs (then
@@ -142,7 +136,7 @@ fn withdraw(bgp: &BirdSettings) -> Result<Withdrawal, CleanupError> {
         }
         Err(source) => Err(CleanupError::Withdraw {
             include: bgp.include.clone(),
-            recorded_in: None,
+            recorded_in: recorded_in.map(Path::to_path_buf),
             source,
         }),
     }

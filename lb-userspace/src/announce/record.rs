@@ -55,12 +55,13 @@ struct Through {
 /// Per pin directory, what its lbd runs announced through.
 type Record = BTreeMap<PathBuf, Vec<Through>>;
 
-fn path(state_dir: &Path) -> PathBuf {
+/// Where the record of `state_dir` is.
+pub fn record_path(state_dir: &Path) -> PathBuf {
     state_dir.join(RECORD_FILE)
 }
 
 fn read(state_dir: &Path) -> Result<Record, RecordError> {
-    let path = path(state_dir);
+    let path = record_path(state_dir);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map_err(|source| RecordError::Unreadable { path, source }),
@@ -74,7 +75,7 @@ fn read(state_dir: &Path) -> Result<Record, RecordError> {
 }
 
 fn write(state_dir: &Path, record: &Record) -> Result<(), RecordError> {
-    let path = path(state_dir);
+    let path = record_path(state_dir);
     let result = if record.is_empty() {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -151,11 +152,6 @@ pub fn forget(state_dir: &Path, pin_dir: &Path, withdrawn: &[&Path]) -> Result<(
         record.remove(pin_dir);
     }
     write(state_dir, &record)
-}
-
-/// Where the record of `state_dir` is (for messages).
-pub fn record_path(state_dir: &Path) -> PathBuf {
-    path(state_dir)
 }
 
 #[cfg(test)]
