@@ -415,6 +415,14 @@ pub fn test_run(
 /// The address bytes a hand-off takes.
 const HANDOFF_BYTES: usize = 12;
 
+/// `frame` with `handoff` written over its Ethernet addresses, as the XDP program writes it.
+pub fn with_handoff(mut frame: Vec<u8>, handoff: Handoff) -> Vec<u8> {
+    for (i, word) in handoff.to_words().iter().enumerate() {
+        frame[4 * i..4 * i + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    frame
+}
+
 /// The hand-off written over `frame`'s Ethernet addresses, if one is.
 pub fn handoff_in(frame: &[u8]) -> Option<Handoff> {
     let bytes = frame.get(..HANDOFF_BYTES)?;

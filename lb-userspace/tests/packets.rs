@@ -223,13 +223,10 @@ fn a_frame_addressed_like_a_hand_off_to_tc_is_dropped() {
         return;
     }
     with_program(ONE_BACKEND, |mut lb| {
-        let handoff = Handoff::forward(lb.backend_if).to_words();
-        let bytes: Vec<u8> = handoff.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let dst: [u8; 6] = bytes[..6].try_into().unwrap();
-        let src: [u8; 6] = bytes[6..].try_into().unwrap();
-        let frame = Ipv4Frame::tcp(sock(CLIENT, 40004), sock(VIP, 80), TCP_SYN)
-            .with_macs(src, dst)
-            .build();
+        let frame = lb_testkit::progtest::with_handoff(
+            Ipv4Frame::tcp(sock(CLIENT, 40004), sock(VIP, 80), TCP_SYN).build(),
+            Handoff::forward(lb.backend_if),
+        );
         assert_eq!(
             lb_testkit::progtest::handoff_in(&frame),
             Some(Handoff::forward(lb.backend_if)),
@@ -287,20 +284,8 @@ fn the_tc_program_forwards_hand_offs_and_leaves_everything_else() {
     const TC_ACT_REDIRECT: i32 = 7;
     with_program(ONE_BACKEND, |mut lb| {
         let frame = Ipv4Frame::tcp(sock(CLIENT, 40005), sock("198.18.2.10", 8080), TCP_ACK);
-        let handed = |handoff: Handoff| {
-            let bytes: Vec<u8> = handoff
-                .to_words()
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .collect();
-            frame
-                .clone()
-                .with_macs(
-                    bytes[6..].try_into().unwrap(),
-                    bytes[..6].try_into().unwrap(),
-                )
-                .build()
-        };
+        let handed =
+            |handoff: Handoff| lb_testkit::progtest::with_handoff(frame.clone().build(), handoff);
         // (what, frame, TC's answer, the TC counter that moves)
         let cases = [
             (
