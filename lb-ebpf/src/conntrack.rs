@@ -138,6 +138,7 @@ pub fn lookup_forward(
     tcp_flags: u8,
     tick: u32,
     generation: u32,
+    arrived_from: u8,
 ) -> Result<*mut Flow, NoFlow> {
     let flow = CONNTRACK.get_ptr_mut(key).ok_or(NoFlow::Untracked)?;
     // SAFETY: the pointer is valid for this program run; concurrent writers only touch
@@ -145,8 +146,13 @@ pub fn lookup_forward(
     let f = unsafe { &mut *flow };
     let is_tcp = key.proto == proto::TCP;
     let moves = svc.flags & service_flags::MOVE_ON_REMOVAL != 0;
+    let first_of_tick = f.seen_tick != tick;
     match liveness(f, is_tcp, tcp_flags, tick, moves) {
-        Liveness::Alive => {}
+        Liveness::Alive => {
+            if first_of_tick && arrived_from != 0 {
+                follow_entry_node(key, flow, arrived_from);
+            }
+        }
         Liveness::NotForward => return Err(NoFlow::Open),
         Liveness::Ended => {
             forget_reply(key, f);
@@ -183,7 +189,9 @@ pub fn lookup_forward(
 /// followed on the service id and flags stamped in it, without the `FRONTENDS` lookup: it
 /// must be stamped with the current `generation` and alive (`liveness`, with the stamped
 /// flags). Anything else answers false having changed nothing but the idle clock, and the
-/// packet takes the `FRONTENDS` path (`lookup_forward`), which decides.
+/// packet takes the `FRONTENDS` path (`lookup_forward`), which decides. A packet that came
+/// through the tunnel from the peer `arrived_from` (0: not) points its flow's replies there
+/// (`follow_entry_node`), on both paths.
 #[inline(always)]
 pub fn follow_stamped(
     flow: *mut Flow,
@@ -191,6 +199,7 @@ pub fn follow_stamped(
     tcp_flags: u8,
     tick: u32,
     generation: u32,
+    arrived_from: u8,
 ) -> bool {
     // SAFETY: see lookup_forward.
     let f = unsafe { &mut *flow };
@@ -198,10 +207,42 @@ pub fn follow_stamped(
         return false;
     }
     let moves = u32::from(f.service_flags) & service_flags::MOVE_ON_REMOVAL != 0;
-    matches!(
+    let first_of_tick = f.seen_tick != tick;
+    let alive = matches!(
         liveness(f, key.proto == proto::TCP, tcp_flags, tick, moves),
         Liveness::Alive
-    )
+    );
+    if alive && first_of_tick && arrived_from != 0 {
+        follow_entry_node(key, flow, arrived_from);
+    }
+    alive
+}
+
+/// Points the reply entry of a flow that came through the mesh tunnel (`flow`, keyed `key`,
+/// to a task's delivery frontend) at `arrived_from`, the peer its client's packet just came
+/// through, when it names another. ECMP after a node failed, or an address that failed over,
+/// moves a client to another entry node; the task's replies then follow it there rather than
+/// go back to the first node, which may be gone. The reply entry costs a lookup, so the paths
+/// to a flow ask once per tick of its packets (`seen_tick`), and replies follow within a tick.
+/// A flow of any other frontend is left alone (`tunnel::admits` refuses such a packet).
+/// Not inlined: rare, and a sibling of the packet paths' own frames.
+#[inline(never)]
+fn follow_entry_node(key: &FlowKey, flow: *const Flow, arrived_from: u8) {
+    // SAFETY: a connection-table value, valid for this program run.
+    let f = unsafe { &*flow };
+    if u32::from(f.service_flags) & service_flags::TUNNEL_ONLY == 0 {
+        return;
+    }
+    let reply_key = reply_key_of(key, f);
+    let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key) else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run; a racing writer stores a peer too.
+    unsafe {
+        if reply_is_for(reply, key) && (*reply).tunnel_peer != arrived_from {
+            (*reply).tunnel_peer = arrived_from;
+        }
+    }
 }
 
 /// Whether the flow's backend is still the one in its slot (a removed backend's slot is

@@ -248,7 +248,14 @@ fn to_backend_stamped(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdic
     let Some(flow) = CONNTRACK.get_ptr_mut(key) else {
         return Verdict::UNTRACKED;
     };
-    if !conntrack::follow_stamped(flow, key, pkt.tcp_flags, conntrack::tick(), generation) {
+    if !conntrack::follow_stamped(
+        flow,
+        key,
+        pkt.tcp_flags,
+        conntrack::tick(),
+        generation,
+        pkt.tunnel_peer,
+    ) {
         return Verdict::NOT_STAMPED;
     }
     // Not for this packet's way in (`tunnel::admits`): the FRONTENDS way drops it.
@@ -298,7 +305,14 @@ fn to_backend(
             }
         }
     } else {
-        match conntrack::lookup_forward(key, svc, pkt.tcp_flags, conntrack::tick(), generation) {
+        match conntrack::lookup_forward(
+            key,
+            svc,
+            pkt.tcp_flags,
+            conntrack::tick(),
+            generation,
+            pkt.tunnel_peer,
+        ) {
             Ok(flow) => {
                 conntrack::touch_forward(flow, key.proto == proto::TCP, pkt.tcp_flags);
                 flow

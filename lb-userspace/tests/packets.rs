@@ -2826,6 +2826,96 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
     });
 }
 
+/// A client's packets move to another entry node (ECMP once a node failed, an address that
+/// failed over): the task's replies follow them there from the flow's next tick on, rather
+/// than go back to the node the flow came through first, which may be gone. And back again.
+#[test]
+fn a_delivered_flows_replies_follow_its_client_to_another_entry_node() {
+    if !e2e_enabled() {
+        return;
+    }
+    const OTHER_PEER: &str = "198.18.2.19";
+    with_mesh(|mut lb| {
+        lb.change_with(MESH, |file| {
+            mesh_edit(file);
+            let mesh = file.mesh.as_mut().expect("mesh");
+            mesh.peers.insert(OTHER_PEER.parse().unwrap());
+        })
+        .expect("a third node joins");
+        let client = sock("198.18.9.9", 41100);
+        let task = sock(TASK_LOCAL, 9000);
+        let gwbridge = sock("198.18.2.10", 9000);
+        let node_mac = lb.backend_if_mac;
+        let through = |peer: &str, flags: u8| {
+            tunnel_wrap(
+                &Ipv4Frame::tcp(client, task, flags).build(),
+                (backend_mac(10), node_mac),
+                peer.parse().unwrap(),
+                OWN.parse().unwrap(),
+                entropy(41100, 8000),
+            )
+        };
+        let delivered = |flags: u8| {
+            Ipv4Frame::tcp(client, task, flags)
+                .with_macs(backend_mac(10), node_mac)
+                .with_dst(gwbridge)
+                .build()
+        };
+        // The task's answer, and the peer the node sends it to (the outer destination).
+        let answer = |lb: &mut Loaded| {
+            let out = lb.run_from(
+                &Ipv4Frame::tcp(gwbridge, client, TCP_ACK)
+                    .with_macs(backend_mac(0), lb.backend_if_mac)
+                    .build(),
+                lb.backend_if,
+            );
+            assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
+            let inner = parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat())
+                .expect("an answer, wrapped");
+            assert_eq!(
+                (inner.src, inner.dst),
+                (task, client),
+                "from the task's address"
+            );
+            parse_ipv4(&out.packet)
+                .expect("wrapped")
+                .dst
+                .ip()
+                .to_string()
+        };
+        // The flow opens and is confirmed through PEER; its answers go there.
+        for flags in [TCP_SYN, TCP_ACK] {
+            let out = lb.run_from(&through(PEER, flags), lb.backend_if);
+            assert_eq!(out.packet, delivered(flags));
+        }
+        assert_eq!(answer(&mut lb), PEER);
+        let before = lb.stats();
+        for (peer, round) in [(OTHER_PEER, "moved"), (PEER, "moved back")] {
+            // The next packet in a later tick of the kernel's clock (HZ is 100 at least).
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            let flags = TCP_ACK | TCP_PSH;
+            let out = lb.run_from(&through(peer, flags), lb.backend_if);
+            assert_eq!(out.packet, delivered(flags), "{round}: delivered");
+            assert_eq!(
+                answer(&mut lb),
+                peer,
+                "{round}: the answer follows the client"
+            );
+        }
+        let after = lb.stats();
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                (StatSlot::NewFlow, 0),
+                (StatSlot::FlowLost, 0),
+                (StatSlot::TunnelReceived, 2),
+                (StatSlot::TunnelSent, 2),
+            ],
+        );
+    });
+}
+
 /// ICMP errors about a flow that crosses the tunnel go the flow's way: on the entry node an
 /// error from the client's side goes through the tunnel to the task's node (not by the FIB to
 /// the task's ingress address, which the underlay does not route), and on the task's node the
