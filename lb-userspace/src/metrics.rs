@@ -58,6 +58,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_services",
     "meshlb_swarm_tasks",
     "meshlb_swarm_stop_notices_total",
+    "meshlb_bgp_bird_up",
+    "meshlb_bgp_vips_announced",
+    "meshlb_bgp_failures_total",
     "meshlb_interface_attached",
     "meshlb_interface_reattached_total",
     "meshlb_backend_up",
@@ -148,6 +151,7 @@ pub fn render(
     changes: &BTreeMap<(Trigger, Outcome), u64>,
     api_requests: &BTreeMap<u16, u64>,
     swarm: Option<&crate::api::SwarmStatus>,
+    bgp: Option<&crate::api::BgpStatus>,
     attachments: &[crate::api::AttachmentStatus],
     health: &HealthMetrics<'_>,
 ) -> String {
@@ -161,6 +165,9 @@ pub fn render(
     register_sources(&mut registry, report);
     if let Some(swarm) = swarm {
         register_swarm(&mut registry, swarm);
+    }
+    if let Some(bgp) = bgp {
+        register_bgp(&mut registry, bgp);
     }
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String does not fail");
@@ -449,6 +456,34 @@ fn register_health(registry: &mut Registry, health: &HealthMetrics<'_>) {
     );
 }
 
+/// Announcing through BIRD.
+fn register_bgp(registry: &mut Registry, bgp: &crate::api::BgpStatus) {
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(bgp.bird_up));
+    register(
+        registry,
+        "bgp_bird_up",
+        "1 when BIRD took the last change of the VIPs and answered since (asked every 5 s).",
+        up,
+    );
+    let vips = Gauge::<i64>::default();
+    vips.set(i64::try_from(bgp.vips.len()).unwrap_or(i64::MAX));
+    register(
+        registry,
+        "bgp_vips_announced",
+        "VIPs lbd announces through BIRD (those with a usable backend, and the reply anchor).",
+        vips,
+    );
+    let failures = Counter::<u64>::default();
+    failures.inc_by(bgp.failures);
+    register(
+        registry,
+        "bgp_failures",
+        "Times BIRD could not be told of the VIPs, or did not answer.",
+        failures,
+    );
+}
+
 /// The swarm follower's health.
 fn register_swarm(registry: &mut Registry, swarm: &crate::api::SwarmStatus) {
     let up = Gauge::<i64>::default();
@@ -627,6 +662,16 @@ mod tests {
             &changes,
             &[(401, 1)].into(),
             Some(&swarm),
+            Some(&crate::api::BgpStatus {
+                include: "/etc/bird/meshlb-vips.conf".into(),
+                socket: "/run/bird/bird.ctl".into(),
+                vips: vec!["198.18.100.1".parse().unwrap()],
+                bird_up: false,
+                failures: 2,
+                last_error: Some("down".into()),
+                last_ok_age_s: None,
+                record_error: None,
+            }),
             &attachments,
             &HealthMetrics {
                 states: &states,
@@ -644,6 +689,13 @@ mod tests {
             assert!(!text.contains("service=\"gone\""), "{text}");
         }
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
+        for line in [
+            "meshlb_bgp_bird_up 0",
+            "meshlb_bgp_vips_announced 1",
+            "meshlb_bgp_failures_total 2",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
         assert!(
             text.contains("meshlb_swarm_tasks{state=\"stopping\"} 3"),
             "{text}"

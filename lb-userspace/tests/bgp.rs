@@ -248,6 +248,30 @@ impl Node {
     }
 }
 
+/// Polls `node`'s `lbctl status` (bounded by `limit`) until it shows BIRD as having the VIPs
+/// (`up`) or not; its `bgp` part then, and lbctl's exit code.
+fn wait_bird_shown(node: &Node, up: bool, limit: Duration) -> (serde_json::Value, Option<i32>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (code, out, err) = node
+            .lbd
+            .lbctl_exit(&["--output", "json", "status"])
+            .expect("lbctl status");
+        let status: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        let bgp = status["bgp"].clone();
+        if bgp["bird_up"] == up {
+            return (bgp, code);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BIRD not shown {} within {limit:?}: {bgp}",
+            if up { "up" } else { "down" }
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static str) -> Node {
     let ns = Netns::new(&format!("bgp-{name}")).expect("node netns");
     ns.set_sysctl("net.ipv4.ip_forward", "1")
@@ -450,6 +474,22 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
         );
     }
 
+    // `lbctl status` shows what each node announces, and that BIRD has it.
+    for node in [&a, &b] {
+        let (bgp, code) = wait_bird_shown(node, true, Duration::from_secs(10));
+        assert_eq!(code, Some(0), "healthy: {bgp}");
+        let vips: BTreeSet<&str> = bgp["vips"]
+            .as_array()
+            .expect("vips")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(vips.contains(VIP) && vips.contains(REPLY_ANCHOR), "{bgp}");
+        assert!(!vips.contains(DEAD_VIP), "{bgp}");
+        assert_eq!(bgp["socket"], node.socket().display().to_string());
+        assert_eq!(bgp["record_error"], serde_json::Value::Null);
+    }
+
     // A restart of lbd withdraws nothing: both next hops stay throughout.
     a.lbd.restart(&a.ns).expect("lbd restart");
     for _ in 0..20 {
@@ -461,8 +501,21 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     a.kill_bird();
     let took = wait_hops(&router, VIP, &[B], within_hold);
     eprintln!("BIRD of node A killed: withdrawn in {took:?}");
+    // Node A's lbd notices at its next look at BIRD (every 5 s while the VIPs stay): `lbctl
+    // status` says so and exits 3.
+    let (bgp, code) = wait_bird_shown(&a, false, Duration::from_secs(8));
+    assert_eq!(code, Some(3), "not healthy: {bgp}");
+    let error = bgp["last_error"].as_str().expect("an error");
+    assert!(
+        error.contains(&a.socket().display().to_string()) && error.contains("does not answer"),
+        "{error}"
+    );
+    let (_, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
+    assert!(text.contains("HAS NOT TAKEN THE VIPS"), "{text}");
     a.start_bird();
     wait_hops(&router, VIP, &[A, B], converge);
+    let (bgp, code) = wait_bird_shown(&a, true, Duration::from_secs(8));
+    assert_eq!(code, Some(0), "healthy again: {bgp}");
 
     // 2. Node A's link goes down (its side: the router only learns by the hold timer).
     a.ns.ip(&["link", "set", "up0", "down"]).expect("link down");

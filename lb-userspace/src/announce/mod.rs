@@ -45,6 +45,9 @@ pub enum AnnounceError {
         socket: PathBuf,
         source: std::io::Error,
     },
+    /// BIRD answers, but not that it is up (say, shutting down).
+    #[error("BIRD at {} answers but is not up: {message}", socket.display())]
+    NotUp { socket: PathBuf, message: String },
     /// BIRD reads its whole configuration again: the error may be in the operator's part of
     /// it (a half-finished edit), which BIRD's message names by file and line.
     #[error("{}", refused_message(include, message))]
@@ -177,6 +180,31 @@ impl Announcer {
         }
         Err(AnnounceError::Refused {
             include: self.settings.include.clone(),
+            message: lines.join(" | "),
+        })
+    }
+}
+
+impl Announcer {
+    /// Asks BIRD whether it is up (`show status`), so a BIRD that stopped after it took the
+    /// VIPs is noticed though the VIPs do not change. Its routes, and the router's, go with it.
+    pub fn check(&self) -> Result<(), AnnounceError> {
+        let socket = &self.settings.socket;
+        let lines =
+            bird_command(socket, "show status").map_err(|source| AnnounceError::Unreachable {
+                socket: socket.clone(),
+                source,
+            })?;
+        // The last line, 0013, says "Daemon is up and running", "Reconfiguration in progress"
+        // or "Shutdown in progress".
+        if lines
+            .iter()
+            .any(|l| l.starts_with("0013 ") && !l.contains("Shutdown"))
+        {
+            return Ok(());
+        }
+        Err(AnnounceError::NotUp {
+            socket: socket.clone(),
             message: lines.join(" | "),
         })
     }

@@ -78,11 +78,37 @@ pub struct Status {
     /// Set when lbd follows a swarm (`lbd run --swarm`).
     #[serde(default)]
     pub swarm: Option<SwarmStatus>,
+    /// Set when lbd announces VIPs through BIRD (`lbd.bgp`).
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// How announcing the VIPs through BIRD is doing (`crate::announce`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// The include file BIRD reads the VIPs from, and BIRD's control socket.
+    pub include: String,
+    pub socket: String,
+    /// The VIPs lbd announces: those with a usable backend, and the reply anchor. BIRD has
+    /// them while `bird_up`.
+    pub vips: Vec<std::net::IpAddr>,
+    /// Whether BIRD took the last change and answered since (lbd asks it every few seconds).
+    pub bird_up: bool,
+    /// Times BIRD could not be told, or did not answer, since lbd started.
+    pub failures: u64,
+    /// The last failure while it lasts.
+    pub last_error: Option<String>,
+    /// Seconds since BIRD last answered well; `None`: never since lbd started.
+    pub last_ok_age_s: Option<u64>,
+    /// Why lbd could not record where it announces, if it could not: `lbd cleanup` then
+    /// withdraws only through the BIRD settings it is given.
+    pub record_error: Option<String>,
 }
 
 impl Status {
     /// What is wrong, though lbd answers: a failed change not undone (`degraded`), an
-    /// interface deleted (`missing`), the swarm's Engine not answering. Empty: healthy.
+    /// interface deleted (`missing`), the swarm's Engine not answering, BIRD not taking the
+    /// VIPs, or where they are announced not recorded. Empty: healthy.
     /// `lbctl status` exits `Unhealthy::EXIT_CODE` when there is any.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
@@ -101,6 +127,21 @@ impl Status {
                 "the Engine at {} does not answer",
                 swarm.docker_host
             ));
+        }
+        if let Some(bgp) = &self.bgp {
+            if !bgp.bird_up {
+                problems.push(format!(
+                    "BIRD at {} has not taken the VIPs: {}",
+                    bgp.socket,
+                    bgp.last_error.as_deref().unwrap_or("not asked yet")
+                ));
+            }
+            if let Some(e) = &bgp.record_error {
+                problems.push(format!(
+                    "lbd could not record where it announces ({e}): `lbd cleanup` must be given \
+                     the BIRD settings to withdraw the VIPs"
+                ));
+            }
         }
         problems
     }
@@ -496,7 +537,29 @@ mod tests {
                 "services": 0,
             })
         };
+        let bgp = |up: bool, record_error: Option<&str>| {
+            serde_json::json!({
+                "include": "/etc/bird/meshlb-vips.conf", "socket": "/run/bird/bird.ctl",
+                "vips": ["198.18.100.1"], "bird_up": up, "failures": u64::from(!up),
+                "last_error": (!up).then_some("BIRD's control socket does not answer"),
+                "last_ok_age_s": 1, "record_error": record_error,
+            })
+        };
         assert!(status(serde_json::json!({})).problems().is_empty());
+        assert!(
+            status(serde_json::json!({ "bgp": bgp(true, None) }))
+                .problems()
+                .is_empty()
+        );
+        assert_eq!(
+            status(serde_json::json!({ "bgp": bgp(false, Some("disk full")) })).problems(),
+            [
+                "BIRD at /run/bird/bird.ctl has not taken the VIPs: BIRD's control socket does \
+                 not answer",
+                "lbd could not record where it announces (disk full): `lbd cleanup` must be \
+                 given the BIRD settings to withdraw the VIPs",
+            ]
+        );
         assert!(
             status(serde_json::json!({ "swarm": swarm(true) }))
                 .problems()

@@ -163,13 +163,15 @@ async fn serve(
     if let Some(bgp) = &options.bgp {
         // Before anything is announced: `lbd cleanup` withdraws what the record names.
         let pin_dir = options.daemon.load.pin_dir.as_deref();
+        let mut record_error = None;
         if let Some(pin_dir) = pin_dir
             && let Err(e) =
                 crate::announce::record::remember(&options.daemon.state_dir, pin_dir, bgp)
         {
             warn!("{e}");
+            record_error = Some(e.to_string());
         }
-        super::announce_task::spawn(&shared, bgp.clone(), stop.wait());
+        super::announce_task::spawn(&shared, bgp.clone(), record_error, stop.wait());
     }
     super::health_task::spawn(&shared, stop.wait());
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;

@@ -153,7 +153,8 @@ pub(super) fn record(shared: &Shared, status: StatusCode) {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
-    with_daemon(&shared, |d| {
+    let bgp = lock(&shared.announce).as_ref().map(|h| h.status());
+    with_daemon(&shared, move |d| {
         Ok(axum::Json(Status {
             generation: d.generation(),
             uptime_s: d.uptime_s(),
@@ -173,6 +174,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
                 })
                 .collect(),
             swarm: d.swarm_status(),
+            bgp,
         }))
     })
     .await
@@ -592,6 +594,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
         let requests = lock(&s.requests).clone();
         // Copied out, and rendered with the daemon free: with 10,000 services the text takes
         // long enough to hold up changes and health verdicts.
+        let bgp = lock(&s.announce).as_ref().map(|h| h.status());
         let (states, changes, swarm, attachments) = {
             let d = s.daemon();
             (
@@ -606,6 +609,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
             &changes,
             &requests,
             swarm.as_ref(),
+            bgp.as_ref(),
             &attachments,
             &crate::metrics::HealthMetrics {
                 states: &states,

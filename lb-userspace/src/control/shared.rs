@@ -22,6 +22,8 @@ pub struct Shared {
     pub sampler: Mutex<Sampler>,
     /// How long successful health checks take, by service (kept across scrapes).
     pub check_latency: crate::metrics::CheckLatency,
+    /// How announcing through BIRD goes, when lbd does (`announce_task`).
+    pub announce: Mutex<Option<super::announce_task::AnnounceHealth>>,
 }
 
 /// The last two counter reports, for rates, and the connection-table occupancy (counting it
@@ -50,6 +52,7 @@ impl Shared {
             requests: Mutex::default(),
             sampler: Mutex::default(),
             check_latency: Default::default(),
+            announce: Mutex::default(),
         }))
     }
 

@@ -23,7 +23,7 @@ use lb_userspace::{
 };
 
 use self::add_service::{AddService, add_service};
-use self::text::{encode, health_cell, print_swarm_details, reached_as, table};
+use self::text::{encode, health_cell, print_bgp, print_swarm_details, reached_as, table};
 
 #[derive(Parser)]
 #[command(
@@ -413,6 +413,9 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
             (None, Some(e)) => println!("swarm: stop notices: {e}"),
             (None, None) => {}
         }
+    }
+    if let Some(bgp) = &status.bgp {
+        print_bgp(bgp);
     }
     healthy()
 }

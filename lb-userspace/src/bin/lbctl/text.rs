@@ -1,7 +1,7 @@
 //! lbctl's plain-text rendering: aligned tables, cells and names as the operator reads them.
 
 use lb_userspace::{
-    api::{BackendHealth, ServiceList},
+    api::{BackendHealth, BgpStatus, ServiceList},
     source::{
         file::{BackendSpec, PortMapping},
         health::Health,
@@ -135,6 +135,39 @@ pub(crate) fn print_swarm_details(list: &ServiceList) {
     }
     for (name, reason) in &list.swarm_refused {
         println!("swarm {name}: NOT SERVED: {reason}");
+    }
+}
+
+/// `lbctl status`'s lines about announcing through BIRD.
+pub(crate) fn print_bgp(bgp: &BgpStatus) {
+    let vips: Vec<String> = bgp.vips.iter().map(ToString::to_string).collect();
+    let age = bgp
+        .last_ok_age_s
+        .map_or("never".to_owned(), |a| format!("{a} s ago"));
+    println!(
+        "bgp: BIRD at {} {} (last answered well {age}; {} failure(s) since start), include {}",
+        bgp.socket,
+        if bgp.bird_up {
+            "has the VIPs"
+        } else {
+            "HAS NOT TAKEN THE VIPS"
+        },
+        bgp.failures,
+        bgp.include
+    );
+    println!(
+        "bgp: announcing {}",
+        if vips.is_empty() {
+            "nothing".to_owned()
+        } else {
+            vips.join(", ")
+        }
+    );
+    if let (false, Some(e)) = (bgp.bird_up, &bgp.last_error) {
+        println!("bgp: last error: {e}");
+    }
+    if let Some(e) = &bgp.record_error {
+        println!("bgp: where lbd announces is not recorded for `lbd cleanup`: {e}");
     }
 }
 
