@@ -150,7 +150,7 @@ pub fn lookup_forward(
     match liveness(f, is_tcp, tcp_flags, tick, moves) {
         Liveness::Alive => {
             if first_of_tick && arrived_from != 0 {
-                follow_entry_node(key, flow, arrived_from);
+                follow_entry_node(key, f, arrived_from, false);
             }
         }
         Liveness::NotForward => return Err(NoFlow::Open),
@@ -213,28 +213,33 @@ pub fn follow_stamped(
         Liveness::Alive
     );
     if alive && first_of_tick && arrived_from != 0 {
-        follow_entry_node(key, flow, arrived_from);
+        follow_entry_node(key, f, arrived_from, false);
     }
     alive
 }
 
-/// Points the reply entry of a flow that came through the mesh tunnel (`flow`, keyed `key`,
-/// to a task's delivery frontend) at `arrived_from`, the peer its client's packet just came
-/// through, when it names another. ECMP after a node failed, or an address that failed over,
-/// moves a client to another entry node; the task's replies then follow it there rather than
-/// go back to the first node, which may be gone. The reply entry costs a lookup, so the paths
-/// to a flow ask once per tick of its packets (`seen_tick`), and replies follow within a tick.
-/// A flow of any other frontend is left alone (`tunnel::admits` refuses such a packet).
-/// Not inlined: rare, and a sibling of the packet paths' own frames.
+/// Points the reply entry of a flow that came through the mesh tunnel (`f`, keyed `key`, to
+/// a task's delivery frontend; in `PENDING` if `pending`) at `arrived_from`, the peer its
+/// client's packet just came through, when it names another. ECMP after a node failed, or an
+/// address that failed over, moves a client to another entry node; the task's replies then
+/// follow it there rather than go back to the first node, which may be gone. A confirmed
+/// flow's reply entry costs a lookup, so its paths ask once per tick of its packets
+/// (`seen_tick`): its replies follow from its first packet of a later tick. An unconfirmed
+/// flow's packets always ask (a SYN sent again through another node). A flow of any other
+/// frontend is left alone (`tunnel::admits` refuses such a packet). Not inlined: rare, and
+/// its frame below its callers' (`to_backend`, `to_backend_stamped`, `pending`) is small.
 #[inline(never)]
-fn follow_entry_node(key: &FlowKey, flow: *const Flow, arrived_from: u8) {
-    // SAFETY: a connection-table value, valid for this program run.
-    let f = unsafe { &*flow };
+pub fn follow_entry_node(key: &FlowKey, f: &Flow, arrived_from: u8, pending: bool) {
     if u32::from(f.service_flags) & service_flags::TUNNEL_ONLY == 0 {
         return;
     }
     let reply_key = reply_key_of(key, f);
-    let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key) else {
+    let reply = if pending {
+        PENDING.get_ptr_mut(&reply_key)
+    } else {
+        CONNTRACK.get_ptr_mut(&reply_key)
+    };
+    let Some(reply) = reply else {
         return;
     };
     // SAFETY: a map value, valid for this program run; a racing writer stores a peer too.

@@ -2827,44 +2827,48 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
 }
 
 /// A client's packets move to another entry node (ECMP once a node failed, an address that
-/// failed over): the task's replies follow them there from the flow's next tick on, rather
-/// than go back to the node the flow came through first, which may be gone. And back again.
+/// failed over): the task's replies follow them there rather than go back to the node the
+/// flow came through first, which may be gone. A SYN sent again through another node takes
+/// its answer there at once; a confirmed flow's replies follow from its first packet of a
+/// later tick, on either path to the flow (stamped, or through `FRONTENDS` after a change).
 #[test]
 fn a_delivered_flows_replies_follow_its_client_to_another_entry_node() {
     if !e2e_enabled() {
         return;
     }
     const OTHER_PEER: &str = "198.18.2.19";
+    let three_nodes = |file: &mut lb_userspace::source::file::ServiceFile| {
+        mesh_edit(file);
+        let mesh = file.mesh.as_mut().expect("mesh");
+        mesh.peers.insert(OTHER_PEER.parse().unwrap());
+    };
     with_mesh(|mut lb| {
-        lb.change_with(MESH, |file| {
-            mesh_edit(file);
-            let mesh = file.mesh.as_mut().expect("mesh");
-            mesh.peers.insert(OTHER_PEER.parse().unwrap());
-        })
-        .expect("a third node joins");
+        lb.change_with(MESH, three_nodes)
+            .expect("a third node joins");
         let client = sock("198.18.9.9", 41100);
         let task = sock(TASK_LOCAL, 9000);
         let gwbridge = sock("198.18.2.10", 9000);
         let node_mac = lb.backend_if_mac;
-        let through = |peer: &str, flags: u8| {
-            tunnel_wrap(
+        // The client's packet with `flags` through `peer`: delivered to the task.
+        let through = |lb: &mut Loaded, peer: &str, flags: u8, step: &str| {
+            let wrapped = tunnel_wrap(
                 &Ipv4Frame::tcp(client, task, flags).build(),
                 (backend_mac(10), node_mac),
                 peer.parse().unwrap(),
                 OWN.parse().unwrap(),
                 entropy(41100, 8000),
-            )
-        };
-        let delivered = |flags: u8| {
-            Ipv4Frame::tcp(client, task, flags)
+            );
+            let out = lb.run_from(&wrapped, lb.backend_if);
+            let delivered = Ipv4Frame::tcp(client, task, flags)
                 .with_macs(backend_mac(10), node_mac)
                 .with_dst(gwbridge)
-                .build()
+                .build();
+            assert_eq!(out.packet, delivered, "{step}: delivered");
         };
         // The task's answer, and the peer the node sends it to (the outer destination).
-        let answer = |lb: &mut Loaded| {
+        let answer = |lb: &mut Loaded, flags: u8| {
             let out = lb.run_from(
-                &Ipv4Frame::tcp(gwbridge, client, TCP_ACK)
+                &Ipv4Frame::tcp(gwbridge, client, flags)
                     .with_macs(backend_mac(0), lb.backend_if_mac)
                     .build(),
                 lb.backend_if,
@@ -2883,34 +2887,41 @@ fn a_delivered_flows_replies_follow_its_client_to_another_entry_node() {
                 .ip()
                 .to_string()
         };
-        // The flow opens and is confirmed through PEER; its answers go there.
-        for flags in [TCP_SYN, TCP_ACK] {
-            let out = lb.run_from(&through(PEER, flags), lb.backend_if);
-            assert_eq!(out.packet, delivered(flags));
-        }
-        assert_eq!(answer(&mut lb), PEER);
+        // A later tick of the kernel's clock (HZ is 100 at least).
+        let next_tick = || std::thread::sleep(std::time::Duration::from_millis(25));
         let before = lb.stats();
-        for (peer, round) in [(OTHER_PEER, "moved"), (PEER, "moved back")] {
-            // The next packet in a later tick of the kernel's clock (HZ is 100 at least).
-            std::thread::sleep(std::time::Duration::from_millis(25));
-            let flags = TCP_ACK | TCP_PSH;
-            let out = lb.run_from(&through(peer, flags), lb.backend_if);
-            assert_eq!(out.packet, delivered(flags), "{round}: delivered");
-            assert_eq!(
-                answer(&mut lb),
-                peer,
-                "{round}: the answer follows the client"
-            );
-        }
+        through(&mut lb, PEER, TCP_SYN, "opened");
+        assert_eq!(answer(&mut lb, TCP_SYN | TCP_ACK), PEER);
+        // The SYN-ACK was lost with the first node; the client's SYN again comes through
+        // the other (unconfirmed: every packet counts).
+        through(&mut lb, OTHER_PEER, TCP_SYN, "SYN again");
+        assert_eq!(answer(&mut lb, TCP_SYN | TCP_ACK), OTHER_PEER, "SYN again");
+        through(&mut lb, OTHER_PEER, TCP_ACK, "confirmed");
+        assert_eq!(answer(&mut lb, TCP_ACK), OTHER_PEER, "confirmed");
+        next_tick();
+        through(&mut lb, PEER, TCP_ACK | TCP_PSH, "moved back");
+        assert_eq!(answer(&mut lb, TCP_ACK), PEER, "moved back");
+        // A change of frontends: the flow's next packet takes the `FRONTENDS` path.
+        lb.change_with(&format!("{MESH}  other:\n    vip: 198.18.100.7\n    ports: [\"80/tcp\"]\n    backends: [\"198.18.2.11\"]\n"), three_nodes)
+            .expect("another service");
+        next_tick();
+        through(
+            &mut lb,
+            OTHER_PEER,
+            TCP_ACK | TCP_PSH,
+            "moved after a change",
+        );
+        assert_eq!(answer(&mut lb, TCP_ACK), OTHER_PEER, "moved after a change");
         let after = lb.stats();
         assert_deltas(
             &before,
             &after,
             &[
-                (StatSlot::NewFlow, 0),
+                (StatSlot::NewFlow, 1),
+                (StatSlot::FlowConfirmed, 1),
                 (StatSlot::FlowLost, 0),
-                (StatSlot::TunnelReceived, 2),
-                (StatSlot::TunnelSent, 2),
+                (StatSlot::TunnelReceived, 5),
+                (StatSlot::TunnelSent, 5),
             ],
         );
     });

@@ -8,7 +8,10 @@ use lb_common::{
     stats::StatSlot,
 };
 
-use super::{Held, Liveness, liveness, now_ns, reply_is_for, reply_key_of, reply_owner_alive};
+use super::{
+    Held, Liveness, follow_entry_node, liveness, now_ns, reply_is_for, reply_key_of,
+    reply_owner_alive,
+};
 use crate::{
     maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
     parse::{Packet, TCP_SYN, answer_with_reset},
@@ -83,13 +86,14 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         if !replies_translated(key, f) {
             return Pending::Absent;
         }
-        return Pending::Follow;
+    } else if confirm(key, f, pkt.tunnel_peer, tick) {
+        return Pending::Confirmed;
     }
-    if confirm(key, f, pkt.tunnel_peer, tick) {
-        Pending::Confirmed
-    } else {
-        Pending::Follow
+    // Followed: a SYN sent again through another entry node takes the answers there.
+    if pkt.tunnel_peer != 0 {
+        follow_entry_node(key, f, pkt.tunnel_peer, true);
     }
+    Pending::Follow
 }
 
 /// Whether another flow holds the reply key of the unconfirmed flow `key` (its forward entry
