@@ -58,7 +58,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_services",
     "meshlb_swarm_tasks",
     "meshlb_swarm_stop_notices_total",
-    "meshlb_bgp_bird_up",
+    "meshlb_bgp_in_sync",
     "meshlb_bgp_vips_announced",
     "meshlb_bgp_failures_total",
     "meshlb_interface_attached",
@@ -458,14 +458,16 @@ fn register_health(registry: &mut Registry, health: &HealthMetrics<'_>) {
 
 /// Announcing through BIRD.
 fn register_bgp(registry: &mut Registry, bgp: &crate::api::BgpStatus) {
-    let up = Gauge::<i64>::default();
-    up.set(i64::from(bgp.bird_up));
-    register(
-        registry,
-        "bgp_bird_up",
-        "1 when BIRD took the last change of the VIPs and answered since (asked every 5 s).",
-        up,
-    );
+    if let Some(in_sync) = bgp.in_sync {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::from(in_sync));
+        register(
+            registry,
+            "bgp_in_sync",
+            "1 when BIRD took the last change of the VIPs and runs them (asked every 5 s).",
+            gauge,
+        );
+    }
     let vips = Gauge::<i64>::default();
     vips.set(i64::try_from(bgp.vips.len()).unwrap_or(i64::MAX));
     register(
@@ -479,7 +481,7 @@ fn register_bgp(registry: &mut Registry, bgp: &crate::api::BgpStatus) {
     register(
         registry,
         "bgp_failures",
-        "Times BIRD could not be told of the VIPs, or did not answer.",
+        "Rounds in which BIRD could not be told of the VIPs, or did not run them.",
         failures,
     );
 }
@@ -666,7 +668,7 @@ mod tests {
                 include: "/etc/bird/meshlb-vips.conf".into(),
                 socket: "/run/bird/bird.ctl".into(),
                 vips: vec!["198.18.100.1".parse().unwrap()],
-                bird_up: false,
+                in_sync: Some(false),
                 failures: 2,
                 last_error: Some("down".into()),
                 last_ok_age_s: None,
@@ -690,7 +692,7 @@ mod tests {
         }
         assert!(text.contains("meshlb_swarm_engine_up 0"), "{text}");
         for line in [
-            "meshlb_bgp_bird_up 0",
+            "meshlb_bgp_in_sync 0",
             "meshlb_bgp_vips_announced 1",
             "meshlb_bgp_failures_total 2",
         ] {

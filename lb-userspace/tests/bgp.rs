@@ -248,7 +248,7 @@ impl Node {
     }
 }
 
-/// Polls `node`'s `lbctl status` (bounded by `limit`) until it shows BIRD as having the VIPs
+/// Polls `node`'s `lbctl status` (bounded by `limit`) until it shows BIRD as running the VIPs
 /// (`up`) or not; its `bgp` part then, and lbctl's exit code.
 fn wait_bird_shown(node: &Node, up: bool, limit: Duration) -> (serde_json::Value, Option<i32>) {
     let deadline = Instant::now() + limit;
@@ -260,7 +260,7 @@ fn wait_bird_shown(node: &Node, up: bool, limit: Duration) -> (serde_json::Value
         let status: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
         let bgp = status["bgp"].clone();
-        if bgp["bird_up"] == up {
+        if bgp["in_sync"] == up {
             return (bgp, code);
         }
         assert!(
@@ -511,7 +511,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
         "{error}"
     );
     let (_, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
-    assert!(text.contains("HAS NOT TAKEN THE VIPS"), "{text}");
+    assert!(text.contains("DOES NOT RUN THE VIPS"), "{text}");
     a.start_bird();
     wait_hops(&router, VIP, &[A, B], converge);
     let (bgp, code) = wait_bird_shown(&a, true, Duration::from_secs(8));

@@ -45,9 +45,19 @@ pub enum AnnounceError {
         socket: PathBuf,
         source: std::io::Error,
     },
-    /// BIRD answers, but not that it is up (say, shutting down).
-    #[error("BIRD at {} answers but is not up: {message}", socket.display())]
-    NotUp { socket: PathBuf, message: String },
+    /// BIRD answers, but does not run the include file's protocols: `bird.conf` does not
+    /// include it (any more), or BIRD is shutting down.
+    #[error(
+        "BIRD at {} does not run {PROTOCOL_V4} from {} ({message}): check that bird.conf \
+         includes that file as deploy/bird/ shows",
+        socket.display(),
+        include.display()
+    )]
+    NotRunning {
+        socket: PathBuf,
+        include: PathBuf,
+        message: String,
+    },
     /// BIRD reads its whole configuration again: the error may be in the operator's part of
     /// it (a half-finished edit), which BIRD's message names by file and line.
     #[error("{}", refused_message(include, message))]
@@ -186,25 +196,30 @@ impl Announcer {
 }
 
 impl Announcer {
-    /// Asks BIRD whether it is up (`show status`), so a BIRD that stopped after it took the
-    /// VIPs is noticed though the VIPs do not change. Its routes, and the router's, go with it.
+    /// Asks BIRD whether it runs the include file's protocols (`show protocols`), so a BIRD
+    /// that stopped, or whose configuration no longer includes the file, is noticed though
+    /// the VIPs do not change.
     pub fn check(&self) -> Result<(), AnnounceError> {
         let socket = &self.settings.socket;
         let lines =
-            bird_command(socket, "show status").map_err(|source| AnnounceError::Unreachable {
-                socket: socket.clone(),
-                source,
+            bird_command(socket, &format!("show protocols {PROTOCOL_V4}")).map_err(|source| {
+                AnnounceError::Unreachable {
+                    socket: socket.clone(),
+                    source,
+                }
             })?;
-        // The last line, 0013, says "Daemon is up and running", "Reconfiguration in progress"
-        // or "Shutdown in progress".
-        if lines
-            .iter()
-            .any(|l| l.starts_with("0013 ") && !l.contains("Shutdown"))
-        {
+        // "1002-meshlb_vips4 Static master4 up 02:58:38.387": name, protocol, table, state.
+        // A name BIRD does not know is a syntax error (9001).
+        let running = lines.iter().any(|l| {
+            l.strip_prefix("1002-")
+                .is_some_and(|row| row.split_whitespace().nth(3) == Some("up"))
+        });
+        if running {
             return Ok(());
         }
-        Err(AnnounceError::NotUp {
+        Err(AnnounceError::NotRunning {
             socket: socket.clone(),
+            include: self.settings.include.clone(),
             message: lines.join(" | "),
         })
     }
@@ -300,11 +315,13 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
                 "BIRD closed the control socket mid-reply",
             ));
         }
-        let line = line.trim_end().to_owned();
-        let last = line.len() >= 5
-            && line.as_bytes()[..4].iter().all(u8::is_ascii_digit)
-            && line.as_bytes()[4] == b' ';
-        lines.push(line);
+        // The space after the code ends a reply, even when nothing follows it ("0000 " ends
+        // `show protocols`): looked for before trailing spaces go.
+        let raw = line.trim_end_matches(['\n', '\r']);
+        let last = raw.len() >= 5
+            && raw.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && raw.as_bytes()[4] == b' ';
+        lines.push(raw.trim_end().to_owned());
         if last {
             return Ok(lines);
         }

@@ -146,6 +146,39 @@ fn a_queued_reconfiguration_is_accepted() {
     assert_eq!(commands.next_command().unwrap(), "configure");
 }
 
+/// The check between changes: BIRD runs the include file's protocol, or it does not (its
+/// configuration does not include the file: BIRD does not know the name).
+#[test]
+fn a_check_asks_bird_for_the_include_files_protocol() {
+    let (_dir, settings) = bird_in("announce-check");
+    let commands = fake_bird(
+        &settings.socket,
+        "2002-Name       Proto      Table      State  Since         Info\n\
+         1002-meshlb_vips4 Static     master4    up     02:58:38.387  \n0000 \n",
+        1,
+    );
+    let announcer = Announcer::new(settings.clone());
+    announcer.check().expect("running");
+    assert_eq!(
+        commands.next_command().unwrap(),
+        "show protocols meshlb_vips4"
+    );
+    drop(commands);
+    let _ = std::fs::remove_file(&settings.socket);
+    let _commands = fake_bird(
+        &settings.socket,
+        "9001 syntax error, unexpected CF_SYM_UNDEFINED, expecting END or CF_SYM_KNOWN or TEXT or ALL\n",
+        1,
+    );
+    let err = announcer.check().unwrap_err().to_string();
+    assert!(
+        err.contains("does not run meshlb_vips4")
+            && err.contains(&settings.include.display().to_string())
+            && err.contains("9001 syntax error"),
+        "{err}"
+    );
+}
+
 /// Tests run with CAP_DAC_OVERRIDE, so a socket that refuses lbd is made up here.
 #[test]
 fn a_socket_that_refuses_lbd_names_the_group_fix() {

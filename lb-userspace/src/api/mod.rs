@@ -90,11 +90,13 @@ pub struct BgpStatus {
     pub include: String,
     pub socket: String,
     /// The VIPs lbd announces: those with a usable backend, and the reply anchor. BIRD has
-    /// them while `bird_up`.
+    /// them while `in_sync`.
     pub vips: Vec<std::net::IpAddr>,
-    /// Whether BIRD took the last change and answered since (lbd asks it every few seconds).
-    pub bird_up: bool,
-    /// Times BIRD could not be told, or did not answer, since lbd started.
+    /// Whether BIRD took the last change of the VIPs and, asked every few seconds since,
+    /// runs them (`None`: not asked yet, just after lbd started).
+    pub in_sync: Option<bool>,
+    /// Rounds (one a second while a change is refused, one per check otherwise) in which
+    /// BIRD could not be told of the VIPs, or did not run them, since lbd started.
     pub failures: u64,
     /// The last failure while it lasts.
     pub last_error: Option<String>,
@@ -129,18 +131,14 @@ impl Status {
             ));
         }
         if let Some(bgp) = &self.bgp {
-            if !bgp.bird_up {
+            if bgp.in_sync == Some(false) {
                 problems.push(format!(
-                    "BIRD at {} has not taken the VIPs: {}",
-                    bgp.socket,
-                    bgp.last_error.as_deref().unwrap_or("not asked yet")
+                    "announcing through BIRD: {}",
+                    bgp.last_error.as_deref().unwrap_or("failed")
                 ));
             }
             if let Some(e) = &bgp.record_error {
-                problems.push(format!(
-                    "lbd could not record where it announces ({e}): `lbd cleanup` must be given \
-                     the BIRD settings to withdraw the VIPs"
-                ));
+                problems.push(format!("where lbd announces is not recorded: {e}"));
             }
         }
         problems
@@ -537,27 +535,30 @@ mod tests {
                 "services": 0,
             })
         };
-        let bgp = |up: bool, record_error: Option<&str>| {
+        let bgp = |in_sync: Option<bool>, record_error: Option<&str>| {
             serde_json::json!({
                 "include": "/etc/bird/meshlb-vips.conf", "socket": "/run/bird/bird.ctl",
-                "vips": ["198.18.100.1"], "bird_up": up, "failures": u64::from(!up),
-                "last_error": (!up).then_some("BIRD's control socket does not answer"),
+                "vips": ["198.18.100.1"], "in_sync": in_sync, "failures": 1,
+                "last_error": (in_sync == Some(false))
+                    .then_some("BIRD's control socket /run/bird/bird.ctl does not answer"),
                 "last_ok_age_s": 1, "record_error": record_error,
             })
         };
         assert!(status(serde_json::json!({})).problems().is_empty());
-        assert!(
-            status(serde_json::json!({ "bgp": bgp(true, None) }))
-                .problems()
-                .is_empty()
-        );
+        // Not asked yet (lbd just started) is no problem; in sync neither.
+        for in_sync in [None, Some(true)] {
+            assert!(
+                status(serde_json::json!({ "bgp": bgp(in_sync, None) }))
+                    .problems()
+                    .is_empty()
+            );
+        }
         assert_eq!(
-            status(serde_json::json!({ "bgp": bgp(false, Some("disk full")) })).problems(),
+            status(serde_json::json!({ "bgp": bgp(Some(false), Some("disk full")) })).problems(),
             [
-                "BIRD at /run/bird/bird.ctl has not taken the VIPs: BIRD's control socket does \
-                 not answer",
-                "lbd could not record where it announces (disk full): `lbd cleanup` must be \
-                 given the BIRD settings to withdraw the VIPs",
+                "announcing through BIRD: BIRD's control socket /run/bird/bird.ctl does not \
+                 answer",
+                "where lbd announces is not recorded: disk full",
             ]
         );
         assert!(

@@ -161,17 +161,17 @@ async fn serve(
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
     if let Some(bgp) = &options.bgp {
-        // Before anything is announced: `lbd cleanup` withdraws what the record names.
-        let pin_dir = options.daemon.load.pin_dir.as_deref();
-        let mut record_error = None;
-        if let Some(pin_dir) = pin_dir
-            && let Err(e) =
-                crate::announce::record::remember(&options.daemon.state_dir, pin_dir, bgp)
-        {
-            warn!("{e}");
-            record_error = Some(e.to_string());
-        }
-        super::announce_task::spawn(&shared, bgp.clone(), record_error, stop.wait());
+        let record_at =
+            options
+                .daemon
+                .load
+                .pin_dir
+                .as_ref()
+                .map(|pin_dir| super::announce_task::RecordAt {
+                    state_dir: options.daemon.state_dir.clone(),
+                    pin_dir: pin_dir.clone(),
+                });
+        super::announce_task::spawn(&shared, bgp.clone(), record_at, stop.wait());
     }
     super::health_task::spawn(&shared, stop.wait());
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;

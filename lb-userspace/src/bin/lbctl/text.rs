@@ -144,16 +144,14 @@ pub(crate) fn print_bgp(bgp: &BgpStatus) {
     let age = bgp
         .last_ok_age_s
         .map_or("never".to_owned(), |a| format!("{a} s ago"));
+    let state = match bgp.in_sync {
+        Some(true) => "runs the VIPs",
+        Some(false) => "DOES NOT RUN THE VIPS",
+        None => "not asked yet",
+    };
     println!(
-        "bgp: BIRD at {} {} (last answered well {age}; {} failure(s) since start), include {}",
-        bgp.socket,
-        if bgp.bird_up {
-            "has the VIPs"
-        } else {
-            "HAS NOT TAKEN THE VIPS"
-        },
-        bgp.failures,
-        bgp.include
+        "bgp: BIRD at {} {state} (last in sync {age}; {} failure(s) since start), include {}",
+        bgp.socket, bgp.failures, bgp.include
     );
     println!(
         "bgp: announcing {}",
@@ -163,7 +161,7 @@ pub(crate) fn print_bgp(bgp: &BgpStatus) {
             vips.join(", ")
         }
     );
-    if let (false, Some(e)) = (bgp.bird_up, &bgp.last_error) {
+    if let (Some(false), Some(e)) = (bgp.in_sync, &bgp.last_error) {
         println!("bgp: last error: {e}");
     }
     if let Some(e) = &bgp.record_error {
