@@ -2,6 +2,7 @@
 //! ([`server`]) and the daemon behind its lock that they share ([`shared`]). The top layer:
 //! it uses the daemon and the API's wire types; nothing below uses it.
 
+mod announce_health;
 mod announce_task;
 pub mod auth;
 pub mod event_loop;

@@ -23,7 +23,7 @@ pub struct Shared {
     /// How long successful health checks take, by service (kept across scrapes).
     pub check_latency: crate::metrics::CheckLatency,
     /// How announcing through BIRD goes, when lbd does (`announce_task`).
-    pub announce: Mutex<Option<super::announce_task::AnnounceHealth>>,
+    pub announce: Mutex<Option<super::announce_health::AnnounceHealth>>,
 }
 
 /// The last two counter reports, for rates, and the connection-table occupancy (counting it

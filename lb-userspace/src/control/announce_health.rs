@@ -1,0 +1,187 @@
+//! How announcing VIPs through BIRD goes (`announce_task` runs it): the VIPs announced,
+//! whether BIRD took them and runs them, and whether where lbd announces is recorded; for
+//! `lbctl status` and the metrics.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use crate::{announce::BirdSettings, api::BgpStatus};
+
+/// How often BIRD is asked whether it runs the VIPs' protocols while they do not change (a
+/// change asks it anyway): a BIRD that stopped shows in `lbctl status` within this.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// What one round did with BIRD.
+#[derive(Clone, Copy)]
+pub(super) enum Round {
+    /// The VIPs changed (or BIRD had not taken them yet): written, and BIRD reconfigured.
+    Reconfigured,
+    /// Unchanged, and BIRD was due a check: it runs the VIPs' protocols.
+    Checked,
+    /// Unchanged, BIRD not asked.
+    Untouched,
+}
+
+/// How announcing through BIRD goes: the VIPs announced, whether BIRD took them and runs
+/// them, and whether where lbd announces is recorded.
+pub struct AnnounceHealth {
+    settings: BirdSettings,
+    vips: BTreeSet<IpAddr>,
+    /// Whether the last round that asked BIRD found it had the VIPs (`None`: none asked yet).
+    in_sync: Option<bool>,
+    last_ok: Option<Instant>,
+    /// When BIRD was last asked (a sync that reconfigured, or a check).
+    last_asked: Option<Instant>,
+    failures: u64,
+    last_error: Option<String>,
+    /// Whether the record is written (then it is not written again).
+    pub(super) recorded: bool,
+    record_error: Option<String>,
+}
+
+impl AnnounceHealth {
+    pub fn new(settings: BirdSettings) -> Self {
+        Self {
+            settings,
+            vips: BTreeSet::new(),
+            in_sync: None,
+            last_ok: None,
+            last_asked: None,
+            failures: 0,
+            last_error: None,
+            recorded: false,
+            record_error: None,
+        }
+    }
+
+    /// Whether BIRD is due a check: the VIPs did not change, so the sync did not ask it.
+    pub(super) fn check_due(&self, now: Instant) -> bool {
+        self.last_asked
+            .is_none_or(|at| now.duration_since(at) >= CHECK_EVERY)
+    }
+
+    /// One round's outcome: the VIPs it announces (`None`: the round did not get that far),
+    /// and what it did, or why it failed.
+    pub(super) fn record(
+        &mut self,
+        now: Instant,
+        vips: Option<BTreeSet<IpAddr>>,
+        round: Result<Round, String>,
+    ) {
+        if let Some(vips) = vips {
+            self.vips = vips;
+        }
+        match round {
+            Ok(Round::Untouched) => {}
+            Ok(Round::Reconfigured | Round::Checked) => {
+                self.last_asked = Some(now);
+                self.in_sync = Some(true);
+                self.last_error = None;
+                self.last_ok = Some(now);
+            }
+            Err(e) => {
+                self.last_asked = Some(now);
+                self.in_sync = Some(false);
+                self.failures += 1;
+                self.last_error = Some(e);
+            }
+        }
+    }
+
+    /// A try at writing the record; logged when its outcome changes.
+    pub(super) fn recorded(&mut self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                if self.record_error.take().is_some() {
+                    info!("recorded where lbd announces, for lbd cleanup");
+                }
+                self.recorded = true;
+            }
+            Err(e) => {
+                if self.record_error.as_ref() != Some(&e) {
+                    warn!("{e}");
+                }
+                self.record_error = Some(e);
+            }
+        }
+    }
+
+    pub fn status(&self) -> BgpStatus {
+        BgpStatus {
+            include: self.settings.include.display().to_string(),
+            socket: self.settings.socket.display().to_string(),
+            vips: self.vips.iter().copied().collect(),
+            in_sync: self.in_sync,
+            failures: self.failures,
+            last_error: self.last_error.clone(),
+            last_ok_age_s: self.last_ok.map(|at| at.elapsed().as_secs()),
+            record_error: self.record_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bird_is_shown_by_the_rounds_that_asked_it() {
+        let settings = BirdSettings {
+            include: "/etc/bird/meshlb-vips.conf".into(),
+            socket: "/run/bird/bird.ctl".into(),
+            reply_anchor: None,
+        };
+        let mut health = AnnounceHealth::new(settings);
+        let start = Instant::now();
+        assert_eq!(health.status().in_sync, None, "not asked yet");
+        assert!(health.check_due(start));
+        let vips: BTreeSet<IpAddr> = ["198.18.100.1".parse().unwrap()].into();
+        health.record(start, Some(vips.clone()), Ok(Round::Reconfigured));
+        assert_eq!(health.status().in_sync, Some(true));
+        assert!(!health.check_due(start + Duration::from_secs(4)));
+        assert!(health.check_due(start + CHECK_EVERY));
+        let down = "BIRD at /run/bird/bird.ctl does not run meshlb_vips4".to_owned();
+        health.record(start + CHECK_EVERY, Some(vips.clone()), Err(down.clone()));
+        // Rounds that did not ask BIRD change nothing of what the last one that did found.
+        health.record(
+            start + CHECK_EVERY,
+            Some(vips.clone()),
+            Ok(Round::Untouched),
+        );
+        let status = health.status();
+        assert_eq!(status.in_sync, Some(false));
+        assert_eq!(status.failures, 1);
+        assert_eq!(status.last_error, Some(down));
+        assert_eq!(status.vips, Vec::from_iter(vips.iter().copied()));
+        // A round that failed before it knew the VIPs keeps the last ones.
+        health.record(start + CHECK_EVERY, None, Err("the round failed".into()));
+        assert_eq!(health.status().vips, Vec::from_iter(vips.iter().copied()));
+        health.record(start + 2 * CHECK_EVERY, Some(vips), Ok(Round::Checked));
+        let status = health.status();
+        assert_eq!(status.in_sync, Some(true));
+        assert_eq!((status.failures, status.last_error), (2, None));
+    }
+
+    #[test]
+    fn a_record_not_written_is_shown_until_it_is() {
+        let mut health = AnnounceHealth::new(BirdSettings {
+            include: "/etc/bird/meshlb-vips.conf".into(),
+            socket: "/run/bird/bird.ctl".into(),
+            reply_anchor: None,
+        });
+        health.recorded(Err("read-only file system".into()));
+        assert!(!health.recorded);
+        assert_eq!(
+            health.status().record_error.as_deref(),
+            Some("read-only file system")
+        );
+        health.recorded(Ok(()));
+        assert!(health.recorded);
+        assert_eq!(health.status().record_error, None);
+    }
+}
