@@ -93,14 +93,19 @@ enum Liveness {
 /// `is_tcp`, with `tcp_flags`) in tick `tick`; `moves_on_removal` is the service's
 /// `MOVE_ON_REMOVAL`. The one place both paths to a flow (`lookup_forward`, `follow_stamped`)
 /// ask. A flow seen earlier in this tick is not idle; otherwise its idle clock is checked and,
-/// if it is alive, refreshed (see `refresh`). Changes nothing else.
+/// if it is alive, refreshed (see `refresh`), and, for a packet that came through the tunnel
+/// from the peer `arrived_from` (0: not, or not to be followed here), its replies are pointed
+/// there (`follow_entry_node`, keyed `key`): once a tick, so the packets of the same tick pay
+/// nothing for it. Changes nothing else.
 #[inline(always)]
 fn liveness(
     f: &mut Flow,
+    key: &FlowKey,
     is_tcp: bool,
     tcp_flags: u8,
     tick: u32,
     moves_on_removal: bool,
+    arrived_from: u8,
 ) -> Liveness {
     if f.kind != flow_kind::FORWARD {
         return Liveness::NotForward;
@@ -116,6 +121,9 @@ fn liveness(
             return Liveness::Ended;
         }
         refresh(f, now, tick);
+        if arrived_from != 0 {
+            follow_entry_node(key, f, arrived_from, false);
+        }
     }
     if moves_on_removal && !backend_still_serves(f) {
         return Liveness::BackendGone;
@@ -146,13 +154,8 @@ pub fn lookup_forward(
     let f = unsafe { &mut *flow };
     let is_tcp = key.proto == proto::TCP;
     let moves = svc.flags & service_flags::MOVE_ON_REMOVAL != 0;
-    let first_of_tick = f.seen_tick != tick;
-    match liveness(f, is_tcp, tcp_flags, tick, moves) {
-        Liveness::Alive => {
-            if first_of_tick && arrived_from != 0 {
-                follow_entry_node(key, f, arrived_from, false);
-            }
-        }
+    match liveness(f, key, is_tcp, tcp_flags, tick, moves, arrived_from) {
+        Liveness::Alive => {}
         Liveness::NotForward => return Err(NoFlow::Open),
         Liveness::Ended => {
             forget_reply(key, f);
@@ -207,15 +210,11 @@ pub fn follow_stamped(
         return false;
     }
     let moves = u32::from(f.service_flags) & service_flags::MOVE_ON_REMOVAL != 0;
-    let first_of_tick = f.seen_tick != tick;
-    let alive = matches!(
-        liveness(f, key.proto == proto::TCP, tcp_flags, tick, moves),
+    let is_tcp = key.proto == proto::TCP;
+    matches!(
+        liveness(f, key, is_tcp, tcp_flags, tick, moves, arrived_from),
         Liveness::Alive
-    );
-    if alive && first_of_tick && arrived_from != 0 {
-        follow_entry_node(key, f, arrived_from, false);
-    }
-    alive
+    )
 }
 
 /// Points the reply entry of a flow that came through the mesh tunnel (`f`, keyed `key`, to
@@ -223,7 +222,7 @@ pub fn follow_stamped(
 /// client's packet just came through, when it names another. ECMP after a node failed, or an
 /// address that failed over, moves a client to another entry node; the task's replies then
 /// follow it there rather than go back to the first node, which may be gone. A confirmed
-/// flow's reply entry costs a lookup, so its paths ask once per tick of its packets
+/// flow's reply entry costs a lookup, so `liveness` asks once per tick of its packets
 /// (`seen_tick`): its replies follow from its first packet of a later tick. An unconfirmed
 /// flow's packets always ask (a SYN sent again through another node). A flow of any other
 /// frontend is left alone (`tunnel::admits` refuses such a packet). Not inlined: rare, and

@@ -54,7 +54,8 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
     }
     let is_tcp = key.proto == proto::TCP;
     let moves = svc.flags & service_flags::MOVE_ON_REMOVAL != 0;
-    match liveness(f, is_tcp, pkt.tcp_flags, tick, moves) {
+    // The tunnel's peer is followed below, for every packet of an unconfirmed flow.
+    match liveness(f, key, is_tcp, pkt.tcp_flags, tick, moves, 0) {
         Liveness::Alive => {}
         Liveness::BackendGone => {
             // As `lookup_forward` does for a confirmed flow.
