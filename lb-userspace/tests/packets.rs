@@ -2902,7 +2902,13 @@ fn a_delivered_flows_replies_follow_its_client_to_another_entry_node() {
         through(&mut lb, PEER, TCP_ACK | TCP_PSH, "moved back");
         assert_eq!(answer(&mut lb, TCP_ACK), PEER, "moved back");
         // A change of frontends: the flow's next packet takes the `FRONTENDS` path.
-        lb.change_with(&format!("{MESH}  other:\n    vip: 198.18.100.7\n    ports: [\"80/tcp\"]\n    backends: [\"198.18.2.11\"]\n"), three_nodes)
+        let another_service = r#"
+  other:
+    vip: 198.18.100.7
+    ports: ["80/tcp"]
+    backends: ["198.18.2.11"]
+"#;
+        lb.change_with(&format!("{MESH}{another_service}"), three_nodes)
             .expect("another service");
         next_tick();
         through(
