@@ -246,6 +246,20 @@ impl Node {
         let conf = node_conf(self.own, self.router, &self.include());
         self.bird = Some(start_bird(&self.ns, &self.dir.0, &conf));
     }
+
+    /// Has its running BIRD read `conf` (as `birdc configure` after an operator's edit).
+    fn reconfigure_bird(&self, conf: &str) {
+        std::fs::write(self.dir.0.join("bird.conf"), conf).expect("bird.conf");
+        let mut birdc = std::process::Command::new("birdc");
+        birdc.arg("-s").arg(self.socket()).arg("configure");
+        let out = lb_testkit::command::output_within(birdc, None, Duration::from_secs(10))
+            .expect("birdc configure");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Reconfigured") || text.contains("Reconfiguration in progress"),
+            "birdc configure: {text}"
+        );
+    }
 }
 
 /// Polls `node`'s `lbctl status` (bounded by `limit`) until it shows BIRD as running the VIPs
@@ -516,6 +530,22 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     wait_hops(&router, VIP, &[A, B], converge);
     let (bgp, code) = wait_bird_shown(&a, true, Duration::from_secs(8));
     assert_eq!(code, Some(0), "healthy again: {bgp}");
+
+    // 1b. Node A's BIRD reads a configuration that no longer includes lbd's file (an
+    // operator's edit): it withdraws the VIPs though it runs, and lbd says so at its next
+    // look; the include back, both are back.
+    let full = node_conf(a.own, a.router, &a.include());
+    let without = full.replacen(&format!("include \"{}\";\n", a.include().display()), "", 1);
+    assert_ne!(without, full);
+    a.reconfigure_bird(&without);
+    wait_hops(&router, VIP, &[B], within_hold);
+    let (bgp, code) = wait_bird_shown(&a, false, Duration::from_secs(8));
+    assert_eq!(code, Some(3), "not healthy: {bgp}");
+    let error = bgp["last_error"].as_str().expect("an error");
+    assert!(error.contains("does not run meshlb_vips4"), "{error}");
+    a.reconfigure_bird(&full);
+    wait_hops(&router, VIP, &[A, B], converge);
+    wait_bird_shown(&a, true, Duration::from_secs(8));
 
     // 2. Node A's link goes down (its side: the router only learns by the hold timer).
     a.ns.ip(&["link", "set", "up0", "down"]).expect("link down");
