@@ -228,7 +228,7 @@ pub fn follow_stamped(
 /// frontend is left alone (`tunnel::admits` refuses such a packet). Not inlined: rare, and
 /// its frame below its callers' (`to_backend`, `to_backend_stamped`, `pending`) is small.
 #[inline(never)]
-pub fn follow_entry_node(key: &FlowKey, f: &Flow, arrived_from: u8, pending: bool) {
+fn follow_entry_node(key: &FlowKey, f: &Flow, arrived_from: u8, pending: bool) {
     if u32::from(f.service_flags) & service_flags::TUNNEL_ONLY == 0 {
         return;
     }

@@ -171,12 +171,7 @@ impl Announcer {
 
     /// Asks BIRD to read its configuration (and so the include file) again.
     pub fn reconfigure(&self) -> Result<(), AnnounceError> {
-        let socket = &self.settings.socket;
-        let unreachable = |source| AnnounceError::Unreachable {
-            socket: socket.clone(),
-            source,
-        };
-        let lines = bird_command(socket, "configure").map_err(unreachable)?;
+        let lines = self.ask("configure")?;
         // Reply codes (BIRD's doc/reply_codes): 0003 reconfigured, 0004 in progress, 0005
         // queued behind one in progress (BIRD reads the file after it), 0018 confirmed, 0019
         // nothing to do; 8xxx and 9xxx are errors.
@@ -193,21 +188,12 @@ impl Announcer {
             message: lines.join(" | "),
         })
     }
-}
 
-impl Announcer {
     /// Asks BIRD whether it runs the include file's protocols (`show protocols`), so a BIRD
     /// that stopped, or whose configuration no longer includes the file, is noticed though
     /// the VIPs do not change.
     pub fn check(&self) -> Result<(), AnnounceError> {
-        let socket = &self.settings.socket;
-        let lines =
-            bird_command(socket, &format!("show protocols {PROTOCOL_V4}")).map_err(|source| {
-                AnnounceError::Unreachable {
-                    socket: socket.clone(),
-                    source,
-                }
-            })?;
+        let lines = self.ask(&format!("show protocols {PROTOCOL_V4}"))?;
         // "1002-meshlb_vips4 Static master4 up 02:58:38.387": name, protocol, table, state.
         // A name BIRD does not know is a syntax error (9001).
         let running = lines.iter().any(|l| {
@@ -218,9 +204,18 @@ impl Announcer {
             return Ok(());
         }
         Err(AnnounceError::NotRunning {
-            socket: socket.clone(),
+            socket: self.settings.socket.clone(),
             include: self.settings.include.clone(),
             message: lines.join(" | "),
+        })
+    }
+
+    /// BIRD's reply to `command` on its control socket.
+    fn ask(&self, command: &str) -> Result<Vec<String>, AnnounceError> {
+        let socket = &self.settings.socket;
+        bird_command(socket, command).map_err(|source| AnnounceError::Unreachable {
+            socket: socket.clone(),
+            source,
         })
     }
 }

@@ -153,7 +153,7 @@ pub(super) fn record(shared: &Shared, status: StatusCode) {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
-    let bgp = lock(&shared.announce).as_ref().map(|h| h.status());
+    let bgp = shared.bgp_status();
     with_daemon(&shared, move |d| {
         Ok(axum::Json(Status {
             generation: d.generation(),
@@ -594,7 +594,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError
         let requests = lock(&s.requests).clone();
         // Copied out, and rendered with the daemon free: with 10,000 services the text takes
         // long enough to hold up changes and health verdicts.
-        let bgp = lock(&s.announce).as_ref().map(|h| h.status());
+        let bgp = s.bgp_status();
         let (states, changes, swarm, attachments) = {
             let d = s.daemon();
             (

@@ -56,6 +56,11 @@ impl Shared {
         }))
     }
 
+    /// How announcing through BIRD goes, if lbd does (`lbctl status`, the metrics).
+    pub fn bgp_status(&self) -> Option<crate::api::BgpStatus> {
+        lock(&self.announce).as_ref().map(|h| h.status())
+    }
+
     /// Counters now: the shape under the daemon's lock, the reads outside it.
     fn fresh_report(&self, occupancy: Occupancy) -> Result<Report, DaemonError> {
         let mut report = self.daemon().report_skeleton(occupancy);

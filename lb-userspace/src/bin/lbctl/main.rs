@@ -23,7 +23,7 @@ use lb_userspace::{
 };
 
 use self::add_service::{AddService, add_service};
-use self::text::{encode, health_cell, print_bgp, print_swarm_details, reached_as, table};
+use self::text::{ago, encode, health_cell, print_bgp, print_swarm_details, reached_as, table};
 
 #[derive(Parser)]
 #[command(
@@ -362,9 +362,7 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
         if let Some(mesh) = s.mesh_addr.filter(|&m| Some(m) != s.node_addr) {
             node.push_str(&format!(" (data path {mesh})"));
         }
-        let age = s
-            .last_ok_age_s
-            .map_or("never".to_owned(), |a| format!("{a} s ago"));
+        let age = ago(s.last_ok_age_s);
         println!(
             "swarm: Engine {} {} (last good read {age}; {} ok, {} failed), node {node}, {} services",
             s.docker_host,

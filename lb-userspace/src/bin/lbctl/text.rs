@@ -138,12 +138,15 @@ pub(crate) fn print_swarm_details(list: &ServiceList) {
     }
 }
 
+/// `12 s ago`, or `never` (`None`): when something last went well.
+pub(crate) fn ago(age_s: Option<u64>) -> String {
+    age_s.map_or("never".to_owned(), |a| format!("{a} s ago"))
+}
+
 /// `lbctl status`'s lines about announcing through BIRD.
 pub(crate) fn print_bgp(bgp: &BgpStatus) {
     let vips: Vec<String> = bgp.vips.iter().map(ToString::to_string).collect();
-    let age = bgp
-        .last_ok_age_s
-        .map_or("never".to_owned(), |a| format!("{a} s ago"));
+    let age = ago(bgp.last_ok_age_s);
     let state = match bgp.in_sync {
         Some(true) => "runs the VIPs",
         Some(false) => "DOES NOT RUN THE VIPS",
