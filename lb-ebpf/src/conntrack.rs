@@ -5,7 +5,8 @@ mod reply_owner;
 mod unconfirmed;
 
 use self::reply_owner::{
-    Held, Owner, claim_reply, forget_ended_reply, owns_reply, reply_owner_alive, write_forward_key,
+    Held, Owner, claim_reply, forget_ended_reply, owns_reply, reply_owner_alive, take_over_moved,
+    write_forward_key,
 };
 
 use core::{ffi::c_void, mem::MaybeUninit};
@@ -408,9 +409,10 @@ pub enum InsertError {
 
 /// Records a new flow in the table of unconfirmed flows (`PENDING`; `pending` confirms it):
 /// the reply entry first, so the backend's first answer finds it (none where the backend's
-/// replies need none: `replies_without_entry`). Under
-/// full NAT (and NAT on a reply-entry clash), picks the source port here: the first of a few ports (from the flow's hash) whose
-/// reply entry is free or idle, so concurrent flows of one client never collide.
+/// replies need none: `replies_without_entry`). Under full NAT (and NAT on a reply-entry
+/// clash), picks the source port here: the first of a few ports (from the flow's hash) whose
+/// reply entry is free or idle, so concurrent flows of one client never collide. A TCP
+/// connection come in another way keeps its port and takes its key (`take_over_moved`).
 #[inline(always)]
 pub fn insert(
     key: &FlowKey,
@@ -477,13 +479,13 @@ pub fn insert(
     let remap = fullnat
         || !(replies_without_entry(&reply_key, key) || {
             let mut confirmed = Owner::NONE;
-            let claimed = claim_reply(
-                &reply_key,
-                flow,
-                now,
-                Held::UNTIL_BACKEND_FORGETS,
-                &mut confirmed,
-            );
+            // A TCP packet past its SYN (placed mid-flow) on a key a live flow holds may be
+            // that connection come in another way (see `take_over_moved`).
+            let held = Held::UNTIL_BACKEND_FORGETS;
+            let claimed = claim_reply(&reply_key, flow, now, held, &mut confirmed)
+                || (state >= tcp_state::ESTABLISHED
+                    && take_over_moved(&reply_key, svc.flags)
+                    && claim_reply(&reply_key, flow, now, held, &mut confirmed));
             if claimed {
                 forget_ended_reply(confirmed, &reply_key);
             }

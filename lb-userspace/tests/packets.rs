@@ -2933,6 +2933,147 @@ fn a_delivered_flows_replies_follow_its_client_to_another_entry_node() {
     });
 }
 
+/// `MESH` with web's one task on this node: a client entering here reaches it straight
+/// (through `docker_gwbridge`), one entering another node through the tunnel and its delivery
+/// frontend; the task sees the same connection either way.
+const MESH_LOCAL_TASK: &str = r#"
+services:
+  web:
+    ports: ["8000:9000/tcp"]
+    backends: ["198.18.2.10"]
+  web.1.task:
+    vip: 198.19.0.6
+    ports: ["9000/tcp"]
+    backends: ["198.18.2.10"]
+"#;
+
+/// A TCP connection that moves between a remote entry node and the task's own node (the
+/// entry node failed or drained, and the client's packets now come here straight; or back)
+/// keeps its client port at the task and takes its replies along: another source port
+/// would only earn a RST. A SYN on the same client port is a new connection and still gets
+/// another port; so does a datagram.
+#[test]
+fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port() {
+    if !e2e_enabled() {
+        return;
+    }
+    let local_task = |file: &mut lb_userspace::source::file::ServiceFile| {
+        use lb_userspace::source::file::{MeshBackend, MeshNodes};
+        file.services.get_mut("web").unwrap().backends[0].mesh = Some(MeshBackend {
+            identity: TASK_LOCAL.parse().unwrap(),
+            via: None,
+        });
+        file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
+        file.mesh = Some(MeshNodes {
+            own: OWN.parse().unwrap(),
+            peers: [PEER.parse().unwrap()].into(),
+        });
+    };
+    let node = ProgNode::new("moved", &[]).expect("node namespace");
+    node.run_with(MESH_LOCAL_TASK, 4096, local_task, |mut lb| {
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let task = sock(TASK_LOCAL, 9000);
+        let gwbridge = sock("198.18.2.10", 9000);
+        let node_mac = lb.backend_if_mac;
+        // The client's packet through the peer: delivered to the task, from the client.
+        let through = |lb: &mut Loaded, client: SocketAddrV4, flags: u8, step: &str| {
+            let wrapped = tunnel_wrap(
+                &Ipv4Frame::tcp(client, task, flags).build(),
+                (backend_mac(10), node_mac),
+                PEER.parse().unwrap(),
+                OWN.parse().unwrap(),
+                entropy(client.port(), 8000),
+            );
+            let out = lb.run_from(&wrapped, lb.backend_if);
+            let delivered = Ipv4Frame::tcp(client, task, flags)
+                .with_macs(backend_mac(10), node_mac)
+                .with_dst(gwbridge)
+                .build();
+            assert_eq!(
+                out.packet, delivered,
+                "{step}: delivered through the tunnel"
+            );
+        };
+        // The client's packet straight to this node: delivered from `seen`.
+        let straight = |lb: &mut Loaded, client: SocketAddrV4, flags: u8| {
+            let packet = Ipv4Frame::tcp(client, frontend, flags);
+            let out = lb.run(&packet.build());
+            let seen = parse_ipv4(&out.packet).expect("translated, valid").src;
+            assert_eq!(out.packet, packet.with_dst(gwbridge).with_src(seen).build());
+            seen
+        };
+        // The task's answer to `to`: wrapped back to the peer from the task's ingress
+        // address, or sent straight to the client from the frontend.
+        let answer = |lb: &mut Loaded, to: SocketAddrV4, client: SocketAddrV4, tunneled: bool| {
+            let reply =
+                Ipv4Frame::tcp(gwbridge, to, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac);
+            let out = lb.run_from(&reply.build(), lb.backend_if);
+            if tunneled {
+                let inner = parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat())
+                    .expect("an answer, wrapped");
+                assert_eq!(
+                    (inner.src, inner.dst),
+                    (task, client),
+                    "from the task's address"
+                );
+                let outer = parse_ipv4(&out.packet).expect("wrapped");
+                assert_eq!(outer.dst.ip().to_string(), PEER, "back to the entry node");
+            } else {
+                assert_eq!(
+                    out.packet,
+                    reply.with_src(frontend).with_dst(client).build(),
+                    "straight to the client, from the frontend"
+                );
+            }
+        };
+        let before = lb.stats();
+        let client = sock(CLIENT, 41200);
+        through(&mut lb, client, TCP_SYN, "opened");
+        answer(&mut lb, client, client, true);
+        through(&mut lb, client, TCP_ACK, "confirmed");
+        // The entry node is gone: the client's next segment comes here straight.
+        assert_eq!(
+            straight(&mut lb, client, TCP_ACK | TCP_PSH),
+            client,
+            "moved here"
+        );
+        answer(&mut lb, client, client, false);
+        assert_eq!(straight(&mut lb, client, TCP_ACK), client, "confirmed here");
+        answer(&mut lb, client, client, false);
+        // And back through the tunnel (the entry node is back, or this node's address moved).
+        through(&mut lb, client, TCP_ACK | TCP_PSH, "moved back");
+        answer(&mut lb, client, client, true);
+        through(&mut lb, client, TCP_ACK, "confirmed back");
+        answer(&mut lb, client, client, true);
+
+        // A SYN straight here on the port of a live tunneled flow opens another connection:
+        // another source port, and each flow's answers go their own way.
+        let other = sock(CLIENT, 41201);
+        through(&mut lb, other, TCP_SYN, "another opened");
+        through(&mut lb, other, TCP_ACK, "another confirmed");
+        let seen = straight(&mut lb, other, TCP_SYN);
+        assert_eq!(seen.ip(), other.ip(), "the client's address");
+        assert_ne!(seen.port(), other.port(), "a SYN gets another port");
+        answer(&mut lb, other, other, true);
+        answer(&mut lb, seen, other, false);
+        let after = lb.stats();
+        assert_deltas(
+            &before,
+            &after,
+            &[
+                // The tunnel's SYN, the moves (each counted lost: mid-flow, no entry), and
+                // the SYN straight here.
+                (StatSlot::NewFlow, 5),
+                (StatSlot::FlowLost, 2),
+                (StatSlot::FlowConfirmed, 4),
+                (StatSlot::TunnelReceived, 6),
+                (StatSlot::TunnelSent, 4),
+            ],
+        );
+    })
+    .expect("program loaded");
+}
+
 /// ICMP errors about a flow that crosses the tunnel go the flow's way: on the entry node an
 /// error from the client's side goes through the tunnel to the task's node (not by the FIB to
 /// the task's ingress address, which the underlay does not route), and on the task's node the

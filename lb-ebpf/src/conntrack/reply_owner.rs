@@ -1,6 +1,7 @@
 //! Who holds a reply key: the flow whose reply entry it is, while it is alive (or its backend
-//! may still hold the port), and how a new flow claims a key from an ended one. Full NAT's
-//! port search and the confirmation of a flow ask it.
+//! may still hold the port), how a new flow claims a key from an ended one, and how a TCP
+//! connection that came in another way takes its key from its own old flow. Full NAT's port
+//! search and the confirmation of a flow ask it.
 
 use super::*;
 
@@ -87,6 +88,58 @@ pub(super) fn forget_ended_reply(confirmed: u16, reply_key: &FlowKey) {
     if confirmed == Owner::ENDED {
         let _ = CONNTRACK.remove(reply_key);
     }
+}
+
+/// Frees `reply_key` for a new flow (its service's flags `svc_flags`; `insert` then claims
+/// the key) whose TCP packet past its SYN came in another way than the live flow holding
+/// it: the same client port and task, so the same connection as the task sees it, once
+/// through the mesh tunnel to the task's delivery frontend and once straight to a frontend
+/// of this node. A client whose entry node failed or drained comes so to the task's own
+/// node, and back; another source port would only earn a RST. The old flow's reply and
+/// forward entries go, in both tables, so its own way in takes the connection back the same
+/// way. False, and nothing changed, if the key's holder came in the same way. (Not inlined:
+/// only such packets pay for it. Its frame sits where the port search's callback does,
+/// below `insert`'s, with the stack at its limit.)
+#[inline(never)]
+pub(super) fn take_over_moved(reply_key: &FlowKey, svc_flags: u32) -> bool {
+    let tunnel_only = svc_flags & service_flags::TUNNEL_ONLY != 0;
+    let in_confirmed = forget_moved(&CONNTRACK, reply_key, tunnel_only);
+    forget_moved(&PENDING, reply_key, tunnel_only) || in_confirmed
+}
+
+/// `take_over_moved` in one table: removes the reply entry at `reply_key` and its flow's
+/// forward entry if that flow came in the other way (its service's `TUNNEL_ONLY` is not
+/// `tunnel_only`) and kept the client's port.
+#[inline(always)]
+fn forget_moved<const N: usize>(
+    table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
+    reply_key: &FlowKey,
+    tunnel_only: bool,
+) -> bool {
+    let Some(reply) = table.get_ptr(reply_key) else {
+        return false;
+    };
+    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: map values valid for this program run; the scratch key is this CPU's (see
+    // `owner`).
+    unsafe {
+        let r = &*reply;
+        let through_tunnel = u32::from(r.service_flags) & service_flags::TUNNEL_ONLY != 0;
+        if r.kind != flow_kind::REPLY || r.restores_client() || through_tunnel == tunnel_only {
+            return false;
+        }
+        write_forward_key(&mut *forward_key, reply_key, r);
+        let k = &*forward_key;
+        if let Some(forward) = table.get_ptr(k)
+            && owns_reply(&*forward, reply_key, r)
+        {
+            let _ = table.remove(k);
+        }
+    }
+    let _ = table.remove(reply_key);
+    true
 }
 
 /// Who holds a reply key in a table (see `owner`): a number, not an enum, to come back
