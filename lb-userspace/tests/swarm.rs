@@ -3,7 +3,8 @@
 //! node addresses from the node's own tasks, which see the client's address; service VIPs
 //! answer containers on their network and no others; the swarm's changes are followed; an
 //! Engine that stops answering leaves forwarding as it was; long-lived connections through the
-//! mesh keep their task (`held`); large transfers cross it at underlay MTUs 1500 and 1400
+//! mesh keep their task, also when the address they connected to moves to the other node
+//! (`held`); large transfers cross it at underlay MTUs 1500 and 1400
 //! (`bulk`).
 
 #[path = "swarm/bulk.rs"]
@@ -634,6 +635,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     );
 
     held::survive_scaling_and_a_rollout(&lab, &lbs, "web");
+    held::survive_an_address_moving_between_nodes(&lab, &lbs);
     bulk::complete_at_both_mtus(&lab);
 
     // Removal: the published port stops being served.

@@ -4,6 +4,8 @@
 //! every connection still answers, from the task it had, which still sees the client's own
 //! address and the port it saw first. A connection whose task the scale-down removed must
 //! end (the new task refuses the mid-flow packet), never be answered by another task.
+//! Then connections to an address that moves from node to node (as a floating address
+//! does when its node fails or drains) keep their task and their client port each way.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -209,6 +211,111 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
         held.len(),
         step.elapsed()
     );
+}
+
+/// The address that moves between the nodes' underlay ports, and connections to it.
+const FLOATING: &str = "198.18.50.50";
+const ON_FLOATING: usize = 40;
+
+/// Connections to an address on node 1 (a floating address: every node serves the
+/// published port on its own addresses), half of them to node 2's tasks through the mesh
+/// tunnel; the address moves to node 2 and back. After each move every connection answers
+/// from its task, which sees the client's port as before: the connections entering by the
+/// tunnel now come straight to their task's node, and the others take the tunnel from there.
+pub fn survive_an_address_moving_between_nodes(lab: &SwarmLab, lbs: &[Lbd]) {
+    let tasks = all_tasks(lab);
+    let target: SocketAddr = format!("{FLOATING}:{PORT}").parse().unwrap();
+    move_floating(lab, lbs, None, 0);
+    let mut held: Vec<Held> = (0..ON_FLOATING)
+        .map(|i| {
+            let mut session = TcpSession::connect(&lab.client, target, ROUND)
+                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
+            let reply = session
+                .request()
+                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
+            assert!(tasks.contains(&reply.backend), "{reply:?} not in {tasks:?}");
+            Held {
+                task: reply.backend,
+                seen_port: reply.seen_port,
+                session,
+            }
+        })
+        .collect();
+    let remote = local_tasks(&lab.nodes[1], SERVICE);
+    let through_tunnel = held.iter().filter(|h| remote.contains(&h.task)).count();
+    assert!(
+        (1..ON_FLOATING).contains(&through_tunnel),
+        "connections reach the tasks of both nodes: {through_tunnel} of {ON_FLOATING} node 2's"
+    );
+    for (from, to) in [(0, 1), (1, 0)] {
+        let step = Instant::now();
+        move_floating(lab, lbs, Some(from), to);
+        let round = ask_all(&mut held);
+        assert!(
+            round.failed.is_empty(),
+            "{FLOATING} moved to node {}: every connection answers from its task, which sees \
+             its port as before: {:?}",
+            to + 1,
+            round.failed
+        );
+        println!(
+            "held: {FLOATING} moved to node {}: {} connections kept ({through_tunnel} of them \
+             to node 2's tasks), step {:?}",
+            to + 1,
+            round.kept,
+            step.elapsed()
+        );
+    }
+    lab.nodes[0]
+        .ns
+        .ip(&["addr", "del", &format!("{FLOATING}/32"), "dev", "eth0"])
+        .expect("the floating address removed");
+}
+
+/// Puts `FLOATING` on node `to`'s underlay port (off node `from`'s), waits until `to`'s lbd
+/// serves the published port there, then points the client at `to`: a packet that reached
+/// the node's own stack first would be answered with a RST.
+fn move_floating(lab: &SwarmLab, lbs: &[Lbd], from: Option<usize>, to: usize) {
+    let addr = format!("{FLOATING}/32");
+    let node = &lab.nodes[to];
+    node.ns
+        .ip(&["addr", "add", &addr, "dev", "eth0"])
+        .expect("the floating address added");
+    let dst = format!("{FLOATING}:{PORT}");
+    within(
+        PROGRAMMED,
+        "lbd serves the published port on the new address",
+        || {
+            lbs[to]
+                .lbctl(&["explain", "tcp", "198.18.50.100:40000", &dst])
+                .is_ok_and(|(ok, out, _)| ok && out.contains("slot "))
+        },
+    );
+    if let Some(from) = from {
+        lab.nodes[from]
+            .ns
+            .ip(&["addr", "del", &addr, "dev", "eth0"])
+            .expect("the floating address removed");
+    }
+    let link = node.ns.ip(&["link", "show", "dev", "eth0"]).expect("eth0");
+    let mac = link
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no MAC in {link:?}"));
+    lab.client
+        .ip(&[
+            "neigh",
+            "replace",
+            FLOATING,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])
+        .expect("the client's neighbour entry");
 }
 
 /// Every running task of the held service, over both nodes.
