@@ -60,6 +60,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "meshlb_swarm_stop_notices_total",
     "meshlb_bgp_in_sync",
     "meshlb_bgp_vips_announced",
+    "meshlb_bgp_session_established",
     "meshlb_bgp_failures_total",
     "meshlb_interface_attached",
     "meshlb_interface_reattached_total",
@@ -476,6 +477,16 @@ fn register_bgp(registry: &mut Registry, bgp: &crate::api::BgpStatus) {
         "VIPs lbd announces through BIRD (those with a usable backend, and the reply anchor).",
         vips,
     );
+    let sessions = gauge_family(
+        registry,
+        "bgp_session_established",
+        "1 for each BGP session of BIRD's that is established, 0 for one that is not (disabled ones left out), as lbd's last check found them.",
+    );
+    for s in bgp.sessions.iter().flatten().filter(|s| !s.disabled()) {
+        sessions
+            .get_or_create(&vec![("protocol", s.protocol.clone())])
+            .set(i64::from(s.established()));
+    }
     let failures = Counter::<u64>::default();
     failures.inc_by(bgp.failures);
     register(
@@ -669,6 +680,15 @@ mod tests {
                 socket: "/run/bird/bird.ctl".into(),
                 vips: vec!["198.18.100.1".parse().unwrap()],
                 in_sync: Some(false),
+                sessions: Some(
+                    [("router_a", "up"), ("router_b", "start"), ("old", "down")]
+                        .map(|(protocol, state)| crate::announce::BgpSession {
+                            protocol: protocol.into(),
+                            state: state.into(),
+                            info: String::new(),
+                        })
+                        .into(),
+                ),
                 failures: 2,
                 last_error: Some("down".into()),
                 last_ok_age_s: None,
@@ -695,9 +715,15 @@ mod tests {
             "meshlb_bgp_in_sync 0",
             "meshlb_bgp_vips_announced 1",
             "meshlb_bgp_failures_total 2",
+            "meshlb_bgp_session_established{protocol=\"router_a\"} 1",
+            "meshlb_bgp_session_established{protocol=\"router_b\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }
+        assert!(
+            !text.contains("protocol=\"old\""),
+            "disabled: left out\n{text}"
+        );
         assert!(
             text.contains("meshlb_swarm_tasks{state=\"stopping\"} 3"),
             "{text}"

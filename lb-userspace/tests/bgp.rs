@@ -250,11 +250,7 @@ impl Node {
     /// Has its running BIRD read `conf` (as `birdc configure` after an operator's edit).
     fn reconfigure_bird(&self, conf: &str) {
         std::fs::write(self.dir.0.join("bird.conf"), conf).expect("bird.conf");
-        let mut birdc = std::process::Command::new("birdc");
-        birdc.arg("-s").arg(self.socket()).arg("configure");
-        let out = lb_testkit::command::output_within(birdc, None, Duration::from_secs(10))
-            .expect("birdc configure");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = birdc(&self.socket(), &["configure"]);
         assert!(
             text.contains("Reconfigured") || text.contains("Reconfiguration in progress"),
             "birdc configure: {text}"
@@ -262,8 +258,18 @@ impl Node {
     }
 }
 
+/// `birdc -s SOCKET ARGS`: what it printed.
+fn birdc(socket: &Path, args: &[&str]) -> String {
+    let mut birdc = std::process::Command::new("birdc");
+    birdc.arg("-s").arg(socket).args(args);
+    let out = lb_testkit::command::output_within(birdc, None, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("birdc {args:?}: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `node`'s `lbctl status` (bounded by `limit`) until it shows BIRD as running the VIPs
-/// (`up`) or not, and checks that lbctl then exits 0 (up) or 3 (not healthy); its `bgp` part.
+/// with every BGP session established (`up`), or BIRD as not running them, and checks that
+/// lbctl then exits 0 (up) or 3 (not healthy); its `bgp` part.
 fn wait_bird_shown(node: &Node, up: bool, limit: Duration) -> serde_json::Value {
     let deadline = Instant::now() + limit;
     loop {
@@ -274,7 +280,10 @@ fn wait_bird_shown(node: &Node, up: bool, limit: Duration) -> serde_json::Value 
         let status: serde_json::Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
         let bgp = status["bgp"].clone();
-        if bgp["in_sync"] == up {
+        let established = bgp["sessions"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["state"] == "up"));
+        if bgp["in_sync"] == up && (established || !up) {
             assert_eq!(code, Some(if up { 0 } else { 3 }), "lbctl status: {bgp}");
             return bgp;
         }
@@ -543,6 +552,39 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     a.reconfigure_bird(&full);
     wait_hops(&router, VIP, &[A, B], converge);
     wait_bird_shown(&a, true, Duration::from_secs(8));
+
+    // 1c. The router shuts its session to node A down (`birdc disable`): BIRD on A runs the
+    // VIPs, but no router hears them. lbd says so at its next look, and again once the
+    // session is back.
+    let router_socket = rdir.0.join("bird.ctl");
+    assert!(birdc(&router_socket, &["disable", "node_a"]).contains("disabled"));
+    wait_hops(&router, VIP, &[B], within_hold);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (code, text) = loop {
+        let (code, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
+        if text.contains("upstream NOT ESTABLISHED") {
+            break (code, text);
+        }
+        assert!(Instant::now() < deadline, "session down not shown: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(3), "{text}");
+    let (_, _, err) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
+    // BIRD's words for why vary with timing ("Received: Administrative shutdown", or
+    // "Socket: Connection reset by peer").
+    assert!(
+        err.contains("BGP session upstream is not established (start: Active"),
+        "{err}"
+    );
+    assert!(birdc(&router_socket, &["enable", "node_a"]).contains("enabled"));
+    wait_hops(&router, VIP, &[A, B], converge);
+    let bgp = wait_bird_shown(&a, true, Duration::from_secs(8));
+    assert_eq!(bgp["sessions"][0]["protocol"], "upstream", "{bgp}");
+    let (_, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
+    assert!(
+        text.contains("bgp: sessions: upstream established"),
+        "{text}"
+    );
 
     // 2. Node A's link goes down (its side: the router only learns by the hold timer).
     a.ns.ip(&["link", "set", "up0", "down"]).expect("link down");

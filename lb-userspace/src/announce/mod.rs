@@ -191,22 +191,32 @@ impl Announcer {
 
     /// Asks BIRD whether it runs the include file's protocols (`show protocols`), so a BIRD
     /// that stopped, or whose configuration no longer includes the file, is noticed though
-    /// the VIPs do not change.
-    pub fn check(&self) -> Result<(), AnnounceError> {
-        let lines = self.ask(&format!("show protocols {PROTOCOL_V4}"))?;
-        // "1002-meshlb_vips4 Static master4 up 02:58:38.387": name, protocol, table, state.
-        // A name BIRD does not know is a syntax error (9001).
-        let running = lines.iter().any(|l| {
-            l.strip_prefix("1002-")
-                .is_some_and(|row| row.split_whitespace().nth(3) == Some("up"))
-        });
-        if running {
-            return Ok(());
+    /// the VIPs do not change; and how its BGP sessions are, which carry the VIPs to the
+    /// routers.
+    pub fn check(&self) -> Result<Vec<BgpSession>, AnnounceError> {
+        let lines = self.ask("show protocols")?;
+        let rows = protocol_rows(&lines);
+        let ours = rows.iter().find(|r| r.name == PROTOCOL_V4);
+        if ours.is_some_and(|r| r.state == "up") {
+            return Ok(rows
+                .into_iter()
+                .filter(|r| r.proto == "BGP")
+                .map(|r| BgpSession {
+                    protocol: r.name.to_owned(),
+                    state: r.state.to_owned(),
+                    info: r.info,
+                })
+                .collect());
         }
+        let message = match ours {
+            Some(row) => format!("its state is {}", row.state),
+            None if rows.is_empty() => lines.join(" | "),
+            None => "no such protocol".to_owned(),
+        };
         Err(AnnounceError::NotRunning {
             socket: self.settings.socket.clone(),
             include: self.settings.include.clone(),
-            message: lines.join(" | "),
+            message,
         })
     }
 
@@ -218,6 +228,74 @@ impl Announcer {
             source,
         })
     }
+}
+
+/// A BGP protocol of BIRD's (a session to a router), as `show protocols` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BgpSession {
+    /// Its name in BIRD's configuration.
+    pub protocol: String,
+    /// BIRD's state of the protocol: `up` once the session is established, `start` while it
+    /// is being set up, `down` when disabled.
+    pub state: String,
+    /// BIRD's words for the session (`Established`, `Active`, `Idle`, ...), and why the last
+    /// one ended.
+    pub info: String,
+}
+
+impl BgpSession {
+    pub fn established(&self) -> bool {
+        self.state == "up"
+    }
+
+    /// Disabled in BIRD (`birdc disable`, or `disabled` in its configuration): nobody
+    /// expects it up.
+    pub fn disabled(&self) -> bool {
+        self.state == "down"
+    }
+}
+
+/// One row of `show protocols`.
+#[derive(Debug, PartialEq, Eq)]
+struct ProtocolRow<'a> {
+    name: &'a str,
+    proto: &'a str,
+    state: &'a str,
+    info: String,
+}
+
+/// The rows of BIRD's reply to `show protocols`: code 1002, the first prefixed
+/// `1002-`, the rest by a space. Columns: name, protocol, table, state, since, info (the rest:
+/// `Active        Received: Administrative shutdown`). Split at whitespace, not at the
+/// header's offsets: a long name shifts its row.
+fn protocol_rows(lines: &[String]) -> Vec<ProtocolRow<'_>> {
+    let mut rows = Vec::new();
+    let mut in_table = false;
+    for line in lines {
+        let row = if let Some(row) = line.strip_prefix("1002-") {
+            in_table = true;
+            row
+        } else if let Some(row) = line.strip_prefix(' ').filter(|_| in_table) {
+            row
+        } else {
+            in_table = false;
+            continue;
+        };
+        let mut fields = row.split_whitespace();
+        let (Some(name), Some(proto), Some(_table), Some(state)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let _since = fields.next();
+        rows.push(ProtocolRow {
+            name,
+            proto,
+            state,
+            info: fields.collect::<Vec<_>>().join(" "),
+        });
+    }
+    rows
 }
 
 /// The VIPs an include file `render` wrote announces.

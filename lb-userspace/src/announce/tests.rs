@@ -146,37 +146,76 @@ fn a_queued_reconfiguration_is_accepted() {
     assert_eq!(commands.next_command().unwrap(), "configure");
 }
 
-/// The check between changes: BIRD runs the include file's protocol, or it does not (its
-/// configuration does not include the file: BIRD does not know the name).
+/// BIRD 2.0.12's reply to `show protocols` (read from a real one): the include file's
+/// protocol up, a session established, one a router shut down, and one never set up.
+const SHOW_PROTOCOLS: &str = "2002-Name       Proto      Table      State  Since         Info\n\
+     1002-device1    Device     ---        up     05:16:26.870  \n \
+     meshlb_vips4 Static     master4    up     05:16:26.870  \n \
+     router_2   BGP        ---        up     05:16:30.880  Established   \n \
+     router_3   BGP        ---        start  05:16:34.650  Active        Received: Administrative shutdown\n \
+     nowhere    BGP        ---        down   05:16:26.870  \n\
+     0000 \n";
+
+/// The check between changes: BIRD runs the include file's protocol, and its BGP sessions
+/// are as it says; or it does not run the protocol (its configuration does not include the
+/// file, or it is shutting down).
 #[test]
-fn a_check_asks_bird_for_the_include_files_protocol() {
+fn a_check_asks_bird_for_the_include_files_protocol_and_the_bgp_sessions() {
     let (_dir, settings) = bird_in("announce-check");
-    let commands = fake_bird(
-        &settings.socket,
-        "2002-Name       Proto      Table      State  Since         Info\n\
-         1002-meshlb_vips4 Static     master4    up     02:58:38.387  \n0000 \n",
-        1,
-    );
+    let commands = fake_bird(&settings.socket, SHOW_PROTOCOLS, 1);
     let announcer = Announcer::new(settings.clone());
-    announcer.check().expect("running");
+    let sessions = announcer.check().expect("running");
+    assert_eq!(commands.next_command().unwrap(), "show protocols");
+    let session = |protocol: &str, state: &str, info: &str| BgpSession {
+        protocol: protocol.into(),
+        state: state.into(),
+        info: info.into(),
+    };
     assert_eq!(
-        commands.next_command().unwrap(),
-        "show protocols meshlb_vips4"
+        sessions,
+        [
+            session("router_2", "up", "Established"),
+            session(
+                "router_3",
+                "start",
+                "Active Received: Administrative shutdown"
+            ),
+            session("nowhere", "down", ""),
+        ]
+    );
+    assert_eq!(
+        sessions
+            .iter()
+            .map(|s| (s.established(), s.disabled()))
+            .collect::<Vec<_>>(),
+        [(true, false), (false, false), (false, true)]
     );
     drop(commands);
-    let _ = std::fs::remove_file(&settings.socket);
-    let _commands = fake_bird(
-        &settings.socket,
-        "9001 syntax error, unexpected CF_SYM_UNDEFINED, expecting END or CF_SYM_KNOWN or TEXT or ALL\n",
-        1,
-    );
-    let err = announcer.check().unwrap_err().to_string();
-    assert!(
-        err.contains("does not run meshlb_vips4")
-            && err.contains(&settings.include.display().to_string())
-            && err.contains("9001 syntax error"),
-        "{err}"
-    );
+    for (reply, says) in [
+        (
+            SHOW_PROTOCOLS.replace(
+                "meshlb_vips4 Static     master4    up",
+                "meshlb_vips4 Static     master4    down",
+            ),
+            "its state is down",
+        ),
+        (
+            SHOW_PROTOCOLS.replace("meshlb_vips4", "other_static"),
+            "no such protocol",
+        ),
+    ] {
+        let _ = std::fs::remove_file(&settings.socket);
+        // Leaked: the fake BIRD answers from a thread of its own.
+        let commands = fake_bird(&settings.socket, reply.leak(), 1);
+        let err = announcer.check().unwrap_err().to_string();
+        assert!(
+            err.contains("does not run meshlb_vips4")
+                && err.contains(&settings.include.display().to_string())
+                && err.contains(says),
+            "{err}"
+        );
+        drop(commands);
+    }
 }
 
 /// Tests run with CAP_DAC_OVERRIDE, so a socket that refuses lbd is made up here.

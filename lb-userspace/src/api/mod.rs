@@ -95,6 +95,11 @@ pub struct BgpStatus {
     /// Whether BIRD took the last change of the VIPs and, asked every few seconds since,
     /// runs them (`None`: not asked yet, just after lbd started).
     pub in_sync: Option<bool>,
+    /// BIRD's BGP sessions, which carry the VIPs to the routers, as the last check found them
+    /// (every 5 s while the VIPs do not change); `None`: not checked yet, or BIRD did not
+    /// answer it.
+    #[serde(default)]
+    pub sessions: Option<Vec<crate::announce::BgpSession>>,
     /// Rounds (one a second while a change is refused, one per check otherwise) in which
     /// BIRD could not be told of the VIPs, or did not run them, since lbd started.
     pub failures: u64,
@@ -110,7 +115,8 @@ pub struct BgpStatus {
 impl Status {
     /// What is wrong, though lbd answers: a failed change not undone (`degraded`), an
     /// interface deleted (`missing`), the swarm's Engine not answering, BIRD not taking the
-    /// VIPs, or where they are announced not recorded. Empty: healthy.
+    /// VIPs, a BGP session of BIRD's not established (but for disabled ones), or where they
+    /// are announced not recorded. Empty: healthy.
     /// `lbctl status` exits `Unhealthy::EXIT_CODE` when there is any.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
@@ -140,6 +146,18 @@ impl Status {
             if let Some(e) = &bgp.record_error {
                 problems.push(format!("where lbd announces is not recorded: {e}"));
             }
+            let sessions = bgp.sessions.iter().flatten();
+            problems.extend(
+                sessions
+                    .filter(|s| !s.established() && !s.disabled())
+                    .map(|s| {
+                        format!(
+                            "BGP session {} is not established ({}: {}): its router hears none \
+                             of the VIPs",
+                            s.protocol, s.state, s.info
+                        )
+                    }),
+            );
         }
         problems
     }
@@ -559,6 +577,22 @@ mod tests {
                 "announcing through BIRD: BIRD's control socket /run/bird/bird.ctl does not \
                  answer",
                 "where lbd announces is not recorded: disk full",
+            ]
+        );
+        // A BGP session not established is a problem; established or disabled ones are not
+        // (a status without sessions is one from before lbd checked them).
+        let mut with_sessions = bgp(Some(true), None);
+        with_sessions["sessions"] = serde_json::json!([
+            { "protocol": "router_a", "state": "up", "info": "Established" },
+            { "protocol": "router_b", "state": "start",
+              "info": "Active Received: Administrative shutdown" },
+            { "protocol": "old", "state": "down", "info": "" },
+        ]);
+        assert_eq!(
+            status(serde_json::json!({ "bgp": with_sessions })).problems(),
+            [
+                "BGP session router_b is not established (start: Active Received: \
+                 Administrative shutdown): its router hears none of the VIPs"
             ]
         );
         assert!(

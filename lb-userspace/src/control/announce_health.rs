@@ -1,6 +1,6 @@
 //! How announcing VIPs through BIRD goes (`announce_task` runs it): the VIPs announced,
-//! whether BIRD took them and runs them, and whether where lbd announces is recorded; for
-//! `lbctl status` and the metrics.
+//! whether BIRD took them and runs them, its BGP sessions, and whether where lbd announces is
+//! recorded; for `lbctl status` and the metrics.
 
 use std::{
     collections::BTreeSet,
@@ -10,19 +10,22 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::{announce::BirdSettings, api::BgpStatus};
+use crate::{
+    announce::{BgpSession, BirdSettings},
+    api::BgpStatus,
+};
 
 /// How often BIRD is asked whether it runs the VIPs' protocols while they do not change (a
 /// change asks it anyway): a BIRD that stopped shows in `lbctl status` within this.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// What one round did with BIRD.
-#[derive(Clone, Copy)]
 pub(super) enum Round {
     /// The VIPs changed (or BIRD had not taken them yet): written, and BIRD reconfigured.
     Reconfigured,
-    /// Unchanged, and BIRD was due a check: it runs the VIPs' protocols.
-    Checked,
+    /// Unchanged, and BIRD was due a check: it runs the VIPs' protocols, and these BGP
+    /// sessions.
+    Checked(Vec<BgpSession>),
     /// Unchanged, BIRD not asked.
     Untouched,
 }
@@ -34,6 +37,9 @@ pub struct AnnounceHealth {
     vips: BTreeSet<IpAddr>,
     /// Whether the last round that asked BIRD found it had the VIPs (`None`: none asked yet).
     in_sync: Option<bool>,
+    /// BIRD's BGP sessions, as the last check found them (`None`: not checked yet, or the
+    /// last round that asked BIRD failed).
+    sessions: Option<Vec<BgpSession>>,
     last_ok: Option<Instant>,
     /// When BIRD was last asked (a sync that reconfigured, or a check).
     last_asked: Option<Instant>,
@@ -50,6 +56,7 @@ impl AnnounceHealth {
             settings,
             vips: BTreeSet::new(),
             in_sync: None,
+            sessions: None,
             last_ok: None,
             last_asked: None,
             failures: 0,
@@ -78,15 +85,20 @@ impl AnnounceHealth {
         }
         match round {
             Ok(Round::Untouched) => {}
-            Ok(Round::Reconfigured | Round::Checked) => {
+            Ok(round @ (Round::Reconfigured | Round::Checked(_))) => {
                 self.last_asked = Some(now);
                 self.in_sync = Some(true);
                 self.last_error = None;
                 self.last_ok = Some(now);
+                if let Round::Checked(sessions) = round {
+                    log_session_changes(self.sessions.as_deref().unwrap_or_default(), &sessions);
+                    self.sessions = Some(sessions);
+                }
             }
             Err(e) => {
                 self.last_asked = Some(now);
                 self.in_sync = Some(false);
+                self.sessions = None;
                 self.failures += 1;
                 self.last_error = Some(e);
             }
@@ -117,10 +129,35 @@ impl AnnounceHealth {
             socket: self.settings.socket.display().to_string(),
             vips: self.vips.iter().copied().collect(),
             in_sync: self.in_sync,
+            sessions: self.sessions.clone(),
             failures: self.failures,
             last_error: self.last_error.clone(),
             last_ok_age_s: self.last_ok.map(|at| at.elapsed().as_secs()),
             record_error: self.record_error.clone(),
+        }
+    }
+}
+
+/// Logs each BGP session that is established now and was not at the last check, or the
+/// other way round (a session seen for the first time only if it is not established).
+fn log_session_changes(before: &[BgpSession], now: &[BgpSession]) {
+    for session in now {
+        let was = before.iter().find(|b| b.protocol == session.protocol);
+        let established = session.established();
+        if was.is_some_and(|b| b.established() == established) || (was.is_none() && established) {
+            continue;
+        }
+        let name = &session.protocol;
+        if established {
+            info!(protocol = %name, "BGP session established again");
+        } else if !session.disabled() {
+            warn!(
+                protocol = %name,
+                state = %session.state,
+                "BGP session not established ({}): the router it leads to hears none of this \
+                 node's VIPs",
+                session.info
+            );
         }
     }
 }
@@ -161,10 +198,25 @@ mod tests {
         // A round that failed before it knew the VIPs keeps the last ones.
         health.record(start + CHECK_EVERY, None, Err("the round failed".into()));
         assert_eq!(health.status().vips, Vec::from_iter(vips.iter().copied()));
-        health.record(start + 2 * CHECK_EVERY, Some(vips), Ok(Round::Checked));
+        let session = BgpSession {
+            protocol: "router".into(),
+            state: "up".into(),
+            info: "Established".into(),
+        };
+        health.record(
+            start + 2 * CHECK_EVERY,
+            Some(vips),
+            Ok(Round::Checked(vec![session.clone()])),
+        );
         let status = health.status();
         assert_eq!(status.in_sync, Some(true));
         assert_eq!((status.failures, status.last_error), (2, None));
+        assert_eq!(status.sessions, Some(vec![session]));
+        // A reconfiguration keeps what the last check found; a failed round knows nothing.
+        health.record(start + 2 * CHECK_EVERY, None, Ok(Round::Reconfigured));
+        assert_eq!(health.status().sessions.map(|s| s.len()), Some(1));
+        health.record(start + 3 * CHECK_EVERY, None, Err("gone".into()));
+        assert_eq!(health.status().sessions, None);
     }
 
     #[test]

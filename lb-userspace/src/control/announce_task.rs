@@ -129,7 +129,7 @@ fn one_round(
     };
     vips.extend(anchor);
     let round = match a.sync(&vips) {
-        Ok(Synced::Unchanged) if check_due => a.check().map(|()| Round::Checked),
+        Ok(Synced::Unchanged) if check_due => a.check().map(Round::Checked),
         Ok(Synced::Unchanged) => Ok(Round::Untouched),
         Ok(Synced::Reconfigured) => Ok(Round::Reconfigured),
         Err(e) => Err(e),
@@ -163,7 +163,7 @@ fn log_round(last_error: &mut Option<String>, done: &RoundDone) {
             *last_error = None;
             info!(?vips, "BIRD announces the VIPs with a usable backend");
         }
-        Ok(Round::Checked) => {
+        Ok(Round::Checked(_)) => {
             if last_error.take().is_some() {
                 info!(?vips, "BIRD runs the VIPs again");
             }

@@ -1,6 +1,7 @@
 //! lbctl's plain-text rendering: aligned tables, cells and names as the operator reads them.
 
 use lb_userspace::{
+    announce::BgpSession,
     api::{BackendHealth, BgpStatus, ServiceList},
     source::{
         file::{BackendSpec, PortMapping},
@@ -167,9 +168,33 @@ pub(crate) fn print_bgp(bgp: &BgpStatus) {
     if let (Some(false), Some(e)) = (bgp.in_sync, &bgp.last_error) {
         println!("bgp: last error: {e}");
     }
+    if let Some(sessions) = &bgp.sessions {
+        println!("bgp: sessions: {}", sessions_text(sessions));
+    }
     if let Some(e) = &bgp.record_error {
         println!("bgp: where lbd announces is not recorded for `lbd cleanup`: {e}");
     }
+}
+
+/// `router_a established, router_b NOT ESTABLISHED (start: Active), old disabled`.
+fn sessions_text(sessions: &[BgpSession]) -> String {
+    if sessions.is_empty() {
+        return "none (BIRD runs no BGP protocol)".to_owned();
+    }
+    let texts: Vec<String> = sessions
+        .iter()
+        .map(|s| {
+            let name = &s.protocol;
+            if s.established() {
+                format!("{name} established")
+            } else if s.disabled() {
+                format!("{name} disabled")
+            } else {
+                format!("{name} NOT ESTABLISHED ({}: {})", s.state, s.info)
+            }
+        })
+        .collect();
+    texts.join(", ")
 }
 
 #[cfg(test)]
