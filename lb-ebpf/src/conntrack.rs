@@ -478,14 +478,19 @@ pub fn insert(
     // needs no unconfirmed reply entry (see `replies_without_entry`).
     let remap = fullnat
         || !(replies_without_entry(&reply_key, key) || {
+            // A TCP packet past its SYN (placed mid-flow) may be a connection come in another
+            // way than the flow holding its key (see `take_over_moved`). Asked before the
+            // claim, not after one failed: a second claim would double what the verifier
+            // walks through the rest of the new-flow path.
+            take_over_moved(&reply_key, state);
             let mut confirmed = Owner::NONE;
-            // A TCP packet past its SYN (placed mid-flow) on a key a live flow holds may be
-            // that connection come in another way (see `take_over_moved`).
-            let held = Held::UNTIL_BACKEND_FORGETS;
-            let claimed = claim_reply(&reply_key, flow, now, held, &mut confirmed)
-                || (state >= tcp_state::ESTABLISHED
-                    && take_over_moved(&reply_key, svc.flags)
-                    && claim_reply(&reply_key, flow, now, held, &mut confirmed));
+            let claimed = claim_reply(
+                &reply_key,
+                flow,
+                now,
+                Held::UNTIL_BACKEND_FORGETS,
+                &mut confirmed,
+            );
             if claimed {
                 forget_ended_reply(confirmed, &reply_key);
             }

@@ -2949,9 +2949,10 @@ services:
 
 /// A TCP connection that moves between a remote entry node and the task's own node (the
 /// entry node failed or drained, and the client's packets now come here straight; or back)
-/// keeps its client port at the task and takes its replies along: another source port
-/// would only earn a RST. A SYN on the same client port is a new connection and still gets
-/// another port; so does a datagram.
+/// keeps its client port at the task and takes its replies along, confirmed or not yet:
+/// another source port would only earn a RST. A SYN on the same client port is a new
+/// connection and still gets another port; so does a packet past its SYN that came the same
+/// way as the flow holding the port (straight, to another node address).
 #[test]
 fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port() {
     if !e2e_enabled() {
@@ -2994,13 +2995,16 @@ fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port(
                 "{step}: delivered through the tunnel"
             );
         };
-        // The client's packet straight to this node: delivered from `seen`.
-        let straight = |lb: &mut Loaded, client: SocketAddrV4, flags: u8| {
+        // The client's packet straight to this node's `frontend`: delivered from `seen`.
+        let straight_to = |lb: &mut Loaded, client: SocketAddrV4, frontend, flags: u8| {
             let packet = Ipv4Frame::tcp(client, frontend, flags);
             let out = lb.run(&packet.build());
             let seen = parse_ipv4(&out.packet).expect("translated, valid").src;
             assert_eq!(out.packet, packet.with_dst(gwbridge).with_src(seen).build());
             seen
+        };
+        let straight = |lb: &mut Loaded, client: SocketAddrV4, flags: u8| {
+            straight_to(lb, client, frontend, flags)
         };
         // The task's answer to `to`: wrapped back to the peer from the task's ingress
         // address, or sent straight to the client from the frontend.
@@ -3056,17 +3060,39 @@ fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port(
         assert_ne!(seen.port(), other.port(), "a SYN gets another port");
         answer(&mut lb, other, other, true);
         answer(&mut lb, seen, other, false);
+
+        // Moved before it was confirmed: its SYN came through the tunnel, its ACK straight.
+        let early = sock(CLIENT, 41202);
+        through(&mut lb, early, TCP_SYN, "opened, not confirmed");
+        assert_eq!(
+            straight(&mut lb, early, TCP_ACK),
+            early,
+            "moved unconfirmed"
+        );
+        answer(&mut lb, early, early, false);
+
+        // The same way in: a flow straight here, then a packet of its client port past its
+        // SYN to another of the node's addresses (no entry): not the same connection.
+        let same_way = sock(CLIENT, 41203);
+        straight(&mut lb, same_way, TCP_SYN);
+        straight(&mut lb, same_way, TCP_ACK);
+        let seen = straight_to(&mut lb, same_way, sock(OWN, 8000), TCP_ACK);
+        assert_ne!(
+            seen.port(),
+            same_way.port(),
+            "the same way in: another port"
+        );
         let after = lb.stats();
         assert_deltas(
             &before,
             &after,
             &[
-                // The tunnel's SYN, the moves (each counted lost: mid-flow, no entry), and
-                // the SYN straight here.
-                (StatSlot::NewFlow, 5),
-                (StatSlot::FlowLost, 2),
-                (StatSlot::FlowConfirmed, 4),
-                (StatSlot::TunnelReceived, 6),
+                // Two SYNs through the tunnel and two straight here, and the packets placed
+                // mid-flow, each counted lost (no entry): three moves and the same-way one.
+                (StatSlot::NewFlow, 9),
+                (StatSlot::FlowLost, 4),
+                (StatSlot::FlowConfirmed, 5),
+                (StatSlot::TunnelReceived, 7),
                 (StatSlot::TunnelSent, 4),
             ],
         );

@@ -90,56 +90,102 @@ pub(super) fn forget_ended_reply(confirmed: u16, reply_key: &FlowKey) {
     }
 }
 
-/// Frees `reply_key` for a new flow (its service's flags `svc_flags`; `insert` then claims
-/// the key) whose TCP packet past its SYN came in another way than the live flow holding
-/// it: the same client port and task, so the same connection as the task sees it, once
-/// through the mesh tunnel to the task's delivery frontend and once straight to a frontend
-/// of this node. A client whose entry node failed or drained comes so to the task's own
-/// node, and back; another source port would only earn a RST. The old flow's reply and
-/// forward entries go, in both tables, so its own way in takes the connection back the same
-/// way. False, and nothing changed, if the key's holder came in the same way. (Not inlined:
-/// only such packets pay for it. Its frame sits where the port search's callback does,
-/// below `insert`'s, with the stack at its limit.)
+/// Frees `reply_key` for a new flow (as `insert` built it in `FLOW_SCRATCH`, its TCP state
+/// after its first packet `state`; `insert` then claims the key) whose TCP packet past its
+/// SYN (`ESTABLISHED` or `CLOSING`) came in another way than every flow holding the key:
+/// the same client port and task, so the same connection as the task sees it, once through
+/// the mesh tunnel to the task's delivery frontend and once straight to a frontend of this
+/// node. A client whose entry node failed or drained comes so to the task's own node, and
+/// back; another source port would only earn a RST. The old flow's reply and forward
+/// entries go, in both tables, so its own way in takes the connection back the same way.
+/// Nothing changes if a holder in either table came the same way (or under another source
+/// port): not the same connection. (Not inlined, and asking the scratch for the flow's
+/// service, not `insert`: its frame sits where the port search's callback does, below
+/// `insert`'s, with the stack at its limit, where `insert` has no room for one more value.)
 #[inline(never)]
-pub(super) fn take_over_moved(reply_key: &FlowKey, svc_flags: u32) -> bool {
-    let tunnel_only = svc_flags & service_flags::TUNNEL_ONLY != 0;
-    let in_confirmed = forget_moved(&CONNTRACK, reply_key, tunnel_only);
-    forget_moved(&PENDING, reply_key, tunnel_only) || in_confirmed
+pub(super) fn take_over_moved(reply_key: &FlowKey, state: u8) {
+    if state < tcp_state::ESTABLISHED {
+        return;
+    }
+    let Some(flow) = FLOW_SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, written by `insert` in this program run.
+    let tunnel_only = u32::from(unsafe { (*flow).service_flags }) & service_flags::TUNNEL_ONLY != 0;
+    let confirmed = holder(&CONNTRACK, reply_key, tunnel_only);
+    if confirmed == Holder::SAME_WAY {
+        return;
+    }
+    let pending = holder(&PENDING, reply_key, tunnel_only);
+    if pending == Holder::SAME_WAY {
+        return;
+    }
+    if confirmed == Holder::OTHER_WAY {
+        forget_moved(&CONNTRACK, reply_key);
+    }
+    if pending == Holder::OTHER_WAY {
+        forget_moved(&PENDING, reply_key);
+    }
 }
 
-/// `take_over_moved` in one table: removes the reply entry at `reply_key` and its flow's
-/// forward entry if that flow came in the other way (its service's `TUNNEL_ONLY` is not
-/// `tunnel_only`) and kept the client's port.
+/// Which way the holder of a reply key came in, relative to a new flow (see `holder`): a
+/// number, as `Owner` is.
+struct Holder;
+
+impl Holder {
+    const NONE: u8 = 0;
+    /// The same way as the new flow, or under a remapped source: not the same connection.
+    const SAME_WAY: u8 = 1;
+    /// Through the tunnel where the new flow came straight, or the other way round.
+    const OTHER_WAY: u8 = 2;
+}
+
+/// Who holds `reply_key` in `table` (a `Holder`) for a new flow that came through the
+/// tunnel (`tunnel_only`) or not: its service's `TUNNEL_ONLY` against `tunnel_only`.
+#[inline(always)]
+fn holder<const N: usize>(
+    table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
+    reply_key: &FlowKey,
+    tunnel_only: bool,
+) -> u8 {
+    let Some(reply) = table.get_ptr(reply_key) else {
+        return Holder::NONE;
+    };
+    // SAFETY: a map value, valid for this program run.
+    let r = unsafe { &*reply };
+    let through_tunnel = u32::from(r.service_flags) & service_flags::TUNNEL_ONLY != 0;
+    // A restored client port is never 0 (`restores_client`, in one compare, not four).
+    let remapped = r.snat_port_be != 0;
+    if r.kind != flow_kind::REPLY || remapped || through_tunnel == tunnel_only {
+        return Holder::SAME_WAY;
+    }
+    Holder::OTHER_WAY
+}
+
+/// Removes the reply entry at `reply_key` of `table` and its flow's forward entry (if that
+/// is still the flow it belongs to, see `owns_reply`).
 #[inline(always)]
 fn forget_moved<const N: usize>(
     table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
     reply_key: &FlowKey,
-    tunnel_only: bool,
-) -> bool {
-    let Some(reply) = table.get_ptr(reply_key) else {
-        return false;
-    };
-    let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: map values valid for this program run; the scratch key is this CPU's (see
-    // `owner`).
-    unsafe {
-        let r = &*reply;
-        let through_tunnel = u32::from(r.service_flags) & service_flags::TUNNEL_ONLY != 0;
-        if r.kind != flow_kind::REPLY || r.restores_client() || through_tunnel == tunnel_only {
-            return false;
-        }
-        write_forward_key(&mut *forward_key, reply_key, r);
-        let k = &*forward_key;
-        if let Some(forward) = table.get_ptr(k)
-            && owns_reply(&*forward, reply_key, r)
-        {
-            let _ = table.remove(k);
+) {
+    if let Some(reply) = table.get_ptr(reply_key)
+        && let Some(forward_key) = KEY_SCRATCH.get_ptr_mut(0)
+    {
+        // SAFETY: map values valid for this program run; the scratch key is this CPU's (see
+        // `owner`).
+        unsafe {
+            let r = &*reply;
+            write_forward_key(&mut *forward_key, reply_key, r);
+            let k = &*forward_key;
+            if let Some(forward) = table.get_ptr(k)
+                && owns_reply(&*forward, reply_key, r)
+            {
+                let _ = table.remove(k);
+            }
         }
     }
     let _ = table.remove(reply_key);
-    true
 }
 
 /// Who holds a reply key in a table (see `owner`): a number, not an enum, to come back
