@@ -68,6 +68,7 @@ pub mod netns;
 pub mod packet;
 pub mod progtest;
 pub mod rng;
+pub mod routing;
 pub mod scratch;
 pub mod servers;
 pub mod sock_seen;

@@ -482,7 +482,10 @@ fn register_bgp(registry: &mut Registry, bgp: &crate::api::BgpStatus) {
         "bgp_session_established",
         "1 for each BGP session of BIRD's that is established, 0 for one that is not (disabled ones left out), as lbd's last check found them.",
     );
-    for s in bgp.sessions.iter().flatten().filter(|s| !s.disabled()) {
+    let enabled = |s: &&crate::announce::BgpSession| {
+        s.condition() != crate::announce::SessionCondition::Disabled
+    };
+    for s in bgp.sessions.iter().flatten().filter(enabled) {
         sessions
             .get_or_create(&vec![("protocol", s.protocol.clone())])
             .set(i64::from(s.established()));

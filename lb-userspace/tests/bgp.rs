@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_testkit::{ChildGuard, Lbd, NameServer, Netns, TcpSession, e2e_enabled};
+use lb_testkit::{
+    ChildGuard, Lbd, NameServer, Netns, TcpSession, e2e_enabled,
+    routing::{birdc, next_hops, start_bird, wait_hops},
+};
 
 const VIP: &str = "198.18.100.1";
 /// BGP hold time of every session (BIRD's minimum is 3 s).
@@ -76,39 +79,6 @@ impl Dir {
     }
 }
 
-/// Starts BIRD in the foreground (so the guard owns it) with `conf`, its control socket in
-/// `dir`; waits (bounded) until the socket answers.
-fn start_bird(ns: &Netns, dir: &Path, conf: &str) -> ChildGuard {
-    let conf_path = dir.join("bird.conf");
-    std::fs::write(&conf_path, conf).expect("bird.conf");
-    let socket = dir.join("bird.ctl");
-    let _ = std::fs::remove_file(&socket);
-    let bird = ns
-        .spawn(
-            "bird",
-            &[
-                "-f",
-                "-c",
-                conf_path.to_str().unwrap(),
-                "-s",
-                socket.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .expect("bird (cargo xtask setup installs bird2)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "BIRD did not open {}: {}",
-            socket.display(),
-            bird.output_so_far()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bird
-}
-
 /// The router's BIRD: ECMP over a BGP session to each node, given as (local address, node
 /// address) for node A, then node B; then `extra`.
 fn router_conf(sessions: [(&str, &str); 2], extra: &str) -> String {
@@ -144,38 +114,6 @@ protocol bgp upstream {{
         include = include.display(),
         hold = HOLD.as_secs()
     )
-}
-
-/// The next hops of the router's kernel route to `vip` (empty: no route).
-fn next_hops(router: &Netns, vip: &str) -> BTreeSet<String> {
-    let out = router
-        .ip(&["-4", "route", "show", &format!("{vip}/32")])
-        // No route prints nothing; a failed `ip` must not read as a withdrawn route.
-        .expect("ip route show in the router");
-    let words: Vec<&str> = out.split_whitespace().collect();
-    words
-        .windows(2)
-        .filter(|w| w[0] == "via")
-        .map(|w| w[1].to_owned())
-        .collect()
-}
-
-/// Waits (bounded by `limit`) until the router's next hops for `vip` are `want`; answers
-/// how long it took.
-fn wait_hops(router: &Netns, vip: &str, want: &[&str], limit: Duration) -> Duration {
-    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
-    let start = Instant::now();
-    loop {
-        let got = next_hops(router, vip);
-        if got == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{vip}: next hops {got:?}, want {want:?} within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 struct Node {
@@ -258,15 +196,6 @@ impl Node {
     }
 }
 
-/// `birdc -s SOCKET ARGS`: what it printed.
-fn birdc(socket: &Path, args: &[&str]) -> String {
-    let mut birdc = std::process::Command::new("birdc");
-    birdc.arg("-s").arg(socket).args(args);
-    let out = lb_testkit::command::output_within(birdc, None, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("birdc {args:?}: {e:#}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Polls `node`'s `lbctl status` (bounded by `limit`) until it shows BIRD as running the VIPs
 /// with every BGP session established (`up`), or BIRD as not running them, and checks that
 /// lbctl then exits 0 (up) or 3 (not healthy); its `bgp` part.
@@ -301,6 +230,38 @@ fn wait_bird_shown_down(node: &Node, says: &[&str]) {
     let bgp = wait_bird_shown(node, false, Duration::from_secs(8));
     let error = bgp["last_error"].as_str().expect("an error");
     assert!(says.iter().all(|s| error.contains(s)), "{error}");
+}
+
+/// The router (its BIRD's socket `router_socket`) disables its session to node `a`: the
+/// router drops A's routes, and A's `lbctl status` says at its next look at BIRD that no
+/// session is established, and exits 3; once the router enables it again, 0.
+fn session_down_is_shown(a: &Node, router: &Netns, router_socket: &Path) {
+    assert!(birdc(router_socket, &["disable", "node_a"]).contains("disabled"));
+    wait_hops(router, VIP, &["198.18.10.6"], HOLD + Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (code, text, err) = loop {
+        let (code, text, err) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
+        if text.contains("upstream NOT ESTABLISHED") {
+            break (code, text, err);
+        }
+        assert!(Instant::now() < deadline, "session down not shown: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // BIRD's words for the state vary with timing (Active, Connect, Idle; "Received:
+    // Administrative shutdown" or "Socket: Connection reset by peer").
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        err.contains("no BGP session of BIRD's is established (upstream start"),
+        "{err}"
+    );
+    assert!(birdc(router_socket, &["enable", "node_a"]).contains("enabled"));
+    let bgp = wait_bird_shown(a, true, Duration::from_secs(15));
+    assert_eq!(bgp["sessions"][0]["protocol"], "upstream", "{bgp}");
+    let (_, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
+    assert!(
+        text.contains("bgp: sessions: upstream established"),
+        "{text}"
+    );
 }
 
 fn node(name: &'static str, router: &Netns, own: &'static str, peer: &'static str) -> Node {
@@ -553,38 +514,10 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     wait_hops(&router, VIP, &[A, B], converge);
     wait_bird_shown(&a, true, Duration::from_secs(8));
 
-    // 1c. The router shuts its session to node A down (`birdc disable`): BIRD on A runs the
-    // VIPs, but no router hears them. lbd says so at its next look, and again once the
-    // session is back.
-    let router_socket = rdir.0.join("bird.ctl");
-    assert!(birdc(&router_socket, &["disable", "node_a"]).contains("disabled"));
-    wait_hops(&router, VIP, &[B], within_hold);
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let (code, text) = loop {
-        let (code, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
-        if text.contains("upstream NOT ESTABLISHED") {
-            break (code, text);
-        }
-        assert!(Instant::now() < deadline, "session down not shown: {text}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(code, Some(3), "{text}");
-    let (_, _, err) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
-    // BIRD's words for why vary with timing ("Received: Administrative shutdown", or
-    // "Socket: Connection reset by peer").
-    assert!(
-        err.contains("BGP session upstream is not established (start: Active"),
-        "{err}"
-    );
-    assert!(birdc(&router_socket, &["enable", "node_a"]).contains("enabled"));
+    // 1c. The router shuts its session to node A down: A's BIRD runs the VIPs, but no
+    // router hears them.
+    session_down_is_shown(&a, &router, &rdir.0.join("bird.ctl"));
     wait_hops(&router, VIP, &[A, B], converge);
-    let bgp = wait_bird_shown(&a, true, Duration::from_secs(8));
-    assert_eq!(bgp["sessions"][0]["protocol"], "upstream", "{bgp}");
-    let (_, text, _) = a.lbd.lbctl_exit(&["status"]).expect("lbctl status");
-    assert!(
-        text.contains("bgp: sessions: upstream established"),
-        "{text}"
-    );
 
     // 2. Node A's link goes down (its side: the router only learns by the hold timer).
     a.ns.ip(&["link", "set", "up0", "down"]).expect("link down");

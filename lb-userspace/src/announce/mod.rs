@@ -48,15 +48,15 @@ pub enum AnnounceError {
     /// BIRD answers, but does not run the include file's protocols: `bird.conf` does not
     /// include it (any more), or BIRD is shutting down.
     #[error(
-        "BIRD at {} does not run {PROTOCOL_V4} from {} ({message}): check that bird.conf \
-         includes that file as deploy/bird/ shows",
+        "BIRD at {} does not run {PROTOCOL_V4} from {} ({why})",
         socket.display(),
         include.display()
     )]
     NotRunning {
         socket: PathBuf,
         include: PathBuf,
-        message: String,
+        /// What BIRD said, and the fix.
+        why: String,
     },
     /// BIRD reads its whole configuration again: the error may be in the operator's part of
     /// it (a half-finished edit), which BIRD's message names by file and line.
@@ -208,15 +208,20 @@ impl Announcer {
                 })
                 .collect());
         }
-        let message = match ours {
-            Some(row) => format!("its state is {}", row.state),
-            None if rows.is_empty() => lines.join(" | "),
-            None => "no such protocol".to_owned(),
+        let include_it = "check that bird.conf includes that file as deploy/bird/ shows";
+        let why = match ours {
+            Some(row) => format!(
+                "its state is {}: `birdc enable {PROTOCOL_V4}` if it was disabled, else BIRD's \
+                 log says why",
+                row.state
+            ),
+            None if rows.is_empty() => format!("{}: {include_it}", lines.join(" | ")),
+            None => format!("no such protocol: {include_it}"),
         };
         Err(AnnounceError::NotRunning {
             socket: self.settings.socket.clone(),
             include: self.settings.include.clone(),
-            message,
+            why,
         })
     }
 
@@ -243,15 +248,40 @@ pub struct BgpSession {
     pub info: String,
 }
 
+/// How a BGP session is, for the status, the metrics and the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionCondition {
+    Established,
+    /// Disabled by hand (`birdc disable`, or `disabled` in BIRD's configuration): nobody
+    /// expects it up.
+    Disabled,
+    /// Being set up, failing, or shut down by BIRD after an error (`down` with BIRD's
+    /// words why).
+    NotEstablished,
+}
+
 impl BgpSession {
-    pub fn established(&self) -> bool {
-        self.state == "up"
+    pub fn condition(&self) -> SessionCondition {
+        match self.state.as_str() {
+            "up" => SessionCondition::Established,
+            // A session BIRD shut down itself (`disable after error`, a route limit) is down
+            // too, but says why.
+            "down" if self.info.is_empty() => SessionCondition::Disabled,
+            _ => SessionCondition::NotEstablished,
+        }
     }
 
-    /// Disabled in BIRD (`birdc disable`, or `disabled` in its configuration): nobody
-    /// expects it up.
-    pub fn disabled(&self) -> bool {
-        self.state == "down"
+    pub fn established(&self) -> bool {
+        self.condition() == SessionCondition::Established
+    }
+
+    /// `start: Active Socket: Connection refused`, or `start` when BIRD says no more.
+    pub fn state_text(&self) -> String {
+        if self.info.is_empty() {
+            self.state.clone()
+        } else {
+            format!("{}: {}", self.state, self.info)
+        }
     }
 }
 
@@ -267,7 +297,8 @@ struct ProtocolRow<'a> {
 /// The rows of BIRD's reply to `show protocols`: code 1002, the first prefixed
 /// `1002-`, the rest by a space. Columns: name, protocol, table, state, since, info (the rest:
 /// `Active        Received: Administrative shutdown`). Split at whitespace, not at the
-/// header's offsets: a long name shifts its row.
+/// header's offsets: a long name shifts its row. Since is a time, or a date and a time
+/// (`timeformat protocol iso long`): the words after the state that start with a digit.
 fn protocol_rows(lines: &[String]) -> Vec<ProtocolRow<'_>> {
     let mut rows = Vec::new();
     let mut in_table = false;
@@ -287,12 +318,14 @@ fn protocol_rows(lines: &[String]) -> Vec<ProtocolRow<'_>> {
         else {
             continue;
         };
-        let _since = fields.next();
+        let info: Vec<&str> = fields
+            .skip_while(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
         rows.push(ProtocolRow {
             name,
             proto,
             state,
-            info: fields.collect::<Vec<_>>().join(" "),
+            info: info.join(" "),
         });
     }
     rows
@@ -379,8 +412,9 @@ fn bird_command_within(
 
 fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
     let mut lines = Vec::new();
-    // Bounded: a reply to `configure` is a few lines.
-    for _ in 0..1000 {
+    // Bounded: a reply to `configure` is a few lines, one to `show protocols` a line per
+    // protocol (dynamic BGP makes one per peer).
+    for _ in 0..100_000 {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(

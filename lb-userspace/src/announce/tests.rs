@@ -147,13 +147,15 @@ fn a_queued_reconfiguration_is_accepted() {
 }
 
 /// BIRD 2.0.12's reply to `show protocols` (read from a real one): the include file's
-/// protocol up, a session established, one a router shut down, and one never set up.
+/// protocol up, a session established, one a router shut down, one disabled, and one BIRD
+/// shut down on an error (that row made up, with a date in its since column).
 const SHOW_PROTOCOLS: &str = "2002-Name       Proto      Table      State  Since         Info\n\
      1002-device1    Device     ---        up     05:16:26.870  \n \
      meshlb_vips4 Static     master4    up     05:16:26.870  \n \
      router_2   BGP        ---        up     05:16:30.880  Established   \n \
      router_3   BGP        ---        start  05:16:34.650  Active        Received: Administrative shutdown\n \
-     nowhere    BGP        ---        down   05:16:26.870  \n\
+     nowhere    BGP        ---        down   05:16:26.870  \n \
+     limited    BGP        ---        down   2026-12-07 05:16:26  Error: Route limit exceeded\n\
      0000 \n";
 
 /// The check between changes: BIRD runs the include file's protocol, and its BGP sessions
@@ -181,14 +183,18 @@ fn a_check_asks_bird_for_the_include_files_protocol_and_the_bgp_sessions() {
                 "Active Received: Administrative shutdown"
             ),
             session("nowhere", "down", ""),
+            // Since as a date and a time (`timeformat protocol iso long`).
+            session("limited", "down", "Error: Route limit exceeded"),
         ]
     );
+    // Down and silent: disabled by hand. Down with BIRD's words: shut down by BIRD itself.
+    use SessionCondition::*;
     assert_eq!(
         sessions
             .iter()
-            .map(|s| (s.established(), s.disabled()))
+            .map(BgpSession::condition)
             .collect::<Vec<_>>(),
-        [(true, false), (false, false), (false, true)]
+        [Established, NotEstablished, Disabled, NotEstablished]
     );
     drop(commands);
     for (reply, says) in [
@@ -197,11 +203,11 @@ fn a_check_asks_bird_for_the_include_files_protocol_and_the_bgp_sessions() {
                 "meshlb_vips4 Static     master4    up",
                 "meshlb_vips4 Static     master4    down",
             ),
-            "its state is down",
+            "its state is down: `birdc enable meshlb_vips4`",
         ),
         (
             SHOW_PROTOCOLS.replace("meshlb_vips4", "other_static"),
-            "no such protocol",
+            "no such protocol: check that bird.conf includes that file",
         ),
     ] {
         let _ = std::fs::remove_file(&settings.socket);

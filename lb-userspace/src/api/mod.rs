@@ -96,8 +96,8 @@ pub struct BgpStatus {
     /// runs them (`None`: not asked yet, just after lbd started).
     pub in_sync: Option<bool>,
     /// BIRD's BGP sessions, which carry the VIPs to the routers, as the last check found them
-    /// (every 5 s while the VIPs do not change); `None`: not checked yet, or BIRD did not
-    /// answer it.
+    /// (every few seconds while the VIPs do not change); `None`: not checked yet, or BIRD did
+    /// not answer it.
     #[serde(default)]
     pub sessions: Option<Vec<crate::announce::BgpSession>>,
     /// Rounds (one a second while a change is refused, one per check otherwise) in which
@@ -115,8 +115,8 @@ pub struct BgpStatus {
 impl Status {
     /// What is wrong, though lbd answers: a failed change not undone (`degraded`), an
     /// interface deleted (`missing`), the swarm's Engine not answering, BIRD not taking the
-    /// VIPs, a BGP session of BIRD's not established (but for disabled ones), or where they
-    /// are announced not recorded. Empty: healthy.
+    /// VIPs, none of BIRD's BGP sessions established, or where they are announced not
+    /// recorded. Empty: healthy.
     /// `lbctl status` exits `Unhealthy::EXIT_CODE` when there is any.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
@@ -146,18 +146,19 @@ impl Status {
             if let Some(e) = &bgp.record_error {
                 problems.push(format!("where lbd announces is not recorded: {e}"));
             }
-            let sessions = bgp.sessions.iter().flatten();
-            problems.extend(
-                sessions
-                    .filter(|s| !s.established() && !s.disabled())
-                    .map(|s| {
-                        format!(
-                            "BGP session {} is not established ({}: {}): its router hears none \
-                             of the VIPs",
-                            s.protocol, s.state, s.info
-                        )
-                    }),
-            );
+            if let Some(sessions) = bgp.sessions.as_ref().filter(|s| !s.is_empty())
+                && !sessions.iter().any(|s| s.established())
+            {
+                let each: Vec<String> = sessions
+                    .iter()
+                    .map(|s| format!("{} {}", s.protocol, s.state_text()))
+                    .collect();
+                problems.push(format!(
+                    "no BGP session of BIRD's is established ({}): no router hears the VIPs; \
+                     `birdc show protocols all NAME` says more",
+                    each.join(", ")
+                ));
+            }
         }
         problems
     }
@@ -579,8 +580,8 @@ mod tests {
                 "where lbd announces is not recorded: disk full",
             ]
         );
-        // A BGP session not established is a problem; established or disabled ones are not
-        // (a status without sessions is one from before lbd checked them).
+        // No BGP session established is a problem; one established is enough (a router
+        // hears the VIPs).
         let mut with_sessions = bgp(Some(true), None);
         with_sessions["sessions"] = serde_json::json!([
             { "protocol": "router_a", "state": "up", "info": "Established" },
@@ -588,11 +589,19 @@ mod tests {
               "info": "Active Received: Administrative shutdown" },
             { "protocol": "old", "state": "down", "info": "" },
         ]);
+        assert!(
+            status(serde_json::json!({ "bgp": with_sessions.clone() }))
+                .problems()
+                .is_empty(),
+            "one established: a router hears the VIPs"
+        );
+        with_sessions["sessions"][0]["state"] = "start".into();
         assert_eq!(
             status(serde_json::json!({ "bgp": with_sessions })).problems(),
             [
-                "BGP session router_b is not established (start: Active Received: \
-                 Administrative shutdown): its router hears none of the VIPs"
+                "no BGP session of BIRD's is established (router_a start: Established, \
+                 router_b start: Active Received: Administrative shutdown, old down): no router \
+                 hears the VIPs; `birdc show protocols all NAME` says more"
             ]
         );
         assert!(

@@ -11,7 +11,7 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
-    announce::{BgpSession, BirdSettings},
+    announce::{BgpSession, BirdSettings, SessionCondition},
     api::BgpStatus,
 };
 
@@ -138,26 +138,28 @@ impl AnnounceHealth {
     }
 }
 
-/// Logs each BGP session that is established now and was not at the last check, or the
-/// other way round (a session seen for the first time only if it is not established).
+/// Logs each BGP session whose condition changed since the last check (one not known then:
+/// unless it is established).
 fn log_session_changes(before: &[BgpSession], now: &[BgpSession]) {
     for session in now {
-        let was = before.iter().find(|b| b.protocol == session.protocol);
-        let established = session.established();
-        if was.is_some_and(|b| b.established() == established) || (was.is_none() && established) {
+        let was = before
+            .iter()
+            .find(|b| b.protocol == session.protocol)
+            .map(BgpSession::condition);
+        let condition = session.condition();
+        if was == Some(condition) || (was.is_none() && condition == SessionCondition::Established) {
             continue;
         }
         let name = &session.protocol;
-        if established {
-            info!(protocol = %name, "BGP session established again");
-        } else if !session.disabled() {
-            warn!(
+        match condition {
+            SessionCondition::Established => info!(protocol = %name, "BGP session established"),
+            SessionCondition::Disabled => info!(protocol = %name, "BGP session disabled"),
+            SessionCondition::NotEstablished => warn!(
                 protocol = %name,
-                state = %session.state,
                 "BGP session not established ({}): the router it leads to hears none of this \
-                 node's VIPs",
-                session.info
-            );
+                 node's VIPs through it",
+                session.state_text()
+            ),
         }
     }
 }

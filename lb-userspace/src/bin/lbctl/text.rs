@@ -1,7 +1,7 @@
 //! lbctl's plain-text rendering: aligned tables, cells and names as the operator reads them.
 
 use lb_userspace::{
-    announce::BgpSession,
+    announce::{BgpSession, SessionCondition},
     api::{BackendHealth, BgpStatus, ServiceList},
     source::{
         file::{BackendSpec, PortMapping},
@@ -185,12 +185,12 @@ fn sessions_text(sessions: &[BgpSession]) -> String {
         .iter()
         .map(|s| {
             let name = &s.protocol;
-            if s.established() {
-                format!("{name} established")
-            } else if s.disabled() {
-                format!("{name} disabled")
-            } else {
-                format!("{name} NOT ESTABLISHED ({}: {})", s.state, s.info)
+            match s.condition() {
+                SessionCondition::Established => format!("{name} established"),
+                SessionCondition::Disabled => format!("{name} disabled"),
+                SessionCondition::NotEstablished => {
+                    format!("{name} NOT ESTABLISHED ({})", s.state_text())
+                }
             }
         })
         .collect();
