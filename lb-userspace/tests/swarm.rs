@@ -5,8 +5,11 @@
 //! Engine that stops answering leaves forwarding as it was; long-lived connections through the
 //! mesh keep their task, also when the address they connected to moves to the other node
 //! (`held`); large transfers cross it at underlay MTUs 1500 and 1400
-//! (`bulk`).
+//! (`bulk`). A service's policy VIP announced by both nodes through BGP keeps its
+//! connections when a node leaves the ECMP route (`anycast`).
 
+#[path = "swarm/anycast.rs"]
+mod anycast;
 #[path = "swarm/bulk.rs"]
 mod bulk;
 #[path = "swarm/held.rs"]
@@ -38,6 +41,15 @@ const EVERY_TASK: usize = 64;
 
 fn lbd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lbd"))
+}
+
+/// Two labs at once would share two cores between four dockerds.
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_lab() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// With the systemd unit's capabilities only: this test exercises every part of `--swarm`
@@ -168,6 +180,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     if !e2e_enabled() {
         return;
     }
+    let _one = one_lab();
     let mut lab = SwarmLab::start().expect("swarm lab");
     // A second's grace to stop (httpd ignores SIGTERM): scale-downs and updates go faster.
     lab.create_service(
@@ -657,4 +670,27 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
     }
     drop(lbs);
     lab.remove_services().expect("cleanup services");
+}
+
+/// A swarm service's policy VIP, announced by both nodes through BGP to a router that
+/// spreads connections over them (`anycast`): connections survive a node leaving the route
+/// and coming back.
+#[test]
+fn a_swarm_vip_behind_ecmp_keeps_connections_when_a_node_leaves_the_route() {
+    if !e2e_enabled() {
+        return;
+    }
+    let _one = one_lab();
+    let lab = SwarmLab::start().expect("swarm lab");
+    lab.create_published(
+        anycast::SERVICE,
+        4,
+        &[Publish::ingress(anycast::PORT, WHO_PORT, Proto::Tcp)],
+        &["--placement-pref", "spread=node.id"],
+    )
+    .expect("anycast");
+    lab.wait_running(anycast::SERVICE, 4, TASKS)
+        .expect("anycast tasks");
+    engines_list(&lab, "ingress", anycast::SERVICE, 4);
+    anycast::connections_survive_a_node_leaving_the_ecmp_route(&lab, lbd());
 }

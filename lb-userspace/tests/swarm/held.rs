@@ -30,18 +30,18 @@ const ROUND: Duration = Duration::from_secs(5);
 const PROGRAMMED: Duration = Duration::from_secs(6);
 
 /// One held connection, the task it reached first and the client port that task sees.
-struct Held {
+pub struct Held {
     session: TcpSession,
-    task: String,
+    pub task: String,
     seen_port: u16,
 }
 
 /// What one round of requests over the held connections found.
-struct Round {
+pub struct Round {
     /// Connections answered by their own task.
-    kept: usize,
+    pub kept: usize,
     /// Connections that failed (index, error); checked by the caller.
-    failed: Vec<(usize, String)>,
+    pub failed: Vec<(usize, String)>,
 }
 
 /// Opens the connections, then: `held` 4 -> 6 tasks, 6 -> 4, a rolling update of `rolled`
@@ -223,24 +223,9 @@ const ON_FLOATING: usize = 40;
 /// from its task, which sees the client's port as before: the connections entering by the
 /// tunnel now come straight to their task's node, and the others take the tunnel from there.
 pub fn survive_an_address_moving_between_nodes(lab: &SwarmLab, lbs: &[Lbd]) {
-    let tasks = all_tasks(lab);
     let target: SocketAddr = format!("{FLOATING}:{PORT}").parse().unwrap();
     move_floating(lab, lbs, None, 0);
-    let mut held: Vec<Held> = (0..ON_FLOATING)
-        .map(|i| {
-            let mut session = TcpSession::connect(&lab.client, target, ROUND)
-                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
-            let reply = session
-                .request()
-                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
-            assert!(tasks.contains(&reply.backend), "{reply:?} not in {tasks:?}");
-            Held {
-                task: reply.backend,
-                seen_port: reply.seen_port,
-                session,
-            }
-        })
-        .collect();
+    let mut held = open_to(lab, SERVICE, target, ON_FLOATING);
     let remote = local_tasks(&lab.nodes[1], SERVICE);
     let through_tunnel = held.iter().filter(|h| remote.contains(&h.task)).count();
     assert!(
@@ -270,6 +255,34 @@ pub fn survive_an_address_moving_between_nodes(lab: &SwarmLab, lbs: &[Lbd]) {
         .ns
         .ip(&["addr", "del", &format!("{FLOATING}/32"), "dev", "eth0"])
         .expect("the floating address removed");
+    lab.client
+        .ip(&["neigh", "del", FLOATING, "dev", "eth0"])
+        .expect("the client's neighbour entry removed");
+}
+
+/// `n` connections from the client to `target`, each asked once: the task of `service` it
+/// reached and the port that task sees.
+pub fn open_to(lab: &SwarmLab, service: &str, target: SocketAddr, n: usize) -> Vec<Held> {
+    let tasks: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|node| local_tasks(node, service))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let mut session = TcpSession::connect(&lab.client, target, ROUND)
+                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
+            let reply = session
+                .request()
+                .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
+            assert!(tasks.contains(&reply.backend), "{reply:?} not in {tasks:?}");
+            Held {
+                task: reply.backend,
+                seen_port: reply.seen_port,
+                session,
+            }
+        })
+        .collect()
 }
 
 /// Puts `FLOATING` on node `to`'s underlay port (off node `from`'s), waits until `to`'s lbd
@@ -378,7 +391,7 @@ fn open(lab: &SwarmLab, tasks: &BTreeSet<String>) -> Vec<Held> {
 
 /// One request over every held connection, all at once (a connection that no longer answers
 /// costs one `ROUND`, not one each).
-fn ask_all(held: &mut [Held]) -> Round {
+pub fn ask_all(held: &mut [Held]) -> Round {
     let results: Vec<Result<String, String>> = std::thread::scope(|scope| {
         let asks: Vec<_> = held
             .iter_mut()

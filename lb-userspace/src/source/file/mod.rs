@@ -364,6 +364,9 @@ impl fmt::Display for BackendSpec {
 /// What the service file says about one swarm service; every node reads the same file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SwarmPolicy {
+    /// An address the service's published ports also answer on, beside the node addresses:
+    /// the same on every node, so it can be announced (`lbd.bgp`) and routed by ECMP.
+    pub vip: Option<IpAddr>,
     pub scheduler: Scheduler,
     pub forwarding: Forwarding,
     pub affinity: Affinity,
@@ -380,6 +383,7 @@ pub struct SwarmPolicy {
 impl Default for SwarmPolicy {
     fn default() -> Self {
         Self {
+            vip: None,
             scheduler: Scheduler::default(),
             forwarding: Forwarding::default(),
             // A published port answers on every node address: a connection gets the same

@@ -27,11 +27,13 @@ pub(super) struct RawFile {
     swarm: Option<BTreeMap<String, Option<RawSwarmPolicy>>>,
 }
 
-/// A swarm service's policy: a service's fields less those the swarm gives (vip, ports,
-/// backends), plus which published ports are UDP (the Engine does not say on workers).
+/// A swarm service's policy: a service's fields less those the swarm gives (ports,
+/// backends), plus which published ports are UDP (the Engine does not say on workers); its
+/// `vip` is one more address its ports answer on.
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSwarmPolicy {
+    vip: Option<Scalar>,
     scheduler: Option<Scalar>,
     forwarding: Option<Scalar>,
     affinity: Option<Scalar>,
@@ -472,7 +474,24 @@ pub(super) fn swarm_policy_from_raw(
             ));
         }
     };
+    let vip = raw
+        .vip
+        .map(|Scalar(text)| {
+            let vip = parse_address(&text, "vip").map_err(|m| cx.invalid("swarm.vip", m))?;
+            if vip.is_ipv6() {
+                return Err(cx.invalid(
+                    "swarm.vip",
+                    format!(
+                        "{text} is IPv6, and the swarm's tasks are reached at their IPv4 \
+                         addresses; give an IPv4 address"
+                    ),
+                ));
+            }
+            Ok(vip)
+        })
+        .transpose()?;
     Ok(SwarmPolicy {
+        vip,
         local_first,
         scheduler,
         forwarding: cx.keyword("swarm.forwarding", raw.forwarding)?,

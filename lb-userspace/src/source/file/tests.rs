@@ -86,6 +86,22 @@ fn swarm_policies_are_read_and_checked() {
         "swarm.maglev_table_size",
     );
     assert!(message.contains("not prime"), "{message}");
+    let file = parse("services: {}\nswarm:\n  web:\n    vip: 198.18.100.50\n").unwrap();
+    assert_eq!(
+        file.swarm["web"].vip,
+        Some("198.18.100.50".parse().unwrap())
+    );
+    let message = error(
+        "services: {}\nswarm:\n  web:\n    vip: fd00:100::50\n",
+        Some("web"),
+        "swarm.vip",
+    );
+    assert!(message.contains("give an IPv4 address"), "{message}");
+    error(
+        "services: {}\nswarm:\n  web:\n    vip: 198.18.100\n",
+        Some("web"),
+        "swarm.vip",
+    );
     // What the swarm gives is not the file's to say.
     let message = syntax_error("services: {}\nswarm:\n  web:\n    backends: [198.18.2.1]\n");
     assert!(message.contains("unknown field `backends`"), "{message}");

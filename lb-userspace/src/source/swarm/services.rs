@@ -90,6 +90,11 @@ impl SwarmServices {
     }
 }
 
+/// The name of a service's policy VIP service: its own name and this. No swarm service is
+/// named so (Docker's names are DNS labels, without dots), nor a task's delivery frontend
+/// (`SERVICE.SLOT.ID`); an operator's service that is wins, as any name it takes.
+pub const POLICY_VIP_SUFFIX: &str = ".vip";
+
 /// Overlay networks beyond this many get no VIP service (one bit each in a namespace's
 /// scope mask; bit 0 is the node's).
 const MAX_VIP_NETWORKS: usize = lb_common::maps::sock_netns::MAX_SCOPE as usize;
@@ -114,7 +119,7 @@ pub fn services(
         let backends = backends(service, policy, &mut details);
         if !ports.is_empty() {
             add_delivery(name, service, policy, &ports, &mut out.delivery_specs);
-            out.specs.push(ServiceSpec {
+            let published = ServiceSpec {
                 name: name.clone(),
                 vip: None,
                 ports,
@@ -128,7 +133,16 @@ pub fn services(
                 health: None,
                 socket_scope: 0,
                 tunnel_only: false,
+            };
+            // The policy's VIP: the same ports and tasks at one more address, the same on
+            // every node (announced through BIRD like any VIP with a usable backend).
+            let on_vip = policy.vip.map(|vip| ServiceSpec {
+                name: format!("{name}{POLICY_VIP_SUFFIX}"),
+                vip: Some(vip),
+                ..published.clone()
             });
+            out.specs.push(published);
+            out.specs.extend(on_vip);
         }
         out.details.insert(name.clone(), details);
     }
@@ -865,6 +879,45 @@ mod tests {
         let out = services(&snap, &policies, &BTreeMap::new());
         assert_eq!(out.specs[0].backends.len(), 2);
         assert!(out.details["web"].unused_tasks.contains_key("web.3.c"));
+
+        // The policy's VIP: the same ports and tasks at that address too, a routable
+        // service (announced while a task takes flows).
+        let policies = [(
+            "web".to_owned(),
+            SwarmPolicy {
+                vip: Some(ip("198.18.100.50")),
+                ..Default::default()
+            },
+        )]
+        .into();
+        let out = services(&snap, &policies, &BTreeMap::new());
+        let [published, on_vip] = &out.specs[..] else {
+            panic!("two services: {:?}", out.specs);
+        };
+        assert_eq!(on_vip.name, "web.vip");
+        assert_eq!(
+            (published.vip, on_vip.vip),
+            (None, Some(ip("198.18.100.50")))
+        );
+        assert_eq!(on_vip.ports, published.ports);
+        assert_eq!(on_vip.backends, published.backends);
+        assert_eq!(on_vip.affinity, Affinity::AnyNode);
+        assert_eq!((on_vip.socket_scope, on_vip.tunnel_only), (0, false));
+        // Merged as lbd merges the swarm's services (which checks them in the file's terms).
+        let merged = crate::source::api_state::ApiState::default()
+            .merge_with_swarm(&Default::default(), &out.specs)
+            .expect("merged");
+        assert!(
+            merged.swarm_refused.is_empty(),
+            "{:?}",
+            merged.swarm_refused
+        );
+        let planned = crate::plan::plan(&merged.file, &[ip("198.18.50.1")]).expect("planned");
+        assert_eq!(
+            planned.announced_vips(),
+            [ip("198.18.100.50")].into(),
+            "announced"
+        );
     }
 
     #[test]

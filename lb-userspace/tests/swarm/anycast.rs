@@ -1,0 +1,212 @@
+//! A swarm service's policy VIP behind ECMP (issue 15 with the mesh): each node's `lbd`
+//! announces the VIP through its own BIRD to a router (a BIRD in the client's namespace, its
+//! kernel spreading connections over both nodes by their ports). Connections to the VIP
+//! enter both nodes and reach tasks on both; when one node's BIRD dies, the router sends
+//! every connection to the other node, and when it comes back, some back again: each
+//! connection answers from its task, which sees the client's port as before.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_testkit::{
+    ChildGuard, Lbd, ScratchPath,
+    routing::{start_bird, wait_hops},
+    swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, start_lbd_with},
+};
+
+use super::{
+    TASKS, backends,
+    held::{Held, ask_all, open_to},
+    local_tasks, within,
+};
+
+/// The service held to, its published port (the name server), and its policy VIP.
+pub const SERVICE: &str = "anycast";
+pub const PORT: u16 = 82;
+const VIP: &str = "198.18.100.50";
+const CONNECTIONS: usize = 40;
+/// The BGP hold time the nodes and the router agree on: how long the router takes to drop a
+/// node whose BIRD died.
+const HOLD_S: u64 = 3;
+/// How long the router may take to learn a route (sessions set up, BIRD reconfigured).
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// One node's BIRD and what lbd writes for it.
+struct Speaker {
+    dir: ScratchPath,
+    bird: Option<ChildGuard>,
+}
+
+impl Speaker {
+    fn include(&self) -> PathBuf {
+        self.dir.join("vips.conf")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+
+    /// Starts the node's BIRD: one session to the router, exporting lbd's VIPs.
+    fn start(&mut self, node: &SwarmNode) {
+        let conf = format!(
+            "router id {own};
+include \"{include}\";
+protocol device {{ scan time 1; }}
+protocol bgp upstream {{
+  local {own} as 65010; neighbor {CLIENT_ADDR} as 65000;
+  hold time {HOLD_S}; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;
+  ipv4 {{ import none; export where proto = \"meshlb_vips4\"; next hop self; }};
+}}
+",
+            own = node.addr,
+            include = self.include().display(),
+        );
+        self.bird = Some(start_bird(&node.ns, &self.dir, &conf));
+    }
+
+    /// Kills its BIRD: the session drops without a word to the router.
+    fn kill(&mut self) {
+        let mut bird = self.bird.take().expect("bird");
+        bird.signal(libc::SIGKILL).expect("kill bird");
+        let _ = bird.wait_timeout(Duration::from_secs(5));
+    }
+}
+
+/// The router in the client's namespace: a session to each node, both next hops installed,
+/// connections spread over them by their ports.
+fn start_router(lab: &SwarmLab, dir: &Path) -> ChildGuard {
+    lab.client
+        .set_sysctl("net.ipv4.fib_multipath_hash_policy", "1")
+        .expect("ECMP by ports");
+    let sessions: String = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "protocol bgp node_{i} from node {{ neighbor {addr} as 65010; }}\n",
+                i = n.index,
+                addr = n.addr
+            )
+        })
+        .collect();
+    let conf = format!(
+        "router id {CLIENT_ADDR};
+protocol device {{ scan time 1; }}
+protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}
+template bgp node {{
+  local {CLIENT_ADDR} as 65000;
+  hold time {HOLD_S}; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;
+  ipv4 {{ import all; export none; }};
+}}
+{sessions}"
+    );
+    start_bird(&lab.client, dir, &conf)
+}
+
+/// `lbd` on `node`, serving `SERVICE` on `VIP` too and announcing it through `speaker`'s
+/// BIRD (started once lbd wrote the include file it reads).
+fn start_node(lbd: &Path, node: &SwarmNode, speaker: &mut Speaker) -> Lbd {
+    let services = format!(
+        "swarm:\n  {SERVICE}: {{ vip: {VIP} }}\nservices: {{}}\nlbd:\n  bgp:\n    bird_include: \
+         {}\n    birdc_socket: {}\n",
+        speaker.include().display(),
+        speaker.socket().display()
+    );
+    let lb = start_lbd_with(lbd, node, &services, &[]).expect("lbd --swarm with BGP");
+    within(
+        Duration::from_secs(5),
+        "lbd writes BIRD's include file",
+        || speaker.include().exists(),
+    );
+    speaker.start(node);
+    lb
+}
+
+/// New flows `lb` counted for `SERVICE`'s VIP.
+fn new_flows_on_vip(lb: &Lbd) -> u64 {
+    let stats = lb.lbctl_json(&["stats"]).expect("lbctl stats");
+    stats["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == format!("{SERVICE}.vip"))
+        .filter_map(|s| s["totals"]["new_flows"].as_u64())
+        .sum()
+}
+
+pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &Path) {
+    let mut speakers: Vec<Speaker> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            let dir = ScratchPath::temp(&format!("anycast-bird{}", n.index), "");
+            std::fs::create_dir_all(&*dir).expect("BIRD's directory");
+            Speaker { dir, bird: None }
+        })
+        .collect();
+    let lbs: Vec<Lbd> = lab
+        .nodes
+        .iter()
+        .zip(&mut speakers)
+        .map(|(node, speaker)| start_node(lbd, node, speaker))
+        .collect();
+    for lb in &lbs {
+        within(TASKS, "lbd programs the 4 tasks on the VIP", || {
+            backends(lb, &format!("{SERVICE}.vip")) == Some(4)
+        });
+    }
+    let router_dir = ScratchPath::temp("anycast-router", "");
+    std::fs::create_dir_all(&*router_dir).expect("the router's directory");
+    let _router = start_router(lab, &router_dir);
+    let [one, two] = [lab.nodes[0].addr, lab.nodes[1].addr].map(|a| a.to_string());
+    let took = wait_hops(&lab.client, VIP, &[&one, &two], CONVERGE);
+    println!("anycast: {VIP} via both nodes after {took:?}");
+
+    let target: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
+    let mut held: Vec<Held> = open_to(lab, SERVICE, target, CONNECTIONS);
+    let entered: Vec<u64> = lbs.iter().map(new_flows_on_vip).collect();
+    assert!(
+        entered.iter().all(|&n| n > 0),
+        "the router spreads the connections over both nodes: {entered:?}"
+    );
+    let remote = local_tasks(&lab.nodes[1], SERVICE);
+    let on_two = held.iter().filter(|h| remote.contains(&h.task)).count();
+    assert!(
+        (1..CONNECTIONS).contains(&on_two),
+        "connections reach the tasks of both nodes: {on_two} of {CONNECTIONS} node 2's"
+    );
+
+    // Node 1's BIRD dies: the router drops it within the hold time, and every connection
+    // now enters node 2, which reaches node 1's tasks through the tunnel.
+    speakers[0].kill();
+    let took = wait_hops(&lab.client, VIP, &[&two], Duration::from_secs(HOLD_S + 3));
+    let round = ask_all(&mut held);
+    assert!(
+        round.failed.is_empty(),
+        "node 1 left the route ({took:?}): every connection answers from its task, which sees \
+         its port as before: {:?}",
+        round.failed
+    );
+    println!(
+        "anycast: node 1 left the route after {took:?}: {} connections kept ({on_two} to node \
+         2's tasks)",
+        round.kept
+    );
+
+    // Back: the router spreads the connections over both nodes again.
+    speakers[0].start(&lab.nodes[0]);
+    let took = wait_hops(&lab.client, VIP, &[&one, &two], CONVERGE);
+    let round = ask_all(&mut held);
+    assert!(
+        round.failed.is_empty(),
+        "node 1 back in the route: every connection answers from its task: {:?}",
+        round.failed
+    );
+    println!(
+        "anycast: node 1 back after {took:?}: {} connections kept",
+        round.kept
+    );
+}
