@@ -3087,7 +3087,7 @@ fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port(
             &before,
             &after,
             &[
-                // Two SYNs through the tunnel and two straight here, and the packets placed
+                // Three SYNs through the tunnel and two straight here, and the packets placed
                 // mid-flow, each counted lost (no entry): three moves and the same-way one.
                 (StatSlot::NewFlow, 9),
                 (StatSlot::FlowLost, 4),

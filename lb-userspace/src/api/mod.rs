@@ -595,11 +595,12 @@ mod tests {
                 .is_empty(),
             "one established: a router hears the VIPs"
         );
-        with_sessions["sessions"][0]["state"] = "start".into();
+        with_sessions["sessions"][0] =
+            serde_json::json!({ "protocol": "router_a", "state": "start", "info": "Connect" });
         assert_eq!(
             status(serde_json::json!({ "bgp": with_sessions })).problems(),
             [
-                "no BGP session of BIRD's is established (router_a start: Established, \
+                "no BGP session of BIRD's is established (router_a start: Connect, \
                  router_b start: Active Received: Administrative shutdown, old down): no router \
                  hears the VIPs; `birdc show protocols all NAME` says more"
             ]

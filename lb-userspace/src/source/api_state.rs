@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::file::{BackendSpec, ConfigError, ServiceFile, ServiceSpec};
+use crate::source::file::{BackendSpec, ConfigError, POLICY_VIP_SUFFIX, ServiceFile, ServiceSpec};
 
 /// A backend as the API names it: its address and, if given, its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -156,9 +156,21 @@ impl ApiState {
             }
         }
         for spec in swarm {
+            // A swarm service's policy VIP (its published ports there too) is not Docker's to
+            // rename or republish: the fix is its policy's.
+            let of_policy = spec
+                .name
+                .strip_suffix(POLICY_VIP_SUFFIX)
+                .filter(|_| spec.socket_scope == 0 && !spec.tunnel_only);
             let refusal = if let Some(source) = merged.sources.get(&spec.name) {
+                let fix = match of_policy {
+                    Some(base) => format!(
+                        "rename that one, or drop the vip from the swarm policy of {base:?}"
+                    ),
+                    None => "rename one of them".to_owned(),
+                };
                 Some(format!(
-                    "the {} already has a service named {:?}; rename one of them",
+                    "the {} already has a service named {:?}; {fix}",
                     match source {
                         Source::File => "service file",
                         Source::Api => "API state",
@@ -166,14 +178,21 @@ impl ApiState {
                     },
                     spec.name
                 ))
+            } else if let Some(base) = of_policy.filter(|b| merged.swarm_refused.contains_key(*b)) {
+                Some(format!(
+                    "{base:?} is not served (see it), so neither is its policy vip"
+                ))
             } else if let Some((port, owner)) = spec.ports.iter().find_map(|m| {
                 claimed
                     .get(&(spec.vip, m.frontend, m.protocol))
                     .map(|owner| (m, owner))
             }) {
+                let fix = match of_policy {
+                    Some(base) => format!("give the swarm policy of {base:?} another vip"),
+                    None => format!("publish another port or remove it from {owner:?}"),
+                };
                 Some(format!(
-                    "port {}/{} is already published by service {owner:?}; publish another \
-                     port or remove it from {owner:?}",
+                    "port {}/{} is already published by service {owner:?}; {fix}",
                     port.frontend, port.protocol
                 ))
             } else if spec.socket_scope == 0 && !spec.tunnel_only {
@@ -818,6 +837,52 @@ mod tests {
             merged.file.services["web"].backends[0].address.to_string(),
             "198.18.2.10"
         );
+    }
+
+    /// A swarm service's policy VIP meets the operator's services: its refusals name the
+    /// policy's fix, and it is not served without its published ports.
+    #[test]
+    fn a_swarm_policy_vip_never_displaces_the_operators_and_goes_with_its_service() {
+        let on_vip = |name: &str, vip: &str| ServiceSpec {
+            name: format!("{name}{POLICY_VIP_SUFFIX}"),
+            vip: Some(vip.parse().unwrap()),
+            ..swarm_spec(name, "81:8080/tcp", &["198.18.61.3"])
+        };
+        let f = file(
+            r#"services:
+  taken: { vip: 198.18.100.50, ports: ["81/tcp"], backends: [198.18.2.10] }
+  onnodes: { ports: ["82/tcp"], backends: [198.18.2.11] }
+  named.vip: { vip: 198.18.100.52, ports: ["83/tcp"], backends: [198.18.2.12] }
+"#,
+        );
+        let swarm = [
+            swarm_spec("web", "81:8080/tcp", &["198.18.61.3"]),
+            on_vip("web", "198.18.100.50"),
+            swarm_spec("shop", "82:8080/tcp", &["198.18.61.4"]),
+            on_vip("shop", "198.18.100.51"),
+            swarm_spec("named", "84:8080/tcp", &["198.18.61.5"]),
+            on_vip("named", "198.18.100.53"),
+            swarm_spec("fine", "85:8080/tcp", &["198.18.61.6"]),
+            on_vip("fine", "198.18.100.54"),
+        ];
+        let merged = ApiState::default().merge_with_swarm(&f, &swarm).unwrap();
+        let refused = |name: &str| merged.swarm_refused[name].as_str();
+        assert!(
+            refused("web.vip").contains("give the swarm policy of \"web\" another vip"),
+            "{}",
+            refused("web.vip")
+        );
+        assert!(refused("shop").contains("already published by service \"onnodes\""));
+        assert!(refused("shop.vip").contains("\"shop\" is not served"));
+        assert!(
+            refused("named.vip").contains("drop the vip from the swarm policy of \"named\""),
+            "{}",
+            refused("named.vip")
+        );
+        assert_eq!(merged.swarm_refused.len(), 4);
+        for served in ["web", "named", "fine", "fine.vip"] {
+            assert_eq!(merged.sources[served], Source::Swarm, "{served}");
+        }
     }
 
     #[test]

@@ -183,6 +183,12 @@ pub struct BackendSpec {
     pub mesh: Option<MeshBackend>,
 }
 
+/// The name of the service a swarm service's policy `vip` makes (its published ports on that
+/// address): the swarm service's name and this. No swarm service is named so (Docker's names
+/// are DNS labels, without dots), nor a task's delivery frontend (`SERVICE.SLOT.ID`); an
+/// operator's service that is wins, as any name it takes.
+pub const POLICY_VIP_SUFFIX: &str = ".vip";
+
 /// Where a swarm task is, for the selection every node makes alike and for the tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MeshBackend {

@@ -490,6 +490,15 @@ pub(super) fn swarm_policy_from_raw(
             Ok(vip)
         })
         .transpose()?;
+    if vip.is_some() && local_first {
+        return Err(cx.invalid(
+            "swarm.vip",
+            "a vip is the same on every node, and a connection ECMP moves to another node must \
+             find the same task there; local_first gives each node its own tasks: drop one of \
+             them"
+                .to_owned(),
+        ));
+    }
     Ok(SwarmPolicy {
         vip,
         local_first,

@@ -102,6 +102,12 @@ fn swarm_policies_are_read_and_checked() {
         Some("web"),
         "swarm.vip",
     );
+    let message = error(
+        "services: {}\nswarm:\n  web:\n    vip: 198.18.100.50\n    local_first: true\n",
+        Some("web"),
+        "swarm.vip",
+    );
+    assert!(message.contains("drop one of them"), "{message}");
     // What the swarm gives is not the file's to say.
     let message = syntax_error("services: {}\nswarm:\n  web:\n    backends: [198.18.2.1]\n");
     assert!(message.contains("unknown field `backends`"), "{message}");

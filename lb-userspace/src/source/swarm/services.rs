@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService, Task};
 use crate::source::file::{
-    Affinity, BackendSpec, Forwarding, MeshBackend, PortMapping, Protocol, Scheduler, ServiceSpec,
-    SwarmPolicy,
+    Affinity, BackendSpec, Forwarding, MeshBackend, POLICY_VIP_SUFFIX, PortMapping, Protocol,
+    Scheduler, ServiceSpec, SwarmPolicy,
 };
 use lb_common::limits::DEFAULT_MAGLEV_TABLE_SIZE;
 
@@ -89,11 +89,6 @@ impl SwarmServices {
             .collect()
     }
 }
-
-/// The name of a service's policy VIP service: its own name and this. No swarm service is
-/// named so (Docker's names are DNS labels, without dots), nor a task's delivery frontend
-/// (`SERVICE.SLOT.ID`); an operator's service that is wins, as any name it takes.
-pub const POLICY_VIP_SUFFIX: &str = ".vip";
 
 /// Overlay networks beyond this many get no VIP service (one bit each in a namespace's
 /// scope mask; bit 0 is the node's).
