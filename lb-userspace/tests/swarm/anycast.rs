@@ -166,7 +166,7 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
     println!("anycast: {VIP} via both nodes after {took:?}");
 
     let target: SocketAddr = format!("{VIP}:{PORT}").parse().unwrap();
-    let mut held: Vec<Held> = open_to(lab, SERVICE, target, CONNECTIONS);
+    let mut held: Vec<Held> = open_to(lab, SERVICE, target, CONNECTIONS, None);
     let entered: Vec<u64> = lbs.iter().map(new_flows_on_vip).collect();
     assert!(
         entered.iter().all(|&n| n > 0),

@@ -14,7 +14,10 @@ use std::{
 };
 
 use lb_common::limits::{FULLNAT_PORT_MAX, FULLNAT_PORT_MIN};
-use lb_testkit::{Lbd, TcpSession, swarm::SwarmLab};
+use lb_testkit::{
+    Lbd, TcpSession,
+    swarm::{CLIENT_ADDR, SwarmLab},
+};
 
 use super::{TASKS, backends, engines_list, local_tasks, within};
 
@@ -216,6 +219,9 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
 /// The address that moves between the nodes' underlay ports, and connections to it.
 const FLOATING: &str = "198.18.50.50";
 const ON_FLOATING: usize = 40;
+/// The client ports of the connections to `FLOATING`: above Linux's ephemeral range
+/// (32768-60999).
+const FLOATING_PORTS: u16 = 61_000;
 
 /// Connections to an address on node 1 (a floating address: every node serves the
 /// published port on its own addresses), half of them to node 2's tasks through the mesh
@@ -225,7 +231,10 @@ const ON_FLOATING: usize = 40;
 pub fn survive_an_address_moving_between_nodes(lab: &SwarmLab, lbs: &[Lbd]) {
     let target: SocketAddr = format!("{FLOATING}:{PORT}").parse().unwrap();
     move_floating(lab, lbs, None, 0);
-    let mut held = open_to(lab, SERVICE, target, ON_FLOATING);
+    // From ports outside the client's ephemeral range: a port the connections above used may
+    // still be held for a task's TIME_WAIT, and a connection opened on it gets another port
+    // (a clash), which only the node that opened it knows, so it could not move.
+    let mut held = open_to(lab, SERVICE, target, ON_FLOATING, Some(FLOATING_PORTS));
     let remote = local_tasks(&lab.nodes[1], SERVICE);
     let through_tunnel = held.iter().filter(|h| remote.contains(&h.task)).count();
     assert!(
@@ -261,8 +270,15 @@ pub fn survive_an_address_moving_between_nodes(lab: &SwarmLab, lbs: &[Lbd]) {
 }
 
 /// `n` connections from the client to `target`, each asked once: the task of `service` it
-/// reached and the port that task sees.
-pub fn open_to(lab: &SwarmLab, service: &str, target: SocketAddr, n: usize) -> Vec<Held> {
+/// reached and the port that task sees. From client ports `first_port` and up if given (then
+/// the task must see each one's own port), else ephemeral ones.
+pub fn open_to(
+    lab: &SwarmLab,
+    service: &str,
+    target: SocketAddr,
+    n: usize,
+    first_port: Option<u16>,
+) -> Vec<Held> {
     let tasks: BTreeSet<String> = lab
         .nodes
         .iter()
@@ -270,12 +286,16 @@ pub fn open_to(lab: &SwarmLab, service: &str, target: SocketAddr, n: usize) -> V
         .collect();
     (0..n)
         .map(|i| {
-            let mut session = TcpSession::connect(&lab.client, target, ROUND)
+            let local = first_port.map(|p| SocketAddr::new(CLIENT_ADDR.into(), p + i as u16));
+            let mut session = TcpSession::connect_from(&lab.client, local, target, ROUND)
                 .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
             let reply = session
                 .request()
                 .unwrap_or_else(|e| panic!("connection {i} to {target}: {e:#}"));
             assert!(tasks.contains(&reply.backend), "{reply:?} not in {tasks:?}");
+            if local.is_some() {
+                assert_eq!(reply.seen_port, session.local_addr().port(), "{reply:?}");
+            }
             Held {
                 task: reply.backend,
                 seen_port: reply.seen_port,
