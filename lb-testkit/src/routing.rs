@@ -47,6 +47,32 @@ pub fn start_bird(ns: &Netns, dir: &Path, conf: &str) -> ChildGuard {
     bird
 }
 
+/// A balancer node's BIRD configuration, as `deploy/bird/bird.conf` with this node's
+/// addresses: one session (`upstream`) from `own` (AS 65010) to `router` (AS 65000) with
+/// hold time `hold_s`, exporting the VIPs lbd writes to `include`.
+pub fn node_conf(own: &str, router: &str, include: &Path, hold_s: u64) -> String {
+    format!(
+        "router id {own};
+include \"{include}\";
+protocol device {{ scan time 1; }}
+protocol kernel {{ ipv4 {{ import none; export none; }}; }}
+protocol bgp upstream {{
+  local {own} as 65010; neighbor {router} as 65000;
+  hold time {hold_s}; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;
+  ipv4 {{ import none; export where proto = \"meshlb_vips4\"; next hop self; }};
+}}
+",
+        include = include.display(),
+    )
+}
+
+/// Kills a BIRD with SIGKILL (bounded wait). Its kernel closes its sessions, so a router
+/// drops it at once.
+pub fn kill_bird(mut bird: ChildGuard) {
+    bird.signal(libc::SIGKILL).expect("kill bird");
+    let _ = bird.wait_timeout(Duration::from_secs(5));
+}
+
 /// `birdc -s SOCKET ARGS`: what it printed.
 pub fn birdc(socket: &Path, args: &[&str]) -> String {
     let mut birdc = std::process::Command::new("birdc");

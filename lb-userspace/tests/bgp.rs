@@ -18,7 +18,7 @@ use std::{
 
 use lb_testkit::{
     ChildGuard, Lbd, NameServer, Netns, TcpSession, e2e_enabled,
-    routing::{birdc, next_hops, start_bird, wait_hops},
+    routing::{birdc, kill_bird, next_hops, node_conf, start_bird, wait_hops},
 };
 
 const VIP: &str = "198.18.100.1";
@@ -98,24 +98,6 @@ protocol bgp node_b from balancer {{ local {local_b} as 65000; neighbor {b} as 6
     )
 }
 
-/// A balancer node's BIRD: as deploy/bird/bird.conf, with this node's addresses.
-fn node_conf(own: &str, router: &str, include: &Path) -> String {
-    format!(
-        "router id {own};
-include \"{include}\";
-protocol device {{ scan time 1; }}
-protocol kernel {{ ipv4 {{ import none; export none; }}; }}
-protocol bgp upstream {{
-  local {own} as 65010; neighbor {router} as 65000;
-  hold time {hold}; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;
-  ipv4 {{ import none; export where proto = \"meshlb_vips4\"; next hop self; }};
-}}
-",
-        include = include.display(),
-        hold = HOLD.as_secs()
-    )
-}
-
 struct Node {
     ns: Netns,
     dir: Dir,
@@ -126,11 +108,9 @@ struct Node {
 }
 
 impl Node {
-    /// Kills its BIRD (bounded wait): the session drops without a word to the router.
+    /// Kills its BIRD (bounded wait).
     fn kill_bird(&mut self) {
-        let mut bird = self.bird.take().expect("bird");
-        bird.signal(libc::SIGKILL).expect("kill bird");
-        let _ = bird.wait_timeout(Duration::from_secs(5));
+        kill_bird(self.bird.take().expect("bird"));
     }
 
     /// `lbd cleanup --force` given the service file, as the systemd unit runs it (BIRD's
@@ -181,7 +161,7 @@ impl Node {
     }
 
     fn start_bird(&mut self) {
-        let conf = node_conf(self.own, self.router, &self.include());
+        let conf = node_conf(self.own, self.router, &self.include(), HOLD.as_secs());
         self.bird = Some(start_bird(&self.ns, &self.dir.0, &conf));
     }
 
@@ -504,7 +484,7 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     // 1b. Node A's BIRD reads a configuration that no longer includes lbd's file (an
     // operator's edit): it withdraws the VIPs though it runs, and lbd says so at its next
     // look; the include back, both are back.
-    let full = node_conf(a.own, a.router, &a.include());
+    let full = node_conf(a.own, a.router, &a.include(), HOLD.as_secs());
     let without = full.replacen(&format!("include \"{}\";\n", a.include().display()), "", 1);
     assert_ne!(without, full);
     a.reconfigure_bird(&without);

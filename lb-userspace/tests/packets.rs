@@ -2543,11 +2543,21 @@ services:
 /// `MESH` as the swarm source makes it: web's backend is the task on the peer, and
 /// `web.1.task` is the local task's delivery frontend.
 fn mesh_edit(file: &mut lb_userspace::source::file::ServiceFile) {
+    mesh_with_web_task(file, TASK_REMOTE, Some(PEER));
+}
+
+/// As the swarm source makes a file: web's one backend is the task `identity` (its ingress
+/// address), on the node `via` (`None`: this one), `web.1.task` the local task's delivery
+/// frontend, and this node and the peer the mesh.
+fn mesh_with_web_task(
+    file: &mut lb_userspace::source::file::ServiceFile,
+    identity: &str,
+    via: Option<&str>,
+) {
     use lb_userspace::source::file::{MeshBackend, MeshNodes};
-    let remote: std::net::IpAddr = TASK_REMOTE.parse().unwrap();
     file.services.get_mut("web").unwrap().backends[0].mesh = Some(MeshBackend {
-        identity: remote,
-        via: Some(PEER.parse().unwrap()),
+        identity: identity.parse().unwrap(),
+        via: via.map(|v| v.parse().unwrap()),
     });
     file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
     file.mesh = Some(MeshNodes {
@@ -2959,16 +2969,7 @@ fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port(
         return;
     }
     let local_task = |file: &mut lb_userspace::source::file::ServiceFile| {
-        use lb_userspace::source::file::{MeshBackend, MeshNodes};
-        file.services.get_mut("web").unwrap().backends[0].mesh = Some(MeshBackend {
-            identity: TASK_LOCAL.parse().unwrap(),
-            via: None,
-        });
-        file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
-        file.mesh = Some(MeshNodes {
-            own: OWN.parse().unwrap(),
-            peers: [PEER.parse().unwrap()].into(),
-        });
+        mesh_with_web_task(file, TASK_LOCAL, None);
     };
     let node = ProgNode::new("moved", &[]).expect("node namespace");
     node.run_with(MESH_LOCAL_TASK, 4096, local_task, |mut lb| {

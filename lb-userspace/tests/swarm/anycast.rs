@@ -13,7 +13,7 @@ use std::{
 
 use lb_testkit::{
     ChildGuard, Lbd, ScratchPath,
-    routing::{start_bird, wait_hops},
+    routing::{kill_bird, node_conf, start_bird, wait_hops},
     swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, start_lbd_with},
 };
 
@@ -51,27 +51,14 @@ impl Speaker {
 
     /// Starts the node's BIRD: one session to the router, exporting lbd's VIPs.
     fn start(&mut self, node: &SwarmNode) {
-        let conf = format!(
-            "router id {own};
-include \"{include}\";
-protocol device {{ scan time 1; }}
-protocol bgp upstream {{
-  local {own} as 65010; neighbor {CLIENT_ADDR} as 65000;
-  hold time {HOLD_S}; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;
-  ipv4 {{ import none; export where proto = \"meshlb_vips4\"; next hop self; }};
-}}
-",
-            own = node.addr,
-            include = self.include().display(),
-        );
+        let own = node.addr.to_string();
+        let conf = node_conf(&own, &CLIENT_ADDR.to_string(), &self.include(), HOLD_S);
         self.bird = Some(start_bird(&node.ns, &self.dir, &conf));
     }
 
     /// Kills its BIRD (its kernel closes the session: the router drops the node at once).
     fn kill(&mut self) {
-        let mut bird = self.bird.take().expect("bird");
-        bird.signal(libc::SIGKILL).expect("kill bird");
-        let _ = bird.wait_timeout(Duration::from_secs(5));
+        kill_bird(self.bird.take().expect("bird"));
     }
 }
 
