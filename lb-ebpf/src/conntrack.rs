@@ -397,6 +397,9 @@ pub struct Chosen {
     pub tunnel_peer: u8,
     /// The flow came through the tunnel from this peer: its replies go back to it.
     pub arrived_from: u8,
+    /// The prefix length of the subnet the node reaches the backend on (see
+    /// `backend_flags::ON_LINK_SHIFT`); 0: not known.
+    pub on_link_prefix: u8,
 }
 
 /// Why a new flow could not be recorded.
@@ -440,7 +443,9 @@ pub fn insert(
     } else {
         svc.udp_timeout_s
     };
-    let fullnat = svc.flags & service_flags::FULLNAT != 0;
+    // Full NAT's source, or a hairpin's (see `open_flow`): chosen before, never the
+    // unspecified address.
+    let fullnat = chosen.snat_addr != Addr::UNSPECIFIED;
     // SAFETY: plain old data; zeroed word by word, padding included (see `zero`).
     let mut slot = MaybeUninit::uninit();
     let reply_key: &mut FlowKey = unsafe { zero::zeroed_in(&mut slot) };

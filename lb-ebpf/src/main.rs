@@ -397,12 +397,27 @@ fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen)
     if !select::choose(key, svc, opening, chosen) {
         return FlowStart::refused(StatSlot::DropNoBackend);
     }
-    if svc.flags & service_flags::FULLNAT != 0
+    if (svc.flags & service_flags::FULLNAT != 0 || hairpin(pkt, chosen))
         && !forward::source_toward(ctx, pkt.v6, &chosen.addr, &mut chosen.snat_addr)
     {
         return FlowStart::refused(StatSlot::DropNoSnatAddr);
     }
     FlowStart::OPENED
+}
+
+/// Whether the client is inside the IPv4 subnet the node reaches the chosen backend on (a
+/// container calling a published port or VIP whose task shares its bridge, or that task
+/// itself): the backend would answer it straight over that subnet, past the node, and the
+/// client would drop an answer from an address it did not call. Such a flow speaks from the
+/// node's address, as under full NAT; Docker's own mesh does the same.
+#[inline(always)]
+fn hairpin(pkt: &Packet, chosen: &Chosen) -> bool {
+    let prefix = u32::from(chosen.on_link_prefix);
+    if pkt.v6 || prefix == 0 || prefix > 32 {
+        return false;
+    }
+    let mask = (u32::MAX << (32 - prefix)).to_be();
+    (pkt.key.src.v4_raw() ^ chosen.addr.v4_raw()) & mask == 0
 }
 
 /// Records a new flow in the connection table (choosing the full-NAT source port). Not

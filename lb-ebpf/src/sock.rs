@@ -195,6 +195,7 @@ fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         snat_port_be: 0,
         tunnel_peer: 0,
         arrived_from: 0,
+        on_link_prefix: 0,
     };
     // Round-robin turns its cursor for a connection only: each datagram of an unconnected
     // socket comes through here, and they stay on the backend the socket's hash picks.

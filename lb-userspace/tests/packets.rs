@@ -2543,21 +2543,24 @@ services:
 /// `MESH` as the swarm source makes it: web's backend is the task on the peer, and
 /// `web.1.task` is the local task's delivery frontend.
 fn mesh_edit(file: &mut lb_userspace::source::file::ServiceFile) {
-    mesh_with_web_task(file, TASK_REMOTE, Some(PEER));
+    mesh_with_web_task(file, TASK_REMOTE, Some(PEER), None);
 }
 
 /// As the swarm source makes a file: web's one backend is the task `identity` (its ingress
-/// address), on the node `via` (`None`: this one), `web.1.task` the local task's delivery
-/// frontend, and this node and the peer the mesh.
+/// address), on the node `via` (`None`: this one, on a subnet of `on_link_prefix` bits if
+/// given), `web.1.task` the local task's delivery frontend, and this node and the peer the
+/// mesh.
 fn mesh_with_web_task(
     file: &mut lb_userspace::source::file::ServiceFile,
     identity: &str,
     via: Option<&str>,
+    on_link_prefix: Option<u8>,
 ) {
     use lb_userspace::source::file::{MeshBackend, MeshNodes};
     file.services.get_mut("web").unwrap().backends[0].mesh = Some(MeshBackend {
         identity: identity.parse().unwrap(),
         via: via.map(|v| v.parse().unwrap()),
+        on_link_prefix,
     });
     file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
     file.mesh = Some(MeshNodes {
@@ -2957,6 +2960,81 @@ services:
     backends: ["198.18.2.10"]
 "#;
 
+/// A container on the task's own bridge calling the published port (or the task itself): the
+/// task would answer it straight over their subnet, past the node, so the node speaks for it
+/// from its own address and a node port (hairpin), and gives the answer the frontend's
+/// address. A client outside that subnet keeps its own address.
+#[test]
+fn a_client_on_the_tasks_own_subnet_is_answered_through_the_node() {
+    if !e2e_enabled() {
+        return;
+    }
+    let local_task = |file: &mut lb_userspace::source::file::ServiceFile| {
+        mesh_with_web_task(file, TASK_LOCAL, None, Some(24));
+    };
+    let node = ProgNode::new("hairpin", &[]).expect("node namespace");
+    node.run_with(MESH_LOCAL_TASK, 4096, local_task, |mut lb| {
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let gwbridge = sock("198.18.2.10", 9000);
+        let node_mac = lb.backend_if_mac;
+        let before = lb.stats();
+        // (client, its MAC): a container on the bridge, and the task itself.
+        for (i, (client, mac)) in [
+            (sock("198.18.2.11", 41300), backend_mac(1)),
+            (sock("198.18.2.10", 41301), backend_mac(0)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let syn = Ipv4Frame::tcp(client, frontend, TCP_SYN).with_macs(mac, node_mac);
+            let out = lb.run_from(&syn.build(), lb.backend_if);
+            let sent = parse_ipv4(&out.packet).expect("translated, checksums valid");
+            assert_eq!(
+                *sent.src.ip(),
+                OWN.parse::<std::net::Ipv4Addr>().unwrap(),
+                "client {i}: from the node's address on the bridge"
+            );
+            assert!(
+                (lb_common::limits::FULLNAT_PORT_MIN..=lb_common::limits::FULLNAT_PORT_MAX)
+                    .contains(&sent.src.port()),
+                "client {i}: a node port: {sent:?}"
+            );
+            let to_task = |frame: Ipv4Frame| frame.with_src(sent.src).with_dst(gwbridge).build();
+            assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
+            assert_eq!(out.packet, to_task(syn.clone()), "client {i}: to the task");
+            // The task answers the node; the client gets it from the frontend.
+            let answer = Ipv4Frame::tcp(gwbridge, sent.src, TCP_SYN | TCP_ACK)
+                .with_macs(backend_mac(0), node_mac);
+            let out = lb.run_from(&answer.build(), lb.backend_if);
+            assert_eq!(
+                out.packet,
+                answer.clone().with_src(frontend).with_dst(client).build(),
+                "client {i}: the answer, from the frontend"
+            );
+            assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
+            // The flow's next packet keeps the node port.
+            let ack = Ipv4Frame::tcp(client, frontend, TCP_ACK).with_macs(mac, node_mac);
+            let out = lb.run_from(&ack.build(), lb.backend_if);
+            assert_eq!(out.packet, to_task(ack), "client {i}: confirmed");
+        }
+        // A client outside the bridge's subnet keeps its own address.
+        let outside = sock(CLIENT, 41302);
+        let syn = Ipv4Frame::tcp(outside, frontend, TCP_SYN);
+        let out = lb.run(&syn.build());
+        assert_eq!(
+            parse_ipv4(&out.packet).expect("translated").src,
+            outside,
+            "a client outside the subnet: its own address"
+        );
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[(StatSlot::NewFlow, 3), (StatSlot::FlowConfirmed, 2)],
+        );
+    })
+    .expect("program loaded");
+}
+
 /// A TCP connection that moves between a remote entry node and the task's own node (the
 /// entry node failed or drained, and the client's packets now come here straight; or back)
 /// keeps its client port at the task and takes its replies along, confirmed or not yet:
@@ -2969,7 +3047,7 @@ fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port(
         return;
     }
     let local_task = |file: &mut lb_userspace::source::file::ServiceFile| {
-        mesh_with_web_task(file, TASK_LOCAL, None);
+        mesh_with_web_task(file, TASK_LOCAL, None, None);
     };
     let node = ProgNode::new("moved", &[]).expect("node namespace");
     node.run_with(MESH_LOCAL_TASK, 4096, local_task, |mut lb| {

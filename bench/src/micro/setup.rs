@@ -191,6 +191,7 @@ pub(super) fn mesh_services() -> Result<ServiceFile> {
     file.services.get_mut("web").context("web")?.backends[0].mesh = Some(MeshBackend {
         identity: IpAddr::V4(TASK_REMOTE),
         via: Some(peer),
+        on_link_prefix: None,
     });
     file.services
         .get_mut("web.1.task")

@@ -32,7 +32,8 @@ use lb_common::{
 };
 
 use crate::source::file::{
-    Affinity, Forwarding, PortMapping, RemovalPolicy, Scheduler, ServiceFile, ServiceSpec,
+    Affinity, BackendSpec, Forwarding, PortMapping, RemovalPolicy, Scheduler, ServiceFile,
+    ServiceSpec,
 };
 use select::{
     TableBackend, TableError, maglev_check, maglev_table, round_robin_check, round_robin_sequence,
@@ -503,6 +504,18 @@ fn plan_spec(
     Ok(())
 }
 
+/// The `backend_flags::ON_LINK_SHIFT` bits of a backend this node reaches on an IPv4 subnet
+/// it knows (a local swarm task): its clients inside that subnet speak through the node.
+fn on_link_flags(backend: &BackendSpec) -> u16 {
+    match backend.mesh {
+        Some(m) if m.via.is_none() && backend.address.is_ipv4() => m
+            .on_link_prefix
+            .filter(|p| (1..=32).contains(p))
+            .map_or(0, |p| u16::from(p) << backend_flags::ON_LINK_SHIFT),
+        _ => 0,
+    }
+}
+
 /// One kernel service: its backends of one family, its table and its frontends.
 fn plan_service(
     state: &mut DesiredState,
@@ -539,6 +552,7 @@ fn plan_service(
             };
             flags |= u16::from(index) << backend_flags::PEER_SHIFT;
         }
+        flags |= on_link_flags(backend);
         let backend_id = backend_ids.id(&(id, target));
         pending.backend_ids.push(((id, target), backend_id));
         pending.backends.push((
@@ -747,6 +761,57 @@ mod tests {
     }
 
     const NODE: [&str; 3] = ["198.18.1.1", "198.18.2.1", "fd00:1::1"];
+
+    /// Only a task this node reaches on an IPv4 subnet of known length gets the hairpin bits;
+    /// a task on another node, a file's backend or an IPv6 one does not.
+    #[test]
+    fn on_link_prefix_marks_local_ipv4_tasks_only() {
+        use crate::source::file::MeshBackend;
+        let backend = |address: &str, via: Option<&str>, prefix: Option<u8>| BackendSpec {
+            address: address.parse().unwrap(),
+            port: None,
+            weight: 1,
+            mesh: Some(MeshBackend {
+                identity: "198.19.0.6".parse().unwrap(),
+                via: via.map(|v| v.parse().unwrap()),
+                on_link_prefix: prefix,
+            }),
+        };
+        let bits = |b: &BackendSpec| {
+            (on_link_flags(b) & backend_flags::ON_LINK_MASK) >> backend_flags::ON_LINK_SHIFT
+        };
+        assert_eq!(bits(&backend("198.18.61.3", None, Some(24))), 24);
+        assert_eq!(bits(&backend("198.18.61.3", None, Some(32))), 32);
+        assert_eq!(
+            on_link_flags(&backend("198.18.61.3", None, Some(24))) & !backend_flags::ON_LINK_MASK,
+            0
+        );
+        assert_eq!(bits(&backend("198.18.61.3", None, None)), 0);
+        assert_eq!(bits(&backend("198.18.61.3", None, Some(33))), 0);
+        assert_eq!(
+            bits(&backend("198.19.0.6", Some("198.18.50.2"), Some(24))),
+            0
+        );
+        assert_eq!(bits(&backend("fd00:61::3", None, Some(24))), 0);
+        let file_backend = BackendSpec {
+            mesh: None,
+            ..backend("198.18.61.3", None, Some(24))
+        };
+        assert_eq!(bits(&file_backend), 0);
+        // And the plan writes them into the backend's kernel entry.
+        let mut file = ServiceFile::parse(
+            "services:\n  who:\n    ports: [\"8081:80/tcp\"]\n    backends: [\"198.18.61.3\"]\n",
+            Path::new("t.yaml"),
+        )
+        .expect("valid file");
+        file.services.get_mut("who").unwrap().backends[0] = backend("198.18.61.3", None, Some(24));
+        let state = plan(&file, &["198.18.50.1".parse().unwrap()]).expect("plan");
+        let written: Vec<u16> = state.backends.values().map(|b| b.flags).collect();
+        assert_eq!(
+            written,
+            [backend_flags::IN_USE | 24 << backend_flags::ON_LINK_SHIFT]
+        );
+    }
 
     #[test]
     fn mesh_peers_keep_their_index_when_others_join_or_leave() {

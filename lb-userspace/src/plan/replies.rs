@@ -407,6 +407,7 @@ services:
         file.services.get_mut("who").unwrap().backends[0].mesh = Some(MeshBackend {
             identity: "198.19.0.6".parse().unwrap(),
             via: None,
+            on_link_prefix: None,
         });
         file.services.get_mut("who.1.task").unwrap().tunnel_only = true;
         let state = plan(&file, &["198.18.50.1".parse().unwrap()]).expect("plan");

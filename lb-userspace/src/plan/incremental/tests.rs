@@ -150,6 +150,7 @@ fn edit(rng: &mut Rng, file: &mut ServiceFile, node: &mut Vec<IpAddr>) -> String
             spec.backends[i].mesh = Some(MeshBackend {
                 identity: rng.pick(&["198.19.0.5", "198.19.0.6"]).parse().unwrap(),
                 via,
+                on_link_prefix: via.is_none().then_some(24).filter(|_| rng.chance(50)),
             });
             format!("make a backend of {name} a swarm task")
         }

@@ -198,6 +198,10 @@ pub struct MeshBackend {
     /// The node it runs on, when that is another node: packets go there through the tunnel
     /// (to `identity`); `None` when this node reaches it (at `address`).
     pub via: Option<IpAddr>,
+    /// For a task this node reaches: the prefix length of its IPv4 subnet there
+    /// (`docker_gwbridge`'s). A client inside it is answered through the node's address (see
+    /// `backend_flags::ON_LINK_SHIFT`).
+    pub on_link_prefix: Option<u8>,
 }
 
 impl BackendSpec {

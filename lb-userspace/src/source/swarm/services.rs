@@ -461,6 +461,7 @@ fn backends(
                     mesh: ingress.map(|identity| MeshBackend {
                         identity,
                         via: None,
+                        on_link_prefix: local.gwbridge_prefix,
                     }),
                 });
             }
@@ -473,6 +474,7 @@ fn backends(
                     mesh: Some(MeshBackend {
                         identity,
                         via: Some(node),
+                        on_link_prefix: None,
                     }),
                 });
             }
@@ -502,6 +504,7 @@ mod tests {
             local: gwbridge.map(|g| LocalTask {
                 container: "c".into(),
                 gwbridge: ip(g),
+                gwbridge_prefix: Some(24),
                 usable: true,
             }),
             stopping: false,

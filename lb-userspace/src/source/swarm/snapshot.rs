@@ -132,6 +132,10 @@ pub struct LocalTask {
     pub container: String,
     /// Its address on `docker_gwbridge`.
     pub gwbridge: IpAddr,
+    /// The prefix length of that address's subnet (`None` in a state saved before it was
+    /// kept: the next read of the Engine gives it).
+    #[serde(default)]
+    pub gwbridge_prefix: Option<u8>,
     /// Healthy, or without a health check: worth new flows. One whose check has not passed
     /// yet or failed (Docker's `(health: starting)`, `(unhealthy)`) is not, though other
     /// nodes, which cannot see its health, may still send it theirs.
@@ -466,13 +470,19 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
     let Some(gwbridge) = answers.gwbridge.as_ref() else {
         return Ok(());
     };
-    let mut by_container: HashMap<&str, IpAddr> = HashMap::new();
+    let mut by_container: HashMap<&str, (IpAddr, Option<u8>)> = HashMap::new();
     for (id, endpoint) in gwbridge.containers.iter().flatten() {
         if let Some(cidr) = endpoint.ipv4_address.as_deref().filter(|a| !a.is_empty()) {
-            let address = cidr.split('/').next().unwrap_or(cidr);
+            let (address, prefix) = cidr.split_once('/').unwrap_or((cidr, ""));
+            // The Engine writes `ADDR/LEN`; a length it leaves out, or an odd one, only
+            // costs containers on the bridge their hairpin (see `MeshBackend`).
+            let prefix = prefix.parse::<u8>().ok().filter(|p| (1..=32).contains(p));
             by_container.insert(
                 id.as_str(),
-                parse_ip(address, &format!("docker_gwbridge container {id}"))?,
+                (
+                    parse_ip(address, &format!("docker_gwbridge container {id}"))?,
+                    prefix,
+                ),
             );
         }
     }
@@ -483,7 +493,7 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
         if !container_running(container) {
             continue;
         }
-        let Some(&address) = by_container.get(id) else {
+        let Some(&(address, gwbridge_prefix)) = by_container.get(id) else {
             continue;
         };
         if let Some(entry) = snapshot
@@ -494,6 +504,7 @@ fn mark_local(snapshot: &mut Snapshot, answers: &Answers) -> Result<(), Snapshot
             entry.local = Some(LocalTask {
                 container: id.chars().take(12).collect(),
                 gwbridge: address,
+                gwbridge_prefix,
                 usable: container_usable(container),
             });
         }
@@ -941,7 +952,7 @@ mod tests {
         assert_eq!(manager.services["db"].vips.len(), 1);
 
         // Each task is local on exactly the node the swarm put it on, with a gwbridge address
-        // in that node's docker_gwbridge subnet (198.18.6N.0/24 in the lab).
+        // in that node's docker_gwbridge subnet (198.18.6N.0/24 in the lab), and its length.
         for (snapshot, other) in [(&manager, &worker), (&worker, &manager)] {
             for (name, service) in &snapshot.services {
                 for (task_name, task) in &service.tasks {
@@ -959,6 +970,7 @@ mod tests {
                         let node = snapshot.node_addr.unwrap().to_string();
                         let n = node.rsplit('.').next().unwrap();
                         assert_eq!(gw.octets()[..3], [198, 18, 60 + n.parse::<u8>().unwrap()]);
+                        assert_eq!(local.gwbridge_prefix, Some(24), "{local:?}");
                     }
                 }
             }
