@@ -153,10 +153,16 @@ fn metric(node: &SwarmNode, name: &str) -> u64 {
 }
 
 /// `count` requests (TCP connections or UDP datagrams, each from a new port) from container
-/// `name` on `node` to `vip` at the image's name server port; the answers (a request that
-/// failed is left out: the callers check who answered).
-fn vip_answers(node: &SwarmNode, name: &str, proto: &str, vip: &str, count: usize) -> Vec<Who> {
-    let script = format!("/bin/who-server ask {proto} {vip}:{WHO_PORT} {count}");
+/// `name` on `node` to `target` (`ADDR:PORT`, the image's name server behind it); the answers
+/// (a request that failed is left out: the callers check who answered).
+fn container_answers(
+    node: &SwarmNode,
+    name: &str,
+    proto: &str,
+    target: &str,
+    count: usize,
+) -> Vec<Who> {
+    let script = format!("/bin/who-server ask {proto} {target} {count}");
     in_container(node, name, &script)
         .unwrap_or_default()
         .lines()
@@ -488,14 +494,10 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .next()
         .unwrap()
         .to_owned();
+    let vip_who = format!("{vip}:{WHO_PORT}");
     // explain names the VIP's service, says the socket path decides, and lists the tasks.
     let (ok, out, err) = lbs[0]
-        .lbctl(&[
-            "explain",
-            "udp",
-            &format!("{cli_addr}:40000"),
-            &format!("{vip}:{WHO_PORT}"),
-        ])
+        .lbctl(&["explain", "udp", &format!("{cli_addr}:40000"), &vip_who])
         .expect("lbctl explain");
     assert!(ok, "explain: {err}");
     assert!(
@@ -503,7 +505,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         "{out}"
     );
     for proto in ["tcp", "udp"] {
-        let answers = vip_answers(node1, "cli", proto, &vip, EVERY_TASK);
+        let answers = container_answers(node1, "cli", proto, &vip_who, EVERY_TASK);
         let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
         assert_eq!(
             hosts, all_api,
@@ -524,7 +526,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         in_container(
             node1,
             "outsider",
-            &format!("/bin/who-server ask udp {vip}:{WHO_PORT} 3")
+            &format!("/bin/who-server ask udp {vip_who} 3")
         )
         .is_none_or(|out| out.lines().all(|l| l.starts_with("error"))),
         "a container on another network must not reach the VIP over UDP"
@@ -555,7 +557,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         });
     }
     for proto in ["tcp", "udp"] {
-        let answers = vip_answers(node1, "cli", proto, &vip, 8);
+        let answers = container_answers(node1, "cli", proto, &vip_who, 8);
         assert_eq!(
             answers.len(),
             8,

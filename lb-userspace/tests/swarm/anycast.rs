@@ -6,6 +6,7 @@
 //! connection answers from its task, which sees the client's port as before.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -18,7 +19,7 @@ use lb_testkit::{
 };
 
 use super::{
-    TASKS, backends,
+    EVERY_TASK, TASKS, backends, container_answers,
     held::{Held, ask_all, open_to},
     local_tasks, within,
 };
@@ -166,6 +167,8 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
         "connections reach the tasks of both nodes: {on_two} of {CONNECTIONS} node 2's"
     );
 
+    a_task_reaches_the_vip_and_its_nodes_port(lab, target);
+
     // Node 1's BIRD dies: the router drops it within the hold time, and every connection
     // now enters node 2, which reaches node 1's tasks through the tunnel.
     speakers[0].kill();
@@ -202,4 +205,65 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
         "anycast: node 1 back after {took:?}: {} connections kept",
         round.kept
     );
+}
+
+/// From inside the swarm: a task on node 1 (a container on its `docker_gwbridge`) calls the
+/// VIP and node 1's published port. Every task answers: node 1's own, the caller included,
+/// through node 1 (hairpin: they see node 1's address on the bridge, and the caller gets their
+/// answers from the address it called, not straight from theirs), node 2's through the
+/// tunnel, seeing the caller's own address.
+fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
+    let node = &lab.nodes[0];
+    let here = local_tasks(node, SERVICE);
+    let every: BTreeSet<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| local_tasks(n, SERVICE))
+        .collect();
+    let caller = here.first().expect("a task on node 1").clone();
+    let (gateway, containers) = gwbridge_addresses(node);
+    let caller_addr = containers
+        .iter()
+        .find(|(id, _)| id.starts_with(&caller))
+        .map(|(_, a)| a.clone())
+        .expect("the caller's address on docker_gwbridge");
+    for to in [vip, SocketAddr::new(node.addr.into(), PORT)] {
+        let answers = container_answers(node, &caller, "tcp", &to.to_string(), EVERY_TASK);
+        assert_eq!(answers.len(), EVERY_TASK, "{to}: every request answered");
+        let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
+        assert_eq!(hosts, every, "{to}: every task answers");
+        for who in &answers {
+            let seen = if here.contains(&who.host) {
+                &gateway
+            } else {
+                &caller_addr
+            };
+            assert_eq!(&who.seen, seen, "{to}: what {} sees", who.host);
+        }
+    }
+    println!("anycast: a task on node 1 reached every task by the VIP and node 1's port");
+}
+
+/// `node`'s address on `docker_gwbridge`, and its containers' there (full id, address).
+fn gwbridge_addresses(node: &SwarmNode) -> (String, Vec<(String, String)>) {
+    let out = node
+        .docker(&[
+            "network",
+            "inspect",
+            "docker_gwbridge",
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}\n{{range $id, $c := .Containers}}{{$id}} \
+             {{$c.IPv4Address}}\n{{end}}",
+        ])
+        .expect("docker_gwbridge inspected");
+    let mut lines = out.lines();
+    let gateway = lines.next().unwrap_or_default().trim().to_owned();
+    let containers = lines
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(id, cidr)| {
+            let addr = cidr.split('/').next().unwrap_or(cidr);
+            (id.to_owned(), addr.to_owned())
+        })
+        .collect();
+    (gateway, containers)
 }
