@@ -564,7 +564,8 @@ struct PortSearch {
 /// its flow is over. The first pass over the `FULLNAT_PORT_ATTEMPTS` ports skips a port the
 /// backend may still hold in TIME_WAIT (`Flow::port_hold_s`); if every one is, the second
 /// pass takes such a port once its flow is past its idle limit: a SYN the backend takes for
-/// the old connection is sent again a second later, where no port at all drops the flow.
+/// the old connection is sent again a second later, where no port at all drops the flow. A
+/// port that may be a frontend's on that address is never taken.
 /// The reply entry written is the per-CPU scratch `insert` built.
 #[inline(never)]
 extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
@@ -579,6 +580,9 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
     let port = FULLNAT_PORT_MIN + (search.start.wrapping_add(index) % range) as u16;
     // SAFETY: points at `insert`'s reply key, on its stack for the whole loop.
     let reply_key = unsafe { &mut *search.reply_key };
+    if port_may_be_frontend(reply_key, port) {
+        return 0;
+    }
     reply_key.set_ports(reply_key.sport_be, port.to_be());
     // SAFETY: per-CPU scratch, used by this program run only.
     if claim_reply(
@@ -592,6 +596,15 @@ extern "C" fn try_source_port(attempt: u64, search: *mut c_void) -> c_long {
         return 1;
     }
     0
+}
+
+/// Whether `port` on the reply key's destination (the address a flow speaks from) may be a
+/// frontend's: a swarm service may publish a port in the search's range on the node's
+/// addresses, a hairpin's among them, and replies to it would open flows there. Not inlined:
+/// its stack stays off `try_source_port`'s frame, at the bottom of the deepest call chain.
+#[inline(never)]
+fn port_may_be_frontend(reply_key: &FlowKey, port: u16) -> bool {
+    may_be_frontend(&reply_key.dst, port.to_be(), reply_key.proto)
 }
 
 /// The forward entry `insert` just wrote into `PENDING`, as it wrote it (per-CPU scratch):

@@ -2562,7 +2562,16 @@ fn mesh_with_web_task(
         via: via.map(|v| v.parse().unwrap()),
         on_link_prefix,
     });
-    file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
+    let delivery = file.services.get_mut("web.1.task").unwrap();
+    delivery.tunnel_only = true;
+    if on_link_prefix.is_some() {
+        let task = delivery.backends[0].address;
+        delivery.backends[0].mesh = Some(MeshBackend {
+            identity: task,
+            via: None,
+            on_link_prefix,
+        });
+    }
     file.mesh = Some(MeshNodes {
         own: OWN.parse().unwrap(),
         peers: [PEER.parse().unwrap()].into(),
@@ -3017,6 +3026,38 @@ fn a_client_on_the_tasks_own_subnet_is_answered_through_the_node() {
             let out = lb.run_from(&ack.build(), lb.backend_if);
             assert_eq!(out.packet, to_task(ack), "client {i}: confirmed");
         }
+        // A container on the peer, whose bridge has the same subnet (Docker's default): its
+        // flow comes through the tunnel to the task's delivery frontend, and the node speaks
+        // for it too; the answer goes back through the tunnel, from the task's address.
+        let task = sock(TASK_LOCAL, 9000);
+        let remote = sock("198.18.2.12", 41303);
+        let wrapped = tunnel_wrap(
+            &Ipv4Frame::tcp(remote, task, TCP_SYN).build(),
+            (backend_mac(10), node_mac),
+            PEER.parse().unwrap(),
+            OWN.parse().unwrap(),
+            entropy(remote.port(), 8000),
+        );
+        let out = lb.run_from(&wrapped, lb.backend_if);
+        let sent = parse_ipv4(&out.packet).expect("delivered, checksums valid");
+        assert_eq!(
+            (sent.src.ip().to_string(), sent.dst),
+            (OWN.to_string(), gwbridge),
+            "through the tunnel: from the node's address on the bridge"
+        );
+        let answer = Ipv4Frame::tcp(gwbridge, sent.src, TCP_SYN | TCP_ACK)
+            .with_macs(backend_mac(0), node_mac);
+        let out = lb.run_from(&answer.build(), lb.backend_if);
+        let inner = parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat())
+            .expect("the answer, wrapped");
+        assert_eq!(
+            (inner.src, inner.dst),
+            (task, remote),
+            "from the task's address"
+        );
+        let outer = parse_ipv4(&out.packet).expect("wrapped");
+        assert_eq!(outer.dst.ip().to_string(), PEER, "back to the entry node");
+
         // A client outside the bridge's subnet keeps its own address.
         let outside = sock(CLIENT, 41302);
         let syn = Ipv4Frame::tcp(outside, frontend, TCP_SYN);
@@ -3029,7 +3070,46 @@ fn a_client_on_the_tasks_own_subnet_is_answered_through_the_node() {
         assert_deltas(
             &before,
             &lb.stats(),
-            &[(StatSlot::NewFlow, 3), (StatSlot::FlowConfirmed, 2)],
+            &[
+                (StatSlot::NewFlow, 4),
+                (StatSlot::FlowConfirmed, 2),
+                (StatSlot::TunnelReceived, 1),
+                (StatSlot::TunnelSent, 1),
+            ],
+        );
+    })
+    .expect("program loaded");
+}
+
+/// A hairpin speaks from a node port of the full-NAT range on the node's address, where a
+/// swarm service may publish a port of its own: the search passes over such a port (its
+/// replies would open flows to that service) and takes the next one.
+#[test]
+fn a_hairpin_never_speaks_from_a_published_port() {
+    if !e2e_enabled() {
+        return;
+    }
+    let frontend = sock(NODE_CLIENT_SIDE, 8000);
+    let client = sock("198.18.2.11", 41310);
+    let (search, _) = fullnat_search(frontend, client, 0);
+    let services = format!(
+        "{MESH_LOCAL_TASK}  other:\n    ports: [\"{}:9100/tcp\"]\n    backends: [\"198.18.2.12\"]\n",
+        search[0]
+    );
+    let local_task = |file: &mut lb_userspace::source::file::ServiceFile| {
+        mesh_with_web_task(file, TASK_LOCAL, None, Some(24));
+    };
+    let node = ProgNode::new("hairport", &[]).expect("node namespace");
+    node.run_with(&services, 4096, local_task, |mut lb| {
+        let syn =
+            Ipv4Frame::tcp(client, frontend, TCP_SYN).with_macs(backend_mac(1), lb.backend_if_mac);
+        let out = lb.run_from(&syn.build(), lb.backend_if);
+        let sent = parse_ipv4(&out.packet).expect("translated");
+        assert_eq!(
+            sent.src,
+            sock(OWN, search[1]),
+            "the search's second port: its first ({}) is published",
+            search[0]
         );
     })
     .expect("program loaded");

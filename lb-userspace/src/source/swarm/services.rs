@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{INGRESS_NETWORK, Snapshot, SwarmService, Task};
+use super::snapshot::{INGRESS_NETWORK, LocalTask, Snapshot, SwarmService, Task};
 use crate::source::file::{
     Affinity, BackendSpec, Forwarding, MeshBackend, POLICY_VIP_SUFFIX, PortMapping, Protocol,
     Scheduler, ServiceSpec, SwarmPolicy,
@@ -209,7 +209,7 @@ fn add_delivery(
             timeouts: policy.timeouts,
             on_backend_removal: policy.on_backend_removal,
             maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
-            backends: delivery_backends(task_name, task, local.gwbridge, &usable),
+            backends: delivery_backends(task_name, task, local, &usable),
             health: None,
             socket_scope: 0,
             tunnel_only: true,
@@ -228,14 +228,22 @@ fn add_delivery(
 fn delivery_backends(
     name: &str,
     task: &Task,
-    gwbridge: IpAddr,
+    local: &LocalTask,
     usable: &[(&String, IpAddr, bool)],
 ) -> Vec<BackendSpec> {
+    let gwbridge = local.gwbridge;
+    // All on this node's one `docker_gwbridge`: a client inside its subnet (Docker gives every
+    // node the same one by default, so another node's container can be) is answered through
+    // this node (hairpin, see `MeshBackend::on_link_prefix`).
     let backend = |address, weight| BackendSpec {
         address,
         port: None,
         weight,
-        mesh: None,
+        mesh: Some(MeshBackend {
+            identity: address,
+            via: None,
+            on_link_prefix: local.gwbridge_prefix,
+        }),
     };
     if task.serving_here().is_some() {
         return vec![backend(gwbridge, 1)];
@@ -490,7 +498,7 @@ fn backends(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::swarm::snapshot::{LocalTask, PublishedPort, Task};
+    use crate::source::swarm::snapshot::{PublishedPort, Task};
     use std::collections::BTreeSet;
 
     fn ip(text: &str) -> IpAddr {
@@ -807,20 +815,26 @@ mod tests {
         )]);
         let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
         let spec = &out.specs[0];
-        let seen: Vec<(IpAddr, IpAddr, Option<IpAddr>)> = spec
+        // Local tasks carry their bridge subnet's length (a caller inside it is a hairpin).
+        let seen: Vec<(IpAddr, IpAddr, Option<IpAddr>, Option<u8>)> = spec
             .backends
             .iter()
             .map(|b| {
                 let mesh = b.mesh.unwrap();
-                (b.address, mesh.identity, mesh.via)
+                (b.address, mesh.identity, mesh.via, mesh.on_link_prefix)
             })
             .collect();
         assert_eq!(
             seen,
             [
-                (ip("198.18.61.7"), ip("198.19.0.3"), None),
-                (ip("198.19.0.4"), ip("198.19.0.4"), Some(ip("198.18.50.2"))),
-                (ip("198.18.61.5"), ip("198.19.0.9"), None),
+                (ip("198.18.61.7"), ip("198.19.0.3"), None, Some(24)),
+                (
+                    ip("198.19.0.4"),
+                    ip("198.19.0.4"),
+                    Some(ip("198.18.50.2")),
+                    None
+                ),
+                (ip("198.18.61.5"), ip("198.19.0.9"), None, Some(24)),
             ]
         );
         assert!(
@@ -854,6 +868,13 @@ mod tests {
                 (Some(ip("198.19.0.9")), 80, ip("198.18.61.5"), true),
                 (Some(ip("198.19.0.3")), 80, ip("198.18.61.7"), true),
             ]
+        );
+        // Their backends too: a caller inside the subnet may come through the tunnel.
+        assert!(
+            out.delivery_specs
+                .iter()
+                .flat_map(|s| &s.backends)
+                .all(|b| b.mesh.and_then(|m| m.on_link_prefix) == Some(24))
         );
         let mesh = out.mesh.unwrap();
         assert_eq!(mesh.own.to_string(), "198.18.50.1");
