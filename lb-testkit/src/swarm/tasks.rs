@@ -270,7 +270,7 @@ impl SwarmNode {
 
     /// Container id to its `docker_gwbridge` address: `docker inspect` of a task does not
     /// show that network; the network's own view does.
-    fn gwbridge_addresses(&self) -> Result<BTreeMap<String, Ipv4Addr>> {
+    pub fn gwbridge_addresses(&self) -> Result<BTreeMap<String, Ipv4Addr>> {
         let text = self.docker(&[
             "network",
             "inspect",

@@ -146,6 +146,15 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
             backends(lb, &format!("{SERVICE}.vip")) == Some(4)
         });
     }
+    let (ok, list, _) = lbs[0].lbctl(&["list"]).expect("lbctl list");
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&format!("swarm {SERVICE}:")))
+        .unwrap_or_default();
+    assert!(
+        ok && line.ends_with(&format!("; policy VIP: {VIP} (service {SERVICE}.vip)")),
+        "lbctl list names the policy VIP on the swarm service's line: {list}"
+    );
     let router_dir = ScratchPath::temp("anycast-router", "");
     std::fs::create_dir_all(&*router_dir).expect("the router's directory");
     let _router = start_router(lab, &router_dir);
@@ -221,11 +230,13 @@ fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
         .flat_map(|n| local_tasks(n, SERVICE))
         .collect();
     let caller = here.first().expect("a task on node 1").clone();
-    let (gateway, containers) = gwbridge_addresses(node);
-    let caller_addr = containers
-        .iter()
+    let gateway = node.gwbridge_gateway().to_string();
+    let caller_addr = node
+        .gwbridge_addresses()
+        .expect("docker_gwbridge inspected")
+        .into_iter()
         .find(|(id, _)| id.starts_with(&caller))
-        .map(|(_, a)| a.clone())
+        .map(|(_, a)| a.to_string())
         .expect("the caller's address on docker_gwbridge");
     for to in [vip, SocketAddr::new(node.addr.into(), PORT)] {
         let answers = container_answers(node, &caller, "tcp", &to.to_string(), EVERY_TASK);
@@ -242,28 +253,4 @@ fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
         }
     }
     println!("anycast: a task on node 1 reached every task by the VIP and node 1's port");
-}
-
-/// `node`'s address on `docker_gwbridge`, and its containers' there (full id, address).
-fn gwbridge_addresses(node: &SwarmNode) -> (String, Vec<(String, String)>) {
-    let out = node
-        .docker(&[
-            "network",
-            "inspect",
-            "docker_gwbridge",
-            "--format",
-            "{{range .IPAM.Config}}{{.Gateway}}{{end}}\n{{range $id, $c := .Containers}}{{$id}} \
-             {{$c.IPv4Address}}\n{{end}}",
-        ])
-        .expect("docker_gwbridge inspected");
-    let mut lines = out.lines();
-    let gateway = lines.next().unwrap_or_default().trim().to_owned();
-    let containers = lines
-        .filter_map(|l| l.trim().split_once(' '))
-        .map(|(id, cidr)| {
-            let addr = cidr.split('/').next().unwrap_or(cidr);
-            (id.to_owned(), addr.to_owned())
-        })
-        .collect();
-    (gateway, containers)
 }

@@ -4,7 +4,7 @@ use lb_userspace::{
     announce::{BgpSession, SessionCondition},
     api::{BackendHealth, BgpStatus, ServiceList},
     source::{
-        file::{BackendSpec, PortMapping},
+        file::{BackendSpec, POLICY_VIP_SUFFIX, PortMapping},
         health::Health,
     },
 };
@@ -104,8 +104,17 @@ pub(crate) fn print_swarm_details(list: &ServiceList) {
             .iter()
             .map(|(net, ip)| format!("{ip} on {net}"))
             .collect();
+        // The policy's VIP, served as its own service (`NAME.vip`) when it is.
+        let policy_vip = format!("{name}{POLICY_VIP_SUFFIX}");
+        let policy_vip = list
+            .services
+            .iter()
+            .find(|s| s.name == policy_vip)
+            .and_then(|s| s.vip)
+            .map(|vip| format!("; policy VIP: {vip} (service {policy_vip})"))
+            .unwrap_or_default();
         println!(
-            "swarm {name}: {} local task(s); VIPs: {}",
+            "swarm {name}: {} local task(s); VIPs: {}{policy_vip}",
             d.local_tasks.len(),
             if vips.is_empty() {
                 "-".to_owned()
