@@ -60,6 +60,17 @@ impl Addr {
     pub const fn v4_raw(&self) -> u32 {
         self.words[3]
     }
+
+    /// Whether this IPv4 address and `other` share a subnet of `prefix` bits (1-32; any other
+    /// length: false). Both must be IPv4, which the caller knows.
+    #[inline(always)]
+    pub const fn same_v4_subnet(&self, other: &Addr, prefix: u8) -> bool {
+        if prefix == 0 || prefix > 32 {
+            return false;
+        }
+        let mask = (u32::MAX << (32 - prefix as u32)).to_be();
+        (self.v4_raw() ^ other.v4_raw()) & mask == 0
+    }
 }
 
 /// IPv4 addresses become IPv4-mapped IPv6 addresses, the form keys hold.
@@ -110,6 +121,25 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 1, 2]
         );
         assert_eq!(Addr::from_octets(a.octets()), a);
+    }
+
+    /// Subnets by prefix length, at byte boundaries and inside a byte (the raw word is in
+    /// header byte order).
+    #[test]
+    fn same_v4_subnet_by_prefix() {
+        let a = |o: [u8; 4]| Addr::from_v4_raw(u32::from_ne_bytes(o));
+        let task = a([198, 18, 61, 3]);
+        assert!(task.same_v4_subnet(&a([198, 18, 61, 200]), 24));
+        assert!(!task.same_v4_subnet(&a([198, 18, 62, 3]), 24));
+        assert!(task.same_v4_subnet(&a([198, 18, 60, 3]), 23));
+        assert!(!task.same_v4_subnet(&a([198, 18, 62, 3]), 23));
+        assert!(task.same_v4_subnet(&a([198, 18, 61, 127]), 25));
+        assert!(!task.same_v4_subnet(&a([198, 18, 61, 128]), 25));
+        assert!(task.same_v4_subnet(&task, 32));
+        assert!(!task.same_v4_subnet(&a([198, 18, 61, 4]), 32));
+        assert!(a([10, 1, 2, 3]).same_v4_subnet(&a([10, 200, 0, 1]), 8));
+        assert!(!task.same_v4_subnet(&task, 0), "no length known");
+        assert!(!task.same_v4_subnet(&task, 33));
     }
 
     #[test]

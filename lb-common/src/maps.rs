@@ -297,6 +297,12 @@ pub mod backend_flags {
     /// under full NAT (hairpin).
     pub const ON_LINK_SHIFT: u16 = 1;
     pub const ON_LINK_MASK: u16 = 0x7f << ON_LINK_SHIFT;
+
+    /// The on-link prefix length bits 1-7 of `flags` hold.
+    #[inline(always)]
+    pub const fn on_link_prefix(flags: u16) -> u8 {
+        ((flags & ON_LINK_MASK) >> ON_LINK_SHIFT) as u8
+    }
     /// Bits 8-15: the `TUNNEL_PEERS` index of the node the backend (a task) runs on; 0 for a
     /// backend this node reaches itself.
     pub const PEER_SHIFT: u16 = 8;

@@ -412,12 +412,11 @@ fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen)
 /// node's address, as under full NAT; Docker's own mesh does the same.
 #[inline(always)]
 fn hairpin(pkt: &Packet, chosen: &Chosen) -> bool {
-    let prefix = u32::from(chosen.on_link_prefix);
-    if pkt.v6 || prefix == 0 || prefix > 32 {
-        return false;
-    }
-    let mask = (u32::MAX << (32 - prefix)).to_be();
-    (pkt.key.src.v4_raw() ^ chosen.addr.v4_raw()) & mask == 0
+    !pkt.v6
+        && pkt
+            .key
+            .src
+            .same_v4_subnet(&chosen.addr, chosen.on_link_prefix)
 }
 
 /// Records a new flow in the connection table (choosing the full-NAT source port). Not

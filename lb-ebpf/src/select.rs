@@ -59,8 +59,7 @@ fn pick(key: &FlowKey, svc: &Service, opening: bool, chosen: &mut Chosen) -> Opt
     chosen.addr = backend.addr;
     chosen.port_be = backend.port_be;
     chosen.tunnel_peer = (backend.flags >> backend_flags::PEER_SHIFT) as u8;
-    chosen.on_link_prefix =
-        ((backend.flags & backend_flags::ON_LINK_MASK) >> backend_flags::ON_LINK_SHIFT) as u8;
+    chosen.on_link_prefix = backend_flags::on_link_prefix(backend.flags);
     Some(())
 }
 

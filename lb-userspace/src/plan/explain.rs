@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use lb_common::{
     Addr,
     hash::{client_hash, flow_hash},
-    maps::{EndpointKey, FlowKey, service_flags},
+    maps::{EndpointKey, FlowKey, backend_flags, service_flags},
 };
 
 use super::DesiredState;
@@ -25,6 +25,9 @@ pub enum Explanation {
         slot: u32,
         table_len: u32,
         backend: SocketAddr,
+        /// The client shares the subnet the node reaches the backend on: the flow speaks
+        /// from the node's address (see `backend_flags::ON_LINK_SHIFT`).
+        hairpin: bool,
     },
     /// Round-robin: the backend depends on each CPU's position in the sequence.
     RoundRobin {
@@ -58,10 +61,21 @@ impl std::fmt::Display for Explanation {
                 slot,
                 table_len,
                 backend,
-            } => write!(
-                f,
-                "service {service}: new flow -> {backend} (maglev: hash {hash:#010x}, slot {slot} of {table_len})"
-            ),
+                hairpin,
+            } => {
+                write!(
+                    f,
+                    "service {service}: new flow -> {backend} (maglev: hash {hash:#010x}, slot {slot} of {table_len})"
+                )?;
+                if *hairpin {
+                    write!(
+                        f,
+                        "; from the node's address and a node port: the client shares the \
+                         backend's subnet, where the backend would answer it straight (hairpin)"
+                    )?;
+                }
+                Ok(())
+            }
             Self::SocketLevel {
                 service,
                 per_namespace,
@@ -171,12 +185,20 @@ impl DesiredState {
             flow_hash(&flow)
         };
         let slot = hash % table.len() as u32;
+        let id = table[slot as usize];
+        let hairpin = self.backends.get(&id).is_some_and(|b| {
+            let client = Addr::from(src.ip());
+            client.is_v4()
+                && b.addr.is_v4()
+                && client.same_v4_subnet(&b.addr, backend_flags::on_link_prefix(b.flags))
+        });
         Explanation::Maglev {
             service: name,
             hash,
             slot,
             table_len: table.len() as u32,
-            backend: target(table[slot as usize]),
+            backend: target(id),
+            hairpin,
         }
     }
 }

@@ -811,6 +811,19 @@ mod tests {
             written,
             [backend_flags::IN_USE | 24 << backend_flags::ON_LINK_SHIFT]
         );
+        // And explain says which clients it speaks for.
+        let hairpin = |client: &str| match state.explain(
+            proto::TCP,
+            client.parse().unwrap(),
+            "198.18.50.1:8081".parse().unwrap(),
+        ) {
+            Explanation::Maglev { hairpin, .. } => hairpin,
+            other => panic!("{other}"),
+        };
+        assert!(hairpin("198.18.61.9:40000"));
+        assert!(hairpin("198.18.61.3:40000"), "the task itself");
+        assert!(!hairpin("198.18.62.9:40000"));
+        assert!(!hairpin("198.18.1.2:40000"));
     }
 
     #[test]
