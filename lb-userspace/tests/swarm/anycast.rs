@@ -13,7 +13,7 @@ use std::{
 };
 
 use lb_testkit::{
-    ChildGuard, Lbd, ScratchPath,
+    ChildGuard, Lbd, ScratchPath, TcpSession,
     routing::{kill_bird, node_conf, start_bird, wait_hops},
     swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, start_lbd_with},
 };
@@ -103,7 +103,10 @@ fn start_node(lbd: &Path, node: &SwarmNode, speaker: &mut Speaker) -> Lbd {
         speaker.include().display(),
         speaker.socket().display()
     );
-    let lb = start_lbd_with(lbd, node, &services, &[]).expect("lbd --swarm with BGP");
+    // Socket-level balancing on (at the cgroup root: only the sockets of lbd's own namespace
+    // and of the swarm's containers on overlay networks are translated), as a node runs it.
+    let lb =
+        start_lbd_with(lbd, node, &services, &["--socket-lb", "on"]).expect("lbd --swarm with BGP");
     within(
         Duration::from_secs(5),
         "lbd writes BIRD's include file",
@@ -252,5 +255,21 @@ fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
             assert_eq!(&who.seen, seen, "{to}: what {} sees", who.host);
         }
     }
-    println!("anycast: a task on node 1 reached every task by the VIP and node 1's port");
+    // The node's own processes: their sockets go straight to a task, or to the other node's
+    // published port for its tasks (the socket-level path).
+    let answered: BTreeSet<String> = (0..EVERY_TASK)
+        .map(|i| {
+            let mut session = TcpSession::connect_from(&node.ns, None, vip, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("node 1's connection {i} to {vip}: {e:#}"));
+            session
+                .request()
+                .unwrap_or_else(|e| panic!("node 1's connection {i} to {vip}: {e:#}"))
+                .backend
+        })
+        .collect();
+    assert_eq!(answered, every, "node 1's own connections reach every task");
+    println!(
+        "anycast: a task on node 1 reached every task by the VIP and node 1's port, and node 1 \
+         by the VIP"
+    );
 }
