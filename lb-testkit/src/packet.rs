@@ -225,6 +225,13 @@ pub fn tunnel_wrap(
     f
 }
 
+/// The inner frame of a mesh tunnel packet `frame` (see `tunnel_wrap`): its Ethernet header
+/// before the packet inside, without the tunnel's outer IPv4 and UDP headers.
+pub fn tunnel_inner(frame: &[u8]) -> Vec<u8> {
+    let outer = 14 + usize::from(lb_common::maps::tunnel::OVERHEAD);
+    [&frame[..14], &frame[outer..]].concat()
+}
+
 /// The Internet checksum of `data` (RFC 1071), starting from `initial`.
 pub fn checksum(data: &[u8], initial: u32) -> u16 {
     let mut sum = u64::from(initial);

@@ -24,7 +24,7 @@ use lb_testkit::{
     packet::{
         CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
         TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6, parse_ipv4,
-        parse_ipv6, tunnel_wrap, with_mss, with_vlan_tags,
+        parse_ipv6, tunnel_inner, tunnel_wrap, with_mss, with_vlan_tags,
     },
     progtest::{
         CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, ProgOutcome, assert_deltas, backend_mac, delta,
@@ -2616,7 +2616,7 @@ fn a_syn_toward_a_peer_without_a_neighbour_entry_is_clamped_to_the_paths_mtu() {
         );
         assert_eq!(out.packet, expected);
         parse_ipv4(&out.packet).expect("outer checksums");
-        parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+        parse_ipv4(&tunnel_inner(&out.packet)).expect("inner checksums");
     });
 }
 
@@ -2653,7 +2653,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         );
         assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
         parse_ipv4(&out.packet).expect("outer checksums");
-        parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+        parse_ipv4(&tunnel_inner(&out.packet)).expect("inner checksums");
 
         // The flow's next packet right after: sent on the route the SYN's FIB lookup left in
         // the route memo (the same interface; handed to TC, its MACs are the kernel's).
@@ -2757,7 +2757,7 @@ fn a_vlan_tagged_flow_for_a_task_on_another_node_is_wrapped_without_its_tags() {
                 past_addresses(&expected),
                 "tags {tags:?}"
             );
-            parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+            parse_ipv4(&tunnel_inner(&out.packet)).expect("inner checksums");
             assert_eq!(delta(&before, &lb.stats(), StatSlot::TunnelSent), 1);
         }
     });
@@ -2896,8 +2896,7 @@ fn a_delivered_flows_replies_follow_its_client_to_another_entry_node() {
                 lb.backend_if,
             );
             assert_eq!(out.handoff, Some(Handoff::forward(lb.backend_if)));
-            let inner = parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat())
-                .expect("an answer, wrapped");
+            let inner = parse_ipv4(&tunnel_inner(&out.packet)).expect("an answer, wrapped");
             assert_eq!(
                 (inner.src, inner.dst),
                 (task, client),
@@ -3048,8 +3047,7 @@ fn a_client_on_the_tasks_own_subnet_is_answered_through_the_node() {
         let answer = Ipv4Frame::tcp(gwbridge, sent.src, TCP_SYN | TCP_ACK)
             .with_macs(backend_mac(0), node_mac);
         let out = lb.run_from(&answer.build(), lb.backend_if);
-        let inner = parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat())
-            .expect("the answer, wrapped");
+        let inner = parse_ipv4(&tunnel_inner(&out.packet)).expect("the answer, wrapped");
         assert_eq!(
             (inner.src, inner.dst),
             (task, remote),
@@ -3172,8 +3170,7 @@ fn a_connection_moving_between_the_tunnel_and_the_tasks_own_node_keeps_its_port(
                 Ipv4Frame::tcp(gwbridge, to, TCP_ACK).with_macs(backend_mac(0), lb.backend_if_mac);
             let out = lb.run_from(&reply.build(), lb.backend_if);
             if tunneled {
-                let inner = parse_ipv4(&[&out.packet[..14], &out.packet[42..]].concat())
-                    .expect("an answer, wrapped");
+                let inner = parse_ipv4(&tunnel_inner(&out.packet)).expect("an answer, wrapped");
                 assert_eq!(
                     (inner.src, inner.dst),
                     (task, client),
@@ -3300,7 +3297,7 @@ fn icmp_errors_about_a_tunneled_flow_go_through_the_tunnel() {
             past_addresses(&expected),
             "to the task's node, through the tunnel"
         );
-        parse_icmpv4(&[&out.packet[..14], &out.packet[42..]].concat()).expect("inner checksums");
+        parse_icmpv4(&tunnel_inner(&out.packet)).expect("inner checksums");
         let after = lb.stats();
         assert_eq!(delta(&before, &after, StatSlot::IcmpErrorToBackend), 1);
         assert_eq!(delta(&before, &after, StatSlot::TunnelSent), 1);

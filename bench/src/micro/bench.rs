@@ -315,8 +315,7 @@ impl Bench {
             "not the tunnel packet to the peer: {packet:02x?}, expected {want:02x?}"
         );
         parse_ipv4(packet).map_err(|e| anyhow!("outer header: {e}"))?;
-        parse_ipv4(&[&packet[..14], &packet[42..]].concat())
-            .map_err(|e| anyhow!("inner packet: {e}"))?;
+        parse_ipv4(&tunnel_inner(packet)).map_err(|e| anyhow!("inner packet: {e}"))?;
         Ok(())
     }
 

@@ -49,7 +49,7 @@ use lb_common::{
 };
 use lb_testkit::{
     Netns,
-    packet::{CLIENT_MAC, Ipv4Frame, TCP_ACK, TCP_SYN, parse_ipv4, tunnel_wrap},
+    packet::{CLIENT_MAC, Ipv4Frame, TCP_ACK, TCP_SYN, parse_ipv4, tunnel_inner, tunnel_wrap},
     progtest::handoff_in,
 };
 use lb_userspace::{
