@@ -91,6 +91,14 @@ fn local_tasks(node: &SwarmNode, service: &str) -> BTreeSet<String> {
     .collect()
 }
 
+/// Container ids of `service`'s running tasks on every node.
+fn swarm_tasks(lab: &SwarmLab, service: &str) -> BTreeSet<String> {
+    lab.nodes
+        .iter()
+        .flat_map(|node| local_tasks(node, service))
+        .collect()
+}
+
 /// `n` requests from the client to `addr`; every answer. A request that times out is made
 /// once more (said on stdout): on a loaded 2-core machine running two dockerds, a connection
 /// attempt now and then takes longer than `TIMEOUT`; a second failure fails the test.
@@ -243,11 +251,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
 
     // Published port: each node answers from every task, its own and (through the mesh
     // tunnel) the other node's, and each task sees the client's own address.
-    let all_web: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, "web"))
-        .collect();
+    let all_web: BTreeSet<String> = swarm_tasks(&lab, "web");
     assert_eq!(all_web.len(), 4);
     for (node, lb) in lab.nodes.iter().zip(&lbs) {
         within(Duration::from_secs(5), "lbd programs every task", || {
@@ -461,11 +465,7 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         "the VIP answers the container",
         || in_container(node1, "cli", get).is_some_and(|out| parse_who(&out).is_some()),
     );
-    let all_api: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, "api"))
-        .collect();
+    let all_api: BTreeSet<String> = swarm_tasks(&lab, "api");
     assert_eq!(all_api.len(), 4, "{all_api:?}");
     for _ in 0..4 {
         let out = in_container(node1, "cli", get).expect("VIP request by name");
@@ -539,17 +539,9 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .docker(&["service", "scale", "-d", "api=2"])
         .expect("scale api");
     within(TASKS, "api scaled down", || {
-        lab.nodes
-            .iter()
-            .map(|n| local_tasks(n, "api").len())
-            .sum::<usize>()
-            == 2
+        swarm_tasks(&lab, "api").len() == 2
     });
-    let api_survivors: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, "api"))
-        .collect();
+    let api_survivors: BTreeSet<String> = swarm_tasks(&lab, "api");
     engines_list(&lab, "appnet", "api", 2);
     for lb in &lbs {
         within(FOLLOW, "the VIP follows the scale-down", || {
@@ -576,17 +568,9 @@ fn published_ports_vips_and_changes_on_a_real_swarm() {
         .expect("scale");
     lab.wait_running("web", 2, TASKS).expect("scaled down");
     within(TASKS, "scaled-down containers gone", || {
-        lab.nodes
-            .iter()
-            .map(|n| local_tasks(n, "web").len())
-            .sum::<usize>()
-            == 2
+        swarm_tasks(&lab, "web").len() == 2
     });
-    let survivors: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, "web"))
-        .collect();
+    let survivors: BTreeSet<String> = swarm_tasks(&lab, "web");
     engines_list(&lab, "ingress", "web", 2);
     for (node, lb) in lab.nodes.iter().zip(&lbs) {
         within(FOLLOW, "scale down followed", || {

@@ -21,7 +21,7 @@ use lb_testkit::{
 use super::{
     EVERY_TASK, TASKS, backends, container_answers,
     held::{Held, ask_all, open_to},
-    local_tasks, within,
+    local_tasks, swarm_tasks, within,
 };
 
 /// The service held to, its published port (the name server), and its policy VIP.
@@ -227,11 +227,7 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
 fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
     let node = &lab.nodes[0];
     let here = local_tasks(node, SERVICE);
-    let every: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, SERVICE))
-        .collect();
+    let every: BTreeSet<String> = swarm_tasks(lab, SERVICE);
     let caller = here.first().expect("a task on node 1").clone();
     let gateway = node.gwbridge_gateway().to_string();
     let caller_addr = node

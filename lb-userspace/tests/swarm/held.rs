@@ -19,7 +19,7 @@ use lb_testkit::{
     swarm::{CLIENT_ADDR, SwarmLab},
 };
 
-use super::{TASKS, backends, engines_list, local_tasks, within};
+use super::{TASKS, backends, engines_list, local_tasks, swarm_tasks, within};
 
 /// The service the connections are held to, published on `PORT` (the name server).
 pub const SERVICE: &str = "held";
@@ -76,7 +76,7 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
             },
         );
     }
-    let tasks: BTreeSet<String> = all_tasks(lab);
+    let tasks: BTreeSet<String> = swarm_tasks(lab, SERVICE);
     assert_eq!(tasks.len(), 4, "{SERVICE}: four tasks to start with");
     let started = Instant::now();
     let mut held = open(lab, &tasks);
@@ -99,7 +99,7 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
     let step = Instant::now();
     lab.scale(SERVICE, 6).expect("scale up");
     let scaled_up = within(TASKS, "held scaled up to 6 containers", || {
-        all_tasks(lab).len() == 6
+        swarm_tasks(lab, SERVICE).len() == 6
     });
     engines_list(lab, "ingress", SERVICE, 6);
     for lb in lbs {
@@ -124,9 +124,9 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
     let step = Instant::now();
     lab.scale(SERVICE, 4).expect("scale down");
     let scaled_down = within(TASKS, "held scaled down to 4 containers", || {
-        all_tasks(lab).len() == 4
+        swarm_tasks(lab, SERVICE).len() == 4
     });
-    let survivors = all_tasks(lab);
+    let survivors = swarm_tasks(lab, SERVICE);
     engines_list(lab, "ingress", SERVICE, 4);
     for lb in lbs {
         within(PROGRAMMED, "lbd programs the 4 tasks", || {
@@ -170,11 +170,7 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
     );
 
     let step = Instant::now();
-    let before: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, rolled))
-        .collect();
+    let before: BTreeSet<String> = swarm_tasks(lab, rolled);
     lab.manager()
         .docker(&[
             "service",
@@ -192,11 +188,7 @@ pub fn survive_scaling_and_a_rollout(lab: &SwarmLab, lbs: &[Lbd], rolled: &str) 
         TASKS * 2,
         "every task of the rolled service replaced",
         || {
-            let now: BTreeSet<String> = lab
-                .nodes
-                .iter()
-                .flat_map(|n| local_tasks(n, rolled))
-                .collect();
+            let now: BTreeSet<String> = swarm_tasks(lab, rolled);
             now.len() == before.len() && now.is_disjoint(&before)
         },
     );
@@ -279,11 +271,7 @@ pub fn open_to(
     n: usize,
     first_port: Option<u16>,
 ) -> Vec<Held> {
-    let tasks: BTreeSet<String> = lab
-        .nodes
-        .iter()
-        .flat_map(|node| local_tasks(node, service))
-        .collect();
+    let tasks: BTreeSet<String> = swarm_tasks(lab, service);
     (0..n)
         .map(|i| {
             let local = first_port.map(|p| SocketAddr::new(CLIENT_ADDR.into(), p + i as u16));
@@ -349,14 +337,6 @@ fn move_floating(lab: &SwarmLab, lbs: &[Lbd], from: Option<usize>, to: usize) {
             "permanent",
         ])
         .expect("the client's neighbour entry");
-}
-
-/// Every running task of the held service, over both nodes.
-fn all_tasks(lab: &SwarmLab) -> BTreeSet<String> {
-    lab.nodes
-        .iter()
-        .flat_map(|n| local_tasks(n, SERVICE))
-        .collect()
 }
 
 /// `PER_NODE` connections by each node's address; each asked once, so it knows its task.
