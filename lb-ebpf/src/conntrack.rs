@@ -443,9 +443,9 @@ pub fn insert(
     } else {
         svc.udp_timeout_s
     };
-    // Full NAT's source, or a hairpin's (see `open_flow`): chosen before, never the
-    // unspecified address.
-    let fullnat = chosen.snat_addr != Addr::UNSPECIFIED;
+    // The flow speaks from a node address (full NAT, or a hairpin: see `open_flow`), chosen
+    // before, never the unspecified address.
+    let from_node = chosen.snat_addr != Addr::UNSPECIFIED;
     // SAFETY: plain old data; zeroed word by word, padding included (see `zero`).
     let mut slot = MaybeUninit::uninit();
     let reply_key: &mut FlowKey = unsafe { zero::zeroed_in(&mut slot) };
@@ -481,7 +481,7 @@ pub fn insert(
     // another source port, as netfilter's NAT does on a tuple clash. Full NAT always picks
     // the node's address and a port. A backend endpoint whose one frontend is this flow's
     // needs no unconfirmed reply entry (see `replies_without_entry`).
-    let remap = fullnat
+    let remap = from_node
         || !(replies_without_entry(&reply_key, key) || {
             // A TCP packet past its SYN (placed mid-flow) may be a connection come in another
             // way than the flow holding its key (see `take_over_moved`). Asked before the
@@ -502,7 +502,7 @@ pub fn insert(
             claimed
         });
     if remap {
-        if !fullnat {
+        if !from_node {
             chosen.snat_addr = key.src;
         }
         flow.snat_addr = key.src;
