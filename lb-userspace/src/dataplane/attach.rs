@@ -1,0 +1,360 @@
+//! Attaching to interfaces: the XDP and TC programs on each, through links pinned so a
+//! restarted `lbd` swaps its programs in without a gap, and taking them off again.
+
+use std::path::Path;
+
+use aya::programs::{
+    SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+    links::{FdLink, PinnedLink},
+    tc::SchedClassifierLink,
+    xdp::{XdpLink, XdpLinkId},
+};
+use lb_common::maps::programs;
+use tracing::{info, warn};
+
+use super::*;
+
+impl Dataplane {
+    /// Attaches the XDP program and the TC ingress program to `interface`.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<&Attachment, DataplaneError> {
+        let ifindex = attachable(interface)?;
+        if !forwarding_enabled_v6(interface) {
+            // Not an error: a node may serve IPv4 only. IPv6 frontends would be dropped.
+            tracing::warn!(
+                interface,
+                "IPv6 forwarding is off: IPv6 frontends on this interface will be dropped as drop_fib_failed; enable with `sysctl -w net.ipv6.conf.{interface}.forwarding=1`"
+            );
+        }
+        let Some(dir) = self.pin_dir.clone() else {
+            let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+            // The links live as long as the programs: dropping the Dataplane detaches them.
+            let (xdp_link, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
+            if let Err(error) = tc.attach(interface, TcAttachType::Ingress) {
+                // Not left handing packets over to no one.
+                let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+                if let Err(e) = xdp.detach(xdp_link) {
+                    warn!(interface, "taking XDP off again after TC failed: {e}");
+                }
+                return Err(DataplaneError::AttachTc {
+                    interface: interface.to_owned(),
+                    error,
+                });
+            }
+            return Ok(self.attached(interface, ifindex, mode, false));
+        };
+        // The XDP program hands packets to the TC one, so XDP never runs without it: a pinned
+        // link on another device (the interface renamed) is released XDP first, and here TC is
+        // attached first. And TC never stays without XDP: it forwards whatever frame carries
+        // a hand-off, which only XDP keeps off the wire (`Handoff`), so a failed XDP attach
+        // takes TC off the interface again. Each: swap into the pinned link if there is a live one, else attach
+        // and pin; a pin whose link the kernel detached (the interface deleted and made
+        // again) is replaced.
+        let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
+        link_device::release_if_elsewhere(&xdp_path, pin::LinkKind::Xdp, interface, ifindex)?;
+        let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
+        link_device::release_if_elsewhere(&tc_path, pin::LinkKind::Tc, interface, ifindex)?;
+        self.attach_tc_pinned(&dir, interface)?;
+        let attached = self.attach_xdp_pinned(&xdp_path, interface, ifindex, mode);
+        let (mode, adopted) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                self._pinned_links.remove(&tc_path);
+                if let Err(unpin) = remove_pin(&tc_path) {
+                    warn!(interface, "taking TC off again after XDP failed: {unpin}");
+                }
+                return Err(e);
+            }
+        };
+        Ok(self.attached(interface, ifindex, mode, adopted))
+    }
+
+    /// Attaches the XDP program to `interface` through its pinned link `xdp_path`, as
+    /// `attach_tc_pinned` does TC; answers the mode it runs in and whether it was adopted.
+    fn attach_xdp_pinned(
+        &mut self,
+        xdp_path: &Path,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(XdpMode, bool), DataplaneError> {
+        let pin_error = |what: &str, e: &dyn std::error::Error| {
+            DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
+        };
+
+        let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+        let adopted = match PinnedLink::from_pin(xdp_path) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))
+                    .map_err(|e| pin_error("adopting the pinned XDP link", &e))?;
+                match xdp.attach_to_link(link) {
+                    Ok(id) => {
+                        // Out of aya's hands, so dropping the Dataplane leaves it attached;
+                        // the pin keeps it alive.
+                        drop(xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?);
+                        true
+                    }
+                    Err(e) => {
+                        warn!(
+                            interface,
+                            "the pinned XDP link is dead ({}); attaching afresh",
+                            with_causes(&e)
+                        );
+                        remove_pin(xdp_path)?;
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        let mode = if adopted {
+            // Attached by an earlier lbd, perhaps with another --xdp-mode.
+            match netlink::attached_mode(ifindex) {
+                Ok(Some(attached)) => attached,
+                Ok(None) => mode,
+                Err(e) => {
+                    warn!(interface, "reading the adopted link's XDP mode: {e}");
+                    mode
+                }
+            }
+        } else {
+            let (id, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
+            let link = xdp.take_link(id).map_err(|e| pin_error("XDP link", &e))?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                pin_error(
+                    "the kernel gave a netlink XDP attachment, which cannot be pinned",
+                    &e,
+                )
+            })?;
+            drop(
+                fd.pin(xdp_path)
+                    .map_err(|e| pin_error("pinning the XDP link", &e))?,
+            );
+            mode
+        };
+        let link = PinnedLink::from_pin(xdp_path).map_err(|e| pin_error("XDP pin", &e))?;
+        self._pinned_links.insert(xdp_path.to_owned(), link);
+        Ok((mode, adopted))
+    }
+
+    /// Attaches the TC ingress program to `interface` through its pinned tcx link under `dir`:
+    /// the live link a previous lbd pinned on this device (a pin on another device was
+    /// released before) gets this program, else a new link is made and pinned.
+    fn attach_tc_pinned(&mut self, dir: &Path, interface: &str) -> Result<(), DataplaneError> {
+        let pin_error = |what: &str, e: &dyn std::error::Error| {
+            DataplaneError::Pin(format!("{what} for `{interface}`: {}", with_causes(e)))
+        };
+        let tc_path = pin::link_path(dir, interface, pin::LinkKind::Tc);
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
+        let attach_tc_error = |error| DataplaneError::AttachTc {
+            interface: interface.to_owned(),
+            error,
+        };
+        let adopted_tc = match PinnedLink::from_pin(&tc_path) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| pin_error("adopting the pinned tcx link", &e))?;
+                match tc.attach_to_link(link) {
+                    Ok(id) => {
+                        drop(tc.take_link(id).map_err(attach_tc_error)?);
+                        true
+                    }
+                    Err(e) => {
+                        warn!(
+                            interface,
+                            "the pinned tcx link is dead ({}); attaching afresh",
+                            with_causes(&e)
+                        );
+                        remove_pin(&tc_path)?;
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        if !adopted_tc {
+            // A tcx link or nothing: aya's `attach` falls back to a netlink filter on kernels
+            // before 6.6, which cannot be pinned and which nothing would detach when the
+            // start then fails (each retry leaving another program holding every map).
+            let id = tc
+                .attach_with_options(
+                    interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| {
+                    pin_error(
+                        "attaching the TC ingress program as a tcx link (Linux 6.6 or later) \
+                         failed",
+                        &e,
+                    )
+                })?;
+            let link = tc.take_link(id).map_err(attach_tc_error)?;
+            let fd = FdLink::try_from(link).map_err(|e| {
+                pin_error(
+                    "the kernel gave a netlink TC attachment, which cannot be pinned",
+                    &e,
+                )
+            })?;
+            drop(
+                fd.pin(&tc_path)
+                    .map_err(|e| pin_error("pinning the tcx link", &e))?,
+            );
+        }
+        let link = PinnedLink::from_pin(&tc_path).map_err(|e| pin_error("tcx pin", &e))?;
+        self._pinned_links.insert(tc_path, link);
+        Ok(())
+    }
+
+    fn attached(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+        adopted: bool,
+    ) -> &Attachment {
+        info!(interface, ifindex, %mode, adopted, "attached");
+        self.conntrack_filter.changed_now();
+        self.learn_interface_mac(interface, ifindex, mode);
+        // Attached again (the interface was made again): the new attachment replaces the old.
+        self.attachments.retain(|a| a.interface != interface);
+        self.attachments.push(Attachment {
+            interface: interface.to_owned(),
+            ifindex,
+            mode,
+            adopted,
+        });
+        self.attachments.last().expect("just pushed")
+    }
+
+    /// Writes `interface`'s MAC for the XDP program (see `set_interface_mac`); a failure is
+    /// logged, not fatal: the interface is then served unfiltered, as before.
+    fn learn_interface_mac(&mut self, interface: &str, ifindex: u32, mode: XdpMode) {
+        let skb_mode = matches!(mode, XdpMode::Generic);
+        let written = netlink::link_filter_mac(ifindex)
+            .map_err(|e| e.to_string())
+            .and_then(|mac| {
+                if let Some(m) = mac {
+                    let start = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], 0, 0]);
+                    if lb_common::maps::Handoff::is_handoff_address(start) {
+                        warn!(
+                            interface,
+                            "this interface's MAC is meshlb's hand-off address (`Handoff`): the TC program would forward frames sent to it where their source address says; give the interface another MAC"
+                        );
+                    }
+                }
+                if self.interface_macs.get(&ifindex) == Some(&(mac, skb_mode)) {
+                    return Ok(());
+                }
+                self.set_interface_mac(ifindex, mac, skb_mode)
+                    .map_err(|e| e.to_string())?;
+                self.interface_macs.insert(ifindex, (mac, skb_mode));
+                Ok(())
+            });
+        if let Err(e) = written {
+            warn!(
+                interface,
+                "could not tell the XDP program this interface's MAC ({e}): frames on it for other hosts' MACs are served too"
+            );
+        }
+    }
+
+    /// Writes the MACs of the attached interfaces again (an operator may change one): called
+    /// on netlink link events and once a second.
+    pub fn refresh_interface_macs(&mut self) {
+        let attached: Vec<(String, u32, XdpMode)> = self
+            .attachments
+            .iter()
+            .map(|a| (a.interface.clone(), a.ifindex, a.mode))
+            .collect();
+        for (interface, ifindex, mode) in attached {
+            self.learn_interface_mac(&interface, ifindex, mode);
+        }
+    }
+
+    /// Detaches pinned links of interfaces not in `keep`: a previous `lbd` served them, this
+    /// one was not asked to. Returns the interfaces released.
+    pub fn release_unlisted(&mut self, keep: &[String]) -> Result<Vec<String>, DataplaneError> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(Vec::new());
+        };
+        let mut released = Vec::new();
+        for (interface, path) in pin::pinned_interfaces(dir) {
+            if keep.contains(&interface) {
+                continue;
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
+            if !released.contains(&interface) {
+                released.push(interface);
+            }
+        }
+        Ok(released)
+    }
+}
+
+fn attach_xdp(
+    xdp: &mut Xdp,
+    interface: &str,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<(XdpLinkId, XdpMode), DataplaneError> {
+    let try_mode = |xdp: &mut Xdp, mode: XdpMode| {
+        let aya_mode = match mode {
+            XdpMode::Native | XdpMode::Auto => AyaXdpMode::Driver,
+            XdpMode::Generic => AyaXdpMode::Skb,
+        };
+        xdp.attach(interface, aya_mode)
+            .map_err(|error| DataplaneError::AttachXdp {
+                interface: interface.to_owned(),
+                mode,
+                error,
+            })
+    };
+    // Someone else's program (or another meshlb's): attaching would fail, and the error
+    // would not say why.
+    if let Ok(Some(id)) = netlink::attached_program(ifindex) {
+        let program = aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == id)
+            .and_then(|p| p.name_as_str().map(str::to_owned))
+            .unwrap_or_else(|| "(unnamed)".to_owned());
+        return Err(DataplaneError::XdpBusy {
+            interface: interface.to_owned(),
+            program,
+            id,
+        });
+    }
+    match mode {
+        XdpMode::Auto if is_veth(ifindex) => {
+            info!(
+                interface,
+                "a veth: generic XDP (its packets are skbs from sockets, which native XDP on a veth converts to XDP buffers and back; `--xdp-mode native` to take XDP frames from its peer)"
+            );
+            Ok((try_mode(xdp, XdpMode::Generic)?, XdpMode::Generic))
+        }
+        XdpMode::Auto => match try_mode(xdp, XdpMode::Native) {
+            Ok(link) => Ok((link, XdpMode::Native)),
+            Err(e) => {
+                info!(
+                    interface,
+                    "native XDP unavailable ({e}); using generic mode"
+                );
+                Ok((try_mode(xdp, XdpMode::Generic)?, XdpMode::Generic))
+            }
+        },
+        mode => Ok((try_mode(xdp, mode)?, mode)),
+    }
+}
+
+/// Whether interface `ifindex` is a veth (false if that cannot be read: native is then tried).
+fn is_veth(ifindex: u32) -> bool {
+    netlink::link_kind(ifindex)
+        .ok()
+        .flatten()
+        .is_some_and(|kind| kind == "veth")
+}
