@@ -6,7 +6,8 @@
 //! mesh keep their task, also when the address they connected to moves to the other node
 //! (`held`); large transfers cross it at underlay MTUs 1500 and 1400
 //! (`bulk`). A service's policy VIP announced by both nodes through BGP keeps its
-//! connections when a node leaves the ECMP route (`anycast`).
+//! connections when a node leaves the ECMP route, and the node's containers, tasks or not, reach
+//! it and the node's published port (`anycast`).
 
 #[path = "swarm/anycast.rs"]
 mod anycast;
@@ -671,7 +672,7 @@ fn a_swarm_vip_behind_ecmp_keeps_connections_when_a_node_leaves_the_route() {
     lab.create_published(
         anycast::SERVICE,
         4,
-        &[Publish::ingress(anycast::PORT, WHO_PORT, Proto::Tcp)],
+        &Publish::ingress_tcp_and_udp(anycast::PORT, WHO_PORT),
         &["--placement-pref", "spread=node.id"],
     )
     .expect("anycast");

@@ -17,7 +17,7 @@ use lb_userspace::{
     dataplane::{self, LoadOptions, pin},
     plan,
     source::file::ServiceFile,
-    source::settings::{self, KernelLogLevel, SocketLb, XdpMode},
+    source::settings::{self, DockerBridges, KernelLogLevel, SocketLb, XdpMode},
     source::swarm,
 };
 use tracing::{info, warn};
@@ -172,6 +172,11 @@ struct RunArgs {
     /// it and below [default: the cgroup2 mount from /proc/mounts].
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// With --swarm: attach also to the node's local Docker bridge networks (docker0 and
+    /// user-defined ones) while the Engine lists them, so their containers reach published
+    /// ports and policy VIPs on the node's addresses [default: on].
+    #[arg(long, value_enum)]
+    docker_bridges: Option<DockerBridges>,
     /// How often to check the service file for changes, in milliseconds (0: only SIGHUP)
     /// [default: 1000].
     #[arg(long)]
@@ -229,7 +234,12 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
         }
     );
     if let Some(host) = &daemon.docker_host {
-        println!("swarm: following {host}");
+        let bridges = if daemon.docker_bridges {
+            " (and attaching to its bridge networks)"
+        } else {
+            ""
+        };
+        println!("swarm: following {host}{bridges}");
     }
     let Some(config) = config else {
         return Ok(());
@@ -420,6 +430,8 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
             }
         },
     };
+    let docker_bridges = docker_host.is_some()
+        && args.docker_bridges.or(s.docker_bridges).unwrap_or_default() == DockerBridges::On;
     Ok(RunOptions {
         daemon: DaemonOptions {
             config: args.config,
@@ -441,6 +453,7 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
                 pin_dir: Some(pin_dir),
             },
             socket_cgroup,
+            docker_bridges,
         },
         api: args
             .api

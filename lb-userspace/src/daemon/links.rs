@@ -2,6 +2,11 @@
 //! an interface of that name exists again (a new index, or the same one after it was seen
 //! missing), meshlb attaches to it anew. Driven by lbd's netlink link events, and checked every
 //! second besides.
+//!
+//! And on a swarm node, the local Docker bridge networks' interfaces (`docker0` and those of
+//! `docker network create`), followed as the Engine lists them: their containers call the
+//! node's published ports and policy VIPs through them (see `swarm::bridges`), so `lbd`
+//! attaches to each while its network exists and takes its programs off once it is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +34,73 @@ pub enum LinkEvent {
 pub(super) struct LinkState {
     missing: BTreeSet<String>,
     reattached: BTreeMap<String, u64>,
+    /// Whether the Engine's bridge networks are followed (`--docker-bridges`).
+    following_bridges: bool,
+    /// The bridges followed: attached, or to be once their interface exists. Not the
+    /// operator's own interfaces, which stay whatever the Engine says.
+    bridges: BTreeSet<String>,
+    /// The last error attaching to each bridge, said once until it changes: every second's
+    /// look tries again.
+    bridge_errors: BTreeMap<String, String>,
+}
+
+impl LinkState {
+    /// Following the Engine's bridges or not; `saved`: those the last lbd followed, whose
+    /// pinned links it left.
+    pub(super) fn following_bridges(following: bool, saved: BTreeSet<String>) -> LinkState {
+        LinkState {
+            following_bridges: following,
+            bridges: saved,
+            ..Default::default()
+        }
+    }
+}
+
+/// The bridges the last lbd followed (as its saved swarm state lists them) that are not the
+/// operator's own interfaces; none when bridges are not followed.
+pub(super) fn saved_bridges(swarm: Option<&Snapshot>, options: &DaemonOptions) -> BTreeSet<String> {
+    let Some(snapshot) = swarm.filter(|_| options.docker_bridges) else {
+        return BTreeSet::new();
+    };
+    snapshot
+        .bridges
+        .iter()
+        .filter(|b| !options.interfaces.contains(b) && !options.late_interfaces.contains(b))
+        .cloned()
+        .collect()
+}
+
+/// A start's attachments: the interfaces given, those waited for that exist (the others are
+/// returned, to attach once they do), and the pinned links of any other interface a previous
+/// lbd served released. The bridges the last lbd followed (`saved`) keep their links until
+/// the Engine says whether they are still there (`Daemon::follow_bridges`).
+pub(super) fn attach_at_start(
+    dp: &mut Dataplane,
+    options: &DaemonOptions,
+    saved: &BTreeSet<String>,
+) -> Result<Vec<String>, DaemonError> {
+    for interface in &options.interfaces {
+        dp.attach(interface, options.xdp_mode)?;
+    }
+    let mut late_interfaces = Vec::new();
+    for interface in &options.late_interfaces {
+        if dataplane::ifindex(interface).is_ok() {
+            dp.attach(interface, options.xdp_mode)?;
+        } else {
+            late_interfaces.push(interface.clone());
+        }
+    }
+    let listed: Vec<String> = options
+        .interfaces
+        .iter()
+        .chain(&options.late_interfaces)
+        .chain(saved)
+        .cloned()
+        .collect();
+    for interface in dp.release_unlisted(&listed)? {
+        info!(interface, "detached: no longer in the interface list");
+    }
+    Ok(late_interfaces)
 }
 
 impl Daemon {
@@ -57,7 +129,10 @@ impl Daemon {
             let was_missing = self.links.missing.contains(&interface);
             match dataplane::ifindex(&interface) {
                 Err(_) => {
-                    if self.links.missing.insert(interface.clone()) {
+                    // A followed bridge goes with its network: `follow_bridges` says so.
+                    if self.links.missing.insert(interface.clone())
+                        && !self.links.bridges.contains(&interface)
+                    {
                         events.push(LinkEvent::Missing { interface });
                     }
                 }
@@ -85,6 +160,75 @@ impl Daemon {
         // An operator may give an interface another MAC without making it again.
         self.dp.refresh_interface_macs();
         events
+    }
+
+    /// Attaches to the bridges the Engine lists (the saved swarm state's until it answers)
+    /// that are not attached yet, and takes the programs off those it no longer lists. A
+    /// bridge that cannot be attached now is tried again at every call (every second, and at
+    /// each swarm change).
+    pub fn follow_bridges(&mut self) {
+        if !self.links.following_bridges {
+            return;
+        }
+        let listed = self
+            .swarm
+            .as_ref()
+            .map(|s| s.bridges.clone())
+            .unwrap_or_default();
+        for gone in self.links.bridges.clone().difference(&listed) {
+            self.links.bridges.remove(gone);
+            self.links.bridge_errors.remove(gone);
+            self.links.missing.remove(gone);
+            self.links.reattached.remove(gone);
+            match self.dp.release(gone) {
+                Ok(()) => info!(
+                    interface = %gone,
+                    "detached: the Engine no longer lists its bridge network"
+                ),
+                Err(e) => warn!(
+                    interface = %gone,
+                    "detaching from a removed bridge network's interface: {e}"
+                ),
+            }
+        }
+        let attached: BTreeSet<String> = self
+            .dp
+            .attachments()
+            .iter()
+            .map(|a| a.interface.clone())
+            .collect();
+        for bridge in listed {
+            let operators = !self.links.bridges.contains(&bridge)
+                && (attached.contains(&bridge) || self.late_interfaces.contains(&bridge));
+            if operators {
+                continue;
+            }
+            self.links.bridges.insert(bridge.clone());
+            if attached.contains(&bridge) || dataplane::ifindex(&bridge).is_err() {
+                continue;
+            }
+            match self.dp.attach(&bridge, self.xdp_mode) {
+                Ok(_) => {
+                    self.links.bridge_errors.remove(&bridge);
+                    info!(
+                        interface = %bridge,
+                        "attached: a Docker bridge network's interface (its containers reach \
+                         the node's published ports)"
+                    );
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if self.links.bridge_errors.get(&bridge) != Some(&text) {
+                        warn!(
+                            interface = %bridge,
+                            "attaching to a Docker bridge network's interface failed, retrying \
+                             every second: {text}"
+                        );
+                        self.links.bridge_errors.insert(bridge, text);
+                    }
+                }
+            }
+        }
     }
 
     /// Every attachment as `lbctl status` shows it: attached or missing, and how often it

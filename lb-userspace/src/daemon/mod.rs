@@ -86,6 +86,9 @@ pub struct DaemonOptions {
     /// The cgroup v2 directory to attach the socket-level programs to; `None`: socket-level
     /// balancing off.
     pub socket_cgroup: Option<PathBuf>,
+    /// Attach to the node's local Docker bridge networks while the Engine lists them (a swarm
+    /// node, `--docker-bridges on`; see `links`).
+    pub docker_bridges: bool,
 }
 
 const API_STATE_FILE: &str = "api-state.json";
@@ -199,6 +202,7 @@ impl Daemon {
             error!(service = %name, "swarm service not served: {reason}");
         }
 
+        let saved_bridges = links::saved_bridges(swarm.as_ref(), options);
         // Before the pinned maps are touched: an adopting start cannot be undone, and one that
         // failed at an interface would leave the maps holding this configuration for the
         // previous programs still attached elsewhere.
@@ -221,26 +225,7 @@ impl Daemon {
             } else {
                 dp.apply(None, &desired)?;
             }
-            for interface in &options.interfaces {
-                dp.attach(interface, options.xdp_mode)?;
-            }
-            let mut late_interfaces = Vec::new();
-            for interface in &options.late_interfaces {
-                if dataplane::ifindex(interface).is_ok() {
-                    dp.attach(interface, options.xdp_mode)?;
-                } else {
-                    late_interfaces.push(interface.clone());
-                }
-            }
-            let listed: Vec<String> = options
-                .interfaces
-                .iter()
-                .chain(&options.late_interfaces)
-                .cloned()
-                .collect();
-            for interface in dp.release_unlisted(&listed)? {
-                info!(interface, "detached: no longer in the interface list");
-            }
+            let late_interfaces = links::attach_at_start(&mut dp, options, &saved_bridges)?;
             match &options.socket_cgroup {
                 Some(cgroup) => {
                     dp.attach_sockets(cgroup)?;
@@ -294,13 +279,14 @@ impl Daemon {
             started: Instant::now(),
             degraded: None,
             api_file_behind: None,
-            links: links::LinkState::default(),
+            links: links::LinkState::following_bridges(options.docker_bridges, saved_bridges),
             health,
             merged_epoch: 1,
             running_health_shaped: true,
             health_unapplied: None,
             swarm_unapplied: None,
         };
+        daemon.follow_bridges();
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
         daemon.abort_sockets_to(gone_udp);
@@ -723,6 +709,7 @@ impl Daemon {
     /// Attaches the waited-for interfaces that exist now; a failed one is tried again at the
     /// next call.
     pub fn attach_appeared(&mut self) -> Vec<(String, Result<(), DaemonError>)> {
+        self.follow_bridges();
         let mut done = Vec::new();
         let waiting = std::mem::take(&mut self.late_interfaces);
         for interface in waiting {

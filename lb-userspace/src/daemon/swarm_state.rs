@@ -17,6 +17,7 @@ impl Daemon {
             self.swarm_unapplied = None;
         }
         self.swarm = Some(snapshot);
+        self.follow_bridges();
         self.commit_swarm()
     }
 

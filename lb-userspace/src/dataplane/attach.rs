@@ -6,13 +6,16 @@ use std::path::Path;
 use aya::programs::{
     SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
     links::{FdLink, PinnedLink},
-    tc::SchedClassifierLink,
+    tc::{SchedClassifierLink, SchedClassifierLinkId},
     xdp::{XdpLink, XdpLinkId},
 };
 use lb_common::maps::programs;
 use tracing::{info, warn};
 
 use super::*;
+
+/// An interface's XDP and TC links when nothing is pinned.
+pub(super) type UnpinnedLinks = (XdpLinkId, SchedClassifierLinkId);
 
 impl Dataplane {
     /// Attaches the XDP program and the TC ingress program to `interface`.
@@ -34,17 +37,22 @@ impl Dataplane {
             // The links live as long as the programs: dropping the Dataplane detaches them.
             let (xdp_link, mode) = attach_xdp(xdp, interface, ifindex, mode)?;
             let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
-            if let Err(error) = tc.attach(interface, TcAttachType::Ingress) {
-                // Not left handing packets over to no one.
-                let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
-                if let Err(e) = xdp.detach(xdp_link) {
-                    warn!(interface, "taking XDP off again after TC failed: {e}");
+            let tc_link = match tc.attach(interface, TcAttachType::Ingress) {
+                Ok(link) => link,
+                Err(error) => {
+                    // Not left handing packets over to no one.
+                    let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+                    if let Err(e) = xdp.detach(xdp_link) {
+                        warn!(interface, "taking XDP off again after TC failed: {e}");
+                    }
+                    return Err(DataplaneError::AttachTc {
+                        interface: interface.to_owned(),
+                        error,
+                    });
                 }
-                return Err(DataplaneError::AttachTc {
-                    interface: interface.to_owned(),
-                    error,
-                });
-            }
+            };
+            self.unpinned_links
+                .insert(interface.to_owned(), (xdp_link, tc_link));
             return Ok(self.attached(interface, ifindex, mode, false));
         };
         // The XDP program hands packets to the TC one, so XDP never runs without it: a pinned
@@ -294,6 +302,38 @@ impl Dataplane {
             }
         }
         Ok(released)
+    }
+
+    /// Takes the programs off `interface` and forgets it: an interface `lbd` stops serving
+    /// while it runs (a Docker bridge network removed). Its pinned links are unpinned, XDP
+    /// first (TC never stays without it, see `attach`); one already gone (the interface
+    /// deleted) is only forgotten.
+    pub fn release(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        self.attachments.retain(|a| a.interface != interface);
+        let Some(dir) = self.pin_dir.clone() else {
+            if let Some((xdp_link, tc_link)) = self.unpinned_links.remove(interface) {
+                let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
+                // A link whose interface was deleted went with it: nothing left to detach.
+                let _ = xdp.detach(xdp_link);
+                let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
+                let _ = tc.detach(tc_link);
+            }
+            return Ok(());
+        };
+        for kind in [pin::LinkKind::Xdp, pin::LinkKind::Tc] {
+            let path = pin::link_path(&dir, interface, kind);
+            self._pinned_links.remove(&path);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DataplaneError::Pin(format!(
+                        "removing {}: {e}",
+                        path.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 

@@ -144,6 +144,9 @@ pub struct Dataplane {
     /// Pinned links we hold open, by pin path (a link made again for an interface made again
     /// replaces the dead one); dropping them only closes our descriptors.
     _pinned_links: std::collections::BTreeMap<PathBuf, PinnedLink>,
+    /// Without a pin directory: the links of each interface, owned by the programs (see
+    /// `release`).
+    unpinned_links: std::collections::BTreeMap<String, attach::UnpinnedLinks>,
     /// The pin directory's lock (see [`pin::lock`]).
     _pin_lock: Option<std::fs::File>,
     /// Where the socket-level programs are attached, if they are.
@@ -228,6 +231,7 @@ impl Dataplane {
             pin_dir: options.pin_dir,
             adopted,
             _pinned_links: Default::default(),
+            unpinned_links: Default::default(),
             _pin_lock: pin_lock,
             sockets: None,
             logger,

@@ -14,6 +14,7 @@
 //!   conntrack_entries: 2097152
 //!   socket_lb: on                    # socket-level balancing for the node's own clients
 //!   cgroup: /sys/fs/cgroup/unified   # where its programs attach (default: the cgroup2 mount)
+//!   docker_bridges: on               # a swarm node serves its bridge networks' containers
 //!   kernel_log: warn                 # most verbose kernel-side log level kept
 //!   watch_interval_ms: 1000          # how often the file is checked for changes (0: SIGHUP only)
 //!   bgp:                             # announce VIPs with a usable backend through BIRD 2
@@ -75,6 +76,18 @@ pub enum SocketLb {
     Off,
 }
 
+/// On a swarm node, whether `lbd` attaches to the node's local Docker bridge networks
+/// (`docker0` and user-defined ones) while the Engine lists them, so their containers reach
+/// published ports and policy VIPs on the node's addresses (see `swarm::bridges`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DockerBridges {
+    /// Attached to each while it exists, beside the interfaces given.
+    #[default]
+    On,
+    /// Left alone: their containers reach no published port on this node.
+    Off,
+}
+
 /// The smallest connection table: one flow (a flow takes two entries).
 pub const MIN_CONNTRACK_ENTRIES: u32 = 2;
 
@@ -106,6 +119,7 @@ pub struct DaemonSettings {
     pub conntrack_entries: Option<u32>,
     pub socket_lb: Option<SocketLb>,
     pub cgroup: Option<PathBuf>,
+    pub docker_bridges: Option<DockerBridges>,
     /// Follow the node's Docker Engine for swarm services (`lbd run --swarm`).
     pub swarm: Option<bool>,
     /// The Engine to follow (`--docker-host`).
@@ -144,6 +158,7 @@ pub(crate) struct RawSettings {
     conntrack_entries: Option<u64>,
     socket_lb: Option<String>,
     cgroup: Option<PathBuf>,
+    docker_bridges: Option<String>,
     swarm: Option<bool>,
     docker_host: Option<String>,
     kernel_log: Option<String>,
@@ -170,42 +185,14 @@ impl RawSettings {
             })
             .transpose()
         };
-        let xdp_mode = self
-            .xdp_mode
-            .map(|text| {
-                <XdpMode as clap::ValueEnum>::from_str(&text, false).map_err(|_| {
-                    invalid(
-                        "xdp_mode",
-                        format!("{text:?} is not an XDP mode; valid values: native, generic, auto"),
-                    )
-                })
-            })
-            .transpose()?;
-        let socket_lb = self
-            .socket_lb
-            .map(|text| {
-                <SocketLb as clap::ValueEnum>::from_str(&text, false).map_err(|_| {
-                    invalid(
-                        "socket_lb",
-                        format!("{text:?} is not a choice; valid values: on, off"),
-                    )
-                })
-            })
-            .transpose()?;
-        let kernel_log = self
-            .kernel_log
-            .map(|text| {
-                <KernelLogLevel as clap::ValueEnum>::from_str(&text, false).map_err(|_| {
-                    invalid(
-                        "kernel_log",
-                        format!(
-                            "{text:?} is not a log level; valid values: off, error, warn, info, \
-                             debug, trace"
-                        ),
-                    )
-                })
-            })
-            .transpose()?;
+        let xdp_mode = choice::<XdpMode>(self.xdp_mode, "an XDP mode")
+            .map_err(|message| invalid("xdp_mode", message))?;
+        let socket_lb = choice::<SocketLb>(self.socket_lb, "a choice")
+            .map_err(|message| invalid("socket_lb", message))?;
+        let docker_bridges = choice::<DockerBridges>(self.docker_bridges, "a choice")
+            .map_err(|message| invalid("docker_bridges", message))?;
+        let kernel_log = choice::<KernelLogLevel>(self.kernel_log, "a log level")
+            .map_err(|message| invalid("kernel_log", message))?;
         let conntrack_entries = self
             .conntrack_entries
             .map(|n| {
@@ -248,6 +235,7 @@ impl RawSettings {
             conntrack_entries,
             socket_lb,
             cgroup: self.cgroup,
+            docker_bridges,
             swarm: self.swarm,
             docker_host: self.docker_host,
             kernel_log,
@@ -272,6 +260,22 @@ impl RawSettings {
         }
         Ok(settings)
     }
+}
+
+/// `text` as one of `T`'s values (their names as the command line takes them); the error
+/// names `what` it is not and every valid value.
+fn choice<T: clap::ValueEnum>(text: Option<String>, what: &str) -> Result<Option<T>, String> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    T::from_str(&text, false).map(Some).map_err(|_| {
+        let valid: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        format!("{text:?} is not {what}; valid values: {}", valid.join(", "))
+    })
 }
 
 /// What the kernel accepts as an interface name.
@@ -301,9 +305,13 @@ mod tests {
         assert_eq!(s.conntrack_entries, Some(4096));
         assert_eq!(parse("services: {}\n").unwrap(), Default::default());
         // Every flag of `lbd run` but --config has a field here (the README says so).
-        let s = parse("services: {}\nlbd:\n  kernel_log: debug\n  watch_interval_ms: 0\n").unwrap();
+        let s = parse(
+            "services: {}\nlbd:\n  kernel_log: debug\n  watch_interval_ms: 0\n  docker_bridges: off\n",
+        )
+        .unwrap();
         assert_eq!(s.kernel_log, Some(super::KernelLogLevel::Debug));
         assert_eq!(s.watch_interval_ms, Some(0));
+        assert_eq!(s.docker_bridges, Some(super::DockerBridges::Off));
     }
 
     #[test]
@@ -324,6 +332,12 @@ mod tests {
         assert!(e.contains("lbd.interfaces"), "{e}");
         let e = parse("services: {}\nlbd:\n  socket_lb: yes\n").unwrap_err();
         assert!(e.contains("lbd.socket_lb") && e.contains("on, off"), "{e}");
+        let e = parse("services: {}\nlbd:\n  docker_bridges: all\n").unwrap_err();
+        assert!(
+            e.contains("lbd.docker_bridges")
+                && e.contains("\"all\" is not a choice; valid values: on, off"),
+            "{e}"
+        );
         let e = parse("services: {}\nlbd:\n  kernel_log: loud\n").unwrap_err();
         assert!(
             e.contains("lbd.kernel_log") && e.contains("warn, info"),

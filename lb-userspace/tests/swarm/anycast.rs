@@ -3,7 +3,9 @@
 //! kernel spreading connections over both nodes by their ports). Connections to the VIP
 //! enter both nodes and reach tasks on both; when one node's BIRD dies, the router sends
 //! every connection to the other node, and when it comes back, some back again: each
-//! connection answers from its task, which sees the client's port as before.
+//! connection answers from its task, which sees the client's port as before. From inside node
+//! 1, a task and containers on its other bridge networks reach every task by the VIP and the
+//! published port.
 
 use std::{
     collections::BTreeSet,
@@ -15,11 +17,11 @@ use std::{
 use lb_testkit::{
     ChildGuard, Lbd, ScratchPath, TcpSession,
     routing::{kill_bird, node_conf, start_bird, wait_hops},
-    swarm::{CLIENT_ADDR, SwarmLab, SwarmNode, start_lbd_with},
+    swarm::{CLIENT_ADDR, IMAGE, SwarmLab, SwarmNode, start_lbd_with},
 };
 
 use super::{
-    EVERY_TASK, TASKS, backends, container_answers,
+    EVERY_TASK, FOLLOW, TASKS, backends, container_answers,
     held::{Held, ask_all, open_to},
     local_tasks, swarm_tasks, within,
 };
@@ -138,7 +140,7 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
             Speaker { dir, bird: None }
         })
         .collect();
-    let lbs: Vec<Lbd> = lab
+    let mut lbs: Vec<Lbd> = lab
         .nodes
         .iter()
         .zip(&mut speakers)
@@ -217,10 +219,12 @@ pub fn connections_survive_a_node_leaving_the_ecmp_route(lab: &SwarmLab, lbd: &P
         "anycast: node 1 back after {took:?}: {} connections kept",
         round.kept
     );
+
+    the_nodes_other_containers_reach_its_port_and_the_vip(lab, &mut lbs[0], target);
 }
 
 /// From inside the swarm: a task on node 1 (a container on its `docker_gwbridge`) calls the
-/// VIP and node 1's published port. Every task answers: node 1's own, the caller included,
+/// VIP and node 1's published port, over TCP and UDP. Every task answers: node 1's own, the caller included,
 /// through node 1 (hairpin: they see node 1's address on the bridge, and the caller gets their
 /// answers from the address it called, not straight from theirs), node 2's through the
 /// tunnel, seeing the caller's own address.
@@ -237,18 +241,25 @@ fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
         .find(|(id, _)| id.starts_with(&caller))
         .map(|(_, a)| a.to_string())
         .expect("the caller's address on docker_gwbridge");
-    for to in [vip, SocketAddr::new(node.addr.into(), PORT)] {
-        let answers = container_answers(node, &caller, "tcp", &to.to_string(), EVERY_TASK);
-        assert_eq!(answers.len(), EVERY_TASK, "{to}: every request answered");
+    for (proto, to) in ["tcp", "udp"]
+        .into_iter()
+        .flat_map(|p| [(p, vip), (p, SocketAddr::new(node.addr.into(), PORT))])
+    {
+        let answers = container_answers(node, &caller, proto, &to.to_string(), EVERY_TASK);
+        assert_eq!(
+            answers.len(),
+            EVERY_TASK,
+            "{proto} {to}: every request answered"
+        );
         let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
-        assert_eq!(hosts, every, "{to}: every task answers");
+        assert_eq!(hosts, every, "{proto} {to}: every task answers");
         for who in &answers {
             let seen = if here.contains(&who.host) {
                 &gateway
             } else {
                 &caller_addr
             };
-            assert_eq!(&who.seen, seen, "{to}: what {} sees", who.host);
+            assert_eq!(&who.seen, seen, "{proto} {to}: what {} sees", who.host);
         }
     }
     // The node's own processes: their sockets go straight to a task, or to the other node's
@@ -268,4 +279,131 @@ fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
         "anycast: a task on node 1 reached every task by the VIP and node 1's port, and node 1 \
          by the VIP"
     );
+}
+
+/// A user bridge network on node 1, made while lbd runs, and its subnet.
+const USERS: &str = "mlb-users";
+const USERS_SUBNET: &str = "198.18.90.0/24";
+
+/// The node's other containers, on its local bridge networks: one on `docker0` (a plain
+/// `docker run`) and one on a user bridge network made while lbd runs. They call node 1's
+/// published port and the VIP through their bridge, which lbd attached to as the Engine listed
+/// it (Docker's own mesh catches these packets in iptables; without lbd on the bridge they
+/// reach the node's stack, where nothing listens): every task answers, over TCP and UDP, and
+/// sees the container's own address. A restarted lbd adopts both bridges' links and serves
+/// them as before. Once the network is removed, lbd takes its programs off the bridge and
+/// forgets it.
+fn the_nodes_other_containers_reach_its_port_and_the_vip(
+    lab: &SwarmLab,
+    lb: &mut Lbd,
+    vip: SocketAddr,
+) {
+    let node = &lab.nodes[0];
+    let every: BTreeSet<String> = swarm_tasks(lab, SERVICE);
+    node.docker(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        USERS_SUBNET,
+        USERS,
+    ])
+    .expect("a user bridge network");
+    let id = node
+        .docker(&["network", "inspect", "--format", "{{.Id}}", USERS])
+        .expect("its id");
+    let bridge = format!("br-{}", &id.trim()[..12]);
+    let callers = [("mlb-plain", None), ("mlb-user", Some(USERS))];
+    for (name, network) in callers {
+        let mut run = vec!["run", "-d", "--name", name];
+        run.extend(network.iter().flat_map(|n| ["--network", *n]));
+        run.push(IMAGE);
+        node.docker(&run).expect("a container beside the swarm's");
+    }
+    within(FOLLOW, "lbd attaches to the new network's bridge", || {
+        attached(lb).contains_key(&bridge)
+    });
+    assert!(attached(lb).contains_key("docker0"), "{:?}", attached(lb));
+    for (name, _) in callers {
+        every_task_answers(node, name, vip, &every);
+    }
+    // A restart swaps the new programs into the bridges' pinned links, as for any interface.
+    lb.restart(&node.ns).expect("lbd restarted");
+    within(TASKS, "the restarted lbd programs the 4 tasks", || {
+        backends(lb, &format!("{SERVICE}.vip")) == Some(4)
+    });
+    let after = attached(lb);
+    assert_eq!(
+        (after.get("docker0"), after.get(&bridge)),
+        (Some(&true), Some(&true)),
+        "the restarted lbd adopts both bridges' links: {after:?}"
+    );
+    for (name, _) in callers {
+        every_task_answers(node, name, vip, &every);
+    }
+    node.docker(&["rm", "-f", "mlb-user"])
+        .expect("rm the user's container");
+    node.docker(&["network", "rm", USERS])
+        .expect("rm the network");
+    within(FOLLOW, "lbd forgets the removed network's bridge", || {
+        !attached(lb).contains_key(&bridge)
+    });
+    for kind in ["xdp", "tc"] {
+        let pin = lb.pin_dir().join("links").join(kind).join(&bridge);
+        assert!(!pin.exists(), "{} unpinned", pin.display());
+    }
+    let (healthy, status, _) = lb.lbctl(&["status"]).expect("lbctl status");
+    assert!(
+        healthy,
+        "no interface missing once the bridge is forgotten: {status}"
+    );
+    println!(
+        "anycast: containers on docker0 and on a user bridge reached every task by the VIP and \
+         node 1's port, TCP and UDP, before and after lbd restarted; the removed network's \
+         bridge {bridge} was released"
+    );
+}
+
+/// Container `name` on `node` calls the VIP and the node's published port, over TCP and UDP:
+/// every task answers, and sees the container's own address.
+fn every_task_answers(node: &SwarmNode, name: &str, vip: SocketAddr, every: &BTreeSet<String>) {
+    let own = node
+        .docker(&[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            name,
+        ])
+        .expect("the container's address");
+    let own = own.trim();
+    for proto in ["tcp", "udp"] {
+        for to in [vip, SocketAddr::new(node.addr.into(), PORT)] {
+            let answers = container_answers(node, name, proto, &to.to_string(), EVERY_TASK);
+            assert_eq!(
+                answers.len(),
+                EVERY_TASK,
+                "{name}, {proto} {to}: every request answered"
+            );
+            let hosts: BTreeSet<String> = answers.iter().map(|w| w.host.clone()).collect();
+            assert_eq!(&hosts, every, "{name}, {proto} {to}: every task answers");
+            assert!(
+                answers.iter().all(|w| w.seen == own),
+                "{name}, {proto} {to}: every task sees the container's own address {own}: \
+                 {answers:?}"
+            );
+        }
+    }
+}
+
+/// The interfaces `lb` is attached to, and whether each link was adopted from an earlier lbd
+/// (`lbctl status`).
+fn attached(lb: &Lbd) -> std::collections::BTreeMap<String, bool> {
+    let status = lb.lbctl_json(&["status"]).expect("lbctl status");
+    status["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["interface"].as_str()?.to_owned(), a["adopted"].as_bool()?)))
+        .collect()
 }

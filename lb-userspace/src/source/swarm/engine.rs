@@ -198,17 +198,21 @@ async fn read_with(
         what,
         error,
     };
+    // One listing for both: the overlays (inspected below) and the local bridges.
     let networks = client
         .list_networks(Some(ListNetworksOptions {
             filters: Some(HashMap::from([(
                 "driver".to_owned(),
-                vec!["overlay".to_owned()],
+                vec!["overlay".to_owned(), "bridge".to_owned()],
             )])),
         }))
         .await
-        .map_err(|e| request("GET /networks?filters=driver=overlay", e))?;
+        .map_err(|e| request("GET /networks?filters=driver=overlay,bridge", e))?;
+    let (listed_overlays, bridges): (Vec<_>, Vec<_>) = networks
+        .into_iter()
+        .partition(|n| n.driver.as_deref() == Some("overlay"));
     let mut overlays = Vec::new();
-    for network in networks {
+    for network in listed_overlays {
         let Some(id) = network.id.as_deref() else {
             continue;
         };
@@ -251,6 +255,7 @@ async fn read_with(
     Ok(Answers {
         info,
         overlays,
+        bridges,
         gwbridge,
         containers,
         pids: pids.into_iter().collect(),

@@ -5,12 +5,13 @@
 //! manager's tasks' desired states, and `stop_signals`, which reads the local tasks' stop
 //! signals from the container events, and `starts`, which hears containers start so a read
 //! follows at once), `snapshot` reduces its answers to
-//! what meshlb needs, `services` turns that into services in the service file's terms, and
+//! what meshlb needs (with `bridges`, the local bridge networks' interfaces), `services` turns that into services in the service file's terms, and
 //! `follow` keeps reading (with `peers`, which keeps a node the Engine stopped showing a
 //! peer for a while, `ports`, which keeps a published port it stopped listing for a
 //! while, and `notices`, which tells the other nodes' lbd the tasks this node knows are
 //! being stopped and hears theirs). The daemon lays the result beside the file's and the API's
 //! services.
+pub mod bridges;
 mod desired;
 pub mod engine;
 pub mod follow;

@@ -750,6 +750,7 @@ mod tests {
             containers: BTreeMap::new(),
             peers: Default::default(),
             desired_states_known: true,
+            bridges: Default::default(),
         }
     }
 

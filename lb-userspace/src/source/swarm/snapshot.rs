@@ -17,7 +17,7 @@ use std::{
     net::IpAddr,
 };
 
-use bollard::models::{ContainerSummary, NetworkInspect, SystemInfo};
+use bollard::models::{ContainerSummary, Network, NetworkInspect, SystemInfo};
 use serde::{Deserialize, Serialize};
 
 /// The network every ingress-published port belongs to, by the name a snapshot gives it
@@ -26,8 +26,7 @@ use serde::{Deserialize, Serialize};
 pub const INGRESS_NETWORK: &str = "ingress";
 /// The ingress network's entry for this node's own endpoint (the ingress sandbox).
 const INGRESS_SANDBOX: &str = "ingress-sbox";
-/// The bridge through which a node reaches its local tasks.
-pub const GWBRIDGE_NETWORK: &str = "docker_gwbridge";
+pub use super::bridges::GWBRIDGE_NETWORK;
 /// Label Docker puts on a task's container.
 pub const TASK_NAME_LABEL: &str = "com.docker.swarm.task.name";
 /// Label Docker puts on a task's container.
@@ -39,6 +38,8 @@ pub struct Answers {
     pub info: SystemInfo,
     /// Every overlay network this node knows, inspected verbosely.
     pub overlays: Vec<NetworkInspect>,
+    /// The local bridge networks, as listed (see `bridges`).
+    pub bridges: Vec<Network>,
     /// `None` when the node has no `docker_gwbridge` (yet): no task is reachable locally.
     pub gwbridge: Option<NetworkInspect>,
     /// Running containers (tasks and others).
@@ -80,6 +81,10 @@ pub struct Snapshot {
     /// can): then a task it does not want running is marked `stopping`.
     #[serde(default)]
     pub desired_states_known: bool,
+    /// The interfaces of this node's local bridge networks whose containers may call its
+    /// published ports (see `bridges`): `lbd` attaches to them.
+    #[serde(default)]
+    pub bridges: std::collections::BTreeSet<String>,
 }
 
 /// A local container attached to overlay networks: its sockets may call those networks' VIPs.
@@ -247,10 +252,12 @@ impl Snapshot {
             containers: BTreeMap::new(),
             peers: Default::default(),
             desired_states_known: false,
+            bridges: Default::default(),
         };
         if !active {
             return Ok(snapshot);
         }
+        snapshot.bridges = super::bridges::bridge_interfaces(&answers.bridges);
         // Every swarm node has the ingress network; an Engine that is starting lists it (and
         // the services on it) a moment after it says the swarm is active. Until then its view
         // is not the swarm's.
@@ -645,6 +652,7 @@ mod tests {
         Answers {
             info: serde_json::from_value(read("info.json")).unwrap(),
             overlays,
+            bridges: Vec::new(),
             gwbridge: Some(serde_json::from_value(read("docker_gwbridge.json")).unwrap()),
             containers,
             pids,
