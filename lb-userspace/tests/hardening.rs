@@ -667,6 +667,12 @@ fn lbd_check_refuses_what_lbd_run_would() {
     let (ok, out) = check(&["--conntrack-entries", "1"]);
     assert!(!ok, "{out}");
     assert!(out.contains("'1' for '--conntrack-entries"), "{out}");
+    // Bridges are followed only on a swarm node.
+    let (ok, out) = check(&["--interface", "lo", "--docker-bridges", "on"]);
+    assert!(
+        !ok && out.contains("--docker-bridges: only with --swarm"),
+        "{out}"
+    );
     // An interface that is not there, or does not forward.
     let (ok, out) = check(&["--interface", "eht0"]);
     assert!(!ok && out.contains("eht0"), "{out}");

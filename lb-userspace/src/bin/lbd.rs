@@ -430,6 +430,12 @@ fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
             }
         },
     };
+    if args.docker_bridges.is_some() && docker_host.is_none() {
+        bail!(
+            "--docker-bridges: only with --swarm (the bridge networks followed are the Docker \
+             Engine's); add --swarm or leave the flag out"
+        );
+    }
     let docker_bridges = docker_host.is_some()
         && args.docker_bridges.or(s.docker_bridges).unwrap_or_default() == DockerBridges::On;
     Ok(RunOptions {

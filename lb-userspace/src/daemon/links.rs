@@ -39,9 +39,9 @@ pub(super) struct LinkState {
     /// The bridges followed: attached, or to be once their interface exists. Not the
     /// operator's own interfaces, which stay whatever the Engine says.
     bridges: BTreeSet<String>,
-    /// The last error attaching to each bridge, said once until it changes: every second's
-    /// look tries again.
-    bridge_errors: BTreeMap<String, String>,
+    /// Bridges whose attach or release failed: the error (said once until it changes) and
+    /// when to try again (1 s, then twice as long each time, up to 30 s).
+    bridge_errors: BTreeMap<String, (String, health::Retry)>,
 }
 
 impl LinkState {
@@ -163,9 +163,8 @@ impl Daemon {
     }
 
     /// Attaches to the bridges the Engine lists (the saved swarm state's until it answers)
-    /// that are not attached yet, and takes the programs off those it no longer lists. A
-    /// bridge that cannot be attached now is tried again at every call (every second, and at
-    /// each swarm change).
+    /// that are not attached yet, and takes the programs off those it no longer lists. One
+    /// that cannot be attached or released now is tried again later (see `bridge_errors`).
     pub fn follow_bridges(&mut self) {
         if !self.links.following_bridges {
             return;
@@ -176,19 +175,23 @@ impl Daemon {
             .map(|s| s.bridges.clone())
             .unwrap_or_default();
         for gone in self.links.bridges.clone().difference(&listed) {
-            self.links.bridges.remove(gone);
-            self.links.bridge_errors.remove(gone);
-            self.links.missing.remove(gone);
-            self.links.reattached.remove(gone);
+            if !self.bridge_retry_due(gone) {
+                continue;
+            }
             match self.dp.release(gone) {
-                Ok(()) => info!(
-                    interface = %gone,
-                    "detached: the Engine no longer lists its bridge network"
-                ),
-                Err(e) => warn!(
-                    interface = %gone,
-                    "detaching from a removed bridge network's interface: {e}"
-                ),
+                Ok(released) => {
+                    self.links.bridges.remove(gone);
+                    self.links.bridge_errors.remove(gone);
+                    self.links.missing.remove(gone);
+                    self.links.reattached.remove(gone);
+                    if released {
+                        info!(
+                            interface = %gone,
+                            "detached: the Engine no longer lists its bridge network"
+                        );
+                    }
+                }
+                Err(e) => self.bridge_failed(gone, "detaching from", e.to_string()),
             }
         }
         let attached: BTreeSet<String> = self
@@ -197,6 +200,11 @@ impl Daemon {
             .iter()
             .map(|a| a.interface.clone())
             .collect();
+        // A bridge has no native XDP: `--xdp-mode native` is for the NICs.
+        let mode = match self.xdp_mode {
+            XdpMode::Native => XdpMode::Auto,
+            mode => mode,
+        };
         for bridge in listed {
             let operators = !self.links.bridges.contains(&bridge)
                 && (attached.contains(&bridge) || self.late_interfaces.contains(&bridge));
@@ -204,10 +212,13 @@ impl Daemon {
                 continue;
             }
             self.links.bridges.insert(bridge.clone());
-            if attached.contains(&bridge) || dataplane::ifindex(&bridge).is_err() {
+            if attached.contains(&bridge)
+                || dataplane::ifindex(&bridge).is_err()
+                || !self.bridge_retry_due(&bridge)
+            {
                 continue;
             }
-            match self.dp.attach(&bridge, self.xdp_mode) {
+            match self.dp.attach(&bridge, mode) {
                 Ok(_) => {
                     self.links.bridge_errors.remove(&bridge);
                     info!(
@@ -216,19 +227,35 @@ impl Daemon {
                          the node's published ports)"
                     );
                 }
-                Err(e) => {
-                    let text = e.to_string();
-                    if self.links.bridge_errors.get(&bridge) != Some(&text) {
-                        warn!(
-                            interface = %bridge,
-                            "attaching to a Docker bridge network's interface failed, retrying \
-                             every second: {text}"
-                        );
-                        self.links.bridge_errors.insert(bridge, text);
-                    }
-                }
+                Err(e) => self.bridge_failed(&bridge, "attaching to", e.to_string()),
             }
         }
+    }
+
+    /// Whether `bridge` may be tried now (its last failure's retry is due, or there was none).
+    fn bridge_retry_due(&self, bridge: &str) -> bool {
+        self.links
+            .bridge_errors
+            .get(bridge)
+            .is_none_or(|(_, retry)| Instant::now() >= retry.at)
+    }
+
+    /// Notes a failed attach or release of `bridge` (`doing`): said in the log unless it is the
+    /// error said last time, and tried again later.
+    fn bridge_failed(&mut self, bridge: &str, doing: &str, error: String) {
+        let earlier = self.links.bridge_errors.remove(bridge);
+        let retry = health::Retry::after(earlier.as_ref().map(|(_, r)| *r));
+        if earlier.as_ref().map(|(e, _)| e) != Some(&error) {
+            warn!(
+                interface = bridge,
+                "{doing} a Docker bridge network's interface failed, trying again in {:?} (and \
+                 longer each time): {error}",
+                retry.wait
+            );
+        }
+        self.links
+            .bridge_errors
+            .insert(bridge.to_owned(), (error, retry));
     }
 
     /// Every attachment as `lbctl status` shows it: attached or missing, and how often it

@@ -227,6 +227,15 @@ impl Dataplane {
     ) -> &Attachment {
         info!(interface, ifindex, %mode, adopted, "attached");
         self.conntrack_filter.changed_now();
+        // Made again under another index: the old index's MAC entry goes.
+        let before = self
+            .attachments
+            .iter()
+            .find(|a| a.interface == interface && a.ifindex != ifindex)
+            .map(|a| a.ifindex);
+        if let Some(old) = before {
+            self.forget_interface_mac(old);
+        }
         self.learn_interface_mac(interface, ifindex, mode);
         // Attached again (the interface was made again): the new attachment replaces the old.
         self.attachments.retain(|a| a.interface != interface);
@@ -305,11 +314,21 @@ impl Dataplane {
     }
 
     /// Takes the programs off `interface` and forgets it: an interface `lbd` stops serving
-    /// while it runs (a Docker bridge network removed). Its pinned links are unpinned, XDP
-    /// first (TC never stays without it, see `attach`); one already gone (the interface
-    /// deleted) is only forgotten.
-    pub fn release(&mut self, interface: &str) -> Result<(), DataplaneError> {
+    /// while it runs (a Docker bridge network removed). Its pinned links are unpinned, both
+    /// even if one fails (the first error is returned, and a later call tries again); one
+    /// already gone (the interface deleted) is only forgotten. Answers whether there was
+    /// anything to release (an attachment or a pin).
+    pub fn release(&mut self, interface: &str) -> Result<bool, DataplaneError> {
+        let ifindex = self
+            .attachments
+            .iter()
+            .find(|a| a.interface == interface)
+            .map(|a| a.ifindex);
         self.attachments.retain(|a| a.interface != interface);
+        if let Some(ifindex) = ifindex {
+            self.forget_interface_mac(ifindex);
+        }
+        let mut released = ifindex.is_some();
         let Some(dir) = self.pin_dir.clone() else {
             if let Some((xdp_link, tc_link)) = self.unpinned_links.remove(interface) {
                 let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
@@ -317,23 +336,26 @@ impl Dataplane {
                 let _ = xdp.detach(xdp_link);
                 let tc: &mut SchedClassifier = program(&mut self.ebpf, programs::TC_INGRESS)?;
                 let _ = tc.detach(tc_link);
+                released = true;
             }
-            return Ok(());
+            return Ok(released);
         };
+        let mut failed = None;
         for kind in [pin::LinkKind::Xdp, pin::LinkKind::Tc] {
             let path = pin::link_path(&dir, interface, kind);
             self._pinned_links.remove(&path);
             match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(DataplaneError::Pin(format!(
+                Ok(()) => released = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    failed = failed.or(Some(DataplaneError::Pin(format!(
                         "removing {}: {e}",
                         path.display()
-                    )));
+                    ))));
                 }
-                _ => {}
             }
         }
-        Ok(())
+        failed.map_or(Ok(released), Err)
     }
 }
 

@@ -26,6 +26,30 @@ impl Dataplane {
             })
     }
 
+    /// Forgets what the XDP program knew of `ifindex` (`set_interface_mac`): no program runs
+    /// there any more, and a high index's slot in `INTERFACE_MACS_BEYOND` is free for another
+    /// interface. A failure is logged: the entry only takes a slot.
+    pub fn forget_interface_mac(&mut self, ifindex: u32) {
+        self.interface_macs.remove(&ifindex);
+        let forgotten = if ifindex < lb_common::limits::MAX_INTERFACE_MACS {
+            self.set_interface_mac(ifindex, None, false)
+        } else {
+            HashMap::<&mut MapData, u32, lb_common::maps::InterfaceMac>::try_from(
+                self.ebpf_mut()
+                    .map_mut(names::INTERFACE_MACS_BEYOND)
+                    .expect("checked at load"),
+            )
+            .map_err(map_err(names::INTERFACE_MACS_BEYOND))
+            .and_then(|mut beyond| match beyond.remove(&ifindex) {
+                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+                Err(e) => Err(map_err(names::INTERFACE_MACS_BEYOND)(e)),
+            })
+        };
+        if let Err(e) = forgotten {
+            tracing::warn!(ifindex, "forgetting a released interface's MAC: {e}");
+        }
+    }
+
     /// Tells the XDP program `ifindex`'s own MAC (`None`: forget it), so that it leaves unicast
     /// frames for other hosts to the kernel, and whether XDP runs there in generic mode. An
     /// ifindex beyond `INTERFACE_MACS` goes to `INTERFACE_MACS_BEYOND`; if that is full, the

@@ -342,8 +342,8 @@ fn the_nodes_other_containers_reach_its_port_and_the_vip(
     for (name, _) in callers {
         every_task_answers(node, name, vip, &every);
     }
-    node.docker(&["rm", "-f", "mlb-user"])
-        .expect("rm the user's container");
+    node.docker(&["rm", "-f", "mlb-user", "mlb-plain"])
+        .expect("rm the containers");
     node.docker(&["network", "rm", USERS])
         .expect("rm the network");
     within(FOLLOW, "lbd forgets the removed network's bridge", || {
