@@ -65,8 +65,10 @@ stat_slots! {
     IcmpErrorToClient = "icmp_error_to_client", Event;
     /// A tracked flow whose backend left its service was given a new one.
     FlowMoved = "flow_moved", Event;
-    /// A TCP flow whose backend left its service was answered with a RST from the frontend
-    /// (`on_backend_removal: reset`); the RST is sent like a reply.
+    /// A TCP packet was answered with a RST from the frontend, sent like a reply: its flow's
+    /// backend left its service (`on_backend_removal: reset`), or its service has no usable
+    /// backend (a new flow's packet other than a RST, from its client itself, not through
+    /// the mesh tunnel).
     FlowReset = "flow_reset", Event;
     /// A packet too big for the egress MTU was answered with ICMP "fragmentation needed" or
     /// ICMPv6 "packet too big" to its sender (quoting it as sent); sent like a reply.
@@ -84,7 +86,8 @@ stat_slots! {
     TcRedirectNeigh = "tc_redirect_neigh", Tc;
     /// TC program: bpf_redirect_neigh refused the packet.
     TcRedirectFailed = "tc_redirect_failed", Tc;
-    /// Dropped: the service has no usable backend.
+    /// Dropped: the service has no usable backend (a TCP packet is answered with a RST
+    /// instead, counted `flow_reset`, unless it is a RST or came through the mesh tunnel).
     DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
     DropFibFailed = "drop_fib_failed", Outcome;

@@ -196,12 +196,20 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                         // `FlowLost`).
                         count(StatSlot::FlowLost);
                     }
-                    if let Some(slot) = start_flow(ctx, pkt, svc, generation).refusal() {
-                        count_raw(slot);
-                        return Verdict::xdp(xdp_action::XDP_DROP);
+                    match start_flow(ctx, pkt, svc, generation).refusal() {
+                        // No usable backend: a TCP client is told at once with a RST (counted
+                        // `flow_reset`), as Docker's IPVS mesh and the socket-level path tell
+                        // it, rather than retransmitting its SYN into nothing.
+                        Some(slot) if refused_with_reset(slot, pkt, svc) => reset = true,
+                        Some(slot) => {
+                            count_raw(slot);
+                            return Verdict::xdp(xdp_action::XDP_DROP);
+                        }
+                        None => {
+                            count(StatSlot::NewFlow);
+                            pkt.opened_flow = true;
+                        }
                     }
-                    count(StatSlot::NewFlow);
-                    pkt.opened_flow = true;
                 }
             }
         }
@@ -222,6 +230,19 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         return stateless::reply(ctx, pkt);
     }
     Verdict::untaken(pkt, StatSlot::PassNotFrontend)
+}
+
+/// Whether a new flow refused for want of a usable backend is answered with a RST from the
+/// frontend: a TCP packet other than a RST, straight from its client (one through the tunnel
+/// came to a task's delivery frontend from another node, which the RST would not reach), for
+/// a frontend packets are served on (not a VIP only an overlay's sockets are served).
+#[inline(always)]
+fn refused_with_reset(slot: u32, pkt: &Packet, svc: &Service) -> bool {
+    slot == StatSlot::DropNoBackend as u32
+        && pkt.key.proto == proto::TCP
+        && pkt.tcp_flags & TCP_RST == 0
+        && pkt.tunnel_peer == 0
+        && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
 }
 
 /// `to_backend`'s verdict for a flow followed in, or just moved to, a table, where it is

@@ -296,7 +296,8 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
         INTERVAL * 2 + Duration::from_secs(1),
     );
 
-    // 5. Every backend of web down: its packets are dropped and counted, not sent anywhere.
+    // 5. Every backend of web down: a new connection is refused at once with a RST from the
+    // VIP (counted `flow_reset`), not sent anywhere.
     servers.iter_mut().for_each(|s| *s = None);
     for backend in [b0, b1, "198.18.2.12"] {
         wait_health(
@@ -307,11 +308,16 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
             INTERVAL * FALL + Duration::from_secs(1),
         );
     }
-    let before = no_backend_drops(&lb);
-    assert!(tcp_request(&topo.client, vip, Duration::from_millis(500)).is_err());
+    let before = flows_reset(&lb);
+    let refused = tcp_request(&topo.client, vip, Duration::from_millis(500))
+        .expect_err("no backend of web is up");
     assert!(
-        no_backend_drops(&lb) > before,
-        "the SYN is counted as no_backend"
+        format!("{refused:#}").contains("refused"),
+        "the client is told at once: {refused:#}"
+    );
+    assert!(
+        flows_reset(&lb) > before,
+        "the SYN is answered with a RST (flow_reset)"
     );
     let metrics = lb_testkit::metrics(&topo.node).expect("/metrics");
     for line in [
@@ -436,10 +442,10 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
     );
 }
 
-fn no_backend_drops(lb: &Lbd) -> u64 {
-    lb.lbctl_json(&["stats"]).expect("lbctl stats")["global"]["drop_no_backend"]
+fn flows_reset(lb: &Lbd) -> u64 {
+    lb.lbctl_json(&["stats"]).expect("lbctl stats")["global"]["flow_reset"]
         .as_u64()
-        .expect("drop_no_backend")
+        .expect("flow_reset")
 }
 
 /// A change of health the kernel refuses leaves the running configuration, and is applied

@@ -368,7 +368,7 @@ services:
     backends: ["198.18.2.11"]
   empty:
     vip: 198.18.100.2
-    ports: ["80/tcp"]
+    ports: ["80/tcp", "53/udp"]
     backends: []
   drained:
     vip: 198.18.100.3
@@ -496,22 +496,77 @@ fn fixtures() -> Vec<Fixture> {
             &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
         ),
         Fixture {
-            what: "a VIP without backends",
-            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_SYN)
-                .build(),
-            verdict: Drop,
-            packet_out: None,
-            counters: &[(StatSlot::DropNoBackend, 1), (StatSlot::NewFlow, 0)],
+            what: "a VIP without backends: a SYN is answered with a RST",
+            packet_in: bare_syn("198.18.100.2"),
+            verdict: ToClientViaTc,
+            packet_out: Some(rst_to_bare_syn("198.18.100.2")),
+            counters: &[
+                (StatSlot::FlowReset, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::DropNoBackend, 0),
+                (StatSlot::NewFlow, 0),
+            ],
         },
         Fixture {
-            what: "a VIP whose only backend is drained (weight 0)",
-            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.3", 80), TCP_SYN)
+            what: "a VIP whose only backend is drained (weight 0): a SYN is answered with a RST",
+            packet_in: bare_syn("198.18.100.3"),
+            verdict: ToClientViaTc,
+            packet_out: Some(rst_to_bare_syn("198.18.100.3")),
+            counters: &[
+                (StatSlot::FlowReset, 1),
+                (StatSlot::DropNoBackend, 0),
+                (StatSlot::NewFlow, 0),
+            ],
+        },
+        Fixture {
+            what: "a VIP without backends: a RST is dropped, never answered",
+            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_RST)
                 .build(),
             verdict: Drop,
             packet_out: None,
-            counters: &[(StatSlot::DropNoBackend, 1), (StatSlot::NewFlow, 0)],
+            counters: &[
+                (StatSlot::DropNoBackend, 1),
+                (StatSlot::FlowReset, 0),
+                (StatSlot::NewFlow, 0),
+            ],
+        },
+        Fixture {
+            what: "a VIP without backends: a UDP datagram is dropped",
+            packet_in: Ipv4Frame::udp(sock(CLIENT, 5002), sock("198.18.100.2", 53)).build(),
+            verdict: Drop,
+            packet_out: None,
+            counters: &[
+                (StatSlot::DropNoBackend, 1),
+                (StatSlot::FlowReset, 0),
+                (StatSlot::NewFlow, 0),
+            ],
         },
     ]
+}
+
+/// A client's SYN to `vip`:80 without data (sequence number 1).
+fn bare_syn(vip: &str) -> Vec<u8> {
+    Ipv4Frame {
+        payload: Vec::new(),
+        ..Ipv4Frame::tcp(sock(CLIENT, 40004), sock(vip, 80), TCP_SYN)
+    }
+    .build()
+}
+
+/// The RST that refuses `bare_syn(vip)`, from the VIP (RFC 9293: a segment without ACK gets
+/// seq 0, ack = its seq + 1 for the SYN, RST|ACK; headers only, window 0), toward the client.
+fn rst_to_bare_syn(vip: &str) -> Vec<u8> {
+    let rst = Ipv4Frame {
+        ip_id: 0,
+        payload: Vec::new(),
+        l4: L4::Tcp {
+            flags: TCP_RST | TCP_ACK,
+            seq: 0,
+            ack: 2,
+        },
+        ..Ipv4Frame::tcp(sock(vip, 80), sock(CLIENT, 40004), 0).with_macs(CLIENT_MAC, NODE_MAC)
+    };
+    window_zero(rst.build(), 48)
 }
 
 #[test]

@@ -184,7 +184,10 @@ impl<'a> Runner<'a> {
             };
             fail(ABORTED, format!("returned {} ({name})", out.action));
         }
-        if out.packet.len() != frame.len() {
+        // A TCP packet refused with a RST (a frontend without backends) is answered with the
+        // RST's bare headers, checked below.
+        let answered_rst = d(StatSlot::FlowReset) == 1;
+        if out.packet.len() != frame.len() && !answered_rst {
             fail(
                 LENGTH,
                 format!("{} bytes in, {} out", frame.len(), out.packet.len()),
@@ -244,10 +247,11 @@ impl<'a> Runner<'a> {
 
         // Untouched unless translated; translated means changed.
         let changed = out.packet.len() != frame.len() || out.packet[12..] != frame[12..];
-        if changed {
+        // (A RST is an answer, not a translation: not counted with them.)
+        if changed && !answered_rst {
             self.changed += 1;
         }
-        if translation.is_empty() && out.packet != *frame {
+        if translation.is_empty() && out.packet != *frame && !answered_rst {
             fail(UNTOUCHED, String::new());
         }
         if !translation.is_empty() && !changed {
@@ -288,11 +292,34 @@ impl<'a> Runner<'a> {
                     );
                 }
             }
-            (Class::ToEmptyFrontend, ..) => {
-                if d(StatSlot::DropNoBackend) != 1 || out.action != XDP_DROP {
+            (Class::ToEmptyFrontend, Some(ip), _) if refused_with_rst(ip) => {
+                let l3 = l3.expect("IPv4");
+                let rst = parse_ipv4(&untagged(&out.packet, l3)).ok();
+                let (client, frontend) = endpoints(ip);
+                // Sent like any reply (dropped when the client has no route: the action
+                // check above holds it to its outcome).
+                let fine = answered_rst
+                    && d(StatSlot::DropNoBackend) == 0
+                    && rst.is_some_and(|r| {
+                        r.src == frontend
+                            && r.dst == client
+                            && r.tcp_flags.is_some_and(|f| f & TCP_RST != 0)
+                    });
+                if !fine {
                     fail(
                         EXPECTED,
-                        "to a frontend without backends: drop_no_backend".into(),
+                        "to a frontend without backends, a TCP packet other than a RST: answered \
+                         with a RST from the frontend to the client, valid checksums (flow_reset)"
+                            .into(),
+                    );
+                }
+            }
+            (Class::ToEmptyFrontend, ..) => {
+                if d(StatSlot::DropNoBackend) != 1 || out.action != XDP_DROP || answered_rst {
+                    fail(
+                        EXPECTED,
+                        "to a frontend without backends, a UDP datagram or a RST: drop_no_backend"
+                            .into(),
                     );
                 }
             }
@@ -878,4 +905,10 @@ impl<'a> Runner<'a> {
             );
         }
     }
+}
+
+/// Whether IPv4 packet `ip` (no options: a well-formed case's) is TCP without RST: refused with
+/// a RST when its frontend has no usable backend.
+fn refused_with_rst(ip: &[u8]) -> bool {
+    ip[9] == proto::TCP && ip.get(20 + 13).is_some_and(|flags| flags & TCP_RST == 0)
 }
