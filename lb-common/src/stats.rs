@@ -66,9 +66,9 @@ stat_slots! {
     /// A tracked flow whose backend left its service was given a new one.
     FlowMoved = "flow_moved", Event;
     /// A TCP packet was answered with a RST from the frontend, sent like a reply: its flow's
-    /// backend left its service (`on_backend_removal: reset`), or its service has no usable
-    /// backend (a new flow's packet other than a RST, from its client itself, not through
-    /// the mesh tunnel).
+    /// backend left its service (`on_backend_removal: reset`), or it is a SYN whose service
+    /// has no usable backend (from its client itself, not through the mesh tunnel, to a
+    /// frontend packets are served on: not a VIP only an overlay's sockets are served).
     FlowReset = "flow_reset", Event;
     /// A packet too big for the egress MTU was answered with ICMP "fragmentation needed" or
     /// ICMPv6 "packet too big" to its sender (quoting it as sent); sent like a reply.
@@ -86,8 +86,8 @@ stat_slots! {
     TcRedirectNeigh = "tc_redirect_neigh", Tc;
     /// TC program: bpf_redirect_neigh refused the packet.
     TcRedirectFailed = "tc_redirect_failed", Tc;
-    /// Dropped: the service has no usable backend (a TCP packet is answered with a RST
-    /// instead, counted `flow_reset`, unless it is a RST or came through the mesh tunnel).
+    /// Dropped: the service has no usable backend (a client's TCP SYN is answered with a RST
+    /// instead, counted `flow_reset`; see there).
     DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
     DropFibFailed = "drop_fib_failed", Outcome;

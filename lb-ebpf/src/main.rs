@@ -197,9 +197,9 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                         count(StatSlot::FlowLost);
                     }
                     match start_flow(ctx, pkt, svc, generation).refusal() {
-                        // No usable backend: a TCP client is told at once with a RST (counted
-                        // `flow_reset`), as Docker's IPVS mesh and the socket-level path tell
-                        // it, rather than retransmitting its SYN into nothing.
+                        // No usable backend: a TCP client's SYN is refused at once with a RST
+                        // (counted `flow_reset`), as the socket-level path refuses it, rather
+                        // than retransmitted into nothing.
                         Some(slot) if refused_with_reset(slot, pkt, svc) => reset = true,
                         Some(slot) => {
                             count_raw(slot);
@@ -233,13 +233,16 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
 }
 
 /// Whether a new flow refused for want of a usable backend is answered with a RST from the
-/// frontend: a TCP packet other than a RST, straight from its client (one through the tunnel
-/// came to a task's delivery frontend from another node, which the RST would not reach), for
-/// a frontend packets are served on (not a VIP only an overlay's sockets are served).
+/// frontend: a TCP SYN (a new connection; a later segment of one whose backends are all gone
+/// for a moment is dropped, as before, so its retransmission finds a backend that came back),
+/// straight from its client (one through the tunnel came to a task's delivery frontend from
+/// another node, which the RST would not reach), for a frontend packets are served on (not a
+/// VIP only an overlay's sockets are served).
 #[inline(always)]
 fn refused_with_reset(slot: u32, pkt: &Packet, svc: &Service) -> bool {
     slot == StatSlot::DropNoBackend as u32
         && pkt.key.proto == proto::TCP
+        && is_syn(pkt.tcp_flags)
         && pkt.tcp_flags & TCP_RST == 0
         && pkt.tunnel_peer == 0
         && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0

@@ -519,6 +519,19 @@ fn fixtures() -> Vec<Fixture> {
             ],
         },
         Fixture {
+            what: "a VIP without backends: a later segment is dropped (its retransmission may \
+                   find a backend back)",
+            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40005), sock("198.18.100.2", 80), TCP_ACK)
+                .build(),
+            verdict: Drop,
+            packet_out: None,
+            counters: &[
+                (StatSlot::DropNoBackend, 1),
+                (StatSlot::FlowReset, 0),
+                (StatSlot::NewFlow, 0),
+            ],
+        },
+        Fixture {
             what: "a VIP without backends: a RST is dropped, never answered",
             packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_RST)
                 .build(),

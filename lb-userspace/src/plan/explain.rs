@@ -52,7 +52,8 @@ impl std::fmt::Display for Explanation {
             Self::NoBackend { service } => {
                 write!(
                     f,
-                    "service {service}: no backend takes new flows: dropped and counted"
+                    "service {service}: no backend takes new flows: a client's TCP SYN is \
+                     refused with a RST from the frontend, anything else dropped and counted"
                 )
             }
             Self::Maglev {

@@ -308,8 +308,8 @@ impl<'a> Runner<'a> {
                 if !fine {
                     fail(
                         EXPECTED,
-                        "to a frontend without backends, a TCP packet other than a RST: answered \
-                         with a RST from the frontend to the client, valid checksums (flow_reset)"
+                        "to a frontend without backends, a TCP SYN: answered with a RST from the \
+                         frontend to the client, valid checksums (flow_reset)"
                             .into(),
                     );
                 }
@@ -318,7 +318,7 @@ impl<'a> Runner<'a> {
                 if d(StatSlot::DropNoBackend) != 1 || out.action != XDP_DROP || answered_rst {
                     fail(
                         EXPECTED,
-                        "to a frontend without backends, a UDP datagram or a RST: drop_no_backend"
+                        "to a frontend without backends, anything but a TCP SYN: drop_no_backend"
                             .into(),
                     );
                 }
@@ -907,8 +907,11 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// Whether IPv4 packet `ip` (no options: a well-formed case's) is TCP without RST: refused with
-/// a RST when its frontend has no usable backend.
+/// Whether IPv4 packet `ip` (no options: a well-formed case's) is a TCP SYN (no ACK, no RST):
+/// refused with a RST when its frontend has no usable backend.
 fn refused_with_rst(ip: &[u8]) -> bool {
-    ip[9] == proto::TCP && ip.get(20 + 13).is_some_and(|flags| flags & TCP_RST == 0)
+    ip[9] == proto::TCP
+        && ip
+            .get(20 + 13)
+            .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
 }

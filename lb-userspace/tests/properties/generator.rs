@@ -72,8 +72,8 @@ pub(crate) enum Class {
     /// Well-formed, to a frontend whose service has a usable backend: translated to one of the
     /// service's backends (or, round-robin and mid-flow without a flow, dropped).
     ToFrontend { service: u32 },
-    /// Well-formed, to a frontend whose service has no usable backend: a TCP packet other than
-    /// a RST is answered with a RST from the frontend, anything else dropped.
+    /// Well-formed, to a frontend whose service has no usable backend: a TCP SYN is answered
+    /// with a RST from the frontend, anything else dropped.
     ToEmptyFrontend,
     /// Well-formed reply of a backend on a flow the program opened: translated back, to the
     /// client.
