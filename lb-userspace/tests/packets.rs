@@ -401,6 +401,31 @@ fn fixtures() -> Vec<Fixture> {
         packet_out: None,
         counters: slot,
     };
+    // A service without a usable backend: a SYN refused with a RST from the VIP, anything
+    // else dropped.
+    let refused = |what, vip: &str| Fixture {
+        what,
+        packet_in: bare_syn(vip),
+        verdict: ToClientViaTc,
+        packet_out: Some(rst_to_bare_syn(vip)),
+        counters: &[
+            (StatSlot::FlowReset, 1),
+            (StatSlot::TxViaTc, 1),
+            (StatSlot::DropNoBackend, 0),
+            (StatSlot::NewFlow, 0),
+        ],
+    };
+    let dropped = |what, packet_in: Vec<u8>| Fixture {
+        what,
+        packet_in,
+        verdict: Drop,
+        packet_out: None,
+        counters: &[
+            (StatSlot::DropNoBackend, 1),
+            (StatSlot::FlowReset, 0),
+            (StatSlot::NewFlow, 0),
+        ],
+    };
     vec![
         Fixture {
             what: "TCP SYN to a VIP: DNAT to its backend, handed to TC",
@@ -495,65 +520,27 @@ fn fixtures() -> Vec<Fixture> {
             edited(&other, |f| f[23] = 1),
             &[(StatSlot::PassNotFrontend, 1), (StatSlot::NewFlow, 0)],
         ),
-        Fixture {
-            what: "a VIP without backends: a SYN is answered with a RST",
-            packet_in: bare_syn("198.18.100.2"),
-            verdict: ToClientViaTc,
-            packet_out: Some(rst_to_bare_syn("198.18.100.2")),
-            counters: &[
-                (StatSlot::FlowReset, 1),
-                (StatSlot::TxViaTc, 1),
-                (StatSlot::DropNoBackend, 0),
-                (StatSlot::NewFlow, 0),
-            ],
-        },
-        Fixture {
-            what: "a VIP whose only backend is drained (weight 0): a SYN is answered with a RST",
-            packet_in: bare_syn("198.18.100.3"),
-            verdict: ToClientViaTc,
-            packet_out: Some(rst_to_bare_syn("198.18.100.3")),
-            counters: &[
-                (StatSlot::FlowReset, 1),
-                (StatSlot::DropNoBackend, 0),
-                (StatSlot::NewFlow, 0),
-            ],
-        },
-        Fixture {
-            what: "a VIP without backends: a later segment is dropped (its retransmission may \
-                   find a backend back)",
-            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40005), sock("198.18.100.2", 80), TCP_ACK)
-                .build(),
-            verdict: Drop,
-            packet_out: None,
-            counters: &[
-                (StatSlot::DropNoBackend, 1),
-                (StatSlot::FlowReset, 0),
-                (StatSlot::NewFlow, 0),
-            ],
-        },
-        Fixture {
-            what: "a VIP without backends: a RST is dropped, never answered",
-            packet_in: Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_RST)
-                .build(),
-            verdict: Drop,
-            packet_out: None,
-            counters: &[
-                (StatSlot::DropNoBackend, 1),
-                (StatSlot::FlowReset, 0),
-                (StatSlot::NewFlow, 0),
-            ],
-        },
-        Fixture {
-            what: "a VIP without backends: a UDP datagram is dropped",
-            packet_in: Ipv4Frame::udp(sock(CLIENT, 5002), sock("198.18.100.2", 53)).build(),
-            verdict: Drop,
-            packet_out: None,
-            counters: &[
-                (StatSlot::DropNoBackend, 1),
-                (StatSlot::FlowReset, 0),
-                (StatSlot::NewFlow, 0),
-            ],
-        },
+        refused(
+            "a VIP without backends: a SYN is answered with a RST",
+            "198.18.100.2",
+        ),
+        refused(
+            "a VIP whose only backend is drained (weight 0): a SYN is answered with a RST",
+            "198.18.100.3",
+        ),
+        dropped(
+            "a VIP without backends: a later segment is dropped (its retransmission may find a \
+             backend back)",
+            Ipv4Frame::tcp(sock(CLIENT, 40005), sock("198.18.100.2", 80), TCP_ACK).build(),
+        ),
+        dropped(
+            "a VIP without backends: a RST is dropped, never answered",
+            Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_RST).build(),
+        ),
+        dropped(
+            "a VIP without backends: a UDP datagram is dropped",
+            Ipv4Frame::udp(sock(CLIENT, 5002), sock("198.18.100.2", 53)).build(),
+        ),
     ]
 }
 
