@@ -554,17 +554,25 @@ fn bare_syn(vip: &str) -> Vec<u8> {
 }
 
 /// The RST that refuses `bare_syn(vip)`, from the VIP (RFC 9293: a segment without ACK gets
-/// seq 0, ack = its seq + 1 for the SYN, RST|ACK; headers only, window 0), toward the client.
+/// seq 0, ack = its seq + 1 for the SYN, RST|ACK).
 fn rst_to_bare_syn(vip: &str) -> Vec<u8> {
+    expected_rst(sock(vip, 80), sock(CLIENT, 40004), TCP_RST | TCP_ACK, 0, 2)
+}
+
+/// The RST the program answers with: from `frontend` to `client`, `flags`, `seq` and `ack`,
+/// headers only, window 0, toward the client's MAC.
+fn expected_rst(
+    frontend: SocketAddrV4,
+    client: SocketAddrV4,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
     let rst = Ipv4Frame {
         ip_id: 0,
         payload: Vec::new(),
-        l4: L4::Tcp {
-            flags: TCP_RST | TCP_ACK,
-            seq: 0,
-            ack: 2,
-        },
-        ..Ipv4Frame::tcp(sock(vip, 80), sock(CLIENT, 40004), 0).with_macs(CLIENT_MAC, NODE_MAC)
+        l4: L4::Tcp { flags, seq, ack },
+        ..Ipv4Frame::tcp(frontend, client, 0).with_macs(CLIENT_MAC, NODE_MAC)
     };
     window_zero(rst.build(), 48)
 }
@@ -1890,17 +1898,7 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
         // handed to TC toward the client.
         let before = lb.stats();
         let out = lb.run(&Ipv4Frame::tcp(on_gone[0], vip, TCP_ACK).build());
-        let rst = Ipv4Frame {
-            ip_id: 0,
-            payload: Vec::new(),
-            l4: L4::Tcp {
-                flags: TCP_RST,
-                seq: 1,
-                ack: 0,
-            },
-            ..Ipv4Frame::tcp(vip, on_gone[0], 0).with_macs(CLIENT_MAC, NODE_MAC)
-        };
-        let expected = window_zero(rst.build(), 48);
+        let expected = expected_rst(vip, on_gone[0], TCP_RST, 1, 0);
         assert_eq!(out.action, XDP_PASS);
         assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
         assert_eq!(out.packet, expected);
@@ -1931,17 +1929,10 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
             ..Ipv4Frame::tcp(on_gone[1], vip, 0)
         };
         let out = lb.run(&push.build());
-        let rst = Ipv4Frame {
-            ip_id: 0,
-            payload: Vec::new(),
-            l4: L4::Tcp {
-                flags: TCP_RST | TCP_ACK,
-                seq: 0,
-                ack: 1006,
-            },
-            ..Ipv4Frame::tcp(vip, on_gone[1], 0).with_macs(CLIENT_MAC, NODE_MAC)
-        };
-        assert_eq!(out.packet, window_zero(rst.build(), 48));
+        assert_eq!(
+            out.packet,
+            expected_rst(vip, on_gone[1], TCP_RST | TCP_ACK, 0, 1006)
+        );
         parse_ipv4(&out.packet).expect("checksums");
 
         // Flows on the remaining backend go on as before.
