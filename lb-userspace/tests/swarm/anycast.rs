@@ -284,6 +284,9 @@ fn a_task_reaches_the_vip_and_its_nodes_port(lab: &SwarmLab, vip: SocketAddr) {
 /// A user bridge network on node 1, made while lbd runs, and its subnet.
 const USERS: &str = "mlb-users";
 const USERS_SUBNET: &str = "198.18.90.0/24";
+/// Another, without containers, removed while lbd is down.
+const GONE: &str = "mlb-gone";
+const GONE_SUBNET: &str = "198.18.91.0/24";
 
 /// The node's other containers, on its local bridge networks: one on `docker0` (a plain
 /// `docker run`) and one on a user bridge network made while lbd runs. They call node 1's
@@ -292,7 +295,7 @@ const USERS_SUBNET: &str = "198.18.90.0/24";
 /// reach the node's stack, where nothing listens): every task answers, over TCP and UDP, and
 /// sees the container's own address. A restarted lbd adopts both bridges' links and serves
 /// them as before. Once the network is removed, lbd takes its programs off the bridge and
-/// forgets it.
+/// forgets it; so does an lbd started after a network was removed while none ran.
 fn the_nodes_other_containers_reach_its_port_and_the_vip(
     lab: &SwarmLab,
     lb: &mut Lbd,
@@ -300,20 +303,16 @@ fn the_nodes_other_containers_reach_its_port_and_the_vip(
 ) {
     let node = &lab.nodes[0];
     let every: BTreeSet<String> = swarm_tasks(lab, SERVICE);
-    node.docker(&[
-        "network",
-        "create",
-        "--driver",
-        "bridge",
-        "--subnet",
-        USERS_SUBNET,
-        USERS,
-    ])
-    .expect("a user bridge network");
-    let id = node
-        .docker(&["network", "inspect", "--format", "{{.Id}}", USERS])
-        .expect("its id");
-    let bridge = format!("br-{}", &id.trim()[..12]);
+    let [bridge, gone] = [(USERS, USERS_SUBNET), (GONE, GONE_SUBNET)].map(|(name, subnet)| {
+        node.docker(&[
+            "network", "create", "--driver", "bridge", "--subnet", subnet, name,
+        ])
+        .expect("a user bridge network");
+        let id = node
+            .docker(&["network", "inspect", "--format", "{{.Id}}", name])
+            .expect("its id");
+        format!("br-{}", &id.trim()[..12])
+    });
     let callers = [("mlb-plain", None), ("mlb-user", Some(USERS))];
     for (name, network) in callers {
         let mut run = vec!["run", "-d", "--name", name];
@@ -321,8 +320,9 @@ fn the_nodes_other_containers_reach_its_port_and_the_vip(
         run.push(IMAGE);
         node.docker(&run).expect("a container beside the swarm's");
     }
-    within(FOLLOW, "lbd attaches to the new network's bridge", || {
-        attached(lb).contains_key(&bridge)
+    within(FOLLOW, "lbd attaches to the new networks' bridges", || {
+        let now = attached(lb);
+        now.contains_key(&bridge) && now.contains_key(&gone)
     });
     assert!(attached(lb).contains_key("docker0"), "{:?}", attached(lb));
     for (name, _) in callers {
@@ -342,6 +342,17 @@ fn the_nodes_other_containers_reach_its_port_and_the_vip(
     for (name, _) in callers {
         every_task_answers(node, name, vip, &every);
     }
+    // Removed while no lbd runs: the next one, which kept its links at the start, lets them go
+    // once the Engine no longer lists the network.
+    lb.stop_keeping_pins().expect("lbd stopped");
+    node.docker(&["network", "rm", GONE])
+        .expect("rm the network");
+    lb.restart(&node.ns).expect("lbd started again");
+    within(
+        FOLLOW,
+        "the new lbd lets the removed network's bridge go",
+        || !attached(lb).contains_key(&gone) && !pinned(lb, &gone),
+    );
     node.docker(&["rm", "-f", "mlb-user", "mlb-plain"])
         .expect("rm the containers");
     node.docker(&["network", "rm", USERS])
@@ -349,10 +360,7 @@ fn the_nodes_other_containers_reach_its_port_and_the_vip(
     within(FOLLOW, "lbd forgets the removed network's bridge", || {
         !attached(lb).contains_key(&bridge)
     });
-    for kind in ["xdp", "tc"] {
-        let pin = lb.pin_dir().join("links").join(kind).join(&bridge);
-        assert!(!pin.exists(), "{} unpinned", pin.display());
-    }
+    assert!(!pinned(lb, &bridge), "{bridge} unpinned");
     let (healthy, status, _) = lb.lbctl(&["status"]).expect("lbctl status");
     assert!(
         healthy,
@@ -360,8 +368,8 @@ fn the_nodes_other_containers_reach_its_port_and_the_vip(
     );
     println!(
         "anycast: containers on docker0 and on a user bridge reached every task by the VIP and \
-         node 1's port, TCP and UDP, before and after lbd restarted; the removed network's \
-         bridge {bridge} was released"
+         node 1's port, TCP and UDP, before and after lbd restarted; the bridges of networks \
+         removed while lbd ran ({bridge}) and while it did not ({gone}) were released"
     );
 }
 
@@ -406,4 +414,15 @@ fn attached(lb: &Lbd) -> std::collections::BTreeMap<String, bool> {
         .flatten()
         .filter_map(|a| Some((a["interface"].as_str()?.to_owned(), a["adopted"].as_bool()?)))
         .collect()
+}
+
+/// Whether `lb` holds a pinned XDP or TC link for `interface`.
+fn pinned(lb: &Lbd, interface: &str) -> bool {
+    ["xdp", "tc"].iter().any(|kind| {
+        lb.pin_dir()
+            .join("links")
+            .join(kind)
+            .join(interface)
+            .exists()
+    })
 }
