@@ -296,6 +296,13 @@ impl Lbd {
         serde_json::from_str(&out).with_context(|| format!("lbctl {args:?} printed no JSON: {out}"))
     }
 
+    /// The interfaces lbd is attached to, as `lbctl status` shows them.
+    pub fn attachments(&self) -> Result<Vec<lb_userspace::api::AttachmentStatus>> {
+        let status = self.lbctl_json(&["status"])?;
+        serde_json::from_value(status["attachments"].clone())
+            .with_context(|| format!("lbctl status: no attachments in {status}"))
+    }
+
     /// Removes stale test pin directories whose process is gone. Returns their names.
     pub fn cleanup_stale_pins() -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {

@@ -95,6 +95,11 @@ fn lbctl_json(lb: &Lbd, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e:#}\nlbd:\n{}", lb.output()))
 }
 
+fn attachments(lb: &Lbd) -> Vec<lb_userspace::api::AttachmentStatus> {
+    lb.attachments()
+        .unwrap_or_else(|e| panic!("{e:#}\nlbd:\n{}", lb.output()))
+}
+
 fn generation(lb: &Lbd) -> u64 {
     lbctl_json(lb, &["status"])["generation"].as_u64().unwrap()
 }
@@ -468,18 +473,16 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
             assert_eq!(&s.request().expect("TCP across reloads").backend, backend);
         }
     }
-    let modes = |status: &serde_json::Value| -> Vec<(String, String)> {
-        status["attachments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| (a["interface"].to_string(), a["mode"].to_string()))
+    let modes = |lb: &Lbd| -> Vec<(String, String)> {
+        attachments(lb)
+            .into_iter()
+            .map(|a| (a.interface, a.mode))
             .collect()
     };
-    let modes_before = modes(&lbctl_json(&lb, &["status"]));
+    let modes_before = modes(&lb);
     // `--xdp-mode auto` (the default): generic on the client's veth and on the bridge.
     assert!(
-        !modes_before.is_empty() && modes_before.iter().all(|(_, m)| m == "\"generic\""),
+        !modes_before.is_empty() && modes_before.iter().all(|(_, m)| m == "generic"),
         "{modes_before:?}"
     );
     lb.kill().expect("kill -9");
@@ -511,20 +514,16 @@ fn nothing_is_lost_across_ten_reloads_and_a_kill_and_restart() {
     }
     lb.restart(&topo.node).expect("restart after kill -9");
     assert!(lb.output().contains("made anew"), "{}", lb.output());
-    let status = lbctl_json(&lb, &["status"]);
+    let adopted = attachments(&lb);
     assert!(
-        status["attachments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|a| a["adopted"] == true),
-        "the new lbd adopts the pinned links: {status}"
+        adopted.iter().all(|a| a.adopted),
+        "the new lbd adopts the pinned links: {adopted:?}"
     );
     // Each adopted link reports the mode the kernel runs it in (the bridge takes only generic
     // XDP), not the mode asked for.
-    assert_eq!(modes(&status), modes_before);
+    assert_eq!(modes(&lb), modes_before);
     assert!(
-        modes_before.contains(&(format!("{:?}", topo.node_bridge), "\"generic\"".to_owned())),
+        modes_before.contains(&(topo.node_bridge.clone(), "generic".to_owned())),
         "{modes_before:?}"
     );
     assert!(lb.output().contains("ids recovered"), "{}", lb.output());
@@ -827,14 +826,12 @@ fn an_interface_renamed_while_lbd_was_stopped_keeps_no_program_and_its_name_gets
         "{}",
         lb.output()
     );
-    let status = lbctl_json(&lb, &["status"]);
-    let attachment = status["attachments"]
-        .as_array()
-        .unwrap()
+    let all = attachments(&lb);
+    let attachment = all
         .iter()
-        .find(|a| a["interface"] == client_if)
-        .unwrap_or_else(|| panic!("no attachment of {client_if}: {status}"));
-    assert_eq!(attachment["adopted"], false, "{status}");
+        .find(|a| a.interface == client_if)
+        .unwrap_or_else(|| panic!("no attachment of {client_if}: {all:?}"));
+    assert!(!attachment.adopted, "{all:?}");
     // Balanced through the new interface (the client's neighbour entry is new: a few tries).
     let answered = (0..10).any(|_| tcp_request(&topo.client, web(), TIMEOUT).is_ok());
     assert!(answered, "the VIP answers through the new {client_if}");

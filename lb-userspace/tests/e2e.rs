@@ -623,19 +623,12 @@ services:
 
 /// The node's client-side interface as `lbctl status` shows it: (ifindex, state, reattached).
 fn client_link_status(lb: &Lbd, topo: &Topology) -> (u64, String, u64) {
-    let status = lb.lbctl_json(&["status"]).expect("lbctl status");
-    let a = status["attachments"]
-        .as_array()
-        .expect("attachments")
+    let all = lb.attachments().expect("lbctl status");
+    let a = all
         .iter()
-        .find(|a| a["interface"] == topo.node_client_if.as_str())
-        .unwrap_or_else(|| panic!("no attachment of {} in {status}", topo.node_client_if))
-        .clone();
-    (
-        a["ifindex"].as_u64().unwrap_or(0),
-        a["state"].as_str().unwrap_or_default().to_owned(),
-        a["reattached"].as_u64().unwrap_or(0),
-    )
+        .find(|a| a.interface == topo.node_client_if)
+        .unwrap_or_else(|| panic!("no attachment of {} in {all:?}", topo.node_client_if));
+    (u64::from(a.ifindex), a.state.clone(), a.reattached)
 }
 
 /// The interface indexes in `TX_PORTS` (the devices the XDP program redirects to itself).

@@ -404,15 +404,12 @@ fn every_task_answers(node: &SwarmNode, name: &str, vip: SocketAddr, every: &BTr
     }
 }
 
-/// The interfaces `lb` is attached to, and whether each link was adopted from an earlier lbd
-/// (`lbctl status`).
+/// The interfaces `lb` is attached to, and whether each link was adopted from an earlier lbd.
 fn attached(lb: &Lbd) -> std::collections::BTreeMap<String, bool> {
-    let status = lb.lbctl_json(&["status"]).expect("lbctl status");
-    status["attachments"]
-        .as_array()
+    lb.attachments()
+        .expect("lbctl status")
         .into_iter()
-        .flatten()
-        .filter_map(|a| Some((a["interface"].as_str()?.to_owned(), a["adopted"].as_bool()?)))
+        .map(|a| (a.interface, a.adopted))
         .collect()
 }
 
