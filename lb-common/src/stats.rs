@@ -37,6 +37,8 @@ macro_rules! stat_slots {
     };
 }
 
+// Append only: a slot keeps its index in every version, so an upgrade carries the counts of a
+// pinned `GLOBAL_STATS` of fewer slots over by index (`SLOTS_SO_FAR` below holds the order).
 stat_slots! {
     /// Every packet the XDP program saw.
     Rx = "rx", Seen;
@@ -87,7 +89,7 @@ stat_slots! {
     /// TC program: bpf_redirect_neigh refused the packet.
     TcRedirectFailed = "tc_redirect_failed", Tc;
     /// Dropped: the service has no usable backend (a client's TCP SYN is answered with a RST
-    /// instead, counted `flow_reset`; see there).
+    /// instead, counted `refused_no_backend` and `flow_reset`).
     DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
     DropFibFailed = "drop_fib_failed", Outcome;
@@ -147,6 +149,11 @@ stat_slots! {
     /// from a generic-mode interface: its SYN's MSS was not clamped), a UDP aggregate's
     /// datagrams do not fit the tunnel, or it could not be wrapped; dropped.
     TcTunnelFailed = "tc_tunnel_failed", Tc;
+    /// A client's TCP SYN to a service with no usable backend (none listed, all down or
+    /// drained) was answered with a RST from the frontend (also counted `flow_reset`, with
+    /// the RST's send as its outcome): with `drop_no_backend`, every packet that found no
+    /// backend.
+    RefusedNoBackend = "refused_no_backend", Event;
 }
 
 #[cfg(test)]
@@ -165,5 +172,66 @@ mod tests {
         labels.sort_unstable();
         assert!(labels.windows(2).all(|w| w[0] != w[1]));
         assert_eq!(StatSlot::Rx.kind(), SlotKind::Seen);
+    }
+
+    /// Every slot a released version counted, in its order: an upgrade carries a pinned
+    /// `GLOBAL_STATS`' counts over by index, so a slot is never moved, removed or inserted
+    /// before another; new ones go at the end (and here).
+    const SLOTS_SO_FAR: &[&str] = &[
+        "rx",
+        "pass_not_frontend",
+        "pass_malformed",
+        "pass_other_host",
+        "pass_fragment",
+        "pass_ip_options",
+        "nat_forward",
+        "nat_reply",
+        "icmp_echo_reply",
+        "icmp_error_to_backend",
+        "icmp_error_to_client",
+        "flow_moved",
+        "flow_reset",
+        "icmp_too_big",
+        "new_flow",
+        "tx_xdp_redirect",
+        "tx_via_tc",
+        "tx_local",
+        "tc_redirect_neigh",
+        "tc_redirect_failed",
+        "drop_no_backend",
+        "drop_fib_failed",
+        "drop_too_big",
+        "drop_conntrack_full",
+        "drop_no_snat_port",
+        "drop_no_snat_addr",
+        "drop_forged_handoff",
+        "tunnel_sent",
+        "tunnel_received",
+        "drop_tunnel_not_peer",
+        "drop_tunnel_only",
+        "drop_tunnel_failed",
+        "flow_lost",
+        "flow_confirmed",
+        "nat_reply_stateless",
+        "aggregate",
+        "tc_tunnel_failed",
+        "refused_no_backend",
+    ];
+
+    #[test]
+    fn slots_keep_their_indices_across_versions() {
+        assert_eq!(
+            StatSlot::ALL.len(),
+            SLOTS_SO_FAR.len(),
+            "a new slot is added here too"
+        );
+        for (slot, label) in StatSlot::ALL.iter().zip(SLOTS_SO_FAR) {
+            assert_eq!(
+                slot.label(),
+                *label,
+                "slot {}: moved or renamed",
+                *slot as u32
+            );
+        }
     }
 }

@@ -197,10 +197,13 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                         count(StatSlot::FlowLost);
                     }
                     match start_flow(ctx, pkt, svc, generation).refusal() {
-                        // No usable backend: a TCP client's SYN is refused at once with a RST
-                        // (counted `flow_reset`), as the socket-level path refuses it, rather
-                        // than retransmitted into nothing.
-                        Some(slot) if refused_with_reset(slot, pkt, svc) => reset = true,
+                        // No usable backend: a TCP client's SYN is refused at once with a RST,
+                        // as the socket-level path refuses it, rather than retransmitted into
+                        // nothing.
+                        Some(slot) if refused_with_reset(slot, pkt, svc) => {
+                            count(StatSlot::RefusedNoBackend);
+                            reset = true;
+                        }
                         Some(slot) => {
                             count_raw(slot);
                             return Verdict::xdp(xdp_action::XDP_DROP);

@@ -1613,6 +1613,54 @@ fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew(
 }
 
 #[test]
+fn pinned_counters_of_an_earlier_version_are_carried_into_this_versions_slots() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::stats::StatSlot;
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    const PERCPU_ARRAY: u64 = 6;
+    let dir = scratch_pin_dir();
+    // What the version before `refused_no_backend` pinned: one slot fewer, each slot's
+    // counts (here slot i holds i + 1 on every CPU).
+    let earlier = StatSlot::RefusedNoBackend as u32;
+    let cpus = aya::util::nr_cpus().expect("CPUs");
+    let mut attr = [0u64; 16];
+    attr[0] = PERCPU_ARRAY | 4 << 32;
+    attr[1] = 8 | u64::from(earlier) << 32;
+    let fd = bpf(MAP_CREATE, &mut attr);
+    assert!(fd > 0, "{}", std::io::Error::last_os_error());
+    for slot in 0..earlier {
+        let values = vec![u64::from(slot) + 1; cpus];
+        let mut attr = [0u64; 16];
+        attr[0] = fd as u64;
+        attr[1] = &slot as *const u32 as u64;
+        attr[2] = values.as_ptr() as u64;
+        assert_eq!(bpf(MAP_UPDATE_ELEM, &mut attr), 0, "slot {slot}");
+    }
+    pin_map(&dir, "GLOBAL_STATS", fd);
+
+    let dp = Dataplane::load(LoadOptions {
+        pin_dir: Some(dir.to_path_buf()),
+        ..LoadOptions::default()
+    })
+    .expect("an earlier version's counters are carried over");
+    let global = dp.stats().expect("counters").global;
+    for slot in StatSlot::ALL {
+        let index = *slot as u32;
+        let carried = if index < earlier {
+            (u64::from(index) + 1) * cpus as u64
+        } else {
+            0
+        };
+        assert_eq!(global[slot.label()], carried, "{}", slot.label());
+    }
+    // The map pinned in its place is this version's size.
+    let pinned = aya::maps::MapInfo::from_pin(dir.join("maps").join("GLOBAL_STATS")).unwrap();
+    assert_eq!(pinned.max_entries(), StatSlot::COUNT);
+}
+
+#[test]
 fn a_write_the_kernel_refuses_is_undone_and_the_running_configuration_stays() {
     if !e2e_enabled() {
         return;

@@ -159,6 +159,7 @@ fn tcp_and_udp_through_vip_and_published_port_reach_every_backend_from_the_clien
         "tx_xdp_redirect",
         "tc_redirect_failed",
         "drop_no_backend",
+        "refused_no_backend",
         "drop_fib_failed",
         "drop_conntrack_full",
         "flow_lost",

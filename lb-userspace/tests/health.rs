@@ -297,7 +297,7 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
     );
 
     // 5. Every backend of web down: a new connection is refused at once with a RST from the
-    // VIP (counted `flow_reset`), not sent anywhere.
+    // VIP (counted `refused_no_backend` and `flow_reset`), not sent anywhere.
     servers.iter_mut().for_each(|s| *s = None);
     for backend in [b0, b1, "198.18.2.12"] {
         wait_health(
@@ -308,17 +308,22 @@ fn down_backends_get_no_new_flows_and_come_back_after_rise_checks() {
             INTERVAL * FALL + Duration::from_secs(1),
         );
     }
-    let before = flows_reset(&lb);
+    let before = [
+        global_count(&lb, "flow_reset"),
+        global_count(&lb, "refused_no_backend"),
+    ];
     let refused = tcp_request(&topo.client, vip, Duration::from_millis(500))
         .expect_err("no backend of web is up");
     assert!(
         format!("{refused:#}").contains("refused"),
         "the client is told at once: {refused:#}"
     );
-    assert!(
-        flows_reset(&lb) > before,
-        "the SYN is answered with a RST (flow_reset)"
-    );
+    for (counter, before) in ["flow_reset", "refused_no_backend"].into_iter().zip(before) {
+        assert!(
+            global_count(&lb, counter) > before,
+            "the SYN is answered with a RST ({counter})"
+        );
+    }
     let metrics = lb_testkit::metrics(&topo.node).expect("/metrics");
     for line in [
         "meshlb_backend_up{service=\"web\",backend=\"198.18.2.10:8080\"} 0",
@@ -442,10 +447,11 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
     );
 }
 
-fn flows_reset(lb: &Lbd) -> u64 {
-    lb.lbctl_json(&["stats"]).expect("lbctl stats")["global"]["flow_reset"]
+/// A global counter, from `lbctl stats`.
+fn global_count(lb: &Lbd, counter: &str) -> u64 {
+    lb.lbctl_json(&["stats"]).expect("lbctl stats")["global"][counter]
         .as_u64()
-        .expect("flow_reset")
+        .unwrap_or_else(|| panic!("{counter} in lbctl stats"))
 }
 
 /// A change of health the kernel refuses leaves the running configuration, and is applied

@@ -409,6 +409,7 @@ fn fixtures() -> Vec<Fixture> {
         verdict: ToClientViaTc,
         packet_out: Some(rst_to_bare_syn(vip)),
         counters: &[
+            (StatSlot::RefusedNoBackend, 1),
             (StatSlot::FlowReset, 1),
             (StatSlot::TxViaTc, 1),
             (StatSlot::DropNoBackend, 0),
@@ -422,6 +423,7 @@ fn fixtures() -> Vec<Fixture> {
         packet_out: None,
         counters: &[
             (StatSlot::DropNoBackend, 1),
+            (StatSlot::RefusedNoBackend, 0),
             (StatSlot::FlowReset, 0),
             (StatSlot::NewFlow, 0),
         ],
@@ -1910,6 +1912,7 @@ fn reset_policy_answers_a_removed_backends_tcp_flows_with_a_rst_and_moves_udp() 
             &after,
             &[
                 (StatSlot::FlowReset, 1),
+                (StatSlot::RefusedNoBackend, 0),
                 (StatSlot::TxViaTc, 1),
                 (StatSlot::NatForward, 0),
                 (StatSlot::FlowMoved, 0),

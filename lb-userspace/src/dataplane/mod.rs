@@ -178,12 +178,15 @@ impl Dataplane {
         loader.override_global(aya_log::LEVEL, &log_level, false);
         let mut adopted = false;
         let mut pin_lock = None;
+        let mut grown = Vec::new();
         if let Some(dir) = &options.pin_dir {
             pin::prepare(dir)?;
             pin_lock = Some(pin::lock(dir)?);
             adopted = pin::has_pinned_maps(dir);
             if adopted {
-                pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
+                for name in pin::check_compatible(dir, OBJECT, options.conntrack_entries)? {
+                    grown.push(pin::GrownCounters::take(dir, name)?);
+                }
                 pin::unpin_made_anew(dir)?;
             }
             for name in names::ALL {
@@ -202,6 +205,9 @@ impl Dataplane {
             if ebpf.map(name).is_none() {
                 return Err(DataplaneError::Missing { kind: "map", name });
             }
+        }
+        for counters in grown {
+            counters.carry_into(&mut ebpf)?;
         }
         // Flows stamped before (adopted maps; or entries of a version without stamps, whose
         // stamp reads 0) check their frontend again before they skip FRONTENDS.

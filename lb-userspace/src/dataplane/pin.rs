@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{ArrayOfMaps, MapInfo};
+use aya::maps::{ArrayOfMaps, MapInfo, PerCpuArray, PerCpuValues};
 use lb_common::maps::{TableElement, names};
 use tracing::info;
 
@@ -242,13 +242,22 @@ pub(crate) fn unpin_made_anew(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Counter maps an upgrade may find with fewer slots than this build counts (an earlier
+/// version, before counters were added; slots are only ever appended, see `StatSlot`): made
+/// anew in this build's size, their counts carried over slot by slot (`GrownCounters`).
+fn may_grow(name: &str) -> bool {
+    name == names::GLOBAL_STATS
+}
+
 /// Refuses pinned maps whose shape differs from what this build's kernel object declares: a
-/// program must never read a map laid out by another version.
+/// program must never read a map laid out by another version. Returns the counter maps that
+/// are smaller than this build's (see `may_grow`): they are carried over, not adopted.
 pub(crate) fn check_compatible(
     dir: &Path,
     object: &[u8],
     conntrack_entries: u32,
-) -> Result<(), DataplaneError> {
+) -> Result<Vec<&'static str>, DataplaneError> {
+    let mut grown = Vec::new();
     let obj = aya_obj::Object::parse(object)
         .map_err(|e| DataplaneError::Pin(format!("parsing the kernel object: {e}")))?;
     for name in names::ALL {
@@ -268,6 +277,10 @@ pub(crate) fn check_compatible(
             check_table_layout(&path)?;
         }
         let earlier = earlier_entries(name, conntrack_entries).map(|n| (want.0, want.1, n));
+        if may_grow(name) && (have.0, have.1) == (want.0, want.1) && have.2 < want.2 {
+            grown.push(name);
+            continue;
+        }
         if have != want && Some(have) != earlier {
             let hint = if name == names::CONNTRACK && have.0 == want.0 && have.1 == want.1 {
                 format!(
@@ -291,7 +304,56 @@ pub(crate) fn check_compatible(
             )));
         }
     }
-    Ok(())
+    Ok(grown)
+}
+
+/// The counts of a pinned counter map smaller than this build's (see `may_grow`), taken out
+/// before the load makes the map anew in its own size. What the previous program counts
+/// between this and the new programs' attachment is not carried (a start's worth).
+pub(crate) struct GrownCounters {
+    name: &'static str,
+    /// Per slot, the value on each CPU.
+    slots: Vec<PerCpuValues<u64>>,
+}
+
+impl GrownCounters {
+    /// Reads the pinned per-CPU array `name` and removes its pin, so that the load makes and
+    /// pins one of this build's size (the previous program keeps the old one until replaced).
+    pub(crate) fn take(dir: &Path, name: &'static str) -> Result<Self, DataplaneError> {
+        let path = map_path(dir, name);
+        let read = |e: aya::maps::MapError| {
+            DataplaneError::Pin(format!("reading the counts in {}: {e}", path.display()))
+        };
+        let data = aya::maps::MapData::from_pin(&path).map_err(read)?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(read)?;
+        let slots = (0..array.len())
+            .map(|slot| array.get(&slot, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read)?;
+        std::fs::remove_file(&path)
+            .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
+        Ok(Self { name, slots })
+    }
+
+    /// Writes the counts into the same slots of the map the load made.
+    pub(crate) fn carry_into(self, ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
+        let name = self.name;
+        let error = |error| DataplaneError::Map { name, error };
+        let map = ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing { kind: "map", name })?;
+        let mut array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(error)?;
+        let (had, has) = (self.slots.len(), array.len());
+        for (slot, values) in (0u32..).zip(self.slots) {
+            array.set(slot, values, 0).map_err(error)?;
+        }
+        info!(
+            map = name,
+            "pinned counters of {had} slots carried into a map of {has}: this version counts more"
+        );
+        Ok(())
+    }
 }
 
 /// The tables inside a pinned `SERVICE_TABLES` must have this build's element size: the outer

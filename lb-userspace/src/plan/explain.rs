@@ -53,7 +53,8 @@ impl std::fmt::Display for Explanation {
                 write!(
                     f,
                     "service {service}: no backend takes new flows: a client's TCP SYN is \
-                     refused with a RST from the frontend, anything else dropped and counted"
+                     refused with a RST from the frontend (refused_no_backend), anything else \
+                     dropped (drop_no_backend)"
                 )
             }
             Self::Maglev {

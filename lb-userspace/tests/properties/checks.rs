@@ -299,6 +299,7 @@ impl<'a> Runner<'a> {
                 // Sent like any reply (dropped when the client has no route: the action
                 // check above holds it to its outcome).
                 let fine = answered_rst
+                    && d(StatSlot::RefusedNoBackend) == 1
                     && d(StatSlot::DropNoBackend) == 0
                     && rst.is_some_and(|r| {
                         r.src == frontend
@@ -309,13 +310,18 @@ impl<'a> Runner<'a> {
                     fail(
                         EXPECTED,
                         "to a frontend without backends, a TCP SYN: answered with a RST from the \
-                         frontend to the client, valid checksums (flow_reset)"
+                         frontend to the client, valid checksums (refused_no_backend, \
+                         flow_reset)"
                             .into(),
                     );
                 }
             }
             (Class::ToEmptyFrontend, ..) => {
-                if d(StatSlot::DropNoBackend) != 1 || out.action != XDP_DROP || answered_rst {
+                if d(StatSlot::DropNoBackend) != 1
+                    || out.action != XDP_DROP
+                    || answered_rst
+                    || d(StatSlot::RefusedNoBackend) != 0
+                {
                     fail(
                         EXPECTED,
                         "to a frontend without backends, anything but a TCP SYN: drop_no_backend"

@@ -314,6 +314,7 @@ fn random_and_mutated_packets_keep_the_invariants() {
             StatSlot::TxViaTc,
             StatSlot::TxLocal,
             StatSlot::DropNoBackend,
+            StatSlot::RefusedNoBackend,
             StatSlot::DropFibFailed,
             StatSlot::FlowLost,
         ] {
