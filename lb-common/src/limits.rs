@@ -109,6 +109,11 @@ pub const FULLNAT_PORT_ATTEMPTS: u32 = 8;
 /// backend) hold every port of the range, and no new flow got one. Its backend's packets do
 /// not extend it (a SYN-ACK sent again to a spoofed source).
 pub const UNCONFIRMED_TCP_PORT_HOLD_S: u32 = 2;
+/// ICMP "port unreachable" answers to datagrams refused for want of a backend, at most, per
+/// CPU in each window of 2^30 ns (about a second); past them a refused datagram is only
+/// dropped. A flood to an empty service is then not answered at its own rate, as Linux
+/// limits its own ICMP errors (`net.ipv4.icmp_msgs_per_sec`, 1000).
+pub const UNREACHABLE_PER_CPU_PER_WINDOW: u32 = 1000;
 
 #[cfg(test)]
 mod tests {

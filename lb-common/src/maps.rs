@@ -36,8 +36,9 @@ pub mod names {
     pub const INTERFACE_MACS_BEYOND: &str = "INTERFACE_MACS_BEYOND";
     pub const CHECKSUM_STATE: &str = "CHECKSUM_STATE";
     pub const CONNTRACK_FILTER: &str = "CONNTRACK_FILTER";
+    pub const UNREACHABLE_BUDGET: &str = "UNREACHABLE_BUDGET";
     /// Every map, for pinning and for checking that the object has them all.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         FRONTENDS,
         SERVICE_TABLES,
         BACKENDS,
@@ -67,6 +68,7 @@ pub mod names {
         INTERFACE_MACS_BEYOND,
         CHECKSUM_STATE,
         CONNTRACK_FILTER,
+        UNREACHABLE_BUDGET,
     ];
 }
 

@@ -88,8 +88,10 @@ stat_slots! {
     TcRedirectNeigh = "tc_redirect_neigh", Tc;
     /// TC program: bpf_redirect_neigh refused the packet.
     TcRedirectFailed = "tc_redirect_failed", Tc;
-    /// Dropped: the service has no usable backend (a client's TCP SYN is answered with a RST
-    /// instead, counted `refused_no_backend` and `flow_reset`).
+    /// Dropped: the service has no usable backend (a client's TCP SYN or UDP datagram is
+    /// answered instead, counted `refused_no_backend`), and the packet is not answered: a TCP
+    /// segment past the SYN, a packet through the mesh tunnel or to a VIP only sockets are
+    /// served on, or a datagram past this CPU's budget of answers.
     DropNoBackend = "drop_no_backend", Outcome;
     /// Dropped: no route to the backend or client.
     DropFibFailed = "drop_fib_failed", Outcome;
@@ -149,10 +151,11 @@ stat_slots! {
     /// from a generic-mode interface: its SYN's MSS was not clamped), a UDP aggregate's
     /// datagrams do not fit the tunnel, or it could not be wrapped; dropped.
     TcTunnelFailed = "tc_tunnel_failed", Tc;
-    /// A client's TCP SYN to a service with no usable backend (none listed, all down or
-    /// drained) was answered with a RST from the frontend (also counted `flow_reset`, with
-    /// the RST's send as its outcome): with `drop_no_backend`, every packet that found no
-    /// backend.
+    /// A client's packet to a service with no usable backend (none listed, all down or
+    /// drained) was answered from the frontend, the answer's send its outcome: a TCP SYN with
+    /// a RST (also counted `flow_reset`), a UDP datagram with ICMP "port unreachable" (at most
+    /// `UNREACHABLE_PER_CPU_PER_WINDOW` a second per CPU). With `drop_no_backend`, every
+    /// packet that found no backend.
     RefusedNoBackend = "refused_no_backend", Event;
 }
 

@@ -20,8 +20,8 @@ mod select;
 mod sock;
 mod stateless;
 mod stats;
-mod too_big;
 mod tunnel;
+mod unreachable;
 mod verdict;
 mod zero;
 
@@ -80,11 +80,14 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
         verdict = tunnel::send(&ctx, pkt, peer);
         tunneled = true;
     }
+    if verdict == Verdict::PORT_UNREACHABLE {
+        return unreachable::port_unreachable(&ctx, pkt);
+    }
     if let Some(mtu) = verdict.too_big_mtu() {
         if !tunneled && aggregate::is_aggregate(&ctx, pkt) {
             return aggregate::send(&ctx, pkt);
         }
-        return too_big::answer(&ctx, pkt, mtu);
+        return unreachable::too_big(&ctx, pkt, mtu);
     }
     verdict.raw()
 }
@@ -204,6 +207,10 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                             count(StatSlot::RefusedNoBackend);
                             reset = true;
                         }
+                        // A datagram gets ICMP "port unreachable" (counted there).
+                        Some(slot) if refused_as_unreachable(slot, pkt, svc) => {
+                            return Verdict::PORT_UNREACHABLE;
+                        }
                         Some(slot) => {
                             count_raw(slot);
                             return Verdict::xdp(xdp_action::XDP_DROP);
@@ -247,6 +254,19 @@ fn refused_with_reset(slot: u32, pkt: &Packet, svc: &Service) -> bool {
         && pkt.key.proto == proto::TCP
         && is_syn(pkt.tcp_flags)
         && pkt.tcp_flags & TCP_RST == 0
+        && pkt.tunnel_peer == 0
+        && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
+}
+
+/// Whether a packet refused for want of a usable backend is answered with ICMP "port
+/// unreachable" (`unreachable`): a UDP datagram, under the same conditions as
+/// `refused_with_reset`'s SYN. Also one of a flow whose backends all left, as a host answers
+/// every datagram to a closed port (and telling the two apart here would have the verifier
+/// check `start_flow` once for each).
+#[inline(always)]
+fn refused_as_unreachable(slot: u32, pkt: &Packet, svc: &Service) -> bool {
+    slot == StatSlot::DropNoBackend as u32
+        && pkt.key.proto == proto::UDP
         && pkt.tunnel_peer == 0
         && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
 }

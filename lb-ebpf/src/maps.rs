@@ -126,6 +126,11 @@ pub static FLOW_SCRATCH: PerCpuArray<Flow, 1> = PerCpuArray::new();
 #[btf_map]
 pub static CHECKSUM_STATE: PerCpuArray<u32, 1> = PerCpuArray::new();
 
+/// Per-CPU: the window (`now_ns` >> 30) the "port unreachable" answers were last counted in
+/// (high 32 bits) and how many were sent in it (low 32 bits); see `unreachable`.
+#[btf_map]
+pub static UNREACHABLE_BUDGET: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 /// Per-CPU room for a connection-table key built deep in the new-flow path.
 #[btf_map]
 pub static KEY_SCRATCH: PerCpuArray<FlowKey, 1> = PerCpuArray::new();

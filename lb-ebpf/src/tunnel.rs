@@ -10,7 +10,7 @@
 //! through it to what the path to the peer carries. An aggregate that still does not fit (in
 //! generic mode any TCP packet, which may be one) is left to TC, which wraps a GSO/GRO
 //! aggregate (`aggregate`); a TCP segment or UDP datagram that does not fit is answered ICMP
-//! "fragmentation needed" with the tunnel's MTU (`too_big`); anything else is dropped and
+//! "fragmentation needed" with the tunnel's MTU (`unreachable::too_big`); anything else is dropped and
 //! counted (`drop_tunnel_failed`), never sent fragmented.
 //!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'

@@ -50,11 +50,15 @@ impl Verdict {
     }
 
     /// The packet (translated) is larger than its egress MTU `mtu`: the entry function
-    /// answers its sender (`too_big`).
+    /// answers its sender (`unreachable::too_big`).
     #[inline(always)]
     pub const fn too_big(mtu: u16) -> Self {
         Self(TOO_BIG | mtu as u32)
     }
+
+    /// A new UDP flow to a service with no usable backend: the entry function answers its
+    /// client ICMP "port unreachable" (`unreachable::port_unreachable`).
+    pub const PORT_UNREACHABLE: Self = Self(u32::MAX - 9);
 
     /// The packet goes through the mesh tunnel to the peer with this `TUNNEL_PEERS` index
     /// (1..): the entry function wraps and sends it (`tunnel::send`).
@@ -97,7 +101,8 @@ impl Verdict {
         Self(xdp_action::XDP_PASS)
     }
 
-    /// The number the kernel gets: an XDP action once `too_big` and `tunnel` are handled.
+    /// The number the kernel gets: an XDP action once `too_big`, `PORT_UNREACHABLE` and
+    /// `tunnel` are handled.
     #[inline(always)]
     pub const fn raw(self) -> u32 {
         self.0

@@ -311,6 +311,27 @@ fn ping(ns: &lb_testkit::Netns, target: IpAddr) -> Option<IpAddr> {
     .expect("run in client namespace")
 }
 
+/// What a connected UDP socket in `ns` sees after sending to `target`: the error of its next
+/// receive (`TimedOut`/`WouldBlock` when nothing came back within TIMEOUT).
+fn connected_udp_error(ns: &lb_testkit::Netns, target: SocketAddr) -> std::io::ErrorKind {
+    ns.run(move || {
+        let bind: SocketAddr = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .unwrap();
+        let socket = std::net::UdpSocket::bind(bind).unwrap();
+        socket.connect(target).unwrap();
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        socket.send(b"anyone?").unwrap();
+        let mut buf = [0u8; 64];
+        socket.recv(&mut buf).unwrap_err().kind()
+    })
+    .unwrap()
+}
+
 #[test]
 fn echo_requests_to_a_vip_are_answered_and_port_unreachable_reaches_the_client() {
     if !e2e_enabled() {
@@ -326,6 +347,14 @@ services:
     vip: "fd00:100::1"
     ports: ["54:5454/udp"]
     backends: ["fd00:2::a", "fd00:2::b", "fd00:2::c"]
+  empty:
+    vip: 198.18.100.2
+    ports: ["55/udp"]
+    backends: []
+  empty6:
+    vip: "fd00:100::2"
+    ports: ["55/udp"]
+    backends: []
 "#;
     let (topo, _servers) = setup(3);
     let lb = start_lbd(&topo, services);
@@ -340,26 +369,18 @@ services:
         // Nothing listens on the backends' UDP port 5454: the backend's port-unreachable
         // must reach the client translated, so its connected socket sees a refusal.
         let target = SocketAddr::new(vip, 54);
-        let error = topo
-            .client
-            .run(move || {
-                let bind: SocketAddr = if target.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                }
-                .parse()
-                .unwrap();
-                let socket = std::net::UdpSocket::bind(bind).unwrap();
-                socket.connect(target).unwrap();
-                socket.set_read_timeout(Some(TIMEOUT)).unwrap();
-                socket.send(b"anyone?").unwrap();
-                let mut buf = [0u8; 64];
-                socket.recv(&mut buf).unwrap_err().kind()
-            })
-            .unwrap();
         assert_eq!(
-            error,
+            connected_udp_error(&topo.client, target),
+            std::io::ErrorKind::ConnectionRefused,
+            "{target}\n{}",
+            lb.output()
+        );
+    }
+    // A service without a backend refuses the datagram itself, as a closed port would.
+    for empty in ["198.18.100.2", "fd00:100::2"] {
+        let target = SocketAddr::new(empty.parse().unwrap(), 55);
+        assert_eq!(
+            connected_udp_error(&topo.client, target),
             std::io::ErrorKind::ConnectionRefused,
             "{target}\n{}",
             lb.output()
@@ -368,6 +389,8 @@ services:
     let counters = lb.stop().expect("stop lbd");
     assert_eq!(counter(&counters, "icmp_echo_reply"), 2, "{counters}");
     assert_eq!(counter(&counters, "icmp_error_to_client"), 2, "{counters}");
+    assert_eq!(counter(&counters, "refused_no_backend"), 2, "{counters}");
+    assert_eq!(counter(&counters, "drop_no_backend"), 0, "{counters}");
 }
 
 #[test]

@@ -394,6 +394,7 @@ fn fixtures() -> Vec<Fixture> {
         ..Ipv4Frame::udp(sock(CLIENT, 5001), sock(VIP, 53))
     };
     let other = Ipv4Frame::tcp(sock(CLIENT, 40003), sock(VIP, 80), TCP_SYN).build();
+    let empty_udp = Ipv4Frame::udp(sock(CLIENT, 5002), sock("198.18.100.2", 53)).build();
     let untouched = |what, packet_in: Vec<u8>, slot: &'static [(StatSlot, u64)]| Fixture {
         what,
         packet_in,
@@ -539,11 +540,29 @@ fn fixtures() -> Vec<Fixture> {
             "a VIP without backends: a RST is dropped, never answered",
             Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_RST).build(),
         ),
-        dropped(
-            "a VIP without backends: a UDP datagram is dropped",
-            Ipv4Frame::udp(sock(CLIENT, 5002), sock("198.18.100.2", 53)).build(),
-        ),
+        Fixture {
+            what: "a VIP without backends: a UDP datagram is answered ICMP port unreachable",
+            packet_in: empty_udp.clone(),
+            verdict: ToClientViaTc,
+            packet_out: Some(port_unreachable(&empty_udp)),
+            counters: &[
+                (StatSlot::RefusedNoBackend, 1),
+                (StatSlot::TxViaTc, 1),
+                (StatSlot::DropNoBackend, 0),
+                (StatSlot::FlowReset, 0),
+                (StatSlot::NewFlow, 0),
+            ],
+        },
     ]
+}
+
+/// The ICMP "port unreachable" (type 3, code 3) from the frontend `frame` was sent to, to its
+/// sender, quoting its IP and UDP headers: how the program refuses a datagram for want of a
+/// backend.
+fn port_unreachable(frame: &[u8]) -> Vec<u8> {
+    let ip = &frame[14..];
+    let address = |at: usize| std::net::Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    node_icmpv4(address(16), address(12), &icmpv4_error(3, 3, frame, 8))
 }
 
 /// A client's SYN to `vip`:80 without data (sequence number 1).
@@ -590,6 +609,111 @@ fn single_packet_fixtures() {
     });
 }
 
+#[test]
+fn datagrams_without_a_backend_are_answered_port_unreachable_within_a_budget() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::limits::UNREACHABLE_PER_CPU_PER_WINDOW as BUDGET;
+    const SERVICES: &str = r#"
+services:
+  empty:
+    vip: 198.18.100.2
+    ports: ["53/udp"]
+    backends: []
+  empty6:
+    vip: "fd00:100::2"
+    ports: ["53/udp"]
+    backends: []
+  web:
+    vip: 198.18.100.1
+    ports: ["53:5353/udp"]
+    backends: ["198.18.2.10"]
+"#;
+    with_program(SERVICES, |mut lb| {
+        // The budget is per CPU: every run on one.
+        pin_to_cpu(0);
+        // IPv6: ICMPv6 "port unreachable" (type 1, code 4) from the VIP, quoting the IPv6 and
+        // UDP headers.
+        let client6 = sock6("fd00:1::2", 5003);
+        let vip6 = sock6("fd00:100::2", 53);
+        let datagram6 = Ipv6Frame::udp(client6, vip6).build();
+        let before = lb.stats();
+        let out = lb.run(&datagram6);
+        let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&datagram6[14..14 + 48]);
+        let expected = icmpv6_frame((CLIENT_MAC, NODE_MAC), *vip6.ip(), *client6.ip(), &message);
+        assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
+        assert_eq!(out.packet, expected);
+        parse_icmpv6(&out.packet).expect("checksum");
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[
+                (StatSlot::RefusedNoBackend, 1),
+                (StatSlot::DropNoBackend, 0),
+            ],
+        );
+
+        // A datagram of a flow whose backends all left is answered too, as Linux answers
+        // every datagram to a closed port (a TCP segment past the SYN is dropped instead).
+        let client = sock(CLIENT, 5004);
+        let flow = Ipv4Frame::udp(client, sock(VIP, 53)).build();
+        assert_eq!(lb.run(&flow).handoff, Some(Handoff::forward(lb.backend_if)));
+        lb.change(&SERVICES.replace(r#"["198.18.2.10"]"#, "[]"))
+            .expect("web loses its backend");
+        let out = lb.run(&flow);
+        assert_eq!(out.packet, port_unreachable(&flow));
+
+        // Past BUDGET answers in a window of 2^30 ns (about a second), a datagram is only
+        // dropped. From the start of a window (the program's clock is CLOCK_MONOTONIC_COARSE),
+        // BUDGET + 1 datagrams take a few milliseconds.
+        let window = || {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec given.
+            assert_eq!(
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) },
+                0
+            );
+            (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64) >> 30
+        };
+        let start = window();
+        for _ in 0..200 {
+            if window() != start {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let started = window();
+        assert_ne!(started, start, "a new window within 2 s");
+        let before = lb.stats();
+        let answered = (0..=BUDGET)
+            .map(|i| {
+                let datagram = Ipv4Frame::udp(sock(CLIENT, 10_000 + i as u16), sock(VIP, 53));
+                lb.run(&datagram.build()).action
+            })
+            .take_while(|action| *action != XDP_DROP)
+            .count();
+        assert_eq!(
+            window(),
+            started,
+            "the datagrams took the window's whole second"
+        );
+        assert_eq!(answered, BUDGET as usize);
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[
+                (StatSlot::RefusedNoBackend, u64::from(BUDGET)),
+                (StatSlot::DropNoBackend, 1),
+            ],
+        );
+    });
+}
+
 /// Runs each fixture in order, arriving on `ingress`, and checks its fate.
 fn check_fixtures(lb: &mut Loaded, fixtures: Vec<Fixture>, ingress: u32) {
     for f in fixtures {
@@ -609,10 +733,10 @@ fn check_fixtures(lb: &mut Loaded, fixtures: Vec<Fixture>, ingress: u32) {
             assert_eq!(&out.packet, expected, "{what}: the bytes out");
         }
         if f.packet_out.is_some() {
-            let checked = if out.packet[12..14] == [0x86, 0xdd] {
-                parse_ipv6(&out.packet).map(drop)
-            } else {
-                parse_ipv4(&out.packet).map(drop)
+            let checked = match (&out.packet[12..14], out.packet[23]) {
+                ([0x86, 0xdd], _) => parse_ipv6(&out.packet).map(drop),
+                (_, 1) => parse_icmpv4(&out.packet).map(drop),
+                _ => parse_ipv4(&out.packet).map(drop),
             };
             checked.unwrap_or_else(|e| panic!("{what}: checksums: {e}"));
         }

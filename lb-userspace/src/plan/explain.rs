@@ -53,8 +53,8 @@ impl std::fmt::Display for Explanation {
                 write!(
                     f,
                     "service {service}: no backend takes new flows: a client's TCP SYN is \
-                     refused with a RST from the frontend (refused_no_backend), anything else \
-                     dropped (drop_no_backend)"
+                     refused with a RST from the frontend, a UDP datagram with ICMP port \
+                     unreachable (refused_no_backend), anything else dropped (drop_no_backend)"
                 )
             }
             Self::Maglev {

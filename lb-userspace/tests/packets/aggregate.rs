@@ -3,7 +3,7 @@
 //! a whole, it goes whole through TC (which the egress device segments), translated, its TCP
 //! checksum field holding the pseudo-header sum the kernel's segmentation starts from; through
 //! the mesh tunnel, TC is asked to wrap it. A packet that fits its ingress link's MTU and not
-//! its egress is answered "fragmentation needed" as before (`too_big` tests, from a jumbo link).
+//! its egress is answered "fragmentation needed" as before (the too-big tests, from a jumbo link).
 
 use std::net::{SocketAddrV4, SocketAddrV6};
 

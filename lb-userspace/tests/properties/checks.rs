@@ -184,10 +184,11 @@ impl<'a> Runner<'a> {
             };
             fail(ABORTED, format!("returned {} ({name})", out.action));
         }
-        // A TCP packet refused with a RST (a frontend without backends) is answered with the
-        // RST's bare headers, checked below.
+        // A packet refused for want of a backend is answered (a TCP SYN with the RST's bare
+        // headers, a datagram with ICMP "port unreachable"), checked below.
         let answered_rst = d(StatSlot::FlowReset) == 1;
-        if out.packet.len() != frame.len() && !answered_rst {
+        let answered = answered_rst || d(StatSlot::RefusedNoBackend) == 1;
+        if out.packet.len() != frame.len() && !answered {
             fail(
                 LENGTH,
                 format!("{} bytes in, {} out", frame.len(), out.packet.len()),
@@ -247,11 +248,11 @@ impl<'a> Runner<'a> {
 
         // Untouched unless translated; translated means changed.
         let changed = out.packet.len() != frame.len() || out.packet[12..] != frame[12..];
-        // (A RST is an answer, not a translation: not counted with them.)
-        if changed && !answered_rst {
+        // (An answer is not a translation: not counted with them.)
+        if changed && !answered {
             self.changed += 1;
         }
-        if translation.is_empty() && out.packet != *frame && !answered_rst {
+        if translation.is_empty() && out.packet != *frame && !answered {
             fail(UNTOUCHED, String::new());
         }
         if !translation.is_empty() && !changed {
@@ -316,15 +317,37 @@ impl<'a> Runner<'a> {
                     );
                 }
             }
-            (Class::ToEmptyFrontend, ..) => {
-                if d(StatSlot::DropNoBackend) != 1
-                    || out.action != XDP_DROP
-                    || answered_rst
-                    || d(StatSlot::RefusedNoBackend) != 0
-                {
+            (Class::ToEmptyFrontend, Some(ip), _) if ip[9] == proto::UDP => {
+                let l3 = l3.expect("IPv4");
+                let (client, frontend) = endpoints(ip);
+                let answer = untagged(&out.packet, l3);
+                // ICMP "port unreachable" from the frontend, quoting the IP and UDP headers;
+                // past this CPU's budget of answers, dropped.
+                let answered_fine = d(StatSlot::RefusedNoBackend) == 1
+                    && d(StatSlot::DropNoBackend) == 0
+                    && parse_icmpv4(&answer)
+                        .is_ok_and(|message| message[..2] == [3, 3] && message[8..] == ip[..28])
+                    && answer[26..30] == frontend.ip().octets()
+                    && answer[30..34] == client.ip().octets();
+                let dropped_fine = d(StatSlot::DropNoBackend) == 1
+                    && d(StatSlot::RefusedNoBackend) == 0
+                    && out.action == XDP_DROP;
+                if !answered_fine && !dropped_fine {
                     fail(
                         EXPECTED,
-                        "to a frontend without backends, anything but a TCP SYN: drop_no_backend"
+                        "to a frontend without backends, a UDP datagram: answered ICMP port \
+                         unreachable from the frontend to the client, quoting its IP and UDP \
+                         headers, valid checksums (refused_no_backend); or, past the budget, \
+                         dropped (drop_no_backend)"
+                            .into(),
+                    );
+                }
+            }
+            (Class::ToEmptyFrontend, ..) => {
+                if d(StatSlot::DropNoBackend) != 1 || out.action != XDP_DROP || answered {
+                    fail(
+                        EXPECTED,
+                        "to a frontend without backends, a TCP packet but a SYN: drop_no_backend"
                             .into(),
                     );
                 }

@@ -55,7 +55,8 @@ use lb_testkit::{
     Netns, e2e_enabled,
     packet::{
         CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
-        TCP_SYN, checksum, icmpv4_frame, ipv4_offset, parse_ipv4, parse_ipv6, refresh_checksums,
+        TCP_SYN, checksum, icmpv4_frame, ipv4_offset, parse_icmpv4, parse_ipv4, parse_ipv6,
+        refresh_checksums,
     },
     progtest::{self, ProgNode, ProgOutcome, delta, read_mac, test_run},
     rng::SplitMix64,
