@@ -92,8 +92,9 @@ pub fn meshlb_xdp(ctx: XdpContext) -> u32 {
     verdict.raw()
 }
 
-/// Everything but the answer to a packet too big for its egress, which needs the packet as
-/// parsed and comes last (its frame below the entry function's, never below another).
+/// Everything but the ICMP answers (to a packet too big for its egress, to a datagram
+/// refused), which need the packet as parsed and come last (their frames below the entry
+/// function's, never below another).
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     count(StatSlot::Rx);
@@ -199,15 +200,15 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                         // `FlowLost`).
                         count(StatSlot::FlowLost);
                     }
-                    match start_flow(ctx, pkt, svc, generation).refusal() {
-                        // No usable backend: a TCP client's SYN is refused at once with a RST,
-                        // as the socket-level path refuses it, rather than retransmitted into
-                        // nothing.
+                    let started = start_flow(ctx, pkt, svc, generation);
+                    log_new_flow(ctx, svc, started);
+                    match started.refusal() {
+                        // No usable backend: refused at once rather than retried into nothing.
                         Some(slot) if refused_with_reset(slot, pkt, svc) => {
                             count(StatSlot::RefusedNoBackend);
                             reset = true;
                         }
-                        // A datagram gets ICMP "port unreachable" (counted there).
+                        // ICMP "port unreachable", counted there.
                         Some(slot) if refused_as_unreachable(slot, pkt, svc) => {
                             return Verdict::PORT_UNREACHABLE;
                         }
@@ -240,6 +241,21 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
         return stateless::reply(ctx, pkt);
     }
     Verdict::untaken(pkt, StatSlot::PassNotFrontend)
+}
+
+/// A new flow's outcome in the kernel log. Debug level: the verifier removes it unless lbd
+/// runs with --kernel-log debug. Called once `start_flow`'s many paths have returned, not
+/// inside it: there the verifier checked 997k instructions of its 1M with these statements
+/// and 873k without (here 780k and 718k, 2026-12-07).
+#[inline(always)]
+fn log_new_flow(ctx: &XdpContext, svc: &Service, started: FlowStart) {
+    match started.refusal() {
+        Some(slot) => debug!(
+            ctx,
+            "service {}: new flow refused (counter slot {})", svc.id, slot
+        ),
+        None => debug!(ctx, "service {}: new flow", svc.id),
+    }
 }
 
 /// Whether a new flow refused for want of a usable backend is answered with a RST from the
@@ -414,15 +430,6 @@ fn start_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, generation: u32) ->
     let mut outcome = open_flow(ctx, pkt, svc, chosen);
     if outcome == FlowStart::OPENED {
         outcome = record_flow(pkt, svc, chosen, conntrack::now_ns(), generation);
-    }
-    // Debug level: the verifier removes these unless lbd runs with --kernel-log debug. Here,
-    // not in the entry function, so they are checked on this one path only.
-    match outcome.refusal() {
-        Some(slot) => debug!(
-            ctx,
-            "service {}: new flow refused (counter slot {})", svc.id, slot
-        ),
-        None => debug!(ctx, "service {}: new flow", svc.id),
     }
     outcome
 }
