@@ -110,10 +110,13 @@ pub const FULLNAT_PORT_ATTEMPTS: u32 = 8;
 /// not extend it (a SYN-ACK sent again to a spoofed source).
 pub const UNCONFIRMED_TCP_PORT_HOLD_S: u32 = 2;
 /// ICMP "port unreachable" answers to datagrams refused for want of a backend, at most, per
-/// CPU in each window of 2^30 ns (about a second); past them a refused datagram is only
-/// dropped. A flood to an empty service is then not answered at its own rate, as Linux
-/// limits its own ICMP errors (`net.ipv4.icmp_msgs_per_sec`, 1000).
+/// CPU in each window (`UNREACHABLE_WINDOW_SHIFT`); past them a refused datagram is only
+/// dropped. A flood to an empty service is then not answered at its own rate (Linux limits
+/// its own ICMP errors host-wide, `net.ipv4.icmp_msgs_per_sec` 1000, and per destination).
 pub const UNREACHABLE_PER_CPU_PER_WINDOW: u32 = 1000;
+/// The answers' window: the kernel's coarse monotonic clock in ns, shifted right this much
+/// (2^30 ns, 1.07 s).
+pub const UNREACHABLE_WINDOW_SHIFT: u32 = 30;
 
 #[cfg(test)]
 mod tests {

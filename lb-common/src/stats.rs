@@ -24,6 +24,11 @@ macro_rules! stat_slots {
         impl StatSlot {
             pub const ALL: &'static [StatSlot] = &[$(StatSlot::$variant,)*];
             pub const COUNT: u32 = Self::ALL.len() as u32;
+            /// The fewest slots of a version whose slots are a prefix of these (2026-12-04,
+            /// `pass_other_host` inserted at 3; only appends since, and one slot renamed in
+            /// place): a pinned `GLOBAL_STATS` that small or larger is carried over by index
+            /// at an upgrade; a smaller one was ordered otherwise.
+            pub const ORDER_KEPT_SINCE: u32 = 35;
 
             /// The label value used in metrics and `lbctl stats`.
             pub const fn label(self) -> &'static str {
@@ -37,8 +42,9 @@ macro_rules! stat_slots {
     };
 }
 
-// Append only: a slot keeps its index in every version, so an upgrade carries the counts of a
-// pinned `GLOBAL_STATS` of fewer slots over by index (`SLOTS_SO_FAR` below holds the order).
+// Append only: a slot keeps its index in every version since `ORDER_KEPT_SINCE`, so an
+// upgrade carries the counts of a pinned `GLOBAL_STATS` of fewer slots over by index
+// (`SLOTS_SO_FAR` below holds the order).
 stat_slots! {
     /// Every packet the XDP program saw.
     Rx = "rx", Seen;
@@ -177,9 +183,9 @@ mod tests {
         assert_eq!(StatSlot::Rx.kind(), SlotKind::Seen);
     }
 
-    /// Every slot a released version counted, in its order: an upgrade carries a pinned
-    /// `GLOBAL_STATS`' counts over by index, so a slot is never moved, removed or inserted
-    /// before another; new ones go at the end (and here).
+    /// Every slot, in the order every version since `ORDER_KEPT_SINCE` slots kept: an upgrade
+    /// carries a pinned `GLOBAL_STATS`' counts over by index, so a slot is never moved,
+    /// removed or inserted before another; new ones go at the end (and here).
     const SLOTS_SO_FAR: &[&str] = &[
         "rx",
         "pass_not_frontend",
@@ -228,6 +234,7 @@ mod tests {
             SLOTS_SO_FAR.len(),
             "a new slot is added here too"
         );
+        const { assert!(StatSlot::ORDER_KEPT_SINCE <= StatSlot::COUNT) };
         for (slot, label) in StatSlot::ALL.iter().zip(SLOTS_SO_FAR) {
             assert_eq!(
                 slot.label(),

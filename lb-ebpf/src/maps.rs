@@ -126,7 +126,8 @@ pub static FLOW_SCRATCH: PerCpuArray<Flow, 1> = PerCpuArray::new();
 #[btf_map]
 pub static CHECKSUM_STATE: PerCpuArray<u32, 1> = PerCpuArray::new();
 
-/// Per-CPU: the window (`now_ns` >> 30) the "port unreachable" answers were last counted in
+/// Per-CPU: the window (`now_ns` >> `UNREACHABLE_WINDOW_SHIFT`) the "port unreachable"
+/// answers were last counted in
 /// (high 32 bits) and how many were sent in it (low 32 bits); see `unreachable`.
 #[btf_map]
 pub static UNREACHABLE_BUDGET: PerCpuArray<u64, 1> = PerCpuArray::new();

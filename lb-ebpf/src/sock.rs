@@ -100,7 +100,7 @@ pub fn meshlb_getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// A socket call aimed at a frontend goes to a backend of its service; anything else is left
 /// alone. Refused (ECONNREFUSED) when the service has no usable backend, as the XDP path
-/// refuses a SYN (with a RST).
+/// refuses a SYN (with a RST) or a datagram (with ICMP port unreachable).
 #[inline(always)]
 fn to_backend(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     let sa = ctx.sock_addr;

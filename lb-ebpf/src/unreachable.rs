@@ -4,16 +4,22 @@
 //!   (IPv4) or ICMPv6 "packet too big", quoting all that fits in 576 (1280) bytes, so path MTU
 //!   discovery works through the balancer. Others too big (ICMP, shorter than the quote) are
 //!   dropped and counted as `drop_too_big`.
-//! - A client's new UDP flow to a service with no usable backend: ICMP (ICMPv6) "port
+//! - A client's UDP datagram to a service with no usable backend: ICMP (ICMPv6) "port
 //!   unreachable", as the node's own stack answers a datagram to a closed port, so a connected
-//!   socket learns at once (`ECONNREFUSED`). It quotes the IP and UDP headers only (what a
-//!   sender matches its socket by: RFC 792's minimum), so the answer is as short as it can be.
+//!   socket learns at once (`ECONNREFUSED`); at most `UNREACHABLE_PER_CPU_PER_WINDOW` a
+//!   window per CPU. It quotes the IP and UDP headers only, what a sender matches its socket
+//!   by (RFC 792's minimum; short of RFC 4443's "as much as fits" for ICMPv6, on purpose), so
+//!   the answer is hardly longer than the datagram.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{limits::UNREACHABLE_PER_CPU_PER_WINDOW, maps::proto, stats::StatSlot};
+use lb_common::{
+    limits::{UNREACHABLE_PER_CPU_PER_WINDOW, UNREACHABLE_WINDOW_SHIFT},
+    maps::proto,
+    stats::StatSlot,
+};
 
 use crate::{
     conntrack::now_ns,
@@ -28,8 +34,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_HLEN: usize = 8;
-/// A refused datagram's quote: its IP header and UDP header.
 const UDP_HLEN: usize = 8;
+/// A refused datagram's quote: its IP header and UDP header.
 const REFUSED_QUOTE: usize = IPV4_HLEN + UDP_HLEN;
 const REFUSED_QUOTE6: usize = IPV6_HLEN + UDP_HLEN;
 /// The quote: as much of the packet as fits in 576 bytes (RFC 1812 §4.3.2.3). Every packet
@@ -75,7 +81,7 @@ fn within_budget() -> bool {
     let Some(budget) = UNREACHABLE_BUDGET.get_ptr_mut(0) else {
         return false;
     };
-    let window = (now_ns() >> 30) as u32;
+    let window = (now_ns() >> UNREACHABLE_WINDOW_SHIFT) as u32;
     // SAFETY: per-CPU value, nobody else writes it while this program runs on this CPU.
     let (last, sent) = unsafe { ((*budget >> 32) as u32, *budget as u32) };
     let sent = if last == window { sent } else { 0 };

@@ -1,5 +1,6 @@
 //! What the packet paths answer, in one register: an XDP action, or work the entry function
-//! finishes in its own frame (an ICMP "too big" answer, a send through the mesh tunnel), or,
+//! finishes in its own frame (an ICMP "too big" or "port unreachable" answer, a send through
+//! the mesh tunnel), or,
 //! between a path and its caller only, what the caller must do next. A newtype over the u32
 //! rather than an enum with data: a result wider than a register would be returned through
 //! the caller's stack, which the verifier refuses, and the encodings below cost nothing over
@@ -56,8 +57,8 @@ impl Verdict {
         Self(TOO_BIG | mtu as u32)
     }
 
-    /// A new UDP flow to a service with no usable backend: the entry function answers its
-    /// client ICMP "port unreachable" (`unreachable::port_unreachable`).
+    /// A client's UDP datagram to a service with no usable backend: the entry function
+    /// answers it ICMP "port unreachable" (`unreachable::port_unreachable`).
     pub const PORT_UNREACHABLE: Self = Self(u32::MAX - 9);
 
     /// The packet goes through the mesh tunnel to the peer with this `TUNNEL_PEERS` index

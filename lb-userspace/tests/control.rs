@@ -944,11 +944,13 @@ fn renaming_a_service_under_new_flows_drops_none_of_them() {
     let file_b = file_a.replace("  web:", "  web_renamed:");
     assert_ne!(file_a, file_b);
     let mut lb = start(&topo, &file_a, &[]);
+    // Dropped, or (a datagram) answered port unreachable: either way, no backend.
     let drops = |lb: &Lbd| -> u64 {
         let v = lbctl_json(lb, &["stats"]);
-        v["global"]["drop_no_backend"]
-            .as_u64()
-            .expect("drop_no_backend")
+        ["drop_no_backend", "refused_no_backend"]
+            .iter()
+            .map(|counter| v["global"][counter].as_u64().expect(counter))
+            .sum()
     };
     let before = drops(&lb);
 
@@ -987,7 +989,7 @@ fn renaming_a_service_under_new_flows_drops_none_of_them() {
     assert_eq!(
         drops(&lb) - before,
         0,
-        "new flows dropped for want of a backend"
+        "new flows dropped or refused for want of a backend"
     );
     assert_eq!(lost, 0, "{lost} of {sent} new flows unanswered");
 }
@@ -1612,25 +1614,17 @@ fn pinned_maps_of_an_earlier_version_keep_their_flows_and_get_filters_made_anew(
     assert_refused_with(&dir, 131_072, &["--conntrack-entries 65536", "lbd cleanup"]);
 }
 
-#[test]
-fn pinned_counters_of_an_earlier_version_are_carried_into_this_versions_slots() {
-    if !e2e_enabled() {
-        return;
-    }
-    use lb_common::stats::StatSlot;
-    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+/// A pinned per-CPU `GLOBAL_STATS` of `slots` slots, slot i holding i + 1 on every CPU, in
+/// the pin directory `dir` (in place of any there).
+fn pin_global_stats(dir: &Path, slots: u32) {
     const PERCPU_ARRAY: u64 = 6;
-    let dir = scratch_pin_dir();
-    // What the version before `refused_no_backend` pinned: one slot fewer, each slot's
-    // counts (here slot i holds i + 1 on every CPU).
-    let earlier = StatSlot::RefusedNoBackend as u32;
     let cpus = aya::util::nr_cpus().expect("CPUs");
     let mut attr = [0u64; 16];
     attr[0] = PERCPU_ARRAY | 4 << 32;
-    attr[1] = 8 | u64::from(earlier) << 32;
+    attr[1] = 8 | u64::from(slots) << 32;
     let fd = bpf(MAP_CREATE, &mut attr);
     assert!(fd > 0, "{}", std::io::Error::last_os_error());
-    for slot in 0..earlier {
+    for slot in 0..slots {
         let values = vec![u64::from(slot) + 1; cpus];
         let mut attr = [0u64; 16];
         attr[0] = fd as u64;
@@ -1638,26 +1632,59 @@ fn pinned_counters_of_an_earlier_version_are_carried_into_this_versions_slots() 
         attr[2] = values.as_ptr() as u64;
         assert_eq!(bpf(MAP_UPDATE_ELEM, &mut attr), 0, "slot {slot}");
     }
-    pin_map(&dir, "GLOBAL_STATS", fd);
+    let _ = std::fs::remove_file(dir.join("maps").join("GLOBAL_STATS"));
+    pin_map(dir, "GLOBAL_STATS", fd);
+}
 
-    let dp = Dataplane::load(LoadOptions {
-        pin_dir: Some(dir.to_path_buf()),
-        ..LoadOptions::default()
-    })
-    .expect("an earlier version's counters are carried over");
+#[test]
+fn pinned_counters_of_an_earlier_version_are_carried_into_this_versions_slots() {
+    if !e2e_enabled() {
+        return;
+    }
+    use lb_common::stats::StatSlot;
+    use lb_userspace::dataplane::{Dataplane, LoadOptions};
+    let dir = scratch_pin_dir();
+    let pinned_slots = || {
+        aya::maps::MapInfo::from_pin(dir.join("maps").join("GLOBAL_STATS"))
+            .unwrap()
+            .max_entries()
+    };
+    let load = || {
+        Dataplane::load(LoadOptions {
+            pin_dir: Some(dir.to_path_buf()),
+            ..LoadOptions::default()
+        })
+    };
+    // What the version before `refused_no_backend` pinned: one slot fewer.
+    let earlier = StatSlot::RefusedNoBackend as u32;
+    pin_global_stats(&dir, earlier);
+    let dp = load().expect("an earlier version's counters are carried over");
+    let cpus = aya::util::nr_cpus().expect("CPUs") as u64;
     let global = dp.stats().expect("counters").global;
     for slot in StatSlot::ALL {
         let index = *slot as u32;
         let carried = if index < earlier {
-            (u64::from(index) + 1) * cpus as u64
+            (u64::from(index) + 1) * cpus
         } else {
             0
         };
         assert_eq!(global[slot.label()], carried, "{}", slot.label());
     }
     // The map pinned in its place is this version's size.
-    let pinned = aya::maps::MapInfo::from_pin(dir.join("maps").join("GLOBAL_STATS")).unwrap();
-    assert_eq!(pinned.max_entries(), StatSlot::COUNT);
+    assert_eq!(pinned_slots(), StatSlot::COUNT);
+    // A start that fails puts the earlier map back, so the earlier lbd adopts it again.
+    dp.undo_failed_start();
+    assert_eq!(pinned_slots(), earlier);
+
+    // Counters of a version that ordered them otherwise, or of a later version, are refused.
+    for slots in [StatSlot::ORDER_KEPT_SINCE - 1, StatSlot::COUNT + 1] {
+        pin_global_stats(&dir, slots);
+        assert_refused_with(
+            &dir,
+            lb_common::limits::DEFAULT_CONNTRACK_ENTRIES,
+            &["GLOBAL_STATS", "lbd cleanup"],
+        );
+    }
 }
 
 #[test]

@@ -665,7 +665,7 @@ services:
         let out = lb.run(&flow);
         assert_eq!(out.packet, port_unreachable(&flow));
 
-        // Past BUDGET answers in a window of 2^30 ns (about a second), a datagram is only
+        // Past BUDGET answers in a window (2^UNREACHABLE_WINDOW_SHIFT ns), a datagram is only
         // dropped. From the start of a window (the program's clock is CLOCK_MONOTONIC_COARSE),
         // BUDGET + 1 datagrams take a few milliseconds.
         let window = || {
@@ -678,7 +678,8 @@ services:
                 unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) },
                 0
             );
-            (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64) >> 30
+            (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+                >> lb_common::limits::UNREACHABLE_WINDOW_SHIFT
         };
         let start = window();
         for _ in 0..200 {

@@ -210,7 +210,7 @@ impl Daemon {
             dataplane::attachable(interface)?;
         }
         let mut dp = Dataplane::load(options.load.clone())?;
-        // A start that fails from here undoes what it did (see `Dataplane::discard_if_fresh`).
+        // A start that fails from here undoes what it did (see `Dataplane::undo_failed_start`).
         // UDP backend endpoints removed while no lbd ran: their connected sockets are aborted
         // once the namespaces are known (see `abort_sockets_to`).
         let mut gone_udp = Vec::new();
@@ -249,7 +249,7 @@ impl Daemon {
         let (desired, late_interfaces) = match programmed {
             Ok(done) => done,
             Err(e) => {
-                dp.discard_if_fresh();
+                dp.undo_failed_start();
                 return Err(e);
             }
         };

@@ -159,6 +159,9 @@ pub struct Dataplane {
     /// `FORWARD_FILTER` and `REPLY_FILTER`, mapped: `lbd` marks every frontend and backend
     /// endpoint it writes.
     endpoint_filters: endpoint_filters::EndpointFilters,
+    /// Counter maps of an earlier version this start made anew (see `pin::GrownCounters`),
+    /// kept open so that a failed start puts them back (`undo_failed_start`).
+    replaced_counters: Vec<pin::GrownCounters>,
     /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
     interface_macs: std::collections::BTreeMap<u32, (Option<[u8; 6]>, bool)>,
 }
@@ -193,6 +196,33 @@ impl Dataplane {
                 loader.map_pin_path(name, pin::map_path(dir, name));
             }
         }
+        let restore_to = options.pin_dir.clone();
+        match Self::load_object(loader, options, adopted, pin_lock, &grown) {
+            Ok(mut dp) => {
+                dp.replaced_counters = grown;
+                Ok(dp)
+            }
+            Err(e) => {
+                // The earlier version's counters go back, so it can adopt its maps again.
+                if let Some(dir) = &restore_to {
+                    for counters in &grown {
+                        counters.restore(dir);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `load`, once the pinned maps were checked: loads the object (adopting and pinning its
+    /// maps), carries `grown` counters over and verifies both programs.
+    fn load_object(
+        mut loader: EbpfLoader<'_>,
+        options: LoadOptions,
+        adopted: bool,
+        pin_lock: Option<std::fs::File>,
+        grown: &[pin::GrownCounters],
+    ) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -243,6 +273,7 @@ impl Dataplane {
             logger,
             conntrack_filter: std::sync::Arc::new(conntrack_filter),
             endpoint_filters,
+            replaced_counters: Vec::new(),
         })
     }
 
@@ -255,8 +286,14 @@ impl Dataplane {
 
     /// Undoes a start that failed: when this `lbd` made the pinned state (nothing was adopted),
     /// removes it, which detaches what it attached and frees its maps; adopted state (the
-    /// previous `lbd`'s) stays as it is.
-    pub fn discard_if_fresh(self) {
+    /// previous `lbd`'s) stays as it is, but for counters of an earlier version this start
+    /// replaced, which go back (so that version can adopt its maps again).
+    pub fn undo_failed_start(self) {
+        if let (true, Some(dir)) = (self.adopted, &self.pin_dir) {
+            for counters in &self.replaced_counters {
+                counters.restore(dir);
+            }
+        }
         if let (false, Some(dir)) = (self.adopted, &self.pin_dir) {
             match std::fs::remove_dir_all(dir) {
                 Ok(()) => info!(pin_dir = %dir.display(), "start failed: removed what it pinned"),

@@ -242,11 +242,12 @@ pub(crate) fn unpin_made_anew(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Counter maps an upgrade may find with fewer slots than this build counts (an earlier
-/// version, before counters were added; slots are only ever appended, see `StatSlot`): made
-/// anew in this build's size, their counts carried over slot by slot (`GrownCounters`).
-fn may_grow(name: &str) -> bool {
-    name == names::GLOBAL_STATS
+/// Whether a pinned counter map of `entries` slots, fewer than this build counts, is carried
+/// over rather than refused: `GLOBAL_STATS` of a version whose slots are a prefix of this
+/// one's (`StatSlot::ORDER_KEPT_SINCE`: earlier versions ordered them otherwise). It is made
+/// anew in this build's size, its counts carried over slot by slot (`GrownCounters`).
+fn may_grow(name: &str, entries: u32) -> bool {
+    name == names::GLOBAL_STATS && entries >= lb_common::stats::StatSlot::ORDER_KEPT_SINCE
 }
 
 /// Refuses pinned maps whose shape differs from what this build's kernel object declares: a
@@ -277,7 +278,7 @@ pub(crate) fn check_compatible(
             check_table_layout(&path)?;
         }
         let earlier = earlier_entries(name, conntrack_entries).map(|n| (want.0, want.1, n));
-        if may_grow(name) && (have.0, have.1) == (want.0, want.1) && have.2 < want.2 {
+        if may_grow(name, have.2) && (have.0, have.1) == (want.0, want.1) && have.2 < want.2 {
             grown.push(name);
             continue;
         }
@@ -312,6 +313,9 @@ pub(crate) fn check_compatible(
 /// between this and the new programs' attachment is not carried (a start's worth).
 pub(crate) struct GrownCounters {
     name: &'static str,
+    /// The pinned map, kept open: put back in place (`restore`) if this start fails, so the
+    /// version that made it can adopt it again.
+    old: aya::maps::MapData,
     /// Per slot, the value on each CPU.
     slots: Vec<PerCpuValues<u64>>,
 }
@@ -322,8 +326,13 @@ impl GrownCounters {
     pub(crate) fn take(dir: &Path, name: &'static str) -> Result<Self, DataplaneError> {
         let path = map_path(dir, name);
         let read = |e: aya::maps::MapError| {
-            DataplaneError::Pin(format!("reading the counts in {}: {e}", path.display()))
+            DataplaneError::Pin(format!(
+                "reading the counts in {} to carry them over: {e}; run `lbd cleanup` (this \
+                 forgets tracked flows) and start again",
+                path.display()
+            ))
         };
+        let old = aya::maps::MapData::from_pin(&path).map_err(read)?;
         let data = aya::maps::MapData::from_pin(&path).map_err(read)?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(read)?;
@@ -333,11 +342,34 @@ impl GrownCounters {
             .map_err(read)?;
         std::fs::remove_file(&path)
             .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
-        Ok(Self { name, slots })
+        Ok(Self { name, old, slots })
+    }
+
+    /// Puts the taken map back in place of whatever this start pinned there.
+    pub(crate) fn restore(&self, dir: &Path) {
+        let path = map_path(dir, self.name);
+        let put_back = match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+        .and_then(|()| self.old.pin(&path).map_err(|e| e.to_string()));
+        match put_back {
+            Ok(()) => info!(
+                map = self.name,
+                "start failed: the earlier counters are back in place"
+            ),
+            Err(e) => tracing::warn!(
+                map = self.name,
+                "start failed, and putting the earlier counters back at {} failed too: {e}; \
+                 the earlier lbd will refuse the map this one made (`lbd cleanup` removes it)",
+                path.display()
+            ),
+        }
     }
 
     /// Writes the counts into the same slots of the map the load made.
-    pub(crate) fn carry_into(self, ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
+    pub(crate) fn carry_into(&self, ebpf: &mut aya::Ebpf) -> Result<(), DataplaneError> {
         let name = self.name;
         let error = |error| DataplaneError::Map { name, error };
         let map = ebpf
@@ -345,7 +377,12 @@ impl GrownCounters {
             .ok_or(DataplaneError::Missing { kind: "map", name })?;
         let mut array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(error)?;
         let (had, has) = (self.slots.len(), array.len());
-        for (slot, values) in (0u32..).zip(self.slots) {
+        for (slot, values) in (0u32..).zip(&self.slots) {
+            let values =
+                PerCpuValues::try_from(values.to_vec()).map_err(|e| DataplaneError::MapValue {
+                    name,
+                    message: format!("carrying slot {slot} over: {e}"),
+                })?;
             array.set(slot, values, 0).map_err(error)?;
         }
         info!(

@@ -16,7 +16,8 @@ use super::DesiredState;
 pub enum Explanation {
     /// No frontend matches the destination: the packet passes to the kernel untouched.
     NotAFrontend,
-    /// The service has no backend that takes new flows: the packet is dropped and counted.
+    /// The service has no backend that takes new flows: the packet is refused (a TCP SYN with
+    /// a RST, a datagram with ICMP port unreachable) or dropped, and counted.
     NoBackend { service: String },
     /// Maglev: the flow's hash picks a slot of the service's table.
     Maglev {

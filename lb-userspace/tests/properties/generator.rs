@@ -930,6 +930,11 @@ impl Generator<'_> {
                 Class::ToEmptyFrontend,
             ),
             named(
+                Ipv4Frame::udp(client(50_006), SocketAddrV4::new(EMPTY_VIP, 53)).build(),
+                "sweep: udp to the VIP without backends",
+                Class::ToEmptyFrontend,
+            ),
+            named(
                 padded,
                 "sweep: udp with Ethernet padding to the VIP",
                 to(vip53, proto::UDP),

@@ -615,6 +615,15 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     if !drops.is_empty() {
         println!("drops: {}", drops.join(" "));
     }
+    // Beside the drops: the same packets were dropped before they were answered.
+    let refused = StatSlot::RefusedNoBackend;
+    if let Some(n) = report.global.get(refused.label()).filter(|n| **n > 0) {
+        println!(
+            "refused: {}={n} (to a service with no usable backend, answered with a RST or ICMP \
+             port unreachable)",
+            refused.label()
+        );
+    }
     // The socket-level path has no packets: its own table, services it served only.
     let sockets: Vec<Vec<String>> = report
         .services
