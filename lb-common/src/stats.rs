@@ -160,7 +160,7 @@ stat_slots! {
     /// A client's packet to a service with no usable backend (none listed, all down or
     /// drained) was answered from the frontend, the answer's send its outcome: a TCP SYN with
     /// a RST (also counted `flow_reset`), a UDP datagram with ICMP "port unreachable" (at most
-    /// `UNREACHABLE_PER_CPU_PER_WINDOW` a second per CPU). With `drop_no_backend`, every
+    /// `UNREACHABLE_PER_CPU_PER_WINDOW` a window per CPU). With `drop_no_backend`, every
     /// packet that found no backend.
     RefusedNoBackend = "refused_no_backend", Event;
 }

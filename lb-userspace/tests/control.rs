@@ -1672,9 +1672,20 @@ fn pinned_counters_of_an_earlier_version_are_carried_into_this_versions_slots() 
     }
     // The map pinned in its place is this version's size.
     assert_eq!(pinned_slots(), StatSlot::COUNT);
-    // A start that fails puts the earlier map back, so the earlier lbd adopts it again.
+    // A start that fails puts the earlier map back, counts and all, so the earlier lbd
+    // adopts it again.
     dp.undo_failed_start();
     assert_eq!(pinned_slots(), earlier);
+    let data = aya::maps::MapData::from_pin(dir.join("maps").join("GLOBAL_STATS")).unwrap();
+    let back: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).unwrap();
+    for slot in 0..earlier {
+        let values = back.get(&slot, 0).unwrap();
+        assert!(
+            values.iter().all(|v| *v == u64::from(slot) + 1),
+            "slot {slot}"
+        );
+    }
 
     // Counters of a version that ordered them otherwise, or of a later version, are refused.
     for slots in [StatSlot::ORDER_KEPT_SINCE - 1, StatSlot::COUNT + 1] {

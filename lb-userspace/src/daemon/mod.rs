@@ -203,7 +203,8 @@ impl Daemon {
         }
 
         let saved_bridges = links::saved_bridges(swarm.as_ref(), options);
-        // Before the pinned maps are touched: an adopting start cannot be undone, and one that
+        // Before the pinned maps are touched: an adopting start cannot be undone (but for
+        // replaced counters, `Dataplane::undo_failed_start`), and one that
         // failed at an interface would leave the maps holding this configuration for the
         // previous programs still attached elsewhere.
         for interface in &options.interfaces {

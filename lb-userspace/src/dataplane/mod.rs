@@ -160,7 +160,8 @@ pub struct Dataplane {
     /// endpoint it writes.
     endpoint_filters: endpoint_filters::EndpointFilters,
     /// Counter maps of an earlier version this start made anew (see `pin::GrownCounters`),
-    /// kept open so that a failed start puts them back (`undo_failed_start`).
+    /// kept open (for the process's life: a small map) so that a failed start puts them
+    /// back (`undo_failed_start`).
     replaced_counters: Vec<pin::GrownCounters>,
     /// What `INTERFACE_MACS` was last told, by ifindex: it is written again only on a change.
     interface_macs: std::collections::BTreeMap<u32, (Option<[u8; 6]>, bool)>,
@@ -187,18 +188,21 @@ impl Dataplane {
             pin_lock = Some(pin::lock(dir)?);
             adopted = pin::has_pinned_maps(dir);
             if adopted {
-                for name in pin::check_compatible(dir, OBJECT, options.conntrack_entries)? {
+                let grows = pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
+                pin::unpin_made_anew(dir)?;
+                // Last before the load: from here a failure puts them back.
+                for name in grows {
                     grown.push(pin::GrownCounters::take(dir, name)?);
                 }
-                pin::unpin_made_anew(dir)?;
             }
             for name in names::ALL {
                 loader.map_pin_path(name, pin::map_path(dir, name));
             }
         }
         let restore_to = options.pin_dir.clone();
-        match Self::load_object(loader, options, adopted, pin_lock, &grown) {
+        match Self::load_object(loader, options, adopted, &grown) {
             Ok(mut dp) => {
+                dp._pin_lock = pin_lock;
                 dp.replaced_counters = grown;
                 Ok(dp)
             }
@@ -220,7 +224,6 @@ impl Dataplane {
         mut loader: EbpfLoader<'_>,
         options: LoadOptions,
         adopted: bool,
-        pin_lock: Option<std::fs::File>,
         grown: &[pin::GrownCounters],
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
@@ -268,7 +271,7 @@ impl Dataplane {
             adopted,
             _pinned_links: Default::default(),
             unpinned_links: Default::default(),
-            _pin_lock: pin_lock,
+            _pin_lock: None,
             sockets: None,
             logger,
             conntrack_filter: std::sync::Arc::new(conntrack_filter),
@@ -287,7 +290,10 @@ impl Dataplane {
     /// Undoes a start that failed: when this `lbd` made the pinned state (nothing was adopted),
     /// removes it, which detaches what it attached and frees its maps; adopted state (the
     /// previous `lbd`'s) stays as it is, but for counters of an earlier version this start
-    /// replaced, which go back (so that version can adopt its maps again).
+    /// replaced, which go back (so that version can adopt its maps again). If the new programs
+    /// were swapped into some links already, they count into the new map until the next start,
+    /// and those counts are lost: better than a version refusing the pins, whose fix, `lbd
+    /// cleanup`, forgets the tracked flows.
     pub fn undo_failed_start(self) {
         if let (true, Some(dir)) = (self.adopted, &self.pin_dir) {
             for counters in &self.replaced_counters {

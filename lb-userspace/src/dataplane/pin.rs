@@ -340,8 +340,13 @@ impl GrownCounters {
             .map(|slot| array.get(&slot, 0))
             .collect::<Result<Vec<_>, _>>()
             .map_err(read)?;
-        std::fs::remove_file(&path)
-            .map_err(|e| DataplaneError::Pin(format!("removing {}: {e}", path.display())))?;
+        std::fs::remove_file(&path).map_err(|e| {
+            DataplaneError::Pin(format!(
+                "removing {} to make it anew in this version's size: {e}; check the pin \
+                 directory's permissions, or run `lbd cleanup` (this forgets tracked flows)",
+                path.display()
+            ))
+        })?;
         Ok(Self { name, old, slots })
     }
 

@@ -615,7 +615,7 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     if !drops.is_empty() {
         println!("drops: {}", drops.join(" "));
     }
-    // Beside the drops: the same packets were dropped before they were answered.
+    // Not drops (those packets are answered), but what earlier versions counted as drops.
     let refused = StatSlot::RefusedNoBackend;
     if let Some(n) = report.global.get(refused.label()).filter(|n| **n > 0) {
         println!(
