@@ -62,7 +62,7 @@ pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
     answer::<false>(ctx, pkt, mtu)
 }
 
-/// Answers a new flow's datagram `pkt` (untranslated) refused for want of a backend. A
+/// Answers a client's datagram `pkt` (untranslated) refused for want of a backend. A
 /// function of its own rather than `too_big` with a flag: the verifier checks each for its
 /// own case only.
 #[inline(never)]
