@@ -260,29 +260,32 @@ fn log_new_flow(ctx: &XdpContext, svc: &Service, started: FlowStart) {
 
 /// Whether a new flow refused for want of a usable backend is answered with a RST from the
 /// frontend: a TCP SYN (a new connection; a later segment of one whose backends are all gone
-/// for a moment is dropped, as before, so its retransmission finds a backend that came back),
-/// straight from its client (one through the tunnel came to a task's delivery frontend from
-/// another node, which the RST would not reach), for a frontend packets are served on (not a
-/// VIP only an overlay's sockets are served).
+/// for a moment is dropped, as before, so its retransmission finds a backend that came back)
+/// that `answers_refusal`.
 #[inline(always)]
 fn refused_with_reset(slot: u32, pkt: &Packet, svc: &Service) -> bool {
-    slot == StatSlot::DropNoBackend as u32
+    answers_refusal(slot, pkt, svc)
         && pkt.key.proto == proto::TCP
         && is_syn(pkt.tcp_flags)
         && pkt.tcp_flags & TCP_RST == 0
-        && pkt.tunnel_peer == 0
-        && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
 }
 
 /// Whether a packet refused for want of a usable backend is answered with ICMP "port
-/// unreachable" (`unreachable`): a UDP datagram, under the same conditions as
-/// `refused_with_reset`'s SYN. Also one of a flow whose backends all left, as a host answers
-/// every datagram to a closed port (and telling the two apart here would have the verifier
-/// check `start_flow` once for each).
+/// unreachable" (`unreachable`): a UDP datagram that `answers_refusal`. Also one of a flow
+/// whose backends all left, as a host answers every datagram to a closed port (and telling
+/// the two apart here would have the verifier check `start_flow` once for each).
 #[inline(always)]
 fn refused_as_unreachable(slot: u32, pkt: &Packet, svc: &Service) -> bool {
+    answers_refusal(slot, pkt, svc) && pkt.key.proto == proto::UDP
+}
+
+/// Whether a refusal may be answered at all: for want of a usable backend, straight from the
+/// client (one through the tunnel came to a task's delivery frontend from another node, which
+/// the answer would not reach), to a frontend packets are served on (not a VIP only an
+/// overlay's sockets are served).
+#[inline(always)]
+fn answers_refusal(slot: u32, pkt: &Packet, svc: &Service) -> bool {
     slot == StatSlot::DropNoBackend as u32
-        && pkt.key.proto == proto::UDP
         && pkt.tunnel_peer == 0
         && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
 }
