@@ -73,6 +73,26 @@ impl Addr {
     }
 }
 
+impl Addr {
+    /// Whether a packet from this address may be answered: the address of one host, which
+    /// the source of an ICMP error or a RST must be (RFC 1122 §3.2.2 and §4.2.3.10, RFC 4443
+    /// §2.4(e)). Not: IPv4's 0/8, 127/8, multicast and 240/4 (the limited broadcast
+    /// included); IPv6's unspecified, loopback and multicast. A subnet's broadcast address is
+    /// a host's address to all but its subnet, which the program does not know.
+    #[inline(always)]
+    pub const fn is_single_host(&self) -> bool {
+        if self.is_v4() {
+            let first = self.words[3].to_ne_bytes()[0];
+            return first != 0 && first != 127 && first < 224;
+        }
+        let w = self.words;
+        let first = w[0].to_ne_bytes()[0];
+        let zero_until_last = w[0] == 0 && w[1] == 0 && w[2] == 0;
+        let last = u32::from_be(w[3]);
+        first != 0xff && !(zero_until_last && last <= 1)
+    }
+}
+
 /// IPv4 addresses become IPv4-mapped IPv6 addresses, the form keys hold.
 impl From<core::net::IpAddr> for Addr {
     fn from(ip: core::net::IpAddr) -> Self {
@@ -140,6 +160,56 @@ mod tests {
         assert!(a([10, 1, 2, 3]).same_v4_subnet(&a([10, 200, 0, 1]), 8));
         assert!(!task.same_v4_subnet(&task, 0), "no length known");
         assert!(!task.same_v4_subnet(&task, 33));
+    }
+
+    /// Against the standard library's classes of the same addresses.
+    #[test]
+    fn single_hosts_are_neither_unspecified_loopback_multicast_nor_reserved() {
+        use core::net::IpAddr;
+        let single = |s: &str| Addr::from(s.parse::<IpAddr>().unwrap()).is_single_host();
+        for host in [
+            "198.18.1.2",
+            "1.0.0.0",
+            "126.255.255.255",
+            "128.0.0.1",
+            "223.255.255.255",
+        ] {
+            assert!(single(host), "{host}");
+        }
+        for other in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "127.0.0.1",
+            "127.255.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(!single(other), "{other}");
+        }
+        for host in ["fd00:1::2", "::2", "2001:db8::1", "fe80::1", "feff::1"] {
+            assert!(single(host), "{host}");
+        }
+        for other in ["::", "::1", "ff02::1", "ff05::1:3"] {
+            assert!(!single(other), "{other}");
+        }
+        for text in [
+            "10.0.0.1",
+            "0.0.0.0",
+            "224.0.0.5",
+            "::",
+            "::1",
+            "ff02::2",
+            "fd00::5",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let std_says = !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0 || v4.octets()[0] >= 240));
+            assert_eq!(single(text), std_says, "{text}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::{
     maps::{CONNTRACK, FRONTENDS, PENDING, reply_frontend_of},
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
+    sender::{self, ANSWER_TTL},
     stats::count,
     verdict::Verdict,
 };
@@ -71,6 +72,10 @@ fn echo(ctx: &XdpContext, pkt: &Packet) -> Verdict {
 fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     let vip = EndpointKey::new(pkt.key.dst, 0, pkt.key.proto);
     FRONTENDS.get_ptr(&vip)?;
+    // Not ours to answer: the kernel drops such a sender as a martian.
+    if !sender::may_answer(pkt) {
+        return None;
+    }
     let type_code = ptr_at::<[u8; 2]>(ctx, pkt.l4())?;
     let csum = ptr_at::<u16>(ctx, pkt.l4() + off::ICMP_CSUM)?;
     let reply = if pkt.v6 {
@@ -89,6 +94,7 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
             u16::from_ne_bytes(new),
         ));
     }
+    reset_ttl(ctx, pkt)?;
     // Swapping source and destination changes neither the IPv4 header checksum nor the
     // ICMPv6 pseudo-header sum.
     set_addr(ctx, pkt, pkt.l3(), pkt.v6, true, &pkt.key.dst)?;
@@ -101,6 +107,32 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
         &pkt.key.src,
         core::ptr::null_mut(),
     ))
+}
+
+/// Gives the reply a fresh TTL (hop limit), as a host's own reply has: the request's
+/// remaining one would expire on the way back from a sender more than half its TTL away.
+#[inline(always)]
+fn reset_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
+    if pkt.v6 {
+        let hop_limit = ptr_at::<u8>(ctx, pkt.l3() + off::IP6_HOP_LIMIT)?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { hop_limit.write(ANSWER_TTL) };
+        return Some(());
+    }
+    let ttl_proto = ptr_at::<[u8; 2]>(ctx, pkt.l3() + off::IP_TTL)?;
+    let csum = ptr_at::<u16>(ctx, pkt.l3() + off::IP_CSUM)?;
+    // SAFETY: bounds-checked by ptr_at.
+    unsafe {
+        let old = ttl_proto.read_unaligned();
+        let new = [ANSWER_TTL, old[1]];
+        ttl_proto.write_unaligned(new);
+        csum.write_unaligned(csum_replace2(
+            csum.read_unaligned(),
+            u16::from_ne_bytes(old),
+            u16::from_ne_bytes(new),
+        ));
+    }
+    Some(())
 }
 
 /// Writes an address into the IP header at `l3` (source if `source`), without checksums.

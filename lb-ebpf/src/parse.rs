@@ -55,12 +55,14 @@ pub mod off {
     pub const IP_TOS: usize = 1;
     pub const IP_TOT_LEN: usize = 2;
     pub const IP_FRAG: usize = 6;
+    pub const IP_TTL: usize = 8;
     pub const IP_PROTO: usize = 9;
     pub const IP_CSUM: usize = 10;
     pub const IP_SRC: usize = 12;
     pub const IP_DST: usize = 16;
     pub const IP6_PAYLOAD_LEN: usize = 4;
     pub const IP6_NEXT: usize = 6;
+    pub const IP6_HOP_LIMIT: usize = 7;
     pub const IP6_SRC: usize = 8;
     pub const IP6_DST: usize = 24;
     pub const L4_SPORT: usize = 0;

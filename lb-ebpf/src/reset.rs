@@ -16,11 +16,11 @@ use crate::{
         IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, pkt_read, pkt_write,
         ptr_at,
     },
+    sender::{self, ANSWER_TTL},
     stats::count,
 };
 
 const TCP_HLEN: usize = 20;
-const TTL: u8 = 64;
 /// TCP header offsets.
 const TCP_SEQ: usize = 4;
 const TCP_ACK_SEQ: usize = 8;
@@ -30,6 +30,12 @@ const TCP_DOFF: usize = 12;
 /// path, a sibling of the calls below the entry function.
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    // A flow whose backend left: through the tunnel it came to a peer's frontend, which
+    // answers once it learns (a RST from here would come from the task's address).
+    if pkt.tunnel_peer != 0 || !sender::may_answer_error(ctx, pkt) {
+        count(StatSlot::DropNoBackend);
+        return xdp_action::XDP_DROP;
+    }
     // The RST as `forward::send` needs to see it: frontend to client, its own length.
     let ip_len = if pkt.v6 { IPV6_HLEN } else { IPV4_HLEN } + TCP_HLEN;
     let out = Packet {
@@ -98,6 +104,11 @@ fn build(ctx: &XdpContext, pkt: &Packet) -> Built {
             usize::from(tcp.add(TCP_DOFF).read() >> 4) * 4,
         )
     };
+    // A data offset under the header's own length: a segment the client's stack itself
+    // would drop as malformed, and whose payload length is unknown.
+    if doff < TCP_HLEN {
+        return Built::Untouched;
+    }
     let flags = pkt.tcp_flags;
     let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
         (ack_seq, 0, TCP_RST)
@@ -124,7 +135,7 @@ fn build(ctx: &XdpContext, pkt: &Packet) -> Built {
         let c = client.words;
         let header = [
             u32::from_ne_bytes([0x60, 0, 0, 0]),
-            u32::from_ne_bytes([0, TCP_HLEN as u8, proto::TCP, TTL]),
+            u32::from_ne_bytes([0, TCP_HLEN as u8, proto::TCP, ANSWER_TTL]),
             f[0],
             f[1],
             f[2],
@@ -148,7 +159,7 @@ fn build(ctx: &XdpContext, pkt: &Packet) -> Built {
             u32::from_ne_bytes([0x45, 0, tot_len[0], tot_len[1]]),
             // Identification 0, don't fragment.
             u32::from_ne_bytes([0, 0, 0x40, 0]),
-            u32::from_ne_bytes([TTL, proto::TCP, 0, 0]),
+            u32::from_ne_bytes([ANSWER_TTL, proto::TCP, 0, 0]),
             frontend.v4_raw(),
             client.v4_raw(),
         ];
@@ -157,7 +168,7 @@ fn build(ctx: &XdpContext, pkt: &Packet) -> Built {
             sum = add_word(sum, *w);
         }
         let csum = (!fold(sum)).to_ne_bytes();
-        header[2] = u32::from_ne_bytes([TTL, proto::TCP, csum[0], csum[1]]);
+        header[2] = u32::from_ne_bytes([ANSWER_TTL, proto::TCP, csum[0], csum[1]]);
         pseudo = add_word(add_word(pseudo, header[3]), header[4]);
         // SAFETY: bounds-checked above.
         unsafe { pkt_write(ip, header) };

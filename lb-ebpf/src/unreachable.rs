@@ -27,6 +27,7 @@ use crate::{
     maps::UNREACHABLE_BUDGET,
     nat::{self, Side, add_word, fold},
     parse::{IPV4_HLEN, IPV6_HLEN, Packet, pkt_read, pkt_write, ptr_at},
+    sender::{self, ANSWER_TTL},
     stats::count,
 };
 
@@ -53,12 +54,15 @@ const QUOTE6: usize = 1280 - IPV6_HLEN - ICMP_HLEN;
 const SUM6_LAST: usize = ICMP_HLEN + QUOTE6 - 2 * SUM_FIRST;
 /// Ethernet and up to two VLAN tags, moved to the new front.
 const MAX_L2: usize = 22;
-const TTL: u8 = 64;
 
 /// Answers the packet `pkt` (translated) that `forward::send` found too big for an egress MTU
 /// of `mtu`. Not inlined: a rare path, below the entry function only.
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
+    if !sender::may_answer_error(ctx, pkt) {
+        count(StatSlot::DropTooBig);
+        return xdp_action::XDP_DROP;
+    }
     answer::<false>(ctx, pkt, mtu)
 }
 
@@ -114,9 +118,9 @@ fn answer<const REFUSED: bool>(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> 
     let ip_len = ip_hlen + ICMP_HLEN + quote(pkt.v6, REFUSED);
     // The packet as `forward::send` needs to see the answer, written over the parsed one
     // (no longer needed): a copy would not fit the BPF stack below the entry function's.
-    let sender = pkt.key.src;
+    let origin = pkt.key.src;
     pkt.key.src = pkt.key.dst;
-    pkt.key.dst = sender;
+    pkt.key.dst = origin;
     pkt.key.set_ports_word(0);
     pkt.key.set_proto(icmp_proto);
     pkt.l4 = pkt.l3 + ip_hlen as u16;
@@ -221,7 +225,7 @@ fn build_v4<const REFUSED: bool>(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Op
     let mut header = [
         u32::from_ne_bytes([0x45, 0, tot_len[0], tot_len[1]]),
         0,
-        u32::from_ne_bytes([TTL, proto::ICMP, 0, 0]),
+        u32::from_ne_bytes([ANSWER_TTL, proto::ICMP, 0, 0]),
         // From the address the sender sent to, as a router on its path would answer.
         pkt.key.dst.v4_raw(),
         pkt.key.src.v4_raw(),
@@ -231,7 +235,7 @@ fn build_v4<const REFUSED: bool>(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Op
         sum = add_word(sum, *w);
     }
     let csum = (!fold(sum)).to_ne_bytes();
-    header[2] = u32::from_ne_bytes([TTL, proto::ICMP, csum[0], csum[1]]);
+    header[2] = u32::from_ne_bytes([ANSWER_TTL, proto::ICMP, csum[0], csum[1]]);
     // SAFETY: bounds-checked by ptr_at.
     unsafe { pkt_write(ip, header) };
 
@@ -275,7 +279,7 @@ fn build_v6<const REFUSED: bool>(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Op
     let (src, dst) = (pkt.key.dst.words, pkt.key.src.words);
     let header = [
         u32::from_ne_bytes([0x60, 0, 0, 0]),
-        u32::from_ne_bytes([payload_len[0], payload_len[1], proto::ICMPV6, TTL]),
+        u32::from_ne_bytes([payload_len[0], payload_len[1], proto::ICMPV6, ANSWER_TTL]),
         src[0],
         src[1],
         src[2],

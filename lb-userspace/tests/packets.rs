@@ -10,6 +10,8 @@ mod conntrack_filter;
 mod frontend_filter;
 #[path = "packets/partial.rs"]
 mod partial;
+#[path = "packets/refusals.rs"]
+mod refusals;
 
 use std::net::SocketAddrV4;
 
