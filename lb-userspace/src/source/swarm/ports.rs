@@ -96,6 +96,23 @@ impl PortMemory {
     pub fn keep_recent(&mut self, snapshot: &mut Snapshot, now: Instant) {
         self.held
             .retain(|(name, _), _| snapshot.services.contains_key(name));
+        // Which service lists each published port in this read: a port held for a service
+        // that no longer lists it yields to one that does (see `moved_to_another`).
+        let mut listers: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+        for (name, service) in &snapshot.services {
+            for port in &service.published {
+                listers.entry(port.publish).or_default().push(name);
+            }
+        }
+        let moved: Vec<(String, u16)> = self
+            .held
+            .keys()
+            .filter(|(name, publish)| moved_to_another(&listers, name, *publish))
+            .cloned()
+            .collect();
+        for key in moved {
+            self.held.remove(&key);
+        }
         for (name, service) in &mut snapshot.services {
             let mut listed: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
             for port in &service.published {
@@ -148,6 +165,16 @@ impl PortMemory {
             service.published = published;
         }
     }
+}
+
+/// Whether the published port `publish`, held for `name`, is listed in this read by other
+/// services only: it moved (`--publish-rm` on one service, then `--publish-add` on another;
+/// the swarm gives a port to one service at a time). Held on, it would clash with the
+/// service that has it now, and the merge would refuse one of the two whole.
+fn moved_to_another(listers: &BTreeMap<u16, Vec<&str>>, name: &str, publish: u16) -> bool {
+    listers
+        .get(&publish)
+        .is_some_and(|names| !names.contains(&name))
 }
 
 #[cfg(test)]
@@ -232,6 +259,57 @@ mod tests {
         let mut back = listing(&[90]);
         memory.keep_recent(&mut back, t0 + Duration::from_secs(1));
         assert_eq!(published(&back), [90]);
+    }
+
+    /// `docker service update a --publish-rm 80`, then `docker service update b
+    /// --publish-add 80`: `a`'s hold on 80 ends once `b` lists it, so the two never both
+    /// publish it (which would refuse one of them whole, its other ports too).
+    #[test]
+    fn a_held_port_another_service_lists_now_moves_to_it() {
+        let mut memory = PortMemory::default();
+        let t0 = Instant::now();
+        let read = |a: &[u16], b: &[u16]| {
+            let mut snapshot = Snapshot::default();
+            for (name, ports) in [("a", a), ("b", b)] {
+                snapshot.services.insert(
+                    name.to_owned(),
+                    SwarmService {
+                        published: ports
+                            .iter()
+                            .map(|&publish| PublishedPort {
+                                publish,
+                                target: 8080,
+                            })
+                            .collect(),
+                        ..SwarmService::default()
+                    },
+                );
+            }
+            snapshot
+        };
+        let ports = |snapshot: &Snapshot, name: &str| -> Vec<u16> {
+            snapshot.services[name]
+                .published
+                .iter()
+                .map(|p| p.publish)
+                .collect()
+        };
+        memory.keep_recent(&mut read(&[80, 81], &[90]), t0);
+        // 80 leaves `a`: held for the grace while no other service lists it.
+        let mut removed = read(&[81], &[90]);
+        memory.keep_recent(&mut removed, t0 + Duration::from_secs(1));
+        assert_eq!(ports(&removed, "a"), [80, 81]);
+        // `b` lists it: `a` lets go at once.
+        let mut added = read(&[81], &[80, 90]);
+        memory.keep_recent(&mut added, t0 + Duration::from_secs(2));
+        assert_eq!(
+            (ports(&added, "a"), ports(&added, "b")),
+            (vec![81], vec![80, 90])
+        );
+        // And does not take it back while `b` has it, nor after.
+        let mut later = read(&[81], &[80, 90]);
+        memory.keep_recent(&mut later, t0 + Duration::from_secs(3));
+        assert_eq!(ports(&later, "a"), [81]);
     }
 
     /// `--publish-rm 80 --publish-add 80:9090`: old and new tasks list either target while
