@@ -111,6 +111,7 @@ pub(super) fn starting_swarm_services(
         ..Default::default()
     };
     let services = swarm_services(snapshot, file, &running);
+    log_new_problems(&running, &services);
     if services.scopes != running.scopes {
         save_scopes(state_dir, &services.scopes);
     }
@@ -166,11 +167,34 @@ impl Daemon {
     /// Makes `services` the running swarm services, saving their networks' scopes when they
     /// changed (a failure is logged: a restart would number them afresh).
     pub(super) fn keep_swarm_services(&mut self, services: SwarmServices) {
+        log_new_problems(&self.swarm_services, &services);
         if services.scopes != self.swarm_services.scopes {
             save_scopes(&self.state_dir, &services.scopes);
         }
         self.swarm_services = services;
     }
+}
+
+/// Logs each problem `after` has that `before` had not (a port or VIP not served): `lbctl
+/// list` shows them all, the log each once, when it appears.
+fn log_new_problems(before: &SwarmServices, after: &SwarmServices) {
+    for (name, problem) in new_problems(before, after) {
+        warn!(service = %name, "swarm service partly not served: {problem}");
+    }
+}
+
+/// The (service, problem) pairs `after` has and `before` had not.
+fn new_problems<'a>(before: &SwarmServices, after: &'a SwarmServices) -> Vec<(&'a str, &'a str)> {
+    let mut new = Vec::new();
+    for (name, details) in &after.details {
+        let known = before.details.get(name);
+        for problem in &details.problems {
+            if !known.is_some_and(|k| k.problems.contains(problem)) {
+                new.push((name.as_str(), problem.as_str()));
+            }
+        }
+    }
+    new
 }
 
 /// Saves the networks' socket scopes for the next start (a failure is logged: it would
@@ -210,6 +234,38 @@ mod tests {
     use super::*;
 
     const NODE: &str = "198.18.0.5";
+
+    /// Each problem is said when it appears: not again on the next read, again once it went
+    /// and came back.
+    #[test]
+    fn only_new_problems_are_logged() {
+        let with = |problems: &[(&str, &str)]| {
+            let mut services = SwarmServices::default();
+            for (name, problem) in problems {
+                services
+                    .details
+                    .entry((*name).to_owned())
+                    .or_default()
+                    .problems
+                    .push((*problem).to_owned());
+            }
+            services
+        };
+        let none = SwarmServices::default();
+        let odd = with(&[("odd", "port 81 twice")]);
+        assert_eq!(new_problems(&none, &odd), [("odd", "port 81 twice")]);
+        assert!(new_problems(&odd, &odd).is_empty());
+        let more = with(&[
+            ("odd", "port 81 twice"),
+            ("odd", "VIP on n32"),
+            ("dns", "x"),
+        ]);
+        assert_eq!(
+            new_problems(&odd, &more),
+            [("dns", "x"), ("odd", "VIP on n32")]
+        );
+        assert_eq!(new_problems(&none, &odd), new_problems(&with(&[]), &odd));
+    }
 
     /// A restart keeps the networks' socket scopes the last lbd saved, even out of name
     /// order, and saves them when they change.

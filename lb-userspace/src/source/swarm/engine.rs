@@ -24,8 +24,11 @@ const REQUEST_TIMEOUT_S: u64 = 5;
 /// `/info` on a manager asks the swarm's leader; without one (quorum lost) it answers only
 /// after 20 s. Past this the last answer stands in, as a node whose manager cannot say...
 const INFO_TIMEOUT: Duration = Duration::from_secs(2);
-/// ...and is not asked again for this long, so the reads between go at their pace.
-const INFO_RETRY: Duration = Duration::from_secs(60);
+/// ...and is not asked again for this long, so the reads between go at their pace (a 2 s
+/// wait every 10 s while the swarm has no leader). Not much longer: meanwhile `/tasks` is
+/// not asked, so no task is marked stopping, and one slow answer of a busy manager costs
+/// that long.
+const INFO_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -417,12 +417,24 @@ fn port_mappings(
             backend: targets[0],
             protocol,
         };
+        // The kernel takes every datagram to this port of the node's data address as the
+        // mesh tunnel's: served, the port would drop its clients there.
+        let udp = |mappings: &mut Vec<PortMapping>, problems: &mut Vec<String>| {
+            if publish == lb_common::maps::tunnel::PORT {
+                problems.push(format!(
+                    "port {publish}/udp is meshlb's tunnel port between swarm nodes, so it is \
+                     not served: publish another"
+                ));
+            } else {
+                mappings.push(mapping(Protocol::Udp));
+            }
+        };
         match targets.as_slice() {
-            [_] if policy.udp_ports.contains(&publish) => mappings.push(mapping(Protocol::Udp)),
+            [_] if policy.udp_ports.contains(&publish) => udp(&mut mappings, problems),
             [_] => mappings.push(mapping(Protocol::Tcp)),
             [a, b] if a == b => {
                 mappings.push(mapping(Protocol::Tcp));
-                mappings.push(mapping(Protocol::Udp));
+                udp(&mut mappings, problems);
             }
             _ => problems.push(format!(
                 "port {publish} is published {} times with targets {targets:?}; the Engine does \
@@ -761,14 +773,17 @@ mod tests {
             ("tcp", service(&[(80, 8080)], vec![])),
             ("udp", service(&[(514, 514)], vec![])),
             ("odd", service(&[(81, 8080), (81, 9090)], vec![])),
+            ("tunnel", service(&[(4790, 80), (4790, 80)], vec![])),
+            ("tunnel-udp", service(&[(4790, 80)], vec![])),
         ]);
-        let policies = [(
-            "udp".to_owned(),
-            SwarmPolicy {
-                udp_ports: [514].into(),
-                ..Default::default()
-            },
-        )]
+        let udp_only = |port| SwarmPolicy {
+            udp_ports: [port].into(),
+            ..Default::default()
+        };
+        let policies = [
+            ("udp".to_owned(), udp_only(514)),
+            ("tunnel-udp".to_owned(), udp_only(4790)),
+        ]
         .into();
         let out = services(&snap, &policies, &BTreeMap::new());
         let protocols = |name: &str| -> Vec<(u16, u16, Protocol)> {
@@ -792,6 +807,16 @@ mod tests {
         // Ambiguous: not served, and said why.
         assert!(out.specs.iter().all(|s| s.name != "odd"));
         assert!(out.details["odd"].problems[0].contains("port 81"));
+        // The tunnel's port: UDP not served, TCP as any other.
+        assert_eq!(protocols("tunnel"), [(4790, 80, Protocol::Tcp)]);
+        assert!(out.specs.iter().all(|s| s.name != "tunnel-udp"));
+        for name in ["tunnel", "tunnel-udp"] {
+            assert!(
+                out.details[name].problems[0].contains("4790/udp is meshlb's tunnel port"),
+                "{name}: {:?}",
+                out.details[name].problems
+            );
+        }
     }
 
     #[test]
