@@ -84,16 +84,7 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
         ICMP_ECHO_REPLY
     };
     // SAFETY: bounds-checked by ptr_at.
-    unsafe {
-        let old = type_code.read_unaligned();
-        let new = [reply, old[1]];
-        type_code.write_unaligned(new);
-        csum.write_unaligned(csum_replace2(
-            csum.read_unaligned(),
-            u16::from_ne_bytes(old),
-            u16::from_ne_bytes(new),
-        ));
-    }
+    unsafe { replace_first_byte(type_code, csum, reply) };
     reset_ttl(ctx, pkt)?;
     // Swapping source and destination changes neither the IPv4 header checksum nor the
     // ICMPv6 pseudo-header sum.
@@ -122,17 +113,28 @@ fn reset_ttl(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
     let ttl_proto = ptr_at::<[u8; 2]>(ctx, pkt.l3() + off::IP_TTL)?;
     let csum = ptr_at::<u16>(ctx, pkt.l3() + off::IP_CSUM)?;
     // SAFETY: bounds-checked by ptr_at.
+    unsafe { replace_first_byte(ttl_proto, csum, ANSWER_TTL) };
+    Some(())
+}
+
+/// Writes `byte` over the first of the two bytes at `word` (a type, a TTL) and updates the
+/// checksum at `csum` that covers them.
+///
+/// # Safety
+/// Both pointers must be within the packet's bounds.
+#[inline(always)]
+unsafe fn replace_first_byte(word: *mut [u8; 2], csum: *mut u16, byte: u8) {
+    // SAFETY: the caller's.
     unsafe {
-        let old = ttl_proto.read_unaligned();
-        let new = [ANSWER_TTL, old[1]];
-        ttl_proto.write_unaligned(new);
+        let old = word.read_unaligned();
+        let new = [byte, old[1]];
+        word.write_unaligned(new);
         csum.write_unaligned(csum_replace2(
             csum.read_unaligned(),
             u16::from_ne_bytes(old),
             u16::from_ne_bytes(new),
         ));
     }
-    Some(())
 }
 
 /// Writes an address into the IP header at `l3` (source if `source`), without checksums.

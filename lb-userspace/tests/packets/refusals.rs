@@ -23,8 +23,8 @@ use lb_testkit::{
 use lb_userspace::source::file::ServiceFile;
 
 use super::{
-    MESH, OWN, PEER, TASK_LOCAL, XDP_DROP, XDP_PASS, edited, entropy, mesh_edit, sock, sock6,
-    with_program,
+    MESH, ONE_BACKEND, OWN, PEER, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS, edited, entropy, mesh_edit,
+    sock, sock6, with_program,
 };
 
 /// What a refusal that is not answered moves: a drop for want of a backend, nothing sent.
@@ -245,16 +245,9 @@ fn echo_replies_get_a_fresh_ttl_and_only_hosts_get_them() {
     if !e2e_enabled() {
         return;
     }
-    const VIP: &str = r#"
-services:
-  web:
-    vip: 198.18.100.1
-    ports: ["80:8080/tcp"]
-    backends: ["198.18.2.10"]
-"#;
-    let vip: Ipv4Addr = "198.18.100.1".parse().unwrap();
+    let vip: Ipv4Addr = VIP.parse().unwrap();
     let echo = |ty: u8| vec![ty, 0, 0, 0, 0x12, 0x34, 0, 1, b'm', b'l', b'b'];
-    with_program(VIP, |mut lb| {
+    with_program(ONE_BACKEND, |mut lb| {
         let client: Ipv4Addr = CLIENT.parse().unwrap();
         let far = edited(
             &icmpv4_frame((CLIENT_MAC, NODE_MAC), client, vip, &echo(8)),
