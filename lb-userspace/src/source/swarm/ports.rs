@@ -28,9 +28,6 @@ pub const PORT_GRACE: Duration = Duration::from_secs(10);
 /// What is served for one published port of one service.
 #[derive(Debug)]
 struct Held {
-    /// When a read first listed the port for this service (kept through target changes):
-    /// of two services that publish it, the later one has it (see `give_moved_ports`).
-    first_listed: Instant,
     target: u16,
     /// When `target` was last listed.
     listed_at: Instant,
@@ -45,7 +42,6 @@ struct Held {
 impl Held {
     fn new(target: u16, times: usize, now: Instant) -> Self {
         Self {
-            first_listed: now,
             target,
             listed_at: now,
             times,
@@ -67,7 +63,6 @@ impl Held {
             self.replaced.remove(&target);
             *self = Self {
                 replaced: std::mem::take(&mut self.replaced),
-                first_listed: self.first_listed,
                 ..Self::new(target, times, now)
             };
             return;
@@ -151,48 +146,6 @@ impl PortMemory {
             }
             published.sort_unstable();
             service.published = published;
-        }
-        self.give_moved_ports(snapshot);
-    }
-
-    /// A port two services publish in one read has moved from one to the other (the swarm
-    /// gives a port to one service at a time: `--publish-rm` on one, then `--publish-add` on
-    /// the other, while the first one's old tasks, or this memory, still list it): the
-    /// service that listed it later has it; the other stops publishing it (its hold stays,
-    /// so it does not win it back by listing it again). Both kept, they would clash, and the
-    /// merge would refuse one of them whole, its other ports too. Listed first in one read
-    /// (at a start): both are kept, and the merge says which it refuses.
-    fn give_moved_ports(&self, snapshot: &mut Snapshot) {
-        let mut claims: BTreeMap<u16, Vec<(Instant, &str)>> = BTreeMap::new();
-        for ((name, publish), held) in &self.held {
-            let served = snapshot
-                .services
-                .get(name)
-                .is_some_and(|s| s.published.iter().any(|p| p.publish == *publish));
-            if served {
-                claims
-                    .entry(*publish)
-                    .or_default()
-                    .push((held.first_listed, name));
-            }
-        }
-        let mut moved_away: Vec<(String, u16)> = Vec::new();
-        for (publish, mut claimants) in claims {
-            claimants.sort();
-            let Some(&(newest, _)) = claimants.last() else {
-                continue;
-            };
-            if claimants.iter().filter(|(at, _)| *at == newest).count() > 1 {
-                continue;
-            }
-            for (_, name) in &claimants[..claimants.len() - 1] {
-                moved_away.push(((*name).to_owned(), publish));
-            }
-        }
-        for (name, publish) in moved_away {
-            if let Some(service) = snapshot.services.get_mut(&name) {
-                service.published.retain(|p| p.publish != publish);
-            }
         }
     }
 }
@@ -279,89 +232,6 @@ mod tests {
         let mut back = listing(&[90]);
         memory.keep_recent(&mut back, t0 + Duration::from_secs(1));
         assert_eq!(published(&back), [90]);
-    }
-
-    /// `docker service update a --publish-rm 80`, then `docker service update b
-    /// --publish-add 80`: once `b` lists it, `a` no longer publishes it, held or listed by
-    /// its old tasks, so the two never both do (which would refuse one of them whole, its
-    /// other ports too).
-    #[test]
-    fn a_held_port_another_service_lists_now_moves_to_it() {
-        let mut memory = PortMemory::default();
-        let t0 = Instant::now();
-        let read = |a: &[u16], b: &[u16]| {
-            let mut snapshot = Snapshot::default();
-            for (name, ports) in [("a", a), ("b", b)] {
-                snapshot.services.insert(
-                    name.to_owned(),
-                    SwarmService {
-                        published: ports
-                            .iter()
-                            .map(|&publish| PublishedPort {
-                                publish,
-                                target: 8080,
-                            })
-                            .collect(),
-                        ..SwarmService::default()
-                    },
-                );
-            }
-            snapshot
-        };
-        let ports = |snapshot: &Snapshot, name: &str| -> Vec<u16> {
-            snapshot.services[name]
-                .published
-                .iter()
-                .map(|p| p.publish)
-                .collect()
-        };
-        memory.keep_recent(&mut read(&[80, 81], &[90]), t0);
-        // 80 leaves `a`: held for the grace while no other service lists it.
-        let mut removed = read(&[81], &[90]);
-        memory.keep_recent(&mut removed, t0 + Duration::from_secs(1));
-        assert_eq!(ports(&removed, "a"), [80, 81]);
-        // `b` lists it: `a` lets go at once.
-        let mut added = read(&[81], &[80, 90]);
-        memory.keep_recent(&mut added, t0 + Duration::from_secs(2));
-        assert_eq!(
-            (ports(&added, "a"), ports(&added, "b")),
-            (vec![81], vec![80, 90])
-        );
-        // Reads that list `a`'s old tasks, which still have it, do not give it back, and
-        // `b`'s reads without it (its own update rolling out) keep it `b`'s.
-        let reads: [(&[u16], &[u16]); 3] =
-            [(&[80, 81], &[80, 90]), (&[80, 81], &[90]), (&[81], &[90])];
-        for (i, (a, b)) in reads.into_iter().enumerate() {
-            let mut later = read(a, b);
-            memory.keep_recent(&mut later, t0 + Duration::from_secs(3 + i as u64));
-            assert_eq!(
-                (ports(&later, "a"), ports(&later, "b")),
-                (vec![81], vec![80, 90]),
-                "read {i}: {a:?} {b:?}"
-            );
-        }
-    }
-
-    /// Two services listing one port in the first read (a start amid the move): both kept,
-    /// for the merge to refuse one and say so.
-    #[test]
-    fn a_port_two_services_list_from_the_first_read_is_left_to_the_merge() {
-        let mut memory = PortMemory::default();
-        let mut snapshot = Snapshot::default();
-        for name in ["a", "b"] {
-            snapshot.services.insert(
-                name.to_owned(),
-                SwarmService {
-                    published: vec![PublishedPort {
-                        publish: 80,
-                        target: 8080,
-                    }],
-                    ..SwarmService::default()
-                },
-            );
-        }
-        memory.keep_recent(&mut snapshot, Instant::now());
-        assert!(snapshot.services.values().all(|s| s.published.len() == 1));
     }
 
     /// `--publish-rm 80 --publish-add 80:9090`: old and new tasks list either target while
