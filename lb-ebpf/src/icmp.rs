@@ -72,7 +72,8 @@ fn echo(ctx: &XdpContext, pkt: &Packet) -> Verdict {
 fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     let vip = EndpointKey::new(pkt.key.dst, 0, pkt.key.proto);
     FRONTENDS.get_ptr(&vip)?;
-    // Not ours to answer: the kernel drops such a sender as a martian.
+    // Not ours to answer (RFC 1122 §3.2.2): the kernel's, which drops most such senders as
+    // martians.
     if !sender::may_answer(pkt) {
         return None;
     }
@@ -83,9 +84,9 @@ fn answer_echo(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     } else {
         ICMP_ECHO_REPLY
     };
+    reset_ttl(ctx, pkt)?;
     // SAFETY: bounds-checked by ptr_at.
     unsafe { replace_first_byte(type_code, csum, reply) };
-    reset_ttl(ctx, pkt)?;
     // Swapping source and destination changes neither the IPv4 header checksum nor the
     // ICMPv6 pseudo-header sum.
     set_addr(ctx, pkt, pkt.l3(), pkt.v6, true, &pkt.key.dst)?;

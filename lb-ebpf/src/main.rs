@@ -205,10 +205,8 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                     log_new_flow(ctx, svc, started);
                     match started.refusal() {
                         // No usable backend: refused at once rather than retried into nothing.
-                        Some(slot) if refused_with_reset(ctx, slot, pkt, svc) => {
-                            count(StatSlot::RefusedNoBackend);
-                            reset = true;
-                        }
+                        // Counted by `reset::answer` once the RST is built.
+                        Some(slot) if refused_with_reset(ctx, slot, pkt, svc) => reset = true,
                         // ICMP "port unreachable", counted there.
                         Some(slot) if refused_as_unreachable(ctx, slot, pkt, svc) => {
                             return Verdict::PORT_UNREACHABLE;

@@ -13,8 +13,8 @@ use crate::{
     forward,
     nat::{add_word, fold},
     parse::{
-        IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, pkt_read, pkt_write,
-        ptr_at,
+        IPV4_HLEN, IPV6_HLEN, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, is_syn, load, pkt_read,
+        pkt_write, ptr_at,
     },
     sender::{self, ANSWER_TTL},
     stats::count,
@@ -32,9 +32,15 @@ const TCP_DOFF: usize = 12;
 pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // A flow whose backend left: through the tunnel it came to a peer's frontend, which
     // answers once it learns (a RST from here would come from the task's address).
-    if pkt.tunnel_peer != 0 || !sender::may_answer_error(ctx, pkt) {
+    if pkt.tunnel_peer != 0 || !sender::may_answer_error(ctx, pkt) || !answerable_segment(ctx, pkt)
+    {
         count(StatSlot::DropNoBackend);
         return xdp_action::XDP_DROP;
+    }
+    // A SYN's RST refuses a new flow for want of a backend; any other segment's ends a flow
+    // whose backend left.
+    if is_syn(pkt.tcp_flags) {
+        count(StatSlot::RefusedNoBackend);
     }
     // The RST as `forward::send` needs to see it: frontend to client, its own length.
     let ip_len = if pkt.v6 { IPV6_HLEN } else { IPV4_HLEN } + TCP_HLEN;
@@ -79,6 +85,18 @@ pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
     }
 }
 
+/// Whether the segment has a data offset of at least its header's own length: one under it
+/// is a segment the client's stack itself would drop as malformed, and its payload length
+/// (which the RST's ack counts) is unknown. (Read as a word with the flags: the compiler's
+/// bounds check of a single byte is one the verifier refuses.)
+#[inline(always)]
+fn answerable_segment(ctx: &XdpContext, pkt: &Packet) -> bool {
+    matches!(
+        load::<[u8; 2]>(ctx, pkt.l4() + TCP_DOFF),
+        Some([doff, _]) if usize::from(doff >> 4) * 4 >= TCP_HLEN
+    )
+}
+
 enum Built {
     Yes,
     /// The packet could not be answered and is as it came.
@@ -104,11 +122,6 @@ fn build(ctx: &XdpContext, pkt: &Packet) -> Built {
             usize::from(tcp.add(TCP_DOFF).read() >> 4) * 4,
         )
     };
-    // A data offset under the header's own length: a segment the client's stack itself
-    // would drop as malformed, and whose payload length is unknown.
-    if doff < TCP_HLEN {
-        return Built::Untouched;
-    }
     let flags = pkt.tcp_flags;
     let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
         (ack_seq, 0, TCP_RST)

@@ -59,7 +59,14 @@ const MAX_L2: usize = 22;
 /// of `mtu`. Not inlined: a rare path, below the entry function only.
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
-    if !sender::may_answer_error(ctx, pkt) {
+    // IPv6's "packet too big" may answer a link-layer group frame (RFC 4443 §2.4(e.3)):
+    // path MTU discovery needs it whoever the frame went to.
+    let may_answer = if pkt.v6 {
+        sender::may_answer(pkt)
+    } else {
+        sender::may_answer_error(ctx, pkt)
+    };
+    if !may_answer {
         count(StatSlot::DropTooBig);
         return xdp_action::XDP_DROP;
     }

@@ -9,13 +9,13 @@
 //! sockets serve is no address a packet may call. The rest are dropped and counted,
 //! unanswered.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{maps::Handoff, stats::StatSlot};
 use lb_testkit::{
     e2e_enabled,
     packet::{
-        CLIENT_MAC, Ipv4Frame, Ipv6Frame, NODE_MAC, TCP_ACK, TCP_SYN, icmpv4_frame,
+        CLIENT_MAC, Ipv4Frame, Ipv6Frame, NODE_MAC, TCP_ACK, TCP_SYN, icmpv4_frame, parse_ipv4,
         refresh_checksums, tunnel_wrap,
     },
     progtest::{CLIENT, Loaded, ProgNode, assert_deltas, backend_mac},
@@ -23,8 +23,8 @@ use lb_testkit::{
 use lb_userspace::source::file::ServiceFile;
 
 use super::{
-    MESH, ONE_BACKEND, OWN, PEER, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS, edited, entropy, mesh_edit,
-    sock, sock6, with_program,
+    MESH, ONE_BACKEND, OWN, PEER, RESET_ON_REMOVAL, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS, edited,
+    entropy, mesh_edit, reload, sock, sock6, with_jumbo_link, with_program,
 };
 
 /// What a refusal that is not answered moves: a drop for want of a backend, nothing sent.
@@ -280,8 +280,8 @@ fn echo_replies_get_a_fresh_ttl_and_only_hosts_get_them() {
     });
 }
 
-/// A SYN whose data offset is under the TCP header's length is no segment to answer: left
-/// to the kernel, which drops it as malformed.
+/// A SYN whose data offset is under the TCP header's length is no segment to answer (its
+/// own stack would drop it, and its payload's length is unknown): dropped, unanswered.
 #[test]
 fn a_syn_with_a_data_offset_under_the_header_is_not_answered() {
     if !e2e_enabled() {
@@ -292,13 +292,99 @@ fn a_syn_with_a_data_offset_under_the_header_is_not_answered() {
             f[14 + 20 + 12] = 4 << 4;
             refresh_checksums(f);
         });
+        let ingress = lb.client_if;
+        dropped_unanswered(&mut lb, &short, ingress, "a SYN with data offset 4");
+    });
+}
+
+/// A packet too big for its egress is answered "fragmentation needed" only where an error
+/// may go: not to a sender that is no single host, nor for an IPv4 frame sent to every host
+/// (dropped, `drop_too_big`).
+#[test]
+fn a_packet_too_big_is_answered_only_where_an_error_may_go() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_jumbo_link(ONE_BACKEND, |mut lb, jumbo| {
+        let vip = sock(VIP, 80);
+        let big_from = |client: SocketAddrV4| {
+            Ipv4Frame {
+                payload: vec![0x5a; 1461],
+                ..Ipv4Frame::tcp(client, vip, TCP_ACK)
+            }
+            .build()
+        };
+        let cases = [
+            ("from 224.0.0.5", big_from(sock("224.0.0.5", 40600)), 0),
+            (
+                "to the broadcast MAC",
+                to_mac(big_from(sock(CLIENT, 40601)), [0xff; 6]),
+                0,
+            ),
+            ("from a host, to the node", big_from(sock(CLIENT, 40602)), 1),
+        ];
+        for (what, big, answered) in cases {
+            // The flow, opened by its SYN (its source is not checked on the way to a backend).
+            let client = SocketAddrV4::new(
+                std::net::Ipv4Addr::new(big[26], big[27], big[28], big[29]),
+                u16::from_be_bytes([big[34], big[35]]),
+            );
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+            let before = lb.stats();
+            let out = lb.run_from(&big, jumbo);
+            assert_eq!(out.action == XDP_DROP, answered == 0, "{what}");
+            assert_deltas(
+                &before,
+                &lb.stats(),
+                &[
+                    (StatSlot::IcmpTooBig, answered),
+                    (StatSlot::DropTooBig, 1 - answered),
+                ],
+            );
+        }
+    });
+}
+
+/// Under `on_backend_removal: reset`, a flow's next segment sent to every host (the
+/// broadcast MAC) is dropped, not answered with a RST; the same from the node's own MAC is.
+#[test]
+fn a_removed_backends_flow_is_reset_only_where_an_error_may_go() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(RESET_ON_REMOVAL, |mut lb| {
+        let vip = sock(VIP, 80);
+        let flows: Vec<_> = (40700..40716u16)
+            .map(|port| {
+                let client = sock(CLIENT, port);
+                let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
+                lb.run(&Ipv4Frame::tcp(client, vip, TCP_ACK).build());
+                (client, *parse_ipv4(&out.packet).unwrap().dst.ip())
+            })
+            .collect();
+        let gone = flows[0].1;
+        let on_gone: Vec<_> = flows.iter().filter(|f| f.1 == gone).map(|f| f.0).collect();
+        assert!(on_gone.len() >= 2, "{flows:?}");
+        let remaining = RESET_ON_REMOVAL
+            .replace(&format!("\"{gone}\", "), "")
+            .replace(&format!(", \"{gone}\""), "");
+        assert_ne!(remaining, RESET_ON_REMOVAL);
+        reload(&mut lb, &remaining);
+        let ingress = lb.client_if;
+        let ack = |client| Ipv4Frame::tcp(client, vip, TCP_ACK).build();
+        dropped_unanswered(
+            &mut lb,
+            &to_mac(ack(on_gone[0]), [0xff; 6]),
+            ingress,
+            "a segment to the broadcast MAC",
+        );
         let before = lb.stats();
-        let out = lb.run(&short);
-        assert_eq!((out.action, out.handoff), (XDP_PASS, None));
+        let out = lb.run(&ack(on_gone[1]));
+        assert_eq!(out.handoff, Some(Handoff::forward(ingress)), "answered");
         assert_deltas(
             &before,
             &lb.stats(),
-            &[(StatSlot::PassMalformed, 1), (StatSlot::FlowReset, 0)],
+            &[(StatSlot::FlowReset, 1), (StatSlot::RefusedNoBackend, 0)],
         );
     });
 }
