@@ -71,9 +71,7 @@ impl Addr {
         let mask = (u32::MAX << (32 - prefix as u32)).to_be();
         (self.v4_raw() ^ other.v4_raw()) & mask == 0
     }
-}
 
-impl Addr {
     /// Whether a packet from this address may be answered: the address of one host, which
     /// the source of an ICMP error or a RST must be (RFC 1122 §3.2.2 and §4.2.3.10, RFC 4443
     /// §2.4(e)). Not: IPv4's 0/8, 127/8, multicast and 240/4 (the limited broadcast

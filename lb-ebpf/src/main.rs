@@ -205,10 +205,10 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
                     log_new_flow(ctx, svc, started);
                     match started.refusal() {
                         // No usable backend: refused at once rather than retried into nothing.
-                        // Counted by `reset::answer` once the RST is built.
-                        Some(slot) if refused_with_reset(ctx, slot, pkt, svc) => reset = true,
-                        // ICMP "port unreachable", counted there.
-                        Some(slot) if refused_as_unreachable(ctx, slot, pkt, svc) => {
+                        // `reset::answer` decides whether it may answer, and counts.
+                        Some(slot) if refused_with_reset(slot, pkt, svc) => reset = true,
+                        // ICMP "port unreachable", decided and counted there.
+                        Some(slot) if refused_as_unreachable(slot, pkt, svc) => {
                             return Verdict::PORT_UNREACHABLE;
                         }
                         Some(slot) => {
@@ -262,8 +262,8 @@ fn log_new_flow(ctx: &XdpContext, svc: &Service, started: FlowStart) {
 /// for a moment is dropped, as before, so its retransmission finds a backend that came back)
 /// that `answers_refusal`.
 #[inline(always)]
-fn refused_with_reset(ctx: &XdpContext, slot: u32, pkt: &Packet, svc: &Service) -> bool {
-    answers_refusal(ctx, slot, pkt, svc)
+fn refused_with_reset(slot: u32, pkt: &Packet, svc: &Service) -> bool {
+    answers_refusal(slot, svc)
         && pkt.key.proto == proto::TCP
         && is_syn(pkt.tcp_flags)
         && pkt.tcp_flags & TCP_RST == 0
@@ -274,20 +274,17 @@ fn refused_with_reset(ctx: &XdpContext, slot: u32, pkt: &Packet, svc: &Service) 
 /// whose backends all left, as a host answers every datagram to a closed port (and telling
 /// the two apart here would have the verifier check `start_flow` once for each).
 #[inline(always)]
-fn refused_as_unreachable(ctx: &XdpContext, slot: u32, pkt: &Packet, svc: &Service) -> bool {
-    answers_refusal(ctx, slot, pkt, svc) && pkt.key.proto == proto::UDP
+fn refused_as_unreachable(slot: u32, pkt: &Packet, svc: &Service) -> bool {
+    answers_refusal(slot, svc) && pkt.key.proto == proto::UDP
 }
 
-/// Whether a refusal may be answered at all: for want of a usable backend, straight from the
-/// client (one through the tunnel came to a task's delivery frontend from another node, which
-/// the answer would not reach), to a frontend packets are served on (not a VIP only an
-/// overlay's sockets are served), from a sender an error may answer (`sender`).
+/// Whether a refusal may be answered at all: for want of a usable backend, to a frontend
+/// packets are served on (not a VIP only an overlay's sockets are served). Whether its
+/// sender may get the answer (`sender::may_refuse`: not through the tunnel, not from a
+/// sender that is no single host, ...) the answer decides, as for every answer of its own.
 #[inline(always)]
-fn answers_refusal(ctx: &XdpContext, slot: u32, pkt: &Packet, svc: &Service) -> bool {
-    slot == StatSlot::DropNoBackend as u32
-        && pkt.tunnel_peer == 0
-        && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
-        && sender::may_answer_error(ctx, pkt)
+fn answers_refusal(slot: u32, svc: &Service) -> bool {
+    slot == StatSlot::DropNoBackend as u32 && svc.flags & service_flags::SOCKET_SCOPE_MASK == 0
 }
 
 /// `to_backend`'s verdict for a flow followed in, or just moved to, a table, where it is

@@ -30,10 +30,7 @@ const TCP_DOFF: usize = 12;
 /// path, a sibling of the calls below the entry function.
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    // A flow whose backend left: through the tunnel it came to a peer's frontend, which
-    // answers once it learns (a RST from here would come from the task's address).
-    if pkt.tunnel_peer != 0 || !sender::may_answer_error(ctx, pkt) || !answerable_segment(ctx, pkt)
-    {
+    if !sender::may_refuse(ctx, pkt) || !answerable_segment(ctx, pkt) {
         count(StatSlot::DropNoBackend);
         return xdp_action::XDP_DROP;
     }

@@ -30,3 +30,12 @@ pub fn may_answer_error(ctx: &XdpContext, pkt: &Packet) -> bool {
     let unicast_frame = matches!(load::<u64>(ctx, 0), Some(dst) if dst & group_bit == 0);
     unicast_frame && may_answer(pkt)
 }
+
+/// Whether `pkt` may be refused with an answer from here (a RST, "port unreachable"): an
+/// error may answer it, and it came straight from its client. One a peer delivered through
+/// the mesh tunnel came to the peer's frontend, which answers it once it learns (an answer
+/// from here would come from the task's address).
+#[inline(always)]
+pub fn may_refuse(ctx: &XdpContext, pkt: &Packet) -> bool {
+    pkt.tunnel_peer == 0 && may_answer_error(ctx, pkt)
+}

@@ -73,12 +73,13 @@ pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
     answer::<false>(ctx, pkt, mtu)
 }
 
-/// Answers a client's datagram `pkt` (untranslated) refused for want of a backend. A
+/// Answers a client's datagram `pkt` (untranslated) refused for want of a backend, if
+/// `sender::may_refuse` and within the budget (else dropped, `drop_no_backend`). A
 /// function of its own rather than `too_big` with a flag: the verifier checks each for its
 /// own case only.
 #[inline(never)]
 pub fn port_unreachable(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
-    if !within_budget() {
+    if !sender::may_refuse(ctx, pkt) || !within_budget() {
         count(StatSlot::DropNoBackend);
         return xdp_action::XDP_DROP;
     }
