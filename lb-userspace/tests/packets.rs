@@ -26,7 +26,7 @@ use lb_testkit::{
     packet::{
         CLIENT_MAC, Ipv4Frame, Ipv6Frame, L4, NODE_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST,
         TCP_SYN, icmpv4_error, icmpv4_frame, icmpv6_frame, parse_icmpv4, parse_icmpv6, parse_ipv4,
-        parse_ipv6, tunnel_inner, tunnel_wrap, with_mss, with_vlan_tags,
+        parse_ipv6, refresh_checksums, tunnel_inner, tunnel_wrap, with_mss, with_vlan_tags,
     },
     progtest::{
         CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, ProgOutcome, assert_deltas, backend_mac, delta,
@@ -376,6 +376,10 @@ services:
     vip: 198.18.100.3
     ports: ["80/tcp"]
     backends: [{ address: 198.18.2.10, weight: 0 }]
+  empty6:
+    vip: "fd00:100::2"
+    ports: ["53/udp"]
+    backends: []
 "#;
 
 /// `frame` with `edit` applied.
@@ -383,6 +387,28 @@ fn edited(frame: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut f = frame.to_vec();
     edit(&mut f);
     f
+}
+
+/// A packet refused for want of a backend and not answered: dropped, counted
+/// `drop_no_backend`, nothing sent.
+fn unanswered(what: &'static str, packet_in: Vec<u8>) -> Fixture {
+    Fixture {
+        what,
+        packet_in,
+        verdict: Verdict::Drop,
+        packet_out: None,
+        counters: &[
+            (StatSlot::DropNoBackend, 1),
+            (StatSlot::RefusedNoBackend, 0),
+            (StatSlot::FlowReset, 0),
+            (StatSlot::NewFlow, 0),
+        ],
+    }
+}
+
+/// `frame` sent to the link-layer address `mac`.
+fn to_mac(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
+    edited(frame, |f| f[..6].copy_from_slice(&mac))
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -419,18 +445,15 @@ fn fixtures() -> Vec<Fixture> {
             (StatSlot::NewFlow, 0),
         ],
     };
-    let dropped = |what, packet_in: Vec<u8>| Fixture {
-        what,
-        packet_in,
-        verdict: Drop,
-        packet_out: None,
-        counters: &[
-            (StatSlot::DropNoBackend, 1),
-            (StatSlot::RefusedNoBackend, 0),
-            (StatSlot::FlowReset, 0),
-            (StatSlot::NewFlow, 0),
-        ],
+    // Refusals no error may answer (lb-ebpf `sender`): like the answered ones below but for
+    // the sender, or the frame's link-layer address.
+    let syn_from = |client: &str| {
+        Ipv4Frame::tcp(sock(client, 40500), sock("198.18.100.2", 80), TCP_SYN).build()
     };
+    let datagram_from =
+        |client: &str| Ipv4Frame::udp(sock(client, 5500), sock("198.18.100.2", 53)).build();
+    let datagram6_from =
+        |client: &str| Ipv6Frame::udp(sock6(client, 5500), sock6("fd00:100::2", 53)).build();
     vec![
         Fixture {
             what: "TCP SYN to a VIP: DNAT to its backend, handed to TC",
@@ -533,12 +556,12 @@ fn fixtures() -> Vec<Fixture> {
             "a VIP whose only backend is drained (weight 0): a SYN is answered with a RST",
             "198.18.100.3",
         ),
-        dropped(
+        unanswered(
             "a VIP without backends: a later segment is dropped (its retransmission may find a \
              backend back)",
             Ipv4Frame::tcp(sock(CLIENT, 40005), sock("198.18.100.2", 80), TCP_ACK).build(),
         ),
-        dropped(
+        unanswered(
             "a VIP without backends: a RST is dropped, never answered",
             Ipv4Frame::tcp(sock(CLIENT, 40004), sock("198.18.100.2", 80), TCP_RST).build(),
         ),
@@ -555,6 +578,51 @@ fn fixtures() -> Vec<Fixture> {
                 (StatSlot::NewFlow, 0),
             ],
         },
+        unanswered("a SYN from 127.0.0.1: unanswered", syn_from("127.0.0.1")),
+        unanswered("a SYN from 0.0.0.0: unanswered", syn_from("0.0.0.0")),
+        unanswered("a SYN from 0.1.2.3: unanswered", syn_from("0.1.2.3")),
+        unanswered(
+            "a SYN from the VIP itself: unanswered",
+            syn_from("198.18.100.2"),
+        ),
+        unanswered(
+            "a datagram from 224.0.0.5: unanswered",
+            datagram_from("224.0.0.5"),
+        ),
+        unanswered(
+            "a datagram from 240.0.0.1: unanswered",
+            datagram_from("240.0.0.1"),
+        ),
+        unanswered(
+            "a datagram from 255.255.255.255: unanswered",
+            datagram_from("255.255.255.255"),
+        ),
+        unanswered(
+            "an IPv6 datagram from ::1: unanswered",
+            datagram6_from("::1"),
+        ),
+        unanswered("an IPv6 datagram from ::: unanswered", datagram6_from("::")),
+        unanswered(
+            "an IPv6 datagram from ff02::1: unanswered",
+            datagram6_from("ff02::1"),
+        ),
+        unanswered(
+            "a host's SYN to the broadcast MAC: unanswered",
+            to_mac(&syn_from(CLIENT), [0xff; 6]),
+        ),
+        unanswered(
+            "a host's datagram to a multicast MAC: unanswered",
+            to_mac(&datagram_from(CLIENT), [0x01, 0x00, 0x5e, 0, 0, 1]),
+        ),
+        // Its own stack would drop it, and its payload's length, which a RST's ack counts,
+        // is unknown.
+        unanswered(
+            "a SYN with a data offset under the TCP header's length: unanswered",
+            edited(&syn_from(CLIENT), |f| {
+                f[14 + 20 + 12] = 4 << 4;
+                refresh_checksums(f);
+            }),
+        ),
     ]
 }
 

@@ -4,10 +4,12 @@
 //! `datagrams_without_a_backend_are_answered_port_unreachable_within_a_budget`), but only
 //! when the frontend is one the client called on this node, and the client one host that
 //! sent to this one: as the node's own stack, never a sender that is no single host, nor a
-//! frame to a link-layer group address (RFC 1122 §3.2.2, RFC 4443 §2.4(e)). A packet a peer
-//! delivered through the mesh tunnel came to the peer's frontend, and a swarm VIP only
-//! sockets serve is no address a packet may call. The rest are dropped and counted,
-//! unanswered.
+//! frame to a link-layer group address (RFC 1122 §3.2.2, RFC 4443 §2.4(e); those cases of a
+//! refused SYN or datagram are rows of `fixtures`). Here: a packet a peer delivered through
+//! the mesh tunnel came to the peer's frontend, and a swarm VIP only sockets serve is no
+//! address a packet may call; the other answers (a RST for a removed backend's flow,
+//! "fragmentation needed", echo replies) follow the same rules. The rest are dropped and
+//! counted, unanswered.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -15,35 +17,18 @@ use lb_common::{maps::Handoff, stats::StatSlot};
 use lb_testkit::{
     e2e_enabled,
     packet::{
-        CLIENT_MAC, Ipv4Frame, Ipv6Frame, NODE_MAC, TCP_ACK, TCP_SYN, icmpv4_frame, parse_ipv4,
+        CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, icmpv4_frame, parse_ipv4,
         refresh_checksums, tunnel_wrap,
     },
-    progtest::{CLIENT, Loaded, ProgNode, assert_deltas, backend_mac},
+    progtest::{CLIENT, ProgNode, assert_deltas, backend_mac},
 };
 use lb_userspace::source::file::ServiceFile;
 
 use super::{
-    MESH, ONE_BACKEND, OWN, PEER, RESET_ON_REMOVAL, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS, edited,
-    entropy, mesh_edit, reload, sock, sock6, with_jumbo_link, with_program,
+    MESH, ONE_BACKEND, OWN, PEER, RESET_ON_REMOVAL, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS,
+    check_fixtures, edited, entropy, mesh_edit, reload, sock, to_mac, unanswered, with_jumbo_link,
+    with_program,
 };
-
-/// What a refusal that is not answered moves: a drop for want of a backend, nothing sent.
-const UNANSWERED: &[(StatSlot, u64)] = &[
-    (StatSlot::DropNoBackend, 1),
-    (StatSlot::RefusedNoBackend, 0),
-    (StatSlot::FlowReset, 0),
-    (StatSlot::NewFlow, 0),
-    (StatSlot::TxViaTc, 0),
-];
-
-/// Runs `frame` from `ingress` and checks it was dropped, unanswered.
-fn dropped_unanswered(lb: &mut Loaded, frame: &[u8], ingress: u32, what: &str) {
-    let before = lb.stats();
-    let out = lb.run_from(frame, ingress);
-    assert_eq!(out.action, XDP_DROP, "{what}: dropped");
-    assert_eq!(out.handoff, None, "{what}: nothing handed to TC");
-    assert_deltas(&before, &lb.stats(), UNANSWERED);
-}
 
 #[test]
 fn a_refusal_through_the_tunnel_is_dropped_unanswered() {
@@ -75,10 +60,17 @@ fn a_refusal_through_the_tunnel_is_dropped_unanswered() {
                 )
             };
             let ingress = lb.backend_if;
-            let syn = wrap(Ipv4Frame::tcp(client, task, TCP_SYN).build());
-            dropped_unanswered(&mut lb, &syn, ingress, "a tunneled SYN");
-            let datagram = wrap(Ipv4Frame::udp(client, task).build());
-            dropped_unanswered(&mut lb, &datagram, ingress, "a tunneled datagram");
+            let refused = vec![
+                unanswered(
+                    "a tunneled SYN",
+                    wrap(Ipv4Frame::tcp(client, task, TCP_SYN).build()),
+                ),
+                unanswered(
+                    "a tunneled datagram",
+                    wrap(Ipv4Frame::udp(client, task).build()),
+                ),
+            ];
+            check_fixtures(&mut lb, refused, ingress);
         })
         .expect("program loaded");
 }
@@ -107,85 +99,19 @@ services:
         .run_with(OVERLAY_VIP, 4096, socket_only, |mut lb| {
             let client = sock(CLIENT, 41400);
             let ingress = lb.client_if;
-            let syn = Ipv4Frame::tcp(client, sock("198.18.100.9", 80), TCP_SYN).build();
-            dropped_unanswered(&mut lb, &syn, ingress, "a SYN");
-            let datagram = Ipv4Frame::udp(client, sock("198.18.100.9", 53)).build();
-            dropped_unanswered(&mut lb, &datagram, ingress, "a datagram");
+            let refused = vec![
+                unanswered(
+                    "a SYN",
+                    Ipv4Frame::tcp(client, sock("198.18.100.9", 80), TCP_SYN).build(),
+                ),
+                unanswered(
+                    "a datagram",
+                    Ipv4Frame::udp(client, sock("198.18.100.9", 53)).build(),
+                ),
+            ];
+            check_fixtures(&mut lb, refused, ingress);
         })
         .expect("program loaded");
-}
-
-const EMPTY: &str = r#"
-services:
-  empty:
-    vip: 198.18.100.2
-    ports: ["80/tcp", "53/udp"]
-    backends: []
-  empty6:
-    vip: "fd00:100::2"
-    ports: ["53/udp"]
-    backends: []
-"#;
-
-/// A SYN to `empty` from `client`.
-fn syn_from(client: &str) -> Vec<u8> {
-    Ipv4Frame::tcp(sock(client, 40500), sock("198.18.100.2", 80), TCP_SYN).build()
-}
-
-/// A datagram to `empty` from `client`.
-fn datagram_from(client: &str) -> Vec<u8> {
-    Ipv4Frame::udp(sock(client, 5500), sock("198.18.100.2", 53)).build()
-}
-
-/// `frame` sent to the link-layer address `mac`.
-fn to_mac(frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
-    edited(&frame, |f| f[..6].copy_from_slice(&mac))
-}
-
-#[test]
-fn refusals_of_senders_that_are_no_single_host_or_of_frames_to_every_host_are_unanswered() {
-    if !e2e_enabled() {
-        return;
-    }
-    let datagram6_from =
-        |client: &str| Ipv6Frame::udp(sock6(client, 5500), sock6("fd00:100::2", 53)).build();
-    let refusals: Vec<(&str, Vec<u8>)> = vec![
-        ("a SYN from 127.0.0.1", syn_from("127.0.0.1")),
-        ("a SYN from 0.0.0.0", syn_from("0.0.0.0")),
-        ("a SYN from 0.1.2.3", syn_from("0.1.2.3")),
-        ("a SYN from the VIP itself", syn_from("198.18.100.2")),
-        ("a datagram from 224.0.0.5", datagram_from("224.0.0.5")),
-        ("a datagram from 240.0.0.1", datagram_from("240.0.0.1")),
-        (
-            "a datagram from 255.255.255.255",
-            datagram_from("255.255.255.255"),
-        ),
-        ("an IPv6 datagram from ::1", datagram6_from("::1")),
-        ("an IPv6 datagram from ::", datagram6_from("::")),
-        ("an IPv6 datagram from ff02::1", datagram6_from("ff02::1")),
-        (
-            "a host's SYN to the broadcast MAC",
-            to_mac(syn_from(CLIENT), [0xff; 6]),
-        ),
-        (
-            "a host's datagram to a multicast MAC",
-            to_mac(datagram_from(CLIENT), [0x01, 0x00, 0x5e, 0, 0, 1]),
-        ),
-    ];
-    with_program(EMPTY, |mut lb| {
-        let ingress = lb.client_if;
-        // The same packets from a host, to the node's MAC, are answered: the table above
-        // differs from them only where it says.
-        for answered in [syn_from(CLIENT), datagram_from(CLIENT)] {
-            let before = lb.stats();
-            let out = lb.run(&answered);
-            assert_eq!(out.handoff, Some(Handoff::forward(ingress)), "answered");
-            assert_deltas(&before, &lb.stats(), &[(StatSlot::RefusedNoBackend, 1)]);
-        }
-        for (what, frame) in refusals {
-            dropped_unanswered(&mut lb, &frame, ingress, what);
-        }
-    });
 }
 
 /// Under `on_backend_removal: reset`, a flow a peer delivered through the tunnel whose task
@@ -228,12 +154,8 @@ fn a_removed_tasks_flow_through_the_tunnel_is_dropped_not_reset() {
             );
             assert_ne!(moved, resetting);
             lb.change_with(&moved, mesh_edit).expect("the task leaves");
-            dropped_unanswered(
-                &mut lb,
-                &wrapped(TCP_ACK),
-                ingress,
-                "the flow's next segment",
-            );
+            let next = unanswered("the flow's next segment", wrapped(TCP_ACK));
+            check_fixtures(&mut lb, vec![next], ingress);
         })
         .expect("program loaded");
 }
@@ -280,23 +202,6 @@ fn echo_replies_get_a_fresh_ttl_and_only_hosts_get_them() {
     });
 }
 
-/// A SYN whose data offset is under the TCP header's length is no segment to answer (its
-/// own stack would drop it, and its payload's length is unknown): dropped, unanswered.
-#[test]
-fn a_syn_with_a_data_offset_under_the_header_is_not_answered() {
-    if !e2e_enabled() {
-        return;
-    }
-    with_program(EMPTY, |mut lb| {
-        let short = edited(&syn_from(CLIENT), |f| {
-            f[14 + 20 + 12] = 4 << 4;
-            refresh_checksums(f);
-        });
-        let ingress = lb.client_if;
-        dropped_unanswered(&mut lb, &short, ingress, "a SYN with data offset 4");
-    });
-}
-
 /// A packet too big for its egress is answered "fragmentation needed" only where an error
 /// may go: not to a sender that is no single host, nor for an IPv4 frame sent to every host
 /// (dropped, `drop_too_big`).
@@ -318,7 +223,7 @@ fn a_packet_too_big_is_answered_only_where_an_error_may_go() {
             ("from 224.0.0.5", big_from(sock("224.0.0.5", 40600)), 0),
             (
                 "to the broadcast MAC",
-                to_mac(big_from(sock(CLIENT, 40601)), [0xff; 6]),
+                to_mac(&big_from(sock(CLIENT, 40601)), [0xff; 6]),
                 0,
             ),
             ("from a host, to the node", big_from(sock(CLIENT, 40602)), 1),
@@ -372,12 +277,11 @@ fn a_removed_backends_flow_is_reset_only_where_an_error_may_go() {
         reload(&mut lb, &remaining);
         let ingress = lb.client_if;
         let ack = |client| Ipv4Frame::tcp(client, vip, TCP_ACK).build();
-        dropped_unanswered(
-            &mut lb,
-            &to_mac(ack(on_gone[0]), [0xff; 6]),
-            ingress,
+        let to_every_host = unanswered(
             "a segment to the broadcast MAC",
+            to_mac(&ack(on_gone[0]), [0xff; 6]),
         );
+        check_fixtures(&mut lb, vec![to_every_host], ingress);
         let before = lb.stats();
         let out = lb.run(&ack(on_gone[1]));
         assert_eq!(out.handoff, Some(Handoff::forward(ingress)), "answered");
