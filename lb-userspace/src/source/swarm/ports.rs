@@ -13,13 +13,16 @@
 //! - a new target wins at once and stays while the port's old target is still listed by old
 //!   tasks: the update's new tasks listen on it. The old one comes back only once the new one
 //!   went unlisted for the grace (an update rolled back).
+//!
+//! It also records how each service's reads list each port (`PortListing`), for the service
+//! rules to give a port two services list (one moving to the other) to one of them.
 
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use super::snapshot::{PublishedPort, Snapshot};
+use super::snapshot::{PortListing, PublishedPort, Snapshot};
 
 /// How long a published port (or its second listing) stays after the Engine last listed it
 /// for its service.
@@ -28,6 +31,10 @@ pub const PORT_GRACE: Duration = Duration::from_secs(10);
 /// What is served for one published port of one service.
 #[derive(Debug)]
 struct Held {
+    /// The read that first listed the port for this service (kept through target changes).
+    first_read: u64,
+    /// The last read of the service that left the port out (0: none).
+    missed_read: u64,
     target: u16,
     /// When `target` was last listed.
     listed_at: Instant,
@@ -40,8 +47,10 @@ struct Held {
 }
 
 impl Held {
-    fn new(target: u16, times: usize, now: Instant) -> Self {
+    fn new(target: u16, times: usize, now: Instant, read: u64) -> Self {
         Self {
+            first_read: read,
+            missed_read: 0,
             target,
             listed_at: now,
             times,
@@ -63,7 +72,9 @@ impl Held {
             self.replaced.remove(&target);
             *self = Self {
                 replaced: std::mem::take(&mut self.replaced),
-                ..Self::new(target, times, now)
+                first_read: self.first_read,
+                missed_read: self.missed_read,
+                ..Self::new(target, times, now, 0)
             };
             return;
         }
@@ -86,6 +97,8 @@ impl Held {
 #[derive(Debug, Default)]
 pub struct PortMemory {
     held: BTreeMap<(String, u16), Held>,
+    /// Reads taken so far.
+    reads: u64,
 }
 
 impl PortMemory {
@@ -94,6 +107,8 @@ impl PortMemory {
     /// it no longer lists. A port listed with two different targets in one read is left as
     /// listed (not served: the protocols are unknown).
     pub fn keep_recent(&mut self, snapshot: &mut Snapshot, now: Instant) {
+        self.reads += 1;
+        let read = self.reads;
         self.held
             .retain(|(name, _), _| snapshot.services.contains_key(name));
         for (name, service) in &mut snapshot.services {
@@ -111,7 +126,7 @@ impl PortMemory {
                     Some(held) => held.listed(targets[0], targets.len(), now),
                     None => {
                         self.held
-                            .insert(key, Held::new(targets[0], targets.len(), now));
+                            .insert(key, Held::new(targets[0], targets.len(), now, read));
                     }
                 }
             }
@@ -135,6 +150,9 @@ impl PortMemory {
                     lapsed.push(*publish);
                     continue;
                 }
+                if !listed.contains_key(publish) {
+                    held.missed_read = read;
+                }
                 let port = PublishedPort {
                     publish: *publish,
                     target: held.target,
@@ -146,6 +164,32 @@ impl PortMemory {
             }
             published.sort_unstable();
             service.published = published;
+        }
+        self.record_listings(snapshot);
+    }
+
+    /// Writes each held port's `PortListing` into its service: a service yields a port
+    /// another one lists if a read left it out since the other first listed it.
+    fn record_listings(&self, snapshot: &mut Snapshot) {
+        let mut firsts: BTreeMap<u16, Vec<(&str, u64)>> = BTreeMap::new();
+        for ((name, publish), held) in &self.held {
+            firsts
+                .entry(*publish)
+                .or_default()
+                .push((name, held.first_read));
+        }
+        for ((name, publish), held) in &self.held {
+            let yields = held.missed_read > 0
+                && firsts[publish]
+                    .iter()
+                    .any(|(other, first)| other != name && *first <= held.missed_read);
+            if let Some(service) = snapshot.services.get_mut(name) {
+                let listing = PortListing {
+                    first: held.first_read,
+                    yields,
+                };
+                service.port_listings.insert(*publish, listing);
+            }
         }
     }
 }
@@ -298,5 +342,56 @@ mod tests {
         let mut read = listing_targets(&[(80, 8080)]);
         memory.keep_recent(&mut read, t0 + Duration::from_millis(500));
         assert_eq!(pairs(&read), [(80, 8080)]);
+    }
+
+    /// Each held port's listing: the read that first listed it (through a target change) and
+    /// whether its service left it out since another service first listed it.
+    #[test]
+    fn listings_say_who_listed_a_port_first_and_who_lets_it_go() {
+        let mut memory = PortMemory::default();
+        let t0 = Instant::now();
+        let read = |a: &[(u16, u16)], b: &[(u16, u16)]| {
+            let mut snapshot = Snapshot::default();
+            for (name, ports) in [("a", a), ("b", b)] {
+                let published = ports
+                    .iter()
+                    .map(|&(publish, target)| PublishedPort { publish, target })
+                    .collect();
+                snapshot.services.insert(
+                    name.to_owned(),
+                    SwarmService {
+                        published,
+                        ..SwarmService::default()
+                    },
+                );
+            }
+            snapshot
+        };
+        let listing = |snapshot: &Snapshot, name: &str, port: u16| {
+            let l = snapshot.services[name].port_listings[&port];
+            (l.first, l.yields)
+        };
+        // `a` left 80 out before `b` listed it: not yielding to `b` (nobody else had it).
+        type Listing<'a> = &'a [(u16, u16)];
+        let reads: [(Listing, Listing); 4] = [
+            (&[(80, 8080)], &[]),
+            (&[], &[]),
+            (&[(80, 9090)], &[(80, 8080)]),
+            (&[(80, 9090)], &[(80, 8080)]),
+        ];
+        let mut last = Snapshot::default();
+        for (i, (a, b)) in reads.into_iter().enumerate() {
+            last = read(a, b);
+            memory.keep_recent(&mut last, t0 + Duration::from_millis(500 * i as u64));
+        }
+        assert_eq!(listing(&last, "a", 80), (1, false), "target changed, kept");
+        assert_eq!(listing(&last, "b", 80), (3, false));
+        // Now `a` leaves it out: it yields from then on, listed again or not.
+        for (i, a) in [&[][..], &[(80, 9090)]].into_iter().enumerate() {
+            let mut next = read(a, &[(80, 8080)]);
+            memory.keep_recent(&mut next, t0 + Duration::from_millis(2000 + 500 * i as u64));
+            assert_eq!(listing(&next, "a", 80), (1, true), "read {i}");
+            assert_eq!(listing(&next, "b", 80), (3, false), "read {i}");
+        }
     }
 }

@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{INGRESS_NETWORK, LocalTask, Snapshot, SwarmService, Task};
+use super::snapshot::{INGRESS_NETWORK, LocalTask, PortListing, Snapshot, SwarmService, Task};
 use crate::source::file::{
     Affinity, BackendSpec, Forwarding, MeshBackend, POLICY_VIP_SUFFIX, PortMapping, Protocol,
     Scheduler, ServiceSpec, SwarmPolicy,
@@ -104,16 +104,30 @@ pub fn services(
 ) -> SwarmServices {
     let default = SwarmPolicy::default();
     let mut out = SwarmServices::default();
+    let mut problems: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut listed: BTreeMap<&str, Vec<PortMapping>> = BTreeMap::new();
+    for (name, service) in &snapshot.services {
+        let policy = policies.get(name).unwrap_or(&default);
+        let ports = port_mappings(service, policy, problems.entry(name).or_default());
+        listed.insert(name, ports);
+    }
+    let served = give_each_port_one_service(snapshot, &listed, &mut problems);
     for (name, service) in &snapshot.services {
         let policy = policies.get(name).unwrap_or(&default);
         let mut details = SwarmDetails {
             vips: service.vips.clone(),
+            problems: problems.remove(name.as_str()).unwrap_or_default(),
             ..Default::default()
         };
-        let ports = port_mappings(service, policy, &mut details.problems);
         let backends = backends(service, policy, &mut details);
+        // A port given to another service keeps its delivery frontends too: a peer whose
+        // read is older may still send this service's flows for it.
+        let targets = &listed[name.as_str()];
+        if !targets.is_empty() {
+            add_delivery(name, service, policy, targets, &mut out.delivery_specs);
+        }
+        let ports = served.get(name.as_str()).cloned().unwrap_or_default();
         if !ports.is_empty() {
-            add_delivery(name, service, policy, &ports, &mut out.delivery_specs);
             let published = ServiceSpec {
                 name: name.clone(),
                 vip: None,
@@ -399,6 +413,73 @@ fn add_vips(
                 .insert(id.clone(), (container.pid, mask));
         }
     }
+}
+
+/// Each published port and protocol served for one service: a port two services list is
+/// moving from one to the other (the swarm gives a port to one service at a time:
+/// `--publish-rm` on one, then `--publish-add` on the other, while the first one's old tasks
+/// still list it). Left to the merge, the later-named service would be refused whole, its
+/// other ports too. Of the services that list it, those that kept listing it since the
+/// others did (`PortListing::yields`) keep it, the one that listed it first (a service that
+/// publishes a port for UDP only without naming it in `udp_ports` reads as TCP, and must not
+/// take the port from the service that has it); if all let it go now and then (both rolling
+/// out), the one that listed it last has it. Equal, the first named. The others serve the
+/// rest of their ports, and say why not this one.
+fn give_each_port_one_service<'a>(
+    snapshot: &Snapshot,
+    listed: &BTreeMap<&'a str, Vec<PortMapping>>,
+    problems: &mut BTreeMap<&'a str, Vec<String>>,
+) -> BTreeMap<&'a str, Vec<PortMapping>> {
+    let mut claims: BTreeMap<(u16, Protocol), Vec<(&str, PortListing)>> = BTreeMap::new();
+    for (&name, ports) in listed {
+        let listings = &snapshot.services[name].port_listings;
+        for port in ports {
+            let listing = listings.get(&port.frontend).copied().unwrap_or_default();
+            claims
+                .entry((port.frontend, port.protocol))
+                .or_default()
+                .push((name, listing));
+        }
+    }
+    let mut served = listed.clone();
+    for ((port, protocol), claimants) in claims {
+        if claimants.len() < 2 {
+            continue;
+        }
+        let steady = claimants.iter().filter(|(_, l)| !l.yields);
+        let owner = match steady.min_by_key(|(name, l)| (l.first, *name)) {
+            Some(&(owner, _)) => owner,
+            None => {
+                let latest = claimants.iter().map(|(_, l)| l.first).max().unwrap_or(0);
+                claimants
+                    .iter()
+                    .find(|(_, l)| l.first == latest)
+                    .map_or(claimants[0].0, |(name, _)| name)
+            }
+        };
+        for &(name, listing) in claimants.iter().filter(|(name, _)| *name != owner) {
+            if let Some(ports) = served.get_mut(name) {
+                ports.retain(|p| (p.frontend, p.protocol) != (port, protocol));
+            }
+            let why = if listing.yields {
+                format!(
+                    "its tasks stopped listing it while `{owner}`'s list it (moved with \
+                     `--publish-rm` here and `--publish-add` there): served for `{owner}`"
+                )
+            } else {
+                format!(
+                    "`{owner}` publishes it too and had it first: served for `{owner}` until it \
+                     stops publishing it (published for UDP only here? name it in this \
+                     service's `udp_ports`)"
+                )
+            };
+            problems
+                .entry(name)
+                .or_default()
+                .push(format!("port {port}/{protocol} is not served here: {why}"));
+        }
+    }
+    served
 }
 
 fn port_mappings(
@@ -747,6 +828,7 @@ mod tests {
                 .collect(),
             vips: [(INGRESS_NETWORK.to_owned(), ip("198.19.0.2"))].into(),
             tasks: tasks.into_iter().map(|(n, t)| (n.to_owned(), t)).collect(),
+            port_listings: BTreeMap::new(),
         }
     }
 
@@ -1117,5 +1199,134 @@ mod tests {
         let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
         assert!(out.specs.is_empty());
         assert_eq!(out.details["db"].vips.len(), 1);
+    }
+
+    /// Which service serves each (port, protocol), by name: `(port, protocol) -> service`.
+    fn owners(out: &SwarmServices) -> BTreeMap<(u16, Protocol), Vec<String>> {
+        let mut owners: BTreeMap<(u16, Protocol), Vec<String>> = BTreeMap::new();
+        for spec in out.specs.iter().filter(|s| s.vip.is_none()) {
+            for port in &spec.ports {
+                owners
+                    .entry((port.frontend, port.protocol))
+                    .or_default()
+                    .push(spec.name.clone());
+            }
+        }
+        owners
+    }
+
+    /// `docker service update a --publish-rm 80`, then `docker service update b --publish-add
+    /// 80`, read by the port memory as a node would: at every read each (port, protocol) is
+    /// served for one service, neither is refused whole (the other ports stay), the port goes
+    /// to `b` once `a`'s reads leave it out, and `a`'s old tasks listing it again do not take
+    /// it back.
+    #[test]
+    fn a_port_moving_between_services_is_served_for_one_at_a_time() {
+        use crate::source::swarm::ports::PortMemory;
+        let t0 = std::time::Instant::now();
+        let mut memory = PortMemory::default();
+        let a_task = task("198.19.0.3", "198.18.50.1", Some("198.18.61.3"));
+        let b_task = task("198.19.0.4", "198.18.50.1", Some("198.18.61.4"));
+        // (a's listing, b's listing, who serves 80/tcp).
+        let reads: [(&[u16], &[u16], &str); 6] = [
+            (&[80, 81], &[90], "a"),
+            (&[80, 81], &[80, 90], "a"),
+            (&[81], &[80, 90], "b"),
+            (&[80, 81], &[80, 90], "b"),
+            (&[80, 81], &[90], "b"),
+            (&[81], &[80, 90], "b"),
+        ];
+        for (i, (a, b)) in reads.iter().map(|(a, b, _)| (a, b)).enumerate() {
+            let ports = |list: &[u16]| list.iter().map(|&p| (p, 8000 + p)).collect::<Vec<_>>();
+            let mut snap = snapshot(vec![
+                ("a", service(&ports(a), vec![("a.1.x", a_task.clone())])),
+                ("b", service(&ports(b), vec![("b.1.y", b_task.clone())])),
+            ]);
+            memory.keep_recent(
+                &mut snap,
+                t0 + std::time::Duration::from_millis(500 * i as u64),
+            );
+            let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
+            let served = owners(&out);
+            assert_eq!(served[&(80, Protocol::Tcp)], [reads[i].2], "read {i}");
+            assert_eq!(served[&(81, Protocol::Tcp)], ["a"], "read {i}");
+            assert_eq!(served[&(90, Protocol::Tcp)], ["b"], "read {i}");
+            if reads[i].2 == "b" {
+                let said = &out.details["a"].problems;
+                assert!(
+                    said.iter()
+                        .any(|p| p.contains("port 80/tcp") && p.contains("stopped listing")),
+                    "read {i}: {said:?}"
+                );
+                // `a`'s task keeps its delivery frontend for 80's target: a peer whose read
+                // is older may still hand it `a`'s flows.
+                let delivery = out
+                    .delivery_specs
+                    .iter()
+                    .find(|s| s.name.starts_with("a.1"));
+                let targets: Vec<u16> =
+                    delivery.unwrap().ports.iter().map(|p| p.frontend).collect();
+                assert_eq!(targets, [8080, 8081], "read {i}");
+            }
+        }
+    }
+
+    /// A service that publishes a port for UDP only without naming it in `udp_ports` reads as
+    /// TCP: it does not take the port from the service that has it for TCP, and says how to
+    /// fix it; named in `udp_ports`, both are served.
+    #[test]
+    fn a_port_listed_steadily_by_two_services_stays_with_the_first() {
+        let listed = |first: u64| PortListing {
+            first,
+            yields: false,
+        };
+        let mut dns = service(&[(53, 53)], vec![]);
+        dns.port_listings = [(53, listed(1))].into();
+        let mut logs = service(&[(53, 5353), (514, 514)], vec![]);
+        logs.port_listings = [(53, listed(2)), (514, listed(2))].into();
+        let snap = snapshot(vec![("zdns", dns), ("logs", logs)]);
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
+        let served = owners(&out);
+        assert_eq!(served[&(53, Protocol::Tcp)], ["zdns"]);
+        assert_eq!(served[&(514, Protocol::Tcp)], ["logs"]);
+        let said = &out.details["logs"].problems;
+        assert!(
+            said.iter()
+                .any(|p| p.contains("port 53/tcp") && p.contains("udp_ports")),
+            "{said:?}"
+        );
+        let policies = [(
+            "logs".to_owned(),
+            SwarmPolicy {
+                udp_ports: [53].into(),
+                ..Default::default()
+            },
+        )]
+        .into();
+        let out = services(&snap, &policies, &BTreeMap::new());
+        let served = owners(&out);
+        assert_eq!(served[&(53, Protocol::Tcp)], ["zdns"]);
+        assert_eq!(served[&(53, Protocol::Udp)], ["logs"]);
+        assert!(out.details["logs"].problems.is_empty());
+    }
+
+    /// Both letting a port go now and then (both rolling out): the one that listed it last
+    /// has it; equal (a start amid the move, no record), the first named.
+    #[test]
+    fn a_port_both_services_let_go_goes_to_the_latest_then_to_the_first_named() {
+        let with = |other: u16, first: u64, yields: bool| {
+            let mut s = service(&[(80, 8080), (other, 8080)], vec![]);
+            s.port_listings = [(80, PortListing { first, yields })].into();
+            s
+        };
+        let snap = snapshot(vec![("a", with(81, 1, true)), ("b", with(90, 3, true))]);
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(owners(&out)[&(80, Protocol::Tcp)], ["b"]);
+        let snap = snapshot(vec![("b", with(90, 1, false)), ("a", with(81, 1, false))]);
+        let out = services(&snap, &BTreeMap::new(), &BTreeMap::new());
+        let served = owners(&out);
+        assert_eq!(served[&(80, Protocol::Tcp)], ["a"]);
+        assert_eq!(served[&(81, Protocol::Tcp)], ["a"]);
+        assert_eq!(served[&(90, Protocol::Tcp)], ["b"]);
     }
 }

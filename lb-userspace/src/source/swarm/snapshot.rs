@@ -105,6 +105,21 @@ pub struct SwarmService {
     pub vips: BTreeMap<String, IpAddr>,
     /// By task name (`web.1.<task id>`), which is the same on every node.
     pub tasks: BTreeMap<String, Task>,
+    /// By published port: how this node's reads have listed it for this service (set by the
+    /// port memory; which of two services listing one port serves it).
+    #[serde(default)]
+    pub port_listings: BTreeMap<u16, PortListing>,
+}
+
+/// How one service's reads have listed one of its published ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortListing {
+    /// The read (numbered from 1 by this process) that first listed it for the service,
+    /// through target changes, until its hold lapsed.
+    pub first: u64,
+    /// Whether a read of the service left it out since another service first listed it: the
+    /// service is letting it go (its tasks are being updated without it).
+    pub yields: bool,
 }
 
 /// One `"Target: T, Publish: P"` entry of the ingress network.
