@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use lb_common::stats::StatSlot;
 use lb_testkit::{
     e2e_enabled,
-    packet::{Ipv4Frame, TCP_ACK, TCP_SYN, parse_ipv4},
+    packet::{Ipv4Frame, TCP_ACK, TCP_RST, TCP_SYN, parse_ipv4},
     progtest::{CLIENT, Loaded, ProgNode, delta, pin_to_cpu},
 };
 
@@ -113,13 +113,13 @@ fn an_established_flow_evicted_by_newer_flows_is_counted_as_lost() {
         .expect("program loaded");
 }
 
-/// A frame of the flood: a SYN from spoofed source `i`.
-fn flood_frame(i: u32, port: u16) -> Vec<u8> {
+/// A frame of the flood: a TCP segment with `flags` from spoofed source `i`.
+fn flood_frame(i: u32, port: u16, flags: u8) -> Vec<u8> {
     let source = SocketAddrV4::new(
         Ipv4Addr::from(0xc613_0000 | (i & 0xffff)),
         1024 + (i >> 16) as u16,
     );
-    Ipv4Frame::tcp(source, vip(port), TCP_SYN).build()
+    Ipv4Frame::tcp(source, vip(port), flags).build()
 }
 
 #[test]
@@ -136,12 +136,18 @@ fn a_flood_of_new_flows_evicts_no_established_flow_of_either_scheduler() {
             let maglev_backend = establish(&mut lb, maglev_client, vip(80));
             let rr_backend = establish(&mut lb, rr_client, vip(81));
             let before = lb.stats();
-            // Five connection tables' worth of SYNs from spoofed sources toward both services;
-            // a legitimate client connects in the middle of it.
+            // Five connection tables' worth of SYNs from spoofed sources toward both services,
+            // each source a real host that answers the backend's SYN-ACK with a RST (no ACK:
+            // it never asked); a legitimate client connects in the middle of it.
             let flood = 5 * TABLE;
             let mut newcomer = None;
             for i in 0..flood {
-                lb.run(&flood_frame(i, 80 + (i % 2) as u16));
+                let port = 80 + (i % 2) as u16;
+                let syn = lb.run(&flood_frame(i, port, TCP_SYN));
+                let backend = parse_ipv4(&syn.packet).expect("SYN").dst;
+                let reset = lb.run(&flood_frame(i, port, TCP_RST));
+                assert_eq!(reset.action, XDP_PASS, "RST {i}");
+                assert_eq!(parse_ipv4(&reset.packet).expect("RST").dst, backend);
                 if i == flood / 2 {
                     let client = SocketAddrV4::new(CLIENT.parse().unwrap(), 41002);
                     newcomer = Some((client, establish(&mut lb, client, vip(81))));

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     maps::{CONNTRACK, FLOW_SCRATCH, PENDING, reply_leads_only_to},
-    parse::{Packet, TCP_SYN, answer_with_reset},
+    parse::{Packet, TCP_ACK, TCP_RST, TCP_SYN, answer_with_reset},
     stats::count,
     zero,
 };
@@ -37,7 +37,7 @@ pub enum Pending {
 
 /// The unconfirmed flow of a client packet for the service `svc` that the connection table
 /// has no entry for: alive by the same rules as a confirmed one (`liveness`), confirmed by
-/// the client's second packet (TCP without SYN, any UDP). `flow` is `PENDING`'s answer for
+/// the client's second packet (`confirms`). `flow` is `PENDING`'s answer for
 /// the packet's key (null: none), asked by the caller (see `lookup`). Not inlined: a sibling
 /// of the packet paths, run only by a flow's first packets.
 #[inline(never)]
@@ -87,7 +87,7 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         if !replies_translated(key, f) {
             return Pending::Absent;
         }
-    } else if confirm(key, f, pkt.tunnel_peer, tick) {
+    } else if confirms(is_tcp, pkt.tcp_flags) && confirm(key, f, pkt.tunnel_peer, tick) {
         return Pending::Confirmed;
     }
     // Followed: a SYN sent again through another entry node takes the answers there.
@@ -95,6 +95,16 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         follow_entry_node(key, f, pkt.tunnel_peer, true);
     }
     Pending::Follow
+}
+
+/// Whether a client packet of an unconfirmed flow, not a SYN, confirms it: any UDP datagram;
+/// a TCP segment that acknowledges and does not reset. A RST without ACK is what a host
+/// answers a SYN-ACK it never asked for: a flood of SYNs from spoofed sources that are real
+/// hosts would otherwise confirm itself into `CONNTRACK` with their answers. It follows the
+/// unconfirmed flow to the backend instead, which lets its half-open connection go.
+#[inline(always)]
+fn confirms(is_tcp: bool, tcp_flags: u8) -> bool {
+    !is_tcp || tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK
 }
 
 /// Whether another flow holds the reply key of the unconfirmed flow `key` (its forward entry
