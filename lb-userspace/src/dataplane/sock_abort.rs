@@ -128,7 +128,7 @@ fn connected_to(
         }
         for (kind, body) in messages(&reply)? {
             match kind {
-                NLMSG_DONE => return Ok(found),
+                NLMSG_DONE => return dump_end(body).map(|()| found),
                 NLMSG_ERROR => error_of(body)?,
                 SOCK_DIAG_BY_FAMILY if body.len() >= MSG_ID_END => {
                     let id: [u8; SOCKID_LEN] = body[4..MSG_ID_END].try_into().expect("sized slice");
@@ -145,6 +145,23 @@ fn connected_to(
         }
     }
     Err(io::Error::other("sock_diag: the dump did not end"))
+}
+
+/// What a dump's `NLMSG_DONE` says: a dump that failed ends with its errno there, not in an
+/// `NLMSG_ERROR` (a kernel without UDP socket diagnostics ends it with `ENOENT`). Read as
+/// "no sockets", nothing would be aborted and nothing said.
+fn dump_end(body: &[u8]) -> io::Result<()> {
+    match error_of(body) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(io::Error::other(
+            "this kernel cannot list UDP sockets (built without CONFIG_INET_UDP_DIAG, or its \
+             udp_diag module cannot be loaded): clients connected to a removed backend keep \
+             sending to it until they connect again",
+        )),
+        Err(e) => Err(io::Error::other(format!(
+            "sock_diag: the kernel ended the socket dump with an error: {e}"
+        ))),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Asks the kernel to abort the socket `id` (its ports, addresses and cookie).
@@ -250,6 +267,20 @@ mod tests {
             peer_of(10, &id6).ip().to_canonical(),
             "198.18.2.11".parse::<IpAddr>().unwrap()
         );
+    }
+
+    /// The end of a dump carries its errno: 0 is a dump that listed every socket; a kernel
+    /// without `udp_diag` ends it with -ENOENT (seen on this kernel for a protocol without a
+    /// diagnostics handler), which must not read as "no sockets".
+    #[test]
+    fn a_dump_that_failed_is_an_error_naming_the_kernel_option() {
+        let end = |errno: i32| dump_end(&errno.to_ne_bytes());
+        assert!(end(0).is_ok());
+        let missing = end(-libc::ENOENT).unwrap_err().to_string();
+        assert!(missing.contains("CONFIG_INET_UDP_DIAG"), "{missing}");
+        let other = end(-libc::EACCES).unwrap_err().to_string();
+        assert!(other.contains("ended the socket dump"), "{other}");
+        assert!(dump_end(&[]).is_err(), "a short end message");
     }
 
     #[test]
