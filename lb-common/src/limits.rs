@@ -83,8 +83,9 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
 /// Default idle timeouts, in seconds.
 pub const DEFAULT_TCP_TIMEOUT_S: u32 = 24 * 3600;
 pub const DEFAULT_UDP_TIMEOUT_S: u32 = 60;
-/// Idle timeout of a TCP flow after FIN or RST, and of one that never got past SYN.
+/// Idle timeout of a TCP flow after a FIN each way or a RST (`tcp_state::CLOSING`).
 pub const TCP_CLOSING_TIMEOUT_S: u32 = 10;
+/// Idle timeout of a TCP flow that never got past SYN.
 pub const TCP_SYN_TIMEOUT_S: u32 = 30;
 /// How long a backend keeps a closed connection's addresses and ports (Linux's TIME_WAIT,
 /// `TCP_TIMEWAIT_LEN`). Under NAT the backend sees the client's own port: a flow that reuses

@@ -414,8 +414,9 @@ pub struct Flow {
     /// as usual): a forward entry whose backend is a task on another node, or a reply entry
     /// of a flow that came from another node.
     pub tunnel_peer: u8,
-    /// Forward: 1 when the backend's FIN closed the flow before the client did (and not by
-    /// RST): the backend then keeps the connection in TIME_WAIT (see `port_hold_s`).
+    /// Forward: 1 when the backend's FIN closed its side before the client did (and the
+    /// flow was not reset): the backend then keeps the connection in TIME_WAIT (see
+    /// `port_hold_s`).
     pub backend_closed_first: u8,
     /// Forward: the `FRONTEND_GEN` at which the flow's frontend was last seen to belong to
     /// `service_id` with `service_flags`. While it is current, the flow's packets skip the
@@ -451,7 +452,7 @@ impl Flow {
     pub const fn port_hold_s(&self) -> u32 {
         let idle = self.idle_limit_s();
         let fullnat = self.service_flags & service_flags::FULLNAT as u8 != 0;
-        if self.tcp_state == tcp_state::CLOSING
+        if tcp_state::closed_by_either(self.tcp_state)
             && (!fullnat || self.backend_closed_first != 0)
             && idle < crate::limits::BACKEND_TIME_WAIT_S
         {
@@ -530,11 +531,60 @@ pub mod flow_kind {
     pub const REPLY: u8 = 2;
 }
 
+/// TCP header flags (the 13th byte).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP flow's state as the program follows it (`next`).
 pub mod tcp_state {
+    use super::tcp_flag;
+
     pub const NONE: u8 = 0;
     pub const SYN_SENT: u8 = 1;
     pub const ESTABLISHED: u8 = 2;
+    /// Both sides closed (a FIN each way), or either reset: the short timeout.
     pub const CLOSING: u8 = 3;
+    /// The client sent its FIN; its backend may still send (a client that half-closes after
+    /// its request and waits for the answer): alive as an established flow.
+    pub const CLIENT_CLOSED: u8 = 4;
+    /// The backend sent its FIN; its client may still send.
+    pub const BACKEND_CLOSED: u8 = 5;
+
+    /// Whether a side has closed: a SYN on the flow's tuple is a new connection.
+    #[inline(always)]
+    pub const fn closed_by_either(state: u8) -> bool {
+        state == CLOSING || state == CLIENT_CLOSED || state == BACKEND_CLOSED
+    }
+
+    /// The state after a segment with `flags` from the client (`from_client`) or the
+    /// backend: a RST ends the flow, a FIN closes its sender's side (both sides: CLOSING),
+    /// and the client's first segment without SYN establishes it.
+    #[inline(always)]
+    pub const fn next(state: u8, flags: u8, from_client: bool) -> u8 {
+        if flags & tcp_flag::RST != 0 {
+            return CLOSING;
+        }
+        if flags & tcp_flag::FIN != 0 {
+            let (own, other) = if from_client {
+                (CLIENT_CLOSED, BACKEND_CLOSED)
+            } else {
+                (BACKEND_CLOSED, CLIENT_CLOSED)
+            };
+            return if state == other || state == CLOSING {
+                CLOSING
+            } else {
+                own
+            };
+        }
+        if from_client && state == SYN_SENT && flags & tcp_flag::SYN == 0 {
+            return ESTABLISHED;
+        }
+        state
+    }
 }
 
 /// Per-service and per-backend traffic counters (per CPU; userspace sums them).
@@ -770,6 +820,52 @@ mod flow_tests {
     use super::{Flow, tcp_state};
     use crate::limits::{TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S};
 
+    /// A FIN closes its sender's side only: a client that half-closes after its request
+    /// keeps its flow (and, under full NAT, its port) while the backend answers; the second
+    /// FIN, or a RST from either side, closes it.
+    #[test]
+    fn tcp_states_follow_each_sides_close() {
+        use super::tcp_flag::{ACK, FIN, RST, SYN};
+        use tcp_state::{
+            BACKEND_CLOSED, CLIENT_CLOSED, CLOSING, ESTABLISHED, SYN_SENT, closed_by_either, next,
+        };
+        let client = true;
+        let backend = false;
+        // (state, flags, from the client, next state)
+        let steps = [
+            (SYN_SENT, SYN, client, SYN_SENT),
+            (SYN_SENT, SYN | ACK, backend, SYN_SENT),
+            (SYN_SENT, ACK, client, ESTABLISHED),
+            (ESTABLISHED, ACK, backend, ESTABLISHED),
+            (ESTABLISHED, FIN | ACK, client, CLIENT_CLOSED),
+            (CLIENT_CLOSED, ACK, backend, CLIENT_CLOSED),
+            (CLIENT_CLOSED, FIN | ACK, client, CLIENT_CLOSED),
+            (CLIENT_CLOSED, FIN | ACK, backend, CLOSING),
+            (ESTABLISHED, FIN | ACK, backend, BACKEND_CLOSED),
+            (BACKEND_CLOSED, ACK, client, BACKEND_CLOSED),
+            (BACKEND_CLOSED, FIN | ACK, client, CLOSING),
+            (CLOSING, ACK, client, CLOSING),
+            (CLOSING, FIN | ACK, backend, CLOSING),
+            (ESTABLISHED, RST, client, CLOSING),
+            (CLIENT_CLOSED, RST | ACK, backend, CLOSING),
+            (SYN_SENT, RST, backend, CLOSING),
+            (SYN_SENT, FIN, client, CLIENT_CLOSED),
+        ];
+        for (state, flags, from_client, expected) in steps {
+            assert_eq!(
+                next(state, flags, from_client),
+                expected,
+                "state {state}, flags {flags:#x}, from the client: {from_client}"
+            );
+        }
+        assert!([CLOSING, CLIENT_CLOSED, BACKEND_CLOSED].map(closed_by_either) == [true; 3]);
+        assert!(
+            ![SYN_SENT, ESTABLISHED]
+                .map(closed_by_either)
+                .contains(&true)
+        );
+    }
+
     #[test]
     fn the_idle_limit_is_the_one_that_applies_to_the_state() {
         let flow = |tcp_state| Flow {
@@ -783,6 +879,8 @@ mod flow_tests {
             TCP_CLOSING_TIMEOUT_S
         );
         assert_eq!(flow(tcp_state::ESTABLISHED).idle_limit_s(), 86_400);
+        assert_eq!(flow(tcp_state::CLIENT_CLOSED).idle_limit_s(), 86_400);
+        assert_eq!(flow(tcp_state::BACKEND_CLOSED).idle_limit_s(), 86_400);
         assert_eq!(flow(tcp_state::NONE).idle_limit_s(), 86_400, "UDP");
     }
 }

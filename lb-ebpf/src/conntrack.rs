@@ -34,7 +34,7 @@ use crate::{
         BACKENDS, CONNTRACK, EndpointFilter, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN,
         KEY_SCRATCH, PENDING, REPLY_FILTER, reply_leads_only_to,
     },
-    parse::{TCP_FIN, TCP_RST, TCP_SYN, answer_with_reset, is_syn},
+    parse::{answer_with_reset, is_syn},
     stats::count,
     zero,
 };
@@ -111,7 +111,7 @@ fn liveness(
     if f.kind != flow_kind::FORWARD {
         return Liveness::NotForward;
     }
-    if is_tcp && is_syn(tcp_flags) && f.tcp_state == tcp_state::CLOSING {
+    if is_tcp && is_syn(tcp_flags) && tcp_state::closed_by_either(f.tcp_state) {
         return Liveness::Ended;
     }
     if f.seen_tick != tick {
@@ -372,13 +372,7 @@ pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8) {
     // SAFETY: see lookup_forward.
     let f = unsafe { &mut *flow };
     if is_tcp {
-        let next = if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            tcp_state::CLOSING
-        } else if f.tcp_state == tcp_state::SYN_SENT && tcp_flags & TCP_SYN == 0 {
-            tcp_state::ESTABLISHED
-        } else {
-            f.tcp_state
-        };
+        let next = tcp_state::next(f.tcp_state, tcp_flags, true);
         if next != f.tcp_state {
             f.tcp_state = next;
         }
@@ -430,13 +424,11 @@ pub fn insert(
     // is forwarded from the value written here (`just_inserted`), not touched again.
     let state = if !is_tcp {
         tcp_state::NONE
-    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        tcp_state::CLOSING
     } else if is_syn(tcp_flags) {
         tcp_state::SYN_SENT
     } else {
         // Mid-flow packet placed again after its entry was lost (see `select`).
-        tcp_state::ESTABLISHED
+        tcp_state::next(tcp_state::ESTABLISHED, tcp_flags, true)
     };
     let timeout_s = if is_tcp {
         svc.tcp_timeout_s
@@ -660,10 +652,11 @@ pub fn frontend_gen() -> u32 {
     FRONTEND_GEN.get(0).copied().unwrap_or(0)
 }
 
-/// A backend's FIN or RST ends its flow as the client's does: the forward entry (whose state
-/// and idle limit decide the flow's life) moves to CLOSING, so the flow expires on the short
-/// timeout and a SYN on its tuple starts a new flow. `reply_key` is the backend's packet's
-/// tuple, `reply` its entry (in `PENDING` if `pending`; see `forward_of`).
+/// A backend's FIN or RST moves its flow's state as the client's does (`tcp_state::next`,
+/// on the forward entry, whose state and idle limit decide the flow's life): its FIN closes
+/// its side, after the client's the flow (the short timeout; a SYN on its tuple starts a new
+/// flow), and its RST ends it. `reply_key` is the backend's packet's tuple, `reply` its
+/// entry (in `PENDING` if `pending`; see `forward_of`).
 #[inline(always)]
 pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool, tcp_flags: u8) {
     let Some(forward) = forward_of(reply_key, reply, pending) else {
@@ -671,14 +664,17 @@ pub fn backend_closing(reply_key: &FlowKey, reply: &Flow, pending: bool, tcp_fla
     };
     // SAFETY: valid for this program run.
     let f = unsafe { &mut *forward };
-    if f.tcp_state != tcp_state::CLOSING {
-        f.tcp_state = tcp_state::CLOSING;
-        // The closing timeout counts from the close: the client may have been quiet for
-        // longer (a server closing an idle keep-alive connection), and its FIN must still
-        // find the flow.
-        f.last_seen_ns = now_ns();
+    let next = tcp_state::next(f.tcp_state, tcp_flags, false);
+    if next != f.tcp_state {
         // The first to close with a FIN keeps TIME_WAIT (see `Flow::port_hold_s`).
-        f.backend_closed_first = u8::from(tcp_flags & TCP_RST == 0);
+        if next == tcp_state::BACKEND_CLOSED {
+            f.backend_closed_first = 1;
+        }
+        f.tcp_state = next;
+        // The idle clock counts from the close: the client may have been quiet for longer
+        // (a server closing an idle keep-alive connection), and its FIN must still find the
+        // flow.
+        f.last_seen_ns = now_ns();
     }
 }
 

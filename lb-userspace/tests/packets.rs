@@ -1601,7 +1601,8 @@ fn open_fullnat_flow(lb: &mut Loaded, client: SocketAddrV4, vip: SocketAddrV4) -
 /// Under full NAT a closed flow's node port is held for the backend's TIME_WAIT only when the
 /// backend closed first (its FIN, seen here since its replies all come to this node): it
 /// would take a new SYN on that port for the old connection. A flow the client closed first
-/// leaves the backend nothing to wait for, and frees its port after the closing timeout.
+/// leaves the backend nothing to wait for, and frees its port after the closing timeout. A
+/// flow only one side closed is alive: the other may still send.
 #[test]
 fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_closed_first() {
     if !e2e_enabled() {
@@ -1609,33 +1610,75 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     }
     use lb_common::limits::{BACKEND_TIME_WAIT_S, TCP_CLOSING_TIMEOUT_S};
     const { assert!(TCP_CLOSING_TIMEOUT_S + 5 < BACKEND_TIME_WAIT_S) };
-    // (first client's port, who closes, seconds since, the port still held)
-    let cases = [
-        (20000, "backend", TCP_CLOSING_TIMEOUT_S + 5, true),
-        (21000, "backend", BACKEND_TIME_WAIT_S + 1, false),
-        (22000, "client", TCP_CLOSING_TIMEOUT_S + 5, false),
-        (23000, "backend RST", TCP_CLOSING_TIMEOUT_S + 5, false),
+    const BY_CLIENT: bool = true;
+    const BY_BACKEND: bool = false;
+    const FIN: u8 = TCP_FIN | TCP_ACK;
+    type Segments = &'static [(bool, u8)];
+    let backend_first: Segments = &[(BY_BACKEND, FIN), (BY_CLIENT, FIN)];
+    // (first client's port, how it closed: (from the client, flags), seconds since, the port
+    // still held)
+    let cases: [(u16, &str, Segments, u32, bool); 6] = [
+        (
+            20000,
+            "backend first",
+            backend_first,
+            TCP_CLOSING_TIMEOUT_S + 5,
+            true,
+        ),
+        (
+            21000,
+            "backend first",
+            backend_first,
+            BACKEND_TIME_WAIT_S + 1,
+            false,
+        ),
+        (
+            22000,
+            "client first",
+            &[(BY_CLIENT, FIN), (BY_BACKEND, FIN)],
+            TCP_CLOSING_TIMEOUT_S + 5,
+            false,
+        ),
+        (
+            23000,
+            "backend RST",
+            &[(BY_BACKEND, TCP_RST | TCP_ACK)],
+            TCP_CLOSING_TIMEOUT_S + 5,
+            false,
+        ),
+        // Half-closed: the other side may still send, the flow lives on.
+        (
+            24000,
+            "client half",
+            &[(BY_CLIENT, FIN)],
+            TCP_CLOSING_TIMEOUT_S + 5,
+            true,
+        ),
+        (
+            25000,
+            "backend half",
+            &[(BY_BACKEND, FIN)],
+            BACKEND_TIME_WAIT_S + 1,
+            true,
+        ),
     ];
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let vip = sock("198.18.100.4", 80);
         let backend = sock("198.18.2.10", 8080);
-        for (port, closer, idle_s, held) in cases {
+        let from_backend = |lb: &mut Loaded, node: SocketAddrV4, flags: u8| {
+            let segment =
+                Ipv4Frame::tcp(backend, node, flags).with_macs(backend_mac(0), lb.backend_if_mac);
+            let out = lb.run_from(&segment.build(), lb.backend_if);
+            parse_ipv4(&out.packet).map(|p| p.dst).ok()
+        };
+        for (port, closer, segments, idle_s, held) in cases {
             let first = sock(CLIENT, port);
             let node = open_fullnat_flow(&mut lb, first, vip);
-            match closer {
-                "client" => {
-                    lb.run(&Ipv4Frame::tcp(first, vip, TCP_FIN | TCP_ACK).build());
-                }
-                _ => {
-                    let flags = if closer == "backend" {
-                        TCP_FIN | TCP_ACK
-                    } else {
-                        TCP_RST | TCP_ACK
-                    };
-                    let fin = Ipv4Frame::tcp(backend, node, flags)
-                        .with_macs(backend_mac(0), lb.backend_if_mac);
-                    let out = lb.run_from(&fin.build(), lb.backend_if);
-                    assert_eq!(parse_ipv4(&out.packet).expect("translated").dst, first);
+            for &(from_client, flags) in segments {
+                if from_client {
+                    lb.run(&Ipv4Frame::tcp(first, vip, flags).build());
+                } else {
+                    assert_eq!(from_backend(&mut lb, node, flags), Some(first), "{closer}");
                 }
             }
             lb.age_flow(
@@ -1653,7 +1696,14 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
                  closed one had {}",
                 node.port()
             );
-            if !held {
+            if held {
+                // The backend's packet on the held port is still the first client's.
+                assert_eq!(
+                    from_backend(&mut lb, node, TCP_ACK),
+                    Some(first),
+                    "closed by the {closer} {idle_s} s ago"
+                );
+            } else {
                 // The backend's answer on that port is the new flow's, not the closed one's
                 // (whose entries stay in the table until evicted).
                 let syn_ack = Ipv4Frame::tcp(backend, node, TCP_SYN | TCP_ACK)
@@ -1707,6 +1757,7 @@ fn fullnat_takes_a_port_the_backend_may_still_hold_rather_than_drop_the_flow() {
             let fin = Ipv4Frame::tcp(backend, node, TCP_FIN | TCP_ACK)
                 .with_macs(backend_mac(0), lb.backend_if_mac);
             lb.run_from(&fin.build(), lb.backend_if);
+            lb.run(&Ipv4Frame::tcp(client, vip, TCP_FIN | TCP_ACK).build());
             lb.age_flow(
                 &forward_key(client, vip),
                 std::time::Duration::from_secs(u64::from(TCP_CLOSING_TIMEOUT_S + 5)),
@@ -2010,6 +2061,9 @@ fn nat_holds_a_closed_flows_client_port_through_the_backends_time_wait() {
             for flags in [TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK] {
                 lb.run(&Ipv4Frame::tcp(client, vip_a, flags).build());
             }
+            let fin = Ipv4Frame::tcp(sock("198.18.2.10", 8080), client, TCP_FIN | TCP_ACK)
+                .with_macs(backend_mac(0), lb.backend_if_mac);
+            lb.run_from(&fin.build(), lb.backend_if);
             let key = forward_key(client, vip_a);
             lb.age_flow(&key, std::time::Duration::from_secs(u64::from(idle_s)));
             let out = lb.run(&Ipv4Frame::tcp(client, vip_b, TCP_SYN).build());
@@ -2201,10 +2255,17 @@ fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
     with_program(IPV6_AND_FULLNAT, |mut lb| {
         let backend = sock("198.18.2.10", 8080);
         // NAT (FIN) and full NAT (RST): the backend's packet is translated as any reply, and
-        // the flow's forward entry moves to CLOSING, so it expires on the short timeout.
-        for (vip, port, flags) in [
-            (sock(VIP, 80), 43000, TCP_FIN | TCP_ACK),
-            (sock("198.18.100.4", 80), 43001, TCP_RST),
+        // the flow's forward entry moves on: a FIN closes the backend's side (the client may
+        // still send), a RST the flow (it expires on the short timeout). A SYN on either
+        // starts a new flow.
+        for (vip, port, flags, closed) in [
+            (
+                sock(VIP, 80),
+                43000,
+                TCP_FIN | TCP_ACK,
+                tcp_state::BACKEND_CLOSED,
+            ),
+            (sock("198.18.100.4", 80), 43001, TCP_RST, tcp_state::CLOSING),
         ] {
             let client = sock(CLIENT, port);
             let out = lb.run(&Ipv4Frame::tcp(client, vip, TCP_SYN).build());
@@ -2225,11 +2286,7 @@ fn a_backends_fin_or_rst_closes_the_flow_like_the_clients() {
             let out = lb.run_from(&close.build(), lb.backend_if);
             assert_eq!(out.packet, close.with_src(vip).with_dst(client).build());
             assert_eq!(delta(&before, &lb.stats(), StatSlot::NatReply), 1);
-            assert_eq!(
-                state(&lb),
-                tcp_state::CLOSING,
-                "{vip} after flags {flags:#x}"
-            );
+            assert_eq!(state(&lb), closed, "{vip} after flags {flags:#x}");
 
             // The client's next SYN on the tuple starts a new flow.
             let before = lb.stats();
@@ -2299,7 +2356,7 @@ fn a_new_flows_entry_holds_the_tcp_state_its_first_packet_leaves() {
         for (port, flags, want) in [
             (43100, TCP_SYN, tcp_state::SYN_SENT),
             (43101, TCP_ACK, tcp_state::ESTABLISHED),
-            (43102, TCP_FIN | TCP_ACK, tcp_state::CLOSING),
+            (43102, TCP_FIN | TCP_ACK, tcp_state::CLIENT_CLOSED),
             (43103, TCP_RST, tcp_state::CLOSING),
         ] {
             let client = sock(CLIENT, port);

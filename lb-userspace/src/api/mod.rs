@@ -520,6 +520,8 @@ pub fn tcp_state_name(protocol: u8, state: u8) -> String {
         tcp_state::SYN_SENT => "syn_sent",
         tcp_state::ESTABLISHED => "established",
         tcp_state::CLOSING => "closing",
+        tcp_state::CLIENT_CLOSED => "client_closed",
+        tcp_state::BACKEND_CLOSED => "backend_closed",
         _ => "none",
     }
     .into()
