@@ -1733,6 +1733,55 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     });
 }
 
+/// A new flow writes its reply entry before its forward entry, so another CPU's port search
+/// may meet the reply entry alone: a fresh one is a flow being written, and its port is
+/// skipped (taken over, both flows would send from it); an old one has lost its flow, and its
+/// port is free.
+#[test]
+fn fullnat_skips_a_port_whose_reply_entry_is_being_written() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(IPV6_AND_FULLNAT, |mut lb| {
+        let vip = sock("198.18.100.4", 80);
+        let first = sock(CLIENT, 26000);
+        let (ports, clients) = fullnat_search(vip, first, 2);
+        let out = lb.run(&Ipv4Frame::tcp(first, vip, TCP_SYN).build());
+        assert_eq!(
+            parse_ipv4(&out.packet).expect("checksums").src.port(),
+            ports[0]
+        );
+        // Its forward entry not written yet, as seen from another CPU.
+        let forward = lb
+            .dp
+            .tracked_flow(&forward_key(first, vip))
+            .unwrap()
+            .expect("unconfirmed flow");
+        let reply = lb_testkit::progtest::reply_key(&forward_key(first, vip), &forward);
+        let mut pending = lb.dp.pending_table_mut().expect("PENDING");
+        pending.remove(&forward_key(first, vip)).expect("remove");
+        drop(pending);
+        let out = lb.run(&Ipv4Frame::tcp(clients[0], vip, TCP_SYN).build());
+        assert_eq!(
+            parse_ipv4(&out.packet).expect("checksums").src.port(),
+            ports[1],
+            "a fresh reply entry's port is skipped"
+        );
+        // A second later, the reply entry alone is a flow that ended.
+        let mut pending = lb.dp.pending_table_mut().expect("PENDING");
+        let mut orphan = pending.get(&reply, 0).expect("the reply entry");
+        orphan.last_seen_ns -= 1_000_000_000;
+        pending.insert(reply, orphan, 0).expect("age it");
+        drop(pending);
+        let out = lb.run(&Ipv4Frame::tcp(clients[1], vip, TCP_SYN).build());
+        assert_eq!(
+            parse_ipv4(&out.packet).expect("checksums").src.port(),
+            ports[0],
+            "an old reply entry without its flow frees its port"
+        );
+    });
+}
+
 /// When every port of a full-NAT search is held only because its backend may still be in
 /// TIME_WAIT, a new flow takes one of them (its SYN may be sent again a second later) rather
 /// than being dropped; ports of live flows are never taken (see the test above it for drops),

@@ -226,9 +226,15 @@ pub(super) fn pending_reply_owner_alive(reply_key: &FlowKey, now: u64, held: Hel
     owner(&PENDING, reply_key, now, held, true) == Owner::ALIVE
 }
 
+/// How old an unconfirmed reply entry without its forward entry must be to count as its
+/// flow's end: a new flow's two entries are written within microseconds, and the clock
+/// (`now_ns`) moves a tick at a time (10 ms at HZ=100).
+const ORPHAN_REPLY_AFTER_NS: u64 = 20_000_000;
+
 /// Who holds `reply_key` in `table` (an `Owner`), its forward key built in per-CPU scratch
 /// memory: the flow whose reply entry it is, if its forward entry (in the same table)
-/// exists, is not idle past its limit (as `held` measures it; `unconfirmed`: the table is
+/// exists (or, unconfirmed, the reply entry is younger than `ORPHAN_REPLY_AFTER_NS`), is not
+/// idle past its limit (as `held` measures it; `unconfirmed`: the table is
 /// `PENDING`), and still maps to this key.
 #[inline(always)]
 pub(super) fn owner<const N: usize>(
@@ -254,7 +260,15 @@ pub(super) fn owner<const N: usize>(
         let k = &mut *forward_key;
         write_forward_key(k, reply_key, r);
         let Some(forward) = table.get_ptr(k) else {
-            return Owner::ENDED;
+            // A new flow may be writing its forward entry on another CPU right now (its
+            // reply entry goes in first, see `insert`): taken over, both flows would send
+            // from one node port. Only a reply entry a while old has lost its flow.
+            let age_ns = now.wrapping_sub(r.last_seen_ns) as i64;
+            return if unconfirmed && age_ns < ORPHAN_REPLY_AFTER_NS as i64 {
+                Owner::ALIVE
+            } else {
+                Owner::ENDED
+            };
         };
         let f = &*forward;
         let limit_ns = held.limit_ns(f, unconfirmed);
