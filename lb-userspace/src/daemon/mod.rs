@@ -211,6 +211,12 @@ impl Daemon {
             dataplane::attachable(interface)?;
         }
         let mut dp = Dataplane::load(options.load.clone())?;
+        // A saved "up" keeps a backend's flows across a restart; with no dataplane adopted
+        // (a reboot) there are none, and the first failed check should take it out. Up and
+        // unknown are served alike, so the plan above stands.
+        if !dp.adopted() {
+            health.forget_seeded_up();
+        }
         // A start that fails from here undoes what it did (see `Dataplane::undo_failed_start`).
         // UDP backend endpoints removed while no lbd ran: their connected sockets are aborted
         // once the namespaces are known (see `abort_sockets_to`).

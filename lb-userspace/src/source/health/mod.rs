@@ -150,6 +150,19 @@ impl HealthBook {
             .collect();
     }
 
+    /// Takes back the seeded "up" verdicts no check has confirmed: those backends are
+    /// `Unknown` again (served, and the first result decides). For a start that found no
+    /// dataplane to adopt (after a reboot): no flow is there to keep on them, and an "up"
+    /// from before the reboot would keep a dead backend served for `fall` checks.
+    pub fn forget_seeded_up(&mut self) {
+        for state in self.targets.values_mut() {
+            if state.seeded && state.health == Health::Up {
+                state.health = Health::Unknown;
+                state.seeded = false;
+            }
+        }
+    }
+
     /// Follows the services' checks: a new target starts `Unknown` (or as seeded), a target
     /// no service checks any more is forgotten, a changed `rise`/`fall` applies from the next
     /// result. Returns every check to run.

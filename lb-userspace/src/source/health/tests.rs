@@ -305,3 +305,37 @@ fn saved_verdicts_seed_the_next_book() {
     after.sync(&file, at(14));
     assert_eq!(health(&after, &down), Health::Unknown);
 }
+
+/// A start with no dataplane to adopt (a reboot) keeps the saved "down" and drops the saved
+/// "up": a backend that died meanwhile is out at its first failed check, not after `fall`.
+#[test]
+fn without_a_dataplane_to_adopt_only_down_verdicts_are_kept() {
+    let file = file();
+    let (up, down) = (
+        key("web", "198.18.2.10:8080"),
+        key("web", "198.18.2.11:8080"),
+    );
+    let mut before = HealthBook::default();
+    before.sync(&file, at(0));
+    feed(&mut before, &up, 1, &[OK]);
+    feed(&mut before, &down, 1, &[FAIL]);
+
+    let mut after = HealthBook::default();
+    after.seed(before.saved());
+    after.sync(&file, at(10));
+    after.forget_seeded_up();
+    let health = |book: &HealthBook, k: &TargetKey| book.state(k).unwrap().health;
+    assert_eq!(health(&after, &up), Health::Unknown);
+    assert_eq!(health(&after, &down), Health::Down);
+    // Unknown is served as up was: the first plan is the same.
+    assert_eq!(
+        backends(&after.serving(&file), "web"),
+        ["198.18.2.10", "198.18.2.12"]
+    );
+    // web has fall 3: one failure takes it out.
+    assert_eq!(feed(&mut after, &up, 11, &[FAIL]), [Health::Down]);
+    // A verdict this lbd reached is kept.
+    feed(&mut after, &up, 12, &[OK, OK]);
+    after.forget_seeded_up();
+    assert_eq!(health(&after, &up), Health::Up);
+}
