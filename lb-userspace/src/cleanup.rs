@@ -119,6 +119,14 @@ pub fn cleanup(
 /// Empties the include file `bgp` names and tells its BIRD (`recorded_in`: the record it
 /// came from, if no flag or file named it).
 fn withdraw(bgp: &BirdSettings, recorded_in: Option<&Path>) -> Result<Withdrawal, CleanupError> {
+    try_withdraw(bgp).map_err(|source| CleanupError::Withdraw {
+        include: bgp.include.clone(),
+        recorded_in: recorded_in.map(Path::to_path_buf),
+        source,
+    })
+}
+
+fn try_withdraw(bgp: &BirdSettings) -> Result<Withdrawal, AnnounceError> {
     match Announcer::new(bgp.clone()).withdraw_all() {
         Ok(_) => Ok(Withdrawal::Withdrawn),
         // No socket, or nobody behind it: not running, unless a `bird` process runs (then
@@ -134,12 +142,48 @@ fn withdraw(bgp: &BirdSettings, recorded_in: Option<&Path>) -> Result<Withdrawal
                 socket.display()
             )))
         }
-        Err(source) => Err(CleanupError::Withdraw {
-            include: bgp.include.clone(),
-            recorded_in: recorded_in.map(Path::to_path_buf),
-            source,
-        }),
+        Err(e) => Err(e),
     }
+}
+
+/// What `withdraw_earlier` did with one recorded include file.
+pub type EarlierWithdrawal = (BirdSettings, Result<Withdrawal, AnnounceError>);
+
+/// At `lbd run`'s start: empties every include file the lbd runs on `pin_dir` recorded in
+/// `state_dir` other than `current` (the one this run announces through, if any), as `lbd
+/// cleanup` does, and forgets those emptied. Without it a run whose `lbd.bgp` was removed or
+/// moved would leave the earlier file's VIPs announced until a cleanup. One whose BIRD
+/// refuses, or cannot be reached though it runs, stays recorded for the next start or
+/// cleanup.
+pub fn withdraw_earlier(
+    state_dir: &Path,
+    pin_dir: &Path,
+    current: Option<&Path>,
+) -> Result<Vec<EarlierWithdrawal>, record::RecordError> {
+    // Another name for the current file (a symlink, `./`) is the current file: emptying
+    // it would withdraw what this run announces.
+    let is_current = |include: &Path| {
+        current.is_some_and(|current| {
+            include == current
+                || std::fs::canonicalize(include)
+                    .is_ok_and(|c| std::fs::canonicalize(current).is_ok_and(|d| c == d))
+        })
+    };
+    let done: Vec<EarlierWithdrawal> = record::recalled(state_dir, pin_dir)?
+        .into_iter()
+        .filter(|settings| !is_current(&settings.include))
+        .map(|settings| {
+            let outcome = try_withdraw(&settings);
+            (settings, outcome)
+        })
+        .collect();
+    let emptied: Vec<&Path> = done
+        .iter()
+        .filter(|(_, outcome)| outcome.is_ok())
+        .map(|(s, _)| &*s.include)
+        .collect();
+    record::forget(state_dir, pin_dir, &emptied)?;
+    Ok(done)
 }
 
 /// Whether a process named `bird` runs on this machine (any namespace of this pid namespace).
@@ -235,6 +279,79 @@ mod tests {
         let includes: Vec<&Path> = done.withdrawals.iter().map(|(s, _)| &*s.include).collect();
         assert_eq!(includes, [&*recorded.include, &*other.include]);
         drop(other_dir);
+    }
+
+    /// `lbd run` announcing through another include file than the recorded ones, or through
+    /// none: each earlier one is emptied and forgotten, its BIRD told or not running; one
+    /// whose BIRD refuses stays recorded. The current one is left as it is.
+    #[test]
+    fn a_run_withdraws_what_earlier_runs_announced_through_elsewhere() {
+        let (dir, current) = crate::announce::tests::bird_in("earlier-current");
+        let (moved_dir, moved) = crate::announce::tests::bird_in("earlier-moved");
+        let (absent_dir, absent) = crate::announce::tests::bird_in("earlier-absent");
+        let (refusing_dir, refusing) = crate::announce::tests::bird_in("earlier-refusing");
+        let (state, pins) = (dir.join("state"), no_pins(&dir));
+        let announced =
+            "protocol static meshlb_vips4 {\n  ipv4;\n  route 198.18.100.1/32 unreachable;\n}\n";
+        for settings in [&moved, &absent, &refusing, &current] {
+            std::fs::write(&settings.include, announced).unwrap();
+            record::remember(&state, &pins, settings).unwrap();
+        }
+        let moved_bird = lb_testkit::fake_bird(&moved.socket, "0003 Reconfigured\n", 1);
+        let refusing_bird = lb_testkit::fake_bird(
+            &refusing.socket,
+            "8002 /etc/bird/bird.conf:12:1 syntax error\n",
+            1,
+        );
+        let done = withdraw_earlier(&state, &pins, Some(&current.include)).unwrap();
+        assert_eq!(moved_bird.next_command().unwrap(), "configure");
+        assert_eq!(refusing_bird.next_command().unwrap(), "configure");
+        let outcomes: Vec<(&Path, String)> = done
+            .iter()
+            .map(|(s, outcome)| (&*s.include, format!("{outcome:?}")))
+            .collect();
+        assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+        assert!(
+            matches!(&done[0], (s, Ok(Withdrawal::Withdrawn)) if s.include == moved.include),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&done[1], (s, Ok(Withdrawal::BirdNotRunning(_))) if s.include == absent.include),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&done[2], (s, Err(AnnounceError::Refused { .. })) if s.include == refusing.include),
+            "{outcomes:?}"
+        );
+        for emptied in [&moved, &absent, &refusing] {
+            let text = std::fs::read_to_string(&emptied.include).unwrap();
+            assert!(!text.contains("route"), "{text}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&current.include).unwrap(),
+            announced
+        );
+        let include = |s: &BirdSettings| s.include.clone();
+        assert_eq!(
+            record::recalled(&state, &pins)
+                .unwrap()
+                .iter()
+                .map(include)
+                .collect::<Vec<_>>(),
+            [include(&refusing), include(&current)]
+        );
+
+        // No BIRD settings any more: the current one goes too. Neither BIRD runs now (the
+        // refusing one has stopped listening).
+        let done = withdraw_earlier(&state, &pins, None).unwrap();
+        assert!(
+            matches!(&done[..], [(r, Ok(_)), (c, Ok(_))] if r.include == refusing.include && c.include == current.include),
+            "{done:?}"
+        );
+        let text = std::fs::read_to_string(&current.include).unwrap();
+        assert!(!text.contains("route"), "{text}");
+        assert_eq!(record::recalled(&state, &pins).unwrap(), vec![]);
+        drop((moved_dir, absent_dir, refusing_dir));
     }
 
     /// A record that cannot be read, or a recorded BIRD that refuses, stops cleanup with

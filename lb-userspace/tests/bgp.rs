@@ -4,7 +4,7 @@
 //! - The route test checks the router's kernel route for the VIP: both nodes as next hops;
 //!   one node away (BIRD stopped, link down, `lbd cleanup`, told of BIRD or only by what lbd
 //!   recorded) leaves the other within the hold
-//!   time; a restart of lbd withdraws nothing; a VIP whose backends are all gone (removed from
+//!   time; a restart of lbd withdraws nothing, one without `lbd.bgp` withdraws; a VIP whose backends are all gone (removed from
 //!   the file, or down by their health checks) is withdrawn within a second plus a check
 //!   cycle and BIRD's reconfiguration.
 //! - The flows test carries 100 connections through the same three ways (see its topology
@@ -534,6 +534,18 @@ fn vips_are_announced_by_both_nodes_and_withdrawn_when_a_node_goes() {
     std::fs::write(b.lbd.config_path(), b.file(SERVICES)).expect("services");
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    wait_hops(&router, VIP, &[A, B], converge);
+
+    // 3b. Node B's lbd restarted with `lbd.bgp` taken out of its file: the start empties the
+    // include file the earlier run announced through (its record), so the router drops B;
+    // given back, B announces again.
+    std::fs::write(b.lbd.config_path(), SERVICES).expect("services");
+    b.lbd.restart(&b.ns).expect("lbd restart");
+    let took = wait_hops(&router, VIP, &[A], Duration::from_secs(3));
+    eprintln!("node B's lbd started without lbd.bgp: withdrawn in {took:?}");
+    wait_hops(&router, REPLY_ANCHOR, &[A], Duration::from_secs(2));
+    std::fs::write(b.lbd.config_path(), b.file(SERVICES)).expect("services");
+    b.lbd.restart(&b.ns).expect("lbd restart");
     wait_hops(&router, VIP, &[A, B], converge);
 
     // 4. A VIP whose backends the health checks find down (its one server stops) is

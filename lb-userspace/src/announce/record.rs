@@ -6,7 +6,8 @@
 //!
 //! The record is kept per pin directory (one dataplane), and an `lbd run` adds its settings
 //! to it without dropping earlier ones: the include file of a run that announced through
-//! another one still holds its VIPs until something empties it.
+//! another one still holds its VIPs until the next run's start empties it
+//! (`cleanup::withdraw_earlier`), or `lbd cleanup` does.
 
 use std::{
     collections::BTreeMap,

@@ -2,13 +2,14 @@
 //! second, so a VIP whose last usable backend left is withdrawn within a second plus BIRD's
 //! reconfiguration. Stopping lbd leaves the announcement as it is (a restart must not
 //! withdraw); `lbd cleanup` withdraws, through what the first round records
-//! (`announce::record`). How it goes is kept for `lbctl status` and the metrics
-//! (`announce_health`).
+//! (`announce::record`). The first round also withdraws what earlier runs recorded through
+//! other include files (`lbd.bgp` moved). How it goes is kept for `lbctl status` and the
+//! metrics (`announce_health`).
 
 use std::{
     collections::BTreeSet,
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +20,10 @@ use super::{
     announce_health::{AnnounceHealth, Round},
     shared::{Shared, lock},
 };
-use crate::announce::{Announcer, BirdSettings, Synced, record};
+use crate::{
+    announce::{Announcer, BirdSettings, Synced, record},
+    cleanup::Withdrawal,
+};
 
 /// How often the VIP set is compared with what BIRD was given.
 const PERIOD: Duration = Duration::from_secs(1);
@@ -60,17 +64,26 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let mut last_error = None;
         let mut anchor_users = Vec::new();
+        let mut first_round = true;
         let rounds = async {
             loop {
                 let (check_due, record_due) = match lock(&shared.announce).as_ref() {
                     Some(h) => (h.check_due(Instant::now()), !h.recorded),
                     None => (true, true),
                 };
-                let record_at = record_at.clone().filter(|_| record_due);
+                let record_now = record_at.clone().filter(|_| record_due);
+                let earlier_at = record_at.clone().filter(|_| first_round);
+                first_round = false;
                 let (a, daemon) = (announcer.clone(), shared.clone());
                 let done = tokio::task::spawn_blocking(move || {
                     let mut a = a.lock().expect("announcer lock");
-                    one_round(&mut a, &daemon, check_due, record_at.as_deref())
+                    let done = one_round(&mut a, &daemon, check_due, record_now.as_deref());
+                    // After this run's VIPs are in place: a move to another include file
+                    // announces there before the earlier one is emptied.
+                    if let Some(at) = earlier_at {
+                        withdraw_earlier(&at, Some(&a.settings().include));
+                    }
+                    done
                 })
                 .await;
                 let now = Instant::now();
@@ -140,6 +153,44 @@ fn one_round(
         vips,
         anchor_users,
         recorded,
+    }
+}
+
+/// Empties the include files earlier runs on this pin directory announced through, other
+/// than `current` (`cleanup::withdraw_earlier`), and says what became of each. Nothing here
+/// stops lbd: one not withdrawn stays recorded for the next start or `lbd cleanup`.
+pub(super) fn withdraw_earlier(at: &RecordAt, current: Option<&Path>) {
+    let done = match crate::cleanup::withdraw_earlier(&at.state_dir, &at.pin_dir, current) {
+        Ok(done) => done,
+        Err(e) => {
+            warn!(
+                "{e}; the include files earlier runs announced through are not withdrawn: \
+                 their VIPs may still be announced"
+            );
+            return;
+        }
+    };
+    for (settings, outcome) in done {
+        let include = settings.include.display();
+        match outcome {
+            Ok(Withdrawal::Withdrawn) => info!(
+                %include,
+                "withdrew the VIPs an earlier run announced through this include file (lbd no \
+                 longer announces through it)"
+            ),
+            Ok(Withdrawal::BirdNotRunning(why)) => warn!(
+                %include,
+                "emptied the include file an earlier run announced through; its BIRD is not \
+                 running ({why}), and reads it empty when it starts"
+            ),
+            Err(e) => warn!(
+                %include,
+                "the include file an earlier run announced through is not withdrawn: {e}; its \
+                 VIPs may still be announced; tried again at the next start and by lbd cleanup \
+                 (if that BIRD is gone for good, drop its entry from {})",
+                record::record_path(&at.state_dir).display()
+            ),
+        }
     }
 }
 

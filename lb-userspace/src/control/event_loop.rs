@@ -160,18 +160,25 @@ async fn serve(
     let mut listeners = listen(&shared, options, api, token.clone(), &stop).await?;
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
-    if let Some(bgp) = &options.bgp {
-        let record_at =
-            options
-                .daemon
-                .load
-                .pin_dir
-                .as_ref()
-                .map(|pin_dir| super::announce_task::RecordAt {
-                    state_dir: options.daemon.state_dir.clone(),
-                    pin_dir: pin_dir.clone(),
-                });
-        super::announce_task::spawn(&shared, bgp.clone(), record_at, stop.wait());
+    let record_at =
+        options
+            .daemon
+            .load
+            .pin_dir
+            .as_ref()
+            .map(|pin_dir| super::announce_task::RecordAt {
+                state_dir: options.daemon.state_dir.clone(),
+                pin_dir: pin_dir.clone(),
+            });
+    match (&options.bgp, record_at) {
+        (Some(bgp), record_at) => {
+            super::announce_task::spawn(&shared, bgp.clone(), record_at, stop.wait());
+        }
+        // `lbd.bgp` taken away: what earlier runs announced is withdrawn.
+        (None, Some(at)) => {
+            tokio::task::spawn_blocking(move || super::announce_task::withdraw_earlier(&at, None));
+        }
+        (None, None) => {}
     }
     super::health_task::spawn(&shared, stop.wait());
     let mut swarm_rx = follow_swarm(&shared, options, &stop)?;
