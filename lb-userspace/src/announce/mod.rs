@@ -137,6 +137,12 @@ impl Announcer {
         &self.settings
     }
 
+    /// Whether BIRD took the include file as it is: the last sync told it, or found it
+    /// unchanged since it did.
+    pub fn confirmed(&self) -> bool {
+        !self.unconfirmed
+    }
+
     /// The VIPs the include file announces now (none if it cannot be read).
     pub fn announced(&self) -> BTreeSet<IpAddr> {
         std::fs::read_to_string(&self.settings.include)

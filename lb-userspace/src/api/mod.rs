@@ -92,12 +92,12 @@ pub struct BgpStatus {
     /// The VIPs lbd announces: those with a usable backend, and the reply anchor. BIRD has
     /// them while `in_sync`.
     pub vips: Vec<std::net::IpAddr>,
-    /// Whether BIRD took the last change of the VIPs and, asked every few seconds since,
-    /// runs them (`None`: not asked yet, just after lbd started).
+    /// Whether BIRD took the last change of the VIPs and, as its last check found (every few
+    /// seconds, and the round after a change BIRD took), runs them (`None`: not known yet,
+    /// just after lbd started).
     pub in_sync: Option<bool>,
     /// BIRD's BGP sessions, which carry the VIPs to the routers, as the last check found them
-    /// (every few seconds while the VIPs do not change); `None`: not checked yet, or BIRD did
-    /// not answer it.
+    /// (every few seconds); `None`: not checked yet, or BIRD did not answer it.
     #[serde(default)]
     pub sessions: Option<Vec<crate::announce::BgpSession>>,
     /// Rounds (one a second while a change is refused, one per check otherwise) in which
@@ -115,8 +115,8 @@ pub struct BgpStatus {
 impl Status {
     /// What is wrong, though lbd answers: a failed change not undone (`degraded`), an
     /// interface deleted (`missing`), the swarm's Engine not answering, BIRD not taking the
-    /// VIPs, none of BIRD's BGP sessions established, or where they are announced not
-    /// recorded. Empty: healthy.
+    /// VIPs, none of BIRD's BGP sessions established (or none there), or where they are
+    /// announced not recorded. Empty: healthy.
     /// `lbctl status` exits `Unhealthy::EXIT_CODE` when there is any.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
@@ -145,6 +145,16 @@ impl Status {
             }
             if let Some(e) = &bgp.record_error {
                 problems.push(format!("where lbd announces is not recorded: {e}"));
+            }
+            if bgp.sessions.as_ref().is_some_and(Vec::is_empty) {
+                problems.push(format!(
+                    "BIRD runs no BGP protocol: no router hears the VIPs; add one to bird.conf \
+                     that exports the routes of {} and {} (the include file {}), as \
+                     deploy/bird/ shows",
+                    crate::announce::PROTOCOL_V4,
+                    crate::announce::PROTOCOL_V6,
+                    bgp.include
+                ));
             }
             if let Some(sessions) = bgp.sessions.as_ref().filter(|s| !s.is_empty())
                 && !sessions.iter().any(|s| s.established())
@@ -580,6 +590,17 @@ mod tests {
                 "announcing through BIRD: BIRD's control socket /run/bird/bird.ctl does not \
                  answer",
                 "where lbd announces is not recorded: disk full",
+            ]
+        );
+        // No BGP protocol at all in BIRD: nothing carries the VIPs to a router.
+        let mut without_sessions = bgp(Some(true), None);
+        without_sessions["sessions"] = serde_json::json!([]);
+        assert_eq!(
+            status(serde_json::json!({ "bgp": without_sessions })).problems(),
+            [
+                "BIRD runs no BGP protocol: no router hears the VIPs; add one to bird.conf that \
+                 exports the routes of meshlb_vips4 and meshlb_vips6 (the include file \
+                 /etc/bird/meshlb-vips.conf), as deploy/bird/ shows"
             ]
         );
         // No BGP session established is a problem; one established is enough (a router

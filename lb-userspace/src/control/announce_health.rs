@@ -15,19 +15,18 @@ use crate::{
     api::BgpStatus,
 };
 
-/// How often BIRD is asked whether it runs the VIPs' protocols while they do not change (a
-/// change asks it anyway): a BIRD that stopped shows in `lbctl status` within this.
+/// How often BIRD is asked whether it runs the VIPs' protocols, and how its BGP sessions
+/// are: a BIRD that stopped, or no longer includes the file, shows in `lbctl status` within
+/// this, however often the VIPs change.
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// What one round did with BIRD.
-pub(super) enum Round {
+#[derive(Debug, Default)]
+pub(super) struct Round {
     /// The VIPs changed (or BIRD had not taken them yet): written, and BIRD reconfigured.
-    Reconfigured,
-    /// Unchanged, and BIRD was due a check: it runs the VIPs' protocols, and these BGP
-    /// sessions.
-    Checked(Vec<BgpSession>),
-    /// Unchanged, BIRD not asked.
-    Untouched,
+    pub reconfigured: bool,
+    /// BIRD was due a check: it runs the VIPs' protocols, and these BGP sessions.
+    pub checked: Option<Vec<BgpSession>>,
 }
 
 /// How announcing through BIRD goes: the VIPs announced, whether BIRD took them and runs
@@ -35,14 +34,20 @@ pub(super) enum Round {
 pub struct AnnounceHealth {
     settings: BirdSettings,
     vips: BTreeSet<IpAddr>,
-    /// Whether the last round that asked BIRD found it had the VIPs (`None`: none asked yet).
+    /// Whether BIRD, as the last round that asked it found, took the VIPs and runs them
+    /// (`None`: not known yet). A reconfiguration alone does not say it runs them: BIRD takes
+    /// a file its configuration does not include.
     in_sync: Option<bool>,
     /// BIRD's BGP sessions, as the last check found them (`None`: not checked yet, or the
     /// last round that asked BIRD failed).
     sessions: Option<Vec<BgpSession>>,
     last_ok: Option<Instant>,
-    /// When BIRD was last asked (a sync that reconfigured, or a check).
-    last_asked: Option<Instant>,
+    /// When BIRD was last checked, or a round failed (a failed change is tried again every
+    /// round anyway). Reconfigurations do not count: VIPs that change every round would put
+    /// the check off for good.
+    last_checked: Option<Instant>,
+    /// BIRD took a change while it was not known to run the VIPs: the next round checks.
+    check_next: bool,
     failures: u64,
     last_error: Option<String>,
     /// Whether the record is written (then it is not written again).
@@ -58,7 +63,8 @@ impl AnnounceHealth {
             in_sync: None,
             sessions: None,
             last_ok: None,
-            last_asked: None,
+            last_checked: None,
+            check_next: false,
             failures: 0,
             last_error: None,
             recorded: false,
@@ -66,10 +72,12 @@ impl AnnounceHealth {
         }
     }
 
-    /// Whether BIRD is due a check: the VIPs did not change, so the sync did not ask it.
+    /// Whether BIRD is due a check.
     pub(super) fn check_due(&self, now: Instant) -> bool {
-        self.last_asked
-            .is_none_or(|at| now.duration_since(at) >= CHECK_EVERY)
+        self.check_next
+            || self
+                .last_checked
+                .is_none_or(|at| now.duration_since(at) >= CHECK_EVERY)
     }
 
     /// One round's outcome: the VIPs it announces (`None`: the round did not get that far),
@@ -84,19 +92,27 @@ impl AnnounceHealth {
             self.vips = vips;
         }
         match round {
-            Ok(Round::Untouched) => {}
-            Ok(round @ (Round::Reconfigured | Round::Checked(_))) => {
-                self.last_asked = Some(now);
-                self.in_sync = Some(true);
-                self.last_error = None;
-                self.last_ok = Some(now);
-                if let Round::Checked(sessions) = round {
+            Ok(Round {
+                reconfigured,
+                checked,
+            }) => {
+                if reconfigured || checked.is_some() {
+                    self.last_ok = Some(now);
+                }
+                if let Some(sessions) = checked {
+                    self.last_checked = Some(now);
+                    self.check_next = false;
+                    self.in_sync = Some(true);
+                    self.last_error = None;
                     log_session_changes(self.sessions.as_deref().unwrap_or_default(), &sessions);
                     self.sessions = Some(sessions);
+                } else if reconfigured && self.in_sync != Some(true) {
+                    self.check_next = true;
                 }
             }
             Err(e) => {
-                self.last_asked = Some(now);
+                self.last_checked = Some(now);
+                self.check_next = false;
                 self.in_sync = Some(false);
                 self.sessions = None;
                 self.failures += 1;
@@ -168,19 +184,34 @@ fn log_session_changes(before: &[BgpSession], now: &[BgpSession]) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bird_is_shown_by_the_rounds_that_asked_it() {
-        let settings = BirdSettings {
+    fn settings() -> BirdSettings {
+        BirdSettings {
             include: "/etc/bird/meshlb-vips.conf".into(),
             socket: "/run/bird/bird.ctl".into(),
             reply_anchor: None,
-        };
-        let mut health = AnnounceHealth::new(settings);
+        }
+    }
+
+    const RECONFIGURED: Round = Round {
+        reconfigured: true,
+        checked: None,
+    };
+
+    fn checked(sessions: Vec<BgpSession>) -> Round {
+        Round {
+            reconfigured: false,
+            checked: Some(sessions),
+        }
+    }
+
+    #[test]
+    fn bird_is_shown_by_the_rounds_that_asked_it() {
+        let mut health = AnnounceHealth::new(settings());
         let start = Instant::now();
         assert_eq!(health.status().in_sync, None, "not asked yet");
         assert!(health.check_due(start));
         let vips: BTreeSet<IpAddr> = ["198.18.100.1".parse().unwrap()].into();
-        health.record(start, Some(vips.clone()), Ok(Round::Reconfigured));
+        health.record(start, Some(vips.clone()), Ok(checked(vec![])));
         assert_eq!(health.status().in_sync, Some(true));
         assert!(!health.check_due(start + Duration::from_secs(4)));
         assert!(health.check_due(start + CHECK_EVERY));
@@ -190,7 +221,7 @@ mod tests {
         health.record(
             start + CHECK_EVERY,
             Some(vips.clone()),
-            Ok(Round::Untouched),
+            Ok(Round::default()),
         );
         let status = health.status();
         assert_eq!(status.in_sync, Some(false));
@@ -208,26 +239,51 @@ mod tests {
         health.record(
             start + 2 * CHECK_EVERY,
             Some(vips),
-            Ok(Round::Checked(vec![session.clone()])),
+            Ok(checked(vec![session.clone()])),
         );
         let status = health.status();
         assert_eq!(status.in_sync, Some(true));
         assert_eq!((status.failures, status.last_error), (2, None));
         assert_eq!(status.sessions, Some(vec![session]));
         // A reconfiguration keeps what the last check found; a failed round knows nothing.
-        health.record(start + 2 * CHECK_EVERY, None, Ok(Round::Reconfigured));
+        health.record(start + 2 * CHECK_EVERY, None, Ok(RECONFIGURED));
+        assert_eq!(health.status().in_sync, Some(true));
         assert_eq!(health.status().sessions.map(|s| s.len()), Some(1));
         health.record(start + 3 * CHECK_EVERY, None, Err("gone".into()));
         assert_eq!(health.status().sessions, None);
     }
 
+    /// VIPs that change every round reconfigure BIRD every round: that neither puts the check
+    /// off nor says on its own that BIRD runs them (it takes a file it does not include).
+    #[test]
+    fn reconfigurations_neither_postpone_the_check_nor_stand_for_it() {
+        let mut health = AnnounceHealth::new(settings());
+        let start = Instant::now();
+        let second = |n: u32| start + n * Duration::from_secs(1);
+        health.record(second(0), None, Ok(RECONFIGURED));
+        assert_eq!(health.status().in_sync, None, "taken, not known to run");
+        assert!(health.check_due(second(1)), "checked at the next round");
+        health.record(second(1), None, Ok(checked(vec![])));
+        assert_eq!(health.status().in_sync, Some(true));
+        for n in 2..5 {
+            health.record(second(n), None, Ok(RECONFIGURED));
+            assert!(!health.check_due(second(n)));
+        }
+        assert!(health.check_due(second(1) + CHECK_EVERY));
+        // The check finds BIRD does not run them; later reconfigurations do not hide it.
+        let not_included = "BIRD at /run/bird/bird.ctl does not run meshlb_vips4 (no such \
+                            protocol)";
+        health.record(second(6), None, Err(not_included.into()));
+        health.record(second(7), None, Ok(RECONFIGURED));
+        let status = health.status();
+        assert_eq!(status.in_sync, Some(false));
+        assert_eq!(status.last_error.as_deref(), Some(not_included));
+        assert!(health.check_due(second(8)), "checked at the next round");
+    }
+
     #[test]
     fn a_record_not_written_is_shown_until_it_is() {
-        let mut health = AnnounceHealth::new(BirdSettings {
-            include: "/etc/bird/meshlb-vips.conf".into(),
-            socket: "/run/bird/bird.ctl".into(),
-            reply_anchor: None,
-        });
+        let mut health = AnnounceHealth::new(settings());
         health.recorded(Err("read-only file system".into()));
         assert!(!health.recorded);
         assert_eq!(

@@ -122,8 +122,8 @@ pub(super) fn spawn(
     });
 }
 
-/// A round: the record if due, then the VIPs to announce, synced with BIRD (and BIRD checked
-/// if due while they do not change).
+/// A round: the record if due, then BIRD checked if due, then the VIPs to announce, synced
+/// with BIRD.
 fn one_round(
     a: &mut Announcer,
     shared: &Shared,
@@ -141,13 +141,18 @@ fn one_round(
         (d.vips_to_announce(&a.announced()), users)
     };
     vips.extend(anchor);
-    let round = match a.sync(&vips) {
-        Ok(Synced::Unchanged) if check_due => a.check().map(Round::Checked),
-        Ok(Synced::Unchanged) => Ok(Round::Untouched),
-        Ok(Synced::Reconfigured) => Ok(Round::Reconfigured),
-        Err(e) => Err(e),
-    }
-    .map_err(|e| e.to_string());
+    // Checked before the sync, so BIRD has had a round to take its last change; and only
+    // once it took the file (a first start would find its protocols not loaded yet).
+    let checked = (check_due && a.confirmed()).then(|| a.check());
+    let round = a
+        .sync(&vips)
+        .and_then(|synced| {
+            Ok(Round {
+                reconfigured: synced == Synced::Reconfigured,
+                checked: checked.transpose()?,
+            })
+        })
+        .map_err(|e| e.to_string());
     RoundDone {
         round,
         vips,
@@ -206,20 +211,19 @@ fn warn_anchor_users(users: &[String]) {
 }
 
 /// Logs a round: a reconfiguration, and each distinct error once (not every second) and its
-/// end.
+/// end, which a check says.
 fn log_round(last_error: &mut Option<String>, done: &RoundDone) {
     let vips = &done.vips;
     match &done.round {
-        Ok(Round::Reconfigured) => {
-            *last_error = None;
-            info!(?vips, "BIRD announces the VIPs with a usable backend");
-        }
-        Ok(Round::Checked(_)) => {
-            if last_error.take().is_some() {
+        Ok(round) => {
+            if round.reconfigured {
+                info!(?vips, "BIRD announces the VIPs with a usable backend");
+            }
+            // Only a check says BIRD runs them (a file it does not include, it takes too).
+            if round.checked.is_some() && last_error.take().is_some() {
                 info!(?vips, "BIRD runs the VIPs again");
             }
         }
-        Ok(Round::Untouched) => {}
         Err(text) => {
             if last_error.as_ref() != Some(text) {
                 warn!(?vips, "announcing VIPs: {text}");
