@@ -21,7 +21,7 @@ use prometheus_client::{
 
 use crate::{
     api::{Outcome, Trigger, report::Report},
-    source::health::Health,
+    source::{file::ServiceFile, health::HealthBook},
 };
 
 type Labels = Vec<(&'static str, String)>;
@@ -141,9 +141,35 @@ impl CheckLatency {
 
 /// The health checks: each checked backend's state and transitions, and check latency.
 pub struct HealthMetrics<'a> {
-    /// (service, address checked, state, transitions), from `Daemon::health_states`.
-    pub states: &'a [(String, std::net::SocketAddr, Health, u64)],
+    /// From `Daemon::health_states`.
+    pub states: &'a [CheckedBackend],
     pub latency: &'a CheckLatency,
+}
+
+/// One checked backend, as `meshlb_backend_up` and its transitions show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedBackend {
+    pub service: String,
+    /// The address its check goes to.
+    pub addr: std::net::SocketAddr,
+    /// Whether the plan serves it: up or not checked yet, or down in a service that keeps
+    /// them all when all are down (`when_all_down: keep`).
+    pub served: bool,
+    pub transitions: u64,
+}
+
+/// Each backend `book` checks, served or not as the plan of `file` (the services it was
+/// synced with) sees it (`HealthBook::serving`).
+pub fn checked_backends(book: &HealthBook, file: &ServiceFile) -> Vec<CheckedBackend> {
+    let left_out = book.left_out(file);
+    book.states()
+        .map(|(key, state)| CheckedBackend {
+            service: key.service.clone(),
+            addr: key.addr,
+            served: !left_out.contains(key),
+            transitions: state.transitions,
+        })
+        .collect()
 }
 
 /// The scrape's text.
@@ -430,24 +456,29 @@ fn register_interfaces(registry: &mut Registry, attachments: &[crate::api::Attac
     }
 }
 
-/// `meshlb_backend_up` is 1 for a backend served (up, or not checked yet) and 0 for a down
-/// one; backends of services without checks are not listed.
+/// `meshlb_backend_up` is 1 for a backend served (up, not checked yet, or kept with all its
+/// service's backends down under `when_all_down: keep`) and 0 for one left out; backends of
+/// services without checks are not listed.
 fn register_health(registry: &mut Registry, health: &HealthMetrics<'_>) {
     let up = gauge_family(
         registry,
         "backend_up",
-        "1 per checked backend that is served (up, or not checked yet), 0 per down one; by service and address checked.",
+        "1 per checked backend that is served (up, not checked yet, or all down under when_all_down keep), 0 per one left out as down; by service and address checked.",
     );
     let transitions = counter_family(
         registry,
         "backend_health_transitions",
         "Times a checked backend went down or came back up.",
     );
-    for (service, addr, state, count) in health.states {
-        let labels: Labels = vec![("service", service.clone()), ("backend", addr.to_string())];
-        up.get_or_create(&labels)
-            .set(i64::from(*state != Health::Down));
-        transitions.get_or_create(&labels).inc_by(*count);
+    for backend in health.states {
+        let labels: Labels = vec![
+            ("service", backend.service.clone()),
+            ("backend", backend.addr.to_string()),
+        ];
+        up.get_or_create(&labels).set(i64::from(backend.served));
+        transitions
+            .get_or_create(&labels)
+            .inc_by(backend.transitions);
     }
     register(
         registry,
@@ -480,15 +511,27 @@ fn register_bgp(registry: &mut Registry, bgp: &crate::api::BgpStatus) {
     let sessions = gauge_family(
         registry,
         "bgp_session_established",
-        "1 for each BGP session of BIRD's that is established, 0 for one that is not (disabled ones left out), as lbd's last check found them.",
+        "1 for each BGP session of BIRD's that is established, 0 for one that is not (disabled ones left out), as lbd's last check found them; 0 for each while lbd's last round with BIRD failed (not reached, refused, or not running the VIPs).",
     );
     let enabled = |s: &&crate::announce::BgpSession| {
         s.condition() != crate::announce::SessionCondition::Disabled
     };
-    for s in bgp.sessions.iter().flatten().filter(enabled) {
-        sessions
-            .get_or_create(&vec![("protocol", s.protocol.clone())])
-            .set(i64::from(s.established()));
+    match &bgp.sessions {
+        Some(found) => {
+            for s in found.iter().filter(enabled) {
+                sessions
+                    .get_or_create(&vec![("protocol", s.protocol.clone())])
+                    .set(i64::from(s.established()));
+            }
+        }
+        // Not known now (BIRD not reached, or not running the VIPs): an alert on 0 fires.
+        None => {
+            for protocol in &bgp.sessions_last_known {
+                sessions
+                    .get_or_create(&vec![("protocol", protocol.clone())])
+                    .set(0);
+            }
+        }
     }
     let failures = Counter::<u64>::default();
     failures.inc_by(bgp.failures);
@@ -660,19 +703,15 @@ mod tests {
         latency.observe("gone", std::time::Duration::from_millis(3));
         latency.forget("gone");
         let states = [
-            (
-                "web".to_owned(),
-                "198.18.2.10:8080".parse().unwrap(),
-                Health::Up,
-                2,
-            ),
-            (
-                "web".to_owned(),
-                "198.18.2.11:8080".parse().unwrap(),
-                Health::Down,
-                1,
-            ),
-        ];
+            ("198.18.2.10:8080", true, 2),
+            ("198.18.2.11:8080", false, 1),
+        ]
+        .map(|(addr, served, transitions)| CheckedBackend {
+            service: "web".into(),
+            addr: addr.parse().unwrap(),
+            served,
+            transitions,
+        });
         let text = render(
             &report,
             &changes,
@@ -692,6 +731,7 @@ mod tests {
                         })
                         .into(),
                 ),
+                sessions_last_known: vec![],
                 failures: 2,
                 last_error: Some("down".into()),
                 last_ok_age_s: None,
@@ -831,6 +871,100 @@ mod tests {
                 "{name} is served but not in METRIC_NAMES"
             );
         }
+    }
+
+    /// The families `register` adds, as scraped.
+    fn scraped(register: impl FnOnce(&mut Registry)) -> String {
+        let mut registry = Registry::with_prefix("meshlb");
+        register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    /// `meshlb_backend_up` says what the plan serves: with every backend of a service down
+    /// and `when_all_down: keep`, all of them.
+    #[test]
+    fn backend_up_is_1_for_every_backend_served() {
+        let file = ServiceFile::parse(
+            r#"
+services:
+  web:
+    ports: ["80:8080"]
+    backends: ["198.18.2.10", "198.18.2.11"]
+    health: { tcp: {}, rise: 1, fall: 1 }
+  keep:
+    vip: 198.18.100.2
+    ports: ["80:8080"]
+    backends: ["198.18.2.20", "198.18.2.21"]
+    health: { tcp: {}, rise: 1, fall: 1, when_all_down: keep }
+"#,
+            std::path::Path::new("services.yaml"),
+        )
+        .unwrap();
+        let mut book = HealthBook::default();
+        book.sync(&file, std::time::SystemTime::now());
+        let fail = |book: &mut HealthBook, service: &str, addr: &str| {
+            let key = crate::source::health::TargetKey {
+                service: service.into(),
+                addr: addr.parse().unwrap(),
+            };
+            book.record(&key, Err("refused".into()), std::time::SystemTime::now());
+        };
+        for (service, addr) in [
+            ("web", "198.18.2.11:8080"),
+            ("keep", "198.18.2.20:8080"),
+            ("keep", "198.18.2.21:8080"),
+        ] {
+            fail(&mut book, service, addr);
+        }
+        let states = checked_backends(&book, &file);
+        let latency = CheckLatency::default();
+        let text = scraped(|r| {
+            register_health(
+                r,
+                &HealthMetrics {
+                    states: &states,
+                    latency: &latency,
+                },
+            );
+        });
+        for (service, backend, up) in [
+            ("web", "198.18.2.10:8080", 1),
+            ("web", "198.18.2.11:8080", 0),
+            ("keep", "198.18.2.20:8080", 1),
+            ("keep", "198.18.2.21:8080", 1),
+        ] {
+            let line =
+                format!("meshlb_backend_up{{service=\"{service}\",backend=\"{backend}\"}} {up}");
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+    }
+
+    /// While BIRD does not answer, the sessions it had read 0, so an alert on 0 fires; before
+    /// any check answered none is known.
+    #[test]
+    fn bgp_sessions_read_0_while_bird_does_not_answer() {
+        let mut bgp = crate::api::BgpStatus {
+            include: "/etc/bird/meshlb-vips.conf".into(),
+            socket: "/run/bird/bird.ctl".into(),
+            vips: vec![],
+            in_sync: Some(false),
+            sessions: None,
+            sessions_last_known: vec!["router_a".into(), "router_b".into()],
+            failures: 1,
+            last_error: Some("BIRD's control socket does not answer".into()),
+            last_ok_age_s: Some(6),
+            record_error: None,
+        };
+        let text = scraped(|r| register_bgp(r, &bgp));
+        for protocol in ["router_a", "router_b"] {
+            let line = format!("meshlb_bgp_session_established{{protocol=\"{protocol}\"}} 0");
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        bgp.sessions_last_known.clear();
+        let text = scraped(|r| register_bgp(r, &bgp));
+        assert!(!text.contains("protocol="), "{text}");
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub struct BgpStatus {
     /// (every few seconds); `None`: not checked yet, or BIRD did not answer it.
     #[serde(default)]
     pub sessions: Option<Vec<crate::announce::BgpSession>>,
+    /// The BGP sessions (not disabled) the last check that BIRD answered found, kept while
+    /// it does not answer: `meshlb_bgp_session_established` reads 0 for each then.
+    #[serde(default)]
+    pub sessions_last_known: Vec<String>,
     /// Rounds (one a second while a change is refused, one per check otherwise) in which
     /// BIRD could not be told of the VIPs, or did not run them, since lbd started.
     pub failures: u64,

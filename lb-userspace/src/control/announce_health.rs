@@ -41,6 +41,9 @@ pub struct AnnounceHealth {
     /// BIRD's BGP sessions, as the last check found them (`None`: not checked yet, or the
     /// last round that asked BIRD failed).
     sessions: Option<Vec<BgpSession>>,
+    /// The sessions not disabled that the last check which answered found, kept while BIRD
+    /// does not answer (`BgpStatus::sessions_last_known`).
+    sessions_last_known: Vec<String>,
     last_ok: Option<Instant>,
     /// When BIRD was last checked, or a round failed (a failed change is tried again every
     /// round anyway). Reconfigurations do not count: VIPs that change every round would put
@@ -62,6 +65,7 @@ impl AnnounceHealth {
             vips: BTreeSet::new(),
             in_sync: None,
             sessions: None,
+            sessions_last_known: Vec::new(),
             last_ok: None,
             last_checked: None,
             check_next: false,
@@ -105,6 +109,11 @@ impl AnnounceHealth {
                     self.in_sync = Some(true);
                     self.last_error = None;
                     log_session_changes(self.sessions.as_deref().unwrap_or_default(), &sessions);
+                    self.sessions_last_known = sessions
+                        .iter()
+                        .filter(|s| s.condition() != SessionCondition::Disabled)
+                        .map(|s| s.protocol.clone())
+                        .collect();
                     self.sessions = Some(sessions);
                 } else if reconfigured && self.in_sync != Some(true) {
                     self.check_next = true;
@@ -146,6 +155,7 @@ impl AnnounceHealth {
             vips: self.vips.iter().copied().collect(),
             in_sync: self.in_sync,
             sessions: self.sessions.clone(),
+            sessions_last_known: self.sessions_last_known.clone(),
             failures: self.failures,
             last_error: self.last_error.clone(),
             last_ok_age_s: self.last_ok.map(|at| at.elapsed().as_secs()),
@@ -251,6 +261,8 @@ mod tests {
         assert_eq!(health.status().sessions.map(|s| s.len()), Some(1));
         health.record(start + 3 * CHECK_EVERY, None, Err("gone".into()));
         assert_eq!(health.status().sessions, None);
+        // Which sessions there were is kept, for the metrics to read them not established.
+        assert_eq!(health.status().sessions_last_known, ["router"]);
     }
 
     /// VIPs that change every round reconfigure BIRD every round: that neither puts the check

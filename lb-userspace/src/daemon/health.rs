@@ -147,19 +147,9 @@ impl Daemon {
         })
     }
 
-    /// Every checked backend: (service, address checked, health, transitions), for metrics.
-    pub fn health_states(&self) -> Vec<(String, std::net::SocketAddr, Health, u64)> {
-        self.health
-            .states()
-            .map(|(key, state)| {
-                (
-                    key.service.clone(),
-                    key.addr,
-                    state.health,
-                    state.transitions,
-                )
-            })
-            .collect()
+    /// Every checked backend, for metrics.
+    pub fn health_states(&self) -> Vec<crate::metrics::CheckedBackend> {
+        crate::metrics::checked_backends(&self.health, &self.merged.file)
     }
 }
 

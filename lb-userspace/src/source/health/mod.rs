@@ -304,52 +304,66 @@ impl HealthBook {
     /// it says `when_all_down: keep`.
     /// Borrowed when no backend is down.
     pub fn serving<'a>(&self, file: &'a ServiceFile) -> Cow<'a, ServiceFile> {
-        let down = |spec: &ServiceSpec| -> Vec<usize> {
-            targets_of(spec)
-                .filter(|(_, t)| {
-                    self.targets
-                        .get(&t.key)
-                        .is_some_and(|s| s.health == Health::Down)
-                })
-                .map(|(i, _)| i)
-                .collect()
-        };
         let changed: Vec<(String, Vec<usize>)> = file
             .services
             .values()
-            .filter(|spec| spec.health.is_some())
-            .map(|spec| (spec.name.clone(), down(spec)))
-            .filter(|(_, down)| !down.is_empty())
+            .map(|spec| (spec.name.clone(), self.left_out_of(spec)))
+            .filter(|(_, left_out)| !left_out.is_empty())
             .collect();
         if changed.is_empty() {
             return Cow::Borrowed(file);
         }
         let mut serving = file.clone();
-        for (name, down) in changed {
+        for (name, left_out) in changed {
             let spec = serving
                 .services
                 .get_mut(&name)
                 .expect("a service just read");
-            // All down counts the backends that take flows: a drained one (weight 0) that
-            // passes its checks serves nothing new.
-            let all_down = spec.backends.iter().any(|b| b.weight > 0)
-                && spec
-                    .backends
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| b.weight == 0 || down.contains(&i));
-            let keep_all = all_down
-                && spec.health.as_ref().map(|h| h.when_all_down) == Some(WhenAllDown::Keep);
-            if keep_all {
-                continue;
-            }
             let mut i = 0;
             spec.backends.retain(|_| {
                 i += 1;
-                !down.contains(&(i - 1))
+                !left_out.contains(&(i - 1))
             });
         }
         Cow::Owned(serving)
+    }
+
+    /// The checked backends of `file` that `serving` leaves out of the plan.
+    pub fn left_out(&self, file: &ServiceFile) -> BTreeSet<TargetKey> {
+        file.services
+            .values()
+            .flat_map(|spec| {
+                let left_out = self.left_out_of(spec);
+                targets_of(spec)
+                    .filter(move |(i, _)| left_out.contains(i))
+                    .map(|(_, t)| t.key)
+            })
+            .collect()
+    }
+
+    /// The backends of `spec` (indexes) the plan leaves out: its down ones, unless all that
+    /// take flows are down and it keeps them (`when_all_down: keep`). None for a service
+    /// without checks.
+    fn left_out_of(&self, spec: &ServiceSpec) -> Vec<usize> {
+        let down: Vec<usize> = targets_of(spec)
+            .filter(|(_, t)| {
+                self.targets
+                    .get(&t.key)
+                    .is_some_and(|s| s.health == Health::Down)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        // All down counts the backends that take flows: a drained one (weight 0) that passes
+        // its checks serves nothing new.
+        let all_down = spec.backends.iter().any(|b| b.weight > 0)
+            && spec
+                .backends
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.weight == 0 || down.contains(&i));
+        let keep_all =
+            all_down && spec.health.as_ref().map(|h| h.when_all_down) == Some(WhenAllDown::Keep);
+        if keep_all { Vec::new() } else { down }
     }
 }
 
