@@ -1758,9 +1758,11 @@ fn fullnat_skips_a_port_whose_reply_entry_is_being_written() {
             .unwrap()
             .expect("unconfirmed flow");
         let reply = lb_testkit::progtest::reply_key(&forward_key(first, vip), &forward);
-        let mut pending = lb.dp.pending_table_mut().expect("PENDING");
-        pending.remove(&forward_key(first, vip)).expect("remove");
-        drop(pending);
+        lb.dp
+            .pending_table_mut()
+            .expect("PENDING")
+            .remove(&forward_key(first, vip))
+            .expect("remove");
         let out = lb.run(&Ipv4Frame::tcp(clients[0], vip, TCP_SYN).build());
         assert_eq!(
             parse_ipv4(&out.packet).expect("checksums").src.port(),
@@ -1768,11 +1770,12 @@ fn fullnat_skips_a_port_whose_reply_entry_is_being_written() {
             "a fresh reply entry's port is skipped"
         );
         // A second later, the reply entry alone is a flow that ended.
-        let mut pending = lb.dp.pending_table_mut().expect("PENDING");
-        let mut orphan = pending.get(&reply, 0).expect("the reply entry");
-        orphan.last_seen_ns -= 1_000_000_000;
-        pending.insert(reply, orphan, 0).expect("age it");
-        drop(pending);
+        {
+            let mut pending = lb.dp.pending_table_mut().expect("PENDING");
+            let mut orphan = pending.get(&reply, 0).expect("the reply entry");
+            orphan.last_seen_ns -= 1_000_000_000;
+            pending.insert(reply, orphan, 0).expect("age it");
+        }
         let out = lb.run(&Ipv4Frame::tcp(clients[1], vip, TCP_SYN).build());
         assert_eq!(
             parse_ipv4(&out.packet).expect("checksums").src.port(),
