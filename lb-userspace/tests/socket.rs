@@ -187,6 +187,76 @@ fn check_aborted(connected: &[(UdpSocket, String)], gone: &str, changed: Instant
     }
 }
 
+/// 30 TCP connections of `node` to `target`, each with the backend its connect() chose and
+/// answered one request on; as `connected_udp`, one at least on backend-2.
+fn connected_tcp(node: &Netns, target: SocketAddr) -> Vec<(TcpStream, String)> {
+    let connected = node
+        .run(|| -> std::io::Result<Vec<(TcpStream, String)>> {
+            (0..30)
+                .map(|_| {
+                    let stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+                    stream.set_read_timeout(Some(TIMEOUT))?;
+                    let backend = tcp_ask(&stream)?;
+                    Ok((stream, backend))
+                })
+                .collect()
+        })
+        .expect("setns")
+        .expect("TCP connections");
+    assert!(
+        connected.iter().any(|(_, b)| b == "backend-2"),
+        "no connection on backend-2: {connected:?}"
+    );
+    connected
+}
+
+/// One request on a TCP connection: the backend that answered.
+fn tcp_ask(stream: &TcpStream) -> std::io::Result<String> {
+    (&*stream).write_all(b"hello\n")?;
+    let mut line = String::new();
+    if BufReader::new(stream).read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(parse_reply_line(&line)
+        .map_err(std::io::Error::other)?
+        .backend)
+}
+
+/// The connections on `gone` are aborted within 2 s of `changed`: the next request fails with
+/// ECONNABORTED (or, the error taken by an earlier call, EPIPE); the others still talk to
+/// their backend.
+fn check_tcp_aborted(connected: &[(TcpStream, String)], gone: &str, changed: Instant) {
+    for (stream, backend) in connected {
+        if backend != gone {
+            assert_eq!(&tcp_ask(stream).expect("still connected"), backend);
+            continue;
+        }
+        // Bounded by time and count; the abort runs beside the change, a moment after it.
+        let mut last = None;
+        let mut aborted = false;
+        for _ in 0..100 {
+            match tcp_ask(stream) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionAborted
+                        || e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    aborted = true;
+                    break;
+                }
+                other => last = Some(other),
+            }
+            if changed.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            aborted,
+            "a connection to {backend} was not aborted within 2 s of the change: {last:?}"
+        );
+    }
+}
+
 /// One request on a connected UDP socket: the backend that answered.
 fn udp_ask(socket: &UdpSocket) -> std::io::Result<String> {
     socket.send(b"hello\n")?;
@@ -417,12 +487,15 @@ fn the_socket_path_follows_scale_down_and_removal_within_two_seconds() {
         );
     assert_ne!(scaled, SERVICES);
     let connected = connected_udp(&lab.topo.node, SocketAddr::new(vip.ip(), 53));
+    let streams = connected_tcp(&lab.topo.node, vip);
     lab.lb.reload(&scaled).expect("reload");
     let changed = Instant::now();
     // Those on backend-2, which left every service, are aborted within 2 s, so their clients
-    // connect again; those on backend-0 (still web's) and backend-1 (left web, but still
-    // api's at the same address and port: the endpoint is still planned) still talk to it.
+    // connect again (a TCP connection would otherwise retransmit into nothing); those on
+    // backend-0 (still web's) and backend-1 (left web, but still api's at the same address
+    // and port: the endpoint is still planned) still talk to it.
     check_aborted(&connected, "backend-2", changed);
+    check_tcp_aborted(&streams, "backend-2", changed);
     let changed = Instant::now();
     // From within 2 s of the change, every new connection reaches the remaining backend.
     for (target, only) in [(vip, "backend-0"), (published, "backend-1")] {
@@ -546,7 +619,8 @@ fn an_abort_goes_only_to_the_namespace_it_was_meant_for() {
     if !e2e_enabled() {
         return;
     }
-    use lb_userspace::dataplane::{abort_connected_udp, netns_cookie};
+    use lb_common::maps::proto::UDP;
+    use lb_userspace::dataplane::{abort_connected, netns_cookie};
     let ns = Netns::new("abort").expect("namespace");
     ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
     let peer: SocketAddr = "127.0.0.1:5353".parse().unwrap();
@@ -574,16 +648,16 @@ fn an_abort_goes_only_to_the_namespace_it_was_meant_for() {
     }
     let sent = |socket: &UdpSocket| socket.send(b"x").map(drop);
 
-    let other = abort_connected_udp(Some((pid, cookie ^ 1)), &[peer]).expect("abort");
+    let other = abort_connected(Some((pid, cookie ^ 1)), &[(UDP, peer)]).expect("abort");
     assert_eq!(other, 0, "another namespace's cookie: nothing aborted");
     sent(&socket).expect("still connected");
-    let aborted = abort_connected_udp(Some((pid, cookie)), &[peer]).expect("abort");
+    let aborted = abort_connected(Some((pid, cookie)), &[(UDP, peer)]).expect("abort");
     assert_eq!(aborted, 1, "its own namespace: the socket aborted");
     let after = sent(&socket).expect_err("aborted");
     assert_eq!(after.raw_os_error(), Some(libc::EDESTADDRREQ), "{after}");
 
     holder.stop(Duration::from_secs(5)).expect("stopped");
-    let gone = abort_connected_udp(Some((pid, cookie)), &[peer]).expect("a process gone");
+    let gone = abort_connected(Some((pid, cookie)), &[(UDP, peer)]).expect("a process gone");
     assert_eq!(gone, 0);
 }
 

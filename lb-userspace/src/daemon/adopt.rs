@@ -2,20 +2,21 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use lb_common::maps::{Backend, EndpointKey, Service, proto, service_flags};
+use lb_common::maps::{Backend, EndpointKey, Service, service_flags};
+
+use crate::dataplane::SocketPeer;
 
 use super::*;
 
 /// Plans `serving` over the pinned dataplane `dp` a previous lbd programmed (`desired`: the
-/// same configuration's plan with any ids) and writes it: the plan to run, and the UDP
-/// backend endpoints the previous lbd served that it no longer has (see
-/// `udp_endpoints_gone`).
+/// same configuration's plan with any ids) and writes it: the plan to run, and the backend
+/// endpoints the previous lbd served that it no longer has (see `endpoints_gone`).
 pub(super) fn adopt(
     dp: &mut Dataplane,
     desired: &DesiredState,
     serving: &ServiceFile,
     node_addresses: &[IpAddr],
-) -> Result<(DesiredState, Vec<SocketAddr>), DaemonError> {
+) -> Result<(DesiredState, Vec<SocketPeer>), DaemonError> {
     // The pinned maps are the record of what the previous lbd programmed: the kernel ids of
     // its services and backends come from its frontends and backends, so tracked flows keep
     // meaning the same backends. Every entry is then written (the tables may have been
@@ -53,39 +54,42 @@ pub(super) fn adopt(
         .filter(|id| !desired.tables.contains_key(id))
         .collect();
     dp.empty_tables(&stale_tables.into_iter().collect::<Vec<_>>())?;
-    let gone = udp_endpoints_gone(&frontends, &kernel_backends, &desired);
+    let gone = endpoints_gone(&frontends, &kernel_backends, &desired);
     Ok((desired, gone))
 }
 
-/// The UDP backend endpoints of the kernel's entries (`frontends`, `backends`: what the
-/// previous lbd served) that `desired` has no backend at, of services that moved or reset
-/// flows on removed backends: a backend removed while no lbd ran, whose connected sockets
-/// the socket-level path would otherwise leave on it.
-fn udp_endpoints_gone(
+/// The backend endpoints of the kernel's entries (`frontends`, `backends`: what the previous
+/// lbd served) that `desired` has no backend of their protocol at, of services that moved or
+/// reset flows on removed backends: a backend removed while no lbd ran, whose connected
+/// sockets the socket-level path would otherwise leave on it.
+fn endpoints_gone(
     frontends: &BTreeMap<EndpointKey, Service>,
     backends: &[(u32, Backend)],
     desired: &DesiredState,
-) -> Vec<SocketAddr> {
-    let moving: HashMap<u32, ()> = frontends
+) -> Vec<SocketPeer> {
+    let moving: HashMap<u32, u8> = frontends
         .iter()
-        .filter(|(key, service)| {
-            key.proto == proto::UDP && service.flags & service_flags::MOVE_ON_REMOVAL != 0
-        })
-        .map(|(_, service)| (service.id, ()))
+        .filter(|(_, service)| service.flags & service_flags::MOVE_ON_REMOVAL != 0)
+        .map(|(key, service)| (service.id, key.proto))
         .collect();
-    let mut gone: Vec<SocketAddr> = backends
+    let mut gone: Vec<SocketPeer> = backends
         .iter()
-        .filter(|(_, b)| moving.contains_key(&b.service_id))
-        .filter(|(_, b)| {
+        .filter_map(|(_, b)| moving.get(&b.service_id).map(|proto| (b, *proto)))
+        .filter(|(b, proto)| {
             let key = EndpointKey {
                 addr: b.addr,
                 port_be: b.port_be,
-                proto: proto::UDP,
+                proto: *proto,
                 _pad: 0,
             };
             desired.endpoints.get(&key).is_none_or(|n| *n == 0)
         })
-        .map(|(_, b)| SocketAddr::new(b.addr.into(), u16::from_be(b.port_be)))
+        .map(|(b, proto)| {
+            (
+                proto,
+                SocketAddr::new(b.addr.into(), u16::from_be(b.port_be)),
+            )
+        })
         .collect();
     gone.sort();
     gone.dedup();
@@ -127,7 +131,8 @@ mod tests {
 
     /// What the previous lbd served against what the new plan has, case by case.
     #[test]
-    fn udp_endpoints_gone_are_those_no_backend_serves_any_more() {
+    fn endpoints_gone_are_those_no_backend_of_their_protocol_serves_any_more() {
+        use lb_common::maps::proto;
         let moves = service_flags::MOVE_ON_REMOVAL;
         let resets = moves | service_flags::RESET_ON_REMOVAL;
         // Frontends: service 1 UDP (move), 2 UDP (reset), 3 UDP (keep), 4 TCP (move).
@@ -147,7 +152,7 @@ mod tests {
             (3, backend(2, "198.18.2.12", 5353)),
             // Keep policy, gone: its flows stay, and so do its sockets.
             (4, backend(3, "198.18.2.13", 5353)),
-            // A TCP service's backend: no UDP socket of it.
+            // A TCP service's backend, gone: its TCP sockets are aborted.
             (5, backend(4, "198.18.2.14", 8080)),
             // Kept in the plan for replies only (count 0): gone.
             (6, backend(1, "198.18.2.15", 5353)),
@@ -163,11 +168,16 @@ mod tests {
         desired
             .endpoints
             .insert(endpoint("198.18.2.10", 5353, proto::TCP), 1);
-        let gone = udp_endpoints_gone(&frontends, &backends, &desired);
-        let want: Vec<SocketAddr> = ["198.18.2.10:5353", "198.18.2.12:5353", "198.18.2.15:5353"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
+        let gone = endpoints_gone(&frontends, &backends, &desired);
+        let want: Vec<SocketPeer> = [
+            (proto::TCP, "198.18.2.14:8080"),
+            (proto::UDP, "198.18.2.10:5353"),
+            (proto::UDP, "198.18.2.12:5353"),
+            (proto::UDP, "198.18.2.15:5353"),
+        ]
+        .iter()
+        .map(|(p, a)| (*p, a.parse().unwrap()))
+        .collect();
         assert_eq!(gone, want);
     }
 }

@@ -218,12 +218,12 @@ impl Daemon {
             health.forget_seeded_up();
         }
         // A start that fails from here undoes what it did (see `Dataplane::undo_failed_start`).
-        // UDP backend endpoints removed while no lbd ran: their connected sockets are aborted
+        // Backend endpoints removed while no lbd ran: their connected sockets are aborted
         // once the namespaces are known (see `abort_sockets_to`).
-        let mut gone_udp = Vec::new();
+        let mut gone_endpoints = Vec::new();
         let programmed = (|| -> Result<(DesiredState, Vec<String>), DaemonError> {
             if dp.adopted() {
-                (desired, gone_udp) = adopt::adopt(
+                (desired, gone_endpoints) = adopt::adopt(
                     &mut dp,
                     &desired,
                     &health.serving(&merged.file),
@@ -296,7 +296,7 @@ impl Daemon {
         daemon.follow_bridges();
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
-        daemon.abort_sockets_to(gone_udp);
+        daemon.abort_sockets_to(gone_endpoints);
         Ok(daemon)
     }
 

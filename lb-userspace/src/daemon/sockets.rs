@@ -1,16 +1,16 @@
 //! The daemon's side of the socket-level path: which network namespaces it serves (the
-//! node's own and the swarm's containers'), and the connected UDP sockets a change leaves on
-//! a backend that is gone.
+//! node's own and the swarm's containers'), and the connected sockets a change leaves on a
+//! backend that is gone.
 
-use std::{collections::HashSet, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use lb_common::maps::{Backend, EndpointKey};
 
 use super::*;
-use crate::{
-    plan::Replan,
-    source::file::{Protocol, RemovalPolicy},
-};
+use crate::{dataplane::SocketPeer, plan::Replan, source::file::RemovalPolicy};
 
 impl Daemon {
     /// Lets the sockets of each local container on an overlay network reach the VIPs of its
@@ -53,23 +53,24 @@ impl Daemon {
         }
     }
 
-    /// The backend endpoints whose connected UDP sockets `next` leaves behind, for
+    /// The backend endpoints whose connected sockets `next` leaves behind, for
     /// [`Daemon::abort_sockets_to`] once the namespaces are synced: those it removes from
-    /// every service (of a UDP service whose `on_backend_removal` is not `keep`). Such a
-    /// socket chose its backend at `connect()` and would send to it for as long as it lives
-    /// (see `dataplane::abort_connected_udp`); one connected to that address and port
+    /// every service (of a service whose `on_backend_removal` is not `keep`), by protocol.
+    /// Such a socket chose its backend at `connect()` and would talk to it for as long as it
+    /// lives (see `dataplane::abort_connected`); one connected to that address and port
     /// without meshlb is aborted too: what it talks to left the service. Read before the
     /// running plan and the merge it came from are replaced.
-    pub(super) fn sockets_left_behind(&self, next: &Replan) -> Vec<SocketAddr> {
+    pub(super) fn sockets_left_behind(&self, next: &Replan) -> Vec<SocketPeer> {
         if self.dp.socket_attachment().is_none() {
             return Vec::new();
         }
-        self.udp_endpoints_removed(next)
+        self.endpoints_removed(next)
     }
 
-    /// Aborts, in the background, the connected UDP sockets of the namespaces this node's
-    /// socket programs serve whose peer is one of `peers` (a port of 0: every port).
-    pub(super) fn abort_sockets_to(&self, peers: Vec<SocketAddr>) {
+    /// Aborts, in the background, the connected sockets of the namespaces this node's
+    /// socket programs serve whose protocol and peer are one of `peers` (a port of 0: every
+    /// port).
+    pub(super) fn abort_sockets_to(&self, peers: Vec<SocketPeer>) {
         if peers.is_empty() || self.dp.socket_attachment().is_none() {
             return;
         }
@@ -85,11 +86,11 @@ impl Daemon {
         std::thread::spawn(move || {
             let mut aborted = 0;
             for ns in namespaces {
-                match dataplane::abort_connected_udp(ns, &peers) {
+                match dataplane::abort_connected(ns, &peers) {
                     Ok(n) => aborted += n,
                     Err(e) => warn!(
                         pid = ?ns.map(|(pid, _)| pid),
-                        "sockets: cannot abort the UDP sockets connected to removed backends ({e})"
+                        "sockets: cannot abort the sockets connected to removed backends ({e})"
                     ),
                 }
             }
@@ -97,16 +98,16 @@ impl Daemon {
                 info!(
                     aborted,
                     backends = ?peers,
-                    "sockets: aborted connected UDP sockets whose backend left its service; they connect again"
+                    "sockets: aborted connected sockets whose backend left its service; they connect again"
                 );
             }
         });
     }
 
-    /// The UDP backend endpoints (a port of 0: every port) that `next` takes out of the plan
-    /// altogether (no backend of any service left at that address and port), of services
-    /// that do not keep flows on removed backends.
-    fn udp_endpoints_removed(&self, next: &Replan) -> Vec<SocketAddr> {
+    /// The backend endpoints (a port of 0: every port) that `next` takes out of the plan
+    /// altogether (no backend of any service left at that address, port and protocol), of
+    /// services that do not keep flows on removed backends.
+    fn endpoints_removed(&self, next: &Replan) -> Vec<SocketPeer> {
         let running = &self.running.backends;
         let removed: Vec<(u32, &Backend)> = match next {
             Replan::Delta(delta) => delta
@@ -124,11 +125,10 @@ impl Daemon {
         if removed.is_empty() {
             return Vec::new();
         }
-        let aborting: HashSet<u32> = self
+        let aborting: HashMap<u32, u8> = self
             .running
             .services
             .iter()
-            .filter(|s| s.mapping.protocol == Protocol::Udp)
             .filter(|s| {
                 self.merged
                     .file
@@ -136,36 +136,36 @@ impl Daemon {
                     .get(&s.name)
                     .is_some_and(|spec| spec.on_backend_removal != RemovalPolicy::Keep)
             })
-            .map(|s| s.id)
+            .map(|s| (s.id, s.mapping.protocol.number()))
             .collect();
-        let candidates: Vec<&Backend> = removed
+        let candidates: Vec<(&Backend, u8)> = removed
             .iter()
-            .filter(|(_, b)| aborting.contains(&b.service_id))
-            .map(|(_, b)| *b)
+            .filter_map(|(_, b)| aborting.get(&b.service_id).map(|p| (*b, *p)))
             .collect();
         if candidates.is_empty() {
             return Vec::new();
         }
-        // Whether each candidate's endpoint still has a UDP backend after `next`, from the
-        // plans' endpoint counts (an endpoint kept only for replies counts 0), for the
-        // candidates only, not by walking every backend (this runs at every removal).
-        let key = |b: &Backend| EndpointKey {
+        // Whether each candidate's endpoint still has a backend of its protocol after
+        // `next`, from the plans' endpoint counts (an endpoint kept only for replies counts
+        // 0), for the candidates only, not by walking every backend (this runs at every
+        // removal).
+        let key = |&(b, proto): &(&Backend, u8)| EndpointKey {
             addr: b.addr,
             port_be: b.port_be,
-            proto: lb_common::maps::proto::UDP,
+            proto,
             _pad: 0,
         };
         let still: HashSet<EndpointKey> = match next {
             Replan::Full(plan) => candidates
                 .iter()
-                .map(|b| key(b))
+                .map(key)
                 .filter(|k| plan.endpoints.get(k).is_some_and(|n| *n > 0))
                 .collect(),
             // The delta recounts every endpoint its services' backends use, before and
             // after: its count if it lists the endpoint, else the running plan's.
             Replan::Delta(delta) => candidates
                 .iter()
-                .map(|b| key(b))
+                .map(key)
                 .filter(|k| {
                     let after = match delta.endpoints.iter().find(|(e, _)| e == k) {
                         Some((_, n)) => n.unwrap_or(0),
@@ -175,10 +175,15 @@ impl Daemon {
                 })
                 .collect(),
         };
-        let mut peers: Vec<SocketAddr> = candidates
-            .into_iter()
-            .filter(|b| !still.contains(&key(b)))
-            .map(|b| SocketAddr::new(b.addr.into(), u16::from_be(b.port_be)))
+        let mut peers: Vec<SocketPeer> = candidates
+            .iter()
+            .filter(|c| !still.contains(&key(c)))
+            .map(|(b, proto)| {
+                (
+                    *proto,
+                    SocketAddr::new(b.addr.into(), u16::from_be(b.port_be)),
+                )
+            })
             .collect();
         peers.sort();
         peers.dedup();

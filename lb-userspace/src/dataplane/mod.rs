@@ -29,7 +29,7 @@ use aya::{
 };
 use lb_common::maps::{names, programs};
 pub use maps::{ConntrackWalk, MapReaders, SocketTotals, StatsSnapshot, TrafficTotals};
-pub use sock_abort::abort_connected_udp;
+pub use sock_abort::{SocketPeer, abort_connected};
 pub use sockets::{SocketAttachment, cgroup2_mount, netns_cookie, netns_cookie_of};
 use tracing::{info, warn};
 

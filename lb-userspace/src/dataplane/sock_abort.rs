@@ -1,9 +1,11 @@
-//! Ends UDP sockets still connected to a backend that left its service. On the socket-level
-//! path a connected socket chose its backend once, at `connect()`, and nothing moves it after
-//! (no packet of it passes a translation): a connected UDP client would send to a removed task
-//! for as long as it lives. The kernel aborts such a socket on request (`SOCK_DESTROY` over
-//! `NETLINK_SOCK_DIAG`, as `ss -K` does): its next receive or send fails with `ECONNABORTED`,
-//! and a client that connects again gets a backend that is there.
+//! Ends sockets still connected to a backend that left its service. On the socket-level path
+//! a connected socket chose its backend once, at `connect()`, and nothing moves it after (no
+//! packet of it passes a translation): a connected UDP client would send to a removed task
+//! for as long as it lives, and a TCP connection to it would retransmit into nothing for
+//! minutes, where the XDP path answers its next packet (a RST, or another backend's). The
+//! kernel aborts such a socket on request (`SOCK_DESTROY` over `NETLINK_SOCK_DIAG`, as
+//! `ss -K` does): its next receive or send fails with `ECONNABORTED` (TCP sends its peer a
+//! RST), and a client that connects again gets a backend that is there.
 //!
 //! The messages are the kernel's `inet_diag` ABI (`linux/inet_diag.h`, `linux/sock_diag.h`),
 //! written and read here byte for byte.
@@ -14,6 +16,7 @@ use std::{
     os::fd::AsRawFd as _,
 };
 
+use lb_common::maps::proto;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -24,7 +27,15 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 /// A connected UDP socket is in TCP's `ESTABLISHED` state (1), as a state mask.
-const CONNECTED: u32 = 1 << 1;
+const UDP_CONNECTED: u32 = 1 << 1;
+/// TCP sockets with a peer that can be aborted: ESTABLISHED (1), SYN_SENT (2), FIN_WAIT1
+/// (4), FIN_WAIT2 (5), CLOSE_WAIT (8), LAST_ACK (9), CLOSING (11); not TIME_WAIT, nor a
+/// listener's half-open requests.
+const TCP_CONNECTED: u32 =
+    (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+
+/// A socket's peer to abort: its IP protocol (`lb_common::maps::proto`) and address.
+pub type SocketPeer = (u8, SocketAddr);
 const NLMSG_HDR_LEN: usize = 16;
 /// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
 const SOCKID_LEN: usize = 48;
@@ -33,11 +44,12 @@ const REQ_LEN: usize = 8 + SOCKID_LEN;
 /// `struct inet_diag_msg` up to and including its id.
 const MSG_ID_END: usize = 4 + SOCKID_LEN;
 
-/// Aborts the connected UDP sockets of a network namespace (`Some((pid, cookie))`: process
+/// Aborts the connected sockets of a network namespace (`Some((pid, cookie))`: process
 /// `pid`'s, if its namespace is still the one of `cookie`; this thread's for `None`) whose
-/// peer is one of `peers` (a port of 0 matches every port); how many it aborted. A process
-/// gone, or whose pid now names a process in another namespace, has none to abort: 0.
-pub fn abort_connected_udp(ns: Option<(u32, u64)>, peers: &[SocketAddr]) -> io::Result<usize> {
+/// protocol and peer are one of `peers` (a port of 0 matches every port); how many it
+/// aborted. A process gone, or whose pid now names a process in another namespace, has none
+/// to abort: 0.
+pub fn abort_connected(ns: Option<(u32, u64)>, peers: &[SocketPeer]) -> io::Result<usize> {
     if peers.is_empty() {
         return Ok(0);
     }
@@ -62,7 +74,7 @@ const ANSWER_TIMEOUT: libc::timeval = libc::timeval {
     tv_usec: 0,
 };
 
-fn abort_here(peers: &[SocketAddr]) -> io::Result<usize> {
+fn abort_here(peers: &[SocketPeer]) -> io::Result<usize> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     // SAFETY: setsockopt on a socket we own, with a timeval of its own size.
     let rc = unsafe {
@@ -80,10 +92,26 @@ fn abort_here(peers: &[SocketAddr]) -> io::Result<usize> {
     socket.bind_auto()?;
     socket.connect(&NetlinkAddr::new(0, 0))?;
     let mut aborted = 0;
+    for protocol in [proto::UDP, proto::TCP] {
+        let of_protocol: Vec<SocketAddr> = peers
+            .iter()
+            .filter(|(p, _)| *p == protocol)
+            .map(|(_, peer)| *peer)
+            .collect();
+        if !of_protocol.is_empty() {
+            aborted += abort_of(&mut socket, protocol, &of_protocol)?;
+        }
+    }
+    Ok(aborted)
+}
+
+/// Aborts the connected sockets of `protocol` whose peer is one of `peers`.
+fn abort_of(socket: &mut Socket, protocol: u8, peers: &[SocketAddr]) -> io::Result<usize> {
+    let mut aborted = 0;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let ids = connected_to(&mut socket, family, peers)?;
+        let ids = connected_to(socket, family, protocol, peers)?;
         for id in ids {
-            match destroy(&mut socket, family, &id) {
+            match destroy(socket, family, protocol, &id) {
                 Ok(()) => aborted += 1,
                 // Closed meanwhile.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -101,18 +129,19 @@ fn abort_here(peers: &[SocketAddr]) -> io::Result<usize> {
     Ok(aborted)
 }
 
-/// The ids (`inet_diag_sockid` bytes) of the connected UDP sockets of `family` whose peer is
-/// in `peers`.
+/// The ids (`inet_diag_sockid` bytes) of the connected sockets of `family` and `protocol`
+/// whose peer is in `peers`.
 fn connected_to(
     socket: &mut Socket,
     family: u8,
+    protocol: u8,
     peers: &[SocketAddr],
 ) -> io::Result<Vec<[u8; SOCKID_LEN]>> {
     socket.send(
         &request(
             SOCK_DIAG_BY_FAMILY,
             NLM_F_REQUEST | NLM_F_DUMP,
-            family,
+            (family, protocol),
             &[0; SOCKID_LEN],
         ),
         0,
@@ -128,7 +157,7 @@ fn connected_to(
         }
         for (kind, body) in messages(&reply)? {
             match kind {
-                NLMSG_DONE => return dump_end(body).map(|()| found),
+                NLMSG_DONE => return dump_end(body, protocol).map(|()| found),
                 NLMSG_ERROR => error_of(body)?,
                 SOCK_DIAG_BY_FAMILY if body.len() >= MSG_ID_END => {
                     let id: [u8; SOCKID_LEN] = body[4..MSG_ID_END].try_into().expect("sized slice");
@@ -150,13 +179,15 @@ fn connected_to(
 /// What a dump's `NLMSG_DONE` says: a dump that failed ends with its errno there, not in an
 /// `NLMSG_ERROR` (a kernel without UDP socket diagnostics ends it with `ENOENT`). Read as
 /// "no sockets", nothing would be aborted and nothing said.
-fn dump_end(body: &[u8]) -> io::Result<()> {
+fn dump_end(body: &[u8], protocol: u8) -> io::Result<()> {
     match error_of(body) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(io::Error::other(
-            "this kernel cannot list UDP sockets (built without CONFIG_INET_UDP_DIAG, or its \
-             udp_diag module cannot be loaded): clients connected to a removed backend keep \
-             sending to it until they connect again",
-        )),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && protocol == proto::UDP => {
+            Err(io::Error::other(
+                "this kernel cannot list UDP sockets (built without CONFIG_INET_UDP_DIAG, or \
+                 its udp_diag module cannot be loaded): clients connected to a removed \
+                 backend keep sending to it until they connect again",
+            ))
+        }
         Err(e) => Err(io::Error::other(format!(
             "sock_diag: the kernel ended the socket dump with an error: {e}"
         ))),
@@ -165,9 +196,10 @@ fn dump_end(body: &[u8]) -> io::Result<()> {
 }
 
 /// Asks the kernel to abort the socket `id` (its ports, addresses and cookie).
-fn destroy(socket: &mut Socket, family: u8, id: &[u8; SOCKID_LEN]) -> io::Result<()> {
+fn destroy(socket: &mut Socket, family: u8, protocol: u8, id: &[u8; SOCKID_LEN]) -> io::Result<()> {
+    let kind = (family, protocol);
     socket.send(
-        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, id),
+        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, kind, id),
         0,
     )?;
     let (reply, _) = socket.recv_from_full()?;
@@ -179,9 +211,9 @@ fn destroy(socket: &mut Socket, family: u8, id: &[u8; SOCKID_LEN]) -> io::Result
     Err(io::Error::other("sock_diag: SOCK_DESTROY got no answer"))
 }
 
-/// A netlink message of `kind` carrying an `inet_diag_req_v2` for UDP sockets of `family`
-/// in the connected state, `id` the socket (zeros: any).
-fn request(kind: u16, flags: u16, family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
+/// A netlink message of `kind` carrying an `inet_diag_req_v2` for sockets of `(family,
+/// protocol)` in a connected state, `id` the socket (zeros: any).
+fn request(kind: u16, flags: u16, (family, protocol): (u8, u8), id: &[u8; SOCKID_LEN]) -> Vec<u8> {
     let len = (NLMSG_HDR_LEN + REQ_LEN) as u32;
     let mut out = Vec::with_capacity(len as usize);
     out.extend_from_slice(&len.to_ne_bytes());
@@ -189,8 +221,13 @@ fn request(kind: u16, flags: u16, family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> 
     out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    out.extend_from_slice(&[family, libc::IPPROTO_UDP as u8, 0, 0]);
-    out.extend_from_slice(&CONNECTED.to_ne_bytes());
+    let states = if protocol == proto::TCP {
+        TCP_CONNECTED
+    } else {
+        UDP_CONNECTED
+    };
+    out.extend_from_slice(&[family, protocol, 0, 0]);
+    out.extend_from_slice(&states.to_ne_bytes());
     out.extend_from_slice(id);
     out
 }
@@ -245,7 +282,12 @@ mod tests {
 
     #[test]
     fn requests_and_ids_have_the_kernels_layout() {
-        let req = request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 2, &[7; SOCKID_LEN]);
+        let req = request(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            (2, proto::UDP),
+            &[7; SOCKID_LEN],
+        );
         assert_eq!(req.len(), 16 + 56);
         assert_eq!(u32::from_ne_bytes(req[0..4].try_into().unwrap()), 72);
         assert_eq!(u16::from_ne_bytes(req[4..6].try_into().unwrap()), 21);
@@ -274,13 +316,13 @@ mod tests {
     /// diagnostics handler), which must not read as "no sockets".
     #[test]
     fn a_dump_that_failed_is_an_error_naming_the_kernel_option() {
-        let end = |errno: i32| dump_end(&errno.to_ne_bytes());
+        let end = |errno: i32| dump_end(&errno.to_ne_bytes(), proto::UDP);
         assert!(end(0).is_ok());
         let missing = end(-libc::ENOENT).unwrap_err().to_string();
         assert!(missing.contains("CONFIG_INET_UDP_DIAG"), "{missing}");
         let other = end(-libc::EACCES).unwrap_err().to_string();
         assert!(other.contains("ended the socket dump"), "{other}");
-        assert!(dump_end(&[]).is_err(), "a short end message");
+        assert!(dump_end(&[], proto::UDP).is_err(), "a short end message");
     }
 
     #[test]
