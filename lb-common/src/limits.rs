@@ -85,6 +85,13 @@ pub const DEFAULT_TCP_TIMEOUT_S: u32 = 24 * 3600;
 pub const DEFAULT_UDP_TIMEOUT_S: u32 = 60;
 /// Idle timeout of a TCP flow after a FIN each way or a RST (`tcp_state::CLOSING`).
 pub const TCP_CLOSING_TIMEOUT_S: u32 = 10;
+/// Longest idle time of a TCP flow one side closed (the other may still send: a client that
+/// half-closes after its request and waits for the answer), unless the service's timeout is
+/// shorter. Bounded, as Linux's conntrack bounds its FIN_WAIT and CLOSE_WAIT (120 s, 60 s),
+/// so a client that never closes its side of a connection the server closed does not hold
+/// the flow (and a full-NAT port) for the service's timeout; longer than they are, since a
+/// backend may think for minutes before it answers a half-closed request.
+pub const TCP_HALF_CLOSED_TIMEOUT_S: u32 = 300;
 /// Idle timeout of a TCP flow that never got past SYN.
 pub const TCP_SYN_TIMEOUT_S: u32 = 30;
 /// How long a backend keeps a closed connection's addresses and ports (Linux's TIME_WAIT,

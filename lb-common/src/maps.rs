@@ -429,13 +429,19 @@ pub struct Flow {
 /// backend and the remapped source, a reply entry the frontend and the client.
 impl Flow {
     /// How long the flow may stay idle before its entry is free for another, in seconds: a
-    /// TCP flow opening or closing lives briefly, any other its service's timeout. The
-    /// kernel expires entries by it; `lbctl flows` shows it.
+    /// TCP flow opening or closing lives briefly, a half-closed one at most
+    /// `TCP_HALF_CLOSED_TIMEOUT_S`, any other its service's timeout. The kernel expires
+    /// entries by it; `lbctl flows` shows it.
     #[inline(always)]
     pub const fn idle_limit_s(&self) -> u32 {
         match self.tcp_state {
             tcp_state::SYN_SENT => crate::limits::TCP_SYN_TIMEOUT_S,
             tcp_state::CLOSING => crate::limits::TCP_CLOSING_TIMEOUT_S,
+            tcp_state::CLIENT_CLOSED | tcp_state::BACKEND_CLOSED
+                if self.timeout_s > crate::limits::TCP_HALF_CLOSED_TIMEOUT_S =>
+            {
+                crate::limits::TCP_HALF_CLOSED_TIMEOUT_S
+            }
             _ => self.timeout_s,
         }
     }
@@ -549,7 +555,8 @@ pub mod tcp_state {
     /// Both sides closed (a FIN each way), or either reset: the short timeout.
     pub const CLOSING: u8 = 3;
     /// The client sent its FIN; its backend may still send (a client that half-closes after
-    /// its request and waits for the answer): alive as an established flow.
+    /// its request and waits for the answer): alive, idle up to
+    /// `TCP_HALF_CLOSED_TIMEOUT_S`.
     pub const CLIENT_CLOSED: u8 = 4;
     /// The backend sent its FIN; its client may still send.
     pub const BACKEND_CLOSED: u8 = 5;
@@ -818,7 +825,7 @@ mod key_tests {
 #[cfg(test)]
 mod flow_tests {
     use super::{Flow, tcp_state};
-    use crate::limits::{TCP_CLOSING_TIMEOUT_S, TCP_SYN_TIMEOUT_S};
+    use crate::limits::{TCP_CLOSING_TIMEOUT_S, TCP_HALF_CLOSED_TIMEOUT_S, TCP_SYN_TIMEOUT_S};
 
     /// A FIN closes its sender's side only: a client that half-closes after its request
     /// keeps its flow (and, under full NAT, its port) while the backend answers; the second
@@ -879,8 +886,14 @@ mod flow_tests {
             TCP_CLOSING_TIMEOUT_S
         );
         assert_eq!(flow(tcp_state::ESTABLISHED).idle_limit_s(), 86_400);
-        assert_eq!(flow(tcp_state::CLIENT_CLOSED).idle_limit_s(), 86_400);
-        assert_eq!(flow(tcp_state::BACKEND_CLOSED).idle_limit_s(), 86_400);
+        for half in [tcp_state::CLIENT_CLOSED, tcp_state::BACKEND_CLOSED] {
+            assert_eq!(flow(half).idle_limit_s(), TCP_HALF_CLOSED_TIMEOUT_S);
+            let short = Flow {
+                timeout_s: 60,
+                ..flow(half)
+            };
+            assert_eq!(short.idle_limit_s(), 60, "the service's, if shorter");
+        }
         assert_eq!(flow(tcp_state::NONE).idle_limit_s(), 86_400, "UDP");
     }
 }

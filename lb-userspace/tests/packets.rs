@@ -1608,8 +1608,11 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     if !e2e_enabled() {
         return;
     }
-    use lb_common::limits::{BACKEND_TIME_WAIT_S, TCP_CLOSING_TIMEOUT_S};
+    use lb_common::limits::{
+        BACKEND_TIME_WAIT_S, TCP_CLOSING_TIMEOUT_S, TCP_HALF_CLOSED_TIMEOUT_S,
+    };
     const { assert!(TCP_CLOSING_TIMEOUT_S + 5 < BACKEND_TIME_WAIT_S) };
+    const { assert!(BACKEND_TIME_WAIT_S < TCP_HALF_CLOSED_TIMEOUT_S) };
     const BY_CLIENT: bool = true;
     const BY_BACKEND: bool = false;
     const FIN: u8 = TCP_FIN | TCP_ACK;
@@ -1617,7 +1620,7 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
     let backend_first: Segments = &[(BY_BACKEND, FIN), (BY_CLIENT, FIN)];
     // (first client's port, how it closed: (from the client, flags), seconds since, the port
     // still held)
-    let cases: [(u16, &str, Segments, u32, bool); 6] = [
+    let cases: [(u16, &str, Segments, u32, bool); 7] = [
         (
             20000,
             "backend first",
@@ -1660,6 +1663,14 @@ fn fullnat_holds_a_node_port_through_the_backends_time_wait_when_the_backend_clo
             &[(BY_BACKEND, FIN)],
             BACKEND_TIME_WAIT_S + 1,
             true,
+        ),
+        // ... for a while.
+        (
+            26000,
+            "client half",
+            &[(BY_CLIENT, FIN)],
+            TCP_HALF_CLOSED_TIMEOUT_S + 1,
+            false,
         ),
     ];
     with_program(IPV6_AND_FULLNAT, |mut lb| {
