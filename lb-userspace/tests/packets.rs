@@ -2055,6 +2055,34 @@ services:
     backends: ["198.18.2.10"]
 "#;
 
+/// A client whose connection attempt its backend refused (RST) and that tries again from the
+/// same port at once keeps its port: the refused flow's entries go, as a confirmed flow's do
+/// when it ends, instead of holding the port against the same client.
+#[test]
+fn a_syn_again_after_the_backends_rst_keeps_the_clients_port() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(TWO_VIPS_ONE_BACKEND, |mut lb| {
+        let (vip, client) = (sock(VIP, 80), sock(CLIENT, 43200));
+        let syn = Ipv4Frame::tcp(client, vip, TCP_SYN);
+        let out = lb.run(&syn.build());
+        assert_eq!(parse_ipv4(&out.packet).expect("forwarded").src, client);
+        let refused = Ipv4Frame::tcp(sock("198.18.2.10", 8080), client, TCP_RST | TCP_ACK)
+            .with_macs(backend_mac(0), lb.backend_if_mac);
+        let out = lb.run_from(&refused.build(), lb.backend_if);
+        assert_eq!(parse_ipv4(&out.packet).expect("translated").dst, client);
+        let before = lb.stats();
+        let out = lb.run(&syn.build());
+        assert_eq!(
+            parse_ipv4(&out.packet).expect("forwarded").src,
+            client,
+            "the client's own port again"
+        );
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::NewFlow), 1);
+    });
+}
+
 #[test]
 fn nat_gives_a_clashing_client_port_another_port_and_keeps_the_client_address() {
     if !e2e_enabled() {

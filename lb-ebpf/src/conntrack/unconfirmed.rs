@@ -69,7 +69,11 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
             count(StatSlot::FlowMoved);
             return Pending::Moved;
         }
-        Liveness::NotForward | Liveness::Ended => return Pending::Absent,
+        Liveness::Ended => {
+            forget(key, f);
+            return Pending::Absent;
+        }
+        Liveness::NotForward => return Pending::Absent,
     }
     // Its source port was taken by a newer flow while its client was silent (full NAT under
     // a flood, see `Held::limit_ns`): it is over, and this packet opens a flow anew, on
@@ -95,6 +99,22 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         follow_entry_node(key, f, pkt.tunnel_peer, true);
     }
     Pending::Follow
+}
+
+/// Removes the unconfirmed flow `key` (its forward entry `f`) that ended (a SYN after its
+/// backend's RST, or idle): its reply entry, if still its own, then its forward entry, as
+/// `lookup_forward` does for a confirmed flow. Left, the reply entry would still be held by
+/// the forward entry (a closed flow's port hold), and the same client's SYN again would be
+/// given another source port.
+#[inline(always)]
+fn forget(key: &FlowKey, f: &Flow) {
+    let reply_key = reply_key_of(key, f);
+    if let Some(reply) = PENDING.get_ptr(&reply_key)
+        && reply_is_for(reply, key)
+    {
+        let _ = PENDING.remove(&reply_key);
+    }
+    let _ = PENDING.remove(key);
 }
 
 /// Whether a client packet of an unconfirmed flow, not a SYN, confirms it: any UDP datagram;
