@@ -66,6 +66,21 @@ pub enum AnnounceError {
 
 fn refused_message(include: &Path, message: &str) -> String {
     let include_text = include.display().to_string();
+    // BIRD's reply codes (doc/reply_codes) that are no configuration error.
+    let said = |code: &str| message.split(" | ").any(|line| line.starts_with(code));
+    if said("0016") {
+        return format!(
+            "BIRD refused to read its configuration after {include_text} changed: {message}; \
+             its socket is a restricted one (bird -R, or birdc -r's): point --birdc-socket \
+             (lbd.bgp.birdc_socket) at BIRD's unrestricted control socket"
+        );
+    }
+    if said("0006") {
+        return format!(
+            "BIRD did not read {include_text}: {message}; it is shutting down, and the VIPs \
+             reach the router once it runs again"
+        );
+    }
     let hint = if message.contains(&include_text) {
         "check that bird.conf includes it as deploy/bird/ shows"
     } else {

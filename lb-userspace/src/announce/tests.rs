@@ -255,6 +255,14 @@ fn a_refusal_elsewhere_in_birds_configuration_points_there() {
     );
     let text = refused_message(include, "8002 /etc/meshlb/bird-vips.conf:2:1 syntax error");
     assert!(text.contains("includes it as deploy/bird/ shows"), "{text}");
+    // Replies that are no configuration error name their own fix.
+    let text = refused_message(include, "0016 Access restricted");
+    assert!(text.contains("unrestricted control socket"), "{text}");
+    let text = refused_message(
+        include,
+        "0002 Reading configuration | 0006 Reconfiguration ignored, shutting down",
+    );
+    assert!(text.contains("shutting down, and the VIPs"), "{text}");
 }
 
 #[test]
