@@ -563,6 +563,61 @@ services:
     println!("down {took:?} after the reload to a 300 ms interval");
 }
 
+/// A check still waiting on a silent backend does not hold the target past a reload that
+/// checks it otherwise: with the old check's 30 s timeout running, a reload to a 200 ms
+/// timeout finds the backend down within a second or two, not after the 30 s.
+#[test]
+fn a_reload_stops_a_check_still_waiting_on_the_old_timeout() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
+    // Silent from the start (its frames go to a MAC no host has): the first check waits.
+    topo.node
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.18.2.10",
+            "lladdr",
+            "02:00:00:00:09:99",
+            "dev",
+            &topo.node_bridge,
+            "nud",
+            "permanent",
+        ])
+        .expect("neighbour entry");
+    let slow = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+    health: { tcp: {}, interval: 60s, timeout: 30s, rise: 1, fall: 1 }
+"#;
+    let mut lb = start(&topo, slow);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        health(&lb, "web")["198.18.2.10"].state,
+        Health::Unknown,
+        "its first check still waits"
+    );
+    lb.reload(
+        &slow
+            .replace("interval: 60s", "interval: 300ms")
+            .replace("timeout: 30s", "timeout: 200ms"),
+    )
+    .expect("reload");
+    let took = wait_health(
+        &lb,
+        "web",
+        "198.18.2.10",
+        Health::Down,
+        Duration::from_secs(5),
+    );
+    println!("down {took:?} after the reload to a 200 ms timeout");
+}
+
 /// A restart starts from the checks' verdicts: a backend down before it is not served after
 /// it, not even while its first check is still waiting for an answer.
 #[test]

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{task::JoinSet, time::Instant};
+use tokio::{
+    task::{AbortHandle, Id, JoinSet},
+    time::Instant,
+};
 use tracing::warn;
 
 use super::shared::Shared;
@@ -50,10 +53,11 @@ async fn run(shared: Arc<Shared>) {
     let mut epoch = 0;
     let mut targets: Vec<Target> = Vec::new();
     let mut due: HashMap<TargetKey, Instant> = HashMap::new();
-    let mut in_flight: HashSet<TargetKey> = HashSet::new();
+    // The check running for each target, and what it checks with.
+    let mut in_flight: HashMap<TargetKey, InFlight> = HashMap::new();
     let mut checks: JoinSet<CheckResult> = JoinSet::new();
     // Which target each check is for, so that even a check that panicked frees its target.
-    let mut checking: HashMap<tokio::task::Id, TargetKey> = HashMap::new();
+    let mut checking: HashMap<Id, TargetKey> = HashMap::new();
     // Where the next tick starts looking for due checks (see below).
     let mut next_first = 0usize;
     let mut tick = tokio::time::interval(TICK);
@@ -74,6 +78,16 @@ async fn run(shared: Arc<Shared>) {
                     targets = now_targets;
                     let keys: HashSet<&TargetKey> = targets.iter().map(|t| &t.key).collect();
                     due.retain(|key, _| keys.contains(key));
+                    // A check of a target no longer checked, or checked another way now (a
+                    // reload's probe or timeout), is stopped: it would hold its target (and a
+                    // slot) up to its old timeout, and its answer is to the old question.
+                    in_flight.retain(|key, check| {
+                        let current = targets.iter().any(|t| &t.key == key && check.asks_as(t));
+                        if !current {
+                            check.handle.abort();
+                        }
+                        current
+                    });
                     // An interval made shorter counts from now, not from the check the old
                     // one scheduled (perhaps a minute away).
                     let now = Instant::now();
@@ -97,7 +111,7 @@ async fn run(shared: Arc<Shared>) {
                     // out within one timeout.
                     let new = !due.contains_key(&target.key);
                     let next = due.entry(target.key.clone()).or_insert(now);
-                    if *next > now || in_flight.contains(&target.key) {
+                    if *next > now || in_flight.contains_key(&target.key) {
                         continue;
                     }
                     *next = if new {
@@ -109,14 +123,13 @@ async fn run(shared: Arc<Shared>) {
                         // On the interval's own beat (not the tick's), unless far behind.
                         (*next + target.interval).max(now + target.interval / 2)
                     };
-                    in_flight.insert(target.key.clone());
-                    let target = target.clone();
-                    let key = target.key.clone();
+                    let check = target.clone();
                     let handle = checks.spawn(async move {
-                        let result = probe::check(target.key.addr, &target.probe, target.timeout).await;
-                        (target.key, result)
+                        let result = probe::check(check.key.addr, &check.probe, check.timeout).await;
+                        (check.key, result)
                     });
-                    checking.insert(handle.id(), key);
+                    checking.insert(handle.id(), target.key.clone());
+                    in_flight.insert(target.key.clone(), InFlight::of(target, handle));
                 }
             }
             Some(done) = checks.join_next_with_id(), if !checks.is_empty() => {
@@ -126,10 +139,17 @@ async fn run(shared: Arc<Shared>) {
                         Ok((id, _)) => *id,
                         Err(e) => e.id(),
                     };
-                    if let Some(key) = checking.remove(&id) {
-                        in_flight.remove(&key);
-                    }
+                    // Only the target's current check frees it and counts (see the retain
+                    // above): one stopped may have finished meanwhile.
+                    let current = checking.remove(&id).is_some_and(|key| {
+                        let current = in_flight.get(&key).is_some_and(|c| c.handle.id() == id);
+                        if current {
+                            in_flight.remove(&key);
+                        }
+                        current
+                    });
                     match done {
+                        Ok(_) if !current => {}
                         Ok((_, (key, result))) => {
                             // A check of a target no longer checked (its service removed
                             // while it ran) would bring back the series forgotten above.
@@ -140,6 +160,7 @@ async fn run(shared: Arc<Shared>) {
                             }
                             batch.push((key, result));
                         }
+                        Err(e) if e.is_cancelled() => {}
                         Err(e) => warn!("health: a check ended abnormally: {e}"),
                     }
                 };
@@ -153,6 +174,28 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// A check running for a target.
+struct InFlight {
+    handle: AbortHandle,
+    probe: crate::source::file::Probe,
+    timeout: Duration,
+}
+
+impl InFlight {
+    fn of(target: &Target, handle: AbortHandle) -> Self {
+        Self {
+            handle,
+            probe: target.probe.clone(),
+            timeout: target.timeout,
+        }
+    }
+
+    /// Whether it checks `target` as `target` says now.
+    fn asks_as(&self, target: &Target) -> bool {
+        self.probe == target.probe && self.timeout == target.timeout
     }
 }
 
