@@ -66,7 +66,11 @@ pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
     } else {
         sender::may_answer_error(ctx, pkt)
     };
-    if !may_answer {
+    // Nor one a peer delivered through the mesh tunnel (to a task, or a task's reply to its
+    // client): its addresses are the task's and the client's, which this node only stands
+    // in for; answered from here by this node's routes, the error would come from the
+    // task's address (or the client's) where its sender can match it to nothing.
+    if !may_answer || pkt.tunnel_peer != 0 {
         count(StatSlot::DropTooBig);
         return xdp_action::XDP_DROP;
     }

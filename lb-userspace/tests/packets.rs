@@ -51,6 +51,15 @@ const JUMBO_IF: &str = "lbj";
 
 /// `with_program` with the node's jumbo link (`JUMBO_IF`); `test` gets its index too.
 fn with_jumbo_link(services: &str, test: impl FnOnce(Loaded, u32) + Send) {
+    with_jumbo_link_edited(services, |_| {}, test);
+}
+
+/// `with_jumbo_link` with the parsed file changed by `edit` (see `ProgNode::run_with`).
+fn with_jumbo_link_edited(
+    services: &str,
+    edit: impl FnOnce(&mut lb_userspace::source::file::ServiceFile) + Send,
+    test: impl FnOnce(Loaded, u32) + Send,
+) {
     let link = [
         format!("link add {JUMBO_IF} mtu 9000 type veth peer name {JUMBO_IF}-peer mtu 9000"),
         format!("link set {JUMBO_IF} up"),
@@ -58,7 +67,7 @@ fn with_jumbo_link(services: &str, test: impl FnOnce(Loaded, u32) + Send) {
     ];
     ProgNode::new("pkt", &link)
         .expect("node namespace")
-        .run(services, 4096, |lb| {
+        .run_with(services, 4096, edit, |lb| {
             let jumbo = lb_userspace::dataplane::ifindex(JUMBO_IF).expect("jumbo link");
             test(lb, jumbo)
         })

@@ -27,7 +27,7 @@ use lb_userspace::source::file::ServiceFile;
 use super::{
     MESH, ONE_BACKEND, OWN, PEER, RESET_ON_REMOVAL, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS,
     check_fixtures, edited, entropy, mesh_edit, reload, sock, to_mac, unanswered, with_jumbo_link,
-    with_program,
+    with_jumbo_link_edited, with_program,
 };
 
 #[test]
@@ -247,6 +247,45 @@ fn a_packet_too_big_is_answered_only_where_an_error_may_go() {
                 ],
             );
         }
+    });
+}
+
+/// A datagram a peer delivered through the tunnel that is too big for the way to its task is
+/// dropped and counted, not answered "fragmentation needed": from here the error would come
+/// from the task's address by this node's routes, an answer its sender can match to nothing.
+/// (It comes in by the jumbo link, so it is one packet, not an aggregate.)
+#[test]
+fn a_tunneled_packet_too_big_for_its_task_is_dropped_unanswered() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_jumbo_link_edited(MESH, mesh_edit, |mut lb, jumbo| {
+        let client = sock("198.18.9.9", 41310);
+        let task = sock(TASK_LOCAL, 9000);
+        let big = Ipv4Frame {
+            payload: vec![0x5a; 1500],
+            ..Ipv4Frame::udp(client, task)
+        }
+        .build();
+        let frame = tunnel_wrap(
+            &big,
+            (backend_mac(10), lb.backend_if_mac),
+            PEER.parse().unwrap(),
+            OWN.parse().unwrap(),
+            entropy(41310, 8000),
+        );
+        let before = lb.stats();
+        let out = lb.run_from(&frame, jumbo);
+        assert_eq!(out.action, XDP_DROP);
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[
+                (StatSlot::TunnelReceived, 1),
+                (StatSlot::DropTooBig, 1),
+                (StatSlot::IcmpTooBig, 0),
+            ],
+        );
     });
 }
 
