@@ -125,6 +125,9 @@ fn liveness(
         if arrived_from != 0 {
             follow_entry_node(key, f, arrived_from, false);
         }
+        if f.tunnel_peer != 0 {
+            follow_task_node(f);
+        }
     }
     if moves_on_removal && !backend_still_serves(f) {
         return Liveness::BackendGone;
@@ -247,6 +250,28 @@ fn follow_entry_node(key: &FlowKey, f: &Flow, arrived_from: u8, pending: bool) {
         if reply_is_for(reply, key) && (*reply).tunnel_peer != arrived_from {
             (*reply).tunnel_peer = arrived_from;
         }
+    }
+}
+
+/// A flow sent through the tunnel follows its task to the node index its backend names now:
+/// the task (its ingress address, its connection) is the same, but its node's data-path
+/// address changed, and with it the index (the old one is cleared after a grace, and the
+/// flow would be dropped from then on under any policy). Once a tick, as the idle clock.
+#[inline(always)]
+fn follow_task_node(f: &mut Flow) {
+    let Some(b) = BACKENDS.get(f.backend_id) else {
+        return;
+    };
+    let peer = (b.flags >> backend_flags::PEER_SHIFT) as u8;
+    if peer != 0
+        && peer != f.tunnel_peer
+        && b.flags & backend_flags::IN_USE != 0
+        && b.addr == *f.backend_addr()
+        && b.port_be == f.backend_port_be()
+    {
+        f.tunnel_peer = peer;
+        // Its cached route was the old node's.
+        f.egress_ifindex = 0;
     }
 }
 

@@ -3198,6 +3198,51 @@ fn a_tunneled_flow_keeps_its_peer_when_another_node_joins() {
     });
 }
 
+/// The node a task runs on gets another data-path address (and so another index) while the
+/// task stays: a flow sent to it follows the task to the new address, not the old index
+/// (cleared once the old address is gone), under any removal policy.
+#[test]
+fn a_tunneled_flow_follows_its_tasks_node_to_a_new_address() {
+    if !e2e_enabled() {
+        return;
+    }
+    const MOVED: &str = "198.18.2.21";
+    with_mesh(|mut lb| {
+        let client = sock(CLIENT, 40210);
+        let frontend = sock(NODE_CLIENT_SIDE, 8000);
+        let outer_dst = |out: &lb_testkit::progtest::ProgOutcome| {
+            parse_ipv4(&out.packet).map(|p| p.dst.ip().to_string()).ok()
+        };
+        let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_SYN).build());
+        assert_eq!(outer_dst(&out).as_deref(), Some(PEER));
+        lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK).build());
+        lb.change_with(MESH, |file| {
+            mesh_with_web_task(file, TASK_REMOTE, Some(MOVED), None);
+            file.mesh.as_mut().expect("mesh").peers = [MOVED.parse().unwrap()].into();
+        })
+        .expect("the task's node moves");
+        // The flow's next packet in a later tick.
+        lb.age_flow(&forward_key(client, frontend), std::time::Duration::ZERO);
+        let before = lb.stats();
+        let out = lb.run(&Ipv4Frame::tcp(client, frontend, TCP_ACK | TCP_PSH).build());
+        assert_eq!(
+            outer_dst(&out).as_deref(),
+            Some(MOVED),
+            "the task's node now"
+        );
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[
+                (StatSlot::TunnelSent, 1),
+                (StatSlot::NewFlow, 0),
+                (StatSlot::FlowMoved, 0),
+                (StatSlot::DropTunnelFailed, 0),
+            ],
+        );
+    });
+}
+
 #[test]
 fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_peer() {
     if !e2e_enabled() {
