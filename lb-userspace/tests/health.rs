@@ -64,6 +64,24 @@ fn start(topo: &Topology, services: &str) -> Lbd {
     topo.start_lbd(lbd(), services, &[]).expect("lbd")
 }
 
+/// Makes `addr` silent from the node: its frames go to a MAC no host has (a permanent
+/// neighbour entry, so the kernel never gives up asking and fails checks at once).
+fn silence(topo: &Topology, addr: &str) {
+    topo.node
+        .ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            "02:00:00:00:09:99",
+            "dev",
+            &topo.node_bridge,
+            "nud",
+            "permanent",
+        ])
+        .expect("neighbour entry");
+}
+
 /// A name server on port 8080 of every backend, each stopped by setting it to `None`.
 fn stoppable_servers(topo: &Topology) -> Vec<Option<NameServer>> {
     topo.serve_on_backends(&[8080], &[])
@@ -352,19 +370,7 @@ fn a_silent_backend_holds_up_neither_lbctl_nor_a_reload() {
     let services = format!("{SERVICES}{WITH_SILENT}");
     // Without the entry the kernel would give up asking for the address after a few seconds
     // and fail later checks at once ("No route to host").
-    topo.node
-        .ip(&[
-            "neigh",
-            "add",
-            "198.18.2.99",
-            "lladdr",
-            "02:00:00:00:09:99",
-            "dev",
-            &topo.node_bridge,
-            "nud",
-            "permanent",
-        ])
-        .expect("neighbour entry");
+    silence(&topo, "198.18.2.99");
     let mut lb = start(&topo, &services);
     // Its checks time out after 2 s each, one after another; meanwhile every lbctl call and
     // a reload answer at once.
@@ -574,19 +580,7 @@ fn a_reload_stops_a_check_still_waiting_on_the_old_timeout() {
     let topo = Topology::new(1).expect("topology");
     let _servers = topo.serve_on_backends(&[8080], &[]).expect("servers");
     // Silent from the start (its frames go to a MAC no host has): the first check waits.
-    topo.node
-        .ip(&[
-            "neigh",
-            "replace",
-            "198.18.2.10",
-            "lladdr",
-            "02:00:00:00:09:99",
-            "dev",
-            &topo.node_bridge,
-            "nud",
-            "permanent",
-        ])
-        .expect("neighbour entry");
+    silence(&topo, "198.18.2.10");
     let slow = r#"
 services:
   web:
@@ -640,19 +634,7 @@ services:
         wait_health(&lb, "web", backend, Health::Up, Duration::from_secs(5));
     }
     // Backend 1 goes silent (its frames go to a MAC no host has): each check waits 3 s.
-    topo.node
-        .ip(&[
-            "neigh",
-            "replace",
-            "198.18.2.11",
-            "lladdr",
-            "02:00:00:00:09:99",
-            "dev",
-            &topo.node_bridge,
-            "nud",
-            "permanent",
-        ])
-        .expect("neighbour entry");
+    silence(&topo, "198.18.2.11");
     wait_health(
         &lb,
         "web",

@@ -153,24 +153,40 @@ fn connected_udp(node: &Netns, target: SocketAddr) -> Vec<(UdpSocket, String)> {
 /// The sockets on `gone` are aborted within 2 s of `changed` (a receive fails with
 /// ECONNABORTED, a send with EDESTADDRREQ); the others still talk to their backend.
 fn check_aborted(connected: &[(UdpSocket, String)], gone: &str, changed: Instant) {
-    for (socket, backend) in connected {
+    for (socket, _) in connected {
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
+    }
+    let aborted = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::ConnectionAborted
+            || e.raw_os_error() == Some(libc::EDESTADDRREQ)
+    };
+    check_ended(connected, gone, changed, udp_ask, aborted);
+}
+
+/// The connections (or sockets) of `connected` on `gone` end within 2 s of `changed`: a
+/// request (`ask`) fails with an error `aborted` accepts; the others still get an answer
+/// from their backend.
+fn check_ended<S>(
+    connected: &[(S, String)],
+    gone: &str,
+    changed: Instant,
+    ask: impl Fn(&S) -> std::io::Result<String>,
+    aborted: impl Fn(&std::io::Error) -> bool,
+) {
+    for (socket, backend) in connected {
         if backend != gone {
-            assert_eq!(&udp_ask(socket).expect("still connected"), backend);
+            assert_eq!(&ask(socket).expect("still connected"), backend);
             continue;
         }
         // Bounded by time and count; the abort runs beside the change, a moment after it.
         let mut last = None;
-        let mut aborted = false;
+        let mut ended = false;
         for _ in 0..100 {
-            match udp_ask(socket) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionAborted
-                        || e.raw_os_error() == Some(libc::EDESTADDRREQ) =>
-                {
-                    aborted = true;
+            match ask(socket) {
+                Err(e) if aborted(&e) => {
+                    ended = true;
                     break;
                 }
                 other => last = Some(other),
@@ -181,7 +197,7 @@ fn check_aborted(connected: &[(UdpSocket, String)], gone: &str, changed: Instant
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(
-            aborted,
+            ended,
             "a socket connected to {backend} was not aborted within 2 s of the change: {last:?}"
         );
     }
@@ -226,35 +242,11 @@ fn tcp_ask(stream: &TcpStream) -> std::io::Result<String> {
 /// ECONNABORTED (or, the error taken by an earlier call, EPIPE); the others still talk to
 /// their backend.
 fn check_tcp_aborted(connected: &[(TcpStream, String)], gone: &str, changed: Instant) {
-    for (stream, backend) in connected {
-        if backend != gone {
-            assert_eq!(&tcp_ask(stream).expect("still connected"), backend);
-            continue;
-        }
-        // Bounded by time and count; the abort runs beside the change, a moment after it.
-        let mut last = None;
-        let mut aborted = false;
-        for _ in 0..100 {
-            match tcp_ask(stream) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionAborted
-                        || e.kind() == std::io::ErrorKind::BrokenPipe =>
-                {
-                    aborted = true;
-                    break;
-                }
-                other => last = Some(other),
-            }
-            if changed.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            aborted,
-            "a connection to {backend} was not aborted within 2 s of the change: {last:?}"
-        );
-    }
+    let aborted = |e: &std::io::Error| {
+        e.kind() == std::io::ErrorKind::ConnectionAborted
+            || e.kind() == std::io::ErrorKind::BrokenPipe
+    };
+    check_ended(connected, gone, changed, tcp_ask, aborted);
 }
 
 /// One request on a connected UDP socket: the backend that answered.
