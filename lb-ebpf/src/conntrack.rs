@@ -25,7 +25,9 @@ use lb_common::{
         FULLNAT_PORT_ATTEMPTS, FULLNAT_PORT_MAX, FULLNAT_PORT_MIN, LAST_SEEN_GRANULARITY_NS,
         UNCONFIRMED_TCP_PORT_HOLD_S,
     },
-    maps::{Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state},
+    maps::{
+        Backend, Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state,
+    },
     stats::StatSlot,
 };
 
@@ -162,16 +164,14 @@ pub fn lookup_forward(
         Liveness::Alive => {}
         Liveness::NotForward => return Err(NoFlow::Open),
         Liveness::Ended => {
-            forget_reply(key, f);
             // Gone, so the flow's later packets find the unconfirmed flow that replaces it.
-            let _ = CONNTRACK.remove(key);
+            forget(&CONNTRACK, key, f);
             return Err(NoFlow::Open);
         }
         Liveness::BackendGone => {
-            forget_reply(key, f);
             // Gone entirely, so a flow that cannot be placed again (round-robin, mid-flow) is
             // not counted as moved on each of its packets, nor reset twice.
-            let _ = CONNTRACK.remove(key);
+            forget(&CONNTRACK, key, f);
             if svc.flags & service_flags::RESET_ON_REMOVAL != 0
                 && is_tcp
                 && answer_with_reset(tcp_flags)
@@ -259,34 +259,32 @@ fn follow_entry_node(key: &FlowKey, f: &Flow, arrived_from: u8, pending: bool) {
 /// flow would be dropped from then on under any policy). Once a tick, as the idle clock.
 #[inline(always)]
 fn follow_task_node(f: &mut Flow) {
-    let Some(b) = BACKENDS.get(f.backend_id) else {
+    let Some(b) = serving_backend(f) else {
         return;
     };
     let peer = (b.flags >> backend_flags::PEER_SHIFT) as u8;
-    if peer != 0
-        && peer != f.tunnel_peer
-        && b.flags & backend_flags::IN_USE != 0
-        && b.addr == *f.backend_addr()
-        && b.port_be == f.backend_port_be()
-    {
+    if peer != 0 && peer != f.tunnel_peer {
         f.tunnel_peer = peer;
         // Its cached route was the old node's.
         f.egress_ifindex = 0;
     }
 }
 
-/// Whether the flow's backend is still the one in its slot (a removed backend's slot is
-/// cleared, or holds another backend once reused).
+/// Whether the flow's backend is still the one in its slot (see `serving_backend`).
 #[inline(always)]
 fn backend_still_serves(f: &Flow) -> bool {
-    match BACKENDS.get(f.backend_id) {
-        Some(b) => {
-            b.flags & backend_flags::IN_USE != 0
-                && b.addr == *f.backend_addr()
-                && b.port_be == f.backend_port_be()
-        }
-        None => false,
-    }
+    serving_backend(f).is_some()
+}
+
+/// The flow's backend slot, if it still holds the flow's backend (a removed backend's slot
+/// is cleared, or holds another backend once reused).
+#[inline(always)]
+fn serving_backend(f: &Flow) -> Option<&Backend> {
+    BACKENDS.get(f.backend_id).filter(|b| {
+        b.flags & backend_flags::IN_USE != 0
+            && b.addr == *f.backend_addr()
+            && b.port_be == f.backend_port_be()
+    })
 }
 
 /// The key of the reply entry of the forward flow `f` (keyed `key`): the backend's packets
@@ -313,18 +311,24 @@ fn reply_key_of(key: &FlowKey, f: &Flow) -> FlowKey {
     *reply_key
 }
 
-/// Removes the reply entry of the forward flow `f` (keyed `key`), if it is still this
-/// flow's. Already gone is fine.
+/// Removes the flow `key` (its forward entry `f`) from `table` (`CONNTRACK`, or `PENDING`
+/// for an unconfirmed one): its reply entry first, if it is still this flow's, so client
+/// port reuse never stalls (under full NAT the flow that replaces it takes the same node
+/// port again), then the forward entry. Already gone is fine.
 #[inline(always)]
-fn forget_reply(key: &FlowKey, f: &Flow) {
+fn forget<const N: usize>(
+    table: &aya_ebpf::btf_maps::LruHashMap<FlowKey, Flow, N>,
+    key: &FlowKey,
+    f: &Flow,
+) {
     let reply_key = reply_key_of(key, f);
     // Only this flow's own entry: another flow may hold the key now (see `claim_reply`).
-    let Some(reply) = CONNTRACK.get_ptr(&reply_key) else {
-        return;
-    };
-    if reply_is_for(reply, key) {
-        let _ = CONNTRACK.remove(&reply_key);
+    if let Some(reply) = table.get_ptr(&reply_key)
+        && reply_is_for(reply, key)
+    {
+        let _ = table.remove(&reply_key);
     }
+    let _ = table.remove(key);
 }
 
 /// Whether the entry `reply` (a map value, valid for this program run) is a reply entry of

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use super::{
-    Held, Liveness, follow_entry_node, liveness, now_ns, reply_is_for, reply_key_of,
+    Held, Liveness, follow_entry_node, forget, liveness, now_ns, reply_is_for, reply_key_of,
     reply_owner_alive,
 };
 use crate::{
@@ -69,8 +69,11 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
             count(StatSlot::FlowMoved);
             return Pending::Moved;
         }
+        // Its entries go as a confirmed flow's do: left, its reply entry would still be
+        // held by its closed forward entry, and the same client's SYN again would be given
+        // another source port.
         Liveness::Ended => {
-            forget(key, f);
+            forget(&PENDING, key, f);
             return Pending::Absent;
         }
         Liveness::NotForward => return Pending::Absent,
@@ -99,22 +102,6 @@ pub fn pending(pkt: &Packet, svc: &Service, tick: u32, flow: *mut Flow) -> Pendi
         follow_entry_node(key, f, pkt.tunnel_peer, true);
     }
     Pending::Follow
-}
-
-/// Removes the unconfirmed flow `key` (its forward entry `f`) that ended (a SYN after its
-/// backend's RST, or idle): its reply entry, if still its own, then its forward entry, as
-/// `lookup_forward` does for a confirmed flow. Left, the reply entry would still be held by
-/// the forward entry (a closed flow's port hold), and the same client's SYN again would be
-/// given another source port.
-#[inline(always)]
-fn forget(key: &FlowKey, f: &Flow) {
-    let reply_key = reply_key_of(key, f);
-    if let Some(reply) = PENDING.get_ptr(&reply_key)
-        && reply_is_for(reply, key)
-    {
-        let _ = PENDING.remove(&reply_key);
-    }
-    let _ = PENDING.remove(key);
 }
 
 /// Whether a client packet of an unconfirmed flow, not a SYN, confirms it: any UDP datagram;
@@ -213,7 +200,7 @@ fn confirm(key: &FlowKey, f: &Flow, arrived_from: u8, tick: u32) -> bool {
         return false;
     }
     super::filter::note_tracked(key);
-    // The unconfirmed reply entry, if still this flow's (see `forget_reply`).
+    // The unconfirmed reply entry, if still this flow's (see `forget`).
     if let Some(old) = PENDING.get_ptr(&reply_key)
         && reply_is_for(old, key)
     {
