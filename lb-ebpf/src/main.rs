@@ -280,7 +280,7 @@ fn refused_as_unreachable(slot: u32, pkt: &Packet, svc: &Service) -> bool {
 
 /// Whether a refusal may be answered at all: for want of a usable backend, to a frontend
 /// packets are served on (not a VIP only an overlay's sockets are served). Whether its
-/// sender may get the answer (`sender::may_refuse`: not through the tunnel, not from a
+/// sender may get the answer (`sender::may_answer_error`: not through the tunnel, not from a
 /// sender that is no single host, ...) the answer decides, as for every answer of its own.
 #[inline(always)]
 fn answers_refusal(slot: u32, svc: &Service) -> bool {

@@ -30,7 +30,7 @@ const TCP_DOFF: usize = 12;
 /// path, a sibling of the calls below the entry function.
 #[inline(never)]
 pub fn answer(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    if !sender::may_refuse(ctx, pkt) || !answerable_segment(ctx, pkt) {
+    if !sender::may_answer_error(ctx, pkt, false) || !answerable_segment(ctx, pkt) {
         count(StatSlot::DropNoBackend);
         return xdp_action::XDP_DROP;
     }

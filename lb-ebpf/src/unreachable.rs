@@ -59,18 +59,9 @@ const MAX_L2: usize = 22;
 /// of `mtu`. Not inlined: a rare path, below the entry function only.
 #[inline(never)]
 pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
-    // IPv6's "packet too big" may answer a link-layer group frame (RFC 4443 §2.4(e.3)):
-    // path MTU discovery needs it whoever the frame went to.
-    let may_answer = if pkt.v6 {
-        sender::may_answer(pkt)
-    } else {
-        sender::may_answer_error(ctx, pkt)
-    };
-    // Nor one a peer delivered through the mesh tunnel (to a task, or a task's reply to its
-    // client): its addresses are the task's and the client's, which this node only stands
-    // in for; answered from here by this node's routes, the error would come from the
-    // task's address (or the client's) where its sender can match it to nothing.
-    if !may_answer || pkt.tunnel_peer != 0 {
+    // IPv6's "packet too big" may answer a link-layer group frame: path MTU discovery needs
+    // it whoever the frame went to.
+    if !sender::may_answer_error(ctx, pkt, pkt.v6) {
         count(StatSlot::DropTooBig);
         return xdp_action::XDP_DROP;
     }
@@ -78,12 +69,12 @@ pub fn too_big(ctx: &XdpContext, pkt: &mut Packet, mtu: u16) -> u32 {
 }
 
 /// Answers a client's datagram `pkt` (untranslated) refused for want of a backend, if
-/// `sender::may_refuse` and within the budget (else dropped, `drop_no_backend`). A
+/// `sender::may_answer_error` and within the budget (else dropped, `drop_no_backend`). A
 /// function of its own rather than `too_big` with a flag: the verifier checks each for its
 /// own case only.
 #[inline(never)]
 pub fn port_unreachable(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
-    if !sender::may_refuse(ctx, pkt) || !within_budget() {
+    if !sender::may_answer_error(ctx, pkt, false) || !within_budget() {
         count(StatSlot::DropNoBackend);
         return xdp_action::XDP_DROP;
     }
