@@ -3026,6 +3026,19 @@ fn entropy(sport: u16, dport: u16) -> u16 {
     (sport ^ dport) | 0xc000
 }
 
+/// `inner` as the peer sends it through the tunnel to this node (`PEER` to `OWN`, from the
+/// peer's MAC to `node_mac`, the node's backend-side link), the outer source port the
+/// `entropy` of the flow's `ports`.
+fn from_peer(node_mac: [u8; 6], inner: &[u8], ports: (u16, u16)) -> Vec<u8> {
+    tunnel_wrap(
+        inner,
+        (backend_mac(10), node_mac),
+        PEER.parse().unwrap(),
+        OWN.parse().unwrap(),
+        entropy(ports.0, ports.1),
+    )
+}
+
 #[test]
 fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_come_back() {
     if !e2e_enabled() {
@@ -3095,13 +3108,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
         // The task's answer comes back from the peer, wrapped; it leaves unwrapped, from the
         // address and port the client connected to.
         let answer = Ipv4Frame::tcp(task, client, TCP_SYN | TCP_ACK);
-        let wrapped = tunnel_wrap(
-            &answer.build(),
-            (backend_mac(10), lb.backend_if_mac),
-            PEER.parse().unwrap(),
-            OWN.parse().unwrap(),
-            entropy(9000, 40000),
-        );
+        let wrapped = from_peer(lb.backend_if_mac, &answer.build(), (9000, 40000));
         let out = lb.run_from(&wrapped, lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
         assert_eq!(out.handoff, Some(Handoff::forward(lb.client_if)));
@@ -3253,13 +3260,7 @@ fn a_peers_tunnel_packet_reaches_the_local_task_and_the_reply_goes_back_to_the_p
         let task = sock(TASK_LOCAL, 9000);
         let gwbridge = sock("198.18.2.10", 9000);
         let request = Ipv4Frame::tcp(client, task, TCP_SYN);
-        let wrapped = tunnel_wrap(
-            &request.build(),
-            (backend_mac(10), lb.backend_if_mac),
-            PEER.parse().unwrap(),
-            OWN.parse().unwrap(),
-            entropy(41000, 8000),
-        );
+        let wrapped = from_peer(lb.backend_if_mac, &request.build(), (41000, 8000));
         let before = lb.stats();
         let out = lb.run_from(&wrapped, lb.backend_if);
         assert_eq!(out.action, XDP_PASS);
@@ -3965,15 +3966,8 @@ fn the_tunnel_and_delivery_frontends_refuse_everyone_but_peers() {
     with_mesh(|mut lb| {
         let client = sock("198.18.9.9", 41000);
         let request = Ipv4Frame::tcp(client, sock(TASK_LOCAL, 9000), TCP_SYN);
-        let from_peer = |frame: Vec<u8>| {
-            tunnel_wrap(
-                &frame,
-                (backend_mac(10), lb.backend_if_mac),
-                PEER.parse().unwrap(),
-                OWN.parse().unwrap(),
-                entropy(41000, 8000),
-            )
-        };
+        let node_mac = lb.backend_if_mac;
+        let from_peer = |frame: Vec<u8>| from_peer(node_mac, &frame, (41000, 8000));
         // The tunnel leads to delivery frontends and replies only.
         let to_published = Ipv4Frame::tcp(client, sock(NODE_CLIENT_SIDE, 8000), TCP_SYN);
         let to_node = Ipv4Frame::tcp(client, sock(OWN, 22), TCP_SYN);

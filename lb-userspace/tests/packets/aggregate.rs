@@ -10,12 +10,12 @@ use std::net::{SocketAddrV4, SocketAddrV6};
 use lb_common::{maps::Handoff, stats::StatSlot};
 use lb_testkit::{
     e2e_enabled,
-    packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, tunnel_wrap, with_mss},
+    packet::{Ipv4Frame, Ipv6Frame, TCP_ACK, TCP_SYN, checksum, with_mss},
     progtest::{CLIENT, NODE_CLIENT_SIDE, assert_deltas, backend_mac},
 };
 
 use super::{
-    IPV6_AND_FULLNAT, ONE_BACKEND, OWN, PEER, TASK_REMOTE, VIP, XDP_DROP, XDP_PASS, entropy, sock,
+    IPV6_AND_FULLNAT, ONE_BACKEND, TASK_REMOTE, VIP, XDP_DROP, XDP_PASS, from_peer, sock,
     with_mesh, with_program,
 };
 
@@ -211,19 +211,13 @@ fn a_udp_aggregate_that_arrives_through_the_tunnel_whole_is_dropped_and_counted(
         let frontend = sock(NODE_CLIENT_SIDE, 8000);
         let task = sock(TASK_REMOTE, 9000);
         lb.run(&Ipv4Frame::udp(client, frontend).build());
-        let macs = (backend_mac(10), lb.backend_if_mac);
+        let node_mac = lb.backend_if_mac;
         let from_peer = |payload: usize| {
             let answer = Ipv4Frame {
                 payload: vec![5; payload],
                 ..Ipv4Frame::udp(task, client)
             };
-            tunnel_wrap(
-                &answer.build(),
-                macs,
-                PEER.parse().unwrap(),
-                OWN.parse().unwrap(),
-                entropy(9000, 5302),
-            )
+            from_peer(node_mac, &answer.build(), (9000, 5302))
         };
         let datagram = lb.run_from(&from_peer(100), lb.backend_if);
         assert_eq!(

@@ -18,15 +18,15 @@ use lb_testkit::{
     e2e_enabled,
     packet::{
         CLIENT_MAC, Ipv4Frame, NODE_MAC, TCP_ACK, TCP_SYN, icmpv4_frame, parse_ipv4,
-        refresh_checksums, tunnel_wrap,
+        refresh_checksums,
     },
-    progtest::{CLIENT, ProgNode, assert_deltas, backend_mac},
+    progtest::{CLIENT, ProgNode, assert_deltas},
 };
 use lb_userspace::source::file::ServiceFile;
 
 use super::{
-    MESH, ONE_BACKEND, OWN, PEER, RESET_ON_REMOVAL, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS,
-    check_fixtures, edited, entropy, mesh_edit, reload, sock, to_mac, unanswered, with_jumbo_link,
+    MESH, ONE_BACKEND, RESET_ON_REMOVAL, TASK_LOCAL, VIP, XDP_DROP, XDP_PASS, check_fixtures,
+    edited, from_peer, mesh_edit, reload, sock, to_mac, unanswered, with_jumbo_link,
     with_jumbo_link_edited, with_program,
 };
 
@@ -49,16 +49,8 @@ fn a_refusal_through_the_tunnel_is_dropped_unanswered() {
         .run_with(MESH, 4096, drained_task, |mut lb| {
             let client = sock("198.18.9.9", 41300);
             let task = sock(TASK_LOCAL, 9000);
-            let macs = (backend_mac(10), lb.backend_if_mac);
-            let wrap = |inner: Vec<u8>| {
-                tunnel_wrap(
-                    &inner,
-                    macs,
-                    PEER.parse().unwrap(),
-                    OWN.parse().unwrap(),
-                    entropy(41300, 8000),
-                )
-            };
+            let node_mac = lb.backend_if_mac;
+            let wrap = |inner: Vec<u8>| from_peer(node_mac, &inner, (41300, 8000));
             let ingress = lb.backend_if;
             let refused = vec![
                 unanswered(
@@ -132,14 +124,12 @@ fn a_removed_tasks_flow_through_the_tunnel_is_dropped_not_reset() {
         .run_with(&resetting, 4096, mesh_edit, |mut lb| {
             let client = sock("198.18.9.9", 41500);
             let task = sock(TASK_LOCAL, 9000);
-            let macs = (backend_mac(10), lb.backend_if_mac);
+            let node_mac = lb.backend_if_mac;
             let wrapped = |flags: u8| {
-                tunnel_wrap(
+                from_peer(
+                    node_mac,
                     &Ipv4Frame::tcp(client, task, flags).build(),
-                    macs,
-                    PEER.parse().unwrap(),
-                    OWN.parse().unwrap(),
-                    entropy(41500, 8000),
+                    (41500, 8000),
                 )
             };
             let ingress = lb.backend_if;
@@ -267,13 +257,7 @@ fn a_tunneled_packet_too_big_for_its_task_is_dropped_unanswered() {
             ..Ipv4Frame::udp(client, task)
         }
         .build();
-        let frame = tunnel_wrap(
-            &big,
-            (backend_mac(10), lb.backend_if_mac),
-            PEER.parse().unwrap(),
-            OWN.parse().unwrap(),
-            entropy(41310, 8000),
-        );
+        let frame = from_peer(lb.backend_if_mac, &big, (41310, 8000));
         let before = lb.stats();
         let out = lb.run_from(&frame, jumbo);
         assert_eq!(out.action, XDP_DROP);
