@@ -33,9 +33,6 @@ const UDP_CONNECTED: u32 = 1 << 1;
 /// listener's half-open requests.
 const TCP_CONNECTED: u32 =
     (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
-
-/// A socket's peer to abort: its IP protocol (`lb_common::maps::proto`) and address.
-pub type SocketPeer = (u8, SocketAddr);
 const NLMSG_HDR_LEN: usize = 16;
 /// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
 const SOCKID_LEN: usize = 48;
@@ -43,6 +40,9 @@ const SOCKID_LEN: usize = 48;
 const REQ_LEN: usize = 8 + SOCKID_LEN;
 /// `struct inet_diag_msg` up to and including its id.
 const MSG_ID_END: usize = 4 + SOCKID_LEN;
+
+/// A socket's peer to abort: its IP protocol (`lb_common::maps::proto`) and address.
+pub type SocketPeer = (u8, SocketAddr);
 
 /// Aborts the connected sockets of a network namespace (`Some((pid, cookie))`: process
 /// `pid`'s, if its namespace is still the one of `cookie`; this thread's for `None`) whose
@@ -197,9 +197,13 @@ fn dump_end(body: &[u8], protocol: u8) -> io::Result<()> {
 
 /// Asks the kernel to abort the socket `id` (its ports, addresses and cookie).
 fn destroy(socket: &mut Socket, family: u8, protocol: u8, id: &[u8; SOCKID_LEN]) -> io::Result<()> {
-    let kind = (family, protocol);
     socket.send(
-        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, kind, id),
+        &request(
+            SOCK_DESTROY,
+            NLM_F_REQUEST | NLM_F_ACK,
+            (family, protocol),
+            id,
+        ),
         0,
     )?;
     let (reply, _) = socket.recv_from_full()?;

@@ -447,16 +447,16 @@ fn give_each_port_one_service<'a>(
             continue;
         }
         let steady = claimants.iter().filter(|(_, l)| !l.yields);
-        let owner = match steady.min_by_key(|(name, l)| (l.first, *name)) {
-            Some(&(owner, _)) => owner,
-            None => {
-                let latest = claimants.iter().map(|(_, l)| l.first).max().unwrap_or(0);
+        let (owner, _) = steady
+            .min_by_key(|(name, l)| (l.first, *name))
+            // None steady: the one that listed it last, the first named of equals.
+            .or_else(|| {
                 claimants
                     .iter()
-                    .find(|(_, l)| l.first == latest)
-                    .map_or(claimants[0].0, |(name, _)| name)
-            }
-        };
+                    .max_by_key(|(name, l)| (l.first, std::cmp::Reverse(*name)))
+            })
+            .copied()
+            .expect("two claimants");
         for &(name, listing) in claimants.iter().filter(|(name, _)| *name != owner) {
             if let Some(ports) = served.get_mut(name) {
                 ports.retain(|p| (p.frontend, p.protocol) != (port, protocol));
