@@ -321,6 +321,11 @@ pub mod tunnel {
     pub const MAX_PEERS: u32 = 256;
     /// `TUNNEL_PEERS` slot of this node's own address.
     pub const SELF: u32 = 0;
+    /// `TUNNEL_PEERS` slot where `lbd` keeps the index its search for a new peer's index
+    /// starts at (peers take 1 to 254; the kernel never reads this slot), so a restarted
+    /// `lbd` does not give a departed peer's index, which tracked flows may still name, to
+    /// the next node that joins.
+    pub const NEXT_INDEX_SLOT: u32 = 255;
 }
 
 /// Key of `CONNTRACK`: a flow as seen on the wire in one direction.

@@ -3176,6 +3176,7 @@ fn a_tunneled_flow_keeps_its_peer_when_another_node_joins() {
     if !e2e_enabled() {
         return;
     }
+    const JOINED: &str = "198.18.2.19";
     with_mesh(|mut lb| {
         let client = sock(CLIENT, 40200);
         let frontend = sock(NODE_CLIENT_SIDE, 8000);
@@ -3190,7 +3191,7 @@ fn a_tunneled_flow_keeps_its_peer_when_another_node_joins() {
         lb.change_with(MESH, |file| {
             mesh_edit(file);
             let mesh = file.mesh.as_mut().expect("mesh");
-            mesh.peers.insert("198.18.2.19".parse().unwrap());
+            mesh.peers.insert(JOINED.parse().unwrap());
         })
         .expect("a node joins");
         let before = lb.stats();
@@ -3202,6 +3203,33 @@ fn a_tunneled_flow_keeps_its_peer_when_another_node_joins() {
         let read_back = lb.dp.tunnel_plan().expect("TUNNEL_PEERS");
         assert_eq!(read_back, lb.desired.tunnel);
         assert_eq!(read_back.peers.len(), 2);
+        // The node leaves, and lbd restarts (it plans from what the kernel holds): the next
+        // node to join must not get the departed one's index, which tracked flows may still
+        // name.
+        let departed = lb
+            .desired
+            .tunnel
+            .index(JOINED.parse().unwrap())
+            .expect("indexed");
+        lb.change_with(MESH, mesh_edit).expect("the node leaves");
+        let read_back = lb.dp.tunnel_plan().expect("TUNNEL_PEERS");
+        assert_eq!(
+            read_back, lb.desired.tunnel,
+            "the index search's position kept"
+        );
+        lb.desired.tunnel = read_back;
+        lb.change_with(MESH, |file| {
+            mesh_edit(file);
+            let mesh = file.mesh.as_mut().expect("mesh");
+            mesh.peers.insert("198.18.2.20".parse().unwrap());
+        })
+        .expect("another node joins");
+        let index = lb.desired.tunnel.index("198.18.2.20".parse().unwrap());
+        assert_ne!(
+            index,
+            Some(departed),
+            "the departed node's index given out again"
+        );
     });
 }
 

@@ -86,6 +86,7 @@ impl Dataplane {
         let raw = |a: std::net::Ipv4Addr| u32::from_ne_bytes(a.octets());
         let mut wanted = vec![0u32; lb_common::maps::tunnel::MAX_PEERS as usize];
         wanted[lb_common::maps::tunnel::SELF as usize] = plan.own.map_or(0, raw);
+        wanted[lb_common::maps::tunnel::NEXT_INDEX_SLOT as usize] = u32::from(plan.next);
         for (i, addr) in &plan.peers {
             wanted[usize::from(*i)] = raw(*addr);
         }
@@ -451,23 +452,32 @@ impl Dataplane {
                 .map_err(map_err(name))?;
         let addr = |raw: u32| std::net::Ipv4Addr::from(raw.to_ne_bytes());
         let mut plan = crate::plan::TunnelPlan::default();
+        let mut kept_next = None;
         for slot in 0..lb_common::maps::tunnel::MAX_PEERS {
             let raw = peers.get(&slot, 0).map_err(map_err(name))?;
             if raw == 0 {
                 continue;
             }
-            if slot == lb_common::maps::tunnel::SELF {
-                plan.own = Some(addr(raw));
-            } else if let Ok(index) = u8::try_from(slot) {
-                plan.peers.insert(index, addr(raw));
+            match slot {
+                lb_common::maps::tunnel::SELF => plan.own = Some(addr(raw)),
+                lb_common::maps::tunnel::NEXT_INDEX_SLOT => {
+                    kept_next = u8::try_from(raw).ok().filter(|i| (1..=254).contains(i));
+                }
+                _ => {
+                    if let Ok(index) = u8::try_from(slot) {
+                        plan.peers.insert(index, addr(raw));
+                    }
+                }
             }
         }
-        // Where the previous lbd's search stood is not kept: after its highest index.
-        plan.next = plan
-            .peers
-            .keys()
-            .max()
-            .map_or(1, |&i| crate::plan::TunnelPlan::after(i));
+        // Maps pinned by a version that did not keep where its search stood: after its
+        // highest index.
+        plan.next = kept_next.unwrap_or_else(|| {
+            plan.peers
+                .keys()
+                .max()
+                .map_or(1, |&i| crate::plan::TunnelPlan::after(i))
+        });
         Ok(plan)
     }
 
