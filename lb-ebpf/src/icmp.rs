@@ -20,6 +20,7 @@ use crate::{
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     sender::{self, ANSWER_TTL},
+    stateless,
     stats::count,
     verdict::Verdict,
 };
@@ -233,6 +234,8 @@ fn quote(ctx: &XdpContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
 /// direction of the flow goes through.
 #[inline(always)]
 fn entry_answering(
+    ctx: &XdpContext,
+    pkt: &Packet,
     key: &FlowKey,
     kind: u8,
     nat: &mut Endpoint,
@@ -251,7 +254,7 @@ fn entry_answering(
         .get_ptr(&answering)
         .or_else(|| PENDING.get_ptr(&answering))
     else {
-        return (kind == flow_kind::REPLY && stateless_frontend(&answering, nat))
+        return (kind == flow_kind::REPLY && stateless_frontend(ctx, pkt, &answering, nat))
             .then_some(Peer(0));
     };
     // SAFETY: valid for this program run; read field by field.
@@ -285,9 +288,14 @@ impl Peer {
 /// The one frontend of the backend endpoint that sends `answering` (`REPLY_FRONTENDS`), as
 /// a reply no entry covers is translated (`stateless::reply`): an unconfirmed flow to such an
 /// endpoint has no reply entry (see `conntrack::insert`), and an error about it is the
-/// client's all the same.
+/// client's all the same, if it goes to a client (see `stateless::forwards_error`).
 #[inline(always)]
-fn stateless_frontend(answering: &FlowKey, nat: &mut Endpoint) -> bool {
+fn stateless_frontend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    answering: &FlowKey,
+    nat: &mut Endpoint,
+) -> bool {
     let Some(entry) = reply_frontend_of(answering) else {
         return false;
     };
@@ -296,7 +304,7 @@ fn stateless_frontend(answering: &FlowKey, nat: &mut Endpoint) -> bool {
         nat.addr = (*entry).addr;
         nat.port_be = (*entry).port_be;
     }
-    true
+    stateless::forwards_error(ctx, pkt, &nat.addr)
 }
 
 #[inline(never)]
@@ -321,7 +329,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
     quote(ctx, pkt, &mut q)?;
     let mut nat = Endpoint::UNSPECIFIED;
     let mut snat = Endpoint::UNSPECIFIED;
-    if let Some(peer) = entry_answering(&q.key, flow_kind::FORWARD, &mut nat, &mut snat) {
+    if let Some(peer) = entry_answering(ctx, pkt, &q.key, flow_kind::FORWARD, &mut nat, &mut snat) {
         // The quote is a reply we sent as the frontend: it becomes the backend's packet
         // again (to the node's address and port under full NAT), and the error goes to the
         // backend.
@@ -333,7 +341,7 @@ fn translate_error(ctx: &XdpContext, pkt: &Packet) -> Option<Verdict> {
         count(StatSlot::IcmpErrorToBackend);
         return Some(peer.send(ctx, pkt, &pkt.key.src, &nat.addr));
     }
-    let peer = entry_answering(&q.key, flow_kind::REPLY, &mut nat, &mut snat)?;
+    let peer = entry_answering(ctx, pkt, &q.key, flow_kind::REPLY, &mut nat, &mut snat)?;
     // The quote is a client packet we sent to a backend: the client must see the frontend
     // (and, under full NAT, its own address and port).
     // (References, not copies: this frame and its callees share 512 bytes of stack.)

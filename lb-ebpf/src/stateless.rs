@@ -13,7 +13,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use lb_common::stats::StatSlot;
+use lb_common::{Addr, stats::StatSlot};
 
 use crate::{
     forward,
@@ -52,16 +52,8 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     // SAFETY: bpf_fib_lookup is plain old data; all-zero is its documented initial state.
     let mut slot = MaybeUninit::uninit();
     let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
-    params.l4_protocol = pkt.key.proto;
-    params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
-    if !pkt.v6 {
-        params.__bindgen_anon_2.tos = pkt.tos;
-    }
-    let rc = forward::fib_lookup_into(ctx, params, pkt.v6, frontend, &pkt.key.dst, 0);
-    if rc != BPF_FIB_LKUP_RET_SUCCESS
-        && rc != BPF_FIB_LKUP_RET_NO_NEIGH
-        && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED
-    {
+    let rc = route(ctx, pkt, params, frontend);
+    if !forwards(rc) {
         return Verdict::untaken(pkt, StatSlot::PassNotFrontend);
     }
     if !nat::rewrite(ctx, pkt, Side::Source, frontend, frontend_port_be) {
@@ -77,4 +69,38 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Verdict {
         // SAFETY: the kernel leaves the egress MTU in the union.
         _ => Verdict::too_big(unsafe { params.__bindgen_anon_1.mtu_result }),
     }
+}
+
+/// Whether this node forwards a reply from `frontend` to the packet's destination: a route
+/// out (its neighbour resolved or not, or too small for the packet), not one to this node
+/// (whose own sockets see what the backend sent) and not none.
+#[inline(always)]
+fn forwards(rc: u32) -> bool {
+    rc == BPF_FIB_LKUP_RET_SUCCESS
+        || rc == BPF_FIB_LKUP_RET_NO_NEIGH
+        || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED
+}
+
+/// The route of a reply from `frontend` to the packet's destination, into the zeroed `params`.
+#[inline(always)]
+fn route(ctx: &XdpContext, pkt: &Packet, params: &mut bpf_fib_lookup, frontend: &Addr) -> u32 {
+    params.l4_protocol = pkt.key.proto;
+    params.__bindgen_anon_1.tot_len = u16::from_be(pkt.ip_tot_len_be);
+    if !pkt.v6 {
+        params.__bindgen_anon_2.tos = pkt.tos;
+    }
+    forward::fib_lookup_into(ctx, params, pkt.v6, frontend, &pkt.key.dst, 0)
+}
+
+/// Whether an ICMP error that a backend endpoint's one frontend would translate (no entry
+/// covers the flow it quotes) is forwarded as `reply` forwards replies. An error for this
+/// node is about a packet its own socket sent straight to the backend (a health check, a
+/// process the socket-level path connected there), which the kernel matches by the quote
+/// as sent: it stays untouched.
+#[inline(never)]
+pub fn forwards_error(ctx: &XdpContext, pkt: &Packet, frontend: &Addr) -> bool {
+    // SAFETY: as in `reply`.
+    let mut slot = MaybeUninit::uninit();
+    let params: &mut bpf_fib_lookup = unsafe { zero::zeroed_in(&mut slot) };
+    forwards(route(ctx, pkt, params, frontend))
 }

@@ -29,8 +29,8 @@ use lb_testkit::{
         parse_ipv6, refresh_checksums, tunnel_inner, tunnel_wrap, with_mss, with_vlan_tags,
     },
     progtest::{
-        CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, ProgOutcome, assert_deltas, backend_mac, delta,
-        pin_to_cpu,
+        self, CLIENT, Loaded, NODE_CLIENT_SIDE, ProgNode, ProgOutcome, assert_deltas, backend_mac,
+        delta, pin_to_cpu,
     },
 };
 use lb_userspace::plan;
@@ -2052,6 +2052,52 @@ fn echo_requests_to_a_vip_are_answered_and_errors_about_flows_translated() {
 }
 
 /// Two VIPs on one backend port: NAT's client-port clashes.
+/// An ICMP error about a packet the node itself sent to a backend (its own socket connected
+/// there: a health check, or a process the socket-level path connected straight to the
+/// backend) is the node's: the kernel finds that socket by the quote as sent. It is passed
+/// untouched, not translated as though a client had sent the quoted packet to the endpoint's
+/// one frontend, whether the backend or a router on the way sent it.
+#[test]
+fn icmp_errors_about_the_nodes_own_packets_to_a_backend_are_left_to_it() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(ONE_BACKEND, |mut lb| {
+        let node = progtest::NODE_BACKEND_SIDE;
+        let cases = [
+            // (who says it, type, code, what the node sent)
+            (
+                "198.18.2.10",
+                3,
+                3,
+                Ipv4Frame::udp(sock(node, 40000), sock("198.18.2.10", 5353)).build(),
+            ),
+            (
+                "198.18.2.254",
+                3,
+                4,
+                Ipv4Frame::tcp(sock(node, 40001), sock("198.18.2.10", 8080), TCP_ACK).build(),
+            ),
+        ];
+        for (sender, ty, code, sent) in cases {
+            let error = icmpv4_frame(
+                (backend_mac(0), lb.backend_if_mac),
+                sender.parse().unwrap(),
+                node.parse().unwrap(),
+                &icmpv4_error(ty, code, &sent, 8),
+            );
+            let before = lb.stats();
+            let out = lb.run_from(&error, lb.backend_if);
+            assert_eq!(
+                (out.action, &out.packet),
+                (XDP_PASS, &error),
+                "type {ty} code {code} from {sender}: the node's, untouched"
+            );
+            assert_eq!(delta(&before, &lb.stats(), StatSlot::IcmpErrorToClient), 0);
+        }
+    });
+}
+
 const TWO_VIPS_ONE_BACKEND: &str = r#"
 services:
   a:
