@@ -26,14 +26,15 @@ use lb_common::{
         UNCONFIRMED_TCP_PORT_HOLD_S,
     },
     maps::{
-        Backend, Flow, FlowKey, Service, backend_flags, flow_kind, proto, service_flags, tcp_state,
+        Backend, EndpointKey, Flow, FlowKey, Service, backend_flags, flow_kind, proto,
+        service_flags, tcp_state,
     },
     stats::StatSlot,
 };
 
 use crate::{
     maps::{
-        BACKENDS, CONNTRACK, EndpointFilter, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN,
+        BACKENDS, CONNTRACK, EndpointFilter, FLOW_SCRATCH, FORWARD_FILTER, FRONTEND_GEN, FRONTENDS,
         KEY_SCRATCH, PENDING, REPLY_FILTER, reply_leads_only_to,
     },
     parse::{answer_with_reset, is_syn},
@@ -393,6 +394,36 @@ pub fn touch_reply(reply_key: &FlowKey, flow: *mut Flow, pending: bool, tick: u3
             forward.egress_ifindex = 0;
         }
     }
+}
+
+/// Whether the reply entry `flow` (at `reply_key`, of `PENDING` if `pending`), stamped
+/// before the frontends last changed, still answers for a frontend. A frontend removed ends
+/// its flows (their clients' packets reach no frontend) but leaves their reply entries until
+/// they age out; its backend endpoint may since lead to one other frontend, whose new flows
+/// write no reply entry (`replies_without_entry`), so a client reusing its port toward that
+/// one would get its replies from the removed frontend. Still there: the entry is stamped
+/// current, and asks again after the next change. Gone: the entry goes, and the reply is
+/// translated as one without an entry. Not inlined: once per flow and change of frontends.
+#[inline(never)]
+pub fn reply_frontend_stands(
+    reply_key: &FlowKey,
+    flow: *mut Flow,
+    pending: bool,
+    generation: u32,
+) -> bool {
+    // SAFETY: valid for this program run.
+    let f = unsafe { &mut *flow };
+    let frontend = EndpointKey::new(*f.frontend_addr(), f.frontend_port_be(), reply_key.proto);
+    if FRONTENDS.get_ptr(&frontend).is_some() {
+        f.frontend_gen = generation;
+        return true;
+    }
+    let _ = if pending {
+        PENDING.remove(reply_key)
+    } else {
+        CONNTRACK.remove(reply_key)
+    };
+    false
 }
 
 /// Moves a forward flow's TCP state on (its idle clock was refreshed by `lookup_forward`).

@@ -233,7 +233,7 @@ fn dispatch(ctx: &XdpContext, pkt: &mut Packet) -> Verdict {
     if conntrack::may_be_reply(&endpoint.addr, endpoint.port_be, endpoint.proto)
         && BACKEND_ENDPOINTS.get_ptr(&endpoint).is_some()
     {
-        let verdict = to_client(ctx, pkt);
+        let verdict = to_client(ctx, pkt, generation);
         if verdict != Verdict::NO_REPLY_ENTRY {
             return verdict;
         }
@@ -492,13 +492,20 @@ fn record_flow(
 
 /// A packet from a backend: if it belongs to a tracked flow, the source becomes the frontend
 /// (and, under full NAT, the destination the client again); `Verdict::NO_REPLY_ENTRY` if
-/// the table has no reply entry for it. Like `to_backend`, the only call on a tracked
-/// reply's path.
+/// the table has no reply entry for it, or none for a frontend that is still there
+/// (`conntrack::reply_frontend_stands`, asked once the frontends changed, `generation`).
+/// Like `to_backend`, the only call on a tracked reply's path.
 #[inline(never)]
-fn to_client(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+fn to_client(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdict {
     let Some((flow, pending)) = conntrack::lookup_reply(&pkt.key) else {
         return Verdict::NO_REPLY_ENTRY;
     };
+    // SAFETY: valid for this program run.
+    if unsafe { (*flow).frontend_gen } != generation
+        && !conntrack::reply_frontend_stands(&pkt.key, flow, pending, generation)
+    {
+        return Verdict::NO_REPLY_ENTRY;
+    }
     conntrack::touch_reply(&pkt.key, flow, pending, conntrack::tick());
     if pkt.key.proto == proto::TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         // SAFETY: valid for this program run.

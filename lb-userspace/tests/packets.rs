@@ -2183,6 +2183,37 @@ fn nat_gives_a_clashing_client_port_another_port_and_keeps_the_client_address() 
     });
 }
 
+/// A frontend removed leaves its flows' reply entries until they age out, while its backend
+/// endpoint now leads to one frontend only, whose new flows write no reply entry. A client
+/// reusing its port toward that frontend gets its replies from it, not from the one removed.
+#[test]
+fn replies_of_a_new_flow_come_from_its_frontend_after_another_was_removed() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(TWO_VIPS_ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 43300);
+        let (vip_a, vip_b) = (sock(VIP, 80), sock("198.18.100.2", 80));
+        for flags in [TCP_SYN, TCP_ACK] {
+            lb.run(&Ipv4Frame::tcp(client, vip_b, flags).build());
+        }
+        let only_a = TWO_VIPS_ONE_BACKEND.split("  b:").next().unwrap();
+        lb.change(only_a).expect("b removed");
+        let out = lb.run(&Ipv4Frame::tcp(client, vip_a, TCP_SYN).build());
+        assert_eq!(parse_ipv4(&out.packet).expect("forwarded").src, client);
+        let syn_ack = Ipv4Frame::tcp(sock("198.18.2.10", 8080), client, TCP_SYN | TCP_ACK)
+            .with_macs(backend_mac(0), lb.backend_if_mac);
+        let before = lb.stats();
+        let out = lb.run_from(&syn_ack.build(), lb.backend_if);
+        assert_eq!(out.packet, syn_ack.with_src(vip_a).build(), "from a's VIP");
+        assert_deltas(
+            &before,
+            &lb.stats(),
+            &[(StatSlot::NatReplyStateless, 1), (StatSlot::NatReply, 0)],
+        );
+    });
+}
+
 /// A client port whose flow to one frontend closed is not handed to a flow toward another
 /// frontend of the same backend until the backend's TIME_WAIT is over (the backend would
 /// answer the new SYN as part of the old connection): before, the new flow gets another
