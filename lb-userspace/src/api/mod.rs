@@ -81,6 +81,10 @@ pub struct Status {
     /// Set when lbd announces VIPs through BIRD (`lbd.bgp`).
     #[serde(default)]
     pub bgp: Option<BgpStatus>,
+    /// Set when the kernel may give the node's own connections ports meshlb gives flows
+    /// (`crate::dataplane::node_ports`): what is shared, and the fix.
+    #[serde(default)]
+    pub node_ports_shared: Option<String>,
 }
 
 /// How announcing the VIPs through BIRD is doing (`crate::announce`).
@@ -134,6 +138,7 @@ impl Status {
                 .filter(|a| a.is_missing())
                 .map(|a| format!("interface {} is missing", a.interface)),
         );
+        problems.extend(self.node_ports_shared.clone());
         if let Some(swarm) = self.swarm.as_ref().filter(|s| !s.engine_up) {
             problems.push(format!(
                 "the Engine at {} does not answer",
@@ -640,6 +645,7 @@ mod tests {
         let unhealthy = status(serde_json::json!({
             "degraded": "a write failed and was not undone",
             "swarm": swarm(false),
+            "node_ports_shared": "the kernel may give the node's own connections ports …",
             "attachments": [
                 { "interface": "eth0", "ifindex": 2, "mode": "native", "adopted": false,
                   "state": "missing" },
@@ -650,7 +656,8 @@ mod tests {
         assert_eq!(
             Unhealthy(unhealthy.problems()).to_string(),
             "not healthy: degraded: a write failed and was not undone; interface eth0 is \
-             missing; the Engine at unix:///var/run/docker.sock does not answer"
+             missing; the kernel may give the node's own connections ports …; the Engine at \
+             unix:///var/run/docker.sock does not answer"
         );
     }
 }

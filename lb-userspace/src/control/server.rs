@@ -175,6 +175,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
                 .collect(),
             swarm: d.swarm_status(),
             bgp,
+            node_ports_shared: crate::dataplane::node_ports::shared_with_kernel(),
         }))
     })
     .await

@@ -10,6 +10,7 @@ mod link_device;
 mod maps;
 mod mmap;
 pub mod netlink;
+pub mod node_ports;
 pub mod pin;
 mod ports;
 mod replies;
