@@ -86,6 +86,22 @@ impl Lbd {
         extra: &[&str],
         bounding: Option<BoundingSet>,
     ) -> Result<Lbd> {
+        Self::start_then(lbd, node, services, interfaces, extra, bounding, |_, _| {
+            Ok(())
+        })
+    }
+
+    /// [`Lbd::start_bounded`], calling `while_starting` with the pin directory and the process
+    /// as soon as it is spawned, before it is ready (to signal it mid-start, say).
+    pub fn start_then(
+        lbd: &Path,
+        node: &Netns,
+        services: &str,
+        interfaces: &[&str],
+        extra: &[&str],
+        bounding: Option<BoundingSet>,
+        while_starting: impl FnOnce(&Path, &mut ChildGuard) -> Result<()>,
+    ) -> Result<Lbd> {
         let suffix = unique_suffix();
         let config = std::env::temp_dir().join(format!("mlb-services-{suffix}.yaml"));
         std::fs::write(&config, services)
@@ -132,7 +148,7 @@ impl Lbd {
             state_dir,
             bounding,
         };
-        lb.launch(node)?;
+        lb.launch_then(node, while_starting)?;
         Ok(lb)
     }
 
@@ -160,6 +176,14 @@ impl Lbd {
     }
 
     fn launch(&mut self, node: &Netns) -> Result<()> {
+        self.launch_then(node, |_, _| Ok(()))
+    }
+
+    fn launch_then(
+        &mut self,
+        node: &Netns,
+        while_starting: impl FnOnce(&Path, &mut ChildGuard) -> Result<()>,
+    ) -> Result<()> {
         let mut cmd = std::process::Command::new(&self.lbd);
         cmd.args(&self.args)
             // The kernel programs' records come under the target `lb` (the object's name);
@@ -171,6 +195,7 @@ impl Lbd {
         }
         // Only the network namespace: lbd must see the host's bpffs to pin.
         let mut child = node.spawn_command(cmd, EnterMode::SetnsOnly)?;
+        while_starting(&self.pin_dir, &mut child)?;
         if let Err(e) = child.wait_for_line(READY_LINE, READY_TIMEOUT) {
             bail!("lbd did not get ready: {e:#}");
         }

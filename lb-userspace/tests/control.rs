@@ -1414,6 +1414,48 @@ fn published_ports_follow_the_node_addresses() {
     assert!(lb.output().contains("addresses changed"), "{}", lb.output());
 }
 
+/// A SIGHUP while lbd starts (loading and verifying its programs takes seconds, and
+/// `systemctl reload` may come then) does not kill it: the start goes on, and the reload
+/// comes once it serves.
+#[test]
+fn a_sighup_during_the_start_is_a_reload_once_lbd_serves() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(1);
+    let lb = Lbd::start_then(
+        lbd(),
+        &topo.node,
+        &services(r#""198.18.2.10""#),
+        &[&topo.node_client_if, &topo.node_bridge],
+        &[],
+        None,
+        |pin_dir, child| {
+            // A map pinned: the programs are still to be verified, seconds from ready.
+            let maps = pin_dir.join("maps");
+            let spawned = Instant::now();
+            while !std::fs::read_dir(&maps).is_ok_and(|mut entries| entries.next().is_some()) {
+                anyhow::ensure!(
+                    spawned.elapsed() < Duration::from_secs(20),
+                    "lbd pinned no map in {}:\n{}",
+                    maps.display(),
+                    child.output_so_far()
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            child.signal(libc::SIGHUP)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_for_log(
+        &lb,
+        "reload: no change",
+        Instant::now(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(new_flows_reach(&topo, 5), set(&["backend-0"]));
+}
+
 #[test]
 fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
     if !e2e_enabled() {

@@ -257,6 +257,68 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     assert_eq!(reply.backend, "backend-0");
 }
 
+/// A listener lbd cannot have (the metrics address taken) stops its start before anything is
+/// loaded or attached: the error names the address, and nothing stays pinned or attached.
+#[test]
+fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let taken = topo
+        .node
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("enter the node")
+        .expect("bind a port");
+    let addr = taken.local_addr().unwrap().to_string();
+    let scratch = ScratchPath::temp("listener", "");
+    let pins = scratch_pins("listener");
+    std::fs::create_dir_all(&*scratch).unwrap();
+    let config = scratch.join("services.yaml");
+    std::fs::write(&config, SERVICES).unwrap();
+    let (state, api) = (scratch.join("state"), scratch.join("api.sock"));
+    let mut cmd = Command::new(lbd());
+    cmd.args([
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--interface",
+        &topo.node_client_if,
+        "--pin-dir",
+        pins.arg(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--api",
+        api.to_str().unwrap(),
+        "--metrics",
+        &addr,
+        "--socket-lb",
+        "off",
+        "--conntrack-entries",
+        "65536",
+    ]);
+    // Only the network namespace: lbd must see bpffs.
+    let mut child = topo
+        .node
+        .spawn_command(cmd, EnterMode::SetnsOnly)
+        .expect("spawn lbd");
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wait")
+        .expect("lbd must fail, not run");
+    let out = child.output_so_far();
+    let attached = topo.node.xdp_attached(&topo.node_client_if).unwrap();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains(&format!("metrics on {addr}")), "{out}");
+    assert!(
+        !pins.exists() && !attached,
+        "the failed start left its pins ({}) or its program ({attached}) behind: {out}",
+        pins.exists()
+    );
+    assert!(!api.exists(), "the API socket stayed: {out}");
+    drop(taken);
+}
+
 /// The test kit takes lbd for started on its ready line only: a second lbd on the same
 /// interfaces fails with "… already runs XDP program …", which holds "ready" too.
 #[test]

@@ -70,9 +70,30 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
         .map(|(_, path)| super::auth::Token::read(path))
         .transpose()
         .map_err(RunError::Token)?;
-    // The API socket first: a path lbd may not use is refused before anything is attached.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    // Before the start, which takes seconds (loading and verifying the programs, adopting):
+    // a SIGHUP (`systemctl reload`) or SIGTERM then must not meet the default action, which
+    // kills lbd mid-start. They wait in their streams until lbd serves.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::register()?
+    };
+    // Every listener before the start too: an address lbd may not use is refused before
+    // anything is loaded or attached (a start that failed after it would leave the
+    // dataplane attached with no lbd). The API socket first.
     let api = server::bind_unix(&options.api)
         .map_err(io(format!("admin API socket {}", options.api.display())))?;
+    let tcp = match runtime.block_on(TcpListeners::bind(&options)) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            api.remove();
+            return Err(e);
+        }
+    };
     // Stamped before the start reads the file: a change made while it starts (seconds, with
     // the dataplane to load) is then seen by the first check, and read again at worst.
     let stamp_at_start = options.daemon.config.as_deref().and_then(file_stamp);
@@ -84,12 +105,14 @@ pub fn run(options: RunOptions) -> Result<Stopped, RunError> {
             return Err(e.into());
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(io("starting the async runtime"))?;
-    runtime.block_on(serve(shared.clone(), &options, api, token, stamp_at_start))?;
+    let listeners = Listeners { api, tcp, token };
+    runtime.block_on(serve(
+        shared.clone(),
+        &options,
+        signals,
+        listeners,
+        stamp_at_start,
+    ))?;
     // Bounded whatever the configuration (per service counters of 10,000 services would be a
     // 20 MB line in the journal): those are `lbctl stats` and /metrics while lbd runs.
     let daemon = shared.daemon();
@@ -128,6 +151,56 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The signals `lbd run` acts on: SIGHUP reloads, SIGTERM and SIGINT stop.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Replaces their default actions; within the runtime.
+    fn register() -> Result<Self, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?,
+            hangup: signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?,
+            interrupt: signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?,
+        })
+    }
+}
+
+/// The TCP admin API's listener (with `--api-listen`) and the metrics endpoint's, bound.
+struct TcpListeners {
+    api: Option<tokio::net::TcpListener>,
+    metrics: tokio::net::TcpListener,
+}
+
+impl TcpListeners {
+    async fn bind(options: &RunOptions) -> Result<Self, RunError> {
+        let api = match &options.api_listen {
+            Some((addr, _)) => Some(tokio::net::TcpListener::bind(addr).await.map_err(io(
+                format!("admin API on {addr} (choose another with --api-listen)"),
+            ))?),
+            None => None,
+        };
+        let metrics = tokio::net::TcpListener::bind(options.metrics)
+            .await
+            .map_err(io(format!(
+                "metrics on {} (choose another with --metrics)",
+                options.metrics
+            )))?;
+        Ok(Self { api, metrics })
+    }
+}
+
+/// Every listener, bound before the start, and the TCP API's token.
+struct Listeners {
+    api: server::ApiSocket,
+    tcp: TcpListeners,
+    token: Option<super::auth::Token>,
+}
+
 /// A stop signal the listeners and background tasks wait on.
 #[derive(Clone)]
 struct Stop(watch::Receiver<bool>);
@@ -141,23 +214,25 @@ impl Stop {
     }
 }
 
+/// Serves until SIGTERM or SIGINT; one that came during the start stops lbd as soon as it
+/// serves, and a SIGHUP then is one reload.
 async fn serve(
     shared: Arc<Shared>,
     options: &RunOptions,
-    api: server::ApiSocket,
-    token: Option<super::auth::Token>,
+    signals: Signals,
+    listeners: Listeners,
     stamp_at_start: Option<FileStamp>,
 ) -> Result<(), RunError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    // Handlers first, then "ready": a SIGHUP or SIGTERM right after must not meet the
-    // default action.
-    let mut term = signal(SignalKind::terminate()).map_err(io("SIGTERM handler"))?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(io("SIGHUP handler"))?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(io("SIGINT handler"))?;
+    let Signals {
+        mut term,
+        mut hangup,
+        mut interrupt,
+    } = signals;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop = Stop(stop_rx);
 
-    let mut listeners = listen(&shared, options, api, token.clone(), &stop).await?;
+    let token = listeners.token.clone();
+    let mut listeners = listen(&shared, listeners, &stop);
     pump_kernel_log(&shared)?;
     sample_counters(&shared, &stop);
     let record_at =
@@ -270,22 +345,19 @@ async fn serve(
 /// How long a stop waits for the API's and the metrics endpoint's open connections.
 const LISTENERS_STOP: Duration = Duration::from_secs(5);
 
-/// The admin API (Unix socket, and TCP with a token) and the metrics endpoint.
-async fn listen(
-    shared: &Arc<Shared>,
-    options: &RunOptions,
-    api: server::ApiSocket,
-    token: Option<super::auth::Token>,
-    stop: &Stop,
-) -> Result<JoinSet<std::io::Result<()>>, RunError> {
+/// Serves the admin API (Unix socket, and TCP with a token) and the metrics endpoint.
+fn listen(shared: &Arc<Shared>, listeners: Listeners, stop: &Stop) -> JoinSet<std::io::Result<()>> {
     use super::listener;
     let mut tasks = JoinSet::new();
-    tasks.spawn(server::serve_unix(api, shared.clone(), stop.0.clone()));
-    if let (Some((addr, _)), Some(token)) = (&options.api_listen, token) {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(io(format!("admin API on {addr}")))?;
-        info!(%addr, "admin API listening on TCP (bearer token required)");
+    tasks.spawn(server::serve_unix(
+        listeners.api,
+        shared.clone(),
+        stop.0.clone(),
+    ));
+    if let (Some(tcp), Some(token)) = (listeners.tcp.api, listeners.token) {
+        if let Ok(addr) = tcp.local_addr() {
+            info!(%addr, "admin API listening on TCP (bearer token required)");
+        }
         let counted = shared.clone();
         tasks.spawn(listener::serve(
             "admin API (TCP)",
@@ -296,12 +368,7 @@ async fn listen(
             stop.0.clone(),
         ));
     }
-    let metrics = tokio::net::TcpListener::bind(options.metrics)
-        .await
-        .map_err(io(format!(
-            "metrics on {} (choose another with --metrics)",
-            options.metrics
-        )))?;
+    let metrics = listeners.tcp.metrics;
     if let Ok(addr) = metrics.local_addr() {
         info!(%addr, "metrics listening");
     }
@@ -313,7 +380,7 @@ async fn listen(
         || {},
         stop.0.clone(),
     ));
-    Ok(tasks)
+    tasks
 }
 
 /// Moves kernel log records into this process's log as they come.
