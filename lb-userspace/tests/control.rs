@@ -1414,6 +1414,49 @@ fn published_ports_follow_the_node_addresses() {
     assert!(lb.output().contains("addresses changed"), "{}", lb.output());
 }
 
+/// A change of the node's addresses replans the published ports with the service file as
+/// last accepted: an edit nobody signalled (no file watch here) waits for its SIGHUP.
+#[test]
+fn an_address_change_replans_without_reading_the_file_again() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let published = |backend: &str| {
+        format!(
+            "services:\n  api:\n    ports: [\"8000:8080/tcp\"]\n    backends: [\"{backend}\"]\n"
+        )
+    };
+    let mut lb = start(&topo, &published("198.18.2.10"), &[]);
+    std::fs::write(lb.config_path(), published("198.18.2.11")).unwrap();
+    topo.node
+        .ip(&["addr", "add", "198.18.1.3/24", "dev", &topo.node_client_if])
+        .unwrap();
+    let new_address: SocketAddr = "198.18.1.3:8000".parse().unwrap();
+    let added = Instant::now();
+    let reply = loop {
+        match tcp_request(&topo.client, new_address, Duration::from_millis(300)) {
+            Ok(reply) => break reply,
+            Err(e) => assert!(
+                added.elapsed() < Duration::from_secs(5),
+                "the new address is not served: {e:#}\n{}",
+                lb.output()
+            ),
+        }
+    };
+    assert_eq!(
+        reply.backend,
+        "backend-0",
+        "the address change applied the unsignalled edit:\n{}",
+        lb.output()
+    );
+    // The edit applies at its SIGHUP.
+    let answer = lb.reload(&published("198.18.2.11")).expect("reload");
+    assert!(answer.contains("reloaded"), "{answer}");
+    let reply = tcp_request(&topo.client, new_address, TIMEOUT).expect("served");
+    assert_eq!(reply.backend, "backend-1");
+}
+
 /// A SIGHUP while lbd starts (loading and verifying its programs takes seconds, and
 /// `systemctl reload` may come then) does not kill it: the start goes on, and the reload
 /// comes once it serves.

@@ -264,8 +264,8 @@ async fn serve(
     // small for the API's backends) waits for the API to change: the API state it was
     // refused with. Then it is tried again, so the way out the refusal names (say,
     // `lbctl remove-service`) applies the file without a SIGHUP. Other changes (health,
-    // swarm) do not retry it: each retry plans the whole file and logs the refusal again.
-    // (A change of the node's addresses reloads the file anyway.)
+    // swarm, the node's addresses) do not retry it: each retry plans the whole file and logs
+    // the refusal again.
     let mut refused_with: Option<ApiState> = None;
     let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
     file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -594,12 +594,16 @@ impl Reload {
 }
 
 /// Re-reads the service file and applies the difference; the answer goes to the log (every
-/// line says "reload").
+/// line says "reload"). A change of the node's addresses replans with the file as last
+/// accepted: an edit of it waits for its own reload (settled, or signalled).
 async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut daemon = s.daemon();
-        let result = daemon.reload_file(trigger);
+        let result = match trigger {
+            Trigger::Addresses => daemon.replan(trigger),
+            _ => daemon.reload_file(trigger),
+        };
         // Only a refusal needs it (see `Reload::Refused`).
         let api = result
             .as_ref()

@@ -332,6 +332,14 @@ impl Daemon {
         self.commit(trigger, Some(file), api)
     }
 
+    /// Plans again from the inputs as last accepted, the service file not read again: for a
+    /// change of the node's addresses, which moves published ports. An edit of the file
+    /// waits for its own reload (settled, or signalled).
+    pub fn replan(&mut self, trigger: Trigger) -> Result<Outcome, DaemonError> {
+        let api = self.api.clone();
+        self.commit(trigger, None, api)
+    }
+
     /// Applies an API change: `change` edits a copy of the API state; nothing is kept unless
     /// the result validates, plans and is programmed.
     pub fn change_api<T>(
