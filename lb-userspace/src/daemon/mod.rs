@@ -36,7 +36,8 @@ pub use health::CheckResult;
 pub use links::LinkEvent;
 
 use swarm_state::{
-    load_swarm_state, plan_refusing_swarm, starting_swarm_services, swarm_blamed, swarm_services,
+    load_scopes, load_swarm_state, plan_refusing_swarm, save_scopes, starting_swarm_services,
+    swarm_blamed, swarm_services,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -167,29 +168,15 @@ impl Daemon {
             Some(path) => ServiceFile::load(path)?,
             None => ServiceFile::default(),
         };
-        let api_path = options.state_dir.join(API_STATE_FILE);
-        let mut api = ApiState::load(&api_path)?;
-        // Re-weights and removals of backends the file dropped while no lbd ran lapse now, as
-        // at a reload: listed again later, such a backend must come with the file's weight,
-        // not an old drain.
-        let lapsed = api.drop_lapsed_edits(&file);
-        if lapsed > 0 {
-            info!(
-                lapsed,
-                "API re-weights and removals of backends the service file no longer lists lapse"
-            );
-            if let Err(e) = api.save(&api_path) {
-                warn!("{e}; they lapse again at the next start");
-            }
-        }
         let swarm = options
             .docker_host
             .as_ref()
             .map(|_| load_swarm_state(&options.state_dir));
-        let swarm_services = starting_swarm_services(swarm.as_ref(), &file, &options.state_dir);
+        let saved_scopes = load_scopes(&options.state_dir);
+        let swarm_services = starting_swarm_services(swarm.as_ref(), &file, &saved_scopes);
+        let (api, mut merged, api_changed) =
+            merge_saved_api_state(&file, &options.state_dir, &swarm_services)?;
         let node_addresses = node_addresses()?;
-        let mut merged = api.merge_with_swarm(&file, &swarm_services.all_specs())?;
-        merged.file.mesh = swarm_services.mesh.clone();
         // The checks' verdicts from before a restart shape the first plan: a backend found
         // down is not served again until its checks pass.
         let mut health = crate::source::health::HealthBook::default();
@@ -293,6 +280,14 @@ impl Daemon {
             health_unapplied: None,
             swarm_unapplied: None,
         };
+        // Written only now, with the pin directory locked and the start done: a start that
+        // failed, or a second lbd the lock refused, must leave the running one's state alone.
+        if api_changed && let Err(e) = daemon.api.save(&options.state_dir.join(API_STATE_FILE)) {
+            warn!("{e}; the re-weights and removals that lapsed lapse again at the next start");
+        }
+        if daemon.swarm_services.scopes != saved_scopes {
+            save_scopes(&options.state_dir, &daemon.swarm_services.scopes);
+        }
         daemon.follow_bridges();
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
@@ -779,6 +774,32 @@ impl Daemon {
     }
 }
 
+/// The API state saved in `state_dir` laid over `file` and the swarm's services, as a start
+/// lays them (`lbd check` refuses with it what a start would): the API state, with the
+/// re-weights and removals of backends the file dropped while no lbd ran lapsed, the merge,
+/// and whether lapses changed the state (writing it is the caller's, once it started).
+pub fn merge_saved_api_state(
+    file: &ServiceFile,
+    state_dir: &Path,
+    swarm: &SwarmServices,
+) -> Result<(ApiState, Merged, bool), DaemonError> {
+    let mut api = ApiState::load(&state_dir.join(API_STATE_FILE))?;
+    // As at a reload: listed again later, such a backend must come with the file's weight,
+    // not an old drain.
+    let before = api.clone();
+    let lapsed = api.drop_lapsed_edits(file);
+    if lapsed > 0 {
+        info!(
+            lapsed,
+            "API re-weights and removals of backends the service file no longer lists lapse"
+        );
+    }
+    let mut merged = api.merge_with_swarm(file, &swarm.all_specs())?;
+    merged.file.mesh = swarm.mesh.clone();
+    let changed = api != before;
+    Ok((api, merged, changed))
+}
+
 fn node_addresses() -> Result<Vec<IpAddr>, DaemonError> {
     dataplane::node_addresses().map_err(DaemonError::NodeAddresses)
 }
@@ -796,4 +817,58 @@ pub fn service_ids(running: &DesiredState, name: &str) -> Vec<u32> {
 /// Where a service is defined, for `lbctl list`.
 pub fn source_of(merged: &Merged, name: &str) -> Source {
     merged.sources.get(name).copied().unwrap_or(Source::File)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::api_state::{BackendRef, Edit};
+
+    /// A start that fails (here at an interface that does not exist; a second lbd refused
+    /// by the pin lock alike) writes no state: the drain of a backend the file no longer
+    /// lists lapses only once a start succeeds, and the running lbd keeps what it relies on.
+    #[test]
+    fn a_failed_start_leaves_the_api_state_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("mlb-failed-start-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("services.yaml");
+        std::fs::write(
+            &config,
+            "services:\n  web:\n    vip: 198.18.100.1\n    ports: [\"80:8080/tcp\"]\n    backends: [198.18.2.10]\n",
+        )
+        .unwrap();
+        let drained = BackendRef {
+            address: "198.18.2.11".parse().unwrap(),
+            port: None,
+        };
+        let mut api = ApiState::default();
+        api.backend_edits
+            .insert("web".into(), [(drained, Edit::Reweighted(0))].into());
+        let path = dir.join(API_STATE_FILE);
+        api.save(&path).unwrap();
+        let options = DaemonOptions {
+            config: Some(config),
+            docker_host: None,
+            interfaces: vec!["mlb-nope0".into()],
+            late_interfaces: Vec::new(),
+            xdp_mode: XdpMode::Auto,
+            xdp_redirect: Vec::new(),
+            state_dir: dir.clone(),
+            load: LoadOptions {
+                pin_dir: None,
+                ..Default::default()
+            },
+            socket_cgroup: None,
+            docker_bridges: false,
+        };
+        let started = Daemon::start(&options);
+        let kept = ApiState::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        match started {
+            Ok(_) => panic!("started on an interface that does not exist"),
+            Err(e) => assert!(e.to_string().contains("mlb-nope0"), "{e}"),
+        }
+        assert_eq!(kept.unwrap(), api, "the failed start rewrote the API state");
+    }
 }

@@ -99,22 +99,20 @@ pub(super) fn swarm_services(
 }
 
 /// The swarm's services at a start: the networks keep the socket scopes the last lbd gave
-/// them (saved beside the swarm state), since the pinned frontends and namespaces hold them
-/// until both are written again.
+/// them (`saved`, from beside the swarm state), since the pinned frontends and namespaces
+/// hold them until both are written again. Scopes that changed are saved once the start
+/// succeeded (`Daemon::start`).
 pub(super) fn starting_swarm_services(
     snapshot: Option<&Snapshot>,
     file: &ServiceFile,
-    state_dir: &Path,
+    saved: &BTreeMap<String, u8>,
 ) -> SwarmServices {
     let running = SwarmServices {
-        scopes: load_scopes(state_dir),
+        scopes: saved.clone(),
         ..Default::default()
     };
     let services = swarm_services(snapshot, file, &running);
     log_new_problems(&running, &services);
-    if services.scopes != running.scopes {
-        save_scopes(state_dir, &services.scopes);
-    }
     services
 }
 
@@ -199,7 +197,7 @@ fn new_problems<'a>(before: &SwarmServices, after: &'a SwarmServices) -> Vec<(&'
 
 /// Saves the networks' socket scopes for the next start (a failure is logged: it would
 /// number them afresh).
-fn save_scopes(state_dir: &Path, scopes: &BTreeMap<String, u8>) {
+pub(super) fn save_scopes(state_dir: &Path, scopes: &BTreeMap<String, u8>) {
     let path = state_dir.join(SWARM_SCOPES_FILE);
     saved::write(
         &path,
@@ -211,7 +209,7 @@ fn save_scopes(state_dir: &Path, scopes: &BTreeMap<String, u8>) {
 
 /// The networks' socket scopes the last lbd saved; none when there are none (a broken file
 /// is said in the log: the scopes are numbered afresh).
-fn load_scopes(state_dir: &Path) -> BTreeMap<String, u8> {
+pub(super) fn load_scopes(state_dir: &Path) -> BTreeMap<String, u8> {
     let path = state_dir.join(SWARM_SCOPES_FILE);
     let saved: BTreeMap<String, u8> =
         saved::read(&path, "socket scopes", "the networks are numbered afresh").unwrap_or_default();
@@ -267,7 +265,7 @@ mod tests {
     }
 
     /// A restart keeps the networks' socket scopes the last lbd saved, even out of name
-    /// order, and saves them when they change.
+    /// order.
     #[test]
     fn a_start_keeps_the_saved_socket_scopes() {
         let dir = std::env::temp_dir().join(format!("mlb-scopes-{}", std::process::id()));
@@ -285,13 +283,14 @@ mod tests {
         };
         snapshot.services.insert("api".to_owned(), service);
         let none = ServiceFile::default();
-        // No saved scopes: by name, and saved.
-        let first = starting_swarm_services(Some(&snapshot), &none, &dir);
+        // No saved scopes: by name; saved as they come back.
+        let first = starting_swarm_services(Some(&snapshot), &none, &load_scopes(&dir));
         assert_eq!(first.scopes["mid"], 1);
+        save_scopes(&dir, &first.scopes);
         assert_eq!(load_scopes(&dir), first.scopes);
         // Saved out of name order (a network was made since): kept.
         save_scopes(&dir, &[("mid".to_owned(), 2), ("zed".to_owned(), 1)].into());
-        let again = starting_swarm_services(Some(&snapshot), &none, &dir);
+        let again = starting_swarm_services(Some(&snapshot), &none, &load_scopes(&dir));
         assert_eq!(
             again.scopes,
             [("mid".to_owned(), 2), ("zed".to_owned(), 1)].into()

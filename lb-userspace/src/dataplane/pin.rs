@@ -166,7 +166,8 @@ pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, DataplaneError> {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 format!(
                     "another lbd is running with pin directory {}; stop it first (systemctl stop \
-                 meshlb), or give this one its own --pin-dir",
+                     meshlb), or give this one a pin directory, a state directory and an API \
+                     socket of its own (--pin-dir, --state-dir, --api)",
                     dir.display()
                 )
             } else {
@@ -675,5 +676,21 @@ mod unit_tests {
             None
         );
         assert_eq!(super::unit_in_cgroups("9:name=systemd:/\n0::/\n"), None);
+    }
+
+    /// A second lbd on a held pin directory is told to stop the first or to give itself a
+    /// pin directory, a state directory and an API socket of its own: sharing the last two
+    /// would have it rewrite the first one's API state and socket.
+    #[test]
+    fn a_held_pin_directory_names_what_a_second_lbd_needs_of_its_own() {
+        let dir = std::env::temp_dir().join(format!("mlb-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let held = super::lock(&dir).expect("the first lock");
+        let e = super::lock(&dir).expect_err("held").to_string();
+        drop(held);
+        std::fs::remove_dir_all(&dir).unwrap();
+        for flag in ["--pin-dir", "--state-dir", "--api"] {
+            assert!(e.contains(flag), "{e}");
+        }
     }
 }
