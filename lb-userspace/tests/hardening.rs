@@ -757,3 +757,48 @@ fn lbd_check_refuses_what_lbd_run_would() {
     let (ok, out) = check(&[]);
     assert!(ok && out.contains("interfaces: lo"), "{out}");
 }
+
+/// `lbd check` lays the state directory's API state over the file, as `lbd run` does: a
+/// service both define is refused, as the start would refuse it.
+#[test]
+fn lbd_check_refuses_a_service_the_api_state_defines_too() {
+    if !e2e_enabled() {
+        return;
+    }
+    let ns = Netns::new("check").expect("namespace");
+    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+        .expect("forwarding");
+    let file = ScratchPath::temp("check-api", ".yaml");
+    std::fs::write(&*file, SERVICES).unwrap();
+    let state = ScratchPath::temp("check-state", "");
+    let api = lb_userspace::source::api_state::ApiState {
+        services: lb_userspace::source::file::ServiceFile::parse(SERVICES, Path::new("api"))
+            .unwrap()
+            .services,
+        ..Default::default()
+    };
+    api.save(&state.join("api-state.json")).unwrap();
+    let check = |state_dir: &str| {
+        run_lbd(
+            Some(&ns),
+            &[
+                "check",
+                "--config",
+                file.arg(),
+                "--interface",
+                "lo",
+                "--state-dir",
+                state_dir,
+            ],
+        )
+    };
+    let (ok, out) = check(state.arg());
+    assert!(
+        !ok && out.contains("defined in the service file and through the API"),
+        "{out}"
+    );
+    // Without that state, the same file passes.
+    let empty = ScratchPath::temp("check-empty", "");
+    let (ok, out) = check(empty.arg());
+    assert!(ok, "{out}");
+}

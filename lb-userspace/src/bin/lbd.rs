@@ -16,9 +16,10 @@ use lb_userspace::{
     daemon::DaemonOptions,
     dataplane::{self, LoadOptions, pin},
     plan,
+    source::api_state::ApiState,
     source::file::ServiceFile,
     source::settings::{self, DockerBridges, KernelLogLevel, SocketLb, XdpMode},
-    source::swarm,
+    source::swarm::{self, SwarmServices},
 };
 use tracing::{info, warn};
 
@@ -38,8 +39,9 @@ enum Command {
     /// Load the dataplane (or adopt the pinned one), attach it to the interfaces and serve the
     /// services in the file and those added through the API.
     Run(Box<RunArgs>),
-    /// Validate what `lbd run` with the same flags would do (the service file and the
-    /// settings from the flags and its `lbd:` section) and print it; touches nothing.
+    /// Validate what `lbd run` with the same flags would do (the service file with the API
+    /// state of the state directory laid over it, and the settings from the flags and its
+    /// `lbd:` section) and print it; touches nothing.
     Check(Box<RunArgs>),
     /// Detach meshlb from every interface and remove its pinned maps (tracked flows are lost).
     /// Refuses while an lbd runs on the pin directory.
@@ -241,15 +243,30 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
         };
         println!("swarm: following {host}{bridges}");
     }
-    let Some(config) = config else {
-        return Ok(());
+    let file = match &config {
+        Some(path) => ServiceFile::load(path)?,
+        None => ServiceFile::default(),
     };
-    let file = ServiceFile::load(&config)?;
+    // The API state laid over the file as `lbd run` lays it: a name both define, say, is
+    // refused here too. The swarm's services are the Engine's, not checked here.
+    let (api, merged, _) = lb_userspace::daemon::merge_saved_api_state(
+        &file,
+        &daemon.state_dir,
+        &SwarmServices::default(),
+    )?;
+    let what = match (&config, api == ApiState::default()) {
+        (Some(path), true) => path.display().to_string(),
+        (Some(path), false) => format!(
+            "{} with the API state in {}",
+            path.display(),
+            daemon.state_dir.display()
+        ),
+        (None, _) => format!("the API state in {}", daemon.state_dir.display()),
+    };
     let node_addrs = dataplane::node_addresses().context("listing this node's addresses")?;
-    let desired =
-        plan::plan(&file, &node_addrs).with_context(|| format!("{}", config.display()))?;
+    let desired = plan::plan(&merged.file, &node_addrs).with_context(|| what.clone())?;
     if desired.services.is_empty() {
-        println!("{}: no services", config.display());
+        println!("{what}: no services");
     }
     for s in &desired.services {
         // The VIP, or the node's addresses of one family: a dual-stack service's two lines
