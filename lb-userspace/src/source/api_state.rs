@@ -24,7 +24,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::file::{BackendSpec, ConfigError, POLICY_VIP_SUFFIX, ServiceFile, ServiceSpec};
+use crate::source::file::{
+    BackendSpec, ConfigError, POLICY_VIP_SUFFIX, PortMapping, ServiceFile, ServiceSpec,
+};
 
 /// A backend as the API names it: its address and, if given, its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -465,19 +467,40 @@ impl ApiState {
 
     /// Forgets the re-weights and removals of backends that `file` no longer lists in a
     /// service it still defines: they lapse, so a backend the file lists again later comes
-    /// with the file's weight, not an old drain. How many it forgot.
+    /// with the file's weight, not an old drain. One the file now writes another way (`ADDR`
+    /// for `ADDR:PORT`, see `same_endpoint`) stays, kept under the file's new name as an
+    /// edit made now would be. How many it forgot.
     pub fn drop_lapsed_edits(&mut self, file: &ServiceFile) -> usize {
         let mut dropped = 0;
         for (service, edits) in &mut self.backend_edits {
             let Some(spec) = file.services.get(service) else {
                 continue;
             };
-            edits.retain(|backend, edit| {
-                let keep = matches!(edit, Edit::Added(_))
-                    || spec.backends.iter().any(|b| BackendRef::of(b) == *backend);
-                dropped += usize::from(!keep);
-                keep
-            });
+            let listed: Vec<BackendRef> = spec.backends.iter().map(BackendRef::of).collect();
+            let mut kept = BTreeMap::new();
+            let mut renamed = Vec::new();
+            for (backend, edit) in std::mem::take(edits) {
+                if matches!(edit, Edit::Added(_)) || listed.contains(&backend) {
+                    kept.insert(backend, edit);
+                } else if let Some(now) = listed
+                    .iter()
+                    .find(|b| same_endpoint(&spec.ports, backend, **b))
+                {
+                    renamed.push((*now, edit));
+                } else {
+                    dropped += 1;
+                }
+            }
+            for (backend, edit) in renamed {
+                // An edit made under the file's name already wins.
+                match kept.entry(backend) {
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        entry.insert(edit);
+                    }
+                    std::collections::btree_map::Entry::Occupied(_) => dropped += 1,
+                }
+            }
+            *edits = kept;
         }
         self.backend_edits.retain(|_, edits| !edits.is_empty());
         dropped
@@ -522,13 +545,10 @@ impl ApiState {
         }
         let candidates: Vec<BackendRef> = listed
             .iter()
-            .filter(|b| b.address == backend.address)
-            .filter(|b| match (backend.port, b.port) {
-                // ADDR:PORT for a backend listed as ADDR: PORT must be where it is reached.
-                (Some(port), None) => spec.ports.iter().any(|m| m.backend == port),
-                // ADDR for a backend listed with a port.
-                (None, Some(_)) => true,
-                _ => false,
+            .filter(|b| {
+                // The same endpoint written another way, or ADDR for any backend at ADDR.
+                same_endpoint(&spec.ports, backend, **b)
+                    || (backend.port.is_none() && b.address == backend.address)
             })
             .copied()
             .collect();
@@ -645,12 +665,30 @@ fn revalidate(spec: ServiceSpec) -> Result<ServiceSpec, OverlayError> {
         .expect("the service just parsed"))
 }
 
+/// Whether `a` and `b` are one endpoint of a service with port mappings `ports`: written
+/// alike, or one as `ADDR` and the other as `ADDR:PORT` where PORT is a mapping's backend
+/// port (where `ADDR` is reached). A file may write a backend either way.
+fn same_endpoint(ports: &[PortMapping], a: BackendRef, b: BackendRef) -> bool {
+    a.address == b.address
+        && match (a.port, b.port) {
+            (Some(port), None) | (None, Some(port)) => ports.iter().any(|m| m.backend == port),
+            (x, y) => x == y,
+        }
+}
+
 fn apply_edits(spec: &mut ServiceSpec, edits: &BTreeMap<BackendRef, Edit>) {
     for (backend, edit) in edits {
+        // As written, else the same endpoint written another way (edits are kept under the
+        // name the file used when they were made).
         let position = spec
             .backends
             .iter()
-            .position(|b| BackendRef::of(b) == *backend);
+            .position(|b| BackendRef::of(b) == *backend)
+            .or_else(|| {
+                spec.backends
+                    .iter()
+                    .position(|b| same_endpoint(&spec.ports, *backend, BackendRef::of(b)))
+            });
         match (edit, position) {
             (Edit::Added(weight) | Edit::Reweighted(weight), Some(i)) => {
                 spec.backends[i].weight = *weight;
@@ -1256,5 +1294,48 @@ services:
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file that writes a backend another way (`ADDR` under "80:8080/tcp", then
+    /// `ADDR:8080` or the long form, or back) lists the same endpoint: its drain and its
+    /// removal stay laid over it, and `add-backend` without a weight still undoes the drain.
+    #[test]
+    fn edits_follow_a_backend_the_file_writes_another_way() {
+        let web = |backends: &str| {
+            file(&format!(
+                "services:\n  web:\n    ports: [\"80:8080/tcp\"]\n    backends: {backends}\n"
+            ))
+        };
+        let short = web("[198.18.2.10, 198.18.2.11, 198.18.2.12]");
+        let long =
+            web("[\"198.18.2.10:8080\", {address: 198.18.2.11, port: 8080}, \"198.18.2.12:8080\"]");
+        for (before, after) in [(&short, &long), (&long, &short)] {
+            let mut api = ApiState::default();
+            api.drain("web", r("198.18.2.10"), before).unwrap();
+            api.remove_backend("web", r("198.18.2.11"), before).unwrap();
+            assert_eq!(api.drop_lapsed_edits(after), 0, "{:?}", api.backend_edits);
+            // As the file now writes them.
+            let listed: Vec<String> = after.services["web"]
+                .backends
+                .iter()
+                .map(|b| BackendRef::of(b).to_string())
+                .collect();
+            assert_eq!(
+                weights(&api.merge(after).unwrap(), "web"),
+                [(listed[0].clone(), 0), (listed[2].clone(), 1)]
+            );
+            api.set_backend("web", r("198.18.2.10"), None, after)
+                .unwrap();
+            assert_eq!(
+                weights(&api.merge(after).unwrap(), "web"),
+                [(listed[0].clone(), 1), (listed[2].clone(), 1)],
+                "the drain is undone: {:?}",
+                api.backend_edits
+            );
+        }
+        // Another port is another endpoint: the edits lapse.
+        let mut api = ApiState::default();
+        api.drain("web", r("198.18.2.10"), &short).unwrap();
+        assert_eq!(api.drop_lapsed_edits(&web("[\"198.18.2.10:9000\"]")), 1);
     }
 }
