@@ -349,7 +349,7 @@ impl ApiState {
                 "service {name:?} is defined in the service file; delete it there and reload"
             )));
         }
-        Err(OverlayError::NotFound(format!("no service {name:?}")))
+        Err(no_service(name))
     }
 
     /// `lbctl apply`: the API's services become exactly `services`. Returns the names added,
@@ -605,7 +605,8 @@ impl ApiState {
         })?;
         if stored.format != STATE_FORMAT {
             return Err(io(format!(
-                "API state format {} is not the format {STATE_FORMAT} this lbd reads",
+                "API state format {} is not the format {STATE_FORMAT} this lbd reads (a newer \
+                 lbd wrote it); upgrade lbd, or move it away to start without the API's changes",
                 stored.format
             )));
         }
@@ -1337,5 +1338,29 @@ services:
         let mut api = ApiState::default();
         api.drain("web", r("198.18.2.10"), &short).unwrap();
         assert_eq!(api.drop_lapsed_edits(&web("[\"198.18.2.10:9000\"]")), 1);
+    }
+
+    /// A state file of another format, and a service that does not exist, name the way out.
+    #[test]
+    fn errors_of_the_state_file_and_of_removing_a_service_name_the_way_out() {
+        let dir = std::env::temp_dir().join(format!("mlb-format-{}", std::process::id()));
+        let path = dir.join("api-state.json");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            &path,
+            r#"{"format": 2, "services": {}, "backend_edits": {}}"#,
+        )
+        .unwrap();
+        let e = ApiState::load(&path).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.contains("api-state.json") && e.contains("upgrade lbd") && e.contains("move it away"),
+            "{e}"
+        );
+        let e = ApiState::default()
+            .remove_service("nope", &file(FILE))
+            .unwrap_err();
+        assert!(matches!(e, OverlayError::NotFound(_)), "{e}");
+        assert!(e.to_string().contains("lbctl list"), "{e}");
     }
 }
