@@ -1113,14 +1113,23 @@ services:
         let e = api.merge(&f).unwrap_err().to_string();
         assert!(e.contains("already published"), "{e}");
         // A backend written twice in different forms: `set_backend` names the listed one
-        // (no edit); an edit made so (a state file of an older lbd) is still refused.
+        // (no edit); an edit made so (a state file of an older lbd) acts on the listed
+        // backend rather than listing it twice.
         let mut api = ApiState::default();
         api.set_backend("web", r("198.18.2.10:8080"), Some(1), &f)
             .unwrap();
         assert!(api.backend_edits.is_empty(), "{:?}", api.backend_edits);
-        api.set_edit("web", r("198.18.2.10:8080"), Some(Edit::Added(1)));
-        let e = api.merge(&f).unwrap_err().to_string();
-        assert!(e.contains(MERGED_ORIGIN) && e.contains("backends"), "{e}");
+        api.set_edit("web", r("198.18.2.10:8080"), Some(Edit::Added(3)));
+        let merged = api.merge(&f).unwrap();
+        let weights: Vec<(String, u32)> = merged.file.services["web"]
+            .backends
+            .iter()
+            .map(|b| (BackendRef::of(b).to_string(), b.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [("198.18.2.10".to_owned(), 3), ("198.18.2.11".to_owned(), 1)]
+        );
     }
 
     /// An API service's backends meet the file's rules at every edit: one past its Maglev
