@@ -202,7 +202,7 @@ impl Daemon {
         // (a reboot) there are none, and the first failed check should take it out. Up and
         // unknown are served alike, so the plan above stands.
         if !dp.adopted() {
-            health.forget_seeded_up();
+            health.forget_seeded_up(std::time::SystemTime::now());
         }
         // A start that fails from here undoes what it did (see `Dataplane::undo_failed_start`).
         // Backend endpoints removed while no lbd ran: their connected sockets are aborted

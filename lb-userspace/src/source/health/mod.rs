@@ -98,7 +98,7 @@ impl Transition {
 pub struct HealthBook {
     targets: BTreeMap<TargetKey, TargetState>,
     /// Verdicts of an earlier lbd ([`HealthBook::seed`]), taken by the next sync.
-    seeds: BTreeMap<TargetKey, Health>,
+    seeds: BTreeMap<TargetKey, (Health, Option<SystemTime>)>,
 }
 
 /// The verdicts the checks had reached, saved so that a restarted lbd starts from them: a
@@ -114,6 +114,11 @@ pub struct SavedTarget {
     pub service: String,
     pub addr: SocketAddr,
     pub health: Health,
+    /// Since when `health` holds, in seconds since the Unix epoch: a restarted lbd says how
+    /// long a backend has been down, not how long it has run. Absent in files of lbd
+    /// versions that did not save it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_unix_s: Option<u64>,
 }
 
 impl HealthBook {
@@ -128,6 +133,11 @@ impl HealthBook {
                     service: key.service.clone(),
                     addr: key.addr,
                     health: s.health,
+                    since_unix_s: s
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs()),
                 })
                 .collect(),
         }
@@ -145,7 +155,10 @@ impl HealthBook {
                     service: t.service,
                     addr: t.addr,
                 };
-                (key, t.health)
+                let since = t
+                    .since_unix_s
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+                (key, (t.health, since))
             })
             .collect();
     }
@@ -154,10 +167,11 @@ impl HealthBook {
     /// `Unknown` again (served, and the first result decides). For a start that found no
     /// dataplane to adopt (after a reboot): no flow is there to keep on them, and an "up"
     /// from before the reboot would keep a dead backend served for `fall` checks.
-    pub fn forget_seeded_up(&mut self) {
+    pub fn forget_seeded_up(&mut self, now: SystemTime) {
         for state in self.targets.values_mut() {
             if state.seeded && state.health == Health::Up {
                 state.health = Health::Unknown;
+                state.since = now;
                 state.seeded = false;
             }
         }
@@ -184,8 +198,12 @@ impl HealthBook {
         for (target, rise, fall) in &targets {
             let seeded = self.seeds.remove(&target.key);
             let state = self.targets.remove(&target.key).unwrap_or(TargetState {
-                health: seeded.unwrap_or(Health::Unknown),
-                since: now,
+                health: seeded.map_or(Health::Unknown, |(health, _)| health),
+                // The saved time, unless a clock set back puts it ahead of now.
+                since: seeded
+                    .and_then(|(_, since)| since)
+                    .filter(|since| *since <= now)
+                    .unwrap_or(now),
                 last_error: None,
                 last_latency: None,
                 transitions: 0,

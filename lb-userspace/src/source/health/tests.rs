@@ -278,6 +278,15 @@ fn saved_verdicts_seed_the_next_book() {
     );
     assert_eq!(health(&after, &up), Health::Up);
     assert_eq!(health(&after, &down), Health::Down);
+    // Since when each verdict holds: as the earlier lbd reached it, not since this start.
+    let since = |k: &TargetKey| after.state(k).unwrap().since;
+    assert_eq!((since(&up), since(&down)), (at(1), at(1)));
+    assert_eq!(since(&key("web", "198.18.2.12:8080")), at(10));
+    // A file of an lbd that did not save the time: since this start.
+    let mut older = HealthBook::default();
+    older.seed(serde_json::from_str(&text.replace(r#","since_unix_s":1"#, "")).unwrap());
+    older.sync(&file, at(10));
+    assert_eq!(older.state(&down).unwrap().since, at(10));
     assert_eq!(
         health(&after, &key("web", "198.18.2.12:8080")),
         Health::Unknown
@@ -323,10 +332,13 @@ fn without_a_dataplane_to_adopt_only_down_verdicts_are_kept() {
     let mut after = HealthBook::default();
     after.seed(before.saved());
     after.sync(&file, at(10));
-    after.forget_seeded_up();
+    after.forget_seeded_up(at(10));
     let health = |book: &HealthBook, k: &TargetKey| book.state(k).unwrap().health;
     assert_eq!(health(&after, &up), Health::Unknown);
     assert_eq!(health(&after, &down), Health::Down);
+    // Unknown since the saved "up" was dropped; down since the earlier lbd found it.
+    let since = |k: &TargetKey| after.state(k).unwrap().since;
+    assert_eq!((since(&up), since(&down)), (at(10), at(1)));
     // Unknown is served as up was: the first plan is the same.
     assert_eq!(
         backends(&after.serving(&file), "web"),
@@ -336,6 +348,6 @@ fn without_a_dataplane_to_adopt_only_down_verdicts_are_kept() {
     assert_eq!(feed(&mut after, &up, 11, &[FAIL]), [Health::Down]);
     // A verdict this lbd reached is kept.
     feed(&mut after, &up, 12, &[OK, OK]);
-    after.forget_seeded_up();
+    after.forget_seeded_up(at(13));
     assert_eq!(health(&after, &up), Health::Up);
 }
