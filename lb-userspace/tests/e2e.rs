@@ -750,6 +750,39 @@ fn lbctl_status_exits_3_while_an_interface_is_missing() {
     assert_eq!(exit, Some(0), "attached again\n{}", lb.output());
 }
 
+/// The node's ephemeral ports widened over meshlb's node ports is a problem `lbctl status`
+/// names with the fix, while it lasts: read from the node's settings at each status, so a
+/// reserved range (or the default again) makes lbd healthy without a restart.
+#[test]
+fn lbctl_status_names_ephemeral_ports_over_the_node_ports() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let lb = start_lbd(&topo, SERVICES);
+    let code = |args: &[&str]| lb.lbctl_exit(args).expect("lbctl status");
+    assert_eq!(code(&["status"]).0, Some(0), "healthy");
+    let range = "net.ipv4.ip_local_port_range";
+    topo.node.set_sysctl(range, "1024 65535").expect("widen");
+    let (exit, out, err) = code(&["status"]);
+    assert_eq!(exit, Some(3), "{out}{err}");
+    assert!(
+        err.contains("ports 61000-65535") && err.contains("ip_local_reserved_ports=61000-65535"),
+        "{err}"
+    );
+    topo.node
+        .set_sysctl("net.ipv4.ip_local_reserved_ports", "61000-65535")
+        .expect("reserve");
+    assert_eq!(code(&["status"]).0, Some(0), "reserved: healthy");
+    topo.node
+        .set_sysctl("net.ipv4.ip_local_reserved_ports", "")
+        .expect("unreserve");
+    topo.node
+        .set_sysctl(range, "32768 60999")
+        .expect("the default");
+    assert_eq!(code(&["status"]).0, Some(0), "the default: healthy");
+}
+
 #[test]
 fn an_interface_deleted_and_made_again_is_attached_again_within_a_second() {
     if !e2e_enabled() {

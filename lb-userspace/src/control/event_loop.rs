@@ -465,6 +465,10 @@ fn log_ready(shared: &Shared, options: &RunOptions) {
         api = %options.api.display(),
         "ready"
     );
+    // Also a problem `lbctl status` names, while it lasts.
+    if let Some(problem) = crate::dataplane::node_ports::shared_with_kernel() {
+        warn!("{problem}");
+    }
 }
 
 /// Attaches again to interfaces made again, to those waited for, and replans published ports
