@@ -319,6 +319,115 @@ fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
     drop(taken);
 }
 
+/// Pins a map of another tool's at `path`: a one-element array made with `bpf(2)`.
+fn pin_foreign_map(path: &Path) {
+    let bpf = |command: libc::c_long, attr: &mut [u64; 16]| {
+        // SAFETY: attr is a zeroed bpf_attr-sized buffer set up for `command`; its pointers
+        // point at live locals.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(attr),
+            )
+        }
+    };
+    const MAP_CREATE: libc::c_long = 0;
+    const OBJ_PIN: libc::c_long = 6;
+    const ARRAY: u64 = 2;
+    let mut attr = [0u64; 16];
+    // map_type, key_size 4; value_size 8, max_entries 1.
+    attr[0] = ARRAY | 4 << 32;
+    attr[1] = 8 | 1 << 32;
+    let fd = bpf(MAP_CREATE, &mut attr);
+    assert!(
+        fd > 0,
+        "creating a map: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd as u64;
+    let pinned = bpf(OBJ_PIN, &mut attr);
+    let error = std::io::Error::last_os_error();
+    // SAFETY: a descriptor made above and no longer used (the pin keeps the map).
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(pinned, 0, "pinning {}: {error}", path.display());
+}
+
+/// `--pin-dir` may be a bpffs directory shared with another tool: a start that fails after
+/// it pinned (here at the attach: the interface runs another lbd's XDP program) removes its
+/// own pins, not the other tool's.
+#[test]
+fn a_failed_start_in_a_shared_pin_directory_removes_only_its_own_pins() {
+    if !e2e_enabled() {
+        return;
+    }
+    let ns = Netns::new("sharedpins").expect("namespace");
+    ns.ip_batch(&[
+        "link add mlb-s0 type veth peer name mlb-s1",
+        "link set mlb-s0 up",
+        "link set mlb-s1 up",
+    ])
+    .expect("veth");
+    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+        .expect("forwarding");
+    let _first = Lbd::start(lbd(), &ns, SERVICES, &["mlb-s0"], &[]).expect("the first lbd");
+    let shared = scratch_pins("shared-start");
+    std::fs::create_dir_all(&*shared).unwrap();
+    let foreign = shared.join("foreign");
+    pin_foreign_map(&foreign);
+    let scratch = ScratchPath::temp("shared-start", "");
+    std::fs::create_dir_all(&*scratch).unwrap();
+    let config = scratch.join("services.yaml");
+    std::fs::write(&config, SERVICES).unwrap();
+    let mut cmd = Command::new(lbd());
+    cmd.args([
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--interface",
+        "mlb-s0",
+        "--pin-dir",
+        shared.arg(),
+        "--state-dir",
+        scratch.join("state").to_str().unwrap(),
+        "--api",
+        scratch.join("api.sock").to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:9465",
+        "--socket-lb",
+        "off",
+    ])
+    .env("NO_COLOR", "1");
+    // Only the network namespace: the second lbd must see bpffs like the first.
+    let mut second = ns
+        .spawn_command(cmd, EnterMode::SetnsOnly)
+        .expect("spawn the second lbd");
+    let status = second
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wait")
+        .expect("the second lbd must fail, not run");
+    let out = second.output_so_far();
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("already runs XDP program") && out.contains("removed what it pinned"),
+        "a start that failed after it pinned: {out}"
+    );
+    assert!(
+        foreign.exists(),
+        "the failed start removed another tool's pin: {out}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&*shared)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["foreign"], "only the other tool's pin stays: {out}");
+}
+
 /// The test kit takes lbd for started on its ready line only: a second lbd on the same
 /// interfaces fails with "… already runs XDP program …", which holds "ready" too.
 #[test]

@@ -289,7 +289,8 @@ impl Dataplane {
     }
 
     /// Undoes a start that failed: when this `lbd` made the pinned state (nothing was adopted),
-    /// removes it, which detaches what it attached and frees its maps; adopted state (the
+    /// removes its pins (see `remove_own_pins`), which detaches what it attached and frees its
+    /// maps; adopted state (the
     /// previous `lbd`'s) stays as it is, but for counters of an earlier version this start
     /// replaced, which go back (so that version can adopt its maps again). If the new programs
     /// were swapped into some links already, they count into the new map until the next start,
@@ -302,13 +303,45 @@ impl Dataplane {
             }
         }
         if let (false, Some(dir)) = (self.adopted, &self.pin_dir) {
-            match std::fs::remove_dir_all(dir) {
+            match self.remove_own_pins(dir) {
                 Ok(()) => info!(pin_dir = %dir.display(), "start failed: removed what it pinned"),
                 Err(e) => {
                     warn!(pin_dir = %dir.display(), "start failed, and removing what it pinned failed too: {e}")
                 }
             }
         }
+    }
+
+    /// Removes the pins this start made under `dir` (its maps and the links it holds), then
+    /// the directories they leave empty, `dir` included. Never anything else: `--pin-dir` may
+    /// be a bpffs directory shared with another tool, whose pins `lbd cleanup` refuses to
+    /// touch too.
+    fn remove_own_pins(&self, dir: &Path) -> std::io::Result<()> {
+        let pins = names::ALL
+            .iter()
+            .map(|name| pin::map_path(dir, name))
+            .chain(self._pinned_links.keys().cloned());
+        let mut failed = None;
+        for path in pins {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => failed = failed.or(Some(e)),
+            }
+            // The directories `pin::prepare` made on the way (a cgroup link's too).
+            for parent in path.ancestors().skip(1) {
+                if parent == dir || !parent.starts_with(dir) || std::fs::remove_dir(parent).is_err()
+                {
+                    break;
+                }
+            }
+        }
+        for sub in ["links/xdp", "links/tc", "links/cgroup", "links", "maps"] {
+            let _ = std::fs::remove_dir(dir.join(sub));
+        }
+        // Not empty (another tool's pins), or the bpffs mount itself: it stays.
+        let _ = std::fs::remove_dir(dir);
+        failed.map_or(Ok(()), Err)
     }
 
     /// Whether the maps were adopted from a previous `lbd` (they hold its services and flows).
