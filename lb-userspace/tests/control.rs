@@ -616,6 +616,74 @@ fn an_adopting_start_that_cannot_attach_leaves_the_pinned_maps_as_they_were() {
     assert_eq!(new_flows_reach(&topo, 20), set(&["backend-0"]));
 }
 
+/// An adopting start that fails after it rewrote the shared maps (here at the first interface
+/// it lists, which runs another XDP program) leaves the previous programs running on them,
+/// with the endpoint filters they were loaded with: they must still translate the replies of
+/// a backend added while no lbd ran, which the maps now give new flows to.
+#[test]
+fn a_failed_adopting_start_leaves_the_previous_programs_translating_a_new_backends_replies() {
+    if !e2e_enabled() {
+        return;
+    }
+    const BUSY: &str = "mlb-busy0";
+    let (topo, _servers) = setup(2);
+    topo.node
+        .ip_batch(&[
+            format!("link add {BUSY} type veth peer name mlb-busy1"),
+            format!("link set {BUSY} up"),
+            "link set mlb-busy1 up".to_owned(),
+        ])
+        .expect("veth");
+    // The interfaces come from the file, so that the restart lists the busy one first.
+    let file = |backends: &str, interfaces: &[&str]| {
+        format!(
+            "lbd:\n  interfaces: [{}]\n{}",
+            interfaces.join(", "),
+            services(backends)
+        )
+    };
+    let served = [topo.node_client_if.as_str(), topo.node_bridge.as_str()];
+    let mut lb = Lbd::start(
+        lbd(),
+        &topo.node,
+        &file(r#""198.18.2.10""#, &served),
+        &[],
+        &[],
+    )
+    .expect("lbd");
+    assert_eq!(new_flows_reach(&topo, 4), set(&["backend-0"]));
+    // Another XDP program on the busy interface: a second lbd of its own pins.
+    let _other = Lbd::start(
+        lbd(),
+        &topo.node,
+        &services(r#""198.18.2.10""#),
+        &[BUSY],
+        &["--metrics", "127.0.0.1:9465"],
+    )
+    .expect("the other lbd");
+    lb.stop_keeping_pins().expect("SIGTERM");
+    let listed = [BUSY, served[0], served[1]];
+    std::fs::write(
+        lb.config_path(),
+        file(r#""198.18.2.10", "198.18.2.11""#, &listed),
+    )
+    .expect("rewrite the file");
+    let e = lb.restart(&topo.node).expect_err("the busy interface");
+    assert!(
+        format!("{e:#}").contains("already runs XDP program"),
+        "{e:#}"
+    );
+    // The maps give new flows to backend-1 now; the previous programs still serve.
+    let mut reached = BTreeSet::new();
+    for i in 0..20 {
+        match tcp_request(&topo.client, web(), TIMEOUT) {
+            Ok(reply) => reached.insert(reply.backend),
+            Err(e) => panic!("new connection {i} after the failed start: {e:#}"),
+        };
+    }
+    assert_eq!(reached, set(&["backend-0", "backend-1"]));
+}
+
 /// The kernel service id of frontend `frontend` (TCP) in `lb`'s pinned `FRONTENDS`.
 fn frontend_service_id(lb: &Lbd, frontend: SocketAddr) -> u32 {
     use aya::maps::{HashMap, Map, MapData};

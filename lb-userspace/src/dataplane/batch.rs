@@ -157,6 +157,33 @@ pub fn update_fd<K: Pod, V: Pod>(
     Ok(())
 }
 
+/// Sets every byte of every element of the array map `map` (of any value size) to `byte`.
+pub fn fill_array(map: &MapData, name: &'static str, byte: u8) -> Result<(), DataplaneError> {
+    let info = map
+        .info()
+        .map_err(|error| DataplaneError::Map { name, error })?;
+    let size = info.value_size() as usize;
+    let keys: Vec<u32> = (0..info.max_entries()).collect();
+    let values = vec![byte; CHUNK * size];
+    for keys in keys.chunks(CHUNK) {
+        call(
+            BPF_MAP_UPDATE_BATCH,
+            fd(map) as u32,
+            keys.as_ptr() as u64,
+            values.as_ptr() as u64,
+            keys.len(),
+        )
+        .map_err(|(done, error)| DataplaneError::MapValue {
+            name,
+            message: format!(
+                "filling {} elements (the kernel took {done}): {error}",
+                keys.len()
+            ),
+        })?;
+    }
+    Ok(())
+}
+
 /// Sets every CPU's value of `ids` in a per-CPU array to `V::default()` (`cpus`: the kernel's
 /// possible CPUs; the kernel lays each key's values 8 bytes apart, `V` a multiple of that).
 pub fn zero_percpu<V: Pod + Default>(

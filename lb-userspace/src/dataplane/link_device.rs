@@ -116,6 +116,31 @@ pub(super) fn release_if_elsewhere(
     remove_pin(path)
 }
 
+/// The ids of the programs running in the links pinned under `links`, at any depth (the
+/// interfaces' and the cgroups' links). A pin that is not a link, or cannot be read, is
+/// skipped: what is asked is which programs may still run, not whether the pins are sound.
+pub(super) fn pinned_link_programs(links: &Path) -> std::collections::BTreeSet<u32> {
+    let mut programs = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir(links) else {
+        return programs;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            programs.extend(pinned_link_programs(&path));
+            continue;
+        }
+        let Ok(link) = open_pin(&path) else { continue };
+        if is_link(link.as_fd())
+            && let Ok(info) = link_info(link.as_fd())
+            && info.prog_id != 0
+        {
+            programs.insert(info.prog_id);
+        }
+    }
+    programs
+}
+
 /// The `link_detach` member of the kernel's `union bpf_attr`.
 #[repr(C)]
 struct LinkFdAttr {

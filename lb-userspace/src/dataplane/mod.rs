@@ -158,7 +158,7 @@ pub struct Dataplane {
     /// `CONNTRACK_FILTER`, mapped; shared with `MapReaders`, whose walks rebuild it.
     conntrack_filter: std::sync::Arc<conntrack_filter::ConntrackFilter>,
     /// `FORWARD_FILTER` and `REPLY_FILTER`, mapped: `lbd` marks every frontend and backend
-    /// endpoint it writes.
+    /// endpoint it writes (in the previous programs' filters too, see `endpoint_filters`).
     endpoint_filters: endpoint_filters::EndpointFilters,
     /// Counter maps of an earlier version this start made anew (see `pin::GrownCounters`),
     /// kept open (for the process's life: a small map) so that a failed start puts them
@@ -184,12 +184,14 @@ impl Dataplane {
         let mut adopted = false;
         let mut pin_lock = None;
         let mut grown = Vec::new();
+        let mut previous_filters = endpoint_filters::PreviousFilters::default();
         if let Some(dir) = &options.pin_dir {
             pin::prepare(dir)?;
             pin_lock = Some(pin::lock(dir)?);
             adopted = pin::has_pinned_maps(dir);
             if adopted {
                 let grows = pin::check_compatible(dir, OBJECT, options.conntrack_entries)?;
+                previous_filters = endpoint_filters::PreviousFilters::find(dir);
                 pin::unpin_made_anew(dir)?;
                 // Last before the load: from here a failure puts them back.
                 for name in grows {
@@ -201,7 +203,7 @@ impl Dataplane {
             }
         }
         let restore_to = options.pin_dir.clone();
-        match Self::load_object(loader, options, adopted, &grown) {
+        match Self::load_object(loader, options, adopted, &grown, previous_filters) {
             Ok(mut dp) => {
                 dp._pin_lock = pin_lock;
                 dp.replaced_counters = grown;
@@ -226,6 +228,7 @@ impl Dataplane {
         options: LoadOptions,
         adopted: bool,
         grown: &[pin::GrownCounters],
+        previous_filters: endpoint_filters::PreviousFilters,
     ) -> Result<Self, DataplaneError> {
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -251,7 +254,7 @@ impl Dataplane {
         let conntrack_filter =
             conntrack_filter::ConntrackFilter::open(array_data(&ebpf, names::CONNTRACK_FILTER)?)?;
         conntrack_filter.switch_readers_off();
-        let endpoint_filters = endpoint_filters::EndpointFilters::open(&ebpf)?;
+        let endpoint_filters = endpoint_filters::EndpointFilters::open(&ebpf, previous_filters)?;
         let xdp: &mut Xdp = program(&mut ebpf, programs::XDP)?;
         xdp.load().map_err(|error| DataplaneError::Verify {
             name: programs::XDP,

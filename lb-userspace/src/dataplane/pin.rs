@@ -217,7 +217,8 @@ fn configured_entries(max_entries: u32) -> u32 {
 
 /// Maps `lbd` makes anew at every start instead of adopting: the endpoint filters, which
 /// hold nothing but what `lbd` marks, and it marks every frontend and backend endpoint when
-/// it writes them all, before its program is attached. So they also lose their stale bits,
+/// it writes them all, before its program is attached (and in the filters of the programs
+/// still running until then: see `endpoint_filters`). So they also lose their stale bits,
 /// and a version may change their layout; an older `lbd` refuses a layout it does not know,
 /// so going back to one afterwards needs `lbd cleanup`.
 fn made_anew(name: &str) -> bool {
