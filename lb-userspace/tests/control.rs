@@ -919,6 +919,61 @@ fn an_interface_renamed_while_lbd_was_stopped_keeps_no_program_and_its_name_gets
     assert!(detached(client_if) && detached(RENAMED), "after the stop");
 }
 
+/// An interface renamed while lbd was stopped (and no other made under its old name): its
+/// pinned links, named after the old name, are adopted for the new one, so a restart with
+/// the new name starts (attaching afresh found meshlb's own program in the way) and a
+/// connection open before keeps working.
+#[test]
+fn an_interface_renamed_while_lbd_was_stopped_is_adopted_under_its_new_name() {
+    if !e2e_enabled() {
+        return;
+    }
+    const RENAMED: &str = "mlb-cli-new";
+    let (topo, _servers) = setup(2);
+    let client_if = topo.node_client_if.clone();
+    // The interfaces come from the file, so that the restart names the new one alone.
+    let file = |interface: &str| {
+        format!(
+            "lbd:\n  interfaces: [{interface}, {}]\n{}",
+            topo.node_bridge,
+            services(r#""198.18.2.10", "198.18.2.11""#)
+        )
+    };
+    let mut lb = Lbd::start(lbd(), &topo.node, &file(&client_if), &[], &[]).expect("lbd");
+    let mut session = TcpSession::connect(&topo.client, web(), TIMEOUT).unwrap();
+    let backend = session
+        .request()
+        .expect("request before the restart")
+        .backend;
+    lb.stop_keeping_pins().expect("SIGTERM");
+    topo.node
+        .ip_batch(&[
+            format!("link set {client_if} down"),
+            format!("link set {client_if} name {RENAMED}"),
+            format!("link set {RENAMED} up"),
+        ])
+        .expect("rename the link");
+    std::fs::write(lb.config_path(), file(RENAMED)).expect("rewrite the file");
+    lb.restart(&topo.node)
+        .unwrap_or_else(|e| panic!("restart with the renamed interface: {e:#}"));
+    let all = attachments(&lb);
+    let attachment = all
+        .iter()
+        .find(|a| a.interface == RENAMED)
+        .unwrap_or_else(|| panic!("no attachment of {RENAMED}: {all:?}"));
+    assert!(attachment.adopted, "{all:?}");
+    assert_eq!(
+        runs_programs(&topo.node, RENAMED),
+        (true, 1),
+        "one XDP and one tcx program\nlbd:\n{}",
+        lb.output()
+    );
+    let reply = session
+        .request()
+        .unwrap_or_else(|e| panic!("the connection open before: {e:#}\nlbd:\n{}", lb.output()));
+    assert_eq!(reply.backend, backend);
+}
+
 #[test]
 fn connections_kept_on_a_removed_backend_keep_working_across_a_restart() {
     if !e2e_enabled() {

@@ -62,10 +62,18 @@ impl Dataplane {
         // takes TC off the interface again. Each: swap into the pinned link if there is a live one, else attach
         // and pin; a pin whose link the kernel detached (the interface deleted and made
         // again) is replaced.
+        // Pins are found by name, links by device: a pin of this name on another device is
+        // released, and one of this device under another name (renamed) taken for this name.
         let xdp_path = pin::link_path(&dir, interface, pin::LinkKind::Xdp);
-        link_device::release_if_elsewhere(&xdp_path, pin::LinkKind::Xdp, interface, ifindex)?;
         let tc_path = pin::link_path(&dir, interface, pin::LinkKind::Tc);
-        link_device::release_if_elsewhere(&tc_path, pin::LinkKind::Tc, interface, ifindex)?;
+        for (path, kind) in [
+            (&xdp_path, pin::LinkKind::Xdp),
+            (&tc_path, pin::LinkKind::Tc),
+        ] {
+            link_device::release_if_elsewhere(path, kind, interface, ifindex)?;
+            let links = pin::link_dir(&dir, kind);
+            link_device::adopt_renamed(&links, path, kind, interface, ifindex)?;
+        }
         self.attach_tc_pinned(&dir, interface)?;
         let attached = self.attach_xdp_pinned(&xdp_path, interface, ifindex, mode);
         let (mode, adopted) = match attached {

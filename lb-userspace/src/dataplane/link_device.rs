@@ -141,6 +141,62 @@ pub(super) fn pinned_link_programs(links: &Path) -> std::collections::BTreeSet<u
     programs
 }
 
+/// Before `interface` (index `ifindex`) is attached, when it has no pinned link of `kind` at
+/// `path` (its name's): a pinned link of `kind` in `links` (that kind's pin directory) attached
+/// to `ifindex` under another name, the interface's before it was renamed while no lbd ran, is
+/// renamed to `path`, so that the caller adopts it. Attaching afresh would find meshlb's own
+/// program on the device, pinned under the old name, in the way.
+pub(super) fn adopt_renamed(
+    links: &Path,
+    path: &Path,
+    kind: LinkKind,
+    interface: &str,
+    ifindex: u32,
+) -> Result<(), DataplaneError> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(links) else {
+        return Ok(());
+    };
+    let want_type = match kind {
+        LinkKind::Xdp => BPF_LINK_TYPE_XDP,
+        LinkKind::Tc => BPF_LINK_TYPE_TCX,
+    };
+    for entry in entries.flatten() {
+        let pinned = entry.path();
+        let Ok(link) = open_pin(&pinned) else {
+            continue;
+        };
+        if !is_link(link.as_fd()) {
+            continue;
+        }
+        let Ok(info) = link_info(link.as_fd()) else {
+            continue;
+        };
+        if info.link_type != want_type || info.ifindex != ifindex {
+            continue;
+        }
+        std::fs::rename(&pinned, path).map_err(|e| {
+            DataplaneError::Pin(format!(
+                "renaming the pinned {} link {} to {} for `{interface}`, which it is attached                  to (the interface was renamed): {e}; check the pin directory's permissions,                  or run `lbd cleanup` with this pin directory (this forgets tracked flows)",
+                kind.label(),
+                pinned.display(),
+                path.display()
+            ))
+        })?;
+        tracing::info!(
+            interface,
+            ifindex,
+            pinned = %pinned.display(),
+            "the pinned {} link of this device was pinned under its name before a rename:              adopted under its name now",
+            kind.label()
+        );
+        return Ok(());
+    }
+    Ok(())
+}
+
 /// The `link_detach` member of the kernel's `union bpf_attr`.
 #[repr(C)]
 struct LinkFdAttr {

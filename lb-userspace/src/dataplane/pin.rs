@@ -25,9 +25,12 @@ pub(crate) fn map_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 pub(crate) fn link_path(dir: &Path, interface: &str, kind: LinkKind) -> PathBuf {
-    dir.join("links")
-        .join(kind.suffix())
-        .join(encode_name(interface))
+    link_dir(dir, kind).join(encode_name(interface))
+}
+
+/// Where the links of `kind` are pinned, one per interface.
+pub(crate) fn link_dir(dir: &Path, kind: LinkKind) -> PathBuf {
+    dir.join("links").join(kind.suffix())
 }
 
 pub(crate) fn cgroup_link_path(dir: &Path, cgroup: &Path, program: &str) -> PathBuf {
