@@ -35,6 +35,9 @@ pub const RESYNC: Duration = Duration::from_secs(30);
 pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 /// How often a lasting outage is logged again.
 const REMIND: Duration = Duration::from_secs(30);
+/// After an outage, the longest the reads wait to agree before the latest is handed over: a
+/// busy swarm (a rolling update, a task restarting in a loop) may never give two equal reads.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -80,8 +83,8 @@ pub async fn follow(
     let mut base: Option<Snapshot> = None;
     let mut down_since: Option<Instant> = None;
     // After an outage the Engine rebuilds its view for a while (networks, then services and
-    // their tasks): a snapshot is handed over only once two reads in a row agree.
-    let mut settling: Option<Snapshot> = None;
+    // their tasks): see `settle`.
+    let mut settling: Option<Settling> = None;
     let mut reminded = Instant::now();
     let mut peers = PeerMemory::default();
     let mut ports = PortMemory::default();
@@ -140,25 +143,36 @@ pub async fn follow(
                 let settled = down_since.is_none() && settling.is_none();
                 notices.exchange(&snapshot, settled).await;
                 record_notices(&status, &notices);
-                if let Some(since) = down_since.take() {
+                let answers_again = down_since.take();
+                if let Some(since) = answers_again {
                     info!(
                         docker_host = engine.host(),
                         down_s = since.elapsed().as_secs(),
-                        "swarm: the Docker Engine answers again; following it once its view holds still"
+                        "swarm: the Docker Engine answers again; following it once its view \
+                         holds still (two reads agree, or {}s at most)",
+                        SETTLE_LIMIT.as_secs()
                     );
-                    settling = Some(snapshot);
-                    next_read = Instant::now() + next_poll(took);
-                    record(&status, engine.host(), Ok((took, next_poll(took))));
-                    continue;
-                }
-                if let Some(candidate) = settling.take()
-                    && candidate != snapshot
-                {
-                    settling = Some(snapshot);
-                    next_read = Instant::now() + next_poll(took);
-                    continue;
                 }
                 record(&status, engine.host(), Ok((took, next_poll(took))));
+                let snapshot = match settle(settling.take(), answers_again.is_some(), snapshot, now)
+                {
+                    Settle::HandOver { read, agreed } => {
+                        if !agreed {
+                            info!(
+                                docker_host = engine.host(),
+                                "swarm: the Engine's view still changes from read to read {}s \
+                                 after it answered again (a busy swarm); following it as read",
+                                SETTLE_LIMIT.as_secs()
+                            );
+                        }
+                        read
+                    }
+                    Settle::Wait(waiting) => {
+                        settling = Some(waiting);
+                        next_read = Instant::now() + next_poll(took);
+                        continue;
+                    }
+                };
                 let marked = notices.marked(&snapshot);
                 record_notices(&status, &notices);
                 let due = last
@@ -193,6 +207,47 @@ pub async fn follow(
             }
         }
     }
+}
+
+/// Good reads after an outage, none handed over yet.
+#[derive(Debug)]
+struct Settling {
+    /// The latest read.
+    candidate: Snapshot,
+    /// When the Engine first answered again.
+    since: Instant,
+}
+
+#[derive(Debug)]
+enum Settle {
+    /// `agreed`: false when handed over at [`SETTLE_LIMIT`] rather than for agreeing with the
+    /// read before.
+    HandOver { read: Snapshot, agreed: bool },
+    Wait(Settling),
+}
+
+/// What becomes of a good `read` at `now`: after an outage (`answers_again`) the reads are
+/// held until two in a row agree, or [`SETTLE_LIMIT`] after the first, when the latest is
+/// handed over as it is; otherwise it is handed over at once (`agreed`).
+fn settle(
+    settling: Option<Settling>,
+    answers_again: bool,
+    read: Snapshot,
+    now: Instant,
+) -> Settle {
+    let since = match settling {
+        _ if answers_again => now,
+        None => return Settle::HandOver { read, agreed: true },
+        Some(waiting) if waiting.candidate == read => return Settle::HandOver { read, agreed: true },
+        Some(waiting) => waiting.since,
+    };
+    if now.saturating_duration_since(since) >= SETTLE_LIMIT {
+        return Settle::HandOver { read, agreed: false };
+    }
+    Settle::Wait(Settling {
+        candidate: read,
+        since,
+    })
 }
 
 /// The tasks last known to be stopping. A task's desired state never returns to running, so
@@ -273,6 +328,51 @@ mod tests {
             .filter(|(_, t)| t.stopping)
             .map(|(n, _)| n.as_str())
             .collect()
+    }
+
+    /// A busy swarm after an outage: no two reads agree, yet the latest is handed over within
+    /// the limit (reads every `POLL`), and from then on every read is.
+    #[test]
+    fn settling_after_an_outage_ends_within_the_limit_though_reads_never_agree() {
+        let t0 = Instant::now();
+        let read = |i: usize| with_web_tasks(&[&format!("web.1.t{i}")], &[]);
+        let mut settling = None;
+        let mut handed_over = None;
+        for i in 0..=20 {
+            let now = t0 + POLL * i as u32;
+            match settle(settling.take(), i == 0, read(i), now) {
+                Settle::HandOver { read: got, agreed } => {
+                    assert_eq!(got, read(i));
+                    assert!(!agreed);
+                    handed_over = Some(now - t0);
+                    break;
+                }
+                Settle::Wait(waiting) => settling = Some(waiting),
+            }
+        }
+        let after = handed_over.expect("handed over within 20 reads");
+        assert!(after <= SETTLE_LIMIT + POLL, "{after:?}");
+        // Settled: each read is handed over as it comes.
+        assert!(matches!(
+            settle(None, false, read(30), t0 + SETTLE_LIMIT * 2),
+            Settle::HandOver { agreed: true, .. }
+        ));
+        // Two reads that agree end it at once; an outage again starts it again.
+        let Settle::Wait(waiting) = settle(None, true, read(1), t0) else {
+            panic!("the first read after an outage is held");
+        };
+        assert!(matches!(
+            settle(Some(waiting), false, read(1), t0 + POLL),
+            Settle::HandOver { agreed: true, .. }
+        ));
+        let Settle::Wait(waiting) = settle(None, true, read(1), t0) else {
+            panic!("held");
+        };
+        let later = t0 + SETTLE_LIMIT * 3;
+        let Settle::Wait(again) = settle(Some(waiting), true, read(2), later) else {
+            panic!("another outage: held again");
+        };
+        assert_eq!(again.since, later);
     }
 
     #[test]
