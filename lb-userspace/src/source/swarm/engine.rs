@@ -15,7 +15,7 @@ use bollard::{
 
 use super::snapshot::{Answers, GWBRIDGE_NETWORK, overlay_networks_of};
 use crate::error_text::with_causes;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The default Engine address, as `docker` uses it.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -29,6 +29,11 @@ const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 /// not asked, so no task is marked stopping, and one slow answer of a busy manager costs
 /// that long.
 const INFO_RETRY: Duration = Duration::from_secs(10);
+/// A container's inspection that takes longer is one the Engine cannot answer (a hung shim):
+/// the container is left out of the read, not the whole read...
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and is not asked again for this long, so it does not slow every read.
+const INSPECT_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -52,6 +57,8 @@ pub struct Engine {
     client: Option<Docker>,
     /// Container ids to process ids: a container's pid does not change while it runs.
     pids: std::collections::HashMap<String, u32>,
+    /// Containers whose inspection failed, by id (see `container_pids`).
+    uninspected: HashMap<String, Uninspected>,
     desired: super::desired::DesiredStates,
     stop_signals: super::stop_signals::StopSignals,
     /// Whether the process ids of containers on overlay networks are read (see
@@ -74,6 +81,7 @@ impl Engine {
             host: host.to_owned(),
             client: None,
             pids: Default::default(),
+            uninspected: Default::default(),
             desired: Default::default(),
             stop_signals: Default::default(),
             last_info: None,
@@ -106,7 +114,9 @@ impl Engine {
             // The request given up on still holds its connection: read on another.
             client = connect(&self.host).await?;
         }
-        let pids = self.container_pids.then_some(&mut self.pids);
+        let pids = self
+            .container_pids
+            .then_some((&mut self.pids, &mut self.uninspected));
         let mut answers = read_with(&client, &self.host, info, pids).await?;
         answers.tasks_running = self
             .desired
@@ -194,7 +204,7 @@ async fn read_with(
     client: &Docker,
     host: &str,
     info: SystemInfo,
-    known_pids: Option<&mut HashMap<String, u32>>,
+    known_pids: Option<(&mut HashMap<String, u32>, &mut HashMap<String, Uninspected>)>,
 ) -> Result<Answers, EngineError> {
     let request = |what, error| EngineError::Request {
         host: host.to_owned(),
@@ -252,7 +262,9 @@ async fn read_with(
         .await
         .map_err(|e| request("GET /containers/json", e))?;
     let pids = match known_pids {
-        Some(known) => container_pids(client, host, &containers, &overlays, known).await?,
+        Some((known, uninspected)) => {
+            container_pids(client, host, &containers, &overlays, known, uninspected).await
+        }
         None => Default::default(),
     };
     Ok(Answers {
@@ -267,15 +279,29 @@ async fn read_with(
     })
 }
 
+/// A container whose inspection failed: its error (told once until it changes) and when it is
+/// asked again.
+pub(super) struct Uninspected {
+    error: String,
+    retry_at: Instant,
+}
+
 /// The process ids of `containers` on an overlay network (inspected once each; `known`: the
-/// last read's, updated).
+/// last read's, updated). A container the Engine fails to inspect (or does not within
+/// [`INSPECT_TIMEOUT`]) is left out, said once in the log, and asked again after
+/// [`INSPECT_RETRY`] (`uninspected`, updated): one container stuck in the Engine must not keep
+/// the whole node from following the swarm, only its own sockets from their VIPs.
 async fn container_pids(
     client: &Docker,
     host: &str,
     containers: &[ContainerSummary],
     overlays: &[NetworkInspect],
     known: &mut HashMap<String, u32>,
-) -> Result<HashMap<String, u32>, EngineError> {
+    uninspected: &mut HashMap<String, Uninspected>,
+) -> HashMap<String, u32> {
+    let listed: std::collections::HashSet<&str> =
+        containers.iter().filter_map(|c| c.id.as_deref()).collect();
+    uninspected.retain(|id, _| listed.contains(id.as_str()));
     let mut pids = HashMap::new();
     for container in containers {
         let Some(id) = container.id.as_deref() else {
@@ -292,31 +318,55 @@ async fn container_pids(
             pids.insert(id.to_owned(), pid);
             continue;
         }
-        match client
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
+        if uninspected
+            .get(id)
+            .is_some_and(|u| Instant::now() < u.retry_at)
         {
-            Ok(inspected) => {
+            continue;
+        }
+        let inspected = tokio::time::timeout(
+            INSPECT_TIMEOUT,
+            client.inspect_container(id, None::<InspectContainerOptions>),
+        )
+        .await;
+        let error = match inspected {
+            Ok(Ok(inspected)) => {
+                if uninspected.remove(id).is_some() {
+                    info!(
+                        docker_host = host,
+                        container = id,
+                        "swarm: the container is inspected again; its sockets get their VIPs"
+                    );
+                }
                 let pid = inspected.state.and_then(|s| s.pid).unwrap_or(0);
                 if let Ok(pid @ 1..) = u32::try_from(pid) {
                     pids.insert(id.to_owned(), pid);
                 }
+                continue;
             }
             // Gone between the listing and now.
-            Err(bollard::errors::Error::DockerResponseServerError {
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => {}
-            Err(error) => {
-                return Err(EngineError::Request {
-                    host: host.to_owned(),
-                    what: "GET /containers/ID/json",
-                    error,
-                });
-            }
+            })) => continue,
+            Ok(Err(error)) => with_causes(&error),
+            Err(_) => format!("no answer within {INSPECT_TIMEOUT:?}"),
+        };
+        let told = uninspected.get(id).is_some_and(|u| u.error == error);
+        if !told {
+            warn!(
+                docker_host = host,
+                container = id,
+                "swarm: GET /containers/{id}/json failed ({error}); the rest of the swarm is \
+                 followed, but this container's sockets get no VIPs until the Engine inspects it \
+                 (asked again every {INSPECT_RETRY:?}; `docker inspect` it to see whether its \
+                 Engine or shim is stuck)"
+            );
         }
+        let retry_at = Instant::now() + INSPECT_RETRY;
+        uninspected.insert(id.to_owned(), Uninspected { error, retry_at });
     }
     known.clone_from(&pids);
-    Ok(pids)
+    pids
 }
 
 /// Whether process `pid` is in container `id`'s cgroup: its path holds the id under every
@@ -345,6 +395,121 @@ fn cgroups_name(cgroups: &str, id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{cgroups_name, is_containers_process};
+    use super::Engine;
+    use crate::source::swarm::snapshot::Snapshot;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An answer of the fake Engine: status and body, or none ever (`None`: a hung Engine).
+    type Answer = Option<(u16, String)>;
+
+    /// An Engine over tcp:// that answers the worker's recorded answers
+    /// (`tests/fixtures/swarm/worker`), or what `special` says for a path (without its API
+    /// version) first; records every path asked.
+    struct FakeEngine {
+        host: String,
+        asked: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeEngine {
+        async fn start(special: impl Fn(&str) -> Option<Answer> + Send + Sync + 'static) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let host = format!("tcp://{}", listener.local_addr().unwrap());
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let special = Arc::new(special);
+            let record = asked.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    let special = special.clone();
+                    let record = record.clone();
+                    tokio::spawn(async move {
+                        let mut request = Vec::new();
+                        let mut buf = [0; 4096];
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let line = String::from_utf8_lossy(&request);
+                        let target = line.split(' ').nth(1).unwrap_or_default();
+                        // `/v1.41/info` -> `/info`.
+                        let path = match target.strip_prefix("/v1.") {
+                            Some(rest) => &rest[rest.find('/').unwrap_or(0)..],
+                            None => target,
+                        }
+                        .to_owned();
+                        record.lock().unwrap().push(path.clone());
+                        let answer = special(&path).unwrap_or_else(|| recorded(&path));
+                        let Some((status, body)) = answer else {
+                            std::future::pending::<()>().await;
+                            return;
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            });
+            FakeEngine { host, asked }
+        }
+
+        fn asked(&self, path: &str) -> usize {
+            self.asked.lock().unwrap().iter().filter(|p| *p == path).count()
+        }
+    }
+
+    /// The worker's recorded answer to `path`.
+    fn recorded(path: &str) -> Answer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/swarm/worker");
+        let file = |name: &str| Some((200, std::fs::read_to_string(dir.join(name)).unwrap()));
+        let (route, _query) = path.split_once('?').unwrap_or((path, ""));
+        match route {
+            "/version" => Some((200, r#"{"ApiVersion":"1.41","Version":"20.10.24"}"#.into())),
+            "/info" => file("info.json"),
+            "/networks" => file("networks.json"),
+            "/networks/docker_gwbridge" => file("docker_gwbridge.json"),
+            "/networks/7rf8c72jcequg2aebfd4cqvyh" => file("overlay-appnet.json"),
+            "/networks/pik3k4gu6fthfwurts4s9pyy1" => file("overlay-ingress.json"),
+            "/containers/json" => file("containers.json"),
+            "/events" => Some((200, String::new())),
+            _ if route.starts_with("/containers/") => {
+                Some((200, r#"{"State":{"Pid":4242}}"#.into()))
+            }
+            _ => Some((404, r#"{"message":"not recorded"}"#.into())),
+        }
+    }
+
+    const DB: &str = "9427b3b15599cd470bc80a9e09a9f7450770716250eccf0a65236a2c27da15fc";
+    const API: &str = "87a0a1de74cb750aa39cb79637a5f78102f2fc38bdd2445b68fdbe218f98f8af";
+
+    /// One container the Engine fails to inspect leaves only that container out: the read
+    /// goes on, with the other containers' pids, and the failed one is not asked at the next
+    /// read (it would slow every read), only after `INSPECT_RETRY`.
+    #[tokio::test]
+    async fn a_container_the_engine_cannot_inspect_is_left_out_not_the_read() {
+        let db_path = format!("/containers/{DB}/json");
+        let failing = db_path.clone();
+        let engine = FakeEngine::start(move |path| {
+            (path == failing).then(|| Some((500, r#"{"message":"shim stuck"}"#.into())))
+        })
+        .await;
+        let mut reader = Engine::new(&engine.host).unwrap();
+        for _ in 0..2 {
+            let answers = reader.read().await.expect("the read goes on");
+            assert_eq!(answers.pids, [(API.to_owned(), 4242)].into());
+            let snapshot = Snapshot::from_answers(&answers).unwrap();
+            assert!(snapshot.services.contains_key("web"));
+        }
+        assert_eq!(engine.asked(&db_path), 1);
+    }
 
     #[test]
     fn a_known_pid_counts_only_while_it_is_in_the_containers_cgroup() {
