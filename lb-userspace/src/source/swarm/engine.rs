@@ -7,7 +7,7 @@ use std::{
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
-    models::{ContainerSummary, NetworkInspect, SystemInfo},
+    models::{ContainerSummary, LocalNodeState, NetworkInspect, SwarmInfo, SystemInfo},
     query_parameters::{
         InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListNetworksOptions,
     },
@@ -157,25 +157,43 @@ impl Engine {
             self.info_stands_in_until = None;
             return Ok((info, true));
         }
-        let Some(mut info) = self.last_info.clone() else {
-            return Err(request(
-                "GET /info",
-                bollard::errors::Error::RequestTimeoutError,
-            ));
-        };
+        let earlier = self.last_info.is_some();
+        let mut info = self.last_info.clone().unwrap_or_else(leaderless_info);
         if let Some(swarm) = info.swarm.as_mut() {
             swarm.control_available = Some(false);
         }
         if !standing_in {
+            let with = if earlier {
+                "its last answer"
+            } else {
+                "no answer yet (as a node of an active swarm whose address the ingress network \
+                 gives)"
+            };
             warn!(
                 docker_host = self.host,
                 "swarm: /info did not answer within {INFO_TIMEOUT:?} (a manager whose swarm has \
-                 no leader); following the networks and containers with its last answer, \
-                 without the tasks' desired states, asking again in {INFO_RETRY:?}"
+                 no leader); following the networks and containers with {with}, without the \
+                 tasks' desired states, asking again in {INFO_RETRY:?}"
             );
             self.info_stands_in_until = Some(Instant::now() + INFO_RETRY);
         }
         Ok((info, standing_in))
+    }
+}
+
+/// What stands in for `/info` on a manager that has not answered it since lbd started (its
+/// swarm has had no leader all along): only a node of an active swarm waits for a leader, and
+/// its networks and containers, which need none, are read as usual. Its address is not known:
+/// its data-path address comes from the ingress network, and an Engine that lists none fails
+/// the read as an Engine that is starting does.
+fn leaderless_info() -> SystemInfo {
+    SystemInfo {
+        swarm: Some(SwarmInfo {
+            local_node_state: Some(LocalNodeState::ACTIVE),
+            control_available: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -509,6 +527,25 @@ mod tests {
             assert!(snapshot.services.contains_key("web"));
         }
         assert_eq!(engine.asked(&db_path), 1);
+    }
+
+    /// A manager whose swarm has had no leader since lbd started: `/info` never answers, yet
+    /// the networks and containers are read (without the tasks' desired states), and `/info`
+    /// is not asked again at the next read.
+    #[tokio::test]
+    async fn a_leaderless_manager_is_read_without_any_info_answer() {
+        let engine = FakeEngine::start(|path| (path == "/info").then_some(None)).await;
+        let mut reader = Engine::new(&engine.host).unwrap();
+        for _ in 0..2 {
+            let answers = reader.read().await.expect("read without /info");
+            let snapshot = Snapshot::from_answers(&answers).unwrap();
+            assert!(snapshot.active);
+            assert!(!snapshot.desired_states_known);
+            assert_eq!(snapshot.node_addr, None);
+            assert_eq!(snapshot.data_addr, Some("198.18.50.2".parse().unwrap()));
+            assert_eq!(snapshot.services["web"].tasks.len(), 4);
+        }
+        assert_eq!(engine.asked("/info"), 1);
     }
 
     #[test]
