@@ -21,6 +21,7 @@ use super::{
     ports::PortMemory,
     snapshot::{Snapshot, SnapshotError},
     starts::Starts,
+    vips::VipMemory,
 };
 
 /// How often the Engine is read while it answers.
@@ -88,6 +89,7 @@ pub async fn follow(
     let mut reminded = Instant::now();
     let mut peers = PeerMemory::default();
     let mut ports = PortMemory::default();
+    let mut vips = VipMemory::default();
     let mut stopping = StoppingMemory::default();
     let mut notices = Notices::default();
     let mut starts = Starts::new(engine.host());
@@ -138,6 +140,7 @@ pub async fn follow(
                 let now = Instant::now();
                 peers.keep_recent(&mut snapshot, now);
                 ports.keep_recent(&mut snapshot, now);
+                vips.keep_recent(&mut snapshot, now);
                 stopping.keep_known(&mut snapshot);
                 // Only a view that holds is told (not the first reads after an outage).
                 let settled = down_since.is_none() && settling.is_none();

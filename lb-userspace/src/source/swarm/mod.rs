@@ -8,7 +8,7 @@
 //! what meshlb needs (with `bridges`, the local bridge networks' interfaces), `services` turns that into services in the service file's terms, and
 //! `follow` keeps reading (with `peers`, which keeps a node the Engine stopped showing a
 //! peer for a while, `ports`, which keeps a published port it stopped listing for a
-//! while, and `notices`, which tells the other nodes' lbd the tasks this node knows are
+//! while, `vips`, which keeps a service's VIP from flipping while the Engine lists two, and `notices`, which tells the other nodes' lbd the tasks this node knows are
 //! being stopped and hears theirs). The daemon lays the result beside the file's and the API's
 //! services.
 pub mod bridges;
@@ -22,6 +22,7 @@ pub mod services;
 pub mod snapshot;
 mod starts;
 mod stop_signals;
+pub mod vips;
 
 pub use crate::source::file::SwarmPolicy;
 pub use engine::{DEFAULT_DOCKER_HOST, Engine, EngineError};
