@@ -543,18 +543,22 @@ fn backends(
     let local_only =
         policy.local_first && service.tasks.values().any(|t| t.serving_here().is_some());
     let mut backends = Vec::new();
+    // Whether each backend is an unhealthy local task: no backend here while another task
+    // takes new flows.
+    let mut unhealthy = Vec::new();
     for (ingress, name, task) in ordered {
         if task.stopping {
             details.stopping_tasks.insert(name.clone());
         }
-        // An unhealthy local task is no backend at all here (below).
         let weight = u32::from(task.takes_new_flows());
         match (&task.local, ingress, task.node) {
-            (Some(local), _, _) if !local.usable => {
-                details.unhealthy_tasks.insert(name.clone());
-            }
             (Some(local), ingress, _) => {
-                details.local_tasks.insert(name.clone(), local.gwbridge);
+                if local.usable {
+                    details.local_tasks.insert(name.clone(), local.gwbridge);
+                } else {
+                    details.unhealthy_tasks.insert(name.clone());
+                }
+                unhealthy.push(!local.usable);
                 backends.push(BackendSpec {
                     address: local.gwbridge,
                     port: None,
@@ -568,6 +572,7 @@ fn backends(
             }
             (None, Some(identity), Some(node)) if !local_only => {
                 details.remote_tasks.insert(name.clone(), node);
+                unhealthy.push(false);
                 backends.push(BackendSpec {
                     address: identity,
                     port: None,
@@ -583,6 +588,12 @@ fn backends(
                 details.unused_tasks.insert(name.clone(), node);
             }
         }
+    }
+    // Unless none of the others takes new flows: then every task takes them (an unhealthy
+    // one is as likely to answer as a stopping one).
+    if backends.iter().zip(&unhealthy).any(|(b, sick)| !sick && b.weight > 0) {
+        let mut sick = unhealthy.iter();
+        backends.retain(|_| !sick.next().copied().unwrap_or(false));
     }
     all_take_flows_if_none_does(&mut backends);
     backends
@@ -846,6 +857,40 @@ mod tests {
             desired_states_known: true,
             bridges: Default::default(),
         }
+    }
+
+    /// A service whose tasks here are all unhealthy (and has none elsewhere) gives its new
+    /// flows to all of them, as README says, rather than having no backend; with a task that
+    /// takes flows elsewhere, the unhealthy one is no backend here.
+    #[test]
+    fn a_service_whose_tasks_are_all_unhealthy_gives_flows_to_all_of_them() {
+        let mut sick = task("198.19.0.4", "198.18.50.1", Some("198.18.61.4"));
+        sick.local.as_mut().unwrap().usable = false;
+        let alone = snapshot(vec![(
+            "web",
+            service(&[(80, 8080)], vec![("web.1.a", sick.clone())]),
+        )]);
+        let out = services(&alone, &BTreeMap::new(), &BTreeMap::new());
+        let backends: Vec<(IpAddr, u32)> = out.specs[0]
+            .backends
+            .iter()
+            .map(|b| (b.address, b.weight))
+            .collect();
+        assert_eq!(backends, [(ip("198.18.61.4"), 1)]);
+        assert!(out.details["web"].unhealthy_tasks.contains("web.1.a"));
+        // Another task takes flows (elsewhere): only it.
+        let remote = task("198.19.0.6", "198.18.50.2", None);
+        let beside = snapshot(vec![(
+            "web",
+            service(&[(80, 8080)], vec![("web.1.a", sick), ("web.2.b", remote)]),
+        )]);
+        let out = services(&beside, &BTreeMap::new(), &BTreeMap::new());
+        let backends: Vec<(IpAddr, u32)> = out.specs[0]
+            .backends
+            .iter()
+            .map(|b| (b.address, b.weight))
+            .collect();
+        assert_eq!(backends, [(ip("198.19.0.6"), 1)]);
     }
 
     #[test]
