@@ -526,8 +526,19 @@ fn look_at_interfaces(
         }
     }
     attach_appeared(shared);
-    if let Some(Err(e)) = shared.daemon().retry_swarm() {
-        tracing::debug!("swarm: the swarm's change is still not applied: {e:#}");
+    {
+        let mut daemon = shared.daemon();
+        if let Some(Err(e)) = daemon.retry_swarm() {
+            let text = format!("{e:#}");
+            if daemon.swarm_error_is_new(&text) {
+                error!(
+                    retry_in_s = daemon.swarm_retry_in().map_or(0, |r| r.as_secs()),
+                    "swarm: the swarm's change is still not applied, now: {text}"
+                );
+            } else {
+                tracing::debug!("swarm: the swarm's change is still not applied: {text}");
+            }
+        }
     }
     let now = dataplane::node_addresses().ok();
     let changed = now != seen && shared.daemon().node_addresses_changed();
@@ -653,17 +664,25 @@ async fn apply_swarm(shared: &Arc<Shared>, snapshot: swarm::Snapshot) {
     let result = tokio::task::spawn_blocking(move || {
         let mut daemon = s.daemon();
         let result = daemon.update_swarm(snapshot);
-        (result, daemon.swarm_retry_in())
+        let new = result
+            .as_ref()
+            .err()
+            .is_some_and(|e| daemon.swarm_error_is_new(&format!("{e:#}")));
+        (result, daemon.swarm_retry_in(), new)
     })
     .await;
     match result {
         // The daemon's own "applied" line (trigger "swarm") says what changed.
-        Ok((Ok(_), _)) => {}
-        Ok((Err(e), retry)) => error!(
+        Ok((Ok(_), _, _)) => {}
+        Ok((Err(e), retry, true)) => error!(
             retry_in_s = retry.map_or(0, |r| r.as_secs()),
             "swarm: the swarm's change was not applied, the running configuration stays \
-             (tried again, less and less often, until it is): {e:#}"
+             (tried again, less and less often, until it is; this error is not logged again \
+             until it changes): {e:#}"
         ),
+        Ok((Err(e), _, false)) => {
+            tracing::debug!("swarm: the swarm's change is still not applied: {e:#}");
+        }
         Err(e) => error!("swarm: {e}"),
     }
 }

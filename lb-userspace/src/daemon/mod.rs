@@ -158,6 +158,8 @@ pub struct Daemon {
     health_unapplied: Option<health::Retry>,
     /// The same for a swarm change (`update_swarm`): the follower sends a snapshot once.
     swarm_unapplied: Option<health::Retry>,
+    /// The error a failed swarm change last told the log (told again only when it changes).
+    swarm_error_told: Option<String>,
 }
 
 impl Daemon {
@@ -279,6 +281,7 @@ impl Daemon {
             running_health_shaped: true,
             health_unapplied: None,
             swarm_unapplied: None,
+            swarm_error_told: None,
         };
         // Written only now, with the pin directory locked and the start done: a start that
         // failed, or a second lbd the lock refused, must leave the running one's state alone.
@@ -644,6 +647,7 @@ impl Daemon {
         // left unapplied.
         self.health_unapplied = None;
         self.swarm_unapplied = None;
+        self.swarm_error_told = None;
     }
 
     /// Counts an API request refused before it reached the configuration (its body).

@@ -8,17 +8,25 @@ impl Daemon {
     /// Applies what the swarm looks like now. The snapshot is kept (and saved) whatever the
     /// outcome: it is the Engine's truth, and the next file or API change plans with it. A
     /// change that fails is tried again (`retry_swarm`): the follower sends a snapshot once.
+    /// While a failed change waits for its retry, a new snapshot waits with it (`Unchanged`).
     pub fn update_swarm(&mut self, snapshot: Snapshot) -> Result<Outcome, DaemonError> {
         if self.swarm.as_ref() != Some(&snapshot) {
             let path = self.state_dir.join(SWARM_STATE_FILE);
             let instead = "a restart while the Engine is down would start without it";
             saved::write(&path, &snapshot, "swarm state", instead);
-            // A new change: if it fails, its first retry comes soon.
-            self.swarm_unapplied = None;
         }
         self.swarm = Some(snapshot);
         self.follow_bridges();
+        if !try_snapshot(self.swarm_unapplied, Instant::now()) {
+            return Ok(Outcome::Unchanged);
+        }
         self.commit_swarm()
+    }
+
+    /// Whether a failed swarm change's `error` is one the log has not been told since the
+    /// change began failing (told once, and again when it changes).
+    pub fn swarm_error_is_new(&mut self, error: &str) -> bool {
+        tell_once(&mut self.swarm_error_told, error)
     }
 
     /// Tries a failed swarm change again when its retry is due (1 s after the change, then
@@ -76,6 +84,7 @@ impl Daemon {
         match &result {
             // `take_plan` cleared `swarm_unapplied`.
             Ok(_) if earlier.is_some() => {
+                self.swarm_error_told = None;
                 info!("swarm: the swarm's change refused before is applied now");
             }
             Ok(_) => {}
@@ -83,6 +92,23 @@ impl Daemon {
         }
         result
     }
+}
+
+/// Whether a snapshot is tried at `now`, given the retry of a change that failed
+/// (`unapplied`): not before that retry is due, however new the snapshot. On a busy
+/// swarm a new one comes every read, and each tried at once (and its failure logged) would
+/// undo the backoff; the retry takes the latest snapshot.
+fn try_snapshot(unapplied: Option<health::Retry>, now: Instant) -> bool {
+    unapplied.is_none_or(|retry| now >= retry.at)
+}
+
+/// Whether `error` differs from the one last `told` (then it is the one told).
+fn tell_once(told: &mut Option<String>, error: &str) -> bool {
+    if told.as_deref() == Some(error) {
+        return false;
+    }
+    *told = Some(error.to_owned());
+    true
 }
 
 /// The swarm's services under the file's per-service policies; `running`: what the running
@@ -232,6 +258,34 @@ mod tests {
     use super::*;
 
     const NODE: &str = "198.18.0.5";
+
+    /// A failed swarm change is not tried again before its retry is due, however many new
+    /// snapshots come meanwhile (one a read on a busy swarm), and its backoff goes on.
+    #[test]
+    fn new_snapshots_wait_for_a_failed_changes_retry() {
+        let now = Instant::now();
+        let mut unapplied = None;
+        assert!(try_snapshot(unapplied, now), "nothing failed");
+        let first = health::Retry::after(None);
+        unapplied = Some(first);
+        for read in 0..3 {
+            assert!(!try_snapshot(unapplied, now), "snapshot {read}");
+        }
+        assert!(try_snapshot(unapplied, first.at), "due");
+        let second = health::Retry::after(unapplied);
+        assert_eq!(second.wait, first.wait * 2);
+    }
+
+    #[test]
+    fn a_failed_swarm_changes_error_is_told_once_until_it_changes() {
+        let mut told = None;
+        assert!(tell_once(&mut told, "map full"));
+        assert!(!tell_once(&mut told, "map full"));
+        assert!(tell_once(&mut told, "interface gone"));
+        assert!(!tell_once(&mut told, "interface gone"));
+        told = None;
+        assert!(tell_once(&mut told, "interface gone"), "after it was applied");
+    }
 
     /// Each problem is said when it appears: not again on the next read, again once it went
     /// and came back.
