@@ -202,6 +202,7 @@ pub struct SwarmStatus {
     pub engine_up: bool,
     pub reads_ok: u64,
     pub reads_failed: u64,
+    /// Why the last read failed; `None` once a read succeeds.
     pub last_error: Option<String>,
     /// Seconds since the Engine last answered well; `None`: never since lbd started.
     pub last_ok_age_s: Option<u64>,

@@ -56,6 +56,8 @@ pub struct FollowStatus {
     pub engine_up: bool,
     pub reads_ok: u64,
     pub reads_failed: u64,
+    /// Why the last read failed; cleared by a good one (beside `engine_up: true` it read as a
+    /// problem of now; `reads_failed` keeps the count).
     pub last_error: Option<String>,
     /// When the Engine last answered well.
     pub last_ok: Option<SystemTime>,
@@ -302,6 +304,7 @@ fn record(status: &SharedStatus, host: &str, read: Result<(Duration, Duration), 
     match read {
         Ok(timing) => {
             s.reads_ok += 1;
+            s.last_error = None;
             s.last_ok = Some(SystemTime::now());
             s.last_read = Some(timing);
         }
@@ -376,6 +379,22 @@ mod tests {
             panic!("another outage: held again");
         };
         assert_eq!(again.since, later);
+    }
+
+    /// The status shows an outage's error while it lasts, not after the Engine answers again.
+    #[test]
+    fn a_good_read_clears_the_last_error() {
+        let status = SharedStatus::default();
+        let host = "unix:///var/run/docker.sock";
+        record(&status, host, Err("connection refused".into()));
+        let failed = status.lock().unwrap().clone();
+        assert!(!failed.engine_up);
+        assert_eq!(failed.last_error.as_deref(), Some("connection refused"));
+        record(&status, host, Ok((Duration::from_millis(20), POLL)));
+        let good = status.lock().unwrap().clone();
+        assert!(good.engine_up);
+        assert_eq!(good.last_error, None);
+        assert_eq!((good.reads_ok, good.reads_failed), (1, 1));
     }
 
     #[test]
