@@ -284,7 +284,10 @@ mod tests {
         assert!(tell_once(&mut told, "interface gone"));
         assert!(!tell_once(&mut told, "interface gone"));
         told = None;
-        assert!(tell_once(&mut told, "interface gone"), "after it was applied");
+        assert!(
+            tell_once(&mut told, "interface gone"),
+            "after it was applied"
+        );
     }
 
     /// Each problem is said when it appears: not again on the next read, again once it went

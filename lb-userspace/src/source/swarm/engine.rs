@@ -218,11 +218,18 @@ pub(super) async fn connect(host: &str) -> Result<Docker, EngineError> {
         .map_err(|e| request("negotiating the API version", e))
 }
 
+/// What `container_pids` keeps between reads: the known pids and the containers it could not
+/// inspect.
+type PidMemory<'a> = (
+    &'a mut HashMap<String, u32>,
+    &'a mut HashMap<String, Uninspected>,
+);
+
 async fn read_with(
     client: &Docker,
     host: &str,
     info: SystemInfo,
-    known_pids: Option<(&mut HashMap<String, u32>, &mut HashMap<String, Uninspected>)>,
+    known_pids: Option<PidMemory<'_>>,
 ) -> Result<Answers, EngineError> {
     let request = |what, error| EngineError::Request {
         host: host.to_owned(),
@@ -412,8 +419,8 @@ fn cgroups_name(cgroups: &str, id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{cgroups_name, is_containers_process};
     use super::Engine;
+    use super::{cgroups_name, is_containers_process};
     use crate::source::swarm::snapshot::Snapshot;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -479,14 +486,19 @@ mod tests {
         }
 
         fn asked(&self, path: &str) -> usize {
-            self.asked.lock().unwrap().iter().filter(|p| *p == path).count()
+            self.asked
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| *p == path)
+                .count()
         }
     }
 
     /// The worker's recorded answer to `path`.
     fn recorded(path: &str) -> Answer {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/swarm/worker");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/swarm/worker");
         let file = |name: &str| Some((200, std::fs::read_to_string(dir.join(name)).unwrap()));
         let (route, _query) = path.split_once('?').unwrap_or((path, ""));
         match route {

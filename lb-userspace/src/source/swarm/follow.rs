@@ -227,27 +227,30 @@ struct Settling {
 enum Settle {
     /// `agreed`: false when handed over at [`SETTLE_LIMIT`] rather than for agreeing with the
     /// read before.
-    HandOver { read: Snapshot, agreed: bool },
+    HandOver {
+        read: Snapshot,
+        agreed: bool,
+    },
     Wait(Settling),
 }
 
 /// What becomes of a good `read` at `now`: after an outage (`answers_again`) the reads are
 /// held until two in a row agree, or [`SETTLE_LIMIT`] after the first, when the latest is
 /// handed over as it is; otherwise it is handed over at once (`agreed`).
-fn settle(
-    settling: Option<Settling>,
-    answers_again: bool,
-    read: Snapshot,
-    now: Instant,
-) -> Settle {
+fn settle(settling: Option<Settling>, answers_again: bool, read: Snapshot, now: Instant) -> Settle {
     let since = match settling {
         _ if answers_again => now,
         None => return Settle::HandOver { read, agreed: true },
-        Some(waiting) if waiting.candidate == read => return Settle::HandOver { read, agreed: true },
+        Some(waiting) if waiting.candidate == read => {
+            return Settle::HandOver { read, agreed: true };
+        }
         Some(waiting) => waiting.since,
     };
     if now.saturating_duration_since(since) >= SETTLE_LIMIT {
-        return Settle::HandOver { read, agreed: false };
+        return Settle::HandOver {
+            read,
+            agreed: false,
+        };
     }
     Settle::Wait(Settling {
         candidate: read,

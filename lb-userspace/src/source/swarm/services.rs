@@ -591,7 +591,11 @@ fn backends(
     }
     // Unless none of the others takes new flows: then every task takes them (an unhealthy
     // one is as likely to answer as a stopping one).
-    if backends.iter().zip(&unhealthy).any(|(b, sick)| !sick && b.weight > 0) {
+    if backends
+        .iter()
+        .zip(&unhealthy)
+        .any(|(b, sick)| !sick && b.weight > 0)
+    {
         let mut sick = unhealthy.iter();
         backends.retain(|_| !sick.next().copied().unwrap_or(false));
     }

@@ -57,7 +57,14 @@ impl VipMemory {
                 let Some(held) = self.held.get_mut(&key) else {
                     let replaced = BTreeMap::new();
                     let listed_at = now;
-                    self.held.insert(key, Held { vip: *vip, listed_at, replaced });
+                    self.held.insert(
+                        key,
+                        Held {
+                            vip: *vip,
+                            listed_at,
+                            replaced,
+                        },
+                    );
                     continue;
                 };
                 held.replaced.retain(|_, at| recent(at));
