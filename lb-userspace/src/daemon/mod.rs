@@ -160,6 +160,8 @@ pub struct Daemon {
     swarm_unapplied: Option<health::Retry>,
     /// The error a failed swarm change last told the log (told again only when it changes).
     swarm_error_told: Option<String>,
+    /// A snapshot came while a failed swarm change waited for its retry, and was not tried.
+    swarm_untried: bool,
 }
 
 impl Daemon {
@@ -282,6 +284,7 @@ impl Daemon {
             health_unapplied: None,
             swarm_unapplied: None,
             swarm_error_told: None,
+            swarm_untried: false,
         };
         // Written only now, with the pin directory locked and the start done: a start that
         // failed, or a second lbd the lock refused, must leave the running one's state alone.

@@ -18,6 +18,7 @@ impl Daemon {
         self.swarm = Some(snapshot);
         self.follow_bridges();
         if !try_snapshot(self.swarm_unapplied, Instant::now()) {
+            self.swarm_untried = true;
             return Ok(Outcome::Unchanged);
         }
         self.commit_swarm()
@@ -30,11 +31,13 @@ impl Daemon {
     }
 
     /// Tries a failed swarm change again when its retry is due (1 s after the change, then
-    /// twice as long each time, up to 30 s); `None` when none is.
+    /// twice as long each time, up to 30 s), or with a snapshot that came meanwhile as
+    /// `try_snapshot` allows; `None` when none is.
     pub fn retry_swarm(&mut self) -> Option<Result<Outcome, DaemonError>> {
-        let due = self
-            .swarm_unapplied
-            .is_some_and(|retry| Instant::now() >= retry.at);
+        let now = Instant::now();
+        let due = self.swarm_unapplied.is_some_and(|retry| {
+            now >= retry.at || (self.swarm_untried && try_snapshot(Some(retry), now))
+        });
         due.then(|| self.commit_swarm())
     }
 
@@ -79,6 +82,7 @@ impl Daemon {
 
     fn commit_swarm(&mut self) -> Result<Outcome, DaemonError> {
         let earlier = self.swarm_unapplied;
+        self.swarm_untried = false;
         let api = self.api.clone();
         let result = self.commit(Trigger::Swarm, None, api);
         match &result {
@@ -94,13 +98,20 @@ impl Daemon {
     }
 }
 
-/// Whether a snapshot is tried at `now`, given the retry of a change that failed
-/// (`unapplied`): not before that retry is due, however new the snapshot. On a busy
-/// swarm a new one comes every read, and each tried at once (and its failure logged) would
-/// undo the backoff; the retry takes the latest snapshot.
+/// Whether a new snapshot is tried at `now`, given the retry of a change that failed
+/// (`unapplied`): when that retry is due, or `NEW_SNAPSHOT_WAIT` after the last try, whichever
+/// comes first. On a busy swarm a new one comes every read, and each tried at once (a plan
+/// of every service, and its failure) would undo the backoff; but a snapshot that mends the
+/// failure (a service scaled down to fit) should not wait the backoff's 30 s.
 fn try_snapshot(unapplied: Option<health::Retry>, now: Instant) -> bool {
-    unapplied.is_none_or(|retry| now >= retry.at)
+    unapplied.is_none_or(|retry| {
+        let tried = retry.at.checked_sub(retry.wait).unwrap_or(retry.at);
+        now >= retry.at.min(tried + NEW_SNAPSHOT_WAIT)
+    })
 }
+
+/// How long new snapshots wait after a failed swarm change was tried, at most.
+const NEW_SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `error` differs from the one last `told` (then it is the one told).
 fn tell_once(told: &mut Option<String>, error: &str) -> bool {
@@ -260,7 +271,8 @@ mod tests {
     const NODE: &str = "198.18.0.5";
 
     /// A failed swarm change is not tried again before its retry is due, however many new
-    /// snapshots come meanwhile (one a read on a busy swarm), and its backoff goes on.
+    /// snapshots come meanwhile (one a read on a busy swarm), and its backoff goes on; once
+    /// the backoff is long, a new snapshot is tried 5 s after the last try.
     #[test]
     fn new_snapshots_wait_for_a_failed_changes_retry() {
         let now = Instant::now();
@@ -274,6 +286,14 @@ mod tests {
         assert!(try_snapshot(unapplied, first.at), "due");
         let second = health::Retry::after(unapplied);
         assert_eq!(second.wait, first.wait * 2);
+        let mut long = second;
+        for _ in 0..5 {
+            long = health::Retry::after(Some(long));
+        }
+        assert_eq!(long.wait, Duration::from_secs(30));
+        let tried = long.at - long.wait;
+        assert!(!try_snapshot(Some(long), tried + Duration::from_secs(4)));
+        assert!(try_snapshot(Some(long), tried + NEW_SNAPSHOT_WAIT));
     }
 
     #[test]
