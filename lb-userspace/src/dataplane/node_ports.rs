@@ -24,9 +24,8 @@ pub fn shared_with_kernel() -> Option<String> {
 /// `shared_with_kernel` for the settings' texts.
 fn problem(range: RangeInclusive<u16>, reserved: &str) -> Option<String> {
     let reserved = parse_reserved(reserved);
-    let shared: Vec<u16> = (FULLNAT_PORT_MIN.max(*range.start())
-        ..=FULLNAT_PORT_MAX.min(*range.end()))
-        .filter(|port| !reserved.iter().any(|r| r.contains(port)))
+    let shared: Vec<u16> = (FULLNAT_PORT_MIN..=FULLNAT_PORT_MAX)
+        .filter(|port| range.contains(port) && !reserved.iter().any(|r| r.contains(port)))
         .collect();
     let (first, last) = (shared.first()?, shared.last()?);
     Some(format!(
