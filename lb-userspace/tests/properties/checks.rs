@@ -371,11 +371,9 @@ impl<'a> Runner<'a> {
                 // reply entry (an unconfirmed flow), its reply passes untouched, as any reply
                 // no entry covers whose route is not forwarded, and the kernel drops (or
                 // answers) it.
-                let o = client.ip().octets();
-                let unrouted = [NODE_CLIENT_SIDE, NODE_BACKEND_SIDE].contains(client.ip())
-                    || o[..3] != [198, 18, 1] && o[..3] != [198, 18, 2];
-                let passed =
-                    unrouted && d(StatSlot::PassNotFrontend) == 1 && out.packet == case.frame;
+                let passed = unrouted(client)
+                    && d(StatSlot::PassNotFrontend) == 1
+                    && out.packet == case.frame;
                 if !passed && (!translated || !s.frontends.contains(&src) || dst != client) {
                     fail(
                         EXPECTED,
@@ -416,10 +414,15 @@ impl<'a> Runner<'a> {
                             quote.1 == client || is_port_remap(quote.1, client)
                         })
                 } else {
-                    d(StatSlot::IcmpErrorToClient) == 1
+                    let translated = d(StatSlot::IcmpErrorToClient) == 1
                         && s.frontends.contains(&quote.1)
                         && quote.0 == client
-                        && outer.1.ip() == client.ip()
+                        && outer.1.ip() == client.ip();
+                    // A client the node does not forward to, or that claimed a node address
+                    // (see the reply above): without the reply entry, an error about its flow
+                    // is left untouched, as an error about the node's own packet to the
+                    // backend is.
+                    translated || unrouted(client) && out.packet == case.frame
                 };
                 if !fine {
                     fail(
@@ -950,4 +953,13 @@ fn refused_with_rst(ip: &[u8]) -> bool {
         && ip
             .get(20 + 13)
             .is_some_and(|flags| flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
+}
+
+/// A client the node does not forward to (outside its two connected subnets: no route,
+/// blackhole, unreachable), or that claimed a node address (a spoofed source: the node's own
+/// packets never enter by XDP).
+fn unrouted(client: SocketAddrV4) -> bool {
+    let o = client.ip().octets();
+    [NODE_CLIENT_SIDE, NODE_BACKEND_SIDE].contains(client.ip())
+        || o[..3] != [198, 18, 1] && o[..3] != [198, 18, 2]
 }
