@@ -130,7 +130,12 @@ impl Dataplane {
         let mode = if adopted {
             // Attached by an earlier lbd, perhaps with another --xdp-mode.
             match netlink::attached_mode(ifindex) {
-                Ok(Some(attached)) => attached,
+                Ok(Some(attached)) => {
+                    if let Some(why) = mode_kept(interface, mode, attached, xdp_path) {
+                        warn!("{why}");
+                    }
+                    attached
+                }
                 Ok(None) => mode,
                 Err(e) => {
                     warn!(interface, "reading the adopted link's XDP mode: {e}");
@@ -427,4 +432,40 @@ fn is_veth(ifindex: u32) -> bool {
         .ok()
         .flatten()
         .is_some_and(|kind| kind == "veth")
+}
+
+/// What to tell when an adopted XDP link keeps a mode other than the one `asked` for
+/// explicitly (`auto` takes what is there): a link cannot change its mode, and attaching
+/// afresh would leave the interface unbalanced meanwhile, so the choice is the operator's.
+fn mode_kept(interface: &str, asked: XdpMode, attached: XdpMode, pin: &Path) -> Option<String> {
+    if asked == XdpMode::Auto || asked == attached {
+        return None;
+    }
+    Some(format!(
+        "`{interface}` keeps XDP in {attached} mode, as an earlier lbd attached it, not \
+         {asked} as asked: its link was adopted, with its flows; to change the mode, stop lbd, \
+         remove the link's pin {} (the interface is not balanced until lbd starts again; \
+         tracked flows stay in the maps) and start lbd again",
+        pin.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adopted_link_in_another_mode_than_asked_is_said_with_the_way_to_change_it() {
+        let pin = Path::new("/sys/fs/bpf/meshlb/links/xdp/eth1");
+        let told = |asked, attached| mode_kept("eth1", asked, attached, pin);
+        assert_eq!(told(XdpMode::Auto, XdpMode::Generic), None, "auto takes it");
+        assert_eq!(told(XdpMode::Native, XdpMode::Native), None);
+        let text = told(XdpMode::Native, XdpMode::Generic).expect("told");
+        assert!(
+            text.contains("`eth1` keeps XDP in generic mode")
+                && text.contains("not native as asked")
+                && text.contains("remove the link's pin /sys/fs/bpf/meshlb/links/xdp/eth1"),
+            "{text}"
+        );
+    }
 }
