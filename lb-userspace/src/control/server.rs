@@ -94,12 +94,62 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::api::MAX_BODY_BYTES,
         ))
+        .layer(middleware::from_fn_with_state(BODY_TIMEOUT, body_in_time))
         .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             count_requests,
         ))
         .with_state(shared)
+}
+
+/// Time a request has to send its body once its headers came (the listeners give the headers
+/// theirs): ample for the largest body the API takes over a slow link.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request's body (at most `MAX_BODY_BYTES`) within `deadline` before its route does.
+/// A client that sends its headers and then its body slowly, or not at all, would otherwise
+/// hold one of the listener's few connections for its whole lifetime (and `FINISH` after):
+/// it gets a 408, and the connection closes.
+async fn body_in_time(
+    State(deadline): State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, crate::api::MAX_BODY_BYTES);
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                // `json_errors` says what the limit is.
+                return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+            }
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            let mut response = ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s of its headers",
+                    deadline.as_secs_f64()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// Every error answer in the API's JSON form, those axum makes itself too (413 for a body
@@ -740,6 +790,64 @@ pub async fn serve_unix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that sends its headers and then not all of its body gets a 408 at the body's
+    /// deadline, and its connection closes: it does not hold a slot for the connection's
+    /// lifetime. A body sent in time reaches the route.
+    #[test]
+    fn a_body_that_does_not_come_in_time_is_answered_408_and_closed() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let deadline = std::time::Duration::from_millis(300);
+        let router = Router::new()
+            .route("/echo", post(|body: Bytes| async move { body }))
+            .layer(middleware::from_fn_with_state(deadline, body_in_time));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (_stop, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(super::super::listener::serve(
+                "test",
+                listener,
+                router,
+                super::super::listener::API,
+                || {},
+                stop,
+            ));
+            let exchange = |request: &'static str| async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let started = std::time::Instant::now();
+                let mut answer = Vec::new();
+                let limit = std::time::Duration::from_secs(5);
+                let _ = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+                (
+                    String::from_utf8_lossy(&answer).into_owned(),
+                    started.elapsed(),
+                )
+            };
+            let partial = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
+            let (answer, took) = exchange(partial).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 408") && answer.contains("did not arrive within"),
+                "{answer:?}"
+            );
+            assert!(
+                took < std::time::Duration::from_secs(2),
+                "closed after {took:?}"
+            );
+            let whole = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\
+                         Connection: close\r\n\r\n0123456789";
+            let (answer, _) = exchange(whole).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200") && answer.ends_with("0123456789"),
+                "{answer:?}"
+            );
+        });
+    }
 
     fn refusal(body: &str) -> String {
         match parse_body(&Bytes::from(body.to_owned())) {
