@@ -130,31 +130,9 @@ pub fn update_fd<K: Pod, V: Pod>(
     values: &[V],
 ) -> Result<(), DataplaneError> {
     assert_eq!(keys.len(), values.len(), "a value for every key");
-    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        call(
-            BPF_MAP_UPDATE_BATCH,
-            map_fd as u32,
-            keys.as_ptr() as u64,
-            values.as_ptr() as u64,
-            keys.len(),
-        )
-        .map_err(|(done, error)| {
-            // E2BIG from an update is a full map, whatever strerror says.
-            let why = if error.raw_os_error() == Some(libc::E2BIG) {
-                "the map is full".to_owned()
-            } else {
-                error.to_string()
-            };
-            DataplaneError::MapValue {
-                name,
-                message: format!(
-                    "writing {} entries (the kernel took {done}): {why}",
-                    keys.len()
-                ),
-            }
-        })?;
-    }
-    Ok(())
+    update_chunks(map_fd, name, keys, "writing", |first| {
+        values[first..].as_ptr() as u64
+    })
 }
 
 /// Sets every byte of every element of the array map `map` (of any value size) to `byte`.
@@ -162,26 +140,9 @@ pub fn fill_array(map: &MapData, name: &'static str, byte: u8) -> Result<(), Dat
     let info = map
         .info()
         .map_err(|error| DataplaneError::Map { name, error })?;
-    let size = info.value_size() as usize;
     let keys: Vec<u32> = (0..info.max_entries()).collect();
-    let values = vec![byte; CHUNK * size];
-    for keys in keys.chunks(CHUNK) {
-        call(
-            BPF_MAP_UPDATE_BATCH,
-            fd(map) as u32,
-            keys.as_ptr() as u64,
-            values.as_ptr() as u64,
-            keys.len(),
-        )
-        .map_err(|(done, error)| DataplaneError::MapValue {
-            name,
-            message: format!(
-                "filling {} elements (the kernel took {done}): {error}",
-                keys.len()
-            ),
-        })?;
-    }
-    Ok(())
+    let values = vec![byte; CHUNK * info.value_size() as usize];
+    update_chunks(fd(map), name, &keys, "filling", |_| values.as_ptr() as u64)
 }
 
 /// Sets every CPU's value of `ids` in a per-CPU array to `V::default()` (`cpus`: the kernel's
@@ -193,23 +154,44 @@ pub fn zero_percpu<V: Pod + Default>(
     cpus: usize,
 ) -> Result<(), DataplaneError> {
     debug_assert!(std::mem::size_of::<V>().is_multiple_of(8));
-    for ids in ids.chunks(CHUNK) {
-        let zeros: Vec<V> = std::iter::repeat_with(V::default)
-            .take(ids.len() * cpus)
-            .collect();
+    let zeros: Vec<V> = std::iter::repeat_with(V::default)
+        .take(ids.len().min(CHUNK) * cpus)
+        .collect();
+    update_chunks(fd(map), name, ids, "zeroing", |_| zeros.as_ptr() as u64)
+}
+
+/// One `BPF_MAP_UPDATE_BATCH` per `CHUNK` of `keys`, the values of the chunk that starts at
+/// key `first` at `values(first)`, laid out as the kernel reads them; `what` the write, for
+/// errors.
+fn update_chunks<K: Pod>(
+    map_fd: i32,
+    name: &'static str,
+    keys: &[K],
+    what: &str,
+    values: impl Fn(usize) -> u64,
+) -> Result<(), DataplaneError> {
+    for (i, chunk) in keys.chunks(CHUNK).enumerate() {
         call(
             BPF_MAP_UPDATE_BATCH,
-            fd(map) as u32,
-            ids.as_ptr() as u64,
-            zeros.as_ptr() as u64,
-            ids.len(),
+            map_fd as u32,
+            chunk.as_ptr() as u64,
+            values(i * CHUNK),
+            chunk.len(),
         )
-        .map_err(|(done, error)| DataplaneError::MapValue {
-            name,
-            message: format!(
-                "zeroing the counters of {} ids (the kernel took {done}): {error}",
-                ids.len()
-            ),
+        .map_err(|(done, error)| {
+            // E2BIG from an update is a full map, whatever strerror says.
+            let why = if error.raw_os_error() == Some(libc::E2BIG) {
+                "the map is full".to_owned()
+            } else {
+                error.to_string()
+            };
+            DataplaneError::MapValue {
+                name,
+                message: format!(
+                    "{what} {} entries (the kernel took {done}): {why}",
+                    chunk.len()
+                ),
+            }
         })?;
     }
     Ok(())
