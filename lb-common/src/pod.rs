@@ -6,7 +6,7 @@ use crate::{
         Backend, EndpointKey, Flow, FlowKey, ReplyFrontend, Service, SockCounters, SockPeer,
         SockReverse, SockReverseKey, TrafficCounters,
     },
-    traffic::{GenConfig, SinkSlot},
+    traffic::{FloorConfig, GenConfig, SinkSlot},
 };
 
 // SAFETY: all are #[repr(C)], Copy, and have no implicit padding (sizes asserted in maps.rs).
@@ -20,6 +20,7 @@ unsafe impl aya::Pod for Flow {}
 unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for GenConfig {}
 unsafe impl aya::Pod for SinkSlot {}
+unsafe impl aya::Pod for FloorConfig {}
 unsafe impl aya::Pod for SockReverseKey {}
 unsafe impl aya::Pod for SockReverse {}
 unsafe impl aya::Pod for SockPeer {}

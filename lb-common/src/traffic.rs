@@ -59,3 +59,20 @@ pub struct SinkSlot {
 }
 
 const _: () = assert!(size_of::<SinkSlot>() == 24);
+
+/// Backends the `tracked_floor` program balances over at most (`FLOOR_BACKENDS`).
+pub const FLOOR_MAX_BACKENDS: usize = 4096;
+
+/// Value of `FLOOR_CONFIG`: where the `tracked_floor` program sends a new flow (the least a
+/// balancer that tracks its flows does per packet, measured beside meshlb by `bench pps`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct FloorConfig {
+    /// Backends in `FLOOR_BACKENDS` (1 to `FLOOR_MAX_BACKENDS`).
+    pub backends: u32,
+    /// The backends' port, in network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<FloorConfig>() == 8);

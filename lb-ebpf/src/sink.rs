@@ -16,17 +16,24 @@
 //!   the destination it arrived at (the correctness oracle reads that).
 //! - `ceiling`: on the node's ingress, the redirect-only bound: IPv4/IPv6 frames get the MACs
 //!   of `CEILING_CONFIG` and are redirected to `CEILING_PORT[0]`, no balancing work at all.
+//! - `tracked_floor`: the ceiling plus the least a balancer that tracks flows does per packet:
+//!   one lookup of the IPv4 flow's 5-tuple in an LRU hash table sized like meshlb's connection
+//!   table (a new flow takes a backend of `FLOOR_BACKENDS` and is inserted), the destination
+//!   address and port rewritten with incremental checksum updates. Its key (16 bytes) and value
+//!   (8) are the most compact a tracker could have: what it loses to more flows is what
+//!   memory costs any such balancer on this machine, not meshlb's layout.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, DevMap, HashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use lb_common::traffic::{
-    GenConfig, PORT_BASE, PORTS_PER_ADDR, SINK_SLOT_COUNT, SinkSlot, TEMPLATE_WORDS, sink_slot,
+    FLOOR_MAX_BACKENDS, FloorConfig, GenConfig, PORT_BASE, PORTS_PER_ADDR, SINK_SLOT_COUNT,
+    SinkSlot, TEMPLATE_WORDS, sink_slot,
 };
 
 #[btf_map]
@@ -68,6 +75,36 @@ static CEILING_CONFIG: Array<[u32; 3], 1> = Array::new();
 
 #[btf_map]
 static CEILING_PORT: DevMap<1> = DevMap::new();
+
+/// `tracked_floor`'s flow key: addresses, ports and protocol as they sit in the headers.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct FloorKey {
+    saddr: u32,
+    daddr: u32,
+    ports: u32,
+    proto: u32,
+}
+
+/// `tracked_floor`'s flow: its backend's address and port, as they go into the headers.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct FloorFlow {
+    addr: u32,
+    port: u16,
+    _pad: u16,
+}
+
+/// `tracked_floor`'s connection table; lb-bench sizes it at load like meshlb's.
+#[btf_map]
+static FLOOR_FLOWS: LruHashMap<FloorKey, FloorFlow, 1024> = LruHashMap::new();
+
+#[btf_map]
+static FLOOR_CONFIG: Array<FloorConfig, 1> = Array::new();
+
+/// Backend IPv4 addresses as they go into the header.
+#[btf_map]
+static FLOOR_BACKENDS: Array<u32, FLOOR_MAX_BACKENDS> = Array::new();
 
 const ETH_HLEN: usize = 14;
 
@@ -339,6 +376,111 @@ pub fn ceiling(ctx: XdpContext) -> u32 {
     CEILING_PORT
         .redirect(0, 0)
         .unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+/// Ethernet, option-less IPv4 and the first word of UDP or TCP: what `tracked_floor` reads.
+const FLOOR_HEADERS: usize = ETH_HLEN + 20 + 4;
+
+#[xdp]
+pub fn tracked_floor(ctx: XdpContext) -> u32 {
+    match track(&ctx) {
+        Some(()) => CEILING_PORT
+            .redirect(0, 0)
+            .unwrap_or(xdp_action::XDP_ABORTED),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// Finds or places the frame's flow and rewrites the frame toward its backend; `None` for a
+/// frame that is not option-less IPv4 UDP/TCP (passed on untouched).
+#[inline(always)]
+fn track(ctx: &XdpContext) -> Option<()> {
+    let start = ctx.data();
+    if start + FLOOR_HEADERS > ctx.data_end() {
+        return None;
+    }
+    let ip = start + ETH_HLEN;
+    // SAFETY: every read and write below is within the FLOOR_HEADERS bytes checked above.
+    unsafe {
+        let ethertype = ((start + 12) as *const [u8; 2]).read_unaligned();
+        let [version_ihl, _] = (ip as *const [u8; 2]).read_unaligned();
+        let proto = ((ip + 9) as *const u8).read();
+        if ethertype != [0x08, 0x00] || version_ihl != 0x45 || (proto != 6 && proto != 17) {
+            return None;
+        }
+        let key = FloorKey {
+            saddr: ((ip + 12) as *const u32).read_unaligned(),
+            daddr: ((ip + 16) as *const u32).read_unaligned(),
+            ports: ((ip + 20) as *const u32).read_unaligned(),
+            proto: u32::from(proto),
+        };
+        let flow = match FLOOR_FLOWS.get_ptr(&key) {
+            Some(flow) => *flow,
+            None => place(&key)?,
+        };
+        // The L4 checksum: TCP's always, UDP's unless the sender sent none (0).
+        let l4_csum_at = if proto == 6 {
+            ip + 20 + 16
+        } else {
+            ip + 20 + 6
+        };
+        if l4_csum_at + 2 > ctx.data_end() {
+            return None;
+        }
+        let old_port = ((ip + 22) as *const u16).read_unaligned();
+        let csum = ((ip + 10) as *const u16).read_unaligned();
+        ((ip + 10) as *mut u16).write_unaligned(csum_replace(csum, key.daddr, flow.addr, 0, 0));
+        let l4 = (l4_csum_at as *const u16).read_unaligned();
+        if proto == 6 || l4 != 0 {
+            let new = csum_replace(l4, key.daddr, flow.addr, old_port, flow.port);
+            let new = if proto == 17 && new == 0 { 0xffff } else { new };
+            (l4_csum_at as *mut u16).write_unaligned(new);
+        }
+        ((ip + 16) as *mut u32).write_unaligned(flow.addr);
+        ((ip + 22) as *mut u16).write_unaligned(flow.port);
+        let macs = CEILING_CONFIG.get(0)?;
+        let at = start as *mut u32;
+        at.write_unaligned(macs[0]);
+        at.add(1).write_unaligned(macs[1]);
+        at.add(2).write_unaligned(macs[2]);
+    }
+    Some(())
+}
+
+/// A new flow's backend (by a hash of its source), inserted into `FLOOR_FLOWS`.
+#[inline(always)]
+fn place(key: &FloorKey) -> Option<FloorFlow> {
+    let config = FLOOR_CONFIG.get(0)?;
+    let backends = config.backends;
+    // Also what keeps a panic path for a zero divisor out of the program.
+    if backends == 0 || backends > FLOOR_MAX_BACKENDS as u32 {
+        return None;
+    }
+    let hash = (key.saddr ^ key.ports).wrapping_mul(0x9e37_79b9);
+    let addr = *FLOOR_BACKENDS.get((hash >> 8) % backends)?;
+    let flow = FloorFlow {
+        addr,
+        port: config.port,
+        _pad: 0,
+    };
+    FLOOR_FLOWS.insert(key, &flow, 0).ok()?;
+    Some(flow)
+}
+
+/// The one's-complement checksum after a 32-bit word changed from `old` to `new` and a 16-bit
+/// one from `old16` to `new16` (RFC 1624; words as they sit in memory).
+#[inline(always)]
+fn csum_replace(csum: u16, old: u32, new: u32, old16: u16, new16: u16) -> u16 {
+    let mut sum = u32::from(!csum)
+        + (!old & 0xffff)
+        + (!old >> 16)
+        + (new & 0xffff)
+        + (new >> 16)
+        + u32::from(!old16)
+        + u32::from(new16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 #[cfg(not(test))]

@@ -85,12 +85,12 @@ pub fn render_markdown(r: &PpsReport) -> String {
         ));
     }
     if !r.scaling.is_empty() {
-        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets | nftables DNAT slowdown, same flow sets |\n|---|---|---|---|---|---|---|---|\n");
+        md.push_str("\n| meshlb scaling | Mpps median | baseline Mpps median | slowdown min / **median** / max | flat within 1.2× | new flows while measured, most of a round | ceiling slowdown, same flow sets | tracked floor slowdown, same flow sets | nftables DNAT slowdown, same flow sets |\n|---|---|---|---|---|---|---|---|---|\n");
         for p in &r.scaling {
             let m = Spread::of(&p.mpps).map_or(f64::NAN, |s| s.median);
             let b = Spread::of(&p.baseline_mpps).map_or(f64::NAN, |s| s.median);
             md.push_str(&format!(
-                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} | {} |\n",
+                "| {} | {m:.3} | {b:.3} | {} | {} | {} | {} | {} | {} |\n",
                 p.what,
                 fmt_spread(&p.slowdown, 2),
                 if p.slowdown.median <= 1.2 {
@@ -106,6 +106,9 @@ pub fn render_markdown(r: &PpsReport) -> String {
                 p.ceiling_slowdown
                     .as_ref()
                     .map_or("—".to_owned(), |c| fmt_spread(c, 2)),
+                p.floor_slowdown
+                    .as_ref()
+                    .map_or("—".to_owned(), |c| fmt_spread(c, 2)),
                 match (&p.nft_slowdown, &p.nft_not_measured) {
                     (Some(n), _) => fmt_spread(n, 2),
                     (None, Some(why)) => format!("not measured: {why}"),
@@ -113,12 +116,20 @@ pub fn render_markdown(r: &PpsReport) -> String {
                 },
             ));
         }
-        for p in r.scaling.iter().filter(|p| !p.nft_mpps.is_empty()) {
+        for p in r.scaling.iter().filter(|p| !p.floor_mpps.is_empty()) {
+            let floor = extra_ns(&p.floor_mpps, &p.floor_baseline_mpps);
+            let others = if p.nft_mpps.is_empty() {
+                format!(" and the tracked floor {floor:.0} ns longer")
+            } else {
+                format!(
+                    ", the tracked floor {floor:.0} ns longer and nftables DNAT {:.0} ns longer",
+                    extra_ns(&p.nft_mpps, &p.nft_baseline_mpps)
+                )
+            };
             md.push_str(&format!(
-                "\n{}: every packet takes meshlb {:.0} ns longer than with the baseline's flows, and nftables DNAT {:.0} ns longer (medians over rounds of 1/point − 1/baseline).\n",
+                "\n{}: every packet takes meshlb {:.0} ns longer than with the baseline's flows{others} (medians over rounds of 1/point − 1/baseline).\n",
                 p.what,
                 extra_ns(&p.mpps, &p.baseline_mpps),
-                extra_ns(&p.nft_mpps, &p.nft_baseline_mpps),
             ));
         }
     }

@@ -1,7 +1,8 @@
 //! `lb-bench bench pps`: packets per second through the node, every contender in the same run
 //! on the same topology, generator, flow set and CPU: meshlb XDP, nftables DNAT, plain kernel
-//! forwarding and the redirect-only ceiling, in interleaved rounds; then meshlb's scaling with
-//! services, backends and tracked flows. Writes `bench/results/pps-<date>.{json,md}`.
+//! forwarding, the redirect-only ceiling and the tracked floor (the ceiling plus the least a
+//! balancer tracking flows does), in interleaved rounds; then meshlb's scaling with services,
+//! backends and tracked flows. Writes `bench/results/pps-<date>.{json,md}`.
 
 // micro's machine facts, included rather than reached through `micro` (whose modules are
 // private to it).
@@ -222,6 +223,12 @@ pub struct ScalePoint {
     pub nft_mpps: Vec<f64>,
     pub nft_baseline_mpps: Vec<f64>,
     pub nft_slowdown: Option<Spread>,
+    /// The same for the tracked floor: what the point's flow set costs a balancer that does
+    /// nothing per packet but one lookup in a table like meshlb's (the bound of meshlb's
+    /// slowdown on this machine, whatever its layout).
+    pub floor_mpps: Vec<f64>,
+    pub floor_baseline_mpps: Vec<f64>,
+    pub floor_slowdown: Option<Spread>,
     /// Why nftables was not measured at a flow-count point, if it was not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nft_not_measured: Option<String>,
@@ -245,9 +252,10 @@ pub struct PpsReport {
     pub load_after: f64,
 }
 
-const CONTENDERS: [Through; 4] = [
+const CONTENDERS: [Through; 5] = [
     Through::Ceiling,
     Through::Meshlb,
+    Through::Floor,
     Through::Nft,
     Through::Kernel,
 ];
@@ -599,9 +607,10 @@ fn compare(
             .position(|c| *c == t)
             .expect("a contender")
     };
-    let (ceiling, meshlb, nft, kernel) = (
+    let (ceiling, meshlb, floor, nft, kernel) = (
         idx(Through::Ceiling),
         idx(Through::Meshlb),
+        idx(Through::Floor),
         idx(Through::Nft),
         idx(Through::Kernel),
     );
@@ -697,10 +706,24 @@ fn compare(
     .into_iter()
     .flatten()
     .collect();
-    // Context, no target: how far the kernel paths are from each other, and the most any
-    // XDP program could reach against nftables here (what bounds the 3.5× target).
+    // Context, no target: how far the kernel paths are from each other, the most any XDP
+    // program could reach against nftables here (what bounds the 3.5× target), and the most
+    // a balancer that looks up each packet's flow could reach against the ceiling (what
+    // bounds the 0.9× target).
     targets.extend(
         [
+            Target::new(
+                "tracked floor / redirect-only ceiling right before and after (no target: the bound of meshlb / ceiling for a balancer that tracks flows)",
+                to_ceiling(floor),
+                1.0,
+                true,
+            ),
+            Target::new(
+                "meshlb / tracked floor (no target)",
+                ratio(meshlb, floor),
+                1.0,
+                true,
+            ),
             Target::new(
                 "meshlb / kernel forwarding (no target)",
                 ratio(meshlb, kernel),
@@ -776,6 +799,9 @@ mod tests {
                     nft_baseline_mpps: vec![],
                     nft_slowdown: None,
                     nft_not_measured: None,
+                    floor_mpps: vec![],
+                    floor_baseline_mpps: vec![],
+                    floor_slowdown: None,
                 },
                 ScalePoint {
                     what: "1000000 tracked flows".into(),
@@ -791,6 +817,9 @@ mod tests {
                     nft_baseline_mpps: vec![0.6],
                     nft_slowdown: Spread::of(&[1.5]),
                     nft_not_measured: None,
+                    floor_mpps: vec![0.8],
+                    floor_baseline_mpps: vec![1.0],
+                    floor_slowdown: Spread::of(&[1.25]),
                 },
                 ScalePoint {
                     what: "2000000 tracked flows".into(),
@@ -808,6 +837,9 @@ mod tests {
                     nft_not_measured: Some(
                         "net.netfilter.nf_conntrack_max is 262144, under 2000000 flows".into(),
                     ),
+                    floor_mpps: vec![0.7],
+                    floor_baseline_mpps: vec![1.0],
+                    floor_slowdown: Spread::of(&[1.43]),
                 },
             ],
             load_before: 1.0,
@@ -838,25 +870,31 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows, traffic on 1024 of them | 0.980 | 1.000 | 1.02 / **1.02** / 1.02 | yes | 2; 3 when all were sent again after it | — | — |"
+                "| 1000000 tracked flows, traffic on 1024 of them | 0.980 | 1.000 | 1.02 / **1.02** / 1.02 | yes | 2; 3 when all were sent again after it | — | — | — |"
             ),
             "{md}"
         );
         assert!(
             md.contains(
-                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 | 1.01 / **1.01** / 1.01 | 1.50 / **1.50** / 1.50 |"
+                "| 1000000 tracked flows | 0.500 | 1.000 | 2.00 / **2.00** / 2.00 | **no** | 0 | 1.01 / **1.01** / 1.01 | 1.25 / **1.25** / 1.25 | 1.50 / **1.50** / 1.50 |"
             ),
             "{md}"
         );
         assert!(
             md.contains(
-                "1000000 tracked flows: every packet takes meshlb 1000 ns longer than with the baseline's flows, and nftables DNAT 833 ns longer"
+                "1000000 tracked flows: every packet takes meshlb 1000 ns longer than with the baseline's flows, the tracked floor 250 ns longer and nftables DNAT 833 ns longer"
             ),
             "{md}"
         );
         assert!(
             md.contains(
-                "| 2000000 tracked flows | 0.400 | 1.000 | 2.50 / **2.50** / 2.50 | **no** | 0 | 1.00 / **1.00** / 1.00 | not measured: net.netfilter.nf_conntrack_max is 262144, under 2000000 flows |"
+                "| 2000000 tracked flows | 0.400 | 1.000 | 2.50 / **2.50** / 2.50 | **no** | 0 | 1.00 / **1.00** / 1.00 | 1.43 / **1.43** / 1.43 | not measured: net.netfilter.nf_conntrack_max is 262144, under 2000000 flows |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "2000000 tracked flows: every packet takes meshlb 1500 ns longer than with the baseline's flows and the tracked floor 429 ns longer (medians"
             ),
             "{md}"
         );

@@ -94,16 +94,24 @@ fn scale_point(
     let mut same_sets: BTreeMap<&'static str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for _ in 0..args.scale_rounds.max(1) {
         // The same two flow sets through the redirect-only ceiling (what the generator
-        // and the veths themselves lose to the larger flow set) and through nftables
-        // DNAT (what the kernel's connection tracking loses).
+        // and the veths themselves lose to the larger flow set), the tracked floor (what
+        // one lookup in a table of that many flows costs at the least) and nftables DNAT
+        // (what the kernel's connection tracking loses).
         let others = [
             (Through::Ceiling, spread_flows),
+            (Through::Floor, spread_flows),
             (Through::Nft, spread_flows && nft_not_measured.is_none()),
         ];
         for (through, _) in others.iter().filter(|(_, run)| *run) {
             let baseline = Load::flows(args.flows);
+            // The floor's table sized as meshlb's is at this point.
+            let sized = if *through == Through::Floor {
+                point_config
+            } else {
+                config
+            };
             let cb = bench.measure(*through, config, baseline, args, 100_000)?;
-            let cp = bench.measure(*through, config, load, args, 100_000)?;
+            let cp = bench.measure(*through, sized, load, args, 100_000)?;
             println!(
                 "pps: scaling {what:<22} {}, same flows {:6.3} Mpps (with {} flows {:6.3})",
                 through.name(),
@@ -150,6 +158,7 @@ fn scale_point(
     };
     let (ceiling_mpps, _, ceiling_slowdown) = same_set(Through::Ceiling);
     let (nft_mpps, nft_baseline_mpps, nft_slowdown) = same_set(Through::Nft);
+    let (floor_mpps, floor_baseline_mpps, floor_slowdown) = same_set(Through::Floor);
     Ok(ScalePoint {
         ceiling_slowdown,
         ceiling_mpps,
@@ -157,6 +166,9 @@ fn scale_point(
         nft_baseline_mpps,
         nft_slowdown,
         nft_not_measured,
+        floor_mpps,
+        floor_baseline_mpps,
+        floor_slowdown,
         what,
         slowdown: Spread::of(&slowdowns).expect("rounds >= 1"),
         mpps: at,

@@ -126,3 +126,95 @@ fn sink_counts_each_destination_once() {
     assert_eq!(counts, expected);
     assert_eq!(other, 1);
 }
+
+/// Sends `frames` out of `interface` of the calling thread's namespace with a packet socket.
+fn send_raw(interface: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(interface).expect("no NUL");
+    // SAFETY: plain syscalls on a socket this function owns and closes; the address and the
+    // buffers outlive each call.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        if index == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        let mut result = Ok(());
+        for frame in frames {
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            if sent != frame.len() as isize {
+                result = Err(std::io::Error::last_os_error());
+                break;
+            }
+        }
+        libc::close(fd);
+        result
+    }
+}
+
+/// `bench pps`' tracked floor on the bench topology, as a contender runs: frames of 64 flows
+/// into the node's veth reach the sink's, each flow at one of the 4 backends on the backend
+/// port (the sink counts per destination address), and stopping the contender detaches it.
+/// Sent with a packet socket, not live frames, so that it holds wherever XDP runs on veths.
+#[test]
+fn the_tracked_floor_forwards_each_flow_to_a_backend() {
+    if !lb_testkit::e2e_enabled() {
+        return;
+    }
+    use super::{
+        node::{Node, NodeConfig, Through},
+        topo::{self, PpsTopology},
+    };
+    let topo = PpsTopology::new().unwrap();
+    let mut traffic = Traffic::load().unwrap();
+    traffic.attach(&topo).unwrap();
+    let config = NodeConfig {
+        backends: 4,
+        scheduler: "maglev".into(),
+        extra_services: 0,
+        backend_indices: None,
+        lbd: "unused".into(),
+        conntrack_entries: Some(1024),
+    };
+    let node = Node::start(Through::Floor, &topo, &mut traffic, &config).unwrap();
+    let flows = set(Kind::Udp, "198.18.100.1:80", 64, 60);
+    let frames: Vec<Vec<u8>> = (0..64)
+        .flat_map(|k| {
+            let frame = flows.frame(k).unwrap();
+            [frame.clone(), frame]
+        })
+        .collect();
+    topo.generator
+        .run(|| send_raw(topo::GEN_IF, &frames))
+        .unwrap()
+        .unwrap();
+    let backends: Vec<IpAddr> = (0..4).map(|i| topo::backend_addr(i, false)).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let counts = loop {
+        let (counts, _) = traffic.sink_counts().unwrap();
+        if counts.values().sum::<u64>() >= 128 || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(counts.values().sum::<u64>(), 128, "{counts:?}");
+    assert!(counts.keys().all(|a| backends.contains(a)), "{counts:?}");
+    assert!(counts.len() > 1, "64 flows on one backend: {counts:?}");
+    // Every flow's two frames went the same way: each count is even.
+    assert!(counts.values().all(|n| n % 2 == 0), "{counts:?}");
+    node.stop(&topo, &mut traffic).unwrap();
+    assert!(!topo.node.xdp_attached(topo::NODE_IN).unwrap());
+}

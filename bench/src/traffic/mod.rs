@@ -9,6 +9,7 @@
 //! run's thread is pinned, and the node's and sink's veth NAPI runs where the frames were sent.
 
 pub mod cpu_time;
+pub mod floor;
 #[cfg(test)]
 mod kernel_tests;
 pub mod node;
@@ -149,6 +150,32 @@ fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
         .map_err(|_| anyhow!("{name} is not an XDP program"))
 }
 
+/// Where `ceiling` and `tracked_floor` send frames: out `out_ifindex` (in `ns`), with MACs
+/// `dst` and `src`.
+fn set_redirect(
+    ebpf: &mut Ebpf,
+    ns: &Netns,
+    out_ifindex: u32,
+    dst: [u8; 6],
+    src: [u8; 6],
+) -> Result<()> {
+    let mut bytes = [0u8; 12];
+    bytes[..6].copy_from_slice(&dst);
+    bytes[6..].copy_from_slice(&src);
+    let word = |i: usize| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4"));
+    let macs = [word(0), word(1), word(2)];
+    let mut config: Array<&mut MapData, [u32; 3]> =
+        Array::try_from(ebpf.map_mut("CEILING_CONFIG").context("CEILING_CONFIG")?)?;
+    config.set(0, macs, 0)?;
+    let mut port: DevMap<&mut MapData> =
+        DevMap::try_from(ebpf.map_mut("CEILING_PORT").context("CEILING_PORT")?)?;
+    // The kernel resolves a device map's ifindex in the namespace of the thread that writes
+    // it.
+    ns.run(|| port.set(0, out_ifindex, None, 0))?
+        .context("setting CEILING_PORT[0]")?;
+    Ok(())
+}
+
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("traffic object has no program {name}"))?
@@ -204,23 +231,7 @@ impl Traffic {
         dst: [u8; 6],
         src: [u8; 6],
     ) -> Result<()> {
-        let mut bytes = [0u8; 12];
-        bytes[..6].copy_from_slice(&dst);
-        bytes[6..].copy_from_slice(&src);
-        let word = |i: usize| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4"));
-        let macs = [word(0), word(1), word(2)];
-        let mut config: Array<&mut MapData, [u32; 3]> = Array::try_from(
-            self.ebpf
-                .map_mut("CEILING_CONFIG")
-                .context("CEILING_CONFIG")?,
-        )?;
-        config.set(0, macs, 0)?;
-        let mut port: DevMap<&mut MapData> =
-            DevMap::try_from(self.ebpf.map_mut("CEILING_PORT").context("CEILING_PORT")?)?;
-        // The kernel resolves a device map's ifindex in the namespace of the thread that
-        // writes it.
-        ns.run(|| port.set(0, out_ifindex, None, 0))?
-            .context("setting CEILING_PORT[0]")?;
+        set_redirect(&mut self.ebpf, ns, out_ifindex, dst, src)?;
         let prog = xdp_mut(&mut self.ebpf, "ceiling")?;
         let link = ns
             .run(|| prog.attach(interface, XdpMode::Driver))?

@@ -1,14 +1,16 @@
 //! What forwards between generator and sink: meshlb (the real `lbd`), nftables DNAT (the way
 //! kube-proxy's nftables mode balances: `numgen random` over one chain per endpoint), plain
-//! kernel forwarding, or the redirect-only ceiling.
+//! kernel forwarding, the redirect-only ceiling, or the tracked floor (the ceiling plus one
+//! connection-table lookup and a destination rewrite).
 
 use std::{
     fmt::Write as _,
+    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use lb_testkit::Lbd;
 use lb_userspace::{
     dataplane::{self, Dataplane, LoadOptions},
@@ -19,6 +21,7 @@ use lb_userspace::{
 
 use super::{
     Traffic,
+    floor::{Floor, FloorRoute},
     topo::{self, BACKEND_PORT, NODE_IN, NODE_OUT, PpsTopology, VIP_PORT, VIP4, VIP6},
 };
 
@@ -33,6 +36,9 @@ pub enum Through {
     Nft,
     /// Plain kernel IP forwarding to backend 0 (no balancing).
     Kernel,
+    /// The ceiling plus the least a balancer that tracks flows does: one lookup in a
+    /// connection table sized like meshlb's, the destination rewritten (IPv4 only).
+    Floor,
 }
 
 impl Through {
@@ -42,6 +48,7 @@ impl Through {
             Through::Meshlb => "meshlb XDP",
             Through::Nft => "nftables DNAT",
             Through::Kernel => "kernel forwarding",
+            Through::Floor => "tracked floor",
         }
     }
     pub fn key(self) -> &'static str {
@@ -50,6 +57,7 @@ impl Through {
             Through::Meshlb => "meshlb",
             Through::Nft => "nft",
             Through::Kernel => "kernel",
+            Through::Floor => "floor",
         }
     }
 }
@@ -83,6 +91,7 @@ pub struct Node {
     lbd: Option<Lbd>,
     /// meshlb loaded in this process (scaling runs with many services).
     dataplane: Option<Dataplane>,
+    floor: Option<Floor>,
 }
 
 /// nftables table name of the DNAT contender.
@@ -104,6 +113,7 @@ impl Node {
             through,
             lbd: None,
             dataplane: None,
+            floor: None,
         };
         match through {
             Through::Ceiling => {
@@ -147,6 +157,32 @@ impl Node {
                 result.context("loading the nftables DNAT ruleset")?;
             }
             Through::Kernel => {}
+            Through::Floor => {
+                let backends = (0..config.backends)
+                    .map(|i| match topo::backend_addr(i, false) {
+                        IpAddr::V4(addr) => Ok(addr),
+                        IpAddr::V6(addr) => Err(anyhow!("backend {i} is {addr}, not IPv4")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let route = FloorRoute {
+                    out_ifindex: PpsTopology::ifindex(&topo.node, NODE_OUT)?,
+                    dst_mac: topo::SINK_MAC,
+                    src_mac: topo::NODE_OUT_MAC,
+                    backends: &backends,
+                    port: BACKEND_PORT,
+                };
+                // The table meshlb would have for this configuration.
+                let entries = config
+                    .conntrack_entries
+                    .unwrap_or(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES);
+                let mut floor = Floor::load(
+                    &topo.node,
+                    &route,
+                    lb_common::limits::hash_table_entries(entries),
+                )?;
+                floor.attach(&topo.node, NODE_IN)?;
+                node.floor = Some(floor);
+            }
         }
         Ok(node)
     }
@@ -180,6 +216,11 @@ impl Node {
                     .context("removing the nftables DNAT ruleset")?;
             }
             Through::Kernel => {}
+            Through::Floor => {
+                if let Some(floor) = self.floor.take() {
+                    floor.detach()?;
+                }
+            }
         }
         Ok(None)
     }
