@@ -12,6 +12,8 @@ pub(super) struct Dp {
 
 pub(super) struct Bench {
     pub(super) harness: Ebpf,
+    /// The tracked floors (`Layout::tracked`).
+    pub(super) tracked: Vec<Floor>,
     pub(super) dps: Vec<Dp>,
     /// Test-run packets arrive on the client-side veth.
     pub(super) client_if: u32,
@@ -71,6 +73,7 @@ impl Bench {
         let fd = match target {
             Target::Floor(name) => self.harness_prog(name)?.fd()?.try_clone()?,
             Target::Meshlb(n) => self.dps[n].dp.xdp_program()?.fd()?.try_clone()?,
+            Target::Tracked(n) => self.tracked[n].program()?.fd()?.try_clone()?,
         };
         Ok(fd)
     }
@@ -108,7 +111,7 @@ impl Bench {
 
     pub(super) fn stats(&self, target: Target) -> Result<Option<StatsSnapshot>> {
         match target {
-            Target::Floor(_) => Ok(None),
+            Target::Floor(_) | Target::Tracked(_) => Ok(None),
             Target::Meshlb(n) => Ok(Some(self.dps[n].dp.stats()?)),
         }
     }
@@ -135,6 +138,9 @@ impl Bench {
             }
             (Via::Direct, Target::Meshlb(n)) => {
                 test_run(self.dps[n].dp.xdp_program()?, &class.frame, ctx, repeat)?
+            }
+            (Via::Direct, Target::Tracked(n)) => {
+                test_run(self.tracked[n].program()?, &class.frame, ctx, repeat)?
             }
             (via, _) => {
                 let v6 = class.frame.len() == FRAME6_LEN;
@@ -279,6 +285,30 @@ impl Bench {
                     &packet[0..6]
                 );
             }
+            Check::TrackedDnat { vary } => {
+                ensure!(handoff.is_none(), "unexpected hand-off to TC");
+                let (src, dst) = parse_any(packet).map_err(|e| anyhow!("packet out: {e}"))?;
+                let (input_src, _) = parse_any(frame).map_err(|e| anyhow!("packet in: {e}"))?;
+                ensure!(
+                    backend_index(dst.ip()).is_some() && dst.port() == BACKEND_PORT,
+                    "destination {dst} is not a backend"
+                );
+                ensure!(
+                    if vary {
+                        is_vary_source(src)
+                    } else {
+                        src == input_src
+                    },
+                    "source {src}, sent from {input_src}"
+                );
+                // The floor's MACs, one pair for every backend (see `tracked_floors`).
+                ensure!(
+                    packet[0..6] == backend_mac(0) && packet[6..12] == self.backend_if_mac,
+                    "MACs {:02x?} -> {:02x?}, not the tracked floor's",
+                    &packet[6..12],
+                    &packet[0..6]
+                );
+            }
             Check::Encap => {
                 ensure!(handoff.is_none(), "unexpected hand-off to TC");
                 self.check_encap(frame, packet)?;
@@ -349,6 +379,7 @@ impl Bench {
             let out = match class.target {
                 Target::Floor(name) => test_run(self.harness_prog(name)?, &class.frame, ctx, 1)?,
                 Target::Meshlb(n) => test_run(self.dps[n].dp.xdp_program()?, &class.frame, ctx, 1)?,
+                Target::Tracked(n) => test_run(self.tracked[n].program()?, &class.frame, ctx, 1)?,
             };
             ensure!(
                 out.retval == class.retval,

@@ -51,6 +51,8 @@ pub(super) enum Target {
     Floor(&'static str),
     /// meshlb_xdp of dataplane `n`.
     Meshlb(usize),
+    /// The tracked floor `n` (`Bench::tracked`): one LRU lookup of the 5-tuple, DNAT.
+    Tracked(usize),
 }
 
 /// What the bytes out must look like.
@@ -74,6 +76,9 @@ pub(super) enum Check {
     Encap,
     /// Unwrapped and DNATed to the local task's address (backend 0), the client kept.
     Decap,
+    /// DNAT to one of the 16 backends by the tracked floor, checksums valid, its own MACs;
+    /// the source a `harness_vary` one (`vary`) or the input's.
+    TrackedDnat { vary: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -117,6 +122,10 @@ pub(super) const FLAT_WITHIN: f64 = 1.2;
 /// flows are held to it).
 pub(super) const SPREAD_BASELINE: &str = "established-spread@1024";
 pub(super) const SPREAD_BASELINE_FLOWS: u32 = 1024;
+/// The tracked floor's rows: the same flow every packet, and every packet another of the
+/// 1,024 flows its table holds (the baseline of its own spread rows).
+pub(super) const TRACKED_FLOOR: &str = "tracked-floor";
+pub(super) const TRACKED_SPREAD_BASELINE: &str = "tracked-floor-spread@1024";
 /// The spread rows' tables below the prefilled one's: the baseline and issue 16's 100,000.
 pub(super) const SPREAD_FLOWS: [u32; 2] = [SPREAD_BASELINE_FLOWS, 100_000];
 
@@ -273,7 +282,63 @@ pub(super) fn classes(frames: &Frames, layout: &Layout, katran: &KatranReference
     list.extend(ipv6_classes(frames, layout));
     list.extend(mesh_classes(frames, layout));
     list.extend(scaling_classes(frames, layout));
+    list.extend(tracked_floor_classes(&frames.ack, &layout.tracked));
     list
+}
+
+/// The tracked floor (`bench pps`' contender of that name): the least a balancer that tracks
+/// flows does per packet, one LRU lookup of the 5-tuple in a table sized as meshlb's and a
+/// DNAT. The same flow every packet (against meshlb's established row: what meshlb does
+/// beyond it), and the spread rows' flow counts held to the same bounds as meshlb's (what
+/// memory costs any tracker here, whatever its entry layout). `tracked[i]` is the span of
+/// floor `i`; the first is 0, the same flow.
+fn tracked_floor_classes(ack: &[u8], tracked: &[u32]) -> Vec<Class> {
+    tracked
+        .iter()
+        .enumerate()
+        .map(|(i, &span)| {
+            let target = Target::Tracked(i);
+            if span == 0 {
+                return class(
+                    TRACKED_FLOOR,
+                    "Tracked floor: one LRU lookup of the 5-tuple, DNAT -> XDP_REDIRECT",
+                    Section::Floor,
+                    Via::Harness,
+                    target,
+                    ack,
+                    XDP_REDIRECT,
+                    Check::TrackedDnat { vary: false },
+                );
+            }
+            let (baseline, bound) = if span == SPREAD_BASELINE_FLOWS {
+                (TRACKED_FLOOR, FLAT_WITHIN)
+            } else if span <= 100_000 {
+                (TRACKED_SPREAD_BASELINE, 1.15)
+            } else {
+                (TRACKED_SPREAD_BASELINE, 1.3)
+            };
+            Class {
+                baseline: Some((
+                    baseline,
+                    format!("every packet another of the {span} flows the table holds"),
+                )),
+                bound,
+                vary_span: span,
+                ..class(
+                    &format!("tracked-floor-spread@{span}"),
+                    &format!(
+                        "scaling: tracked floor, every packet another of {span} -> XDP_REDIRECT"
+                    ),
+                    Section::Scaling,
+                    Via::HarnessVary,
+                    target,
+                    ack,
+                    XDP_REDIRECT,
+                    Check::TrackedDnat { vary: true },
+                )
+            }
+        })
+        .collect()
 }
 
 /// The mesh tunnel between swarm nodes (issue 13): wrapping a flow for a task on the peer,
@@ -695,6 +760,50 @@ mod tests {
                 (Some("established"), FLAT_WITHIN, 1024, Target::Meshlb(7)),
                 (Some(SPREAD_BASELINE), 1.15, 100_000, Target::Meshlb(8)),
                 (Some(SPREAD_BASELINE), 1.3, 1_000_000, Target::Meshlb(9)),
+            ]
+        );
+    }
+
+    #[test]
+    fn tracked_floor_rows_are_held_like_meshlbs() {
+        let rows = tracked_floor_classes(&[0; FRAME_LEN], &[0, 1024, 100_000, 1_000_000]);
+        let held: Vec<(&str, Option<&str>, f64, u32, Target)> = rows
+            .iter()
+            .map(|c| {
+                (
+                    c.key.as_str(),
+                    c.baseline.as_ref().map(|b| b.0),
+                    c.bound,
+                    c.vary_span,
+                    c.target,
+                )
+            })
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (TRACKED_FLOOR, None, FLAT_WITHIN, 0, Target::Tracked(0)),
+                (
+                    TRACKED_SPREAD_BASELINE,
+                    Some(TRACKED_FLOOR),
+                    FLAT_WITHIN,
+                    1024,
+                    Target::Tracked(1)
+                ),
+                (
+                    "tracked-floor-spread@100000",
+                    Some(TRACKED_SPREAD_BASELINE),
+                    1.15,
+                    100_000,
+                    Target::Tracked(2)
+                ),
+                (
+                    "tracked-floor-spread@1000000",
+                    Some(TRACKED_SPREAD_BASELINE),
+                    1.3,
+                    1_000_000,
+                    Target::Tracked(3)
+                ),
             ]
         );
     }

@@ -66,7 +66,10 @@ use self::{
     report::{ClassResult, Report, SingleShotResult},
     setup::*,
 };
-use crate::objects::HARNESS_OBJECT;
+use crate::{
+    objects::HARNESS_OBJECT,
+    traffic::floor::{Floor, FloorRoute},
+};
 
 #[derive(clap::Args, Debug)]
 
@@ -203,6 +206,9 @@ struct Layout {
     /// The spread rows' dataplanes and the flows each table holds (1,024, 100,000 and the
     /// prefilled one's, those below `--prefill-flows`).
     spread: Vec<(usize, u32)>,
+    /// The tracked floors (`Bench::tracked`), by the flows the harness sends each: the first
+    /// the same flow every packet (0), then one per spread row.
+    tracked: Vec<u32>,
 }
 
 /// Everything that touches the kernel, on a thread inside the node namespace.
@@ -234,6 +240,7 @@ fn measure(
     } = dataplanes(args, backend_if)?;
     let mut bench = Bench {
         harness: load_harness()?,
+        tracked: tracked_floors(&layout, args.conntrack_entries, backend_if, backend_if_mac)?,
         dps,
         client_if: lb_userspace::dataplane::ifindex("lbc")?,
         backend_if,
@@ -265,6 +272,30 @@ fn measure(
         cpu_note,
         elapsed: started.elapsed(),
     })
+}
+
+/// The tracked floors of `layout.tracked`, each with a connection table sized as meshlb's
+/// (`conntrack_entries`), sending to the measured service's 16 backends.
+fn tracked_floors(
+    layout: &Layout,
+    conntrack_entries: u32,
+    backend_if: u32,
+    backend_if_mac: [u8; 6],
+) -> Result<Vec<Floor>> {
+    let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_ip).collect();
+    let route = FloorRoute {
+        out_ifindex: backend_if,
+        dst_mac: backend_mac(0),
+        src_mac: backend_if_mac,
+        backends: &backends,
+        port: BACKEND_PORT,
+    };
+    let entries = lb_common::limits::hash_table_entries(conntrack_entries);
+    layout
+        .tracked
+        .iter()
+        .map(|_| Floor::load(None, &route, entries))
+        .collect()
 }
 
 /// The restore harness and its floors, loaded.
@@ -325,6 +356,7 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
         mesh: 6,
         scaled: Vec::new(),
         spread: Vec::new(),
+        tracked: Vec::new(),
     };
     for &n in &args.scale_services {
         layout.scaled.push((specs.len(), format!("{n} services")));
@@ -357,6 +389,9 @@ fn dataplanes(args: &MicroArgs, backend_if: u32) -> Result<Dataplanes> {
             layout.spread.push((i, args.prefill_flows));
         }
     }
+    layout.tracked = std::iter::once(0)
+        .chain(layout.spread.iter().map(|&(_, n)| n))
+        .collect();
     let mut dps = Vec::new();
     let mut table_cost = None;
     for spec in &specs {

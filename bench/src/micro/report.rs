@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{
     Class, FLAT_WITHIN, MicroArgs, Outcome, ProgramSize, SPREAD_BASELINE, Sample, Section,
-    SingleShot, TableCost, action_name,
+    SingleShot, TRACKED_FLOOR, TRACKED_SPREAD_BASELINE, TableCost, action_name,
     katran::KatranReference,
     machine::{self, Machine},
 };
@@ -280,6 +280,13 @@ impl Report {
                             "established flows, every packet another (harness vary) -> XDP_REDIRECT"
                                 .into()
                         }
+                        TRACKED_FLOOR => {
+                            "tracked floor, same flow (harness) -> XDP_REDIRECT".into()
+                        }
+                        TRACKED_SPREAD_BASELINE => {
+                            "tracked floor, every packet another (harness vary) -> XDP_REDIRECT"
+                                .into()
+                        }
                         _ => "non-VIP pass-through (direct)".into(),
                     },
                     variant,
@@ -296,6 +303,7 @@ impl Report {
         let mut notes = vec![
             "IPv6 rows: 80-byte frames (40-byte IPv6 header; client [fd00:1::2]:31337, VIP [fd00:100::1]:80, 16 backends fd00:2::a-19 port 8080, non-VIP fd00:100::99), through the 80-byte variant of the same harness; the Katran reference has no IPv6 figures to compare with.".to_owned(),
             "Every run was verified: the return value, the bytes out (DNAT to one of the 16 backends with checksums recomputed from scratch, MACs from the FIB for XDP_REDIRECT, the hand-off to TC over the MACs naming the backend-side interface, untouched packets byte for byte) and meshlb's own counters (each path counter moved by exactly the iteration count, every other counter by 0).".to_owned(),
+            "Tracked floor rows: `bench pps`' tracked floor (lb-ebpf's `sink.rs`), the least a balancer that tracks flows does per packet: one lookup of the IPv4 5-tuple (a 16-byte key, an 8-byte value) in an LRU hash table of as many entries as meshlb's connection table, a new flow inserted, destination address and port rewritten with incremental checksums, MACs set, redirected. Each row has a table of its own; its spread rows' tables hold exactly the flows the harness cycles through (one entry a flow, where meshlb holds two), filled by the pass before the rounds. Against meshlb's rows of the same flows they say what meshlb does beyond a minimal tracker, and their own ratios what the flow count costs any tracker here.".to_owned(),
             "XDP_REDIRECT rows: the backend-side veth is in TX_PORTS (`Dataplane::allow_xdp_redirect`); a non-live BPF_PROG_TEST_RUN returns XDP_REDIRECT (4) without transmitting, so these rows are the program's cost up to the redirect decision.".to_owned(),
             format!(
                 "Katran's VIP rows encapsulate (IPIP, +20 B) and return XDP_TX, and its harness pays ~{} ns for the bpf_xdp_adjust_head that undoes the encapsulation; meshlb rewrites in place (DNAT) and its harness rows pay no head adjustment (the TC hand-off rows write 12 bytes over the MACs, see the hand-off floor).",

@@ -34,9 +34,9 @@ pub struct FloorRoute<'a> {
 
 impl Floor {
     /// Loads the floor with a connection table of `max_entries` (as the kernel is asked for
-    /// it: see `lb_common::limits::hash_table_entries`), sending out of `ns`'s
-    /// `route.out_ifindex`; attaches nothing.
-    pub fn load(ns: &Netns, route: &FloorRoute<'_>, max_entries: u32) -> Result<Floor> {
+    /// it: see `lb_common::limits::hash_table_entries`), sending out of `route.out_ifindex`
+    /// of `ns` (else of the calling thread's namespace); attaches nothing.
+    pub fn load(ns: Option<&Netns>, route: &FloorRoute<'_>, max_entries: u32) -> Result<Floor> {
         ensure!(
             (1..=FLOOR_MAX_BACKENDS).contains(&route.backends.len()),
             "the tracked floor takes 1 to {FLOOR_MAX_BACKENDS} backends, not {}",
@@ -77,6 +77,11 @@ impl Floor {
         Ok(Floor { ebpf, link: None })
     }
 
+    /// The program, e.g. for `bench micro`'s harness to tail-call.
+    pub fn program(&self) -> Result<&aya::programs::Xdp> {
+        super::xdp(&self.ebpf, "tracked_floor")
+    }
+
     /// Attaches the floor (native XDP) to `interface` in `ns`.
     pub fn attach(&mut self, ns: &Netns, interface: &str) -> Result<()> {
         let prog = xdp_mut(&mut self.ebpf, "tracked_floor")?;
@@ -103,7 +108,6 @@ mod tests {
     use lb_testkit::packet::{Ipv4Frame, parse_ipv4};
 
     use super::*;
-    use crate::traffic::xdp;
 
     const XDP_PASS: u32 = 2;
     const XDP_REDIRECT: u32 = 4;
@@ -111,7 +115,7 @@ mod tests {
     const OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
     fn run(floor: &Floor, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = xdp(&floor.ebpf, "tracked_floor").unwrap();
+        let prog = floor.program().unwrap();
         let mut out = vec![0u8; frame.len() + 64];
         let result = prog
             .test_run(TestRunOptions {
@@ -152,7 +156,7 @@ mod tests {
             backends: &backends,
             port: 8080,
         };
-        let floor = Floor::load(&ns, &route, 1025).unwrap();
+        let floor = Floor::load(Some(&ns), &route, 1025).unwrap();
         let vip: SocketAddrV4 = "198.18.100.1:80".parse().unwrap();
         let toward = |sent: &Ipv4Frame, backend: Ipv4Addr| Ipv4Frame {
             eth_dst: SINK_MAC,

@@ -150,11 +150,11 @@ fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
         .map_err(|_| anyhow!("{name} is not an XDP program"))
 }
 
-/// Where `ceiling` and `tracked_floor` send frames: out `out_ifindex` (in `ns`), with MACs
-/// `dst` and `src`.
+/// Where `ceiling` and `tracked_floor` send frames: out `out_ifindex` (in `ns`, else the
+/// calling thread's namespace), with MACs `dst` and `src`.
 fn set_redirect(
     ebpf: &mut Ebpf,
-    ns: &Netns,
+    ns: Option<&Netns>,
     out_ifindex: u32,
     dst: [u8; 6],
     src: [u8; 6],
@@ -171,8 +171,11 @@ fn set_redirect(
         DevMap::try_from(ebpf.map_mut("CEILING_PORT").context("CEILING_PORT")?)?;
     // The kernel resolves a device map's ifindex in the namespace of the thread that writes
     // it.
-    ns.run(|| port.set(0, out_ifindex, None, 0))?
-        .context("setting CEILING_PORT[0]")?;
+    match ns {
+        Some(ns) => ns.run(|| port.set(0, out_ifindex, None, 0))?,
+        None => port.set(0, out_ifindex, None, 0),
+    }
+    .context("setting CEILING_PORT[0]")?;
     Ok(())
 }
 
@@ -231,7 +234,7 @@ impl Traffic {
         dst: [u8; 6],
         src: [u8; 6],
     ) -> Result<()> {
-        set_redirect(&mut self.ebpf, ns, out_ifindex, dst, src)?;
+        set_redirect(&mut self.ebpf, Some(ns), out_ifindex, dst, src)?;
         let prog = xdp_mut(&mut self.ebpf, "ceiling")?;
         let link = ns
             .run(|| prog.attach(interface, XdpMode::Driver))?

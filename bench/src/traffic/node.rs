@@ -176,7 +176,7 @@ impl Node {
                     .conntrack_entries
                     .unwrap_or(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES);
                 let mut floor = Floor::load(
-                    &topo.node,
+                    Some(&topo.node),
                     &route,
                     lb_common::limits::hash_table_entries(entries),
                 )?;
