@@ -426,6 +426,22 @@ pub fn reply_frontend_stands(
     false
 }
 
+/// Whether the reply entry `flow` (at `reply_key`, of `PENDING` if `pending`) answers for a
+/// frontend still there: stamped since the frontends last changed (`generation`), or its
+/// frontend asked (`reply_frontend_stands`, which removes it if gone). Asked for a reply
+/// and for an ICMP error about its flow alike.
+#[inline(always)]
+pub fn reply_entry_stands(
+    reply_key: &FlowKey,
+    flow: *mut Flow,
+    pending: bool,
+    generation: u32,
+) -> bool {
+    // SAFETY: valid for this program run.
+    let stamped = unsafe { (*flow).frontend_gen };
+    stamped == generation || reply_frontend_stands(reply_key, flow, pending, generation)
+}
+
 /// Moves a forward flow's TCP state on (its idle clock was refreshed by `lookup_forward`).
 #[inline(always)]
 pub fn touch_forward(flow: *mut Flow, is_tcp: bool, tcp_flags: u8) {
@@ -758,13 +774,19 @@ fn forward_of(reply_key: &FlowKey, reply: &Flow, pending: bool) -> Option<*mut F
     }
 }
 
+/// The entry at `key`, confirmed or (then `true`) not.
+#[inline(always)]
+pub fn lookup_entry(key: &FlowKey) -> Option<(*mut Flow, bool)> {
+    match CONNTRACK.get_ptr_mut(key) {
+        Some(flow) => Some((flow, false)),
+        None => Some((PENDING.get_ptr_mut(key)?, true)),
+    }
+}
+
 /// The reply entry of a packet from a backend, confirmed or (then `true`) not.
 #[inline(always)]
 pub fn lookup_reply(key: &FlowKey) -> Option<(*mut Flow, bool)> {
-    let (flow, pending) = match CONNTRACK.get_ptr_mut(key) {
-        Some(flow) => (flow, false),
-        None => (PENDING.get_ptr_mut(key)?, true),
-    };
+    let (flow, pending) = lookup_entry(key)?;
     // SAFETY: valid for this program run.
     if unsafe { (*flow).kind } != flow_kind::REPLY {
         return None;

@@ -15,8 +15,8 @@ use lb_common::{
 };
 
 use crate::{
-    forward,
-    maps::{CONNTRACK, FRONTENDS, PENDING, reply_frontend_of},
+    conntrack, forward,
+    maps::{FRONTENDS, reply_frontend_of},
     nat::{csum_replace2, csum_replace4},
     parse::{ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Packet, off, ptr_at},
     sender::{self, ANSWER_TTL},
@@ -249,11 +249,15 @@ fn entry_answering(
         proto: key.proto,
         _pad: [0; 3],
     };
-    // Confirmed or not (a one-datagram UDP flow stays unconfirmed).
-    let Some(flow) = CONNTRACK
-        .get_ptr(&answering)
-        .or_else(|| PENDING.get_ptr(&answering))
-    else {
+    // Confirmed or not (a one-datagram UDP flow stays unconfirmed). A reply entry whose
+    // frontend was removed is none, as for the flow's own replies (`to_client`).
+    let entry = conntrack::lookup_entry(&answering).filter(|&(flow, pending)| {
+        kind != flow_kind::REPLY
+            // SAFETY: valid for this program run.
+            || unsafe { (*flow).kind } != flow_kind::REPLY
+            || conntrack::reply_entry_stands(&answering, flow, pending, conntrack::frontend_gen())
+    });
+    let Some((flow, _)) = entry else {
         return (kind == flow_kind::REPLY && stateless_frontend(ctx, pkt, &answering, nat))
             .then_some(Peer(0));
     };

@@ -493,17 +493,14 @@ fn record_flow(
 /// A packet from a backend: if it belongs to a tracked flow, the source becomes the frontend
 /// (and, under full NAT, the destination the client again); `Verdict::NO_REPLY_ENTRY` if
 /// the table has no reply entry for it, or none for a frontend that is still there
-/// (`conntrack::reply_frontend_stands`, asked once the frontends changed, `generation`).
+/// (`conntrack::reply_entry_stands`, asked once the frontends changed, `generation`).
 /// Like `to_backend`, the only call on a tracked reply's path.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, generation: u32) -> Verdict {
     let Some((flow, pending)) = conntrack::lookup_reply(&pkt.key) else {
         return Verdict::NO_REPLY_ENTRY;
     };
-    // SAFETY: valid for this program run.
-    if unsafe { (*flow).frontend_gen } != generation
-        && !conntrack::reply_frontend_stands(&pkt.key, flow, pending, generation)
-    {
+    if !conntrack::reply_entry_stands(&pkt.key, flow, pending, generation) {
         return Verdict::NO_REPLY_ENTRY;
     }
     conntrack::touch_reply(&pkt.key, flow, pending, conntrack::tick());

@@ -2214,6 +2214,46 @@ fn replies_of_a_new_flow_come_from_its_frontend_after_another_was_removed() {
     });
 }
 
+/// As `replies_of_a_new_flow_come_from_its_frontend_after_another_was_removed`, for an ICMP
+/// error the backend sends about the new flow's SYN: the removed frontend's reply entry goes,
+/// and the error reaches the client from the frontend it connected to, quoting its SYN to it.
+#[test]
+fn icmp_errors_of_a_new_flow_come_from_its_frontend_after_another_was_removed() {
+    if !e2e_enabled() {
+        return;
+    }
+    with_program(TWO_VIPS_ONE_BACKEND, |mut lb| {
+        let client = sock(CLIENT, 43310);
+        let (vip_a, vip_b) = (sock(VIP, 80), sock("198.18.100.2", 80));
+        for flags in [TCP_SYN, TCP_ACK] {
+            lb.run(&Ipv4Frame::tcp(client, vip_b, flags).build());
+        }
+        let only_a = TWO_VIPS_ONE_BACKEND.split("  b:").next().unwrap();
+        lb.change(only_a).expect("b removed");
+        let syn = Ipv4Frame::tcp(client, vip_a, TCP_SYN);
+        let sent = lb.run(&syn.build()).packet;
+        assert_eq!(parse_ipv4(&sent).expect("forwarded").src, client);
+        let backend: std::net::Ipv4Addr = "198.18.2.10".parse().unwrap();
+        let error = icmpv4_frame(
+            (backend_mac(0), lb.backend_if_mac),
+            backend,
+            *client.ip(),
+            &icmpv4_error(3, 3, &sent, 8),
+        );
+        let before = lb.stats();
+        let out = lb.run_from(&error, lb.backend_if);
+        let expected = icmpv4_frame(
+            (backend_mac(0), lb.backend_if_mac),
+            *vip_a.ip(),
+            *client.ip(),
+            &icmpv4_error(3, 3, &syn.build(), 8),
+        );
+        assert_eq!(out.packet, expected, "from a's VIP, quoting the SYN to it");
+        parse_icmpv4(&out.packet).expect("checksums");
+        assert_eq!(delta(&before, &lb.stats(), StatSlot::IcmpErrorToClient), 1);
+    });
+}
+
 /// A client port whose flow to one frontend closed is not handed to a flow toward another
 /// frontend of the same backend until the backend's TIME_WAIT is over (the backend would
 /// answer the new SYN as part of the old connection): before, the new flow gets another
