@@ -43,6 +43,8 @@ pub struct Ipv4Frame {
     pub dst: SocketAddrV4,
     pub l4: L4,
     pub ttl: u8,
+    /// The IPv4 TOS byte: DSCP and, in its low 2 bits, ECN (RFC 3168).
+    pub tos: u8,
     pub ip_id: u16,
     pub payload: Vec<u8>,
 }
@@ -85,6 +87,7 @@ impl Ipv4Frame {
             dst,
             l4: L4::tcp(flags),
             ttl: 64,
+            tos: 0,
             ip_id: 1,
             payload: b"meshlb".to_vec(),
         }
@@ -97,6 +100,11 @@ impl Ipv4Frame {
         }
     }
 
+    pub fn with_tos(mut self, tos: u8) -> Self {
+        self.tos = tos;
+        self
+    }
+
     /// The frame's bytes, with correct IPv4 and L4 checksums.
     pub fn build(&self) -> Vec<u8> {
         let (proto, l4_header_len) = l4_proto_len(self.l4);
@@ -107,7 +115,7 @@ impl Ipv4Frame {
         f.extend_from_slice(&self.eth_src);
         f.extend_from_slice(&0x0800u16.to_be_bytes());
         // IPv4, DF set.
-        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&[0x45, self.tos]);
         f.extend_from_slice(&(total_len as u16).to_be_bytes());
         f.extend_from_slice(&self.ip_id.to_be_bytes());
         f.extend_from_slice(&0x4000u16.to_be_bytes());
@@ -196,8 +204,9 @@ pub fn with_mss(frame: &[u8], mss: u16) -> Vec<u8> {
 }
 
 /// `frame`'s IP packet wrapped for meshlb's mesh tunnel: a new Ethernet header (`macs`:
-/// source, destination), IPv4 `own` -> `peer` (DF, TTL 64, UDP) and UDP from `sport` to the
-/// tunnel port with no checksum, as the specification in lb-ebpf's `tunnel` module says.
+/// source, destination), IPv4 `own` -> `peer` (DF, TTL 64, UDP, the inner packet's ECN field
+/// and DSCP 0 as RFC 6040's normal mode has it) and UDP from `sport` to the tunnel port with
+/// no checksum, as the specification in lb-ebpf's `tunnel` module says.
 pub fn tunnel_wrap(
     frame: &[u8],
     macs: ([u8; 6], [u8; 6]),
@@ -210,7 +219,7 @@ pub fn tunnel_wrap(
     f.extend_from_slice(&macs.1);
     f.extend_from_slice(&macs.0);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&[0x45, inner[1] & 0x03]);
     f.extend_from_slice(&((20 + 8 + inner.len()) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
     f.extend_from_slice(&own.octets());

@@ -279,6 +279,8 @@ impl Generator<'_> {
             dst,
             l4,
             ttl: 1 + self.rng.below(255) as u8,
+            // Not drawn: a draw more would change every seed's frames after it.
+            tos: 0,
             ip_id: self.rng.u16(),
             payload: self.rng.bytes(payload_len),
         }
