@@ -326,6 +326,17 @@ pub mod tunnel {
     /// `lbd` does not give a departed peer's index, which tracked flows may still name, to
     /// the next node that joins.
     pub const NEXT_INDEX_SLOT: u32 = 255;
+    /// The ECN field of an IPv4 TOS byte, and two of its codepoints (RFC 3168).
+    pub const ECN_MASK: u8 = 0x03;
+    pub const ECN_NOT_ECT: u8 = 0;
+    pub const ECN_CE: u8 = 0x03;
+
+    /// The outer header's TOS for an inner packet whose TOS is `inner_tos`: its ECN field
+    /// (RFC 6040 normal mode, a CE mark included), DSCP 0. Both of the kernel's wraps write
+    /// it (XDP's, and TC's for an aggregate).
+    pub const fn outer_tos(inner_tos: u8) -> u8 {
+        inner_tos & ECN_MASK
+    }
 }
 
 /// Key of `CONNTRACK`: a flow as seen on the wire in one direction.

@@ -163,6 +163,10 @@ stat_slots! {
     /// `UNREACHABLE_PER_CPU_PER_WINDOW` a window per CPU). With `drop_no_backend`, every
     /// packet that found no backend.
     RefusedNoBackend = "refused_no_backend", Event;
+    /// Dropped: a peer's tunnel packet whose outer header a router on the way marked
+    /// congested (ECN CE) carried a packet that is not ECN-capable, which cannot carry the
+    /// mark on (RFC 6040 §4.2: the router would have dropped it unwrapped).
+    DropTunnelCeNotEct = "drop_tunnel_ce_not_ect", Outcome;
 }
 
 #[cfg(test)]
@@ -225,6 +229,7 @@ mod tests {
         "aggregate",
         "tc_tunnel_failed",
         "refused_no_backend",
+        "drop_tunnel_ce_not_ect",
     ];
 
     #[test]

@@ -190,9 +190,9 @@ fn set_partial_checksum(ctx: &XdpContext, pkt: &Packet) -> bool {
 }
 
 /// TC side of `send_tunneled`: puts the outer IPv4 and UDP headers (as `tunnel::send`
-/// writes them) in front of the aggregate, telling the kernel it is now a UDP tunnel packet,
-/// so segmentation repeats them on every segment; a UDP aggregate's must then fit the route
-/// to the peer. False if it cannot, if they do not fit, or if the packet is no aggregate (a
+/// writes them, ECN included) in front of the aggregate, telling the kernel it is now a UDP
+/// tunnel packet, so segmentation repeats them on every segment; a UDP aggregate's must then
+/// fit the route to the peer. False if it cannot, if they do not fit, or if the packet is no aggregate (a
 /// single TCP segment too big for the tunnel: its flow's SYN was not clamped), which is
 /// dropped as `tunnel::send` drops one.
 #[inline(always)]
@@ -210,7 +210,8 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     let Ok(ports) = ctx.load::<[u16; 2]>(ETH_HLEN + IPV4_HLEN) else {
         return false;
     };
-    let (Ok(version), Ok(inner_proto)) = (ctx.load::<u8>(ETH_HLEN), ctx.load::<u8>(ETH_HLEN + 9))
+    let (Ok([version, inner_tos]), Ok(inner_proto)) =
+        (ctx.load::<[u8; 2]>(ETH_HLEN), ctx.load::<u8>(ETH_HLEN + 9))
     else {
         return false;
     };
@@ -243,7 +244,12 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     let outer_len_be = outer_len.to_be_bytes();
     let udp_len_be = outer_len.saturating_sub(IPV4_HLEN as u16).to_be_bytes();
     let mut ip = [
-        u32::from_ne_bytes([0x45, 0, outer_len_be[0], outer_len_be[1]]),
+        u32::from_ne_bytes([
+            0x45,
+            tunnel::outer_tos(inner_tos),
+            outer_len_be[0],
+            outer_len_be[1],
+        ]),
         // Don't fragment, as `tunnel::send` sends.
         u32::from_ne_bytes([0, 0, 0x40, 0]),
         u32::from_ne_bytes([64, proto::UDP, 0, 0]),

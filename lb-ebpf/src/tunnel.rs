@@ -13,6 +13,12 @@
 //! "fragmentation needed" with the tunnel's MTU (`unreachable::too_big`); anything else is dropped and
 //! counted (`drop_tunnel_failed`), never sent fragmented.
 //!
+//! ECN crosses the tunnel as RFC 6040's normal mode has it: the outer header carries the
+//! inner packet's ECN field (`tunnel::outer_tos` in lb-common), so routers on the underlay mark an ECN-capable
+//! flow instead of dropping it, and a CE mark on the outer header reaches the inner packet
+//! when it is unwrapped (`receive`; a Not-ECT inner packet is dropped instead, counted
+//! `drop_tunnel_ce_not_ect`: its endpoints would not see the congestion).
+//!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
 //! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
 //! takes nothing that did not come through the tunnel: nobody reaches tasks or spoofs
@@ -30,7 +36,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr,
-    maps::{proto, service_flags, tunnel},
+    maps::{
+        proto, service_flags,
+        tunnel::{self, ECN_CE, ECN_MASK, ECN_NOT_ECT, outer_tos},
+    },
     stats::StatSlot,
 };
 
@@ -143,6 +152,24 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
             return DROP;
         }
     };
+    // Congestion the underlay marked (outer CE) goes on to the inner packet; one that cannot
+    // carry the mark is dropped, as the router would have had it not been wrapped (RFC 6040
+    // §4.2). An outer ECT leaves the inner field as it is (as Linux's decapsulation does).
+    if h[15] & ECN_MASK == ECN_CE {
+        let inner_ecn = inner_start[1] & ECN_MASK;
+        let dropped = if inner_ecn == ECN_NOT_ECT {
+            Some(StatSlot::DropTunnelCeNotEct)
+        } else if inner_ecn != ECN_CE && !mark_ce(ctx, inner) {
+            Some(StatSlot::DropTunnelFailed)
+        } else {
+            None
+        };
+        if let Some(slot) = dropped {
+            count(StatSlot::Rx);
+            count(slot);
+            return DROP;
+        }
+    }
     let Some(macs) = load::<[u32; 3]>(ctx, 0) else {
         return 0;
     };
@@ -166,6 +193,30 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     count(StatSlot::TunnelReceived);
     pkt.tunnel_peer = peer as u8;
     peer
+}
+
+/// Sets the ECN field of the IPv4 header at `l3` to CE, updating its checksum. False if the
+/// header is not all in the packet.
+#[inline(always)]
+fn mark_ce(ctx: &XdpContext, l3: usize) -> bool {
+    let Some(ip) = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3) else {
+        return false;
+    };
+    let ip = ip.cast::<u8>();
+    // SAFETY: both within the header bounds-checked above.
+    unsafe {
+        let (word, csum) = (ip.cast::<[u8; 2]>(), ip.add(10).cast::<u16>());
+        let old = pkt_read(word);
+        let new = [old[0], old[1] | ECN_CE];
+        pkt_write(word, new);
+        let sum = csum_replace2(
+            pkt_read(csum),
+            u16::from_ne_bytes(old),
+            u16::from_ne_bytes(new),
+        );
+        pkt_write(csum, sum);
+    }
+    true
 }
 
 /// Wraps the (already translated) IPv4 packet for the peer `index` and sends it there: the
@@ -230,7 +281,15 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
     }
     // The flow's ports make the outer source port: receivers spread flows over queues.
     let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
-    if !wrap(ctx, pkt.l3(), own, peer, outer_len, entropy) {
+    if !wrap(
+        ctx,
+        pkt.l3(),
+        own,
+        peer,
+        outer_len,
+        outer_tos(pkt.tos),
+        entropy,
+    ) {
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
@@ -325,10 +384,18 @@ fn peer_route(
 
 /// Puts the outer IPv4 and UDP headers in front of the IP packet at `l3` (the Ethernet
 /// header moves to the new front; VLAN tags between them are dropped: the outer frame goes
-/// the underlay's way, not the client's). The UDP checksum is 0 (allowed for IPv4): the inner
-/// packet has its own.
+/// the underlay's way, not the client's), their TOS `tos`. The UDP checksum is 0 (allowed for
+/// IPv4): the inner packet has its own.
 #[inline(always)]
-fn wrap(ctx: &XdpContext, l3: usize, own: u32, peer: u32, outer_len: u16, entropy: u16) -> bool {
+fn wrap(
+    ctx: &XdpContext,
+    l3: usize,
+    own: u32,
+    peer: u32,
+    outer_len: u16,
+    tos: u8,
+    entropy: u16,
+) -> bool {
     let Some(macs) = load::<[u32; 3]>(ctx, 0) else {
         return false;
     };
@@ -353,7 +420,7 @@ fn wrap(ctx: &XdpContext, l3: usize, own: u32, peer: u32, outer_len: u16, entrop
         p.add(12).cast::<u16>().write_unaligned(ETH_P_IP_BE);
         let ip = p.add(ETH_HLEN);
         ip.write(0x45);
-        ip.add(1).write(0);
+        ip.add(1).write(tos);
         ip.add(2).cast::<u16>().write_unaligned(outer_len.to_be());
         ip.add(4).cast::<u16>().write_unaligned(0);
         // Don't fragment: the path MTU is the route's, checked by the caller.

@@ -12,6 +12,8 @@ mod frontend_filter;
 mod partial;
 #[path = "packets/refusals.rs"]
 mod refusals;
+#[path = "packets/tunnel_ecn.rs"]
+mod tunnel_ecn;
 
 use std::net::SocketAddrV4;
 
