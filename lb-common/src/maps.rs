@@ -329,6 +329,8 @@ pub mod tunnel {
     /// The ECN field of an IPv4 TOS byte, and two of its codepoints (RFC 3168).
     pub const ECN_MASK: u8 = 0x03;
     pub const ECN_NOT_ECT: u8 = 0;
+    pub const ECN_ECT1: u8 = 0x01;
+    pub const ECN_ECT0: u8 = 0x02;
     pub const ECN_CE: u8 = 0x03;
 
     /// The outer header's TOS for an inner packet whose TOS is `inner_tos`: its ECN field

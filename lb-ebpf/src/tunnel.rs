@@ -14,10 +14,11 @@
 //! counted (`drop_tunnel_failed`), never sent fragmented.
 //!
 //! ECN crosses the tunnel as RFC 6040's normal mode has it: the outer header carries the
-//! inner packet's ECN field (`tunnel::outer_tos` in lb-common), so routers on the underlay mark an ECN-capable
-//! flow instead of dropping it, and a CE mark on the outer header reaches the inner packet
-//! when it is unwrapped (`receive`; a Not-ECT inner packet is dropped instead, counted
-//! `drop_tunnel_ce_not_ect`: its endpoints would not see the congestion).
+//! inner packet's ECN field (`tunnel::outer_tos` in lb-common), so routers on the underlay
+//! mark an ECN-capable flow instead of dropping it, and a CE mark on the outer header reaches
+//! the inner packet when it is unwrapped (`receive`; a Not-ECT inner packet is dropped
+//! instead, counted `drop_tunnel_ce_not_ect`: its endpoints would not see the congestion), as
+//! does an outer ECT(1) over an inner ECT(0).
 //!
 //! Only peers listed in `TUNNEL_PEER_INDEX` (the swarm's nodes) are unwrapped; other senders'
 //! tunnel packets are dropped and counted, and a task's delivery frontend (`TUNNEL_ONLY`)
@@ -38,7 +39,7 @@ use lb_common::{
     Addr,
     maps::{
         proto, service_flags,
-        tunnel::{self, ECN_CE, ECN_MASK, ECN_NOT_ECT, outer_tos},
+        tunnel::{self, ECN_CE, ECN_ECT0, ECN_ECT1, ECN_MASK, ECN_NOT_ECT, outer_tos},
     },
     stats::StatSlot,
 };
@@ -152,14 +153,22 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
             return DROP;
         }
     };
-    // Congestion the underlay marked (outer CE) goes on to the inner packet; one that cannot
-    // carry the mark is dropped, as the router would have had it not been wrapped (RFC 6040
-    // §4.2). An outer ECT leaves the inner field as it is (as Linux's decapsulation does).
-    if h[15] & ECN_MASK == ECN_CE {
-        let inner_ecn = inner_start[1] & ECN_MASK;
+    // RFC 6040 §4.2, as Linux decapsulates too: congestion the underlay marked (outer CE)
+    // goes on to an ECN-capable inner packet, and one that cannot carry the mark is dropped,
+    // as the router would have had it not been wrapped; an outer ECT(1) makes an inner ECT(0)
+    // ECT(1); anything else leaves the inner field as it is.
+    let (outer_ecn, inner_ecn) = (h[15] & ECN_MASK, inner_start[1] & ECN_MASK);
+    let set = if outer_ecn == ECN_CE && inner_ecn != ECN_CE {
+        Some(ECN_CE)
+    } else if outer_ecn == ECN_ECT1 && inner_ecn == ECN_ECT0 {
+        Some(ECN_ECT1)
+    } else {
+        None
+    };
+    if let Some(ecn) = set {
         let dropped = if inner_ecn == ECN_NOT_ECT {
             Some(StatSlot::DropTunnelCeNotEct)
-        } else if inner_ecn != ECN_CE && !mark_ce(ctx, inner) {
+        } else if !set_ecn(ctx, inner, ecn) {
             Some(StatSlot::DropTunnelFailed)
         } else {
             None
@@ -195,10 +204,10 @@ pub fn receive(ctx: &XdpContext, pkt: &mut Packet) -> u32 {
     peer
 }
 
-/// Sets the ECN field of the IPv4 header at `l3` to CE, updating its checksum. False if the
-/// header is not all in the packet.
+/// Sets the ECN field of the IPv4 header at `l3` to `ecn`, updating its checksum. False if
+/// the header is not all in the packet.
 #[inline(always)]
-fn mark_ce(ctx: &XdpContext, l3: usize) -> bool {
+fn set_ecn(ctx: &XdpContext, l3: usize, ecn: u8) -> bool {
     let Some(ip) = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3) else {
         return false;
     };
@@ -207,7 +216,7 @@ fn mark_ce(ctx: &XdpContext, l3: usize) -> bool {
     unsafe {
         let (word, csum) = (ip.cast::<[u8; 2]>(), ip.add(10).cast::<u16>());
         let old = pkt_read(word);
-        let new = [old[0], old[1] | ECN_CE];
+        let new = [old[0], (old[1] & !ECN_MASK) | ecn];
         pkt_write(word, new);
         let sum = csum_replace2(
             pkt_read(csum),

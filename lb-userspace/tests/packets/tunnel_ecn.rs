@@ -86,7 +86,8 @@ fn wrapped_packets_carry_their_ecn_field_on_the_outer_header() {
 
 /// A task's replies from the peer, for every inner ECN field under every outer one: the
 /// outer CE mark reaches an ECN-capable inner packet (its header checksum updated), drops a
-/// Not-ECT one (counted), and any other outer field leaves the inner one as it is.
+/// Not-ECT one (counted), an outer ECT(1) makes an inner ECT(0) ECT(1) (RFC 6040's table),
+/// and any other outer field leaves the inner one as it is.
 #[test]
 fn unwrapping_carries_an_outer_ce_mark_on_or_drops_a_packet_that_cannot_take_it() {
     if !e2e_enabled() {
@@ -105,7 +106,7 @@ fn unwrapping_carries_an_outer_ce_mark_on_or_drops_a_packet_that_cannot_take_it(
             (NOT_ECT, CE, None),
             (ECT0, NOT_ECT, Some(ECT0)),
             (ECT0, ECT0, Some(ECT0)),
-            (ECT0, ECT1, Some(ECT0)),
+            (ECT0, ECT1, Some(ECT1)),
             (ECT0, CE, Some(CE)),
             (ECT1, NOT_ECT, Some(ECT1)),
             (ECT1, ECT0, Some(ECT1)),
