@@ -392,7 +392,8 @@ pub fn tracked_floor(ctx: XdpContext) -> u32 {
 }
 
 /// Finds or places the frame's flow and rewrites the frame toward its backend; `None` for a
-/// frame that is not option-less IPv4 UDP/TCP (passed on untouched).
+/// frame that is not a whole, option-less IPv4 UDP/TCP packet (a fragment has no ports to
+/// track; passed on untouched, as is a frame too short for its L4 checksum).
 #[inline(always)]
 fn track(ctx: &XdpContext) -> Option<()> {
     let start = ctx.data();
@@ -405,7 +406,24 @@ fn track(ctx: &XdpContext) -> Option<()> {
         let ethertype = ((start + 12) as *const [u8; 2]).read_unaligned();
         let [version_ihl, _] = (ip as *const [u8; 2]).read_unaligned();
         let proto = ((ip + 9) as *const u8).read();
-        if ethertype != [0x08, 0x00] || version_ihl != 0x45 || (proto != 6 && proto != 17) {
+        // More fragments, or a fragment offset: anything but the don't-fragment bit.
+        let fragment = ((ip + 6) as *const [u8; 2]).read_unaligned() != [0, 0]
+            && ((ip + 6) as *const [u8; 2]).read_unaligned() != [0x40, 0];
+        if ethertype != [0x08, 0x00]
+            || version_ihl != 0x45
+            || (proto != 6 && proto != 17)
+            || fragment
+        {
+            return None;
+        }
+        // The L4 checksum: TCP's always, UDP's unless the sender sent none (0). Checked
+        // before the flow is placed, so a frame passed on leaves no entry behind.
+        let l4_csum_at = if proto == 6 {
+            ip + 20 + 16
+        } else {
+            ip + 20 + 6
+        };
+        if l4_csum_at + 2 > ctx.data_end() {
             return None;
         }
         let key = FloorKey {
@@ -418,15 +436,6 @@ fn track(ctx: &XdpContext) -> Option<()> {
             Some(flow) => *flow,
             None => place(&key)?,
         };
-        // The L4 checksum: TCP's always, UDP's unless the sender sent none (0).
-        let l4_csum_at = if proto == 6 {
-            ip + 20 + 16
-        } else {
-            ip + 20 + 6
-        };
-        if l4_csum_at + 2 > ctx.data_end() {
-            return None;
-        }
         let old_port = ((ip + 22) as *const u16).read_unaligned();
         let csum = ((ip + 10) as *const u16).read_unaligned();
         ((ip + 10) as *mut u16).write_unaligned(csum_replace(csum, key.daddr, flow.addr, 0, 0));

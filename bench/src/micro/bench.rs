@@ -13,7 +13,7 @@ pub(super) struct Dp {
 pub(super) struct Bench {
     pub(super) harness: Ebpf,
     /// The tracked floors (`Layout::tracked`).
-    pub(super) tracked: Vec<Floor>,
+    pub(super) tracked: Vec<TrackedFloor>,
     pub(super) dps: Vec<Dp>,
     /// Test-run packets arrive on the client-side veth.
     pub(super) client_if: u32,

@@ -310,13 +310,7 @@ fn tracked_floor_classes(ack: &[u8], tracked: &[u32]) -> Vec<Class> {
                     Check::TrackedDnat { vary: false },
                 );
             }
-            let (baseline, bound) = if span == SPREAD_BASELINE_FLOWS {
-                (TRACKED_FLOOR, FLAT_WITHIN)
-            } else if span <= 100_000 {
-                (TRACKED_SPREAD_BASELINE, 1.15)
-            } else {
-                (TRACKED_SPREAD_BASELINE, 1.3)
-            };
+            let (baseline, bound) = spread_bound(span, TRACKED_FLOOR, TRACKED_SPREAD_BASELINE);
             Class {
                 baseline: Some((
                     baseline,
@@ -692,6 +686,23 @@ fn scaling_classes(frames: &Frames, layout: &Layout) -> Vec<Class> {
     list
 }
 
+/// A spread row's baseline and bound: the 1,024-flow row against the same flow every packet
+/// (`same_flow`), flat within `FLAT_WITHIN`; larger tables against the 1,024-flow row
+/// (`spread_baseline`), issue 16's 1.15x up to 100,000 flows and 1.3x above.
+fn spread_bound(
+    span: u32,
+    same_flow: &'static str,
+    spread_baseline: &'static str,
+) -> (&'static str, f64) {
+    if span == SPREAD_BASELINE_FLOWS {
+        (same_flow, FLAT_WITHIN)
+    } else if span <= 100_000 {
+        (spread_baseline, 1.15)
+    } else {
+        (spread_baseline, 1.3)
+    }
+}
+
 /// Cold flows (issue 16): the established path with every packet another of the N flows its
 /// table holds (the harness cycles through them), N = 1,024, 100,000 and `--prefill-flows`,
 /// each in a dataplane of its own; the larger two against 1,024, held to 1.15x up to 100,000
@@ -700,13 +711,7 @@ fn spread_classes(ack: &[u8], tables: &[(usize, u32)]) -> Vec<Class> {
     tables
         .iter()
         .map(|&(dp, span)| {
-            let (baseline, bound) = if span == SPREAD_BASELINE_FLOWS {
-                ("established", FLAT_WITHIN)
-            } else if span <= 100_000 {
-                (SPREAD_BASELINE, 1.15)
-            } else {
-                (SPREAD_BASELINE, 1.3)
-            };
+            let (baseline, bound) = spread_bound(span, "established", SPREAD_BASELINE);
             let variant = format!("every packet another of the {span} flows the table holds");
             Class {
                 section: Section::Scaling,

@@ -68,7 +68,7 @@ use self::{
 };
 use crate::{
     objects::HARNESS_OBJECT,
-    traffic::floor::{Floor, FloorRoute},
+    traffic::tracked_floor::{TrackedFloor, TrackedFloorRoute},
 };
 
 #[derive(clap::Args, Debug)]
@@ -238,17 +238,26 @@ fn measure(
         table_cost,
         prefilled_entries,
     } = dataplanes(args, backend_if)?;
+    let frames = Frames::new(backend_if_mac)?;
+    let classes = selected_classes(args, classes(&frames, &layout, katran))?;
+    // Each tracked floor preallocates a table as large as meshlb's: only when measured.
+    let tracked = if classes
+        .iter()
+        .any(|c| matches!(c.target, Target::Tracked(_)))
+    {
+        tracked_floors(&layout, args.conntrack_entries, backend_if, backend_if_mac)?
+    } else {
+        Vec::new()
+    };
     let mut bench = Bench {
         harness: load_harness()?,
-        tracked: tracked_floors(&layout, args.conntrack_entries, backend_if, backend_if_mac)?,
+        tracked,
         dps,
         client_if: lb_userspace::dataplane::ifindex("lbc")?,
         backend_if,
         backend_if_mac,
     };
-    let frames = Frames::new(backend_if_mac)?;
     open_measured_flows(&mut bench, &layout, &frames)?;
-    let classes = selected_classes(args, classes(&frames, &layout, katran))?;
     let fill_iterations = check_and_fill(args, &mut bench, &classes)?;
     let (classes, single_shot) = measure_rounds(args, &mut bench, &classes, katran)?;
     let program = bench.dps[layout.main]
@@ -281,9 +290,9 @@ fn tracked_floors(
     conntrack_entries: u32,
     backend_if: u32,
     backend_if_mac: [u8; 6],
-) -> Result<Vec<Floor>> {
+) -> Result<Vec<TrackedFloor>> {
     let backends: Vec<Ipv4Addr> = (0..BACKENDS).map(backend_ip).collect();
-    let route = FloorRoute {
+    let route = TrackedFloorRoute {
         out_ifindex: backend_if,
         dst_mac: backend_mac(0),
         src_mac: backend_if_mac,
@@ -294,7 +303,7 @@ fn tracked_floors(
     layout
         .tracked
         .iter()
-        .map(|_| Floor::load(None, &route, entries))
+        .map(|_| TrackedFloor::load(None, &route, entries))
         .collect()
 }
 

@@ -9,13 +9,13 @@
 //! run's thread is pinned, and the node's and sink's veth NAPI runs where the frames were sent.
 
 pub mod cpu_time;
-pub mod floor;
 #[cfg(test)]
 mod kernel_tests;
 pub mod node;
 pub mod pacer;
 pub mod template;
 pub mod topo;
+pub mod tracked_floor;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -485,6 +485,10 @@ pub fn flow_set(through: Through, kind: Kind, v6: bool, flows: u32, size: usize)
 /// `lb-bench gen`.
 pub fn run(args: &GenArgs) -> Result<()> {
     ensure!(args.duration > 0.0, "--duration must be positive");
+    ensure!(
+        !(args.v6 && args.through == Through::Floor),
+        "--through floor tracks IPv4 flows only: leave out --v6"
+    );
     if args.through == Through::Meshlb {
         ensure!(
             args.lbd.exists(),

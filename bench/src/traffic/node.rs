@@ -21,8 +21,8 @@ use lb_userspace::{
 
 use super::{
     Traffic,
-    floor::{Floor, FloorRoute},
     topo::{self, BACKEND_PORT, NODE_IN, NODE_OUT, PpsTopology, VIP_PORT, VIP4, VIP6},
+    tracked_floor::{TrackedFloor, TrackedFloorRoute},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -91,7 +91,7 @@ pub struct Node {
     lbd: Option<Lbd>,
     /// meshlb loaded in this process (scaling runs with many services).
     dataplane: Option<Dataplane>,
-    floor: Option<Floor>,
+    floor: Option<TrackedFloor>,
 }
 
 /// nftables table name of the DNAT contender.
@@ -164,7 +164,7 @@ impl Node {
                         IpAddr::V6(addr) => Err(anyhow!("backend {i} is {addr}, not IPv4")),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let route = FloorRoute {
+                let route = TrackedFloorRoute {
                     out_ifindex: PpsTopology::ifindex(&topo.node, NODE_OUT)?,
                     dst_mac: topo::SINK_MAC,
                     src_mac: topo::NODE_OUT_MAC,
@@ -175,7 +175,7 @@ impl Node {
                 let entries = config
                     .conntrack_entries
                     .unwrap_or(lb_common::limits::DEFAULT_CONNTRACK_ENTRIES);
-                let mut floor = Floor::load(
+                let mut floor = TrackedFloor::load(
                     Some(&topo.node),
                     &route,
                     lb_common::limits::hash_table_entries(entries),
@@ -187,12 +187,18 @@ impl Node {
         Ok(node)
     }
 
-    /// Stops the contender; meshlb's counters if it was meshlb.
+    /// The tracked floor, if that is the contender.
+    #[cfg(test)]
+    pub fn tracked_floor(&self) -> Option<&TrackedFloor> {
+        self.floor.as_ref()
+    }
+
     /// The running lbd (meshlb only), e.g. to reload it.
     pub fn lbd(&mut self) -> Option<&mut Lbd> {
         self.lbd.as_mut()
     }
 
+    /// Stops the contender; meshlb's counters if it was meshlb.
     pub fn stop(
         mut self,
         topo: &PpsTopology,

@@ -18,13 +18,13 @@ use lb_testkit::Netns;
 use super::{set_redirect, xdp_mut};
 use crate::objects::TRAFFIC_OBJECT;
 
-pub struct Floor {
+pub struct TrackedFloor {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
 }
 
 /// Where the floor sends frames: the port out and its MACs, the backends a new flow takes.
-pub struct FloorRoute<'a> {
+pub struct TrackedFloorRoute<'a> {
     pub out_ifindex: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
@@ -32,11 +32,15 @@ pub struct FloorRoute<'a> {
     pub port: u16,
 }
 
-impl Floor {
+impl TrackedFloor {
     /// Loads the floor with a connection table of `max_entries` (as the kernel is asked for
     /// it: see `lb_common::limits::hash_table_entries`), sending out of `route.out_ifindex`
     /// of `ns` (else of the calling thread's namespace); attaches nothing.
-    pub fn load(ns: Option<&Netns>, route: &FloorRoute<'_>, max_entries: u32) -> Result<Floor> {
+    pub fn load(
+        ns: Option<&Netns>,
+        route: &TrackedFloorRoute<'_>,
+        max_entries: u32,
+    ) -> Result<TrackedFloor> {
         ensure!(
             (1..=FLOOR_MAX_BACKENDS).contains(&route.backends.len()),
             "the tracked floor takes 1 to {FLOOR_MAX_BACKENDS} backends, not {}",
@@ -74,12 +78,21 @@ impl Floor {
         xdp_mut(&mut ebpf, "tracked_floor")?
             .load()
             .context("verifying tracked_floor")?;
-        Ok(Floor { ebpf, link: None })
+        Ok(TrackedFloor { ebpf, link: None })
     }
 
     /// The program, e.g. for `bench micro`'s harness to tail-call.
     pub fn program(&self) -> Result<&aya::programs::Xdp> {
         super::xdp(&self.ebpf, "tracked_floor")
+    }
+
+    /// The flows its table holds (a walk of the table: for tests and small tables).
+    #[cfg(test)]
+    pub fn flows(&self) -> Result<usize> {
+        let map = self.ebpf.map("FLOOR_FLOWS").context("FLOOR_FLOWS")?;
+        let flows: aya::maps::HashMap<&MapData, [u32; 4], [u32; 2]> =
+            aya::maps::HashMap::try_from(map)?;
+        Ok(flows.keys().count())
     }
 
     /// Attaches the floor (native XDP) to `interface` in `ns`.
@@ -114,7 +127,7 @@ mod tests {
     const SINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
     const OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
-    fn run(floor: &Floor, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run(floor: &TrackedFloor, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = floor.program().unwrap();
         let mut out = vec![0u8; frame.len() + 64];
         let result = prog
@@ -129,13 +142,6 @@ mod tests {
         (result.return_value, out)
     }
 
-    fn flows(floor: &Floor) -> usize {
-        let map = floor.ebpf.map("FLOOR_FLOWS").unwrap();
-        let flows: aya::maps::HashMap<&MapData, [u32; 4], [u32; 2]> =
-            aya::maps::HashMap::try_from(map).unwrap();
-        flows.keys().count()
-    }
-
     /// A new flow takes a backend and keeps it; the frame leaves byte for byte as the same
     /// frame built toward that backend from scratch (so both incremental checksum updates
     /// are right), UDP without a checksum keeps none, and what is not IPv4 UDP/TCP passes
@@ -147,7 +153,7 @@ mod tests {
         }
         let ns = Netns::new("mlbfloor").unwrap();
         let backends: Vec<Ipv4Addr> = (1..=4).map(|i| Ipv4Addr::new(198, 18, 16, i)).collect();
-        let route = FloorRoute {
+        let route = TrackedFloorRoute {
             // The namespace's loopback: the program's redirect needs a device in the map,
             // a test run sends nothing.
             out_ifindex: 1,
@@ -156,7 +162,7 @@ mod tests {
             backends: &backends,
             port: 8080,
         };
-        let floor = Floor::load(Some(&ns), &route, 1025).unwrap();
+        let floor = TrackedFloor::load(Some(&ns), &route, 1025).unwrap();
         let vip: SocketAddrV4 = "198.18.100.1:80".parse().unwrap();
         let toward = |sent: &Ipv4Frame, backend: Ipv4Addr| Ipv4Frame {
             eth_dst: SINK_MAC,
@@ -180,7 +186,7 @@ mod tests {
             assert_eq!(run(&floor, &sent.build()).1, out);
             chosen.push(backend);
         }
-        assert_eq!(flows(&floor), 2);
+        assert_eq!(floor.flows().unwrap(), 2);
 
         // The same UDP flow without a checksum: none is made up.
         let mut bare = udp.build();
@@ -195,9 +201,24 @@ mod tests {
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         let mut options = udp.build();
         options[14] = 0x46;
-        for untouched in [arp, options] {
+        // New flows' frames the floor cannot track: a first fragment (more fragments set,
+        // the IPv4 checksum fixed so only the flag differs) and a TCP segment cut short of
+        // its checksum. Neither may leave an entry.
+        let other = Ipv4Frame {
+            src: "198.19.0.9:16390".parse().unwrap(),
+            ..udp.clone()
+        };
+        let mut fragment = other.build();
+        fragment[14 + 6] |= 0x20;
+        fragment[14 + 10..14 + 12].fill(0);
+        let sum = lb_testkit::packet::checksum(&fragment[14..34], 0);
+        fragment[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        let short_tcp = Ipv4Frame::tcp("198.19.0.9:16391".parse().unwrap(), vip, 0x02).build()
+            [..14 + 20 + 12]
+            .to_vec();
+        for untouched in [arp, options, fragment, short_tcp] {
             assert_eq!(run(&floor, &untouched), (XDP_PASS, untouched.clone()));
         }
-        assert_eq!(flows(&floor), 2);
+        assert_eq!(floor.flows().unwrap(), 2);
     }
 }
