@@ -4,21 +4,26 @@
 //!   XDP program runs in (an adopted link was attached by an
 //!   earlier `lbd`, perhaps with another `--xdp-mode`: its mode is read, not assumed), and its
 //!   kind ("veth", "bridge", none for a NIC), which `--xdp-mode auto` goes by;
-//! - as they happen: links and addresses coming and going ([`LinkWatch`]), so `lbd`
-//!   re-attaches to an interface made again and replans published ports at once.
+//! - of the routing table: the IPv4 subnets the node reaches directly ([`connected_subnets`]),
+//!   whose backends' neighbours are answered through the node (hairpin);
+//! - as they happen: links, addresses and those subnets coming and going ([`LinkWatch`]), so
+//!   `lbd` re-attaches to an interface made again and replans at once.
 
-use std::{io, os::fd::AsRawFd as _};
+use std::{io, net::Ipv4Addr, os::fd::AsRawFd as _};
 
 use netlink_packet_core::{
-    NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::{
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
     link::{LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::XdpMode;
+use crate::plan::ConnectedSubnet;
 
 /// `Some(Native | Generic)` when an XDP program is attached to `ifindex` in that mode, `None`
 /// when none is (or it runs offloaded or in several modes, which meshlb never does).
@@ -100,22 +105,26 @@ fn kind_of(link: &LinkMessage) -> Option<String> {
         })
 }
 
-/// The kernel's description of `ifindex`; `None` when there is no such interface.
-fn link(ifindex: u32) -> io::Result<Option<LinkMessage>> {
+/// A socket to the kernel's rtnetlink with `request` sent on it (`flags` besides
+/// `NLM_F_REQUEST`).
+fn ask(request: RouteNetlinkMessage, flags: u16) -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    let mut request = LinkMessage::default();
-    request.header.index = ifindex;
-    let mut message = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(request)),
-    );
-    message.header.flags = NLM_F_REQUEST;
+    let mut message = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(request));
+    message.header.flags = NLM_F_REQUEST | flags;
     message.finalize();
     let mut bytes = vec![0; message.header.length as usize];
     message.serialize(&mut bytes);
     socket.send(&bytes, 0)?;
+    Ok(socket)
+}
+
+/// The kernel's description of `ifindex`; `None` when there is no such interface.
+fn link(ifindex: u32) -> io::Result<Option<LinkMessage>> {
+    let mut request = LinkMessage::default();
+    request.header.index = ifindex;
+    let socket = ask(RouteNetlinkMessage::GetLink(request), 0)?;
     let (reply, _) = socket.recv_from_full()?;
     let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
@@ -130,6 +139,78 @@ fn link(ifindex: u32) -> io::Result<Option<LinkMessage>> {
     }
 }
 
+/// The IPv4 subnets this namespace reaches directly (`connected_subnet`), sorted, each once.
+pub fn connected_subnets() -> io::Result<Vec<ConnectedSubnet>> {
+    let mut request = RouteMessage::default();
+    request.header.address_family = AddressFamily::Inet;
+    let socket = ask(RouteNetlinkMessage::GetRoute(request), NLM_F_DUMP)?;
+    let mut subnets = Vec::new();
+    // A dump comes in as many datagrams as it takes, and ends with NLMSG_DONE.
+    loop {
+        let (bytes, _) = socket.recv_from_full()?;
+        for message in messages(&bytes) {
+            let message =
+                message.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                    subnets.extend(connected_subnet(&route));
+                }
+                NetlinkPayload::Done(_) => {
+                    subnets.sort_unstable();
+                    subnets.dedup();
+                    return Ok(subnets);
+                }
+                NetlinkPayload::Error(e) => return Err(e.to_io()),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The subnet `route` reaches directly, if it is a link route of the main IPv4 table (no
+/// gateway: the node and the subnet's hosts talk straight over the link, as
+/// `198.18.2.0/24 dev br0 scope link` does).
+fn connected_subnet(route: &RouteMessage) -> Option<ConnectedSubnet> {
+    let header = &route.header;
+    if header.address_family != AddressFamily::Inet
+        || header.table != RouteHeader::RT_TABLE_MAIN
+        || header.kind != RouteType::Unicast
+        || header.scope != RouteScope::Link
+    {
+        return None;
+    }
+    let network = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(network)) => Some(*network),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    Some(ConnectedSubnet {
+        network,
+        prefix: header.destination_prefix_length,
+    })
+}
+
+/// The netlink messages of one datagram.
+fn messages(
+    mut bytes: &[u8],
+) -> impl Iterator<Item = Result<NetlinkMessage<RouteNetlinkMessage>, DecodeError>> {
+    std::iter::from_fn(move || {
+        let buffer = NetlinkBuffer::new_checked(bytes).ok()?;
+        let len = (buffer.length() as usize).min(bytes.len());
+        if len == 0 {
+            return None;
+        }
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]);
+        // Messages are 4-byte aligned.
+        let next = (len + 3) & !3;
+        bytes = bytes.get(next..).unwrap_or_default();
+        Some(message)
+    })
+}
+
 /// What changed since the watch was last read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkChanges {
@@ -137,9 +218,23 @@ pub struct LinkChanges {
     pub links: bool,
     /// An address was added or removed.
     pub addresses: bool,
+    /// A route to a subnet the node reaches directly came or went (`connected_subnet`).
+    pub connected: bool,
 }
 
-/// A netlink socket subscribed to link and address events of lbd's namespace.
+impl LinkChanges {
+    const EVERYTHING: LinkChanges = LinkChanges {
+        links: true,
+        addresses: true,
+        connected: true,
+    };
+
+    pub fn any(&self) -> bool {
+        self.links || self.addresses || self.connected
+    }
+}
+
+/// A netlink socket subscribed to link, address and IPv4 route events of lbd's namespace.
 pub struct LinkWatch {
     socket: Socket,
 }
@@ -147,8 +242,10 @@ pub struct LinkWatch {
 impl LinkWatch {
     pub fn new() -> io::Result<LinkWatch> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
-        let groups =
-            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        let groups = (libc::RTMGRP_LINK
+            | libc::RTMGRP_IPV4_IFADDR
+            | libc::RTMGRP_IPV6_IFADDR
+            | libc::RTMGRP_IPV4_ROUTE) as u32;
         socket.bind(&SocketAddr::new(0, groups))?;
         socket.set_non_blocking(true)?;
         Ok(LinkWatch { socket })
@@ -168,12 +265,7 @@ impl LinkWatch {
             match self.socket.recv_from_full() {
                 Ok((bytes, _)) => changes = merge(changes, events_in(&bytes)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    return LinkChanges {
-                        links: true,
-                        addresses: true,
-                    };
-                }
+                Err(_) => return LinkChanges::EVERYTHING,
             }
         }
         changes
@@ -184,40 +276,30 @@ fn merge(a: LinkChanges, b: LinkChanges) -> LinkChanges {
     LinkChanges {
         links: a.links || b.links,
         addresses: a.addresses || b.addresses,
+        connected: a.connected || b.connected,
     }
 }
 
-/// What the messages of one datagram say changed.
-fn events_in(mut bytes: &[u8]) -> LinkChanges {
+/// What the messages of one datagram say changed. Routes through a gateway (a router's many)
+/// change nothing lbd plans from.
+fn events_in(bytes: &[u8]) -> LinkChanges {
     let mut changes = LinkChanges::default();
-    while let Ok(buffer) = NetlinkBuffer::new_checked(bytes) {
-        let len = (buffer.length() as usize).min(bytes.len());
-        if len == 0 {
-            break;
-        }
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
-            Ok(message) => match message.payload {
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
-                ) => changes.links = true,
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
-                ) => changes.addresses = true,
-                NetlinkPayload::Overrun(_) => {
-                    changes.links = true;
-                    changes.addresses = true;
-                }
-                _ => {}
-            },
+    for message in messages(bytes) {
+        match message.map(|m| m.payload) {
+            Ok(NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_),
+            )) => changes.links = true,
+            Ok(NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_),
+            )) => changes.addresses = true,
+            Ok(NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route),
+            )) => changes.connected |= connected_subnet(&route).is_some(),
+            Ok(NetlinkPayload::Overrun(_)) => changes = LinkChanges::EVERYTHING,
+            Ok(_) => {}
             // A message this crate cannot read is still a change of something.
-            Err(_) => {
-                changes.links = true;
-                changes.addresses = true;
-            }
+            Err(_) => changes = LinkChanges::EVERYTHING,
         }
-        // Messages are 4-byte aligned.
-        let next = (len + 3) & !3;
-        bytes = bytes.get(next..).unwrap_or_default();
     }
     changes
 }
@@ -298,7 +380,7 @@ mod tests {
             events_in(&datagram(vec![RouteNetlinkMessage::DelLink(link())])),
             LinkChanges {
                 links: true,
-                addresses: false
+                ..LinkChanges::default()
             }
         );
         assert_eq!(
@@ -308,7 +390,8 @@ mod tests {
             ])),
             LinkChanges {
                 links: true,
-                addresses: true
+                addresses: true,
+                connected: false
             },
             "every message of a datagram is read"
         );
@@ -320,6 +403,87 @@ mod tests {
         );
     }
 
+    fn route(
+        destination: &str,
+        prefix: u8,
+        scope: RouteScope,
+        gateway: Option<&str>,
+    ) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.table = RouteHeader::RT_TABLE_MAIN;
+        route.header.kind = RouteType::Unicast;
+        route.header.scope = scope;
+        route.header.destination_prefix_length = prefix;
+        route
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                destination.parse().unwrap(),
+            )));
+        if let Some(gateway) = gateway {
+            route
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(
+                    gateway.parse().unwrap(),
+                )));
+        }
+        route
+    }
+
+    /// A link route of the main IPv4 table is a connected subnet; a route through a gateway,
+    /// one of another table, a local or blackhole one and an IPv6 one are not.
+    #[test]
+    fn connected_subnets_are_the_main_tables_link_routes() {
+        let subnet = |network: &str, prefix| ConnectedSubnet {
+            network: network.parse().unwrap(),
+            prefix,
+        };
+        let link = route("198.18.2.0", 24, RouteScope::Link, None);
+        assert_eq!(connected_subnet(&link), Some(subnet("198.18.2.0", 24)));
+        let host = route("198.18.3.7", 32, RouteScope::Link, None);
+        assert_eq!(connected_subnet(&host), Some(subnet("198.18.3.7", 32)));
+        let mut default = route("0.0.0.0", 0, RouteScope::Link, None);
+        default.attributes.clear();
+        assert_eq!(connected_subnet(&default), Some(subnet("0.0.0.0", 0)));
+        let routed = route("198.18.4.0", 24, RouteScope::Universe, Some("198.18.2.1"));
+        assert_eq!(connected_subnet(&routed), None);
+        let mut other_table = link.clone();
+        other_table.header.table = 100;
+        assert_eq!(connected_subnet(&other_table), None);
+        let mut local = link.clone();
+        local.header.kind = RouteType::Local;
+        assert_eq!(connected_subnet(&local), None);
+        let mut blackhole = link.clone();
+        blackhole.header.kind = RouteType::BlackHole;
+        assert_eq!(connected_subnet(&blackhole), None);
+        let mut v6 = RouteMessage::default();
+        v6.header.address_family = AddressFamily::Inet6;
+        v6.header.table = RouteHeader::RT_TABLE_MAIN;
+        v6.header.kind = RouteType::Unicast;
+        v6.header.scope = RouteScope::Link;
+        assert_eq!(connected_subnet(&v6), None);
+        // And as events: only a connected subnet's coming or going is one.
+        assert_eq!(
+            events_in(&datagram(vec![
+                RouteNetlinkMessage::NewRoute(routed.clone()),
+                RouteNetlinkMessage::DelRoute(routed),
+            ])),
+            LinkChanges::default()
+        );
+        for event in [
+            RouteNetlinkMessage::NewRoute(link.clone()),
+            RouteNetlinkMessage::DelRoute(link),
+        ] {
+            assert_eq!(
+                events_in(&datagram(vec![event])),
+                LinkChanges {
+                    connected: true,
+                    ..LinkChanges::default()
+                }
+            );
+        }
+    }
+
     /// The real kernel: the loopback interface (index 1 in every namespace) has no kind and
     /// no XDP program; an index nobody uses is no interface.
     #[test]
@@ -328,5 +492,8 @@ mod tests {
         assert_eq!(attached_mode(1).unwrap(), None);
         assert!(link(999_999).unwrap().is_none());
         LinkWatch::new().expect("a netlink socket subscribed to link and address events");
+        // A dump of the routes ends, and gives each subnet once, sorted.
+        let subnets = connected_subnets().expect("the routes dumped");
+        assert!(subnets.windows(2).all(|w| w[0] < w[1]), "{subnets:?}");
     }
 }

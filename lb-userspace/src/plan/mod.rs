@@ -6,6 +6,7 @@ mod difference;
 mod explain;
 mod ids;
 mod incremental;
+mod node;
 mod replies;
 pub mod select;
 mod vips;
@@ -15,6 +16,7 @@ pub use explain::Explanation;
 pub use ids::Ids;
 use ids::{BackendIdentity, IdAllocator, ServiceIdentity};
 pub use incremental::{PlanDelta, Replan, replan, replan_among};
+pub use node::{ConnectedSubnet, NodeFacts};
 pub use replies::ReplyTranslation;
 
 use std::{
