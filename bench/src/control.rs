@@ -162,7 +162,7 @@ fn full_apply(services: usize, backends: usize, table_size: Option<u32>) -> Resu
         let parse_s = t.elapsed().as_secs_f64();
         let node: [std::net::IpAddr; 1] = ["198.18.1.1".parse()?];
         let t = Instant::now();
-        let desired = plan::plan(&file, &node)?;
+        let desired = plan::plan(&file, &plan::NodeFacts::with_addresses(&node))?;
         let plan_s = t.elapsed().as_secs_f64();
         let cpu_planned = cpu_seconds();
         let t = Instant::now();

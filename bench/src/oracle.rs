@@ -140,7 +140,7 @@ pub struct OracleReport {
 /// Maglev's choice for every flow of `set` under `yaml`, from the same planner lbd uses.
 fn predict(yaml: &str, set: &FlowSet) -> Result<Vec<IpAddr>> {
     let file = ServiceFile::parse(yaml, std::path::Path::new("oracle.yaml"))?;
-    let plan = plan::plan(&file, &[])?;
+    let plan = plan::plan(&file, &plan::NodeFacts::default())?;
     (0..set.flows)
         .map(|k| match plan.explain(proto::UDP, set.source(k), set.dst) {
             plan::Explanation::Maglev { backend, .. } => Ok(backend.ip()),

@@ -167,7 +167,7 @@ impl ProgNode {
             .iter()
             .map(|a| a.parse().expect("address"))
             .collect();
-            let desired = plan::plan(&file, &node_addrs)?;
+            let desired = plan::plan(&file, &plan::NodeFacts::with_addresses(&node_addrs))?;
             let mut dp = Dataplane::load(LoadOptions {
                 conntrack_entries,
                 ..LoadOptions::default()
@@ -211,7 +211,8 @@ impl Loaded {
     ) -> Result<()> {
         let mut file = ServiceFile::parse(services, Path::new("test.yaml"))?;
         edit(&mut file);
-        let next = plan::plan_from(&file, &self.node_addrs, Some(&self.desired))?;
+        let node = plan::NodeFacts::with_addresses(&self.node_addrs);
+        let next = plan::plan_from(&file, &node, Some(&self.desired))?;
         self.dp.apply(Some(&self.desired), &next)?;
         self.desired = next;
         Ok(())

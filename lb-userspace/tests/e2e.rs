@@ -875,3 +875,94 @@ services:
     );
     assert_eq!(counter(&counters, "drop_too_big"), 0, "{counters}");
 }
+
+/// Whether `lbctl explain` calls a TCP flow from `client` to `frontend` a hairpin.
+fn explained_as_hairpin(lb: &Lbd, client: &str, frontend: &str) -> bool {
+    let (ok, text, error) = lb
+        .lbctl(&["explain", "tcp", client, frontend])
+        .expect("lbctl explain");
+    assert!(ok, "lbctl explain tcp {client} {frontend}: {error}");
+    text.contains("(hairpin)")
+}
+
+#[test]
+fn clients_in_the_backends_subnet_reach_a_file_services_vip_through_the_node() {
+    if !e2e_enabled() {
+        return;
+    }
+    // Under NAT the backend answers its client directly. A client on the backends' own bridge
+    // (another host there, or the backend itself), whose route to the VIP is the node, would
+    // get that answer straight over the bridge from an address it did not call, or (the
+    // backend itself) a packet from its own address: such flows speak from the node's address
+    // on the bridge, and the connection works. `late`'s backend is in a subnet the node
+    // reaches only once a link route to it is added while lbd runs.
+    let services = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+  late:
+    vip: 198.18.100.2
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.3.10"]
+"#;
+    let topo = Topology::new(2).expect("topology");
+    let backend = &topo.backends[0];
+    let _server = NameServer::start(&backend.ns, &backend.name, &[8080], &[]).expect("server");
+    let lb = start_lbd(&topo, services);
+    let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
+    let node_on_bridge = IpAddr::V4(topo.node_bridge_addr4);
+    for (who, ns) in [
+        ("a host on the backends' bridge", &topo.backends[1].ns),
+        ("the backend itself", &backend.ns),
+    ] {
+        let reply = tcp_request(ns, vip, TIMEOUT)
+            .unwrap_or_else(|e| panic!("{who} to {vip}: {e:#}\n{}", lb.output()));
+        assert_eq!(reply.from, vip, "{who}: answered by the VIP");
+        assert_eq!(reply.backend, backend.name);
+        assert_eq!(
+            reply.seen_ip, node_on_bridge,
+            "{who}: the backend sees the node"
+        );
+    }
+    assert!(explained_as_hairpin(
+        &lb,
+        "198.18.2.11:40000",
+        "198.18.100.1:80"
+    ));
+    // A client of another subnet keeps its own address.
+    let reply = tcp_request(&topo.client, vip, TIMEOUT).expect("the client to the VIP");
+    assert_eq!(reply.seen_ip, IpAddr::V4(topo.client_addr4));
+    assert!(!explained_as_hairpin(
+        &lb,
+        "198.18.1.2:40000",
+        "198.18.100.1:80"
+    ));
+
+    // A link route added while lbd runs (no address changes): the next plan has it.
+    assert!(!explained_as_hairpin(
+        &lb,
+        "198.18.3.20:40000",
+        "198.18.100.2:80"
+    ));
+    topo.node
+        .ip(&["route", "add", "198.18.3.0/24", "dev", &topo.node_bridge])
+        .expect("a link route");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !explained_as_hairpin(&lb, "198.18.3.20:40000", "198.18.100.2:80") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new link route was not planned within 5 s\n{}",
+            lb.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        lb.output().contains("the node's connected subnets changed"),
+        "replanned at the route's event:\n{}",
+        lb.output()
+    );
+    let counters = lb.stop().expect("stop lbd");
+    assert_eq!(counter(&counters, "drop_no_snat_addr"), 0, "{counters}");
+}

@@ -233,7 +233,7 @@ pub(super) fn load_dataplane(
         IpAddr::V6(NODE6_CLIENT_SIDE),
         IpAddr::V6(NODE6_BACKEND_SIDE),
     ];
-    let desired: DesiredState = plan::plan(&file, &node_addrs)?;
+    let desired: DesiredState = plan::plan(&file, &plan::NodeFacts::with_addresses(&node_addrs))?;
     let web = desired
         .services
         .iter()

@@ -270,7 +270,7 @@ fn wait_detached(topo: &PpsTopology) -> Result<()> {
 /// a quarter of an hour; `bench micro` does the same).
 fn load_in_process(topo: &PpsTopology, config: &NodeConfig) -> Result<Dataplane> {
     let file = ServiceFile::parse(&config.services_yaml(), std::path::Path::new("bench.yaml"))?;
-    let desired = plan::plan(&file, &[])?;
+    let desired = plan::plan(&file, &plan::NodeFacts::default())?;
     let measured: Vec<u32> = desired
         .services
         .iter()

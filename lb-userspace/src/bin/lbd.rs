@@ -263,8 +263,9 @@ fn check(args: RunArgs) -> anyhow::Result<()> {
         ),
         (None, _) => format!("the API state in {}", daemon.state_dir.display()),
     };
-    let node_addrs = dataplane::node_addresses().context("listing this node's addresses")?;
-    let desired = plan::plan(&merged.file, &node_addrs).with_context(|| what.clone())?;
+    let node =
+        dataplane::node_facts().context("reading this node's addresses and connected subnets")?;
+    let desired = plan::plan(&merged.file, &node).with_context(|| what.clone())?;
     if desired.services.is_empty() {
         println!("{what}: no services");
     }

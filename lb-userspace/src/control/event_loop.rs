@@ -269,10 +269,10 @@ async fn serve(
     let mut refused_with: Option<ApiState> = None;
     let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
     file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Interfaces and addresses: netlink's link and address events say at once when they
-    // change (an attached interface deleted and made again, docker_gwbridge appearing, a
-    // bridge Docker creates later, a DHCP renewal); a look every second besides, in case an
-    // event was missed.
+    // Interfaces, addresses and connected subnets: netlink's link, address and route events
+    // say at once when they change (an attached interface deleted and made again,
+    // docker_gwbridge appearing, a bridge Docker creates later, a DHCP renewal, a link route
+    // added); a look at the addresses every second besides, in case an event was missed.
     let links = watch_links();
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     let mut seen_addresses = dataplane::node_addresses().ok();
@@ -295,10 +295,10 @@ async fn serve(
                 }
             }
             _ = every_second.tick() => {
-                follow_interfaces(&shared, &mut seen_addresses).await;
+                follow_interfaces(&shared, &mut seen_addresses, false).await;
             }
-            Some(()) = link_event(links.as_ref()) => {
-                follow_interfaces(&shared, &mut seen_addresses).await;
+            Some(changes) = link_event(links.as_ref()) => {
+                follow_interfaces(&shared, &mut seen_addresses, changes.connected).await;
             }
             _ = file_watch.tick(), if options.watch.is_some() && config.is_some() => {
                 // A change whose reload failed (not refused) is tried again at the next check;
@@ -471,17 +471,20 @@ fn log_ready(shared: &Shared, options: &RunOptions) {
     }
 }
 
-/// Attaches again to interfaces made again, to those waited for, and replans published ports
-/// when the node's addresses changed (once per change, even if the replan is refused). The
-/// looks take the daemon's lock, so they run off the runtime's threads: a long change holding
-/// it (a whole replan) then delays them, not the runtime.
+/// Attaches again to interfaces made again, to those waited for, and replans when the node's
+/// addresses (published ports) or its connected subnets (hairpins, after
+/// `connected_changed`: a route event said one came or went) changed, once per change, even
+/// if the replan is refused. The looks take the daemon's lock, so they run off the runtime's
+/// threads: a long change holding it (a whole replan) then delays them, not the runtime.
 async fn follow_interfaces(
     shared: &Arc<Shared>,
     seen_addresses: &mut Option<Vec<std::net::IpAddr>>,
+    connected_changed: bool,
 ) {
     let s = shared.clone();
     let seen = seen_addresses.clone();
-    let looked = tokio::task::spawn_blocking(move || look_at_interfaces(&s, seen)).await;
+    let looked =
+        tokio::task::spawn_blocking(move || look_at_interfaces(&s, seen, connected_changed)).await;
     let (now, changed) = match looked {
         Ok(looked) => looked,
         Err(e) => {
@@ -489,18 +492,26 @@ async fn follow_interfaces(
             return;
         }
     };
+    // Addresses come with their subnets' link routes: said as what the operator did.
+    let what = if now != *seen_addresses {
+        "addresses"
+    } else {
+        "connected subnets"
+    };
     *seen_addresses = now;
     if changed {
-        info!("the node's addresses changed; replanning published ports");
+        info!("the node's {what} changed; replanning");
         let _ = reload(shared, Trigger::Addresses).await;
     }
 }
 
 /// `follow_interfaces`' looks, under the daemon's lock: the node's addresses now, and whether
-/// they changed since `seen` in a way the plan sees.
+/// the node changed in a way the plan sees: its addresses since `seen`, or its connected
+/// subnets (read only when `connected_changed`: a router's routing table is large).
 fn look_at_interfaces(
     shared: &Shared,
     seen: Option<Vec<std::net::IpAddr>>,
+    connected_changed: bool,
 ) -> (Option<Vec<std::net::IpAddr>>, bool) {
     let events = shared.daemon().follow_links();
     for event in events {
@@ -541,7 +552,7 @@ fn look_at_interfaces(
         }
     }
     let now = dataplane::node_addresses().ok();
-    let changed = now != seen && shared.daemon().node_addresses_changed();
+    let changed = (now != seen || connected_changed) && shared.daemon().node_changed();
     (now, changed)
 }
 
@@ -576,15 +587,18 @@ impl std::os::fd::AsRawFd for LinkFd {
     }
 }
 
-/// Resolves when link or address events were read; never without a watch.
-async fn link_event(watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>) -> Option<()> {
+/// Resolves with what changed when link, address or connected-subnet events were read; never
+/// without a watch.
+async fn link_event(
+    watch: Option<&tokio::io::unix::AsyncFd<LinkFd>>,
+) -> Option<dataplane::netlink::LinkChanges> {
     let Some(watch) = watch else {
         return std::future::pending().await;
     };
     let mut guard = watch.readable().await.ok()?;
     let changes = guard.get_inner().0.drain();
     guard.clear_ready();
-    (changes.links || changes.addresses).then_some(())
+    changes.any().then_some(changes)
 }
 
 /// How a reload went.

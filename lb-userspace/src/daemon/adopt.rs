@@ -15,7 +15,7 @@ pub(super) fn adopt(
     dp: &mut Dataplane,
     desired: &DesiredState,
     serving: &ServiceFile,
-    node_addresses: &[IpAddr],
+    node: &NodeFacts,
 ) -> Result<(DesiredState, Vec<SocketPeer>), DaemonError> {
     // The pinned maps are the record of what the previous lbd programmed: the kernel ids of
     // its services and backends come from its frontends and backends, so tracked flows keep
@@ -31,7 +31,7 @@ pub(super) fn adopt(
     adopted.endpoints = dp.endpoints_with_replies()?;
     // Its mesh peers keep their indexes, which its tracked flows name.
     adopted.tunnel = dp.tunnel_plan()?;
-    let desired = plan::plan_from(serving, node_addresses, Some(&adopted))?;
+    let desired = plan::plan_from(serving, node, Some(&adopted))?;
     // Ids the kernel's entries did not hold may have counters of a service or backend
     // removed while no lbd ran.
     let (services, backends) = desired.ids.fresh_since(&adopted.ids);

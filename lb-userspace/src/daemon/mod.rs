@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::{
     api::{Outcome, Trigger},
     dataplane::{self, Attachment, Dataplane, DataplaneError, LoadOptions},
-    plan::{self, DesiredState, Ids, PlanError, Replan},
+    plan::{self, DesiredState, Ids, NodeFacts, PlanError, Replan},
     source::api_state::{ApiState, Merged, OverlayError, Source},
     source::file::{ConfigError, ServiceFile},
     source::settings::XdpMode,
@@ -52,8 +52,8 @@ pub enum DaemonError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
-    #[error("listing this node's addresses: {0}")]
-    NodeAddresses(std::io::Error),
+    #[error("reading this node's addresses and connected subnets: {0}")]
+    NodeFacts(std::io::Error),
     #[error("{}: {message}", .path.display())]
     State { path: PathBuf, message: String },
 }
@@ -133,7 +133,8 @@ pub struct Daemon {
     api: ApiState,
     merged: Merged,
     running: DesiredState,
-    node_addresses: Vec<IpAddr>,
+    /// What `running` was planned for of the node (its addresses, its connected subnets).
+    node: NodeFacts,
     generation: u64,
     changes: BTreeMap<(Trigger, Outcome), u64>,
     started: Instant,
@@ -181,14 +182,14 @@ impl Daemon {
         let swarm_services = starting_swarm_services(swarm.as_ref(), &file, &saved_scopes);
         let (api, mut merged, api_changed) =
             merge_saved_api_state(&file, &options.state_dir, &swarm_services)?;
-        let node_addresses = node_addresses()?;
+        let node = node_facts()?;
         // The checks' verdicts from before a restart shape the first plan: a backend found
         // down is not served again until its checks pass.
         let mut health = crate::source::health::HealthBook::default();
         health.seed(health::load_saved(&options.state_dir));
         health.sync(&merged.file, std::time::SystemTime::now());
         let mut desired = plan_refusing_swarm(&mut merged, |file| {
-            Ok(plan::plan(&health.serving(file), &node_addresses)?)
+            Ok(plan::plan(&health.serving(file), &node)?)
         })?;
         for (name, reason) in &merged.swarm_refused {
             error!(service = %name, "swarm service not served: {reason}");
@@ -215,12 +216,8 @@ impl Daemon {
         let mut gone_endpoints = Vec::new();
         let programmed = (|| -> Result<(DesiredState, Vec<String>), DaemonError> {
             if dp.adopted() {
-                (desired, gone_endpoints) = adopt::adopt(
-                    &mut dp,
-                    &desired,
-                    &health.serving(&merged.file),
-                    &node_addresses,
-                )?;
+                (desired, gone_endpoints) =
+                    adopt::adopt(&mut dp, &desired, &health.serving(&merged.file), &node)?;
             } else {
                 dp.apply(None, &desired)?;
             }
@@ -272,7 +269,7 @@ impl Daemon {
             api,
             merged,
             running: desired,
-            node_addresses,
+            node,
             generation: 1,
             changes: BTreeMap::new(),
             started: Instant::now(),
@@ -374,7 +371,7 @@ impl Daemon {
             file.as_ref().unwrap_or(&self.file),
             &self.swarm_services,
         );
-        let (merged, node_addresses, next, health_shaped) =
+        let (merged, node, next, health_shaped) =
             match self.merge_and_plan(file.as_ref(), &api, &swarm_services) {
                 Ok(planned) => planned,
                 Err(e) => {
@@ -411,7 +408,7 @@ impl Daemon {
             self.keep_swarm_services(swarm_services);
             self.sync_socket_namespaces();
             self.keep_inputs(file, api, merged);
-            self.node_addresses = node_addresses;
+            self.node = node;
             self.api_file_behind = None;
             // An API edit the plan does not show yet (a drain of a backend that is down) is
             // still a change made and saved: said as applied, not as "no change".
@@ -459,7 +456,7 @@ impl Daemon {
         self.sync_socket_namespaces();
         self.abort_sockets_to(left_behind);
         self.keep_inputs(file, api, merged);
-        self.node_addresses = node_addresses;
+        self.node = node;
         self.take_plan(next, health_shaped);
         self.generation += 1;
 
@@ -487,10 +484,10 @@ impl Daemon {
         file: Option<&ServiceFile>,
         api: &ApiState,
         swarm_services: &SwarmServices,
-    ) -> Result<(MergeStep, Vec<IpAddr>, Replan, bool), DaemonError> {
+    ) -> Result<(MergeStep, NodeFacts, Replan, bool), DaemonError> {
         // Merged whole while a swarm service is refused: a change of the operator's services
         // (a backend gone) or of the node's addresses may clear the cause.
-        let node_addresses = node_addresses()?;
+        let node = node_facts()?;
         let edited = match file {
             None if *swarm_services == self.swarm_services
                 && self.merged.swarm_refused.is_empty() =>
@@ -508,11 +505,11 @@ impl Daemon {
                     (name, before)
                 })
                 .collect();
-            let planned = self.plan_merged(&self.merged.file, Some(&before), &node_addresses);
+            let planned = self.plan_merged(&self.merged.file, Some(&before), &node);
             let step = MergeStep::Patched(before);
             match planned {
                 Ok((next, health_shaped)) => {
-                    return Ok((step, node_addresses, next, health_shaped));
+                    return Ok((step, node, next, health_shaped));
                 }
                 // An edit that clashes with a swarm service: merged whole, which leaves the
                 // swarm service out.
@@ -528,12 +525,11 @@ impl Daemon {
         let file = file.unwrap_or(&self.file);
         let mut merged = api.merge_with_swarm(file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
-        let (next, health_shaped) = plan_refusing_swarm(&mut merged, |file| {
-            self.plan_merged(file, None, &node_addresses)
-        })?;
+        let (next, health_shaped) =
+            plan_refusing_swarm(&mut merged, |file| self.plan_merged(file, None, &node))?;
         Ok((
             MergeStep::Whole(Box::new(merged)),
-            node_addresses,
+            node,
             next,
             health_shaped,
         ))
@@ -545,7 +541,7 @@ impl Daemon {
         &self,
         merged: &ServiceFile,
         patched: Option<&[(String, Option<crate::source::file::ServiceSpec>)]>,
-        node_addresses: &[IpAddr],
+        node: &NodeFacts,
     ) -> Result<(Replan, bool), DaemonError> {
         let serving = self.health.serving(merged);
         let health_shaped = matches!(serving, std::borrow::Cow::Owned(_));
@@ -559,13 +555,9 @@ impl Daemon {
         };
         // After a failed undo every entry is written: a whole plan.
         let next = if self.degraded.is_some() {
-            Replan::Full(plan::plan_from(
-                &serving,
-                node_addresses,
-                Some(&self.running),
-            )?)
+            Replan::Full(plan::plan_from(&serving, node, Some(&self.running))?)
         } else {
-            plan::replan_among(&serving, node_addresses, &self.running, may_differ.as_ref())?
+            plan::replan_among(&serving, node, &self.running, may_differ.as_ref())?
         };
         Ok((next, health_shaped))
     }
@@ -712,8 +704,8 @@ pub fn merge_saved_api_state(
     Ok((api, merged, changed))
 }
 
-fn node_addresses() -> Result<Vec<IpAddr>, DaemonError> {
-    dataplane::node_addresses().map_err(DaemonError::NodeAddresses)
+fn node_facts() -> Result<NodeFacts, DaemonError> {
+    dataplane::node_facts().map_err(DaemonError::NodeFacts)
 }
 
 /// Kernel ids of the services named `name` (one per port mapping and family).

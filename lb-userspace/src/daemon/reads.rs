@@ -9,9 +9,10 @@ impl Daemon {
         self.merged.sources.get(name) == Some(&crate::source::api_state::Source::Swarm)
     }
 
-    /// Whether the node's addresses differ from those the running plan used.
-    pub fn node_addresses_changed(&self) -> bool {
-        node_addresses().is_ok_and(|now| now != self.node_addresses)
+    /// Whether the node's addresses or connected subnets differ from those the running plan
+    /// was made for.
+    pub fn node_changed(&self) -> bool {
+        node_facts().is_ok_and(|now| now != self.node)
     }
 
     pub fn generation(&self) -> u64 {

@@ -393,7 +393,9 @@ mod tests {
 
     fn plan_on_node(merged: &mut Merged) -> Result<DesiredState, DaemonError> {
         let node: IpAddr = NODE.parse().unwrap();
-        plan_refusing_swarm(merged, |file| Ok(plan::plan(file, &[node])?))
+        plan_refusing_swarm(merged, |file| {
+            Ok(plan::plan(file, &plan::NodeFacts::with_addresses(&[node]))?)
+        })
     }
 
     #[test]

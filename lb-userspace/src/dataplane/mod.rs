@@ -429,6 +429,15 @@ fn forwarding_enabled_v6(interface: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// What plans need to know of this host (its namespace): its addresses and the IPv4
+/// subnets it reaches directly.
+pub fn node_facts() -> std::io::Result<crate::plan::NodeFacts> {
+    Ok(crate::plan::NodeFacts {
+        addresses: node_addresses()?,
+        connected: netlink::connected_subnets()?,
+    })
+}
+
 /// Every unicast address of this host (its namespace), for published ports.
 pub fn node_addresses() -> std::io::Result<Vec<IpAddr>> {
     let addrs: std::collections::BTreeSet<IpAddr> = interface_addresses()?

@@ -1,9 +1,9 @@
 //! Replanning only the services whose spec changed (`replan`): on a node holding 10,000
 //! services, a change to one of them plans, checks and writes that one's entries, not every
 //! map. The result is the full plan's (`plan_from`), entry for entry and id for id; where
-//! that cannot be had cheaply (the node's addresses or the mesh changed, an error, a limit
-//! reached, a frontend or a possible loop shared with an unchanged service) the full plan is
-//! made instead, so its errors are the full plan's too.
+//! that cannot be had cheaply (the node's addresses, its connected subnets or the mesh
+//! changed, an error, a limit reached, a frontend or a possible loop shared with an unchanged
+//! service) the full plan is made instead, so its errors are the full plan's too.
 
 use std::collections::BTreeSet;
 
@@ -81,15 +81,14 @@ pub enum Replan {
     Full(DesiredState),
 }
 
-/// The plan of `file` on a node with `node_addrs`, as `plan_from(file, node_addrs,
-/// Some(running))` makes it, given as the changes to `running` when only some services
-/// changed.
+/// The plan of `file` on `node`, as `plan_from(file, node, Some(running))` makes it, given as
+/// the changes to `running` when only some services changed.
 pub fn replan(
     file: &ServiceFile,
-    node_addrs: &[IpAddr],
+    node: &NodeFacts,
     running: &DesiredState,
 ) -> Result<Replan, PlanError> {
-    replan_among(file, node_addrs, running, None)
+    replan_among(file, node, running, None)
 }
 
 /// `replan`, told that only the services named in `may_differ` can differ from what
@@ -97,13 +96,13 @@ pub fn replan(
 /// node of 10,000 services is most of the time an API call's replan takes.
 pub fn replan_among(
     file: &ServiceFile,
-    node_addrs: &[IpAddr],
+    node: &NodeFacts,
     running: &DesiredState,
     may_differ: Option<&BTreeSet<String>>,
 ) -> Result<Replan, PlanError> {
-    match incremental(file, node_addrs, running, may_differ) {
+    match incremental(file, node, running, may_differ) {
         Some(delta) => Ok(Replan::Delta(delta)),
-        None => plan_from(file, node_addrs, Some(running)).map(Replan::Full),
+        None => plan_from(file, node, Some(running)).map(Replan::Full),
     }
 }
 
@@ -274,12 +273,12 @@ fn changes<K: Ord + Clone, V: PartialEq + Clone>(
 /// needed to be sure (see the module's comment).
 fn incremental(
     file: &ServiceFile,
-    node_addrs: &[IpAddr],
+    node: &NodeFacts,
     running: &DesiredState,
     may_differ: Option<&BTreeSet<String>>,
 ) -> Option<PlanDelta> {
     let basis = running.basis.as_ref()?;
-    if basis.node_addrs != node_addrs
+    if basis.node != *node
         || TunnelPlan::of(file.mesh.as_ref(), Some(&running.tunnel)) != running.tunnel
     {
         return None;
@@ -308,7 +307,7 @@ fn incremental(
                 &mut fresh,
                 &mut pending,
                 spec,
-                node_addrs,
+                node,
                 (&mut service_ids, &mut backend_ids),
             )
             .ok()?;

@@ -143,10 +143,10 @@ pub struct DesiredState {
     basis: Option<Basis>,
 }
 
-/// The inputs of a plan: the node's addresses and every service's spec, by name.
+/// The inputs of a plan: what it knew of the node and every service's spec, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Basis {
-    node_addrs: Vec<IpAddr>,
+    node: NodeFacts,
     specs: BTreeMap<String, ServiceSpec>,
 }
 
@@ -371,20 +371,20 @@ impl PlanError {
     }
 }
 
-/// Plans the kernel state for `file` on a node with `node_addrs`.
+/// Plans the kernel state for `file` on `node`.
 ///
 /// A kernel service is one (service, port mapping, address family): meshlb translates
 /// addresses but not families, so IPv4 frontends use the IPv4 backends and IPv6 frontends
 /// the IPv6 ones. A VIP-less service is published on the node addresses of each family it
 /// has backends for (both families when it has no backends at all).
-pub fn plan(file: &ServiceFile, node_addrs: &[IpAddr]) -> Result<DesiredState, PlanError> {
-    plan_from(file, node_addrs, None)
+pub fn plan(file: &ServiceFile, node: &NodeFacts) -> Result<DesiredState, PlanError> {
+    plan_from(file, node, None)
 }
 
 /// Like `plan`, keeping the ids `previous` gave to the same services and backends.
 pub fn plan_from(
     file: &ServiceFile,
-    node_addrs: &[IpAddr],
+    node: &NodeFacts,
     previous: Option<&DesiredState>,
 ) -> Result<DesiredState, PlanError> {
     let mut state = DesiredState {
@@ -400,7 +400,7 @@ pub fn plan_from(
             &mut state,
             &mut pending,
             spec,
-            node_addrs,
+            node,
             (&mut service_ids, &mut backend_ids),
         )?;
     }
@@ -438,7 +438,7 @@ pub fn plan_from(
         MAX_BACKEND_ENDPOINTS,
     )?;
     state.basis = Some(Basis {
-        node_addrs: node_addrs.to_vec(),
+        node: node.clone(),
         specs: file.services.clone(),
     });
     Ok(state)
@@ -449,7 +449,7 @@ fn plan_spec(
     state: &mut DesiredState,
     pending: &mut Pending,
     spec: &ServiceSpec,
-    node_addrs: &[IpAddr],
+    node: &NodeFacts,
     (service_ids, backend_ids): (
         &mut IdAllocator<'_, ServiceIdentity>,
         &mut IdAllocator<'_, BackendIdentity>,
@@ -466,7 +466,7 @@ fn plan_spec(
                 if !has_backends && !spec.backends.is_empty() {
                     continue;
                 }
-                node_addrs
+                node.addresses
                     .iter()
                     .copied()
                     .filter(|a| a.is_ipv6() == v6)
@@ -493,7 +493,7 @@ fn plan_spec(
                 spec,
                 mapping,
                 &frontend_addrs,
-                v6,
+                (v6, node),
                 (&mut *service_ids, &mut *backend_ids),
             )?;
         }
@@ -507,15 +507,22 @@ fn plan_spec(
 }
 
 /// The `backend_flags::ON_LINK_SHIFT` bits of a backend this node reaches on an IPv4 subnet
-/// it knows (a local swarm task): its clients inside that subnet speak through the node.
-fn on_link_flags(backend: &BackendSpec) -> u16 {
-    match backend.mesh {
-        Some(m) if m.via.is_none() && backend.address.is_ipv4() => m
-            .on_link_prefix
-            .filter(|p| (1..=32).contains(p))
-            .map_or(0, |p| u16::from(p) << backend_flags::ON_LINK_SHIFT),
-        _ => 0,
+/// it knows: its clients inside that subnet speak through the node. A local swarm task's
+/// subnet is the one its provider names (`docker_gwbridge`'s); a file or API backend's is the
+/// node's connected subnet holding it. A task on another node is reached through the tunnel,
+/// on no subnet of this node's.
+fn on_link_flags(backend: &BackendSpec, node: &NodeFacts) -> u16 {
+    if !backend.address.is_ipv4() {
+        return 0;
     }
+    let prefix = match backend.mesh {
+        Some(m) if m.via.is_none() => m.on_link_prefix,
+        Some(_) => None,
+        None => node.on_link_prefix(backend.address),
+    };
+    prefix
+        .filter(|p| (1..=32).contains(p))
+        .map_or(0, |p| u16::from(p) << backend_flags::ON_LINK_SHIFT)
 }
 
 /// One kernel service: its backends of one family, its table and its frontends.
@@ -525,7 +532,7 @@ fn plan_service(
     spec: &ServiceSpec,
     mapping: &PortMapping,
     frontend_addrs: &[IpAddr],
-    v6: bool,
+    (v6, node): (bool, &NodeFacts),
     (service_ids, backend_ids): (
         &mut IdAllocator<'_, ServiceIdentity>,
         &mut IdAllocator<'_, BackendIdentity>,
@@ -554,7 +561,7 @@ fn plan_service(
             };
             flags |= u16::from(index) << backend_flags::PEER_SHIFT;
         }
-        flags |= on_link_flags(backend);
+        flags |= on_link_flags(backend, node);
         let backend_id = backend_ids.id(&(id, target));
         pending.backend_ids.push(((id, target), backend_id));
         pending.backends.push((
@@ -749,7 +756,7 @@ mod tests {
     fn plan_of(yaml: &str, node: &[&str]) -> Result<DesiredState, PlanError> {
         let file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
         let node: Vec<IpAddr> = node.iter().map(|a| a.parse().unwrap()).collect();
-        plan(&file, &node)
+        plan(&file, &NodeFacts::with_addresses(&node))
     }
 
     fn key(socket: &str, protocol: u8) -> EndpointKey {
@@ -764,8 +771,13 @@ mod tests {
 
     const NODE: [&str; 3] = ["198.18.1.1", "198.18.2.1", "fd00:1::1"];
 
+    fn node_facts() -> NodeFacts {
+        NodeFacts::with_addresses(&NODE.map(|a| a.parse().unwrap()))
+    }
+
     /// Only a task this node reaches on an IPv4 subnet of known length gets the hairpin bits;
-    /// a task on another node, a file's backend or an IPv6 one does not.
+    /// a task on another node, a file's backend outside the node's connected subnets or an
+    /// IPv6 one does not.
     #[test]
     fn on_link_prefix_marks_local_ipv4_tasks_only() {
         use crate::source::file::MeshBackend;
@@ -780,12 +792,16 @@ mod tests {
             }),
         };
         let bits = |b: &BackendSpec| {
-            (on_link_flags(b) & backend_flags::ON_LINK_MASK) >> backend_flags::ON_LINK_SHIFT
+            (on_link_flags(b, &NodeFacts::default()) & backend_flags::ON_LINK_MASK)
+                >> backend_flags::ON_LINK_SHIFT
         };
         assert_eq!(bits(&backend("198.18.61.3", None, Some(24))), 24);
         assert_eq!(bits(&backend("198.18.61.3", None, Some(32))), 32);
         assert_eq!(
-            on_link_flags(&backend("198.18.61.3", None, Some(24))) & !backend_flags::ON_LINK_MASK,
+            on_link_flags(
+                &backend("198.18.61.3", None, Some(24)),
+                &NodeFacts::default()
+            ) & !backend_flags::ON_LINK_MASK,
             0
         );
         assert_eq!(bits(&backend("198.18.61.3", None, None)), 0);
@@ -807,7 +823,11 @@ mod tests {
         )
         .expect("valid file");
         file.services.get_mut("who").unwrap().backends[0] = backend("198.18.61.3", None, Some(24));
-        let state = plan(&file, &["198.18.50.1".parse().unwrap()]).expect("plan");
+        let state = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.50.1".parse().unwrap()]),
+        )
+        .expect("plan");
         let written: Vec<u16> = state.backends.values().map(|b| b.flags).collect();
         assert_eq!(
             written,
@@ -826,6 +846,91 @@ mod tests {
         assert!(hairpin("198.18.61.3:40000"), "the task itself");
         assert!(!hairpin("198.18.62.9:40000"));
         assert!(!hairpin("198.18.1.2:40000"));
+    }
+
+    /// A file or API backend inside one of the node's connected IPv4 subnets gets that
+    /// subnet's prefix in its flags, and explain calls its neighbours' flows (and its own)
+    /// hairpins; one outside them or at the node's own address does not, a task keeps its
+    /// provider's word, and a replan follows the node's subnets.
+    #[test]
+    fn a_file_backend_in_a_connected_subnet_gets_its_prefix() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let subnet = |network: &str, prefix| ConnectedSubnet {
+            network: network.parse().unwrap(),
+            prefix,
+        };
+        let node = NodeFacts {
+            addresses: vec![ip("198.18.2.1"), ip("198.18.1.1")],
+            connected: vec![subnet("198.18.1.0", 24), subnet("198.18.2.0", 24)],
+        };
+        let yaml = r#"
+services:
+  web:
+    vip: 198.18.100.1
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.2.10"]
+  others:
+    vip: 198.18.100.2
+    ports: ["80:8080/tcp"]
+    backends: ["198.18.3.10", "198.18.2.1", "198.18.2.11"]
+"#;
+        let mut file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
+        file.services.get_mut("others").unwrap().backends[2].mesh =
+            Some(crate::source::file::MeshBackend {
+                identity: ip("198.19.0.6"),
+                via: None,
+                on_link_prefix: Some(28),
+            });
+        let prefixes = |state: &DesiredState| -> BTreeMap<IpAddr, u8> {
+            state
+                .services
+                .iter()
+                .flat_map(|s| &s.backends)
+                .map(|b| {
+                    let flags = state.backends[&b.id].flags;
+                    (b.target.ip(), backend_flags::on_link_prefix(flags))
+                })
+                .collect()
+        };
+        let state = plan(&file, &node).expect("plan");
+        assert_eq!(
+            prefixes(&state),
+            BTreeMap::from([
+                (ip("198.18.2.1"), 0),
+                (ip("198.18.2.10"), 24),
+                (ip("198.18.2.11"), 28),
+                (ip("198.18.3.10"), 0),
+            ])
+        );
+        let hairpin = |state: &DesiredState, client: &str| match state.explain(
+            proto::TCP,
+            client.parse().unwrap(),
+            "198.18.100.1:80".parse().unwrap(),
+        ) {
+            Explanation::Maglev { hairpin, .. } => hairpin,
+            other => panic!("{other}"),
+        };
+        assert!(hairpin(&state, "198.18.2.11:40000"), "a neighbour");
+        assert!(hairpin(&state, "198.18.2.10:40000"), "the backend itself");
+        assert!(
+            !hairpin(&state, "198.18.1.2:40000"),
+            "a client of another subnet"
+        );
+        // The subnet narrows to a /25 the backend is in but the neighbour is not, then goes.
+        let mut narrowed = node.clone();
+        narrowed.connected[1] = subnet("198.18.2.0", 25);
+        let Replan::Full(state) = replan(&file, &narrowed, &state).expect("replan") else {
+            panic!("a change of the node's subnets is a whole replan");
+        };
+        assert_eq!(prefixes(&state)[&ip("198.18.2.10")], 25);
+        assert!(!hairpin(&state, "198.18.2.200:40000"));
+        assert!(hairpin(&state, "198.18.2.11:40000"));
+        narrowed.connected.remove(1);
+        let Replan::Full(state) = replan(&file, &narrowed, &state).expect("replan") else {
+            panic!("a change of the node's subnets is a whole replan");
+        };
+        assert_eq!(prefixes(&state)[&ip("198.18.2.10")], 0);
+        assert!(!hairpin(&state, "198.18.2.11:40000"));
     }
 
     #[test]
@@ -1204,7 +1309,7 @@ services:
         spec.ports[0].backend = lb_common::maps::ANY_PORT;
         spec.socket_scope = 1;
         file.services.insert(spec.name.clone(), spec);
-        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let node = node_facts();
         let state = plan(&file, &node).unwrap();
         let client: SocketAddr = "198.19.10.9:40000".parse().unwrap();
         let vip: SocketAddr = "198.19.10.2:8081".parse().unwrap();
@@ -1312,7 +1417,7 @@ services:
             Path::new("t.yaml"),
         )
         .unwrap();
-        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let node = node_facts();
         let v2 = plan_from(&file, &node, Some(&v1)).unwrap();
         let id_of = |state: &DesiredState, vip: &str| state.frontends[&key(vip, proto::TCP)].id;
         assert_eq!(id_of(&v1, "198.18.100.1:80"), id_of(&v2, "198.18.100.1:80"));
@@ -1394,7 +1499,7 @@ services:
         };
         let v1 = plan_of(&yaml(r#""198.18.2.10", "198.18.2.11""#), &NODE).unwrap();
         let file = ServiceFile::parse(&yaml(r#""198.18.2.10""#), Path::new("t.yaml")).unwrap();
-        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let node = node_facts();
         let v2 = plan_from(&file, &node, Some(&v1)).unwrap();
         assert_eq!(
             v2.endpoints.get(&key("198.18.2.11:80", proto::TCP)),
@@ -1417,7 +1522,7 @@ services:
         let fresh = plan_of(text, &NODE).unwrap();
         let ids = Ids::recover(&fresh, &before.frontends, &kernel_backends);
         let file = ServiceFile::parse(text, Path::new("s.yaml")).unwrap();
-        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let node = node_facts();
         let recovered = plan_from(&file, &node, Some(&DesiredState::with_ids(ids))).unwrap();
         let id_of = |name: &str| {
             recovered
@@ -1482,7 +1587,7 @@ services:
         );
         let ids = Ids::recover(&fresh, &before.frontends, &kernel_backends);
         let file = ServiceFile::parse(text, Path::new("s.yaml")).unwrap();
-        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        let node = node_facts();
         let recovered = plan_from(&file, &node, Some(&DesiredState::with_ids(ids))).unwrap();
         for name in ["web", "dns"] {
             assert_eq!(id_of(&recovered, name), id_of(&before, name), "{name}");

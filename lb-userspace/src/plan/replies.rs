@@ -234,7 +234,10 @@ mod tests {
     use lb_common::maps::proto;
 
     use super::ReplyTranslation;
-    use crate::{plan::plan, source::file::ServiceFile};
+    use crate::{
+        plan::{NodeFacts, plan},
+        source::file::ServiceFile,
+    };
 
     const FILE: &str = r#"
 services:
@@ -267,7 +270,7 @@ services:
     fn translation(backend: &str, protocol: u8) -> ReplyTranslation {
         let file = ServiceFile::parse(FILE, Path::new("t.yaml")).expect("valid file");
         let node: IpAddr = "198.18.0.1".parse().unwrap();
-        plan(&file, &[node])
+        plan(&file, &NodeFacts::with_addresses(&[node]))
             .expect("plan")
             .reply_translation(protocol, backend.parse().unwrap())
     }
@@ -275,7 +278,11 @@ services:
     #[test]
     fn only_a_backend_with_one_vip_frontend_under_nat_is_translated_without_an_entry() {
         let file = ServiceFile::parse(FILE, Path::new("t.yaml")).expect("valid file");
-        let state = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let state = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.0.1".parse().unwrap()]),
+        )
+        .expect("plan");
         let mut got: Vec<(String, String)> = state
             .plan_reply_frontends()
             .iter()
@@ -317,7 +324,11 @@ services:
     #[test]
     fn reached_groups_each_endpoint_with_its_frontends_in_plan_order() {
         let file = ServiceFile::parse(FILE, Path::new("t.yaml")).expect("valid file");
-        let state = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let state = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.0.1".parse().unwrap()]),
+        )
+        .expect("plan");
         let found = super::reached(&state.services, |_| true);
         let mut expected: Vec<(
             lb_common::maps::EndpointKey,
@@ -410,7 +421,11 @@ services:
             on_link_prefix: None,
         });
         file.services.get_mut("who.1.task").unwrap().tunnel_only = true;
-        let state = plan(&file, &["198.18.50.1".parse().unwrap()]).expect("plan");
+        let state = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.50.1".parse().unwrap()]),
+        )
+        .expect("plan");
         assert_eq!(
             state.reply_translation(proto::TCP, "198.18.61.3:80".parse().unwrap()),
             ReplyTranslation::Mesh {

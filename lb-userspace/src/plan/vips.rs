@@ -43,11 +43,18 @@ impl DesiredState {
 mod tests {
     use std::path::Path;
 
-    use crate::{plan::plan, source::file::ServiceFile};
+    use crate::{
+        plan::{NodeFacts, plan},
+        source::file::ServiceFile,
+    };
 
     fn vips(yaml: &str) -> Vec<String> {
         let file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
-        let desired = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let desired = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.0.1".parse().unwrap()]),
+        )
+        .expect("plan");
         desired
             .announced_vips()
             .iter()
@@ -87,7 +94,11 @@ services:
         assert_eq!(vips(yaml), ["198.18.100.1", "fd00:100::1"]);
         // Which services a VIP belongs to (the reply anchor's check), announced or not.
         let file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
-        let desired = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let desired = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.0.1".parse().unwrap()]),
+        )
+        .expect("plan");
         let mut names = desired.services_with_vip("198.18.100.1".parse().unwrap());
         names.sort();
         assert_eq!(names, ["shared_empty", "web"]);
@@ -118,7 +129,11 @@ services:
         let mut file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
         file.services.get_mut("web-appnet").unwrap().socket_scope = 1;
         file.services.get_mut("web.1.task").unwrap().tunnel_only = true;
-        let desired = plan(&file, &["198.18.0.1".parse().unwrap()]).expect("plan");
+        let desired = plan(
+            &file,
+            &NodeFacts::with_addresses(&["198.18.0.1".parse().unwrap()]),
+        )
+        .expect("plan");
         let announced: Vec<String> = desired
             .announced_vips()
             .iter()

@@ -188,7 +188,8 @@ fn random_and_mutated_packets_keep_the_invariants() {
     ns.run(move || {
         let file = ServiceFile::parse(SERVICES, Path::new("properties.yaml")).expect("services");
         let node_addrs = [IpAddr::V4(NODE_CLIENT_SIDE), IpAddr::V4(NODE_BACKEND_SIDE)];
-        let desired = plan::plan(&file, &node_addrs).expect("plan");
+        let node = plan::NodeFacts::with_addresses(&node_addrs);
+        let desired = plan::plan(&file, &node).expect("plan");
         let mut dp = Dataplane::load(LoadOptions {
             conntrack_entries: CONNTRACK_ENTRIES,
             ..LoadOptions::default()

@@ -266,8 +266,8 @@ async fn ask(api: &Endpoint, cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `lbctl explain --config`: computed from a service file for this node's addresses, as lbd
-/// would answer before the flow is tracked.
+/// `lbctl explain --config`: computed from a service file for this node's addresses and
+/// connected subnets, as lbd would answer before the flow is tracked.
 fn explain_offline(
     config: &std::path::Path,
     json: bool,
@@ -276,7 +276,8 @@ fn explain_offline(
     destination: SocketAddr,
 ) -> anyhow::Result<()> {
     let file = ServiceFile::load(config)?;
-    let node = dataplane::node_addresses().context("listing this node's addresses")?;
+    let node =
+        dataplane::node_facts().context("reading this node's addresses and connected subnets")?;
     let plan = plan::plan(&file, &node).with_context(|| config.display().to_string())?;
     let selection = plan.explain(protocol.number(), source, destination);
     let replies = match &selection {

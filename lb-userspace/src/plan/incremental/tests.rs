@@ -1,7 +1,7 @@
 //! `replan` against the full plan over random edit sequences: every step must give the same
 //! state (kernel entries, services, ids, what it was planned from) or the same error.
 
-use std::{net::IpAddr, path::Path};
+use std::path::Path;
 
 use lb_testkit::rng::SplitMix64;
 
@@ -105,8 +105,9 @@ fn dedup_targets(spec: &mut ServiceSpec) {
     });
 }
 
-/// One random edit of `file` (and sometimes of the node's addresses); says what it did.
-fn edit(rng: &mut Rng, file: &mut ServiceFile, node: &mut Vec<IpAddr>) -> String {
+/// One random edit of `file` (and sometimes of the node's addresses or connected subnets);
+/// says what it did.
+fn edit(rng: &mut Rng, file: &mut ServiceFile, node: &mut NodeFacts) -> String {
     let name = rng.pick(&NAMES);
     let what = rng.below(100);
     let Some(spec) = file.services.get_mut(name) else {
@@ -168,8 +169,20 @@ fn edit(rng: &mut Rng, file: &mut ServiceFile, node: &mut Vec<IpAddr>) -> String
             };
             "change the swarm's nodes".into()
         }
-        90..94 => {
-            *node = if rng.chance(50) {
+        90..92 => {
+            node.connected = if rng.chance(50) {
+                Vec::new()
+            } else {
+                let prefix = rng.pick(&[16, 24, 30]);
+                vec![ConnectedSubnet {
+                    network: "198.18.2.0".parse().unwrap(),
+                    prefix,
+                }]
+            };
+            "change the node's connected subnets".into()
+        }
+        92..94 => {
+            node.addresses = if rng.chance(50) {
                 vec!["198.18.1.1".parse().unwrap(), "fd00:1::1".parse().unwrap()]
             } else {
                 vec!["198.18.1.1".parse().unwrap(), "198.18.1.2".parse().unwrap()]
@@ -211,8 +224,10 @@ fn replanning_the_changed_services_equals_the_full_plan() {
     let (mut deltas, mut fulls, mut errors) = (0, 0, 0);
     for seed in 0..40u64 {
         let mut rng = Rng(SplitMix64(seed));
-        let mut node: Vec<IpAddr> =
-            vec!["198.18.1.1".parse().unwrap(), "fd00:1::1".parse().unwrap()];
+        let mut node = NodeFacts::with_addresses(&[
+            "198.18.1.1".parse().unwrap(),
+            "fd00:1::1".parse().unwrap(),
+        ]);
         let mut file = ServiceFile::default();
         let mut full = plan(&file, &node).unwrap();
         let mut running = full.clone();
@@ -288,7 +303,7 @@ fn one_changed_service_among_many_touches_only_its_entries() {
             i + 1
         ));
     }
-    let node: Vec<IpAddr> = vec!["198.18.1.1".parse().unwrap()];
+    let node = NodeFacts::with_addresses(&["198.18.1.1".parse().unwrap()]);
     let file = ServiceFile::parse(&text, Path::new("t.yaml")).unwrap();
     let running = plan(&file, &node).unwrap();
     let mut changed = file.clone();

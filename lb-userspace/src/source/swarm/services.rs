@@ -1088,7 +1088,11 @@ mod tests {
             "{:?}",
             merged.swarm_refused
         );
-        let planned = crate::plan::plan(&merged.file, &[ip("198.18.50.1")]).expect("planned");
+        let planned = crate::plan::plan(
+            &merged.file,
+            &crate::plan::NodeFacts::with_addresses(&[ip("198.18.50.1")]),
+        )
+        .expect("planned");
         assert_eq!(
             planned.announced_vips(),
             [ip("198.18.100.50")].into(),

@@ -1017,7 +1017,8 @@ mod tests {
             .unwrap();
             file.mesh = out.mesh.clone();
             let node = snapshot.node_addr.unwrap();
-            let state = crate::plan::plan(&file, &[node]).unwrap();
+            let state =
+                crate::plan::plan(&file, &crate::plan::NodeFacts::with_addresses(&[node])).unwrap();
             let planned = state
                 .services
                 .iter()
