@@ -372,7 +372,7 @@ impl Daemon {
             &self.swarm_services,
         );
         let (merged, node, next, health_shaped) =
-            match self.merge_and_plan(file.as_ref(), &api, &swarm_services) {
+            match self.merge_and_plan(trigger, file.as_ref(), &api, &swarm_services) {
                 Ok(planned) => planned,
                 Err(e) => {
                     self.count(trigger, Outcome::Rejected);
@@ -481,13 +481,14 @@ impl Daemon {
     /// service the plan refuses is left out (`plan_refusing_swarm`), after a whole merge.
     fn merge_and_plan(
         &mut self,
+        trigger: Trigger,
         file: Option<&ServiceFile>,
         api: &ApiState,
         swarm_services: &SwarmServices,
     ) -> Result<(MergeStep, NodeFacts, Replan, bool), DaemonError> {
         // Merged whole while a swarm service is refused: a change of the operator's services
         // (a backend gone) or of the node's addresses may clear the cause.
-        let node = node_facts()?;
+        let node = self.node_now(trigger)?;
         let edited = match file {
             None if *swarm_services == self.swarm_services
                 && self.merged.swarm_refused.is_empty() =>
@@ -560,6 +561,20 @@ impl Daemon {
             plan::replan_among(&serving, node, &self.running, may_differ.as_ref())?
         };
         Ok((next, health_shaped))
+    }
+
+    /// The node as a change is planned for: its addresses read now, its connected subnets
+    /// read again only for a change of the node's own (`Trigger::Addresses`: an address, or
+    /// an event of a connected route), else those of the running plan, which the event loop
+    /// keeps current. A router's table may hold a million routes: not dumped per API call.
+    fn node_now(&self, trigger: Trigger) -> Result<NodeFacts, DaemonError> {
+        if trigger == Trigger::Addresses {
+            return node_facts();
+        }
+        Ok(NodeFacts {
+            addresses: dataplane::node_addresses().map_err(DaemonError::NodeFacts)?,
+            connected: self.node.connected.clone(),
+        })
     }
 
     /// Puts back what `merge_and_plan` patched, for a change that is not kept.
