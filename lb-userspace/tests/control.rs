@@ -1653,24 +1653,9 @@ fn kernel_log_records_reach_the_daemon_log_only_when_asked_for() {
     }
 }
 
-/// `bpf(2)` for the test below, which makes a map aya cannot: an array of maps whose tables
-/// have another element size, as an older meshlb would have pinned.
-fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> i64 {
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer set up for `command`; pointers in it
-    // point at live locals of the caller.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    }
-}
-
-const MAP_CREATE: libc::c_long = 0;
-const MAP_UPDATE_ELEM: libc::c_long = 2;
-const OBJ_PIN: libc::c_long = 6;
+// `bpf(2)` for the tests below, which make maps aya cannot: an array of maps whose tables
+// have another element size, as an older meshlb would have pinned, and the like.
+use lb_testkit::raw_bpf::{MAP_CREATE, MAP_UPDATE_ELEM, bpf};
 
 /// A pin directory of this test's own (`mlb-pins-<pid>-<n>`, like the kit's: a clean-up of
 /// leftovers knows its owner), with its `maps` directory; removed when dropped, failed or not.
@@ -1683,25 +1668,13 @@ fn scratch_pin_dir() -> ScratchPath {
 /// Pins the map behind `fd` as the map `name` of the pin directory `dir`, then closes `fd`
 /// (the pin keeps the map).
 fn pin_map(dir: &Path, name: &str, fd: i64) {
-    let path = std::ffi::CString::new(dir.join("maps").join(name).to_str().unwrap()).unwrap();
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    attr[1] = fd as u64;
-    assert_eq!(bpf(OBJ_PIN, &mut attr), 0, "pin {name}");
-    // SAFETY: a descriptor the test opened and no longer uses.
-    unsafe { libc::close(fd as i32) };
+    lb_testkit::raw_bpf::pin(fd, &dir.join("maps").join(name)).expect("pin");
 }
 
 /// An endpoint filter as the meshlb before bit filters made it: an array of 512 elements of
 /// 64 one-byte slots. Its descriptor.
 fn earlier_endpoint_filter() -> i64 {
-    const ARRAY: u64 = 2;
-    let mut attr = [0u64; 16];
-    attr[0] = ARRAY | 4 << 32;
-    attr[1] = 64 | 512 << 32;
-    let fd = bpf(MAP_CREATE, &mut attr);
-    assert!(fd > 0, "{}", std::io::Error::last_os_error());
-    fd
+    lb_testkit::raw_bpf::create_array(64, 512).expect("an array")
 }
 
 /// Loading a dataplane of `conntrack_entries` on the maps pinned in `dir` is refused, with
@@ -1725,7 +1698,7 @@ fn pinned_tables_of_another_layout_are_refused_with_the_fix() {
         return;
     }
     use lb_common::{limits::MAX_SERVICES, maps::SELECTION_TABLE_FLAGS};
-    const ARRAY: u64 = 2;
+    use lb_testkit::raw_bpf::MAP_TYPE_ARRAY as ARRAY;
     const ARRAY_OF_MAPS: u64 = 12;
     let dir = scratch_pin_dir();
 

@@ -13,6 +13,7 @@ use std::{
 
 use lb_testkit::{
     Netns, TcpSession, Topology, e2e_enabled,
+    frame_socket::FrameSocket,
     packet::{Ipv4Frame, TCP_SYN},
     progtest::read_mac,
 };
@@ -70,62 +71,37 @@ fn flood(
 ) {
     client
         .run(|| {
-            // SAFETY: plain socket calls on a socket this function owns and closes.
-            unsafe {
-                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-                assert!(
-                    fd >= 0,
-                    "AF_PACKET socket: {}",
-                    std::io::Error::last_os_error()
-                );
-                let name = std::ffi::CString::new(interface).unwrap();
-                let ifindex = libc::if_nametoindex(name.as_ptr());
-                assert!(ifindex > 0, "no interface {interface}");
-                let mut to: libc::sockaddr_ll = std::mem::zeroed();
-                to.sll_family = libc::AF_PACKET as u16;
-                to.sll_ifindex = ifindex as i32;
-                to.sll_halen = 6;
-                to.sll_addr[..6].copy_from_slice(&macs.1);
-                let mut state = 0x2545_f491u32;
-                let mut count = 0u64;
-                let deadline = Instant::now() + FLOOD_DEADLINE;
-                // Bounded in count too: a send the interface refuses (full) is tried again,
-                // 64 times a SYN at most.
-                for _ in 0..64 * plan.syns / plan.batch {
-                    let enough = count >= plan.syns && clients_done.load(Ordering::Relaxed);
-                    if enough || Instant::now() >= deadline {
-                        break;
-                    }
-                    for _ in 0..plan.batch {
-                        state ^= state << 13;
-                        state ^= state >> 17;
-                        state ^= state << 5;
-                        let source = SocketAddrV4::new(
-                            Ipv4Addr::from(0xc613_0000 | (state & 0xffff)),
-                            1024 + (state >> 16) as u16 % 60000,
-                        );
-                        let port = plan.ports[(count % plan.ports.len() as u64) as usize];
-                        let frame = Ipv4Frame::tcp(source, SocketAddrV4::new(VIP, port), TCP_SYN)
-                            .with_macs(macs.0, macs.1)
-                            .build();
-                        let n = libc::sendto(
-                            fd,
-                            frame.as_ptr().cast(),
-                            frame.len(),
-                            0,
-                            (&raw const to).cast(),
-                            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                        );
-                        if n > 0 {
-                            count += 1;
-                        }
-                    }
-                    sent.store(count, Ordering::Relaxed);
-                    if plan.paced {
-                        std::thread::sleep(Duration::from_millis(10));
+            let socket = FrameSocket::open(interface).expect("a packet socket");
+            let mut state = 0x2545_f491u32;
+            let mut count = 0u64;
+            let deadline = Instant::now() + FLOOD_DEADLINE;
+            // Bounded in count too: a send the interface refuses (full) is tried again,
+            // 64 times a SYN at most.
+            for _ in 0..64 * plan.syns / plan.batch {
+                let enough = count >= plan.syns && clients_done.load(Ordering::Relaxed);
+                if enough || Instant::now() >= deadline {
+                    break;
+                }
+                for _ in 0..plan.batch {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    let source = SocketAddrV4::new(
+                        Ipv4Addr::from(0xc613_0000 | (state & 0xffff)),
+                        1024 + (state >> 16) as u16 % 60000,
+                    );
+                    let port = plan.ports[(count % plan.ports.len() as u64) as usize];
+                    let frame = Ipv4Frame::tcp(source, SocketAddrV4::new(VIP, port), TCP_SYN)
+                        .with_macs(macs.0, macs.1)
+                        .build();
+                    if socket.send(&frame).is_ok() {
+                        count += 1;
                     }
                 }
-                libc::close(fd);
+                sent.store(count, Ordering::Relaxed);
+                if plan.paced {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         })
         .expect("flood in the client namespace")

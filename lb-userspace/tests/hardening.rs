@@ -321,40 +321,8 @@ fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
 
 /// Pins a map of another tool's at `path`: a one-element array made with `bpf(2)`.
 fn pin_foreign_map(path: &Path) {
-    let bpf = |command: libc::c_long, attr: &mut [u64; 16]| {
-        // SAFETY: attr is a zeroed bpf_attr-sized buffer set up for `command`; its pointers
-        // point at live locals.
-        unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                command,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(attr),
-            )
-        }
-    };
-    const MAP_CREATE: libc::c_long = 0;
-    const OBJ_PIN: libc::c_long = 6;
-    const ARRAY: u64 = 2;
-    let mut attr = [0u64; 16];
-    // map_type, key_size 4; value_size 8, max_entries 1.
-    attr[0] = ARRAY | 4 << 32;
-    attr[1] = 8 | 1 << 32;
-    let fd = bpf(MAP_CREATE, &mut attr);
-    assert!(
-        fd > 0,
-        "creating a map: {}",
-        std::io::Error::last_os_error()
-    );
-    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    let mut attr = [0u64; 16];
-    attr[0] = name.as_ptr() as u64;
-    attr[1] = fd as u64;
-    let pinned = bpf(OBJ_PIN, &mut attr);
-    let error = std::io::Error::last_os_error();
-    // SAFETY: a descriptor made above and no longer used (the pin keeps the map).
-    unsafe { libc::close(fd as i32) };
-    assert_eq!(pinned, 0, "pinning {}: {error}", path.display());
+    let fd = lb_testkit::raw_bpf::create_array(8, 1).expect("creating a map");
+    lb_testkit::raw_bpf::pin(fd, path).expect("pinning it");
 }
 
 /// `--pin-dir` may be a bpffs directory shared with another tool: a start that fails after

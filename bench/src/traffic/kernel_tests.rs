@@ -4,8 +4,11 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use lb_testkit::packet::{Ipv4Frame, parse_ipv4, parse_ipv6};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use lb_testkit::{
+    frame_socket::FrameSocket,
+    packet::{Ipv4Frame, parse_ipv4, parse_ipv6},
+};
 
 use super::{
     Traffic, pin_to,
@@ -16,10 +19,9 @@ use super::{
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
 
-/// Runs `name` `repeat` times over `frame` (each run sees what the last one wrote); returns
+/// Runs `prog` `repeat` times over `frame` (each run sees what the last one wrote); returns
 /// the program's last answer and the frame as it left.
-fn run(traffic: &Traffic, name: &str, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
-    let prog = xdp(&traffic.ebpf, name).unwrap();
+pub(super) fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 64];
     let result = prog
         .test_run(TestRunOptions {
@@ -64,7 +66,7 @@ fn generated_frames_are_the_flows_built_from_scratch() {
         // Packet numbers reached one after another: 0, 1, 2, then 2 + 16383, ...
         let mut n = 0u64;
         for repeat in [1u32, 1, 1, 16_383, 1, 50_000, 3, 20_000] {
-            let (action, frame) = run(&traffic, "generator", &junk, repeat);
+            let (action, frame) = run(xdp(&traffic.ebpf, "generator").unwrap(), &junk, repeat);
             n += u64::from(repeat);
             let k = ((n - 1) / u64::from(s.per_flow) % u64::from(s.flows)) as u32;
             assert_eq!(action, XDP_TX, "{:?} packet {}", s.kind, n - 1);
@@ -108,11 +110,17 @@ fn sink_counts_each_destination_once() {
         (v4("198.18.16.2:8080"), 5),
     ];
     for (frame, times) in &sent {
-        assert_eq!(run(&traffic, "sink", frame, *times).0, XDP_DROP);
+        assert_eq!(
+            run(xdp(&traffic.ebpf, "sink").unwrap(), frame, *times).0,
+            XDP_DROP
+        );
     }
     let mut arp = v4("198.18.16.1:8080");
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(run(&traffic, "sink", &arp, 1).0, XDP_DROP);
+    assert_eq!(
+        run(xdp(&traffic.ebpf, "sink").unwrap(), &arp, 1).0,
+        XDP_DROP
+    );
     let (counts, other) = traffic.sink_counts().unwrap();
     let expected = [
         ("198.18.16.1", 3),
@@ -125,44 +133,6 @@ fn sink_counts_each_destination_once() {
     .collect();
     assert_eq!(counts, expected);
     assert_eq!(other, 1);
-}
-
-/// Sends `frames` out of `interface` of the calling thread's namespace with a packet socket.
-fn send_raw(interface: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
-    let name = std::ffi::CString::new(interface).expect("no NUL");
-    // SAFETY: plain syscalls on a socket this function owns and closes; the address and the
-    // buffers outlive each call.
-    unsafe {
-        let index = libc::if_nametoindex(name.as_ptr());
-        if index == 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        let mut result = Ok(());
-        for frame in frames {
-            let sent = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            if sent != frame.len() as isize {
-                result = Err(std::io::Error::last_os_error());
-                break;
-            }
-        }
-        libc::close(fd);
-        result
-    }
 }
 
 /// `bench pps`' tracked floor on the bench topology, as a contender runs: frames of 64 flows
@@ -199,7 +169,10 @@ fn the_tracked_floor_forwards_each_flow_to_a_backend() {
         })
         .collect();
     topo.generator
-        .run(|| send_raw(topo::GEN_IF, &frames))
+        .run(|| {
+            let socket = FrameSocket::open(topo::GEN_IF)?;
+            frames.iter().try_for_each(|f| socket.send(f))
+        })
         .unwrap()
         .unwrap();
     let backends: Vec<IpAddr> = (0..4).map(|i| topo::backend_addr(i, false)).collect();

@@ -117,7 +117,6 @@ impl TrackedFloor {
 mod tests {
     use std::net::SocketAddrV4;
 
-    use aya::programs::{TestRun as _, TestRunOptions};
     use lb_testkit::packet::{Ipv4Frame, parse_ipv4};
 
     use super::*;
@@ -128,18 +127,7 @@ mod tests {
     const OUT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
     fn run(floor: &TrackedFloor, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = floor.program().unwrap();
-        let mut out = vec![0u8; frame.len() + 64];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..TestRunOptions::default()
-            })
-            .unwrap();
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        crate::traffic::kernel_tests::run(floor.program().unwrap(), frame, 1)
     }
 
     /// A new flow takes a backend and keeps it; the frame leaves byte for byte as the same
