@@ -24,6 +24,11 @@
 #![no_std]
 #![no_main]
 
+// Shared with meshlb's program; each program here uses a part of it.
+#[allow(dead_code)]
+#[path = "csum.rs"]
+mod csum;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup, xdp_action},
@@ -32,6 +37,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use csum::csum_replace2;
 use lb_common::maps::Handoff;
 
 /// The two frame layouts of the benchmark: Ethernet + IPv4 or IPv6 + TCP + a 6-byte payload.
@@ -202,16 +208,6 @@ fn restore(ctx: &XdpContext, layout: &Layout, vary: bool) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// New one's-complement checksum after a 16-bit word changed from `old` to `new` (RFC 1624;
-/// byte order does not matter as long as all three are read the same way).
-#[inline(always)]
-fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// Floor: the cheapest XDP program.

@@ -9,6 +9,7 @@
 
 mod aggregate;
 mod conntrack;
+mod csum;
 mod forward;
 mod icmp;
 mod l2;

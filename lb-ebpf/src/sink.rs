@@ -25,12 +25,18 @@
 #![no_std]
 #![no_main]
 
+// Shared with meshlb's program; each program here uses a part of it.
+#[allow(dead_code)]
+#[path = "csum.rs"]
+mod csum;
+
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use csum::{csum_replace2, csum_replace4};
 use lb_common::traffic::{
     FLOOR_MAX_BACKENDS, FloorConfig, GenConfig, PORT_BASE, PORTS_PER_ADDR, SINK_SLOT_COUNT,
     SinkSlot, TEMPLATE_WORDS, sink_slot,
@@ -438,10 +444,10 @@ fn track(ctx: &XdpContext) -> Option<()> {
         };
         let old_port = ((ip + 22) as *const u16).read_unaligned();
         let csum = ((ip + 10) as *const u16).read_unaligned();
-        ((ip + 10) as *mut u16).write_unaligned(csum_replace(csum, key.daddr, flow.addr, 0, 0));
+        ((ip + 10) as *mut u16).write_unaligned(csum_replace4(csum, key.daddr, flow.addr));
         let l4 = (l4_csum_at as *const u16).read_unaligned();
         if proto == 6 || l4 != 0 {
-            let new = csum_replace(l4, key.daddr, flow.addr, old_port, flow.port);
+            let new = csum_replace2(csum_replace4(l4, key.daddr, flow.addr), old_port, flow.port);
             let new = if proto == 17 && new == 0 { 0xffff } else { new };
             (l4_csum_at as *mut u16).write_unaligned(new);
         }
@@ -474,22 +480,6 @@ fn place(key: &FloorKey) -> Option<FloorFlow> {
     };
     FLOOR_FLOWS.insert(key, &flow, 0).ok()?;
     Some(flow)
-}
-
-/// The one's-complement checksum after a 32-bit word changed from `old` to `new` and a 16-bit
-/// one from `old16` to `new16` (RFC 1624; words as they sit in memory).
-#[inline(always)]
-fn csum_replace(csum: u16, old: u32, new: u32, old16: u16, new16: u16) -> u16 {
-    let mut sum = u32::from(!csum)
-        + (!old & 0xffff)
-        + (!old >> 16)
-        + (new & 0xffff)
-        + (new >> 16)
-        + u32::from(!old16)
-        + u32::from(new16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 #[cfg(not(test))]
