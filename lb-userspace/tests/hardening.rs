@@ -778,6 +778,17 @@ fn a_file_change_whose_reload_failed_is_applied_at_the_next_check() {
     assert!(applied, "the change was not tried again:\n{}", lb.output());
 }
 
+/// For `lbd check`: a namespace of its own whose interfaces forward (as `lbd run` needs), and
+/// a service file of `SERVICES` named after `stem`.
+fn check_setup(stem: &str) -> (Netns, ScratchPath) {
+    let ns = Netns::new("check").expect("namespace");
+    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
+        .expect("forwarding");
+    let file = ScratchPath::temp(stem, ".yaml");
+    std::fs::write(&*file, SERVICES).unwrap();
+    (ns, file)
+}
+
 /// `lbd check` refuses what `lbd run` with the same flags would refuse, before a unit file
 /// starts a daemon that exits at once (and is restarted every 2 s).
 #[test]
@@ -785,12 +796,7 @@ fn lbd_check_refuses_what_lbd_run_would() {
     if !e2e_enabled() {
         return;
     }
-    // A namespace of its own, whose interfaces forward (as `lbd run` needs).
-    let ns = Netns::new("check").expect("namespace");
-    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
-        .expect("forwarding");
-    let file = ScratchPath::temp("check", ".yaml");
-    std::fs::write(&*file, SERVICES).unwrap();
+    let (ns, file) = check_setup("check");
     let check = |extra: &[&str]| {
         let mut args = vec!["check", "--config", file.arg()];
         args.extend(extra);
@@ -842,11 +848,7 @@ fn lbd_check_refuses_a_service_the_api_state_defines_too() {
     if !e2e_enabled() {
         return;
     }
-    let ns = Netns::new("check").expect("namespace");
-    ns.set_sysctls(&[("net.ipv4.ip_forward", "1")])
-        .expect("forwarding");
-    let file = ScratchPath::temp("check-api", ".yaml");
-    std::fs::write(&*file, SERVICES).unwrap();
+    let (ns, file) = check_setup("check-api");
     let state = ScratchPath::temp("check-state", "");
     let api = lb_userspace::source::api_state::ApiState {
         services: lb_userspace::source::file::ServiceFile::parse(SERVICES, Path::new("api"))
