@@ -224,18 +224,8 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     ];
     let mut cmd = Command::new(lbd());
     cmd.args(args);
-    // Only the network namespace: the second lbd must see bpffs like the first.
-    let mut second = topo
-        .node
-        .spawn_command(cmd, EnterMode::SetnsOnly)
-        .expect("spawn the second lbd");
-    let status = second
-        .wait_timeout(Duration::from_secs(20))
-        .expect("wait")
-        .expect("the second lbd must fail, not run");
-    let out = second.output_so_far();
+    let out = lbd_that_fails(&topo.node, cmd);
     let leftover = pins.exists();
-    assert!(!status.success(), "{out}");
     assert!(
         out.contains(&format!(
             "`{}` already runs XDP program",
@@ -297,18 +287,8 @@ fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
         "--conntrack-entries",
         "65536",
     ]);
-    // Only the network namespace: lbd must see bpffs.
-    let mut child = topo
-        .node
-        .spawn_command(cmd, EnterMode::SetnsOnly)
-        .expect("spawn lbd");
-    let status = child
-        .wait_timeout(Duration::from_secs(20))
-        .expect("wait")
-        .expect("lbd must fail, not run");
-    let out = child.output_so_far();
+    let out = lbd_that_fails(&topo.node, cmd);
     let attached = topo.node.xdp_attached(&topo.node_client_if).unwrap();
-    assert!(!status.success(), "{out}");
     assert!(out.contains(&format!("metrics on {addr}")), "{out}");
     assert!(
         !pins.exists() && !attached,
@@ -317,6 +297,21 @@ fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
     );
     assert!(!api.exists(), "the API socket stayed: {out}");
     drop(taken);
+}
+
+/// Runs `cmd`, an lbd that must not start, in `ns`'s network namespace only (it must see the
+/// host's bpffs), and its output once it has exited unsuccessfully, within 20 s.
+fn lbd_that_fails(ns: &Netns, cmd: Command) -> String {
+    let mut child = ns
+        .spawn_command(cmd, EnterMode::SetnsOnly)
+        .expect("spawn lbd");
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wait")
+        .expect("lbd must fail, not run");
+    let out = child.output_so_far();
+    assert!(!status.success(), "{out}");
+    out
 }
 
 /// Pins a map of another tool's at `path`: a one-element array made with `bpf(2)`.
@@ -370,16 +365,7 @@ fn a_failed_start_in_a_shared_pin_directory_removes_only_its_own_pins() {
         "off",
     ])
     .env("NO_COLOR", "1");
-    // Only the network namespace: the second lbd must see bpffs like the first.
-    let mut second = ns
-        .spawn_command(cmd, EnterMode::SetnsOnly)
-        .expect("spawn the second lbd");
-    let status = second
-        .wait_timeout(Duration::from_secs(20))
-        .expect("wait")
-        .expect("the second lbd must fail, not run");
-    let out = second.output_so_far();
-    assert!(!status.success(), "{out}");
+    let out = lbd_that_fails(&ns, cmd);
     assert!(
         out.contains("already runs XDP program") && out.contains("removed what it pinned"),
         "a start that failed after it pinned: {out}"
