@@ -339,6 +339,15 @@ pub mod tunnel {
     pub const fn outer_tos(inner_tos: u8) -> u8 {
         inner_tos & ECN_MASK
     }
+
+    /// The outer UDP source port (network order) of a packet whose inner TCP or UDP header,
+    /// as sent, carries these ports (network order): receivers spread flows over queues and
+    /// paths by it. Both wraps take the ports from the translated packet (TC sees nothing
+    /// else), so a flow's single segments and its aggregates take the same queue and path,
+    /// and arrive in order.
+    pub const fn entropy(sport_be: u16, dport_be: u16) -> u16 {
+        (sport_be ^ dport_be) | 0xc000u16.to_be()
+    }
 }
 
 /// Key of `CONNTRACK`: a flow as seen on the wire in one direction.

@@ -206,7 +206,7 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     else {
         return false;
     };
-    // The flow's ports make the outer source port, as in `tunnel::send`.
+    // The translated packet's ports make the outer source port, as in `tunnel::send`.
     let Ok(ports) = ctx.load::<[u16; 2]>(ETH_HLEN + IPV4_HLEN) else {
         return false;
     };
@@ -262,7 +262,7 @@ pub fn wrap_for_peer(ctx: &TcContext, peer: u32) -> bool {
     }
     let csum = (!fold(sum)).to_ne_bytes();
     ip[2] = u32::from_ne_bytes([64, proto::UDP, csum[0], csum[1]]);
-    let entropy = (ports[0] ^ ports[1]) | 0xc000u16.to_be();
+    let entropy = tunnel::entropy(ports[0], ports[1]);
     let port = tunnel::PORT.to_be();
     let udp_len = u16::from_ne_bytes(udp_len_be);
     // The UDP checksum is 0 (allowed for IPv4): the inner packet has its own.

@@ -288,8 +288,15 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, index: u32) -> Verdict {
         count(StatSlot::DropTunnelFailed);
         return Verdict::xdp(xdp_action::XDP_DROP);
     }
-    // The flow's ports make the outer source port: receivers spread flows over queues.
-    let entropy = (pkt.key.sport_be ^ pkt.key.dport_be) | 0xc000u16.to_be();
+    // The ports as sent (translated), as TC's wrap of the flow's aggregates reads them.
+    let (sport_be, dport_be) = match pkt.key.proto {
+        proto::TCP | proto::UDP => match load::<[u16; 2]>(ctx, pkt.l4()) {
+            Some([sport_be, dport_be]) => (sport_be, dport_be),
+            None => (pkt.key.sport_be, pkt.key.dport_be),
+        },
+        _ => (pkt.key.sport_be, pkt.key.dport_be),
+    };
+    let entropy = tunnel::entropy(sport_be, dport_be);
     if !wrap(
         ctx,
         pkt.l3(),

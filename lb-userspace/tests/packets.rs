@@ -3132,7 +3132,7 @@ fn a_syn_toward_a_peer_without_a_neighbour_entry_is_clamped_to_the_paths_mtu() {
             macs,
             OWN.parse().unwrap(),
             PEER.parse().unwrap(),
-            entropy(40000, 8000),
+            entropy(40000, 9000),
         );
         assert_eq!(out.packet, expected);
         parse_ipv4(&out.packet).expect("outer checksums");
@@ -3140,7 +3140,9 @@ fn a_syn_toward_a_peer_without_a_neighbour_entry_is_clamped_to_the_paths_mtu() {
     });
 }
 
-/// The tunnel's UDP source port for a flow: its ports, with the top bits set.
+/// The tunnel's UDP source port for a packet: the ports of the packet it wraps as it leaves
+/// (translated, as TC reads them in an aggregate it wraps: a flow's segments and aggregates
+/// take one queue on the peer), with the top bits set.
 fn entropy(sport: u16, dport: u16) -> u16 {
     (sport ^ dport) | 0xc000
 }
@@ -3182,7 +3184,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             (lb.backend_if_mac, backend_mac(10)),
             OWN.parse().unwrap(),
             PEER.parse().unwrap(),
-            entropy(40000, 8000),
+            entropy(40000, 9000),
         );
         assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
         parse_ipv4(&out.packet).expect("outer checksums");
@@ -3197,7 +3199,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             (lb.backend_if_mac, backend_mac(10)),
             OWN.parse().unwrap(),
             PEER.parse().unwrap(),
-            entropy(40000, 8000),
+            entropy(40000, 9000),
         );
         assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
 
@@ -3220,7 +3222,7 @@ fn a_flow_for_a_task_on_another_node_goes_through_the_tunnel_and_its_replies_com
             (lb.backend_if_mac, backend_mac(10)),
             OWN.parse().unwrap(),
             PEER.parse().unwrap(),
-            entropy(40001, 8000),
+            entropy(40001, 9000),
         );
         assert_eq!(past_addresses(&out.packet), past_addresses(&expected));
 
@@ -3277,7 +3279,7 @@ fn a_vlan_tagged_flow_for_a_task_on_another_node_is_wrapped_without_its_tags() {
                 (lb.backend_if_mac, backend_mac(10)),
                 OWN.parse().unwrap(),
                 PEER.parse().unwrap(),
-                entropy(client.port(), 8000),
+                entropy(client.port(), 9000),
             );
             assert_eq!(
                 past_addresses(&out.packet),

@@ -69,7 +69,7 @@ fn wrapped_packets_carry_their_ecn_field_on_the_outer_header() {
                 (lb.backend_if_mac, backend_mac(10)),
                 OWN.parse().unwrap(),
                 PEER.parse().unwrap(),
-                entropy(40400, 8000),
+                entropy(40400, 9000),
             );
             assert_eq!(out.packet[15], outer_tos, "TOS {inner_tos:#04x}: outer TOS");
             assert_eq!(
