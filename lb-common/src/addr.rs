@@ -72,6 +72,42 @@ impl Addr {
         (self.v4_raw() ^ other.v4_raw()) & mask == 0
     }
 
+    /// Whether this IPv6 address and `other` share a subnet of `prefix` bits (1-128; 0 or
+    /// more: false). Both must be IPv6, which the caller knows.
+    #[inline(always)]
+    pub const fn same_v6_subnet(&self, other: &Addr, prefix: u8) -> bool {
+        if prefix == 0 || prefix > 128 {
+            return false;
+        }
+        let mut word = 0;
+        while word < 4 {
+            let bits = prefix as i32 - 32 * word as i32;
+            if bits <= 0 {
+                break;
+            }
+            let mask = if bits >= 32 {
+                u32::MAX
+            } else {
+                (u32::MAX << (32 - bits as u32)).to_be()
+            };
+            if (self.words[word] ^ other.words[word]) & mask != 0 {
+                return false;
+            }
+            word += 1;
+        }
+        true
+    }
+
+    /// Whether this address and `other` are of one family and share a subnet of `prefix`
+    /// bits (see `same_v4_subnet` and `same_v6_subnet`).
+    pub const fn same_subnet(&self, other: &Addr, prefix: u8) -> bool {
+        match (self.is_v4(), other.is_v4()) {
+            (true, true) => self.same_v4_subnet(other, prefix),
+            (false, false) => self.same_v6_subnet(other, prefix),
+            _ => false,
+        }
+    }
+
     /// Whether a packet from this address may be answered: the address of one host, which
     /// the source of an ICMP error or a RST must be (RFC 1122 §3.2.2 and §4.2.3.10, RFC 4443
     /// §2.4(e)). Not: IPv4's 0/8, 127/8, multicast and 240/4 (the limited broadcast
@@ -158,6 +194,33 @@ mod tests {
         assert!(a([10, 1, 2, 3]).same_v4_subnet(&a([10, 200, 0, 1]), 8));
         assert!(!task.same_v4_subnet(&task, 0), "no length known");
         assert!(!task.same_v4_subnet(&task, 33));
+    }
+
+    #[test]
+    fn same_v6_subnet_by_prefix() {
+        let a = |text: &str| Addr::from(text.parse::<core::net::Ipv6Addr>().unwrap());
+        let backend = a("fd00:2::a");
+        assert!(backend.same_v6_subnet(&a("fd00:2::ffff:1"), 64));
+        assert!(!backend.same_v6_subnet(&a("fd00:3::a"), 64));
+        assert!(
+            backend.same_v6_subnet(&a("fd00:3::a"), 31),
+            "fd00:2::/31 holds both"
+        );
+        assert!(!backend.same_v6_subnet(&a("fd00:3::a"), 32));
+        assert!(!backend.same_v6_subnet(&a("fd00:4::a"), 31));
+        assert!(backend.same_v6_subnet(&a("fd00:2::b"), 124));
+        assert!(!backend.same_v6_subnet(&a("fd00:2::1a"), 124));
+        assert!(backend.same_v6_subnet(&a("fd00:2::8"), 125));
+        assert!(!backend.same_v6_subnet(&a("fd00:2::7"), 125));
+        assert!(backend.same_v6_subnet(&backend, 128));
+        assert!(!backend.same_v6_subnet(&a("fd00:2::b"), 128));
+        assert!(!backend.same_v6_subnet(&backend, 0), "no prefix: no subnet");
+        assert!(!backend.same_v6_subnet(&backend, 129));
+        // Across families: never.
+        let v4 = Addr::from(core::net::Ipv4Addr::new(198, 18, 2, 10));
+        assert!(!v4.same_subnet(&backend, 64));
+        assert!(backend.same_subnet(&a("fd00:2::b"), 64));
+        assert!(v4.same_subnet(&Addr::from(core::net::Ipv4Addr::new(198, 18, 2, 11)), 24));
     }
 
     /// Against the standard library's classes of the same addresses.

@@ -292,13 +292,15 @@ pub struct Backend {
 pub mod backend_flags {
     /// The slot holds a backend (an all-zero slot is unused).
     pub const IN_USE: u16 = 1 << 0;
-    /// Bits 1-7: the prefix length (1-32) of the IPv4 subnet this node reaches the backend on
-    /// (a local task's `docker_gwbridge`, the node's link route holding a file backend), 0
-    /// when not known. A client inside that subnet (a container on the same bridge) would get
+    /// Bits 1-7: the prefix length (IPv4 1-32, IPv6 1-127) of the subnet this node reaches
+    /// the backend on (a local task's `docker_gwbridge`, the node's link route holding a file
+    /// backend), 0 when not known (or an IPv6 /128, which 7 bits cannot hold). A client inside that subnet (a container on the same bridge) would get
     /// the backend's answers straight from it, past the node and its translation back, so its
     /// flows speak from the node's address, as under full NAT (hairpin).
     pub const ON_LINK_SHIFT: u16 = 1;
     pub const ON_LINK_MASK: u16 = 0x7f << ON_LINK_SHIFT;
+    /// The longest prefix `ON_LINK_MASK` holds.
+    pub const ON_LINK_MAX_PREFIX: u8 = 0x7f;
 
     /// The on-link prefix length bits 1-7 of `flags` hold.
     #[inline(always)]

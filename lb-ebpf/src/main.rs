@@ -460,18 +460,19 @@ fn open_flow(ctx: &XdpContext, pkt: &Packet, svc: &Service, chosen: &mut Chosen)
     FlowStart::OPENED
 }
 
-/// Whether the client is inside the IPv4 subnet the node reaches the chosen backend on (a
+/// Whether the client is inside the subnet the node reaches the chosen backend on (a
 /// container calling a published port or VIP whose task shares its bridge, or that task
 /// itself): the backend would answer it straight over that subnet, past the node, and the
 /// client would drop an answer from an address it did not call. Such a flow speaks from the
 /// node's address, as under full NAT; Docker's own mesh does the same.
 #[inline(always)]
 fn hairpin(pkt: &Packet, chosen: &Chosen) -> bool {
-    !pkt.v6
-        && pkt
-            .key
-            .src
-            .same_v4_subnet(&chosen.addr, chosen.on_link_prefix)
+    let (client, prefix) = (&pkt.key.src, chosen.on_link_prefix);
+    if pkt.v6 {
+        client.same_v6_subnet(&chosen.addr, prefix)
+    } else {
+        client.same_v4_subnet(&chosen.addr, prefix)
+    }
 }
 
 /// Records a new flow in the connection table (choosing the full-NAT source port). Not

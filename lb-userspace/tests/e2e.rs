@@ -906,26 +906,40 @@ services:
     vip: 198.18.100.2
     ports: ["80:8080/tcp"]
     backends: ["198.18.3.10"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp"]
+    backends: ["fd00:2::a"]
+  late6:
+    vip: "fd00:100::2"
+    ports: ["80:8080/tcp"]
+    backends: ["fd00:3::a"]
 "#;
     let topo = Topology::new(2).expect("topology");
     let backend = &topo.backends[0];
     let _server = NameServer::start(&backend.ns, &backend.name, &[8080], &[]).expect("server");
     let lb = start_lbd(&topo, services);
-    let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
-    let node_on_bridge = IpAddr::V4(topo.node_bridge_addr4);
-    for (who, ns) in [
-        ("a host on the backends' bridge", &topo.backends[1].ns),
-        ("the backend itself", &backend.ns),
+    // IPv4 and IPv6 alike: the node's link route to the backends' subnet makes it one.
+    for (vip, node_on_bridge) in [
+        ("198.18.100.1:80", IpAddr::V4(topo.node_bridge_addr4)),
+        ("[fd00:100::1]:80", IpAddr::V6(topo.node_bridge_addr6)),
     ] {
-        let reply = tcp_request(ns, vip, TIMEOUT)
-            .unwrap_or_else(|e| panic!("{who} to {vip}: {e:#}\n{}", lb.output()));
-        assert_eq!(reply.from, vip, "{who}: answered by the VIP");
-        assert_eq!(reply.backend, backend.name);
-        assert_eq!(
-            reply.seen_ip, node_on_bridge,
-            "{who}: the backend sees the node"
-        );
+        let vip: SocketAddr = vip.parse().unwrap();
+        for (who, ns) in [
+            ("a host on the backends' bridge", &topo.backends[1].ns),
+            ("the backend itself", &backend.ns),
+        ] {
+            let reply = tcp_request(ns, vip, TIMEOUT)
+                .unwrap_or_else(|e| panic!("{who} to {vip}: {e:#}\n{}", lb.output()));
+            assert_eq!(reply.from, vip, "{who}: answered by the VIP");
+            assert_eq!(reply.backend, backend.name);
+            assert_eq!(
+                reply.seen_ip, node_on_bridge,
+                "{who} to {vip}: the backend sees the node"
+            );
+        }
     }
+    let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
     assert!(explained_as_hairpin(
         &lb,
         "198.18.2.11:40000",
@@ -939,24 +953,33 @@ services:
         "198.18.1.2:40000",
         "198.18.100.1:80"
     ));
+    let vip6: SocketAddr = "[fd00:100::1]:80".parse().unwrap();
+    let reply = tcp_request(&topo.client, vip6, TIMEOUT).expect("the client to the IPv6 VIP");
+    assert_eq!(reply.seen_ip, IpAddr::V6(topo.client_addr6));
+    assert!(explained_as_hairpin(
+        &lb,
+        "[fd00:2::b]:40000",
+        "[fd00:100::1]:80"
+    ));
 
     // A link route added while lbd runs (no address changes): the next plan has it.
-    assert!(!explained_as_hairpin(
-        &lb,
-        "198.18.3.20:40000",
-        "198.18.100.2:80"
-    ));
-    topo.node
-        .ip(&["route", "add", "198.18.3.0/24", "dev", &topo.node_bridge])
-        .expect("a link route");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !explained_as_hairpin(&lb, "198.18.3.20:40000", "198.18.100.2:80") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new link route was not planned within 5 s\n{}",
-            lb.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    for (client, vip, route) in [
+        ("198.18.3.20:40000", "198.18.100.2:80", "198.18.3.0/24"),
+        ("[fd00:3::20]:40000", "[fd00:100::2]:80", "fd00:3::/64"),
+    ] {
+        assert!(!explained_as_hairpin(&lb, client, vip));
+        topo.node
+            .ip(&["route", "add", route, "dev", &topo.node_bridge])
+            .expect("a link route");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !explained_as_hairpin(&lb, client, vip) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new link route to {vip}'s backend was not planned within 5 s\n{}",
+                lb.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     assert!(
         lb.output().contains("the node's connected subnets changed"),

@@ -4,12 +4,16 @@
 //!   XDP program runs in (an adopted link was attached by an
 //!   earlier `lbd`, perhaps with another `--xdp-mode`: its mode is read, not assumed), and its
 //!   kind ("veth", "bridge", none for a NIC), which `--xdp-mode auto` goes by;
-//! - of the routing table: the IPv4 subnets the node reaches directly ([`connected_subnets`]),
+//! - of the routing tables: the subnets the node reaches directly ([`connected_subnets`]),
 //!   whose backends' neighbours are answered through the node (hairpin);
 //! - as they happen: links, addresses and those subnets coming and going ([`LinkWatch`]), so
 //!   `lbd` re-attaches to an interface made again and replans at once.
 
-use std::{io, net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+};
 
 use netlink_packet_core::{
     DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
@@ -139,54 +143,72 @@ fn link(ifindex: u32) -> io::Result<Option<LinkMessage>> {
     }
 }
 
-/// The IPv4 subnets this namespace reaches directly (`connected_subnet`), sorted, each once.
+/// The IPv4 and IPv6 subnets this namespace reaches directly (`connected_subnet`), sorted,
+/// each once.
 pub fn connected_subnets() -> io::Result<Vec<ConnectedSubnet>> {
-    let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    let socket = ask(RouteNetlinkMessage::GetRoute(request), NLM_F_DUMP)?;
     let mut subnets = Vec::new();
-    // A dump comes in as many datagrams as it takes, and ends with NLMSG_DONE.
-    loop {
-        let (bytes, _) = socket.recv_from_full()?;
-        for message in messages(&bytes) {
-            let message =
-                message.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-                    subnets.extend(connected_subnet(&route));
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let socket = ask(RouteNetlinkMessage::GetRoute(request), NLM_F_DUMP)?;
+        // A dump comes in as many datagrams as it takes, and ends with NLMSG_DONE.
+        'dump: loop {
+            let (bytes, _) = socket.recv_from_full()?;
+            for message in messages(&bytes) {
+                let message = message
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                match message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                        subnets.extend(connected_subnet(&route));
+                    }
+                    NetlinkPayload::Done(_) => break 'dump,
+                    NetlinkPayload::Error(e) => return Err(e.to_io()),
+                    _ => {}
                 }
-                NetlinkPayload::Done(_) => {
-                    subnets.sort_unstable();
-                    subnets.dedup();
-                    return Ok(subnets);
-                }
-                NetlinkPayload::Error(e) => return Err(e.to_io()),
-                _ => {}
             }
         }
     }
+    subnets.sort_unstable();
+    subnets.dedup();
+    Ok(subnets)
 }
 
-/// The subnet `route` reaches directly, if it is a link route of the main IPv4 table (no
-/// gateway: the node and the subnet's hosts talk straight over the link, as
-/// `198.18.2.0/24 dev br0 scope link` does).
+/// The subnet `route` reaches directly, if it is a link route of a main table: the node and
+/// the subnet's hosts talk straight over the link, as `198.18.2.0/24 dev br0 scope link`
+/// and `fd00:2::/64 dev br0` say. IPv4 marks such a route by its scope; IPv6 gives every
+/// route universe scope, so there it is one with no next hop (no gateway, via, multipath or
+/// nexthop object), link-local `fe80::/10` left out (every link has it, no backend is in it).
 fn connected_subnet(route: &RouteMessage) -> Option<ConnectedSubnet> {
     let header = &route.header;
-    if header.address_family != AddressFamily::Inet
-        || header.table != RouteHeader::RT_TABLE_MAIN
-        || header.kind != RouteType::Unicast
-        || header.scope != RouteScope::Link
-    {
+    if header.table != RouteHeader::RT_TABLE_MAIN || header.kind != RouteType::Unicast {
         return None;
     }
-    let network = route
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(network)) => Some(*network),
-            _ => None,
-        })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let destination = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(network)) => Some(IpAddr::V4(*network)),
+        RouteAttribute::Destination(RouteAddress::Inet6(network)) => Some(IpAddr::V6(*network)),
+        _ => None,
+    });
+    let through_next_hop = route.attributes.iter().any(|a| {
+        matches!(
+            a,
+            RouteAttribute::Gateway(_)
+                | RouteAttribute::Via(_)
+                | RouteAttribute::MultiPath(_)
+                | RouteAttribute::NhId(_)
+        )
+    });
+    let network = match header.address_family {
+        AddressFamily::Inet if header.scope == RouteScope::Link => {
+            destination.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        }
+        AddressFamily::Inet6 if !through_next_hop => {
+            match destination.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
+                IpAddr::V6(v6) if v6.is_unicast_link_local() => return None,
+                network => network,
+            }
+        }
+        _ => return None,
+    };
     Some(ConnectedSubnet {
         network,
         prefix: header.destination_prefix_length,
@@ -234,7 +256,7 @@ impl LinkChanges {
     }
 }
 
-/// A netlink socket subscribed to link, address and IPv4 route events of lbd's namespace.
+/// A netlink socket subscribed to link, address and route events of lbd's namespace.
 pub struct LinkWatch {
     socket: Socket,
 }
@@ -245,7 +267,8 @@ impl LinkWatch {
         let groups = (libc::RTMGRP_LINK
             | libc::RTMGRP_IPV4_IFADDR
             | libc::RTMGRP_IPV6_IFADDR
-            | libc::RTMGRP_IPV4_ROUTE) as u32;
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV6_ROUTE) as u32;
         socket.bind(&SocketAddr::new(0, groups))?;
         socket.set_non_blocking(true)?;
         Ok(LinkWatch { socket })
@@ -430,8 +453,8 @@ mod tests {
         route
     }
 
-    /// A link route of the main IPv4 table is a connected subnet; a route through a gateway,
-    /// one of another table, a local or blackhole one and an IPv6 one are not.
+    /// A link route of a main table is a connected subnet; a route through a gateway, one of
+    /// another table, a local or blackhole one and IPv6's link-local one are not.
     #[test]
     fn connected_subnets_are_the_main_tables_link_routes() {
         let subnet = |network: &str, prefix| ConnectedSubnet {
@@ -456,12 +479,49 @@ mod tests {
         let mut blackhole = link.clone();
         blackhole.header.kind = RouteType::BlackHole;
         assert_eq!(connected_subnet(&blackhole), None);
-        let mut v6 = RouteMessage::default();
-        v6.header.address_family = AddressFamily::Inet6;
-        v6.header.table = RouteHeader::RT_TABLE_MAIN;
-        v6.header.kind = RouteType::Unicast;
-        v6.header.scope = RouteScope::Link;
-        assert_eq!(connected_subnet(&v6), None);
+        // IPv6: universe scope all; a route without a next hop is a link's.
+        let v6 = |destination: &str, prefix| {
+            let mut v6 = route("0.0.0.0", prefix, RouteScope::Universe, None);
+            v6.header.address_family = AddressFamily::Inet6;
+            v6.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet6(
+                destination.parse().unwrap(),
+            ))];
+            v6
+        };
+        let link6 = v6("fd00:2::", 64);
+        assert_eq!(connected_subnet(&link6), Some(subnet("fd00:2::", 64)));
+        assert_eq!(
+            connected_subnet(&v6("fe80::", 64)),
+            None,
+            "link-local is every link's"
+        );
+        let mut routed6 = v6("fd00:4::", 64);
+        routed6
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(
+                "fd00:2::1".parse().unwrap(),
+            )));
+        assert_eq!(connected_subnet(&routed6), None);
+        let mut by_nexthop = v6("fd00:5::", 64);
+        by_nexthop.attributes.push(RouteAttribute::NhId(7));
+        assert_eq!(connected_subnet(&by_nexthop), None);
+        let mut local6 = link6.clone();
+        local6.header.kind = RouteType::Local;
+        assert_eq!(connected_subnet(&local6), None);
+        let mut other_table6 = link6.clone();
+        other_table6.header.table = 255;
+        assert_eq!(connected_subnet(&other_table6), None);
+        assert_eq!(
+            events_in(&datagram(vec![RouteNetlinkMessage::NewRoute(link6)])),
+            LinkChanges {
+                connected: true,
+                ..LinkChanges::default()
+            }
+        );
+        assert_eq!(
+            events_in(&datagram(vec![RouteNetlinkMessage::NewRoute(routed6)])),
+            LinkChanges::default()
+        );
         // And as events: only a connected subnet's coming or going is one.
         assert_eq!(
             events_in(&datagram(vec![

@@ -191,9 +191,7 @@ impl DesiredState {
         let id = table[slot as usize];
         let hairpin = self.backends.get(&id).is_some_and(|b| {
             let client = Addr::from(src.ip());
-            client.is_v4()
-                && b.addr.is_v4()
-                && client.same_v4_subnet(&b.addr, backend_flags::on_link_prefix(b.flags))
+            client.same_subnet(&b.addr, backend_flags::on_link_prefix(b.flags))
         });
         Explanation::Maglev {
             service: name,

@@ -506,22 +506,24 @@ fn plan_spec(
     Ok(())
 }
 
-/// The `backend_flags::ON_LINK_SHIFT` bits of a backend this node reaches on an IPv4 subnet
-/// it knows: its clients inside that subnet speak through the node. A local swarm task's
+/// The `backend_flags::ON_LINK_SHIFT` bits of a backend this node reaches on a subnet it
+/// knows: its clients inside that subnet speak through the node. A local swarm task's
 /// subnet is the one its provider names (`docker_gwbridge`'s); a file or API backend's is the
 /// node's connected subnet holding it. A task on another node is reached through the tunnel,
 /// on no subnet of this node's.
 fn on_link_flags(backend: &BackendSpec, node: &NodeFacts) -> u16 {
-    if !backend.address.is_ipv4() {
-        return 0;
-    }
     let prefix = match backend.mesh {
         Some(m) if m.via.is_none() => m.on_link_prefix,
         Some(_) => None,
         None => node.on_link_prefix(backend.address),
     };
+    let longest = if backend.address.is_ipv4() {
+        32
+    } else {
+        backend_flags::ON_LINK_MAX_PREFIX
+    };
     prefix
-        .filter(|p| (1..=32).contains(p))
+        .filter(|p| (1..=longest).contains(p))
         .map_or(0, |p| u16::from(p) << backend_flags::ON_LINK_SHIFT)
 }
 
@@ -775,11 +777,11 @@ mod tests {
         NodeFacts::with_addresses(&NODE.map(|a| a.parse().unwrap()))
     }
 
-    /// Only a task this node reaches on an IPv4 subnet of known length gets the hairpin bits;
-    /// a task on another node, a file's backend outside the node's connected subnets or an
-    /// IPv6 one does not.
+    /// Only a task this node reaches on a subnet of known length the flags hold gets the
+    /// hairpin bits; a task on another node or a file's backend outside the node's connected
+    /// subnets does not.
     #[test]
-    fn on_link_prefix_marks_local_ipv4_tasks_only() {
+    fn on_link_prefix_marks_tasks_on_a_known_subnet_only() {
         use crate::source::file::MeshBackend;
         let backend = |address: &str, via: Option<&str>, prefix: Option<u8>| BackendSpec {
             address: address.parse().unwrap(),
@@ -810,7 +812,9 @@ mod tests {
             bits(&backend("198.19.0.6", Some("198.18.50.2"), Some(24))),
             0
         );
-        assert_eq!(bits(&backend("fd00:61::3", None, Some(24))), 0);
+        assert_eq!(bits(&backend("fd00:61::3", None, Some(64))), 64);
+        assert_eq!(bits(&backend("fd00:61::3", None, Some(127))), 127);
+        assert_eq!(bits(&backend("fd00:61::3", None, Some(128))), 0, "too long");
         let file_backend = BackendSpec {
             mesh: None,
             ..backend("198.18.61.3", None, Some(24))
@@ -860,8 +864,12 @@ mod tests {
             prefix,
         };
         let node = NodeFacts {
-            addresses: vec![ip("198.18.2.1"), ip("198.18.1.1")],
-            connected: vec![subnet("198.18.1.0", 24), subnet("198.18.2.0", 24)],
+            addresses: vec![ip("198.18.2.1"), ip("198.18.1.1"), ip("fd00:2::1")],
+            connected: vec![
+                subnet("198.18.1.0", 24),
+                subnet("198.18.2.0", 24),
+                subnet("fd00:2::", 64),
+            ],
         };
         let yaml = r#"
 services:
@@ -873,6 +881,14 @@ services:
     vip: 198.18.100.2
     ports: ["80:8080/tcp"]
     backends: ["198.18.3.10", "198.18.2.1", "198.18.2.11"]
+  web6:
+    vip: "fd00:100::1"
+    ports: ["80:8080/tcp"]
+    backends: ["fd00:2::a"]
+  others6:
+    vip: "fd00:100::2"
+    ports: ["80:8080/tcp"]
+    backends: ["fd00:3::a"]
 "#;
         let mut file = ServiceFile::parse(yaml, Path::new("t.yaml")).expect("valid file");
         file.services.get_mut("others").unwrap().backends[2].mesh =
@@ -900,6 +916,8 @@ services:
                 (ip("198.18.2.10"), 24),
                 (ip("198.18.2.11"), 28),
                 (ip("198.18.3.10"), 0),
+                (ip("fd00:2::a"), 64),
+                (ip("fd00:3::a"), 0),
             ])
         );
         let hairpin = |state: &DesiredState, client: &str| match state.explain(
@@ -916,6 +934,25 @@ services:
             !hairpin(&state, "198.18.1.2:40000"),
             "a client of another subnet"
         );
+        // The same for IPv6: the backend is fd00:2::a alone, so any client of its /64 is
+        // answered through the node.
+        let hairpin6 = |client: &str| match state.explain(
+            proto::TCP,
+            client.parse().unwrap(),
+            "[fd00:100::1]:80".parse().unwrap(),
+        ) {
+            Explanation::Maglev {
+                hairpin, backend, ..
+            } => {
+                assert_eq!(backend.ip(), ip("fd00:2::a"), "{client}");
+                hairpin
+            }
+            other => panic!("{other}"),
+        };
+        assert!(hairpin6("[fd00:2::b]:40000"), "an IPv6 neighbour");
+        assert!(hairpin6("[fd00:2::a]:40000"), "the IPv6 backend itself");
+        assert!(!hairpin6("[fd00:1::2]:40000"), "a client of another subnet");
+        assert!(!hairpin6("[fd00:3::b]:40000"), "a client of another subnet");
         // The subnet narrows to a /25 the backend is in but the neighbour is not, then goes.
         let mut narrowed = node.clone();
         narrowed.connected[1] = subnet("198.18.2.0", 25);

@@ -1,32 +1,34 @@
 //! What a plan knows of the node it is for, read from the kernel by the caller
 //! (`dataplane::node_facts`) so planning stays pure.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-/// The node's side of a plan: its addresses and the IPv4 subnets it is directly connected to.
+use lb_common::{Addr, maps::backend_flags};
+
+/// The node's side of a plan: its addresses and the subnets it is directly connected to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     /// Every usable unicast address: VIP-less services publish their ports on them.
     pub addresses: Vec<IpAddr>,
-    /// The routes of its main IPv4 table without a gateway, sorted: a backend inside one is
-    /// answered through the node by the clients it shares the subnet with (hairpin).
+    /// The routes of its main IPv4 and IPv6 tables without a gateway, sorted: a backend
+    /// inside one is answered through the node by the clients it shares the subnet with
+    /// (hairpin).
     pub connected: Vec<ConnectedSubnet>,
 }
 
-/// An IPv4 subnet the node reaches directly (a link route: no gateway), as `network/prefix`.
+/// A subnet the node reaches directly (a link route: no gateway), as `network/prefix`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConnectedSubnet {
-    pub network: Ipv4Addr,
-    /// 0-32.
+    pub network: IpAddr,
+    /// 0-32 (IPv4), 0-128 (IPv6).
     pub prefix: u8,
 }
 
 impl ConnectedSubnet {
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix.min(32)))
-            .unwrap_or(0);
-        u32::from(addr) & mask == u32::from(self.network) & mask
+    /// Whether `addr` (of either family) is inside: the kernel's rule (`Addr::same_subnet`),
+    /// so the plan and the program never disagree.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        Addr::from(addr).same_subnet(&Addr::from(self.network), self.prefix)
     }
 }
 
@@ -42,21 +44,20 @@ impl NodeFacts {
 
     /// The prefix length of the subnet the node reaches `backend` on directly: the most
     /// specific connected subnet holding it, as the kernel's route lookup picks. `None` for
-    /// IPv6 (the kernel's hairpin is IPv4 only), for one of the node's own addresses (reached
-    /// locally, not over the link), for a default route's "subnet" (/0: everyone) and for an
-    /// address no connected subnet holds.
+    /// one of the node's own addresses (reached locally, not over the link), for a default
+    /// route's "subnet" (/0: everyone), for an address no connected subnet holds, and where
+    /// that subnet is an IPv6 host route (/128: longer than the backend's flags hold; its
+    /// one address is the backend's own).
     pub fn on_link_prefix(&self, backend: IpAddr) -> Option<u8> {
-        let IpAddr::V4(addr) = backend else {
-            return None;
-        };
         if self.addresses.contains(&backend) {
             return None;
         }
         self.connected
             .iter()
-            .filter(|s| (1..=32).contains(&s.prefix) && s.contains(addr))
+            .filter(|s| s.prefix >= 1 && s.contains(backend))
             .map(|s| s.prefix)
             .max()
+            .filter(|&p| p <= backend_flags::ON_LINK_MAX_PREFIX)
     }
 }
 
@@ -112,10 +113,35 @@ mod tests {
     }
 
     #[test]
-    fn own_addresses_ipv6_and_a_link_default_route_give_none() {
-        let node = node(&["198.18.2.0/24", "0.0.0.0/0"]);
+    fn an_ipv6_backend_gets_the_prefix_of_its_connected_subnet() {
+        let facts = node(&["fd00:2::/64", "fd00::/16", "fd00:2::8/125", "198.18.2.0/24"]);
+        assert_eq!(prefix(&facts, "fd00:2::a"), Some(125));
+        assert_eq!(prefix(&facts, "fd00:2::10"), Some(64), "past the /125");
+        assert_eq!(
+            prefix(&facts, "fd00:3::a"),
+            Some(16),
+            "only the /16 holds it"
+        );
+        assert_eq!(prefix(&facts, "fd01::a"), None, "reached through no link");
+        assert_eq!(prefix(&facts, "fd00:2::1"), None, "the node's own address");
+        // A host route is the one address: longer than the flags hold, and no hairpin for
+        // anyone but the backend itself.
+        let host = node(&["fd00:2::/64", "fd00:2::a/128"]);
+        assert_eq!(prefix(&host, "fd00:2::a"), None);
+        assert_eq!(prefix(&host, "fd00:2::b"), Some(64));
+        // A /127 is the longest the flags hold.
+        assert_eq!(prefix(&node(&["fd00:2::a/127"]), "fd00:2::b"), Some(127));
+    }
+
+    #[test]
+    fn own_addresses_the_other_family_and_a_link_default_route_give_none() {
+        let node = node(&["198.18.2.0/24", "0.0.0.0/0", "::/0"]);
         assert_eq!(prefix(&node, "198.18.2.1"), None, "the node's own address");
-        assert_eq!(prefix(&node, "fd00:2::a"), None, "IPv6");
+        assert_eq!(
+            prefix(&node, "fd00:2::a"),
+            None,
+            "no IPv6 subnet but the default"
+        );
         assert_eq!(
             prefix(&node, "198.19.200.7"),
             None,
