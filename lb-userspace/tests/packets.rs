@@ -8,6 +8,8 @@ mod aggregate;
 mod conntrack_filter;
 #[path = "packets/frontend_filter.rs"]
 mod frontend_filter;
+#[path = "packets/icmpv6_errors.rs"]
+mod icmpv6_errors;
 #[path = "packets/partial.rs"]
 mod partial;
 #[path = "packets/refusals.rs"]
