@@ -22,9 +22,9 @@ use super::{parse::*, value::*, *};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFile {
-    services: Option<RawServices>,
+    services: Option<Named<RawService>>,
     lbd: Option<crate::source::settings::RawSettings>,
-    swarm: Option<BTreeMap<String, Option<RawSwarmPolicy>>>,
+    swarm: Option<Named<RawSwarmPolicy>>,
 }
 
 /// A swarm service's policy: a service's fields less those the swarm gives (ports,
@@ -44,8 +44,22 @@ pub(super) struct RawSwarmPolicy {
     local_first: Option<Scalar>,
 }
 
-/// Services in file order. A plain map would let a repeated name silently replace the first.
-pub(super) struct RawServices(Vec<(String, RawService)>);
+/// Entries of a mapping by name (services, swarm policies), in file order. A plain map would
+/// let a repeated name silently replace the first.
+pub(super) struct Named<T>(Vec<(String, T)>);
+
+/// What an entry of a [`Named`] mapping is called in an error.
+pub(super) trait EntryKind {
+    const WHAT: &'static str;
+}
+
+impl EntryKind for RawService {
+    const WHAT: &'static str = "service";
+}
+
+impl EntryKind for RawSwarmPolicy {
+    const WHAT: &'static str = "swarm policy";
+}
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,31 +116,32 @@ impl<'de> Deserialize<'de> for RawBackend {
     }
 }
 
-impl<'de> Deserialize<'de> for RawServices {
+impl<'de, T: Deserialize<'de> + Default + EntryKind> Deserialize<'de> for Named<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawServices;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Default + EntryKind> Visitor<'de> for V<T> {
+            type Value = Named<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of service names to services")
+                write!(f, "a mapping of {0} names to {0} fields", T::WHAT)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawServices, A::Error> {
-                let mut services: Vec<(String, RawService)> = Vec::new();
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut entries: Vec<(String, T)> = Vec::new();
                 let mut names = HashSet::new();
                 while let Some(name) = map.next_key::<String>()? {
                     if !names.insert(name.clone()) {
                         return Err(de::Error::custom(format_args!(
-                            "service {name:?} is defined twice; give each service one entry"
+                            "{what} {name:?} is defined twice; give each {what} one entry",
+                            what = T::WHAT
                         )));
                     }
-                    // `web:` with nothing under it is a service with no fields.
-                    let service = map.next_value::<Option<RawService>>()?.unwrap_or_default();
-                    services.push((name, service));
+                    // `web:` with nothing under it is an entry with no fields.
+                    let entry = map.next_value::<Option<T>>()?.unwrap_or_default();
+                    entries.push((name, entry));
                 }
-                Ok(RawServices(services))
+                Ok(Named(entries))
             }
         }
-        deserializer.deserialize_map(V)
+        deserializer.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -173,10 +188,10 @@ impl ServiceFile {
             (file.services, file.lbd, file.swarm)
         });
         let swarm = swarm
-            .unwrap_or_default()
+            .map_or_else(Vec::new, |named| named.0)
             .into_iter()
             .map(|(name, raw)| {
-                let policy = swarm_policy_from_raw(&name, raw.unwrap_or_default(), origin)?;
+                let policy = swarm_policy_from_raw(&name, raw, origin)?;
                 Ok((name, policy))
             })
             .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;

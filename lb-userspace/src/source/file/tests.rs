@@ -248,7 +248,18 @@ fn service_names() {
         assert!(message.contains("not a valid service name"), "{message}");
     }
     let message = syntax_error(&format!("services:\n  web:\n{PORTS}  web:\n{PORTS}"));
-    assert!(message.contains("\"web\" is defined twice"), "{message}");
+    assert!(
+        message.contains("service \"web\" is defined twice"),
+        "{message}"
+    );
+    // A swarm policy too: the second would replace the first unseen.
+    let message = syntax_error(
+        "services: {}\nswarm:\n  web:\n    scheduler: round-robin\n  web:\n    vip: 198.18.100.5\n",
+    );
+    assert!(
+        message.contains("swarm policy \"web\" is defined twice"),
+        "{message}"
+    );
 }
 
 #[test]
