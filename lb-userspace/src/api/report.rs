@@ -78,6 +78,24 @@ pub struct ServiceReport {
     pub backends: Vec<BackendReport>,
 }
 
+impl ServiceReport {
+    /// What the service's totals count beyond its listed backends' (packets, bytes, new
+    /// flows): backends since removed, or out of the plan while their checks fail. `None`
+    /// when the rows add up.
+    pub fn unlisted(&self) -> Option<Totals> {
+        let sum = |count: fn(&Totals) -> u64| -> u64 {
+            self.backends.iter().map(|b| count(&b.totals)).sum()
+        };
+        let unlisted = Totals {
+            packets: self.totals.packets.saturating_sub(sum(|t| t.packets)),
+            bytes: self.totals.bytes.saturating_sub(sum(|t| t.bytes)),
+            new_flows: self.totals.new_flows.saturating_sub(sum(|t| t.new_flows)),
+            ..Totals::default()
+        };
+        (unlisted != Totals::default()).then_some(unlisted)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendReport {
     #[serde(skip)]
@@ -184,5 +202,47 @@ impl Report {
             }
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(packets: u64, bytes: u64, new_flows: u64) -> Totals {
+        Totals {
+            packets,
+            bytes,
+            new_flows,
+            ..Totals::default()
+        }
+    }
+
+    #[test]
+    fn what_the_listed_backends_do_not_count_is_unlisted() {
+        let backend = |port: u16, t: Totals| BackendReport {
+            id: 0,
+            target: SocketAddr::from(([198, 18, 2, 10], port)),
+            weight: 1,
+            state: "active".into(),
+            totals: t,
+        };
+        let mut service = ServiceReport {
+            id: 0,
+            name: "web".into(),
+            frontend: "80:8080/tcp".into(),
+            family: "ipv4".into(),
+            source: Source::File,
+            frontends: Vec::new(),
+            totals: totals(138, 9000, 12),
+            socket: Default::default(),
+            backends: vec![
+                backend(8080, totals(50, 4000, 5)),
+                backend(8081, totals(63, 3000, 4)),
+            ],
+        };
+        assert_eq!(service.unlisted(), Some(totals(25, 2000, 3)));
+        service.totals = totals(113, 7000, 9);
+        assert_eq!(service.unlisted(), None, "the rows add up");
     }
 }

@@ -550,6 +550,14 @@ async fn stats(api: &Endpoint, json: bool) -> anyhow::Result<()> {
                 rate(t.new_flows_per_s),
             ]);
         }
+        // So that the rows add up to the service's: what backends since removed (or down,
+        // below) counted.
+        if let Some(u) = s.unlisted() {
+            let mut row = vec![String::new(), "(backends not listed)".to_owned()];
+            row.extend([u.packets, u.bytes, u.new_flows].map(|n| n.to_string()));
+            row.resize(7, "-".to_owned());
+            rows.push(row);
+        }
         // Backends down by their checks are out of the plan, so out of the rows above: said
         // once per service (a service has a row per mapping and address family).
         let down = report.backend_states.get(&s.name).map_or(0, |b| b.down);
