@@ -12,8 +12,8 @@
 //!    `harness_vary`; 80 bytes for IPv6: `harness_v6`, `harness_v6_vary`);
 //! 3. the `_vary` programs only: make the packet a new flow (a per-CPU sequence number goes
 //!    into the low 15 bits of the source address and into the TCP/UDP source port, checksums
-//!    fixed incrementally), so 2^30 iterations are 2^30 distinct flows (or, with `VARY_SPAN`
-//!    set to N, the same N flows over and over);
+//!    fixed incrementally), so 2^30 iterations are 2^30 distinct flows (or, with `VARY_CYCLE`
+//!    set to a span of N, the same N flows over and over, in the order its stride gives);
 //! 4. tail-call slot 0 of `TARGET`, which userspace fills with the program under test.
 //!
 //! The floor programs calibrate the method: `floor_pass` (returns XDP_PASS), `floor_tx_only`
@@ -86,11 +86,14 @@ static PRISTINE: Array<[u64; 16], 1> = Array::new();
 #[btf_map]
 static VARY_SEQ: PerCpuArray<u32, 2> = PerCpuArray::new();
 
-/// 0: the vary programs' sequence only grows (a new flow every iteration). N: it runs through
-/// 0..N and starts again, so the packets cycle through N flows (the spread classes, whose
-/// flows are prefilled).
+/// How the vary programs' sequence moves: `[span, stride]`. A span of 0: it only grows (a
+/// new flow every iteration). A span of N: it steps by the stride modulo N, through every
+/// flow of 0..N when the two are coprime (the spread classes, whose flows are prefilled in
+/// the order 0..N: a stride of 1 visits them in that order, which is also the order the
+/// table laid them out in memory; another visits them scattered, as traffic does). One map
+/// lookup, as before the stride; a step costs an add and a compare, no division.
 #[btf_map]
-static VARY_SPAN: Array<u32, 1> = Array::new();
+static VARY_CYCLE: Array<[u32; 2], 1> = Array::new();
 
 /// Slot 0: the program under test.
 #[btf_map]
@@ -162,13 +165,21 @@ fn restore(ctx: &XdpContext, layout: &Layout, vary: bool) -> Option<()> {
         }
     }
     if vary {
-        let span = *VARY_SPAN.get(0)?;
+        let [span, stride] = *VARY_CYCLE.get(0)?;
         let seq = VARY_SEQ.get_ptr_mut(u32::from(span != 0))?;
         // SAFETY: per-CPU value, only this CPU's runs touch it.
         let n = unsafe {
-            let n = if span != 0 && *seq >= span { 0 } else { *seq };
-            *seq = n.wrapping_add(1);
-            n
+            if span == 0 {
+                let n = *seq;
+                *seq = n.wrapping_add(1);
+                n
+            } else {
+                let n = if *seq >= span { 0 } else { *seq };
+                // stride < span (userspace's rule): one subtraction wraps it.
+                let next = n.wrapping_add(stride);
+                *seq = if next >= span { next - span } else { next };
+                n
+            }
         };
         // Low 16 bits of the source: 1 in the top bit, then the low 15 bits of n (so a client
         // in 198.18.x.y becomes 198.18.128.0/17, fd00:1::2 becomes fd00:1::8000/113). Source

@@ -19,6 +19,10 @@ pub(super) struct Bench {
     pub(super) client_if: u32,
     pub(super) backend_if: u32,
     pub(super) backend_if_mac: [u8; 6],
+    /// Spread classes visit their flows scattered (`scatter_stride`) rather than in the order
+    /// they were inserted: set once the warm-up passes have run (in insertion order, which
+    /// is how the tracked floor fills its table).
+    pub(super) scatter_visits: bool,
 }
 
 /// Result of one test run.
@@ -79,7 +83,8 @@ impl Bench {
     }
 
     /// Points the harness at `target`, makes `frame` its pristine copy and `vary_span` the
-    /// vary programs' span (0: a new flow every packet).
+    /// vary programs' span (0: a new flow every packet), visited in insertion order until
+    /// `scatter_visits` is set, then scattered (see `scatter_stride`).
     pub(super) fn arm_harness(
         &mut self,
         target: Target,
@@ -103,9 +108,19 @@ impl Bench {
         let mut pristine: Array<&mut MapData, [u64; 16]> =
             Array::try_from(self.harness.map_mut("PRISTINE").context("map PRISTINE")?)?;
         pristine.set(0, words, 0).context("setting PRISTINE[0]")?;
-        let mut span: Array<&mut MapData, u32> =
-            Array::try_from(self.harness.map_mut("VARY_SPAN").context("map VARY_SPAN")?)?;
-        span.set(0, vary_span, 0).context("setting VARY_SPAN[0]")?;
+        let stride = if self.scatter_visits {
+            scatter_stride(vary_span)
+        } else {
+            1
+        };
+        let mut cycle: Array<&mut MapData, [u32; 2]> = Array::try_from(
+            self.harness
+                .map_mut("VARY_CYCLE")
+                .context("map VARY_CYCLE")?,
+        )?;
+        cycle
+            .set(0, [vary_span, stride], 0)
+            .context("setting VARY_CYCLE[0]")?;
         Ok(())
     }
 
@@ -404,5 +419,51 @@ impl Bench {
             median_ns: median,
             wall_us: wall.as_secs_f64() * 1e6 / f64::from(calls),
         })
+    }
+}
+
+/// The harness's stride through a span of `span` prefilled flows once they are measured: the
+/// odd number nearest 0.618 × `span` coprime to it, so every flow is visited once a cycle and
+/// consecutive packets' flows were inserted far apart (insertion order is the order the
+/// table hands out its preallocated entries: visited in it, each entry's neighbour in memory
+/// comes next, which flatters every table's cold figures). 1 for spans below 4.
+pub(super) fn scatter_stride(span: u32) -> u32 {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    if span < 4 {
+        return 1;
+    }
+    let mut stride = ((u64::from(span) * 618 / 1000) as u32) | 1;
+    while gcd(stride, span) != 1 {
+        stride += 2;
+    }
+    stride
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scatter_stride;
+
+    /// Every flow of the span once a cycle, as the harness steps (`n + stride`, less the span
+    /// once past it), and never two neighbours in a row.
+    #[test]
+    fn the_scatter_stride_visits_every_flow_once_a_cycle() {
+        for span in [1, 2, 3, 1024, 1000, 100_000, 65_536, 999_983] {
+            let stride = scatter_stride(span);
+            assert!(stride < span.max(2), "span {span}: stride {stride}");
+            let mut seen = vec![false; span as usize];
+            let mut n = 0u32;
+            for _ in 0..span {
+                assert!(!seen[n as usize], "span {span}: {n} twice");
+                seen[n as usize] = true;
+                let next = n + stride;
+                n = if next >= span { next - span } else { next };
+            }
+            assert!(seen.iter().all(|s| *s), "span {span}");
+            if span >= 4 {
+                assert!(stride > 1, "span {span}: scattered");
+            }
+        }
     }
 }

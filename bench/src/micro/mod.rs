@@ -107,6 +107,21 @@ pub struct MicroArgs {
     /// `=` (for quick looks and profiling; the table then has gaps).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The order the spread rows visit their flows in.
+    #[arg(long, value_enum, default_value_t = SpreadOrder::Scattered)]
+    spread_order: SpreadOrder,
+}
+
+/// The order the spread rows (every packet another of N tracked flows) visit their flows in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpreadOrder {
+    /// Each packet's flow inserted far from the previous one's, as traffic comes (see
+    /// `scatter_stride`).
+    Scattered,
+    /// The order the tables took them, so each entry's neighbour in memory comes next: the
+    /// method before 2026-12-08, which flatters every table's cold figures.
+    Inserted,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,6 +271,7 @@ fn measure(
         client_if: lb_userspace::dataplane::ifindex("lbc")?,
         backend_if,
         backend_if_mac,
+        scatter_visits: false,
     };
     open_measured_flows(&mut bench, &layout, &frames)?;
     let fill_iterations = check_and_fill(args, &mut bench, &classes)?;
@@ -591,6 +607,9 @@ fn check_and_fill(args: &MicroArgs, bench: &mut Bench, classes: &[Class]) -> Res
     for class in classes.iter().filter(|c| c.vary_span > 0) {
         bench.run(class, class.vary_span)?;
     }
+    // From here the spread classes visit their flows scattered, not in the order the tables
+    // took them (see `scatter_stride`), unless asked for that order.
+    bench.scatter_visits = args.spread_order == SpreadOrder::Scattered;
     let single_shot_classes = single_shot_classes(args, classes);
     estimate_s += single_shot_classes.len() as f64
         * f64::from(args.single_shot_calls)

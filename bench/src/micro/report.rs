@@ -120,6 +120,8 @@ pub struct Params {
     pub conntrack_entries: u32,
     pub scale_services: Vec<u32>,
     pub prefill_flows: u32,
+    /// How the spread rows visited their flows.
+    pub spread_order: super::SpreadOrder,
     pub prefilled_entries: Option<u64>,
     pub new_flow_fill_iterations: u32,
     /// `Dataplane::apply` time per service selection table (map-in-map update).
@@ -318,7 +320,13 @@ impl Report {
                 katran.new_flow_1k
                     .map_or(String::new(), |v| format!(", {} ns at 1k", ns(v)))
             ),
-            "Scaling dataplanes: extra services have one backend each and a 101-slot Maglev table (VIPs in 198.19.128.0/17); the measured service keeps 16 backends and the default 16,381-slot table. Their frontends, backends and backend endpoints are all loaded; their selection tables are not (apart from a timed sample, see below), because neither measured path reads them and each one costs an RCU grace period to load. Prefilled flows were inserted from userspace (forward and reply entry each) into the default-sized table. Spread rows (issue 16's cold flows): each table holds N prefilled flows (its own dataplane; the largest is the prefilled one above) and harness_vary cycles through exactly those N (its VARY_SPAN), so every packet is another established flow; one pass over them before the rounds cached their routes, and a flow seen again after more than a second looks its route up again, as in service.".to_owned(),
+            format!(
+                "Scaling dataplanes: extra services have one backend each and a 101-slot Maglev table (VIPs in 198.19.128.0/17); the measured service keeps 16 backends and the default 16,381-slot table. Their frontends, backends and backend endpoints are all loaded; their selection tables are not (apart from a timed sample, see below), because neither measured path reads them and each one costs an RCU grace period to load. Prefilled flows were inserted from userspace (forward and reply entry each) into the default-sized table. Spread rows (issue 16's cold flows): each table holds N prefilled flows (its own dataplane; the largest is the prefilled one above) and harness_vary cycles through exactly those N (its VARY_CYCLE span), so every packet is another established flow, {}; one pass over them in insertion order before the rounds cached their routes (and filled the tracked floors' tables), and a flow seen again after more than a second looks its route up again, as in service.",
+                match args.spread_order {
+                    super::SpreadOrder::Scattered => "visited scattered (flow i·s mod N, s coprime near 0.618 N) rather than in the order the tables took them and laid them out (`--spread-order scattered`)",
+                    super::SpreadOrder::Inserted => "visited in the order the tables took them, each entry's neighbour in memory next (`--spread-order inserted`, the method before 2026-12-08: it flatters every table's cold figures)",
+                }
+            ),
             "Single-shot rows: repeat = 1 per BPF_PROG_TEST_RUN call, the mean of the kernel-reported per-call durations (quantised to about 10 ns on this VM kind), Katran's own perf method; every call includes the test-run set-up, so these are not comparable with the repeat rows.".to_owned(),
             "The kernel reports the mean per iteration as an integer number of ns (it divides its total by repeat, and leaves out time the thread was rescheduled); 'wall' is the whole syscall's wall-clock time divided by repeat, a cross-check that includes preemption and, with repeat > 1, about 10 ms per call for switching the XDP dispatcher to the program (about 1 ns per packet at repeat = 10,000,000).".to_owned(),
         ];
@@ -345,6 +353,7 @@ impl Report {
                 conntrack_entries: args.conntrack_entries,
                 scale_services: args.scale_services.clone(),
                 prefill_flows: args.prefill_flows,
+                spread_order: args.spread_order,
                 prefilled_entries: outcome.prefilled_entries,
                 new_flow_fill_iterations: outcome.fill_iterations,
                 selection_table_apply: outcome.table_cost,
