@@ -23,7 +23,7 @@ pub enum CleanupError {
     #[error(transparent)]
     Pin(#[from] DataplaneError),
     #[error(
-        "withdrawing the VIPs in {}: {source}; nothing removed: the dataplane keeps serving \
+        "withdrawing the VIPs in {}: {error}; nothing removed: the dataplane keeps serving \
          the traffic BIRD may still attract (fix BIRD and run lbd cleanup again){}",
         include.display(),
         recorded_in.as_ref().map_or(String::new(), |r| format!(
@@ -36,11 +36,11 @@ pub enum CleanupError {
         include: PathBuf,
         /// The record it came from, when no flag or file named it.
         recorded_in: Option<PathBuf>,
-        source: AnnounceError,
+        error: AnnounceError,
     },
     /// What lbd run announced through cannot be known: nothing is withdrawn or removed.
     #[error("{0}; nothing removed")]
-    Record(#[from] record::RecordError),
+    Record(record::RecordError),
 }
 
 /// What happened to the VIPs of one include file.
@@ -76,7 +76,7 @@ pub fn cleanup(
     given: Option<&BirdSettings>,
 ) -> Result<Cleaned, CleanupError> {
     let claim = pin::claim_for_cleanup(pin_dir, when_running)?;
-    let recalled = record::recalled(state_dir, pin_dir)?;
+    let recalled = record::recalled(state_dir, pin_dir).map_err(CleanupError::Record)?;
     let given_count = usize::from(given.is_some());
     let mut targets: Vec<BirdSettings> = given.into_iter().cloned().collect();
     for settings in recalled {
@@ -119,10 +119,10 @@ pub fn cleanup(
 /// Empties the include file `bgp` names and tells its BIRD (`recorded_in`: the record it
 /// came from, if no flag or file named it).
 fn withdraw(bgp: &BirdSettings, recorded_in: Option<&Path>) -> Result<Withdrawal, CleanupError> {
-    try_withdraw(bgp).map_err(|source| CleanupError::Withdraw {
+    try_withdraw(bgp).map_err(|error| CleanupError::Withdraw {
         include: bgp.include.clone(),
         recorded_in: recorded_in.map(Path::to_path_buf),
-        source,
+        error,
     })
 }
 
@@ -131,14 +131,14 @@ fn try_withdraw(bgp: &BirdSettings) -> Result<Withdrawal, AnnounceError> {
         Ok(_) => Ok(Withdrawal::Withdrawn),
         // No socket, or nobody behind it: not running, unless a `bird` process runs (then
         // the socket path is wrong, and the VIPs may well be announced).
-        Err(AnnounceError::Unreachable { socket, source })
+        Err(AnnounceError::Unreachable { socket, error })
             if matches!(
-                source.kind(),
+                error.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) && !bird_process_runs() =>
         {
             Ok(Withdrawal::BirdNotRunning(format!(
-                "{}: {source}",
+                "{}: {error}",
                 socket.display()
             )))
         }

@@ -37,4 +37,76 @@ mod tests {
         let io = std::io::Error::other("refused");
         assert_eq!(with_causes(&io), "refused");
     }
+
+    /// Whether `error`'s text holds the text of a cause it also gives as `source()`: then
+    /// `{:#}` (anyhow, as lbd prints) tells that cause twice.
+    fn repeats_a_cause(error: &dyn std::error::Error) -> bool {
+        let text = error.to_string();
+        let mut cause = error.source();
+        for _ in 0..8 {
+            let Some(c) = cause else { return false };
+            if text.contains(&c.to_string()) {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+
+    /// The errors whose text tells their cause (mid-sentence, or followed by advice) do not
+    /// also give it as their source.
+    #[test]
+    fn no_error_tells_its_cause_twice() {
+        use std::path::PathBuf;
+
+        use crate::{
+            announce::{AnnounceError, record::RecordError},
+            cleanup::CleanupError,
+            control::event_loop::RunError,
+            source::swarm::{follow::ReadError, snapshot::SnapshotError},
+        };
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let path = || PathBuf::from("/x");
+        let unreachable = || AnnounceError::Unreachable {
+            socket: path(),
+            error: io(),
+        };
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(RunError::Io {
+                what: "metrics on 127.0.0.1:1".into(),
+                error: io(),
+            }),
+            Box::new(AnnounceError::Write {
+                path: path(),
+                error: io(),
+            }),
+            Box::new(unreachable()),
+            Box::new(RecordError::Io {
+                path: path(),
+                action: "read",
+                error: io(),
+            }),
+            Box::new(RecordError::Unreadable {
+                path: path(),
+                error: serde_json::from_str::<u8>("x").unwrap_err(),
+            }),
+            Box::new(CleanupError::Record(RecordError::Io {
+                path: path(),
+                action: "read",
+                error: io(),
+            })),
+            Box::new(CleanupError::Withdraw {
+                include: path(),
+                recorded_in: None,
+                error: unreachable(),
+            }),
+            Box::new(ReadError::Shape(SnapshotError {
+                what: "a node".into(),
+                message: "no ID".into(),
+            })),
+        ];
+        for error in errors {
+            assert!(!repeats_a_cause(&*error), "told twice: {error:?}");
+        }
+    }
 }

@@ -247,10 +247,11 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     assert_eq!(reply.backend, "backend-0");
 }
 
-/// A listener lbd cannot have (the metrics address taken) stops its start before anything is
-/// loaded or attached: the error names the address, and nothing stays pinned or attached.
+/// A listener lbd cannot have (the metrics address taken, or not up on this node) stops its
+/// start before anything is loaded or attached: the error names the address and the way out,
+/// tells the system's error once, and nothing stays pinned or attached.
 #[test]
-fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
+fn a_listener_address_lbd_cannot_have_stops_the_start_before_anything_is_attached() {
     if !e2e_enabled() {
         return;
     }
@@ -260,42 +261,60 @@ fn a_listener_address_in_use_stops_the_start_before_anything_is_attached() {
         .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
         .expect("enter the node")
         .expect("bind a port");
-    let addr = taken.local_addr().unwrap().to_string();
+    let in_use = taken.local_addr().unwrap().to_string();
     let scratch = ScratchPath::temp("listener", "");
     let pins = scratch_pins("listener");
     std::fs::create_dir_all(&*scratch).unwrap();
     let config = scratch.join("services.yaml");
     std::fs::write(&config, SERVICES).unwrap();
     let (state, api) = (scratch.join("state"), scratch.join("api.sock"));
-    let mut cmd = Command::new(lbd());
-    cmd.args([
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--interface",
-        &topo.node_client_if,
-        "--pin-dir",
-        pins.arg(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--api",
-        api.to_str().unwrap(),
-        "--metrics",
-        &addr,
-        "--socket-lb",
-        "off",
-        "--conntrack-entries",
-        "65536",
-    ]);
-    let out = lbd_that_fails(&topo.node, cmd);
-    let attached = topo.node.xdp_attached(&topo.node_client_if).unwrap();
-    assert!(out.contains(&format!("metrics on {addr}")), "{out}");
-    assert!(
-        !pins.exists() && !attached,
-        "the failed start left its pins ({}) or its program ({attached}) behind: {out}",
-        pins.exists()
-    );
-    assert!(!api.exists(), "the API socket stayed: {out}");
+    // ::1 is not up while `lo` is down (127.0.0.1 still binds: IPv4 treats it apart).
+    let not_up = "[::1]:9464";
+    for (addr, fix, os_error) in [
+        (
+            in_use.as_str(),
+            "choose another with --metrics",
+            "os error 98",
+        ),
+        (not_up, "ip link set lo up", "os error 99"),
+    ] {
+        if addr == not_up {
+            topo.node.ip(&["link", "set", "lo", "down"]).unwrap();
+        }
+        let mut cmd = Command::new(lbd());
+        cmd.args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--interface",
+            &topo.node_client_if,
+            "--pin-dir",
+            pins.arg(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--api",
+            api.to_str().unwrap(),
+            "--metrics",
+            addr,
+            "--socket-lb",
+            "off",
+            "--conntrack-entries",
+            "65536",
+        ]);
+        let out = lbd_that_fails(&topo.node, cmd);
+        let attached = topo.node.xdp_attached(&topo.node_client_if).unwrap();
+        assert!(
+            out.contains(&format!("metrics on {addr}")) && out.contains(fix),
+            "{out}"
+        );
+        assert_eq!(out.matches(os_error).count(), 1, "told once: {out}");
+        assert!(
+            !pins.exists() && !attached,
+            "the failed start left its pins ({}) or its program ({attached}) behind: {out}",
+            pins.exists()
+        );
+        assert!(!api.exists(), "the API socket stayed: {out}");
+    }
     drop(taken);
 }
 

@@ -35,15 +35,15 @@ pub const PROTOCOL_V6: &str = "meshlb_vips6";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
-    #[error("cannot write the BIRD include file {path}: {source}; check lbd.bgp.bird_include")]
+    #[error("cannot write the BIRD include file {path}: {error}; check lbd.bgp.bird_include")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{}", unreachable_message(socket, source))]
+    #[error("{}", unreachable_message(socket, error))]
     Unreachable {
         socket: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// BIRD answers, but does not run the include file's protocols: `bird.conf` does not
     /// include it (any more), or BIRD is shutting down.
@@ -175,9 +175,9 @@ impl Announcer {
         if !self.unconfirmed && std::fs::read_to_string(path).is_ok_and(|old| old == text) {
             return Ok(Synced::Unchanged);
         }
-        write_atomically(path, &text).map_err(|source| AnnounceError::Write {
+        write_atomically(path, &text).map_err(|error| AnnounceError::Write {
             path: path.clone(),
-            source,
+            error,
         })?;
         self.unconfirmed = true;
         self.reconfigure()?;
@@ -249,9 +249,9 @@ impl Announcer {
     /// BIRD's reply to `command` on its control socket.
     fn ask(&self, command: &str) -> Result<Vec<String>, AnnounceError> {
         let socket = &self.settings.socket;
-        bird_command(socket, command).map_err(|source| AnnounceError::Unreachable {
+        bird_command(socket, command).map_err(|error| AnnounceError::Unreachable {
             socket: socket.clone(),
-            source,
+            error,
         })
     }
 }

@@ -25,24 +25,24 @@ pub const RECORD_FILE: &str = "announced-through.json";
 pub enum RecordError {
     #[error(
         "{}: cannot {action} the record of the BIRD include files lbd announced through \
-         ({source}); lbd cleanup needs it to withdraw them: fix its permissions, or remove it \
+         ({error}); lbd cleanup needs it to withdraw them: fix its permissions, or remove it \
          and name each include file with lbd cleanup --bird-include",
         path.display()
     )]
     Io {
         path: PathBuf,
         action: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
-        "{}: unreadable record of the BIRD include files lbd announced through ({source}); \
+        "{}: unreadable record of the BIRD include files lbd announced through ({error}); \
          lbd cleanup needs it to withdraw them: remove it, and name each include file with \
          lbd cleanup --bird-include",
         path.display()
     )]
     Unreadable {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -64,13 +64,14 @@ pub fn record_path(state_dir: &Path) -> PathBuf {
 fn read(state_dir: &Path) -> Result<Record, RecordError> {
     let path = record_path(state_dir);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|source| RecordError::Unreadable { path, source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|error| RecordError::Unreadable { path, error })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::new()),
-        Err(source) => Err(RecordError::Io {
+        Err(error) => Err(RecordError::Io {
             path,
             action: "read",
-            source,
+            error,
         }),
     }
 }
@@ -86,10 +87,10 @@ fn write(state_dir: &Path, record: &Record) -> Result<(), RecordError> {
         let bytes = serde_json::to_vec_pretty(record).expect("paths serialize");
         crate::source::api_state::write_atomically(&path, &bytes)
     };
-    result.map_err(|source| RecordError::Io {
+    result.map_err(|error| RecordError::Io {
         path,
         action: "write",
-        source,
+        error,
     })
 }
 

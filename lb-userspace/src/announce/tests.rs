@@ -230,7 +230,7 @@ fn a_socket_that_refuses_lbd_names_the_group_fix() {
     let socket = Path::new("/run/bird/bird.ctl");
     let refused = AnnounceError::Unreachable {
         socket: socket.to_owned(),
-        source: std::io::ErrorKind::PermissionDenied.into(),
+        error: std::io::ErrorKind::PermissionDenied.into(),
     }
     .to_string();
     assert!(
@@ -239,7 +239,7 @@ fn a_socket_that_refuses_lbd_names_the_group_fix() {
     );
     let absent = AnnounceError::Unreachable {
         socket: socket.to_owned(),
-        source: std::io::ErrorKind::NotFound.into(),
+        error: std::io::ErrorKind::NotFound.into(),
     }
     .to_string();
     assert!(absent.contains("is BIRD running"), "{absent}");

@@ -39,11 +39,9 @@ pub struct RunOptions {
 pub enum RunError {
     #[error(transparent)]
     Daemon(#[from] DaemonError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    // The cause is told in the text, not given as the source too: `{:#}` would repeat it.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     #[error("{0}")]
     Token(String),
     #[error("the swarm follower: {0}")]
@@ -52,7 +50,7 @@ pub enum RunError {
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let what = what.into();
-    move |source| RunError::Io { what, source }
+    move |error| RunError::Io { what, error }
 }
 
 /// The daemon's last counters, for the one JSON line `lbd run` prints when it stops.
@@ -179,19 +177,38 @@ struct TcpListeners {
 impl TcpListeners {
     async fn bind(options: &RunOptions) -> Result<Self, RunError> {
         let api = match &options.api_listen {
-            Some((addr, _)) => Some(tokio::net::TcpListener::bind(addr).await.map_err(io(
-                format!("admin API on {addr} (choose another with --api-listen)"),
-            ))?),
+            Some((addr, _)) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                let what = bind_failure("admin API", *addr, &e, "--api-listen");
+                RunError::Io { what, error: e }
+            })?),
             None => None,
         };
         let metrics = tokio::net::TcpListener::bind(options.metrics)
             .await
-            .map_err(io(format!(
-                "metrics on {} (choose another with --metrics)",
-                options.metrics
-            )))?;
+            .map_err(|e| {
+                let what = bind_failure("metrics", options.metrics, &e, "--metrics");
+                RunError::Io { what, error: e }
+            })?;
         Ok(Self { api, metrics })
     }
+}
+
+/// What a listener that could not bind `addr` was, and the way out. "Cannot assign requested
+/// address" means no interface of this node has the address up: for a loopback address, `lo`
+/// is down (a new network namespace starts so), which choosing another address would not fix.
+fn bind_failure(listener: &str, addr: SocketAddr, error: &std::io::Error, flag: &str) -> String {
+    if error.kind() != std::io::ErrorKind::AddrNotAvailable {
+        return format!("{listener} on {addr} (choose another with {flag})");
+    }
+    let bring_up = if addr.ip().is_loopback() {
+        "bring the loopback interface up (`ip link set lo up`)"
+    } else {
+        "add it to an interface"
+    };
+    format!(
+        "{listener} on {addr}: the address is not up on this node; {bring_up}, or choose \
+         another with {flag}"
+    )
 }
 
 /// Every listener, bound before the start, and the TCP API's token.
@@ -395,7 +412,7 @@ fn pump_kernel_log(shared: &Arc<Shared>) -> Result<(), RunError> {
     }
     .map_err(|e| RunError::Io {
         what: "watching the kernel log".into(),
-        source: e.into(),
+        error: e.into(),
     })?;
     tokio::spawn(async move {
         loop {
@@ -782,6 +799,42 @@ pub fn swarm_interfaces() -> Result<(Vec<String>, Vec<String>), RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_address_that_is_not_up_is_told_so() {
+        let not_here = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        let text = bind_failure(
+            "metrics",
+            "[::1]:9464".parse().unwrap(),
+            &not_here,
+            "--metrics",
+        );
+        assert!(
+            text.contains("not up on this node") && text.contains("ip link set lo up"),
+            "{text}"
+        );
+        let text = bind_failure(
+            "admin API",
+            "198.18.0.1:1".parse().unwrap(),
+            &not_here,
+            "--api-listen",
+        );
+        assert!(
+            text.contains("not up on this node") && !text.contains("ip link set lo up"),
+            "{text}"
+        );
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let text = bind_failure(
+            "metrics",
+            "127.0.0.1:9464".parse().unwrap(),
+            &in_use,
+            "--metrics",
+        );
+        assert_eq!(
+            text,
+            "metrics on 127.0.0.1:9464 (choose another with --metrics)"
+        );
+    }
 
     #[test]
     fn docker_made_interfaces_are_not_underlay() {

@@ -45,7 +45,7 @@ pub enum ReadError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("the Docker Engine's answer is not what it documents: {0}")]
-    Shape(#[from] SnapshotError),
+    Shape(SnapshotError),
 }
 
 /// The follower's health, for `lbctl status` and `/metrics`.
@@ -134,7 +134,7 @@ pub async fn follow(
         let took = started.elapsed();
         earliest_read = Instant::now() + took * DUTY_DIVISOR;
         let read = match answers {
-            Ok(answers) => Snapshot::from_answers(&answers).map_err(ReadError::from),
+            Ok(answers) => Snapshot::from_answers(&answers).map_err(ReadError::Shape),
             Err(e) => Err(e.into()),
         };
         match read {
