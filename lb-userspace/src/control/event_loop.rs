@@ -284,6 +284,7 @@ async fn serve(
     // swarm, the node's addresses) do not retry it: each retry plans the whole file and logs
     // the refusal again.
     let mut refused_with: Option<ApiState> = None;
+    let watching = options.watch.is_some() && config.is_some();
     let mut file_watch = tokio::time::interval(options.watch.unwrap_or(Duration::from_secs(3600)));
     file_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Interfaces, addresses and connected subnets: netlink's link, address and route events
@@ -305,19 +306,19 @@ async fn serve(
                     token.reread();
                 }
                 let stamp = config.and_then(file_stamp);
-                let reloaded = reload(&shared, Trigger::Signal).await;
+                let reloaded = reload(&shared, Trigger::Signal, watching).await;
                 if !matches!(reloaded, Reload::Failed) {
                     watched = stamp;
                     refused_with = reloaded.refused_with();
                 }
             }
             _ = every_second.tick() => {
-                follow_interfaces(&shared, &mut seen_addresses, false).await;
+                follow_interfaces(&shared, &mut seen_addresses, false, watching).await;
             }
             Some(changes) = link_event(links.as_ref()) => {
-                follow_interfaces(&shared, &mut seen_addresses, changes.connected).await;
+                follow_interfaces(&shared, &mut seen_addresses, changes.connected, watching).await;
             }
-            _ = file_watch.tick(), if options.watch.is_some() && config.is_some() => {
+            _ = file_watch.tick(), if watching => {
                 // A change whose reload failed (not refused) is tried again at the next check;
                 // a refused one once the API changed.
                 let stamp = config.and_then(file_stamp);
@@ -328,7 +329,7 @@ async fn serve(
                 // A file being written in place is left until it has settled.
                 let settling = stamp.is_some_and(|(modified, ..)| !settled(modified, SystemTime::now()));
                 if (stamp != watched || retry) && !settling {
-                    let reloaded = reload(&shared, Trigger::File).await;
+                    let reloaded = reload(&shared, Trigger::File, watching).await;
                     if !matches!(reloaded, Reload::Failed) {
                         watched = stamp;
                         refused_with = reloaded.refused_with();
@@ -497,6 +498,7 @@ async fn follow_interfaces(
     shared: &Arc<Shared>,
     seen_addresses: &mut Option<Vec<std::net::IpAddr>>,
     connected_changed: bool,
+    watching: bool,
 ) {
     let s = shared.clone();
     let seen = seen_addresses.clone();
@@ -518,7 +520,7 @@ async fn follow_interfaces(
     *seen_addresses = now;
     if changed {
         info!("the node's {what} changed; replanning");
-        let _ = reload(shared, Trigger::Addresses).await;
+        let _ = reload(shared, Trigger::Addresses, watching).await;
     }
 }
 
@@ -642,7 +644,7 @@ impl Reload {
 /// Re-reads the service file and applies the difference; the answer goes to the log (every
 /// line says "reload"). A change of the node's addresses replans with the file as last
 /// accepted: an edit of it waits for its own reload (settled, or signalled).
-async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
+async fn reload(shared: &Arc<Shared>, trigger: Trigger, watching: bool) -> Reload {
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut daemon = s.daemon();
@@ -670,8 +672,8 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
         Ok((Err(e), Some(api))) => {
             error!(
                 trigger = trigger.as_str(),
-                "reload refused, the running configuration stays (tried again once the API \
-                 changes, or at a SIGHUP): {e:#}"
+                "reload refused, the running configuration stays ({}): {e:#}",
+                retried_when(trigger, watching)
             );
             Reload::Refused(api)
         }
@@ -686,6 +688,21 @@ async fn reload(shared: &Arc<Shared>, trigger: Trigger) -> Reload {
             error!("reload: {e}");
             Reload::Failed
         }
+    }
+}
+
+/// When a refused reload is tried again, as `serve` does: the file watch (`watching`) reads a
+/// changed file, and a refused one again once the API state it was refused with changed; a
+/// SIGHUP always reloads. A replan for the node's addresses is not retried as such: any change
+/// applied later plans with the addresses of then.
+fn retried_when(trigger: Trigger, watching: bool) -> &'static str {
+    match (trigger, watching) {
+        (Trigger::Addresses, _) => {
+            "planned again at the next change of the node's addresses, or with any change \
+             applied (of the service file, the API, health or the swarm)"
+        }
+        (_, true) => "tried again when the file changes, when the API changes, or at SIGHUP",
+        (_, false) => "tried again at SIGHUP (the file is not watched: its watch interval is 0)",
     }
 }
 
