@@ -1456,6 +1456,67 @@ fn wait_for_log(lb: &Lbd, text: &str, since: Instant, limit: Duration) {
     }
 }
 
+/// A service file lbd refuses (a typo) shows in `lbctl status`, which exits 3 for it, until
+/// the fixed file is applied on its own; the log says when the file is tried again.
+#[test]
+fn a_refused_service_file_shows_in_status_until_it_is_fixed() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let lb = start_watched(&topo);
+    let unhealthy = Some(i32::from(lb_userspace::api::Unhealthy::EXIT_CODE));
+    let typo = services(r#""198.18.2.11""#).replace("ports:", "port:");
+    std::fs::write(lb.config_path(), typo).unwrap();
+    wait_for_log(
+        &lb,
+        "tried again when the file changes, when the API changes, or at SIGHUP",
+        Instant::now(),
+        Duration::from_secs(3),
+    );
+    let (code, out, err) = lb.lbctl_exit(&["status"]).unwrap();
+    assert_eq!(code, unhealthy, "{out}{err}");
+    assert!(
+        out.contains("REFUSED: the service file") && out.contains("unknown field `port`"),
+        "{out}"
+    );
+    let refused = &lbctl_json(&lb, &["status"])["config_refused"];
+    assert_eq!(refused["file"], lb.config_path().display().to_string());
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown field `port`")),
+        "{refused}"
+    );
+    assert!(
+        refused["since_unix_s"].as_u64().is_some_and(|s| s > 0),
+        "{refused}"
+    );
+    assert_eq!(
+        new_flows_reach(&topo, 4),
+        set(&["backend-0"]),
+        "the running one stays"
+    );
+
+    std::fs::write(lb.config_path(), services(r#""198.18.2.11""#)).unwrap();
+    let fixed = Instant::now();
+    loop {
+        let (code, out, _) = lb.lbctl_exit(&["status"]).unwrap();
+        if code == Some(0) {
+            assert!(!out.contains("REFUSED"), "{out}");
+            break;
+        }
+        assert!(
+            fixed.elapsed() < Duration::from_secs(3),
+            "still refused after the fix: {out}\n{}",
+            lb.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lbctl_json(&lb, &["status"])["config_refused"].is_null());
+    assert_eq!(new_flows_reach(&topo, 4), set(&["backend-1"]));
+}
+
 /// A file change refused because the API has a service of the same name is applied once the
 /// operator takes the way out the refusal names (`lbctl remove-service`), without a signal.
 #[test]

@@ -85,6 +85,23 @@ pub struct Status {
     /// (`crate::dataplane::node_ports`): what is shared, and the fix.
     #[serde(default)]
     pub node_ports_shared: Option<String>,
+    /// Set while the service file's last reload was refused for what it says: lbd runs the
+    /// configuration it had, not the file's, until a reload of the file applies.
+    #[serde(default)]
+    pub config_refused: Option<ConfigRefused>,
+}
+
+/// The service file's refusal, kept until a reload of the file applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRefused {
+    /// The service file.
+    pub file: String,
+    /// Why its last reload was refused.
+    pub error: String,
+    /// When it was first refused (Unix seconds), and how long ago that was: a refusal whose
+    /// error text changes (the file edited, still wrong) keeps its first time.
+    pub since_unix_s: u64,
+    pub age_s: u64,
 }
 
 /// How announcing the VIPs through BIRD is doing (`crate::announce`).
@@ -121,8 +138,8 @@ pub struct BgpStatus {
 }
 
 impl Status {
-    /// What is wrong, though lbd answers: a failed change not undone (`degraded`), an
-    /// interface deleted (`missing`), the swarm's Engine not answering, BIRD not taking the
+    /// What is wrong, though lbd answers: a failed change not undone (`degraded`), the
+    /// service file refused, an interface deleted (`missing`), the swarm's Engine not answering, BIRD not taking the
     /// VIPs, none of BIRD's BGP sessions established (or none there), or where they are
     /// announced not recorded. Empty: healthy.
     /// `lbctl status` exits `Unhealthy::EXIT_CODE` when there is any.
@@ -132,6 +149,13 @@ impl Status {
             .iter()
             .map(|why| format!("degraded: {why}"))
             .collect();
+        problems.extend(self.config_refused.as_ref().map(|r| {
+            format!(
+                "the service file {} is refused (for {} s; the running configuration stays \
+                 until it is fixed): {}",
+                r.file, r.age_s, r.error
+            )
+        }));
         problems.extend(
             self.attachments
                 .iter()
@@ -642,6 +666,17 @@ mod tests {
             status(serde_json::json!({ "swarm": swarm(true) }))
                 .problems()
                 .is_empty()
+        );
+        let refused = status(serde_json::json!({
+            "config_refused": { "file": "services.yaml", "error": "unknown field `port`",
+                                "since_unix_s": 1000, "age_s": 12 },
+        }));
+        assert_eq!(
+            refused.problems(),
+            [
+                "the service file services.yaml is refused (for 12 s; the running configuration \
+                 stays until it is fixed): unknown field `port`"
+            ]
         );
         let unhealthy = status(serde_json::json!({
             "degraded": "a write failed and was not undone",

@@ -226,6 +226,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult<Status> {
             swarm: d.swarm_status(),
             bgp,
             node_ports_shared: crate::dataplane::node_ports::shared_with_kernel(),
+            config_refused: d.config_refused(),
         }))
     })
     .await

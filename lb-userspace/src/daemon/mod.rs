@@ -28,6 +28,7 @@ mod explain;
 mod health;
 mod links;
 mod reads;
+mod refusal;
 mod report;
 mod saved;
 mod sockets;
@@ -143,6 +144,8 @@ pub struct Daemon {
     /// Why the API state file may hold a change lbd did not keep (its restore failed); the
     /// next change writes it again.
     api_file_behind: Option<String>,
+    /// The service file's refusal, while a reload of it has not applied since.
+    file_refused: Option<refusal::FileRefusal>,
     /// Attached interfaces that were deleted, and re-attachments by interface.
     links: links::LinkState,
     /// Checked backends' states: down ones are left out of the plan.
@@ -275,6 +278,7 @@ impl Daemon {
             started: Instant::now(),
             degraded: None,
             api_file_behind: None,
+            file_refused: None,
             links: links::LinkState::following_bridges(options.docker_bridges, saved_bridges),
             health,
             merged_epoch: 1,
@@ -299,8 +303,16 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Re-reads the service file and applies the difference.
+    /// Re-reads the service file and applies the difference; a refusal of it is kept for
+    /// `lbctl status` until a reload applies it.
     pub fn reload_file(&mut self, trigger: Trigger) -> Result<Outcome, DaemonError> {
+        let result = self.read_and_commit_file(trigger);
+        let now = std::time::SystemTime::now();
+        self.file_refused = refusal::FileRefusal::after(self.file_refused.take(), &result, now);
+        result
+    }
+
+    fn read_and_commit_file(&mut self, trigger: Trigger) -> Result<Outcome, DaemonError> {
         let file = match &self.config_path {
             None => self.file.clone(),
             Some(path) => match ServiceFile::load(path) {

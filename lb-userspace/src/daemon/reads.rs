@@ -88,6 +88,24 @@ impl Daemon {
         self.started.elapsed().as_secs()
     }
 
+    /// The service file's refusal, while no reload of it has applied since.
+    pub fn config_refused(&self) -> Option<crate::api::ConfigRefused> {
+        let refused = self.file_refused.as_ref()?;
+        let unix_s = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        Some(crate::api::ConfigRefused {
+            file: self
+                .config_path
+                .as_ref()
+                .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string()),
+            error: refused.error.clone(),
+            since_unix_s: unix_s(refused.since),
+            age_s: refused.since.elapsed().map_or(0, |d| d.as_secs()),
+        })
+    }
+
     /// What may not match what lbd runs: the maps (a failed undo), the API state file (a
     /// failed restore).
     pub fn degraded(&self) -> Option<String> {

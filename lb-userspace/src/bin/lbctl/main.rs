@@ -64,7 +64,8 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// lbd's state: generation, interfaces, changes. Exits 3 when lbd answers but is not
-    /// healthy (a failed change not undone, an interface missing, the swarm's Engine silent).
+    /// healthy (a failed change not undone, the service file refused, an interface missing,
+    /// the swarm's Engine silent, BIRD not running the VIPs or without a BGP session).
     Status,
     /// Services, frontends, backends, weights and states.
     List,
@@ -313,6 +314,13 @@ async fn status(api: &Endpoint, json: bool) -> anyhow::Result<()> {
     );
     if let Some(why) = &status.degraded {
         println!("DEGRADED: {why}");
+    }
+    if let Some(refused) = &status.config_refused {
+        println!(
+            "REFUSED: the service file {} (for {} s; the running configuration stays until it \
+             is fixed): {}",
+            refused.file, refused.age_s, refused.error
+        );
     }
     let rows = status
         .attachments
