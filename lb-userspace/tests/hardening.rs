@@ -247,6 +247,48 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     assert_eq!(reply.backend, "backend-0");
 }
 
+/// A second `lbd run` on a pin directory another lbd runs with is refused naming the running
+/// one's pid and how to stop it, as `lbd cleanup` does.
+#[test]
+fn a_second_lbd_on_the_same_pin_directory_names_the_running_one() {
+    if !e2e_enabled() {
+        return;
+    }
+    let topo = Topology::new(1).expect("topology");
+    let mut lb = start(&topo, &[]);
+    let pid = lb.pid().unwrap();
+    let scratch = ScratchPath::temp("same-pins", "");
+    std::fs::create_dir_all(&*scratch).unwrap();
+    let config = scratch.join("services.yaml");
+    std::fs::write(&config, SERVICES).unwrap();
+    let mut cmd = Command::new(lbd());
+    cmd.args([
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--interface",
+        &topo.node_client_if,
+        "--pin-dir",
+        lb.pin_dir().to_str().unwrap(),
+        "--state-dir",
+        scratch.join("state").to_str().unwrap(),
+        "--api",
+        scratch.join("api.sock").to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:9465",
+        "--socket-lb",
+        "off",
+    ]);
+    let out = lbd_that_fails(&topo.node, cmd);
+    assert!(
+        out.contains(&format!("lbd (pid {pid}) is running with pin directory"))
+            && out.contains(&format!("kill {pid}")),
+        "{out}"
+    );
+    let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
+    assert!(ok, "the first lbd still answers: {err}");
+}
+
 /// A listener lbd cannot have (the metrics address taken, or not up on this node) stops its
 /// start before anything is loaded or attached: the error names the address and the way out,
 /// tells the system's error once, and nothing stays pinned or attached.

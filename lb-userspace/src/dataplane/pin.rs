@@ -167,11 +167,14 @@ pub(crate) fn lock(dir: &Path) -> Result<std::fs::File, DataplaneError> {
         let e = std::io::Error::last_os_error();
         return Err(DataplaneError::Pin(
             if e.kind() == std::io::ErrorKind::WouldBlock {
+                let holder = Holder::of(dir);
                 format!(
-                    "another lbd is running with pin directory {}; stop it first (systemctl stop \
-                     meshlb), or give this one a pin directory, a state directory and an API \
-                     socket of its own (--pin-dir, --state-dir, --api)",
-                    dir.display()
+                    "{} is running with pin directory {}; stop it first ({}), or give this one \
+                     a pin directory, a state directory and an API socket of its own \
+                     (--pin-dir, --state-dir, --api)",
+                    holder.who(),
+                    dir.display(),
+                    holder.how_to_stop()
                 )
             } else {
                 format!("locking {}: {e}", dir.display())
@@ -522,21 +525,9 @@ pub fn claim_for_cleanup(
     let lock = match lock(dir) {
         Ok(lock) => lock,
         Err(_) => {
-            let holders = lock_holders(dir);
-            let who = if holders.is_empty() {
-                "an lbd".to_owned()
-            } else {
-                format!(
-                    "lbd (pid {})",
-                    holders
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            let unit = holders.iter().find_map(|&pid| systemd_unit_of(pid));
-            if let (WhenRunning::Stop, Some(unit)) = (when_running, &unit) {
+            let holder = Holder::of(dir);
+            let (who, holders) = (holder.who(), &holder.pids);
+            if let (WhenRunning::Stop, Some(unit)) = (when_running, &holder.unit) {
                 return Err(refuse(format!(
                     "{who} runs under systemd's {unit}, which would start it again once \
                      stopped; stop the unit first (`systemctl stop {unit}`, or `systemctl start \
@@ -546,21 +537,54 @@ pub fn claim_for_cleanup(
             if when_running == WhenRunning::Refuse || holders.is_empty() {
                 return Err(refuse(format!(
                     "{who} is running with this pin directory and removing its pins would detach \
-                     the dataplane under it; stop it first (`systemctl stop meshlb`{}), or run \
-                     `lbd cleanup --force` to stop it and clean up",
-                    holders
-                        .first()
-                        .map(|pid| format!(" or `kill {pid}`"))
-                        .unwrap_or_default()
+                     the dataplane under it; stop it first ({}), or run `lbd cleanup --force` to \
+                     stop it and clean up",
+                    holder.how_to_stop()
                 )));
             }
-            stop_holders(dir, &holders)?
+            stop_holders(dir, holders)?
         }
     };
     Ok(Some(Cleanup {
         dir: dir.to_owned(),
         _lock: lock,
     }))
+}
+
+/// Who holds a pin directory's lock (another lbd), as `/proc` tells: for the errors of `lbd
+/// run` and `lbd cleanup` that ask to stop it first.
+struct Holder {
+    /// Empty when `/proc/locks` does not tell (another PID namespace).
+    pids: Vec<u32>,
+    /// The systemd unit it is the main process of, if any.
+    unit: Option<String>,
+}
+
+impl Holder {
+    fn of(dir: &Path) -> Self {
+        let pids = lock_holders(dir);
+        let unit = pids.iter().find_map(|&pid| systemd_unit_of(pid));
+        Self { pids, unit }
+    }
+
+    /// "lbd (pid 7235)", or "an lbd" when its pid is not known.
+    fn who(&self) -> String {
+        if self.pids.is_empty() {
+            return "an lbd".to_owned();
+        }
+        let pids: Vec<String> = self.pids.iter().map(u32::to_string).collect();
+        format!("lbd (pid {})", pids.join(", "))
+    }
+
+    /// How to stop it: through its unit (systemd would start a killed one again), else
+    /// `systemctl stop meshlb` or a kill of its pid.
+    fn how_to_stop(&self) -> String {
+        match (&self.unit, self.pids.first()) {
+            (Some(unit), _) => format!("`systemctl stop {unit}`"),
+            (None, Some(pid)) => format!("`systemctl stop meshlb` or `kill {pid}`"),
+            (None, None) => "`systemctl stop meshlb`".to_owned(),
+        }
+    }
 }
 
 /// The systemd service unit whose main process `pid` is: a child of pid 1 (as systemd starts
@@ -656,6 +680,25 @@ mod lock_tests {
                      4: -> FLOCK  ADVISORY  WRITE 4243 00:1d:5678 0 EOF\n";
         assert_eq!(super::holders_in(locks, dev, 5678), [4242, 4243]);
         assert!(super::holders_in(locks, dev, 1).is_empty());
+    }
+
+    #[test]
+    fn the_holder_is_named_by_pid_and_stopped_through_its_unit() {
+        let holder = |pids: Vec<u32>, unit: Option<&str>| super::Holder {
+            pids,
+            unit: unit.map(str::to_owned),
+        };
+        let shell = holder(vec![7235], None);
+        assert_eq!(shell.who(), "lbd (pid 7235)");
+        assert_eq!(
+            shell.how_to_stop(),
+            "`systemctl stop meshlb` or `kill 7235`"
+        );
+        let unit = holder(vec![7235], Some("lbd-east.service"));
+        assert_eq!(unit.how_to_stop(), "`systemctl stop lbd-east.service`");
+        let unknown = holder(vec![], None);
+        assert_eq!(unknown.who(), "an lbd");
+        assert_eq!(unknown.how_to_stop(), "`systemctl stop meshlb`");
     }
 }
 
