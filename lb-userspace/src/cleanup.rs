@@ -187,7 +187,7 @@ pub fn withdraw_earlier(
 }
 
 /// Whether a process named `bird` runs on this machine (any namespace of this pid namespace).
-fn bird_process_runs() -> bool {
+pub fn bird_process_runs() -> bool {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()

@@ -247,6 +247,44 @@ fn a_failed_start_names_the_program_in_the_way_and_leaves_nothing_behind() {
     assert_eq!(reply.backend, "backend-0");
 }
 
+/// `lbd cleanup` with no BGP settings, given or recorded, warns that VIPs may stay announced
+/// only while a BIRD runs on the node: without one nothing is announced through it.
+#[test]
+fn cleanup_warns_of_unwithdrawn_vips_only_while_a_bird_runs() {
+    if !e2e_enabled() {
+        return;
+    }
+    let scratch = ScratchPath::temp("cleanup-no-bgp", "");
+    std::fs::create_dir_all(&*scratch).unwrap();
+    let pins = scratch_pins("cleanup-no-bgp");
+    let state = scratch.join("state");
+    let args = [
+        "cleanup",
+        "--pin-dir",
+        pins.arg(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    let warning = "no BGP settings";
+    let bird_runs = || {
+        let out = Command::new("pgrep").args(["-x", "bird"]).output().unwrap();
+        out.status.success()
+    };
+    // A real BIRD on this machine makes the warning right: only the second half then.
+    if !bird_runs() {
+        let (ok, out) = run_lbd(None, &args);
+        assert!(ok && !out.contains(warning), "{out}");
+    }
+    // Any process named bird (a copy of sleep here) is a BIRD that may announce.
+    let bird = scratch.join("bird");
+    std::fs::copy("/bin/sleep", &bird).unwrap();
+    let mut child = Command::new(&bird).arg("30").spawn().unwrap();
+    let (ok, out) = run_lbd(None, &args);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok && out.contains(warning), "{out}");
+}
+
 /// A second `lbd run` on a pin directory another lbd runs with is refused naming the running
 /// one's pid and how to stop it, as `lbd cleanup` does.
 #[test]

@@ -353,7 +353,10 @@ fn cleanup(
     }
     // Loud: a node whose lbd announced through BIRD and whose state directory is gone (or
     // another than --state-dir names) keeps its VIPs announced with nothing serving them.
-    if done.withdrawals.is_empty() {
+    // lbd run records where it announces before it does (a record it could not write, its
+    // status showed), so no record means no announcing from this state directory, but the
+    // directory may be another; with no BIRD running, nothing is announced through any.
+    if done.withdrawals.is_empty() && lb_userspace::cleanup::bird_process_runs() {
         warn!(
             "no BGP settings (--bird-include, lbd.bgp in --config, or recorded by lbd run in \
              {}): no VIP withdrawn; if this node announces VIPs through BIRD, the router keeps \
