@@ -1517,6 +1517,48 @@ fn a_refused_service_file_shows_in_status_until_it_is_fixed() {
     assert_eq!(new_flows_reach(&topo, 4), set(&["backend-1"]));
 }
 
+/// IPv6 forwarding off on an interface is warned of only once the configuration has an IPv6
+/// frontend (an IPv4-only node needs none), once for that interface.
+#[test]
+fn ipv6_forwarding_off_is_warned_of_only_with_ipv6_frontends() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let interface = &topo.node_client_if;
+    topo.node
+        .set_sysctl(&format!("net.ipv6.conf.{interface}.forwarding"), "0")
+        .unwrap();
+    let lb = start_watched(&topo);
+    let warning = "IPv6 forwarding is off";
+    assert!(!lb.output().contains(warning), "{}", lb.output());
+    let web6 = "  web6:\n    vip: \"fd00:100::1\"\n    ports: [\"80:8080/tcp\"]\n    backends: [\"fd00:2::a\"]\n";
+    std::fs::write(
+        lb.config_path(),
+        format!("{}{web6}", services(r#""198.18.2.10""#)),
+    )
+    .unwrap();
+    wait_for_log(&lb, warning, Instant::now(), Duration::from_secs(3));
+    // A later change does not warn again.
+    std::fs::write(
+        lb.config_path(),
+        format!("{}{web6}", services(r#""198.18.2.11""#)),
+    )
+    .unwrap();
+    let changed = Instant::now();
+    while new_flows_reach(&topo, 1) != set(&["backend-1"]) {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "{}",
+            lb.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = lb.output();
+    assert_eq!(out.matches(warning).count(), 1, "{out}");
+    assert!(out.contains(interface.as_str()), "{out}");
+}
+
 /// A file change refused because the API has a service of the same name is applied once the
 /// operator takes the way out the refusal names (`lbctl remove-service`), without a signal.
 #[test]

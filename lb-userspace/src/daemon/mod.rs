@@ -146,6 +146,9 @@ pub struct Daemon {
     api_file_behind: Option<String>,
     /// The service file's refusal, while a reload of it has not applied since.
     file_refused: Option<refusal::FileRefusal>,
+    /// Interfaces whose IPv6 forwarding was found off while the plan had IPv6 frontends:
+    /// warned once each (`tell_ipv6_forwarding`).
+    ipv6_forwarding_told: BTreeSet<String>,
     /// Attached interfaces that were deleted, and re-attachments by interface.
     links: links::LinkState,
     /// Checked backends' states: down ones are left out of the plan.
@@ -279,6 +282,7 @@ impl Daemon {
             degraded: None,
             api_file_behind: None,
             file_refused: None,
+            ipv6_forwarding_told: BTreeSet::new(),
             links: links::LinkState::following_bridges(options.docker_bridges, saved_bridges),
             health,
             merged_epoch: 1,
@@ -300,6 +304,7 @@ impl Daemon {
         daemon.count(Trigger::Startup, Outcome::Applied);
         daemon.sync_socket_namespaces();
         daemon.abort_sockets_to(gone_endpoints);
+        daemon.tell_ipv6_forwarding();
         Ok(daemon)
     }
 
@@ -471,6 +476,7 @@ impl Daemon {
         self.node = node;
         self.take_plan(next, health_shaped);
         self.generation += 1;
+        self.tell_ipv6_forwarding();
 
         self.count(trigger, Outcome::Applied);
         info!(
@@ -701,8 +707,55 @@ impl Daemon {
                 }
             }
         }
+        self.tell_ipv6_forwarding();
         done
     }
+
+    /// Warns, once per interface, of IPv6 forwarding off on an attached interface while the
+    /// running plan has IPv6 frontends (the kernel's route lookup then refuses to forward
+    /// them: `drop_fib_failed`): at the start, and when a change brings the first one or an
+    /// interface is attached later. Not an error: a node may serve IPv4 only.
+    fn tell_ipv6_forwarding(&mut self) {
+        let interfaces: Vec<&str> = self
+            .dp
+            .attachments()
+            .iter()
+            .map(|a| a.interface.as_str())
+            .collect();
+        let untold = ipv6_forwarding_untold(
+            self.running.frontends.keys(),
+            &interfaces,
+            dataplane::forwarding_enabled_v6,
+            &self.ipv6_forwarding_told,
+        );
+        for interface in untold {
+            warn!(
+                interface,
+                "IPv6 forwarding is off, and the configuration has IPv6 frontends: those \
+                 arriving on this interface are dropped as drop_fib_failed; enable with \
+                 `sysctl -w net.ipv6.conf.{interface}.forwarding=1`"
+            );
+            self.ipv6_forwarding_told.insert(interface);
+        }
+    }
+}
+
+/// The interfaces of `interfaces` not in `told` whose IPv6 forwarding is off, when
+/// `frontends` has an IPv6 one; none otherwise (IPv4 only needs no IPv6 forwarding).
+fn ipv6_forwarding_untold<'a>(
+    mut frontends: impl Iterator<Item = &'a lb_common::maps::EndpointKey>,
+    interfaces: &[&str],
+    forwarding_on: impl Fn(&str) -> bool,
+    told: &BTreeSet<String>,
+) -> Vec<String> {
+    if interfaces.iter().all(|i| told.contains(*i)) || !frontends.any(|f| !f.addr.is_v4()) {
+        return Vec::new();
+    }
+    interfaces
+        .iter()
+        .filter(|i| !told.contains(**i) && !forwarding_on(i))
+        .map(|i| (*i).to_owned())
+        .collect()
 }
 
 /// The API state saved in `state_dir` laid over `file` and the swarm's services, as a start
@@ -753,6 +806,23 @@ pub fn source_of(merged: &Merged, name: &str) -> Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_forwarding_is_told_only_with_ipv6_frontends_and_once() {
+        use lb_common::maps::EndpointKey;
+        let v4 = EndpointKey::new("198.18.100.1".parse::<IpAddr>().unwrap().into(), 80, 6);
+        let v6 = EndpointKey::new("fd00::1".parse::<IpAddr>().unwrap().into(), 80, 6);
+        let on = |interface: &str| interface == "eth1";
+        let mut told = BTreeSet::new();
+        let interfaces = ["eth0", "eth1"];
+        assert!(ipv6_forwarding_untold([v4].iter(), &interfaces, on, &told).is_empty());
+        assert_eq!(
+            ipv6_forwarding_untold([v4, v6].iter(), &interfaces, on, &told),
+            ["eth0"]
+        );
+        told.insert("eth0".to_owned());
+        assert!(ipv6_forwarding_untold([v4, v6].iter(), &interfaces, on, &told).is_empty());
+    }
     use crate::source::api_state::{BackendRef, Edit};
 
     /// A start that fails (here at an interface that does not exist; a second lbd refused

@@ -25,13 +25,6 @@ impl Dataplane {
         mode: XdpMode,
     ) -> Result<&Attachment, DataplaneError> {
         let ifindex = attachable(interface)?;
-        if !forwarding_enabled_v6(interface) {
-            // Not an error: a node may serve IPv4 only. IPv6 frontends would be dropped.
-            tracing::warn!(
-                interface,
-                "IPv6 forwarding is off: IPv6 frontends on this interface will be dropped as drop_fib_failed; enable with `sysctl -w net.ipv6.conf.{interface}.forwarding=1`"
-            );
-        }
         let Some(dir) = self.pin_dir.clone() else {
             let xdp: &mut Xdp = program(&mut self.ebpf, programs::XDP)?;
             // The links live as long as the programs: dropping the Dataplane detaches them.

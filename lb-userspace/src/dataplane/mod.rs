@@ -423,7 +423,7 @@ fn forwarding_enabled(interface: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn forwarding_enabled_v6(interface: &str) -> bool {
+pub fn forwarding_enabled_v6(interface: &str) -> bool {
     std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{interface}/forwarding"))
         .map(|v| v.trim() == "1")
         .unwrap_or(false)
