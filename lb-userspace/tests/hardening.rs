@@ -286,7 +286,7 @@ fn cleanup_warns_of_unwithdrawn_vips_only_while_a_bird_runs() {
 }
 
 /// A second `lbd run` on a pin directory another lbd runs with is refused naming the running
-/// one's pid and how to stop it, as `lbd cleanup` does.
+/// one's pid and how to stop it, as `lbd cleanup` does; one on its API socket says so once.
 #[test]
 fn a_second_lbd_on_the_same_pin_directory_names_the_running_one() {
     if !e2e_enabled() {
@@ -323,6 +323,35 @@ fn a_second_lbd_on_the_same_pin_directory_names_the_running_one() {
             && out.contains(&format!("kill {pid}")),
         "{out}"
     );
+
+    let pins = scratch_pins("same-api");
+    let api = lb.api_socket();
+    let mut cmd = Command::new(lbd());
+    cmd.args([
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--interface",
+        &topo.node_client_if,
+        "--pin-dir",
+        pins.arg(),
+        "--state-dir",
+        scratch.join("state").to_str().unwrap(),
+        "--api",
+        api.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:9465",
+        "--socket-lb",
+        "off",
+    ]);
+    let out = lbd_that_fails(&topo.node, cmd);
+    assert!(out.contains("served by another running lbd"), "{out}");
+    assert_eq!(
+        out.matches(api.to_str().unwrap()).count(),
+        1,
+        "told once: {out}"
+    );
+    assert!(!pins.exists(), "{out}");
     let (ok, _, err) = lb.lbctl(&["status"]).unwrap();
     assert!(ok, "the first lbd still answers: {err}");
 }

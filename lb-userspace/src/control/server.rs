@@ -701,7 +701,8 @@ impl ApiSocket {
 
 /// Binds the admin API socket at `path` (mode 0600). What is already there is replaced only
 /// when it is a stale socket (one nobody answers on): a live socket means another lbd, and
-/// anything else (a file, a directory, a link) is never deleted.
+/// anything else (a file, a directory, a link) is never deleted. The errors do not name
+/// `path`: the caller's context does.
 pub fn bind_unix(path: &Path) -> std::io::Result<ApiSocket> {
     use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
     if let Some(dir) = path.parent() {
@@ -714,10 +715,7 @@ pub fn bind_unix(path: &Path) -> std::io::Result<ApiSocket> {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is served by another running lbd; stop it or choose another --api",
-                        path.display()
-                    ),
+                    "it is served by another running lbd; stop it or choose another --api",
                 ));
             }
             // A socket nobody answers on: left by an lbd that was killed.
@@ -734,10 +732,9 @@ pub fn bind_unix(path: &Path) -> std::io::Result<ApiSocket> {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!(
-                    "{} exists and is {kind}, not a socket: lbd only replaces a stale socket of \
+                    "it exists and is {kind}, not a socket: lbd only replaces a stale socket of \
                      its own and leaves everything else alone; choose another --api, or move it \
-                     away yourself",
-                    path.display()
+                     away yourself"
                 ),
             ));
         }
