@@ -327,8 +327,10 @@ impl ApiState {
         }
         if self.services.contains_key(&spec.name) {
             return Err(OverlayError::Conflict(format!(
-                "service {:?} exists; remove it first or use `lbctl apply` to replace it",
-                spec.name
+                "service {name:?} exists; change its backends with `lbctl add-backend`, \
+                 `remove-backend` or `drain {name} ...`, or `lbctl remove-service {name}` and add \
+                 it again",
+                name = spec.name
             )));
         }
         self.services.insert(spec.name.clone(), spec);
@@ -380,9 +382,11 @@ impl ApiState {
         weight: Option<u32>,
         file: &ServiceFile,
     ) -> Result<(), OverlayError> {
-        // A backend it has, however named; a new one as given.
+        // A backend it has, named as the endpoint (a bare ADDR is ADDR at the target port,
+        // never another port at ADDR: that would change a backend when one was to be added);
+        // a new one as given.
         let backend = self
-            .resolve_backend(service, backend, file)
+            .resolve_backend_as(service, backend, file, Naming::Endpoint)
             .or_else(|e| match e {
                 OverlayError::NotFound(_) if self.has_service(service, file) => Ok(backend),
                 e => Err(e),
@@ -538,22 +542,54 @@ impl ApiState {
         backend: BackendRef,
         file: &ServiceFile,
     ) -> Result<BackendRef, OverlayError> {
+        self.resolve_backend_as(service, backend, file, Naming::AnyPort)
+    }
+
+    /// `resolve_backend` with the naming `naming` allows.
+    fn resolve_backend_as(
+        &self,
+        service: &str,
+        backend: BackendRef,
+        file: &ServiceFile,
+        naming: Naming,
+    ) -> Result<BackendRef, OverlayError> {
         let spec = self.current_service(service, file)?;
         let listed: Vec<BackendRef> = spec.backends.iter().map(BackendRef::of).collect();
         if listed.contains(&backend) {
             return Ok(backend);
         }
+        let at_address = |b: &BackendRef| backend.port.is_none() && b.address == backend.address;
         let candidates: Vec<BackendRef> = listed
             .iter()
             .filter(|b| {
                 // The same endpoint written another way, or ADDR for any backend at ADDR.
                 same_endpoint(&spec.ports, backend, **b)
-                    || (backend.port.is_none() && b.address == backend.address)
+                    || (naming == Naming::AnyPort && at_address(b))
             })
             .copied()
             .collect();
         match candidates.as_slice() {
             [one] => Ok(*one),
+            [] if listed.iter().any(at_address) => {
+                let others: Vec<String> = listed
+                    .iter()
+                    .filter(|b| at_address(b))
+                    .map(ToString::to_string)
+                    .collect();
+                let mut ports: Vec<u16> = spec.ports.iter().map(|m| m.backend).collect();
+                ports.sort_unstable();
+                ports.dedup();
+                let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                let reached = match backend.address {
+                    IpAddr::V4(a) => format!("{a}:{}", ports.join(",")),
+                    IpAddr::V6(a) => format!("[{a}]:{}", ports.join(",")),
+                };
+                Err(OverlayError::Conflict(format!(
+                    "service {service:?}: {backend} is {reached} here; the service has [{}]: \
+                     write ADDR:PORT ({reached} to add that endpoint, or one of those to change it)",
+                    others.join(", ")
+                )))
+            }
             [] => Err(no_backend(service, backend, &spec.backends)),
             several => Err(OverlayError::Conflict(format!(
                 "service {service:?}: backend {backend} is ambiguous; it could be any of [{}]: \
@@ -654,6 +690,17 @@ impl ApiState {
             message: format!("cannot write the API state: {e}"),
         })
     }
+}
+
+/// How a bare `ADDR` names a backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Naming {
+    /// The one backend at ADDR, whatever its port (`remove-backend`, `drain`: they act on
+    /// a backend the service has).
+    AnyPort,
+    /// Only the endpoint ADDR is as a backend of the service: ADDR at its target ports
+    /// (`add-backend`, which adds it when the service has no such endpoint).
+    Endpoint,
 }
 
 /// One service through the file's validation again, named as the merged configuration.
@@ -1249,6 +1296,73 @@ services:
             Some(&Edit::Reweighted(5))
         );
         assert_eq!(api.backend_edits["web"].len(), 2, "{:?}", api.backend_edits);
+    }
+
+    /// `add-backend` with a bare address means ADDR at the service's target port: it never
+    /// changes a backend at that address on another port, it says so and asks for ADDR:PORT.
+    #[test]
+    fn adding_a_bare_address_never_changes_a_backend_on_another_port() {
+        let f = file(
+            "services:\n  web:\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.10:9000\"]\n",
+        );
+        let mut api = ApiState::default();
+        api.drain("web", r("198.18.2.10"), &f).unwrap();
+        let drained = api.clone();
+        for weight in [None, Some(3)] {
+            let e = api
+                .set_backend("web", r("198.18.2.10"), weight, &f)
+                .unwrap_err();
+            assert!(matches!(e, OverlayError::Conflict(_)), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("198.18.2.10 is 198.18.2.10:8080 here")
+                    && e.contains("[198.18.2.10:9000]")
+                    && e.contains("write ADDR:PORT"),
+                "{e}"
+            );
+            assert_eq!(api, drained, "a refused add changes nothing");
+        }
+        // As ADDR:PORT: added beside it, or that one changed.
+        api.set_backend("web", r("198.18.2.10:8080"), None, &f)
+            .unwrap();
+        api.set_backend("web", r("198.18.2.10:9000"), None, &f)
+            .unwrap();
+        assert_eq!(
+            weights(&api.merge(&f).unwrap(), "web"),
+            [
+                ("198.18.2.10:9000".into(), 1),
+                ("198.18.2.10:8080".into(), 1)
+            ]
+        );
+        // The same endpoint written bare: what the service lists.
+        let listed = file(
+            "services:\n  web:\n    ports: [\"80:8080/tcp\"]\n    backends: [\"198.18.2.10:8080\"]\n",
+        );
+        let mut api = ApiState::default();
+        api.set_backend("web", r("198.18.2.10"), Some(4), &listed)
+            .unwrap();
+        assert_eq!(
+            weights(&api.merge(&listed).unwrap(), "web"),
+            [("198.18.2.10:8080".into(), 4)]
+        );
+    }
+
+    /// The hint of a name already taken never leads to `lbctl apply`, which would replace
+    /// every API service with the one in hand.
+    #[test]
+    fn a_taken_names_hint_cannot_remove_the_other_services() {
+        let f = file(FILE);
+        let mut api = ApiState::default();
+        api.add_service(api_service("dns", "198.18.100.2"), &f)
+            .unwrap();
+        let e = api
+            .add_service(api_service("dns", "198.18.100.2"), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("apply") && e.contains("lbctl remove-service dns"),
+            "{e}"
+        );
     }
 
     #[test]
