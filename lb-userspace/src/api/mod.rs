@@ -409,6 +409,21 @@ pub struct ChangeResult {
     /// a backend of the service), as `lbctl list` names them.
     #[serde(default)]
     pub backends: Vec<BackendWeightChange>,
+    /// Swarm services this change took off the node: the file and the API win over the
+    /// swarm (a name or a published port taken), so the change stands, but it is said here.
+    #[serde(default)]
+    pub displaced_swarm_services: Vec<DisplacedService>,
+    /// What the change left that the operator would want to know (a service with no usable
+    /// backend), one sentence each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A swarm service no longer served on this node, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplacedService {
+    pub service: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

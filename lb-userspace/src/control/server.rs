@@ -295,12 +295,26 @@ fn change_result(
     d: &Daemon,
     outcome: crate::api::Outcome,
     services: ServiceChanges,
+    displaced: Vec<crate::api::DisplacedService>,
 ) -> axum::Json<ChangeResult> {
     axum::Json(ChangeResult {
         outcome,
         generation: d.generation(),
         services,
         backends: Vec::new(),
+        displaced_swarm_services: displaced,
+        warnings: Vec::new(),
+    })
+}
+
+/// The warning for service `name` after a backend change: allowed (an operator may empty a
+/// service on purpose), but a service left with no usable backend refuses new connections.
+fn no_usable_backend(name: &str, usable: Option<usize>) -> Option<String> {
+    (usable == Some(0)).then(|| {
+        format!(
+            "{name} has no usable backend now: new connections are refused (every backend is \
+             removed, drained or failing its checks; `lbctl add-backend {name} ADDR:PORT` gives it one)"
+        )
     })
 }
 
@@ -343,7 +357,7 @@ async fn add_services(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResu
     let parsed = counted(&shared, parsed).await?;
     with_daemon(&shared, move |d| {
         let names: Vec<String> = parsed.services.keys().cloned().collect();
-        let (_, outcome) = d.change_api(|api, file| {
+        let (_, outcome, displaced) = d.change_api(|api, file| {
             for spec in parsed.services.into_values() {
                 api.add_service(spec, file)?;
             }
@@ -353,7 +367,7 @@ async fn add_services(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResu
             added: names,
             ..Default::default()
         };
-        Ok(change_result(d, outcome, changes))
+        Ok(change_result(d, outcome, changes, displaced))
     })
     .await
 }
@@ -364,12 +378,12 @@ async fn remove_service(
 ) -> ApiResult<ChangeResult> {
     with_daemon(&shared, move |d| {
         not_swarm(d, &name)?;
-        let (_, outcome) = d.change_api(|api, file| api.remove_service(&name, file))?;
+        let (_, outcome, displaced) = d.change_api(|api, file| api.remove_service(&name, file))?;
         let changes = ServiceChanges {
             removed: vec![name],
             ..Default::default()
         };
-        Ok(change_result(d, outcome, changes))
+        Ok(change_result(d, outcome, changes, displaced))
     })
     .await
 }
@@ -377,9 +391,9 @@ async fn remove_service(
 async fn apply(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<ChangeResult> {
     let parsed = counted(&shared, parse_body(&body)).await?;
     with_daemon(&shared, move |d| {
-        let (changes, outcome) =
+        let (changes, outcome, displaced) =
             d.change_api(|api, file| api.replace_services(parsed.services, file))?;
-        Ok(change_result(d, outcome, changes))
+        Ok(change_result(d, outcome, changes, displaced))
     })
     .await
 }
@@ -457,13 +471,16 @@ async fn backend_change(
     with_daemon(&shared, move |d| {
         not_swarm(d, &name)?;
         let before = backend_weights(d, &name);
-        let (_, outcome) = d.change_api(|api, file| match action {
+        let (_, outcome, displaced) = d.change_api(|api, file| match action {
             BackendAction::Set => api.set_backend(&name, backend, weight, file),
             BackendAction::Remove => api.remove_backend(&name, backend, file),
             BackendAction::Drain => api.drain(&name, backend, file),
         })?;
         let after = backend_weights(d, &name);
-        let mut result = change_result(d, outcome, ServiceChanges::default());
+        let mut result = change_result(d, outcome, ServiceChanges::default(), displaced);
+        result
+            .warnings
+            .extend(no_usable_backend(&name, d.usable_backends(&name)));
         result.backends = before
             .keys()
             .chain(after.keys())

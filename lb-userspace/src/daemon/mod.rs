@@ -38,8 +38,8 @@ pub use health::CheckResult;
 pub use links::LinkEvent;
 
 use swarm_state::{
-    load_scopes, load_swarm_state, plan_refusing_swarm, save_scopes, starting_swarm_services,
-    swarm_blamed, swarm_services,
+    displaced_swarm, load_scopes, load_swarm_state, plan_refusing_swarm, save_scopes, served_swarm,
+    starting_swarm_services, swarm_blamed, swarm_services,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +194,7 @@ impl Daemon {
         let mut health = crate::source::health::HealthBook::default();
         health.seed(health::load_saved(&options.state_dir));
         health.sync(&merged.file, std::time::SystemTime::now());
-        let mut desired = plan_refusing_swarm(&mut merged, |file| {
+        let mut desired = plan_refusing_swarm(&mut merged, None, |file| {
             Ok(plan::plan(&health.serving(file), &node)?)
         })?;
         for (name, reason) in &merged.swarm_refused {
@@ -357,11 +357,12 @@ impl Daemon {
     }
 
     /// Applies an API change: `change` edits a copy of the API state; nothing is kept unless
-    /// the result validates, plans and is programmed.
+    /// the result validates, plans and is programmed. Also the swarm services it took off
+    /// the node (a name or port of theirs the change took: the operator's services win).
     pub fn change_api<T>(
         &mut self,
         change: impl FnOnce(&mut ApiState, &ServiceFile) -> Result<T, OverlayError>,
-    ) -> Result<(T, Outcome), DaemonError> {
+    ) -> Result<(T, Outcome, Vec<crate::api::DisplacedService>), DaemonError> {
         let mut api = self.api.clone();
         let value = match change(&mut api, &self.file) {
             Ok(value) => value,
@@ -370,8 +371,13 @@ impl Daemon {
                 return Err(e.into());
             }
         };
+        let served = served_swarm(&self.merged);
         let outcome = self.commit(Trigger::Api, None, api)?;
-        Ok((value, outcome))
+        let displaced = displaced_swarm(&served, &self.merged);
+        for gone in &displaced {
+            warn!(service = %gone.service, "swarm service displaced by an API change: {}", gone.reason);
+        }
+        Ok((value, outcome, displaced))
     }
 
     /// The one way a configuration changes (file, API, swarm and health state alike);
@@ -544,8 +550,12 @@ impl Daemon {
         let file = file.unwrap_or(&self.file);
         let mut merged = api.merge_with_swarm(file, &swarm_services.all_specs())?;
         merged.file.mesh = swarm_services.mesh.clone();
-        let (next, health_shaped) =
-            plan_refusing_swarm(&mut merged, |file| self.plan_merged(file, None, &node))?;
+        // An API change is the operator's: a loop it makes into a served swarm service is
+        // its error (see `plan_refusing_swarm`).
+        let served_before = (trigger == Trigger::Api).then_some(&self.merged);
+        let (next, health_shaped) = plan_refusing_swarm(&mut merged, served_before, |file| {
+            self.plan_merged(file, None, &node)
+        })?;
         Ok((
             MergeStep::Whole(Box::new(merged)),
             node,

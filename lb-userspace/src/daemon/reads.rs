@@ -39,6 +39,20 @@ impl Daemon {
         })
     }
 
+    /// How many backends of service `name` take new flows: weight above 0 and not left out
+    /// for failing their checks; `None` when there is no such service.
+    pub fn usable_backends(&self, name: &str) -> Option<usize> {
+        let spec = self.merged.file.services.get(name)?;
+        let left_out = self.health.left_out_of(spec);
+        Some(
+            spec.backends
+                .iter()
+                .enumerate()
+                .filter(|(i, b)| b.weight > 0 && !left_out.contains(i))
+                .count(),
+        )
+    }
+
     pub fn merged(&self) -> &Merged {
         &self.merged
     }

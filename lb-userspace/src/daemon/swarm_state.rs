@@ -172,8 +172,14 @@ pub(super) fn load_swarm_state(state_dir: &Path) -> Snapshot {
 /// out (`Merged::refuse_swarm`, said by `lbctl list` and the log) and plans again, so a swarm
 /// service the plan refuses (a port an operator's VIP on a node address or backend already
 /// uses, say) never holds up the operator's services: at most once per swarm service.
+///
+/// `served_before`: for an operator's change (the API), the merge it changes. A backend of
+/// the operator's that is a frontend of a swarm service served before is a loop the change
+/// made: the change is refused, as a loop among the operator's own services is, rather
+/// than the swarm service taken off the node for it.
 pub(super) fn plan_refusing_swarm<T>(
     merged: &mut Merged,
+    served_before: Option<&Merged>,
     mut plan: impl FnMut(&ServiceFile) -> Result<T, DaemonError>,
 ) -> Result<T, DaemonError> {
     loop {
@@ -182,11 +188,55 @@ pub(super) fn plan_refusing_swarm<T>(
                 let Some(name) = swarm_blamed(merged, &e) else {
                     return Err(DaemonError::Plan(e));
                 };
+                if let (
+                    Some(before),
+                    PlanError::BackendIsFrontend {
+                        service,
+                        frontend_of,
+                        ..
+                    },
+                ) = (served_before, &e)
+                    && *frontend_of == name
+                    && merged.sources.get(service) != Some(&Source::Swarm)
+                    && before.sources.get(&name) == Some(&Source::Swarm)
+                {
+                    return Err(DaemonError::Plan(e));
+                }
                 merged.refuse_swarm(&name, e.to_string());
             }
             other => return other,
         }
     }
+}
+
+/// The swarm services served in a merge.
+pub(super) fn served_swarm(merged: &Merged) -> BTreeSet<String> {
+    merged
+        .sources
+        .iter()
+        .filter(|(_, source)| **source == Source::Swarm)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The swarm services of `served_before` that `after` leaves out, and why: what an
+/// operator's change displaced.
+pub(super) fn displaced_swarm(
+    served_before: &BTreeSet<String>,
+    after: &Merged,
+) -> Vec<crate::api::DisplacedService> {
+    served_before
+        .iter()
+        .filter_map(|name| {
+            after
+                .swarm_refused
+                .get(name)
+                .map(|reason| crate::api::DisplacedService {
+                    service: name.clone(),
+                    reason: reason.clone(),
+                })
+        })
+        .collect()
 }
 
 /// The swarm service `error` blames first, if any.
@@ -392,10 +442,91 @@ mod tests {
     }
 
     fn plan_on_node(merged: &mut Merged) -> Result<DesiredState, DaemonError> {
+        plan_after(merged, None)
+    }
+
+    fn plan_after(
+        merged: &mut Merged,
+        served_before: Option<&Merged>,
+    ) -> Result<DesiredState, DaemonError> {
         let node: IpAddr = NODE.parse().unwrap();
-        plan_refusing_swarm(merged, |file| {
+        plan_refusing_swarm(merged, served_before, |file| {
             Ok(plan::plan(file, &plan::NodeFacts::with_addresses(&[node]))?)
         })
+    }
+
+    const SWARM_WEB: &str =
+        "services:\n  web:\n    ports: [\"80:9090/tcp\"]\n    backends: [198.18.61.4]\n";
+
+    /// The merge lbd runs on a swarm node where `web` publishes 80/tcp, then that merge with
+    /// the API state `api` (a service file's text: its services as API services).
+    fn before_and_after(api: &str) -> (Merged, Merged) {
+        let mut before = merged("services: {}\n", SWARM_WEB);
+        plan_on_node(&mut before).expect("the swarm alone plans");
+        let mut state = ApiState::default();
+        for spec in file(api).services.into_values() {
+            state.add_service(spec, &ServiceFile::default()).unwrap();
+        }
+        let swarm: Vec<_> = file(SWARM_WEB).services.into_values().collect();
+        let after = state
+            .merge_with_swarm(&ServiceFile::default(), &swarm)
+            .unwrap();
+        (before, after)
+    }
+
+    /// An API change that takes a served swarm service's name or published port stands
+    /// (the operator's services win) and names the swarm service it took off the node.
+    #[test]
+    fn an_api_change_names_the_swarm_services_it_displaces() {
+        for (api, says) in [
+            (
+                "services:\n  web:\n    ports: [\"81/tcp\"]\n    backends: [198.18.2.10]\n",
+                "already has a service named \"web\"",
+            ),
+            (
+                "services:\n  api:\n    ports: [\"80/tcp\"]\n    backends: [198.18.2.10]\n",
+                "port 80/tcp is already published by service \"api\"",
+            ),
+        ] {
+            let (before, mut after) = before_and_after(api);
+            plan_after(&mut after, Some(&before)).expect("the change stands");
+            let displaced = displaced_swarm(&served_swarm(&before), &after);
+            assert_eq!(displaced.len(), 1, "{displaced:?}");
+            assert_eq!(displaced[0].service, "web");
+            assert!(displaced[0].reason.contains(says), "{displaced:?}");
+        }
+        // Nothing of the swarm's touched: nothing said.
+        let (before, mut after) = before_and_after(
+            "services:\n  api:\n    ports: [\"82/tcp\"]\n    backends: [198.18.2.10]\n",
+        );
+        plan_after(&mut after, Some(&before)).unwrap();
+        assert!(displaced_swarm(&served_swarm(&before), &after).is_empty());
+    }
+
+    /// A backend an API change gives that is a served swarm service's published port on
+    /// this node loops: the change is refused, the swarm service kept. One the swarm
+    /// service met already refused (a loop of before) leaves it out again, as at a start.
+    #[test]
+    fn an_api_change_that_loops_into_a_served_swarm_service_is_refused() {
+        let looping = format!(
+            "services:\n  api:\n    vip: 198.18.100.1\n    ports: [\"8080:80/tcp\"]\n    backends: [{NODE}]\n"
+        );
+        let (before, mut after) = before_and_after(&looping);
+        let err = plan_after(&mut after, Some(&before)).expect_err("a loop the change made");
+        assert!(
+            matches!(
+                &err,
+                DaemonError::Plan(PlanError::BackendIsFrontend { service, frontend_of, .. })
+                    if service == "api" && frontend_of == "web"
+            ),
+            "{err}"
+        );
+        // The loop was there before (web already left out for it): web stays out.
+        let mut again = after.clone();
+        let mut was = after.clone();
+        plan_after(&mut was, None).expect("web left out");
+        plan_after(&mut again, Some(&was)).expect("web left out again");
+        assert!(again.swarm_refused.contains_key("web"));
     }
 
     #[test]

@@ -776,5 +776,14 @@ fn report_change(result: &ChangeResult, json: bool, what: &str) -> anyhow::Resul
         }
         _ => println!("{what} (generation {})", result.generation),
     }
+    for gone in &result.displaced_swarm_services {
+        println!(
+            "swarm service {} is no longer served on this node: {}",
+            gone.service, gone.reason
+        );
+    }
+    for warning in &result.warnings {
+        println!("warning: {warning}");
+    }
     Ok(())
 }

@@ -362,7 +362,7 @@ impl HealthBook {
     /// The backends of `spec` (indexes) the plan leaves out: its down ones, unless all that
     /// take flows are down and it keeps them (`when_all_down: keep`). None for a service
     /// without checks.
-    fn left_out_of(&self, spec: &ServiceSpec) -> Vec<usize> {
+    pub(crate) fn left_out_of(&self, spec: &ServiceSpec) -> Vec<usize> {
         let down: Vec<usize> = targets_of(spec)
             .filter(|(_, t)| {
                 self.targets
