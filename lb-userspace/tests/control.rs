@@ -153,6 +153,40 @@ fn a_drain_lapses_when_the_file_drops_its_backend_while_lbd_is_stopped() {
     );
 }
 
+/// Removing or draining a service's last usable backend is allowed, and the answer says the
+/// service now refuses new connections, in text and in JSON.
+#[test]
+fn lbctl_says_when_a_change_leaves_a_service_without_a_usable_backend() {
+    if !e2e_enabled() {
+        return;
+    }
+    let (topo, _servers) = setup(2);
+    let lb = start(&topo, &services(r#""198.18.2.10", "198.18.2.11""#), &[]);
+    let out = lbctl(&lb, &["drain", "web", "198.18.2.10"]);
+    assert!(!out.contains("no usable backend"), "one is left: {out}");
+    let out = lbctl(&lb, &["remove-backend", "web", "198.18.2.11"]);
+    assert!(
+        out.contains("warning: web has no usable backend now: new connections are refused"),
+        "{out}"
+    );
+    let json = lbctl_json(
+        &lb,
+        &["add-backend", "web", "198.18.2.12:8080", "--weight", "0"],
+    );
+    assert!(
+        json["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("web has no usable backend now")),
+        "{json}"
+    );
+    let json = lbctl_json(&lb, &["add-backend", "web", "198.18.2.10"]);
+    assert_eq!(
+        json["warnings"],
+        serde_json::json!([]),
+        "back in service: {json}"
+    );
+}
+
 #[test]
 fn lbctl_changes_where_new_flows_go_while_established_connections_keep_working() {
     if !e2e_enabled() {
