@@ -1,5 +1,8 @@
 //! lbd's side of the admin API and the metrics endpoint.
 
+mod clock;
+#[allow(unused_imports)]
+pub use clock::*;
 use std::{
     collections::BTreeMap,
     os::unix::fs::PermissionsExt as _,
@@ -615,26 +618,6 @@ async fn flows(
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("handler: {e}")))??;
     Ok(axum::Json(answer))
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock the kernel programs stamp flows with.
-fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the local timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-fn protocol_name(number: u8) -> &'static str {
-    match number {
-        proto::TCP => "tcp",
-        proto::UDP => "udp",
-        proto::ICMP | proto::ICMPV6 => "icmp",
-        _ => "other",
-    }
 }
 
 async fn explain(
