@@ -353,7 +353,7 @@ impl Bench {
             (self.backend_if_mac, backend_mac(MESH_PEER)),
             NODE_BACKEND_SIDE,
             backend_ip(MESH_PEER),
-            tunnel_entropy(CLIENT_PORT, VIP_PORT),
+            tunnel_entropy(CLIENT_PORT, BACKEND_PORT),
         );
         ensure!(
             packet == want.as_slice(),

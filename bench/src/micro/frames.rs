@@ -35,7 +35,8 @@ pub(super) fn backend_ip6(i: u8) -> Ipv6Addr {
 pub(super) const MESH_PEER: u8 = 10;
 pub(super) const TASK_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 5);
 pub(super) const TASK_LOCAL: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 6);
-/// The tunnel's UDP source port for a flow: its ports, with the top bits set.
+/// The tunnel's UDP source port for a packet: the ports it leaves with (translated), with
+/// the top bits set.
 pub(super) fn tunnel_entropy(sport: u16, dport: u16) -> u16 {
     (sport ^ dport) | 0xc000
 }
